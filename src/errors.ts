@@ -1,0 +1,40 @@
+/**
+ * Errors meant for people. Every failure a user can cause (a bad file, an unknown flag, a model we do not
+ * support, a cache that does not fit) is one of these classes, with a one-line message that names the
+ * file or flag and what is wrong. The CLI prints `error: <message>` and exits with {@link WgkvError.exitCode};
+ * anything else is a bug and keeps its stack trace.
+ *
+ * @module
+ */
+
+/** Base class of every user-facing error of wgkv. */
+export class WgkvError extends Error {
+  /** Process exit status the CLI uses for this error. */
+  readonly exitCode: number = 1;
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+
+/** A file is missing, unreadable, truncated or malformed (names the file and the offending field). */
+export class BadFileError extends WgkvError {}
+
+/** A valid input that this version cannot handle: an architecture, tensor type or tokenizer model. */
+export class UnsupportedError extends WgkvError {}
+
+/** A command-line flag or library option is unknown or has an invalid value. */
+export class BadFlagError extends WgkvError {
+  override readonly exitCode = 2;
+}
+
+/** Something does not fit: context overflow, KV cache or weights larger than the device allows. */
+export class OutOfMemoryError extends WgkvError {}
+
+/** The GPU is missing or was lost. */
+export class DeviceError extends WgkvError {}
+
+/** Throws a {@link BadFileError} with `message` unless `condition` holds. */
+export function checkFile(condition: unknown, message: string): asserts condition {
+  if (!condition) throw new BadFileError(message);
+}

@@ -1,0 +1,255 @@
+/**
+ * The WebGPU device: adapter selection, real limits, `shader-f16`, a pipeline cache keyed by kernel and
+ * specialisation, and small helpers to move data in and out. One {@link Gpu} per process is the norm
+ * ({@link getGpu}); kernels take it as their first argument.
+ *
+ * @module
+ */
+
+import { DeviceError, OutOfMemoryError } from "../errors.ts";
+import { loadShader } from "./shader.ts";
+
+/** Storage | copy-dst | copy-src: the usage of almost every buffer we make. */
+export const STORAGE_USAGE = 0x80 /* STORAGE */ | 0x08 /* COPY_DST */ | 0x04; /* COPY_SRC */
+
+/** Options for {@link Gpu.create}. */
+export interface GpuOptions {
+  /** Ask for timestamp queries (per-kernel profiling) when the adapter has them. */
+  profile?: boolean;
+  /** Refuse `shader-f16` even when present (tests the f32 fallbacks). */
+  disableF16?: boolean;
+}
+
+/** A compiled compute pipeline together with what a dispatch needs to know about it. */
+export interface Kernel {
+  /** Cache key: shader name plus its specialisation. */
+  readonly key: string;
+  /** The pipeline, with an automatic bind-group layout (group 0). */
+  readonly pipeline: GPUComputePipeline;
+}
+
+/** The device and everything derived from it once: limits, features, the pipeline cache. */
+export class Gpu {
+  /** The WebGPU device. */
+  readonly device: GPUDevice;
+  /** The adapter's description, e.g. "NVIDIA H100 80GB HBM3" or "llvmpipe (LLVM 15.0.6, 256 bits)". */
+  readonly description: string;
+  /** Whether WGSL `enable f16;` may be used. */
+  readonly hasF16: boolean;
+  /** Whether timestamp queries are available on this device. */
+  readonly hasTimestamps: boolean;
+  /** Whether this is a software adapter (lavapipe, SwiftShader): slow, keep shapes small. */
+  readonly isFallback: boolean;
+  readonly #pipelines = new Map<string, Kernel>();
+  #lostReason: string | undefined;
+
+  private constructor(device: GPUDevice, description: string, isFallback: boolean) {
+    this.device = device;
+    this.description = description;
+    this.isFallback = isFallback;
+    this.hasF16 = device.features.has("shader-f16");
+    this.hasTimestamps = device.features.has("timestamp-query");
+    device.lost.then((info) => {
+      if (info.reason !== "destroyed") this.#lostReason = info.message || String(info.reason);
+    });
+  }
+
+  /** Opens the high-performance adapter with its real limits; a one-line error when there is none. */
+  static async create(options: GpuOptions = {}): Promise<Gpu> {
+    const gpu = (globalThis.navigator as { gpu?: GPU } | undefined)?.gpu;
+    if (!gpu) {
+      throw new DeviceError(
+        "WebGPU is not available in this runtime (run with Deno 2.x; in a browser use one with WebGPU enabled)",
+      );
+    }
+    const adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
+    if (!adapter) {
+      throw new DeviceError(
+        "no WebGPU adapter found: install a GPU driver with Vulkan support, or on a CPU-only Linux " +
+          "`apt-get install mesa-vulkan-drivers` (lavapipe); `--backend cpu` runs without a GPU",
+      );
+    }
+    const wanted: GPUFeatureName[] = [];
+    if (adapter.features.has("shader-f16") && !options.disableF16) wanted.push("shader-f16");
+    if (options.profile && adapter.features.has("timestamp-query")) wanted.push("timestamp-query");
+    const l = adapter.limits;
+    const requiredLimits: Record<string, number> = {
+      maxBufferSize: l.maxBufferSize,
+      maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
+      maxStorageBuffersPerShaderStage: l.maxStorageBuffersPerShaderStage,
+      maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
+      maxComputeInvocationsPerWorkgroup: l.maxComputeInvocationsPerWorkgroup,
+      maxComputeWorkgroupSizeX: l.maxComputeWorkgroupSizeX,
+      maxComputeWorkgroupSizeY: l.maxComputeWorkgroupSizeY,
+      maxComputeWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
+    };
+    let device: GPUDevice;
+    try {
+      device = await adapter.requestDevice({ requiredFeatures: wanted, requiredLimits });
+    } catch (e) {
+      throw new DeviceError(`could not open the WebGPU device: ${(e as Error).message}`);
+    }
+    const info = adapter.info as GPUAdapterInfo & { isFallbackAdapter?: boolean };
+    const description = info.description || info.device || info.vendor || "unknown adapter";
+    const fallback = Boolean(info.isFallbackAdapter) || /llvmpipe|lavapipe|swiftshader/i.test(description);
+    return new Gpu(device, description, fallback);
+  }
+
+  /** The device's limits (as granted, i.e. the adapter's real ones). */
+  get limits(): GPUSupportedLimits {
+    return this.device.limits;
+  }
+
+  /** Throws a {@link DeviceError} if the device was lost since the last call. */
+  checkAlive(): void {
+    if (this.#lostReason !== undefined) throw new DeviceError(`the GPU device was lost: ${this.#lostReason}`);
+  }
+
+  /**
+   * Returns the compute pipeline for shader `name` (a file in `wgsl/` without extension) specialised by
+   * `constants` (WGSL `override` values) and `defines` (text substitutions of `{{NAME}}` placeholders, for
+   * what `override` cannot reach, e.g. element types). Cached by name + specialisation.
+   */
+  kernel(
+    name: string,
+    constants: Record<string, number> = {},
+    defines: Record<string, string> = {},
+    entryPoint = "main",
+  ): Kernel {
+    const key = `${name}:${entryPoint}:${JSON.stringify(constants)}:${JSON.stringify(defines)}`;
+    const cached = this.#pipelines.get(key);
+    if (cached) return cached;
+    let code = loadShader(name);
+    for (const [k, v] of Object.entries(defines)) code = code.replaceAll(`{{${k}}}`, v);
+    const module = this.device.createShaderModule({ label: name, code });
+    const pipeline = this.device.createComputePipeline({
+      label: key,
+      layout: "auto",
+      compute: { module, entryPoint, constants },
+    });
+    const kernel = { key, pipeline };
+    this.#pipelines.set(key, kernel);
+    return kernel;
+  }
+
+  /** Makes a bind group for `kernel` from buffers (or buffer slices) in binding order 0, 1, 2, … */
+  bind(kernel: Kernel, resources: (GPUBuffer | GPUBufferBinding)[]): GPUBindGroup {
+    return this.device.createBindGroup({
+      layout: kernel.pipeline.getBindGroupLayout(0),
+      entries: resources.map((r, binding) => ({
+        binding,
+        resource: r instanceof GPUBuffer ? { buffer: r } : r,
+      })),
+    });
+  }
+
+  /**
+   * Creates a storage buffer of `size` bytes (rounded up to 4), optionally filled with `data`.
+   * Sizes past the device limit become an {@link OutOfMemoryError} naming `label` and the numbers.
+   */
+  buffer(label: string, size: number, data?: ArrayBufferView, usage: number = STORAGE_USAGE): GPUBuffer {
+    const bytes = Math.max(4, Math.ceil(size / 4) * 4);
+    if (bytes > this.limits.maxBufferSize) {
+      throw new OutOfMemoryError(
+        `${label}: ${formatBytes(bytes)} exceeds this GPU's largest buffer (${
+          formatBytes(this.limits.maxBufferSize)
+        })`,
+      );
+    }
+    const buf = this.device.createBuffer({ label, size: bytes, usage, mappedAtCreation: data !== undefined });
+    if (data) {
+      const dst = new Uint8Array(buf.getMappedRange());
+      dst.set(new Uint8Array(data.buffer, data.byteOffset, Math.min(data.byteLength, bytes)));
+      buf.unmap();
+    }
+    return buf;
+  }
+
+  /** Creates a uniform buffer holding `data` (padded to 16 bytes), writable with `queue.writeBuffer`. */
+  uniform(label: string, data: ArrayBufferView): GPUBuffer {
+    const size = Math.max(16, Math.ceil(data.byteLength / 16) * 16);
+    const buf = this.device.createBuffer({ label, size, usage: 0x40 /* UNIFORM */ | 0x08 /* COPY_DST */ });
+    this.device.queue.writeBuffer(buf, 0, data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
+    return buf;
+  }
+
+  /** Records one dispatch of `kernel` into `pass` (or a fresh encoder when none is given, submitted at once). */
+  dispatch(
+    kernel: Kernel,
+    resources: (GPUBuffer | GPUBufferBinding)[],
+    workgroups: [number, number?, number?],
+    pass?: GPUComputePassEncoder,
+  ): void {
+    const group = this.bind(kernel, resources);
+    const [x, y = 1, z = 1] = workgroups;
+    const max = this.limits.maxComputeWorkgroupsPerDimension;
+    if (x > max || y > max || z > max) {
+      throw new Error(`${kernel.key}: dispatch (${x}, ${y}, ${z}) exceeds ${max} workgroups per dimension`);
+    }
+    if (pass) {
+      pass.setPipeline(kernel.pipeline);
+      pass.setBindGroup(0, group);
+      pass.dispatchWorkgroups(x, y, z);
+      return;
+    }
+    const encoder = this.device.createCommandEncoder();
+    const p = encoder.beginComputePass();
+    p.setPipeline(kernel.pipeline);
+    p.setBindGroup(0, group);
+    p.dispatchWorkgroups(x, y, z);
+    p.end();
+    this.device.queue.submit([encoder.finish()]);
+  }
+
+  /** Copies `size` bytes (default: all) of `buffer` from `offset` back to the CPU. */
+  async read(buffer: GPUBuffer, offset = 0, size = buffer.size - offset): Promise<ArrayBuffer> {
+    const staging = this.device.createBuffer({ size, usage: 0x01 /* MAP_READ */ | 0x08 /* COPY_DST */ });
+    const encoder = this.device.createCommandEncoder();
+    encoder.copyBufferToBuffer(buffer, offset, staging, 0, size);
+    this.device.queue.submit([encoder.finish()]);
+    await staging.mapAsync(0x0001 /* READ */);
+    this.checkAlive();
+    const out = staging.getMappedRange().slice(0);
+    staging.unmap();
+    staging.destroy();
+    return out;
+  }
+
+  /** Reads a buffer back as f32 values. */
+  async readF32(buffer: GPUBuffer, offset = 0, count?: number): Promise<Float32Array> {
+    return new Float32Array(await this.read(buffer, offset, count === undefined ? undefined : count * 4));
+  }
+
+  /** Reads a buffer back as u32 values. */
+  async readU32(buffer: GPUBuffer, offset = 0, count?: number): Promise<Uint32Array> {
+    return new Uint32Array(await this.read(buffer, offset, count === undefined ? undefined : count * 4));
+  }
+
+  /** Releases the device. */
+  destroy(): void {
+    this.device.destroy();
+  }
+}
+
+let shared: Promise<Gpu> | undefined;
+
+/** The process-wide {@link Gpu}, created on first use. */
+export function getGpu(options: GpuOptions = {}): Promise<Gpu> {
+  shared ??= Gpu.create(options).catch((e) => {
+    shared = undefined;
+    throw e;
+  });
+  return shared;
+}
+
+/** Formats a byte count as e.g. "1.50 GiB". */
+export function formatBytes(bytes: number): string {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let v = bytes;
+  let u = 0;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return u === 0 ? `${v} B` : `${v.toFixed(2)} ${units[u]}`;
+}

@@ -1,0 +1,41 @@
+/**
+ * Loads WGSL sources from `wgsl/`. Works from a checkout, from a `deno compile` binary (built with
+ * `--include wgsl`) and from a remote import (JSR), where the files are fetched once and cached.
+ *
+ * @module
+ */
+
+import { UnsupportedError } from "../errors.ts";
+
+const cache = new Map<string, string>();
+
+/** Base URL of the `wgsl/` folder, next to `src/`. */
+const WGSL_DIR = new URL("../../wgsl/", import.meta.url);
+
+/**
+ * Returns the text of `wgsl/<name>.wgsl`. For remote module URLs call {@link preloadShaders} first
+ * (synchronous reads only work for local files).
+ */
+export function loadShader(name: string): string {
+  const hit = cache.get(name);
+  if (hit !== undefined) return hit;
+  const url = new URL(`${name}.wgsl`, WGSL_DIR);
+  if (url.protocol !== "file:") {
+    throw new UnsupportedError(`shader ${name} was not preloaded (call preloadShaders() for remote imports)`);
+  }
+  const text = Deno.readTextFileSync(url);
+  cache.set(name, text);
+  return text;
+}
+
+/** Fetches the named shaders into the cache (needed when the module itself was imported over https). */
+export async function preloadShaders(names: string[]): Promise<void> {
+  await Promise.all(names.map(async (name) => {
+    if (cache.has(name)) return;
+    const url = new URL(`${name}.wgsl`, WGSL_DIR);
+    const text = url.protocol === "file:"
+      ? await Deno.readTextFile(url)
+      : await (await fetch(url)).text();
+    cache.set(name, text);
+  }));
+}
