@@ -1,0 +1,107 @@
+/**
+ * `wgkv info MODEL`: what a GGUF file holds: architecture, shapes, tensor types, context, vocabulary,
+ * chat template.
+ *
+ * @module
+ */
+
+import { BadFlagError } from "../errors.ts";
+import { openGGUF } from "../gguf/reader.ts";
+import { typeInfo } from "../gguf/types.ts";
+import { hparamsFromGGUF } from "../model/hparams.ts";
+import { formatBytes } from "../gpu/device.ts";
+import type { Command } from "./main.ts";
+import { type FlagSpec, helpText, parseFlags } from "./flags.ts";
+
+const FLAGS: Record<string, FlagSpec> = {
+  json: { type: "boolean", help: "print one JSON object" },
+  tensors: { type: "boolean", help: "list every tensor" },
+  help: { type: "boolean", short: "h", help: "show this help" },
+};
+
+/** The `info` subcommand. */
+export const infoCommand: Command = {
+  summary: "describe a GGUF model (architecture, shapes, types, vocabulary, template)",
+  async main(args) {
+    const { values, positionals } = parseFlags("info", args, FLAGS);
+    if (values.help) {
+      console.log(helpText("wgkv info MODEL [--json] [--tensors]", infoCommand.summary, FLAGS));
+      return 0;
+    }
+    if (positionals.length !== 1) throw new BadFlagError("info: give exactly one MODEL file");
+    const file = await openGGUF(positionals[0]);
+    try {
+      const m = file.metadata;
+      const types: Record<string, number> = {};
+      let weightBytes = 0;
+      for (const t of file.tensors) {
+        const name = typeInfo(t.type, t.name).name;
+        types[name] = (types[name] ?? 0) + 1;
+        weightBytes += t.byteLength;
+      }
+      const tokens = m["tokenizer.ggml.tokens"];
+      const summary: Record<string, unknown> = {
+        file: file.path,
+        file_bytes: file.fileSize,
+        gguf_version: file.version,
+        architecture: file.architecture,
+        name: m["general.name"],
+        tensors: file.tensors.length,
+        weight_bytes: weightBytes,
+        tensor_types: types,
+        tokenizer: m["tokenizer.ggml.model"],
+        vocab: Array.isArray(tokens) ? tokens.length : undefined,
+        chat_template: typeof m["tokenizer.chat_template"] === "string",
+      };
+      if (file.architecture === "llama" && file.tensors.length > 0) {
+        const h = hparamsFromGGUF(file);
+        summary.hparams = h;
+        const kvPerToken = 2 * h.nLayer * h.nHeadKV * h.headDim * 2;
+        summary.kv_bytes_per_token_f16 = kvPerToken;
+        summary.kv_bytes_full_context_f16 = kvPerToken * h.contextLength;
+      }
+      if (values.tensors) {
+        summary.tensor_list = file.tensors.map((t) => ({
+          name: t.name,
+          type: typeInfo(t.type, t.name).name,
+          shape: t.shape,
+          bytes: t.byteLength,
+        }));
+      }
+      if (values.json) {
+        console.log(JSON.stringify(summary, null, 2));
+        return 0;
+      }
+      const lines = [
+        `file:          ${file.path} (${formatBytes(file.fileSize)}, GGUF v${file.version})`,
+        `architecture:  ${file.architecture}${summary.name ? ` (${summary.name})` : ""}`,
+        `tensors:       ${file.tensors.length}, ${formatBytes(weightBytes)}: ` +
+        Object.entries(types).map(([k, v]) => `${v} ${k}`).join(", "),
+        `tokenizer:     ${summary.tokenizer ?? "none"}, vocab ${summary.vocab ?? "?"}, chat template: ${
+          summary.chat_template ? "yes" : "no"
+        }`,
+      ];
+      const h = summary.hparams as ReturnType<typeof hparamsFromGGUF> | undefined;
+      if (h) {
+        lines.push(
+          `shape:         ${h.nLayer} layers, embd ${h.nEmbd}, ff ${h.nFF}, heads ${h.nHead} (kv ${h.nHeadKV}), ` +
+            `head_dim ${h.headDim}, vocab ${h.nVocab}, ${h.tiedOutput ? "tied" : "separate"} output`,
+          `context:       ${h.contextLength} (rope base ${h.ropeBase}${
+            h.ropeScaling ? `, llama3 scaling ×${h.ropeScaling.factor}` : ""
+          }), rms eps ${h.rmsEps}`,
+          `KV cache:      ${formatBytes(summary.kv_bytes_per_token_f16 as number)} per token in f16, ` +
+            `${formatBytes(summary.kv_bytes_full_context_f16 as number)} for the full context`,
+        );
+      }
+      if (values.tensors) {
+        for (const t of summary.tensor_list as { name: string; type: string; shape: number[] }[]) {
+          lines.push(`  ${t.name.padEnd(28)} ${t.type.padEnd(5)} [${t.shape.join(", ")}]`);
+        }
+      }
+      console.log(lines.join("\n"));
+      return 0;
+    } finally {
+      file.close();
+    }
+  },
+};

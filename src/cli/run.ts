@@ -1,0 +1,157 @@
+/**
+ * `wgkv run`: generate text from a prompt, streaming it to stdout; statistics on stderr (or one JSON
+ * object on stdout with `--json`).
+ *
+ * @module
+ */
+
+import { BadFlagError, BadFileError } from "../errors.ts";
+import { loadModel, type Model } from "../engine/load.ts";
+import type { GenerationStats } from "../engine/session.ts";
+import type { Command } from "./main.ts";
+import { choiceFlag, type FlagSpec, helpText, numberFlag, parseFlags, type ParsedFlags, stringFlag } from "./flags.ts";
+
+/** Flags shared by every command that loads a model for generation. */
+export const MODEL_FLAGS: Record<string, FlagSpec> = {
+  model: { type: "string", short: "m", help: "FILE  GGUF model to load" },
+  ctx: { type: "string", short: "c", help: "N  context length to allocate (default: the model's)" },
+  backend: { type: "string", help: "auto|cpu|webgpu  where to run (default auto)" },
+  verbose: { type: "boolean", short: "v", help: "print model and memory details on stderr" },
+};
+
+/** Sampling flags, named as in llama.cpp. */
+export const SAMPLING_FLAGS: Record<string, FlagSpec> = {
+  "n-predict": { type: "string", short: "n", help: "N  tokens to generate (default 128)" },
+  temp: { type: "string", help: "T  temperature, 0 = greedy (default 0.8)" },
+  "top-k": { type: "string", help: "K  top-k, 0 = off (default 40)" },
+  "top-p": { type: "string", help: "P  top-p, 1 = off (default 0.95)" },
+  "min-p": { type: "string", help: "P  min-p, 0 = off (default 0.05)" },
+  "repeat-penalty": { type: "string", help: "R  repetition penalty, 1 = off (default 1)" },
+  "repeat-last-n": { type: "string", help: "N  tokens the penalty looks back (default 64)" },
+  seed: { type: "string", short: "s", help: "S  random seed (default: random)" },
+  stop: { type: "string", multiple: true, help: "TEXT  stop before this text (repeatable)" },
+  "ignore-eos": { type: "boolean", help: "keep generating past end-of-text tokens" },
+};
+
+const FLAGS: Record<string, FlagSpec> = {
+  ...MODEL_FLAGS,
+  prompt: { type: "string", short: "p", help: "TEXT  the prompt (BOS is added as the model asks)" },
+  file: { type: "string", short: "f", help: "FILE  read the prompt from a file" },
+  json: { type: "boolean", help: "print one JSON object (text and statistics) instead of streaming" },
+  ...SAMPLING_FLAGS,
+  help: { type: "boolean", short: "h", help: "show this help" },
+};
+
+/** Loads the model named by `-m` with progress on stderr. */
+export async function loadFromFlags(values: ParsedFlags["values"]): Promise<Model> {
+  const path = stringFlag(values, "model", true);
+  const verbose = values.verbose === true;
+  const t0 = performance.now();
+  const model = await loadModel(path, {
+    backend: choiceFlag(values, "backend", ["auto", "cpu", "webgpu"] as const, "auto"),
+    contextLength: numberFlag(values, "ctx", undefined, { integer: true, min: 1 }),
+    onProgress: (m) => console.error(m),
+  });
+  const ms = performance.now() - t0;
+  if (verbose) {
+    const h = model.hparams;
+    console.error(
+      `model: ${h.nLayer} layers, embd ${h.nEmbd}, ff ${h.nFF}, heads ${h.nHead}/${h.nHeadKV}, ` +
+        `head_dim ${h.headDim}, vocab ${h.nVocab}, ctx ${model.backend.contextLength}`,
+    );
+    for (const line of model.backend.describe()) console.error(line);
+  }
+  console.error(`loaded in ${(ms / 1000).toFixed(2)} s (${model.backend.kind})`);
+  return model;
+}
+
+/** Generation settings from the sampling flags. */
+export function generationOptions(values: ParsedFlags["values"]) {
+  return {
+    maxTokens: numberFlag(values, "n-predict", 128, { integer: true, min: 0 }),
+    temperature: numberFlag(values, "temp", undefined, { min: 0 }),
+    topK: numberFlag(values, "top-k", undefined, { integer: true, min: 0 }),
+    topP: numberFlag(values, "top-p", undefined),
+    minP: numberFlag(values, "min-p", undefined),
+    repeatPenalty: numberFlag(values, "repeat-penalty", undefined),
+    repeatLastN: numberFlag(values, "repeat-last-n", undefined, { integer: true, min: 0 }),
+    seed: numberFlag(values, "seed", undefined, { integer: true }),
+    stop: values.stop as string[] | undefined,
+    ignoreEos: values["ignore-eos"] === true,
+  };
+}
+
+/** One line of speed figures for stderr. */
+export function statsLine(s: GenerationStats): string {
+  const pre = s.prefillMs > 0 ? (s.promptTokens / s.prefillMs) * 1000 : 0;
+  const dec = s.decodeMs > 0 ? ((s.generatedTokens - 1) / s.decodeMs) * 1000 : 0;
+  return `prefill: ${s.promptTokens} tokens in ${(s.prefillMs / 1000).toFixed(3)} s (${pre.toFixed(1)} tok/s); ` +
+    `decode: ${s.generatedTokens} tokens, ${dec.toFixed(1)} tok/s; stop: ${s.stopReason}`;
+}
+
+/** Writes text to stdout without buffering surprises. */
+export async function writeOut(text: string): Promise<void> {
+  const bytes = new TextEncoder().encode(text);
+  let off = 0;
+  while (off < bytes.length) off += await Deno.stdout.write(bytes.subarray(off));
+}
+
+async function readPrompt(values: ParsedFlags["values"]): Promise<string> {
+  const p = stringFlag(values, "prompt");
+  const f = stringFlag(values, "file");
+  if (p !== undefined && f !== undefined) throw new BadFlagError("give either -p/--prompt or -f/--file, not both");
+  if (f === undefined) return p ?? "";
+  try {
+    return await Deno.readTextFile(f);
+  } catch (e) {
+    throw new BadFileError(`${f}: cannot read the prompt file (${(e as Error).message.split("\n")[0]})`);
+  }
+}
+
+/** The `run` subcommand. */
+export const runCommand: Command = {
+  summary: "generate text from a prompt",
+  async main(args) {
+    const { values, positionals } = parseFlags("run", args, FLAGS);
+    if (values.help) {
+      console.log(helpText("wgkv run -m MODEL -p PROMPT [-n N] [flags]", runCommand.summary, FLAGS));
+      return 0;
+    }
+    if (positionals.length > 0) throw new BadFlagError(`run: unexpected argument "${positionals[0]}"`);
+    const prompt = await readPrompt(values);
+    const options = generationOptions(values);
+    const model = await loadFromFlags(values);
+    try {
+      const session = model.session();
+      const ids = model.tokenizer.encode(prompt, { addBos: model.tokenizer.addBos });
+      const gen = session.generate(ids, options);
+      let text = "";
+      let r = await gen.next();
+      while (!r.done) {
+        text += r.value.text;
+        if (!values.json) await writeOut(r.value.text);
+        r = await gen.next();
+      }
+      const stats = r.value;
+      if (values.json) {
+        console.log(JSON.stringify({
+          prompt,
+          text,
+          backend: model.backend.kind,
+          prompt_tokens: stats.promptTokens,
+          generated_tokens: stats.generatedTokens,
+          prefill_ms: stats.prefillMs,
+          decode_ms: stats.decodeMs,
+          stop_reason: stats.stopReason,
+          tokens: session.tokens,
+        }));
+      } else {
+        await writeOut("\n");
+      }
+      console.error(statsLine(stats));
+      return 0;
+    } finally {
+      model.close();
+    }
+  },
+};

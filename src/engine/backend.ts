@@ -1,0 +1,30 @@
+/**
+ * What the engine needs from a model implementation: run tokens through the network at given positions,
+ * keeping their keys and values, and hand back either the last logits or the argmax. The CPU reference
+ * and the WebGPU model both implement it.
+ *
+ * @module
+ */
+
+import type { LlamaHParams } from "../model/hparams.ts";
+
+/** A forward-pass implementation with its own KV cache for one sequence. */
+export interface ModelBackend {
+  /** Which implementation this is. */
+  readonly kind: "cpu" | "webgpu";
+  /** Shapes of the model. */
+  readonly hparams: LlamaHParams;
+  /** Most positions this backend's cache holds. */
+  readonly contextLength: number;
+  /**
+   * Runs `tokens` at positions `pos … pos + tokens.length − 1` (cache entries at and after `pos` are
+   * replaced) and returns the logits of the last one.
+   */
+  forward(tokens: number[], pos: number): Promise<Float32Array>;
+  /** Like {@link forward} but returns only the argmax token id (no logits transfer on the GPU). */
+  forwardArgmax(tokens: number[], pos: number): Promise<number>;
+  /** Human-readable lines about memory use (weights, KV cache) for `--verbose`/`info`. */
+  describe(): string[];
+  /** Releases the backend's resources. */
+  dispose(): void;
+}

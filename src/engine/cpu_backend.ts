@@ -1,0 +1,52 @@
+/**
+ * The CPU backend: the plain f32 reference forward pass behind the {@link ModelBackend} interface.
+ * Slow but dependable; used where no WebGPU adapter exists and as the oracle of the GPU path.
+ *
+ * @module
+ */
+
+import type { GGUFFile } from "../gguf/reader.ts";
+import { ReferenceModel } from "../model/reference.ts";
+import type { LlamaHParams } from "../model/hparams.ts";
+import { argmax } from "./sampling.ts";
+import type { ModelBackend } from "./backend.ts";
+
+/** {@link ModelBackend} over {@link ReferenceModel}. */
+export class CpuBackend implements ModelBackend {
+  /** Always "cpu". */
+  readonly kind = "cpu" as const;
+  /** Shapes of the model. */
+  readonly hparams: LlamaHParams;
+
+  private constructor(private readonly model: ReferenceModel, readonly contextLength: number) {
+    this.hparams = model.hparams;
+  }
+
+  /** Dequantises every weight of `file` to f32 and returns the backend. */
+  static async load(file: GGUFFile, contextLength?: number): Promise<CpuBackend> {
+    const model = await ReferenceModel.load(file);
+    return new CpuBackend(model, Math.min(contextLength ?? model.hparams.contextLength, model.hparams.contextLength));
+  }
+
+  /** Runs the tokens one by one; returns the last logits. */
+  forward(tokens: number[], pos: number): Promise<Float32Array> {
+    let logits = new Float32Array(0);
+    for (let i = 0; i < tokens.length; i++) logits = this.model.forward(tokens[i], pos + i);
+    return Promise.resolve(logits);
+  }
+
+  /** Runs the tokens and returns the argmax of the last logits. */
+  async forwardArgmax(tokens: number[], pos: number): Promise<number> {
+    return argmax(await this.forward(tokens, pos));
+  }
+
+  /** Memory summary. */
+  describe(): string[] {
+    const h = this.hparams;
+    const kvBytes = 2 * h.nLayer * h.nHeadKV * h.headDim * 4 * this.contextLength;
+    return [`backend: cpu (f32 reference), KV cache up to ${(kvBytes / 2 ** 20).toFixed(1)} MiB`];
+  }
+
+  /** Nothing to release. */
+  dispose(): void {}
+}

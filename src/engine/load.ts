@@ -1,0 +1,80 @@
+/**
+ * Loading a model for generation: the GGUF file, its hyper-parameters, tokenizer and chat template, and a
+ * backend (WebGPU when an adapter exists, otherwise the CPU reference).
+ *
+ * @module
+ */
+
+import { openGGUF, type GGUFFile } from "../gguf/reader.ts";
+import { hparamsFromGGUF, type LlamaHParams } from "../model/hparams.ts";
+import { tokenizerFromMetadata, type Tokenizer } from "../tokenizer/tokenizer.ts";
+import { BadFlagError } from "../errors.ts";
+import type { ModelBackend } from "./backend.ts";
+import { CpuBackend } from "./cpu_backend.ts";
+import { Session } from "./session.ts";
+
+/** Which implementation runs the model. */
+export type BackendChoice = "auto" | "cpu" | "webgpu";
+
+/** Options of {@link loadModel}. */
+export interface LoadOptions {
+  /** Backend; "auto" picks WebGPU when an adapter exists. Default "auto". */
+  backend?: BackendChoice;
+  /** Context length to allocate for (default: the model's, capped by the backend). */
+  contextLength?: number;
+  /** Progress messages (loading, uploading); the CLI prints them on stderr. */
+  onProgress?: (message: string) => void;
+}
+
+/** A loaded model ready to generate. */
+export interface Model {
+  /** The GGUF file (kept open for lazy reads). */
+  readonly file: GGUFFile;
+  /** Shapes. */
+  readonly hparams: LlamaHParams;
+  /** The model's tokenizer. */
+  readonly tokenizer: Tokenizer;
+  /** The forward-pass implementation. */
+  readonly backend: ModelBackend;
+  /** A new conversation on this model (sessions share the backend: use one at a time). */
+  session(): Session;
+  /** Releases the backend and closes the file. */
+  close(): void;
+}
+
+/** Opens `path`, validates it as a Llama GGUF and prepares a backend. */
+export async function loadModel(path: string, options: LoadOptions = {}): Promise<Model> {
+  const progress = options.onProgress ?? (() => {});
+  const file = await openGGUF(path);
+  try {
+    const hparams = hparamsFromGGUF(file);
+    const tokenizer = tokenizerFromMetadata(file.metadata);
+    if (options.contextLength !== undefined && options.contextLength > hparams.contextLength) {
+      throw new BadFlagError(
+        `--ctx ${options.contextLength} exceeds the model's trained context of ${hparams.contextLength}`,
+      );
+    }
+    const choice = options.backend ?? "auto";
+    let backend: ModelBackend;
+    if (choice === "webgpu") {
+      throw new BadFlagError("--backend webgpu is not available in this build yet (use cpu)");
+    } else {
+      progress(`loading ${path} on the CPU (f32 reference)`);
+      backend = await CpuBackend.load(file, options.contextLength);
+    }
+    return {
+      file,
+      hparams,
+      tokenizer,
+      backend,
+      session: () => new Session(backend, tokenizer),
+      close() {
+        backend.dispose();
+        file.close();
+      },
+    };
+  } catch (e) {
+    file.close();
+    throw e;
+  }
+}

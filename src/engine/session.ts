@@ -1,0 +1,171 @@
+/**
+ * A conversation with a model: the tokens already in the KV cache, and `generate()`, an async iterator of
+ * text pieces with per-token timing. A session keeps its cache between calls, so a chat turn only
+ * prefills the new tokens.
+ *
+ * @module
+ */
+
+import { OutOfMemoryError } from "../errors.ts";
+import type { Tokenizer } from "../tokenizer/tokenizer.ts";
+import type { ModelBackend } from "./backend.ts";
+import { Sampler, type SamplingOptions } from "./sampling.ts";
+
+/** Options of one {@link Session.generate} call. */
+export interface GenerateOptions extends SamplingOptions {
+  /** Most tokens to generate. Default 256. */
+  maxTokens?: number;
+  /** Generation ends before the first occurrence of any of these strings (not emitted). */
+  stop?: string[];
+  /** Keep going past end-of-generation tokens. */
+  ignoreEos?: boolean;
+  /** Aborts generation between tokens. */
+  signal?: AbortSignal;
+}
+
+/** One generated token and the text it completes (may be "" while a UTF-8 character is incomplete). */
+export interface GeneratedPiece {
+  /** Token id. */
+  token: number;
+  /** Text newly available for output. */
+  text: string;
+  /** Milliseconds spent producing this token (for the first one: including the prompt's prefill). */
+  ms: number;
+}
+
+/** Timing and counts of one {@link Session.generate} call. */
+export interface GenerationStats {
+  /** Tokens prefilled (new prompt tokens). */
+  promptTokens: number;
+  /** Milliseconds of prefill (until the first token's logits). */
+  prefillMs: number;
+  /** Tokens generated. */
+  generatedTokens: number;
+  /** Milliseconds of decoding after the first token. */
+  decodeMs: number;
+  /** Why generation stopped. */
+  stopReason: "length" | "eos" | "stop" | "abort" | "context";
+}
+
+/** Tokens in the cache plus generation; one sequence. */
+export class Session {
+  /** Every token whose keys and values are cached, in order. */
+  readonly tokens: number[] = [];
+  /** The last sampled token, not yet run through the model; it leads the next call's input. */
+  #unfed: number[] = [];
+  /** Statistics of the last `generate` call. */
+  lastStats: GenerationStats | undefined;
+
+  /** Starts an empty session on `backend`, decoding text with `tokenizer`. */
+  constructor(readonly backend: ModelBackend, readonly tokenizer: Tokenizer) {}
+
+  /** Forgets the conversation (the cache is overwritten from position 0 on the next call). */
+  reset(): void {
+    this.tokens.length = 0;
+    this.#unfed = [];
+  }
+
+  /**
+   * Appends `prompt` tokens to the conversation and yields generated pieces until a stop condition.
+   * The generated tokens stay in the session (ready for the next turn).
+   */
+  async *generate(prompt: number[], options: GenerateOptions = {}): AsyncGenerator<GeneratedPiece, GenerationStats> {
+    const sampler = new Sampler(options);
+    const maxTokens = options.maxTokens ?? 256;
+    const stops = (options.stop ?? []).filter((s) => s.length > 0);
+    const ctx = this.backend.contextLength;
+    prompt = [...this.#unfed, ...prompt];
+    this.#unfed = [];
+    if (prompt.length === 0 && this.tokens.length === 0 && this.tokenizer.bos !== undefined) {
+      prompt = [this.tokenizer.bos];
+    }
+    if (this.tokens.length + prompt.length > ctx) {
+      throw new OutOfMemoryError(
+        `context overflow: ${this.tokens.length} cached + ${prompt.length} prompt tokens exceed the context of ` +
+          `${ctx} (raise -c/--ctx)`,
+      );
+    }
+    const stats: GenerationStats = {
+      promptTokens: prompt.length,
+      prefillMs: 0,
+      generatedTokens: 0,
+      decodeMs: 0,
+      stopReason: "length",
+    };
+    this.lastStats = stats;
+    const decoder = this.tokenizer.streamDecoder();
+    let pending = ""; // text held back because it may be the start of a stop string
+    let feed = prompt;
+    const t0 = performance.now();
+    let tPrev = t0;
+    for (let i = 0; i < maxTokens; i++) {
+      if (options.signal?.aborted) {
+        stats.stopReason = "abort";
+        break;
+      }
+      if (this.tokens.length + feed.length > ctx) {
+        stats.stopReason = "context";
+        break;
+      }
+      const pos = this.tokens.length;
+      const history = this.tokens.concat(feed);
+      const token = sampler.isGreedy
+        ? await this.backend.forwardArgmax(feed, pos)
+        : sampler.sample(await this.backend.forward(feed, pos), history);
+      this.tokens.push(...feed);
+      const now = performance.now();
+      if (i === 0) stats.prefillMs = now - t0;
+      else stats.decodeMs += now - tPrev;
+      const ms = now - tPrev;
+      tPrev = now;
+      feed = [token];
+      stats.generatedTokens++;
+      if (!options.ignoreEos && this.tokenizer.isEndOfGeneration(token)) {
+        stats.stopReason = "eos";
+        break;
+      }
+      pending += decoder.push(token);
+      const hit = firstStop(pending, stops);
+      if (hit >= 0) {
+        stats.stopReason = "stop";
+        if (hit > 0) yield { token, text: pending.slice(0, hit), ms };
+        pending = "";
+        break;
+      }
+      const safe = pending.length - heldBack(pending, stops);
+      const text = pending.slice(0, safe);
+      pending = pending.slice(safe);
+      yield { token, text, ms };
+    }
+    // The last sampled token is not in the cache yet: it leads the next turn.
+    this.#unfed = feed;
+    if (stats.stopReason !== "stop") {
+      const rest = pending + decoder.flush();
+      if (rest) yield { token: -1, text: rest, ms: 0 };
+    }
+    return stats;
+  }
+}
+
+function firstStop(text: string, stops: string[]): number {
+  let best = -1;
+  for (const s of stops) {
+    const i = text.indexOf(s);
+    if (i >= 0 && (best < 0 || i < best)) best = i;
+  }
+  return best;
+}
+
+/** Length of the longest suffix of `text` that is a proper prefix of some stop string. */
+function heldBack(text: string, stops: string[]): number {
+  let keep = 0;
+  for (const s of stops) {
+    for (let k = Math.min(s.length - 1, text.length); k > keep; k--) {
+      if (text.endsWith(s.slice(0, k))) {
+        keep = k;
+        break;
+      }
+    }
+  }
+  return keep;
+}
