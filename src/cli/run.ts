@@ -126,9 +126,11 @@ export const runCommand: Command = {
       const ids = model.tokenizer.encode(prompt, { addBos: model.tokenizer.addBos });
       const gen = session.generate(ids, options);
       let text = "";
+      const generated: number[] = [];
       let r = await gen.next();
       while (!r.done) {
         text += r.value.text;
+        if (r.value.token >= 0) generated.push(r.value.token);
         if (!values.json) await writeOut(r.value.text);
         r = await gen.next();
       }
@@ -143,7 +145,7 @@ export const runCommand: Command = {
           prefill_ms: stats.prefillMs,
           decode_ms: stats.decodeMs,
           stop_reason: stats.stopReason,
-          tokens: session.tokens,
+          generated,
         }));
       } else {
         await writeOut("\n");

@@ -1,0 +1,66 @@
+import { deepEqual, equal, match, ok } from "node:assert/strict";
+import { fixture, fixtureTest } from "./fixtures.ts";
+
+const CLI = new URL("../cli.ts", import.meta.url).pathname;
+
+/** Runs the CLI in a subprocess and returns its exit code, stdout and stderr. */
+export async function runCli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", CLI, ...args],
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1", XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp" },
+  }).output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+function assertOneLineError(r: { code: number; stderr: string }, code: number, pattern: RegExp): void {
+  equal(r.code, code, r.stderr);
+  const lines = r.stderr.trim().split("\n");
+  equal(lines.length, 1, `expected one line, got:\n${r.stderr}`);
+  match(lines[0], pattern);
+  ok(!/\bat \S+:\d+:\d+/.test(r.stderr), "no stack trace");
+}
+
+Deno.test("cli: --help lists every command; unknown command and flags are one-line errors", async () => {
+  const help = await runCli(["--help"]);
+  equal(help.code, 0);
+  for (const c of ["run", "info", "tokenize", "synth", "demo"]) match(help.stdout, new RegExp(`\\b${c}\\b`));
+  assertOneLineError(await runCli(["frobnicate"]), 2, /unknown command "frobnicate"/);
+  assertOneLineError(await runCli(["run", "--bogus"]), 2, /unknown flag --bogus/);
+  assertOneLineError(await runCli(["run", "-m", "x.gguf", "-n", "many"]), 2, /--n-predict: "many" is not an integer/);
+  for (const c of ["run", "info", "tokenize", "synth", "demo"]) equal((await runCli([c, "--help"])).code, 0);
+});
+
+Deno.test("cli: a missing model file is a one-line error naming it", async () => {
+  assertOneLineError(await runCli(["info", "/nonexistent/model.gguf"]), 1, /\/nonexistent\/model\.gguf/);
+  assertOneLineError(await runCli(["run", "-m", "/nonexistent/m.gguf", "-p", "hi"]), 1, /\/nonexistent\/m\.gguf/);
+});
+
+fixtureTest("cli: info describes stories260K", ["stories260K.gguf"], async () => {
+  const r = await runCli(["info", "--json", fixture("stories260K.gguf")]);
+  equal(r.code, 0, r.stderr);
+  const j = JSON.parse(r.stdout);
+  equal(j.architecture, "llama");
+  equal(j.tensors, 48);
+  equal(j.vocab, 512);
+  equal(j.hparams.nLayer, 5);
+});
+
+fixtureTest("cli: tokenize --ids prints a JSON array with BOS", ["stories260K.gguf"], async () => {
+  const r = await runCli(["tokenize", "-m", fixture("stories260K.gguf"), "--ids", "Once upon a time"]);
+  equal(r.code, 0, r.stderr);
+  const ids = JSON.parse(r.stdout);
+  ok(Array.isArray(ids) && ids.length > 1);
+  equal(ids[0], 1);
+});
+
+fixtureTest("cli: run greedy on the CPU continues the golden story", ["stories260K.gguf", "stories260K.greedy.json"], async () => {
+  const golden = JSON.parse(await Deno.readTextFile(fixture("stories260K.greedy.json")));
+  const r = await runCli(["run", "-m", fixture("stories260K.gguf"), "--backend", "cpu", "-n", "20", "--temp", "0", "--json"]);
+  equal(r.code, 0, r.stderr);
+  const j = JSON.parse(r.stdout);
+  const tokens: number[] = golden.greedy_tokens;
+  deepEqual(j.generated.slice(0, 20), tokens.slice(0, 20));
+});
