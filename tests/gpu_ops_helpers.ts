@@ -1,0 +1,37 @@
+/** Shared helpers of the GPU op tests: random inputs, NaN-filled outputs, element-wise comparison. */
+
+import { fail } from "node:assert/strict";
+import type { Gpu } from "../src/gpu/device.ts";
+
+/** `n` uniform random values in (−scale, scale), fresh each run, never zero. */
+export function randomF32(n: number, scale = 1): Float32Array {
+  const a = new Float32Array(n);
+  for (let i = 0; i < n; i++) a[i] = ((Math.random() * 2 - 1) || 0.5) * scale;
+  return a;
+}
+
+/** A storage buffer of `n` f32 NaNs, so that an element the kernel never wrote shows up. */
+export function nanBuffer(gpu: Gpu, label: string, n: number): GPUBuffer {
+  return gpu.buffer(label, n * 4, new Float32Array(n).fill(NaN));
+}
+
+/**
+ * Fails unless `|got[i] − want[i]| <= rel·|want[i]| + abs` for every i < want.length (a NaN in `got`
+ * always fails), naming the first bad element and the largest error seen.
+ */
+export function expectClose(
+  what: string,
+  got: Float32Array,
+  want: ArrayLike<number>,
+  rel: number,
+  abs = 0,
+): void {
+  let worst = 0;
+  for (let i = 0; i < want.length; i++) {
+    const err = Math.abs(got[i] - want[i]);
+    if (!(err <= rel * Math.abs(want[i]) + abs)) {
+      fail(`${what}: element ${i} is ${got[i]}, expected ${want[i]} (error ${err}, rel ${rel}, abs ${abs})`);
+    }
+    worst = Math.max(worst, err);
+  }
+}

@@ -1,0 +1,83 @@
+// RMSNorm over rows of an f32 activation matrix: y[t] = x[t] / sqrt(mean(x[t]²) + eps) · w, one
+// workgroup per token row t. Rows t >= step.nTokens are skipped, so the same dispatch (sized for the
+// largest batch) serves prefill and decode.
+//
+// Entry points:
+//   main       binding 0: x, f32[maxTokens][width] (read)
+//              binding 1: w, f32[width] (read)
+//              binding 2: y, f32[maxTokens][width] (write)
+//              binding 3: step, uniform Step
+//   add_norm   binding 0: x, f32[maxTokens][width] (read_write): the residual stream, x += r in place
+//              binding 1: r, f32[maxTokens][width] (read): what is added to the residual
+//              binding 2: w, f32[width] (read)
+//              binding 3: y, f32[maxTokens][width] (write): rmsnorm(x + r) · w
+//              binding 4: step, uniform Step
+//
+// The sum of squares is reduced in two stages: each invocation sums a strided part of the row, then a
+// tree in workgroup memory folds the WG partial sums (no subgroup operations needed).
+
+override width: u32 = 1u;
+override eps: f32 = 1e-5;
+override WG: u32 = 256u;
+
+struct Step { nTokens: u32, pos0: u32, _pad0: u32, _pad1: u32 }
+
+var<workgroup> partial: array<f32, WG>;
+
+// Folds `partial` to partial[0]; every invocation of the workgroup must call it.
+fn reduce_sum(lane: u32) -> f32 {
+  for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
+    workgroupBarrier();
+    if (lane < stride) { partial[lane] += partial[lane + stride]; }
+  }
+  workgroupBarrier();
+  return partial[0];
+}
+
+@group(0) @binding(0) var<storage, read> x_in: array<f32>;
+@group(0) @binding(1) var<storage, read> w_main: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y_main: array<f32>;
+@group(0) @binding(3) var<uniform> step_main: Step;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lane: u32) {
+  let row = wg.x;
+  if (row >= step_main.nTokens) { return; }
+  let base = row * width;
+  var ss = 0.0;
+  for (var i = lane; i < width; i += WG) {
+    let v = x_in[base + i];
+    ss += v * v;
+  }
+  partial[lane] = ss;
+  let scale = 1.0 / sqrt(reduce_sum(lane) / f32(width) + eps);
+  for (var i = lane; i < width; i += WG) {
+    y_main[base + i] = x_in[base + i] * scale * w_main[i];
+  }
+}
+
+@group(0) @binding(0) var<storage, read_write> x_res: array<f32>;
+@group(0) @binding(1) var<storage, read> r_add: array<f32>;
+@group(0) @binding(2) var<storage, read> w_add: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y_add: array<f32>;
+@group(0) @binding(4) var<uniform> step_add: Step;
+
+@compute @workgroup_size(WG)
+fn add_norm(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lane: u32) {
+  let row = wg.x;
+  if (row >= step_add.nTokens) { return; }
+  let base = row * width;
+  var ss = 0.0;
+  // Each invocation re-reads only the elements it wrote itself, so no barrier is needed between the
+  // residual update and the scaling loop.
+  for (var i = lane; i < width; i += WG) {
+    let v = x_res[base + i] + r_add[base + i];
+    x_res[base + i] = v;
+    ss += v * v;
+  }
+  partial[lane] = ss;
+  let scale = 1.0 / sqrt(reduce_sum(lane) / f32(width) + eps);
+  for (var i = lane; i < width; i += WG) {
+    y_add[base + i] = x_res[base + i] * scale * w_add[i];
+  }
+}
