@@ -33,10 +33,12 @@ export interface StreamDecoderOptions {
   /** Leave out the text of control tokens; default true. */
   skipSpecial?: boolean;
   /**
-   * The pushed ids begin a text, as in {@link Tokenizer.decode}: the SentencePiece space prefix of the
-   * first text token is dropped. Default true; pass false when the ids continue an already shown prompt.
+   * The token just before the first pushed id (e.g. the last prompt token). The SentencePiece space
+   * prefix of the first text token is dropped only when the pushed ids begin a text, as in
+   * {@link Tokenizer.decode}: when `previous` is absent or is BOS. Pass the last prompt token when
+   * streaming a generation, so a continuation keeps its leading space.
    */
-  atStart?: boolean;
+  previous?: number;
 }
 
 /** Turns token ids into text one id at a time. */
@@ -151,7 +153,8 @@ class VocabTokenizer implements Tokenizer {
 
   streamDecoder(options: StreamDecoderOptions = {}): StreamDecoder {
     const special = !(options.skipSpecial ?? true);
-    let stripSpace = this.#model.addSpacePrefix && (options.atStart ?? true);
+    let stripSpace = this.#model.addSpacePrefix &&
+      (options.previous === undefined || options.previous === this.bos);
     let first = true;
     let decoder = new TextDecoder("utf-8", { ignoreBOM: true });
     return {
