@@ -1,0 +1,191 @@
+/**
+ * Attention over the paged KV cache on the GPU: flash-attention prefill (`wgsl/flash_prefill.wgsl`) for a
+ * batch of new tokens, and split-K flash decoding (`wgsl/flash_decode.wgsl`, partials then a reduce pass)
+ * for one token. Both read keys and values through the block tables, with lengths per (layer, KV head),
+ * so the same kernels serve every cache policy. Queries are f32 `[nTokens][qHeads · headDim]` after RoPE;
+ * outputs have the same layout. GQA: query head h reads KV head `h / (qHeads / kvHeads)`.
+ *
+ * @module
+ */
+
+import { BadFlagError, UnsupportedError } from "../../errors.ts";
+import type { Gpu } from "../device.ts";
+import {
+  bindNumbered,
+  layerUniform,
+  pagedKvConstants,
+  type PagedKvView,
+  poolShaderSource,
+  shardEntries,
+} from "../../kv/paged_view.ts";
+import {
+  type BufferSlice,
+  ceilDiv,
+  checkInt,
+  checkSlice,
+  checkWorkgroups,
+  type GpuOp,
+  type StepParams,
+} from "./op.ts";
+
+/** Query rows per prefill workgroup (`TILE_ROWS` in the shader). */
+const PREFILL_TILE_ROWS = 16;
+
+/** Options shared by {@link createFlashPrefill} and {@link createFlashDecode}. */
+export interface AttentionOptions {
+  /** Name for the profiler and errors. */
+  label: string;
+  /** The cache to read. */
+  kv: PagedKvView;
+  /** Layer of the cache this op reads. */
+  layer: number;
+  /** Query heads (a multiple of the cache's KV heads). */
+  qHeads: number;
+  /** Queries after RoPE, f32[tokens][qHeads · headDim]. */
+  q: BufferSlice;
+  /** Output, f32[tokens][qHeads · headDim]. */
+  out: BufferSlice;
+  /** Softmax scale (default 1/√headDim). */
+  scale?: number;
+}
+
+/** Options of {@link createFlashPrefill}. */
+export interface FlashPrefillOptions extends AttentionOptions {
+  /** Largest number of query tokens per step; the dispatch is sized for it. */
+  maxTokens: number;
+  /** Per-step token count (`nTokens`). */
+  step: StepParams;
+}
+
+/** Options of {@link createFlashDecode}. */
+export interface FlashDecodeOptions extends AttentionOptions {
+  /** Workgroups per KV head over the key range (default: min(32, pages per head)). */
+  splits?: number;
+  /**
+   * Scratch for the partial results, f32[splits][qHeads][headDim + 2]; may be shared by the decode ops of
+   * all layers (they run one after another). Created when absent.
+   */
+  partials?: BufferSlice;
+}
+
+function checkHeads(options: AttentionOptions): number {
+  const { label, kv, qHeads, layer } = options;
+  checkInt(label, "layer", layer, 0, kv.layers - 1);
+  checkInt(label, "qHeads", qHeads, 1);
+  if (qHeads % kv.kvHeads !== 0) {
+    throw new BadFlagError(`${label}: ${qHeads} query heads are not a multiple of ${kv.kvHeads} KV heads`);
+  }
+  return qHeads / kv.kvHeads;
+}
+
+function checkWorkgroupMemory(gpu: Gpu, label: string, bytes: number): void {
+  const limit = gpu.limits.maxComputeWorkgroupStorageSize;
+  if (bytes > limit) {
+    throw new UnsupportedError(`${label}: needs ${bytes} B of workgroup memory, this GPU has ${limit} B`);
+  }
+}
+
+/** Bytes of the decode partials for `splits` splits. */
+export function decodePartialsBytes(splits: number, qHeads: number, headDim: number): number {
+  return splits * qHeads * (headDim + 2) * 4;
+}
+
+/**
+ * Builds the prefill attention op of one layer: the step's `nTokens` queries (logical indices
+ * `length − nTokens …` of their rows) attend causally to all keys of their KV head in the cache.
+ */
+export function createFlashPrefill(gpu: Gpu, options: FlashPrefillOptions): GpuOp {
+  const { label, kv, layer, qHeads, q, out, maxTokens, step } = options;
+  checkHeads(options);
+  checkInt(label, "maxTokens", maxTokens, 1, step.maxTokens);
+  const D = kv.headDim;
+  checkSlice(label, "q", q, maxTokens * qHeads * D * 4);
+  checkSlice(label, "out", out, maxTokens * qHeads * D * 4);
+  checkWorkgroupMemory(gpu, label, PREFILL_TILE_ROWS * D * 4 + 16 * D * 4 + PREFILL_TILE_ROWS * 16 * 4 + 4);
+  const tiles = ceilDiv(maxTokens, PREFILL_TILE_ROWS);
+  checkWorkgroups(gpu, label, Math.max(tiles, qHeads));
+  const kernel = gpu.kernel(
+    "flash_prefill",
+    { ...pagedKvConstants(kv), q_heads: qHeads, scale: options.scale ?? 1 / Math.sqrt(D) },
+    { POOL: poolShaderSource(kv.shards.length, 7, false) },
+  );
+  const layerParams = layerUniform(gpu, label, layer);
+  const group = bindNumbered(gpu, kernel, [
+    [0, step.buffer],
+    [1, kv.sequence],
+    [2, layerParams],
+    [3, q],
+    [4, out],
+    [5, kv.blockTable],
+    [6, kv.lengths],
+    ...shardEntries(kv, 7),
+  ]);
+  return {
+    label,
+    encode(pass: GPUComputePassEncoder): void {
+      pass.setPipeline(kernel.pipeline);
+      pass.setBindGroup(0, group);
+      pass.dispatchWorkgroups(tiles, qHeads);
+    },
+  };
+}
+
+/**
+ * Builds the decode attention op of one layer: one query token (the last token of each row) attends to
+ * every key of its KV head. Two dispatches: partials over (splits × KV heads), then a reduce per query head.
+ * The grid is fixed; splits take ⌈pages / splits⌉ pages each, planned on the GPU from the row lengths.
+ */
+export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp {
+  const { label, kv, layer, qHeads, q, out } = options;
+  const group = checkHeads(options);
+  const D = kv.headDim;
+  if (group * D > 2048) {
+    throw new UnsupportedError(`${label}: a GQA group of ${group} heads × head_dim ${D} exceeds 2048 values`);
+  }
+  const splits = options.splits ?? Math.min(32, kv.maxPagesPerHead);
+  checkInt(label, "splits", splits, 1, gpu.limits.maxComputeWorkgroupsPerDimension);
+  checkWorkgroups(gpu, label, Math.max(qHeads, kv.kvHeads));
+  checkSlice(label, "q", q, qHeads * D * 4);
+  checkSlice(label, "out", out, qHeads * D * 4);
+  checkWorkgroupMemory(gpu, label, group * D * 4 + 16 * D * 4 + group * 16 * 4 + group * 12 + 4);
+  const partials = options.partials ??
+    gpu.buffer(`${label} partials`, decodePartialsBytes(splits, qHeads, D));
+  checkSlice(label, "partials", partials, decodePartialsBytes(splits, qHeads, D));
+  const constants = {
+    ...pagedKvConstants(kv),
+    q_heads: qHeads,
+    splits,
+    scale: options.scale ?? 1 / Math.sqrt(D),
+  };
+  const defines = { POOL: poolShaderSource(kv.shards.length, 8, false) };
+  const partialKernel = gpu.kernel("flash_decode", constants, defines, "main");
+  const reduceKernel = gpu.kernel("flash_decode", constants, defines, "reduce");
+  const layerParams = layerUniform(gpu, label, layer);
+  const partialGroup = bindNumbered(gpu, partialKernel, [
+    [1, kv.sequence],
+    [2, layerParams],
+    [3, q],
+    [4, partials],
+    [6, kv.blockTable],
+    [7, kv.lengths],
+    ...shardEntries(kv, 8),
+  ]);
+  const reduceGroup = bindNumbered(gpu, reduceKernel, [
+    [1, kv.sequence],
+    [2, layerParams],
+    [4, partials],
+    [5, out],
+    [7, kv.lengths],
+  ]);
+  return {
+    label,
+    encode(pass: GPUComputePassEncoder): void {
+      pass.setPipeline(partialKernel.pipeline);
+      pass.setBindGroup(0, partialGroup);
+      pass.dispatchWorkgroups(splits, kv.kvHeads);
+      pass.setPipeline(reduceKernel.pipeline);
+      pass.setBindGroup(0, reduceGroup);
+      pass.dispatchWorkgroups(qHeads);
+    },
+  };
+}
