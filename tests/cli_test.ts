@@ -29,13 +29,21 @@ Deno.test("cli: --help lists every command; unknown command and flags are one-li
   for (const c of ["run", "info", "tokenize", "synth", "demo"]) match(help.stdout, new RegExp(`\\b${c}\\b`));
   assertOneLineError(await runCli(["frobnicate"]), 2, /unknown command "frobnicate"/);
   assertOneLineError(await runCli(["run", "--bogus"]), 2, /unknown flag --bogus/);
-  assertOneLineError(await runCli(["run", "-m", "x.gguf", "-n", "many"]), 2, /--n-predict: "many" is not an integer/);
+  assertOneLineError(
+    await runCli(["run", "-m", "x.gguf", "-n", "many"]),
+    2,
+    /--n-predict: "many" is not an integer/,
+  );
   for (const c of ["run", "info", "tokenize", "synth", "demo"]) equal((await runCli([c, "--help"])).code, 0);
 });
 
 Deno.test("cli: a missing model file is a one-line error naming it", async () => {
   assertOneLineError(await runCli(["info", "/nonexistent/model.gguf"]), 1, /\/nonexistent\/model\.gguf/);
-  assertOneLineError(await runCli(["run", "-m", "/nonexistent/m.gguf", "-p", "hi"]), 1, /\/nonexistent\/m\.gguf/);
+  assertOneLineError(
+    await runCli(["run", "-m", "/nonexistent/m.gguf", "-p", "hi"]),
+    1,
+    /\/nonexistent\/m\.gguf/,
+  );
 });
 
 fixtureTest("cli: info describes stories260K", ["stories260K.gguf"], async () => {
@@ -56,9 +64,23 @@ fixtureTest("cli: tokenize --ids prints a JSON array with BOS", ["stories260K.gg
   equal(ids[0], 1);
 });
 
-fixtureTest("cli: run greedy on the CPU continues the golden story", ["stories260K.gguf", "stories260K.greedy.json"], async () => {
+fixtureTest("cli: run greedy on the CPU continues the golden story", [
+  "stories260K.gguf",
+  "stories260K.greedy.json",
+], async () => {
   const golden = JSON.parse(await Deno.readTextFile(fixture("stories260K.greedy.json")));
-  const r = await runCli(["run", "-m", fixture("stories260K.gguf"), "--backend", "cpu", "-n", "20", "--temp", "0", "--json"]);
+  const r = await runCli([
+    "run",
+    "-m",
+    fixture("stories260K.gguf"),
+    "--backend",
+    "cpu",
+    "-n",
+    "20",
+    "--temp",
+    "0",
+    "--json",
+  ]);
   equal(r.code, 0, r.stderr);
   const j = JSON.parse(r.stdout);
   const tokens: number[] = golden.greedy_tokens;

@@ -49,6 +49,9 @@ Deno.test("sampling: repetition penalty steers greedy away from recent tokens", 
 });
 
 Deno.test("sampling: bad settings name their flag", () => {
-  throws(() => new Sampler({ temperature: -1 }), (e) => e instanceof BadFlagError && /--temp/.test(e.message));
+  throws(
+    () => new Sampler({ temperature: -1 }),
+    (e) => e instanceof BadFlagError && /--temp/.test(e.message),
+  );
   throws(() => new Sampler({ topP: 0 }), (e) => e instanceof BadFlagError && /--top-p/.test(e.message));
 });

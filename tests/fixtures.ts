@@ -20,7 +20,11 @@ const inCI = Deno.env.get("CI") === "true";
  * Registers a test that needs the given fixtures. When one is missing the test is ignored locally,
  * and in CI it runs and fails naming the missing file.
  */
-export function fixtureTest(name: string, needs: string[], fn: (t: Deno.TestContext) => Promise<void> | void): void {
+export function fixtureTest(
+  name: string,
+  needs: string[],
+  fn: (t: Deno.TestContext) => Promise<void> | void,
+): void {
   const missing = needs.filter((rel) => !existsSync(fixture(rel)));
   if (missing.length === 0) {
     Deno.test(name, fn);

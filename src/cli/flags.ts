@@ -31,7 +31,11 @@ export interface ParsedFlags {
 /** Parses `args` for `command` against `spec`; unknown flags and missing values are {@link BadFlagError}s. */
 export function parseFlags(command: string, args: string[], spec: Record<string, FlagSpec>): ParsedFlags {
   const options: Record<string, { type: "string" | "boolean"; short?: string; multiple?: boolean }> = {};
-  for (const [name, s] of Object.entries(spec)) options[name] = { type: s.type, short: s.short, multiple: s.multiple };
+  for (const [name, s] of Object.entries(spec)) {
+    options[name] = { type: s.type };
+    if (s.short) options[name].short = s.short;
+    if (s.multiple) options[name].multiple = true;
+  }
   try {
     const { values, positionals } = parseArgs({ args, options, allowPositionals: true, strict: true });
     return { values: values as ParsedFlags["values"], positionals };
@@ -60,7 +64,7 @@ export function numberFlag(
   values: ParsedFlags["values"],
   name: string,
   fallback: number,
-  opts: { integer?: boolean; min?: number; max?: number } = {},
+  opts?: { integer?: boolean; min?: number; max?: number },
 ): number;
 export function numberFlag(
   values: ParsedFlags["values"],
@@ -90,7 +94,11 @@ export function numberFlag(
 /** Reads flag `name` as a string, throwing a {@link BadFlagError} when required and absent. */
 export function stringFlag(values: ParsedFlags["values"], name: string, required: true): string;
 export function stringFlag(values: ParsedFlags["values"], name: string, required?: false): string | undefined;
-export function stringFlag(values: ParsedFlags["values"], name: string, required = false): string | undefined {
+export function stringFlag(
+  values: ParsedFlags["values"],
+  name: string,
+  required = false,
+): string | undefined {
   const v = values[name];
   if (v === undefined || v === false) {
     if (required) throw new BadFlagError(`--${name} is required`);

@@ -88,7 +88,7 @@ export const infoCommand: Command = {
             `head_dim ${h.headDim}, vocab ${h.nVocab}, ${h.tiedOutput ? "tied" : "separate"} output`,
           `context:       ${h.contextLength} (rope base ${h.ropeBase}${
             h.ropeScaling ? `, llama3 scaling ×${h.ropeScaling.factor}` : ""
-          }), rms eps ${h.rmsEps}`,
+          }), rms eps ${Number(h.rmsEps.toPrecision(4))}`,
           `KV cache:      ${formatBytes(summary.kv_bytes_per_token_f16 as number)} per token in f16, ` +
             `${formatBytes(summary.kv_bytes_full_context_f16 as number)} for the full context`,
         );

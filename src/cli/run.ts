@@ -5,11 +5,19 @@
  * @module
  */
 
-import { BadFlagError, BadFileError } from "../errors.ts";
+import { BadFileError, BadFlagError } from "../errors.ts";
 import { loadModel, type Model } from "../engine/load.ts";
 import type { GenerationStats } from "../engine/session.ts";
 import type { Command } from "./main.ts";
-import { choiceFlag, type FlagSpec, helpText, numberFlag, parseFlags, type ParsedFlags, stringFlag } from "./flags.ts";
+import {
+  choiceFlag,
+  type FlagSpec,
+  helpText,
+  numberFlag,
+  type ParsedFlags,
+  parseFlags,
+  stringFlag,
+} from "./flags.ts";
 
 /** Flags shared by every command that loads a model for generation. */
 export const MODEL_FLAGS: Record<string, FlagSpec> = {
@@ -85,7 +93,9 @@ export function generationOptions(values: ParsedFlags["values"]) {
 export function statsLine(s: GenerationStats): string {
   const pre = s.prefillMs > 0 ? (s.promptTokens / s.prefillMs) * 1000 : 0;
   const dec = s.decodeMs > 0 ? ((s.generatedTokens - 1) / s.decodeMs) * 1000 : 0;
-  return `prefill: ${s.promptTokens} tokens in ${(s.prefillMs / 1000).toFixed(3)} s (${pre.toFixed(1)} tok/s); ` +
+  return `prefill: ${s.promptTokens} tokens in ${(s.prefillMs / 1000).toFixed(3)} s (${
+    pre.toFixed(1)
+  } tok/s); ` +
     `decode: ${s.generatedTokens} tokens, ${dec.toFixed(1)} tok/s; stop: ${s.stopReason}`;
 }
 
@@ -99,7 +109,9 @@ export async function writeOut(text: string): Promise<void> {
 async function readPrompt(values: ParsedFlags["values"]): Promise<string> {
   const p = stringFlag(values, "prompt");
   const f = stringFlag(values, "file");
-  if (p !== undefined && f !== undefined) throw new BadFlagError("give either -p/--prompt or -f/--file, not both");
+  if (p !== undefined && f !== undefined) {
+    throw new BadFlagError("give either -p/--prompt or -f/--file, not both");
+  }
   if (f === undefined) return p ?? "";
   try {
     return await Deno.readTextFile(f);

@@ -24,7 +24,9 @@ export const tokenizeCommand: Command = {
   async main(args) {
     const { values, positionals } = parseFlags("tokenize", args, FLAGS);
     if (values.help) {
-      console.log(helpText("wgkv tokenize -m MODEL [--ids] [--special] TEXT", tokenizeCommand.summary, FLAGS));
+      console.log(
+        helpText("wgkv tokenize -m MODEL [--ids] [--special] TEXT", tokenizeCommand.summary, FLAGS),
+      );
       return 0;
     }
     if (positionals.length !== 1) throw new BadFlagError("tokenize: give the TEXT as one argument");
@@ -38,7 +40,14 @@ export const tokenizeCommand: Command = {
       if (values.ids) {
         console.log(JSON.stringify(ids));
       } else {
-        for (const id of ids) console.log(`${String(id).padStart(6)} ${JSON.stringify(tok.decode([id]))}`);
+        const utf8 = new TextDecoder();
+        for (const id of ids) {
+          console.log(
+            `${String(id).padStart(6)} ${
+              JSON.stringify(utf8.decode(tok.tokenToPiece(id, { special: true })))
+            }`,
+          );
+        }
       }
       return 0;
     } finally {

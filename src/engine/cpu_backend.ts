@@ -25,7 +25,10 @@ export class CpuBackend implements ModelBackend {
   /** Dequantises every weight of `file` to f32 and returns the backend. */
   static async load(file: GGUFFile, contextLength?: number): Promise<CpuBackend> {
     const model = await ReferenceModel.load(file);
-    return new CpuBackend(model, Math.min(contextLength ?? model.hparams.contextLength, model.hparams.contextLength));
+    return new CpuBackend(
+      model,
+      Math.min(contextLength ?? model.hparams.contextLength, model.hparams.contextLength),
+    );
   }
 
   /** Runs the tokens one by one; returns the last logits. */

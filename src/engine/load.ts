@@ -5,9 +5,9 @@
  * @module
  */
 
-import { openGGUF, type GGUFFile } from "../gguf/reader.ts";
+import { type GGUFFile, openGGUF } from "../gguf/reader.ts";
 import { hparamsFromGGUF, type LlamaHParams } from "../model/hparams.ts";
-import { tokenizerFromMetadata, type Tokenizer } from "../tokenizer/tokenizer.ts";
+import { type Tokenizer, tokenizerFromMetadata } from "../tokenizer/tokenizer.ts";
 import { BadFlagError } from "../errors.ts";
 import type { ModelBackend } from "./backend.ts";
 import { CpuBackend } from "./cpu_backend.ts";

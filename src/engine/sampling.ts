@@ -64,7 +64,8 @@ export function topK(k: number): LogitsProcessor {
     // Min-heap of the best k seen so far, by logit.
     const heap = new Uint32Array(k);
     let size = 0;
-    const less = (a: number, b: number) => c.logits[a] < c.logits[b] || (c.logits[a] === c.logits[b] && a > b);
+    const less = (a: number, b: number) =>
+      c.logits[a] < c.logits[b] || (c.logits[a] === c.logits[b] && a > b);
     const siftDown = (i: number) => {
       for (;;) {
         const l = 2 * i + 1, r = l + 1;

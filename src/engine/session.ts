@@ -69,7 +69,10 @@ export class Session {
    * Appends `prompt` tokens to the conversation and yields generated pieces until a stop condition.
    * The generated tokens stay in the session (ready for the next turn).
    */
-  async *generate(prompt: number[], options: GenerateOptions = {}): AsyncGenerator<GeneratedPiece, GenerationStats> {
+  async *generate(
+    prompt: number[],
+    options: GenerateOptions = {},
+  ): AsyncGenerator<GeneratedPiece, GenerationStats> {
     const sampler = new Sampler(options);
     const maxTokens = options.maxTokens ?? 256;
     const stops = (options.stop ?? []).filter((s) => s.length > 0);
@@ -93,7 +96,7 @@ export class Session {
       stopReason: "length",
     };
     this.lastStats = stats;
-    const decoder = this.tokenizer.streamDecoder();
+    const decoder = this.tokenizer.streamDecoder({ previous: prompt.at(-1) });
     let pending = ""; // text held back because it may be the start of a stop string
     let feed = prompt;
     const t0 = performance.now();

@@ -33,9 +33,7 @@ export async function preloadShaders(names: string[]): Promise<void> {
   await Promise.all(names.map(async (name) => {
     if (cache.has(name)) return;
     const url = new URL(`${name}.wgsl`, WGSL_DIR);
-    const text = url.protocol === "file:"
-      ? await Deno.readTextFile(url)
-      : await (await fetch(url)).text();
+    const text = url.protocol === "file:" ? await Deno.readTextFile(url) : await (await fetch(url)).text();
     cache.set(name, text);
   }));
 }

@@ -97,7 +97,13 @@ export function ropeInverseFrequencies(
  * Rotary embedding in place, GGUF `llama` ("normal") layout: within each head of `headDim` values the
  * adjacent pairs (2i, 2i+1) for 2i < ropeDim are rotated by angle `pos · invFreq[i]`.
  */
-export function rope(x: Float32Array, nHeads: number, headDim: number, pos: number, invFreq: Float32Array): void {
+export function rope(
+  x: Float32Array,
+  nHeads: number,
+  headDim: number,
+  pos: number,
+  invFreq: Float32Array,
+): void {
   for (let h = 0; h < nHeads; h++) {
     const o = h * headDim;
     for (let i = 0; i < invFreq.length; i++) {
