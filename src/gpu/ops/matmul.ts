@@ -1,0 +1,167 @@
+/**
+ * `y = x · Wᵀ` with W a {@link GpuWeight} in its GGUF type: activations `x` are f32 `[nTokens][cols]`, outputs
+ * `y` f32 `[nTokens][rows]`, both row-major. Two kernels: {@link createMatvec} for decode (a few tokens,
+ * bandwidth-bound, `wgsl/matvec.wgsl`) and {@link createMatmul} for prefill (tiled, `wgsl/matmul.wgsl`).
+ * A weight split into several parts is dispatched once per part, each writing its own output columns.
+ *
+ * @module
+ */
+
+import { BadFlagError } from "../../errors.ts";
+import type { Gpu, Kernel } from "../device.ts";
+import { dequantSource, type GpuWeight } from "../weights.ts";
+import {
+  type BufferSlice,
+  ceilDiv,
+  checkInt,
+  checkSlice,
+  checkWorkgroups,
+  type GpuOp,
+  type StepParams,
+} from "./op.ts";
+
+/** What both matrix ops bind. */
+export interface LinearOptions {
+  /** Name for errors and the profiler, e.g. "blk.0.attn_q". */
+  label: string;
+  /** The weight, ggml shape `[cols, rows]`. */
+  weight: GpuWeight;
+  /** Input activations, f32 `[maxTokens][weight.cols]`. */
+  x: BufferSlice;
+  /** Output, f32 `[maxTokens][weight.rows]`. */
+  y: BufferSlice;
+  /** Largest number of tokens per step; dispatches are sized for it. At most `step.maxTokens`. */
+  maxTokens: number;
+  /** Per-step token count (`nTokens`). */
+  step: StepParams;
+}
+
+/** Tuning knobs of the decode kernel (WGSL override constants). */
+export interface MatvecTuning {
+  /** Threads per workgroup, a power of two in [32, 1024] (default 128). */
+  workgroupSize?: number;
+  /** Weight rows per workgroup, 1..8 (default 4). */
+  rowsPerWorkgroup?: number;
+  /** Tokens per workgroup, 1..8 (default min(maxTokens, 4)). */
+  tokensPerWorkgroup?: number;
+}
+
+/** Options of {@link createMatvec}. */
+export interface MatvecOptions extends LinearOptions {
+  /** Override constants for tuning on a given GPU. */
+  tuning?: MatvecTuning;
+}
+
+interface PartDispatch {
+  group: GPUBindGroup;
+  workgroups: [number, number, number];
+}
+
+class LinearOp implements GpuOp {
+  readonly label: string;
+  readonly #kernel: Kernel;
+  readonly #parts: PartDispatch[];
+
+  constructor(label: string, kernel: Kernel, parts: PartDispatch[]) {
+    this.label = label;
+    this.#kernel = kernel;
+    this.#parts = parts;
+  }
+
+  encode(pass: GPUComputePassEncoder): void {
+    pass.setPipeline(this.#kernel.pipeline);
+    for (const part of this.#parts) {
+      pass.setBindGroup(0, part.group);
+      pass.dispatchWorkgroups(...part.workgroups);
+    }
+  }
+}
+
+function checkLinear(gpu: Gpu, op: string, options: LinearOptions): void {
+  const { weight, x, y, maxTokens, step } = options;
+  checkInt(op, "maxTokens", maxTokens, 1, step.maxTokens);
+  checkSlice(op, "x", x, maxTokens * weight.cols * 4);
+  checkSlice(op, "y", y, maxTokens * weight.rows * 4);
+  checkWorkgroups(gpu, op, ceilDiv(maxTokens, 64));
+}
+
+function bindParts(
+  gpu: Gpu,
+  kernel: Kernel,
+  options: LinearOptions,
+  workgroups: (rows: number) => [number, number, number],
+): PartDispatch[] {
+  const { weight, x, y, step, label } = options;
+  return weight.parts.map((part, i) => {
+    const info = gpu.uniform(
+      `${label}.part${i}`,
+      new Uint32Array([part.rows, part.firstRow, weight.rows, weight.cols, weight.rowBytes]),
+    );
+    return {
+      group: gpu.bind(kernel, [part.buffer, x, y, step.buffer, info]),
+      workgroups: workgroups(part.rows),
+    };
+  });
+}
+
+/**
+ * Creates the decode matrix-vector op: for each of the step's tokens, `y[t] = W · x[t]`. Meant for a few
+ * tokens per step (it reads W once per `tokensPerWorkgroup` tokens); use {@link createMatmul} for prefill.
+ */
+export function createMatvec(gpu: Gpu, options: MatvecOptions): GpuOp {
+  const op = options.label;
+  checkLinear(gpu, op, options);
+  const { weight, maxTokens } = options;
+  const t = options.tuning ?? {};
+  const workgroupSize = t.workgroupSize ?? 128;
+  const rowsPerWorkgroup = t.rowsPerWorkgroup ?? 4;
+  const tokensPerWorkgroup = t.tokensPerWorkgroup ?? Math.min(maxTokens, 4);
+  checkInt(op, "workgroupSize", workgroupSize, 32, gpu.limits.maxComputeInvocationsPerWorkgroup);
+  if ((workgroupSize & (workgroupSize - 1)) !== 0) {
+    throw new BadFlagError(`${op}: workgroupSize must be a power of two, got ${workgroupSize}`);
+  }
+  checkInt(op, "rowsPerWorkgroup", rowsPerWorkgroup, 1, 8);
+  checkInt(op, "tokensPerWorkgroup", tokensPerWorkgroup, 1, 8);
+  checkInt(
+    op,
+    "rowsPerWorkgroup × tokensPerWorkgroup",
+    rowsPerWorkgroup * tokensPerWorkgroup,
+    1,
+    workgroupSize,
+  );
+  const kernel = gpu.kernel(
+    "matvec",
+    {
+      wg_size: workgroupSize,
+      rows_per_wg: rowsPerWorkgroup,
+      tokens_per_wg: tokensPerWorkgroup,
+    },
+    { DEQUANT: dequantSource(weight.info.name) },
+  );
+  const maxPerDim = gpu.limits.maxComputeWorkgroupsPerDimension;
+  const tokenGroups = ceilDiv(maxTokens, tokensPerWorkgroup);
+  checkWorkgroups(gpu, op, tokenGroups);
+  const parts = bindParts(gpu, kernel, options, (rows) => {
+    const groups = ceilDiv(rows, rowsPerWorkgroup);
+    const gx = Math.min(groups, maxPerDim);
+    return [gx, ceilDiv(groups, gx), tokenGroups];
+  });
+  return new LinearOp(op, kernel, parts);
+}
+
+/** Creates the prefill matrix-matrix op: `Y = X · Wᵀ` for the step's tokens, in 64 × 64 output tiles. */
+export function createMatmul(gpu: Gpu, options: LinearOptions): GpuOp {
+  const op = options.label;
+  checkLinear(gpu, op, options);
+  const { weight, maxTokens } = options;
+  const kernel = gpu.kernel(
+    "matmul",
+    {},
+    { DEQUANT: dequantSource(weight.info.name) },
+  );
+  const parts = bindParts(gpu, kernel, options, (rows) => {
+    checkWorkgroups(gpu, op, ceilDiv(rows, 64));
+    return [ceilDiv(rows, 64), ceilDiv(maxTokens, 64), 1];
+  });
+  return new LinearOp(op, kernel, parts);
+}
