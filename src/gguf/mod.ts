@@ -8,6 +8,7 @@ export {
   dequantize,
   GGMLType,
   type GGMLTypeInfo,
+  quantize,
   tensorByteSize,
   TYPE_TABLE,
   typeInfo,

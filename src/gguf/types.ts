@@ -164,3 +164,11 @@ export function dequantize(type: number, src: Uint8Array, nElements: number, wha
   info.dequantize(src, dst);
   return dst;
 }
+
+/** Quantises `src` (length a multiple of the block size) to raw blocks of type `type`; UnsupportedError without a quantiser. */
+export function quantize(type: number, src: Float32Array, what = "tensor"): Uint8Array {
+  const info = typeInfo(type, what);
+  if (!info.quantize) throw new UnsupportedError(`${what}: wgkv has no ${info.name} quantiser`);
+  tensorByteSize(type, src.length, what);
+  return info.quantize(src);
+}
