@@ -17,7 +17,7 @@ export function nanBuffer(gpu: Gpu, label: string, n: number): GPUBuffer {
 
 /**
  * Fails unless `|got[i] − want[i]| <= rel·|want[i]| + abs` for every i < want.length (a NaN in `got`
- * always fails), naming the first bad element and the largest error seen.
+ * always fails), naming the first bad element.
  */
 export function expectClose(
   what: string,
@@ -26,12 +26,10 @@ export function expectClose(
   rel: number,
   abs = 0,
 ): void {
-  let worst = 0;
   for (let i = 0; i < want.length; i++) {
     const err = Math.abs(got[i] - want[i]);
     if (!(err <= rel * Math.abs(want[i]) + abs)) {
       fail(`${what}: element ${i} is ${got[i]}, expected ${want[i]} (error ${err}, rel ${rel}, abs ${abs})`);
     }
-    worst = Math.max(worst, err);
   }
 }
