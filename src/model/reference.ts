@@ -121,12 +121,12 @@ export class ReferenceModel {
   }
 
   /** Runs `token` at position `pos` and returns the logits over the vocabulary (a new array). */
-  forward(token: number, pos: number): Float32Array {
+  forward(token: number, pos: number): Float32Array<ArrayBuffer> {
     return this.logits(this.forwardHidden(token, pos));
   }
 
   /** The output projection of a final (normed) hidden state: logits over the vocabulary (a new array). */
-  logits(hidden: Float32Array): Float32Array {
+  logits(hidden: Float32Array): Float32Array<ArrayBuffer> {
     const out = new Float32Array(this.hparams.nVocab);
     matvec(out, this.#output, hidden);
     return out;
@@ -137,7 +137,7 @@ export class ReferenceModel {
    * array of nEmbd values). Positions must follow on from the cache: `pos` ≤ {@link length}; a smaller
    * `pos` drops the cached positions from `pos` on (rewinding).
    */
-  forwardHidden(token: number, pos: number): Float32Array {
+  forwardHidden(token: number, pos: number): Float32Array<ArrayBuffer> {
     const hp = this.hparams;
     if (!Number.isInteger(token) || token < 0 || token >= hp.nVocab) {
       throw new BadFlagError(`token id ${token} is outside the vocabulary (0..${hp.nVocab - 1})`);

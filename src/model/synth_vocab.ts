@@ -2,7 +2,8 @@
  * A self-contained SentencePiece-style vocabulary of any size for synthetic models, so that a model with
  * random weights still tokenizes and decodes text without any other file. Layout (as in Llama 1/2):
  * `<unk>`, `<s>`, `</s>`, the 256 byte-fallback tokens `<0x00>`…`<0xFF>`, `▁` and the printable ASCII
- * characters, common English words (with all their prefixes, so merges can reach them), then generated
+ * characters, common English words and capitalised sentence starters (with all their prefixes, so merges can
+ * reach them), then generated
  * letter pieces, shortest first. Scores descend with the id, so shorter and earlier pieces merge first.
  *
  * @module
@@ -52,6 +53,11 @@ const COMMON_WORDS = (
   "house home found looked went ran smiled fun love loved toy toys sun sky water every thing things"
 ).split(" ");
 
+/** Capitalised words that often start a sentence. */
+const CAPITALISED_WORDS = "The A He She It They We I One Once Lily Tom Ben There In But And Then When".split(
+  " ",
+);
+
 /** Letters in rough order of English frequency, for the generated pieces. */
 const LETTERS = "etaoinshrdlcumwfgypbvkjxqz";
 
@@ -87,6 +93,7 @@ export function syntheticVocab(size: number): SyntheticVocab {
     addWithPrefixes(SPACE_MARK + word);
     addWithPrefixes(word);
   }
+  for (const word of CAPITALISED_WORDS) addWithPrefixes(SPACE_MARK + word);
   // Fill with letter strings, shortest first (each length enumerated in frequency order, after the
   // space-prefixed variants of the previous length), so every piece's prefixes are already present.
   let previous: string[] = [""];
