@@ -121,7 +121,7 @@ class Harness {
       for (let i = 0; i < want.length; i++) {
         const err = Math.abs(got[i] - want[i]);
         ok(
-          err <= 1e-3 + 1e-3 * Math.abs(want[i]),
+          err <= 1e-4 + 1e-4 * Math.abs(want[i]), // K/V are rounded to f16 in the reference too
           `${decode ? "decode" : "prefill"} slot ${slot} layer ${layer} len ${len} m ${m}: out[${i}] = ${
             got[i]
           }, want ${want[i]}`,

@@ -1,4 +1,5 @@
-import { equal, ok } from "node:assert/strict";
+import { equal, ok, rejects } from "node:assert/strict";
+import { OutOfMemoryError } from "../src/errors.ts";
 import { getGpu } from "../src/gpu/device.ts";
 import { createKvAppend } from "../src/gpu/ops/kv_append.ts";
 import { StepParams } from "../src/gpu/ops/op.ts";
@@ -82,4 +83,16 @@ Deno.test("kv append: f16 keys and values land in their pages (scattered, 3 shar
   equal(nonZero, 0);
   ok(seen.size === 27 * kvHeads * headDim * 2);
   kv.destroy();
+});
+
+Deno.test("kv cache: a pool the kernels cannot bind is refused before allocating, with the numbers", async () => {
+  const gpu = await getGpu();
+  const limit = gpu.limits.maxStorageBufferBindingSize;
+  const tokens = Math.ceil((9 * limit) / (2 * 2 * 128)); // more than 8 shards' worth for one head
+  await rejects(
+    KvCache.create(gpu, { layers: 1, kvHeads: 1, headDim: 128, maxTokensPerHead: tokens }),
+    (e: Error) =>
+      e instanceof OutOfMemoryError &&
+      /asked \(\d+ pages × 8192 B\) but kernels can bind at most/.test(e.message),
+  );
 });

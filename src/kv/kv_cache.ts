@@ -37,6 +37,21 @@ export interface KvCacheOptions {
   maxShardBytes?: number;
 }
 
+function checkOptions(options: KvCacheOptions): void {
+  const { layers, kvHeads, headDim, maxTokensPerHead, seqSlots = 1, pages = 1 } = options;
+  for (const [name, v] of Object.entries({ layers, kvHeads, headDim, maxTokensPerHead, seqSlots, pages })) {
+    if (!Number.isSafeInteger(v) || v < 1) {
+      throw new BadFlagError(`KV cache: ${name} must be a whole number ≥ 1, got ${v}`);
+    }
+  }
+}
+
+/** Pages of the pool `options` ask for: `pages`, or a full cache of every slot. */
+export function poolPages(options: KvCacheOptions): number {
+  const slots = options.seqSlots ?? 1;
+  return options.pages ?? slots * options.layers * options.kvHeads * pagesForTokens(options.maxTokensPerHead);
+}
+
 /** Occupancy of a {@link KvCache}. */
 export interface KvCacheStats extends PagePoolStats {
   /** Bytes of the used pages. */
@@ -71,20 +86,16 @@ export class KvCache implements PagedKvView {
   readonly #gpu?: Gpu;
 
   private constructor(options: KvCacheOptions, gpu?: Gpu, storage?: PoolStorage) {
+    checkOptions(options);
     const { layers, kvHeads, headDim, maxTokensPerHead } = options;
     const seqSlots = options.seqSlots ?? 1;
-    for (const [name, v] of Object.entries({ layers, kvHeads, headDim, maxTokensPerHead, seqSlots })) {
-      if (!Number.isInteger(v) || v < 1) {
-        throw new BadFlagError(`KV cache: ${name} must be a whole number ≥ 1, got ${v}`);
-      }
-    }
     this.headDim = headDim;
     this.layers = layers;
     this.kvHeads = kvHeads;
     this.seqSlots = seqSlots;
     this.maxTokensPerHead = maxTokensPerHead;
     this.maxPagesPerHead = pagesForTokens(maxTokensPerHead);
-    this.pool = new PagePool(options.pages ?? seqSlots * layers * kvHeads * this.maxPagesPerHead);
+    this.pool = new PagePool(poolPages(options));
     this.tables = new BlockTables({ seqSlots, layers, kvHeads, maxPagesPerHead: this.maxPagesPerHead }, gpu);
     this.#open = new Uint8Array(seqSlots);
     this.#gpu = gpu;
