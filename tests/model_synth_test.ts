@@ -195,3 +195,22 @@ Deno.test("the generated vocabulary is SentencePiece-shaped and round-trips text
     "\u2581girl",
   ]);
 });
+
+fixtureTest(
+  "vocabFrom a 32,000-token vocabulary sets the model's vocabulary size",
+  ["llama-2-tiny-random.gguf"],
+  async () => {
+    const out = join(dir, "vocab32k.gguf");
+    await writeSyntheticModel({
+      shape: "tiny",
+      type: "q8_0",
+      out,
+      vocabFrom: fixture("llama-2-tiny-random.gguf"),
+    });
+    const file = await openGGUF(out);
+    const hp = hparamsFromGGUF(file);
+    equal(hp.nVocab, 32000);
+    equal(file.getArray("tokenizer.ggml.tokens").length, 32000);
+    file.close();
+  },
+);
