@@ -108,10 +108,10 @@ class Harness {
       }
       const got = await gpu.readF32(this.outBuf, 0, m * qHeads * D);
       const want = new Float32Array(m * qHeads * D);
-      const len = kv.length(slot, layer, 0);
       for (let t = 0; t < m; t++) {
         for (let hq = 0; hq < qHeads; hq++) {
           const h = Math.floor(hq / shape.group);
+          const len = kv.length(slot, layer, h); // ragged: each KV head has its own length
           const keys = Float32Array.from(this.keys[slot][layer][h]);
           const values = Float32Array.from(this.values[slot][layer][h]);
           const o = (t * qHeads + hq) * D;
@@ -122,13 +122,20 @@ class Harness {
         const err = Math.abs(got[i] - want[i]);
         ok(
           err <= 1e-4 + 1e-4 * Math.abs(want[i]), // K/V are rounded to f16 in the reference too
-          `${decode ? "decode" : "prefill"} slot ${slot} layer ${layer} len ${len} m ${m}: out[${i}] = ${
-            got[i]
-          }, want ${want[i]}`,
+          `${decode ? "decode" : "prefill"} slot ${slot} layer ${layer} m ${m}: out[${i}] = ${got[i]}, want ${
+            want[i]
+          }`,
         );
       }
     }
   }
+}
+
+/** Cuts one (layer, head) row of `slot` to `tokens` tokens, in the cache and in the harness's mirror. */
+function truncateHead(h: Harness, slot: number, layer: number, head: number, tokens: number): void {
+  h.kv.truncateHead(slot, layer, head, tokens);
+  h.keys[slot][layer][head].length = tokens * h.shape.headDim;
+  h.values[slot][layer][head].length = tokens * h.shape.headDim;
 }
 
 /** Scatters the free list: allocates pages to a throw-away sequence in odd pieces and frees some of them. */
@@ -244,5 +251,28 @@ Deno.test("gpu attention: several sequences share the pool, interleaved, one clo
   await h.run(c, 19, false);
   await h.run(b, 3, false);
   await h.run(c, 1, true);
+  h.kv.destroy();
+});
+
+Deno.test("gpu attention: ragged lengths per KV head (rows cut to 3, 16, 17, 40 tokens), prefill and decode", async () => {
+  const h = await harness({
+    headDim: 16,
+    kvHeads: 4,
+    group: 2,
+    layers: 2,
+    maxTokens: 40,
+    maxTokensPerHead: 96,
+    seqSlots: 1,
+    splits: 4,
+  });
+  const s = h.kv.openSequence();
+  await h.run(s, 40, false);
+  const cuts = [3, 16, 17, 40];
+  for (let layer = 0; layer < 2; layer++) {
+    for (let head = 0; head < 4; head++) truncateHead(h, s, layer, head, cuts[(head + layer) % 4]);
+  }
+  await h.run(s, 1, true);
+  await h.run(s, 21, false);
+  await h.run(s, 1, true);
   h.kv.destroy();
 });
