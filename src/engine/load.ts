@@ -11,6 +11,10 @@ import { type Tokenizer, tokenizerFromMetadata } from "../tokenizer/tokenizer.ts
 import { BadFlagError } from "../errors.ts";
 import type { ModelBackend } from "./backend.ts";
 import { CpuBackend } from "./cpu_backend.ts";
+import { GpuBackend } from "./gpu_backend.ts";
+import { getGpu } from "../gpu/device.ts";
+import { DeviceError } from "../errors.ts";
+import type { GpuProfiler } from "../gpu/profiler.ts";
 import { Session } from "./session.ts";
 
 /** Which implementation runs the model. */
@@ -22,8 +26,12 @@ export interface LoadOptions {
   backend?: BackendChoice;
   /** Context length to allocate for (default: the model's, capped by the backend). */
   contextLength?: number;
+  /** Most prompt tokens per GPU prefill step (default 512). */
+  maxBatch?: number;
   /** Progress messages (loading, uploading); the CLI prints them on stderr. */
   onProgress?: (message: string) => void;
+  /** Per-kernel timing on the GPU. */
+  profiler?: GpuProfiler;
 }
 
 /** A loaded model ready to generate. */
@@ -55,10 +63,23 @@ export async function loadModel(path: string, options: LoadOptions = {}): Promis
       );
     }
     const choice = options.backend ?? "auto";
-    let backend: ModelBackend;
-    if (choice === "webgpu") {
-      throw new BadFlagError("--backend webgpu is not available in this build yet (use cpu)");
-    } else {
+    let backend: ModelBackend | undefined;
+    if (choice !== "cpu") {
+      try {
+        const gpu = await getGpu({ profile: options.profiler !== undefined });
+        progress(`loading ${path} on ${gpu.description}`);
+        backend = await GpuBackend.load(gpu, file, hparams, {
+          contextLength: options.contextLength ?? Math.min(hparams.contextLength, 4096),
+          maxBatch: options.maxBatch,
+          onProgress: progress,
+          profiler: options.profiler,
+        });
+      } catch (e) {
+        if (choice === "webgpu" || !(e instanceof DeviceError)) throw e;
+        progress(`no usable WebGPU device (${e.message}); running on the CPU reference instead`);
+      }
+    }
+    if (!backend) {
       progress(`loading ${path} on the CPU (f32 reference)`);
       backend = await CpuBackend.load(file, options.contextLength);
     }

@@ -1,0 +1,470 @@
+/**
+ * The Llama forward pass on WebGPU. Weights stay in their GGUF types on the GPU; one step (a prefill
+ * chunk or one decode token) is one command buffer whose commands are recorded from ops built once, so
+ * decode replays the same sequence every token and reads back only the sampled token id (4 bytes).
+ *
+ * One step, top to bottom (M tokens at positions pos … pos+M−1):
+ *
+ *   x  = embed(tokens)
+ *   xn = rmsnorm(x) · attn_norm[0]
+ *   for each layer l:
+ *     q, k, v = xn·Wq, xn·Wk, xn·Wv          (matvec for M = 1, tiled matmul otherwise)
+ *     rope(q, k) at their positions
+ *     append k, v to the paged KV cache of layer l
+ *     att = attention(q, cache)             (split-K decode for M = 1, flash prefill otherwise)
+ *     x  += att·Wo ;  xn = rmsnorm(x) · ffn_norm[l]          (one fused dispatch)
+ *     h   = silu(xn·Wgate) · (xn·Wup)
+ *     x  += h·Wdown ; xn = rmsnorm(x) · (attn_norm[l+1] or output_norm)
+ *   logits = xn[M−1] · Woutᵀ ;  token = argmax(logits)
+ *
+ * @module
+ */
+
+import type { GGUFFile, TensorInfo } from "../gguf/reader.ts";
+import { BadFlagError } from "../errors.ts";
+import { formatBytes, type Gpu } from "../gpu/device.ts";
+import { GpuWeight } from "../gpu/weights.ts";
+import { encodeOps, type GpuOp, StepParams } from "../gpu/ops/op.ts";
+import { createEmbed, type EmbedOp } from "../gpu/ops/embed.ts";
+import { createRmsNorm } from "../gpu/ops/norm.ts";
+import { createMatmul, createMatvec } from "../gpu/ops/matmul.ts";
+import { createRope } from "../gpu/ops/rope.ts";
+import { createKvAppend } from "../gpu/ops/kv_append.ts";
+import { createFlashDecode, createFlashPrefill, decodePartialsBytes } from "../gpu/ops/attention.ts";
+import { createSwiGlu } from "../gpu/ops/elementwise.ts";
+import { type ArgmaxOp, createArgmax } from "../gpu/ops/argmax.ts";
+import type { GpuProfiler } from "../gpu/profiler.ts";
+import { KvCache } from "../kv/kv_cache.ts";
+import type { LlamaHParams } from "./hparams.ts";
+import { ropeInverseFrequencies } from "./ops.ts";
+import { blockTensorNames, OUTPUT, OUTPUT_NORM, ROPE_FREQS, TOKEN_EMBD } from "./tensor_names.ts";
+
+/** Options of {@link GpuModel.load}. */
+export interface GpuModelOptions {
+  /** Tokens the KV cache holds (positions 0 … contextLength−1). */
+  contextLength: number;
+  /** Most prompt tokens per prefill step (longer prompts run in chunks). Default 512. */
+  maxBatch?: number;
+  /** Progress messages while uploading. */
+  onProgress?: (message: string) => void;
+  /** Times every op with timestamp queries (one compute pass per op). */
+  profiler?: GpuProfiler;
+}
+
+interface LayerWeights {
+  attnNorm: GPUBuffer;
+  ffnNorm: GPUBuffer;
+  wq: GpuWeight;
+  wk: GpuWeight;
+  wv: GpuWeight;
+  wo: GpuWeight;
+  wGate: GpuWeight;
+  wUp: GpuWeight;
+  wDown: GpuWeight;
+}
+
+/** Activation buffers, f32 `[maxBatch][width]` unless noted. */
+interface Activations {
+  ids: GPUBuffer; // u32[maxBatch]
+  x: GPUBuffer; // residual stream [E]
+  xn: GPUBuffer; // normed [E]
+  q: GPUBuffer; // [Hq·D]
+  k: GPUBuffer; // [Hkv·D]
+  v: GPUBuffer; // [Hkv·D]
+  att: GPUBuffer; // [Hq·D]
+  proj: GPUBuffer; // [E], output of Wo and Wdown
+  gate: GPUBuffer; // [FF]
+  up: GPUBuffer; // [FF]
+  last: GPUBuffer; // [E], the last row of xn
+  logits: GPUBuffer; // [V]
+  partials: GPUBuffer; // split-K decode scratch
+}
+
+/** Weights on the GPU, the paged KV cache of one sequence, and the recorded ops of a step. */
+export class GpuModel {
+  /** Shapes of the model. */
+  readonly hparams: LlamaHParams;
+  /** Positions the cache holds. */
+  readonly contextLength: number;
+  /** Most tokens per prefill step. */
+  readonly maxBatch: number;
+  /** Bytes of weights uploaded. */
+  readonly weightBytes: number;
+  /** The paged KV cache. */
+  readonly kv: KvCache;
+  readonly #gpu: Gpu;
+  readonly #slot: number;
+  readonly #step: StepParams;
+  readonly #prefillEmbed: EmbedOp;
+  readonly #decodeEmbed: EmbedOp;
+  readonly #prefill: GpuOp[];
+  readonly #decode: GpuOp[];
+  readonly #tail: GpuOp[];
+  readonly #argmax: ArgmaxOp;
+  readonly #act: Activations;
+  readonly #tokenStaging: GPUBuffer;
+  readonly #logitsStaging: GPUBuffer;
+  readonly #profiler?: GpuProfiler;
+  readonly #destroy: (GPUBuffer | GpuWeight)[];
+
+  private constructor(
+    gpu: Gpu,
+    hp: LlamaHParams,
+    fields: {
+      contextLength: number;
+      maxBatch: number;
+      weightBytes: number;
+      kv: KvCache;
+      step: StepParams;
+      prefillEmbed: EmbedOp;
+      decodeEmbed: EmbedOp;
+      prefill: GpuOp[];
+      decode: GpuOp[];
+      tail: GpuOp[];
+      argmax: ArgmaxOp;
+      act: Activations;
+      profiler?: GpuProfiler;
+      owned: (GPUBuffer | GpuWeight)[];
+    },
+  ) {
+    this.#gpu = gpu;
+    this.hparams = hp;
+    this.contextLength = fields.contextLength;
+    this.maxBatch = fields.maxBatch;
+    this.weightBytes = fields.weightBytes;
+    this.kv = fields.kv;
+    this.#slot = fields.kv.openSequence();
+    this.#step = fields.step;
+    this.#prefillEmbed = fields.prefillEmbed;
+    this.#decodeEmbed = fields.decodeEmbed;
+    this.#prefill = fields.prefill;
+    this.#decode = fields.decode;
+    this.#tail = fields.tail;
+    this.#argmax = fields.argmax;
+    this.#act = fields.act;
+    this.#profiler = fields.profiler;
+    this.#tokenStaging = gpu.device.createBuffer({ label: "token staging", size: 4, usage: 0x01 | 0x08 });
+    this.#logitsStaging = gpu.device.createBuffer({
+      label: "logits staging",
+      size: hp.nVocab * 4,
+      usage: 0x01 | 0x08,
+    });
+    this.#destroy = [...fields.owned, this.#tokenStaging, this.#logitsStaging];
+  }
+
+  /** Uploads the weights of `file` and builds every op of the forward pass. */
+  static async load(gpu: Gpu, file: GGUFFile, hp: LlamaHParams, options: GpuModelOptions): Promise<GpuModel> {
+    const progress = options.onProgress ?? (() => {});
+    const ctx = options.contextLength;
+    const maxBatch = Math.max(1, Math.min(options.maxBatch ?? 512, ctx));
+    if (!Number.isInteger(ctx) || ctx < 1) {
+      throw new BadFlagError(`--ctx must be a positive integer, got ${ctx}`);
+    }
+    const E = hp.nEmbd, D = hp.headDim, Hq = hp.nHead, Hkv = hp.nHeadKV, FF = hp.nFF, V = hp.nVocab;
+    const owned: (GPUBuffer | GpuWeight)[] = [];
+
+    // Weights, streamed tensor by tensor.
+    const total = file.tensors.reduce((s, t) => s + t.byteLength, 0);
+    let uploaded = 0;
+    let lastReport = 0;
+    const report = (bytes: number) => {
+      uploaded += bytes;
+      const now = performance.now();
+      if (now - lastReport > 1000 || uploaded === total) {
+        lastReport = now;
+        progress(`uploading weights: ${formatBytes(uploaded)} / ${formatBytes(total)}`);
+      }
+    };
+    const matrix = async (name: string): Promise<GpuWeight> => {
+      const info = file.tensor(name);
+      const w = await GpuWeight.upload(gpu, tensorSource(file, info));
+      owned.push(w);
+      report(info.byteLength);
+      return w;
+    };
+    const vector = async (name: string): Promise<GPUBuffer> => {
+      const info = file.tensor(name);
+      const data = await file.readF32(info);
+      const buf = gpu.buffer(name, data.byteLength, data);
+      owned.push(buf);
+      report(info.byteLength);
+      return buf;
+    };
+    const tokenEmbd = await matrix(TOKEN_EMBD);
+    const layers: LayerWeights[] = [];
+    for (let l = 0; l < hp.nLayer; l++) {
+      const n = blockTensorNames(l);
+      layers.push({
+        attnNorm: await vector(n.attn_norm),
+        wq: await matrix(n.attn_q),
+        wk: await matrix(n.attn_k),
+        wv: await matrix(n.attn_v),
+        wo: await matrix(n.attn_output),
+        ffnNorm: await vector(n.ffn_norm),
+        wGate: await matrix(n.ffn_gate),
+        wUp: await matrix(n.ffn_up),
+        wDown: await matrix(n.ffn_down),
+      });
+    }
+    const outputNorm = await vector(OUTPUT_NORM);
+    const output = hp.tiedOutput ? tokenEmbd : await matrix(OUTPUT);
+    const ropeFreqs = hp.hasRopeFreqs ? await file.readF32(file.tensor(ROPE_FREQS)) : undefined;
+    const weightBytes = owned.reduce((s, b) => s + (b instanceof GpuWeight ? b.byteLength : b.size), 0);
+
+    // KV cache: the full policy, one sequence.
+    const kv = await KvCache.create(gpu, {
+      layers: hp.nLayer,
+      kvHeads: Hkv,
+      headDim: D,
+      maxTokensPerHead: ctx,
+    });
+
+    // Activations.
+    const f32 = (label: string, floats: number) => {
+      const b = gpu.buffer(label, floats * 4);
+      owned.push(b);
+      return b;
+    };
+    const splits = Math.min(32, Math.ceil(ctx / 16));
+    const act: Activations = {
+      ids: f32("ids", maxBatch),
+      x: f32("x", maxBatch * E),
+      xn: f32("xn", maxBatch * E),
+      q: f32("q", maxBatch * Hq * D),
+      k: f32("k", maxBatch * Hkv * D),
+      v: f32("v", maxBatch * Hkv * D),
+      att: f32("att", maxBatch * Hq * D),
+      proj: f32("proj", maxBatch * E),
+      gate: f32("gate", maxBatch * FF),
+      up: f32("up", maxBatch * FF),
+      last: f32("last", E),
+      logits: f32("logits", V),
+      partials: f32("partials", decodePartialsBytes(splits, Hq, D) / 4),
+    };
+    const step = new StepParams(gpu, maxBatch);
+    const one = new StepParams(gpu, 1, "one token");
+    owned.push(step.buffer, one.buffer);
+    const invFreq = ropeInverseFrequencies(hp.ropeDim, hp.ropeBase, ropeFreqs, hp.ropeScaling);
+
+    // The body of a step, for a batch size (decode: 1 token, matvec + split-K attention).
+    const body = (maxTokens: number, tag: string): { embed: EmbedOp; ops: GpuOp[] } => {
+      const decode = maxTokens === 1;
+      const linear = (label: string, weight: GpuWeight, x: GPUBuffer, y: GPUBuffer) =>
+        decode
+          ? createMatvec(gpu, { label, weight, x, y, maxTokens, step })
+          : createMatmul(gpu, { label, weight, x, y, maxTokens, step });
+      const embed = createEmbed(gpu, {
+        label: `${tag}token_embd`,
+        weight: tokenEmbd,
+        ids: act.ids,
+        out: act.x,
+        maxTokens,
+        step,
+      });
+      const ops: GpuOp[] = [embed];
+      ops.push(createRmsNorm(gpu, {
+        label: `${tag}blk.0.attn_norm`,
+        width: E,
+        maxTokens,
+        eps: hp.rmsEps,
+        x: act.x,
+        weight: layers[0].attnNorm,
+        y: act.xn,
+        step,
+      }));
+      for (let l = 0; l < hp.nLayer; l++) {
+        const w = layers[l];
+        const p = `${tag}blk.${l}.`;
+        ops.push(linear(`${p}attn_q`, w.wq, act.xn, act.q));
+        ops.push(linear(`${p}attn_k`, w.wk, act.xn, act.k));
+        ops.push(linear(`${p}attn_v`, w.wv, act.xn, act.v));
+        ops.push(createRope(gpu, {
+          label: `${p}rope`,
+          headDim: D,
+          ropeDim: hp.ropeDim,
+          invFreq,
+          maxPosition: ctx,
+          maxTokens,
+          q: { buffer: act.q, nHeads: Hq },
+          k: { buffer: act.k, nHeads: Hkv },
+          step,
+        }));
+        ops.push(
+          createKvAppend(gpu, { label: `${p}kv_append`, kv, layer: l, maxTokens, k: act.k, v: act.v, step }),
+        );
+        ops.push(
+          decode
+            ? createFlashDecode(gpu, {
+              label: `${p}attention`,
+              kv,
+              layer: l,
+              qHeads: Hq,
+              q: act.q,
+              out: act.att,
+              splits,
+              partials: act.partials,
+            })
+            : createFlashPrefill(gpu, {
+              label: `${p}attention`,
+              kv,
+              layer: l,
+              qHeads: Hq,
+              q: act.q,
+              out: act.att,
+              maxTokens,
+              step,
+            }),
+        );
+        ops.push(linear(`${p}attn_output`, w.wo, act.att, act.proj));
+        ops.push(createRmsNorm(gpu, {
+          label: `${p}ffn_norm`,
+          width: E,
+          maxTokens,
+          eps: hp.rmsEps,
+          x: act.x,
+          residual: act.proj,
+          weight: w.ffnNorm,
+          y: act.xn,
+          step,
+        }));
+        ops.push(linear(`${p}ffn_gate`, w.wGate, act.xn, act.gate));
+        ops.push(linear(`${p}ffn_up`, w.wUp, act.xn, act.up));
+        ops.push(
+          createSwiGlu(gpu, { label: `${p}swiglu`, width: FF, maxTokens, gate: act.gate, up: act.up, step }),
+        );
+        ops.push(linear(`${p}ffn_down`, w.wDown, act.gate, act.proj));
+        const next = l + 1 < hp.nLayer;
+        ops.push(createRmsNorm(gpu, {
+          label: next ? `${tag}blk.${l + 1}.attn_norm` : `${tag}output_norm`,
+          width: E,
+          maxTokens,
+          eps: hp.rmsEps,
+          x: act.x,
+          residual: act.proj,
+          weight: next ? layers[l + 1].attnNorm : outputNorm,
+          y: act.xn,
+          step,
+        }));
+      }
+      return { embed, ops };
+    };
+    const prefill = body(maxBatch, "");
+    const decode = maxBatch === 1 ? prefill : body(1, "");
+
+    // The tail: last row → output projection → argmax.
+    const copyKernel = gpu.kernel("copy_row", { WIDTH: E, WG: 256 });
+    const copyGroup = gpu.bind(copyKernel, [act.xn, act.last, step.buffer]);
+    const copyLast: GpuOp = {
+      label: "last_row",
+      encode(pass) {
+        pass.setPipeline(copyKernel.pipeline);
+        pass.setBindGroup(0, copyGroup);
+        pass.dispatchWorkgroups(Math.ceil(E / 256));
+      },
+    };
+    const outputOp = createMatvec(gpu, {
+      label: "output",
+      weight: output,
+      x: act.last,
+      y: act.logits,
+      maxTokens: 1,
+      step: one,
+    });
+    const argmax = createArgmax(gpu, { label: "argmax", vocab: V, logits: act.logits });
+    owned.push(argmax.tokens);
+    progress(
+      `GPU: ${gpu.description}; weights ${formatBytes(weightBytes)}, KV pool ${
+        formatBytes(kv.stats().poolBytes)
+      } (${ctx} tokens)`,
+    );
+    return new GpuModel(gpu, hp, {
+      contextLength: ctx,
+      maxBatch,
+      weightBytes,
+      kv,
+      step,
+      prefillEmbed: prefill.embed,
+      decodeEmbed: decode.embed,
+      prefill: prefill.ops,
+      decode: decode.ops,
+      tail: [copyLast, outputOp, argmax],
+      argmax,
+      act,
+      profiler: options.profiler,
+      owned,
+    });
+  }
+
+  /**
+   * Runs `tokens` at positions `pos …` (the cache is cut back to `pos` first) and returns the last token's
+   * logits, or its argmax when `want` is "argmax" (then only 4 bytes come back).
+   */
+  async forward(tokens: number[], pos: number, want: "logits"): Promise<Float32Array>;
+  async forward(tokens: number[], pos: number, want: "argmax"): Promise<number>;
+  async forward(tokens: number[], pos: number, want: "logits" | "argmax"): Promise<Float32Array | number> {
+    if (tokens.length === 0) throw new BadFlagError("forward: no tokens given");
+    if (pos + tokens.length > this.contextLength) {
+      throw new BadFlagError(
+        `context overflow: position ${
+          pos + tokens.length
+        } exceeds the allocated context of ${this.contextLength}`,
+      );
+    }
+    this.#gpu.checkAlive();
+    const kv = this.kv;
+    if (kv.length(this.#slot, 0, 0) > pos) kv.truncate(this.#slot, pos);
+    for (let start = 0; start < tokens.length; start += this.maxBatch) {
+      const chunk = tokens.slice(start, start + this.maxBatch);
+      const isLast = start + chunk.length === tokens.length;
+      const decode = chunk.length === 1;
+      (decode ? this.#decodeEmbed : this.#prefillEmbed).writeIds(chunk);
+      this.#step.set(chunk.length, pos + start);
+      kv.append(this.#slot, chunk.length);
+      kv.selectSequence(this.#slot);
+      kv.flush();
+      const encoder = this.#gpu.device.createCommandEncoder();
+      const ops = decode ? this.#decode : this.#prefill;
+      encodeOps(encoder, isLast ? [...ops, ...this.#tail] : ops, this.#profiler);
+      if (isLast) {
+        if (want === "argmax") encoder.copyBufferToBuffer(this.#argmax.tokens, 0, this.#tokenStaging, 0, 4);
+        else encoder.copyBufferToBuffer(this.#act.logits, 0, this.#logitsStaging, 0, this.hparams.nVocab * 4);
+      }
+      this.#profiler?.resolve(encoder);
+      this.#gpu.device.queue.submit([encoder.finish()]);
+    }
+    const staging = want === "argmax" ? this.#tokenStaging : this.#logitsStaging;
+    await staging.mapAsync(0x0001);
+    this.#gpu.checkAlive();
+    const range = staging.getMappedRange();
+    const result = want === "argmax" ? new Uint32Array(range)[0] : new Float32Array(range.slice(0));
+    staging.unmap();
+    return result;
+  }
+
+  /** Lines describing memory use. */
+  describe(): string[] {
+    const s = this.kv.stats();
+    return [
+      `backend: webgpu on ${this.#gpu.description}${this.#gpu.hasF16 ? " (shader-f16)" : ""}`,
+      `weights: ${formatBytes(this.weightBytes)} on the GPU`,
+      `KV cache: paged, ${s.capacity} pages of 16 tokens, pool ${
+        formatBytes(s.poolBytes)
+      } for ${this.contextLength} tokens`,
+    ];
+  }
+
+  /** Frees every GPU buffer of the model. */
+  destroy(): void {
+    for (const b of this.#destroy) b.destroy();
+    this.kv.destroy();
+  }
+}
+
+function tensorSource(file: GGUFFile, info: TensorInfo) {
+  return {
+    name: info.name,
+    type: info.type,
+    shape: info.shape,
+    read: (offset: number, length: number) => file.readBytes(info, offset, length),
+  };
+}

@@ -1,0 +1,86 @@
+import { deepEqual, ok } from "node:assert/strict";
+import { openGGUF } from "../src/gguf/reader.ts";
+import { hparamsFromGGUF } from "../src/model/hparams.ts";
+import { ReferenceModel } from "../src/model/reference.ts";
+import { GpuModel } from "../src/model/gpu_model.ts";
+import { getGpu } from "../src/gpu/device.ts";
+import { SYNTH_TYPES, writeSyntheticModel } from "../src/model/synth.ts";
+import { fixture, fixtureTest } from "./fixtures.ts";
+
+/** Largest |a − b| relative to the largest |b| (at least 1). */
+function relativeError(a: Float32Array, b: Float32Array): number {
+  let maxDiff = 0, scale = 1;
+  for (let i = 0; i < b.length; i++) {
+    maxDiff = Math.max(maxDiff, Math.abs(a[i] - b[i]));
+    scale = Math.max(scale, Math.abs(b[i]));
+  }
+  return maxDiff / scale;
+}
+
+fixtureTest(
+  "gpu model: stories260K greedy reproduces the 200 golden tokens and the stored logits",
+  ["stories260K.gguf", "stories260K.greedy.json"],
+  async () => {
+    const golden = JSON.parse(await Deno.readTextFile(fixture("stories260K.greedy.json")));
+    const file = await openGGUF(fixture("stories260K.gguf"));
+    const gpu = await getGpu();
+    const model = await GpuModel.load(gpu, file, hparamsFromGGUF(file), { contextLength: 256, maxBatch: 64 });
+    try {
+      const tokens: number[] = [];
+      let next = await model.forward([1], 0, "argmax");
+      for (let i = 0; i < 200; i++) {
+        tokens.push(next);
+        if (i < 199) next = await model.forward([next], i + 1, "argmax");
+      }
+      deepEqual(tokens, golden.greedy_tokens);
+      // Teacher-forced logits at the stored positions, each from one prefill (several chunks for p ≥ 64).
+      const seq = [1, ...golden.greedy_tokens];
+      for (const [p, expected] of Object.entries(golden.logits_at as Record<string, number[]>)) {
+        const logits = await model.forward(seq.slice(0, Number(p) + 1), 0, "logits");
+        const err = relativeError(logits, Float32Array.from(expected));
+        // The GPU cache stores K and V in f16: over 200 positions that costs ~1e-3 of the logit scale.
+        ok(err < 2e-3, `position ${p}: relative error ${err}`);
+      }
+    } finally {
+      model.destroy();
+      file.close();
+    }
+  },
+);
+
+Deno.test("gpu model: logits match the CPU reference on synthetic tiny models of every weight type", async (t) => {
+  const dir = await Deno.makeTempDir();
+  const gpu = await getGpu();
+  try {
+    for (const type of SYNTH_TYPES) {
+      await t.step(type, async () => {
+        const path = `${dir}/tiny-${type}.gguf`;
+        await writeSyntheticModel({ shape: "tiny", type, out: path, seed: Math.floor(Math.random() * 1e6) });
+        const file = await openGGUF(path);
+        const hp = hparamsFromGGUF(file);
+        const cpu = await ReferenceModel.load(file);
+        const model = await GpuModel.load(gpu, file, hp, { contextLength: 64, maxBatch: 8 });
+        try {
+          const prompt = Array.from({ length: 19 }, () => Math.floor(Math.random() * hp.nVocab));
+          // Prefill in chunks of 8 (19 = 8 + 8 + 3), then decode 4 tokens one by one.
+          let gpuLogits = await model.forward(prompt, 0, "logits");
+          let cpuLogits = new Float32Array(0);
+          for (let i = 0; i < prompt.length; i++) cpuLogits = cpu.forward(prompt[i], i);
+          for (let step = 0; step < 5; step++) {
+            const err = relativeError(gpuLogits, cpuLogits);
+            ok(err < 1e-3, `${type} step ${step}: relative error ${err}`);
+            const next = Math.floor(Math.random() * hp.nVocab);
+            const pos = prompt.length + step;
+            gpuLogits = await model.forward([next], pos, "logits");
+            cpuLogits = cpu.forward(next, pos);
+          }
+        } finally {
+          model.destroy();
+          file.close();
+        }
+      });
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
