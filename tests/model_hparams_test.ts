@@ -155,6 +155,12 @@ Deno.test("reference model: context overflow, position gaps and bad token ids ar
   throws(() => model.forward(1, 1), BadFlagError);
   throws(() => model.forward(512, 0), /token id 512 is outside the vocabulary \(0\.\.511\)/);
   throws(() => model.forward(-1, 0), BadFlagError);
+  const capped = await openGGUF(base);
+  const short = await ReferenceModel.load(capped, 3);
+  capped.close();
+  equal(short.contextLength, 3);
+  for (let pos = 0; pos < 3; pos++) short.forward(1, pos);
+  throws(() => short.forward(1, 3), /past the context length 3/);
   const gemma = await openGGUF(await variant((m) => (m["general.architecture"] = str("gemma"))));
   await rejects(() => ReferenceModel.load(gemma), UnsupportedError);
   gemma.close();

@@ -37,6 +37,7 @@ export class ReferenceModel {
   readonly #outputNorm: Float32Array; // [nEmbd]
   readonly #output: Float32Array; // [nVocab rows × nEmbd]; the embedding table when tied
   readonly #invFreq: Float32Array; // [ropeDim / 2]
+  readonly #maxPositions: number;
 
   // KV cache: per layer, position-major [capacity × nHeadKV·headDim] keys (after RoPE) and values.
   #keys: Float32Array[] = [];
@@ -56,6 +57,7 @@ export class ReferenceModel {
 
   private constructor(
     hparams: LlamaHParams,
+    maxPositions: number,
     weights: {
       tokenEmbd: Float32Array;
       blocks: BlockWeights[];
@@ -66,6 +68,7 @@ export class ReferenceModel {
   ) {
     const hp = hparams;
     this.hparams = hp;
+    this.#maxPositions = maxPositions;
     this.#tokenEmbd = weights.tokenEmbd;
     this.#blocks = weights.blocks;
     this.#outputNorm = weights.outputNorm;
@@ -81,9 +84,16 @@ export class ReferenceModel {
     this.#up = new Float32Array(hp.nFF);
   }
 
-  /** Validates `file`'s hyper-parameters and dequantises all its weights to f32. */
-  static async load(file: GGUFFile): Promise<ReferenceModel> {
+  /**
+   * Validates `file`'s hyper-parameters and dequantises all its weights to f32. `contextLength` (default
+   * and at most the model's) caps the positions the KV cache may hold.
+   */
+  static async load(file: GGUFFile, contextLength?: number): Promise<ReferenceModel> {
     const hp = hparamsFromGGUF(file);
+    if (contextLength !== undefined && (!Number.isInteger(contextLength) || contextLength < 1)) {
+      throw new BadFlagError(`context length ${contextLength} is not a positive integer`);
+    }
+    const maxPositions = Math.min(contextLength ?? hp.contextLength, hp.contextLength);
     const read = (name: string) => Promise.resolve(file.readF32(file.tensor(name)));
     const blocks: BlockWeights[] = [];
     for (let layer = 0; layer < hp.nLayer; layer++) {
@@ -101,13 +111,18 @@ export class ReferenceModel {
       });
     }
     const tokenEmbd = await read(TOKEN_EMBD);
-    return new ReferenceModel(hp, {
+    return new ReferenceModel(hp, maxPositions, {
       tokenEmbd,
       blocks,
       outputNorm: await read(OUTPUT_NORM),
       output: hp.tiedOutput ? tokenEmbd : await read(OUTPUT),
       ropeFreqs: hp.hasRopeFreqs ? await read(ROPE_FREQS) : undefined,
     });
+  }
+
+  /** Most positions the KV cache may hold (the context length it was loaded with). */
+  get contextLength(): number {
+    return this.#maxPositions;
   }
 
   /** Number of positions currently held in the KV cache. */
@@ -145,9 +160,9 @@ export class ReferenceModel {
     if (!Number.isInteger(pos) || pos < 0 || pos > this.#length) {
       throw new BadFlagError(`position ${pos} does not follow the ${this.#length} cached positions`);
     }
-    if (pos >= hp.contextLength) {
+    if (pos >= this.#maxPositions) {
       throw new OutOfMemoryError(
-        `context overflow: position ${pos} is past the context length ${hp.contextLength}`,
+        `context overflow: position ${pos} is past the context length ${this.#maxPositions}`,
       );
     }
     this.#ensureCapacity(pos + 1);
@@ -219,7 +234,7 @@ export class ReferenceModel {
     if (positions <= this.#capacity) return;
     const hp = this.hparams;
     const kvDim = hp.nHeadKV * hp.headDim;
-    const capacity = Math.min(hp.contextLength, Math.max(positions, 2 * this.#capacity, KV_GROWTH_MIN));
+    const capacity = Math.min(this.#maxPositions, Math.max(positions, 2 * this.#capacity, KV_GROWTH_MIN));
     for (let layer = 0; layer < hp.nLayer; layer++) {
       const keys = new Float32Array(capacity * kvDim);
       const values = new Float32Array(capacity * kvDim);
