@@ -41,7 +41,7 @@ export const synthCommand: Command = {
       out,
       seed,
       vocabFrom: stringFlag(values, "vocab"),
-      tiedOutput: values.tied === true,
+      tiedOutput: values.tied ? true : undefined,
       onProgress: (done, total) => {
         const now = performance.now();
         if (now - last > 500 || done === total) {

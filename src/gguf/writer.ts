@@ -150,39 +150,50 @@ class HeaderBuilder {
   }
 
   u8(v: number): void {
-    this.view.setUint8(this.#reserve(1), v);
+    const at = this.#reserve(1);
+    this.view.setUint8(at, v);
   }
   i8(v: number): void {
-    this.view.setInt8(this.#reserve(1), v);
+    const at = this.#reserve(1);
+    this.view.setInt8(at, v);
   }
   u16(v: number): void {
-    this.view.setUint16(this.#reserve(2), v, true);
+    const at = this.#reserve(2);
+    this.view.setUint16(at, v, true);
   }
   i16(v: number): void {
-    this.view.setInt16(this.#reserve(2), v, true);
+    const at = this.#reserve(2);
+    this.view.setInt16(at, v, true);
   }
   u32(v: number): void {
-    this.view.setUint32(this.#reserve(4), v, true);
+    const at = this.#reserve(4);
+    this.view.setUint32(at, v, true);
   }
   i32(v: number): void {
-    this.view.setInt32(this.#reserve(4), v, true);
+    const at = this.#reserve(4);
+    this.view.setInt32(at, v, true);
   }
   f32(v: number): void {
-    this.view.setFloat32(this.#reserve(4), v, true);
+    const at = this.#reserve(4);
+    this.view.setFloat32(at, v, true);
   }
   f64(v: number): void {
-    this.view.setFloat64(this.#reserve(8), v, true);
+    const at = this.#reserve(8);
+    this.view.setFloat64(at, v, true);
   }
   u64(v: bigint): void {
-    this.view.setBigUint64(this.#reserve(8), v, true);
+    const at = this.#reserve(8);
+    this.view.setBigUint64(at, v, true);
   }
   i64(v: bigint): void {
-    this.view.setBigInt64(this.#reserve(8), v, true);
+    const at = this.#reserve(8);
+    this.view.setBigInt64(at, v, true);
   }
   string(s: string): void {
     const encoded = this.#encoder.encode(s);
     this.u64(BigInt(encoded.length));
-    this.bytes.set(encoded, this.#reserve(encoded.length));
+    const at = this.#reserve(encoded.length); // may replace this.bytes: reserve before reading it
+    this.bytes.set(encoded, at);
   }
   padTo(alignment: number): void {
     const padded = Math.ceil(this.length / alignment) * alignment;
