@@ -12,6 +12,7 @@ import { tokenizeCommand } from "./tokenize.ts";
 import { runCommand } from "./run.ts";
 import { synthCommand } from "./synth.ts";
 import { demoCommand } from "./demo.ts";
+import { chatCommand } from "./chat.ts";
 
 /** A subcommand: its one-line summary and its entry point (returns the exit status). */
 export interface Command {
@@ -25,6 +26,7 @@ export interface Command {
 export const COMMANDS: Record<string, Command> = {
   demo: demoCommand,
   run: runCommand,
+  chat: chatCommand,
   info: infoCommand,
   tokenize: tokenizeCommand,
   synth: synthCommand,

@@ -59,6 +59,20 @@ export class Session {
   /** Starts an empty session on `backend`, decoding text with `tokenizer`. */
   constructor(readonly backend: ModelBackend, readonly tokenizer: Tokenizer) {}
 
+  /**
+   * Keeps only the first `n` cached tokens (the rest of the cache is overwritten by the next call), e.g.
+   * to resume a chat from the longest prefix its re-rendered transcript shares with the cache.
+   */
+  rewind(n: number): void {
+    if (n < this.tokens.length) this.tokens.length = Math.max(0, n);
+    this.#unfed = [];
+  }
+
+  /** Every token of the conversation, the last sampled one (not yet in the cache) included. */
+  get transcript(): number[] {
+    return [...this.tokens, ...this.#unfed];
+  }
+
   /** Forgets the conversation (the cache is overwritten from position 0 on the next call). */
   reset(): void {
     this.tokens.length = 0;

@@ -1,0 +1,100 @@
+/**
+ * `wgkv chat`: an interactive conversation using the model's chat template. The KV cache is kept across
+ * turns: each turn re-renders the transcript and prefills only what the cache does not already hold.
+ *
+ * @module
+ */
+
+import { BadFlagError } from "../errors.ts";
+import { type ChatMessage, renderChat } from "../chat/template.ts";
+import type { Command } from "./main.ts";
+import { type FlagSpec, helpText, parseFlags, stringFlag } from "./flags.ts";
+import { generationOptions, loadFromFlags, MODEL_FLAGS, SAMPLING_FLAGS, statsLine, writeOut } from "./run.ts";
+
+const FLAGS: Record<string, FlagSpec> = {
+  ...MODEL_FLAGS,
+  system: { type: "string", help: "TEXT  system message" },
+  ...SAMPLING_FLAGS,
+  "n-predict": { type: "string", short: "n", help: "N  most tokens per reply (default 512)" },
+  help: { type: "boolean", short: "h", help: "show this help" },
+};
+
+/** Reads stdin line by line (an async iterator that ends at end of input). */
+async function* lines(): AsyncGenerator<string> {
+  const decoder = new TextDecoder();
+  let buffered = "";
+  for await (const chunk of Deno.stdin.readable) {
+    buffered += decoder.decode(chunk, { stream: true });
+    let nl;
+    while ((nl = buffered.indexOf("\n")) >= 0) {
+      yield buffered.slice(0, nl).replace(/\r$/, "");
+      buffered = buffered.slice(nl + 1);
+    }
+  }
+  if (buffered.length > 0) yield buffered;
+}
+
+/** The `chat` subcommand. */
+export const chatCommand: Command = {
+  summary: "talk with a model in the terminal (chat template, KV cache kept across turns)",
+  async main(args) {
+    const { values, positionals } = parseFlags("chat", args, FLAGS);
+    if (values.help) {
+      console.log(helpText("wgkv chat -m MODEL [--system TEXT] [flags]", chatCommand.summary, FLAGS));
+      console.log("\nin the chat: /reset starts over, /exit (or end of input) quits");
+      return 0;
+    }
+    if (positionals.length > 0) throw new BadFlagError(`chat: unexpected argument "${positionals[0]}"`);
+    if (values["n-predict"] === undefined) values["n-predict"] = "512";
+    const options = generationOptions(values);
+    const model = await loadFromFlags(values);
+    const system = stringFlag(values, "system");
+    const messages: ChatMessage[] = system ? [{ role: "system", content: system }] : [];
+    const session = model.session();
+    const interactive = Deno.stdin.isTerminal();
+    try {
+      const first = renderChat(model.file.metadata, [{ role: "user", content: "" }]);
+      if (first.template === "fallback") {
+        console.error(`chat: the model has no chat template; using the ${first.layout} layout`);
+      }
+      if (interactive) console.error("type a message; /reset starts over, /exit quits");
+      if (interactive) await Deno.stderr.write(new TextEncoder().encode("> "));
+      for await (const line of lines()) {
+        const text = line.trim();
+        if (text === "/exit" || text === "/quit") break;
+        if (text === "/reset") {
+          messages.length = system ? 1 : 0;
+          session.reset();
+          console.error("(conversation reset)");
+        } else if (text !== "") {
+          messages.push({ role: "user", content: text });
+          const rendered = renderChat(model.file.metadata, messages, { addGenerationPrompt: true });
+          const ids = model.tokenizer.encode(rendered.text, {
+            addBos: !rendered.startsWithBos,
+            parseSpecial: true,
+          });
+          // Reuse the cached prefix the new transcript shares with the conversation so far.
+          const have = session.transcript;
+          let common = 0;
+          while (common < have.length && common < ids.length - 1 && have[common] === ids[common]) common++;
+          session.rewind(common);
+          let reply = "";
+          const gen = session.generate(ids.slice(common), options);
+          let r = await gen.next();
+          while (!r.done) {
+            reply += r.value.text;
+            await writeOut(r.value.text);
+            r = await gen.next();
+          }
+          await writeOut("\n");
+          console.error(statsLine(r.value));
+          messages.push({ role: "assistant", content: reply.trim() });
+        }
+        if (interactive) await Deno.stderr.write(new TextEncoder().encode("> "));
+      }
+      return 0;
+    } finally {
+      model.close();
+    }
+  },
+};
