@@ -8,6 +8,7 @@
 import { BadFileError, BadFlagError } from "../errors.ts";
 import { loadModel, type Model } from "../engine/load.ts";
 import type { GenerationStats } from "../engine/session.ts";
+import { formatProfile, type ProfileRow } from "../gpu/profiler.ts";
 import type { Command } from "./main.ts";
 import {
   choiceFlag,
@@ -25,6 +26,7 @@ export const MODEL_FLAGS: Record<string, FlagSpec> = {
   ctx: { type: "string", short: "c", help: "N  context length to allocate (default: the model's)" },
   backend: { type: "string", help: "auto|cpu|webgpu  where to run (default auto)" },
   verbose: { type: "boolean", short: "v", help: "print model and memory details on stderr" },
+  profile: { type: "boolean", help: "time every GPU kernel and print a table on stderr at the end" },
 };
 
 /** Sampling flags, named as in llama.cpp. */
@@ -58,6 +60,7 @@ export async function loadFromFlags(values: ParsedFlags["values"]): Promise<Mode
   const model = await loadModel(path, {
     backend: choiceFlag(values, "backend", ["auto", "cpu", "webgpu"] as const, "auto"),
     contextLength: numberFlag(values, "ctx", undefined, { integer: true, min: 1 }),
+    profile: values.profile === true,
     onProgress: (m) => console.error(m),
   });
   const ms = performance.now() - t0;
@@ -97,6 +100,24 @@ export function statsLine(s: GenerationStats): string {
     pre.toFixed(1)
   } tok/s); ` +
     `decode: ${s.generatedTokens} tokens, ${dec.toFixed(1)} tok/s; stop: ${s.stopReason}`;
+}
+
+/** Prints the per-kernel GPU time table (layers folded together) on stderr, when profiling. */
+export function printProfile(model: Model): void {
+  if (!model.profiler) return;
+  if (!model.profiler.available) {
+    console.error(`profile: ${model.profiler.reason}`);
+    return;
+  }
+  const folded = new Map<string, ProfileRow>();
+  for (const row of model.profiler.totals()) {
+    const label = row.label.replace(/^blk\.\d+\./, "blk.*.");
+    const acc = folded.get(label) ?? { label, calls: 0, totalMs: 0 };
+    acc.calls += row.calls;
+    acc.totalMs += row.totalMs;
+    folded.set(label, acc);
+  }
+  console.error(formatProfile([...folded.values()].sort((a, b) => b.totalMs - a.totalMs)));
 }
 
 /** Writes text to stdout without buffering surprises. */
@@ -163,6 +184,7 @@ export const runCommand: Command = {
         await writeOut("\n");
       }
       console.error(statsLine(stats));
+      printProfile(model);
       return 0;
     } finally {
       model.close();

@@ -14,7 +14,7 @@ import { CpuBackend } from "./cpu_backend.ts";
 import { GpuBackend } from "./gpu_backend.ts";
 import { getGpu } from "../gpu/device.ts";
 import { DeviceError } from "../errors.ts";
-import type { GpuProfiler } from "../gpu/profiler.ts";
+import { GpuProfiler } from "../gpu/profiler.ts";
 import { Session } from "./session.ts";
 
 /** Which implementation runs the model. */
@@ -30,8 +30,8 @@ export interface LoadOptions {
   maxBatch?: number;
   /** Progress messages (loading, uploading); the CLI prints them on stderr. */
   onProgress?: (message: string) => void;
-  /** Per-kernel timing on the GPU. */
-  profiler?: GpuProfiler;
+  /** Time every GPU kernel (timestamp queries; one compute pass per op, so a little slower). */
+  profile?: boolean;
 }
 
 /** A loaded model ready to generate. */
@@ -44,6 +44,8 @@ export interface Model {
   readonly tokenizer: Tokenizer;
   /** The forward-pass implementation. */
   readonly backend: ModelBackend;
+  /** Per-kernel GPU timings when loaded with `profile: true` on the WebGPU backend. */
+  readonly profiler?: GpuProfiler;
   /** A new conversation on this model (sessions share the backend: use one at a time). */
   session(): Session;
   /** Releases the backend and closes the file. */
@@ -64,15 +66,17 @@ export async function loadModel(path: string, options: LoadOptions = {}): Promis
     }
     const choice = options.backend ?? "auto";
     let backend: ModelBackend | undefined;
+    let profiler: GpuProfiler | undefined;
     if (choice !== "cpu") {
       try {
-        const gpu = await getGpu({ profile: options.profiler !== undefined });
+        const gpu = await getGpu({ profile: options.profile === true });
+        if (options.profile) profiler = new GpuProfiler(gpu);
         progress(`loading ${path} on ${gpu.description}`);
         backend = await GpuBackend.load(gpu, file, hparams, {
           contextLength: options.contextLength ?? Math.min(hparams.contextLength, 4096),
           maxBatch: options.maxBatch,
           onProgress: progress,
-          profiler: options.profiler,
+          profiler,
         });
       } catch (e) {
         if (choice === "webgpu" || !(e instanceof DeviceError)) throw e;
@@ -88,9 +92,11 @@ export async function loadModel(path: string, options: LoadOptions = {}): Promis
       hparams,
       tokenizer,
       backend,
+      profiler,
       session: () => new Session(backend, tokenizer),
       close() {
         backend.dispose();
+        profiler?.destroy();
         file.close();
       },
     };

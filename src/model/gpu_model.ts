@@ -431,6 +431,7 @@ export class GpuModel {
       }
       this.#profiler?.resolve(encoder);
       this.#gpu.device.queue.submit([encoder.finish()]);
+      if (this.#profiler) await this.#profiler.collect();
     }
     const staging = want === "argmax" ? this.#tokenStaging : this.#logitsStaging;
     await staging.mapAsync(0x0001);
