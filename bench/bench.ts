@@ -1,0 +1,205 @@
+/**
+ * `deno task bench`: prefill and decode speed of synthetic Llama models on this machine's WebGPU device,
+ * with the achieved weight bandwidth next to the device's measured copy bandwidth. Prints a table on
+ * stdout and writes every result to a JSON file as soon as it is measured (a re-run resumes).
+ *
+ * usage: deno task bench [--shapes tiny,llama-3.2-1b,llama-3.1-8b] [--types f16,q8_0,q4_k_m]
+ *                        [--prompts 512,4096,32768] [--depths 0,4096,32768] [--decode-tokens 32]
+ *                        [--out FILE.json] [--fresh]
+ *
+ * On a software adapter (lavapipe) the defaults shrink to the tiny shape: the figures then only show
+ * that the pipeline runs, and ratios between rows are what to read.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { getGpu, type Gpu } from "../src/gpu/device.ts";
+import { openGGUF } from "../src/gguf/reader.ts";
+import { hparamsFromGGUF } from "../src/model/hparams.ts";
+import { GpuModel } from "../src/model/gpu_model.ts";
+import {
+  SYNTH_SHAPES,
+  SYNTH_TYPES,
+  type SynthShape,
+  type SynthType,
+  writeSyntheticModel,
+} from "../src/model/synth.ts";
+import { cacheDir } from "../src/cli/demo.ts";
+import { TOKEN_EMBD } from "../src/model/tensor_names.ts";
+
+/** One measured row. */
+interface BenchRow {
+  shape: string;
+  type: string;
+  test: string; // "prefill" | "decode"
+  tokens: number; // prompt length (prefill) or depth (decode)
+  tokPerS: number;
+  ms: number;
+  weightGBs?: number; // decode: weight bytes per token / time per token
+  device: string;
+}
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    shapes: { type: "string" },
+    types: { type: "string" },
+    prompts: { type: "string" },
+    depths: { type: "string" },
+    "decode-tokens": { type: "string" },
+    out: { type: "string" },
+    fresh: { type: "boolean" },
+  },
+});
+
+const gpu = await getGpu();
+const slow = gpu.isFallback;
+const list = (s: string | undefined, fallback: string) =>
+  (s ?? fallback).split(",").map((x) => x.trim()).filter(Boolean);
+const shapes = list(values.shapes, slow ? "tiny" : "llama-3.2-1b,llama-3.1-8b") as SynthShape[];
+const types = list(values.types, slow ? "f16,q8_0,q4_k_m" : "f16,q8_0,q4_k_m") as SynthType[];
+const prompts = list(values.prompts, slow ? "64" : "512,4096,32768").map(Number);
+const depths = list(values.depths, slow ? "0,128" : "0,4096,32768").map(Number);
+const decodeTokens = Number(values["decode-tokens"] ?? (slow ? 8 : 32));
+for (const s of shapes) if (!SYNTH_SHAPES.includes(s)) throw new Error(`--shapes: unknown shape ${s}`);
+for (const t of types) if (!SYNTH_TYPES.includes(t)) throw new Error(`--types: unknown type ${t}`);
+const outPath = values.out ?? "out/bench.json";
+await Deno.mkdir(outPath.substring(0, outPath.lastIndexOf("/")) || ".", { recursive: true });
+
+// Results so far (resume), keyed by device + row identity.
+const results: { device: string; copyGBs?: number; rows: BenchRow[] } = !values.fresh && existsSync(outPath)
+  ? JSON.parse(await Deno.readTextFile(outPath))
+  : { device: gpu.description, rows: [] };
+if (results.device !== gpu.description) results.rows = [];
+results.device = gpu.description;
+const key = (r: Pick<BenchRow, "shape" | "type" | "test" | "tokens">) =>
+  `${r.shape}/${r.type}/${r.test}/${r.tokens}`;
+const done = new Set(results.rows.map(key));
+
+async function save(): Promise<void> {
+  const tmp = `${outPath}.tmp`;
+  await Deno.writeTextFile(tmp, JSON.stringify(results, null, 2) + "\n");
+  await Deno.rename(tmp, outPath);
+}
+
+/** Copy bandwidth (read + write bytes per second) of a large buffer-to-buffer kernel copy. */
+async function copyBandwidth(gpu: Gpu): Promise<number> {
+  const bytes = Math.min(slow ? 32 << 20 : 1 << 30, gpu.limits.maxStorageBufferBindingSize);
+  const n = Math.floor(bytes / 16);
+  const src = gpu.buffer("copy.src", n * 16);
+  const dst = gpu.buffer("copy.dst", n * 16);
+  const groups = Math.ceil(n / 256);
+  const row = Math.min(groups, 65535);
+  const kernel = gpu.kernel("copy", { N: n, WG: 256, ROW: row });
+  const group = gpu.bind(kernel, [src, dst]);
+  const run = async (iters: number) => {
+    const enc = gpu.device.createCommandEncoder();
+    for (let i = 0; i < iters; i++) {
+      const pass = enc.beginComputePass();
+      pass.setPipeline(kernel.pipeline);
+      pass.setBindGroup(0, group);
+      pass.dispatchWorkgroups(row, Math.ceil(groups / row));
+      pass.end();
+    }
+    gpu.device.queue.submit([enc.finish()]);
+    await gpu.device.queue.onSubmittedWorkDone();
+  };
+  await run(2);
+  const iters = slow ? 3 : 20;
+  const t0 = performance.now();
+  await run(iters);
+  const s = (performance.now() - t0) / 1000;
+  src.destroy();
+  dst.destroy();
+  return (2 * n * 16 * iters) / s;
+}
+
+function randomTokens(n: number, vocab: number): number[] {
+  return Array.from({ length: n }, () => 3 + Math.floor(Math.random() * (vocab - 3)));
+}
+
+results.copyGBs ??= (await copyBandwidth(gpu)) / 1e9;
+await save();
+console.error(`device: ${gpu.description}; copy bandwidth ${results.copyGBs.toFixed(1)} GB/s`);
+
+for (const shape of shapes) {
+  for (const type of types) {
+    const wanted = [
+      ...prompts.map((tokens) => ({ shape, type, test: "prefill", tokens })),
+      ...depths.map((tokens) => ({ shape, type, test: "decode", tokens })),
+    ].filter((r) => !done.has(key(r)));
+    if (wanted.length === 0) continue;
+    const path = join(cacheDir(), `synthetic-${shape}-${type}-seed1.gguf`);
+    if (!existsSync(path)) {
+      await Deno.mkdir(cacheDir(), { recursive: true });
+      console.error(`writing ${path}`);
+      await writeSyntheticModel({ shape, type, out: path, seed: 1 });
+    }
+    const file = await openGGUF(path);
+    const hp = hparamsFromGGUF(file);
+    const ctx = Math.max(...prompts, ...depths) + decodeTokens + 1;
+    const model = await GpuModel.load(gpu, file, hp, {
+      contextLength: Math.min(ctx, hp.contextLength),
+      maxBatch: 512,
+      onProgress: (m) => console.error(m),
+    });
+    // Bytes a decode step reads: every matrix once, one embedding row.
+    const embd = file.tensor(TOKEN_EMBD);
+    const decodeBytes = file.tensors.reduce((s, t) => s + t.byteLength, 0) - embd.byteLength +
+      (hp.tiedOutput ? embd.byteLength : 0) + embd.byteLength / hp.nVocab;
+    await model.forward(randomTokens(Math.min(64, ctx - 1), hp.nVocab), 0, "argmax"); // warm-up
+    for (const r of wanted) {
+      let row: BenchRow;
+      if (r.test === "prefill") {
+        const toks = randomTokens(r.tokens, hp.nVocab);
+        const t0 = performance.now();
+        await model.forward(toks, 0, "argmax");
+        const ms = performance.now() - t0;
+        row = { ...r, tokPerS: (r.tokens / ms) * 1000, ms, device: gpu.description };
+      } else {
+        if (r.tokens > 0) await model.forward(randomTokens(r.tokens, hp.nVocab), 0, "argmax");
+        let tok = await model.forward([5], r.tokens, "argmax");
+        const t0 = performance.now();
+        for (let i = 0; i < decodeTokens; i++) tok = await model.forward([tok], r.tokens + 1 + i, "argmax");
+        const ms = (performance.now() - t0) / decodeTokens;
+        row = {
+          ...r,
+          tokPerS: 1000 / ms,
+          ms,
+          weightGBs: decodeBytes / (ms / 1000) / 1e9,
+          device: gpu.description,
+        };
+      }
+      results.rows.push(row);
+      done.add(key(row));
+      await save();
+      console.error(
+        `${row.shape} ${row.type} ${row.test} ${row.tokens}: ${row.tokPerS.toFixed(1)} tok/s` +
+          (row.weightGBs ? ` (${row.weightGBs.toFixed(1)} GB/s of weights)` : ""),
+      );
+    }
+    model.destroy();
+    file.close();
+  }
+}
+
+// The table.
+const lines = [
+  `device: ${results.device}; copy bandwidth (read+write) ${results.copyGBs?.toFixed(1)} GB/s`,
+  "",
+  "| shape | type | test | tokens/depth | tok/s | ms | weight GB/s | % of copy bw |",
+  "|---|---|---|---:|---:|---:|---:|---:|",
+];
+for (const r of results.rows) {
+  const pct = r.weightGBs && results.copyGBs ? ((100 * r.weightGBs) / results.copyGBs).toFixed(0) + "%" : "";
+  lines.push(
+    `| ${r.shape} | ${r.type} | ${r.test} | ${r.tokens} | ${r.tokPerS.toFixed(1)} | ${r.ms.toFixed(2)} | ${
+      r.weightGBs === undefined ? "" : r.weightGBs.toPrecision(3)
+    } | ${pct} |`,
+  );
+}
+console.log(lines.join("\n"));
+console.error(`results: ${outPath}`);
