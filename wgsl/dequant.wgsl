@@ -9,7 +9,9 @@
 // Every type section defines
 //   `BLOCK_ELEMS`, `BLOCK_BYTES` the ggml block geometry, and
 //   `fn dq4(row: u32, e: u32) -> vec4f`: elements e..e+3 of the row whose first byte is at byte offset
-//   `row` of W (e is a multiple of 4; elements at or past `cols` read as 0).
+//   `row` of W (e is a multiple of 4; elements at or past `cols` read as 0), and
+//   `fn dq16(row: u32, e: u32) -> array<vec4f, 4>`: elements e..e+15 (e a multiple of 16, e + 16 ≤ cols),
+//   decoding the block's scales once: the decode hot path.
 // Blocks are ggml's (QK_K = 256). Block and row starts need not be 4-byte aligned (Q4_0 blocks are 18
 // bytes, Q6_K 210), so reads go through the byte helpers of the COMMON section.
 
@@ -73,6 +75,16 @@ fn dq4(row: u32, e: u32) -> vec4f {
   }
   return v;
 }
+// Sixteen elements e..e+15 (e a multiple of 16, e + 16 ≤ cols); the decode hot path.
+fn dq16(row: u32, e: u32) -> array<vec4f, 4> {
+  let w = (row >> 2u) + e;
+  var v: array<vec4f, 4>;
+  for (var i = 0u; i < 4u; i++) {
+    let a = w + 4u * i;
+    v[i] = vec4f(bitcast<f32>(W[a]), bitcast<f32>(W[a + 1u]), bitcast<f32>(W[a + 2u]), bitcast<f32>(W[a + 3u]));
+  }
+  return v;
+}
 
 // ==== F16 ====
 const BLOCK_ELEMS = 1u;
@@ -83,6 +95,14 @@ fn dq4(row: u32, e: u32) -> vec4f {
   var v = vec4f(0.0);
   for (var i = 0u; i < 4u; i++) {
     if (e + i < cols) { v[i] = rdf16(b + 2u * i); }
+  }
+  return v;
+}
+fn dq16(row: u32, e: u32) -> array<vec4f, 4> {
+  let b = row + 2u * e;
+  var v: array<vec4f, 4>;
+  for (var i = 0u; i < 4u; i++) {
+    v[i] = vec4f(unpack2x16float(rd32(b + 8u * i)), unpack2x16float(rd32(b + 8u * i + 4u)));
   }
   return v;
 }
@@ -104,6 +124,17 @@ fn dq4(row: u32, e: u32) -> vec4f {
   }
   return v;
 }
+fn dq16(row: u32, e: u32) -> array<vec4f, 4> {
+  let b = row + 2u * e;
+  var v: array<vec4f, 4>;
+  for (var i = 0u; i < 4u; i++) {
+    let lo = rd32(b + 8u * i);
+    let hi = rd32(b + 8u * i + 4u);
+    v[i] = vec4f(bitcast<f32>(lo << 16u), bitcast<f32>(lo & 0xffff0000u), bitcast<f32>(hi << 16u),
+                 bitcast<f32>(hi & 0xffff0000u));
+  }
+  return v;
+}
 
 // ==== Q8_0 ====
 // 34 bytes: d f16, qs int8[32]; x = d·q.
@@ -112,6 +143,14 @@ const BLOCK_BYTES = 34u;
 fn dq4(row: u32, e: u32) -> vec4f {
   let base = row + (e >> 5u) * BLOCK_BYTES;
   return rdf16(base) * sbytes4(rd32(base + 2u + (e & 31u)));
+}
+fn dq16(row: u32, e: u32) -> array<vec4f, 4> {
+  let base = row + (e >> 5u) * BLOCK_BYTES;
+  let q = base + 2u + (e & 31u);
+  let d = rdf16(base);
+  var v: array<vec4f, 4>;
+  for (var i = 0u; i < 4u; i++) { v[i] = d * sbytes4(rd32(q + 4u * i)); }
+  return v;
 }
 
 // ==== Q4_0 ====
@@ -124,6 +163,14 @@ fn dq4(row: u32, e: u32) -> vec4f {
   let q = (rd32(base + 2u + (l & 15u)) >> ((l >> 4u) * 4u)) & 0x0f0f0f0fu;
   return rdf16(base) * (bytes4(q) - 8.0);
 }
+fn dq16(row: u32, e: u32) -> array<vec4f, 4> {
+  let base = row + (e >> 5u) * BLOCK_BYTES;
+  let shift = ((e & 31u) >> 4u) * 4u;
+  let d = rdf16(base);
+  var v: array<vec4f, 4>;
+  for (var i = 0u; i < 4u; i++) { v[i] = d * (bytes4((rd32(base + 2u + 4u * i) >> shift) & 0x0f0f0f0fu) - 8.0); }
+  return v;
+}
 
 // ==== Q4_1 ====
 // 20 bytes: d f16, m f16, qs[16] (nibbles as Q4_0); x = d·q + m.
@@ -135,6 +182,14 @@ fn dq4(row: u32, e: u32) -> vec4f {
   let q = (rd32(base + 4u + (l & 15u)) >> ((l >> 4u) * 4u)) & 0x0f0f0f0fu;
   let dm = unpack2x16float(rd32(base));
   return dm.x * bytes4(q) + dm.y;
+}
+fn dq16(row: u32, e: u32) -> array<vec4f, 4> {
+  let base = row + (e >> 5u) * BLOCK_BYTES;
+  let shift = ((e & 31u) >> 4u) * 4u;
+  let dm = unpack2x16float(rd32(base));
+  var v: array<vec4f, 4>;
+  for (var i = 0u; i < 4u; i++) { v[i] = dm.x * bytes4((rd32(base + 4u + 4u * i) >> shift) & 0x0f0f0f0fu) + dm.y; }
+  return v;
 }
 
 // ==== Q5_0 ====
@@ -149,6 +204,21 @@ fn dq4(row: u32, e: u32) -> vec4f {
   let hi = ((h & 1u) | ((h & 2u) << 7u) | ((h & 4u) << 14u) | ((h & 8u) << 21u)) << 4u;
   return rdf16(base) * (bytes4(lo | hi) - 16.0);
 }
+fn dq16(row: u32, e: u32) -> array<vec4f, 4> {
+  let base = row + (e >> 5u) * BLOCK_BYTES;
+  let l = e & 31u;
+  let shift = (l >> 4u) * 4u;
+  let d = rdf16(base);
+  let qh = rd32(base + 2u) >> l;
+  var v: array<vec4f, 4>;
+  for (var i = 0u; i < 4u; i++) {
+    let lo = (rd32(base + 6u + 4u * i) >> shift) & 0x0f0f0f0fu;
+    let h = (qh >> (4u * i)) & 15u;
+    let hi = ((h & 1u) | ((h & 2u) << 7u) | ((h & 4u) << 14u) | ((h & 8u) << 21u)) << 4u;
+    v[i] = d * (bytes4(lo | hi) - 16.0);
+  }
+  return v;
+}
 
 // ==== Q5_1 ====
 // 24 bytes: d f16, m f16, qh u32, qs[16] (as Q5_0); x = d·q + m.
@@ -162,6 +232,21 @@ fn dq4(row: u32, e: u32) -> vec4f {
   let hi = ((h & 1u) | ((h & 2u) << 7u) | ((h & 4u) << 14u) | ((h & 8u) << 21u)) << 4u;
   let dm = unpack2x16float(rd32(base));
   return dm.x * bytes4(lo | hi) + dm.y;
+}
+fn dq16(row: u32, e: u32) -> array<vec4f, 4> {
+  let base = row + (e >> 5u) * BLOCK_BYTES;
+  let l = e & 31u;
+  let shift = (l >> 4u) * 4u;
+  let dm = unpack2x16float(rd32(base));
+  let qh = rd32(base + 4u) >> l;
+  var v: array<vec4f, 4>;
+  for (var i = 0u; i < 4u; i++) {
+    let lo = (rd32(base + 8u + 4u * i) >> shift) & 0x0f0f0f0fu;
+    let h = (qh >> (4u * i)) & 15u;
+    let hi = ((h & 1u) | ((h & 2u) << 7u) | ((h & 4u) << 14u) | ((h & 8u) << 21u)) << 4u;
+    v[i] = dm.x * bytes4(lo | hi) + dm.y;
+  }
+  return v;
 }
 
 // ==== Q2_K ====
@@ -180,6 +265,21 @@ fn dq4(row: u32, e: u32) -> vec4f {
   let dm = unpack2x16float(rd32(base + 80u));
   let q = crumbs4(rd32(base + 16u + 32u * n + 16u * k + l), 2u * j);
   return dm.x * f32(sc & 15u) * q - dm.y * f32(sc >> 4u);
+}
+fn dq16(row: u32, e: u32) -> array<vec4f, 4> {
+  let base = row + (e >> 8u) * BLOCK_BYTES;
+  let i = e & 255u;
+  let n = i >> 7u;
+  let j = (i >> 5u) & 3u;
+  let k = (i >> 4u) & 1u;
+  let sc = rd8(base + 8u * n + 2u * j + k);
+  let dm = unpack2x16float(rd32(base + 80u));
+  let scale = dm.x * f32(sc & 15u);
+  let min = dm.y * f32(sc >> 4u);
+  let q = base + 16u + 32u * n + 16u * k;
+  var v: array<vec4f, 4>;
+  for (var c = 0u; c < 4u; c++) { v[c] = scale * crumbs4(rd32(q + 4u * c), 2u * j) - min; }
+  return v;
 }
 
 // ==== Q3_K ====
@@ -203,6 +303,24 @@ fn dq4(row: u32, e: u32) -> vec4f {
   let h = bits4(rd32(base + 16u * k + l), 4u * n + j);
   return rdf16(base + 108u) * scale * (q + 4.0 * h - 4.0);
 }
+fn dq16(row: u32, e: u32) -> array<vec4f, 4> {
+  let base = row + (e >> 8u) * BLOCK_BYTES;
+  let i = e & 255u;
+  let n = i >> 7u;
+  let j = (i >> 5u) & 3u;
+  let k = (i >> 4u) & 1u;
+  let s = 8u * n + 2u * j + k;
+  let low = (rd8(base + 96u + (s & 7u)) >> ((s >> 3u) * 4u)) & 15u;
+  let high = (rd8(base + 104u + (s & 3u)) >> (2u * (s >> 2u))) & 3u;
+  let scale = rdf16(base + 108u) * f32(i32(low | (high << 4u)) - 32);
+  let q = base + 32u + 32u * n + 16u * k;
+  let hm = base + 16u * k;
+  var v: array<vec4f, 4>;
+  for (var c = 0u; c < 4u; c++) {
+    v[c] = scale * (crumbs4(rd32(q + 4u * c), 2u * j) + 4.0 * bits4(rd32(hm + 4u * c), 4u * n + j) - 4.0);
+  }
+  return v;
+}
 
 // ==== Q4_K ====
 // 144 bytes: d f16, dmin f16, scales[12] (8 packed 6-bit scale/min pairs), qs[128].
@@ -219,6 +337,20 @@ fn dq4(row: u32, e: u32) -> vec4f {
   let sm = scale_min_k4(base + 4u, 2u * j + h);
   let q = (rd32(base + 16u + 32u * j + l) >> (4u * h)) & 0x0f0f0f0fu;
   return dm.x * sm.x * bytes4(q) - dm.y * sm.y;
+}
+fn dq16(row: u32, e: u32) -> array<vec4f, 4> {
+  let base = row + (e >> 8u) * BLOCK_BYTES;
+  let i = e & 255u;
+  let j = i >> 6u;
+  let h = (i >> 5u) & 1u;
+  let dm = unpack2x16float(rd32(base));
+  let sm = scale_min_k4(base + 4u, 2u * j + h);
+  let scale = dm.x * sm.x;
+  let min = dm.y * sm.y;
+  let q = base + 16u + 32u * j + (i & 31u);
+  var v: array<vec4f, 4>;
+  for (var c = 0u; c < 4u; c++) { v[c] = scale * bytes4((rd32(q + 4u * c) >> (4u * h)) & 0x0f0f0f0fu) - min; }
+  return v;
 }
 
 // ==== Q5_K ====
@@ -238,6 +370,24 @@ fn dq4(row: u32, e: u32) -> vec4f {
   let hi = bits4(rd32(base + 16u + l), 2u * j + h);
   return dm.x * sm.x * (bytes4(lo) + 16.0 * hi) - dm.y * sm.y;
 }
+fn dq16(row: u32, e: u32) -> array<vec4f, 4> {
+  let base = row + (e >> 8u) * BLOCK_BYTES;
+  let i = e & 255u;
+  let j = i >> 6u;
+  let h = (i >> 5u) & 1u;
+  let l = i & 31u;
+  let dm = unpack2x16float(rd32(base));
+  let sm = scale_min_k4(base + 4u, 2u * j + h);
+  let scale = dm.x * sm.x;
+  let min = dm.y * sm.y;
+  var v: array<vec4f, 4>;
+  for (var c = 0u; c < 4u; c++) {
+    let lo = (rd32(base + 48u + 32u * j + l + 4u * c) >> (4u * h)) & 0x0f0f0f0fu;
+    let hi = bits4(rd32(base + 16u + l + 4u * c), 2u * j + h);
+    v[c] = scale * (bytes4(lo) + 16.0 * hi) - min;
+  }
+  return v;
+}
 
 // ==== Q6_K ====
 // 210 bytes: ql[128], qh[64], scales int8[16], d f16.
@@ -256,3 +406,21 @@ fn dq4(row: u32, e: u32) -> vec4f {
   let scale = f32(extractBits(i32(rd8(base + 192u + 8u * n + 2u * p + (l >> 4u))), 0u, 8u));
   return rdf16(base + 208u) * scale * (bytes4(lo | hi) - 32.0);
 }
+fn dq16(row: u32, e: u32) -> array<vec4f, 4> {
+  let base = row + (e >> 8u) * BLOCK_BYTES;
+  let i = e & 255u;
+  let n = i >> 7u;
+  let p = (i >> 5u) & 3u;
+  let l = i & 31u;
+  let scale = rdf16(base + 208u) * f32(extractBits(i32(rd8(base + 192u + 8u * n + 2u * p + (l >> 4u))), 0u, 8u));
+  let ql = base + 64u * n + 32u * (p & 1u) + l;
+  let qh = base + 128u + 32u * n + l;
+  var v: array<vec4f, 4>;
+  for (var c = 0u; c < 4u; c++) {
+    let lo = (rd32(ql + 4u * c) >> (4u * (p >> 1u))) & 0x0f0f0f0fu;
+    let hi = ((rd32(qh + 4u * c) >> (2u * p)) & 0x03030303u) << 4u;
+    v[c] = scale * (bytes4(lo | hi) - 32.0);
+  }
+  return v;
+}
+

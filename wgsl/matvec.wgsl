@@ -2,9 +2,9 @@
 // with W kept in its GGUF type (dequantised in registers by the dequantisation library spliced in at DEQUANT).
 //
 // Each workgroup computes `rows_per_wg` consecutive weight rows for `tokens_per_wg` tokens. Its threads walk
-// the rows four elements at a time with stride `wg_size` (neighbouring threads read neighbouring words of a
-// row), keep the x values of their columns in registers across the rows, accumulate in f32, and finish with
-// a tree reduction in workgroup memory.
+// the rows sixteen elements at a time with stride `wg_size` (neighbouring threads read neighbouring words of
+// a row; a block's scales are decoded once per sixteen weights), keep the x values of their columns in
+// registers across the rows, accumulate in f32, and finish with a tree reduction in workgroup memory.
 //
 // binding 0: W, array<u32>: the raw rows of one weight part; row r starts at byte r · row_bytes (read)
 // binding 1: x, array<f32>: activations [m][cols], row-major (read)
@@ -84,8 +84,33 @@ fn main(
   var acc: array<f32, MAX_ROWS * MAX_TOKENS>;
   for (var i = 0u; i < MAX_ROWS * MAX_TOKENS; i++) { acc[i] = 0.0; }
 
+  // Main part: sixteen columns per thread and step (scales decoded once per 16 weights).
+  let n16 = cols / 16u;
+  for (var u = tid; u < n16; u += wg_size) {
+    let e = 16u * u;
+    var xv: array<array<vec4f, 4>, MAX_TOKENS>;
+    for (var t = 0u; t < tokens_per_wg; t++) {
+      if (t < nt) {
+        let at = (t0 + t) * cols + e;
+        for (var c = 0u; c < 4u; c++) {
+          let a = at + 4u * c;
+          xv[t][c] = vec4f(x[a], x[a + 1u], x[a + 2u], x[a + 3u]);
+        }
+      }
+    }
+    for (var r = 0u; r < rows_per_wg; r++) {
+      if (r < nr) {
+        let w = dq16((row0 + r) * row_bytes, e);
+        for (var t = 0u; t < tokens_per_wg; t++) {
+          acc[r * MAX_TOKENS + t] += dot(w[0], xv[t][0]) + dot(w[1], xv[t][1]) + dot(w[2], xv[t][2]) +
+            dot(w[3], xv[t][3]);
+        }
+      }
+    }
+  }
+  // Tail: the last cols % 16 columns, four at a time (only unquantised types have such rows).
   let units = (cols + 3u) / 4u;
-  for (var u = tid; u < units; u += wg_size) {
+  for (var u = 4u * n16 + tid; u < units; u += wg_size) {
     let e = 4u * u;
     var xv: array<vec4f, MAX_TOKENS>;
     for (var t = 0u; t < tokens_per_wg; t++) {

@@ -38,9 +38,9 @@ export interface LinearOptions {
 
 /** Tuning knobs of the decode kernel (WGSL override constants). */
 export interface MatvecTuning {
-  /** Threads per workgroup, a power of two in [32, 1024] (default 128). */
+  /** Threads per workgroup, a power of two in [32, 1024] (default: cols / 16 rounded up, within [32, 256]). */
   workgroupSize?: number;
-  /** Weight rows per workgroup, 1..8 (default 4). */
+  /** Weight rows per workgroup, 1..8 (default 1, 2 from 2048 rows, 4 from 8192 rows). */
   rowsPerWorkgroup?: number;
   /** Tokens per workgroup, 1..8 (default min(maxTokens, 4)). */
   tokensPerWorkgroup?: number;
@@ -50,6 +50,12 @@ export interface MatvecTuning {
 export interface MatvecOptions extends LinearOptions {
   /** Override constants for tuning on a given GPU. */
   tuning?: MatvecTuning;
+}
+
+function nextPowerOfTwo(n: number): number {
+  let p = 1;
+  while (p < n) p *= 2;
+  return p;
 }
 
 interface PartDispatch {
@@ -113,8 +119,11 @@ export function createMatvec(gpu: Gpu, options: MatvecOptions): GpuOp {
   checkLinear(gpu, op, options);
   const { weight, maxTokens } = options;
   const t = options.tuning ?? {};
-  const workgroupSize = t.workgroupSize ?? 128;
-  const rowsPerWorkgroup = t.rowsPerWorkgroup ?? 4;
+  // Defaults: one sixteen-column step per thread for rows up to 4096 columns, and enough workgroups to
+  // fill a large GPU even for the narrow K/V projections.
+  const workgroupSize = t.workgroupSize ??
+    Math.min(256, Math.max(32, nextPowerOfTwo(ceilDiv(weight.cols, 16))));
+  const rowsPerWorkgroup = t.rowsPerWorkgroup ?? (weight.rows >= 8192 ? 4 : weight.rows >= 2048 ? 2 : 1);
   const tokensPerWorkgroup = t.tokensPerWorkgroup ?? Math.min(maxTokens, 4);
   checkInt(op, "workgroupSize", workgroupSize, 32, gpu.limits.maxComputeInvocationsPerWorkgroup);
   if ((workgroupSize & (workgroupSize - 1)) !== 0) {
