@@ -62,6 +62,7 @@ export class Gpu {
         "WebGPU is not available in this runtime (run with Deno 2.x; in a browser use one with WebGPU enabled)",
       );
     }
+    quietWindowSystemProbe();
     const adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
     if (!adapter) {
       throw new DeviceError(
@@ -228,6 +229,19 @@ export class Gpu {
   /** Releases the device. */
   destroy(): void {
     this.device.destroy();
+  }
+}
+
+/**
+ * Vulkan drivers probe the Wayland socket under `$XDG_RUNTIME_DIR` and print "XDG_RUNTIME_DIR is invalid
+ * or not set" twice when it is unset (common on servers and in containers). Compute needs no window
+ * system, so point it at the temp folder for this process only.
+ */
+function quietWindowSystemProbe(): void {
+  try {
+    if (Deno.build.os === "linux" && !Deno.env.get("XDG_RUNTIME_DIR")) Deno.env.set("XDG_RUNTIME_DIR", "/tmp");
+  } catch {
+    // No --allow-env: the driver's warning is harmless.
   }
 }
 
