@@ -47,7 +47,7 @@ export type SynthShape = typeof SYNTH_SHAPES[number];
  * Weight types: one ggml type for every matrix (norms and RoPE factors stay F32), or `q4_k_m`,
  * llama.cpp's Q4_K_M mix (see {@link synthTensorType}).
  */
-export const SYNTH_TYPES = ["f32", "f16", "q8_0", "q4_0", "q4_k", "q5_k", "q6_k", "q4_k_m"] as const;
+export const SYNTH_TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_k", "q5_k", "q6_k", "q4_k_m"] as const;
 /** One of {@link SYNTH_TYPES}. */
 export type SynthType = typeof SYNTH_TYPES[number];
 
@@ -151,6 +151,7 @@ export function synthHParams(shape: SynthShape, tiedOutput?: boolean): LlamaHPar
 const FILE_TYPE: Record<SynthType, number> = {
   f32: 0,
   f16: 1,
+  bf16: 32, // LLAMA_FTYPE_MOSTLY_BF16
   q4_0: 2,
   q8_0: 7,
   q4_k: 14, // closest llama.cpp label: Q4_K_S
@@ -162,6 +163,7 @@ const FILE_TYPE: Record<SynthType, number> = {
 const PURE_TYPE: Record<Exclude<SynthType, "q4_k_m">, GGMLType> = {
   f32: GGMLType.F32,
   f16: GGMLType.F16,
+  bf16: GGMLType.BF16,
   q8_0: GGMLType.Q8_0,
   q4_0: GGMLType.Q4_0,
   q4_k: GGMLType.Q4_K,

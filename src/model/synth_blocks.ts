@@ -11,13 +11,14 @@
  */
 
 import { GGMLType } from "../gguf/types.ts";
-import { f32ToHalf } from "../gguf/half.ts";
+import { f32ToBf16, f32ToHalf } from "../gguf/half.ts";
 import { Xoshiro128 } from "./random.ts";
 
 /** Types {@link fillRandomTensor} can generate. */
 export const RANDOM_TYPES: readonly GGMLType[] = [
   GGMLType.F32,
   GGMLType.F16,
+  GGMLType.BF16,
   GGMLType.Q8_0,
   GGMLType.Q4_0,
   GGMLType.Q4_K,
@@ -36,12 +37,14 @@ const NORMAL_TABLE: Float64Array = (() => {
 const f16Tables = new Map<number, Uint16Array>();
 const f32Tables = new Map<number, Float32Array>();
 
-function f16Table(sigma: number): Uint16Array {
-  let table = f16Tables.get(sigma);
+function f16Table(sigma: number, brain = false): Uint16Array {
+  const key = brain ? -sigma : sigma;
+  let table = f16Tables.get(key);
   if (!table) {
     table = new Uint16Array(65536);
-    for (let i = 0; i < 65536; i++) table[i] = f32ToHalf(sigma * NORMAL_TABLE[i]);
-    f16Tables.set(sigma, table);
+    const encode = brain ? f32ToBf16 : f32ToHalf;
+    for (let i = 0; i < 65536; i++) table[i] = encode(sigma * NORMAL_TABLE[i]);
+    f16Tables.set(key, table);
   }
   return table;
 }
@@ -103,8 +106,9 @@ export function fillRandomTensor(type: GGMLType, out: Uint8Array, sigma: number,
       for (let i = 0; i < n; i++) view.setFloat32(4 * i, table[rng.nextU32() >>> 16], true);
       return;
     }
-    case GGMLType.F16: {
-      const table = f16Table(sigma);
+    case GGMLType.F16:
+    case GGMLType.BF16: {
+      const table = f16Table(sigma, type === GGMLType.BF16);
       const n = out.byteLength >>> 1;
       const words = new Uint32Array(Math.min(n >>> 1, 1 << 16));
       for (let i = 0; i < n;) {
