@@ -21,7 +21,7 @@
  */
 
 import type { GGUFFile, TensorInfo } from "../gguf/reader.ts";
-import { BadFlagError } from "../errors.ts";
+import { BadFlagError, DeviceError, OutOfMemoryError } from "../errors.ts";
 import { formatBytes, type Gpu } from "../gpu/device.ts";
 import { GpuWeight } from "../gpu/weights.ts";
 import { encodeOps, type GpuOp, StepParams } from "../gpu/ops/op.ts";
@@ -162,6 +162,17 @@ export class GpuModel {
     }
     const E = hp.nEmbd, D = hp.headDim, Hq = hp.nHead, Hkv = hp.nHeadKV, FF = hp.nFF, V = hp.nVocab;
     const owned: (GPUBuffer | GpuWeight)[] = [];
+    // Allocation failures (VRAM exhausted) surface through an error scope, checked after each phase.
+    const checkMemory = async (what: string, bytes: number) => {
+      const error = await gpu.device.popErrorScope();
+      if (error) {
+        for (const b of owned) b.destroy();
+        throw new OutOfMemoryError(
+          `${what}: the GPU could not allocate ${formatBytes(bytes)} (${gpu.description}): ${error.message}`,
+        );
+      }
+    };
+    gpu.device.pushErrorScope("out-of-memory");
 
     // Weights, streamed tensor by tensor.
     const total = file.tensors.reduce((s, t) => s + t.byteLength, 0);
@@ -210,6 +221,7 @@ export class GpuModel {
     const output = hp.tiedOutput ? tokenEmbd : await matrix(OUTPUT);
     const ropeFreqs = hp.hasRopeFreqs ? await file.readF32(file.tensor(ROPE_FREQS)) : undefined;
     const weightBytes = owned.reduce((s, b) => s + (b instanceof GpuWeight ? b.byteLength : b.size), 0);
+    await checkMemory(`${file.path}: weights`, weightBytes);
 
     // KV cache: the full policy, one sequence.
     const kv = await KvCache.create(gpu, {
@@ -220,6 +232,7 @@ export class GpuModel {
     });
 
     // Activations.
+    gpu.device.pushErrorScope("out-of-memory");
     const f32 = (label: string, floats: number) => {
       const b = gpu.buffer(label, floats * 4);
       owned.push(b);
@@ -241,6 +254,7 @@ export class GpuModel {
       logits: f32("logits", V),
       partials: f32("partials", decodePartialsBytes(splits, Hq, D) / 4),
     };
+    await checkMemory("activations", owned.reduce((s, b) => s + (b instanceof GpuWeight ? 0 : b.size), 0));
     const step = new StepParams(gpu, maxBatch);
     const one = new StepParams(gpu, 1, "one token");
     owned.push(step.buffer, one.buffer);
@@ -434,7 +448,12 @@ export class GpuModel {
       if (this.#profiler) await this.#profiler.collect();
     }
     const staging = want === "argmax" ? this.#tokenStaging : this.#logitsStaging;
-    await staging.mapAsync(0x0001);
+    try {
+      await staging.mapAsync(0x0001);
+    } catch (e) {
+      this.#gpu.checkAlive();
+      throw new DeviceError(`reading the result back from the GPU failed: ${(e as Error).message}`);
+    }
     this.#gpu.checkAlive();
     const range = staging.getMappedRange();
     const result = want === "argmax" ? new Uint32Array(range)[0] : new Float32Array(range.slice(0));
