@@ -111,6 +111,19 @@ Deno.test("gpu matmul: bad options are one-line BadFlagErrors", async () => {
     () => createMatvec(gpu, { label: "q", weight, x, y, maxTokens: 4, step, tuning: { workgroupSize: 96 } }),
     /q: workgroupSize must be a power of two, got 96/,
   );
+  throws(
+    () =>
+      createMatvec(gpu, {
+        label: "q",
+        weight,
+        x,
+        y,
+        maxTokens: 4,
+        step,
+        tuning: { workgroupSize: 1024, rowsPerWorkgroup: 8, tokensPerWorkgroup: 4 },
+      }),
+    /q: workgroupSize × rowsPerWorkgroup × tokensPerWorkgroup × 4 = 131072 bytes of workgroup memory/,
+  );
   equal(weight.parts.length, 1);
   deepEqual([weight.cols, weight.rows, weight.rowBytes], [64, 3, 68]);
 });

@@ -60,7 +60,9 @@ fn scale_min_k4(sc: u32, j: u32) -> vec2f {
     return vec2f(f32(rd8(sc + j) & 63u), f32(rd8(sc + j + 4u) & 63u));
   }
   let hi = rd8(sc + j + 4u);
-  return vec2f(f32((hi & 15u) | ((rd8(sc + j - 4u) >> 6u) << 4u)), f32((hi >> 4u) | ((rd8(sc + j) >> 6u) << 4u)));
+  let scale = (hi & 15u) | ((rd8(sc + j - 4u) >> 6u) << 4u);
+  let min = (hi >> 4u) | ((rd8(sc + j) >> 6u) << 4u);
+  return vec2f(f32(scale), f32(min));
 }
 
 // ==== F32 ====
@@ -68,7 +70,9 @@ const BLOCK_ELEMS = 1u;
 const BLOCK_BYTES = 4u;
 fn dq4(row: u32, e: u32) -> vec4f {
   let w = (row >> 2u) + e;
-  if (e + 4u <= cols) { return vec4f(bitcast<f32>(W[w]), bitcast<f32>(W[w + 1u]), bitcast<f32>(W[w + 2u]), bitcast<f32>(W[w + 3u])); }
+  if (e + 4u <= cols) {
+    return bitcast<vec4f>(vec4u(W[w], W[w + 1u], W[w + 2u], W[w + 3u]));
+  }
   var v = vec4f(0.0);
   for (var i = 0u; i < 4u; i++) {
     if (e + i < cols) { v[i] = bitcast<f32>(W[w + i]); }
@@ -81,7 +85,7 @@ fn dq16(row: u32, e: u32) -> array<vec4f, 4> {
   var v: array<vec4f, 4>;
   for (var i = 0u; i < 4u; i++) {
     let a = w + 4u * i;
-    v[i] = vec4f(bitcast<f32>(W[a]), bitcast<f32>(W[a + 1u]), bitcast<f32>(W[a + 2u]), bitcast<f32>(W[a + 3u]));
+    v[i] = bitcast<vec4f>(vec4u(W[a], W[a + 1u], W[a + 2u], W[a + 3u]));
   }
   return v;
 }
@@ -154,7 +158,8 @@ fn dq16(row: u32, e: u32) -> array<vec4f, 4> {
 }
 
 // ==== Q4_0 ====
-// 18 bytes: d f16, qs[16]; element l < 16 is the low nibble of qs[l], element l + 16 the high one; x = d·(q − 8).
+// 18 bytes: d f16, qs[16]; element l < 16 is the low nibble of qs[l], element l + 16 the high one;
+// x = d·(q − 8).
 const BLOCK_ELEMS = 32u;
 const BLOCK_BYTES = 18u;
 fn dq4(row: u32, e: u32) -> vec4f {
@@ -168,7 +173,9 @@ fn dq16(row: u32, e: u32) -> array<vec4f, 4> {
   let shift = ((e & 31u) >> 4u) * 4u;
   let d = rdf16(base);
   var v: array<vec4f, 4>;
-  for (var i = 0u; i < 4u; i++) { v[i] = d * (bytes4((rd32(base + 2u + 4u * i) >> shift) & 0x0f0f0f0fu) - 8.0); }
+  for (var i = 0u; i < 4u; i++) {
+    v[i] = d * (bytes4((rd32(base + 2u + 4u * i) >> shift) & 0x0f0f0f0fu) - 8.0);
+  }
   return v;
 }
 
@@ -188,7 +195,9 @@ fn dq16(row: u32, e: u32) -> array<vec4f, 4> {
   let shift = ((e & 31u) >> 4u) * 4u;
   let dm = unpack2x16float(rd32(base));
   var v: array<vec4f, 4>;
-  for (var i = 0u; i < 4u; i++) { v[i] = dm.x * bytes4((rd32(base + 4u + 4u * i) >> shift) & 0x0f0f0f0fu) + dm.y; }
+  for (var i = 0u; i < 4u; i++) {
+    v[i] = dm.x * bytes4((rd32(base + 4u + 4u * i) >> shift) & 0x0f0f0f0fu) + dm.y;
+  }
   return v;
 }
 
@@ -412,7 +421,8 @@ fn dq16(row: u32, e: u32) -> array<vec4f, 4> {
   let n = i >> 7u;
   let p = (i >> 5u) & 3u;
   let l = i & 31u;
-  let scale = rdf16(base + 208u) * f32(extractBits(i32(rd8(base + 192u + 8u * n + 2u * p + (l >> 4u))), 0u, 8u));
+  let sc = extractBits(i32(rd8(base + 192u + 8u * n + 2u * p + (l >> 4u))), 0u, 8u);
+  let scale = rdf16(base + 208u) * f32(sc);
   let ql = base + 64u * n + 32u * (p & 1u) + l;
   let qh = base + 128u + 32u * n + l;
   var v: array<vec4f, 4>;

@@ -1,6 +1,6 @@
-// Embedding gather: out[t][c] = dequant(W[ids[t]])[c] for t < n, W kept in its GGUF type (the spliced
-// dequantisation library spliced in at DEQUANT). Ids past the vocabulary are clamped to its last row (the CPU side rejects them
-// before they get here; ids produced on the GPU are always in range).
+// Embedding gather: out[t][c] = dequant(W[ids[t]])[c] for t < n, W kept in its GGUF type (decoded by the
+// dequantisation library, wgsl/dequant.wgsl, spliced in at DEQUANT). Ids past the vocabulary are clamped to
+// its last row (the CPU side rejects them before they get here; ids produced on the GPU are in range).
 //
 // binding 0: W, array<u32>: the raw rows of one weight part; row r starts at byte r · row_bytes (read)
 // binding 1: ids, array<u32>: token ids [n] (read)

@@ -1,5 +1,6 @@
 // Matrix-matrix product for prefill: Y[t][first_row + r] = Σ_c X[t][c] · W[r][c] for t < m, with W kept in
-// its GGUF type (dequantised by the dequantisation library spliced in at DEQUANT while it is staged in workgroup memory).
+// its GGUF type (decoded by the dequantisation library, wgsl/dequant.wgsl, spliced in at DEQUANT, while it
+// is staged in workgroup memory).
 //
 // Tiling: a workgroup of 16 × 16 threads computes a 64-token × 64-row output tile; each thread a 4 × 4
 // micro-tile with f32 accumulators. The K loop takes 32 columns per step (one legacy block, or an eighth of a

@@ -1,5 +1,6 @@
 // Matrix-vector product for decode: y[t][first_row + r] = Σ_c W[r][c] · x[t][c] for a few tokens t < m,
-// with W kept in its GGUF type (dequantised in registers by the dequantisation library spliced in at DEQUANT).
+// with W kept in its GGUF type (decoded in registers by the dequantisation library, wgsl/dequant.wgsl,
+// spliced in at DEQUANT).
 //
 // Each workgroup computes `rows_per_wg` consecutive weight rows for `tokens_per_wg` tokens. Its threads walk
 // the rows sixteen elements at a time with stride `wg_size` (neighbouring threads read neighbouring words of

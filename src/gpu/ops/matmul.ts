@@ -138,6 +138,13 @@ export function createMatvec(gpu: Gpu, options: MatvecOptions): GpuOp {
     1,
     workgroupSize,
   );
+  const reductionBytes = workgroupSize * rowsPerWorkgroup * tokensPerWorkgroup * 4;
+  if (reductionBytes > gpu.limits.maxComputeWorkgroupStorageSize) {
+    throw new BadFlagError(
+      `${op}: workgroupSize × rowsPerWorkgroup × tokensPerWorkgroup × 4 = ${reductionBytes} bytes of workgroup ` +
+        `memory, this GPU allows ${gpu.limits.maxComputeWorkgroupStorageSize}`,
+    );
+  }
   const kernel = gpu.kernel(
     "matvec",
     {
