@@ -32,7 +32,9 @@ function cases(blockSize: number): Case[] {
     { rows: 7, blocks: 2, kernel: "matvec", m: 3 },
     { rows: 33, blocks: 3, kernel: "matvec", m: 1 },
     { rows: 257, blocks: 2048 / blockSize, kernel: "matvec", m: 3 },
+    { rows: 33, blocks: 2, kernel: "matvec", m: 17 },
     { rows: 1, blocks: 1, kernel: "matmul", m: 3 },
+    { rows: 7, blocks: 2, kernel: "matmul", m: 1 },
     { rows: 7, blocks: 3, kernel: "matmul", m: 65 },
     { rows: 33, blocks: 2, kernel: "matmul", m: 17 },
     { rows: 257, blocks: 2048 / blockSize, kernel: "matmul", m: 17 },
@@ -94,6 +96,31 @@ Deno.test("gpu matmul: matvec tuning variants agree (workgroup size, rows and to
     const got = await runLinear(gpu, op, step, m, yBuf);
     const bad = compareLinear(got, w, x, m, rows, cols, 2e-5);
     ok(bad === undefined, `${JSON.stringify(tuning)}: ${bad}`);
+  }
+});
+
+Deno.test("gpu matmul: one recorded op replays correctly as the step's token count changes", async () => {
+  const gpu = await getGpu();
+  const [rows, cols, maxTokens] = [19, 64, 6];
+  const bytes = randomBlocks("Q8_0", rows * cols / 32);
+  const weight = GpuWeight.fromBytes(gpu, "w", typeOf("Q8_0"), [cols, rows], bytes);
+  const w = dequantized("Q8_0", bytes, rows, cols);
+  const step = new StepParams(gpu, maxTokens);
+  const xBuf = gpu.buffer("x", maxTokens * cols * 4);
+  const yBuf = gpu.buffer("y", maxTokens * rows * 4);
+  for (const create of [createMatvec, createMatmul]) {
+    const op = create(gpu, { label: "replay", weight, x: xBuf, y: yBuf, maxTokens, step });
+    for (const m of [6, 1, 4]) {
+      const x = randomF32(m * cols);
+      gpu.device.queue.writeBuffer(xBuf, 0, x);
+      gpu.device.queue.writeBuffer(yBuf, 0, new Float32Array(maxTokens * rows).fill(NaN));
+      const got = await runLinear(gpu, op, step, m, yBuf);
+      const bad = compareLinear(got, w, x, m, rows, cols, 2e-5);
+      ok(bad === undefined, `${create.name} m=${m}: ${bad}`);
+      for (let i = m * rows; i < got.length; i++) {
+        ok(Number.isNaN(got[i]), `${create.name} m=${m}: wrote at ${i}`);
+      }
+    }
   }
 });
 

@@ -48,7 +48,7 @@ export function rand(): number {
 }
 
 /** Random f32 values in [-1, 1). */
-export function randomF32(n: number): Float32Array {
+export function randomF32(n: number): Float32Array<ArrayBuffer> {
   return Float32Array.from({ length: n }, rand);
 }
 
