@@ -1,0 +1,180 @@
+/**
+ * The WG-KV write gate on the GPU (`wgsl/write_gate.wgsl`): per token of the step and per KV head, the
+ * admission score g of a small MLP on the key (pre- and post-RoPE, each RMS-normalised) and the flag
+ * `g > threshold` (strict). Scores and flags of all layers share two buffers laid out
+ * `[maxTokens][layers][kvHeads]` (token-major), so the flags of a whole step are one contiguous range of
+ * `nTokens · layers · kvHeads` u32 words that the forward pass copies into its readback.
+ *
+ * Pre-RoPE keys: the forward pass rotates K in place, so the gate reads two buffers, the key before RoPE
+ * (a copy taken before the RoPE op) and after. We chose the copy over rotating inside the gate kernel so
+ * that RoPE (with its exact angle reduction, frequency factors and partial rotary dims) has a single
+ * implementation; the copy is `nTokens · kvHeads · headDim` floats, negligible next to the gate's weights.
+ *
+ * @module
+ */
+
+import { BadFlagError } from "../../errors.ts";
+import type { Gpu } from "../device.ts";
+import { bindNumbered, layerUniform } from "../../kv/paged_view.ts";
+import {
+  type BufferSlice,
+  ceilDiv,
+  checkInt,
+  checkSlice,
+  checkWorkgroups,
+  type GpuOp,
+  type StepParams,
+} from "./op.ts";
+
+/** Tokens per gate workgroup (`TILE` in the shader). */
+const GATE_TILE = 8;
+
+/** Default admission threshold τ (strict `g > τ`). */
+export const DEFAULT_GATE_THRESHOLD = 0.1;
+
+/** Lower clamp of the score (the reference's slow path). */
+export const GATE_EPSILON = 1e-3;
+
+/** One layer's gate weights, f32, in the checkpoint's layout (conv weights with the trailing 1 squeezed). */
+export interface GateLayerWeights {
+  /** RMSNorm weight of the pre-RoPE key, [headDim], shared by all KV heads. */
+  readonly preNorm: Float32Array;
+  /** RMSNorm weight of the post-RoPE key, [headDim]. */
+  readonly postNorm: Float32Array;
+  /** First layer, [kvHeads][inner][2·headDim] (row h·inner + i reads input [pre ; post]). */
+  readonly w1: Float32Array;
+  /** First bias, [kvHeads][inner]. */
+  readonly b1: Float32Array;
+  /** Second layer, [kvHeads][inner]. */
+  readonly w2: Float32Array;
+  /** Second bias, [kvHeads]. */
+  readonly b2: Float32Array;
+}
+
+/** Shape of a gate: KV heads, head size and hidden width (`inner = headDim · expand`). */
+export interface GateShape {
+  /** KV heads per layer. */
+  readonly kvHeads: number;
+  /** Values per head. */
+  readonly headDim: number;
+  /** Hidden units per head. */
+  readonly inner: number;
+}
+
+/** f32 values of one packed layer (see {@link packGateLayer}). */
+export function gateLayerFloats(shape: GateShape): number {
+  const { kvHeads: H, headDim: D, inner } = shape;
+  return 2 * D + H * inner * 2 * D + 2 * H * inner + H;
+}
+
+/**
+ * Packs one layer's weights the way the kernel reads them: both norms, W1 transposed per head to
+ * `[kvHeads][2·headDim][inner]` (coalesced reads), b1, w2, b2. Throws {@link BadFlagError} naming the
+ * tensor whose length does not match `shape`.
+ */
+export function packGateLayer(weights: GateLayerWeights, shape: GateShape): Float32Array<ArrayBuffer> {
+  const { kvHeads: H, headDim: D, inner } = shape;
+  const want: Record<keyof GateLayerWeights, number> = {
+    preNorm: D,
+    postNorm: D,
+    w1: H * inner * 2 * D,
+    b1: H * inner,
+    w2: H * inner,
+    b2: H,
+  };
+  for (const [name, n] of Object.entries(want)) {
+    const got = weights[name as keyof GateLayerWeights].length;
+    if (got !== n) throw new BadFlagError(`write gate: tensor ${name} has ${got} values, expected ${n}`);
+  }
+  const out = new Float32Array(gateLayerFloats(shape));
+  out.set(weights.preNorm, 0);
+  out.set(weights.postNorm, D);
+  let o = 2 * D;
+  for (let h = 0; h < H; h++) {
+    for (let c = 0; c < 2 * D; c++) {
+      for (let r = 0; r < inner; r++) out[o++] = weights.w1[(h * inner + r) * 2 * D + c];
+    }
+  }
+  out.set(weights.b1, o);
+  out.set(weights.w2, o + H * inner);
+  out.set(weights.b2, o + 2 * H * inner);
+  return out;
+}
+
+/** Options of {@link createWriteGate}. */
+export interface WriteGateOptions extends GateShape {
+  /** Name for the profiler and errors. */
+  label: string;
+  /** Decoder layers (the second dimension of the outputs). */
+  layers: number;
+  /** Layer this op gates (its column of the outputs). */
+  layer: number;
+  /** Largest number of tokens per step; the dispatch is sized for it. */
+  maxTokens: number;
+  /** Keys before RoPE, f32[maxTokens][kvHeads · headDim]. */
+  preK: BufferSlice;
+  /** Keys after RoPE, f32[maxTokens][kvHeads · headDim]. */
+  postK: BufferSlice;
+  /** This layer's weights packed by {@link packGateLayer}. */
+  params: BufferSlice;
+  /** Scores, f32[maxTokens][layers][kvHeads]. */
+  scores: BufferSlice;
+  /** Flags, u32[maxTokens][layers][kvHeads]. */
+  flags: BufferSlice;
+  /** Admission threshold (default {@link DEFAULT_GATE_THRESHOLD}). */
+  threshold?: number;
+  /** Per-step token count (`nTokens`). */
+  step: StepParams;
+}
+
+/** Bytes of the scores (or flags) buffer shared by the gate ops of all layers. */
+export function gateOutputBytes(maxTokens: number, layers: number, kvHeads: number): number {
+  return maxTokens * layers * kvHeads * 4;
+}
+
+/** Builds the write-gate op of one layer (pipeline shared by all layers, bind group once). */
+export function createWriteGate(gpu: Gpu, options: WriteGateOptions): GpuOp {
+  const { label, kvHeads, headDim, inner, layers, layer, maxTokens, step } = options;
+  checkInt(label, "kvHeads", kvHeads, 1);
+  checkInt(label, "headDim", headDim, 2, 256);
+  checkInt(label, "inner", inner, 1);
+  checkInt(label, "layers", layers, 1);
+  checkInt(label, "layer", layer, 0, layers - 1);
+  checkInt(label, "maxTokens", maxTokens, 1, step.maxTokens);
+  const threshold = options.threshold ?? DEFAULT_GATE_THRESHOLD;
+  if (!(threshold >= 0 && threshold < 1)) {
+    throw new BadFlagError(`${label}: threshold must be in [0, 1), got ${threshold}`);
+  }
+  checkSlice(label, "preK", options.preK, maxTokens * kvHeads * headDim * 4);
+  checkSlice(label, "postK", options.postK, maxTokens * kvHeads * headDim * 4);
+  checkSlice(label, "params", options.params, gateLayerFloats(options) * 4);
+  checkSlice(label, "scores", options.scores, gateOutputBytes(maxTokens, layers, kvHeads));
+  checkSlice(label, "flags", options.flags, gateOutputBytes(maxTokens, layers, kvHeads));
+  const tiles = ceilDiv(maxTokens, GATE_TILE);
+  checkWorkgroups(gpu, label, Math.max(tiles, kvHeads));
+  const kernel = gpu.kernel("write_gate", {
+    head_dim: headDim,
+    kv_heads: kvHeads,
+    layers,
+    inner,
+    threshold,
+    epsilon: GATE_EPSILON,
+  });
+  const group = bindNumbered(gpu, kernel, [
+    [0, step.buffer],
+    [1, layerUniform(gpu, label, layer)],
+    [2, options.preK],
+    [3, options.postK],
+    [4, options.params],
+    [5, options.scores],
+    [6, options.flags],
+  ]);
+  return {
+    label,
+    encode(pass: GPUComputePassEncoder): void {
+      pass.setPipeline(kernel.pipeline);
+      pass.setBindGroup(0, group);
+      pass.dispatchWorkgroups(tiles, kvHeads);
+    },
+  };
+}
