@@ -4,8 +4,9 @@
 //
 // Tiling: a workgroup of 16 × 16 threads computes a 64-token × 64-row output tile; each thread a 4 × 4
 // micro-tile with f32 accumulators. The K loop takes 32 columns per step (one legacy block, or an eighth of a
-// K-quant block): the W tile [64 rows][32] is dequantised into workgroup memory, the X tile [64 tokens][32]
-// copied beside it, both stored k-major so the inner loop reads one vec4 of each per k.
+// K-quant block): half the threads dequantise the W tile [64 rows][32] into workgroup memory while the other
+// half copy the X tile [64 tokens][32] beside it, both stored k-major so the inner loop reads one vec4 of each
+// per k.
 //
 // binding 0: W, array<u32>: the raw rows of one weight part; row r starts at byte r · row_bytes (read)
 // binding 1: x, array<f32>: activations [m][cols], row-major (read)
@@ -79,20 +80,36 @@ fn main(
   for (var i = 0u; i < 4u; i++) { acc[i] = vec4f(0.0); }
 
   for (var k0 = 0u; k0 < part.cols; k0 += BK) {
-    // Stage: 512 (row, 4-column) units of W and of X, two per thread.
-    for (var s = 0u; s < 2u; s++) {
-      let unit = tid + s * THREADS;
-      let i = unit / (BK / 4u);       // tile row (weight row or token)
-      let kq = unit % (BK / 4u);      // which 4 columns
-      let e = k0 + 4u * kq;
-      var w = vec4f(0.0);
-      if (n0 + i < rows && e < cols) { w = dq4((n0 + i) * row_bytes, e); }
-      var a = vec4f(0.0);
-      if (t0 + i < m && e < cols) { a = load_x(t0 + i, e); }
-      for (var c = 0u; c < 4u; c++) {
-        let k = 4u * kq + c;
-        ws[k * (TILE / 4u) + i / 4u][i % 4u] = w[c];
-        xs[k * (TILE / 4u) + i / 4u][i % 4u] = a[c];
+    // Stage: threads 0..127 decode the W tile, sixteen columns of one row each (a block's scales once);
+    // threads 128..255 copy the X tile, four (token, 4-column) units each.
+    if (tid < THREADS / 2u) {
+      let i = tid / (BK / 16u);               // weight row within the tile
+      let kq = tid % (BK / 16u);              // which 16 columns
+      let e = k0 + 16u * kq;
+      var w: array<vec4f, 4>;
+      if (n0 + i < rows) {
+        if (e + 16u <= cols) {
+          w = dq16((n0 + i) * row_bytes, e);
+        } else {
+          for (var c = 0u; c < 4u; c++) {
+            if (e + 4u * c < cols) { w[c] = dq4((n0 + i) * row_bytes, e + 4u * c); }
+          }
+        }
+      }
+      for (var c = 0u; c < 16u; c++) {
+        ws[(16u * kq + c) * (TILE / 4u) + i / 4u][i % 4u] = w[c / 4u][c % 4u];
+      }
+    } else {
+      for (var s = 0u; s < 4u; s++) {
+        let unit = (tid - THREADS / 2u) + s * (THREADS / 2u);
+        let i = unit / (BK / 4u);             // token within the tile
+        let kq = unit % (BK / 4u);            // which 4 columns
+        let e = k0 + 4u * kq;
+        var a = vec4f(0.0);
+        if (t0 + i < m && e < cols) { a = load_x(t0 + i, e); }
+        for (var c = 0u; c < 4u; c++) {
+          xs[(4u * kq + c) * (TILE / 4u) + i / 4u][i % 4u] = a[c];
+        }
       }
     }
     workgroupBarrier();
