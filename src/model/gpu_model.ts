@@ -20,7 +20,7 @@
  * @module
  */
 
-import type { GGUFFile, TensorInfo } from "../gguf/reader.ts";
+import type { GGUFFile } from "../gguf/reader.ts";
 import { BadFlagError, DeviceError, OutOfMemoryError } from "../errors.ts";
 import { formatBytes, type Gpu } from "../gpu/device.ts";
 import { GpuWeight } from "../gpu/weights.ts";
@@ -188,7 +188,7 @@ export class GpuModel {
     };
     const matrix = async (name: string): Promise<GpuWeight> => {
       const info = file.tensor(name);
-      const w = await GpuWeight.upload(gpu, tensorSource(file, info));
+      const w = await GpuWeight.fromGGUF(gpu, file, info);
       owned.push(w);
       report(info.byteLength);
       return w;
@@ -478,13 +478,4 @@ export class GpuModel {
     for (const b of this.#destroy) b.destroy();
     this.kv.destroy();
   }
-}
-
-function tensorSource(file: GGUFFile, info: TensorInfo) {
-  return {
-    name: info.name,
-    type: info.type,
-    shape: info.shape,
-    read: (offset: number, length: number) => file.readBytes(info, offset, length),
-  };
 }
