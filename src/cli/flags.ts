@@ -42,6 +42,9 @@ export function parseFlags(command: string, args: string[], spec: Record<string,
   } catch (e) {
     const msg = (e as Error).message.split("\n")[0];
     const flag = msg.match(/'(-[^']*)'/)?.[1];
+    if (/argument is ambiguous/.test(msg) && flag) {
+      throw new BadFlagError(`${command}: the value of ${flag} looks like a flag; write ${flag}=VALUE`);
+    }
     if (/Unknown option/.test(msg)) {
       throw new BadFlagError(`${command}: unknown flag ${flag ?? msg} (see \`wgkv ${command} --help\`)`);
     }
