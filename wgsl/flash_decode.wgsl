@@ -2,7 +2,8 @@
 // through the block table. Entry `main` computes partial results over a range of pages; entry `reduce`
 // merges them with log-sum-exp rescaling.
 //
-// binding 0: unused (the step uniform of the other attention kernels; decode has one token)
+// binding 0: step, uniform { n_tokens, pos0 }: pos0 is the query's position (read in WG-KV mode only; a
+//            placeholder is bound otherwise)
 // binding 1: sequence, uniform { slot } (the KV cache's sequence selector); the query is the row's last token
 // binding 2: layer_params, uniform { layer }
 // binding 3: q, f32[q_heads * head_dim] (read), the query after RoPE
@@ -11,6 +12,12 @@
 // binding 6: block_table, u32[seq_slots][layers][kv_heads][max_pages] (read)
 // binding 7: lengths, u32[seq_slots][layers][kv_heads] (read), including the current token
 // binding 8…: pool shards (read), see the generated block below.
+// binding 16: slot_info, u32[seq_slots][layers][kv_heads][ring_tokens] (read), WG-KV mode only (a placeholder
+//            is bound otherwise): position * 2 + admitted of the token in each ring slot of the dual cache.
+//
+// WG-KV mode (wgkv_window > 0): the row is a dual cache, ring slots [0, ring_tokens) then global tokens; a
+// ring key at position p is seen iff p <= q and (q - p < wgkv_window or it was admitted), every global key
+// is seen. A split whose keys are all masked contributes a zero sum (weights of masked keys are 0).
 //
 // Splits: the grid is fixed at (splits, kv_heads) so the same commands replay every token; each row's
 // n pages are cut into `splits` ranges of ceil(n / splits) pages, computed from its length on the GPU, so
@@ -25,14 +32,18 @@ override max_pages: u32 = 1u;
 override pool_pages_per_shard: u32 = 1u;
 override splits: u32 = 1u;
 override scale: f32 = 0.125;
+override wgkv_window: u32 = 0u; // 0: plain causal cache; > 0: WG-KV dual cache with this local window
+override ring_tokens: u32 = 16u; // WG-KV mode: ring slots at the start of each row
 
 const PAGE_TOKENS: u32 = 16u;
 const MAX_ACC_PER_THREAD: u32 = 32u; // group * head_dim <= 2048
 const MASKED: f32 = -3.0e38;
 
+struct Step { n_tokens: u32, pos0: u32, pad0: u32, pad1: u32 }
 struct Sequence { slot: u32, pad0: u32, pad1: u32, pad2: u32 }
 struct LayerParams { layer: u32, pad0: u32, pad1: u32, pad2: u32 }
 
+@group(0) @binding(0) var<uniform> step: Step;
 @group(0) @binding(1) var<uniform> sequence: Sequence;
 @group(0) @binding(2) var<uniform> layer_params: LayerParams;
 @group(0) @binding(3) var<storage, read> q: array<f32>;
@@ -40,6 +51,7 @@ struct LayerParams { layer: u32, pad0: u32, pad1: u32, pad2: u32 }
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 @group(0) @binding(6) var<storage, read> block_table: array<u32>;
 @group(0) @binding(7) var<storage, read> lengths: array<u32>;
+@group(0) @binding(16) var<storage, read> slot_info: array<u32>;
 
 {{POOL}}
 
@@ -51,6 +63,15 @@ var<workgroup> run_max: array<f32, q_heads / kv_heads>;
 var<workgroup> run_sum: array<f32, q_heads / kv_heads>;
 var<workgroup> rescale: array<f32, q_heads / kv_heads>;
 var<workgroup> row_length: u32;
+
+// Whether the query sees the key of logical index k_index of row `row` (WG-KV mask; always in plain mode).
+fn key_visible(row: u32, k_index: u32) -> bool {
+  if (wgkv_window == 0u || k_index >= ring_tokens) { return true; }
+  let info = slot_info[row * ring_tokens + k_index];
+  let k_pos = info >> 1u;
+  let q_pos = step.pos0;
+  return k_pos <= q_pos && (q_pos - k_pos < wgkv_window || (info & 1u) == 1u);
+}
 
 // Pages [first, end) of split `split` for a row of `len` tokens (first >= end when it has none).
 fn split_range(split: u32, len: u32) -> vec2u {
@@ -95,7 +116,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
       let g = e / PAGE_TOKENS;
       let t = e % PAGE_TOKENS;
       var s = MASKED;
-      if (t < valid) {
+      if (t < valid && key_visible(row, j * PAGE_TOKENS + t)) {
         var dot_sum = 0.0;
         for (var p = 0u; p < half_dim; p++) {
           let kv = unpack2x16float(k_page[t * half_dim + p]);
@@ -112,7 +133,8 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
       let m_new = max(run_max[tid], page_max);
       var sum = 0.0;
       for (var t = 0u; t < valid; t++) {
-        let p = exp(weights[tid * PAGE_TOKENS + t] - m_new);
+        let w = weights[tid * PAGE_TOKENS + t];
+        let p = select(0.0, exp(w - m_new), w > MASKED);
         weights[tid * PAGE_TOKENS + t] = p;
         sum += p;
       }

@@ -11,6 +11,13 @@
 // binding 5: block_table, u32[seq_slots][layers][kv_heads][max_pages] (read)
 // binding 6: lengths, u32[seq_slots][layers][kv_heads] (read), including the new tokens
 // binding 7…: pool shards (read), see the generated block below.
+// binding 16: slot_info, u32[seq_slots][layers][kv_heads][ring_tokens] (read), WG-KV mode only (a placeholder
+//            is bound otherwise): position * 2 + admitted of the token in each ring slot of the dual cache.
+//
+// WG-KV mode (wgkv_window > 0): the row is a dual cache, ring slots [0, ring_tokens) then global tokens.
+// The query at position pos0 + i sees a ring key at position p iff p <= q and (q - p < wgkv_window or the
+// key was admitted), and every global key (all admitted, all older than the step). The mask is exact per
+// query row, so chunked prefill and decode follow the training rule.
 //
 // Grid: (ceil(max_tokens / TILE_ROWS), q_heads); tiles past n_tokens exit at once. A workgroup of 64 threads
 // takes TILE_ROWS query rows of one query head and walks the key pages one at a time: the page's K and V
@@ -24,6 +31,8 @@ override layers: u32 = 1u;
 override max_pages: u32 = 1u;
 override pool_pages_per_shard: u32 = 1u;
 override scale: f32 = 0.125;
+override wgkv_window: u32 = 0u; // 0: plain causal cache; > 0: WG-KV dual cache with this local window
+override ring_tokens: u32 = 16u; // WG-KV mode: ring slots at the start of each row
 
 const PAGE_TOKENS: u32 = 16u;
 const TILE_ROWS: u32 = 16u;
@@ -42,6 +51,7 @@ struct LayerParams { layer: u32, pad0: u32, pad1: u32, pad2: u32 }
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var<storage, read> block_table: array<u32>;
 @group(0) @binding(6) var<storage, read> lengths: array<u32>;
+@group(0) @binding(16) var<storage, read> slot_info: array<u32>;
 
 {{POOL}}
 
@@ -51,15 +61,20 @@ var<workgroup> v_page: array<u32, PAGE_TOKENS * head_dim / 2u>;
 var<workgroup> scores: array<f32, TILE_ROWS * PAGE_TOKENS>; // MASKED where the key is not visible
 var<workgroup> row_length: u32;
 
-// Which keys a query row sees, by logical index in its (slot, layer, head) row. Causal for the full cache.
-// A sparse policy (local band plus admitted columns) replaces this test and page_visible() below.
-fn key_visible(q_index: u32, k_index: u32) -> bool {
-  return k_index <= q_index;
+// Which keys a query row sees, by logical index in its (slot, layer, head) row `row`: causal for the full
+// cache; in WG-KV mode by the query's position `q_pos` and the ring slot's position and flag.
+fn key_visible(q_index: u32, k_index: u32, row: u32, q_pos: u32) -> bool {
+  if (wgkv_window == 0u) { return k_index <= q_index; }
+  if (k_index >= ring_tokens) { return true; }
+  let info = slot_info[row * ring_tokens + k_index];
+  let k_pos = info >> 1u;
+  return k_pos <= q_pos && (q_pos - k_pos < wgkv_window || (info & 1u) == 1u);
 }
 
-// Whether any key of logical page j is visible to any query of logical indices [first_q, last_q].
+// Whether any key of logical page j may be visible to a query of logical indices [first_q, last_q]
+// (WG-KV mode: every page; the ring's pages are masked per key).
 fn page_visible(j: u32, first_q: u32, last_q: u32) -> bool {
-  return j * PAGE_TOKENS <= last_q;
+  return wgkv_window > 0u || j * PAGE_TOKENS <= last_q;
 }
 
 @compute @workgroup_size(64)
@@ -86,7 +101,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
   let my_valid = row0 + my_row < n_tokens;
   let first_q = base + row0;
   let last_q = base + min(row0 + TILE_ROWS, n_tokens) - 1u;
-  let pages = last_q / PAGE_TOKENS + 1u;
+  let pages = select(last_q / PAGE_TOKENS + 1u, (len + PAGE_TOKENS - 1u) / PAGE_TOKENS, wgkv_window > 0u);
   let pairs_per_lane = half_dim / LANES;
 
   var m = MASKED;
@@ -109,7 +124,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
       let t = e % PAGE_TOKENS;
       let key = j * PAGE_TOKENS + t;
       var s = MASKED;
-      if (row0 + r < n_tokens && key < len && key_visible(base + row0 + r, key)) {
+      if (row0 + r < n_tokens && key < len && key_visible(base + row0 + r, key, row, step.pos0 + row0 + r)) {
         var dot_sum = 0.0;
         for (var p = 0u; p < half_dim; p++) {
           let kv = unpack2x16float(k_page[t * half_dim + p]);

@@ -28,6 +28,34 @@ import {
   type StepParams,
 } from "./op.ts";
 
+/**
+ * The WG-KV mask (opt-in): the cache rows are dual-cache rows (ring slots first, then global tokens) and a
+ * query at position q sees a ring key at position p iff `p ≤ q` and (`q − p < window` or it was admitted),
+ * and every global key. `DualCache` (src/kv/dual_cache.ts) provides these fields.
+ */
+export interface WgkvAttentionMask {
+  /** Local window in tokens, including the query's own token. */
+  readonly window: number;
+  /** Ring slots at the start of each block-table row (a multiple of 16). */
+  readonly ringTokens: number;
+  /** `u32 [seqSlots][layers][kvHeads][ringTokens]`: position · 2 + admitted per ring slot. */
+  readonly slotInfo: GPUBuffer;
+}
+
+/** Override constants and the slot-info binding for `mask` (plain causal attention when absent). */
+function maskParts(gpu: Gpu, label: string, mask?: WgkvAttentionMask): {
+  constants: Record<string, number>;
+  slotInfo: GPUBuffer;
+} {
+  if (!mask) return { constants: {}, slotInfo: gpu.buffer(`${label} no slot info`, 4) };
+  checkInt(label, "window", mask.window, 1);
+  checkInt(label, "ringTokens", mask.ringTokens, 16);
+  if (mask.ringTokens % 16 !== 0) {
+    throw new BadFlagError(`${label}: ringTokens must be a multiple of 16, got ${mask.ringTokens}`);
+  }
+  return { constants: { wgkv_window: mask.window, ring_tokens: mask.ringTokens }, slotInfo: mask.slotInfo };
+}
+
 /** Query rows per prefill workgroup (`TILE_ROWS` in the shader). */
 const PREFILL_TILE_ROWS = 16;
 
@@ -47,13 +75,15 @@ export interface AttentionOptions {
   out: BufferSlice;
   /** Softmax scale (default 1/√headDim). */
   scale?: number;
+  /** Read the cache as a WG-KV dual cache with this mask (default: plain causal rows). */
+  wgkv?: WgkvAttentionMask;
 }
 
 /** Options of {@link createFlashPrefill}. */
 export interface FlashPrefillOptions extends AttentionOptions {
   /** Largest number of query tokens per step; the dispatch is sized for it. */
   maxTokens: number;
-  /** Per-step token count (`nTokens`). */
+  /** Per-step token count (`nTokens`) and, in WG-KV mode, the first query's position (`pos0`). */
   step: StepParams;
 }
 
@@ -66,6 +96,8 @@ export interface FlashDecodeOptions extends AttentionOptions {
    * all layers (they run one after another). Created when absent.
    */
   partials?: BufferSlice;
+  /** The step parameters; required with `wgkv` (the query's position is `pos0`). */
+  step?: StepParams;
 }
 
 function checkHeads(options: AttentionOptions): number {
@@ -104,9 +136,10 @@ export function createFlashPrefill(gpu: Gpu, options: FlashPrefillOptions): GpuO
   checkWorkgroupMemory(gpu, label, PREFILL_TILE_ROWS * D * 4 + 16 * D * 4 + PREFILL_TILE_ROWS * 16 * 4 + 4);
   const tiles = ceilDiv(maxTokens, PREFILL_TILE_ROWS);
   checkWorkgroups(gpu, label, Math.max(tiles, qHeads));
+  const mask = maskParts(gpu, label, options.wgkv);
   const kernel = gpu.kernel(
     "flash_prefill",
-    { ...pagedKvConstants(kv), q_heads: qHeads, scale: options.scale ?? 1 / Math.sqrt(D) },
+    { ...pagedKvConstants(kv), q_heads: qHeads, scale: options.scale ?? 1 / Math.sqrt(D), ...mask.constants },
     { POOL: poolShaderSource(kv.shards.length, 7, false) },
   );
   const layerParams = layerUniform(gpu, label, layer);
@@ -119,6 +152,7 @@ export function createFlashPrefill(gpu: Gpu, options: FlashPrefillOptions): GpuO
     [5, kv.blockTable],
     [6, kv.lengths],
     ...shardEntries(kv, 7),
+    [16, mask.slotInfo],
   ]);
   return {
     label,
@@ -151,17 +185,24 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   const partials = options.partials ??
     gpu.buffer(`${label} partials`, decodePartialsBytes(splits, qHeads, D));
   checkSlice(label, "partials", partials, decodePartialsBytes(splits, qHeads, D));
+  if (options.wgkv && !options.step) {
+    throw new BadFlagError(`${label}: the WG-KV mask needs the step parameters`);
+  }
+  const mask = maskParts(gpu, label, options.wgkv);
+  const stepBuffer = options.step?.buffer ?? gpu.uniform(`${label} no step`, new Uint32Array(4));
   const constants = {
     ...pagedKvConstants(kv),
     q_heads: qHeads,
     splits,
     scale: options.scale ?? 1 / Math.sqrt(D),
+    ...mask.constants,
   };
   const defines = { POOL: poolShaderSource(kv.shards.length, 8, false) };
   const partialKernel = gpu.kernel("flash_decode", constants, defines, "main");
   const reduceKernel = gpu.kernel("flash_decode", constants, defines, "reduce");
   const layerParams = layerUniform(gpu, label, layer);
   const partialGroup = bindNumbered(gpu, partialKernel, [
+    [0, stepBuffer],
     [1, kv.sequence],
     [2, layerParams],
     [3, q],
@@ -169,6 +210,7 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
     [6, kv.blockTable],
     [7, kv.lengths],
     ...shardEntries(kv, 8),
+    [16, mask.slotInfo],
   ]);
   const reduceGroup = bindNumbered(gpu, reduceKernel, [
     [1, kv.sequence],

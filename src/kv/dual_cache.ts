@@ -1,0 +1,446 @@
+/**
+ * The WG-KV dual cache: per (sequence, layer, KV head) a local ring of recent tokens and a ragged list of
+ * global pages holding the admitted older tokens, all pages drawn from ONE shared {@link PagePool}.
+ *
+ * Layout seen by the kernels: each (slot, layer, head) block-table row lists the ring's pages first
+ * (`ringTokens / 16` fixed pages, allocated when the sequence opens) and then its global pages, and the
+ * row's length is `min(tokens, ringTokens) + globalLength`. So the paged attention kernels read ring and
+ * global keys as one logical token array; ring order is not time order, which softmax does not mind.
+ * The token at absolute position p lives in ring slot `p % ringTokens`.
+ *
+ * Ring size: a step may bring up to `maxBatch` tokens, and its first query still needs the `window − 1`
+ * tokens before it, so the ring holds `ringTokens = ⌈(window + maxBatch − 1) / 16⌉ · 16` tokens. Which
+ * ring tokens a query sees is decided exactly per query row in the attention kernel from a per-slot word
+ * `slotInfo = position · 2 + admitted`: visible iff `q − pos < window || admitted` (and `pos ≤ q`).
+ * This is the training rule of the reference for prefill, decode and chunked prefill alike (the
+ * reference's prefill kernel uses a 64-row-tile superset of the window instead; we do not replicate it).
+ * The price is `maxBatch − 1` extra ring tokens per head; choose a smaller prefill batch to shrink it.
+ *
+ * Promotion (lazy, as in the reference): when token p is about to be overwritten by token p + ringTokens
+ * it is copied into its head's global tail if admitted, else dropped. The CPU plans every copy of a step
+ * in {@link DualCache.beginStep} (it mirrors the flags: rule-based policies compute them, the gate's are
+ * read back after each step and passed to {@link DualCache.endStep}), allocates the global pages, and
+ * uploads the plan; the `wgkv_promote` kernel executes it before the step's appends.
+ *
+ * @module
+ */
+
+import { BadFlagError, OutOfMemoryError } from "../errors.ts";
+import type { Gpu } from "../gpu/device.ts";
+import { BlockTables } from "./block_table.ts";
+import { PAGE_TOKENS, pageBytes, PagePool, pagesForTokens } from "./page_pool.ts";
+import type { PagedKvView } from "./paged_view.ts";
+import { PoolStorage } from "./pool_storage.ts";
+import { admitsByRule, checkPolicy, type WindowedPolicy } from "./wgkv_policy.ts";
+
+/** Sizes and policy of a {@link DualCache}. */
+export interface DualCacheOptions {
+  /** Decoder layers. */
+  layers: number;
+  /** KV heads per layer. */
+  kvHeads: number;
+  /** Values per head (multiple of 8, at most 256). */
+  headDim: number;
+  /** The admission policy (window size included). */
+  policy: WindowedPolicy;
+  /** Largest number of tokens in one step (the prefill chunk). */
+  maxBatch: number;
+  /** Most global (admitted, out-of-window) tokens one (layer, head) may hold. */
+  maxGlobalTokens: number;
+  /** Sequences resident at once (default 1). */
+  seqSlots?: number;
+  /** Pages in the pool (default: every slot's rings plus `maxGlobalTokens` per head). */
+  pages?: number;
+  /** Caps a pool shard's size in bytes (tests use it to force several shards). */
+  maxShardBytes?: number;
+}
+
+/** What the WG-KV kernels need beyond a {@link PagedKvView}. */
+export interface DualKvView extends PagedKvView {
+  /** The policy. */
+  readonly policy: WindowedPolicy;
+  /** Tokens of the local window (attended regardless of admission), including the query's own. */
+  readonly window: number;
+  /** Ring slots per (slot, layer, head), a multiple of {@link PAGE_TOKENS}. */
+  readonly ringTokens: number;
+  /** `u32 [seqSlots][layers][kvHeads][ringTokens]`: position · 2 + admitted of the token in each ring slot. */
+  readonly slotInfo: GPUBuffer;
+  /**
+   * `u32 [1 + 2 · maxPromotions]`: the count, then (source, destination) pairs of token addresses
+   * `page · 16 + token` of this step's promotions.
+   */
+  readonly promotionPlan: GPUBuffer;
+  /** Most promotions of one step (`maxBatch · layers · kvHeads`). */
+  readonly maxPromotions: number;
+}
+
+/** Occupancy of a {@link DualCache}, for one sequence or all. */
+export interface DualCacheStats {
+  /** Tokens seen (per head; summed over sequences when all). */
+  readonly tokens: number;
+  /** Ring pages held. */
+  readonly ringPages: number;
+  /** Global pages held. */
+  readonly globalPages: number;
+  /** Bytes of the held pages. */
+  readonly usedBytes: number;
+  /** Bytes a full cache of the same tokens would hold (every layer and head, whole pages). */
+  readonly fullBytes: number;
+  /** `admitted[layer · kvHeads + head]` / tokens decided: the admitted fraction per layer and head. */
+  readonly admittedFraction: Float64Array;
+  /** Global tokens per layer and head. */
+  readonly globalTokens: Uint32Array;
+}
+
+/** Ring tokens for a window and a largest step (see the module notes). */
+export function ringTokensFor(window: number, maxBatch: number): number {
+  return pagesForTokens(window + maxBatch - 1) * PAGE_TOKENS;
+}
+
+/** Page pool, block tables, ring mirrors and promotion planning of the WG-KV dual cache. */
+export class DualCache implements DualKvView {
+  /** Values per head. */
+  readonly headDim: number;
+  /** Decoder layers. */
+  readonly layers: number;
+  /** KV heads per layer. */
+  readonly kvHeads: number;
+  /** Sequence slots. */
+  readonly seqSlots: number;
+  /** The policy. */
+  readonly policy: WindowedPolicy;
+  /** Local window. */
+  readonly window: number;
+  /** Largest step. */
+  readonly maxBatch: number;
+  /** Ring slots per row. */
+  readonly ringTokens: number;
+  /** Ring pages per row. */
+  readonly ringPages: number;
+  /** Most global tokens per row. */
+  readonly maxGlobalTokens: number;
+  /** Entries per block-table row (ring pages, then global pages). */
+  readonly maxPagesPerHead: number;
+  /** Most promotions in one step. */
+  readonly maxPromotions: number;
+  /** Page bookkeeping. */
+  readonly pool: PagePool;
+  /** Page lists and lengths. */
+  readonly tables: BlockTables;
+  readonly #gpu?: Gpu;
+  readonly #storage?: PoolStorage;
+  readonly #sequence?: GPUBuffer;
+  readonly #slotInfo?: GPUBuffer;
+  readonly #plan?: GPUBuffer;
+  readonly #open: Uint8Array;
+  /** Tokens seen per slot. */
+  readonly #tokens: Float64Array;
+  /** Tokens of the step begun and not yet ended, per slot (0 when none). */
+  readonly #pending: Uint32Array;
+  /** Admission flag of the token in each ring slot, `[row][ringTokens]`. */
+  readonly #ringFlags: Uint8Array;
+  /** Global tokens per row. */
+  readonly #globalLength: Uint32Array;
+  /** Admitted tokens per row since the sequence opened. */
+  readonly #admitted: Float64Array;
+
+  private constructor(options: DualCacheOptions, gpu?: Gpu, storage?: PoolStorage) {
+    const { layers, kvHeads, headDim, policy, maxBatch, maxGlobalTokens } = options;
+    const seqSlots = options.seqSlots ?? 1;
+    for (const [name, v] of Object.entries({ layers, kvHeads, headDim, maxBatch, seqSlots })) {
+      if (!Number.isSafeInteger(v) || v < 1) {
+        throw new BadFlagError(`WG-KV cache: ${name} must be a whole number ≥ 1, got ${v}`);
+      }
+    }
+    if (!Number.isSafeInteger(maxGlobalTokens) || maxGlobalTokens < 0) {
+      throw new BadFlagError(
+        `WG-KV cache: maxGlobalTokens must be a whole number ≥ 0, got ${maxGlobalTokens}`,
+      );
+    }
+    checkPolicy(policy);
+    this.headDim = headDim;
+    this.layers = layers;
+    this.kvHeads = kvHeads;
+    this.seqSlots = seqSlots;
+    this.policy = policy;
+    this.window = policy.window;
+    this.maxBatch = maxBatch;
+    this.ringTokens = ringTokensFor(policy.window, maxBatch);
+    this.ringPages = this.ringTokens / PAGE_TOKENS;
+    this.maxGlobalTokens = maxGlobalTokens;
+    this.maxPagesPerHead = this.ringPages + pagesForTokens(maxGlobalTokens);
+    this.maxPromotions = maxBatch * layers * kvHeads;
+    const rows = seqSlots * layers * kvHeads;
+    this.pool = new PagePool(options.pages ?? rows * this.maxPagesPerHead);
+    this.tables = new BlockTables({ seqSlots, layers, kvHeads, maxPagesPerHead: this.maxPagesPerHead }, gpu);
+    this.#open = new Uint8Array(seqSlots);
+    this.#tokens = new Float64Array(seqSlots);
+    this.#pending = new Uint32Array(seqSlots);
+    this.#ringFlags = new Uint8Array(rows * this.ringTokens);
+    this.#globalLength = new Uint32Array(rows);
+    this.#admitted = new Float64Array(rows);
+    this.#gpu = gpu;
+    this.#storage = storage;
+    if (gpu) {
+      this.#sequence = gpu.uniform("wgkv sequence", new Uint32Array(4));
+      this.#slotInfo = gpu.buffer("wgkv slot info", rows * this.ringTokens * 4);
+      this.#plan = gpu.buffer("wgkv promotion plan", (1 + 2 * this.maxPromotions) * 4);
+    }
+  }
+
+  /** Bookkeeping only, no GPU buffers (planning and tests). */
+  static cpuOnly(options: DualCacheOptions): DualCache {
+    return new DualCache(options);
+  }
+
+  /** Allocates the pool shards and the cache's buffers on `gpu` ({@link OutOfMemoryError} when refused). */
+  static async create(gpu: Gpu, options: DualCacheOptions): Promise<DualCache> {
+    const probe = new DualCache(options);
+    const storage = await PoolStorage.create(
+      gpu,
+      probe.pool.capacity,
+      options.headDim,
+      options.maxShardBytes,
+    );
+    return new DualCache(options, gpu, storage);
+  }
+
+  #need<T>(x: T | undefined): T {
+    if (x === undefined) throw new Error("WG-KV cache: created without a GPU");
+    return x;
+  }
+
+  /** Pages per pool shard. */
+  get pagesPerShard(): number {
+    return this.#need(this.#storage).plan.pagesPerShard;
+  }
+  /** Pool shard buffers. */
+  get shards(): readonly GPUBuffer[] {
+    return this.#need(this.#storage).shards;
+  }
+  /** GPU block table. */
+  get blockTable(): GPUBuffer {
+    return this.#need(this.tables.tableBuffer);
+  }
+  /** GPU lengths. */
+  get lengths(): GPUBuffer {
+    return this.#need(this.tables.lengthsBuffer);
+  }
+  /** Uniform `{ slot }` of the current step. */
+  get sequence(): GPUBuffer {
+    return this.#need(this.#sequence);
+  }
+  /** Per-ring-slot position and flag words. */
+  get slotInfo(): GPUBuffer {
+    return this.#need(this.#slotInfo);
+  }
+  /** The current step's promotion plan. */
+  get promotionPlan(): GPUBuffer {
+    return this.#need(this.#plan);
+  }
+
+  /** Tokens seen by sequence `slot` (each one is in the ring, in global pages, or dropped). */
+  tokens(slot: number): number {
+    return this.#tokens[slot];
+  }
+
+  /** Global (promoted) tokens of (slot, layer, head). */
+  globalLength(slot: number, layer: number, head: number): number {
+    return this.#globalLength[this.tables.rowOf(slot, layer, head)];
+  }
+
+  /** Tokens the attention kernels read for (slot, layer, head): filled ring slots plus global tokens. */
+  length(slot: number, layer: number, head: number): number {
+    return this.tables.lengths[this.tables.rowOf(slot, layer, head)];
+  }
+
+  /** Claims a free sequence slot and its ring pages (all rows, all or none). */
+  openSequence(): number {
+    const slot = this.#open.indexOf(0);
+    if (slot < 0) {
+      throw new OutOfMemoryError(
+        `WG-KV cache: all ${this.seqSlots} sequence slots are in use (close one first)`,
+      );
+    }
+    const rows = this.layers * this.kvHeads;
+    const pages = this.pool.allocate(rows * this.ringPages, `WG-KV cache (local rings of sequence ${slot})`);
+    for (let r = 0; r < rows; r++) {
+      const row = slot * rows + r;
+      this.tables.table.set(
+        pages.subarray(r * this.ringPages, (r + 1) * this.ringPages),
+        row * this.maxPagesPerHead,
+      );
+      this.tables.lengths[row] = 0;
+      this.#globalLength[row] = 0;
+      this.#admitted[row] = 0;
+      this.#ringFlags.fill(0, row * this.ringTokens, (row + 1) * this.ringTokens);
+    }
+    this.#open[slot] = 1;
+    this.#tokens[slot] = 0;
+    this.#pending[slot] = 0;
+    this.tables.markDirty(slot);
+    return slot;
+  }
+
+  /** Frees every page of `slot` (ring and global) and makes the slot available again. */
+  closeSequence(slot: number): void {
+    this.#checkSlot(slot);
+    const rows = this.layers * this.kvHeads;
+    for (let r = 0; r < rows; r++) {
+      const row = slot * rows + r;
+      const base = row * this.maxPagesPerHead;
+      const held = this.ringPages + pagesForTokens(this.#globalLength[row]);
+      this.pool.release(this.tables.table.subarray(base, base + held));
+      this.tables.table.fill(0xffffffff, base, base + held);
+      this.tables.lengths[row] = 0;
+      this.#globalLength[row] = 0;
+    }
+    this.#open[slot] = 0;
+    this.tables.markDirty(slot);
+  }
+
+  /**
+   * Plans a step of `nTokens` new tokens at positions `pos0 …` of `slot` (pos0 must equal the tokens seen:
+   * the dual cache cannot roll back): promotes the ring tokens that the new ones overwrite (admitted ones
+   * to newly allocated global pages, all or nothing), updates the lengths, and queues the uploads of the
+   * promotion plan, block tables and sequence selector. Returns the number of promoted tokens.
+   */
+  beginStep(slot: number, nTokens: number, pos0: number): number {
+    this.#checkSlot(slot);
+    if (this.#pending[slot]) throw new Error(`WG-KV cache: sequence ${slot} has a step that was not ended`);
+    if (!Number.isInteger(nTokens) || nTokens < 1 || nTokens > this.maxBatch) {
+      throw new BadFlagError(`WG-KV cache: a step holds 1 … ${this.maxBatch} tokens, got ${nTokens}`);
+    }
+    const seen = this.#tokens[slot];
+    if (pos0 !== seen) {
+      throw new BadFlagError(
+        `WG-KV cache: sequence ${slot} holds ${seen} tokens, a step at position ${pos0} would ` +
+          (pos0 < seen ? "rewind it (dropped tokens cannot be restored)" : "leave a gap"),
+      );
+    }
+    const C = this.ringTokens, P = this.maxPagesPerHead, rows = this.layers * this.kvHeads;
+    const first = Math.max(seen, C) - C; // leaving positions [first, seen + nTokens − C)
+    const last = seen + nTokens - C;
+    // Count first so the allocation is all or none.
+    let needed = 0;
+    const promote = new Uint32Array(rows);
+    for (let r = 0; r < rows; r++) {
+      const row = slot * rows + r;
+      let n = 0;
+      for (let p = first; p < last; p++) n += this.#ringFlags[row * C + (p % C)];
+      const after = this.#globalLength[row] + n;
+      if (after > this.maxGlobalTokens) {
+        throw new OutOfMemoryError(
+          `WG-KV cache: layer ${Math.floor(r / this.kvHeads)} head ${r % this.kvHeads} of sequence ${slot} ` +
+            `would hold ${after} global tokens but the limit is ${this.maxGlobalTokens} (raise --ctx)`,
+        );
+      }
+      promote[r] = n;
+      needed += pagesForTokens(after) - pagesForTokens(this.#globalLength[row]);
+    }
+    const pages = this.pool.allocate(needed, `WG-KV cache (sequence ${slot}, promotions)`);
+    const plan = new Uint32Array(1 + 2 * this.maxPromotions);
+    let copies = 0, next = 0;
+    for (let r = 0; r < rows; r++) {
+      const row = slot * rows + r;
+      const table = this.tables.table;
+      for (let p = first; p < last && promote[r] > 0; p++) {
+        const s = p % C;
+        if (!this.#ringFlags[row * C + s]) continue;
+        const g = this.#globalLength[row]++;
+        const j = this.ringPages + Math.floor(g / PAGE_TOKENS);
+        if (g % PAGE_TOKENS === 0) table[row * P + j] = pages[next++];
+        plan[1 + 2 * copies] = table[row * P + Math.floor(s / PAGE_TOKENS)] * PAGE_TOKENS + (s % PAGE_TOKENS);
+        plan[2 + 2 * copies] = table[row * P + j] * PAGE_TOKENS + (g % PAGE_TOKENS);
+        copies++;
+      }
+      this.tables.lengths[row] = Math.min(seen + nTokens, C) + this.#globalLength[row];
+    }
+    plan[0] = copies;
+    this.#pending[slot] = nTokens;
+    this.tables.markDirty(slot);
+    if (this.#gpu) {
+      const queue = this.#gpu.device.queue;
+      queue.writeBuffer(this.promotionPlan, 0, plan, 0, 1 + 2 * copies);
+      queue.writeBuffer(this.sequence, 0, new Uint32Array([slot, 0, 0, 0]));
+      this.tables.flush(this.#gpu);
+    }
+    return copies;
+  }
+
+  /**
+   * Ends the step begun by {@link beginStep}: records each new token's admission. For the `wgkv` policy
+   * `flags` is the gate's readback, u32 `[nTokens][layers][kvHeads]` (non-zero = admitted); the other
+   * policies decide by rule and ignore it.
+   */
+  endStep(slot: number, flags?: ArrayLike<number>): void {
+    this.#checkSlot(slot);
+    const n = this.#pending[slot];
+    if (!n) throw new Error(`WG-KV cache: sequence ${slot} has no step to end`);
+    const L = this.layers, H = this.kvHeads, C = this.ringTokens;
+    if (this.policy.kind === "wgkv" && !(flags && flags.length >= n * L * H)) {
+      throw new BadFlagError(`WG-KV cache: the gate flags of ${n} tokens need ${n * L * H} values`);
+    }
+    const seen = this.#tokens[slot];
+    for (let t = 0; t < n; t++) {
+      const pos = seen + t;
+      for (let l = 0; l < L; l++) {
+        for (let h = 0; h < H; h++) {
+          const row = (slot * L + l) * H + h;
+          const admitted = admitsByRule(this.policy, l, h, pos) ?? (flags![(t * L + l) * H + h] !== 0);
+          this.#ringFlags[row * C + (pos % C)] = admitted ? 1 : 0;
+          if (admitted) this.#admitted[row]++;
+        }
+      }
+    }
+    this.#tokens[slot] = seen + n;
+    this.#pending[slot] = 0;
+  }
+
+  /** Occupancy of sequence `slot`, or of all open sequences. */
+  stats(slot?: number): DualCacheStats {
+    const L = this.layers, H = this.kvHeads;
+    const slots = slot === undefined ? [...this.#open.keys()].filter((s) => this.#open[s]) : [slot];
+    let tokens = 0, ringPages = 0, globalPages = 0, fullPages = 0;
+    const admitted = new Float64Array(L * H), globalTokens = new Uint32Array(L * H);
+    let decided = 0;
+    for (const s of slots) {
+      this.#checkSlot(s);
+      tokens += this.#tokens[s];
+      decided += this.#tokens[s];
+      fullPages += L * H * pagesForTokens(this.#tokens[s]);
+      for (let r = 0; r < L * H; r++) {
+        const row = s * L * H + r;
+        ringPages += this.ringPages;
+        globalPages += pagesForTokens(this.#globalLength[row]);
+        admitted[r] += this.#admitted[row];
+        globalTokens[r] += this.#globalLength[row];
+      }
+    }
+    const bytes = pageBytes(this.headDim);
+    return {
+      tokens,
+      ringPages,
+      globalPages,
+      usedBytes: (ringPages + globalPages) * bytes,
+      fullBytes: fullPages * bytes,
+      admittedFraction: admitted.map((a) => decided ? a / decided : 0),
+      globalTokens,
+    };
+  }
+
+  /** Frees the GPU buffers. */
+  destroy(): void {
+    this.#storage?.destroy();
+    this.tables.destroy();
+    this.#sequence?.destroy();
+    this.#slotInfo?.destroy();
+    this.#plan?.destroy();
+  }
+
+  #checkSlot(slot: number): void {
+    if (!(Number.isInteger(slot) && slot >= 0 && slot < this.seqSlots) || !this.#open[slot]) {
+      throw new BadFlagError(`WG-KV cache: sequence slot ${slot} is not open`);
+    }
+  }
+}
