@@ -92,6 +92,9 @@ export interface DualCacheStats {
   readonly globalTokens: Uint32Array;
 }
 
+/** Positions one sequence may reach (a ring slot's word holds position · 2 + flag in a u32). */
+export const MAX_POSITIONS = 2 ** 31;
+
 /** Ring tokens for a window and a largest step (see the module notes). */
 export function ringTokensFor(window: number, maxBatch: number): number {
   return pagesForTokens(window + maxBatch - 1) * PAGE_TOKENS;
@@ -317,6 +320,9 @@ export class DualCache implements DualKvView {
         `WG-KV cache: sequence ${slot} holds ${seen} tokens, a step at position ${pos0} would ` +
           (pos0 < seen ? "rewind it (dropped tokens cannot be restored)" : "leave a gap"),
       );
+    }
+    if (seen + nTokens > MAX_POSITIONS) {
+      throw new BadFlagError(`WG-KV cache: positions are limited to ${MAX_POSITIONS} per sequence`);
     }
     const C = this.ringTokens, P = this.maxPagesPerHead, rows = this.layers * this.kvHeads;
     const first = Math.max(seen, C) - C; // leaving positions [first, seen + nTokens − C)

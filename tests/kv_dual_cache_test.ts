@@ -1,0 +1,134 @@
+import { equal, ok, throws } from "node:assert/strict";
+import { BadFlagError, OutOfMemoryError } from "../src/errors.ts";
+import { DualCache, ringTokensFor } from "../src/kv/dual_cache.ts";
+import { pageBytes } from "../src/kv/page_pool.ts";
+import { admissionHash, admitsByRule, mix32 } from "../src/kv/wgkv_policy.ts";
+
+const base = { layers: 2, kvHeads: 3, headDim: 8, maxBatch: 8, maxGlobalTokens: 64 };
+
+Deno.test("dual cache: ring size covers the window plus a step, in whole pages", () => {
+  equal(ringTokensFor(16, 1), 16);
+  equal(ringTokensFor(16, 2), 32);
+  equal(ringTokensFor(256, 512), 768);
+  equal(ringTokensFor(20, 8), 32);
+});
+
+Deno.test("dual cache: gate flags drive promotions, global lengths, pages and stats", () => {
+  const kv = DualCache.cpuOnly({ ...base, policy: { kind: "wgkv", window: 9, threshold: 0.1, gate: null } });
+  const C = kv.ringTokens; // ⌈(9 + 8 − 1)/16⌉·16 = 16
+  equal(C, 16);
+  const slot = kv.openSequence();
+  equal(kv.pool.usedPages, 2 * 3 * 1);
+  const L = 2, H = 3;
+  const flags: number[][] = []; // [position][layer·H + head]
+  let pos = 0;
+  for (const n of [8, 8, 5, 1, 1, 8, 8, 8, 3]) {
+    kv.beginStep(slot, n, pos);
+    const f = Array.from({ length: n * L * H }, () => Math.random() < 0.5 ? 1 : 0);
+    kv.endStep(slot, f);
+    for (let t = 0; t < n; t++) flags.push(f.slice(t * L * H, (t + 1) * L * H));
+    pos += n;
+    // Tokens that left the ring (positions < pos − C) are global iff admitted.
+    for (let r = 0; r < L * H; r++) {
+      const promoted: number = flags.slice(0, Math.max(0, pos - C)).filter((x) => x[r] === 1).length;
+      equal(kv.globalLength(slot, Math.floor(r / H), r % H), promoted, `row ${r} after ${pos}`);
+    }
+  }
+  const s = kv.stats(slot);
+  equal(s.tokens, pos);
+  equal(s.ringPages, L * H);
+  equal(s.usedBytes, kv.pool.usedPages * pageBytes(8));
+  equal(s.fullBytes, L * H * Math.ceil(pos / 16) * pageBytes(8));
+  for (let r = 0; r < L * H; r++) {
+    const admitted = flags.filter((x) => x[r] === 1).length;
+    ok(Math.abs(s.admittedFraction[r] - admitted / pos) < 1e-12);
+  }
+  kv.closeSequence(slot);
+  equal(kv.pool.usedPages, 0);
+});
+
+Deno.test("dual cache: rewinding, gaps, oversized steps and unended steps are refused by name", () => {
+  const kv = DualCache.cpuOnly({ ...base, policy: { kind: "window", window: 4 } });
+  const slot = kv.openSequence();
+  kv.beginStep(slot, 3, 0);
+  throws(() => kv.beginStep(slot, 1, 3), /was not ended/);
+  kv.endStep(slot);
+  throws(() => kv.beginStep(slot, 1, 1), (e) => e instanceof BadFlagError && /rewind/.test(e.message));
+  throws(() => kv.beginStep(slot, 1, 5), (e) => e instanceof BadFlagError && /gap/.test(e.message));
+  throws(
+    () => kv.beginStep(slot, 9, 3),
+    (e) => e instanceof BadFlagError && /1 … 8 tokens, got 9/.test(e.message),
+  );
+  throws(() => kv.endStep(slot), /no step to end/);
+  throws(
+    () => kv.beginStep(1, 1, 0),
+    (e) => e instanceof BadFlagError && /slot 1 is not open/.test(e.message),
+  );
+  throws(
+    () => DualCache.cpuOnly({ ...base, policy: { kind: "sink", window: 0, sinks: 4 } }),
+    (e) => e instanceof BadFlagError && /window/.test(e.message),
+  );
+  throws(
+    () => DualCache.cpuOnly({ ...base, policy: { kind: "random", window: 4, rate: 1.5, seed: 0 } }),
+    (e) => e instanceof BadFlagError && /rate/.test(e.message),
+  );
+  const gated = DualCache.cpuOnly({
+    ...base,
+    policy: { kind: "wgkv", window: 4, threshold: 0.1, gate: null },
+  });
+  const g = gated.openSequence();
+  gated.beginStep(g, 2, 0);
+  throws(
+    () => gated.endStep(g, [1, 0]),
+    (e) => e instanceof BadFlagError && /need 12 values/.test(e.message),
+  );
+});
+
+Deno.test("dual cache: out of pages or over the global cap fails whole, naming the head", () => {
+  // Pool: the rings of one sequence (6 pages) plus 2 spare pages; sinks admit the first 40 tokens.
+  const kv = DualCache.cpuOnly({ ...base, pages: 8, policy: { kind: "sink", window: 8, sinks: 40 } });
+  const slot = kv.openSequence();
+  throws(() => kv.openSequence(), (e) => e instanceof OutOfMemoryError);
+  let pos = 0;
+  const step = () => {
+    kv.beginStep(slot, 8, pos);
+    kv.endStep(slot);
+    pos += 8;
+  };
+  step();
+  step(); // 16 tokens: the ring (16 slots) is full, nothing promoted yet
+  equal(kv.pool.usedPages, 6);
+  const before = kv.pool.usedPages;
+  throws(step, (e) => e instanceof OutOfMemoryError && /promotions/.test(e.message));
+  equal(kv.pool.usedPages, before, "nothing was taken");
+  equal(kv.globalLength(slot, 0, 0), 0);
+
+  const capped = DualCache.cpuOnly({
+    ...base,
+    maxGlobalTokens: 4,
+    policy: { kind: "sink", window: 8, sinks: 40 },
+  });
+  const s = capped.openSequence();
+  for (let p = 0; p < 16; p += 8) {
+    capped.beginStep(s, 8, p);
+    capped.endStep(s);
+  }
+  throws(
+    () => capped.beginStep(s, 8, 16),
+    (e) =>
+      e instanceof OutOfMemoryError && /layer 0 head 0 .* 8 global tokens but the limit is 4/.test(e.message),
+  );
+});
+
+Deno.test("dual cache: the random policy's hash is a fixed function (same on the GPU) and respects the rate", () => {
+  equal(mix32(0), 0);
+  ok(new Set([1, 2, 3, 4].map(mix32)).size === 4);
+  equal(admissionHash(7, 1, 2, 3), admissionHash(7, 1, 2, 3));
+  ok(admissionHash(7, 1, 2, 3) !== admissionHash(8, 1, 2, 3));
+  const policy = { kind: "random", window: 4, rate: 0.25, seed: 42 } as const;
+  let admitted = 0;
+  for (let p = 0; p < 20000; p++) admitted += admitsByRule(policy, 0, 0, p) ? 1 : 0;
+  ok(Math.abs(admitted / 20000 - 0.25) < 0.02, `admitted ${admitted / 20000}`);
+  ok(admitsByRule({ ...policy, rate: 1 }, 3, 1, 123456));
+  ok(!admitsByRule({ ...policy, rate: 0 }, 3, 1, 123456));
+});
