@@ -54,7 +54,7 @@ class Harness {
     this.qHeads = H * group;
     this.step = new StepParams(gpu, maxBatch);
     this.gateFlags = gpu.buffer("gate flags", gateOutputBytes(maxBatch, L, H));
-    this.promote = createWgkvPromote(gpu, { label: "promote", kv });
+    this.promote = createWgkvPromote(gpu, { label: "promote", kv, maxTokens: 2 }); // a small grid: prefill plans take several strides
     const partials = gpu.buffer("partials", 32 * this.qHeads * (D + 2) * 4);
     for (let layer = 0; layer < L; layer++) {
       this.k.push(gpu.buffer(`k ${layer}`, maxBatch * H * D * 4));

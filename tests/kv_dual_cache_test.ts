@@ -132,3 +132,52 @@ Deno.test("dual cache: the random policy's hash is a fixed function (same on the
   ok(admitsByRule({ ...policy, rate: 1 }, 3, 1, 123456));
   ok(!admitsByRule({ ...policy, rate: 0 }, 3, 1, 123456));
 });
+
+Deno.test("dual cache: interleaved sequences share the pool; every page has one owner; close frees all", () => {
+  const kv = DualCache.cpuOnly({
+    ...base,
+    seqSlots: 3,
+    policy: { kind: "random", window: 5, rate: 0.5, seed: 3 },
+  });
+  const slots = [kv.openSequence(), kv.openSequence(), kv.openSequence()];
+  const pos = [0, 0, 0];
+  for (let i = 0; i < 60; i++) {
+    const j = (i * 7) % 3;
+    const n = 1 + ((i * 5) % 8);
+    kv.beginStep(slots[j], n, pos[j]);
+    kv.endStep(slots[j]);
+    pos[j] += n;
+    const owners = new Set<number>();
+    let held = 0;
+    for (const s of slots) {
+      for (let l = 0; l < base.layers; l++) {
+        for (let h = 0; h < base.kvHeads; h++) {
+          const row = kv.tables.rowOf(s, l, h);
+          const pages = kv.tables.pagesOfRow(row, kv.ringPages + Math.ceil(kv.globalLength(s, l, h) / 16));
+          for (const p of pages) {
+            ok(!owners.has(p), `page ${p} has two owners`);
+            ok(kv.pool.isUsed(p));
+            owners.add(p);
+            held++;
+          }
+        }
+      }
+    }
+    equal(held, kv.pool.usedPages);
+  }
+  const ringOnly = kv.ringPages * base.layers * base.kvHeads;
+  const others = kv.pool.usedPages - kv.stats(slots[0]).ringPages - kv.stats(slots[0]).globalPages;
+  kv.resetSequence(slots[0]);
+  equal(kv.tokens(slots[0]), 0);
+  equal(kv.pool.usedPages, others + ringOnly);
+  kv.beginStep(slots[0], 4, 0);
+  kv.endStep(slots[0]);
+  pos[0] = 4;
+  const total = kv.stats();
+  equal(total.tokens, pos[0] + pos[1] + pos[2]);
+  kv.closeSequence(slots[1]);
+  equal(kv.stats().tokens, pos[0] + pos[2]);
+  kv.closeSequence(slots[0]);
+  kv.closeSequence(slots[2]);
+  equal(kv.pool.usedPages, 0);
+});

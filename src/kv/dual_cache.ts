@@ -303,6 +303,29 @@ export class DualCache implements DualKvView {
   }
 
   /**
+   * Empties sequence `slot` (back to 0 tokens) keeping its ring pages and slot: the way to "rewind" a
+   * dual cache, whose dropped tokens cannot be restored, is to reset and prefill again.
+   */
+  resetSequence(slot: number): void {
+    this.#checkSlot(slot);
+    const rows = this.layers * this.kvHeads;
+    for (let r = 0; r < rows; r++) {
+      const row = slot * rows + r;
+      const base = row * this.maxPagesPerHead + this.ringPages;
+      const held = pagesForTokens(this.#globalLength[row]);
+      this.pool.release(this.tables.table.subarray(base, base + held));
+      this.tables.table.fill(0xffffffff, base, base + held);
+      this.tables.lengths[row] = 0;
+      this.#globalLength[row] = 0;
+      this.#admitted[row] = 0;
+      this.#ringFlags.fill(0, row * this.ringTokens, (row + 1) * this.ringTokens);
+    }
+    this.#tokens[slot] = 0;
+    this.#pending[slot] = 0;
+    this.tables.markDirty(slot);
+  }
+
+  /**
    * Plans a step of `nTokens` new tokens at positions `pos0 …` of `slot` (pos0 must equal the tokens seen:
    * the dual cache cannot roll back): promotes the ring tokens that the new ones overwrite (admitted ones
    * to newly allocated global pages, all or nothing), updates the lengths, and queues the uploads of the

@@ -10,7 +10,7 @@
 import type { Gpu } from "../device.ts";
 import type { DualKvView } from "../../kv/dual_cache.ts";
 import { bindNumbered, poolShaderSource, shardEntries } from "../../kv/paged_view.ts";
-import type { GpuOp } from "./op.ts";
+import { checkInt, type GpuOp } from "./op.ts";
 
 /** Options of {@link createWgkvPromote}. */
 export interface WgkvPromoteOptions {
@@ -18,6 +18,12 @@ export interface WgkvPromoteOptions {
   label: string;
   /** The dual cache whose plan it executes. */
   kv: DualKvView;
+  /**
+   * Size the grid for steps of at most this many tokens (default: the cache's largest step). The kernel
+   * strides over the plan, so a larger plan is still copied whole, only with fewer threads; a decode
+   * graph passes 1 so that its idle grid stays small.
+   */
+  maxTokens?: number;
 }
 
 /** Builds the promotion op of a dual cache. */
@@ -29,7 +35,10 @@ export function createWgkvPromote(gpu: Gpu, options: WgkvPromoteOptions): GpuOp 
     { POOL: poolShaderSource(kv.shards.length, 1, true) },
   );
   const group = bindNumbered(gpu, kernel, [[0, kv.promotionPlan], ...shardEntries(kv, 1)]);
-  const threads = kv.maxPromotions * (kv.headDim / 2);
+  const perToken = kv.layers * kv.kvHeads;
+  const maxTokens = options.maxTokens ?? kv.maxPromotions / perToken;
+  checkInt(label, "maxTokens", maxTokens, 1);
+  const threads = Math.min(maxTokens * perToken, kv.maxPromotions) * (kv.headDim / 2);
   const workgroups = Math.min(Math.ceil(threads / 64), gpu.limits.maxComputeWorkgroupsPerDimension, 4096);
   return {
     label,
