@@ -1,0 +1,387 @@
+/**
+ * Fused decode ops (`wgsl/matvec_fused.wgsl`): several matrix-vector products over the same activations
+ * in one dispatch, with the element-wise step after them applied before the single write. Each dispatch
+ * removed saves its fixed launch cost, which at one token per step is comparable to streaming the weights.
+ *
+ * - {@link createGateUpSwiGlu}: `out = silu(x · W_gateᵀ) · (x · W_upᵀ)`, replacing two matvecs and SwiGLU.
+ * - {@link createQkvMatvec}: `q, k, v = x · W_qᵀ, x · W_kᵀ, x · W_vᵀ`, optionally with RoPE on q and k,
+ *   replacing three matvecs and RoPE. The three weights may have different GGUF types.
+ *
+ * The fused ops need each weight in one buffer (a single {@link GpuWeight.parts} entry) and weights of
+ * the same row length; {@link canFuseGateUp} and {@link canFuseQkv} say whether a set qualifies, and the
+ * factories throw an {@link UnsupportedError} naming the tensors when it does not, so callers can fall
+ * back to `createMatvec` + `createSwiGlu` / `createRope`.
+ *
+ * @module
+ */
+
+import { BadFlagError, UnsupportedError } from "../../errors.ts";
+import type { Gpu, Kernel } from "../device.ts";
+import { dequantSource, type GpuWeight } from "../weights.ts";
+import {
+  type BufferSlice,
+  ceilDiv,
+  checkInt,
+  checkSlice,
+  checkWorkgroups,
+  type GpuOp,
+  type StepParams,
+} from "./op.ts";
+import { ropeTurnTable } from "./rope.ts";
+
+/** Tuning knobs of the fused decode kernels (WGSL override constants). */
+export interface FusedMatvecTuning {
+  /** Threads per workgroup, a power of two in [32, 1024] (default: cols / 16 rounded up, within [32, 256]). */
+  workgroupSize?: number;
+  /**
+   * Output rows per workgroup, 1..8 (even for QKV with RoPE). Defaults: gate/up 1, or 2 from 8192 rows;
+   * QKV 2, or 4 from 8192 rows in all.
+   */
+  rowsPerWorkgroup?: number;
+  /** Tokens per workgroup, 1..8 (default min(maxTokens, 4)). */
+  tokensPerWorkgroup?: number;
+}
+
+/** Options of {@link createGateUpSwiGlu}. */
+export interface GateUpSwiGluOptions {
+  /** Name for errors and the profiler, e.g. "blk.0.ffn_gate_up". */
+  label: string;
+  /** The gate weight, ggml shape `[cols, rows]`. */
+  gate: GpuWeight;
+  /** The up weight: same type and shape as `gate`. */
+  up: GpuWeight;
+  /** Input activations, f32 `[maxTokens][cols]`. */
+  x: BufferSlice;
+  /** Output `silu(gate) · up`, f32 `[maxTokens][rows]`. */
+  out: BufferSlice;
+  /** Largest number of tokens per step; dispatches are sized for it. At most `step.maxTokens`. */
+  maxTokens: number;
+  /** Per-step token count (`nTokens`). */
+  step: StepParams;
+  /** Override constants for tuning on a given GPU. */
+  tuning?: FusedMatvecTuning;
+}
+
+/** RoPE applied by {@link createQkvMatvec} to Q and K as they are written (GGUF adjacent-pair layout). */
+export interface QkvRope {
+  /** Values per head (Q and K rows are whole heads). */
+  headDim: number;
+  /** Leading values of each head that are rotated (default headDim). */
+  ropeDim?: number;
+  /** Per-pair inverse frequencies (ropeDim / 2), as for `createRope`. */
+  invFreq: Float32Array;
+  /** Positions stay below this (the context length); sets the precision split of the angle table. */
+  maxPosition: number;
+}
+
+/** Options of {@link createQkvMatvec}. */
+export interface QkvMatvecOptions {
+  /** Name for errors and the profiler, e.g. "blk.0.attn_qkv". */
+  label: string;
+  /** Query weight, ggml shape `[cols, qRows]`. */
+  wq: GpuWeight;
+  /** Key weight, ggml shape `[cols, kRows]`. */
+  wk: GpuWeight;
+  /** Value weight, ggml shape `[cols, vRows]`. */
+  wv: GpuWeight;
+  /** Input activations, f32 `[maxTokens][cols]`. */
+  x: BufferSlice;
+  /** Query output, f32 `[maxTokens][qRows]`. */
+  q: BufferSlice;
+  /** Key output, f32 `[maxTokens][kRows]`. */
+  k: BufferSlice;
+  /** Value output, f32 `[maxTokens][vRows]`. */
+  v: BufferSlice;
+  /** Largest number of tokens per step; dispatches are sized for it. At most `step.maxTokens`. */
+  maxTokens: number;
+  /** Per-step token count and first position (`nTokens`, `pos0`). */
+  step: StepParams;
+  /** When given, q and k are rotated at positions `step.pos0 + t` before they are written. */
+  rope?: QkvRope;
+  /** Override constants for tuning on a given GPU. */
+  tuning?: FusedMatvecTuning;
+}
+
+/**
+ * Why `gate` and `up` cannot go through {@link createGateUpSwiGlu} (a one-line reason naming the
+ * tensors), or undefined when they can.
+ */
+export function gateUpFusionBlocker(gate: GpuWeight, up: GpuWeight): string | undefined {
+  if (gate.type !== up.type) {
+    return `${gate.name} is ${gate.info.name} but ${up.name} is ${up.info.name}`;
+  }
+  if (gate.cols !== up.cols || gate.rows !== up.rows) {
+    return `${gate.name} is [${gate.cols}, ${gate.rows}] but ${up.name} is [${up.cols}, ${up.rows}]`;
+  }
+  return splitBlocker([gate, up]);
+}
+
+/** Whether {@link createGateUpSwiGlu} accepts `gate` and `up` (same type and shape, one buffer each). */
+export function canFuseGateUp(gate: GpuWeight, up: GpuWeight): boolean {
+  return gateUpFusionBlocker(gate, up) === undefined;
+}
+
+/**
+ * Why `wq`, `wk`, `wv` cannot go through {@link createQkvMatvec} (a one-line reason naming the tensors),
+ * or undefined when they can. Types may differ; row lengths must agree.
+ */
+export function qkvFusionBlocker(wq: GpuWeight, wk: GpuWeight, wv: GpuWeight): string | undefined {
+  for (const w of [wk, wv]) {
+    if (w.cols !== wq.cols) return `${wq.name} has rows of ${wq.cols} but ${w.name} of ${w.cols}`;
+  }
+  return splitBlocker([wq, wk, wv]);
+}
+
+/** Whether {@link createQkvMatvec} accepts the three weights (equal row lengths, one buffer each). */
+export function canFuseQkv(wq: GpuWeight, wk: GpuWeight, wv: GpuWeight): boolean {
+  return qkvFusionBlocker(wq, wk, wv) === undefined;
+}
+
+function splitBlocker(weights: GpuWeight[]): string | undefined {
+  const split = weights.find((w) => w.parts.length !== 1);
+  return split && `${split.name} is split into ${split.parts.length} buffers`;
+}
+
+/**
+ * Builds the fused FFN input op: for each of the step's tokens t and each row i,
+ * `out[t][i] = silu(W_gate[i] · x[t]) · (W_up[i] · x[t])`, in one dispatch. Throws an
+ * {@link UnsupportedError} when {@link canFuseGateUp} is false.
+ */
+export function createGateUpSwiGlu(gpu: Gpu, options: GateUpSwiGluOptions): GpuOp {
+  const { label, gate, up, x, out, maxTokens, step } = options;
+  const blocker = gateUpFusionBlocker(gate, up);
+  if (blocker) throw new UnsupportedError(`${label}: cannot fuse gate and up: ${blocker}`);
+  checkInt(label, "maxTokens", maxTokens, 1, step.maxTokens);
+  checkSlice(label, "x", x, maxTokens * gate.cols * 4);
+  checkSlice(label, "out", out, maxTokens * gate.rows * 4);
+  const shape = tuningFor(gpu, label, {
+    cols: gate.cols,
+    totalRows: gate.rows,
+    accumulators: 2,
+    maxTokens,
+    defaultRows: gate.rows >= 8192 ? 2 : 1,
+    evenRows: false,
+    tuning: options.tuning,
+  });
+  const kernel = gpu.kernel("matvec_fused", {
+    cols: gate.cols,
+    rows_a: gate.rows,
+    row_bytes_a: gate.rowBytes,
+    row_bytes_b: up.rowBytes,
+    wg_size: shape.workgroupSize,
+    rows_per_wg: shape.rowsPerWorkgroup,
+    tokens_per_wg: shape.tokensPerWorkgroup,
+  }, {
+    DEQUANT_A: suffixedDequantSource(gate.info.name, "a"),
+    DEQUANT_B: suffixedDequantSource(up.info.name, "b"),
+    DEQUANT_C: suffixedDequantSource(gate.info.name, "c"),
+  }, "swiglu");
+  const group = bindAt(gpu, kernel, [
+    [0, gate.parts[0].buffer],
+    [1, up.parts[0].buffer],
+    [3, x],
+    [4, out],
+    [7, step.buffer],
+  ]);
+  const grid = grid2d(gpu, label, ceilDiv(gate.rows, shape.rowsPerWorkgroup), shape.tokenGroups);
+  return new FusedOp(label, kernel, group, grid);
+}
+
+/**
+ * Builds the fused attention input op: `q, k, v = W_q · x[t], W_k · x[t], W_v · x[t]` for each of the
+ * step's tokens in one dispatch, optionally rotating q and k (RoPE at position `step.pos0 + t`) as they
+ * are written. Throws an {@link UnsupportedError} when {@link canFuseQkv} is false.
+ */
+export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
+  const { label, wq, wk, wv, x, q, k, v, maxTokens, step, rope } = options;
+  const blocker = qkvFusionBlocker(wq, wk, wv);
+  if (blocker) throw new UnsupportedError(`${label}: cannot fuse Q, K and V: ${blocker}`);
+  checkInt(label, "maxTokens", maxTokens, 1, step.maxTokens);
+  checkSlice(label, "x", x, maxTokens * wq.cols * 4);
+  checkSlice(label, "q", q, maxTokens * wq.rows * 4);
+  checkSlice(label, "k", k, maxTokens * wk.rows * 4);
+  checkSlice(label, "v", v, maxTokens * wv.rows * 4);
+  const totalRows = wq.rows + wk.rows + wv.rows;
+  const shape = tuningFor(gpu, label, {
+    cols: wq.cols,
+    totalRows,
+    accumulators: 1,
+    maxTokens,
+    defaultRows: totalRows >= 8192 ? 4 : 2,
+    evenRows: rope !== undefined,
+    tuning: options.tuning,
+  });
+  let headDim = 2;
+  let ropePairs = 0;
+  let turns: { data: Float32Array; chunks: number } = { data: new Float32Array(4), chunks: 1 };
+  if (rope) {
+    headDim = rope.headDim;
+    const ropeDim = rope.ropeDim ?? headDim;
+    checkInt(label, "rope.headDim", headDim, 2);
+    if (headDim % 2 !== 0) throw new BadFlagError(`${label}: rope.headDim must be even, got ${headDim}`);
+    checkInt(label, "rope.ropeDim", ropeDim, 2, headDim);
+    if (ropeDim % 2 !== 0) throw new BadFlagError(`${label}: rope.ropeDim must be even, got ${ropeDim}`);
+    if (rope.invFreq.length !== ropeDim / 2) {
+      throw new BadFlagError(`${label}: ${rope.invFreq.length} inverse frequencies for ropeDim ${ropeDim}`);
+    }
+    for (const w of [wq, wk]) {
+      if (w.rows % headDim !== 0) {
+        throw new BadFlagError(`${label}: ${w.name} has ${w.rows} rows, not whole heads of ${headDim}`);
+      }
+    }
+    ropePairs = ropeDim / 2;
+    turns = ropeTurnTable(rope.invFreq, rope.maxPosition);
+  }
+  const turnsBuffer = gpu.buffer(`${label}.turns`, turns.data.byteLength, turns.data);
+  const kernel = gpu.kernel("matvec_fused", {
+    cols: wq.cols,
+    rows_a: wq.rows,
+    rows_b: wk.rows,
+    rows_c: wv.rows,
+    row_bytes_a: wq.rowBytes,
+    row_bytes_b: wk.rowBytes,
+    row_bytes_c: wv.rowBytes,
+    wg_size: shape.workgroupSize,
+    rows_per_wg: shape.rowsPerWorkgroup,
+    tokens_per_wg: shape.tokensPerWorkgroup,
+    head_dim: headDim,
+    rope_pairs: ropePairs,
+    n_chunks: turns.chunks,
+  }, {
+    DEQUANT_A: suffixedDequantSource(wq.info.name, "a"),
+    DEQUANT_B: suffixedDequantSource(wk.info.name, "b"),
+    DEQUANT_C: suffixedDequantSource(wv.info.name, "c"),
+  }, "qkv");
+  const group = bindAt(gpu, kernel, [
+    [0, wq.parts[0].buffer],
+    [1, wk.parts[0].buffer],
+    [2, wv.parts[0].buffer],
+    [3, x],
+    [4, q],
+    [5, k],
+    [6, v],
+    [7, step.buffer],
+    [8, turnsBuffer],
+  ]);
+  const per = shape.rowsPerWorkgroup;
+  const groups = ceilDiv(wq.rows, per) + ceilDiv(wk.rows, per) + ceilDiv(wv.rows, per);
+  return new FusedOp(label, kernel, group, grid2d(gpu, label, groups, shape.tokenGroups));
+}
+
+/**
+ * WGSL of the dequantisation library for type `typeName` with every name it declares (functions,
+ * constants) and the weight binding `W` suffixed by `_<suffix>`, so that several copies, each reading
+ * its own binding `W_<suffix>`, can live in one shader. `cols` stays shared.
+ */
+export function suffixedDequantSource(typeName: string, suffix: string): string {
+  const source = dequantSource(typeName);
+  const names = new Set<string>(["W"]);
+  for (const match of source.matchAll(/\b(?:fn|const)\s+(\w+)/g)) names.add(match[1]);
+  const pattern = new RegExp(`\\b(?:${[...names].join("|")})\\b`, "g");
+  return source.replace(pattern, (name) => `${name}_${suffix}`);
+}
+
+class FusedOp implements GpuOp {
+  readonly label: string;
+  readonly #kernel: Kernel;
+  readonly #group: GPUBindGroup;
+  readonly #grid: [number, number, number];
+
+  constructor(label: string, kernel: Kernel, group: GPUBindGroup, grid: [number, number, number]) {
+    this.label = label;
+    this.#kernel = kernel;
+    this.#group = group;
+    this.#grid = grid;
+  }
+
+  encode(pass: GPUComputePassEncoder): void {
+    pass.setPipeline(this.#kernel.pipeline);
+    pass.setBindGroup(0, this.#group);
+    pass.dispatchWorkgroups(...this.#grid);
+  }
+}
+
+interface ShapeRequest {
+  cols: number;
+  totalRows: number;
+  /** Sums kept per (row, token): 2 for gate/up, 1 for QKV. */
+  accumulators: number;
+  maxTokens: number;
+  defaultRows: number;
+  evenRows: boolean;
+  tuning?: FusedMatvecTuning;
+}
+
+interface Shape {
+  workgroupSize: number;
+  rowsPerWorkgroup: number;
+  tokensPerWorkgroup: number;
+  tokenGroups: number;
+}
+
+function nextPowerOfTwo(n: number): number {
+  let p = 1;
+  while (p < n) p *= 2;
+  return p;
+}
+
+/** The tuning to use: the given values, checked, or defaults shrunk to fit the workgroup memory. */
+function tuningFor(gpu: Gpu, op: string, request: ShapeRequest): Shape {
+  const t = request.tuning ?? {};
+  const limit = gpu.limits.maxComputeWorkgroupStorageSize;
+  const workgroupSize = t.workgroupSize ??
+    Math.min(256, Math.max(32, nextPowerOfTwo(ceilDiv(request.cols, 16))));
+  let rowsPerWorkgroup = t.rowsPerWorkgroup ?? request.defaultRows;
+  let tokensPerWorkgroup = t.tokensPerWorkgroup ?? Math.min(request.maxTokens, 4);
+  const bytes = () => workgroupSize * rowsPerWorkgroup * tokensPerWorkgroup * request.accumulators * 4;
+  while (bytes() > limit && t.tokensPerWorkgroup === undefined && tokensPerWorkgroup > 1) {
+    tokensPerWorkgroup--;
+  }
+  const minRows = request.evenRows ? 2 : 1;
+  while (bytes() > limit && t.rowsPerWorkgroup === undefined && rowsPerWorkgroup > minRows) {
+    rowsPerWorkgroup -= minRows;
+  }
+  checkInt(op, "workgroupSize", workgroupSize, 32, gpu.limits.maxComputeInvocationsPerWorkgroup);
+  if ((workgroupSize & (workgroupSize - 1)) !== 0) {
+    throw new BadFlagError(`${op}: workgroupSize must be a power of two, got ${workgroupSize}`);
+  }
+  checkInt(op, "rowsPerWorkgroup", rowsPerWorkgroup, 1, 8);
+  if (request.evenRows && rowsPerWorkgroup % 2 !== 0) {
+    throw new BadFlagError(`${op}: rowsPerWorkgroup must be even with RoPE, got ${rowsPerWorkgroup}`);
+  }
+  checkInt(op, "tokensPerWorkgroup", tokensPerWorkgroup, 1, 8);
+  checkInt(
+    op,
+    "rowsPerWorkgroup × tokensPerWorkgroup",
+    rowsPerWorkgroup * tokensPerWorkgroup,
+    1,
+    workgroupSize,
+  );
+  if (bytes() > limit) {
+    throw new BadFlagError(
+      `${op}: the reduction needs ${bytes()} bytes of workgroup memory, this GPU allows ${limit}`,
+    );
+  }
+  const tokenGroups = ceilDiv(request.maxTokens, tokensPerWorkgroup);
+  checkWorkgroups(gpu, op, tokenGroups);
+  return { workgroupSize, rowsPerWorkgroup, tokensPerWorkgroup, tokenGroups };
+}
+
+/** A (x, y, z) grid holding `groups` workgroups in x·y (x within the device limit) and `z` in z. */
+function grid2d(gpu: Gpu, op: string, groups: number, z: number): [number, number, number] {
+  const gx = Math.min(groups, gpu.limits.maxComputeWorkgroupsPerDimension);
+  const gy = ceilDiv(groups, gx);
+  checkWorkgroups(gpu, op, gy);
+  return [gx, gy, z];
+}
+
+/** A bind group for `kernel` from explicitly numbered bindings (the entry points use different subsets). */
+function bindAt(gpu: Gpu, kernel: Kernel, entries: [number, BufferSlice][]): GPUBindGroup {
+  return gpu.device.createBindGroup({
+    layout: kernel.pipeline.getBindGroupLayout(0),
+    entries: entries.map(([binding, slice]) => ({
+      binding,
+      resource: slice instanceof GPUBuffer ? { buffer: slice } : slice,
+    })),
+  });
+}
