@@ -6,6 +6,7 @@ import {
   canFuseGateUp,
   canFuseQkv,
   createGateUpSwiGlu,
+  createGateUpSwiGluMatmul,
   createQkvMatvec,
   suffixedDequantSource,
 } from "../src/gpu/ops/fused.ts";
@@ -168,6 +169,51 @@ Deno.test("gpu fused: gate/up + SwiGLU agrees with matvec, matvec, SwiGLU and re
       ok(Math.abs(got[i] - want[i]) <= bound, `m=${m}: fused ${got[i]} vs unfused ${want[i]} at ${i}`);
     }
     untouchedPast(`m=${m}`, got, m, rows);
+  }
+});
+
+Deno.test("gpu fused: prefill gate/up + SwiGLU matmul matches the CPU reference at odd shapes", async () => {
+  const gpu = await getGpu();
+  const cases: GateUpCase[] = [
+    { type: "Q4_K", rows: 45, blocks: 2, m: 65 },
+    { type: "Q4_K", rows: 1, blocks: 1, m: 1 },
+    { type: "Q6_K", rows: 33, blocks: 1, m: 17 },
+    { type: "F32", rows: 70, blocks: 37, m: 3 }, // 37 columns: a partial K step
+  ];
+  for (const c of cases) {
+    const cols = c.blocks * typeInfo(typeOf(c.type), c.type).blockSize;
+    const gate = randomWeight(gpu, "ffn_gate", c.type, c.rows, cols);
+    const up = randomWeight(gpu, "ffn_up", c.type, c.rows, cols);
+    const maxTokens = c.m + 2;
+    const x = randomF32(maxTokens * cols);
+    const xBuf = gpu.buffer("x", x.byteLength, x);
+    const out = nans(gpu, "out", maxTokens * c.rows);
+    const step = new StepParams(gpu, maxTokens);
+    const op = createGateUpSwiGluMatmul(gpu, {
+      label: "ffn_gate_up",
+      gate: gate.weight,
+      up: up.weight,
+      x: xBuf,
+      out,
+      maxTokens,
+      step,
+    });
+    const [got] = await run(gpu, [op], step, c.m, 0, [out]);
+    const g = products(gate.w, x, c.m, c.rows, cols);
+    const u = products(up.w, x, c.m, c.rows, cols);
+    const what = `${c.type} rows=${c.rows} cols=${cols} m=${c.m}`;
+    for (let i = 0; i < c.m * c.rows; i++) {
+      const want = silu(g.sum[i]) * u.sum[i];
+      const bound = TOL * (1.1 * g.abs[i] * Math.abs(u.sum[i]) + Math.abs(silu(g.sum[i])) * u.abs[i]) + 1e-30;
+      ok(
+        Math.abs(got[i] - want) <= bound,
+        `${what}: out[${i}] = ${got[i]}, expected ${want} (bound ${bound})`,
+      );
+    }
+    untouchedPast(what, got, c.m, c.rows);
+    for (const b of [xBuf, out]) b.destroy();
+    gate.weight.destroy();
+    up.weight.destroy();
   }
 });
 
@@ -384,6 +430,7 @@ Deno.test("gpu fused: predicates and one-line errors for weights and options tha
         "blk.0.ffn_gate_up: cannot fuse gate and up: blk.0.ffn_gate is Q4_K but blk.0.ffn_up is Q6_K",
   );
   throws(() => createGateUpSwiGlu(gpu, { ...base, gate: a, up: split }), /is split into 2 buffers/);
+  throws(() => createGateUpSwiGluMatmul(gpu, { ...base, gate: a, up: c }), UnsupportedError);
   throws(() => createGateUpSwiGlu(gpu, { ...base, gate: a, up: a, maxTokens: 3 }), BadFlagError);
   throws(
     () => createGateUpSwiGlu(gpu, { ...base, gate: a, up: a, out: gpu.buffer("small", 16) }),

@@ -6,6 +6,8 @@
  * - {@link createGateUpSwiGlu}: `out = silu(x · W_gateᵀ) · (x · W_upᵀ)`, replacing two matvecs and SwiGLU.
  * - {@link createQkvMatvec}: `q, k, v = x · W_qᵀ, x · W_kᵀ, x · W_vᵀ`, optionally with RoPE on q and k,
  *   replacing three matvecs and RoPE. The three weights may have different GGUF types.
+ * - {@link createGateUpSwiGluMatmul}: the gate/up + SwiGLU fusion for prefill (`wgsl/matmul_fused.wgsl`,
+ *   tiled), replacing two matmuls and SwiGLU and the round trip of the gate and up activations.
  *
  * The fused ops need each weight in one buffer (a single {@link GpuWeight.parts} entry) and weights of
  * the same row length; {@link canFuseGateUp} and {@link canFuseQkv} say whether a set qualifies, and the
@@ -185,6 +187,44 @@ export function createGateUpSwiGlu(gpu: Gpu, options: GateUpSwiGluOptions): GpuO
   ]);
   const grid = grid2d(gpu, label, ceilDiv(gate.rows, shape.rowsPerWorkgroup), shape.tokenGroups);
   return new FusedOp(label, kernel, group, grid);
+}
+
+/** Options of {@link createGateUpSwiGluMatmul}: those of {@link createGateUpSwiGlu} without tuning. */
+export type GateUpSwiGluMatmulOptions = Omit<GateUpSwiGluOptions, "tuning">;
+
+/**
+ * Builds the prefill form of {@link createGateUpSwiGlu}: `out = silu(X · W_gateᵀ) · (X · W_upᵀ)` for the
+ * step's tokens in 64-token × 32-row output tiles, one dispatch. Throws an {@link UnsupportedError} when
+ * {@link canFuseGateUp} is false.
+ */
+export function createGateUpSwiGluMatmul(gpu: Gpu, options: GateUpSwiGluMatmulOptions): GpuOp {
+  const { label, gate, up, x, out, maxTokens, step } = options;
+  const blocker = gateUpFusionBlocker(gate, up);
+  if (blocker) throw new UnsupportedError(`${label}: cannot fuse gate and up: ${blocker}`);
+  checkInt(label, "maxTokens", maxTokens, 1, step.maxTokens);
+  checkSlice(label, "x", x, maxTokens * gate.cols * 4);
+  checkSlice(label, "out", out, maxTokens * gate.rows * 4);
+  const kernel = gpu.kernel("matmul_fused", {
+    cols: gate.cols,
+    rows: gate.rows,
+    row_bytes_a: gate.rowBytes,
+    row_bytes_b: up.rowBytes,
+  }, {
+    DEQUANT_A: suffixedDequantSource(gate.info.name, "a"),
+    DEQUANT_B: suffixedDequantSource(up.info.name, "b"),
+  }, "swiglu");
+  const group = bindAt(gpu, kernel, [
+    [0, gate.parts[0].buffer],
+    [1, up.parts[0].buffer],
+    [2, x],
+    [3, out],
+    [4, step.buffer],
+  ]);
+  const rowTiles = ceilDiv(gate.rows, 32);
+  const tokenTiles = ceilDiv(maxTokens, 64);
+  checkWorkgroups(gpu, label, rowTiles);
+  checkWorkgroups(gpu, label, tokenTiles);
+  return new FusedOp(label, kernel, group, [rowTiles, tokenTiles, 1]);
 }
 
 /**
