@@ -9,11 +9,11 @@
  *   xn = rmsnorm(x) · attn_norm[0]
  *   for each layer l:
  *     q, k, v = xn·Wq, xn·Wk, xn·Wv          (matvec for M = 1, tiled matmul otherwise)
- *     rope(q, k) at their positions
+ *     rope(q, k) at their positions         (decode: fused into the QKV matvec)
  *     append k, v to the paged KV cache of layer l
  *     att = attention(q, cache)             (split-K decode for M = 1, flash prefill otherwise)
  *     x  += att·Wo ;  xn = rmsnorm(x) · ffn_norm[l]          (one fused dispatch)
- *     h   = silu(xn·Wgate) · (xn·Wup)
+ *     h   = silu(xn·Wgate) · (xn·Wup)         (one fused dispatch)
  *     x  += h·Wdown ; xn = rmsnorm(x) · (attn_norm[l+1] or output_norm)
  *   logits = xn[M−1] · Woutᵀ ;  token = argmax(logits)
  *
@@ -33,6 +33,13 @@ import { createKvAppend } from "../gpu/ops/kv_append.ts";
 import { createFlashDecode, createFlashPrefill, decodePartialsBytes } from "../gpu/ops/attention.ts";
 import { createSwiGlu } from "../gpu/ops/elementwise.ts";
 import { type ArgmaxOp, createArgmax } from "../gpu/ops/argmax.ts";
+import {
+  canFuseGateUp,
+  canFuseQkv,
+  createGateUpSwiGlu,
+  createGateUpSwiGluMatmul,
+  createQkvMatvec,
+} from "../gpu/ops/fused.ts";
 import type { GpuProfiler } from "../gpu/profiler.ts";
 import { KvCache } from "../kv/kv_cache.ts";
 import type { LlamaHParams } from "./hparams.ts";
@@ -289,20 +296,37 @@ export class GpuModel {
       for (let l = 0; l < hp.nLayer; l++) {
         const w = layers[l];
         const p = `${tag}blk.${l}.`;
-        ops.push(linear(`${p}attn_q`, w.wq, act.xn, act.q));
-        ops.push(linear(`${p}attn_k`, w.wk, act.xn, act.k));
-        ops.push(linear(`${p}attn_v`, w.wv, act.xn, act.v));
-        ops.push(createRope(gpu, {
-          label: `${p}rope`,
-          headDim: D,
-          ropeDim: hp.ropeDim,
-          invFreq,
-          maxPosition: ctx,
-          maxTokens,
-          q: { buffer: act.q, nHeads: Hq },
-          k: { buffer: act.k, nHeads: Hkv },
-          step,
-        }));
+        if (decode && canFuseQkv(w.wq, w.wk, w.wv)) {
+          // One dispatch: Q, K and V rows, Q and K rotated as they are written.
+          ops.push(createQkvMatvec(gpu, {
+            label: `${p}attn_qkv`,
+            wq: w.wq,
+            wk: w.wk,
+            wv: w.wv,
+            x: act.xn,
+            q: act.q,
+            k: act.k,
+            v: act.v,
+            maxTokens,
+            step,
+            rope: { headDim: D, ropeDim: hp.ropeDim, invFreq, maxPosition: ctx },
+          }));
+        } else {
+          ops.push(linear(`${p}attn_q`, w.wq, act.xn, act.q));
+          ops.push(linear(`${p}attn_k`, w.wk, act.xn, act.k));
+          ops.push(linear(`${p}attn_v`, w.wv, act.xn, act.v));
+          ops.push(createRope(gpu, {
+            label: `${p}rope`,
+            headDim: D,
+            ropeDim: hp.ropeDim,
+            invFreq,
+            maxPosition: ctx,
+            maxTokens,
+            q: { buffer: act.q, nHeads: Hq },
+            k: { buffer: act.k, nHeads: Hkv },
+            step,
+          }));
+        }
         ops.push(
           createKvAppend(gpu, { label: `${p}kv_append`, kv, layer: l, maxTokens, k: act.k, v: act.v, step }),
         );
@@ -341,11 +365,31 @@ export class GpuModel {
           y: act.xn,
           step,
         }));
-        ops.push(linear(`${p}ffn_gate`, w.wGate, act.xn, act.gate));
-        ops.push(linear(`${p}ffn_up`, w.wUp, act.xn, act.up));
-        ops.push(
-          createSwiGlu(gpu, { label: `${p}swiglu`, width: FF, maxTokens, gate: act.gate, up: act.up, step }),
-        );
+        if (canFuseGateUp(w.wGate, w.wUp)) {
+          // One dispatch: silu(x·Wgateᵀ) · (x·Wupᵀ), x read once for both.
+          ops.push((decode ? createGateUpSwiGlu : createGateUpSwiGluMatmul)(gpu, {
+            label: `${p}ffn_gate_up`,
+            gate: w.wGate,
+            up: w.wUp,
+            x: act.xn,
+            out: act.gate,
+            maxTokens,
+            step,
+          }));
+        } else {
+          ops.push(linear(`${p}ffn_gate`, w.wGate, act.xn, act.gate));
+          ops.push(linear(`${p}ffn_up`, w.wUp, act.xn, act.up));
+          ops.push(
+            createSwiGlu(gpu, {
+              label: `${p}swiglu`,
+              width: FF,
+              maxTokens,
+              gate: act.gate,
+              up: act.up,
+              step,
+            }),
+          );
+        }
         ops.push(linear(`${p}ffn_down`, w.wDown, act.gate, act.proj));
         const next = l + 1 < hp.nLayer;
         ops.push(createRmsNorm(gpu, {
