@@ -86,3 +86,35 @@ fixtureTest("cli: run greedy on the CPU continues the golden story", [
   const tokens: number[] = golden.greedy_tokens;
   deepEqual(j.generated.slice(0, 20), tokens.slice(0, 20));
 });
+
+fixtureTest(
+  "cli: chat answers each piped message and keeps the cache across turns",
+  ["stories260K.gguf"],
+  async () => {
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", CLI, "chat", "-m", fixture("stories260K.gguf"), "-n", "8", "--temp", "0"],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+      env: { NO_COLOR: "1" },
+    }).spawn();
+    const writer = child.stdin.getWriter();
+    await writer.write(new TextEncoder().encode("Tell me a story\n/reset\nAnother one\nAnd more\n"));
+    await writer.close();
+    const out = await child.output();
+    const stderr = new TextDecoder().decode(out.stderr);
+    equal(out.code, 0, stderr);
+    const replies = new TextDecoder().decode(out.stdout).split("\n").filter((l) => l.length > 0);
+    equal(replies.length, 3, new TextDecoder().decode(out.stdout));
+    match(stderr, /conversation reset/);
+    // Three turns, each with its own prefill; only the third continues a conversation, and it reuses at
+    // least the whole prompt of the second turn from the cache.
+    const prefills = [...stderr.matchAll(/prefill: (\d+) tokens/g)].map((m) => Number(m[1]));
+    equal(prefills.length, 3);
+    const reused = [...stderr.matchAll(/\((\d+) tokens of the conversation reused/g)].map((m) =>
+      Number(m[1])
+    );
+    equal(reused.length, 1, stderr);
+    ok(reused[0] >= prefills[1], `reused ${reused[0]} of a ${prefills[1]}-token first prompt`);
+  },
+);
