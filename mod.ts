@@ -35,5 +35,26 @@ export {
   topK,
   topP,
 } from "./src/engine/sampling.ts";
+export {
+  type ChatMessage,
+  type ChatOptions,
+  type ChatRole,
+  renderChat,
+  type RenderedChat,
+} from "./src/chat/template.ts";
+export { type Tokenizer, tokenizerFromMetadata } from "./src/tokenizer/tokenizer.ts";
+export { GGUFFile, type MetadataValue, openGGUF, type TensorInfo } from "./src/gguf/reader.ts";
+export { GGMLType, type GGMLTypeInfo, typeInfo } from "./src/gguf/types.ts";
+export { hparamsFromGGUF, type LlamaHParams } from "./src/model/hparams.ts";
+export { ReferenceModel } from "./src/model/reference.ts";
+export {
+  SYNTH_SHAPES,
+  SYNTH_TYPES,
+  type SynthOptions,
+  type SynthShape,
+  type SynthType,
+  writeSyntheticModel,
+} from "./src/model/synth.ts";
+export { getGpu, Gpu, type GpuOptions } from "./src/gpu/device.ts";
 export * from "./src/errors.ts";
 export { VERSION } from "./src/version.ts";

@@ -7,7 +7,7 @@
  */
 
 import { DeviceError, OutOfMemoryError } from "../errors.ts";
-import { loadShader } from "./shader.ts";
+import { loadShader, preloadShaders, SHADER_NAMES, shadersAreLocal } from "./shader.ts";
 
 /** Storage | copy-dst | copy-src: the usage of almost every buffer we make. */
 export const STORAGE_USAGE = 0x80 /* STORAGE */ | 0x08 /* COPY_DST */ | 0x04; /* COPY_SRC */
@@ -63,6 +63,7 @@ export class Gpu {
       );
     }
     quietWindowSystemProbe();
+    if (!shadersAreLocal()) await preloadShaders([...SHADER_NAMES]);
     const adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
     if (!adapter) {
       throw new DeviceError(
@@ -203,7 +204,8 @@ export class Gpu {
   }
 
   /** Copies `size` bytes (default: all) of `buffer` from `offset` back to the CPU. */
-  async read(buffer: GPUBuffer, offset = 0, size = buffer.size - offset): Promise<ArrayBuffer> {
+  async read(buffer: GPUBuffer, offset: number = 0, size?: number): Promise<ArrayBuffer> {
+    size ??= buffer.size - offset;
     const staging = this.device.createBuffer({ size, usage: 0x01 /* MAP_READ */ | 0x08 /* COPY_DST */ });
     const encoder = this.device.createCommandEncoder();
     encoder.copyBufferToBuffer(buffer, offset, staging, 0, size);
@@ -239,7 +241,9 @@ export class Gpu {
  */
 function quietWindowSystemProbe(): void {
   try {
-    if (Deno.build.os === "linux" && !Deno.env.get("XDG_RUNTIME_DIR")) Deno.env.set("XDG_RUNTIME_DIR", "/tmp");
+    if (Deno.build.os === "linux" && !Deno.env.get("XDG_RUNTIME_DIR")) {
+      Deno.env.set("XDG_RUNTIME_DIR", "/tmp");
+    }
   } catch {
     // No --allow-env: the driver's warning is harmless.
   }

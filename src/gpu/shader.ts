@@ -12,6 +12,34 @@ const cache = new Map<string, string>();
 /** Base URL of the `wgsl/` folder, next to `src/`. */
 const WGSL_DIR = new URL("../../wgsl/", import.meta.url);
 
+/** Every shader file in `wgsl/` (without extension); a test keeps this list equal to the folder. */
+export const SHADER_NAMES: readonly string[] = [
+  "argmax",
+  "copy",
+  "copy_row",
+  "dequant",
+  "elementwise",
+  "embed",
+  "flash_decode",
+  "flash_prefill",
+  "kv_append",
+  "matmul",
+  "matmul_fused",
+  "matvec",
+  "matvec_fused",
+  "rmsnorm",
+  "rope",
+  "smoke",
+  "wgkv_append",
+  "wgkv_promote",
+  "write_gate",
+];
+
+/** Whether the shaders are local files (a checkout or a compiled binary) rather than remote URLs. */
+export function shadersAreLocal(): boolean {
+  return WGSL_DIR.protocol === "file:";
+}
+
 /**
  * Returns the text of `wgsl/<name>.wgsl`. For remote module URLs call {@link preloadShaders} first
  * (synchronous reads only work for local files).
