@@ -73,6 +73,14 @@ export class Session {
     return [...this.tokens, ...this.#unfed];
   }
 
+  /** The last `n` tokens of the transcript followed by `feed` (what the repetition penalty looks at). */
+  #recent(feed: number[], n: number): number[] {
+    const tail = n > feed.length
+      ? this.tokens.slice(Math.max(0, this.tokens.length - (n - feed.length)))
+      : [];
+    return tail.concat(feed.slice(-n));
+  }
+
   /** Forgets the conversation (the cache is overwritten from position 0 on the next call). */
   reset(): void {
     this.tokens.length = 0;
@@ -125,11 +133,11 @@ export class Session {
         break;
       }
       const pos = this.tokens.length;
-      const history = this.tokens.concat(feed);
-      const token = sampler.isGreedy
-        ? await this.backend.forwardArgmax(feed, pos)
-        : sampler.sample(await this.backend.forward(feed, pos), history);
-      this.tokens.push(...feed);
+      const token = sampler.isGreedy ? await this.backend.forwardArgmax(feed, pos) : sampler.sample(
+        await this.backend.forward(feed, pos),
+        this.#recent(feed, sampler.options.repeatLastN),
+      );
+      for (const t of feed) this.tokens.push(t);
       const now = performance.now();
       if (i === 0) stats.prefillMs = now - t0;
       else stats.decodeMs += now - tPrev;

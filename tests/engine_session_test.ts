@@ -1,0 +1,92 @@
+import { deepEqual, equal, rejects } from "node:assert/strict";
+import type { ModelBackend } from "../src/engine/backend.ts";
+import { type GeneratedPiece, Session } from "../src/engine/session.ts";
+import type { Tokenizer } from "../src/tokenizer/tokenizer.ts";
+import { OutOfMemoryError } from "../src/errors.ts";
+
+// A fake model whose argmax is a script: step i returns script[i]; it records every call.
+function scriptedBackend(script: number[], contextLength = 100) {
+  const calls: { tokens: number[]; pos: number }[] = [];
+  const backend = {
+    kind: "cpu",
+    hparams: {} as ModelBackend["hparams"],
+    contextLength,
+    forward: () => Promise.reject(new Error("not used")),
+    forwardArgmax(tokens: number[], pos: number) {
+      calls.push({ tokens: [...tokens], pos });
+      return Promise.resolve(script[calls.length - 1]);
+    },
+    describe: () => [],
+    dispose() {},
+  } as ModelBackend;
+  return { backend, calls };
+}
+
+// Token i decodes to the letter of `alphabet[i]`; 0 is BOS, 1 is EOS.
+const alphabet = "^$abcdefghijklmnopqrstuvwxyz ";
+const tokenizer = {
+  bos: 0,
+  eos: 1,
+  addBos: true,
+  isEndOfGeneration: (id: number) => id === 1,
+  streamDecoder: () => ({ push: (id: number) => alphabet[id], flush: () => "" }),
+} as unknown as Tokenizer;
+const ids = (s: string) => [...s].map((c) => alphabet.indexOf(c));
+
+async function collect(gen: AsyncGenerator<GeneratedPiece, unknown>): Promise<string> {
+  let text = "";
+  for await (const p of gen) text += p.text;
+  return text;
+}
+
+Deno.test("session: stop strings end generation before the match and hold back partial matches", async () => {
+  const { backend } = scriptedBackend(ids("hello world"));
+  const s = new Session(backend, tokenizer);
+  const pieces: string[] = [];
+  const gen = s.generate([0], { temperature: 0, stop: ["lo w"] });
+  for await (const p of gen) pieces.push(p.text);
+  equal(pieces.join(""), "hel");
+  equal(s.lastStats?.stopReason, "stop");
+});
+
+Deno.test("session: EOS stops; the next turn feeds the unfed token first at the right position", async () => {
+  const { backend, calls } = scriptedBackend([...ids("ab"), 1, ...ids("cd")]);
+  const s = new Session(backend, tokenizer);
+  equal(await collect(s.generate([0, 5], { temperature: 0 })), "ab");
+  equal(s.lastStats?.stopReason, "eos");
+  deepEqual(s.tokens, [0, 5, ...ids("ab")]);
+  await collect(s.generate(ids("x"), { temperature: 0, maxTokens: 1 }));
+  // The EOS token (1) was sampled but never run: it leads the second call, at position 4.
+  deepEqual(calls[3], { tokens: [1, ...ids("x")], pos: 4 });
+});
+
+Deno.test("session: rewind keeps a prefix and the next call overwrites from there", async () => {
+  const { backend, calls } = scriptedBackend(ids("abcdefgh"));
+  const s = new Session(backend, tokenizer);
+  await collect(s.generate([0, 2, 3, 4], { temperature: 0, maxTokens: 3 }));
+  s.rewind(2);
+  await collect(s.generate([9], { temperature: 0, maxTokens: 1 }));
+  deepEqual(calls.at(-1), { tokens: [9], pos: 2 });
+  deepEqual(s.transcript.slice(0, 3), [0, 2, 9]);
+});
+
+Deno.test("session: a prompt past the context is a clear error; generation stops at the context", async () => {
+  const { backend } = scriptedBackend(ids("abcdefghijkl"), 6);
+  const s = new Session(backend, tokenizer);
+  await rejects(collect(s.generate([0, 2, 3, 4, 5, 6, 7], { temperature: 0 })), OutOfMemoryError);
+  await collect(s.generate([0, 2, 3], { temperature: 0, maxTokens: 50 }));
+  equal(s.lastStats?.stopReason, "context");
+  equal(s.tokens.length, 6);
+});
+
+Deno.test("session: an aborted signal stops between tokens", async () => {
+  const { backend } = scriptedBackend(ids("abcdefgh"));
+  const s = new Session(backend, tokenizer);
+  const ctl = new AbortController();
+  let n = 0;
+  for await (const _ of s.generate([0], { temperature: 0, signal: ctl.signal })) {
+    if (++n === 2) ctl.abort();
+  }
+  equal(n, 2);
+  equal(s.lastStats?.stopReason, "abort");
+});
