@@ -56,5 +56,9 @@ export {
   writeSyntheticModel,
 } from "./src/model/synth.ts";
 export { getGpu, Gpu, type GpuOptions } from "./src/gpu/device.ts";
+export { type GateLayer, type GateWeights, readGate, writeGate } from "./src/gate/format.ts";
+export { importGate } from "./src/gate/import.ts";
+export { initGate } from "./src/gate/init.ts";
+export { gateScores } from "./src/gate/reference.ts";
 export * from "./src/errors.ts";
 export { VERSION } from "./src/version.ts";

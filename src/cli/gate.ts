@@ -174,7 +174,13 @@ async function runInfo(args: string[]): Promise<number> {
     console.log(JSON.stringify(summary));
   } else {
     for (const [k, v] of Object.entries(summary)) {
-      if (v !== undefined) console.log(`${k.padEnd(18)} ${Array.isArray(v) ? v.join(", ") : v}`);
+      if (v !== undefined) {
+        console.log(
+          `${k.padEnd(18)} ${
+            Array.isArray(v) ? v.join(", ") : typeof v === "number" ? Number(v.toPrecision(7)) : v
+          }`,
+        );
+      }
     }
   }
   return 0;

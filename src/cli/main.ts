@@ -13,6 +13,7 @@ import { runCommand } from "./run.ts";
 import { synthCommand } from "./synth.ts";
 import { demoCommand } from "./demo.ts";
 import { chatCommand } from "./chat.ts";
+import { gateCommand } from "./gate.ts";
 
 /** A subcommand: its one-line summary and its entry point (returns the exit status). */
 export interface Command {
@@ -30,6 +31,7 @@ export const COMMANDS: Record<string, Command> = {
   info: infoCommand,
   tokenize: tokenizeCommand,
   synth: synthCommand,
+  gate: gateCommand,
 };
 
 function usage(): string {
