@@ -141,8 +141,12 @@ Deno.test("write gate: head_dim 16, 3 KV heads, inner 24, 2 layers, 13 then 1 th
   ok(admitted > 0 && admitted < total, `admitted ${admitted} of ${total}: both outcomes exercised`);
 });
 
-Deno.test("write gate: head_dim 64, 2 KV heads, inner 100 (more hidden units than threads), 9 tokens", async () => {
-  await runGate({ kvHeads: 2, headDim: 64, inner: 100 }, 1, 9, [9], 4);
+Deno.test("write gate: head_dim 64, 2 KV heads, inner 100 (chunks of 32 units, the last partial), 17 then 9 tokens", async () => {
+  await runGate({ kvHeads: 2, headDim: 64, inner: 100 }, 1, 17, [17, 9], 4);
+});
+
+Deno.test("write gate: head_dim 12 (no full unrolled column step), 1 KV head, inner 40, 5 tokens", async () => {
+  await runGate({ kvHeads: 1, headDim: 12, inner: 40 }, 3, 5, [5, 2], 6);
 });
 
 Deno.test("write gate: a tensor of the wrong length is named", () => {

@@ -12,14 +12,21 @@
 //            pre_norm[head_dim], post_norm[head_dim],
 //            w1t[kv_heads][2 * head_dim][inner] (W1 transposed so that threads of consecutive hidden units
 //            read consecutive words), b1[kv_heads][inner], w2[kv_heads][inner], b2[kv_heads]
-// binding 5: scores, f32[max_tokens][layers][kv_heads] (write), g after the clamp
-// binding 6: flags, u32[max_tokens][layers][kv_heads] (write), 1 when admitted; token-major so that the
-//            first n_tokens * layers * kv_heads words are the whole step (one copy for the readback)
+// binding 5: scores, f32[max_tokens][layers][kv_heads] (write by `finish`), g after the clamp
+// binding 6: flags, u32[max_tokens][layers][kv_heads] (write by `finish`), 1 when admitted; token-major so
+//            that the first n_tokens * layers * kv_heads words are the whole step (one copy for the readback)
+// binding 7: partial_logits, f32[max_tokens][kv_heads][chunks] (`main` writes, `finish` reads), scratch
 //
-// Grid: (ceil(max_tokens / TILE), kv_heads). A workgroup takes TILE tokens of one head: it normalises
-// their inputs into workgroup memory, then each thread owns hidden units r = tid, tid + 64, ... and
-// accumulates TILE dot products at once, so every W1 weight is read once per token tile; the per-thread
-// partial logits are summed with a tree reduction.
+// Entry `main`, grid (ceil(max_tokens / TILE), kv_heads, chunks = ceil(inner / UNITS)): a workgroup of
+// 256 threads takes TILE tokens of one head and the UNITS hidden units of one chunk. It normalises the
+// tile's inputs into workgroup memory (transposed, so one vec4 load gives a column for 4 tokens). Thread
+// (slice, unit) then reads every SLICES-th input column of its unit's W1 column, four independent loads
+// per iteration, for all TILE tokens at once (the UNITS threads of a slice read consecutive words, so a
+// weight is fetched once per token tile); the slices are summed in workgroup memory, then GELU, w2 and
+// a sum over the units give one partial logit per token and chunk. Spreading a layer over
+// kv_heads * chunks workgroups of many independent loads matters at decode, where the gate is a
+// latency-bound 4 MiB weight stream per layer for Llama-8B.
+// Entry `finish`, grid ceil(max_tokens * kv_heads / 64): adds the chunks and b2, sigmoid, clamp, flag.
 
 override head_dim: u32 = 64u;
 override kv_heads: u32 = 1u;
@@ -28,8 +35,10 @@ override inner: u32 = 256u;
 override threshold: f32 = 0.1;
 override epsilon: f32 = 0.001;
 
-const TILE: u32 = 8u;
-const THREADS: u32 = 64u;
+const TILE: u32 = 8u; // tokens per workgroup: two vec4 accumulators per thread
+const UNITS: u32 = 32u; // hidden units per chunk
+const SLICES: u32 = 8u; // column slices per unit
+const THREADS: u32 = 256u; // UNITS * SLICES, also TILE * 2 inputs * 16 lanes for the sums of squares
 const RMS_EPS: f32 = 1e-6;
 
 struct Step { n_tokens: u32, pos0: u32, pad0: u32, pad1: u32 }
@@ -42,10 +51,14 @@ struct LayerParams { layer: u32, pad0: u32, pad1: u32, pad2: u32 }
 @group(0) @binding(4) var<storage, read> params: array<f32>;
 @group(0) @binding(5) var<storage, read_write> scores: array<f32>;
 @group(0) @binding(6) var<storage, read_write> flags: array<u32>;
+@group(0) @binding(7) var<storage, read_write> partial_logits: array<f32>;
 
-var<workgroup> x_tile: array<f32, TILE * 2u * head_dim>; // normalised inputs, token-major
+// x_t[2c] = inputs of tokens 0..3 of the tile at column c, x_t[2c + 1] = tokens 4..7.
+var<workgroup> x_t: array<vec4f, 4u * head_dim>;
 var<workgroup> inv_rms: array<f32, TILE * 2u>; // [token][pre, post]
-var<workgroup> partial: array<f32, TILE * THREADS>; // [token][thread] partial logits
+var<workgroup> squares: array<f32, THREADS>; // [token][pre, post][16 lanes] partial sums of squares
+var<workgroup> partial: array<vec4f, 2u * THREADS>; // [slice][unit][tokens 0..3, 4..7] partial sums
+var<workgroup> units_sum: array<vec4f, 2u * UNITS>; // [unit][tokens 0..3, 4..7] w2 * gelu, then their sum
 
 // erf with |error| < 1.5e-7 (Abramowitz & Stegun 7.1.26 rational approximation of erfc on x >= 0,
 // mirrored for x < 0); enough for a gate whose output is compared to a threshold.
@@ -62,79 +75,144 @@ fn gelu(x: f32) -> f32 {
   return 0.5 * x * (1.0 + erf_approx(x * 0.70710678118654752));
 }
 
-@compute @workgroup_size(64)
+fn gelu4(x: vec4f) -> vec4f {
+  return vec4f(gelu(x.x), gelu(x.y), gelu(x.z), gelu(x.w));
+}
+
+fn chunks() -> u32 {
+  return (inner + UNITS - 1u) / UNITS;
+}
+
+@compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
   let head = wg.y;
+  let chunk = wg.z;
   let t0 = wg.x * TILE;
   let n_tokens = step.n_tokens;
   if (t0 >= n_tokens) { return; }
   let in_dim = 2u * head_dim;
   let stride = kv_heads * head_dim;
 
-  // Inverse RMS of each (token, input) of the tile.
-  if (tid < 2u * TILE) {
-    let token = t0 + tid / 2u;
-    var sum = 0.0;
-    if (token < n_tokens) {
-      let base = token * stride + head * head_dim;
-      for (var d = 0u; d < head_dim; d++) {
-        let v = select(post_k[base + d], pre_k[base + d], tid % 2u == 0u);
-        sum += v * v;
-      }
-    }
-    inv_rms[tid] = inverseSqrt(sum / f32(head_dim) + RMS_EPS);
-  }
-  workgroupBarrier();
+  // Raw inputs of the tile into workgroup memory (coalesced: consecutive threads, consecutive floats).
   for (var i = tid; i < TILE * in_dim; i += THREADS) {
-    let k = i / in_dim;
     let c = i % in_dim;
+    let k = i / in_dim;
     let token = t0 + k;
     var v = 0.0;
     if (token < n_tokens) {
-      let d = c % head_dim;
-      let src = token * stride + head * head_dim + d;
-      // params[c] is pre_norm[d] for c < head_dim and post_norm[d] after: the two norms are adjacent.
-      if (c < head_dim) {
-        v = pre_k[src] * inv_rms[2u * k] * params[c];
-      } else {
-        v = post_k[src] * inv_rms[2u * k + 1u] * params[c];
-      }
+      let src = token * stride + head * head_dim + c % head_dim;
+      v = select(post_k[src], pre_k[src], c < head_dim);
     }
-    x_tile[i] = v;
+    x_t[2u * c + k / 4u][k % 4u] = v;
+  }
+  workgroupBarrier();
+  // Sum of squares of each (token, input): 16 threads per pair, from workgroup memory, so no global load
+  // latency is serialised; lane 0 adds the 16 lanes.
+  let pair = tid / 16u; // token * 2 + input
+  let lane = tid % 16u;
+  {
+    let k = pair / 2u;
+    let c0 = (pair % 2u) * head_dim;
+    var sum = 0.0;
+    for (var d = lane; d < head_dim; d += 16u) {
+      let v = x_t[2u * (c0 + d) + k / 4u][k % 4u];
+      sum += v * v;
+    }
+    squares[tid] = sum;
+  }
+  workgroupBarrier();
+  if (lane == 0u) {
+    var sum = 0.0;
+    for (var j = 0u; j < 16u; j++) { sum += squares[tid + j]; }
+    inv_rms[pair] = inverseSqrt(sum / f32(head_dim) + RMS_EPS);
+  }
+  workgroupBarrier();
+  // Normalise in place; params[c] is pre_norm[c] for c < head_dim, post_norm[c - head_dim] after.
+  for (var i = tid; i < TILE * in_dim; i += THREADS) {
+    let c = i % in_dim;
+    let k = i / in_dim;
+    let which = select(1u, 0u, c < head_dim);
+    x_t[2u * c + k / 4u][k % 4u] *= inv_rms[2u * k + which] * params[c];
   }
   workgroupBarrier();
 
   let w1_at = in_dim;
   let b1_at = w1_at + kv_heads * in_dim * inner;
   let w2_at = b1_at + kv_heads * inner;
-  let b2_at = w2_at + kv_heads * inner;
-  var logit: array<f32, TILE>;
-  for (var k = 0u; k < TILE; k++) { logit[k] = 0.0; }
-  for (var r = tid; r < inner; r += THREADS) {
-    var acc: array<f32, TILE>;
-    let bias = params[b1_at + head * inner + r];
-    for (var k = 0u; k < TILE; k++) { acc[k] = bias; }
+  let unit = tid % UNITS;
+  let slice = tid / UNITS;
+  let r = chunk * UNITS + unit;
+  var acc_lo = vec4f(0.0);
+  var acc_hi = vec4f(0.0);
+  if (r < inner) {
     let column = w1_at + head * in_dim * inner + r;
-    for (var c = 0u; c < in_dim; c++) {
-      let w = params[column + c * inner];
-      for (var k = 0u; k < TILE; k++) { acc[k] += w * x_tile[k * in_dim + c]; }
+    var c = slice;
+    while (c + 3u * SLICES < in_dim) {
+      let c1 = c + SLICES;
+      let c2 = c1 + SLICES;
+      let c3 = c2 + SLICES;
+      let w0 = params[column + c * inner];
+      let w1 = params[column + c1 * inner];
+      let w2 = params[column + c2 * inner];
+      let w3 = params[column + c3 * inner];
+      acc_lo += w0 * x_t[2u * c] + w1 * x_t[2u * c1] + w2 * x_t[2u * c2] + w3 * x_t[2u * c3];
+      acc_hi += w0 * x_t[2u * c + 1u] + w1 * x_t[2u * c1 + 1u] + w2 * x_t[2u * c2 + 1u] + w3 * x_t[2u * c3 + 1u];
+      c += 4u * SLICES;
     }
-    let w2 = params[w2_at + head * inner + r];
-    for (var k = 0u; k < TILE; k++) { logit[k] += w2 * gelu(acc[k]); }
+    while (c < in_dim) {
+      let w = params[column + c * inner];
+      acc_lo += w * x_t[2u * c];
+      acc_hi += w * x_t[2u * c + 1u];
+      c += SLICES;
+    }
   }
-  for (var k = 0u; k < TILE; k++) { partial[k * THREADS + tid] = logit[k]; }
+  partial[2u * tid] = acc_lo;
+  partial[2u * tid + 1u] = acc_hi;
   workgroupBarrier();
-  for (var s = THREADS / 2u; s > 0u; s >>= 1u) {
+  // Slice 0 adds the other slices, then bias, GELU and w2 per unit.
+  if (slice == 0u) {
+    var lo = vec4f(0.0);
+    var hi = vec4f(0.0);
+    if (r < inner) {
+      lo = vec4f(params[b1_at + head * inner + r]);
+      hi = lo;
+      for (var sl = 0u; sl < SLICES; sl++) {
+        lo += partial[2u * (sl * UNITS + unit)];
+        hi += partial[2u * (sl * UNITS + unit) + 1u];
+      }
+      let w2 = params[w2_at + head * inner + r];
+      lo = w2 * gelu4(lo);
+      hi = w2 * gelu4(hi);
+    }
+    units_sum[2u * unit] = lo;
+    units_sum[2u * unit + 1u] = hi;
+  }
+  workgroupBarrier();
+  for (var s = UNITS / 2u; s > 0u; s >>= 1u) {
     if (tid < s) {
-      for (var k = 0u; k < TILE; k++) { partial[k * THREADS + tid] += partial[k * THREADS + tid + s]; }
+      units_sum[2u * tid] += units_sum[2u * (tid + s)];
+      units_sum[2u * tid + 1u] += units_sum[2u * (tid + s) + 1u];
     }
     workgroupBarrier();
   }
   if (tid < TILE && t0 + tid < n_tokens) {
-    let z = partial[tid * THREADS] + params[b2_at + head];
-    let g = max(1.0 / (1.0 + exp(-z)), epsilon);
-    let o = ((t0 + tid) * layers + layer_params.layer) * kv_heads + head;
-    scores[o] = g;
-    flags[o] = select(0u, 1u, g > threshold);
+    partial_logits[((t0 + tid) * kv_heads + head) * chunks() + chunk] = units_sum[tid / 4u][tid % 4u];
   }
+}
+
+@compute @workgroup_size(64)
+fn finish(@builtin(global_invocation_id) gid: vec3u) {
+  let i = gid.x;
+  if (i >= step.n_tokens * kv_heads) { return; }
+  let token = i / kv_heads;
+  let head = i % kv_heads;
+  let in_dim = 2u * head_dim;
+  let b2_at = in_dim + kv_heads * in_dim * inner + 2u * kv_heads * inner;
+  var z = params[b2_at + head];
+  let n = chunks();
+  for (var c = 0u; c < n; c++) { z += partial_logits[i * n + c]; }
+  let g = max(1.0 / (1.0 + exp(-z)), epsilon);
+  let o = (token * layers + layer_params.layer) * kv_heads + head;
+  scores[o] = g;
+  flags[o] = select(0u, 1u, g > threshold);
 }

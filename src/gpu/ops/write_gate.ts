@@ -29,6 +29,9 @@ import {
 /** Tokens per gate workgroup (`TILE` in the shader). */
 const GATE_TILE = 8;
 
+/** Hidden units per gate workgroup (`UNITS` in the shader). */
+const GATE_CHUNK = 32;
+
 /** Default admission threshold τ (strict `g > τ`). */
 export const DEFAULT_GATE_THRESHOLD = 0.1;
 
@@ -125,6 +128,16 @@ export interface WriteGateOptions extends GateShape {
   threshold?: number;
   /** Per-step token count (`nTokens`). */
   step: StepParams;
+  /**
+   * Scratch for the partial logits, {@link gateScratchBytes} bytes; may be shared by the gate ops of all
+   * layers (they run one after another). Created when absent.
+   */
+  scratch?: BufferSlice;
+}
+
+/** Bytes of the partial-logit scratch of a gate op. */
+export function gateScratchBytes(maxTokens: number, kvHeads: number, inner: number): number {
+  return maxTokens * kvHeads * ceilDiv(inner, GATE_CHUNK) * 4;
 }
 
 /** Bytes of the scores (or flags) buffer shared by the gate ops of all layers. */
@@ -151,30 +164,40 @@ export function createWriteGate(gpu: Gpu, options: WriteGateOptions): GpuOp {
   checkSlice(label, "scores", options.scores, gateOutputBytes(maxTokens, layers, kvHeads));
   checkSlice(label, "flags", options.flags, gateOutputBytes(maxTokens, layers, kvHeads));
   const tiles = ceilDiv(maxTokens, GATE_TILE);
-  checkWorkgroups(gpu, label, Math.max(tiles, kvHeads));
-  const kernel = gpu.kernel("write_gate", {
-    head_dim: headDim,
-    kv_heads: kvHeads,
-    layers,
-    inner,
-    threshold,
-    epsilon: GATE_EPSILON,
-  });
-  const group = bindNumbered(gpu, kernel, [
+  const chunks = ceilDiv(inner, GATE_CHUNK);
+  const finishGroups = ceilDiv(maxTokens * kvHeads, 64);
+  checkWorkgroups(gpu, label, Math.max(tiles, kvHeads, chunks, finishGroups));
+  const scratchBytes = gateScratchBytes(maxTokens, kvHeads, inner);
+  const scratch = options.scratch ?? gpu.buffer(`${label} partial logits`, scratchBytes);
+  checkSlice(label, "scratch", scratch, scratchBytes);
+  const constants = { head_dim: headDim, kv_heads: kvHeads, layers, inner, threshold, epsilon: GATE_EPSILON };
+  const partialKernel = gpu.kernel("write_gate", constants, {}, "main");
+  const finishKernel = gpu.kernel("write_gate", constants, {}, "finish");
+  const layerParams = layerUniform(gpu, label, layer);
+  const partialGroup = bindNumbered(gpu, partialKernel, [
     [0, step.buffer],
-    [1, layerUniform(gpu, label, layer)],
     [2, options.preK],
     [3, options.postK],
     [4, options.params],
+    [7, scratch],
+  ]);
+  const finishGroup = bindNumbered(gpu, finishKernel, [
+    [0, step.buffer],
+    [1, layerParams],
+    [4, options.params],
     [5, options.scores],
     [6, options.flags],
+    [7, scratch],
   ]);
   return {
     label,
     encode(pass: GPUComputePassEncoder): void {
-      pass.setPipeline(kernel.pipeline);
-      pass.setBindGroup(0, group);
-      pass.dispatchWorkgroups(tiles, kvHeads);
+      pass.setPipeline(partialKernel.pipeline);
+      pass.setBindGroup(0, partialGroup);
+      pass.dispatchWorkgroups(tiles, kvHeads, chunks);
+      pass.setPipeline(finishKernel.pipeline);
+      pass.setBindGroup(0, finishGroup);
+      pass.dispatchWorkgroups(finishGroups);
     },
   };
 }
