@@ -9,6 +9,7 @@ import { DualCache } from "../src/kv/dual_cache.ts";
 import { PAGE_TOKENS, pageBytes, pagesForTokens } from "../src/kv/page_pool.ts";
 import { admitsByRule, type WindowedPolicy } from "../src/kv/wgkv_policy.ts";
 import { attendOne } from "../src/model/ops.ts";
+import { attendedPositions, type MaskPolicy } from "../src/kv/wgkv_reference.ts";
 import { randomF32 } from "./gpu_ops_helpers.ts";
 
 interface Shape {
@@ -20,10 +21,18 @@ interface Shape {
   maxShardBytes?: number;
 }
 
-/** Which keys the query at `q` sees, given the admission flag of each position (dense reference mask). */
-type Visibility = (q: number, p: number, admitted: boolean) => boolean;
+/**
+ * The dense reference mask (src/kv/wgkv_reference.ts) of one KV head, given that head's admission flags of
+ * every position so far.
+ */
+type Visibility = (flags: Uint8Array) => MaskPolicy;
 
-const wgkvMask = (window: number): Visibility => (q, p, admitted) => p <= q && (q - p < window || admitted);
+const wgkvMask = (window: number): Visibility => (flags) => ({
+  kind: "wgkv",
+  window,
+  flags,
+  length: flags.length,
+});
 
 /**
  * A dual cache with promote / append / attention ops of every layer, and a dense CPU mirror of every
@@ -149,8 +158,8 @@ class Harness {
         const qPos = pos0 + t;
         for (let hq = 0; hq < qHeads; hq++) {
           const h = Math.floor(hq / group);
-          const seen: number[] = [];
-          for (let p = 0; p <= qPos; p++) if (visible(qPos, p, this.flags[layer][h][p])) seen.push(p);
+          const mask = visible(Uint8Array.from(this.flags[layer][h], (f) => f ? 1 : 0));
+          const seen = attendedPositions(mask, 0, qPos);
           const keys = new Float32Array(seen.length * D), values = new Float32Array(seen.length * D);
           seen.forEach((p, i) => {
             keys.set(this.keys[layer][h].slice(p * D, p * D + D), i * D);
@@ -249,12 +258,12 @@ Deno.test("wgkv attention: one 37-token prefill chunk (N > W = 20, W not a page 
 Deno.test("wgkv attention: all admitted ≡ full causal attention; none admitted ≡ sliding window", async () => {
   const W = 16;
   const all = await harness(small, { kind: "random", window: W, rate: 1, seed: 5 });
-  const causal: Visibility = (q, p) => p <= q;
+  const causal: Visibility = () => ({ kind: "full" });
   for (const m of [12, 9]) await all.run(m, false, causal);
   for (let i = 0; i < 20; i++) await all.run(1, true, causal);
   all.kv.destroy();
   const none = await harness(small, { kind: "window", window: W });
-  const sliding: Visibility = (q, p) => p <= q && q - p < W;
+  const sliding: Visibility = () => ({ kind: "window", window: W });
   for (const m of [12, 9]) await none.run(m, false, sliding);
   for (let i = 0; i < 20; i++) await none.run(1, true, sliding);
   equal(none.kv.stats().globalPages, 0);
@@ -264,7 +273,7 @@ Deno.test("wgkv attention: all admitted ≡ full causal attention; none admitted
 Deno.test("wgkv attention: sink policy (4 sinks) and random policy (rate 0.4) match their dense masks", async () => {
   const W = 16;
   const sink = await harness(small, { kind: "sink", window: W, sinks: 4 });
-  const sinkMask: Visibility = (q, p) => p <= q && (q - p < W || p < 4);
+  const sinkMask: Visibility = () => ({ kind: "sink", window: W, sinks: 4 });
   for (const m of [7, 12]) await sink.run(m, false, sinkMask);
   for (let i = 0; i < 20; i++) await sink.run(1, true, sinkMask);
   const s = sink.kv.stats();

@@ -10,6 +10,8 @@ import {
   packGateLayer,
 } from "../src/gpu/ops/write_gate.ts";
 import { BadFlagError } from "../src/errors.ts";
+import type { GateWeights } from "../src/gate/format.ts";
+import { gateScores } from "../src/gate/reference.ts";
 import { expectClose, nanBuffer, randomF32 } from "./gpu_ops_helpers.ts";
 
 /** erf in f64 to ~1e-15: Taylor series near 0, continued fraction of erfc beyond. */
@@ -126,6 +128,20 @@ async function runGate(shape: GateShape, layers: number, maxTokens: number, step
         }
       }
       expectClose(`gate layer ${layer}, ${n} tokens`, got, want, 1e-5, 1e-7);
+      // The shared CPU reference of src/gate agrees too (its output is [kvHeads][tokens]).
+      const gate = {
+        ...shape,
+        activation: "gelu",
+        normEpsilon: 1e-6,
+        scoreFloor: GATE_EPSILON,
+        layers: weights,
+      };
+      const shared = gateScores(gate as unknown as GateWeights, layer, pre, post, n);
+      const sharedTokenMajor = Float32Array.from(
+        { length: n * H },
+        (_, i) => shared[(i % H) * n + Math.floor(i / H)],
+      );
+      expectClose(`gate layer ${layer} vs src/gate reference`, got, sharedTokenMajor, 1e-5, 1e-7);
       for (let i = 0; i < n * H; i++) {
         equal(gotF[i], got[i] > Math.fround(0.1) ? 1 : 0, `flag ${i} with g = ${got[i]}`);
         admitted += gotF[i];

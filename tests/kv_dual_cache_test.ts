@@ -1,8 +1,9 @@
-import { equal, ok, throws } from "node:assert/strict";
+import { deepEqual, equal, ok, throws } from "node:assert/strict";
 import { BadFlagError, OutOfMemoryError } from "../src/errors.ts";
 import { DualCache, ringTokensFor } from "../src/kv/dual_cache.ts";
 import { pageBytes } from "../src/kv/page_pool.ts";
 import { admissionHash, admitsByRule, mix32 } from "../src/kv/wgkv_policy.ts";
+import { WgkvCacheModel } from "../src/kv/wgkv_reference.ts";
 
 const base = { layers: 2, kvHeads: 3, headDim: 8, maxBatch: 8, maxGlobalTokens: 64 };
 
@@ -180,4 +181,47 @@ Deno.test("dual cache: interleaved sequences share the pool; every page has one 
   kv.closeSequence(slots[0]);
   kv.closeSequence(slots[2]);
   equal(kv.pool.usedPages, 0);
+});
+
+Deno.test("dual cache: agrees with the reference dual-cache model (src/kv/wgkv_reference.ts) step by step", () => {
+  const L = 2, H = 3, W = 12, N = 29;
+  const kv = DualCache.cpuOnly({ ...base, policy: { kind: "wgkv", window: W, threshold: 0.1, gate: null } });
+  const C = kv.ringTokens; // 32: the ring also covers a prefill chunk, so tokens leave it later
+  const model = new WgkvCacheModel({ layers: L, kvHeads: H, headDim: 8, window: W });
+  const slot = kv.openSequence();
+  const history: Uint8Array[] = []; // [position][layer·H + head]
+  const draw = () => Uint8Array.from({ length: L * H }, () => Math.random() < 0.4 ? 1 : 0);
+  for (let t = 0; t < N; t++) history.push(draw());
+  for (let pos = 0; pos < N; pos += 8) {
+    const n = Math.min(8, N - pos);
+    kv.beginStep(slot, n, pos);
+    kv.endStep(slot, history.slice(pos, pos + n).flatMap((f) => Array.from(f)));
+  }
+  const byLayer = (from: number, to: number) =>
+    Array.from({ length: L }, (_, l) => {
+      const out = new Uint8Array(H * (to - from));
+      for (let h = 0; h < H; h++) {
+        for (let t = from; t < to; t++) out[h * (to - from) + t - from] = history[t][l * H + h];
+      }
+      return out;
+    });
+  model.prefill(byLayer(0, N), N);
+  for (let T = N; T < N + 50; T++) {
+    history.push(draw());
+    kv.beginStep(slot, 1, T);
+    kv.endStep(slot, history[T]);
+    model.decode(byLayer(T, T + 1));
+    for (let l = 0; l < L; l++) {
+      for (let h = 0; h < H; h++) {
+        // Our ring is longer than W: tokens the model already promoted may still sit in our ring.
+        let inRingBeyondWindow = 0;
+        for (let p = Math.max(0, T + 1 - C); p < T + 1 - W; p++) inRingBeyondWindow += history[p][l * H + h];
+        equal(kv.globalLength(slot, l, h) + inRingBeyondWindow, model.globalPositions(l, h).length);
+        // What the newest query attends: ours = the window plus admitted older tokens; the model's = held.
+        const attended = [];
+        for (let p = 0; p <= T; p++) if (T - p < W || history[p][l * H + h]) attended.push(p);
+        deepEqual(attended, model.heldPositions(l, h));
+      }
+    }
+  }
 });
