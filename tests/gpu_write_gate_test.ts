@@ -4,12 +4,14 @@ import { StepParams } from "../src/gpu/ops/op.ts";
 import {
   createWriteGate,
   GATE_EPSILON,
+  gateLayerFloats,
   type GateLayerWeights,
   gateOutputBytes,
   type GateShape,
   packGateLayer,
+  uploadGate,
 } from "../src/gpu/ops/write_gate.ts";
-import { BadFlagError } from "../src/errors.ts";
+import { BadFlagError, UnsupportedError } from "../src/errors.ts";
 import type { GateWeights } from "../src/gate/format.ts";
 import { gateScores } from "../src/gate/reference.ts";
 import { expectClose, nanBuffer, randomF32 } from "./gpu_ops_helpers.ts";
@@ -78,7 +80,14 @@ function randomWeights(shape: GateShape, spread: number): GateLayerWeights {
   };
 }
 
-async function runGate(shape: GateShape, layers: number, maxTokens: number, steps: number[], spread: number) {
+async function runGate(
+  shape: GateShape,
+  layers: number,
+  maxTokens: number,
+  steps: number[],
+  spread: number,
+  activation: "gelu" | "silu" = "gelu",
+) {
   const gpu = await getGpu();
   const { kvHeads: H, headDim: D } = shape;
   const step = new StepParams(gpu, maxTokens);
@@ -100,6 +109,7 @@ async function runGate(shape: GateShape, layers: number, maxTokens: number, step
       scores,
       flags,
       step,
+      activation,
     })
   );
   let admitted = 0, total = 0;
@@ -127,11 +137,11 @@ async function runGate(shape: GateShape, layers: number, maxTokens: number, step
           gotF[t * H + h] = gotFlags[(t * layers + layer) * H + h];
         }
       }
-      expectClose(`gate layer ${layer}, ${n} tokens`, got, want, 1e-5, 1e-7);
+      if (activation === "gelu") expectClose(`gate layer ${layer}, ${n} tokens`, got, want, 1e-5, 1e-7);
       // The shared CPU reference of src/gate agrees too (its output is [kvHeads][tokens]).
       const gate = {
         ...shape,
-        activation: "gelu",
+        activation,
         normEpsilon: 1e-6,
         scoreFloor: GATE_EPSILON,
         layers: weights,
@@ -165,6 +175,10 @@ Deno.test("write gate: head_dim 12 (no full unrolled column step), 1 KV head, in
   await runGate({ kvHeads: 1, headDim: 12, inner: 40 }, 3, 5, [5, 2], 6);
 });
 
+Deno.test("write gate: SiLU activation, head_dim 32, 2 KV heads, inner 48, 11 tokens", async () => {
+  await runGate({ kvHeads: 2, headDim: 32, inner: 48 }, 2, 11, [11, 3], 6, "silu");
+});
+
 Deno.test("write gate: a tensor of the wrong length is named", () => {
   const shape = { kvHeads: 2, headDim: 8, inner: 4 };
   const w = randomWeights(shape, 1);
@@ -173,4 +187,23 @@ Deno.test("write gate: a tensor of the wrong length is named", () => {
     ok(/b1 has 7 values, expected 8/.test(e.message), e.message);
     return true;
   });
+});
+
+Deno.test("write gate: uploading a gate in Hugging Face key order is refused; GGUF order uploads every layer", async () => {
+  const gpu = await getGpu();
+  const shape = { kvHeads: 2, headDim: 8, inner: 4 };
+  const gate = {
+    ...shape,
+    keyOrder: "hf",
+    normEpsilon: 1e-6,
+    scoreFloor: GATE_EPSILON,
+    layers: [randomWeights(shape, 1), randomWeights(shape, 1)],
+  } as unknown as GateWeights;
+  throws(
+    () => uploadGate(gpu, gate, "g.gguf"),
+    (e) => e instanceof UnsupportedError && /g.gguf: .*hf order/.test(e.message),
+  );
+  const buffers = uploadGate(gpu, { ...gate, keyOrder: "gguf" });
+  equal(buffers.length, 2);
+  ok(buffers.every((b) => b.size >= gateLayerFloats(shape) * 4));
 });

@@ -1,7 +1,7 @@
 // Write gate (WG-KV admission predictor): for every token of the step and every KV head, a tiny MLP on
 // the key decides whether the token is kept beyond the local window.
 //   x  = [ rms(pre_k) * pre_norm ; rms(post_k) * post_norm ]      (2 * head_dim, eps 1e-6, norms shared by heads)
-//   h1 = gelu_erf(W1[h] x + b1[h])                                (inner values)
+//   h1 = gelu_erf(W1[h] x + b1[h])                                (inner values; SiLU if activation = 1)
 //   g  = max(sigmoid(w2[h] . h1 + b2[h]), epsilon)                 score; flag = g > threshold (strict)
 //
 // binding 0: step, uniform { n_tokens, pos0 } (the op convention's shared StepParams)
@@ -34,6 +34,7 @@ override layers: u32 = 1u;
 override inner: u32 = 256u;
 override threshold: f32 = 0.1;
 override epsilon: f32 = 0.001;
+override activation: u32 = 0u; // 0: exact (erf) GELU, 1: SiLU
 
 const TILE: u32 = 8u; // tokens per workgroup: two vec4 accumulators per thread
 const UNITS: u32 = 32u; // hidden units per chunk
@@ -75,7 +76,8 @@ fn gelu(x: f32) -> f32 {
   return 0.5 * x * (1.0 + erf_approx(x * 0.70710678118654752));
 }
 
-fn gelu4(x: vec4f) -> vec4f {
+fn activate4(x: vec4f) -> vec4f {
+  if (activation == 1u) { return x / (1.0 + exp(-x)); }
   return vec4f(gelu(x.x), gelu(x.y), gelu(x.z), gelu(x.w));
 }
 
@@ -181,8 +183,8 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
         hi += partial[2u * (sl * UNITS + unit) + 1u];
       }
       let w2 = params[w2_at + head * inner + r];
-      lo = w2 * gelu4(lo);
-      hi = w2 * gelu4(hi);
+      lo = w2 * activate4(lo);
+      hi = w2 * activate4(hi);
     }
     units_sum[2u * unit] = lo;
     units_sum[2u * unit + 1u] = hi;

@@ -13,7 +13,8 @@
  * @module
  */
 
-import { BadFlagError } from "../../errors.ts";
+import { BadFlagError, UnsupportedError } from "../../errors.ts";
+import type { GateWeights } from "../../gate/format.ts";
 import type { Gpu } from "../device.ts";
 import { bindNumbered, layerUniform } from "../../kv/paged_view.ts";
 import {
@@ -126,6 +127,8 @@ export interface WriteGateOptions extends GateShape {
   flags: BufferSlice;
   /** Admission threshold (default {@link DEFAULT_GATE_THRESHOLD}). */
   threshold?: number;
+  /** Hidden activation (default exact GELU). */
+  activation?: "gelu" | "silu";
   /** Per-step token count (`nTokens`). */
   step: StepParams;
   /**
@@ -170,7 +173,15 @@ export function createWriteGate(gpu: Gpu, options: WriteGateOptions): GpuOp {
   const scratchBytes = gateScratchBytes(maxTokens, kvHeads, inner);
   const scratch = options.scratch ?? gpu.buffer(`${label} partial logits`, scratchBytes);
   checkSlice(label, "scratch", scratch, scratchBytes);
-  const constants = { head_dim: headDim, kv_heads: kvHeads, layers, inner, threshold, epsilon: GATE_EPSILON };
+  const constants = {
+    head_dim: headDim,
+    kv_heads: kvHeads,
+    layers,
+    inner,
+    threshold,
+    epsilon: GATE_EPSILON,
+    activation: options.activation === "silu" ? 1 : 0,
+  };
   const partialKernel = gpu.kernel("write_gate", constants, {}, "main");
   const finishKernel = gpu.kernel("write_gate", constants, {}, "finish");
   const layerParams = layerUniform(gpu, label, layer);
@@ -200,4 +211,28 @@ export function createWriteGate(gpu: Gpu, options: WriteGateOptions): GpuOp {
       pass.dispatchWorkgroups(finishGroups);
     },
   };
+}
+
+/**
+ * Uploads every layer of `gate` (packed by {@link packGateLayer}) into its own storage buffer, for
+ * `WriteGateOptions.params`. Our keys come from GGUF models, so the gate must expect GGUF key order
+ * (`gate import` permutes Hugging Face checkpoints); any other order is refused with an
+ * {@link UnsupportedError}, as are settings the kernel does not implement.
+ */
+export function uploadGate(gpu: Gpu, gate: GateWeights, what = "gate"): GPUBuffer[] {
+  if (gate.keyOrder !== "gguf") {
+    throw new UnsupportedError(
+      `${what}: weights expect keys in ${gate.keyOrder} order, the engine computes GGUF order (re-import the gate)`,
+    );
+  }
+  if (gate.normEpsilon !== 1e-6 && Math.fround(gate.normEpsilon) !== Math.fround(1e-6)) {
+    throw new UnsupportedError(`${what}: norm epsilon ${gate.normEpsilon} is not supported (1e-6)`);
+  }
+  if (Math.fround(gate.scoreFloor) !== Math.fround(GATE_EPSILON)) {
+    throw new UnsupportedError(`${what}: score floor ${gate.scoreFloor} is not supported (${GATE_EPSILON})`);
+  }
+  return gate.layers.map((layer, i) => {
+    const packed = packGateLayer(layer, gate);
+    return gpu.buffer(`${what} layer ${i}`, packed.byteLength, packed);
+  });
 }
