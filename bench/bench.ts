@@ -5,7 +5,7 @@
  *
  * usage: deno task bench [--shapes tiny,llama-3.2-1b,llama-3.1-8b] [--types f16,q8_0,q4_k_m]
  *                        [--prompts 512,4096,32768] [--depths 0,4096,32768] [--decode-tokens 32]
- *                        [--out FILE.json] [--fresh]
+ *                        [--out FILE.json] [--fresh] [--profile]
  *
  * On a software adapter (lavapipe) the defaults shrink to the tiny shape: the figures then only show
  * that the pipeline runs, and ratios between rows are what to read.
@@ -29,6 +29,20 @@ import {
 } from "../src/model/synth.ts";
 import { cacheDir } from "../src/cli/demo.ts";
 import { TOKEN_EMBD } from "../src/model/tensor_names.ts";
+import { formatProfile, GpuProfiler, type ProfileRow } from "../src/gpu/profiler.ts";
+
+/** Adds up the rows of every layer (`blk.N.x` → `blk.*.x`). */
+function foldLayers(rows: ProfileRow[]): ProfileRow[] {
+  const folded = new Map<string, ProfileRow>();
+  for (const row of rows) {
+    const label = row.label.replace(/^blk\.\d+\./, "blk.*.");
+    const acc = folded.get(label) ?? { label, calls: 0, totalMs: 0 };
+    acc.calls += row.calls;
+    acc.totalMs += row.totalMs;
+    folded.set(label, acc);
+  }
+  return [...folded.values()].sort((a, b) => b.totalMs - a.totalMs);
+}
 
 /** One measured row. */
 interface BenchRow {
@@ -52,10 +66,11 @@ const { values } = parseArgs({
     "decode-tokens": { type: "string" },
     out: { type: "string" },
     fresh: { type: "boolean" },
+    profile: { type: "boolean" },
   },
 });
 
-const gpu = await getGpu();
+const gpu = await getGpu({ profile: true });
 const slow = gpu.isFallback;
 const list = (s: string | undefined, fallback: string) =>
   (s ?? fallback).split(",").map((x) => x.trim()).filter(Boolean);
@@ -70,7 +85,12 @@ const outPath = values.out ?? "out/bench.json";
 await Deno.mkdir(outPath.substring(0, outPath.lastIndexOf("/")) || ".", { recursive: true });
 
 // Results so far (resume), keyed by device + row identity.
-const results: { device: string; copyGBs?: number; rows: BenchRow[] } = !values.fresh && existsSync(outPath)
+const results: {
+  device: string;
+  copyGBs?: number;
+  rows: BenchRow[];
+  profiles?: Record<string, (ProfileRow & { msPerToken: number })[]>;
+} = !values.fresh && existsSync(outPath)
   ? JSON.parse(await Deno.readTextFile(outPath))
   : { device: gpu.description, rows: [] };
 if (results.device !== gpu.description) results.rows = [];
@@ -160,7 +180,9 @@ for (const shape of shapes) {
         const ms = performance.now() - t0;
         row = { ...r, tokPerS: (r.tokens / ms) * 1000, ms, device: gpu.description };
       } else {
-        if (r.tokens > 0) await model.forward(randomTokens(r.tokens, hp.nVocab), 0, "argmax");
+        // Decode at depth d: the first d positions are marked cached without being computed (their
+        // contents do not change the work of a step), so deep contexts cost no long prefill here.
+        model.reserveContext(r.tokens);
         let tok = await model.forward([5], r.tokens, "argmax");
         const t0 = performance.now();
         for (let i = 0; i < decodeTokens; i++) tok = await model.forward([tok], r.tokens + 1 + i, "argmax");
@@ -180,6 +202,25 @@ for (const shape of shapes) {
         `${row.shape} ${row.type} ${row.test} ${row.tokens}: ${row.tokPerS.toFixed(1)} tok/s` +
           (row.weightGBs ? ` (${row.weightGBs.toFixed(1)} GB/s of weights)` : ""),
       );
+    }
+    if (values.profile) {
+      // Where a decode step's time goes, at the deepest depth measured.
+      const depth = Math.max(...depths);
+      const profiler = new GpuProfiler(gpu);
+      model.reserveContext(depth);
+      let tok = await model.forward([5], depth, "argmax");
+      model.setProfiler(profiler);
+      for (let i = 0; i < 4; i++) tok = await model.forward([tok], depth + 1 + i, "argmax");
+      model.setProfiler(undefined);
+      const rows = foldLayers(profiler.totals()).map((r) => ({ ...r, msPerToken: r.totalMs / 4 }));
+      results.profiles ??= {};
+      results.profiles[`${shape}/${type}/decode@${depth}`] = rows;
+      await save();
+      console.error(`decode profile, ${shape} ${type} at depth ${depth} (ms per token):`);
+      console.error(
+        formatProfile(rows.map((r) => ({ label: r.label, calls: r.calls / 4, totalMs: r.msPerToken }))),
+      );
+      profiler.destroy();
     }
     model.destroy();
     file.close();

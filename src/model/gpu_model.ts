@@ -111,7 +111,7 @@ export class GpuModel {
   readonly #act: Activations;
   readonly #tokenStaging: GPUBuffer;
   readonly #logitsStaging: GPUBuffer;
-  readonly #profiler?: GpuProfiler;
+  #profiler?: GpuProfiler;
   readonly #destroy: (GPUBuffer | GpuWeight)[];
 
   private constructor(
@@ -503,6 +503,23 @@ export class GpuModel {
     const result = want === "argmax" ? new Uint32Array(range)[0] : new Float32Array(range.slice(0));
     staging.unmap();
     return result;
+  }
+
+  /** Times every op of the following steps with `profiler` (one compute pass per op), or stops timing. */
+  setProfiler(profiler: GpuProfiler | undefined): void {
+    this.#profiler = profiler;
+  }
+
+  /**
+   * For benchmarks of decode at a context depth: marks positions `0 … n−1` as cached without computing
+   * them (their keys and values are whatever the pool pages hold), so attention reads `n` keys per head.
+   */
+  reserveContext(n: number): void {
+    if (!Number.isInteger(n) || n < 0 || n >= this.contextLength) {
+      throw new BadFlagError(`reserveContext: ${n} is outside the context of ${this.contextLength}`);
+    }
+    this.kv.truncate(this.#slot, 0);
+    if (n > 0) this.kv.append(this.#slot, n);
   }
 
   /** Lines describing memory use. */
