@@ -152,11 +152,12 @@ for (const shape of shapes) {
       ...depths.map((tokens) => ({ shape, type, test: "decode", tokens })),
     ].filter((r) => !done.has(key(r)));
     if (wanted.length === 0) continue;
-    const path = join(cacheDir(), `synthetic-${shape}-${type}-seed1.gguf`);
+    // A separate output matrix for every shape, like the GGUFs llama.cpp's published figures used.
+    const path = join(cacheDir(), `synthetic-${shape}-${type}-untied-seed1.gguf`);
     if (!existsSync(path)) {
       await Deno.mkdir(cacheDir(), { recursive: true });
       console.error(`writing ${path}`);
-      await writeSyntheticModel({ shape, type, out: path, seed: 1 });
+      await writeSyntheticModel({ shape, type, out: path, seed: 1, tiedOutput: false });
     }
     const file = await openGGUF(path);
     const hp = hparamsFromGGUF(file);
