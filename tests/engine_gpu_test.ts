@@ -33,6 +33,15 @@ fixtureTest(
         if (i < 199) next = await model.forward([next], i + 1, "argmax");
       }
       deepEqual(tokens, golden.greedy_tokens);
+      // The same 200 tokens from chained steps (argmax fed back on the GPU), in chains of 1 … 64.
+      const chained: number[] = [];
+      let feed = 1;
+      for (const count of [1, 7, 64, 64, 64]) {
+        const got = await model.decodeGreedy(feed, chained.length, count);
+        chained.push(...got);
+        feed = got.at(-1)!;
+      }
+      deepEqual(chained, golden.greedy_tokens);
       // Teacher-forced logits at the stored positions, each from one prefill (several chunks for p ≥ 64).
       const seq = [1, ...golden.greedy_tokens];
       for (const [p, expected] of Object.entries(golden.logits_at as Record<string, number[]>)) {

@@ -90,3 +90,23 @@ Deno.test("session: an aborted signal stops between tokens", async () => {
   equal(n, 2);
   equal(s.lastStats?.stopReason, "abort");
 });
+
+Deno.test("session: chained greedy decoding yields the same tokens and resumes at the right position", async () => {
+  const script = ids("abcdefghijklmnopqrstuvwxyz");
+  const { backend, calls } = scriptedBackend(script);
+  const chains: { first: number; pos: number; count: number }[] = [];
+  let next = 1; // index into the script after the prefill's token
+  backend.decodeGreedy = (first: number, pos: number, count: number) => {
+    chains.push({ first, pos, count });
+    const out = script.slice(next, next + count);
+    next += count;
+    return Promise.resolve(out);
+  };
+  (backend as { maxChain: number }).maxChain = 8;
+  const s = new Session(backend, tokenizer);
+  equal(await collect(s.generate([0, 2], { temperature: 0, maxTokens: 12, stop: ["j"] })), "abcdefghi");
+  deepEqual(calls.length, 1); // only the prefill went through forwardArgmax
+  // Chains of 2, then 4, then what is left of the 12 tokens (the chain would have doubled to 8).
+  deepEqual(chains.map((c) => [c.pos, c.count]), [[2, 2], [4, 4], [8, 5]]);
+  deepEqual(s.tokens, [0, 2, ...ids("abcdefgh")]);
+});

@@ -23,6 +23,13 @@ export interface ModelBackend {
   forward(tokens: number[], pos: number): Promise<Float32Array>;
   /** Like {@link forward} but returns only the argmax token id (no logits transfer on the GPU). */
   forwardArgmax(tokens: number[], pos: number): Promise<number>;
+  /**
+   * Optional: greedy decode of `count` tokens after feeding `first` at `pos`, chained on the device
+   * without a round trip per token; returns one id per step. Positions after the last step are not cached.
+   */
+  decodeGreedy?(first: number, pos: number, count: number): Promise<number[]>;
+  /** Most steps {@link decodeGreedy} takes at once. */
+  readonly maxChain?: number;
   /** Human-readable lines about memory use (weights, KV cache) for `--verbose`/`info`. */
   describe(): string[];
   /** Releases the backend's resources. */

@@ -8,7 +8,7 @@ import type { GGUFFile } from "../gguf/reader.ts";
 import type { Gpu } from "../gpu/device.ts";
 import type { GpuProfiler } from "../gpu/profiler.ts";
 import type { LlamaHParams } from "../model/hparams.ts";
-import { GpuModel } from "../model/gpu_model.ts";
+import { GpuModel, MAX_CHAIN } from "../model/gpu_model.ts";
 import type { ModelBackend } from "./backend.ts";
 
 /** {@link ModelBackend} over {@link GpuModel}. */
@@ -48,6 +48,14 @@ export class GpuBackend implements ModelBackend {
   /** Runs the tokens; returns the argmax computed on the GPU. */
   forwardArgmax(tokens: number[], pos: number): Promise<number> {
     return this.model.forward(tokens, pos, "argmax");
+  }
+
+  /** Most greedy steps chained per readback. */
+  readonly maxChain: number = MAX_CHAIN;
+
+  /** Greedy steps chained on the GPU (one readback for all). */
+  decodeGreedy(first: number, pos: number, count: number): Promise<number[]> {
+    return this.model.decodeGreedy(first, pos, count);
   }
 
   /** Memory summary. */

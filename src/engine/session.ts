@@ -123,6 +123,11 @@ export class Session {
     let feed = prompt;
     const t0 = performance.now();
     let tPrev = t0;
+    // Greedy decoding on a backend that can chain steps: tokens computed ahead, and the next chain length
+    // (short at first so the first tokens show quickly, then doubling).
+    let ready: number[] = [];
+    let chain = 2;
+    let chainMs = 0;
     for (let i = 0; i < maxTokens; i++) {
       if (options.signal?.aborted) {
         stats.stopReason = "abort";
@@ -133,16 +138,33 @@ export class Session {
         break;
       }
       const pos = this.tokens.length;
-      const token = sampler.isGreedy ? await this.backend.forwardArgmax(feed, pos) : sampler.sample(
-        await this.backend.forward(feed, pos),
-        this.#recent(feed, sampler.options.repeatLastN),
-      );
+      let token: number;
+      let ms: number;
+      if (ready.length > 0) {
+        // Already computed by a chained greedy decode (its position is in the cache).
+        token = ready.shift()!;
+        ms = chainMs;
+      } else {
+        const chained = sampler.isGreedy && i > 0 && feed.length === 1 &&
+          this.backend.decodeGreedy !== undefined;
+        if (chained) {
+          const count = Math.max(1, Math.min(chain, maxTokens - i, ctx - pos, this.backend.maxChain ?? 1));
+          chain = Math.min(2 * chain, this.backend.maxChain ?? 1);
+          ready = await this.backend.decodeGreedy!(feed[0], pos, count);
+          token = ready.shift()!;
+        } else if (sampler.isGreedy) {
+          token = await this.backend.forwardArgmax(feed, pos);
+        } else {
+          const logits = await this.backend.forward(feed, pos);
+          token = sampler.sample(logits, this.#recent(feed, sampler.options.repeatLastN));
+        }
+        const now = performance.now();
+        if (i === 0) stats.prefillMs = now - t0;
+        else stats.decodeMs += now - tPrev;
+        ms = chainMs = (now - tPrev) / (ready.length + 1);
+        tPrev = now;
+      }
       for (const t of feed) this.tokens.push(t);
-      const now = performance.now();
-      if (i === 0) stats.prefillMs = now - t0;
-      else stats.decodeMs += now - tPrev;
-      const ms = now - tPrev;
-      tPrev = now;
       feed = [token];
       stats.generatedTokens++;
       if (!options.ignoreEos && this.tokenizer.isEndOfGeneration(token)) {

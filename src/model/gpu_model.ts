@@ -46,6 +46,9 @@ import type { LlamaHParams } from "./hparams.ts";
 import { ropeInverseFrequencies } from "./ops.ts";
 import { blockTensorNames, OUTPUT, OUTPUT_NORM, ROPE_FREQS, TOKEN_EMBD } from "./tensor_names.ts";
 
+/** Most greedy decode steps {@link GpuModel.decodeGreedy} chains without a CPU round trip. */
+export const MAX_CHAIN = 64;
+
 /** Options of {@link GpuModel.load}. */
 export interface GpuModelOptions {
   /** Tokens the KV cache holds (positions 0 … contextLength−1). */
@@ -110,6 +113,7 @@ export class GpuModel {
   readonly #argmax: ArgmaxOp;
   readonly #act: Activations;
   readonly #tokenStaging: GPUBuffer;
+  readonly #chainTokens: GPUBuffer;
   readonly #logitsStaging: GPUBuffer;
   #profiler?: GpuProfiler;
   readonly #destroy: (GPUBuffer | GpuWeight)[];
@@ -150,13 +154,18 @@ export class GpuModel {
     this.#argmax = fields.argmax;
     this.#act = fields.act;
     this.#profiler = fields.profiler;
-    this.#tokenStaging = gpu.device.createBuffer({ label: "token staging", size: 4, usage: 0x01 | 0x08 });
+    this.#tokenStaging = gpu.device.createBuffer({
+      label: "token staging",
+      size: MAX_CHAIN * 4,
+      usage: 0x01 | 0x08,
+    });
+    this.#chainTokens = gpu.buffer("chained tokens", MAX_CHAIN * 4);
     this.#logitsStaging = gpu.device.createBuffer({
       label: "logits staging",
       size: hp.nVocab * 4,
       usage: 0x01 | 0x08,
     });
-    this.#destroy = [...fields.owned, this.#tokenStaging, this.#logitsStaging];
+    this.#destroy = [...fields.owned, this.#tokenStaging, this.#logitsStaging, this.#chainTokens];
   }
 
   /** Uploads the weights of `file` and builds every op of the forward pass. */
@@ -491,18 +500,60 @@ export class GpuModel {
       this.#gpu.device.queue.submit([encoder.finish()]);
       if (this.#profiler) await this.#profiler.collect();
     }
-    const staging = want === "argmax" ? this.#tokenStaging : this.#logitsStaging;
+    const range = await this.#mapStaging(want === "argmax" ? this.#tokenStaging : this.#logitsStaging, 4);
+    return want === "argmax" ? new Uint32Array(range)[0] : new Float32Array(range);
+  }
+
+  /**
+   * Greedy decode of `count` tokens (≤ {@link MAX_CHAIN}) after feeding `first` at `pos`: each step's
+   * argmax is copied straight into the next step's token id on the GPU, so the steps are submitted back
+   * to back and only one readback (all `count` ids) waits for the GPU. Positions past `pos + count − 1`
+   * are left out of the cache. Returns the ids, one per step.
+   */
+  async decodeGreedy(first: number, pos: number, count: number): Promise<number[]> {
+    if (!Number.isInteger(count) || count < 1 || count > MAX_CHAIN) {
+      throw new BadFlagError(`decodeGreedy: count must be an integer in [1, ${MAX_CHAIN}], got ${count}`);
+    }
+    if (pos + count > this.contextLength) {
+      throw new BadFlagError(
+        `context overflow: position ${pos + count} exceeds the allocated context of ${this.contextLength}`,
+      );
+    }
+    this.#gpu.checkAlive();
+    const kv = this.kv;
+    if (kv.length(this.#slot, 0, 0) > pos) kv.truncate(this.#slot, pos);
+    this.#decodeEmbed.writeIds([first]);
+    const ops = [...this.#decode, ...this.#tail];
+    for (let i = 0; i < count; i++) {
+      // Queue writes land before the submit that follows them, so each step sees its own position.
+      this.#step.set(1, pos + i);
+      kv.append(this.#slot, 1);
+      kv.selectSequence(this.#slot);
+      kv.flush();
+      const encoder = this.#gpu.device.createCommandEncoder();
+      if (i > 0) encoder.copyBufferToBuffer(this.#argmax.tokens, 0, this.#act.ids, 0, 4);
+      encodeOps(encoder, ops, this.#profiler);
+      encoder.copyBufferToBuffer(this.#argmax.tokens, 0, this.#chainTokens, 4 * i, 4);
+      if (i === count - 1) encoder.copyBufferToBuffer(this.#chainTokens, 0, this.#tokenStaging, 0, 4 * count);
+      this.#profiler?.resolve(encoder);
+      this.#gpu.device.queue.submit([encoder.finish()]);
+      if (this.#profiler) await this.#profiler.collect();
+    }
+    return Array.from(new Uint32Array(await this.#mapStaging(this.#tokenStaging, 4 * count)));
+  }
+
+  /** Maps `bytes` of a staging buffer once the queue reaches it and returns a copy. */
+  async #mapStaging(staging: GPUBuffer, bytes: number): Promise<ArrayBuffer> {
     try {
-      await staging.mapAsync(0x0001);
+      await staging.mapAsync(0x0001, 0, staging === this.#logitsStaging ? staging.size : bytes);
     } catch (e) {
       this.#gpu.checkAlive();
       throw new DeviceError(`reading the result back from the GPU failed: ${(e as Error).message}`);
     }
     this.#gpu.checkAlive();
-    const range = staging.getMappedRange();
-    const result = want === "argmax" ? new Uint32Array(range)[0] : new Float32Array(range.slice(0));
+    const out = staging.getMappedRange(0, staging === this.#logitsStaging ? staging.size : bytes).slice(0);
     staging.unmap();
-    return result;
+    return out;
   }
 
   /** Times every op of the following steps with `profiler` (one compute pass per op), or stops timing. */
