@@ -26,7 +26,9 @@ function assertOneLineError(r: { code: number; stderr: string }, code: number, p
 Deno.test("cli: --help lists every command; unknown command and flags are one-line errors", async () => {
   const help = await runCli(["--help"]);
   equal(help.code, 0);
-  for (const c of ["run", "chat", "info", "tokenize", "synth", "demo", "gate"]) match(help.stdout, new RegExp(`\\b${c}\\b`));
+  for (const c of ["run", "chat", "info", "tokenize", "synth", "demo", "gate"]) {
+    match(help.stdout, new RegExp(`\\b${c}\\b`));
+  }
   assertOneLineError(await runCli(["frobnicate"]), 2, /unknown command "frobnicate"/);
   assertOneLineError(await runCli(["run", "--bogus"]), 2, /unknown flag --bogus/);
   assertOneLineError(
@@ -34,7 +36,9 @@ Deno.test("cli: --help lists every command; unknown command and flags are one-li
     2,
     /--n-predict: "many" is not an integer/,
   );
-  for (const c of ["run", "chat", "info", "tokenize", "synth", "demo", "gate"]) equal((await runCli([c, "--help"])).code, 0);
+  for (const c of ["run", "chat", "info", "tokenize", "synth", "demo", "gate"]) {
+    equal((await runCli([c, "--help"])).code, 0);
+  }
 });
 
 Deno.test("cli: a missing model file is a one-line error naming it", async () => {

@@ -108,5 +108,5 @@ Deno.test("session: chained greedy decoding yields the same tokens and resumes a
   deepEqual(calls.length, 1); // only the prefill went through forwardArgmax
   // Chains of 2, then 4, then what is left of the 12 tokens (the chain would have doubled to 8).
   deepEqual(chains.map((c) => [c.pos, c.count]), [[2, 2], [4, 4], [8, 5]]);
-  deepEqual(s.tokens, [0, 2, ...ids("abcdefgh")]);
+  deepEqual(s.tokens, [0, 2, ...ids("abcdefghi")]);
 });
