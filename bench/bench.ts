@@ -78,7 +78,7 @@ const shapes = list(values.shapes, slow ? "tiny" : "llama-3.2-1b,llama-3.1-8b") 
 const types = list(values.types, slow ? "f16,q8_0,q4_k_m" : "f16,q8_0,q4_k_m") as SynthType[];
 const prompts = list(values.prompts, slow ? "64" : "512,4096,32768").map(Number);
 const depths = list(values.depths, slow ? "0,128" : "0,4096,32768").map(Number);
-const decodeTokens = Number(values["decode-tokens"] ?? (slow ? 8 : 32));
+const decodeTokens = Math.min(64, Number(values["decode-tokens"] ?? (slow ? 8 : 64)));
 for (const s of shapes) if (!SYNTH_SHAPES.includes(s)) throw new Error(`--shapes: unknown shape ${s}`);
 for (const t of types) if (!SYNTH_TYPES.includes(t)) throw new Error(`--types: unknown type ${t}`);
 const outPath = values.out ?? "out/bench.json";
@@ -184,9 +184,10 @@ for (const shape of shapes) {
         // Decode at depth d: the first d positions are marked cached without being computed (their
         // contents do not change the work of a step), so deep contexts cost no long prefill here.
         model.reserveContext(r.tokens);
-        let tok = await model.forward([5], r.tokens, "argmax");
+        // Greedy steps chained on the GPU (one readback per chain), as `run --temp 0` decodes.
+        const tok = await model.forward([5], r.tokens, "argmax");
         const t0 = performance.now();
-        for (let i = 0; i < decodeTokens; i++) tok = await model.forward([tok], r.tokens + 1 + i, "argmax");
+        await model.decodeGreedy(tok, r.tokens + 1, decodeTokens);
         const ms = (performance.now() - t0) / decodeTokens;
         row = {
           ...r,
