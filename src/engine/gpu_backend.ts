@@ -8,7 +8,7 @@ import type { GGUFFile } from "../gguf/reader.ts";
 import type { Gpu } from "../gpu/device.ts";
 import type { GpuProfiler } from "../gpu/profiler.ts";
 import type { LlamaHParams } from "../model/hparams.ts";
-import { GpuModel, MAX_CHAIN } from "../model/gpu_model.ts";
+import { GpuModel } from "../model/gpu_model.ts";
 import type { ModelBackend } from "./backend.ts";
 
 /** {@link ModelBackend} over {@link GpuModel}. */
@@ -51,7 +51,9 @@ export class GpuBackend implements ModelBackend {
   }
 
   /** Most greedy steps chained per readback. */
-  readonly maxChain: number = MAX_CHAIN;
+  get maxChain(): number {
+    return this.model.maxChain;
+  }
 
   /** Greedy steps chained on the GPU (one readback for all). */
   decodeGreedy(first: number, pos: number, count: number): Promise<number[]> {

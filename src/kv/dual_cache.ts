@@ -426,6 +426,33 @@ export class DualCache implements DualKvView {
     this.#pending[slot] = 0;
   }
 
+  /**
+   * Replaces the admission flags of positions `pos0 …` (steps ended with placeholder flags, e.g. greedy
+   * steps chained on the GPU whose gate flags are read back together afterwards) by `flags`, u32
+   * `[tokens][layers][kvHeads]`. The positions must still be in the ring (not yet promoted or dropped).
+   */
+  rewriteFlags(slot: number, pos0: number, flags: ArrayLike<number>): void {
+    this.#checkSlot(slot);
+    const L = this.layers, H = this.kvHeads, C = this.ringTokens;
+    const n = Math.floor(flags.length / (L * H));
+    const seen = this.#tokens[slot];
+    if (this.#pending[slot] || pos0 < Math.max(0, seen - C) || pos0 + n > seen) {
+      throw new Error(`WG-KV cache: positions ${pos0} … ${pos0 + n - 1} cannot be re-flagged (${seen} seen)`);
+    }
+    for (let t = 0; t < n; t++) {
+      const pos = pos0 + t;
+      for (let l = 0; l < L; l++) {
+        for (let h = 0; h < H; h++) {
+          const row = (slot * L + l) * H + h;
+          const admitted = admitsByRule(this.policy, l, h, pos) ?? (flags[(t * L + l) * H + h] !== 0);
+          const i = row * C + (pos % C);
+          this.#admitted[row] += (admitted ? 1 : 0) - this.#ringFlags[i];
+          this.#ringFlags[i] = admitted ? 1 : 0;
+        }
+      }
+    }
+  }
+
   /** Occupancy of sequence `slot`, or of all open sequences. */
   stats(slot?: number): DualCacheStats {
     const L = this.layers, H = this.kvHeads;

@@ -21,7 +21,7 @@
  */
 
 import type { GGUFFile } from "../gguf/reader.ts";
-import { BadFlagError, DeviceError, OutOfMemoryError } from "../errors.ts";
+import { BadFlagError, DeviceError, OutOfMemoryError, UnsupportedError } from "../errors.ts";
 import { formatBytes, type Gpu } from "../gpu/device.ts";
 import { GpuWeight } from "../gpu/weights.ts";
 import { encodeOps, type GpuOp, StepParams } from "../gpu/ops/op.ts";
@@ -42,6 +42,13 @@ import {
 } from "../gpu/ops/fused.ts";
 import type { GpuProfiler } from "../gpu/profiler.ts";
 import { KvCache } from "../kv/kv_cache.ts";
+import { DualCache, type DualCacheStats } from "../kv/dual_cache.ts";
+import type { KvPolicy } from "../kv/wgkv_policy.ts";
+import { pagesForTokens } from "../kv/page_pool.ts";
+import type { GateWeights } from "../gate/format.ts";
+import { createWriteGate, gateOutputBytes, gateScratchBytes, uploadGate } from "../gpu/ops/write_gate.ts";
+import { createWgkvAppend } from "../gpu/ops/wgkv_append.ts";
+import { createWgkvPromote } from "../gpu/ops/wgkv_promote.ts";
 import type { LlamaHParams } from "./hparams.ts";
 import { ropeInverseFrequencies } from "./ops.ts";
 import { blockTensorNames, OUTPUT, OUTPUT_NORM, ROPE_FREQS, TOKEN_EMBD } from "./tensor_names.ts";
@@ -59,6 +66,14 @@ export interface GpuModelOptions {
   onProgress?: (message: string) => void;
   /** Times every op with timestamp queries (one compute pass per op). */
   profiler?: GpuProfiler;
+  /** Which tokens the KV cache keeps (default `full`: all of them). */
+  policy?: KvPolicy<GateWeights>;
+  /**
+   * For policies other than `full`: the fraction of a full cache reserved for admitted tokens beyond the
+   * window (default: the random policy's rate, 0 for window, enough for the sinks, 0.5 for wgkv). A head
+   * that needs more fails with a clear error naming this option.
+   */
+  globalFraction?: number;
 }
 
 interface LayerWeights {
@@ -100,8 +115,10 @@ export class GpuModel {
   readonly maxBatch: number;
   /** Bytes of weights uploaded. */
   readonly weightBytes: number;
-  /** The paged KV cache. */
-  readonly kv: KvCache;
+  /** The paged KV cache: the full cache, or the WG-KV dual cache for the other policies. */
+  readonly kv: KvCache | DualCache;
+  /** The KV policy in effect. */
+  readonly policy: KvPolicy<GateWeights>;
   readonly #gpu: Gpu;
   readonly #slot: number;
   readonly #step: StepParams;
@@ -115,6 +132,10 @@ export class GpuModel {
   readonly #tokenStaging: GPUBuffer;
   readonly #chainTokens: GPUBuffer;
   readonly #logitsStaging: GPUBuffer;
+  /** Gate flags of the current step, u32 [maxBatch][layers][kvHeads] (wgkv policy only). */
+  readonly #flags?: GPUBuffer;
+  readonly #chainFlags?: GPUBuffer;
+  readonly #flagStaging?: GPUBuffer;
   #profiler?: GpuProfiler;
   readonly #destroy: (GPUBuffer | GpuWeight)[];
 
@@ -125,7 +146,9 @@ export class GpuModel {
       contextLength: number;
       maxBatch: number;
       weightBytes: number;
-      kv: KvCache;
+      kv: KvCache | DualCache;
+      policy: KvPolicy<GateWeights>;
+      flags?: GPUBuffer;
       step: StepParams;
       prefillEmbed: EmbedOp;
       decodeEmbed: EmbedOp;
@@ -144,6 +167,7 @@ export class GpuModel {
     this.maxBatch = fields.maxBatch;
     this.weightBytes = fields.weightBytes;
     this.kv = fields.kv;
+    this.policy = fields.policy;
     this.#slot = fields.kv.openSequence();
     this.#step = fields.step;
     this.#prefillEmbed = fields.prefillEmbed;
@@ -166,6 +190,18 @@ export class GpuModel {
       usage: 0x01 | 0x08,
     });
     this.#destroy = [...fields.owned, this.#tokenStaging, this.#logitsStaging, this.#chainTokens];
+    if (fields.flags) {
+      // Gate flags come back with each step: one step of a chain needs layers · kvHeads words.
+      const stepWords = hp.nLayer * hp.nHeadKV;
+      this.#flags = fields.flags;
+      this.#chainFlags = gpu.buffer("chained gate flags", MAX_CHAIN * stepWords * 4);
+      this.#flagStaging = gpu.device.createBuffer({
+        label: "gate flag staging",
+        size: Math.max(MAX_CHAIN, this.maxBatch) * stepWords * 4,
+        usage: 0x01 | 0x08,
+      });
+      this.#destroy.push(this.#chainFlags, this.#flagStaging);
+    }
   }
 
   /** Uploads the weights of `file` and builds every op of the forward pass. */
@@ -239,13 +275,30 @@ export class GpuModel {
     const weightBytes = owned.reduce((s, b) => s + (b instanceof GpuWeight ? b.byteLength : b.size), 0);
     await checkMemory(`${file.path}: weights`, weightBytes);
 
-    // KV cache: the full policy, one sequence.
-    const kv = await KvCache.create(gpu, {
-      layers: hp.nLayer,
-      kvHeads: Hkv,
-      headDim: D,
-      maxTokensPerHead: ctx,
-    });
+    // KV cache, one sequence: the full cache, or the dual cache (local ring + admitted global pages).
+    const policy = options.policy ?? { kind: "full" };
+    let kv: KvCache | DualCache;
+    if (policy.kind === "full") {
+      kv = await KvCache.create(gpu, { layers: hp.nLayer, kvHeads: Hkv, headDim: D, maxTokensPerHead: ctx });
+    } else {
+      const fraction = options.globalFraction ?? defaultGlobalFraction(policy, ctx);
+      if (!(fraction >= 0 && fraction <= 1)) {
+        throw new BadFlagError(`--kv-global: ${fraction} is not a fraction in [0, 1]`);
+      }
+      const maxGlobalTokens = Math.max(16, Math.ceil(fraction * ctx));
+      const ring = Math.ceil((policy.window + maxBatch - 1) / 16) * 16;
+      kv = await DualCache.create(gpu, {
+        layers: hp.nLayer,
+        kvHeads: Hkv,
+        headDim: D,
+        policy,
+        maxBatch,
+        maxGlobalTokens,
+        pages: hp.nLayer * Hkv * (pagesForTokens(ring) + pagesForTokens(maxGlobalTokens)),
+      });
+    }
+    const dual = kv instanceof DualCache ? kv : undefined;
+    const gate = policy.kind === "wgkv" ? policy.gate : undefined;
 
     // Activations.
     gpu.device.pushErrorScope("out-of-memory");
@@ -254,7 +307,8 @@ export class GpuModel {
       owned.push(b);
       return b;
     };
-    const splits = Math.min(32, Math.ceil(ctx / 16));
+    // Split-K decode: enough workgroups to fill a large GPU at long contexts (about 256 keys per split).
+    const splits = Math.min(128, Math.max(8, Math.ceil(ctx / 256)), Math.ceil(ctx / 16));
     const act: Activations = {
       ids: f32("ids", maxBatch),
       x: f32("x", maxBatch * E),
@@ -270,6 +324,18 @@ export class GpuModel {
       logits: f32("logits", V),
       partials: f32("partials", decodePartialsBytes(splits, Hq, D) / 4),
     };
+    // The write gate's inputs and outputs (wgkv policy): the key before RoPE, scores and flags.
+    const gateBufs = gate && {
+      params: uploadGate(gpu, gate),
+      kPre: f32("k before rope", maxBatch * Hkv * D),
+      scores: f32("gate scores", gateOutputBytes(maxBatch, hp.nLayer, Hkv) / 4),
+      flags: f32("gate flags", gateOutputBytes(maxBatch, hp.nLayer, Hkv) / 4),
+      scratch: f32("gate scratch", gateScratchBytes(maxBatch, Hkv, gate.inner) / 4),
+    };
+    if (gateBufs) owned.push(...gateBufs.params);
+    if (gateBufs && (Hkv * D) % 4 !== 0) {
+      throw new UnsupportedError(`the write gate needs kv_heads · head_dim divisible by 4 (got ${Hkv * D})`);
+    }
     await checkMemory("activations", owned.reduce((s, b) => s + (b instanceof GpuWeight ? 0 : b.size), 0));
     const step = new StepParams(gpu, maxBatch);
     const one = new StepParams(gpu, 1, "one token");
@@ -292,6 +358,7 @@ export class GpuModel {
         step,
       });
       const ops: GpuOp[] = [embed];
+      if (dual) ops.push(createWgkvPromote(gpu, { label: `${tag}kv_promote`, kv: dual, maxTokens }));
       ops.push(createRmsNorm(gpu, {
         label: `${tag}blk.0.attn_norm`,
         width: E,
@@ -305,7 +372,7 @@ export class GpuModel {
       for (let l = 0; l < hp.nLayer; l++) {
         const w = layers[l];
         const p = `${tag}blk.${l}.`;
-        if (decode && canFuseQkv(w.wq, w.wk, w.wv)) {
+        if (decode && !gateBufs && canFuseQkv(w.wq, w.wk, w.wv)) {
           // One dispatch: Q, K and V rows, Q and K rotated as they are written.
           ops.push(createQkvMatvec(gpu, {
             label: `${p}attn_qkv`,
@@ -321,9 +388,26 @@ export class GpuModel {
             rope: { headDim: D, ropeDim: hp.ropeDim, invFreq, maxPosition: ctx },
           }));
         } else {
-          ops.push(linear(`${p}attn_q`, w.wq, act.xn, act.q));
-          ops.push(linear(`${p}attn_k`, w.wk, act.xn, act.k));
-          ops.push(linear(`${p}attn_v`, w.wv, act.xn, act.v));
+          if (decode && canFuseQkv(w.wq, w.wk, w.wv)) {
+            ops.push(createQkvMatvec(gpu, {
+              label: `${p}attn_qkv`,
+              wq: w.wq,
+              wk: w.wk,
+              wv: w.wv,
+              x: act.xn,
+              q: act.q,
+              k: act.k,
+              v: act.v,
+              maxTokens,
+              step,
+            }));
+          } else {
+            ops.push(linear(`${p}attn_q`, w.wq, act.xn, act.q));
+            ops.push(linear(`${p}attn_k`, w.wk, act.xn, act.k));
+            ops.push(linear(`${p}attn_v`, w.wv, act.xn, act.v));
+          }
+          // The gate reads the key before and after RoPE, which rotates in place: keep a copy.
+          if (gateBufs) ops.push(copyOp(gpu, `${p}k_pre_rope`, act.k, gateBufs.kPre, maxTokens * Hkv * D));
           ops.push(createRope(gpu, {
             label: `${p}rope`,
             headDim: D,
@@ -336,8 +420,47 @@ export class GpuModel {
             step,
           }));
         }
+        if (gate && gateBufs) {
+          ops.push(createWriteGate(gpu, {
+            label: `${p}write_gate`,
+            kvHeads: Hkv,
+            headDim: D,
+            inner: gate.inner,
+            layers: hp.nLayer,
+            layer: l,
+            maxTokens,
+            preK: gateBufs.kPre,
+            postK: act.k,
+            params: gateBufs.params[l],
+            scores: gateBufs.scores,
+            flags: gateBufs.flags,
+            threshold: policy.kind === "wgkv" ? policy.threshold : undefined,
+            activation: gate.activation === "silu" ? "silu" : "gelu",
+            step,
+            scratch: gateBufs.scratch,
+          }));
+        }
         ops.push(
-          createKvAppend(gpu, { label: `${p}kv_append`, kv, layer: l, maxTokens, k: act.k, v: act.v, step }),
+          dual
+            ? createWgkvAppend(gpu, {
+              label: `${p}kv_append`,
+              kv: dual,
+              layer: l,
+              maxTokens,
+              k: act.k,
+              v: act.v,
+              gateFlags: gateBufs?.flags,
+              step,
+            })
+            : createKvAppend(gpu, {
+              label: `${p}kv_append`,
+              kv,
+              layer: l,
+              maxTokens,
+              k: act.k,
+              v: act.v,
+              step,
+            }),
         );
         ops.push(
           decode
@@ -350,6 +473,8 @@ export class GpuModel {
               out: act.att,
               splits,
               partials: act.partials,
+              wgkv: dual,
+              step,
             })
             : createFlashPrefill(gpu, {
               label: `${p}attention`,
@@ -360,6 +485,7 @@ export class GpuModel {
               out: act.att,
               maxTokens,
               step,
+              wgkv: dual,
             }),
         );
         ops.push(linear(`${p}attn_output`, w.wo, act.att, act.proj));
@@ -441,14 +567,16 @@ export class GpuModel {
     owned.push(argmax.tokens);
     progress(
       `GPU: ${gpu.description}; weights ${formatBytes(weightBytes)}, KV pool ${
-        formatBytes(kv.stats().poolBytes)
-      } (${ctx} tokens)`,
+        formatBytes(kv.pool.capacity * pageBytesOf(D))
+      } (${policy.kind}, ${ctx} tokens)`,
     );
     return new GpuModel(gpu, hp, {
       contextLength: ctx,
       maxBatch,
       weightBytes,
       kv,
+      policy,
+      flags: gateBufs?.flags,
       step,
       prefillEmbed: prefill.embed,
       decodeEmbed: decode.embed,
@@ -478,17 +606,14 @@ export class GpuModel {
       );
     }
     this.#gpu.checkAlive();
-    const kv = this.kv;
-    if (kv.length(this.#slot, 0, 0) > pos) kv.truncate(this.#slot, pos);
+    this.#rewind(pos);
     for (let start = 0; start < tokens.length; start += this.maxBatch) {
       const chunk = tokens.slice(start, start + this.maxBatch);
       const isLast = start + chunk.length === tokens.length;
       const decode = chunk.length === 1;
       (decode ? this.#decodeEmbed : this.#prefillEmbed).writeIds(chunk);
       this.#step.set(chunk.length, pos + start);
-      kv.append(this.#slot, chunk.length);
-      kv.selectSequence(this.#slot);
-      kv.flush();
+      this.#beginStep(chunk.length, pos + start);
       const encoder = this.#gpu.device.createCommandEncoder();
       const ops = decode ? this.#decode : this.#prefill;
       encodeOps(encoder, isLast ? [...ops, ...this.#tail] : ops, this.#profiler);
@@ -496,23 +621,29 @@ export class GpuModel {
         if (want === "argmax") encoder.copyBufferToBuffer(this.#argmax.tokens, 0, this.#tokenStaging, 0, 4);
         else encoder.copyBufferToBuffer(this.#act.logits, 0, this.#logitsStaging, 0, this.hparams.nVocab * 4);
       }
+      const flagBytes = chunk.length * this.hparams.nLayer * this.hparams.nHeadKV * 4;
+      if (this.#flags) encoder.copyBufferToBuffer(this.#flags, 0, this.#flagStaging!, 0, flagBytes);
       this.#profiler?.resolve(encoder);
       this.#gpu.device.queue.submit([encoder.finish()]);
       if (this.#profiler) await this.#profiler.collect();
+      // The dual cache mirrors each token's admission on the CPU (it plans promotions from it).
+      this.#endStep(
+        this.#flags ? new Uint32Array(await this.#mapStaging(this.#flagStaging!, flagBytes)) : undefined,
+      );
     }
     const range = await this.#mapStaging(want === "argmax" ? this.#tokenStaging : this.#logitsStaging, 4);
     return want === "argmax" ? new Uint32Array(range)[0] : new Float32Array(range);
   }
 
   /**
-   * Greedy decode of `count` tokens (≤ {@link MAX_CHAIN}) after feeding `first` at `pos`: each step's
+   * Greedy decode of `count` tokens (≤ {@link GpuModel.maxChain}) after feeding `first` at `pos`: each step's
    * argmax is copied straight into the next step's token id on the GPU, so the steps are submitted back
    * to back and only one readback (all `count` ids) waits for the GPU. Positions past `pos + count − 1`
    * are left out of the cache. Returns the ids, one per step.
    */
   async decodeGreedy(first: number, pos: number, count: number): Promise<number[]> {
-    if (!Number.isInteger(count) || count < 1 || count > MAX_CHAIN) {
-      throw new BadFlagError(`decodeGreedy: count must be an integer in [1, ${MAX_CHAIN}], got ${count}`);
+    if (!Number.isInteger(count) || count < 1 || count > this.maxChain) {
+      throw new BadFlagError(`decodeGreedy: count must be an integer in [1, ${this.maxChain}], got ${count}`);
     }
     if (pos + count > this.contextLength) {
       throw new BadFlagError(
@@ -520,26 +651,107 @@ export class GpuModel {
       );
     }
     this.#gpu.checkAlive();
-    const kv = this.kv;
-    if (kv.length(this.#slot, 0, 0) > pos) kv.truncate(this.#slot, pos);
+    this.#rewind(pos);
     this.#decodeEmbed.writeIds([first]);
     const ops = [...this.#decode, ...this.#tail];
+    const stepWords = this.hparams.nLayer * this.hparams.nHeadKV;
     for (let i = 0; i < count; i++) {
       // Queue writes land before the submit that follows them, so each step sees its own position.
       this.#step.set(1, pos + i);
-      kv.append(this.#slot, 1);
-      kv.selectSequence(this.#slot);
-      kv.flush();
+      this.#beginStep(1, pos + i);
       const encoder = this.#gpu.device.createCommandEncoder();
       if (i > 0) encoder.copyBufferToBuffer(this.#argmax.tokens, 0, this.#act.ids, 0, 4);
       encodeOps(encoder, ops, this.#profiler);
       encoder.copyBufferToBuffer(this.#argmax.tokens, 0, this.#chainTokens, 4 * i, 4);
-      if (i === count - 1) encoder.copyBufferToBuffer(this.#chainTokens, 0, this.#tokenStaging, 0, 4 * count);
+      if (this.#flags) {
+        encoder.copyBufferToBuffer(this.#flags, 0, this.#chainFlags!, 4 * stepWords * i, 4 * stepWords);
+      }
+      if (i === count - 1) {
+        encoder.copyBufferToBuffer(this.#chainTokens, 0, this.#tokenStaging, 0, 4 * count);
+        if (this.#flags) {
+          encoder.copyBufferToBuffer(this.#chainFlags!, 0, this.#flagStaging!, 0, 4 * stepWords * count);
+        }
+      }
       this.#profiler?.resolve(encoder);
       this.#gpu.device.queue.submit([encoder.finish()]);
       if (this.#profiler) await this.#profiler.collect();
+      // A chained step's gate flags are not known yet: record placeholders, corrected below. Nothing of the
+      // chain leaves the ring before then (the ring is longer than a chain).
+      this.#endStep(this.#flags ? new Uint32Array(stepWords) : undefined);
     }
-    return Array.from(new Uint32Array(await this.#mapStaging(this.#tokenStaging, 4 * count)));
+    const tokens = Array.from(new Uint32Array(await this.#mapStaging(this.#tokenStaging, 4 * count)));
+    if (this.#flags && this.kv instanceof DualCache) {
+      const flags = new Uint32Array(await this.#mapStaging(this.#flagStaging!, 4 * stepWords * count));
+      this.kv.rewriteFlags(this.#slot, pos, flags);
+    }
+    return tokens;
+  }
+
+  /** Cuts the cache back to `pos` tokens (the dual cache can only restart from 0: dropped keys are gone). */
+  #rewind(pos: number): void {
+    const kv = this.kv;
+    if (kv instanceof DualCache) {
+      const held = kv.tokens(this.#slot);
+      if (held === pos) return;
+      if (pos !== 0) {
+        throw new BadFlagError(
+          `the ${this.policy.kind} KV cache holds ${held} tokens and cannot resume at position ${pos} ` +
+            "(tokens it dropped cannot be restored; start again from position 0)",
+        );
+      }
+      kv.resetSequence(this.#slot);
+    } else if (kv.length(this.#slot, 0, 0) > pos) {
+      kv.truncate(this.#slot, pos);
+    }
+  }
+
+  /** Reserves cache room for `n` tokens at `pos` and queues the block tables. */
+  #beginStep(n: number, pos: number): void {
+    const kv = this.kv;
+    if (kv instanceof DualCache) {
+      kv.beginStep(this.#slot, n, pos);
+    } else {
+      kv.append(this.#slot, n);
+      kv.selectSequence(this.#slot);
+      kv.flush();
+    }
+  }
+
+  /** Records the step's admissions (dual cache only; `flags` for the wgkv policy). */
+  #endStep(flags?: Uint32Array): void {
+    if (this.kv instanceof DualCache) this.kv.endStep(this.#slot, flags);
+  }
+
+  /**
+   * Most steps {@link decodeGreedy} chains: {@link MAX_CHAIN}, and with the gate no more than the ring
+   * holds (a chained token's flags are read back after the chain, so none may leave the ring before).
+   */
+  get maxChain(): number {
+    return this.#flags && this.kv instanceof DualCache ? Math.min(MAX_CHAIN, this.kv.ringTokens) : MAX_CHAIN;
+  }
+
+  /** Whether the cache can resume at any earlier position (false for the dual cache). */
+  get rewindable(): boolean {
+    return !(this.kv instanceof DualCache);
+  }
+
+  /** KV memory in use against a full cache of the same tokens, and admissions per layer and head. */
+  kvStats(): KvUsage {
+    const kv = this.kv;
+    if (kv instanceof DualCache) {
+      const s = kv.stats(this.#slot);
+      return {
+        policy: this.policy.kind,
+        tokens: s.tokens,
+        usedBytes: s.usedBytes,
+        fullBytes: s.fullBytes,
+        dual: s,
+      };
+    }
+    const tokens = kv.length(this.#slot, 0, 0);
+    const bytes = this.hparams.nLayer * this.hparams.nHeadKV * pagesForTokens(tokens) *
+      pageBytesOf(this.hparams.headDim);
+    return { policy: "full", tokens, usedBytes: bytes, fullBytes: bytes };
   }
 
   /** Maps `bytes` of a staging buffer once the queue reaches it and returns a copy. */
@@ -569,18 +781,24 @@ export class GpuModel {
     if (!Number.isInteger(n) || n < 0 || n >= this.contextLength) {
       throw new BadFlagError(`reserveContext: ${n} is outside the context of ${this.contextLength}`);
     }
-    this.kv.truncate(this.#slot, 0);
-    if (n > 0) this.kv.append(this.#slot, n);
+    const kv = this.kv;
+    if (kv instanceof DualCache) {
+      throw new UnsupportedError(
+        `reserveContext: only the full cache can skip positions (policy ${this.policy.kind})`,
+      );
+    }
+    kv.truncate(this.#slot, 0);
+    if (n > 0) kv.append(this.#slot, n);
   }
 
   /** Lines describing memory use. */
   describe(): string[] {
-    const s = this.kv.stats();
+    const pool = this.kv.pool.capacity;
     return [
       `backend: webgpu on ${this.#gpu.description}${this.#gpu.hasF16 ? " (shader-f16)" : ""}`,
       `weights: ${formatBytes(this.weightBytes)} on the GPU`,
-      `KV cache: paged, ${s.capacity} pages of 16 tokens, pool ${
-        formatBytes(s.poolBytes)
+      `KV cache: ${this.policy.kind}, paged, ${pool} pages of 16 tokens, pool ${
+        formatBytes(pool * pageBytesOf(this.hparams.headDim))
       } for ${this.contextLength} tokens`,
     ];
   }
@@ -590,4 +808,57 @@ export class GpuModel {
     for (const b of this.#destroy) b.destroy();
     this.kv.destroy();
   }
+}
+
+/** KV memory of a sequence: in use, and what a full cache of the same tokens would take. */
+export interface KvUsage {
+  /** The policy. */
+  policy: string;
+  /** Tokens the sequence has seen. */
+  tokens: number;
+  /** Bytes of the pages it holds. */
+  usedBytes: number;
+  /** Bytes a full cache of the same tokens would hold. */
+  fullBytes: number;
+  /** Dual-cache details (admitted fraction per layer and head, global tokens). */
+  dual?: DualCacheStats;
+}
+
+/** Bytes of one 16-token page holding K and V of one head. */
+function pageBytesOf(headDim: number): number {
+  return 2 * 16 * headDim * 2;
+}
+
+/** Default share of a full cache reserved for admitted tokens beyond the window. */
+function defaultGlobalFraction(
+  policy: Exclude<KvPolicy<GateWeights>, { kind: "full" }>,
+  ctx: number,
+): number {
+  switch (policy.kind) {
+    case "window":
+      return 0;
+    case "sink":
+      return Math.min(1, policy.sinks / ctx);
+    case "random":
+      return Math.min(1, policy.rate * 1.1 + 0.01);
+    case "wgkv":
+      return 0.5;
+  }
+}
+
+/** An op copying `floats` f32 values (a multiple of 4) from `src` to `dst` inside a compute pass. */
+function copyOp(gpu: Gpu, label: string, src: GPUBuffer, dst: GPUBuffer, floats: number): GpuOp {
+  const n = floats / 4;
+  const groups = Math.ceil(n / 256);
+  const row = Math.min(groups, 65535);
+  const kernel = gpu.kernel("copy", { N: n, WG: 256, ROW: row });
+  const group = gpu.bind(kernel, [src, dst]);
+  return {
+    label,
+    encode(pass) {
+      pass.setPipeline(kernel.pipeline);
+      pass.setBindGroup(0, group);
+      pass.dispatchWorkgroups(row, Math.ceil(groups / row));
+    },
+  };
 }
