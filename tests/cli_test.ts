@@ -122,3 +122,60 @@ fixtureTest(
     ok(reused[0] >= prefills[1], `reused ${reused[0]} of a ${prefills[1]}-token first prompt`);
   },
 );
+
+fixtureTest("cli: run --kv wgkv with an imported gate reports admissions and KV bytes that agree", [
+  "stories260K.gguf",
+  "gate/stories260K-gate-fp32.pt",
+], async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const gate = `${dir}/gate.gguf`;
+    const imp = await runCli([
+      "gate",
+      "import",
+      fixture("gate/stories260K-gate-fp32.pt"),
+      "--model",
+      fixture("stories260K.gguf"),
+      "--out",
+      gate,
+    ]);
+    equal(imp.code, 0, imp.stderr);
+    const args = [
+      "run",
+      "-m",
+      fixture("stories260K.gguf"),
+      "-n",
+      "100",
+      "--temp",
+      "0",
+      "--json",
+      "--kv",
+      "wgkv",
+    ];
+    const r = await runCli([...args, "--gate", gate, "--window", "32", "-b", "16", "--threshold", "0.6"]);
+    equal(r.code, 0, r.stderr);
+    const j = JSON.parse(r.stdout);
+    ok(j.text.length > 0);
+    const kv = j.kv;
+    equal(kv.policy, "wgkv");
+    equal(kv.admitted_fraction.length, 5 * 4);
+    ok(kv.admitted_fraction.some((f: number) => f > 0) && kv.admitted_fraction.some((f: number) => f < 1));
+    // Bytes: per (layer, head) the ring (⌈(32 + 16 − 1) / 16⌉ = 3 pages) plus its global pages, 512 B a page.
+    const pages = kv.global_tokens.reduce((s: number, g: number) => s + 3 + Math.ceil(g / 16), 0);
+    equal(kv.used_bytes, pages * 512);
+    equal(kv.full_bytes, 20 * Math.ceil(kv.tokens / 16) * 512);
+    // Global tokens are the admitted ones that left the ring: never more than the admitted count.
+    kv.global_tokens.forEach((g: number, i: number) =>
+      ok(g <= Math.round(kv.admitted_fraction[i] * kv.tokens))
+    );
+    // Mistakes are one-line flag errors.
+    assertOneLineError(await runCli(args), 2, /--kv wgkv needs --gate/);
+    assertOneLineError(
+      await runCli([...args, "--gate", gate, "--backend", "cpu"]),
+      2,
+      /needs the WebGPU backend/,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

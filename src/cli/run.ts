@@ -9,6 +9,8 @@ import { BadFileError, BadFlagError } from "../errors.ts";
 import { loadModel, type Model } from "../engine/load.ts";
 import type { GenerationStats } from "../engine/session.ts";
 import { formatProfile, type ProfileRow } from "../gpu/profiler.ts";
+import { formatBytes } from "../gpu/device.ts";
+import type { KvPolicySpec } from "../engine/load.ts";
 import type { Command } from "./main.ts";
 import {
   choiceFlag,
@@ -27,7 +29,92 @@ export const MODEL_FLAGS: Record<string, FlagSpec> = {
   backend: { type: "string", help: "auto|cpu|webgpu  where to run (default auto)" },
   verbose: { type: "boolean", short: "v", help: "print model and memory details on stderr" },
   profile: { type: "boolean", help: "time every GPU kernel and print a table on stderr at the end" },
+  batch: { type: "string", short: "b", help: "N  prompt tokens per prefill step on the GPU (default 512)" },
+  kv: { type: "string", help: "full|wgkv|window|sink|random  KV cache policy (default full)" },
+  gate: { type: "string", help: "FILE  write-gate GGUF for --kv wgkv (from `wgkv gate import`)" },
+  window: { type: "string", help: "N  local window in tokens (default: the gate's, else 256)" },
+  threshold: { type: "string", help: "T  admit a token iff its gate score g > T (default: the gate's)" },
+  sinks: { type: "string", help: "N  --kv sink: first tokens always kept (default 4)" },
+  admit: { type: "string", help: "RATE  --kv random: share of older tokens kept (default 0.2)" },
+  "kv-global": {
+    type: "string",
+    help: "F  share of a full cache reserved for admitted tokens (default: by policy, 0.5 for wgkv)",
+  },
+  stats: { type: "boolean", help: "print KV memory vs a full cache and admitted shares per layer/head" },
 };
+
+/** The KV policy asked for by `--kv` and its flags. */
+export function kvPolicyFromFlags(values: ParsedFlags["values"]): KvPolicySpec {
+  const kind = choiceFlag(values, "kv", ["full", "wgkv", "window", "sink", "random"] as const, "full");
+  const window = numberFlag(values, "window", undefined, { integer: true, min: 1 });
+  const gate = stringFlag(values, "gate");
+  if (gate !== undefined && kind !== "wgkv") throw new BadFlagError("--gate is only used with --kv wgkv");
+  switch (kind) {
+    case "full":
+      if (window !== undefined) throw new BadFlagError("--window needs --kv wgkv, window, sink or random");
+      return { kind };
+    case "wgkv":
+      if (gate === undefined) throw new BadFlagError("--kv wgkv needs --gate FILE (see `wgkv gate --help`)");
+      return {
+        kind,
+        gate,
+        window,
+        threshold: numberFlag(values, "threshold", undefined, { min: 0, max: 0.999999 }),
+      };
+    case "window":
+      return { kind, window };
+    case "sink":
+      return { kind, window, sinks: numberFlag(values, "sinks", undefined, { integer: true, min: 0 }) };
+    case "random":
+      return {
+        kind,
+        window,
+        rate: numberFlag(values, "admit", undefined, { min: 0, max: 1 }),
+        seed: numberFlag(values, "seed", undefined, { integer: true, min: 0 }),
+      };
+  }
+}
+
+/** The KV usage as plain JSON (undefined for the CPU backend). */
+export function kvJson(model: Model): Record<string, unknown> | undefined {
+  const u = model.backend.kvUsage?.();
+  if (!u) return undefined;
+  return {
+    policy: u.policy,
+    tokens: u.tokens,
+    used_bytes: u.usedBytes,
+    full_bytes: u.fullBytes,
+    admitted_fraction: u.dual ? Array.from(u.dual.admittedFraction) : undefined,
+    global_tokens: u.dual ? Array.from(u.dual.globalTokens) : undefined,
+  };
+}
+
+/** Prints the KV cache's memory against a full cache and, for WG-KV, the admitted share per layer/head. */
+export function printKvStats(model: Model, perHead: boolean): void {
+  const usage = model.backend.kvUsage?.();
+  if (!usage) return;
+  const saved = usage.fullBytes > 0 ? 100 * (1 - usage.usedBytes / usage.fullBytes) : 0;
+  console.error(
+    `KV cache (${usage.policy}): ${
+      formatBytes(usage.usedBytes)
+    } in use for ${usage.tokens} tokens; a full cache ` +
+      `would use ${formatBytes(usage.fullBytes)} (${
+        saved >= 0 ? `${saved.toFixed(1)}% saved` : `${(-saved).toFixed(1)}% more`
+      })`,
+  );
+  const d = usage.dual;
+  if (!d) return;
+  const h = model.hparams;
+  const mean = d.admittedFraction.reduce((a, b) => a + b, 0) / d.admittedFraction.length;
+  console.error(`admitted: ${(100 * mean).toFixed(1)}% of tokens on average over layers and KV heads`);
+  if (!perHead) return;
+  for (let l = 0; l < h.nLayer; l++) {
+    const row = Array.from(d.admittedFraction.subarray(l * h.nHeadKV, (l + 1) * h.nHeadKV));
+    console.error(
+      `  layer ${String(l).padStart(3)}: ${row.map((f) => `${(100 * f).toFixed(0).padStart(3)}%`).join(" ")}`,
+    );
+  }
+}
 
 /** Sampling flags, named as in llama.cpp. */
 export const SAMPLING_FLAGS: Record<string, FlagSpec> = {
@@ -60,7 +147,10 @@ export async function loadFromFlags(values: ParsedFlags["values"]): Promise<Mode
   const model = await loadModel(path, {
     backend: choiceFlag(values, "backend", ["auto", "cpu", "webgpu"] as const, "auto"),
     contextLength: numberFlag(values, "ctx", undefined, { integer: true, min: 1 }),
+    maxBatch: numberFlag(values, "batch", undefined, { integer: true, min: 1 }),
     profile: values.profile === true,
+    kv: kvPolicyFromFlags(values),
+    kvGlobalFraction: numberFlag(values, "kv-global", undefined, { min: 0, max: 1 }),
     onProgress: (m) => console.error(m),
   });
   const ms = performance.now() - t0;
@@ -179,11 +269,13 @@ export const runCommand: Command = {
           decode_ms: stats.decodeMs,
           stop_reason: stats.stopReason,
           generated,
+          kv: kvJson(model),
         }));
       } else {
         await writeOut("\n");
       }
       console.error(statsLine(stats));
+      if (values.stats || values.verbose) printKvStats(model, values.stats === true);
       printProfile(model);
       return 0;
     } finally {

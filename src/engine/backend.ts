@@ -7,6 +7,7 @@
  */
 
 import type { LlamaHParams } from "../model/hparams.ts";
+import type { KvUsage } from "../model/gpu_model.ts";
 
 /** A forward-pass implementation with its own KV cache for one sequence. */
 export interface ModelBackend {
@@ -30,6 +31,10 @@ export interface ModelBackend {
   decodeGreedy?(first: number, pos: number, count: number): Promise<number[]>;
   /** Most steps {@link decodeGreedy} takes at once. */
   readonly maxChain?: number;
+  /** Whether a call may start before the cached positions (false: only at 0 or at the end). Default true. */
+  readonly rewindable?: boolean;
+  /** KV memory in use against a full cache of the same tokens (and per-head admissions for WG-KV). */
+  kvUsage?(): KvUsage;
   /** Human-readable lines about memory use (weights, KV cache) for `--verbose`/`info`. */
   describe(): string[];
   /** Releases the backend's resources. */

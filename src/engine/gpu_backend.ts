@@ -8,8 +8,10 @@ import type { GGUFFile } from "../gguf/reader.ts";
 import type { Gpu } from "../gpu/device.ts";
 import type { GpuProfiler } from "../gpu/profiler.ts";
 import type { LlamaHParams } from "../model/hparams.ts";
-import { GpuModel } from "../model/gpu_model.ts";
+import { GpuModel, type KvUsage } from "../model/gpu_model.ts";
 import type { ModelBackend } from "./backend.ts";
+import type { KvPolicy } from "../kv/wgkv_policy.ts";
+import type { GateWeights } from "../gate/format.ts";
 
 /** {@link ModelBackend} over {@link GpuModel}. */
 export class GpuBackend implements ModelBackend {
@@ -35,6 +37,8 @@ export class GpuBackend implements ModelBackend {
       maxBatch?: number;
       onProgress?: (message: string) => void;
       profiler?: GpuProfiler;
+      policy?: KvPolicy<GateWeights>;
+      globalFraction?: number;
     },
   ): Promise<GpuBackend> {
     return new GpuBackend(await GpuModel.load(gpu, file, hparams, options));
@@ -58,6 +62,16 @@ export class GpuBackend implements ModelBackend {
   /** Greedy steps chained on the GPU (one readback for all). */
   decodeGreedy(first: number, pos: number, count: number): Promise<number[]> {
     return this.model.decodeGreedy(first, pos, count);
+  }
+
+  /** Whether the cache can resume at any earlier position (not the dual cache: dropped keys are gone). */
+  get rewindable(): boolean {
+    return this.model.rewindable;
+  }
+
+  /** KV memory in use against a full cache, and admissions per layer and head. */
+  kvUsage(): KvUsage {
+    return this.model.kvStats();
   }
 
   /** Memory summary. */

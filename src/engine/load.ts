@@ -16,9 +16,24 @@ import { getGpu } from "../gpu/device.ts";
 import { DeviceError } from "../errors.ts";
 import { GpuProfiler } from "../gpu/profiler.ts";
 import { Session } from "./session.ts";
+import { type GateWeights, readGate } from "../gate/format.ts";
+import type { KvPolicy } from "../kv/wgkv_policy.ts";
 
 /** Which implementation runs the model. */
 export type BackendChoice = "auto" | "cpu" | "webgpu";
+
+/**
+ * Which tokens the KV cache keeps. `full`: all. `wgkv`: the last `window` tokens plus older ones the write
+ * gate (`gate`, a gate GGUF path or loaded weights) admitted. `window`: the last `window` only. `sink`: the
+ * first `sinks` plus the last `window`. `random`: the last `window` plus a seeded random `rate` of older ones.
+ * Windows default to the gate's (wgkv) or 256; the threshold to the gate's.
+ */
+export type KvPolicySpec =
+  | { kind: "full" }
+  | { kind: "wgkv"; gate: string | GateWeights; window?: number; threshold?: number }
+  | { kind: "window"; window?: number }
+  | { kind: "sink"; window?: number; sinks?: number }
+  | { kind: "random"; window?: number; rate?: number; seed?: number };
 
 /** Options of {@link loadModel}. */
 export interface LoadOptions {
@@ -32,6 +47,33 @@ export interface LoadOptions {
   onProgress?: (message: string) => void;
   /** Time every GPU kernel (timestamp queries; one compute pass per op, so a little slower). */
   profile?: boolean;
+  /** KV cache policy (default full). Policies other than full need the WebGPU backend. */
+  kv?: KvPolicySpec;
+  /** Share of a full cache reserved for admitted tokens (non-full policies; see `GpuModelOptions`). */
+  kvGlobalFraction?: number;
+}
+
+/** Resolves a policy spec (reading and checking the gate file against the model). */
+export async function resolvePolicy(spec: KvPolicySpec, file: GGUFFile): Promise<KvPolicy<GateWeights>> {
+  switch (spec.kind) {
+    case "full":
+      return spec;
+    case "wgkv": {
+      const gate = typeof spec.gate === "string" ? await readGate(spec.gate, file) : spec.gate;
+      return {
+        kind: "wgkv",
+        gate,
+        window: spec.window ?? gate.window,
+        threshold: spec.threshold ?? gate.threshold,
+      };
+    }
+    case "window":
+      return { kind: "window", window: spec.window ?? 256 };
+    case "sink":
+      return { kind: "sink", window: spec.window ?? 256, sinks: spec.sinks ?? 4 };
+    case "random":
+      return { kind: "random", window: spec.window ?? 256, rate: spec.rate ?? 0.2, seed: spec.seed ?? 0 };
+  }
 }
 
 /** A loaded model ready to generate. */
@@ -64,7 +106,13 @@ export async function loadModel(path: string, options: LoadOptions = {}): Promis
         `--ctx ${options.contextLength} exceeds the model's trained context of ${hparams.contextLength}`,
       );
     }
+    const policy = await resolvePolicy(options.kv ?? { kind: "full" }, file);
     const choice = options.backend ?? "auto";
+    if (policy.kind !== "full" && choice === "cpu") {
+      throw new BadFlagError(
+        `--kv ${policy.kind} needs the WebGPU backend (the CPU reference keeps a full cache)`,
+      );
+    }
     let backend: ModelBackend | undefined;
     let profiler: GpuProfiler | undefined;
     if (choice !== "cpu") {
@@ -77,9 +125,11 @@ export async function loadModel(path: string, options: LoadOptions = {}): Promis
           maxBatch: options.maxBatch,
           onProgress: progress,
           profiler,
+          policy,
+          globalFraction: options.kvGlobalFraction,
         });
       } catch (e) {
-        if (choice === "webgpu" || !(e instanceof DeviceError)) throw e;
+        if (choice === "webgpu" || policy.kind !== "full" || !(e instanceof DeviceError)) throw e;
         progress(`no usable WebGPU device (${e.message}); running on the CPU reference instead`);
       }
     }

@@ -64,6 +64,8 @@ export class Session {
    * to resume a chat from the longest prefix its re-rendered transcript shares with the cache.
    */
   rewind(n: number): void {
+    // A cache that dropped tokens (WG-KV) cannot resume in the middle: start over from position 0.
+    if (n < this.tokens.length && this.backend.rewindable === false) n = 0;
     if (n < this.tokens.length) this.tokens.length = Math.max(0, n);
     this.#unfed = [];
   }
