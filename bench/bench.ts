@@ -6,6 +6,8 @@
  * usage: deno task bench [--shapes tiny,llama-3.2-1b,llama-3.1-8b] [--types f16,q8_0,q4_k_m]
  *                        [--prompts 512,4096,32768] [--depths 0,4096,32768] [--decode-tokens 32]
  *                        [--out FILE.json] [--fresh] [--profile]
+ *        deno task bench --kv full,random,wgkv [--kv-prompts 8192,32768] [--window 256] [--admit 0.2]
+ *                        [--threshold 0.5]   (KV policy rows: prefill, decode at that depth, KV memory)
  *
  * On a software adapter (lavapipe) the defaults shrink to the tiny shape: the figures then only show
  * that the pipeline runs, and ratios between rows are what to read.
@@ -29,6 +31,10 @@ import {
 } from "../src/model/synth.ts";
 import { cacheDir } from "../src/cli/demo.ts";
 import { TOKEN_EMBD } from "../src/model/tensor_names.ts";
+import { formatBytes } from "../src/gpu/device.ts";
+import { initGate } from "../src/gate/init.ts";
+import type { GateWeights } from "../src/gate/format.ts";
+import type { KvPolicy } from "../src/kv/wgkv_policy.ts";
 import { formatProfile, GpuProfiler, type ProfileRow } from "../src/gpu/profiler.ts";
 
 /** Adds up the rows of every layer (`blk.N.x` → `blk.*.x`). */
@@ -54,6 +60,10 @@ interface BenchRow {
   ms: number;
   weightGBs?: number; // decode: weight bytes per token / time per token
   device: string;
+  policy?: string; // KV policy rows (--kv): full, wgkv, random
+  kvUsedBytes?: number;
+  kvFullBytes?: number;
+  admitted?: number; // mean admitted share over layers and heads
 }
 
 const { values } = parseArgs({
@@ -67,6 +77,11 @@ const { values } = parseArgs({
     out: { type: "string" },
     fresh: { type: "boolean" },
     profile: { type: "boolean" },
+    kv: { type: "string" },
+    "kv-prompts": { type: "string" },
+    window: { type: "string" },
+    admit: { type: "string" },
+    threshold: { type: "string" },
   },
 });
 
@@ -95,8 +110,13 @@ const results: {
   : { device: gpu.description, rows: [] };
 if (results.device !== gpu.description) results.rows = [];
 results.device = gpu.description;
-const key = (r: Pick<BenchRow, "shape" | "type" | "test" | "tokens">) =>
-  `${r.shape}/${r.type}/${r.test}/${r.tokens}`;
+const key = (r: Pick<BenchRow, "shape" | "type" | "test" | "tokens" | "policy">) =>
+  `${r.shape}/${r.type}/${r.test}/${r.tokens}${r.policy ? `/${r.policy}` : ""}`;
+const kvPolicies = values.kv ? list(values.kv, "") : [];
+const kvPrompts = list(values["kv-prompts"], slow ? "96,160" : "8192,32768").map(Number);
+const kvWindow = Number(values.window ?? (slow ? 32 : 256));
+const kvAdmit = Number(values.admit ?? 0.2);
+const kvThreshold = Number(values.threshold ?? 0.5);
 const done = new Set(results.rows.map(key));
 
 async function save(): Promise<void> {
@@ -145,7 +165,7 @@ results.copyGBs ??= (await copyBandwidth(gpu)) / 1e9;
 await save();
 console.error(`device: ${gpu.description}; copy bandwidth ${results.copyGBs.toFixed(1)} GB/s`);
 
-for (const shape of shapes) {
+for (const shape of kvPolicies.length > 0 ? [] : shapes) {
   for (const type of types) {
     const wanted = [
       ...prompts.map((tokens) => ({ shape, type, test: "prefill", tokens })),
@@ -229,6 +249,78 @@ for (const shape of shapes) {
   }
 }
 
+// KV policy rows: for each policy and prompt length, a real prefill (timed), then chained greedy decode
+// at that depth (timed), and the KV memory in use against a full cache.
+for (const shape of kvPolicies.length > 0 ? shapes : []) {
+  for (const type of types) {
+    const path = join(cacheDir(), `synthetic-${shape}-${type}-untied-seed1.gguf`);
+    if (!existsSync(path)) {
+      await Deno.mkdir(cacheDir(), { recursive: true });
+      console.error(`writing ${path}`);
+      await writeSyntheticModel({ shape, type, out: path, seed: 1, tiedOutput: false });
+    }
+    const file = await openGGUF(path);
+    const hp = hparamsFromGGUF(file);
+    // No trained gate exists for a synthetic model: a freshly initialised one (scores near 0.5) with
+    // --threshold picks roughly what share is admitted; the row reports the share actually admitted.
+    const gate = kvPolicies.includes("wgkv")
+      ? await initGate(file, { seed: 1, window: kvWindow })
+      : undefined;
+    for (const name of kvPolicies) {
+      const policy: KvPolicy<GateWeights> = name === "full"
+        ? { kind: "full" }
+        : name === "random"
+        ? { kind: "random", window: kvWindow, rate: kvAdmit, seed: 1 }
+        : name === "window"
+        ? { kind: "window", window: kvWindow }
+        : { kind: "wgkv", window: kvWindow, threshold: kvThreshold, gate: gate! };
+      for (const tokens of kvPrompts) {
+        const rows = ["prefill", "decode"].map((test) => ({ shape, type, test, tokens, policy: name }));
+        if (rows.every((r) => done.has(key(r)))) continue;
+        const model = await GpuModel.load(gpu, file, hp, {
+          contextLength: Math.min(tokens + decodeTokens + 2, hp.contextLength),
+          maxBatch: 512,
+          policy,
+          globalFraction: name === "wgkv" ? 1 : undefined,
+          onProgress: (m) => console.error(m),
+        });
+        await model.forward(randomTokens(64, hp.nVocab), 0, "argmax"); // warm-up (pipelines)
+        const t0 = performance.now();
+        const first = await model.forward(randomTokens(tokens, hp.nVocab), 0, "argmax");
+        const prefillMs = performance.now() - t0;
+        const steps = Math.min(decodeTokens, model.maxChain);
+        const t1 = performance.now();
+        await model.decodeGreedy(first, tokens, steps);
+        const decodeMs = (performance.now() - t1) / steps;
+        const usage = model.kvStats();
+        const admitted = usage.dual
+          ? usage.dual.admittedFraction.reduce((a, b) => a + b, 0) / usage.dual.admittedFraction.length
+          : 1;
+        const common = {
+          kvUsedBytes: usage.usedBytes,
+          kvFullBytes: usage.fullBytes,
+          admitted,
+          device: gpu.description,
+        };
+        results.rows.push(
+          { ...rows[0], tokPerS: (tokens / prefillMs) * 1000, ms: prefillMs, ...common },
+          { ...rows[1], tokPerS: 1000 / decodeMs, ms: decodeMs, ...common },
+        );
+        for (const r of rows) done.add(key(r));
+        await save();
+        console.error(
+          `${shape} ${type} ${name} @${tokens}: prefill ${((tokens / prefillMs) * 1000).toFixed(1)} tok/s, ` +
+            `decode ${(1000 / decodeMs).toFixed(1)} tok/s, KV ${formatBytes(usage.usedBytes)} of ${
+              formatBytes(usage.fullBytes)
+            } full, admitted ${(100 * admitted).toFixed(1)}%`,
+        );
+        model.destroy();
+      }
+    }
+    file.close();
+  }
+}
+
 // The table.
 const lines = [
   `device: ${results.device}; copy bandwidth (read+write) ${results.copyGBs?.toFixed(1)} GB/s`,
@@ -236,13 +328,36 @@ const lines = [
   "| shape | type | test | tokens/depth | tok/s | ms | weight GB/s | % of copy bw |",
   "|---|---|---|---:|---:|---:|---:|---:|",
 ];
-for (const r of results.rows) {
+for (const r of results.rows.filter((r) => !r.policy)) {
   const pct = r.weightGBs && results.copyGBs ? ((100 * r.weightGBs) / results.copyGBs).toFixed(0) + "%" : "";
   lines.push(
     `| ${r.shape} | ${r.type} | ${r.test} | ${r.tokens} | ${r.tokPerS.toFixed(1)} | ${r.ms.toFixed(2)} | ${
       r.weightGBs === undefined ? "" : r.weightGBs.toPrecision(3)
     } | ${pct} |`,
   );
+}
+const kvRows = results.rows.filter((r) => r.policy);
+if (kvRows.length > 0) {
+  lines.push(
+    "",
+    "| shape | type | policy | test | tokens/depth | tok/s | vs full | KV in use | vs full | admitted |",
+    "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+  );
+  for (const r of kvRows) {
+    const base = kvRows.find((b) =>
+      b.policy === "full" && b.shape === r.shape && b.type === r.type && b.test === r.test &&
+      b.tokens === r.tokens
+    );
+    const speed = base ? `${(r.tokPerS / base.tokPerS).toFixed(2)}×` : "";
+    const mem = r.kvFullBytes ? `${((100 * (r.kvUsedBytes ?? 0)) / r.kvFullBytes).toFixed(0)}%` : "";
+    lines.push(
+      `| ${r.shape} | ${r.type} | ${r.policy} | ${r.test} | ${r.tokens} | ${
+        r.tokPerS.toFixed(1)
+      } | ${speed} | ${formatBytes(r.kvUsedBytes ?? 0)} | ${mem} | ${
+        ((r.admitted ?? 1) * 100).toFixed(1)
+      }% |`,
+    );
+  }
 }
 console.log(lines.join("\n"));
 console.error(`results: ${outPath}`);
