@@ -17,6 +17,7 @@
  * @module
  */
 
+import { defaultMatvecWorkgroup } from "./matmul.ts";
 import { BadFlagError, UnsupportedError } from "../../errors.ts";
 import type { Gpu, Kernel } from "../device.ts";
 import { dequantSource, type GpuWeight } from "../weights.ts";
@@ -161,7 +162,7 @@ export function createGateUpSwiGlu(gpu: Gpu, options: GateUpSwiGluOptions): GpuO
     totalRows: gate.rows,
     accumulators: 2,
     maxTokens,
-    defaultRows: gate.rows >= 8192 ? 2 : 1,
+    defaultRows: 4, // an H100 sweep: 64 threads × 4 rows ran gate/up 2.7× faster than 256 × 2
     evenRows: false,
     tuning: options.tuning,
   });
@@ -247,7 +248,7 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
     totalRows,
     accumulators: 1,
     maxTokens,
-    defaultRows: totalRows >= 8192 ? 4 : 2,
+    defaultRows: 4,
     evenRows: rope !== undefined,
     tuning: options.tuning,
   });
@@ -359,18 +360,11 @@ interface Shape {
   tokenGroups: number;
 }
 
-function nextPowerOfTwo(n: number): number {
-  let p = 1;
-  while (p < n) p *= 2;
-  return p;
-}
-
 /** The tuning to use: the given values, checked, or defaults shrunk to fit the workgroup memory. */
 function tuningFor(gpu: Gpu, op: string, request: ShapeRequest): Shape {
   const t = request.tuning ?? {};
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
-  const workgroupSize = t.workgroupSize ??
-    Math.min(256, Math.max(32, nextPowerOfTwo(ceilDiv(request.cols, 16))));
+  const workgroupSize = t.workgroupSize ?? defaultMatvecWorkgroup(request.cols);
   let rowsPerWorkgroup = t.rowsPerWorkgroup ?? request.defaultRows;
   let tokensPerWorkgroup = t.tokensPerWorkgroup ?? Math.min(request.maxTokens, 4);
   const bytes = () => workgroupSize * rowsPerWorkgroup * tokensPerWorkgroup * request.accumulators * 4;
