@@ -1,7 +1,7 @@
 // Flash attention for prefill: the n_tokens queries of this step attend to the keys of their KV head read
 // through the block table (earlier turns and the tokens just appended), with an online softmax
 // (running max and sum per query row) and f32 accumulation. GQA: query head h reads KV head h / group.
-// Query row i of the step has logical index lengths[row] - n_tokens + i; key_visible() decides the mask.
+// Query token i of the step has logical index lengths[row] - n_tokens + i; key_visible() decides the mask.
 //
 // binding 0: step, uniform { n_tokens, pos0 } (the op convention's shared StepParams)
 // binding 1: sequence, uniform { slot } (the KV cache's sequence selector)
@@ -19,12 +19,18 @@
 // key was admitted), and every global key (all admitted, all older than the step). The mask is exact per
 // query row, so chunked prefill and decode follow the training rule.
 //
-// Grid: (ceil(max_tokens / TILE_ROWS), q_heads); tiles past n_tokens exit at once. A workgroup of 64 threads
-// takes TILE_ROWS query rows of one query head and walks the key pages one at a time: the page's K and V
-// are staged in workgroup memory, the TILE_ROWS x PAGE_TOKENS scores computed (4 per thread), then each
-// query row is owned by LANES threads that split its head_dim/2 value pairs between them.
+// Grid: (ceil(max_tokens / tile_tokens), kv_heads); tiles past n_tokens exit at once. A workgroup takes
+// tile_tokens query tokens × all `group` query heads of one KV head: tile_rows score rows, row r = token
+// r / group, head r % group, so each K/V tile read from the pool serves every head of the GQA group. It
+// walks the keys tile_keys at a time (whole pages); per key tile:
+//   1. K and V (packed f16 pairs) are staged in workgroup memory,
+//   2. scores S = Q·Kᵀ: thread (rb, lane) owns rows 4·rb … 4·rb+3 × keys lane + 16·k (a register block),
+//   3. softmax statistics: thread r < tile_rows owns row r's running max and sum (in registers) and turns
+//      the row's scores into probabilities, publishing the rescale factor alpha,
+//   4. O = alpha·O + P·V: thread (rb, lane) owns rows 4·rb … 4·rb+3 × value pairs lane + 16·k.
+// Every thread count and trip count is an override, so the loops unroll and the blocks live in registers.
 
-override head_dim: u32 = 64u;
+override head_dim: u32 = 64u; // a multiple of 8
 override q_heads: u32 = 1u;
 override kv_heads: u32 = 1u;
 override layers: u32 = 1u;
@@ -33,11 +39,17 @@ override pool_pages_per_shard: u32 = 1u;
 override scale: f32 = 0.125;
 override wgkv_window: u32 = 0u; // 0: plain causal cache; > 0: WG-KV dual cache with this local window
 override ring_tokens: u32 = 16u; // WG-KV mode: ring slots at the start of each row
+override group: u32 = 1u; // query heads per KV head
+override tile_rows: u32 = 32u; // score rows per workgroup: 16, 32 or 64
+override tile_tokens: u32 = 32u; // query tokens per workgroup: floor(tile_rows / group)
+override tile_keys: u32 = 32u; // keys per tile: 16, 32, 48 or 64 (whole pages)
+override pv_pairs: u32 = 2u; // value pairs per thread: ceil(head_dim / 32)
+override threads: u32 = 128u; // tile_rows / 4 row blocks × 16 lanes
 
 const PAGE_TOKENS: u32 = 16u;
-const TILE_ROWS: u32 = 16u;
-const LANES: u32 = 4u;
-const MAX_PAIRS_PER_LANE: u32 = 32u; // head_dim <= 256
+const LANES: u32 = 16u;
+const MAX_KEYS_PER_LANE: u32 = 4u; // tile_keys <= 64
+const MAX_PV_PAIRS: u32 = 8u; // head_dim <= 256
 const MASKED: f32 = -3.0e38;
 
 struct Step { n_tokens: u32, pos0: u32, pad0: u32, pad1: u32 }
@@ -55,10 +67,17 @@ struct LayerParams { layer: u32, pad0: u32, pad1: u32, pad2: u32 }
 
 {{POOL}}
 
-var<workgroup> q_tile: array<f32, TILE_ROWS * head_dim>; // scaled queries, row-major
-var<workgroup> k_page: array<u32, PAGE_TOKENS * head_dim / 2u>; // packed f16 pairs, token-major
-var<workgroup> v_page: array<u32, PAGE_TOKENS * head_dim / 2u>;
-var<workgroup> scores: array<f32, TILE_ROWS * PAGE_TOKENS>; // MASKED where the key is not visible
+// Scaled queries, [tile_rows][head_dim / 4] vec4s.
+var<workgroup> q_tile: array<vec4f, tile_rows * head_dim / 4u>;
+// Keys, [tile_keys][head_dim / 4 + 1] pairs of packed f16 pairs (4 values); the extra column staggers the
+// rows over the memory banks, since lanes of a warp read different keys at the same column.
+var<workgroup> k_tile: array<vec2u, tile_keys * (head_dim / 4u + 1u)>;
+// Values, [tile_keys][head_dim / 2] packed f16 pairs.
+var<workgroup> v_tile: array<u32, tile_keys * head_dim / 2u>;
+// Scores then probabilities, [tile_keys][tile_rows / 4] vec4s (4 consecutive rows); MASKED where hidden.
+var<workgroup> scores: array<vec4f, tile_keys * tile_rows / 4u>;
+// Per row: the rescale factor of the current key tile, then the final softmax sum.
+var<workgroup> row_stat: array<vec4f, tile_rows / 4u>;
 var<workgroup> row_length: u32;
 
 // Which keys a query row sees, by logical index in its (slot, layer, head) row `row`: causal for the full
@@ -71,100 +90,177 @@ fn key_visible(q_index: u32, k_index: u32, row: u32, q_pos: u32) -> bool {
   return k_pos <= q_pos && (q_pos - k_pos < wgkv_window || (info & 1u) == 1u);
 }
 
-// Whether any key of logical page j may be visible to a query of logical indices [first_q, last_q]
-// (WG-KV mode: every page; the ring's pages are masked per key).
-fn page_visible(j: u32, first_q: u32, last_q: u32) -> bool {
-  return wgkv_window > 0u || j * PAGE_TOKENS <= last_q;
+// Whether any key of the key tile starting at logical index `first_key` may be visible to a query of
+// logical indices [first_q, last_q] (WG-KV mode: every tile; the ring's keys are masked one by one).
+fn tile_visible(first_key: u32, first_q: u32, last_q: u32) -> bool {
+  return wgkv_window > 0u || first_key <= last_q;
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(threads)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
-  let head = wg.y;
-  let kv_head = head / (q_heads / kv_heads);
+  let kv_head = wg.y;
   let row = (sequence.slot * layers + layer_params.layer) * kv_heads + kv_head;
   if (tid == 0u) { row_length = lengths[row]; }
   let len = workgroupUniformLoad(&row_length);
   let n_tokens = step.n_tokens;
-  let row0 = wg.x * TILE_ROWS;
-  if (row0 >= n_tokens || len < n_tokens) { return; }
+  let token0 = wg.x * tile_tokens;
+  if (token0 >= n_tokens || len < n_tokens) { return; }
   let base = len - n_tokens;
   let half_dim = head_dim / 2u;
+  let quads = head_dim / 4u;
+  let k_stride = quads + 1u;
+  let blocks = tile_rows / 4u;
   let stride = q_heads * head_dim;
+  let tokens_here = min(tile_tokens, n_tokens - token0);
+  let first_head = kv_head * group;
 
-  for (var i = tid; i < TILE_ROWS * head_dim; i += 64u) {
-    let r = row0 + i / head_dim;
-    q_tile[i] = select(0.0, q[r * stride + head * head_dim + i % head_dim] * scale, r < n_tokens);
+  // Stage the scaled queries; rows past the tile's tokens are zero (and masked below).
+  for (var i = tid; i < tile_rows * quads; i += threads) {
+    let r = i / quads;
+    let t = r / group;
+    var value = vec4f(0.0);
+    if (t < tokens_here) {
+      let o = (token0 + t) * stride + (first_head + r % group) * head_dim + 4u * (i % quads);
+      value = vec4f(q[o], q[o + 1u], q[o + 2u], q[o + 3u]) * scale;
+    }
+    q_tile[i] = value;
   }
 
-  let my_row = tid / LANES;
+  let rb = tid / LANES;
   let lane = tid % LANES;
-  let my_valid = row0 + my_row < n_tokens;
-  let first_q = base + row0;
-  let last_q = base + min(row0 + TILE_ROWS, n_tokens) - 1u;
-  let pages = select(last_q / PAGE_TOKENS + 1u, (len + PAGE_TOKENS - 1u) / PAGE_TOKENS, wgkv_window > 0u);
-  let pairs_per_lane = half_dim / LANES;
+  let keys_per_lane = tile_keys / LANES;
+  let first_q = base + token0;
+  let last_q = base + token0 + tokens_here - 1u;
+  let key_end = select(last_q + 1u, len, wgkv_window > 0u);
+  let key_tiles = (key_end + tile_keys - 1u) / tile_keys;
 
-  var m = MASKED;
-  var l = 0.0;
-  var acc: array<vec2f, MAX_PAIRS_PER_LANE>;
-  for (var k = 0u; k < pairs_per_lane; k++) { acc[k] = vec2f(0.0); }
+  var m = MASKED; // running max of row tid (threads tid < tile_rows)
+  var l = 0.0; // running sum of row tid
+  var acc: array<vec2f, 4u * MAX_PV_PAIRS>; // [row i][pair k] at i * MAX_PV_PAIRS + k
+  for (var k = 0u; k < 4u * MAX_PV_PAIRS; k++) { acc[k] = vec2f(0.0); }
 
-  for (var j = 0u; j < pages; j++) {
-    if (!page_visible(j, first_q, last_q)) { continue; }
-    let page = block_table[row * max_pages + j];
-    workgroupBarrier(); // the previous page is no longer read
-    for (var w = tid; w < PAGE_TOKENS * half_dim; w += 64u) {
-      k_page[w] = pool_load(page, w);
-      v_page[w] = pool_load(page, PAGE_TOKENS * half_dim + w);
-    }
-    workgroupBarrier();
-    for (var c = 0u; c < TILE_ROWS * PAGE_TOKENS / 64u; c++) {
-      let e = tid + 64u * c;
-      let r = e / PAGE_TOKENS;
-      let t = e % PAGE_TOKENS;
-      let key = j * PAGE_TOKENS + t;
-      var s = MASKED;
-      if (row0 + r < n_tokens && key < len && key_visible(base + row0 + r, key, row, step.pos0 + row0 + r)) {
-        var dot_sum = 0.0;
-        for (var p = 0u; p < half_dim; p++) {
-          let kv = unpack2x16float(k_page[t * half_dim + p]);
-          dot_sum += kv.x * q_tile[r * head_dim + 2u * p] + kv.y * q_tile[r * head_dim + 2u * p + 1u];
-        }
-        s = dot_sum;
+  for (var j = 0u; j < key_tiles; j++) {
+    let key0 = j * tile_keys;
+    if (!tile_visible(key0, first_q, last_q)) { continue; }
+    workgroupBarrier(); // the previous tile's K, V and probabilities are no longer read
+
+    // 1. Stage K (as pairs of words) and V; keys past the row's length read as zero.
+    for (var w = tid; w < tile_keys * quads; w += threads) {
+      let t = w / quads;
+      let c = w % quads;
+      let key = key0 + t;
+      var pair = vec2u(0u);
+      if (key < len) {
+        let page = block_table[row * max_pages + key / PAGE_TOKENS];
+        let word = (key % PAGE_TOKENS) * half_dim + 2u * c;
+        pair = vec2u(pool_load(page, word), pool_load(page, word + 1u));
       }
-      scores[e] = s;
+      k_tile[t * k_stride + c] = pair;
+    }
+    for (var w = tid; w < tile_keys * half_dim; w += threads) {
+      let t = w / half_dim;
+      let key = key0 + t;
+      var word = 0u;
+      if (key < len) {
+        let page = block_table[row * max_pages + key / PAGE_TOKENS];
+        word = pool_load(page, PAGE_TOKENS * half_dim + (key % PAGE_TOKENS) * half_dim + w % half_dim);
+      }
+      v_tile[w] = word;
     }
     workgroupBarrier();
-    if (my_valid) {
-      var page_max = MASKED;
-      for (var t = 0u; t < PAGE_TOKENS; t++) { page_max = max(page_max, scores[my_row * PAGE_TOKENS + t]); }
-      if (page_max > MASKED) {
-        let m_new = max(m, page_max);
-        let alpha = exp(m - m_new);
-        l *= alpha;
-        for (var k = 0u; k < pairs_per_lane; k++) { acc[k] *= alpha; }
-        for (var t = 0u; t < PAGE_TOKENS; t++) {
-          let s = scores[my_row * PAGE_TOKENS + t];
-          if (s > MASKED) {
-            let p = exp(s - m_new);
-            l += p;
-            for (var k = 0u; k < pairs_per_lane; k++) {
-              acc[k] += p * unpack2x16float(v_page[t * half_dim + lane + LANES * k]);
-            }
-          }
+
+    // 2. Scores of rows 4·rb … 4·rb+3 × keys lane + 16·k.
+    var s: array<f32, 4u * MAX_KEYS_PER_LANE>; // [row i][key k] at i * MAX_KEYS_PER_LANE + k
+    for (var k = 0u; k < 4u * MAX_KEYS_PER_LANE; k++) { s[k] = 0.0; }
+    for (var c = 0u; c < quads; c++) {
+      var keys: array<vec4f, MAX_KEYS_PER_LANE>;
+      for (var k = 0u; k < keys_per_lane; k++) {
+        let packed = k_tile[(lane + LANES * k) * k_stride + c];
+        keys[k] = vec4f(unpack2x16float(packed.x), unpack2x16float(packed.y));
+      }
+      for (var i = 0u; i < 4u; i++) {
+        let qv = q_tile[(4u * rb + i) * quads + c];
+        for (var k = 0u; k < keys_per_lane; k++) {
+          s[i * MAX_KEYS_PER_LANE + k] += dot(qv, keys[k]);
         }
+      }
+    }
+    for (var k = 0u; k < keys_per_lane; k++) {
+      let t = lane + LANES * k;
+      let key = key0 + t;
+      var block = vec4f(MASKED);
+      for (var i = 0u; i < 4u; i++) {
+        let r = 4u * rb + i;
+        let token = r / group;
+        if (token < tokens_here && key < len &&
+          key_visible(first_q + token, key, row, step.pos0 + token0 + token)) {
+          block[i] = s[i * MAX_KEYS_PER_LANE + k];
+        }
+      }
+      scores[t * blocks + rb] = block;
+    }
+    workgroupBarrier();
+
+    // 3. Online softmax: thread r turns row r's scores into probabilities and publishes the rescale factor.
+    if (tid < tile_rows) {
+      let at = tid / 4u;
+      let component = tid % 4u;
+      var tile_max = MASKED;
+      for (var t = 0u; t < tile_keys; t++) { tile_max = max(tile_max, scores[t * blocks + at][component]); }
+      var alpha = 1.0;
+      if (tile_max > MASKED) {
+        let m_new = max(m, tile_max);
+        alpha = exp(m - m_new);
+        var sum = 0.0;
+        for (var t = 0u; t < tile_keys; t++) {
+          let p = exp(scores[t * blocks + at][component] - m_new);
+          scores[t * blocks + at][component] = p;
+          sum += p;
+        }
+        l = l * alpha + sum;
         m = m_new;
+      } else {
+        for (var t = 0u; t < tile_keys; t++) { scores[t * blocks + at][component] = 0.0; }
+      }
+      row_stat[at][component] = alpha;
+    }
+    workgroupBarrier();
+
+    // 4. O = alpha·O + P·V for rows 4·rb … 4·rb+3 × value pairs lane + 16·k.
+    let alpha = row_stat[rb];
+    for (var i = 0u; i < 4u; i++) {
+      for (var k = 0u; k < pv_pairs; k++) { acc[i * MAX_PV_PAIRS + k] *= alpha[i]; }
+    }
+    let keys_here = min(tile_keys, len - key0);
+    for (var t = 0u; t < keys_here; t++) {
+      let p = scores[t * blocks + rb];
+      for (var k = 0u; k < pv_pairs; k++) {
+        let pair = lane + LANES * k;
+        if (pair < half_dim) {
+          let v = unpack2x16float(v_tile[t * half_dim + pair]);
+          for (var i = 0u; i < 4u; i++) { acc[i * MAX_PV_PAIRS + k] += p[i] * v; }
+        }
       }
     }
   }
 
-  if (my_valid) {
-    let inv = select(0.0, 1.0 / l, l > 0.0);
-    let o = (row0 + my_row) * stride + head * head_dim;
-    for (var k = 0u; k < pairs_per_lane; k++) {
-      let d = 2u * (lane + LANES * k);
-      out[o + d] = acc[k].x * inv;
-      out[o + d + 1u] = acc[k].y * inv;
+  workgroupBarrier(); // every thread has read its last rescale factors
+  if (tid < tile_rows) { row_stat[tid / 4u][tid % 4u] = l; }
+  workgroupBarrier();
+  let sums = row_stat[rb];
+  for (var i = 0u; i < 4u; i++) {
+    let r = 4u * rb + i;
+    let token = r / group;
+    if (token < tokens_here) {
+      let inv = select(0.0, 1.0 / sums[i], sums[i] > 0.0);
+      let o = (token0 + token) * stride + (first_head + r % group) * head_dim;
+      for (var k = 0u; k < pv_pairs; k++) {
+        let pair = lane + LANES * k;
+        if (pair < half_dim) {
+          out[o + 2u * pair] = acc[i * MAX_PV_PAIRS + k].x * inv;
+          out[o + 2u * pair + 1u] = acc[i * MAX_PV_PAIRS + k].y * inv;
+        }
+      }
     }
   }
 }

@@ -56,8 +56,44 @@ function maskParts(gpu: Gpu, label: string, mask?: WgkvAttentionMask): {
   return { constants: { wgkv_window: mask.window, ring_tokens: mask.ringTokens }, slotInfo: mask.slotInfo };
 }
 
-/** Query rows per prefill workgroup (`TILE_ROWS` in the shader). */
-const PREFILL_TILE_ROWS = 16;
+/** How a prefill workgroup tiles its work: score rows (tokens × GQA heads) and keys per step. */
+interface PrefillTiling {
+  /** Score rows per workgroup (`tile_rows`), a multiple of 4; 16 lanes work on each block of 4 rows. */
+  rows: number;
+  /** Query tokens per workgroup (`tile_tokens`): ⌊rows / group⌋. */
+  tokens: number;
+  /** Keys per step (`tile_keys`), whole pages. */
+  keys: number;
+}
+
+/** Candidate prefill tilings, best first (32 rows × 32 keys: 128 threads, ~37 KB at head_dim 128). */
+const PREFILL_TILINGS: readonly { rows: number; keys: number }[] = [
+  { rows: 32, keys: 32 },
+  { rows: 64, keys: 16 },
+  { rows: 32, keys: 16 },
+  { rows: 16, keys: 32 },
+  { rows: 16, keys: 16 },
+];
+
+/** Workgroup memory of the prefill kernel for a tiling (the shader's workgroup arrays). */
+function prefillWorkgroupBytes(rows: number, keys: number, headDim: number): number {
+  return rows * headDim * 4 + keys * (headDim / 4 + 1) * 8 + keys * headDim * 2 + keys * rows * 4 + rows * 4 +
+    4;
+}
+
+/** The first tiling that holds a whole GQA group and fits this GPU's workgroup memory. */
+function choosePrefillTiling(gpu: Gpu, label: string, headDim: number, group: number): PrefillTiling {
+  const limit = gpu.limits.maxComputeWorkgroupStorageSize;
+  for (const { rows, keys } of PREFILL_TILINGS) {
+    if (group <= rows && prefillWorkgroupBytes(rows, keys, headDim) <= limit) {
+      return { rows, keys, tokens: Math.floor(rows / group) };
+    }
+  }
+  const smallest = PREFILL_TILINGS[PREFILL_TILINGS.length - 1];
+  if (group > 64) throw new UnsupportedError(`${label}: a GQA group of ${group} heads exceeds 64`);
+  checkWorkgroupMemory(gpu, label, prefillWorkgroupBytes(smallest.rows, smallest.keys, headDim));
+  throw new UnsupportedError(`${label}: a GQA group of ${group} heads does not fit the prefill tiles`);
+}
 
 /** Options shared by {@link createFlashPrefill} and {@link createFlashDecode}. */
 export interface AttentionOptions {
@@ -128,18 +164,32 @@ export function decodePartialsBytes(splits: number, qHeads: number, headDim: num
  */
 export function createFlashPrefill(gpu: Gpu, options: FlashPrefillOptions): GpuOp {
   const { label, kv, layer, qHeads, q, out, maxTokens, step } = options;
-  checkHeads(options);
+  const groupSize = checkHeads(options);
   checkInt(label, "maxTokens", maxTokens, 1, step.maxTokens);
   const D = kv.headDim;
+  if (D % 8 !== 0 || D > 256) {
+    throw new UnsupportedError(`${label}: head_dim ${D} is not a multiple of 8 up to 256`);
+  }
   checkSlice(label, "q", q, maxTokens * qHeads * D * 4);
   checkSlice(label, "out", out, maxTokens * qHeads * D * 4);
-  checkWorkgroupMemory(gpu, label, PREFILL_TILE_ROWS * D * 4 + 16 * D * 4 + PREFILL_TILE_ROWS * 16 * 4 + 4);
-  const tiles = ceilDiv(maxTokens, PREFILL_TILE_ROWS);
-  checkWorkgroups(gpu, label, Math.max(tiles, qHeads));
+  const tiling = choosePrefillTiling(gpu, label, D, groupSize);
+  const tiles = ceilDiv(maxTokens, tiling.tokens);
+  checkWorkgroups(gpu, label, Math.max(tiles, kv.kvHeads));
   const mask = maskParts(gpu, label, options.wgkv);
   const kernel = gpu.kernel(
     "flash_prefill",
-    { ...pagedKvConstants(kv), q_heads: qHeads, scale: options.scale ?? 1 / Math.sqrt(D), ...mask.constants },
+    {
+      ...pagedKvConstants(kv),
+      q_heads: qHeads,
+      scale: options.scale ?? 1 / Math.sqrt(D),
+      ...mask.constants,
+      group: groupSize,
+      tile_rows: tiling.rows,
+      tile_tokens: tiling.tokens,
+      tile_keys: tiling.keys,
+      pv_pairs: Math.ceil(D / 32),
+      threads: tiling.rows * 4,
+    },
     { POOL: poolShaderSource(kv.shards.length, 7, false) },
   );
   const layerParams = layerUniform(gpu, label, layer);
@@ -159,7 +209,7 @@ export function createFlashPrefill(gpu: Gpu, options: FlashPrefillOptions): GpuO
     encode(pass: GPUComputePassEncoder): void {
       pass.setPipeline(kernel.pipeline);
       pass.setBindGroup(0, group);
-      pass.dispatchWorkgroups(tiles, qHeads);
+      pass.dispatchWorkgroups(tiles, kv.kvHeads);
     },
   };
 }
