@@ -81,9 +81,27 @@ function prefillWorkgroupBytes(rows: number, keys: number, headDim: number): num
     4;
 }
 
-/** The first tiling that holds a whole GQA group and fits this GPU's workgroup memory. */
-function choosePrefillTiling(gpu: Gpu, label: string, headDim: number, group: number): PrefillTiling {
+/**
+ * The requested tiling (checked), or else the first candidate that holds a whole GQA group and fits this
+ * GPU's workgroup memory.
+ */
+function choosePrefillTiling(
+  gpu: Gpu,
+  label: string,
+  headDim: number,
+  group: number,
+  wanted?: PrefillTileShape,
+): PrefillTiling {
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
+  if (wanted) {
+    const { rows, keys } = wanted;
+    if (![16, 32, 64].includes(rows) || ![16, 32, 48, 64].includes(keys)) {
+      throw new BadFlagError(`${label}: tiling needs rows 16, 32 or 64 and keys 16, 32, 48 or 64`);
+    }
+    if (group > rows) throw new BadFlagError(`${label}: ${rows} rows cannot hold a GQA group of ${group}`);
+    checkWorkgroupMemory(gpu, label, prefillWorkgroupBytes(rows, keys, headDim));
+    return { rows, keys, tokens: Math.floor(rows / group) };
+  }
   for (const { rows, keys } of PREFILL_TILINGS) {
     if (group <= rows && prefillWorkgroupBytes(rows, keys, headDim) <= limit) {
       return { rows, keys, tokens: Math.floor(rows / group) };
@@ -115,10 +133,20 @@ export interface AttentionOptions {
   wgkv?: WgkvAttentionMask;
 }
 
+/** Workgroup tiling of the prefill kernel: score rows (query tokens × GQA heads) and keys per step. */
+export interface PrefillTileShape {
+  /** Score rows per workgroup: 16, 32 or 64 (at least the GQA group); 4 threads per row. */
+  rows: number;
+  /** Keys staged per step: 16, 32, 48 or 64. */
+  keys: number;
+}
+
 /** Options of {@link createFlashPrefill}. */
 export interface FlashPrefillOptions extends AttentionOptions {
   /** Largest number of query tokens per step; the dispatch is sized for it. */
   maxTokens: number;
+  /** Tiling for tests and tuning (default: the best candidate that fits the GPU's workgroup memory). */
+  tiling?: PrefillTileShape;
   /** Per-step token count (`nTokens`) and, in WG-KV mode, the first query's position (`pos0`). */
   step: StepParams;
 }
@@ -134,6 +162,11 @@ export interface FlashDecodeOptions extends AttentionOptions {
   partials?: BufferSlice;
   /** The step parameters; required with `wgkv` (the query's position is `pos0`). */
   step?: StepParams;
+  /**
+   * Keys per block of the partial pass, which is also its workgroup size (default 128); a power of two
+   * from 32 to 256 (at least headDim / 8).
+   */
+  blockKeys?: number;
 }
 
 function checkHeads(options: AttentionOptions): number {
@@ -153,9 +186,61 @@ function checkWorkgroupMemory(gpu: Gpu, label: string, bytes: number): void {
   }
 }
 
-/** Bytes of the decode partials for `splits` splits. */
+/**
+ * Bytes of the decode partials for `splits` splits: f32 weighted V sums `[splits][qHeads][headDim]`, then
+ * `[splits][qHeads][2]` (running max, sum of weights).
+ */
 export function decodePartialsBytes(splits: number, qHeads: number, headDim: number): number {
   return splits * qHeads * (headDim + 2) * 4;
+}
+
+/** Query heads served by one workgroup of the decode partial pass (the lanes of a vec4). */
+const DECODE_HEADS_PER_BATCH = 4;
+
+/** Default keys per block (= threads per workgroup) of the decode partial pass. */
+const DECODE_BLOCK_KEYS = 128;
+
+/** Workgroup memory of the decode partial pass (see the `var<workgroup>` declarations of `main`). */
+function decodeWorkgroupBytes(headDim: number, blockKeys: number): number {
+  const slots = Math.floor(Math.floor(blockKeys / (headDim / 8)) / 2);
+  return headDim * 16 + blockKeys * 16 + slots * headDim * 16 + slots * 2 * 16 + 4;
+}
+
+/**
+ * WGSL declaring the pool shards at bindings `firstBinding …` as `array<vec4<u32>>` and the accessor
+ * `pool_load4(page, quad)`, where `quad` counts vec4<u32> inside the page (pages hold
+ * `PAGE_TOKENS · head_dim / 8` quads of K, then as many of V, so every row starts on a 16-byte boundary).
+ */
+function poolQuadShaderSource(shardCount: number, firstBinding: number): string {
+  const lines = [
+    `// Pool shards: binding ${firstBinding}+s = shard s, vec4<u32>[pool_pages_per_shard][PAGE_TOKENS * head_dim / 4];`,
+    `// page p lives in shard p / pool_pages_per_shard.`,
+  ];
+  for (let s = 0; s < shardCount; s++) {
+    lines.push(`@group(0) @binding(${firstBinding + s}) var<storage, read> pool_shard_${s}: array<vec4u>;`);
+  }
+  lines.push(
+    `fn pool_load4(page: u32, quad: u32) -> vec4u {`,
+    `  let i = (page % pool_pages_per_shard) * (PAGE_TOKENS * head_dim / 4u) + quad;`,
+    `  switch (page / pool_pages_per_shard) {`,
+    ...Array.from(
+      { length: shardCount },
+      (_, s) =>
+        s === shardCount - 1
+          ? `    default: { return pool_shard_${s}[i]; }`
+          : `    case ${s}u: { return pool_shard_${s}[i]; }`,
+    ),
+    `  }`,
+    `}`,
+  );
+  return lines.join("\n");
+}
+
+/** `slice` cut to its first `bytes` bytes. */
+function slicePrefix(slice: BufferSlice, bytes: number): GPUBufferBinding {
+  return slice instanceof GPUBuffer
+    ? { buffer: slice, offset: 0, size: bytes }
+    : { buffer: slice.buffer, offset: slice.offset ?? 0, size: bytes };
 }
 
 /**
@@ -172,7 +257,7 @@ export function createFlashPrefill(gpu: Gpu, options: FlashPrefillOptions): GpuO
   }
   checkSlice(label, "q", q, maxTokens * qHeads * D * 4);
   checkSlice(label, "out", out, maxTokens * qHeads * D * 4);
-  const tiling = choosePrefillTiling(gpu, label, D, groupSize);
+  const tiling = choosePrefillTiling(gpu, label, D, groupSize, options.tiling);
   const tiles = ceilDiv(maxTokens, tiling.tokens);
   checkWorkgroups(gpu, label, Math.max(tiles, kv.kvHeads));
   const mask = maskParts(gpu, label, options.wgkv);
@@ -216,8 +301,9 @@ export function createFlashPrefill(gpu: Gpu, options: FlashPrefillOptions): GpuO
 
 /**
  * Builds the decode attention op of one layer: one query token (the last token of each row) attends to
- * every key of its KV head. Two dispatches: partials over (splits × KV heads), then a reduce per query head.
- * The grid is fixed; splits take ⌈pages / splits⌉ pages each, planned on the GPU from the row lengths.
+ * every key of its KV head. Two dispatches: partials over (splits × KV heads × ⌈G / 4⌉ head batches), then
+ * a reduce per query head. The grid is fixed; splits take ⌈pages / splits⌉ pages each, planned on the GPU
+ * from the row lengths.
  */
 export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp {
   const { label, kv, layer, qHeads, q, out } = options;
@@ -228,13 +314,19 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   }
   const splits = options.splits ?? Math.min(32, kv.maxPagesPerHead);
   checkInt(label, "splits", splits, 1, gpu.limits.maxComputeWorkgroupsPerDimension);
-  checkWorkgroups(gpu, label, Math.max(qHeads, kv.kvHeads));
+  const blockKeys = options.blockKeys ?? DECODE_BLOCK_KEYS;
+  checkInt(label, "blockKeys", blockKeys, Math.max(32, D / 8), 256);
+  if ((blockKeys & (blockKeys - 1)) !== 0) {
+    throw new BadFlagError(`${label}: blockKeys must be a power of two, got ${blockKeys}`);
+  }
+  const headBatches = ceilDiv(group, DECODE_HEADS_PER_BATCH);
+  checkWorkgroups(gpu, label, Math.max(qHeads, kv.kvHeads * headBatches));
   checkSlice(label, "q", q, qHeads * D * 4);
   checkSlice(label, "out", out, qHeads * D * 4);
-  checkWorkgroupMemory(gpu, label, group * D * 4 + 16 * D * 4 + group * 16 * 4 + group * 12 + 4);
-  const partials = options.partials ??
-    gpu.buffer(`${label} partials`, decodePartialsBytes(splits, qHeads, D));
-  checkSlice(label, "partials", partials, decodePartialsBytes(splits, qHeads, D));
+  checkWorkgroupMemory(gpu, label, decodeWorkgroupBytes(D, blockKeys));
+  const partialBytes = decodePartialsBytes(splits, qHeads, D);
+  const partials = options.partials ?? gpu.buffer(`${label} partials`, partialBytes);
+  checkSlice(label, "partials", partials, partialBytes);
   if (options.wgkv && !options.step) {
     throw new BadFlagError(`${label}: the WG-KV mask needs the step parameters`);
   }
@@ -245,9 +337,10 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
     q_heads: qHeads,
     splits,
     scale: options.scale ?? 1 / Math.sqrt(D),
+    block_keys: blockKeys,
     ...mask.constants,
   };
-  const defines = { POOL: poolShaderSource(kv.shards.length, 8, false) };
+  const defines = { POOL: poolQuadShaderSource(kv.shards.length, 8) };
   const partialKernel = gpu.kernel("flash_decode", constants, defines, "main");
   const reduceKernel = gpu.kernel("flash_decode", constants, defines, "reduce");
   const layerParams = layerUniform(gpu, label, layer);
@@ -256,7 +349,7 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
     [1, kv.sequence],
     [2, layerParams],
     [3, q],
-    [4, partials],
+    [4, slicePrefix(partials, partialBytes)],
     [6, kv.blockTable],
     [7, kv.lengths],
     ...shardEntries(kv, 8),
@@ -265,16 +358,17 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   const reduceGroup = bindNumbered(gpu, reduceKernel, [
     [1, kv.sequence],
     [2, layerParams],
-    [4, partials],
     [5, out],
     [7, kv.lengths],
+    [17, slicePrefix(partials, splits * qHeads * D * 4)],
+    [18, slicePrefix(partials, partialBytes)],
   ]);
   return {
     label,
     encode(pass: GPUComputePassEncoder): void {
       pass.setPipeline(partialKernel.pipeline);
       pass.setBindGroup(0, partialGroup);
-      pass.dispatchWorkgroups(splits, kv.kvHeads);
+      pass.dispatchWorkgroups(splits, kv.kvHeads * headBatches);
       pass.setPipeline(reduceKernel.pipeline);
       pass.setBindGroup(0, reduceGroup);
       pass.dispatchWorkgroups(qHeads);

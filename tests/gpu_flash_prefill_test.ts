@@ -1,0 +1,145 @@
+import { ok, throws } from "node:assert/strict";
+import { BadFlagError, UnsupportedError } from "../src/errors.ts";
+import { getGpu } from "../src/gpu/device.ts";
+import { createFlashPrefill, type PrefillTileShape } from "../src/gpu/ops/attention.ts";
+import { createKvAppend } from "../src/gpu/ops/kv_append.ts";
+import { StepParams } from "../src/gpu/ops/op.ts";
+import { KvCache } from "../src/kv/kv_cache.ts";
+import { attendOne } from "../src/model/ops.ts";
+import { expectClose, randomF32 } from "./gpu_ops_helpers.ts";
+
+/** Fresh random values in (−2, 2), never zero, in an ArrayBuffer-backed array. */
+const random = (n: number): Float32Array<ArrayBuffer> => new Float32Array(randomF32(n, 2));
+
+interface Case {
+  headDim: number;
+  kvHeads: number;
+  group: number;
+  /** Prefill chunk sizes, run one after another on one sequence. */
+  chunks: number[];
+  tiling?: PrefillTileShape;
+}
+
+/**
+ * Prefills `chunks` through the cache of one layer with the given tiling and compares every output with
+ * dense causal attention over the f16-rounded keys and values.
+ */
+async function checkPrefill(c: Case): Promise<void> {
+  const gpu = await getGpu();
+  const { headDim: D, kvHeads, group } = c;
+  const qHeads = kvHeads * group;
+  const maxTokens = Math.max(...c.chunks);
+  const total = c.chunks.reduce((a, b) => a + b, 0);
+  const kv = await KvCache.create(gpu, {
+    layers: 1,
+    kvHeads,
+    headDim: D,
+    maxTokensPerHead: total,
+    pages: kvHeads * Math.ceil(total / 16) + 9,
+    maxShardBytes: 5 * 64 * D,
+  });
+  const junk = kv.pool.allocate(9); // the sequence's pages start past a gap, out of order
+  kv.pool.release(junk.filter((_, i) => i % 2 === 0));
+  const step = new StepParams(gpu, maxTokens);
+  const kBuf = gpu.buffer("k", maxTokens * kvHeads * D * 4);
+  const vBuf = gpu.buffer("v", maxTokens * kvHeads * D * 4);
+  const qBuf = gpu.buffer("q", maxTokens * qHeads * D * 4);
+  const outBuf = gpu.buffer("out", maxTokens * qHeads * D * 4);
+  const append = createKvAppend(gpu, { label: "append", kv, layer: 0, maxTokens, k: kBuf, v: vBuf, step });
+  const attention = createFlashPrefill(gpu, {
+    label: "prefill",
+    kv,
+    layer: 0,
+    qHeads,
+    q: qBuf,
+    out: outBuf,
+    maxTokens,
+    step,
+    tiling: c.tiling,
+  });
+  const keys = Array.from({ length: kvHeads }, () => [] as number[]);
+  const values = Array.from({ length: kvHeads }, () => [] as number[]);
+  const slot = kv.openSequence();
+  for (const m of c.chunks) {
+    kv.append(slot, m);
+    kv.flush();
+    kv.selectSequence(slot);
+    step.set(m);
+    const k = random(m * kvHeads * D), v = random(m * kvHeads * D);
+    const q = random(m * qHeads * D);
+    gpu.device.queue.writeBuffer(kBuf, 0, k);
+    gpu.device.queue.writeBuffer(vBuf, 0, v);
+    gpu.device.queue.writeBuffer(qBuf, 0, q);
+    gpu.device.queue.writeBuffer(outBuf, 0, new Float32Array(outBuf.size / 4).fill(NaN));
+    gpu.device.pushErrorScope("validation");
+    const encoder = gpu.device.createCommandEncoder();
+    const pass = encoder.beginComputePass();
+    append.encode(pass);
+    attention.encode(pass);
+    pass.end();
+    gpu.device.queue.submit([encoder.finish()]);
+    const error = await gpu.device.popErrorScope();
+    ok(error === null, error?.message);
+    for (let t = 0; t < m; t++) {
+      for (let h = 0; h < kvHeads; h++) {
+        for (let d = 0; d < D; d++) {
+          keys[h].push(Math.f16round(k[(t * kvHeads + h) * D + d]));
+          values[h].push(Math.f16round(v[(t * kvHeads + h) * D + d]));
+        }
+      }
+    }
+    const got = await gpu.readF32(outBuf, 0, m * qHeads * D);
+    const want = new Float32Array(m * qHeads * D);
+    const len = keys[0].length / D;
+    for (let h = 0; h < kvHeads; h++) {
+      const hk = Float32Array.from(keys[h]), hv = Float32Array.from(values[h]);
+      for (let t = 0; t < m; t++) {
+        for (let g = 0; g < group; g++) {
+          const o = (t * qHeads + h * group + g) * D;
+          attendOne(want, q, hk, hv, len - m + t + 1, D, D, 0, 1 / Math.sqrt(D), o, o);
+        }
+      }
+    }
+    const tiling = c.tiling ? `${c.tiling.rows}×${c.tiling.keys}` : "default";
+    expectClose(`D ${D} G ${group} tiling ${tiling} chunk ${m} at ${len - m}`, got, want, 1e-4, 1e-4);
+  }
+  kv.destroy();
+}
+
+Deno.test("flash prefill: head_dim 128, G 4, default tiling, chunks 40 and 70 over several key tiles", async () => {
+  await checkPrefill({ headDim: 128, kvHeads: 2, group: 4, chunks: [40, 70] });
+});
+
+Deno.test("flash prefill: G 3 (rows not a multiple of the group), 16 rows × 32 keys, chunks 23, 1, 30", async () => {
+  await checkPrefill({
+    headDim: 32,
+    kvHeads: 2,
+    group: 3,
+    chunks: [23, 1, 30],
+    tiling: { rows: 16, keys: 32 },
+  });
+});
+
+Deno.test("flash prefill: G 8, 64 rows × 16 keys; G 1, 16 rows × 64 keys; G 2, 32 rows × 48 keys", async () => {
+  await checkPrefill({ headDim: 16, kvHeads: 1, group: 8, chunks: [19, 45], tiling: { rows: 64, keys: 16 } });
+  await checkPrefill({ headDim: 64, kvHeads: 3, group: 1, chunks: [50, 17], tiling: { rows: 16, keys: 64 } });
+  await checkPrefill({ headDim: 24, kvHeads: 2, group: 2, chunks: [33, 60], tiling: { rows: 32, keys: 48 } });
+});
+
+Deno.test("flash prefill: a bad tiling, a group larger than the tile or too much workgroup memory is refused", async () => {
+  const gpu = await getGpu();
+  const kv = await KvCache.create(gpu, { layers: 1, kvHeads: 1, headDim: 256, maxTokensPerHead: 32 });
+  const step = new StepParams(gpu, 4);
+  const buffer = gpu.buffer("q", 4 * 8 * 256 * 4);
+  const options = { label: "prefill", kv, layer: 0, qHeads: 8, q: buffer, out: buffer, maxTokens: 4, step };
+  throws(() => createFlashPrefill(gpu, { ...options, tiling: { rows: 24, keys: 32 } }), BadFlagError);
+  throws(
+    () => createFlashPrefill(gpu, { ...options, qHeads: 32, tiling: { rows: 16, keys: 16 } }),
+    BadFlagError,
+  );
+  const limit = gpu.limits.maxComputeWorkgroupStorageSize;
+  if (limit < 64 * 256 * 4 * 2) {
+    throws(() => createFlashPrefill(gpu, { ...options, tiling: { rows: 64, keys: 64 } }), UnsupportedError);
+  }
+  kv.destroy();
+});
