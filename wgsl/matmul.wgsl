@@ -2,11 +2,21 @@
 // its GGUF type (decoded by the dequantisation library, wgsl/dequant.wgsl, spliced in at DEQUANT, while it
 // is staged in workgroup memory).
 //
-// Tiling: a workgroup of 16 × 16 threads computes a 64-token × 64-row output tile; each thread a 4 × 4
-// micro-tile with f32 accumulators. The K loop takes 32 columns per step (one legacy block, or an eighth of a
-// K-quant block): half the threads dequantise the W tile [64 rows][32] into workgroup memory while the other
-// half copy the X tile [64 tokens][32] beside it, both stored k-major so the inner loop reads one vec4 of each
-// per k.
+// Tiling: a workgroup of 16 × 16 threads computes a (16 · tokens_per_thread)-token × 128-row output tile.
+// Thread (lx, ly) keeps tokens_per_thread × 8 f32 accumulators: tokens 4·ly + 64·i + 0..3 (i < tokens / 4)
+// times rows 4·lx + 0..3 and 64 + 4·lx + 0..3. Splitting a thread's rows and tokens into quads 64 apart
+// makes every inner-loop read of workgroup memory one vec4 at consecutive addresses across the threads
+// (no bank conflicts), and each k step costs tokens_per_thread / 4 + 2 vec4 reads for
+// tokens_per_thread · 8 FMAs.
+//
+// The K loop stages k_step columns per step, all threads taking part:
+// - W tile [128 rows][k_step]: 128 · k_step / 16 units of sixteen columns of one row, decoded with dq16
+//   (one scale decode per unit); unit u covers row u % 128, so a warp stores 32 consecutive rows of one
+//   k (conflict-free scalar stores).
+// - X tile [tokens][k_step]: each thread reads four tokens at one column (consecutive threads, consecutive
+//   columns: coalesced) and stores them as one vec4.
+// Both are kept k-major. The next step's tile is fetched into registers before the current one is
+// multiplied, so its global reads overlap the FMAs; two barriers per step guard the single buffer.
 //
 // binding 0: W, array<u32>: the raw rows of one weight part; row r starts at byte r · row_bytes (read)
 // binding 1: x, array<f32>: activations [m][cols], row-major (read)
@@ -16,7 +26,7 @@
 // binding 4: part, uniform: rows (in this part), first_row, out_stride (rows of the whole weight), cols
 //            (elements per row), row_bytes
 //
-// Dispatch: x = ceil(rows / 64), y = ceil(max_m / 64). Tiles past `m` return at once.
+// Dispatch: x = ceil(rows / 128), y = ceil(max_m / (16 · tokens_per_thread)). Tiles past `m` return at once.
 
 struct Step {
   n_tokens: u32,
@@ -31,10 +41,20 @@ struct Part {
   row_bytes: u32,
 }
 
+// Tokens per thread: 4 (64-token tiles) or 8 (128-token tiles).
+override tokens_per_thread: u32 = 4u;
+// Columns of K staged per step: 16 or 32.
+override k_step: u32 = 32u;
 
-const TILE = 64u;
-const BK = 32u;
 const THREADS = 256u;
+const TILE_ROWS = 128u;
+const W_STRIDE = 32u; // vec4s per k of the W tile (TILE_ROWS / 4)
+override tile_tokens: u32 = 16u * tokens_per_thread;
+// vec4s per k of the X tile (token quads).
+override x_stride: u32 = tile_tokens / 4u;
+// Sixteen-column W units per step, and X vec4s per thread per step.
+override w_units: u32 = TILE_ROWS * k_step / 16u;
+override x_loads: u32 = tile_tokens * k_step / (4u * THREADS);
 
 @group(0) @binding(0) var<storage, read> W: array<u32>;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -46,20 +66,60 @@ const THREADS = 256u;
 var<private> cols: u32;
 var<private> row_bytes: u32;
 
-// [k][i / 4] for k < BK and i < TILE: vec4 of tokens (xs) or weight rows (ws) 4i'..4i'+3 at column k.
-var<workgroup> xs: array<vec4f, BK * TILE / 4u>;
-var<workgroup> ws: array<vec4f, BK * TILE / 4u>;
+// xs[x_at(k, q)]: tokens 4q..4q+3 of the tile at column k0 + k.
+var<workgroup> xs: array<vec4f, k_step * x_stride>;
+// ws[k · W_STRIDE + q]: weight rows 4q..4q+3 of the tile at column k0 + k.
+var<workgroup> ws: array<vec4f, k_step * W_STRIDE>;
+
+// Where token quad q of column k lives in xs: row k, quad q XOR (k mod 8). The swizzle spreads the vec4
+// stores of a warp (consecutive k, same q) over all banks, while the inner loop still reads consecutive
+// quads at one k; it stays within each group of 8 quads, so q + 16 maps to x_at(k, q) + 16.
+fn x_at(k: u32, q: u32) -> u32 {
+  return k * x_stride + (q ^ (k & 7u));
+}
 
 {{DEQUANT}}
 
-fn load_x(t: u32, e: u32) -> vec4f {
-  let at = t * cols + e;
-  if (e + 4u <= cols) { return vec4f(x[at], x[at + 1u], x[at + 2u], x[at + 3u]); }
-  var v = vec4f(0.0);
-  for (var i = 0u; i < 4u; i++) {
-    if (e + i < cols) { v[i] = x[at + i]; }
+// Columns e..e+15 of weight row `r` (zero past the row end or for rows past the part).
+fn fetch_w(r: u32, e: u32) -> array<vec4f, 4> {
+  var w: array<vec4f, 4>;
+  if (r >= part.rows || e >= cols) { return w; }
+  if (e + 16u <= cols) { return dq16(r * row_bytes, e); }
+  for (var c = 0u; c < 4u; c++) {
+    if (e + 4u * c < cols) { w[c] = dq4(r * row_bytes, e + 4u * c); }
   }
+  return w;
+}
+
+// Column e of tokens t..t+3 (zero past m or past the row end).
+fn fetch_x(t: u32, e: u32) -> vec4f {
+  var v = vec4f(0.0);
+  if (e >= cols) { return v; }
+  let m = step.n_tokens;
+  if (t < m) { v.x = x[t * cols + e]; }
+  if (t + 1u < m) { v.y = x[(t + 1u) * cols + e]; }
+  if (t + 2u < m) { v.z = x[(t + 2u) * cols + e]; }
+  if (t + 3u < m) { v.w = x[(t + 3u) * cols + e]; }
   return v;
+}
+
+// Four values of tile row `i` at tile columns k..k+3 into the k-major W tile.
+fn put_w(k: u32, i: u32, v: vec4f) {
+  let at = k * W_STRIDE + i / 4u;
+  let lane = i % 4u;
+  ws[at][lane] = v.x;
+  ws[at + W_STRIDE][lane] = v.y;
+  ws[at + 2u * W_STRIDE][lane] = v.z;
+  ws[at + 3u * W_STRIDE][lane] = v.w;
+}
+
+// Outputs of token t at rows r..r+3 of this part (those that exist).
+fn put_y(t: u32, r: u32, v: vec4f) {
+  if (t >= step.n_tokens) { return; }
+  let at = t * part.out_stride + part.first_row + r;
+  for (var j = 0u; j < 4u; j++) {
+    if (r + j < part.rows) { y[at + j] = v[j]; }
+  }
 }
 
 @compute @workgroup_size(16, 16)
@@ -70,67 +130,85 @@ fn main(
 ) {
   cols = part.cols;
   row_bytes = part.row_bytes;
-  let m = step.n_tokens;
-  let rows = part.rows;
-  let n0 = wid.x * TILE;
-  let t0 = wid.y * TILE;
-  if (t0 >= m) { return; }
+  let n0 = wid.x * TILE_ROWS;
+  let t0 = wid.y * tile_tokens;
+  if (t0 >= step.n_tokens) { return; }
 
-  var acc: array<vec4f, 4>; // acc[i][j]: token t0 + 4·lid.y + i, row n0 + 4·lid.x + j
-  for (var i = 0u; i < 4u; i++) { acc[i] = vec4f(0.0); }
+  // This thread's staging work: W unit (row wi, columns 16·wk..) and X column xk of token quads xq + j·…
+  let wi = tid % TILE_ROWS;
+  let wk = tid / TILE_ROWS;
+  let xk = tid % k_step;
+  let xq = tid / k_step;
+  let xq_step = THREADS / k_step;
 
-  for (var k0 = 0u; k0 < part.cols; k0 += BK) {
-    // Stage: threads 0..127 decode the W tile, sixteen columns of one row each (a block's scales once);
-    // threads 128..255 copy the X tile, four (token, 4-column) units each.
-    if (tid < THREADS / 2u) {
-      let i = tid / (BK / 16u);               // weight row within the tile
-      let kq = tid % (BK / 16u);              // which 16 columns
-      let e = k0 + 16u * kq;
-      var w: array<vec4f, 4>;
-      if (n0 + i < rows) {
-        if (e + 16u <= cols) {
-          w = dq16((n0 + i) * row_bytes, e);
-        } else {
-          for (var c = 0u; c < 4u; c++) {
-            if (e + 4u * c < cols) { w[c] = dq4((n0 + i) * row_bytes, e + 4u * c); }
-          }
-        }
-      }
-      for (var c = 0u; c < 16u; c++) {
-        ws[(16u * kq + c) * (TILE / 4u) + i / 4u][i % 4u] = w[c / 4u][c % 4u];
-      }
-    } else {
-      for (var s = 0u; s < 4u; s++) {
-        let unit = (tid - THREADS / 2u) + s * (THREADS / 2u);
-        let i = unit / (BK / 4u);             // token within the tile
-        let kq = unit % (BK / 4u);            // which 4 columns
-        let e = k0 + 4u * kq;
-        var a = vec4f(0.0);
-        if (t0 + i < m && e < cols) { a = load_x(t0 + i, e); }
-        for (var c = 0u; c < 4u; c++) {
-          xs[(4u * kq + c) * (TILE / 4u) + i / 4u][i % 4u] = a[c];
-        }
-      }
+  // acc[2c + h]: token 4·ly + c (acc[8 + 2c + h]: token 64 + 4·ly + c), rows 64h + 4·lx + 0..3.
+  var acc: array<vec4f, 16>;
+  var wv: array<vec4f, 4>;
+  var xv: array<vec4f, 4>;
+  if (tid < w_units) { wv = fetch_w(n0 + wi, 16u * wk); }
+  for (var p = 0u; p < x_loads; p++) { xv[p] = fetch_x(t0 + 4u * (xq + p * xq_step), xk); }
+
+  for (var k0 = 0u; k0 < part.cols; k0 += k_step) {
+    if (tid < w_units) {
+      put_w(16u * wk, wi, wv[0]);
+      put_w(16u * wk + 4u, wi, wv[1]);
+      put_w(16u * wk + 8u, wi, wv[2]);
+      put_w(16u * wk + 12u, wi, wv[3]);
     }
+    for (var p = 0u; p < x_loads; p++) { xs[x_at(xk, xq + p * xq_step)] = xv[p]; }
     workgroupBarrier();
-    for (var k = 0u; k < BK; k++) {
-      let a = xs[k * (TILE / 4u) + lid.y];
-      let b = ws[k * (TILE / 4u) + lid.x];
-      acc[0] += a.x * b;
-      acc[1] += a.y * b;
-      acc[2] += a.z * b;
-      acc[3] += a.w * b;
+
+    let k1 = k0 + k_step;
+    if (k1 < cols) {
+      if (tid < w_units) { wv = fetch_w(n0 + wi, k1 + 16u * wk); }
+      for (var p = 0u; p < x_loads; p++) { xv[p] = fetch_x(t0 + 4u * (xq + p * xq_step), k1 + xk); }
+    }
+
+    for (var k = 0u; k < k_step; k++) {
+      let b0 = ws[k * W_STRIDE + lid.x];
+      let b1 = ws[k * W_STRIDE + 16u + lid.x];
+      let a0 = xs[x_at(k, lid.y)];
+      acc[0] = fma(vec4f(a0.x), b0, acc[0]);
+      acc[1] = fma(vec4f(a0.x), b1, acc[1]);
+      acc[2] = fma(vec4f(a0.y), b0, acc[2]);
+      acc[3] = fma(vec4f(a0.y), b1, acc[3]);
+      acc[4] = fma(vec4f(a0.z), b0, acc[4]);
+      acc[5] = fma(vec4f(a0.z), b1, acc[5]);
+      acc[6] = fma(vec4f(a0.w), b0, acc[6]);
+      acc[7] = fma(vec4f(a0.w), b1, acc[7]);
+      if (tokens_per_thread == 8u) {
+        let a1 = xs[x_at(k, lid.y) + 16u];
+        acc[8] = fma(vec4f(a1.x), b0, acc[8]);
+        acc[9] = fma(vec4f(a1.x), b1, acc[9]);
+        acc[10] = fma(vec4f(a1.y), b0, acc[10]);
+        acc[11] = fma(vec4f(a1.y), b1, acc[11]);
+        acc[12] = fma(vec4f(a1.z), b0, acc[12]);
+        acc[13] = fma(vec4f(a1.z), b1, acc[13]);
+        acc[14] = fma(vec4f(a1.w), b0, acc[14]);
+        acc[15] = fma(vec4f(a1.w), b1, acc[15]);
+      }
     }
     workgroupBarrier();
   }
 
-  for (var i = 0u; i < 4u; i++) {
-    let t = t0 + 4u * lid.y + i;
-    if (t < m) {
-      for (var j = 0u; j < 4u; j++) {
-        let r = n0 + 4u * lid.x + j;
-        if (r < rows) { y[t * part.out_stride + part.first_row + r] = acc[i][j]; }
-      }
-    }
+  let t = t0 + 4u * lid.y;
+  let r = n0 + 4u * lid.x;
+  put_y(t, r, acc[0]);
+  put_y(t, r + 64u, acc[1]);
+  put_y(t + 1u, r, acc[2]);
+  put_y(t + 1u, r + 64u, acc[3]);
+  put_y(t + 2u, r, acc[4]);
+  put_y(t + 2u, r + 64u, acc[5]);
+  put_y(t + 3u, r, acc[6]);
+  put_y(t + 3u, r + 64u, acc[7]);
+  if (tokens_per_thread == 8u) {
+    put_y(t + 64u, r, acc[8]);
+    put_y(t + 64u, r + 64u, acc[9]);
+    put_y(t + 65u, r, acc[10]);
+    put_y(t + 65u, r + 64u, acc[11]);
+    put_y(t + 66u, r, acc[12]);
+    put_y(t + 66u, r + 64u, acc[13]);
+    put_y(t + 67u, r, acc[14]);
+    put_y(t + 67u, r + 64u, acc[15]);
   }
 }

@@ -17,7 +17,7 @@
  * @module
  */
 
-import { defaultMatvecWorkgroup } from "./matmul.ts";
+import { defaultMatvecWorkgroup, MATMUL_TILE_ROWS, matmulShape, type MatmulTuning } from "./matmul.ts";
 import { BadFlagError, UnsupportedError } from "../../errors.ts";
 import type { Gpu, Kernel } from "../device.ts";
 import { dequantSource, type GpuWeight } from "../weights.ts";
@@ -190,13 +190,16 @@ export function createGateUpSwiGlu(gpu: Gpu, options: GateUpSwiGluOptions): GpuO
   return new FusedOp(label, kernel, group, grid);
 }
 
-/** Options of {@link createGateUpSwiGluMatmul}: those of {@link createGateUpSwiGlu} without tuning. */
-export type GateUpSwiGluMatmulOptions = Omit<GateUpSwiGluOptions, "tuning">;
+/** Options of {@link createGateUpSwiGluMatmul}: those of {@link createGateUpSwiGlu}, with the prefill tuning. */
+export interface GateUpSwiGluMatmulOptions extends Omit<GateUpSwiGluOptions, "tuning"> {
+  /** Override constants for tuning on a given GPU (tile shape of `wgsl/matmul_fused.wgsl`). */
+  tuning?: MatmulTuning;
+}
 
 /**
  * Builds the prefill form of {@link createGateUpSwiGlu}: `out = silu(X · W_gateᵀ) · (X · W_upᵀ)` for the
- * step's tokens in 64-token × 32-row output tiles, one dispatch. Throws an {@link UnsupportedError} when
- * {@link canFuseGateUp} is false.
+ * step's tokens in output tiles of 64 rows × 64 or 128 tokens, one dispatch. Throws an
+ * {@link UnsupportedError} when {@link canFuseGateUp} is false.
  */
 export function createGateUpSwiGluMatmul(gpu: Gpu, options: GateUpSwiGluMatmulOptions): GpuOp {
   const { label, gate, up, x, out, maxTokens, step } = options;
@@ -205,11 +208,16 @@ export function createGateUpSwiGluMatmul(gpu: Gpu, options: GateUpSwiGluMatmulOp
   checkInt(label, "maxTokens", maxTokens, 1, step.maxTokens);
   checkSlice(label, "x", x, maxTokens * gate.cols * 4);
   checkSlice(label, "out", out, maxTokens * gate.rows * 4);
+  const rowsPerTile = MATMUL_TILE_ROWS / 2;
+  const rowTiles = ceilDiv(gate.rows, rowsPerTile);
+  const shape = matmulShape(gpu, label, maxTokens, rowTiles, options.tuning);
   const kernel = gpu.kernel("matmul_fused", {
     cols: gate.cols,
     rows: gate.rows,
     row_bytes_a: gate.rowBytes,
     row_bytes_b: up.rowBytes,
+    tokens_per_thread: shape.tokensPerThread,
+    k_step: shape.kStep,
   }, {
     DEQUANT_A: suffixedDequantSource(gate.info.name, "a"),
     DEQUANT_B: suffixedDequantSource(up.info.name, "b"),
@@ -221,8 +229,7 @@ export function createGateUpSwiGluMatmul(gpu: Gpu, options: GateUpSwiGluMatmulOp
     [3, out],
     [4, step.buffer],
   ]);
-  const rowTiles = ceilDiv(gate.rows, 32);
-  const tokenTiles = ceilDiv(maxTokens, 64);
+  const tokenTiles = ceilDiv(maxTokens, shape.tileTokens);
   checkWorkgroups(gpu, label, rowTiles);
   checkWorkgroups(gpu, label, tokenTiles);
   return new FusedOp(label, kernel, group, [rowTiles, tokenTiles, 1]);

@@ -165,19 +165,101 @@ export function createMatvec(gpu: Gpu, options: MatvecOptions): GpuOp {
   return new LinearOp(op, kernel, parts);
 }
 
-/** Creates the prefill matrix-matrix op: `Y = X · Wᵀ` for the step's tokens, in 64 × 64 output tiles. */
-export function createMatmul(gpu: Gpu, options: LinearOptions): GpuOp {
+/** Tuning knobs of the prefill kernels (WGSL override constants of `wgsl/matmul.wgsl` and `matmul_fused`). */
+export interface MatmulTuning {
+  /**
+   * Tokens per thread: 4 (64-token output tiles) or 8 (128-token tiles, twice the FMAs per workgroup-memory
+   * read, half the workgroups). Default: 8 when that still gives at least 256 workgroups and fits the
+   * workgroup memory, else 4.
+   */
+  tokensPerThread?: number;
+  /** Columns of K staged per step, 16 or 32 (default 32, or 16 when 32 does not fit the workgroup memory). */
+  kStep?: number;
+}
+
+/** Options of {@link createMatmul}. */
+export interface MatmulOptions extends LinearOptions {
+  /** Override constants for tuning on a given GPU. */
+  tuning?: MatmulTuning;
+}
+
+/** The tile shape a prefill kernel runs with (see {@link matmulShape}). */
+export interface MatmulShape {
+  /** Tokens per thread, 4 or 8. */
+  tokensPerThread: number;
+  /** Columns of K per step, 16 or 32. */
+  kStep: number;
+  /** Tokens per output tile (16 · tokensPerThread). */
+  tileTokens: number;
+}
+
+/** Output rows per workgroup of `wgsl/matmul.wgsl` (product columns per workgroup of the fused kernel). */
+export const MATMUL_TILE_ROWS = 128;
+
+/** Workgroup memory of the prefill kernels' tiles: X `[kStep][tileTokens]` and W `[kStep][128]`, f32. */
+export function matmulWorkgroupBytes(tokensPerThread: number, kStep: number): number {
+  return kStep * (16 * tokensPerThread + MATMUL_TILE_ROWS) * 4;
+}
+
+/**
+ * Picks (or checks) the tile shape of a prefill kernel for `maxTokens` tokens and `rowTiles` output tiles
+ * along the rows: the given tuning, checked, or the defaults of {@link MatmulTuning} within this GPU's
+ * workgroup memory. Throws a {@link BadFlagError} naming `op` for a tuning that is invalid or too large.
+ */
+export function matmulShape(
+  gpu: Gpu,
+  op: string,
+  maxTokens: number,
+  rowTiles: number,
+  tuning: MatmulTuning = {},
+): MatmulShape {
+  const limit = gpu.limits.maxComputeWorkgroupStorageSize;
+  const fits = (t: number, k: number) => matmulWorkgroupBytes(t, k) <= limit;
+  for (
+    const [what, value, allowed] of [
+      ["tokensPerThread", tuning.tokensPerThread, [4, 8]],
+      ["kStep", tuning.kStep, [16, 32]],
+    ] as const
+  ) {
+    if (value !== undefined && !(allowed as readonly number[]).includes(value)) {
+      throw new BadFlagError(`${op}: ${what} must be ${allowed.join(" or ")}, got ${value}`);
+    }
+  }
+  let tokensPerThread = tuning.tokensPerThread;
+  if (tokensPerThread === undefined) {
+    const bigTiles = ceilDiv(maxTokens, 128) * rowTiles;
+    tokensPerThread = bigTiles >= 256 && fits(8, tuning.kStep ?? 32) ? 8 : 4;
+  }
+  const kStep = tuning.kStep ?? (fits(tokensPerThread, 32) ? 32 : 16);
+  const bytes = matmulWorkgroupBytes(tokensPerThread, kStep);
+  if (bytes > limit) {
+    throw new BadFlagError(
+      `${op}: tokensPerThread ${tokensPerThread} with kStep ${kStep} needs ${bytes} bytes of workgroup ` +
+        `memory, this GPU allows ${limit}`,
+    );
+  }
+  return { tokensPerThread, kStep, tileTokens: 16 * tokensPerThread };
+}
+
+/**
+ * Creates the prefill matrix-matrix op: `Y = X · Wᵀ` for the step's tokens, in output tiles of 128 rows ×
+ * 64 or 128 tokens (see {@link MatmulTuning}).
+ */
+export function createMatmul(gpu: Gpu, options: MatmulOptions): GpuOp {
   const op = options.label;
   checkLinear(gpu, op, options);
   const { weight, maxTokens } = options;
+  const maxRowTiles = Math.max(...weight.parts.map((part) => ceilDiv(part.rows, MATMUL_TILE_ROWS)));
+  const shape = matmulShape(gpu, op, maxTokens, maxRowTiles, options.tuning);
   const kernel = gpu.kernel(
     "matmul",
-    {},
+    { tokens_per_thread: shape.tokensPerThread, k_step: shape.kStep },
     { DEQUANT: dequantSource(weight.info.name) },
   );
+  const tokenTiles = ceilDiv(maxTokens, shape.tileTokens);
   const parts = bindParts(gpu, kernel, options, (rows) => {
-    checkWorkgroups(gpu, op, ceilDiv(rows, 64));
-    return [ceilDiv(rows, 64), ceilDiv(maxTokens, 64), 1];
+    checkWorkgroups(gpu, op, ceilDiv(rows, MATMUL_TILE_ROWS));
+    return [ceilDiv(rows, MATMUL_TILE_ROWS), tokenTiles, 1];
   });
   return new LinearOp(op, kernel, parts);
 }
