@@ -10,7 +10,7 @@
 // binding 4: out, f32[n_tokens][q_heads * head_dim] (write)
 // binding 5: block_table, u32[seq_slots][layers][kv_heads][max_pages] (read)
 // binding 6: lengths, u32[seq_slots][layers][kv_heads] (read), including the new tokens
-// binding 7…: pool shards (read), see the generated block below.
+// binding 7…: pool shards (read) as vec4<u32>, see the generated block below.
 // binding 16: slot_info, u32[seq_slots][layers][kv_heads][ring_tokens] (read), WG-KV mode only (a placeholder
 //            is bound otherwise): position * 2 + admitted of the token in each ring slot of the dual cache.
 //
@@ -108,6 +108,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
   let base = len - n_tokens;
   let half_dim = head_dim / 2u;
   let quads = head_dim / 4u;
+  let octets = head_dim / 8u; // 16-byte words per key in the pool
   let k_stride = quads + 1u;
   let blocks = tile_rows / 4u;
   let stride = q_heads * head_dim;
@@ -144,28 +145,26 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
     if (!tile_visible(key0, first_q, last_q)) { continue; }
     workgroupBarrier(); // the previous tile's K, V and probabilities are no longer read
 
-    // 1. Stage K (as pairs of words) and V; keys past the row's length read as zero.
-    for (var w = tid; w < tile_keys * quads; w += threads) {
-      let t = w / quads;
-      let c = w % quads;
+    // 1. Stage K and V, 16-byte loads (8 values); keys past the row's length read as zero.
+    for (var w = tid; w < tile_keys * octets; w += threads) {
+      let t = w / octets;
+      let c = w % octets;
       let key = key0 + t;
-      var pair = vec2u(0u);
+      var k8 = vec4u(0u);
+      var v8 = vec4u(0u);
       if (key < len) {
         let page = block_table[row * max_pages + key / PAGE_TOKENS];
-        let word = (key % PAGE_TOKENS) * half_dim + 2u * c;
-        pair = vec2u(pool_load(page, word), pool_load(page, word + 1u));
+        let quad = (key % PAGE_TOKENS) * octets + c;
+        k8 = pool_load4(page, quad);
+        v8 = pool_load4(page, PAGE_TOKENS * octets + quad);
       }
-      k_tile[t * k_stride + c] = pair;
-    }
-    for (var w = tid; w < tile_keys * half_dim; w += threads) {
-      let t = w / half_dim;
-      let key = key0 + t;
-      var word = 0u;
-      if (key < len) {
-        let page = block_table[row * max_pages + key / PAGE_TOKENS];
-        word = pool_load(page, PAGE_TOKENS * half_dim + (key % PAGE_TOKENS) * half_dim + w % half_dim);
-      }
-      v_tile[w] = word;
+      k_tile[t * k_stride + 2u * c] = k8.xy;
+      k_tile[t * k_stride + 2u * c + 1u] = k8.zw;
+      let v_at = t * half_dim + 4u * c;
+      v_tile[v_at] = v8.x;
+      v_tile[v_at + 1u] = v8.y;
+      v_tile[v_at + 2u] = v8.z;
+      v_tile[v_at + 3u] = v8.w;
     }
     workgroupBarrier();
 

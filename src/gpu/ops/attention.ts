@@ -15,7 +15,6 @@ import {
   layerUniform,
   pagedKvConstants,
   type PagedKvView,
-  poolShaderSource,
   shardEntries,
 } from "../../kv/paged_view.ts";
 import {
@@ -275,7 +274,7 @@ export function createFlashPrefill(gpu: Gpu, options: FlashPrefillOptions): GpuO
       pv_pairs: Math.ceil(D / 32),
       threads: tiling.rows * 4,
     },
-    { POOL: poolShaderSource(kv.shards.length, 7, false) },
+    { POOL: poolQuadShaderSource(kv.shards.length, 7) },
   );
   const layerParams = layerUniform(gpu, label, layer);
   const group = bindNumbered(gpu, kernel, [
