@@ -169,8 +169,8 @@ export function createMatvec(gpu: Gpu, options: MatvecOptions): GpuOp {
 export interface MatmulTuning {
   /**
    * Tokens per thread: 4 (64-token output tiles) or 8 (128-token tiles, twice the FMAs per workgroup-memory
-   * read, half the workgroups). Default: 8 when that still gives at least 256 workgroups and fits the
-   * workgroup memory, else 4.
+   * read, half the workgroups and half the W decoding). Default: 8 when that still gives at least 128
+   * workgroups (about one per SM of a large GPU) and fits the workgroup memory, else 4.
    */
   tokensPerThread?: number;
   /** Columns of K staged per step, 16 or 32 (default 32, or 16 when 32 does not fit the workgroup memory). */
@@ -228,7 +228,7 @@ export function matmulShape(
   let tokensPerThread = tuning.tokensPerThread;
   if (tokensPerThread === undefined) {
     const bigTiles = ceilDiv(maxTokens, 128) * rowTiles;
-    tokensPerThread = bigTiles >= 256 && fits(8, tuning.kStep ?? 32) ? 8 : 4;
+    tokensPerThread = bigTiles >= 128 && fits(8, tuning.kStep ?? 32) ? 8 : 4;
   }
   const kStep = tuning.kStep ?? (fits(tokensPerThread, 32) ? 32 : 16);
   const bytes = matmulWorkgroupBytes(tokensPerThread, kStep);
