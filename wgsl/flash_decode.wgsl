@@ -7,22 +7,36 @@
 // binding 1: sequence, uniform { slot } (the KV cache's sequence selector); the query is the row's last token
 // binding 2: layer_params, uniform { layer }
 // binding 3: q, f32[q_heads * head_dim] (read), the query after RoPE
-// binding 4: partials, f32[splits][q_heads][2 + head_dim]: running max, sum of weights, weighted V sum
+// binding 4: partials, f32 (written by `main`): weighted V sums [splits][q_heads][head_dim], then
+//            [splits][q_heads][2] (running max, sum of weights)
 // binding 5: out, f32[q_heads * head_dim] (write, by `reduce`)
 // binding 6: block_table, u32[seq_slots][layers][kv_heads][max_pages] (read)
 // binding 7: lengths, u32[seq_slots][layers][kv_heads] (read), including the current token
-// binding 8…: pool shards (read), see the generated block below.
+// binding 8…: pool shards (read) as vec4<u32>, see the generated block below.
 // binding 16: slot_info, u32[seq_slots][layers][kv_heads][ring_tokens] (read), WG-KV mode only (a placeholder
 //            is bound otherwise): position * 2 + admitted of the token in each ring slot of the dual cache.
+// binding 17: partial_sums, vec4<f32>[splits][q_heads][head_dim / 4] (read, by `reduce`): the V-sum part of
+//             `partials`
+// binding 18: partial_stats, f32 (read, by `reduce`): the whole of `partials`, for the (max, sum) pairs
 //
 // WG-KV mode (wgkv_window > 0): the row is a dual cache, ring slots [0, ring_tokens) then global tokens; a
 // ring key at position p is seen iff p <= q and (q - p < wgkv_window or it was admitted), every global key
 // is seen. A split whose keys are all masked contributes a zero sum (weights of masked keys are 0).
 //
-// Splits: the grid is fixed at (splits, kv_heads) so the same commands replay every token; each row's
-// n pages are cut into `splits` ranges of ceil(n / splits) pages, computed from its length on the GPU, so
-// ragged heads balance themselves and splits without pages exit at once. One workgroup serves all
-// `group` query heads of its KV head, so each K/V page is loaded once for the group.
+// Splits: the grid is fixed at (splits, kv_heads * head batches) so the same commands replay every token;
+// each row's n pages are cut into `splits` ranges of ceil(n / splits) pages, computed from its length on the
+// GPU, so ragged heads balance themselves and splits without pages exit at once.
+//
+// Work in `main`: a workgroup serves up to 4 query heads of one KV head (a head batch; the 4 heads are the
+// lanes of a vec4, so one load of each K and V row serves all of them). Keys are taken in blocks of
+// `block_keys` (= the workgroup size):
+//   1. scores: thread t owns key t of the block and computes its dot products with the 4 queries from
+//      16-byte loads of the whole K row (no reduction between threads);
+//   2. values: the threads form key groups of head_dim / 8 lanes; lane i owns output dimensions
+//      [8i, 8i + 8) of the 4 heads, and each key group walks its own slice of the block's keys with its own
+//      online softmax (running max and sum per head), reading whole V rows with coalesced 16-byte loads;
+//   3. after the last block the key groups' states are merged pairwise in workgroup memory.
+// Two barriers per block of keys, none inside the dot products.
 
 override head_dim: u32 = 64u;
 override q_heads: u32 = 1u;
@@ -34,10 +48,13 @@ override splits: u32 = 1u;
 override scale: f32 = 0.125;
 override wgkv_window: u32 = 0u; // 0: plain causal cache; > 0: WG-KV dual cache with this local window
 override ring_tokens: u32 = 16u; // WG-KV mode: ring slots at the start of each row
+override block_keys: u32 = 128u; // keys per block = threads per workgroup of `main` (>= head_dim / 8)
 
 const PAGE_TOKENS: u32 = 16u;
-const MAX_ACC_PER_THREAD: u32 = 32u; // group * head_dim <= 2048
+const HEADS_PER_BATCH: u32 = 4u;
+const DIMS_PER_LANE: u32 = 8u; // one vec4<u32> of packed f16 pairs
 const MASKED: f32 = -3.0e38;
+const REDUCE_THREADS: u32 = 256u;
 
 struct Step { n_tokens: u32, pos0: u32, pad0: u32, pad1: u32 }
 struct Sequence { slot: u32, pad0: u32, pad1: u32, pad2: u32 }
@@ -52,17 +69,25 @@ struct LayerParams { layer: u32, pad0: u32, pad1: u32, pad2: u32 }
 @group(0) @binding(6) var<storage, read> block_table: array<u32>;
 @group(0) @binding(7) var<storage, read> lengths: array<u32>;
 @group(0) @binding(16) var<storage, read> slot_info: array<u32>;
+@group(0) @binding(17) var<storage, read> partial_sums: array<vec4f>;
+@group(0) @binding(18) var<storage, read> partial_stats: array<f32>;
 
 {{POOL}}
 
-var<workgroup> q_group: array<f32, (q_heads / kv_heads) * head_dim>; // scaled queries of the group
-var<workgroup> k_page: array<u32, PAGE_TOKENS * head_dim / 2u>; // packed f16 pairs, token-major
-var<workgroup> v_page: array<u32, PAGE_TOKENS * head_dim / 2u>;
-var<workgroup> weights: array<f32, (q_heads / kv_heads) * PAGE_TOKENS>; // scores, then exp weights
-var<workgroup> run_max: array<f32, q_heads / kv_heads>;
-var<workgroup> run_sum: array<f32, q_heads / kv_heads>;
-var<workgroup> rescale: array<f32, q_heads / kv_heads>;
+// `main`: scaled queries of the head batch, [head_dim] of vec4 (lane c = head c of the batch, 0 if absent).
+var<workgroup> q_batch: array<vec4f, head_dim>;
+// `main`: scores of the block's keys (vec4 over the batch's heads), MASKED for unseen keys.
+var<workgroup> scores: array<vec4f, block_keys>;
+// `main`: merge slots, one per key group of the upper half (at least one declared): V sums [slot][head_dim]
+// and (max, sum) [slot][2].
+var<workgroup> merge_sums: array<vec4f, max(1u, block_keys / (head_dim / DIMS_PER_LANE) / 2u) * head_dim>;
+var<workgroup> merge_stats: array<vec4f, max(1u, block_keys / (head_dim / DIMS_PER_LANE) / 2u) * 2u>;
 var<workgroup> row_length: u32;
+
+// `reduce`: tree of maxima, then per-thread partial sums.
+var<workgroup> reduce_max: array<f32, REDUCE_THREADS>;
+var<workgroup> reduce_sums: array<vec4f, REDUCE_THREADS>;
+var<workgroup> reduce_weights: array<f32, REDUCE_THREADS>;
 
 // Whether the query sees the key of logical index k_index of row `row` (WG-KV mask; always in plain mode).
 fn key_visible(row: u32, k_index: u32) -> bool {
@@ -80,127 +105,237 @@ fn split_range(split: u32, len: u32) -> vec2u {
   return vec2u(split * per, min(split * per + per, n_pages));
 }
 
-@compute @workgroup_size(64)
+// Splits that have pages for a row of `len` tokens (they are the first ones).
+fn used_splits(len: u32) -> u32 {
+  let n_pages = (len + PAGE_TOKENS - 1u) / PAGE_TOKENS;
+  if (n_pages == 0u) { return 0u; }
+  let per = (n_pages + splits - 1u) / splits;
+  return (n_pages + per - 1u) / per;
+}
+
+// Pool quad (vec4<u32> index inside a page) of quad `quad` of key `key`'s K row; V rows follow all K rows.
+fn key_quad(key: u32, quad: u32) -> u32 {
+  return (key % PAGE_TOKENS) * (head_dim / DIMS_PER_LANE) + quad;
+}
+
+// The 4 heads' dot products with the 8 key dimensions packed in `k`, which are dimensions 8 * quad + [0, 8).
+fn dot8(k: vec4u, quad: u32) -> vec4f {
+  let d = quad * DIMS_PER_LANE;
+  let a = unpack2x16float(k.x);
+  let b = unpack2x16float(k.y);
+  let c = unpack2x16float(k.z);
+  let e = unpack2x16float(k.w);
+  return q_batch[d] * a.x + q_batch[d + 1u] * a.y + q_batch[d + 2u] * b.x + q_batch[d + 3u] * b.y +
+    q_batch[d + 4u] * c.x + q_batch[d + 5u] * c.y + q_batch[d + 6u] * e.x + q_batch[d + 7u] * e.y;
+}
+
+// Adds weight `w` (vec4 over heads) times the 8 values packed in `v` to the lane's sums.
+fn accumulate(sums: ptr<function, array<vec4f, 8>>, w: vec4f, v: vec4u) {
+  let a = unpack2x16float(v.x);
+  let b = unpack2x16float(v.y);
+  let c = unpack2x16float(v.z);
+  let e = unpack2x16float(v.w);
+  (*sums)[0] += w * a.x;
+  (*sums)[1] += w * a.y;
+  (*sums)[2] += w * b.x;
+  (*sums)[3] += w * b.y;
+  (*sums)[4] += w * c.x;
+  (*sums)[5] += w * c.y;
+  (*sums)[6] += w * e.x;
+  (*sums)[7] += w * e.y;
+}
+
+// Softmax weights of scores `s` against running max `m` (0 for masked keys).
+fn key_weight(s: vec4f, m: vec4f) -> vec4f {
+  return select(vec4f(0.0), exp(s - m), s > vec4f(MASKED));
+}
+
+@compute @workgroup_size(block_keys)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
-  let split = wg.x;
-  let kv_head = wg.y;
   let group = q_heads / kv_heads;
+  let batches = (group + HEADS_PER_BATCH - 1u) / HEADS_PER_BATCH;
+  let split = wg.x;
+  let kv_head = wg.y / batches;
+  let batch = wg.y % batches;
   let row = (sequence.slot * layers + layer_params.layer) * kv_heads + kv_head;
   if (tid == 0u) { row_length = lengths[row]; }
   let len = workgroupUniformLoad(&row_length);
   let range = split_range(split, len);
   if (range.x >= range.y) { return; }
-  let half_dim = head_dim / 2u;
 
-  for (var i = tid; i < group * head_dim; i += 64u) {
-    q_group[i] = q[kv_head * group * head_dim + i] * scale;
-  }
-  if (tid < group) {
-    run_max[tid] = MASKED;
-    run_sum[tid] = 0.0;
-  }
-  var acc: array<f32, MAX_ACC_PER_THREAD>;
-  let acc_count = (group * head_dim + 63u) / 64u;
-  for (var c = 0u; c < acc_count; c++) { acc[c] = 0.0; }
-
-  for (var j = range.x; j < range.y; j++) {
-    let page = block_table[row * max_pages + j];
-    let valid = min(PAGE_TOKENS, len - j * PAGE_TOKENS);
-    workgroupBarrier(); // the previous page is no longer read
-    for (var w = tid; w < PAGE_TOKENS * half_dim; w += 64u) {
-      k_page[w] = pool_load(page, w);
-      v_page[w] = pool_load(page, PAGE_TOKENS * half_dim + w);
-    }
-    workgroupBarrier();
-    for (var e = tid; e < group * PAGE_TOKENS; e += 64u) {
-      let g = e / PAGE_TOKENS;
-      let t = e % PAGE_TOKENS;
-      var s = MASKED;
-      if (t < valid && key_visible(row, j * PAGE_TOKENS + t)) {
-        var dot_sum = 0.0;
-        for (var p = 0u; p < half_dim; p++) {
-          let kv = unpack2x16float(k_page[t * half_dim + p]);
-          dot_sum += kv.x * q_group[g * head_dim + 2u * p] + kv.y * q_group[g * head_dim + 2u * p + 1u];
-        }
-        s = dot_sum;
-      }
-      weights[e] = s;
-    }
-    workgroupBarrier();
-    if (tid < group) {
-      var page_max = MASKED;
-      for (var t = 0u; t < valid; t++) { page_max = max(page_max, weights[tid * PAGE_TOKENS + t]); }
-      let m_new = max(run_max[tid], page_max);
-      var sum = 0.0;
-      for (var t = 0u; t < valid; t++) {
-        let w = weights[tid * PAGE_TOKENS + t];
-        let p = select(0.0, exp(w - m_new), w > MASKED);
-        weights[tid * PAGE_TOKENS + t] = p;
-        sum += p;
-      }
-      let alpha = exp(run_max[tid] - m_new);
-      rescale[tid] = alpha;
-      run_sum[tid] = run_sum[tid] * alpha + sum;
-      run_max[tid] = m_new;
-    }
-    workgroupBarrier();
-    for (var c = 0u; c < acc_count; c++) {
-      let e = tid + 64u * c;
-      if (e < group * head_dim) {
-        let g = e / head_dim;
-        let d = e % head_dim;
-        var a = acc[c] * rescale[g];
-        for (var t = 0u; t < valid; t++) {
-          let v = unpack2x16float(v_page[t * half_dim + d / 2u]);
-          a += weights[g * PAGE_TOKENS + t] * select(v.x, v.y, (d & 1u) == 1u);
-        }
-        acc[c] = a;
-      }
-    }
+  let first_head = kv_head * group + batch * HEADS_PER_BATCH;
+  let batch_heads = min(HEADS_PER_BATCH, group - batch * HEADS_PER_BATCH);
+  for (var d = tid; d < head_dim; d += block_keys) {
+    var qv = vec4f(0.0);
+    for (var c = 0u; c < batch_heads; c++) { qv[c] = q[(first_head + c) * head_dim + d] * scale; }
+    q_batch[d] = qv;
   }
 
-  workgroupBarrier();
-  let width = 2u + head_dim;
-  for (var c = 0u; c < acc_count; c++) {
-    let e = tid + 64u * c;
-    if (e < group * head_dim) {
-      let g = e / head_dim;
-      partials[(split * q_heads + kv_head * group + g) * width + 2u + e % head_dim] = acc[c];
+  let quads = head_dim / DIMS_PER_LANE; // vec4<u32> per K or V row
+  let v_base = PAGE_TOKENS * quads; // first V quad of a page
+  let key_groups = block_keys / quads;
+  let keys_per_group = (block_keys + key_groups - 1u) / key_groups;
+  let lane = tid % quads;
+  let key_group = tid / quads;
+  let table = row * max_pages;
+
+  var run_max = vec4f(MASKED);
+  var run_sum = vec4f(0.0);
+  var sums: array<vec4f, 8>;
+  for (var i = 0u; i < 8u; i++) { sums[i] = vec4f(0.0); }
+
+  let first_key = range.x * PAGE_TOKENS;
+  let end_key = min(range.y * PAGE_TOKENS, len);
+  for (var block = first_key; block < end_key; block += block_keys) {
+    workgroupBarrier(); // q_batch is written (first block); the previous block's scores are read
+
+    // 1. Scores: thread tid owns key block + tid.
+    let key = block + tid;
+    var s = vec4f(MASKED);
+    if (key < end_key && key_visible(row, key)) {
+      let page = block_table[table + key / PAGE_TOKENS];
+      let k0 = key_quad(key, 0u);
+      var acc = vec4f(0.0);
+      var p = 0u;
+      for (; p + 4u <= quads; p += 4u) {
+        let w0 = pool_load4(page, k0 + p);
+        let w1 = pool_load4(page, k0 + p + 1u);
+        let w2 = pool_load4(page, k0 + p + 2u);
+        let w3 = pool_load4(page, k0 + p + 3u);
+        acc += dot8(w0, p) + dot8(w1, p + 1u) + dot8(w2, p + 2u) + dot8(w3, p + 3u);
+      }
+      for (; p < quads; p++) { acc += dot8(pool_load4(page, k0 + p), p); }
+      s = acc;
+    }
+    scores[tid] = s;
+    workgroupBarrier();
+
+    // 2. Values: key group `key_group` takes keys [t_begin, t_end) of the block.
+    let t_begin = key_group * keys_per_group;
+    let t_end = min(t_begin + keys_per_group, min(block_keys, end_key - block));
+    if (key_group < key_groups && t_begin < t_end) {
+      var block_max = run_max;
+      for (var t = t_begin; t < t_end; t++) { block_max = max(block_max, scores[t]); }
+      let alpha = exp(run_max - block_max);
+      run_sum *= alpha;
+      for (var i = 0u; i < 8u; i++) { sums[i] *= alpha; }
+      run_max = block_max;
+      let last = t_end - 1u;
+      for (var t = t_begin; t < t_end; t += 4u) {
+        // Four keys at a time; keys past the end repeat the last one with weight 0.
+        let t1 = min(t + 1u, last);
+        let t2 = min(t + 2u, last);
+        let t3 = min(t + 3u, last);
+        let key0 = block + t;
+        let key1 = block + t1;
+        let key2 = block + t2;
+        let key3 = block + t3;
+        let v0 = pool_load4(block_table[table + key0 / PAGE_TOKENS], v_base + key_quad(key0, lane));
+        let v1 = pool_load4(block_table[table + key1 / PAGE_TOKENS], v_base + key_quad(key1, lane));
+        let v2 = pool_load4(block_table[table + key2 / PAGE_TOKENS], v_base + key_quad(key2, lane));
+        let v3 = pool_load4(block_table[table + key3 / PAGE_TOKENS], v_base + key_quad(key3, lane));
+        let p0 = key_weight(scores[t], run_max);
+        let p1 = select(vec4f(0.0), key_weight(scores[t1], run_max), t + 1u <= last);
+        let p2 = select(vec4f(0.0), key_weight(scores[t2], run_max), t + 2u <= last);
+        let p3 = select(vec4f(0.0), key_weight(scores[t3], run_max), t + 3u <= last);
+        run_sum += p0 + p1 + p2 + p3;
+        accumulate(&sums, p0, v0);
+        accumulate(&sums, p1, v1);
+        accumulate(&sums, p2, v2);
+        accumulate(&sums, p3, v3);
+      }
     }
   }
-  if (tid < group) {
-    let o = (split * q_heads + kv_head * group + tid) * width;
-    partials[o] = run_max[tid];
-    partials[o + 1u] = run_sum[tid];
+
+  // 3. Merge the key groups: the upper half hands its state to the lower half until one group is left.
+  var n = key_groups;
+  while (n > 1u) {
+    let half = (n + 1u) / 2u;
+    workgroupBarrier();
+    if (key_group >= half && key_group < n) {
+      let slot = key_group - half;
+      for (var i = 0u; i < 8u; i++) { merge_sums[slot * head_dim + lane * DIMS_PER_LANE + i] = sums[i]; }
+      if (lane == 0u) {
+        merge_stats[2u * slot] = run_max;
+        merge_stats[2u * slot + 1u] = run_sum;
+      }
+    }
+    workgroupBarrier();
+    if (key_group < n - half) {
+      let slot = key_group;
+      let other_max = merge_stats[2u * slot];
+      let m = max(run_max, other_max);
+      let a = exp(run_max - m);
+      let b = exp(other_max - m);
+      run_sum = run_sum * a + merge_stats[2u * slot + 1u] * b;
+      for (var i = 0u; i < 8u; i++) {
+        sums[i] = sums[i] * a + merge_sums[slot * head_dim + lane * DIMS_PER_LANE + i] * b;
+      }
+      run_max = m;
+    }
+    n = half;
+  }
+
+  if (key_group == 0u) {
+    for (var c = 0u; c < batch_heads; c++) {
+      let o = ((split * q_heads + first_head + c) * head_dim) + lane * DIMS_PER_LANE;
+      for (var i = 0u; i < 8u; i++) { partials[o + i] = sums[i][c]; }
+      if (lane == 0u) {
+        let so = splits * q_heads * head_dim + (split * q_heads + first_head + c) * 2u;
+        partials[so] = run_max[c];
+        partials[so + 1u] = run_sum[c];
+      }
+    }
   }
 }
 
-// Grid: (q_heads). Merges the splits that had pages for the query head's KV head.
-@compute @workgroup_size(64)
+// Grid: (q_heads). Merges the splits that had pages for the query head's KV head: the maximum over splits
+// by a tree, then thread (r, c) sums splits r, r + rows, … of column c (4 dimensions), then row 0 adds up.
+@compute @workgroup_size(REDUCE_THREADS)
 fn reduce(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
   let head = wg.x;
   let kv_head = head / (q_heads / kv_heads);
   let len = lengths[(sequence.slot * layers + layer_params.layer) * kv_heads + kv_head];
-  let width = 2u + head_dim;
-  var used_splits = 0u;
-  for (var s = 0u; s < splits; s++) {
-    let r = split_range(s, len);
-    if (r.x < r.y) { used_splits = s + 1u; }
-  }
+  let used = used_splits(len);
+  let stats = splits * q_heads * head_dim;
+
   var m = MASKED;
-  for (var s = 0u; s < used_splits; s++) { m = max(m, partials[(s * q_heads + head) * width]); }
-  var total = 0.0;
-  for (var s = 0u; s < used_splits; s++) {
-    let o = (s * q_heads + head) * width;
-    total += partials[o + 1u] * exp(partials[o] - m);
+  for (var s = tid; s < used; s += REDUCE_THREADS) {
+    m = max(m, partial_stats[stats + (s * q_heads + head) * 2u]);
   }
-  let inv = select(0.0, 1.0 / total, total > 0.0);
-  for (var d = tid; d < head_dim; d += 64u) {
-    var a = 0.0;
-    for (var s = 0u; s < used_splits; s++) {
-      let o = (s * q_heads + head) * width;
-      a += partials[o + 2u + d] * exp(partials[o] - m);
+  reduce_max[tid] = m;
+  for (var stride = REDUCE_THREADS / 2u; stride > 0u; stride /= 2u) {
+    workgroupBarrier();
+    if (tid < stride) { reduce_max[tid] = max(reduce_max[tid], reduce_max[tid + stride]); }
+  }
+  workgroupBarrier();
+  let m_all = reduce_max[0];
+
+  let columns = head_dim / 4u;
+  let rows = REDUCE_THREADS / columns;
+  let column = tid % columns;
+  let r = tid / columns;
+  var acc = vec4f(0.0);
+  var total = 0.0;
+  if (r < rows) {
+    for (var s = r; s < used; s += rows) {
+      let so = stats + (s * q_heads + head) * 2u;
+      let w = exp(partial_stats[so] - m_all);
+      total += w * partial_stats[so + 1u];
+      acc += w * partial_sums[(s * q_heads + head) * columns + column];
     }
-    out[head * head_dim + d] = a * inv;
+  }
+  reduce_sums[tid] = acc;
+  reduce_weights[tid] = total;
+  workgroupBarrier();
+  if (r == 0u) {
+    var a = vec4f(0.0);
+    var t = 0.0;
+    for (var i = 0u; i < rows; i++) {
+      a += reduce_sums[i * columns + column];
+      t += reduce_weights[i * columns + column];
+    }
+    let inv = select(0.0, 1.0 / t, t > 0.0);
+    for (var c = 0u; c < 4u; c++) { out[head * head_dim + column * 4u + c] = a[c] * inv; }
   }
 }

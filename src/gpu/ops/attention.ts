@@ -201,7 +201,7 @@ const DECODE_BLOCK_KEYS = 128;
 
 /** Workgroup memory of the decode partial pass (see the `var<workgroup>` declarations of `main`). */
 function decodeWorkgroupBytes(headDim: number, blockKeys: number): number {
-  const slots = Math.floor(Math.floor(blockKeys / (headDim / 8)) / 2);
+  const slots = Math.max(1, Math.floor(Math.floor(blockKeys / (headDim / 8)) / 2));
   return headDim * 16 + blockKeys * 16 + slots * headDim * 16 + slots * 2 * 16 + 4;
 }
 

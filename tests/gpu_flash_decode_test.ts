@@ -1,0 +1,189 @@
+import { ok, throws } from "node:assert/strict";
+import { BadFlagError } from "../src/errors.ts";
+import { getGpu } from "../src/gpu/device.ts";
+import { createFlashDecode } from "../src/gpu/ops/attention.ts";
+import { createKvAppend } from "../src/gpu/ops/kv_append.ts";
+import { StepParams } from "../src/gpu/ops/op.ts";
+import { KvCache } from "../src/kv/kv_cache.ts";
+import { attendOne } from "../src/model/ops.ts";
+
+/** Random values in [-2, 2), never all zero. */
+function random(n: number): Float32Array<ArrayBuffer> {
+  return Float32Array.from({ length: n }, () => Math.random() * 4 - 2);
+}
+
+interface Case {
+  headDim: number;
+  kvHeads: number;
+  group: number;
+  /** Tokens appended to every row, then rows are cut to `cuts[head]` tokens where given. */
+  tokens: number;
+  cuts?: number[];
+  splits: number;
+  blockKeys?: number;
+}
+
+/**
+ * Fills one layer of a cache with random keys and values, cuts rows to ragged lengths, runs the decode op
+ * on a random query and compares every output with the CPU reference (outputs start as NaN).
+ */
+async function checkDecode(c: Case): Promise<void> {
+  const gpu = await getGpu();
+  const { headDim: D, kvHeads, group, tokens, splits } = c;
+  const qHeads = kvHeads * group;
+  const kv = await KvCache.create(gpu, {
+    layers: 1,
+    kvHeads,
+    headDim: D,
+    maxTokensPerHead: tokens,
+    pages: kvHeads * Math.ceil(tokens / 16) + 7,
+  });
+  try {
+    const slot = kv.openSequence();
+    const step = new StepParams(gpu, tokens);
+    const kBuf = gpu.buffer("k", tokens * kvHeads * D * 4);
+    const vBuf = gpu.buffer("v", tokens * kvHeads * D * 4);
+    const qBuf = gpu.buffer("q", qHeads * D * 4);
+    const outBuf = gpu.buffer("out", qHeads * D * 4);
+    const append = createKvAppend(gpu, {
+      label: "append",
+      kv,
+      layer: 0,
+      maxTokens: tokens,
+      k: kBuf,
+      v: vBuf,
+      step,
+    });
+    const k = random(tokens * kvHeads * D), v = random(tokens * kvHeads * D), q = random(qHeads * D);
+    kv.append(slot, tokens);
+    kv.flush();
+    kv.selectSequence(slot);
+    step.set(tokens);
+    gpu.device.queue.writeBuffer(kBuf, 0, k);
+    gpu.device.queue.writeBuffer(vBuf, 0, v);
+    gpu.device.queue.writeBuffer(qBuf, 0, q);
+    gpu.device.queue.writeBuffer(outBuf, 0, new Float32Array(qHeads * D).fill(NaN));
+    let encoder = gpu.device.createCommandEncoder();
+    let pass = encoder.beginComputePass();
+    append.encode(pass);
+    pass.end();
+    gpu.device.queue.submit([encoder.finish()]);
+    for (let h = 0; h < kvHeads; h++) {
+      if (c.cuts && c.cuts[h] !== undefined) kv.truncateHead(slot, 0, h, c.cuts[h]);
+    }
+    kv.flush();
+
+    gpu.device.pushErrorScope("validation");
+    const decode = createFlashDecode(gpu, {
+      label: "decode",
+      kv,
+      layer: 0,
+      qHeads,
+      q: qBuf,
+      out: outBuf,
+      splits,
+      blockKeys: c.blockKeys,
+    });
+    encoder = gpu.device.createCommandEncoder();
+    pass = encoder.beginComputePass();
+    decode.encode(pass);
+    pass.end();
+    gpu.device.queue.submit([encoder.finish()]);
+    const error = await gpu.device.popErrorScope();
+    ok(error === null, error?.message);
+    const got = await gpu.readF32(outBuf, 0, qHeads * D);
+
+    const want = new Float32Array(qHeads * D);
+    for (let hq = 0; hq < qHeads; hq++) {
+      const h = Math.floor(hq / group);
+      const len = kv.length(slot, 0, h);
+      const keys = new Float32Array(len * D), values = new Float32Array(len * D);
+      for (let t = 0; t < len; t++) {
+        for (let d = 0; d < D; d++) {
+          keys[t * D + d] = Math.f16round(k[(t * kvHeads + h) * D + d]);
+          values[t * D + d] = Math.f16round(v[(t * kvHeads + h) * D + d]);
+        }
+      }
+      if (len === 0) continue; // an empty row attends to nothing: the kernel writes zeros
+      attendOne(want, q, keys, values, len, D, D, 0, 1 / Math.sqrt(D), hq * D, hq * D);
+    }
+    for (let i = 0; i < want.length; i++) {
+      const err = Math.abs(got[i] - want[i]);
+      ok(
+        err <= 1e-4 + 1e-4 * Math.abs(want[i]),
+        `${JSON.stringify(c)}: out[${i}] = ${got[i]}, want ${want[i]}`,
+      );
+    }
+    for (const b of [kBuf, vBuf, qBuf, outBuf]) b.destroy();
+  } finally {
+    kv.destroy();
+  }
+}
+
+Deno.test("flash decode: head_dim 24 (3 lanes per row), G 5 (two head batches), several blocks per split", async () => {
+  await checkDecode({ headDim: 24, kvHeads: 1, group: 5, tokens: 300, splits: 2 });
+});
+
+Deno.test("flash decode: head_dim 256, G 8, one key group per block (blockKeys 32), ragged rows", async () => {
+  await checkDecode({
+    headDim: 256,
+    kvHeads: 2,
+    group: 8,
+    tokens: 70,
+    cuts: [70, 33],
+    splits: 3,
+    blockKeys: 32,
+  });
+});
+
+Deno.test("flash decode: head_dim 8, G 1, blockKeys 256, more splits than pages, an empty row", async () => {
+  await checkDecode({
+    headDim: 8,
+    kvHeads: 3,
+    group: 1,
+    tokens: 600,
+    cuts: [600, 1, 0],
+    splits: 7,
+    blockKeys: 256,
+  });
+  await checkDecode({ headDim: 8, kvHeads: 2, group: 3, tokens: 40, cuts: [17, 40], splits: 40 });
+});
+
+Deno.test("flash decode: head_dim 64, G 4, blockKeys 64, rows ending on and after a block boundary", async () => {
+  await checkDecode({
+    headDim: 64,
+    kvHeads: 3,
+    group: 4,
+    tokens: 129,
+    cuts: [128, 129, 64],
+    splits: 1,
+    blockKeys: 64,
+  });
+});
+
+Deno.test("flash decode: Llama shape (head_dim 128, G 4), 700 keys in 3 splits of two blocks each", async () => {
+  await checkDecode({ headDim: 128, kvHeads: 2, group: 4, tokens: 700, cuts: [700, 650], splits: 3 });
+});
+
+Deno.test("flash decode: blockKeys must be a power of two of at least 32 and head_dim / 8", async () => {
+  const gpu = await getGpu();
+  const kv = await KvCache.create(gpu, {
+    layers: 1,
+    kvHeads: 1,
+    headDim: 64,
+    maxTokensPerHead: 16,
+    pages: 2,
+  });
+  const common = {
+    label: "decode",
+    kv,
+    layer: 0,
+    qHeads: 1,
+    q: gpu.buffer("q", 256),
+    out: gpu.buffer("o", 256),
+  };
+  throws(() => createFlashDecode(gpu, { ...common, blockKeys: 96 }), BadFlagError);
+  throws(() => createFlashDecode(gpu, { ...common, blockKeys: 16 }), BadFlagError);
+  throws(() => createFlashDecode(gpu, { ...common, blockKeys: 512 }), BadFlagError);
+  kv.destroy();
+});
