@@ -24,10 +24,11 @@
 // r / group, head r % group, so each K/V tile read from the pool serves every head of the GQA group. It
 // walks the keys tile_keys at a time (whole pages); per key tile:
 //   1. K and V (packed f16 pairs) are staged in workgroup memory,
-//   2. scores S = Q·Kᵀ: thread (rb, lane) owns rows 4·rb … 4·rb+3 × keys lane + 16·k (a register block),
+//   2. scores S = Q·Kᵀ: thread (rb, lane) owns the row_block rows from rb·row_block × keys lane + 16·k
+//      (a register block: each K value read from workgroup memory serves row_block rows),
 //   3. softmax statistics: thread r < tile_rows owns row r's running max and sum (in registers) and turns
 //      the row's scores into probabilities, publishing the rescale factor alpha,
-//   4. O = alpha·O + P·V: thread (rb, lane) owns rows 4·rb … 4·rb+3 × value pairs lane + 16·k.
+//   4. O = alpha·O + P·V: thread (rb, lane) owns the same rows × value pairs lane + 16·k.
 // Every thread count and trip count is an override, so the loops unroll and the blocks live in registers.
 
 override head_dim: u32 = 64u; // a multiple of 8
@@ -44,12 +45,14 @@ override tile_rows: u32 = 32u; // score rows per workgroup: 16, 32 or 64
 override tile_tokens: u32 = 32u; // query tokens per workgroup: floor(tile_rows / group)
 override tile_keys: u32 = 32u; // keys per tile: 16, 32, 48 or 64 (whole pages)
 override pv_pairs: u32 = 2u; // value pairs per thread: ceil(head_dim / 32)
-override threads: u32 = 128u; // tile_rows / 4 row blocks × 16 lanes
+override row_block: u32 = 4u; // rows per thread: 4 or 8
+override threads: u32 = 128u; // tile_rows / row_block row blocks × 16 lanes
 
 const PAGE_TOKENS: u32 = 16u;
 const LANES: u32 = 16u;
 const MAX_KEYS_PER_LANE: u32 = 4u; // tile_keys <= 64
 const MAX_PV_PAIRS: u32 = 8u; // head_dim <= 256
+const MAX_ROW_BLOCK: u32 = 8u;
 const MASKED: f32 = -3.0e38;
 
 struct Step { n_tokens: u32, pos0: u32, pad0: u32, pad1: u32 }
@@ -110,7 +113,8 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
   let quads = head_dim / 4u;
   let octets = head_dim / 8u; // 16-byte words per key in the pool
   let k_stride = quads + 1u;
-  let blocks = tile_rows / 4u;
+  let blocks = tile_rows / 4u; // vec4s of rows per key in `scores`
+  let row_quads = row_block / 4u; // vec4s of rows per thread
   let stride = q_heads * head_dim;
   let tokens_here = min(tile_tokens, n_tokens - token0);
   let first_head = kv_head * group;
@@ -137,8 +141,8 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
 
   var m = MASKED; // running max of row tid (threads tid < tile_rows)
   var l = 0.0; // running sum of row tid
-  var acc: array<vec2f, 4u * MAX_PV_PAIRS>; // [row i][pair k] at i * MAX_PV_PAIRS + k
-  for (var k = 0u; k < 4u * MAX_PV_PAIRS; k++) { acc[k] = vec2f(0.0); }
+  var acc: array<vec2f, MAX_ROW_BLOCK * MAX_PV_PAIRS>; // [row i][pair k] at i * MAX_PV_PAIRS + k
+  for (var k = 0u; k < MAX_ROW_BLOCK * MAX_PV_PAIRS; k++) { acc[k] = vec2f(0.0); }
 
   for (var j = 0u; j < key_tiles; j++) {
     let key0 = j * tile_keys;
@@ -168,17 +172,17 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
     }
     workgroupBarrier();
 
-    // 2. Scores of rows 4·rb … 4·rb+3 × keys lane + 16·k.
-    var s: array<f32, 4u * MAX_KEYS_PER_LANE>; // [row i][key k] at i * MAX_KEYS_PER_LANE + k
-    for (var k = 0u; k < 4u * MAX_KEYS_PER_LANE; k++) { s[k] = 0.0; }
+    // 2. Scores of rows rb·row_block + i × keys lane + 16·k.
+    var s: array<f32, MAX_ROW_BLOCK * MAX_KEYS_PER_LANE>; // [row i][key k] at i * MAX_KEYS_PER_LANE + k
+    for (var k = 0u; k < MAX_ROW_BLOCK * MAX_KEYS_PER_LANE; k++) { s[k] = 0.0; }
     for (var c = 0u; c < quads; c++) {
       var keys: array<vec4f, MAX_KEYS_PER_LANE>;
       for (var k = 0u; k < keys_per_lane; k++) {
         let packed = k_tile[(lane + LANES * k) * k_stride + c];
         keys[k] = vec4f(unpack2x16float(packed.x), unpack2x16float(packed.y));
       }
-      for (var i = 0u; i < 4u; i++) {
-        let qv = q_tile[(4u * rb + i) * quads + c];
+      for (var i = 0u; i < row_block; i++) {
+        let qv = q_tile[(row_block * rb + i) * quads + c];
         for (var k = 0u; k < keys_per_lane; k++) {
           s[i * MAX_KEYS_PER_LANE + k] += dot(qv, keys[k]);
         }
@@ -187,16 +191,18 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
     for (var k = 0u; k < keys_per_lane; k++) {
       let t = lane + LANES * k;
       let key = key0 + t;
-      var block = vec4f(MASKED);
-      for (var i = 0u; i < 4u; i++) {
-        let r = 4u * rb + i;
-        let token = r / group;
-        if (token < tokens_here && key < len &&
-          key_visible(first_q + token, key, row, step.pos0 + token0 + token)) {
-          block[i] = s[i * MAX_KEYS_PER_LANE + k];
+      for (var b = 0u; b < row_quads; b++) {
+        var block = vec4f(MASKED);
+        for (var e = 0u; e < 4u; e++) {
+          let i = 4u * b + e;
+          let token = (row_block * rb + i) / group;
+          if (token < tokens_here && key < len &&
+            key_visible(first_q + token, key, row, step.pos0 + token0 + token)) {
+            block[e] = s[i * MAX_KEYS_PER_LANE + k];
+          }
         }
+        scores[t * blocks + row_quads * rb + b] = block;
       }
-      scores[t * blocks + rb] = block;
     }
     workgroupBarrier();
 
@@ -225,19 +231,20 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
     }
     workgroupBarrier();
 
-    // 4. O = alpha·O + P·V for rows 4·rb … 4·rb+3 × value pairs lane + 16·k.
-    let alpha = row_stat[rb];
-    for (var i = 0u; i < 4u; i++) {
-      for (var k = 0u; k < pv_pairs; k++) { acc[i * MAX_PV_PAIRS + k] *= alpha[i]; }
+    // 4. O = alpha·O + P·V for rows rb·row_block + i × value pairs lane + 16·k.
+    for (var i = 0u; i < row_block; i++) {
+      let alpha = row_stat[row_quads * rb + i / 4u][i % 4u];
+      for (var k = 0u; k < pv_pairs; k++) { acc[i * MAX_PV_PAIRS + k] *= alpha; }
     }
     let keys_here = min(tile_keys, len - key0);
     for (var t = 0u; t < keys_here; t++) {
-      let p = scores[t * blocks + rb];
+      var p: array<vec4f, MAX_ROW_BLOCK / 4u>;
+      for (var b = 0u; b < row_quads; b++) { p[b] = scores[t * blocks + row_quads * rb + b]; }
       for (var k = 0u; k < pv_pairs; k++) {
         let pair = lane + LANES * k;
         if (pair < half_dim) {
           let v = unpack2x16float(v_tile[t * half_dim + pair]);
-          for (var i = 0u; i < 4u; i++) { acc[i * MAX_PV_PAIRS + k] += p[i] * v; }
+          for (var i = 0u; i < row_block; i++) { acc[i * MAX_PV_PAIRS + k] += p[i / 4u][i % 4u] * v; }
         }
       }
     }
@@ -246,12 +253,12 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
   workgroupBarrier(); // every thread has read its last rescale factors
   if (tid < tile_rows) { row_stat[tid / 4u][tid % 4u] = l; }
   workgroupBarrier();
-  let sums = row_stat[rb];
-  for (var i = 0u; i < 4u; i++) {
-    let r = 4u * rb + i;
+  for (var i = 0u; i < row_block; i++) {
+    let r = row_block * rb + i;
+    let sum = row_stat[r / 4u][r % 4u];
     let token = r / group;
     if (token < tokens_here) {
-      let inv = select(0.0, 1.0 / sums[i], sums[i] > 0.0);
+      let inv = select(0.0, 1.0 / sum, sum > 0.0);
       let o = (token0 + token) * stride + (first_head + r % group) * head_dim;
       for (var k = 0u; k < pv_pairs; k++) {
         let pair = lane + LANES * k;

@@ -57,21 +57,28 @@ function maskParts(gpu: Gpu, label: string, mask?: WgkvAttentionMask): {
 
 /** How a prefill workgroup tiles its work: score rows (tokens × GQA heads) and keys per step. */
 interface PrefillTiling {
-  /** Score rows per workgroup (`tile_rows`), a multiple of 4; 16 lanes work on each block of 4 rows. */
+  /** Score rows per workgroup (`tile_rows`). */
   rows: number;
   /** Query tokens per workgroup (`tile_tokens`): ⌊rows / group⌋. */
   tokens: number;
   /** Keys per step (`tile_keys`), whole pages. */
   keys: number;
+  /** Rows per thread (`row_block`); 16 lanes share each block of rows. */
+  rowBlock: number;
 }
 
-/** Candidate prefill tilings, best first (32 rows × 32 keys: 128 threads, ~37 KB at head_dim 128). */
-const PREFILL_TILINGS: readonly { rows: number; keys: number }[] = [
-  { rows: 32, keys: 32 },
-  { rows: 64, keys: 16 },
-  { rows: 32, keys: 16 },
-  { rows: 16, keys: 32 },
-  { rows: 16, keys: 16 },
+/**
+ * Candidate prefill tilings, best first: 8 rows per thread (each K or V value read from workgroup memory
+ * feeds 8 rows); 64 rows × 32 keys (128 threads) where it fits, e.g. ~32 KB at head_dim 64, else 32 rows
+ * (64 threads, ~37 KB at head_dim 128).
+ */
+const PREFILL_TILINGS: readonly Required<PrefillTileShape>[] = [
+  { rows: 64, keys: 32, rowBlock: 8 },
+  { rows: 32, keys: 32, rowBlock: 8 },
+  { rows: 64, keys: 16, rowBlock: 8 },
+  { rows: 32, keys: 16, rowBlock: 8 },
+  { rows: 16, keys: 32, rowBlock: 4 },
+  { rows: 16, keys: 16, rowBlock: 4 },
 ];
 
 /** Workgroup memory of the prefill kernel for a tiling (the shader's workgroup arrays). */
@@ -93,17 +100,19 @@ function choosePrefillTiling(
 ): PrefillTiling {
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
   if (wanted) {
-    const { rows, keys } = wanted;
-    if (![16, 32, 64].includes(rows) || ![16, 32, 48, 64].includes(keys)) {
-      throw new BadFlagError(`${label}: tiling needs rows 16, 32 or 64 and keys 16, 32, 48 or 64`);
+    const { rows, keys, rowBlock = 4 } = wanted;
+    if (![16, 32, 64].includes(rows) || ![16, 32, 48, 64].includes(keys) || ![4, 8].includes(rowBlock)) {
+      throw new BadFlagError(
+        `${label}: tiling needs rows 16, 32 or 64, keys 16, 32, 48 or 64, rowBlock 4 or 8`,
+      );
     }
     if (group > rows) throw new BadFlagError(`${label}: ${rows} rows cannot hold a GQA group of ${group}`);
     checkWorkgroupMemory(gpu, label, prefillWorkgroupBytes(rows, keys, headDim));
-    return { rows, keys, tokens: Math.floor(rows / group) };
+    return { rows, keys, rowBlock, tokens: Math.floor(rows / group) };
   }
-  for (const { rows, keys } of PREFILL_TILINGS) {
+  for (const { rows, keys, rowBlock } of PREFILL_TILINGS) {
     if (group <= rows && prefillWorkgroupBytes(rows, keys, headDim) <= limit) {
-      return { rows, keys, tokens: Math.floor(rows / group) };
+      return { rows, keys, rowBlock, tokens: Math.floor(rows / group) };
     }
   }
   const smallest = PREFILL_TILINGS[PREFILL_TILINGS.length - 1];
@@ -138,6 +147,8 @@ export interface PrefillTileShape {
   rows: number;
   /** Keys staged per step: 16, 32, 48 or 64. */
   keys: number;
+  /** Rows per thread: 4 (default) or 8; the workgroup has 16 · rows / rowBlock threads. */
+  rowBlock?: number;
 }
 
 /** Options of {@link createFlashPrefill}. */
@@ -272,7 +283,8 @@ export function createFlashPrefill(gpu: Gpu, options: FlashPrefillOptions): GpuO
       tile_tokens: tiling.tokens,
       tile_keys: tiling.keys,
       pv_pairs: Math.ceil(D / 32),
-      threads: tiling.rows * 4,
+      row_block: tiling.rowBlock,
+      threads: 16 * tiling.rows / tiling.rowBlock,
     },
     { POOL: poolQuadShaderSource(kv.shards.length, 7) },
   );
