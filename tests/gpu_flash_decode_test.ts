@@ -147,6 +147,7 @@ Deno.test("flash decode: head_dim 8, G 1, blockKeys 256, more splits than pages,
     blockKeys: 256,
   });
   await checkDecode({ headDim: 8, kvHeads: 2, group: 3, tokens: 40, cuts: [17, 40], splits: 40 });
+  await checkDecode({ headDim: 8, kvHeads: 1, group: 2, tokens: 4200, splits: 300 }); // the reduce loops over 263 splits
 });
 
 Deno.test("flash decode: head_dim 64, G 4, blockKeys 64, rows ending on and after a block boundary", async () => {
