@@ -1,10 +1,16 @@
-import { ok, throws } from "node:assert/strict";
+import { equal, ok, throws } from "node:assert/strict";
 import { BadFlagError, UnsupportedError } from "../src/errors.ts";
 import { getGpu } from "../src/gpu/device.ts";
 import { createFlashPrefill, type PrefillTileShape } from "../src/gpu/ops/attention.ts";
 import { createKvAppend } from "../src/gpu/ops/kv_append.ts";
 import { StepParams } from "../src/gpu/ops/op.ts";
+import { createWgkvAppend } from "../src/gpu/ops/wgkv_append.ts";
+import { createWgkvPromote } from "../src/gpu/ops/wgkv_promote.ts";
+import { gateOutputBytes } from "../src/gpu/ops/write_gate.ts";
+import { DualCache } from "../src/kv/dual_cache.ts";
 import { KvCache } from "../src/kv/kv_cache.ts";
+import { admitsByRule, type WindowedPolicy } from "../src/kv/wgkv_policy.ts";
+import { attendedPositions, type MaskPolicy } from "../src/kv/wgkv_reference.ts";
 import { attendOne } from "../src/model/ops.ts";
 import { expectClose, randomF32 } from "./gpu_ops_helpers.ts";
 
@@ -154,4 +160,121 @@ Deno.test("flash prefill: a bad tiling, a group larger than the tile or too much
     throws(() => createFlashPrefill(gpu, { ...options, tiling: { rows: 64, keys: 64 } }), UnsupportedError);
   }
   kv.destroy();
+});
+
+/**
+ * WG-KV mode with several ring tiles (small key tiles, a ring of 64 slots): chunks after the ring wraps
+ * leave whole ring tiles in the future or expired for a query tile, which the kernel skips.
+ */
+async function checkWgkvPrefill(policy: WindowedPolicy, chunks: number[], tiling: PrefillTileShape) {
+  const gpu = await getGpu();
+  const D = 16, H = 2, group = 2, qHeads = H * group, maxBatch = 40;
+  const kv = await DualCache.create(gpu, {
+    layers: 1,
+    kvHeads: H,
+    headDim: D,
+    policy,
+    maxBatch,
+    maxGlobalTokens: 160,
+    pages: 120,
+  });
+  const step = new StepParams(gpu, maxBatch);
+  const gateFlags = gpu.buffer("gate flags", gateOutputBytes(maxBatch, 1, H));
+  const kBuf = gpu.buffer("k", maxBatch * H * D * 4), vBuf = gpu.buffer("v", maxBatch * H * D * 4);
+  const qBuf = gpu.buffer("q", maxBatch * qHeads * D * 4),
+    outBuf = gpu.buffer("out", maxBatch * qHeads * D * 4);
+  const promote = createWgkvPromote(gpu, { label: "promote", kv, maxTokens: maxBatch });
+  const append = createWgkvAppend(gpu, {
+    label: "append",
+    kv,
+    layer: 0,
+    maxTokens: maxBatch,
+    k: kBuf,
+    v: vBuf,
+    gateFlags,
+    step,
+  });
+  const attention = createFlashPrefill(gpu, {
+    label: "prefill",
+    kv,
+    layer: 0,
+    qHeads,
+    q: qBuf,
+    out: outBuf,
+    maxTokens: maxBatch,
+    step,
+    wgkv: kv,
+    tiling,
+  });
+  const keys = Array.from({ length: H }, () => [] as number[]);
+  const values = Array.from({ length: H }, () => [] as number[]);
+  const flags = Array.from({ length: H }, () => [] as number[]);
+  const slot = kv.openSequence();
+  for (const m of chunks) {
+    const pos0 = kv.tokens(slot);
+    kv.beginStep(slot, m, pos0);
+    step.set(m, pos0);
+    const k = random(m * H * D), v = random(m * H * D), q = random(m * qHeads * D);
+    gpu.device.queue.writeBuffer(gateFlags, 0, new Uint32Array(m * H));
+    gpu.device.queue.writeBuffer(kBuf, 0, k);
+    gpu.device.queue.writeBuffer(vBuf, 0, v);
+    gpu.device.queue.writeBuffer(qBuf, 0, q);
+    gpu.device.queue.writeBuffer(outBuf, 0, new Float32Array(outBuf.size / 4).fill(NaN));
+    gpu.device.pushErrorScope("validation");
+    const encoder = gpu.device.createCommandEncoder();
+    const pass = encoder.beginComputePass();
+    promote.encode(pass);
+    append.encode(pass);
+    attention.encode(pass);
+    pass.end();
+    gpu.device.queue.submit([encoder.finish()]);
+    const error = await gpu.device.popErrorScope();
+    ok(error === null, error?.message);
+    kv.endStep(slot);
+    for (let t = 0; t < m; t++) {
+      for (let h = 0; h < H; h++) {
+        for (let d = 0; d < D; d++) {
+          keys[h].push(Math.f16round(k[(t * H + h) * D + d]));
+          values[h].push(Math.f16round(v[(t * H + h) * D + d]));
+        }
+        flags[h].push(admitsByRule(policy, 0, h, pos0 + t) ? 1 : 0);
+      }
+    }
+    const got = await gpu.readF32(outBuf, 0, m * qHeads * D);
+    const want = new Float32Array(m * qHeads * D);
+    for (let h = 0; h < H; h++) {
+      const mask: MaskPolicy = {
+        kind: "wgkv",
+        window: policy.window,
+        flags: Uint8Array.from(flags[h]),
+        length: flags[h].length,
+      };
+      for (let t = 0; t < m; t++) {
+        const seen = attendedPositions(mask, 0, pos0 + t);
+        const hk = new Float32Array(seen.length * D), hv = new Float32Array(seen.length * D);
+        seen.forEach((p, i) => {
+          hk.set(keys[h].slice(p * D, p * D + D), i * D);
+          hv.set(values[h].slice(p * D, p * D + D), i * D);
+        });
+        for (let g = 0; g < group; g++) {
+          const o = (t * qHeads + h * group + g) * D;
+          attendOne(want, q, hk, hv, seen.length, D, D, 0, 1 / Math.sqrt(D), o, o);
+        }
+      }
+    }
+    expectClose(`${policy.kind} chunk ${m} at ${pos0}`, got, want, 1e-4, 1e-4);
+  }
+  equal(kv.ringTokens, 64);
+  kv.destroy();
+}
+
+Deno.test("flash prefill: WG-KV ring of 4 tiles (window and random policies), chunks after the ring wraps", async () => {
+  const chunks = [40, 30, 5, 1, 33, 40];
+  await checkWgkvPrefill({ kind: "window", window: 16 }, chunks, { rows: 16, keys: 16 });
+  await checkWgkvPrefill({ kind: "random", window: 25, rate: 0.15, seed: 7 }, chunks, { rows: 16, keys: 16 });
+  await checkWgkvPrefill({ kind: "random", window: 16, rate: 0.3, seed: 3 }, chunks, {
+    rows: 32,
+    keys: 48,
+    rowBlock: 8,
+  });
 });

@@ -82,6 +82,9 @@ var<workgroup> scores: array<vec4f, tile_keys * tile_rows / 4u>;
 // Per row: the rescale factor of the current key tile, then the final softmax sum.
 var<workgroup> row_stat: array<vec4f, tile_rows / 4u>;
 var<workgroup> row_length: u32;
+// WG-KV mode, ring tiles: per key whether some query of the tile may see it, then whether any key may.
+var<workgroup> key_live: array<u32, tile_keys>;
+var<workgroup> tile_live: u32;
 
 // Which keys a query row sees, by logical index in its (slot, layer, head) row `row`: causal for the full
 // cache; in WG-KV mode by the query's position `q_pos` and the ring slot's position and flag.
@@ -93,10 +96,14 @@ fn key_visible(q_index: u32, k_index: u32, row: u32, q_pos: u32) -> bool {
   return k_pos <= q_pos && (q_pos - k_pos < wgkv_window || (info & 1u) == 1u);
 }
 
-// Whether any key of the key tile starting at logical index `first_key` may be visible to a query of
-// logical indices [first_q, last_q] (WG-KV mode: every tile; the ring's keys are masked one by one).
-fn tile_visible(first_key: u32, first_q: u32, last_q: u32) -> bool {
-  return wgkv_window > 0u || first_key <= last_q;
+// WG-KV mode: whether ring slot `k_index` of row `row` may be visible to some query at a position in
+// [first_pos, last_pos]: an admitted key to any query at or after it, any other to the first such query
+// if that is still within the window. Conservative for key_visible() over the range, so a ring tile with
+// no live key is entirely masked for the query tile and may be skipped.
+fn ring_key_live(k_index: u32, row: u32, first_pos: u32, last_pos: u32) -> bool {
+  let info = slot_info[row * ring_tokens + k_index];
+  let k_pos = info >> 1u;
+  return k_pos <= last_pos && ((info & 1u) == 1u || max(first_pos, k_pos) - k_pos < wgkv_window);
 }
 
 @compute @workgroup_size(threads)
@@ -146,8 +153,24 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
 
   for (var j = 0u; j < key_tiles; j++) {
     let key0 = j * tile_keys;
-    if (!tile_visible(key0, first_q, last_q)) { continue; }
     workgroupBarrier(); // the previous tile's K, V and probabilities are no longer read
+    if (wgkv_window > 0u && key0 < ring_tokens) {
+      // A ring tile: skip it when no query of the tile sees any of its keys (future or expired slots).
+      let first_pos = step.pos0 + token0;
+      for (var t = tid; t < tile_keys; t += threads) {
+        let key = key0 + t;
+        let live = key < len &&
+          (key >= ring_tokens || ring_key_live(key, row, first_pos, first_pos + tokens_here - 1u));
+        key_live[t] = select(0u, 1u, live);
+      }
+      workgroupBarrier();
+      if (tid == 0u) {
+        var any = 0u;
+        for (var t = 0u; t < tile_keys; t++) { any |= key_live[t]; }
+        tile_live = any;
+      }
+      if (workgroupUniformLoad(&tile_live) == 0u) { continue; }
+    }
 
     // 1. Stage K and V, 16-byte loads (8 values); keys past the row's length read as zero.
     for (var w = tid; w < tile_keys * octets; w += threads) {
