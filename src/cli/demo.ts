@@ -71,7 +71,12 @@ export const demoCommand: Command = {
       values.model = path;
     }
     // The first run uses a full cache; --gate/--window/--threshold belong to the comparison after it.
-    const model = await loadFromFlags({ ...values, gate: undefined, window: undefined, threshold: undefined });
+    const model = await loadFromFlags({
+      ...values,
+      gate: undefined,
+      window: undefined,
+      threshold: undefined,
+    });
     let gpu = false;
     try {
       gpu = model.backend.kind === "webgpu";
