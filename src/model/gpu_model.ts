@@ -359,16 +359,20 @@ export class GpuModel {
       });
       const ops: GpuOp[] = [embed];
       if (dual) ops.push(createWgkvPromote(gpu, { label: `${tag}kv_promote`, kv: dual, maxTokens }));
-      ops.push(createRmsNorm(gpu, {
-        label: `${tag}blk.0.attn_norm`,
-        width: E,
-        maxTokens,
-        eps: hp.rmsEps,
-        x: act.x,
-        weight: layers[0].attnNorm,
-        y: act.xn,
-        step,
-      }));
+      // xn = rmsnorm(x) · weight, after x += proj when `addProjection` (the residual of the op before).
+      const norm = (label: string, weight: GPUBuffer, addProjection: boolean) =>
+        createRmsNorm(gpu, {
+          label,
+          width: E,
+          maxTokens,
+          eps: hp.rmsEps,
+          x: act.x,
+          residual: addProjection ? act.proj : undefined,
+          weight,
+          y: act.xn,
+          step,
+        });
+      ops.push(norm(`${tag}blk.0.attn_norm`, layers[0].attnNorm, false));
       for (let l = 0; l < hp.nLayer; l++) {
         const w = layers[l];
         const p = `${tag}blk.${l}.`;
@@ -489,17 +493,7 @@ export class GpuModel {
             }),
         );
         ops.push(linear(`${p}attn_output`, w.wo, act.att, act.proj));
-        ops.push(createRmsNorm(gpu, {
-          label: `${p}ffn_norm`,
-          width: E,
-          maxTokens,
-          eps: hp.rmsEps,
-          x: act.x,
-          residual: act.proj,
-          weight: w.ffnNorm,
-          y: act.xn,
-          step,
-        }));
+        ops.push(norm(`${p}ffn_norm`, w.ffnNorm, true));
         if (canFuseGateUp(w.wGate, w.wUp)) {
           // One dispatch: silu(x·Wgateᵀ) · (x·Wupᵀ), x read once for both.
           ops.push((decode ? createGateUpSwiGlu : createGateUpSwiGluMatmul)(gpu, {
@@ -527,17 +521,11 @@ export class GpuModel {
         }
         ops.push(linear(`${p}ffn_down`, w.wDown, act.gate, act.proj));
         const next = l + 1 < hp.nLayer;
-        ops.push(createRmsNorm(gpu, {
-          label: next ? `${tag}blk.${l + 1}.attn_norm` : `${tag}output_norm`,
-          width: E,
-          maxTokens,
-          eps: hp.rmsEps,
-          x: act.x,
-          residual: act.proj,
-          weight: next ? layers[l + 1].attnNorm : outputNorm,
-          y: act.xn,
-          step,
-        }));
+        ops.push(
+          next
+            ? norm(`${tag}blk.${l + 1}.attn_norm`, layers[l + 1].attnNorm, true)
+            : norm(`${tag}output_norm`, outputNorm, true),
+        );
       }
       return { embed, ops };
     };
