@@ -7,6 +7,8 @@ import { importGate } from "../src/gate/import.ts";
 import type { GateWeights } from "../src/gate/format.ts";
 import type { KvPolicy } from "../src/kv/wgkv_policy.ts";
 import { fixture, fixtureTest } from "./fixtures.ts";
+import { ReferenceModel } from "../src/model/reference.ts";
+import { gateScores } from "../src/gate/reference.ts";
 
 const MODEL = "stories260K.gguf";
 const GATE = "gate/stories260K-gate-fp32.pt";
@@ -158,6 +160,52 @@ fixtureTest(
     equal(b.kvStats().tokens, tokens.length + 39);
     a.destroy();
     b.destroy();
+    file.close();
+  },
+);
+
+fixtureTest(
+  "wgkv model: admissions equal the CPU gate on the CPU reference's keys",
+  [MODEL, GATE],
+  async () => {
+    // With a window longer than the sequence, WG-KV attends to everything, so the GPU's hidden states and
+    // keys follow the full-attention CPU reference in every layer and the gate sees the same keys.
+    const gate = await importGate(fixture(GATE), fixture(MODEL), {});
+    const threshold = 0.6;
+    const file = await openGGUF(fixture(MODEL));
+    const hp = hparamsFromGGUF(file);
+    const cpu = await ReferenceModel.load(file);
+    const L = hp.nLayer, H = hp.nHeadKV;
+    const tokens = prompt(60);
+    const admitted = new Float64Array(L * H);
+    cpu.keyObserver = (layer, _pos, pre, post) => {
+      const g = gateScores(gate, layer, pre, post, 1);
+      for (let h = 0; h < H; h++) if (g[h] > threshold) admitted[layer * H + h]++;
+    };
+    for (let i = 0; i < tokens.length; i++) cpu.forward(tokens[i], i);
+    const model = await GpuModel.load(await getGpu(), file, hp, {
+      contextLength: 128,
+      maxBatch: 16,
+      policy: { kind: "wgkv", window: 128, threshold, gate },
+    });
+    await model.forward(tokens, 0, "logits");
+    const gpuFractions = model.kvStats().dual!.admittedFraction;
+    // A score within float noise of the threshold may land on either side: allow one token per head.
+    let differing = 0;
+    for (let r = 0; r < L * H; r++) {
+      const diff = Math.abs(gpuFractions[r] * tokens.length - admitted[r]);
+      ok(
+        diff <= 1,
+        `layer ${Math.floor(r / H)} head ${r % H}: GPU ${gpuFractions[r] * tokens.length}, CPU ${
+          admitted[r]
+        }`,
+      );
+      if (diff > 0) differing++;
+    }
+    ok(differing <= 2, `${differing} heads differ`);
+    ok(admitted.some((a) => a > 0) && admitted.some((a) => a < tokens.length), "mixed admissions");
+    equal(D, 8);
+    model.destroy();
     file.close();
   },
 );

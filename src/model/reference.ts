@@ -50,6 +50,11 @@ export class ReferenceModel {
   readonly #xb: Float32Array;
   readonly #q: Float32Array;
   readonly #k: Float32Array;
+  /**
+   * Called with every key as it is computed: layer, position, the key before and after RoPE
+   * ([nHeadKV][headDim] each; the arrays are reused, copy what you keep). For checking write gates.
+   */
+  keyObserver?: (layer: number, pos: number, preRope: Float32Array, postRope: Float32Array) => void;
   readonly #v: Float32Array;
   readonly #att: Float32Array;
   readonly #gate: Float32Array;
@@ -185,8 +190,10 @@ export class ReferenceModel {
       matvec(q, w.wq, xb);
       matvec(k, w.wk, xb);
       matvec(v, w.wv, xb);
+      const preRope = this.keyObserver ? Float32Array.from(k) : undefined;
       rope(q, nHead, headDim, pos, this.#invFreq);
       rope(k, nHeadKV, headDim, pos, this.#invFreq);
+      if (preRope) this.keyObserver!(layer, pos, preRope, k);
 
       // Append this position's key and value to the cache.
       const keys = this.#keys[layer], values = this.#values[layer];
