@@ -14,6 +14,7 @@ import { synthCommand } from "./synth.ts";
 import { demoCommand } from "./demo.ts";
 import { chatCommand } from "./chat.ts";
 import { gateCommand } from "./gate.ts";
+import { batchCommand } from "./batch.ts";
 
 /** A subcommand: its one-line summary and its entry point (returns the exit status). */
 export interface Command {
@@ -32,6 +33,7 @@ export const COMMANDS: Record<string, Command> = {
   tokenize: tokenizeCommand,
   synth: synthCommand,
   gate: gateCommand,
+  batch: batchCommand,
 };
 
 function usage(): string {
