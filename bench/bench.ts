@@ -35,20 +35,8 @@ import { formatBytes } from "../src/gpu/device.ts";
 import { initGate } from "../src/gate/init.ts";
 import type { GateWeights } from "../src/gate/format.ts";
 import type { KvPolicy } from "../src/kv/wgkv_policy.ts";
-import { formatProfile, GpuProfiler, type ProfileRow } from "../src/gpu/profiler.ts";
-
-/** Adds up the rows of every layer (`blk.N.x` → `blk.*.x`). */
-function foldLayers(rows: ProfileRow[]): ProfileRow[] {
-  const folded = new Map<string, ProfileRow>();
-  for (const row of rows) {
-    const label = row.label.replace(/^blk\.\d+\./, "blk.*.");
-    const acc = folded.get(label) ?? { label, calls: 0, totalMs: 0 };
-    acc.calls += row.calls;
-    acc.totalMs += row.totalMs;
-    folded.set(label, acc);
-  }
-  return [...folded.values()].sort((a, b) => b.totalMs - a.totalMs);
-}
+import { createCopy } from "../src/gpu/ops/copy.ts";
+import { foldLayers, formatProfile, GpuProfiler, type ProfileRow } from "../src/gpu/profiler.ts";
 
 /** One measured row. */
 interface BenchRow {
@@ -131,17 +119,12 @@ async function copyBandwidth(gpu: Gpu): Promise<number> {
   const n = Math.floor(bytes / 16);
   const src = gpu.buffer("copy.src", n * 16);
   const dst = gpu.buffer("copy.dst", n * 16);
-  const groups = Math.ceil(n / 256);
-  const row = Math.min(groups, 65535);
-  const kernel = gpu.kernel("copy", { N: n, WG: 256, ROW: row });
-  const group = gpu.bind(kernel, [src, dst]);
+  const copy = createCopy(gpu, "copy", src, dst, n * 4);
   const run = async (iters: number) => {
     const enc = gpu.device.createCommandEncoder();
     for (let i = 0; i < iters; i++) {
       const pass = enc.beginComputePass();
-      pass.setPipeline(kernel.pipeline);
-      pass.setBindGroup(0, group);
-      pass.dispatchWorkgroups(row, Math.ceil(groups / row));
+      copy.encode(pass);
       pass.end();
     }
     gpu.device.queue.submit([enc.finish()]);

@@ -8,7 +8,7 @@
 import { BadFileError, BadFlagError } from "../errors.ts";
 import { loadModel, type Model } from "../engine/load.ts";
 import type { GenerationStats } from "../engine/session.ts";
-import { formatProfile, type ProfileRow } from "../gpu/profiler.ts";
+import { foldLayers, formatProfile } from "../gpu/profiler.ts";
 import { formatBytes } from "../gpu/device.ts";
 import type { KvPolicySpec } from "../engine/load.ts";
 import type { Command } from "./main.ts";
@@ -199,15 +199,7 @@ export function printProfile(model: Model): void {
     console.error(`profile: ${model.profiler.reason}`);
     return;
   }
-  const folded = new Map<string, ProfileRow>();
-  for (const row of model.profiler.totals()) {
-    const label = row.label.replace(/^blk\.\d+\./, "blk.*.");
-    const acc = folded.get(label) ?? { label, calls: 0, totalMs: 0 };
-    acc.calls += row.calls;
-    acc.totalMs += row.totalMs;
-    folded.set(label, acc);
-  }
-  console.error(formatProfile([...folded.values()].sort((a, b) => b.totalMs - a.totalMs)));
+  console.error(formatProfile(foldLayers(model.profiler.totals())));
 }
 
 /** Writes text to stdout without buffering surprises. */

@@ -186,3 +186,16 @@ export function formatProfile(rows: readonly ProfileRow[]): string {
   lines.push(`${"total".padEnd(width)}  ${"".padStart(7)}  ${sum.toFixed(3).padStart(10)}`);
   return lines.join("\n");
 }
+
+/** Adds up the rows of every layer (`blk.N.x` → `blk.*.x`), largest total first. */
+export function foldLayers(rows: readonly ProfileRow[]): ProfileRow[] {
+  const folded = new Map<string, ProfileRow>();
+  for (const row of rows) {
+    const label = row.label.replace(/^blk\.\d+\./, "blk.*.");
+    const acc = folded.get(label) ?? { label, calls: 0, totalMs: 0 };
+    acc.calls += row.calls;
+    acc.totalMs += row.totalMs;
+    folded.set(label, acc);
+  }
+  return [...folded.values()].sort((a, b) => b.totalMs - a.totalMs);
+}

@@ -32,6 +32,7 @@ import { createRope } from "../gpu/ops/rope.ts";
 import { createKvAppend } from "../gpu/ops/kv_append.ts";
 import { createFlashDecode, createFlashPrefill, decodePartialsBytes } from "../gpu/ops/attention.ts";
 import { createSwiGlu } from "../gpu/ops/elementwise.ts";
+import { createCopy } from "../gpu/ops/copy.ts";
 import { type ArgmaxOp, createArgmax } from "../gpu/ops/argmax.ts";
 import {
   canFuseGateUp,
@@ -44,7 +45,7 @@ import type { GpuProfiler } from "../gpu/profiler.ts";
 import { KvCache } from "../kv/kv_cache.ts";
 import { DualCache, type DualCacheStats } from "../kv/dual_cache.ts";
 import type { KvPolicy } from "../kv/wgkv_policy.ts";
-import { pagesForTokens } from "../kv/page_pool.ts";
+import { pageBytes, pagesForTokens } from "../kv/page_pool.ts";
 import type { GateWeights } from "../gate/format.ts";
 import { createWriteGate, gateOutputBytes, gateScratchBytes, uploadGate } from "../gpu/ops/write_gate.ts";
 import { createWgkvAppend } from "../gpu/ops/wgkv_append.ts";
@@ -126,7 +127,11 @@ export class GpuModel {
   readonly #decodeEmbed: EmbedOp;
   readonly #prefill: GpuOp[];
   readonly #decode: GpuOp[];
-  readonly #tail: GpuOp[];
+  /** The decode and prefill sequences followed by the tail (built once, recorded every step). */
+  readonly #decodeThenTail: GpuOp[];
+  readonly #prefillThenTail: GpuOp[];
+  /** Placeholder gate flags of one chained step (all zero). */
+  readonly #noFlags: Uint32Array;
   readonly #argmax: ArgmaxOp;
   readonly #act: Activations;
   readonly #tokenStaging: GPUBuffer;
@@ -174,7 +179,9 @@ export class GpuModel {
     this.#decodeEmbed = fields.decodeEmbed;
     this.#prefill = fields.prefill;
     this.#decode = fields.decode;
-    this.#tail = fields.tail;
+    this.#decodeThenTail = [...fields.decode, ...fields.tail];
+    this.#prefillThenTail = [...fields.prefill, ...fields.tail];
+    this.#noFlags = new Uint32Array(hp.nLayer * hp.nHeadKV);
     this.#argmax = fields.argmax;
     this.#act = fields.act;
     this.#profiler = fields.profiler;
@@ -411,7 +418,9 @@ export class GpuModel {
             ops.push(linear(`${p}attn_v`, w.wv, act.xn, act.v));
           }
           // The gate reads the key before and after RoPE, which rotates in place: keep a copy.
-          if (gateBufs) ops.push(copyOp(gpu, `${p}k_pre_rope`, act.k, gateBufs.kPre, maxTokens * Hkv * D));
+          if (gateBufs) {
+            ops.push(createCopy(gpu, `${p}k_pre_rope`, act.k, gateBufs.kPre, maxTokens * Hkv * D));
+          }
           ops.push(createRope(gpu, {
             label: `${p}rope`,
             headDim: D,
@@ -555,7 +564,7 @@ export class GpuModel {
     owned.push(argmax.tokens);
     progress(
       `GPU: ${gpu.description}; weights ${formatBytes(weightBytes)}, KV pool ${
-        formatBytes(kv.pool.capacity * pageBytesOf(D))
+        formatBytes(kv.pool.capacity * pageBytes(D))
       } (${policy.kind}, ${ctx} tokens)`,
     );
     return new GpuModel(gpu, hp, {
@@ -603,8 +612,10 @@ export class GpuModel {
       this.#step.set(chunk.length, pos + start);
       this.#beginStep(chunk.length, pos + start);
       const encoder = this.#gpu.device.createCommandEncoder();
-      const ops = decode ? this.#decode : this.#prefill;
-      encodeOps(encoder, isLast ? [...ops, ...this.#tail] : ops, this.#profiler);
+      const ops = isLast
+        ? (decode ? this.#decodeThenTail : this.#prefillThenTail)
+        : (decode ? this.#decode : this.#prefill);
+      encodeOps(encoder, ops, this.#profiler);
       if (isLast) {
         if (want === "argmax") encoder.copyBufferToBuffer(this.#argmax.tokens, 0, this.#tokenStaging, 0, 4);
         else encoder.copyBufferToBuffer(this.#act.logits, 0, this.#logitsStaging, 0, this.hparams.nVocab * 4);
@@ -641,7 +652,7 @@ export class GpuModel {
     this.#gpu.checkAlive();
     this.#rewind(pos);
     this.#decodeEmbed.writeIds([first]);
-    const ops = [...this.#decode, ...this.#tail];
+    const ops = this.#decodeThenTail;
     const stepWords = this.hparams.nLayer * this.hparams.nHeadKV;
     for (let i = 0; i < count; i++) {
       // Queue writes land before the submit that follows them, so each step sees its own position.
@@ -665,7 +676,7 @@ export class GpuModel {
       if (this.#profiler) await this.#profiler.collect();
       // A chained step's gate flags are not known yet: record placeholders, corrected below. Nothing of the
       // chain leaves the ring before then (the ring is longer than a chain).
-      this.#endStep(this.#flags ? new Uint32Array(stepWords) : undefined);
+      this.#endStep(this.#flags ? this.#noFlags : undefined);
     }
     const tokens = Array.from(new Uint32Array(await this.#mapStaging(this.#tokenStaging, 4 * count)));
     if (this.#flags && this.kv instanceof DualCache) {
@@ -738,7 +749,7 @@ export class GpuModel {
     }
     const tokens = kv.length(this.#slot, 0, 0);
     const bytes = this.hparams.nLayer * this.hparams.nHeadKV * pagesForTokens(tokens) *
-      pageBytesOf(this.hparams.headDim);
+      pageBytes(this.hparams.headDim);
     return { policy: "full", tokens, usedBytes: bytes, fullBytes: bytes };
   }
 
@@ -786,7 +797,7 @@ export class GpuModel {
       `backend: webgpu on ${this.#gpu.description}${this.#gpu.hasF16 ? " (shader-f16)" : ""}`,
       `weights: ${formatBytes(this.weightBytes)} on the GPU`,
       `KV cache: ${this.policy.kind}, paged, ${pool} pages of 16 tokens, pool ${
-        formatBytes(pool * pageBytesOf(this.hparams.headDim))
+        formatBytes(pool * pageBytes(this.hparams.headDim))
       } for ${this.contextLength} tokens`,
     ];
   }
@@ -812,11 +823,6 @@ export interface KvUsage {
   dual?: DualCacheStats;
 }
 
-/** Bytes of one 16-token page holding K and V of one head. */
-function pageBytesOf(headDim: number): number {
-  return 2 * 16 * headDim * 2;
-}
-
 /** Default share of a full cache reserved for admitted tokens beyond the window. */
 function defaultGlobalFraction(
   policy: Exclude<KvPolicy<GateWeights>, { kind: "full" }>,
@@ -832,21 +838,4 @@ function defaultGlobalFraction(
     case "wgkv":
       return 0.5;
   }
-}
-
-/** An op copying `floats` f32 values (a multiple of 4) from `src` to `dst` inside a compute pass. */
-function copyOp(gpu: Gpu, label: string, src: GPUBuffer, dst: GPUBuffer, floats: number): GpuOp {
-  const n = floats / 4;
-  const groups = Math.ceil(n / 256);
-  const row = Math.min(groups, 65535);
-  const kernel = gpu.kernel("copy", { N: n, WG: 256, ROW: row });
-  const group = gpu.bind(kernel, [src, dst]);
-  return {
-    label,
-    encode(pass) {
-      pass.setPipeline(kernel.pipeline);
-      pass.setBindGroup(0, group);
-      pass.dispatchWorkgroups(row, Math.ceil(groups / row));
-    },
-  };
 }
