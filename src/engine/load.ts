@@ -8,12 +8,11 @@
 import { type GGUFFile, openGGUF } from "../gguf/reader.ts";
 import { hparamsFromGGUF, type LlamaHParams } from "../model/hparams.ts";
 import { type Tokenizer, tokenizerFromMetadata } from "../tokenizer/tokenizer.ts";
-import { BadFlagError } from "../errors.ts";
+import { BadFlagError, DeviceError } from "../errors.ts";
 import type { ModelBackend } from "./backend.ts";
 import { CpuBackend } from "./cpu_backend.ts";
 import { GpuBackend } from "./gpu_backend.ts";
 import { getGpu } from "../gpu/device.ts";
-import { DeviceError } from "../errors.ts";
 import { GpuProfiler } from "../gpu/profiler.ts";
 import { Session } from "./session.ts";
 import { type GateWeights, readGate } from "../gate/format.ts";
