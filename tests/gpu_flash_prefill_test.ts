@@ -132,8 +132,8 @@ Deno.test("flash prefill: G 8, 64 rows × 16 keys; G 1, 16 rows × 64 keys; G 2,
   await checkPrefill({ headDim: 24, kvHeads: 2, group: 2, chunks: [33, 60], tiling: { rows: 32, keys: 48 } });
 });
 
-Deno.test("flash prefill: 8 rows per thread: G 4 64 × 16, G 3 32 × 32, G 8 16 × 64, G 1 64 × 48", async () => {
-  const tiling = (rows: number, keys: number) => ({ rows, keys, rowBlock: 8 });
+Deno.test("flash prefill: more shapes: G 4 64 × 16, G 3 32 × 32, G 8 16 × 64, G 1 64 × 48", async () => {
+  const tiling = (rows: number, keys: number) => ({ rows, keys });
   await checkPrefill({ headDim: 40, kvHeads: 2, group: 4, chunks: [37, 50], tiling: tiling(64, 16) });
   await checkPrefill({ headDim: 32, kvHeads: 1, group: 3, chunks: [29, 1, 40], tiling: tiling(32, 32) });
   await checkPrefill({ headDim: 16, kvHeads: 2, group: 8, chunks: [11, 30], tiling: tiling(16, 64) });
@@ -147,10 +147,7 @@ Deno.test("flash prefill: a bad tiling, a group larger than the tile or too much
   const buffer = gpu.buffer("q", 4 * 8 * 256 * 4);
   const options = { label: "prefill", kv, layer: 0, qHeads: 8, q: buffer, out: buffer, maxTokens: 4, step };
   throws(() => createFlashPrefill(gpu, { ...options, tiling: { rows: 24, keys: 32 } }), BadFlagError);
-  throws(
-    () => createFlashPrefill(gpu, { ...options, tiling: { rows: 32, keys: 32, rowBlock: 2 } }),
-    BadFlagError,
-  );
+  throws(() => createFlashPrefill(gpu, { ...options, tiling: { rows: 32, keys: 24 } }), BadFlagError);
   throws(
     () => createFlashPrefill(gpu, { ...options, qHeads: 32, tiling: { rows: 16, keys: 16 } }),
     BadFlagError,
@@ -275,6 +272,5 @@ Deno.test("flash prefill: WG-KV ring of 4 tiles (window and random policies), ch
   await checkWgkvPrefill({ kind: "random", window: 16, rate: 0.3, seed: 3 }, chunks, {
     rows: 32,
     keys: 48,
-    rowBlock: 8,
   });
 });

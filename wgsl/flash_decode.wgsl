@@ -182,6 +182,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
   var run_max = vec4f(MASKED);
   var run_sum = vec4f(0.0);
   var sums: array<vec4f, 8>;
+  // @unroll
   for (var i = 0u; i < 8u; i++) { sums[i] = vec4f(0.0); }
 
   let first_key = range.x * PAGE_TOKENS;
@@ -218,6 +219,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
       for (var t = t_begin; t < t_end; t++) { block_max = max(block_max, scores[t]); }
       let alpha = exp(run_max - block_max);
       run_sum *= alpha;
+      // @unroll
       for (var i = 0u; i < 8u; i++) { sums[i] *= alpha; }
       run_max = block_max;
       let last = t_end - 1u;
@@ -254,6 +256,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
     workgroupBarrier();
     if (key_group >= half && key_group < n) {
       let slot = key_group - half;
+      // @unroll
       for (var i = 0u; i < 8u; i++) { merge_sums[slot * head_dim + lane * DIMS_PER_LANE + i] = sums[i]; }
       if (lane == 0u) {
         merge_stats[2u * slot] = run_max;
@@ -268,6 +271,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
       let a = exp(run_max - m);
       let b = exp(other_max - m);
       run_sum = run_sum * a + merge_stats[2u * slot + 1u] * b;
+      // @unroll
       for (var i = 0u; i < 8u; i++) {
         sums[i] = sums[i] * a + merge_sums[slot * head_dim + lane * DIMS_PER_LANE + i] * b;
       }
@@ -279,6 +283,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
   if (key_group == 0u) {
     for (var c = 0u; c < batch_heads; c++) {
       let o = ((split * q_heads + first_head + c) * head_dim) + lane * DIMS_PER_LANE;
+      // @unroll
       for (var i = 0u; i < 8u; i++) { partials[o + i] = sums[i][c]; }
       if (lane == 0u) {
         let so = splits * q_heads * head_dim + (split * q_heads + first_head + c) * 2u;

@@ -19,17 +19,20 @@
 // key was admitted), and every global key (all admitted, all older than the step). The mask is exact per
 // query row, so chunked prefill and decode follow the training rule.
 //
-// Grid: (ceil(max_tokens / tile_tokens), kv_heads); tiles past n_tokens exit at once. A workgroup takes
-// tile_tokens query tokens × all `group` query heads of one KV head: tile_rows score rows, row r = token
-// r / group, head r % group, so each K/V tile read from the pool serves every head of the GQA group. It
-// walks the keys tile_keys at a time (whole pages); per key tile:
-//   1. K and V (packed f16 pairs) are staged in workgroup memory,
-//   2. scores S = Q·Kᵀ: thread (rb, lane) owns the row_block rows from rb·row_block × keys lane + 16·k
-//      (a register block: each K value read from workgroup memory serves row_block rows),
-//   3. softmax statistics: thread r < tile_rows owns row r's running max and sum (in registers) and turns
-//      the row's scores into probabilities, publishing the rescale factor alpha,
-//   4. O = alpha·O + P·V: thread (rb, lane) owns the same rows × value pairs lane + 16·k.
-// Every thread count and trip count is an override, so the loops unroll and the blocks live in registers.
+// Grid: (ceil(max_tokens / TILE_TOKENS), kv_heads), taken in reverse so the longest (last) query tiles of a
+// causal prefill start first; tiles past n_tokens exit at once. A workgroup takes TILE_TOKENS query tokens ×
+// all `group` query heads of one KV head: TILE_ROWS score rows, row r = token r / group, head r % group, so
+// each K/V tile read from the pool serves every head of the GQA group. Its 2 · TILE_ROWS threads form
+// TILE_ROWS / 4 row quads of 8 threads: thread (quad, lane) owns rows 4·quad + 0..3 throughout, the keys
+// lane + 8·j of each key tile (for the scores) and the value pairs lane + 8·j (for the output). Per key tile
+// of TILE_KEYS keys (whole pages):
+//   1. K and V (packed f16 pairs) are staged in workgroup memory with 16-byte loads,
+//   2. scores: a 4 × KEYS_PER_LANE register block per thread (each K value read feeds 4 rows, each Q value
+//      KEYS_PER_LANE keys), masked only on tiles that cross the causal diagonal, the row end or the ring,
+//   3. softmax: the 8 lanes of a quad publish their rows' maxima, each lane rescales its own running sum
+//      and output block by the same factor and writes its probabilities,
+//   4. O += P·V from the probabilities of all the tile's keys.
+// Four barriers per key tile; the row sums of the 8 lanes are added once at the end.
 
 override head_dim: u32 = 64u; // a multiple of 8
 override q_heads: u32 = 1u;
@@ -41,18 +44,15 @@ override scale: f32 = 0.125;
 override wgkv_window: u32 = 0u; // 0: plain causal cache; > 0: WG-KV dual cache with this local window
 override ring_tokens: u32 = 16u; // WG-KV mode: ring slots at the start of each row
 override group: u32 = 1u; // query heads per KV head
-override tile_rows: u32 = 32u; // score rows per workgroup: 16, 32 or 64
-override tile_tokens: u32 = 32u; // query tokens per workgroup: floor(tile_rows / group)
-override tile_keys: u32 = 32u; // keys per tile: 16, 32, 48 or 64 (whole pages)
-override pv_pairs: u32 = 2u; // value pairs per thread: ceil(head_dim / 32)
-override row_block: u32 = 4u; // rows per thread: 4 or 8
-override threads: u32 = 128u; // tile_rows / row_block row blocks × 16 lanes
+
+// The tiling, spliced in as constants so every register block has a fixed size:
+// TILE_ROWS (16, 32 or 64), TILE_TOKENS (= floor(TILE_ROWS / group)), TILE_KEYS (16, 32, 48 or 64),
+// KEYS_PER_LANE (= TILE_KEYS / 8), PAIRS_PER_LANE (= ceil(head_dim / 16)), THREADS (= 2 · TILE_ROWS).
+{{TILING}}
 
 const PAGE_TOKENS: u32 = 16u;
-const LANES: u32 = 16u;
-const MAX_KEYS_PER_LANE: u32 = 4u; // tile_keys <= 64
-const MAX_PV_PAIRS: u32 = 8u; // head_dim <= 256
-const MAX_ROW_BLOCK: u32 = 8u;
+const LANES: u32 = 8u; // threads per row quad
+const QUADS: u32 = TILE_ROWS / 4u;
 const MASKED: f32 = -3.0e38;
 
 struct Step { n_tokens: u32, pos0: u32, pad0: u32, pad1: u32 }
@@ -70,20 +70,20 @@ struct LayerParams { layer: u32, pad0: u32, pad1: u32, pad2: u32 }
 
 {{POOL}}
 
-// Scaled queries, [tile_rows][head_dim / 4] vec4s.
-var<workgroup> q_tile: array<vec4f, tile_rows * head_dim / 4u>;
-// Keys, [tile_keys][head_dim / 4 + 1] pairs of packed f16 pairs (4 values); the extra column staggers the
-// rows over the memory banks, since lanes of a warp read different keys at the same column.
-var<workgroup> k_tile: array<vec2u, tile_keys * (head_dim / 4u + 1u)>;
-// Values, [tile_keys][head_dim / 2] packed f16 pairs.
-var<workgroup> v_tile: array<u32, tile_keys * head_dim / 2u>;
-// Scores then probabilities, [tile_keys][tile_rows / 4] vec4s (4 consecutive rows); MASKED where hidden.
-var<workgroup> scores: array<vec4f, tile_keys * tile_rows / 4u>;
-// Per row: the rescale factor of the current key tile, then the final softmax sum.
-var<workgroup> row_stat: array<vec4f, tile_rows / 4u>;
+// Scaled queries, [TILE_ROWS][head_dim / 4] vec4s.
+var<workgroup> q_tile: array<vec4f, TILE_ROWS * head_dim / 4u>;
+// Keys, [TILE_KEYS][head_dim / 4 + 1] vec2s of packed f16 pairs (4 values); the extra vec2 staggers the keys
+// over the memory banks, since the 8 lanes of a quad read 8 different keys at the same column.
+var<workgroup> k_tile: array<vec2u, TILE_KEYS * (head_dim / 4u + 1u)>;
+// Values, [TILE_KEYS][head_dim / 2] packed f16 pairs.
+var<workgroup> v_tile: array<u32, TILE_KEYS * head_dim / 2u>;
+// Probabilities, [TILE_KEYS][QUADS] vec4s (the 4 rows of a quad), 0 where hidden.
+var<workgroup> probs: array<vec4f, TILE_KEYS * QUADS>;
+// Per row and lane: the lane's maximum over its keys of the tile, then (at the end) its running sum.
+var<workgroup> lane_stat: array<f32, TILE_ROWS * LANES>;
 var<workgroup> row_length: u32;
 // WG-KV mode, ring tiles: per key whether some query of the tile may see it, then whether any key may.
-var<workgroup> key_live: array<u32, tile_keys>;
+var<workgroup> key_live: array<u32, TILE_KEYS>;
 var<workgroup> tile_live: u32;
 
 // Which keys a query row sees, by logical index in its (slot, layer, head) row `row`: causal for the full
@@ -106,28 +106,30 @@ fn ring_key_live(k_index: u32, row: u32, first_pos: u32, last_pos: u32) -> bool 
   return k_pos <= last_pos && ((info & 1u) == 1u || max(first_pos, k_pos) - k_pos < wgkv_window);
 }
 
-@compute @workgroup_size(threads)
-fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
+@compute @workgroup_size(THREADS)
+fn main(
+  @builtin(workgroup_id) wg: vec3u,
+  @builtin(num_workgroups) grid: vec3u,
+  @builtin(local_invocation_index) tid: u32,
+) {
   let kv_head = wg.y;
   let row = (sequence.slot * layers + layer_params.layer) * kv_heads + kv_head;
   if (tid == 0u) { row_length = lengths[row]; }
   let len = workgroupUniformLoad(&row_length);
   let n_tokens = step.n_tokens;
-  let token0 = wg.x * tile_tokens;
+  let token0 = (grid.x - 1u - wg.x) * TILE_TOKENS;
   if (token0 >= n_tokens || len < n_tokens) { return; }
   let base = len - n_tokens;
   let half_dim = head_dim / 2u;
   let quads = head_dim / 4u;
   let octets = head_dim / 8u; // 16-byte words per key in the pool
   let k_stride = quads + 1u;
-  let blocks = tile_rows / 4u; // vec4s of rows per key in `scores`
-  let row_quads = row_block / 4u; // vec4s of rows per thread
   let stride = q_heads * head_dim;
-  let tokens_here = min(tile_tokens, n_tokens - token0);
+  let tokens_here = min(TILE_TOKENS, n_tokens - token0);
   let first_head = kv_head * group;
 
   // Stage the scaled queries; rows past the tile's tokens are zero (and masked below).
-  for (var i = tid; i < tile_rows * quads; i += threads) {
+  for (var i = tid; i < TILE_ROWS * quads; i += THREADS) {
     let r = i / quads;
     let t = r / group;
     var value = vec4f(0.0);
@@ -138,26 +140,39 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
     q_tile[i] = value;
   }
 
-  let rb = tid / LANES;
+  let quad = tid / LANES;
   let lane = tid % LANES;
-  let keys_per_lane = tile_keys / LANES;
+  let row0 = 4u * quad; // this thread's first score row
   let first_q = base + token0;
   let last_q = base + token0 + tokens_here - 1u;
+  let first_pos = step.pos0 + token0;
   let key_end = select(last_q + 1u, len, wgkv_window > 0u);
-  let key_tiles = (key_end + tile_keys - 1u) / tile_keys;
+  let key_tiles = (key_end + TILE_KEYS - 1u) / TILE_KEYS;
 
-  var m = MASKED; // running max of row tid (threads tid < tile_rows)
-  var l = 0.0; // running sum of row tid
-  var acc: array<vec2f, MAX_ROW_BLOCK * MAX_PV_PAIRS>; // [row i][pair k] at i * MAX_PV_PAIRS + k
-  for (var k = 0u; k < MAX_ROW_BLOCK * MAX_PV_PAIRS; k++) { acc[k] = vec2f(0.0); }
+  // Token of each of the thread's rows, TILE_TOKENS for rows past the tile (never visible).
+  var row_token: array<u32, 4>;
+  // @unroll
+  for (var i = 0u; i < 4u; i++) {
+    let t = (row0 + i) / group;
+    row_token[i] = select(TILE_TOKENS, t, t < tokens_here);
+  }
 
-  for (var j = 0u; j < key_tiles; j++) {
-    let key0 = j * tile_keys;
+  var m = vec4f(MASKED); // running max of the thread's 4 rows (the same in all 8 lanes of the quad)
+  var l = vec4f(0.0); // running sum over this lane's keys
+  var acc: array<array<vec2f, PAIRS_PER_LANE>, 4>; // [row i][pair j]: value pair lane + 8·j
+  // @unroll
+  for (var i = 0u; i < 4u; i++) {
+    // @unroll
+    for (var j = 0u; j < PAIRS_PER_LANE; j++) { acc[i][j] = vec2f(0.0); }
+  }
+
+  for (var tile = 0u; tile < key_tiles; tile++) {
+    let key0 = tile * TILE_KEYS;
     workgroupBarrier(); // the previous tile's K, V and probabilities are no longer read
-    if (wgkv_window > 0u && key0 < ring_tokens) {
+    let ring_tile = wgkv_window > 0u && key0 < ring_tokens;
+    if (ring_tile) {
       // A ring tile: skip it when no query of the tile sees any of its keys (future or expired slots).
-      let first_pos = step.pos0 + token0;
-      for (var t = tid; t < tile_keys; t += threads) {
+      for (var t = tid; t < TILE_KEYS; t += THREADS) {
         let key = key0 + t;
         let live = key < len &&
           (key >= ring_tokens || ring_key_live(key, row, first_pos, first_pos + tokens_here - 1u));
@@ -166,14 +181,14 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
       workgroupBarrier();
       if (tid == 0u) {
         var any = 0u;
-        for (var t = 0u; t < tile_keys; t++) { any |= key_live[t]; }
+        for (var t = 0u; t < TILE_KEYS; t++) { any |= key_live[t]; }
         tile_live = any;
       }
       if (workgroupUniformLoad(&tile_live) == 0u) { continue; }
     }
 
     // 1. Stage K and V, 16-byte loads (8 values); keys past the row's length read as zero.
-    for (var w = tid; w < tile_keys * octets; w += threads) {
+    for (var w = tid; w < TILE_KEYS * octets; w += THREADS) {
       let t = w / octets;
       let c = w % octets;
       let key = key0 + t;
@@ -181,9 +196,9 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
       var v8 = vec4u(0u);
       if (key < len) {
         let page = block_table[row * max_pages + key / PAGE_TOKENS];
-        let quad = (key % PAGE_TOKENS) * octets + c;
-        k8 = pool_load4(page, quad);
-        v8 = pool_load4(page, PAGE_TOKENS * octets + quad);
+        let quad_at = (key % PAGE_TOKENS) * octets + c;
+        k8 = pool_load4(page, quad_at);
+        v8 = pool_load4(page, PAGE_TOKENS * octets + quad_at);
       }
       k_tile[t * k_stride + 2u * c] = k8.xy;
       k_tile[t * k_stride + 2u * c + 1u] = k8.zw;
@@ -195,99 +210,111 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
     }
     workgroupBarrier();
 
-    // 2. Scores of rows rb·row_block + i × keys lane + 16·k.
-    var s: array<f32, MAX_ROW_BLOCK * MAX_KEYS_PER_LANE>; // [row i][key k] at i * MAX_KEYS_PER_LANE + k
-    for (var k = 0u; k < MAX_ROW_BLOCK * MAX_KEYS_PER_LANE; k++) { s[k] = 0.0; }
+    // 2. Scores of rows row0 + i × keys lane + 8·j.
+    var s: array<array<f32, KEYS_PER_LANE>, 4>;
+    // @unroll
+    for (var i = 0u; i < 4u; i++) {
+      // @unroll
+      for (var j = 0u; j < KEYS_PER_LANE; j++) { s[i][j] = 0.0; }
+    }
     for (var c = 0u; c < quads; c++) {
-      var keys: array<vec4f, MAX_KEYS_PER_LANE>;
-      for (var k = 0u; k < keys_per_lane; k++) {
-        let packed = k_tile[(lane + LANES * k) * k_stride + c];
-        keys[k] = vec4f(unpack2x16float(packed.x), unpack2x16float(packed.y));
-      }
-      for (var i = 0u; i < row_block; i++) {
-        let qv = q_tile[(row_block * rb + i) * quads + c];
-        for (var k = 0u; k < keys_per_lane; k++) {
-          s[i * MAX_KEYS_PER_LANE + k] += dot(qv, keys[k]);
-        }
-      }
-    }
-    for (var k = 0u; k < keys_per_lane; k++) {
-      let t = lane + LANES * k;
-      let key = key0 + t;
-      for (var b = 0u; b < row_quads; b++) {
-        var block = vec4f(MASKED);
-        for (var e = 0u; e < 4u; e++) {
-          let i = 4u * b + e;
-          let token = (row_block * rb + i) / group;
-          if (token < tokens_here && key < len &&
-            key_visible(first_q + token, key, row, step.pos0 + token0 + token)) {
-            block[e] = s[i * MAX_KEYS_PER_LANE + k];
-          }
-        }
-        scores[t * blocks + row_quads * rb + b] = block;
+      var qv: array<vec4f, 4>;
+      // @unroll
+      for (var i = 0u; i < 4u; i++) { qv[i] = q_tile[(row0 + i) * quads + c]; }
+      // @unroll
+      for (var j = 0u; j < KEYS_PER_LANE; j++) {
+        let packed = k_tile[(lane + LANES * j) * k_stride + c];
+        let kv = vec4f(unpack2x16float(packed.x), unpack2x16float(packed.y));
+        // @unroll
+        for (var i = 0u; i < 4u; i++) { s[i][j] += dot(qv[i], kv); }
       }
     }
+    // Mask only where some key may be hidden from some row: the causal diagonal, the row end, the ring.
+    let needs_mask = ring_tile || key0 + TILE_KEYS > len || key0 + TILE_KEYS - 1u > first_q ||
+      tokens_here < TILE_TOKENS || TILE_TOKENS * group < TILE_ROWS;
+    var lane_max = vec4f(MASKED);
+    // @unroll
+    for (var j = 0u; j < KEYS_PER_LANE; j++) {
+      let key = key0 + lane + LANES * j;
+      // @unroll
+      for (var i = 0u; i < 4u; i++) {
+        var seen = true;
+        if (needs_mask) {
+          let t = row_token[i];
+          seen = t < tokens_here && key < len && key_visible(first_q + t, key, row, first_pos + t);
+        }
+        if (!seen) { s[i][j] = MASKED; }
+        lane_max[i] = max(lane_max[i], s[i][j]);
+      }
+    }
+    // @unroll
+    for (var i = 0u; i < 4u; i++) { lane_stat[(row0 + i) * LANES + lane] = lane_max[i]; }
     workgroupBarrier();
 
-    // 3. Online softmax: thread r turns row r's scores into probabilities and publishes the rescale factor.
-    if (tid < tile_rows) {
-      let at = tid / 4u;
-      let component = tid % 4u;
+    // 3. Softmax: the rows' maxima over the tile, the rescale factor, this lane's probabilities.
+    var alpha = vec4f(1.0);
+    // @unroll
+    for (var i = 0u; i < 4u; i++) {
       var tile_max = MASKED;
-      for (var t = 0u; t < tile_keys; t++) { tile_max = max(tile_max, scores[t * blocks + at][component]); }
-      var alpha = 1.0;
-      if (tile_max > MASKED) {
-        let m_new = max(m, tile_max);
-        alpha = exp(m - m_new);
-        var sum = 0.0;
-        for (var t = 0u; t < tile_keys; t++) {
-          let p = exp(scores[t * blocks + at][component] - m_new);
-          scores[t * blocks + at][component] = p;
-          sum += p;
-        }
-        l = l * alpha + sum;
-        m = m_new;
-      } else {
-        for (var t = 0u; t < tile_keys; t++) { scores[t * blocks + at][component] = 0.0; }
+      // @unroll
+      for (var k = 0u; k < LANES; k++) { tile_max = max(tile_max, lane_stat[(row0 + i) * LANES + k]); }
+      let m_new = max(m[i], tile_max);
+      if (m_new > MASKED) { alpha[i] = exp(m[i] - m_new); }
+      m[i] = m_new;
+    }
+    var lane_sum = vec4f(0.0);
+    // @unroll
+    for (var j = 0u; j < KEYS_PER_LANE; j++) {
+      var p = vec4f(0.0);
+      // @unroll
+      for (var i = 0u; i < 4u; i++) {
+        if (s[i][j] > MASKED) { p[i] = exp(s[i][j] - m[i]); }
       }
-      row_stat[at][component] = alpha;
+      lane_sum += p;
+      probs[(lane + LANES * j) * QUADS + quad] = p;
+    }
+    l = l * alpha + lane_sum;
+    // @unroll
+    for (var i = 0u; i < 4u; i++) {
+      // @unroll
+      for (var j = 0u; j < PAIRS_PER_LANE; j++) { acc[i][j] *= alpha[i]; }
     }
     workgroupBarrier();
 
-    // 4. O = alpha·O + P·V for rows rb·row_block + i × value pairs lane + 16·k.
-    for (var i = 0u; i < row_block; i++) {
-      let alpha = row_stat[row_quads * rb + i / 4u][i % 4u];
-      for (var k = 0u; k < pv_pairs; k++) { acc[i * MAX_PV_PAIRS + k] *= alpha; }
-    }
-    let keys_here = min(tile_keys, len - key0);
-    for (var t = 0u; t < keys_here; t++) {
-      var p: array<vec4f, MAX_ROW_BLOCK / 4u>;
-      for (var b = 0u; b < row_quads; b++) { p[b] = scores[t * blocks + row_quads * rb + b]; }
-      for (var k = 0u; k < pv_pairs; k++) {
-        let pair = lane + LANES * k;
+    // 4. O += P·V for rows row0 + i × value pairs lane + 8·j.
+    for (var t = 0u; t < TILE_KEYS; t++) {
+      let p = probs[t * QUADS + quad];
+      // @unroll
+      for (var j = 0u; j < PAIRS_PER_LANE; j++) {
+        let pair = lane + LANES * j;
         if (pair < half_dim) {
           let v = unpack2x16float(v_tile[t * half_dim + pair]);
-          for (var i = 0u; i < row_block; i++) { acc[i * MAX_PV_PAIRS + k] += p[i / 4u][i % 4u] * v; }
+          // @unroll
+          for (var i = 0u; i < 4u; i++) { acc[i][j] += p[i] * v; }
         }
       }
     }
   }
 
-  workgroupBarrier(); // every thread has read its last rescale factors
-  if (tid < tile_rows) { row_stat[tid / 4u][tid % 4u] = l; }
+  workgroupBarrier(); // every lane has read its last maxima
+  // @unroll
+  for (var i = 0u; i < 4u; i++) { lane_stat[(row0 + i) * LANES + lane] = l[i]; }
   workgroupBarrier();
-  for (var i = 0u; i < row_block; i++) {
-    let r = row_block * rb + i;
-    let sum = row_stat[r / 4u][r % 4u];
-    let token = r / group;
-    if (token < tokens_here) {
+  // @unroll
+  for (var i = 0u; i < 4u; i++) {
+    let t = row_token[i];
+    if (t < tokens_here) {
+      var sum = 0.0;
+      // @unroll
+      for (var k = 0u; k < LANES; k++) { sum += lane_stat[(row0 + i) * LANES + k]; }
       let inv = select(0.0, 1.0 / sum, sum > 0.0);
-      let o = (token0 + token) * stride + (first_head + r % group) * head_dim;
-      for (var k = 0u; k < pv_pairs; k++) {
-        let pair = lane + LANES * k;
+      let o = (token0 + t) * stride + (first_head + (row0 + i) % group) * head_dim;
+      // @unroll
+      for (var j = 0u; j < PAIRS_PER_LANE; j++) {
+        let pair = lane + LANES * j;
         if (pair < half_dim) {
-          out[o + 2u * pair] = acc[i * MAX_PV_PAIRS + k].x * inv;
-          out[o + 2u * pair + 1u] = acc[i * MAX_PV_PAIRS + k].y * inv;
+          out[o + 2u * pair] = acc[i][j].x * inv;
+          out[o + 2u * pair + 1u] = acc[i][j].y * inv;
         }
       }
     }

@@ -60,6 +60,7 @@ fn load_x(t: u32, e: u32) -> vec4f {
   let at = t * cols + e;
   if (e + 4u <= cols) { return vec4f(x[at], x[at + 1u], x[at + 2u], x[at + 3u]); }
   var v = vec4f(0.0);
+  // @unroll
   for (var i = 0u; i < 4u; i++) {
     if (e + i < cols) { v[i] = x[at + i]; }
   }
@@ -82,26 +83,29 @@ fn main(
   let nt = min(tokens_per_wg, m - t0);
   let nr = min(rows_per_wg, rows - row0);
 
-  var acc: array<f32, MAX_ROWS * MAX_TOKENS>;
-  for (var i = 0u; i < MAX_ROWS * MAX_TOKENS; i++) { acc[i] = 0.0; }
+  var acc: array<f32, MAX_ROWS * MAX_TOKENS>; // zero-initialised
 
   // Main part: sixteen columns per thread and step (scales decoded once per 16 weights).
   let n16 = cols / 16u;
   for (var u = tid; u < n16; u += wg_size) {
     let e = 16u * u;
     var xv: array<array<vec4f, 4>, MAX_TOKENS>;
+    // @unroll
     for (var t = 0u; t < tokens_per_wg; t++) {
       if (t < nt) {
         let at = (t0 + t) * cols + e;
+        // @unroll
         for (var c = 0u; c < 4u; c++) {
           let a = at + 4u * c;
           xv[t][c] = vec4f(x[a], x[a + 1u], x[a + 2u], x[a + 3u]);
         }
       }
     }
+    // @unroll
     for (var r = 0u; r < rows_per_wg; r++) {
       if (r < nr) {
         let w = dq16((row0 + r) * row_bytes, e);
+        // @unroll
         for (var t = 0u; t < tokens_per_wg; t++) {
           acc[r * MAX_TOKENS + t] += dot(w[0], xv[t][0]) + dot(w[1], xv[t][1]) + dot(w[2], xv[t][2]) +
             dot(w[3], xv[t][3]);
@@ -114,12 +118,15 @@ fn main(
   for (var u = 4u * n16 + tid; u < units; u += wg_size) {
     let e = 4u * u;
     var xv: array<vec4f, MAX_TOKENS>;
+    // @unroll
     for (var t = 0u; t < tokens_per_wg; t++) {
       if (t < nt) { xv[t] = load_x(t0 + t, e); }
     }
+    // @unroll
     for (var r = 0u; r < rows_per_wg; r++) {
       if (r < nr) {
         let w = dq4((row0 + r) * row_bytes, e);
+        // @unroll
         for (var t = 0u; t < tokens_per_wg; t++) {
           acc[r * MAX_TOKENS + t] += dot(w, xv[t]);
         }
@@ -127,7 +134,9 @@ fn main(
     }
   }
 
+  // @unroll
   for (var r = 0u; r < rows_per_wg; r++) {
+    // @unroll
     for (var t = 0u; t < tokens_per_wg; t++) {
       partial[(r * tokens_per_wg + t) * wg_size + tid] = acc[r * MAX_TOKENS + t];
     }

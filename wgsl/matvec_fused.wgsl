@@ -77,6 +77,7 @@ const TWO_PI: f32 = 6.283185307179586;
 fn load_x16(t: u32, e: u32) -> array<vec4f, 4> {
   let at = t * cols + e;
   var v: array<vec4f, 4>;
+  // @unroll
   for (var c = 0u; c < 4u; c++) {
     let a = at + 4u * c;
     v[c] = vec4f(x[a], x[a + 1u], x[a + 2u], x[a + 3u]);
@@ -89,6 +90,7 @@ fn load_x4(t: u32, e: u32) -> vec4f {
   let at = t * cols + e;
   if (e + 4u <= cols) { return vec4f(x[at], x[at + 1u], x[at + 2u], x[at + 3u]); }
   var v = vec4f(0.0);
+  // @unroll
   for (var i = 0u; i < 4u; i++) {
     if (e + i < cols) { v[i] = x[at + i]; }
   }
@@ -126,13 +128,16 @@ fn swiglu(
   for (var unit = tid; unit < n16; unit += wg_size) {
     let e = 16u * unit;
     var xv: array<array<vec4f, 4>, MAX_TOKENS>;
+    // @unroll
     for (var t = 0u; t < tokens_per_wg; t++) {
       if (t < nt) { xv[t] = load_x16(t0 + t, e); }
     }
+    // @unroll
     for (var r = 0u; r < rows_per_wg; r++) {
       if (r < nr) {
         let wg = dq16_a((row0 + r) * row_bytes_a, e);
         let wu = dq16_b((row0 + r) * row_bytes_b, e);
+        // @unroll
         for (var t = 0u; t < tokens_per_wg; t++) {
           acc_gate[r * MAX_TOKENS + t] += dot16(wg, xv[t]);
           acc_up[r * MAX_TOKENS + t] += dot16(wu, xv[t]);
@@ -145,13 +150,16 @@ fn swiglu(
   for (var unit = 4u * n16 + tid; unit < units; unit += wg_size) {
     let e = 4u * unit;
     var xv: array<vec4f, MAX_TOKENS>;
+    // @unroll
     for (var t = 0u; t < tokens_per_wg; t++) {
       if (t < nt) { xv[t] = load_x4(t0 + t, e); }
     }
+    // @unroll
     for (var r = 0u; r < rows_per_wg; r++) {
       if (r < nr) {
         let wg = dq4_a((row0 + r) * row_bytes_a, e);
         let wu = dq4_b((row0 + r) * row_bytes_b, e);
+        // @unroll
         for (var t = 0u; t < tokens_per_wg; t++) {
           acc_gate[r * MAX_TOKENS + t] += dot(wg, xv[t]);
           acc_up[r * MAX_TOKENS + t] += dot(wu, xv[t]);
@@ -161,7 +169,9 @@ fn swiglu(
   }
 
   // Slot p = 2·(r·tokens_per_wg + t) holds the gate sum of (row r, token t), p + 1 the up sum.
+  // @unroll
   for (var r = 0u; r < rows_per_wg; r++) {
+    // @unroll
     for (var t = 0u; t < tokens_per_wg; t++) {
       let p = 2u * (r * tokens_per_wg + t);
       partial_gu[p * wg_size + tid] = acc_gate[r * MAX_TOKENS + t];
@@ -250,12 +260,15 @@ fn qkv(
   for (var unit = tid; unit < n16; unit += wg_size) {
     let e = 16u * unit;
     var xv: array<array<vec4f, 4>, MAX_TOKENS>;
+    // @unroll
     for (var t = 0u; t < tokens_per_wg; t++) {
       if (t < nt) { xv[t] = load_x16(t0 + t, e); }
     }
+    // @unroll
     for (var r = 0u; r < rows_per_wg; r++) {
       if (r < nr) {
         let w = dq16_of(weight, row0 + r, e);
+        // @unroll
         for (var t = 0u; t < tokens_per_wg; t++) {
           acc[r * MAX_TOKENS + t] += dot16(w, xv[t]);
         }
@@ -266,12 +279,15 @@ fn qkv(
   for (var unit = 4u * n16 + tid; unit < units; unit += wg_size) {
     let e = 4u * unit;
     var xv: array<vec4f, MAX_TOKENS>;
+    // @unroll
     for (var t = 0u; t < tokens_per_wg; t++) {
       if (t < nt) { xv[t] = load_x4(t0 + t, e); }
     }
+    // @unroll
     for (var r = 0u; r < rows_per_wg; r++) {
       if (r < nr) {
         let w = dq4_of(weight, row0 + r, e);
+        // @unroll
         for (var t = 0u; t < tokens_per_wg; t++) {
           acc[r * MAX_TOKENS + t] += dot(w, xv[t]);
         }
@@ -279,7 +295,9 @@ fn qkv(
     }
   }
 
+  // @unroll
   for (var r = 0u; r < rows_per_wg; r++) {
+    // @unroll
     for (var t = 0u; t < tokens_per_wg; t++) {
       partial[(r * tokens_per_wg + t) * wg_size + tid] = acc[r * MAX_TOKENS + t];
     }

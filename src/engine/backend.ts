@@ -7,7 +7,7 @@
  */
 
 import type { LlamaHParams } from "../model/hparams.ts";
-import type { KvUsage } from "../model/gpu_model.ts";
+import type { KvUsage, SampleStart } from "../model/gpu_model.ts";
 
 /** A forward-pass implementation with its own KV cache for one sequence. */
 export interface ModelBackend {
@@ -29,7 +29,14 @@ export interface ModelBackend {
    * without a round trip per token; returns one id per step. Positions after the last step are not cached.
    */
   decodeGreedy?(first: number, pos: number, count: number): Promise<number[]>;
-  /** Most steps {@link decodeGreedy} takes at once. */
+  /**
+   * Optional: like {@link forwardArgmax}, but the token is drawn on the device as `sampling` says (its
+   * own random stream: a hash of the seed and the draw index), without transferring the logits.
+   */
+  forwardSample?(tokens: number[], pos: number, sampling: SampleStart): Promise<number>;
+  /** Optional: like {@link decodeGreedy}, with each step's token drawn on the device as `sampling` says. */
+  decodeSampled?(first: number, pos: number, count: number, sampling: SampleStart): Promise<number[]>;
+  /** Most steps {@link decodeGreedy} and {@link decodeSampled} take at once. */
   readonly maxChain?: number;
   /** Whether a call may start before the cached positions (false: only at 0 or at the end). Default true. */
   readonly rewindable?: boolean;

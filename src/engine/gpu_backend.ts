@@ -8,7 +8,7 @@ import type { GGUFFile } from "../gguf/reader.ts";
 import type { Gpu } from "../gpu/device.ts";
 import type { GpuProfiler } from "../gpu/profiler.ts";
 import type { LlamaHParams } from "../model/hparams.ts";
-import { GpuModel, type KvUsage } from "../model/gpu_model.ts";
+import { GpuModel, type KvUsage, type SampleStart } from "../model/gpu_model.ts";
 import type { ModelBackend } from "./backend.ts";
 import type { KvPolicy } from "../kv/wgkv_policy.ts";
 import type { GateWeights } from "../gate/format.ts";
@@ -54,7 +54,12 @@ export class GpuBackend implements ModelBackend {
     return this.model.forward(tokens, pos, "argmax");
   }
 
-  /** Most greedy steps chained per readback. */
+  /** Runs the tokens; returns a token drawn on the GPU (its own random stream, see {@link SampleStart}). */
+  forwardSample(tokens: number[], pos: number, sampling: SampleStart): Promise<number> {
+    return this.model.forward(tokens, pos, "sample", sampling);
+  }
+
+  /** Most greedy or sampled steps chained per readback. */
   get maxChain(): number {
     return this.model.maxChain;
   }
@@ -62,6 +67,11 @@ export class GpuBackend implements ModelBackend {
   /** Greedy steps chained on the GPU (one readback for all). */
   decodeGreedy(first: number, pos: number, count: number): Promise<number[]> {
     return this.model.decodeGreedy(first, pos, count);
+  }
+
+  /** Sampled steps chained on the GPU (one readback for all). */
+  decodeSampled(first: number, pos: number, count: number, sampling: SampleStart): Promise<number[]> {
+    return this.model.decodeSampled(first, pos, count, sampling);
   }
 
   /** Whether the cache can resume at any earlier position (not the dual cache: dropped keys are gone). */

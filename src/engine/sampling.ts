@@ -1,6 +1,8 @@
 /**
  * Token sampling as a chain of small processors over a candidate list, in llama.cpp's default order:
  * repetition penalty → top-k → top-p → min-p → temperature → draw. Temperature 0 is greedy (argmax).
+ * The WebGPU backend applies the same rules on the GPU (`src/gpu/ops/sample.ts`) with its own random
+ * stream, so a seed gives the same text on each backend but not the same text on both.
  *
  * @module
  */
@@ -37,7 +39,7 @@ export interface SamplingOptions {
   repeatPenalty?: number;
   /** How many recent tokens the repetition penalty looks at. Default 64. */
   repeatLastN?: number;
-  /** Seed of the random draw; same seed, same text. Default: random. */
+  /** Seed of the random draw; same seed, same text (on one backend). Default: random. */
   seed?: number;
 }
 

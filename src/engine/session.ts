@@ -9,6 +9,7 @@
 import { OutOfMemoryError } from "../errors.ts";
 import type { Tokenizer } from "../tokenizer/tokenizer.ts";
 import type { ModelBackend } from "./backend.ts";
+import type { SampleStart } from "../model/gpu_model.ts";
 import { Sampler, type SamplingOptions } from "./sampling.ts";
 
 /** Options of one {@link Session.generate} call. */
@@ -125,8 +126,15 @@ export class Session {
     let feed = prompt;
     const t0 = performance.now();
     let tPrev = t0;
-    // Greedy decoding on a backend that can chain steps: tokens computed ahead, and the next chain length
-    // (short at first so the first tokens show quickly, then doubling).
+    // A backend that samples on the device (GPU) draws every token there, from its own random stream.
+    const onDevice = !sampler.isGreedy && this.backend.forwardSample !== undefined;
+    const sampling = (draw: number): SampleStart => ({
+      settings: sampler.options,
+      history: this.#recent(feed, sampler.options.repeatLastN),
+      draw,
+    });
+    // Greedy or on-device sampled decoding on a backend that can chain steps: tokens computed ahead, and the
+    // next chain length (short at first so the first tokens show quickly, then doubling).
     let ready: number[] = [];
     let chain = 2;
     let chainMs = 0;
@@ -147,15 +155,20 @@ export class Session {
         token = ready.shift()!;
         ms = chainMs;
       } else {
-        const chained = sampler.isGreedy && i > 0 && feed.length === 1 &&
-          this.backend.decodeGreedy !== undefined;
-        if (chained) {
+        const chainable = i > 0 && feed.length === 1;
+        const greedyChain = sampler.isGreedy && chainable && this.backend.decodeGreedy !== undefined;
+        const sampledChain = onDevice && chainable && this.backend.decodeSampled !== undefined;
+        if (greedyChain || sampledChain) {
           const count = Math.max(1, Math.min(chain, maxTokens - i, ctx - pos, this.backend.maxChain ?? 1));
           chain = Math.min(2 * chain, this.backend.maxChain ?? 1);
-          ready = await this.backend.decodeGreedy!(feed[0], pos, count);
+          ready = greedyChain
+            ? await this.backend.decodeGreedy!(feed[0], pos, count)
+            : await this.backend.decodeSampled!(feed[0], pos, count, sampling(i));
           token = ready.shift()!;
         } else if (sampler.isGreedy) {
           token = await this.backend.forwardArgmax(feed, pos);
+        } else if (onDevice) {
+          token = await this.backend.forwardSample!(feed, pos, sampling(i));
         } else {
           const logits = await this.backend.forward(feed, pos);
           token = sampler.sample(logits, this.#recent(feed, sampler.options.repeatLastN));

@@ -7,6 +7,7 @@
  */
 
 import { DeviceError, OutOfMemoryError } from "../errors.ts";
+import { specialiseOverrides, unrollLoops } from "./unroll.ts";
 import { loadShader, preloadShaders, SHADER_NAMES, shadersAreLocal } from "./shader.ts";
 
 /** Storage | copy-dst | copy-src: the usage of almost every buffer we make. */
@@ -110,7 +111,9 @@ export class Gpu {
   /**
    * Returns the compute pipeline for shader `name` (a file in `wgsl/` without extension) specialised by
    * `constants` (WGSL `override` values) and `defines` (text substitutions of `{{NAME}}` placeholders, for
-   * what `override` cannot reach, e.g. element types). Cached by name + specialisation.
+   * what `override` cannot reach, e.g. element types). Cached by name + specialisation. Overrides given a
+   * value become `const` declarations and loops marked `// @unroll` are unrolled (see `./unroll.ts`), so
+   * register blocks sized or walked by them stay in registers.
    */
   kernel(
     name: string,
@@ -123,11 +126,13 @@ export class Gpu {
     if (cached) return cached;
     let code = loadShader(name);
     for (const [k, v] of Object.entries(defines)) code = code.replaceAll(`{{${k}}}`, v);
+    const specialised = specialiseOverrides(code, constants);
+    code = unrollLoops(specialised.code);
     const module = this.device.createShaderModule({ label: name, code });
     const pipeline = this.device.createComputePipeline({
       label: key,
       layout: "auto",
-      compute: { module, entryPoint, constants },
+      compute: { module, entryPoint, constants: specialised.overrides },
     });
     const kernel = { key, pipeline };
     this.#pipelines.set(key, kernel);

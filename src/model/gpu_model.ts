@@ -15,7 +15,7 @@
  *     x  += att·Wo ;  xn = rmsnorm(x) · ffn_norm[l]          (one fused dispatch)
  *     h   = silu(xn·Wgate) · (xn·Wup)         (one fused dispatch)
  *     x  += h·Wdown ; xn = rmsnorm(x) · (attn_norm[l+1] or output_norm)
- *   logits = xn[M−1] · Woutᵀ ;  token = argmax(logits)
+ *   logits = xn[M−1] · Woutᵀ ;  token = argmax(logits), or a draw by the GPU sampler (temperature, top-k, …)
  *
  * @module
  */
@@ -34,6 +34,7 @@ import { createFlashDecode, createFlashPrefill, decodePartialsBytes } from "../g
 import { createSwiGlu } from "../gpu/ops/elementwise.ts";
 import { createCopy } from "../gpu/ops/copy.ts";
 import { type ArgmaxOp, createArgmax } from "../gpu/ops/argmax.ts";
+import { createSample, type SampleOp, type SampleSettings } from "../gpu/ops/sample.ts";
 import {
   canFuseGateUp,
   canFuseQkv,
@@ -54,8 +55,21 @@ import type { LlamaHParams } from "./hparams.ts";
 import { ropeInverseFrequencies } from "./ops.ts";
 import { blockTensorNames, OUTPUT, OUTPUT_NORM, ROPE_FREQS, TOKEN_EMBD } from "./tensor_names.ts";
 
-/** Most greedy decode steps {@link GpuModel.decodeGreedy} chains without a CPU round trip. */
+/**
+ * Most decode steps {@link GpuModel.decodeGreedy} and {@link GpuModel.decodeSampled} chain without a CPU
+ * round trip.
+ */
 export const MAX_CHAIN = 64;
+
+/** Where a run of GPU-sampled steps starts: the settings, the tokens so far and the index of its first draw. */
+export interface SampleStart {
+  /** Sampling settings (temperature, top-k, top-p, min-p, repetition penalty, seed). */
+  settings: SampleSettings;
+  /** The tokens so far, the one fed first included (only the last `repeatLastN` matter). */
+  history: readonly number[];
+  /** Index of the first draw of the run in the random stream of `settings.seed`. */
+  draw: number;
+}
 
 /** Options of {@link GpuModel.load}. */
 export interface GpuModelOptions {
@@ -130,6 +144,10 @@ export class GpuModel {
   /** The decode and prefill sequences followed by the tail (built once, recorded every step). */
   readonly #decodeThenTail: GpuOp[];
   readonly #prefillThenTail: GpuOp[];
+  /** The same with the GPU sampler in place of the argmax. */
+  readonly #decodeThenSample: GpuOp[];
+  readonly #prefillThenSample: GpuOp[];
+  readonly #sample: SampleOp;
   /** Placeholder gate flags of one chained step (all zero). */
   readonly #noFlags: Uint32Array;
   readonly #argmax: ArgmaxOp;
@@ -160,7 +178,9 @@ export class GpuModel {
       prefill: GpuOp[];
       decode: GpuOp[];
       tail: GpuOp[];
+      sampleTail: GpuOp[];
       argmax: ArgmaxOp;
+      sample: SampleOp;
       act: Activations;
       profiler?: GpuProfiler;
       owned: (GPUBuffer | GpuWeight)[];
@@ -181,6 +201,9 @@ export class GpuModel {
     this.#decode = fields.decode;
     this.#decodeThenTail = [...fields.decode, ...fields.tail];
     this.#prefillThenTail = [...fields.prefill, ...fields.tail];
+    this.#decodeThenSample = [...fields.decode, ...fields.sampleTail];
+    this.#prefillThenSample = [...fields.prefill, ...fields.sampleTail];
+    this.#sample = fields.sample;
     this.#noFlags = new Uint32Array(hp.nLayer * hp.nHeadKV);
     this.#argmax = fields.argmax;
     this.#act = fields.act;
@@ -562,6 +585,7 @@ export class GpuModel {
     });
     const argmax = createArgmax(gpu, { label: "argmax", vocab: V, logits: act.logits });
     owned.push(argmax.tokens);
+    const sample = createSample(gpu, { label: "sample", vocab: V, logits: act.logits });
     progress(
       `GPU: ${gpu.description}; weights ${formatBytes(weightBytes)}, KV pool ${
         formatBytes(kv.pool.capacity * pageBytes(D))
@@ -580,7 +604,9 @@ export class GpuModel {
       prefill: prefill.ops,
       decode: decode.ops,
       tail: [copyLast, outputOp, argmax],
+      sampleTail: [copyLast, outputOp, sample],
       argmax,
+      sample,
       act,
       profiler: options.profiler,
       owned,
@@ -589,11 +615,18 @@ export class GpuModel {
 
   /**
    * Runs `tokens` at positions `pos …` (the cache is cut back to `pos` first) and returns the last token's
-   * logits, or its argmax when `want` is "argmax" (then only 4 bytes come back).
+   * logits, its argmax when `want` is "argmax", or a token drawn on the GPU as `sampling` says when `want`
+   * is "sample" (then only 4 bytes come back).
    */
   async forward(tokens: number[], pos: number, want: "logits"): Promise<Float32Array>;
   async forward(tokens: number[], pos: number, want: "argmax"): Promise<number>;
-  async forward(tokens: number[], pos: number, want: "logits" | "argmax"): Promise<Float32Array | number> {
+  async forward(tokens: number[], pos: number, want: "sample", sampling: SampleStart): Promise<number>;
+  async forward(
+    tokens: number[],
+    pos: number,
+    want: "logits" | "argmax" | "sample",
+    sampling?: SampleStart,
+  ): Promise<Float32Array | number> {
     if (tokens.length === 0) throw new BadFlagError("forward: no tokens given");
     if (pos + tokens.length > this.contextLength) {
       throw new BadFlagError(
@@ -604,6 +637,8 @@ export class GpuModel {
     }
     this.#gpu.checkAlive();
     this.#rewind(pos);
+    if (want === "sample") this.#sample.start(sampling!.settings, sampling!.history, sampling!.draw);
+    const picked = want === "sample" ? this.#sample.tokens : this.#argmax.tokens;
     for (let start = 0; start < tokens.length; start += this.maxBatch) {
       const chunk = tokens.slice(start, start + this.maxBatch);
       const isLast = start + chunk.length === tokens.length;
@@ -612,13 +647,16 @@ export class GpuModel {
       this.#step.set(chunk.length, pos + start);
       this.#beginStep(chunk.length, pos + start);
       const encoder = this.#gpu.device.createCommandEncoder();
-      const ops = isLast
-        ? (decode ? this.#decodeThenTail : this.#prefillThenTail)
-        : (decode ? this.#decode : this.#prefill);
+      const ops = !isLast
+        ? (decode ? this.#decode : this.#prefill)
+        : want === "sample"
+        ? (decode ? this.#decodeThenSample : this.#prefillThenSample)
+        : (decode ? this.#decodeThenTail : this.#prefillThenTail);
       encodeOps(encoder, ops, this.#profiler);
       if (isLast) {
-        if (want === "argmax") encoder.copyBufferToBuffer(this.#argmax.tokens, 0, this.#tokenStaging, 0, 4);
-        else encoder.copyBufferToBuffer(this.#act.logits, 0, this.#logitsStaging, 0, this.hparams.nVocab * 4);
+        if (want === "logits") {
+          encoder.copyBufferToBuffer(this.#act.logits, 0, this.#logitsStaging, 0, this.hparams.nVocab * 4);
+        } else encoder.copyBufferToBuffer(picked, 0, this.#tokenStaging, 0, 4);
       }
       const flagBytes = chunk.length * this.hparams.nLayer * this.hparams.nHeadKV * 4;
       if (this.#flags) encoder.copyBufferToBuffer(this.#flags, 0, this.#flagStaging!, 0, flagBytes);
@@ -630,8 +668,8 @@ export class GpuModel {
         this.#flags ? new Uint32Array(await this.#mapStaging(this.#flagStaging!, flagBytes)) : undefined,
       );
     }
-    const range = await this.#mapStaging(want === "argmax" ? this.#tokenStaging : this.#logitsStaging, 4);
-    return want === "argmax" ? new Uint32Array(range)[0] : new Float32Array(range);
+    const range = await this.#mapStaging(want === "logits" ? this.#logitsStaging : this.#tokenStaging, 4);
+    return want === "logits" ? new Float32Array(range) : new Uint32Array(range)[0];
   }
 
   /**
@@ -640,9 +678,31 @@ export class GpuModel {
    * to back and only one readback (all `count` ids) waits for the GPU. Positions past `pos + count − 1`
    * are left out of the cache. Returns the ids, one per step.
    */
-  async decodeGreedy(first: number, pos: number, count: number): Promise<number[]> {
+  decodeGreedy(first: number, pos: number, count: number): Promise<number[]> {
+    return this.#decodeChain("decodeGreedy", first, pos, count, this.#argmax.tokens, this.#decodeThenTail);
+  }
+
+  /**
+   * Sampled decode of `count` tokens (≤ {@link GpuModel.maxChain}) after feeding `first` at `pos`, like
+   * {@link decodeGreedy} but each step's token is drawn on the GPU as `sampling` says; the draw index and
+   * the recent tokens of the repetition penalty advance on the GPU, so the steps chain the same way.
+   */
+  decodeSampled(first: number, pos: number, count: number, sampling: SampleStart): Promise<number[]> {
+    this.#sample.start(sampling.settings, sampling.history, sampling.draw);
+    return this.#decodeChain("decodeSampled", first, pos, count, this.#sample.tokens, this.#decodeThenSample);
+  }
+
+  /** Chains `count` decode steps, each feeding the token `picked` holds after `ops` into the next. */
+  async #decodeChain(
+    name: string,
+    first: number,
+    pos: number,
+    count: number,
+    picked: GPUBuffer,
+    ops: GpuOp[],
+  ): Promise<number[]> {
     if (!Number.isInteger(count) || count < 1 || count > this.maxChain) {
-      throw new BadFlagError(`decodeGreedy: count must be an integer in [1, ${this.maxChain}], got ${count}`);
+      throw new BadFlagError(`${name}: count must be an integer in [1, ${this.maxChain}], got ${count}`);
     }
     if (pos + count > this.contextLength) {
       throw new BadFlagError(
@@ -652,16 +712,15 @@ export class GpuModel {
     this.#gpu.checkAlive();
     this.#rewind(pos);
     this.#decodeEmbed.writeIds([first]);
-    const ops = this.#decodeThenTail;
     const stepWords = this.hparams.nLayer * this.hparams.nHeadKV;
     for (let i = 0; i < count; i++) {
       // Queue writes land before the submit that follows them, so each step sees its own position.
       this.#step.set(1, pos + i);
       this.#beginStep(1, pos + i);
       const encoder = this.#gpu.device.createCommandEncoder();
-      if (i > 0) encoder.copyBufferToBuffer(this.#argmax.tokens, 0, this.#act.ids, 0, 4);
+      if (i > 0) encoder.copyBufferToBuffer(picked, 0, this.#act.ids, 0, 4);
       encodeOps(encoder, ops, this.#profiler);
-      encoder.copyBufferToBuffer(this.#argmax.tokens, 0, this.#chainTokens, 4 * i, 4);
+      encoder.copyBufferToBuffer(picked, 0, this.#chainTokens, 4 * i, 4);
       if (this.#flags) {
         encoder.copyBufferToBuffer(this.#flags, 0, this.#chainFlags!, 4 * stepWords * i, 4 * stepWords);
       }
@@ -722,7 +781,7 @@ export class GpuModel {
   }
 
   /**
-   * Most steps {@link decodeGreedy} chains: {@link MAX_CHAIN}, and with the gate no more than the ring
+   * Most steps {@link decodeGreedy} and {@link decodeSampled} chain: {@link MAX_CHAIN}, and with the gate no more than the ring
    * holds (a chained token's flags are read back after the chain, so none may leave the ring before).
    */
   get maxChain(): number {
@@ -805,6 +864,7 @@ export class GpuModel {
   /** Frees every GPU buffer of the model. */
   destroy(): void {
     for (const b of this.#destroy) b.destroy();
+    this.#sample.destroy();
     this.kv.destroy();
   }
 }

@@ -57,34 +57,33 @@ function maskParts(gpu: Gpu, label: string, mask?: WgkvAttentionMask): {
 
 /** How a prefill workgroup tiles its work: score rows (tokens × GQA heads) and keys per step. */
 interface PrefillTiling {
-  /** Score rows per workgroup (`tile_rows`). */
+  /** Score rows per workgroup (`TILE_ROWS`); the workgroup has 2 · rows threads. */
   rows: number;
-  /** Query tokens per workgroup (`tile_tokens`): ⌊rows / group⌋. */
+  /** Query tokens per workgroup (`TILE_TOKENS`): ⌊rows / group⌋. */
   tokens: number;
-  /** Keys per step (`tile_keys`), whole pages. */
+  /** Keys per step (`TILE_KEYS`), whole pages. */
   keys: number;
-  /** Rows per thread (`row_block`); 16 lanes share each block of rows. */
-  rowBlock: number;
 }
 
 /**
- * Candidate prefill tilings, best first: 8 rows per thread (each K or V value read from workgroup memory
- * feeds 8 rows); 64 rows × 32 keys (128 threads) where it fits, e.g. ~32 KB at head_dim 64, else 32 rows
- * (64 threads, ~37 KB at head_dim 128).
+ * Candidate prefill tilings, best first: many rows per workgroup (each K/V tile read from the pool serves
+ * them all) and 32 keys per step where the workgroup memory allows (about 37 KB at head_dim 128 with 32
+ * rows, 35 KB at head_dim 64 with 64 rows).
  */
-const PREFILL_TILINGS: readonly Required<PrefillTileShape>[] = [
-  { rows: 64, keys: 32, rowBlock: 8 },
-  { rows: 32, keys: 32, rowBlock: 8 },
-  { rows: 64, keys: 16, rowBlock: 8 },
-  { rows: 32, keys: 16, rowBlock: 8 },
-  { rows: 16, keys: 32, rowBlock: 4 },
-  { rows: 16, keys: 16, rowBlock: 4 },
+const PREFILL_TILINGS: readonly PrefillTileShape[] = [
+  { rows: 64, keys: 32 },
+  { rows: 32, keys: 32 },
+  { rows: 64, keys: 16 },
+  { rows: 32, keys: 16 },
+  { rows: 16, keys: 32 },
+  { rows: 16, keys: 16 },
 ];
 
 /** Workgroup memory of the prefill kernel for a tiling (the shader's workgroup arrays). */
 function prefillWorkgroupBytes(rows: number, keys: number, headDim: number): number {
-  return rows * headDim * 4 + keys * (headDim / 4 + 1) * 8 + keys * headDim * 2 + keys * rows * 4 + rows * 4 +
-    4;
+  return rows * headDim * 4 + keys * (headDim / 4 + 1) * 8 + keys * headDim * 2 + keys * rows * 4 +
+    rows * 32 +
+    keys * 4 + 8;
 }
 
 /**
@@ -100,25 +99,35 @@ function choosePrefillTiling(
 ): PrefillTiling {
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
   if (wanted) {
-    const { rows, keys, rowBlock = 4 } = wanted;
-    if (![16, 32, 64].includes(rows) || ![16, 32, 48, 64].includes(keys) || ![4, 8].includes(rowBlock)) {
-      throw new BadFlagError(
-        `${label}: tiling needs rows 16, 32 or 64, keys 16, 32, 48 or 64, rowBlock 4 or 8`,
-      );
+    const { rows, keys } = wanted;
+    if (![16, 32, 64].includes(rows) || ![16, 32, 48, 64].includes(keys)) {
+      throw new BadFlagError(`${label}: tiling needs rows 16, 32 or 64 and keys 16, 32, 48 or 64`);
     }
     if (group > rows) throw new BadFlagError(`${label}: ${rows} rows cannot hold a GQA group of ${group}`);
     checkWorkgroupMemory(gpu, label, prefillWorkgroupBytes(rows, keys, headDim));
-    return { rows, keys, rowBlock, tokens: Math.floor(rows / group) };
+    return { rows, keys, tokens: Math.floor(rows / group) };
   }
-  for (const { rows, keys, rowBlock } of PREFILL_TILINGS) {
+  for (const { rows, keys } of PREFILL_TILINGS) {
     if (group <= rows && prefillWorkgroupBytes(rows, keys, headDim) <= limit) {
-      return { rows, keys, rowBlock, tokens: Math.floor(rows / group) };
+      return { rows, keys, tokens: Math.floor(rows / group) };
     }
   }
   const smallest = PREFILL_TILINGS[PREFILL_TILINGS.length - 1];
   if (group > 64) throw new UnsupportedError(`${label}: a GQA group of ${group} heads exceeds 64`);
   checkWorkgroupMemory(gpu, label, prefillWorkgroupBytes(smallest.rows, smallest.keys, headDim));
   throw new UnsupportedError(`${label}: a GQA group of ${group} heads does not fit the prefill tiles`);
+}
+
+/** The tiling constants spliced into `wgsl/flash_prefill.wgsl` at TILING. */
+function prefillTilingSource(tiling: PrefillTiling, headDim: number): string {
+  return [
+    `const TILE_ROWS: u32 = ${tiling.rows}u;`,
+    `const TILE_TOKENS: u32 = ${tiling.tokens}u;`,
+    `const TILE_KEYS: u32 = ${tiling.keys}u;`,
+    `const KEYS_PER_LANE: u32 = ${tiling.keys / 8}u;`,
+    `const PAIRS_PER_LANE: u32 = ${Math.ceil(headDim / 16)}u;`,
+    `const THREADS: u32 = ${2 * tiling.rows}u;`,
+  ].join("\n");
 }
 
 /** Options shared by {@link createFlashPrefill} and {@link createFlashDecode}. */
@@ -143,12 +152,10 @@ export interface AttentionOptions {
 
 /** Workgroup tiling of the prefill kernel: score rows (query tokens × GQA heads) and keys per step. */
 export interface PrefillTileShape {
-  /** Score rows per workgroup: 16, 32 or 64 (at least the GQA group); 4 threads per row. */
+  /** Score rows per workgroup: 16, 32 or 64 (at least the GQA group); 2 threads per row. */
   rows: number;
   /** Keys staged per step: 16, 32, 48 or 64. */
   keys: number;
-  /** Rows per thread: 4 (default) or 8; the workgroup has 16 · rows / rowBlock threads. */
-  rowBlock?: number;
 }
 
 /** Options of {@link createFlashPrefill}. */
@@ -279,14 +286,8 @@ export function createFlashPrefill(gpu: Gpu, options: FlashPrefillOptions): GpuO
       scale: options.scale ?? 1 / Math.sqrt(D),
       ...mask.constants,
       group: groupSize,
-      tile_rows: tiling.rows,
-      tile_tokens: tiling.tokens,
-      tile_keys: tiling.keys,
-      pv_pairs: Math.ceil(D / 32),
-      row_block: tiling.rowBlock,
-      threads: 16 * tiling.rows / tiling.rowBlock,
     },
-    { POOL: poolQuadShaderSource(kv.shards.length, 7) },
+    { POOL: poolQuadShaderSource(kv.shards.length, 7), TILING: prefillTilingSource(tiling, D) },
   );
   const layerParams = layerUniform(gpu, label, layer);
   const group = bindNumbered(gpu, kernel, [

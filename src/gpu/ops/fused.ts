@@ -1,5 +1,6 @@
 /**
- * Fused decode ops (`wgsl/matvec_fused.wgsl`): several matrix-vector products over the same activations
+ * Fused decode ops (`wgsl/matvec_fast.wgsl`, or `wgsl/matvec_fused.wgsl` for the types it lacks; see
+ * `./matvec_units.ts`): several matrix-vector products over the same activations
  * in one dispatch, with the element-wise step after them applied before the single write. Each dispatch
  * removed saves its fixed launch cost, which at one token per step is comparable to streaming the weights.
  *
@@ -31,6 +32,7 @@ import {
   type StepParams,
 } from "./op.ts";
 import { ropeTurnTable } from "./rope.ts";
+import { chooseMatvecVariant, type MatvecVariant, reduceLanes, subblockDefines } from "./matvec_units.ts";
 
 /** Tuning knobs of the fused decode kernels (WGSL override constants). */
 export interface FusedMatvecTuning {
@@ -43,6 +45,11 @@ export interface FusedMatvecTuning {
   rowsPerWorkgroup?: number;
   /** Tokens per workgroup, 1..8 (default min(maxTokens, 4)). */
   tokensPerWorkgroup?: number;
+  /**
+   * Kernel: `"subblock"` (`wgsl/matvec_fast.wgsl`, when every weight's type has one) or `"dq16"`
+   * (`wgsl/matvec_fused.wgsl`, every type). Default: subblock where it applies. See `./matvec_units.ts`.
+   */
+  variant?: MatvecVariant;
 }
 
 /** Options of {@link createGateUpSwiGlu}. */
@@ -165,20 +172,28 @@ export function createGateUpSwiGlu(gpu: Gpu, options: GateUpSwiGluOptions): GpuO
     defaultRows: 4, // an H100 sweep: 64 threads × 4 rows ran gate/up 2.7× faster than 256 × 2
     evenRows: false,
     tuning: options.tuning,
+    weights: [gate, up],
   });
-  const kernel = gpu.kernel("matvec_fused", {
-    cols: gate.cols,
-    rows_a: gate.rows,
-    row_bytes_a: gate.rowBytes,
-    row_bytes_b: up.rowBytes,
-    wg_size: shape.workgroupSize,
-    rows_per_wg: shape.rowsPerWorkgroup,
-    tokens_per_wg: shape.tokensPerWorkgroup,
-  }, {
-    DEQUANT_A: suffixedDequantSource(gate.info.name, "a"),
-    DEQUANT_B: suffixedDequantSource(up.info.name, "b"),
-    DEQUANT_C: suffixedDequantSource(gate.info.name, "c"),
-  }, "swiglu");
+  const subblock = shape.variant === "subblock";
+  const kernel = gpu.kernel(
+    subblock ? "matvec_fast" : "matvec_fused",
+    {
+      cols: gate.cols,
+      rows_a: gate.rows,
+      row_bytes_a: gate.rowBytes,
+      row_bytes_b: up.rowBytes,
+      wg_size: shape.workgroupSize,
+      rows_per_wg: shape.rowsPerWorkgroup,
+      tokens_per_wg: shape.tokensPerWorkgroup,
+      ...(subblock ? { reduce_lanes: reduceLanes(shape.workgroupSize), slots: 2 } : {}),
+    },
+    subblock ? subblockDefines(gate, up) : {
+      DEQUANT_A: suffixedDequantSource(gate.info.name, "a"),
+      DEQUANT_B: suffixedDequantSource(up.info.name, "b"),
+      DEQUANT_C: suffixedDequantSource(gate.info.name, "c"),
+    },
+    "swiglu",
+  );
   const group = bindAt(gpu, kernel, [
     [0, gate.parts[0].buffer],
     [1, up.parts[0].buffer],
@@ -258,6 +273,7 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
     defaultRows: 4,
     evenRows: rope !== undefined,
     tuning: options.tuning,
+    weights: [wq, wk, wv],
   });
   let headDim = 2;
   let ropePairs = 0;
@@ -281,25 +297,32 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
     turns = ropeTurnTable(rope.invFreq, rope.maxPosition);
   }
   const turnsBuffer = gpu.buffer(`${label}.turns`, turns.data.byteLength, turns.data);
-  const kernel = gpu.kernel("matvec_fused", {
-    cols: wq.cols,
-    rows_a: wq.rows,
-    rows_b: wk.rows,
-    rows_c: wv.rows,
-    row_bytes_a: wq.rowBytes,
-    row_bytes_b: wk.rowBytes,
-    row_bytes_c: wv.rowBytes,
-    wg_size: shape.workgroupSize,
-    rows_per_wg: shape.rowsPerWorkgroup,
-    tokens_per_wg: shape.tokensPerWorkgroup,
-    head_dim: headDim,
-    rope_pairs: ropePairs,
-    n_chunks: turns.chunks,
-  }, {
-    DEQUANT_A: suffixedDequantSource(wq.info.name, "a"),
-    DEQUANT_B: suffixedDequantSource(wk.info.name, "b"),
-    DEQUANT_C: suffixedDequantSource(wv.info.name, "c"),
-  }, "qkv");
+  const subblock = shape.variant === "subblock";
+  const kernel = gpu.kernel(
+    subblock ? "matvec_fast" : "matvec_fused",
+    {
+      cols: wq.cols,
+      rows_a: wq.rows,
+      rows_b: wk.rows,
+      rows_c: wv.rows,
+      row_bytes_a: wq.rowBytes,
+      row_bytes_b: wk.rowBytes,
+      row_bytes_c: wv.rowBytes,
+      wg_size: shape.workgroupSize,
+      rows_per_wg: shape.rowsPerWorkgroup,
+      tokens_per_wg: shape.tokensPerWorkgroup,
+      head_dim: headDim,
+      rope_pairs: ropePairs,
+      n_chunks: turns.chunks,
+      ...(subblock ? { reduce_lanes: reduceLanes(shape.workgroupSize) } : {}),
+    },
+    subblock ? subblockDefines(wq, wk, wv) : {
+      DEQUANT_A: suffixedDequantSource(wq.info.name, "a"),
+      DEQUANT_B: suffixedDequantSource(wk.info.name, "b"),
+      DEQUANT_C: suffixedDequantSource(wv.info.name, "c"),
+    },
+    "qkv",
+  );
   const group = bindAt(gpu, kernel, [
     [0, wq.parts[0].buffer],
     [1, wk.parts[0].buffer],
@@ -358,9 +381,12 @@ interface ShapeRequest {
   defaultRows: number;
   evenRows: boolean;
   tuning?: FusedMatvecTuning;
+  /** The weights, for the choice of kernel variant. */
+  weights: GpuWeight[];
 }
 
 interface Shape {
+  variant: MatvecVariant;
   workgroupSize: number;
   rowsPerWorkgroup: number;
   tokensPerWorkgroup: number;
@@ -405,7 +431,8 @@ function tuningFor(gpu: Gpu, op: string, request: ShapeRequest): Shape {
   }
   const tokenGroups = ceilDiv(request.maxTokens, tokensPerWorkgroup);
   checkWorkgroups(gpu, op, tokenGroups);
-  return { workgroupSize, rowsPerWorkgroup, tokensPerWorkgroup, tokenGroups };
+  const variant = chooseMatvecVariant(op, request.weights, t.variant);
+  return { variant, workgroupSize, rowsPerWorkgroup, tokensPerWorkgroup, tokenGroups };
 }
 
 /** A (x, y, z) grid holding `groups` workgroups in x·y (x within the device limit) and `z` in z. */

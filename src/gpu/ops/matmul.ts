@@ -1,7 +1,7 @@
 /**
  * `y = x · Wᵀ` with W a {@link GpuWeight} in its GGUF type: activations `x` are f32 `[nTokens][cols]`, outputs
  * `y` f32 `[nTokens][rows]`, both row-major. Two kernels: {@link createMatvec} for decode (a few tokens,
- * bandwidth-bound, `wgsl/matvec.wgsl`) and {@link createMatmul} for prefill (tiled, `wgsl/matmul.wgsl`).
+ * bandwidth-bound, `wgsl/matvec_fast.wgsl` or `wgsl/matvec.wgsl`, see `./matvec_units.ts`) and {@link createMatmul} for prefill (tiled, `wgsl/matmul.wgsl`).
  * A weight split into several parts is dispatched once per part, each writing its own output columns.
  *
  * @module
@@ -10,6 +10,13 @@
 import { BadFlagError } from "../../errors.ts";
 import type { Gpu, Kernel } from "../device.ts";
 import { dequantSource, type GpuWeight } from "../weights.ts";
+import {
+  bindNumbered,
+  chooseMatvecVariant,
+  type MatvecVariant,
+  reduceLanes,
+  subblockDefines,
+} from "./matvec_units.ts";
 import {
   type BufferSlice,
   ceilDiv,
@@ -44,6 +51,12 @@ export interface MatvecTuning {
   rowsPerWorkgroup?: number;
   /** Tokens per workgroup, 1..8 (default min(maxTokens, 4)). */
   tokensPerWorkgroup?: number;
+  /**
+   * Kernel: `"subblock"` (threads own whole 32-element sub-blocks; F32/F16/BF16 with rows of a multiple of
+   * 256 values, Q8_0, Q4_K, Q5_K, Q6_K) or `"dq16"` (sixteen columns per step, every type). Default:
+   * subblock where it applies. See `./matvec_units.ts`.
+   */
+  variant?: MatvecVariant;
 }
 
 /** Options of {@link createMatvec}. */
@@ -119,9 +132,9 @@ export function createMatvec(gpu: Gpu, options: MatvecOptions): GpuOp {
   checkLinear(gpu, op, options);
   const { weight, maxTokens } = options;
   const t = options.tuning ?? {};
-  // Defaults from a sweep on an H100 (Vulkan, Q4_K and Q6_K at Llama-1B/8B shapes): 64 threads and 4 rows
-  // per workgroup (128 threads for rows of 8192 columns or more) were within ~15% of the best tuning on
-  // every shape, and 1.5–3× faster than one sixteen-column step per thread.
+  // Defaults from a sweep of the dq16 kernel on an H100 (Vulkan, Q4_K and Q6_K at Llama-1B/8B shapes): 64
+  // threads and 4 rows per workgroup (128 threads for rows of 8192 columns or more) were within ~15% of the
+  // best tuning on every shape. The subblock kernel starts from the same; bench/matvec.ts sweeps both.
   const workgroupSize = t.workgroupSize ?? defaultMatvecWorkgroup(weight.cols);
   const rowsPerWorkgroup = t.rowsPerWorkgroup ?? 4;
   const tokensPerWorkgroup = t.tokensPerWorkgroup ?? Math.min(maxTokens, 4);
@@ -145,6 +158,42 @@ export function createMatvec(gpu: Gpu, options: MatvecOptions): GpuOp {
         `memory, this GPU allows ${gpu.limits.maxComputeWorkgroupStorageSize}`,
     );
   }
+  const variant = chooseMatvecVariant(op, [weight], t.variant);
+  const maxPerDim = gpu.limits.maxComputeWorkgroupsPerDimension;
+  const tokenGroups = ceilDiv(maxTokens, tokensPerWorkgroup);
+  checkWorkgroups(gpu, op, tokenGroups);
+  const workgroups = (rows: number): [number, number, number] => {
+    const groups = ceilDiv(rows, rowsPerWorkgroup);
+    const gx = Math.min(groups, maxPerDim);
+    return [gx, ceilDiv(groups, gx), tokenGroups];
+  };
+  if (variant === "subblock") {
+    const kernel = gpu.kernel(
+      "matvec_fast",
+      {
+        cols: weight.cols,
+        out_stride: weight.rows,
+        row_bytes_a: weight.rowBytes,
+        wg_size: workgroupSize,
+        rows_per_wg: rowsPerWorkgroup,
+        tokens_per_wg: tokensPerWorkgroup,
+        reduce_lanes: reduceLanes(workgroupSize),
+      },
+      subblockDefines(weight),
+    );
+    const parts = weight.parts.map((part, i): PartDispatch => {
+      const info = gpu.uniform(`${op}.part${i}`, new Uint32Array([part.rows, part.firstRow]));
+      const group = bindNumbered(gpu, kernel, [
+        [0, part.buffer],
+        [3, options.x],
+        [4, options.y],
+        [7, options.step.buffer],
+        [9, info],
+      ]);
+      return { group, workgroups: workgroups(part.rows) };
+    });
+    return new LinearOp(op, kernel, parts);
+  }
   const kernel = gpu.kernel(
     "matvec",
     {
@@ -154,14 +203,7 @@ export function createMatvec(gpu: Gpu, options: MatvecOptions): GpuOp {
     },
     { DEQUANT: dequantSource(weight.info.name) },
   );
-  const maxPerDim = gpu.limits.maxComputeWorkgroupsPerDimension;
-  const tokenGroups = ceilDiv(maxTokens, tokensPerWorkgroup);
-  checkWorkgroups(gpu, op, tokenGroups);
-  const parts = bindParts(gpu, kernel, options, (rows) => {
-    const groups = ceilDiv(rows, rowsPerWorkgroup);
-    const gx = Math.min(groups, maxPerDim);
-    return [gx, ceilDiv(groups, gx), tokenGroups];
-  });
+  const parts = bindParts(gpu, kernel, options, workgroups);
   return new LinearOp(op, kernel, parts);
 }
 

@@ -1,0 +1,180 @@
+/**
+ * `deno task bench:attention`: speed of the attention kernels alone on this machine's WebGPU device, for
+ * tuning: the flash-attention prefill (one chunk of queries at a given depth of the cache) per tiling, and
+ * the split-K decode (one query at a given depth) per split count and key block. The cache holds zeros
+ * (speed does not depend on the values). Prints a table on stdout and writes JSON.
+ *
+ * usage: deno task bench:attention [--head-dim 128] [--kv-heads 8] [--q-heads 32]
+ *          [--prefill 512@0,512@7680,4096@0] [--tilings 64x32,32x32,64x16] [--decode-depths 4096,32768]
+ *          [--splits 32,64,128] [--block-keys 64,128] [--out FILE.json]
+ *
+ * Prefill figures are attention FLOP/s (4 · head_dim per visible query-key pair); decode figures are the
+ * KV bytes read per second.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { getGpu } from "../src/gpu/device.ts";
+import { createFlashDecode, createFlashPrefill, type PrefillTileShape } from "../src/gpu/ops/attention.ts";
+import { type GpuOp, StepParams } from "../src/gpu/ops/op.ts";
+import { KvCache } from "../src/kv/kv_cache.ts";
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    "head-dim": { type: "string", default: "128" },
+    "kv-heads": { type: "string", default: "8" },
+    "q-heads": { type: "string", default: "32" },
+    prefill: { type: "string" },
+    tilings: { type: "string", default: "default" },
+    "decode-depths": { type: "string" },
+    splits: { type: "string", default: "default" },
+    "block-keys": { type: "string", default: "128" },
+    out: { type: "string" },
+  },
+});
+
+const gpu = await getGpu();
+const slow = gpu.isFallback;
+const D = Number(values["head-dim"]),
+  kvHeads = Number(values["kv-heads"]),
+  qHeads = Number(values["q-heads"]);
+const list = (s: string | undefined, fallback: string) =>
+  (s ?? fallback).split(",").map((x) => x.trim()).filter(Boolean);
+const prefillCases = list(values.prefill, slow ? "64@0,64@64" : "512@0,512@7680,512@32256,4096@0")
+  .map((c) => c.split("@").map(Number) as [number, number]);
+const tilings: (PrefillTileShape | undefined)[] = list(values.tilings, "default").map((t) => {
+  if (t === "default") return undefined;
+  const [rows, keys] = t.split("x").map(Number);
+  return { rows, keys };
+});
+const decodeDepths = list(values["decode-depths"], slow ? "256" : "4096,32768,131072").map(Number);
+const splitsList = list(values.splits, "default").map((s) => (s === "default" ? undefined : Number(s)));
+const blockKeysList = list(values["block-keys"], "128").map(Number);
+
+interface Row {
+  test: string;
+  chunk?: number;
+  depth: number;
+  variant: string;
+  us: number;
+  tflops?: number;
+  gbs?: number;
+}
+const rows: Row[] = [];
+
+/** Mean time of one run of `ops` (µs), from the difference of two batched submits (hides the latency). */
+async function time(ops: GpuOp[], reps: number): Promise<number> {
+  const run = async (n: number) => {
+    const encoder = gpu.device.createCommandEncoder();
+    const pass = encoder.beginComputePass();
+    for (let i = 0; i < n; i++) for (const op of ops) op.encode(pass);
+    pass.end();
+    gpu.device.queue.submit([encoder.finish()]);
+    await gpu.device.queue.onSubmittedWorkDone();
+  };
+  await run(1);
+  let t = performance.now();
+  await run(reps);
+  const a = performance.now() - t;
+  t = performance.now();
+  await run(3 * reps);
+  const b = performance.now() - t;
+  return Math.max(b - a, 1e-3) / (2 * reps) * 1000;
+}
+
+function print(row: Row): void {
+  rows.push(row);
+  const figure = row.tflops !== undefined
+    ? `${row.tflops.toFixed(2)} TFLOP/s`
+    : `${row.gbs!.toFixed(0)} GB/s`;
+  const what = row.chunk !== undefined ? `${row.chunk} @ ${row.depth}` : `@ ${row.depth}`;
+  console.log(
+    `${row.test.padEnd(8)} ${what.padEnd(14)} ${row.variant.padEnd(22)} ${
+      row.us.toFixed(1).padStart(10)
+    } µs  ${figure}`,
+  );
+}
+
+console.log(`${gpu.description}: attention kernels, head_dim ${D}, ${qHeads} query / ${kvHeads} KV heads`);
+
+for (const [chunk, depth] of prefillCases) {
+  const total = depth + chunk;
+  const kv = await KvCache.create(gpu, { layers: 1, kvHeads, headDim: D, maxTokensPerHead: total });
+  const slot = kv.openSequence();
+  kv.append(slot, total);
+  kv.flush();
+  kv.selectSequence(slot);
+  const step = new StepParams(gpu, chunk);
+  step.set(chunk, depth);
+  const q = gpu.buffer("q", chunk * qHeads * D * 4);
+  const out = gpu.buffer("out", chunk * qHeads * D * 4);
+  let pairs = 0;
+  for (let i = 0; i < chunk; i++) pairs += depth + i + 1;
+  const flops = 4 * D * qHeads * pairs;
+  for (const tiling of tilings) {
+    let op: GpuOp;
+    try {
+      op = createFlashPrefill(gpu, {
+        label: "prefill",
+        kv,
+        layer: 0,
+        qHeads,
+        q,
+        out,
+        maxTokens: chunk,
+        step,
+        tiling,
+      });
+    } catch (e) {
+      console.log(`prefill ${chunk}@${depth} ${JSON.stringify(tiling)}: ${(e as Error).message}`);
+      continue;
+    }
+    const us = await time([op], slow ? 1 : Math.max(2, Math.ceil(2e12 / flops)));
+    const variant = tiling ? `${tiling.rows}x${tiling.keys}` : "default";
+    print({ test: "prefill", chunk, depth, variant, us, tflops: flops / (us * 1e-6) / 1e12 });
+  }
+  q.destroy();
+  out.destroy();
+  kv.destroy();
+}
+
+for (const depth of decodeDepths) {
+  const perLayer = depth * kvHeads * D * 4;
+  const layers = Math.max(1, Math.min(32, Math.ceil(256e6 / perLayer)));
+  const kv = await KvCache.create(gpu, { layers, kvHeads, headDim: D, maxTokensPerHead: depth });
+  const slot = kv.openSequence();
+  kv.append(slot, depth);
+  kv.flush();
+  kv.selectSequence(slot);
+  const q = gpu.buffer("q", qHeads * D * 4);
+  const out = gpu.buffer("out", qHeads * D * 4);
+  for (const splits of splitsList) {
+    for (const blockKeys of blockKeysList) {
+      let ops: GpuOp[];
+      try {
+        ops = Array.from(
+          { length: layers },
+          (_, layer) =>
+            createFlashDecode(gpu, { label: "decode", kv, layer, qHeads, q, out, splits, blockKeys }),
+        );
+      } catch (e) {
+        console.log(`decode @${depth} splits ${splits} blockKeys ${blockKeys}: ${(e as Error).message}`);
+        continue;
+      }
+      const us = await time(ops, slow ? 1 : 20) / layers;
+      const variant = `splits ${splits ?? "default"} keys ${blockKeys}`;
+      print({ test: "decode", depth, variant, us, gbs: perLayer / (us * 1e-6) / 1e9 });
+    }
+  }
+  q.destroy();
+  out.destroy();
+  kv.destroy();
+}
+
+if (values.out) {
+  const json = JSON.stringify({ device: gpu.description, headDim: D, qHeads, kvHeads, rows }, null, 2);
+  await Deno.writeTextFile(`${values.out}.tmp`, json);
+  await Deno.rename(`${values.out}.tmp`, values.out);
+}

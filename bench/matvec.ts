@@ -1,0 +1,272 @@
+/**
+ * Microbenchmark of the decode matrix-vector kernels (no model file): `createMatvec`, the fused gate/up +
+ * SwiGLU and the fused QKV + RoPE at the Llama-3.1-8B and Llama-3.2-1B shapes, for a list of types and
+ * tunings. Weights hold random bytes; each op gets enough copies of its weights (`--min-mb`, default 320 MB
+ * in all) that they cannot sit in the L2 cache, and many dispatches cycling through the copies go into one
+ * submit. The time per op is the difference of two such runs of different lengths, divided by the extra
+ * dispatches (so the submit and readback overheads cancel). GB/s counts weight bytes read per op.
+ *
+ * usage: deno run -A bench/matvec.ts [--types Q4_K,Q6_K,Q8_0,F16] [--shapes 8b,1b | 8b.ffn_down,…]
+ *          [--tunings '[{}, {"variant": "dq16"}, {"workgroupSize": 128, "rowsPerWorkgroup": 2}]']
+ *          [--tokens 1,4] [--min-mb 320] [--out out/matvec.json] [--quick]
+ *
+ * A tuning is a `MatvecTuning` (workgroupSize, rowsPerWorkgroup, tokensPerWorkgroup, variant "subblock" |
+ * "dq16"), used for the plain and the fused ops alike; `{}` is the default choice. A tuning an op rejects
+ * (e.g. an odd rowsPerWorkgroup for QKV + RoPE) becomes a row with an error. `--quick` (for software
+ * adapters) runs small "tiny" shapes with few copies and dispatches: it shows that everything runs, not speed.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { getGpu, type Gpu } from "../src/gpu/device.ts";
+import { createCopy } from "../src/gpu/ops/copy.ts";
+import { createGateUpSwiGlu, createQkvMatvec } from "../src/gpu/ops/fused.ts";
+import { createMatvec, type MatvecTuning } from "../src/gpu/ops/matmul.ts";
+import { chooseMatvecVariant } from "../src/gpu/ops/matvec_units.ts";
+import { type GpuOp, StepParams } from "../src/gpu/ops/op.ts";
+import { ropeInverseFrequencies } from "../src/model/ops.ts";
+import { GpuWeight } from "../src/gpu/weights.ts";
+import { GGMLType, typeInfo } from "../src/gguf/types.ts";
+
+/** One benchmarked op shape: `kind` matvec (rows × cols), gate_up (two weights rows × cols) or qkv. */
+interface Shape {
+  name: string;
+  kind: "matvec" | "gate_up" | "qkv";
+  cols: number;
+  /** Output rows: one entry, or [q, k, v] for qkv. */
+  rows: number[];
+}
+
+const SHAPES: Shape[] = [
+  { name: "8b.attn_q", kind: "matvec", cols: 4096, rows: [4096] },
+  { name: "8b.attn_k", kind: "matvec", cols: 4096, rows: [1024] },
+  { name: "8b.qkv", kind: "qkv", cols: 4096, rows: [4096, 1024, 1024] },
+  { name: "8b.ffn_up", kind: "matvec", cols: 4096, rows: [14336] },
+  { name: "8b.gate_up", kind: "gate_up", cols: 4096, rows: [14336] },
+  { name: "8b.ffn_down", kind: "matvec", cols: 14336, rows: [4096] },
+  { name: "8b.output", kind: "matvec", cols: 4096, rows: [128256] },
+  { name: "1b.attn_q", kind: "matvec", cols: 2048, rows: [2048] },
+  { name: "1b.qkv", kind: "qkv", cols: 2048, rows: [2048, 512, 512] },
+  { name: "1b.ffn_up", kind: "matvec", cols: 2048, rows: [8192] },
+  { name: "1b.gate_up", kind: "gate_up", cols: 2048, rows: [8192] },
+  { name: "1b.ffn_down", kind: "matvec", cols: 8192, rows: [2048] },
+  { name: "tiny.matvec", kind: "matvec", cols: 512, rows: [512] },
+  { name: "tiny.qkv", kind: "qkv", cols: 512, rows: [512, 128, 128] },
+  { name: "tiny.gate_up", kind: "gate_up", cols: 512, rows: [1024] },
+  { name: "tiny.down", kind: "matvec", cols: 1024, rows: [512] },
+];
+
+/** One measured (shape, type, tokens, tuning). */
+interface Row {
+  shape: string;
+  kind: string;
+  cols: number;
+  rows: number[];
+  type: string;
+  tokens: number;
+  tuning: MatvecTuning;
+  variant: string;
+  /** Weight bytes one op reads. */
+  bytes: number;
+  /** Copies of the weights cycled through. */
+  copies: number;
+  us?: number;
+  gbs?: number;
+  error?: string;
+}
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    types: { type: "string" },
+    shapes: { type: "string" },
+    tunings: { type: "string" },
+    tokens: { type: "string" },
+    "min-mb": { type: "string" },
+    out: { type: "string" },
+    quick: { type: "boolean" },
+  },
+});
+
+const quick = values.quick ?? false;
+const list = (s: string | undefined, fallback: string) =>
+  (s ?? fallback).split(",").map((v) => v.trim()).filter(Boolean);
+const types = list(values.types, "Q4_K,Q6_K,Q8_0,F16");
+for (const t of types) typeInfo(GGMLType[t as keyof typeof GGMLType] ?? -1, `--types ${t}`);
+const shapeNames = list(values.shapes, quick ? "tiny" : "8b,1b");
+const shapes = SHAPES.filter((s) => shapeNames.some((n) => s.name === n || s.name.startsWith(`${n}.`)));
+if (shapes.length === 0) throw new Error(`--shapes: no shape matches ${shapeNames.join(",")}`);
+const tunings: MatvecTuning[] = JSON.parse(values.tunings ?? '[{}, {"variant": "dq16"}]');
+if (!Array.isArray(tunings)) throw new Error("--tunings: expected a JSON array of tuning objects");
+const tokenCounts = list(values.tokens, "1").map(Number);
+const minBytes = Number(values["min-mb"] ?? (quick ? 2 : 320)) * 1e6;
+const outPath = values.out ?? "out/matvec.json";
+
+const gpu = await getGpu();
+console.error(
+  `device: ${gpu.description}${gpu.isFallback ? " (software: figures show only that it runs)" : ""}`,
+);
+
+/** Random bytes that weight uploads are tiled from. */
+const POOL = new Uint8Array(16 << 20);
+for (let i = 0; i < POOL.length; i += 65536) crypto.getRandomValues(POOL.subarray(i, i + 65536));
+
+/** Uploads a weight of random bytes (tiled from POOL, in the upload's row chunks). */
+function randomWeight(type: string, cols: number, rows: number, label: string): Promise<GpuWeight> {
+  return GpuWeight.upload(gpu, {
+    name: label,
+    type: GGMLType[type as keyof typeof GGMLType],
+    shape: [cols, rows],
+    read: (offset, length) => {
+      if (length > POOL.length) throw new Error(`upload chunk of ${length} bytes exceeds the random pool`);
+      const start = offset % (POOL.length - length + 1);
+      return POOL.subarray(start - (start % 4), start - (start % 4) + length);
+    },
+  }, { chunkBytes: 4 << 20 });
+}
+
+/** Seconds to run `count` dispatches (cycling through `ops`) in one pass, submitted and finished. */
+async function timeRun(ops: GpuOp[], count: number): Promise<number> {
+  const t0 = performance.now();
+  const encoder = gpu.device.createCommandEncoder();
+  const pass = encoder.beginComputePass();
+  for (let i = 0; i < count; i++) ops[i % ops.length].encode(pass);
+  pass.end();
+  gpu.device.queue.submit([encoder.finish()]);
+  await gpu.device.queue.onSubmittedWorkDone();
+  return (performance.now() - t0) / 1000;
+}
+
+/** Microseconds per op: median over three tries of (T(long) − T(short)) / (extra dispatches). */
+async function timeOps(ops: GpuOp[]): Promise<number> {
+  const short = Math.max(quick ? 2 : 20, 2 * ops.length);
+  const long = 3 * short;
+  await timeRun(ops, short); // warm up (pipeline, first touches)
+  const tries: number[] = [];
+  for (let i = 0; i < (quick ? 1 : 3); i++) {
+    const a = await timeRun(ops, short);
+    const b = await timeRun(ops, long);
+    tries.push(Math.max(0, b - a) / (long - short) * 1e6);
+  }
+  return tries.sort((p, q) => p - q)[Math.floor(tries.length / 2)];
+}
+
+/** Copy bandwidth (bytes read + written per second) of a large buffer copy, for reference. */
+async function copyGBs(gpu: Gpu): Promise<number> {
+  const bytes = Math.min(quick ? 16 << 20 : 1 << 30, gpu.limits.maxStorageBufferBindingSize);
+  const floats = Math.floor(bytes / 16) * 4;
+  const src = gpu.buffer("copy.src", floats * 4);
+  const dst = gpu.buffer("copy.dst", floats * 4);
+  const us = await timeOps([createCopy(gpu, "copy", src, dst, floats)]);
+  src.destroy();
+  dst.destroy();
+  return 2 * floats * 4 / us / 1e3;
+}
+
+const results = { device: gpu.description, date: new Date().toISOString(), copyGBs: 0, rows: [] as Row[] };
+results.copyGBs = await copyGBs(gpu);
+console.error(`copy bandwidth: ${results.copyGBs.toFixed(0)} GB/s (read + write)`);
+
+const header = ["shape", "type", "m", "variant", "tuning", "µs", "GB/s"];
+const table: string[][] = [];
+const maxTokens = Math.max(...tokenCounts);
+
+for (const shape of shapes) {
+  for (const type of types) {
+    const info = typeInfo(GGMLType[type as keyof typeof GGMLType], type);
+    const rowBytes = shape.cols / info.blockSize * info.bytesPerBlock;
+    const weightRows = shape.kind === "gate_up" ? [shape.rows[0], shape.rows[0]] : shape.rows;
+    const bytes = weightRows.reduce((sum, r) => sum + r * rowBytes, 0);
+    const copies = Math.max(1, Math.ceil(minBytes / bytes));
+    const sets: GpuWeight[][] = [];
+    for (let c = 0; c < copies; c++) {
+      sets.push(
+        await Promise.all(
+          weightRows.map((r, i) => randomWeight(type, shape.cols, r, `${shape.name}.${i}.${c}`)),
+        ),
+      );
+    }
+    const x = gpu.buffer(
+      "x",
+      maxTokens * shape.cols * 4,
+      new Float32Array(maxTokens * shape.cols).fill(0.01),
+    );
+    const outs = shape.rows.map((r, i) => gpu.buffer(`y${i}`, maxTokens * r * 4));
+    const step = new StepParams(gpu, maxTokens);
+    const headDim = 128;
+    const invFreq = ropeInverseFrequencies(headDim, 500000);
+    for (const tokens of tokenCounts) {
+      step.set(tokens, 1000);
+      for (const tuning of tunings) {
+        const row: Row = {
+          shape: shape.name,
+          kind: shape.kind,
+          cols: shape.cols,
+          rows: shape.rows,
+          type,
+          tokens,
+          tuning,
+          variant: "",
+          bytes,
+          copies,
+        };
+        try {
+          row.variant = chooseMatvecVariant(shape.name, sets[0], tuning.variant);
+          const ops = sets.map((ws) => {
+            const common = { label: shape.name, x, maxTokens, step, tuning };
+            if (shape.kind === "matvec") return createMatvec(gpu, { ...common, weight: ws[0], y: outs[0] });
+            if (shape.kind === "gate_up") {
+              return createGateUpSwiGlu(gpu, { ...common, gate: ws[0], up: ws[1], out: outs[0] });
+            }
+            return createQkvMatvec(gpu, {
+              ...common,
+              wq: ws[0],
+              wk: ws[1],
+              wv: ws[2],
+              q: outs[0],
+              k: outs[1],
+              v: outs[2],
+              rope: { headDim, invFreq, maxPosition: 8192 },
+            });
+          });
+          row.us = await timeOps(ops);
+          row.gbs = bytes / row.us / 1e3;
+        } catch (e) {
+          row.error = e instanceof Error ? e.message : String(e);
+        }
+        results.rows.push(row);
+        table.push([
+          shape.name,
+          type,
+          String(tokens),
+          row.variant || "-",
+          JSON.stringify(tuning),
+          row.us === undefined ? "error" : row.us.toFixed(1),
+          row.gbs === undefined ? "-" : row.gbs.toPrecision(3),
+        ]);
+        console.error(table[table.length - 1].join("  "));
+      }
+    }
+    for (const ws of sets) for (const w of ws) w.destroy();
+    for (const b of [x, ...outs]) b.destroy();
+    step.buffer.destroy();
+  }
+}
+
+const widths = header.map((h, i) => Math.max(h.length, ...table.map((r) => r[i].length)));
+const line = (cells: string[]) =>
+  cells.map((c, i) => (i >= 5 ? c.padStart(widths[i]) : c.padEnd(widths[i]))).join("  ");
+console.log(`# ${gpu.description}; copy ${results.copyGBs.toFixed(0)} GB/s (read + write)`);
+console.log(line(header));
+for (const r of table) console.log(line(r));
+const errors = new Set(
+  results.rows.flatMap((r) =>
+    r.error ? [`${r.shape} ${r.type} ${JSON.stringify(r.tuning)}: ${r.error}`] : []
+  ),
+);
+for (const e of errors) console.log(`error: ${e}`);
+const dir = outPath.substring(0, outPath.lastIndexOf("/"));
+if (dir) await Deno.mkdir(dir, { recursive: true });
+await Deno.writeTextFile(outPath, JSON.stringify(results, null, 2) + "\n");
+console.error(`wrote ${outPath}`);

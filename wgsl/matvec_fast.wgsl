@@ -1,0 +1,287 @@
+// Decode matrix-vector products with sub-block units: threads own whole 32-element pieces of the weight's
+// blocks (wgsl/matvec_units.wgsl, spliced in per weight at UNITS_A/B/C with names suffixed _a/_b/_c and the
+// weight bindings typed `array<WORD_A>` …), so block scales are decoded once per 32 weights and the raw words
+// are read with as few, as wide loads as each type's layout allows. For the types that library covers
+// (F32, F16, BF16, Q8_0, Q4_K, Q5_K, Q6_K); wgsl/matvec.wgsl and wgsl/matvec_fused.wgsl serve the others.
+//
+//   entry `main`:   y[t][first_row + r] = W_a[r] · x[t] for the rows of one weight part
+//   entry `swiglu`: y_a[t][i] = silu(W_a[i] · x[t]) · (W_b[i] · x[t])      (FFN gate, up and SwiGLU)
+//   entry `qkv`:    y_a/b/c[t] = W_a/b/c · x[t], RoPE on y_a and y_b as they are written when rope_pairs > 0
+//
+// A workgroup owns `rows_per_wg` consecutive rows (of one weight) for `tokens_per_wg` tokens. Each thread
+// walks the units u = tid, tid + wg_size, … of those rows: it loads the unit of every row first, then, per
+// token, the unit's x values once (vec4 loads, shared by all rows) and accumulates in f32. The per-thread
+// sums are reduced in workgroup memory in two steps (`reduce_lanes` lanes per sum, then one thread per sum),
+// three barriers whatever the workgroup size.
+//
+// binding 0: W_a, array<WORD_A>: raw rows of weight a (the part, gate, or Q); row r at byte r · row_bytes_a
+// binding 1: W_b, array<WORD_B>: raw rows of weight b (up, or K) (`swiglu`, `qkv`)
+// binding 2: W_c, array<WORD_C>: raw rows of weight c (V) (`qkv`)
+// binding 3: x, array<vec4f>: activations [m][cols], row-major (read)
+// binding 4: y_a, array<f32>: `main`: outputs [m][out_stride], this part writes columns first_row ..
+//            first_row + rows; `swiglu`: [m][rows_a]; `qkv`: Q [m][rows_a] (read_write)
+// binding 5: y_b, array<f32>: K [m][rows_b] (`qkv`, read_write)
+// binding 6: y_c, array<f32>: V [m][rows_c] (`qkv`, read_write)
+// binding 7: step, uniform Step: n_tokens (= m), pos0 (position of token row 0, for RoPE)
+// binding 8: turns, array<f32>: the RoPE turn table of src/gpu/ops/rope.ts, [rope_pairs][n_chunks] (`qkv`)
+// binding 9: part, uniform Part: rows in this part, first_row (`main`)
+//
+// Dispatch: (x, y) folds the row groups over a 2-D grid: ceil(rows / rows_per_wg) for `main` (per part) and
+// `swiglu`; for `qkv` the groups of a, then b, then c. z = ceil(max_m / tokens_per_wg). Workgroups past m or
+// past their weight's rows do nothing. RoPE needs an even rows_per_wg (checked on the CPU).
+
+struct Step {
+  n_tokens: u32,
+  pos0: u32,
+}
+
+struct Part {
+  rows: u32,
+  first_row: u32,
+}
+
+// Elements per row of every weight (a multiple of the units' 32; of 256 for F32, F16 and BF16).
+override cols: u32 = 256u;
+// `main`: rows of the whole weight (the row stride of y).
+override out_stride: u32 = 1u;
+// Rows and bytes per row of each weight (`swiglu`, `qkv`; `main` reads row_bytes_a).
+override rows_a: u32 = 1u;
+override rows_b: u32 = 1u;
+override rows_c: u32 = 1u;
+override row_bytes_a: u32 = 144u;
+override row_bytes_b: u32 = 144u;
+override row_bytes_c: u32 = 144u;
+// Threads per workgroup (a power of two ≥ 32), rows and tokens per workgroup.
+override wg_size: u32 = 64u;
+override rows_per_wg: u32 = 4u;
+override tokens_per_wg: u32 = 1u;
+// Lanes of the first reduction step (a power of two dividing wg_size).
+override reduce_lanes: u32 = 8u;
+// Sums per (row, token): 2 for `swiglu` (gate and up), else 1.
+override slots: u32 = 1u;
+// RoPE of `qkv` (GGUF adjacent-pair layout): values per head, rotated pairs per head (0 = no RoPE),
+// parts per pair of the turn table.
+override head_dim: u32 = 2u;
+override rope_pairs: u32 = 0u;
+override n_chunks: u32 = 1u;
+
+const MAX_ROWS = 8u;
+const MAX_TOKENS = 8u;
+const TWO_PI: f32 = 6.283185307179586;
+
+@group(0) @binding(0) var<storage, read> W_a: array<{{WORD_A}}>;
+@group(0) @binding(1) var<storage, read> W_b: array<{{WORD_B}}>;
+@group(0) @binding(2) var<storage, read> W_c: array<{{WORD_C}}>;
+@group(0) @binding(3) var<storage, read> x: array<vec4f>;
+@group(0) @binding(4) var<storage, read_write> y_a: array<f32>;
+@group(0) @binding(5) var<storage, read_write> y_b: array<f32>;
+@group(0) @binding(6) var<storage, read_write> y_c: array<f32>;
+@group(0) @binding(7) var<uniform> step: Step;
+@group(0) @binding(8) var<storage, read> turns: array<f32>;
+@group(0) @binding(9) var<uniform> part: Part;
+
+{{UNITS_A}}
+{{UNITS_B}}
+{{UNITS_C}}
+
+// Thread tid's sum number p (of n per thread) sits at partial[tid · n + p] before `reduce`.
+var<workgroup> partial: array<f32, wg_size * rows_per_wg * tokens_per_wg * slots>;
+
+// Sums the n values per thread of `partial` over the workgroup: afterwards partial[p] holds total p.
+// Step 1: lane l of sum p adds the values of threads l, l + reduce_lanes, …; step 2: thread p adds the lanes.
+fn reduce(tid: u32, n: u32) {
+  workgroupBarrier();
+  let lanes = n * reduce_lanes;
+  // Lane i = l · n + p reads partial[i + k · lanes] (threads l + k · reduce_lanes) and writes partial[i],
+  // which no other lane reads.
+  for (var i = tid; i < lanes; i += wg_size) {
+    var s = 0.0;
+    for (var k = i; k < wg_size * n; k += lanes) { s += partial[k]; }
+    partial[i] = s;
+  }
+  workgroupBarrier();
+  if (tid < n) {
+    var total = 0.0;
+    for (var l = 0u; l < reduce_lanes; l++) { total += partial[l * n + tid]; }
+    partial[tid] = total;
+  }
+  workgroupBarrier();
+}
+
+fn silu(v: f32) -> f32 {
+  return v / (1.0 + exp(-v));
+}
+
+@compute @workgroup_size(wg_size)
+fn main(
+  @builtin(workgroup_id) wid: vec3u,
+  @builtin(num_workgroups) groups: vec3u,
+  @builtin(local_invocation_index) tid: u32,
+) {
+  let m = step.n_tokens;
+  let rows = part.rows;
+  let row0 = (wid.x + wid.y * groups.x) * rows_per_wg;
+  let t0 = wid.z * tokens_per_wg;
+  if (row0 >= rows || t0 >= m) { return; }
+  let nt = min(tokens_per_wg, m - t0);
+  let acc = accumulate_a(row_bytes_a, row0, rows - 1u, t0, nt, tid);
+  let n = rows_per_wg * tokens_per_wg;
+  // @unroll
+  for (var r = 0u; r < rows_per_wg; r++) {
+    // @unroll
+    for (var t = 0u; t < tokens_per_wg; t++) {
+      partial[tid * n + r * tokens_per_wg + t] = acc[r * MAX_TOKENS + t];
+    }
+  }
+  reduce(tid, n);
+  if (tid < n) {
+    let r = tid / tokens_per_wg;
+    let t = tid % tokens_per_wg;
+    if (row0 + r < rows && t < nt) {
+      y_a[(t0 + t) * out_stride + part.first_row + row0 + r] = partial[tid];
+    }
+  }
+}
+
+@compute @workgroup_size(wg_size)
+fn swiglu(
+  @builtin(workgroup_id) wid: vec3u,
+  @builtin(num_workgroups) groups: vec3u,
+  @builtin(local_invocation_index) tid: u32,
+) {
+  let m = step.n_tokens;
+  let row0 = (wid.x + wid.y * groups.x) * rows_per_wg;
+  let t0 = wid.z * tokens_per_wg;
+  if (row0 >= rows_a || t0 >= m) { return; }
+  let nt = min(tokens_per_wg, m - t0);
+
+  // Gate and up have the same type: one x load per unit and token serves both.
+  var acc_gate: array<f32, MAX_ROWS * MAX_TOKENS>;
+  var acc_up: array<f32, MAX_ROWS * MAX_TOKENS>;
+  for (var u = tid; u < cols / UNIT_ELEMS_a; u += wg_size) {
+    var raw_gate: array<Raw_a, MAX_ROWS>;
+    var raw_up: array<Raw_b, MAX_ROWS>;
+    // @unroll
+    for (var r = 0u; r < rows_per_wg; r++) {
+      let row = min(row0 + r, rows_a - 1u);
+      raw_gate[r] = unit_load_a(row_bytes_a, row, u);
+      raw_up[r] = unit_load_b(row_bytes_b, row, u);
+    }
+    // @unroll
+    for (var t = 0u; t < tokens_per_wg; t++) {
+      if (t < nt) {
+        let xs = unit_x_a((t0 + t) * (cols / 4u), u);
+        // @unroll
+        for (var r = 0u; r < rows_per_wg; r++) {
+          acc_gate[r * MAX_TOKENS + t] += unit_dot_a(raw_gate[r], xs, u);
+          acc_up[r * MAX_TOKENS + t] += unit_dot_b(raw_up[r], xs, u);
+        }
+      }
+    }
+  }
+  // Sum 2q is the gate of (row r, token t) with q = r · tokens_per_wg + t, 2q + 1 its up.
+  let n = 2u * rows_per_wg * tokens_per_wg;
+  // @unroll
+  for (var r = 0u; r < rows_per_wg; r++) {
+    // @unroll
+    for (var t = 0u; t < tokens_per_wg; t++) {
+      let q = r * tokens_per_wg + t;
+      partial[tid * n + 2u * q] = acc_gate[r * MAX_TOKENS + t];
+      partial[tid * n + 2u * q + 1u] = acc_up[r * MAX_TOKENS + t];
+    }
+  }
+  reduce(tid, n);
+  if (tid < rows_per_wg * tokens_per_wg) {
+    let r = tid / tokens_per_wg;
+    let t = tid % tokens_per_wg;
+    if (row0 + r < rows_a && t < nt) {
+      y_a[(t0 + t) * rows_a + row0 + r] = silu(partial[2u * tid]) * partial[2u * tid + 1u];
+    }
+  }
+}
+
+// (cos, sin) of the angle of `pair` at position `pos`: 2π · frac(pos · turns-per-position), summing the
+// fractional parts of the exact products with the table's parts (the scheme of wgsl/rope.wgsl).
+fn rotation(pos: u32, pair: u32) -> vec2f {
+  let p = f32(pos);
+  var frac_turns = 0.0;
+  for (var c = 0u; c < n_chunks; c++) {
+    frac_turns = fract(frac_turns + fract(p * turns[pair * n_chunks + c]));
+  }
+  let angle = (frac_turns - round(frac_turns)) * TWO_PI; // in [-π, π]
+  return vec2f(cos(angle), sin(angle));
+}
+
+@compute @workgroup_size(wg_size)
+fn qkv(
+  @builtin(workgroup_id) wid: vec3u,
+  @builtin(num_workgroups) groups: vec3u,
+  @builtin(local_invocation_index) tid: u32,
+) {
+  let m = step.n_tokens;
+  let groups_a = (rows_a + rows_per_wg - 1u) / rows_per_wg;
+  let groups_b = (rows_b + rows_per_wg - 1u) / rows_per_wg;
+  let g = wid.x + wid.y * groups.x;
+  // Which weight this workgroup's rows belong to, and the first of them.
+  var weight = 0u;
+  var row0 = g * rows_per_wg;
+  var rows = rows_a;
+  if (g >= groups_a + groups_b) {
+    weight = 2u;
+    row0 = (g - groups_a - groups_b) * rows_per_wg;
+    rows = rows_c;
+  } else if (g >= groups_a) {
+    weight = 1u;
+    row0 = (g - groups_a) * rows_per_wg;
+    rows = rows_b;
+  }
+  let t0 = wid.z * tokens_per_wg;
+  if (row0 >= rows || t0 >= m) { return; }
+  let nt = min(tokens_per_wg, m - t0);
+
+  var acc: array<f32, MAX_ROWS * MAX_TOKENS>;
+  if (weight == 0u) {
+    acc = accumulate_a(row_bytes_a, row0, rows - 1u, t0, nt, tid);
+  } else if (weight == 1u) {
+    acc = accumulate_b(row_bytes_b, row0, rows - 1u, t0, nt, tid);
+  } else {
+    acc = accumulate_c(row_bytes_c, row0, rows - 1u, t0, nt, tid);
+  }
+  let n = rows_per_wg * tokens_per_wg;
+  // @unroll
+  for (var r = 0u; r < rows_per_wg; r++) {
+    // @unroll
+    for (var t = 0u; t < tokens_per_wg; t++) {
+      partial[tid * n + r * tokens_per_wg + t] = acc[r * MAX_TOKENS + t];
+    }
+  }
+  reduce(tid, n);
+  if (tid < n) {
+    let r = tid / tokens_per_wg;
+    let t = tid % tokens_per_wg;
+    if (row0 + r < rows && t < nt) {
+      let row = row0 + r;
+      var value = partial[tid];
+      let column = row % head_dim;
+      if (weight < 2u && column < 2u * rope_pairs) {
+        // Rows 2i and 2i + 1 of a head are a rotated pair; row0 and rows_per_wg are even, so the
+        // partner's total is this workgroup's sum (r ^ 1, t).
+        let other = partial[(r ^ 1u) * tokens_per_wg + t];
+        let cs = rotation(step.pos0 + t0 + t, column / 2u);
+        if ((row & 1u) == 0u) {
+          value = value * cs.x - other * cs.y;
+        } else {
+          value = other * cs.y + value * cs.x;
+        }
+      }
+      let token = t0 + t;
+      if (weight == 0u) {
+        y_a[token * rows_a + row] = value;
+      } else if (weight == 1u) {
+        y_b[token * rows_b + row] = value;
+      } else {
+        y_c[token * rows_c + row] = value;
+      }
+    }
+  }
+}
