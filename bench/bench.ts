@@ -268,9 +268,24 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
           onProgress: (m) => console.error(m),
         });
         await model.forward(randomTokens(64, hp.nVocab), 0, "argmax"); // warm-up (pipelines)
+        // With --profile the timed prefill also records per-kernel GPU time (timestamp queries).
+        const profiler = values.profile ? new GpuProfiler(gpu) : undefined;
+        model.setProfiler(profiler);
         const t0 = performance.now();
         const first = await model.forward(randomTokens(tokens, hp.nVocab), 0, "argmax");
         const prefillMs = performance.now() - t0;
+        model.setProfiler(undefined);
+        if (profiler) {
+          const rows = foldLayers(profiler.totals());
+          results.profiles ??= {};
+          results.profiles[`${shape}/${type}/${name}/prefill@${tokens}`] = rows.map((r) => ({
+            ...r,
+            msPerToken: r.totalMs / tokens,
+          }));
+          console.error(`prefill profile, ${shape} ${type} ${name} at ${tokens} tokens (ms in all):`);
+          console.error(formatProfile(rows));
+          profiler.destroy();
+        }
         const steps = Math.min(decodeTokens, model.maxChain);
         const t1 = performance.now();
         await model.decodeGreedy(first, tokens, steps);

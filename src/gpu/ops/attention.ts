@@ -67,13 +67,13 @@ interface PrefillTiling {
 
 /**
  * Candidate prefill tilings, best first: many rows per workgroup (each K/V tile read from the pool serves
- * them all) and 32 keys per step where the workgroup memory allows (about 37 KB at head_dim 128 with 32
- * rows, 35 KB at head_dim 64 with 64 rows).
+ * them all), then 32 keys per step. On an H100 at head_dim 128 (G 4, 4096 tokens) 64 rows × 16 keys ran at
+ * 12.1 TFLOP/s against 6.7 for 32 × 32 and 2.8 for 16 × 32; 64 × 32 needs more than its 48 KB there.
  */
 const PREFILL_TILINGS: readonly PrefillTileShape[] = [
   { rows: 64, keys: 32 },
-  { rows: 32, keys: 32 },
   { rows: 64, keys: 16 },
+  { rows: 32, keys: 32 },
   { rows: 32, keys: 16 },
   { rows: 16, keys: 32 },
   { rows: 16, keys: 16 },
