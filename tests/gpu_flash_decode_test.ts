@@ -162,8 +162,10 @@ Deno.test("flash decode: head_dim 64, G 4, blockKeys 64, rows ending on and afte
   });
 });
 
-Deno.test("flash decode: Llama shape (head_dim 128, G 4), 700 keys in 3 splits of two blocks each", async () => {
+Deno.test("flash decode: Llama shape (head_dim 128, G 4), 700 keys in 3 splits; 1120 keys in 70 splits", async () => {
   await checkDecode({ headDim: 128, kvHeads: 2, group: 4, tokens: 700, cuts: [700, 650], splits: 3 });
+  // 70 splits: the reduce takes 8 rows × 4 splits per pass, so it loops three times with a ragged end.
+  await checkDecode({ headDim: 128, kvHeads: 1, group: 4, tokens: 1120, splits: 70 });
 });
 
 Deno.test("flash decode: blockKeys must be a power of two of at least 32 and head_dim / 8", async () => {

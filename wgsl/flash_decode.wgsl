@@ -49,6 +49,7 @@ override scale: f32 = 0.125;
 override wgkv_window: u32 = 0u; // 0: plain causal cache; > 0: WG-KV dual cache with this local window
 override ring_tokens: u32 = 16u; // WG-KV mode: ring slots at the start of each row
 override block_keys: u32 = 128u; // keys per block = threads per workgroup of `main` (>= head_dim / 8)
+override k_quads: u32 = 8u; // head_dim / 8: 16-byte words per K row
 
 const PAGE_TOKENS: u32 = 16u;
 const HEADS_PER_BATCH: u32 = 4u;
@@ -196,16 +197,13 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
     if (key < end_key && key_visible(row, key)) {
       let page = block_table[table + key / PAGE_TOKENS];
       let k0 = key_quad(key, 0u);
+      // The whole K row is loaded before any arithmetic, so its 16-byte loads are all in flight at once.
+      var row_words: array<vec4u, k_quads>;
+      // @unroll
+      for (var p = 0u; p < k_quads; p++) { row_words[p] = pool_load4(page, k0 + p); }
       var acc = vec4f(0.0);
-      var p = 0u;
-      for (; p + 4u <= quads; p += 4u) {
-        let w0 = pool_load4(page, k0 + p);
-        let w1 = pool_load4(page, k0 + p + 1u);
-        let w2 = pool_load4(page, k0 + p + 2u);
-        let w3 = pool_load4(page, k0 + p + 3u);
-        acc += dot8(w0, p) + dot8(w1, p + 1u) + dot8(w2, p + 2u) + dot8(w3, p + 3u);
-      }
-      for (; p < quads; p++) { acc += dot8(pool_load4(page, k0 + p), p); }
+      // @unroll
+      for (var p = 0u; p < k_quads; p++) { acc += dot8(row_words[p], p); }
       s = acc;
     }
     scores[tid] = s;
@@ -323,11 +321,16 @@ fn reduce(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid
   var acc = vec4f(0.0);
   var total = 0.0;
   if (r < rows) {
-    for (var s = r; s < used; s += rows) {
-      let so = stats + (s * q_heads + head) * 2u;
-      let w = exp(partial_stats[so] - m_all);
-      total += w * partial_stats[so + 1u];
-      acc += w * partial_sums[(s * q_heads + head) * columns + column];
+    // Four splits per iteration, their loads independent of each other (splits past `used` weigh 0).
+    for (var s0 = r; s0 < used; s0 += 4u * rows) {
+      // @unroll
+      for (var k = 0u; k < 4u; k++) {
+        let s = min(s0 + k * rows, used - 1u);
+        let so = stats + (s * q_heads + head) * 2u;
+        let w = select(0.0, exp(partial_stats[so] - m_all), s0 + k * rows < used);
+        total += w * partial_stats[so + 1u];
+        acc += w * partial_sums[(s * q_heads + head) * columns + column];
+      }
     }
   }
   reduce_sums[tid] = acc;

@@ -13,12 +13,14 @@
 //              binding 3: y, f32[maxTokens][width] (write): rmsnorm(x + r) · w
 //              binding 4: step, uniform Step
 //
-// The sum of squares is reduced in two stages: each invocation sums a strided part of the row, then a
-// tree in workgroup memory folds the WG partial sums (no subgroup operations needed).
+// Each invocation keeps its per_thread strided values of the row in registers (elements lane + k · WG),
+// loading them all before any arithmetic, so a row costs about one memory latency rather than one per
+// element; the sum of squares is then folded by a tree in workgroup memory (no subgroup operations).
 
 override width: u32 = 1u;
 override eps: f32 = 1e-5;
 override WG: u32 = 256u;
+override per_thread: u32 = 1u; // ceil(width / WG)
 
 struct Step { nTokens: u32, pos0: u32, _pad0: u32, _pad1: u32 }
 
@@ -44,15 +46,21 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lane:
   let row = wg.x;
   if (row >= step_main.nTokens) { return; }
   let base = row * width;
+  var v: array<f32, per_thread>;
   var ss = 0.0;
-  for (var i = lane; i < width; i += WG) {
-    let v = x_in[base + i];
-    ss += v * v;
+  // @unroll
+  for (var k = 0u; k < per_thread; k++) {
+    let i = lane + k * WG;
+    if (i < width) { v[k] = x_in[base + i]; }
   }
+  // @unroll
+  for (var k = 0u; k < per_thread; k++) { ss += v[k] * v[k]; }
   partial[lane] = ss;
   let scale = 1.0 / sqrt(reduce_sum(lane) / f32(width) + eps);
-  for (var i = lane; i < width; i += WG) {
-    y_main[base + i] = x_in[base + i] * scale * w_main[i];
+  // @unroll
+  for (var k = 0u; k < per_thread; k++) {
+    let i = lane + k * WG;
+    if (i < width) { y_main[base + i] = v[k] * scale * w_main[i]; }
   }
 }
 
@@ -67,17 +75,24 @@ fn add_norm(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) l
   let row = wg.x;
   if (row >= step_add.nTokens) { return; }
   let base = row * width;
+  var v: array<f32, per_thread>;
   var ss = 0.0;
-  // Each invocation re-reads only the elements it wrote itself, so no barrier is needed between the
-  // residual update and the scaling loop.
-  for (var i = lane; i < width; i += WG) {
-    let v = x_res[base + i] + r_add[base + i];
-    x_res[base + i] = v;
-    ss += v * v;
+  // @unroll
+  for (var k = 0u; k < per_thread; k++) {
+    let i = lane + k * WG;
+    if (i < width) { v[k] = x_res[base + i] + r_add[base + i]; }
+  }
+  // @unroll
+  for (var k = 0u; k < per_thread; k++) {
+    let i = lane + k * WG;
+    if (i < width) { x_res[base + i] = v[k]; }
+    ss += v[k] * v[k];
   }
   partial[lane] = ss;
   let scale = 1.0 / sqrt(reduce_sum(lane) / f32(width) + eps);
-  for (var i = lane; i < width; i += WG) {
-    y_add[base + i] = x_res[base + i] * scale * w_add[i];
+  // @unroll
+  for (var k = 0u; k < per_thread; k++) {
+    let i = lane + k * WG;
+    if (i < width) { y_add[base + i] = v[k] * scale * w_add[i]; }
   }
 }

@@ -324,6 +324,9 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   if (group * D > 2048) {
     throw new UnsupportedError(`${label}: a GQA group of ${group} heads × head_dim ${D} exceeds 2048 values`);
   }
+  if (D % 8 !== 0 || D > 256) {
+    throw new UnsupportedError(`${label}: head_dim ${D} is not a multiple of 8 up to 256`);
+  }
   const splits = options.splits ?? Math.min(32, kv.maxPagesPerHead);
   checkInt(label, "splits", splits, 1, gpu.limits.maxComputeWorkgroupsPerDimension);
   const blockKeys = options.blockKeys ?? DECODE_BLOCK_KEYS;
@@ -350,6 +353,7 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
     splits,
     scale: options.scale ?? 1 / Math.sqrt(D),
     block_keys: blockKeys,
+    k_quads: D / 8,
     ...mask.constants,
   };
   const defines = { POOL: poolQuadShaderSource(kv.shards.length, 8) };

@@ -1,7 +1,8 @@
 /**
  * RMSNorm on the GPU (`wgsl/rmsnorm.wgsl`): `y = rmsnorm(x) · w` per token row, and the fused
  * `x += r; y = rmsnorm(x) · w` that folds a residual add into the next layer's norm (one dispatch
- * instead of two). One workgroup per row; rows past the step's `nTokens` are skipped.
+ * instead of two). One workgroup per row, its values held in registers; rows past the step's `nTokens` are
+ * skipped.
  *
  * @module
  */
@@ -37,7 +38,10 @@ export interface RmsNormOptions {
   y: BufferSlice;
   /** Per-step token count (`nTokens`). */
   step: StepParams;
-  /** Workgroup size, a power of two (default 256, or less where the device allows less). */
+  /**
+   * Workgroup size, a power of two (default: enough threads for about 8 values each, from 32 up to 1024
+   * or the device's limit). Each thread keeps its ⌈width / workgroupSize⌉ values in registers (at most 128).
+   */
   workgroupSize?: number;
 }
 
@@ -52,10 +56,20 @@ export function createRmsNorm(gpu: Gpu, options: RmsNormOptions): RmsNormOp {
   const { label, width, maxTokens, eps, x, residual, weight, y, step } = options;
   checkInt(label, "width", width, 1);
   checkInt(label, "maxTokens", maxTokens, 1, step.maxTokens);
-  const wg = options.workgroupSize ?? Math.min(256, gpu.limits.maxComputeWorkgroupSizeX);
+  const deviceMax = Math.min(
+    1024,
+    gpu.limits.maxComputeWorkgroupSizeX,
+    gpu.limits.maxComputeInvocationsPerWorkgroup,
+  );
+  let wg = options.workgroupSize ?? 32;
+  while (options.workgroupSize === undefined && wg * 8 < width && wg * 2 <= deviceMax) wg *= 2;
   checkInt(label, "workgroupSize", wg, 1, gpu.limits.maxComputeInvocationsPerWorkgroup);
   if ((wg & (wg - 1)) !== 0) {
     throw new BadFlagError(`${label}: workgroupSize must be a power of two, got ${wg}`);
+  }
+  const perThread = Math.ceil(width / wg);
+  if (perThread > 128) {
+    throw new BadFlagError(`${label}: width ${width} needs more than 128 values per thread at ${wg} threads`);
   }
   checkWorkgroups(gpu, label, maxTokens);
   const rows = maxTokens * width * 4;
@@ -63,7 +77,12 @@ export function createRmsNorm(gpu: Gpu, options: RmsNormOptions): RmsNormOp {
   checkSlice(label, "weight", weight, width * 4);
   checkSlice(label, "y", y, rows);
   if (residual) checkSlice(label, "residual", residual, rows);
-  const kernel = gpu.kernel("rmsnorm", { width, eps, WG: wg }, {}, residual ? "add_norm" : "main");
+  const kernel = gpu.kernel(
+    "rmsnorm",
+    { width, eps, WG: wg, per_thread: perThread },
+    {},
+    residual ? "add_norm" : "main",
+  );
   const group = gpu.bind(
     kernel,
     residual ? [x, residual, weight, y, step.buffer] : [x, weight, y, step.buffer],
