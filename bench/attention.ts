@@ -175,6 +175,6 @@ for (const depth of decodeDepths) {
 
 if (values.out) {
   const json = JSON.stringify({ device: gpu.description, headDim: D, qHeads, kvHeads, rows }, null, 2);
-  await Deno.writeTextFile(`${values.out}.tmp`, json);
+  await Deno.writeTextFile(`${values.out}.tmp`, json + "\n");
   await Deno.rename(`${values.out}.tmp`, values.out);
 }

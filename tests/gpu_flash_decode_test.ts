@@ -164,6 +164,8 @@ Deno.test("flash decode: head_dim 64, G 4, blockKeys 64, rows ending on and afte
 
 Deno.test("flash decode: Llama shape (head_dim 128, G 4), 700 keys in 3 splits; 1120 keys in 70 splits", async () => {
   await checkDecode({ headDim: 128, kvHeads: 2, group: 4, tokens: 700, cuts: [700, 650], splits: 3 });
+  // Very uneven heads (900, 0, 1 and 333 keys) share 5 · 4 slots by their pages: 13, 0, 1 and 6.
+  await checkDecode({ headDim: 32, kvHeads: 4, group: 2, tokens: 900, cuts: [900, 0, 1, 333], splits: 5 });
   // 70 splits: the reduce takes 8 rows × 4 splits per pass, so it loops three times with a ragged end.
   await checkDecode({ headDim: 128, kvHeads: 1, group: 4, tokens: 1120, splits: 70 });
 });

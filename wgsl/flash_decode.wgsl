@@ -7,15 +7,15 @@
 // binding 1: sequence, uniform { slot } (the KV cache's sequence selector); the query is the row's last token
 // binding 2: layer_params, uniform { layer }
 // binding 3: q, f32[q_heads * head_dim] (read), the query after RoPE
-// binding 4: partials, f32 (written by `main`): weighted V sums [splits][q_heads][head_dim], then
-//            [splits][q_heads][2] (running max, sum of weights)
+// binding 4: partials, f32 (written by `main`): weighted V sums [slots][group][head_dim], then
+//            [slots][group][2] (running max, sum of weights); slot = a workgroup column of the grid
 // binding 5: out, f32[q_heads * head_dim] (write, by `reduce`)
 // binding 6: block_table, u32[seq_slots][layers][kv_heads][max_pages] (read)
 // binding 7: lengths, u32[seq_slots][layers][kv_heads] (read), including the current token
 // binding 8…: pool shards (read) as vec4<u32>, see the generated block below.
 // binding 16: slot_info, u32[seq_slots][layers][kv_heads][ring_tokens] (read), WG-KV mode only (a placeholder
 //            is bound otherwise): position * 2 + admitted of the token in each ring slot of the dual cache.
-// binding 17: partial_sums, vec4<f32>[splits][q_heads][head_dim / 4] (read, by `reduce`): the V-sum part of
+// binding 17: partial_sums, vec4<f32>[slots][group][head_dim / 4] (read, by `reduce`): the V-sum part of
 //             `partials`
 // binding 18: partial_stats, f32 (read, by `reduce`): the whole of `partials`, for the (max, sum) pairs
 //
@@ -23,9 +23,11 @@
 // ring key at position p is seen iff p <= q and (q - p < wgkv_window or it was admitted), every global key
 // is seen. A split whose keys are all masked contributes a zero sum (weights of masked keys are 0).
 //
-// Splits: the grid is fixed at (splits, kv_heads * head batches) so the same commands replay every token;
-// each row's n pages are cut into `splits` ranges of ceil(n / splits) pages, computed from its length on the
-// GPU, so ragged heads balance themselves and splits without pages exit at once.
+// Splits: the grid is fixed at (slots = splits * kv_heads, head batches) so the same commands replay every
+// token. The slots are shared out among the KV heads of the (sequence, layer) on the GPU, from the row
+// lengths: one to every head with keys, the rest in proportion to its pages (head_slots()), so heads of
+// very different lengths (WG-KV admits per head) finish together. A head's pages are cut into ranges of
+// ceil(n / its slots) pages; slots without pages exit at once.
 //
 // Work in `main`: a workgroup serves up to 4 query heads of one KV head (a head batch; the 4 heads are the
 // lanes of a vec4, so one load of each K and V row serves all of them). Keys are taken in blocks of
@@ -83,7 +85,7 @@ var<workgroup> scores: array<vec4f, block_keys>;
 // and (max, sum) [slot][2].
 var<workgroup> merge_sums: array<vec4f, max(1u, block_keys / (head_dim / DIMS_PER_LANE) / 2u) * head_dim>;
 var<workgroup> merge_stats: array<vec4f, max(1u, block_keys / (head_dim / DIMS_PER_LANE) / 2u) * 2u>;
-var<workgroup> row_length: u32;
+var<workgroup> slot_plan: vec4u; // `main`: (kv head, first slot of the head, its slot count, row length)
 
 // `reduce`: tree of maxima, then per-thread partial sums.
 var<workgroup> reduce_max: array<f32, REDUCE_THREADS>;
@@ -99,18 +101,50 @@ fn key_visible(row: u32, k_index: u32) -> bool {
   return k_pos <= q_pos && (q_pos - k_pos < wgkv_window || (info & 1u) == 1u);
 }
 
-// Pages [first, end) of split `split` for a row of `len` tokens (first >= end when it has none).
-fn split_range(split: u32, len: u32) -> vec2u {
-  let n_pages = (len + PAGE_TOKENS - 1u) / PAGE_TOKENS;
-  let per = (n_pages + splits - 1u) / splits;
-  return vec2u(split * per, min(split * per + per, n_pages));
+const SLOTS: u32 = splits * kv_heads;
+
+fn pages_of(len: u32) -> u32 {
+  return (len + PAGE_TOKENS - 1u) / PAGE_TOKENS;
 }
 
-// Splits that have pages for a row of `len` tokens (they are the first ones).
-fn used_splits(len: u32) -> u32 {
-  let n_pages = (len + PAGE_TOKENS - 1u) / PAGE_TOKENS;
-  if (n_pages == 0u) { return 0u; }
-  let per = (n_pages + splits - 1u) / splits;
+// Slots of KV head `kv_head` (rows base_row + h hold the heads of this sequence and layer) as (first slot,
+// count): boundary(h) = (heads with pages among 0..h) + floor(spare · pages(0..h) / all pages), with
+// spare = SLOTS − heads with pages. Every head with pages gets one slot or more, and the last boundary is
+// SLOTS. (The host keeps spare · all pages below 2^32.)
+fn head_slots(base_row: u32, kv_head: u32) -> vec2u {
+  var total = 0u;
+  var nonempty = 0u;
+  for (var h = 0u; h < kv_heads; h++) {
+    let p = pages_of(lengths[base_row + h]);
+    total += p;
+    nonempty += select(0u, 1u, p > 0u);
+  }
+  if (total == 0u) { return vec2u(0u, 0u); }
+  let spare = SLOTS - nonempty;
+  var cum = 0u;
+  var seen = 0u;
+  var first = 0u;
+  for (var h = 0u; h <= kv_head; h++) {
+    first = seen + spare * cum / total;
+    let p = pages_of(lengths[base_row + h]);
+    cum += p;
+    seen += select(0u, 1u, p > 0u);
+  }
+  return vec2u(first, seen + spare * cum / total - first);
+}
+
+// Pages [first, end) of the i-th of `count` slots over a row of `len` tokens (first >= end when it has none).
+fn slot_range(i: u32, count: u32, len: u32) -> vec2u {
+  let n_pages = pages_of(len);
+  let per = (n_pages + count - 1u) / count;
+  return vec2u(i * per, min(i * per + per, n_pages));
+}
+
+// Slots of `count` that have pages for a row of `len` tokens (they are the first ones).
+fn used_slots(count: u32, len: u32) -> u32 {
+  let n_pages = pages_of(len);
+  if (n_pages == 0u || count == 0u) { return 0u; }
+  let per = (n_pages + count - 1u) / count;
   return (n_pages + per - 1u) / per;
 }
 
@@ -154,17 +188,28 @@ fn key_weight(s: vec4f, m: vec4f) -> vec4f {
 @compute @workgroup_size(block_keys)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
   let group = q_heads / kv_heads;
-  let batches = (group + HEADS_PER_BATCH - 1u) / HEADS_PER_BATCH;
-  let split = wg.x;
-  let kv_head = wg.y / batches;
-  let batch = wg.y % batches;
-  let row = (sequence.slot * layers + layer_params.layer) * kv_heads + kv_head;
-  if (tid == 0u) { row_length = lengths[row]; }
-  let len = workgroupUniformLoad(&row_length);
-  let range = split_range(split, len);
+  let slot = wg.x;
+  let batch = wg.y;
+  let base_row = (sequence.slot * layers + layer_params.layer) * kv_heads;
+  if (tid == 0u) {
+    // Find the KV head whose slots include this one.
+    var plan = vec4u(0u, 0u, 0u, 0u);
+    for (var h = 0u; h < kv_heads; h++) {
+      let slots = head_slots(base_row, h);
+      if (slot >= slots.x && slot < slots.x + slots.y) { plan = vec4u(h, slots.x, slots.y, lengths[base_row + h]); }
+    }
+    slot_plan = plan;
+  }
+  let plan = workgroupUniformLoad(&slot_plan);
+  let kv_head = plan.x;
+  let len = plan.w;
+  if (plan.z == 0u) { return; }
+  let range = slot_range(slot - plan.y, plan.z, len);
   if (range.x >= range.y) { return; }
+  let row = base_row + kv_head;
 
-  let first_head = kv_head * group + batch * HEADS_PER_BATCH;
+  let first_local = batch * HEADS_PER_BATCH; // first head of the batch within the group
+  let first_head = kv_head * group + first_local;
   let batch_heads = min(HEADS_PER_BATCH, group - batch * HEADS_PER_BATCH);
   for (var d = tid; d < head_dim; d += block_keys) {
     var qv = vec4f(0.0);
@@ -280,11 +325,11 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
 
   if (key_group == 0u) {
     for (var c = 0u; c < batch_heads; c++) {
-      let o = ((split * q_heads + first_head + c) * head_dim) + lane * DIMS_PER_LANE;
+      let o = ((slot * group + first_local + c) * head_dim) + lane * DIMS_PER_LANE;
       // @unroll
       for (var i = 0u; i < 8u; i++) { partials[o + i] = sums[i][c]; }
       if (lane == 0u) {
-        let so = splits * q_heads * head_dim + (split * q_heads + first_head + c) * 2u;
+        let so = SLOTS * group * head_dim + (slot * group + first_local + c) * 2u;
         partials[so] = run_max[c];
         partials[so + 1u] = run_sum[c];
       }
@@ -297,14 +342,18 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
 @compute @workgroup_size(REDUCE_THREADS)
 fn reduce(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
   let head = wg.x;
-  let kv_head = head / (q_heads / kv_heads);
-  let len = lengths[(sequence.slot * layers + layer_params.layer) * kv_heads + kv_head];
-  let used = used_splits(len);
-  let stats = splits * q_heads * head_dim;
+  let group = q_heads / kv_heads;
+  let kv_head = head / group;
+  let local = head % group;
+  let base_row = (sequence.slot * layers + layer_params.layer) * kv_heads;
+  let len = lengths[base_row + kv_head];
+  let slots = head_slots(base_row, kv_head);
+  let used = used_slots(slots.y, len);
+  let stats = SLOTS * group * head_dim;
 
   var m = MASKED;
   for (var s = tid; s < used; s += REDUCE_THREADS) {
-    m = max(m, partial_stats[stats + (s * q_heads + head) * 2u]);
+    m = max(m, partial_stats[stats + ((slots.x + s) * group + local) * 2u]);
   }
   reduce_max[tid] = m;
   for (var stride = REDUCE_THREADS / 2u; stride > 0u; stride /= 2u) {
@@ -325,11 +374,11 @@ fn reduce(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid
     for (var s0 = r; s0 < used; s0 += 4u * rows) {
       // @unroll
       for (var k = 0u; k < 4u; k++) {
-        let s = min(s0 + k * rows, used - 1u);
-        let so = stats + (s * q_heads + head) * 2u;
+        let s = slots.x + min(s0 + k * rows, used - 1u);
+        let so = stats + (s * group + local) * 2u;
         let w = select(0.0, exp(partial_stats[so] - m_all), s0 + k * rows < used);
         total += w * partial_stats[so + 1u];
-        acc += w * partial_sums[(s * q_heads + head) * columns + column];
+        acc += w * partial_sums[(s * group + local) * columns + column];
       }
     }
   }

@@ -170,7 +170,10 @@ export interface FlashPrefillOptions extends AttentionOptions {
 
 /** Options of {@link createFlashDecode}. */
 export interface FlashDecodeOptions extends AttentionOptions {
-  /** Workgroups per KV head over the key range (default: min(32, pages per head)). */
+  /**
+   * Workgroups per KV head on average over the key range (default: min(32, pages per head)); the
+   * splits · kvHeads workgroups are shared out among the heads by their lengths.
+   */
   splits?: number;
   /**
    * Scratch for the partial results, f32[splits][qHeads][headDim + 2]; may be shared by the decode ops of
@@ -313,9 +316,9 @@ export function createFlashPrefill(gpu: Gpu, options: FlashPrefillOptions): GpuO
 
 /**
  * Builds the decode attention op of one layer: one query token (the last token of each row) attends to
- * every key of its KV head. Two dispatches: partials over (splits × KV heads × ⌈G / 4⌉ head batches), then
- * a reduce per query head. The grid is fixed; splits take ⌈pages / splits⌉ pages each, planned on the GPU
- * from the row lengths.
+ * every key of its KV head. Two dispatches: partials over (splits · KV heads slots × ⌈G / 4⌉ head batches),
+ * then a reduce per query head. The grid is fixed; the slots are shared out among the KV heads in proportion
+ * to their pages on the GPU (at least one per head with keys), so ragged heads finish together.
  */
 export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp {
   const { label, kv, layer, qHeads, q, out } = options;
@@ -335,7 +338,13 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
     throw new BadFlagError(`${label}: blockKeys must be a power of two, got ${blockKeys}`);
   }
   const headBatches = ceilDiv(group, DECODE_HEADS_PER_BATCH);
-  checkWorkgroups(gpu, label, Math.max(qHeads, kv.kvHeads * headBatches));
+  const slots = splits * kv.kvHeads;
+  checkWorkgroups(gpu, label, Math.max(qHeads, slots, headBatches));
+  if (slots * kv.kvHeads * kv.maxPagesPerHead >= 2 ** 32) {
+    throw new UnsupportedError(
+      `${label}: ${splits} splits × ${kv.kvHeads} KV heads over ${kv.maxPagesPerHead} pages per head overflow the slot plan`,
+    );
+  }
   checkSlice(label, "q", q, qHeads * D * 4);
   checkSlice(label, "out", out, qHeads * D * 4);
   checkWorkgroupMemory(gpu, label, decodeWorkgroupBytes(D, blockKeys));
@@ -384,7 +393,7 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
     encode(pass: GPUComputePassEncoder): void {
       pass.setPipeline(partialKernel.pipeline);
       pass.setBindGroup(0, partialGroup);
-      pass.dispatchWorkgroups(splits, kv.kvHeads * headBatches);
+      pass.dispatchWorkgroups(slots, headBatches);
       pass.setPipeline(reduceKernel.pipeline);
       pass.setBindGroup(0, reduceGroup);
       pass.dispatchWorkgroups(qHeads);
