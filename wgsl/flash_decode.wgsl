@@ -107,15 +107,25 @@ fn pages_of(len: u32) -> u32 {
   return (len + PAGE_TOKENS - 1u) / PAGE_TOKENS;
 }
 
-// Slots of KV head `kv_head` (rows base_row + h hold the heads of this sequence and layer) as (first slot,
-// count): boundary(h) = (heads with pages among 0..h) + floor(spare · pages(0..h) / all pages), with
-// spare = SLOTS − heads with pages. Every head with pages gets one slot or more, and the last boundary is
-// SLOTS. (The host keeps spare · all pages below 2^32.)
-fn head_slots(base_row: u32, kv_head: u32) -> vec2u {
+// Row lengths of the KV heads of this sequence and layer, staged by stage_head_lengths().
+var<workgroup> head_lengths: array<u32, kv_heads>;
+
+// Stages the row lengths of the KV heads (rows base_row + h) in workgroup memory, in parallel; every thread
+// of the workgroup must call it.
+fn stage_head_lengths(base_row: u32, tid: u32, threads: u32) {
+  for (var h = tid; h < kv_heads; h += threads) { head_lengths[h] = lengths[base_row + h]; }
+  workgroupBarrier();
+}
+
+// Slots of KV head `kv_head` as (first slot, count), from the staged lengths: boundary(h) = (heads with
+// pages among 0..h) + floor(spare · pages(0..h) / all pages), with spare = SLOTS − heads with pages. Every
+// head with pages gets one slot or more, and the last boundary is SLOTS. (The host keeps spare · all pages
+// below 2^32.)
+fn head_slots(kv_head: u32) -> vec2u {
   var total = 0u;
   var nonempty = 0u;
   for (var h = 0u; h < kv_heads; h++) {
-    let p = pages_of(lengths[base_row + h]);
+    let p = pages_of(head_lengths[h]);
     total += p;
     nonempty += select(0u, 1u, p > 0u);
   }
@@ -126,11 +136,36 @@ fn head_slots(base_row: u32, kv_head: u32) -> vec2u {
   var first = 0u;
   for (var h = 0u; h <= kv_head; h++) {
     first = seen + spare * cum / total;
-    let p = pages_of(lengths[base_row + h]);
+    let p = pages_of(head_lengths[h]);
     cum += p;
     seen += select(0u, 1u, p > 0u);
   }
   return vec2u(first, seen + spare * cum / total - first);
+}
+
+// The KV head that slot `slot` serves, its first slot and slot count: (head, first, count), count 0 if none.
+fn slot_owner(slot: u32) -> vec3u {
+  var total = 0u;
+  var nonempty = 0u;
+  for (var h = 0u; h < kv_heads; h++) {
+    let p = pages_of(head_lengths[h]);
+    total += p;
+    nonempty += select(0u, 1u, p > 0u);
+  }
+  if (total == 0u) { return vec3u(0u); }
+  let spare = SLOTS - nonempty;
+  var cum = 0u;
+  var seen = 0u;
+  var owner = vec3u(0u);
+  for (var h = 0u; h < kv_heads; h++) {
+    let first = seen + spare * cum / total;
+    let p = pages_of(head_lengths[h]);
+    cum += p;
+    seen += select(0u, 1u, p > 0u);
+    let end = seen + spare * cum / total;
+    if (slot >= first && slot < end) { owner = vec3u(h, first, end - first); }
+  }
+  return owner;
 }
 
 // Pages [first, end) of the i-th of `count` slots over a row of `len` tokens (first >= end when it has none).
@@ -191,14 +226,10 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
   let slot = wg.x;
   let batch = wg.y;
   let base_row = (sequence.slot * layers + layer_params.layer) * kv_heads;
+  stage_head_lengths(base_row, tid, block_keys);
   if (tid == 0u) {
-    // Find the KV head whose slots include this one.
-    var plan = vec4u(0u, 0u, 0u, 0u);
-    for (var h = 0u; h < kv_heads; h++) {
-      let slots = head_slots(base_row, h);
-      if (slot >= slots.x && slot < slots.x + slots.y) { plan = vec4u(h, slots.x, slots.y, lengths[base_row + h]); }
-    }
-    slot_plan = plan;
+    let owner = slot_owner(slot);
+    slot_plan = vec4u(owner, head_lengths[owner.x]);
   }
   let plan = workgroupUniformLoad(&slot_plan);
   let kv_head = plan.x;
@@ -346,8 +377,9 @@ fn reduce(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid
   let kv_head = head / group;
   let local = head % group;
   let base_row = (sequence.slot * layers + layer_params.layer) * kv_heads;
-  let len = lengths[base_row + kv_head];
-  let slots = head_slots(base_row, kv_head);
+  stage_head_lengths(base_row, tid, REDUCE_THREADS);
+  let len = head_lengths[kv_head];
+  let slots = head_slots(kv_head);
   let used = used_slots(slots.y, len);
   let stats = SLOTS * group * head_dim;
 
