@@ -229,7 +229,7 @@ interface QkvCase {
   rope: boolean;
 }
 
-Deno.test("gpu fused: QKV matvec with RoPE matches the CPU reference, mixed types, odd shapes", async () => {
+Deno.test("gpu fused: QKV matvec with RoPE (and K before RoPE) matches the CPU reference, mixed types, odd shapes", async () => {
   const gpu = await getGpu();
   const cases: QkvCase[] = [
     // The Q4_K_M mix: Q6_K for some attn_v.
@@ -297,6 +297,7 @@ Deno.test("gpu fused: QKV matvec with RoPE matches the CPU reference, mixed type
       nans(gpu, "q", maxTokens * qRows),
       nans(gpu, "k", maxTokens * kvRows),
       nans(gpu, "v", maxTokens * kvRows),
+      nans(gpu, "k before rope", maxTokens * kvRows),
     ];
     const step = new StepParams(gpu, maxTokens);
     const invFreq = ropeInverseFrequencies(c.ropeDim, 10000 + Math.random() * 1000);
@@ -312,6 +313,7 @@ Deno.test("gpu fused: QKV matvec with RoPE matches the CPU reference, mixed type
       maxTokens,
       step,
       rope: c.rope ? { headDim: c.headDim, ropeDim: c.ropeDim, invFreq, maxPosition: 8192 } : undefined,
+      kPre: outs[3],
       tuning: { tokensPerWorkgroup: 4 },
     });
     const got = await run(gpu, [op], step, c.m, c.pos0, outs);
@@ -336,6 +338,17 @@ Deno.test("gpu fused: QKV matvec with RoPE matches the CPU reference, mixed type
         );
       }
       untouchedPast(`${what} ${"qkv"[n]}`, got[n], c.m, rows);
+      if (n === 1) {
+        // K before RoPE, for the write gate.
+        for (let i = 0; i < c.m * rows; i++) {
+          const bound = 2 * TOL * abs[i] + 1e-30;
+          ok(
+            Math.abs(got[3][i] - sum[i]) <= bound,
+            `${what}: k_pre[${i}] = ${got[3][i]}, expected ${sum[i]}`,
+          );
+        }
+        untouchedPast(`${what} k_pre`, got[3], c.m, rows);
+      }
     });
     for (const b of [xBuf, ...outs]) b.destroy();
     for (const w of [wq, wk, wv]) w.weight.destroy();

@@ -25,6 +25,8 @@
 // binding 7: step, uniform Step: n_tokens (= m), pos0 (position of token row 0, for RoPE)
 // binding 8: turns, array<f32>: the RoPE turn table of src/gpu/ops/rope.ts, [rope_pairs][n_chunks] (`qkv`)
 // binding 9: part, uniform Part: rows in this part, first_row (`main`)
+// binding 10: k_pre, array<f32>: K before RoPE [m][rows_b] (`qkv` with keep_pre_k = 1, read_write; a dummy
+//             otherwise)
 //
 // Dispatch: (x, y) folds the row groups over a 2-D grid: ceil(rows / rows_per_wg) for `main` (per part) and
 // `swiglu`; for `qkv` the groups of a, then b, then c. z = ceil(max_m / tokens_per_wg). Workgroups past m or
@@ -64,6 +66,8 @@ override slots: u32 = 1u;
 override head_dim: u32 = 2u;
 override rope_pairs: u32 = 0u;
 override n_chunks: u32 = 1u;
+// `qkv`: 1 to also write K before RoPE to k_pre (binding 10; the write gate reads both), else 0.
+override keep_pre_k: u32 = 0u;
 
 const MAX_ROWS = 8u;
 const MAX_TOKENS = 8u;
@@ -78,6 +82,7 @@ const TWO_PI: f32 = 6.283185307179586;
 @group(0) @binding(6) var<storage, read_write> y_c: array<f32>;
 @group(0) @binding(7) var<uniform> step: Step;
 @group(0) @binding(8) var<storage, read> turns: array<f32>;
+@group(0) @binding(10) var<storage, read_write> k_pre: array<f32>;
 @group(0) @binding(9) var<uniform> part: Part;
 
 {{UNITS_A}}
@@ -263,6 +268,7 @@ fn qkv(
       let row = row0 + r;
       var value = partial[tid];
       let column = row % head_dim;
+      if (keep_pre_k == 1u && weight == 1u) { k_pre[(t0 + t) * rows_b + row] = value; }
       if (weight < 2u && column < 2u * rope_pairs) {
         // Rows 2i and 2i + 1 of a head are a rotated pair; row0 and rows_per_wg are even, so the
         // partner's total is this workgroup's sum (r ^ 1, t).

@@ -406,8 +406,9 @@ export class GpuModel {
       for (let l = 0; l < hp.nLayer; l++) {
         const w = layers[l];
         const p = `${tag}blk.${l}.`;
-        if (decode && !gateBufs && canFuseQkv(w.wq, w.wk, w.wv)) {
-          // One dispatch: Q, K and V rows, Q and K rotated as they are written.
+        if (decode && canFuseQkv(w.wq, w.wk, w.wv)) {
+          // One dispatch: Q, K and V rows, Q and K rotated as they are written (with the write gate, K
+          // also before RoPE: the gate reads both).
           ops.push(createQkvMatvec(gpu, {
             label: `${p}attn_qkv`,
             wq: w.wq,
@@ -420,26 +421,12 @@ export class GpuModel {
             maxTokens,
             step,
             rope: { headDim: D, ropeDim: hp.ropeDim, invFreq, maxPosition: ctx },
+            kPre: gateBufs?.kPre,
           }));
         } else {
-          if (decode && canFuseQkv(w.wq, w.wk, w.wv)) {
-            ops.push(createQkvMatvec(gpu, {
-              label: `${p}attn_qkv`,
-              wq: w.wq,
-              wk: w.wk,
-              wv: w.wv,
-              x: act.xn,
-              q: act.q,
-              k: act.k,
-              v: act.v,
-              maxTokens,
-              step,
-            }));
-          } else {
-            ops.push(linear(`${p}attn_q`, w.wq, act.xn, act.q));
-            ops.push(linear(`${p}attn_k`, w.wk, act.xn, act.k));
-            ops.push(linear(`${p}attn_v`, w.wv, act.xn, act.v));
-          }
+          ops.push(linear(`${p}attn_q`, w.wq, act.xn, act.q));
+          ops.push(linear(`${p}attn_k`, w.wk, act.xn, act.k));
+          ops.push(linear(`${p}attn_v`, w.wv, act.xn, act.v));
           // The gate reads the key before and after RoPE, which rotates in place: keep a copy.
           if (gateBufs) {
             ops.push(createCopy(gpu, `${p}k_pre_rope`, act.k, gateBufs.kPre, maxTokens * Hkv * D));

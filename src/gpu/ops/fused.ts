@@ -108,6 +108,8 @@ export interface QkvMatvecOptions {
   step: StepParams;
   /** When given, q and k are rotated at positions `step.pos0 + t` before they are written. */
   rope?: QkvRope;
+  /** When given, K is also written here before RoPE, f32 `[maxTokens][kRows]` (the write gate reads both). */
+  kPre?: BufferSlice;
   /** Override constants for tuning on a given GPU. */
   tuning?: FusedMatvecTuning;
 }
@@ -264,6 +266,7 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
   checkSlice(label, "q", q, maxTokens * wq.rows * 4);
   checkSlice(label, "k", k, maxTokens * wk.rows * 4);
   checkSlice(label, "v", v, maxTokens * wv.rows * 4);
+  if (options.kPre) checkSlice(label, "kPre", options.kPre, maxTokens * wk.rows * 4);
   const totalRows = wq.rows + wk.rows + wv.rows;
   const shape = tuningFor(gpu, label, {
     cols: wq.cols,
@@ -314,6 +317,7 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
       head_dim: headDim,
       rope_pairs: ropePairs,
       n_chunks: turns.chunks,
+      keep_pre_k: options.kPre ? 1 : 0,
       ...(subblock ? { reduce_lanes: reduceLanes(shape.workgroupSize) } : {}),
     },
     subblock ? subblockDefines(wq, wk, wv) : {
@@ -333,6 +337,7 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
     [6, v],
     [7, step.buffer],
     [8, turnsBuffer],
+    [10, options.kPre ?? gpu.buffer(`${label}.no_k_pre`, 4)],
   ]);
   const per = shape.rowsPerWorkgroup;
   const groups = ceilDiv(wq.rows, per) + ceilDiv(wk.rows, per) + ceilDiv(wv.rows, per);
