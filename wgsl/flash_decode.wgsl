@@ -25,7 +25,7 @@
 //
 // Splits: the grid is fixed at (slots = splits * kv_heads, head batches) so the same commands replay every
 // token. The slots are shared out among the KV heads of the (sequence, layer) on the GPU, from the row
-// lengths: one to every head with keys, the rest in proportion to its pages (head_slots()), so heads of
+// lengths: one to every head with keys, the rest in proportion to its pages (plan_slots()), so heads of
 // very different lengths (WG-KV admits per head) finish together. A head's pages are cut into ranges of
 // ceil(n / its slots) pages; slots without pages exit at once.
 //
@@ -117,34 +117,20 @@ fn stage_head_lengths(base_row: u32, tid: u32, threads: u32) {
   workgroupBarrier();
 }
 
-// Slots of KV head `kv_head` as (first slot, count), from the staged lengths: boundary(h) = (heads with
-// pages among 0..h) + floor(spare · pages(0..h) / all pages), with spare = SLOTS − heads with pages. Every
-// head with pages gets one slot or more, and the last boundary is SLOTS. (The host keeps spare · all pages
-// below 2^32.)
-fn head_slots(kv_head: u32) -> vec2u {
-  var total = 0u;
-  var nonempty = 0u;
-  for (var h = 0u; h < kv_heads; h++) {
-    let p = pages_of(head_lengths[h]);
-    total += p;
-    nonempty += select(0u, 1u, p > 0u);
-  }
-  if (total == 0u) { return vec2u(0u, 0u); }
-  let spare = SLOTS - nonempty;
-  var cum = 0u;
-  var seen = 0u;
-  var first = 0u;
-  for (var h = 0u; h <= kv_head; h++) {
-    first = seen + spare * cum / total;
-    let p = pages_of(head_lengths[h]);
-    cum += p;
-    seen += select(0u, 1u, p > 0u);
-  }
-  return vec2u(first, seen + spare * cum / total - first);
+// The slot boundaries, from the staged lengths: boundary(h) = (heads with pages among 0..h) +
+// floor(spare · pages(0..h) / all pages), with spare = SLOTS − heads with pages, so every head with pages gets
+// one slot or more and the last boundary is SLOTS. (The host keeps spare · all pages below 2^32.) Returns
+// (first slot, count) of `kv_head` and the head whose slots include `slot` (0 slots for both when no head
+// has pages).
+struct SlotPlan {
+  head_first: u32,
+  head_count: u32,
+  owner: u32,
+  owner_first: u32,
+  owner_count: u32,
 }
-
-// The KV head that slot `slot` serves, its first slot and slot count: (head, first, count), count 0 if none.
-fn slot_owner(slot: u32) -> vec3u {
+fn plan_slots(kv_head: u32, slot: u32) -> SlotPlan {
+  var plan = SlotPlan(0u, 0u, 0u, 0u, 0u);
   var total = 0u;
   var nonempty = 0u;
   for (var h = 0u; h < kv_heads; h++) {
@@ -152,20 +138,27 @@ fn slot_owner(slot: u32) -> vec3u {
     total += p;
     nonempty += select(0u, 1u, p > 0u);
   }
-  if (total == 0u) { return vec3u(0u); }
+  if (total == 0u) { return plan; }
   let spare = SLOTS - nonempty;
   var cum = 0u;
   var seen = 0u;
-  var owner = vec3u(0u);
   for (var h = 0u; h < kv_heads; h++) {
     let first = seen + spare * cum / total;
     let p = pages_of(head_lengths[h]);
     cum += p;
     seen += select(0u, 1u, p > 0u);
     let end = seen + spare * cum / total;
-    if (slot >= first && slot < end) { owner = vec3u(h, first, end - first); }
+    if (h == kv_head) {
+      plan.head_first = first;
+      plan.head_count = end - first;
+    }
+    if (slot >= first && slot < end) {
+      plan.owner = h;
+      plan.owner_first = first;
+      plan.owner_count = end - first;
+    }
   }
-  return owner;
+  return plan;
 }
 
 // Pages [first, end) of the i-th of `count` slots over a row of `len` tokens (first >= end when it has none).
@@ -228,8 +221,8 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
   let base_row = (sequence.slot * layers + layer_params.layer) * kv_heads;
   stage_head_lengths(base_row, tid, block_keys);
   if (tid == 0u) {
-    let owner = slot_owner(slot);
-    slot_plan = vec4u(owner, head_lengths[owner.x]);
+    let plan = plan_slots(0u, slot);
+    slot_plan = vec4u(plan.owner, plan.owner_first, plan.owner_count, head_lengths[plan.owner]);
   }
   let plan = workgroupUniformLoad(&slot_plan);
   let kv_head = plan.x;
@@ -379,7 +372,8 @@ fn reduce(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid
   let base_row = (sequence.slot * layers + layer_params.layer) * kv_heads;
   stage_head_lengths(base_row, tid, REDUCE_THREADS);
   let len = head_lengths[kv_head];
-  let slots = head_slots(kv_head);
+  let plan = plan_slots(kv_head, SLOTS);
+  let slots = vec2u(plan.head_first, plan.head_count);
   let used = used_slots(slots.y, len);
   let stats = SLOTS * group * head_dim;
 
