@@ -6,6 +6,8 @@
  * usage: deno task bench [--shapes tiny,llama-3.2-1b,llama-3.1-8b] [--types f16,q8_0,q4_k_m]
  *                        [--prompts 512,4096,32768] [--depths 0,4096,32768] [--decode-tokens 32]
  *                        [--out FILE.json] [--fresh] [--profile]
+ *                        [--sampled]   (also decode rows with GPU sampling: temp 0.8, top-k 40, top-p 0.95,
+ *                                       min-p 0.05, repeat penalty 1.1)
  *        deno task bench --kv full,random,wgkv [--kv-prompts 8192,32768] [--window 256] [--admit 0.2]
  *                        [--threshold 0.5]   (KV policy rows: prefill, decode at that depth, KV memory)
  *
@@ -42,7 +44,7 @@ import { foldLayers, formatProfile, GpuProfiler, type ProfileRow } from "../src/
 interface BenchRow {
   shape: string;
   type: string;
-  test: string; // "prefill" | "decode"
+  test: string; // "prefill" | "decode" | "decode-sampled"
   tokens: number; // prompt length (prefill) or depth (decode)
   tokPerS: number;
   ms: number;
@@ -65,6 +67,7 @@ const { values } = parseArgs({
     out: { type: "string" },
     fresh: { type: "boolean" },
     profile: { type: "boolean" },
+    sampled: { type: "boolean" },
     kv: { type: "string" },
     "kv-prompts": { type: "string" },
     window: { type: "string" },
@@ -153,6 +156,7 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
     const wanted = [
       ...prompts.map((tokens) => ({ shape, type, test: "prefill", tokens })),
       ...depths.map((tokens) => ({ shape, type, test: "decode", tokens })),
+      ...(values.sampled ? depths.map((tokens) => ({ shape, type, test: "decode-sampled", tokens })) : []),
     ].filter((r) => !done.has(key(r)));
     if (wanted.length === 0) continue;
     // A separate output matrix for every shape, like the GGUFs llama.cpp's published figures used.
@@ -190,7 +194,25 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
         // Greedy steps chained on the GPU (one readback per chain), as `run --temp 0` decodes.
         const tok = await model.forward([5], r.tokens, "argmax");
         const t0 = performance.now();
-        await model.decodeGreedy(tok, r.tokens + 1, decodeTokens);
+        if (r.test === "decode-sampled") {
+          // llama.cpp's default sampler chain, drawn on the GPU.
+          const settings = {
+            temperature: 0.8,
+            topK: 40,
+            topP: 0.95,
+            minP: 0.05,
+            repeatPenalty: 1.1,
+            repeatLastN: 64,
+            seed: 1,
+          };
+          await model.decodeSampled(tok, r.tokens + 1, decodeTokens, {
+            settings,
+            history: [5, tok],
+            draw: 0,
+          });
+        } else {
+          await model.decodeGreedy(tok, r.tokens + 1, decodeTokens);
+        }
         const ms = (performance.now() - t0) / decodeTokens;
         row = {
           ...r,
