@@ -52,6 +52,7 @@ override wgkv_window: u32 = 0u; // 0: plain causal cache; > 0: WG-KV dual cache 
 override ring_tokens: u32 = 16u; // WG-KV mode: ring slots at the start of each row
 override block_keys: u32 = 128u; // keys per block = threads per workgroup of `main` (>= head_dim / 8)
 override k_quads: u32 = 8u; // head_dim / 8: 16-byte words per K row
+override V_CHUNK: u32 = 4u; // values loaded at once per lane: min(16, keys per key group)
 
 const PAGE_TOKENS: u32 = 16u;
 const HEADS_PER_BATCH: u32 = 4u;
@@ -208,6 +209,18 @@ fn accumulate(sums: ptr<function, array<vec4f, 8>>, w: vec4f, v: vec4u) {
   (*sums)[7] += w * e.y;
 }
 
+// The V quads (8 values) of lane `lane` for the V_CHUNK keys block + first … (indices past `last` repeat
+// key block + last, whose weight is then 0), all loads issued before any is used.
+fn load_values(values: ptr<function, array<vec4u, V_CHUNK>>, block: u32, first: u32, last: u32, lane: u32,
+               table: u32) {
+  let v_base = PAGE_TOKENS * (head_dim / DIMS_PER_LANE);
+  // @unroll
+  for (var k = 0u; k < V_CHUNK; k++) {
+    let key = block + min(first + k, last);
+    (*values)[k] = pool_load4(block_table[table + key / PAGE_TOKENS], v_base + key_quad(key, lane));
+  }
+}
+
 // Softmax weights of scores `s` against running max `m` (0 for masked keys).
 fn key_weight(s: vec4f, m: vec4f) -> vec4f {
   return select(vec4f(0.0), exp(s - m), s > vec4f(MASKED));
@@ -242,7 +255,6 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
   }
 
   let quads = head_dim / DIMS_PER_LANE; // vec4<u32> per K or V row
-  let v_base = PAGE_TOKENS * quads; // first V quad of a page
   let key_groups = block_keys / quads;
   let keys_per_group = (block_keys + key_groups - 1u) / key_groups;
   let lane = tid % quads;
@@ -259,6 +271,15 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
   let end_key = min(range.y * PAGE_TOKENS, len);
   for (var block = first_key; block < end_key; block += block_keys) {
     workgroupBarrier(); // q_batch is written (first block); the previous block's scores are read
+
+    // The values of this thread's first V_CHUNK keys of the block (its key group's slice, see 2.) are
+    // loaded first: they do not depend on the scores, so their latency overlaps the score pass.
+    let t_begin = key_group * keys_per_group;
+    let t_end = min(t_begin + keys_per_group, min(block_keys, end_key - block));
+    let has_keys = key_group < key_groups && t_begin < t_end;
+    let last = select(t_begin, t_end - 1u, has_keys);
+    var values: array<vec4u, V_CHUNK>;
+    if (has_keys) { load_values(&values, block, t_begin, last, lane, table); }
 
     // 1. Scores: thread tid owns key block + tid.
     let key = block + tid;
@@ -278,10 +299,9 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
     scores[tid] = s;
     workgroupBarrier();
 
-    // 2. Values: key group `key_group` takes keys [t_begin, t_end) of the block.
-    let t_begin = key_group * keys_per_group;
-    let t_end = min(t_begin + keys_per_group, min(block_keys, end_key - block));
-    if (key_group < key_groups && t_begin < t_end) {
+    // 2. Values: key group `key_group` takes keys [t_begin, t_end) of the block, V_CHUNK at a time (the
+    // first chunk is already loaded); keys past the end repeat the last one with weight 0.
+    if (has_keys) {
       var block_max = run_max;
       for (var t = t_begin; t < t_end; t++) { block_max = max(block_max, scores[t]); }
       let alpha = exp(run_max - block_max);
@@ -289,29 +309,14 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
       // @unroll
       for (var i = 0u; i < 8u; i++) { sums[i] *= alpha; }
       run_max = block_max;
-      let last = t_end - 1u;
-      for (var t = t_begin; t < t_end; t += 4u) {
-        // Four keys at a time; keys past the end repeat the last one with weight 0.
-        let t1 = min(t + 1u, last);
-        let t2 = min(t + 2u, last);
-        let t3 = min(t + 3u, last);
-        let key0 = block + t;
-        let key1 = block + t1;
-        let key2 = block + t2;
-        let key3 = block + t3;
-        let v0 = pool_load4(block_table[table + key0 / PAGE_TOKENS], v_base + key_quad(key0, lane));
-        let v1 = pool_load4(block_table[table + key1 / PAGE_TOKENS], v_base + key_quad(key1, lane));
-        let v2 = pool_load4(block_table[table + key2 / PAGE_TOKENS], v_base + key_quad(key2, lane));
-        let v3 = pool_load4(block_table[table + key3 / PAGE_TOKENS], v_base + key_quad(key3, lane));
-        let p0 = key_weight(scores[t], run_max);
-        let p1 = select(vec4f(0.0), key_weight(scores[t1], run_max), t + 1u <= last);
-        let p2 = select(vec4f(0.0), key_weight(scores[t2], run_max), t + 2u <= last);
-        let p3 = select(vec4f(0.0), key_weight(scores[t3], run_max), t + 3u <= last);
-        run_sum += p0 + p1 + p2 + p3;
-        accumulate(&sums, p0, v0);
-        accumulate(&sums, p1, v1);
-        accumulate(&sums, p2, v2);
-        accumulate(&sums, p3, v3);
+      for (var c0 = t_begin; c0 < t_end; c0 += V_CHUNK) {
+        if (c0 > t_begin) { load_values(&values, block, c0, last, lane, table); }
+        // @unroll
+        for (var k = 0u; k < V_CHUNK; k++) {
+          let p = select(vec4f(0.0), key_weight(scores[min(c0 + k, last)], run_max), c0 + k <= last);
+          run_sum += p;
+          accumulate(&sums, p, values[k]);
+        }
       }
     }
   }

@@ -220,6 +220,15 @@ const DECODE_HEADS_PER_BATCH = 4;
 /** Default keys per block (= threads per workgroup) of the decode partial pass. */
 const DECODE_BLOCK_KEYS = 128;
 
+/**
+ * Values each lane of the decode partial pass loads at once: its key group's keys per block (the workgroup
+ * splits into ⌊blockKeys / (headDim / 8)⌋ key groups), at most 16.
+ */
+function decodeValueChunk(headDim: number, blockKeys: number): number {
+  const keyGroups = Math.floor(blockKeys / (headDim / 8));
+  return Math.min(16, Math.ceil(blockKeys / keyGroups));
+}
+
 /** Workgroup memory of the decode partial pass (see the `var<workgroup>` declarations of `main`). */
 function decodeWorkgroupBytes(headDim: number, blockKeys: number): number {
   const slots = Math.max(1, Math.floor(Math.floor(blockKeys / (headDim / 8)) / 2));
@@ -363,6 +372,7 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
     scale: options.scale ?? 1 / Math.sqrt(D),
     block_keys: blockKeys,
     k_quads: D / 8,
+    V_CHUNK: decodeValueChunk(D, blockKeys),
     ...mask.constants,
   };
   const defines = { POOL: poolQuadShaderSource(kv.shards.length, 8) };
