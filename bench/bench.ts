@@ -10,6 +10,8 @@
  *                                       min-p 0.05, repeat penalty 1.1)
  *        deno task bench --kv full,random,wgkv [--kv-prompts 8192,32768] [--window 256] [--admit 0.2]
  *                        [--threshold 0.5]   (KV policy rows: prefill, decode at that depth, KV memory)
+ *                        [--admit-target 0.2]  (wgkv: the threshold that admits this share of a calibration
+ *                                               prompt's keys, instead of --threshold)
  *
  * On a software adapter (lavapipe) the defaults shrink to the tiny shape: the figures then only show
  * that the pipeline runs, and ratios between rows are what to read.
@@ -54,6 +56,7 @@ interface BenchRow {
   kvUsedBytes?: number;
   kvFullBytes?: number;
   admitted?: number; // mean admitted share over layers and heads
+  threshold?: number; // wgkv: the gate threshold τ
 }
 
 const { values } = parseArgs({
@@ -73,6 +76,7 @@ const { values } = parseArgs({
     window: { type: "string" },
     admit: { type: "string" },
     threshold: { type: "string" },
+    "admit-target": { type: "string" },
   },
 });
 
@@ -108,6 +112,7 @@ const kvPrompts = list(values["kv-prompts"], slow ? "96,160" : "8192,32768").map
 const kvWindow = Number(values.window ?? (slow ? 32 : 256));
 const kvAdmit = Number(values.admit ?? 0.2);
 const kvThreshold = Number(values.threshold ?? 0.5);
+const admitTarget = values["admit-target"] === undefined ? undefined : Number(values["admit-target"]);
 const done = new Set(results.rows.map(key));
 
 async function save(): Promise<void> {
@@ -141,6 +146,35 @@ async function copyBandwidth(gpu: Gpu): Promise<number> {
   src.destroy();
   dst.destroy();
   return (2 * n * 16 * iters) / s;
+}
+
+/**
+ * The threshold at which the untrained gate admits about `target` of the keys: the (1 − target) quantile of
+ * its scores over the last 512 tokens of a 1024-token random prompt, over every layer and KV head.
+ */
+async function calibrateThreshold(
+  gpu: Gpu,
+  file: Awaited<ReturnType<typeof openGGUF>>,
+  hp: ReturnType<typeof hparamsFromGGUF>,
+  gate: GateWeights,
+  target: number,
+): Promise<number> {
+  if (!(target > 0 && target < 1)) throw new Error(`--admit-target must be in (0, 1), got ${target}`);
+  const model = await GpuModel.load(gpu, file, hp, {
+    contextLength: Math.min(1100, hp.contextLength),
+    maxBatch: 512,
+    policy: { kind: "wgkv", window: kvWindow, threshold: 0.5, gate },
+    globalFraction: 1,
+  });
+  const tokens = Math.min(1024, hp.contextLength - 2);
+  await model.forward(randomTokens(tokens, hp.nVocab), 0, "argmax");
+  const scores = (await model.gateScores(Math.min(512, tokens))).sort();
+  model.destroy();
+  const threshold = scores[Math.min(scores.length - 1, Math.floor((1 - target) * scores.length))];
+  console.error(
+    `wgkv: threshold ${threshold.toPrecision(6)} admits ~${(100 * target).toFixed(0)}% of the keys`,
+  );
+  return threshold;
 }
 
 function randomTokens(n: number, vocab: number): number[] {
@@ -271,6 +305,9 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
     const gate = kvPolicies.includes("wgkv")
       ? await initGate(file, { seed: 1, window: kvWindow })
       : undefined;
+    const threshold = gate && admitTarget !== undefined
+      ? await calibrateThreshold(gpu, file, hp, gate, admitTarget)
+      : kvThreshold;
     for (const name of kvPolicies) {
       const policy: KvPolicy<GateWeights> = name === "full"
         ? { kind: "full" }
@@ -278,7 +315,7 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
         ? { kind: "random", window: kvWindow, rate: kvAdmit, seed: 1 }
         : name === "window"
         ? { kind: "window", window: kvWindow }
-        : { kind: "wgkv", window: kvWindow, threshold: kvThreshold, gate: gate! };
+        : { kind: "wgkv", window: kvWindow, threshold, gate: gate! };
       for (const tokens of kvPrompts) {
         const rows = ["prefill", "decode"].map((test) => ({ shape, type, test, tokens, policy: name }));
         if (rows.every((r) => done.has(key(r)))) continue;
@@ -320,6 +357,7 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
           kvUsedBytes: usage.usedBytes,
           kvFullBytes: usage.fullBytes,
           admitted,
+          ...(name === "wgkv" ? { threshold } : {}),
           device: gpu.description,
         };
         results.rows.push(

@@ -24,7 +24,7 @@ import type { GGUFFile } from "../gguf/reader.ts";
 import { BadFlagError, DeviceError, OutOfMemoryError, UnsupportedError } from "../errors.ts";
 import { formatBytes, type Gpu } from "../gpu/device.ts";
 import { GpuWeight } from "../gpu/weights.ts";
-import { encodeOps, type GpuOp, StepParams } from "../gpu/ops/op.ts";
+import { checkInt, encodeOps, type GpuOp, StepParams } from "../gpu/ops/op.ts";
 import { createEmbed, type EmbedOp } from "../gpu/ops/embed.ts";
 import { createRmsNorm } from "../gpu/ops/norm.ts";
 import { createMatmul, createMatvec } from "../gpu/ops/matmul.ts";
@@ -157,6 +157,8 @@ export class GpuModel {
   readonly #logitsStaging: GPUBuffer;
   /** Gate flags of the current step, u32 [maxBatch][layers][kvHeads] (wgkv policy only). */
   readonly #flags?: GPUBuffer;
+  /** Gate scores of the current step, f32 [maxBatch][layers][kvHeads] (wgkv policy only). */
+  readonly #scores?: GPUBuffer;
   readonly #chainFlags?: GPUBuffer;
   readonly #flagStaging?: GPUBuffer;
   #profiler?: GpuProfiler;
@@ -172,6 +174,7 @@ export class GpuModel {
       kv: KvCache | DualCache;
       policy: KvPolicy<GateWeights>;
       flags?: GPUBuffer;
+      scores?: GPUBuffer;
       step: StepParams;
       prefillEmbed: EmbedOp;
       decodeEmbed: EmbedOp;
@@ -224,6 +227,7 @@ export class GpuModel {
       // Gate flags come back with each step: one step of a chain needs layers · kvHeads words.
       const stepWords = hp.nLayer * hp.nHeadKV;
       this.#flags = fields.flags;
+      this.#scores = fields.scores;
       this.#chainFlags = gpu.buffer("chained gate flags", MAX_CHAIN * stepWords * 4);
       this.#flagStaging = gpu.device.createBuffer({
         label: "gate flag staging",
@@ -585,6 +589,7 @@ export class GpuModel {
       kv,
       policy,
       flags: gateBufs?.flags,
+      scores: gateBufs?.scores,
       step,
       prefillEmbed: prefill.embed,
       decodeEmbed: decode.embed,
@@ -811,6 +816,20 @@ export class GpuModel {
     const out = staging.getMappedRange(0, staging === this.#logitsStaging ? staging.size : bytes).slice(0);
     staging.unmap();
     return out;
+  }
+
+  /**
+   * The write gate's scores of the last step's `tokens` tokens (the last prefill chunk, or 1 after a decode
+   * step), f32 `[tokens][layers][kvHeads]`, after the clamp; wgkv policy only. For calibrating a threshold.
+   */
+  async gateScores(tokens: number): Promise<Float32Array> {
+    if (!this.#scores) throw new BadFlagError("gateScores: the model runs no write gate (policy is not wgkv)");
+    checkInt("gateScores", "tokens", tokens, 1, this.maxBatch);
+    const bytes = tokens * this.hparams.nLayer * this.hparams.nHeadKV * 4;
+    const encoder = this.#gpu.device.createCommandEncoder();
+    encoder.copyBufferToBuffer(this.#scores, 0, this.#flagStaging!, 0, bytes);
+    this.#gpu.device.queue.submit([encoder.finish()]);
+    return new Float32Array(await this.#mapStaging(this.#flagStaging!, bytes));
   }
 
   /** Times every op of the following steps with `profiler` (one compute pass per op), or stops timing. */
