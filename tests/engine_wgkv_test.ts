@@ -165,7 +165,7 @@ fixtureTest(
 );
 
 fixtureTest(
-  "wgkv model: admissions equal the CPU gate on the CPU reference's keys",
+  "wgkv model: admissions and read-back scores equal the CPU gate on the CPU reference's keys",
   [MODEL, GATE],
   async () => {
     // With a window longer than the sequence, WG-KV attends to everything, so the GPU's hidden states and
@@ -178,9 +178,13 @@ fixtureTest(
     const L = hp.nLayer, H = hp.nHeadKV;
     const tokens = prompt(60);
     const admitted = new Float64Array(L * H);
-    cpu.keyObserver = (layer, _pos, pre, post) => {
+    // The last prefill chunk (maxBatch 16: tokens 48 … 59): its scores, [token][layer][head].
+    const lastChunk = tokens.length - 48;
+    const lastScores = new Float32Array(lastChunk * L * H);
+    cpu.keyObserver = (layer, pos, pre, post) => {
       const g = gateScores(gate, layer, pre, post, 1);
       for (let h = 0; h < H; h++) if (g[h] > threshold) admitted[layer * H + h]++;
+      if (pos >= 48) { for (let h = 0; h < H; h++) lastScores[((pos - 48) * L + layer) * H + h] = g[h]; }
     };
     for (let i = 0; i < tokens.length; i++) cpu.forward(tokens[i], i);
     const model = await GpuModel.load(await getGpu(), file, hp, {
@@ -204,6 +208,12 @@ fixtureTest(
     }
     ok(differing <= 2, `${differing} heads differ`);
     ok(admitted.some((a) => a > 0) && admitted.some((a) => a < tokens.length), "mixed admissions");
+    // The scores themselves, as read back for calibrating a threshold.
+    const scores = await model.gateScores(lastChunk);
+    equal(scores.length, lastScores.length);
+    for (let i = 0; i < scores.length; i++) {
+      ok(Math.abs(scores[i] - lastScores[i]) <= 1e-3, `score ${i}: GPU ${scores[i]}, CPU ${lastScores[i]}`);
+    }
     model.destroy();
     file.close();
   },

@@ -823,7 +823,9 @@ export class GpuModel {
    * step), f32 `[tokens][layers][kvHeads]`, after the clamp; wgkv policy only. For calibrating a threshold.
    */
   async gateScores(tokens: number): Promise<Float32Array> {
-    if (!this.#scores) throw new BadFlagError("gateScores: the model runs no write gate (policy is not wgkv)");
+    if (!this.#scores) {
+      throw new BadFlagError("gateScores: the model runs no write gate (policy is not wgkv)");
+    }
     checkInt("gateScores", "tokens", tokens, 1, this.maxBatch);
     const bytes = tokens * this.hparams.nLayer * this.hparams.nHeadKV * 4;
     const encoder = this.#gpu.device.createCommandEncoder();
