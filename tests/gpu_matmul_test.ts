@@ -149,7 +149,7 @@ Deno.test("gpu matmul: bad options are one-line BadFlagErrors", async () => {
         step,
         tuning: { workgroupSize: 1024, rowsPerWorkgroup: 8, tokensPerWorkgroup: 4 },
       }),
-    /q: workgroupSize × rowsPerWorkgroup × tokensPerWorkgroup × 4 = 131072 bytes of workgroup memory/,
+    /q: workgroupSize × \(rowsPerWorkgroup \+ 1\) × tokensPerWorkgroup × 4 = 147456 bytes of workgroup memory/,
   );
   equal(weight.parts.length, 1);
   deepEqual([weight.cols, weight.rows, weight.rowBytes], [64, 3, 68]);

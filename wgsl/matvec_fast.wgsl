@@ -27,6 +27,16 @@
 // binding 9: part, uniform Part: rows in this part, first_row (`main`)
 // binding 10: k_pre, array<f32>: K before RoPE [m][rows_b] (`qkv` with keep_pre_k = 1, read_write; a dummy
 //             otherwise)
+// binding 11: norm_weight, array<f32>: the next RMSNorm's weight [out_stride] (`main` with norm_mode 1)
+// binding 12: norm_x, array<f32>: y · norm_weight [m][out_stride] (`main` with norm_mode 1, read_write)
+// binding 13: norm_sums, array<f32>: Σ y² of each workgroup's rows [m][norm_partials] (`main` with
+//             norm_mode 1 writes, `swiglu` and `qkv` with norm_mode 2 read)
+// (bindings 11 to 13 are dummies when unused)
+//
+// RMSNorm folded into the neighbouring products (norm_mode): a producer (`main`, 1) adds its products to
+// the residual stream y in place and writes both y · γ and each workgroup's Σ y² of its rows; the next
+// consumer (`swiglu` or `qkv`, 2) takes x = y · γ and scales its sums by 1 / sqrt(Σ y² / norm_width + eps),
+// the RMS added up from those partial sums. That is rmsnorm(y) · γ without a dispatch of its own.
 //
 // Dispatch: (x, y) folds the row groups over a 2-D grid: ceil(rows / rows_per_wg) for `main` (per part) and
 // `swiglu`; for `qkv` the groups of a, then b, then c. z = ceil(max_m / tokens_per_wg). Workgroups past m or
@@ -68,6 +78,12 @@ override rope_pairs: u32 = 0u;
 override n_chunks: u32 = 1u;
 // `qkv`: 1 to also write K before RoPE to k_pre (binding 10; the write gate reads both), else 0.
 override keep_pre_k: u32 = 0u;
+// Folded RMSNorm: 0 none, 1 producer (`main`), 2 consumer (`swiglu`, `qkv`); partial sums per token (the
+// producer's workgroups), values per normed row and epsilon.
+override norm_mode: u32 = 0u;
+override norm_partials: u32 = 1u;
+override norm_width: u32 = 1u;
+override norm_eps: f32 = 1e-5;
 
 const MAX_ROWS = 8u;
 const MAX_TOKENS = 8u;
@@ -84,16 +100,39 @@ const TWO_PI: f32 = 6.283185307179586;
 @group(0) @binding(8) var<storage, read> turns: array<f32>;
 @group(0) @binding(10) var<storage, read_write> k_pre: array<f32>;
 @group(0) @binding(9) var<uniform> part: Part;
+@group(0) @binding(11) var<storage, read> norm_weight: array<f32>;
+@group(0) @binding(12) var<storage, read_write> norm_x: array<f32>;
+@group(0) @binding(13) var<storage, read_write> norm_sums: array<f32>;
 
 {{UNITS_A}}
 {{UNITS_B}}
 {{UNITS_C}}
 
-// Thread tid's sum number p (of n per thread) sits at partial[tid · n + p] before `reduce`.
-var<workgroup> partial: array<f32, wg_size * rows_per_wg * tokens_per_wg * slots>;
+// Thread tid's sum number p (of n per thread) sits at partial[tid · n + p] before `reduce`; a consumer of a
+// folded RMSNorm adds one sum per token.
+var<workgroup> partial: array<f32, wg_size * (rows_per_wg * slots + 1u) * tokens_per_wg>;
+
+// Consumer of a folded RMSNorm: this thread's share of the producer's partial sums Σ y² for each token of
+// the workgroup (every thread takes partials tid, tid + wg_size, …; the workgroup reduction adds them up).
+fn norm_share(t0: u32, nt: u32, tid: u32) -> array<f32, MAX_TOKENS> {
+  var share: array<f32, MAX_TOKENS>;
+  // @unroll
+  for (var t = 0u; t < tokens_per_wg; t++) {
+    if (t < nt) {
+      for (var i = tid; i < norm_partials; i += wg_size) { share[t] += norm_sums[(t0 + t) * norm_partials + i]; }
+    }
+  }
+  return share;
+}
+
+// Consumer of a folded RMSNorm: 1 / RMS from the total Σ y² of a token.
+fn norm_scale(total: f32) -> f32 {
+  return inverseSqrt(total / f32(norm_width) + norm_eps);
+}
 
 // Sums the n values per thread of `partial` over the workgroup: afterwards partial[p] holds total p.
-// Step 1: lane l of sum p adds the values of threads l, l + reduce_lanes, …; step 2: thread p adds the lanes.
+// Step 1: lane l of sum p adds the values of threads l, l + reduce_lanes, …; step 2: thread p (and p +
+// wg_size, … when n > wg_size) adds the lanes.
 fn reduce(tid: u32, n: u32) {
   workgroupBarrier();
   let lanes = n * reduce_lanes;
@@ -105,10 +144,12 @@ fn reduce(tid: u32, n: u32) {
     partial[i] = s;
   }
   workgroupBarrier();
-  if (tid < n) {
+  // Totals p < n go to partial[p]; lane 0's slot of sum p is partial[p] itself, read first by its thread
+  // only, and the lanes l ≥ 1 sit at l · n + p ≥ n, so no total overwrites a value another thread reads.
+  for (var p = tid; p < n; p += wg_size) {
     var total = 0.0;
-    for (var l = 0u; l < reduce_lanes; l++) { total += partial[l * n + tid]; }
-    partial[tid] = total;
+    for (var l = 0u; l < reduce_lanes; l++) { total += partial[l * n + p]; }
+    partial[p] = total;
   }
   workgroupBarrier();
 }
@@ -142,8 +183,27 @@ fn main(
   if (tid < n) {
     let r = tid / tokens_per_wg;
     let t = tid % tokens_per_wg;
+    var square = 0.0;
     if (row0 + r < rows && t < nt) {
-      y_a[(t0 + t) * out_stride + part.first_row + row0 + r] = partial[tid];
+      let at = (t0 + t) * out_stride + part.first_row + row0 + r;
+      var value = partial[tid];
+      if (norm_mode == 1u) {
+        // Producer: onto the residual stream, then y · γ and y² for the next norm.
+        value += y_a[at];
+        norm_x[at] = value * norm_weight[part.first_row + row0 + r];
+        square = value * value;
+      }
+      y_a[at] = value;
+    }
+    if (norm_mode == 1u) { partial[n + tid] = square; }
+  }
+  if (norm_mode == 1u) {
+    workgroupBarrier();
+    if (tid < nt) {
+      var sum = 0.0;
+      // @unroll
+      for (var r = 0u; r < rows_per_wg; r++) { sum += partial[n + r * tokens_per_wg + tid]; }
+      norm_sums[(t0 + tid) * norm_partials + wid.x + wid.y * groups.x] = sum;
     }
   }
 }
@@ -160,6 +220,8 @@ fn swiglu(
   if (row0 >= rows_a || t0 >= m) { return; }
   let nt = min(tokens_per_wg, m - t0);
 
+  var norm_part: array<f32, MAX_TOKENS>;
+  if (norm_mode == 2u) { norm_part = norm_share(t0, nt, tid); }
   // Gate and up have the same type: one x load per unit and token serves both.
   var acc_gate: array<f32, MAX_ROWS * MAX_TOKENS>;
   var acc_up: array<f32, MAX_ROWS * MAX_TOKENS>;
@@ -184,8 +246,10 @@ fn swiglu(
       }
     }
   }
-  // Sum 2q is the gate of (row r, token t) with q = r · tokens_per_wg + t, 2q + 1 its up.
-  let n = 2u * rows_per_wg * tokens_per_wg;
+  // Sum 2q is the gate of (row r, token t) with q = r · tokens_per_wg + t, 2q + 1 its up; with a folded
+  // norm, sum 2 · rows_per_wg · tokens_per_wg + t is token t's Σ y².
+  let sums = 2u * rows_per_wg * tokens_per_wg;
+  let n = sums + select(0u, tokens_per_wg, norm_mode == 2u);
   // @unroll
   for (var r = 0u; r < rows_per_wg; r++) {
     // @unroll
@@ -195,12 +259,17 @@ fn swiglu(
       partial[tid * n + 2u * q + 1u] = acc_up[r * MAX_TOKENS + t];
     }
   }
+  if (norm_mode == 2u) {
+    // @unroll
+    for (var t = 0u; t < tokens_per_wg; t++) { partial[tid * n + sums + t] = norm_part[t]; }
+  }
   reduce(tid, n);
   if (tid < rows_per_wg * tokens_per_wg) {
     let r = tid / tokens_per_wg;
     let t = tid % tokens_per_wg;
     if (row0 + r < rows_a && t < nt) {
-      y_a[(t0 + t) * rows_a + row0 + r] = silu(partial[2u * tid]) * partial[2u * tid + 1u];
+      let scale = select(1.0, norm_scale(partial[sums + t]), norm_mode == 2u);
+      y_a[(t0 + t) * rows_a + row0 + r] = silu(partial[2u * tid] * scale) * (partial[2u * tid + 1u] * scale);
     }
   }
 }
@@ -244,6 +313,8 @@ fn qkv(
   if (row0 >= rows || t0 >= m) { return; }
   let nt = min(tokens_per_wg, m - t0);
 
+  var norm_part: array<f32, MAX_TOKENS>;
+  if (norm_mode == 2u) { norm_part = norm_share(t0, nt, tid); }
   var acc: array<f32, MAX_ROWS * MAX_TOKENS>;
   if (weight == 0u) {
     acc = accumulate_a(row_bytes_a, row0, rows - 1u, t0, nt, tid);
@@ -252,7 +323,10 @@ fn qkv(
   } else {
     acc = accumulate_c(row_bytes_c, row0, rows - 1u, t0, nt, tid);
   }
-  let n = rows_per_wg * tokens_per_wg;
+  // Sum r · tokens_per_wg + t is (row r, token t); with a folded norm, sum rows_per_wg · tokens_per_wg + t
+  // is token t's Σ y².
+  let sums = rows_per_wg * tokens_per_wg;
+  let n = sums + select(0u, tokens_per_wg, norm_mode == 2u);
   // @unroll
   for (var r = 0u; r < rows_per_wg; r++) {
     // @unroll
@@ -260,19 +334,24 @@ fn qkv(
       partial[tid * n + r * tokens_per_wg + t] = acc[r * MAX_TOKENS + t];
     }
   }
+  if (norm_mode == 2u) {
+    // @unroll
+    for (var t = 0u; t < tokens_per_wg; t++) { partial[tid * n + sums + t] = norm_part[t]; }
+  }
   reduce(tid, n);
-  if (tid < n) {
+  if (tid < sums) {
     let r = tid / tokens_per_wg;
     let t = tid % tokens_per_wg;
     if (row0 + r < rows && t < nt) {
       let row = row0 + r;
-      var value = partial[tid];
+      let scale = select(1.0, norm_scale(partial[sums + t]), norm_mode == 2u);
+      var value = partial[tid] * scale;
       let column = row % head_dim;
       if (keep_pre_k == 1u && weight == 1u) { k_pre[(t0 + t) * rows_b + row] = value; }
       if (weight < 2u && column < 2u * rope_pairs) {
         // Rows 2i and 2i + 1 of a head are a rotated pair; row0 and rows_per_wg are even, so the
         // partner's total is this workgroup's sum (r ^ 1, t).
-        let other = partial[(r ^ 1u) * tokens_per_wg + t];
+        let other = partial[(r ^ 1u) * tokens_per_wg + t] * scale;
         let cs = rotation(step.pos0 + t0 + t, column / 2u);
         if ((row & 1u) == 0u) {
           value = value * cs.x - other * cs.y;

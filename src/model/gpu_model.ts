@@ -35,12 +35,14 @@ import { createSwiGlu } from "../gpu/ops/elementwise.ts";
 import { createCopy } from "../gpu/ops/copy.ts";
 import { type ArgmaxOp, createArgmax } from "../gpu/ops/argmax.ts";
 import { createSample, type SampleOp, type SampleSettings } from "../gpu/ops/sample.ts";
+import { chooseMatvecVariant } from "../gpu/ops/matvec_units.ts";
 import {
   canFuseGateUp,
   canFuseQkv,
   createGateUpSwiGlu,
   createGateUpSwiGluMatmul,
   createQkvMatvec,
+  type FoldedNormInput,
 } from "../gpu/ops/fused.ts";
 import type { GpuProfiler } from "../gpu/profiler.ts";
 import { KvCache } from "../kv/kv_cache.ts";
@@ -89,6 +91,12 @@ export interface GpuModelOptions {
    * that needs more fails with a clear error naming this option.
    */
   globalFraction?: number;
+  /**
+   * Decode: fold each RMSNorm into the matvecs around it (the product before adds onto the residual and
+   * writes its sums of squares, the fused QKV or gate/up after scales by the RMS), saving a dispatch per
+   * norm where the sub-block kernels apply. Default true.
+   */
+  foldNorms?: boolean;
 }
 
 interface LayerWeights {
@@ -118,6 +126,7 @@ interface Activations {
   last: GPUBuffer; // [E], the last row of xn
   logits: GPUBuffer; // [V]
   partials: GPUBuffer; // split-K decode scratch
+  normSums: GPUBuffer; // decode: sums of squares of a folded RMSNorm, one per producer workgroup
 }
 
 /** Weights on the GPU, the paged KV cache of one sequence, and the recorded ops of a step. */
@@ -357,6 +366,7 @@ export class GpuModel {
       last: f32("last", E),
       logits: f32("logits", V),
       partials: f32("partials", decodePartialsBytes(splits, Hq, D) / 4),
+      normSums: f32("norm sums", E),
     };
     // The write gate's inputs and outputs (wgkv policy): the key before RoPE, scores and flags.
     const gateBufs = gate && {
@@ -379,6 +389,14 @@ export class GpuModel {
     // The body of a step, for a batch size (decode: 1 token, matvec + split-K attention).
     const body = (maxTokens: number, tag: string): { embed: EmbedOp; ops: GpuOp[] } => {
       const decode = maxTokens === 1;
+      // Decode folds an RMSNorm into its neighbours where the producer is a one-part sub-block matvec
+      // and the consumer a sub-block fused matvec (see FoldedNormOutput in src/gpu/ops/matmul.ts).
+      const foldable = (producer: GpuWeight, consumers: GpuWeight[]) =>
+        decode && (options.foldNorms ?? true) && producer.parts.length === 1 &&
+        chooseMatvecVariant("fold", [producer]) === "subblock" &&
+        chooseMatvecVariant("fold", consumers) === "subblock";
+      // The folded norm the next QKV reads (set by the previous layer's ffn_down), if any.
+      let qkvNorm: FoldedNormInput | undefined;
       const linear = (label: string, weight: GpuWeight, x: GPUBuffer, y: GPUBuffer) =>
         decode
           ? createMatvec(gpu, { label, weight, x, y, maxTokens, step })
@@ -426,6 +444,7 @@ export class GpuModel {
             step,
             rope: { headDim: D, ropeDim: hp.ropeDim, invFreq, maxPosition: ctx },
             kPre: gateBufs?.kPre,
+            norm: qkvNorm,
           }));
         } else {
           ops.push(linear(`${p}attn_q`, w.wq, act.xn, act.q));
@@ -515,19 +534,49 @@ export class GpuModel {
               wgkv: dual,
             }),
         );
-        ops.push(linear(`${p}attn_output`, w.wo, act.att, act.proj));
-        ops.push(norm(`${p}ffn_norm`, w.ffnNorm, true));
-        if (canFuseGateUp(w.wGate, w.wUp)) {
-          // One dispatch: silu(x·Wgateᵀ) · (x·Wupᵀ), x read once for both.
-          ops.push((decode ? createGateUpSwiGlu : createGateUpSwiGluMatmul)(gpu, {
-            label: `${p}ffn_gate_up`,
-            gate: w.wGate,
-            up: w.wUp,
-            x: act.xn,
-            out: act.gate,
+        const foldFfnNorm = canFuseGateUp(w.wGate, w.wUp) && foldable(w.wo, [w.wGate, w.wUp]);
+        let gateUpNorm: FoldedNormInput | undefined;
+        if (foldFfnNorm) {
+          // x += att·Woᵀ in place, xn = x · ffn_norm, and the sums of squares the gate/up op scales by.
+          const producer = createMatvec(gpu, {
+            label: `${p}attn_output`,
+            weight: w.wo,
+            x: act.att,
+            y: act.x,
             maxTokens,
             step,
-          }));
+            fold: { weight: w.ffnNorm, out: act.xn, sums: act.normSums },
+          });
+          ops.push(producer);
+          gateUpNorm = { sums: act.normSums, partials: producer.normPartials, width: E, eps: hp.rmsEps };
+        } else {
+          ops.push(linear(`${p}attn_output`, w.wo, act.att, act.proj));
+          ops.push(norm(`${p}ffn_norm`, w.ffnNorm, true));
+        }
+        if (canFuseGateUp(w.wGate, w.wUp)) {
+          // One dispatch: silu(x·Wgateᵀ) · (x·Wupᵀ), x read once for both.
+          ops.push(
+            decode
+              ? createGateUpSwiGlu(gpu, {
+                label: `${p}ffn_gate_up`,
+                gate: w.wGate,
+                up: w.wUp,
+                x: act.xn,
+                out: act.gate,
+                maxTokens,
+                step,
+                norm: gateUpNorm,
+              })
+              : createGateUpSwiGluMatmul(gpu, {
+                label: `${p}ffn_gate_up`,
+                gate: w.wGate,
+                up: w.wUp,
+                x: act.xn,
+                out: act.gate,
+                maxTokens,
+                step,
+              }),
+          );
         } else {
           ops.push(linear(`${p}ffn_gate`, w.wGate, act.xn, act.gate));
           ops.push(linear(`${p}ffn_up`, w.wUp, act.xn, act.up));
@@ -542,13 +591,29 @@ export class GpuModel {
             }),
           );
         }
-        ops.push(linear(`${p}ffn_down`, w.wDown, act.gate, act.proj));
-        const next = l + 1 < hp.nLayer;
-        ops.push(
-          next
-            ? norm(`${tag}blk.${l + 1}.attn_norm`, layers[l + 1].attnNorm, true)
-            : norm(`${tag}output_norm`, outputNorm, true),
-        );
+        const next = l + 1 < hp.nLayer ? layers[l + 1] : undefined;
+        qkvNorm = undefined;
+        if (next && canFuseQkv(next.wq, next.wk, next.wv) && foldable(w.wDown, [next.wq, next.wk, next.wv])) {
+          // x += gate·Wdownᵀ in place, xn = x · the next attn_norm, and the sums its QKV op scales by.
+          const producer = createMatvec(gpu, {
+            label: `${p}ffn_down`,
+            weight: w.wDown,
+            x: act.gate,
+            y: act.x,
+            maxTokens,
+            step,
+            fold: { weight: next.attnNorm, out: act.xn, sums: act.normSums },
+          });
+          ops.push(producer);
+          qkvNorm = { sums: act.normSums, partials: producer.normPartials, width: E, eps: hp.rmsEps };
+        } else {
+          ops.push(linear(`${p}ffn_down`, w.wDown, act.gate, act.proj));
+          ops.push(
+            next
+              ? norm(`${tag}blk.${l + 1}.attn_norm`, next.attnNorm, true)
+              : norm(`${tag}output_norm`, outputNorm, true),
+          );
+        }
       }
       return { embed, ops };
     };

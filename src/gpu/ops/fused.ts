@@ -52,6 +52,44 @@ export interface FusedMatvecTuning {
   variant?: MatvecVariant;
 }
 
+/**
+ * The consumer side of an RMSNorm folded into the decode matvec before (see `FoldedNormOutput` in
+ * `./matmul.ts`): `x` is the residual stream times the norm weight, not yet divided by its RMS, which comes
+ * from the producer's per-workgroup sums of squares. Sub-block kernels only.
+ */
+export interface FoldedNormInput {
+  /** Σ y² per producer workgroup, f32 `[maxTokens][partials]`. */
+  sums: BufferSlice;
+  /** Partial sums per token (the producer's `normPartials`). */
+  partials: number;
+  /** Values per normed row (the hidden size). */
+  width: number;
+  /** The norm's epsilon. */
+  eps: number;
+}
+
+/** Override constants and the sums binding of a folded norm's consumer (placeholders without one). */
+function normInputParts(
+  gpu: Gpu,
+  label: string,
+  maxTokens: number,
+  subblock: boolean,
+  norm?: FoldedNormInput,
+): { constants: Record<string, number>; sums?: BufferSlice } {
+  if (!subblock) {
+    if (norm) throw new BadFlagError(`${label}: a folded norm needs the subblock kernel`);
+    return { constants: {} };
+  }
+  if (!norm) return { constants: { norm_mode: 0 }, sums: gpu.buffer(`${label}.no_norm_sums`, 4) };
+  checkInt(label, "norm.partials", norm.partials, 1);
+  checkInt(label, "norm.width", norm.width, 1);
+  checkSlice(label, "norm.sums", norm.sums, maxTokens * norm.partials * 4);
+  return {
+    constants: { norm_mode: 2, norm_partials: norm.partials, norm_width: norm.width, norm_eps: norm.eps },
+    sums: norm.sums,
+  };
+}
+
 /** Options of {@link createGateUpSwiGlu}. */
 export interface GateUpSwiGluOptions {
   /** Name for errors and the profiler, e.g. "blk.0.ffn_gate_up". */
@@ -70,6 +108,8 @@ export interface GateUpSwiGluOptions {
   step: StepParams;
   /** Override constants for tuning on a given GPU. */
   tuning?: FusedMatvecTuning;
+  /** `x` is the residual times the norm weight; the RMS comes from the producer's sums (sub-block only). */
+  norm?: FoldedNormInput;
 }
 
 /** RoPE applied by {@link createQkvMatvec} to Q and K as they are written (GGUF adjacent-pair layout). */
@@ -110,6 +150,8 @@ export interface QkvMatvecOptions {
   rope?: QkvRope;
   /** When given, K is also written here before RoPE, f32 `[maxTokens][kRows]` (the write gate reads both). */
   kPre?: BufferSlice;
+  /** `x` is the residual times the norm weight; the RMS comes from the producer's sums (sub-block only). */
+  norm?: FoldedNormInput;
   /** Override constants for tuning on a given GPU. */
   tuning?: FusedMatvecTuning;
 }
@@ -177,9 +219,11 @@ export function createGateUpSwiGlu(gpu: Gpu, options: GateUpSwiGluOptions): GpuO
     weights: [gate, up],
   });
   const subblock = shape.variant === "subblock";
+  const norm = normInputParts(gpu, label, maxTokens, subblock, options.norm);
   const kernel = gpu.kernel(
     subblock ? "matvec_fast" : "matvec_fused",
     {
+      ...norm.constants,
       cols: gate.cols,
       rows_a: gate.rows,
       row_bytes_a: gate.rowBytes,
@@ -202,13 +246,14 @@ export function createGateUpSwiGlu(gpu: Gpu, options: GateUpSwiGluOptions): GpuO
     [3, x],
     [4, out],
     [7, step.buffer],
+    ...(norm.sums ? [[13, norm.sums] as [number, BufferSlice]] : []),
   ]);
   const grid = grid2d(gpu, label, ceilDiv(gate.rows, shape.rowsPerWorkgroup), shape.tokenGroups);
   return new FusedOp(label, kernel, group, grid);
 }
 
 /** Options of {@link createGateUpSwiGluMatmul}: those of {@link createGateUpSwiGlu}, with the prefill tuning. */
-export interface GateUpSwiGluMatmulOptions extends Omit<GateUpSwiGluOptions, "tuning"> {
+export interface GateUpSwiGluMatmulOptions extends Omit<GateUpSwiGluOptions, "tuning" | "norm"> {
   /** Override constants for tuning on a given GPU (tile shape of `wgsl/matmul_fused.wgsl`). */
   tuning?: MatmulTuning;
 }
@@ -301,9 +346,11 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
   }
   const turnsBuffer = gpu.buffer(`${label}.turns`, turns.data.byteLength, turns.data);
   const subblock = shape.variant === "subblock";
+  const norm = normInputParts(gpu, label, maxTokens, subblock, options.norm);
   const kernel = gpu.kernel(
     subblock ? "matvec_fast" : "matvec_fused",
     {
+      ...norm.constants,
       cols: wq.cols,
       rows_a: wq.rows,
       rows_b: wk.rows,
@@ -338,6 +385,7 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
     [7, step.buffer],
     [8, turnsBuffer],
     [10, options.kPre ?? gpu.buffer(`${label}.no_k_pre`, 4)],
+    ...(norm.sums ? [[13, norm.sums] as [number, BufferSlice]] : []),
   ]);
   const per = shape.rowsPerWorkgroup;
   const groups = ceilDiv(wq.rows, per) + ceilDiv(wk.rows, per) + ceilDiv(wv.rows, per);
@@ -405,7 +453,8 @@ function tuningFor(gpu: Gpu, op: string, request: ShapeRequest): Shape {
   const workgroupSize = t.workgroupSize ?? defaultMatvecWorkgroup(request.cols);
   let rowsPerWorkgroup = t.rowsPerWorkgroup ?? request.defaultRows;
   let tokensPerWorkgroup = t.tokensPerWorkgroup ?? Math.min(request.maxTokens, 4);
-  const bytes = () => workgroupSize * rowsPerWorkgroup * tokensPerWorkgroup * request.accumulators * 4;
+  // The sub-block kernel keeps one more sum per token (a folded norm's).
+  const bytes = () => workgroupSize * (rowsPerWorkgroup * request.accumulators + 1) * tokensPerWorkgroup * 4;
   while (bytes() > limit && t.tokensPerWorkgroup === undefined && tokensPerWorkgroup > 1) {
     tokensPerWorkgroup--;
   }

@@ -59,10 +59,32 @@ export interface MatvecTuning {
   variant?: MatvecVariant;
 }
 
+/**
+ * An RMSNorm folded into a decode matvec and the fused matvec after it (sub-block kernels only): the
+ * producer adds its products onto the residual stream `y` in place and writes `y · weight` and per-workgroup
+ * sums of squares; the consumer ({@link FoldedNormInput}) turns those into `rmsnorm(y) · weight`.
+ */
+export interface FoldedNormOutput {
+  /** The next RMSNorm's weight, f32 `[rows]`. */
+  weight: BufferSlice;
+  /** `y · weight` (not yet divided by the RMS), f32 `[maxTokens][rows]`: the consumer's input. */
+  out: BufferSlice;
+  /** Σ y² per producer workgroup, f32 `[maxTokens][normPartials]`. */
+  sums: BufferSlice;
+}
+
 /** Options of {@link createMatvec}. */
 export interface MatvecOptions extends LinearOptions {
   /** Override constants for tuning on a given GPU. */
   tuning?: MatvecTuning;
+  /** Fold the next RMSNorm in: `y += W · x` in place, then `fold.out = y · fold.weight` and the sums. */
+  fold?: FoldedNormOutput;
+}
+
+/** A decode matvec op; with {@link MatvecOptions.fold}, how many partial sums per token it writes. */
+export interface MatvecOp extends GpuOp {
+  /** Partial sums of squares per token written to `fold.sums` (0 without a fold). */
+  readonly normPartials: number;
 }
 
 function nextPowerOfTwo(n: number): number {
@@ -76,13 +98,15 @@ interface PartDispatch {
   workgroups: [number, number, number];
 }
 
-class LinearOp implements GpuOp {
+class LinearOp implements MatvecOp {
   readonly label: string;
+  readonly normPartials: number;
   readonly #kernel: Kernel;
   readonly #parts: PartDispatch[];
 
-  constructor(label: string, kernel: Kernel, parts: PartDispatch[]) {
+  constructor(label: string, kernel: Kernel, parts: PartDispatch[], normPartials = 0) {
     this.label = label;
+    this.normPartials = normPartials;
     this.#kernel = kernel;
     this.#parts = parts;
   }
@@ -127,7 +151,7 @@ function bindParts(
  * Creates the decode matrix-vector op: for each of the step's tokens, `y[t] = W · x[t]`. Meant for a few
  * tokens per step (it reads W once per `tokensPerWorkgroup` tokens); use {@link createMatmul} for prefill.
  */
-export function createMatvec(gpu: Gpu, options: MatvecOptions): GpuOp {
+export function createMatvec(gpu: Gpu, options: MatvecOptions): MatvecOp {
   const op = options.label;
   checkLinear(gpu, op, options);
   const { weight, maxTokens } = options;
@@ -151,14 +175,24 @@ export function createMatvec(gpu: Gpu, options: MatvecOptions): GpuOp {
     1,
     workgroupSize,
   );
-  const reductionBytes = workgroupSize * rowsPerWorkgroup * tokensPerWorkgroup * 4;
+  // The sub-block kernel's reduction keeps one more sum per token (a folded norm's).
+  const reductionBytes = workgroupSize * (rowsPerWorkgroup + 1) * tokensPerWorkgroup * 4;
   if (reductionBytes > gpu.limits.maxComputeWorkgroupStorageSize) {
     throw new BadFlagError(
-      `${op}: workgroupSize × rowsPerWorkgroup × tokensPerWorkgroup × 4 = ${reductionBytes} bytes of workgroup ` +
+      `${op}: workgroupSize × (rowsPerWorkgroup + 1) × tokensPerWorkgroup × 4 = ${reductionBytes} bytes of workgroup ` +
         `memory, this GPU allows ${gpu.limits.maxComputeWorkgroupStorageSize}`,
     );
   }
   const variant = chooseMatvecVariant(op, [weight], t.variant);
+  const fold = options.fold;
+  const normPartials = fold ? ceilDiv(weight.rows, rowsPerWorkgroup) : 0;
+  if (fold) {
+    if (variant !== "subblock") throw new BadFlagError(`${op}: a folded norm needs the subblock kernel`);
+    if (weight.parts.length !== 1) throw new BadFlagError(`${op}: a folded norm needs a weight in one part`);
+    checkSlice(op, "fold.weight", fold.weight, weight.rows * 4);
+    checkSlice(op, "fold.out", fold.out, maxTokens * weight.rows * 4);
+    checkSlice(op, "fold.sums", fold.sums, maxTokens * normPartials * 4);
+  }
   const maxPerDim = gpu.limits.maxComputeWorkgroupsPerDimension;
   const tokenGroups = ceilDiv(maxTokens, tokensPerWorkgroup);
   checkWorkgroups(gpu, op, tokenGroups);
@@ -178,9 +212,13 @@ export function createMatvec(gpu: Gpu, options: MatvecOptions): GpuOp {
         rows_per_wg: rowsPerWorkgroup,
         tokens_per_wg: tokensPerWorkgroup,
         reduce_lanes: reduceLanes(workgroupSize),
+        norm_mode: fold ? 1 : 0,
+        norm_partials: Math.max(1, normPartials),
       },
       subblockDefines(weight),
     );
+    // Unused bindings get tiny placeholders (distinct: writable bindings must not alias).
+    const unused = (name: string) => gpu.buffer(`${op}.${name}`, 4);
     const parts = weight.parts.map((part, i): PartDispatch => {
       const info = gpu.uniform(`${op}.part${i}`, new Uint32Array([part.rows, part.firstRow]));
       const group = bindNumbered(gpu, kernel, [
@@ -189,10 +227,13 @@ export function createMatvec(gpu: Gpu, options: MatvecOptions): GpuOp {
         [4, options.y],
         [7, options.step.buffer],
         [9, info],
+        [11, fold?.weight ?? unused("no_norm_weight")],
+        [12, fold?.out ?? unused("no_norm_out")],
+        [13, fold?.sums ?? unused("no_norm_sums")],
       ]);
       return { group, workgroups: workgroups(part.rows) };
     });
-    return new LinearOp(op, kernel, parts);
+    return new LinearOp(op, kernel, parts, normPartials);
   }
   const kernel = gpu.kernel(
     "matvec",
