@@ -8,6 +8,7 @@
  *                        [--out FILE.json] [--fresh] [--profile]
  *                        [--sampled]   (also decode rows with GPU sampling: temp 0.8, top-k 40, top-p 0.95,
  *                                       min-p 0.05, repeat penalty 1.1)
+ *                        [--no-fold-norms]   (decode with a dispatch per RMSNorm: "decode-unfolded" rows)
  *        deno task bench --kv full,random,wgkv [--kv-prompts 8192,32768] [--window 256] [--admit 0.2]
  *                        [--threshold 0.5]   (KV policy rows: prefill, decode at that depth, KV memory)
  *                        [--admit-target 0.2]  (wgkv: the threshold that admits this share of a calibration
@@ -71,6 +72,7 @@ const { values } = parseArgs({
     fresh: { type: "boolean" },
     profile: { type: "boolean" },
     sampled: { type: "boolean" },
+    "no-fold-norms": { type: "boolean" },
     kv: { type: "string" },
     "kv-prompts": { type: "string" },
     window: { type: "string" },
@@ -105,6 +107,9 @@ const results: {
   : { device: gpu.description, rows: [] };
 if (results.device !== gpu.description) results.rows = [];
 results.device = gpu.description;
+// --no-fold-norms: decode with a dispatch per RMSNorm (rows named "decode-unfolded"), for comparison.
+const foldNorms = !values["no-fold-norms"];
+const decodeTest = foldNorms ? "decode" : "decode-unfolded";
 const key = (r: Pick<BenchRow, "shape" | "type" | "test" | "tokens" | "policy">) =>
   `${r.shape}/${r.type}/${r.test}/${r.tokens}${r.policy ? `/${r.policy}` : ""}`;
 const kvPolicies = values.kv ? list(values.kv, "") : [];
@@ -189,8 +194,10 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
   for (const type of types) {
     const wanted = [
       ...prompts.map((tokens) => ({ shape, type, test: "prefill", tokens })),
-      ...depths.map((tokens) => ({ shape, type, test: "decode", tokens })),
-      ...(values.sampled ? depths.map((tokens) => ({ shape, type, test: "decode-sampled", tokens })) : []),
+      ...depths.map((tokens) => ({ shape, type, test: decodeTest, tokens })),
+      ...(values.sampled
+        ? depths.map((tokens) => ({ shape, type, test: `${decodeTest}-sampled`, tokens }))
+        : []),
     ].filter((r) => !done.has(key(r)));
     if (wanted.length === 0) continue;
     // A separate output matrix for every shape, like the GGUFs llama.cpp's published figures used.
@@ -206,6 +213,7 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
     const model = await GpuModel.load(gpu, file, hp, {
       contextLength: Math.min(ctx, hp.contextLength),
       maxBatch: 512,
+      foldNorms,
       onProgress: (m) => console.error(m),
     });
     // Bytes a decode step reads: every matrix once, one embedding row.
@@ -228,7 +236,7 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
         // Greedy steps chained on the GPU (one readback per chain), as `run --temp 0` decodes.
         const tok = await model.forward([5], r.tokens, "argmax");
         const t0 = performance.now();
-        if (r.test === "decode-sampled") {
+        if (r.test.endsWith("-sampled")) {
           // llama.cpp's default sampler chain, drawn on the GPU.
           const settings = {
             temperature: 0.8,
@@ -317,11 +325,12 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
         ? { kind: "window", window: kvWindow }
         : { kind: "wgkv", window: kvWindow, threshold, gate: gate! };
       for (const tokens of kvPrompts) {
-        const rows = ["prefill", "decode"].map((test) => ({ shape, type, test, tokens, policy: name }));
+        const rows = ["prefill", decodeTest].map((test) => ({ shape, type, test, tokens, policy: name }));
         if (rows.every((r) => done.has(key(r)))) continue;
         const model = await GpuModel.load(gpu, file, hp, {
           contextLength: Math.min(tokens + decodeTokens + 2, hp.contextLength),
           maxBatch: 512,
+          foldNorms,
           policy,
           globalFraction: name === "wgkv" ? 1 : undefined,
           onProgress: (m) => console.error(m),
