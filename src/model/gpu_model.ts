@@ -350,8 +350,9 @@ export class GpuModel {
       owned.push(b);
       return b;
     };
-    // Split-K decode: enough workgroups to fill a large GPU at long contexts (about 256 keys per split).
-    const splits = Math.min(128, Math.max(8, Math.ceil(ctx / 256)), Math.ceil(ctx / 16));
+    // Split-K decode: 32 splits per KV head on average (the op's default). On an H100 (head_dim 128, 8 KV
+    // heads) 32 splits ran faster than 64 or 128 at 32K and 128K keys (bench/results/h100-attention-kernels.json, h100-attention-splits.json).
+    const splits = Math.min(32, Math.ceil(ctx / 16));
     const act: Activations = {
       ids: f32("ids", maxBatch),
       x: f32("x", maxBatch * E),
