@@ -179,3 +179,20 @@ fixtureTest("cli: run --kv wgkv with an imported gate reports admissions and KV 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+fixtureTest(
+  "cli: a model the GPU kernels cannot take (head_dim 4) runs on the CPU in auto mode, and is a clear error with --backend webgpu",
+  ["llama-2-tiny-random.gguf"],
+  async () => {
+    const model = fixture("llama-2-tiny-random.gguf");
+    const auto = await runCli(["run", "-m", model, "-p", "Hello", "-n", "4", "--temp", "0", "--json"]);
+    equal(auto.code, 0, auto.stderr);
+    match(auto.stderr, /do not support this model .*head_dim.*running on the CPU reference instead/);
+    equal(JSON.parse(auto.stdout).backend, "cpu");
+    // Loading progress comes first; the error is the last line, without a stack trace.
+    const gpu = await runCli(["run", "-m", model, "-p", "Hello", "-n", "4", "--backend", "webgpu"]);
+    equal(gpu.code, 1, gpu.stderr);
+    match(gpu.stderr.trim().split("\n").at(-1)!, /^wgkv run: error: .*head_dim must be a multiple of 8/);
+    ok(!/\bat \S+:\d+:\d+/.test(gpu.stderr), "no stack trace");
+  },
+);

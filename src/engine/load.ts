@@ -8,7 +8,7 @@
 import { type GGUFFile, openGGUF } from "../gguf/reader.ts";
 import { hparamsFromGGUF, type LlamaHParams } from "../model/hparams.ts";
 import { type Tokenizer, tokenizerFromMetadata } from "../tokenizer/tokenizer.ts";
-import { BadFlagError, DeviceError } from "../errors.ts";
+import { BadFlagError, DeviceError, UnsupportedError } from "../errors.ts";
 import type { ModelBackend } from "./backend.ts";
 import { CpuBackend } from "./cpu_backend.ts";
 import { GpuBackend } from "./gpu_backend.ts";
@@ -128,8 +128,13 @@ export async function loadModel(path: string, options: LoadOptions = {}): Promis
           globalFraction: options.kvGlobalFraction,
         });
       } catch (e) {
-        if (choice === "webgpu" || policy.kind !== "full" || !(e instanceof DeviceError)) throw e;
-        progress(`no usable WebGPU device (${e.message}); running on the CPU reference instead`);
+        const fallback = e instanceof DeviceError || e instanceof UnsupportedError;
+        if (choice === "webgpu" || policy.kind !== "full" || !fallback) throw e;
+        progress(
+          e instanceof DeviceError
+            ? `no usable WebGPU device (${e.message}); running on the CPU reference instead`
+            : `the WebGPU kernels do not support this model (${e.message}); running on the CPU reference instead`,
+        );
       }
     }
     if (!backend) {

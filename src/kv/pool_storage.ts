@@ -14,7 +14,7 @@
  * @module
  */
 
-import { BadFlagError, OutOfMemoryError } from "../errors.ts";
+import { OutOfMemoryError, UnsupportedError } from "../errors.ts";
 import { formatBytes, type Gpu } from "../gpu/device.ts";
 import { pageBytes } from "./page_pool.ts";
 
@@ -60,7 +60,7 @@ export function planPoolShards(
   maxShardBytes = Infinity,
 ): PoolShardPlan {
   if (!Number.isInteger(headDim) || headDim < 8 || headDim % 8 !== 0 || headDim > 256) {
-    throw new BadFlagError(`KV cache: head_dim must be a multiple of 8 between 8 and 256, got ${headDim}`);
+    throw new UnsupportedError(`KV cache: head_dim must be a multiple of 8 between 8 and 256, got ${headDim}`);
   }
   const bytes = pageBytes(headDim);
   const shardLimit = Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize, maxShardBytes);
