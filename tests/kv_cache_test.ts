@@ -1,5 +1,5 @@
 import { deepEqual, equal, match, ok, throws } from "node:assert/strict";
-import { BadFlagError, OutOfMemoryError } from "../src/errors.ts";
+import { BadFlagError, OutOfMemoryError, UnsupportedError } from "../src/errors.ts";
 import { KvCache } from "../src/kv/kv_cache.ts";
 import { fullCachePages, PAGE_TOKENS, PagePool, pagesForTokens } from "../src/kv/page_pool.ts";
 import { planPoolShards } from "../src/kv/pool_storage.ts";
@@ -37,7 +37,7 @@ Deno.test("kv pool shards: planned from the limits, and a pool that cannot be bo
       e instanceof OutOfMemoryError &&
       /16\.00 GiB asked \(2097152 pages × 8192 B\).*at most 8 shards/.test(e.message),
   );
-  throws(() => planPoolShards(10, 12, limits), BadFlagError);
+  throws(() => planPoolShards(10, 12, limits), UnsupportedError);
 });
 
 interface Shadow {

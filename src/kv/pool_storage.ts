@@ -60,7 +60,9 @@ export function planPoolShards(
   maxShardBytes = Infinity,
 ): PoolShardPlan {
   if (!Number.isInteger(headDim) || headDim < 8 || headDim % 8 !== 0 || headDim > 256) {
-    throw new UnsupportedError(`KV cache: head_dim must be a multiple of 8 between 8 and 256, got ${headDim}`);
+    throw new UnsupportedError(
+      `KV cache: head_dim must be a multiple of 8 between 8 and 256, got ${headDim}`,
+    );
   }
   const bytes = pageBytes(headDim);
   const shardLimit = Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize, maxShardBytes);
