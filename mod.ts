@@ -15,7 +15,13 @@
  * @module
  */
 
-export { type BackendChoice, loadModel, type LoadOptions, type Model } from "./src/engine/load.ts";
+export {
+  type BackendChoice,
+  type KvPolicySpec,
+  loadModel,
+  type LoadOptions,
+  type Model,
+} from "./src/engine/load.ts";
 export {
   type GeneratedPiece,
   type GenerateOptions,
@@ -23,6 +29,10 @@ export {
   Session,
 } from "./src/engine/session.ts";
 export type { ModelBackend } from "./src/engine/backend.ts";
+export type { KvUsage, SampleStart } from "./src/model/gpu_model.ts";
+export type { SampleSettings } from "./src/gpu/ops/sample.ts";
+export type { DualCacheStats } from "./src/kv/dual_cache.ts";
+export { GpuProfiler, type ProfileRow } from "./src/gpu/profiler.ts";
 export {
   argmax,
   type Candidates,
@@ -42,10 +52,26 @@ export {
   renderChat,
   type RenderedChat,
 } from "./src/chat/template.ts";
-export { type Tokenizer, tokenizerFromMetadata } from "./src/tokenizer/tokenizer.ts";
-export { GGUFFile, type MetadataValue, openGGUF, type TensorInfo } from "./src/gguf/reader.ts";
+export {
+  type DecodeOptions,
+  type EncodeOptions,
+  type StreamDecoder,
+  type StreamDecoderOptions,
+  type Tokenizer,
+  tokenizerFromMetadata,
+} from "./src/tokenizer/tokenizer.ts";
+export type { TokenizerMetadata, Vocab } from "./src/tokenizer/vocab.ts";
+export {
+  GGUFFile,
+  GGUFValueType,
+  type MetadataType,
+  type MetadataValue,
+  openGGUF,
+  type TensorInfo,
+} from "./src/gguf/reader.ts";
 export { GGMLType, type GGMLTypeInfo, typeInfo } from "./src/gguf/types.ts";
 export { hparamsFromGGUF, type LlamaHParams } from "./src/model/hparams.ts";
+export type { Llama3RopeScaling } from "./src/model/ops.ts";
 export { ReferenceModel } from "./src/model/reference.ts";
 export {
   SYNTH_SHAPES,
@@ -55,10 +81,18 @@ export {
   type SynthType,
   writeSyntheticModel,
 } from "./src/model/synth.ts";
-export { getGpu, Gpu, type GpuOptions } from "./src/gpu/device.ts";
-export { type GateLayer, type GateWeights, readGate, writeGate } from "./src/gate/format.ts";
-export { importGate } from "./src/gate/import.ts";
-export { initGate } from "./src/gate/init.ts";
+export { getGpu, Gpu, type GpuOptions, type Kernel } from "./src/gpu/device.ts";
+export {
+  type GateActivation,
+  type GateLayer,
+  type GateWeights,
+  readGate,
+  type ReadGateOptions,
+  writeGate,
+} from "./src/gate/format.ts";
+export type { KeyOrder } from "./src/gate/key_order.ts";
+export { importGate, type ImportGateOptions } from "./src/gate/import.ts";
+export { initGate, type InitGateOptions } from "./src/gate/init.ts";
 export { gateScores } from "./src/gate/reference.ts";
 export * from "./src/errors.ts";
 export { VERSION } from "./src/version.ts";

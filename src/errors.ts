@@ -11,6 +11,7 @@
 export class WgkvError extends Error {
   /** Process exit status the CLI uses for this error. */
   readonly exitCode: number = 1;
+  /** An error with a message for people (one line, naming the file or flag and what is wrong). */
   constructor(message: string, options?: ErrorOptions) {
     super(message, options);
     this.name = new.target.name;
@@ -25,6 +26,7 @@ export class UnsupportedError extends WgkvError {}
 
 /** A command-line flag or library option is unknown or has an invalid value. */
 export class BadFlagError extends WgkvError {
+  /** Exit status 2, as for other usage errors. */
   override readonly exitCode = 2;
 }
 
