@@ -129,6 +129,9 @@ Deno.test("gpu matvec subblock: workgroup shapes, including reductions wider tha
     { workgroupSize: 32, rowsPerWorkgroup: 1, tokensPerWorkgroup: 1 },
     { workgroupSize: 256, rowsPerWorkgroup: 5, tokensPerWorkgroup: 3 }, // more threads than units
     { workgroupSize: 64, rowsPerWorkgroup: 2, tokensPerWorkgroup: 8 },
+    // Several units per step: 16 units of Q8_0 per row over 32 threads (a ragged last step), 2 of Q4_K.
+    { workgroupSize: 32, rowsPerWorkgroup: 3, tokensPerWorkgroup: 2, unitsPerStep: 2 },
+    { workgroupSize: 32, rowsPerWorkgroup: 4, tokensPerWorkgroup: 1, unitsPerStep: 4 },
   ];
   for (const [name, { weight, w }] of [["Q4_K", q4], ["Q8_0", q8]] as const) {
     for (const tuning of tunings) {
@@ -157,6 +160,11 @@ Deno.test("gpu matvec subblock: variant choice and one-line errors", async () =>
   const step = new StepParams(gpu, 1);
   const x = gpu.buffer("x", 256 * 4);
   const y = gpu.buffer("y", 2 * 4);
+  throws(
+    () =>
+      createMatvec(gpu, { label: "q", weight: q6, x, y, maxTokens: 1, step, tuning: { unitsPerStep: 3 } }),
+    /q: unitsPerStep must be 1, 2 or 4, got 3/,
+  );
   throws(
     () =>
       createMatvec(gpu, {
@@ -216,7 +224,11 @@ Deno.test("gpu matvec subblock: fused gate/up + SwiGLU in both variants matches 
     const step = new StepParams(gpu, maxTokens);
     const g = products(gate.w, x, c.m, c.rows, c.cols);
     const u = products(up.w, x, c.m, c.rows, c.cols);
-    for (const variant of MATVEC_VARIANTS) {
+    const tunings = [
+      ...MATVEC_VARIANTS.map((variant) => ({ variant, tokensPerWorkgroup: 4, rowsPerWorkgroup: 3 })),
+      { workgroupSize: 32, tokensPerWorkgroup: 2, rowsPerWorkgroup: 2, unitsPerStep: 4 },
+    ];
+    for (const tuning of tunings) {
       const out = nans(gpu, "out", maxTokens * c.rows);
       const op = createGateUpSwiGlu(gpu, {
         label: "gate_up",
@@ -226,10 +238,10 @@ Deno.test("gpu matvec subblock: fused gate/up + SwiGLU in both variants matches 
         out,
         maxTokens,
         step,
-        tuning: { variant, tokensPerWorkgroup: 4, rowsPerWorkgroup: 3 },
+        tuning,
       });
       const [got] = await run(gpu, [op], step, c.m, 0, [out]);
-      const what = `${c.type} ${variant} rows=${c.rows} cols=${c.cols} m=${c.m}`;
+      const what = `${c.type} ${JSON.stringify(tuning)} rows=${c.rows} cols=${c.cols} m=${c.m}`;
       for (let i = 0; i < c.m * c.rows; i++) {
         const want = silu(g.sum[i]) * u.sum[i];
         const bound = TOL * (1.1 * g.abs[i] * Math.abs(u.sum[i]) + Math.abs(silu(g.sum[i])) * u.abs[i]) +

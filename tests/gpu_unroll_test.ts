@@ -37,7 +37,7 @@ Deno.test("unroll: a marker on something else or a non-constant bound is a one-l
   throws(() => unrollLoops("// @unroll\nfor (var i = 0u; i < 4u; i++) { "), UnsupportedError);
 });
 
-Deno.test("specialise: given overrides become consts of their type; the rest stay overrides", () => {
+Deno.test("specialise: given overrides become consts of their type, the others consts of their defaults", () => {
   const code = [
     "override rows: u32 = 4u;",
     "override scale: f32 = 0.125;",
@@ -45,6 +45,7 @@ Deno.test("specialise: given overrides become consts of their type; the rest sta
     "override signed: i32 = -1i;",
     "override flag: bool = false;",
     "override untouched: u32 = 7u;",
+    "override derived: u32 = untouched * 2u;",
   ].join("\n");
   const { code: out, overrides } = specialiseOverrides(code, {
     rows: 8,
@@ -62,7 +63,8 @@ Deno.test("specialise: given overrides become consts of their type; the rest sta
       "const eps: f32 = 0.000001;",
       "const signed: i32 = -3i;",
       "const flag: bool = true;",
-      "override untouched: u32 = 7u;",
+      "const untouched: u32 = 7u;",
+      "const derived: u32 = untouched * 2u;",
     ].join("\n"),
   );
   deepEqual(overrides, { elsewhere: 2 });

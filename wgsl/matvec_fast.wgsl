@@ -67,6 +67,8 @@ override row_bytes_c: u32 = 144u;
 override wg_size: u32 = 64u;
 override rows_per_wg: u32 = 4u;
 override tokens_per_wg: u32 = 1u;
+// Units each thread loads before computing on them (1, 2 or 4): more loads in flight per thread.
+override units_per_step: u32 = 1u;
 // Lanes of the first reduction step (a power of two dividing wg_size).
 override reduce_lanes: u32 = 8u;
 // Sums per (row, token): 2 for `swiglu` (gate and up), else 1.
@@ -87,6 +89,7 @@ override norm_eps: f32 = 1e-5;
 
 const MAX_ROWS = 8u;
 const MAX_TOKENS = 8u;
+const MAX_UNITS_PER_STEP = 4u;
 const TWO_PI: f32 = 6.283185307179586;
 
 @group(0) @binding(0) var<storage, read> W_a: array<{{WORD_A}}>;
@@ -225,23 +228,34 @@ fn swiglu(
   // Gate and up have the same type: one x load per unit and token serves both.
   var acc_gate: array<f32, MAX_ROWS * MAX_TOKENS>;
   var acc_up: array<f32, MAX_ROWS * MAX_TOKENS>;
-  for (var u = tid; u < cols / UNIT_ELEMS_a; u += wg_size) {
-    var raw_gate: array<Raw_a, MAX_ROWS>;
-    var raw_up: array<Raw_b, MAX_ROWS>;
+  let units = cols / UNIT_ELEMS_a;
+  for (var u0 = tid; u0 < units; u0 += wg_size * units_per_step) {
+    var raw_gate: array<Raw_a, MAX_ROWS * MAX_UNITS_PER_STEP>; // [step unit k][row r]
+    var raw_up: array<Raw_b, MAX_ROWS * MAX_UNITS_PER_STEP>;
     // @unroll
-    for (var r = 0u; r < rows_per_wg; r++) {
-      let row = min(row0 + r, rows_a - 1u);
-      raw_gate[r] = unit_load_a(row_bytes_a, row, u);
-      raw_up[r] = unit_load_b(row_bytes_b, row, u);
+    for (var k = 0u; k < units_per_step; k++) {
+      let u = min(u0 + k * wg_size, units - 1u); // past the end: a repeat, not used below
+      // @unroll
+      for (var r = 0u; r < rows_per_wg; r++) {
+        let row = min(row0 + r, rows_a - 1u);
+        raw_gate[k * MAX_ROWS + r] = unit_load_a(row_bytes_a, row, u);
+        raw_up[k * MAX_ROWS + r] = unit_load_b(row_bytes_b, row, u);
+      }
     }
     // @unroll
-    for (var t = 0u; t < tokens_per_wg; t++) {
-      if (t < nt) {
-        let xs = unit_x_a((t0 + t) * (cols / 4u), u);
+    for (var k = 0u; k < units_per_step; k++) {
+      let u = u0 + k * wg_size;
+      if (u < units) {
         // @unroll
-        for (var r = 0u; r < rows_per_wg; r++) {
-          acc_gate[r * MAX_TOKENS + t] += unit_dot_a(raw_gate[r], xs, u);
-          acc_up[r * MAX_TOKENS + t] += unit_dot_b(raw_up[r], xs, u);
+        for (var t = 0u; t < tokens_per_wg; t++) {
+          if (t < nt) {
+            let xs = unit_x_a((t0 + t) * (cols / 4u), u);
+            // @unroll
+            for (var r = 0u; r < rows_per_wg; r++) {
+              acc_gate[r * MAX_TOKENS + t] += unit_dot_a(raw_gate[k * MAX_ROWS + r], xs, u);
+              acc_up[r * MAX_TOKENS + t] += unit_dot_b(raw_up[k * MAX_ROWS + r], xs, u);
+            }
+          }
         }
       }
     }

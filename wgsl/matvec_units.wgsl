@@ -51,25 +51,36 @@ fn sum4(v: vec4f) -> f32 {
 }
 // The sums Σ_c W[row][c] · x[t][c] of this thread's units for the rows row0 .. row0 + rows_per_wg − 1
 // (clamped to last_row: rows past it repeat it and are not to be written) and the tokens t0 .. t0 + nt − 1,
-// at acc[r · MAX_TOKENS + t]. Threads take units tid, tid + wg_size, …; all rows' loads of a unit are issued
-// before any arithmetic on them.
+// at acc[r · MAX_TOKENS + t]. Threads take units tid, tid + wg_size, …, units_per_step of them per step:
+// the loads of every row of all those units are issued before any arithmetic on them.
 fn accumulate(row_bytes: u32, row0: u32, last_row: u32, t0: u32, nt: u32, tid: u32)
     -> array<f32, MAX_ROWS * MAX_TOKENS> {
   var acc: array<f32, MAX_ROWS * MAX_TOKENS>;
   let x_row = cols / 4u;
-  for (var u = tid; u < cols / UNIT_ELEMS; u += wg_size) {
-    var raw: array<Raw, MAX_ROWS>;
+  let units = cols / UNIT_ELEMS;
+  for (var u0 = tid; u0 < units; u0 += wg_size * units_per_step) {
+    var raw: array<Raw, MAX_ROWS * MAX_UNITS_PER_STEP>; // [step unit k][row r]
     // @unroll
-    for (var r = 0u; r < rows_per_wg; r++) {
-      raw[r] = unit_load(row_bytes, min(row0 + r, last_row), u);
+    for (var k = 0u; k < units_per_step; k++) {
+      let u = min(u0 + k * wg_size, units - 1u); // past the end: a repeat, not used below
+      // @unroll
+      for (var r = 0u; r < rows_per_wg; r++) {
+        raw[k * MAX_ROWS + r] = unit_load(row_bytes, min(row0 + r, last_row), u);
+      }
     }
     // @unroll
-    for (var t = 0u; t < tokens_per_wg; t++) {
-      if (t < nt) {
-        let xs = unit_x((t0 + t) * x_row, u);
+    for (var k = 0u; k < units_per_step; k++) {
+      let u = u0 + k * wg_size;
+      if (u < units) {
         // @unroll
-        for (var r = 0u; r < rows_per_wg; r++) {
-          acc[r * MAX_TOKENS + t] += unit_dot(raw[r], xs, u);
+        for (var t = 0u; t < tokens_per_wg; t++) {
+          if (t < nt) {
+            let xs = unit_x((t0 + t) * x_row, u);
+            // @unroll
+            for (var r = 0u; r < rows_per_wg; r++) {
+              acc[r * MAX_TOKENS + t] += unit_dot(raw[k * MAX_ROWS + r], xs, u);
+            }
+          }
         }
       }
     }

@@ -69,9 +69,11 @@ function literal(type: string, value: number): string {
 }
 
 /**
- * Turns the `override` declarations named in `constants` into `const` declarations with those values and
- * returns the new source with the constants that remain overrides. Constant bounds let `// @unroll` loops
- * and fixed-size arrays depend on them; every distinct value set is then its own shader module.
+ * Turns `override` declarations into `const` declarations: those named in `constants` with those values,
+ * the others with their default expressions (what the pipeline would use anyway). Returns the new source and
+ * the constants that match no override (left to the pipeline, which reports unknown names). Constant bounds
+ * let `// @unroll` loops and fixed-size arrays depend on them; every distinct value set is then its own
+ * shader module.
  */
 export function specialiseOverrides(
   code: string,
@@ -87,5 +89,6 @@ export function specialiseOverrides(
     }
     code = code.replace(declaration, `const ${name}: ${match[1]} = ${literal(match[1], value)};`);
   }
+  code = code.replace(/override (\w+\s*:\s*(?:u32|i32|f32|bool)\s*=[^;]*;)/g, "const $1");
   return { code, overrides };
 }

@@ -32,7 +32,13 @@ import {
   type StepParams,
 } from "./op.ts";
 import { ropeTurnTable } from "./rope.ts";
-import { chooseMatvecVariant, type MatvecVariant, reduceLanes, subblockDefines } from "./matvec_units.ts";
+import {
+  checkUnitsPerStep,
+  chooseMatvecVariant,
+  type MatvecVariant,
+  reduceLanes,
+  subblockDefines,
+} from "./matvec_units.ts";
 
 /** Tuning knobs of the fused decode kernels (WGSL override constants). */
 export interface FusedMatvecTuning {
@@ -50,6 +56,8 @@ export interface FusedMatvecTuning {
    * (`wgsl/matvec_fused.wgsl`, every type). Default: subblock where it applies. See `./matvec_units.ts`.
    */
   variant?: MatvecVariant;
+  /** Sub-block kernel: units each thread loads before computing on them, 1, 2 or 4 (default 1). */
+  unitsPerStep?: number;
 }
 
 /**
@@ -231,7 +239,9 @@ export function createGateUpSwiGlu(gpu: Gpu, options: GateUpSwiGluOptions): GpuO
       wg_size: shape.workgroupSize,
       rows_per_wg: shape.rowsPerWorkgroup,
       tokens_per_wg: shape.tokensPerWorkgroup,
-      ...(subblock ? { reduce_lanes: reduceLanes(shape.workgroupSize), slots: 2 } : {}),
+      ...(subblock
+        ? { reduce_lanes: reduceLanes(shape.workgroupSize), slots: 2, units_per_step: shape.unitsPerStep }
+        : {}),
     },
     subblock ? subblockDefines(gate, up) : {
       DEQUANT_A: suffixedDequantSource(gate.info.name, "a"),
@@ -365,7 +375,9 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
       rope_pairs: ropePairs,
       n_chunks: turns.chunks,
       keep_pre_k: options.kPre ? 1 : 0,
-      ...(subblock ? { reduce_lanes: reduceLanes(shape.workgroupSize) } : {}),
+      ...(subblock
+        ? { reduce_lanes: reduceLanes(shape.workgroupSize), units_per_step: shape.unitsPerStep }
+        : {}),
     },
     subblock ? subblockDefines(wq, wk, wv) : {
       DEQUANT_A: suffixedDequantSource(wq.info.name, "a"),
@@ -444,6 +456,7 @@ interface Shape {
   rowsPerWorkgroup: number;
   tokensPerWorkgroup: number;
   tokenGroups: number;
+  unitsPerStep: number;
 }
 
 /** The tuning to use: the given values, checked, or defaults shrunk to fit the workgroup memory. */
@@ -486,7 +499,8 @@ function tuningFor(gpu: Gpu, op: string, request: ShapeRequest): Shape {
   const tokenGroups = ceilDiv(request.maxTokens, tokensPerWorkgroup);
   checkWorkgroups(gpu, op, tokenGroups);
   const variant = chooseMatvecVariant(op, request.weights, t.variant);
-  return { variant, workgroupSize, rowsPerWorkgroup, tokensPerWorkgroup, tokenGroups };
+  const unitsPerStep = checkUnitsPerStep(op, t.unitsPerStep);
+  return { variant, workgroupSize, rowsPerWorkgroup, tokensPerWorkgroup, tokenGroups, unitsPerStep };
 }
 
 /** A (x, y, z) grid holding `groups` workgroups in x·y (x within the device limit) and `z` in z. */

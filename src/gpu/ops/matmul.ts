@@ -12,6 +12,7 @@ import type { Gpu, Kernel } from "../device.ts";
 import { dequantSource, type GpuWeight } from "../weights.ts";
 import {
   bindNumbered,
+  checkUnitsPerStep,
   chooseMatvecVariant,
   type MatvecVariant,
   reduceLanes,
@@ -57,6 +58,8 @@ export interface MatvecTuning {
    * subblock where it applies. See `./matvec_units.ts`.
    */
   variant?: MatvecVariant;
+  /** Sub-block kernel: units each thread loads before computing on them, 1, 2 or 4 (default 1). */
+  unitsPerStep?: number;
 }
 
 /**
@@ -213,6 +216,7 @@ export function createMatvec(gpu: Gpu, options: MatvecOptions): MatvecOp {
         tokens_per_wg: tokensPerWorkgroup,
         reduce_lanes: reduceLanes(workgroupSize),
         norm_mode: fold ? 1 : 0,
+        units_per_step: checkUnitsPerStep(op, t.unitsPerStep),
         norm_partials: Math.max(1, normPartials),
       },
       subblockDefines(weight),

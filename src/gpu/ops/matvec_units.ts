@@ -73,6 +73,15 @@ export function chooseMatvecVariant(
   return requested ?? (blocker ? "dq16" : "subblock");
 }
 
+/** The sub-block kernels' units per step (1, 2 or 4; default 1), checked: a {@link BadFlagError} naming `op`. */
+export function checkUnitsPerStep(op: string, unitsPerStep: number | undefined): number {
+  const value = unitsPerStep ?? 1;
+  if (![1, 2, 4].includes(value)) {
+    throw new BadFlagError(`${op}: unitsPerStep must be 1, 2 or 4, got ${value}`);
+  }
+  return value;
+}
+
 /** Lanes of the first reduction step for `workgroupSize` threads: about its square root, a power of two. */
 export function reduceLanes(workgroupSize: number): number {
   return 2 ** Math.ceil(Math.log2(workgroupSize) / 2);
