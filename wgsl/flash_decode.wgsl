@@ -36,7 +36,8 @@
 //      16-byte loads of the whole K row (no reduction between threads);
 //   2. values: the threads form key groups of head_dim / 8 lanes; lane i owns output dimensions
 //      [8i, 8i + 8) of the 4 heads, and each key group walks its own slice of the block's keys with its own
-//      online softmax (running max and sum per head), reading whole V rows with coalesced 16-byte loads;
+//      online softmax (running max and sum per head), reading whole V rows with coalesced 16-byte loads,
+//      V_CHUNK keys at a time (the first chunk is loaded before step 1, since it does not need the scores);
 //   3. after the last block the key groups' states are merged pairwise in workgroup memory.
 // Two barriers per block of keys, none inside the dot products.
 
