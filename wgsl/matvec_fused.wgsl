@@ -61,7 +61,6 @@ override keep_pre_k: u32 = 0u;
 
 const MAX_ROWS = 8u;
 const MAX_TOKENS = 8u;
-const TWO_PI: f32 = 6.283185307179586;
 
 @group(0) @binding(0) var<storage, read> W_a: array<u32>;
 @group(0) @binding(1) var<storage, read> W_b: array<u32>;
@@ -220,17 +219,8 @@ fn dq4_of(weight: u32, row: u32, e: u32) -> vec4f {
   return dq4_c(row * row_bytes_c, e);
 }
 
-// (cos, sin) of the angle of `pair` at position `pos`: 2π · frac(pos · turns-per-position), summing the
-// fractional parts of the exact products with the table's parts (the scheme of wgsl/rope.wgsl).
-fn rotation(pos: u32, pair: u32) -> vec2f {
-  let p = f32(pos);
-  var frac_turns = 0.0;
-  for (var c = 0u; c < n_chunks; c++) {
-    frac_turns = fract(frac_turns + fract(p * turns[pair * n_chunks + c]));
-  }
-  let angle = (frac_turns - round(frac_turns)) * TWO_PI; // in [-π, π]
-  return vec2f(cos(angle), sin(angle));
-}
+// rope_rotation(pos, pair, chunks): (cos, sin) of the angle of `pair` at position `pos`.
+// #include rope_angle
 
 @compute @workgroup_size(wg_size)
 fn qkv(
@@ -328,7 +318,7 @@ fn qkv(
         // Rows 2i and 2i + 1 of a head are a rotated pair; row0 and rows_per_wg are even, so the
         // partner's sum sits in this workgroup's slot r ^ 1.
         let other = partial[((r ^ 1u) * tokens_per_wg + t) * wg_size];
-        let cs = rotation(step.pos0 + t0 + t, column / 2u);
+        let cs = rope_rotation(step.pos0 + t0 + t, column / 2u, n_chunks);
         if ((row & 1u) == 0u) {
           value = value * cs.x - other * cs.y;
         } else {

@@ -30,24 +30,13 @@ override K_STRIDE: u32 = 64u;
 override K_COL: u32 = 0u;
 override WG: u32 = 64u;
 
-const TWO_PI: f32 = 6.283185307179586;
-
 struct Step { nTokens: u32, pos0: u32, _pad0: u32, _pad1: u32 }
 
 @group(0) @binding(0) var<storage, read> turns: array<f32>;
 @group(0) @binding(1) var<uniform> step: Step;
 
-// (cos, sin) of the angle of `pair` at position `pos`: 2π · frac(pos · turnsPerPos[pair]), with the
-// exact range reduction described above.
-fn rotation(pos: u32, pair: u32) -> vec2f {
-  let p = f32(pos);
-  var frac_turns = 0.0;
-  for (var c = 0u; c < N_CHUNKS; c++) {
-    frac_turns = fract(frac_turns + fract(p * turns[pair * N_CHUNKS + c]));
-  }
-  let angle = (frac_turns - round(frac_turns)) * TWO_PI; // in [-π, π]
-  return vec2f(cos(angle), sin(angle));
-}
+// rope_rotation(pos, pair, chunks): (cos, sin) of the angle of `pair` at position `pos`.
+// #include rope_angle
 
 // Index of element 2·pair of head `head` (Q heads first, then K heads) in token row t.
 fn pair_index(t: u32, head: u32, pair: u32) -> u32 {
@@ -68,7 +57,7 @@ fn main(@builtin(global_invocation_id) id: vec3u) {
   let head = id.x / N_PAIRS;
   let pair = id.x % N_PAIRS;
   if (t >= step.nTokens || head >= N_Q_HEADS + N_K_HEADS) { return; }
-  let cs = rotation(step.pos0 + t, pair);
+  let cs = rope_rotation(step.pos0 + t, pair, N_CHUNKS);
   let i = pair_index(t, head, pair);
   if (head < N_Q_HEADS) {
     let r = rotate(vec2f(q[i], q[i + 1u]), cs);
@@ -89,7 +78,7 @@ fn packed(@builtin(global_invocation_id) id: vec3u) {
   let head = id.x / N_PAIRS;
   let pair = id.x % N_PAIRS;
   if (t >= step.nTokens || head >= N_Q_HEADS + N_K_HEADS) { return; }
-  let cs = rotation(step.pos0 + t, pair);
+  let cs = rope_rotation(step.pos0 + t, pair, N_CHUNKS);
   let i = pair_index(t, head, pair);
   let r = rotate(vec2f(qk[i], qk[i + 1u]), cs);
   qk[i] = r.x;

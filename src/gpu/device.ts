@@ -8,7 +8,7 @@
 
 import { DeviceError, OutOfMemoryError } from "../errors.ts";
 import { specialiseOverrides, unrollLoops } from "./unroll.ts";
-import { loadShader, preloadShaders, SHADER_NAMES, shadersAreLocal } from "./shader.ts";
+import { includeShaders, loadShader, preloadShaders, SHADER_NAMES, shadersAreLocal } from "./shader.ts";
 
 /** Storage | copy-dst | copy-src: the usage of almost every buffer we make. */
 export const STORAGE_USAGE = 0x80 /* STORAGE */ | 0x08 /* COPY_DST */ | 0x04; /* COPY_SRC */
@@ -111,7 +111,8 @@ export class Gpu {
   /**
    * Returns the compute pipeline for shader `name` (a file in `wgsl/` without extension) specialised by
    * `constants` (WGSL `override` values) and `defines` (text substitutions of `{{NAME}}` placeholders, for
-   * what `override` cannot reach, e.g. element types). Cached by name + specialisation. Overrides given a
+   * what `override` cannot reach, e.g. element types), after `// #include NAME` lines are replaced by
+   * `wgsl/NAME.wgsl`. Cached by name + specialisation. Overrides given a
    * value become `const` declarations and loops marked `// @unroll` are unrolled (see `./unroll.ts`), so
    * register blocks sized or walked by them stay in registers.
    */
@@ -124,7 +125,7 @@ export class Gpu {
     const key = `${name}:${entryPoint}:${JSON.stringify(constants)}:${JSON.stringify(defines)}`;
     const cached = this.#pipelines.get(key);
     if (cached) return cached;
-    let code = loadShader(name);
+    let code = includeShaders(loadShader(name));
     for (const [k, v] of Object.entries(defines)) code = code.replaceAll(`{{${k}}}`, v);
     const specialised = specialiseOverrides(code, constants);
     code = unrollLoops(specialised.code);

@@ -31,6 +31,7 @@ export const SHADER_NAMES: readonly string[] = [
   "matvec_units",
   "rmsnorm",
   "rope",
+  "rope_angle",
   "sample",
   "smoke",
   "wgkv_append",
@@ -57,6 +58,18 @@ export function loadShader(name: string): string {
   const text = Deno.readTextFileSync(url);
   cache.set(name, text);
   return text;
+}
+
+/**
+ * `code` with each line `// #include NAME` replaced by the text of `wgsl/NAME.wgsl` (functions several
+ * kernels share; an included file may include others, each at most once per shader).
+ */
+export function includeShaders(code: string, seen: Set<string> = new Set()): string {
+  return code.replace(/^[ \t]*\/\/ #include (\w+)[ \t]*$/gm, (_line, name: string) => {
+    if (seen.has(name)) return "";
+    seen.add(name);
+    return includeShaders(loadShader(name), seen);
+  });
 }
 
 /** Fetches the named shaders into the cache (needed when the module itself was imported over https). */
