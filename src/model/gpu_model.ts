@@ -411,6 +411,27 @@ export class GpuModel {
         step,
       });
       const ops: GpuOp[] = [embed];
+      // A producer of a folded norm: x += input·Wᵀ in place, xn = x · normWeight, and the sums of squares
+      // the next fused op scales by; returns what that op needs.
+      const foldedProduct = (label: string, weight: GpuWeight, input: GPUBuffer, normWeight: GPUBuffer) => {
+        const producer = createMatvec(gpu, {
+          label,
+          weight,
+          x: input,
+          y: act.x,
+          maxTokens,
+          step,
+          fold: { weight: normWeight, out: act.xn, sums: act.normSums },
+        });
+        ops.push(producer);
+        const norm: FoldedNormInput = {
+          sums: act.normSums,
+          partials: producer.normPartials,
+          width: E,
+          eps: hp.rmsEps,
+        };
+        return norm;
+      };
       if (dual) ops.push(createWgkvPromote(gpu, { label: `${tag}kv_promote`, kv: dual, maxTokens }));
       // xn = rmsnorm(x) · weight, after x += proj when `addProjection` (the residual of the op before).
       const norm = (label: string, weight: GPUBuffer, addProjection: boolean) =>
@@ -538,18 +559,7 @@ export class GpuModel {
         const foldFfnNorm = canFuseGateUp(w.wGate, w.wUp) && foldable(w.wo, [w.wGate, w.wUp]);
         let gateUpNorm: FoldedNormInput | undefined;
         if (foldFfnNorm) {
-          // x += att·Woᵀ in place, xn = x · ffn_norm, and the sums of squares the gate/up op scales by.
-          const producer = createMatvec(gpu, {
-            label: `${p}attn_output`,
-            weight: w.wo,
-            x: act.att,
-            y: act.x,
-            maxTokens,
-            step,
-            fold: { weight: w.ffnNorm, out: act.xn, sums: act.normSums },
-          });
-          ops.push(producer);
-          gateUpNorm = { sums: act.normSums, partials: producer.normPartials, width: E, eps: hp.rmsEps };
+          gateUpNorm = foldedProduct(`${p}attn_output`, w.wo, act.att, w.ffnNorm);
         } else {
           ops.push(linear(`${p}attn_output`, w.wo, act.att, act.proj));
           ops.push(norm(`${p}ffn_norm`, w.ffnNorm, true));
@@ -595,18 +605,7 @@ export class GpuModel {
         const next = l + 1 < hp.nLayer ? layers[l + 1] : undefined;
         qkvNorm = undefined;
         if (next && canFuseQkv(next.wq, next.wk, next.wv) && foldable(w.wDown, [next.wq, next.wk, next.wv])) {
-          // x += gate·Wdownᵀ in place, xn = x · the next attn_norm, and the sums its QKV op scales by.
-          const producer = createMatvec(gpu, {
-            label: `${p}ffn_down`,
-            weight: w.wDown,
-            x: act.gate,
-            y: act.x,
-            maxTokens,
-            step,
-            fold: { weight: next.attnNorm, out: act.xn, sums: act.normSums },
-          });
-          ops.push(producer);
-          qkvNorm = { sums: act.normSums, partials: producer.normPartials, width: E, eps: hp.rmsEps };
+          qkvNorm = foldedProduct(`${p}ffn_down`, w.wDown, act.gate, next.attnNorm);
         } else {
           ops.push(linear(`${p}ffn_down`, w.wDown, act.gate, act.proj));
           ops.push(
