@@ -3,11 +3,12 @@ import { BadFlagError } from "../src/errors.ts";
 import { getGpu, type Gpu } from "../src/gpu/device.ts";
 import { createGateUpSwiGlu, createQkvMatvec } from "../src/gpu/ops/fused.ts";
 import { createMatvec } from "../src/gpu/ops/matmul.ts";
-import { type GpuOp, StepParams } from "../src/gpu/ops/op.ts";
+import { StepParams } from "../src/gpu/ops/op.ts";
 import { GpuWeight } from "../src/gpu/weights.ts";
 import { typeInfo } from "../src/gguf/types.ts";
 import { rope, ropeInverseFrequencies } from "../src/model/ops.ts";
 import { dequantized, randomBlocks, randomF32, typeOf } from "./gpu_quant_data.ts";
+import { runOps } from "./gpu_ops_helpers.ts";
 
 /** A random weight of type `name` with `rows` rows of `cols` values, on the GPU and dequantised. */
 function randomWeight(gpu: Gpu, label: string, name: string, rows: number, cols: number) {
@@ -40,16 +41,6 @@ function rmsNorm(y: Float64Array, gamma: Float32Array, m: number, width: number,
     for (let i = 0; i < width; i++) out[t * width + i] = y[t * width + i] * scale * gamma[i];
   }
   return out;
-}
-
-async function runOps(gpu: Gpu, ops: GpuOp[], step: StepParams, m: number, pos0: number, read: GPUBuffer[]) {
-  step.set(m, pos0);
-  const encoder = gpu.device.createCommandEncoder();
-  const pass = encoder.beginComputePass();
-  for (const op of ops) op.encode(pass);
-  pass.end();
-  gpu.device.queue.submit([encoder.finish()]);
-  return await Promise.all(read.map((b) => gpu.readF32(b)));
 }
 
 function expectNear(what: string, got: Float32Array, want: Float64Array, n: number, rel: number): void {

@@ -11,23 +11,13 @@ import {
   suffixedDequantSource,
 } from "../src/gpu/ops/fused.ts";
 import { createMatvec } from "../src/gpu/ops/matmul.ts";
-import { type GpuOp, StepParams } from "../src/gpu/ops/op.ts";
+import { StepParams } from "../src/gpu/ops/op.ts";
 import { createRope } from "../src/gpu/ops/rope.ts";
 import { GpuWeight } from "../src/gpu/weights.ts";
 import { typeInfo } from "../src/gguf/types.ts";
 import { rope, ropeInverseFrequencies } from "../src/model/ops.ts";
 import { dequantized, randomBlocks, randomF32, typeOf } from "./gpu_quant_data.ts";
-
-/** Runs `ops` in one pass with `m` tokens at position `pos0`, then reads `outputs` back. */
-async function run(gpu: Gpu, ops: GpuOp[], step: StepParams, m: number, pos0: number, outputs: GPUBuffer[]) {
-  step.set(m, pos0);
-  const encoder = gpu.device.createCommandEncoder();
-  const pass = encoder.beginComputePass();
-  for (const op of ops) op.encode(pass);
-  pass.end();
-  gpu.device.queue.submit([encoder.finish()]);
-  return await Promise.all(outputs.map((b) => gpu.readF32(b)));
-}
+import { runOps } from "./gpu_ops_helpers.ts";
 
 /** A random weight of type `name` with `rows` rows of `cols` values, on the GPU and dequantised. */
 function randomWeight(
@@ -113,7 +103,7 @@ Deno.test("gpu fused: gate/up + SwiGLU matches the CPU reference at odd shapes",
       step,
       tuning: { tokensPerWorkgroup: 4 },
     });
-    const [got] = await run(gpu, [op], step, c.m, 0, [out]);
+    const [got] = await runOps(gpu, [op], step, c.m, 0, [out]);
     const g = products(gate.w, x, c.m, c.rows, cols);
     const u = products(up.w, x, c.m, c.rows, cols);
     const what = `${c.type} rows=${c.rows} cols=${cols} m=${c.m}`;
@@ -161,7 +151,7 @@ Deno.test("gpu fused: gate/up + SwiGLU agrees with matvec, matvec, SwiGLU and re
     const x = randomF32(m * cols);
     gpu.device.queue.writeBuffer(xBuf, 0, x);
     gpu.device.queue.writeBuffer(fusedBuf, 0, new Float32Array(maxTokens * rows).fill(NaN));
-    const [want, got] = await run(gpu, [...unfused, fused], step, m, 0, [outBuf, fusedBuf]);
+    const [want, got] = await runOps(gpu, [...unfused, fused], step, m, 0, [outBuf, fusedBuf]);
     const g = products(gate.w, x, m, rows, cols);
     const u = products(up.w, x, m, rows, cols);
     for (let i = 0; i < m * rows; i++) {
@@ -198,7 +188,7 @@ Deno.test("gpu fused: prefill gate/up + SwiGLU matmul matches the CPU reference 
       maxTokens,
       step,
     });
-    const [got] = await run(gpu, [op], step, c.m, 0, [out]);
+    const [got] = await runOps(gpu, [op], step, c.m, 0, [out]);
     const g = products(gate.w, x, c.m, c.rows, cols);
     const u = products(up.w, x, c.m, c.rows, cols);
     const what = `${c.type} rows=${c.rows} cols=${cols} m=${c.m}`;
@@ -316,7 +306,7 @@ Deno.test("gpu fused: QKV matvec with RoPE (and K before RoPE) matches the CPU r
       kPre: outs[3],
       tuning: { tokensPerWorkgroup: 4 },
     });
-    const got = await run(gpu, [op], step, c.m, c.pos0, outs);
+    const got = await runOps(gpu, [op], step, c.m, c.pos0, outs);
     const what = `${c.types.join("/")} cols=${c.cols} head=${c.headDim}/${c.ropeDim} m=${c.m} pos0=${c.pos0}`;
     const parts = [[wq.w, qRows, c.qHeads], [wk.w, kvRows, c.kvHeads], [wv.w, kvRows, 0]] as const;
     parts.forEach(([w, rows, heads], n) => {
@@ -404,7 +394,7 @@ Deno.test("gpu fused: QKV + RoPE agrees with three matvecs and the RoPE op at a 
     rope: { headDim, invFreq, maxPosition },
     ...common,
   });
-  const got = await run(gpu, [...unfused, fused], step, maxTokens, 131070, [...ref, ...outs]);
+  const got = await runOps(gpu, [...unfused, fused], step, maxTokens, 131070, [...ref, ...outs]);
   for (let n = 0; n < 3; n++) {
     const rows = n === 0 ? qRows : kvRows;
     const w = [wq.w, wk.w, wv.w][n];

@@ -17,25 +17,15 @@ import {
   suffixDeclaredNames,
   unitsSource,
 } from "../src/gpu/ops/matvec_units.ts";
-import { type GpuOp, StepParams } from "../src/gpu/ops/op.ts";
+import { StepParams } from "../src/gpu/ops/op.ts";
 import { GpuWeight } from "../src/gpu/weights.ts";
 import { typeInfo } from "../src/gguf/types.ts";
 import { rope, ropeInverseFrequencies } from "../src/model/ops.ts";
 import { compareLinear, dequantized, randomBlocks, randomF32, typeOf } from "./gpu_quant_data.ts";
+import { runOps } from "./gpu_ops_helpers.ts";
 
 const TOL = 2e-5;
 const SUBBLOCK_TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_K", "Q5_K", "Q6_K"];
-
-/** Runs `ops` in one pass with `m` tokens at position `pos0`, then reads `outputs` back. */
-async function run(gpu: Gpu, ops: GpuOp[], step: StepParams, m: number, pos0: number, outputs: GPUBuffer[]) {
-  step.set(m, pos0);
-  const encoder = gpu.device.createCommandEncoder();
-  const pass = encoder.beginComputePass();
-  for (const op of ops) op.encode(pass);
-  pass.end();
-  gpu.device.queue.submit([encoder.finish()]);
-  return await Promise.all(outputs.map((b) => gpu.readF32(b)));
-}
 
 /** A random weight of type `name`, `rows` × `cols`, on the GPU (optionally split) and dequantised. */
 function randomWeight(gpu: Gpu, name: string, rows: number, cols: number, maxPartBytes?: number) {
@@ -103,7 +93,7 @@ for (const name of SUBBLOCK_TYPES) {
         const y = nans(gpu, "y", maxTokens * c.rows);
         const tuning: MatvecTuning = { variant, tokensPerWorkgroup: 4, rowsPerWorkgroup: 3 };
         const op = createMatvec(gpu, { label: name, weight, x: xBuf, y, maxTokens, step, tuning });
-        const [got] = await run(gpu, [op], step, c.m, 0, [y]);
+        const [got] = await runOps(gpu, [op], step, c.m, 0, [y]);
         const what = `${name} ${variant} rows=${c.rows} cols=${cols} m=${c.m} parts=${weight.parts.length}`;
         const bad = compareLinear(got, w, x, c.m, c.rows, cols, TOL);
         ok(bad === undefined, `${what}: ${bad}`);
@@ -138,7 +128,7 @@ Deno.test("gpu matvec subblock: workgroup shapes, including reductions wider tha
       const y = nans(gpu, "y", m * rows);
       const op = createMatvec(gpu, { label: "t", weight, x: xBuf, y, maxTokens: m, step, tuning });
       for (const n of [m, 5]) {
-        const [got] = await run(gpu, [op], step, n, 0, [y]);
+        const [got] = await runOps(gpu, [op], step, n, 0, [y]);
         const bad = compareLinear(got, w, x, n, rows, cols, TOL);
         ok(bad === undefined, `${name} ${JSON.stringify(tuning)} m=${n}: ${bad}`);
       }
@@ -240,7 +230,7 @@ Deno.test("gpu matvec subblock: fused gate/up + SwiGLU in both variants matches 
         step,
         tuning,
       });
-      const [got] = await run(gpu, [op], step, c.m, 0, [out]);
+      const [got] = await runOps(gpu, [op], step, c.m, 0, [out]);
       const what = `${c.type} ${JSON.stringify(tuning)} rows=${c.rows} cols=${c.cols} m=${c.m}`;
       for (let i = 0; i < c.m * c.rows; i++) {
         const want = silu(g.sum[i]) * u.sum[i];
@@ -332,7 +322,7 @@ Deno.test("gpu matvec subblock: fused QKV + RoPE with mixed types in both varian
         rope: { headDim: c.headDim, ropeDim: c.ropeDim, invFreq, maxPosition: 4096 },
         tuning: { variant, tokensPerWorkgroup: 2, rowsPerWorkgroup: 4 },
       });
-      const got = await run(gpu, [op], step, c.m, c.pos0, outs);
+      const got = await runOps(gpu, [op], step, c.m, c.pos0, outs);
       const what = `${c.types.join("/")} ${variant} m=${c.m}`;
       wants.forEach(({ want, abs, rows }, n) => {
         for (let i = 0; i < c.m * rows; i++) {

@@ -2,6 +2,7 @@
 
 import { fail } from "node:assert/strict";
 import type { Gpu } from "../src/gpu/device.ts";
+import type { GpuOp, StepParams } from "../src/gpu/ops/op.ts";
 
 /** `n` uniform random values in (−scale, scale), fresh each run, never zero. */
 export function randomF32(n: number, scale = 1): Float32Array {
@@ -32,4 +33,22 @@ export function expectClose(
       fail(`${what}: element ${i} is ${got[i]}, expected ${want[i]} (error ${err}, rel ${rel}, abs ${abs})`);
     }
   }
+}
+
+/** Runs `ops` in one compute pass with `m` tokens at position `pos0`, then reads `outputs` back. */
+export async function runOps(
+  gpu: Gpu,
+  ops: GpuOp[],
+  step: StepParams,
+  m: number,
+  pos0: number,
+  outputs: GPUBuffer[],
+): Promise<Float32Array[]> {
+  step.set(m, pos0);
+  const encoder = gpu.device.createCommandEncoder();
+  const pass = encoder.beginComputePass();
+  for (const op of ops) op.encode(pass);
+  pass.end();
+  gpu.device.queue.submit([encoder.finish()]);
+  return await Promise.all(outputs.map((b) => gpu.readF32(b)));
 }
