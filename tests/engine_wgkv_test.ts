@@ -64,7 +64,9 @@ fixtureTest(
     ) {
       const r = await logitsAt(policy, tokens, { maxBatch: 16 });
       const err = maxRelDiff(r.logits, full.logits);
-      ok(err < 1e-4, `${policy.kind}: ${err}`);
+      // The dual cache holds the same f16 keys in another order (ring, then global), so f32 sums round
+      // differently; over random prompts that reaches ~2e-4 relative now and then (window: exactly 0).
+      ok(err < 1e-3, `${policy.kind}: ${err}`);
       r.model.destroy();
     }
   },
