@@ -74,6 +74,7 @@ fn dq4(row: u32, e: u32) -> vec4f {
     return bitcast<vec4f>(vec4u(W[w], W[w + 1u], W[w + 2u], W[w + 3u]));
   }
   var v = vec4f(0.0);
+  // @unroll
   for (var i = 0u; i < 4u; i++) {
     if (e + i < cols) { v[i] = bitcast<f32>(W[w + i]); }
   }
@@ -83,6 +84,7 @@ fn dq4(row: u32, e: u32) -> vec4f {
 fn dq16(row: u32, e: u32) -> array<vec4f, 4> {
   let w = (row >> 2u) + e;
   var v: array<vec4f, 4>;
+  // @unroll
   for (var i = 0u; i < 4u; i++) {
     let a = w + 4u * i;
     v[i] = bitcast<vec4f>(vec4u(W[a], W[a + 1u], W[a + 2u], W[a + 3u]));
@@ -97,6 +99,7 @@ fn dq4(row: u32, e: u32) -> vec4f {
   let b = row + 2u * e;
   if (e + 4u <= cols) { return vec4f(unpack2x16float(rd32(b)), unpack2x16float(rd32(b + 4u))); }
   var v = vec4f(0.0);
+  // @unroll
   for (var i = 0u; i < 4u; i++) {
     if (e + i < cols) { v[i] = rdf16(b + 2u * i); }
   }
@@ -105,6 +108,7 @@ fn dq4(row: u32, e: u32) -> vec4f {
 fn dq16(row: u32, e: u32) -> array<vec4f, 4> {
   let b = row + 2u * e;
   var v: array<vec4f, 4>;
+  // @unroll
   for (var i = 0u; i < 4u; i++) {
     v[i] = vec4f(unpack2x16float(rd32(b + 8u * i)), unpack2x16float(rd32(b + 8u * i + 4u)));
   }
@@ -123,6 +127,7 @@ fn dq4(row: u32, e: u32) -> vec4f {
                  bitcast<f32>(hi & 0xffff0000u));
   }
   var v = vec4f(0.0);
+  // @unroll
   for (var i = 0u; i < 4u; i++) {
     if (e + i < cols) { v[i] = bitcast<f32>(rd16(b + 2u * i) << 16u); }
   }
@@ -131,6 +136,7 @@ fn dq4(row: u32, e: u32) -> vec4f {
 fn dq16(row: u32, e: u32) -> array<vec4f, 4> {
   let b = row + 2u * e;
   var v: array<vec4f, 4>;
+  // @unroll
   for (var i = 0u; i < 4u; i++) {
     let lo = rd32(b + 8u * i);
     let hi = rd32(b + 8u * i + 4u);
@@ -153,6 +159,7 @@ fn dq16(row: u32, e: u32) -> array<vec4f, 4> {
   let q = base + 2u + (e & 31u);
   let d = rdf16(base);
   var v: array<vec4f, 4>;
+  // @unroll
   for (var i = 0u; i < 4u; i++) { v[i] = d * sbytes4(rd32(q + 4u * i)); }
   return v;
 }
@@ -173,6 +180,7 @@ fn dq16(row: u32, e: u32) -> array<vec4f, 4> {
   let shift = ((e & 31u) >> 4u) * 4u;
   let d = rdf16(base);
   var v: array<vec4f, 4>;
+  // @unroll
   for (var i = 0u; i < 4u; i++) {
     v[i] = d * (bytes4((rd32(base + 2u + 4u * i) >> shift) & 0x0f0f0f0fu) - 8.0);
   }
@@ -195,6 +203,7 @@ fn dq16(row: u32, e: u32) -> array<vec4f, 4> {
   let shift = ((e & 31u) >> 4u) * 4u;
   let dm = unpack2x16float(rd32(base));
   var v: array<vec4f, 4>;
+  // @unroll
   for (var i = 0u; i < 4u; i++) {
     v[i] = dm.x * bytes4((rd32(base + 4u + 4u * i) >> shift) & 0x0f0f0f0fu) + dm.y;
   }
@@ -220,6 +229,7 @@ fn dq16(row: u32, e: u32) -> array<vec4f, 4> {
   let d = rdf16(base);
   let qh = rd32(base + 2u) >> l;
   var v: array<vec4f, 4>;
+  // @unroll
   for (var i = 0u; i < 4u; i++) {
     let lo = (rd32(base + 6u + 4u * i) >> shift) & 0x0f0f0f0fu;
     let h = (qh >> (4u * i)) & 15u;
@@ -249,6 +259,7 @@ fn dq16(row: u32, e: u32) -> array<vec4f, 4> {
   let dm = unpack2x16float(rd32(base));
   let qh = rd32(base + 4u) >> l;
   var v: array<vec4f, 4>;
+  // @unroll
   for (var i = 0u; i < 4u; i++) {
     let lo = (rd32(base + 8u + 4u * i) >> shift) & 0x0f0f0f0fu;
     let h = (qh >> (4u * i)) & 15u;
@@ -287,6 +298,7 @@ fn dq16(row: u32, e: u32) -> array<vec4f, 4> {
   let min = dm.y * f32(sc >> 4u);
   let q = base + 16u + 32u * n + 16u * k;
   var v: array<vec4f, 4>;
+  // @unroll
   for (var c = 0u; c < 4u; c++) { v[c] = scale * crumbs4(rd32(q + 4u * c), 2u * j) - min; }
   return v;
 }
@@ -325,6 +337,7 @@ fn dq16(row: u32, e: u32) -> array<vec4f, 4> {
   let q = base + 32u + 32u * n + 16u * k;
   let hm = base + 16u * k;
   var v: array<vec4f, 4>;
+  // @unroll
   for (var c = 0u; c < 4u; c++) {
     v[c] = scale * (crumbs4(rd32(q + 4u * c), 2u * j) + 4.0 * bits4(rd32(hm + 4u * c), 4u * n + j) - 4.0);
   }
@@ -358,6 +371,7 @@ fn dq16(row: u32, e: u32) -> array<vec4f, 4> {
   let min = dm.y * sm.y;
   let q = base + 16u + 32u * j + (i & 31u);
   var v: array<vec4f, 4>;
+  // @unroll
   for (var c = 0u; c < 4u; c++) { v[c] = scale * bytes4((rd32(q + 4u * c) >> (4u * h)) & 0x0f0f0f0fu) - min; }
   return v;
 }
@@ -390,6 +404,7 @@ fn dq16(row: u32, e: u32) -> array<vec4f, 4> {
   let scale = dm.x * sm.x;
   let min = dm.y * sm.y;
   var v: array<vec4f, 4>;
+  // @unroll
   for (var c = 0u; c < 4u; c++) {
     let lo = (rd32(base + 48u + 32u * j + l + 4u * c) >> (4u * h)) & 0x0f0f0f0fu;
     let hi = bits4(rd32(base + 16u + l + 4u * c), 2u * j + h);
@@ -426,6 +441,7 @@ fn dq16(row: u32, e: u32) -> array<vec4f, 4> {
   let ql = base + 64u * n + 32u * (p & 1u) + l;
   let qh = base + 128u + 32u * n + l;
   var v: array<vec4f, 4>;
+  // @unroll
   for (var c = 0u; c < 4u; c++) {
     let lo = (rd32(ql + 4u * c) >> (4u * (p >> 1u))) & 0x0f0f0f0fu;
     let hi = ((rd32(qh + 4u * c) >> (2u * p)) & 0x03030303u) << 4u;

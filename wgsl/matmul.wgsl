@@ -85,6 +85,7 @@ fn fetch_w(r: u32, e: u32) -> array<vec4f, 4> {
   var w: array<vec4f, 4>;
   if (r >= part.rows || e >= cols) { return w; }
   if (e + 16u <= cols) { return dq16(r * row_bytes, e); }
+  // @unroll
   for (var c = 0u; c < 4u; c++) {
     if (e + 4u * c < cols) { w[c] = dq4(r * row_bytes, e + 4u * c); }
   }
@@ -117,6 +118,7 @@ fn put_w(k: u32, i: u32, v: vec4f) {
 fn put_y(t: u32, r: u32, v: vec4f) {
   if (t >= step.n_tokens) { return; }
   let at = t * part.out_stride + part.first_row + r;
+  // @unroll
   for (var j = 0u; j < 4u; j++) {
     if (r + j < part.rows) { y[at + j] = v[j]; }
   }

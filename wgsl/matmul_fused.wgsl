@@ -73,6 +73,7 @@ fn fetch_w(up: bool, row: u32, e: u32) -> array<vec4f, 4> {
     if (up) { return dq16_b(row * row_bytes_b, e); }
     return dq16_a(row * row_bytes_a, e);
   }
+  // @unroll
   for (var c = 0u; c < 4u; c++) {
     if (e + 4u * c < cols) {
       if (up) {
@@ -115,6 +116,7 @@ fn silu(v: vec4f) -> vec4f {
 fn put_out(t: u32, r: u32, gate: vec4f, up: vec4f) {
   if (t >= step.n_tokens) { return; }
   let v = silu(gate) * up;
+  // @unroll
   for (var j = 0u; j < 4u; j++) {
     if (r + j < rows) { out[t * rows + r + j] = v[j]; }
   }

@@ -25,6 +25,16 @@
 // The COMMON section adds `accumulate`, the per-thread loop over a workgroup's rows and tokens.
 
 // ==== COMMON ====
+// Q4_K and Q5_K: 6-bit scale and min number s (0..7) of the 12 packed bytes in head.yzw of the block head.
+fn k_scale_min(head: vec4u, s: u32) -> vec2f {
+  let k = 8u * (s % 4u);
+  let a = head.y >> k; // scales[s % 4]
+  let b = head.z >> k; // scales[s % 4 + 4]
+  let c = head.w >> k; // scales[s % 4 + 8]
+  let low = vec2u(a & 63u, b & 63u);
+  let high = vec2u((c & 15u) | ((a >> 2u) & 48u), ((c >> 4u) & 15u) | ((b >> 2u) & 48u));
+  return vec2f(select(low, high, s >= 4u));
+}
 // The four bytes of v as unsigned values.
 fn ubytes(v: u32) -> vec4f {
   return vec4f(f32(v & 0xffu), f32((v >> 8u) & 0xffu), f32((v >> 16u) & 0xffu), f32(v >> 24u));
@@ -230,21 +240,11 @@ fn unit_x(xrow: u32, u: u32) -> array<vec4f, 8> {
   let a = xrow + (u / 8u) * 64u + (c / 2u) * 16u + (c % 2u) * 4u;
   return array<vec4f, 8>(x[a], x[a + 1u], x[a + 2u], x[a + 3u], x[a + 8u], x[a + 9u], x[a + 10u], x[a + 11u]);
 }
-// 6-bit scale and min number s (0..7) of the 12 packed bytes in head.yzw.
-fn scale_min(head: vec4u, s: u32) -> vec2f {
-  let k = 8u * (s % 4u);
-  let a = head.y >> k; // scales[s % 4]
-  let b = head.z >> k; // scales[s % 4 + 4]
-  let c = head.w >> k; // scales[s % 4 + 8]
-  let low = vec2u(a & 63u, b & 63u);
-  let high = vec2u((c & 15u) | ((a >> 2u) & 48u), ((c >> 4u) & 15u) | ((b >> 2u) & 48u));
-  return vec2f(select(low, high, s >= 4u));
-}
 fn unit_dot(w: Raw, xs: array<vec4f, 8>, u: u32) -> f32 {
   let j = (u % 8u) / 2u;
   let dm = unpack2x16float(w.head.x);
-  let lo = scale_min(w.head, 2u * j);
-  let hi = scale_min(w.head, 2u * j + 1u);
+  let lo = k_scale_min(w.head, 2u * j);
+  let hi = k_scale_min(w.head, 2u * j + 1u);
   let q_lo = dot(nib_lo(w.qs.x), xs[0]) + dot(nib_lo(w.qs.y), xs[1]) + dot(nib_lo(w.qs.z), xs[2]) +
     dot(nib_lo(w.qs.w), xs[3]);
   let q_hi = dot(nib_hi(w.qs.x), xs[4]) + dot(nib_hi(w.qs.y), xs[5]) + dot(nib_hi(w.qs.z), xs[6]) +
@@ -274,21 +274,11 @@ fn unit_x(xrow: u32, u: u32) -> array<vec4f, 8> {
   let a = xrow + (u / 8u) * 64u + (c / 2u) * 16u + (c % 2u) * 4u;
   return array<vec4f, 8>(x[a], x[a + 1u], x[a + 2u], x[a + 3u], x[a + 8u], x[a + 9u], x[a + 10u], x[a + 11u]);
 }
-// As Q4_K's scale_min.
-fn scale_min(head: vec4u, s: u32) -> vec2f {
-  let k = 8u * (s % 4u);
-  let a = head.y >> k;
-  let b = head.z >> k;
-  let c = head.w >> k;
-  let low = vec2u(a & 63u, b & 63u);
-  let high = vec2u((c & 15u) | ((a >> 2u) & 48u), ((c >> 4u) & 15u) | ((b >> 2u) & 48u));
-  return vec2f(select(low, high, s >= 4u));
-}
 fn unit_dot(w: Raw, xs: array<vec4f, 8>, u: u32) -> f32 {
   let j = (u % 8u) / 2u;
   let dm = unpack2x16float(w.head.x);
-  let lo = scale_min(w.head, 2u * j);
-  let hi = scale_min(w.head, 2u * j + 1u);
+  let lo = k_scale_min(w.head, 2u * j);
+  let hi = k_scale_min(w.head, 2u * j + 1u);
   let bl = 2u * j;
   let bh = bl + 1u;
   let q_lo = dot(nib_lo(w.qs.x) + 16.0 * bit_of_bytes(w.qh.x, bl), xs[0]) +
