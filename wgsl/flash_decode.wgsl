@@ -37,7 +37,7 @@
 //   2. values: the threads form key groups of head_dim / 8 lanes; lane i owns output dimensions
 //      [8i, 8i + 8) of the 4 heads, and each key group walks its own slice of the block's keys with its own
 //      online softmax (running max and sum per head), reading whole V rows with coalesced 16-byte loads,
-//      V_CHUNK keys at a time (the first chunk is loaded before step 1, since it does not need the scores);
+//      v_chunk keys at a time (the first chunk is loaded before step 1, since it does not need the scores);
 //   3. after the last block the key groups' states are merged pairwise in workgroup memory.
 // Two barriers per block of keys, none inside the dot products.
 
@@ -53,7 +53,7 @@ override wgkv_window: u32 = 0u; // 0: plain causal cache; > 0: WG-KV dual cache 
 override ring_tokens: u32 = 16u; // WG-KV mode: ring slots at the start of each row
 override block_keys: u32 = 128u; // keys per block = threads per workgroup of `main` (>= head_dim / 8)
 override k_quads: u32 = 8u; // head_dim / 8: 16-byte words per K row
-override V_CHUNK: u32 = 4u; // values loaded at once per lane: min(16, keys per key group)
+override v_chunk: u32 = 4u; // values loaded at once per lane: min(16, keys per key group)
 
 const PAGE_TOKENS: u32 = 16u;
 const HEADS_PER_BATCH: u32 = 4u;
@@ -210,13 +210,13 @@ fn accumulate(sums: ptr<function, array<vec4f, 8>>, w: vec4f, v: vec4u) {
   (*sums)[7] += w * e.y;
 }
 
-// The V quads (8 values) of lane `lane` for the V_CHUNK keys block + first … (indices past `last` repeat
+// The V quads (8 values) of lane `lane` for the v_chunk keys block + first … (indices past `last` repeat
 // key block + last, whose weight is then 0), all loads issued before any is used.
-fn load_values(values: ptr<function, array<vec4u, V_CHUNK>>, block: u32, first: u32, last: u32, lane: u32,
+fn load_values(values: ptr<function, array<vec4u, v_chunk>>, block: u32, first: u32, last: u32, lane: u32,
                table: u32) {
   let v_base = PAGE_TOKENS * (head_dim / DIMS_PER_LANE);
   // @unroll
-  for (var k = 0u; k < V_CHUNK; k++) {
+  for (var k = 0u; k < v_chunk; k++) {
     let key = block + min(first + k, last);
     (*values)[k] = pool_load4(block_table[table + key / PAGE_TOKENS], v_base + key_quad(key, lane));
   }
@@ -273,13 +273,13 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
   for (var block = first_key; block < end_key; block += block_keys) {
     workgroupBarrier(); // q_batch is written (first block); the previous block's scores are read
 
-    // The values of this thread's first V_CHUNK keys of the block (its key group's slice, see 2.) are
+    // The values of this thread's first v_chunk keys of the block (its key group's slice, see 2.) are
     // loaded first: they do not depend on the scores, so their latency overlaps the score pass.
     let t_begin = key_group * keys_per_group;
     let t_end = min(t_begin + keys_per_group, min(block_keys, end_key - block));
     let has_keys = key_group < key_groups && t_begin < t_end;
     let last = select(t_begin, t_end - 1u, has_keys);
-    var values: array<vec4u, V_CHUNK>;
+    var values: array<vec4u, v_chunk>;
     if (has_keys) { load_values(&values, block, t_begin, last, lane, table); }
 
     // 1. Scores: thread tid owns key block + tid.
@@ -300,7 +300,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
     scores[tid] = s;
     workgroupBarrier();
 
-    // 2. Values: key group `key_group` takes keys [t_begin, t_end) of the block, V_CHUNK at a time (the
+    // 2. Values: key group `key_group` takes keys [t_begin, t_end) of the block, v_chunk at a time (the
     // first chunk is already loaded); keys past the end repeat the last one with weight 0.
     if (has_keys) {
       var block_max = run_max;
@@ -310,10 +310,10 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
       // @unroll
       for (var i = 0u; i < 8u; i++) { sums[i] *= alpha; }
       run_max = block_max;
-      for (var c0 = t_begin; c0 < t_end; c0 += V_CHUNK) {
+      for (var c0 = t_begin; c0 < t_end; c0 += v_chunk) {
         if (c0 > t_begin) { load_values(&values, block, c0, last, lane, table); }
         // @unroll
-        for (var k = 0u; k < V_CHUNK; k++) {
+        for (var k = 0u; k < v_chunk; k++) {
           let p = select(vec4f(0.0), key_weight(scores[min(c0 + k, last)], run_max), c0 + k <= last);
           run_sum += p;
           accumulate(&sums, p, values[k]);

@@ -372,7 +372,7 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
     scale: options.scale ?? 1 / Math.sqrt(D),
     block_keys: blockKeys,
     k_quads: D / 8,
-    V_CHUNK: decodeValueChunk(D, blockKeys),
+    v_chunk: decodeValueChunk(D, blockKeys),
     ...mask.constants,
   };
   const defines = { POOL: poolQuadShaderSource(kv.shards.length, 8) };
