@@ -35,6 +35,17 @@ fn k_scale_min(head: vec4u, s: u32) -> vec2f {
   let high = vec2u((c & 15u) | ((a >> 2u) & 48u), ((c >> 4u) & 15u) | ((b >> 2u) & 48u));
   return vec2f(select(low, high, s >= 4u));
 }
+// Q4_K and Q5_K: Σ weight · x of unit u from its quant dot products q_lo (first 16 values, sub-block 2j)
+// and q_hi (last 16, sub-block 2j + 1), j = (u % 8) / 2: d · (sc · q) − dmin · (m · Σx) per sub-block.
+fn k_unit_sum(head: vec4u, u: u32, q_lo: f32, q_hi: f32, xs: array<vec4f, 8>) -> f32 {
+  let j = (u % 8u) / 2u;
+  let dm = unpack2x16float(head.x);
+  let lo = k_scale_min(head, 2u * j);
+  let hi = k_scale_min(head, 2u * j + 1u);
+  let x_lo = sum4(xs[0] + xs[1] + xs[2] + xs[3]);
+  let x_hi = sum4(xs[4] + xs[5] + xs[6] + xs[7]);
+  return dm.x * (lo.x * q_lo + hi.x * q_hi) - dm.y * (lo.y * x_lo + hi.y * x_hi);
+}
 // The four bytes of v as unsigned values.
 fn ubytes(v: u32) -> vec4f {
   return vec4f(f32(v & 0xffu), f32((v >> 8u) & 0xffu), f32((v >> 16u) & 0xffu), f32(v >> 24u));
@@ -241,17 +252,11 @@ fn unit_x(xrow: u32, u: u32) -> array<vec4f, 8> {
   return array<vec4f, 8>(x[a], x[a + 1u], x[a + 2u], x[a + 3u], x[a + 8u], x[a + 9u], x[a + 10u], x[a + 11u]);
 }
 fn unit_dot(w: Raw, xs: array<vec4f, 8>, u: u32) -> f32 {
-  let j = (u % 8u) / 2u;
-  let dm = unpack2x16float(w.head.x);
-  let lo = k_scale_min(w.head, 2u * j);
-  let hi = k_scale_min(w.head, 2u * j + 1u);
   let q_lo = dot(nib_lo(w.qs.x), xs[0]) + dot(nib_lo(w.qs.y), xs[1]) + dot(nib_lo(w.qs.z), xs[2]) +
     dot(nib_lo(w.qs.w), xs[3]);
   let q_hi = dot(nib_hi(w.qs.x), xs[4]) + dot(nib_hi(w.qs.y), xs[5]) + dot(nib_hi(w.qs.z), xs[6]) +
     dot(nib_hi(w.qs.w), xs[7]);
-  let x_lo = sum4(xs[0] + xs[1] + xs[2] + xs[3]);
-  let x_hi = sum4(xs[4] + xs[5] + xs[6] + xs[7]);
-  return dm.x * (lo.x * q_lo + hi.x * q_hi) - dm.y * (lo.y * x_lo + hi.y * x_hi);
+  return k_unit_sum(w.head, u, q_lo, q_hi, xs);
 }
 
 // ==== Q5_K ====
@@ -276,9 +281,6 @@ fn unit_x(xrow: u32, u: u32) -> array<vec4f, 8> {
 }
 fn unit_dot(w: Raw, xs: array<vec4f, 8>, u: u32) -> f32 {
   let j = (u % 8u) / 2u;
-  let dm = unpack2x16float(w.head.x);
-  let lo = k_scale_min(w.head, 2u * j);
-  let hi = k_scale_min(w.head, 2u * j + 1u);
   let bl = 2u * j;
   let bh = bl + 1u;
   let q_lo = dot(nib_lo(w.qs.x) + 16.0 * bit_of_bytes(w.qh.x, bl), xs[0]) +
@@ -289,9 +291,7 @@ fn unit_dot(w: Raw, xs: array<vec4f, 8>, u: u32) -> f32 {
     dot(nib_hi(w.qs.y) + 16.0 * bit_of_bytes(w.qh.y, bh), xs[5]) +
     dot(nib_hi(w.qs.z) + 16.0 * bit_of_bytes(w.qh.z, bh), xs[6]) +
     dot(nib_hi(w.qs.w) + 16.0 * bit_of_bytes(w.qh.w, bh), xs[7]);
-  let x_lo = sum4(xs[0] + xs[1] + xs[2] + xs[3]);
-  let x_hi = sum4(xs[4] + xs[5] + xs[6] + xs[7]);
-  return dm.x * (lo.x * q_lo + hi.x * q_hi) - dm.y * (lo.y * x_lo + hi.y * x_hi);
+  return k_unit_sum(w.head, u, q_lo, q_hi, xs);
 }
 
 // ==== Q6_K ====
