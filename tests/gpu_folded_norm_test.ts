@@ -1,22 +1,12 @@
 import { ok, throws } from "node:assert/strict";
 import { BadFlagError } from "../src/errors.ts";
-import { getGpu, type Gpu } from "../src/gpu/device.ts";
+import { getGpu } from "../src/gpu/device.ts";
 import { createGateUpSwiGlu, createQkvMatvec } from "../src/gpu/ops/fused.ts";
 import { createMatvec } from "../src/gpu/ops/matmul.ts";
 import { StepParams } from "../src/gpu/ops/op.ts";
-import { GpuWeight } from "../src/gpu/weights.ts";
-import { typeInfo } from "../src/gguf/types.ts";
 import { rope, ropeInverseFrequencies } from "../src/model/ops.ts";
-import { dequantized, randomBlocks, randomF32, typeOf } from "./gpu_quant_data.ts";
-import { runOps } from "./gpu_ops_helpers.ts";
-
-/** A random weight of type `name` with `rows` rows of `cols` values, on the GPU and dequantised. */
-function randomWeight(gpu: Gpu, label: string, name: string, rows: number, cols: number) {
-  const info = typeInfo(typeOf(name), name);
-  const bytes = randomBlocks(name, rows * cols / info.blockSize);
-  const weight = GpuWeight.fromBytes(gpu, label, typeOf(name), [cols, rows], bytes);
-  return { weight, w: dequantized(name, bytes, rows, cols) };
-}
+import { randomF32, randomWeight } from "./gpu_quant_data.ts";
+import { nanBuffer as nans, runOps } from "./gpu_ops_helpers.ts";
 
 /** `w` ([rows][cols]) times each of the `m` rows of `x`, in f64. */
 function matvec(w: Float32Array, x: Float64Array, m: number, rows: number, cols: number): Float64Array {
@@ -53,8 +43,6 @@ function expectNear(what: string, got: Float32Array, want: Float64Array, n: numb
     );
   }
 }
-
-const nans = (gpu: Gpu, label: string, n: number) => gpu.buffer(label, n * 4, new Float32Array(n).fill(NaN));
 
 Deno.test("folded norm: attn_output adds onto the residual, gate/up and QKV read rmsnorm(residual) · γ", async () => {
   const gpu = await getGpu();

@@ -1,6 +1,6 @@
 import { equal, ok, throws } from "node:assert/strict";
 import { BadFlagError, UnsupportedError } from "../src/errors.ts";
-import { getGpu, type Gpu } from "../src/gpu/device.ts";
+import { getGpu } from "../src/gpu/device.ts";
 import { createSwiGlu } from "../src/gpu/ops/elementwise.ts";
 import {
   canFuseGateUp,
@@ -13,54 +13,10 @@ import {
 import { createMatvec } from "../src/gpu/ops/matmul.ts";
 import { StepParams } from "../src/gpu/ops/op.ts";
 import { createRope } from "../src/gpu/ops/rope.ts";
-import { GpuWeight } from "../src/gpu/weights.ts";
 import { typeInfo } from "../src/gguf/types.ts";
 import { rope, ropeInverseFrequencies } from "../src/model/ops.ts";
-import { dequantized, randomBlocks, randomF32, typeOf } from "./gpu_quant_data.ts";
-import { runOps } from "./gpu_ops_helpers.ts";
-
-/** A random weight of type `name` with `rows` rows of `cols` values, on the GPU and dequantised. */
-function randomWeight(
-  gpu: Gpu,
-  label: string,
-  name: string,
-  rows: number,
-  cols: number,
-  maxPartBytes?: number,
-) {
-  const info = typeInfo(typeOf(name), name);
-  const bytes = randomBlocks(name, rows * cols / info.blockSize);
-  const weight = GpuWeight.fromBytes(gpu, label, typeOf(name), [cols, rows], bytes, { maxPartBytes });
-  return { weight, w: dequantized(name, bytes, rows, cols) };
-}
-
-/** Row products of `w` ([rows][cols]) with `x` ([m][cols]): the sum and the sum of magnitudes. */
-function products(w: Float32Array, x: Float32Array, m: number, rows: number, cols: number) {
-  const sum = new Float64Array(m * rows);
-  const abs = new Float64Array(m * rows);
-  for (let t = 0; t < m; t++) {
-    for (let r = 0; r < rows; r++) {
-      let s = 0, a = 0;
-      for (let c = 0; c < cols; c++) {
-        const p = w[r * cols + c] * x[t * cols + c];
-        s += p;
-        a += Math.abs(p);
-      }
-      sum[t * rows + r] = s;
-      abs[t * rows + r] = a;
-    }
-  }
-  return { sum, abs };
-}
-
-function nans(gpu: Gpu, label: string, n: number): GPUBuffer {
-  return gpu.buffer(label, n * 4, new Float32Array(n).fill(NaN));
-}
-
-/** Fails on the first element of `got` ([..][rows]) past the first `m` rows that is not NaN. */
-function untouchedPast(what: string, got: Float32Array, m: number, rows: number): void {
-  for (let i = m * rows; i < got.length; i++) ok(Number.isNaN(got[i]), `${what}: wrote past m at ${i}`);
-}
+import { products, randomF32, randomWeight, typeOf } from "./gpu_quant_data.ts";
+import { nanBuffer as nans, runOps, untouchedPast } from "./gpu_ops_helpers.ts";
 
 const silu = (v: number) => v / (1 + Math.exp(-v));
 

@@ -18,49 +18,23 @@ import {
   unitsSource,
 } from "../src/gpu/ops/matvec_units.ts";
 import { StepParams } from "../src/gpu/ops/op.ts";
-import { GpuWeight } from "../src/gpu/weights.ts";
 import { typeInfo } from "../src/gguf/types.ts";
 import { rope, ropeInverseFrequencies } from "../src/model/ops.ts";
-import { compareLinear, dequantized, randomBlocks, randomF32, typeOf } from "./gpu_quant_data.ts";
-import { runOps } from "./gpu_ops_helpers.ts";
+import {
+  compareLinear,
+  products,
+  randomF32,
+  randomWeight as randomQuantWeight,
+  typeOf,
+} from "./gpu_quant_data.ts";
+import { nanBuffer as nans, runOps, untouchedPast } from "./gpu_ops_helpers.ts";
 
 const TOL = 2e-5;
-const SUBBLOCK_TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_K", "Q5_K", "Q6_K"];
-
 /** A random weight of type `name`, `rows` × `cols`, on the GPU (optionally split) and dequantised. */
-function randomWeight(gpu: Gpu, name: string, rows: number, cols: number, maxPartBytes?: number) {
-  const info = typeInfo(typeOf(name), name);
-  const bytes = randomBlocks(name, rows * cols / info.blockSize);
-  const weight = GpuWeight.fromBytes(gpu, `w.${name}`, typeOf(name), [cols, rows], bytes, { maxPartBytes });
-  return { weight, w: dequantized(name, bytes, rows, cols) };
-}
+const randomWeight = (gpu: Gpu, name: string, rows: number, cols: number, maxPartBytes?: number) =>
+  randomQuantWeight(gpu, `w.${name}`, name, rows, cols, maxPartBytes);
 
-function nans(gpu: Gpu, label: string, n: number): GPUBuffer {
-  return gpu.buffer(label, n * 4, new Float32Array(n).fill(NaN));
-}
-
-function untouchedPast(what: string, got: Float32Array, m: number, rows: number): void {
-  for (let i = m * rows; i < got.length; i++) ok(Number.isNaN(got[i]), `${what}: wrote past m at ${i}`);
-}
-
-/** Row products of `w` ([rows][cols]) with `x` ([m][cols]): the sum and the sum of magnitudes. */
-function products(w: Float32Array, x: Float32Array, m: number, rows: number, cols: number) {
-  const sum = new Float64Array(m * rows);
-  const abs = new Float64Array(m * rows);
-  for (let t = 0; t < m; t++) {
-    for (let r = 0; r < rows; r++) {
-      let s = 0, a = 0;
-      for (let c = 0; c < cols; c++) {
-        const p = w[r * cols + c] * x[t * cols + c];
-        s += p;
-        a += Math.abs(p);
-      }
-      sum[t * rows + r] = s;
-      abs[t * rows + r] = a;
-    }
-  }
-  return { sum, abs };
-}
+const SUBBLOCK_TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_K", "Q5_K", "Q6_K"];
 
 interface MatvecCase {
   rows: number;

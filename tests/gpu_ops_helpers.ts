@@ -1,6 +1,6 @@
 /** Shared helpers of the GPU op tests: random inputs, NaN-filled outputs, element-wise comparison. */
 
-import { fail } from "node:assert/strict";
+import { fail, ok } from "node:assert/strict";
 import type { Gpu } from "../src/gpu/device.ts";
 import type { GpuOp, StepParams } from "../src/gpu/ops/op.ts";
 
@@ -51,4 +51,9 @@ export async function runOps(
   pass.end();
   gpu.device.queue.submit([encoder.finish()]);
   return await Promise.all(outputs.map((b) => gpu.readF32(b)));
+}
+
+/** Fails on the first element of `got` ([..][rows]) past the first `m` rows that is not NaN (never written). */
+export function untouchedPast(what: string, got: Float32Array, m: number, rows: number): void {
+  for (let i = m * rows; i < got.length; i++) ok(Number.isNaN(got[i]), `${what}: wrote past m at ${i}`);
 }

@@ -5,6 +5,8 @@
 
 import { f32ToBf16, f32ToHalf } from "../src/gguf/half.ts";
 import { GGMLType, typeInfo } from "../src/gguf/types.ts";
+import type { Gpu } from "../src/gpu/device.ts";
+import { GpuWeight } from "../src/gpu/weights.ts";
 
 /** Byte offsets of the f16 scale fields inside one block, per type. */
 const HALF_FIELDS: Record<string, number[]> = {
@@ -112,4 +114,44 @@ export function compareLinear(
     }
   }
   return undefined;
+}
+
+/** A random weight of type `name` with `rows` rows of `cols` values, on the GPU (optionally split) and dequantised. */
+export function randomWeight(
+  gpu: Gpu,
+  label: string,
+  name: string,
+  rows: number,
+  cols: number,
+  maxPartBytes?: number,
+): { weight: GpuWeight; w: Float32Array } {
+  const info = typeInfo(typeOf(name), name);
+  const bytes = randomBlocks(name, rows * cols / info.blockSize);
+  const weight = GpuWeight.fromBytes(gpu, label, typeOf(name), [cols, rows], bytes, { maxPartBytes });
+  return { weight, w: dequantized(name, bytes, rows, cols) };
+}
+
+/** Row products of `w` ([rows][cols]) with `x` ([m][cols]): the sum and the sum of magnitudes, in f64. */
+export function products(
+  w: Float32Array,
+  x: Float32Array,
+  m: number,
+  rows: number,
+  cols: number,
+): { sum: Float64Array; abs: Float64Array } {
+  const sum = new Float64Array(m * rows);
+  const abs = new Float64Array(m * rows);
+  for (let t = 0; t < m; t++) {
+    for (let r = 0; r < rows; r++) {
+      let s = 0, a = 0;
+      for (let c = 0; c < cols; c++) {
+        const p = w[r * cols + c] * x[t * cols + c];
+        s += p;
+        a += Math.abs(p);
+      }
+      sum[t * rows + r] = s;
+      abs[t * rows + r] = a;
+    }
+  }
+  return { sum, abs };
 }
