@@ -154,16 +154,17 @@ Deno.test("gpu matmul shapes: default tile shape and one-line errors for bad tun
   const gpu = await getGpu();
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
   // Few big tiles: 64-token tiles; many: 128-token tiles (when they fit).
-  deepEqual(matmulShape(gpu, "q", 512, 16), { tokensPerThread: 4, kStep: 32, tileTokens: 64 });
+  const flags = { unrollK: false, prefetch: true };
+  deepEqual(matmulShape(gpu, "q", 512, 16), { tokensPerThread: 4, kStep: 32, tileTokens: 64, ...flags });
   const big = matmulShape(gpu, "q", 512, 32);
   equal(big.tokensPerThread, matmulWorkgroupBytes(8, 16) <= limit ? 8 : 4);
   ok(matmulWorkgroupBytes(big.tokensPerThread, big.kStep) <= limit);
   throws(
     () => matmulShape(gpu, "q", 64, 1, { tokensPerThread: 6 }),
-    /q: tokensPerThread must be 4 or 8, got 6/,
+    /q: tokensPerThread must be 2, 4 or 8, got 6/,
   );
   throws(() => matmulShape(gpu, "q", 64, 1, { kStep: 64 }), /q: kStep must be 16 or 32, got 64/);
   const tiny = { ...gpu, limits: { ...gpu.limits, maxComputeWorkgroupStorageSize: 12288 } } as unknown as Gpu;
   throws(() => matmulShape(tiny, "q", 64, 1, { tokensPerThread: 8, kStep: 32 }), BadFlagError);
-  deepEqual(matmulShape(tiny, "q", 64, 1), { tokensPerThread: 4, kStep: 16, tileTokens: 64 });
+  deepEqual(matmulShape(tiny, "q", 64, 1), { tokensPerThread: 4, kStep: 16, tileTokens: 64, ...flags });
 });

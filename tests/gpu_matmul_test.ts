@@ -1,11 +1,27 @@
 import { deepEqual, equal, ok, throws } from "node:assert/strict";
 import { BadFlagError } from "../src/errors.ts";
 import { getGpu, type Gpu } from "../src/gpu/device.ts";
-import { createMatmul, createMatvec } from "../src/gpu/ops/matmul.ts";
+import { createGateUpSwiGluMatmul } from "../src/gpu/ops/fused.ts";
+import {
+  createMatmul,
+  createMatvec,
+  type MatmulTuning,
+  matmulWorkgroupBytes,
+} from "../src/gpu/ops/matmul.ts";
 import { type GpuOp, StepParams } from "../src/gpu/ops/op.ts";
 import { GpuWeight } from "../src/gpu/weights.ts";
 import { typeInfo } from "../src/gguf/types.ts";
-import { compareLinear, dequantized, randomBlocks, randomF32, typeOf, TYPES } from "./gpu_quant_data.ts";
+import {
+  compareLinear,
+  dequantized,
+  products,
+  randomBlocks,
+  randomF32,
+  randomWeight,
+  typeOf,
+  TYPES,
+} from "./gpu_quant_data.ts";
+import { nanBuffer, randomF32 as nonZeroF32, runOps, untouchedPast } from "./gpu_ops_helpers.ts";
 
 /** Runs `op` once with `m` tokens and returns y ([maxTokens][rows], NaN where not written). */
 export async function runLinear(gpu: Gpu, op: GpuOp, step: StepParams, m: number, y: GPUBuffer) {
@@ -153,4 +169,146 @@ Deno.test("gpu matmul: bad options are one-line BadFlagErrors", async () => {
   );
   equal(weight.parts.length, 1);
   deepEqual([weight.cols, weight.rows, weight.rowBytes], [64, 3, 68]);
+});
+
+/**
+ * The prefill code variants of MatmulTuning beyond the tile shapes (tests/gpu_matmul_perf_shapes_test.ts
+ * covers those): the unrolled K loop, fetching after the FMAs, 32-token tiles (with 16-column steps only
+ * half the threads stage X), and combinations, on both prefill kernels.
+ */
+function prefillVariants(gpu: Gpu): MatmulTuning[] {
+  const all: MatmulTuning[] = [
+    { unrollK: true },
+    { prefetch: false },
+    { tokensPerThread: 2 },
+    { tokensPerThread: 2, kStep: 16, unrollK: true },
+    { tokensPerThread: 2, kStep: 16, prefetch: false },
+    { tokensPerThread: 4, kStep: 16, unrollK: true, prefetch: false },
+    { tokensPerThread: 8, kStep: 32, unrollK: true, prefetch: false },
+  ];
+  return all.filter((t) =>
+    matmulWorkgroupBytes(t.tokensPerThread ?? 4, t.kStep ?? 32) <= gpu.limits.maxComputeWorkgroupStorageSize
+  );
+}
+
+interface VariantCase {
+  type: string;
+  rows: number;
+  cols: number;
+  m: number;
+}
+
+/** Odd shapes: one and several K steps, a partial K step with four-column tails, one and two token tiles. */
+const VARIANT_CASES: VariantCase[] = [
+  { type: "Q4_K", rows: 33, cols: 256, m: 7 },
+  { type: "Q6_K", rows: 45, cols: 512, m: 37 }, // two 32-token tiles
+  { type: "Q8_0", rows: 130, cols: 96, m: 5 }, // two row tiles
+  { type: "F16", rows: 7, cols: 80, m: 33 }, // a partial K step
+  { type: "F32", rows: 9, cols: 37, m: 66 }, // 37 columns: partial K steps and dq4 tails
+];
+
+Deno.test("gpu matmul: prefill variants (unrolled K, late fetch, 32-token tiles) match the CPU reference", async () => {
+  const gpu = await getGpu();
+  const tunings = prefillVariants(gpu);
+  ok(tunings.length >= 5, `only ${tunings.length} variants fit`);
+  for (const c of VARIANT_CASES) {
+    const { weight, w } = randomWeight(gpu, `w.${c.type}`, c.type, c.rows, c.cols);
+    const maxTokens = c.m + 3; // dispatch sized past m: the extra rows must stay untouched
+    const x = nonZeroF32(maxTokens * c.cols);
+    const xBuf = gpu.buffer("x", x.byteLength, x);
+    const step = new StepParams(gpu, maxTokens);
+    for (const tuning of tunings) {
+      const yBuf = nanBuffer(gpu, "y", maxTokens * c.rows);
+      const op = createMatmul(gpu, { label: "mm", weight, x: xBuf, y: yBuf, maxTokens, step, tuning });
+      const [got] = await runOps(gpu, [op], step, c.m, 0, [yBuf]);
+      const what = `${c.type} rows=${c.rows} cols=${c.cols} m=${c.m} ${JSON.stringify(tuning)}`;
+      // Every output element is compared (a NaN, i.e. one never written, fails).
+      const bad = compareLinear(got, w, x, c.m, c.rows, c.cols, 2e-5);
+      ok(bad === undefined, `${what}: ${bad}`);
+      untouchedPast(what, got, c.m, c.rows);
+      yBuf.destroy();
+    }
+    weight.destroy();
+    xBuf.destroy();
+  }
+});
+
+Deno.test("gpu matmul: fused gate/up + SwiGLU prefill variants match the CPU reference", async () => {
+  const gpu = await getGpu();
+  const silu = (v: number) => v / (1 + Math.exp(-v));
+  const cases = VARIANT_CASES.filter((c) => c.type === "Q4_K" || c.type === "F32");
+  for (const c of cases) {
+    const gate = randomWeight(gpu, "ffn_gate", c.type, c.rows, c.cols);
+    const up = randomWeight(gpu, "ffn_up", c.type, c.rows, c.cols);
+    const maxTokens = c.m + 2;
+    const x = nonZeroF32(maxTokens * c.cols);
+    const xBuf = gpu.buffer("x", x.byteLength, x);
+    const step = new StepParams(gpu, maxTokens);
+    const g = products(gate.w, x, c.m, c.rows, c.cols);
+    const u = products(up.w, x, c.m, c.rows, c.cols);
+    for (const tuning of prefillVariants(gpu)) {
+      const out = nanBuffer(gpu, "out", maxTokens * c.rows);
+      const op = createGateUpSwiGluMatmul(gpu, {
+        label: "ffn_gate_up",
+        gate: gate.weight,
+        up: up.weight,
+        x: xBuf,
+        out,
+        maxTokens,
+        step,
+        tuning,
+      });
+      const [got] = await runOps(gpu, [op], step, c.m, 0, [out]);
+      const what = `${c.type} rows=${c.rows} cols=${c.cols} m=${c.m} ${JSON.stringify(tuning)}`;
+      for (let i = 0; i < c.m * c.rows; i++) {
+        const want = silu(g.sum[i]) * u.sum[i];
+        // silu' is at most 1.1: the dot products' rounding bounds carried through silu(g) · u.
+        const bound = 2e-5 * (1.1 * g.abs[i] * Math.abs(u.sum[i]) + Math.abs(silu(g.sum[i])) * u.abs[i]) +
+          1e-30;
+        ok(Math.abs(got[i] - want) <= bound, `${what}: out[${i}] = ${got[i]}, expected ${want}`);
+      }
+      untouchedPast(what, got, c.m, c.rows);
+      out.destroy();
+    }
+    xBuf.destroy();
+    gate.weight.destroy();
+    up.weight.destroy();
+  }
+});
+
+Deno.test("gpu matmul: bad prefill variant options are one-line BadFlagErrors naming the op", async () => {
+  const gpu = await getGpu();
+  const weight = GpuWeight.fromBytes(gpu, "w", typeOf("Q8_0"), [64, 3], randomBlocks("Q8_0", 6));
+  const step = new StepParams(gpu, 4);
+  const x = gpu.buffer("x", 4 * 64 * 4);
+  const y = gpu.buffer("y", 4 * 3 * 4);
+  const base = { label: "blk.3.attn_q", weight, x, y, maxTokens: 4, step };
+  const gateUp = { label: "blk.3.ffn_gate_up", gate: weight, up: weight, x, out: y, maxTokens: 4, step };
+  const bad: [Record<string, unknown>, RegExp][] = [
+    [{ unrollK: "yes" }, /unrollK must be true or false, got "yes"$/],
+    [{ prefetch: 0 }, /prefetch must be true or false, got 0$/],
+    [{ tokensPerThread: 1 }, /tokensPerThread must be 2, 4 or 8, got 1$/],
+    [
+      { unroll: true },
+      /unknown prefill tuning field "unroll" \(known: tokensPerThread, kStep, unrollK, prefetch\)$/,
+    ],
+  ];
+  for (const [tuning, message] of bad) {
+    const t = tuning as MatmulTuning;
+    for (
+      const [op, create] of [
+        ["blk.3.attn_q", () => createMatmul(gpu, { ...base, tuning: t })],
+        ["blk.3.ffn_gate_up", () => createGateUpSwiGluMatmul(gpu, { ...gateUp, tuning: t })],
+      ] as const
+    ) {
+      throws(create, (e: Error) => {
+        ok(e instanceof BadFlagError, `${JSON.stringify(tuning)}: ${e}`);
+        ok(e.message.startsWith(`${op}: `) && !e.message.includes("\n"), e.message);
+        ok(message.test(e.message), e.message);
+        return true;
+      });
+    }
+  }
+  for (const b of [x, y]) b.destroy();
+  weight.destroy();
 });

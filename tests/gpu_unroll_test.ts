@@ -37,6 +37,29 @@ Deno.test("unroll: a marker on something else or a non-constant bound is a one-l
   throws(() => unrollLoops("// @unroll\nfor (var i = 0u; i < 4u; i++) { "), UnsupportedError);
 });
 
+Deno.test("unroll: a conditional marker unrolls when its const holds and otherwise leaves the loop", () => {
+  const loop = "  // @unroll if fast\n  for (var k = 0u; k < STEPS; k++) { s += w[k]; }\n";
+  const source = (fast: string) => `const STEPS: u32 = 2u;\nconst fast: bool = ${fast};\nfn f() {\n${loop}}`;
+  const on = unrollLoops(source("true"));
+  match(on, /\{ s \+= w\[0u\]; \}\n\{ s \+= w\[1u\]; \}/);
+  equal(on.includes("for ("), false);
+  const off = unrollLoops(source("false"));
+  equal(
+    off,
+    "const STEPS: u32 = 2u;\nconst fast: bool = false;\nfn f() {\n  for (var k = 0u; k < STEPS; k++) { s += w[k]; }\n}",
+  );
+  // Integer conditions (nonzero holds), and the specialised override form.
+  match(unrollLoops(`const fast: u32 = 1u;\n${loop.replace("STEPS", "2u")}`), /w\[1u\]/);
+  const { code } = specialiseOverrides(`override fast: bool = false;\n${loop.replace("STEPS", "3u")}`, {
+    fast: 1,
+  });
+  match(unrollLoops(code), /w\[2u\]/);
+  throws(
+    () => unrollLoops(loop.replace("STEPS", "2u")),
+    /the condition fast is not a bool or integer constant/,
+  );
+});
+
 Deno.test("specialise: given overrides become consts of their type, the others consts of their defaults", () => {
   const code = [
     "override rows: u32 = 4u;",

@@ -7,16 +7,21 @@
 // times rows 4·lx + 0..3 and 64 + 4·lx + 0..3. Splitting a thread's rows and tokens into quads 64 apart
 // makes every inner-loop read of workgroup memory one vec4 at consecutive addresses across the threads
 // (no bank conflicts), and each k step costs tokens_per_thread / 4 + 2 vec4 reads for
-// tokens_per_thread · 8 FMAs.
+// tokens_per_thread · 8 FMAs. With 2 tokens per thread (32-token tiles) thread (lx, ly) takes tokens
+// 2·ly + 0..1, one half of token quad ly / 2 (threads ly and ly + 1 read the same vec4: a broadcast).
 //
 // The K loop stages k_step columns per step, all threads taking part:
 // - W tile [128 rows][k_step]: 128 · k_step / 16 units of sixteen columns of one row, decoded with dq16
 //   (one scale decode per unit); unit u covers row u % 128, so a warp stores 32 consecutive rows of one
 //   k (conflict-free scalar stores).
 // - X tile [tokens][k_step]: each thread reads four tokens at one column (consecutive threads, consecutive
-//   columns: coalesced) and stores them as one vec4.
+//   columns: coalesced) and stores them as one vec4 (only the first 128 threads for 32-token tiles with
+//   16-column steps).
 // Both are kept k-major. The next step's tile is fetched into registers before the current one is
-// multiplied, so its global reads overlap the FMAs; two barriers per step guard the single buffer.
+// multiplied, so its global reads overlap the FMAs (prefetch = false: after the multiply, which keeps the
+// fetched values out of the registers live across the FMA loop); two barriers per step guard the single
+// buffer. unroll_k = true unrolls the FMA loop over the step's k_step columns, so its workgroup-memory
+// offsets are constants.
 //
 // binding 0: W, array<u32>: the raw rows of one weight part; row r starts at byte r · row_bytes (read)
 // binding 1: x, array<f32>: activations [m][cols], row-major (read)
@@ -27,6 +32,8 @@
 //            (elements per row), row_bytes
 //
 // Dispatch: x = ceil(rows / 128), y = ceil(max_m / (16 · tokens_per_thread)). Tiles past `m` return at once.
+// Tuning (override constants, see MatmulTuning in src/gpu/ops/matmul.ts): tokens_per_thread, k_step,
+// prefetch, unroll_k.
 
 struct Step {
   n_tokens: u32,
@@ -41,10 +48,14 @@ struct Part {
   row_bytes: u32,
 }
 
-// Tokens per thread: 4 (64-token tiles) or 8 (128-token tiles).
+// Tokens per thread: 2 (32-token tiles), 4 (64-token tiles) or 8 (128-token tiles).
 override tokens_per_thread: u32 = 4u;
 // Columns of K staged per step: 16 or 32.
 override k_step: u32 = 32u;
+// Fetch the next step's tiles into registers before the FMA loop (true) or after it (false).
+override prefetch: bool = true;
+// Unroll the FMA loop over the k_step columns of a step.
+override unroll_k: bool = false;
 
 const THREADS = 256u;
 const TILE_ROWS = 128u;
@@ -52,9 +63,12 @@ const W_STRIDE = 32u; // vec4s per k of the W tile (TILE_ROWS / 4)
 override tile_tokens: u32 = 16u * tokens_per_thread;
 // vec4s per k of the X tile (token quads).
 override x_stride: u32 = tile_tokens / 4u;
-// Sixteen-column W units per step, and X vec4s per thread per step.
+// Sixteen-column W units per step; X vec4s per step, and per thread (at least one).
 override w_units: u32 = TILE_ROWS * k_step / 16u;
-override x_loads: u32 = tile_tokens * k_step / (4u * THREADS);
+override x_units: u32 = tile_tokens * k_step / 4u;
+override x_loads: u32 = max(1u, x_units / THREADS);
+// Whether every thread stages X (not so for 32-token tiles with 16-column steps: 128 vec4s).
+override x_everyone: bool = x_units >= THREADS;
 
 @group(0) @binding(0) var<storage, read> W: array<u32>;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -136,19 +150,25 @@ fn main(
   let t0 = wid.y * tile_tokens;
   if (t0 >= step.n_tokens) { return; }
 
-  // This thread's staging work: W unit (row wi, columns 16·wk..) and X column xk of token quads xq + j·…
+  // This thread's staging work: W unit (row wi, columns 16·wk..) and X column xk of token quads
+  // xq + p·xq_step (when it stages X at all).
   let wi = tid % TILE_ROWS;
   let wk = tid / TILE_ROWS;
   let xk = tid % k_step;
   let xq = tid / k_step;
   let xq_step = THREADS / k_step;
+  let x_mine = x_everyone || tid < x_units;
 
-  // acc[2c + h]: token 4·ly + c (acc[8 + 2c + h]: token 64 + 4·ly + c), rows 64h + 4·lx + 0..3.
+  // acc[2c + h]: token 4·ly + c (acc[8 + 2c + h]: token 64 + 4·ly + c), rows 64h + 4·lx + 0..3; with 2
+  // tokens per thread, token 2·ly + c, taken from the high half of quad ly / 2 when ly is odd.
   var acc: array<vec4f, 16>;
   var wv: array<vec4f, 4>;
   var xv: array<vec4f, 4>;
+  let x_high = (lid.y & 1u) == 1u;
   if (tid < w_units) { wv = fetch_w(n0 + wi, 16u * wk); }
-  for (var p = 0u; p < x_loads; p++) { xv[p] = fetch_x(t0 + 4u * (xq + p * xq_step), xk); }
+  if (x_mine) {
+    for (var p = 0u; p < x_loads; p++) { xv[p] = fetch_x(t0 + 4u * (xq + p * xq_step), xk); }
+  }
 
   for (var k0 = 0u; k0 < part.cols; k0 += k_step) {
     if (tid < w_units) {
@@ -157,44 +177,73 @@ fn main(
       put_w(16u * wk + 8u, wi, wv[2]);
       put_w(16u * wk + 12u, wi, wv[3]);
     }
-    for (var p = 0u; p < x_loads; p++) { xs[x_at(xk, xq + p * xq_step)] = xv[p]; }
+    if (x_mine) {
+      for (var p = 0u; p < x_loads; p++) { xs[x_at(xk, xq + p * xq_step)] = xv[p]; }
+    }
     workgroupBarrier();
 
     let k1 = k0 + k_step;
-    if (k1 < cols) {
+    if (prefetch && k1 < cols) {
       if (tid < w_units) { wv = fetch_w(n0 + wi, k1 + 16u * wk); }
-      for (var p = 0u; p < x_loads; p++) { xv[p] = fetch_x(t0 + 4u * (xq + p * xq_step), k1 + xk); }
+      if (x_mine) {
+        for (var p = 0u; p < x_loads; p++) { xv[p] = fetch_x(t0 + 4u * (xq + p * xq_step), k1 + xk); }
+      }
     }
 
+    // @unroll if unroll_k
     for (var k = 0u; k < k_step; k++) {
       let b0 = ws[k * W_STRIDE + lid.x];
       let b1 = ws[k * W_STRIDE + 16u + lid.x];
-      let a0 = xs[x_at(k, lid.y)];
-      acc[0] = fma(vec4f(a0.x), b0, acc[0]);
-      acc[1] = fma(vec4f(a0.x), b1, acc[1]);
-      acc[2] = fma(vec4f(a0.y), b0, acc[2]);
-      acc[3] = fma(vec4f(a0.y), b1, acc[3]);
-      acc[4] = fma(vec4f(a0.z), b0, acc[4]);
-      acc[5] = fma(vec4f(a0.z), b1, acc[5]);
-      acc[6] = fma(vec4f(a0.w), b0, acc[6]);
-      acc[7] = fma(vec4f(a0.w), b1, acc[7]);
-      if (tokens_per_thread == 8u) {
-        let a1 = xs[x_at(k, lid.y) + 16u];
-        acc[8] = fma(vec4f(a1.x), b0, acc[8]);
-        acc[9] = fma(vec4f(a1.x), b1, acc[9]);
-        acc[10] = fma(vec4f(a1.y), b0, acc[10]);
-        acc[11] = fma(vec4f(a1.y), b1, acc[11]);
-        acc[12] = fma(vec4f(a1.z), b0, acc[12]);
-        acc[13] = fma(vec4f(a1.z), b1, acc[13]);
-        acc[14] = fma(vec4f(a1.w), b0, acc[14]);
-        acc[15] = fma(vec4f(a1.w), b1, acc[15]);
+      if (tokens_per_thread == 2u) {
+        let a = xs[x_at(k, lid.y / 2u)];
+        let pair = select(a.xy, a.zw, x_high);
+        acc[0] = fma(vec4f(pair.x), b0, acc[0]);
+        acc[1] = fma(vec4f(pair.x), b1, acc[1]);
+        acc[2] = fma(vec4f(pair.y), b0, acc[2]);
+        acc[3] = fma(vec4f(pair.y), b1, acc[3]);
+      } else {
+        let a0 = xs[x_at(k, lid.y)];
+        acc[0] = fma(vec4f(a0.x), b0, acc[0]);
+        acc[1] = fma(vec4f(a0.x), b1, acc[1]);
+        acc[2] = fma(vec4f(a0.y), b0, acc[2]);
+        acc[3] = fma(vec4f(a0.y), b1, acc[3]);
+        acc[4] = fma(vec4f(a0.z), b0, acc[4]);
+        acc[5] = fma(vec4f(a0.z), b1, acc[5]);
+        acc[6] = fma(vec4f(a0.w), b0, acc[6]);
+        acc[7] = fma(vec4f(a0.w), b1, acc[7]);
+        if (tokens_per_thread == 8u) {
+          let a1 = xs[x_at(k, lid.y) + 16u];
+          acc[8] = fma(vec4f(a1.x), b0, acc[8]);
+          acc[9] = fma(vec4f(a1.x), b1, acc[9]);
+          acc[10] = fma(vec4f(a1.y), b0, acc[10]);
+          acc[11] = fma(vec4f(a1.y), b1, acc[11]);
+          acc[12] = fma(vec4f(a1.z), b0, acc[12]);
+          acc[13] = fma(vec4f(a1.z), b1, acc[13]);
+          acc[14] = fma(vec4f(a1.w), b0, acc[14]);
+          acc[15] = fma(vec4f(a1.w), b1, acc[15]);
+        }
+      }
+    }
+
+    if (!prefetch && k1 < cols) {
+      if (tid < w_units) { wv = fetch_w(n0 + wi, k1 + 16u * wk); }
+      if (x_mine) {
+        for (var p = 0u; p < x_loads; p++) { xv[p] = fetch_x(t0 + 4u * (xq + p * xq_step), k1 + xk); }
       }
     }
     workgroupBarrier();
   }
 
-  let t = t0 + 4u * lid.y;
   let r = n0 + 4u * lid.x;
+  if (tokens_per_thread == 2u) {
+    let t = t0 + 2u * lid.y;
+    put_y(t, r, acc[0]);
+    put_y(t, r + 64u, acc[1]);
+    put_y(t + 1u, r, acc[2]);
+    put_y(t + 1u, r + 64u, acc[3]);
+    return;
+  }
+  let t = t0 + 4u * lid.y;
   put_y(t, r, acc[0]);
   put_y(t, r + 64u, acc[1]);
   put_y(t + 1u, r, acc[2]);

@@ -13,12 +13,17 @@
  * of the source (e.g. one spliced in by the host). Each copy of the body is its own block with the loop
  * variable replaced by the literal (`acc[0u]`, `acc[1u]`, …), so indices become constants.
  *
+ * `// @unroll if NAME` unrolls only when the `const` NAME (a `bool`, or an integer) is true or nonzero,
+ * and otherwise leaves the loop as written: a tuning knob, since overrides given a value become consts
+ * (see {@link specialiseOverrides}).
+ *
  * @module
  */
 
 import { UnsupportedError } from "../errors.ts";
 
-const MARKER = /^[ \t]*\/\/ @unroll[ \t]*\n[ \t]*for \(var (\w+) = 0u; \1 < (\w+); \1\+\+\) \{/m;
+const MARKER =
+  /^[ \t]*\/\/ @unroll(?: if (\w+))?[ \t]*\n[ \t]*for \(var (\w+) = 0u; \2 < (\w+); \2\+\+\) \{/m;
 
 /** Value of an integer literal (`8`, `8u`) or of a `const NAME ... = 8u;` declared in `code`. */
 function boundValue(code: string, bound: string): number {
@@ -27,6 +32,17 @@ function boundValue(code: string, bound: string): number {
   const declared = new RegExp(`const ${bound}\\s*(?::\\s*\\w+)?\\s*=\\s*(\\d+)u?\\s*;`).exec(code);
   if (!declared) throw new UnsupportedError(`@unroll: the bound ${bound} is not an integer constant`);
   return Number(declared[1]);
+}
+
+/** Whether the `const NAME ... = true;` (or a nonzero integer) declared in `code` holds. */
+function conditionHolds(code: string, name: string): boolean {
+  const declared = new RegExp(`const ${name}\\s*(?::\\s*\\w+)?\\s*=\\s*(true|false|\\d+)[ui]?\\s*;`).exec(
+    code,
+  );
+  if (!declared) {
+    throw new UnsupportedError(`@unroll: the condition ${name} is not a bool or integer constant`);
+  }
+  return declared[1] === "true" || (declared[1] !== "false" && Number(declared[1]) !== 0);
 }
 
 /** Index just past the `}` that closes the `{` at `open`. */
@@ -39,10 +55,18 @@ function closingBrace(code: string, open: number): number {
   throw new UnsupportedError("@unroll: unbalanced braces");
 }
 
-/** `code` with every `// @unroll` loop expanded (outer loops first, then the loops inside the copies). */
+/**
+ * `code` with every `// @unroll` loop expanded (outer loops first, then the loops inside the copies), and
+ * the markers of `// @unroll if NAME` loops whose condition is false removed.
+ */
 export function unrollLoops(code: string): string {
   for (let match = MARKER.exec(code); match; match = MARKER.exec(code)) {
-    const [whole, variable, bound] = match;
+    const [whole, condition, variable, bound] = match;
+    if (condition !== undefined && !conditionHolds(code, condition)) {
+      // Keep the loop; drop only the marker line.
+      code = code.slice(0, match.index) + code.slice(code.indexOf("\n", match.index) + 1);
+      continue;
+    }
     const open = match.index + whole.length - 1;
     const end = closingBrace(code, open);
     const body = code.slice(open + 1, end - 1);

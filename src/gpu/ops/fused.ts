@@ -18,7 +18,13 @@
  * @module
  */
 
-import { defaultMatvecWorkgroup, MATMUL_TILE_ROWS, matmulShape, type MatmulTuning } from "./matmul.ts";
+import {
+  defaultMatvecWorkgroup,
+  MATMUL_TILE_ROWS,
+  matmulConstants,
+  matmulShape,
+  type MatmulTuning,
+} from "./matmul.ts";
 import { BadFlagError, UnsupportedError } from "../../errors.ts";
 import type { Gpu, Kernel } from "../device.ts";
 import { dequantSource, type GpuWeight } from "../weights.ts";
@@ -270,7 +276,7 @@ export interface GateUpSwiGluMatmulOptions extends Omit<GateUpSwiGluOptions, "tu
 
 /**
  * Builds the prefill form of {@link createGateUpSwiGlu}: `out = silu(X · W_gateᵀ) · (X · W_upᵀ)` for the
- * step's tokens in output tiles of 64 rows × 64 or 128 tokens, one dispatch. Throws an
+ * step's tokens in output tiles of 64 rows × 64 or 128 tokens (32 when tuned so), one dispatch. Throws an
  * {@link UnsupportedError} when {@link canFuseGateUp} is false.
  */
 export function createGateUpSwiGluMatmul(gpu: Gpu, options: GateUpSwiGluMatmulOptions): GpuOp {
@@ -288,8 +294,7 @@ export function createGateUpSwiGluMatmul(gpu: Gpu, options: GateUpSwiGluMatmulOp
     rows: gate.rows,
     row_bytes_a: gate.rowBytes,
     row_bytes_b: up.rowBytes,
-    tokens_per_thread: shape.tokensPerThread,
-    k_step: shape.kStep,
+    ...matmulConstants(shape),
   }, {
     DEQUANT_A: suffixedDequantSource(gate.info.name, "a"),
     DEQUANT_B: suffixedDequantSource(up.info.name, "b"),

@@ -257,12 +257,27 @@ export interface MatmulTuning {
   /**
    * Tokens per thread: 4 (64-token output tiles) or 8 (128-token tiles, twice the FMAs per workgroup-memory
    * read, half the workgroups and half the W decoding). Default: 8 when that still gives at least 128
-   * workgroups (about one per SM of a large GPU) and fits the workgroup memory, else 4.
+   * workgroups (about one per SM of a large GPU) and fits the workgroup memory, else 4. 2 (32-token tiles,
+   * half the accumulators of 4, twice the W decoding) is never the default: a tuning to try.
    */
   tokensPerThread?: number;
   /** Columns of K staged per step, 16 or 32 (default 32, or 16 when 32 does not fit the workgroup memory). */
   kStep?: number;
+  /**
+   * Unroll the FMA loop over the kStep columns of a step (constant workgroup-memory offsets, room for the
+   * compiler to schedule the loads ahead of the FMAs), at the cost of longer code. Default false.
+   */
+  unrollK?: boolean;
+  /**
+   * Fetch the next step's weight unit and activations into registers before the current step's FMAs, so
+   * the global reads overlap them (true, the default), or after the FMAs (false: fewer registers live
+   * across the FMA loop, which may allow more workgroups per SM, but the reads are no longer hidden).
+   */
+  prefetch?: boolean;
 }
+
+/** The names of {@link MatmulTuning}'s fields (a tuning naming anything else is rejected). */
+export const MATMUL_TUNING_KEYS: readonly string[] = ["tokensPerThread", "kStep", "unrollK", "prefetch"];
 
 /** Options of {@link createMatmul}. */
 export interface MatmulOptions extends LinearOptions {
@@ -270,14 +285,18 @@ export interface MatmulOptions extends LinearOptions {
   tuning?: MatmulTuning;
 }
 
-/** The tile shape a prefill kernel runs with (see {@link matmulShape}). */
+/** The tile shape and code variant a prefill kernel runs with (see {@link matmulShape}). */
 export interface MatmulShape {
-  /** Tokens per thread, 4 or 8. */
+  /** Tokens per thread, 2, 4 or 8. */
   tokensPerThread: number;
   /** Columns of K per step, 16 or 32. */
   kStep: number;
   /** Tokens per output tile (16 · tokensPerThread). */
   tileTokens: number;
+  /** Whether the FMA loop over a K step is unrolled ({@link MatmulTuning.unrollK}). */
+  unrollK: boolean;
+  /** Whether the next step is fetched before the FMAs ({@link MatmulTuning.prefetch}). */
+  prefetch: boolean;
 }
 
 /** Output rows per workgroup of `wgsl/matmul.wgsl` (product columns per workgroup of the fused kernel). */
@@ -291,7 +310,8 @@ export function matmulWorkgroupBytes(tokensPerThread: number, kStep: number): nu
 /**
  * Picks (or checks) the tile shape of a prefill kernel for `maxTokens` tokens and `rowTiles` output tiles
  * along the rows: the given tuning, checked, or the defaults of {@link MatmulTuning} within this GPU's
- * workgroup memory. Throws a {@link BadFlagError} naming `op` for a tuning that is invalid or too large.
+ * workgroup memory. Throws a {@link BadFlagError} naming `op` for a tuning that is invalid (an unknown
+ * field, a value out of range, a non-boolean flag) or too large.
  */
 export function matmulShape(
   gpu: Gpu,
@@ -302,14 +322,29 @@ export function matmulShape(
 ): MatmulShape {
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
   const fits = (t: number, k: number) => matmulWorkgroupBytes(t, k) <= limit;
+  for (const key of Object.keys(tuning)) {
+    if (!MATMUL_TUNING_KEYS.includes(key)) {
+      throw new BadFlagError(
+        `${op}: unknown prefill tuning field ${JSON.stringify(key)} (known: ${
+          MATMUL_TUNING_KEYS.join(", ")
+        })`,
+      );
+    }
+  }
   for (
     const [what, value, allowed] of [
-      ["tokensPerThread", tuning.tokensPerThread, [4, 8]],
+      ["tokensPerThread", tuning.tokensPerThread, [2, 4, 8]],
       ["kStep", tuning.kStep, [16, 32]],
     ] as const
   ) {
     if (value !== undefined && !(allowed as readonly number[]).includes(value)) {
-      throw new BadFlagError(`${op}: ${what} must be ${allowed.join(" or ")}, got ${value}`);
+      const list = `${allowed.slice(0, -1).join(", ")} or ${allowed[allowed.length - 1]}`;
+      throw new BadFlagError(`${op}: ${what} must be ${list}, got ${JSON.stringify(value)}`);
+    }
+  }
+  for (const [what, value] of [["unrollK", tuning.unrollK], ["prefetch", tuning.prefetch]] as const) {
+    if (value !== undefined && typeof value !== "boolean") {
+      throw new BadFlagError(`${op}: ${what} must be true or false, got ${JSON.stringify(value)}`);
     }
   }
   let tokensPerThread = tuning.tokensPerThread;
@@ -325,12 +360,28 @@ export function matmulShape(
         `memory, this GPU allows ${limit}`,
     );
   }
-  return { tokensPerThread, kStep, tileTokens: 16 * tokensPerThread };
+  return {
+    tokensPerThread,
+    kStep,
+    tileTokens: 16 * tokensPerThread,
+    unrollK: tuning.unrollK ?? false,
+    prefetch: tuning.prefetch ?? true,
+  };
+}
+
+/** The override constants of `wgsl/matmul.wgsl` and `wgsl/matmul_fused.wgsl` for `shape`. */
+export function matmulConstants(shape: MatmulShape): Record<string, number> {
+  return {
+    tokens_per_thread: shape.tokensPerThread,
+    k_step: shape.kStep,
+    prefetch: shape.prefetch ? 1 : 0,
+    unroll_k: shape.unrollK ? 1 : 0,
+  };
 }
 
 /**
  * Creates the prefill matrix-matrix op: `Y = X · Wᵀ` for the step's tokens, in output tiles of 128 rows ×
- * 64 or 128 tokens (see {@link MatmulTuning}).
+ * 64 or 128 tokens (32 when tuned so; see {@link MatmulTuning}).
  */
 export function createMatmul(gpu: Gpu, options: MatmulOptions): GpuOp {
   const op = options.label;
@@ -338,12 +389,9 @@ export function createMatmul(gpu: Gpu, options: MatmulOptions): GpuOp {
   const { weight, maxTokens } = options;
   const maxRowTiles = Math.max(...weight.parts.map((part) => ceilDiv(part.rows, MATMUL_TILE_ROWS)));
   const shape = matmulShape(gpu, op, maxTokens, maxRowTiles, options.tuning);
-  const kernel = gpu.kernel(
-    "matmul",
-    { tokens_per_thread: shape.tokensPerThread, k_step: shape.kStep },
-    { DEQUANT: dequantSource(weight.info.name) },
-  );
+  const kernel = gpu.kernel("matmul", matmulConstants(shape), { DEQUANT: dequantSource(weight.info.name) });
   const tokenTiles = ceilDiv(maxTokens, shape.tileTokens);
+  checkWorkgroups(gpu, op, tokenTiles);
   const parts = bindParts(gpu, kernel, options, (rows) => {
     checkWorkgroups(gpu, op, ceilDiv(rows, MATMUL_TILE_ROWS));
     return [ceilDiv(rows, MATMUL_TILE_ROWS), tokenTiles, 1];

@@ -1,0 +1,373 @@
+/**
+ * Microbenchmark of the prefill matrix-matrix kernels (no model file): `createMatmul` and the fused gate/up +
+ * SwiGLU `createGateUpSwiGluMatmul` at the Llama-3.1-8B and Llama-3.2-1B shapes, for a list of weight types,
+ * prompt lengths and tunings (`MatmulTuning`: tile shape, unrolled K loop, prefetch). Weights hold random
+ * quants with small finite f16 scales (F16/BF16/F32 weights: small random values); each op gets enough
+ * copies of its weights (`--min-mb`, default 128 MB in all) that they do not all sit in the L2 cache, and
+ * many dispatches cycling through the copies go into one submit. The time per op is the difference of two
+ * such runs of different lengths, divided by the extra dispatches (so the submit and readback overheads
+ * cancel); run lengths are chosen from a first estimate so that the short run takes about 50 ms.
+ * TFLOP/s counts 2 · tokens · rows · cols per op (rows of gate and up together for gate_up).
+ *
+ * usage: deno run -A bench/matmul.ts [--types Q4_K,Q6_K,Q8_0,F16] [--shapes 8b,1b | 8b.ffn_down,…]
+ *          [--tokens 512,4096] [--tunings '[{}, {"unrollK": true}, {"prefetch": false}]']
+ *          [--min-mb 128] [--out out/matmul.json] [--quick]
+ * defaults: --types Q4_K,Q6_K --shapes 8b,1b --tokens 512 --tunings '[{}]' (the default tuning only).
+ *
+ * Ops are built for each prompt length as the model builds them (`maxTokens` = the length), so `{}` rows
+ * show the default tile shape for that length; the `tile` column gives the shape each row ran with
+ * (t tokens per thread, k columns per step, u unrolled K loop, p prefetch). A tuning an op rejects becomes
+ * a row with an error. `--quick` (for software adapters) runs small "tiny" shapes with 64 tokens, few copies
+ * and dispatches: it shows that everything runs, not speed. The JSON holds the device description and every
+ * row; it is rewritten after each row (to a `.tmp` file, then renamed), so a run cut short keeps its rows.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { BadFlagError } from "../src/errors.ts";
+import { getGpu } from "../src/gpu/device.ts";
+import { createGateUpSwiGluMatmul } from "../src/gpu/ops/fused.ts";
+import {
+  createMatmul,
+  MATMUL_TILE_ROWS,
+  type MatmulShape,
+  matmulShape,
+  type MatmulTuning,
+} from "../src/gpu/ops/matmul.ts";
+import { ceilDiv, type GpuOp, StepParams } from "../src/gpu/ops/op.ts";
+import { GpuWeight } from "../src/gpu/weights.ts";
+import { f32ToBf16, f32ToHalf } from "../src/gguf/half.ts";
+import { GGMLType, typeInfo } from "../src/gguf/types.ts";
+
+/** One benchmarked op shape: `matmul` (rows × cols) or `gate_up` (gate and up, each rows × cols). */
+interface Shape {
+  name: string;
+  kind: "matmul" | "gate_up";
+  cols: number;
+  /** Output rows of the weight (of each of gate and up for gate_up). */
+  rows: number;
+}
+
+const SHAPES: Shape[] = [
+  { name: "8b.attn_q", kind: "matmul", cols: 4096, rows: 4096 },
+  { name: "8b.attn_k", kind: "matmul", cols: 4096, rows: 1024 }, // attn_v alike
+  { name: "8b.attn_output", kind: "matmul", cols: 4096, rows: 4096 },
+  { name: "8b.gate_up", kind: "gate_up", cols: 4096, rows: 14336 },
+  { name: "8b.ffn_down", kind: "matmul", cols: 14336, rows: 4096 },
+  { name: "8b.output", kind: "matmul", cols: 4096, rows: 128256 },
+  { name: "1b.attn_q", kind: "matmul", cols: 2048, rows: 2048 },
+  { name: "1b.attn_k", kind: "matmul", cols: 2048, rows: 512 }, // attn_v alike
+  { name: "1b.attn_output", kind: "matmul", cols: 2048, rows: 2048 },
+  { name: "1b.gate_up", kind: "gate_up", cols: 2048, rows: 8192 },
+  { name: "1b.ffn_down", kind: "matmul", cols: 8192, rows: 2048 },
+  { name: "1b.output", kind: "matmul", cols: 2048, rows: 128256 },
+  { name: "tiny.matmul", kind: "matmul", cols: 512, rows: 320 },
+  { name: "tiny.gate_up", kind: "gate_up", cols: 256, rows: 192 },
+  { name: "tiny.down", kind: "matmul", cols: 768, rows: 256 },
+];
+
+/** Byte offsets of the f16 scale fields inside one block of each quantised type (ggml block layouts). */
+const SCALE_FIELDS: Record<string, number[]> = {
+  Q4_0: [0],
+  Q4_1: [0, 2],
+  Q5_0: [0],
+  Q5_1: [0, 2],
+  Q8_0: [0],
+  Q2_K: [80, 82],
+  Q3_K: [108],
+  Q4_K: [0, 2],
+  Q5_K: [0, 2],
+  Q6_K: [208],
+};
+
+/** One measured (shape, type, tokens, tuning). */
+interface Row {
+  shape: string;
+  kind: string;
+  cols: number;
+  /** Output rows of the op (gate and up together for gate_up). */
+  rows: number;
+  type: string;
+  tokens: number;
+  tuning: MatmulTuning;
+  /** The tile shape and variant the op ran with (the defaults filled in). */
+  tile?: MatmulShape;
+  /** Weight bytes one op reads. */
+  bytes: number;
+  /** Copies of the weights cycled through. */
+  copies: number;
+  /** Dispatches in the short and the long timed run. */
+  dispatches?: [number, number];
+  us?: number;
+  tflops?: number;
+  error?: string;
+}
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    types: { type: "string" },
+    shapes: { type: "string" },
+    tokens: { type: "string" },
+    tunings: { type: "string" },
+    "min-mb": { type: "string" },
+    out: { type: "string" },
+    quick: { type: "boolean" },
+  },
+});
+
+/** Stops with a one-line usage error. */
+function usage(message: string): never {
+  console.error(`error: ${message}`);
+  Deno.exit(2);
+}
+
+const quick = values.quick ?? false;
+const list = (s: string | undefined, fallback: string) =>
+  (s ?? fallback).split(",").map((v) => v.trim()).filter(Boolean);
+const types = list(values.types, "Q4_K,Q6_K");
+for (const t of types) {
+  const known = t in SCALE_FIELDS || t === "F16" || t === "BF16" || t === "F32";
+  if (!known) {
+    usage(`--types: ${t} is not one of ${[...Object.keys(SCALE_FIELDS), "F16", "BF16", "F32"].join(", ")}`);
+  }
+}
+const shapeNames = list(values.shapes, quick ? "tiny" : "8b,1b");
+const shapes = SHAPES.filter((s) => shapeNames.some((n) => s.name === n || s.name.startsWith(`${n}.`)));
+if (shapes.length === 0) usage(`--shapes: no shape matches ${shapeNames.join(",")}`);
+const tokenCounts = list(values.tokens, quick ? "64" : "512").map(Number);
+for (const n of tokenCounts) {
+  if (!Number.isInteger(n) || n < 1) usage(`--tokens: expected positive integers, got ${values.tokens}`);
+}
+let tunings: MatmulTuning[];
+try {
+  tunings = JSON.parse(values.tunings ?? "[{}]");
+} catch (e) {
+  usage(`--tunings: not JSON: ${e instanceof Error ? e.message : e}`);
+}
+if (!Array.isArray(tunings) || !tunings.every((t) => typeof t === "object" && t !== null)) {
+  usage("--tunings: expected a JSON array of MatmulTuning objects, e.g. '[{}, {\"unrollK\": true}]'");
+}
+const minBytes = Number(values["min-mb"] ?? (quick ? 1 : 128)) * 1e6;
+const outPath = values.out ?? "out/matmul.json";
+
+const gpu = await getGpu();
+// A tuning with an unknown field or value fails here, before any weight is uploaded.
+for (const t of tunings) {
+  try {
+    matmulShape(gpu, `--tunings ${JSON.stringify(t)}`, 1, 1, t);
+  } catch (e) {
+    if (e instanceof BadFlagError) usage(e.message);
+    throw e;
+  }
+}
+console.error(
+  `device: ${gpu.description}${gpu.isFallback ? " (software: figures show only that it runs)" : ""}`,
+);
+
+/** Random small finite values of a type's encoding: whole blocks, the f16 scales of quantised ones set. */
+function randomPool(type: string, bytes: number): Uint8Array {
+  const info = typeInfo(GGMLType[type as keyof typeof GGMLType], type);
+  const blocks = Math.ceil(bytes / info.bytesPerBlock);
+  const pool = new Uint8Array(blocks * info.bytesPerBlock);
+  const view = new DataView(pool.buffer);
+  const small = () => (Math.random() * 2 - 1) * 0.05;
+  if (type === "F32") {
+    for (let i = 0; i < pool.length; i += 4) view.setFloat32(i, small(), true);
+  } else if (type === "F16" || type === "BF16") {
+    const encode = type === "F16" ? f32ToHalf : f32ToBf16;
+    for (let i = 0; i < pool.length; i += 2) view.setUint16(i, encode(small()), true);
+  } else {
+    for (let i = 0; i < pool.length; i += 65536) crypto.getRandomValues(pool.subarray(i, i + 65536));
+    for (let b = 0; b < pool.length; b += info.bytesPerBlock) {
+      for (const at of SCALE_FIELDS[type]) view.setUint16(b + at, f32ToHalf(small()), true);
+    }
+  }
+  return pool;
+}
+
+/** Upload chunk size: GpuWeight.upload reads whole rows, a multiple of four, within it (rows here are small). */
+const CHUNK_BYTES = 4 << 20;
+const pools = new Map<string, Uint8Array>();
+
+/** Uploads a weight of random values of `type`; every upload chunk starts at a block boundary. */
+function randomWeight(type: string, cols: number, rows: number, label: string): Promise<GpuWeight> {
+  let pool = pools.get(type);
+  if (!pool) {
+    pool = randomPool(type, CHUNK_BYTES);
+    pools.set(type, pool);
+  }
+  const source = pool;
+  return GpuWeight.upload(gpu, {
+    name: label,
+    type: GGMLType[type as keyof typeof GGMLType],
+    shape: [cols, rows],
+    read: (_offset, length) => {
+      // Chunks are whole rows, so whole blocks: any block-aligned window of the pool will do.
+      if (length > source.length) throw new Error(`upload chunk of ${length} bytes exceeds the random pool`);
+      return source.subarray(0, length);
+    },
+  }, { chunkBytes: CHUNK_BYTES });
+}
+
+/** Seconds to run `count` dispatches (cycling through `ops`) in one pass, submitted and finished. */
+async function timeRun(ops: GpuOp[], count: number): Promise<number> {
+  const t0 = performance.now();
+  const encoder = gpu.device.createCommandEncoder();
+  const pass = encoder.beginComputePass();
+  for (let i = 0; i < count; i++) ops[i % ops.length].encode(pass);
+  pass.end();
+  gpu.device.queue.submit([encoder.finish()]);
+  await gpu.device.queue.onSubmittedWorkDone();
+  return (performance.now() - t0) / 1000;
+}
+
+/**
+ * Microseconds per op: median over three tries of (T(long) − T(short)) / (extra dispatches), the short run
+ * at least one dispatch per copy and about 50 ms long (from a first estimate), the long one three times it.
+ */
+async function timeOps(ops: GpuOp[]): Promise<{ us: number; dispatches: [number, number] }> {
+  await timeRun(ops, ops.length); // warm up (pipeline, first touches)
+  const probe = Math.max(2, ops.length);
+  const estimate = (await timeRun(ops, probe)) / probe;
+  const target = quick ? 0.005 : 0.05;
+  const short = Math.max(ops.length, 2, Math.min(10000, Math.ceil(target / Math.max(estimate, 1e-7))));
+  const long = 3 * short;
+  const tries: number[] = [];
+  for (let i = 0; i < (quick ? 1 : 3); i++) {
+    const a = await timeRun(ops, short);
+    const b = await timeRun(ops, long);
+    tries.push(Math.max(0, b - a) / (long - short) * 1e6);
+  }
+  return { us: tries.sort((p, q) => p - q)[Math.floor(tries.length / 2)], dispatches: [short, long] };
+}
+
+/** `t8 k32 u0 p1`: tokens per thread, K step, unrolled K loop, prefetch. */
+function tileName(tile: MatmulShape | undefined): string {
+  if (!tile) return "-";
+  return `t${tile.tokensPerThread} k${tile.kStep} u${tile.unrollK ? 1 : 0} p${tile.prefetch ? 1 : 0}`;
+}
+
+const results = {
+  device: gpu.description,
+  software: gpu.isFallback,
+  date: new Date().toISOString(),
+  args: Deno.args,
+  rows: [] as Row[],
+};
+
+const header = ["shape", "type", "m", "tuning", "tile", "µs", "TFLOP/s"];
+const table: string[][] = [];
+const maxTokens = Math.max(...tokenCounts);
+
+const outDir = outPath.substring(0, outPath.lastIndexOf("/"));
+if (outDir) await Deno.mkdir(outDir, { recursive: true });
+
+/** Writes the results so far: a `.tmp` file renamed over `outPath`, so a reader never sees half a file. */
+function save(): void {
+  Deno.writeTextFileSync(`${outPath}.tmp`, JSON.stringify(results, null, 2) + "\n");
+  Deno.renameSync(`${outPath}.tmp`, outPath);
+}
+
+/** Adds a row to the results (saved at once, so a run cut short keeps its rows) and the table, and prints it. */
+function record(row: Row): void {
+  results.rows.push(row);
+  table.push([
+    row.shape,
+    row.type,
+    String(row.tokens),
+    JSON.stringify(row.tuning),
+    tileName(row.tile),
+    row.us === undefined ? "error" : row.us.toFixed(1),
+    row.tflops === undefined ? "-" : row.tflops.toPrecision(3),
+  ]);
+  console.error(table[table.length - 1].join("  "));
+  save();
+}
+
+for (const shape of shapes) {
+  for (const type of types) {
+    const info = typeInfo(GGMLType[type as keyof typeof GGMLType], type);
+    const rowBytes = shape.cols / info.blockSize * info.bytesPerBlock;
+    const weights = shape.kind === "gate_up" ? 2 : 1;
+    const outRows = weights * shape.rows;
+    const bytes = outRows * rowBytes;
+    const copies = Math.max(1, Math.ceil(minBytes / bytes));
+    const base = {
+      shape: shape.name,
+      kind: shape.kind,
+      cols: shape.cols,
+      rows: outRows,
+      type,
+      bytes,
+      copies,
+    };
+    const sets: GpuWeight[][] = [];
+    const buffers: GPUBuffer[] = [];
+    let step: StepParams | undefined;
+    try {
+      for (let c = 0; c < copies; c++) {
+        const set: GpuWeight[] = [];
+        for (let i = 0; i < weights; i++) {
+          set.push(await randomWeight(type, shape.cols, shape.rows, `${shape.name}.${i}.${c}`));
+        }
+        sets.push(set);
+      }
+      const xs = Float32Array.from({ length: maxTokens * shape.cols }, () => Math.random() * 2 - 1);
+      const x = gpu.buffer("x", xs.byteLength, xs);
+      const y = gpu.buffer("y", maxTokens * shape.rows * 4);
+      buffers.push(x, y);
+      step = new StepParams(gpu, maxTokens);
+      for (const tokens of tokenCounts) {
+        step.set(tokens, 0);
+        for (const tuning of tunings) {
+          const row: Row = { ...base, tokens, tuning };
+          try {
+            const rowTiles = shape.kind === "gate_up"
+              ? ceilDiv(shape.rows, MATMUL_TILE_ROWS / 2)
+              : Math.max(...sets[0][0].parts.map((p) => ceilDiv(p.rows, MATMUL_TILE_ROWS)));
+            row.tile = matmulShape(gpu, shape.name, tokens, rowTiles, tuning);
+            const common = { label: shape.name, x, maxTokens: tokens, step, tuning };
+            const ops = sets.map(([a, b]) =>
+              shape.kind === "gate_up"
+                ? createGateUpSwiGluMatmul(gpu, { ...common, gate: a, up: b, out: y })
+                : createMatmul(gpu, { ...common, weight: a, y })
+            );
+            const timed = await timeOps(ops);
+            row.us = timed.us;
+            row.dispatches = timed.dispatches;
+            row.tflops = 2 * tokens * outRows * shape.cols / (timed.us * 1e-6) / 1e12;
+          } catch (e) {
+            row.error = e instanceof Error ? e.message : String(e);
+          }
+          record(row);
+        }
+      }
+    } catch (e) {
+      // The weights or buffers of this shape did not fit: one error row per measurement.
+      const error = e instanceof Error ? e.message : String(e);
+      for (const tokens of tokenCounts) {
+        for (const tuning of tunings) record({ ...base, tokens, tuning, error });
+      }
+    }
+    for (const ws of sets) for (const w of ws) w.destroy();
+    for (const b of buffers) b.destroy();
+    step?.buffer.destroy();
+  }
+}
+
+const widths = header.map((h, i) => Math.max(h.length, ...table.map((r) => r[i].length)));
+const line = (cells: string[]) =>
+  cells.map((c, i) => (i >= 5 ? c.padStart(widths[i]) : c.padEnd(widths[i]))).join("  ");
+console.log(`# ${gpu.description}`);
+console.log(line(header));
+for (const r of table) console.log(line(r));
+const errors = new Set(
+  results.rows.flatMap((r) =>
+    r.error ? [`${r.shape} ${r.type} m=${r.tokens} ${JSON.stringify(r.tuning)}: ${r.error}`] : []
+  ),
+);
+for (const e of errors) console.log(`error: ${e}`);
+save();
+console.error(`wrote ${outPath}`);
