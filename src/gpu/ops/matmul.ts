@@ -256,16 +256,19 @@ export function createMatvec(gpu: Gpu, options: MatvecOptions): MatvecOp {
 export interface MatmulTuning {
   /**
    * Tokens per thread: 4 (64-token output tiles) or 8 (128-token tiles, twice the FMAs per workgroup-memory
-   * read, half the workgroups and half the W decoding). Default: 8 when that still gives at least 128
-   * workgroups (about one per SM of a large GPU) and fits the workgroup memory, else 4. 2 (32-token tiles,
+   * read, half the workgroups and half the W decoding). Default: 8 when that still gives at least 256
+   * workgroups (about two per SM of a large GPU) and fits the workgroup memory, else 4. 2 (32-token tiles,
    * half the accumulators of 4, twice the W decoding) is never the default: a tuning to try.
    */
   tokensPerThread?: number;
-  /** Columns of K staged per step, 16 or 32 (default 32, or 16 when 32 does not fit the workgroup memory). */
+  /**
+   * Columns of K staged per step, 16 or 32 (default 16 with 8 tokens per thread, else 32 where it fits the
+   * workgroup memory).
+   */
   kStep?: number;
   /**
    * Unroll the FMA loop over the kStep columns of a step (constant workgroup-memory offsets, room for the
-   * compiler to schedule the loads ahead of the FMAs), at the cost of longer code. Default false.
+   * compiler to schedule the loads ahead of the FMAs), at the cost of longer code. Default true.
    */
   unrollK?: boolean;
   /**
@@ -350,9 +353,13 @@ export function matmulShape(
   let tokensPerThread = tuning.tokensPerThread;
   if (tokensPerThread === undefined) {
     const bigTiles = ceilDiv(maxTokens, 128) * rowTiles;
-    tokensPerThread = bigTiles >= 128 && fits(8, tuning.kStep ?? 32) ? 8 : 4;
+    tokensPerThread = bigTiles >= 256 && fits(8, tuning.kStep ?? 16) ? 8 : 4;
   }
-  const kStep = tuning.kStep ?? (fits(tokensPerThread, 32) ? 32 : 16);
+  // H100 sweep (bench/results/h100-matmul-variants.json, 8B shapes, 512 tokens): unrolled, 8 tokens per
+  // thread with 16 columns per step ran the fused gate/up (896 tiles of 128 tokens) at 29-31 TFLOP/s (17.8
+  // before unrolling, with 32 columns); ffn_down (128 such tiles, under one per SM) ran best with 4 tokens
+  // × 32 columns, 5-10% ahead of 8 × 16.
+  const kStep = tuning.kStep ?? (tokensPerThread === 8 || !fits(tokensPerThread, 32) ? 16 : 32);
   const bytes = matmulWorkgroupBytes(tokensPerThread, kStep);
   if (bytes > limit) {
     throw new BadFlagError(
@@ -364,7 +371,7 @@ export function matmulShape(
     tokensPerThread,
     kStep,
     tileTokens: 16 * tokensPerThread,
-    unrollK: tuning.unrollK ?? false,
+    unrollK: tuning.unrollK ?? true,
     prefetch: tuning.prefetch ?? true,
   };
 }
