@@ -197,8 +197,9 @@ fn main(
       if (key < len) {
         let page = block_table[row * max_pages + key / PAGE_TOKENS];
         let quad_at = (key % PAGE_TOKENS) * octets + c;
-        k8 = pool_load4(page, quad_at);
-        v8 = pool_load4(page, PAGE_TOKENS * octets + quad_at);
+        let kv8 = pool_load_kv(page, quad_at);
+        k8 = kv8[0];
+        v8 = kv8[1];
       }
       k_tile[t * k_stride + 2u * c] = k8.xy;
       k_tile[t * k_stride + 2u * c + 1u] = k8.zw;

@@ -183,7 +183,8 @@ export interface FlashDecodeOptions extends AttentionOptions {
   /** The step parameters; required with `wgkv` (the query's position is `pos0`). */
   step?: StepParams;
   /**
-   * Keys per block of the partial pass, which is also its workgroup size (default 128); a power of two
+   * Keys per block of the partial pass, which is also its workgroup size (default 128, less where the
+   * block would not fit the workgroup memory); a power of two
    * from 32 to 256 (at least headDim / 8).
    */
   blockKeys?: number;
@@ -217,30 +218,43 @@ export function decodePartialsBytes(splits: number, qHeads: number, headDim: num
 /** Query heads served by one workgroup of the decode partial pass (the lanes of a vec4). */
 const DECODE_HEADS_PER_BATCH = 4;
 
-/** Default keys per block (= threads per workgroup) of the decode partial pass. */
+/** Most keys per block (= threads per workgroup) of the decode partial pass by default. */
 const DECODE_BLOCK_KEYS = 128;
 
-/**
- * Values each lane of the decode partial pass loads at once: its key group's keys per block (the workgroup
- * splits into ⌊blockKeys / (headDim / 8)⌋ key groups), at most 16.
- */
-function decodeValueChunk(headDim: number, blockKeys: number): number {
-  const keyGroups = Math.floor(blockKeys / (headDim / 8));
-  return Math.min(16, Math.ceil(blockKeys / keyGroups));
+/** Keys per block by default: {@link DECODE_BLOCK_KEYS}, halved while the block's workgroup memory does not fit. */
+function defaultDecodeBlockKeys(gpu: Gpu, headDim: number, kvHeads: number): number {
+  const least = Math.max(32, headDim / 8);
+  let keys = DECODE_BLOCK_KEYS;
+  while (
+    keys > least && decodeWorkgroupBytes(headDim, keys, kvHeads) > gpu.limits.maxComputeWorkgroupStorageSize
+  ) {
+    keys /= 2;
+  }
+  return keys;
 }
 
 /** Workgroup memory of the decode partial pass (see the `var<workgroup>` declarations of `main`). */
-function decodeWorkgroupBytes(headDim: number, blockKeys: number): number {
+function decodeWorkgroupBytes(headDim: number, blockKeys: number, kvHeads: number): number {
   const slots = Math.max(1, Math.floor(Math.floor(blockKeys / (headDim / 8)) / 2));
-  return headDim * 16 + blockKeys * 16 + slots * headDim * 16 + slots * 2 * 16 + 4;
+  // q_batch, scores, v_block, merge_sums, merge_stats, slot_plan, head_lengths
+  return headDim * 16 + blockKeys * 16 + blockKeys * headDim * 2 + slots * headDim * 16 + slots * 2 * 16 +
+    16 +
+    kvHeads * 4;
 }
 
 /**
- * WGSL declaring the pool shards at bindings `firstBinding …` as `array<vec4<u32>>` and the accessor
- * `pool_load4(page, quad)`, where `quad` counts vec4<u32> inside the page (pages hold
- * `PAGE_TOKENS · head_dim / 8` quads of K, then as many of V, so every row starts on a 16-byte boundary).
+ * WGSL declaring the pool shards at bindings `firstBinding …` as `array<vec4<u32>>` and accessors, where
+ * `quad` counts vec4<u32> inside a page (pages hold `PAGE_TOKENS · head_dim / 8` quads of K, then as many
+ * of V, so every row starts on a 16-byte boundary):
+ * - `pool_load_kv(page, quad)`: the K quad and the V quad at the same place of their halves;
+ * - `pool_load_rows(page, quad, k, v)` (with `rows`): the whole K and V rows (`k_quads` quads each, a
+ *   constant the kernel declares) of the token whose K row starts at `quad`.
+ *
+ * Each accessor picks the page's shard once, around all of its loads. The loads of one accessor are then
+ * in flight together; a branch per load (what a per-quad accessor inside an unrolled loop amounts to)
+ * lets each load wait for the one before. With one shard there is no branch at all.
  */
-function poolQuadShaderSource(shardCount: number, firstBinding: number): string {
+function poolQuadShaderSource(shardCount: number, firstBinding: number, rows = false): string {
   const lines = [
     `// Pool shards: binding ${firstBinding}+s = shard s, vec4<u32>[pool_pages_per_shard][PAGE_TOKENS * head_dim / 4];`,
     `// page p lives in shard p / pool_pages_per_shard.`,
@@ -248,20 +262,43 @@ function poolQuadShaderSource(shardCount: number, firstBinding: number): string 
   for (let s = 0; s < shardCount; s++) {
     lines.push(`@group(0) @binding(${firstBinding + s}) var<storage, read> pool_shard_${s}: array<vec4u>;`);
   }
+  // `body(shard)` for the page's shard: straight-line code with one shard, else a switch.
+  const perShard = (indent: string, body: (shard: string) => string[]): string[] => {
+    if (shardCount === 1) return body("pool_shard_0").map((l) => indent + l);
+    const out = [`${indent}switch (page / pool_pages_per_shard) {`];
+    for (let s = 0; s < shardCount; s++) {
+      out.push(`${indent}  ${s === shardCount - 1 ? "default" : `case ${s}u`}: {`);
+      out.push(...body(`pool_shard_${s}`).map((l) => `${indent}    ${l}`));
+      out.push(`${indent}  }`);
+    }
+    out.push(`${indent}}`);
+    return out;
+  };
+  const at = `  let i = (page % pool_pages_per_shard) * (PAGE_TOKENS * head_dim / 4u) + quad;`;
+  const vHalf = `PAGE_TOKENS * head_dim / 8u`;
   lines.push(
-    `fn pool_load4(page: u32, quad: u32) -> vec4u {`,
-    `  let i = (page % pool_pages_per_shard) * (PAGE_TOKENS * head_dim / 4u) + quad;`,
-    `  switch (page / pool_pages_per_shard) {`,
-    ...Array.from(
-      { length: shardCount },
-      (_, s) =>
-        s === shardCount - 1
-          ? `    default: { return pool_shard_${s}[i]; }`
-          : `    case ${s}u: { return pool_shard_${s}[i]; }`,
-    ),
-    `  }`,
+    `fn pool_load_kv(page: u32, quad: u32) -> array<vec4u, 2> {`,
+    at,
+    `  var out: array<vec4u, 2>;`,
+    ...perShard("  ", (shard) => [`out[0] = ${shard}[i];`, `out[1] = ${shard}[i + ${vHalf}];`]),
+    `  return out;`,
     `}`,
   );
+  if (rows) {
+    lines.push(
+      `fn pool_load_rows(page: u32, quad: u32, k: ptr<function, array<vec4u, k_quads>>,`,
+      `                  v: ptr<function, array<vec4u, k_quads>>) {`,
+      at,
+      ...perShard("  ", (shard) => [
+        `// @unroll`,
+        `for (var p = 0u; p < k_quads; p++) {`,
+        `  (*k)[p] = ${shard}[i + p];`,
+        `  (*v)[p] = ${shard}[i + ${vHalf} + p];`,
+        `}`,
+      ]),
+      `}`,
+    );
+  }
   return lines.join("\n");
 }
 
@@ -341,7 +378,7 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   }
   const splits = options.splits ?? Math.min(32, kv.maxPagesPerHead);
   checkInt(label, "splits", splits, 1, gpu.limits.maxComputeWorkgroupsPerDimension);
-  const blockKeys = options.blockKeys ?? DECODE_BLOCK_KEYS;
+  const blockKeys = options.blockKeys ?? defaultDecodeBlockKeys(gpu, D, kv.kvHeads);
   checkInt(label, "blockKeys", blockKeys, Math.max(32, D / 8), 256);
   if ((blockKeys & (blockKeys - 1)) !== 0) {
     throw new BadFlagError(`${label}: blockKeys must be a power of two, got ${blockKeys}`);
@@ -356,7 +393,7 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   }
   checkSlice(label, "q", q, qHeads * D * 4);
   checkSlice(label, "out", out, qHeads * D * 4);
-  checkWorkgroupMemory(gpu, label, decodeWorkgroupBytes(D, blockKeys));
+  checkWorkgroupMemory(gpu, label, decodeWorkgroupBytes(D, blockKeys, kv.kvHeads));
   const partialBytes = decodePartialsBytes(splits, qHeads, D);
   const partials = options.partials ?? gpu.buffer(`${label} partials`, partialBytes);
   checkSlice(label, "partials", partials, partialBytes);
@@ -372,10 +409,9 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
     scale: options.scale ?? 1 / Math.sqrt(D),
     block_keys: blockKeys,
     k_quads: D / 8,
-    v_chunk: decodeValueChunk(D, blockKeys),
     ...mask.constants,
   };
-  const defines = { POOL: poolQuadShaderSource(kv.shards.length, 8) };
+  const defines = { POOL: poolQuadShaderSource(kv.shards.length, 8, true) };
   const partialKernel = gpu.kernel("flash_decode", constants, defines, "main");
   const reduceKernel = gpu.kernel("flash_decode", constants, defines, "reduce");
   const layerParams = layerUniform(gpu, label, layer);
