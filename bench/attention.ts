@@ -5,7 +5,8 @@
  * (speed does not depend on the values). Prints a table on stdout and writes JSON.
  *
  * usage: deno task bench:attention [--head-dim 128] [--kv-heads 8] [--q-heads 32]
- *          [--prefill 512@0,512@7680,4096@0] [--tilings 64x32,32x32,64x16] [--decode-depths 4096,32768]
+ *          [--prefill 512@0,512@7680,4096@0] [--tilings 64x32,32x32,64x16] [--prefill-splits 1,4,8]
+ *          [--decode-depths 4096,32768]
  *          [--splits 32,64,128] [--block-keys 64,128] [--out FILE.json]
  *
  * Prefill figures are attention FLOP/s (4 · head_dim per visible query-key pair); decode figures are the
@@ -28,9 +29,10 @@ const { values } = parseArgs({
     "q-heads": { type: "string", default: "32" },
     prefill: { type: "string" },
     tilings: { type: "string", default: "default" },
+    "prefill-splits": { type: "string", default: "1" },
     "decode-depths": { type: "string" },
     splits: { type: "string", default: "default" },
-    "block-keys": { type: "string", default: "128" },
+    "block-keys": { type: "string", default: "default" },
     out: { type: "string" },
   },
 });
@@ -49,9 +51,12 @@ const tilings: (PrefillTileShape | undefined)[] = list(values.tilings, "default"
   const [rows, keys] = t.split("x").map(Number);
   return { rows, keys };
 });
+const prefillSplitsList = list(values["prefill-splits"], "1").map(Number);
 const decodeDepths = list(values["decode-depths"], slow ? "256" : "4096,32768,131072").map(Number);
 const splitsList = list(values.splits, "default").map((s) => (s === "default" ? undefined : Number(s)));
-const blockKeysList = list(values["block-keys"], "128").map(Number);
+const blockKeysList = list(values["block-keys"], "default").map((
+  b,
+) => (b === "default" ? undefined : Number(b)));
 
 interface Row {
   test: string;
@@ -114,26 +119,33 @@ for (const [chunk, depth] of prefillCases) {
   for (let i = 0; i < chunk; i++) pairs += depth + i + 1;
   const flops = 4 * D * qHeads * pairs;
   for (const tiling of tilings) {
-    let op: GpuOp;
-    try {
-      op = createFlashPrefill(gpu, {
-        label: "prefill",
-        kv,
-        layer: 0,
-        qHeads,
-        q,
-        out,
-        maxTokens: chunk,
-        step,
-        tiling,
-      });
-    } catch (e) {
-      console.log(`prefill ${chunk}@${depth} ${JSON.stringify(tiling)}: ${(e as Error).message}`);
-      continue;
+    for (const splits of prefillSplitsList) {
+      let op: GpuOp;
+      try {
+        op = createFlashPrefill(gpu, {
+          label: "prefill",
+          kv,
+          layer: 0,
+          qHeads,
+          q,
+          out,
+          maxTokens: chunk,
+          step,
+          tiling,
+          splits,
+        });
+      } catch (e) {
+        console.log(
+          `prefill ${chunk}@${depth} ${JSON.stringify(tiling)} splits ${splits}: ${(e as Error).message}`,
+        );
+        continue;
+      }
+      const us = await time([op], slow ? 1 : Math.max(2, Math.ceil(2e12 / flops)));
+      const variant = `${tiling ? `${tiling.rows}x${tiling.keys}` : "default"}${
+        splits > 1 ? ` splits ${splits}` : ""
+      }`;
+      print({ test: "prefill", chunk, depth, variant, us, tflops: flops / (us * 1e-6) / 1e12 });
     }
-    const us = await time([op], slow ? 1 : Math.max(2, Math.ceil(2e12 / flops)));
-    const variant = tiling ? `${tiling.rows}x${tiling.keys}` : "default";
-    print({ test: "prefill", chunk, depth, variant, us, tflops: flops / (us * 1e-6) / 1e12 });
   }
   q.destroy();
   out.destroy();
@@ -160,11 +172,15 @@ for (const depth of decodeDepths) {
             createFlashDecode(gpu, { label: "decode", kv, layer, qHeads, q, out, splits, blockKeys }),
         );
       } catch (e) {
-        console.log(`decode @${depth} splits ${splits} blockKeys ${blockKeys}: ${(e as Error).message}`);
+        console.log(
+          `decode @${depth} splits ${splits ?? "default"} blockKeys ${blockKeys ?? "default"}: ${
+            (e as Error).message
+          }`,
+        );
         continue;
       }
       const us = await time(ops, slow ? 1 : 20) / layers;
-      const variant = `splits ${splits ?? "default"} keys ${blockKeys}`;
+      const variant = `splits ${splits ?? "default"} keys ${blockKeys ?? "default"}`;
       print({ test: "decode", depth, variant, us, gbs: perLayer / (us * 1e-6) / 1e9 });
     }
   }

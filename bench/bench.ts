@@ -9,6 +9,8 @@
  *                        [--sampled]   (also decode rows with GPU sampling: temp 0.8, top-k 40, top-p 0.95,
  *                                       min-p 0.05, repeat penalty 1.1)
  *                        [--no-fold-norms]   (decode with a dispatch per RMSNorm: "decode-unfolded" rows)
+ *                        [--prefill-splits N]  (prefill attention with N key splits per KV head:
+ *                                               "prefill-splitsN" rows)
  *        deno task bench --kv full,random,wgkv [--kv-prompts 8192,32768] [--window 256] [--admit 0.2]
  *                        [--threshold 0.5]   (KV policy rows: prefill, decode at that depth, KV memory)
  *                        [--admit-target 0.2]  (wgkv: the threshold that admits this share of a calibration
@@ -57,6 +59,8 @@ interface BenchRow {
   kvUsedBytes?: number;
   kvFullBytes?: number;
   admitted?: number; // mean admitted share over layers and heads
+  admittedMin?: number; // least admitted share of a (layer, head)
+  admittedMax?: number; // largest admitted share of a (layer, head)
   threshold?: number; // wgkv: the gate threshold τ
 }
 
@@ -73,6 +77,7 @@ const { values } = parseArgs({
     profile: { type: "boolean" },
     sampled: { type: "boolean" },
     "no-fold-norms": { type: "boolean" },
+    "prefill-splits": { type: "string" },
     kv: { type: "string" },
     "kv-prompts": { type: "string" },
     window: { type: "string" },
@@ -110,6 +115,13 @@ results.device = gpu.description;
 // --no-fold-norms: decode with a dispatch per RMSNorm (rows named "decode-unfolded"), for comparison.
 const foldNorms = !values["no-fold-norms"];
 const decodeTest = foldNorms ? "decode" : "decode-unfolded";
+// --prefill-splits N: prefill attention with N key splits per KV head (rows named "prefill-splitsN").
+const prefillSplits = Number(values["prefill-splits"] ?? 1);
+if (!Number.isInteger(prefillSplits) || prefillSplits < 1 || prefillSplits > 64) {
+  console.error(`bench: --prefill-splits must be an integer from 1 to 64, got ${values["prefill-splits"]}`);
+  Deno.exit(2);
+}
+const prefillTest = prefillSplits > 1 ? `prefill-splits${prefillSplits}` : "prefill";
 const key = (r: Pick<BenchRow, "shape" | "type" | "test" | "tokens" | "policy">) =>
   `${r.shape}/${r.type}/${r.test}/${r.tokens}${r.policy ? `/${r.policy}` : ""}`;
 const kvPolicies = values.kv ? list(values.kv, "") : [];
@@ -193,7 +205,7 @@ console.error(`device: ${gpu.description}; copy bandwidth ${results.copyGBs.toFi
 for (const shape of kvPolicies.length > 0 ? [] : shapes) {
   for (const type of types) {
     const wanted = [
-      ...prompts.map((tokens) => ({ shape, type, test: "prefill", tokens })),
+      ...prompts.map((tokens) => ({ shape, type, test: prefillTest, tokens })),
       ...depths.map((tokens) => ({ shape, type, test: decodeTest, tokens })),
       ...(values.sampled
         ? depths.map((tokens) => ({ shape, type, test: `${decodeTest}-sampled`, tokens }))
@@ -214,6 +226,7 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
       contextLength: Math.min(ctx, hp.contextLength),
       maxBatch: 512,
       foldNorms,
+      prefillSplits,
       onProgress: (m) => console.error(m),
     });
     // Bytes a decode step reads: every matrix once, one embedding row.
@@ -223,7 +236,7 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
     await model.forward(randomTokens(Math.min(64, ctx - 1), hp.nVocab), 0, "argmax"); // warm-up
     for (const r of wanted) {
       let row: BenchRow;
-      if (r.test === "prefill") {
+      if (r.test === prefillTest) {
         const toks = randomTokens(r.tokens, hp.nVocab);
         const t0 = performance.now();
         await model.forward(toks, 0, "argmax");
@@ -325,12 +338,13 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
         ? { kind: "window", window: kvWindow }
         : { kind: "wgkv", window: kvWindow, threshold, gate: gate! };
       for (const tokens of kvPrompts) {
-        const rows = ["prefill", decodeTest].map((test) => ({ shape, type, test, tokens, policy: name }));
+        const rows = [prefillTest, decodeTest].map((test) => ({ shape, type, test, tokens, policy: name }));
         if (rows.every((r) => done.has(key(r)))) continue;
         const model = await GpuModel.load(gpu, file, hp, {
           contextLength: Math.min(tokens + decodeTokens + 2, hp.contextLength),
           maxBatch: 512,
           foldNorms,
+          prefillSplits,
           policy,
           globalFraction: name === "wgkv" ? 1 : undefined,
           onProgress: (m) => console.error(m),
@@ -362,10 +376,13 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
         const admitted = usage.dual
           ? usage.dual.admittedFraction.reduce((a, b) => a + b, 0) / usage.dual.admittedFraction.length
           : 1;
+        const shares = usage.dual?.admittedFraction ?? [1];
         const common = {
           kvUsedBytes: usage.usedBytes,
           kvFullBytes: usage.fullBytes,
           admitted,
+          admittedMin: Math.min(...shares),
+          admittedMax: Math.max(...shares),
           ...(name === "wgkv" ? { threshold } : {}),
           device: gpu.description,
         };
@@ -379,7 +396,9 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
           `${shape} ${type} ${name} @${tokens}: prefill ${((tokens / prefillMs) * 1000).toFixed(1)} tok/s, ` +
             `decode ${(1000 / decodeMs).toFixed(1)} tok/s, KV ${formatBytes(usage.usedBytes)} of ${
               formatBytes(usage.fullBytes)
-            } full, admitted ${(100 * admitted).toFixed(1)}%`,
+            } full, admitted ${(100 * admitted).toFixed(1)}% (per layer and head ${
+              (100 * common.admittedMin).toFixed(1)
+            }–${(100 * common.admittedMax).toFixed(1)}%)`,
         );
         model.destroy();
       }

@@ -26,13 +26,14 @@ function maxRelDiff(a: Float32Array, b: Float32Array): number {
 async function logitsAt(
   policy: KvPolicy<GateWeights>,
   tokens: number[],
-  options: { maxBatch: number; stepwise?: boolean },
+  options: { maxBatch: number; stepwise?: boolean; prefillSplits?: number },
 ): Promise<{ logits: Float32Array; model: GpuModel }> {
   const file = await openGGUF(fixture(MODEL));
   const model = await GpuModel.load(await getGpu(), file, hparamsFromGGUF(file), {
     contextLength: 256,
     maxBatch: options.maxBatch,
     policy,
+    prefillSplits: options.prefillSplits,
   });
   let logits: Float32Array = new Float32Array(0);
   if (options.stepwise) {
@@ -218,5 +219,27 @@ fixtureTest(
     }
     model.destroy();
     file.close();
+  },
+);
+
+fixtureTest(
+  "wgkv model: prefill attention with key splits gives the logits of one workgroup per head (full and wgkv)",
+  [MODEL, GATE],
+  async () => {
+    const gate = await importGate(fixture(GATE), fixture(MODEL), { window: 16 });
+    const tokens = prompt(70);
+    for (
+      const policy of [
+        { kind: "full" },
+        { kind: "wgkv", window: 16, threshold: 0.5, gate },
+      ] as KvPolicy<GateWeights>[]
+    ) {
+      const one = await logitsAt(policy, tokens, { maxBatch: 16 });
+      const split = await logitsAt(policy, tokens, { maxBatch: 16, prefillSplits: 3 });
+      const d = maxRelDiff(split.logits, one.logits);
+      ok(d < 1e-4, `${policy.kind}: logits differ by ${d}`);
+      one.model.destroy();
+      split.model.destroy();
+    }
   },
 );

@@ -1,7 +1,7 @@
 import { equal, ok, throws } from "node:assert/strict";
 import { BadFlagError, UnsupportedError } from "../src/errors.ts";
 import { getGpu } from "../src/gpu/device.ts";
-import { createFlashPrefill, type PrefillTileShape } from "../src/gpu/ops/attention.ts";
+import { createFlashPrefill, prefillPartialsBytes, type PrefillTileShape } from "../src/gpu/ops/attention.ts";
 import { createKvAppend } from "../src/gpu/ops/kv_append.ts";
 import { StepParams } from "../src/gpu/ops/op.ts";
 import { createWgkvAppend } from "../src/gpu/ops/wgkv_append.ts";
@@ -24,6 +24,8 @@ interface Case {
   /** Prefill chunk sizes, run one after another on one sequence. */
   chunks: number[];
   tiling?: PrefillTileShape;
+  /** Key splits per KV head (createFlashPrefill's `splits`). */
+  splits?: number;
 }
 
 /**
@@ -52,6 +54,8 @@ async function checkPrefill(c: Case): Promise<void> {
   const qBuf = gpu.buffer("q", maxTokens * qHeads * D * 4);
   const outBuf = gpu.buffer("out", maxTokens * qHeads * D * 4);
   const append = createKvAppend(gpu, { label: "append", kv, layer: 0, maxTokens, k: kBuf, v: vBuf, step });
+  const splits = c.splits ?? 1;
+  const partials = gpu.buffer("partials", prefillPartialsBytes(splits, maxTokens, qHeads, D));
   const attention = createFlashPrefill(gpu, {
     label: "prefill",
     kv,
@@ -62,6 +66,8 @@ async function checkPrefill(c: Case): Promise<void> {
     maxTokens,
     step,
     tiling: c.tiling,
+    splits,
+    partials,
   });
   const keys = Array.from({ length: kvHeads }, () => [] as number[]);
   const values = Array.from({ length: kvHeads }, () => [] as number[]);
@@ -108,6 +114,17 @@ async function checkPrefill(c: Case): Promise<void> {
     }
     const tiling = c.tiling ? `${c.tiling.rows}×${c.tiling.keys}` : "default";
     expectClose(`D ${D} G ${group} tiling ${tiling} chunk ${m} at ${len - m}`, got, want, 1e-4, 1e-4);
+    if (splits > 1) {
+      // The last token of the chunk sees every key: its keys were really dealt out among KV head 0's
+      // slots (the first `splits`, all heads being equally long), each holding some weight.
+      const keyTiles = Math.ceil(len / (c.tiling?.keys ?? 16));
+      const stats = await gpu.readF32(partials, splits * kvHeads * maxTokens * group * D * 4);
+      let weighted = 0;
+      for (let s = 0; s < splits; s++) {
+        if (stats[2 * ((s * maxTokens + m - 1) * group) + 1] > 0) weighted++;
+      }
+      equal(weighted, Math.min(splits, keyTiles), `slots of head 0 with weight, chunk ${m}`);
+    }
   }
   kv.destroy();
 }
@@ -163,7 +180,12 @@ Deno.test("flash prefill: a bad tiling, a group larger than the tile or too much
  * WG-KV mode with several ring tiles (small key tiles, a ring of 64 slots): chunks after the ring wraps
  * leave whole ring tiles in the future or expired for a query tile, which the kernel skips.
  */
-async function checkWgkvPrefill(policy: WindowedPolicy, chunks: number[], tiling: PrefillTileShape) {
+async function checkWgkvPrefill(
+  policy: WindowedPolicy,
+  chunks: number[],
+  tiling: PrefillTileShape,
+  splits = 1,
+) {
   const gpu = await getGpu();
   const D = 16, H = 2, group = 2, qHeads = H * group, maxBatch = 40;
   const kv = await DualCache.create(gpu, {
@@ -202,6 +224,7 @@ async function checkWgkvPrefill(policy: WindowedPolicy, chunks: number[], tiling
     step,
     wgkv: kv,
     tiling,
+    splits,
   });
   const keys = Array.from({ length: H }, () => [] as number[]);
   const values = Array.from({ length: H }, () => [] as number[]);
@@ -259,7 +282,7 @@ async function checkWgkvPrefill(policy: WindowedPolicy, chunks: number[], tiling
         }
       }
     }
-    expectClose(`${policy.kind} chunk ${m} at ${pos0}`, got, want, 1e-4, 1e-4);
+    expectClose(`${policy.kind} splits ${splits} chunk ${m} at ${pos0}`, got, want, 1e-4, 1e-4);
   }
   equal(kv.ringTokens, 64);
   kv.destroy();
@@ -273,4 +296,34 @@ Deno.test("flash prefill: WG-KV ring of 4 tiles (window and random policies), ch
     rows: 32,
     keys: 48,
   });
+});
+
+Deno.test("flash prefill: key splits (3 and 2 per KV head, more splits than key tiles early on) match dense attention", async () => {
+  await checkPrefill({
+    headDim: 32,
+    kvHeads: 3,
+    group: 2,
+    chunks: [5, 37, 50, 9],
+    tiling: { rows: 16, keys: 16 },
+    splits: 3,
+  });
+  await checkPrefill({
+    headDim: 24,
+    kvHeads: 1,
+    group: 4,
+    chunks: [70, 1, 33],
+    tiling: { rows: 64, keys: 16 },
+    splits: 2,
+  });
+});
+
+Deno.test("flash prefill: WG-KV with key splits shared out by head length (window and random policies)", async () => {
+  const chunks = [40, 30, 5, 1, 33, 40];
+  await checkWgkvPrefill({ kind: "window", window: 16 }, chunks, { rows: 16, keys: 16 }, 3);
+  await checkWgkvPrefill(
+    { kind: "random", window: 25, rate: 0.15, seed: 7 },
+    chunks,
+    { rows: 16, keys: 16 },
+    4,
+  );
 });

@@ -13,6 +13,9 @@
 // binding 7…: pool shards (read) as vec4<u32>, see the generated block below.
 // binding 16: slot_info, u32[seq_slots][layers][kv_heads][ring_tokens] (read), WG-KV mode only (a placeholder
 //            is bound otherwise): position * 2 + admitted of the token in each ring slot of the dual cache.
+// binding 17: partials, f32 (written by `main` when splits > 1): unnormalised outputs
+//             [SLOTS][max_tokens][group][head_dim], then (running max, sum of weights) [SLOTS][max_tokens][group][2]
+// binding 18: partials again (read, by `reduce`)
 //
 // WG-KV mode (wgkv_window > 0): the row is a dual cache, ring slots [0, ring_tokens) then global tokens.
 // The query at position pos0 + i sees a ring key at position p iff p <= q and (q - p < wgkv_window or the
@@ -33,6 +36,13 @@
 //      and output block by the same factor and writes its probabilities,
 //   4. O += P·V from the probabilities of all the tile's keys.
 // Four barriers per key tile; the row sums of the 8 lanes are added once at the end.
+//
+// Key splits (splits > 1): the grid's y is SLOTS = splits · kv_heads slots, shared out among the KV heads
+// in proportion to their lengths (wgsl/slot_plan.wgsl), and a head's slots split each query tile's key
+// tiles into ranges of whole tiles. Each workgroup then writes its rows' unnormalised outputs with their
+// running max and sum to `partials`, and entry `reduce` merges a head's slots per (token, query head). This
+// keeps WG-KV heads of very different lengths from leaving most of the GPU idle while the longest finishes,
+// and gives long rows more workgroups.
 
 override head_dim: u32 = 64u; // a multiple of 8
 override q_heads: u32 = 1u;
@@ -44,6 +54,8 @@ override scale: f32 = 0.125;
 override wgkv_window: u32 = 0u; // 0: plain causal cache; > 0: WG-KV dual cache with this local window
 override ring_tokens: u32 = 16u; // WG-KV mode: ring slots at the start of each row
 override group: u32 = 1u; // query heads per KV head
+override splits: u32 = 1u; // key splits per KV head on average (1: `out` is written directly)
+override max_tokens: u32 = 1u; // query tokens the partials have room for (splits > 1)
 
 // The tiling, spliced in as constants so every register block has a fixed size:
 // TILE_ROWS (16, 32 or 64), TILE_TOKENS (= floor(TILE_ROWS / group)), TILE_KEYS (16, 32, 48 or 64),
@@ -67,6 +79,12 @@ struct LayerParams { layer: u32, pad0: u32, pad1: u32, pad2: u32 }
 @group(0) @binding(5) var<storage, read> block_table: array<u32>;
 @group(0) @binding(6) var<storage, read> lengths: array<u32>;
 @group(0) @binding(16) var<storage, read> slot_info: array<u32>;
+@group(0) @binding(17) var<storage, read_write> partials: array<f32>;
+@group(0) @binding(18) var<storage, read> partials_in: array<f32>;
+
+const SLOTS: u32 = splits * kv_heads;
+
+// #include slot_plan
 
 {{POOL}}
 
@@ -85,6 +103,8 @@ var<workgroup> row_length: u32;
 // WG-KV mode, ring tiles: per key whether some query of the tile may see it, then whether any key may.
 var<workgroup> key_live: array<u32, TILE_KEYS>;
 var<workgroup> tile_live: u32;
+// Key splits: (kv head, index of this slot among the head's, the head's slot count).
+var<workgroup> split_plan: vec3u;
 
 // Which keys a query row sees, by logical index in its (slot, layer, head) row `row`: causal for the full
 // cache; in WG-KV mode by the query's position `q_pos` and the ring slot's position and flag.
@@ -112,8 +132,21 @@ fn main(
   @builtin(num_workgroups) grid: vec3u,
   @builtin(local_invocation_index) tid: u32,
 ) {
-  let kv_head = wg.y;
-  let row = (sequence.slot * layers + layer_params.layer) * kv_heads + kv_head;
+  let base_row = (sequence.slot * layers + layer_params.layer) * kv_heads;
+  var kv_head = wg.y;
+  var split = vec2u(0u, 1u); // (this slot's index among its head's, the head's slot count)
+  if (splits > 1u) {
+    stage_head_lengths(base_row, tid, THREADS);
+    if (tid == 0u) {
+      let plan = plan_slots(0u, wg.y);
+      split_plan = vec3u(plan.owner, wg.y - plan.owner_first, plan.owner_count);
+    }
+    let plan = workgroupUniformLoad(&split_plan);
+    if (plan.z == 0u) { return; } // no head has keys
+    kv_head = plan.x;
+    split = plan.yz;
+  }
+  let row = base_row + kv_head;
   if (tid == 0u) { row_length = lengths[row]; }
   let len = workgroupUniformLoad(&row_length);
   let n_tokens = step.n_tokens;
@@ -148,6 +181,10 @@ fn main(
   let first_pos = step.pos0 + token0;
   let key_end = select(last_q + 1u, len, wgkv_window > 0u);
   let key_tiles = (key_end + TILE_KEYS - 1u) / TILE_KEYS;
+  // This slot's key tiles (all of them without splits; possibly none).
+  let tiles_per_split = (key_tiles + split.y - 1u) / split.y;
+  let tile_begin = min(split.x * tiles_per_split, key_tiles);
+  let tile_end = min(tile_begin + tiles_per_split, key_tiles);
 
   // Token of each of the thread's rows, TILE_TOKENS for rows past the tile (never visible).
   var row_token: array<u32, 4>;
@@ -166,7 +203,7 @@ fn main(
     for (var j = 0u; j < PAIRS_PER_LANE; j++) { acc[i][j] = vec2f(0.0); }
   }
 
-  for (var tile = 0u; tile < key_tiles; tile++) {
+  for (var tile = tile_begin; tile < tile_end; tile++) {
     let key0 = tile * TILE_KEYS;
     workgroupBarrier(); // the previous tile's K, V and probabilities are no longer read
     let ring_tile = wgkv_window > 0u && key0 < ring_tokens;
@@ -308,16 +345,70 @@ fn main(
       var sum = 0.0;
       // @unroll
       for (var k = 0u; k < LANES; k++) { sum += lane_stat[(row0 + i) * LANES + k]; }
-      let inv = select(0.0, 1.0 / sum, sum > 0.0);
-      let o = (token0 + t) * stride + (first_head + (row0 + i) % group) * head_dim;
-      // @unroll
-      for (var j = 0u; j < PAIRS_PER_LANE; j++) {
-        let pair = lane + LANES * j;
-        if (pair < half_dim) {
-          out[o + 2u * pair] = acc[i][j].x * inv;
-          out[o + 2u * pair + 1u] = acc[i][j].y * inv;
+      if (splits > 1u) {
+        // Unnormalised, with the row's max and sum, for `reduce`.
+        let at = (wg.y * max_tokens + token0 + t) * group + (row0 + i) % group;
+        // @unroll
+        for (var j = 0u; j < PAIRS_PER_LANE; j++) {
+          let pair = lane + LANES * j;
+          if (pair < half_dim) {
+            partials[at * head_dim + 2u * pair] = acc[i][j].x;
+            partials[at * head_dim + 2u * pair + 1u] = acc[i][j].y;
+          }
+        }
+        if (lane == 0u) {
+          let stats = SLOTS * max_tokens * group * head_dim + 2u * at;
+          partials[stats] = m[i];
+          partials[stats + 1u] = sum;
+        }
+      } else {
+        let inv = select(0.0, 1.0 / sum, sum > 0.0);
+        let o = (token0 + t) * stride + (first_head + (row0 + i) % group) * head_dim;
+        // @unroll
+        for (var j = 0u; j < PAIRS_PER_LANE; j++) {
+          let pair = lane + LANES * j;
+          if (pair < half_dim) {
+            out[o + 2u * pair] = acc[i][j].x * inv;
+            out[o + 2u * pair + 1u] = acc[i][j].y * inv;
+          }
         }
       }
     }
+  }
+}
+
+const REDUCE_THREADS: u32 = 64u;
+
+// Key splits: grid (max_tokens, q_heads). Merges the slots of the query head's KV head for one token: their
+// maxima first, then each thread rescales and adds the outputs of dimensions tid, tid + 64, … A slot with
+// no visible key has max MASKED and sum 0, so it weighs nothing.
+@compute @workgroup_size(REDUCE_THREADS)
+fn reduce(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
+  let token = wg.x;
+  let head = wg.y;
+  if (token >= step.n_tokens) { return; }
+  let kv_head = head / group;
+  let local = head % group;
+  stage_head_lengths((sequence.slot * layers + layer_params.layer) * kv_heads, tid, REDUCE_THREADS);
+  let plan = plan_slots(kv_head, SLOTS);
+  let stats = SLOTS * max_tokens * group * head_dim;
+  var m_all = MASKED;
+  for (var s = 0u; s < plan.head_count; s++) {
+    let at = ((plan.head_first + s) * max_tokens + token) * group + local;
+    m_all = max(m_all, partials_in[stats + 2u * at]);
+  }
+  var total = 0.0;
+  for (var s = 0u; s < plan.head_count; s++) {
+    let at = ((plan.head_first + s) * max_tokens + token) * group + local;
+    total += exp(partials_in[stats + 2u * at] - m_all) * partials_in[stats + 2u * at + 1u];
+  }
+  let inv = select(0.0, 1.0 / total, total > 0.0);
+  for (var d = tid; d < head_dim; d += REDUCE_THREADS) {
+    var acc = 0.0;
+    for (var s = 0u; s < plan.head_count; s++) {
+      let at = ((plan.head_first + s) * max_tokens + token) * group + local;
+      acc += exp(partials_in[stats + 2u * at] - m_all) * partials_in[at * head_dim + d];
+    }
+    out[token * q_heads * head_dim + head * head_dim + d] = acc * inv;
   }
 }

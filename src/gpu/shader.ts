@@ -33,6 +33,7 @@ export const SHADER_NAMES: readonly string[] = [
   "rope",
   "rope_angle",
   "sample",
+  "slot_plan",
   "smoke",
   "wgkv_append",
   "wgkv_promote",

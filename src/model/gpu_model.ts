@@ -30,7 +30,12 @@ import { createRmsNorm } from "../gpu/ops/norm.ts";
 import { createMatmul, createMatvec } from "../gpu/ops/matmul.ts";
 import { createRope } from "../gpu/ops/rope.ts";
 import { createKvAppend } from "../gpu/ops/kv_append.ts";
-import { createFlashDecode, createFlashPrefill, decodePartialsBytes } from "../gpu/ops/attention.ts";
+import {
+  createFlashDecode,
+  createFlashPrefill,
+  decodePartialsBytes,
+  prefillPartialsBytes,
+} from "../gpu/ops/attention.ts";
 import { createSwiGlu } from "../gpu/ops/elementwise.ts";
 import { createCopy } from "../gpu/ops/copy.ts";
 import { type ArgmaxOp, createArgmax } from "../gpu/ops/argmax.ts";
@@ -97,6 +102,12 @@ export interface GpuModelOptions {
    * norm where the sub-block kernels apply. Default true.
    */
   foldNorms?: boolean;
+  /**
+   * Prefill attention: key splits per KV head (default 1). With more, each query tile's keys are shared out
+   * among splits · KV heads workgroups in proportion to the heads' lengths and merged by a second
+   * dispatch (see createFlashPrefill), which evens out WG-KV heads of very different lengths.
+   */
+  prefillSplits?: number;
 }
 
 interface LayerWeights {
@@ -353,6 +364,7 @@ export class GpuModel {
     // Split-K decode: 32 splits per KV head on average (the op's default). On an H100 (head_dim 128, 8 KV
     // heads) 32 splits ran faster than 64 or 128 at 32K and 128K keys (bench/results/h100-attention-kernels.json, h100-attention-splits.json).
     const splits = Math.min(32, Math.ceil(ctx / 16));
+    const prefillSplits = options.prefillSplits ?? 1;
     const act: Activations = {
       ids: f32("ids", maxBatch),
       x: f32("x", maxBatch * E),
@@ -366,7 +378,14 @@ export class GpuModel {
       up: f32("up", maxBatch * FF),
       last: f32("last", E),
       logits: f32("logits", V),
-      partials: f32("partials", decodePartialsBytes(splits, Hq, D) / 4),
+      // Decode and prefill attention take turns with this scratch (they never run in one submit).
+      partials: f32(
+        "partials",
+        Math.max(
+          decodePartialsBytes(splits, Hq, D),
+          prefillSplits > 1 ? prefillPartialsBytes(prefillSplits, maxBatch, Hq, D) : 0,
+        ) / 4,
+      ),
       normSums: f32("norm sums", E),
     };
     // The write gate's inputs and outputs (wgkv policy): the key before RoPE, scores and flags.
@@ -554,6 +573,8 @@ export class GpuModel {
               maxTokens,
               step,
               wgkv: dual,
+              splits: prefillSplits,
+              partials: act.partials,
             }),
         );
         const foldFfnNorm = canFuseGateUp(w.wGate, w.wUp) && foldable(w.wo, [w.wGate, w.wUp]);

@@ -80,10 +80,10 @@ const PREFILL_TILINGS: readonly PrefillTileShape[] = [
 ];
 
 /** Workgroup memory of the prefill kernel for a tiling (the shader's workgroup arrays). */
-function prefillWorkgroupBytes(rows: number, keys: number, headDim: number): number {
+function prefillWorkgroupBytes(rows: number, keys: number, headDim: number, kvHeads: number): number {
   return rows * headDim * 4 + keys * (headDim / 4 + 1) * 8 + keys * headDim * 2 + keys * rows * 4 +
     rows * 32 +
-    keys * 4 + 8;
+    keys * 4 + 8 + 16 + kvHeads * 4;
 }
 
 /**
@@ -95,6 +95,7 @@ function choosePrefillTiling(
   label: string,
   headDim: number,
   group: number,
+  kvHeads: number,
   wanted?: PrefillTileShape,
 ): PrefillTiling {
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
@@ -104,17 +105,17 @@ function choosePrefillTiling(
       throw new BadFlagError(`${label}: tiling needs rows 16, 32 or 64 and keys 16, 32, 48 or 64`);
     }
     if (group > rows) throw new BadFlagError(`${label}: ${rows} rows cannot hold a GQA group of ${group}`);
-    checkWorkgroupMemory(gpu, label, prefillWorkgroupBytes(rows, keys, headDim));
+    checkWorkgroupMemory(gpu, label, prefillWorkgroupBytes(rows, keys, headDim, kvHeads));
     return { rows, keys, tokens: Math.floor(rows / group) };
   }
   for (const { rows, keys } of PREFILL_TILINGS) {
-    if (group <= rows && prefillWorkgroupBytes(rows, keys, headDim) <= limit) {
+    if (group <= rows && prefillWorkgroupBytes(rows, keys, headDim, kvHeads) <= limit) {
       return { rows, keys, tokens: Math.floor(rows / group) };
     }
   }
   const smallest = PREFILL_TILINGS[PREFILL_TILINGS.length - 1];
   if (group > 64) throw new UnsupportedError(`${label}: a GQA group of ${group} heads exceeds 64`);
-  checkWorkgroupMemory(gpu, label, prefillWorkgroupBytes(smallest.rows, smallest.keys, headDim));
+  checkWorkgroupMemory(gpu, label, prefillWorkgroupBytes(smallest.rows, smallest.keys, headDim, kvHeads));
   throw new UnsupportedError(`${label}: a GQA group of ${group} heads does not fit the prefill tiles`);
 }
 
@@ -166,6 +167,18 @@ export interface FlashPrefillOptions extends AttentionOptions {
   tiling?: PrefillTileShape;
   /** Per-step token count (`nTokens`) and, in WG-KV mode, the first query's position (`pos0`). */
   step: StepParams;
+  /**
+   * Key splits per KV head on average (default 1: one workgroup per query tile and KV head writes the
+   * output). With more, splits · kvHeads workgroups per query tile are shared out among the KV heads in
+   * proportion to their lengths, each takes a range of the keys, and a second dispatch merges them: this
+   * balances WG-KV heads of very different lengths and gives long rows more workgroups.
+   */
+  splits?: number;
+  /**
+   * Scratch for the partial results when splits > 1 ({@link prefillPartialsBytes}); may be shared by the
+   * prefill ops of all layers. Created when absent.
+   */
+  partials?: BufferSlice;
 }
 
 /** Options of {@link createFlashDecode}. */
@@ -198,6 +211,15 @@ function checkHeads(options: AttentionOptions): number {
     throw new BadFlagError(`${label}: ${qHeads} query heads are not a multiple of ${kv.kvHeads} KV heads`);
   }
   return qHeads / kv.kvHeads;
+}
+
+/** The slot plan (wgsl/slot_plan.wgsl) multiplies slots by pages in u32: refuses what would overflow. */
+function checkSlotPlan(label: string, splits: number, kv: PagedKvView): void {
+  if (splits * kv.kvHeads * kv.kvHeads * kv.maxPagesPerHead >= 2 ** 32) {
+    throw new UnsupportedError(
+      `${label}: ${splits} splits × ${kv.kvHeads} KV heads over ${kv.maxPagesPerHead} pages per head overflow the slot plan`,
+    );
+  }
 }
 
 function checkWorkgroupMemory(gpu: Gpu, label: string, bytes: number): void {
@@ -323,22 +345,30 @@ export function createFlashPrefill(gpu: Gpu, options: FlashPrefillOptions): GpuO
   }
   checkSlice(label, "q", q, maxTokens * qHeads * D * 4);
   checkSlice(label, "out", out, maxTokens * qHeads * D * 4);
-  const tiling = choosePrefillTiling(gpu, label, D, groupSize, options.tiling);
+  const tiling = choosePrefillTiling(gpu, label, D, groupSize, kv.kvHeads, options.tiling);
   const tiles = ceilDiv(maxTokens, tiling.tokens);
-  checkWorkgroups(gpu, label, Math.max(tiles, kv.kvHeads));
+  const splits = options.splits ?? 1;
+  checkInt(label, "splits", splits, 1, 64);
+  const slots = splits * kv.kvHeads;
+  checkWorkgroups(gpu, label, Math.max(tiles, slots, maxTokens, qHeads));
+  checkSlotPlan(label, splits, kv);
+  const partialBytes = prefillPartialsBytes(splits, maxTokens, qHeads, D);
+  const partials = splits > 1 ? options.partials ?? gpu.buffer(`${label} partials`, partialBytes) : undefined;
+  if (partials) checkSlice(label, "partials", partials, partialBytes);
   const mask = maskParts(gpu, label, options.wgkv);
-  const kernel = gpu.kernel(
-    "flash_prefill",
-    {
-      ...pagedKvConstants(kv),
-      q_heads: qHeads,
-      scale: options.scale ?? 1 / Math.sqrt(D),
-      ...mask.constants,
-      group: groupSize,
-    },
-    { POOL: poolQuadShaderSource(kv.shards.length, 7), TILING: prefillTilingSource(tiling, D) },
-  );
+  const constants = {
+    ...pagedKvConstants(kv),
+    q_heads: qHeads,
+    scale: options.scale ?? 1 / Math.sqrt(D),
+    ...mask.constants,
+    group: groupSize,
+    splits,
+    max_tokens: maxTokens,
+  };
+  const defines = { POOL: poolQuadShaderSource(kv.shards.length, 7), TILING: prefillTilingSource(tiling, D) };
+  const kernel = gpu.kernel("flash_prefill", constants, defines);
   const layerParams = layerUniform(gpu, label, layer);
+  const scratch = partials ? slicePrefix(partials, partialBytes) : gpu.buffer(`${label} no partials`, 4);
   const group = bindNumbered(gpu, kernel, [
     [0, step.buffer],
     [1, kv.sequence],
@@ -349,15 +379,51 @@ export function createFlashPrefill(gpu: Gpu, options: FlashPrefillOptions): GpuO
     [6, kv.lengths],
     ...shardEntries(kv, 7),
     [16, mask.slotInfo],
+    [17, scratch],
+  ]);
+  if (!partials) {
+    return {
+      label,
+      encode(pass: GPUComputePassEncoder): void {
+        pass.setPipeline(kernel.pipeline);
+        pass.setBindGroup(0, group);
+        pass.dispatchWorkgroups(tiles, kv.kvHeads);
+      },
+    };
+  }
+  const reduceKernel = gpu.kernel("flash_prefill", constants, defines, "reduce");
+  const reduceGroup = bindNumbered(gpu, reduceKernel, [
+    [0, step.buffer],
+    [1, kv.sequence],
+    [2, layerParams],
+    [4, out],
+    [6, kv.lengths],
+    [18, scratch],
   ]);
   return {
     label,
     encode(pass: GPUComputePassEncoder): void {
       pass.setPipeline(kernel.pipeline);
       pass.setBindGroup(0, group);
-      pass.dispatchWorkgroups(tiles, kv.kvHeads);
+      pass.dispatchWorkgroups(tiles, slots);
+      pass.setPipeline(reduceKernel.pipeline);
+      pass.setBindGroup(0, reduceGroup);
+      pass.dispatchWorkgroups(maxTokens, qHeads);
     },
   };
+}
+
+/**
+ * Bytes of the prefill partials for `splits` key splits: f32 unnormalised outputs
+ * `[splits · kvHeads][maxTokens][group][headDim]`, then `[…][2]` (running max, sum of weights).
+ */
+export function prefillPartialsBytes(
+  splits: number,
+  maxTokens: number,
+  qHeads: number,
+  headDim: number,
+): number {
+  return splits * maxTokens * qHeads * (headDim + 2) * 4;
 }
 
 /**
@@ -386,11 +452,7 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   const headBatches = ceilDiv(group, DECODE_HEADS_PER_BATCH);
   const slots = splits * kv.kvHeads;
   checkWorkgroups(gpu, label, Math.max(qHeads, slots, headBatches));
-  if (slots * kv.kvHeads * kv.maxPagesPerHead >= 2 ** 32) {
-    throw new UnsupportedError(
-      `${label}: ${splits} splits × ${kv.kvHeads} KV heads over ${kv.maxPagesPerHead} pages per head overflow the slot plan`,
-    );
-  }
+  checkSlotPlan(label, splits, kv);
   checkSlice(label, "q", q, qHeads * D * 4);
   checkSlice(label, "out", out, qHeads * D * 4);
   checkWorkgroupMemory(gpu, label, decodeWorkgroupBytes(D, blockKeys, kv.kvHeads));
