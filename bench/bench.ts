@@ -11,6 +11,7 @@
  *                        [--no-fold-norms]   (decode with a dispatch per RMSNorm: "decode-unfolded" rows)
  *                        [--prefill-splits N]  (prefill attention with N key splits per KV head:
  *                                               "prefill-splitsN" rows)
+ *                        [--max-batch N]  (prompt tokens per prefill step, default 512: "prefill-batchN" rows)
  *        deno task bench --kv full,random,wgkv [--kv-prompts 8192,32768] [--window 256] [--admit 0.2]
  *                        [--threshold 0.5]   (KV policy rows: prefill, decode at that depth, KV memory)
  *                        [--admit-target 0.2]  (wgkv: the threshold that admits this share of a calibration
@@ -78,6 +79,7 @@ const { values } = parseArgs({
     sampled: { type: "boolean" },
     "no-fold-norms": { type: "boolean" },
     "prefill-splits": { type: "string" },
+    "max-batch": { type: "string" },
     kv: { type: "string" },
     "kv-prompts": { type: "string" },
     window: { type: "string" },
@@ -121,7 +123,14 @@ if (!Number.isInteger(prefillSplits) || prefillSplits < 1 || prefillSplits > 64)
   console.error(`bench: --prefill-splits must be an integer from 1 to 64, got ${values["prefill-splits"]}`);
   Deno.exit(2);
 }
-const prefillTest = prefillSplits > 1 ? `prefill-splits${prefillSplits}` : "prefill";
+// --max-batch N: prompt tokens per prefill step (default 512; rows named "prefill-batchN" otherwise).
+const maxBatch = Number(values["max-batch"] ?? 512);
+if (!Number.isInteger(maxBatch) || maxBatch < 1) {
+  console.error(`bench: --max-batch must be a positive integer, got ${values["max-batch"]}`);
+  Deno.exit(2);
+}
+const prefillTest = "prefill" + (prefillSplits > 1 ? `-splits${prefillSplits}` : "") +
+  (maxBatch !== 512 ? `-batch${maxBatch}` : "");
 const key = (r: Pick<BenchRow, "shape" | "type" | "test" | "tokens" | "policy">) =>
   `${r.shape}/${r.type}/${r.test}/${r.tokens}${r.policy ? `/${r.policy}` : ""}`;
 const kvPolicies = values.kv ? list(values.kv, "") : [];
@@ -224,7 +233,7 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
     const ctx = Math.max(...prompts, ...depths) + decodeTokens + 1;
     const model = await GpuModel.load(gpu, file, hp, {
       contextLength: Math.min(ctx, hp.contextLength),
-      maxBatch: 512,
+      maxBatch,
       foldNorms,
       prefillSplits,
       onProgress: (m) => console.error(m),
@@ -342,7 +351,7 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
         if (rows.every((r) => done.has(key(r)))) continue;
         const model = await GpuModel.load(gpu, file, hp, {
           contextLength: Math.min(tokens + decodeTokens + 2, hp.contextLength),
-          maxBatch: 512,
+          maxBatch,
           foldNorms,
           prefillSplits,
           policy,
