@@ -7,12 +7,13 @@
  * dispatches (so the submit and readback overheads cancel). GB/s counts weight bytes read per op.
  *
  * usage: deno run -A bench/matvec.ts [--types Q4_K,Q6_K,Q8_0,F16] [--shapes 8b,1b | 8b.ffn_down,…]
- *          [--tunings '[{}, {"variant": "dq16"}, {"workgroupSize": 128, "rowsPerWorkgroup": 2}]']
+ *          [--tunings '[{}, {"unitsPerStep": 2}, {"workgroupSize": 128, "rowsPerWorkgroup": 2}]']
  *          [--tokens 1,4] [--min-mb 320] [--out out/matvec.json] [--quick]
  *
- * A tuning is a `MatvecTuning` (workgroupSize, rowsPerWorkgroup, tokensPerWorkgroup, variant "subblock" |
- * "dq16"), used for the plain and the fused ops alike; `{}` is the default choice. A tuning an op rejects
- * (e.g. an odd rowsPerWorkgroup for QKV + RoPE) becomes a row with an error. `--quick` (for software
+ * A tuning is a `MatvecTuning` (workgroupSize, rowsPerWorkgroup, tokensPerWorkgroup, unitsPerStep), used
+ * for the plain and the fused ops alike; `{}` is the default choice. A tuning an op rejects (e.g. an odd
+ * rowsPerWorkgroup for QKV + RoPE, or an unknown field) becomes a row with an error. The `units` column
+ * names the unit section of `wgsl/matvec_units.wgsl` that reads the weights. `--quick` (for software
  * adapters) runs small "tiny" shapes with few copies and dispatches: it shows that everything runs, not speed.
  *
  * @module
@@ -23,7 +24,7 @@ import { getGpu, type Gpu } from "../src/gpu/device.ts";
 import { createCopy } from "../src/gpu/ops/copy.ts";
 import { createGateUpSwiGlu, createQkvMatvec } from "../src/gpu/ops/fused.ts";
 import { createMatvec, type MatvecTuning } from "../src/gpu/ops/matmul.ts";
-import { chooseMatvecVariant } from "../src/gpu/ops/matvec_units.ts";
+import { unitSection } from "../src/gpu/ops/matvec_units.ts";
 import { type GpuOp, StepParams } from "../src/gpu/ops/op.ts";
 import { ropeInverseFrequencies } from "../src/model/ops.ts";
 import { GpuWeight } from "../src/gpu/weights.ts";
@@ -66,7 +67,8 @@ interface Row {
   type: string;
   tokens: number;
   tuning: MatvecTuning;
-  variant: string;
+  /** The unit section(s) reading the weights, e.g. "Q4_K" or "F16_PLAIN". */
+  units: string;
   /** Weight bytes one op reads. */
   bytes: number;
   /** Copies of the weights cycled through. */
@@ -97,7 +99,7 @@ for (const t of types) typeInfo(GGMLType[t as keyof typeof GGMLType] ?? -1, `--t
 const shapeNames = list(values.shapes, quick ? "tiny" : "8b,1b");
 const shapes = SHAPES.filter((s) => shapeNames.some((n) => s.name === n || s.name.startsWith(`${n}.`)));
 if (shapes.length === 0) throw new Error(`--shapes: no shape matches ${shapeNames.join(",")}`);
-const tunings: MatvecTuning[] = JSON.parse(values.tunings ?? '[{}, {"variant": "dq16"}]');
+const tunings: MatvecTuning[] = JSON.parse(values.tunings ?? "[{}]");
 if (!Array.isArray(tunings)) throw new Error("--tunings: expected a JSON array of tuning objects");
 const tokenCounts = list(values.tokens, "1").map(Number);
 const minBytes = Number(values["min-mb"] ?? (quick ? 2 : 320)) * 1e6;
@@ -168,7 +170,7 @@ const results = { device: gpu.description, date: new Date().toISOString(), copyG
 results.copyGBs = await copyGBs(gpu);
 console.error(`copy bandwidth: ${results.copyGBs.toFixed(0)} GB/s (read + write)`);
 
-const header = ["shape", "type", "m", "variant", "tuning", "µs", "GB/s"];
+const header = ["shape", "type", "m", "units", "tuning", "µs", "GB/s"];
 const table: string[][] = [];
 const maxTokens = Math.max(...tokenCounts);
 
@@ -207,12 +209,12 @@ for (const shape of shapes) {
           type,
           tokens,
           tuning,
-          variant: "",
+          units: "",
           bytes,
           copies,
         };
         try {
-          row.variant = chooseMatvecVariant(shape.name, sets[0], tuning.variant);
+          row.units = [...new Set(sets[0].map(unitSection))].join("/");
           const ops = sets.map((ws) => {
             const common = { label: shape.name, x, maxTokens, step, tuning };
             if (shape.kind === "matvec") return createMatvec(gpu, { ...common, weight: ws[0], y: outs[0] });
@@ -240,7 +242,7 @@ for (const shape of shapes) {
           shape.name,
           type,
           String(tokens),
-          row.variant || "-",
+          row.units || "-",
           JSON.stringify(tuning),
           row.us === undefined ? "error" : row.us.toFixed(1),
           row.gbs === undefined ? "-" : row.gbs.toPrecision(3),

@@ -37,8 +37,10 @@ Deno.test("gpu fused: gate/up + SwiGLU matches the CPU reference at odd shapes",
     { type: "Q4_K", rows: 19, blocks: 2, m: 5 },
     { type: "Q6_K", rows: 33, blocks: 2, m: 1 },
     { type: "Q8_0", rows: 17, blocks: 3, m: 3 },
-    { type: "F32", rows: 9, blocks: 37, m: 2 }, // 37 columns: the four-wide tail path
-    { type: "F16", rows: 11, blocks: 53, m: 1 },
+    { type: "Q4_0", rows: 7, blocks: 5, m: 3 },
+    { type: "Q3_K", rows: 13, blocks: 1, m: 2 },
+    { type: "F32", rows: 9, blocks: 36, m: 2 }, // 36 columns: plain units, the second one ragged
+    { type: "F16", rows: 11, blocks: 52, m: 1 },
   ];
   for (const c of cases) {
     const cols = c.blocks * typeInfo(typeOf(c.type), c.type).blockSize;
@@ -200,7 +202,7 @@ Deno.test("gpu fused: QKV matvec with RoPE (and K before RoPE) matches the CPU r
       pos0: 4093,
     },
     {
-      types: ["F16", "BF16", "F32"], // 100 columns: the four-wide tail path
+      types: ["F16", "BF16", "F32"], // 100 columns: plain units, the last one ragged
       cols: 100,
       headDim: 4,
       ropeDim: 4,
@@ -228,6 +230,16 @@ Deno.test("gpu fused: QKV matvec with RoPE (and K before RoPE) matches the CPU r
       kvHeads: 3,
       m: 1,
       pos0: 33,
+    },
+    {
+      types: ["Q2_K", "Q3_K", "Q5_1"],
+      cols: 256,
+      headDim: 8,
+      ropeDim: 4,
+      qHeads: 3,
+      kvHeads: 1,
+      m: 3,
+      pos0: 1000,
     },
   ].map((c, i) => ({ ...c, types: c.types as [string, string, string], rope: i !== 3 }));
   for (const c of cases) {
@@ -406,6 +418,21 @@ Deno.test("gpu fused: predicates and one-line errors for weights and options tha
   throws(
     () => createQkvMatvec(gpu, { ...qkv, rope: { ...rope, invFreq: new Float32Array(3) } }),
     BadFlagError,
+  );
+  // Unquantised rows that are not a multiple of 4 values fuse, but no decode kernel reads them.
+  const odd = randomWeight(gpu, "blk.0.attn_q", "F32", 4, 37).weight;
+  ok(canFuseGateUp(odd, odd) && canFuseQkv(odd, odd, odd));
+  throws(
+    () => createGateUpSwiGlu(gpu, { ...base, gate: odd, up: odd }),
+    (e: Error) =>
+      e instanceof UnsupportedError &&
+      e.message ===
+        "blk.0.ffn_gate_up: no decode kernel: blk.0.attn_q has rows of 37 F32 values, not a multiple of 4",
+  );
+  throws(() => createQkvMatvec(gpu, { ...qkv, wq: odd, wk: odd, wv: odd }), UnsupportedError);
+  throws(
+    () => createGateUpSwiGlu(gpu, { ...base, gate: a, up: a, tuning: { variant: "dq16" } as object }),
+    /blk\.0\.ffn_gate_up: unknown decode tuning field "variant"/,
   );
 });
 

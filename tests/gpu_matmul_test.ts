@@ -36,24 +36,29 @@ export async function runLinear(gpu: Gpu, op: GpuOp, step: StepParams, m: number
 
 interface Case {
   rows: number;
-  blocks: number;
+  cols: number;
   kernel: "matvec" | "matmul";
   m: number;
 }
 
-/** Odd shapes: 1, 2 and 3 blocks per row and a realistic 2048 columns; few and many tokens. */
+/**
+ * Odd shapes: 1, 2 and 3 blocks per row and a realistic 2048 columns; few and many tokens. The decode
+ * kernels read unquantised rows in vec4s, so for them a "block" of F32, F16 or BF16 is 4 values (rows of 4,
+ * 8 and 12: one ragged unit each); prefill takes rows of any length.
+ */
 function cases(blockSize: number): Case[] {
+  const unit = Math.max(blockSize, 4);
   return [
-    { rows: 1, blocks: 1, kernel: "matvec", m: 1 },
-    { rows: 7, blocks: 2, kernel: "matvec", m: 3 },
-    { rows: 33, blocks: 3, kernel: "matvec", m: 1 },
-    { rows: 257, blocks: 2048 / blockSize, kernel: "matvec", m: 3 },
-    { rows: 33, blocks: 2, kernel: "matvec", m: 17 },
-    { rows: 1, blocks: 1, kernel: "matmul", m: 3 },
-    { rows: 7, blocks: 2, kernel: "matmul", m: 1 },
-    { rows: 7, blocks: 3, kernel: "matmul", m: 65 },
-    { rows: 33, blocks: 2, kernel: "matmul", m: 17 },
-    { rows: 257, blocks: 2048 / blockSize, kernel: "matmul", m: 17 },
+    { rows: 1, cols: unit, kernel: "matvec", m: 1 },
+    { rows: 7, cols: 2 * unit, kernel: "matvec", m: 3 },
+    { rows: 33, cols: 3 * unit, kernel: "matvec", m: 1 },
+    { rows: 257, cols: 2048, kernel: "matvec", m: 3 },
+    { rows: 33, cols: 2 * unit, kernel: "matvec", m: 17 },
+    { rows: 1, cols: blockSize, kernel: "matmul", m: 3 },
+    { rows: 7, cols: 2 * blockSize, kernel: "matmul", m: 1 },
+    { rows: 7, cols: 3 * blockSize, kernel: "matmul", m: 65 },
+    { rows: 33, cols: 2 * blockSize, kernel: "matmul", m: 17 },
+    { rows: 257, cols: 2048, kernel: "matmul", m: 17 },
   ];
 }
 
@@ -63,8 +68,8 @@ for (const name of TYPES) {
     const info = typeInfo(typeOf(name), name);
     const tol = 2e-5;
     for (const c of cases(info.blockSize)) {
-      const cols = c.blocks * info.blockSize;
-      const bytes = randomBlocks(name, c.rows * c.blocks);
+      const cols = c.cols;
+      const bytes = randomBlocks(name, c.rows * cols / info.blockSize);
       const weight = GpuWeight.fromBytes(gpu, `w.${name}`, typeOf(name), [cols, c.rows], bytes);
       const maxTokens = c.m + 2; // dispatch sized past m: the extra rows must stay untouched
       const x = randomF32(maxTokens * cols);

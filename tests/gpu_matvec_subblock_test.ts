@@ -1,79 +1,101 @@
-// The sub-block decode kernels (wgsl/matvec_fast.wgsl + wgsl/matvec_units.wgsl) against the CPU reference,
-// next to the dq16 kernels: every type with a unit section, odd row counts, rows that start 2 bytes into a
-// word (Q8_0, Q6_K), weights split into parts, 1..8 tokens, workgroup shapes whose reduction needs several
-// passes, and the fused gate/up + SwiGLU and QKV + RoPE entry points with mixed types.
+// The decode matrix-vector kernels (wgsl/matvec_fast.wgsl + wgsl/matvec_units.wgsl) against the CPU
+// reference for every weight type and unit layout: odd row counts, rows and blocks that start 2 bytes into a
+// word (Q8_0, Q4_0, Q5_0, Q3_K, Q6_K), unquantised rows in the interleaved layout (multiples of 256 values)
+// and the plain one (with a ragged last unit when the row is not a multiple of 32), weights split into parts,
+// 1..8 tokens, workgroup shapes whose reduction needs several passes, and the fused gate/up + SwiGLU and
+// QKV + RoPE entry points with mixed types. Inputs are fresh random values (never zero); every output of the
+// step's tokens is checked and none past them may be written.
 
-import { equal, ok, throws } from "node:assert/strict";
-import { BadFlagError } from "../src/errors.ts";
+import { deepEqual, equal, ok, throws } from "node:assert/strict";
+import { BadFlagError, UnsupportedError } from "../src/errors.ts";
 import { getGpu, type Gpu } from "../src/gpu/device.ts";
 import { createGateUpSwiGlu, createQkvMatvec } from "../src/gpu/ops/fused.ts";
 import { createMatvec, type MatvecTuning } from "../src/gpu/ops/matmul.ts";
 import {
-  chooseMatvecVariant,
-  MATVEC_VARIANTS,
-  type MatvecVariant,
+  matvecBlocker,
   reduceLanes,
-  subblockBlocker,
   suffixDeclaredNames,
+  UNIT_SECTION_WORDS,
+  unitSection,
+  unitSections,
   unitsSource,
 } from "../src/gpu/ops/matvec_units.ts";
 import { StepParams } from "../src/gpu/ops/op.ts";
+import { DEQUANT_SECTIONS } from "../src/gpu/weights.ts";
 import { typeInfo } from "../src/gguf/types.ts";
 import { rope, ropeInverseFrequencies } from "../src/model/ops.ts";
 import {
   compareLinear,
   products,
-  randomF32,
   randomWeight as randomQuantWeight,
   typeOf,
+  TYPES,
 } from "./gpu_quant_data.ts";
-import { nanBuffer as nans, runOps, untouchedPast } from "./gpu_ops_helpers.ts";
+import { nanBuffer as nans, randomF32, runOps, untouchedPast } from "./gpu_ops_helpers.ts";
 
 const TOL = 2e-5;
 /** A random weight of type `name`, `rows` × `cols`, on the GPU (optionally split) and dequantised. */
 const randomWeight = (gpu: Gpu, name: string, rows: number, cols: number, maxPartBytes?: number) =>
   randomQuantWeight(gpu, `w.${name}`, name, rows, cols, maxPartBytes);
 
-const SUBBLOCK_TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_K", "Q5_K", "Q6_K"];
+const UNQUANTISED = ["F32", "F16", "BF16"];
 
 interface MatvecCase {
   rows: number;
-  /** Columns in units of 256 (every sub-block type accepts those). */
-  groups: number;
+  cols: number;
   m: number;
-  maxPartBytes?: number;
+  /** Split the weight into this many parts (of 10 rows). */
+  parts?: number;
 }
 
-for (const name of SUBBLOCK_TYPES) {
-  Deno.test(`gpu matvec subblock: ${name} matches the CPU reference in both variants, split and odd shapes`, async () => {
+/**
+ * Odd shapes for type `name`: a single row, one block per row (so that the rows of 18-, 22-, 34-, 110- and
+ * 210-byte blocks start mid-word), several blocks, and a weight split into 4 parts; for unquantised types
+ * both unit layouts, plain rows that are a multiple of 32 and ragged ones.
+ */
+function matvecCases(name: string): MatvecCase[] {
+  if (UNQUANTISED.includes(name)) {
+    return [
+      { rows: 1, cols: 256, m: 1 }, // interleaved units
+      { rows: 7, cols: 768, m: 3 },
+      { rows: 33, cols: 96, m: 1 }, // plain units
+      { rows: 7, cols: 172, m: 3 }, // plain, the last unit ragged (172 = 5 · 32 + 12)
+      { rows: 5, cols: 4, m: 2 }, // a single ragged unit
+      { rows: 37, cols: 512, m: 8, parts: 4 },
+    ];
+  }
+  const block = typeInfo(typeOf(name), name).blockSize;
+  return [
+    { rows: 1, cols: block, m: 1 },
+    { rows: 7, cols: block, m: 3 },
+    { rows: 33, cols: 3 * block, m: 1 },
+    { rows: 37, cols: Math.max(256, 2 * block), m: 8, parts: 4 },
+  ];
+}
+
+for (const name of TYPES) {
+  Deno.test(`gpu matvec subblock: ${name} matches the CPU reference at odd shapes, split into parts`, async () => {
     const gpu = await getGpu();
     const info = typeInfo(typeOf(name), name);
-    const rowBytes = (r: number) => 256 / info.blockSize * info.bytesPerBlock * r;
-    const cases: MatvecCase[] = [
-      { rows: 1, groups: 1, m: 1 },
-      { rows: 13, groups: 1, m: 3 }, // 210- and 34·8-byte rows: Q6_K and Q8_0 rows start mid-word
-      { rows: 37, groups: 3, m: 8, maxPartBytes: rowBytes(3 * 10) + 3 }, // parts of 10 rows, 4 parts
-    ];
-    for (const c of cases) {
-      const cols = 256 * c.groups;
-      const { weight, w } = randomWeight(gpu, name, c.rows, cols, c.maxPartBytes);
-      if (c.maxPartBytes) equal(weight.parts.length, 4);
-      equal(chooseMatvecVariant("t", [weight]), "subblock");
-      const maxTokens = c.m + 2;
-      const x = randomF32(maxTokens * cols);
+    for (const c of matvecCases(name)) {
+      const rowBytes = c.cols / info.blockSize * info.bytesPerBlock;
+      const { weight, w } = randomWeight(gpu, name, c.rows, c.cols, c.parts && rowBytes * 10 + 3);
+      equal(weight.parts.length, c.parts ?? 1);
+      const maxTokens = c.m + 2; // dispatch sized past m: the extra rows must stay untouched
+      const x = randomF32(maxTokens * c.cols);
       const xBuf = gpu.buffer("x", x.byteLength, x);
       const step = new StepParams(gpu, maxTokens);
-      for (const variant of MATVEC_VARIANTS) {
-        const y = nans(gpu, "y", maxTokens * c.rows);
-        const tuning: MatvecTuning = { variant, tokensPerWorkgroup: 4, rowsPerWorkgroup: 3 };
-        const op = createMatvec(gpu, { label: name, weight, x: xBuf, y, maxTokens, step, tuning });
-        const [got] = await runOps(gpu, [op], step, c.m, 0, [y]);
-        const what = `${name} ${variant} rows=${c.rows} cols=${cols} m=${c.m} parts=${weight.parts.length}`;
-        const bad = compareLinear(got, w, x, c.m, c.rows, cols, TOL);
-        ok(bad === undefined, `${what}: ${bad}`);
-        untouchedPast(what, got, c.m, c.rows);
-        y.destroy();
-      }
+      const y = nans(gpu, "y", maxTokens * c.rows);
+      const tuning: MatvecTuning = { tokensPerWorkgroup: 4, rowsPerWorkgroup: 3 };
+      const op = createMatvec(gpu, { label: name, weight, x: xBuf, y, maxTokens, step, tuning });
+      const [got] = await runOps(gpu, [op], step, c.m, 0, [y]);
+      const what = `${name} (${
+        unitSection(weight)
+      }) rows=${c.rows} cols=${c.cols} m=${c.m} parts=${weight.parts.length}`;
+      const bad = compareLinear(got, w, x, c.m, c.rows, c.cols, TOL);
+      ok(bad === undefined, `${what}: ${bad}`);
+      untouchedPast(what, got, c.m, c.rows);
+      y.destroy();
       weight.destroy();
       xBuf.destroy();
     }
@@ -82,22 +104,23 @@ for (const name of SUBBLOCK_TYPES) {
 
 Deno.test("gpu matvec subblock: workgroup shapes, including reductions wider than the workgroup", async () => {
   const gpu = await getGpu();
-  const [rows, cols, m] = [29, 512, 8];
-  const q4 = randomWeight(gpu, "Q4_K", rows, cols);
-  const q8 = randomWeight(gpu, "Q8_0", rows, cols);
-  const x = randomF32(m * cols);
-  const xBuf = gpu.buffer("x", x.byteLength, x);
-  const step = new StepParams(gpu, m);
+  const [rows, m] = [29, 8];
+  // 16 units per row (Q4_K, Q8_0, Q3_K); 7 units with a ragged last one (BF16, plain layout).
+  const weights = [["Q4_K", 512], ["Q8_0", 512], ["Q3_K", 512], ["BF16", 200]] as const;
   const tunings: MatvecTuning[] = [
     { workgroupSize: 32, rowsPerWorkgroup: 8, tokensPerWorkgroup: 4 }, // 32 sums × 8 lanes over 32 threads
     { workgroupSize: 32, rowsPerWorkgroup: 1, tokensPerWorkgroup: 1 },
     { workgroupSize: 256, rowsPerWorkgroup: 5, tokensPerWorkgroup: 3 }, // more threads than units
     { workgroupSize: 64, rowsPerWorkgroup: 2, tokensPerWorkgroup: 8 },
-    // Several units per step: 16 units of Q8_0 per row over 32 threads (a ragged last step), 2 of Q4_K.
+    // Several units per step: 16 units per row over 32 threads (a ragged last step).
     { workgroupSize: 32, rowsPerWorkgroup: 3, tokensPerWorkgroup: 2, unitsPerStep: 2 },
     { workgroupSize: 32, rowsPerWorkgroup: 4, tokensPerWorkgroup: 1, unitsPerStep: 4 },
   ];
-  for (const [name, { weight, w }] of [["Q4_K", q4], ["Q8_0", q8]] as const) {
+  for (const [name, cols] of weights) {
+    const { weight, w } = randomWeight(gpu, name, rows, cols);
+    const x = randomF32(m * cols);
+    const xBuf = gpu.buffer("x", x.byteLength, x);
+    const step = new StepParams(gpu, m);
     for (const tuning of tunings) {
       const y = nans(gpu, "y", m * rows);
       const op = createMatvec(gpu, { label: "t", weight, x: xBuf, y, maxTokens: m, step, tuning });
@@ -108,42 +131,49 @@ Deno.test("gpu matvec subblock: workgroup shapes, including reductions wider tha
       }
       y.destroy();
     }
+    weight.destroy();
+    xBuf.destroy();
   }
 });
 
-Deno.test("gpu matvec subblock: variant choice and one-line errors", async () => {
+Deno.test("gpu matvec subblock: unit sections per type and row length, one-line errors", async () => {
   const gpu = await getGpu();
-  const q40 = randomWeight(gpu, "Q4_0", 2, 256).weight;
-  const f16 = randomWeight(gpu, "F16", 2, 96).weight;
-  const q6 = randomWeight(gpu, "Q6_K", 2, 256).weight;
-  equal(chooseMatvecVariant("t", [q6]), "subblock");
-  equal(chooseMatvecVariant("t", [q6, q40]), "dq16");
-  equal(chooseMatvecVariant("t", [f16]), "dq16");
-  equal(chooseMatvecVariant("t", [q6], "dq16"), "dq16");
-  ok(subblockBlocker(f16)?.includes("not a multiple of 256"));
+  // Every type the GPU reads has a section, and the host's table names exactly the sections of the file.
+  const sections = unitSections();
+  deepEqual(
+    [...sections.keys()].filter((s) => s !== "COMMON").sort(),
+    Object.keys(UNIT_SECTION_WORDS).sort(),
+  );
+  for (const type of DEQUANT_SECTIONS) ok(sections.has(type), `${type} has no unit section`);
+  const section = (type: string, cols: number) => unitSection(randomWeight(gpu, type, 1, cols).weight);
+  equal(section("F16", 512), "F16");
+  equal(section("F16", 96), "F16_PLAIN");
+  equal(section("F32", 36), "F32_PLAIN");
+  equal(section("BF16", 4), "BF16_PLAIN");
+  equal(section("Q5_1", 96), "Q5_1");
+  equal(section("Q3_K", 256), "Q3_K");
+
+  // Unquantised rows that are not a multiple of 4 values: no decode kernel (the model falls back to the CPU).
+  const odd = randomWeight(gpu, "F32", 2, 37).weight;
+  const reason = "w.F32 has rows of 37 F32 values, not a multiple of 4";
+  equal(matvecBlocker(odd), reason);
+  equal(matvecBlocker(randomWeight(gpu, "F16", 2, 36).weight), undefined);
   const step = new StepParams(gpu, 1);
   const x = gpu.buffer("x", 256 * 4);
   const y = gpu.buffer("y", 2 * 4);
+  throws(
+    () => createMatvec(gpu, { label: "q", weight: odd, x, y, maxTokens: 1, step }),
+    (e: Error) => e instanceof UnsupportedError && e.message === `q: no decode kernel: ${reason}`,
+  );
+  throws(() => unitSection(odd), UnsupportedError);
+
+  const q6 = randomWeight(gpu, "Q6_K", 2, 256).weight;
   throws(
     () =>
       createMatvec(gpu, { label: "q", weight: q6, x, y, maxTokens: 1, step, tuning: { unitsPerStep: 3 } }),
     /q: unitsPerStep must be 1, 2 or 4, got 3/,
   );
-  throws(
-    () =>
-      createMatvec(gpu, {
-        label: "q",
-        weight: q40,
-        x,
-        y,
-        maxTokens: 1,
-        step,
-        tuning: { variant: "subblock" },
-      }),
-    (e: Error) =>
-      e instanceof BadFlagError &&
-      e.message === "q: variant subblock: w.Q4_0 is Q4_0, which has no sub-block kernel",
-  );
+  // The kernel choice is gone: a tuning that still names it is rejected rather than silently ignored.
   throws(
     () =>
       createMatvec(gpu, {
@@ -153,31 +183,52 @@ Deno.test("gpu matvec subblock: variant choice and one-line errors", async () =>
         y,
         maxTokens: 1,
         step,
-        tuning: { variant: "fast" as unknown as MatvecVariant },
+        tuning: { variant: "dq16" } as MatvecTuning,
       }),
-    /q: variant must be subblock or dq16, got fast/,
+    (e: Error) => e instanceof BadFlagError && /^q: unknown decode tuning field "variant"/.test(e.message),
   );
   equal(reduceLanes(32), 8);
   equal(reduceLanes(64), 8);
   equal(reduceLanes(128), 16);
   equal(reduceLanes(1024), 32);
-  const source = unitsSource("Q6_K", "c");
+  const source = unitsSource("Q3_K", "c");
   ok(source.includes("fn unit_load_c(") && source.includes("struct Raw_c") && source.includes("W_c["));
-  ok(!/\bW\[/.test(source) && !/\bunit_dot\(/.test(source));
+  ok(source.includes("fn load8_c(") && source.includes("fn x_runs8_c("));
+  ok(!/\bW\[/.test(source) && !/\bunit_dot\(/.test(source) && !/\bskip_half2\(/.test(source));
+  throws(() => unitsSource("Q4_2", "a"), UnsupportedError);
   equal(
     suffixDeclaredNames("const K = 1u; fn f() -> u32 { return K + W[0]; }", "b"),
     "const K_b = 1u; fn f_b() -> u32 { return K_b + W_b[0]; }",
   );
 });
 
-Deno.test("gpu matvec subblock: fused gate/up + SwiGLU in both variants matches the CPU reference", async () => {
+interface GateUpCase {
+  type: string;
+  rows: number;
+  cols: number;
+  m: number;
+  /** Also run a 32-thread workgroup with 4 units per step. */
+  wide?: boolean;
+}
+
+Deno.test("gpu matvec subblock: fused gate/up + SwiGLU matches the CPU reference for every type", async () => {
   const gpu = await getGpu();
-  const cases = [
-    { type: "Q4_K", rows: 21, cols: 512, m: 1 },
-    { type: "Q6_K", rows: 7, cols: 256, m: 3 },
+  const cases: GateUpCase[] = [
+    { type: "F32", rows: 5, cols: 100, m: 2, wide: true }, // plain units, the last one ragged
+    { type: "F16", rows: 5, cols: 256, m: 2 }, // interleaved units
+    { type: "BF16", rows: 3, cols: 64, m: 1 }, // plain units
     { type: "Q8_0", rows: 9, cols: 256, m: 6 },
-    { type: "F16", rows: 5, cols: 256, m: 2 },
+    { type: "Q4_0", rows: 7, cols: 96, m: 3 },
+    { type: "Q4_1", rows: 1, cols: 32, m: 1 },
+    { type: "Q5_0", rows: 7, cols: 32, m: 3, wide: true },
+    { type: "Q5_1", rows: 33, cols: 64, m: 1 },
+    { type: "Q2_K", rows: 7, cols: 256, m: 3 },
+    { type: "Q3_K", rows: 9, cols: 256, m: 2, wide: true },
+    { type: "Q4_K", rows: 21, cols: 512, m: 1, wide: true },
+    { type: "Q5_K", rows: 5, cols: 256, m: 3 },
+    { type: "Q6_K", rows: 7, cols: 256, m: 3 },
   ];
+  ok(TYPES.every((t) => cases.some((c) => c.type === t)), "a type without a gate/up case");
   const silu = (v: number) => v / (1 + Math.exp(-v));
   for (const c of cases) {
     const gate = randomWeight(gpu, c.type, c.rows, c.cols);
@@ -189,8 +240,8 @@ Deno.test("gpu matvec subblock: fused gate/up + SwiGLU in both variants matches 
     const g = products(gate.w, x, c.m, c.rows, c.cols);
     const u = products(up.w, x, c.m, c.rows, c.cols);
     const tunings = [
-      ...MATVEC_VARIANTS.map((variant) => ({ variant, tokensPerWorkgroup: 4, rowsPerWorkgroup: 3 })),
-      { workgroupSize: 32, tokensPerWorkgroup: 2, rowsPerWorkgroup: 2, unitsPerStep: 4 },
+      { tokensPerWorkgroup: 4, rowsPerWorkgroup: 3 },
+      ...(c.wide ? [{ workgroupSize: 32, tokensPerWorkgroup: 2, rowsPerWorkgroup: 2, unitsPerStep: 4 }] : []),
     ];
     for (const tuning of tunings) {
       const out = nans(gpu, "out", maxTokens * c.rows);
@@ -221,7 +272,7 @@ Deno.test("gpu matvec subblock: fused gate/up + SwiGLU in both variants matches 
   }
 });
 
-Deno.test("gpu matvec subblock: fused QKV + RoPE with mixed types in both variants matches the CPU reference", async () => {
+Deno.test("gpu matvec subblock: fused QKV + RoPE with mixed types matches the CPU reference", async () => {
   const gpu = await getGpu();
   const cases = [
     {
@@ -254,6 +305,37 @@ Deno.test("gpu matvec subblock: fused QKV + RoPE with mixed types in both varian
       m: 5,
       pos0: 0,
     },
+    {
+      types: ["Q4_0", "Q5_1", "Q3_K"],
+      cols: 256,
+      headDim: 4,
+      ropeDim: 2,
+      qHeads: 3,
+      kvHeads: 1,
+      m: 3,
+      pos0: 9,
+    },
+    {
+      types: ["Q2_K", "Q4_1", "Q5_0"],
+      cols: 256,
+      headDim: 6,
+      ropeDim: 6,
+      qHeads: 1,
+      kvHeads: 1,
+      m: 1,
+      pos0: 40,
+    },
+    // Plain units with a ragged last one (100 = 3 · 32 + 4).
+    {
+      types: ["F16", "BF16", "F32"],
+      cols: 100,
+      headDim: 4,
+      ropeDim: 4,
+      qHeads: 7,
+      kvHeads: 1,
+      m: 3,
+      pos0: 5,
+    },
   ];
   for (const c of cases) {
     const qRows = c.qHeads * c.headDim;
@@ -280,37 +362,35 @@ Deno.test("gpu matvec subblock: fused QKV + RoPE with mixed types in both varian
       }
       return { want, abs, rows };
     });
-    for (const variant of MATVEC_VARIANTS) {
-      const outs = wants.map(({ rows }, n) => nans(gpu, "qkv"[n], maxTokens * rows));
-      const op = createQkvMatvec(gpu, {
-        label: "qkv",
-        wq: ws[0].weight,
-        wk: ws[1].weight,
-        wv: ws[2].weight,
-        x: xBuf,
-        q: outs[0],
-        k: outs[1],
-        v: outs[2],
-        maxTokens,
-        step,
-        rope: { headDim: c.headDim, ropeDim: c.ropeDim, invFreq, maxPosition: 4096 },
-        tuning: { variant, tokensPerWorkgroup: 2, rowsPerWorkgroup: 4 },
-      });
-      const got = await runOps(gpu, [op], step, c.m, c.pos0, outs);
-      const what = `${c.types.join("/")} ${variant} m=${c.m}`;
-      wants.forEach(({ want, abs, rows }, n) => {
-        for (let i = 0; i < c.m * rows; i++) {
-          const mag = heads[n] > 0 ? Math.max(abs[i], abs[i ^ 1]) : abs[i];
-          const bound = 2 * TOL * mag + 1e-30;
-          ok(
-            Math.abs(got[n][i] - want[i]) <= bound,
-            `${what}: ${"qkv"[n]}[${i}] = ${got[n][i]}, expected ${want[i]}`,
-          );
-        }
-        untouchedPast(`${what} ${"qkv"[n]}`, got[n], c.m, rows);
-      });
-      for (const b of outs) b.destroy();
-    }
+    const outs = wants.map(({ rows }, n) => nans(gpu, "qkv"[n], maxTokens * rows));
+    const op = createQkvMatvec(gpu, {
+      label: "qkv",
+      wq: ws[0].weight,
+      wk: ws[1].weight,
+      wv: ws[2].weight,
+      x: xBuf,
+      q: outs[0],
+      k: outs[1],
+      v: outs[2],
+      maxTokens,
+      step,
+      rope: { headDim: c.headDim, ropeDim: c.ropeDim, invFreq, maxPosition: 4096 },
+      tuning: { tokensPerWorkgroup: 2, rowsPerWorkgroup: 4 },
+    });
+    const got = await runOps(gpu, [op], step, c.m, c.pos0, outs);
+    const what = `${c.types.join("/")} cols=${c.cols} m=${c.m}`;
+    wants.forEach(({ want, abs, rows }, n) => {
+      for (let i = 0; i < c.m * rows; i++) {
+        const mag = heads[n] > 0 ? Math.max(abs[i], abs[i ^ 1]) : abs[i];
+        const bound = 2 * TOL * mag + 1e-30;
+        ok(
+          Math.abs(got[n][i] - want[i]) <= bound,
+          `${what}: ${"qkv"[n]}[${i}] = ${got[n][i]}, expected ${want[i]}`,
+        );
+      }
+      untouchedPast(`${what} ${"qkv"[n]}`, got[n], c.m, rows);
+    });
+    for (const b of outs) b.destroy();
     for (const { weight } of ws) weight.destroy();
     xBuf.destroy();
   }

@@ -44,12 +44,12 @@ export function typeOf(name: string): number {
   return GGMLType[name as keyof typeof GGMLType];
 }
 
-/** A uniform random number in [-1, 1). */
+/** A uniform random number in [-1, 1), never zero (a zero could hide a value the kernel skipped). */
 export function rand(): number {
-  return Math.random() * 2 - 1;
+  return (Math.random() * 2 - 1) || 0.5;
 }
 
-/** Random f32 values in [-1, 1). */
+/** Random f32 values in [-1, 1), never zero. */
 export function randomF32(n: number): Float32Array<ArrayBuffer> {
   return Float32Array.from({ length: n }, rand);
 }

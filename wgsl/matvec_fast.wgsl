@@ -1,8 +1,8 @@
 // Decode matrix-vector products with sub-block units: threads own whole 32-element pieces of the weight's
 // blocks (wgsl/matvec_units.wgsl, spliced in per weight at UNITS_A/B/C with names suffixed _a/_b/_c and the
 // weight bindings typed `array<WORD_A>` …), so block scales are decoded once per 32 weights and the raw words
-// are read with as few, as wide loads as each type's layout allows. For the types that library covers
-// (F32, F16, BF16, Q8_0, Q4_K, Q5_K, Q6_K); wgsl/matvec.wgsl and wgsl/matvec_fused.wgsl serve the others.
+// are read with as few, as wide loads as each type's layout allows. Every weight type the GPU reads has
+// units (unquantised rows of any multiple of 4 values), so these kernels serve all decode products.
 //
 //   entry `main`:   y[t][first_row + r] = W_a[r] · x[t] for the rows of one weight part
 //   entry `swiglu`: y_a[t][i] = silu(W_a[i] · x[t]) · (W_b[i] · x[t])      (FFN gate, up and SwiGLU)
@@ -15,6 +15,7 @@
 // three barriers whatever the workgroup size.
 //
 // binding 0: W_a, array<WORD_A>: raw rows of weight a (the part, gate, or Q); row r at byte r · row_bytes_a
+//            (WORD_A: vec4u, vec2u or u32, the word type of a's unit section; likewise WORD_B and WORD_C)
 // binding 1: W_b, array<WORD_B>: raw rows of weight b (up, or K) (`swiglu`, `qkv`)
 // binding 2: W_c, array<WORD_C>: raw rows of weight c (V) (`qkv`)
 // binding 3: x, array<vec4f>: activations [m][cols], row-major (read)
@@ -52,7 +53,9 @@ struct Part {
   first_row: u32,
 }
 
-// Elements per row of every weight (a multiple of the units' 32; of 256 for F32, F16 and BF16).
+// Elements per row of every weight: a multiple of the blocks of quantised types, of 4 for F32, F16 and BF16
+// (rows of a multiple of 256 use their interleaved units, others the plain ones, whose last unit may be
+// ragged).
 override cols: u32 = 256u;
 // `main`: rows of the whole weight (the row stride of y).
 override out_stride: u32 = 1u;
@@ -227,7 +230,7 @@ fn swiglu(
   // Gate and up have the same type: one x load per unit and token serves both.
   var acc_gate: array<f32, MAX_ROWS * MAX_TOKENS>;
   var acc_up: array<f32, MAX_ROWS * MAX_TOKENS>;
-  let units = cols / UNIT_ELEMS_a;
+  let units = (cols + UNIT_ELEMS_a - 1u) / UNIT_ELEMS_a;
   for (var u0 = tid; u0 < units; u0 += wg_size * units_per_step) {
     var raw_gate: array<Raw_a, MAX_ROWS * MAX_UNITS_PER_STEP>; // [step unit k][row r]
     var raw_up: array<Raw_b, MAX_ROWS * MAX_UNITS_PER_STEP>;

@@ -2,27 +2,34 @@
 //
 // This file is a library, not a kernel: src/gpu/ops/matvec_units.ts splices the COMMON section plus exactly
 // one type section into a kernel (at UNITS_A / UNITS_B / UNITS_C), with every name declared here and the
-// weight binding `W` suffixed per weight (`W_a`, `unit_load_a`, `Raw_a`, …).
+// weight binding `W` suffixed per weight (`W_a`, `unit_load_a`, `Raw_a`, …). Every weight type the GPU
+// reads has a section: F32, F16 and BF16 twice (an interleaved layout for rows of a multiple of 256 values,
+// a plain one for the other rows of a multiple of 4), Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K
+// and Q6_K (the ggml blocks, as wgsl/dequant.wgsl and the CPU dequantisers in src/gguf/ read them).
 //
 // A row is cut into units of UNIT_ELEMS (32) elements, fixed pieces of the type's blocks. One thread takes
-// a whole unit of a row at a time: it loads the unit's raw words once (16-byte `vec4u` loads where the
-// type's blocks are 16-byte aligned, 4-byte loads with a 2-byte funnel shift where they are not), decodes
-// the block scales once per unit, and takes the dot product with the unit's x values, which it loads once
-// per token (as vec4f) and shares across all the rows of its workgroup.
+// a whole unit of a row at a time: it loads the unit's raw words once (the widest loads the type's block
+// alignment allows: 16-byte `vec4u`, 8-byte `vec2u`, or 4-byte `u32` with a 2-byte funnel shift where
+// blocks start mid-word), decodes the block scales once per unit, and takes the dot product with the
+// unit's x values, which it loads once per token (as vec4f) and shares across all the rows of its
+// workgroup.
 //
 // The including kernel declares
-//   `W: array<vec4u>` or `W: array<u32>`  the raw rows of the weight (the word type each section names),
+//   `W: array<vec4u>`, `array<vec2u>` or `array<u32>`  the raw rows of the weight (the word type each
+//                                         section names),
 //   `x: array<vec4f>`                     activations [m][cols] (cols a multiple of 4),
 //   `cols`, `wg_size`, `rows_per_wg`, `tokens_per_wg`   override constants (elements per row, threads,
 //                                         rows and tokens per workgroup), and consts MAX_ROWS, MAX_TOKENS.
 // Every type section defines
-//   `UNIT_ELEMS`                                          elements per unit (cols is a multiple of it),
+//   `UNIT_ELEMS`                                          elements per unit (32); a row has
+//                                                         ceil(cols / UNIT_ELEMS) units,
 //   `struct Raw`                                          one unit of one row, loaded, scales decoded,
 //   `fn unit_load(row_bytes, row, u) -> Raw`              unit u of row `row` (rows of row_bytes bytes),
 //   `fn unit_x(xrow, u) -> array<vec4f, 8>`               the unit's 32 x values in the unit's order, from
 //                                                         the token row of x starting at vec4 `xrow`,
 //   `fn unit_dot(w, xs, u) -> f32`                        Σ weight · x over the unit.
-// The COMMON section adds `accumulate`, the per-thread loop over a workgroup's rows and tokens.
+// The COMMON section adds `accumulate`, the per-thread loop over a workgroup's rows and tokens, and the
+// helpers several sections share.
 
 // ==== COMMON ====
 // Q4_K and Q5_K: 6-bit scale and min number s (0..7) of the 12 packed bytes in head.yzw of the block head.
@@ -70,6 +77,82 @@ fn bit_of_bytes(v: u32, bit: u32) -> vec4f {
 fn sum4(v: vec4f) -> f32 {
   return dot(v, vec4f(1.0));
 }
+// The 2-bit fields at bit `shift` of the four bytes of v (Q2_K, Q3_K).
+fn crumbs(v: u32, shift: u32) -> vec4f {
+  return ubytes((v >> shift) & 0x03030303u);
+}
+// Bits 0..3 of h moved to bit 4 of bytes 0..3: the fifth bits of four Q5_0 / Q5_1 quants. The four copies
+// of h that the product adds (shifted by 0, 7, 14 and 21 bits) do not overlap, so nothing carries.
+fn fifth_bits(h: u32) -> u32 {
+  return (((h & 15u) * 0x00204081u) & 0x01010101u) << 4u;
+}
+// Bytes 2 .. 17 of the five consecutive words `first`, next.x .. next.w: 16 bytes read at a 2-byte aligned
+// offset.
+fn skip_half(first: u32, next: vec4u) -> vec4u {
+  return (vec4u(first, next.xyz) >> vec4u(16u)) | (next << vec4u(16u));
+}
+// Bytes 2 .. 9 of the three consecutive words `first`, next.x, next.y.
+fn skip_half2(first: u32, next: vec2u) -> vec2u {
+  return (vec2u(first, next.x) >> vec2u(16u)) | (next << vec2u(16u));
+}
+// The two bfloat16 values of v.
+fn bf16_pair(v: u32) -> vec2f {
+  return vec2f(bitcast<f32>(v << 16u), bitcast<f32>(v & 0xffff0000u));
+}
+// Σ (q − bias) · x over a 32-element block of 4-bit quants (Q4_0, Q4_1): element l < 16 is the low nibble
+// of byte l of qs, element l + 16 the high one.
+fn q4_dot(qs: vec4u, xs: array<vec4f, 8>, bias: f32) -> f32 {
+  var s = 0.0;
+  // @unroll
+  for (var i = 0u; i < 4u; i++) {
+    s += dot(nib_lo(qs[i]) - bias, xs[i]) + dot(nib_hi(qs[i]) - bias, xs[i + 4u]);
+  }
+  return s;
+}
+// Σ (q − bias) · x over a 32-element block of 5-bit quants (Q5_0, Q5_1): the nibbles as q4_dot, plus 16 ×
+// bit l of qh for element l.
+fn q5_dot(qs: vec4u, qh: u32, xs: array<vec4f, 8>, bias: f32) -> f32 {
+  var s = 0.0;
+  // @unroll
+  for (var i = 0u; i < 4u; i++) {
+    let lo = ubytes((qs[i] & 0x0f0f0f0fu) | fifth_bits(qh >> (4u * i)));
+    let hi = ubytes(((qs[i] >> 4u) & 0x0f0f0f0fu) | fifth_bits(qh >> (4u * i + 16u)));
+    s += dot(lo - bias, xs[i]) + dot(hi - bias, xs[i + 4u]);
+  }
+  return s;
+}
+// Σ x over a unit's 32 x values.
+fn x_sum(xs: array<vec4f, 8>) -> f32 {
+  return sum4(xs[0] + xs[1] + xs[2] + xs[3] + xs[4] + xs[5] + xs[6] + xs[7]);
+}
+// Units of 32 consecutive elements (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1): the x values of unit u.
+fn x_run(xrow: u32, u: u32) -> array<vec4f, 8> {
+  let a = xrow + 8u * u;
+  return array<vec4f, 8>(x[a], x[a + 1u], x[a + 2u], x[a + 3u], x[a + 4u], x[a + 5u], x[a + 6u], x[a + 7u]);
+}
+// Q2_K and Q3_K: unit c = u % 8 of 256-element block u / 8 holds the elements 128n + 32j + 8(c % 4) + i
+// (n = c / 4, j < 4, i < 8), four runs of 8: vec4s 2j and 2j + 1 of the result are run j.
+fn x_runs8(xrow: u32, u: u32) -> array<vec4f, 8> {
+  let c = u % 8u;
+  let a = xrow + (u / 8u) * 64u + (c / 4u) * 32u + (c % 4u) * 2u;
+  return array<vec4f, 8>(x[a], x[a + 1u], x[a + 8u], x[a + 9u], x[a + 16u], x[a + 17u], x[a + 24u],
+                         x[a + 25u]);
+}
+// Plain float rows (F32_PLAIN, F16_PLAIN, BF16_PLAIN): whether vec4 i (elements 32u + 4i .. + 3) of unit u
+// lies within the row. cols is a multiple of 4, so a vec4 is wholly in or out; only the last unit of a row
+// that is not a multiple of 32 has vec4s past the end (a constant true otherwise).
+fn quad_in_row(u: u32, i: u32) -> bool {
+  return cols % 32u == 0u || 32u * u + 4u * i < cols;
+}
+// Plain float rows: the x values of unit u (elements 32u .. 32u + 31), zero past the row end.
+fn x_plain(xrow: u32, u: u32) -> array<vec4f, 8> {
+  var xs: array<vec4f, 8>;
+  // @unroll
+  for (var i = 0u; i < 8u; i++) {
+    if (quad_in_row(u, i)) { xs[i] = x[xrow + 8u * u + i]; }
+  }
+  return xs;
+}
 // The sums Σ_c W[row][c] · x[t][c] of this thread's units for the rows row0 .. row0 + rows_per_wg − 1
 // (clamped to last_row: rows past it repeat it and are not to be written) and the tokens t0 .. t0 + nt − 1,
 // at acc[r · MAX_TOKENS + t]. Threads take units tid, tid + wg_size, …, units_per_step of them per step:
@@ -78,7 +161,7 @@ fn accumulate(row_bytes: u32, row0: u32, last_row: u32, t0: u32, nt: u32, tid: u
     -> array<f32, MAX_ROWS * MAX_TOKENS> {
   var acc: array<f32, MAX_ROWS * MAX_TOKENS>;
   let x_row = cols / 4u;
-  let units = cols / UNIT_ELEMS;
+  let units = (cols + UNIT_ELEMS - 1u) / UNIT_ELEMS;
   for (var u0 = tid; u0 < units; u0 += wg_size * units_per_step) {
     var raw: array<Raw, MAX_ROWS * MAX_UNITS_PER_STEP>; // [step unit k][row r]
     // @unroll
@@ -110,8 +193,9 @@ fn accumulate(row_bytes: u32, row0: u32, last_row: u32, t0: u32, nt: u32, tid: u
 }
 
 // ==== F32 ====
-// W: array<vec4u>. Unit u holds the eight vec4s (u / 8) · 64 + 8i + u % 8 (i < 8) of its row, so the
-// neighbouring threads of one load read neighbouring vec4s; needs cols % 256 == 0.
+// W: array<vec4u>. Rows of a multiple of 256 values (F32_PLAIN takes the others): unit u holds the eight
+// vec4s (u / 8) · 64 + 8i + u % 8 (i < 8) of its row, so the neighbouring threads of one load read
+// neighbouring vec4s.
 const UNIT_ELEMS = 32u;
 struct Raw {
   v: array<vec4u, 8>,
@@ -134,8 +218,8 @@ fn unit_dot(w: Raw, xs: array<vec4f, 8>, u: u32) -> f32 {
 }
 
 // ==== F16 ====
-// W: array<vec4u> (8 halves per vec4). Unit u holds the four vec4s (u / 8) · 32 + 8i + u % 8 (i < 4) of its
-// row; needs cols % 256 == 0.
+// W: array<vec4u> (8 halves per vec4). Rows of a multiple of 256 values (F16_PLAIN takes the others): unit u
+// holds the four vec4s (u / 8) · 32 + 8i + u % 8 (i < 4) of its row.
 const UNIT_ELEMS = 32u;
 struct Raw {
   v: array<vec4u, 4>,
@@ -160,7 +244,7 @@ fn unit_dot(w: Raw, xs: array<vec4f, 8>, u: u32) -> f32 {
 }
 
 // ==== BF16 ====
-// As F16, with bfloat16 values.
+// As F16, with bfloat16 values (BF16_PLAIN takes rows that are not a multiple of 256).
 const UNIT_ELEMS = 32u;
 struct Raw {
   v: array<vec4u, 4>,
@@ -174,16 +258,93 @@ fn unit_x(xrow: u32, u: u32) -> array<vec4f, 8> {
   return array<vec4f, 8>(x[a], x[a + 1u], x[a + 16u], x[a + 17u], x[a + 32u], x[a + 33u], x[a + 48u],
                          x[a + 49u]);
 }
-// The two bfloat16 values of v.
-fn bf16_pair(v: u32) -> vec2f {
-  return vec2f(bitcast<f32>(v << 16u), bitcast<f32>(v & 0xffff0000u));
-}
 fn bf16_dot(v: vec4u, x0: vec4f, x1: vec4f) -> f32 {
   return dot(vec4f(bf16_pair(v.x), bf16_pair(v.y)), x0) + dot(vec4f(bf16_pair(v.z), bf16_pair(v.w)), x1);
 }
 fn unit_dot(w: Raw, xs: array<vec4f, 8>, u: u32) -> f32 {
   return bf16_dot(w.v[0], xs[0], xs[1]) + bf16_dot(w.v[1], xs[2], xs[3]) + bf16_dot(w.v[2], xs[4], xs[5]) +
     bf16_dot(w.v[3], xs[6], xs[7]);
+}
+
+// ==== F32_PLAIN ====
+// W: array<vec4u>. F32 rows that are not a multiple of 256 values (any multiple of 4): unit u is the
+// elements 32u .. 32u + 31 of its row, eight consecutive vec4s. When cols is not a multiple of 32 the last
+// unit is ragged: its vec4s past the row end are neither loaded nor counted (see quad_in_row).
+const UNIT_ELEMS = 32u;
+struct Raw {
+  v: array<vec4u, 8>,
+}
+fn unit_load(row_bytes: u32, row: u32, u: u32) -> Raw {
+  let b = row * (row_bytes / 16u) + 8u * u;
+  var v: array<vec4u, 8>;
+  // @unroll
+  for (var i = 0u; i < 8u; i++) {
+    if (quad_in_row(u, i)) { v[i] = W[b + i]; }
+  }
+  return Raw(v);
+}
+fn unit_x(xrow: u32, u: u32) -> array<vec4f, 8> {
+  return x_plain(xrow, u);
+}
+fn unit_dot(w: Raw, xs: array<vec4f, 8>, u: u32) -> f32 {
+  var s = 0.0;
+  // @unroll
+  for (var i = 0u; i < 8u; i++) { s += dot(bitcast<vec4f>(w.v[i]), xs[i]); }
+  return s;
+}
+
+// ==== F16_PLAIN ====
+// W: array<vec2u> (4 halves per vec2u: rows of a multiple of 4 values start 8-byte aligned). F16 rows that
+// are not a multiple of 256 values: unit u is the elements 32u .. 32u + 31 of its row, eight consecutive
+// vec2us, the last unit ragged as in F32_PLAIN.
+const UNIT_ELEMS = 32u;
+struct Raw {
+  v: array<vec2u, 8>,
+}
+fn unit_load(row_bytes: u32, row: u32, u: u32) -> Raw {
+  let b = row * (row_bytes / 8u) + 8u * u;
+  var v: array<vec2u, 8>;
+  // @unroll
+  for (var i = 0u; i < 8u; i++) {
+    if (quad_in_row(u, i)) { v[i] = W[b + i]; }
+  }
+  return Raw(v);
+}
+fn unit_x(xrow: u32, u: u32) -> array<vec4f, 8> {
+  return x_plain(xrow, u);
+}
+fn unit_dot(w: Raw, xs: array<vec4f, 8>, u: u32) -> f32 {
+  var s = 0.0;
+  // @unroll
+  for (var i = 0u; i < 8u; i++) {
+    s += dot(vec4f(unpack2x16float(w.v[i].x), unpack2x16float(w.v[i].y)), xs[i]);
+  }
+  return s;
+}
+
+// ==== BF16_PLAIN ====
+// As F16_PLAIN, with bfloat16 values.
+const UNIT_ELEMS = 32u;
+struct Raw {
+  v: array<vec2u, 8>,
+}
+fn unit_load(row_bytes: u32, row: u32, u: u32) -> Raw {
+  let b = row * (row_bytes / 8u) + 8u * u;
+  var v: array<vec2u, 8>;
+  // @unroll
+  for (var i = 0u; i < 8u; i++) {
+    if (quad_in_row(u, i)) { v[i] = W[b + i]; }
+  }
+  return Raw(v);
+}
+fn unit_x(xrow: u32, u: u32) -> array<vec4f, 8> {
+  return x_plain(xrow, u);
+}
+fn unit_dot(w: Raw, xs: array<vec4f, 8>, u: u32) -> f32 {
+  var s = 0.0;
+  // @unroll
+  for (var i = 0u; i < 8u; i++) { s += dot(vec4f(bf16_pair(w.v[i].x), bf16_pair(w.v[i].y)), xs[i]); }
+  return s;
 }
 
 // ==== Q8_0 ====
@@ -224,13 +385,207 @@ fn unit_load(row_bytes: u32, row: u32, u: u32) -> Raw {
   return Raw(unpack2x16float(select(a0, a0 >> 16u, odd)).x, lo, hi);
 }
 fn unit_x(xrow: u32, u: u32) -> array<vec4f, 8> {
-  let a = xrow + 8u * u;
-  return array<vec4f, 8>(x[a], x[a + 1u], x[a + 2u], x[a + 3u], x[a + 4u], x[a + 5u], x[a + 6u], x[a + 7u]);
+  return x_run(xrow, u);
 }
 fn unit_dot(w: Raw, xs: array<vec4f, 8>, u: u32) -> f32 {
   return w.d * (dot(ibytes(w.lo.x), xs[0]) + dot(ibytes(w.lo.y), xs[1]) + dot(ibytes(w.lo.z), xs[2]) +
     dot(ibytes(w.lo.w), xs[3]) + dot(ibytes(w.hi.x), xs[4]) + dot(ibytes(w.hi.y), xs[5]) +
     dot(ibytes(w.hi.z), xs[6]) + dot(ibytes(w.hi.w), xs[7]));
+}
+
+// ==== Q4_0 ====
+// W: array<u32>. 18-byte blocks (d f16, qs[16]); unit u is block u: element l < 16 is the low nibble of
+// qs[l], element l + 16 the high one; x = d · (q − 8). Blocks start 2-byte aligned, so a unit is five 4-byte
+// loads, shifted by two bytes when the block starts mid-word.
+const UNIT_ELEMS = 32u;
+struct Raw {
+  d: f32,
+  qs: vec4u,
+}
+fn unit_load(row_bytes: u32, row: u32, u: u32) -> Raw {
+  let at = row * row_bytes + 18u * u;
+  let w = at / 4u;
+  let first = W[w];
+  let next = vec4u(W[w + 1u], W[w + 2u], W[w + 3u], W[w + 4u]);
+  let odd = (at & 2u) != 0u;
+  // Aligned: d is the low half of `first` and qs starts two bytes in; odd: d is the high half, qs is `next`.
+  return Raw(unpack2x16float(select(first, first >> 16u, odd)).x, select(skip_half(first, next), next, odd));
+}
+fn unit_x(xrow: u32, u: u32) -> array<vec4f, 8> {
+  return x_run(xrow, u);
+}
+fn unit_dot(w: Raw, xs: array<vec4f, 8>, u: u32) -> f32 {
+  return w.d * q4_dot(w.qs, xs, 8.0);
+}
+
+// ==== Q4_1 ====
+// W: array<u32>. 20-byte blocks (d f16, m f16, qs[16], nibbles as Q4_0); unit u is block u; x = d · q + m.
+// Blocks start 4-byte aligned: five 4-byte loads.
+const UNIT_ELEMS = 32u;
+struct Raw {
+  dm: vec2f,
+  qs: vec4u,
+}
+fn unit_load(row_bytes: u32, row: u32, u: u32) -> Raw {
+  let w = row * (row_bytes / 4u) + 5u * u;
+  return Raw(unpack2x16float(W[w]), vec4u(W[w + 1u], W[w + 2u], W[w + 3u], W[w + 4u]));
+}
+fn unit_x(xrow: u32, u: u32) -> array<vec4f, 8> {
+  return x_run(xrow, u);
+}
+fn unit_dot(w: Raw, xs: array<vec4f, 8>, u: u32) -> f32 {
+  return w.dm.x * q4_dot(w.qs, xs, 0.0) + w.dm.y * x_sum(xs);
+}
+
+// ==== Q5_0 ====
+// W: array<u32>. 22-byte blocks (d f16, qh u32, qs[16]); unit u is block u: element l < 16 is the low
+// nibble of qs[l], element l + 16 the high one, each plus 16 × bit l of qh; x = d · (q − 16). Blocks start
+// 2-byte aligned: six 4-byte loads, shifted by two bytes when the block starts mid-word.
+const UNIT_ELEMS = 32u;
+struct Raw {
+  d: f32,
+  qh: u32,
+  qs: vec4u,
+}
+fn unit_load(row_bytes: u32, row: u32, u: u32) -> Raw {
+  let at = row * row_bytes + 22u * u;
+  let w = at / 4u;
+  let first = W[w];
+  let second = W[w + 1u];
+  let rest = vec4u(W[w + 2u], W[w + 3u], W[w + 4u], W[w + 5u]);
+  let odd = (at & 2u) != 0u;
+  // Aligned: d is the low half of `first`, qh its high half and the low half of `second`, and qs starts
+  // two bytes into `second`; odd: d is the high half of `first`, qh is `second` and qs is `rest`.
+  return Raw(
+    unpack2x16float(select(first, first >> 16u, odd)).x,
+    select((first >> 16u) | (second << 16u), second, odd),
+    select(skip_half(second, rest), rest, odd),
+  );
+}
+fn unit_x(xrow: u32, u: u32) -> array<vec4f, 8> {
+  return x_run(xrow, u);
+}
+fn unit_dot(w: Raw, xs: array<vec4f, 8>, u: u32) -> f32 {
+  return w.d * q5_dot(w.qs, w.qh, xs, 16.0);
+}
+
+// ==== Q5_1 ====
+// W: array<vec2u>. 24-byte blocks (d f16, m f16, qh u32, qs[16], quants as Q5_0); unit u is block u;
+// x = d · q + m. Blocks start 8-byte aligned: three 8-byte loads.
+const UNIT_ELEMS = 32u;
+struct Raw {
+  dm: vec2f,
+  qh: u32,
+  qs: vec4u,
+}
+fn unit_load(row_bytes: u32, row: u32, u: u32) -> Raw {
+  let b = row * (row_bytes / 8u) + 3u * u;
+  let head = W[b];
+  return Raw(unpack2x16float(head.x), head.y, vec4u(W[b + 1u], W[b + 2u]));
+}
+fn unit_x(xrow: u32, u: u32) -> array<vec4f, 8> {
+  return x_run(xrow, u);
+}
+fn unit_dot(w: Raw, xs: array<vec4f, 8>, u: u32) -> f32 {
+  return w.dm.x * q5_dot(w.qs, w.qh, xs, 0.0) + w.dm.y * x_sum(xs);
+}
+
+// ==== Q2_K ====
+// W: array<u32>. 84-byte blocks = 21 words: scales[16] (low nibble scale, high nibble min; words 0..3),
+// qs[64] (words 4..19), d f16 and dmin f16 (word 20). Element 128n + 32j + 16k + l has 2 bits at shift 2j
+// of qs[32n + 16k + l] and scale byte 8n + 2j + k; x = d · sc · q − dmin · m. Unit c (0..7) of block b is
+// qs bytes 8c .. 8c + 7 (words 4 + 2c, 5 + 2c) at all four shifts: the elements 256b + 128n + 32j +
+// 8(c % 4) + i (n = c / 4, j < 4, i < 8; see x_runs8), scale bytes 8n + 2j + k with k = (c / 2) % 2.
+const UNIT_ELEMS = 32u;
+struct Raw {
+  q: vec2u,
+  // The unit's four scale bytes, for j = 0, 2, 1, 3 in that order.
+  sc: u32,
+  dm: vec2f,
+}
+fn unit_load(row_bytes: u32, row: u32, u: u32) -> Raw {
+  let b = row * (row_bytes / 4u) + (u / 8u) * 21u;
+  let c = u % 8u;
+  let n = c / 4u;
+  let k = (c / 2u) % 2u;
+  // Scale bytes 8n + k and 8n + k + 2 (j = 0, 1) are bytes k and k + 2 of word 2n; j = 2, 3 the same of
+  // word 2n + 1.
+  let even = (W[b + 2u * n] >> (8u * k)) & 0x00ff00ffu;
+  let odd = (W[b + 2u * n + 1u] >> (8u * k)) & 0x00ff00ffu;
+  return Raw(vec2u(W[b + 4u + 2u * c], W[b + 5u + 2u * c]), even | (odd << 8u), unpack2x16float(W[b + 20u]));
+}
+fn unit_x(xrow: u32, u: u32) -> array<vec4f, 8> {
+  return x_runs8(xrow, u);
+}
+// Σ q · x of run j (its quants at shift 2j of the unit's eight bytes, its x values x0 and x1).
+fn run_dot(q: vec2u, j: u32, x0: vec4f, x1: vec4f) -> f32 {
+  return dot(crumbs(q.x, 2u * j), x0) + dot(crumbs(q.y, 2u * j), x1);
+}
+fn unit_dot(w: Raw, xs: array<vec4f, 8>, u: u32) -> f32 {
+  // Per run, in the order of the scale bytes (j = 0, 2, 1, 3): Σ q · x and Σ x.
+  let qx = vec4f(run_dot(w.q, 0u, xs[0], xs[1]), run_dot(w.q, 2u, xs[4], xs[5]), run_dot(w.q, 1u, xs[2], xs[3]),
+                 run_dot(w.q, 3u, xs[6], xs[7]));
+  let xsum = vec4f(sum4(xs[0] + xs[1]), sum4(xs[4] + xs[5]), sum4(xs[2] + xs[3]), sum4(xs[6] + xs[7]));
+  return w.dm.x * dot(nib_lo(w.sc), qx) - w.dm.y * dot(nib_hi(w.sc), xsum);
+}
+
+// ==== Q3_K ====
+// W: array<u32>. 110-byte blocks: hmask[32], qs[64], scales[12] (16 packed 6-bit scales), d f16; blocks
+// start 2-byte aligned. Element 128n + 32j + 16k + l has its low 2 bits at shift 2j of qs[32n + 16k + l],
+// its high bit at bit 4n + j of hmask[16k + l] (clear means −4) and scale number s = 8n + 2j + k:
+// x = d · (scale − 32) · q. Units as Q2_K: unit c (0..7) is qs bytes 8c .. 8c + 7 and hmask bytes
+// 8(c % 4) .. 8(c % 4) + 7 at all four j. Scale s has its low nibble at shift 4n of scales[2j + k] and its
+// high two bits at shift 4n + 2(j / 2) of scales[8 + 2(j % 2) + k].
+const UNIT_ELEMS = 32u;
+struct Raw {
+  hm: vec2u,
+  q: vec2u,
+  // The unit's four 6-bit scales (before the −32), one per byte, for j = 0, 2, 1, 3 in that order.
+  sc: u32,
+  d: f32,
+}
+// 8 bytes at the even byte offset `at` (three 4-byte loads, shifted when `at` is not 4-aligned).
+fn load8(at: u32) -> vec2u {
+  let w = at / 4u;
+  let first = W[w];
+  let next = vec2u(W[w + 1u], W[w + 2u]);
+  return select(vec2u(first, next.x), skip_half2(first, next), (at & 2u) != 0u);
+}
+fn unit_load(row_bytes: u32, row: u32, u: u32) -> Raw {
+  let base = row * row_bytes + (u / 8u) * 110u;
+  let c = u % 8u;
+  let n = c / 4u;
+  let k = (c / 2u) % 2u;
+  // scales[0..12] and d: bytes 96 .. 109 of the block, within four words.
+  let w = (base + 96u) / 4u;
+  let a = vec3u(W[w], W[w + 1u], W[w + 2u]);
+  let last = W[w + 3u];
+  let odd = (base & 2u) != 0u;
+  let scales = select(a, (a >> vec3u(16u)) | (vec3u(a.yz, last) << vec3u(16u)), odd);
+  let d = unpack2x16float(select(last, last >> 16u, odd)).x;
+  // Low nibbles: scales[k] and scales[k + 2] (j = 0, 1) are bytes k and k + 2 of scales.x; j = 2, 3 the
+  // same of scales.y.
+  let lows = ((scales.x >> (8u * k)) & 0x00ff00ffu) | (((scales.y >> (8u * k)) & 0x00ff00ffu) << 8u);
+  // High bits: byte k of scales.z holds j = 0 at shift 4n and j = 2 at 4n + 2, byte k + 2 the same for
+  // j = 1, 3.
+  let t = scales.z >> (8u * k + 4u * n);
+  let highs = (t & 0x00030003u) | (((t >> 2u) & 0x00030003u) << 8u);
+  let sc = ((lows >> (4u * n)) & 0x0f0f0f0fu) | (highs << 4u);
+  return Raw(load8(base + 8u * (c % 4u)), load8(base + 32u + 8u * c), sc, d);
+}
+fn unit_x(xrow: u32, u: u32) -> array<vec4f, 8> {
+  return x_runs8(xrow, u);
+}
+// Σ q · x of run j: low bits at shift 2j of q, high bit `hbit` of hm (clear: −4), x values x0 and x1.
+fn run_dot(w: Raw, j: u32, hbit: u32, x0: vec4f, x1: vec4f) -> f32 {
+  return dot(crumbs(w.q.x, 2u * j) + 4.0 * bit_of_bytes(w.hm.x, hbit) - 4.0, x0) +
+    dot(crumbs(w.q.y, 2u * j) + 4.0 * bit_of_bytes(w.hm.y, hbit) - 4.0, x1);
+}
+fn unit_dot(w: Raw, xs: array<vec4f, 8>, u: u32) -> f32 {
+  let h = 4u * ((u % 8u) / 4u);
+  let qx = vec4f(run_dot(w, 0u, h, xs[0], xs[1]), run_dot(w, 2u, h + 2u, xs[4], xs[5]),
+                 run_dot(w, 1u, h + 1u, xs[2], xs[3]), run_dot(w, 3u, h + 3u, xs[6], xs[7]));
+  return w.d * dot(ubytes(w.sc) - 32.0, qx);
 }
 
 // ==== Q4_K ====

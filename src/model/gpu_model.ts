@@ -40,7 +40,6 @@ import { createSwiGlu } from "../gpu/ops/elementwise.ts";
 import { createCopy } from "../gpu/ops/copy.ts";
 import { type ArgmaxOp, createArgmax } from "../gpu/ops/argmax.ts";
 import { createSample, type SampleOp, type SampleSettings } from "../gpu/ops/sample.ts";
-import { chooseMatvecVariant } from "../gpu/ops/matvec_units.ts";
 import {
   canFuseGateUp,
   canFuseQkv,
@@ -99,7 +98,7 @@ export interface GpuModelOptions {
   /**
    * Decode: fold each RMSNorm into the matvecs around it (the product before adds onto the residual and
    * writes its sums of squares, the fused QKV or gate/up after scales by the RMS), saving a dispatch per
-   * norm where the sub-block kernels apply. Default true.
+   * norm where the product before is in one buffer. Default true.
    */
   foldNorms?: boolean;
   /**
@@ -409,12 +408,10 @@ export class GpuModel {
     // The body of a step, for a batch size (decode: 1 token, matvec + split-K attention).
     const body = (maxTokens: number, tag: string): { embed: EmbedOp; ops: GpuOp[] } => {
       const decode = maxTokens === 1;
-      // Decode folds an RMSNorm into its neighbours where the producer is a one-part sub-block matvec
-      // and the consumer a sub-block fused matvec (see FoldedNormOutput in src/gpu/ops/matmul.ts).
-      const foldable = (producer: GpuWeight, consumers: GpuWeight[]) =>
-        decode && (options.foldNorms ?? true) && producer.parts.length === 1 &&
-        chooseMatvecVariant("fold", [producer]) === "subblock" &&
-        chooseMatvecVariant("fold", consumers) === "subblock";
+      // Decode folds an RMSNorm into its neighbours where the producer is a matvec in one part and the
+      // consumer a fused matvec (see FoldedNormOutput in src/gpu/ops/matmul.ts).
+      const foldable = (producer: GpuWeight) =>
+        decode && (options.foldNorms ?? true) && producer.parts.length === 1;
       // The folded norm the next QKV reads (set by the previous layer's ffn_down), if any.
       let qkvNorm: FoldedNormInput | undefined;
       const linear = (label: string, weight: GpuWeight, x: GPUBuffer, y: GPUBuffer) =>
@@ -577,7 +574,7 @@ export class GpuModel {
               partials: act.partials,
             }),
         );
-        const foldFfnNorm = canFuseGateUp(w.wGate, w.wUp) && foldable(w.wo, [w.wGate, w.wUp]);
+        const foldFfnNorm = canFuseGateUp(w.wGate, w.wUp) && foldable(w.wo);
         let gateUpNorm: FoldedNormInput | undefined;
         if (foldFfnNorm) {
           gateUpNorm = foldedProduct(`${p}attn_output`, w.wo, act.att, w.ffnNorm);
@@ -625,7 +622,7 @@ export class GpuModel {
         }
         const next = l + 1 < hp.nLayer ? layers[l + 1] : undefined;
         qkvNorm = undefined;
-        if (next && canFuseQkv(next.wq, next.wk, next.wv) && foldable(w.wDown, [next.wq, next.wk, next.wv])) {
+        if (next && canFuseQkv(next.wq, next.wk, next.wv) && foldable(w.wDown)) {
           qkvNorm = foldedProduct(`${p}ffn_down`, w.wDown, act.gate, next.attnNorm);
         } else {
           ops.push(linear(`${p}ffn_down`, w.wDown, act.gate, act.proj));

@@ -1,8 +1,8 @@
 /**
- * Fused decode ops (`wgsl/matvec_fast.wgsl`, or `wgsl/matvec_fused.wgsl` for the types it lacks; see
- * `./matvec_units.ts`): several matrix-vector products over the same activations
- * in one dispatch, with the element-wise step after them applied before the single write. Each dispatch
- * removed saves its fixed launch cost, which at one token per step is comparable to streaming the weights.
+ * Fused decode ops (`wgsl/matvec_fast.wgsl`, see `./matvec_units.ts`): several matrix-vector products over
+ * the same activations in one dispatch, with the element-wise step after them applied before the single
+ * write. Each dispatch removed saves its fixed launch cost, which at one token per step is comparable to
+ * streaming the weights.
  *
  * - {@link createGateUpSwiGlu}: `out = silu(x · W_gateᵀ) · (x · W_upᵀ)`, replacing two matvecs and SwiGLU.
  * - {@link createQkvMatvec}: `q, k, v = x · W_qᵀ, x · W_kᵀ, x · W_vᵀ`, optionally with RoPE on q and k,
@@ -13,7 +13,8 @@
  * The fused ops need each weight in one buffer (a single {@link GpuWeight.parts} entry) and weights of
  * the same row length; {@link canFuseGateUp} and {@link canFuseQkv} say whether a set qualifies, and the
  * factories throw an {@link UnsupportedError} naming the tensors when it does not, so callers can fall
- * back to `createMatvec` + `createSwiGlu` / `createRope`.
+ * back to `createMatvec` + `createSwiGlu` / `createRope`. The decode factories also throw one for weights
+ * no decode kernel reads (unquantised rows that are not a multiple of 4 values), as `createMatvec` does.
  *
  * @module
  */
@@ -39,9 +40,9 @@ import {
 } from "./op.ts";
 import { ropeTurnTable } from "./rope.ts";
 import {
+  checkMatvecTuningKeys,
+  checkMatvecWeights,
   checkUnitsPerStep,
-  chooseMatvecVariant,
-  type MatvecVariant,
   reduceLanes,
   subblockDefines,
 } from "./matvec_units.ts";
@@ -57,19 +58,14 @@ export interface FusedMatvecTuning {
   rowsPerWorkgroup?: number;
   /** Tokens per workgroup, 1..8 (default min(maxTokens, 4)). */
   tokensPerWorkgroup?: number;
-  /**
-   * Kernel: `"subblock"` (`wgsl/matvec_fast.wgsl`, when every weight's type has one) or `"dq16"`
-   * (`wgsl/matvec_fused.wgsl`, every type). Default: subblock where it applies. See `./matvec_units.ts`.
-   */
-  variant?: MatvecVariant;
-  /** Sub-block kernel: units each thread loads before computing on them, 1, 2 or 4 (default 1). */
+  /** Units (32-element pieces of a row) each thread loads before computing on them, 1, 2 or 4 (default 1). */
   unitsPerStep?: number;
 }
 
 /**
  * The consumer side of an RMSNorm folded into the decode matvec before (see `FoldedNormOutput` in
  * `./matmul.ts`): `x` is the residual stream times the norm weight, not yet divided by its RMS, which comes
- * from the producer's per-workgroup sums of squares. Sub-block kernels only.
+ * from the producer's per-workgroup sums of squares.
  */
 export interface FoldedNormInput {
   /** Σ y² per producer workgroup, f32 `[maxTokens][partials]`. */
@@ -87,13 +83,8 @@ function normInputParts(
   gpu: Gpu,
   label: string,
   maxTokens: number,
-  subblock: boolean,
   norm?: FoldedNormInput,
-): { constants: Record<string, number>; sums?: BufferSlice } {
-  if (!subblock) {
-    if (norm) throw new BadFlagError(`${label}: a folded norm needs the subblock kernel`);
-    return { constants: {} };
-  }
+): { constants: Record<string, number>; sums: BufferSlice } {
   if (!norm) return { constants: { norm_mode: 0 }, sums: gpu.buffer(`${label}.no_norm_sums`, 4) };
   checkInt(label, "norm.partials", norm.partials, 1);
   checkInt(label, "norm.width", norm.width, 1);
@@ -122,7 +113,7 @@ export interface GateUpSwiGluOptions {
   step: StepParams;
   /** Override constants for tuning on a given GPU. */
   tuning?: FusedMatvecTuning;
-  /** `x` is the residual times the norm weight; the RMS comes from the producer's sums (sub-block only). */
+  /** `x` is the residual times the norm weight; the RMS comes from the producer's sums. */
   norm?: FoldedNormInput;
 }
 
@@ -164,7 +155,7 @@ export interface QkvMatvecOptions {
   rope?: QkvRope;
   /** When given, K is also written here before RoPE, f32 `[maxTokens][kRows]` (the write gate reads both). */
   kPre?: BufferSlice;
-  /** `x` is the residual times the norm weight; the RMS comes from the producer's sums (sub-block only). */
+  /** `x` is the residual times the norm weight; the RMS comes from the producer's sums. */
   norm?: FoldedNormInput;
   /** Override constants for tuning on a given GPU. */
   tuning?: FusedMatvecTuning;
@@ -213,12 +204,13 @@ function splitBlocker(weights: GpuWeight[]): string | undefined {
 /**
  * Builds the fused FFN input op: for each of the step's tokens t and each row i,
  * `out[t][i] = silu(W_gate[i] · x[t]) · (W_up[i] · x[t])`, in one dispatch. Throws an
- * {@link UnsupportedError} when {@link canFuseGateUp} is false.
+ * {@link UnsupportedError} when {@link canFuseGateUp} is false or no decode kernel reads the weights.
  */
 export function createGateUpSwiGlu(gpu: Gpu, options: GateUpSwiGluOptions): GpuOp {
   const { label, gate, up, x, out, maxTokens, step } = options;
   const blocker = gateUpFusionBlocker(gate, up);
   if (blocker) throw new UnsupportedError(`${label}: cannot fuse gate and up: ${blocker}`);
+  checkMatvecWeights(label, [gate, up]);
   checkInt(label, "maxTokens", maxTokens, 1, step.maxTokens);
   checkSlice(label, "x", x, maxTokens * gate.cols * 4);
   checkSlice(label, "out", out, maxTokens * gate.rows * 4);
@@ -230,12 +222,10 @@ export function createGateUpSwiGlu(gpu: Gpu, options: GateUpSwiGluOptions): GpuO
     defaultRows: 4, // an H100 sweep: 64 threads × 4 rows ran gate/up 2.7× faster than 256 × 2
     evenRows: false,
     tuning: options.tuning,
-    weights: [gate, up],
   });
-  const subblock = shape.variant === "subblock";
-  const norm = normInputParts(gpu, label, maxTokens, subblock, options.norm);
+  const norm = normInputParts(gpu, label, maxTokens, options.norm);
   const kernel = gpu.kernel(
-    subblock ? "matvec_fast" : "matvec_fused",
+    "matvec_fast",
     {
       ...norm.constants,
       cols: gate.cols,
@@ -245,15 +235,11 @@ export function createGateUpSwiGlu(gpu: Gpu, options: GateUpSwiGluOptions): GpuO
       wg_size: shape.workgroupSize,
       rows_per_wg: shape.rowsPerWorkgroup,
       tokens_per_wg: shape.tokensPerWorkgroup,
-      ...(subblock
-        ? { reduce_lanes: reduceLanes(shape.workgroupSize), slots: 2, units_per_step: shape.unitsPerStep }
-        : {}),
+      reduce_lanes: reduceLanes(shape.workgroupSize),
+      slots: 2,
+      units_per_step: shape.unitsPerStep,
     },
-    subblock ? subblockDefines(gate, up) : {
-      DEQUANT_A: suffixedDequantSource(gate.info.name, "a"),
-      DEQUANT_B: suffixedDequantSource(up.info.name, "b"),
-      DEQUANT_C: suffixedDequantSource(gate.info.name, "c"),
-    },
+    subblockDefines(gate, up),
     "swiglu",
   );
   const group = bindAt(gpu, kernel, [
@@ -262,7 +248,7 @@ export function createGateUpSwiGlu(gpu: Gpu, options: GateUpSwiGluOptions): GpuO
     [3, x],
     [4, out],
     [7, step.buffer],
-    ...(norm.sums ? [[13, norm.sums] as [number, BufferSlice]] : []),
+    [13, norm.sums],
   ]);
   const grid = grid2d(gpu, label, ceilDiv(gate.rows, shape.rowsPerWorkgroup), shape.tokenGroups);
   return new FusedOp(label, kernel, group, grid);
@@ -315,12 +301,14 @@ export function createGateUpSwiGluMatmul(gpu: Gpu, options: GateUpSwiGluMatmulOp
 /**
  * Builds the fused attention input op: `q, k, v = W_q · x[t], W_k · x[t], W_v · x[t]` for each of the
  * step's tokens in one dispatch, optionally rotating q and k (RoPE at position `step.pos0 + t`) as they
- * are written. Throws an {@link UnsupportedError} when {@link canFuseQkv} is false.
+ * are written. Throws an {@link UnsupportedError} when {@link canFuseQkv} is false or no decode kernel reads
+ * the weights.
  */
 export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
   const { label, wq, wk, wv, x, q, k, v, maxTokens, step, rope } = options;
   const blocker = qkvFusionBlocker(wq, wk, wv);
   if (blocker) throw new UnsupportedError(`${label}: cannot fuse Q, K and V: ${blocker}`);
+  checkMatvecWeights(label, [wq, wk, wv]);
   checkInt(label, "maxTokens", maxTokens, 1, step.maxTokens);
   checkSlice(label, "x", x, maxTokens * wq.cols * 4);
   checkSlice(label, "q", q, maxTokens * wq.rows * 4);
@@ -336,7 +324,6 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
     defaultRows: 4,
     evenRows: rope !== undefined,
     tuning: options.tuning,
-    weights: [wq, wk, wv],
   });
   let headDim = 2;
   let ropePairs = 0;
@@ -360,10 +347,9 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
     turns = ropeTurnTable(rope.invFreq, rope.maxPosition);
   }
   const turnsBuffer = gpu.buffer(`${label}.turns`, turns.data.byteLength, turns.data);
-  const subblock = shape.variant === "subblock";
-  const norm = normInputParts(gpu, label, maxTokens, subblock, options.norm);
+  const norm = normInputParts(gpu, label, maxTokens, options.norm);
   const kernel = gpu.kernel(
-    subblock ? "matvec_fast" : "matvec_fused",
+    "matvec_fast",
     {
       ...norm.constants,
       cols: wq.cols,
@@ -380,15 +366,10 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
       rope_pairs: ropePairs,
       n_chunks: turns.chunks,
       keep_pre_k: options.kPre ? 1 : 0,
-      ...(subblock
-        ? { reduce_lanes: reduceLanes(shape.workgroupSize), units_per_step: shape.unitsPerStep }
-        : {}),
+      reduce_lanes: reduceLanes(shape.workgroupSize),
+      units_per_step: shape.unitsPerStep,
     },
-    subblock ? subblockDefines(wq, wk, wv) : {
-      DEQUANT_A: suffixedDequantSource(wq.info.name, "a"),
-      DEQUANT_B: suffixedDequantSource(wk.info.name, "b"),
-      DEQUANT_C: suffixedDequantSource(wv.info.name, "c"),
-    },
+    subblockDefines(wq, wk, wv),
     "qkv",
   );
   const group = bindAt(gpu, kernel, [
@@ -402,7 +383,7 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
     [7, step.buffer],
     [8, turnsBuffer],
     [10, options.kPre ?? gpu.buffer(`${label}.no_k_pre`, 4)],
-    ...(norm.sums ? [[13, norm.sums] as [number, BufferSlice]] : []),
+    [13, norm.sums],
   ]);
   const per = shape.rowsPerWorkgroup;
   const groups = ceilDiv(wq.rows, per) + ceilDiv(wk.rows, per) + ceilDiv(wv.rows, per);
@@ -451,12 +432,9 @@ interface ShapeRequest {
   defaultRows: number;
   evenRows: boolean;
   tuning?: FusedMatvecTuning;
-  /** The weights, for the choice of kernel variant. */
-  weights: GpuWeight[];
 }
 
 interface Shape {
-  variant: MatvecVariant;
   workgroupSize: number;
   rowsPerWorkgroup: number;
   tokensPerWorkgroup: number;
@@ -467,11 +445,12 @@ interface Shape {
 /** The tuning to use: the given values, checked, or defaults shrunk to fit the workgroup memory. */
 function tuningFor(gpu: Gpu, op: string, request: ShapeRequest): Shape {
   const t = request.tuning ?? {};
+  checkMatvecTuningKeys(op, t);
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
   const workgroupSize = t.workgroupSize ?? defaultMatvecWorkgroup(request.cols);
   let rowsPerWorkgroup = t.rowsPerWorkgroup ?? request.defaultRows;
   let tokensPerWorkgroup = t.tokensPerWorkgroup ?? Math.min(request.maxTokens, 4);
-  // The sub-block kernel keeps one more sum per token (a folded norm's).
+  // The reduction keeps one more sum per token (a folded norm's).
   const bytes = () => workgroupSize * (rowsPerWorkgroup * request.accumulators + 1) * tokensPerWorkgroup * 4;
   while (bytes() > limit && t.tokensPerWorkgroup === undefined && tokensPerWorkgroup > 1) {
     tokensPerWorkgroup--;
@@ -503,9 +482,8 @@ function tuningFor(gpu: Gpu, op: string, request: ShapeRequest): Shape {
   }
   const tokenGroups = ceilDiv(request.maxTokens, tokensPerWorkgroup);
   checkWorkgroups(gpu, op, tokenGroups);
-  const variant = chooseMatvecVariant(op, request.weights, t.variant);
   const unitsPerStep = checkUnitsPerStep(op, t.unitsPerStep);
-  return { variant, workgroupSize, rowsPerWorkgroup, tokensPerWorkgroup, tokenGroups, unitsPerStep };
+  return { workgroupSize, rowsPerWorkgroup, tokensPerWorkgroup, tokenGroups, unitsPerStep };
 }
 
 /** A (x, y, z) grid holding `groups` workgroups in x·y (x within the device limit) and `z` in z. */

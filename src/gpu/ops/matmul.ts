@@ -1,7 +1,8 @@
 /**
  * `y = x · Wᵀ` with W a {@link GpuWeight} in its GGUF type: activations `x` are f32 `[nTokens][cols]`, outputs
  * `y` f32 `[nTokens][rows]`, both row-major. Two kernels: {@link createMatvec} for decode (a few tokens,
- * bandwidth-bound, `wgsl/matvec_fast.wgsl` or `wgsl/matvec.wgsl`, see `./matvec_units.ts`) and {@link createMatmul} for prefill (tiled, `wgsl/matmul.wgsl`).
+ * bandwidth-bound, `wgsl/matvec_fast.wgsl`, see `./matvec_units.ts`) and {@link createMatmul} for prefill
+ * (tiled, `wgsl/matmul.wgsl`).
  * A weight split into several parts is dispatched once per part, each writing its own output columns.
  *
  * @module
@@ -12,9 +13,9 @@ import type { Gpu, Kernel } from "../device.ts";
 import { dequantSource, type GpuWeight } from "../weights.ts";
 import {
   bindNumbered,
+  checkMatvecTuningKeys,
+  checkMatvecWeights,
   checkUnitsPerStep,
-  chooseMatvecVariant,
-  type MatvecVariant,
   reduceLanes,
   subblockDefines,
 } from "./matvec_units.ts";
@@ -52,20 +53,14 @@ export interface MatvecTuning {
   rowsPerWorkgroup?: number;
   /** Tokens per workgroup, 1..8 (default min(maxTokens, 4)). */
   tokensPerWorkgroup?: number;
-  /**
-   * Kernel: `"subblock"` (threads own whole 32-element sub-blocks; F32/F16/BF16 with rows of a multiple of
-   * 256 values, Q8_0, Q4_K, Q5_K, Q6_K) or `"dq16"` (sixteen columns per step, every type). Default:
-   * subblock where it applies. See `./matvec_units.ts`.
-   */
-  variant?: MatvecVariant;
-  /** Sub-block kernel: units each thread loads before computing on them, 1, 2 or 4 (default 1). */
+  /** Units (32-element pieces of a row) each thread loads before computing on them, 1, 2 or 4 (default 1). */
   unitsPerStep?: number;
 }
 
 /**
- * An RMSNorm folded into a decode matvec and the fused matvec after it (sub-block kernels only): the
- * producer adds its products onto the residual stream `y` in place and writes `y · weight` and per-workgroup
- * sums of squares; the consumer ({@link FoldedNormInput}) turns those into `rmsnorm(y) · weight`.
+ * An RMSNorm folded into a decode matvec and the fused matvec after it: the producer adds its products onto
+ * the residual stream `y` in place and writes `y · weight` and per-workgroup sums of squares; the consumer
+ * ({@link FoldedNormInput}) turns those into `rmsnorm(y) · weight`.
  */
 export interface FoldedNormOutput {
   /** The next RMSNorm's weight, f32 `[rows]`. */
@@ -153,15 +148,19 @@ function bindParts(
 /**
  * Creates the decode matrix-vector op: for each of the step's tokens, `y[t] = W · x[t]`. Meant for a few
  * tokens per step (it reads W once per `tokensPerWorkgroup` tokens); use {@link createMatmul} for prefill.
+ * Throws an `UnsupportedError` for a weight the decode kernels cannot read (unquantised rows that are not
+ * a multiple of 4 values; see `./matvec_units.ts`).
  */
 export function createMatvec(gpu: Gpu, options: MatvecOptions): MatvecOp {
   const op = options.label;
   checkLinear(gpu, op, options);
   const { weight, maxTokens } = options;
   const t = options.tuning ?? {};
-  // Defaults from a sweep of the dq16 kernel on an H100 (Vulkan, Q4_K and Q6_K at Llama-1B/8B shapes): 64
-  // threads and 4 rows per workgroup (128 threads for rows of 8192 columns or more) were within ~15% of the
-  // best tuning on every shape. The subblock kernel starts from the same; bench/matvec.ts sweeps both.
+  checkMatvecTuningKeys(op, t);
+  checkMatvecWeights(op, [weight]);
+  // Defaults from an H100 sweep (Vulkan, Q4_K and Q6_K at Llama-1B/8B shapes) of the earlier 16-column
+  // kernel: 64 threads and 4 rows per workgroup (128 threads for rows of 8192 columns or more) were within
+  // ~15% of the best tuning on every shape. The sub-block kernel kept them; bench/matvec.ts sweeps tunings.
   const workgroupSize = t.workgroupSize ?? defaultMatvecWorkgroup(weight.cols);
   const rowsPerWorkgroup = t.rowsPerWorkgroup ?? 4;
   const tokensPerWorkgroup = t.tokensPerWorkgroup ?? Math.min(maxTokens, 4);
@@ -178,7 +177,7 @@ export function createMatvec(gpu: Gpu, options: MatvecOptions): MatvecOp {
     1,
     workgroupSize,
   );
-  // The sub-block kernel's reduction keeps one more sum per token (a folded norm's).
+  // The reduction keeps one more sum per token (a folded norm's).
   const reductionBytes = workgroupSize * (rowsPerWorkgroup + 1) * tokensPerWorkgroup * 4;
   if (reductionBytes > gpu.limits.maxComputeWorkgroupStorageSize) {
     throw new BadFlagError(
@@ -186,11 +185,9 @@ export function createMatvec(gpu: Gpu, options: MatvecOptions): MatvecOp {
         `memory, this GPU allows ${gpu.limits.maxComputeWorkgroupStorageSize}`,
     );
   }
-  const variant = chooseMatvecVariant(op, [weight], t.variant);
   const fold = options.fold;
   const normPartials = fold ? ceilDiv(weight.rows, rowsPerWorkgroup) : 0;
   if (fold) {
-    if (variant !== "subblock") throw new BadFlagError(`${op}: a folded norm needs the subblock kernel`);
     if (weight.parts.length !== 1) throw new BadFlagError(`${op}: a folded norm needs a weight in one part`);
     checkSlice(op, "fold.weight", fold.weight, weight.rows * 4);
     checkSlice(op, "fold.out", fold.out, maxTokens * weight.rows * 4);
@@ -204,52 +201,39 @@ export function createMatvec(gpu: Gpu, options: MatvecOptions): MatvecOp {
     const gx = Math.min(groups, maxPerDim);
     return [gx, ceilDiv(groups, gx), tokenGroups];
   };
-  if (variant === "subblock") {
-    const kernel = gpu.kernel(
-      "matvec_fast",
-      {
-        cols: weight.cols,
-        out_stride: weight.rows,
-        row_bytes_a: weight.rowBytes,
-        wg_size: workgroupSize,
-        rows_per_wg: rowsPerWorkgroup,
-        tokens_per_wg: tokensPerWorkgroup,
-        reduce_lanes: reduceLanes(workgroupSize),
-        norm_mode: fold ? 1 : 0,
-        units_per_step: checkUnitsPerStep(op, t.unitsPerStep),
-        norm_partials: Math.max(1, normPartials),
-      },
-      subblockDefines(weight),
-    );
-    // Unused bindings get tiny placeholders (distinct: writable bindings must not alias).
-    const unused = (name: string) => gpu.buffer(`${op}.${name}`, 4);
-    const parts = weight.parts.map((part, i): PartDispatch => {
-      const info = gpu.uniform(`${op}.part${i}`, new Uint32Array([part.rows, part.firstRow]));
-      const group = bindNumbered(gpu, kernel, [
-        [0, part.buffer],
-        [3, options.x],
-        [4, options.y],
-        [7, options.step.buffer],
-        [9, info],
-        [11, fold?.weight ?? unused("no_norm_weight")],
-        [12, fold?.out ?? unused("no_norm_out")],
-        [13, fold?.sums ?? unused("no_norm_sums")],
-      ]);
-      return { group, workgroups: workgroups(part.rows) };
-    });
-    return new LinearOp(op, kernel, parts, normPartials);
-  }
   const kernel = gpu.kernel(
-    "matvec",
+    "matvec_fast",
     {
+      cols: weight.cols,
+      out_stride: weight.rows,
+      row_bytes_a: weight.rowBytes,
       wg_size: workgroupSize,
       rows_per_wg: rowsPerWorkgroup,
       tokens_per_wg: tokensPerWorkgroup,
+      reduce_lanes: reduceLanes(workgroupSize),
+      norm_mode: fold ? 1 : 0,
+      units_per_step: checkUnitsPerStep(op, t.unitsPerStep),
+      norm_partials: Math.max(1, normPartials),
     },
-    { DEQUANT: dequantSource(weight.info.name) },
+    subblockDefines(weight),
   );
-  const parts = bindParts(gpu, kernel, options, workgroups);
-  return new LinearOp(op, kernel, parts);
+  // Unused bindings get tiny placeholders (distinct: writable bindings must not alias).
+  const unused = (name: string) => gpu.buffer(`${op}.${name}`, 4);
+  const parts = weight.parts.map((part, i): PartDispatch => {
+    const info = gpu.uniform(`${op}.part${i}`, new Uint32Array([part.rows, part.firstRow]));
+    const group = bindNumbered(gpu, kernel, [
+      [0, part.buffer],
+      [3, options.x],
+      [4, options.y],
+      [7, options.step.buffer],
+      [9, info],
+      [11, fold?.weight ?? unused("no_norm_weight")],
+      [12, fold?.out ?? unused("no_norm_out")],
+      [13, fold?.sums ?? unused("no_norm_sums")],
+    ]);
+    return { group, workgroups: workgroups(part.rows) };
+  });
+  return new LinearOp(op, kernel, parts, normPartials);
 }
 
 /** Tuning knobs of the prefill kernels (WGSL override constants of `wgsl/matmul.wgsl` and `matmul_fused`). */

@@ -1,79 +1,103 @@
 /**
- * The sub-block decode kernels (`wgsl/matvec_fast.wgsl` with the unit library `wgsl/matvec_units.wgsl`):
- * which weights they serve, the WGSL they are spliced from, and the variant choice shared by
+ * The decode matrix-vector kernels (`wgsl/matvec_fast.wgsl` with the unit library `wgsl/matvec_units.wgsl`):
+ * the unit section that reads each weight, the WGSL spliced from it, and the checks shared by
  * `createMatvec` and the fused decode ops.
  *
- * Variants of the decode matrix-vector kernels:
- * - `"subblock"`: threads own whole 32-element pieces of the blocks (16-byte loads where the layout allows,
- *   scales decoded once per 32 weights, x as vec4 shared by the workgroup's rows, a two-step reduction).
- *   For F32, F16, BF16 (rows of a multiple of 256 values), Q8_0, Q4_K, Q5_K and Q6_K. The default where
- *   it applies.
- * - `"dq16"`: the general kernels (`wgsl/matvec.wgsl`, `wgsl/matvec_fused.wgsl`): sixteen columns per thread
- *   and step through `wgsl/dequant.wgsl`, every type and row length.
+ * Threads own whole 32-element pieces of a weight's blocks ("units"): the widest loads the block layout
+ * allows, scales decoded once per 32 weights, x as vec4 shared by the workgroup's rows, a two-step
+ * reduction. Every type the GPU reads has a unit section. F32, F16 and BF16 rows of a multiple of 256 values
+ * use interleaved units (neighbouring threads read neighbouring 16-byte words); other rows of a multiple
+ * of 4 use plain units of 32 consecutive values (`<type>_PLAIN`), the last one ragged when the row is not a
+ * multiple of 32. Rows that are not a multiple of 4 values (possible only for unquantised types) cannot be
+ * read as vec4 and have no decode kernel: the ops throw an {@link UnsupportedError}, on which a model load
+ * falls back to the CPU reference.
  *
  * @module
  */
 
-import { BadFlagError } from "../../errors.ts";
+import { BadFlagError, UnsupportedError } from "../../errors.ts";
 import type { Gpu, Kernel } from "../device.ts";
 import { loadShader } from "../shader.ts";
 import type { GpuWeight } from "../weights.ts";
 import type { BufferSlice } from "./op.ts";
 
-/** Which decode matrix-vector kernel to use (see the module documentation). */
-export type MatvecVariant = "subblock" | "dq16";
-
-/** Every {@link MatvecVariant}. */
-export const MATVEC_VARIANTS: readonly MatvecVariant[] = ["subblock", "dq16"];
-
-/** Types with a section in `wgsl/matvec_units.wgsl`, and the word type their weight binding is read as. */
-const UNIT_WORDS: Readonly<Record<string, "vec4u" | "u32">> = {
+/** The sections of `wgsl/matvec_units.wgsl` and the word type each one reads its weight binding as. */
+export const UNIT_SECTION_WORDS: Readonly<Record<string, "vec4u" | "vec2u" | "u32">> = {
   F32: "vec4u",
   F16: "vec4u",
   BF16: "vec4u",
+  F32_PLAIN: "vec4u",
+  F16_PLAIN: "vec2u",
+  BF16_PLAIN: "vec2u",
   Q8_0: "u32",
+  Q4_0: "u32",
+  Q4_1: "u32",
+  Q5_0: "u32",
+  Q5_1: "vec2u",
+  Q2_K: "u32",
+  Q3_K: "u32",
   Q4_K: "vec4u",
   Q5_K: "vec4u",
   Q6_K: "u32",
 };
 
-/** Unquantised types, whose units interleave 8 units over 256 values (rows must be whole groups). */
-const GROUPED = new Set(["F32", "F16", "BF16"]);
+/** Unquantised types: interleaved units for rows of a multiple of 256 values, plain units otherwise. */
+const UNQUANTISED = new Set(["F32", "F16", "BF16"]);
 
 /**
- * Why `weight` cannot go through the sub-block kernels (a one-line reason naming it), or undefined when
- * it can.
+ * Why `weight` cannot go through the decode kernels (a one-line reason naming it), or undefined when it
+ * can: unquantised rows must be a multiple of 4 values (x is read as vec4).
  */
-export function subblockBlocker(weight: GpuWeight): string | undefined {
+export function matvecBlocker(weight: GpuWeight): string | undefined {
   const type = weight.info.name;
-  if (!(type in UNIT_WORDS)) return `${weight.name} is ${type}, which has no sub-block kernel`;
-  if (GROUPED.has(type) && weight.cols % 256 !== 0) {
-    return `${weight.name} has rows of ${weight.cols} ${type} values, not a multiple of 256`;
+  if (!(type in UNIT_SECTION_WORDS)) return `${weight.name} is ${type}, which has no decode kernel`;
+  if (weight.cols % 4 !== 0) {
+    return `${weight.name} has rows of ${weight.cols} ${type} values, not a multiple of 4`;
   }
   return undefined;
 }
 
 /**
- * The variant to run `weights` with: `requested`, checked (a {@link BadFlagError} naming `op` when the
- * sub-block kernel cannot take one of them), or by default `"subblock"` when every weight qualifies,
- * else `"dq16"`.
+ * The section of `wgsl/matvec_units.wgsl` that reads `weight`: its type, or `<type>_PLAIN` for unquantised
+ * rows that are not a multiple of 256 values. Throws an {@link UnsupportedError} where
+ * {@link matvecBlocker} gives a reason.
  */
-export function chooseMatvecVariant(
-  op: string,
-  weights: readonly GpuWeight[],
-  requested?: MatvecVariant,
-): MatvecVariant {
-  if (requested !== undefined && !MATVEC_VARIANTS.includes(requested)) {
-    throw new BadFlagError(`${op}: variant must be ${MATVEC_VARIANTS.join(" or ")}, got ${requested}`);
-  }
-  const blocker = weights.map(subblockBlocker).find((b) => b !== undefined);
-  if (requested === "subblock" && blocker) {
-    throw new BadFlagError(`${op}: variant subblock: ${blocker}`);
-  }
-  return requested ?? (blocker ? "dq16" : "subblock");
+export function unitSection(weight: GpuWeight): string {
+  const blocker = matvecBlocker(weight);
+  if (blocker) throw new UnsupportedError(blocker);
+  const type = weight.info.name;
+  return UNQUANTISED.has(type) && weight.cols % 256 !== 0 ? `${type}_PLAIN` : type;
 }
 
-/** The sub-block kernels' units per step (1, 2 or 4; default 1), checked: a {@link BadFlagError} naming `op`. */
+/**
+ * Checks that the decode kernels can read every one of `weights`: an {@link UnsupportedError} naming `op`
+ * and the first weight that cannot be read otherwise.
+ */
+export function checkMatvecWeights(op: string, weights: readonly GpuWeight[]): void {
+  const blocker = weights.map(matvecBlocker).find((b) => b !== undefined);
+  if (blocker) throw new UnsupportedError(`${op}: no decode kernel: ${blocker}`);
+}
+
+/** The fields of the decode kernels' tunings (`MatvecTuning`, `FusedMatvecTuning`). */
+export const MATVEC_TUNING_KEYS: readonly string[] = [
+  "workgroupSize",
+  "rowsPerWorkgroup",
+  "tokensPerWorkgroup",
+  "unitsPerStep",
+];
+
+/** Rejects a decode tuning naming a field other than {@link MATVEC_TUNING_KEYS}: a {@link BadFlagError} naming `op`. */
+export function checkMatvecTuningKeys(op: string, tuning: object): void {
+  for (const key of Object.keys(tuning)) {
+    if (!MATVEC_TUNING_KEYS.includes(key)) {
+      throw new BadFlagError(
+        `${op}: unknown decode tuning field ${JSON.stringify(key)} (known: ${MATVEC_TUNING_KEYS.join(", ")})`,
+      );
+    }
+  }
+}
+
+/** The decode kernels' units per step (1, 2 or 4; default 1), checked: a {@link BadFlagError} naming `op`. */
 export function checkUnitsPerStep(op: string, unitsPerStep: number | undefined): number {
   const value = unitsPerStep ?? 1;
   if (![1, 2, 4].includes(value)) {
@@ -98,30 +122,38 @@ export function suffixDeclaredNames(source: string, suffix: string): string {
   return source.replace(pattern, (name) => `${name}_${suffix}`);
 }
 
-/**
- * WGSL of the unit library for type `typeName` (COMMON plus that type's section of
- * `wgsl/matvec_units.wgsl`), names suffixed by `_<suffix>`.
- */
-export function unitsSource(typeName: string, suffix: string): string {
-  const text = loadShader("matvec_units");
+/** The sections of `wgsl/matvec_units.wgsl` by name (COMMON and one per {@link UNIT_SECTION_WORDS} key). */
+export function unitSections(): Map<string, string> {
   const sections = new Map<string, string>();
-  const parts = text.split(/^\/\/ ==== (\w+) ====$/m);
+  const parts = loadShader("matvec_units").split(/^\/\/ ==== (\w+) ====$/m);
   for (let i = 1; i + 1 < parts.length; i += 2) sections.set(parts[i], parts[i + 1]);
-  const body = sections.get(typeName);
-  if (body === undefined) throw new BadFlagError(`type ${typeName} has no sub-block kernel`);
+  return sections;
+}
+
+/**
+ * WGSL of the unit library for section `section` (COMMON plus that section of `wgsl/matvec_units.wgsl`,
+ * see {@link unitSection}), names suffixed by `_<suffix>`.
+ */
+export function unitsSource(section: string, suffix: string): string {
+  const sections = unitSections();
+  const body = sections.get(section);
+  if (body === undefined || section === "COMMON") {
+    throw new UnsupportedError(`${section} has no section in wgsl/matvec_units.wgsl`);
+  }
   return suffixDeclaredNames(sections.get("COMMON")! + body, suffix);
 }
 
 /**
  * The text defines of `wgsl/matvec_fast.wgsl` for weights a, b, c (b and c default to a: the `main`
- * entry reads only a, but the module declares all three).
+ * entry reads only a, but the module declares all three). Throws an {@link UnsupportedError} for a weight
+ * the kernels cannot read ({@link matvecBlocker}).
  */
 export function subblockDefines(a: GpuWeight, b: GpuWeight = a, c: GpuWeight = a): Record<string, string> {
   const defines: Record<string, string> = {};
   for (const [suffix, weight] of [["a", a], ["b", b], ["c", c]] as const) {
-    const type = weight.info.name;
-    defines[`WORD_${suffix.toUpperCase()}`] = UNIT_WORDS[type];
-    defines[`UNITS_${suffix.toUpperCase()}`] = unitsSource(type, suffix);
+    const section = unitSection(weight);
+    defines[`WORD_${suffix.toUpperCase()}`] = UNIT_SECTION_WORDS[section];
+    defines[`UNITS_${suffix.toUpperCase()}`] = unitsSource(section, suffix);
   }
   return defines;
 }
