@@ -1,6 +1,10 @@
-// Matrix-matrix product for prefill: Y[t][first_row + r] = Σ_c X[t][c] · W[r][c] for t < m, with W kept in
-// its GGUF type (decoded by the dequantisation library, wgsl/dequant.wgsl, spliced in at DEQUANT, while it
-// is staged in workgroup memory).
+// Matrix-matrix products for prefill, weights kept in their GGUF types (decoded by per-weight copies of the
+// dequantisation library, wgsl/dequant.wgsl, names suffixed _a, _b and _c, while they are staged in
+// workgroup memory):
+//   entry `main`: Y[t][first_row + r] = Σ_c X[t][c] · W_a[r][c] for t < m, one weight part;
+//   entry `qkv`:  Q, K and V of attention in one dispatch: the row tiles of W_a (Q), then W_b (K), then
+//                 W_c (V), each writing its own output, so the small K and V products share the GPU with
+//                 Q instead of running alone on a fraction of it.
 //
 // Tiling: a workgroup of 16 × 16 threads computes a (16 · tokens_per_thread)-token × 128-row output tile.
 // Thread (lx, ly) keeps tokens_per_thread × 8 f32 accumulators: tokens 4·ly + 64·i + 0..3 (i < tokens / 4)
@@ -23,15 +27,21 @@
 // buffer. unroll_k = true unrolls the FMA loop over the step's k_step columns, so its workgroup-memory
 // offsets are constants.
 //
-// binding 0: W, array<u32>: the raw rows of one weight part; row r starts at byte r · row_bytes (read)
+// binding 0: W_a, array<u32>: `main`: the raw rows of one weight part, row r at byte r · row_bytes; `qkv`:
+//            Q's weight, row r at byte r · row_bytes_a (read)
+// binding 5: W_b, array<u32>: K's weight, row r at byte r · row_bytes_b (`qkv`; `main` binds W_a again)
+// binding 6: W_c, array<u32>: V's weight, row r at byte r · row_bytes_c (`qkv`; `main` binds W_a again)
 // binding 1: x, array<f32>: activations [m][cols], row-major (read)
-// binding 2: y, array<f32>: outputs [m][out_stride], row-major; this part writes columns
-//            first_row .. first_row + rows (read_write)
+// binding 2: y, array<f32>: `main`: outputs [m][out_stride], row-major, this part writing columns
+//            first_row .. first_row + rows; `qkv`: Q [m][rows_a] (read_write)
+// binding 7: y_b, array<f32>: K [m][rows_b] (`qkv`; a placeholder for `main`) (read_write)
+// binding 8: y_c, array<f32>: V [m][rows_c] (`qkv`; a placeholder for `main`) (read_write)
 // binding 3: step, uniform: n_tokens (= m, the tokens of this step), pos0 (unused here)
 // binding 4: part, uniform: rows (in this part), first_row, out_stride (rows of the whole weight), cols
-//            (elements per row), row_bytes
+//            (elements per row), row_bytes; `qkv` reads cols only
 //
-// Dispatch: x = ceil(rows / 128), y = ceil(max_m / (16 · tokens_per_thread)). Tiles past `m` return at once.
+// Dispatch: `main`: x = ceil(rows / 128); `qkv`: x = the row tiles of Q, K and V together;
+// y = ceil(max_m / (16 · tokens_per_thread)). Tiles past `m` return at once.
 // Tuning (override constants, see MatmulTuning in src/gpu/ops/matmul.ts): tokens_per_thread, k_step,
 // prefetch, unroll_k.
 
@@ -56,6 +66,13 @@ override k_step: u32 = 32u;
 override prefetch: bool = true;
 // Unroll the FMA loop over the k_step columns of a step.
 override unroll_k: bool = false;
+// `qkv`: rows and bytes per row of Q's, K's and V's weights.
+override rows_a: u32 = 1u;
+override rows_b: u32 = 1u;
+override rows_c: u32 = 1u;
+override row_bytes_a: u32 = 1u;
+override row_bytes_b: u32 = 1u;
+override row_bytes_c: u32 = 1u;
 
 const THREADS = 256u;
 const TILE_ROWS = 128u;
@@ -70,15 +87,25 @@ override x_loads: u32 = max(1u, x_units / THREADS);
 // Whether every thread stages X (not so for 32-token tiles with 16-column steps: 128 vec4s).
 override x_everyone: bool = x_units >= THREADS;
 
-@group(0) @binding(0) var<storage, read> W: array<u32>;
+@group(0) @binding(0) var<storage, read> W_a: array<u32>;
+@group(0) @binding(5) var<storage, read> W_b: array<u32>;
+@group(0) @binding(6) var<storage, read> W_c: array<u32>;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(7) var<storage, read_write> y_b: array<f32>;
+@group(0) @binding(8) var<storage, read_write> y_c: array<f32>;
 @group(0) @binding(3) var<uniform> step: Step;
 @group(0) @binding(4) var<uniform> part: Part;
 
-// Copies of part.cols and part.row_bytes (the dequantisation library reads `cols`).
+// The workgroup's weight and output, set by the entry point: elements per row (the dequantisation library
+// reads `cols`), which weight (0 = W_a, 1 = W_b, 2 = W_c; 0 in `main`), its rows and bytes per row, and
+// where its outputs go (row stride and first column of y, y_b or y_c).
 var<private> cols: u32;
+var<private> which: u32;
+var<private> w_rows: u32;
 var<private> row_bytes: u32;
+var<private> out_stride: u32;
+var<private> out_first: u32;
 
 // xs[x_at(k, q)]: tokens 4q..4q+3 of the tile at column k0 + k.
 var<workgroup> xs: array<vec4f, k_step * x_stride>;
@@ -92,16 +119,31 @@ fn x_at(k: u32, q: u32) -> u32 {
   return k * x_stride + (q ^ (k & 7u));
 }
 
-{{DEQUANT}}
+{{DEQUANT_A}}
+{{DEQUANT_B}}
+{{DEQUANT_C}}
 
-// Columns e..e+15 of weight row `r` (zero past the row end or for rows past the part).
+// Columns e..e+15 of row `r` of the workgroup's weight (zero past the row end or past its rows).
 fn fetch_w(r: u32, e: u32) -> array<vec4f, 4> {
   var w: array<vec4f, 4>;
-  if (r >= part.rows || e >= cols) { return w; }
-  if (e + 16u <= cols) { return dq16(r * row_bytes, e); }
+  if (r >= w_rows || e >= cols) { return w; }
+  let base = r * row_bytes;
+  if (e + 16u <= cols) {
+    if (which == 0u) { return dq16_a(base, e); }
+    if (which == 1u) { return dq16_b(base, e); }
+    return dq16_c(base, e);
+  }
   // @unroll
   for (var c = 0u; c < 4u; c++) {
-    if (e + 4u * c < cols) { w[c] = dq4(r * row_bytes, e + 4u * c); }
+    if (e + 4u * c < cols) {
+      if (which == 0u) {
+        w[c] = dq4_a(base, e + 4u * c);
+      } else if (which == 1u) {
+        w[c] = dq4_b(base, e + 4u * c);
+      } else {
+        w[c] = dq4_c(base, e + 4u * c);
+      }
+    }
   }
   return w;
 }
@@ -128,13 +170,21 @@ fn put_w(k: u32, i: u32, v: vec4f) {
   ws[at + 3u * W_STRIDE][lane] = v.w;
 }
 
-// Outputs of token t at rows r..r+3 of this part (those that exist).
+// Outputs of token t at rows r..r+3 of the workgroup's weight (those that exist).
 fn put_y(t: u32, r: u32, v: vec4f) {
   if (t >= step.n_tokens) { return; }
-  let at = t * part.out_stride + part.first_row + r;
+  let at = t * out_stride + out_first + r;
   // @unroll
   for (var j = 0u; j < 4u; j++) {
-    if (r + j < part.rows) { y[at + j] = v[j]; }
+    if (r + j < w_rows) {
+      if (which == 0u) {
+        y[at + j] = v[j];
+      } else if (which == 1u) {
+        y_b[at + j] = v[j];
+      } else {
+        y_c[at + j] = v[j];
+      }
+    }
   }
 }
 
@@ -145,11 +195,50 @@ fn main(
   @builtin(local_invocation_index) tid: u32,
 ) {
   cols = part.cols;
+  which = 0u;
+  w_rows = part.rows;
   row_bytes = part.row_bytes;
-  let n0 = wid.x * TILE_ROWS;
+  out_stride = part.out_stride;
+  out_first = part.first_row;
   let t0 = wid.y * tile_tokens;
   if (t0 >= step.n_tokens) { return; }
+  tile_product(wid.x * TILE_ROWS, t0, lid, tid);
+}
 
+@compute @workgroup_size(16, 16)
+fn qkv(
+  @builtin(workgroup_id) wid: vec3u,
+  @builtin(local_invocation_id) lid: vec3u,
+  @builtin(local_invocation_index) tid: u32,
+) {
+  cols = part.cols;
+  let tiles_a = (rows_a + TILE_ROWS - 1u) / TILE_ROWS;
+  let tiles_b = (rows_b + TILE_ROWS - 1u) / TILE_ROWS;
+  var tile = wid.x;
+  if (tile < tiles_a) {
+    which = 0u;
+    w_rows = rows_a;
+    row_bytes = row_bytes_a;
+  } else if (tile < tiles_a + tiles_b) {
+    which = 1u;
+    w_rows = rows_b;
+    row_bytes = row_bytes_b;
+    tile -= tiles_a;
+  } else {
+    which = 2u;
+    w_rows = rows_c;
+    row_bytes = row_bytes_c;
+    tile -= tiles_a + tiles_b;
+  }
+  out_stride = w_rows;
+  out_first = 0u;
+  let t0 = wid.y * tile_tokens;
+  if (t0 >= step.n_tokens) { return; }
+  tile_product(tile * TILE_ROWS, t0, lid, tid);
+}
+
+// The workgroup's output tile: rows n0 … n0 + 127 of its weight times tokens t0 … (every thread calls it).
+fn tile_product(n0: u32, t0: u32, lid: vec3u, tid: u32) {
   // This thread's staging work: W unit (row wi, columns 16·wk..) and X column xk of token quads
   // xq + p·xq_step (when it stages X at all).
   let wi = tid % TILE_ROWS;

@@ -27,7 +27,7 @@ import { GpuWeight } from "../gpu/weights.ts";
 import { checkInt, encodeOps, type GpuOp, StepParams } from "../gpu/ops/op.ts";
 import { createEmbed, type EmbedOp } from "../gpu/ops/embed.ts";
 import { createRmsNorm } from "../gpu/ops/norm.ts";
-import { createMatmul, createMatvec } from "../gpu/ops/matmul.ts";
+import { createMatmul, createMatvec, createQkvMatmul, qkvMatmulBlocker } from "../gpu/ops/matmul.ts";
 import { createRope } from "../gpu/ops/rope.ts";
 import { createKvAppend } from "../gpu/ops/kv_append.ts";
 import {
@@ -485,9 +485,25 @@ export class GpuModel {
             norm: qkvNorm,
           }));
         } else {
-          ops.push(linear(`${p}attn_q`, w.wq, act.xn, act.q));
-          ops.push(linear(`${p}attn_k`, w.wk, act.xn, act.k));
-          ops.push(linear(`${p}attn_v`, w.wv, act.xn, act.v));
+          if (!decode && !qkvMatmulBlocker(w.wq, w.wk, w.wv)) {
+            // Prefill: Q, K and V row tiles in one dispatch (K and V alone would underfill the GPU).
+            ops.push(createQkvMatmul(gpu, {
+              label: `${p}attn_qkv`,
+              wq: w.wq,
+              wk: w.wk,
+              wv: w.wv,
+              x: act.xn,
+              q: act.q,
+              k: act.k,
+              v: act.v,
+              maxTokens,
+              step,
+            }));
+          } else {
+            ops.push(linear(`${p}attn_q`, w.wq, act.xn, act.q));
+            ops.push(linear(`${p}attn_k`, w.wk, act.xn, act.k));
+            ops.push(linear(`${p}attn_v`, w.wv, act.xn, act.v));
+          }
           // The gate reads the key before and after RoPE, which rotates in place: keep a copy.
           if (gateBufs) {
             ops.push(createCopy(gpu, `${p}k_pre_rope`, act.k, gateBufs.kPre, maxTokens * Hkv * D));

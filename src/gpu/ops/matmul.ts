@@ -8,9 +8,10 @@
  * @module
  */
 
-import { BadFlagError } from "../../errors.ts";
+import { BadFlagError, UnsupportedError } from "../../errors.ts";
 import type { Gpu, Kernel } from "../device.ts";
-import { dequantSource, type GpuWeight } from "../weights.ts";
+import type { GpuWeight } from "../weights.ts";
+import { suffixedDequantSource } from "./fused.ts";
 import {
   bindNumbered,
   checkMatvecTuningKeys,
@@ -124,25 +125,6 @@ function checkLinear(gpu: Gpu, op: string, options: LinearOptions): void {
   checkSlice(op, "x", x, maxTokens * weight.cols * 4);
   checkSlice(op, "y", y, maxTokens * weight.rows * 4);
   checkWorkgroups(gpu, op, ceilDiv(maxTokens, 64));
-}
-
-function bindParts(
-  gpu: Gpu,
-  kernel: Kernel,
-  options: LinearOptions,
-  workgroups: (rows: number) => [number, number, number],
-): PartDispatch[] {
-  const { weight, x, y, step, label } = options;
-  return weight.parts.map((part, i) => {
-    const info = gpu.uniform(
-      `${label}.part${i}`,
-      new Uint32Array([part.rows, part.firstRow, weight.rows, weight.cols, weight.rowBytes]),
-    );
-    return {
-      group: gpu.bind(kernel, [part.buffer, x, y, step.buffer, info]),
-      workgroups: workgroups(part.rows),
-    };
-  });
 }
 
 /**
@@ -380,14 +362,120 @@ export function createMatmul(gpu: Gpu, options: MatmulOptions): GpuOp {
   const { weight, maxTokens } = options;
   const maxRowTiles = Math.max(...weight.parts.map((part) => ceilDiv(part.rows, MATMUL_TILE_ROWS)));
   const shape = matmulShape(gpu, op, maxTokens, maxRowTiles, options.tuning);
-  const kernel = gpu.kernel("matmul", matmulConstants(shape), { DEQUANT: dequantSource(weight.info.name) });
+  const kernel = gpu.kernel("matmul", matmulConstants(shape), matmulDequantDefines(weight, weight, weight));
   const tokenTiles = ceilDiv(maxTokens, shape.tileTokens);
   checkWorkgroups(gpu, op, tokenTiles);
-  const parts = bindParts(gpu, kernel, options, (rows) => {
-    checkWorkgroups(gpu, op, ceilDiv(rows, MATMUL_TILE_ROWS));
-    return [ceilDiv(rows, MATMUL_TILE_ROWS), tokenTiles, 1];
+  const { x, y, step, label } = options;
+  const placeholder = gpu.buffer(`${label} unused outputs`, 4);
+  const parts = weight.parts.map((part, i): PartDispatch => {
+    checkWorkgroups(gpu, op, ceilDiv(part.rows, MATMUL_TILE_ROWS));
+    const info = gpu.uniform(
+      `${label}.part${i}`,
+      new Uint32Array([part.rows, part.firstRow, weight.rows, weight.cols, weight.rowBytes]),
+    );
+    // The part's rows go through copy _a; the other two weight bindings repeat it (unread).
+    const group = bindNumbered(gpu, kernel, [
+      [0, part.buffer],
+      [5, part.buffer],
+      [6, part.buffer],
+      [1, x],
+      [2, y],
+      [7, placeholder],
+      [8, placeholder],
+      [3, step.buffer],
+      [4, info],
+    ]);
+    return { group, workgroups: [ceilDiv(part.rows, MATMUL_TILE_ROWS), tokenTiles, 1] };
   });
   return new LinearOp(op, kernel, parts);
+}
+
+/** Options of {@link createQkvMatmul}. */
+export interface QkvMatmulOptions {
+  /** Name for errors and the profiler, e.g. "blk.0.attn_qkv". */
+  label: string;
+  /** The Q, K and V weights (ggml shapes `[cols, rows]`, the same cols, each in one part). */
+  wq: GpuWeight;
+  wk: GpuWeight;
+  wv: GpuWeight;
+  /** Input activations, f32 `[maxTokens][cols]`. */
+  x: BufferSlice;
+  /** Outputs, f32 `[maxTokens][rows of wq / wk / wv]`. */
+  q: BufferSlice;
+  k: BufferSlice;
+  v: BufferSlice;
+  /** Largest number of tokens per step; dispatches are sized for it. */
+  maxTokens: number;
+  /** Per-step token count (`nTokens`). */
+  step: StepParams;
+  /** Tile shape (see {@link MatmulTuning}). */
+  tuning?: MatmulTuning;
+}
+
+/** Why Q, K and V cannot go through {@link createQkvMatmul} (a one-line reason), or undefined when they can. */
+export function qkvMatmulBlocker(wq: GpuWeight, wk: GpuWeight, wv: GpuWeight): string | undefined {
+  for (const w of [wq, wk, wv]) {
+    if (w.parts.length !== 1) return `${w.name} is split into ${w.parts.length} parts`;
+    if (w.cols !== wq.cols) return `${w.name} has rows of ${w.cols} values, ${wq.name} of ${wq.cols}`;
+  }
+  return undefined;
+}
+
+/**
+ * Creates the prefill product of attention's Q, K and V weights with the same input in one dispatch
+ * (`wgsl/matmul.wgsl`, entry `qkv`): the row tiles of the three weights side by side, each in its own type,
+ * each writing its own output. K and V have few rows (a quarter of Q's or less with GQA): alone they would
+ * occupy a fraction of a large GPU. Throws an {@link UnsupportedError} when {@link qkvMatmulBlocker} says so.
+ */
+export function createQkvMatmul(gpu: Gpu, options: QkvMatmulOptions): GpuOp {
+  const { label, wq, wk, wv, x, q, k, v, maxTokens, step } = options;
+  const blocker = qkvMatmulBlocker(wq, wk, wv);
+  if (blocker) throw new UnsupportedError(`${label}: cannot fuse Q, K and V: ${blocker}`);
+  checkInt(label, "maxTokens", maxTokens, 1, step.maxTokens);
+  checkSlice(label, "x", x, maxTokens * wq.cols * 4);
+  checkSlice(label, "q", q, maxTokens * wq.rows * 4);
+  checkSlice(label, "k", k, maxTokens * wk.rows * 4);
+  checkSlice(label, "v", v, maxTokens * wv.rows * 4);
+  const rowTiles = [wq, wk, wv].reduce((n, w) => n + ceilDiv(w.rows, MATMUL_TILE_ROWS), 0);
+  const shape = matmulShape(gpu, label, maxTokens, rowTiles, options.tuning);
+  const tokenTiles = ceilDiv(maxTokens, shape.tileTokens);
+  checkWorkgroups(gpu, label, Math.max(rowTiles, tokenTiles));
+  const kernel = gpu.kernel(
+    "matmul",
+    {
+      ...matmulConstants(shape),
+      rows_a: wq.rows,
+      rows_b: wk.rows,
+      rows_c: wv.rows,
+      row_bytes_a: wq.rowBytes,
+      row_bytes_b: wk.rowBytes,
+      row_bytes_c: wv.rowBytes,
+    },
+    matmulDequantDefines(wq, wk, wv),
+    "qkv",
+  );
+  const info = gpu.uniform(`${label}.cols`, new Uint32Array([0, 0, 0, wq.cols, 0]));
+  const group = bindNumbered(gpu, kernel, [
+    [0, wq.parts[0].buffer],
+    [5, wk.parts[0].buffer],
+    [6, wv.parts[0].buffer],
+    [1, x],
+    [2, q],
+    [7, k],
+    [8, v],
+    [3, step.buffer],
+    [4, info],
+  ]);
+  return new LinearOp(label, kernel, [{ group, workgroups: [rowTiles, tokenTiles, 1] }]);
+}
+
+/** The three dequantisation copies `wgsl/matmul.wgsl` splices in (names suffixed _a, _b, _c). */
+export function matmulDequantDefines(a: GpuWeight, b: GpuWeight, c: GpuWeight): Record<string, string> {
+  return {
+    DEQUANT_A: suffixedDequantSource(a.info.name, "a"),
+    DEQUANT_B: suffixedDequantSource(b.info.name, "b"),
+    DEQUANT_C: suffixedDequantSource(c.info.name, "c"),
+  };
 }
 
 /** Default threads per workgroup of the decode matvec kernels for rows of `cols` values (see createMatvec). */
