@@ -1,6 +1,6 @@
-// The prefill kernels (wgsl/matmul.wgsl, wgsl/matmul_fused.wgsl) in every tile shape: 64- and 128-token
-// tiles, 16- and 32-column K steps, ragged row, token and column tails, weights split into parts, and the
-// choice of the default shape.
+// The prefill kernels (wgsl/matmul.wgsl, entries `main` and `swiglu`) in every tile shape: 64- and
+// 128-token tiles, 16- and 32-column K steps, ragged row, token and column tails, weights split into parts,
+// and the choice of the default shape.
 
 import { deepEqual, equal, ok, throws } from "node:assert/strict";
 import { BadFlagError } from "../src/errors.ts";

@@ -1,23 +1,29 @@
 // Matrix-matrix products for prefill, weights kept in their GGUF types (decoded by per-weight copies of the
 // dequantisation library, wgsl/dequant.wgsl, names suffixed _a, _b and _c, while they are staged in
 // workgroup memory):
-//   entry `main`: Y[t][first_row + r] = Σ_c X[t][c] · W_a[r][c] for t < m, one weight part;
-//   entry `qkv`:  Q, K and V of attention in one dispatch: the row tiles of W_a (Q), then W_b (K), then
-//                 W_c (V), each writing its own output, so the small K and V products share the GPU with
-//                 Q instead of running alone on a fraction of it.
+//   entry `main`:   Y[t][first_row + r] = Σ_c X[t][c] · W_a[r][c] for t < m, one weight part;
+//   entry `qkv`:    Q, K and V of attention in one dispatch: the row tiles of W_a (Q), then W_b (K), then
+//                   W_c (V), each writing its own output, so the small K and V products share the GPU with
+//                   Q instead of running alone on a fraction of it;
+//   entry `swiglu`: the FFN input, Y[t][r] = silu(Σ_c X[t][c] · W_a[r][c]) · (Σ_c X[t][c] · W_b[r][c]) for
+//                   t < m (W_a = gate, W_b = up, of the same type and shape). Its 128-row tiles are
+//                   "paired": tile rows 0..63 are gate rows n0..n0+63 (copy _a) and tile rows 64..127 the
+//                   same up rows (copy _b), so each thread holds the gate and up sums of the same four rows
+//                   and writes silu(gate) · up straight from its registers: 64 output rows per workgroup,
+//                   and the gate and up activations never go through memory.
 //
-// Tiling: a workgroup of 16 × 16 threads computes a (16 · tokens_per_thread)-token × 128-row output tile.
+// Tiling: a workgroup of 16 × 16 threads computes a (16 · tokens_per_thread)-token × 128-row product tile.
 // Thread (lx, ly) keeps tokens_per_thread × 8 f32 accumulators: tokens 4·ly + 64·i + 0..3 (i < tokens / 4)
-// times rows 4·lx + 0..3 and 64 + 4·lx + 0..3. Splitting a thread's rows and tokens into quads 64 apart
-// makes every inner-loop read of workgroup memory one vec4 at consecutive addresses across the threads
-// (no bank conflicts), and each k step costs tokens_per_thread / 4 + 2 vec4 reads for
+// times tile rows 4·lx + 0..3 and 64 + 4·lx + 0..3. Splitting a thread's rows and tokens into quads 64
+// apart makes every inner-loop read of workgroup memory one vec4 at consecutive addresses across the
+// threads (no bank conflicts), and each k step costs tokens_per_thread / 4 + 2 vec4 reads for
 // tokens_per_thread · 8 FMAs. With 2 tokens per thread (32-token tiles) thread (lx, ly) takes tokens
 // 2·ly + 0..1, one half of token quad ly / 2 (threads ly and ly + 1 read the same vec4: a broadcast).
 //
 // The K loop stages k_step columns per step, all threads taking part:
 // - W tile [128 rows][k_step]: 128 · k_step / 16 units of sixteen columns of one row, decoded with dq16
-//   (one scale decode per unit); unit u covers row u % 128, so a warp stores 32 consecutive rows of one
-//   k (conflict-free scalar stores).
+//   (one scale decode per unit); unit u covers tile row u % 128, so a warp stores 32 consecutive rows of
+//   one k (conflict-free scalar stores) and, in `swiglu`, reads one weight.
 // - X tile [tokens][k_step]: each thread reads four tokens at one column (consecutive threads, consecutive
 //   columns: coalesced) and stores them as one vec4 (only the first 128 threads for 32-token tiles with
 //   16-column steps).
@@ -28,20 +34,23 @@
 // offsets are constants.
 //
 // binding 0: W_a, array<u32>: `main`: the raw rows of one weight part, row r at byte r · row_bytes; `qkv`:
-//            Q's weight, row r at byte r · row_bytes_a (read)
-// binding 5: W_b, array<u32>: K's weight, row r at byte r · row_bytes_b (`qkv`; `main` binds W_a again)
-// binding 6: W_c, array<u32>: V's weight, row r at byte r · row_bytes_c (`qkv`; `main` binds W_a again)
+//            Q's weight, `swiglu`: the gate weight, row r at byte r · row_bytes_a (read)
+// binding 5: W_b, array<u32>: `qkv`: K's weight, `swiglu`: the up weight, row r at byte r · row_bytes_b
+//            (`main` binds W_a again) (read)
+// binding 6: W_c, array<u32>: V's weight, row r at byte r · row_bytes_c (`qkv`; `main` and `swiglu` bind
+//            W_a again) (read)
 // binding 1: x, array<f32>: activations [m][cols], row-major (read)
 // binding 2: y, array<f32>: `main`: outputs [m][out_stride], row-major, this part writing columns
-//            first_row .. first_row + rows; `qkv`: Q [m][rows_a] (read_write)
-// binding 7: y_b, array<f32>: K [m][rows_b] (`qkv`; a placeholder for `main`) (read_write)
-// binding 8: y_c, array<f32>: V [m][rows_c] (`qkv`; a placeholder for `main`) (read_write)
+//            first_row .. first_row + rows; `qkv`: Q [m][rows_a]; `swiglu`: silu(gate) · up [m][rows_a]
+//            (read_write)
+// binding 7: y_b, array<f32>: K [m][rows_b] (`qkv`; a placeholder for `main` and `swiglu`) (read_write)
+// binding 8: y_c, array<f32>: V [m][rows_c] (`qkv`; a placeholder for `main` and `swiglu`) (read_write)
 // binding 3: step, uniform: n_tokens (= m, the tokens of this step), pos0 (unused here)
 // binding 4: part, uniform: rows (in this part), first_row, out_stride (rows of the whole weight), cols
-//            (elements per row), row_bytes; `qkv` reads cols only
+//            (elements per row), row_bytes; `qkv` and `swiglu` read cols only
 //
-// Dispatch: `main`: x = ceil(rows / 128); `qkv`: x = the row tiles of Q, K and V together;
-// y = ceil(max_m / (16 · tokens_per_thread)). Tiles past `m` return at once.
+// Dispatch: `main`: x = ceil(rows / 128); `qkv`: x = the row tiles of Q, K and V together; `swiglu`:
+// x = ceil(rows_a / 64); y = ceil(max_m / (16 · tokens_per_thread)). Tiles past `m` return at once.
 // Tuning (override constants, see MatmulTuning in src/gpu/ops/matmul.ts): tokens_per_thread, k_step,
 // prefetch, unroll_k.
 
@@ -66,7 +75,8 @@ override k_step: u32 = 32u;
 override prefetch: bool = true;
 // Unroll the FMA loop over the k_step columns of a step.
 override unroll_k: bool = false;
-// `qkv`: rows and bytes per row of Q's, K's and V's weights.
+// `qkv`: rows and bytes per row of Q's, K's and V's weights; `swiglu`: rows_a (rows of the gate and up
+// weights), row_bytes_a (gate's) and row_bytes_b (up's).
 override rows_a: u32 = 1u;
 override rows_b: u32 = 1u;
 override rows_c: u32 = 1u;
@@ -76,6 +86,7 @@ override row_bytes_c: u32 = 1u;
 
 const THREADS = 256u;
 const TILE_ROWS = 128u;
+const HALF_ROWS = 64u; // tile rows per weight in a paired (`swiglu`) tile
 const W_STRIDE = 32u; // vec4s per k of the W tile (TILE_ROWS / 4)
 override tile_tokens: u32 = 16u * tokens_per_thread;
 // vec4s per k of the X tile (token quads).
@@ -98,9 +109,12 @@ override x_everyone: bool = x_units >= THREADS;
 @group(0) @binding(4) var<uniform> part: Part;
 
 // The workgroup's weight and output, set by the entry point: elements per row (the dequantisation library
-// reads `cols`), which weight (0 = W_a, 1 = W_b, 2 = W_c; 0 in `main`), its rows and bytes per row, and
-// where its outputs go (row stride and first column of y, y_b or y_c).
+// reads `cols`), whether the tile is paired (`swiglu`: gate rows, then the same up rows, written as
+// silu(gate) · up), which weight (0 = W_a, 1 = W_b, 2 = W_c; 0 in `main`), its rows and bytes per row, and
+// where its outputs go (row stride and first column of y, y_b or y_c; y when paired). In a paired tile,
+// `which` and `row_bytes` are those of the weight this thread stages, set per thread in tile_product.
 var<private> cols: u32;
+var<private> paired: bool;
 var<private> which: u32;
 var<private> w_rows: u32;
 var<private> row_bytes: u32;
@@ -109,7 +123,7 @@ var<private> out_first: u32;
 
 // xs[x_at(k, q)]: tokens 4q..4q+3 of the tile at column k0 + k.
 var<workgroup> xs: array<vec4f, k_step * x_stride>;
-// ws[k · W_STRIDE + q]: weight rows 4q..4q+3 of the tile at column k0 + k.
+// ws[k · W_STRIDE + q]: tile rows 4q..4q+3 at column k0 + k.
 var<workgroup> ws: array<vec4f, k_step * W_STRIDE>;
 
 // Where token quad q of column k lives in xs: row k, quad q XOR (k mod 8). The swizzle spreads the vec4
@@ -123,7 +137,7 @@ fn x_at(k: u32, q: u32) -> u32 {
 {{DEQUANT_B}}
 {{DEQUANT_C}}
 
-// Columns e..e+15 of row `r` of the workgroup's weight (zero past the row end or past its rows).
+// Columns e..e+15 of row `r` of weight `which` (zero past the row end or past its rows).
 fn fetch_w(r: u32, e: u32) -> array<vec4f, 4> {
   var w: array<vec4f, 4>;
   if (r >= w_rows || e >= cols) { return w; }
@@ -170,6 +184,21 @@ fn put_w(k: u32, i: u32, v: vec4f) {
   ws[at + 3u * W_STRIDE][lane] = v.w;
 }
 
+fn silu(v: vec4f) -> vec4f {
+  return v / (1.0 + exp(-v));
+}
+
+// silu(gate) · up of token t at rows r..r+3 of the gate and up weights (those that exist), into y.
+fn put_swiglu(t: u32, r: u32, gate: vec4f, up: vec4f) {
+  if (t >= step.n_tokens) { return; }
+  let v = silu(gate) * up;
+  let at = t * out_stride + out_first + r;
+  // @unroll
+  for (var j = 0u; j < 4u; j++) {
+    if (r + j < w_rows) { y[at + j] = v[j]; }
+  }
+}
+
 // Outputs of token t at rows r..r+3 of the workgroup's weight (those that exist).
 fn put_y(t: u32, r: u32, v: vec4f) {
   if (t >= step.n_tokens) { return; }
@@ -195,6 +224,7 @@ fn main(
   @builtin(local_invocation_index) tid: u32,
 ) {
   cols = part.cols;
+  paired = false;
   which = 0u;
   w_rows = part.rows;
   row_bytes = part.row_bytes;
@@ -212,6 +242,7 @@ fn qkv(
   @builtin(local_invocation_index) tid: u32,
 ) {
   cols = part.cols;
+  paired = false;
   let tiles_a = (rows_a + TILE_ROWS - 1u) / TILE_ROWS;
   let tiles_b = (rows_b + TILE_ROWS - 1u) / TILE_ROWS;
   var tile = wid.x;
@@ -237,24 +268,52 @@ fn qkv(
   tile_product(tile * TILE_ROWS, t0, lid, tid);
 }
 
-// The workgroup's output tile: rows n0 … n0 + 127 of its weight times tokens t0 … (every thread calls it).
+@compute @workgroup_size(16, 16)
+fn swiglu(
+  @builtin(workgroup_id) wid: vec3u,
+  @builtin(local_invocation_id) lid: vec3u,
+  @builtin(local_invocation_index) tid: u32,
+) {
+  cols = part.cols;
+  paired = true;
+  w_rows = rows_a;
+  out_stride = rows_a;
+  out_first = 0u;
+  let t0 = wid.y * tile_tokens;
+  if (t0 >= step.n_tokens) { return; }
+  tile_product(wid.x * HALF_ROWS, t0, lid, tid);
+}
+
+// The workgroup's product tile times tokens t0 … (every thread calls it): rows n0 … n0 + 127 of its
+// weight, or when paired (`swiglu`) rows n0 … n0 + 63 of the gate weight, then the same rows of the up
+// weight.
 fn tile_product(n0: u32, t0: u32, lid: vec3u, tid: u32) {
-  // This thread's staging work: W unit (row wi, columns 16·wk..) and X column xk of token quads
-  // xq + p·xq_step (when it stages X at all).
+  // This thread's staging work: W unit (tile row wi, columns 16·wk.., weight row w_row) and X column xk
+  // of token quads xq + p·xq_step (when it stages X at all).
   let wi = tid % TILE_ROWS;
   let wk = tid / TILE_ROWS;
+  var w_row = n0 + wi;
+  if (paired) {
+    // Tile rows 0..63 from the gate weight (copy _a), 64..127 the same rows of the up weight (copy _b):
+    // tile rows i and 64 + i meet in the accumulators of one thread. Each warp stages 32 consecutive tile
+    // rows, so it reads one weight.
+    w_row = n0 + wi % HALF_ROWS;
+    which = wi / HALF_ROWS;
+    row_bytes = select(row_bytes_a, row_bytes_b, which == 1u);
+  }
   let xk = tid % k_step;
   let xq = tid / k_step;
   let xq_step = THREADS / k_step;
   let x_mine = x_everyone || tid < x_units;
 
-  // acc[2c + h]: token 4·ly + c (acc[8 + 2c + h]: token 64 + 4·ly + c), rows 64h + 4·lx + 0..3; with 2
-  // tokens per thread, token 2·ly + c, taken from the high half of quad ly / 2 when ly is odd.
+  // acc[2c + h]: token 4·ly + c (acc[8 + 2c + h]: token 64 + 4·ly + c), tile rows 64h + 4·lx + 0..3
+  // (when paired, h = 0 gate and 1 up of rows n0 + 4·lx + 0..3); with 2 tokens per thread, token
+  // 2·ly + c, taken from the high half of quad ly / 2 when ly is odd.
   var acc: array<vec4f, 16>;
   var wv: array<vec4f, 4>;
   var xv: array<vec4f, 4>;
   let x_high = (lid.y & 1u) == 1u;
-  if (tid < w_units) { wv = fetch_w(n0 + wi, 16u * wk); }
+  if (tid < w_units) { wv = fetch_w(w_row, 16u * wk); }
   if (x_mine) {
     for (var p = 0u; p < x_loads; p++) { xv[p] = fetch_x(t0 + 4u * (xq + p * xq_step), xk); }
   }
@@ -273,7 +332,7 @@ fn tile_product(n0: u32, t0: u32, lid: vec3u, tid: u32) {
 
     let k1 = k0 + k_step;
     if (prefetch && k1 < cols) {
-      if (tid < w_units) { wv = fetch_w(n0 + wi, k1 + 16u * wk); }
+      if (tid < w_units) { wv = fetch_w(w_row, k1 + 16u * wk); }
       if (x_mine) {
         for (var p = 0u; p < x_loads; p++) { xv[p] = fetch_x(t0 + 4u * (xq + p * xq_step), k1 + xk); }
       }
@@ -315,7 +374,7 @@ fn tile_product(n0: u32, t0: u32, lid: vec3u, tid: u32) {
     }
 
     if (!prefetch && k1 < cols) {
-      if (tid < w_units) { wv = fetch_w(n0 + wi, k1 + 16u * wk); }
+      if (tid < w_units) { wv = fetch_w(w_row, k1 + 16u * wk); }
       if (x_mine) {
         for (var p = 0u; p < x_loads; p++) { xv[p] = fetch_x(t0 + 4u * (xq + p * xq_step), k1 + xk); }
       }
@@ -326,29 +385,30 @@ fn tile_product(n0: u32, t0: u32, lid: vec3u, tid: u32) {
   let r = n0 + 4u * lid.x;
   if (tokens_per_thread == 2u) {
     let t = t0 + 2u * lid.y;
-    put_y(t, r, acc[0]);
-    put_y(t, r + 64u, acc[1]);
-    put_y(t + 1u, r, acc[2]);
-    put_y(t + 1u, r + 64u, acc[3]);
+    put_tile(t, r, acc[0], acc[1]);
+    put_tile(t + 1u, r, acc[2], acc[3]);
     return;
   }
   let t = t0 + 4u * lid.y;
-  put_y(t, r, acc[0]);
-  put_y(t, r + 64u, acc[1]);
-  put_y(t + 1u, r, acc[2]);
-  put_y(t + 1u, r + 64u, acc[3]);
-  put_y(t + 2u, r, acc[4]);
-  put_y(t + 2u, r + 64u, acc[5]);
-  put_y(t + 3u, r, acc[6]);
-  put_y(t + 3u, r + 64u, acc[7]);
+  put_tile(t, r, acc[0], acc[1]);
+  put_tile(t + 1u, r, acc[2], acc[3]);
+  put_tile(t + 2u, r, acc[4], acc[5]);
+  put_tile(t + 3u, r, acc[6], acc[7]);
   if (tokens_per_thread == 8u) {
-    put_y(t + 64u, r, acc[8]);
-    put_y(t + 64u, r + 64u, acc[9]);
-    put_y(t + 65u, r, acc[10]);
-    put_y(t + 65u, r + 64u, acc[11]);
-    put_y(t + 66u, r, acc[12]);
-    put_y(t + 66u, r + 64u, acc[13]);
-    put_y(t + 67u, r, acc[14]);
-    put_y(t + 67u, r + 64u, acc[15]);
+    put_tile(t + 64u, r, acc[8], acc[9]);
+    put_tile(t + 65u, r, acc[10], acc[11]);
+    put_tile(t + 66u, r, acc[12], acc[13]);
+    put_tile(t + 67u, r, acc[14], acc[15]);
   }
+}
+
+// Token t's sums of tile rows 4·lx + 0..3 (lo) and 64 + 4·lx + 0..3 (hi), r = n0 + 4·lx: outputs at rows
+// r..r+3 and r+64..r+67 of the workgroup's weight, or when paired silu(lo) · hi at rows r..r+3.
+fn put_tile(t: u32, r: u32, lo: vec4f, hi: vec4f) {
+  if (paired) {
+    put_swiglu(t, r, lo, hi);
+    return;
+  }
+  put_y(t, r, lo);
+  put_y(t, r + 64u, hi);
 }

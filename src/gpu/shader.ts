@@ -24,7 +24,6 @@ export const SHADER_NAMES: readonly string[] = [
   "flash_prefill",
   "kv_append",
   "matmul",
-  "matmul_fused",
   "matvec_fast",
   "matvec_units",
   "rmsnorm",

@@ -7,8 +7,8 @@
  * - {@link createGateUpSwiGlu}: `out = silu(x · W_gateᵀ) · (x · W_upᵀ)`, replacing two matvecs and SwiGLU.
  * - {@link createQkvMatvec}: `q, k, v = x · W_qᵀ, x · W_kᵀ, x · W_vᵀ`, optionally with RoPE on q and k,
  *   replacing three matvecs and RoPE. The three weights may have different GGUF types.
- * - {@link createGateUpSwiGluMatmul}: the gate/up + SwiGLU fusion for prefill (`wgsl/matmul_fused.wgsl`,
- *   tiled), replacing two matmuls and SwiGLU and the round trip of the gate and up activations.
+ * - {@link createGateUpSwiGluMatmul}: the gate/up + SwiGLU fusion for prefill (`wgsl/matmul.wgsl`, entry
+ *   `swiglu`, tiled), replacing two matmuls and SwiGLU and the round trip of the gate and up activations.
  *
  * The fused ops need each weight in one buffer (a single {@link GpuWeight.parts} entry) and weights of
  * the same row length; {@link canFuseGateUp} and {@link canFuseQkv} say whether a set qualifies, and the
@@ -23,6 +23,7 @@ import {
   defaultMatvecWorkgroup,
   MATMUL_TILE_ROWS,
   matmulConstants,
+  matmulDequantDefines,
   matmulShape,
   type MatmulTuning,
 } from "./matmul.ts";
@@ -256,7 +257,7 @@ export function createGateUpSwiGlu(gpu: Gpu, options: GateUpSwiGluOptions): GpuO
 
 /** Options of {@link createGateUpSwiGluMatmul}: those of {@link createGateUpSwiGlu}, with the prefill tuning. */
 export interface GateUpSwiGluMatmulOptions extends Omit<GateUpSwiGluOptions, "tuning" | "norm"> {
-  /** Override constants for tuning on a given GPU (tile shape of `wgsl/matmul_fused.wgsl`). */
+  /** Override constants for tuning on a given GPU (tile shape of `wgsl/matmul.wgsl`). */
   tuning?: MatmulTuning;
 }
 
@@ -272,25 +273,34 @@ export function createGateUpSwiGluMatmul(gpu: Gpu, options: GateUpSwiGluMatmulOp
   checkInt(label, "maxTokens", maxTokens, 1, step.maxTokens);
   checkSlice(label, "x", x, maxTokens * gate.cols * 4);
   checkSlice(label, "out", out, maxTokens * gate.rows * 4);
+  // Each workgroup's 128-row product tile holds 64 gate rows, then the same 64 up rows.
   const rowsPerTile = MATMUL_TILE_ROWS / 2;
   const rowTiles = ceilDiv(gate.rows, rowsPerTile);
   const shape = matmulShape(gpu, label, maxTokens, rowTiles, options.tuning);
-  const kernel = gpu.kernel("matmul_fused", {
-    cols: gate.cols,
-    rows: gate.rows,
-    row_bytes_a: gate.rowBytes,
-    row_bytes_b: up.rowBytes,
-    ...matmulConstants(shape),
-  }, {
-    DEQUANT_A: suffixedDequantSource(gate.info.name, "a"),
-    DEQUANT_B: suffixedDequantSource(up.info.name, "b"),
-  }, "swiglu");
+  const kernel = gpu.kernel(
+    "matmul",
+    {
+      ...matmulConstants(shape),
+      rows_a: gate.rows,
+      row_bytes_a: gate.rowBytes,
+      row_bytes_b: up.rowBytes,
+    },
+    // The gate through copy _a, up through _b; binding W_c repeats the gate (unread).
+    matmulDequantDefines(gate, up, gate),
+    "swiglu",
+  );
+  const info = gpu.uniform(`${label}.cols`, new Uint32Array([0, 0, 0, gate.cols, 0]));
+  // The K and V outputs of entry `qkv` get placeholders (distinct: writable bindings must not alias).
   const group = bindAt(gpu, kernel, [
     [0, gate.parts[0].buffer],
-    [1, up.parts[0].buffer],
-    [2, x],
-    [3, out],
-    [4, step.buffer],
+    [5, up.parts[0].buffer],
+    [6, gate.parts[0].buffer],
+    [1, x],
+    [2, out],
+    [7, gpu.buffer(`${label}.no_y_b`, 4)],
+    [8, gpu.buffer(`${label}.no_y_c`, 4)],
+    [3, step.buffer],
+    [4, info],
   ]);
   const tokenTiles = ceilDiv(maxTokens, shape.tileTokens);
   checkWorkgroups(gpu, label, rowTiles);

@@ -218,7 +218,7 @@ export function createMatvec(gpu: Gpu, options: MatvecOptions): MatvecOp {
   return new LinearOp(op, kernel, parts, normPartials);
 }
 
-/** Tuning knobs of the prefill kernels (WGSL override constants of `wgsl/matmul.wgsl` and `matmul_fused`). */
+/** Tuning knobs of the prefill kernels (WGSL override constants of `wgsl/matmul.wgsl`, every entry). */
 export interface MatmulTuning {
   /**
    * Tokens per thread: 4 (64-token output tiles) or 8 (128-token tiles, twice the FMAs per workgroup-memory
@@ -268,7 +268,10 @@ export interface MatmulShape {
   prefetch: boolean;
 }
 
-/** Output rows per workgroup of `wgsl/matmul.wgsl` (product columns per workgroup of the fused kernel). */
+/**
+ * Product rows per workgroup of `wgsl/matmul.wgsl`: output rows of entries `main` and `qkv`; entry `swiglu`
+ * pairs 64 gate rows with the same 64 up rows, writing 64 output rows.
+ */
 export const MATMUL_TILE_ROWS = 128;
 
 /** Workgroup memory of the prefill kernels' tiles: X `[kStep][tileTokens]` and W `[kStep][128]`, f32. */
@@ -342,7 +345,7 @@ export function matmulShape(
   };
 }
 
-/** The override constants of `wgsl/matmul.wgsl` and `wgsl/matmul_fused.wgsl` for `shape`. */
+/** The override constants of `wgsl/matmul.wgsl` (every entry) for `shape`. */
 export function matmulConstants(shape: MatmulShape): Record<string, number> {
   return {
     tokens_per_thread: shape.tokensPerThread,
