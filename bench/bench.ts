@@ -9,6 +9,8 @@
  *                        [--sampled]   (also decode rows with GPU sampling: temp 0.8, top-k 40, top-p 0.95,
  *                                       min-p 0.05, repeat penalty 1.1)
  *                        [--no-fold-norms]   (decode with a dispatch per RMSNorm: "decode-unfolded" rows)
+ *                        [--no-fuse-kv-append]   (decode with a KV append dispatch per layer: "…-unfused-append"
+ *                                                 rows, e.g. "decode-unfused-append")
  *                        [--prefill-splits N]  (prefill attention with N key splits per KV head:
  *                                               "prefill-splitsN" rows)
  *                        [--max-batch N]  (prompt tokens per prefill step, default 512: "prefill-batchN" rows)
@@ -78,6 +80,7 @@ const { values } = parseArgs({
     profile: { type: "boolean" },
     sampled: { type: "boolean" },
     "no-fold-norms": { type: "boolean" },
+    "no-fuse-kv-append": { type: "boolean" },
     "prefill-splits": { type: "string" },
     "max-batch": { type: "string" },
     kv: { type: "string" },
@@ -116,7 +119,10 @@ if (results.device !== gpu.description) results.rows = [];
 results.device = gpu.description;
 // --no-fold-norms: decode with a dispatch per RMSNorm (rows named "decode-unfolded"), for comparison.
 const foldNorms = !values["no-fold-norms"];
-const decodeTest = foldNorms ? "decode" : "decode-unfolded";
+// --no-fuse-kv-append: decode with the KV append as a dispatch of its own per layer, not stored by the fused
+// QKV (rows named "decode-unfused-append", or "decode-unfolded-unfused-append" with --no-fold-norms).
+const fuseKvAppend = !values["no-fuse-kv-append"];
+const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? "" : "-unfused-append");
 // --prefill-splits N: prefill attention with N key splits per KV head (rows named "prefill-splitsN").
 const prefillSplits = Number(values["prefill-splits"] ?? 1);
 if (!Number.isInteger(prefillSplits) || prefillSplits < 1 || prefillSplits > 64) {
@@ -235,6 +241,7 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
       contextLength: Math.min(ctx, hp.contextLength),
       maxBatch,
       foldNorms,
+      fuseKvAppend,
       prefillSplits,
       onProgress: (m) => console.error(m),
     });
@@ -353,6 +360,7 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
           contextLength: Math.min(tokens + decodeTokens + 2, hp.contextLength),
           maxBatch,
           foldNorms,
+          fuseKvAppend,
           prefillSplits,
           policy,
           globalFraction: name === "wgkv" ? 1 : undefined,

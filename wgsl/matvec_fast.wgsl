@@ -6,7 +6,8 @@
 //
 //   entry `main`:   y[t][first_row + r] = W_a[r] · x[t] for the rows of one weight part
 //   entry `swiglu`: y_a[t][i] = silu(W_a[i] · x[t]) · (W_b[i] · x[t])      (FFN gate, up and SwiGLU)
-//   entry `qkv`:    y_a/b/c[t] = W_a/b/c · x[t], RoPE on y_a and y_b as they are written when rope_pairs > 0
+//   entry `qkv`:    y_a/b/c[t] = W_a/b/c · x[t], RoPE on y_a and y_b as they are written when rope_pairs > 0;
+//                   with kv_append = 1 the K and V rows also go, as f16, into the paged KV cache
 //
 // A workgroup owns `rows_per_wg` consecutive rows (of one weight) for `tokens_per_wg` tokens. Each thread
 // walks the units u = tid, tid + wg_size, … of those rows: it loads the unit of every row first, then, per
@@ -33,6 +34,9 @@
 // binding 13: norm_sums, array<f32>: Σ y² of each workgroup's rows [m][norm_partials] (`main` with
 //             norm_mode 1 writes, `swiglu` and `qkv` with norm_mode 2 read)
 // (bindings 11 to 13 are dummies when unused)
+// bindings 14…: the paged KV cache (`qkv` with kv_append = 1): the text define KV_STORE, spliced in below
+//            the units, is then wgsl/qkv_kv_store.wgsl (see src/gpu/ops/qkv_kv_store.ts), which declares
+//            them and defines kv_locate and kv_store; otherwise it is a stub of the two without bindings.
 //
 // RMSNorm folded into the neighbouring products (norm_mode): a producer (`main`, 1) adds its products to
 // the residual stream y in place and writes both y · γ and each workgroup's Σ y² of its rows; the next
@@ -41,7 +45,7 @@
 //
 // Dispatch: (x, y) folds the row groups over a 2-D grid: ceil(rows / rows_per_wg) for `main` (per part) and
 // `swiglu`; for `qkv` the groups of a, then b, then c. z = ceil(max_m / tokens_per_wg). Workgroups past m or
-// past their weight's rows do nothing. RoPE needs an even rows_per_wg (checked on the CPU).
+// past their weight's rows do nothing. RoPE and the KV store need an even rows_per_wg (checked on the CPU).
 
 struct Step {
   n_tokens: u32,
@@ -83,6 +87,9 @@ override rope_pairs: u32 = 0u;
 override n_chunks: u32 = 1u;
 // `qkv`: 1 to also write K before RoPE to k_pre (binding 10; the write gate reads both), else 0.
 override keep_pre_k: u32 = 0u;
+// `qkv`: 1 to also store K and V into the paged KV cache (the spliced KV_STORE block), else 0. head_dim is
+// then the cache's, also without RoPE.
+override kv_append: u32 = 0u;
 // Folded RMSNorm: 0 none, 1 producer (`main`), 2 consumer (`swiglu`, `qkv`); partial sums per token (the
 // producer's workgroups), values per normed row and epsilon.
 override norm_mode: u32 = 0u;
@@ -112,6 +119,8 @@ const MAX_UNITS_PER_STEP = 4u;
 {{UNITS_A}}
 {{UNITS_B}}
 {{UNITS_C}}
+
+{{KV_STORE}}
 
 // Thread tid's sum number p (of n per thread) sits at partial[tid · n + p] before `reduce`; a consumer of a
 // folded RMSNorm adds one sum per token.
@@ -320,6 +329,16 @@ fn qkv(
   if (row0 >= rows || t0 >= m) { return; }
   let nt = min(tokens_per_wg, m - t0);
 
+  // KV store (kv_append = 1): in a K or V workgroup, thread tid < rows_per_wg / 2 · tokens_per_wg owns the
+  // f16 pair of rows (row0 + 2 · kv_pair, + 1) of token t0 + kv_token. Its page and word are looked up
+  // before the products, so that the two dependent loads overlap them.
+  let kv_pair = tid / tokens_per_wg;
+  let kv_token = tid % tokens_per_wg;
+  let kv_owner = kv_append == 1u && weight > 0u && tid < (rows_per_wg / 2u) * tokens_per_wg &&
+    row0 + 2u * kv_pair < rows && kv_token < nt;
+  var kv_at = vec2u(0u);
+  if (kv_owner) { kv_at = kv_locate(weight, t0 + kv_token, row0 + 2u * kv_pair); }
+
   var norm_part: array<f32, MAX_TOKENS>;
   if (norm_mode == 2u) { norm_part = norm_share(t0, nt, tid); }
   var acc: array<f32, MAX_ROWS * MAX_TOKENS>;
@@ -374,6 +393,17 @@ fn qkv(
       } else {
         y_c[token * rows_c + row] = value;
       }
+      // The KV store's pairs: (row r, token t) final at partial[n + r · tokens_per_wg + t], past the sums
+      // still read above.
+      if (kv_append == 1u && weight > 0u) { partial[n + tid] = value; }
+    }
+  }
+  if (kv_append == 1u && weight > 0u) {
+    workgroupBarrier();
+    if (kv_owner) {
+      let lo = partial[n + 2u * kv_pair * tokens_per_wg + kv_token];
+      let hi = partial[n + (2u * kv_pair + 1u) * tokens_per_wg + kv_token];
+      kv_store(kv_at, lo, hi);
     }
   }
 }

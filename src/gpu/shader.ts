@@ -26,6 +26,7 @@ export const SHADER_NAMES: readonly string[] = [
   "matmul",
   "matvec_fast",
   "matvec_units",
+  "qkv_kv_store",
   "rmsnorm",
   "rope",
   "rope_angle",

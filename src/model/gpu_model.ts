@@ -30,6 +30,7 @@ import { createRmsNorm } from "../gpu/ops/norm.ts";
 import { createMatmul, createMatvec, createQkvMatmul, qkvMatmulBlocker } from "../gpu/ops/matmul.ts";
 import { createRope } from "../gpu/ops/rope.ts";
 import { createKvAppend } from "../gpu/ops/kv_append.ts";
+import { qkvKvAppendBlocker } from "../gpu/ops/qkv_kv_store.ts";
 import {
   createFlashDecode,
   createFlashPrefill,
@@ -101,6 +102,12 @@ export interface GpuModelOptions {
    * norm where the product before is in one buffer. Default true.
    */
   foldNorms?: boolean;
+  /**
+   * Decode with the full cache: the fused QKV matvec also stores K and V into the cache pages, saving the
+   * KV append dispatch per layer (where the cache's bindings fit the kernel; otherwise, and for prefill and
+   * the WG-KV dual cache, the append stays a dispatch of its own). Default true.
+   */
+  fuseKvAppend?: boolean;
   /**
    * Prefill attention: key splits per KV head (default 1). With more, each query tile's keys are shared out
    * among splits · KV heads workgroups in proportion to the heads' lengths and merged by a second
@@ -351,6 +358,7 @@ export class GpuModel {
       });
     }
     const dual = kv instanceof DualCache ? kv : undefined;
+    const fullKv = kv instanceof KvCache ? kv : undefined;
     const gate = policy.kind === "wgkv" ? policy.gate : undefined;
 
     // Activations.
@@ -414,6 +422,11 @@ export class GpuModel {
         decode && (options.foldNorms ?? true) && producer.parts.length === 1;
       // The folded norm the next QKV reads (set by the previous layer's ffn_down), if any.
       let qkvNorm: FoldedNormInput | undefined;
+      // Decode with the full cache: the fused QKV also stores K and V into their pages (no append
+      // dispatch) where the cache's bindings fit next to its own.
+      const appendInQkv = (w: LayerWeights) =>
+        decode && fullKv !== undefined && (options.fuseKvAppend ?? true) && canFuseQkv(w.wq, w.wk, w.wv) &&
+        qkvKvAppendBlocker(gpu.limits, fullKv, w.wk, w.wv) === undefined;
       const linear = (label: string, weight: GpuWeight, x: GPUBuffer, y: GPUBuffer) =>
         decode
           ? createMatvec(gpu, { label, weight, x, y, maxTokens, step })
@@ -466,9 +479,10 @@ export class GpuModel {
       for (let l = 0; l < hp.nLayer; l++) {
         const w = layers[l];
         const p = `${tag}blk.${l}.`;
+        const fusedAppend = appendInQkv(w);
         if (decode && canFuseQkv(w.wq, w.wk, w.wv)) {
           // One dispatch: Q, K and V rows, Q and K rotated as they are written (with the write gate, K
-          // also before RoPE: the gate reads both).
+          // also before RoPE: the gate reads both; with the full cache, K and V also into their pages).
           ops.push(createQkvMatvec(gpu, {
             label: `${p}attn_qkv`,
             wq: w.wq,
@@ -483,6 +497,7 @@ export class GpuModel {
             rope: { headDim: D, ropeDim: hp.ropeDim, invFreq, maxPosition: ctx },
             kPre: gateBufs?.kPre,
             norm: qkvNorm,
+            append: fusedAppend && fullKv ? { kv: fullKv, layer: l } : undefined,
           }));
         } else {
           if (!decode && !qkvMatmulBlocker(w.wq, w.wk, w.wv)) {
@@ -540,28 +555,29 @@ export class GpuModel {
             scratch: gateBufs.scratch,
           }));
         }
-        ops.push(
-          dual
-            ? createWgkvAppend(gpu, {
-              label: `${p}kv_append`,
-              kv: dual,
-              layer: l,
-              maxTokens,
-              k: act.k,
-              v: act.v,
-              gateFlags: gateBufs?.flags,
-              step,
-            })
-            : createKvAppend(gpu, {
-              label: `${p}kv_append`,
-              kv,
-              layer: l,
-              maxTokens,
-              k: act.k,
-              v: act.v,
-              step,
-            }),
-        );
+        if (dual) {
+          ops.push(createWgkvAppend(gpu, {
+            label: `${p}kv_append`,
+            kv: dual,
+            layer: l,
+            maxTokens,
+            k: act.k,
+            v: act.v,
+            gateFlags: gateBufs?.flags,
+            step,
+          }));
+        } else if (!fusedAppend) {
+          // (With the fused append, the QKV op above has stored K and V.)
+          ops.push(createKvAppend(gpu, {
+            label: `${p}kv_append`,
+            kv,
+            layer: l,
+            maxTokens,
+            k: act.k,
+            v: act.v,
+            step,
+          }));
+        }
         ops.push(
           decode
             ? createFlashDecode(gpu, {
@@ -882,6 +898,11 @@ export class GpuModel {
   /** Whether the cache can resume at any earlier position (false for the dual cache). */
   get rewindable(): boolean {
     return !(this.kv instanceof DualCache);
+  }
+
+  /** Labels of the ops a decode step records, in order (for benchmarks and tests: which ops run). */
+  get decodeLabels(): string[] {
+    return this.#decode.map((op) => op.label);
   }
 
   /** KV memory in use against a full cache of the same tokens, and admissions per layer and head. */

@@ -6,7 +6,8 @@
  *
  * - {@link createGateUpSwiGlu}: `out = silu(x · W_gateᵀ) · (x · W_upᵀ)`, replacing two matvecs and SwiGLU.
  * - {@link createQkvMatvec}: `q, k, v = x · W_qᵀ, x · W_kᵀ, x · W_vᵀ`, optionally with RoPE on q and k,
- *   replacing three matvecs and RoPE. The three weights may have different GGUF types.
+ *   replacing three matvecs and RoPE, and with `append` also storing K and V into the paged KV cache
+ *   (replacing the KV append, see `./qkv_kv_store.ts`). The three weights may have different GGUF types.
  * - {@link createGateUpSwiGluMatmul}: the gate/up + SwiGLU fusion for prefill (`wgsl/matmul.wgsl`, entry
  *   `swiglu`, tiled), replacing two matmuls and SwiGLU and the round trip of the gate and up activations.
  *
@@ -40,6 +41,7 @@ import {
   type StepParams,
 } from "./op.ts";
 import { ropeTurnTable } from "./rope.ts";
+import { type QkvKvAppend, qkvKvAppendBlocker, qkvKvStoreParts } from "./qkv_kv_store.ts";
 import {
   checkMatvecTuningKeys,
   checkMatvecWeights,
@@ -156,6 +158,14 @@ export interface QkvMatvecOptions {
   rope?: QkvRope;
   /** When given, K is also written here before RoPE, f32 `[maxTokens][kRows]` (the write gate reads both). */
   kPre?: BufferSlice;
+  /**
+   * When given, K and V are also stored, as f16, into this layer of the paged KV cache for the step's
+   * tokens, exactly as `createKvAppend` would (so decode needs no append dispatch); the cache's lengths
+   * must already count the step's tokens. K and V must be whole heads of the cache and the cache's
+   * bindings must fit: see `qkvKvAppendBlocker` in `./qkv_kv_store.ts`. With RoPE, `rope.headDim` must be
+   * the cache's.
+   */
+  append?: QkvKvAppend;
   /** `x` is the residual times the norm weight; the RMS comes from the producer's sums. */
   norm?: FoldedNormInput;
   /** Override constants for tuning on a given GPU. */
@@ -311,8 +321,8 @@ export function createGateUpSwiGluMatmul(gpu: Gpu, options: GateUpSwiGluMatmulOp
 /**
  * Builds the fused attention input op: `q, k, v = W_q · x[t], W_k · x[t], W_v · x[t]` for each of the
  * step's tokens in one dispatch, optionally rotating q and k (RoPE at position `step.pos0 + t`) as they
- * are written. Throws an {@link UnsupportedError} when {@link canFuseQkv} is false or no decode kernel reads
- * the weights.
+ * are written and storing K and V into the paged KV cache (`append`). Throws an {@link UnsupportedError}
+ * when {@link canFuseQkv} is false, no decode kernel reads the weights, or the append does not apply.
  */
 export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
   const { label, wq, wk, wv, x, q, k, v, maxTokens, step, rope } = options;
@@ -325,6 +335,24 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
   checkSlice(label, "k", k, maxTokens * wk.rows * 4);
   checkSlice(label, "v", v, maxTokens * wv.rows * 4);
   if (options.kPre) checkSlice(label, "kPre", options.kPre, maxTokens * wk.rows * 4);
+  const append = options.append;
+  if (append) {
+    checkInt(label, "append.layer", append.layer, 0, append.kv.layers - 1);
+    const appendBlocker = qkvKvAppendBlocker(gpu.limits, append.kv, wk, wv);
+    if (appendBlocker) {
+      throw new UnsupportedError(`${label}: cannot append to the KV cache: ${appendBlocker}`);
+    }
+    if (rope && rope.headDim !== append.kv.headDim) {
+      throw new BadFlagError(
+        `${label}: rope.headDim ${rope.headDim} is not the KV cache's ${append.kv.headDim}`,
+      );
+    }
+    // A workgroup stores whole f16 pairs of rows.
+    const rows = options.tuning?.rowsPerWorkgroup;
+    if (rows !== undefined && rows % 2 !== 0) {
+      throw new BadFlagError(`${label}: rowsPerWorkgroup must be even with the KV append, got ${rows}`);
+    }
+  }
   const totalRows = wq.rows + wk.rows + wv.rows;
   const shape = tuningFor(gpu, label, {
     cols: wq.cols,
@@ -332,10 +360,11 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
     accumulators: 1,
     maxTokens,
     defaultRows: 4,
-    evenRows: rope !== undefined,
+    evenRows: rope !== undefined || append !== undefined,
     tuning: options.tuning,
   });
-  let headDim = 2;
+  // Values per head: RoPE's, and the cache's page layout with the append.
+  let headDim = append?.kv.headDim ?? 2;
   let ropePairs = 0;
   let turns: { data: Float32Array; chunks: number } = { data: new Float32Array(4), chunks: 1 };
   if (rope) {
@@ -358,10 +387,12 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
   }
   const turnsBuffer = gpu.buffer(`${label}.turns`, turns.data.byteLength, turns.data);
   const norm = normInputParts(gpu, label, maxTokens, options.norm);
+  const kvStore = qkvKvStoreParts(gpu, label, append);
   const kernel = gpu.kernel(
     "matvec_fast",
     {
       ...norm.constants,
+      ...kvStore.constants,
       cols: wq.cols,
       rows_a: wq.rows,
       rows_b: wk.rows,
@@ -379,7 +410,7 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
       reduce_lanes: reduceLanes(shape.workgroupSize),
       units_per_step: shape.unitsPerStep,
     },
-    subblockDefines(wq, wk, wv),
+    { ...subblockDefines(wq, wk, wv), KV_STORE: kvStore.source },
     "qkv",
   );
   const group = bindAt(gpu, kernel, [
@@ -394,6 +425,7 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
     [8, turnsBuffer],
     [10, options.kPre ?? gpu.buffer(`${label}.no_k_pre`, 4)],
     [13, norm.sums],
+    ...kvStore.entries,
   ]);
   const per = shape.rowsPerWorkgroup;
   const groups = ceilDiv(wq.rows, per) + ceilDiv(wk.rows, per) + ceilDiv(wv.rows, per);

@@ -20,6 +20,7 @@ import type { Gpu, Kernel } from "../device.ts";
 import { loadShader } from "../shader.ts";
 import type { GpuWeight } from "../weights.ts";
 import type { BufferSlice } from "./op.ts";
+import { NO_KV_STORE } from "./qkv_kv_store.ts";
 
 /** The sections of `wgsl/matvec_units.wgsl` and the word type each one reads its weight binding as. */
 export const UNIT_SECTION_WORDS: Readonly<Record<string, "vec4u" | "vec2u" | "u32">> = {
@@ -145,11 +146,12 @@ export function unitsSource(section: string, suffix: string): string {
 
 /**
  * The text defines of `wgsl/matvec_fast.wgsl` for weights a, b, c (b and c default to a: the `main`
- * entry reads only a, but the module declares all three). Throws an {@link UnsupportedError} for a weight
- * the kernels cannot read ({@link matvecBlocker}).
+ * entry reads only a, but the module declares all three), with the `qkv` entry's KV store left out (the
+ * stub `KV_STORE`; `createQkvMatvec` replaces it when it appends to the cache). Throws an
+ * {@link UnsupportedError} for a weight the kernels cannot read ({@link matvecBlocker}).
  */
 export function subblockDefines(a: GpuWeight, b: GpuWeight = a, c: GpuWeight = a): Record<string, string> {
-  const defines: Record<string, string> = {};
+  const defines: Record<string, string> = { KV_STORE: NO_KV_STORE };
   for (const [suffix, weight] of [["a", a], ["b", b], ["c", c]] as const) {
     const section = unitSection(weight);
     defines[`WORD_${suffix.toUpperCase()}`] = UNIT_SECTION_WORDS[section];
