@@ -11,6 +11,9 @@
  *                        [--no-fold-norms]   (decode with a dispatch per RMSNorm: "decode-unfolded" rows)
  *                        [--no-fuse-kv-append]   (decode with a KV append dispatch per layer: "…-unfused-append"
  *                                                 rows, e.g. "decode-unfused-append")
+ *                        [--no-fuse-wgkv-append]   (wgkv policy: prefill and decode with a WG-KV append dispatch
+ *                                                   per layer: "…-unfused-wgkv-append" rows, e.g.
+ *                                                   "decode-unfused-wgkv-append")
  *                        [--prefill-splits N]  (prefill attention with N key splits per KV head:
  *                                               "prefill-splitsN" rows)
  *                        [--max-batch N]  (prompt tokens per prefill step, default 512: "prefill-batchN" rows)
@@ -81,6 +84,7 @@ const { values } = parseArgs({
     sampled: { type: "boolean" },
     "no-fold-norms": { type: "boolean" },
     "no-fuse-kv-append": { type: "boolean" },
+    "no-fuse-wgkv-append": { type: "boolean" },
     "prefill-splits": { type: "string" },
     "max-batch": { type: "string" },
     kv: { type: "string" },
@@ -122,7 +126,13 @@ const foldNorms = !values["no-fold-norms"];
 // --no-fuse-kv-append: decode with the KV append as a dispatch of its own per layer, not stored by the fused
 // QKV (rows named "decode-unfused-append", or "decode-unfolded-unfused-append" with --no-fold-norms).
 const fuseKvAppend = !values["no-fuse-kv-append"];
-const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? "" : "-unfused-append");
+// --no-fuse-wgkv-append: with the wgkv policy, the WG-KV append as a dispatch of its own per layer, not stored
+// by the write gate, in prefill and decode (both rows named "…-unfused-wgkv-append", for every policy so that
+// the "vs full" column still finds its full-cache row).
+const fuseWgkvAppend = !values["no-fuse-wgkv-append"];
+const wgkvAppendSuffix = fuseWgkvAppend ? "" : "-unfused-wgkv-append";
+const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? "" : "-unfused-append") +
+  wgkvAppendSuffix;
 // --prefill-splits N: prefill attention with N key splits per KV head (rows named "prefill-splitsN").
 const prefillSplits = Number(values["prefill-splits"] ?? 1);
 if (!Number.isInteger(prefillSplits) || prefillSplits < 1 || prefillSplits > 64) {
@@ -136,7 +146,7 @@ if (!Number.isInteger(maxBatch) || maxBatch < 1) {
   Deno.exit(2);
 }
 const prefillTest = "prefill" + (prefillSplits > 1 ? `-splits${prefillSplits}` : "") +
-  (maxBatch !== 512 ? `-batch${maxBatch}` : "");
+  (maxBatch !== 512 ? `-batch${maxBatch}` : "") + wgkvAppendSuffix;
 const key = (r: Pick<BenchRow, "shape" | "type" | "test" | "tokens" | "policy">) =>
   `${r.shape}/${r.type}/${r.test}/${r.tokens}${r.policy ? `/${r.policy}` : ""}`;
 const kvPolicies = values.kv ? list(values.kv, "") : [];
@@ -242,6 +252,7 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
       maxBatch,
       foldNorms,
       fuseKvAppend,
+      fuseWgkvAppend,
       prefillSplits,
       onProgress: (m) => console.error(m),
     });
@@ -361,6 +372,7 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
           maxBatch,
           foldNorms,
           fuseKvAppend,
+          fuseWgkvAppend,
           prefillSplits,
           policy,
           globalFraction: name === "wgkv" ? 1 : undefined,

@@ -245,3 +245,46 @@ fixtureTest(
     }
   },
 );
+
+fixtureTest(
+  "wgkv model: the WG-KV append in the write gate gives the logits, admissions and chained tokens of the separate append",
+  [MODEL, GATE],
+  async () => {
+    const gate = await importGate(fixture(GATE), fixture(MODEL), { window: 16 });
+    const policy: KvPolicy<GateWeights> = { kind: "wgkv", window: 16, threshold: 0.5, gate };
+    const file = await openGGUF(fixture(MODEL));
+    const hp = hparamsFromGGUF(file);
+    const gpu = await getGpu();
+    const load = (fuseWgkvAppend: boolean) =>
+      GpuModel.load(gpu, file, hp, { contextLength: 256, maxBatch: 8, policy, fuseWgkvAppend });
+    const fused = await load(true);
+    const separate = await load(false);
+    const appends = (m: GpuModel) => m.decodeLabels.filter((l) => l.endsWith("kv_append")).length;
+    equal(appends(fused), 0);
+    equal(appends(separate), hp.nLayer);
+    const tokens = prompt(27);
+    // Prefill in chunks of 8, stepwise decode, then a chain: 27 + 4 + 24 positions go around the 32-slot
+    // ring, so tokens are promoted too.
+    const run = async (m: GpuModel) => {
+      const logits = [await m.forward(tokens, 0, "logits")];
+      let next = 5;
+      for (let i = 0; i < 4; i++) {
+        logits.push(await m.forward([next], tokens.length + i, "logits"));
+        next = 3 + (next * 31 + 7) % 400;
+      }
+      const chained = await m.decodeGreedy(next, tokens.length + 4, 24);
+      return { logits, chained, scores: await m.gateScores(1), stats: m.kvStats().dual! };
+    };
+    const a = await run(fused);
+    const b = await run(separate);
+    a.logits.forEach((l, i) => deepEqual(l, b.logits[i], `step ${i}: logits`));
+    deepEqual(a.chained, b.chained);
+    deepEqual(a.scores, b.scores);
+    deepEqual([...a.stats.admittedFraction], [...b.stats.admittedFraction]);
+    deepEqual([...a.stats.globalTokens], [...b.stats.globalTokens]);
+    ok(a.stats.globalTokens.some((g) => g > 0), "tokens were promoted");
+    fused.destroy();
+    separate.destroy();
+    file.close();
+  },
+);

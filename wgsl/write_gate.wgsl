@@ -16,6 +16,8 @@
 // binding 6: flags, u32[max_tokens][layers][kv_heads] (write by `finish`), 1 when admitted; token-major so
 //            that the first n_tokens * layers * kv_heads words are the whole step (one copy for the readback)
 // binding 7: partial_logits, f32[max_tokens][kv_heads][chunks] (`main` writes, `finish` reads), scratch
+// bindings 8…: the dual cache (`finish` with ring_append = 1 only): sequence, values, block table, slot info
+//            and pool shards, declared and described in wgsl/write_gate_append.wgsl
 //
 // Entry `main`, grid (ceil(max_tokens / TILE), kv_heads, chunks = ceil(inner / UNITS)): a workgroup of
 // 256 threads takes TILE tokens of one head and the UNITS hidden units of one chunk. It normalises the
@@ -26,7 +28,13 @@
 // a sum over the units give one partial logit per token and chunk. Spreading a layer over
 // kv_heads * chunks workgroups of many independent loads matters at decode, where the gate is a
 // latency-bound 4 MiB weight stream per layer for Llama-8B.
-// Entry `finish`, grid ceil(max_tokens * kv_heads / 64): adds the chunks and b2, sigmoid, clamp, flag.
+// Entry `finish`: adds the chunks and b2, sigmoid, clamp, flag. With ring_append = 0 the grid is
+// ceil(max_tokens * kv_heads / FINISH_THREADS) and a thread finishes one (token, head). With ring_append = 1
+// the grid is (max_tokens, kv_heads), workgroup (t, h) finishes token t of head h, and it also does the WG-KV
+// append of that pair into the dual cache's ring: thread 0 records the slot's position and flag, all threads
+// store the key and value (bindings 8… and the functions ring_record and ring_copy come from the text define
+// RING_APPEND, spliced in below the bindings: wgsl/write_gate_append.wgsl, see
+// src/gpu/ops/write_gate_append.ts; otherwise a stub of the two functions without bindings).
 
 override head_dim: u32 = 64u;
 override kv_heads: u32 = 1u;
@@ -35,12 +43,14 @@ override inner: u32 = 256u;
 override threshold: f32 = 0.1;
 override epsilon: f32 = 0.001;
 override activation: u32 = 0u; // 0: exact (erf) GELU, 1: SiLU
+override ring_append: u32 = 0u; // 1: `finish` also appends the step's keys and values to the dual cache's ring
 
 const TILE: u32 = 8u; // tokens per workgroup: two vec4 accumulators per thread
 const UNITS: u32 = 32u; // hidden units per chunk
 const SLICES: u32 = 8u; // column slices per unit
 const THREADS: u32 = 256u; // UNITS * SLICES, also TILE * 2 inputs * 16 lanes for the sums of squares
 const RMS_EPS: f32 = 1e-6;
+const FINISH_THREADS: u32 = 64u; // workgroup size of `finish`
 
 struct Step { n_tokens: u32, pos0: u32, pad0: u32, pad1: u32 }
 struct LayerParams { layer: u32, pad0: u32, pad1: u32, pad2: u32 }
@@ -53,6 +63,8 @@ struct LayerParams { layer: u32, pad0: u32, pad1: u32, pad2: u32 }
 @group(0) @binding(5) var<storage, read_write> scores: array<f32>;
 @group(0) @binding(6) var<storage, read_write> flags: array<u32>;
 @group(0) @binding(7) var<storage, read_write> partial_logits: array<f32>;
+
+{{RING_APPEND}}
 
 // x_t[2c] = inputs of tokens 0..3 of the tile at column c, x_t[2c + 1] = tokens 4..7.
 var<workgroup> x_t: array<vec4f, 4u * head_dim>;
@@ -202,19 +214,29 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
   }
 }
 
-@compute @workgroup_size(64)
-fn finish(@builtin(global_invocation_id) gid: vec3u) {
-  let i = gid.x;
-  if (i >= step.n_tokens * kv_heads) { return; }
-  let token = i / kv_heads;
-  let head = i % kv_heads;
-  let in_dim = 2u * head_dim;
-  let b2_at = in_dim + kv_heads * in_dim * inner + 2u * kv_heads * inner;
-  var z = params[b2_at + head];
-  let n = chunks();
-  for (var c = 0u; c < n; c++) { z += partial_logits[i * n + c]; }
-  let g = max(1.0 / (1.0 + exp(-z)), epsilon);
-  let o = (token * layers + layer_params.layer) * kv_heads + head;
-  scores[o] = g;
-  flags[o] = select(0u, 1u, g > threshold);
+@compute @workgroup_size(FINISH_THREADS)
+fn finish(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lane: u32) {
+  var token = wg.x;
+  var head = wg.y;
+  if (ring_append == 0u) {
+    let i = wg.x * FINISH_THREADS + lane;
+    token = i / kv_heads;
+    head = i % kv_heads;
+  }
+  if (token >= step.n_tokens) { return; }
+  if (ring_append == 0u || lane == 0u) {
+    let i = token * kv_heads + head;
+    let in_dim = 2u * head_dim;
+    let b2_at = in_dim + kv_heads * in_dim * inner + 2u * kv_heads * inner;
+    var z = params[b2_at + head];
+    let n = chunks();
+    for (var c = 0u; c < n; c++) { z += partial_logits[i * n + c]; }
+    let g = max(1.0 / (1.0 + exp(-z)), epsilon);
+    let admitted = g > threshold;
+    let o = (token * layers + layer_params.layer) * kv_heads + head;
+    scores[o] = g;
+    flags[o] = select(0u, 1u, admitted);
+    if (ring_append == 1u) { ring_record(token, head, admitted); }
+  }
+  if (ring_append == 1u) { ring_copy(token, head, lane); }
 }

@@ -36,6 +36,7 @@ export const SHADER_NAMES: readonly string[] = [
   "wgkv_append",
   "wgkv_promote",
   "write_gate",
+  "write_gate_append",
 ];
 
 /** Whether the shaders are local files (a checkout or a compiled binary) rather than remote URLs. */

@@ -10,7 +10,8 @@
  *   for each layer l:
  *     q, k, v = xn·Wq, xn·Wk, xn·Wv          (matvec for M = 1, tiled matmul otherwise)
  *     rope(q, k) at their positions         (decode: fused into the QKV matvec)
- *     append k, v to the paged KV cache of layer l
+ *     append k, v to the paged KV cache of layer l   (decode, full cache: fused into the QKV matvec;
+ *                                                    wgkv: fused into the write gate)
  *     att = attention(q, cache)             (split-K decode for M = 1, flash prefill otherwise)
  *     x  += att·Wo ;  xn = rmsnorm(x) · ffn_norm[l]          (one fused dispatch)
  *     h   = silu(xn·Wgate) · (xn·Wup)         (one fused dispatch)
@@ -56,6 +57,7 @@ import type { KvPolicy } from "../kv/wgkv_policy.ts";
 import { pageBytes, pagesForTokens } from "../kv/page_pool.ts";
 import type { GateWeights } from "../gate/format.ts";
 import { createWriteGate, gateOutputBytes, gateScratchBytes, uploadGate } from "../gpu/ops/write_gate.ts";
+import { writeGateAppendBlocker } from "../gpu/ops/write_gate_append.ts";
 import { createWgkvAppend } from "../gpu/ops/wgkv_append.ts";
 import { createWgkvPromote } from "../gpu/ops/wgkv_promote.ts";
 import type { LlamaHParams } from "./hparams.ts";
@@ -104,10 +106,17 @@ export interface GpuModelOptions {
   foldNorms?: boolean;
   /**
    * Decode with the full cache: the fused QKV matvec also stores K and V into the cache pages, saving the
-   * KV append dispatch per layer (where the cache's bindings fit the kernel; otherwise, and for prefill and
-   * the WG-KV dual cache, the append stays a dispatch of its own). Default true.
+   * KV append dispatch per layer (where the cache's bindings fit the kernel; otherwise, and for prefill, the
+   * append stays a dispatch of its own; the WG-KV dual cache has {@link fuseWgkvAppend}). Default true.
    */
   fuseKvAppend?: boolean;
+  /**
+   * The `wgkv` policy, decode and prefill: the write gate's flag dispatch also stores K and V into the
+   * dual cache's ring with each slot's position and flag, saving the WG-KV append dispatch per layer (where
+   * the cache's bindings fit the gate kernel; otherwise, and for the other policies, the append stays a
+   * dispatch of its own). Default true.
+   */
+  fuseWgkvAppend?: boolean;
   /**
    * Prefill attention: key splits per KV head (default 1). With more, each query tile's keys are shared out
    * among splits · KV heads workgroups in proportion to the heads' lengths and merged by a second
@@ -360,6 +369,10 @@ export class GpuModel {
     const dual = kv instanceof DualCache ? kv : undefined;
     const fullKv = kv instanceof KvCache ? kv : undefined;
     const gate = policy.kind === "wgkv" ? policy.gate : undefined;
+    // wgkv: the write gate also stores K and V into the ring (no WG-KV append dispatch), in decode and
+    // prefill alike, where the cache's bindings fit next to the gate's own.
+    const appendInGate = dual !== undefined && gate !== undefined && (options.fuseWgkvAppend ?? true) &&
+      writeGateAppendBlocker(gpu.limits, dual) === undefined;
 
     // Activations.
     gpu.device.pushErrorScope("out-of-memory");
@@ -553,9 +566,10 @@ export class GpuModel {
             activation: gate.activation === "silu" ? "silu" : "gelu",
             step,
             scratch: gateBufs.scratch,
+            append: appendInGate && dual ? { kv: dual, v: act.v } : undefined,
           }));
         }
-        if (dual) {
+        if (dual && !appendInGate) {
           ops.push(createWgkvAppend(gpu, {
             label: `${p}kv_append`,
             kv: dual,
@@ -566,8 +580,8 @@ export class GpuModel {
             gateFlags: gateBufs?.flags,
             step,
           }));
-        } else if (!fusedAppend) {
-          // (With the fused append, the QKV op above has stored K and V.)
+        } else if (!dual && !fusedAppend) {
+          // (With a fused append, the QKV op or the write gate above has stored K and V.)
           ops.push(createKvAppend(gpu, {
             label: `${p}kv_append`,
             kv,

@@ -10,6 +10,9 @@
  * that RoPE (with its exact angle reduction, frequency factors and partial rotary dims) has a single
  * implementation; the copy is `nTokens · kvHeads · headDim` floats, negligible next to the gate's weights.
  *
+ * With `append` the op also does the layer's WG-KV append (the ring store of `createWgkvAppend`) in the
+ * dispatch that decides the flags, see `./write_gate_append.ts`.
+ *
  * @module
  */
 
@@ -17,6 +20,7 @@ import { BadFlagError, UnsupportedError } from "../../errors.ts";
 import type { GateWeights } from "../../gate/format.ts";
 import type { Gpu } from "../device.ts";
 import { bindNumbered, layerUniform } from "../../kv/paged_view.ts";
+import { type WriteGateAppend, writeGateAppendBlocker, writeGateAppendParts } from "./write_gate_append.ts";
 import {
   type BufferSlice,
   ceilDiv,
@@ -32,6 +36,9 @@ const GATE_TILE = 8;
 
 /** Hidden units per gate workgroup (`UNITS` in the shader). */
 const GATE_CHUNK = 32;
+
+/** Threads of a `finish` workgroup (`FINISH_THREADS` in the shader). */
+const FINISH_THREADS = 64;
 
 /** Default admission threshold τ (strict `g > τ`). */
 export const DEFAULT_GATE_THRESHOLD = 0.1;
@@ -136,6 +143,13 @@ export interface WriteGateOptions extends GateShape {
    * layers (they run one after another). Created when absent.
    */
   scratch?: BufferSlice;
+  /**
+   * When given, the dispatch that decides the flags also appends the step's keys after RoPE (`postK`) and
+   * values (`append.v`) to this layer's ring in `append.kv`, with each slot's position and flag, exactly as
+   * `createWgkvAppend` with these flags would (so no append dispatch is needed). The cache's bindings must
+   * fit: see `writeGateAppendBlocker` in `./write_gate_append.ts`.
+   */
+  append?: WriteGateAppend;
 }
 
 /** Bytes of the partial-logit scratch of a gate op. */
@@ -166,10 +180,15 @@ export function createWriteGate(gpu: Gpu, options: WriteGateOptions): GpuOp {
   checkSlice(label, "params", options.params, gateLayerFloats(options) * 4);
   checkSlice(label, "scores", options.scores, gateOutputBytes(maxTokens, layers, kvHeads));
   checkSlice(label, "flags", options.flags, gateOutputBytes(maxTokens, layers, kvHeads));
+  const append = options.append;
+  if (append) checkAppend(gpu, label, options, append);
   const tiles = ceilDiv(maxTokens, GATE_TILE);
   const chunks = ceilDiv(inner, GATE_CHUNK);
-  const finishGroups = ceilDiv(maxTokens * kvHeads, 64);
-  checkWorkgroups(gpu, label, Math.max(tiles, kvHeads, chunks, finishGroups));
+  // `finish`: a thread per (token, head), or with the append a workgroup per (token, head).
+  const finishGroups: [number, number] = append
+    ? [maxTokens, kvHeads]
+    : [ceilDiv(maxTokens * kvHeads, FINISH_THREADS), 1];
+  checkWorkgroups(gpu, label, Math.max(tiles, kvHeads, chunks, ...finishGroups));
   const scratchBytes = gateScratchBytes(maxTokens, kvHeads, inner);
   const scratch = options.scratch ?? gpu.buffer(`${label} partial logits`, scratchBytes);
   checkSlice(label, "scratch", scratch, scratchBytes);
@@ -182,8 +201,19 @@ export function createWriteGate(gpu: Gpu, options: WriteGateOptions): GpuOp {
     epsilon: GATE_EPSILON,
     activation: options.activation === "silu" ? 1 : 0,
   };
-  const partialKernel = gpu.kernel("write_gate", constants, {}, "main");
-  const finishKernel = gpu.kernel("write_gate", constants, {}, "finish");
+  const ring = writeGateAppendParts(append);
+  const partialKernel = gpu.kernel(
+    "write_gate",
+    constants,
+    { RING_APPEND: writeGateAppendParts().source },
+    "main",
+  );
+  const finishKernel = gpu.kernel(
+    "write_gate",
+    { ...constants, ...ring.constants },
+    { RING_APPEND: ring.source },
+    "finish",
+  );
   const layerParams = layerUniform(gpu, label, layer);
   const partialGroup = bindNumbered(gpu, partialKernel, [
     [0, step.buffer],
@@ -199,6 +229,8 @@ export function createWriteGate(gpu: Gpu, options: WriteGateOptions): GpuOp {
     [5, options.scores],
     [6, options.flags],
     [7, scratch],
+    ...(append ? [[3, options.postK] as [number, BufferSlice]] : []),
+    ...ring.entries,
   ]);
   return {
     label,
@@ -208,9 +240,31 @@ export function createWriteGate(gpu: Gpu, options: WriteGateOptions): GpuOp {
       pass.dispatchWorkgroups(tiles, kvHeads, chunks);
       pass.setPipeline(finishKernel.pipeline);
       pass.setBindGroup(0, finishGroup);
-      pass.dispatchWorkgroups(finishGroups);
+      pass.dispatchWorkgroups(...finishGroups);
     },
   };
+}
+
+/**
+ * Throws unless `append` can be fused into the gate of `options`: a `wgkv` dual cache of the gate's shape
+ * ({@link BadFlagError}) whose bindings fit next to the gate's ({@link UnsupportedError}), and values
+ * large enough.
+ */
+function checkAppend(gpu: Gpu, label: string, options: WriteGateOptions, append: WriteGateAppend): void {
+  const { kv } = append;
+  if (kv.policy.kind !== "wgkv") {
+    throw new BadFlagError(
+      `${label}: the append takes the gate's flags, but the cache's policy is ${kv.policy.kind}`,
+    );
+  }
+  for (const key of ["layers", "kvHeads", "headDim"] as const) {
+    if (kv[key] !== options[key]) {
+      throw new BadFlagError(`${label}: the gate has ${key} ${options[key]}, the cache ${kv[key]}`);
+    }
+  }
+  const blocker = writeGateAppendBlocker(gpu.limits, kv);
+  if (blocker) throw new UnsupportedError(`${label}: cannot append to the ring: ${blocker}`);
+  checkSlice(label, "append.v", append.v, options.maxTokens * options.kvHeads * options.headDim * 4);
 }
 
 /**
