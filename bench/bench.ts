@@ -134,8 +134,11 @@ const wgkvAppendSuffix = fuseWgkvAppend ? "" : "-unfused-wgkv-append";
 const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? "" : "-unfused-append") +
   wgkvAppendSuffix;
 // --prefill-splits N: prefill attention with N key splits per KV head (rows named "prefill-splitsN").
-const prefillSplits = Number(values["prefill-splits"] ?? 1);
-if (!Number.isInteger(prefillSplits) || prefillSplits < 1 || prefillSplits > 64) {
+// (without it, the model's default for the policy).
+const prefillSplits = values["prefill-splits"] === undefined ? undefined : Number(values["prefill-splits"]);
+if (
+  prefillSplits !== undefined && (!Number.isInteger(prefillSplits) || prefillSplits < 1 || prefillSplits > 64)
+) {
   console.error(`bench: --prefill-splits must be an integer from 1 to 64, got ${values["prefill-splits"]}`);
   Deno.exit(2);
 }
@@ -145,7 +148,7 @@ if (!Number.isInteger(maxBatch) || maxBatch < 1) {
   console.error(`bench: --max-batch must be a positive integer, got ${values["max-batch"]}`);
   Deno.exit(2);
 }
-const prefillTest = "prefill" + (prefillSplits > 1 ? `-splits${prefillSplits}` : "") +
+const prefillTest = "prefill" + (prefillSplits !== undefined ? `-splits${prefillSplits}` : "") +
   (maxBatch !== 512 ? `-batch${maxBatch}` : "") + wgkvAppendSuffix;
 const key = (r: Pick<BenchRow, "shape" | "type" | "test" | "tokens" | "policy">) =>
   `${r.shape}/${r.type}/${r.test}/${r.tokens}${r.policy ? `/${r.policy}` : ""}`;
