@@ -33,7 +33,7 @@
 // lanes of a vec4, so one load of each K and V row serves all of them). Keys are taken in blocks of
 // `block_keys` (= the workgroup size):
 //   1. scores: thread t owns key t of the block: it loads the key's whole K and V rows at once (16-byte
-//      loads, one pool accessor for both, see pool_load_rows()), computes its dot products with the 4
+//      loads under one choice of the page's shard, LOAD_ROWS), computes its dot products with the 4
 //      queries (no reduction between threads) and stores the V row in workgroup memory (v_block);
 //   2. values: the threads form key groups of head_dim / 8 lanes; lane i owns output dimensions
 //      [8i, 8i + 8) of the 4 heads, and each key group walks its own slice of the block's keys with its own
@@ -222,7 +222,10 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
     if (key < end_key && key_visible(row, key)) {
       // Both whole rows are loaded before any arithmetic, so all their 16-byte loads are in flight at once.
       var row_words: array<vec4u, k_quads>;
-      pool_load_rows(block_table[table + key / PAGE_TOKENS], key_quad(key, 0u), &row_words, &v_row);
+      let row_page = block_table[table + key / PAGE_TOKENS];
+      let row_quad = key_quad(key, 0u);
+      // The rows into row_words and v_row, the page's shard chosen once (generated, spliced in here).
+      {{LOAD_ROWS}}
       var acc = vec4f(0.0);
       // @unroll
       for (var p = 0u; p < k_quads; p++) { acc += dot8(row_words[p], p); }

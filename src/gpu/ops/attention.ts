@@ -268,15 +268,14 @@ function decodeWorkgroupBytes(headDim: number, blockKeys: number, kvHeads: numbe
  * WGSL declaring the pool shards at bindings `firstBinding …` as `array<vec4<u32>>` and accessors, where
  * `quad` counts vec4<u32> inside a page (pages hold `PAGE_TOKENS · head_dim / 8` quads of K, then as many
  * of V, so every row starts on a 16-byte boundary):
- * - `pool_load_kv(page, quad)`: the K quad and the V quad at the same place of their halves;
- * - `pool_load_rows(page, quad, k, v)` (with `rows`): the whole K and V rows (`k_quads` quads each, a
- *   constant the kernel declares) of the token whose K row starts at `quad`.
+ * - `pool_load_kv(page, quad)`: the K quad and the V quad at the same place of their halves (and
+ *   {@link poolRowLoadSource} for whole rows).
  *
  * Each accessor picks the page's shard once, around all of its loads. The loads of one accessor are then
  * in flight together; a branch per load (what a per-quad accessor inside an unrolled loop amounts to)
  * lets each load wait for the one before. With one shard there is no branch at all.
  */
-function poolQuadShaderSource(shardCount: number, firstBinding: number, rows = false): string {
+function poolQuadShaderSource(shardCount: number, firstBinding: number): string {
   const lines = [
     `// Pool shards: binding ${firstBinding}+s = shard s, vec4<u32>[pool_pages_per_shard][PAGE_TOKENS * head_dim / 4];`,
     `// page p lives in shard p / pool_pages_per_shard.`,
@@ -284,18 +283,8 @@ function poolQuadShaderSource(shardCount: number, firstBinding: number, rows = f
   for (let s = 0; s < shardCount; s++) {
     lines.push(`@group(0) @binding(${firstBinding + s}) var<storage, read> pool_shard_${s}: array<vec4u>;`);
   }
-  // `body(shard)` for the page's shard: straight-line code with one shard, else a switch.
-  const perShard = (indent: string, body: (shard: string) => string[]): string[] => {
-    if (shardCount === 1) return body("pool_shard_0").map((l) => indent + l);
-    const out = [`${indent}switch (page / pool_pages_per_shard) {`];
-    for (let s = 0; s < shardCount; s++) {
-      out.push(`${indent}  ${s === shardCount - 1 ? "default" : `case ${s}u`}: {`);
-      out.push(...body(`pool_shard_${s}`).map((l) => `${indent}    ${l}`));
-      out.push(`${indent}  }`);
-    }
-    out.push(`${indent}}`);
-    return out;
-  };
+  const perShard = (indent: string, body: (shard: string) => string[]) =>
+    poolShardSwitch(shardCount, "page", indent, body);
   const at = `  let i = (page % pool_pages_per_shard) * (PAGE_TOKENS * head_dim / 4u) + quad;`;
   const vHalf = `PAGE_TOKENS * head_dim / 8u`;
   lines.push(
@@ -306,22 +295,47 @@ function poolQuadShaderSource(shardCount: number, firstBinding: number, rows = f
     `  return out;`,
     `}`,
   );
-  if (rows) {
-    lines.push(
-      `fn pool_load_rows(page: u32, quad: u32, k: ptr<function, array<vec4u, k_quads>>,`,
-      `                  v: ptr<function, array<vec4u, k_quads>>) {`,
-      at,
-      ...perShard("  ", (shard) => [
-        `// @unroll`,
-        `for (var p = 0u; p < k_quads; p++) {`,
-        `  (*k)[p] = ${shard}[i + p];`,
-        `  (*v)[p] = ${shard}[i + ${vHalf} + p];`,
-        `}`,
-      ]),
-      `}`,
-    );
-  }
   return lines.join("\n");
+}
+
+/**
+ * WGSL lines running `body(shard)` for the shard of page `page`: straight-line code with one shard, else a
+ * switch over the shards (the page's shard is chosen once around the whole body).
+ */
+function poolShardSwitch(
+  shardCount: number,
+  page: string,
+  indent: string,
+  body: (shard: string) => string[],
+): string[] {
+  if (shardCount === 1) return body("pool_shard_0").map((l) => indent + l);
+  const out = [`${indent}switch (${page} / pool_pages_per_shard) {`];
+  for (let s = 0; s < shardCount; s++) {
+    out.push(`${indent}  ${s === shardCount - 1 ? "default" : `case ${s}u`}: {`);
+    out.push(...body(`pool_shard_${s}`).map((l) => `${indent}    ${l}`));
+    out.push(`${indent}  }`);
+  }
+  out.push(`${indent}}`);
+  return out;
+}
+
+/**
+ * WGSL statements for `wgsl/flash_decode.wgsl`'s LOAD_ROWS: the whole K and V rows (`k_quads` quads each) of
+ * the token whose K row starts at quad `row_quad` of page `row_page`, into the kernel's `row_words` and
+ * `v_row`. Spliced into the kernel body rather than called: a function filling arrays through pointers may
+ * be left out of line, and its arrays then live in local memory.
+ */
+function poolRowLoadSource(shardCount: number): string {
+  return [
+    `let row_at = (row_page % pool_pages_per_shard) * (PAGE_TOKENS * head_dim / 4u) + row_quad;`,
+    ...poolShardSwitch(shardCount, "row_page", "", (shard) => [
+      `// @unroll`,
+      `for (var p = 0u; p < k_quads; p++) {`,
+      `  row_words[p] = ${shard}[row_at + p];`,
+      `  v_row[p] = ${shard}[row_at + PAGE_TOKENS * head_dim / 8u + p];`,
+      `}`,
+    ]),
+  ].join("\n");
 }
 
 /** `slice` cut to its first `bytes` bytes. */
@@ -473,7 +487,10 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
     k_quads: D / 8,
     ...mask.constants,
   };
-  const defines = { POOL: poolQuadShaderSource(kv.shards.length, 8, true) };
+  const defines = {
+    POOL: poolQuadShaderSource(kv.shards.length, 8),
+    LOAD_ROWS: poolRowLoadSource(kv.shards.length),
+  };
   const partialKernel = gpu.kernel("flash_decode", constants, defines, "main");
   const reduceKernel = gpu.kernel("flash_decode", constants, defines, "reduce");
   const layerParams = layerUniform(gpu, label, layer);
