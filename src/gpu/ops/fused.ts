@@ -27,6 +27,7 @@ import {
   matmulDequantDefines,
   matmulShape,
   type MatmulTuning,
+  type QkvProductOptions,
 } from "./matmul.ts";
 import { BadFlagError, UnsupportedError } from "../../errors.ts";
 import type { Gpu, Kernel } from "../device.ts";
@@ -133,27 +134,7 @@ export interface QkvRope {
 }
 
 /** Options of {@link createQkvMatvec}. */
-export interface QkvMatvecOptions {
-  /** Name for errors and the profiler, e.g. "blk.0.attn_qkv". */
-  label: string;
-  /** Query weight, ggml shape `[cols, qRows]`. */
-  wq: GpuWeight;
-  /** Key weight, ggml shape `[cols, kRows]`. */
-  wk: GpuWeight;
-  /** Value weight, ggml shape `[cols, vRows]`. */
-  wv: GpuWeight;
-  /** Input activations, f32 `[maxTokens][cols]`. */
-  x: BufferSlice;
-  /** Query output, f32 `[maxTokens][qRows]`. */
-  q: BufferSlice;
-  /** Key output, f32 `[maxTokens][kRows]`. */
-  k: BufferSlice;
-  /** Value output, f32 `[maxTokens][vRows]`. */
-  v: BufferSlice;
-  /** Largest number of tokens per step; dispatches are sized for it. At most `step.maxTokens`. */
-  maxTokens: number;
-  /** Per-step token count and first position (`nTokens`, `pos0`). */
-  step: StepParams;
+export interface QkvMatvecOptions extends QkvProductOptions {
   /** When given, q and k are rotated at positions `step.pos0 + t` before they are written. */
   rope?: QkvRope;
   /** When given, K is also written here before RoPE, f32 `[maxTokens][kRows]` (the write gate reads both). */

@@ -393,24 +393,32 @@ export function createMatmul(gpu: Gpu, options: MatmulOptions): GpuOp {
   return new LinearOp(op, kernel, parts);
 }
 
-/** Options of {@link createQkvMatmul}. */
-export interface QkvMatmulOptions {
+/** What the Q, K and V products of one layer bind, for prefill ({@link createQkvMatmul}) and decode. */
+export interface QkvProductOptions {
   /** Name for errors and the profiler, e.g. "blk.0.attn_qkv". */
   label: string;
-  /** The Q, K and V weights (ggml shapes `[cols, rows]`, the same cols, each in one part). */
+  /** Query weight, ggml shape `[cols, qRows]`. */
   wq: GpuWeight;
+  /** Key weight, ggml shape `[cols, kRows]`. */
   wk: GpuWeight;
+  /** Value weight, ggml shape `[cols, vRows]`. */
   wv: GpuWeight;
   /** Input activations, f32 `[maxTokens][cols]`. */
   x: BufferSlice;
-  /** Outputs, f32 `[maxTokens][rows of wq / wk / wv]`. */
+  /** Query output, f32 `[maxTokens][qRows]`. */
   q: BufferSlice;
+  /** Key output, f32 `[maxTokens][kRows]`. */
   k: BufferSlice;
+  /** Value output, f32 `[maxTokens][vRows]`. */
   v: BufferSlice;
-  /** Largest number of tokens per step; dispatches are sized for it. */
+  /** Largest number of tokens per step; dispatches are sized for it. At most `step.maxTokens`. */
   maxTokens: number;
-  /** Per-step token count (`nTokens`). */
+  /** Per-step token count (`nTokens`) and first position (`pos0`). */
   step: StepParams;
+}
+
+/** Options of {@link createQkvMatmul}: the three weights of the same width, each in one part. */
+export interface QkvMatmulOptions extends QkvProductOptions {
   /** Tile shape (see {@link MatmulTuning}). */
   tuning?: MatmulTuning;
 }
