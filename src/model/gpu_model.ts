@@ -118,10 +118,10 @@ export interface GpuModelOptions {
    */
   fuseWgkvAppend?: boolean;
   /**
-   * Prefill attention: key splits per KV head (default 1 for the full cache, 4 for the other policies; see
-   * defaultPrefillSplits). With more than 1, each query tile's keys are shared out
-   * among splits · KV heads workgroups in proportion to the heads' lengths and merged by a second
-   * dispatch (see createFlashPrefill), which evens out WG-KV heads of very different lengths.
+   * Prefill attention: key splits per KV head (default 4 for the policies other than `full` on a GPU, else
+   * 1). With more than 1, each query tile's keys are shared out among splits · KV heads workgroups in
+   * proportion to the heads' lengths and merged by a second dispatch (see createFlashPrefill), which evens
+   * out WG-KV heads of very different lengths.
    */
   prefillSplits?: number;
 }
@@ -132,10 +132,11 @@ export interface GpuModelOptions {
  * 1.4× the time of `random` at the same admitted share with one workgroup per head, the grid waiting for
  * the longest heads; four slots per head on average let the short heads' work fill in. (Estimated, not yet
  * measured: the merge's partials, about 34 MB per 512-token chunk and layer of the 8B shape, cost about 1%
- * of that attention time.)
+ * of that attention time.) A software adapter (lavapipe) has a few CPU cores to fill, not a GPU: there the
+ * merge is pure overhead, so 1.
  */
-function defaultPrefillSplits(policy: string): number {
-  return policy === "full" ? 1 : 4;
+function defaultPrefillSplits(policy: string, softwareAdapter: boolean): number {
+  return policy === "full" || softwareAdapter ? 1 : 4;
 }
 
 interface LayerWeights {
@@ -397,7 +398,7 @@ export class GpuModel {
     // Split-K decode: 32 splits per KV head on average (the op's default). On an H100 (head_dim 128, 8 KV
     // heads) 32 splits ran faster than 64 or 128 at 32K and 128K keys (bench/results/h100-attention-kernels.json, h100-attention-splits.json).
     const splits = Math.min(32, Math.ceil(ctx / 16));
-    const prefillSplits = options.prefillSplits ?? defaultPrefillSplits(policy.kind);
+    const prefillSplits = options.prefillSplits ?? defaultPrefillSplits(policy.kind, gpu.isFallback);
     const act: Activations = {
       ids: f32("ids", maxBatch),
       x: f32("x", maxBatch * E),
