@@ -196,9 +196,8 @@ export interface FlashDecodeOptions extends AttentionOptions {
   /** The step parameters; required with `wgkv` (the query's position is `pos0`). */
   step?: StepParams;
   /**
-   * Keys per block of the partial pass, which is also its workgroup size (default 128, less where the
-   * block would not fit the workgroup memory); a power of two
-   * from 32 to 256 (at least headDim / 8).
+   * Keys per block of the partial pass, which is also its workgroup size: a power of two from 32 to 256
+   * (at least headDim / 8). Default 128, or less where the block would not fit the workgroup memory.
    */
   blockKeys?: number;
 }
@@ -271,9 +270,9 @@ function decodeWorkgroupBytes(headDim: number, blockKeys: number, kvHeads: numbe
  * - `pool_load_kv(page, quad)`: the K quad and the V quad at the same place of their halves (and
  *   {@link poolRowLoadSource} for whole rows).
  *
- * Each accessor picks the page's shard once, around all of its loads. The loads of one accessor are then
- * in flight together; a branch per load (what a per-quad accessor inside an unrolled loop amounts to)
- * lets each load wait for the one before. With one shard there is no branch at all.
+ * Each accessor picks the page's shard once, around all of its loads, so the loads of one accessor can be in
+ * flight together (a branch per load, what a per-quad accessor inside an unrolled loop amounts to, may make
+ * each wait for the one before). With one shard there is no branch at all.
  */
 function poolQuadShaderSource(shardCount: number, firstBinding: number): string {
   const lines = [
