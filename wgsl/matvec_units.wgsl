@@ -1,11 +1,13 @@
 // Sub-block decoding for the decode matrix-vector kernels of wgsl/matvec_fast.wgsl.
 //
-// This file is a library, not a kernel: src/gpu/ops/matvec_units.ts splices the COMMON section plus exactly
-// one type section into a kernel (at UNITS_A / UNITS_B / UNITS_C), with every name declared here and the
-// weight binding `W` suffixed per weight (`W_a`, `unit_load_a`, `Raw_a`, …). Every weight type the GPU
-// reads has a section: F32, F16 and BF16 twice (an interleaved layout for rows of a multiple of 256 values,
-// a plain one for the other rows of a multiple of 4), Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K
-// and Q6_K (the ggml blocks, as wgsl/dequant.wgsl and the CPU dequantisers in src/gguf/ read them).
+// This file is a library, not a kernel: src/gpu/ops/matvec_units.ts splices the COMMON section plus the
+// sections of one unit kind into a kernel (at UNITS_A / UNITS_B / UNITS_C), with every name declared here
+// and the weight binding `W` suffixed per weight (`W_a`, `unit_load_a`, `Raw_a`, …). Every weight type the
+// GPU reads has a unit kind: F32, F16 and BF16 twice (an interleaved layout for rows of a multiple of 256
+// values, a plain one for the other rows of a multiple of 4; F16 and BF16 share the layout sections HALF and
+// HALF_PLAIN and differ only in their value section, F16_VALUES or BF16_VALUES, which defines
+// `half_pair`), Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K (the ggml blocks, as
+// wgsl/dequant.wgsl and the CPU dequantisers in src/gguf/ read them).
 //
 // A row is cut into units of UNIT_ELEMS (32) elements, fixed pieces of the type's blocks. One thread takes
 // a whole unit of a row at a time: it loads the unit's raw words once (the widest loads the type's block
@@ -94,10 +96,6 @@ fn skip_half(first: u32, next: vec4u) -> vec4u {
 // Bytes 2 .. 9 of the three consecutive words `first`, next.x, next.y.
 fn skip_half2(first: u32, next: vec2u) -> vec2u {
   return (vec2u(first, next.x) >> vec2u(16u)) | (next << vec2u(16u));
-}
-// The two bfloat16 values of v.
-fn bf16_pair(v: u32) -> vec2f {
-  return vec2f(bitcast<f32>(v << 16u), bitcast<f32>(v & 0xffff0000u));
 }
 // Σ (q − bias) · x over a 32-element block of 4-bit quants (Q4_0, Q4_1): element l < 16 is the low nibble
 // of byte l of qs, element l + 16 the high one.
@@ -217,9 +215,10 @@ fn unit_dot(w: Raw, xs: array<vec4f, 8>, u: u32) -> f32 {
     dot(bitcast<vec4f>(w.v[6]), xs[6]) + dot(bitcast<vec4f>(w.v[7]), xs[7]);
 }
 
-// ==== F16 ====
-// W: array<vec4u> (8 halves per vec4). Rows of a multiple of 256 values (F16_PLAIN takes the others): unit u
-// holds the four vec4s (u / 8) · 32 + 8i + u % 8 (i < 4) of its row.
+// ==== HALF ====
+// W: array<vec4u> (8 halves per vec4), read through half_pair (F16_VALUES or BF16_VALUES). F16 and BF16
+// rows of a multiple of 256 values (HALF_PLAIN takes the others): unit u holds the four vec4s
+// (u / 8) · 32 + 8i + u % 8 (i < 4) of its row.
 const UNIT_ELEMS = 32u;
 struct Raw {
   v: array<vec4u, 4>,
@@ -235,35 +234,11 @@ fn unit_x(xrow: u32, u: u32) -> array<vec4f, 8> {
 }
 // Σ of the eight halves of v times x0 (first four) and x1.
 fn halves_dot(v: vec4u, x0: vec4f, x1: vec4f) -> f32 {
-  return dot(vec4f(unpack2x16float(v.x), unpack2x16float(v.y)), x0) +
-    dot(vec4f(unpack2x16float(v.z), unpack2x16float(v.w)), x1);
+  return dot(vec4f(half_pair(v.x), half_pair(v.y)), x0) + dot(vec4f(half_pair(v.z), half_pair(v.w)), x1);
 }
 fn unit_dot(w: Raw, xs: array<vec4f, 8>, u: u32) -> f32 {
   return halves_dot(w.v[0], xs[0], xs[1]) + halves_dot(w.v[1], xs[2], xs[3]) +
     halves_dot(w.v[2], xs[4], xs[5]) + halves_dot(w.v[3], xs[6], xs[7]);
-}
-
-// ==== BF16 ====
-// As F16, with bfloat16 values (BF16_PLAIN takes rows that are not a multiple of 256).
-const UNIT_ELEMS = 32u;
-struct Raw {
-  v: array<vec4u, 4>,
-}
-fn unit_load(row_bytes: u32, row: u32, u: u32) -> Raw {
-  let b = row * (row_bytes / 16u) + (u / 8u) * 32u + u % 8u;
-  return Raw(array<vec4u, 4>(W[b], W[b + 8u], W[b + 16u], W[b + 24u]));
-}
-fn unit_x(xrow: u32, u: u32) -> array<vec4f, 8> {
-  let a = xrow + 2u * ((u / 8u) * 32u + u % 8u);
-  return array<vec4f, 8>(x[a], x[a + 1u], x[a + 16u], x[a + 17u], x[a + 32u], x[a + 33u], x[a + 48u],
-                         x[a + 49u]);
-}
-fn bf16_dot(v: vec4u, x0: vec4f, x1: vec4f) -> f32 {
-  return dot(vec4f(bf16_pair(v.x), bf16_pair(v.y)), x0) + dot(vec4f(bf16_pair(v.z), bf16_pair(v.w)), x1);
-}
-fn unit_dot(w: Raw, xs: array<vec4f, 8>, u: u32) -> f32 {
-  return bf16_dot(w.v[0], xs[0], xs[1]) + bf16_dot(w.v[1], xs[2], xs[3]) + bf16_dot(w.v[2], xs[4], xs[5]) +
-    bf16_dot(w.v[3], xs[6], xs[7]);
 }
 
 // ==== F32_PLAIN ====
@@ -293,10 +268,10 @@ fn unit_dot(w: Raw, xs: array<vec4f, 8>, u: u32) -> f32 {
   return s;
 }
 
-// ==== F16_PLAIN ====
-// W: array<vec2u> (4 halves per vec2u: rows of a multiple of 4 values start 8-byte aligned). F16 rows that
-// are not a multiple of 256 values: unit u is the elements 32u .. 32u + 31 of its row, eight consecutive
-// vec2us, the last unit ragged as in F32_PLAIN.
+// ==== HALF_PLAIN ====
+// W: array<vec2u> (4 halves per vec2u: rows of a multiple of 4 values start 8-byte aligned), read through
+// half_pair. F16 and BF16 rows that are not a multiple of 256 values: unit u is the elements 32u .. 32u + 31
+// of its row, eight consecutive vec2us, the last unit ragged as in F32_PLAIN.
 const UNIT_ELEMS = 32u;
 struct Raw {
   v: array<vec2u, 8>,
@@ -316,35 +291,20 @@ fn unit_x(xrow: u32, u: u32) -> array<vec4f, 8> {
 fn unit_dot(w: Raw, xs: array<vec4f, 8>, u: u32) -> f32 {
   var s = 0.0;
   // @unroll
-  for (var i = 0u; i < 8u; i++) {
-    s += dot(vec4f(unpack2x16float(w.v[i].x), unpack2x16float(w.v[i].y)), xs[i]);
-  }
+  for (var i = 0u; i < 8u; i++) { s += dot(vec4f(half_pair(w.v[i].x), half_pair(w.v[i].y)), xs[i]); }
   return s;
 }
 
-// ==== BF16_PLAIN ====
-// As F16_PLAIN, with bfloat16 values.
-const UNIT_ELEMS = 32u;
-struct Raw {
-  v: array<vec2u, 8>,
+// ==== F16_VALUES ====
+// The two halves of v (IEEE binary16), for HALF and HALF_PLAIN.
+fn half_pair(v: u32) -> vec2f {
+  return unpack2x16float(v);
 }
-fn unit_load(row_bytes: u32, row: u32, u: u32) -> Raw {
-  let b = row * (row_bytes / 8u) + 8u * u;
-  var v: array<vec2u, 8>;
-  // @unroll
-  for (var i = 0u; i < 8u; i++) {
-    if (quad_in_row(u, i)) { v[i] = W[b + i]; }
-  }
-  return Raw(v);
-}
-fn unit_x(xrow: u32, u: u32) -> array<vec4f, 8> {
-  return x_plain(xrow, u);
-}
-fn unit_dot(w: Raw, xs: array<vec4f, 8>, u: u32) -> f32 {
-  var s = 0.0;
-  // @unroll
-  for (var i = 0u; i < 8u; i++) { s += dot(vec4f(bf16_pair(w.v[i].x), bf16_pair(w.v[i].y)), xs[i]); }
-  return s;
+
+// ==== BF16_VALUES ====
+// The two bfloat16 values of v, for HALF and HALF_PLAIN.
+fn half_pair(v: u32) -> vec2f {
+  return vec2f(bitcast<f32>(v << 16u), bitcast<f32>(v & 0xffff0000u));
 }
 
 // ==== Q8_0 ====

@@ -22,7 +22,10 @@ import type { GpuWeight } from "../weights.ts";
 import type { BufferSlice } from "./op.ts";
 import { NO_KV_STORE } from "./qkv_kv_store.ts";
 
-/** The sections of `wgsl/matvec_units.wgsl` and the word type each one reads its weight binding as. */
+/**
+ * The unit kinds of `wgsl/matvec_units.wgsl` (see {@link unitSection}) and the word type each one reads its
+ * weight binding as.
+ */
 export const UNIT_SECTION_WORDS: Readonly<Record<string, "vec4u" | "vec2u" | "u32">> = {
   F32: "vec4u",
   F16: "vec4u",
@@ -40,6 +43,17 @@ export const UNIT_SECTION_WORDS: Readonly<Record<string, "vec4u" | "vec2u" | "u3
   Q4_K: "vec4u",
   Q5_K: "vec4u",
   Q6_K: "u32",
+};
+
+/**
+ * The sections of `wgsl/matvec_units.wgsl` a unit kind is made of, where they are not just the section of
+ * its name: F16 and BF16 share their layouts and differ in the value section defining `half_pair`.
+ */
+export const UNIT_KIND_SECTIONS: Readonly<Record<string, readonly string[]>> = {
+  F16: ["F16_VALUES", "HALF"],
+  BF16: ["BF16_VALUES", "HALF"],
+  F16_PLAIN: ["F16_VALUES", "HALF_PLAIN"],
+  BF16_PLAIN: ["BF16_VALUES", "HALF_PLAIN"],
 };
 
 /** Unquantised types: interleaved units for rows of a multiple of 256 values, plain units otherwise. */
@@ -123,7 +137,7 @@ export function suffixDeclaredNames(source: string, suffix: string): string {
   return source.replace(pattern, (name) => `${name}_${suffix}`);
 }
 
-/** The sections of `wgsl/matvec_units.wgsl` by name (COMMON and one per {@link UNIT_SECTION_WORDS} key). */
+/** The sections of `wgsl/matvec_units.wgsl` by name (COMMON and those of the unit kinds). */
 export function unitSections(): Map<string, string> {
   const sections = new Map<string, string>();
   const parts = loadShader("matvec_units").split(/^\/\/ ==== (\w+) ====$/m);
@@ -132,16 +146,16 @@ export function unitSections(): Map<string, string> {
 }
 
 /**
- * WGSL of the unit library for section `section` (COMMON plus that section of `wgsl/matvec_units.wgsl`,
- * see {@link unitSection}), names suffixed by `_<suffix>`.
+ * WGSL of the unit library for unit kind `section` (see {@link unitSection}): COMMON plus the kind's
+ * sections of `wgsl/matvec_units.wgsl`, names suffixed by `_<suffix>`.
  */
 export function unitsSource(section: string, suffix: string): string {
   const sections = unitSections();
-  const body = sections.get(section);
-  if (body === undefined || section === "COMMON") {
+  if (!(section in UNIT_SECTION_WORDS)) {
     throw new UnsupportedError(`${section} has no section in wgsl/matvec_units.wgsl`);
   }
-  return suffixDeclaredNames(sections.get("COMMON")! + body, suffix);
+  const parts = (UNIT_KIND_SECTIONS[section] ?? [section]).map((name) => sections.get(name)!);
+  return suffixDeclaredNames(sections.get("COMMON")! + parts.join(""), suffix);
 }
 
 /**
