@@ -20,6 +20,7 @@ import { getGpu } from "../src/gpu/device.ts";
 import { createFlashDecode, createFlashPrefill, type PrefillTileShape } from "../src/gpu/ops/attention.ts";
 import { type GpuOp, StepParams } from "../src/gpu/ops/op.ts";
 import { KvCache } from "../src/kv/kv_cache.ts";
+import { saveJson, timeOps } from "./kernel_timing.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -68,26 +69,6 @@ interface Row {
   gbs?: number;
 }
 const rows: Row[] = [];
-
-/** Mean time of one run of `ops` (µs), from the difference of two batched submits (hides the latency). */
-async function time(ops: GpuOp[], reps: number): Promise<number> {
-  const run = async (n: number) => {
-    const encoder = gpu.device.createCommandEncoder();
-    const pass = encoder.beginComputePass();
-    for (let i = 0; i < n; i++) for (const op of ops) op.encode(pass);
-    pass.end();
-    gpu.device.queue.submit([encoder.finish()]);
-    await gpu.device.queue.onSubmittedWorkDone();
-  };
-  await run(1);
-  let t = performance.now();
-  await run(reps);
-  const a = performance.now() - t;
-  t = performance.now();
-  await run(3 * reps);
-  const b = performance.now() - t;
-  return Math.max(b - a, 1e-3) / (2 * reps) * 1000;
-}
 
 function print(row: Row): void {
   rows.push(row);
@@ -140,7 +121,7 @@ for (const [chunk, depth] of prefillCases) {
         );
         continue;
       }
-      const us = await time([op], slow ? 1 : Math.max(2, Math.ceil(2e12 / flops)));
+      const { us } = await timeOps(gpu, [op], slow);
       const variant = `${tiling ? `${tiling.rows}x${tiling.keys}` : "default"}${
         splits > 1 ? ` splits ${splits}` : ""
       }`;
@@ -179,7 +160,7 @@ for (const depth of decodeDepths) {
         );
         continue;
       }
-      const us = await time(ops, slow ? 1 : 20) / layers;
+      const { us } = await timeOps(gpu, ops, slow); // per op: one layer
       const variant = `splits ${splits ?? "default"} keys ${blockKeys ?? "default"}`;
       print({ test: "decode", depth, variant, us, gbs: perLayer / (us * 1e-6) / 1e9 });
     }
@@ -189,8 +170,4 @@ for (const depth of decodeDepths) {
   kv.destroy();
 }
 
-if (values.out) {
-  const json = JSON.stringify({ device: gpu.description, headDim: D, qHeads, kvHeads, rows }, null, 2);
-  await Deno.writeTextFile(`${values.out}.tmp`, json + "\n");
-  await Deno.rename(`${values.out}.tmp`, values.out);
-}
+if (values.out) saveJson(values.out, { device: gpu.description, headDim: D, qHeads, kvHeads, rows });

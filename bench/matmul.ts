@@ -35,10 +35,10 @@ import {
   matmulShape,
   type MatmulTuning,
 } from "../src/gpu/ops/matmul.ts";
-import { ceilDiv, type GpuOp, StepParams } from "../src/gpu/ops/op.ts";
-import { GpuWeight } from "../src/gpu/weights.ts";
-import { f32ToBf16, f32ToHalf } from "../src/gguf/half.ts";
+import { ceilDiv, StepParams } from "../src/gpu/ops/op.ts";
+import type { GpuWeight } from "../src/gpu/weights.ts";
 import { GGMLType, typeInfo } from "../src/gguf/types.ts";
+import { RANDOM_WEIGHT_TYPES, randomWeight, saveJson, timeOps } from "./kernel_timing.ts";
 
 /** One benchmarked op shape: `matmul` (rows × cols) or `gate_up` (gate and up, each rows × cols). */
 interface Shape {
@@ -66,20 +66,6 @@ const SHAPES: Shape[] = [
   { name: "tiny.gate_up", kind: "gate_up", cols: 256, rows: 192 },
   { name: "tiny.down", kind: "matmul", cols: 768, rows: 256 },
 ];
-
-/** Byte offsets of the f16 scale fields inside one block of each quantised type (ggml block layouts). */
-const SCALE_FIELDS: Record<string, number[]> = {
-  Q4_0: [0],
-  Q4_1: [0, 2],
-  Q5_0: [0],
-  Q5_1: [0, 2],
-  Q8_0: [0],
-  Q2_K: [80, 82],
-  Q3_K: [108],
-  Q4_K: [0, 2],
-  Q5_K: [0, 2],
-  Q6_K: [208],
-};
 
 /** One measured (shape, type, tokens, tuning). */
 interface Row {
@@ -128,9 +114,8 @@ const list = (s: string | undefined, fallback: string) =>
   (s ?? fallback).split(",").map((v) => v.trim()).filter(Boolean);
 const types = list(values.types, "Q4_K,Q6_K");
 for (const t of types) {
-  const known = t in SCALE_FIELDS || t === "F16" || t === "BF16" || t === "F32";
-  if (!known) {
-    usage(`--types: ${t} is not one of ${[...Object.keys(SCALE_FIELDS), "F16", "BF16", "F32"].join(", ")}`);
+  if (!RANDOM_WEIGHT_TYPES.includes(t)) {
+    usage(`--types: ${t} is not one of ${RANDOM_WEIGHT_TYPES.join(", ")}`);
   }
 }
 const shapeNames = list(values.shapes, quick ? "tiny" : "8b,1b");
@@ -166,83 +151,6 @@ console.error(
   `device: ${gpu.description}${gpu.isFallback ? " (software: figures show only that it runs)" : ""}`,
 );
 
-/** Random small finite values of a type's encoding: whole blocks, the f16 scales of quantised ones set. */
-function randomPool(type: string, bytes: number): Uint8Array {
-  const info = typeInfo(GGMLType[type as keyof typeof GGMLType], type);
-  const blocks = Math.ceil(bytes / info.bytesPerBlock);
-  const pool = new Uint8Array(blocks * info.bytesPerBlock);
-  const view = new DataView(pool.buffer);
-  const small = () => (Math.random() * 2 - 1) * 0.05;
-  if (type === "F32") {
-    for (let i = 0; i < pool.length; i += 4) view.setFloat32(i, small(), true);
-  } else if (type === "F16" || type === "BF16") {
-    const encode = type === "F16" ? f32ToHalf : f32ToBf16;
-    for (let i = 0; i < pool.length; i += 2) view.setUint16(i, encode(small()), true);
-  } else {
-    for (let i = 0; i < pool.length; i += 65536) crypto.getRandomValues(pool.subarray(i, i + 65536));
-    for (let b = 0; b < pool.length; b += info.bytesPerBlock) {
-      for (const at of SCALE_FIELDS[type]) view.setUint16(b + at, f32ToHalf(small()), true);
-    }
-  }
-  return pool;
-}
-
-/** Upload chunk size: GpuWeight.upload reads whole rows, a multiple of four, within it (rows here are small). */
-const CHUNK_BYTES = 4 << 20;
-const pools = new Map<string, Uint8Array>();
-
-/** Uploads a weight of random values of `type`; every upload chunk starts at a block boundary. */
-function randomWeight(type: string, cols: number, rows: number, label: string): Promise<GpuWeight> {
-  let pool = pools.get(type);
-  if (!pool) {
-    pool = randomPool(type, CHUNK_BYTES);
-    pools.set(type, pool);
-  }
-  const source = pool;
-  return GpuWeight.upload(gpu, {
-    name: label,
-    type: GGMLType[type as keyof typeof GGMLType],
-    shape: [cols, rows],
-    read: (_offset, length) => {
-      // Chunks are whole rows, so whole blocks: any block-aligned window of the pool will do.
-      if (length > source.length) throw new Error(`upload chunk of ${length} bytes exceeds the random pool`);
-      return source.subarray(0, length);
-    },
-  }, { chunkBytes: CHUNK_BYTES });
-}
-
-/** Seconds to run `count` dispatches (cycling through `ops`) in one pass, submitted and finished. */
-async function timeRun(ops: GpuOp[], count: number): Promise<number> {
-  const t0 = performance.now();
-  const encoder = gpu.device.createCommandEncoder();
-  const pass = encoder.beginComputePass();
-  for (let i = 0; i < count; i++) ops[i % ops.length].encode(pass);
-  pass.end();
-  gpu.device.queue.submit([encoder.finish()]);
-  await gpu.device.queue.onSubmittedWorkDone();
-  return (performance.now() - t0) / 1000;
-}
-
-/**
- * Microseconds per op: median over three tries of (T(long) − T(short)) / (extra dispatches), the short run
- * at least one dispatch per copy and about 50 ms long (from a first estimate), the long one three times it.
- */
-async function timeOps(ops: GpuOp[]): Promise<{ us: number; dispatches: [number, number] }> {
-  await timeRun(ops, ops.length); // warm up (pipeline, first touches)
-  const probe = Math.max(2, ops.length);
-  const estimate = (await timeRun(ops, probe)) / probe;
-  const target = quick ? 0.005 : 0.05;
-  const short = Math.max(ops.length, 2, Math.min(10000, Math.ceil(target / Math.max(estimate, 1e-7))));
-  const long = 3 * short;
-  const tries: number[] = [];
-  for (let i = 0; i < (quick ? 1 : 3); i++) {
-    const a = await timeRun(ops, short);
-    const b = await timeRun(ops, long);
-    tries.push(Math.max(0, b - a) / (long - short) * 1e6);
-  }
-  return { us: tries.sort((p, q) => p - q)[Math.floor(tries.length / 2)], dispatches: [short, long] };
-}
-
 /** `t8 k32 u0 p1`: tokens per thread, K step, unrolled K loop, prefetch. */
 function tileName(tile: MatmulShape | undefined): string {
   if (!tile) return "-";
@@ -261,13 +169,9 @@ const header = ["shape", "type", "m", "tuning", "tile", "µs", "TFLOP/s"];
 const table: string[][] = [];
 const maxTokens = Math.max(...tokenCounts);
 
-const outDir = outPath.substring(0, outPath.lastIndexOf("/"));
-if (outDir) await Deno.mkdir(outDir, { recursive: true });
-
-/** Writes the results so far: a `.tmp` file renamed over `outPath`, so a reader never sees half a file. */
+/** Writes the results so far (atomically, so a reader never sees half a file). */
 function save(): void {
-  Deno.writeTextFileSync(`${outPath}.tmp`, JSON.stringify(results, null, 2) + "\n");
-  Deno.renameSync(`${outPath}.tmp`, outPath);
+  saveJson(outPath, results);
 }
 
 /** Adds a row to the results (saved at once, so a run cut short keeps its rows) and the table, and prints it. */
@@ -310,7 +214,7 @@ for (const shape of shapes) {
       for (let c = 0; c < copies; c++) {
         const set: GpuWeight[] = [];
         for (let i = 0; i < weights; i++) {
-          set.push(await randomWeight(type, shape.cols, shape.rows, `${shape.name}.${i}.${c}`));
+          set.push(await randomWeight(gpu, type, shape.cols, shape.rows, `${shape.name}.${i}.${c}`));
         }
         sets.push(set);
       }
@@ -334,7 +238,7 @@ for (const shape of shapes) {
                 ? createGateUpSwiGluMatmul(gpu, { ...common, gate: a, up: b, out: y })
                 : createMatmul(gpu, { ...common, weight: a, y })
             );
-            const timed = await timeOps(ops);
+            const timed = await timeOps(gpu, ops, quick);
             row.us = timed.us;
             row.dispatches = timed.dispatches;
             row.tflops = 2 * tokens * outRows * shape.cols / (timed.us * 1e-6) / 1e12;

@@ -1,10 +1,11 @@
 /**
  * Microbenchmark of the decode matrix-vector kernels (no model file): `createMatvec`, the fused gate/up +
  * SwiGLU and the fused QKV + RoPE at the Llama-3.1-8B and Llama-3.2-1B shapes, for a list of types and
- * tunings. Weights hold random bytes; each op gets enough copies of its weights (`--min-mb`, default 320 MB
- * in all) that they cannot sit in the L2 cache, and many dispatches cycling through the copies go into one
- * submit. The time per op is the difference of two such runs of different lengths, divided by the extra
- * dispatches (so the submit and readback overheads cancel). GB/s counts weight bytes read per op.
+ * tunings. Weights hold random values with finite scales; each op gets enough copies of its weights
+ * (`--min-mb`, default 320 MB in all) that they cannot sit in the L2 cache, and many dispatches cycling
+ * through the copies go into one submit. The time per op comes from `timeOps` (./kernel_timing.ts): the
+ * difference of two such runs of different lengths (the short one about 50 ms), divided by the extra
+ * dispatches, so the submit and readback overheads cancel. GB/s counts weight bytes read per op.
  *
  * usage: deno run -A bench/matvec.ts [--types Q4_K,Q6_K,Q8_0,F16] [--shapes 8b,1b | 8b.ffn_down,…]
  *          [--tunings '[{}, {"unitsPerStep": 2}, {"workgroupSize": 128, "rowsPerWorkgroup": 2}]']
@@ -25,10 +26,11 @@ import { createCopy } from "../src/gpu/ops/copy.ts";
 import { createGateUpSwiGlu, createQkvMatvec } from "../src/gpu/ops/fused.ts";
 import { createMatvec, type MatvecTuning } from "../src/gpu/ops/matmul.ts";
 import { unitSection } from "../src/gpu/ops/matvec_units.ts";
-import { type GpuOp, StepParams } from "../src/gpu/ops/op.ts";
+import { StepParams } from "../src/gpu/ops/op.ts";
 import { ropeInverseFrequencies } from "../src/model/ops.ts";
-import { GpuWeight } from "../src/gpu/weights.ts";
+import type { GpuWeight } from "../src/gpu/weights.ts";
 import { GGMLType, typeInfo } from "../src/gguf/types.ts";
+import { RANDOM_WEIGHT_TYPES, randomWeight, saveJson, timeOps } from "./kernel_timing.ts";
 
 /** One benchmarked op shape: `kind` matvec (rows × cols), gate_up (two weights rows × cols) or qkv. */
 interface Shape {
@@ -95,7 +97,11 @@ const quick = values.quick ?? false;
 const list = (s: string | undefined, fallback: string) =>
   (s ?? fallback).split(",").map((v) => v.trim()).filter(Boolean);
 const types = list(values.types, "Q4_K,Q6_K,Q8_0,F16");
-for (const t of types) typeInfo(GGMLType[t as keyof typeof GGMLType] ?? -1, `--types ${t}`);
+for (const t of types) {
+  if (!RANDOM_WEIGHT_TYPES.includes(t)) {
+    throw new Error(`--types: ${t} is not one of ${RANDOM_WEIGHT_TYPES.join(", ")}`);
+  }
+}
 const shapeNames = list(values.shapes, quick ? "tiny" : "8b,1b");
 const shapes = SHAPES.filter((s) => shapeNames.some((n) => s.name === n || s.name.startsWith(`${n}.`)));
 if (shapes.length === 0) throw new Error(`--shapes: no shape matches ${shapeNames.join(",")}`);
@@ -110,57 +116,13 @@ console.error(
   `device: ${gpu.description}${gpu.isFallback ? " (software: figures show only that it runs)" : ""}`,
 );
 
-/** Random bytes that weight uploads are tiled from. */
-const POOL = new Uint8Array(16 << 20);
-for (let i = 0; i < POOL.length; i += 65536) crypto.getRandomValues(POOL.subarray(i, i + 65536));
-
-/** Uploads a weight of random bytes (tiled from POOL, in the upload's row chunks). */
-function randomWeight(type: string, cols: number, rows: number, label: string): Promise<GpuWeight> {
-  return GpuWeight.upload(gpu, {
-    name: label,
-    type: GGMLType[type as keyof typeof GGMLType],
-    shape: [cols, rows],
-    read: (offset, length) => {
-      if (length > POOL.length) throw new Error(`upload chunk of ${length} bytes exceeds the random pool`);
-      const start = offset % (POOL.length - length + 1);
-      return POOL.subarray(start - (start % 4), start - (start % 4) + length);
-    },
-  }, { chunkBytes: 4 << 20 });
-}
-
-/** Seconds to run `count` dispatches (cycling through `ops`) in one pass, submitted and finished. */
-async function timeRun(ops: GpuOp[], count: number): Promise<number> {
-  const t0 = performance.now();
-  const encoder = gpu.device.createCommandEncoder();
-  const pass = encoder.beginComputePass();
-  for (let i = 0; i < count; i++) ops[i % ops.length].encode(pass);
-  pass.end();
-  gpu.device.queue.submit([encoder.finish()]);
-  await gpu.device.queue.onSubmittedWorkDone();
-  return (performance.now() - t0) / 1000;
-}
-
-/** Microseconds per op: median over three tries of (T(long) − T(short)) / (extra dispatches). */
-async function timeOps(ops: GpuOp[]): Promise<number> {
-  const short = Math.max(quick ? 2 : 20, 2 * ops.length);
-  const long = 3 * short;
-  await timeRun(ops, short); // warm up (pipeline, first touches)
-  const tries: number[] = [];
-  for (let i = 0; i < (quick ? 1 : 3); i++) {
-    const a = await timeRun(ops, short);
-    const b = await timeRun(ops, long);
-    tries.push(Math.max(0, b - a) / (long - short) * 1e6);
-  }
-  return tries.sort((p, q) => p - q)[Math.floor(tries.length / 2)];
-}
-
 /** Copy bandwidth (bytes read + written per second) of a large buffer copy, for reference. */
 async function copyGBs(gpu: Gpu): Promise<number> {
   const bytes = Math.min(quick ? 16 << 20 : 1 << 30, gpu.limits.maxStorageBufferBindingSize);
   const floats = Math.floor(bytes / 16) * 4;
   const src = gpu.buffer("copy.src", floats * 4);
   const dst = gpu.buffer("copy.dst", floats * 4);
-  const us = await timeOps([createCopy(gpu, "copy", src, dst, floats)]);
+  const { us } = await timeOps(gpu, [createCopy(gpu, "copy", src, dst, floats)], quick);
   src.destroy();
   dst.destroy();
   return 2 * floats * 4 / us / 1e3;
@@ -185,7 +147,7 @@ for (const shape of shapes) {
     for (let c = 0; c < copies; c++) {
       sets.push(
         await Promise.all(
-          weightRows.map((r, i) => randomWeight(type, shape.cols, r, `${shape.name}.${i}.${c}`)),
+          weightRows.map((r, i) => randomWeight(gpu, type, shape.cols, r, `${shape.name}.${i}.${c}`)),
         ),
       );
     }
@@ -232,12 +194,13 @@ for (const shape of shapes) {
               rope: { headDim, invFreq, maxPosition: 8192 },
             });
           });
-          row.us = await timeOps(ops);
+          row.us = (await timeOps(gpu, ops, quick)).us;
           row.gbs = bytes / row.us / 1e3;
         } catch (e) {
           row.error = e instanceof Error ? e.message : String(e);
         }
         results.rows.push(row);
+        saveJson(outPath, results); // at once, so a run cut short keeps its rows
         table.push([
           shape.name,
           type,
@@ -268,7 +231,5 @@ const errors = new Set(
   ),
 );
 for (const e of errors) console.log(`error: ${e}`);
-const dir = outPath.substring(0, outPath.lastIndexOf("/"));
-if (dir) await Deno.mkdir(dir, { recursive: true });
-await Deno.writeTextFile(outPath, JSON.stringify(results, null, 2) + "\n");
+saveJson(outPath, results);
 console.error(`wrote ${outPath}`);

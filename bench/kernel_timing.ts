@@ -1,0 +1,134 @@
+/**
+ * What the single-kernel benchmarks (`bench/matvec.ts`, `bench/matmul.ts`, `bench/attention.ts`) share: the
+ * timing of a batch of dispatches by the difference of two submits, random weights with finite scales, and
+ * the atomic write of a results file.
+ *
+ * @module
+ */
+
+import type { Gpu } from "../src/gpu/device.ts";
+import type { GpuOp } from "../src/gpu/ops/op.ts";
+import { GpuWeight } from "../src/gpu/weights.ts";
+import { f32ToBf16, f32ToHalf } from "../src/gguf/half.ts";
+import { GGMLType, typeInfo } from "../src/gguf/types.ts";
+
+/** Seconds to run `count` dispatches (cycling through `ops`) in one pass, submitted and finished. */
+async function timeRun(gpu: Gpu, ops: GpuOp[], count: number): Promise<number> {
+  const t0 = performance.now();
+  const encoder = gpu.device.createCommandEncoder();
+  const pass = encoder.beginComputePass();
+  for (let i = 0; i < count; i++) ops[i % ops.length].encode(pass);
+  pass.end();
+  gpu.device.queue.submit([encoder.finish()]);
+  await gpu.device.queue.onSubmittedWorkDone();
+  return (performance.now() - t0) / 1000;
+}
+
+/** A timing of {@link timeOps}. */
+export interface OpTiming {
+  /** Microseconds per dispatch. */
+  us: number;
+  /** Dispatches in the short and the long timed run. */
+  dispatches: [number, number];
+}
+
+/**
+ * Microseconds per dispatch of `ops` (cycled through): the median over three tries of (T(long) − T(short)) /
+ * (extra dispatches), so the submit and readback latencies cancel. The short run has at least one dispatch
+ * per op and lasts about 50 ms (5 ms with `quick`, from a first estimate), the long one three times as long:
+ * short runs of a few dispatches leave the difference to the noise of the two waits.
+ */
+export async function timeOps(gpu: Gpu, ops: GpuOp[], quick = false): Promise<OpTiming> {
+  await timeRun(gpu, ops, ops.length); // warm up (pipelines, first touches)
+  const probe = Math.max(2, ops.length);
+  const estimate = (await timeRun(gpu, ops, probe)) / probe;
+  const target = quick ? 0.005 : 0.05;
+  const short = Math.max(ops.length, 2, Math.min(10000, Math.ceil(target / Math.max(estimate, 1e-7))));
+  const long = 3 * short;
+  const tries: number[] = [];
+  for (let i = 0; i < (quick ? 1 : 3); i++) {
+    const a = await timeRun(gpu, ops, short);
+    const b = await timeRun(gpu, ops, long);
+    tries.push(Math.max(0, b - a) / (long - short) * 1e6);
+  }
+  return { us: tries.sort((p, q) => p - q)[Math.floor(tries.length / 2)], dispatches: [short, long] };
+}
+
+/** Byte offsets of the f16 scale fields inside one block of each quantised type (ggml block layouts). */
+export const SCALE_FIELDS: Readonly<Record<string, readonly number[]>> = {
+  Q4_0: [0],
+  Q4_1: [0, 2],
+  Q5_0: [0],
+  Q5_1: [0, 2],
+  Q8_0: [0],
+  Q2_K: [80, 82],
+  Q3_K: [108],
+  Q4_K: [0, 2],
+  Q5_K: [0, 2],
+  Q6_K: [208],
+};
+
+/** The weight types {@link randomWeight} makes. */
+export const RANDOM_WEIGHT_TYPES: readonly string[] = [...Object.keys(SCALE_FIELDS), "F16", "BF16", "F32"];
+
+/** Random small finite values of a type's encoding: whole blocks, the f16 scales of quantised ones set. */
+function randomPool(type: string, bytes: number): Uint8Array {
+  const info = typeInfo(GGMLType[type as keyof typeof GGMLType], type);
+  const blocks = Math.ceil(bytes / info.bytesPerBlock);
+  const pool = new Uint8Array(blocks * info.bytesPerBlock);
+  const view = new DataView(pool.buffer);
+  const small = () => (Math.random() * 2 - 1) * 0.05;
+  if (type === "F32") {
+    for (let i = 0; i < pool.length; i += 4) view.setFloat32(i, small(), true);
+  } else if (type === "F16" || type === "BF16") {
+    const encode = type === "F16" ? f32ToHalf : f32ToBf16;
+    for (let i = 0; i < pool.length; i += 2) view.setUint16(i, encode(small()), true);
+  } else {
+    for (let i = 0; i < pool.length; i += 65536) crypto.getRandomValues(pool.subarray(i, i + 65536));
+    for (let b = 0; b < pool.length; b += info.bytesPerBlock) {
+      for (const at of SCALE_FIELDS[type]) view.setUint16(b + at, f32ToHalf(small()), true);
+    }
+  }
+  return pool;
+}
+
+/** Upload chunk size: GpuWeight.upload reads whole rows, a multiple of four bytes, within it. */
+const CHUNK_BYTES = 4 << 20;
+const pools = new Map<string, Uint8Array>();
+
+/**
+ * Uploads a weight of random values of `type` (one of {@link RANDOM_WEIGHT_TYPES}), every upload chunk a
+ * block-aligned window of one random pool per type (speed does not depend on the values).
+ */
+export function randomWeight(
+  gpu: Gpu,
+  type: string,
+  cols: number,
+  rows: number,
+  label: string,
+): Promise<GpuWeight> {
+  let pool = pools.get(type);
+  if (!pool) {
+    pool = randomPool(type, CHUNK_BYTES);
+    pools.set(type, pool);
+  }
+  const source = pool;
+  return GpuWeight.upload(gpu, {
+    name: label,
+    type: GGMLType[type as keyof typeof GGMLType],
+    shape: [cols, rows],
+    read: (_offset, length) => {
+      // Chunks are whole rows, so whole blocks: any block-aligned window of the pool will do.
+      if (length > source.length) throw new Error(`upload chunk of ${length} bytes exceeds the random pool`);
+      return source.subarray(0, length);
+    },
+  }, { chunkBytes: CHUNK_BYTES });
+}
+
+/** Writes `value` as JSON to `path` through a `.tmp` file renamed over it, creating the folder. */
+export function saveJson(path: string, value: unknown): void {
+  const dir = path.substring(0, path.lastIndexOf("/"));
+  if (dir) Deno.mkdirSync(dir, { recursive: true });
+  Deno.writeTextFileSync(`${path}.tmp`, JSON.stringify(value, null, 2) + "\n");
+  Deno.renameSync(`${path}.tmp`, path);
+}
