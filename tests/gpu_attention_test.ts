@@ -5,6 +5,7 @@ import { createKvAppend } from "../src/gpu/ops/kv_append.ts";
 import { type GpuOp, StepParams } from "../src/gpu/ops/op.ts";
 import { KvCache } from "../src/kv/kv_cache.ts";
 import { attendOne } from "../src/model/ops.ts";
+import { submitValidated } from "./gpu_ops_helpers.ts";
 
 /** Random values in [-2, 2), never all zero. */
 function random(n: number): Float32Array<ArrayBuffer> {
@@ -90,14 +91,7 @@ class Harness {
       gpu.device.queue.writeBuffer(this.vBuf, 0, v);
       gpu.device.queue.writeBuffer(this.qBuf, 0, q);
       gpu.device.queue.writeBuffer(this.outBuf, 0, new Float32Array(this.outBuf.size / 4).fill(NaN));
-      gpu.device.pushErrorScope("validation");
-      const encoder = gpu.device.createCommandEncoder();
-      const pass = encoder.beginComputePass();
-      for (const op of (decode ? this.decode : this.prefill)[layer]) op.encode(pass);
-      pass.end();
-      gpu.device.queue.submit([encoder.finish()]);
-      const error = await gpu.device.popErrorScope();
-      ok(error === null, error?.message);
+      await submitValidated(gpu, (decode ? this.decode : this.prefill)[layer]);
       for (let t = 0; t < m; t++) {
         for (let h = 0; h < kvHeads; h++) {
           for (let d = 0; d < D; d++) {

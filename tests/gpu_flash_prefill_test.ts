@@ -1,4 +1,4 @@
-import { equal, ok, throws } from "node:assert/strict";
+import { equal, throws } from "node:assert/strict";
 import { BadFlagError, UnsupportedError } from "../src/errors.ts";
 import { getGpu } from "../src/gpu/device.ts";
 import { createFlashPrefill, prefillPartialsBytes, type PrefillTileShape } from "../src/gpu/ops/attention.ts";
@@ -12,7 +12,7 @@ import { KvCache } from "../src/kv/kv_cache.ts";
 import { admitsByRule, type WindowedPolicy } from "../src/kv/wgkv_policy.ts";
 import { attendedPositions, type MaskPolicy } from "../src/kv/wgkv_reference.ts";
 import { attendOne } from "../src/model/ops.ts";
-import { expectClose, randomF32 } from "./gpu_ops_helpers.ts";
+import { expectClose, randomF32, submitValidated } from "./gpu_ops_helpers.ts";
 
 /** Fresh random values in (−2, 2), never zero, in an ArrayBuffer-backed array. */
 const random = (n: number): Float32Array<ArrayBuffer> => new Float32Array(randomF32(n, 2));
@@ -83,15 +83,7 @@ async function checkPrefill(c: Case): Promise<void> {
     gpu.device.queue.writeBuffer(vBuf, 0, v);
     gpu.device.queue.writeBuffer(qBuf, 0, q);
     gpu.device.queue.writeBuffer(outBuf, 0, new Float32Array(outBuf.size / 4).fill(NaN));
-    gpu.device.pushErrorScope("validation");
-    const encoder = gpu.device.createCommandEncoder();
-    const pass = encoder.beginComputePass();
-    append.encode(pass);
-    attention.encode(pass);
-    pass.end();
-    gpu.device.queue.submit([encoder.finish()]);
-    const error = await gpu.device.popErrorScope();
-    ok(error === null, error?.message);
+    await submitValidated(gpu, [append, attention]);
     for (let t = 0; t < m; t++) {
       for (let h = 0; h < kvHeads; h++) {
         for (let d = 0; d < D; d++) {
@@ -240,16 +232,7 @@ async function checkWgkvPrefill(
     gpu.device.queue.writeBuffer(vBuf, 0, v);
     gpu.device.queue.writeBuffer(qBuf, 0, q);
     gpu.device.queue.writeBuffer(outBuf, 0, new Float32Array(outBuf.size / 4).fill(NaN));
-    gpu.device.pushErrorScope("validation");
-    const encoder = gpu.device.createCommandEncoder();
-    const pass = encoder.beginComputePass();
-    promote.encode(pass);
-    append.encode(pass);
-    attention.encode(pass);
-    pass.end();
-    gpu.device.queue.submit([encoder.finish()]);
-    const error = await gpu.device.popErrorScope();
-    ok(error === null, error?.message);
+    await submitValidated(gpu, [promote, append, attention]);
     kv.endStep(slot);
     for (let t = 0; t < m; t++) {
       for (let h = 0; h < H; h++) {

@@ -35,6 +35,18 @@ export function expectClose(
   }
 }
 
+/** Encodes `ops` in one compute pass and submits it, failing on any validation error of the encoding. */
+export async function submitValidated(gpu: Gpu, ops: GpuOp[]): Promise<void> {
+  gpu.device.pushErrorScope("validation");
+  const encoder = gpu.device.createCommandEncoder();
+  const pass = encoder.beginComputePass();
+  for (const op of ops) op.encode(pass);
+  pass.end();
+  gpu.device.queue.submit([encoder.finish()]);
+  const error = await gpu.device.popErrorScope();
+  ok(error === null, error?.message);
+}
+
 /** Runs `ops` in one compute pass with `m` tokens at position `pos0`, then reads `outputs` back. */
 export async function runOps(
   gpu: Gpu,

@@ -10,7 +10,7 @@ import { PAGE_TOKENS, pageBytes, pagesForTokens } from "../src/kv/page_pool.ts";
 import { admitsByRule, type WindowedPolicy } from "../src/kv/wgkv_policy.ts";
 import { attendOne } from "../src/model/ops.ts";
 import { attendedPositions, type MaskPolicy } from "../src/kv/wgkv_reference.ts";
-import { randomF32 } from "./gpu_ops_helpers.ts";
+import { randomF32, submitValidated } from "./gpu_ops_helpers.ts";
 
 interface Shape {
   headDim: number;
@@ -128,17 +128,7 @@ class Harness {
       gpu.device.queue.writeBuffer(this.out[layer], 0, new Float32Array(this.out[layer].size / 4).fill(NaN));
       inputs.push({ k, v, q });
     }
-    gpu.device.pushErrorScope("validation");
-    const encoder = gpu.device.createCommandEncoder();
-    const pass = encoder.beginComputePass();
-    this.promote.encode(pass);
-    for (let layer = 0; layer < L; layer++) {
-      for (const op of (decode ? this.decode : this.prefill)[layer]) op.encode(pass);
-    }
-    pass.end();
-    gpu.device.queue.submit([encoder.finish()]);
-    const error = await gpu.device.popErrorScope();
-    ok(error === null, error?.message);
+    await submitValidated(gpu, [this.promote, ...(decode ? this.decode : this.prefill).flat()]);
     kv.endStep(slot, gate);
     for (let layer = 0; layer < L; layer++) {
       const { k, v, q } = inputs[layer];

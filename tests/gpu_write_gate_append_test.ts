@@ -11,7 +11,7 @@ import {
 } from "../src/gpu/ops/write_gate_append.ts";
 import { DualCache } from "../src/kv/dual_cache.ts";
 import { pageBytes } from "../src/kv/page_pool.ts";
-import { randomF32 } from "./gpu_ops_helpers.ts";
+import { randomF32, submitValidated } from "./gpu_ops_helpers.ts";
 
 interface FusedAppendCase {
   headDim: number;
@@ -125,14 +125,7 @@ async function compareFusedAppend(c: FusedAppendCase): Promise<void> {
     for (const b of [ref.flags, fused.flags]) {
       gpu.device.queue.writeBuffer(b, 0, new Uint32Array(maxBatch * L * H).fill(7));
     }
-    gpu.device.pushErrorScope("validation");
-    const encoder = gpu.device.createCommandEncoder();
-    const pass = encoder.beginComputePass();
-    for (const op of [...ops, ...fusedOps]) op.encode(pass);
-    pass.end();
-    gpu.device.queue.submit([encoder.finish()]);
-    const error = await gpu.device.popErrorScope();
-    ok(error === null, error?.message);
+    await submitValidated(gpu, [...ops, ...fusedOps]);
     const words = n * L * H;
     const [refFlags, fusedFlags] = await Promise.all(
       [ref.flags, fused.flags].map((b) => gpu.readU32(b, 0, words)),
