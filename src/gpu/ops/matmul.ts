@@ -369,7 +369,10 @@ export function createMatmul(gpu: Gpu, options: MatmulOptions): GpuOp {
   const tokenTiles = ceilDiv(maxTokens, shape.tileTokens);
   checkWorkgroups(gpu, op, tokenTiles);
   const { x, y, step, label } = options;
-  const placeholder = gpu.buffer(`${label} unused outputs`, 4);
+  // Bindings 7 and 8 (entry qkv's K and V outputs) are unused here: tiny placeholders, distinct since
+  // writable bindings must not alias.
+  const unusedK = gpu.buffer(`${label} unused K output`, 4);
+  const unusedV = gpu.buffer(`${label} unused V output`, 4);
   const parts = weight.parts.map((part, i): PartDispatch => {
     checkWorkgroups(gpu, op, ceilDiv(part.rows, MATMUL_TILE_ROWS));
     const info = gpu.uniform(
@@ -383,8 +386,8 @@ export function createMatmul(gpu: Gpu, options: MatmulOptions): GpuOp {
       [6, part.buffer],
       [1, x],
       [2, y],
-      [7, placeholder],
-      [8, placeholder],
+      [7, unusedK],
+      [8, unusedV],
       [3, step.buffer],
       [4, info],
     ]);
