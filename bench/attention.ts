@@ -7,10 +7,13 @@
  * usage: deno task bench:attention [--head-dim 128] [--kv-heads 8] [--q-heads 32]
  *          [--prefill 512@0,512@7680,4096@0] [--tilings 64x32,32x32,64x16] [--prefill-splits 1,4,8]
  *          [--decode-depths 4096,32768]
- *          [--splits 32,64,128] [--block-keys 64,128] [--out FILE.json]
+ *          [--splits 32,64,128] [--tile-steps 2,4,8] [--rotate 1,0] [--append-chunk 512]
+ *          [--out FILE.json]
  *
  * Prefill figures are attention FLOP/s (4 · head_dim per visible query-key pair); decode figures are the
- * KV bytes read per second.
+ * KV bytes read per second. The decode cache is filled in one append (each row's pages contiguous) or,
+ * with --append-chunk N, N tokens at a time over all rows (each row's pages in runs of N / 16, as a prefill in
+ * steps of N tokens leaves them).
  *
  * @module
  */
@@ -33,7 +36,9 @@ const { values } = parseArgs({
     "prefill-splits": { type: "string", default: "1" },
     "decode-depths": { type: "string" },
     splits: { type: "string", default: "default" },
-    "block-keys": { type: "string", default: "default" },
+    "tile-steps": { type: "string", default: "default" },
+    rotate: { type: "string", default: "1" },
+    "append-chunk": { type: "string" },
     out: { type: "string" },
   },
 });
@@ -55,9 +60,10 @@ const tilings: (PrefillTileShape | undefined)[] = list(values.tilings, "default"
 const prefillSplitsList = list(values["prefill-splits"], "1").map(Number);
 const decodeDepths = list(values["decode-depths"], slow ? "256" : "4096,32768,131072").map(Number);
 const splitsList = list(values.splits, "default").map((s) => (s === "default" ? undefined : Number(s)));
-const blockKeysList = list(values["block-keys"], "default").map((
-  b,
-) => (b === "default" ? undefined : Number(b)));
+const tileStepsList = list(values["tile-steps"], "default").map((
+  t,
+) => (t === "default" ? undefined : Number(t)));
+const rotateList = list(values.rotate, "1").map((r) => r !== "0");
 
 interface Row {
   test: string;
@@ -138,31 +144,42 @@ for (const depth of decodeDepths) {
   const layers = Math.max(1, Math.min(32, Math.ceil(256e6 / perLayer)));
   const kv = await KvCache.create(gpu, { layers, kvHeads, headDim: D, maxTokensPerHead: depth });
   const slot = kv.openSequence();
-  kv.append(slot, depth);
+  const chunk = Number(values["append-chunk"] ?? depth);
+  for (let done = 0; done < depth; done += chunk) kv.append(slot, Math.min(chunk, depth - done));
   kv.flush();
   kv.selectSequence(slot);
   const q = gpu.buffer("q", qHeads * D * 4);
   const out = gpu.buffer("out", qHeads * D * 4);
   for (const splits of splitsList) {
-    for (const blockKeys of blockKeysList) {
-      let ops: GpuOp[];
-      try {
-        ops = Array.from(
-          { length: layers },
-          (_, layer) =>
-            createFlashDecode(gpu, { label: "decode", kv, layer, qHeads, q, out, splits, blockKeys }),
-        );
-      } catch (e) {
-        console.log(
-          `decode @${depth} splits ${splits ?? "default"} blockKeys ${blockKeys ?? "default"}: ${
-            (e as Error).message
-          }`,
-        );
-        continue;
+    for (const tileSteps of tileStepsList) {
+      for (const rotateTiles of rotateList) {
+        const variant = `splits ${splits ?? "default"} steps ${tileSteps ?? "default"}${
+          rotateTiles ? "" : " unrotated"
+        }`;
+        let ops: GpuOp[];
+        try {
+          ops = Array.from(
+            { length: layers },
+            (_, layer) =>
+              createFlashDecode(gpu, {
+                label: "decode",
+                kv,
+                layer,
+                qHeads,
+                q,
+                out,
+                splits,
+                tileSteps,
+                rotateTiles,
+              }),
+          );
+        } catch (e) {
+          console.log(`decode @${depth} ${variant}: ${(e as Error).message}`);
+          continue;
+        }
+        const { us } = await timeOps(gpu, ops, slow); // per op: one layer
+        print({ test: "decode", depth, variant, us, gbs: perLayer / (us * 1e-6) / 1e9 });
       }
-      const { us } = await timeOps(gpu, ops, slow); // per op: one layer
-      const variant = `splits ${splits ?? "default"} keys ${blockKeys ?? "default"}`;
-      print({ test: "decode", depth, variant, us, gbs: perLayer / (us * 1e-6) / 1e9 });
     }
   }
   q.destroy();

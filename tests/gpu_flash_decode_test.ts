@@ -20,7 +20,8 @@ interface Case {
   tokens: number;
   cuts?: number[];
   splits: number;
-  blockKeys?: number;
+  tileSteps?: number;
+  rotateTiles?: boolean;
 }
 
 /**
@@ -82,7 +83,8 @@ async function checkDecode(c: Case): Promise<void> {
       q: qBuf,
       out: outBuf,
       splits,
-      blockKeys: c.blockKeys,
+      tileSteps: c.tileSteps,
+      rotateTiles: c.rotateTiles,
     });
     encoder = gpu.device.createCommandEncoder();
     pass = encoder.beginComputePass();
@@ -120,11 +122,11 @@ async function checkDecode(c: Case): Promise<void> {
   }
 }
 
-Deno.test("flash decode: head_dim 24 (3 lanes per row), G 5 (two head batches), several blocks per split", async () => {
+Deno.test("flash decode: head_dim 24 (3 lanes per row), G 5 (two head batches), several tiles per split", async () => {
   await checkDecode({ headDim: 24, kvHeads: 1, group: 5, tokens: 300, splits: 2 });
 });
 
-Deno.test("flash decode: head_dim 256, G 8, one key group per block (blockKeys 32), ragged rows", async () => {
+Deno.test("flash decode: head_dim 256, G 8, one step per tile, ragged rows", async () => {
   await checkDecode({
     headDim: 256,
     kvHeads: 2,
@@ -132,11 +134,11 @@ Deno.test("flash decode: head_dim 256, G 8, one key group per block (blockKeys 3
     tokens: 70,
     cuts: [70, 33],
     splits: 3,
-    blockKeys: 32,
+    tileSteps: 1,
   });
 });
 
-Deno.test("flash decode: head_dim 8, G 1, blockKeys 256, more splits than pages, an empty row", async () => {
+Deno.test("flash decode: head_dim 8, G 1, 8 steps per tile, more splits than pages, an empty row", async () => {
   await checkDecode({
     headDim: 8,
     kvHeads: 3,
@@ -144,13 +146,13 @@ Deno.test("flash decode: head_dim 8, G 1, blockKeys 256, more splits than pages,
     tokens: 600,
     cuts: [600, 1, 0],
     splits: 7,
-    blockKeys: 256,
+    tileSteps: 8,
   });
   await checkDecode({ headDim: 8, kvHeads: 2, group: 3, tokens: 40, cuts: [17, 40], splits: 40 });
   await checkDecode({ headDim: 8, kvHeads: 1, group: 2, tokens: 4200, splits: 300 }); // the reduce loops over 263 splits
 });
 
-Deno.test("flash decode: head_dim 64, G 4, blockKeys 64, rows ending on and after a block boundary", async () => {
+Deno.test("flash decode: head_dim 64, G 4, 2 steps per tile, rows ending on and after a tile boundary, unrotated", async () => {
   await checkDecode({
     headDim: 64,
     kvHeads: 3,
@@ -158,7 +160,8 @@ Deno.test("flash decode: head_dim 64, G 4, blockKeys 64, rows ending on and afte
     tokens: 129,
     cuts: [128, 129, 64],
     splits: 1,
-    blockKeys: 64,
+    tileSteps: 2,
+    rotateTiles: false,
   });
 });
 
@@ -170,7 +173,7 @@ Deno.test("flash decode: Llama shape (head_dim 128, G 4), 700 keys in 3 splits; 
   await checkDecode({ headDim: 128, kvHeads: 1, group: 4, tokens: 1120, splits: 70 });
 });
 
-Deno.test("flash decode: blockKeys must be a power of two of at least 32 and head_dim / 8", async () => {
+Deno.test("flash decode: tileSteps must be an integer from 1 to 8", async () => {
   const gpu = await getGpu();
   const kv = await KvCache.create(gpu, {
     layers: 1,
@@ -187,8 +190,8 @@ Deno.test("flash decode: blockKeys must be a power of two of at least 32 and hea
     q: gpu.buffer("q", 256),
     out: gpu.buffer("o", 256),
   };
-  throws(() => createFlashDecode(gpu, { ...common, blockKeys: 96 }), BadFlagError);
-  throws(() => createFlashDecode(gpu, { ...common, blockKeys: 16 }), BadFlagError);
-  throws(() => createFlashDecode(gpu, { ...common, blockKeys: 512 }), BadFlagError);
+  throws(() => createFlashDecode(gpu, { ...common, tileSteps: 0 }), BadFlagError);
+  throws(() => createFlashDecode(gpu, { ...common, tileSteps: 1.5 }), BadFlagError);
+  throws(() => createFlashDecode(gpu, { ...common, tileSteps: 9 }), BadFlagError);
   kv.destroy();
 });

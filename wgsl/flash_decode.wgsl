@@ -30,19 +30,21 @@
 // ceil(n / its slots) pages; slots without pages exit at once.
 //
 // Work in `main`: a workgroup serves up to 4 query heads of one KV head (a head batch; the 4 heads are the
-// lanes of a vec4, so one load of each K and V row serves all of them). Keys are taken in blocks of
-// `block_keys` (= the workgroup size):
-//   1. scores: thread t owns key t of the block: it loads the key's whole K and V rows at once (16-byte
-//      loads under one choice of the page's shard, LOAD_ROWS), computes its dot products with the 4
-//      queries (no reduction between threads) and stores the V row in workgroup memory (v_block);
-//   2. values: the threads form key groups of head_dim / 8 lanes; lane i owns output dimensions
-//      [8i, 8i + 8) of the 4 heads, and each key group walks its own slice of the block's keys with its own
-//      online softmax (running max and sum per head), reading the V rows from v_block;
-//   3. after the last block the key groups' states are merged pairwise in workgroup memory.
-// Two barriers per block of keys, none inside the dot products. All global loads of a block are issued
-// before any is used, inside one branch, so a block should cost one round trip to memory. (Measured on an
-// H100 before this layout: V read per key group, v_chunk keys at a time, and one pool branch per 16-byte
-// load ran at about 600 GB/s, a third of the copy bandwidth; skipping the V loads alone made it 3× faster.)
+// lanes of a vec4, so one load of each K and V quad serves all of them). Its threads are key_lanes × k_quads:
+// thread (j, lane) = tid / k_quads, tid % k_quads owns dimensions [8 lane, 8 lane + 8) of key lane j. Keys
+// are taken in tiles of tile_steps × key_lanes; in step u of a tile, key lane j holds key u · key_lanes + j,
+// so a step's loads are whole consecutive rows, consecutive threads reading consecutive 16-byte words of
+// the page (coalesced; with head_dim 128 a step is exactly one page's K half and one page's V half).
+//   1. loads: every thread issues all its K and V quads of the tile before using any (clamped to the last
+//      key, so no branch), then writes its partial dot products (vec4 over heads) to workgroup memory;
+//   2. scores: one thread per key of the tile adds up the key's k_quads partials and applies the mask;
+//   3. values: each key lane keeps its own online softmax (running max and sum per head) over its keys,
+//      and each thread adds its V quads, weighted, into its 8 × 4 sums;
+//   4. after the last tile the key lanes' states are merged pairwise in workgroup memory.
+// Two barriers per tile. Each slot starts at a different tile of its range and wraps around
+// (rotate_tiles), so the slots do not all read pages at the same offsets at the same time.
+// (Measured on an H100 before this layout, with one thread loading a whole K and V row: about 575 GB/s of
+// K/V, under a third of the copy bandwidth.)
 
 override head_dim: u32 = 64u;
 override q_heads: u32 = 1u;
@@ -54,16 +56,20 @@ override splits: u32 = 1u;
 override scale: f32 = 0.125;
 override wgkv_window: u32 = 0u; // 0: plain causal cache; > 0: WG-KV dual cache with this local window
 override ring_tokens: u32 = 16u; // WG-KV mode: ring slots at the start of each row
-override block_keys: u32 = 128u; // keys per block = threads per workgroup of `main` (>= head_dim / 8)
 override k_quads: u32 = 8u; // head_dim / 8: 16-byte words per K row
+override key_lanes: u32 = 32u; // keys per step: threads of `main` = key_lanes * k_quads
+override tile_steps: u32 = 4u; // steps per tile: keys per tile = tile_steps * key_lanes
+override rotate_tiles: u32 = 1u; // 1: slot s starts at tile (5 s) mod its tiles; 0: at its first tile
 
 const PAGE_TOKENS: u32 = 16u;
 const HEADS_PER_BATCH: u32 = 4u;
 const DIMS_PER_LANE: u32 = 8u; // one vec4<u32> of packed f16 pairs
 const MASKED: f32 = -3.0e38;
 const REDUCE_THREADS: u32 = 256u;
-// XOR mask of the v_block swizzle: k_quads − 1 when k_quads is a power of two (else no swizzle).
-const V_SWIZZLE: u32 = select(0u, k_quads - 1u, (k_quads & (k_quads - 1u)) == 0u);
+const THREADS: u32 = key_lanes * k_quads;
+const TILE_KEYS: u32 = tile_steps * key_lanes;
+// Merge slots of the key lanes' final states: the upper half of the lanes hand over 8 sums + max + sum.
+const MERGE_THREADS: u32 = (key_lanes + 1u) / 2u * k_quads;
 
 struct Step { n_tokens: u32, pos0: u32, pad0: u32, pad1: u32 }
 struct Sequence { slot: u32, pad0: u32, pad1: u32, pad2: u32 }
@@ -83,17 +89,12 @@ struct LayerParams { layer: u32, pad0: u32, pad1: u32, pad2: u32 }
 
 {{POOL}}
 
-// `main`: scaled queries of the head batch, [head_dim] of vec4 (lane c = head c of the batch, 0 if absent).
-var<workgroup> q_batch: array<vec4f, head_dim>;
-// `main`: scores of the block's keys (vec4 over the batch's heads), MASKED for unseen keys.
-var<workgroup> scores: array<vec4f, block_keys>;
-// `main`: merge slots, one per key group of the upper half (at least one declared): V sums [slot][head_dim]
-// and (max, sum) [slot][2].
-var<workgroup> merge_sums: array<vec4f, max(1u, block_keys / (head_dim / DIMS_PER_LANE) / 2u) * head_dim>;
-var<workgroup> merge_stats: array<vec4f, max(1u, block_keys / (head_dim / DIMS_PER_LANE) / 2u) * 2u>;
-// `main`: the block's V rows as packed f16, quad p of key t at t * k_quads + (p ^ (t & V_SWIZZLE)): the
-// swizzle spreads a warp's row stores (one row per thread) over all banks.
-var<workgroup> v_block: array<vec4u, block_keys * k_quads>;
+// `main`: the tile's partial dot products, key k's lane p at k * (k_quads + 1) + p (padded: the score
+// threads read a row each without bank conflicts); at the end, the merge slots: value i of merge slot m at
+// i * MERGE_THREADS + m (i < 8: sums, 8: max, 9: sum).
+var<workgroup> exchange: array<vec4f, max(TILE_KEYS * (k_quads + 1u), MERGE_THREADS * 10u)>;
+// `main`: scores of the tile's keys (vec4 over the batch's heads), MASKED for unseen keys.
+var<workgroup> tile_scores: array<vec4f, TILE_KEYS>;
 var<workgroup> slot_plan: vec4u; // `main`: (kv head, first slot of the head, its slot count, row length)
 
 // `reduce`: tree of maxima, then per-thread partial sums.
@@ -129,20 +130,14 @@ fn used_slots(count: u32, len: u32) -> u32 {
   return (n_pages + per - 1u) / per;
 }
 
-// Pool quad (vec4<u32> index inside a page) of quad `quad` of key `key`'s K row; V rows follow all K rows.
-fn key_quad(key: u32, quad: u32) -> u32 {
-  return (key % PAGE_TOKENS) * (head_dim / DIMS_PER_LANE) + quad;
-}
-
-// The 4 heads' dot products with the 8 key dimensions packed in `k`, which are dimensions 8 * quad + [0, 8).
-fn dot8(k: vec4u, quad: u32) -> vec4f {
-  let d = quad * DIMS_PER_LANE;
+// The 4 heads' dot products (scaled queries `qd`, 8 dimensions) with the 8 key dimensions packed in `k`.
+fn dot8(qd: array<vec4f, 8>, k: vec4u) -> vec4f {
   let a = unpack2x16float(k.x);
   let b = unpack2x16float(k.y);
   let c = unpack2x16float(k.z);
   let e = unpack2x16float(k.w);
-  return q_batch[d] * a.x + q_batch[d + 1u] * a.y + q_batch[d + 2u] * b.x + q_batch[d + 3u] * b.y +
-    q_batch[d + 4u] * c.x + q_batch[d + 5u] * c.y + q_batch[d + 6u] * e.x + q_batch[d + 7u] * e.y;
+  return qd[0] * a.x + qd[1] * a.y + qd[2] * b.x + qd[3] * b.y + qd[4] * c.x + qd[5] * c.y + qd[6] * e.x +
+    qd[7] * e.y;
 }
 
 // Adds weight `w` (vec4 over heads) times the 8 values packed in `v` to the lane's sums.
@@ -166,13 +161,18 @@ fn key_weight(s: vec4f, m: vec4f) -> vec4f {
   return select(vec4f(0.0), exp(s - m), s > vec4f(MASKED));
 }
 
-@compute @workgroup_size(block_keys)
+// Query head `first_head + c`'s value at dimension d, scaled (0 past the batch's heads).
+fn scaled_query(first_head: u32, c: u32, batch_heads: u32, d: u32) -> f32 {
+  return select(0.0, q[(first_head + min(c, batch_heads - 1u)) * head_dim + d] * scale, c < batch_heads);
+}
+
+@compute @workgroup_size(THREADS)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
   let group = q_heads / kv_heads;
   let slot = wg.x;
   let batch = wg.y;
   let base_row = (sequence.slot * layers + layer_params.layer) * kv_heads;
-  stage_head_lengths(base_row, tid, block_keys);
+  stage_head_lengths(base_row, tid, THREADS);
   if (tid == 0u) {
     let plan = plan_slots(0u, slot);
     slot_plan = vec4u(plan.owner, plan.owner_first, plan.owner_count, head_lengths[plan.owner]);
@@ -184,22 +184,26 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
   let range = slot_range(slot - plan.y, plan.z, len);
   if (range.x >= range.y) { return; }
   let row = base_row + kv_head;
+  let table = row * max_pages;
 
   let first_local = batch * HEADS_PER_BATCH; // first head of the batch within the group
   let first_head = kv_head * group + first_local;
-  let batch_heads = min(HEADS_PER_BATCH, group - batch * HEADS_PER_BATCH);
-  for (var d = tid; d < head_dim; d += block_keys) {
-    var qv = vec4f(0.0);
-    for (var c = 0u; c < batch_heads; c++) { qv[c] = q[(first_head + c) * head_dim + d] * scale; }
-    q_batch[d] = qv;
-  }
+  let batch_heads = min(HEADS_PER_BATCH, group - first_local);
+  let lane = tid % k_quads;
+  let key_lane = tid / k_quads;
 
-  let quads = head_dim / DIMS_PER_LANE; // vec4<u32> per K or V row
-  let key_groups = block_keys / quads;
-  let keys_per_group = (block_keys + key_groups - 1u) / key_groups;
-  let lane = tid % quads;
-  let key_group = tid / quads;
-  let table = row * max_pages;
+  // The thread's 8 dimensions of the batch's scaled queries.
+  var qd: array<vec4f, 8>;
+  // @unroll
+  for (var i = 0u; i < 8u; i++) {
+    let d = lane * DIMS_PER_LANE + i;
+    qd[i] = vec4f(
+      scaled_query(first_head, 0u, batch_heads, d),
+      scaled_query(first_head, 1u, batch_heads, d),
+      scaled_query(first_head, 2u, batch_heads, d),
+      scaled_query(first_head, 3u, batch_heads, d),
+    );
+  }
 
   var run_max = vec4f(MASKED);
   var run_sum = vec4f(0.0);
@@ -209,92 +213,98 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
 
   let first_key = range.x * PAGE_TOKENS;
   let end_key = min(range.y * PAGE_TOKENS, len);
-  for (var block = first_key; block < end_key; block += block_keys) {
-    workgroupBarrier(); // q_batch is written (first block); the previous block's scores are read
+  let tiles = (end_key - first_key + TILE_KEYS - 1u) / TILE_KEYS;
+  let rotation = select(0u, (slot * 5u) % tiles, rotate_tiles != 0u);
+  for (var i = 0u; i < tiles; i++) {
+    var tile = i + rotation;
+    if (tile >= tiles) { tile -= tiles; }
+    let tile_first = first_key + tile * TILE_KEYS;
 
-    // 1. Scores and V rows: thread tid owns key block + tid. Keys past the end or masked get a zero V row
-    // (their weight is 0, and 0 times a stale row could be NaN).
-    let key = block + tid;
-    var s = vec4f(MASKED);
-    var v_row: array<vec4u, k_quads>;
+    // 1. Loads (clamped to the last key: a duplicate is masked below), then the partial dot products.
+    var k_words: array<vec4u, tile_steps>;
+    var v_words: array<vec4u, tile_steps>;
     // @unroll
-    for (var p = 0u; p < k_quads; p++) { v_row[p] = vec4u(0u); }
-    if (key < end_key && key_visible(row, key)) {
-      // Both whole rows are loaded before any arithmetic, so all their 16-byte loads are in flight at once.
-      var row_words: array<vec4u, k_quads>;
-      let row_page = block_table[table + key / PAGE_TOKENS];
-      let row_quad = key_quad(key, 0u);
-      // The rows into row_words and v_row, the page's shard chosen once (generated, spliced in here).
-      {{LOAD_ROWS}}
-      var acc = vec4f(0.0);
-      // @unroll
-      for (var p = 0u; p < k_quads; p++) { acc += dot8(row_words[p], p); }
-      s = acc;
+    for (var u = 0u; u < tile_steps; u++) {
+      let key = min(tile_first + u * key_lanes + key_lane, end_key - 1u);
+      let page = block_table[table + key / PAGE_TOKENS];
+      let at = (page % pool_pages_per_shard) * (PAGE_TOKENS * head_dim / 4u) + (key % PAGE_TOKENS) * k_quads + lane;
+      {{LOAD_QUADS}}
     }
     // @unroll
-    for (var p = 0u; p < k_quads; p++) { v_block[tid * k_quads + (p ^ (tid & V_SWIZZLE))] = v_row[p]; }
-    scores[tid] = s;
+    for (var u = 0u; u < tile_steps; u++) {
+      exchange[(u * key_lanes + key_lane) * (k_quads + 1u) + lane] = dot8(qd, k_words[u]);
+    }
     workgroupBarrier();
 
-    // 2. Values: key group `key_group` takes keys [t_begin, t_end) of the block.
-    let t_begin = key_group * keys_per_group;
-    let t_end = min(t_begin + keys_per_group, min(block_keys, end_key - block));
-    if (key_group < key_groups && t_begin < t_end) {
-      var block_max = run_max;
-      for (var t = t_begin; t < t_end; t++) { block_max = max(block_max, scores[t]); }
-      let alpha = exp(run_max - block_max);
-      run_sum *= alpha;
-      // @unroll
-      for (var i = 0u; i < 8u; i++) { sums[i] *= alpha; }
-      run_max = block_max;
-      for (var t = t_begin; t < t_end; t++) {
-        let p = key_weight(scores[t], run_max);
-        run_sum += p;
-        accumulate(&sums, p, v_block[t * k_quads + (lane ^ (t & V_SWIZZLE))]);
-      }
+    // 2. Scores, one thread per key of the tile.
+    for (var k = tid; k < TILE_KEYS; k += THREADS) {
+      var s = vec4f(0.0);
+      for (var p = 0u; p < k_quads; p++) { s += exchange[k * (k_quads + 1u) + p]; }
+      let key = tile_first + k;
+      tile_scores[k] = select(vec4f(MASKED), s, key < end_key && key_visible(row, key));
+    }
+    workgroupBarrier();
+
+    // 3. Values: the key lane's online softmax over its keys of the tile. Unseen keys weigh 0 and their V
+    // quads are replaced by zeros (0 times a stale row could be NaN).
+    var tile_max = run_max;
+    // @unroll
+    for (var u = 0u; u < tile_steps; u++) { tile_max = max(tile_max, tile_scores[u * key_lanes + key_lane]); }
+    let alpha = exp(run_max - tile_max);
+    run_sum *= alpha;
+    // @unroll
+    for (var j = 0u; j < 8u; j++) { sums[j] *= alpha; }
+    run_max = tile_max;
+    // @unroll
+    for (var u = 0u; u < tile_steps; u++) {
+      let s = tile_scores[u * key_lanes + key_lane];
+      let w = key_weight(s, run_max);
+      run_sum += w;
+      accumulate(&sums, w, select(vec4u(0u), v_words[u], any(s > vec4f(MASKED))));
     }
   }
 
-  // 3. Merge the key groups: the upper half hands its state to the lower half until one group is left.
-  var n = key_groups;
+  // 4. Merge the key lanes: the upper half hands its state to the lower half until one lane is left.
+  var n = key_lanes;
   while (n > 1u) {
     let half = (n + 1u) / 2u;
     workgroupBarrier();
-    if (key_group >= half && key_group < n) {
-      let slot = key_group - half;
+    if (key_lane >= half && key_lane < n) {
+      let m = (key_lane - half) * k_quads + lane;
       // @unroll
-      for (var i = 0u; i < 8u; i++) { merge_sums[slot * head_dim + lane * DIMS_PER_LANE + i] = sums[i]; }
-      if (lane == 0u) {
-        merge_stats[2u * slot] = run_max;
-        merge_stats[2u * slot + 1u] = run_sum;
-      }
+      for (var i = 0u; i < 8u; i++) { exchange[i * MERGE_THREADS + m] = sums[i]; }
+      exchange[8u * MERGE_THREADS + m] = run_max;
+      exchange[9u * MERGE_THREADS + m] = run_sum;
     }
     workgroupBarrier();
-    if (key_group < n - half) {
-      let slot = key_group;
-      let other_max = merge_stats[2u * slot];
-      let m = max(run_max, other_max);
-      let a = exp(run_max - m);
-      let b = exp(other_max - m);
-      run_sum = run_sum * a + merge_stats[2u * slot + 1u] * b;
+    if (key_lane < n - half) {
+      let m = key_lane * k_quads + lane;
+      let other_max = exchange[8u * MERGE_THREADS + m];
+      let new_max = max(run_max, other_max);
+      let a = exp(run_max - new_max);
+      let b = exp(other_max - new_max);
+      run_sum = run_sum * a + exchange[9u * MERGE_THREADS + m] * b;
       // @unroll
-      for (var i = 0u; i < 8u; i++) {
-        sums[i] = sums[i] * a + merge_sums[slot * head_dim + lane * DIMS_PER_LANE + i] * b;
-      }
-      run_max = m;
+      for (var i = 0u; i < 8u; i++) { sums[i] = sums[i] * a + exchange[i * MERGE_THREADS + m] * b; }
+      run_max = new_max;
     }
     n = half;
   }
 
-  if (key_group == 0u) {
-    for (var c = 0u; c < batch_heads; c++) {
-      let o = ((slot * group + first_local + c) * head_dim) + lane * DIMS_PER_LANE;
-      // @unroll
-      for (var i = 0u; i < 8u; i++) { partials[o + i] = sums[i][c]; }
-      if (lane == 0u) {
-        let so = SLOTS * group * head_dim + (slot * group + first_local + c) * 2u;
-        partials[so] = run_max[c];
-        partials[so + 1u] = run_sum[c];
+  // The head lanes are indexed by constants only (unrolled): a dynamic index into `sums` could move the
+  // whole array to local memory for the entire kernel.
+  if (key_lane == 0u) {
+    // @unroll
+    for (var c = 0u; c < HEADS_PER_BATCH; c++) {
+      if (c < batch_heads) {
+        let o = ((slot * group + first_local + c) * head_dim) + lane * DIMS_PER_LANE;
+        // @unroll
+        for (var i = 0u; i < 8u; i++) { partials[o + i] = sums[i][c]; }
+        if (lane == 0u) {
+          let so = SLOTS * group * head_dim + (slot * group + first_local + c) * 2u;
+          partials[so] = run_max[c];
+          partials[so + 1u] = run_sum[c];
+        }
       }
     }
   }

@@ -196,10 +196,16 @@ export interface FlashDecodeOptions extends AttentionOptions {
   /** The step parameters; required with `wgkv` (the query's position is `pos0`). */
   step?: StepParams;
   /**
-   * Keys per block of the partial pass, which is also its workgroup size: a power of two from 32 to 256
-   * (at least headDim / 8). Default 128, or less where the block would not fit the workgroup memory.
+   * Steps per tile of the partial pass, 1 to 8: a step is one key per key lane (⌊256 / (headDim / 8)⌋ lanes,
+   * at most 64), so a tile holds tileSteps × lanes keys and each thread has 2 · tileSteps loads in flight.
+   * Default: about 64 keys per tile, fewer where the tile would not fit the workgroup memory.
    */
-  blockKeys?: number;
+  tileSteps?: number;
+  /**
+   * Whether each slot starts at a different tile of its page range and wraps around (default true), so the
+   * slots do not read the same page offsets at the same time.
+   */
+  rotateTiles?: boolean;
 }
 
 function checkHeads(options: AttentionOptions): number {
@@ -239,28 +245,28 @@ export function decodePartialsBytes(splits: number, qHeads: number, headDim: num
 /** Query heads served by one workgroup of the decode partial pass (the lanes of a vec4). */
 const DECODE_HEADS_PER_BATCH = 4;
 
-/** Most keys per block (= threads per workgroup) of the decode partial pass by default. */
-const DECODE_BLOCK_KEYS = 128;
+/** Key lanes of the decode partial pass: keys per step, so its workgroup has keyLanes × headDim / 8 threads. */
+function decodeKeyLanes(headDim: number): number {
+  return Math.min(64, Math.floor(256 / (headDim / 8)));
+}
 
-/** Keys per block by default: {@link DECODE_BLOCK_KEYS}, halved while the block's workgroup memory does not fit. */
-function defaultDecodeBlockKeys(gpu: Gpu, headDim: number, kvHeads: number): number {
-  const least = Math.max(32, headDim / 8);
-  let keys = DECODE_BLOCK_KEYS;
+/** Steps per tile by default: about 64 keys per tile, fewer while the workgroup memory would not fit. */
+function defaultDecodeTileSteps(gpu: Gpu, headDim: number, kvHeads: number): number {
+  let steps = Math.max(1, Math.min(8, Math.round(64 / decodeKeyLanes(headDim))));
   while (
-    keys > least && decodeWorkgroupBytes(headDim, keys, kvHeads) > gpu.limits.maxComputeWorkgroupStorageSize
+    steps > 1 && decodeWorkgroupBytes(headDim, steps, kvHeads) > gpu.limits.maxComputeWorkgroupStorageSize
   ) {
-    keys /= 2;
+    steps--;
   }
-  return keys;
+  return steps;
 }
 
 /** Workgroup memory of the decode partial pass (see the `var<workgroup>` declarations of `main`). */
-function decodeWorkgroupBytes(headDim: number, blockKeys: number, kvHeads: number): number {
-  const slots = Math.max(1, Math.floor(Math.floor(blockKeys / (headDim / 8)) / 2));
-  // q_batch, scores, v_block, merge_sums, merge_stats, slot_plan, head_lengths
-  return headDim * 16 + blockKeys * 16 + blockKeys * headDim * 2 + slots * headDim * 16 + slots * 2 * 16 +
-    16 +
-    kvHeads * 4;
+function decodeWorkgroupBytes(headDim: number, tileSteps: number, kvHeads: number): number {
+  const quads = headDim / 8, lanes = decodeKeyLanes(headDim), tileKeys = tileSteps * lanes;
+  const exchange = Math.max(tileKeys * (quads + 1), Math.ceil(lanes / 2) * quads * 10);
+  // exchange, tile_scores, slot_plan, head_lengths
+  return exchange * 16 + tileKeys * 16 + 16 + kvHeads * 4;
 }
 
 /**
@@ -268,7 +274,7 @@ function decodeWorkgroupBytes(headDim: number, blockKeys: number, kvHeads: numbe
  * `quad` counts vec4<u32> inside a page (pages hold `PAGE_TOKENS · head_dim / 8` quads of K, then as many
  * of V, so every row starts on a 16-byte boundary):
  * - `pool_load_kv(page, quad)`: the K quad and the V quad at the same place of their halves (and
- *   {@link poolRowLoadSource} for whole rows).
+ *   {@link poolQuadLoadSource} for the decode kernel's loads).
  *
  * Each accessor picks the page's shard once, around all of its loads, so the loads of one accessor can be in
  * flight together (a branch per load, what a per-quad accessor inside an unrolled loop amounts to, may make
@@ -319,22 +325,16 @@ function poolShardSwitch(
 }
 
 /**
- * WGSL statements for `wgsl/flash_decode.wgsl`'s LOAD_ROWS: the whole K and V rows (`k_quads` quads each) of
- * the token whose K row starts at quad `row_quad` of page `row_page`, into the kernel's `row_words` and
- * `v_row`. Spliced into the kernel body rather than called: a function filling arrays through pointers may
- * be left out of line, and its arrays then live in local memory.
+ * WGSL statements for `wgsl/flash_decode.wgsl`'s LOAD_QUADS: the K quad and the V quad at quad `at` of page
+ * `page`'s halves, into the kernel's `k_words[u]` and `v_words[u]`. Spliced into the kernel body (inside its
+ * unrolled step loop) rather than called, so the arrays stay in registers and all loads of a tile can be in
+ * flight together; with several shards the page's shard is chosen once around both loads.
  */
-function poolRowLoadSource(shardCount: number): string {
-  return [
-    `let row_at = (row_page % pool_pages_per_shard) * (PAGE_TOKENS * head_dim / 4u) + row_quad;`,
-    ...poolShardSwitch(shardCount, "row_page", "", (shard) => [
-      `// @unroll`,
-      `for (var p = 0u; p < k_quads; p++) {`,
-      `  row_words[p] = ${shard}[row_at + p];`,
-      `  v_row[p] = ${shard}[row_at + PAGE_TOKENS * head_dim / 8u + p];`,
-      `}`,
-    ]),
-  ].join("\n");
+function poolQuadLoadSource(shardCount: number): string {
+  return poolShardSwitch(shardCount, "page", "", (shard) => [
+    `k_words[u] = ${shard}[at];`,
+    `v_words[u] = ${shard}[at + PAGE_TOKENS * head_dim / 8u];`,
+  ]).join("\n");
 }
 
 /** `slice` cut to its first `bytes` bytes. */
@@ -457,18 +457,15 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   }
   const splits = options.splits ?? Math.min(32, kv.maxPagesPerHead);
   checkInt(label, "splits", splits, 1, gpu.limits.maxComputeWorkgroupsPerDimension);
-  const blockKeys = options.blockKeys ?? defaultDecodeBlockKeys(gpu, D, kv.kvHeads);
-  checkInt(label, "blockKeys", blockKeys, Math.max(32, D / 8), 256);
-  if ((blockKeys & (blockKeys - 1)) !== 0) {
-    throw new BadFlagError(`${label}: blockKeys must be a power of two, got ${blockKeys}`);
-  }
+  const tileSteps = options.tileSteps ?? defaultDecodeTileSteps(gpu, D, kv.kvHeads);
+  checkInt(label, "tileSteps", tileSteps, 1, 8);
   const headBatches = ceilDiv(group, DECODE_HEADS_PER_BATCH);
   const slots = splits * kv.kvHeads;
   checkWorkgroups(gpu, label, Math.max(qHeads, slots, headBatches));
   checkSlotPlan(label, splits, kv);
   checkSlice(label, "q", q, qHeads * D * 4);
   checkSlice(label, "out", out, qHeads * D * 4);
-  checkWorkgroupMemory(gpu, label, decodeWorkgroupBytes(D, blockKeys, kv.kvHeads));
+  checkWorkgroupMemory(gpu, label, decodeWorkgroupBytes(D, tileSteps, kv.kvHeads));
   const partialBytes = decodePartialsBytes(splits, qHeads, D);
   const partials = options.partials ?? gpu.buffer(`${label} partials`, partialBytes);
   checkSlice(label, "partials", partials, partialBytes);
@@ -482,13 +479,15 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
     q_heads: qHeads,
     splits,
     scale: options.scale ?? 1 / Math.sqrt(D),
-    block_keys: blockKeys,
     k_quads: D / 8,
+    key_lanes: decodeKeyLanes(D),
+    tile_steps: tileSteps,
+    rotate_tiles: options.rotateTiles === false ? 0 : 1,
     ...mask.constants,
   };
   const defines = {
     POOL: poolQuadShaderSource(kv.shards.length, 8),
-    LOAD_ROWS: poolRowLoadSource(kv.shards.length),
+    LOAD_QUADS: poolQuadLoadSource(kv.shards.length),
   };
   const partialKernel = gpu.kernel("flash_decode", constants, defines, "main");
   const reduceKernel = gpu.kernel("flash_decode", constants, defines, "reduce");
