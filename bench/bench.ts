@@ -17,6 +17,8 @@
  *                        [--prefill-splits N]  (prefill attention with N key splits per KV head:
  *                                               "prefill-splitsN" rows)
  *                        [--max-batch N]  (prompt tokens per prefill step, default 512: "prefill-batchN" rows)
+ *                        [--matvec-tuning '{"ffn_down": {"rowsPerWorkgroup": 4}}']  (decode matvec tunings by
+ *                                               role, GpuModelOptions.matvecTuning: "decode-tuned" rows)
  *        deno task bench --kv full,random,wgkv [--kv-prompts 8192,32768] [--window 256] [--admit 0.2]
  *                        [--threshold 0.5]   (KV policy rows: prefill, decode at that depth, KV memory)
  *                        [--admit-target 0.2]  (wgkv: the threshold that admits this share of a calibration
@@ -34,7 +36,7 @@ import { join } from "node:path";
 import { getGpu, type Gpu } from "../src/gpu/device.ts";
 import { openGGUF } from "../src/gguf/reader.ts";
 import { hparamsFromGGUF } from "../src/model/hparams.ts";
-import { GpuModel } from "../src/model/gpu_model.ts";
+import { GpuModel, type GpuModelOptions } from "../src/model/gpu_model.ts";
 import {
   SYNTH_SHAPES,
   SYNTH_TYPES,
@@ -87,6 +89,7 @@ const { values } = parseArgs({
     "no-fuse-wgkv-append": { type: "boolean" },
     "prefill-splits": { type: "string" },
     "max-batch": { type: "string" },
+    "matvec-tuning": { type: "string" },
     kv: { type: "string" },
     "kv-prompts": { type: "string" },
     window: { type: "string" },
@@ -116,6 +119,7 @@ const results: {
   copyGBs?: number;
   rows: BenchRow[];
   profiles?: Record<string, (ProfileRow & { msPerToken: number })[]>;
+  matvecTuning?: GpuModelOptions["matvecTuning"];
 } = !values.fresh && existsSync(outPath)
   ? JSON.parse(await Deno.readTextFile(outPath))
   : { device: gpu.description, rows: [] };
@@ -131,8 +135,16 @@ const fuseKvAppend = !values["no-fuse-kv-append"];
 // the "vs full" column still finds its full-cache row).
 const fuseWgkvAppend = !values["no-fuse-wgkv-append"];
 const wgkvAppendSuffix = fuseWgkvAppend ? "" : "-unfused-wgkv-append";
+// --matvec-tuning JSON: decode matvec tunings by role (rows named "decode-tuned", the tuning kept in the JSON).
+let matvecTuning: GpuModelOptions["matvecTuning"];
+try {
+  matvecTuning = values["matvec-tuning"] === undefined ? undefined : JSON.parse(values["matvec-tuning"]);
+} catch (e) {
+  console.error(`bench: --matvec-tuning is not JSON: ${(e as Error).message}`);
+  Deno.exit(2);
+}
 const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? "" : "-unfused-append") +
-  wgkvAppendSuffix;
+  wgkvAppendSuffix + (matvecTuning ? "-tuned" : "");
 // --prefill-splits N: prefill attention with N key splits per KV head (rows named "prefill-splitsN").
 // (without it, the model's default for the policy).
 const prefillSplits = values["prefill-splits"] === undefined ? undefined : Number(values["prefill-splits"]);
@@ -257,13 +269,17 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
       fuseKvAppend,
       fuseWgkvAppend,
       prefillSplits,
+      matvecTuning,
       onProgress: (m) => console.error(m),
     });
+    if (matvecTuning) results.matvecTuning = matvecTuning;
     // Bytes a decode step reads: every matrix once, one embedding row.
     const embd = file.tensor(TOKEN_EMBD);
     const decodeBytes = file.tensors.reduce((s, t) => s + t.byteLength, 0) - embd.byteLength +
       (hp.tiedOutput ? embd.byteLength : 0) + embd.byteLength / hp.nVocab;
-    await model.forward(randomTokens(Math.min(64, ctx - 1), hp.nVocab), 0, "argmax"); // warm-up
+    // Warm-up of both graphs (pipelines, first touches), so the first row measured is not slower.
+    const warm = Math.min(64, ctx - 8);
+    await model.decodeGreedy(await model.forward(randomTokens(warm, hp.nVocab), 0, "argmax"), warm, 4);
     for (const r of wanted) {
       let row: BenchRow;
       if (r.test === prefillTest) {

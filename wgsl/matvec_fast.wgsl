@@ -128,12 +128,26 @@ var<workgroup> partial: array<f32, wg_size * (rows_per_wg * slots + 1u) * tokens
 
 // Consumer of a folded RMSNorm: this thread's share of the producer's partial sums Σ y² for each token of
 // the workgroup (every thread takes partials tid, tid + wg_size, …; the workgroup reduction adds them up).
+// Four independent sums, four loads per iteration: a producer may leave thousands of partials, and one
+// chain of dependent adds would make every consumer workgroup wait for them one load after another.
 fn norm_share(t0: u32, nt: u32, tid: u32) -> array<f32, MAX_TOKENS> {
   var share: array<f32, MAX_TOKENS>;
   // @unroll
   for (var t = 0u; t < tokens_per_wg; t++) {
     if (t < nt) {
-      for (var i = tid; i < norm_partials; i += wg_size) { share[t] += norm_sums[(t0 + t) * norm_partials + i]; }
+      let base = (t0 + t) * norm_partials;
+      var s = vec4f(0.0);
+      var i = tid;
+      for (; i + 3u * wg_size < norm_partials; i += 4u * wg_size) {
+        s += vec4f(
+          norm_sums[base + i],
+          norm_sums[base + i + wg_size],
+          norm_sums[base + i + 2u * wg_size],
+          norm_sums[base + i + 3u * wg_size],
+        );
+      }
+      for (; i < norm_partials; i += wg_size) { s.x += norm_sums[base + i]; }
+      share[t] = (s.x + s.y) + (s.z + s.w);
     }
   }
   return share;
@@ -234,8 +248,6 @@ fn swiglu(
   if (row0 >= rows_a || t0 >= m) { return; }
   let nt = min(tokens_per_wg, m - t0);
 
-  var norm_part: array<f32, MAX_TOKENS>;
-  if (norm_mode == 2u) { norm_part = norm_share(t0, nt, tid); }
   // Gate and up have the same type: one x load per unit and token serves both.
   var acc_gate: array<f32, MAX_ROWS * MAX_TOKENS>;
   var acc_up: array<f32, MAX_ROWS * MAX_TOKENS>;
@@ -271,6 +283,9 @@ fn swiglu(
       }
     }
   }
+  // With a folded norm, the partial sums are read after the weights' loads were issued.
+  var norm_part: array<f32, MAX_TOKENS>;
+  if (norm_mode == 2u) { norm_part = norm_share(t0, nt, tid); }
   // Sum 2q is the gate of (row r, token t) with q = r · tokens_per_wg + t, 2q + 1 its up; with a folded
   // norm, sum 2 · rows_per_wg · tokens_per_wg + t is token t's Σ y².
   let sums = 2u * rows_per_wg * tokens_per_wg;
@@ -339,8 +354,6 @@ fn qkv(
   var kv_at = vec2u(0u);
   if (kv_owner) { kv_at = kv_locate(weight, t0 + kv_token, row0 + 2u * kv_pair); }
 
-  var norm_part: array<f32, MAX_TOKENS>;
-  if (norm_mode == 2u) { norm_part = norm_share(t0, nt, tid); }
   var acc: array<f32, MAX_ROWS * MAX_TOKENS>;
   if (weight == 0u) {
     acc = accumulate_a(row_bytes_a, row0, rows - 1u, t0, nt, tid);
@@ -349,6 +362,9 @@ fn qkv(
   } else {
     acc = accumulate_c(row_bytes_c, row0, rows - 1u, t0, nt, tid);
   }
+  // With a folded norm, the partial sums are read after the weights' loads were issued.
+  var norm_part: array<f32, MAX_TOKENS>;
+  if (norm_mode == 2u) { norm_part = norm_share(t0, nt, tid); }
   // Sum r · tokens_per_wg + t is (row r, token t); with a folded norm, sum rows_per_wg · tokens_per_wg + t
   // is token t's Σ y².
   let sums = rows_per_wg * tokens_per_wg;

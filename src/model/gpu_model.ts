@@ -28,7 +28,13 @@ import { GpuWeight } from "../gpu/weights.ts";
 import { checkInt, encodeOps, type GpuOp, StepParams } from "../gpu/ops/op.ts";
 import { createEmbed, type EmbedOp } from "../gpu/ops/embed.ts";
 import { createRmsNorm } from "../gpu/ops/norm.ts";
-import { createMatmul, createMatvec, createQkvMatmul, qkvMatmulBlocker } from "../gpu/ops/matmul.ts";
+import {
+  createMatmul,
+  createMatvec,
+  createQkvMatmul,
+  type MatvecTuning,
+  qkvMatmulBlocker,
+} from "../gpu/ops/matmul.ts";
 import { createRope } from "../gpu/ops/rope.ts";
 import { createKvAppend } from "../gpu/ops/kv_append.ts";
 import { qkvKvAppendBlocker } from "../gpu/ops/qkv_kv_store.ts";
@@ -118,25 +124,31 @@ export interface GpuModelOptions {
    */
   fuseWgkvAppend?: boolean;
   /**
-   * Prefill attention: key splits per KV head (default 4 for the policies other than `full` on a GPU, else
-   * 1). With more than 1, each query tile's keys are shared out among splits · KV heads workgroups in
+   * Prefill attention: key splits per KV head (default 4 for `wgkv` on a GPU, else 1). With more than 1, each query tile's keys are shared out among splits · KV heads workgroups in
    * proportion to the heads' lengths and merged by a second dispatch (see createFlashPrefill), which evens
    * out WG-KV heads of very different lengths.
    */
   prefillSplits?: number;
+  /**
+   * Decode matvec tunings by role (`attn_qkv`, `attn_output`, `ffn_gate_up`, `ffn_down`, `output`), for
+   * benchmarking on a given GPU; a role left out gets the kernels' defaults.
+   */
+  matvecTuning?: Partial<Record<MatvecRole, MatvecTuning>>;
 }
 
+/** The decode matrix-vector products of a layer (and the output projection) that take a tuning. */
+export type MatvecRole = "attn_qkv" | "attn_output" | "ffn_gate_up" | "ffn_down" | "output";
+
 /**
- * Key splits of prefill attention by default: 1 for the full cache (its heads are equally long), 4 for the
- * policies whose heads keep different numbers of keys. On an H100 (8B, 32K prompt) WG-KV attention took
- * 1.4× the time of `random` at the same admitted share with one workgroup per head, the grid waiting for
- * the longest heads; four slots per head on average let the short heads' work fill in. (Estimated, not yet
- * measured: the merge's partials, about 34 MB per 512-token chunk and layer of the 8B shape, cost about 1%
- * of that attention time.) A software adapter (lavapipe) has a few CPU cores to fill, not a GPU: there the
- * merge is pure overhead, so 1.
+ * Key splits of prefill attention by default: 4 for `wgkv`, whose heads keep very different numbers of keys
+ * (0–92% admitted per head), so that the short heads' work fills in while the longest run; 1 for the
+ * policies with equally long heads (`full`, `window`, `sink`, and `random` on average), where the merge is
+ * overhead. Measured on an H100 (8B Q4_K_M, 32K prompt, one run): wgkv 1174 tok/s with 4 splits against
+ * 1157 with 1, random 1243 against 1372. On a software adapter (lavapipe) the few CPU cores are filled
+ * anyway: always 1 there.
  */
 function defaultPrefillSplits(policy: string, softwareAdapter: boolean): number {
-  return policy === "full" || softwareAdapter ? 1 : 4;
+  return policy === "wgkv" && !softwareAdapter ? 4 : 1;
 }
 
 interface LayerWeights {
@@ -454,9 +466,10 @@ export class GpuModel {
       const appendInQkv = (w: LayerWeights) =>
         decode && fullKv !== undefined && (options.fuseKvAppend ?? true) && canFuseQkv(w.wq, w.wk, w.wv) &&
         qkvKvAppendBlocker(gpu.limits, fullKv, w.wk, w.wv) === undefined;
-      const linear = (label: string, weight: GpuWeight, x: GPUBuffer, y: GPUBuffer) =>
+      const tuning = (role: MatvecRole) => options.matvecTuning?.[role];
+      const linear = (label: string, weight: GpuWeight, x: GPUBuffer, y: GPUBuffer, role: MatvecRole) =>
         decode
-          ? createMatvec(gpu, { label, weight, x, y, maxTokens, step })
+          ? createMatvec(gpu, { label, weight, x, y, maxTokens, step, tuning: tuning(role) })
           : createMatmul(gpu, { label, weight, x, y, maxTokens, step });
       const embed = createEmbed(gpu, {
         label: `${tag}token_embd`,
@@ -469,7 +482,13 @@ export class GpuModel {
       const ops: GpuOp[] = [embed];
       // A producer of a folded norm: x += input·Wᵀ in place, xn = x · normWeight, and the sums of squares
       // the next fused op scales by; returns what that op needs.
-      const foldedProduct = (label: string, weight: GpuWeight, input: GPUBuffer, normWeight: GPUBuffer) => {
+      const foldedProduct = (
+        label: string,
+        weight: GpuWeight,
+        input: GPUBuffer,
+        normWeight: GPUBuffer,
+        role: MatvecRole,
+      ) => {
         const producer = createMatvec(gpu, {
           label,
           weight,
@@ -477,6 +496,7 @@ export class GpuModel {
           y: act.x,
           maxTokens,
           step,
+          tuning: tuning(role),
           fold: { weight: normWeight, out: act.xn, sums: act.normSums },
         });
         ops.push(producer);
@@ -525,6 +545,7 @@ export class GpuModel {
             kPre: gateBufs?.kPre,
             norm: qkvNorm,
             append: fusedAppend && fullKv ? { kv: fullKv, layer: l } : undefined,
+            tuning: tuning("attn_qkv"),
           }));
         } else {
           if (!decode && !qkvMatmulBlocker(w.wq, w.wk, w.wv)) {
@@ -542,9 +563,9 @@ export class GpuModel {
               step,
             }));
           } else {
-            ops.push(linear(`${p}attn_q`, w.wq, act.xn, act.q));
-            ops.push(linear(`${p}attn_k`, w.wk, act.xn, act.k));
-            ops.push(linear(`${p}attn_v`, w.wv, act.xn, act.v));
+            ops.push(linear(`${p}attn_q`, w.wq, act.xn, act.q, "attn_qkv"));
+            ops.push(linear(`${p}attn_k`, w.wk, act.xn, act.k, "attn_qkv"));
+            ops.push(linear(`${p}attn_v`, w.wv, act.xn, act.v, "attn_qkv"));
           }
           // The gate reads the key before and after RoPE, which rotates in place: keep a copy.
           if (gateBufs) {
@@ -637,9 +658,9 @@ export class GpuModel {
         const foldFfnNorm = canFuseGateUp(w.wGate, w.wUp) && foldable(w.wo);
         let gateUpNorm: FoldedNormInput | undefined;
         if (foldFfnNorm) {
-          gateUpNorm = foldedProduct(`${p}attn_output`, w.wo, act.att, w.ffnNorm);
+          gateUpNorm = foldedProduct(`${p}attn_output`, w.wo, act.att, w.ffnNorm, "attn_output");
         } else {
-          ops.push(linear(`${p}attn_output`, w.wo, act.att, act.proj));
+          ops.push(linear(`${p}attn_output`, w.wo, act.att, act.proj, "attn_output"));
           ops.push(norm(`${p}ffn_norm`, w.ffnNorm, true));
         }
         if (canFuseGateUp(w.wGate, w.wUp)) {
@@ -655,6 +676,7 @@ export class GpuModel {
                 maxTokens,
                 step,
                 norm: gateUpNorm,
+                tuning: tuning("ffn_gate_up"),
               })
               : createGateUpSwiGluMatmul(gpu, {
                 label: `${p}ffn_gate_up`,
@@ -667,8 +689,8 @@ export class GpuModel {
               }),
           );
         } else {
-          ops.push(linear(`${p}ffn_gate`, w.wGate, act.xn, act.gate));
-          ops.push(linear(`${p}ffn_up`, w.wUp, act.xn, act.up));
+          ops.push(linear(`${p}ffn_gate`, w.wGate, act.xn, act.gate, "ffn_gate_up"));
+          ops.push(linear(`${p}ffn_up`, w.wUp, act.xn, act.up, "ffn_gate_up"));
           ops.push(
             createSwiGlu(gpu, {
               label: `${p}swiglu`,
@@ -683,9 +705,9 @@ export class GpuModel {
         const next = l + 1 < hp.nLayer ? layers[l + 1] : undefined;
         qkvNorm = undefined;
         if (next && canFuseQkv(next.wq, next.wk, next.wv) && foldable(w.wDown)) {
-          qkvNorm = foldedProduct(`${p}ffn_down`, w.wDown, act.gate, next.attnNorm);
+          qkvNorm = foldedProduct(`${p}ffn_down`, w.wDown, act.gate, next.attnNorm, "ffn_down");
         } else {
-          ops.push(linear(`${p}ffn_down`, w.wDown, act.gate, act.proj));
+          ops.push(linear(`${p}ffn_down`, w.wDown, act.gate, act.proj, "ffn_down"));
           ops.push(
             next
               ? norm(`${tag}blk.${l + 1}.attn_norm`, next.attnNorm, true)
@@ -716,6 +738,7 @@ export class GpuModel {
       y: act.logits,
       maxTokens: 1,
       step: one,
+      tuning: options.matvecTuning?.output,
     });
     const argmax = createArgmax(gpu, { label: "argmax", vocab: V, logits: act.logits });
     owned.push(argmax.tokens);
