@@ -277,9 +277,14 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
     const embd = file.tensor(TOKEN_EMBD);
     const decodeBytes = file.tensors.reduce((s, t) => s + t.byteLength, 0) - embd.byteLength +
       (hp.tiedOutput ? embd.byteLength : 0) + embd.byteLength / hp.nVocab;
-    // Warm-up of both graphs (pipelines, first touches), so the first row measured is not slower.
+    // Warm-up of both graphs (pipelines, first touches), then half a second of decoding: a GPU idle since
+    // the load may still run at low clocks (a small model's first decode row measured 2× slow without it).
     const warm = Math.min(64, ctx - 8);
-    await model.decodeGreedy(await model.forward(randomTokens(warm, hp.nVocab), 0, "argmax"), warm, 4);
+    const first = await model.forward(randomTokens(warm, hp.nVocab), 0, "argmax");
+    for (const t0 = performance.now(); performance.now() - t0 < (slow ? 0 : 500);) {
+      await model.decodeGreedy(first, warm, 4);
+    }
+    await model.decodeGreedy(first, warm, 4);
     for (const r of wanted) {
       let row: BenchRow;
       if (r.test === prefillTest) {

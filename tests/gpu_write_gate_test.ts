@@ -175,6 +175,11 @@ Deno.test("write gate: head_dim 12 (no full unrolled column step), 1 KV head, in
   await runGate({ kvHeads: 1, headDim: 12, inner: 40 }, 3, 5, [5, 2], 6);
 });
 
+Deno.test("write gate: head_dim 160 and head_dim 6 take the looped W1 loads (too many columns; not a multiple of 8)", async () => {
+  await runGate({ kvHeads: 1, headDim: 160, inner: 40 }, 1, 3, [3, 1], 4);
+  await runGate({ kvHeads: 2, headDim: 6, inner: 20 }, 1, 4, [4, 1], 4);
+});
+
 Deno.test("write gate: SiLU activation, head_dim 32, 2 KV heads, inner 48, 11 tokens", async () => {
   await runGate({ kvHeads: 2, headDim: 32, inner: 48 }, 2, 11, [11, 3], 6, "silu");
 });

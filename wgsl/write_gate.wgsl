@@ -22,9 +22,9 @@
 // Entry `main`, grid (ceil(max_tokens / TILE), kv_heads, chunks = ceil(inner / UNITS)): a workgroup of
 // 256 threads takes TILE tokens of one head and the UNITS hidden units of one chunk. It normalises the
 // tile's inputs into workgroup memory (transposed, so one vec4 load gives a column for 4 tokens). Thread
-// (slice, unit) then reads every SLICES-th input column of its unit's W1 column, four independent loads
-// per iteration, for all TILE tokens at once (the UNITS threads of a slice read consecutive words, so a
-// weight is fetched once per token tile); the slices are summed in workgroup memory, then GELU, w2 and
+// (slice, unit) then reads every SLICES-th input column of its unit's W1 column, all of them at once
+// (unrolled) up to head_dim 128, else four independent loads per iteration, for all TILE tokens at once
+// (the UNITS threads of a slice read consecutive words, so a weight is fetched once per token tile); the slices are summed in workgroup memory, then GELU, w2 and
 // a sum over the units give one partial logit per token and chunk. Spreading a layer over
 // kv_heads * chunks workgroups of many independent loads matters at decode, where the gate is a
 // latency-bound 4 MiB weight stream per layer for Llama-8B.
@@ -51,6 +51,9 @@ const SLICES: u32 = 8u; // column slices per unit
 const THREADS: u32 = 256u; // UNITS * SLICES, also TILE * 2 inputs * 16 lanes for the sums of squares
 const RMS_EPS: f32 = 1e-6;
 const FINISH_THREADS: u32 = 64u; // workgroup size of `finish`
+// Most W1 columns per slice loaded at once (2 · head_dim / SLICES up to head_dim 128); larger heads, or
+// inputs that are not a multiple of SLICES, take the loop of four loads at a time.
+const MAX_COLUMNS: u32 = 32u;
 
 struct Step { n_tokens: u32, pos0: u32, pad0: u32, pad1: u32 }
 struct LayerParams { layer: u32, pad0: u32, pad1: u32, pad2: u32 }
@@ -160,24 +163,43 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
   var acc_hi = vec4f(0.0);
   if (r < inner) {
     let column = w1_at + head * in_dim * inner + r;
-    var c = slice;
-    while (c + 3u * SLICES < in_dim) {
-      let c1 = c + SLICES;
-      let c2 = c1 + SLICES;
-      let c3 = c2 + SLICES;
-      let w0 = params[column + c * inner];
-      let w1 = params[column + c1 * inner];
-      let w2 = params[column + c2 * inner];
-      let w3 = params[column + c3 * inner];
-      acc_lo += w0 * x_t[2u * c] + w1 * x_t[2u * c1] + w2 * x_t[2u * c2] + w3 * x_t[2u * c3];
-      acc_hi += w0 * x_t[2u * c + 1u] + w1 * x_t[2u * c1 + 1u] + w2 * x_t[2u * c2 + 1u] + w3 * x_t[2u * c3 + 1u];
-      c += 4u * SLICES;
-    }
-    while (c < in_dim) {
-      let w = params[column + c * inner];
-      acc_lo += w * x_t[2u * c];
-      acc_hi += w * x_t[2u * c + 1u];
-      c += SLICES;
+    if (in_dim % SLICES == 0u && in_dim / SLICES <= MAX_COLUMNS) {
+      // All of the slice's W1 loads issued at once (unrolled, constant trip count): one round trip to memory
+      // instead of one per group of four, which is what a decode step waits for.
+      var w: array<f32, MAX_COLUMNS>;
+      // @unroll
+      for (var j = 0u; j < MAX_COLUMNS; j++) {
+        if (j < in_dim / SLICES) { w[j] = params[column + (slice + j * SLICES) * inner]; }
+      }
+      // @unroll
+      for (var j = 0u; j < MAX_COLUMNS; j++) {
+        if (j < in_dim / SLICES) {
+          let c = slice + j * SLICES;
+          acc_lo += w[j] * x_t[2u * c];
+          acc_hi += w[j] * x_t[2u * c + 1u];
+        }
+      }
+    } else {
+      var c = slice;
+      while (c + 3u * SLICES < in_dim) {
+        let c1 = c + SLICES;
+        let c2 = c1 + SLICES;
+        let c3 = c2 + SLICES;
+        let w0 = params[column + c * inner];
+        let w1 = params[column + c1 * inner];
+        let w2 = params[column + c2 * inner];
+        let w3 = params[column + c3 * inner];
+        acc_lo += w0 * x_t[2u * c] + w1 * x_t[2u * c1] + w2 * x_t[2u * c2] + w3 * x_t[2u * c3];
+        acc_hi += w0 * x_t[2u * c + 1u] + w1 * x_t[2u * c1 + 1u] + w2 * x_t[2u * c2 + 1u] +
+          w3 * x_t[2u * c3 + 1u];
+        c += 4u * SLICES;
+      }
+      while (c < in_dim) {
+        let w = params[column + c * inner];
+        acc_lo += w * x_t[2u * c];
+        acc_hi += w * x_t[2u * c + 1u];
+        c += SLICES;
+      }
     }
   }
   partial[2u * tid] = acc_lo;
