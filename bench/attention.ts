@@ -19,29 +19,32 @@
  */
 
 import { parseArgs } from "node:util";
+import { benchFlags } from "./flags.ts";
 import { getGpu } from "../src/gpu/device.ts";
 import { createFlashDecode, createFlashPrefill, type PrefillTileShape } from "../src/gpu/ops/attention.ts";
 import { type GpuOp, StepParams } from "../src/gpu/ops/op.ts";
 import { KvCache } from "../src/kv/kv_cache.ts";
 import { saveJson, timeOps } from "./kernel_timing.ts";
 
-const { values } = parseArgs({
-  args: Deno.args,
-  options: {
-    "head-dim": { type: "string", default: "128" },
-    "kv-heads": { type: "string", default: "8" },
-    "q-heads": { type: "string", default: "32" },
-    prefill: { type: "string" },
-    tilings: { type: "string", default: "default" },
-    "prefill-splits": { type: "string", default: "1" },
-    "decode-depths": { type: "string" },
-    splits: { type: "string", default: "default" },
-    "tile-steps": { type: "string", default: "default" },
-    rotate: { type: "string", default: "1" },
-    "append-chunk": { type: "string" },
-    out: { type: "string" },
-  },
-});
+const { values } = benchFlags(import.meta.url, () =>
+  parseArgs({
+    args: Deno.args,
+    options: {
+      help: { type: "boolean" },
+      "head-dim": { type: "string", default: "128" },
+      "kv-heads": { type: "string", default: "8" },
+      "q-heads": { type: "string", default: "32" },
+      prefill: { type: "string" },
+      tilings: { type: "string", default: "default" },
+      "prefill-splits": { type: "string", default: "1" },
+      "decode-depths": { type: "string" },
+      splits: { type: "string", default: "default" },
+      "tile-steps": { type: "string", default: "default" },
+      rotate: { type: "string", default: "1" },
+      "append-chunk": { type: "string" },
+      out: { type: "string" },
+    },
+  }));
 
 const gpu = await getGpu();
 const slow = gpu.isFallback;

@@ -31,6 +31,7 @@
  */
 
 import { parseArgs } from "node:util";
+import { benchFlags, flagError } from "./flags.ts";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { getGpu, type Gpu } from "../src/gpu/device.ts";
@@ -72,32 +73,34 @@ interface BenchRow {
   threshold?: number; // wgkv: the gate threshold τ
 }
 
-const { values } = parseArgs({
-  args: Deno.args,
-  options: {
-    shapes: { type: "string" },
-    types: { type: "string" },
-    prompts: { type: "string" },
-    depths: { type: "string" },
-    "decode-tokens": { type: "string" },
-    out: { type: "string" },
-    fresh: { type: "boolean" },
-    profile: { type: "boolean" },
-    sampled: { type: "boolean" },
-    "no-fold-norms": { type: "boolean" },
-    "no-fuse-kv-append": { type: "boolean" },
-    "no-fuse-wgkv-append": { type: "boolean" },
-    "prefill-splits": { type: "string" },
-    "max-batch": { type: "string" },
-    "matvec-tuning": { type: "string" },
-    kv: { type: "string" },
-    "kv-prompts": { type: "string" },
-    window: { type: "string" },
-    admit: { type: "string" },
-    threshold: { type: "string" },
-    "admit-target": { type: "string" },
-  },
-});
+const { values } = benchFlags(import.meta.url, () =>
+  parseArgs({
+    args: Deno.args,
+    options: {
+      help: { type: "boolean" },
+      shapes: { type: "string" },
+      types: { type: "string" },
+      prompts: { type: "string" },
+      depths: { type: "string" },
+      "decode-tokens": { type: "string" },
+      out: { type: "string" },
+      fresh: { type: "boolean" },
+      profile: { type: "boolean" },
+      sampled: { type: "boolean" },
+      "no-fold-norms": { type: "boolean" },
+      "no-fuse-kv-append": { type: "boolean" },
+      "no-fuse-wgkv-append": { type: "boolean" },
+      "prefill-splits": { type: "string" },
+      "max-batch": { type: "string" },
+      "matvec-tuning": { type: "string" },
+      kv: { type: "string" },
+      "kv-prompts": { type: "string" },
+      window: { type: "string" },
+      admit: { type: "string" },
+      threshold: { type: "string" },
+      "admit-target": { type: "string" },
+    },
+  }));
 
 const gpu = await getGpu({ profile: true });
 const slow = gpu.isFallback;
@@ -108,8 +111,8 @@ const types = list(values.types, slow ? "f16,q8_0,q4_k_m" : "f16,q8_0,q4_k_m") a
 const prompts = list(values.prompts, slow ? "64" : "512,4096,32768").map(Number);
 const depths = list(values.depths, slow ? "0,128" : "0,4096,32768").map(Number);
 const decodeTokens = Math.min(64, Number(values["decode-tokens"] ?? (slow ? 8 : 64)));
-for (const s of shapes) if (!SYNTH_SHAPES.includes(s)) throw new Error(`--shapes: unknown shape ${s}`);
-for (const t of types) if (!SYNTH_TYPES.includes(t)) throw new Error(`--types: unknown type ${t}`);
+for (const s of shapes) if (!SYNTH_SHAPES.includes(s)) flagError(`--shapes: unknown shape ${s}`);
+for (const t of types) if (!SYNTH_TYPES.includes(t)) flagError(`--types: unknown type ${t}`);
 const outPath = values.out ?? "out/bench.json";
 await Deno.mkdir(outPath.substring(0, outPath.lastIndexOf("/")) || ".", { recursive: true });
 
@@ -140,8 +143,7 @@ let matvecTuning: GpuModelOptions["matvecTuning"];
 try {
   matvecTuning = values["matvec-tuning"] === undefined ? undefined : JSON.parse(values["matvec-tuning"]);
 } catch (e) {
-  console.error(`bench: --matvec-tuning is not JSON: ${(e as Error).message}`);
-  Deno.exit(2);
+  flagError(`--matvec-tuning is not JSON: ${(e as Error).message}`);
 }
 const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? "" : "-unfused-append") +
   wgkvAppendSuffix + (matvecTuning ? "-tuned" : "");
@@ -216,7 +218,7 @@ async function calibrateThreshold(
   gate: GateWeights,
   target: number,
 ): Promise<number> {
-  if (!(target > 0 && target < 1)) throw new Error(`--admit-target must be in (0, 1), got ${target}`);
+  if (!(target > 0 && target < 1)) flagError(`--admit-target must be in (0, 1), got ${target}`);
   const model = await GpuModel.load(gpu, file, hp, {
     contextLength: Math.min(1100, hp.contextLength),
     maxBatch: 512,

@@ -25,6 +25,7 @@
  */
 
 import { parseArgs } from "node:util";
+import { benchFlags } from "./flags.ts";
 import { BadFlagError } from "../src/errors.ts";
 import { getGpu } from "../src/gpu/device.ts";
 import { createGateUpSwiGluMatmul } from "../src/gpu/ops/fused.ts";
@@ -90,18 +91,20 @@ interface Row {
   error?: string;
 }
 
-const { values } = parseArgs({
-  args: Deno.args,
-  options: {
-    types: { type: "string" },
-    shapes: { type: "string" },
-    tokens: { type: "string" },
-    tunings: { type: "string" },
-    "min-mb": { type: "string" },
-    out: { type: "string" },
-    quick: { type: "boolean" },
-  },
-});
+const { values } = benchFlags(import.meta.url, () =>
+  parseArgs({
+    args: Deno.args,
+    options: {
+      help: { type: "boolean" },
+      types: { type: "string" },
+      shapes: { type: "string" },
+      tokens: { type: "string" },
+      tunings: { type: "string" },
+      "min-mb": { type: "string" },
+      out: { type: "string" },
+      quick: { type: "boolean" },
+    },
+  }));
 
 /** Stops with a one-line usage error. */
 function usage(message: string): never {

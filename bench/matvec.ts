@@ -21,6 +21,7 @@
  */
 
 import { parseArgs } from "node:util";
+import { benchFlags, flagError } from "./flags.ts";
 import { getGpu, type Gpu } from "../src/gpu/device.ts";
 import { createCopy } from "../src/gpu/ops/copy.ts";
 import { createGateUpSwiGlu, createQkvMatvec } from "../src/gpu/ops/fused.ts";
@@ -80,18 +81,20 @@ interface Row {
   error?: string;
 }
 
-const { values } = parseArgs({
-  args: Deno.args,
-  options: {
-    types: { type: "string" },
-    shapes: { type: "string" },
-    tunings: { type: "string" },
-    tokens: { type: "string" },
-    "min-mb": { type: "string" },
-    out: { type: "string" },
-    quick: { type: "boolean" },
-  },
-});
+const { values } = benchFlags(import.meta.url, () =>
+  parseArgs({
+    args: Deno.args,
+    options: {
+      help: { type: "boolean" },
+      types: { type: "string" },
+      shapes: { type: "string" },
+      tunings: { type: "string" },
+      tokens: { type: "string" },
+      "min-mb": { type: "string" },
+      out: { type: "string" },
+      quick: { type: "boolean" },
+    },
+  }));
 
 const quick = values.quick ?? false;
 const list = (s: string | undefined, fallback: string) =>
@@ -99,14 +102,19 @@ const list = (s: string | undefined, fallback: string) =>
 const types = list(values.types, "Q4_K,Q6_K,Q8_0,F16");
 for (const t of types) {
   if (!RANDOM_WEIGHT_TYPES.includes(t)) {
-    throw new Error(`--types: ${t} is not one of ${RANDOM_WEIGHT_TYPES.join(", ")}`);
+    flagError(`--types: ${t} is not one of ${RANDOM_WEIGHT_TYPES.join(", ")}`);
   }
 }
 const shapeNames = list(values.shapes, quick ? "tiny" : "8b,1b");
 const shapes = SHAPES.filter((s) => shapeNames.some((n) => s.name === n || s.name.startsWith(`${n}.`)));
-if (shapes.length === 0) throw new Error(`--shapes: no shape matches ${shapeNames.join(",")}`);
-const tunings: MatvecTuning[] = JSON.parse(values.tunings ?? "[{}]");
-if (!Array.isArray(tunings)) throw new Error("--tunings: expected a JSON array of tuning objects");
+if (shapes.length === 0) flagError(`--shapes: no shape matches ${shapeNames.join(",")}`);
+let tunings: MatvecTuning[] = [];
+try {
+  tunings = JSON.parse(values.tunings ?? "[{}]");
+} catch (e) {
+  flagError(`--tunings is not JSON: ${(e as Error).message}`);
+}
+if (!Array.isArray(tunings)) flagError("--tunings: expected a JSON array of tuning objects");
 const tokenCounts = list(values.tokens, "1").map(Number);
 const minBytes = Number(values["min-mb"] ?? (quick ? 2 : 320)) * 1e6;
 const outPath = values.out ?? "out/matvec.json";
