@@ -1,0 +1,194 @@
+/**
+ * Prefill matrix products through 8-bit integer dot products (`dot4I8Packed`, DP4A on GPUs that have it):
+ * the activations are quantised per 32-value block ({@link createQ8Quantize}, `wgsl/quantize_q8.wgsl`), the
+ * weights read as integer sub-blocks with their scales (`wgsl/int8_units.wgsl`), and
+ * {@link createMatmulInt8} (`wgsl/matmul_int8.wgsl`) takes four products per instruction where the f32
+ * kernel (`./matmul.ts`) takes one. The result differs from the f32 product by the activations' rounding
+ * (at most half a step of 1/127 of each block's largest magnitude), as in llama.cpp's quantised matmuls.
+ *
+ * @module
+ */
+
+import { UnsupportedError } from "../../errors.ts";
+import type { Gpu } from "../device.ts";
+import { loadShader } from "../shader.ts";
+import type { GpuWeight } from "../weights.ts";
+import { bindNumbered } from "./matvec_units.ts";
+import {
+  type BufferSlice,
+  ceilDiv,
+  checkInt,
+  checkSlice,
+  checkWorkgroups,
+  type GpuOp,
+  type StepParams,
+} from "./op.ts";
+
+/** The weight types with an integer view in `wgsl/int8_units.wgsl`. */
+export const INT8_WEIGHT_TYPES: readonly string[] = ["Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K"];
+
+/** Output rows and tokens per workgroup of `wgsl/matmul_int8.wgsl`. */
+const TILE_ROWS = 128;
+const TILE_TOKENS = 64;
+
+/** 32-value blocks staged per K step by default. */
+const K_BLOCKS = 2;
+
+/**
+ * Why `weight` cannot go through {@link createMatmulInt8} (a one-line reason naming it), or undefined when it
+ * can: its type needs an integer view, and its rows a whole number of 32-value blocks.
+ */
+export function int8MatmulBlocker(weight: GpuWeight): string | undefined {
+  const type = weight.info.name;
+  if (!INT8_WEIGHT_TYPES.includes(type)) return `${weight.name} is ${type}, which has no integer view`;
+  if (weight.cols % 32 !== 0) return `${weight.name} has rows of ${weight.cols} values, not a multiple of 32`;
+  return undefined;
+}
+
+/** Quantised activations: what {@link createQ8Quantize} writes and {@link createMatmulInt8} reads. */
+export interface Q8Activations {
+  /** Packed signed bytes, u32 `[maxTokens][cols / 4]`. */
+  xq: BufferSlice;
+  /** (d, d · Σq) per 32-value block, f32 pairs `[maxTokens][cols / 32]`. */
+  xds: BufferSlice;
+  /** Values per token row (a multiple of 32). */
+  cols: number;
+  /** Token rows the buffers hold. */
+  maxTokens: number;
+}
+
+/** Bytes of the two buffers of {@link Q8Activations} for `maxTokens` rows of `cols` values. */
+export function q8ActivationBytes(maxTokens: number, cols: number): { xq: number; xds: number } {
+  return { xq: maxTokens * cols, xds: maxTokens * (cols / 32) * 8 };
+}
+
+/** Options of {@link createQ8Quantize}. */
+export interface Q8QuantizeOptions {
+  /** Name for errors and the profiler, e.g. "blk.0.ffn_q8". */
+  label: string;
+  /** The activations, f32 `[maxTokens][cols]`. */
+  x: BufferSlice;
+  /** Where the quantised activations go (their `cols` and `maxTokens` size the op). */
+  out: Q8Activations;
+  /** Per-step token count (`nTokens`). */
+  step: StepParams;
+}
+
+/** Creates the op that quantises the step's activation rows into `out`, one 32-value block per thread. */
+export function createQ8Quantize(gpu: Gpu, options: Q8QuantizeOptions): GpuOp {
+  const { label, x, out, step } = options;
+  const { cols, maxTokens } = out;
+  checkQ8(label, out, step);
+  checkSlice(label, "x", x, maxTokens * cols * 4);
+  const workgroups = ceilDiv(maxTokens * (cols / 32), 64);
+  checkWorkgroups(gpu, label, workgroups);
+  const kernel = gpu.kernel("quantize_q8", { cols });
+  const group = bindNumbered(gpu, kernel, [[0, x], [1, out.xq], [2, out.xds], [3, step.buffer]]);
+  return {
+    label,
+    encode(pass: GPUComputePassEncoder): void {
+      pass.setPipeline(kernel.pipeline);
+      pass.setBindGroup(0, group);
+      pass.dispatchWorkgroups(workgroups);
+    },
+  };
+}
+
+function checkQ8(label: string, q8: Q8Activations, step: StepParams): void {
+  checkInt(label, "maxTokens", q8.maxTokens, 1, step.maxTokens);
+  if (q8.cols % 32 !== 0 || q8.cols < 32) {
+    throw new UnsupportedError(`${label}: rows of ${q8.cols} values are not a multiple of 32`);
+  }
+  const bytes = q8ActivationBytes(q8.maxTokens, q8.cols);
+  checkSlice(label, "xq", q8.xq, bytes.xq);
+  checkSlice(label, "xds", q8.xds, bytes.xds);
+}
+
+/** Options of {@link createMatmulInt8}. */
+export interface MatmulInt8Options {
+  /** Name for errors and the profiler, e.g. "blk.0.attn_q". */
+  label: string;
+  /** The weight, ggml shape `[cols, rows]`, of a type in {@link INT8_WEIGHT_TYPES}. */
+  weight: GpuWeight;
+  /** The activations, quantised by {@link createQ8Quantize} (`cols` = the weight's). */
+  x: Q8Activations;
+  /** Output, f32 `[maxTokens][weight.rows]`. */
+  y: BufferSlice;
+  /** Largest number of tokens per step; dispatches are sized for it. At most `x.maxTokens`. */
+  maxTokens: number;
+  /** Per-step token count (`nTokens`). */
+  step: StepParams;
+  /** 32-value blocks per K step (1, 2 or 4; default 2, 4 needs about 34 KB of workgroup memory). */
+  kBlocks?: number;
+}
+
+/**
+ * Creates `Y = X · Wᵀ` for the step's tokens from quantised activations, in output tiles of 128 rows × 64
+ * tokens, one dispatch per weight part. Throws an {@link UnsupportedError} where
+ * {@link int8MatmulBlocker} gives a reason.
+ */
+export function createMatmulInt8(gpu: Gpu, options: MatmulInt8Options): GpuOp {
+  const { label, weight, x, y, maxTokens, step } = options;
+  const blocker = int8MatmulBlocker(weight);
+  if (blocker) throw new UnsupportedError(`${label}: no integer prefill product: ${blocker}`);
+  checkQ8(label, x, step);
+  if (x.cols !== weight.cols) {
+    throw new UnsupportedError(`${label}: activations of ${x.cols} values for rows of ${weight.cols}`);
+  }
+  checkInt(label, "maxTokens", maxTokens, 1, x.maxTokens);
+  checkSlice(label, "y", y, maxTokens * weight.rows * 4);
+  const kBlocks = options.kBlocks ?? K_BLOCKS;
+  if (![1, 2, 4].includes(kBlocks)) {
+    throw new UnsupportedError(`${label}: kBlocks must be 1, 2 or 4, got ${kBlocks}`);
+  }
+  const tokenTiles = ceilDiv(maxTokens, TILE_TOKENS);
+  checkWorkgroups(gpu, label, tokenTiles);
+  const kernel = gpu.kernel("matmul_int8", { k_blocks: kBlocks }, {
+    INT8_UNITS: int8UnitSource(weight.info.name),
+  });
+  const parts = weight.parts.map((part, i) => {
+    checkWorkgroups(gpu, label, ceilDiv(part.rows, TILE_ROWS));
+    const info = gpu.uniform(
+      `${label}.part${i}`,
+      new Uint32Array([part.rows, part.firstRow, weight.rows, weight.cols, weight.rowBytes]),
+    );
+    const group = bindNumbered(gpu, kernel, [
+      [0, part.buffer],
+      [1, x.xq],
+      [2, x.xds],
+      [3, y],
+      [4, step.buffer],
+      [5, info],
+    ]);
+    return { group, rowTiles: ceilDiv(part.rows, TILE_ROWS) };
+  });
+  return {
+    label,
+    encode(pass: GPUComputePassEncoder): void {
+      pass.setPipeline(kernel.pipeline);
+      for (const part of parts) {
+        pass.setBindGroup(0, part.group);
+        pass.dispatchWorkgroups(part.rowTiles, tokenTiles);
+      }
+    },
+  };
+}
+
+/** The `// ==== NAME ====` sections of a library shader, by name. */
+function shaderSections(name: string): Map<string, string> {
+  const sections = new Map<string, string>();
+  const parts = loadShader(name).split(/^\/\/ ==== (\w+) ====$/m);
+  for (let i = 1; i + 1 < parts.length; i += 2) sections.set(parts[i], parts[i + 1]);
+  return sections;
+}
+
+/**
+ * The WGSL spliced at INT8_UNITS for weights of `type`: the byte readers (COMMON of `wgsl/dequant.wgsl`),
+ * then the COMMON and `type` sections of `wgsl/int8_units.wgsl`.
+ */
+function int8UnitSource(type: string): string {
+  const units = shaderSections("int8_units");
+  const body = units.get(type);
+  if (body === undefined) throw new UnsupportedError(`type ${type} has no integer view`);
+  return shaderSections("dequant").get("COMMON")! + units.get("COMMON")! + body;
+}

@@ -1,0 +1,159 @@
+import { ok, throws } from "node:assert/strict";
+import { UnsupportedError } from "../src/errors.ts";
+import { getGpu, type Gpu } from "../src/gpu/device.ts";
+import {
+  createMatmulInt8,
+  createQ8Quantize,
+  INT8_WEIGHT_TYPES,
+  int8MatmulBlocker,
+  q8ActivationBytes,
+  type Q8Activations,
+} from "../src/gpu/ops/matmul_int8.ts";
+import { StepParams } from "../src/gpu/ops/op.ts";
+import { compareLinear, randomWeight } from "./gpu_quant_data.ts";
+import { randomF32, submitValidated } from "./gpu_ops_helpers.ts";
+
+/** Quantised activation buffers for `maxTokens` rows of `cols`, filled with garbage (0xAB bytes). */
+function q8Buffers(gpu: Gpu, maxTokens: number, cols: number): Q8Activations {
+  const bytes = q8ActivationBytes(maxTokens, cols);
+  return {
+    xq: gpu.buffer("xq", bytes.xq, new Uint8Array(bytes.xq).fill(0xab)),
+    xds: gpu.buffer("xds", bytes.xds, new Uint8Array(bytes.xds).fill(0xab)),
+    cols,
+    maxTokens,
+  };
+}
+
+/** The quantised rows read back: x' = d · q per value ([m][cols]), and the (d, d·Σq) pairs. */
+async function readQ8(
+  gpu: Gpu,
+  q8: Q8Activations,
+  m: number,
+): Promise<{ x: Float32Array; ds: Float32Array }> {
+  const cols = q8.cols, blocks = cols / 32;
+  const raw = new Int8Array((await gpu.readF32(q8.xq as GPUBuffer, 0, m * cols / 4)).buffer);
+  const ds = await gpu.readF32(q8.xds as GPUBuffer, 0, m * blocks * 2);
+  const x = new Float32Array(m * cols);
+  for (let i = 0; i < m * cols; i++) x[i] = ds[2 * Math.floor(i / 32)] * raw[i];
+  return { x, ds };
+}
+
+Deno.test("int8 matmul: activations quantise per 32-value block to within half a step, every block written", async () => {
+  const gpu = await getGpu();
+  const cols = 96, maxTokens = 6, m = 5;
+  const x = randomF32(maxTokens * cols, 3);
+  x.fill(0, 32, 64); // an all-zero block: d = 0
+  const step = new StepParams(gpu, maxTokens);
+  const q8 = q8Buffers(gpu, maxTokens, cols);
+  const op = createQ8Quantize(gpu, { label: "q8", x: gpu.buffer("x", x.byteLength, x), out: q8, step });
+  step.set(m);
+  await submitValidated(gpu, [op]);
+  const raw = new Int8Array((await gpu.readF32(q8.xq as GPUBuffer, 0, maxTokens * cols / 4)).buffer);
+  const { ds } = await readQ8(gpu, q8, maxTokens);
+  for (let b = 0; b < m * cols / 32; b++) {
+    let amax = 0, sum = 0;
+    for (let e = 0; e < 32; e++) amax = Math.max(amax, Math.abs(x[32 * b + e]));
+    const d = ds[2 * b];
+    ok(Math.abs(d - amax / 127) <= 1e-6 * amax, `block ${b}: d = ${d}, max |x| / 127 = ${amax / 127}`);
+    for (let e = 0; e < 32; e++) {
+      const q = raw[32 * b + e];
+      sum += q;
+      ok(Math.abs(q) <= 127, `block ${b}: q = ${q}`);
+      ok(
+        Math.abs(d * q - x[32 * b + e]) <= 0.5001 * d + 1e-30,
+        `block ${b} value ${e}: ${d * q} for ${x[32 * b + e]}`,
+      );
+    }
+    ok(
+      Math.abs(ds[2 * b + 1] - d * sum) <= 1e-6 * Math.abs(d) * 32 * 127,
+      `block ${b}: d·Σq = ${ds[2 * b + 1]}`,
+    );
+  }
+  // Rows past the step's tokens are untouched.
+  ok(raw.subarray(m * cols).every((v) => v === -85), "the quantiser wrote past the step's tokens");
+});
+
+/** Every supported type at odd shapes: rows past a tile, tokens past a tile, a K step left half full. */
+for (const type of INT8_WEIGHT_TYPES) {
+  Deno.test(`int8 matmul: ${type} matches the dequantised weights times the quantised activations`, async () => {
+    const gpu = await getGpu();
+    const block = type.endsWith("_K") ? 256 : 32;
+    const cases = [
+      { rows: 1, cols: block, m: 1, kBlocks: 2 },
+      { rows: 130, cols: type.endsWith("_K") ? 256 : 96, m: 70, kBlocks: 2 },
+      { rows: 33, cols: 2 * block, m: 3, kBlocks: 4 },
+      { rows: 7, cols: 3 * block, m: 9, kBlocks: 1 },
+    ];
+    for (const c of cases) {
+      const maxTokens = c.m + 2;
+      const { weight, w } = randomWeight(gpu, `w.${type}`, type, c.rows, c.cols);
+      const x = randomF32(maxTokens * c.cols);
+      const step = new StepParams(gpu, maxTokens);
+      const q8 = q8Buffers(gpu, maxTokens, c.cols);
+      const y = gpu.buffer("y", maxTokens * c.rows * 4, new Float32Array(maxTokens * c.rows).fill(NaN));
+      const ops = [
+        createQ8Quantize(gpu, { label: "q8", x: gpu.buffer("x", x.byteLength, x), out: q8, step }),
+        createMatmulInt8(gpu, { label: `mm.${type}`, weight, x: q8, y, maxTokens, step, kBlocks: c.kBlocks }),
+      ];
+      step.set(c.m);
+      await submitValidated(gpu, ops);
+      const got = await gpu.readF32(y);
+      const { x: xq } = await readQ8(gpu, q8, c.m);
+      const bad = compareLinear(got, w, xq, c.m, c.rows, c.cols, 1e-5);
+      ok(bad === undefined, `${type} ${JSON.stringify(c)}: ${bad}`);
+      ok(got.subarray(c.m * c.rows).every(Number.isNaN), `${type} ${JSON.stringify(c)}: wrote past the step`);
+    }
+  });
+}
+
+Deno.test("int8 matmul: a weight split into parts writes each part's columns", async () => {
+  const gpu = await getGpu();
+  const rows = 300, cols = 64, m = 4;
+  const { weight, w } = randomWeight(gpu, "w.split", "Q8_0", rows, cols, 100 * 68);
+  ok(weight.parts.length > 1, `expected several parts, got ${weight.parts.length}`);
+  const x = randomF32(m * cols);
+  const step = new StepParams(gpu, m);
+  const q8 = q8Buffers(gpu, m, cols);
+  const y = gpu.buffer("y", m * rows * 4, new Float32Array(m * rows).fill(NaN));
+  const ops = [
+    createQ8Quantize(gpu, { label: "q8", x: gpu.buffer("x", x.byteLength, x), out: q8, step }),
+    createMatmulInt8(gpu, { label: "mm.split", weight, x: q8, y, maxTokens: m, step }),
+  ];
+  step.set(m);
+  await submitValidated(gpu, ops);
+  const bad = compareLinear(await gpu.readF32(y), w, (await readQ8(gpu, q8, m)).x, m, rows, cols, 1e-5);
+  ok(bad === undefined, bad);
+});
+
+Deno.test("int8 matmul: types without an integer view and rows off the 32-value grid are refused by name", async () => {
+  const gpu = await getGpu();
+  const f16 = randomWeight(gpu, "w.f16", "F16", 4, 64).weight;
+  ok(int8MatmulBlocker(f16)?.includes("w.f16 is F16"), int8MatmulBlocker(f16));
+  const step = new StepParams(gpu, 2);
+  throws(
+    () =>
+      createMatmulInt8(gpu, {
+        label: "mm",
+        weight: f16,
+        x: q8Buffers(gpu, 2, 64),
+        y: gpu.buffer("y", 32),
+        maxTokens: 2,
+        step,
+      }),
+    UnsupportedError,
+  );
+  const q8 = randomWeight(gpu, "w.q8", "Q8_0", 4, 64).weight;
+  ok(int8MatmulBlocker(q8) === undefined);
+  throws(
+    () =>
+      createMatmulInt8(gpu, {
+        label: "mm",
+        weight: q8,
+        x: q8Buffers(gpu, 2, 96),
+        y: gpu.buffer("y", 32),
+        maxTokens: 2,
+        step,
+      }),
+    UnsupportedError,
+  );
+});

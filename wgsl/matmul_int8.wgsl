@@ -1,0 +1,123 @@
+// Prefill matrix product with 8-bit integer dot products: Y[t][first_row + r] = Σ_c X[t][c] · W[r][c] for
+// t < n_tokens, where X comes quantised per 32-value block (wgsl/quantize_q8.wgsl: x ≈ d_x · q_x) and W is
+// read as 32-value integer sub-blocks with their scales (wgsl/int8_units.wgsl: w = s · q_w − o). Per block:
+//   Σ w · x = d_x · (s_lo · Σ_{e<16} q_w q_x + s_hi · Σ_{e≥16} q_w q_x) − o · (d_x · Σ q_x),
+// the sums of products taken four at a time by dot4I8Packed (one instruction where the GPU has DP4A).
+//
+// Output tiles of 128 rows × 64 tokens, 256 threads: thread (lx, ly) = (tid % 32, tid / 32) owns rows
+// n0 + lx + 32i (i < 4) and tokens t0 + 8ly + j (j < 8). The K loop stages k_blocks blocks per step:
+// - W tile [block][half][128 rows] of vec4u (a half is 16 values) and the scales [block][128 rows]: one
+//   (row, block) unit per thread and step, decoded once; a warp's threads read 32 consecutive rows'
+//   vec4s (conflict-free);
+// - X tile [block][half][64 tokens] of vec4u and (d, d · Σq) [block][64 tokens]: a warp reads one token's
+//   words (a broadcast).
+// Blocks past the row's end (a last step with fewer than k_blocks) get a zero X scale, so they add nothing.
+//
+// binding 0: W, array<u32>: the raw rows of one weight part, row r at byte r · row_bytes (read)
+// binding 1: xq, vec4u[max_tokens][cols / 16] (read), see wgsl/quantize_q8.wgsl
+// binding 2: xds, vec2f[max_tokens][cols / 32] (read), (d, d · Σq) per block
+// binding 3: y, f32[m][out_stride] (read_write), this part writing columns first_row .. first_row + rows
+// binding 4: step, uniform { n_tokens, pos0 }
+// binding 5: part, uniform { rows (in this part), first_row, out_stride, cols, row_bytes }
+//
+// Dispatch: (ceil(rows / 128), ceil(max_tokens / 64)); tiles past n_tokens return at once.
+
+struct Step { n_tokens: u32, pos0: u32 }
+struct Part { rows: u32, first_row: u32, out_stride: u32, cols: u32, row_bytes: u32 }
+
+override k_blocks: u32 = 2u; // 32-value blocks staged per step
+
+@group(0) @binding(0) var<storage, read> W: array<u32>;
+@group(0) @binding(1) var<storage, read> xq: array<vec4u>;
+@group(0) @binding(2) var<storage, read> xds: array<vec2f>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<uniform> step: Step;
+@group(0) @binding(5) var<uniform> part: Part;
+
+{{INT8_UNITS}}
+
+const THREADS: u32 = 256u;
+const TILE_ROWS: u32 = 128u;
+const TILE_TOKENS: u32 = 64u;
+
+var<workgroup> w_tile: array<vec4u, k_blocks * 2u * TILE_ROWS>;
+var<workgroup> w_scale: array<vec4f, k_blocks * TILE_ROWS>;
+var<workgroup> x_tile: array<vec4u, k_blocks * 2u * TILE_TOKENS>;
+var<workgroup> x_scale: array<vec2f, k_blocks * TILE_TOKENS>;
+
+// Σ of the four byte products of a and b, four words each.
+fn dot16(a: vec4u, b: vec4u) -> i32 {
+  return dot4I8Packed(a.x, b.x) + dot4I8Packed(a.y, b.y) + dot4I8Packed(a.z, b.z) + dot4I8Packed(a.w, b.w);
+}
+
+@compute @workgroup_size(THREADS)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
+  let m = step.n_tokens;
+  let n0 = wg.x * TILE_ROWS;
+  let t0 = wg.y * TILE_TOKENS;
+  if (n0 >= part.rows || t0 >= m) { return; }
+  let lx = tid % 32u;
+  let ly = tid / 32u;
+  let blocks = part.cols / 32u;
+  let x_row = part.cols / 16u; // vec4u per token row of xq
+
+  var acc: array<f32, 32>; // [row i][token j] at 8i + j
+  for (var kb = 0u; kb < blocks; kb += k_blocks) {
+    for (var u = tid; u < k_blocks * TILE_ROWS; u += THREADS) {
+      let r = u % TILE_ROWS;
+      let b = u / TILE_ROWS;
+      let unit = int8_unit(min(n0 + r, part.rows - 1u) * part.row_bytes, min(kb + b, blocks - 1u));
+      w_tile[2u * b * TILE_ROWS + r] = vec4u(unit.q[0], unit.q[1], unit.q[2], unit.q[3]);
+      w_tile[(2u * b + 1u) * TILE_ROWS + r] = vec4u(unit.q[4], unit.q[5], unit.q[6], unit.q[7]);
+      w_scale[b * TILE_ROWS + r] = unit.scale;
+    }
+    for (var u = tid; u < k_blocks * 2u * TILE_TOKENS; u += THREADS) {
+      let t = u % TILE_TOKENS;
+      let h = (u / TILE_TOKENS) % 2u;
+      let b = u / (2u * TILE_TOKENS);
+      let token = min(t0 + t, m - 1u);
+      let blk = min(kb + b, blocks - 1u);
+      x_tile[(2u * b + h) * TILE_TOKENS + t] = xq[token * x_row + 2u * blk + h];
+      if (h == 0u) {
+        x_scale[b * TILE_TOKENS + t] = select(vec2f(0.0), xds[token * blocks + blk], kb + b < blocks);
+      }
+    }
+    workgroupBarrier();
+
+    // @unroll
+    for (var b = 0u; b < k_blocks; b++) {
+      var wv: array<vec4u, 8>; // [row i][half h] at 2i + h
+      var ws: array<vec4f, 4>;
+      // @unroll
+      for (var i = 0u; i < 4u; i++) {
+        wv[2u * i] = w_tile[2u * b * TILE_ROWS + lx + 32u * i];
+        wv[2u * i + 1u] = w_tile[(2u * b + 1u) * TILE_ROWS + lx + 32u * i];
+        ws[i] = w_scale[b * TILE_ROWS + lx + 32u * i];
+      }
+      // @unroll
+      for (var j = 0u; j < 8u; j++) {
+        let t = 8u * ly + j;
+        let x0 = x_tile[2u * b * TILE_TOKENS + t];
+        let x1 = x_tile[(2u * b + 1u) * TILE_TOKENS + t];
+        let xs = x_scale[b * TILE_TOKENS + t];
+        // @unroll
+        for (var i = 0u; i < 4u; i++) {
+          let lo = f32(dot16(wv[2u * i], x0));
+          let hi = f32(dot16(wv[2u * i + 1u], x1));
+          acc[8u * i + j] += xs.x * (ws[i].x * lo + ws[i].y * hi) - ws[i].z * xs.y;
+        }
+      }
+    }
+    workgroupBarrier();
+  }
+
+  // @unroll
+  for (var i = 0u; i < 4u; i++) {
+    let r = n0 + lx + 32u * i;
+    // @unroll
+    for (var j = 0u; j < 8u; j++) {
+      let t = t0 + 8u * ly + j;
+      if (r < part.rows && t < m) { y[t * part.out_stride + part.first_row + r] = acc[8u * i + j]; }
+    }
+  }
+}
