@@ -17,6 +17,8 @@
  *                        [--prefill-splits N]  (prefill attention with N key splits per KV head:
  *                                               "prefill-splitsN" rows)
  *                        [--max-batch N]  (prompt tokens per prefill step, default 512: "prefill-batchN" rows)
+ *                        [--int8-prefill]  (prefill products through 8-bit integer dot products for the
+ *                                           weights that have them: "prefill-int8" rows)
  *                        [--matvec-tuning '{"ffn_down": {"rowsPerWorkgroup": 4}}']  (decode matvec tunings by
  *                                               role, GpuModelOptions.matvecTuning: "decode-tuned" rows)
  *        deno task bench --kv full,random,wgkv [--kv-prompts 8192,32768] [--window 256] [--admit 0.2]
@@ -93,6 +95,7 @@ const { values } = benchFlags(import.meta.url, () =>
       "prefill-splits": { type: "string" },
       "max-batch": { type: "string" },
       "matvec-tuning": { type: "string" },
+      "int8-prefill": { type: "boolean" },
       kv: { type: "string" },
       "kv-prompts": { type: "string" },
       window: { type: "string" },
@@ -162,8 +165,10 @@ if (!Number.isInteger(maxBatch) || maxBatch < 1) {
   console.error(`bench: --max-batch must be a positive integer, got ${values["max-batch"]}`);
   Deno.exit(2);
 }
+// --int8-prefill: prefill products through 8-bit integer dot products (rows named "prefill-int8").
+const int8Prefill = values["int8-prefill"] === true;
 const prefillTest = "prefill" + (prefillSplits !== undefined ? `-splits${prefillSplits}` : "") +
-  (maxBatch !== 512 ? `-batch${maxBatch}` : "") + wgkvAppendSuffix;
+  (maxBatch !== 512 ? `-batch${maxBatch}` : "") + (int8Prefill ? "-int8" : "") + wgkvAppendSuffix;
 const key = (r: Pick<BenchRow, "shape" | "type" | "test" | "tokens" | "policy">) =>
   `${r.shape}/${r.type}/${r.test}/${r.tokens}${r.policy ? `/${r.policy}` : ""}`;
 const kvPolicies = values.kv ? list(values.kv, "") : [];
@@ -272,6 +277,7 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
       fuseWgkvAppend,
       prefillSplits,
       matvecTuning,
+      int8Prefill,
       onProgress: (m) => console.error(m),
     });
     if (matvecTuning) results.matvecTuning = matvecTuning;
@@ -400,6 +406,8 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
           fuseKvAppend,
           fuseWgkvAppend,
           prefillSplits,
+          int8Prefill,
+          matvecTuning,
           policy,
           globalFraction: name === "wgkv" ? 1 : undefined,
           onProgress: (m) => console.error(m),

@@ -29,6 +29,13 @@ import { checkInt, encodeOps, type GpuOp, StepParams } from "../gpu/ops/op.ts";
 import { createEmbed, type EmbedOp } from "../gpu/ops/embed.ts";
 import { createRmsNorm } from "../gpu/ops/norm.ts";
 import {
+  createMatmulInt8,
+  createQ8Quantize,
+  int8MatmulBlocker,
+  type Q8Activations,
+  q8ActivationBytes,
+} from "../gpu/ops/matmul_int8.ts";
+import {
   createMatmul,
   createMatvec,
   createQkvMatmul,
@@ -134,6 +141,13 @@ export interface GpuModelOptions {
    * benchmarking on a given GPU; a role left out gets the kernels' defaults.
    */
   matvecTuning?: Partial<Record<MatvecRole, MatvecTuning>>;
+  /**
+   * Prefill: matrix products through 8-bit integer dot products (`./../gpu/ops/matmul_int8.ts`) for the
+   * weights that have an integer view (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K), the activations quantised per
+   * 32-value block first; the others keep the f32 kernels. Changes the prefill's results by the
+   * activations' rounding (as llama.cpp's quantised products do). Default false.
+   */
+  int8Prefill?: boolean;
 }
 
 /** The decode matrix-vector products of a layer (and the output projection) that take a tuning. */
@@ -179,6 +193,7 @@ interface Activations {
   logits: GPUBuffer; // [V]
   partials: GPUBuffer; // split-K decode scratch
   normSums: GPUBuffer; // decode: sums of squares of a folded RMSNorm, one per producer workgroup
+  q8?: { xq: GPUBuffer; xds: GPUBuffer }; // int8 prefill: quantised activations of the widest input
 }
 
 /** Weights on the GPU, the paged KV cache of one sequence, and the recorded ops of a step. */
@@ -434,6 +449,10 @@ export class GpuModel {
       ),
       normSums: f32("norm sums", E),
     };
+    if (options.int8Prefill && maxBatch > 1) {
+      const bytes = q8ActivationBytes(maxBatch, Math.ceil(Math.max(E, FF, Hq * D) / 32) * 32);
+      act.q8 = { xq: f32("q8 values", bytes.xq / 4), xds: f32("q8 scales", bytes.xds / 4) };
+    }
     // The write gate's inputs and outputs (wgkv policy): the key before RoPE, scores and flags.
     const gateBufs = gate && {
       params: uploadGate(gpu, gate),
@@ -467,10 +486,23 @@ export class GpuModel {
         decode && fullKv !== undefined && (options.fuseKvAppend ?? true) && canFuseQkv(w.wq, w.wk, w.wv) &&
         qkvKvAppendBlocker(gpu.limits, fullKv, w.wk, w.wv) === undefined;
       const tuning = (role: MatvecRole) => options.matvecTuning?.[role];
-      const linear = (label: string, weight: GpuWeight, x: GPUBuffer, y: GPUBuffer, role: MatvecRole) =>
-        decode
-          ? createMatvec(gpu, { label, weight, x, y, maxTokens, step, tuning: tuning(role) })
-          : createMatmul(gpu, { label, weight, x, y, maxTokens, step });
+      // Int8 prefill (options.int8Prefill): whether all of `weights` have an integer view, and the op that
+      // quantises their input `x` (rows of `cols`) into act.q8, returning what the products read.
+      const int8 = (...weights: GpuWeight[]) =>
+        !decode && act.q8 !== undefined && weights.every((w) => int8MatmulBlocker(w) === undefined);
+      const quantize = (label: string, x: GPUBuffer, cols: number): Q8Activations => {
+        const q8: Q8Activations = { xq: act.q8!.xq, xds: act.q8!.xds, cols, maxTokens };
+        ops.push(createQ8Quantize(gpu, { label, x, out: q8, step }));
+        return q8;
+      };
+      const int8Product = (label: string, weight: GpuWeight, x: Q8Activations, y: GPUBuffer) =>
+        createMatmulInt8(gpu, { label, weight, x, y, maxTokens, step });
+      // One product; with int8 prefill, its input quantised just before it.
+      const linear = (label: string, weight: GpuWeight, x: GPUBuffer, y: GPUBuffer, role: MatvecRole) => {
+        if (decode) return createMatvec(gpu, { label, weight, x, y, maxTokens, step, tuning: tuning(role) });
+        if (int8(weight)) return int8Product(label, weight, quantize(`${label}_q8`, x, weight.cols), y);
+        return createMatmul(gpu, { label, weight, x, y, maxTokens, step });
+      };
       const embed = createEmbed(gpu, {
         label: `${tag}token_embd`,
         weight: tokenEmbd,
@@ -548,7 +580,13 @@ export class GpuModel {
             tuning: tuning("attn_qkv"),
           }));
         } else {
-          if (!decode && !qkvMatmulBlocker(w.wq, w.wk, w.wv)) {
+          if (int8(w.wq, w.wk, w.wv) && w.wk.cols === w.wq.cols && w.wv.cols === w.wq.cols) {
+            // Int8 prefill: the input quantised once for the three products.
+            const xq = quantize(`${p}attn_qkv_q8`, act.xn, w.wq.cols);
+            ops.push(int8Product(`${p}attn_q`, w.wq, xq, act.q));
+            ops.push(int8Product(`${p}attn_k`, w.wk, xq, act.k));
+            ops.push(int8Product(`${p}attn_v`, w.wv, xq, act.v));
+          } else if (!decode && !qkvMatmulBlocker(w.wq, w.wk, w.wv)) {
             // Prefill: Q, K and V row tiles in one dispatch (K and V alone would underfill the GPU).
             ops.push(createQkvMatmul(gpu, {
               label: `${p}attn_qkv`,
@@ -663,7 +701,15 @@ export class GpuModel {
           ops.push(linear(`${p}attn_output`, w.wo, act.att, act.proj, "attn_output"));
           ops.push(norm(`${p}ffn_norm`, w.ffnNorm, true));
         }
-        if (canFuseGateUp(w.wGate, w.wUp)) {
+        if (int8(w.wGate, w.wUp) && w.wUp.cols === w.wGate.cols) {
+          // Int8 prefill: the input quantised once, gate and up products, then silu(gate) · up.
+          const xq = quantize(`${p}ffn_gate_up_q8`, act.xn, w.wGate.cols);
+          ops.push(int8Product(`${p}ffn_gate`, w.wGate, xq, act.gate));
+          ops.push(int8Product(`${p}ffn_up`, w.wUp, xq, act.up));
+          ops.push(
+            createSwiGlu(gpu, { label: `${p}swiglu`, width: FF, maxTokens, gate: act.gate, up: act.up, step }),
+          );
+        } else if (canFuseGateUp(w.wGate, w.wUp)) {
           // One dispatch: silu(x·Wgateᵀ) · (x·Wupᵀ), x read once for both.
           ops.push(
             decode
