@@ -1,11 +1,12 @@
 import { ok, throws } from "node:assert/strict";
-import { UnsupportedError } from "../src/errors.ts";
+import { BadFlagError, UnsupportedError } from "../src/errors.ts";
 import { getGpu, type Gpu } from "../src/gpu/device.ts";
 import {
   createMatmulInt8,
   createQ8Quantize,
   INT8_WEIGHT_TYPES,
   int8MatmulBlocker,
+  int8WorkgroupBytes,
   q8ActivationBytes,
   type Q8Activations,
 } from "../src/gpu/ops/matmul_int8.ts";
@@ -81,8 +82,11 @@ for (const type of INT8_WEIGHT_TYPES) {
     const cases = [
       { rows: 1, cols: block, m: 1, kBlocks: 2 },
       { rows: 130, cols: type.endsWith("_K") ? 256 : 96, m: 70, kBlocks: 2 },
-      { rows: 33, cols: 2 * block, m: 3, kBlocks: 4 },
-      { rows: 7, cols: 3 * block, m: 9, kBlocks: 1 },
+      { rows: 7, cols: 3 * block, m: 9, kBlocks: 2 },
+      // Four blocks per step where the workgroup memory allows (a GPU; not lavapipe's 32 KiB).
+      ...(int8WorkgroupBytes(4) <= gpu.limits.maxComputeWorkgroupStorageSize
+        ? [{ rows: 33, cols: 5 * block, m: 3, kBlocks: 4 }]
+        : []),
     ];
     for (const c of cases) {
       const maxTokens = c.m + 2;
@@ -125,7 +129,7 @@ Deno.test("int8 matmul: a weight split into parts writes each part's columns", a
   ok(bad === undefined, bad);
 });
 
-Deno.test("int8 matmul: types without an integer view and rows off the 32-value grid are refused by name", async () => {
+Deno.test("int8 matmul: types without an integer view, rows off the 32-value grid and bad kBlocks are refused", async () => {
   const gpu = await getGpu();
   const f16 = randomWeight(gpu, "w.f16", "F16", 4, 64).weight;
   ok(int8MatmulBlocker(f16)?.includes("w.f16 is F16"), int8MatmulBlocker(f16));
@@ -144,6 +148,21 @@ Deno.test("int8 matmul: types without an integer view and rows off the 32-value 
   );
   const q8 = randomWeight(gpu, "w.q8", "Q8_0", 4, 64).weight;
   ok(int8MatmulBlocker(q8) === undefined);
+  for (const kBlocks of [1, 3, 8]) {
+    throws(
+      () =>
+        createMatmulInt8(gpu, {
+          label: "mm",
+          weight: q8,
+          x: q8Buffers(gpu, 2, 64),
+          y: gpu.buffer("y", 32),
+          maxTokens: 2,
+          step,
+          kBlocks,
+        }),
+      BadFlagError,
+    );
+  }
   throws(
     () =>
       createMatmulInt8(gpu, {

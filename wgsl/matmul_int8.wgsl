@@ -6,12 +6,15 @@
 //
 // Output tiles of 128 rows × 64 tokens, 256 threads: thread (lx, ly) = (tid % 32, tid / 32) owns rows
 // n0 + lx + 32i (i < 4) and tokens t0 + 8ly + j (j < 8). The K loop stages k_blocks blocks per step:
-// - W tile [block][half][128 rows] of vec4u (a half is 16 values) and the scales [block][128 rows]: one
-//   (row, block) unit per thread and step, decoded once; a warp's threads read 32 consecutive rows'
-//   vec4s (conflict-free);
+// - W tile [block][half][128 rows] of vec4u (a half is 16 values), the scale pairs and the offsets
+//   [block][128 rows]:
+//   k_blocks / 2 (row, block) units per thread and step, decoded once; a warp's threads read 32
+//   consecutive rows' vec4s (conflict-free);
 // - X tile [block][half][64 tokens] of vec4u and (d, d · Σq) [block][64 tokens]: a warp reads one token's
 //   words (a broadcast).
-// Blocks past the row's end (a last step with fewer than k_blocks) get a zero X scale, so they add nothing.
+// Each thread fetches its units of the next step into registers before the products of this one, so the
+// global loads overlap them; two barriers per step guard the single tile. Blocks past the row's end (a
+// last step with fewer than k_blocks) get a zero X scale, so they add nothing.
 //
 // binding 0: W, array<u32>: the raw rows of one weight part, row r at byte r · row_bytes (read)
 // binding 1: xq, vec4u[max_tokens][cols / 16] (read), see wgsl/quantize_q8.wgsl
@@ -25,7 +28,8 @@
 struct Step { n_tokens: u32, pos0: u32 }
 struct Part { rows: u32, first_row: u32, out_stride: u32, cols: u32, row_bytes: u32 }
 
-override k_blocks: u32 = 2u; // 32-value blocks staged per step
+override k_blocks: u32 = 2u; // 32-value blocks staged per step: 2 or 4
+override units_per_thread: u32 = 1u; // k_blocks / 2: W units (and X vec4s) per thread and step
 
 @group(0) @binding(0) var<storage, read> W: array<u32>;
 @group(0) @binding(1) var<storage, read> xq: array<vec4u>;
@@ -39,11 +43,34 @@ override k_blocks: u32 = 2u; // 32-value blocks staged per step
 const THREADS: u32 = 256u;
 const TILE_ROWS: u32 = 128u;
 const TILE_TOKENS: u32 = 64u;
+const MAX_UNITS_PER_THREAD: u32 = 2u;
 
 var<workgroup> w_tile: array<vec4u, k_blocks * 2u * TILE_ROWS>;
-var<workgroup> w_scale: array<vec4f, k_blocks * TILE_ROWS>;
+var<workgroup> w_scale: array<vec2f, k_blocks * TILE_ROWS>; // (scale of values 0..15, of 16..31)
+var<workgroup> w_offset: array<f32, k_blocks * TILE_ROWS>;
 var<workgroup> x_tile: array<vec4u, k_blocks * 2u * TILE_TOKENS>;
 var<workgroup> x_scale: array<vec2f, k_blocks * TILE_TOKENS>;
+
+// W unit u of the step at block kb: (row u % 128, block u / 128), rows past the part and blocks past the
+// row's end repeating the last (a repeated block gets a zero X scale, so it adds nothing).
+fn fetch_w(u: u32, n0: u32, kb: u32, blocks: u32) -> Int8Unit {
+  let row = min(n0 + u % TILE_ROWS, part.rows - 1u);
+  return int8_unit(row * part.row_bytes, min(kb + u / TILE_ROWS, blocks - 1u));
+}
+
+// X vec4 u of the step at block kb: (token u % 64, half (u / 64) % 2, block u / 128), tokens past the step
+// repeating the last (their outputs are not written).
+fn fetch_x(u: u32, t0: u32, m: u32, kb: u32, blocks: u32, x_row: u32) -> vec4u {
+  let token = min(t0 + u % TILE_TOKENS, m - 1u);
+  return xq[token * x_row + 2u * min(kb + u / (2u * TILE_TOKENS), blocks - 1u) + (u / TILE_TOKENS) % 2u];
+}
+
+// The (d, d · Σq) of X vec4 u's block (zero for a block past the row's end).
+fn fetch_xs(u: u32, t0: u32, m: u32, kb: u32, blocks: u32) -> vec2f {
+  let token = min(t0 + u % TILE_TOKENS, m - 1u);
+  let blk = kb + u / (2u * TILE_TOKENS);
+  return select(vec2f(0.0), xds[token * blocks + min(blk, blocks - 1u)], blk < blocks);
+}
 
 // Σ of the four byte products of a and b, four words each.
 fn dot16(a: vec4u, b: vec4u) -> i32 {
@@ -62,37 +89,58 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
   let x_row = part.cols / 16u; // vec4u per token row of xq
 
   var acc: array<f32, 32>; // [row i][token j] at 8i + j
+  // The step's units of this thread, fetched into registers one step ahead (their loads overlap the
+  // products of the step before): W unit u = tid + p · THREADS is (row u % 128, block u / 128); X vec4 u is
+  // (token u % 64, half (u / 64) % 2, block u / 128), with the block's (d, d · Σq) for half 0.
+  var w_next: array<Int8Unit, MAX_UNITS_PER_THREAD>;
+  var x_next: array<vec4u, MAX_UNITS_PER_THREAD>;
+  var xs_next: array<vec2f, MAX_UNITS_PER_THREAD>;
   for (var kb = 0u; kb < blocks; kb += k_blocks) {
-    for (var u = tid; u < k_blocks * TILE_ROWS; u += THREADS) {
-      let r = u % TILE_ROWS;
-      let b = u / TILE_ROWS;
-      let unit = int8_unit(min(n0 + r, part.rows - 1u) * part.row_bytes, min(kb + b, blocks - 1u));
-      w_tile[2u * b * TILE_ROWS + r] = vec4u(unit.q[0], unit.q[1], unit.q[2], unit.q[3]);
-      w_tile[(2u * b + 1u) * TILE_ROWS + r] = vec4u(unit.q[4], unit.q[5], unit.q[6], unit.q[7]);
-      w_scale[b * TILE_ROWS + r] = unit.scale;
-    }
-    for (var u = tid; u < k_blocks * 2u * TILE_TOKENS; u += THREADS) {
-      let t = u % TILE_TOKENS;
-      let h = (u / TILE_TOKENS) % 2u;
-      let b = u / (2u * TILE_TOKENS);
-      let token = min(t0 + t, m - 1u);
-      let blk = min(kb + b, blocks - 1u);
-      x_tile[(2u * b + h) * TILE_TOKENS + t] = xq[token * x_row + 2u * blk + h];
-      if (h == 0u) {
-        x_scale[b * TILE_TOKENS + t] = select(vec2f(0.0), xds[token * blocks + blk], kb + b < blocks);
+    if (kb == 0u) {
+      // @unroll
+      for (var p = 0u; p < units_per_thread; p++) {
+        w_next[p] = fetch_w(tid + p * THREADS, n0, kb, blocks);
+        x_next[p] = fetch_x(tid + p * THREADS, t0, m, kb, blocks, x_row);
+        xs_next[p] = fetch_xs(tid + p * THREADS, t0, m, kb, blocks);
       }
     }
+    // @unroll
+    for (var p = 0u; p < units_per_thread; p++) {
+      let u = tid + p * THREADS;
+      let r = u % TILE_ROWS;
+      let b = u / TILE_ROWS;
+      let unit = w_next[p];
+      w_tile[2u * b * TILE_ROWS + r] = vec4u(unit.q[0], unit.q[1], unit.q[2], unit.q[3]);
+      w_tile[(2u * b + 1u) * TILE_ROWS + r] = vec4u(unit.q[4], unit.q[5], unit.q[6], unit.q[7]);
+      w_scale[b * TILE_ROWS + r] = unit.scale.xy;
+      w_offset[b * TILE_ROWS + r] = unit.scale.z;
+      let t = u % TILE_TOKENS;
+      let h = (u / TILE_TOKENS) % 2u;
+      x_tile[(2u * b + h) * TILE_TOKENS + t] = x_next[p];
+      if (h == 0u) { x_scale[b * TILE_TOKENS + t] = xs_next[p]; }
+    }
     workgroupBarrier();
+    let kn = kb + k_blocks;
+    if (kn < blocks) {
+      // @unroll
+      for (var p = 0u; p < units_per_thread; p++) {
+        w_next[p] = fetch_w(tid + p * THREADS, n0, kn, blocks);
+        x_next[p] = fetch_x(tid + p * THREADS, t0, m, kn, blocks, x_row);
+        xs_next[p] = fetch_xs(tid + p * THREADS, t0, m, kn, blocks);
+      }
+    }
 
     // @unroll
     for (var b = 0u; b < k_blocks; b++) {
       var wv: array<vec4u, 8>; // [row i][half h] at 2i + h
-      var ws: array<vec4f, 4>;
+      var ws: array<vec2f, 4>;
+      var wo: array<f32, 4>;
       // @unroll
       for (var i = 0u; i < 4u; i++) {
         wv[2u * i] = w_tile[2u * b * TILE_ROWS + lx + 32u * i];
         wv[2u * i + 1u] = w_tile[(2u * b + 1u) * TILE_ROWS + lx + 32u * i];
         ws[i] = w_scale[b * TILE_ROWS + lx + 32u * i];
+        wo[i] = w_offset[b * TILE_ROWS + lx + 32u * i];
       }
       // @unroll
       for (var j = 0u; j < 8u; j++) {
@@ -104,7 +152,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
         for (var i = 0u; i < 4u; i++) {
           let lo = f32(dot16(wv[2u * i], x0));
           let hi = f32(dot16(wv[2u * i + 1u], x1));
-          acc[8u * i + j] += xs.x * (ws[i].x * lo + ws[i].y * hi) - ws[i].z * xs.y;
+          acc[8u * i + j] += xs.x * (ws[i].x * lo + ws[i].y * hi) - wo[i] * xs.y;
         }
       }
     }

@@ -32,8 +32,8 @@ import {
   createMatmulInt8,
   createQ8Quantize,
   int8MatmulBlocker,
-  type Q8Activations,
   q8ActivationBytes,
+  type Q8Activations,
 } from "../gpu/ops/matmul_int8.ts";
 import {
   createMatmul,
@@ -707,7 +707,14 @@ export class GpuModel {
           ops.push(int8Product(`${p}ffn_gate`, w.wGate, xq, act.gate));
           ops.push(int8Product(`${p}ffn_up`, w.wUp, xq, act.up));
           ops.push(
-            createSwiGlu(gpu, { label: `${p}swiglu`, width: FF, maxTokens, gate: act.gate, up: act.up, step }),
+            createSwiGlu(gpu, {
+              label: `${p}swiglu`,
+              width: FF,
+              maxTokens,
+              gate: act.gate,
+              up: act.up,
+              step,
+            }),
           );
         } else if (canFuseGateUp(w.wGate, w.wUp)) {
           // One dispatch: silu(x·Wgateᵀ) · (x·Wupᵀ), x read once for both.

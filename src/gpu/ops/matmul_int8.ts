@@ -9,7 +9,7 @@
  * @module
  */
 
-import { UnsupportedError } from "../../errors.ts";
+import { BadFlagError, UnsupportedError } from "../../errors.ts";
 import type { Gpu } from "../device.ts";
 import { loadShader } from "../shader.ts";
 import type { GpuWeight } from "../weights.ts";
@@ -33,6 +33,14 @@ const TILE_TOKENS = 64;
 
 /** 32-value blocks staged per K step by default. */
 const K_BLOCKS = 2;
+
+/**
+ * Workgroup memory of `wgsl/matmul_int8.wgsl` with `kBlocks` blocks per step: the W tile, its scale pairs and
+ * offsets, the X tile and its scales (8 KiB per block: 4 blocks fit 32 KiB).
+ */
+export function int8WorkgroupBytes(kBlocks: number): number {
+  return kBlocks * (2 * TILE_ROWS * 16 + TILE_ROWS * 12 + 2 * TILE_TOKENS * 16 + TILE_TOKENS * 8);
+}
 
 /**
  * Why `weight` cannot go through {@link createMatmulInt8} (a one-line reason naming it), or undefined when it
@@ -118,7 +126,7 @@ export interface MatmulInt8Options {
   maxTokens: number;
   /** Per-step token count (`nTokens`). */
   step: StepParams;
-  /** 32-value blocks per K step (1, 2 or 4; default 2, 4 needs about 34 KB of workgroup memory). */
+  /** 32-value blocks per K step, 2 (default) or 4 (32 KiB of workgroup memory). */
   kBlocks?: number;
 }
 
@@ -138,12 +146,18 @@ export function createMatmulInt8(gpu: Gpu, options: MatmulInt8Options): GpuOp {
   checkInt(label, "maxTokens", maxTokens, 1, x.maxTokens);
   checkSlice(label, "y", y, maxTokens * weight.rows * 4);
   const kBlocks = options.kBlocks ?? K_BLOCKS;
-  if (![1, 2, 4].includes(kBlocks)) {
-    throw new UnsupportedError(`${label}: kBlocks must be 1, 2 or 4, got ${kBlocks}`);
+  if (kBlocks !== 2 && kBlocks !== 4) {
+    throw new BadFlagError(`${label}: kBlocks must be 2 or 4, got ${kBlocks}`);
+  }
+  const bytes = int8WorkgroupBytes(kBlocks);
+  if (bytes > gpu.limits.maxComputeWorkgroupStorageSize) {
+    throw new BadFlagError(
+      `${label}: kBlocks ${kBlocks} needs ${bytes} bytes of workgroup memory, this GPU allows ${gpu.limits.maxComputeWorkgroupStorageSize}`,
+    );
   }
   const tokenTiles = ceilDiv(maxTokens, TILE_TOKENS);
   checkWorkgroups(gpu, label, tokenTiles);
-  const kernel = gpu.kernel("matmul_int8", { k_blocks: kBlocks }, {
+  const kernel = gpu.kernel("matmul_int8", { k_blocks: kBlocks, units_per_thread: kBlocks / 2 }, {
     INT8_UNITS: int8UnitSource(weight.info.name),
   });
   const parts = weight.parts.map((part, i) => {
