@@ -9,6 +9,11 @@
  * cancel); run lengths are chosen from a first estimate so that the short run takes about 50 ms.
  * TFLOP/s counts 2 · tokens · rows · cols per op (rows of gate and up together for gate_up).
  *
+ * A tuning `{"int8": true}` (optionally with `"kBlocks": 2` or `4`) times the integer-dot-product kernel
+ * (`createMatmulInt8`) instead, for the types that have an integer view: its input quantised once before
+ * the timed runs (the quantisation is a separate, much smaller dispatch); gate_up then times the gate and
+ * up products and the SwiGLU as one op.
+ *
  * usage: deno run -A bench/matmul.ts [--types Q4_K,Q6_K,Q8_0,F16] [--shapes 8b,1b | 8b.ffn_down,…]
  *          [--tokens 512,4096] [--tunings '[{}, {"unrollK": true}, {"prefetch": false}]']
  *          [--min-mb 128] [--out out/matmul.json] [--quick]
@@ -36,7 +41,14 @@ import {
   matmulShape,
   type MatmulTuning,
 } from "../src/gpu/ops/matmul.ts";
-import { ceilDiv, StepParams } from "../src/gpu/ops/op.ts";
+import { ceilDiv, type GpuOp, StepParams } from "../src/gpu/ops/op.ts";
+import {
+  createMatmulInt8,
+  createQ8Quantize,
+  type Q8Activations,
+  q8ActivationBytes,
+} from "../src/gpu/ops/matmul_int8.ts";
+import { createSwiGlu } from "../src/gpu/ops/elementwise.ts";
 import type { GpuWeight } from "../src/gpu/weights.ts";
 import { GGMLType, typeInfo } from "../src/gguf/types.ts";
 import { RANDOM_WEIGHT_TYPES, randomWeight, saveJson, timeOps } from "./kernel_timing.ts";
@@ -68,6 +80,9 @@ const SHAPES: Shape[] = [
   { name: "tiny.down", kind: "matmul", cols: 768, rows: 256 },
 ];
 
+/** A prefill tuning, or the integer kernel with its blocks per step. */
+type BenchTuning = MatmulTuning & { int8?: boolean; kBlocks?: number };
+
 /** One measured (shape, type, tokens, tuning). */
 interface Row {
   shape: string;
@@ -77,7 +92,7 @@ interface Row {
   rows: number;
   type: string;
   tokens: number;
-  tuning: MatmulTuning;
+  tuning: BenchTuning;
   /** The tile shape and variant the op ran with (the defaults filled in). */
   tile?: MatmulShape;
   /** Weight bytes one op reads. */
@@ -128,7 +143,7 @@ const tokenCounts = list(values.tokens, quick ? "64" : "512").map(Number);
 for (const n of tokenCounts) {
   if (!Number.isInteger(n) || n < 1) usage(`--tokens: expected positive integers, got ${values.tokens}`);
 }
-let tunings: MatmulTuning[];
+let tunings: BenchTuning[];
 try {
   tunings = JSON.parse(values.tunings ?? "[{}]");
 } catch (e) {
@@ -143,6 +158,7 @@ const outPath = values.out ?? "out/matmul.json";
 const gpu = await getGpu();
 // A tuning with an unknown field or value fails here, before any weight is uploaded.
 for (const t of tunings) {
+  if (t.int8) continue;
   try {
     matmulShape(gpu, `--tunings ${JSON.stringify(t)}`, 1, 1, t);
   } catch (e) {
@@ -193,6 +209,47 @@ function record(row: Row): void {
   save();
 }
 
+/** Time per op of the integer kernel over the weight copies (input quantised once, not timed). */
+async function timeInt8(
+  shape: Shape,
+  sets: GpuWeight[][],
+  x: GPUBuffer,
+  y: GPUBuffer,
+  tokens: number,
+  step: StepParams,
+  kBlocks: number | undefined,
+): Promise<number> {
+  const bytes = q8ActivationBytes(tokens, shape.cols);
+  const q8: Q8Activations = {
+    xq: gpu.buffer("xq", bytes.xq),
+    xds: gpu.buffer("xds", bytes.xds),
+    cols: shape.cols,
+    maxTokens: tokens,
+  };
+  const up = shape.kind === "gate_up" ? gpu.buffer("up", tokens * shape.rows * 4) : undefined;
+  try {
+    const quantize = createQ8Quantize(gpu, { label: "q8", x, out: q8, step });
+    const encoder = gpu.device.createCommandEncoder();
+    const pass = encoder.beginComputePass();
+    quantize.encode(pass);
+    pass.end();
+    gpu.device.queue.submit([encoder.finish()]);
+    const common = { x: q8, maxTokens: tokens, step, kBlocks };
+    const ops: GpuOp[] = sets.map(([a, b]) => {
+      if (!up) return createMatmulInt8(gpu, { ...common, label: shape.name, weight: a, y });
+      const parts = [
+        createMatmulInt8(gpu, { ...common, label: `${shape.name}.gate`, weight: a, y }),
+        createMatmulInt8(gpu, { ...common, label: `${shape.name}.up`, weight: b, y: up }),
+        createSwiGlu(gpu, { label: "swiglu", width: shape.rows, maxTokens: tokens, gate: y, up, step }),
+      ];
+      return { label: shape.name, encode: (p: GPUComputePassEncoder) => parts.forEach((o) => o.encode(p)) };
+    });
+    return (await timeOps(gpu, ops, quick)).us;
+  } finally {
+    for (const b of [q8.xq as GPUBuffer, q8.xds as GPUBuffer, up]) b?.destroy();
+  }
+}
+
 for (const shape of shapes) {
   for (const type of types) {
     const info = typeInfo(GGMLType[type as keyof typeof GGMLType], type);
@@ -231,6 +288,12 @@ for (const shape of shapes) {
         for (const tuning of tunings) {
           const row: Row = { ...base, tokens, tuning };
           try {
+            if (tuning.int8) {
+              row.us = await timeInt8(shape, sets, x, y, tokens, step, tuning.kBlocks);
+              row.tflops = 2 * tokens * outRows * shape.cols / (row.us * 1e-6) / 1e12;
+              record(row);
+              continue;
+            }
             const rowTiles = shape.kind === "gate_up"
               ? ceilDiv(shape.rows, MATMUL_TILE_ROWS / 2)
               : Math.max(...sets[0][0].parts.map((p) => ceilDiv(p.rows, MATMUL_TILE_ROWS)));
