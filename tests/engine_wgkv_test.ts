@@ -181,12 +181,18 @@ fixtureTest(
     const L = hp.nLayer, H = hp.nHeadKV;
     const tokens = prompt(60);
     const admitted = new Float64Array(L * H);
+    // Tokens whose CPU score lies within float noise of the threshold (GPU and CPU scores agree to 1e-3
+    // below): the GPU may put those on either side.
+    const nearThreshold = new Float64Array(L * H);
     // The last prefill chunk (maxBatch 16: tokens 48 … 59): its scores, [token][layer][head].
     const lastChunk = tokens.length - 48;
     const lastScores = new Float32Array(lastChunk * L * H);
     cpu.keyObserver = (layer, pos, pre, post) => {
       const g = gateScores(gate, layer, pre, post, 1);
-      for (let h = 0; h < H; h++) if (g[h] > threshold) admitted[layer * H + h]++;
+      for (let h = 0; h < H; h++) {
+        if (g[h] > threshold) admitted[layer * H + h]++;
+        if (Math.abs(g[h] - threshold) <= 1e-3) nearThreshold[layer * H + h]++;
+      }
       if (pos >= 48) { for (let h = 0; h < H; h++) lastScores[((pos - 48) * L + layer) * H + h] = g[h]; }
     };
     for (let i = 0; i < tokens.length; i++) cpu.forward(tokens[i], i);
@@ -197,19 +203,15 @@ fixtureTest(
     });
     await model.forward(tokens, 0, "logits");
     const gpuFractions = model.kvStats().dual!.admittedFraction;
-    // A score within float noise of the threshold may land on either side: allow one token per head.
-    let differing = 0;
     for (let r = 0; r < L * H; r++) {
       const diff = Math.abs(gpuFractions[r] * tokens.length - admitted[r]);
       ok(
-        diff <= 1,
+        diff <= nearThreshold[r] + 1e-6,
         `layer ${Math.floor(r / H)} head ${r % H}: GPU ${gpuFractions[r] * tokens.length}, CPU ${
           admitted[r]
-        }`,
+        } (${nearThreshold[r]} scores within 1e-3 of the threshold)`,
       );
-      if (diff > 0) differing++;
     }
-    ok(differing <= 2, `${differing} heads differ`);
     ok(admitted.some((a) => a > 0) && admitted.some((a) => a < tokens.length), "mixed admissions");
     // The scores themselves, as read back for calibrating a threshold.
     const scores = await model.gateScores(lastChunk);
