@@ -6,16 +6,7 @@ import { GpuModel } from "../src/model/gpu_model.ts";
 import { getGpu } from "../src/gpu/device.ts";
 import { SYNTH_TYPES, writeSyntheticModel } from "../src/model/synth.ts";
 import { fixture, fixtureTest } from "./fixtures.ts";
-
-/** Largest |a − b| relative to the largest |b| (at least 1). */
-function relativeError(a: Float32Array, b: Float32Array): number {
-  let maxDiff = 0, scale = 1;
-  for (let i = 0; i < b.length; i++) {
-    maxDiff = Math.max(maxDiff, Math.abs(a[i] - b[i]));
-    scale = Math.max(scale, Math.abs(b[i]));
-  }
-  return maxDiff / scale;
-}
+import { relativeError } from "./gpu_ops_helpers.ts";
 
 fixtureTest(
   "gpu model: stories260K greedy reproduces the 200 golden tokens and the stored logits",

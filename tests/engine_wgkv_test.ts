@@ -9,18 +9,10 @@ import type { KvPolicy } from "../src/kv/wgkv_policy.ts";
 import { fixture, fixtureTest } from "./fixtures.ts";
 import { ReferenceModel } from "../src/model/reference.ts";
 import { gateScores } from "../src/gate/reference.ts";
+import { relativeError } from "./gpu_ops_helpers.ts";
 
 const MODEL = "stories260K.gguf";
 const GATE = "gate/stories260K-gate-fp32.pt";
-
-function maxRelDiff(a: Float32Array, b: Float32Array): number {
-  let d = 0, scale = 1;
-  for (let i = 0; i < a.length; i++) {
-    d = Math.max(d, Math.abs(a[i] - b[i]));
-    scale = Math.max(scale, Math.abs(b[i]));
-  }
-  return d / scale;
-}
 
 /** Loads stories260K under `policy` and returns the logits after each prefix length in `marks`. */
 async function logitsAt(
@@ -64,7 +56,7 @@ fixtureTest(
       ] as KvPolicy<GateWeights>[]
     ) {
       const r = await logitsAt(policy, tokens, { maxBatch: 16 });
-      const err = maxRelDiff(r.logits, full.logits);
+      const err = relativeError(r.logits, full.logits);
       // The dual cache holds the same f16 keys in another order (ring, then global), so f32 sums round
       // differently; over random prompts that reaches ~2e-4 relative now and then (window: exactly 0).
       ok(err < 1e-3, `${policy.kind}: ${err}`);
@@ -80,10 +72,10 @@ fixtureTest(
     const tokens = prompt(50);
     const window = await logitsAt({ kind: "window", window: 16 }, tokens, { maxBatch: 16 });
     const none = await logitsAt({ kind: "random", window: 16, rate: 0, seed: 1 }, tokens, { maxBatch: 16 });
-    ok(maxRelDiff(none.logits, window.logits) < 1e-5);
+    ok(relativeError(none.logits, window.logits) < 1e-5);
     const full = await logitsAt({ kind: "full" }, tokens, { maxBatch: 16 });
     ok(
-      maxRelDiff(window.logits, full.logits) > 1e-3,
+      relativeError(window.logits, full.logits) > 1e-3,
       "a 16-token window must change the logits at position 49",
     );
     for (const m of [window, none, full]) m.model.destroy();
@@ -111,8 +103,8 @@ fixtureTest(
       const chunked = await logitsAt(policy, tokens, { maxBatch: 8 });
       const stepwise = await logitsAt(policy, tokens, { maxBatch: 8, stepwise: true });
       // Keys reach attention in another order (ring slots vs global pages), so f32 sums differ slightly.
-      ok(maxRelDiff(chunked.logits, once.logits) < 5e-4, `${policy.kind} chunked`);
-      ok(maxRelDiff(stepwise.logits, once.logits) < 5e-4, `${policy.kind} stepwise`);
+      ok(relativeError(chunked.logits, once.logits) < 5e-4, `${policy.kind} chunked`);
+      ok(relativeError(stepwise.logits, once.logits) < 5e-4, `${policy.kind} stepwise`);
       // Same admissions whichever way the tokens arrived; with the same ring, the same global tokens.
       const a = once.model.kvStats().dual!,
         b = stepwise.model.kvStats().dual!,
@@ -238,7 +230,7 @@ fixtureTest(
     ) {
       const one = await logitsAt(policy, tokens, { maxBatch: 16 });
       const split = await logitsAt(policy, tokens, { maxBatch: 16, prefillSplits: 3 });
-      const d = maxRelDiff(split.logits, one.logits);
+      const d = relativeError(split.logits, one.logits);
       // The merge adds the same terms in another order: over random prompts the relative difference is
       // heavy-tailed (5e-7 … 8e-5 in 25 prompts, 6.7e-4 once), as for the dual cache against the full one.
       ok(d < 1e-3, `${policy.kind}: logits differ by ${d}`);

@@ -5,16 +5,7 @@ import { GpuModel } from "../src/model/gpu_model.ts";
 import { hparamsFromGGUF } from "../src/model/hparams.ts";
 import { ReferenceModel } from "../src/model/reference.ts";
 import { writeSyntheticModel } from "../src/model/synth.ts";
-
-/** Largest |a − b| relative to the largest |b| (at least 1). */
-function relativeError(a: Float32Array, b: Float32Array): number {
-  let maxDiff = 0, scale = 1;
-  for (let i = 0; i < b.length; i++) {
-    maxDiff = Math.max(maxDiff, Math.abs(a[i] - b[i]));
-    scale = Math.max(scale, Math.abs(b[i]));
-  }
-  return maxDiff / scale;
-}
+import { relativeError } from "./gpu_ops_helpers.ts";
 
 Deno.test("gpu model: int8 prefill stays near the CPU reference, and decode goes on from its cache", async (t) => {
   const dir = await Deno.makeTempDir();

@@ -69,3 +69,13 @@ export async function runOps(
 export function untouchedPast(what: string, got: Float32Array, m: number, rows: number): void {
   for (let i = m * rows; i < got.length; i++) ok(Number.isNaN(got[i]), `${what}: wrote past m at ${i}`);
 }
+
+/** Largest |a − b| relative to the largest |b| (at least 1): how far two logit vectors are apart. */
+export function relativeError(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let maxDiff = 0, scale = 1;
+  for (let i = 0; i < b.length; i++) {
+    maxDiff = Math.max(maxDiff, Math.abs(a[i] - b[i]));
+    scale = Math.max(scale, Math.abs(b[i]));
+  }
+  return maxDiff / scale;
+}

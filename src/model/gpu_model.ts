@@ -701,21 +701,15 @@ export class GpuModel {
           ops.push(linear(`${p}attn_output`, w.wo, act.att, act.proj, "attn_output"));
           ops.push(norm(`${p}ffn_norm`, w.ffnNorm, true));
         }
+        // silu(gate) · up into act.gate, after separate gate and up products.
+        const swiGlu = () =>
+          createSwiGlu(gpu, { label: `${p}swiglu`, width: FF, maxTokens, gate: act.gate, up: act.up, step });
         if (int8(w.wGate, w.wUp) && w.wUp.cols === w.wGate.cols) {
-          // Int8 prefill: the input quantised once, gate and up products, then silu(gate) · up.
+          // Int8 prefill: the input quantised once for the gate and up products.
           const xq = quantize(`${p}ffn_gate_up_q8`, act.xn, w.wGate.cols);
           ops.push(int8Product(`${p}ffn_gate`, w.wGate, xq, act.gate));
           ops.push(int8Product(`${p}ffn_up`, w.wUp, xq, act.up));
-          ops.push(
-            createSwiGlu(gpu, {
-              label: `${p}swiglu`,
-              width: FF,
-              maxTokens,
-              gate: act.gate,
-              up: act.up,
-              step,
-            }),
-          );
+          ops.push(swiGlu());
         } else if (canFuseGateUp(w.wGate, w.wUp)) {
           // One dispatch: silu(x·Wgateᵀ) · (x·Wupᵀ), x read once for both.
           ops.push(
@@ -744,16 +738,7 @@ export class GpuModel {
         } else {
           ops.push(linear(`${p}ffn_gate`, w.wGate, act.xn, act.gate, "ffn_gate_up"));
           ops.push(linear(`${p}ffn_up`, w.wUp, act.xn, act.up, "ffn_gate_up"));
-          ops.push(
-            createSwiGlu(gpu, {
-              label: `${p}swiglu`,
-              width: FF,
-              maxTokens,
-              gate: act.gate,
-              up: act.up,
-              step,
-            }),
-          );
+          ops.push(swiGlu());
         }
         const next = l + 1 < hp.nLayer ? layers[l + 1] : undefined;
         qkvNorm = undefined;

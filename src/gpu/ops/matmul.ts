@@ -30,6 +30,18 @@ import {
   type StepParams,
 } from "./op.ts";
 
+/**
+ * The `part` uniform of the prefill product kernels for part `index` of `weight`: rows (in the part),
+ * first_row, out_stride (rows of the whole weight), cols, row_bytes.
+ */
+export function partUniform(gpu: Gpu, label: string, weight: GpuWeight, index: number): GPUBuffer {
+  const part = weight.parts[index];
+  return gpu.uniform(
+    `${label}.part${index}`,
+    new Uint32Array([part.rows, part.firstRow, weight.rows, weight.cols, weight.rowBytes]),
+  );
+}
+
 /** What both matrix ops bind. */
 export interface LinearOptions {
   /** Name for errors and the profiler, e.g. "blk.0.attn_q". */
@@ -92,17 +104,24 @@ function nextPowerOfTwo(n: number): number {
   return p;
 }
 
-interface PartDispatch {
+/** One dispatch of a product op: the bind group of a weight part and its grid. */
+export interface PartDispatch {
+  /** The part's bind group. */
   group: GPUBindGroup;
+  /** The grid of the part's dispatch. */
   workgroups: [number, number, number];
 }
 
-class LinearOp implements MatvecOp {
+/** A product op: one kernel, dispatched once per weight part. */
+export class LinearOp implements MatvecOp {
+  /** Name for errors and the profiler. */
   readonly label: string;
+  /** Partial sums of squares per token written for a folded norm (0 without one). */
   readonly normPartials: number;
   readonly #kernel: Kernel;
   readonly #parts: PartDispatch[];
 
+  /** An op running `kernel` once per entry of `parts`. */
   constructor(label: string, kernel: Kernel, parts: PartDispatch[], normPartials = 0) {
     this.label = label;
     this.normPartials = normPartials;
@@ -110,6 +129,7 @@ class LinearOp implements MatvecOp {
     this.#parts = parts;
   }
 
+  /** Records the op's dispatches. */
   encode(pass: GPUComputePassEncoder): void {
     pass.setPipeline(this.#kernel.pipeline);
     for (const part of this.#parts) {
@@ -375,10 +395,7 @@ export function createMatmul(gpu: Gpu, options: MatmulOptions): GpuOp {
   const unusedV = gpu.buffer(`${label} unused V output`, 4);
   const parts = weight.parts.map((part, i): PartDispatch => {
     checkWorkgroups(gpu, op, ceilDiv(part.rows, MATMUL_TILE_ROWS));
-    const info = gpu.uniform(
-      `${label}.part${i}`,
-      new Uint32Array([part.rows, part.firstRow, weight.rows, weight.cols, weight.rowBytes]),
-    );
+    const info = partUniform(gpu, label, weight, i);
     // The part's rows go through copy _a; the other two weight bindings repeat it (unread).
     const group = bindNumbered(gpu, kernel, [
       [0, part.buffer],

@@ -13,6 +13,7 @@ import { BadFlagError, UnsupportedError } from "../../errors.ts";
 import type { Gpu } from "../device.ts";
 import { loadShader } from "../shader.ts";
 import type { GpuWeight } from "../weights.ts";
+import { LinearOp, type PartDispatch, partUniform } from "./matmul.ts";
 import { bindNumbered } from "./matvec_units.ts";
 import {
   type BufferSlice,
@@ -160,32 +161,19 @@ export function createMatmulInt8(gpu: Gpu, options: MatmulInt8Options): GpuOp {
   const kernel = gpu.kernel("matmul_int8", { k_blocks: kBlocks, units_per_thread: kBlocks / 2 }, {
     INT8_UNITS: int8UnitSource(weight.info.name),
   });
-  const parts = weight.parts.map((part, i) => {
+  const parts = weight.parts.map((part, i): PartDispatch => {
     checkWorkgroups(gpu, label, ceilDiv(part.rows, TILE_ROWS));
-    const info = gpu.uniform(
-      `${label}.part${i}`,
-      new Uint32Array([part.rows, part.firstRow, weight.rows, weight.cols, weight.rowBytes]),
-    );
     const group = bindNumbered(gpu, kernel, [
       [0, part.buffer],
       [1, x.xq],
       [2, x.xds],
       [3, y],
       [4, step.buffer],
-      [5, info],
+      [5, partUniform(gpu, label, weight, i)],
     ]);
-    return { group, rowTiles: ceilDiv(part.rows, TILE_ROWS) };
+    return { group, workgroups: [ceilDiv(part.rows, TILE_ROWS), tokenTiles, 1] };
   });
-  return {
-    label,
-    encode(pass: GPUComputePassEncoder): void {
-      pass.setPipeline(kernel.pipeline);
-      for (const part of parts) {
-        pass.setBindGroup(0, part.group);
-        pass.dispatchWorkgroups(part.rowTiles, tokenTiles);
-      }
-    },
-  };
+  return new LinearOp(label, kernel, parts);
 }
 
 /** The `// ==== NAME ====` sections of a library shader, by name. */
