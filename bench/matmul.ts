@@ -11,8 +11,8 @@
  *
  * A tuning `{"int8": true}` (optionally with `"kBlocks": 2` or `4`) times the integer-dot-product kernel
  * (`createMatmulInt8`) instead, for the types that have an integer view: its input quantised once before
- * the timed runs (the quantisation is a separate, much smaller dispatch); gate_up then times the gate and
- * up products and the SwiGLU as one op.
+ * the timed runs (the quantisation is a separate, much smaller dispatch); gate_up runs the fused
+ * `createGateUpSwiGluInt8`.
  *
  * usage: deno run -A bench/matmul.ts [--types Q4_K,Q6_K,Q8_0,F16] [--shapes 8b,1b | 8b.ffn_down,…]
  *          [--tokens 512,4096] [--tunings '[{}, {"unrollK": true}, {"prefetch": false}]']
@@ -43,12 +43,12 @@ import {
 } from "../src/gpu/ops/matmul.ts";
 import { ceilDiv, type GpuOp, StepParams } from "../src/gpu/ops/op.ts";
 import {
+  createGateUpSwiGluInt8,
   createMatmulInt8,
   createQ8Quantize,
-  type Q8Activations,
   q8ActivationBytes,
+  type Q8Activations,
 } from "../src/gpu/ops/matmul_int8.ts";
-import { createSwiGlu } from "../src/gpu/ops/elementwise.ts";
 import type { GpuWeight } from "../src/gpu/weights.ts";
 import { GGMLType, typeInfo } from "../src/gguf/types.ts";
 import { RANDOM_WEIGHT_TYPES, randomWeight, saveJson, timeOps } from "./kernel_timing.ts";
@@ -226,7 +226,6 @@ async function timeInt8(
     cols: shape.cols,
     maxTokens: tokens,
   };
-  const up = shape.kind === "gate_up" ? gpu.buffer("up", tokens * shape.rows * 4) : undefined;
   try {
     const quantize = createQ8Quantize(gpu, { label: "q8", x, out: q8, step });
     const encoder = gpu.device.createCommandEncoder();
@@ -235,18 +234,14 @@ async function timeInt8(
     pass.end();
     gpu.device.queue.submit([encoder.finish()]);
     const common = { x: q8, maxTokens: tokens, step, kBlocks };
-    const ops: GpuOp[] = sets.map(([a, b]) => {
-      if (!up) return createMatmulInt8(gpu, { ...common, label: shape.name, weight: a, y });
-      const parts = [
-        createMatmulInt8(gpu, { ...common, label: `${shape.name}.gate`, weight: a, y }),
-        createMatmulInt8(gpu, { ...common, label: `${shape.name}.up`, weight: b, y: up }),
-        createSwiGlu(gpu, { label: "swiglu", width: shape.rows, maxTokens: tokens, gate: y, up, step }),
-      ];
-      return { label: shape.name, encode: (p: GPUComputePassEncoder) => parts.forEach((o) => o.encode(p)) };
-    });
+    const ops: GpuOp[] = sets.map(([a, b]) =>
+      shape.kind === "gate_up"
+        ? createGateUpSwiGluInt8(gpu, { ...common, label: shape.name, gate: a, up: b, out: y })
+        : createMatmulInt8(gpu, { ...common, label: shape.name, weight: a, y })
+    );
     return (await timeOps(gpu, ops, quick)).us;
   } finally {
-    for (const b of [q8.xq as GPUBuffer, q8.xds as GPUBuffer, up]) b?.destroy();
+    for (const b of [q8.xq as GPUBuffer, q8.xds as GPUBuffer]) b.destroy();
   }
 }
 

@@ -2,8 +2,10 @@ import { ok, throws } from "node:assert/strict";
 import { BadFlagError, UnsupportedError } from "../src/errors.ts";
 import { getGpu, type Gpu } from "../src/gpu/device.ts";
 import {
+  createGateUpSwiGluInt8,
   createMatmulInt8,
   createQ8Quantize,
+  gateUpInt8Blocker,
   INT8_WEIGHT_TYPES,
   int8MatmulBlocker,
   int8WorkgroupBytes,
@@ -109,6 +111,63 @@ for (const type of INT8_WEIGHT_TYPES) {
     }
   });
 }
+
+Deno.test("int8 matmul: gate/up + SwiGLU in one dispatch matches silu(x·gateᵀ) · (x·upᵀ) of the quantised input", async () => {
+  const gpu = await getGpu();
+  for (
+    const c of [
+      { type: "Q4_K", rows: 70, cols: 512, m: 65 },
+      { type: "Q6_K", rows: 33, cols: 256, m: 3 },
+      { type: "Q8_0", rows: 129, cols: 96, m: 1 },
+    ]
+  ) {
+    const { type, rows, cols, m } = c;
+    const maxTokens = m + 1;
+    const gate = randomWeight(gpu, "gate", type, rows, cols);
+    const up = randomWeight(gpu, "up", type, rows, cols);
+    const x = randomF32(maxTokens * cols);
+    const step = new StepParams(gpu, maxTokens);
+    const q8 = q8Buffers(gpu, maxTokens, cols);
+    const out = gpu.buffer("out", maxTokens * rows * 4, new Float32Array(maxTokens * rows).fill(NaN));
+    const ops = [
+      createQ8Quantize(gpu, { label: "q8", x: gpu.buffer("x", x.byteLength, x), out: q8, step }),
+      createGateUpSwiGluInt8(gpu, {
+        label: "gate_up",
+        gate: gate.weight,
+        up: up.weight,
+        x: q8,
+        out,
+        maxTokens,
+        step,
+      }),
+    ];
+    step.set(m);
+    await submitValidated(gpu, ops);
+    const got = await gpu.readF32(out);
+    const { x: xq } = await readQ8(gpu, q8, m);
+    for (let t = 0; t < m; t++) {
+      for (let r = 0; r < rows; r++) {
+        let g = 0, u = 0, scale = 0;
+        for (let k = 0; k < cols; k++) {
+          g += gate.w[r * cols + k] * xq[t * cols + k];
+          u += up.w[r * cols + k] * xq[t * cols + k];
+          scale += Math.abs(gate.w[r * cols + k] * xq[t * cols + k]) +
+            Math.abs(up.w[r * cols + k] * xq[t * cols + k]);
+        }
+        const want = g / (1 + Math.exp(-g)) * u;
+        const err = Math.abs(got[t * rows + r] - want);
+        ok(
+          err <= 1e-5 * scale * (Math.abs(g) + Math.abs(u) + 1),
+          `${type} out[${t}][${r}] = ${got[t * rows + r]}, want ${want}`,
+        );
+      }
+    }
+    ok(got.subarray(m * rows).every(Number.isNaN), `${type}: wrote past the step`);
+  }
+  const q4 = randomWeight(gpu, "g", "Q4_K", 4, 256).weight,
+    q6 = randomWeight(gpu, "u", "Q6_K", 4, 256).weight;
+  ok(gateUpInt8Blocker(q4, q6)?.includes("g is Q4_K, u Q6_K"), gateUpInt8Blocker(q4, q6));
+});
 
 Deno.test("int8 matmul: a weight split into parts writes each part's columns", async () => {
   const gpu = await getGpu();

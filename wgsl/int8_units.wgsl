@@ -2,8 +2,9 @@
 // (wgsl/matmul_int8.wgsl).
 //
 // This file is a library, not a kernel: src/gpu/ops/matmul_int8.ts splices the COMMON section of
-// wgsl/dequant.wgsl (the byte readers rd32, rd8, rdf16 and scale_min_k4 over `W: array<u32>`) and exactly one
-// type section of this file into the kernel. A row is cut into sub-blocks of 32 elements. Every section
+// wgsl/dequant.wgsl (the byte readers rd32, rd8, rdf16 and scale_min_k4 over `W: array<u32>`), the COMMON
+// section of this file and exactly one type section into the kernel, once per weight binding, with `W` and
+// the function names suffixed per weight (`W_a`, `int8_unit_a`, …). A row is cut into sub-blocks of 32 elements. Every section
 // defines `fn int8_unit(row: u32, sub: u32) -> Int8Unit`: sub-block `sub` of the row whose first byte is at
 // byte offset `row` of W, as 32 signed 8-bit integers q (element 4k + i in byte i of word k) and a scale
 // such that weight e = scale.x · q[e] − scale.z for e < 16 and scale.y · q[e] − scale.z for e ≥ 16 (Q6_K
@@ -11,10 +12,8 @@
 // whole number of blocks (src/gpu/ops/matmul_int8.ts checks).
 
 // ==== COMMON ====
-struct Int8Unit {
-  q: array<u32, 8>,
-  scale: vec4f, // (scale of elements 0..15, scale of 16..31, offset subtracted from every element, 0)
-}
+// (The kernel declares `struct Int8Unit { q: array<u32, 8>, scale: vec4f }`, scale = (scale of elements
+// 0..15, scale of 16..31, offset subtracted from every element, 0), once for all the weights it reads.)
 // Low (shift 0) or high (shift 4) nibbles of the four bytes of v, as four bytes 0..15.
 fn nibbles4(v: u32, shift: u32) -> u32 {
   return (v >> shift) & 0x0f0f0f0fu;

@@ -1,8 +1,11 @@
-// Prefill matrix product with 8-bit integer dot products: Y[t][first_row + r] = Σ_c X[t][c] · W[r][c] for
-// t < n_tokens, where X comes quantised per 32-value block (wgsl/quantize_q8.wgsl: x ≈ d_x · q_x) and W is
+// Prefill matrix products with 8-bit integer dot products, where X comes quantised per 32-value block (wgsl/quantize_q8.wgsl: x ≈ d_x · q_x) and W is
 // read as 32-value integer sub-blocks with their scales (wgsl/int8_units.wgsl: w = s · q_w − o). Per block:
 //   Σ w · x = d_x · (s_lo · Σ_{e<16} q_w q_x + s_hi · Σ_{e≥16} q_w q_x) − o · (d_x · Σ q_x),
 // the sums of products taken four at a time by dot4I8Packed (one instruction where the GPU has DP4A).
+//   entry `main`:   Y[t][first_row + r] = Σ_c X[t][c] · W_a[r][c] for t < n_tokens, one weight part;
+//   entry `swiglu`: the FFN input, Y[t][r] = silu(Σ_c X[t][c] · W_a[r][c]) · (Σ_c X[t][c] · W_b[r][c]), gate
+//                   and up of one type and shape (`paired`: tile rows 0..63 are gate rows, 64..127 the same up
+//                   rows, so a thread's rows i and i + 2 pair up).
 //
 // Output tiles of 128 rows × 64 tokens, 256 threads: thread (lx, ly) = (tid % 32, tid / 32) owns rows
 // n0 + lx + 32i (i < 4) and tokens t0 + 8ly + j (j < 8). The K loop stages k_blocks blocks per step:
@@ -16,33 +19,47 @@
 // global loads overlap them; two barriers per step guard the single tile. Blocks past the row's end (a
 // last step with fewer than k_blocks) get a zero X scale, so they add nothing.
 //
-// binding 0: W, array<u32>: the raw rows of one weight part, row r at byte r · row_bytes (read)
+// binding 0: W_a, array<u32>: the raw rows of one weight part (`swiglu`: the gate weight), row r at byte
+//            r · row_bytes (read)
+// binding 6: W_b, array<u32>: `swiglu`: the up weight, rows as W_a's (`main` binds W_a again) (read)
 // binding 1: xq, vec4u[max_tokens][cols / 16] (read), see wgsl/quantize_q8.wgsl
 // binding 2: xds, vec2f[max_tokens][cols / 32] (read), (d, d · Σq) per block
 // binding 3: y, f32[m][out_stride] (read_write), this part writing columns first_row .. first_row + rows
+//            (`swiglu`: out_stride = rows)
 // binding 4: step, uniform { n_tokens, pos0 }
 // binding 5: part, uniform { rows (in this part), first_row, out_stride, cols, row_bytes }
 //
-// Dispatch: (ceil(rows / 128), ceil(max_tokens / 64)); tiles past n_tokens return at once.
+// Dispatch: (ceil(rows / 128), ceil(max_tokens / 64)), `swiglu` (ceil(rows / 64), …); tiles past n_tokens
+// return at once.
 
 struct Step { n_tokens: u32, pos0: u32 }
 struct Part { rows: u32, first_row: u32, out_stride: u32, cols: u32, row_bytes: u32 }
 
 override k_blocks: u32 = 2u; // 32-value blocks staged per step: 2 or 4
 override units_per_thread: u32 = 1u; // k_blocks / 2: W units (and X vec4s) per thread and step
+override paired: bool = false; // entry `swiglu`: gate rows in the tile's first half, up rows in its second
 
-@group(0) @binding(0) var<storage, read> W: array<u32>;
+// One 32-value sub-block of a weight row (see wgsl/int8_units.wgsl).
+struct Int8Unit {
+  q: array<u32, 8>,
+  scale: vec4f, // (scale of values 0..15, scale of 16..31, offset subtracted from every value, 0)
+}
+
+@group(0) @binding(0) var<storage, read> W_a: array<u32>;
+@group(0) @binding(6) var<storage, read> W_b: array<u32>;
 @group(0) @binding(1) var<storage, read> xq: array<vec4u>;
 @group(0) @binding(2) var<storage, read> xds: array<vec2f>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<uniform> step: Step;
 @group(0) @binding(5) var<uniform> part: Part;
 
-{{INT8_UNITS}}
+{{INT8_UNITS_A}}
+{{INT8_UNITS_B}}
 
 const THREADS: u32 = 256u;
 const TILE_ROWS: u32 = 128u;
 const TILE_TOKENS: u32 = 64u;
+const HALF_ROWS: u32 = 64u; // output rows of a paired tile
 const MAX_UNITS_PER_THREAD: u32 = 2u;
 
 var<workgroup> w_tile: array<vec4u, k_blocks * 2u * TILE_ROWS>;
@@ -51,11 +68,18 @@ var<workgroup> w_offset: array<f32, k_blocks * TILE_ROWS>;
 var<workgroup> x_tile: array<vec4u, k_blocks * 2u * TILE_TOKENS>;
 var<workgroup> x_scale: array<vec2f, k_blocks * TILE_TOKENS>;
 
-// W unit u of the step at block kb: (row u % 128, block u / 128), rows past the part and blocks past the
-// row's end repeating the last (a repeated block gets a zero X scale, so it adds nothing).
+// W unit u of the step at block kb: (tile row u % 128, block u / 128), rows past the part and blocks past
+// the row's end repeating the last (a repeated block gets a zero X scale, so it adds nothing). Paired: tile
+// rows 0..63 are gate rows n0 + 0..63, rows 64..127 the same up rows.
 fn fetch_w(u: u32, n0: u32, kb: u32, blocks: u32) -> Int8Unit {
-  let row = min(n0 + u % TILE_ROWS, part.rows - 1u);
-  return int8_unit(row * part.row_bytes, min(kb + u / TILE_ROWS, blocks - 1u));
+  let tr = u % TILE_ROWS;
+  let blk = min(kb + u / TILE_ROWS, blocks - 1u);
+  if (paired) {
+    let row = min(n0 + tr % HALF_ROWS, part.rows - 1u) * part.row_bytes;
+    if (tr >= HALF_ROWS) { return int8_unit_b(row, blk); }
+    return int8_unit_a(row, blk);
+  }
+  return int8_unit_a(min(n0 + tr, part.rows - 1u) * part.row_bytes, blk);
 }
 
 // X vec4 u of the step at block kb: (token u % 64, half (u / 64) % 2, block u / 128), tokens past the step
@@ -77,12 +101,9 @@ fn dot16(a: vec4u, b: vec4u) -> i32 {
   return dot4I8Packed(a.x, b.x) + dot4I8Packed(a.y, b.y) + dot4I8Packed(a.z, b.z) + dot4I8Packed(a.w, b.w);
 }
 
-@compute @workgroup_size(THREADS)
-fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
-  let m = step.n_tokens;
-  let n0 = wg.x * TILE_ROWS;
-  let t0 = wg.y * TILE_TOKENS;
-  if (n0 >= part.rows || t0 >= m) { return; }
+// The tile's sums for tile rows n0 + … (see fetch_w) and tokens t0 + …: acc[8i + j] is tile row lx + 32i,
+// token t0 + 8ly + j. Every thread of the workgroup must call it (it has barriers).
+fn tile_products(n0: u32, t0: u32, m: u32, tid: u32) -> array<f32, 32> {
   let lx = tid % 32u;
   let ly = tid / 32u;
   let blocks = part.cols / 32u;
@@ -159,6 +180,18 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
     workgroupBarrier();
   }
 
+  return acc;
+}
+
+@compute @workgroup_size(THREADS)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
+  let m = step.n_tokens;
+  let n0 = wg.x * TILE_ROWS;
+  let t0 = wg.y * TILE_TOKENS;
+  if (n0 >= part.rows || t0 >= m) { return; }
+  let acc = tile_products(n0, t0, m, tid);
+  let lx = tid % 32u;
+  let ly = tid / 32u;
   // @unroll
   for (var i = 0u; i < 4u; i++) {
     let r = n0 + lx + 32u * i;
@@ -166,6 +199,27 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
     for (var j = 0u; j < 8u; j++) {
       let t = t0 + 8u * ly + j;
       if (r < part.rows && t < m) { y[t * part.out_stride + part.first_row + r] = acc[8u * i + j]; }
+    }
+  }
+}
+
+@compute @workgroup_size(THREADS)
+fn swiglu(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
+  let m = step.n_tokens;
+  let n0 = wg.x * HALF_ROWS;
+  let t0 = wg.y * TILE_TOKENS;
+  if (n0 >= part.rows || t0 >= m) { return; }
+  let acc = tile_products(n0, t0, m, tid);
+  let lx = tid % 32u;
+  let ly = tid / 32u;
+  // @unroll
+  for (var i = 0u; i < 2u; i++) {
+    let r = n0 + lx + 32u * i;
+    // @unroll
+    for (var j = 0u; j < 8u; j++) {
+      let t = t0 + 8u * ly + j;
+      let gate = acc[8u * i + j];
+      if (r < part.rows && t < m) { y[t * part.rows + r] = gate / (1.0 + exp(-gate)) * acc[8u * (i + 2u) + j]; }
     }
   }
 }

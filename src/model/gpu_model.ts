@@ -29,8 +29,10 @@ import { checkInt, encodeOps, type GpuOp, StepParams } from "../gpu/ops/op.ts";
 import { createEmbed, type EmbedOp } from "../gpu/ops/embed.ts";
 import { createRmsNorm } from "../gpu/ops/norm.ts";
 import {
+  createGateUpSwiGluInt8,
   createMatmulInt8,
   createQ8Quantize,
+  gateUpInt8Blocker,
   int8MatmulBlocker,
   q8ActivationBytes,
   type Q8Activations,
@@ -704,8 +706,20 @@ export class GpuModel {
         // silu(gate) · up into act.gate, after separate gate and up products.
         const swiGlu = () =>
           createSwiGlu(gpu, { label: `${p}swiglu`, width: FF, maxTokens, gate: act.gate, up: act.up, step });
-        if (int8(w.wGate, w.wUp) && w.wUp.cols === w.wGate.cols) {
-          // Int8 prefill: the input quantised once for the gate and up products.
+        if (int8(w.wGate, w.wUp) && gateUpInt8Blocker(w.wGate, w.wUp) === undefined) {
+          // Int8 prefill: gate, up and SwiGLU in one dispatch from the quantised input.
+          const xq = quantize(`${p}ffn_gate_up_q8`, act.xn, w.wGate.cols);
+          ops.push(createGateUpSwiGluInt8(gpu, {
+            label: `${p}ffn_gate_up`,
+            gate: w.wGate,
+            up: w.wUp,
+            x: xq,
+            out: act.gate,
+            maxTokens,
+            step,
+          }));
+        } else if (int8(w.wGate, w.wUp) && w.wUp.cols === w.wGate.cols) {
+          // Int8 prefill, weights of different types: the input quantised once for the two products.
           const xq = quantize(`${p}ffn_gate_up_q8`, act.xn, w.wGate.cols);
           ops.push(int8Product(`${p}ffn_gate`, w.wGate, xq, act.gate));
           ops.push(int8Product(`${p}ffn_up`, w.wUp, xq, act.up));

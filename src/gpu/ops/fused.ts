@@ -419,7 +419,15 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
  * its own binding `W_<suffix>`, can live in one shader. `cols` stays shared.
  */
 export function suffixedDequantSource(typeName: string, suffix: string): string {
-  const source = dequantSource(typeName);
+  return suffixedWeightSource(dequantSource(typeName), suffix);
+}
+
+/**
+ * `source` (WGSL reading a weight binding `W`) with `W` and every function and constant it declares renamed
+ * `<name>_<suffix>`, so that copies for several weights can sit in one kernel (structs keep their names:
+ * the kernel declares them once).
+ */
+export function suffixedWeightSource(source: string, suffix: string): string {
   const names = new Set<string>(["W"]);
   for (const match of source.matchAll(/\b(?:fn|const)\s+(\w+)/g)) names.add(match[1]);
   const pattern = new RegExp(`\\b(?:${[...names].join("|")})\\b`, "g");

@@ -10,7 +10,8 @@
  */
 
 import { BadFlagError, UnsupportedError } from "../../errors.ts";
-import type { Gpu } from "../device.ts";
+import type { Gpu, Kernel } from "../device.ts";
+import { suffixedWeightSource } from "./fused.ts";
 import { loadShader } from "../shader.ts";
 import type { GpuWeight } from "../weights.ts";
 import { LinearOp, type PartDispatch, partUniform } from "./matmul.ts";
@@ -146,25 +147,16 @@ export function createMatmulInt8(gpu: Gpu, options: MatmulInt8Options): GpuOp {
   }
   checkInt(label, "maxTokens", maxTokens, 1, x.maxTokens);
   checkSlice(label, "y", y, maxTokens * weight.rows * 4);
-  const kBlocks = options.kBlocks ?? K_BLOCKS;
-  if (kBlocks !== 2 && kBlocks !== 4) {
-    throw new BadFlagError(`${label}: kBlocks must be 2 or 4, got ${kBlocks}`);
-  }
-  const bytes = int8WorkgroupBytes(kBlocks);
-  if (bytes > gpu.limits.maxComputeWorkgroupStorageSize) {
-    throw new BadFlagError(
-      `${label}: kBlocks ${kBlocks} needs ${bytes} bytes of workgroup memory, this GPU allows ${gpu.limits.maxComputeWorkgroupStorageSize}`,
-    );
-  }
+  const kBlocks = checkKBlocks(gpu, label, options.kBlocks);
   const tokenTiles = ceilDiv(maxTokens, TILE_TOKENS);
   checkWorkgroups(gpu, label, tokenTiles);
-  const kernel = gpu.kernel("matmul_int8", { k_blocks: kBlocks, units_per_thread: kBlocks / 2 }, {
-    INT8_UNITS: int8UnitSource(weight.info.name),
-  });
+  const kernel = int8Kernel(gpu, weight.info.name, kBlocks, false);
   const parts = weight.parts.map((part, i): PartDispatch => {
     checkWorkgroups(gpu, label, ceilDiv(part.rows, TILE_ROWS));
+    // Binding 6 (entry swiglu's up weight) repeats the part, unread.
     const group = bindNumbered(gpu, kernel, [
       [0, part.buffer],
+      [6, part.buffer],
       [1, x.xq],
       [2, x.xds],
       [3, y],
@@ -176,6 +168,96 @@ export function createMatmulInt8(gpu: Gpu, options: MatmulInt8Options): GpuOp {
   return new LinearOp(label, kernel, parts);
 }
 
+/** Options of {@link createGateUpSwiGluInt8}. */
+export interface GateUpSwiGluInt8Options {
+  /** Name for errors and the profiler, e.g. "blk.0.ffn_gate_up". */
+  label: string;
+  /** The gate weight, ggml shape `[cols, rows]`, in one part. */
+  gate: GpuWeight;
+  /** The up weight: the gate's type and shape, in one part. */
+  up: GpuWeight;
+  /** The FFN input, quantised by {@link createQ8Quantize} (`cols` = the weights'). */
+  x: Q8Activations;
+  /** Output, f32 `[maxTokens][rows]`: silu(x · gateᵀ) · (x · upᵀ). */
+  out: BufferSlice;
+  /** Largest number of tokens per step; dispatches are sized for it. At most `x.maxTokens`. */
+  maxTokens: number;
+  /** Per-step token count (`nTokens`). */
+  step: StepParams;
+  /** 32-value blocks per K step, 2 (default) or 4. */
+  kBlocks?: number;
+}
+
+/**
+ * Why gate and up cannot go through {@link createGateUpSwiGluInt8} (a one-line reason), or undefined when
+ * they can: both need an integer view, the same type and shape, and one part each.
+ */
+export function gateUpInt8Blocker(gate: GpuWeight, up: GpuWeight): string | undefined {
+  const blocker = int8MatmulBlocker(gate) ?? int8MatmulBlocker(up);
+  if (blocker) return blocker;
+  if (gate.info.name !== up.info.name) return `${gate.name} is ${gate.info.name}, ${up.name} ${up.info.name}`;
+  if (gate.rows !== up.rows || gate.cols !== up.cols) return `${gate.name} and ${up.name} differ in shape`;
+  if (gate.parts.length !== 1 || up.parts.length !== 1) {
+    return `${gate.name} or ${up.name} is split into parts`;
+  }
+  return undefined;
+}
+
+/**
+ * Creates the prefill FFN input `silu(X · gateᵀ) · (X · upᵀ)` from quantised activations in one dispatch
+ * (`wgsl/matmul_int8.wgsl`, entry `swiglu`: 64 gate rows and the same 64 up rows per tile). Throws an
+ * {@link UnsupportedError} where {@link gateUpInt8Blocker} gives a reason.
+ */
+export function createGateUpSwiGluInt8(gpu: Gpu, options: GateUpSwiGluInt8Options): GpuOp {
+  const { label, gate, up, x, out, maxTokens, step } = options;
+  const blocker = gateUpInt8Blocker(gate, up);
+  if (blocker) throw new UnsupportedError(`${label}: no integer gate/up product: ${blocker}`);
+  checkQ8(label, x, step);
+  if (x.cols !== gate.cols) {
+    throw new UnsupportedError(`${label}: activations of ${x.cols} values for rows of ${gate.cols}`);
+  }
+  checkInt(label, "maxTokens", maxTokens, 1, x.maxTokens);
+  checkSlice(label, "out", out, maxTokens * gate.rows * 4);
+  const kernel = int8Kernel(gpu, gate.info.name, checkKBlocks(gpu, label, options.kBlocks), true);
+  const rowTiles = ceilDiv(gate.rows, TILE_ROWS / 2), tokenTiles = ceilDiv(maxTokens, TILE_TOKENS);
+  checkWorkgroups(gpu, label, Math.max(rowTiles, tokenTiles));
+  const group = bindNumbered(gpu, kernel, [
+    [0, gate.parts[0].buffer],
+    [6, up.parts[0].buffer],
+    [1, x.xq],
+    [2, x.xds],
+    [3, out],
+    [4, step.buffer],
+    [5, partUniform(gpu, label, gate, 0)],
+  ]);
+  return new LinearOp(label, kernel, [{ group, workgroups: [rowTiles, tokenTiles, 1] }]);
+}
+
+/** The blocks per K step to use: `kBlocks` (2 by default), checked against the workgroup memory. */
+function checkKBlocks(gpu: Gpu, label: string, kBlocks = K_BLOCKS): number {
+  if (kBlocks !== 2 && kBlocks !== 4) {
+    throw new BadFlagError(`${label}: kBlocks must be 2 or 4, got ${kBlocks}`);
+  }
+  const bytes = int8WorkgroupBytes(kBlocks);
+  const limit = gpu.limits.maxComputeWorkgroupStorageSize;
+  if (bytes > limit) {
+    throw new BadFlagError(
+      `${label}: kBlocks ${kBlocks} needs ${bytes} bytes of workgroup memory, this GPU allows ${limit}`,
+    );
+  }
+  return kBlocks;
+}
+
+/** `wgsl/matmul_int8.wgsl` for weights of `type` (both bindings), entry `swiglu` when paired, else `main`. */
+function int8Kernel(gpu: Gpu, type: string, kBlocks: number, paired: boolean): Kernel {
+  return gpu.kernel(
+    "matmul_int8",
+    { k_blocks: kBlocks, units_per_thread: kBlocks / 2, paired: paired ? 1 : 0 },
+    { INT8_UNITS_A: int8UnitSource(type, "a"), INT8_UNITS_B: int8UnitSource(type, "b") },
+    paired ? "swiglu" : "main",
+  );
+}
+
 /** The `// ==== NAME ====` sections of a library shader, by name. */
 function shaderSections(name: string): Map<string, string> {
   const sections = new Map<string, string>();
@@ -185,12 +267,13 @@ function shaderSections(name: string): Map<string, string> {
 }
 
 /**
- * The WGSL spliced at INT8_UNITS for weights of `type`: the byte readers (COMMON of `wgsl/dequant.wgsl`),
- * then the COMMON and `type` sections of `wgsl/int8_units.wgsl`.
+ * The WGSL spliced at INT8_UNITS_A or _B for weights of `type`: the byte readers (COMMON of
+ * `wgsl/dequant.wgsl`), then the COMMON and `type` sections of `wgsl/int8_units.wgsl`, with the weight binding
+ * and the function names suffixed `_<suffix>`.
  */
-function int8UnitSource(type: string): string {
+function int8UnitSource(type: string, suffix: string): string {
   const units = shaderSections("int8_units");
   const body = units.get(type);
   if (body === undefined) throw new UnsupportedError(`type ${type} has no integer view`);
-  return shaderSections("dequant").get("COMMON")! + units.get("COMMON")! + body;
+  return suffixedWeightSource(shaderSections("dequant").get("COMMON")! + units.get("COMMON")! + body, suffix);
 }
