@@ -39,6 +39,22 @@ Deno.test("gpu model: int8 prefill stays near the CPU reference, and decode goes
             cpu.forward(next, prompt.length),
           );
           ok(decodeErr < 5e-2, `${type}: decode after int8 prefill, relative error ${decodeErr}`);
+          // The dual cache (window policy) behind the same int8 products.
+          const windowed = (int8Prefill: boolean) =>
+            GpuModel.load(gpu, file, hp, {
+              contextLength: 64,
+              maxBatch: 8,
+              int8Prefill,
+              policy: { kind: "window", window: 8 },
+            });
+          const [w32, w8] = [await windowed(false), await windowed(true)];
+          const windowErr = relativeError(
+            await w8.forward(prompt, 0, "logits"),
+            await w32.forward(prompt, 0, "logits"),
+          );
+          w32.destroy();
+          w8.destroy();
+          ok(windowErr < 5e-2, `${type}: int8 prefill under the window policy, relative error ${windowErr}`);
         } finally {
           exact.destroy();
           int8.destroy();
