@@ -43,8 +43,10 @@
 //   4. after the last tile the key lanes' states are merged pairwise in workgroup memory.
 // Two barriers per tile. Each slot starts at a different tile of its range and wraps around
 // (rotate_tiles), so the slots do not all read pages at the same offsets at the same time.
-// (Measured on an H100 before this layout, with one thread loading a whole K and V row: about 575 GB/s of
-// K/V, under a third of the copy bandwidth.)
+// Measured on an H100 (8B model, 32K keys, 8 KV heads): 83 µs per layer, about 1.6 TB/s of K/V. The layout
+// alone gained 7% (221 µs; one thread per whole K and V row before: 239 µs); writing the results with
+// constant head-lane indices (below) gained the rest: one dynamic index into `sums` had moved the sums to
+// local memory for the whole kernel.
 
 override head_dim: u32 = 64u;
 override q_heads: u32 = 1u;
