@@ -22,7 +22,8 @@
  *                        [--matvec-tuning '{"ffn_down": {"rowsPerWorkgroup": 4}}']  (decode matvec tunings by
  *                                               role, GpuModelOptions.matvecTuning: "decode-tuned" rows)
  *        deno task bench --kv full,random,wgkv [--kv-prompts 8192,32768] [--window 256] [--admit 0.2]
- *                        [--threshold 0.5]   (KV policy rows: prefill, decode at that depth, KV memory)
+ *                        [--threshold 0.5]   (KV policy rows: prefill, decode at that depth, KV memory;
+ *                                             with --profile, per-kernel prefill and decode profiles)
  *                        [--admit-target 0.2]  (wgkv: the threshold that admits this share of a calibration
  *                                               prompt's keys, instead of --threshold)
  *
@@ -400,7 +401,7 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
         const rows = [prefillTest, decodeTest].map((test) => ({ shape, type, test, tokens, policy: name }));
         if (rows.every((r) => done.has(key(r)))) continue;
         const model = await GpuModel.load(gpu, file, hp, {
-          contextLength: Math.min(tokens + decodeTokens + 2, hp.contextLength),
+          contextLength: Math.min(tokens + decodeTokens + 6, hp.contextLength),
           maxBatch,
           foldNorms,
           fuseKvAppend,
@@ -433,9 +434,24 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
         }
         const steps = Math.min(decodeTokens, model.maxChain);
         const t1 = performance.now();
-        await model.decodeGreedy(first, tokens, steps);
+        const decoded = await model.decodeGreedy(first, tokens, steps);
         const decodeMs = (performance.now() - t1) / steps;
         const usage = model.kvStats();
+        if (values.profile) {
+          // Where a decode step's time goes under this policy: 4 more steps with timestamp queries.
+          const profiler = new GpuProfiler(gpu);
+          model.setProfiler(profiler);
+          await model.decodeGreedy(decoded[steps - 1], tokens + steps, 4);
+          model.setProfiler(undefined);
+          const rows = foldLayers(profiler.totals()).map((r) => ({ ...r, msPerToken: r.totalMs / 4 }));
+          results.profiles ??= {};
+          results.profiles[`${shape}/${type}/${name}/decode@${tokens}`] = rows;
+          console.error(`decode profile, ${shape} ${type} ${name} at ${tokens} tokens (ms per token):`);
+          console.error(
+            formatProfile(rows.map((r) => ({ label: r.label, calls: r.calls / 4, totalMs: r.msPerToken }))),
+          );
+          profiler.destroy();
+        }
         const admitted = usage.dual
           ? usage.dual.admittedFraction.reduce((a, b) => a + b, 0) / usage.dual.admittedFraction.length
           : 1;
