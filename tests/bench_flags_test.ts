@@ -1,0 +1,36 @@
+import { equal, match, ok } from "node:assert/strict";
+
+/** Runs a bench script with `args` and returns its exit code, stdout and stderr. */
+async function runBench(
+  script: string,
+  args: string[],
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", new URL(`../bench/${script}`, import.meta.url).pathname, ...args],
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1", XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp" },
+  }).output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+Deno.test("bench scripts: --help prints the usage; a bad flag or value is one line and exit 2", async () => {
+  for (const script of ["bench.ts", "attention.ts", "matmul.ts", "matvec.ts"]) {
+    const help = await runBench(script, ["--help"]);
+    equal(help.code, 0, help.stderr);
+    match(help.stdout, /usage:/, `${script} --help`);
+    const bad = await runBench(script, ["--no-such-flag"]);
+    equal(bad.code, 2, bad.stderr);
+    const lines = bad.stderr.trim().split("\n");
+    equal(lines.length, 1, `${script}: expected one line, got:\n${bad.stderr}`);
+    match(lines[0], /--no-such-flag/);
+    ok(!/\bat \S+:\d+:\d+/.test(bad.stderr), `${script}: no stack trace`);
+  }
+  const shape = await runBench("bench.ts", ["--shapes", "llama-9b"]);
+  equal(shape.code, 2, shape.stderr);
+  match(shape.stderr.trim(), /^bench: --shapes: unknown shape llama-9b$/);
+  const tuning = await runBench("bench.ts", ["--matvec-tuning", "{not json"]);
+  equal(tuning.code, 2, tuning.stderr);
+  match(tuning.stderr.trim(), /^bench: --matvec-tuning is not JSON/);
+});
