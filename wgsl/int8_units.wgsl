@@ -14,6 +14,12 @@
 // ==== COMMON ====
 // (The kernel declares `struct Int8Unit { q: array<u32, 8>, scale: vec4f }`, scale = (scale of elements
 // 0..15, scale of 16..31, offset subtracted from every element, 0), once for all the weights it reads.)
+// Q4_K and Q5_K: the scale of sub-block s of the block at byte b: (d · sc, d · sc, dmin · m, 0).
+fn k_unit_scale(b: u32, s: u32) -> vec4f {
+  let sm = scale_min_k4(b + 4u, s);
+  let d = rdf16(b) * sm.x;
+  return vec4f(d, d, rdf16(b + 2u) * sm.y, 0.0);
+}
 // Low (shift 0) or high (shift 4) nibbles of the four bytes of v, as four bytes 0..15.
 fn nibbles4(v: u32, shift: u32) -> u32 {
   return (v >> shift) & 0x0f0f0f0fu;
@@ -59,9 +65,7 @@ fn int8_unit(row: u32, sub: u32) -> Int8Unit {
   var u: Int8Unit;
   // @unroll
   for (var k = 0u; k < 8u; k++) { u.q[k] = nibbles4(rd32(qs + 4u * k), shift); }
-  let sm = scale_min_k4(b + 4u, s);
-  let d = rdf16(b) * sm.x;
-  u.scale = vec4f(d, d, rdf16(b + 2u) * sm.y, 0.0);
+  u.scale = k_unit_scale(b, s);
   return u;
 }
 
@@ -78,9 +82,7 @@ fn int8_unit(row: u32, sub: u32) -> Int8Unit {
   for (var k = 0u; k < 8u; k++) {
     u.q[k] = nibbles4(rd32(qs + 4u * k), shift) | (((rd32(b + 16u + 4u * k) >> s) & 0x01010101u) << 4u);
   }
-  let sm = scale_min_k4(b + 4u, s);
-  let d = rdf16(b) * sm.x;
-  u.scale = vec4f(d, d, rdf16(b + 2u) * sm.y, 0.0);
+  u.scale = k_unit_scale(b, s);
   return u;
 }
 

@@ -2,8 +2,8 @@
 // read as 32-value integer sub-blocks with their scales (wgsl/int8_units.wgsl: w = s · q_w − o). Per block:
 //   Σ w · x = d_x · (s_lo · Σ_{e<16} q_w q_x + s_hi · Σ_{e≥16} q_w q_x) − o · (d_x · Σ q_x),
 // the sums of products taken four at a time by dot4I8Packed (one instruction where the GPU has DP4A).
-//   entry `main`:   Y[t][first_row + r] = Σ_c X[t][c] · W_a[r][c] for t < n_tokens, one weight part;
-//   entry `swiglu`: the FFN input, Y[t][r] = silu(Σ_c X[t][c] · W_a[r][c]) · (Σ_c X[t][c] · W_b[r][c]), gate
+//   `paired` false: Y[t][first_row + r] = Σ_c X[t][c] · W_a[r][c] for t < n_tokens, one weight part;
+//   `paired` true:  the FFN input, Y[t][r] = silu(Σ_c X[t][c] · W_a[r][c]) · (Σ_c X[t][c] · W_b[r][c]), gate
 //                   and up of one type and shape (`paired`: tile rows 0..63 are gate rows, 64..127 the same up
 //                   rows, so a thread's rows i and i + 2 pair up).
 //
@@ -19,17 +19,17 @@
 // global loads overlap them; two barriers per step guard the single tile. Blocks past the row's end (a
 // last step with fewer than k_blocks) get a zero X scale, so they add nothing.
 //
-// binding 0: W_a, array<u32>: the raw rows of one weight part (`swiglu`: the gate weight), row r at byte
+// binding 0: W_a, array<u32>: the raw rows of one weight part (paired: the gate weight), row r at byte
 //            r · row_bytes (read)
-// binding 6: W_b, array<u32>: `swiglu`: the up weight, rows as W_a's (`main` binds W_a again) (read)
+// binding 6: W_b, array<u32>: paired: the up weight, rows as W_a's (otherwise W_a again) (read)
 // binding 1: xq, vec4u[max_tokens][cols / 16] (read), see wgsl/quantize_q8.wgsl
 // binding 2: xds, vec2f[max_tokens][cols / 32] (read), (d, d · Σq) per block
 // binding 3: y, f32[m][out_stride] (read_write), this part writing columns first_row .. first_row + rows
-//            (`swiglu`: out_stride = rows)
+//            (paired: out_stride = rows)
 // binding 4: step, uniform { n_tokens, pos0 }
 // binding 5: part, uniform { rows (in this part), first_row, out_stride, cols, row_bytes }
 //
-// Dispatch: (ceil(rows / 128), ceil(max_tokens / 64)), `swiglu` (ceil(rows / 64), …); tiles past n_tokens
+// Dispatch: (ceil(rows / 128), ceil(max_tokens / 64)), paired (ceil(rows / 64), …); tiles past n_tokens
 // return at once.
 
 struct Step { n_tokens: u32, pos0: u32 }
@@ -37,7 +37,7 @@ struct Part { rows: u32, first_row: u32, out_stride: u32, cols: u32, row_bytes: 
 
 override k_blocks: u32 = 2u; // 32-value blocks staged per step: 2 or 4
 override units_per_thread: u32 = 1u; // k_blocks / 2: W units (and X vec4s) per thread and step
-override paired: bool = false; // entry `swiglu`: gate rows in the tile's first half, up rows in its second
+override paired: bool = false; // gate rows in the tile's first half, up rows in its second, SwiGLU written
 
 // One 32-value sub-block of a weight row (see wgsl/int8_units.wgsl).
 struct Int8Unit {
@@ -183,10 +183,11 @@ fn tile_products(n0: u32, t0: u32, m: u32, tid: u32) -> array<f32, 32> {
   return acc;
 }
 
+// One entry for both forms (`paired` picks the tile rows and the writes).
 @compute @workgroup_size(THREADS)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
   let m = step.n_tokens;
-  let n0 = wg.x * TILE_ROWS;
+  let n0 = wg.x * select(TILE_ROWS, HALF_ROWS, paired);
   let t0 = wg.y * TILE_TOKENS;
   if (n0 >= part.rows || t0 >= m) { return; }
   let acc = tile_products(n0, t0, m, tid);
@@ -198,28 +199,15 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
     // @unroll
     for (var j = 0u; j < 8u; j++) {
       let t = t0 + 8u * ly + j;
-      if (r < part.rows && t < m) { y[t * part.out_stride + part.first_row + r] = acc[8u * i + j]; }
-    }
-  }
-}
-
-@compute @workgroup_size(THREADS)
-fn swiglu(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
-  let m = step.n_tokens;
-  let n0 = wg.x * HALF_ROWS;
-  let t0 = wg.y * TILE_TOKENS;
-  if (n0 >= part.rows || t0 >= m) { return; }
-  let acc = tile_products(n0, t0, m, tid);
-  let lx = tid % 32u;
-  let ly = tid / 32u;
-  // @unroll
-  for (var i = 0u; i < 2u; i++) {
-    let r = n0 + lx + 32u * i;
-    // @unroll
-    for (var j = 0u; j < 8u; j++) {
-      let t = t0 + 8u * ly + j;
-      let gate = acc[8u * i + j];
-      if (r < part.rows && t < m) { y[t * part.rows + r] = gate / (1.0 + exp(-gate)) * acc[8u * (i + 2u) + j]; }
+      if (paired) {
+        // Rows i < 2 are gate rows, rows i + 2 the same up rows: one output per pair.
+        let gate = acc[8u * i + j];
+        if (i < 2u && r < part.rows && t < m) {
+          y[t * part.rows + r] = gate / (1.0 + exp(-gate)) * acc[8u * ((i + 2u) % 4u) + j];
+        }
+      } else if (r < part.rows && t < m) {
+        y[t * part.out_stride + part.first_row + r] = acc[8u * i + j];
+      }
     }
   }
 }

@@ -114,6 +114,23 @@ function checkQ8(label: string, q8: Q8Activations, step: StepParams): void {
   checkSlice(label, "xds", q8.xds, bytes.xds);
 }
 
+/** Checks the input and output of a product with `weight`: `x` quantised rows of its width, `y` room for its rows. */
+function checkProductIo(
+  label: string,
+  x: Q8Activations,
+  step: StepParams,
+  weight: GpuWeight,
+  y: BufferSlice,
+  maxTokens: number,
+): void {
+  checkQ8(label, x, step);
+  if (x.cols !== weight.cols) {
+    throw new UnsupportedError(`${label}: activations of ${x.cols} values for rows of ${weight.cols}`);
+  }
+  checkInt(label, "maxTokens", maxTokens, 1, x.maxTokens);
+  checkSlice(label, "y", y, maxTokens * weight.rows * 4);
+}
+
 /** Options of {@link createMatmulInt8}. */
 export interface MatmulInt8Options {
   /** Name for errors and the profiler, e.g. "blk.0.attn_q". */
@@ -141,19 +158,14 @@ export function createMatmulInt8(gpu: Gpu, options: MatmulInt8Options): GpuOp {
   const { label, weight, x, y, maxTokens, step } = options;
   const blocker = int8MatmulBlocker(weight);
   if (blocker) throw new UnsupportedError(`${label}: no integer prefill product: ${blocker}`);
-  checkQ8(label, x, step);
-  if (x.cols !== weight.cols) {
-    throw new UnsupportedError(`${label}: activations of ${x.cols} values for rows of ${weight.cols}`);
-  }
-  checkInt(label, "maxTokens", maxTokens, 1, x.maxTokens);
-  checkSlice(label, "y", y, maxTokens * weight.rows * 4);
+  checkProductIo(label, x, step, weight, y, maxTokens);
   const kBlocks = checkKBlocks(gpu, label, options.kBlocks);
   const tokenTiles = ceilDiv(maxTokens, TILE_TOKENS);
   checkWorkgroups(gpu, label, tokenTiles);
   const kernel = int8Kernel(gpu, weight.info.name, kBlocks, false);
   const parts = weight.parts.map((part, i): PartDispatch => {
     checkWorkgroups(gpu, label, ceilDiv(part.rows, TILE_ROWS));
-    // Binding 6 (entry swiglu's up weight) repeats the part, unread.
+    // Binding 6 (the paired form's up weight) repeats the part, unread.
     const group = bindNumbered(gpu, kernel, [
       [0, part.buffer],
       [6, part.buffer],
@@ -205,19 +217,14 @@ export function gateUpInt8Blocker(gate: GpuWeight, up: GpuWeight): string | unde
 
 /**
  * Creates the prefill FFN input `silu(X · gateᵀ) · (X · upᵀ)` from quantised activations in one dispatch
- * (`wgsl/matmul_int8.wgsl`, entry `swiglu`: 64 gate rows and the same 64 up rows per tile). Throws an
+ * (`wgsl/matmul_int8.wgsl` with `paired`: 64 gate rows and the same 64 up rows per tile). Throws an
  * {@link UnsupportedError} where {@link gateUpInt8Blocker} gives a reason.
  */
 export function createGateUpSwiGluInt8(gpu: Gpu, options: GateUpSwiGluInt8Options): GpuOp {
   const { label, gate, up, x, out, maxTokens, step } = options;
   const blocker = gateUpInt8Blocker(gate, up);
   if (blocker) throw new UnsupportedError(`${label}: no integer gate/up product: ${blocker}`);
-  checkQ8(label, x, step);
-  if (x.cols !== gate.cols) {
-    throw new UnsupportedError(`${label}: activations of ${x.cols} values for rows of ${gate.cols}`);
-  }
-  checkInt(label, "maxTokens", maxTokens, 1, x.maxTokens);
-  checkSlice(label, "out", out, maxTokens * gate.rows * 4);
+  checkProductIo(label, x, step, gate, out, maxTokens);
   const kernel = int8Kernel(gpu, gate.info.name, checkKBlocks(gpu, label, options.kBlocks), true);
   const rowTiles = ceilDiv(gate.rows, TILE_ROWS / 2), tokenTiles = ceilDiv(maxTokens, TILE_TOKENS);
   checkWorkgroups(gpu, label, Math.max(rowTiles, tokenTiles));
@@ -248,13 +255,12 @@ function checkKBlocks(gpu: Gpu, label: string, kBlocks = K_BLOCKS): number {
   return kBlocks;
 }
 
-/** `wgsl/matmul_int8.wgsl` for weights of `type` (both bindings), entry `swiglu` when paired, else `main`. */
+/** `wgsl/matmul_int8.wgsl` for weights of `type` (both bindings), in its paired (gate/up + SwiGLU) form or not. */
 function int8Kernel(gpu: Gpu, type: string, kBlocks: number, paired: boolean): Kernel {
   return gpu.kernel(
     "matmul_int8",
     { k_blocks: kBlocks, units_per_thread: kBlocks / 2, paired: paired ? 1 : 0 },
     { INT8_UNITS_A: int8UnitSource(type, "a"), INT8_UNITS_B: int8UnitSource(type, "b") },
-    paired ? "swiglu" : "main",
   );
 }
 
