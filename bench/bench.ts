@@ -17,8 +17,10 @@
  *                        [--prefill-splits N]  (prefill attention with N key splits per KV head:
  *                                               "prefill-splitsN" rows)
  *                        [--max-batch N]  (prompt tokens per prefill step, default 512: "prefill-batchN" rows)
- *                        [--int8-prefill]  (prefill products through 8-bit integer dot products for the
- *                                           weights that have them: "prefill-int8" rows)
+ *                        [--direct-keys N]  (decode attention in one dispatch up to N keys, 0: always
+ *                                            split: "decode-directN" rows)
+ *                        [--f32-prefill]  (prefill products in f32 instead of the default 8-bit integer
+ *                                          dot products of quantised weights: "prefill-f32" rows)
  *                        [--matvec-tuning '{"ffn_down": {"rowsPerWorkgroup": 4}}']  (decode matvec tunings by
  *                                               role, GpuModelOptions.matvecTuning: "decode-tuned" rows)
  *        deno task bench --kv full,random,wgkv [--kv-prompts 8192,32768] [--window 256] [--admit 0.2]
@@ -94,9 +96,10 @@ const { values } = benchFlags(import.meta.url, () =>
       "no-fuse-kv-append": { type: "boolean" },
       "no-fuse-wgkv-append": { type: "boolean" },
       "prefill-splits": { type: "string" },
+      "direct-keys": { type: "string" },
       "max-batch": { type: "string" },
       "matvec-tuning": { type: "string" },
-      "int8-prefill": { type: "boolean" },
+      "f32-prefill": { type: "boolean" },
       kv: { type: "string" },
       "kv-prompts": { type: "string" },
       window: { type: "string" },
@@ -149,8 +152,14 @@ try {
 } catch (e) {
   flagError(`--matvec-tuning is not JSON: ${(e as Error).message}`);
 }
+// --direct-keys N: decode attention as one dispatch up to N keys (rows named "decode-directN").
+const directKeys = values["direct-keys"] === undefined ? undefined : Number(values["direct-keys"]);
+if (directKeys !== undefined && (!Number.isInteger(directKeys) || directKeys < 0)) {
+  flagError(`--direct-keys must be a non-negative integer, got ${values["direct-keys"]}`);
+}
 const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? "" : "-unfused-append") +
-  wgkvAppendSuffix + (matvecTuning ? "-tuned" : "");
+  wgkvAppendSuffix + (matvecTuning ? "-tuned" : "") +
+  (directKeys !== undefined ? `-direct${directKeys}` : "");
 // --prefill-splits N: prefill attention with N key splits per KV head (rows named "prefill-splitsN").
 // (without it, the model's default for the policy).
 const prefillSplits = values["prefill-splits"] === undefined ? undefined : Number(values["prefill-splits"]);
@@ -166,10 +175,11 @@ if (!Number.isInteger(maxBatch) || maxBatch < 1) {
   console.error(`bench: --max-batch must be a positive integer, got ${values["max-batch"]}`);
   Deno.exit(2);
 }
-// --int8-prefill: prefill products through 8-bit integer dot products (rows named "prefill-int8").
-const int8Prefill = values["int8-prefill"] === true;
+// --f32-prefill: prefill products in f32 instead of the default integer dot products (rows "prefill-f32").
+const f32Prefill = values["f32-prefill"] === true;
+const int8Prefill = f32Prefill ? false : undefined;
 const prefillTest = "prefill" + (prefillSplits !== undefined ? `-splits${prefillSplits}` : "") +
-  (maxBatch !== 512 ? `-batch${maxBatch}` : "") + (int8Prefill ? "-int8" : "") + wgkvAppendSuffix;
+  (maxBatch !== 512 ? `-batch${maxBatch}` : "") + (f32Prefill ? "-f32" : "") + wgkvAppendSuffix;
 const key = (r: Pick<BenchRow, "shape" | "type" | "test" | "tokens" | "policy">) =>
   `${r.shape}/${r.type}/${r.test}/${r.tokens}${r.policy ? `/${r.policy}` : ""}`;
 const kvPolicies = values.kv ? list(values.kv, "") : [];
@@ -279,6 +289,7 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
       prefillSplits,
       matvecTuning,
       int8Prefill,
+      decodeDirectKeys: directKeys,
       onProgress: (m) => console.error(m),
     });
     if (matvecTuning) results.matvecTuning = matvecTuning;
@@ -409,6 +420,7 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
           prefillSplits,
           int8Prefill,
           matvecTuning,
+          decodeDirectKeys: directKeys,
           policy,
           globalFraction: name === "wgkv" ? 1 : undefined,
           onProgress: (m) => console.error(m),

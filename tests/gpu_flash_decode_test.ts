@@ -22,6 +22,8 @@ interface Case {
   splits: number;
   tileSteps?: number;
   rotateTiles?: boolean;
+  /** Run the one-dispatch direct mode (the query at position tokens − 1, directKeys = tokens). */
+  direct?: boolean;
 }
 
 /**
@@ -85,7 +87,9 @@ async function checkDecode(c: Case): Promise<void> {
       splits,
       tileSteps: c.tileSteps,
       rotateTiles: c.rotateTiles,
+      ...(c.direct ? { step, directKeys: tokens } : {}),
     });
+    step.set(1, tokens - 1);
     encoder = gpu.device.createCommandEncoder();
     pass = encoder.beginComputePass();
     decode.encode(pass);
@@ -171,6 +175,29 @@ Deno.test("flash decode: Llama shape (head_dim 128, G 4), 700 keys in 3 splits; 
   await checkDecode({ headDim: 32, kvHeads: 4, group: 2, tokens: 900, cuts: [900, 0, 1, 333], splits: 5 });
   // 70 splits: the reduce takes 8 rows × 4 splits per pass, so it loops three times with a ragged end.
   await checkDecode({ headDim: 128, kvHeads: 1, group: 4, tokens: 1120, splits: 70 });
+});
+
+Deno.test("flash decode: direct mode (one dispatch, one workgroup per KV head and head batch)", async () => {
+  // Several tiles, two head batches; ragged rows with an empty one; Llama's shape.
+  await checkDecode({ headDim: 24, kvHeads: 1, group: 5, tokens: 300, splits: 2, direct: true });
+  await checkDecode({
+    headDim: 32,
+    kvHeads: 4,
+    group: 2,
+    tokens: 333,
+    cuts: [333, 0, 1, 17],
+    splits: 5,
+    direct: true,
+  });
+  await checkDecode({
+    headDim: 128,
+    kvHeads: 2,
+    group: 4,
+    tokens: 257,
+    cuts: [257, 200],
+    splits: 3,
+    direct: true,
+  });
 });
 
 Deno.test("flash decode: tileSteps must be an integer from 1 to 8", async () => {

@@ -95,7 +95,14 @@ class Harness {
       ]);
       this.decode.push([
         append,
-        createFlashDecode(gpu, { ...common, label: `decode ${layer}`, splits: 3, partials }),
+        // Odd layers split (partials + reduce), even ones run the one-dispatch direct mode.
+        createFlashDecode(gpu, {
+          ...common,
+          label: `decode ${layer}`,
+          splits: 3,
+          partials,
+          directKeys: layer % 2 === 1 ? 0 : undefined,
+        }),
       ]);
     }
     const nest = <T>() => Array.from({ length: L }, () => Array.from({ length: H }, () => [] as T[]));

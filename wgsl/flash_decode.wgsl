@@ -9,7 +9,7 @@
 // binding 3: q, f32[q_heads * head_dim] (read), the query after RoPE
 // binding 4: partials, f32 (written by `main`): weighted V sums [slots][group][head_dim], then
 //            [slots][group][2] (running max, sum of weights); slot = a workgroup column of the grid
-// binding 5: out, f32[q_heads * head_dim] (write, by `reduce`)
+// binding 5: out, f32[q_heads * head_dim] (write, by `reduce`, or by `main` in direct mode)
 // binding 6: block_table, u32[seq_slots][layers][kv_heads][max_pages] (read)
 // binding 7: lengths, u32[seq_slots][layers][kv_heads] (read), including the current token
 // binding 8…: pool shards (read) as vec4<u32>, see the generated block below.
@@ -43,6 +43,9 @@
 //   4. after the last tile the key lanes' states are merged pairwise in workgroup memory.
 // Two barriers per tile. Each slot starts at a different tile of its range and wraps around
 // (rotate_tiles), so the slots do not all read pages at the same offsets at the same time.
+// Direct mode (direct = 1, compiled with splits = 1): one slot per KV head covers its whole row and `main`
+// writes the normalised output itself, so short rows take one dispatch instead of two (the op picks it per
+// step from the query's position).
 // Measured on an H100 (8B model, 32K keys, 8 KV heads): 83 µs per layer, about 1.6 TB/s of K/V. The layout
 // alone gained 7% (221 µs; one thread per whole K and V row before: 239 µs); writing the results with
 // constant head-lane indices (below) gained the rest: one dynamic index into `sums` had moved the sums to
@@ -62,6 +65,7 @@ override k_quads: u32 = 8u; // head_dim / 8: 16-byte words per K row
 override key_lanes: u32 = 32u; // keys per step: threads of `main` = key_lanes * k_quads
 override tile_steps: u32 = 4u; // steps per tile: keys per tile = tile_steps * key_lanes
 override rotate_tiles: u32 = 1u; // 1: slot s starts at tile (5 s) mod its tiles; 0: at its first tile
+override direct: u32 = 0u; // 1: `main` writes `out` (one slot per KV head), 0: it writes `partials`
 
 const PAGE_TOKENS: u32 = 16u;
 const HEADS_PER_BATCH: u32 = 4u;
@@ -175,24 +179,32 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
   let batch = wg.y;
   let base_row = (sequence.slot * layers + layer_params.layer) * kv_heads;
   stage_head_lengths(base_row, tid, THREADS);
-  if (tid == 0u) {
+  if (tid == 0u && direct != 0u) {
+    slot_plan = vec4u(slot, slot, 1u, head_lengths[slot]);
+  } else if (tid == 0u) {
     let plan = plan_slots(0u, slot);
     slot_plan = vec4u(plan.owner, plan.owner_first, plan.owner_count, head_lengths[plan.owner]);
   }
   let plan = workgroupUniformLoad(&slot_plan);
   let kv_head = plan.x;
   let len = plan.w;
-  if (plan.z == 0u) { return; }
-  let range = slot_range(slot - plan.y, plan.z, len);
-  if (range.x >= range.y) { return; }
-  let row = base_row + kv_head;
-  let table = row * max_pages;
-
   let first_local = batch * HEADS_PER_BATCH; // first head of the batch within the group
   let first_head = kv_head * group + first_local;
   let batch_heads = min(HEADS_PER_BATCH, group - first_local);
   let lane = tid % k_quads;
   let key_lane = tid / k_quads;
+  let range = slot_range(slot - plan.y, max(plan.z, 1u), len);
+  if (plan.z == 0u || range.x >= range.y) {
+    // No keys: a split leaves its partials unused; in direct mode the heads' outputs are zeros.
+    if (direct != 0u && key_lane == 0u) {
+      for (var c = 0u; c < batch_heads; c++) {
+        for (var i = 0u; i < DIMS_PER_LANE; i++) { out[(first_head + c) * head_dim + lane * DIMS_PER_LANE + i] = 0.0; }
+      }
+    }
+    return;
+  }
+  let row = base_row + kv_head;
+  let table = row * max_pages;
 
   // The thread's 8 dimensions of the batch's scaled queries.
   var qd: array<vec4f, 8>;
@@ -295,7 +307,17 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
 
   // The head lanes are indexed by constants only (unrolled): a dynamic index into `sums` could move the
   // whole array to local memory for the entire kernel.
-  if (key_lane == 0u) {
+  if (key_lane == 0u && direct != 0u) {
+    let inv = select(vec4f(0.0), 1.0 / run_sum, run_sum > vec4f(0.0));
+    // @unroll
+    for (var c = 0u; c < HEADS_PER_BATCH; c++) {
+      if (c < batch_heads) {
+        let o = (first_head + c) * head_dim + lane * DIMS_PER_LANE;
+        // @unroll
+        for (var i = 0u; i < 8u; i++) { out[o + i] = sums[i][c] * inv[c]; }
+      }
+    }
+  } else if (key_lane == 0u) {
     // @unroll
     for (var c = 0u; c < HEADS_PER_BATCH; c++) {
       if (c < batch_heads) {

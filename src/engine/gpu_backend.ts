@@ -39,6 +39,7 @@ export class GpuBackend implements ModelBackend {
       profiler?: GpuProfiler;
       policy?: KvPolicy<GateWeights>;
       globalFraction?: number;
+      int8Prefill?: boolean;
     },
   ): Promise<GpuBackend> {
     return new GpuBackend(await GpuModel.load(gpu, file, hparams, options));

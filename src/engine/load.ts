@@ -50,6 +50,12 @@ export interface LoadOptions {
   kv?: KvPolicySpec;
   /** Share of a full cache reserved for admitted tokens (non-full policies; see `GpuModelOptions`). */
   kvGlobalFraction?: number;
+  /**
+   * Prefill products of quantised weights through 8-bit integer dot products, the activations rounded
+   * per 32 values (as llama.cpp does); false keeps them in f32. Default: true on a GPU, false on a
+   * software adapter (see `GpuModelOptions.int8Prefill`).
+   */
+  int8Prefill?: boolean;
 }
 
 /** Resolves a policy spec (reading and checking the gate file against the model). */
@@ -126,6 +132,7 @@ export async function loadModel(path: string, options: LoadOptions = {}): Promis
           profiler,
           policy,
           globalFraction: options.kvGlobalFraction,
+          int8Prefill: options.int8Prefill,
         });
       } catch (e) {
         const fallback = e instanceof DeviceError || e instanceof UnsupportedError;

@@ -206,7 +206,20 @@ export interface FlashDecodeOptions extends AttentionOptions {
    * slots do not read the same page offsets at the same time.
    */
   rotateTiles?: boolean;
+  /**
+   * Rows this short run as one dispatch: while the query's position + 1 (the most keys any head can hold)
+   * is at most `directKeys`, one workgroup per KV head and head batch covers the whole row and writes the
+   * output itself, without partials or the reduce pass. Needs `step` (its `pos0` is read when the op is
+   * encoded); 0 turns it off. Default {@link DEFAULT_DIRECT_KEYS} with a step, else 0.
+   */
+  directKeys?: number;
 }
+
+/**
+ * Decode rows of at most this many keys run as one dispatch by default (see
+ * {@link FlashDecodeOptions.directKeys}).
+ */
+export const DEFAULT_DIRECT_KEYS = 512;
 
 function checkHeads(options: AttentionOptions): number {
   const { label, kv, qHeads, layer } = options;
@@ -443,7 +456,8 @@ export function prefillPartialsBytes(
  * Builds the decode attention op of one layer: one query token (the last token of each row) attends to
  * every key of its KV head. Two dispatches: partials over (splits · KV heads slots × ⌈G / 4⌉ head batches),
  * then a reduce per query head. The grid is fixed; the slots are shared out among the KV heads in proportion
- * to their pages on the GPU (at least one per head with keys), so ragged heads finish together.
+ * to their pages on the GPU (at least one per head with keys), so ragged heads finish together. Short rows
+ * (see {@link FlashDecodeOptions.directKeys}) take one dispatch of a workgroup per KV head and head batch.
  */
 export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp {
   const { label, kv, layer, qHeads, q, out } = options;
@@ -491,6 +505,13 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   };
   const partialKernel = gpu.kernel("flash_decode", constants, defines, "main");
   const reduceKernel = gpu.kernel("flash_decode", constants, defines, "reduce");
+  const step = options.step;
+  const directKeys = step ? options.directKeys ?? DEFAULT_DIRECT_KEYS : 0;
+  checkInt(label, "directKeys", directKeys, 0);
+  if (options.directKeys && !step) throw new BadFlagError(`${label}: directKeys needs the step parameters`);
+  const directKernel = directKeys > 0
+    ? gpu.kernel("flash_decode", { ...constants, splits: 1, direct: 1 }, defines, "main")
+    : undefined;
   const layerParams = layerUniform(gpu, label, layer);
   const partialGroup = bindNumbered(gpu, partialKernel, [
     [0, stepBuffer],
@@ -498,6 +519,19 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
     [2, layerParams],
     [3, q],
     [4, slicePrefix(partials, partialBytes)],
+    [5, out],
+    [6, kv.blockTable],
+    [7, kv.lengths],
+    ...shardEntries(kv, 8),
+    [16, mask.slotInfo],
+  ]);
+  const directGroup = directKernel && bindNumbered(gpu, directKernel, [
+    [0, stepBuffer],
+    [1, kv.sequence],
+    [2, layerParams],
+    [3, q],
+    [4, slicePrefix(partials, decodePartialsBytes(1, qHeads, D))],
+    [5, out],
     [6, kv.blockTable],
     [7, kv.lengths],
     ...shardEntries(kv, 8),
@@ -514,6 +548,12 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   return {
     label,
     encode(pass: GPUComputePassEncoder): void {
+      if (directKernel && step && step.pos0 + 1 <= directKeys) {
+        pass.setPipeline(directKernel.pipeline);
+        pass.setBindGroup(0, directGroup!);
+        pass.dispatchWorkgroups(kv.kvHeads, headBatches);
+        return;
+      }
       pass.setPipeline(partialKernel.pipeline);
       pass.setBindGroup(0, partialGroup);
       pass.dispatchWorkgroups(slots, headBatches);
