@@ -249,6 +249,7 @@ export class GpuModel {
   readonly #flagStaging?: GPUBuffer;
   #profiler?: GpuProfiler;
   readonly #destroy: (GPUBuffer | GpuWeight)[];
+  #lastChainHostMs = 0;
 
   private constructor(
     gpu: Gpu,
@@ -892,6 +893,15 @@ export class GpuModel {
   }
 
   /**
+   * CPU time the last chained decode ({@link decodeGreedy}, {@link decodeSampled}) spent encoding and
+   * submitting its steps, in ms (profiler readbacks left out). Close to the chain's whole time means the
+   * CPU, not the GPU, set the pace.
+   */
+  get lastChainHostMs(): number {
+    return this.#lastChainHostMs;
+  }
+
+  /**
    * Greedy decode of `count` tokens (≤ {@link GpuModel.maxChain}) after feeding `first` at `pos`: each step's
    * argmax is copied straight into the next step's token id on the GPU, so the steps are submitted back
    * to back and only one readback (all `count` ids) waits for the GPU. Positions past `pos + count − 1`
@@ -932,6 +942,8 @@ export class GpuModel {
     this.#rewind(pos);
     this.#decodeEmbed.writeIds([first]);
     const stepWords = this.hparams.nLayer * this.hparams.nHeadKV;
+    const t0 = performance.now();
+    let profilerMs = 0;
     for (let i = 0; i < count; i++) {
       // Queue writes land before the submit that follows them, so each step sees its own position.
       this.#step.set(1, pos + i);
@@ -951,11 +963,16 @@ export class GpuModel {
       }
       this.#profiler?.resolve(encoder);
       this.#gpu.device.queue.submit([encoder.finish()]);
-      if (this.#profiler) await this.#profiler.collect();
+      if (this.#profiler) {
+        const p0 = performance.now();
+        await this.#profiler.collect();
+        profilerMs += performance.now() - p0;
+      }
       // A chained step's gate flags are not known yet: record placeholders, corrected below. Nothing of the
       // chain leaves the ring before then (the ring is longer than a chain).
       this.#endStep(this.#flags ? this.#noFlags : undefined);
     }
+    this.#lastChainHostMs = performance.now() - t0 - profilerMs;
     const tokens = Array.from(new Uint32Array(await this.#mapStaging(this.#tokenStaging, 4 * count)));
     if (this.#flags && this.kv instanceof DualCache) {
       const flags = new Uint32Array(await this.#mapStaging(this.#flagStaging!, 4 * stepWords * count));
