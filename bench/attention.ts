@@ -1,13 +1,14 @@
 /**
  * `deno task bench:attention`: speed of the attention kernels alone on this machine's WebGPU device, for
  * tuning: the flash-attention prefill (one chunk of queries at a given depth of the cache) per tiling, and
- * the split-K decode (one query at a given depth) per split count and key block. The cache holds zeros
- * (speed does not depend on the values). Prints a table on stdout and writes JSON.
+ * the split-K decode (one query at a given depth) per split count ("direct": the one-dispatch mode) and
+ * key block. The cache holds zeros (speed does not depend on the values). Prints a table on stdout and
+ * writes JSON.
  *
  * usage: deno task bench:attention [--head-dim 128] [--kv-heads 8] [--q-heads 32]
  *          [--prefill 512@0,512@7680,4096@0] [--tilings 64x32,32x32,64x16] [--prefill-splits 1,4,8]
  *          [--decode-depths 4096,32768]
- *          [--splits 32,64,128] [--tile-steps 2,4,8] [--rotate 1,0] [--append-chunk 512]
+ *          [--splits 32,64,128,direct] [--tile-steps 2,4,8] [--rotate 1,0] [--append-chunk 512]
  *          [--out FILE.json]
  *
  * Prefill figures are attention FLOP/s (4 · head_dim per visible query-key pair); decode figures are the
@@ -62,7 +63,10 @@ const tilings: (PrefillTileShape | undefined)[] = list(values.tilings, "default"
 });
 const prefillSplitsList = list(values["prefill-splits"], "1").map(Number);
 const decodeDepths = list(values["decode-depths"], slow ? "256" : "4096,32768,131072").map(Number);
-const splitsList = list(values.splits, "default").map((s) => (s === "default" ? undefined : Number(s)));
+// "direct": the one-dispatch mode of short rows (FlashDecodeOptions.directKeys), whatever the depth.
+const splitsList = list(values.splits, "default").map((s) =>
+  s === "default" ? undefined : s === "direct" ? "direct" as const : Number(s)
+);
 const tileStepsList = list(values["tile-steps"], "default").map((
   t,
 ) => (t === "default" ? undefined : Number(t)));
@@ -153,6 +157,8 @@ for (const depth of decodeDepths) {
   kv.selectSequence(slot);
   const q = gpu.buffer("q", qHeads * D * 4);
   const out = gpu.buffer("out", qHeads * D * 4);
+  const step = new StepParams(gpu, 1, "decode step");
+  step.set(1, depth - 1);
   for (const splits of splitsList) {
     for (const tileSteps of tileStepsList) {
       for (const rotateTiles of rotateList) {
@@ -171,9 +177,9 @@ for (const depth of decodeDepths) {
                 qHeads,
                 q,
                 out,
-                splits,
                 tileSteps,
                 rotateTiles,
+                ...(splits === "direct" ? { step, directKeys: depth } : { splits }),
               }),
           );
         } catch (e) {

@@ -5,6 +5,7 @@ import { createKvAppend } from "../src/gpu/ops/kv_append.ts";
 import { StepParams } from "../src/gpu/ops/op.ts";
 import { KvCache } from "../src/kv/kv_cache.ts";
 import { PAGE_TOKENS } from "../src/kv/page_pool.ts";
+import { MAX_POOL_SHARDS } from "../src/kv/pool_storage.ts";
 
 Deno.test("kv append: f16 keys and values land in their pages (scattered, 3 shards), nothing else is written", async () => {
   const gpu = await getGpu();
@@ -88,7 +89,8 @@ Deno.test("kv append: f16 keys and values land in their pages (scattered, 3 shar
 Deno.test("kv cache: a pool the kernels cannot bind is refused before allocating, with the numbers", async () => {
   const gpu = await getGpu();
   const limit = gpu.limits.maxStorageBufferBindingSize;
-  const tokens = Math.ceil((9 * limit) / (2 * 2 * 128)); // more than 8 shards' worth for one head
+  // More than MAX_POOL_SHARDS shards' worth for one head.
+  const tokens = Math.ceil(((MAX_POOL_SHARDS + 1) * limit) / (2 * 2 * 128));
   await rejects(
     KvCache.create(gpu, { layers: 1, kvHeads: 1, headDim: 128, maxTokensPerHead: tokens }),
     (e: Error) =>

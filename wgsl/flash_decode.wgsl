@@ -12,7 +12,7 @@
 // binding 5: out, f32[q_heads * head_dim] (write, by `reduce`, or by `main` in direct mode)
 // binding 6: block_table, u32[seq_slots][layers][kv_heads][max_pages] (read)
 // binding 7: lengths, u32[seq_slots][layers][kv_heads] (read), including the current token
-// binding 8…: pool shards (read) as vec4<u32>, see the generated block below.
+// binding 32…: pool shards (read) as vec4<u32>, see the generated block below.
 // binding 16: slot_info, u32[seq_slots][layers][kv_heads][ring_tokens] (read), WG-KV mode only (a placeholder
 //            is bound otherwise): position * 2 + admitted of the token in each ring slot of the dual cache.
 // binding 17: partial_sums, vec4<f32>[slots][group][head_dim / 4] (read, by `reduce`): the V-sum part of

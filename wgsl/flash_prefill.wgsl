@@ -10,7 +10,7 @@
 // binding 4: out, f32[n_tokens][q_heads * head_dim] (write)
 // binding 5: block_table, u32[seq_slots][layers][kv_heads][max_pages] (read)
 // binding 6: lengths, u32[seq_slots][layers][kv_heads] (read), including the new tokens
-// binding 7…: pool shards (read) as vec4<u32>, see the generated block below.
+// binding 32…: pool shards (read) as vec4<u32>, see the generated block below.
 // binding 16: slot_info, u32[seq_slots][layers][kv_heads][ring_tokens] (read), WG-KV mode only (a placeholder
 //            is bound otherwise): position * 2 + admitted of the token in each ring slot of the dual cache.
 // binding 17: partials, f32 (written by `main` when splits > 1): unnormalised outputs

@@ -9,7 +9,7 @@
 // binding 4: v_new, f32[n_tokens][kv_heads * head_dim] (read)
 // binding 5: block_table, u32[seq_slots][layers][kv_heads][max_pages] (read)
 // binding 6: lengths, u32[seq_slots][layers][kv_heads] (read)
-// binding 7…: pool shards (read_write), see the generated block below.
+// binding 32…: pool shards (read_write), see the generated block below.
 // One thread writes one f16 pair of K and of V; the grid strides over n_tokens * kv_heads * head_dim/2.
 
 override head_dim: u32 = 64u;

@@ -13,7 +13,7 @@
 // binding 6: gate_flags, u32[max_tokens][layers][kv_heads] (read), the write gate's flags (policy 0 only;
 //            another policy binds a placeholder)
 // binding 7: slot_info, u32[seq_slots][layers][kv_heads][ring_tokens] (read_write): position * 2 + admitted
-// binding 8…: pool shards (read_write), see the generated block below.
+// binding 32…: pool shards (read_write), see the generated block below.
 // One thread writes one f16 pair of K and of V; the grid strides over n_tokens * kv_heads * head_dim/2.
 
 override head_dim: u32 = 64u;

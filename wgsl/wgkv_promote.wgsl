@@ -4,7 +4,7 @@
 //
 // binding 0: plan, u32[1 + 2 * max_promotions] (read): count, then (source, destination) pairs of token
 //            addresses page * 16 + token
-// binding 1…: pool shards (read_write), see the generated block below.
+// binding 32…: pool shards (read_write), see the generated block below.
 // One thread copies one u32 word (an f16 pair) of K and of V; the grid strides over count * head_dim/2.
 
 override head_dim: u32 = 64u;

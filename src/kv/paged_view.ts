@@ -48,6 +48,13 @@ export function pagedKvConstants(view: PagedKvView): Record<string, number> {
 }
 
 /**
+ * Binding number of pool shard 0 in every kernel that reads or writes the pool (shard s at
+ * `POOL_FIRST_BINDING + s`): above all other bindings, so the number of shards can grow without
+ * renumbering the kernels' own bindings.
+ */
+export const POOL_FIRST_BINDING = 32;
+
+/**
  * WGSL declaring the pool shards at bindings `firstBinding …` and the accessors `pool_load(page, word)`
  * (and `pool_store(page, word, value)` when `writable`), where `word` counts u32 words inside the page.
  * This is generated because the number of bindings cannot be an `override`.

@@ -18,11 +18,14 @@ import { OutOfMemoryError, UnsupportedError } from "../errors.ts";
 import { formatBytes, type Gpu } from "../gpu/device.ts";
 import { pageBytes } from "./page_pool.ts";
 
-/** Most shards a kernel binds (each is one storage binding next to ~6 others). */
-export const MAX_POOL_SHARDS = 8;
+/**
+ * Most shards a kernel binds (each is one storage binding next to up to 8 others): 16 shards of at most
+ * 2 GiB each (a common `maxBufferSize`) hold 32 GiB of KV, a full cache of 256K tokens for Llama-3.1-8B.
+ */
+export const MAX_POOL_SHARDS = 16;
 
-/** Storage bindings the attention kernels use besides the pool shards. */
-const OTHER_STORAGE_BINDINGS = 6;
+/** Storage bindings the attention kernels use besides the pool shards (the decode kernel's 8). */
+const OTHER_STORAGE_BINDINGS = 8;
 
 /** How a pool of `pages` pages is laid out over shard buffers. */
 export interface PoolShardPlan {

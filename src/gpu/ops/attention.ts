@@ -15,6 +15,7 @@ import {
   layerUniform,
   pagedKvConstants,
   type PagedKvView,
+  POOL_FIRST_BINDING,
   shardEntries,
 } from "../../kv/paged_view.ts";
 import {
@@ -391,7 +392,10 @@ export function createFlashPrefill(gpu: Gpu, options: FlashPrefillOptions): GpuO
     splits,
     max_tokens: maxTokens,
   };
-  const defines = { POOL: poolQuadShaderSource(kv.shards.length, 7), TILING: prefillTilingSource(tiling, D) };
+  const defines = {
+    POOL: poolQuadShaderSource(kv.shards.length, POOL_FIRST_BINDING),
+    TILING: prefillTilingSource(tiling, D),
+  };
   const kernel = gpu.kernel("flash_prefill", constants, defines);
   const layerParams = layerUniform(gpu, label, layer);
   const scratch = partials ? slicePrefix(partials, partialBytes) : gpu.buffer(`${label} no partials`, 4);
@@ -403,7 +407,7 @@ export function createFlashPrefill(gpu: Gpu, options: FlashPrefillOptions): GpuO
     [4, out],
     [5, kv.blockTable],
     [6, kv.lengths],
-    ...shardEntries(kv, 7),
+    ...shardEntries(kv, POOL_FIRST_BINDING),
     [16, mask.slotInfo],
     [17, scratch],
   ]);
@@ -500,7 +504,7 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
     ...mask.constants,
   };
   const defines = {
-    POOL: poolQuadShaderSource(kv.shards.length, 8),
+    POOL: poolQuadShaderSource(kv.shards.length, POOL_FIRST_BINDING),
     LOAD_QUADS: poolQuadLoadSource(kv.shards.length),
   };
   const partialKernel = gpu.kernel("flash_decode", constants, defines, "main");
@@ -522,7 +526,7 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
     [5, out],
     [6, kv.blockTable],
     [7, kv.lengths],
-    ...shardEntries(kv, 8),
+    ...shardEntries(kv, POOL_FIRST_BINDING),
     [16, mask.slotInfo],
   ]);
   const directGroup = directKernel && bindNumbered(gpu, directKernel, [
@@ -534,7 +538,7 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
     [5, out],
     [6, kv.blockTable],
     [7, kv.lengths],
-    ...shardEntries(kv, 8),
+    ...shardEntries(kv, POOL_FIRST_BINDING),
     [16, mask.slotInfo],
   ]);
   const reduceGroup = bindNumbered(gpu, reduceKernel, [

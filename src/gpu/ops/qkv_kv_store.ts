@@ -18,6 +18,7 @@ import {
   layerUniform,
   pagedKvConstants,
   type PagedKvView,
+  POOL_FIRST_BINDING,
   poolShaderSource,
   shardEntries,
 } from "../../kv/paged_view.ts";
@@ -38,7 +39,7 @@ export interface QkvKvAppend {
 export const QKV_STORAGE_BINDINGS = 10;
 
 /** First binding of the pool shards in `wgsl/qkv_kv_store.wgsl` (after sequence, layer, table, lengths). */
-const FIRST_SHARD_BINDING = 18;
+const FIRST_SHARD_BINDING = POOL_FIRST_BINDING;
 
 /**
  * The `KV_STORE` define of `wgsl/matvec_fast.wgsl` when the `qkv` entry stores nothing: the two functions

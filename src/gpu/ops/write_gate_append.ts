@@ -14,7 +14,7 @@
 
 import { loadShader } from "../shader.ts";
 import type { DualKvView } from "../../kv/dual_cache.ts";
-import { poolShaderSource, shardEntries } from "../../kv/paged_view.ts";
+import { POOL_FIRST_BINDING, poolShaderSource, shardEntries } from "../../kv/paged_view.ts";
 import type { BufferSlice } from "./op.ts";
 
 /** Where `createWriteGate` also appends the step's keys and values: the gated layer of a dual cache. */
@@ -35,7 +35,7 @@ export interface WriteGateAppend {
 export const WRITE_GATE_APPEND_STORAGE_BINDINGS = 8;
 
 /** First binding of the pool shards in `wgsl/write_gate_append.wgsl` (after sequence, v, table, slot info). */
-const FIRST_SHARD_BINDING = 12;
+const FIRST_SHARD_BINDING = POOL_FIRST_BINDING;
 
 /**
  * The `RING_APPEND` define of `wgsl/write_gate.wgsl` when `finish` appends nothing: the two functions it
