@@ -428,6 +428,15 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
     }
     const file = await openGGUF(path);
     const hp = hparamsFromGGUF(file);
+    // A prompt and its decode steps must fit the model's context (checked before any long prefill).
+    for (const tokens of kvPrompts) {
+      if (tokens + decodeTokens + 6 > hp.contextLength) {
+        flagError(
+          `--kv-prompts ${tokens}: with ${decodeTokens} decode tokens it exceeds ${shape}'s context of ` +
+            `${hp.contextLength} (at most ${hp.contextLength - decodeTokens - 6})`,
+        );
+      }
+    }
     // No trained gate exists for a synthetic model: a freshly initialised one (scores near 0.5) with
     // --threshold picks roughly what share is admitted; the row reports the share actually admitted.
     const gate = kvPolicies.includes("wgkv")
@@ -448,7 +457,7 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
         const rows = [prefillTest, decodeTest].map((test) => ({ shape, type, test, tokens, policy: name }));
         if (rows.every((r) => done.has(key(r)))) continue;
         const model = await GpuModel.load(gpu, file, hp, {
-          contextLength: Math.min(tokens + decodeTokens + 6, hp.contextLength),
+          contextLength: tokens + decodeTokens + 6,
           maxBatch,
           foldNorms,
           fuseKvAppend,

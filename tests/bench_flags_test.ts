@@ -33,4 +33,29 @@ Deno.test("bench scripts: --help prints the usage; a bad flag or value is one li
   const tuning = await runBench("bench.ts", ["--matvec-tuning", "{not json"]);
   equal(tuning.code, 2, tuning.stderr);
   match(tuning.stderr.trim(), /^bench: --matvec-tuning is not JSON/);
+  const direct = await runBench("bench.ts", ["--direct-keys=-1"]);
+  equal(direct.code, 2, direct.stderr);
+  match(direct.stderr.trim(), /^bench: --direct-keys must be a non-negative integer, got -1$/);
+});
+
+Deno.test("bench: a KV prompt past the model's context is refused before any prefill", async () => {
+  const out = await Deno.makeTempFile({ suffix: ".json" });
+  const r = await runBench("bench.ts", [
+    "--shapes",
+    "tiny",
+    "--types",
+    "f16",
+    "--kv",
+    "full",
+    "--kv-prompts",
+    "1000000",
+    "--out",
+    out,
+    "--fresh",
+  ]);
+  await Deno.remove(out).catch(() => {});
+  equal(r.code, 2, r.stderr);
+  const last = r.stderr.trim().split("\n").at(-1)!;
+  match(last, /^bench: --kv-prompts 1000000: with \d+ decode tokens it exceeds tiny's context of \d+/);
+  ok(!/prefill/.test(r.stderr), r.stderr);
 });
