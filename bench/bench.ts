@@ -28,6 +28,8 @@
  *                                             with --profile, per-kernel prefill and decode profiles)
  *                        [--admit-target 0.2]  (wgkv: the threshold that admits this share of a calibration
  *                                               prompt's keys, instead of --threshold)
+ *                        [--kv-global 1]  (wgkv: share of a full cache reserved for admitted tokens; the
+ *                                          default 1 never runs out, `run` defaults to 0.5)
  *
  * On a software adapter (lavapipe) the defaults shrink to the tiny shape: the figures then only show
  * that the pipeline runs, and ratios between rows are what to read.
@@ -129,6 +131,7 @@ const { values } = benchFlags(import.meta.url, () =>
       admit: { type: "string" },
       threshold: { type: "string" },
       "admit-target": { type: "string" },
+      "kv-global": { type: "string" },
     },
   }));
 
@@ -211,6 +214,9 @@ const kvWindow = Number(values.window ?? (slow ? 32 : 256));
 const kvAdmit = Number(values.admit ?? 0.2);
 const kvThreshold = Number(values.threshold ?? 0.5);
 const admitTarget = values["admit-target"] === undefined ? undefined : Number(values["admit-target"]);
+// --kv-global F: share of a full cache reserved for admitted tokens under wgkv (default 1: never runs out).
+const kvGlobal = Number(values["kv-global"] ?? 1);
+if (!(kvGlobal > 0 && kvGlobal <= 1)) flagError(`--kv-global must be in (0, 1], got ${values["kv-global"]}`);
 const done = new Set(results.rows.map(key));
 
 async function save(): Promise<void> {
@@ -467,7 +473,7 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
           matvecTuning,
           decodeDirectKeys: directKeys,
           policy,
-          globalFraction: name === "wgkv" ? 1 : undefined,
+          globalFraction: name === "wgkv" ? kvGlobal : undefined,
           onProgress: (m) => console.error(m),
         });
         await model.forward(randomTokens(64, hp.nVocab), 0, "argmax"); // warm-up (pipelines)
