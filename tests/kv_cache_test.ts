@@ -1,5 +1,7 @@
 import { deepEqual, equal, match, ok, throws } from "node:assert/strict";
 import { BadFlagError, OutOfMemoryError, UnsupportedError } from "../src/errors.ts";
+import { getGpu } from "../src/gpu/device.ts";
+import { BlockTables } from "../src/kv/block_table.ts";
 import { KvCache } from "../src/kv/kv_cache.ts";
 import { fullCachePages, PAGE_TOKENS, PagePool, pagesForTokens } from "../src/kv/page_pool.ts";
 import { planPoolShards } from "../src/kv/pool_storage.ts";
@@ -133,4 +135,34 @@ Deno.test("kv cache: per-head limit and closed slots give clear errors", () => {
   kv.closeSequence(s);
   throws(() => kv.append(s, 1), (e: Error) => e instanceof BadFlagError);
   match(kv.pool.describe(8), /KV pages: 0\/2 used/);
+});
+
+Deno.test("block tables: a lengths-only change uploads the lengths and leaves the page lists alone", async () => {
+  const gpu = await getGpu();
+  const tables = new BlockTables({ seqSlots: 2, layers: 2, kvHeads: 3, maxPagesPerHead: 5 }, gpu);
+  try {
+    const row = tables.rowOf(1, 1, 2);
+    const at = row * 5 + 4;
+    tables.table[at] = 17;
+    tables.lengths[row] = 65;
+    tables.markDirty(1);
+    tables.flush(gpu);
+    equal((await gpu.readU32(tables.tableBuffer!))[at], 17);
+    equal((await gpu.readU32(tables.lengthsBuffer!))[row], 65);
+    // A change the caller says moved lengths only: the GPU page list keeps its old entry.
+    tables.table[at] = 99;
+    tables.lengths[row] = 66;
+    tables.markDirty(1, false);
+    tables.flush(gpu);
+    equal((await gpu.readU32(tables.tableBuffer!))[at], 17);
+    equal((await gpu.readU32(tables.lengthsBuffer!))[row], 66);
+    // A page change after a lengths-only one, before a flush: both go up.
+    tables.markDirty(1, false);
+    tables.markDirty(1);
+    tables.markDirty(1, false);
+    tables.flush(gpu);
+    equal((await gpu.readU32(tables.tableBuffer!))[at], 99);
+  } finally {
+    tables.destroy();
+  }
 });

@@ -6,7 +6,8 @@
  * `i % PAGE_TOKENS` of page `i / PAGE_TOKENS`. Rows are independent, so lengths may be ragged across
  * layers and heads (WG-KV). GPU layout: `u32 table[seqSlots][layers][kvHeads][maxPagesPerHead]` and
  * `u32 lengths[seqSlots][layers][kvHeads]`; {@link BlockTables.flush} uploads the slots changed since the
- * last flush with `queue.writeBuffer`.
+ * last flush with `queue.writeBuffer`: their lengths, and their page lists only where a page changed (a
+ * decode step adds a page every 16 tokens, and a slot's page lists are 8 MiB for Llama-3.1-8B at 128K).
  *
  * @module
  */
@@ -40,6 +41,7 @@ export class BlockTables {
   readonly tableBuffer?: GPUBuffer;
   /** GPU mirror of {@link lengths}. */
   readonly lengthsBuffer?: GPUBuffer;
+  /** Per slot: 0 clean, 1 lengths changed, 2 page lists (and lengths) changed. */
   readonly #dirty: Uint8Array;
 
   /** Empty tables; with a `gpu`, also the two mirror buffers. */
@@ -66,9 +68,12 @@ export class BlockTables {
     return this.table.subarray(base, base + count);
   }
 
-  /** Notes that `slot` changed and must be uploaded. */
-  markDirty(slot: number): void {
-    this.#dirty[slot] = 1;
+  /**
+   * Notes that `slot` changed and must be uploaded: its lengths, and its page lists unless `pagesChanged`
+   * is false (only lengths moved within pages already listed).
+   */
+  markDirty(slot: number, pagesChanged = true): void {
+    this.#dirty[slot] = Math.max(this.#dirty[slot], pagesChanged ? 2 : 1);
   }
 
   /** Uploads the rows of every slot changed since the last call (a no-op without GPU buffers). */
@@ -76,12 +81,15 @@ export class BlockTables {
     const { layers, kvHeads, maxPagesPerHead } = this.shape;
     const rowsPerSlot = layers * kvHeads;
     for (let slot = 0; slot < this.#dirty.length; slot++) {
-      if (!this.#dirty[slot]) continue;
+      const dirty = this.#dirty[slot];
+      if (!dirty) continue;
       this.#dirty[slot] = 0;
       if (!this.tableBuffer || !this.lengthsBuffer) continue;
-      const t0 = slot * rowsPerSlot * maxPagesPerHead;
-      const tn = rowsPerSlot * maxPagesPerHead;
-      gpu.device.queue.writeBuffer(this.tableBuffer, t0 * 4, this.table, t0, tn);
+      if (dirty === 2) {
+        const t0 = slot * rowsPerSlot * maxPagesPerHead;
+        const tn = rowsPerSlot * maxPagesPerHead;
+        gpu.device.queue.writeBuffer(this.tableBuffer, t0 * 4, this.table, t0, tn);
+      }
       const l0 = slot * rowsPerSlot;
       gpu.device.queue.writeBuffer(this.lengthsBuffer, l0 * 4, this.lengths, l0, rowsPerSlot);
     }

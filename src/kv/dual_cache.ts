@@ -367,7 +367,11 @@ export class DualCache implements DualKvView {
       promote[r] = n;
       needed += pagesForTokens(after) - pagesForTokens(this.#globalLength[row]);
     }
-    const pages = this.pool.allocate(needed, `WG-KV cache (sequence ${slot}, promotions)`);
+    const pages = this.pool.allocate(
+      needed,
+      `WG-KV cache (sequence ${slot}, promotions)`,
+      "raise --kv-global, the share of a full cache kept for admitted tokens, or --ctx",
+    );
     const plan = new Uint32Array(1 + 2 * this.maxPromotions);
     let copies = 0, next = 0;
     for (let r = 0; r < rows; r++) {
@@ -387,7 +391,7 @@ export class DualCache implements DualKvView {
     }
     plan[0] = copies;
     this.#pending[slot] = nTokens;
-    this.tables.markDirty(slot);
+    this.tables.markDirty(slot, needed > 0);
     if (this.#gpu) {
       const queue = this.#gpu.device.queue;
       queue.writeBuffer(this.promotionPlan, 0, plan, 0, 1 + 2 * copies);

@@ -221,7 +221,7 @@ export class KvCache implements PagedKvView {
       for (let j = from; j < to; j++) table[row * this.maxPagesPerHead + j] = pages[next++];
       lengths[row] += n;
     }
-    this.tables.markDirty(slot);
+    this.tables.markDirty(slot, needed > 0);
   }
 
   /** Cuts every row of `slot` to at most `tokens` tokens, returning pages that no longer hold any. */

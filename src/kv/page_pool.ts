@@ -86,13 +86,14 @@ export class PagePool {
 
   /**
    * Takes `count` pages, all or none: throws {@link OutOfMemoryError} (saying how many were asked for and
-   * how many are free) without taking any when the pool cannot supply them all.
+   * how many are free, `what` naming the cache and `hint` what to change) without taking any when the
+   * pool cannot supply them all.
    */
-  allocate(count: number, what = "KV cache"): Uint32Array {
+  allocate(count: number, what = "KV cache", hint = "raise --ctx or free a sequence"): Uint32Array {
     if (count > this.#freeCount) {
       throw new OutOfMemoryError(
         `${what}: needs ${count} more pages of ${PAGE_TOKENS} tokens but only ${this.#freeCount} of ` +
-          `${this.capacity} are free (raise --ctx or free a sequence)`,
+          `${this.capacity} are free (${hint})`,
       );
     }
     const out = new Uint32Array(count);

@@ -406,7 +406,11 @@ export class GpuModel {
       if (!(fraction >= 0 && fraction <= 1)) {
         throw new BadFlagError(`--kv-global: ${fraction} is not a fraction in [0, 1]`);
       }
-      const maxGlobalTokens = Math.max(16, Math.ceil(fraction * ctx));
+      // The pool holds `fraction` of a full cache's global pages in all, shared by the heads: one head may
+      // keep up to the whole context (WG-KV heads admit very different shares, 0–97% with a random gate)
+      // as long as the others leave it the pages. Only the block tables are sized per head for all of it.
+      const maxGlobalTokens = ctx;
+      const globalPagesPerHead = pagesForTokens(Math.max(16, Math.ceil(fraction * ctx)));
       const ring = Math.ceil((policy.window + maxBatch - 1) / 16) * 16;
       kv = await DualCache.create(gpu, {
         layers: hp.nLayer,
@@ -415,7 +419,7 @@ export class GpuModel {
         policy,
         maxBatch,
         maxGlobalTokens,
-        pages: hp.nLayer * Hkv * (pagesForTokens(ring) + pagesForTokens(maxGlobalTokens)),
+        pages: hp.nLayer * Hkv * (pagesForTokens(ring) + globalPagesPerHead),
       });
     }
     const dual = kv instanceof DualCache ? kv : undefined;
