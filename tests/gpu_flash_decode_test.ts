@@ -178,26 +178,13 @@ Deno.test("flash decode: Llama shape (head_dim 128, G 4), 700 keys in 3 splits; 
 });
 
 Deno.test("flash decode: direct mode (one dispatch, one workgroup per KV head and head batch)", async () => {
-  // Several tiles, two head batches; ragged rows with an empty one; Llama's shape.
-  await checkDecode({ headDim: 24, kvHeads: 1, group: 5, tokens: 300, splits: 2, direct: true });
-  await checkDecode({
-    headDim: 32,
-    kvHeads: 4,
-    group: 2,
-    tokens: 333,
-    cuts: [333, 0, 1, 17],
-    splits: 5,
-    direct: true,
-  });
-  await checkDecode({
-    headDim: 128,
-    kvHeads: 2,
-    group: 4,
-    tokens: 257,
-    cuts: [257, 200],
-    splits: 3,
-    direct: true,
-  });
+  // Several tiles and two head batches; ragged rows with an empty one; Llama's head_dim and group.
+  const cases: Case[] = [
+    { headDim: 24, kvHeads: 1, group: 5, tokens: 300, splits: 2 },
+    { headDim: 32, kvHeads: 4, group: 2, tokens: 333, cuts: [333, 0, 1, 17], splits: 5 },
+    { headDim: 128, kvHeads: 2, group: 4, tokens: 257, cuts: [257, 200], splits: 3 },
+  ];
+  for (const c of cases) await checkDecode({ ...c, direct: true });
 });
 
 Deno.test("flash decode: tileSteps must be an integer from 1 to 8", async () => {
