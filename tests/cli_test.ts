@@ -196,3 +196,21 @@ fixtureTest(
     ok(!/\bat \S+:\d+:\d+/.test(gpu.stderr), "no stack trace");
   },
 );
+
+Deno.test("cli: run --f32-prefill on a quantised model (prefill products in f32) generates like the default", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const model = `${dir}/tiny-q4_k_m.gguf`;
+    const synth = await runCli(["synth", "--shape", "tiny", "--type", "q4_k_m", "--out", model]);
+    equal(synth.code, 0, synth.stderr);
+    const args = ["run", "-m", model, "-p", "Hello there", "-n", "4", "--temp", "0", "--json"];
+    const f32 = await runCli([...args, "--f32-prefill"]);
+    equal(f32.code, 0, f32.stderr);
+    const byDefault = await runCli(args);
+    equal(byDefault.code, 0, byDefault.stderr);
+    equal(JSON.parse(f32.stdout).generated.length, 4);
+    equal(JSON.parse(byDefault.stdout).generated.length, 4);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

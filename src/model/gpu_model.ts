@@ -148,9 +148,9 @@ export interface GpuModelOptions {
    * weights that have an integer view (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K), the activations quantised per
    * 32-value block first; the others keep the f32 kernels. Changes the prefill's results by the
    * activations' rounding (as llama.cpp's quantised products do: about 1% of the logits' spread on
-   * synthetic models). Default true on a GPU (8B Q4_K_M on an H100: 2239 against 1651 tok/s for a
-   * 512-token prompt, 1992 against 1517 for 4096), false on a software adapter (lavapipe), where the
-   * f32 kernels are the faster ones.
+   * synthetic models). Default true on a GPU (on an H100 the 8B products ran 1.2–3.0× faster in one
+   * `bench:matmul` run; 8B Q4_K_M prefill of 512 tokens 2239 tok/s, 1651 with f32 products in an earlier
+   * run), false on a software adapter (lavapipe), where the f32 kernels are the faster ones.
    */
   int8Prefill?: boolean;
   /**
