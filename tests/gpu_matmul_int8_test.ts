@@ -5,12 +5,14 @@ import {
   createGateUpSwiGluInt8,
   createMatmulInt8,
   createQ8Quantize,
+  createQkvInt8,
   gateUpInt8Blocker,
   INT8_WEIGHT_TYPES,
   int8MatmulBlocker,
   int8WorkgroupBytes,
   q8ActivationBytes,
   type Q8Activations,
+  qkvInt8Blocker,
 } from "../src/gpu/ops/matmul_int8.ts";
 import { StepParams } from "../src/gpu/ops/op.ts";
 import { compareLinear, randomWeight } from "./gpu_quant_data.ts";
@@ -167,6 +169,56 @@ Deno.test("int8 matmul: gate/up + SwiGLU in one dispatch matches silu(x·gateᵀ
   const q4 = randomWeight(gpu, "g", "Q4_K", 4, 256).weight,
     q6 = randomWeight(gpu, "u", "Q6_K", 4, 256).weight;
   ok(gateUpInt8Blocker(q4, q6)?.includes("g is Q4_K, u Q6_K"), gateUpInt8Blocker(q4, q6));
+});
+
+Deno.test("int8 matmul: Q, K and V of mixed types in one dispatch each match their own product", async () => {
+  const gpu = await getGpu();
+  for (
+    const c of [
+      // Llama-like: Q and K Q4_K, V Q6_K, K and V with fewer rows; Q past a row tile, tokens past a tile.
+      { types: ["Q4_K", "Q4_K", "Q6_K"], rows: [160, 40, 40], cols: 512, m: 67 },
+      { types: ["Q8_0", "Q5_K", "Q4_0"], rows: [7, 129, 1], cols: 256, m: 2 },
+    ]
+  ) {
+    const { cols, m } = c;
+    const maxTokens = m + 1;
+    const weights = c.types.map((type, i) => randomWeight(gpu, ["wq", "wk", "wv"][i], type, c.rows[i], cols));
+    const x = randomF32(maxTokens * cols);
+    const step = new StepParams(gpu, maxTokens);
+    const q8 = q8Buffers(gpu, maxTokens, cols);
+    const outs = c.rows.map((rows) =>
+      gpu.buffer("out", maxTokens * rows * 4, new Float32Array(maxTokens * rows).fill(NaN))
+    );
+    const ops = [
+      createQ8Quantize(gpu, { label: "q8", x: gpu.buffer("x", x.byteLength, x), out: q8, step }),
+      createQkvInt8(gpu, {
+        label: "qkv",
+        wq: weights[0].weight,
+        wk: weights[1].weight,
+        wv: weights[2].weight,
+        x: q8,
+        q: outs[0],
+        k: outs[1],
+        v: outs[2],
+        maxTokens,
+        step,
+      }),
+    ];
+    step.set(m);
+    await submitValidated(gpu, ops);
+    const { x: xq } = await readQ8(gpu, q8, m);
+    for (let i = 0; i < 3; i++) {
+      const got = await gpu.readF32(outs[i]);
+      const bad = compareLinear(got, weights[i].w, xq, m, c.rows[i], cols, 1e-5);
+      ok(bad === undefined, `${c.types[i]} (output ${i}): ${bad}`);
+      ok(got.subarray(m * c.rows[i]).every(Number.isNaN), `output ${i}: wrote past the step`);
+    }
+  }
+  const q4 = randomWeight(gpu, "wq", "Q4_K", 4, 256).weight;
+  const narrow = randomWeight(gpu, "wk", "Q4_K", 4, 512).weight;
+  const f16 = randomWeight(gpu, "wv", "F16", 4, 256).weight;
+  ok(qkvInt8Blocker(q4, narrow, q4)?.includes("differ in width"), qkvInt8Blocker(q4, narrow, q4));
+  ok(qkvInt8Blocker(q4, q4, f16)?.includes("wv is F16"), qkvInt8Blocker(q4, q4, f16));
 });
 
 Deno.test("int8 matmul: a weight split into parts writes each part's columns", async () => {

@@ -6,6 +6,11 @@
 //   `paired` true:  the FFN input, Y[t][r] = silu(Σ_c X[t][c] · W_a[r][c]) · (Σ_c X[t][c] · W_b[r][c]), gate
 //                   and up of one type and shape (`paired`: tile rows 0..63 are gate rows, 64..127 the same up
 //                   rows, so a thread's rows i and i + 2 pair up).
+//   `stacked` true: three products of one input in one dispatch (attention Q, K and V): the row tiles of W_a,
+//                   then those of W_b, then those of W_c, each weight of its own type and writing its own
+//                   output. The text define STACKED brings the third weight's bindings and the functions
+//                   stacked_tile, stacked_fetch and write_stacked (wgsl/matmul_int8_stacked.wgsl; stubs
+//                   without bindings in the other forms, so their kernels stay as small as before).
 //
 // Output tiles of 128 rows × 64 tokens, 256 threads: thread (lx, ly) = (tid % 32, tid / 32) owns rows
 // n0 + lx + 32i (i < 4) and tokens t0 + 8ly + j (j < 8). The K loop stages k_blocks blocks per step:
@@ -21,7 +26,9 @@
 //
 // binding 0: W_a, array<u32>: the raw rows of one weight part (paired: the gate weight), row r at byte
 //            r · row_bytes (read)
-// binding 6: W_b, array<u32>: paired: the up weight, rows as W_a's (otherwise W_a again) (read)
+// binding 6: W_b, array<u32>: paired: the up weight, rows as W_a's; stacked: the second weight (K);
+//            otherwise W_a again (read)
+// bindings 7…11: stacked only, see wgsl/matmul_int8_stacked.wgsl
 // binding 1: xq, vec4u[max_tokens][cols / 16] (read), see wgsl/quantize_q8.wgsl
 // binding 2: xds, vec2f[max_tokens][cols / 32] (read), (d, d · Σq) per block
 // binding 3: y, f32[m][out_stride] (read_write), this part writing columns first_row .. first_row + rows
@@ -29,8 +36,8 @@
 // binding 4: step, uniform { n_tokens, pos0 }
 // binding 5: part, uniform { rows (in this part), first_row, out_stride, cols, row_bytes }
 //
-// Dispatch: (ceil(rows / 128), ceil(max_tokens / 64)), paired (ceil(rows / 64), …); tiles past n_tokens
-// return at once.
+// Dispatch: (ceil(rows / 128), ceil(max_tokens / 64)), paired (ceil(rows / 64), …), stacked (the three
+// weights' row tiles added up, …); tiles past n_tokens return at once.
 
 struct Step { n_tokens: u32, pos0: u32 }
 struct Part { rows: u32, first_row: u32, out_stride: u32, cols: u32, row_bytes: u32 }
@@ -38,6 +45,7 @@ struct Part { rows: u32, first_row: u32, out_stride: u32, cols: u32, row_bytes: 
 override k_blocks: u32 = 2u; // 32-value blocks staged per step: 2 or 4
 override units_per_thread: u32 = 1u; // k_blocks / 2: W units (and X vec4s) per thread and step
 override paired: bool = false; // gate rows in the tile's first half, up rows in its second, SwiGLU written
+override stacked: bool = false; // row tiles of W_a, then W_b, then W_c, each writing its own output
 
 // One 32-value sub-block of a weight row (see wgsl/int8_units.wgsl).
 struct Int8Unit {
@@ -55,6 +63,7 @@ struct Int8Unit {
 
 {{INT8_UNITS_A}}
 {{INT8_UNITS_B}}
+{{STACKED}}
 
 const THREADS: u32 = 256u;
 const TILE_ROWS: u32 = 128u;
@@ -70,10 +79,11 @@ var<workgroup> x_scale: array<vec2f, k_blocks * TILE_TOKENS>;
 
 // W unit u of the step at block kb: (tile row u % 128, block u / 128), rows past the part and blocks past
 // the row's end repeating the last (a repeated block gets a zero X scale, so it adds nothing). Paired: tile
-// rows 0..63 are gate rows n0 + 0..63, rows 64..127 the same up rows.
-fn fetch_w(u: u32, n0: u32, kb: u32, blocks: u32) -> Int8Unit {
+// rows 0..63 are gate rows n0 + 0..63, rows 64..127 the same up rows. Stacked: rows of weight `which`.
+fn fetch_w(u: u32, n0: u32, kb: u32, blocks: u32, which: u32) -> Int8Unit {
   let tr = u % TILE_ROWS;
   let blk = min(kb + u / TILE_ROWS, blocks - 1u);
+  if (stacked && which > 0u) { return stacked_fetch(which, n0 + tr, blk); }
   if (paired) {
     let row = min(n0 + tr % HALF_ROWS, part.rows - 1u) * part.row_bytes;
     if (tr >= HALF_ROWS) { return int8_unit_b(row, blk); }
@@ -103,7 +113,7 @@ fn dot16(a: vec4u, b: vec4u) -> i32 {
 
 // The tile's sums for tile rows n0 + … (see fetch_w) and tokens t0 + …: acc[8i + j] is tile row lx + 32i,
 // token t0 + 8ly + j. Every thread of the workgroup must call it (it has barriers).
-fn tile_products(n0: u32, t0: u32, m: u32, tid: u32) -> array<f32, 32> {
+fn tile_products(n0: u32, t0: u32, m: u32, tid: u32, which: u32) -> array<f32, 32> {
   let lx = tid % 32u;
   let ly = tid / 32u;
   let blocks = part.cols / 32u;
@@ -120,7 +130,7 @@ fn tile_products(n0: u32, t0: u32, m: u32, tid: u32) -> array<f32, 32> {
     if (kb == 0u) {
       // @unroll
       for (var p = 0u; p < units_per_thread; p++) {
-        w_next[p] = fetch_w(tid + p * THREADS, n0, kb, blocks);
+        w_next[p] = fetch_w(tid + p * THREADS, n0, kb, blocks, which);
         x_next[p] = fetch_x(tid + p * THREADS, t0, m, kb, blocks, x_row);
         xs_next[p] = fetch_xs(tid + p * THREADS, t0, m, kb, blocks);
       }
@@ -145,7 +155,7 @@ fn tile_products(n0: u32, t0: u32, m: u32, tid: u32) -> array<f32, 32> {
     if (kn < blocks) {
       // @unroll
       for (var p = 0u; p < units_per_thread; p++) {
-        w_next[p] = fetch_w(tid + p * THREADS, n0, kn, blocks);
+        w_next[p] = fetch_w(tid + p * THREADS, n0, kn, blocks, which);
         x_next[p] = fetch_x(tid + p * THREADS, t0, m, kn, blocks, x_row);
         xs_next[p] = fetch_xs(tid + p * THREADS, t0, m, kn, blocks);
       }
@@ -183,14 +193,21 @@ fn tile_products(n0: u32, t0: u32, m: u32, tid: u32) -> array<f32, 32> {
   return acc;
 }
 
-// One entry for both forms (`paired` picks the tile rows and the writes).
+// One entry for all forms (`paired` and `stacked` pick the tile rows and the writes).
 @compute @workgroup_size(THREADS)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
   let m = step.n_tokens;
-  let n0 = wg.x * select(TILE_ROWS, HALF_ROWS, paired);
   let t0 = wg.y * TILE_TOKENS;
-  if (n0 >= part.rows || t0 >= m) { return; }
-  let acc = tile_products(n0, t0, m, tid);
+  // (weight, first row, its rows): W_a's row tiles, then (stacked) W_b's and W_c's.
+  var tile = vec3u(0u, wg.x * select(TILE_ROWS, HALF_ROWS, paired), part.rows);
+  if (stacked) { tile = stacked_tile(wg.x); }
+  let n0 = tile.y;
+  if (n0 >= tile.z || t0 >= m) { return; }
+  let acc = tile_products(n0, t0, m, tid, select(0u, tile.x, stacked));
+  if (stacked) {
+    write_stacked(acc, tile.x, n0, t0, m, tid);
+    return;
+  }
   let lx = tid % 32u;
   let ly = tid / 32u;
   // @unroll

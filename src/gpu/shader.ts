@@ -26,6 +26,7 @@ export const SHADER_NAMES: readonly string[] = [
   "kv_append",
   "matmul",
   "matmul_int8",
+  "matmul_int8_stacked",
   "matvec_fast",
   "matvec_units",
   "qkv_kv_store",

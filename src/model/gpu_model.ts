@@ -32,10 +32,12 @@ import {
   createGateUpSwiGluInt8,
   createMatmulInt8,
   createQ8Quantize,
+  createQkvInt8,
   gateUpInt8Blocker,
   int8MatmulBlocker,
   q8ActivationBytes,
   type Q8Activations,
+  qkvInt8Blocker,
 } from "../gpu/ops/matmul_int8.ts";
 import {
   createMatmul,
@@ -596,11 +598,27 @@ export class GpuModel {
           }));
         } else {
           if (int8(w.wq, w.wk, w.wv) && w.wk.cols === w.wq.cols && w.wv.cols === w.wq.cols) {
-            // Int8 prefill: the input quantised once for the three products.
+            // Int8 prefill: the input quantised once for the three products, in one dispatch where the
+            // weights allow (K and V alone fill few workgroups).
             const xq = quantize(`${p}attn_qkv_q8`, act.xn, w.wq.cols);
-            ops.push(int8Product(`${p}attn_q`, w.wq, xq, act.q));
-            ops.push(int8Product(`${p}attn_k`, w.wk, xq, act.k));
-            ops.push(int8Product(`${p}attn_v`, w.wv, xq, act.v));
+            if (qkvInt8Blocker(w.wq, w.wk, w.wv) === undefined) {
+              ops.push(createQkvInt8(gpu, {
+                label: `${p}attn_qkv`,
+                wq: w.wq,
+                wk: w.wk,
+                wv: w.wv,
+                x: xq,
+                q: act.q,
+                k: act.k,
+                v: act.v,
+                maxTokens,
+                step,
+              }));
+            } else {
+              ops.push(int8Product(`${p}attn_q`, w.wq, xq, act.q));
+              ops.push(int8Product(`${p}attn_k`, w.wk, xq, act.k));
+              ops.push(int8Product(`${p}attn_v`, w.wv, xq, act.v));
+            }
           } else if (!decode && !qkvMatmulBlocker(w.wq, w.wk, w.wv)) {
             // Prefill: Q, K and V row tiles in one dispatch (K and V alone would underfill the GPU).
             ops.push(createQkvMatmul(gpu, {

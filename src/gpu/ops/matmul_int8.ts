@@ -162,18 +162,13 @@ export function createMatmulInt8(gpu: Gpu, options: MatmulInt8Options): GpuOp {
   const kBlocks = checkKBlocks(gpu, label, options.kBlocks);
   const tokenTiles = ceilDiv(maxTokens, TILE_TOKENS);
   checkWorkgroups(gpu, label, tokenTiles);
-  const kernel = int8Kernel(gpu, weight.info.name, kBlocks, false);
+  const kernel = int8Kernel(gpu, [weight.info.name], kBlocks, "plain");
   const parts = weight.parts.map((part, i): PartDispatch => {
     checkWorkgroups(gpu, label, ceilDiv(part.rows, TILE_ROWS));
-    // Binding 6 (the paired form's up weight) repeats the part, unread.
+    const uniform = partUniform(gpu, label, weight, i);
     const group = bindNumbered(gpu, kernel, [
-      [0, part.buffer],
-      [6, part.buffer],
-      [1, x.xq],
-      [2, x.xds],
-      [3, y],
+      ...int8Bindings([part.buffer], x, [y], [uniform]),
       [4, step.buffer],
-      [5, partUniform(gpu, label, weight, i)],
     ]);
     return { group, workgroups: [ceilDiv(part.rows, TILE_ROWS), tokenTiles, 1] };
   });
@@ -225,19 +220,111 @@ export function createGateUpSwiGluInt8(gpu: Gpu, options: GateUpSwiGluInt8Option
   const blocker = gateUpInt8Blocker(gate, up);
   if (blocker) throw new UnsupportedError(`${label}: no integer gate/up product: ${blocker}`);
   checkProductIo(label, x, step, gate, out, maxTokens);
-  const kernel = int8Kernel(gpu, gate.info.name, checkKBlocks(gpu, label, options.kBlocks), true);
+  const kernel = int8Kernel(gpu, [gate.info.name], checkKBlocks(gpu, label, options.kBlocks), "paired");
   const rowTiles = ceilDiv(gate.rows, TILE_ROWS / 2), tokenTiles = ceilDiv(maxTokens, TILE_TOKENS);
   checkWorkgroups(gpu, label, Math.max(rowTiles, tokenTiles));
   const group = bindNumbered(gpu, kernel, [
-    [0, gate.parts[0].buffer],
-    [6, up.parts[0].buffer],
-    [1, x.xq],
-    [2, x.xds],
-    [3, out],
+    ...int8Bindings([gate.parts[0].buffer, up.parts[0].buffer], x, [out], [partUniform(gpu, label, gate, 0)]),
     [4, step.buffer],
-    [5, partUniform(gpu, label, gate, 0)],
   ]);
   return new LinearOp(label, kernel, [{ group, workgroups: [rowTiles, tokenTiles, 1] }]);
+}
+
+/** Options of {@link createQkvInt8}. */
+export interface QkvInt8Options {
+  /** Name for errors and the profiler, e.g. "blk.0.attn_qkv". */
+  label: string;
+  /** The Q, K and V weights (each of a type in {@link INT8_WEIGHT_TYPES}, in one part, rows of one width). */
+  wq: GpuWeight;
+  wk: GpuWeight;
+  wv: GpuWeight;
+  /** The attention input, quantised by {@link createQ8Quantize} (`cols` = the weights'). */
+  x: Q8Activations;
+  /** Outputs, f32 `[maxTokens][rows of wq / wk / wv]`. */
+  q: BufferSlice;
+  k: BufferSlice;
+  v: BufferSlice;
+  /** Largest number of tokens per step; dispatches are sized for it. At most `x.maxTokens`. */
+  maxTokens: number;
+  /** Per-step token count (`nTokens`). */
+  step: StepParams;
+  /** 32-value blocks per K step, 2 (default) or 4. */
+  kBlocks?: number;
+}
+
+/**
+ * Why Q, K and V cannot go through {@link createQkvInt8} (a one-line reason), or undefined when they can:
+ * each needs an integer view and one part, and their rows one width.
+ */
+export function qkvInt8Blocker(wq: GpuWeight, wk: GpuWeight, wv: GpuWeight): string | undefined {
+  for (const w of [wq, wk, wv]) {
+    const blocker = int8MatmulBlocker(w);
+    if (blocker) return blocker;
+    if (w.parts.length !== 1) return `${w.name} is split into parts`;
+  }
+  if (wk.cols !== wq.cols || wv.cols !== wq.cols) {
+    return `${wq.name}, ${wk.name} and ${wv.name} differ in width`;
+  }
+  return undefined;
+}
+
+/**
+ * Creates the attention's Q, K and V products of one quantised input in one dispatch (`wgsl/matmul_int8.wgsl`
+ * with `stacked`: the three weights' row tiles side by side, each weight of its own type), so that K and V,
+ * a few row tiles each, share the GPU with Q. Throws an {@link UnsupportedError} where
+ * {@link qkvInt8Blocker} gives a reason.
+ */
+export function createQkvInt8(gpu: Gpu, options: QkvInt8Options): GpuOp {
+  const { label, wq, wk, wv, x, q, k, v, maxTokens, step } = options;
+  const blocker = qkvInt8Blocker(wq, wk, wv);
+  if (blocker) throw new UnsupportedError(`${label}: no integer QKV product: ${blocker}`);
+  checkProductIo(label, x, step, wq, q, maxTokens);
+  checkProductIo(label, x, step, wk, k, maxTokens);
+  checkProductIo(label, x, step, wv, v, maxTokens);
+  const kernel = int8Kernel(
+    gpu,
+    [wq.info.name, wk.info.name, wv.info.name],
+    checkKBlocks(gpu, label, options.kBlocks),
+    "stacked",
+  );
+  const rowTiles = [wq, wk, wv].reduce((n, w) => n + ceilDiv(w.rows, TILE_ROWS), 0);
+  const tokenTiles = ceilDiv(maxTokens, TILE_TOKENS);
+  checkWorkgroups(gpu, label, Math.max(rowTiles, tokenTiles));
+  const group = bindNumbered(gpu, kernel, [
+    ...int8Bindings(
+      [wq.parts[0].buffer, wk.parts[0].buffer, wv.parts[0].buffer],
+      x,
+      [q, k, v],
+      [partUniform(gpu, label, wq, 0), partUniform(gpu, label, wk, 0), partUniform(gpu, label, wv, 0)],
+    ),
+    [4, step.buffer],
+  ]);
+  return new LinearOp(label, kernel, [{ group, workgroups: [rowTiles, tokenTiles, 1] }]);
+}
+
+/**
+ * The weight, input, output and part bindings of `wgsl/matmul_int8.wgsl`: one or two weights (W_a, W_b; a
+ * missing W_b repeats W_a), one output and part; the stacked form's second and third (W_b and W_c, y_b and
+ * y_c, part_b and part_c).
+ */
+function int8Bindings(
+  weights: GPUBuffer[],
+  x: Q8Activations,
+  outputs: BufferSlice[],
+  parts: GPUBuffer[],
+): [number, BufferSlice][] {
+  const entries: [number, BufferSlice][] = [
+    [0, weights[0]],
+    [6, weights[1] ?? weights[0]],
+    [1, x.xq],
+    [2, x.xds],
+    [3, outputs[0]],
+    [5, parts[0]],
+  ];
+  if (weights.length === 3) {
+    entries.push([9, weights[2]], [7, outputs[1]], [10, outputs[2]], [8, parts[1]], [11, parts[2]]);
+  }
+  return entries;
 }
 
 /** The blocks per K step to use: `kBlocks` (2 by default), checked against the workgroup memory. */
@@ -255,12 +342,32 @@ function checkKBlocks(gpu: Gpu, label: string, kBlocks = K_BLOCKS): number {
   return kBlocks;
 }
 
-/** `wgsl/matmul_int8.wgsl` for weights of `type` (both bindings), in its paired (gate/up + SwiGLU) form or not. */
-function int8Kernel(gpu: Gpu, type: string, kBlocks: number, paired: boolean): Kernel {
+/**
+ * `wgsl/matmul_int8.wgsl` for weights of `types` (W_a, W_b and, stacked, W_c; a missing one repeats the
+ * first) in one of its forms: plain, paired (gate/up + SwiGLU) or stacked (Q, K and V).
+ */
+function int8Kernel(
+  gpu: Gpu,
+  types: string[],
+  kBlocks: number,
+  form: "plain" | "paired" | "stacked",
+): Kernel {
+  const stacked = shaderSections("matmul_int8_stacked");
   return gpu.kernel(
     "matmul_int8",
-    { k_blocks: kBlocks, units_per_thread: kBlocks / 2, paired: paired ? 1 : 0 },
-    { INT8_UNITS_A: int8UnitSource(type, "a"), INT8_UNITS_B: int8UnitSource(type, "b") },
+    {
+      k_blocks: kBlocks,
+      units_per_thread: kBlocks / 2,
+      paired: form === "paired" ? 1 : 0,
+      stacked: form === "stacked" ? 1 : 0,
+    },
+    {
+      INT8_UNITS_A: int8UnitSource(types[0], "a"),
+      INT8_UNITS_B: int8UnitSource(types[1] ?? types[0], "b"),
+      STACKED: form === "stacked"
+        ? int8UnitSource(types[2], "c") + stacked.get("STACKED")!
+        : stacked.get("NONE")!,
+    },
   );
 }
 
