@@ -3,7 +3,8 @@
  * the activations are quantised per 32-value block ({@link createQ8Quantize}, `wgsl/quantize_q8.wgsl`), the
  * weights read as integer sub-blocks with their scales (`wgsl/int8_units.wgsl`), and
  * {@link createMatmulInt8} (`wgsl/matmul_int8.wgsl`) takes four products per instruction where the f32
- * kernel (`./matmul.ts`) takes one. The result differs from the f32 product by the activations' rounding
+ * kernel (`./matmul.ts`) takes one; {@link createGateUpSwiGluInt8} and {@link createQkvInt8} run several
+ * products of one input in one dispatch. The result differs from the f32 product by the activations' rounding
  * (at most half a step of 1/127 of each block's largest magnitude), as in llama.cpp's quantised matmuls.
  *
  * @module
