@@ -597,42 +597,30 @@ export class GpuModel {
             tuning: tuning("attn_qkv"),
           }));
         } else {
+          // The three products in one dispatch where possible (K and V alone would underfill the GPU).
+          const qkv = {
+            label: `${p}attn_qkv`,
+            wq: w.wq,
+            wk: w.wk,
+            wv: w.wv,
+            q: act.q,
+            k: act.k,
+            v: act.v,
+            maxTokens,
+            step,
+          };
           if (int8(w.wq, w.wk, w.wv) && w.wk.cols === w.wq.cols && w.wv.cols === w.wq.cols) {
-            // Int8 prefill: the input quantised once for the three products, in one dispatch where the
-            // weights allow (K and V alone fill few workgroups).
+            // Int8 prefill: the input quantised once for the three products.
             const xq = quantize(`${p}attn_qkv_q8`, act.xn, w.wq.cols);
             if (qkvInt8Blocker(w.wq, w.wk, w.wv) === undefined) {
-              ops.push(createQkvInt8(gpu, {
-                label: `${p}attn_qkv`,
-                wq: w.wq,
-                wk: w.wk,
-                wv: w.wv,
-                x: xq,
-                q: act.q,
-                k: act.k,
-                v: act.v,
-                maxTokens,
-                step,
-              }));
+              ops.push(createQkvInt8(gpu, { ...qkv, x: xq }));
             } else {
               ops.push(int8Product(`${p}attn_q`, w.wq, xq, act.q));
               ops.push(int8Product(`${p}attn_k`, w.wk, xq, act.k));
               ops.push(int8Product(`${p}attn_v`, w.wv, xq, act.v));
             }
           } else if (!decode && !qkvMatmulBlocker(w.wq, w.wk, w.wv)) {
-            // Prefill: Q, K and V row tiles in one dispatch (K and V alone would underfill the GPU).
-            ops.push(createQkvMatmul(gpu, {
-              label: `${p}attn_qkv`,
-              wq: w.wq,
-              wk: w.wk,
-              wv: w.wv,
-              x: act.xn,
-              q: act.q,
-              k: act.k,
-              v: act.v,
-              maxTokens,
-              step,
-            }));
+            ops.push(createQkvMatmul(gpu, { ...qkv, x: act.xn }));
           } else {
             ops.push(linear(`${p}attn_q`, w.wq, act.xn, act.q, "attn_qkv"));
             ops.push(linear(`${p}attn_k`, w.wk, act.xn, act.k, "attn_qkv"));
