@@ -422,6 +422,9 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
   }
 }
 
+/** Untimed decode steps before a KV policy row's timed chain. */
+const KV_WARM_STEPS = 4;
+
 // KV policy rows: for each policy and prompt length, a real prefill (timed), then chained greedy decode
 // at that depth (timed), and the KV memory in use against a full cache.
 for (const shape of kvPolicies.length > 0 ? shapes : []) {
@@ -436,10 +439,10 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
     const hp = hparamsFromGGUF(file);
     // A prompt and its decode steps must fit the model's context (checked before any long prefill).
     for (const tokens of kvPrompts) {
-      if (tokens + decodeTokens + 6 > hp.contextLength) {
+      if (tokens + KV_WARM_STEPS + decodeTokens + 6 > hp.contextLength) {
         flagError(
           `--kv-prompts ${tokens}: with ${decodeTokens} decode tokens it exceeds ${shape}'s context of ` +
-            `${hp.contextLength} (at most ${hp.contextLength - decodeTokens - 6})`,
+            `${hp.contextLength} (at most ${hp.contextLength - KV_WARM_STEPS - decodeTokens - 6})`,
         );
       }
     }
@@ -463,7 +466,7 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
         const rows = [prefillTest, decodeTest].map((test) => ({ shape, type, test, tokens, policy: name }));
         if (rows.every((r) => done.has(key(r)))) continue;
         const model = await GpuModel.load(gpu, file, hp, {
-          contextLength: tokens + decodeTokens + 6,
+          contextLength: tokens + KV_WARM_STEPS + decodeTokens + 6,
           maxBatch,
           foldNorms,
           fuseKvAppend,
@@ -495,16 +498,19 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
           console.error(formatProfile(rows));
           profiler.destroy();
         }
+        // A short untimed chain first (the first chain after a prefill paid one-off costs), then the timed
+        // one; the dual cache cannot rewind, so both go forward from the prompt.
+        const warm = await model.decodeGreedy(first, tokens, KV_WARM_STEPS);
         const steps = Math.min(decodeTokens, model.maxChain);
         const t1 = performance.now();
-        const decoded = await model.decodeGreedy(first, tokens, steps);
+        const decoded = await model.decodeGreedy(warm[KV_WARM_STEPS - 1], tokens + KV_WARM_STEPS, steps);
         const decodeMs = (performance.now() - t1) / steps;
         const usage = model.kvStats();
         if (values.profile) {
           // Where a decode step's time goes under this policy: 4 more steps with timestamp queries.
           const profiler = new GpuProfiler(gpu);
           model.setProfiler(profiler);
-          await model.decodeGreedy(decoded[steps - 1], tokens + steps, 4);
+          await model.decodeGreedy(decoded[steps - 1], tokens + KV_WARM_STEPS + steps, 4);
           model.setProfiler(undefined);
           const rows = foldLayers(profiler.totals()).map((r) => ({ ...r, msPerToken: r.totalMs / 4 }));
           results.profiles ??= {};
