@@ -55,11 +55,12 @@ export function pagedKvConstants(view: PagedKvView): Record<string, number> {
 export const POOL_FIRST_BINDING = 32;
 
 /**
- * WGSL declaring the pool shards at bindings `firstBinding …` and the accessors `pool_load(page, word)`
+ * WGSL declaring the pool shards at bindings {@link POOL_FIRST_BINDING} … and the accessors `pool_load(page, word)`
  * (and `pool_store(page, word, value)` when `writable`), where `word` counts u32 words inside the page.
  * This is generated because the number of bindings cannot be an `override`.
  */
-export function poolShaderSource(shardCount: number, firstBinding: number, writable: boolean): string {
+export function poolShaderSource(shardCount: number, writable: boolean): string {
+  const firstBinding = POOL_FIRST_BINDING;
   const access = writable ? "read_write" : "read";
   const lines = [
     `// Pool shards: binding ${firstBinding}+s = shard s, u32[pool_pages_per_shard][PAGE_WORDS];`,
@@ -123,7 +124,7 @@ export function bindNumbered(
   });
 }
 
-/** The (binding, shard) pairs of the pool shards starting at `firstBinding`. */
-export function shardEntries(view: PagedKvView, firstBinding: number): [number, GPUBuffer][] {
-  return view.shards.map((b, s) => [firstBinding + s, b]);
+/** The (binding, shard) pairs of the pool shards, from {@link POOL_FIRST_BINDING} on. */
+export function shardEntries(view: PagedKvView): [number, GPUBuffer][] {
+  return view.shards.map((b, s) => [POOL_FIRST_BINDING + s, b]);
 }

@@ -286,7 +286,7 @@ function decodeWorkgroupBytes(headDim: number, tileSteps: number, kvHeads: numbe
 }
 
 /**
- * WGSL declaring the pool shards at bindings `firstBinding …` as `array<vec4<u32>>` and accessors, where
+ * WGSL declaring the pool shards at bindings POOL_FIRST_BINDING … as `array<vec4<u32>>` and accessors, where
  * `quad` counts vec4<u32> inside a page (pages hold `PAGE_TOKENS · head_dim / 8` quads of K, then as many
  * of V, so every row starts on a 16-byte boundary):
  * - `pool_load_kv(page, quad)`: the K quad and the V quad at the same place of their halves (and
@@ -296,7 +296,8 @@ function decodeWorkgroupBytes(headDim: number, tileSteps: number, kvHeads: numbe
  * flight together (a branch per load, what a per-quad accessor inside an unrolled loop amounts to, may make
  * each wait for the one before). With one shard there is no branch at all.
  */
-function poolQuadShaderSource(shardCount: number, firstBinding: number): string {
+function poolQuadShaderSource(shardCount: number): string {
+  const firstBinding = POOL_FIRST_BINDING;
   const lines = [
     `// Pool shards: binding ${firstBinding}+s = shard s, vec4<u32>[pool_pages_per_shard][PAGE_TOKENS * head_dim / 4];`,
     `// page p lives in shard p / pool_pages_per_shard.`,
@@ -395,7 +396,7 @@ export function createFlashPrefill(gpu: Gpu, options: FlashPrefillOptions): GpuO
     max_tokens: maxTokens,
   };
   const defines = {
-    POOL: poolQuadShaderSource(kv.shards.length, POOL_FIRST_BINDING),
+    POOL: poolQuadShaderSource(kv.shards.length),
     TILING: prefillTilingSource(tiling, D),
   };
   const kernel = gpu.kernel("flash_prefill", constants, defines);
@@ -409,7 +410,7 @@ export function createFlashPrefill(gpu: Gpu, options: FlashPrefillOptions): GpuO
     [4, out],
     [5, kv.blockTable],
     [6, kv.lengths],
-    ...shardEntries(kv, POOL_FIRST_BINDING),
+    ...shardEntries(kv),
     [16, mask.slotInfo],
     [17, scratch],
   ]);
@@ -506,7 +507,7 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
     ...mask.constants,
   };
   const defines = {
-    POOL: poolQuadShaderSource(kv.shards.length, POOL_FIRST_BINDING),
+    POOL: poolQuadShaderSource(kv.shards.length),
     LOAD_QUADS: poolQuadLoadSource(kv.shards.length),
   };
   const partialKernel = gpu.kernel("flash_decode", constants, defines, "main");
@@ -519,7 +520,8 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
     ? gpu.kernel("flash_decode", { ...constants, splits: 1, direct: 1 }, defines, "main")
     : undefined;
   const layerParams = layerUniform(gpu, label, layer);
-  const partialGroup = bindNumbered(gpu, partialKernel, [
+  // The partial pass and the direct mode bind the same buffers (direct mode leaves `partials` unused).
+  const mainEntries: [number, BufferSlice][] = [
     [0, stepBuffer],
     [1, kv.sequence],
     [2, layerParams],
@@ -528,21 +530,11 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
     [5, out],
     [6, kv.blockTable],
     [7, kv.lengths],
-    ...shardEntries(kv, POOL_FIRST_BINDING),
+    ...shardEntries(kv),
     [16, mask.slotInfo],
-  ]);
-  const directGroup = directKernel && bindNumbered(gpu, directKernel, [
-    [0, stepBuffer],
-    [1, kv.sequence],
-    [2, layerParams],
-    [3, q],
-    [4, slicePrefix(partials, decodePartialsBytes(1, qHeads, D))],
-    [5, out],
-    [6, kv.blockTable],
-    [7, kv.lengths],
-    ...shardEntries(kv, POOL_FIRST_BINDING),
-    [16, mask.slotInfo],
-  ]);
+  ];
+  const partialGroup = bindNumbered(gpu, partialKernel, mainEntries);
+  const directGroup = directKernel && bindNumbered(gpu, directKernel, mainEntries);
   const reduceGroup = bindNumbered(gpu, reduceKernel, [
     [1, kv.sequence],
     [2, layerParams],

@@ -12,7 +12,6 @@ import {
   layerUniform,
   pagedKvConstants,
   type PagedKvView,
-  POOL_FIRST_BINDING,
   poolShaderSource,
   shardEntries,
 } from "../../kv/paged_view.ts";
@@ -45,7 +44,7 @@ export function createKvAppend(gpu: Gpu, options: KvAppendOptions): GpuOp {
   checkSlice(label, "k", k, maxTokens * rowBytes);
   checkSlice(label, "v", v, maxTokens * rowBytes);
   const kernel = gpu.kernel("kv_append", pagedKvConstants(kv), {
-    POOL: poolShaderSource(kv.shards.length, POOL_FIRST_BINDING, true),
+    POOL: poolShaderSource(kv.shards.length, true),
   });
   const layerParams = layerUniform(gpu, label, layer);
   const group = bindNumbered(gpu, kernel, [
@@ -56,7 +55,7 @@ export function createKvAppend(gpu: Gpu, options: KvAppendOptions): GpuOp {
     [4, v],
     [5, kv.blockTable],
     [6, kv.lengths],
-    ...shardEntries(kv, POOL_FIRST_BINDING),
+    ...shardEntries(kv),
   ]);
   const threads = maxTokens * kv.kvHeads * (kv.headDim / 2);
   const workgroups = Math.min(Math.ceil(threads / 64), gpu.limits.maxComputeWorkgroupsPerDimension, 4096);

@@ -18,7 +18,6 @@ import {
   layerUniform,
   pagedKvConstants,
   type PagedKvView,
-  POOL_FIRST_BINDING,
   poolShaderSource,
   shardEntries,
 } from "../../kv/paged_view.ts";
@@ -37,9 +36,6 @@ export interface QkvKvAppend {
  * turns, k_pre and the folded norm's sums (the last three are dummies when unused, but always bound).
  */
 export const QKV_STORAGE_BINDINGS = 10;
-
-/** First binding of the pool shards in `wgsl/qkv_kv_store.wgsl` (after sequence, layer, table, lengths). */
-const FIRST_SHARD_BINDING = POOL_FIRST_BINDING;
 
 /**
  * The `KV_STORE` define of `wgsl/matvec_fast.wgsl` when the `qkv` entry stores nothing: the two functions
@@ -100,7 +96,7 @@ export interface QkvKvStoreParts {
 export function qkvKvStoreParts(gpu: Gpu, label: string, append?: QkvKvAppend): QkvKvStoreParts {
   if (!append) return { constants: {}, source: NO_KV_STORE, entries: [] };
   const { kv, layer } = append;
-  const pool = poolShaderSource(kv.shards.length, FIRST_SHARD_BINDING, true);
+  const pool = poolShaderSource(kv.shards.length, true);
   return {
     constants: { kv_append: 1, ...pagedKvConstants(kv) },
     source: loadShader("qkv_kv_store").replace("{{POOL}}", pool),
@@ -109,7 +105,7 @@ export function qkvKvStoreParts(gpu: Gpu, label: string, append?: QkvKvAppend): 
       [15, layerUniform(gpu, label, layer)],
       [16, kv.blockTable],
       [17, kv.lengths],
-      ...shardEntries(kv, FIRST_SHARD_BINDING),
+      ...shardEntries(kv),
     ],
   };
 }

@@ -15,7 +15,6 @@ import {
   bindNumbered,
   layerUniform,
   pagedKvConstants,
-  POOL_FIRST_BINDING,
   poolShaderSource,
   shardEntries,
 } from "../../kv/paged_view.ts";
@@ -65,7 +64,7 @@ export function createWgkvAppend(gpu: Gpu, options: WgkvAppendOptions): GpuOp {
     sinks: policy.kind === "sink" ? Math.min(policy.sinks, 2 ** 32 - 1) : 0,
     seed: policy.kind === "random" ? policy.seed : 0,
     rate_threshold: policy.kind === "random" ? randomRateThreshold(policy.rate) : 0,
-  }, { POOL: poolShaderSource(kv.shards.length, POOL_FIRST_BINDING, true) });
+  }, { POOL: poolShaderSource(kv.shards.length, true) });
   const group = bindNumbered(gpu, kernel, [
     [0, step.buffer],
     [1, kv.sequence],
@@ -75,7 +74,7 @@ export function createWgkvAppend(gpu: Gpu, options: WgkvAppendOptions): GpuOp {
     [5, kv.blockTable],
     [6, gateFlags],
     [7, kv.slotInfo],
-    ...shardEntries(kv, POOL_FIRST_BINDING),
+    ...shardEntries(kv),
   ]);
   const threads = maxTokens * kv.kvHeads * (kv.headDim / 2);
   const workgroups = Math.min(Math.ceil(threads / 64), gpu.limits.maxComputeWorkgroupsPerDimension, 4096);

@@ -9,7 +9,7 @@
 
 import type { Gpu } from "../device.ts";
 import type { DualKvView } from "../../kv/dual_cache.ts";
-import { bindNumbered, POOL_FIRST_BINDING, poolShaderSource, shardEntries } from "../../kv/paged_view.ts";
+import { bindNumbered, poolShaderSource, shardEntries } from "../../kv/paged_view.ts";
 import { checkInt, type GpuOp } from "./op.ts";
 
 /** Options of {@link createWgkvPromote}. */
@@ -32,9 +32,9 @@ export function createWgkvPromote(gpu: Gpu, options: WgkvPromoteOptions): GpuOp 
   const kernel = gpu.kernel(
     "wgkv_promote",
     { head_dim: kv.headDim, pool_pages_per_shard: kv.pagesPerShard },
-    { POOL: poolShaderSource(kv.shards.length, POOL_FIRST_BINDING, true) },
+    { POOL: poolShaderSource(kv.shards.length, true) },
   );
-  const group = bindNumbered(gpu, kernel, [[0, kv.promotionPlan], ...shardEntries(kv, POOL_FIRST_BINDING)]);
+  const group = bindNumbered(gpu, kernel, [[0, kv.promotionPlan], ...shardEntries(kv)]);
   const perToken = kv.layers * kv.kvHeads;
   const maxTokens = options.maxTokens ?? kv.maxPromotions / perToken;
   checkInt(label, "maxTokens", maxTokens, 1);

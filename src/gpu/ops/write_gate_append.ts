@@ -14,7 +14,7 @@
 
 import { loadShader } from "../shader.ts";
 import type { DualKvView } from "../../kv/dual_cache.ts";
-import { POOL_FIRST_BINDING, poolShaderSource, shardEntries } from "../../kv/paged_view.ts";
+import { poolShaderSource, shardEntries } from "../../kv/paged_view.ts";
 import type { BufferSlice } from "./op.ts";
 
 /** Where `createWriteGate` also appends the step's keys and values: the gated layer of a dual cache. */
@@ -33,9 +33,6 @@ export interface WriteGateAppend {
  * partial logits and the keys after RoPE of the gate, then the values, block table and slot info.
  */
 export const WRITE_GATE_APPEND_STORAGE_BINDINGS = 8;
-
-/** First binding of the pool shards in `wgsl/write_gate_append.wgsl` (after sequence, v, table, slot info). */
-const FIRST_SHARD_BINDING = POOL_FIRST_BINDING;
 
 /**
  * The `RING_APPEND` define of `wgsl/write_gate.wgsl` when `finish` appends nothing: the two functions it
@@ -85,7 +82,7 @@ export interface WriteGateAppendParts {
 export function writeGateAppendParts(append?: WriteGateAppend): WriteGateAppendParts {
   if (!append) return { constants: {}, source: NO_RING_APPEND, entries: [] };
   const { kv, v } = append;
-  const pool = poolShaderSource(kv.shards.length, FIRST_SHARD_BINDING, true);
+  const pool = poolShaderSource(kv.shards.length, true);
   return {
     constants: {
       ring_append: 1,
@@ -99,7 +96,7 @@ export function writeGateAppendParts(append?: WriteGateAppend): WriteGateAppendP
       [9, v],
       [10, kv.blockTable],
       [11, kv.slotInfo],
-      ...shardEntries(kv, FIRST_SHARD_BINDING),
+      ...shardEntries(kv),
     ],
   };
 }
