@@ -20,7 +20,8 @@
  *                        [--direct-keys N]  (decode attention in one dispatch up to N keys, 0: always
  *                                            split: "decode-directN" rows)
  *                        [--f32-prefill]  (prefill products in f32 instead of the default 8-bit integer
- *                                          dot products of quantised weights: "prefill-f32" rows)
+ *                                          dot products of quantised weights and f16 arithmetic of F16
+ *                                          ones: "prefill-f32" rows)
  *                        [--matvec-tuning '{"ffn_down": {"rowsPerWorkgroup": 4}}']  (decode matvec tunings by
  *                                               role, GpuModelOptions.matvecTuning: "decode-tuned" rows)
  *        deno task bench --kv full,random,wgkv [--kv-prompts 8192,32768] [--window 256] [--admit 0.2]
@@ -201,9 +202,11 @@ if (!Number.isInteger(maxBatch) || maxBatch < 1) {
   console.error(`bench: --max-batch must be a positive integer, got ${values["max-batch"]}`);
   Deno.exit(2);
 }
-// --f32-prefill: prefill products in f32 instead of the default integer dot products (rows "prefill-f32").
+// --f32-prefill: prefill products in f32 instead of the default integer dot products (quantised weights)
+// and f16 arithmetic (F16 weights) (rows "prefill-f32").
 const f32Prefill = values["f32-prefill"] === true;
 const int8Prefill = f32Prefill ? false : undefined;
+const halfPrefill = f32Prefill ? false : undefined;
 const prefillTest = "prefill" + (prefillSplits !== undefined ? `-splits${prefillSplits}` : "") +
   (maxBatch !== 512 ? `-batch${maxBatch}` : "") + (f32Prefill ? "-f32" : "") + wgkvAppendSuffix;
 const key = (r: Pick<BenchRow, "shape" | "type" | "test" | "tokens" | "policy">) =>
@@ -318,6 +321,7 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
       prefillSplits,
       matvecTuning,
       int8Prefill,
+      halfPrefill,
       decodeDirectKeys: directKeys,
       onProgress: (m) => console.error(m),
     });
@@ -473,6 +477,7 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
           fuseWgkvAppend,
           prefillSplits,
           int8Prefill,
+          halfPrefill,
           matvecTuning,
           decodeDirectKeys: directKeys,
           policy,

@@ -53,6 +53,15 @@
 // x = ceil(rows_a / 64); y = ceil(max_m / (16 · tokens_per_thread)). Tiles past `m` return at once.
 // Tuning (override constants, see MatmulTuning in src/gpu/ops/matmul.ts): tokens_per_thread, k_step,
 // prefetch, unroll_k.
+//
+// Arithmetic (text defines from src/gpu/ops/matmul.ts, `matmulDefines`): with HALF = false the tiles hold f32
+// and every product is summed in f32. With HALF = true (shader-f16; ENABLE_F16 is then `enable f16;` and
+// TILE_SCALAR f16) the tiles hold f16 — half the workgroup memory and half the bytes per inner-loop read —
+// and the FMAs run on f16 vectors (twice the f32 rate on most GPUs); each K step's k_step products are summed
+// in f16 and added to f32 sums after the step, so rounding grows with k_step, not with the row length.
+// Exact for f16 weights up to the rounding of x to f16 and of the partial sums.
+
+{{ENABLE_F16}}
 
 struct Step {
   n_tokens: u32,
@@ -83,6 +92,11 @@ override rows_c: u32 = 1u;
 override row_bytes_a: u32 = 1u;
 override row_bytes_b: u32 = 1u;
 override row_bytes_c: u32 = 1u;
+
+const half_products = {{HALF}};
+// Element type of the workgroup tiles and of one step's sums.
+alias tile_t = {{TILE_SCALAR}};
+alias tile4 = vec4<tile_t>;
 
 const THREADS = 256u;
 const TILE_ROWS = 128u;
@@ -122,9 +136,9 @@ var<private> out_stride: u32;
 var<private> out_first: u32;
 
 // xs[x_at(k, q)]: tokens 4q..4q+3 of the tile at column k0 + k.
-var<workgroup> xs: array<vec4f, k_step * x_stride>;
+var<workgroup> xs: array<tile4, k_step * x_stride>;
 // ws[k · W_STRIDE + q]: tile rows 4q..4q+3 at column k0 + k.
-var<workgroup> ws: array<vec4f, k_step * W_STRIDE>;
+var<workgroup> ws: array<tile4, k_step * W_STRIDE>;
 
 // Where token quad q of column k lives in xs: row k, quad q XOR (k mod 8). The swizzle spreads the vec4
 // stores of a warp (consecutive k, same q) over all banks, while the inner loop still reads consecutive
@@ -178,10 +192,10 @@ fn fetch_x(t: u32, e: u32) -> vec4f {
 fn put_w(k: u32, i: u32, v: vec4f) {
   let at = k * W_STRIDE + i / 4u;
   let lane = i % 4u;
-  ws[at][lane] = v.x;
-  ws[at + W_STRIDE][lane] = v.y;
-  ws[at + 2u * W_STRIDE][lane] = v.z;
-  ws[at + 3u * W_STRIDE][lane] = v.w;
+  ws[at][lane] = tile_t(v.x);
+  ws[at + W_STRIDE][lane] = tile_t(v.y);
+  ws[at + 2u * W_STRIDE][lane] = tile_t(v.z);
+  ws[at + 3u * W_STRIDE][lane] = tile_t(v.w);
 }
 
 fn silu(v: vec4f) -> vec4f {
@@ -306,9 +320,11 @@ fn tile_product(n0: u32, t0: u32, lid: vec3u, tid: u32) {
   let xq_step = THREADS / k_step;
   let x_mine = x_everyone || tid < x_units;
 
-  // acc[2c + h]: token 4·ly + c (acc[8 + 2c + h]: token 64 + 4·ly + c), tile rows 64h + 4·lx + 0..3
+  // sums[2c + h]: token 4·ly + c (sums[8 + 2c + h]: token 64 + 4·ly + c), tile rows 64h + 4·lx + 0..3
   // (when paired, h = 0 gate and 1 up of rows n0 + 4·lx + 0..3); with 2 tokens per thread, token
-  // 2·ly + c, taken from the high half of quad ly / 2 when ly is odd.
+  // 2·ly + c, taken from the high half of quad ly / 2 when ly is odd. f32: the sums over all steps; half:
+  // this step's, added to acc (f32, same layout) after each step. At the end acc holds the totals.
+  var sums: array<tile4, 16>;
   var acc: array<vec4f, 16>;
   var wv: array<vec4f, 4>;
   var xv: array<vec4f, 4>;
@@ -326,7 +342,7 @@ fn tile_product(n0: u32, t0: u32, lid: vec3u, tid: u32) {
       put_w(16u * wk + 12u, wi, wv[3]);
     }
     if (x_mine) {
-      for (var p = 0u; p < x_loads; p++) { xs[x_at(xk, xq + p * xq_step)] = xv[p]; }
+      for (var p = 0u; p < x_loads; p++) { xs[x_at(xk, xq + p * xq_step)] = tile4(xv[p]); }
     }
     workgroupBarrier();
 
@@ -345,31 +361,39 @@ fn tile_product(n0: u32, t0: u32, lid: vec3u, tid: u32) {
       if (tokens_per_thread == 2u) {
         let a = xs[x_at(k, lid.y / 2u)];
         let pair = select(a.xy, a.zw, x_high);
-        acc[0] = fma(vec4f(pair.x), b0, acc[0]);
-        acc[1] = fma(vec4f(pair.x), b1, acc[1]);
-        acc[2] = fma(vec4f(pair.y), b0, acc[2]);
-        acc[3] = fma(vec4f(pair.y), b1, acc[3]);
+        sums[0] = fma(tile4(pair.x), b0, sums[0]);
+        sums[1] = fma(tile4(pair.x), b1, sums[1]);
+        sums[2] = fma(tile4(pair.y), b0, sums[2]);
+        sums[3] = fma(tile4(pair.y), b1, sums[3]);
       } else {
         let a0 = xs[x_at(k, lid.y)];
-        acc[0] = fma(vec4f(a0.x), b0, acc[0]);
-        acc[1] = fma(vec4f(a0.x), b1, acc[1]);
-        acc[2] = fma(vec4f(a0.y), b0, acc[2]);
-        acc[3] = fma(vec4f(a0.y), b1, acc[3]);
-        acc[4] = fma(vec4f(a0.z), b0, acc[4]);
-        acc[5] = fma(vec4f(a0.z), b1, acc[5]);
-        acc[6] = fma(vec4f(a0.w), b0, acc[6]);
-        acc[7] = fma(vec4f(a0.w), b1, acc[7]);
+        sums[0] = fma(tile4(a0.x), b0, sums[0]);
+        sums[1] = fma(tile4(a0.x), b1, sums[1]);
+        sums[2] = fma(tile4(a0.y), b0, sums[2]);
+        sums[3] = fma(tile4(a0.y), b1, sums[3]);
+        sums[4] = fma(tile4(a0.z), b0, sums[4]);
+        sums[5] = fma(tile4(a0.z), b1, sums[5]);
+        sums[6] = fma(tile4(a0.w), b0, sums[6]);
+        sums[7] = fma(tile4(a0.w), b1, sums[7]);
         if (tokens_per_thread == 8u) {
           let a1 = xs[x_at(k, lid.y) + 16u];
-          acc[8] = fma(vec4f(a1.x), b0, acc[8]);
-          acc[9] = fma(vec4f(a1.x), b1, acc[9]);
-          acc[10] = fma(vec4f(a1.y), b0, acc[10]);
-          acc[11] = fma(vec4f(a1.y), b1, acc[11]);
-          acc[12] = fma(vec4f(a1.z), b0, acc[12]);
-          acc[13] = fma(vec4f(a1.z), b1, acc[13]);
-          acc[14] = fma(vec4f(a1.w), b0, acc[14]);
-          acc[15] = fma(vec4f(a1.w), b1, acc[15]);
+          sums[8] = fma(tile4(a1.x), b0, sums[8]);
+          sums[9] = fma(tile4(a1.x), b1, sums[9]);
+          sums[10] = fma(tile4(a1.y), b0, sums[10]);
+          sums[11] = fma(tile4(a1.y), b1, sums[11]);
+          sums[12] = fma(tile4(a1.z), b0, sums[12]);
+          sums[13] = fma(tile4(a1.z), b1, sums[13]);
+          sums[14] = fma(tile4(a1.w), b0, sums[14]);
+          sums[15] = fma(tile4(a1.w), b1, sums[15]);
         }
+      }
+    }
+
+    if (half_products) {
+      // @unroll
+      for (var j = 0u; j < 16u; j++) {
+        acc[j] += vec4f(sums[j]);
+        sums[j] = tile4();
       }
     }
 
@@ -380,6 +404,10 @@ fn tile_product(n0: u32, t0: u32, lid: vec3u, tid: u32) {
       }
     }
     workgroupBarrier();
+  }
+  if (!half_products) {
+    // @unroll
+    for (var j = 0u; j < 16u; j++) { acc[j] = vec4f(sums[j]); }
   }
 
   let r = n0 + 4u * lid.x;

@@ -32,7 +32,8 @@ export const MODEL_FLAGS: Record<string, FlagSpec> = {
   batch: { type: "string", short: "b", help: "N  prompt tokens per prefill step on the GPU (default 512)" },
   "f32-prefill": {
     type: "boolean",
-    help: "prefill quantised weights in f32 (default on a GPU: 8-bit integer dot products, like llama.cpp)",
+    help: "prefill products in f32 (default on a GPU: 8-bit integer dot products for quantised weights, " +
+      "f16 arithmetic for F16 ones, like llama.cpp)",
   },
   kv: { type: "string", help: "full|wgkv|window|sink|random  KV cache policy (default full)" },
   gate: { type: "string", help: "FILE  write-gate GGUF for --kv wgkv (from `wgkv gate import`)" },
@@ -156,6 +157,7 @@ export async function loadFromFlags(values: ParsedFlags["values"]): Promise<Mode
     kv: kvPolicyFromFlags(values),
     kvGlobalFraction: numberFlag(values, "kv-global", undefined, { min: 0, max: 1 }),
     int8Prefill: values["f32-prefill"] === true ? false : undefined,
+    halfPrefill: values["f32-prefill"] === true ? false : undefined,
     onProgress: (m) => console.error(m),
   });
   const ms = performance.now() - t0;

@@ -40,6 +40,7 @@ export class GpuBackend implements ModelBackend {
       policy?: KvPolicy<GateWeights>;
       globalFraction?: number;
       int8Prefill?: boolean;
+      halfPrefill?: boolean;
     },
   ): Promise<GpuBackend> {
     return new GpuBackend(await GpuModel.load(gpu, file, hparams, options));

@@ -56,6 +56,12 @@ export interface LoadOptions {
    * software adapter (see `GpuModelOptions.int8Prefill`).
    */
   int8Prefill?: boolean;
+  /**
+   * Prefill products of F16 weights with f16 arithmetic, each 16–32 columns summed in f16 (llama.cpp's
+   * Vulkan backend sums whole rows so); false keeps them in f32. Default: true on a GPU with `shader-f16`,
+   * false on a software adapter (see `GpuModelOptions.halfPrefill`).
+   */
+  halfPrefill?: boolean;
 }
 
 /** Resolves a policy spec (reading and checking the gate file against the model). */
@@ -133,6 +139,7 @@ export async function loadModel(path: string, options: LoadOptions = {}): Promis
           policy,
           globalFraction: options.kvGlobalFraction,
           int8Prefill: options.int8Prefill,
+          halfPrefill: options.halfPrefill,
         });
       } catch (e) {
         const fallback = e instanceof DeviceError || e instanceof UnsupportedError;

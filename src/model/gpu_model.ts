@@ -43,6 +43,7 @@ import {
   createMatmul,
   createMatvec,
   createQkvMatmul,
+  type MatmulTuning,
   type MatvecTuning,
   qkvMatmulBlocker,
 } from "../gpu/ops/matmul.ts";
@@ -155,6 +156,14 @@ export interface GpuModelOptions {
    * run), false on a software adapter (lavapipe), where the f32 kernels are the faster ones.
    */
   int8Prefill?: boolean;
+  /**
+   * Prefill: matrix products of F16 weights with f16 arithmetic (`MatmulTuning.half`: f16 tiles and FMAs,
+   * each step of 16–32 columns summed in f16, the steps in f32), where the GPU has `shader-f16`. Changes the
+   * prefill's results by the activations' rounding to f16 and the step sums' (about 1e-3 of the logits'
+   * scale); llama.cpp's Vulkan matmul sums whole rows in f16 by default. Default true on a GPU, false on a
+   * software adapter (lavapipe).
+   */
+  halfPrefill?: boolean;
   /**
    * Decode attention runs as one dispatch (no partials, no reduce) while the query's position + 1 is at most
    * this many keys (see `FlashDecodeOptions.directKeys`; 0: always split). Default `DEFAULT_DIRECT_KEYS`.
@@ -466,6 +475,7 @@ export class GpuModel {
       ),
       normSums: f32("norm sums", E),
     };
+    const halfPrefill = (options.halfPrefill ?? !gpu.isFallback) && gpu.hasF16;
     if ((options.int8Prefill ?? !gpu.isFallback) && maxBatch > 1) {
       const bytes = q8ActivationBytes(maxBatch, Math.ceil(Math.max(E, FF, Hq * D) / 32) * 32);
       act.q8 = { xq: f32("q8 values", bytes.xq / 4), xds: f32("q8 scales", bytes.xds / 4) };
@@ -507,6 +517,9 @@ export class GpuModel {
       // quantises their input `x` (rows of `cols`) into act.q8, returning what the products read.
       const int8 = (...weights: GpuWeight[]) =>
         !decode && act.q8 !== undefined && weights.every((w) => int8MatmulBlocker(w) === undefined);
+      // Half prefill (options.halfPrefill): the f16 products' tuning when all of `weights` are F16.
+      const half = (...weights: GpuWeight[]): MatmulTuning | undefined =>
+        !decode && halfPrefill && weights.every((w) => w.info.name === "F16") ? { half: true } : undefined;
       const quantize = (label: string, x: GPUBuffer, cols: number): Q8Activations => {
         const q8: Q8Activations = { xq: act.q8!.xq, xds: act.q8!.xds, cols, maxTokens };
         ops.push(createQ8Quantize(gpu, { label, x, out: q8, step }));
@@ -518,7 +531,7 @@ export class GpuModel {
       const linear = (label: string, weight: GpuWeight, x: GPUBuffer, y: GPUBuffer, role: MatvecRole) => {
         if (decode) return createMatvec(gpu, { label, weight, x, y, maxTokens, step, tuning: tuning(role) });
         if (int8(weight)) return int8Product(label, weight, quantize(`${label}_q8`, x, weight.cols), y);
-        return createMatmul(gpu, { label, weight, x, y, maxTokens, step });
+        return createMatmul(gpu, { label, weight, x, y, maxTokens, step, tuning: half(weight) });
       };
       const embed = createEmbed(gpu, {
         label: `${tag}token_embd`,
@@ -620,7 +633,7 @@ export class GpuModel {
               ops.push(int8Product(`${p}attn_v`, w.wv, xq, act.v));
             }
           } else if (!decode && !qkvMatmulBlocker(w.wq, w.wk, w.wv)) {
-            ops.push(createQkvMatmul(gpu, { ...qkv, x: act.xn }));
+            ops.push(createQkvMatmul(gpu, { ...qkv, x: act.xn, tuning: half(w.wq, w.wk, w.wv) }));
           } else {
             ops.push(linear(`${p}attn_q`, w.wq, act.xn, act.q, "attn_qkv"));
             ops.push(linear(`${p}attn_k`, w.wk, act.xn, act.k, "attn_qkv"));
@@ -767,6 +780,7 @@ export class GpuModel {
                 out: act.gate,
                 maxTokens,
                 step,
+                tuning: half(w.wGate, w.wUp),
               }),
           );
         } else {

@@ -24,7 +24,7 @@ import {
   defaultMatvecWorkgroup,
   MATMUL_TILE_ROWS,
   matmulConstants,
-  matmulDequantDefines,
+  matmulDefines,
   matmulShape,
   type MatmulTuning,
   type QkvProductOptions,
@@ -277,7 +277,7 @@ export function createGateUpSwiGluMatmul(gpu: Gpu, options: GateUpSwiGluMatmulOp
       row_bytes_b: up.rowBytes,
     },
     // The gate through copy _a, up through _b; binding W_c repeats the gate (unread).
-    matmulDequantDefines(gate, up, gate),
+    matmulDefines(shape, gate, up, gate),
     "swiglu",
   );
   const info = gpu.uniform(`${label}.cols`, new Uint32Array([0, 0, 0, gate.cols, 0]));

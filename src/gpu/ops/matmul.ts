@@ -263,10 +263,17 @@ export interface MatmulTuning {
    * across the FMA loop, which may allow more workgroups per SM, but the reads are no longer hidden).
    */
   prefetch?: boolean;
+  /**
+   * Products of f16 values (needs `shader-f16`): tiles of f16 in workgroup memory and FMAs on f16 vectors,
+   * each step's kStep products summed in f16, the steps in f32. About twice the arithmetic rate of f32 and
+   * exact for f16 weights up to the rounding of the activations to f16 and of the step sums (about 1e-3 of
+   * a sum's scale). Default false (callers choose it for f16 weights, see GpuModelOptions.halfPrefill).
+   */
+  half?: boolean;
 }
 
 /** The names of {@link MatmulTuning}'s fields (a tuning naming anything else is rejected). */
-export const MATMUL_TUNING_KEYS: readonly string[] = ["tokensPerThread", "kStep", "unrollK", "prefetch"];
+export const MATMUL_TUNING_KEYS: readonly string[] = ["tokensPerThread", "kStep", "unrollK", "prefetch", "half"];
 
 /** Options of {@link createMatmul}. */
 export interface MatmulOptions extends LinearOptions {
@@ -286,6 +293,8 @@ export interface MatmulShape {
   unrollK: boolean;
   /** Whether the next step is fetched before the FMAs ({@link MatmulTuning.prefetch}). */
   prefetch: boolean;
+  /** Whether the products are of f16 values ({@link MatmulTuning.half}). */
+  half: boolean;
 }
 
 /**
@@ -294,9 +303,12 @@ export interface MatmulShape {
  */
 export const MATMUL_TILE_ROWS = 128;
 
-/** Workgroup memory of the prefill kernels' tiles: X `[kStep][tileTokens]` and W `[kStep][128]`, f32. */
-export function matmulWorkgroupBytes(tokensPerThread: number, kStep: number): number {
-  return kStep * (16 * tokensPerThread + MATMUL_TILE_ROWS) * 4;
+/**
+ * Workgroup memory of the prefill kernels' tiles: X `[kStep][tileTokens]` and W `[kStep][128]`, f32 (f16
+ * with `half`).
+ */
+export function matmulWorkgroupBytes(tokensPerThread: number, kStep: number, half = false): number {
+  return kStep * (16 * tokensPerThread + MATMUL_TILE_ROWS) * (half ? 2 : 4);
 }
 
 /**
@@ -313,7 +325,8 @@ export function matmulShape(
   tuning: MatmulTuning = {},
 ): MatmulShape {
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
-  const fits = (t: number, k: number) => matmulWorkgroupBytes(t, k) <= limit;
+  const half = tuning.half ?? false;
+  const fits = (t: number, k: number) => matmulWorkgroupBytes(t, k, half) <= limit;
   for (const key of Object.keys(tuning)) {
     if (!MATMUL_TUNING_KEYS.includes(key)) {
       throw new BadFlagError(
@@ -334,10 +347,19 @@ export function matmulShape(
       throw new BadFlagError(`${op}: ${what} must be ${list}, got ${JSON.stringify(value)}`);
     }
   }
-  for (const [what, value] of [["unrollK", tuning.unrollK], ["prefetch", tuning.prefetch]] as const) {
+  for (
+    const [what, value] of [
+      ["unrollK", tuning.unrollK],
+      ["prefetch", tuning.prefetch],
+      ["half", tuning.half],
+    ] as const
+  ) {
     if (value !== undefined && typeof value !== "boolean") {
       throw new BadFlagError(`${op}: ${what} must be true or false, got ${JSON.stringify(value)}`);
     }
+  }
+  if (half && !gpu.hasF16) {
+    throw new BadFlagError(`${op}: half products need the shader-f16 feature, which this GPU does not offer`);
   }
   let tokensPerThread = tuning.tokensPerThread;
   if (tokensPerThread === undefined) {
@@ -348,8 +370,10 @@ export function matmulShape(
   // thread with 16 columns per step ran the fused gate/up (896 tiles of 128 tokens) at 29-31 TFLOP/s (17.8
   // before unrolling, with 32 columns); ffn_down (128 such tiles, under one per SM) ran best with 4 tokens
   // × 32 columns, 5-10% ahead of 8 × 16.
-  const kStep = tuning.kStep ?? (tokensPerThread === 8 || !fits(tokensPerThread, 32) ? 16 : 32);
-  const bytes = matmulWorkgroupBytes(tokensPerThread, kStep);
+  // Half tiles take half the memory: 32 columns per step fit with 8 tokens per thread (16 KB).
+  const kStep = tuning.kStep ??
+    ((tokensPerThread === 8 && !half) || !fits(tokensPerThread, 32) ? 16 : 32);
+  const bytes = matmulWorkgroupBytes(tokensPerThread, kStep, half);
   if (bytes > limit) {
     throw new BadFlagError(
       `${op}: tokensPerThread ${tokensPerThread} with kStep ${kStep} needs ${bytes} bytes of workgroup ` +
@@ -362,6 +386,7 @@ export function matmulShape(
     tileTokens: 16 * tokensPerThread,
     unrollK: tuning.unrollK ?? true,
     prefetch: tuning.prefetch ?? true,
+    half,
   };
 }
 
@@ -385,7 +410,7 @@ export function createMatmul(gpu: Gpu, options: MatmulOptions): GpuOp {
   const { weight, maxTokens } = options;
   const maxRowTiles = Math.max(...weight.parts.map((part) => ceilDiv(part.rows, MATMUL_TILE_ROWS)));
   const shape = matmulShape(gpu, op, maxTokens, maxRowTiles, options.tuning);
-  const kernel = gpu.kernel("matmul", matmulConstants(shape), matmulDequantDefines(weight, weight, weight));
+  const kernel = gpu.kernel("matmul", matmulConstants(shape), matmulDefines(shape, weight, weight, weight));
   const tokenTiles = ceilDiv(maxTokens, shape.tileTokens);
   checkWorkgroups(gpu, op, tokenTiles);
   const { x, y, step, label } = options;
@@ -482,7 +507,7 @@ export function createQkvMatmul(gpu: Gpu, options: QkvMatmulOptions): GpuOp {
       row_bytes_b: wk.rowBytes,
       row_bytes_c: wv.rowBytes,
     },
-    matmulDequantDefines(wq, wk, wv),
+    matmulDefines(shape, wq, wk, wv),
     "qkv",
   );
   const info = gpu.uniform(`${label}.cols`, new Uint32Array([0, 0, 0, wq.cols, 0]));
@@ -500,9 +525,20 @@ export function createQkvMatmul(gpu: Gpu, options: QkvMatmulOptions): GpuOp {
   return new LinearOp(label, kernel, [{ group, workgroups: [rowTiles, tokenTiles, 1] }]);
 }
 
-/** The three dequantisation copies `wgsl/matmul.wgsl` splices in (names suffixed _a, _b, _c). */
-export function matmulDequantDefines(a: GpuWeight, b: GpuWeight, c: GpuWeight): Record<string, string> {
+/**
+ * The text defines of `wgsl/matmul.wgsl` for `shape`: its arithmetic (f32 or f16 products) and the three
+ * dequantisation copies it splices in (names suffixed _a, _b, _c) for weights `a`, `b` and `c`.
+ */
+export function matmulDefines(
+  shape: MatmulShape,
+  a: GpuWeight,
+  b: GpuWeight,
+  c: GpuWeight,
+): Record<string, string> {
   return {
+    ENABLE_F16: shape.half ? "enable f16;" : "",
+    HALF: String(shape.half),
+    TILE_SCALAR: shape.half ? "f16" : "f32",
     DEQUANT_A: suffixedDequantSource(a.info.name, "a"),
     DEQUANT_B: suffixedDequantSource(b.info.name, "b"),
     DEQUANT_C: suffixedDequantSource(c.info.name, "c"),
