@@ -13,7 +13,12 @@ Deno.test("gpu model: f16 prefill products of an F16 model stay near the CPU ref
   const dir = await Deno.makeTempDir();
   try {
     const path = `${dir}/tiny-f16.gguf`;
-    await writeSyntheticModel({ shape: "tiny", type: "f16", out: path, seed: Math.floor(Math.random() * 1e6) });
+    await writeSyntheticModel({
+      shape: "tiny",
+      type: "f16",
+      out: path,
+      seed: Math.floor(Math.random() * 1e6),
+    });
     const file = await openGGUF(path);
     const hp = hparamsFromGGUF(file);
     const cpu = await ReferenceModel.load(file);

@@ -273,7 +273,13 @@ export interface MatmulTuning {
 }
 
 /** The names of {@link MatmulTuning}'s fields (a tuning naming anything else is rejected). */
-export const MATMUL_TUNING_KEYS: readonly string[] = ["tokensPerThread", "kStep", "unrollK", "prefetch", "half"];
+export const MATMUL_TUNING_KEYS: readonly string[] = [
+  "tokensPerThread",
+  "kStep",
+  "unrollK",
+  "prefetch",
+  "half",
+];
 
 /** Options of {@link createMatmul}. */
 export interface MatmulOptions extends LinearOptions {
