@@ -280,6 +280,8 @@ export class GpuModel {
       decode: GpuOp[];
       tail: GpuOp[];
       sampleTail: GpuOp[];
+      decodeTail: GpuOp[];
+      decodeSampleTail: GpuOp[];
       argmax: ArgmaxOp;
       sample: SampleOp;
       act: Activations;
@@ -300,9 +302,9 @@ export class GpuModel {
     this.#decodeEmbed = fields.decodeEmbed;
     this.#prefill = fields.prefill;
     this.#decode = fields.decode;
-    this.#decodeThenTail = [...fields.decode, ...fields.tail];
+    this.#decodeThenTail = [...fields.decode, ...fields.decodeTail];
     this.#prefillThenTail = [...fields.prefill, ...fields.tail];
-    this.#decodeThenSample = [...fields.decode, ...fields.sampleTail];
+    this.#decodeThenSample = [...fields.decode, ...fields.decodeSampleTail];
     this.#prefillThenSample = [...fields.prefill, ...fields.sampleTail];
     this.#sample = fields.sample;
     this.#noFlags = new Uint32Array(hp.nLayer * hp.nHeadKV);
@@ -806,7 +808,8 @@ export class GpuModel {
     const prefill = body(maxBatch, "");
     const decode = maxBatch === 1 ? prefill : body(1, "");
 
-    // The tail: last row → output projection → argmax.
+    // The tail: last row → output projection → argmax (a decode step's only row is the last: its output
+    // projection reads the normed row in place, one dispatch fewer per token).
     const copyKernel = gpu.kernel("copy_row", { WIDTH: E, WG: 256 });
     const copyGroup = gpu.bind(copyKernel, [act.xn, act.last, step.buffer]);
     const copyLast: GpuOp = {
@@ -817,15 +820,18 @@ export class GpuModel {
         pass.dispatchWorkgroups(Math.ceil(E / 256));
       },
     };
-    const outputOp = createMatvec(gpu, {
-      label: "output",
-      weight: output,
-      x: act.last,
-      y: act.logits,
-      maxTokens: 1,
-      step: one,
-      tuning: options.matvecTuning?.output,
-    });
+    const outputProduct = (x: GPUBuffer) =>
+      createMatvec(gpu, {
+        label: "output",
+        weight: output,
+        x,
+        y: act.logits,
+        maxTokens: 1,
+        step: one,
+        tuning: options.matvecTuning?.output,
+      });
+    const outputOp = outputProduct(act.last);
+    const decodeOutputOp = outputProduct(act.xn);
     const argmax = createArgmax(gpu, { label: "argmax", vocab: V, logits: act.logits });
     owned.push(argmax.tokens);
     const sample = createSample(gpu, { label: "sample", vocab: V, logits: act.logits });
@@ -849,6 +855,8 @@ export class GpuModel {
       decode: decode.ops,
       tail: [copyLast, outputOp, argmax],
       sampleTail: [copyLast, outputOp, sample],
+      decodeTail: [decodeOutputOp, argmax],
+      decodeSampleTail: [decodeOutputOp, sample],
       argmax,
       sample,
       act,
