@@ -4,7 +4,7 @@
  * stdout and writes every result to a JSON file as soon as it is measured (a re-run resumes).
  *
  * usage: deno task bench [--shapes tiny,llama-3.2-1b,llama-3.1-8b] [--types f16,q8_0,q4_k_m]
- *                        [--prompts 512,4096,32768] [--depths 0,4096,32768] [--decode-tokens 32]
+ *                        [--prompts 512,4096,32768] [--depths 0,4096,32768] [--decode-tokens 64]
  *                        [--out FILE.json] [--fresh] [--profile]
  *                        [--sampled]   (also decode rows with GPU sampling: temp 0.8, top-k 40, top-p 0.95,
  *                                       min-p 0.05, repeat penalty 1.1)
