@@ -159,9 +159,9 @@ export interface GpuModelOptions {
   /**
    * Prefill: matrix products of F16 weights with f16 arithmetic (`MatmulTuning.half`: f16 tiles and FMAs,
    * each step of 16–32 columns summed in f16, the steps in f32), where the GPU has `shader-f16`. Changes the
-   * prefill's results by the activations' rounding to f16 and the step sums' (about 1e-3 of the logits'
-   * scale); llama.cpp's Vulkan matmul sums whole rows in f16 by default. Default true on a GPU, false on a
-   * software adapter (lavapipe).
+   * prefill's results by the activations' rounding to f16 and the step sums' (0.2–0.3% of the logits' scale
+   * on tiny random F16 models); llama.cpp's Vulkan matmul sums whole rows in f16 by default. Default true on
+   * a GPU, false on a software adapter (lavapipe).
    */
   halfPrefill?: boolean;
   /**
