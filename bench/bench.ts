@@ -16,12 +16,12 @@
  *                                                   "decode-unfused-wgkv-append")
  *                        [--prefill-splits N]  (prefill attention with N key splits per KV head:
  *                                               "prefill-splitsN" rows)
- *                        [--max-batch N]  (prompt tokens per prefill step, default 512: "prefill-batchN" rows)
+ *                        [--max-batch N]  (prompt tokens per prefill step, default 2048 for the full cache
+ *                                          and 512 for the other policies: "prefill-batchN" rows)
  *                        [--direct-keys N]  (decode attention in one dispatch up to N keys, 0: always
  *                                            split: "decode-directN" rows)
  *                        [--f32-prefill]  (prefill products in f32 instead of the default 8-bit integer
- *                                          dot products of quantised weights and f16 arithmetic of F16
- *                                          ones: "prefill-f32" rows)
+ *                                          dot products of quantised weights: "prefill-f32" rows)
  *                        [--matvec-tuning '{"ffn_down": {"rowsPerWorkgroup": 4}}']  (decode matvec tunings by
  *                                               role, GpuModelOptions.matvecTuning: "decode-tuned" rows)
  *        deno task bench --kv full,random,wgkv [--kv-prompts 8192,32768] [--window 256] [--admit 0.2]
@@ -196,19 +196,18 @@ if (
   console.error(`bench: --prefill-splits must be an integer from 1 to 64, got ${values["prefill-splits"]}`);
   Deno.exit(2);
 }
-// --max-batch N: prompt tokens per prefill step (default 512; rows named "prefill-batchN" otherwise).
-const maxBatch = Number(values["max-batch"] ?? 512);
-if (!Number.isInteger(maxBatch) || maxBatch < 1) {
+// --max-batch N: prompt tokens per prefill step (default: the model's, `defaultPrefillBatch`; rows named
+// "prefill-batchN" when given).
+const maxBatch = values["max-batch"] === undefined ? undefined : Number(values["max-batch"]);
+if (maxBatch !== undefined && (!Number.isInteger(maxBatch) || maxBatch < 1)) {
   console.error(`bench: --max-batch must be a positive integer, got ${values["max-batch"]}`);
   Deno.exit(2);
 }
-// --f32-prefill: prefill products in f32 instead of the default integer dot products (quantised weights)
-// and f16 arithmetic (F16 weights) (rows "prefill-f32").
+// --f32-prefill: prefill products in f32 instead of the default integer dot products (rows "prefill-f32").
 const f32Prefill = values["f32-prefill"] === true;
 const int8Prefill = f32Prefill ? false : undefined;
-const halfPrefill = f32Prefill ? false : undefined;
 const prefillTest = "prefill" + (prefillSplits !== undefined ? `-splits${prefillSplits}` : "") +
-  (maxBatch !== 512 ? `-batch${maxBatch}` : "") + (f32Prefill ? "-f32" : "") + wgkvAppendSuffix;
+  (maxBatch !== undefined ? `-batch${maxBatch}` : "") + (f32Prefill ? "-f32" : "") + wgkvAppendSuffix;
 const key = (r: Pick<BenchRow, "shape" | "type" | "test" | "tokens" | "policy">) =>
   `${r.shape}/${r.type}/${r.test}/${r.tokens}${r.policy ? `/${r.policy}` : ""}`;
 const kvPolicies = values.kv ? list(values.kv, "") : [];
@@ -321,7 +320,6 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
       prefillSplits,
       matvecTuning,
       int8Prefill,
-      halfPrefill,
       decodeDirectKeys: directKeys,
       onProgress: (m) => console.error(m),
     });
@@ -477,7 +475,6 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
           fuseWgkvAppend,
           prefillSplits,
           int8Prefill,
-          halfPrefill,
           matvecTuning,
           decodeDirectKeys: directKeys,
           policy,

@@ -29,11 +29,14 @@ export const MODEL_FLAGS: Record<string, FlagSpec> = {
   backend: { type: "string", help: "auto|cpu|webgpu  where to run (default auto)" },
   verbose: { type: "boolean", short: "v", help: "print model and memory details on stderr" },
   profile: { type: "boolean", help: "time every GPU kernel and print a table on stderr at the end" },
-  batch: { type: "string", short: "b", help: "N  prompt tokens per prefill step on the GPU (default 512)" },
+  batch: {
+    type: "string",
+    short: "b",
+    help: "N  prompt tokens per prefill step on the GPU (default 2048 with the full cache, else 512)",
+  },
   "f32-prefill": {
     type: "boolean",
-    help: "prefill products in f32 (default on a GPU: 8-bit integer dot products for quantised weights, " +
-      "f16 arithmetic for F16 ones, like llama.cpp)",
+    help: "prefill quantised weights in f32 (default on a GPU: 8-bit integer dot products, like llama.cpp)",
   },
   kv: { type: "string", help: "full|wgkv|window|sink|random  KV cache policy (default full)" },
   gate: { type: "string", help: "FILE  write-gate GGUF for --kv wgkv (from `wgkv gate import`)" },
@@ -157,7 +160,6 @@ export async function loadFromFlags(values: ParsedFlags["values"]): Promise<Mode
     kv: kvPolicyFromFlags(values),
     kvGlobalFraction: numberFlag(values, "kv-global", undefined, { min: 0, max: 1 }),
     int8Prefill: values["f32-prefill"] === true ? false : undefined,
-    halfPrefill: values["f32-prefill"] === true ? false : undefined,
     onProgress: (m) => console.error(m),
   });
   const ms = performance.now() - t0;

@@ -40,7 +40,7 @@ export interface LoadOptions {
   backend?: BackendChoice;
   /** Context length to allocate for (default: the model's, capped by the backend). */
   contextLength?: number;
-  /** Most prompt tokens per GPU prefill step (default 512). */
+  /** Most prompt tokens per GPU prefill step (default 2048 with the full cache, else 512). */
   maxBatch?: number;
   /** Progress messages (loading, uploading); the CLI prints them on stderr. */
   onProgress?: (message: string) => void;
@@ -58,8 +58,8 @@ export interface LoadOptions {
   int8Prefill?: boolean;
   /**
    * Prefill products of F16 weights with f16 arithmetic, each 16–32 columns summed in f16 (llama.cpp's
-   * Vulkan backend sums whole rows so); false keeps them in f32. Default: true on a GPU with `shader-f16`,
-   * false on a software adapter (see `GpuModelOptions.halfPrefill`).
+   * Vulkan backend sums whole rows so), where the GPU has `shader-f16`. Default false: slower than f32 on an
+   * H100 (see `GpuModelOptions.halfPrefill`).
    */
   halfPrefill?: boolean;
 }

@@ -102,7 +102,10 @@ export interface SampleStart {
 export interface GpuModelOptions {
   /** Tokens the KV cache holds (positions 0 … contextLength−1). */
   contextLength: number;
-  /** Most prompt tokens per prefill step (longer prompts run in chunks). Default 512. */
+  /**
+   * Most prompt tokens per prefill step (longer prompts run in chunks). Default {@link defaultPrefillBatch}:
+   * 2048 for the full cache on a GPU, 512 otherwise.
+   */
   maxBatch?: number;
   /** Progress messages while uploading. */
   onProgress?: (message: string) => void;
@@ -160,8 +163,10 @@ export interface GpuModelOptions {
    * Prefill: matrix products of F16 weights with f16 arithmetic (`MatmulTuning.half`: f16 tiles and FMAs,
    * each step of 16–32 columns summed in f16, the steps in f32), where the GPU has `shader-f16`. Changes the
    * prefill's results by the activations' rounding to f16 and the step sums' (0.2–0.3% of the logits' scale
-   * on tiny random F16 models); llama.cpp's Vulkan matmul sums whole rows in f16 by default. Default true on
-   * a GPU, false on a software adapter (lavapipe).
+   * on tiny random F16 models); llama.cpp's Vulkan matmul sums whole rows in f16 by default. Default false:
+   * on an H100 (Vulkan) these kernels ran slower than the f32 ones (1B F16 shapes at 4096 tokens, one
+   * `bench:matmul` run: gate/up 21.9 against 28.6 TFLOP/s, ffn_down 22.8 against 29.0), so it is for GPUs
+   * where f16 arithmetic pays (measure with `bench:matmul --tunings '[{}, {"half": true}]'`).
    */
   halfPrefill?: boolean;
   /**
@@ -184,6 +189,18 @@ export type MatvecRole = "attn_qkv" | "attn_output" | "ffn_gate_up" | "ffn_down"
  */
 function defaultPrefillSplits(policy: string, softwareAdapter: boolean): number {
   return policy === "wgkv" && !softwareAdapter ? 4 : 1;
+}
+
+/**
+ * Prompt tokens per prefill step by default: 2048 for the full cache on a GPU, so that the products of a
+ * small model fill a large GPU (Llama-1B's attention output, 2048 rows, made 128 int8 tiles of 512 tokens
+ * for 132 SMs); 512 for the policies with a local ring, which must hold a whole step besides the window
+ * (the ring, and every decode step's scan of it, grows with the step), and on a software adapter. Measured
+ * on an H100 (one run each, 4096-token prompts): 1B Q4_K_M 10790 tok/s with 512, 12182 with 2048, 12270
+ * with 4096; 1B F16 8224 → 10210 (512 → 2048); 8B Q4_K_M 2016 → 2131 (2048) and 2140 (4096).
+ */
+export function defaultPrefillBatch(policy: string, softwareAdapter: boolean): number {
+  return policy === "full" && !softwareAdapter ? 2048 : 512;
 }
 
 interface LayerWeights {
@@ -342,7 +359,11 @@ export class GpuModel {
   static async load(gpu: Gpu, file: GGUFFile, hp: LlamaHParams, options: GpuModelOptions): Promise<GpuModel> {
     const progress = options.onProgress ?? (() => {});
     const ctx = options.contextLength;
-    const maxBatch = Math.max(1, Math.min(options.maxBatch ?? 512, ctx));
+    const policy = options.policy ?? { kind: "full" };
+    const maxBatch = Math.max(
+      1,
+      Math.min(options.maxBatch ?? defaultPrefillBatch(policy.kind, gpu.isFallback), ctx),
+    );
     if (!Number.isInteger(ctx) || ctx < 1) {
       throw new BadFlagError(`--ctx must be a positive integer, got ${ctx}`);
     }
@@ -410,7 +431,6 @@ export class GpuModel {
     await checkMemory(`${file.path}: weights`, weightBytes);
 
     // KV cache, one sequence: the full cache, or the dual cache (local ring + admitted global pages).
-    const policy = options.policy ?? { kind: "full" };
     let kv: KvCache | DualCache;
     if (policy.kind === "full") {
       kv = await KvCache.create(gpu, { layers: hp.nLayer, kvHeads: Hkv, headDim: D, maxTokensPerHead: ctx });
@@ -477,7 +497,7 @@ export class GpuModel {
       ),
       normSums: f32("norm sums", E),
     };
-    const halfPrefill = (options.halfPrefill ?? !gpu.isFallback) && gpu.hasF16;
+    const halfPrefill = (options.halfPrefill ?? false) && gpu.hasF16;
     if ((options.int8Prefill ?? !gpu.isFallback) && maxBatch > 1) {
       const bytes = q8ActivationBytes(maxBatch, Math.ceil(Math.max(E, FF, Hq * D) / 32) * 32);
       act.q8 = { xq: f32("q8 values", bytes.xq / 4), xds: f32("q8 scales", bytes.xds / 4) };
