@@ -249,6 +249,8 @@ export class GpuModel {
   /** The KV policy in effect. */
   readonly policy: KvPolicy<GateWeights>;
   readonly #gpu: Gpu;
+  /** How the prefill multiplies (for {@link describe}). */
+  readonly #prefillProducts: string;
   readonly #slot: number;
   readonly #step: StepParams;
   readonly #prefillEmbed: EmbedOp;
@@ -286,6 +288,7 @@ export class GpuModel {
       contextLength: number;
       maxBatch: number;
       weightBytes: number;
+      prefillProducts: string;
       kv: KvCache | DualCache;
       policy: KvPolicy<GateWeights>;
       flags?: GPUBuffer;
@@ -311,6 +314,7 @@ export class GpuModel {
     this.contextLength = fields.contextLength;
     this.maxBatch = fields.maxBatch;
     this.weightBytes = fields.weightBytes;
+    this.#prefillProducts = fields.prefillProducts;
     this.kv = fields.kv;
     this.policy = fields.policy;
     this.#slot = fields.kv.openSequence();
@@ -864,6 +868,10 @@ export class GpuModel {
       contextLength: ctx,
       maxBatch,
       weightBytes,
+      prefillProducts: [
+        act.q8 ? "8-bit integer dot products for Q8_0, Q4_0, Q4_K, Q5_K and Q6_K weights" : "",
+        halfPrefill ? "f16 arithmetic for F16 weights" : "",
+      ].filter((s) => s !== "").join(", ") || "f32",
       kv,
       policy,
       flags: gateBufs?.flags,
@@ -1164,6 +1172,8 @@ export class GpuModel {
     return [
       `backend: webgpu on ${this.#gpu.description}${this.#gpu.hasF16 ? " (shader-f16)" : ""}`,
       `weights: ${formatBytes(this.weightBytes)} on the GPU`,
+      `prefill: steps of ${this.maxBatch} tokens, products ${this.#prefillProducts}` +
+      (this.#prefillProducts === "f32" ? "" : " (f32 otherwise)"),
       `KV cache: ${this.policy.kind}, paged, ${pool} pages of 16 tokens, pool ${
         formatBytes(pool * pageBytes(this.hparams.headDim))
       } for ${this.contextLength} tokens`,
