@@ -57,7 +57,8 @@
 // Arithmetic (text defines from src/gpu/ops/matmul.ts, `matmulDefines`): with HALF = false the tiles hold f32
 // and every product is summed in f32. With HALF = true (shader-f16; ENABLE_F16 is then `enable f16;` and
 // TILE_SCALAR f16) the tiles hold f16 — half the workgroup memory and half the bytes per inner-loop read —
-// and the FMAs run on f16 vectors (twice the f32 rate on most GPUs); each K step's k_step products are summed
+// and the FMAs run on f16 vectors (faster only where the GPU's f16 rate beats its f32 rate: not on an H100
+// through Vulkan, where these products ran slower than f32); each K step's k_step products are summed
 // in f16 and added to f32 sums after the step, so rounding grows with k_step, not with the row length.
 // Exact for f16 weights up to the rounding of x to f16 and of the partial sums.
 

@@ -265,9 +265,10 @@ export interface MatmulTuning {
   prefetch?: boolean;
   /**
    * Products of f16 values (needs `shader-f16`): tiles of f16 in workgroup memory and FMAs on f16 vectors,
-   * each step's kStep products summed in f16, the steps in f32. About twice the arithmetic rate of f32 and
-   * exact for f16 weights up to the rounding of the activations to f16 and of the step sums (about 1e-3 of
-   * a sum's scale). Default false (callers choose it for f16 weights, see GpuModelOptions.halfPrefill).
+   * each step's kStep products summed in f16, the steps in f32. Exact for f16 weights up to the rounding of
+   * the activations to f16 and of the step sums (about 1e-3 of a sum's scale). Pays only where f16
+   * arithmetic runs faster than f32: on an H100 (Vulkan) it ran slower (see GpuModelOptions.halfPrefill).
+   * Default false.
    */
   half?: boolean;
 }
