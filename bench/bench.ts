@@ -20,6 +20,8 @@
  *                                          and 512 for the other policies: "prefill-batchN" rows)
  *                        [--direct-keys N]  (decode attention in one dispatch up to N keys, 0: always
  *                                            split: "decode-directN" rows)
+ *                        [--f32-decode]  (decode products in f32 instead of the default 8-bit integer dot
+ *                                         products: "decode-f32" rows)
  *                        [--f32-prefill]  (prefill products in f32 instead of the default 8-bit integer
  *                                          dot products of quantised weights: "prefill-f32" rows)
  *                        [--matvec-tuning '{"ffn_down": {"rowsPerWorkgroup": 4}}']  (decode matvec tunings by
@@ -126,6 +128,7 @@ const { values } = benchFlags(import.meta.url, () =>
       "max-batch": { type: "string" },
       "matvec-tuning": { type: "string" },
       "f32-prefill": { type: "boolean" },
+      "f32-decode": { type: "boolean" },
       kv: { type: "string" },
       "kv-prompts": { type: "string" },
       window: { type: "string" },
@@ -186,7 +189,7 @@ if (directKeys !== undefined && (!Number.isInteger(directKeys) || directKeys < 0
 }
 const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? "" : "-unfused-append") +
   wgkvAppendSuffix + (matvecTuning ? "-tuned" : "") +
-  (directKeys !== undefined ? `-direct${directKeys}` : "");
+  (directKeys !== undefined ? `-direct${directKeys}` : "") + (values["f32-decode"] === true ? "-f32" : "");
 // --prefill-splits N: prefill attention with N key splits per KV head (rows named "prefill-splitsN").
 // (without it, the model's default for the policy).
 const prefillSplits = values["prefill-splits"] === undefined ? undefined : Number(values["prefill-splits"]);
@@ -206,6 +209,9 @@ if (maxBatch !== undefined && (!Number.isInteger(maxBatch) || maxBatch < 1)) {
 // --f32-prefill: prefill products in f32 instead of the default integer dot products (rows "prefill-f32").
 const f32Prefill = values["f32-prefill"] === true;
 const int8Prefill = f32Prefill ? false : undefined;
+// --f32-decode: decode products in f32 instead of the default integer dot products (rows "decode-f32").
+const f32Decode = values["f32-decode"] === true;
+const int8Decode = f32Decode ? false : undefined;
 const prefillTest = "prefill" + (prefillSplits !== undefined ? `-splits${prefillSplits}` : "") +
   (maxBatch !== undefined ? `-batch${maxBatch}` : "") + (f32Prefill ? "-f32" : "") + wgkvAppendSuffix;
 const key = (r: Pick<BenchRow, "shape" | "type" | "test" | "tokens" | "policy">) =>
@@ -320,6 +326,7 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
       prefillSplits,
       matvecTuning,
       int8Prefill,
+      int8Decode,
       decodeDirectKeys: directKeys,
       onProgress: (m) => console.error(m),
     });
@@ -475,6 +482,7 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
           fuseWgkvAppend,
           prefillSplits,
           int8Prefill,
+          int8Decode,
           matvecTuning,
           decodeDirectKeys: directKeys,
           policy,

@@ -12,6 +12,7 @@ import { getGpu, type Gpu } from "../src/gpu/device.ts";
 import { createGateUpSwiGlu, createQkvMatvec } from "../src/gpu/ops/fused.ts";
 import { createMatvec, type MatvecTuning } from "../src/gpu/ops/matmul.ts";
 import {
+  INT8_UNIT_SECTIONS,
   matvecBlocker,
   reduceLanes,
   suffixDeclaredNames,
@@ -142,10 +143,15 @@ Deno.test("gpu matvec subblock: unit sections per type and row length, one-line 
   // Every type the GPU reads has a unit kind, and the host's tables name exactly the sections of the file.
   const sections = unitSections();
   deepEqual(
-    [...sections.keys()].filter((s) => s !== "COMMON").sort(),
+    [...sections.keys()].filter((s) => s !== "COMMON" && !s.endsWith("_INT8")).sort(),
     [...new Set(Object.keys(UNIT_SECTION_WORDS).flatMap((k) => UNIT_KIND_SECTIONS[k] ?? [k]))].sort(),
   );
   for (const type of DEQUANT_SECTIONS) ok(type in UNIT_SECTION_WORDS, `${type} has no unit kind`);
+  // The int8 sections are exactly those of the unit kinds that list them.
+  deepEqual(
+    [...sections.keys()].filter((s) => s.endsWith("_INT8")).sort(),
+    [...INT8_UNIT_SECTIONS].map((s) => `${s}_INT8`).sort(),
+  );
   const section = (type: string, cols: number) => unitSection(randomWeight(gpu, type, 1, cols).weight);
   equal(section("F16", 512), "F16");
   equal(section("F16", 96), "F16_PLAIN");

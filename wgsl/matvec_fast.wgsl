@@ -38,6 +38,11 @@
 //            the units, is then wgsl/qkv_kv_store.wgsl (see src/gpu/ops/qkv_kv_store.ts), which declares
 //            them and defines kv_locate and kv_store; otherwise it is a stub of the two without bindings.
 //
+// Int8 input (x_int8 = 1, for weight types with INT8 unit sections): every workgroup first quantises its
+// tokens' x rows per 16 values into workgroup memory (stage_int8), then the units take their products four
+// at a time with dot4I8Packed (wgsl/matvec_units.wgsl). Each workgroup quantises the whole row again: x is a
+// few KB from cache, and the integer products save more than that costs.
+//
 // RMSNorm folded into the neighbouring products (norm_mode): a producer (`main`, 1) adds its products to
 // the residual stream y in place and writes both y · γ and each workgroup's Σ y² of its rows; the next
 // consumer (`swiglu` or `qkv`, 2) takes x = y · γ and scales its sums by 1 / sqrt(Σ y² / norm_width + eps),
@@ -96,6 +101,9 @@ override norm_mode: u32 = 0u;
 override norm_partials: u32 = 1u;
 override norm_width: u32 = 1u;
 override norm_eps: f32 = 1e-5;
+// 1: quantise x to int8 per 16 values in workgroup memory first and take the products with integer dot
+// products (the weights' INT8 unit sections, see wgsl/matvec_units.wgsl; cols a multiple of 16), else 0.
+override x_int8: u32 = 0u;
 
 const MAX_ROWS = 8u;
 const MAX_TOKENS = 8u;
@@ -115,6 +123,11 @@ const MAX_UNITS_PER_STEP = 4u;
 @group(0) @binding(11) var<storage, read> norm_weight: array<f32>;
 @group(0) @binding(12) var<storage, read_write> norm_x: array<f32>;
 @group(0) @binding(13) var<storage, read_write> norm_sums: array<f32>;
+
+// Int8 input (x_int8 = 1): the workgroup's tokens' x rows as int8 blocks of 16 values and their (d, d · Σq)
+// (see stage_int8); a single element each otherwise.
+var<workgroup> x_blocks: array<vec4u, max(1u, x_int8 * tokens_per_wg * (cols / 16u))>;
+var<workgroup> x_scales: array<vec2f, max(1u, x_int8 * tokens_per_wg * (cols / 16u))>;
 
 {{UNITS_A}}
 {{UNITS_B}}
@@ -182,6 +195,48 @@ fn reduce(tid: u32, n: u32) {
   workgroupBarrier();
 }
 
+// Int8 input: quantises x of tokens t0 .. t0 + nt − 1 into x_blocks / x_scales, block i of local token t at
+// t · cols / 16 + i: q = round(x / d) with d = max |x| / 127 over the block (all zero for a zero block).
+// A thread takes blocks tid, tid + wg_size, … four at a time, all four blocks' loads issued before any
+// arithmetic: the load latency is paid once per four blocks, not per block. Every thread of the workgroup
+// must call it (it ends with a barrier).
+fn stage_int8(t0: u32, nt: u32, tid: u32) {
+  let total = nt * (cols / 16u);
+  let first = t0 * (cols / 4u); // token rows are whole blocks
+  for (var i0 = tid; i0 < total; i0 += 4u * wg_size) {
+    var v: array<vec4f, 16>;
+    // @unroll
+    for (var k = 0u; k < 4u; k++) {
+      let at = first + 4u * min(i0 + k * wg_size, total - 1u); // past the end: a repeat, not written
+      v[4u * k] = x[at];
+      v[4u * k + 1u] = x[at + 1u];
+      v[4u * k + 2u] = x[at + 2u];
+      v[4u * k + 3u] = x[at + 3u];
+    }
+    // @unroll
+    for (var k = 0u; k < 4u; k++) {
+      let i = i0 + k * wg_size;
+      if (i < total) {
+        let a = max(max(abs(v[4u * k]), abs(v[4u * k + 1u])), max(abs(v[4u * k + 2u]), abs(v[4u * k + 3u])));
+        let amax = max(max(a.x, a.y), max(a.z, a.w));
+        let inv = select(0.0, 127.0 / amax, amax > 0.0);
+        var words: vec4u;
+        var sum = vec4i(0);
+        // @unroll
+        for (var j = 0u; j < 4u; j++) {
+          let q = clamp(vec4i(round(v[4u * k + j] * inv)), vec4i(-127), vec4i(127));
+          sum += q;
+          words[j] = pack4xI8(q);
+        }
+        x_blocks[i] = words;
+        let d = amax / 127.0;
+        x_scales[i] = vec2f(d, d * f32(sum.x + sum.y + sum.z + sum.w));
+      }
+    }
+  }
+  workgroupBarrier();
+}
+
 fn silu(v: f32) -> f32 {
   return v / (1.0 + exp(-v));
 }
@@ -198,6 +253,7 @@ fn main(
   let t0 = wid.z * tokens_per_wg;
   if (row0 >= rows || t0 >= m) { return; }
   let nt = min(tokens_per_wg, m - t0);
+  if (x_int8 == 1u) { stage_int8(t0, nt, tid); }
   let acc = accumulate_a(row_bytes_a, row0, rows - 1u, t0, nt, tid);
   let n = rows_per_wg * tokens_per_wg;
   // @unroll
@@ -247,6 +303,7 @@ fn swiglu(
   let t0 = wid.z * tokens_per_wg;
   if (row0 >= rows_a || t0 >= m) { return; }
   let nt = min(tokens_per_wg, m - t0);
+  if (x_int8 == 1u) { stage_int8(t0, nt, tid); }
 
   // Gate and up have the same type: one x load per unit and token serves both.
   var acc_gate: array<f32, MAX_ROWS * MAX_TOKENS>;
@@ -271,7 +328,13 @@ fn swiglu(
       if (u < units) {
         // @unroll
         for (var t = 0u; t < tokens_per_wg; t++) {
-          if (t < nt) {
+          if (t < nt && x_int8 == 1u) {
+            // @unroll
+            for (var r = 0u; r < rows_per_wg; r++) {
+              acc_gate[r * MAX_TOKENS + t] += unit_dot_int8_a(raw_gate[k * MAX_ROWS + r], u, t * (cols / 16u));
+              acc_up[r * MAX_TOKENS + t] += unit_dot_int8_b(raw_up[k * MAX_ROWS + r], u, t * (cols / 16u));
+            }
+          } else if (t < nt) {
             let xs = unit_x_a((t0 + t) * (cols / 4u), u);
             // @unroll
             for (var r = 0u; r < rows_per_wg; r++) {
@@ -343,6 +406,7 @@ fn qkv(
   let t0 = wid.z * tokens_per_wg;
   if (row0 >= rows || t0 >= m) { return; }
   let nt = min(tokens_per_wg, m - t0);
+  if (x_int8 == 1u) { stage_int8(t0, nt, tid); }
 
   // KV store (kv_append = 1): in a K or V workgroup, thread tid < rows_per_wg / 2 · tokens_per_wg owns the
   // f16 pair of rows (row0 + 2 · kv_pair, + 1) of token t0 + kv_token. Its page and word are looked up

@@ -32,6 +32,15 @@
 //   `fn unit_dot(w, xs, u) -> f32`                        Σ weight · x over the unit.
 // The COMMON section adds `accumulate`, the per-thread loop over a workgroup's rows and tokens, and the
 // helpers several sections share.
+//
+// Int8 input (override x_int8 = 1 in the including kernel): the kernel first quantises its tokens' x rows
+// into workgroup memory, per block of 16 values, as `x_blocks: array<vec4u>` (16 signed bytes, value 4k + i
+// in byte i of word k) and `x_scales: array<vec2f>` ((d, d · Σq): x ≈ d · q), token t's blocks from
+// t · cols / 16. Each type with an `<TYPE>_INT8` section then defines
+//   `fn unit_dot_int8(w, u, xb) -> f32`   Σ weight · x over unit u against the blocks from xb,
+// taking the integer products four at a time with dot4I8Packed: a few instructions per 8 weights instead of
+// a conversion and a multiply-add per weight, which is what bounds the f32 form on a fast memory. Types
+// without such a section get a stub (the host never sets x_int8 for them, see src/gpu/ops/matvec_units.ts).
 
 // ==== COMMON ====
 // Q4_K and Q5_K: 6-bit scale and min number s (0..7) of the 12 packed bytes in head.yzw of the block head.
@@ -151,10 +160,16 @@ fn x_plain(xrow: u32, u: u32) -> array<vec4f, 8> {
   }
   return xs;
 }
+// Σ q_w · q_x over 16 values: four words of weight bytes against the four words of an int8 x block, four
+// products per dot4I8Packed (weight bytes are signed 8-bit values; nibble and 6-bit quants are positive).
+fn dot16_int8(w: vec4u, xq: vec4u) -> f32 {
+  return f32(dot4I8Packed(w.x, xq.x) + dot4I8Packed(w.y, xq.y) + dot4I8Packed(w.z, xq.z) + dot4I8Packed(w.w, xq.w));
+}
 // The sums Σ_c W[row][c] · x[t][c] of this thread's units for the rows row0 .. row0 + rows_per_wg − 1
 // (clamped to last_row: rows past it repeat it and are not to be written) and the tokens t0 .. t0 + nt − 1,
 // at acc[r · MAX_TOKENS + t]. Threads take units tid, tid + wg_size, …, units_per_step of them per step:
-// the loads of every row of all those units are issued before any arithmetic on them.
+// the loads of every row of all those units are issued before any arithmetic on them. With x_int8 = 1 the
+// x values come from the kernel's int8 copy (x_blocks, see the INT8 sections below) instead of x.
 fn accumulate(row_bytes: u32, row0: u32, last_row: u32, t0: u32, nt: u32, tid: u32)
     -> array<f32, MAX_ROWS * MAX_TOKENS> {
   var acc: array<f32, MAX_ROWS * MAX_TOKENS>;
@@ -177,10 +192,17 @@ fn accumulate(row_bytes: u32, row0: u32, last_row: u32, t0: u32, nt: u32, tid: u
         // @unroll
         for (var t = 0u; t < tokens_per_wg; t++) {
           if (t < nt) {
-            let xs = unit_x((t0 + t) * x_row, u);
-            // @unroll
-            for (var r = 0u; r < rows_per_wg; r++) {
-              acc[r * MAX_TOKENS + t] += unit_dot(raw[k * MAX_ROWS + r], xs, u);
+            if (x_int8 == 1u) {
+              // @unroll
+              for (var r = 0u; r < rows_per_wg; r++) {
+                acc[r * MAX_TOKENS + t] += unit_dot_int8(raw[k * MAX_ROWS + r], u, t * (cols / 16u));
+              }
+            } else {
+              let xs = unit_x((t0 + t) * x_row, u);
+              // @unroll
+              for (var r = 0u; r < rows_per_wg; r++) {
+                acc[r * MAX_TOKENS + t] += unit_dot(raw[k * MAX_ROWS + r], xs, u);
+              }
             }
           }
         }
@@ -665,5 +687,77 @@ fn unit_dot(w: Raw, xs: array<vec4f, 8>, u: u32) -> f32 {
     dot(q6(w.ql.z, w.qh.z, 0u, sl), xs[2]) + dot(q6(w.ql.w, w.qh.w, 0u, sl), xs[3]);
   let q_hi = dot(q6(w.ql.x, w.qh.x, 4u, sh), xs[4]) + dot(q6(w.ql.y, w.qh.y, 4u, sh), xs[5]) +
     dot(q6(w.ql.z, w.qh.z, 4u, sh), xs[6]) + dot(q6(w.ql.w, w.qh.w, 4u, sh), xs[7]);
+  return w.scale.x * q_lo + w.scale.y * q_hi;
+}
+
+// ==== Q8_0_INT8 ====
+// Unit u is block u: 32 consecutive values, x blocks 2u and 2u + 1.
+fn unit_dot_int8(w: Raw, u: u32, xb: u32) -> f32 {
+  let lo = x_scales[xb + 2u * u];
+  let hi = x_scales[xb + 2u * u + 1u];
+  return w.d * (lo.x * dot16_int8(w.lo, x_blocks[xb + 2u * u]) + hi.x * dot16_int8(w.hi, x_blocks[xb + 2u * u + 1u]));
+}
+
+// ==== Q4_0_INT8 ====
+// Unit u is block u: low nibbles are x block 2u, high nibbles block 2u + 1; Σ (q − 8) · x = d_x Σ q q_x − 8 d_x Σ q_x.
+fn unit_dot_int8(w: Raw, u: u32, xb: u32) -> f32 {
+  let lo = x_scales[xb + 2u * u];
+  let hi = x_scales[xb + 2u * u + 1u];
+  let q_lo = lo.x * dot16_int8(w.qs & vec4u(0x0f0f0f0fu), x_blocks[xb + 2u * u]) - 8.0 * lo.y;
+  let q_hi = hi.x * dot16_int8((w.qs >> vec4u(4u)) & vec4u(0x0f0f0f0fu), x_blocks[xb + 2u * u + 1u]) - 8.0 * hi.y;
+  return w.d * (q_lo + q_hi);
+}
+
+// ==== Q4_K_INT8 ====
+// Unit c = u % 8 (j = c / 2, h = c % 2): low nibbles are the 16 values from 256 (u / 8) + 64j + 16h, x block
+// 16 (u / 8) + 4j + h; high nibbles the 16 after them + 32, two blocks on.
+fn unit_dot_int8(w: Raw, u: u32, xb: u32) -> f32 {
+  let c = u % 8u;
+  let b = xb + (u / 8u) * 16u + (c / 2u) * 4u + c % 2u;
+  let x_lo = x_scales[b];
+  let x_hi = x_scales[b + 2u];
+  let q_lo = x_lo.x * dot16_int8(w.qs & vec4u(0x0f0f0f0fu), x_blocks[b]);
+  let q_hi = x_hi.x * dot16_int8((w.qs >> vec4u(4u)) & vec4u(0x0f0f0f0fu), x_blocks[b + 2u]);
+  let j = c / 2u;
+  let dm = unpack2x16float(w.head.x);
+  let lo = k_scale_min(w.head, 2u * j);
+  let hi = k_scale_min(w.head, 2u * j + 1u);
+  return dm.x * (lo.x * q_lo + hi.x * q_hi) - dm.y * (lo.y * x_lo.y + hi.y * x_hi.y);
+}
+
+// ==== Q5_K_INT8 ====
+// As Q4_K_INT8, each quant with 16 × its qh bit (2j for the low nibbles, 2j + 1 for the high ones).
+fn unit_dot_int8(w: Raw, u: u32, xb: u32) -> f32 {
+  let c = u % 8u;
+  let j = c / 2u;
+  let b = xb + (u / 8u) * 16u + j * 4u + c % 2u;
+  let x_lo = x_scales[b];
+  let x_hi = x_scales[b + 2u];
+  let bits = vec4u(0x01010101u);
+  let w_lo = (w.qs & vec4u(0x0f0f0f0fu)) | (((w.qh >> vec4u(2u * j)) & bits) << vec4u(4u));
+  let w_hi = ((w.qs >> vec4u(4u)) & vec4u(0x0f0f0f0fu)) | (((w.qh >> vec4u(2u * j + 1u)) & bits) << vec4u(4u));
+  let q_lo = x_lo.x * dot16_int8(w_lo, x_blocks[b]);
+  let q_hi = x_hi.x * dot16_int8(w_hi, x_blocks[b + 2u]);
+  let dm = unpack2x16float(w.head.x);
+  let lo = k_scale_min(w.head, 2u * j);
+  let hi = k_scale_min(w.head, 2u * j + 1u);
+  return dm.x * (lo.x * q_lo + hi.x * q_hi) - dm.y * (lo.y * x_lo.y + hi.y * x_hi.y);
+}
+
+// ==== Q6_K_INT8 ====
+// Unit c = u % 8 (n = c / 4, p = (c / 2) % 2): low nibbles are the 16 values from 256 (u / 8) + 128n + 32p +
+// 16 (c % 2), x block 16 (u / 8) + 8n + 2p + c % 2; high nibbles those + 64, four blocks on. The 6-bit
+// quants q are 0..63: Σ (q − 32) · x = d_x Σ q q_x − 32 d_x Σ q_x.
+fn unit_dot_int8(w: Raw, u: u32, xb: u32) -> f32 {
+  let c = u % 8u;
+  let b = xb + (u / 8u) * 16u + (c / 4u) * 8u + ((c / 2u) % 2u) * 2u + c % 2u;
+  let x_lo = x_scales[b];
+  let x_hi = x_scales[b + 4u];
+  let sl = 2u * ((c / 2u) % 2u);
+  let crumbs = vec4u(0x03030303u);
+  let w_lo = (w.ql & vec4u(0x0f0f0f0fu)) | (((w.qh >> vec4u(sl)) & crumbs) << vec4u(4u));
+  let w_hi = ((w.ql >> vec4u(4u)) & vec4u(0x0f0f0f0fu)) | (((w.qh >> vec4u(sl + 4u)) & crumbs) << vec4u(4u));
+  let q_lo = x_lo.x * dot16_int8(w_lo, x_blocks[b]) - 32.0 * x_lo.y;
+  let q_hi = x_hi.x * dot16_int8(w_hi, x_blocks[b + 4u]) - 32.0 * x_hi.y;
   return w.scale.x * q_lo + w.scale.y * q_hi;
 }

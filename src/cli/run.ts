@@ -34,6 +34,10 @@ export const MODEL_FLAGS: Record<string, FlagSpec> = {
     short: "b",
     help: "N  prompt tokens per prefill step on the GPU (default 2048 with the full cache, else 512)",
   },
+  "f32-decode": {
+    type: "boolean",
+    help: "decode quantised weights in f32 (default on a GPU: 8-bit integer dot products, like llama.cpp)",
+  },
   "f32-prefill": {
     type: "boolean",
     help: "prefill quantised weights in f32 (default on a GPU: 8-bit integer dot products, like llama.cpp)",
@@ -160,6 +164,7 @@ export async function loadFromFlags(values: ParsedFlags["values"]): Promise<Mode
     kv: kvPolicyFromFlags(values),
     kvGlobalFraction: numberFlag(values, "kv-global", undefined, { min: 0, max: 1 }),
     int8Prefill: values["f32-prefill"] === true ? false : undefined,
+    int8Decode: values["f32-decode"] === true ? false : undefined,
     onProgress: (m) => console.error(m),
   });
   const ms = performance.now() - t0;

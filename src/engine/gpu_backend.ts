@@ -40,6 +40,7 @@ export class GpuBackend implements ModelBackend {
       policy?: KvPolicy<GateWeights>;
       globalFraction?: number;
       int8Prefill?: boolean;
+      int8Decode?: boolean;
       halfPrefill?: boolean;
     },
   ): Promise<GpuBackend> {

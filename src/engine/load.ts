@@ -57,6 +57,12 @@ export interface LoadOptions {
    */
   int8Prefill?: boolean;
   /**
+   * Decode products of quantised weights through 8-bit integer dot products, the activations rounded per
+   * 16 values (as llama.cpp's quantised matrix-vector products do); false keeps them in f32. Default: true
+   * on a GPU, false on a software adapter (see `GpuModelOptions.int8Decode`).
+   */
+  int8Decode?: boolean;
+  /**
    * Prefill products of F16 weights with f16 arithmetic, each 16–32 columns summed in f16 (llama.cpp's
    * Vulkan backend sums whole rows so), where the GPU has `shader-f16`. Default false: slower than f32 on an
    * H100 (see `GpuModelOptions.halfPrefill`).
@@ -139,6 +145,7 @@ export async function loadModel(path: string, options: LoadOptions = {}): Promis
           policy,
           globalFraction: options.kvGlobalFraction,
           int8Prefill: options.int8Prefill,
+          int8Decode: options.int8Decode,
           halfPrefill: options.halfPrefill,
         });
       } catch (e) {

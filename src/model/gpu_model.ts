@@ -160,6 +160,14 @@ export interface GpuModelOptions {
    */
   int8Prefill?: boolean;
   /**
+   * Decode: matrix-vector products of quantised weights (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K) through 8-bit integer
+   * dot products, each workgroup quantising its input per 16 values first (`MatvecTuning.int8`); other types
+   * keep the f32 kernels. Changes the decode's results by the activations' rounding, as llama.cpp's
+   * quantised matrix-vector products do. Default true on a GPU, false on a software adapter (lavapipe). A
+   * role's `matvecTuning.int8` overrides it.
+   */
+  int8Decode?: boolean;
+  /**
    * Prefill: matrix products of F16 weights with f16 arithmetic (`MatmulTuning.half`: f16 tiles and FMAs,
    * each step of 16–32 columns summed in f16, the steps in f32), where the GPU has `shader-f16`. Changes the
    * prefill's results by the activations' rounding to f16 and the step sums' (0.2–0.3% of the logits' scale
@@ -538,7 +546,11 @@ export class GpuModel {
       const appendInQkv = (w: LayerWeights) =>
         decode && fullKv !== undefined && (options.fuseKvAppend ?? true) && canFuseQkv(w.wq, w.wk, w.wv) &&
         qkvKvAppendBlocker(gpu.limits, fullKv, w.wk, w.wv) === undefined;
-      const tuning = (role: MatvecRole) => options.matvecTuning?.[role];
+      const int8Decode = options.int8Decode ?? !gpu.isFallback;
+      const tuning = (role: MatvecRole): MatvecTuning => ({
+        int8: int8Decode,
+        ...options.matvecTuning?.[role],
+      });
       // Int8 prefill (options.int8Prefill): whether all of `weights` have an integer view, and the op that
       // quantises their input `x` (rows of `cols`) into act.q8, returning what the products read.
       const int8 = (...weights: GpuWeight[]) =>
@@ -852,7 +864,7 @@ export class GpuModel {
         y: act.logits,
         maxTokens: 1,
         step: one,
-        tuning: options.matvecTuning?.output,
+        tuning: { int8: options.int8Decode ?? !gpu.isFallback, ...options.matvecTuning?.output },
       });
     const outputOp = outputProduct(act.last);
     const decodeOutputOp = outputProduct(act.xn);

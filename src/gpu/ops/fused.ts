@@ -47,6 +47,8 @@ import {
   checkMatvecTuningKeys,
   checkMatvecWeights,
   checkUnitsPerStep,
+  int8InputBytes,
+  int8MatvecBlocker,
   reduceLanes,
   subblockDefines,
 } from "./matvec_units.ts";
@@ -64,6 +66,11 @@ export interface FusedMatvecTuning {
   tokensPerWorkgroup?: number;
   /** Units (32-element pieces of a row) each thread loads before computing on them, 1, 2 or 4 (default 1). */
   unitsPerStep?: number;
+  /**
+   * Quantise x to int8 (per 16 values, in workgroup memory) and take the products with integer dot products
+   * where every weight's type allows it and the workgroup memory holds it; f32 otherwise (the default).
+   */
+  int8?: boolean;
 }
 
 /**
@@ -207,6 +214,7 @@ export function createGateUpSwiGlu(gpu: Gpu, options: GateUpSwiGluOptions): GpuO
   checkSlice(label, "x", x, maxTokens * gate.cols * 4);
   checkSlice(label, "out", out, maxTokens * gate.rows * 4);
   const shape = tuningFor(gpu, label, {
+    weights: [gate, up],
     cols: gate.cols,
     totalRows: gate.rows,
     accumulators: 2,
@@ -230,6 +238,7 @@ export function createGateUpSwiGlu(gpu: Gpu, options: GateUpSwiGluOptions): GpuO
       reduce_lanes: reduceLanes(shape.workgroupSize),
       slots: 2,
       units_per_step: shape.unitsPerStep,
+      x_int8: shape.int8 ? 1 : 0,
     },
     subblockDefines(gate, up),
     "swiglu",
@@ -336,6 +345,7 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
   }
   const totalRows = wq.rows + wk.rows + wv.rows;
   const shape = tuningFor(gpu, label, {
+    weights: [wq, wk, wv],
     cols: wq.cols,
     totalRows,
     accumulators: 1,
@@ -390,6 +400,7 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
       keep_pre_k: options.kPre ? 1 : 0,
       reduce_lanes: reduceLanes(shape.workgroupSize),
       units_per_step: shape.unitsPerStep,
+      x_int8: shape.int8 ? 1 : 0,
     },
     { ...subblockDefines(wq, wk, wv), KV_STORE: kvStore.source },
     "qkv",
@@ -455,6 +466,8 @@ class FusedOp implements GpuOp {
 }
 
 interface ShapeRequest {
+  /** The op's weights (whether they can take int8 input). */
+  weights: readonly GpuWeight[];
   cols: number;
   totalRows: number;
   /** Sums kept per (row, token): 2 for gate/up, 1 for QKV. */
@@ -471,6 +484,8 @@ interface Shape {
   tokensPerWorkgroup: number;
   tokenGroups: number;
   unitsPerStep: number;
+  /** Int8 input (x_int8). */
+  int8: boolean;
 }
 
 /** The tuning to use: the given values, checked, or defaults shrunk to fit the workgroup memory. */
@@ -481,8 +496,11 @@ function tuningFor(gpu: Gpu, op: string, request: ShapeRequest): Shape {
   const workgroupSize = t.workgroupSize ?? defaultMatvecWorkgroup(request.cols);
   let rowsPerWorkgroup = t.rowsPerWorkgroup ?? request.defaultRows;
   let tokensPerWorkgroup = t.tokensPerWorkgroup ?? Math.min(request.maxTokens, 4);
-  // The reduction keeps one more sum per token (a folded norm's).
-  const bytes = () => workgroupSize * (rowsPerWorkgroup * request.accumulators + 1) * tokensPerWorkgroup * 4;
+  // The reduction keeps one more sum per token (a folded norm's); int8 input adds the quantised x rows.
+  const int8Wanted = (t.int8 ?? false) && int8MatvecBlocker(request.weights) === undefined;
+  const reductionBytes = () =>
+    workgroupSize * (rowsPerWorkgroup * request.accumulators + 1) * tokensPerWorkgroup * 4;
+  const bytes = () => reductionBytes() + (int8Wanted ? int8InputBytes(request.cols, tokensPerWorkgroup) : 0);
   while (bytes() > limit && t.tokensPerWorkgroup === undefined && tokensPerWorkgroup > 1) {
     tokensPerWorkgroup--;
   }
@@ -506,15 +524,16 @@ function tuningFor(gpu: Gpu, op: string, request: ShapeRequest): Shape {
     1,
     workgroupSize,
   );
-  if (bytes() > limit) {
+  if (reductionBytes() > limit) {
     throw new BadFlagError(
-      `${op}: the reduction needs ${bytes()} bytes of workgroup memory, this GPU allows ${limit}`,
+      `${op}: the reduction needs ${reductionBytes()} bytes of workgroup memory, this GPU allows ${limit}`,
     );
   }
   const tokenGroups = ceilDiv(request.maxTokens, tokensPerWorkgroup);
   checkWorkgroups(gpu, op, tokenGroups);
   const unitsPerStep = checkUnitsPerStep(op, t.unitsPerStep);
-  return { workgroupSize, rowsPerWorkgroup, tokensPerWorkgroup, tokenGroups, unitsPerStep };
+  const int8 = int8Wanted && bytes() <= limit;
+  return { workgroupSize, rowsPerWorkgroup, tokensPerWorkgroup, tokenGroups, unitsPerStep, int8 };
 }
 
 /** A (x, y, z) grid holding `groups` workgroups in x·y (x within the device limit) and `z` in z. */

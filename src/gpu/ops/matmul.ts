@@ -17,6 +17,8 @@ import {
   checkMatvecTuningKeys,
   checkMatvecWeights,
   checkUnitsPerStep,
+  int8InputBytes,
+  int8MatvecBlocker,
   reduceLanes,
   subblockDefines,
 } from "./matvec_units.ts";
@@ -68,6 +70,12 @@ export interface MatvecTuning {
   tokensPerWorkgroup?: number;
   /** Units (32-element pieces of a row) each thread loads before computing on them, 1, 2 or 4 (default 1). */
   unitsPerStep?: number;
+  /**
+   * Quantise x to int8 (per 16 values, in workgroup memory) and take the products with integer dot products
+   * where the weight type allows it (`INT8_UNIT_SECTIONS` of `./matvec_units.ts`) and the workgroup memory
+   * holds it; f32 otherwise (the default).
+   */
+  int8?: boolean;
 }
 
 /**
@@ -187,6 +195,9 @@ export function createMatvec(gpu: Gpu, options: MatvecOptions): MatvecOp {
         `memory, this GPU allows ${gpu.limits.maxComputeWorkgroupStorageSize}`,
     );
   }
+  const int8 = (t.int8 ?? false) && int8MatvecBlocker([weight]) === undefined &&
+    reductionBytes + int8InputBytes(weight.cols, tokensPerWorkgroup) <=
+      gpu.limits.maxComputeWorkgroupStorageSize;
   const fold = options.fold;
   const normPartials = fold ? ceilDiv(weight.rows, rowsPerWorkgroup) : 0;
   if (fold) {
@@ -216,6 +227,7 @@ export function createMatvec(gpu: Gpu, options: MatvecOptions): MatvecOp {
       norm_mode: fold ? 1 : 0,
       units_per_step: checkUnitsPerStep(op, t.unitsPerStep),
       norm_partials: Math.max(1, normPartials),
+      x_int8: int8 ? 1 : 0,
     },
     subblockDefines(weight),
   );

@@ -56,6 +56,55 @@ export const UNIT_KIND_SECTIONS: Readonly<Record<string, readonly string[]>> = {
   BF16_PLAIN: ["BF16_VALUES", "HALF_PLAIN"],
 };
 
+/**
+ * Unit kinds with an `<kind>_INT8` section in `wgsl/matvec_units.wgsl`: their products can take the kernels'
+ * int8 input (x quantised per 16 values, integer dot products; see {@link int8MatvecBlocker}).
+ */
+export const INT8_UNIT_SECTIONS: ReadonlySet<string> = new Set(["Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K"]);
+
+/** The stub that stands in for `unit_dot_int8` in unit kinds without an INT8 section (never called). */
+const NO_INT8_UNIT = "\nfn unit_dot_int8(w: Raw, u: u32, xb: u32) -> f32 {\n  return 0.0;\n}\n";
+
+/** Workgroup bytes of the int8 input for `tokens` token rows of `cols` values (16 + 8 bytes per 16 values). */
+export function int8InputBytes(cols: number, tokens: number): number {
+  return tokens * Math.ceil(cols / 16) * 24;
+}
+
+/**
+ * Why the decode products of `weights` cannot take int8 input (a one-line reason), or undefined when they
+ * can: every weight's unit kind needs an INT8 section and rows of a multiple of 16 values.
+ */
+export function int8MatvecBlocker(weights: readonly GpuWeight[]): string | undefined {
+  for (const w of weights) {
+    if (!INT8_UNIT_SECTIONS.has(w.info.name)) return `${w.name} is ${w.info.name}, which has no int8 units`;
+    if (w.cols % 16 !== 0) return `${w.name} has rows of ${w.cols} values, not a multiple of 16`;
+  }
+  return undefined;
+}
+
+/**
+ * CPU reference of the kernels' int8 input: `x` (rows of `cols` values, a multiple of 16) as the products
+ * see it, each block of 16 values replaced by d · q with d = max |x| / 127 and q = round(x / d) in f32
+ * (ties to even, as WGSL's round). A product with int8 input equals the f32 product with this x.
+ */
+export function int8InputReference(x: Float32Array, cols: number): Float32Array {
+  if (cols % 16 !== 0) throw new RangeError(`int8 input needs rows of a multiple of 16 values, got ${cols}`);
+  const out = new Float32Array(x.length);
+  for (let b = 0; b + 16 <= x.length; b += 16) {
+    let amax = 0;
+    for (let i = 0; i < 16; i++) amax = Math.max(amax, Math.abs(x[b + i]));
+    const inv = amax > 0 ? Math.fround(127 / amax) : 0;
+    const d = Math.fround(amax / 127);
+    for (let i = 0; i < 16; i++) {
+      const v = Math.fround(x[b + i] * inv);
+      let q = Math.round(v);
+      if (q - v === 0.5 && q % 2 !== 0) q -= 1; // ties to even
+      out[b + i] = d * Math.max(-127, Math.min(127, q));
+    }
+  }
+  return out;
+}
+
 /** Unquantised types: interleaved units for rows of a multiple of 256 values, plain units otherwise. */
 const UNQUANTISED = new Set(["F32", "F16", "BF16"]);
 
@@ -99,6 +148,7 @@ export const MATVEC_TUNING_KEYS: readonly string[] = [
   "rowsPerWorkgroup",
   "tokensPerWorkgroup",
   "unitsPerStep",
+  "int8",
 ];
 
 /** Rejects a decode tuning naming a field other than {@link MATVEC_TUNING_KEYS}: a {@link BadFlagError} naming `op`. */
@@ -155,7 +205,8 @@ export function unitsSource(section: string, suffix: string): string {
     throw new UnsupportedError(`${section} has no section in wgsl/matvec_units.wgsl`);
   }
   const parts = (UNIT_KIND_SECTIONS[section] ?? [section]).map((name) => sections.get(name)!);
-  return suffixDeclaredNames(sections.get("COMMON")! + parts.join(""), suffix);
+  const int8 = sections.get(`${section}_INT8`) ?? NO_INT8_UNIT;
+  return suffixDeclaredNames(sections.get("COMMON")! + parts.join("") + int8, suffix);
 }
 
 /**

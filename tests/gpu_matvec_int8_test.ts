@@ -1,0 +1,226 @@
+// The decode products with int8 input (x quantised per 16 values in workgroup memory, integer dot products;
+// `int8: true` in the decode tunings) against the CPU reference with the same quantised x
+// (int8InputReference): every weight type with int8 units, odd row counts, rows whose blocks start 2 bytes
+// into a word, weights split into parts, several tokens per workgroup, the fused gate/up + SwiGLU and QKV +
+// RoPE entries with mixed types, and a folded norm's producer. Cases with several outputs also check that
+// the int8 form ran: its results are not all within the f32 tolerance of the products with the exact x. Inputs are fresh random
+// values; every output of the step's tokens is checked and none past them may be written.
+
+import { equal, ok } from "node:assert/strict";
+import { getGpu, type Gpu } from "../src/gpu/device.ts";
+import { createGateUpSwiGlu, createQkvMatvec } from "../src/gpu/ops/fused.ts";
+import { createMatvec, type MatvecTuning } from "../src/gpu/ops/matmul.ts";
+import { INT8_UNIT_SECTIONS, int8InputReference, int8MatvecBlocker } from "../src/gpu/ops/matvec_units.ts";
+import { StepParams } from "../src/gpu/ops/op.ts";
+import { rope, ropeInverseFrequencies } from "../src/model/ops.ts";
+import { compareLinear, products, randomWeight as randomQuantWeight } from "./gpu_quant_data.ts";
+import { nanBuffer as nans, randomF32, runOps, untouchedPast } from "./gpu_ops_helpers.ts";
+
+const TOL = 2e-5;
+const randomWeight = (gpu: Gpu, name: string, rows: number, cols: number, maxPartBytes?: number) =>
+  randomQuantWeight(gpu, `w.${name}`, name, rows, cols, maxPartBytes);
+
+const CASES: Record<string, { rows: number; cols: number; m: number; parts?: number }[]> = {
+  Q8_0: [{ rows: 1, cols: 32, m: 1 }, { rows: 7, cols: 96, m: 3 }, { rows: 37, cols: 256, m: 8, parts: 4 }],
+  Q4_0: [{ rows: 7, cols: 32, m: 3 }, { rows: 33, cols: 96, m: 1 }],
+  // (2048 values over 32 threads: the quantisation of x takes its blocks in two rounds of four per thread.)
+  Q4_K: [
+    { rows: 1, cols: 256, m: 1 },
+    { rows: 33, cols: 768, m: 3 },
+    { rows: 37, cols: 512, m: 8, parts: 4 },
+    { rows: 5, cols: 2048, m: 3 },
+  ],
+  Q5_K: [{ rows: 7, cols: 256, m: 3 }, { rows: 9, cols: 512, m: 1 }],
+  Q6_K: [{ rows: 1, cols: 256, m: 1 }, { rows: 7, cols: 256, m: 3 }, { rows: 33, cols: 768, m: 2, parts: 4 }],
+};
+
+Deno.test("gpu matvec int8: every type with int8 units matches the reference with quantised x", async () => {
+  const gpu = await getGpu();
+  equal([...INT8_UNIT_SECTIONS].sort().join(), Object.keys(CASES).sort().join());
+  const tunings: MatvecTuning[] = [
+    { int8: true, tokensPerWorkgroup: 4, rowsPerWorkgroup: 3 },
+    { int8: true, workgroupSize: 32, tokensPerWorkgroup: 2, rowsPerWorkgroup: 2, unitsPerStep: 4 },
+  ];
+  for (const [name, cases] of Object.entries(CASES)) {
+    for (const c of cases) {
+      const bytesPerRow = randomWeight(gpu, name, 1, c.cols).weight.rowBytes;
+      const { weight, w } = randomWeight(gpu, name, c.rows, c.cols, c.parts && bytesPerRow * 10 + 3);
+      equal(weight.parts.length, c.parts ?? 1);
+      equal(int8MatvecBlocker([weight]), undefined);
+      const maxTokens = c.m + 2;
+      const x = randomF32(maxTokens * c.cols);
+      const xq = int8InputReference(x, c.cols);
+      const xBuf = gpu.buffer("x", x.byteLength, x);
+      const step = new StepParams(gpu, maxTokens);
+      for (const tuning of tunings) {
+        const y = nans(gpu, "y", maxTokens * c.rows);
+        const op = createMatvec(gpu, { label: name, weight, x: xBuf, y, maxTokens, step, tuning });
+        const [got] = await runOps(gpu, [op], step, c.m, 0, [y]);
+        const what = `${name} ${JSON.stringify(tuning)} rows=${c.rows} cols=${c.cols} m=${c.m}`;
+        const bad = compareLinear(got, w, xq, c.m, c.rows, c.cols, TOL);
+        ok(bad === undefined, `${what}: ${bad}`);
+        // (One output may land within the f32 tolerance by chance; seven or more all doing so would not.)
+        if (c.rows * c.m >= 7) {
+          ok(compareLinear(got, w, x, c.m, c.rows, c.cols, TOL) !== undefined, `${what}: the f32 form ran`);
+        }
+        untouchedPast(what, got, c.m, c.rows);
+        y.destroy();
+      }
+      weight.destroy();
+      xBuf.destroy();
+    }
+  }
+});
+
+Deno.test("gpu matvec int8: types without int8 units keep the f32 products", async () => {
+  const gpu = await getGpu();
+  const { weight, w } = randomWeight(gpu, "Q3_K", 5, 256);
+  ok(/w\.Q3_K is Q3_K, which has no int8 units/.test(int8MatvecBlocker([weight]) ?? ""));
+  const x = randomF32(256);
+  const xBuf = gpu.buffer("x", x.byteLength, x);
+  const step = new StepParams(gpu, 1);
+  const y = nans(gpu, "y", 5);
+  const op = createMatvec(gpu, {
+    label: "q3",
+    weight,
+    x: xBuf,
+    y,
+    maxTokens: 1,
+    step,
+    tuning: { int8: true },
+  });
+  const [got] = await runOps(gpu, [op], step, 1, 0, [y]);
+  equal(compareLinear(got, w, x, 1, 5, 256, TOL), undefined);
+  equal(
+    int8MatvecBlocker([randomWeight(gpu, "F16", 2, 256).weight]),
+    "w.F16 is F16, which has no int8 units",
+  );
+});
+
+Deno.test("gpu matvec int8: a folded norm's producer adds int8 products onto the residual", async () => {
+  const gpu = await getGpu();
+  const [rows, cols, m] = [37, 512, 3];
+  const { weight, w } = randomWeight(gpu, "Q4_K", rows, cols);
+  const x = randomF32(m * cols);
+  const residual = randomF32(m * rows);
+  const gamma = randomF32(rows);
+  const xBuf = gpu.buffer("x", x.byteLength, x);
+  const y = gpu.buffer("y", residual.byteLength, residual);
+  const out = nans(gpu, "norm out", m * rows);
+  const sums = gpu.buffer("sums", m * rows * 4);
+  const gammaBuf = gpu.buffer("gamma", gamma.byteLength, gamma);
+  const step = new StepParams(gpu, m);
+  const op = createMatvec(gpu, {
+    label: "o",
+    weight,
+    x: xBuf,
+    y,
+    maxTokens: m,
+    step,
+    tuning: { int8: true, rowsPerWorkgroup: 4 },
+    fold: { weight: gammaBuf, out, sums },
+  });
+  const [gotY, gotOut] = await runOps(gpu, [op], step, m, 0, [y, out]);
+  const { sum, abs } = products(w, int8InputReference(x, cols), m, rows, cols);
+  for (let i = 0; i < m * rows; i++) {
+    const want = residual[i] + sum[i];
+    const bound = TOL * (abs[i] + Math.abs(residual[i])) + 1e-30;
+    ok(Math.abs(gotY[i] - want) <= bound, `y[${i}] = ${gotY[i]}, expected ${want}`);
+    const r = i % rows;
+    ok(Math.abs(gotOut[i] - want * gamma[r]) <= bound * Math.abs(gamma[r]) + 1e-30, `norm out[${i}]`);
+  }
+});
+
+Deno.test("gpu matvec int8: fused gate/up + SwiGLU and QKV + RoPE with mixed types", async () => {
+  const gpu = await getGpu();
+  const silu = (v: number) => v / (1 + Math.exp(-v));
+  for (
+    const [type, rows, cols, m] of [["Q4_K", 21, 512, 1], ["Q6_K", 7, 256, 3], ["Q8_0", 9, 96, 2]] as const
+  ) {
+    const gate = randomWeight(gpu, type, rows, cols);
+    const up = randomWeight(gpu, type, rows, cols);
+    const maxTokens = m + 1;
+    const x = randomF32(maxTokens * cols);
+    const xq = int8InputReference(x, cols);
+    const xBuf = gpu.buffer("x", x.byteLength, x);
+    const step = new StepParams(gpu, maxTokens);
+    const g = products(gate.w, xq, m, rows, cols);
+    const u = products(up.w, xq, m, rows, cols);
+    const exact = products(gate.w, x, m, rows, cols);
+    const out = nans(gpu, "out", maxTokens * rows);
+    const op = createGateUpSwiGlu(gpu, {
+      label: "gate_up",
+      gate: gate.weight,
+      up: up.weight,
+      x: xBuf,
+      out,
+      maxTokens,
+      step,
+      tuning: { int8: true, tokensPerWorkgroup: 2, rowsPerWorkgroup: 3 },
+    });
+    const [got] = await runOps(gpu, [op], step, m, 0, [out]);
+    let offExact = false;
+    for (let i = 0; i < m * rows; i++) {
+      const want = silu(g.sum[i]) * u.sum[i];
+      const bound = TOL * (1.1 * g.abs[i] * Math.abs(u.sum[i]) + Math.abs(silu(g.sum[i])) * u.abs[i]) + 1e-30;
+      ok(Math.abs(got[i] - want) <= bound, `${type} gate/up: out[${i}] = ${got[i]}, expected ${want}`);
+      if (Math.abs(g.sum[i] - exact.sum[i]) > 10 * TOL * g.abs[i]) offExact = true;
+    }
+    ok(offExact, `${type} gate/up: quantising x changed nothing`);
+    untouchedPast(`${type} gate/up`, got, m, rows);
+  }
+
+  const [headDim, qHeads, kvHeads, cols, m, pos0] = [8, 3, 1, 512, 2, 41];
+  const types = ["Q4_K", "Q5_K", "Q6_K"];
+  const qRows = qHeads * headDim;
+  const kvRows = kvHeads * headDim;
+  const ws = [
+    randomWeight(gpu, types[0], qRows, cols),
+    randomWeight(gpu, types[1], kvRows, cols),
+    randomWeight(gpu, types[2], kvRows, cols),
+  ];
+  const maxTokens = m + 1;
+  const x = randomF32(maxTokens * cols);
+  const xq = int8InputReference(x, cols);
+  const xBuf = gpu.buffer("x", x.byteLength, x);
+  const step = new StepParams(gpu, maxTokens);
+  const invFreq = ropeInverseFrequencies(headDim, 10000);
+  const heads = [qHeads, kvHeads, 0];
+  const wants = ws.map(({ w }, n) => {
+    const rows = n === 0 ? qRows : kvRows;
+    const { sum, abs } = products(w, xq, m, rows, cols);
+    const want = Float32Array.from(sum);
+    if (heads[n] > 0) {
+      for (let t = 0; t < m; t++) {
+        rope(want.subarray(t * rows, (t + 1) * rows), heads[n], headDim, pos0 + t, invFreq);
+      }
+    }
+    return { want, abs, rows };
+  });
+  const outs = wants.map(({ rows }, n) => nans(gpu, "qkv"[n], maxTokens * rows));
+  const op = createQkvMatvec(gpu, {
+    label: "qkv",
+    wq: ws[0].weight,
+    wk: ws[1].weight,
+    wv: ws[2].weight,
+    x: xBuf,
+    q: outs[0],
+    k: outs[1],
+    v: outs[2],
+    maxTokens,
+    step,
+    rope: { headDim, ropeDim: headDim, invFreq, maxPosition: 4096 },
+    tuning: { int8: true, tokensPerWorkgroup: 2, rowsPerWorkgroup: 4 },
+  });
+  const got = await runOps(gpu, [op], step, m, pos0, outs);
+  wants.forEach(({ want, abs, rows }, n) => {
+    for (let i = 0; i < m * rows; i++) {
+      const mag = heads[n] > 0 ? Math.max(abs[i], abs[i ^ 1]) : abs[i];
+      ok(
+        Math.abs(got[n][i] - want[i]) <= 2 * TOL * mag + 1e-30,
+        `qkv ${"qkv"[n]}[${i}] = ${got[n][i]}, expected ${want[i]}`,
+      );
+    }
+    untouchedPast(`qkv ${"qkv"[n]}`, got[n], m, rows);
+  });
+});
