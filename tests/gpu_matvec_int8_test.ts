@@ -23,7 +23,7 @@ const randomWeight = (gpu: Gpu, name: string, rows: number, cols: number, maxPar
 const CASES: Record<string, { rows: number; cols: number; m: number; parts?: number }[]> = {
   Q8_0: [{ rows: 1, cols: 32, m: 1 }, { rows: 7, cols: 96, m: 3 }, { rows: 37, cols: 256, m: 8, parts: 4 }],
   Q4_0: [{ rows: 7, cols: 32, m: 3 }, { rows: 33, cols: 96, m: 1 }],
-  // (2048 values over 32 threads: the quantisation of x takes its blocks in two rounds of four per thread.)
+  // (2048 values over 32 threads: each thread quantises four blocks of x.)
   Q4_K: [
     { rows: 1, cols: 256, m: 1 },
     { rows: 33, cols: 768, m: 3 },

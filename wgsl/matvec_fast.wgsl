@@ -197,42 +197,27 @@ fn reduce(tid: u32, n: u32) {
 
 // Int8 input: quantises x of tokens t0 .. t0 + nt − 1 into x_blocks / x_scales, block i of local token t at
 // t · cols / 16 + i: q = round(x / d) with d = max |x| / 127 over the block (all zero for a zero block).
-// A thread takes blocks tid, tid + wg_size, … four at a time, all four blocks' loads issued before any
-// arithmetic: the load latency is paid once per four blocks, not per block. Every thread of the workgroup
-// must call it (it ends with a barrier).
+// A thread takes blocks tid, tid + wg_size, … one at a time (on an H100, loading four blocks per round
+// before quantising them ran slower). Every thread of the workgroup must call it (it ends with a barrier).
 fn stage_int8(t0: u32, nt: u32, tid: u32) {
-  let total = nt * (cols / 16u);
-  let first = t0 * (cols / 4u); // token rows are whole blocks
-  for (var i0 = tid; i0 < total; i0 += 4u * wg_size) {
-    var v: array<vec4f, 16>;
+  let blocks = cols / 16u;
+  for (var i = tid; i < nt * blocks; i += wg_size) {
+    let at = t0 * (cols / 4u) + 4u * i; // token rows are whole blocks
+    let v = array<vec4f, 4>(x[at], x[at + 1u], x[at + 2u], x[at + 3u]);
+    let a = max(max(abs(v[0]), abs(v[1])), max(abs(v[2]), abs(v[3])));
+    let amax = max(max(a.x, a.y), max(a.z, a.w));
+    let inv = select(0.0, 127.0 / amax, amax > 0.0);
+    var words: vec4u;
+    var sum = vec4i(0);
     // @unroll
     for (var k = 0u; k < 4u; k++) {
-      let at = first + 4u * min(i0 + k * wg_size, total - 1u); // past the end: a repeat, not written
-      v[4u * k] = x[at];
-      v[4u * k + 1u] = x[at + 1u];
-      v[4u * k + 2u] = x[at + 2u];
-      v[4u * k + 3u] = x[at + 3u];
+      let q = clamp(vec4i(round(v[k] * inv)), vec4i(-127), vec4i(127));
+      sum += q;
+      words[k] = pack4xI8(q);
     }
-    // @unroll
-    for (var k = 0u; k < 4u; k++) {
-      let i = i0 + k * wg_size;
-      if (i < total) {
-        let a = max(max(abs(v[4u * k]), abs(v[4u * k + 1u])), max(abs(v[4u * k + 2u]), abs(v[4u * k + 3u])));
-        let amax = max(max(a.x, a.y), max(a.z, a.w));
-        let inv = select(0.0, 127.0 / amax, amax > 0.0);
-        var words: vec4u;
-        var sum = vec4i(0);
-        // @unroll
-        for (var j = 0u; j < 4u; j++) {
-          let q = clamp(vec4i(round(v[4u * k + j] * inv)), vec4i(-127), vec4i(127));
-          sum += q;
-          words[j] = pack4xI8(q);
-        }
-        x_blocks[i] = words;
-        let d = amax / 127.0;
-        x_scales[i] = vec2f(d, d * f32(sum.x + sum.y + sum.z + sum.w));
-      }
-    }
+    x_blocks[i] = words;
+    let d = amax / 127.0;
+    x_scales[i] = vec2f(d, d * f32(sum.x + sum.y + sum.z + sum.w));
   }
   workgroupBarrier();
 }

@@ -160,11 +160,12 @@ export interface GpuModelOptions {
    */
   int8Prefill?: boolean;
   /**
-   * Decode: matrix-vector products of quantised weights (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K) through 8-bit integer
-   * dot products, each workgroup quantising its input per 16 values first (`MatvecTuning.int8`); other types
-   * keep the f32 kernels. Changes the decode's results by the activations' rounding, as llama.cpp's
-   * quantised matrix-vector products do. Default true on a GPU, false on a software adapter (lavapipe). A
-   * role's `matvecTuning.int8` overrides it.
+   * Decode: matrix-vector products of quantised weights (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K) with rows of up to
+   * {@link INT8_DECODE_MAX_COLS} values through 8-bit integer dot products, each workgroup quantising its
+   * input per 16 values first (`MatvecTuning.int8`); other types and longer rows keep the f32 kernels.
+   * Changes the decode's results by the activations' rounding, as llama.cpp's quantised matrix-vector
+   * products do. Default true on a GPU, false on a software adapter (lavapipe). A role's
+   * `matvecTuning.int8` overrides it.
    */
   int8Decode?: boolean;
   /**
@@ -183,6 +184,15 @@ export interface GpuModelOptions {
    */
   decodeDirectKeys?: number;
 }
+
+/**
+ * Longest rows whose decode products take int8 input by default (`GpuModelOptions.int8Decode`). On an H100
+ * the int8 products ran faster for the Llama-1B shapes' rows of 2048 values (1B Q4_K_M decode 760 against
+ * 713 tok/s at depth 0, 616 against 573 at 4096) and slower for rows of 4096 and more, where each
+ * workgroup's quantisation of its input costs more than the integer products save (8B Q4_K_M 211 against
+ * 226 tok/s with int8 everywhere but ffn_down; 1B ffn_down, 8192 values, 23 against 19 µs).
+ */
+export const INT8_DECODE_MAX_COLS = 2048;
 
 /** The decode matrix-vector products of a layer (and the output projection) that take a tuning. */
 export type MatvecRole = "attn_qkv" | "attn_output" | "ffn_gate_up" | "ffn_down" | "output";
@@ -531,6 +541,9 @@ export class GpuModel {
     const one = new StepParams(gpu, 1, "one token");
     owned.push(step.buffer, one.buffer);
     const invFreq = ropeInverseFrequencies(hp.ropeDim, hp.ropeBase, ropeFreqs, hp.ropeScaling);
+    // Int8 decode products (options.int8Decode) for rows of up to INT8_DECODE_MAX_COLS values.
+    const int8Decode = options.int8Decode ?? !gpu.isFallback;
+    const int8DecodeFor = (cols: number) => int8Decode && cols <= INT8_DECODE_MAX_COLS;
 
     // The body of a step, for a batch size (decode: 1 token, matvec + split-K attention).
     const body = (maxTokens: number, tag: string): { embed: EmbedOp; ops: GpuOp[] } => {
@@ -546,9 +559,8 @@ export class GpuModel {
       const appendInQkv = (w: LayerWeights) =>
         decode && fullKv !== undefined && (options.fuseKvAppend ?? true) && canFuseQkv(w.wq, w.wk, w.wv) &&
         qkvKvAppendBlocker(gpu.limits, fullKv, w.wk, w.wv) === undefined;
-      const int8Decode = options.int8Decode ?? !gpu.isFallback;
-      const tuning = (role: MatvecRole): MatvecTuning => ({
-        int8: int8Decode,
+      const tuning = (role: MatvecRole, cols: number): MatvecTuning => ({
+        int8: int8DecodeFor(cols),
         ...options.matvecTuning?.[role],
       });
       // Int8 prefill (options.int8Prefill): whether all of `weights` have an integer view, and the op that
@@ -567,7 +579,17 @@ export class GpuModel {
         createMatmulInt8(gpu, { label, weight, x, y, maxTokens, step });
       // One product; with int8 prefill, its input quantised just before it.
       const linear = (label: string, weight: GpuWeight, x: GPUBuffer, y: GPUBuffer, role: MatvecRole) => {
-        if (decode) return createMatvec(gpu, { label, weight, x, y, maxTokens, step, tuning: tuning(role) });
+        if (decode) {
+          return createMatvec(gpu, {
+            label,
+            weight,
+            x,
+            y,
+            maxTokens,
+            step,
+            tuning: tuning(role, weight.cols),
+          });
+        }
         if (int8(weight)) return int8Product(label, weight, quantize(`${label}_q8`, x, weight.cols), y);
         return createMatmul(gpu, { label, weight, x, y, maxTokens, step, tuning: half(weight) });
       };
@@ -596,7 +618,7 @@ export class GpuModel {
           y: act.x,
           maxTokens,
           step,
-          tuning: tuning(role),
+          tuning: tuning(role, weight.cols),
           fold: { weight: normWeight, out: act.xn, sums: act.normSums },
         });
         ops.push(producer);
@@ -645,7 +667,7 @@ export class GpuModel {
             kPre: gateBufs?.kPre,
             norm: qkvNorm,
             append: fusedAppend && fullKv ? { kv: fullKv, layer: l } : undefined,
-            tuning: tuning("attn_qkv"),
+            tuning: tuning("attn_qkv", w.wq.cols),
           }));
         } else {
           // The three products in one dispatch where possible (K and V alone would underfill the GPU).
@@ -808,7 +830,7 @@ export class GpuModel {
                 maxTokens,
                 step,
                 norm: gateUpNorm,
-                tuning: tuning("ffn_gate_up"),
+                tuning: tuning("ffn_gate_up", w.wGate.cols),
               })
               : createGateUpSwiGluMatmul(gpu, {
                 label: `${p}ffn_gate_up`,
@@ -864,7 +886,7 @@ export class GpuModel {
         y: act.logits,
         maxTokens: 1,
         step: one,
-        tuning: { int8: options.int8Decode ?? !gpu.isFallback, ...options.matvecTuning?.output },
+        tuning: { int8: int8DecodeFor(output.cols), ...options.matvecTuning?.output },
       });
     const outputOp = outputProduct(act.last);
     const decodeOutputOp = outputProduct(act.xn);
