@@ -12,8 +12,13 @@ import { createGateUpSwiGlu, createQkvMatvec } from "../src/gpu/ops/fused.ts";
 import { createMatvec, type MatvecTuning } from "../src/gpu/ops/matmul.ts";
 import { INT8_UNIT_SECTIONS, int8InputReference, int8MatvecBlocker } from "../src/gpu/ops/matvec_units.ts";
 import { StepParams } from "../src/gpu/ops/op.ts";
-import { rope, ropeInverseFrequencies } from "../src/model/ops.ts";
-import { compareLinear, products, randomWeight as randomQuantWeight } from "./gpu_quant_data.ts";
+import { ropeInverseFrequencies } from "../src/model/ops.ts";
+import {
+  compareLinear,
+  products,
+  qkvReference,
+  randomWeight as randomQuantWeight,
+} from "./gpu_quant_data.ts";
 import { nanBuffer as nans, randomF32, runOps, untouchedPast } from "./gpu_ops_helpers.ts";
 
 const TOL = 2e-5;
@@ -185,18 +190,8 @@ Deno.test("gpu matvec int8: fused gate/up + SwiGLU and QKV + RoPE with mixed typ
   const xBuf = gpu.buffer("x", x.byteLength, x);
   const step = new StepParams(gpu, maxTokens);
   const invFreq = ropeInverseFrequencies(headDim, 10000);
+  const wants = qkvReference(ws, xq, m, cols, { headDim, qHeads, kvHeads, pos0, invFreq });
   const heads = [qHeads, kvHeads, 0];
-  const wants = ws.map(({ w }, n) => {
-    const rows = n === 0 ? qRows : kvRows;
-    const { sum, abs } = products(w, xq, m, rows, cols);
-    const want = Float32Array.from(sum);
-    if (heads[n] > 0) {
-      for (let t = 0; t < m; t++) {
-        rope(want.subarray(t * rows, (t + 1) * rows), heads[n], headDim, pos0 + t, invFreq);
-      }
-    }
-    return { want, abs, rows };
-  });
   const outs = wants.map(({ rows }, n) => nans(gpu, "qkv"[n], maxTokens * rows));
   const op = createQkvMatvec(gpu, {
     label: "qkv",

@@ -25,10 +25,11 @@ import {
 import { StepParams } from "../src/gpu/ops/op.ts";
 import { DEQUANT_SECTIONS } from "../src/gpu/weights.ts";
 import { typeInfo } from "../src/gguf/types.ts";
-import { rope, ropeInverseFrequencies } from "../src/model/ops.ts";
+import { ropeInverseFrequencies } from "../src/model/ops.ts";
 import {
   compareLinear,
   products,
+  qkvReference,
   randomWeight as randomQuantWeight,
   typeOf,
   TYPES,
@@ -357,18 +358,8 @@ Deno.test("gpu matvec subblock: fused QKV + RoPE with mixed types matches the CP
     const xBuf = gpu.buffer("x", x.byteLength, x);
     const step = new StepParams(gpu, maxTokens);
     const invFreq = ropeInverseFrequencies(c.ropeDim, 10000);
+    const wants = qkvReference(ws, x, c.m, c.cols, { ...c, invFreq });
     const heads = [c.qHeads, c.kvHeads, 0];
-    const wants = ws.map(({ w }, n) => {
-      const rows = n === 0 ? qRows : kvRows;
-      const { sum, abs } = products(w, x, c.m, rows, c.cols);
-      const want = Float32Array.from(sum);
-      if (heads[n] > 0) {
-        for (let t = 0; t < c.m; t++) {
-          rope(want.subarray(t * rows, (t + 1) * rows), heads[n], c.headDim, c.pos0 + t, invFreq);
-        }
-      }
-      return { want, abs, rows };
-    });
     const outs = wants.map(({ rows }, n) => nans(gpu, "qkv"[n], maxTokens * rows));
     const op = createQkvMatvec(gpu, {
       label: "qkv",

@@ -3,6 +3,7 @@
  * and modest), and the CPU reference of `y = x · Wᵀ` through the type table's dequantiser.
  */
 
+import { rope as ropeRows } from "../src/model/ops.ts";
 import { f32ToBf16, f32ToHalf } from "../src/gguf/half.ts";
 import { GGMLType, typeInfo } from "../src/gguf/types.ts";
 import type { Gpu } from "../src/gpu/device.ts";
@@ -154,4 +155,36 @@ export function products(
     }
   }
   return { sum, abs };
+}
+
+/**
+ * The CPU reference of a QKV product with RoPE: for weights `ws` (Q, K, V, dequantised `[rows][cols]`) and
+ * `x` (`[m][cols]`), each product's rows with their magnitudes; Q and K rotated per head (`heads` = query and
+ * KV heads of `headDim` values) at positions pos0 + t, V as it is.
+ */
+export function qkvReference(
+  ws: readonly { w: Float32Array }[],
+  x: Float32Array,
+  m: number,
+  cols: number,
+  rope: { headDim: number; qHeads: number; kvHeads: number; pos0: number; invFreq: Float32Array },
+): { want: Float32Array; abs: Float64Array; rows: number }[] {
+  const heads = [rope.qHeads, rope.kvHeads, 0];
+  return ws.map(({ w }, n) => {
+    const rows = (n === 0 ? rope.qHeads : rope.kvHeads) * rope.headDim;
+    const { sum, abs } = products(w, x, m, rows, cols);
+    const want = Float32Array.from(sum);
+    if (heads[n] > 0) {
+      for (let t = 0; t < m; t++) {
+        ropeRows(
+          want.subarray(t * rows, (t + 1) * rows),
+          heads[n],
+          rope.headDim,
+          rope.pos0 + t,
+          rope.invFreq,
+        );
+      }
+    }
+    return { want, abs, rows };
+  });
 }
