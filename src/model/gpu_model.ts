@@ -187,10 +187,11 @@ export interface GpuModelOptions {
 
 /**
  * Longest rows whose decode products take int8 input by default (`GpuModelOptions.int8Decode`). On an H100
- * the int8 products ran faster for the Llama-1B shapes' rows of 2048 values (1B Q4_K_M decode 760 against
- * 713 tok/s at depth 0, 616 against 573 at 4096) and slower for rows of 4096 and more, where each
- * workgroup's quantisation of its input costs more than the integer products save (8B Q4_K_M 211 against
- * 226 tok/s with int8 everywhere but ffn_down; 1B ffn_down, 8192 values, 23 against 19 µs).
+ * the int8 products ran faster for the Llama-1B shapes' rows of 2048 values (1B Q4_K_M decode with this
+ * limit 774 against 705 tok/s in f32 at depth 0, 652 against 569 at 4096, 489 against 441 at 32768;
+ * bench/results/h100-1b-int8-decode-2048.json) and slower for rows of 4096 and more, where each workgroup's
+ * quantisation of its input costs more than the integer products save (8B Q4_K_M 191 against 226 tok/s
+ * with int8 everywhere, 211 with int8 everywhere but ffn_down; 1B ffn_down, 8192 values, 23 against 19 µs).
  */
 export const INT8_DECODE_MAX_COLS = 2048;
 
