@@ -40,8 +40,9 @@
 //
 // Int8 input (x_int8 = 1, for weight types with INT8 unit sections): every workgroup first quantises its
 // tokens' x rows per 16 values into workgroup memory (stage_int8), then the units take their products four
-// at a time with dot4I8Packed (wgsl/matvec_units.wgsl). Each workgroup quantises the whole row again: x is a
-// few KB from cache, and the integer products save more than that costs.
+// at a time with dot4I8Packed (wgsl/matvec_units.wgsl). Each workgroup quantises the whole row again before
+// its first weight load: on an H100 that paid for rows of 2048 values and cost more than the integer products
+// save for rows of 4096 and more (INT8_DECODE_MAX_COLS in src/model/gpu_model.ts).
 //
 // RMSNorm folded into the neighbouring products (norm_mode): a producer (`main`, 1) adds its products to
 // the residual stream y in place and writes both y · γ and each workgroup's Σ y² of its rows; the next
