@@ -197,7 +197,7 @@ fixtureTest(
   },
 );
 
-Deno.test("cli: run --f32-prefill on a quantised model (prefill products in f32) generates like the default", async () => {
+Deno.test("cli: run --f32-prefill / --f32-decode on a quantised model (products in f32) generates like the default", async () => {
   const dir = await Deno.makeTempDir();
   try {
     const model = `${dir}/tiny-q4_k_m.gguf`;
@@ -206,6 +206,9 @@ Deno.test("cli: run --f32-prefill on a quantised model (prefill products in f32)
     const args = ["run", "-m", model, "-p", "Hello there", "-n", "4", "--temp", "0", "--json"];
     const f32 = await runCli([...args, "--f32-prefill"]);
     equal(f32.code, 0, f32.stderr);
+    const f32Decode = await runCli([...args, "--f32-decode"]);
+    equal(f32Decode.code, 0, f32Decode.stderr);
+    equal(JSON.parse(f32Decode.stdout).generated.length, 4);
     const byDefault = await runCli(args);
     equal(byDefault.code, 0, byDefault.stderr);
     equal(JSON.parse(f32.stdout).generated.length, 4);

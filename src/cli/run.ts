@@ -36,7 +36,8 @@ export const MODEL_FLAGS: Record<string, FlagSpec> = {
   },
   "f32-decode": {
     type: "boolean",
-    help: "decode quantised weights in f32 (default on a GPU: 8-bit integer dot products, like llama.cpp)",
+    help:
+      "decode quantised weights in f32 (default on a GPU: 8-bit integer dot products for rows up to 2048)",
   },
   "f32-prefill": {
     type: "boolean",
