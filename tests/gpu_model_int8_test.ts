@@ -1,63 +1,30 @@
 import { ok } from "node:assert/strict";
-import { openGGUF } from "../src/gguf/reader.ts";
+import { type GGUFFile, openGGUF } from "../src/gguf/reader.ts";
 import { getGpu } from "../src/gpu/device.ts";
 import { GpuModel } from "../src/model/gpu_model.ts";
-import { hparamsFromGGUF } from "../src/model/hparams.ts";
+import { hparamsFromGGUF, type LlamaHParams } from "../src/model/hparams.ts";
 import { ReferenceModel } from "../src/model/reference.ts";
 import { writeSyntheticModel } from "../src/model/synth.ts";
 import { relativeError } from "./gpu_ops_helpers.ts";
 
-Deno.test("gpu model: int8 prefill stays near the CPU reference, and decode goes on from its cache", async (t) => {
+/**
+ * Runs `body` as a test step on a fresh tiny synthetic model (random seed) of each quantised type with int8
+ * products, the file open and its CPU reference loaded; the file is closed and removed afterwards.
+ */
+async function forTinyQuantisedModels(
+  t: Deno.TestContext,
+  body: (type: string, file: GGUFFile, hp: LlamaHParams, cpu: ReferenceModel) => Promise<void>,
+): Promise<void> {
   const dir = await Deno.makeTempDir();
-  const gpu = await getGpu();
   try {
     for (const type of ["q8_0", "q4_k_m"] as const) {
       await t.step(type, async () => {
         const path = `${dir}/tiny-${type}.gguf`;
         await writeSyntheticModel({ shape: "tiny", type, out: path, seed: Math.floor(Math.random() * 1e6) });
         const file = await openGGUF(path);
-        const hp = hparamsFromGGUF(file);
-        const cpu = await ReferenceModel.load(file);
-        const load = (int8Prefill: boolean) =>
-          GpuModel.load(gpu, file, hp, { contextLength: 64, maxBatch: 8, int8Prefill });
-        const exact = await load(false), int8 = await load(true);
         try {
-          const prompt = Array.from({ length: 19 }, () => Math.floor(Math.random() * hp.nVocab));
-          let want = new Float32Array(0);
-          for (let i = 0; i < prompt.length; i++) want = cpu.forward(prompt[i], i);
-          const exactErr = relativeError(await exact.forward(prompt, 0, "logits"), want);
-          const int8Err = relativeError(await int8.forward(prompt, 0, "logits"), want);
-          ok(exactErr < 1e-3, `${type}: f32 prefill relative error ${exactErr}`);
-          // Activations rounded to 8 bits per 32-value block: about 1% of the logits' scale on these random
-          // weights (0.9–1.5% over a dozen runs), but not none (the path ran).
-          ok(int8Err < 5e-2, `${type}: int8 prefill relative error ${int8Err}`);
-          ok(int8Err > exactErr / 10 && int8Err > 1e-6, `${type}: int8 error ${int8Err} vs f32 ${exactErr}`);
-          // Decode (f32 matvecs) after the int8 prefill: the cache it left is as good as its logits.
-          const next = Math.floor(Math.random() * hp.nVocab);
-          const decodeErr = relativeError(
-            await int8.forward([next], prompt.length, "logits"),
-            cpu.forward(next, prompt.length),
-          );
-          ok(decodeErr < 5e-2, `${type}: decode after int8 prefill, relative error ${decodeErr}`);
-          // The dual cache (window policy) behind the same int8 products.
-          const windowed = (int8Prefill: boolean) =>
-            GpuModel.load(gpu, file, hp, {
-              contextLength: 64,
-              maxBatch: 8,
-              int8Prefill,
-              policy: { kind: "window", window: 8 },
-            });
-          const [w32, w8] = [await windowed(false), await windowed(true)];
-          const windowErr = relativeError(
-            await w8.forward(prompt, 0, "logits"),
-            await w32.forward(prompt, 0, "logits"),
-          );
-          w32.destroy();
-          w8.destroy();
-          ok(windowErr < 5e-2, `${type}: int8 prefill under the window policy, relative error ${windowErr}`);
+          await body(type, file, hparamsFromGGUF(file), await ReferenceModel.load(file));
         } finally {
-          exact.destroy();
-          int8.destroy();
           file.close();
         }
       });
@@ -65,4 +32,86 @@ Deno.test("gpu model: int8 prefill stays near the CPU reference, and decode goes
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+}
+
+Deno.test("gpu model: int8 prefill stays near the CPU reference, and decode goes on from its cache", async (t) => {
+  const gpu = await getGpu();
+  await forTinyQuantisedModels(t, async (type, file, hp, cpu) => {
+    const load = (int8Prefill: boolean) =>
+      GpuModel.load(gpu, file, hp, { contextLength: 64, maxBatch: 8, int8Prefill });
+    const exact = await load(false), int8 = await load(true);
+    try {
+      const prompt = Array.from({ length: 19 }, () => Math.floor(Math.random() * hp.nVocab));
+      let want = new Float32Array(0);
+      for (let i = 0; i < prompt.length; i++) want = cpu.forward(prompt[i], i);
+      const exactErr = relativeError(await exact.forward(prompt, 0, "logits"), want);
+      const int8Err = relativeError(await int8.forward(prompt, 0, "logits"), want);
+      ok(exactErr < 1e-3, `${type}: f32 prefill relative error ${exactErr}`);
+      // Activations rounded to 8 bits per 32-value block: about 1% of the logits' scale on these random
+      // weights (0.9–1.5% over a dozen runs), but not none (the path ran).
+      ok(int8Err < 5e-2, `${type}: int8 prefill relative error ${int8Err}`);
+      ok(int8Err > exactErr / 10 && int8Err > 1e-6, `${type}: int8 error ${int8Err} vs f32 ${exactErr}`);
+      // Decode (f32 matvecs) after the int8 prefill: the cache it left is as good as its logits.
+      const next = Math.floor(Math.random() * hp.nVocab);
+      const decodeErr = relativeError(
+        await int8.forward([next], prompt.length, "logits"),
+        cpu.forward(next, prompt.length),
+      );
+      ok(decodeErr < 5e-2, `${type}: decode after int8 prefill, relative error ${decodeErr}`);
+      // The dual cache (window policy) behind the same int8 products.
+      const windowed = (int8Prefill: boolean) =>
+        GpuModel.load(gpu, file, hp, {
+          contextLength: 64,
+          maxBatch: 8,
+          int8Prefill,
+          policy: { kind: "window", window: 8 },
+        });
+      const [w32, w8] = [await windowed(false), await windowed(true)];
+      const windowErr = relativeError(
+        await w8.forward(prompt, 0, "logits"),
+        await w32.forward(prompt, 0, "logits"),
+      );
+      w32.destroy();
+      w8.destroy();
+      ok(windowErr < 5e-2, `${type}: int8 prefill under the window policy, relative error ${windowErr}`);
+    } finally {
+      exact.destroy();
+      int8.destroy();
+    }
+  });
+});
+
+Deno.test("gpu model: int8 decode products stay near the CPU reference, token after token", async (t) => {
+  const gpu = await getGpu();
+  await forTinyQuantisedModels(t, async (type, file, hp, cpu) => {
+    const load = (int8Decode: boolean) =>
+      GpuModel.load(gpu, file, hp, { contextLength: 64, maxBatch: 8, int8Prefill: false, int8Decode });
+    const exact = await load(false), int8 = await load(true);
+    try {
+      // A prompt in one step (f32 products in both), then tokens one at a time (the decode products).
+      const prompt = Array.from({ length: 11 }, () => Math.floor(Math.random() * hp.nVocab));
+      for (let i = 0; i < prompt.length; i++) cpu.forward(prompt[i], i);
+      await exact.forward(prompt, 0, "logits");
+      await int8.forward(prompt, 0, "logits");
+      let worst = 0, worstExact = 0;
+      for (let i = 0; i < 6; i++) {
+        const token = Math.floor(Math.random() * hp.nVocab);
+        const pos = prompt.length + i;
+        const want = cpu.forward(token, pos);
+        worstExact = Math.max(
+          worstExact,
+          relativeError(await exact.forward([token], pos, "logits"), want),
+        );
+        worst = Math.max(worst, relativeError(await int8.forward([token], pos, "logits"), want));
+      }
+      ok(worstExact < 1e-3, `${type}: f32 decode relative error ${worstExact}`);
+      // Activations rounded to 8 bits per 16 values: below the int8 prefill's 1% on these random weights,
+      // but not none (the path ran).
+      ok(worst < 5e-2, `${type}: int8 decode relative error ${worst}`);
+      ok(worst > worstExact / 10 && worst > 1e-6, `${type}: int8 error ${worst} vs f32 ${worstExact}`);
+    } finally {
+      exact.destroy();
+      int8.destroy();
+    }
+  });
 });
