@@ -14,6 +14,9 @@
  *                        [--no-fuse-wgkv-append]   (wgkv policy: prefill and decode with a WG-KV append dispatch
  *                                                   per layer: "…-unfused-wgkv-append" rows, e.g.
  *                                                   "decode-unfused-wgkv-append")
+ *                        [--no-chain-gates]   (wgkv policy: decode with two write-gate dispatches per layer, not
+ *                                              one layer's flags decided by the next layer's gate:
+ *                                              "decode-unchained-gates" rows)
  *                        [--prefill-splits N]  (prefill attention with N key splits per KV head:
  *                                               "prefill-splitsN" rows)
  *                        [--max-batch N]  (prompt tokens per prefill step, default 2048 for the full cache
@@ -123,6 +126,7 @@ const { values } = benchFlags(import.meta.url, () =>
       "no-fold-norms": { type: "boolean" },
       "no-fuse-kv-append": { type: "boolean" },
       "no-fuse-wgkv-append": { type: "boolean" },
+      "no-chain-gates": { type: "boolean" },
       "prefill-splits": { type: "string" },
       "direct-keys": { type: "string" },
       "max-batch": { type: "string" },
@@ -187,8 +191,11 @@ const directKeys = values["direct-keys"] === undefined ? undefined : Number(valu
 if (directKeys !== undefined && (!Number.isInteger(directKeys) || directKeys < 0)) {
   flagError(`--direct-keys must be a non-negative integer, got ${values["direct-keys"]}`);
 }
+// --no-chain-gates: with the wgkv policy, decode with each layer's write gate in two dispatches (rows named
+// "decode-unchained-gates", for every policy, as above).
+const chainWriteGates = !values["no-chain-gates"];
 const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? "" : "-unfused-append") +
-  wgkvAppendSuffix + (matvecTuning ? "-tuned" : "") +
+  wgkvAppendSuffix + (chainWriteGates ? "" : "-unchained-gates") + (matvecTuning ? "-tuned" : "") +
   (directKeys !== undefined ? `-direct${directKeys}` : "") + (values["f32-decode"] === true ? "-f32" : "");
 // --prefill-splits N: prefill attention with N key splits per KV head (rows named "prefill-splitsN").
 // (without it, the model's default for the policy).
@@ -480,6 +487,7 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
           foldNorms,
           fuseKvAppend,
           fuseWgkvAppend,
+          chainWriteGates,
           prefillSplits,
           int8Prefill,
           int8Decode,

@@ -251,7 +251,7 @@ fixtureTest(
 );
 
 fixtureTest(
-  "wgkv model: the WG-KV append in the write gate gives the logits, admissions and chained tokens of the separate append",
+  "wgkv model: the WG-KV append in the write gate, with chained gates at decode or not, gives the logits, admissions and chained tokens of the separate append",
   [MODEL, GATE],
   async () => {
     const gate = await importGate(fixture(GATE), fixture(MODEL), { window: 16 });
@@ -259,10 +259,17 @@ fixtureTest(
     const file = await openGGUF(fixture(MODEL));
     const hp = hparamsFromGGUF(file);
     const gpu = await getGpu();
-    const load = (fuseWgkvAppend: boolean) =>
-      GpuModel.load(gpu, file, hp, { contextLength: 256, maxBatch: 8, policy, fuseWgkvAppend });
+    const load = (fuseWgkvAppend: boolean, chainWriteGates = true) =>
+      GpuModel.load(gpu, file, hp, {
+        contextLength: 256,
+        maxBatch: 8,
+        policy,
+        fuseWgkvAppend,
+        chainWriteGates,
+      });
     const fused = await load(true);
     const separate = await load(false);
+    const unchained = await load(true, false);
     const appends = (m: GpuModel) => m.decodeLabels.filter((l) => l.endsWith("kv_append")).length;
     equal(appends(fused), 0);
     equal(appends(separate), hp.nLayer);
@@ -279,16 +286,18 @@ fixtureTest(
       const chained = await m.decodeGreedy(next, tokens.length + 4, 24);
       return { logits, chained, scores: await m.gateScores(1), stats: m.kvStats().dual! };
     };
-    const a = await run(fused);
     const b = await run(separate);
-    a.logits.forEach((l, i) => deepEqual(l, b.logits[i], `step ${i}: logits`));
-    deepEqual(a.chained, b.chained);
-    deepEqual(a.scores, b.scores);
-    deepEqual([...a.stats.admittedFraction], [...b.stats.admittedFraction]);
-    deepEqual([...a.stats.globalTokens], [...b.stats.globalTokens]);
-    ok(a.stats.globalTokens.some((g) => g > 0), "tokens were promoted");
-    fused.destroy();
-    separate.destroy();
+    // Fused, with decode's write gates chained (each layer deciding the previous layer's flags) and not.
+    for (const [name, model] of [["chained", fused], ["unchained", unchained]] as const) {
+      const a = await run(model);
+      a.logits.forEach((l, i) => deepEqual(l, b.logits[i], `${name}: step ${i}: logits`));
+      deepEqual(a.chained, b.chained, `${name}: chained tokens`);
+      deepEqual(a.scores, b.scores, `${name}: scores`);
+      deepEqual([...a.stats.admittedFraction], [...b.stats.admittedFraction], `${name}: admitted`);
+      deepEqual([...a.stats.globalTokens], [...b.stats.globalTokens], `${name}: global tokens`);
+      ok(a.stats.globalTokens.some((g) => g > 0), `${name}: tokens were promoted`);
+    }
+    for (const model of [fused, separate, unchained]) model.destroy();
     file.close();
   },
 );

@@ -4,9 +4,15 @@ import { getGpu, type Gpu } from "../src/gpu/device.ts";
 import { type GpuOp, StepParams } from "../src/gpu/ops/op.ts";
 import { createWgkvAppend } from "../src/gpu/ops/wgkv_append.ts";
 import { createWgkvPromote } from "../src/gpu/ops/wgkv_promote.ts";
-import { createWriteGate, gateLayerFloats, gateOutputBytes } from "../src/gpu/ops/write_gate.ts";
+import {
+  createWriteGate,
+  gateLayerFloats,
+  gateOutputBytes,
+  gateScratchBytes,
+} from "../src/gpu/ops/write_gate.ts";
 import {
   WRITE_GATE_APPEND_STORAGE_BINDINGS,
+  WRITE_GATE_CHAIN_STORAGE_BINDINGS,
   writeGateAppendBlocker,
 } from "../src/gpu/ops/write_gate_append.ts";
 import { DualCache } from "../src/kv/dual_cache.ts";
@@ -24,6 +30,8 @@ interface FusedAppendCase {
   steps: number[];
   /** Pool shards to force (the pages split evenly), or one. */
   shards?: number;
+  /** The fused gates as a decode chain (`WriteGateOptions.chain`): each layer finishes the previous one. */
+  chain?: boolean;
 }
 
 /** Twin dual caches (policy wgkv) whose pools hand out the same, scattered pages. */
@@ -60,7 +68,7 @@ function gateParams(gpu: Gpu, c: FusedAppendCase, layer: number): GPUBuffer {
 async function compareFusedAppend(c: FusedAppendCase): Promise<void> {
   const gpu = await getGpu();
   const { headDim: D, kvHeads: H, layers: L, maxBatch } = c;
-  const what = `head_dim ${D}, ${H} KV heads, ${L} layers, steps ${c.steps}`;
+  const what = `head_dim ${D}, ${H} KV heads, ${L} layers, steps ${c.steps}${c.chain ? ", chained" : ""}`;
   const [refKv, fusedKv] = await twinCaches(gpu, c);
   equal(refKv.shards.length, c.shards ?? 1, `${what}: shards`);
   const C = refKv.ringTokens;
@@ -77,8 +85,12 @@ async function compareFusedAppend(c: FusedAppendCase): Promise<void> {
   // Reference: promote, then per layer the gate and the separate append; fused: promote, then the gates.
   const ops: GpuOp[] = [createWgkvPromote(gpu, { label: "promote ref", kv: refKv })];
   const fusedOps: GpuOp[] = [createWgkvPromote(gpu, { label: "promote fused", kv: fusedKv })];
+  const allParams: GPUBuffer[] = [];
+  // A chain shares one scratch (each layer reads the previous layer's partial logits).
+  const chainScratch = gpu.buffer("chain scratch", gateScratchBytes(maxBatch, H, c.inner, true));
   for (let layer = 0; layer < L; layer++) {
     const params = gateParams(gpu, c, layer);
+    allParams.push(params);
     const common = {
       kvHeads: H,
       headDim: D,
@@ -110,6 +122,10 @@ async function compareFusedAppend(c: FusedAppendCase): Promise<void> {
         label: `gate+append ${layer}`,
         ...fused,
         append: { kv: fusedKv, v },
+        chain: c.chain
+          ? { finishLater: layer < L - 1, previousParams: layer > 0 ? allParams[layer - 1] : undefined }
+          : undefined,
+        scratch: c.chain ? chainScratch : undefined,
       }),
     );
   }
@@ -169,7 +185,9 @@ async function compareFusedAppend(c: FusedAppendCase): Promise<void> {
   // Every ring slot holds a token (the ring wrapped), plus the promoted tokens: K and V words of each.
   const globalTokens = refKv.stats().globalTokens.reduce((a, b) => a + b, 0);
   equal(nonZero, (L * H * C + globalTokens) * D, `${what}: words written`);
-  for (const b of [preK, postK, v, ref.scores, ref.flags, fused.scores, fused.flags, step.buffer]) {
+  for (
+    const b of [preK, postK, v, ref.scores, ref.flags, fused.scores, fused.flags, step.buffer, chainScratch]
+  ) {
     b.destroy();
   }
   refKv.destroy();
@@ -177,16 +195,19 @@ async function compareFusedAppend(c: FusedAppendCase): Promise<void> {
 }
 
 Deno.test("write gate append: head_dim 8, 3 KV heads, 2 layers, 3 shards: decode and prefill steps, ring wrapping", async () => {
-  await compareFusedAppend({
-    headDim: 8,
-    kvHeads: 3,
-    layers: 2,
-    inner: 24,
-    maxBatch: 5,
-    window: 16,
-    steps: [5, 1, 1, 3, 5, 5, 1, 1, 1, 4, 5, 5, 2, 1, 1, 1, 5, 5, 5, 1, 1, 5, 3, 1, 5],
-    shards: 3,
-  });
+  for (const chain of [false, true]) {
+    await compareFusedAppend({
+      chain,
+      headDim: 8,
+      kvHeads: 3,
+      layers: 2,
+      inner: 24,
+      maxBatch: 5,
+      window: 16,
+      steps: [5, 1, 1, 3, 5, 5, 1, 1, 1, 4, 5, 5, 2, 1, 1, 1, 5, 5, 5, 1, 1, 5, 3, 1, 5],
+      shards: 3,
+    });
+  }
 });
 
 Deno.test("write gate append: head_dim 64, 2 KV heads, 4 shards, one token per step", async () => {
@@ -203,15 +224,18 @@ Deno.test("write gate append: head_dim 64, 2 KV heads, 4 shards, one token per s
 });
 
 Deno.test("write gate append: head_dim 64, 1 KV head, 3 layers, one shard, several tokens per step", async () => {
-  await compareFusedAppend({
-    headDim: 64,
-    kvHeads: 1,
-    layers: 3,
-    inner: 33,
-    maxBatch: 7,
-    window: 16,
-    steps: [7, 6, 1, 7, 1, 1, 7, 3, 7, 7, 1, 2, 7, 5, 1, 7],
-  });
+  for (const chain of [false, true]) {
+    await compareFusedAppend({
+      chain,
+      headDim: 64,
+      kvHeads: 1,
+      layers: 3,
+      inner: 33,
+      maxBatch: 7,
+      window: 16,
+      steps: [7, 6, 1, 7, 1, 1, 7, 3, 7, 7, 1, 2, 7, 5, 1, 7],
+    });
+  }
 });
 
 Deno.test("write gate append: when it applies, and one-line errors", async () => {
@@ -272,6 +296,43 @@ Deno.test("write gate append: when it applies, and one-line errors", async () =>
     () => createWriteGate(gpu, { ...base, append: { kv: windowKv, v: rows } }),
     (e) => e instanceof BadFlagError && /policy is window/.test(e.message),
   );
+  // A decode chain: one shared scratch, the append, a previous layer, steps within the window, and room for
+  // the keys before RoPE and the previous layer's weights.
+  const scratch = gpu.buffer("scratch", gateScratchBytes(2, H, inner, true));
+  const chained = { ...base, scratch, chain: { finishLater: true, previousParams: base.params } };
+  createWriteGate(gpu, chained);
+  throws(() => createWriteGate(gpu, { ...chained, scratch: undefined }), /must share a scratch/);
+  throws(
+    () => createWriteGate(gpu, { ...chained, append: undefined }),
+    /chain of write gates needs the ring/,
+  );
+  throws(() => createWriteGate(gpu, { ...chained, layer: 0 }), /layer 0 has no previous layer/);
+  throws(
+    () => createWriteGate(gpu, { ...chained, scratch: gpu.buffer("small", gateScratchBytes(2, H, inner)) }),
+    /'scratch' holds/,
+  );
+  const bigStep = new StepParams(gpu, 17);
+  const bigRows = gpu.buffer("big rows", 17 * H * D * 4);
+  throws(
+    () =>
+      createWriteGate(gpu, {
+        ...chained,
+        step: bigStep,
+        maxTokens: 17,
+        preK: bigRows,
+        postK: bigRows,
+        scores: gpu.buffer("scores 17", gateOutputBytes(17, L, H)),
+        flags: gpu.buffer("flags 17", gateOutputBytes(17, L, H)),
+        scratch: gpu.buffer("scratch 17", gateScratchBytes(17, H, inner, true)),
+        append: { kv, v: bigRows },
+      }),
+    /steps of at most the window \(16\), not 17/,
+  );
+  const chainNeeds = WRITE_GATE_CHAIN_STORAGE_BINDINGS + shards;
+  equal(writeGateAppendBlocker({ maxStorageBuffersPerShaderStage: chainNeeds }, kv, true), undefined);
+  ok(/in a chain binds 13 storage buffers \(3 pool shards\), this GPU allows 12/.test(
+    writeGateAppendBlocker({ maxStorageBuffersPerShaderStage: chainNeeds - 1 }, kv, true) ?? "",
+  ));
   // A GPU whose stage limit is too low for the shards refuses the fusion by name.
   const lowLimits = { limits: { maxStorageBuffersPerShaderStage: needed - 1 } } as unknown as Gpu;
   throws(

@@ -15,9 +15,10 @@
 // binding 5: scores, f32[max_tokens][layers][kv_heads] (write by `finish`), g after the clamp
 // binding 6: flags, u32[max_tokens][layers][kv_heads] (write by `finish`), 1 when admitted; token-major so
 //            that the first n_tokens * layers * kv_heads words are the whole step (one copy for the readback)
-// binding 7: partial_logits, f32[max_tokens][kv_heads][chunks] (`main` writes, `finish` reads), scratch
-// bindings 8…: the dual cache (`finish` with ring_append = 1 only): sequence, values, block table, slot info
-//            and pool shards, declared and described in wgsl/write_gate_append.wgsl
+// binding 7: partial_logits, f32 (`main` writes, `finish` reads), scratch: [max_tokens][kv_heads][chunks]
+//            from float scratch_base (two such ranges, by layer parity, in a chain of layers, see below)
+// bindings 8…: the dual cache (ring_append = 1 only): sequence, values, block table, slot info, the previous
+//            layer's params and pool shards, declared and described in wgsl/write_gate_append.wgsl
 //
 // Entry `main`, grid (ceil(max_tokens / TILE), kv_heads, chunks = ceil(inner / UNITS)): a workgroup of
 // 256 threads takes TILE tokens of one head and the UNITS hidden units of one chunk. It normalises the
@@ -34,7 +35,15 @@
 // append of that pair into the dual cache's ring: thread 0 records the slot's position and flag, all threads
 // store the key and value (bindings 8… and the functions ring_record and ring_copy come from the text define
 // RING_APPEND, spliced in below the bindings: wgsl/write_gate_append.wgsl, see
-// src/gpu/ops/write_gate_append.ts; otherwise a stub of the two functions without bindings).
+// src/gpu/ops/write_gate_append.ts; otherwise a stub of its functions without bindings).
+//
+// A chain of layers (decode, ring_append = 1): a layer's `finish` may instead run inside the next layer's
+// `main` dispatch, one dispatch per layer instead of two. Then `main` of a layer with finish_later = 1 also
+// stores the tile's keys and values into its ring and records each slot's position (not yet admitted: the
+// step's own attention sees the token through the window whatever its flag), and `main` with
+// finish_previous = 1 decides the previous layer's flags from its partial logits (at prev_scratch_base, the
+// other parity) and sets them in its slot info. Valid while a step has at most `window` tokens: no query of
+// the step then needs the flag of a key of the same step. The last layer of the chain keeps its `finish`.
 
 override head_dim: u32 = 64u;
 override kv_heads: u32 = 1u;
@@ -44,6 +53,13 @@ override threshold: f32 = 0.1;
 override epsilon: f32 = 0.001;
 override activation: u32 = 0u; // 0: exact (erf) GELU, 1: SiLU
 override ring_append: u32 = 0u; // 1: `finish` also appends the step's keys and values to the dual cache's ring
+// A chain of layers (ring_append = 1): `main` stores the keys and values and records the positions, the
+// flags come later; `main` finishes the previous layer. First float of this layer's partial logits and of
+// the previous layer's.
+override finish_later: u32 = 0u;
+override finish_previous: u32 = 0u;
+override scratch_base: u32 = 0u;
+override prev_scratch_base: u32 = 0u;
 
 const TILE: u32 = 8u; // tokens per workgroup: two vec4 accumulators per thread
 const UNITS: u32 = 32u; // hidden units per chunk
@@ -100,6 +116,27 @@ fn chunks() -> u32 {
   return (inner + UNITS - 1u) / UNITS;
 }
 
+// Float offset of b2 in a layer's params.
+fn b2_offset() -> u32 {
+  let in_dim = 2u * head_dim;
+  return in_dim + kv_heads * in_dim * inner + 2u * kv_heads * inner;
+}
+
+// Decides (token, head) of gate layer `layer` from its chunks' partial logits (from float `base` of the
+// scratch) and its bias b2: writes the score and the flag, returns the flag.
+fn decide(token: u32, head: u32, layer: u32, base: u32, b2: f32) -> bool {
+  let i = token * kv_heads + head;
+  let n = chunks();
+  var z = b2;
+  for (var c = 0u; c < n; c++) { z += partial_logits[base + i * n + c]; }
+  let g = max(1.0 / (1.0 + exp(-z)), epsilon);
+  let admitted = g > threshold;
+  let o = (token * layers + layer) * kv_heads + head;
+  scores[o] = g;
+  flags[o] = select(0u, 1u, admitted);
+  return admitted;
+}
+
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
   let head = wg.y;
@@ -109,6 +146,21 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
   if (t0 >= n_tokens) { return; }
   let in_dim = 2u * head_dim;
   let stride = kv_heads * head_dim;
+  // A chain of layers: the chunk-0 workgroup of each (tile, head) stores the tile's keys and values, and
+  // finishes the previous layer's tokens of the tile.
+  if (chunk == 0u) {
+    if (finish_later == 1u) {
+      for (var k = 0u; k < TILE && t0 + k < n_tokens; k++) {
+        if (tid == 0u) { ring_record(t0 + k, head, layer_params.layer, false); }
+        ring_copy(t0 + k, head, tid, THREADS);
+      }
+    }
+    if (finish_previous == 1u && tid < TILE && t0 + tid < n_tokens) {
+      let layer = layer_params.layer - 1u;
+      let admitted = decide(t0 + tid, head, layer, prev_scratch_base, previous_b2(head));
+      ring_record(t0 + tid, head, layer, admitted);
+    }
+  }
 
   // Raw inputs of the tile into workgroup memory (coalesced: consecutive threads, consecutive floats).
   for (var i = tid; i < TILE * in_dim; i += THREADS) {
@@ -232,7 +284,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
     workgroupBarrier();
   }
   if (tid < TILE && t0 + tid < n_tokens) {
-    partial_logits[((t0 + tid) * kv_heads + head) * chunks() + chunk] = units_sum[tid / 4u][tid % 4u];
+    partial_logits[scratch_base + ((t0 + tid) * kv_heads + head) * chunks() + chunk] = units_sum[tid / 4u][tid % 4u];
   }
 }
 
@@ -247,18 +299,9 @@ fn finish(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lan
   }
   if (token >= step.n_tokens) { return; }
   if (ring_append == 0u || lane == 0u) {
-    let i = token * kv_heads + head;
-    let in_dim = 2u * head_dim;
-    let b2_at = in_dim + kv_heads * in_dim * inner + 2u * kv_heads * inner;
-    var z = params[b2_at + head];
-    let n = chunks();
-    for (var c = 0u; c < n; c++) { z += partial_logits[i * n + c]; }
-    let g = max(1.0 / (1.0 + exp(-z)), epsilon);
-    let admitted = g > threshold;
-    let o = (token * layers + layer_params.layer) * kv_heads + head;
-    scores[o] = g;
-    flags[o] = select(0u, 1u, admitted);
-    if (ring_append == 1u) { ring_record(token, head, admitted); }
+    let layer = layer_params.layer;
+    let admitted = decide(token, head, layer, scratch_base, params[b2_offset() + head]);
+    if (ring_append == 1u) { ring_record(token, head, layer, admitted); }
   }
-  if (ring_append == 1u) { ring_copy(token, head, lane); }
+  if (ring_append == 1u) { ring_copy(token, head, lane, FINISH_THREADS); }
 }

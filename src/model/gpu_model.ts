@@ -139,6 +139,13 @@ export interface GpuModelOptions {
    */
   fuseWgkvAppend?: boolean;
   /**
+   * The `wgkv` policy, decode with the ring append in the write gate ({@link fuseWgkvAppend}): each layer's
+   * gate decides the previous layer's flags in the same dispatch as its own partial logits, so a layer's
+   * gate is one dispatch instead of two (the last layer keeps two; see `WriteGateOptions.chain`). Default
+   * true where the bindings fit.
+   */
+  chainWriteGates?: boolean;
+  /**
    * Prefill attention: key splits per KV head (default 4 for `wgkv` on a GPU, else 1). With more than 1, each query tile's keys are shared out among splits · KV heads workgroups in
    * proportion to the heads' lengths and merged by a second dispatch (see createFlashPrefill), which evens
    * out WG-KV heads of very different lengths.
@@ -531,8 +538,14 @@ export class GpuModel {
       kPre: f32("k before rope", maxBatch * Hkv * D),
       scores: f32("gate scores", gateOutputBytes(maxBatch, hp.nLayer, Hkv) / 4),
       flags: f32("gate flags", gateOutputBytes(maxBatch, hp.nLayer, Hkv) / 4),
-      scratch: f32("gate scratch", gateScratchBytes(maxBatch, Hkv, gate.inner) / 4),
+      scratch: f32(
+        "gate scratch",
+        Math.max(gateScratchBytes(maxBatch, Hkv, gate.inner), gateScratchBytes(1, Hkv, gate.inner, true)) / 4,
+      ),
     };
+    // Decode: the write gates of consecutive layers as a chain, one dispatch per layer but the last.
+    const chainGates = appendInGate && dual !== undefined && hp.nLayer > 1 &&
+      (options.chainWriteGates ?? true) && writeGateAppendBlocker(gpu.limits, dual, true) === undefined;
     if (gateBufs) owned.push(...gateBufs.params);
     if (gateBufs && (Hkv * D) % 4 !== 0) {
       throw new UnsupportedError(`the write gate needs kv_heads · head_dim divisible by 4 (got ${Hkv * D})`);
@@ -735,6 +748,9 @@ export class GpuModel {
             step,
             scratch: gateBufs.scratch,
             append: appendInGate && dual ? { kv: dual, v: act.v } : undefined,
+            chain: decode && chainGates
+              ? { finishLater: l < hp.nLayer - 1, previousParams: l > 0 ? gateBufs.params[l - 1] : undefined }
+              : undefined,
           }));
         }
         if (dual && !appendInGate) {

@@ -150,11 +150,28 @@ export interface WriteGateOptions extends GateShape {
    * fit: see `writeGateAppendBlocker` in `./write_gate_append.ts`.
    */
   append?: WriteGateAppend;
+  /**
+   * A chain of layers at decode (with `append`, steps of at most the cache's window): this op is one
+   * dispatch that computes the partial logits, stores the step's keys and values in the ring and records
+   * their positions, and, with `previousParams` (the previous layer's weights, whose op had `finishLater`),
+   * decides the previous layer's flags; with `finishLater` false it then decides its own flags in a second
+   * dispatch as usual (the last layer). The ops of a chain share `scratch` of {@link gateScratchBytes} with
+   * `chained` (two ranges, by layer parity). Saves one dispatch per layer but the last.
+   */
+  chain?: WriteGateChain;
 }
 
-/** Bytes of the partial-logit scratch of a gate op. */
-export function gateScratchBytes(maxTokens: number, kvHeads: number, inner: number): number {
-  return maxTokens * kvHeads * ceilDiv(inner, GATE_CHUNK) * 4;
+/** A write gate's place in a decode chain of layers (see {@link WriteGateOptions.chain}). */
+export interface WriteGateChain {
+  /** The next layer's op decides this layer's flags (this op has no second dispatch). */
+  finishLater: boolean;
+  /** The previous layer's packed weights: this op decides that layer's flags (its op had `finishLater`). */
+  previousParams?: BufferSlice;
+}
+
+/** Bytes of the partial-logit scratch of a gate op (of the ops of a decode chain, with `chained`). */
+export function gateScratchBytes(maxTokens: number, kvHeads: number, inner: number, chained = false): number {
+  return (chained ? 2 : 1) * maxTokens * kvHeads * ceilDiv(inner, GATE_CHUNK) * 4;
 }
 
 /** Bytes of the scores (or flags) buffer shared by the gate ops of all layers. */
@@ -182,6 +199,8 @@ export function createWriteGate(gpu: Gpu, options: WriteGateOptions): GpuOp {
   checkSlice(label, "flags", options.flags, gateOutputBytes(maxTokens, layers, kvHeads));
   const append = options.append;
   if (append) checkAppend(gpu, label, options, append);
+  const chain = options.chain;
+  if (chain) checkChain(gpu, label, options, chain);
   const tiles = ceilDiv(maxTokens, GATE_TILE);
   const chunks = ceilDiv(inner, GATE_CHUNK);
   // `finish`: a thread per (token, head), or with the append a workgroup per (token, head).
@@ -189,9 +208,11 @@ export function createWriteGate(gpu: Gpu, options: WriteGateOptions): GpuOp {
     ? [maxTokens, kvHeads]
     : [ceilDiv(maxTokens * kvHeads, FINISH_THREADS), 1];
   checkWorkgroups(gpu, label, Math.max(tiles, kvHeads, chunks, ...finishGroups));
-  const scratchBytes = gateScratchBytes(maxTokens, kvHeads, inner);
+  const scratchBytes = gateScratchBytes(maxTokens, kvHeads, inner, chain !== undefined);
   const scratch = options.scratch ?? gpu.buffer(`${label} partial logits`, scratchBytes);
   checkSlice(label, "scratch", scratch, scratchBytes);
+  // In a chain, the partial logits of even layers come first, those of odd layers after them.
+  const parityFloats = maxTokens * kvHeads * chunks;
   const constants = {
     head_dim: headDim,
     kv_heads: kvHeads,
@@ -200,49 +221,90 @@ export function createWriteGate(gpu: Gpu, options: WriteGateOptions): GpuOp {
     threshold,
     epsilon: GATE_EPSILON,
     activation: options.activation === "silu" ? 1 : 0,
+    scratch_base: chain ? (layer % 2) * parityFloats : 0,
   };
   const ring = writeGateAppendParts(append);
+  const chainConstants = chain
+    ? {
+      ...ring.constants,
+      finish_later: chain.finishLater ? 1 : 0,
+      finish_previous: chain.previousParams ? 1 : 0,
+      prev_scratch_base: ((layer + 1) % 2) * parityFloats,
+    }
+    : {};
   const partialKernel = gpu.kernel(
     "write_gate",
-    constants,
-    { RING_APPEND: writeGateAppendParts().source },
+    { ...constants, ...chainConstants },
+    { RING_APPEND: chain ? ring.source : writeGateAppendParts().source },
     "main",
   );
-  const finishKernel = gpu.kernel(
-    "write_gate",
-    { ...constants, ...ring.constants },
-    { RING_APPEND: ring.source },
-    "finish",
-  );
   const layerParams = layerUniform(gpu, label, layer);
-  const partialGroup = bindNumbered(gpu, partialKernel, [
-    [0, step.buffer],
-    [2, options.preK],
-    [3, options.postK],
-    [4, options.params],
-    [7, scratch],
-  ]);
-  const finishGroup = bindNumbered(gpu, finishKernel, [
+  const outputs: [number, BufferSlice][] = [
     [0, step.buffer],
     [1, layerParams],
     [4, options.params],
     [5, options.scores],
     [6, options.flags],
     [7, scratch],
-    ...(append ? [[3, options.postK] as [number, BufferSlice]] : []),
-    ...ring.entries,
+  ];
+  const partialGroup = bindNumbered(gpu, partialKernel, [
+    ...outputs,
+    [2, options.preK],
+    [3, options.postK],
+    ...(chain
+      ? [...ring.entries, [12, chain.previousParams ?? options.params] as [number, BufferSlice]]
+      : []),
   ]);
+  const dispatches: [GPUComputePipeline, GPUBindGroup, [number, number, number]][] = [
+    [partialKernel.pipeline, partialGroup, [tiles, kvHeads, chunks]],
+  ];
+  if (!chain?.finishLater) {
+    const finishKernel = gpu.kernel(
+      "write_gate",
+      { ...constants, ...ring.constants },
+      { RING_APPEND: ring.source },
+      "finish",
+    );
+    const finishGroup = bindNumbered(gpu, finishKernel, [
+      ...outputs,
+      ...(append ? [[3, options.postK] as [number, BufferSlice]] : []),
+      ...ring.entries,
+    ]);
+    dispatches.push([finishKernel.pipeline, finishGroup, [...finishGroups, 1]]);
+  }
   return {
     label,
     encode(pass: GPUComputePassEncoder): void {
-      pass.setPipeline(partialKernel.pipeline);
-      pass.setBindGroup(0, partialGroup);
-      pass.dispatchWorkgroups(tiles, kvHeads, chunks);
-      pass.setPipeline(finishKernel.pipeline);
-      pass.setBindGroup(0, finishGroup);
-      pass.dispatchWorkgroups(...finishGroups);
+      for (const [pipeline, group, grid] of dispatches) {
+        pass.setPipeline(pipeline);
+        pass.setBindGroup(0, group);
+        pass.dispatchWorkgroups(...grid);
+      }
     },
   };
+}
+
+/**
+ * Throws unless `options` may take its place in a decode chain: an append to the ring (checked already),
+ * whose bindings fit with the previous layer's weights ({@link UnsupportedError}), steps of at most the
+ * window, and a previous layer to finish only after the first ({@link BadFlagError}).
+ */
+function checkChain(gpu: Gpu, label: string, options: WriteGateOptions, chain: WriteGateChain): void {
+  const append = options.append;
+  if (!append) throw new BadFlagError(`${label}: a chain of write gates needs the ring append`);
+  if (!options.scratch) throw new BadFlagError(`${label}: the write gates of a chain must share a scratch`);
+  const window = append.kv.policy.kind === "wgkv" ? append.kv.policy.window : 0;
+  if (options.maxTokens > window) {
+    throw new BadFlagError(
+      `${label}: a chain of write gates takes steps of at most the window (${window}), not ${options.maxTokens}`,
+    );
+  }
+  if (chain.previousParams) {
+    if (options.layer === 0) throw new BadFlagError(`${label}: layer 0 has no previous layer to finish`);
+    checkSlice(label, "chain.previousParams", chain.previousParams, gateLayerFloats(options) * 4);
+  }
+  const blocker = writeGateAppendBlocker(gpu.limits, append.kv, true);
+  if (blocker) throw new UnsupportedError(`${label}: cannot chain: ${blocker}`);
 }
 
 /**

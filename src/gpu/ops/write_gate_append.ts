@@ -35,13 +35,21 @@ export interface WriteGateAppend {
 export const WRITE_GATE_APPEND_STORAGE_BINDINGS = 8;
 
 /**
+ * Storage buffers `main` binds in a decode chain of gates (`WriteGateOptions.chain`), besides the pool
+ * shards: those of {@link WRITE_GATE_APPEND_STORAGE_BINDINGS}, the keys before RoPE and the previous
+ * layer's params.
+ */
+export const WRITE_GATE_CHAIN_STORAGE_BINDINGS = 10;
+
+/**
  * The `RING_APPEND` define of `wgsl/write_gate.wgsl` when `finish` appends nothing: the two functions it
  * calls (only under `ring_append = 1`), without bindings.
  */
 export const NO_RING_APPEND = [
   "// No ring append (ring_append = 0): stubs of wgsl/write_gate_append.wgsl's functions, no bindings.",
-  "fn ring_record(token: u32, head: u32, admitted: bool) {}",
-  "fn ring_copy(token: u32, head: u32, lane: u32) {}",
+  "fn ring_record(token: u32, head: u32, layer: u32, admitted: bool) {}",
+  "fn ring_copy(token: u32, head: u32, lane: u32, threads: u32) {}",
+  "fn previous_b2(head: u32) -> f32 { return 0.0; }",
 ].join("\n");
 
 /** The one limit {@link writeGateAppendBlocker} looks at (a subset of `GPUSupportedLimits`). */
@@ -53,13 +61,19 @@ export interface WriteGateAppendLimits {
 /**
  * Why the write gate cannot also append to `kv` on a GPU with `limits` (a one-line reason), or undefined
  * when it can: the gate's own storage bindings, the values, block table, slot info and pool shards must fit
- * the stage's limit.
+ * the stage's limit; in a decode chain (`chained`), also the keys before RoPE and the previous layer's
+ * weights.
  */
-export function writeGateAppendBlocker(limits: WriteGateAppendLimits, kv: DualKvView): string | undefined {
-  const needed = WRITE_GATE_APPEND_STORAGE_BINDINGS + kv.shards.length;
+export function writeGateAppendBlocker(
+  limits: WriteGateAppendLimits,
+  kv: DualKvView,
+  chained = false,
+): string | undefined {
+  const own = chained ? WRITE_GATE_CHAIN_STORAGE_BINDINGS : WRITE_GATE_APPEND_STORAGE_BINDINGS;
+  const needed = own + kv.shards.length;
   if (needed > limits.maxStorageBuffersPerShaderStage) {
-    return `the write gate with the WG-KV append binds ${needed} storage buffers (${kv.shards.length} pool ` +
-      `shards), this GPU allows ${limits.maxStorageBuffersPerShaderStage}`;
+    return `the write gate with the WG-KV append${chained ? " in a chain" : ""} binds ${needed} storage ` +
+      `buffers (${kv.shards.length} pool shards), this GPU allows ${limits.maxStorageBuffersPerShaderStage}`;
   }
   return undefined;
 }
