@@ -32,16 +32,28 @@ export interface OpTiming {
   dispatches: [number, number];
 }
 
+/** Seconds of work a timing first runs untimed, so that a GPU left idle is back at full clocks. */
+const WARM_UP_S = 0.3;
+
 /**
  * Microseconds per dispatch of `ops` (cycled through): the median over three tries of (T(long) − T(short)) /
  * (extra dispatches), so the submit and readback latencies cancel. The short run has at least one dispatch
  * per op and lasts about 50 ms (5 ms with `quick`, from a first estimate), the long one three times as long:
- * short runs of a few dispatches leave the difference to the noise of the two waits.
+ * short runs of a few dispatches leave the difference to the noise of the two waits. Before timing, the ops
+ * run untimed for {@link WARM_UP_S} seconds (not with `quick`): a GPU idle while the benchmark built its
+ * buffers may still be at low clocks, which made kernels look several times slower than inside the model.
  */
 export async function timeOps(gpu: Gpu, ops: GpuOp[], quick = false): Promise<OpTiming> {
   await timeRun(gpu, ops, ops.length); // warm up (pipelines, first touches)
   const probe = Math.max(2, ops.length);
-  const estimate = (await timeRun(gpu, ops, probe)) / probe;
+  let estimate = (await timeRun(gpu, ops, probe)) / probe;
+  if (!quick) {
+    const batch = Math.max(probe, Math.min(10000, Math.ceil(0.02 / Math.max(estimate, 1e-7))));
+    for (const t0 = performance.now(); performance.now() - t0 < WARM_UP_S * 1000;) {
+      await timeRun(gpu, ops, batch);
+    }
+    estimate = (await timeRun(gpu, ops, probe)) / probe;
+  }
   const target = quick ? 0.005 : 0.05;
   const short = Math.max(ops.length, 2, Math.min(10000, Math.ceil(target / Math.max(estimate, 1e-7))));
   const long = 3 * short;
