@@ -40,9 +40,10 @@
 //
 // Int8 input (x_int8 = 1, for weight types with INT8 unit sections): every workgroup first quantises its
 // tokens' x rows per 16 values into workgroup memory (stage_int8), then the units take their products four
-// at a time with dot4I8Packed (wgsl/matvec_units.wgsl). Each workgroup quantises the whole row again before
-// its first weight load: on an H100 that paid for rows of 2048 values and cost more than the integer products
-// save for rows of 4096 and more (INT8_DECODE_MAX_COLS in src/model/gpu_model.ts).
+// at a time with dot4I8Packed (wgsl/matvec_units.wgsl). Each workgroup quantises the whole row again, after
+// issuing its first step's weight loads (see accumulate): on an H100, with the quantisation before those
+// loads, that paid for rows of 2048 values and cost more than the integer products save for rows of 4096
+// and more (INT8_DECODE_MAX_COLS in src/model/gpu_model.ts).
 //
 // RMSNorm folded into the neighbouring products (norm_mode): a producer (`main`, 1) adds its products to
 // the residual stream y in place and writes both y · γ and each workgroup's Σ y² of its rows; the next
@@ -239,7 +240,6 @@ fn main(
   let t0 = wid.z * tokens_per_wg;
   if (row0 >= rows || t0 >= m) { return; }
   let nt = min(tokens_per_wg, m - t0);
-  if (x_int8 == 1u) { stage_int8(t0, nt, tid); }
   let acc = accumulate_a(row_bytes_a, row0, rows - 1u, t0, nt, tid);
   let n = rows_per_wg * tokens_per_wg;
   // @unroll
@@ -289,24 +289,19 @@ fn swiglu(
   let t0 = wid.z * tokens_per_wg;
   if (row0 >= rows_a || t0 >= m) { return; }
   let nt = min(tokens_per_wg, m - t0);
-  if (x_int8 == 1u) { stage_int8(t0, nt, tid); }
 
-  // Gate and up have the same type: one x load per unit and token serves both.
+  // Gate and up have the same type: one x load per unit and token serves both. As in accumulate, the
+  // first step's weight loads are issued before the int8 quantisation of x.
   var acc_gate: array<f32, MAX_ROWS * MAX_TOKENS>;
   var acc_up: array<f32, MAX_ROWS * MAX_TOKENS>;
   let units = (cols + UNIT_ELEMS_a - 1u) / UNIT_ELEMS_a;
+  var raw_gate = load_step_a(row_bytes_a, row0, rows_a - 1u, tid, units); // [step unit k][row r]
+  var raw_up = load_step_b(row_bytes_b, row0, rows_a - 1u, tid, units);
+  if (x_int8 == 1u) { stage_int8(t0, nt, tid); }
   for (var u0 = tid; u0 < units; u0 += wg_size * units_per_step) {
-    var raw_gate: array<Raw_a, MAX_ROWS * MAX_UNITS_PER_STEP>; // [step unit k][row r]
-    var raw_up: array<Raw_b, MAX_ROWS * MAX_UNITS_PER_STEP>;
-    // @unroll
-    for (var k = 0u; k < units_per_step; k++) {
-      let u = min(u0 + k * wg_size, units - 1u); // past the end: a repeat, not used below
-      // @unroll
-      for (var r = 0u; r < rows_per_wg; r++) {
-        let row = min(row0 + r, rows_a - 1u);
-        raw_gate[k * MAX_ROWS + r] = unit_load_a(row_bytes_a, row, u);
-        raw_up[k * MAX_ROWS + r] = unit_load_b(row_bytes_b, row, u);
-      }
+    if (u0 != tid) {
+      raw_gate = load_step_a(row_bytes_a, row0, rows_a - 1u, u0, units);
+      raw_up = load_step_b(row_bytes_b, row0, rows_a - 1u, u0, units);
     }
     // @unroll
     for (var k = 0u; k < units_per_step; k++) {
@@ -392,7 +387,6 @@ fn qkv(
   let t0 = wid.z * tokens_per_wg;
   if (row0 >= rows || t0 >= m) { return; }
   let nt = min(tokens_per_wg, m - t0);
-  if (x_int8 == 1u) { stage_int8(t0, nt, tid); }
 
   // KV store (kv_append = 1): in a K or V workgroup, thread tid < rows_per_wg / 2 · tokens_per_wg owns the
   // f16 pair of rows (row0 + 2 · kv_pair, + 1) of token t0 + kv_token. Its page and word are looked up

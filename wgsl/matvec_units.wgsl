@@ -165,26 +165,37 @@ fn x_plain(xrow: u32, u: u32) -> array<vec4f, 8> {
 fn dot16_int8(w: vec4u, xq: vec4u) -> f32 {
   return f32(dot4I8Packed(w.x, xq.x) + dot4I8Packed(w.y, xq.y) + dot4I8Packed(w.z, xq.z) + dot4I8Packed(w.w, xq.w));
 }
+// The units of one step of `accumulate` ([step unit k][row r]): units u0, u0 + wg_size, … (units_per_step
+// of them; past the last unit a repeat of it, not used) of the rows row0 .. (clamped to last_row).
+fn load_step(row_bytes: u32, row0: u32, last_row: u32, u0: u32, units: u32)
+    -> array<Raw, MAX_ROWS * MAX_UNITS_PER_STEP> {
+  var raw: array<Raw, MAX_ROWS * MAX_UNITS_PER_STEP>;
+  // @unroll
+  for (var k = 0u; k < units_per_step; k++) {
+    let u = min(u0 + k * wg_size, units - 1u);
+    // @unroll
+    for (var r = 0u; r < rows_per_wg; r++) {
+      raw[k * MAX_ROWS + r] = unit_load(row_bytes, min(row0 + r, last_row), u);
+    }
+  }
+  return raw;
+}
 // The sums Σ_c W[row][c] · x[t][c] of this thread's units for the rows row0 .. row0 + rows_per_wg − 1
 // (clamped to last_row: rows past it repeat it and are not to be written) and the tokens t0 .. t0 + nt − 1,
 // at acc[r · MAX_TOKENS + t]. Threads take units tid, tid + wg_size, …, units_per_step of them per step:
 // the loads of every row of all those units are issued before any arithmetic on them. With x_int8 = 1 the
-// x values come from the kernel's int8 copy (x_blocks, see the INT8 sections below) instead of x.
+// x values come from the kernel's int8 copy (x_blocks, see the INT8 sections below) instead of x: the
+// kernel's stage_int8 makes it here, after the first step's weight loads were issued, so that their
+// latency overlaps the quantisation (every thread of the workgroup must call this function).
 fn accumulate(row_bytes: u32, row0: u32, last_row: u32, t0: u32, nt: u32, tid: u32)
     -> array<f32, MAX_ROWS * MAX_TOKENS> {
   var acc: array<f32, MAX_ROWS * MAX_TOKENS>;
   let x_row = cols / 4u;
   let units = (cols + UNIT_ELEMS - 1u) / UNIT_ELEMS;
+  var raw = load_step(row_bytes, row0, last_row, tid, units);
+  if (x_int8 == 1u) { stage_int8(t0, nt, tid); }
   for (var u0 = tid; u0 < units; u0 += wg_size * units_per_step) {
-    var raw: array<Raw, MAX_ROWS * MAX_UNITS_PER_STEP>; // [step unit k][row r]
-    // @unroll
-    for (var k = 0u; k < units_per_step; k++) {
-      let u = min(u0 + k * wg_size, units - 1u); // past the end: a repeat, not used below
-      // @unroll
-      for (var r = 0u; r < rows_per_wg; r++) {
-        raw[k * MAX_ROWS + r] = unit_load(row_bytes, min(row0 + r, last_row), u);
-      }
-    }
+    if (u0 != tid) { raw = load_step(row_bytes, row0, last_row, u0, units); }
     // @unroll
     for (var k = 0u; k < units_per_step; k++) {
       let u = u0 + k * wg_size;
