@@ -19,6 +19,8 @@
  *                                              "decode-unchained-gates" rows)
  *                        [--prefill-splits N]  (prefill attention with N key splits per KV head:
  *                                               "prefill-splitsN" rows)
+ *                        [--prefill-tiling RxK]  (prefill attention with R score rows and K keys per step, e.g.
+ *                                                 64x32: "prefill-tilingRxK" rows)
  *                        [--max-batch N]  (prompt tokens per prefill step, default 2048 for the full cache
  *                                          and 512 for the other policies: "prefill-batchN" rows)
  *                        [--direct-keys N]  (decode attention in one dispatch up to N keys, 0: always
@@ -128,6 +130,7 @@ const { values } = benchFlags(import.meta.url, () =>
       "no-fuse-wgkv-append": { type: "boolean" },
       "no-chain-gates": { type: "boolean" },
       "prefill-splits": { type: "string" },
+      "prefill-tiling": { type: "string" },
       "direct-keys": { type: "string" },
       "max-batch": { type: "string" },
       "matvec-tuning": { type: "string" },
@@ -206,6 +209,13 @@ if (
   console.error(`bench: --prefill-splits must be an integer from 1 to 64, got ${values["prefill-splits"]}`);
   Deno.exit(2);
 }
+// --prefill-tiling RxK: prefill attention tiling (rows named "prefill-tilingRxK"; the kernel checks it).
+let prefillTiling: { rows: number; keys: number } | undefined;
+if (values["prefill-tiling"] !== undefined) {
+  const m = values["prefill-tiling"].match(/^(\d+)x(\d+)$/);
+  if (!m) flagError(`--prefill-tiling must be ROWSxKEYS, e.g. 64x32, got ${values["prefill-tiling"]}`);
+  prefillTiling = { rows: Number(m[1]), keys: Number(m[2]) };
+}
 // --max-batch N: prompt tokens per prefill step (default: the model's, `defaultPrefillBatch`; rows named
 // "prefill-batchN" when given).
 const maxBatch = values["max-batch"] === undefined ? undefined : Number(values["max-batch"]);
@@ -220,6 +230,7 @@ const int8Prefill = f32Prefill ? false : undefined;
 const f32Decode = values["f32-decode"] === true;
 const int8Decode = f32Decode ? false : undefined;
 const prefillTest = "prefill" + (prefillSplits !== undefined ? `-splits${prefillSplits}` : "") +
+  (prefillTiling ? `-tiling${prefillTiling.rows}x${prefillTiling.keys}` : "") +
   (maxBatch !== undefined ? `-batch${maxBatch}` : "") + (f32Prefill ? "-f32" : "") + wgkvAppendSuffix;
 const key = (r: Pick<BenchRow, "shape" | "type" | "test" | "tokens" | "policy">) =>
   `${r.shape}/${r.type}/${r.test}/${r.tokens}${r.policy ? `/${r.policy}` : ""}`;
@@ -331,6 +342,7 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
       fuseKvAppend,
       fuseWgkvAppend,
       prefillSplits,
+      prefillTiling,
       matvecTuning,
       int8Prefill,
       int8Decode,
@@ -489,6 +501,7 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
           fuseWgkvAppend,
           chainWriteGates,
           prefillSplits,
+          prefillTiling,
           int8Prefill,
           int8Decode,
           matvecTuning,

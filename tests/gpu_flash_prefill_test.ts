@@ -141,12 +141,14 @@ Deno.test("flash prefill: G 8, 64 rows × 16 keys; G 1, 16 rows × 64 keys; G 2,
   await checkPrefill({ headDim: 24, kvHeads: 2, group: 2, chunks: [33, 60], tiling: { rows: 32, keys: 48 } });
 });
 
-Deno.test("flash prefill: more shapes: G 4 64 × 16, G 3 32 × 32, G 8 16 × 64, G 1 64 × 48", async () => {
+Deno.test("flash prefill: more shapes: G 4 64 × 16, G 3 32 × 32, G 8 16 × 64, G 1 and G 4 64 × 48", async () => {
   const tiling = (rows: number, keys: number) => ({ rows, keys });
   await checkPrefill({ headDim: 40, kvHeads: 2, group: 4, chunks: [37, 50], tiling: tiling(64, 16) });
   await checkPrefill({ headDim: 32, kvHeads: 1, group: 3, chunks: [29, 1, 40], tiling: tiling(32, 32) });
   await checkPrefill({ headDim: 16, kvHeads: 2, group: 8, chunks: [11, 30], tiling: tiling(16, 64) });
   await checkPrefill({ headDim: 8, kvHeads: 1, group: 1, chunks: [70, 9], tiling: tiling(64, 48) });
+  // The default where it fits (head_dim 64 on an H100), at a group of 4 and a smaller head.
+  await checkPrefill({ headDim: 32, kvHeads: 2, group: 4, chunks: [45, 70], tiling: tiling(64, 48) });
 });
 
 Deno.test("flash prefill: a bad tiling, a group larger than the tile or too much workgroup memory is refused", async () => {

@@ -55,6 +55,7 @@ import {
   createFlashPrefill,
   decodePartialsBytes,
   prefillPartialsBytes,
+  type PrefillTileShape,
 } from "../gpu/ops/attention.ts";
 import { createSwiGlu } from "../gpu/ops/elementwise.ts";
 import { createCopy } from "../gpu/ops/copy.ts";
@@ -151,6 +152,11 @@ export interface GpuModelOptions {
    * out WG-KV heads of very different lengths.
    */
   prefillSplits?: number;
+  /**
+   * Prefill attention tiling (score rows × keys per step), for benchmarking; default: the best candidate
+   * that fits the GPU (see createFlashPrefill).
+   */
+  prefillTiling?: PrefillTileShape;
   /**
    * Decode matvec tunings by role (`attn_qkv`, `attn_output`, `ffn_gate_up`, `ffn_down`, `output`), for
    * benchmarking on a given GPU; a role left out gets the kernels' defaults.
@@ -802,6 +808,7 @@ export class GpuModel {
               step,
               wgkv: dual,
               splits: prefillSplits,
+              tiling: options.prefillTiling,
               partials: act.partials,
             }),
         );
