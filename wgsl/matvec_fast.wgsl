@@ -295,11 +295,15 @@ fn swiglu(
   var acc_gate: array<f32, MAX_ROWS * MAX_TOKENS>;
   var acc_up: array<f32, MAX_ROWS * MAX_TOKENS>;
   let units = (cols + UNIT_ELEMS_a - 1u) / UNIT_ELEMS_a;
-  var raw_gate = load_step_a(row_bytes_a, row0, rows_a - 1u, tid, units); // [step unit k][row r]
-  var raw_up = load_step_b(row_bytes_b, row0, rows_a - 1u, tid, units);
-  if (x_int8 == 1u) { stage_int8(t0, nt, tid); }
+  var raw_gate: array<Raw_a, MAX_ROWS * MAX_UNITS_PER_STEP>; // [step unit k][row r]
+  var raw_up: array<Raw_b, MAX_ROWS * MAX_UNITS_PER_STEP>;
+  if (x_int8 == 1u) {
+    raw_gate = load_step_a(row_bytes_a, row0, rows_a - 1u, tid, units);
+    raw_up = load_step_b(row_bytes_b, row0, rows_a - 1u, tid, units);
+    stage_int8(t0, nt, tid);
+  }
   for (var u0 = tid; u0 < units; u0 += wg_size * units_per_step) {
-    if (u0 != tid) {
+    if (x_int8 == 0u || u0 != tid) {
       raw_gate = load_step_a(row_bytes_a, row0, rows_a - 1u, u0, units);
       raw_up = load_step_b(row_bytes_b, row0, rows_a - 1u, u0, units);
     }

@@ -192,10 +192,13 @@ fn accumulate(row_bytes: u32, row0: u32, last_row: u32, t0: u32, nt: u32, tid: u
   var acc: array<f32, MAX_ROWS * MAX_TOKENS>;
   let x_row = cols / 4u;
   let units = (cols + UNIT_ELEMS - 1u) / UNIT_ELEMS;
-  var raw = load_step(row_bytes, row0, last_row, tid, units);
-  if (x_int8 == 1u) { stage_int8(t0, nt, tid); }
+  var raw: array<Raw, MAX_ROWS * MAX_UNITS_PER_STEP>;
+  if (x_int8 == 1u) {
+    raw = load_step(row_bytes, row0, last_row, tid, units);
+    stage_int8(t0, nt, tid);
+  }
   for (var u0 = tid; u0 < units; u0 += wg_size * units_per_step) {
-    if (u0 != tid) { raw = load_step(row_bytes, row0, last_row, u0, units); }
+    if (x_int8 == 0u || u0 != tid) { raw = load_step(row_bytes, row0, last_row, u0, units); }
     // @unroll
     for (var k = 0u; k < units_per_step; k++) {
       let u = u0 + k * wg_size;

@@ -71,7 +71,7 @@ interface PrefillTiling {
  * them all), then many keys per step. On an H100 at head_dim 128 (G 4, 4096 tokens) 64 rows × 16 keys ran at
  * 12.1 TFLOP/s against 6.7 for 32 × 32 and 2.8 for 16 × 32; 64 × 32 needs more than its 48 KB there. At
  * head_dim 64 (G 4) 64 × 48 ran at 12.2 TFLOP/s against 11.5 for 64 × 32 and 10.2 for 64 × 16 (4096 tokens;
- * 12.9 against 11.9 and 10.4 for 2048 tokens after 2048, bench/results/h100-attention-prefill-hd64-tilings.json).
+ * 12.9 against 11.9 and 10.4 for 2048 tokens after 2048, bench/results/h100-attention-prefill-hd64-tilings.txt).
  */
 const PREFILL_TILINGS: readonly PrefillTileShape[] = [
   { rows: 64, keys: 48 },
