@@ -253,8 +253,8 @@ async function save(): Promise<void> {
 
 /**
  * Copy bandwidth (read + write bytes per second) of a large buffer-to-buffer kernel copy, timed after a
- * third of a second of copies: a GPU idle while the benchmark started may still be at low clocks (the
- * figure read 1.6 TB/s on an H100 without that warm-up, 2.9 TB/s with it in `bench:matvec`).
+ * third of a second of copies (a GPU idle while the benchmark started may still be at low clocks; on an
+ * H100 the figure was 1.6 TB/s with and without that warm-up).
  */
 async function copyBandwidth(gpu: Gpu): Promise<number> {
   const bytes = Math.min(slow ? 32 << 20 : 1 << 30, gpu.limits.maxStorageBufferBindingSize);
