@@ -10,6 +10,8 @@
  *   for each layer l:
  *     q, k, v = xn·Wq, xn·Wk, xn·Wv          (matvec for M = 1, tiled matmul otherwise)
  *     rope(q, k) at their positions         (decode: fused into the QKV matvec)
+ *     wgkv: g = write_gate(k before and after RoPE) > τ   (decode: one dispatch per layer that also
+ *                                                    decides layer l−1's flags, see WriteGateOptions.chain)
  *     append k, v to the paged KV cache of layer l   (decode, full cache: fused into the QKV matvec;
  *                                                    wgkv: fused into the write gate)
  *     att = attention(q, cache)             (split-K decode for M = 1, flash prefill otherwise)
