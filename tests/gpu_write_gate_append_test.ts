@@ -300,7 +300,27 @@ Deno.test("write gate append: when it applies, and one-line errors", async () =>
   // the keys before RoPE and the previous layer's weights.
   const scratch = gpu.buffer("scratch", gateScratchBytes(2, H, inner, true));
   const chained = { ...base, scratch, chain: { finishLater: true, previousParams: base.params } };
-  createWriteGate(gpu, chained);
+  // A layer whose flags the next layer decides is one dispatch; the last of a chain, and a gate outside
+  // one, keep the second.
+  const dispatches = (op: GpuOp) => {
+    let n = 0;
+    op.encode({
+      setPipeline() {},
+      setBindGroup() {},
+      dispatchWorkgroups() {
+        n++;
+      },
+    } as unknown as GPUComputePassEncoder);
+    return n;
+  };
+  equal(dispatches(createWriteGate(gpu, chained)), 1);
+  equal(
+    dispatches(
+      createWriteGate(gpu, { ...chained, chain: { finishLater: false, previousParams: base.params } }),
+    ),
+    2,
+  );
+  equal(dispatches(createWriteGate(gpu, base)), 2);
   throws(() => createWriteGate(gpu, { ...chained, scratch: undefined }), /must share a scratch/);
   throws(
     () => createWriteGate(gpu, { ...chained, append: undefined }),
