@@ -160,6 +160,22 @@ fn x_plain(xrow: u32, u: u32) -> array<vec4f, 8> {
   }
   return xs;
 }
+// Q4_K and Q5_K with int8 input (x_int8 = 1): Σ weight · x of unit u (c = u % 8, j = c / 2) from its quants
+// as bytes, w_lo for the 16 values of sub-block 2j (x block 16 (u / 8) + 4j + c % 2 from xb) and w_hi for
+// those of sub-block 2j + 1 (two x blocks on): d · (sc · Σ q q_x d_x) − dmin · (m · d_x Σ q_x) per sub-block.
+fn k_unit_int8(head: vec4u, u: u32, xb: u32, w_lo: vec4u, w_hi: vec4u) -> f32 {
+  let c = u % 8u;
+  let j = c / 2u;
+  let b = xb + (u / 8u) * 16u + j * 4u + c % 2u;
+  let x_lo = x_scales[b];
+  let x_hi = x_scales[b + 2u];
+  let q_lo = x_lo.x * dot16_int8(w_lo, x_blocks[b]);
+  let q_hi = x_hi.x * dot16_int8(w_hi, x_blocks[b + 2u]);
+  let dm = unpack2x16float(head.x);
+  let lo = k_scale_min(head, 2u * j);
+  let hi = k_scale_min(head, 2u * j + 1u);
+  return dm.x * (lo.x * q_lo + hi.x * q_hi) - dm.y * (lo.y * x_lo.y + hi.y * x_hi.y);
+}
 // Σ q_w · q_x over 16 values: four words of weight bytes against the four words of an int8 x block, four
 // products per dot4I8Packed (weight bytes are signed 8-bit values; nibble and 6-bit quants are positive).
 fn dot16_int8(w: vec4u, xq: vec4u) -> f32 {
@@ -724,38 +740,19 @@ fn unit_dot_int8(w: Raw, u: u32, xb: u32) -> f32 {
 
 // ==== Q4_K_INT8 ====
 // Unit c = u % 8 (j = c / 2, h = c % 2): low nibbles are the 16 values from 256 (u / 8) + 64j + 16h, x block
-// 16 (u / 8) + 4j + h; high nibbles the 16 after them + 32, two blocks on.
+// 16 (u / 8) + 4j + h; high nibbles the 16 after them + 32, two blocks on (see k_unit_int8).
 fn unit_dot_int8(w: Raw, u: u32, xb: u32) -> f32 {
-  let c = u % 8u;
-  let b = xb + (u / 8u) * 16u + (c / 2u) * 4u + c % 2u;
-  let x_lo = x_scales[b];
-  let x_hi = x_scales[b + 2u];
-  let q_lo = x_lo.x * dot16_int8(w.qs & vec4u(0x0f0f0f0fu), x_blocks[b]);
-  let q_hi = x_hi.x * dot16_int8((w.qs >> vec4u(4u)) & vec4u(0x0f0f0f0fu), x_blocks[b + 2u]);
-  let j = c / 2u;
-  let dm = unpack2x16float(w.head.x);
-  let lo = k_scale_min(w.head, 2u * j);
-  let hi = k_scale_min(w.head, 2u * j + 1u);
-  return dm.x * (lo.x * q_lo + hi.x * q_hi) - dm.y * (lo.y * x_lo.y + hi.y * x_hi.y);
+  return k_unit_int8(w.head, u, xb, w.qs & vec4u(0x0f0f0f0fu), (w.qs >> vec4u(4u)) & vec4u(0x0f0f0f0fu));
 }
 
 // ==== Q5_K_INT8 ====
 // As Q4_K_INT8, each quant with 16 × its qh bit (2j for the low nibbles, 2j + 1 for the high ones).
 fn unit_dot_int8(w: Raw, u: u32, xb: u32) -> f32 {
-  let c = u % 8u;
-  let j = c / 2u;
-  let b = xb + (u / 8u) * 16u + j * 4u + c % 2u;
-  let x_lo = x_scales[b];
-  let x_hi = x_scales[b + 2u];
+  let j = (u % 8u) / 2u;
   let bits = vec4u(0x01010101u);
   let w_lo = (w.qs & vec4u(0x0f0f0f0fu)) | (((w.qh >> vec4u(2u * j)) & bits) << vec4u(4u));
   let w_hi = ((w.qs >> vec4u(4u)) & vec4u(0x0f0f0f0fu)) | (((w.qh >> vec4u(2u * j + 1u)) & bits) << vec4u(4u));
-  let q_lo = x_lo.x * dot16_int8(w_lo, x_blocks[b]);
-  let q_hi = x_hi.x * dot16_int8(w_hi, x_blocks[b + 2u]);
-  let dm = unpack2x16float(w.head.x);
-  let lo = k_scale_min(w.head, 2u * j);
-  let hi = k_scale_min(w.head, 2u * j + 1u);
-  return dm.x * (lo.x * q_lo + hi.x * q_hi) - dm.y * (lo.y * x_lo.y + hi.y * x_hi.y);
+  return k_unit_int8(w.head, u, xb, w_lo, w_hi);
 }
 
 // ==== Q6_K_INT8 ====

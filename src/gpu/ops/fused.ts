@@ -48,6 +48,7 @@ import {
   checkMatvecWeights,
   checkUnitsPerStep,
   int8InputBytes,
+  int8InputFits,
   int8MatvecBlocker,
   reduceLanes,
   subblockDefines,
@@ -532,7 +533,7 @@ function tuningFor(gpu: Gpu, op: string, request: ShapeRequest): Shape {
   const tokenGroups = ceilDiv(request.maxTokens, tokensPerWorkgroup);
   checkWorkgroups(gpu, op, tokenGroups);
   const unitsPerStep = checkUnitsPerStep(op, t.unitsPerStep);
-  const int8 = int8Wanted && bytes() <= limit;
+  const int8 = int8InputFits(gpu, int8Wanted, request.weights, tokensPerWorkgroup, reductionBytes());
   return { workgroupSize, rowsPerWorkgroup, tokensPerWorkgroup, tokenGroups, unitsPerStep, int8 };
 }
 

@@ -17,8 +17,7 @@ import {
   checkMatvecTuningKeys,
   checkMatvecWeights,
   checkUnitsPerStep,
-  int8InputBytes,
-  int8MatvecBlocker,
+  int8InputFits,
   reduceLanes,
   subblockDefines,
 } from "./matvec_units.ts";
@@ -195,9 +194,7 @@ export function createMatvec(gpu: Gpu, options: MatvecOptions): MatvecOp {
         `memory, this GPU allows ${gpu.limits.maxComputeWorkgroupStorageSize}`,
     );
   }
-  const int8 = (t.int8 ?? false) && int8MatvecBlocker([weight]) === undefined &&
-    reductionBytes + int8InputBytes(weight.cols, tokensPerWorkgroup) <=
-      gpu.limits.maxComputeWorkgroupStorageSize;
+  const int8 = int8InputFits(gpu, t.int8 ?? false, [weight], tokensPerWorkgroup, reductionBytes);
   const fold = options.fold;
   const normPartials = fold ? ceilDiv(weight.rows, rowsPerWorkgroup) : 0;
   if (fold) {

@@ -83,6 +83,22 @@ export function int8MatvecBlocker(weights: readonly GpuWeight[]): string | undef
 }
 
 /**
+ * Whether a decode product asked for int8 input (`wanted`) takes it: the weights allow it
+ * ({@link int8MatvecBlocker}) and the workgroup memory holds the quantised x rows of `tokens` tokens next to
+ * the `otherBytes` the kernel already uses.
+ */
+export function int8InputFits(
+  gpu: Gpu,
+  wanted: boolean,
+  weights: readonly GpuWeight[],
+  tokens: number,
+  otherBytes: number,
+): boolean {
+  return wanted && int8MatvecBlocker(weights) === undefined &&
+    otherBytes + int8InputBytes(weights[0].cols, tokens) <= gpu.limits.maxComputeWorkgroupStorageSize;
+}
+
+/**
  * CPU reference of the kernels' int8 input: `x` (rows of `cols` values, a multiple of 16) as the products
  * see it, each block of 16 values replaced by d · q with d = max |x| / 127 and q = round(x / d) in f32
  * (ties to even, as WGSL's round). A product with int8 input equals the f32 product with this x.
