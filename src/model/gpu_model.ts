@@ -177,7 +177,7 @@ export interface GpuModelOptions {
   /**
    * Decode: matrix-vector products of quantised weights (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K) with rows of up to
    * {@link INT8_DECODE_MAX_COLS} values through 8-bit integer dot products, each workgroup quantising its
-   * input per 16 values first (`MatvecTuning.int8`); other types and longer rows keep the f32 kernels.
+   * input per 16 values in workgroup memory (`MatvecTuning.int8`); other types and longer rows keep the f32 kernels.
    * Changes the decode's results by the activations' rounding, as llama.cpp's quantised matrix-vector
    * products do. Default true on a GPU, false on a software adapter (lavapipe). A role's
    * `matvecTuning.int8` overrides it.
@@ -207,6 +207,8 @@ export interface GpuModelOptions {
  * bench/results/h100-1b-int8-decode-2048.json) and slower for rows of 4096 and more, where each workgroup's
  * quantisation of its input costs more than the integer products save (8B Q4_K_M 191 against 226 tok/s
  * with int8 everywhere, 211 with int8 everywhere but ffn_down; 1B ffn_down, 8192 values, 23 against 19 µs).
+ * Quantising after the first weight loads are issued narrowed that but did not close it (8B 202.7 against
+ * 218.4 tok/s, h100-8b-int8-overlap.json against h100-8b-table.json).
  */
 export const INT8_DECODE_MAX_COLS = 2048;
 
