@@ -8,18 +8,13 @@
 
 import { equal, ok } from "node:assert/strict";
 import { getGpu, type Gpu } from "../src/gpu/device.ts";
-import { createGateUpSwiGlu, createQkvMatvec } from "../src/gpu/ops/fused.ts";
+import { createGateUpSwiGlu } from "../src/gpu/ops/fused.ts";
 import { createMatvec, type MatvecTuning } from "../src/gpu/ops/matmul.ts";
 import { INT8_UNIT_SECTIONS, int8InputReference, int8MatvecBlocker } from "../src/gpu/ops/matvec_units.ts";
 import { StepParams } from "../src/gpu/ops/op.ts";
-import { ropeInverseFrequencies } from "../src/model/ops.ts";
-import {
-  compareLinear,
-  products,
-  qkvReference,
-  randomWeight as randomQuantWeight,
-} from "./gpu_quant_data.ts";
+import { compareLinear, products, randomWeight as randomQuantWeight } from "./gpu_quant_data.ts";
 import { nanBuffer as nans, randomF32, runOps, untouchedPast } from "./gpu_ops_helpers.ts";
+import { checkQkvRope } from "./gpu_qkv_rope_check.ts";
 
 const TOL = 2e-5;
 const randomWeight = (gpu: Gpu, name: string, rows: number, cols: number, maxPartBytes?: number) =>
@@ -175,47 +170,19 @@ Deno.test("gpu matvec int8: fused gate/up + SwiGLU and QKV + RoPE with mixed typ
     untouchedPast(`${type} gate/up`, got, m, rows);
   }
 
-  const [headDim, qHeads, kvHeads, cols, m, pos0] = [8, 3, 1, 512, 2, 41];
-  const types = ["Q4_K", "Q5_K", "Q6_K"];
-  const qRows = qHeads * headDim;
-  const kvRows = kvHeads * headDim;
-  const ws = [
-    randomWeight(gpu, types[0], qRows, cols),
-    randomWeight(gpu, types[1], kvRows, cols),
-    randomWeight(gpu, types[2], kvRows, cols),
-  ];
-  const maxTokens = m + 1;
-  const x = randomF32(maxTokens * cols);
-  const xq = int8InputReference(x, cols);
-  const xBuf = gpu.buffer("x", x.byteLength, x);
-  const step = new StepParams(gpu, maxTokens);
-  const invFreq = ropeInverseFrequencies(headDim, 10000);
-  const wants = qkvReference(ws, xq, m, cols, { headDim, qHeads, kvHeads, pos0, invFreq });
-  const heads = [qHeads, kvHeads, 0];
-  const outs = wants.map(({ rows }, n) => nans(gpu, "qkv"[n], maxTokens * rows));
-  const op = createQkvMatvec(gpu, {
-    label: "qkv",
-    wq: ws[0].weight,
-    wk: ws[1].weight,
-    wv: ws[2].weight,
-    x: xBuf,
-    q: outs[0],
-    k: outs[1],
-    v: outs[2],
-    maxTokens,
-    step,
-    rope: { headDim, ropeDim: headDim, invFreq, maxPosition: 4096 },
-    tuning: { int8: true, tokensPerWorkgroup: 2, rowsPerWorkgroup: 4 },
-  });
-  const got = await runOps(gpu, [op], step, m, pos0, outs);
-  wants.forEach(({ want, abs, rows }, n) => {
-    for (let i = 0; i < m * rows; i++) {
-      const mag = heads[n] > 0 ? Math.max(abs[i], abs[i ^ 1]) : abs[i];
-      ok(
-        Math.abs(got[n][i] - want[i]) <= 2 * TOL * mag + 1e-30,
-        `qkv ${"qkv"[n]}[${i}] = ${got[n][i]}, expected ${want[i]}`,
-      );
-    }
-    untouchedPast(`qkv ${"qkv"[n]}`, got[n], m, rows);
-  });
+  await checkQkvRope(
+    gpu,
+    {
+      types: ["Q4_K", "Q5_K", "Q6_K"],
+      cols: 512,
+      headDim: 8,
+      ropeDim: 8,
+      qHeads: 3,
+      kvHeads: 1,
+      m: 2,
+      pos0: 41,
+    },
+    { int8: true, tokensPerWorkgroup: 2, rowsPerWorkgroup: 4 },
+    TOL,
+  );
 });

@@ -9,7 +9,7 @@
 import { deepEqual, equal, ok, throws } from "node:assert/strict";
 import { BadFlagError, UnsupportedError } from "../src/errors.ts";
 import { getGpu, type Gpu } from "../src/gpu/device.ts";
-import { createGateUpSwiGlu, createQkvMatvec } from "../src/gpu/ops/fused.ts";
+import { createGateUpSwiGlu } from "../src/gpu/ops/fused.ts";
 import { createMatvec, type MatvecTuning } from "../src/gpu/ops/matmul.ts";
 import {
   INT8_UNIT_SECTIONS,
@@ -25,16 +25,15 @@ import {
 import { StepParams } from "../src/gpu/ops/op.ts";
 import { DEQUANT_SECTIONS } from "../src/gpu/weights.ts";
 import { typeInfo } from "../src/gguf/types.ts";
-import { ropeInverseFrequencies } from "../src/model/ops.ts";
 import {
   compareLinear,
   products,
-  qkvReference,
   randomWeight as randomQuantWeight,
   typeOf,
   TYPES,
 } from "./gpu_quant_data.ts";
 import { nanBuffer as nans, randomF32, runOps, untouchedPast } from "./gpu_ops_helpers.ts";
+import { checkQkvRope, type QkvRopeCase } from "./gpu_qkv_rope_check.ts";
 
 const TOL = 2e-5;
 /** A random weight of type `name`, `rows` × `cols`, on the GPU (optionally split) and dequantised. */
@@ -282,7 +281,7 @@ Deno.test("gpu matvec subblock: fused gate/up + SwiGLU matches the CPU reference
 
 Deno.test("gpu matvec subblock: fused QKV + RoPE with mixed types matches the CPU reference", async () => {
   const gpu = await getGpu();
-  const cases = [
+  const cases: QkvRopeCase[] = [
     {
       types: ["Q4_K", "Q4_K", "Q6_K"],
       cols: 512,
@@ -346,50 +345,6 @@ Deno.test("gpu matvec subblock: fused QKV + RoPE with mixed types matches the CP
     },
   ];
   for (const c of cases) {
-    const qRows = c.qHeads * c.headDim;
-    const kvRows = c.kvHeads * c.headDim;
-    const ws = [
-      randomWeight(gpu, c.types[0], qRows, c.cols),
-      randomWeight(gpu, c.types[1], kvRows, c.cols),
-      randomWeight(gpu, c.types[2], kvRows, c.cols),
-    ];
-    const maxTokens = c.m + 1;
-    const x = randomF32(maxTokens * c.cols);
-    const xBuf = gpu.buffer("x", x.byteLength, x);
-    const step = new StepParams(gpu, maxTokens);
-    const invFreq = ropeInverseFrequencies(c.ropeDim, 10000);
-    const wants = qkvReference(ws, x, c.m, c.cols, { ...c, invFreq });
-    const heads = [c.qHeads, c.kvHeads, 0];
-    const outs = wants.map(({ rows }, n) => nans(gpu, "qkv"[n], maxTokens * rows));
-    const op = createQkvMatvec(gpu, {
-      label: "qkv",
-      wq: ws[0].weight,
-      wk: ws[1].weight,
-      wv: ws[2].weight,
-      x: xBuf,
-      q: outs[0],
-      k: outs[1],
-      v: outs[2],
-      maxTokens,
-      step,
-      rope: { headDim: c.headDim, ropeDim: c.ropeDim, invFreq, maxPosition: 4096 },
-      tuning: { tokensPerWorkgroup: 2, rowsPerWorkgroup: 4 },
-    });
-    const got = await runOps(gpu, [op], step, c.m, c.pos0, outs);
-    const what = `${c.types.join("/")} cols=${c.cols} m=${c.m}`;
-    wants.forEach(({ want, abs, rows }, n) => {
-      for (let i = 0; i < c.m * rows; i++) {
-        const mag = heads[n] > 0 ? Math.max(abs[i], abs[i ^ 1]) : abs[i];
-        const bound = 2 * TOL * mag + 1e-30;
-        ok(
-          Math.abs(got[n][i] - want[i]) <= bound,
-          `${what}: ${"qkv"[n]}[${i}] = ${got[n][i]}, expected ${want[i]}`,
-        );
-      }
-      untouchedPast(`${what} ${"qkv"[n]}`, got[n], c.m, rows);
-    });
-    for (const b of outs) b.destroy();
-    for (const { weight } of ws) weight.destroy();
-    xBuf.destroy();
+    await checkQkvRope(gpu, c, { tokensPerWorkgroup: 2, rowsPerWorkgroup: 4 }, TOL);
   }
 });
