@@ -8,7 +8,8 @@
  * usage: deno task bench:attention [--head-dim 128] [--kv-heads 8] [--q-heads 32]
  *          [--prefill 512@0,512@7680,4096@0] [--tilings 64x32,32x32,64x16] [--prefill-splits 1,4,8]
  *          [--decode-depths 4096,32768]
- *          [--splits 32,64,128,direct] [--tile-steps 2,4,8] [--rotate 1,0] [--append-chunk 512]
+ *          [--splits 32,64,128,direct] [--tile-steps 2,4,8] [--rotate 1,0] [--fused-reduce 1,0]
+ *          [--append-chunk 512]
  *          [--out FILE.json]
  *
  * Prefill figures are attention FLOP/s (4 · head_dim per visible query-key pair); decode figures are the
@@ -42,6 +43,7 @@ const { values } = benchFlags(import.meta.url, () =>
       splits: { type: "string", default: "default" },
       "tile-steps": { type: "string", default: "default" },
       rotate: { type: "string", default: "1" },
+      "fused-reduce": { type: "string", default: "1" },
       "append-chunk": { type: "string" },
       out: { type: "string" },
     },
@@ -71,6 +73,8 @@ const tileStepsList = list(values["tile-steps"], "default").map((
   t,
 ) => (t === "default" ? undefined : Number(t)));
 const rotateList = list(values.rotate, "1").map((r) => r !== "0");
+// Split decode: the splits merged by the partial pass's last workgroups (1) or by a reduce dispatch (0).
+const fusedReduceList = list(values["fused-reduce"], "1").map((r) => r !== "0");
 
 interface Row {
   test: string;
@@ -161,10 +165,13 @@ for (const depth of decodeDepths) {
   step.set(1, depth - 1);
   for (const splits of splitsList) {
     for (const tileSteps of tileStepsList) {
-      for (const rotateTiles of rotateList) {
+      for (
+        const [rotateTiles, fusedReduce] of rotateList.flatMap((r) => fusedReduceList.map((f) => [r, f]))
+      ) {
+        if (splits === "direct" && !fusedReduce) continue; // one dispatch anyway
         const variant = `splits ${splits ?? "default"} steps ${tileSteps ?? "default"}${
           rotateTiles ? "" : " unrotated"
-        }`;
+        }${fusedReduce ? "" : " reduce pass"}`;
         let ops: GpuOp[];
         try {
           ops = Array.from(
@@ -179,6 +186,7 @@ for (const depth of decodeDepths) {
                 out,
                 tileSteps,
                 rotateTiles,
+                fusedReduce,
                 ...(splits === "direct" ? { step, directKeys: depth } : { splits }),
               }),
           );

@@ -17,6 +17,9 @@
  *                        [--no-chain-gates]   (wgkv policy: decode with two write-gate dispatches per layer, not
  *                                              one layer's flags decided by the next layer's gate:
  *                                              "decode-unchained-gates" rows)
+ *                        [--no-fuse-decode-reduce]   (decode attention's splits merged by a reduce dispatch per
+ *                                                     layer, not by the partial pass's last workgroups:
+ *                                                     "decode-unfused-reduce" rows)
  *                        [--prefill-splits N]  (prefill attention with N key splits per KV head:
  *                                               "prefill-splitsN" rows)
  *                        [--prefill-tiling RxK]  (prefill attention with R score rows and K keys per step, e.g.
@@ -129,6 +132,7 @@ const { values } = benchFlags(import.meta.url, () =>
       "no-fuse-kv-append": { type: "boolean" },
       "no-fuse-wgkv-append": { type: "boolean" },
       "no-chain-gates": { type: "boolean" },
+      "no-fuse-decode-reduce": { type: "boolean" },
       "prefill-splits": { type: "string" },
       "prefill-tiling": { type: "string" },
       "direct-keys": { type: "string" },
@@ -197,8 +201,13 @@ if (directKeys !== undefined && (!Number.isInteger(directKeys) || directKeys < 0
 // --no-chain-gates: with the wgkv policy, decode with each layer's write gate in two dispatches (rows named
 // "decode-unchained-gates", for every policy, as above).
 const chainWriteGates = !values["no-chain-gates"];
+// --no-fuse-decode-reduce: decode attention's split path with its reduce dispatch (rows named
+// "decode-unfused-reduce").
+const fusedDecodeReduce = !values["no-fuse-decode-reduce"];
 const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? "" : "-unfused-append") +
-  wgkvAppendSuffix + (chainWriteGates ? "" : "-unchained-gates") + (matvecTuning ? "-tuned" : "") +
+  wgkvAppendSuffix + (chainWriteGates ? "" : "-unchained-gates") +
+  (fusedDecodeReduce ? "" : "-unfused-reduce") +
+  (matvecTuning ? "-tuned" : "") +
   (directKeys !== undefined ? `-direct${directKeys}` : "") + (values["f32-decode"] === true ? "-f32" : "");
 // --prefill-splits N: prefill attention with N key splits per KV head (rows named "prefill-splitsN").
 // (without it, the model's default for the policy).
@@ -352,6 +361,7 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
       int8Prefill,
       int8Decode,
       decodeDirectKeys: directKeys,
+      fusedDecodeReduce,
       onProgress: (m) => console.error(m),
     });
     if (matvecTuning) results.matvecTuning = matvecTuning;
@@ -511,6 +521,7 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
           int8Decode,
           matvecTuning,
           decodeDirectKeys: directKeys,
+          fusedDecodeReduce,
           policy,
           globalFraction: name === "wgkv" ? kvGlobal : undefined,
           onProgress: (m) => console.error(m),

@@ -1,7 +1,7 @@
 import { ok, throws } from "node:assert/strict";
 import { BadFlagError } from "../src/errors.ts";
 import { getGpu } from "../src/gpu/device.ts";
-import { createFlashDecode } from "../src/gpu/ops/attention.ts";
+import { createFlashDecode, decodeArrivalsBytes } from "../src/gpu/ops/attention.ts";
 import { createKvAppend } from "../src/gpu/ops/kv_append.ts";
 import { StepParams } from "../src/gpu/ops/op.ts";
 import { KvCache } from "../src/kv/kv_cache.ts";
@@ -24,11 +24,15 @@ interface Case {
   rotateTiles?: boolean;
   /** Run the one-dispatch direct mode (the query at position tokens − 1, directKeys = tokens). */
   direct?: boolean;
+  /** The split path's merge: in the partial pass (default) or a reduce pass (false). */
+  fusedReduce?: boolean;
 }
 
 /**
  * Fills one layer of a cache with random keys and values, cuts rows to ragged lengths, runs the decode op
- * on a random query and compares every output with the CPU reference (outputs start as NaN).
+ * on a random query and compares every output with the CPU reference (outputs start as NaN). The op runs
+ * twice in one pass, the outputs reset to NaN between: the second run must find the arrival counters back
+ * at zero (checked afterwards too).
  */
 async function checkDecode(c: Case): Promise<void> {
   const gpu = await getGpu();
@@ -48,6 +52,9 @@ async function checkDecode(c: Case): Promise<void> {
     const vBuf = gpu.buffer("v", tokens * kvHeads * D * 4);
     const qBuf = gpu.buffer("q", qHeads * D * 4);
     const outBuf = gpu.buffer("out", qHeads * D * 4);
+    const arrivalBytes = decodeArrivalsBytes(kvHeads, qHeads);
+    const arrivals = gpu.buffer("arrivals", arrivalBytes);
+    const nanBuf = gpu.buffer("nan", qHeads * D * 4);
     const append = createKvAppend(gpu, {
       label: "append",
       kv,
@@ -66,6 +73,7 @@ async function checkDecode(c: Case): Promise<void> {
     gpu.device.queue.writeBuffer(vBuf, 0, v);
     gpu.device.queue.writeBuffer(qBuf, 0, q);
     gpu.device.queue.writeBuffer(outBuf, 0, new Float32Array(qHeads * D).fill(NaN));
+    gpu.device.queue.writeBuffer(nanBuf, 0, new Float32Array(qHeads * D).fill(NaN));
     let encoder = gpu.device.createCommandEncoder();
     let pass = encoder.beginComputePass();
     append.encode(pass);
@@ -87,6 +95,8 @@ async function checkDecode(c: Case): Promise<void> {
       splits,
       tileSteps: c.tileSteps,
       rotateTiles: c.rotateTiles,
+      fusedReduce: c.fusedReduce,
+      arrivals,
       ...(c.direct ? { step, directKeys: tokens } : {}),
     });
     step.set(1, tokens - 1);
@@ -94,10 +104,16 @@ async function checkDecode(c: Case): Promise<void> {
     pass = encoder.beginComputePass();
     decode.encode(pass);
     pass.end();
+    encoder.copyBufferToBuffer(nanBuf, 0, outBuf, 0, qHeads * D * 4);
+    pass = encoder.beginComputePass();
+    decode.encode(pass);
+    pass.end();
     gpu.device.queue.submit([encoder.finish()]);
     const error = await gpu.device.popErrorScope();
     ok(error === null, error?.message);
     const got = await gpu.readF32(outBuf, 0, qHeads * D);
+    const counts = await gpu.readU32(arrivals, 0, arrivalBytes / 4);
+    ok(counts.every((n) => n === 0), `${JSON.stringify(c)}: arrival counters left at ${counts}`);
 
     const want = new Float32Array(qHeads * D);
     for (let hq = 0; hq < qHeads; hq++) {
@@ -120,7 +136,7 @@ async function checkDecode(c: Case): Promise<void> {
         `${JSON.stringify(c)}: out[${i}] = ${got[i]}, want ${want[i]}`,
       );
     }
-    for (const b of [kBuf, vBuf, qBuf, outBuf]) b.destroy();
+    for (const b of [kBuf, vBuf, qBuf, outBuf, arrivals, nanBuf]) b.destroy();
   } finally {
     kv.destroy();
   }
@@ -175,6 +191,29 @@ Deno.test("flash decode: Llama shape (head_dim 128, G 4), 700 keys in 3 splits; 
   await checkDecode({ headDim: 32, kvHeads: 4, group: 2, tokens: 900, cuts: [900, 0, 1, 333], splits: 5 });
   // 70 splits: the reduce takes 8 rows × 4 splits per pass, so it loops three times with a ragged end.
   await checkDecode({ headDim: 128, kvHeads: 1, group: 4, tokens: 1120, splits: 70 });
+});
+
+Deno.test("flash decode: the separate reduce pass (fusedReduce false) on the split cases above", async () => {
+  const cases: Case[] = [
+    { headDim: 24, kvHeads: 1, group: 5, tokens: 300, splits: 2 },
+    { headDim: 8, kvHeads: 3, group: 1, tokens: 600, cuts: [600, 1, 0], splits: 7, tileSteps: 8 },
+    { headDim: 32, kvHeads: 4, group: 2, tokens: 900, cuts: [900, 0, 1, 333], splits: 5 },
+    { headDim: 128, kvHeads: 1, group: 4, tokens: 1120, splits: 70 },
+  ];
+  for (const c of cases) await checkDecode({ ...c, fusedReduce: false });
+});
+
+Deno.test("flash decode: the fused reduce with every head empty writes zeros and leaves the counters at zero", async () => {
+  await checkDecode({ headDim: 64, kvHeads: 2, group: 4, tokens: 20, cuts: [0, 0], splits: 4 });
+  await checkDecode({
+    headDim: 64,
+    kvHeads: 2,
+    group: 4,
+    tokens: 20,
+    cuts: [0, 0],
+    splits: 4,
+    fusedReduce: false,
+  });
 });
 
 Deno.test("flash decode: direct mode (one dispatch, one workgroup per KV head and head batch)", async () => {

@@ -18,6 +18,9 @@
 // binding 17: partial_sums, vec4<f32>[slots][group][head_dim / 4] (read, by `reduce`): the V-sum part of
 //             `partials`
 // binding 18: partial_stats, f32 (read, by `reduce`): the whole of `partials`, for the (max, sum) pairs
+// binding 19: arrivals, atomic<u32>[kv_heads][head batches] (read-write, by `main`): workgroups of the
+//             (KV head, head batch) that have written their partials in this dispatch (fused_reduce = 1);
+//             zero between dispatches (the last arrival resets it), so one buffer serves every layer
 //
 // WG-KV mode (wgkv_window > 0): the row is a dual cache, ring slots [0, ring_tokens) then global tokens; a
 // ring key at position p is seen iff p <= q and (q - p < wgkv_window or it was admitted), every global key
@@ -46,6 +49,11 @@
 // Direct mode (direct = 1, compiled with splits = 1): one slot per KV head covers its whole row and `main`
 // writes the normalised output itself, so short rows take one dispatch instead of two (the op picks it per
 // step from the query's position).
+// Fused reduce (fused_reduce = 1): after writing its partials each workgroup counts itself in `arrivals`;
+// the last of its (KV head, head batch) to arrive merges the head's splits as `reduce` would and writes
+// the outputs, so the split path is one dispatch too. storageBarrier() orders the partials' writes before
+// the count (device-scope release) and the count before the last one's reads (acquire), the pattern of
+// a "last block" reduction; a head without keys gets zeros from workgroup `slot = head`.
 // Measured on an H100 (8B model, 32K keys, 8 KV heads): 83 µs per layer, about 1.6 TB/s of K/V. The layout
 // alone gained 7% (221 µs; one thread per whole K and V row before: 239 µs); writing the results with
 // constant head-lane indices (below) gained the rest: one dynamic index into `sums` had moved the sums to
@@ -66,6 +74,7 @@ override key_lanes: u32 = 32u; // keys per step: threads of `main` = key_lanes *
 override tile_steps: u32 = 4u; // steps per tile: keys per tile = tile_steps * key_lanes
 override rotate_tiles: u32 = 1u; // 1: slot s starts at tile (5 s) mod its tiles; 0: at its first tile
 override direct: u32 = 0u; // 1: `main` writes `out` (one slot per KV head), 0: it writes `partials`
+override fused_reduce: u32 = 0u; // 1 (split path): the last workgroup of a KV head merges its splits
 
 const PAGE_TOKENS: u32 = 16u;
 const HEADS_PER_BATCH: u32 = 4u;
@@ -92,16 +101,18 @@ struct LayerParams { layer: u32, pad0: u32, pad1: u32, pad2: u32 }
 @group(0) @binding(16) var<storage, read> slot_info: array<u32>;
 @group(0) @binding(17) var<storage, read> partial_sums: array<vec4f>;
 @group(0) @binding(18) var<storage, read> partial_stats: array<f32>;
+@group(0) @binding(19) var<storage, read_write> arrivals: array<atomic<u32>>;
 
 {{POOL}}
 
 // `main`: the tile's partial dot products, key k's lane p at k * (k_quads + 1) + p (padded: the score
 // threads read a row each without bank conflicts); at the end, the merge slots: value i of merge slot m at
-// i * MERGE_THREADS + m (i < 8: sums, 8: max, 9: sum).
+// i * MERGE_THREADS + m (i < 8: sums, 8: max, 9: sum); in the fused reduce, merge_splits()'s rows.
 var<workgroup> exchange: array<vec4f, max(TILE_KEYS * (k_quads + 1u), MERGE_THREADS * 10u)>;
 // `main`: scores of the tile's keys (vec4 over the batch's heads), MASKED for unseen keys.
 var<workgroup> tile_scores: array<vec4f, TILE_KEYS>;
 var<workgroup> slot_plan: vec4u; // `main`: (kv head, first slot of the head, its slot count, row length)
+var<workgroup> last_arrival: u32; // `main` with fused_reduce: 1 in the last workgroup of its KV head
 
 // `reduce`: tree of maxima, then per-thread partial sums.
 var<workgroup> reduce_max: array<f32, REDUCE_THREADS>;
@@ -194,15 +205,8 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
   let lane = tid % k_quads;
   let key_lane = tid / k_quads;
   let range = slot_range(slot - plan.y, max(plan.z, 1u), len);
-  if (plan.z == 0u || range.x >= range.y) {
-    // No keys: a split leaves its partials unused; in direct mode the heads' outputs are zeros.
-    if (direct != 0u && key_lane == 0u) {
-      for (var c = 0u; c < batch_heads; c++) {
-        for (var i = 0u; i < DIMS_PER_LANE; i++) { out[(first_head + c) * head_dim + lane * DIMS_PER_LANE + i] = 0.0; }
-      }
-    }
-    return;
-  }
+  // A slot without keys runs no tiles: its state stays empty (sums 0, and in direct mode outputs 0).
+  let has_keys = plan.z != 0u && range.x < range.y;
   let row = base_row + kv_head;
   let table = row * max_pages;
 
@@ -227,8 +231,8 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
 
   let first_key = range.x * PAGE_TOKENS;
   let end_key = min(range.y * PAGE_TOKENS, len);
-  let tiles = (end_key - first_key + TILE_KEYS - 1u) / TILE_KEYS;
-  let rotation = select(0u, (slot * 5u) % tiles, rotate_tiles != 0u);
+  let tiles = select(0u, (end_key - first_key + TILE_KEYS - 1u) / TILE_KEYS, has_keys);
+  let rotation = select(0u, (slot * 5u) % max(tiles, 1u), rotate_tiles != 0u);
   for (var i = 0u; i < tiles; i++) {
     var tile = i + rotation;
     if (tile >= tiles) { tile -= tiles; }
@@ -331,6 +335,106 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
         }
       }
     }
+  }
+  if (fused_reduce != 0u && direct == 0u) {
+    if (slot < kv_heads && head_lengths[slot] == 0u && key_lane == 0u) {
+      // Head `slot` has no keys, hence no slots: its heads of this batch attend to nothing.
+      let empty_first = slot * group + first_local;
+      for (var c = 0u; c < batch_heads; c++) {
+        for (var i = 0u; i < DIMS_PER_LANE; i++) { out[(empty_first + c) * head_dim + lane * DIMS_PER_LANE + i] = 0.0; }
+      }
+    }
+    if (plan.z != 0u) {
+      storageBarrier(); // release: this workgroup's partials before its arrival
+      let counter = kv_head * ((group + HEADS_PER_BATCH - 1u) / HEADS_PER_BATCH) + batch;
+      if (tid == 0u) {
+        last_arrival = select(0u, 1u, atomicAdd(&arrivals[counter], 1u) + 1u == plan.z);
+      }
+      if (workgroupUniformLoad(&last_arrival) == 1u) {
+        storageBarrier(); // acquire: the other workgroups' partials after their arrivals
+        if (tid == 0u) { atomicStore(&arrivals[counter], 0u); }
+        merge_splits(plan.y, plan.z, len, first_local, first_head, batch_heads, tid);
+      }
+    }
+  }
+}
+
+// Slots of the fused merge read per pass of a thread (their loads in flight together).
+const MERGE_UNROLL: u32 = 8u;
+
+// The fused reduce in the last workgroup of a KV head: merges the head's used splits (slots [first,
+// first + count) over a row of `len` keys) for the batch's heads and writes their outputs. Thread
+// (r, c, column) folds splits r, r + rows, … of head c's 4 dimensions `column` with a running maximum;
+// then row 0 merges the rows through workgroup memory (`exchange`: sums at [tid], (max, sum) at
+// [THREADS + tid]). Every thread of the workgroup must call it.
+fn merge_splits(
+  first: u32,
+  count: u32,
+  len: u32,
+  first_local: u32,
+  first_head: u32,
+  batch_heads: u32,
+  tid: u32,
+) {
+  let group = q_heads / kv_heads;
+  let used = used_slots(count, len);
+  let columns = head_dim / 4u;
+  let pairs = HEADS_PER_BATCH * columns;
+  let rows = THREADS / pairs;
+  let p = tid % pairs;
+  let r = tid / pairs;
+  let c = p / columns;
+  let column = p % columns;
+  let stats = SLOTS * group * head_dim;
+  var m = MASKED;
+  var acc = vec4f(0.0);
+  var total = 0.0;
+  if (r < rows && c < batch_heads) {
+    for (var s0 = r; s0 < used; s0 += MERGE_UNROLL * rows) {
+      var split_max: array<f32, MERGE_UNROLL>;
+      var split_sum: array<f32, MERGE_UNROLL>;
+      var split_v: array<vec4f, MERGE_UNROLL>;
+      // @unroll
+      for (var k = 0u; k < MERGE_UNROLL; k++) {
+        let valid = s0 + k * rows < used;
+        let at = (first + min(s0 + k * rows, used - 1u)) * group + first_local + c;
+        split_max[k] = select(MASKED, partials[stats + at * 2u], valid);
+        split_sum[k] = select(0.0, partials[stats + at * 2u + 1u], valid);
+        let o = at * head_dim + column * 4u;
+        split_v[k] = select(vec4f(0.0), vec4f(partials[o], partials[o + 1u], partials[o + 2u], partials[o + 3u]), valid);
+      }
+      var new_max = m;
+      // @unroll
+      for (var k = 0u; k < MERGE_UNROLL; k++) { new_max = max(new_max, split_max[k]); }
+      let a = exp(m - new_max);
+      acc *= a;
+      total *= a;
+      // @unroll
+      for (var k = 0u; k < MERGE_UNROLL; k++) {
+        let w = exp(split_max[k] - new_max);
+        acc += w * split_v[k];
+        total += w * split_sum[k];
+      }
+      m = new_max;
+    }
+  }
+  exchange[tid] = acc;
+  exchange[THREADS + tid] = vec4f(m, total, 0.0, 0.0);
+  workgroupBarrier();
+  if (r == 0u && c < batch_heads) {
+    var m_all = m;
+    for (var i = 1u; i < rows; i++) { m_all = max(m_all, exchange[THREADS + i * pairs + p].x); }
+    var a = vec4f(0.0);
+    var t = 0.0;
+    for (var i = 0u; i < rows; i++) {
+      let e = exchange[THREADS + i * pairs + p];
+      let w = exp(e.x - m_all);
+      a += w * exchange[i * pairs + p];
+      t += w * e.y;
+    }
+    let inv = select(0.0, 1.0 / t, t > 0.0);
+    let o = (first_head + c) * head_dim + column * 4u;
+    for (var j = 0u; j < 4u; j++) { out[o + j] = a[j] * inv; }
   }
 }
 

@@ -55,6 +55,7 @@ import { qkvKvAppendBlocker } from "../gpu/ops/qkv_kv_store.ts";
 import {
   createFlashDecode,
   createFlashPrefill,
+  decodeArrivalsBytes,
   decodePartialsBytes,
   prefillPartialsBytes,
   type PrefillTileShape,
@@ -198,6 +199,11 @@ export interface GpuModelOptions {
    * this many keys (see `FlashDecodeOptions.directKeys`; 0: always split). Default `DEFAULT_DIRECT_KEYS`.
    */
   decodeDirectKeys?: number;
+  /**
+   * Decode attention's split path merges its splits in the partial pass (the last workgroup of each KV
+   * head, `FlashDecodeOptions.fusedReduce`) instead of a reduce dispatch per layer. Default true.
+   */
+  fusedDecodeReduce?: boolean;
 }
 
 /**
@@ -267,6 +273,7 @@ interface Activations {
   logits: GPUBuffer; // [V]
   partials: GPUBuffer; // split-K decode scratch
   normSums: GPUBuffer; // decode: sums of squares of a folded RMSNorm, one per producer workgroup
+  arrivals: GPUBuffer; // decode attention: arrival counters of the fused split merge (zero between dispatches)
   q8?: { xq: GPUBuffer; xds: GPUBuffer }; // int8 prefill: quantised activations of the widest input
 }
 
@@ -536,6 +543,7 @@ export class GpuModel {
         ) / 4,
       ),
       normSums: f32("norm sums", E),
+      arrivals: f32("decode arrivals", decodeArrivalsBytes(Hkv, Hq) / 4),
     };
     const halfPrefill = (options.halfPrefill ?? false) && gpu.hasF16;
     if ((options.int8Prefill ?? !gpu.isFallback) && maxBatch > 1) {
@@ -800,6 +808,8 @@ export class GpuModel {
               wgkv: dual,
               step,
               directKeys: options.decodeDirectKeys,
+              fusedReduce: options.fusedDecodeReduce,
+              arrivals: act.arrivals,
             })
             : createFlashPrefill(gpu, {
               label: `${p}attention`,

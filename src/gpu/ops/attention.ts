@@ -218,6 +218,22 @@ export interface FlashDecodeOptions extends AttentionOptions {
    * encoded); 0 turns it off. Default {@link DEFAULT_DIRECT_KEYS} with a step, else 0.
    */
   directKeys?: number;
+  /**
+   * Whether the split path merges the splits in the partial pass itself (default true): the last
+   * workgroup of each KV head and head batch to finish (counted in `arrivals`) merges the head's splits
+   * and writes the outputs, so there is no reduce dispatch. False keeps the separate reduce pass.
+   */
+  fusedReduce?: boolean;
+  /**
+   * Arrival counters of the fused reduce, u32[kvHeads · ⌈G / 4⌉], zero; the kernel leaves them at zero, so
+   * the decode ops of all layers may share one. Created when absent.
+   */
+  arrivals?: BufferSlice;
+}
+
+/** Bytes of the arrival counters of a fused-reduce decode op ({@link FlashDecodeOptions.arrivals}). */
+export function decodeArrivalsBytes(kvHeads: number, qHeads: number): number {
+  return kvHeads * ceilDiv(qHeads / kvHeads, DECODE_HEADS_PER_BATCH) * 4;
 }
 
 /**
@@ -292,8 +308,8 @@ function defaultDecodeTileSteps(gpu: Gpu, headDim: number, kvHeads: number): num
 function decodeWorkgroupBytes(headDim: number, tileSteps: number, kvHeads: number): number {
   const quads = headDim / 8, lanes = decodeKeyLanes(headDim), tileKeys = tileSteps * lanes;
   const exchange = Math.max(tileKeys * (quads + 1), Math.ceil(lanes / 2) * quads * 10);
-  // exchange, tile_scores, slot_plan, head_lengths
-  return exchange * 16 + tileKeys * 16 + 16 + kvHeads * 4;
+  // exchange, tile_scores, slot_plan, last_arrival, head_lengths
+  return exchange * 16 + tileKeys * 16 + 16 + 4 + kvHeads * 4;
 }
 
 /**
@@ -521,8 +537,17 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
     POOL: poolQuadShaderSource(kv.shards.length),
     LOAD_QUADS: poolQuadLoadSource(kv.shards.length),
   };
-  const partialKernel = gpu.kernel("flash_decode", constants, defines, "main");
-  const reduceKernel = gpu.kernel("flash_decode", constants, defines, "reduce");
+  const fusedReduce = options.fusedReduce ?? true;
+  const partialKernel = gpu.kernel(
+    "flash_decode",
+    { ...constants, fused_reduce: fusedReduce ? 1 : 0 },
+    defines,
+    "main",
+  );
+  const reduceKernel = fusedReduce ? undefined : gpu.kernel("flash_decode", constants, defines, "reduce");
+  const arrivalBytes = decodeArrivalsBytes(kv.kvHeads, qHeads);
+  const arrivals = options.arrivals ?? gpu.buffer(`${label} arrivals`, arrivalBytes);
+  checkSlice(label, "arrivals", arrivals, arrivalBytes);
   const step = options.step;
   const directKeys = step ? options.directKeys ?? DEFAULT_DIRECT_KEYS : 0;
   checkInt(label, "directKeys", directKeys, 0);
@@ -543,10 +568,11 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
     [7, kv.lengths],
     ...shardEntries(kv),
     [16, mask.slotInfo],
+    [19, arrivals],
   ];
   const partialGroup = bindNumbered(gpu, partialKernel, mainEntries);
   const directGroup = directKernel && bindNumbered(gpu, directKernel, mainEntries);
-  const reduceGroup = bindNumbered(gpu, reduceKernel, [
+  const reduceGroup = reduceKernel && bindNumbered(gpu, reduceKernel, [
     [1, kv.sequence],
     [2, layerParams],
     [5, out],
@@ -566,8 +592,9 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
       pass.setPipeline(partialKernel.pipeline);
       pass.setBindGroup(0, partialGroup);
       pass.dispatchWorkgroups(slots, headBatches);
+      if (!reduceKernel) return;
       pass.setPipeline(reduceKernel.pipeline);
-      pass.setBindGroup(0, reduceGroup);
+      pass.setBindGroup(0, reduceGroup!);
       pass.dispatchWorkgroups(qHeads);
     },
   };
