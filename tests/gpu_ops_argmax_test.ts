@@ -10,22 +10,27 @@ function argmax(x: Float32Array): number {
   return best;
 }
 
-/** Runs argmax over `rows` (each `vocab` long, `stride` apart) and compares with the CPU, row by row. */
+/**
+ * Runs argmax over `rows` (each `vocab` long, `stride` apart) and compares with the CPU, row by row. The op
+ * runs twice, the ids reset between: the second run must find the blocks' arrival counters back at zero.
+ */
 async function check(rows: Float32Array[], vocab: number, stride = vocab, maxRows = rows.length) {
   const gpu = await getGpu();
   const data = randomF32(maxRows * stride, 10);
   rows.forEach((r, i) => data.set(r, i * stride));
   const logits = gpu.buffer("logits", data.byteLength, data);
   const op = createArgmax(gpu, { label: "sample", vocab, maxRows, logits, rowStride: stride });
-  gpu.device.queue.writeBuffer(op.tokens, 0, new Uint32Array(maxRows).fill(0xdeadbeef));
   op.setRows(rows.length);
   const enc = gpu.device.createCommandEncoder();
-  const pass = enc.beginComputePass();
-  op.encode(pass);
-  pass.end();
+  for (let run = 0; run < 2; run++) {
+    if (run > 0) enc.clearBuffer(op.tokens);
+    const pass = enc.beginComputePass();
+    op.encode(pass);
+    pass.end();
+  }
   gpu.device.queue.submit([enc.finish()]);
   const got = Array.from(await gpu.readU32(op.tokens));
-  const want = [...rows.map(argmax), ...new Array(maxRows - rows.length).fill(0xdeadbeef)];
+  const want = [...rows.map(argmax), ...new Array(maxRows - rows.length).fill(0)];
   deepEqual(got, want, `vocab ${vocab}, ${rows.length} of ${maxRows} rows`);
 }
 

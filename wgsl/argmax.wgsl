@@ -1,16 +1,17 @@
 // Greedy sampling: the index of the largest value of each logits row, ties going to the lowest index
-// (like a sequential scan with `>`). Two passes, rows on the y (pass 1) or x (pass 2) dispatch axis:
-//   `block_best`: workgroup (b, row) finds the best of block b (BLOCK = WG · PER_THREAD values) of the row;
-//   `row_best`:   workgroup row folds the row's N_BLOCKS partial results and writes the token id.
-// Rows >= params.nRows are skipped. NaN logits are not supported (WGSL may assume there are none).
+// (like a sequential scan with `>`). One dispatch, grid (N_BLOCKS, rows): workgroup (b, row) finds the best
+// of block b (BLOCK = WG · PER_THREAD values) of the row and writes it to `partials`; the last workgroup of
+// the row to finish (counted in `arrivals`) folds the row's N_BLOCKS partial results and writes the token
+// id. storageBarrier() orders the partial's write before the count (device-scope release) and the count
+// before the last one's reads (acquire). Rows >= params.nRows are skipped. NaN logits are not supported
+// (WGSL may assume there are none).
 //
-// Bindings shared by both entry points:
 //   binding 0: params, uniform Params { nRows }
-//   binding 1: partials, Best[maxRows][N_BLOCKS] (`block_best` writes, `row_best` reads)
-// Entry point `block_best`:
+//   binding 1: partials, Best[maxRows][N_BLOCKS] (read-write)
 //   binding 2: logits, f32 rows of ROW_STRIDE values, the first VOCAB of each are compared (read)
-// Entry point `row_best`:
 //   binding 3: tokens, u32[maxRows] (write): the winning index per row
+//   binding 4: arrivals, atomic<u32>[maxRows] (read-write): blocks of the row done in this dispatch; zero
+//              between dispatches (the last one resets it)
 
 override VOCAB: u32 = 1u;
 override ROW_STRIDE: u32 = 1u;
@@ -54,11 +55,15 @@ fn minus_infinity() -> f32 {
   return bitcast<f32>(0xff800000u);
 }
 
-@group(0) @binding(1) var<storage, read_write> partials_out: array<Best>;
+@group(0) @binding(1) var<storage, read_write> partials: array<Best>;
 @group(0) @binding(2) var<storage, read> logits: array<f32>;
+@group(0) @binding(3) var<storage, read_write> tokens: array<u32>;
+@group(0) @binding(4) var<storage, read_write> arrivals: array<atomic<u32>>;
+
+var<workgroup> last_arrival: u32; // 1 in the last workgroup of its row
 
 @compute @workgroup_size(WG)
-fn block_best(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lane: u32) {
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lane: u32) {
   let row = wg.y;
   if (row >= params.nRows) { return; }
   let start = wg.x * WG * PER_THREAD;
@@ -76,20 +81,16 @@ fn block_best(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index)
   best_value[lane] = v;
   best_index[lane] = i;
   let best = reduce_best(lane);
-  if (lane == 0u) { partials_out[row * N_BLOCKS + wg.x] = best; }
-}
-
-@group(0) @binding(1) var<storage, read> partials_in: array<Best>;
-@group(0) @binding(3) var<storage, read_write> tokens: array<u32>;
-
-@compute @workgroup_size(WG)
-fn row_best(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lane: u32) {
-  let row = wg.x;
-  if (row >= params.nRows) { return; }
-  var v = minus_infinity();
-  var i = NO_INDEX;
+  if (lane == 0u) { partials[row * N_BLOCKS + wg.x] = best; }
+  storageBarrier(); // release: the partial before the arrival
+  if (lane == 0u) { last_arrival = select(0u, 1u, atomicAdd(&arrivals[row], 1u) + 1u == N_BLOCKS); }
+  if (workgroupUniformLoad(&last_arrival) == 0u) { return; }
+  storageBarrier(); // acquire: the other blocks' partials after their arrivals
+  if (lane == 0u) { atomicStore(&arrivals[row], 0u); }
+  v = minus_infinity();
+  i = NO_INDEX;
   for (var b = lane; b < N_BLOCKS; b += WG) {
-    let p = partials_in[row * N_BLOCKS + b];
+    let p = partials[row * N_BLOCKS + b];
     if (beats(p.value, p.index, v, i)) {
       v = p.value;
       i = p.index;
@@ -97,6 +98,6 @@ fn row_best(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) l
   }
   best_value[lane] = v;
   best_index[lane] = i;
-  let best = reduce_best(lane);
-  if (lane == 0u) { tokens[row] = best.index; }
+  let winner = reduce_best(lane);
+  if (lane == 0u) { tokens[row] = winner.index; }
 }

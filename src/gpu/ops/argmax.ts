@@ -1,7 +1,7 @@
 /**
  * Greedy sampling on the GPU (`wgsl/argmax.wgsl`): the index of the largest logit of each row, ties to
  * the lowest index, written as a u32 token id so a decode step reads back only 4 bytes per sequence.
- * Two dispatches: per-block bests, then one workgroup per row folds them.
+ * One dispatch: per-block bests, the last block of each row to finish folds them.
  *
  * @module
  */
@@ -53,18 +53,10 @@ export function createArgmax(gpu: Gpu, options: ArgmaxOptions): ArgmaxOp {
   const params = new Uint32Array([maxRows, 0, 0, 0]);
   const paramsBuf = gpu.uniform(`${label}.params`, params);
   const partials = gpu.buffer(`${label}.partials`, maxRows * nBlocks * 8);
+  const arrivals = gpu.buffer(`${label}.arrivals`, maxRows * 4);
   const constants = { VOCAB: vocab, ROW_STRIDE: stride, N_BLOCKS: nBlocks, PER_THREAD, WG };
-  const blockKernel = gpu.kernel("argmax", constants, {}, "block_best");
-  const rowKernel = gpu.kernel("argmax", constants, {}, "row_best");
-  const blockGroup = gpu.bind(blockKernel, [paramsBuf, partials, logits]);
-  const rowGroup = gpu.device.createBindGroup({
-    layout: rowKernel.pipeline.getBindGroupLayout(0),
-    entries: [
-      { binding: 0, resource: { buffer: paramsBuf } },
-      { binding: 1, resource: { buffer: partials } },
-      { binding: 3, resource: { buffer: tokens } },
-    ],
-  });
+  const kernel = gpu.kernel("argmax", constants, {}, "main");
+  const group = gpu.bind(kernel, [paramsBuf, partials, logits, tokens, arrivals]);
   return {
     label,
     tokens,
@@ -74,12 +66,9 @@ export function createArgmax(gpu: Gpu, options: ArgmaxOptions): ArgmaxOp {
       gpu.device.queue.writeBuffer(paramsBuf, 0, params);
     },
     encode(pass: GPUComputePassEncoder): void {
-      pass.setPipeline(blockKernel.pipeline);
-      pass.setBindGroup(0, blockGroup);
+      pass.setPipeline(kernel.pipeline);
+      pass.setBindGroup(0, group);
       pass.dispatchWorkgroups(nBlocks, maxRows);
-      pass.setPipeline(rowKernel.pipeline);
-      pass.setBindGroup(0, rowGroup);
-      pass.dispatchWorkgroups(maxRows);
     },
   };
 }
