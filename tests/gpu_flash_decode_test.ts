@@ -204,16 +204,9 @@ Deno.test("flash decode: the separate reduce pass (fusedReduce false) on the spl
 });
 
 Deno.test("flash decode: the fused reduce with every head empty writes zeros and leaves the counters at zero", async () => {
-  await checkDecode({ headDim: 64, kvHeads: 2, group: 4, tokens: 20, cuts: [0, 0], splits: 4 });
-  await checkDecode({
-    headDim: 64,
-    kvHeads: 2,
-    group: 4,
-    tokens: 20,
-    cuts: [0, 0],
-    splits: 4,
-    fusedReduce: false,
-  });
+  const empty: Case = { headDim: 64, kvHeads: 2, group: 4, tokens: 20, cuts: [0, 0], splits: 4 };
+  await checkDecode(empty);
+  await checkDecode({ ...empty, fusedReduce: false });
 });
 
 Deno.test("flash decode: direct mode (one dispatch, one workgroup per KV head and head batch)", async () => {
