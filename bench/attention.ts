@@ -49,7 +49,7 @@ const { values } = benchFlags(import.meta.url, () =>
     },
   }));
 
-const gpu = await getGpu();
+const gpu = await getGpu({ profile: true });
 const slow = gpu.isFallback;
 const D = Number(values["head-dim"]),
   kvHeads = Number(values["kv-heads"]),

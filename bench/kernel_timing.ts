@@ -8,20 +8,32 @@
 
 import type { Gpu } from "../src/gpu/device.ts";
 import type { GpuOp } from "../src/gpu/ops/op.ts";
+import { GpuProfiler } from "../src/gpu/profiler.ts";
 import { GpuWeight } from "../src/gpu/weights.ts";
 import { f32ToBf16, f32ToHalf } from "../src/gguf/half.ts";
 import { GGMLType, typeInfo } from "../src/gguf/types.ts";
 
-/** Seconds to run `count` dispatches (cycling through `ops`) in one pass, submitted and finished. */
-async function timeRun(gpu: Gpu, ops: GpuOp[], count: number): Promise<number> {
-  const t0 = performance.now();
+/**
+ * Seconds `count` dispatches (cycling through `ops`) take in one pass: the GPU's timestamps at the pass's
+ * start and end where the device has timestamp queries, else the wall clock from the submit to the
+ * finished work. Either way the CPU's encoding is not counted (it happens before the clock starts; with
+ * the wall clock it had added the CPU's cost per dispatch to the kernel's time).
+ */
+async function timeRun(gpu: Gpu, ops: GpuOp[], count: number, profiler?: GpuProfiler): Promise<number> {
   const encoder = gpu.device.createCommandEncoder();
-  const pass = encoder.beginComputePass();
+  const pass = profiler ? profiler.beginPass(encoder, "run") : encoder.beginComputePass();
   for (let i = 0; i < count; i++) ops[i % ops.length].encode(pass);
   pass.end();
-  gpu.device.queue.submit([encoder.finish()]);
+  profiler?.resolve(encoder);
+  const commands = encoder.finish();
+  const t0 = performance.now();
+  gpu.device.queue.submit([commands]);
   await gpu.device.queue.onSubmittedWorkDone();
-  return (performance.now() - t0) / 1000;
+  const wall = (performance.now() - t0) / 1000;
+  if (!profiler) return wall;
+  profiler.reset();
+  const [row] = await profiler.collect();
+  return row.totalMs / 1000;
 }
 
 /** A timing of {@link timeOps}. */
@@ -42,25 +54,36 @@ const WARM_UP_S = 0.3;
  * short runs of a few dispatches leave the difference to the noise of the two waits. Before timing, the ops
  * run untimed for {@link WARM_UP_S} seconds (not with `quick`): a GPU idle while the benchmark built its
  * buffers may still be at low clocks, which made kernels look several times slower than inside the model.
+ * Runs are timed by the GPU's timestamps where the device was opened with `profile: true` and has them.
  */
 export async function timeOps(gpu: Gpu, ops: GpuOp[], quick = false): Promise<OpTiming> {
-  await timeRun(gpu, ops, ops.length); // warm up (pipelines, first touches)
+  const timer = gpu.hasTimestamps ? new GpuProfiler(gpu, 1) : undefined;
+  try {
+    return await timeWith(gpu, ops, quick, timer);
+  } finally {
+    timer?.destroy();
+  }
+}
+
+/** {@link timeOps} with `timer` timing each run on the GPU (the wall clock without one). */
+async function timeWith(gpu: Gpu, ops: GpuOp[], quick: boolean, timer?: GpuProfiler): Promise<OpTiming> {
+  await timeRun(gpu, ops, ops.length, timer); // warm up (pipelines, first touches)
   const probe = Math.max(2, ops.length);
-  let estimate = (await timeRun(gpu, ops, probe)) / probe;
+  let estimate = (await timeRun(gpu, ops, probe, timer)) / probe;
   if (!quick) {
     const batch = Math.max(probe, Math.min(10000, Math.ceil(0.02 / Math.max(estimate, 1e-7))));
     for (const t0 = performance.now(); performance.now() - t0 < WARM_UP_S * 1000;) {
-      await timeRun(gpu, ops, batch);
+      await timeRun(gpu, ops, batch, timer);
     }
-    estimate = (await timeRun(gpu, ops, probe)) / probe;
+    estimate = (await timeRun(gpu, ops, probe, timer)) / probe;
   }
   const target = quick ? 0.005 : 0.05;
   const short = Math.max(ops.length, 2, Math.min(10000, Math.ceil(target / Math.max(estimate, 1e-7))));
   const long = 3 * short;
   const tries: number[] = [];
   for (let i = 0; i < (quick ? 1 : 3); i++) {
-    const a = await timeRun(gpu, ops, short);
-    const b = await timeRun(gpu, ops, long);
+    const a = await timeRun(gpu, ops, short, timer);
+    const b = await timeRun(gpu, ops, long, timer);
     tries.push(Math.max(0, b - a) / (long - short) * 1e6);
   }
   return { us: tries.sort((p, q) => p - q)[Math.floor(tries.length / 2)], dispatches: [short, long] };

@@ -119,7 +119,7 @@ const tokenCounts = list(values.tokens, "1").map(Number);
 const minBytes = Number(values["min-mb"] ?? (quick ? 2 : 320)) * 1e6;
 const outPath = values.out ?? "out/matvec.json";
 
-const gpu = await getGpu();
+const gpu = await getGpu({ profile: true });
 console.error(
   `device: ${gpu.description}${gpu.isFallback ? " (software: figures show only that it runs)" : ""}`,
 );
