@@ -84,3 +84,35 @@ Deno.test("gpu model: logits match the CPU reference on synthetic tiny models of
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+fixtureTest(
+  "gpu model: stories260K greedy through split decode attention (merged in the partial pass, or by a reduce pass)",
+  ["stories260K.gguf", "stories260K.greedy.json"],
+  async () => {
+    const golden = JSON.parse(await Deno.readTextFile(fixture("stories260K.greedy.json")));
+    const file = await openGGUF(fixture("stories260K.gguf"));
+    const gpu = await getGpu();
+    try {
+      for (const fusedDecodeReduce of [true, false]) {
+        // decodeDirectKeys 0: every decode step splits its keys over workgroups.
+        const model = await GpuModel.load(gpu, file, hparamsFromGGUF(file), {
+          contextLength: 256,
+          maxBatch: 64,
+          decodeDirectKeys: 0,
+          fusedDecodeReduce,
+        });
+        try {
+          const chained = [await model.forward([1], 0, "argmax")];
+          while (chained.length < 100) {
+            chained.push(...await model.decodeGreedy(chained.at(-1)!, chained.length, 33));
+          }
+          deepEqual(chained, golden.greedy_tokens.slice(0, 100), `fusedDecodeReduce ${fusedDecodeReduce}`);
+        } finally {
+          model.destroy();
+        }
+      }
+    } finally {
+      file.close();
+    }
+  },
+);

@@ -53,7 +53,9 @@
 // the last of its (KV head, head batch) to arrive merges the head's splits as `reduce` would and writes
 // the outputs, so the split path is one dispatch too. storageBarrier() orders the partials' writes before
 // the count (device-scope release) and the count before the last one's reads (acquire), the pattern of
-// a "last block" reduction; a head without keys gets zeros from workgroup `slot = head`.
+// a "last block" reduction; a head without keys gets zeros from workgroup `slot = head`. (WGSL promises
+// storageBarrier() only within a workgroup; wgpu's shader translator lowers it with device scope on
+// every backend: SPIR-V memory scope Device, Metal mem_device, HLSL DeviceMemoryBarrierWithGroupSync.)
 // Measured on an H100 (8B model, 32K keys, 8 KV heads): 83 µs per layer, about 1.6 TB/s of K/V. The layout
 // alone gained 7% (221 µs; one thread per whole K and V row before: 239 µs); writing the results with
 // constant head-lane indices (below) gained the rest: one dynamic index into `sums` had moved the sums to
