@@ -4,8 +4,7 @@
 // the row to finish (counted in `arrivals`) folds the row's N_BLOCKS partial results and writes the token
 // id. storageBarrier() orders the partial's write before the count (device-scope release) and the count
 // before the last one's reads (acquire), as wgpu lowers it (device scope; see wgsl/flash_decode.wgsl).
-// Rows >= params.nRows are skipped. NaN logits are not supported
-// (WGSL may assume there are none).
+// Rows >= params.nRows are skipped. NaN logits are not supported (WGSL may assume there are none).
 //
 //   binding 0: params, uniform Params { nRows }
 //   binding 1: partials, Best[maxRows][N_BLOCKS] (read-write)
