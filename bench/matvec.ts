@@ -16,6 +16,8 @@
  * rowsPerWorkgroup for QKV + RoPE, or an unknown field) becomes a row with an error. The `units` column
  * names the unit section of `wgsl/matvec_units.wgsl` that reads the weights. `--quick` (for software
  * adapters) runs small "tiny" shapes with few copies and dispatches: it shows that everything runs, not speed.
+ * Shapes named `…_folded` take their input as the consumer of a folded RMSNorm (reading the producer's
+ * partial sums, one per 4 rows of the product before), as the model's gate/up and QKV do at decode.
  *
  * @module
  */
@@ -40,6 +42,11 @@ interface Shape {
   cols: number;
   /** Output rows: one entry, or [q, k, v] for qkv. */
   rows: number[];
+  /**
+   * gate_up and qkv: the input is the consumer side of a folded RMSNorm over this many producer partial
+   * sums per token (as in the model, where the product before leaves one per workgroup of 4 rows).
+   */
+  normPartials?: number;
 }
 
 const SHAPES: Shape[] = [
@@ -48,16 +55,21 @@ const SHAPES: Shape[] = [
   { name: "8b.qkv", kind: "qkv", cols: 4096, rows: [4096, 1024, 1024] },
   { name: "8b.ffn_up", kind: "matvec", cols: 4096, rows: [14336] },
   { name: "8b.gate_up", kind: "gate_up", cols: 4096, rows: [14336] },
+  { name: "8b.gate_up_folded", kind: "gate_up", cols: 4096, rows: [14336], normPartials: 1024 },
+  { name: "8b.qkv_folded", kind: "qkv", cols: 4096, rows: [4096, 1024, 1024], normPartials: 1024 },
   { name: "8b.ffn_down", kind: "matvec", cols: 14336, rows: [4096] },
   { name: "8b.output", kind: "matvec", cols: 4096, rows: [128256] },
   { name: "1b.attn_q", kind: "matvec", cols: 2048, rows: [2048] },
   { name: "1b.qkv", kind: "qkv", cols: 2048, rows: [2048, 512, 512] },
   { name: "1b.ffn_up", kind: "matvec", cols: 2048, rows: [8192] },
   { name: "1b.gate_up", kind: "gate_up", cols: 2048, rows: [8192] },
+  { name: "1b.gate_up_folded", kind: "gate_up", cols: 2048, rows: [8192], normPartials: 512 },
+  { name: "1b.qkv_folded", kind: "qkv", cols: 2048, rows: [2048, 512, 512], normPartials: 512 },
   { name: "1b.ffn_down", kind: "matvec", cols: 8192, rows: [2048] },
   { name: "tiny.matvec", kind: "matvec", cols: 512, rows: [512] },
   { name: "tiny.qkv", kind: "qkv", cols: 512, rows: [512, 128, 128] },
   { name: "tiny.gate_up", kind: "gate_up", cols: 512, rows: [1024] },
+  { name: "tiny.gate_up_folded", kind: "gate_up", cols: 512, rows: [1024], normPartials: 128 },
   { name: "tiny.down", kind: "matvec", cols: 1024, rows: [512] },
 ];
 
@@ -165,6 +177,17 @@ for (const shape of shapes) {
       new Float32Array(maxTokens * shape.cols).fill(0.01),
     );
     const outs = shape.rows.map((r, i) => gpu.buffer(`y${i}`, maxTokens * r * 4));
+    // A folded norm's partial sums of squares (positive; their values do not change the work).
+    const norm = shape.normPartials === undefined ? undefined : {
+      sums: gpu.buffer(
+        "norm sums",
+        maxTokens * shape.normPartials * 4,
+        new Float32Array(maxTokens * shape.normPartials).fill(4e-4),
+      ),
+      partials: shape.normPartials,
+      width: shape.cols,
+      eps: 1e-5,
+    };
     const step = new StepParams(gpu, maxTokens);
     const headDim = 128;
     const invFreq = ropeInverseFrequencies(headDim, 500000);
@@ -189,7 +212,7 @@ for (const shape of shapes) {
             const common = { label: shape.name, x, maxTokens, step, tuning };
             if (shape.kind === "matvec") return createMatvec(gpu, { ...common, weight: ws[0], y: outs[0] });
             if (shape.kind === "gate_up") {
-              return createGateUpSwiGlu(gpu, { ...common, gate: ws[0], up: ws[1], out: outs[0] });
+              return createGateUpSwiGlu(gpu, { ...common, gate: ws[0], up: ws[1], out: outs[0], norm });
             }
             return createQkvMatvec(gpu, {
               ...common,
@@ -200,6 +223,7 @@ for (const shape of shapes) {
               k: outs[1],
               v: outs[2],
               rope: { headDim, invFreq, maxPosition: 8192 },
+              norm,
             });
           });
           row.us = (await timeOps(gpu, ops, quick)).us;
@@ -223,6 +247,7 @@ for (const shape of shapes) {
     }
     for (const ws of sets) for (const w of ws) w.destroy();
     for (const b of [x, ...outs]) b.destroy();
+    if (norm) norm.sums.destroy();
     step.buffer.destroy();
   }
 }
