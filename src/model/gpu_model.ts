@@ -14,11 +14,13 @@
  *                                                    decides layer l−1's flags, see WriteGateOptions.chain)
  *     append k, v to the paged KV cache of layer l   (decode, full cache: fused into the QKV matvec;
  *                                                    wgkv: fused into the write gate)
- *     att = attention(q, cache)             (split-K decode for M = 1, flash prefill otherwise)
+ *     att = attention(q, cache)             (split-K decode for M = 1, one dispatch: the last workgroup of
+ *                                            each KV head merges its splits; flash prefill otherwise)
  *     x  += att·Wo ;  xn = rmsnorm(x) · ffn_norm[l]          (one fused dispatch)
  *     h   = silu(xn·Wgate) · (xn·Wup)         (one fused dispatch)
  *     x  += h·Wdown ; xn = rmsnorm(x) · (attn_norm[l+1] or output_norm)
- *   logits = xn[M−1] · Woutᵀ ;  token = argmax(logits), or a draw by the GPU sampler (temperature, top-k, …)
+ *   logits = xn[M−1] · Woutᵀ ;  token = argmax(logits) (one dispatch), or a draw by the GPU sampler
+ *                                         (temperature, top-k, …)
  *
  * @module
  */
