@@ -1,6 +1,6 @@
 /**
  * Attention over the paged KV cache on the GPU: flash-attention prefill (`wgsl/flash_prefill.wgsl`) for a
- * batch of new tokens, and split-K flash decoding (`wgsl/flash_decode.wgsl`, partials then a reduce pass)
+ * batch of new tokens, and split-K flash decoding (`wgsl/flash_decode.wgsl`, partials merged by the last workgroup of each head)
  * for one token. Both read keys and values through the block tables, with lengths per (layer, KV head),
  * so the same kernels serve every cache policy. Queries are f32 `[nTokens][qHeads · headDim]` after RoPE;
  * outputs have the same layout. GQA: query head h reads KV head `h / (qHeads / kvHeads)`.
@@ -488,10 +488,12 @@ export function prefillPartialsBytes(
 
 /**
  * Builds the decode attention op of one layer: one query token (the last token of each row) attends to
- * every key of its KV head. Two dispatches: partials over (splits · KV heads slots × ⌈G / 4⌉ head batches),
- * then a reduce per query head. The grid is fixed; the slots are shared out among the KV heads in proportion
- * to their pages on the GPU (at least one per head with keys), so ragged heads finish together. Short rows
- * (see {@link FlashDecodeOptions.directKeys}) take one dispatch of a workgroup per KV head and head batch.
+ * every key of its KV head. One dispatch of partials over (splits · KV heads slots × ⌈G / 4⌉ head batches)
+ * whose last workgroup per KV head and head batch merges them ({@link FlashDecodeOptions.fusedReduce}; or a
+ * second dispatch, a reduce per query head). The grid is fixed; the slots are shared out among the KV heads
+ * in proportion to their pages on the GPU (at least one per head with keys), so ragged heads finish
+ * together. Short rows (see {@link FlashDecodeOptions.directKeys}) take one dispatch of a workgroup per KV
+ * head and head batch that covers the whole row.
  */
 export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp {
   const { label, kv, layer, qHeads, q, out } = options;
