@@ -1,8 +1,8 @@
 /**
  * Attention over the paged KV cache on the GPU: flash-attention prefill (`wgsl/flash_prefill.wgsl`) for a
- * batch of new tokens, and split-K flash decoding (`wgsl/flash_decode.wgsl`, partials merged by the last workgroup of each head)
- * for one token. Both read keys and values through the block tables, with lengths per (layer, KV head),
- * so the same kernels serve every cache policy. Queries are f32 `[nTokens][qHeads · headDim]` after RoPE;
+ * batch of new tokens, and split-K flash decoding (`wgsl/flash_decode.wgsl`, partials merged by the last
+ * workgroup of each head) for one token. Both read keys and values through the block tables, with lengths
+ * per (layer, KV head), so the same kernels serve every cache policy. Queries are f32 `[nTokens][qHeads · headDim]` after RoPE;
  * outputs have the same layout. GQA: query head h reads KV head `h / (qHeads / kvHeads)`.
  *
  * @module
