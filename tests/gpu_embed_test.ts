@@ -129,3 +129,48 @@ fixtureTest(
     }
   },
 );
+
+Deno.test("gpu embed: with a folded norm it also writes out · γ and each workgroup's Σ out²", async () => {
+  const gpu = await getGpu();
+  // 320 columns: 2 workgroups of 256 columns, the second ragged; 3 of 4 token slots used.
+  const [vocab, cols, maxTokens] = [23, 320, 4];
+  const ids = [7, 22, 7];
+  const bytes = randomBlocks("Q8_0", vocab * cols / 32);
+  const weight = GpuWeight.fromBytes(gpu, "token_embd.weight", typeOf("Q8_0"), [cols, vocab], bytes);
+  const table = dequantized("Q8_0", bytes, vocab, cols);
+  const gamma = Float32Array.from({ length: cols }, () => Math.random() * 2 - 1);
+  const nan = (n: number) => new Float32Array(n).fill(NaN);
+  const idBuf = gpu.buffer("ids", maxTokens * 4);
+  const out = gpu.buffer("out", maxTokens * cols * 4, nan(maxTokens * cols));
+  const normOut = gpu.buffer("xn", maxTokens * cols * 4, nan(maxTokens * cols));
+  const sums = gpu.buffer("sums", maxTokens * 2 * 4, nan(maxTokens * 2));
+  const step = new StepParams(gpu, maxTokens);
+  const op = createEmbed(gpu, {
+    label: "token_embd",
+    weight,
+    ids: idBuf,
+    out,
+    maxTokens,
+    step,
+    fold: { weight: gpu.buffer("gamma", cols * 4, gamma), out: normOut, sums },
+  });
+  ok(op.normPartials === 2, `normPartials ${op.normPartials}`);
+  checkRows(await gather(gpu, op, step, ids, out), table, ids, cols, "folded");
+  const xn = await gpu.readF32(normOut), got = await gpu.readF32(sums);
+  for (let t = 0; t < ids.length; t++) {
+    const row = table.subarray(ids[t] * cols, (ids[t] + 1) * cols);
+    for (let c = 0; c < cols; c++) {
+      const want = row[c] * gamma[c];
+      ok(Math.abs(xn[t * cols + c] - want) <= 1e-5 * (1 + Math.abs(want)), `xn[${t}][${c}]`);
+    }
+    for (let g = 0; g < 2; g++) {
+      const want = row.subarray(256 * g, Math.min(cols, 256 * (g + 1))).reduce((a, v) => a + v * v, 0);
+      ok(
+        Math.abs(got[t * 2 + g] - want) <= 1e-4 * want,
+        `sums[${t}][${g}] = ${got[t * 2 + g]}, want ${want}`,
+      );
+    }
+  }
+  ok(xn.subarray(ids.length * cols).every(Number.isNaN) && got.subarray(ids.length * 2).every(Number.isNaN));
+  weight.destroy();
+});

@@ -18,7 +18,8 @@
  *                                            each KV head merges its splits; flash prefill otherwise)
  *     x  += att·Wo ;  xn = rmsnorm(x) · ffn_norm[l]          (one fused dispatch)
  *     h   = silu(xn·Wgate) · (xn·Wup)         (one fused dispatch)
- *     x  += h·Wdown ; xn = rmsnorm(x) · (attn_norm[l+1] or output_norm)
+ *     x  += h·Wdown ; xn = rmsnorm(x) · (attn_norm[l+1] or output_norm)   (greedy decode, last layer:
+ *                                         xn = x · output_norm, the argmax does not need the 1 / RMS)
  *   logits = xn[M−1] · Woutᵀ ;  token = argmax(logits) (one dispatch), or a draw by the GPU sampler
  *                                         (temperature, top-k, …)
  *
@@ -304,6 +305,8 @@ export class GpuModel {
   readonly #decode: GpuOp[];
   /** The decode and prefill sequences followed by the tail (built once, recorded every step). */
   readonly #decodeThenTail: GpuOp[];
+  /** The same ending in logits scaled as the model defines them (the greedy tail may leave out a scale). */
+  readonly #decodeThenLogits: GpuOp[];
   readonly #prefillThenTail: GpuOp[];
   /** The same with the GPU sampler in place of the argmax. */
   readonly #decodeThenSample: GpuOp[];
@@ -346,6 +349,7 @@ export class GpuModel {
       tail: GpuOp[];
       sampleTail: GpuOp[];
       decodeTail: GpuOp[];
+      decodeLogitsTail: GpuOp[];
       decodeSampleTail: GpuOp[];
       argmax: ArgmaxOp;
       sample: SampleOp;
@@ -369,6 +373,7 @@ export class GpuModel {
     this.#prefill = fields.prefill;
     this.#decode = fields.decode;
     this.#decodeThenTail = [...fields.decode, ...fields.decodeTail];
+    this.#decodeThenLogits = [...fields.decode, ...fields.decodeLogitsTail];
     this.#prefillThenTail = [...fields.prefill, ...fields.tail];
     this.#decodeThenSample = [...fields.decode, ...fields.decodeSampleTail];
     this.#prefillThenSample = [...fields.prefill, ...fields.sampleTail];
@@ -580,7 +585,10 @@ export class GpuModel {
     const int8DecodeFor = (cols: number) => int8Decode && cols <= INT8_DECODE_MAX_COLS;
 
     // The body of a step, for a batch size (decode: 1 token, matvec + split-K attention).
-    const body = (maxTokens: number, tag: string): { embed: EmbedOp; ops: GpuOp[] } => {
+    // One step's ops. `outputNorm`, when set: the last layer's ffn_down left xn = x · output_norm without
+    // the division by the RMS (greedy decode's argmax does not change under a positive scale per token, so
+    // its tail reads xn as it is); the tails that need the logits themselves run this op first.
+    const body = (maxTokens: number, tag: string): { embed: EmbedOp; ops: GpuOp[]; outputNorm?: GpuOp } => {
       const decode = maxTokens === 1;
       // Decode folds an RMSNorm into its neighbours where the producer is a matvec in one part and the
       // consumer a fused matvec (see FoldedNormOutput in src/gpu/ops/matmul.ts).
@@ -627,6 +635,8 @@ export class GpuModel {
         if (int8(weight)) return int8Product(label, weight, quantize(`${label}_q8`, x, weight.cols), y);
         return createMatmul(gpu, { label, weight, x, y, maxTokens, step, tuning: half(weight) });
       };
+      // The gather as the first RMSNorm's producer, read by the first layer's fused QKV.
+      const foldEmbed = foldable(tokenEmbd) && canFuseQkv(layers[0].wq, layers[0].wk, layers[0].wv);
       const embed = createEmbed(gpu, {
         label: `${tag}token_embd`,
         weight: tokenEmbd,
@@ -634,6 +644,7 @@ export class GpuModel {
         out: act.x,
         maxTokens,
         step,
+        fold: foldEmbed ? { weight: layers[0].attnNorm, out: act.xn, sums: act.normSums } : undefined,
       });
       const ops: GpuOp[] = [embed];
       // A producer of a folded norm: x += input·Wᵀ in place, xn = x · normWeight, and the sums of squares
@@ -678,7 +689,12 @@ export class GpuModel {
           y: act.xn,
           step,
         });
-      ops.push(norm(`${tag}blk.0.attn_norm`, layers[0].attnNorm, false));
+      if (foldEmbed) {
+        qkvNorm = { sums: act.normSums, partials: embed.normPartials, width: E, eps: hp.rmsEps };
+      } else {
+        ops.push(norm(`${tag}blk.0.attn_norm`, layers[0].attnNorm, false));
+      }
+      let outputNormOp: GpuOp | undefined;
       for (let l = 0; l < hp.nLayer; l++) {
         const w = layers[l];
         const p = `${tag}blk.${l}.`;
@@ -892,6 +908,9 @@ export class GpuModel {
         qkvNorm = undefined;
         if (next && canFuseQkv(next.wq, next.wk, next.wv) && foldable(w.wDown)) {
           qkvNorm = foldedProduct(`${p}ffn_down`, w.wDown, act.gate, next.attnNorm, "ffn_down");
+        } else if (!next && foldable(w.wDown)) {
+          foldedProduct(`${p}ffn_down`, w.wDown, act.gate, outputNorm, "ffn_down");
+          outputNormOp = norm(`${tag}output_norm`, outputNorm, false);
         } else {
           ops.push(linear(`${p}ffn_down`, w.wDown, act.gate, act.proj, "ffn_down"));
           ops.push(
@@ -901,13 +920,14 @@ export class GpuModel {
           );
         }
       }
-      return { embed, ops };
+      return { embed, ops, outputNorm: outputNormOp };
     };
     const prefill = body(maxBatch, "");
     const decode = maxBatch === 1 ? prefill : body(1, "");
 
     // The tail: last row → output projection → argmax (a decode step's only row is the last: its output
-    // projection reads the normed row in place, one dispatch fewer per token).
+    // projection reads the normed row in place, one dispatch fewer per token; greedy decode also leaves out
+    // the output norm's scale, see `body`).
     const copyKernel = gpu.kernel("copy_row", { WIDTH: E, WG: 256 });
     const copyGroup = gpu.bind(copyKernel, [act.xn, act.last, step.buffer]);
     const copyLast: GpuOp = {
@@ -928,6 +948,7 @@ export class GpuModel {
         step: one,
         tuning: { int8: int8DecodeFor(output.cols), ...options.matvecTuning?.output },
       });
+    const optional = (op?: GpuOp): GpuOp[] => op ? [op] : [];
     const outputOp = outputProduct(act.last);
     const decodeOutputOp = outputProduct(act.xn);
     const argmax = createArgmax(gpu, { label: "argmax", vocab: V, logits: act.logits });
@@ -955,10 +976,11 @@ export class GpuModel {
       decodeEmbed: decode.embed,
       prefill: prefill.ops,
       decode: decode.ops,
-      tail: [copyLast, outputOp, argmax],
-      sampleTail: [copyLast, outputOp, sample],
+      tail: [...optional(prefill.outputNorm), copyLast, outputOp, argmax],
+      sampleTail: [...optional(prefill.outputNorm), copyLast, outputOp, sample],
       decodeTail: [decodeOutputOp, argmax],
-      decodeSampleTail: [decodeOutputOp, sample],
+      decodeLogitsTail: [...optional(decode.outputNorm), decodeOutputOp, argmax],
+      decodeSampleTail: [...optional(decode.outputNorm), decodeOutputOp, sample],
       argmax,
       sample,
       act,
@@ -1005,6 +1027,8 @@ export class GpuModel {
         ? (decode ? this.#decode : this.#prefill)
         : want === "sample"
         ? (decode ? this.#decodeThenSample : this.#prefillThenSample)
+        : want === "logits"
+        ? (decode ? this.#decodeThenLogits : this.#prefillThenTail)
         : (decode ? this.#decodeThenTail : this.#prefillThenTail);
       encodeOps(encoder, ops, this.#profiler);
       if (isLast) {

@@ -10,6 +10,7 @@
 import { BadFlagError } from "../../errors.ts";
 import type { Gpu } from "../device.ts";
 import { dequantSource, type GpuWeight } from "../weights.ts";
+import type { FoldedNormOutput } from "./matmul.ts";
 import {
   type BufferSlice,
   ceilDiv,
@@ -34,6 +35,12 @@ export interface EmbedOptions {
   maxTokens: number;
   /** Per-step token count (`nTokens`). */
   step: StepParams;
+  /**
+   * Makes the gather the producer of a folded RMSNorm (a table in one part): it also writes `out · weight`
+   * and each workgroup's Σ out² ({@link EmbedOp.normPartials} per token), which the first layer's fused
+   * QKV reads as its `norm` input instead of a norm dispatch.
+   */
+  fold?: FoldedNormOutput;
 }
 
 /** The embedding op, plus a checked way to fill its id buffer. */
@@ -43,6 +50,8 @@ export interface EmbedOp extends GpuOp {
    * id that is not an integer in [0, vocab).
    */
   writeIds(tokens: ArrayLike<number>): void;
+  /** Partial sums of squares per token of a folded norm (0 without `fold`). */
+  readonly normPartials: number;
 }
 
 const WORKGROUP = 64;
@@ -54,25 +63,39 @@ export function createEmbed(gpu: Gpu, options: EmbedOptions): EmbedOp {
   checkSlice(label, "ids", ids, maxTokens * 4);
   checkSlice(label, "out", out, maxTokens * weight.cols * 4);
   checkWorkgroups(gpu, label, maxTokens);
-  const kernel = gpu.kernel(
-    "embed",
-    { wg_size: WORKGROUP },
-    { DEQUANT: dequantSource(weight.info.name) },
-  );
   const columnGroups = ceilDiv(ceilDiv(weight.cols, 4), WORKGROUP);
   checkWorkgroups(gpu, label, columnGroups);
+  const fold = options.fold;
+  if (fold) {
+    if (weight.parts.length !== 1) {
+      throw new BadFlagError(`${label}: a folded norm needs a table in one part`);
+    }
+    checkSlice(label, "fold.weight", fold.weight, weight.cols * 4);
+    checkSlice(label, "fold.out", fold.out, maxTokens * weight.cols * 4);
+    checkSlice(label, "fold.sums", fold.sums, maxTokens * columnGroups * 4);
+  }
+  const kernel = gpu.kernel(
+    "embed",
+    { wg_size: WORKGROUP, fold: fold ? 1 : 0, norm_partials: columnGroups },
+    { DEQUANT: dequantSource(weight.info.name) },
+  );
+  // Unused bindings get tiny placeholders (distinct: writable bindings must not alias).
+  const norm = fold
+    ? [fold.weight, fold.out, fold.sums]
+    : ["no_norm_weight", "no_norm_out", "no_norm_sums"].map((name) => gpu.buffer(`${label}.${name}`, 4));
   const groups = weight.parts.map((part, i) => {
     const info = gpu.uniform(
       `${label}.part${i}`,
       new Uint32Array([part.rows, part.firstRow, weight.rows, weight.cols, weight.rowBytes]),
     );
-    return gpu.bind(kernel, [part.buffer, ids, out, step.buffer, info]);
+    return gpu.bind(kernel, [part.buffer, ids, out, step.buffer, info, ...norm]);
   });
   const vocab = weight.rows;
   const idBuffer = ids instanceof GPUBuffer ? ids : ids.buffer;
   const idOffset = ids instanceof GPUBuffer ? 0 : ids.offset ?? 0;
   return {
     label,
+    normPartials: fold ? columnGroups : 0,
     encode(pass: GPUComputePassEncoder): void {
       pass.setPipeline(kernel.pipeline);
       for (const group of groups) {
