@@ -284,8 +284,9 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
     }
   }
 
-  // 4. Merge the key lanes: the upper half hands its state to the lower half until one lane is left.
-  var n = key_lanes;
+  // 4. Merge the key lanes: the upper half hands its state to the lower half until one lane is left (a slot
+  // without keys has nothing to merge).
+  var n = select(1u, key_lanes, has_keys);
   while (n > 1u) {
     let half = (n + 1u) / 2u;
     workgroupBarrier();
@@ -323,7 +324,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
         for (var i = 0u; i < 8u; i++) { out[o + i] = sums[i][c] * inv[c]; }
       }
     }
-  } else if (key_lane == 0u) {
+  } else if (key_lane == 0u && has_keys) {
     // @unroll
     for (var c = 0u; c < HEADS_PER_BATCH; c++) {
       if (c < batch_heads) {
