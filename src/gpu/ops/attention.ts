@@ -212,9 +212,9 @@ export interface FlashDecodeOptions extends AttentionOptions {
    */
   rotateTiles?: boolean;
   /**
-   * Rows this short run as one dispatch: while the query's position + 1 (the most keys any head can hold)
+   * Rows this short run without splits: while the query's position + 1 (the most keys any head can hold)
    * is at most `directKeys`, one workgroup per KV head and head batch covers the whole row and writes the
-   * output itself, without partials or the reduce pass. Needs `step` (its `pos0` is read when the op is
+   * output itself, without partials or a merge. Needs `step` (its `pos0` is read when the op is
    * encoded); 0 turns it off. Default {@link DEFAULT_DIRECT_KEYS} with a step, else 0.
    */
   directKeys?: number;
@@ -237,10 +237,11 @@ export function decodeArrivalsBytes(kvHeads: number, qHeads: number): number {
 }
 
 /**
- * Decode rows of at most this many keys run as one dispatch by default (see
- * {@link FlashDecodeOptions.directKeys}). Measured on an H100 (8B shape, 8 KV heads, µs per layer,
- * bench:attention): 256 keys 20.8 direct against 24.0 for the best split count, 512 keys 51.0 against
- * 48.7, 1024 keys 189 against 45; end to end, 8B Q4_K_M decode at depth 0 went from 206 to 221 tok/s.
+ * Decode rows of at most this many keys run without splits by default (see
+ * {@link FlashDecodeOptions.directKeys}). Measured on an H100 when the split path still took a reduce
+ * dispatch (8B shape, 8 KV heads, µs per layer, bench:attention): 256 keys 20.8 direct against 24.0 for the
+ * best split count, 512 keys 51.0 against 48.7, 1024 keys 189 against 45; end to end, 8B Q4_K_M decode at
+ * depth 0 went from 206 to 221 tok/s. With the merge in the partial pass the crossover may lie lower.
  */
 export const DEFAULT_DIRECT_KEYS = 384;
 
