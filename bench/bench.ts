@@ -91,6 +91,7 @@ interface BenchRow {
   threshold?: number; // wgkv: the gate threshold τ
   runs?: number; // timed runs; tokPerS and ms are their median
   hostMsPerToken?: number; // decode: CPU time encoding and submitting a step (median run)
+  dispatches?: number; // decode: dispatches a greedy step records at that depth
 }
 
 /**
@@ -425,6 +426,7 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
           ms,
           runs,
           hostMsPerToken: hostMs,
+          dispatches: model.decodeDispatches(r.tokens + 1),
           weightGBs: decodeBytes / (ms / 1000) / 1e9,
           device: gpu.description,
         };
@@ -438,6 +440,7 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
           (row.hostMsPerToken !== undefined
             ? `, host ${(row.hostMsPerToken * 1000).toFixed(0)} µs/token`
             : "") +
+          (row.dispatches !== undefined ? `, ${row.dispatches} dispatches/token` : "") +
           ` (median of ${row.runs})`,
       );
     }

@@ -1,7 +1,7 @@
-import { equal } from "node:assert/strict";
+import { deepEqual, equal } from "node:assert/strict";
 import { openGGUF } from "../src/gguf/reader.ts";
 import { getGpu } from "../src/gpu/device.ts";
-import { defaultPrefillBatch, GpuModel } from "../src/model/gpu_model.ts";
+import { defaultPrefillBatch, GpuModel, type GpuModelOptions } from "../src/model/gpu_model.ts";
 import { hparamsFromGGUF } from "../src/model/hparams.ts";
 import { writeSyntheticModel } from "../src/model/synth.ts";
 
@@ -20,6 +20,38 @@ Deno.test("gpu model: prefill steps of 2048 tokens for the full cache on a GPU, 
     const short = await GpuModel.load(gpu, file, hp, { contextLength: 100 });
     equal(short.maxBatch, Math.min(100, defaultPrefillBatch("full", gpu.isFallback)));
     short.destroy();
+    file.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("gpu model: a greedy decode step takes five dispatches per layer and three more", async () => {
+  const gpu = await getGpu();
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/tiny.gguf`;
+    await writeSyntheticModel({ shape: "tiny", type: "q8_0", out: path, seed: 3 });
+    const file = await openGGUF(path);
+    const hp = hparamsFromGGUF(file);
+    const dispatches = async (options: Partial<GpuModelOptions>) => {
+      const model = await GpuModel.load(gpu, file, hp, { contextLength: 512, maxBatch: 8, ...options });
+      try {
+        // Position 0: attention covers the row in one workgroup per head; 400: the keys are split.
+        return [model.decodeDispatches(0), model.decodeDispatches(400)];
+      } finally {
+        model.destroy();
+      }
+    };
+    // Embedding (the first norm folded in), per layer QKV, attention, attn_output, gate/up and down (the
+    // norms folded into them), the output product (no norm scale before greedy's argmax) and the argmax.
+    const L = hp.nLayer;
+    const folded = 1 + 5 * L + 2;
+    deepEqual(await dispatches({}), [folded, folded]);
+    // The split path with its reduce dispatch: one more per layer.
+    deepEqual(await dispatches({ fusedDecodeReduce: false }), [folded, folded + L]);
+    // A dispatch per RMSNorm: the first, one per layer before gate/up, one after each layer.
+    deepEqual(await dispatches({ foldNorms: false }), [folded + 1 + 2 * L, folded + 1 + 2 * L]);
     file.close();
   } finally {
     await Deno.remove(dir, { recursive: true });

@@ -30,7 +30,7 @@ import type { GGUFFile } from "../gguf/reader.ts";
 import { BadFlagError, DeviceError, OutOfMemoryError, UnsupportedError } from "../errors.ts";
 import { formatBytes, type Gpu } from "../gpu/device.ts";
 import { GpuWeight } from "../gpu/weights.ts";
-import { checkInt, encodeOps, type GpuOp, StepParams } from "../gpu/ops/op.ts";
+import { checkInt, countDispatches, encodeOps, type GpuOp, StepParams } from "../gpu/ops/op.ts";
 import { createEmbed, type EmbedOp } from "../gpu/ops/embed.ts";
 import { createRmsNorm } from "../gpu/ops/norm.ts";
 import {
@@ -1048,6 +1048,16 @@ export class GpuModel {
     }
     const range = await this.#mapStaging(want === "logits" ? this.#logitsStaging : this.#tokenStaging, 4);
     return want === "logits" ? new Float32Array(range) : new Uint32Array(range)[0];
+  }
+
+  /**
+   * Dispatches one greedy decode step records at position `pos` (decode attention takes the direct or
+   * the split form by position): what a step costs in fixed per-dispatch overhead.
+   */
+  decodeDispatches(pos: number): number {
+    checkInt("decodeDispatches", "pos", pos, 0, this.contextLength - 1);
+    this.#step.set(1, pos);
+    return countDispatches(this.#decodeThenTail);
   }
 
   /**

@@ -118,6 +118,20 @@ export interface PassProvider {
 }
 
 /**
+ * Dispatches `ops` record as they stand (an op may choose its dispatches from host-side state, e.g. the
+ * step's position): each is encoded into a stand-in pass that only counts `dispatchWorkgroups` calls.
+ */
+export function countDispatches(ops: readonly GpuOp[]): number {
+  let count = 0;
+  const pass = new Proxy({}, {
+    get: (_target, name) =>
+      name === "dispatchWorkgroups" || name === "dispatchWorkgroupsIndirect" ? () => count++ : () => {},
+  }) as GPUComputePassEncoder;
+  for (const op of ops) op.encode(pass);
+  return count;
+}
+
+/**
  * Records `ops` into `encoder`: all in one compute pass, or, with a `profiler`, one pass per op so each
  * op's time can be measured.
  */
