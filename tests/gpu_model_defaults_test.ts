@@ -1,39 +1,43 @@
 import { deepEqual, equal } from "node:assert/strict";
-import { openGGUF } from "../src/gguf/reader.ts";
+import { type GGUFFile, openGGUF } from "../src/gguf/reader.ts";
 import { getGpu } from "../src/gpu/device.ts";
 import { defaultPrefillBatch, GpuModel, type GpuModelOptions } from "../src/model/gpu_model.ts";
-import { hparamsFromGGUF } from "../src/model/hparams.ts";
+import { hparamsFromGGUF, type LlamaHParams } from "../src/model/hparams.ts";
 import { writeSyntheticModel } from "../src/model/synth.ts";
+
+/** Runs `body` with a tiny synthetic Q8_0 model file (removed afterwards). */
+async function withTinyModel(body: (file: GGUFFile, hp: LlamaHParams) => Promise<void>): Promise<void> {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/tiny.gguf`;
+    await writeSyntheticModel({ shape: "tiny", type: "q8_0", out: path, seed: 3 });
+    const file = await openGGUF(path);
+    try {
+      await body(file, hparamsFromGGUF(file));
+    } finally {
+      file.close();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
 
 Deno.test("gpu model: prefill steps of 2048 tokens for the full cache on a GPU, 512 otherwise", async () => {
   equal(defaultPrefillBatch("full", false), 2048);
   for (const policy of ["wgkv", "window", "sink", "random"]) equal(defaultPrefillBatch(policy, false), 512);
   equal(defaultPrefillBatch("full", true), 512);
   const gpu = await getGpu();
-  const dir = await Deno.makeTempDir();
-  try {
-    const path = `${dir}/tiny.gguf`;
-    await writeSyntheticModel({ shape: "tiny", type: "q8_0", out: path, seed: 3 });
-    const file = await openGGUF(path);
-    const hp = hparamsFromGGUF(file);
+  await withTinyModel(async (file, hp) => {
     // The step never exceeds the context.
     const short = await GpuModel.load(gpu, file, hp, { contextLength: 100 });
     equal(short.maxBatch, Math.min(100, defaultPrefillBatch("full", gpu.isFallback)));
     short.destroy();
-    file.close();
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("gpu model: a greedy decode step takes five dispatches per layer and three more", async () => {
   const gpu = await getGpu();
-  const dir = await Deno.makeTempDir();
-  try {
-    const path = `${dir}/tiny.gguf`;
-    await writeSyntheticModel({ shape: "tiny", type: "q8_0", out: path, seed: 3 });
-    const file = await openGGUF(path);
-    const hp = hparamsFromGGUF(file);
+  await withTinyModel(async (file, hp) => {
     const dispatches = async (options: Partial<GpuModelOptions>) => {
       const model = await GpuModel.load(gpu, file, hp, { contextLength: 512, maxBatch: 8, ...options });
       try {
@@ -52,8 +56,5 @@ Deno.test("gpu model: a greedy decode step takes five dispatches per layer and t
     deepEqual(await dispatches({ fusedDecodeReduce: false }), [folded, folded + L]);
     // A dispatch per RMSNorm: the first, one per layer before gate/up, one after each layer.
     deepEqual(await dispatches({ foldNorms: false }), [folded + 1 + 2 * L, folded + 1 + 2 * L]);
-    file.close();
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
