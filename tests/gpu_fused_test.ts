@@ -17,6 +17,7 @@ import { typeInfo } from "../src/gguf/types.ts";
 import { rope, ropeInverseFrequencies } from "../src/model/ops.ts";
 import { products, randomF32, randomWeight, typeOf } from "./gpu_quant_data.ts";
 import { nanBuffer as nans, runOps, untouchedPast } from "./gpu_ops_helpers.ts";
+import type { QkvRopeCase } from "./gpu_qkv_rope_check.ts";
 
 const silu = (v: number) => v / (1 + Math.exp(-v));
 
@@ -165,15 +166,8 @@ Deno.test("gpu fused: prefill gate/up + SwiGLU matmul matches the CPU reference 
   }
 });
 
-interface QkvCase {
+interface QkvCase extends QkvRopeCase {
   types: [string, string, string];
-  cols: number;
-  headDim: number;
-  ropeDim: number;
-  qHeads: number;
-  kvHeads: number;
-  m: number;
-  pos0: number;
   rope: boolean;
 }
 

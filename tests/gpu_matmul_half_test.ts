@@ -10,7 +10,7 @@ import { createMatmul, createQkvMatmul, matmulShape, type MatmulTuning } from ".
 import { StepParams } from "../src/gpu/ops/op.ts";
 import { f32ToHalf, halfToF32 } from "../src/gguf/half.ts";
 import { products, randomWeight } from "./gpu_quant_data.ts";
-import { nanBuffer, randomF32, runOps, untouchedPast } from "./gpu_ops_helpers.ts";
+import { nanBuffer, qkvFields, randomF32, runOps, untouchedPast } from "./gpu_ops_helpers.ts";
 
 /** `values` rounded to f16 (what the kernel's tiles hold). */
 function toHalf(values: Float32Array): Float32Array {
@@ -104,13 +104,8 @@ Deno.test("gpu matmul half: Q, K and V in one dispatch (entry qkv) with f16 prod
   const tuning = { half: true };
   const op = createQkvMatmul(gpu, {
     label: "qkv",
-    wq: weights[0].weight,
-    wk: weights[1].weight,
-    wv: weights[2].weight,
+    ...qkvFields(weights, outs),
     x: xBuf,
-    q: outs[0],
-    k: outs[1],
-    v: outs[2],
     maxTokens,
     step,
     tuning,

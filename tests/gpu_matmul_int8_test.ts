@@ -16,7 +16,7 @@ import {
 } from "../src/gpu/ops/matmul_int8.ts";
 import { StepParams } from "../src/gpu/ops/op.ts";
 import { compareLinear, randomWeight } from "./gpu_quant_data.ts";
-import { randomF32, submitValidated } from "./gpu_ops_helpers.ts";
+import { qkvFields, randomF32, submitValidated } from "./gpu_ops_helpers.ts";
 
 /** Quantised activation buffers for `maxTokens` rows of `cols`, filled with garbage (0xAB bytes). */
 function q8Buffers(gpu: Gpu, maxTokens: number, cols: number): Q8Activations {
@@ -193,13 +193,8 @@ Deno.test("int8 matmul: Q, K and V of mixed types in one dispatch each match the
       createQ8Quantize(gpu, { label: "q8", x: gpu.buffer("x", x.byteLength, x), out: q8, step }),
       createQkvInt8(gpu, {
         label: "qkv",
-        wq: weights[0].weight,
-        wk: weights[1].weight,
-        wv: weights[2].weight,
+        ...qkvFields(weights, outs),
         x: q8,
-        q: outs[0],
-        k: outs[1],
-        v: outs[2],
         maxTokens,
         step,
       }),

@@ -6,7 +6,7 @@ import { getGpu } from "../src/gpu/device.ts";
 import { createQkvMatmul, type MatmulTuning, qkvMatmulBlocker } from "../src/gpu/ops/matmul.ts";
 import { StepParams } from "../src/gpu/ops/op.ts";
 import { compareLinear, randomF32, randomWeight } from "./gpu_quant_data.ts";
-import { nanBuffer, runOps, untouchedPast } from "./gpu_ops_helpers.ts";
+import { nanBuffer, qkvFields, runOps, untouchedPast } from "./gpu_ops_helpers.ts";
 
 interface Case {
   types: [string, string, string];
@@ -40,13 +40,8 @@ Deno.test("gpu qkv matmul: Q, K and V of different types in one dispatch match t
     const step = new StepParams(gpu, maxTokens);
     const op = createQkvMatmul(gpu, {
       label: "qkv",
-      wq: weights[0].weight,
-      wk: weights[1].weight,
-      wv: weights[2].weight,
+      ...qkvFields(weights, outs),
       x: xBuf,
-      q: outs[0],
-      k: outs[1],
-      v: outs[2],
       maxTokens,
       step,
       tuning: c.tuning,

@@ -3,6 +3,7 @@
 import { fail, ok } from "node:assert/strict";
 import type { Gpu } from "../src/gpu/device.ts";
 import type { GpuOp, StepParams } from "../src/gpu/ops/op.ts";
+import type { GpuWeight } from "../src/gpu/weights.ts";
 
 /** `n` uniform random values in (−scale, scale), fresh each run, never zero. */
 export function randomF32(n: number, scale = 1): Float32Array {
@@ -78,4 +79,19 @@ export function relativeError(a: ArrayLike<number>, b: ArrayLike<number>): numbe
     scale = Math.max(scale, Math.abs(b[i]));
   }
   return maxDiff / scale;
+}
+
+/** The Q, K and V weight and output fields of the fused QKV ops, from three weights and three outputs. */
+export function qkvFields(
+  weights: readonly { weight: GpuWeight }[],
+  outs: readonly GPUBuffer[],
+): { wq: GpuWeight; wk: GpuWeight; wv: GpuWeight; q: GPUBuffer; k: GPUBuffer; v: GPUBuffer } {
+  return {
+    wq: weights[0].weight,
+    wk: weights[1].weight,
+    wv: weights[2].weight,
+    q: outs[0],
+    k: outs[1],
+    v: outs[2],
+  };
 }

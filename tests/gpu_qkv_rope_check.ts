@@ -13,7 +13,7 @@ import { int8InputReference } from "../src/gpu/ops/matvec_units.ts";
 import { StepParams } from "../src/gpu/ops/op.ts";
 import { ropeInverseFrequencies } from "../src/model/ops.ts";
 import { qkvReference, randomWeight } from "./gpu_quant_data.ts";
-import { nanBuffer, randomF32, runOps, untouchedPast } from "./gpu_ops_helpers.ts";
+import { nanBuffer, qkvFields, randomF32, runOps, untouchedPast } from "./gpu_ops_helpers.ts";
 
 /** One case: the types of Q, K and V, row length, head shape, tokens of the step and the first position. */
 export interface QkvRopeCase {
@@ -54,13 +54,8 @@ export async function checkQkvRope(
   const outs = wants.map(({ rows }, n) => nanBuffer(gpu, "qkv"[n], maxTokens * rows));
   const op = createQkvMatvec(gpu, {
     label: "qkv",
-    wq: ws[0].weight,
-    wk: ws[1].weight,
-    wv: ws[2].weight,
+    ...qkvFields(ws, outs),
     x: xBuf,
-    q: outs[0],
-    k: outs[1],
-    v: outs[2],
     maxTokens,
     step,
     rope: { headDim: c.headDim, ropeDim: c.ropeDim, invFreq, maxPosition: 4096 },
