@@ -1,23 +1,20 @@
 // Split-K flash decoding: one query token per query head attends to every key of its KV head, read
-// through the block table. Entry `main` computes partial results over a range of pages; entry `reduce`
-// merges them with log-sum-exp rescaling.
+// through the block table. Entry `main` computes partial results over a range of pages, and its last
+// workgroup per KV head merges them with log-sum-exp rescaling (or entry `reduce` does, a dispatch later).
 //
 // binding 0: step, uniform { n_tokens, pos0 }: pos0 is the query's position (read in WG-KV mode only; a
 //            placeholder is bound otherwise)
 // binding 1: sequence, uniform { slot } (the KV cache's sequence selector); the query is the row's last token
 // binding 2: layer_params, uniform { layer }
 // binding 3: q, f32[q_heads * head_dim] (read), the query after RoPE
-// binding 4: partials, f32 (written by `main`): weighted V sums [slots][group][head_dim], then
-//            [slots][group][2] (running max, sum of weights); slot = a workgroup column of the grid
-// binding 5: out, f32[q_heads * head_dim] (write, by `reduce`, or by `main` in direct mode)
+// binding 4: partials, f32 (written by `main`, read by the merge): weighted V sums [slots][group][head_dim],
+//            then [slots][group][2] (running max, sum of weights); slot = a workgroup column of the grid
+// binding 5: out, f32[q_heads * head_dim] (write, by the merge, or by `main` in direct mode)
 // binding 6: block_table, u32[seq_slots][layers][kv_heads][max_pages] (read)
 // binding 7: lengths, u32[seq_slots][layers][kv_heads] (read), including the current token
 // binding 32…: pool shards (read) as vec4<u32>, see the generated block below.
 // binding 16: slot_info, u32[seq_slots][layers][kv_heads][ring_tokens] (read), WG-KV mode only (a placeholder
 //            is bound otherwise): position * 2 + admitted of the token in each ring slot of the dual cache.
-// binding 17: partial_sums, vec4<f32>[slots][group][head_dim / 4] (read, by `reduce`): the V-sum part of
-//             `partials`
-// binding 18: partial_stats, f32 (read, by `reduce`): the whole of `partials`, for the (max, sum) pairs
 // binding 19: arrivals, atomic<u32>[kv_heads][head batches] (read-write, by `main`): workgroups of the
 //             (KV head, head batch) that have written their partials in this dispatch (fused_reduce = 1);
 //             zero between dispatches (the last arrival resets it), so one buffer serves every layer
@@ -50,8 +47,8 @@
 // writes the normalised output itself, so short rows take one dispatch instead of two (the op picks it per
 // step from the query's position).
 // Fused reduce (fused_reduce = 1): after writing its partials each workgroup counts itself in `arrivals`;
-// the last of its (KV head, head batch) to arrive merges the head's splits as `reduce` would and writes
-// the outputs, so the split path is one dispatch too. storageBarrier() orders the partials' writes before
+// the last of its (KV head, head batch) to arrive merges the head's splits (merge_splits(), which entry
+// `reduce` also runs) and writes the outputs, so the split path is one dispatch too. storageBarrier() orders the partials' writes before
 // the count (device-scope release) and the count before the last one's reads (acquire), the pattern of
 // a "last block" reduction; a head without keys gets zeros from workgroup `slot = head`. (WGSL promises
 // storageBarrier() only within a workgroup; wgpu's shader translator lowers it with device scope on
@@ -82,7 +79,6 @@ const PAGE_TOKENS: u32 = 16u;
 const HEADS_PER_BATCH: u32 = 4u;
 const DIMS_PER_LANE: u32 = 8u; // one vec4<u32> of packed f16 pairs
 const MASKED: f32 = -3.0e38;
-const REDUCE_THREADS: u32 = 256u;
 const THREADS: u32 = key_lanes * k_quads;
 const TILE_KEYS: u32 = tile_steps * key_lanes;
 // Merge slots of the key lanes' final states: the upper half of the lanes hand over 8 sums + max + sum.
@@ -101,25 +97,19 @@ struct LayerParams { layer: u32, pad0: u32, pad1: u32, pad2: u32 }
 @group(0) @binding(6) var<storage, read> block_table: array<u32>;
 @group(0) @binding(7) var<storage, read> lengths: array<u32>;
 @group(0) @binding(16) var<storage, read> slot_info: array<u32>;
-@group(0) @binding(17) var<storage, read> partial_sums: array<vec4f>;
-@group(0) @binding(18) var<storage, read> partial_stats: array<f32>;
 @group(0) @binding(19) var<storage, read_write> arrivals: array<atomic<u32>>;
 
 {{POOL}}
 
 // `main`: the tile's partial dot products, key k's lane p at k * (k_quads + 1) + p (padded: the score
 // threads read a row each without bank conflicts); at the end, the merge slots: value i of merge slot m at
-// i * MERGE_THREADS + m (i < 8: sums, 8: max, 9: sum); in the fused reduce, merge_splits()'s rows.
+// i * MERGE_THREADS + m (i < 8: sums, 8: max, 9: sum); in merge_splits(), its rows.
 var<workgroup> exchange: array<vec4f, max(TILE_KEYS * (k_quads + 1u), MERGE_THREADS * 10u)>;
 // `main`: scores of the tile's keys (vec4 over the batch's heads), MASKED for unseen keys.
 var<workgroup> tile_scores: array<vec4f, TILE_KEYS>;
 var<workgroup> slot_plan: vec4u; // `main`: (kv head, first slot of the head, its slot count, row length)
 var<workgroup> last_arrival: u32; // `main` with fused_reduce: 1 in the last workgroup of its KV head
 
-// `reduce`: tree of maxima, then per-thread partial sums.
-var<workgroup> reduce_max: array<f32, REDUCE_THREADS>;
-var<workgroup> reduce_sums: array<vec4f, REDUCE_THREADS>;
-var<workgroup> reduce_weights: array<f32, REDUCE_THREADS>;
 
 // Whether the query sees the key of logical index k_index of row `row` (WG-KV mask; always in plain mode).
 fn key_visible(row: u32, k_index: u32) -> bool {
@@ -365,7 +355,8 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
 // Slots of the fused merge read per pass of a thread (their loads in flight together).
 const MERGE_UNROLL: u32 = 8u;
 
-// The fused reduce in the last workgroup of a KV head: merges the head's used splits (slots [first,
+// The merge of the split path (in the fused reduce's last workgroup of a KV head, or entry `reduce`):
+// merges the head's used splits (slots [first,
 // first + count) over a row of `len` keys) for the batch's heads and writes their outputs. Thread
 // (r, c, column) folds splits r, r + rows, … of head c's 4 dimensions `column` with a running maximum;
 // then row 0 merges the rows through workgroup memory (`exchange`: sums at [tid], (max, sum) at
@@ -441,64 +432,23 @@ fn merge_splits(
   }
 }
 
-// Grid: (q_heads). Merges the splits that had pages for the query head's KV head: the maximum over splits
-// by a tree, then thread (r, c) sums splits r, r + rows, … of column c (4 dimensions), then row 0 adds up.
-@compute @workgroup_size(REDUCE_THREADS)
+// The split path's merge as a dispatch of its own (fused_reduce = 0). Grid: (kv_heads, head batches), the
+// same merge as the fused reduce's last workgroup (merge_splits()).
+@compute @workgroup_size(THREADS)
 fn reduce(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
-  let head = wg.x;
+  let kv_head = wg.x;
   let group = q_heads / kv_heads;
-  let kv_head = head / group;
-  let local = head % group;
+  let first_local = wg.y * HEADS_PER_BATCH;
   let base_row = (sequence.slot * layers + layer_params.layer) * kv_heads;
-  stage_head_lengths(base_row, tid, REDUCE_THREADS);
-  let len = head_lengths[kv_head];
+  stage_head_lengths(base_row, tid, THREADS);
   let plan = plan_slots(kv_head, SLOTS);
-  let slots = vec2u(plan.head_first, plan.head_count);
-  let used = used_slots(slots.y, len);
-  let stats = SLOTS * group * head_dim;
-
-  var m = MASKED;
-  for (var s = tid; s < used; s += REDUCE_THREADS) {
-    m = max(m, partial_stats[stats + ((slots.x + s) * group + local) * 2u]);
-  }
-  reduce_max[tid] = m;
-  for (var stride = REDUCE_THREADS / 2u; stride > 0u; stride /= 2u) {
-    workgroupBarrier();
-    if (tid < stride) { reduce_max[tid] = max(reduce_max[tid], reduce_max[tid + stride]); }
-  }
-  workgroupBarrier();
-  let m_all = reduce_max[0];
-
-  let columns = head_dim / 4u;
-  let rows = REDUCE_THREADS / columns;
-  let column = tid % columns;
-  let r = tid / columns;
-  var acc = vec4f(0.0);
-  var total = 0.0;
-  if (r < rows) {
-    // Four splits per iteration, their loads independent of each other (splits past `used` weigh 0).
-    for (var s0 = r; s0 < used; s0 += 4u * rows) {
-      // @unroll
-      for (var k = 0u; k < 4u; k++) {
-        let s = slots.x + min(s0 + k * rows, used - 1u);
-        let so = stats + (s * group + local) * 2u;
-        let w = select(0.0, exp(partial_stats[so] - m_all), s0 + k * rows < used);
-        total += w * partial_stats[so + 1u];
-        acc += w * partial_sums[(s * group + local) * columns + column];
-      }
-    }
-  }
-  reduce_sums[tid] = acc;
-  reduce_weights[tid] = total;
-  workgroupBarrier();
-  if (r == 0u) {
-    var a = vec4f(0.0);
-    var t = 0.0;
-    for (var i = 0u; i < rows; i++) {
-      a += reduce_sums[i * columns + column];
-      t += reduce_weights[i * columns + column];
-    }
-    let inv = select(0.0, 1.0 / t, t > 0.0);
-    for (var c = 0u; c < 4u; c++) { out[head * head_dim + column * 4u + c] = a[c] * inv; }
-  }
+  merge_splits(
+    plan.head_first,
+    plan.head_count,
+    head_lengths[kv_head],
+    first_local,
+    kv_head * group + first_local,
+    min(HEADS_PER_BATCH, group - first_local),
+    tid,
+  );
 }

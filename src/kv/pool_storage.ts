@@ -24,7 +24,7 @@ import { pageBytes } from "./page_pool.ts";
  */
 export const MAX_POOL_SHARDS = 16;
 
-/** Storage bindings the attention kernels use besides the pool shards (the decode kernel's 8). */
+/** Storage bindings the attention kernels may use besides the pool shards (7 each now; one spare). */
 const OTHER_STORAGE_BINDINGS = 8;
 
 /** How a pool of `pages` pages is laid out over shard buffers. */

@@ -491,9 +491,9 @@ export function prefillPartialsBytes(
  * Builds the decode attention op of one layer: one query token (the last token of each row) attends to
  * every key of its KV head. One dispatch of partials over (splits · KV heads slots × ⌈G / 4⌉ head batches)
  * whose last workgroup per KV head and head batch merges them ({@link FlashDecodeOptions.fusedReduce}; or a
- * second dispatch, a reduce per query head). The grid is fixed; the slots are shared out among the KV heads
- * in proportion to their pages on the GPU (at least one per head with keys), so ragged heads finish
- * together. Short rows (see {@link FlashDecodeOptions.directKeys}) take one dispatch of a workgroup per KV
+ * second dispatch, a merge per KV head and head batch). The grid is fixed; the slots are shared out among
+ * the KV heads in proportion to their pages on the GPU (at least one per head with keys), so ragged heads
+ * finish together. Short rows (see {@link FlashDecodeOptions.directKeys}) take one dispatch of a workgroup per KV
  * head and head batch that covers the whole row.
  */
 export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp {
@@ -512,7 +512,7 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   checkInt(label, "tileSteps", tileSteps, 1, 8);
   const headBatches = ceilDiv(group, DECODE_HEADS_PER_BATCH);
   const slots = splits * kv.kvHeads;
-  checkWorkgroups(gpu, label, Math.max(qHeads, slots, headBatches));
+  checkWorkgroups(gpu, label, Math.max(slots, headBatches));
   checkSlotPlan(label, splits, kv);
   checkSlice(label, "q", q, qHeads * D * 4);
   checkSlice(label, "out", out, qHeads * D * 4);
@@ -578,10 +578,9 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   const reduceGroup = reduceKernel && bindNumbered(gpu, reduceKernel, [
     [1, kv.sequence],
     [2, layerParams],
+    [4, slicePrefix(partials, partialBytes)],
     [5, out],
     [7, kv.lengths],
-    [17, slicePrefix(partials, splits * qHeads * D * 4)],
-    [18, slicePrefix(partials, partialBytes)],
   ]);
   return {
     label,
@@ -598,7 +597,7 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
       if (!reduceKernel) return;
       pass.setPipeline(reduceKernel.pipeline);
       pass.setBindGroup(0, reduceGroup!);
-      pass.dispatchWorkgroups(qHeads);
+      pass.dispatchWorkgroups(kv.kvHeads, headBatches);
     },
   };
 }
