@@ -1052,7 +1052,8 @@ export class GpuModel {
 
   /**
    * Dispatches one greedy decode step records at position `pos` (decode attention takes the direct or
-   * the split form by position): what a step costs in fixed per-dispatch overhead.
+   * the split form by position): what a step costs in fixed per-dispatch overhead. Sets the step's
+   * parameters to that position (every step sets its own before it runs).
    */
   decodeDispatches(pos: number): number {
     checkInt("decodeDispatches", "pos", pos, 0, this.contextLength - 1);
