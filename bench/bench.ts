@@ -20,6 +20,10 @@
  *                        [--no-fuse-decode-reduce]   (decode attention's splits merged by a reduce dispatch per
  *                                                     layer, not by the partial pass's last workgroups:
  *                                                     "decode-unfused-reduce" rows)
+ *                        [--no-chain-ffn]   (decode with attn_output, gate/up and ffn_down as three dispatches
+ *                                            per layer, not one chained dispatch: "decode-unchained-ffn" rows)
+ *                        [--ffn-chain-tuning '{"workgroupSize": 128}']  (the chained FFN dispatch's tuning,
+ *                                               GpuModelOptions.ffnChainTuning: "decode-chain-tuned" rows)
  *                        [--prefill-splits N]  (prefill attention with N key splits per KV head:
  *                                               "prefill-splitsN" rows)
  *                        [--prefill-tiling RxK]  (prefill attention with R score rows and K keys per step, e.g.
@@ -134,6 +138,8 @@ const { values } = benchFlags(import.meta.url, () =>
       "no-fuse-wgkv-append": { type: "boolean" },
       "no-chain-gates": { type: "boolean" },
       "no-fuse-decode-reduce": { type: "boolean" },
+      "no-chain-ffn": { type: "boolean" },
+      "ffn-chain-tuning": { type: "string" },
       "prefill-splits": { type: "string" },
       "prefill-tiling": { type: "string" },
       "direct-keys": { type: "string" },
@@ -205,9 +211,21 @@ const chainWriteGates = !values["no-chain-gates"];
 // --no-fuse-decode-reduce: decode attention's split path with its reduce dispatch (rows named
 // "decode-unfused-reduce").
 const fusedDecodeReduce = !values["no-fuse-decode-reduce"];
+// --no-chain-ffn: decode with attn_output, gate/up and ffn_down as three dispatches per layer (rows named
+// "decode-unchained-ffn"); --ffn-chain-tuning JSON: the chained dispatch's tuning (rows "decode-chain-tuned").
+const chainFfn = !values["no-chain-ffn"];
+let ffnChainTuning: GpuModelOptions["ffnChainTuning"];
+try {
+  ffnChainTuning = values["ffn-chain-tuning"] === undefined
+    ? undefined
+    : JSON.parse(values["ffn-chain-tuning"]);
+} catch (e) {
+  flagError(`--ffn-chain-tuning is not JSON: ${(e as Error).message}`);
+}
 const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? "" : "-unfused-append") +
   wgkvAppendSuffix + (chainWriteGates ? "" : "-unchained-gates") +
-  (fusedDecodeReduce ? "" : "-unfused-reduce") +
+  (fusedDecodeReduce ? "" : "-unfused-reduce") + (chainFfn ? "" : "-unchained-ffn") +
+  (ffnChainTuning ? "-chain-tuned" : "") +
   (matvecTuning ? "-tuned" : "") +
   (directKeys !== undefined ? `-direct${directKeys}` : "") + (values["f32-decode"] === true ? "-f32" : "");
 // --prefill-splits N: prefill attention with N key splits per KV head (rows named "prefill-splitsN").
@@ -363,6 +381,8 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
       int8Decode,
       decodeDirectKeys: directKeys,
       fusedDecodeReduce,
+      chainFfn,
+      ffnChainTuning,
       onProgress: (m) => console.error(m),
     });
     if (matvecTuning) results.matvecTuning = matvecTuning;
@@ -525,6 +545,8 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
           matvecTuning,
           decodeDirectKeys: directKeys,
           fusedDecodeReduce,
+          chainFfn,
+          ffnChainTuning,
           policy,
           globalFraction: name === "wgkv" ? kvGlobal : undefined,
           onProgress: (m) => console.error(m),

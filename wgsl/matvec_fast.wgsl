@@ -39,7 +39,7 @@
 //            them and defines kv_locate and kv_store; otherwise it is a stub of the two without bindings.
 //
 // Int8 input (x_int8 = 1, for weight types with INT8 unit sections): every workgroup first quantises its
-// tokens' x rows per 16 values into workgroup memory (stage_int8), then the units take their products four
+// tokens' x rows per 16 values into workgroup memory (stage_int8 of wgsl/matvec_units.wgsl), then the units take their products four
 // at a time with dot4I8Packed (wgsl/matvec_units.wgsl). Each workgroup quantises the whole row again, after
 // issuing its first step's weight loads (see accumulate): on an H100, with the quantisation before those
 // loads, that paid for rows of 2048 values and cost more than the integer products save for rows of 4096
@@ -141,92 +141,11 @@ var<workgroup> x_scales: array<vec2f, max(1u, x_int8 * tokens_per_wg * (cols / 1
 // folded RMSNorm adds one sum per token.
 var<workgroup> partial: array<f32, wg_size * (rows_per_wg * slots + 1u) * tokens_per_wg>;
 
-// Consumer of a folded RMSNorm: this thread's share of the producer's partial sums Σ y² for each token of
-// the workgroup (every thread takes partials tid, tid + wg_size, …; the workgroup reduction adds them up).
-// Four independent sums, four loads per iteration: a producer may leave thousands of partials, and one
-// chain of dependent adds would make every consumer workgroup wait for them one load after another.
-fn norm_share(t0: u32, nt: u32, tid: u32) -> array<f32, MAX_TOKENS> {
-  var share: array<f32, MAX_TOKENS>;
-  // @unroll
-  for (var t = 0u; t < tokens_per_wg; t++) {
-    if (t < nt) {
-      let base = (t0 + t) * norm_partials;
-      var s = vec4f(0.0);
-      var i = tid;
-      for (; i + 3u * wg_size < norm_partials; i += 4u * wg_size) {
-        s += vec4f(
-          norm_sums[base + i],
-          norm_sums[base + i + wg_size],
-          norm_sums[base + i + 2u * wg_size],
-          norm_sums[base + i + 3u * wg_size],
-        );
-      }
-      for (; i < norm_partials; i += wg_size) { s.x += norm_sums[base + i]; }
-      share[t] = (s.x + s.y) + (s.z + s.w);
-    }
-  }
-  return share;
-}
+// norm_share, norm_scale, reduce, silu: the workgroup reduction and the folded norm's consumer side.
+// #include matvec_reduce
 
-// Consumer of a folded RMSNorm: 1 / RMS from the total Σ y² of a token.
-fn norm_scale(total: f32) -> f32 {
-  return inverseSqrt(total / f32(norm_width) + norm_eps);
-}
-
-// Sums the n values per thread of `partial` over the workgroup: afterwards partial[p] holds total p.
-// Step 1: lane l of sum p adds the values of threads l, l + reduce_lanes, …; step 2: thread p (and p +
-// wg_size, … when n > wg_size) adds the lanes.
-fn reduce(tid: u32, n: u32) {
-  workgroupBarrier();
-  let lanes = n * reduce_lanes;
-  // Lane i = l · n + p reads partial[i + k · lanes] (threads l + k · reduce_lanes) and writes partial[i],
-  // which no other lane reads.
-  for (var i = tid; i < lanes; i += wg_size) {
-    var s = 0.0;
-    for (var k = i; k < wg_size * n; k += lanes) { s += partial[k]; }
-    partial[i] = s;
-  }
-  workgroupBarrier();
-  // Totals p < n go to partial[p]; lane 0's slot of sum p is partial[p] itself, read first by its thread
-  // only, and the lanes l ≥ 1 sit at l · n + p ≥ n, so no total overwrites a value another thread reads.
-  for (var p = tid; p < n; p += wg_size) {
-    var total = 0.0;
-    for (var l = 0u; l < reduce_lanes; l++) { total += partial[l * n + p]; }
-    partial[p] = total;
-  }
-  workgroupBarrier();
-}
-
-// Int8 input: quantises x of tokens t0 .. t0 + nt − 1 into x_blocks / x_scales, block i of local token t at
-// t · cols / 16 + i: q = round(x / d) with d = max |x| / 127 over the block (all zero for a zero block).
-// A thread takes blocks tid, tid + wg_size, … one at a time (on an H100, loading four blocks per round
-// before quantising them ran slower). Every thread of the workgroup must call it (it ends with a barrier).
-fn stage_int8(t0: u32, nt: u32, tid: u32) {
-  let blocks = cols / 16u;
-  for (var i = tid; i < nt * blocks; i += wg_size) {
-    let at = t0 * (cols / 4u) + 4u * i; // token rows are whole blocks
-    let v = array<vec4f, 4>(x[at], x[at + 1u], x[at + 2u], x[at + 3u]);
-    let a = max(max(abs(v[0]), abs(v[1])), max(abs(v[2]), abs(v[3])));
-    let amax = max(max(a.x, a.y), max(a.z, a.w));
-    let inv = select(0.0, 127.0 / amax, amax > 0.0);
-    var words: vec4u;
-    var sum = vec4i(0);
-    // @unroll
-    for (var k = 0u; k < 4u; k++) {
-      let q = clamp(vec4i(round(v[k] * inv)), vec4i(-127), vec4i(127));
-      sum += q;
-      words[k] = pack4xI8(q);
-    }
-    x_blocks[i] = words;
-    let d = amax / 127.0;
-    x_scales[i] = vec2f(d, d * f32(sum.x + sum.y + sum.z + sum.w));
-  }
-  workgroupBarrier();
-}
-
-fn silu(v: f32) -> f32 {
-  return v / (1.0 + exp(-v));
-}
+// Every thread may read x from the start (accumulate's hook; a chained kernel waits there).
+fn x_ready(tid: u32) {}
 
 @compute @workgroup_size(wg_size)
 fn main(
@@ -300,7 +219,7 @@ fn swiglu(
   if (x_int8 == 1u) {
     raw_gate = load_step_a(row_bytes_a, row0, rows_a - 1u, tid, units);
     raw_up = load_step_b(row_bytes_b, row0, rows_a - 1u, tid, units);
-    stage_int8(t0, nt, tid);
+    stage_int8_a(t0, nt, tid);
   }
   for (var u0 = tid; u0 < units; u0 += wg_size * units_per_step) {
     if (x_int8 == 0u || u0 != tid) {

@@ -85,6 +85,12 @@ import { createWriteGate, gateOutputBytes, gateScratchBytes, uploadGate } from "
 import { writeGateAppendBlocker } from "../gpu/ops/write_gate_append.ts";
 import { createWgkvAppend } from "../gpu/ops/wgkv_append.ts";
 import { createWgkvPromote } from "../gpu/ops/wgkv_promote.ts";
+import {
+  createFfnChain,
+  FFN_CHAIN_COUNTER_BYTES,
+  ffnChainBlocker,
+  type FfnChainTuning,
+} from "../gpu/ops/matvec_chain.ts";
 import type { LlamaHParams } from "./hparams.ts";
 import { ropeInverseFrequencies } from "./ops.ts";
 import { blockTensorNames, OUTPUT, OUTPUT_NORM, ROPE_FREQS, TOKEN_EMBD } from "./tensor_names.ts";
@@ -207,6 +213,15 @@ export interface GpuModelOptions {
    * head, `FlashDecodeOptions.fusedReduce`) instead of a reduce dispatch per layer. Default true.
    */
   fusedDecodeReduce?: boolean;
+  /**
+   * Decode: each layer's attn_output, gate/up + SwiGLU and ffn_down run as one dispatch, the three products
+   * chained inside it (`createFfnChain` in `../gpu/ops/matvec_chain.ts`), two dispatches per layer fewer,
+   * where the RMSNorms are folded ({@link foldNorms}) and the weights qualify (each in one buffer, gate and
+   * up of one type). Default true.
+   */
+  chainFfn?: boolean;
+  /** Tuning of the chained FFN dispatch ({@link chainFfn}), for benchmarking; default: the kernel's. */
+  ffnChainTuning?: FfnChainTuning;
 }
 
 /**
@@ -277,6 +292,7 @@ interface Activations {
   partials: GPUBuffer; // split-K decode scratch
   normSums: GPUBuffer; // decode: sums of squares of a folded RMSNorm, one per producer workgroup
   arrivals: GPUBuffer; // decode attention: arrival counters of the fused split merge (zero between dispatches)
+  chain: GPUBuffer; // decode: the chained FFN dispatch's counters (zero between dispatches)
   q8?: { xq: GPUBuffer; xds: GPUBuffer }; // int8 prefill: quantised activations of the widest input
 }
 
@@ -551,6 +567,7 @@ export class GpuModel {
       ),
       normSums: f32("norm sums", E),
       arrivals: f32("decode arrivals", decodeArrivalsBytes(Hkv, Hq) / 4),
+      chain: f32("ffn chain counters", FFN_CHAIN_COUNTER_BYTES / 4),
     };
     const halfPrefill = (options.halfPrefill ?? false) && gpu.hasF16;
     if ((options.int8Prefill ?? !gpu.isFallback) && maxBatch > 1) {
@@ -844,6 +861,40 @@ export class GpuModel {
               partials: act.partials,
             }),
         );
+        const next = l + 1 < hp.nLayer ? layers[l + 1] : undefined;
+        // Decode: attn_output, gate/up and ffn_down in one chained dispatch where the norms fold around it.
+        const nextQkvFused = next ? canFuseQkv(next.wq, next.wk, next.wv) : true;
+        if (
+          decode && (options.chainFfn ?? true) && foldable(w.wo) && foldable(w.wDown) && nextQkvFused &&
+          ffnChainBlocker(w.wo, w.wGate, w.wUp, w.wDown) === undefined
+        ) {
+          const chain = createFfnChain(gpu, {
+            label: `${p}ffn_chain`,
+            wo: w.wo,
+            gate: w.wGate,
+            up: w.wUp,
+            down: w.wDown,
+            att: act.att,
+            x: act.x,
+            xn: act.xn,
+            sums: act.normSums,
+            hidden: act.gate,
+            ffnNorm: w.ffnNorm,
+            nextNorm: next ? next.attnNorm : outputNorm,
+            counters: act.chain,
+            eps: hp.rmsEps,
+            tuning: {
+              int8: [int8DecodeFor(w.wo.cols), int8DecodeFor(w.wGate.cols), int8DecodeFor(w.wDown.cols)],
+              ...options.ffnChainTuning,
+            },
+          });
+          ops.push(chain);
+          qkvNorm = next
+            ? { sums: act.normSums, partials: chain.normPartials, width: E, eps: hp.rmsEps }
+            : undefined;
+          if (!next) outputNormOp = norm(`${tag}output_norm`, outputNorm, false);
+          continue;
+        }
         const foldFfnNorm = canFuseGateUp(w.wGate, w.wUp) && foldable(w.wo);
         let gateUpNorm: FoldedNormInput | undefined;
         if (foldFfnNorm) {
@@ -904,7 +955,6 @@ export class GpuModel {
           ops.push(linear(`${p}ffn_up`, w.wUp, act.xn, act.up, "ffn_gate_up"));
           ops.push(swiGlu());
         }
-        const next = l + 1 < hp.nLayer ? layers[l + 1] : undefined;
         qkvNorm = undefined;
         if (next && canFuseQkv(next.wq, next.wk, next.wv) && foldable(w.wDown)) {
           qkvNorm = foldedProduct(`${p}ffn_down`, w.wDown, act.gate, next.attnNorm, "ffn_down");
