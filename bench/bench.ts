@@ -22,6 +22,8 @@
  *                                                     "decode-unfused-reduce" rows)
  *                        [--no-chain-ffn]   (decode with attn_output, gate/up and ffn_down as three dispatches
  *                                            per layer, not one chained dispatch: "decode-unchained-ffn" rows)
+ *                        [--no-chain-qkv]   (the chained dispatch without the next layer's QKV:
+ *                                            "decode-unchained-qkv" rows)
  *                        [--ffn-chain-tuning '{"workgroupSize": 128}']  (the chained FFN dispatch's tuning,
  *                                               GpuModelOptions.ffnChainTuning: "decode-chain-tuned" rows)
  *                        [--prefill-splits N]  (prefill attention with N key splits per KV head:
@@ -139,6 +141,7 @@ const { values } = benchFlags(import.meta.url, () =>
       "no-chain-gates": { type: "boolean" },
       "no-fuse-decode-reduce": { type: "boolean" },
       "no-chain-ffn": { type: "boolean" },
+      "no-chain-qkv": { type: "boolean" },
       "ffn-chain-tuning": { type: "string" },
       "prefill-splits": { type: "string" },
       "prefill-tiling": { type: "string" },
@@ -214,6 +217,8 @@ const fusedDecodeReduce = !values["no-fuse-decode-reduce"];
 // --no-chain-ffn: decode with attn_output, gate/up and ffn_down as three dispatches per layer (rows named
 // "decode-unchained-ffn"); --ffn-chain-tuning JSON: the chained dispatch's tuning (rows "decode-chain-tuned").
 const chainFfn = !values["no-chain-ffn"];
+// --no-chain-qkv: the chained dispatch without the next layer's QKV (rows named "decode-unchained-qkv").
+const chainQkv = !values["no-chain-qkv"];
 let ffnChainTuning: GpuModelOptions["ffnChainTuning"];
 try {
   ffnChainTuning = values["ffn-chain-tuning"] === undefined
@@ -225,6 +230,7 @@ try {
 const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? "" : "-unfused-append") +
   wgkvAppendSuffix + (chainWriteGates ? "" : "-unchained-gates") +
   (fusedDecodeReduce ? "" : "-unfused-reduce") + (chainFfn ? "" : "-unchained-ffn") +
+  (chainQkv ? "" : "-unchained-qkv") +
   (ffnChainTuning ? "-chain-tuned" : "") +
   (matvecTuning ? "-tuned" : "") +
   (directKeys !== undefined ? `-direct${directKeys}` : "") + (values["f32-decode"] === true ? "-f32" : "");
@@ -382,6 +388,7 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
       decodeDirectKeys: directKeys,
       fusedDecodeReduce,
       chainFfn,
+      chainQkv,
       ffnChainTuning,
       onProgress: (m) => console.error(m),
     });
@@ -546,6 +553,7 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
           decodeDirectKeys: directKeys,
           fusedDecodeReduce,
           chainFfn,
+          chainQkv,
           ffnChainTuning,
           policy,
           globalFraction: name === "wgkv" ? kvGlobal : undefined,

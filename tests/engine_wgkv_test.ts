@@ -163,9 +163,9 @@ fixtureTest(
       ].map((f) => f.toFixed(6)),
     );
     equal(b.kvStats().tokens, tokens.length + 39);
-    // A step's dispatches: the full cache's three per layer and three more (see gpu_model_defaults_test.ts),
+    // A step's dispatches: the full cache's two per layer and four more (see gpu_model_defaults_test.ts),
     // plus the promotion, one chained write gate per layer and the last layer's flag decision.
-    equal(b.decodeDispatches(tokens.length + 39), 1 + 3 * hp.nLayer + 2 + 1 + hp.nLayer + 1);
+    equal(b.decodeDispatches(tokens.length + 39), 2 + 2 * hp.nLayer + 2 + 1 + hp.nLayer + 1);
     a.destroy();
     b.destroy();
     file.close();

@@ -3,6 +3,8 @@ import { BadFlagError, UnsupportedError } from "../src/errors.ts";
 import { getGpu } from "../src/gpu/device.ts";
 import { createFfnChain, FFN_CHAIN_COUNTER_BYTES, type FfnChainTuning } from "../src/gpu/ops/matvec_chain.ts";
 import { int8InputReference } from "../src/gpu/ops/matvec_units.ts";
+import { StepParams } from "../src/gpu/ops/op.ts";
+import { rope, ropeInverseFrequencies } from "../src/model/ops.ts";
 import { randomF32, randomWeight } from "./gpu_quant_data.ts";
 import { nanBuffer, submitValidated } from "./gpu_ops_helpers.ts";
 
@@ -36,6 +38,7 @@ interface ChainCase {
   FF: number;
   inner: number; // attn_output's row length
   tuning?: FfnChainTuning;
+  qkv?: [string, string, string]; // a QKV phase with weights of these types
 }
 
 Deno.test("FFN chain: attn_output, gate/up + SwiGLU and ffn_down in one dispatch match the CPU", async () => {
@@ -55,6 +58,9 @@ Deno.test("FFN chain: attn_output, gate/up + SwiGLU and ffn_down in one dispatch
       inner: 256,
       tuning: { int8: [true, true, true], unitsPerStep: [2, 2, 1], workgroupSize: 64 },
     },
+    // The next layer's QKV as a fourth phase (RoPE, K before RoPE), types mixed as in Q4_K_M.
+    { types: ["Q4_K", "Q4_K", "Q6_K"], E: 256, FF: 512, inner: 256, qkv: ["Q4_K", "Q4_K", "Q6_K"] },
+    { types: ["Q8_0", "Q8_0", "Q8_0"], E: 96, FF: 160, inner: 64, qkv: ["Q8_0", "F16", "Q8_0"] },
   ];
   for (const c of cases) {
     const { E, FF, inner } = c;
@@ -71,6 +77,15 @@ Deno.test("FFN chain: attn_output, gate/up + SwiGLU and ffn_down in one dispatch
     const gammaNBuf = gpu.buffer("γ next", gammaN.byteLength, gammaN);
     const xn = nanBuffer(gpu, "xn", E), sums = nanBuffer(gpu, "sums", E), hidden = nanBuffer(gpu, "h", FF);
     const counters = gpu.buffer("counters", FFN_CHAIN_COUNTER_BYTES);
+    // The QKV phase: 4 query heads and 2 KV heads of 16 values, at position 17.
+    const headDim = 16, qRows = 4 * headDim, kvRows = 2 * headDim, pos = 17;
+    const invFreq = ropeInverseFrequencies(headDim, 10000);
+    const step = new StepParams(gpu, 1);
+    step.set(1, pos);
+    const wq = c.qkv && randomWeight(gpu, "attn_q", c.qkv[0], qRows, E);
+    const wk = c.qkv && randomWeight(gpu, "attn_k", c.qkv[1], kvRows, E);
+    const wv = c.qkv && randomWeight(gpu, "attn_v", c.qkv[2], kvRows, E);
+    const outs = [qRows, kvRows, kvRows, kvRows].map((n, i) => nanBuffer(gpu, `qkv ${i}`, n));
     const op = createFfnChain(gpu, {
       label: "ffn_chain",
       wo: wo.weight,
@@ -87,11 +102,25 @@ Deno.test("FFN chain: attn_output, gate/up + SwiGLU and ffn_down in one dispatch
       counters,
       eps,
       tuning: c.tuning,
+      qkv: wq && wk && wv
+        ? {
+          label: "attn_qkv",
+          wq: wq.weight,
+          wk: wk.weight,
+          wv: wv.weight,
+          q: outs[0],
+          k: outs[1],
+          v: outs[2],
+          kPre: outs[3],
+          step,
+          rope: { headDim, invFreq, maxPosition: 4096 },
+        }
+        : undefined,
     });
     const int8 = c.tuning?.int8 ?? [false, false, false];
     // The CPU, from x; twice: the second dispatch must find the counters back at zero.
     let want = Float64Array.from(x);
-    const step = () => {
+    const advance = () => {
       const x1 = matvec(wo.w, asInput(Float64Array.from(a), int8[0]), E, inner).map((v, i) => v + want[i]);
       let ss = 0;
       for (const v of x1) ss += v * v;
@@ -106,7 +135,7 @@ Deno.test("FFN chain: attn_output, gate/up + SwiGLU and ffn_down in one dispatch
     };
     for (let run = 0; run < 2; run++) {
       await submitValidated(gpu, [op]);
-      const wantHidden = step();
+      const wantHidden = advance();
       const [gotX, gotXn, gotSums, gotHidden] = await Promise.all(
         [xBuf, xn, sums, hidden].map((b) => gpu.readF32(b)),
       );
@@ -125,11 +154,31 @@ Deno.test("FFN chain: attn_output, gate/up + SwiGLU and ffn_down in one dispatch
       for (let i = Math.max(op.normPartials, Math.ceil(E / rowsO)); i < E; i++) {
         ok(Number.isNaN(gotSums[i]), `${tag}: sums written past the producers at ${i}`);
       }
+      if (wq && wk && wv) {
+        // Q, K (rotated) and V of rmsnorm(x) · γ_next, and K before RoPE.
+        let ss2 = 0;
+        for (const v of want) ss2 += v * v;
+        const normed = want.map((v, i) => v * gammaN[i] / Math.sqrt(ss2 / E + eps));
+        const [gotQ, gotK, gotV, gotKPre] = await Promise.all(outs.map((b) => gpu.readF32(b)));
+        const q = Float32Array.from(matvec(wq.w, normed, qRows, E));
+        const kPre = matvec(wk.w, normed, kvRows, E);
+        const k = Float32Array.from(kPre);
+        rope(q, 4, headDim, pos, invFreq);
+        rope(k, 2, headDim, pos, invFreq);
+        expectNear(`${tag} q`, gotQ, Float64Array.from(q), 1e-4);
+        expectNear(`${tag} k`, gotK, Float64Array.from(k), 1e-4);
+        expectNear(`${tag} k before RoPE`, gotKPre, kPre, 1e-4);
+        expectNear(`${tag} v`, gotV, matvec(wv.w, normed, kvRows, E), 1e-4);
+      }
       want = Float64Array.from(gotX); // the next run starts from the GPU's x
-      deepEqual([...new Uint32Array((await gpu.readF32(counters)).buffer)], [0, 0, 0, 0], `${tag} counters`);
+      deepEqual(
+        [...new Uint32Array((await gpu.readF32(counters)).buffer)],
+        new Array(FFN_CHAIN_COUNTER_BYTES / 4).fill(0),
+        `${tag} counters`,
+      );
     }
-    for (const b of [aBuf, xBuf, gammaFBuf, gammaNBuf, xn, sums, hidden, counters]) b.destroy();
-    for (const w of [wo, gate, up, down]) w.weight.destroy();
+    for (const b of [aBuf, xBuf, gammaFBuf, gammaNBuf, xn, sums, hidden, counters, ...outs]) b.destroy();
+    for (const w of [wo, gate, up, down, wq, wk, wv]) w?.weight.destroy();
   }
 });
 

@@ -35,7 +35,7 @@ Deno.test("gpu model: prefill steps of 2048 tokens for the full cache on a GPU, 
   });
 });
 
-Deno.test("gpu model: a greedy decode step takes three dispatches per layer and three more", async () => {
+Deno.test("gpu model: a greedy decode step takes two dispatches per layer and four more", async () => {
   const gpu = await getGpu();
   await withTinyModel(async (file, hp) => {
     const dispatches = async (options: Partial<GpuModelOptions>) => {
@@ -47,14 +47,17 @@ Deno.test("gpu model: a greedy decode step takes three dispatches per layer and 
         model.destroy();
       }
     };
-    // Embedding (the first norm folded in), per layer QKV, attention and the chained FFN block (attn_output,
-    // gate/up and down, the norms folded into them), the output product (no norm scale before greedy's
-    // argmax) and the argmax.
+    // Embedding (the first norm folded in), the first layer's QKV, per layer attention and the chained
+    // dispatch (attn_output, gate/up, down and the next layer's QKV, the norms folded into them), the
+    // output product (no norm scale before greedy's argmax) and the argmax.
     const L = hp.nLayer;
-    const chained = 1 + 3 * L + 2;
+    const chained = 2 + 2 * L + 2;
     deepEqual(await dispatches({}), [chained, chained]);
-    // Without the chain: attn_output, gate/up and down as three dispatches per layer.
-    const folded = chained + 2 * L;
+    // The QKV outside the chain: one more per layer but the first.
+    const ffnChained = chained + L - 1;
+    deepEqual(await dispatches({ chainQkv: false }), [ffnChained, ffnChained]);
+    // Without the chain: QKV, attention, attn_output, gate/up and down, five per layer.
+    const folded = 1 + 5 * L + 2;
     deepEqual(await dispatches({ chainFfn: false }), [folded, folded]);
     // The split path with its reduce dispatch: one more per layer.
     deepEqual(await dispatches({ fusedDecodeReduce: false }), [chained, chained + L]);

@@ -6,6 +6,9 @@
 //   phase f (groups_f workgroups): h = silu(W_g · xn · s) · (W_u · xn · s), s = 1 / RMS from phase o's sums
 //   phase d (groups_d workgroups): x += W_d · h, then xn = x · γ_next and each workgroup's Σ x² (the folded
 //                                  norm the next fused QKV, or the output tail, reads)
+//   phase q (groups_q workgroups, optional): the next layer's fused QKV from xn and phase d's sums, with RoPE
+//                                  and the KV store (QKV_PHASE: wgsl/matvec_chain_qkv.wgsl, or a stub
+//                                  without workgroups)
 //
 // That is attn_output with the FFN RMSNorm folded, gate/up with SwiGLU, and ffn_down with the next RMSNorm
 // folded (wgsl/matvec_fast.wgsl's `main` with norm_mode 1, `swiglu` with norm_mode 2, `main` with norm_mode
@@ -33,8 +36,9 @@
 // binding 8: h, array<vec4f>: silu(gate) · up [FF], written by phase f (per element), read by phase d
 // binding 9: gamma_ffn, array<f32>: the FFN RMSNorm's weight [E]
 // binding 10: gamma_next, array<f32>: the next RMSNorm's weight [E] (next layer's attn_norm, or output_norm)
-// binding 11: counters, array<atomic<u32>, 4>: ticket, phase o done, phase f done, workgroups done (zero
+// binding 11: counters, array<atomic<u32>, 8>: ticket, phases o, f and d done, workgroups done (zero
 //             between dispatches)
+// bindings 12, 13, 18 to 24, 14 to 17 and 32…: phase q's (QKV_PHASE, see wgsl/matvec_chain_qkv.wgsl).
 
 // Rows of the outputs (E for phases o and d, FF for f) and values per row of each phase's input.
 override rows_e: u32 = 1u;
@@ -46,8 +50,10 @@ override row_bytes_o: u32 = 144u;
 override row_bytes_g: u32 = 144u;
 override row_bytes_u: u32 = 144u;
 override row_bytes_d: u32 = 144u;
-// Threads per workgroup (all phases), rows per workgroup and units per step of each phase.
+// Threads per workgroup (all phases), rows per workgroup and units per step of each phase (rows_per_wg:
+// phase q's).
 override wg_size: u32 = 64u;
+override rows_per_wg: u32 = 1u;
 override rows_o: u32 = 4u;
 override rows_f: u32 = 4u;
 override rows_d: u32 = 4u;
@@ -62,7 +68,8 @@ override int8_f: u32 = 0u;
 override int8_d: u32 = 0u;
 // 1: every thread waits for the phase before by itself (software adapters; see wait_for), 0: one per workgroup.
 override each_thread_waits: u32 = 0u;
-// The folded norms: phase o's partial sums (= groups_o, read by phase f), width E and epsilon.
+// The folded norms: phase o's and phase d's partial sums (groups_o = groups_d, read by phases f and q),
+// width E and epsilon.
 override norm_partials: u32 = 1u;
 override norm_width: u32 = 1u;
 override norm_eps: f32 = 1e-5;
@@ -84,7 +91,7 @@ const MAX_UNITS_PER_STEP = 4u;
 @group(0) @binding(8) var<storage, read_write> h: array<vec4f>;
 @group(0) @binding(9) var<storage, read> gamma_ffn: array<f32>;
 @group(0) @binding(10) var<storage, read> gamma_next: array<f32>;
-@group(0) @binding(11) var<storage, read_write> counters: array<atomic<u32>, 4>;
+@group(0) @binding(11) var<storage, read_write> counters: array<atomic<u32>, 8>;
 
 // Each phase's int8 copy of its input (a single element where the phase reads f32).
 var<workgroup> xb_o: array<vec4u, max(1u, int8_o * (cols_o / 16u))>;
@@ -94,8 +101,9 @@ var<workgroup> xs_f: array<vec2f, max(1u, int8_f * (cols_f / 16u))>;
 var<workgroup> xb_d: array<vec4u, max(1u, int8_d * (cols_d / 16u))>;
 var<workgroup> xs_d: array<vec2f, max(1u, int8_d * (cols_d / 16u))>;
 
-// The per-thread sums before the reduction: up to 2 · rows_f (gate and up) plus a folded norm's sum.
-var<workgroup> partial: array<f32, wg_size * (max(max(rows_o, rows_d), 2u * rows_f) + 1u)>;
+// The per-thread sums before the reduction: up to 2 · rows_f (gate and up) or rows_per_wg (phase q) plus a
+// folded norm's sum.
+var<workgroup> partial: array<f32, wg_size * (max(max(max(rows_o, rows_d), 2u * rows_f), rows_per_wg) + 1u)>;
 // This workgroup's ticket.
 var<workgroup> ticket: u32;
 // Bumped by a waiting thread per poll: a side effect, so that no compiler takes the wait for an empty loop.
@@ -108,6 +116,8 @@ var<workgroup> spins: u32;
 
 // norm_share, norm_scale, reduce, silu.
 // #include matvec_reduce
+
+{{QKV_PHASE}}
 
 // Waits until `count` workgroups have counted themselves in counters[slot]; every thread must call it.
 // On a GPU (each_thread_waits = 0) one thread polls, takes the counter once more with an atomic
@@ -240,30 +250,31 @@ fn ffn(@builtin(local_invocation_index) tid: u32) {
   let g = workgroupUniformLoad(&ticket);
   let n_o = groups_o();
   let n_f = groups_f();
-  let total = n_o + n_f + groups_d();
+  let n_d = groups_d();
+  let total = n_o + n_f + n_d + groups_q();
+  // The phase of this workgroup: 0 (o), 1 (f), 2 (d) or 3 (q); its counter is counters[phase + 1].
+  var phase = 3u;
   if (g < n_o) {
+    phase = 0u;
     let row0 = g * rows_o;
     produce(accumulate_o(row_bytes_o, row0, rows_e - 1u, 0u, 1u, tid), row0, rows_o, g, false, tid);
   } else if (g < n_o + n_f) {
+    phase = 1u;
     gate_up(g - n_o, tid);
-  } else {
+  } else if (g < n_o + n_f + n_d) {
+    phase = 2u;
     let w = g - n_o - n_f;
     let row0 = w * rows_d;
     produce(accumulate_d(row_bytes_d, row0, rows_e - 1u, 0u, 1u, tid), row0, rows_d, w, true, tid);
+  } else {
+    qkv_phase(g - n_o - n_f - n_d, tid);
   }
   // Count this workgroup done in its phase (after all its writes); the last of all resets the counters.
   storageBarrier();
   if (tid == 0u) {
-    if (g < n_o) {
-      atomicAdd(&counters[1], 1u);
-    } else if (g < n_o + n_f) {
-      atomicAdd(&counters[2], 1u);
-    }
-    if (atomicAdd(&counters[3], 1u) == total - 1u) {
-      atomicStore(&counters[0], 0u);
-      atomicStore(&counters[1], 0u);
-      atomicStore(&counters[2], 0u);
-      atomicStore(&counters[3], 0u);
+    atomicAdd(&counters[phase + 1u], 1u);
+    if (atomicAdd(&counters[5], 1u) == total - 1u) {
+      for (var i = 0u; i < 6u; i++) { atomicStore(&counters[i], 0u); }
     }
   }
 }

@@ -281,8 +281,8 @@ fn swiglu(
   }
 }
 
-// rope_rotation(pos, pair, chunks): (cos, sin) of the angle of `pair` at position `pos`.
-// #include rope_angle
+// qkv_rows: the `qkv` entry's work for one workgroup.
+// #include matvec_qkv
 
 @compute @workgroup_size(wg_size)
 fn qkv(
@@ -290,103 +290,5 @@ fn qkv(
   @builtin(num_workgroups) groups: vec3u,
   @builtin(local_invocation_index) tid: u32,
 ) {
-  let m = step.n_tokens;
-  let groups_a = (rows_a + rows_per_wg - 1u) / rows_per_wg;
-  let groups_b = (rows_b + rows_per_wg - 1u) / rows_per_wg;
-  let g = wid.x + wid.y * groups.x;
-  // Which weight this workgroup's rows belong to, and the first of them.
-  var weight = 0u;
-  var row0 = g * rows_per_wg;
-  var rows = rows_a;
-  if (g >= groups_a + groups_b) {
-    weight = 2u;
-    row0 = (g - groups_a - groups_b) * rows_per_wg;
-    rows = rows_c;
-  } else if (g >= groups_a) {
-    weight = 1u;
-    row0 = (g - groups_a) * rows_per_wg;
-    rows = rows_b;
-  }
-  let t0 = wid.z * tokens_per_wg;
-  if (row0 >= rows || t0 >= m) { return; }
-  let nt = min(tokens_per_wg, m - t0);
-
-  // KV store (kv_append = 1): in a K or V workgroup, thread tid < rows_per_wg / 2 · tokens_per_wg owns the
-  // f16 pair of rows (row0 + 2 · kv_pair, + 1) of token t0 + kv_token. Its page and word are looked up
-  // before the products, so that the two dependent loads overlap them.
-  let kv_pair = tid / tokens_per_wg;
-  let kv_token = tid % tokens_per_wg;
-  let kv_owner = kv_append == 1u && weight > 0u && tid < (rows_per_wg / 2u) * tokens_per_wg &&
-    row0 + 2u * kv_pair < rows && kv_token < nt;
-  var kv_at = vec2u(0u);
-  if (kv_owner) { kv_at = kv_locate(weight, t0 + kv_token, row0 + 2u * kv_pair); }
-
-  var acc: array<f32, MAX_ROWS * MAX_TOKENS>;
-  if (weight == 0u) {
-    acc = accumulate_a(row_bytes_a, row0, rows - 1u, t0, nt, tid);
-  } else if (weight == 1u) {
-    acc = accumulate_b(row_bytes_b, row0, rows - 1u, t0, nt, tid);
-  } else {
-    acc = accumulate_c(row_bytes_c, row0, rows - 1u, t0, nt, tid);
-  }
-  // With a folded norm, the partial sums are read after the weights' loads were issued.
-  var norm_part: array<f32, MAX_TOKENS>;
-  if (norm_mode == 2u) { norm_part = norm_share(t0, nt, tid); }
-  // Sum r · tokens_per_wg + t is (row r, token t); with a folded norm, sum rows_per_wg · tokens_per_wg + t
-  // is token t's Σ y².
-  let sums = rows_per_wg * tokens_per_wg;
-  let n = sums + select(0u, tokens_per_wg, norm_mode == 2u);
-  // @unroll
-  for (var r = 0u; r < rows_per_wg; r++) {
-    // @unroll
-    for (var t = 0u; t < tokens_per_wg; t++) {
-      partial[tid * n + r * tokens_per_wg + t] = acc[r * MAX_TOKENS + t];
-    }
-  }
-  if (norm_mode == 2u) {
-    // @unroll
-    for (var t = 0u; t < tokens_per_wg; t++) { partial[tid * n + sums + t] = norm_part[t]; }
-  }
-  reduce(tid, n);
-  if (tid < sums) {
-    let r = tid / tokens_per_wg;
-    let t = tid % tokens_per_wg;
-    if (row0 + r < rows && t < nt) {
-      let row = row0 + r;
-      let scale = select(1.0, norm_scale(partial[sums + t]), norm_mode == 2u);
-      var value = partial[tid] * scale;
-      let column = row % head_dim;
-      if (keep_pre_k == 1u && weight == 1u) { k_pre[(t0 + t) * rows_b + row] = value; }
-      if (weight < 2u && column < 2u * rope_pairs) {
-        // Rows 2i and 2i + 1 of a head are a rotated pair; row0 and rows_per_wg are even, so the
-        // partner's total is this workgroup's sum (r ^ 1, t).
-        let other = partial[(r ^ 1u) * tokens_per_wg + t] * scale;
-        let cs = rope_rotation(step.pos0 + t0 + t, column / 2u, n_chunks);
-        if ((row & 1u) == 0u) {
-          value = value * cs.x - other * cs.y;
-        } else {
-          value = other * cs.y + value * cs.x;
-        }
-      }
-      let token = t0 + t;
-      if (weight == 0u) {
-        y_a[token * rows_a + row] = value;
-      } else if (weight == 1u) {
-        y_b[token * rows_b + row] = value;
-      } else {
-        y_c[token * rows_c + row] = value;
-      }
-      // The KV store's pairs: (row r, token t) final at partial[n + r · tokens_per_wg + t], past the sums
-      // still read above.
-      if (kv_append == 1u && weight > 0u) { partial[n + tid] = value; }
-    }
-  }
-  if (kv_append == 1u && weight > 0u) {
-    workgroupBarrier();
-    if (kv_owner) {
-      let lo = partial[n + 2u * kv_pair * tokens_per_wg + kv_token];
-      let hi = partial[n + (2u * kv_pair + 1u) * tokens_per_wg + kv_token];
-      kv_store(kv_at, lo, hi);
-    }
-  }
+  qkv_rows(wid.x + wid.y * groups.x, wid.z * tokens_per_wg, tid);
 }

@@ -20,6 +20,8 @@
  *     h   = silu(xn·Wgate) · (xn·Wup)         (one fused dispatch)
  *     x  += h·Wdown ; xn = rmsnorm(x) · (attn_norm[l+1] or output_norm)   (greedy decode, last layer:
  *                                         xn = x · output_norm, the argmax does not need the 1 / RMS)
+ *                                         (decode: these three in one dispatch, chained inside it, see
+ *                                         createFfnChain)
  *   logits = xn[M−1] · Woutᵀ ;  token = argmax(logits) (one dispatch), or a draw by the GPU sampler
  *                                         (temperature, top-k, …)
  *
@@ -89,6 +91,7 @@ import {
   createFfnChain,
   FFN_CHAIN_COUNTER_BYTES,
   ffnChainBlocker,
+  ffnChainQkvBlocker,
   type FfnChainTuning,
 } from "../gpu/ops/matvec_chain.ts";
 import type { LlamaHParams } from "./hparams.ts";
@@ -216,10 +219,16 @@ export interface GpuModelOptions {
   /**
    * Decode: each layer's attn_output, gate/up + SwiGLU and ffn_down run as one dispatch, the three products
    * chained inside it (`createFfnChain` in `../gpu/ops/matvec_chain.ts`), two dispatches per layer fewer,
-   * where the RMSNorms are folded ({@link foldNorms}) and the weights qualify (each in one buffer, gate and
-   * up of one type). Default true.
+   * where the RMSNorms are folded ({@link foldNorms}), the weights qualify (each in one buffer, gate and
+   * up of one type) and {@link matvecTuning} tunes none of the three roles. Default true.
    */
   chainFfn?: boolean;
+  /**
+   * Decode with {@link chainFfn}: the next layer's fused QKV (with RoPE and the KV store) runs as the
+   * chained dispatch's fourth phase, one dispatch per layer fewer, where the bindings fit and
+   * {@link matvecTuning} does not tune `attn_qkv`. Default true.
+   */
+  chainQkv?: boolean;
   /** Tuning of the chained FFN dispatch ({@link chainFfn}), for benchmarking; default: the kernel's. */
   ffnChainTuning?: FfnChainTuning;
 }
@@ -652,6 +661,10 @@ export class GpuModel {
         if (int8(weight)) return int8Product(label, weight, quantize(`${label}_q8`, x, weight.cols), y);
         return createMatmul(gpu, { label, weight, x, y, maxTokens, step, tuning: half(weight) });
       };
+      // The chained FFN dispatch (options.chainFfn), unless a role it replaces has a matvec tuning of its own.
+      const tunedRoles = Object.keys(options.matvecTuning ?? {});
+      const chainFfn = (options.chainFfn ?? true) &&
+        !["attn_output", "ffn_gate_up", "ffn_down"].some((role) => tunedRoles.includes(role));
       // The gather as the first RMSNorm's producer, read by the first layer's fused QKV.
       const foldEmbed = foldable(tokenEmbd) && canFuseQkv(layers[0].wq, layers[0].wk, layers[0].wv);
       const embed = createEmbed(gpu, {
@@ -712,30 +725,43 @@ export class GpuModel {
         ops.push(norm(`${tag}blk.0.attn_norm`, layers[0].attnNorm, false));
       }
       let outputNormOp: GpuOp | undefined;
+      // Layer l's fused decode QKV (one token): Q, K and V rows, Q and K rotated as they are written (with
+      // the write gate, K also before RoPE: the gate reads both; with the full cache, K and V also into
+      // their pages).
+      const qkvOptions = (l: number) => {
+        const w = layers[l];
+        return {
+          label: `${tag}blk.${l}.attn_qkv`,
+          wq: w.wq,
+          wk: w.wk,
+          wv: w.wv,
+          q: act.q,
+          k: act.k,
+          v: act.v,
+          step,
+          rope: { headDim: D, ropeDim: hp.ropeDim, invFreq, maxPosition: ctx },
+          kPre: gateBufs?.kPre,
+          append: appendInQkv(w) && fullKv ? { kv: fullKv, layer: l } : undefined,
+          tuning: tuning("attn_qkv", w.wq.cols),
+        };
+      };
+      // Whether a layer's QKV runs as the last phase of the chained FFN dispatch before it.
+      const chainQkv = (w: LayerWeights) =>
+        (options.chainQkv ?? true) && !tunedRoles.includes("attn_qkv") && canFuseQkv(w.wq, w.wk, w.wv) &&
+        ffnChainQkvBlocker(gpu.limits, appendInQkv(w) ? fullKv : undefined) === undefined;
+      // Whether this layer's QKV already ran in the previous layer's chained FFN dispatch.
+      let qkvChained = false;
       for (let l = 0; l < hp.nLayer; l++) {
         const w = layers[l];
         const p = `${tag}blk.${l}.`;
         const fusedAppend = appendInQkv(w);
-        if (decode && canFuseQkv(w.wq, w.wk, w.wv)) {
+        if (qkvChained) {
+          // The previous layer's chained FFN dispatch ran this layer's QKV as its last phase.
+          qkvChained = false;
+        } else if (decode && canFuseQkv(w.wq, w.wk, w.wv)) {
           // One dispatch: Q, K and V rows, Q and K rotated as they are written (with the write gate, K
           // also before RoPE: the gate reads both; with the full cache, K and V also into their pages).
-          ops.push(createQkvMatvec(gpu, {
-            label: `${p}attn_qkv`,
-            wq: w.wq,
-            wk: w.wk,
-            wv: w.wv,
-            x: act.xn,
-            q: act.q,
-            k: act.k,
-            v: act.v,
-            maxTokens,
-            step,
-            rope: { headDim: D, ropeDim: hp.ropeDim, invFreq, maxPosition: ctx },
-            kPre: gateBufs?.kPre,
-            norm: qkvNorm,
-            append: fusedAppend && fullKv ? { kv: fullKv, layer: l } : undefined,
-            tuning: tuning("attn_qkv", w.wq.cols),
-          }));
+          ops.push(createQkvMatvec(gpu, { ...qkvOptions(l), x: act.xn, maxTokens, norm: qkvNorm }));
         } else {
           // The three products in one dispatch where possible (K and V alone would underfill the GPU).
           const qkv = {
@@ -865,7 +891,7 @@ export class GpuModel {
         // Decode: attn_output, gate/up and ffn_down in one chained dispatch where the norms fold around it.
         const nextQkvFused = next ? canFuseQkv(next.wq, next.wk, next.wv) : true;
         if (
-          decode && (options.chainFfn ?? true) && foldable(w.wo) && foldable(w.wDown) && nextQkvFused &&
+          decode && chainFfn && foldable(w.wo) && foldable(w.wDown) && nextQkvFused &&
           ffnChainBlocker(w.wo, w.wGate, w.wUp, w.wDown) === undefined
         ) {
           const chain = createFfnChain(gpu, {
@@ -887,7 +913,9 @@ export class GpuModel {
               int8: [int8DecodeFor(w.wo.cols), int8DecodeFor(w.wGate.cols), int8DecodeFor(w.wDown.cols)],
               ...options.ffnChainTuning,
             },
+            qkv: next && chainQkv(next) ? qkvOptions(l + 1) : undefined,
           });
+          qkvChained = next !== undefined && chainQkv(next);
           ops.push(chain);
           qkvNorm = next
             ? { sums: act.normSums, partials: chain.normPartials, width: E, eps: hp.rmsEps }

@@ -15,7 +15,9 @@
 import { BadFlagError, UnsupportedError } from "../../errors.ts";
 import type { Gpu, Kernel } from "../device.ts";
 import type { GpuWeight } from "../weights.ts";
+import { includeShaders, loadShader } from "../shader.ts";
 import { defaultMatvecWorkgroup } from "./matmul.ts";
+import { qkvKernelParts, type QkvMatvecOptions } from "./fused.ts";
 import {
   bindNumbered,
   checkMatvecWeights,
@@ -76,6 +78,14 @@ export interface FfnChainOptions {
   eps: number;
   /** Override constants for tuning on a given GPU. */
   tuning?: FfnChainTuning;
+  /**
+   * The next layer's fused QKV as a fourth phase, reading `xn` and the sums ffn_down's phase leaves (what
+   * `createQkvMatvec` with `x: xn` and a folded norm computes, for one token; its tuning's workgroup size
+   * is the chain's, its rows per workgroup must equal neither constraint but be even with RoPE or the
+   * append). Needs attn_output's and ffn_down's rows per workgroup equal (one partial count for both
+   * consumers). See {@link ffnChainQkvBlocker}.
+   */
+  qkv?: Omit<QkvMatvecOptions, "x" | "norm" | "maxTokens">;
 }
 
 /** The chained FFN op. */
@@ -85,7 +95,52 @@ export interface FfnChainOp extends GpuOp {
 }
 
 /** Bytes of the counters a chained FFN op needs (see {@link FfnChainOptions.counters}). */
-export const FFN_CHAIN_COUNTER_BYTES = 16;
+export const FFN_CHAIN_COUNTER_BYTES = 32;
+
+/** Storage bindings of the chain with a QKV phase, before the KV store's (see `wgsl/matvec_chain_qkv.wgsl`). */
+const CHAIN_QKV_STORAGE_BINDINGS = 20;
+
+/**
+ * Why the chain cannot take a QKV phase appending to `kv` (a one-line reason), or undefined when it can:
+ * the block table, lengths and pool shards must fit the storage bindings next to the chain's own.
+ */
+export function ffnChainQkvBlocker(
+  limits: { maxStorageBuffersPerShaderStage: number },
+  kv?: { shards: readonly unknown[] },
+): string | undefined {
+  const needed = CHAIN_QKV_STORAGE_BINDINGS + (kv ? 2 + kv.shards.length : 0);
+  if (needed > limits.maxStorageBuffersPerShaderStage) {
+    return `the chain with a QKV phase binds ${needed} storage buffers, this GPU allows ` +
+      `${limits.maxStorageBuffersPerShaderStage}`;
+  }
+  return undefined;
+}
+
+/** The QKV phase's bindings by `wgsl/matvec_fast.wgsl`'s number (see `qkvKernelParts`); others keep theirs. */
+const QKV_CHAIN_BINDINGS: Readonly<Record<number, number>> = {
+  0: 12,
+  1: 13,
+  2: 18,
+  4: 19,
+  5: 20,
+  6: 21,
+  7: 22,
+  8: 23,
+  10: 24,
+};
+
+/** `qkvKernelParts` constants that are the chain's own or renamed for the QKV phase. */
+const QKV_RENAMED_CONSTANTS: Readonly<Record<string, string | undefined>> = {
+  cols: "cols_q",
+  units_per_step: "ups_q",
+  x_int8: "int8_q",
+  wg_size: undefined,
+  reduce_lanes: undefined,
+  tokens_per_wg: undefined,
+};
+
+/** The QKV phase when there is none. */
+const NO_QKV_PHASE = "fn groups_q() -> u32 {\n  return 0u;\n}\nfn qkv_phase(w: u32, tid: u32) {}\n";
 
 /**
  * Why the four weights cannot go through {@link createFfnChain} (a one-line reason naming a tensor), or
@@ -120,12 +175,15 @@ export function ffnChainBlocker(
   return undefined;
 }
 
-/** The free names of the unit library a phase renames (see `wgsl/matvec_units.wgsl`), by phase. */
-function phaseNames(phase: "o" | "f" | "d", input: string): Record<string, string> {
+/**
+ * The free names of the unit library a phase renames (see `wgsl/matvec_units.wgsl`), by phase (phase q
+ * keeps `rows_per_wg`, the chain's override for it).
+ */
+function phaseNames(phase: "o" | "f" | "d" | "q", input: string): Record<string, string> {
   return {
     x: input,
     cols: `cols_${phase}`,
-    rows_per_wg: `rows_${phase}`,
+    ...(phase === "q" ? {} : { rows_per_wg: `rows_${phase}` }),
     units_per_step: `ups_${phase}`,
     x_int8: `int8_${phase}`,
     x_blocks: `xb_${phase}`,
@@ -206,7 +264,6 @@ export function createFfnChain(gpu: Gpu, options: FfnChainOptions): FfnChainOp {
   const groupsF = Math.ceil(FF / rowsF);
   const groupsD = Math.ceil(E / rowsD);
   const workgroups = groupsO + groupsF + groupsD;
-  checkWorkgroups(gpu, label, workgroups);
   checkSlice(label, "att", options.att, wo.cols * 4);
   checkSlice(label, "x", options.x, E * 4);
   checkSlice(label, "xn", options.xn, E * 4);
@@ -229,9 +286,47 @@ export function createFfnChain(gpu: Gpu, options: FfnChainOptions): FfnChainOp {
     defines[`WORD_${suffix.toUpperCase()}`] = UNIT_SECTION_WORDS[section];
     defines[`UNITS_${suffix.toUpperCase()}`] = unitsSource(section, suffix, phaseNames(phase, input));
   }
+  // The QKV phase: createQkvMatvec's constants, units and bindings, renamed and renumbered for the chain.
+  const qkvConstants: Record<string, number> = {};
+  const qkvEntries: [number, BufferSlice][] = [];
+  let groupsQ = 0;
+  defines.QKV_PHASE = NO_QKV_PHASE;
+  if (options.qkv) {
+    const qkv = options.qkv;
+    if (rowsO !== rowsD) {
+      throw new BadFlagError(
+        `${label}: a QKV phase needs equal rows per workgroup for attn_output and ffn_down`,
+      );
+    }
+    if (qkv.wq.cols !== E) throw new UnsupportedError(`${label}: ${qkv.wq.name} does not read rows of ${E}`);
+    const qkvBlocker = ffnChainQkvBlocker(gpu.limits, qkv.append?.kv);
+    if (qkvBlocker) throw new UnsupportedError(`${label}: ${qkvBlocker}`);
+    const parts = qkvKernelParts(gpu, {
+      ...qkv,
+      label,
+      maxTokens: 1,
+      tuning: { ...qkv.tuning, workgroupSize, tokensPerWorkgroup: 1 },
+    });
+    for (const [name, value] of Object.entries(parts.constants)) {
+      const renamed = name in QKV_RENAMED_CONSTANTS ? QKV_RENAMED_CONSTANTS[name] : name;
+      if (renamed) qkvConstants[renamed] = value;
+    }
+    for (const [binding, slice] of parts.entries) {
+      qkvEntries.push([QKV_CHAIN_BINDINGS[binding] ?? binding, slice]);
+    }
+    groupsQ = parts.groups;
+    let text = includeShaders(loadShader("matvec_chain_qkv"), new Set(["matvec_reduce"]));
+    for (const [suffix, weight] of [["a", qkv.wq], ["b", qkv.wk], ["c", qkv.wv]] as const) {
+      const section = unitSection(weight);
+      text = text.replace(`{{WORD_${suffix.toUpperCase()}}}`, UNIT_SECTION_WORDS[section])
+        .replace(`{{UNITS_${suffix.toUpperCase()}}}`, unitsSource(section, suffix, phaseNames("q", "xn")));
+    }
+    defines.QKV_PHASE = text.replace("{{KV_STORE}}", parts.kvStore);
+  }
   const kernel = gpu.kernel(
     "matvec_chain",
     {
+      ...qkvConstants,
       rows_e: E,
       rows_ff: FF,
       cols_o: wo.cols,
@@ -273,6 +368,8 @@ export function createFfnChain(gpu: Gpu, options: FfnChainOptions): FfnChainOp {
     [9, options.ffnNorm],
     [10, options.nextNorm],
     [11, options.counters],
+    ...qkvEntries,
   ]);
-  return new ChainOp(label, kernel, group, workgroups, groupsD);
+  checkWorkgroups(gpu, label, workgroups + groupsQ);
+  return new ChainOp(label, kernel, group, workgroups + groupsQ, groupsD);
 }
