@@ -18,8 +18,8 @@
 // Ordering: each workgroup first takes a ticket (an atomic counter); tickets, not workgroup ids, assign the
 // phases in order, so every workgroup of a phase has started before any of the next phase's. A phase's
 // workgroups count themselves done (after a storage barrier) in their phase's counter; the next phase's
-// workgroups issue their first weight loads, then wait until that counter is full (one thread spins, then a
-// storage barrier for the whole workgroup) before they read x. Waiting only on workgroups that have started
+// workgroups issue their first weight loads, then wait until that counter is full (every thread polls it,
+// then a storage barrier) before they read x. Waiting only on workgroups that have started
 // needs no more than that a started workgroup keeps making progress. The last workgroup to finish resets
 // the counters, so one counter buffer serves every layer. As in wgsl/flash_decode.wgsl, this relies on
 // storageBarrier() ordering storage memory at device scope, which wgpu's backends give (SPIR-V memory
@@ -66,7 +66,8 @@ override reduce_lanes: u32 = 8u;
 override int8_o: u32 = 0u;
 override int8_f: u32 = 0u;
 override int8_d: u32 = 0u;
-// 1: every thread waits for the phase before by itself (software adapters; see wait_for), 0: one per workgroup.
+// How the threads wait for the phase before (see wait_for): 1 with read-modify-writes (software adapters),
+// 0 with atomic loads.
 override each_thread_waits: u32 = 0u;
 // The folded norms: phase o's and phase d's partial sums (groups_o = groups_d, read by phases f and q),
 // width E and epsilon.
@@ -106,7 +107,7 @@ var<workgroup> xs_d: array<vec2f, max(1u, int8_d * (cols_d / 16u))>;
 var<workgroup> partial: array<f32, wg_size * (max(max(max(rows_o, rows_d), 2u * rows_f), rows_per_wg) + 1u)>;
 // This workgroup's ticket.
 var<workgroup> ticket: u32;
-// Bumped by a waiting thread per poll: a side effect, so that no compiler takes the wait for an empty loop.
+// Bumped per poll: a side effect, so that no compiler takes the wait for an empty loop.
 var<workgroup> spins: u32;
 
 {{UNITS_O}}
@@ -120,22 +121,22 @@ var<workgroup> spins: u32;
 {{QKV_PHASE}}
 
 // Waits until `count` workgroups have counted themselves in counters[slot]; every thread must call it.
-// On a GPU (each_thread_waits = 0) one thread polls, takes the counter once more with an atomic
-// read-modify-write, and a storage barrier passes the wait on to the workgroup. Software adapters
-// (lavapipe) did not always order the other threads' loads after that barrier (a chained dispatch read stale
-// inputs about once in fifty), so there (each_thread_waits = 1) every thread polls with read-modify-writes,
-// which is correct everywhere but would make every thread of every waiting workgroup hammer one address.
+// Every thread polls the counter itself (on a GPU one load per warp and poll, the address being the same),
+// so that each one's later loads follow its own observation of the count: a storage barrier passing one
+// thread's observation on to the others was not enough on a software adapter (lavapipe, where a chained
+// dispatch then read stale inputs about once in twenty). There (each_thread_waits = 1) the polls are
+// read-modify-writes, as atomic loads in a loop did not wait reliably either; on a GPU
+// (each_thread_waits = 0) they are atomic loads, which do not contend with the counting.
 fn wait_for(slot: u32, count: u32, tid: u32) {
   if (each_thread_waits == 1u) {
     loop {
       if (atomicOr(&counters[slot], 0u) >= count) { break; }
     }
-  } else if (tid == 0u) {
+  } else {
     loop {
       if (atomicLoad(&counters[slot]) >= count) { break; }
-      spins += 1u;
+      if (tid == 0u) { spins += 1u; }
     }
-    atomicOr(&counters[slot], 0u);
   }
   storageBarrier();
 }
