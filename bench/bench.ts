@@ -20,8 +20,10 @@
  *                        [--no-fuse-decode-reduce]   (decode attention's splits merged by a reduce dispatch per
  *                                                     layer, not by the partial pass's last workgroups:
  *                                                     "decode-unfused-reduce" rows)
- *                        [--no-chain-ffn]   (decode with attn_output, gate/up and ffn_down as three dispatches
- *                                            per layer, not one chained dispatch: "decode-unchained-ffn" rows)
+ *                        [--chain-ffn | --no-chain-ffn]   (decode with attn_output, gate/up, ffn_down and the
+ *                                            next QKV chained in one dispatch per layer, or as dispatches of
+ *                                            their own: "decode-chained-ffn" / "decode-unchained-ffn" rows;
+ *                                            default: chained on a software adapter only)
  *                        [--no-chain-qkv]   (the chained dispatch without the next layer's QKV:
  *                                            "decode-unchained-qkv" rows)
  *                        [--ffn-chain-tuning '{"workgroupSize": 128}']  (the chained FFN dispatch's tuning,
@@ -140,6 +142,7 @@ const { values } = benchFlags(import.meta.url, () =>
       "no-fuse-wgkv-append": { type: "boolean" },
       "no-chain-gates": { type: "boolean" },
       "no-fuse-decode-reduce": { type: "boolean" },
+      "chain-ffn": { type: "boolean" },
       "no-chain-ffn": { type: "boolean" },
       "no-chain-qkv": { type: "boolean" },
       "ffn-chain-tuning": { type: "string" },
@@ -214,9 +217,11 @@ const chainWriteGates = !values["no-chain-gates"];
 // --no-fuse-decode-reduce: decode attention's split path with its reduce dispatch (rows named
 // "decode-unfused-reduce").
 const fusedDecodeReduce = !values["no-fuse-decode-reduce"];
-// --no-chain-ffn: decode with attn_output, gate/up and ffn_down as three dispatches per layer (rows named
-// "decode-unchained-ffn"); --ffn-chain-tuning JSON: the chained dispatch's tuning (rows "decode-chain-tuned").
-const chainFfn = !values["no-chain-ffn"];
+// --chain-ffn / --no-chain-ffn: decode with attn_output, gate/up, ffn_down and the next QKV in one chained
+// dispatch per layer (rows named "decode-chained-ffn"), or as dispatches of their own ("decode-unchained-ffn");
+// without either, the model's default (chained on a software adapter only). --ffn-chain-tuning JSON: the
+// chained dispatch's tuning (rows "decode-chain-tuned").
+const chainFfn = values["chain-ffn"] ? true : values["no-chain-ffn"] ? false : undefined;
 // --no-chain-qkv: the chained dispatch without the next layer's QKV (rows named "decode-unchained-qkv").
 const chainQkv = !values["no-chain-qkv"];
 let ffnChainTuning: GpuModelOptions["ffnChainTuning"];
@@ -229,7 +234,8 @@ try {
 }
 const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? "" : "-unfused-append") +
   wgkvAppendSuffix + (chainWriteGates ? "" : "-unchained-gates") +
-  (fusedDecodeReduce ? "" : "-unfused-reduce") + (chainFfn ? "" : "-unchained-ffn") +
+  (fusedDecodeReduce ? "" : "-unfused-reduce") +
+  (chainFfn === true ? "-chained-ffn" : chainFfn === false ? "-unchained-ffn" : "") +
   (chainQkv ? "" : "-unchained-qkv") +
   (ffnChainTuning ? "-chain-tuned" : "") +
   (matvecTuning ? "-tuned" : "") +

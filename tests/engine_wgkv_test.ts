@@ -140,8 +140,8 @@ fixtureTest(
     const file = await openGGUF(fixture(MODEL));
     const hp = hparamsFromGGUF(file);
     const gpu = await getGpu();
-    const a = await GpuModel.load(gpu, file, hp, { contextLength: 256, maxBatch: 8, policy });
-    const b = await GpuModel.load(gpu, file, hp, { contextLength: 256, maxBatch: 8, policy });
+    const a = await GpuModel.load(gpu, file, hp, { contextLength: 256, maxBatch: 8, policy, chainFfn: true });
+    const b = await GpuModel.load(gpu, file, hp, { contextLength: 256, maxBatch: 8, policy, chainFfn: true });
     const tokens = prompt(20);
     let t = await a.forward(tokens, 0, "argmax");
     const stepwise: number[] = [];

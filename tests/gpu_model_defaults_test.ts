@@ -35,7 +35,7 @@ Deno.test("gpu model: prefill steps of 2048 tokens for the full cache on a GPU, 
   });
 });
 
-Deno.test("gpu model: a greedy decode step takes two dispatches per layer and four more", async () => {
+Deno.test("gpu model: a chained greedy decode step takes two dispatches per layer and four more", async () => {
   const gpu = await getGpu();
   await withTinyModel(async (file, hp) => {
     const dispatches = async (options: Partial<GpuModelOptions>) => {
@@ -52,15 +52,17 @@ Deno.test("gpu model: a greedy decode step takes two dispatches per layer and fo
     // output product (no norm scale before greedy's argmax) and the argmax.
     const L = hp.nLayer;
     const chained = 2 + 2 * L + 2;
-    deepEqual(await dispatches({}), [chained, chained]);
+    deepEqual(await dispatches({ chainFfn: true }), [chained, chained]);
     // The QKV outside the chain: one more per layer but the first.
     const ffnChained = chained + L - 1;
-    deepEqual(await dispatches({ chainQkv: false }), [ffnChained, ffnChained]);
+    deepEqual(await dispatches({ chainFfn: true, chainQkv: false }), [ffnChained, ffnChained]);
     // Without the chain: QKV, attention, attn_output, gate/up and down, five per layer.
     const folded = 1 + 5 * L + 2;
     deepEqual(await dispatches({ chainFfn: false }), [folded, folded]);
+    // The default: chained on a software adapter only (see GpuModelOptions.chainFfn).
+    deepEqual(await dispatches({}), gpu.isFallback ? [chained, chained] : [folded, folded]);
     // The split path with its reduce dispatch: one more per layer.
-    deepEqual(await dispatches({ fusedDecodeReduce: false }), [chained, chained + L]);
+    deepEqual(await dispatches({ chainFfn: true, fusedDecodeReduce: false }), [chained, chained + L]);
     // A dispatch per RMSNorm (no chain then): the first, one per layer before gate/up, one after each layer.
     deepEqual(await dispatches({ foldNorms: false }), [folded + 1 + 2 * L, folded + 1 + 2 * L]);
   });

@@ -220,7 +220,10 @@ export interface GpuModelOptions {
    * Decode: each layer's attn_output, gate/up + SwiGLU and ffn_down run as one dispatch, the three products
    * chained inside it (`createFfnChain` in `../gpu/ops/matvec_chain.ts`), two dispatches per layer fewer,
    * where the RMSNorms are folded ({@link foldNorms}), the weights qualify (each in one buffer, gate and
-   * up of one type) and {@link matvecTuning} tunes none of the three roles. Default true.
+   * up of one type) and {@link matvecTuning} tunes none of the three roles. The phases hand their results
+   * to each other through storage memory within the dispatch, which relies on storage barriers and atomics
+   * ordering them between workgroups. Default: true on a software adapter (lavapipe, where the tests run
+   * it), false on a GPU until it has been checked and measured on one.
    */
   chainFfn?: boolean;
   /**
@@ -663,7 +666,7 @@ export class GpuModel {
       };
       // The chained FFN dispatch (options.chainFfn), unless a role it replaces has a matvec tuning of its own.
       const tunedRoles = Object.keys(options.matvecTuning ?? {});
-      const chainFfn = (options.chainFfn ?? true) &&
+      const chainFfn = (options.chainFfn ?? gpu.isFallback) &&
         !["attn_output", "ffn_gate_up", "ffn_down"].some((role) => tunedRoles.includes(role));
       // The gather as the first RMSNorm's producer, read by the first layer's fused QKV.
       const foldEmbed = foldable(tokenEmbd) && canFuseQkv(layers[0].wq, layers[0].wk, layers[0].wv);
