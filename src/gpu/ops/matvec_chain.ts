@@ -1,13 +1,15 @@
 /**
  * A decode layer's FFN block in one dispatch (`wgsl/matvec_chain.wgsl`): attn_output with the FFN RMSNorm
- * folded, gate/up with SwiGLU, and ffn_down with the next RMSNorm folded, chained inside the dispatch by
- * ordered tickets instead of by three dispatches. At one token per step a dispatch boundary costs about as
- * much as streaming a small weight (the GPU drains, the next kernel launches); here the next phase's
- * workgroups are already running, their first weight loads issued, when the phase before finishes.
+ * folded, gate/up with SwiGLU, ffn_down with the next RMSNorm folded and, optionally, the next layer's fused
+ * QKV, chained inside the dispatch by ordered tickets instead of by dispatch boundaries. At one token per
+ * step a boundary costs about as much as streaming a small weight (the GPU drains, the next kernel
+ * launches); here the next phase's workgroups are already running, their first weight loads issued, when
+ * the phase before finishes.
  *
- * The op computes exactly what `createMatvec` (with `fold`), `createGateUpSwiGlu` (with `norm`) and
- * `createMatvec` (with `fold`) compute in turn, for one token, with the same unit kernels
- * (`./matvec_units.ts`); {@link ffnChainBlocker} says when the weights qualify.
+ * The op computes exactly what `createMatvec` (with `fold`), `createGateUpSwiGlu` (with `norm`),
+ * `createMatvec` (with `fold`) and `createQkvMatvec` (with `norm`) compute in turn, for one token, with the
+ * same unit kernels (`./matvec_units.ts`); {@link ffnChainBlocker} and {@link ffnChainQkvBlocker} say when
+ * the weights and bindings qualify.
  *
  * @module
  */
@@ -81,9 +83,9 @@ export interface FfnChainOptions {
   /**
    * The next layer's fused QKV as a fourth phase, reading `xn` and the sums ffn_down's phase leaves (what
    * `createQkvMatvec` with `x: xn` and a folded norm computes, for one token; its tuning's workgroup size
-   * is the chain's, its rows per workgroup must equal neither constraint but be even with RoPE or the
-   * append). Needs attn_output's and ffn_down's rows per workgroup equal (one partial count for both
-   * consumers). See {@link ffnChainQkvBlocker}.
+   * is replaced by the chain's, its rows per workgroup are its own, even with RoPE or the append). Needs
+   * attn_output's and ffn_down's rows per workgroup equal (one partial count for both norm consumers). See
+   * {@link ffnChainQkvBlocker}.
    */
   qkv?: Omit<QkvMatvecOptions, "x" | "norm" | "maxTokens">;
 }
