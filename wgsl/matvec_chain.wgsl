@@ -1,6 +1,6 @@
-// A decode layer's FFN block in one dispatch: three matrix-vector phases that each need all of the one
-// before, chained inside the dispatch instead of by dispatch boundaries (each boundary costs a wait for the
-// GPU to drain and a fresh launch, several microseconds at one token per step).
+// A decode layer's FFN block in one dispatch: three (with the next QKV four) matrix-vector phases that each
+// need all of the one before, chained inside the dispatch instead of by dispatch boundaries (each boundary
+// costs a wait for the GPU to drain and a fresh launch, several microseconds at one token per step).
 //
 //   phase o (groups_o workgroups): x += W_o · att, then xn = x · γ_ffn and each workgroup's Σ x² of its rows
 //   phase f (groups_f workgroups): h = silu(W_g · xn · s) · (W_u · xn · s), s = 1 / RMS from phase o's sums

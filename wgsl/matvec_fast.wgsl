@@ -39,8 +39,8 @@
 //            them and defines kv_locate and kv_store; otherwise it is a stub of the two without bindings.
 //
 // Int8 input (x_int8 = 1, for weight types with INT8 unit sections): every workgroup first quantises its
-// tokens' x rows per 16 values into workgroup memory (stage_int8 of wgsl/matvec_units.wgsl), then the units take their products four
-// at a time with dot4I8Packed (wgsl/matvec_units.wgsl). Each workgroup quantises the whole row again, after
+// tokens' x rows per 16 values into workgroup memory (stage_int8 of wgsl/matvec_units.wgsl), then the
+// units take their products four at a time with dot4I8Packed. Each workgroup quantises the whole row again, after
 // issuing its first step's weight loads (see accumulate): on an H100, with the quantisation before those
 // loads, that paid for rows of 2048 values and cost more than the integer products save for rows of 4096
 // and more (INT8_DECODE_MAX_COLS in src/model/gpu_model.ts).

@@ -762,8 +762,7 @@ export class GpuModel {
           // The previous layer's chained FFN dispatch ran this layer's QKV as its last phase.
           qkvChained = false;
         } else if (decode && canFuseQkv(w.wq, w.wk, w.wv)) {
-          // One dispatch: Q, K and V rows, Q and K rotated as they are written (with the write gate, K
-          // also before RoPE: the gate reads both; with the full cache, K and V also into their pages).
+          // One dispatch (see qkvOptions).
           ops.push(createQkvMatvec(gpu, { ...qkvOptions(l), x: act.xn, maxTokens, norm: qkvNorm }));
         } else {
           // The three products in one dispatch where possible (K and V alone would underfill the GPU).
