@@ -41,6 +41,7 @@ export class GpuBackend implements ModelBackend {
       globalFraction?: number;
       int8Prefill?: boolean;
       int8Decode?: boolean;
+      chainFfn?: boolean;
       halfPrefill?: boolean;
     },
   ): Promise<GpuBackend> {
