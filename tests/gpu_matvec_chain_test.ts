@@ -6,7 +6,7 @@ import { int8InputReference } from "../src/gpu/ops/matvec_units.ts";
 import { StepParams } from "../src/gpu/ops/op.ts";
 import { rope, ropeInverseFrequencies } from "../src/model/ops.ts";
 import { randomF32, randomWeight } from "./gpu_quant_data.ts";
-import { nanBuffer, submitValidated } from "./gpu_ops_helpers.ts";
+import { nanBuffer, qkvFields, submitValidated } from "./gpu_ops_helpers.ts";
 
 /** `w` ([rows][cols]) times `x`, in f64. */
 function matvec(w: Float32Array, x: ArrayLike<number>, rows: number, cols: number): Float64Array {
@@ -105,12 +105,7 @@ Deno.test("FFN chain: attn_output, gate/up + SwiGLU and ffn_down in one dispatch
       qkv: wq && wk && wv
         ? {
           label: "attn_qkv",
-          wq: wq.weight,
-          wk: wk.weight,
-          wv: wv.weight,
-          q: outs[0],
-          k: outs[1],
-          v: outs[2],
+          ...qkvFields([wq, wk, wv], outs),
           kPre: outs[3],
           step,
           rope: { headDim, invFreq, maxPosition: 4096 },

@@ -731,17 +731,21 @@ export class GpuModel {
       // Layer l's fused decode QKV (one token): Q, K and V rows, Q and K rotated as they are written (with
       // the write gate, K also before RoPE: the gate reads both; with the full cache, K and V also into
       // their pages).
+      // Layer l's Q, K and V products, whatever kernel runs them.
+      const qkvProducts = (l: number) => ({
+        label: `${tag}blk.${l}.attn_qkv`,
+        wq: layers[l].wq,
+        wk: layers[l].wk,
+        wv: layers[l].wv,
+        q: act.q,
+        k: act.k,
+        v: act.v,
+        step,
+      });
       const qkvOptions = (l: number) => {
         const w = layers[l];
         return {
-          label: `${tag}blk.${l}.attn_qkv`,
-          wq: w.wq,
-          wk: w.wk,
-          wv: w.wv,
-          q: act.q,
-          k: act.k,
-          v: act.v,
-          step,
+          ...qkvProducts(l),
           rope: { headDim: D, ropeDim: hp.ropeDim, invFreq, maxPosition: ctx },
           kPre: gateBufs?.kPre,
           append: appendInQkv(w) && fullKv ? { kv: fullKv, layer: l } : undefined,
@@ -766,17 +770,7 @@ export class GpuModel {
           ops.push(createQkvMatvec(gpu, { ...qkvOptions(l), x: act.xn, maxTokens, norm: qkvNorm }));
         } else {
           // The three products in one dispatch where possible (K and V alone would underfill the GPU).
-          const qkv = {
-            label: `${p}attn_qkv`,
-            wq: w.wq,
-            wk: w.wk,
-            wv: w.wv,
-            q: act.q,
-            k: act.k,
-            v: act.v,
-            maxTokens,
-            step,
-          };
+          const qkv = { ...qkvProducts(l), maxTokens };
           if (int8(w.wq, w.wk, w.wv) && w.wk.cols === w.wq.cols && w.wv.cols === w.wq.cols) {
             // Int8 prefill: the input quantised once for the three products.
             const xq = quantize(`${p}attn_qkv_q8`, act.xn, w.wq.cols);
