@@ -29,11 +29,6 @@ override row_bytes_b: u32 = 144u;
 override row_bytes_c: u32 = 144u;
 override ups_q: u32 = 1u;
 override int8_q: u32 = 0u;
-override head_dim: u32 = 2u;
-override rope_pairs: u32 = 0u;
-override n_chunks: u32 = 1u;
-override keep_pre_k: u32 = 0u;
-override kv_append: u32 = 0u;
 // The phase reads a folded norm (phase d's partial sums).
 const norm_mode = 2u;
 

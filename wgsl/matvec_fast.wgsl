@@ -87,16 +87,8 @@ override units_per_step: u32 = 1u;
 override reduce_lanes: u32 = 8u;
 // Sums per (row, token): 2 for `swiglu` (gate and up), else 1.
 override slots: u32 = 1u;
-// RoPE of `qkv` (GGUF adjacent-pair layout): values per head, rotated pairs per head (0 = no RoPE),
-// parts per pair of the turn table.
-override head_dim: u32 = 2u;
-override rope_pairs: u32 = 0u;
-override n_chunks: u32 = 1u;
-// `qkv`: 1 to also write K before RoPE to k_pre (binding 10; the write gate reads both), else 0.
-override keep_pre_k: u32 = 0u;
-// `qkv`: 1 to also store K and V into the paged KV cache (the spliced KV_STORE block), else 0. head_dim is
-// then the cache's, also without RoPE.
-override kv_append: u32 = 0u;
+// RoPE and the KV store of `qkv`: head_dim, rope_pairs, n_chunks, keep_pre_k, kv_append (see
+// wgsl/matvec_qkv.wgsl).
 // Folded RMSNorm: 0 none, 1 producer (`main`), 2 consumer (`swiglu`, `qkv`); partial sums per token (the
 // producer's workgroups), values per normed row and epsilon.
 override norm_mode: u32 = 0u;

@@ -3,8 +3,19 @@
 // declares the weights' units with suffixes a (Q), b (K) and c (V) (accumulate_a …), the bindings y_a, y_b,
 // y_c (Q, K, V rows [m][rows_*]), k_pre, step (n_tokens, pos0), turns (the RoPE turn table), norm_sums, the
 // workgroup array `partial`, the overrides rows_a/b/c, row_bytes_a/b/c, rows_per_wg, tokens_per_wg,
-// head_dim, rope_pairs, n_chunks, keep_pre_k, kv_append, norm_mode (0 or 2) and the KV_STORE block
-// (wgsl/qkv_kv_store.wgsl or its stub), and includes matvec_reduce.
+// norm_mode (0 or 2) and the KV_STORE block (wgsl/qkv_kv_store.wgsl or its stub), and includes
+// matvec_reduce; this file declares the overrides of RoPE and the KV store below.
+
+// RoPE of the QKV (GGUF adjacent-pair layout): values per head, rotated pairs per head (0 = no RoPE),
+// parts per pair of the turn table.
+override head_dim: u32 = 2u;
+override rope_pairs: u32 = 0u;
+override n_chunks: u32 = 1u;
+// 1 to also write K before RoPE to k_pre (the write gate reads both), else 0.
+override keep_pre_k: u32 = 0u;
+// 1 to also store K and V into the paged KV cache (the spliced KV_STORE block), else 0. head_dim is
+// then the cache's, also without RoPE.
+override kv_append: u32 = 0u;
 
 // rope_rotation(pos, pair, chunks): (cos, sin) of the angle of `pair` at position `pos`.
 // #include rope_angle
