@@ -26,6 +26,7 @@ import {
   checkUnitsPerStep,
   int8InputBytes,
   int8MatvecBlocker,
+  matvecBlocker,
   reduceLanes,
   UNIT_SECTION_WORDS,
   unitSection,
@@ -158,14 +159,8 @@ export function ffnChainBlocker(
 ): string | undefined {
   for (const w of [wo, gate, up, down]) {
     if (w.parts.length !== 1) return `${w.name} is split into ${w.parts.length} buffers`;
-    const section = (() => {
-      try {
-        return unitSection(w);
-      } catch (e) {
-        return e instanceof UnsupportedError ? e.message : String(e);
-      }
-    })();
-    if (!(section in UNIT_SECTION_WORDS)) return section;
+    const unreadable = matvecBlocker(w);
+    if (unreadable) return unreadable;
   }
   if (gate.type !== up.type || gate.cols !== up.cols || gate.rows !== up.rows) {
     return `${gate.name} and ${up.name} differ in type or shape`;
@@ -246,7 +241,9 @@ export function createFfnChain(gpu: Gpu, options: FfnChainOptions): FfnChainOp {
     throw new BadFlagError(`${label}: workgroupSize ${workgroupSize} is smaller than the sums per workgroup`);
   }
   const units = (t.unitsPerStep ?? [1, 1, 1]).map((u) => checkUnitsPerStep(label, u));
-  const reductionBytes = workgroupSize * (Math.max(rowsO, rowsD, 2 * rowsF) + 1) * 4;
+  // The reduction's sums per thread: the largest phase's (a QKV phase's rows per workgroup are at most 8).
+  const qkvRows = options.qkv ? options.qkv.tuning?.rowsPerWorkgroup ?? 4 : 0;
+  const reductionBytes = workgroupSize * (Math.max(rowsO, rowsD, 2 * rowsF, qkvRows) + 1) * 4;
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
   // Int8 input per phase where asked for, allowed by the weights, and while the workgroup memory holds it.
   let bytes = reductionBytes;
@@ -303,11 +300,18 @@ export function createFfnChain(gpu: Gpu, options: FfnChainOptions): FfnChainOp {
     if (qkv.wq.cols !== E) throw new UnsupportedError(`${label}: ${qkv.wq.name} does not read rows of ${E}`);
     const qkvBlocker = ffnChainQkvBlocker(gpu.limits, qkv.append?.kv);
     if (qkvBlocker) throw new UnsupportedError(`${label}: ${qkvBlocker}`);
+    // Int8 input for the QKV phase too, where its own workgroup arrays fit beside the other phases'.
+    const int8Fits = bytes + int8InputBytes(qkv.wq.cols, 1) <= limit;
     const parts = qkvKernelParts(gpu, {
       ...qkv,
       label,
       maxTokens: 1,
-      tuning: { ...qkv.tuning, workgroupSize, tokensPerWorkgroup: 1 },
+      tuning: {
+        ...qkv.tuning,
+        workgroupSize,
+        tokensPerWorkgroup: 1,
+        int8: (qkv.tuning?.int8 ?? false) && int8Fits,
+      },
     });
     for (const [name, value] of Object.entries(parts.constants)) {
       const renamed = name in QKV_RENAMED_CONSTANTS ? QKV_RENAMED_CONSTANTS[name] : name;
