@@ -115,9 +115,6 @@ var<workgroup> spins: u32;
 {{UNITS_U}}
 {{UNITS_D}}
 
-// accumulate_gate_up_f: phase f's gate and up sums (wgsl/matvec_gate_up.wgsl, renamed to phase f's names).
-{{GATE_UP}}
-
 // norm_share, norm_scale, reduce, silu.
 // #include matvec_reduce
 
@@ -195,14 +192,47 @@ fn produce(acc: array<f32, MAX_ROWS>, row0: u32, n: u32, w: u32, next: bool, lan
 // Phase f, workgroup w: rows w · rows_f .. of gate and up, SwiGLU, into h.
 fn gate_up(w: u32, lane: u32) {
   let row0 = w * rows_f;
-  // The first step's weight loads, then the wait for phase o, then (int8) the quantisation.
-  var acc = accumulate_gate_up_f(row0, 0u, 1u, lane);
+  let last = rows_ff - 1u;
+  var acc_gate: array<f32, MAX_ROWS>;
+  var acc_up: array<f32, MAX_ROWS>;
+  let units = (cols_f + UNIT_ELEMS_g - 1u) / UNIT_ELEMS_g;
+  // As accumulate: the first step's weight loads, then the wait for phase o, then (int8) the quantisation.
+  var raw_gate = load_step_g(row_bytes_g, row0, last, lane, units);
+  var raw_up = load_step_u(row_bytes_u, row0, last, lane, units);
+  ready_f(lane);
+  if (int8_f == 1u) { stage_int8_g(0u, 1u, lane); }
+  for (var u0 = lane; u0 < units; u0 += wg_size * ups_f) {
+    if (u0 != lane) {
+      raw_gate = load_step_g(row_bytes_g, row0, last, u0, units);
+      raw_up = load_step_u(row_bytes_u, row0, last, u0, units);
+    }
+    // @unroll
+    for (var k = 0u; k < ups_f; k++) {
+      let u = u0 + k * wg_size;
+      if (u < units) {
+        if (int8_f == 1u) {
+          // @unroll
+          for (var r = 0u; r < rows_f; r++) {
+            acc_gate[r] += unit_dot_int8_g(raw_gate[k * MAX_ROWS + r], u, 0u);
+            acc_up[r] += unit_dot_int8_u(raw_up[k * MAX_ROWS + r], u, 0u);
+          }
+        } else {
+          let xs = unit_x_g(0u, u);
+          // @unroll
+          for (var r = 0u; r < rows_f; r++) {
+            acc_gate[r] += unit_dot_g(raw_gate[k * MAX_ROWS + r], xs, u);
+            acc_up[r] += unit_dot_u(raw_up[k * MAX_ROWS + r], xs, u);
+          }
+        }
+      }
+    }
+  }
   // Sums 2r and 2r + 1 are row r's gate and up, sum 2 · rows_f phase o's Σ x² (this thread's share).
   let n = 2u * rows_f + 1u;
   // @unroll
   for (var r = 0u; r < rows_f; r++) {
-    partial[lane * n + 2u * r] = acc.gate[r];
-    partial[lane * n + 2u * r + 1u] = acc.up[r];
+    partial[lane * n + 2u * r] = acc_gate[r];
+    partial[lane * n + 2u * r + 1u] = acc_up[r];
   }
   partial[lane * n + 2u * rows_f] = norm_share(0u, 1u, lane)[0];
   reduce(lane, n);

@@ -139,9 +139,6 @@ var<workgroup> partial: array<f32, wg_size * (rows_per_wg * slots + 1u) * tokens
 // Every thread may read x from the start (accumulate's hook; a chained kernel waits there).
 fn x_ready(tid: u32) {}
 
-// accumulate_gate_up: the `swiglu` entry's gate and up sums.
-// #include matvec_gate_up
-
 @compute @workgroup_size(wg_size)
 fn main(
   @builtin(workgroup_id) wid: vec3u,
@@ -204,8 +201,47 @@ fn swiglu(
   if (row0 >= rows_a || t0 >= m) { return; }
   let nt = min(tokens_per_wg, m - t0);
 
-  // Gate and up have the same type: one x load per unit and token serves both.
-  var acc = accumulate_gate_up(row0, t0, nt, tid);
+  // Gate and up have the same type: one x load per unit and token serves both. As in accumulate, the
+  // first step's weight loads are issued before the int8 quantisation of x.
+  var acc_gate: array<f32, MAX_ROWS * MAX_TOKENS>;
+  var acc_up: array<f32, MAX_ROWS * MAX_TOKENS>;
+  let units = (cols + UNIT_ELEMS_a - 1u) / UNIT_ELEMS_a;
+  var raw_gate: array<Raw_a, MAX_ROWS * MAX_UNITS_PER_STEP>; // [step unit k][row r]
+  var raw_up: array<Raw_b, MAX_ROWS * MAX_UNITS_PER_STEP>;
+  if (x_int8 == 1u) {
+    raw_gate = load_step_a(row_bytes_a, row0, rows_a - 1u, tid, units);
+    raw_up = load_step_b(row_bytes_b, row0, rows_a - 1u, tid, units);
+    stage_int8_a(t0, nt, tid);
+  }
+  for (var u0 = tid; u0 < units; u0 += wg_size * units_per_step) {
+    if (x_int8 == 0u || u0 != tid) {
+      raw_gate = load_step_a(row_bytes_a, row0, rows_a - 1u, u0, units);
+      raw_up = load_step_b(row_bytes_b, row0, rows_a - 1u, u0, units);
+    }
+    // @unroll
+    for (var k = 0u; k < units_per_step; k++) {
+      let u = u0 + k * wg_size;
+      if (u < units) {
+        // @unroll
+        for (var t = 0u; t < tokens_per_wg; t++) {
+          if (t < nt && x_int8 == 1u) {
+            // @unroll
+            for (var r = 0u; r < rows_per_wg; r++) {
+              acc_gate[r * MAX_TOKENS + t] += unit_dot_int8_a(raw_gate[k * MAX_ROWS + r], u, t * (cols / 16u));
+              acc_up[r * MAX_TOKENS + t] += unit_dot_int8_b(raw_up[k * MAX_ROWS + r], u, t * (cols / 16u));
+            }
+          } else if (t < nt) {
+            let xs = unit_x_a((t0 + t) * (cols / 4u), u);
+            // @unroll
+            for (var r = 0u; r < rows_per_wg; r++) {
+              acc_gate[r * MAX_TOKENS + t] += unit_dot_a(raw_gate[k * MAX_ROWS + r], xs, u);
+              acc_up[r * MAX_TOKENS + t] += unit_dot_b(raw_up[k * MAX_ROWS + r], xs, u);
+            }
+          }
+        }
+      }
+    }
+  }
   // With a folded norm, the partial sums are read after the weights' loads were issued.
   var norm_part: array<f32, MAX_TOKENS>;
   if (norm_mode == 2u) { norm_part = norm_share(t0, nt, tid); }
@@ -218,8 +254,8 @@ fn swiglu(
     // @unroll
     for (var t = 0u; t < tokens_per_wg; t++) {
       let q = r * tokens_per_wg + t;
-      partial[tid * n + 2u * q] = acc.gate[r * MAX_TOKENS + t];
-      partial[tid * n + 2u * q + 1u] = acc.up[r * MAX_TOKENS + t];
+      partial[tid * n + 2u * q] = acc_gate[r * MAX_TOKENS + t];
+      partial[tid * n + 2u * q + 1u] = acc_up[r * MAX_TOKENS + t];
     }
   }
   if (norm_mode == 2u) {

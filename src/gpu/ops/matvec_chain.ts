@@ -28,7 +28,6 @@ import {
   int8MatvecBlocker,
   matvecBlocker,
   reduceLanes,
-  suffixDeclaredNames,
   UNIT_SECTION_WORDS,
   unitSection,
   unitsSource,
@@ -190,27 +189,6 @@ function phaseNames(phase: "o" | "f" | "d" | "q", input: string): Record<string,
   };
 }
 
-/**
- * The names `wgsl/matvec_gate_up.wgsl` is written against (the `swiglu` entry's) and phase f's for them:
- * its gate units are suffixed g, its up units u.
- */
-const GATE_UP_RENAMES: Readonly<Record<string, string>> = {
-  ...Object.fromEntries(
-    ["load_step", "stage_int8", "unit_dot", "unit_dot_int8", "unit_x", "UNIT_ELEMS"].flatMap((name) => [
-      [`${name}_a`, `${name}_g`],
-      [`${name}_b`, `${name}_u`],
-    ]),
-  ),
-  rows_a: "rows_ff",
-  row_bytes_a: "row_bytes_g",
-  row_bytes_b: "row_bytes_u",
-  cols: "cols_f",
-  rows_per_wg: "rows_f",
-  units_per_step: "ups_f",
-  x_int8: "int8_f",
-  x_ready: "ready_f",
-};
-
 class ChainOp implements FfnChainOp {
   readonly label: string;
   readonly normPartials: number;
@@ -307,7 +285,6 @@ export function createFfnChain(gpu: Gpu, options: FfnChainOptions): FfnChainOp {
     defines[`WORD_${suffix.toUpperCase()}`] = UNIT_SECTION_WORDS[section];
     defines[`UNITS_${suffix.toUpperCase()}`] = unitsSource(section, suffix, phaseNames(phase, input));
   }
-  defines.GATE_UP = suffixDeclaredNames(loadShader("matvec_gate_up"), "f", GATE_UP_RENAMES);
   // The QKV phase: createQkvMatvec's constants, units and bindings, renamed and renumbered for the chain.
   const qkvConstants: Record<string, number> = {};
   const qkvEntries: [number, BufferSlice][] = [];
