@@ -20,14 +20,6 @@
  *                        [--no-fuse-decode-reduce]   (decode attention's splits merged by a reduce dispatch per
  *                                                     layer, not by the partial pass's last workgroups:
  *                                                     "decode-unfused-reduce" rows)
- *                        [--chain-ffn | --no-chain-ffn]   (decode with attn_output, gate/up, ffn_down and the
- *                                            next QKV chained in one dispatch per layer, or as dispatches of
- *                                            their own: "decode-chained-ffn" / "decode-unchained-ffn" rows;
- *                                            default: chained on a software adapter only)
- *                        [--no-chain-qkv]   (the chained dispatch without the next layer's QKV:
- *                                            "decode-unchained-qkv" rows)
- *                        [--ffn-chain-tuning '{"workgroupSize": 128}']  (the chained FFN dispatch's tuning,
- *                                               GpuModelOptions.ffnChainTuning: "decode-chain-tuned" rows)
  *                        [--prefill-splits N]  (prefill attention with N key splits per KV head:
  *                                               "prefill-splitsN" rows)
  *                        [--prefill-tiling RxK]  (prefill attention with R score rows and K keys per step, e.g.
@@ -142,10 +134,6 @@ const { values } = benchFlags(import.meta.url, () =>
       "no-fuse-wgkv-append": { type: "boolean" },
       "no-chain-gates": { type: "boolean" },
       "no-fuse-decode-reduce": { type: "boolean" },
-      "chain-ffn": { type: "boolean" },
-      "no-chain-ffn": { type: "boolean" },
-      "no-chain-qkv": { type: "boolean" },
-      "ffn-chain-tuning": { type: "string" },
       "prefill-splits": { type: "string" },
       "prefill-tiling": { type: "string" },
       "direct-keys": { type: "string" },
@@ -217,27 +205,9 @@ const chainWriteGates = !values["no-chain-gates"];
 // --no-fuse-decode-reduce: decode attention's split path with its reduce dispatch (rows named
 // "decode-unfused-reduce").
 const fusedDecodeReduce = !values["no-fuse-decode-reduce"];
-// --chain-ffn / --no-chain-ffn: decode with attn_output, gate/up, ffn_down and the next QKV in one chained
-// dispatch per layer (rows named "decode-chained-ffn"), or as dispatches of their own ("decode-unchained-ffn");
-// without either, the model's default (chained on a software adapter only). --ffn-chain-tuning JSON: the
-// chained dispatch's tuning (rows "decode-chain-tuned").
-const chainFfn = values["chain-ffn"] ? true : values["no-chain-ffn"] ? false : undefined;
-// --no-chain-qkv: the chained dispatch without the next layer's QKV (rows named "decode-unchained-qkv").
-const chainQkv = !values["no-chain-qkv"];
-let ffnChainTuning: GpuModelOptions["ffnChainTuning"];
-try {
-  ffnChainTuning = values["ffn-chain-tuning"] === undefined
-    ? undefined
-    : JSON.parse(values["ffn-chain-tuning"]);
-} catch (e) {
-  flagError(`--ffn-chain-tuning is not JSON: ${(e as Error).message}`);
-}
 const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? "" : "-unfused-append") +
   wgkvAppendSuffix + (chainWriteGates ? "" : "-unchained-gates") +
   (fusedDecodeReduce ? "" : "-unfused-reduce") +
-  (chainFfn === true ? "-chained-ffn" : chainFfn === false ? "-unchained-ffn" : "") +
-  (chainQkv ? "" : "-unchained-qkv") +
-  (ffnChainTuning ? "-chain-tuned" : "") +
   (matvecTuning ? "-tuned" : "") +
   (directKeys !== undefined ? `-direct${directKeys}` : "") + (values["f32-decode"] === true ? "-f32" : "");
 // --prefill-splits N: prefill attention with N key splits per KV head (rows named "prefill-splitsN").
@@ -393,9 +363,6 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
       int8Decode,
       decodeDirectKeys: directKeys,
       fusedDecodeReduce,
-      chainFfn,
-      chainQkv,
-      ffnChainTuning,
       onProgress: (m) => console.error(m),
     });
     if (matvecTuning) results.matvecTuning = matvecTuning;
@@ -558,9 +525,6 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
           matvecTuning,
           decodeDirectKeys: directKeys,
           fusedDecodeReduce,
-          chainFfn,
-          chainQkv,
-          ffnChainTuning,
           policy,
           globalFraction: name === "wgkv" ? kvGlobal : undefined,
           onProgress: (m) => console.error(m),

@@ -59,8 +59,7 @@ Deno.test("gpu model: logits match the CPU reference on synthetic tiny models of
         const file = await openGGUF(path);
         const hp = hparamsFromGGUF(file);
         const cpu = await ReferenceModel.load(file);
-        // Decode through the chained dispatch (the default on a software adapter only).
-        const model = await GpuModel.load(gpu, file, hp, { contextLength: 64, maxBatch: 8, chainFfn: true });
+        const model = await GpuModel.load(gpu, file, hp, { contextLength: 64, maxBatch: 8 });
         try {
           const prompt = Array.from({ length: 19 }, () => Math.floor(Math.random() * hp.nVocab));
           // Prefill in chunks of 8 (19 = 8 + 8 + 3), then decode 4 tokens one by one.

@@ -140,8 +140,8 @@ fixtureTest(
     const file = await openGGUF(fixture(MODEL));
     const hp = hparamsFromGGUF(file);
     const gpu = await getGpu();
-    const a = await GpuModel.load(gpu, file, hp, { contextLength: 256, maxBatch: 8, policy, chainFfn: true });
-    const b = await GpuModel.load(gpu, file, hp, { contextLength: 256, maxBatch: 8, policy, chainFfn: true });
+    const a = await GpuModel.load(gpu, file, hp, { contextLength: 256, maxBatch: 8, policy });
+    const b = await GpuModel.load(gpu, file, hp, { contextLength: 256, maxBatch: 8, policy });
     const tokens = prompt(20);
     let t = await a.forward(tokens, 0, "argmax");
     const stepwise: number[] = [];
@@ -163,9 +163,9 @@ fixtureTest(
       ].map((f) => f.toFixed(6)),
     );
     equal(b.kvStats().tokens, tokens.length + 39);
-    // A step's dispatches: the full cache's two per layer and four more (see gpu_model_defaults_test.ts),
+    // A step's dispatches: the full cache's five per layer and three more (see gpu_model_defaults_test.ts),
     // plus the promotion, one chained write gate per layer and the last layer's flag decision.
-    equal(b.decodeDispatches(tokens.length + 39), 2 + 2 * hp.nLayer + 2 + 1 + hp.nLayer + 1);
+    equal(b.decodeDispatches(tokens.length + 39), 1 + 5 * hp.nLayer + 2 + 1 + hp.nLayer + 1);
     a.destroy();
     b.destroy();
     file.close();

@@ -35,7 +35,7 @@ Deno.test("gpu model: prefill steps of 2048 tokens for the full cache on a GPU, 
   });
 });
 
-Deno.test("gpu model: a chained greedy decode step takes two dispatches per layer and four more", async () => {
+Deno.test("gpu model: a greedy decode step takes five dispatches per layer and three more", async () => {
   const gpu = await getGpu();
   await withTinyModel(async (file, hp) => {
     const dispatches = async (options: Partial<GpuModelOptions>) => {
@@ -47,23 +47,14 @@ Deno.test("gpu model: a chained greedy decode step takes two dispatches per laye
         model.destroy();
       }
     };
-    // Embedding (the first norm folded in), the first layer's QKV, per layer attention and the chained
-    // dispatch (attn_output, gate/up, down and the next layer's QKV, the norms folded into them), the
-    // output product (no norm scale before greedy's argmax) and the argmax.
+    // Embedding (the first norm folded in), per layer QKV, attention, attn_output, gate/up and down (the
+    // norms folded into them), the output product (no norm scale before greedy's argmax) and the argmax.
     const L = hp.nLayer;
-    const chained = 2 + 2 * L + 2;
-    deepEqual(await dispatches({ chainFfn: true }), [chained, chained]);
-    // The QKV outside the chain: one more per layer but the first.
-    const ffnChained = chained + L - 1;
-    deepEqual(await dispatches({ chainFfn: true, chainQkv: false }), [ffnChained, ffnChained]);
-    // Without the chain: QKV, attention, attn_output, gate/up and down, five per layer.
     const folded = 1 + 5 * L + 2;
-    deepEqual(await dispatches({ chainFfn: false }), [folded, folded]);
-    // The default: chained on a software adapter only (see GpuModelOptions.chainFfn).
-    deepEqual(await dispatches({}), gpu.isFallback ? [chained, chained] : [folded, folded]);
+    deepEqual(await dispatches({}), [folded, folded]);
     // The split path with its reduce dispatch: one more per layer.
-    deepEqual(await dispatches({ chainFfn: true, fusedDecodeReduce: false }), [chained, chained + L]);
-    // A dispatch per RMSNorm (no chain then): the first, one per layer before gate/up, one after each layer.
+    deepEqual(await dispatches({ fusedDecodeReduce: false }), [folded, folded + L]);
+    // A dispatch per RMSNorm: the first, one per layer before gate/up, one after each layer.
     deepEqual(await dispatches({ foldNorms: false }), [folded + 1 + 2 * L, folded + 1 + 2 * L]);
   });
 });

@@ -39,8 +39,8 @@
 //            them and defines kv_locate and kv_store; otherwise it is a stub of the two without bindings.
 //
 // Int8 input (x_int8 = 1, for weight types with INT8 unit sections): every workgroup first quantises its
-// tokens' x rows per 16 values into workgroup memory (stage_int8 of wgsl/matvec_units.wgsl), then the
-// units take their products four at a time with dot4I8Packed. Each workgroup quantises the whole row again, after
+// tokens' x rows per 16 values into workgroup memory (stage_int8), then the units take their products four
+// at a time with dot4I8Packed (wgsl/matvec_units.wgsl). Each workgroup quantises the whole row again, after
 // issuing its first step's weight loads (see accumulate): on an H100, with the quantisation before those
 // loads, that paid for rows of 2048 values and cost more than the integer products save for rows of 4096
 // and more (INT8_DECODE_MAX_COLS in src/model/gpu_model.ts).
@@ -87,8 +87,16 @@ override units_per_step: u32 = 1u;
 override reduce_lanes: u32 = 8u;
 // Sums per (row, token): 2 for `swiglu` (gate and up), else 1.
 override slots: u32 = 1u;
-// RoPE and the KV store of `qkv`: head_dim, rope_pairs, n_chunks, keep_pre_k, kv_append (see
-// wgsl/matvec_qkv.wgsl).
+// RoPE of `qkv` (GGUF adjacent-pair layout): values per head, rotated pairs per head (0 = no RoPE),
+// parts per pair of the turn table.
+override head_dim: u32 = 2u;
+override rope_pairs: u32 = 0u;
+override n_chunks: u32 = 1u;
+// `qkv`: 1 to also write K before RoPE to k_pre (binding 10; the write gate reads both), else 0.
+override keep_pre_k: u32 = 0u;
+// `qkv`: 1 to also store K and V into the paged KV cache (the spliced KV_STORE block), else 0. head_dim is
+// then the cache's, also without RoPE.
+override kv_append: u32 = 0u;
 // Folded RMSNorm: 0 none, 1 producer (`main`), 2 consumer (`swiglu`, `qkv`); partial sums per token (the
 // producer's workgroups), values per normed row and epsilon.
 override norm_mode: u32 = 0u;
@@ -133,11 +141,92 @@ var<workgroup> x_scales: array<vec2f, max(1u, x_int8 * tokens_per_wg * (cols / 1
 // folded RMSNorm adds one sum per token.
 var<workgroup> partial: array<f32, wg_size * (rows_per_wg * slots + 1u) * tokens_per_wg>;
 
-// norm_share, norm_scale, reduce, silu: the workgroup reduction and the folded norm's consumer side.
-// #include matvec_reduce
+// Consumer of a folded RMSNorm: this thread's share of the producer's partial sums Σ y² for each token of
+// the workgroup (every thread takes partials tid, tid + wg_size, …; the workgroup reduction adds them up).
+// Four independent sums, four loads per iteration: a producer may leave thousands of partials, and one
+// chain of dependent adds would make every consumer workgroup wait for them one load after another.
+fn norm_share(t0: u32, nt: u32, tid: u32) -> array<f32, MAX_TOKENS> {
+  var share: array<f32, MAX_TOKENS>;
+  // @unroll
+  for (var t = 0u; t < tokens_per_wg; t++) {
+    if (t < nt) {
+      let base = (t0 + t) * norm_partials;
+      var s = vec4f(0.0);
+      var i = tid;
+      for (; i + 3u * wg_size < norm_partials; i += 4u * wg_size) {
+        s += vec4f(
+          norm_sums[base + i],
+          norm_sums[base + i + wg_size],
+          norm_sums[base + i + 2u * wg_size],
+          norm_sums[base + i + 3u * wg_size],
+        );
+      }
+      for (; i < norm_partials; i += wg_size) { s.x += norm_sums[base + i]; }
+      share[t] = (s.x + s.y) + (s.z + s.w);
+    }
+  }
+  return share;
+}
 
-// Every thread may read x from the start (accumulate's hook; a chained kernel waits there).
-fn x_ready(tid: u32) {}
+// Consumer of a folded RMSNorm: 1 / RMS from the total Σ y² of a token.
+fn norm_scale(total: f32) -> f32 {
+  return inverseSqrt(total / f32(norm_width) + norm_eps);
+}
+
+// Sums the n values per thread of `partial` over the workgroup: afterwards partial[p] holds total p.
+// Step 1: lane l of sum p adds the values of threads l, l + reduce_lanes, …; step 2: thread p (and p +
+// wg_size, … when n > wg_size) adds the lanes.
+fn reduce(tid: u32, n: u32) {
+  workgroupBarrier();
+  let lanes = n * reduce_lanes;
+  // Lane i = l · n + p reads partial[i + k · lanes] (threads l + k · reduce_lanes) and writes partial[i],
+  // which no other lane reads.
+  for (var i = tid; i < lanes; i += wg_size) {
+    var s = 0.0;
+    for (var k = i; k < wg_size * n; k += lanes) { s += partial[k]; }
+    partial[i] = s;
+  }
+  workgroupBarrier();
+  // Totals p < n go to partial[p]; lane 0's slot of sum p is partial[p] itself, read first by its thread
+  // only, and the lanes l ≥ 1 sit at l · n + p ≥ n, so no total overwrites a value another thread reads.
+  for (var p = tid; p < n; p += wg_size) {
+    var total = 0.0;
+    for (var l = 0u; l < reduce_lanes; l++) { total += partial[l * n + p]; }
+    partial[p] = total;
+  }
+  workgroupBarrier();
+}
+
+// Int8 input: quantises x of tokens t0 .. t0 + nt − 1 into x_blocks / x_scales, block i of local token t at
+// t · cols / 16 + i: q = round(x / d) with d = max |x| / 127 over the block (all zero for a zero block).
+// A thread takes blocks tid, tid + wg_size, … one at a time (on an H100, loading four blocks per round
+// before quantising them ran slower). Every thread of the workgroup must call it (it ends with a barrier).
+fn stage_int8(t0: u32, nt: u32, tid: u32) {
+  let blocks = cols / 16u;
+  for (var i = tid; i < nt * blocks; i += wg_size) {
+    let at = t0 * (cols / 4u) + 4u * i; // token rows are whole blocks
+    let v = array<vec4f, 4>(x[at], x[at + 1u], x[at + 2u], x[at + 3u]);
+    let a = max(max(abs(v[0]), abs(v[1])), max(abs(v[2]), abs(v[3])));
+    let amax = max(max(a.x, a.y), max(a.z, a.w));
+    let inv = select(0.0, 127.0 / amax, amax > 0.0);
+    var words: vec4u;
+    var sum = vec4i(0);
+    // @unroll
+    for (var k = 0u; k < 4u; k++) {
+      let q = clamp(vec4i(round(v[k] * inv)), vec4i(-127), vec4i(127));
+      sum += q;
+      words[k] = pack4xI8(q);
+    }
+    x_blocks[i] = words;
+    let d = amax / 127.0;
+    x_scales[i] = vec2f(d, d * f32(sum.x + sum.y + sum.z + sum.w));
+  }
+  workgroupBarrier();
+}
+
+fn silu(v: f32) -> f32 {
+  return v / (1.0 + exp(-v));
+}
 
 @compute @workgroup_size(wg_size)
 fn main(
@@ -211,7 +300,7 @@ fn swiglu(
   if (x_int8 == 1u) {
     raw_gate = load_step_a(row_bytes_a, row0, rows_a - 1u, tid, units);
     raw_up = load_step_b(row_bytes_b, row0, rows_a - 1u, tid, units);
-    stage_int8_a(t0, nt, tid);
+    stage_int8(t0, nt, tid);
   }
   for (var u0 = tid; u0 < units; u0 += wg_size * units_per_step) {
     if (x_int8 == 0u || u0 != tid) {
@@ -273,8 +362,8 @@ fn swiglu(
   }
 }
 
-// qkv_rows: the `qkv` entry's work for one workgroup.
-// #include matvec_qkv
+// rope_rotation(pos, pair, chunks): (cos, sin) of the angle of `pair` at position `pos`.
+// #include rope_angle
 
 @compute @workgroup_size(wg_size)
 fn qkv(
@@ -282,5 +371,103 @@ fn qkv(
   @builtin(num_workgroups) groups: vec3u,
   @builtin(local_invocation_index) tid: u32,
 ) {
-  qkv_rows(wid.x + wid.y * groups.x, wid.z * tokens_per_wg, tid);
+  let m = step.n_tokens;
+  let groups_a = (rows_a + rows_per_wg - 1u) / rows_per_wg;
+  let groups_b = (rows_b + rows_per_wg - 1u) / rows_per_wg;
+  let g = wid.x + wid.y * groups.x;
+  // Which weight this workgroup's rows belong to, and the first of them.
+  var weight = 0u;
+  var row0 = g * rows_per_wg;
+  var rows = rows_a;
+  if (g >= groups_a + groups_b) {
+    weight = 2u;
+    row0 = (g - groups_a - groups_b) * rows_per_wg;
+    rows = rows_c;
+  } else if (g >= groups_a) {
+    weight = 1u;
+    row0 = (g - groups_a) * rows_per_wg;
+    rows = rows_b;
+  }
+  let t0 = wid.z * tokens_per_wg;
+  if (row0 >= rows || t0 >= m) { return; }
+  let nt = min(tokens_per_wg, m - t0);
+
+  // KV store (kv_append = 1): in a K or V workgroup, thread tid < rows_per_wg / 2 · tokens_per_wg owns the
+  // f16 pair of rows (row0 + 2 · kv_pair, + 1) of token t0 + kv_token. Its page and word are looked up
+  // before the products, so that the two dependent loads overlap them.
+  let kv_pair = tid / tokens_per_wg;
+  let kv_token = tid % tokens_per_wg;
+  let kv_owner = kv_append == 1u && weight > 0u && tid < (rows_per_wg / 2u) * tokens_per_wg &&
+    row0 + 2u * kv_pair < rows && kv_token < nt;
+  var kv_at = vec2u(0u);
+  if (kv_owner) { kv_at = kv_locate(weight, t0 + kv_token, row0 + 2u * kv_pair); }
+
+  var acc: array<f32, MAX_ROWS * MAX_TOKENS>;
+  if (weight == 0u) {
+    acc = accumulate_a(row_bytes_a, row0, rows - 1u, t0, nt, tid);
+  } else if (weight == 1u) {
+    acc = accumulate_b(row_bytes_b, row0, rows - 1u, t0, nt, tid);
+  } else {
+    acc = accumulate_c(row_bytes_c, row0, rows - 1u, t0, nt, tid);
+  }
+  // With a folded norm, the partial sums are read after the weights' loads were issued.
+  var norm_part: array<f32, MAX_TOKENS>;
+  if (norm_mode == 2u) { norm_part = norm_share(t0, nt, tid); }
+  // Sum r · tokens_per_wg + t is (row r, token t); with a folded norm, sum rows_per_wg · tokens_per_wg + t
+  // is token t's Σ y².
+  let sums = rows_per_wg * tokens_per_wg;
+  let n = sums + select(0u, tokens_per_wg, norm_mode == 2u);
+  // @unroll
+  for (var r = 0u; r < rows_per_wg; r++) {
+    // @unroll
+    for (var t = 0u; t < tokens_per_wg; t++) {
+      partial[tid * n + r * tokens_per_wg + t] = acc[r * MAX_TOKENS + t];
+    }
+  }
+  if (norm_mode == 2u) {
+    // @unroll
+    for (var t = 0u; t < tokens_per_wg; t++) { partial[tid * n + sums + t] = norm_part[t]; }
+  }
+  reduce(tid, n);
+  if (tid < sums) {
+    let r = tid / tokens_per_wg;
+    let t = tid % tokens_per_wg;
+    if (row0 + r < rows && t < nt) {
+      let row = row0 + r;
+      let scale = select(1.0, norm_scale(partial[sums + t]), norm_mode == 2u);
+      var value = partial[tid] * scale;
+      let column = row % head_dim;
+      if (keep_pre_k == 1u && weight == 1u) { k_pre[(t0 + t) * rows_b + row] = value; }
+      if (weight < 2u && column < 2u * rope_pairs) {
+        // Rows 2i and 2i + 1 of a head are a rotated pair; row0 and rows_per_wg are even, so the
+        // partner's total is this workgroup's sum (r ^ 1, t).
+        let other = partial[(r ^ 1u) * tokens_per_wg + t] * scale;
+        let cs = rope_rotation(step.pos0 + t0 + t, column / 2u, n_chunks);
+        if ((row & 1u) == 0u) {
+          value = value * cs.x - other * cs.y;
+        } else {
+          value = other * cs.y + value * cs.x;
+        }
+      }
+      let token = t0 + t;
+      if (weight == 0u) {
+        y_a[token * rows_a + row] = value;
+      } else if (weight == 1u) {
+        y_b[token * rows_b + row] = value;
+      } else {
+        y_c[token * rows_c + row] = value;
+      }
+      // The KV store's pairs: (row r, token t) final at partial[n + r · tokens_per_wg + t], past the sums
+      // still read above.
+      if (kv_append == 1u && weight > 0u) { partial[n + tid] = value; }
+    }
+  }
+  if (kv_append == 1u && weight > 0u) {
+    workgroupBarrier();
+    if (kv_owner) {
+      let lo = partial[n + 2u * kv_pair * tokens_per_wg + kv_token];
+      let hi = partial[n + (2u * kv_pair + 1u) * tokens_per_wg + kv_token];
+      kv_store(kv_at, lo, hi);
+    }
+  }
 }

@@ -20,14 +20,8 @@
 //   `W: array<vec4u>`, `array<vec2u>` or `array<u32>`  the raw rows of the weight (the word type each
 //                                         section names),
 //   `x: array<vec4f>`                     activations [m][cols] (cols a multiple of 4),
-//   `cols`, `wg_size`, `rows_per_wg`, `tokens_per_wg`, `units_per_step`, `x_int8`   override constants
-//                                         (elements per row, threads, rows and tokens per workgroup, units
-//                                         per step, int8 input), and consts MAX_ROWS, MAX_TOKENS,
-//                                         MAX_UNITS_PER_STEP,
-//   `x_blocks`, `x_scales`                the int8 copy of x (workgroup arrays, see below),
-//   `fn x_ready(tid)`                     called by every thread once x may be read (see accumulate).
-// A kernel with several phases of different inputs renames these per weight (see suffixDeclaredNames in
-// src/gpu/ops/matvec_units.ts).
+//   `cols`, `wg_size`, `rows_per_wg`, `tokens_per_wg`   override constants (elements per row, threads,
+//                                         rows and tokens per workgroup), and consts MAX_ROWS, MAX_TOKENS.
 // Every type section defines
 //   `UNIT_ELEMS`                                          elements per unit (32); a row has
 //                                                         ceil(cols / UNIT_ELEMS) units,
@@ -36,8 +30,8 @@
 //   `fn unit_x(xrow, u) -> array<vec4f, 8>`               the unit's 32 x values in the unit's order, from
 //                                                         the token row of x starting at vec4 `xrow`,
 //   `fn unit_dot(w, xs, u) -> f32`                        Σ weight · x over the unit.
-// The COMMON section adds `accumulate`, the per-thread loop over a workgroup's rows and tokens,
-// `stage_int8`, and the helpers several sections share.
+// The COMMON section adds `accumulate`, the per-thread loop over a workgroup's rows and tokens, and the
+// helpers several sections share.
 //
 // Int8 input (override x_int8 = 1 in the including kernel): the kernel first quantises its tokens' x rows
 // into workgroup memory, per block of 16 values, as `x_blocks: array<vec4u>` (16 signed bytes, value 4k + i
@@ -205,21 +199,22 @@ fn load_step(row_bytes: u32, row0: u32, last_row: u32, u0: u32, units: u32)
 // The sums Σ_c W[row][c] · x[t][c] of this thread's units for the rows row0 .. row0 + rows_per_wg − 1
 // (clamped to last_row: rows past it repeat it and are not to be written) and the tokens t0 .. t0 + nt − 1,
 // at acc[r · MAX_TOKENS + t]. Threads take units tid, tid + wg_size, …, units_per_step of them per step:
-// the loads of every row of all those units are issued before any arithmetic on them. The first step's
-// weight loads are issued before anything reads x: then the including kernel's `x_ready()` runs (a chained
-// kernel waits there for the phase that writes x; every other kernel defines it empty), and with x_int8 = 1
-// stage_int8 makes the int8 copy of x the products read instead of x, so that the loads' latency overlaps
-// the wait and the quantisation (every thread of the workgroup must call this function).
+// the loads of every row of all those units are issued before any arithmetic on them. With x_int8 = 1 the
+// x values come from the kernel's int8 copy (x_blocks, see the INT8 sections below) instead of x: the
+// kernel's stage_int8 makes it here, after the first step's weight loads were issued, so that their
+// latency overlaps the quantisation (every thread of the workgroup must call this function).
 fn accumulate(row_bytes: u32, row0: u32, last_row: u32, t0: u32, nt: u32, tid: u32)
     -> array<f32, MAX_ROWS * MAX_TOKENS> {
   var acc: array<f32, MAX_ROWS * MAX_TOKENS>;
   let x_row = cols / 4u;
   let units = (cols + UNIT_ELEMS - 1u) / UNIT_ELEMS;
-  var raw = load_step(row_bytes, row0, last_row, tid, units);
-  x_ready(tid);
-  if (x_int8 == 1u) { stage_int8(t0, nt, tid); }
+  var raw: array<Raw, MAX_ROWS * MAX_UNITS_PER_STEP>;
+  if (x_int8 == 1u) {
+    raw = load_step(row_bytes, row0, last_row, tid, units);
+    stage_int8(t0, nt, tid);
+  }
   for (var u0 = tid; u0 < units; u0 += wg_size * units_per_step) {
-    if (u0 != tid) { raw = load_step(row_bytes, row0, last_row, u0, units); }
+    if (x_int8 == 0u || u0 != tid) { raw = load_step(row_bytes, row0, last_row, u0, units); }
     // @unroll
     for (var k = 0u; k < units_per_step; k++) {
       let u = u0 + k * wg_size;
@@ -245,33 +240,6 @@ fn accumulate(row_bytes: u32, row0: u32, last_row: u32, t0: u32, nt: u32, tid: u
     }
   }
   return acc;
-}
-// Int8 input: quantises x of tokens t0 .. t0 + nt − 1 into x_blocks / x_scales (workgroup arrays of the
-// including kernel), block i of local token t at t · cols / 16 + i: q = round(x / d) with d = max |x| / 127
-// over the block (all zero for a zero block). A thread takes blocks tid, tid + wg_size, … one at a time (on
-// an H100, loading four blocks per round before quantising them ran slower). Every thread of the workgroup
-// must call it (it ends with a barrier).
-fn stage_int8(t0: u32, nt: u32, tid: u32) {
-  let blocks = cols / 16u;
-  for (var i = tid; i < nt * blocks; i += wg_size) {
-    let at = t0 * (cols / 4u) + 4u * i; // token rows are whole blocks
-    let v = array<vec4f, 4>(x[at], x[at + 1u], x[at + 2u], x[at + 3u]);
-    let a = max(max(abs(v[0]), abs(v[1])), max(abs(v[2]), abs(v[3])));
-    let amax = max(max(a.x, a.y), max(a.z, a.w));
-    let inv = select(0.0, 127.0 / amax, amax > 0.0);
-    var words: vec4u;
-    var sum = vec4i(0);
-    // @unroll
-    for (var k = 0u; k < 4u; k++) {
-      let q = clamp(vec4i(round(v[k] * inv)), vec4i(-127), vec4i(127));
-      sum += q;
-      words[k] = pack4xI8(q);
-    }
-    x_blocks[i] = words;
-    let d = amax / 127.0;
-    x_scales[i] = vec2f(d, d * f32(sum.x + sum.y + sum.z + sum.w));
-  }
-  workgroupBarrier();
 }
 
 // ==== F32 ====

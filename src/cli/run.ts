@@ -43,10 +43,6 @@ export const MODEL_FLAGS: Record<string, FlagSpec> = {
     type: "boolean",
     help: "prefill quantised weights in f32 (default on a GPU: 8-bit integer dot products, like llama.cpp)",
   },
-  "chain-decode": {
-    type: "boolean",
-    help: "decode each layer's products as one chained dispatch (default on a software adapter only)",
-  },
   kv: { type: "string", help: "full|wgkv|window|sink|random  KV cache policy (default full)" },
   gate: { type: "string", help: "FILE  write-gate GGUF for --kv wgkv (from `wgkv gate import`)" },
   window: { type: "string", help: "N  local window in tokens (default: the gate's, else 256)" },
@@ -170,7 +166,6 @@ export async function loadFromFlags(values: ParsedFlags["values"]): Promise<Mode
     kvGlobalFraction: numberFlag(values, "kv-global", undefined, { min: 0, max: 1 }),
     int8Prefill: values["f32-prefill"] === true ? false : undefined,
     int8Decode: values["f32-decode"] === true ? false : undefined,
-    chainFfn: values["chain-decode"] === true ? true : undefined,
     onProgress: (m) => console.error(m),
   });
   const ms = performance.now() - t0;

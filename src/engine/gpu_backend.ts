@@ -41,7 +41,6 @@ export class GpuBackend implements ModelBackend {
       globalFraction?: number;
       int8Prefill?: boolean;
       int8Decode?: boolean;
-      chainFfn?: boolean;
       halfPrefill?: boolean;
     },
   ): Promise<GpuBackend> {

@@ -63,11 +63,6 @@ export interface LoadOptions {
    */
   int8Decode?: boolean;
   /**
-   * Decode each layer's attn_output, gate/up, ffn_down and the next QKV as one chained dispatch. Default:
-   * true on a software adapter, false on a GPU until measured there (see `GpuModelOptions.chainFfn`).
-   */
-  chainFfn?: boolean;
-  /**
    * Prefill products of F16 weights with f16 arithmetic, each 16–32 columns summed in f16 (llama.cpp's
    * Vulkan backend sums whole rows so), where the GPU has `shader-f16`. Default false: slower than f32 on an
    * H100 (see `GpuModelOptions.halfPrefill`).
@@ -151,7 +146,6 @@ export async function loadModel(path: string, options: LoadOptions = {}): Promis
           globalFraction: options.kvGlobalFraction,
           int8Prefill: options.int8Prefill,
           int8Decode: options.int8Decode,
-          chainFfn: options.chainFfn,
           halfPrefill: options.halfPrefill,
         });
       } catch (e) {

@@ -20,8 +20,6 @@
  *     h   = silu(xn·Wgate) · (xn·Wup)         (one fused dispatch)
  *     x  += h·Wdown ; xn = rmsnorm(x) · (attn_norm[l+1] or output_norm)   (greedy decode, last layer:
  *                                         xn = x · output_norm, the argmax does not need the 1 / RMS)
- *                                         (decode: these three in one dispatch, chained inside it, see
- *                                         createFfnChain)
  *   logits = xn[M−1] · Woutᵀ ;  token = argmax(logits) (one dispatch), or a draw by the GPU sampler
  *                                         (temperature, top-k, …)
  *
@@ -87,13 +85,6 @@ import { createWriteGate, gateOutputBytes, gateScratchBytes, uploadGate } from "
 import { writeGateAppendBlocker } from "../gpu/ops/write_gate_append.ts";
 import { createWgkvAppend } from "../gpu/ops/wgkv_append.ts";
 import { createWgkvPromote } from "../gpu/ops/wgkv_promote.ts";
-import {
-  createFfnChain,
-  FFN_CHAIN_COUNTER_BYTES,
-  ffnChainBlocker,
-  ffnChainQkvBlocker,
-  type FfnChainTuning,
-} from "../gpu/ops/matvec_chain.ts";
 import type { LlamaHParams } from "./hparams.ts";
 import { ropeInverseFrequencies } from "./ops.ts";
 import { blockTensorNames, OUTPUT, OUTPUT_NORM, ROPE_FREQS, TOKEN_EMBD } from "./tensor_names.ts";
@@ -216,24 +207,6 @@ export interface GpuModelOptions {
    * head, `FlashDecodeOptions.fusedReduce`) instead of a reduce dispatch per layer. Default true.
    */
   fusedDecodeReduce?: boolean;
-  /**
-   * Decode: each layer's attn_output, gate/up + SwiGLU and ffn_down run as one dispatch, the three products
-   * chained inside it (`createFfnChain` in `../gpu/ops/matvec_chain.ts`), two dispatches per layer fewer,
-   * where the RMSNorms are folded ({@link foldNorms}), the weights qualify (each in one buffer, gate and
-   * up of one type) and {@link matvecTuning} tunes none of the three roles. The phases hand their results
-   * to each other through storage memory within the dispatch, which relies on storage barriers and atomics
-   * ordering them between workgroups. Default: true on a software adapter (lavapipe, where the tests run
-   * it), false on a GPU until it has been checked and measured on one.
-   */
-  chainFfn?: boolean;
-  /**
-   * Decode with {@link chainFfn}: the next layer's fused QKV (with RoPE and the KV store) runs as the
-   * chained dispatch's fourth phase, one dispatch per layer fewer, where the bindings fit and
-   * {@link matvecTuning} does not tune `attn_qkv`. Default true.
-   */
-  chainQkv?: boolean;
-  /** Tuning of the chained FFN dispatch ({@link chainFfn}), for benchmarking; default: the kernel's. */
-  ffnChainTuning?: FfnChainTuning;
 }
 
 /**
@@ -304,7 +277,6 @@ interface Activations {
   partials: GPUBuffer; // split-K decode scratch
   normSums: GPUBuffer; // decode: sums of squares of a folded RMSNorm, one per producer workgroup
   arrivals: GPUBuffer; // decode attention: arrival counters of the fused split merge (zero between dispatches)
-  chain: GPUBuffer; // decode: the chained FFN dispatch's counters (zero between dispatches)
   q8?: { xq: GPUBuffer; xds: GPUBuffer }; // int8 prefill: quantised activations of the widest input
 }
 
@@ -579,7 +551,6 @@ export class GpuModel {
       ),
       normSums: f32("norm sums", E),
       arrivals: f32("decode arrivals", decodeArrivalsBytes(Hkv, Hq) / 4),
-      chain: f32("ffn chain counters", FFN_CHAIN_COUNTER_BYTES / 4),
     };
     const halfPrefill = (options.halfPrefill ?? false) && gpu.hasF16;
     if ((options.int8Prefill ?? !gpu.isFallback) && maxBatch > 1) {
@@ -664,10 +635,6 @@ export class GpuModel {
         if (int8(weight)) return int8Product(label, weight, quantize(`${label}_q8`, x, weight.cols), y);
         return createMatmul(gpu, { label, weight, x, y, maxTokens, step, tuning: half(weight) });
       };
-      // The chained FFN dispatch (options.chainFfn), unless a role it replaces has a matvec tuning of its own.
-      const tunedRoles = Object.keys(options.matvecTuning ?? {});
-      const chainFfn = (options.chainFfn ?? gpu.isFallback) &&
-        !["attn_output", "ffn_gate_up", "ffn_down"].some((role) => tunedRoles.includes(role));
       // The gather as the first RMSNorm's producer, read by the first layer's fused QKV.
       const foldEmbed = foldable(tokenEmbd) && canFuseQkv(layers[0].wq, layers[0].wk, layers[0].wv);
       const embed = createEmbed(gpu, {
@@ -728,49 +695,43 @@ export class GpuModel {
         ops.push(norm(`${tag}blk.0.attn_norm`, layers[0].attnNorm, false));
       }
       let outputNormOp: GpuOp | undefined;
-      // Layer l's fused decode QKV (one token): Q, K and V rows, Q and K rotated as they are written (with
-      // the write gate, K also before RoPE: the gate reads both; with the full cache, K and V also into
-      // their pages).
-      // Layer l's Q, K and V products, whatever kernel runs them.
-      const qkvProducts = (l: number) => ({
-        label: `${tag}blk.${l}.attn_qkv`,
-        wq: layers[l].wq,
-        wk: layers[l].wk,
-        wv: layers[l].wv,
-        q: act.q,
-        k: act.k,
-        v: act.v,
-        step,
-      });
-      const qkvOptions = (l: number) => {
-        const w = layers[l];
-        return {
-          ...qkvProducts(l),
-          rope: { headDim: D, ropeDim: hp.ropeDim, invFreq, maxPosition: ctx },
-          kPre: gateBufs?.kPre,
-          append: appendInQkv(w) && fullKv ? { kv: fullKv, layer: l } : undefined,
-          tuning: tuning("attn_qkv", w.wq.cols),
-        };
-      };
-      // Whether a layer's QKV runs as the last phase of the chained FFN dispatch before it.
-      const chainQkv = (w: LayerWeights) =>
-        (options.chainQkv ?? true) && !tunedRoles.includes("attn_qkv") && canFuseQkv(w.wq, w.wk, w.wv) &&
-        ffnChainQkvBlocker(gpu.limits, appendInQkv(w) ? fullKv : undefined) === undefined;
-      // Whether this layer's QKV already ran in the previous layer's chained FFN dispatch.
-      let qkvChained = false;
       for (let l = 0; l < hp.nLayer; l++) {
         const w = layers[l];
         const p = `${tag}blk.${l}.`;
         const fusedAppend = appendInQkv(w);
-        if (qkvChained) {
-          // The previous layer's chained FFN dispatch ran this layer's QKV as its last phase.
-          qkvChained = false;
-        } else if (decode && canFuseQkv(w.wq, w.wk, w.wv)) {
-          // One dispatch (see qkvOptions).
-          ops.push(createQkvMatvec(gpu, { ...qkvOptions(l), x: act.xn, maxTokens, norm: qkvNorm }));
+        if (decode && canFuseQkv(w.wq, w.wk, w.wv)) {
+          // One dispatch: Q, K and V rows, Q and K rotated as they are written (with the write gate, K
+          // also before RoPE: the gate reads both; with the full cache, K and V also into their pages).
+          ops.push(createQkvMatvec(gpu, {
+            label: `${p}attn_qkv`,
+            wq: w.wq,
+            wk: w.wk,
+            wv: w.wv,
+            x: act.xn,
+            q: act.q,
+            k: act.k,
+            v: act.v,
+            maxTokens,
+            step,
+            rope: { headDim: D, ropeDim: hp.ropeDim, invFreq, maxPosition: ctx },
+            kPre: gateBufs?.kPre,
+            norm: qkvNorm,
+            append: fusedAppend && fullKv ? { kv: fullKv, layer: l } : undefined,
+            tuning: tuning("attn_qkv", w.wq.cols),
+          }));
         } else {
           // The three products in one dispatch where possible (K and V alone would underfill the GPU).
-          const qkv = { ...qkvProducts(l), maxTokens };
+          const qkv = {
+            label: `${p}attn_qkv`,
+            wq: w.wq,
+            wk: w.wk,
+            wv: w.wv,
+            q: act.q,
+            k: act.k,
+            v: act.v,
+            maxTokens,
+            step,
+          };
           if (int8(w.wq, w.wk, w.wv) && w.wk.cols === w.wq.cols && w.wv.cols === w.wq.cols) {
             // Int8 prefill: the input quantised once for the three products.
             const xq = quantize(`${p}attn_qkv_q8`, act.xn, w.wq.cols);
@@ -883,42 +844,6 @@ export class GpuModel {
               partials: act.partials,
             }),
         );
-        const next = l + 1 < hp.nLayer ? layers[l + 1] : undefined;
-        // Decode: attn_output, gate/up and ffn_down in one chained dispatch where the norms fold around it.
-        const nextQkvFused = next ? canFuseQkv(next.wq, next.wk, next.wv) : true;
-        if (
-          decode && chainFfn && foldable(w.wo) && foldable(w.wDown) && nextQkvFused &&
-          ffnChainBlocker(w.wo, w.wGate, w.wUp, w.wDown) === undefined
-        ) {
-          const chain = createFfnChain(gpu, {
-            label: `${p}ffn_chain`,
-            wo: w.wo,
-            gate: w.wGate,
-            up: w.wUp,
-            down: w.wDown,
-            att: act.att,
-            x: act.x,
-            xn: act.xn,
-            sums: act.normSums,
-            hidden: act.gate,
-            ffnNorm: w.ffnNorm,
-            nextNorm: next ? next.attnNorm : outputNorm,
-            counters: act.chain,
-            eps: hp.rmsEps,
-            tuning: {
-              int8: [int8DecodeFor(w.wo.cols), int8DecodeFor(w.wGate.cols), int8DecodeFor(w.wDown.cols)],
-              ...options.ffnChainTuning,
-            },
-            qkv: next && chainQkv(next) ? qkvOptions(l + 1) : undefined,
-          });
-          qkvChained = next !== undefined && chainQkv(next);
-          ops.push(chain);
-          qkvNorm = next
-            ? { sums: act.normSums, partials: chain.normPartials, width: E, eps: hp.rmsEps }
-            : undefined;
-          if (!next) outputNormOp = norm(`${tag}output_norm`, outputNorm, false);
-          continue;
-        }
         const foldFfnNorm = canFuseGateUp(w.wGate, w.wUp) && foldable(w.wo);
         let gateUpNorm: FoldedNormInput | undefined;
         if (foldFfnNorm) {
@@ -979,6 +904,7 @@ export class GpuModel {
           ops.push(linear(`${p}ffn_up`, w.wUp, act.xn, act.up, "ffn_gate_up"));
           ops.push(swiGlu());
         }
+        const next = l + 1 < hp.nLayer ? layers[l + 1] : undefined;
         qkvNorm = undefined;
         if (next && canFuseQkv(next.wq, next.wk, next.wv) && foldable(w.wDown)) {
           qkvNorm = foldedProduct(`${p}ffn_down`, w.wDown, act.gate, next.attnNorm, "ffn_down");

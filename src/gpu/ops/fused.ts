@@ -316,49 +316,12 @@ export function createGateUpSwiGluMatmul(gpu: Gpu, options: GateUpSwiGluMatmulOp
  * when {@link canFuseQkv} is false, no decode kernel reads the weights, or the append does not apply.
  */
 export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
-  const { label, x, maxTokens } = options;
-  checkSlice(label, "x", x, maxTokens * options.wq.cols * 4);
-  const parts = qkvKernelParts(gpu, options);
-  const norm = normInputParts(gpu, label, maxTokens, options.norm);
-  const kernel = gpu.kernel(
-    "matvec_fast",
-    { ...norm.constants, ...parts.constants },
-    { ...subblockDefines(options.wq, options.wk, options.wv), KV_STORE: parts.kvStore },
-    "qkv",
-  );
-  const group = bindAt(gpu, kernel, [[3, x], [13, norm.sums], ...parts.entries]);
-  return new FusedOp(label, kernel, group, grid2d(gpu, label, parts.groups, parts.shape.tokenGroups));
-}
-
-/**
- * What the fused QKV adds to a kernel of `wgsl/matvec_fast.wgsl`'s layout (the `qkv` entry, or a chained
- * phase calling `qkv_rows` of `wgsl/matvec_qkv.wgsl`) beyond its input and folded norm: the override
- * constants, the KV store's text define, the bindings by `wgsl/matvec_fast.wgsl`'s numbers (weights 0–2,
- * outputs 4–6, step 7, turns 8, k_pre 10, the KV store from 14), the tuning and the row groups.
- */
-export interface QkvKernelParts {
-  /** Override constants (`cols`, `rows_a` …, the tuning's, RoPE's and the KV store's). */
-  constants: Record<string, number>;
-  /** The `KV_STORE` define (the stub without `append`). */
-  kvStore: string;
-  /** (binding, buffer) pairs. */
-  entries: [number, BufferSlice][];
-  /** The checked tuning. */
-  shape: Shape;
-  /** Row groups of Q, K and V together (per token group). */
-  groups: number;
-}
-
-/**
- * Checks `options` (all but `x` and `norm`) and builds the fused QKV's {@link QkvKernelParts}. Throws as
- * {@link createQkvMatvec} does.
- */
-export function qkvKernelParts(gpu: Gpu, options: Omit<QkvMatvecOptions, "x" | "norm">): QkvKernelParts {
-  const { label, wq, wk, wv, q, k, v, maxTokens, step, rope } = options;
+  const { label, wq, wk, wv, x, q, k, v, maxTokens, step, rope } = options;
   const blocker = qkvFusionBlocker(wq, wk, wv);
   if (blocker) throw new UnsupportedError(`${label}: cannot fuse Q, K and V: ${blocker}`);
   checkMatvecWeights(label, [wq, wk, wv]);
   checkInt(label, "maxTokens", maxTokens, 1, step.maxTokens);
+  checkSlice(label, "x", x, maxTokens * wq.cols * 4);
   checkSlice(label, "q", q, maxTokens * wq.rows * 4);
   checkSlice(label, "k", k, maxTokens * wk.rows * 4);
   checkSlice(label, "v", v, maxTokens * wv.rows * 4);
@@ -415,10 +378,12 @@ export function qkvKernelParts(gpu: Gpu, options: Omit<QkvMatvecOptions, "x" | "
     turns = ropeTurnTable(rope.invFreq, rope.maxPosition);
   }
   const turnsBuffer = gpu.buffer(`${label}.turns`, turns.data.byteLength, turns.data);
+  const norm = normInputParts(gpu, label, maxTokens, options.norm);
   const kvStore = qkvKvStoreParts(gpu, label, append);
-  const per = shape.rowsPerWorkgroup;
-  return {
-    constants: {
+  const kernel = gpu.kernel(
+    "matvec_fast",
+    {
+      ...norm.constants,
       ...kvStore.constants,
       cols: wq.cols,
       rows_a: wq.rows,
@@ -428,7 +393,7 @@ export function qkvKernelParts(gpu: Gpu, options: Omit<QkvMatvecOptions, "x" | "
       row_bytes_b: wk.rowBytes,
       row_bytes_c: wv.rowBytes,
       wg_size: shape.workgroupSize,
-      rows_per_wg: per,
+      rows_per_wg: shape.rowsPerWorkgroup,
       tokens_per_wg: shape.tokensPerWorkgroup,
       head_dim: headDim,
       rope_pairs: ropePairs,
@@ -438,22 +403,26 @@ export function qkvKernelParts(gpu: Gpu, options: Omit<QkvMatvecOptions, "x" | "
       units_per_step: shape.unitsPerStep,
       x_int8: shape.int8 ? 1 : 0,
     },
-    kvStore: kvStore.source,
-    entries: [
-      [0, wq.parts[0].buffer],
-      [1, wk.parts[0].buffer],
-      [2, wv.parts[0].buffer],
-      [4, q],
-      [5, k],
-      [6, v],
-      [7, step.buffer],
-      [8, turnsBuffer],
-      [10, options.kPre ?? gpu.buffer(`${label}.no_k_pre`, 4)],
-      ...kvStore.entries,
-    ],
-    shape,
-    groups: ceilDiv(wq.rows, per) + ceilDiv(wk.rows, per) + ceilDiv(wv.rows, per),
-  };
+    { ...subblockDefines(wq, wk, wv), KV_STORE: kvStore.source },
+    "qkv",
+  );
+  const group = bindAt(gpu, kernel, [
+    [0, wq.parts[0].buffer],
+    [1, wk.parts[0].buffer],
+    [2, wv.parts[0].buffer],
+    [3, x],
+    [4, q],
+    [5, k],
+    [6, v],
+    [7, step.buffer],
+    [8, turnsBuffer],
+    [10, options.kPre ?? gpu.buffer(`${label}.no_k_pre`, 4)],
+    [13, norm.sums],
+    ...kvStore.entries,
+  ]);
+  const per = shape.rowsPerWorkgroup;
+  const groups = ceilDiv(wq.rows, per) + ceilDiv(wk.rows, per) + ceilDiv(wv.rows, per);
+  return new FusedOp(label, kernel, group, grid2d(gpu, label, groups, shape.tokenGroups));
 }
 
 /**
@@ -510,8 +479,7 @@ interface ShapeRequest {
   tuning?: FusedMatvecTuning;
 }
 
-/** A decode kernel's checked tuning. */
-export interface Shape {
+interface Shape {
   workgroupSize: number;
   rowsPerWorkgroup: number;
   tokensPerWorkgroup: number;

@@ -194,19 +194,13 @@ export function reduceLanes(workgroupSize: number): number {
 
 /**
  * WGSL text renaming every name `source` declares (functions, constants, structs) and the weight binding
- * `W` to `<name>_<suffix>`, so that several copies can live in one shader; names in `renames` (free names
- * the including kernel declares, e.g. `x` or `cols`) become the name given there instead. Member accesses
- * (`.x`) are left alone.
+ * `W` to `<name>_<suffix>`, so that several copies can live in one shader.
  */
-export function suffixDeclaredNames(
-  source: string,
-  suffix: string,
-  renames: Readonly<Record<string, string>> = {},
-): string {
-  const names = new Set<string>(["W", ...Object.keys(renames)]);
+export function suffixDeclaredNames(source: string, suffix: string): string {
+  const names = new Set<string>(["W"]);
   for (const match of source.matchAll(/\b(?:fn|const|struct)\s+(\w+)/g)) names.add(match[1]);
-  const pattern = new RegExp(`(?<!\\.)\\b(?:${[...names].join("|")})\\b`, "g");
-  return source.replace(pattern, (name) => renames[name] ?? `${name}_${suffix}`);
+  const pattern = new RegExp(`\\b(?:${[...names].join("|")})\\b`, "g");
+  return source.replace(pattern, (name) => `${name}_${suffix}`);
 }
 
 /** The sections of `wgsl/matvec_units.wgsl` by name (COMMON and those of the unit kinds). */
@@ -219,21 +213,16 @@ export function unitSections(): Map<string, string> {
 
 /**
  * WGSL of the unit library for unit kind `section` (see {@link unitSection}): COMMON plus the kind's
- * sections of `wgsl/matvec_units.wgsl`, names suffixed by `_<suffix>` and the including kernel's names in
- * `renames` replaced (see {@link suffixDeclaredNames}).
+ * sections of `wgsl/matvec_units.wgsl`, names suffixed by `_<suffix>`.
  */
-export function unitsSource(
-  section: string,
-  suffix: string,
-  renames: Readonly<Record<string, string>> = {},
-): string {
+export function unitsSource(section: string, suffix: string): string {
   const sections = unitSections();
   if (!(section in UNIT_SECTION_WORDS)) {
     throw new UnsupportedError(`${section} has no section in wgsl/matvec_units.wgsl`);
   }
   const parts = (UNIT_KIND_SECTIONS[section] ?? [section]).map((name) => sections.get(name)!);
   const int8 = sections.get(`${section}_INT8`) ?? NO_INT8_UNIT;
-  return suffixDeclaredNames(sections.get("COMMON")! + parts.join("") + int8, suffix, renames);
+  return suffixDeclaredNames(sections.get("COMMON")! + parts.join("") + int8, suffix);
 }
 
 /**
