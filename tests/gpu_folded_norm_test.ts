@@ -55,6 +55,9 @@ Deno.test("folded norm: attn_output adds onto the residual, gate/up and QKV read
     { type: "BF16", m: 3, width: 100, inner: 36 }, // plain units, the last one ragged
     // 264 producer partials: the consumers' four-way loop (256 per pass) runs, then the remainder.
     { type: "Q8_0", m: 2, width: 1056, inner: 64 },
+    // Fewer workgroups than row groups in all three ops (each takes several groups in turn).
+    { type: "Q4_K", m: 3, width: 512, inner: 256, maxWorkgroups: 3 },
+    { type: "Q8_0", m: 2, width: 1056, inner: 64, maxWorkgroups: 5 },
   ];
   for (const c of cases) {
     const { type, m, width: E, inner } = c;
@@ -90,7 +93,7 @@ Deno.test("folded norm: attn_output adds onto the residual, gate/up and QKV read
       maxTokens,
       step,
       fold: { weight: gammaBuf, out: xg, sums },
-      tuning: { tokensPerWorkgroup: 2 },
+      tuning: { tokensPerWorkgroup: 2, maxWorkgroups: c.maxWorkgroups },
     });
     const norm = { sums, partials: producer.normPartials, width: E, eps };
     const gateUp = createGateUpSwiGlu(gpu, {
@@ -102,6 +105,7 @@ Deno.test("folded norm: attn_output adds onto the residual, gate/up and QKV read
       maxTokens,
       step,
       norm,
+      tuning: { maxWorkgroups: c.maxWorkgroups },
     });
     const invFreq = ropeInverseFrequencies(headDim, 10000);
     const qkv = createQkvMatvec(gpu, {
@@ -118,6 +122,7 @@ Deno.test("folded norm: attn_output adds onto the residual, gate/up and QKV read
       step,
       rope: { headDim, invFreq, maxPosition: 4096 },
       norm,
+      tuning: { maxWorkgroups: c.maxWorkgroups },
     });
     const pos0 = 17;
     const [newResidual, gotGateUp, gotQ, gotK, gotV, gotKPre] = await runOps(

@@ -117,6 +117,9 @@ Deno.test("gpu matvec subblock: workgroup shapes, including reductions wider tha
     // Several units per step: 16 units per row over 32 threads (a ragged last step).
     { workgroupSize: 32, rowsPerWorkgroup: 3, tokensPerWorkgroup: 2, unitsPerStep: 2 },
     { workgroupSize: 32, rowsPerWorkgroup: 4, tokensPerWorkgroup: 1, unitsPerStep: 4 },
+    // Fewer workgroups than row groups: each takes several in turn (15 groups over 4, 29 over 1).
+    { workgroupSize: 32, rowsPerWorkgroup: 2, tokensPerWorkgroup: 3, maxWorkgroups: 4 },
+    { workgroupSize: 64, rowsPerWorkgroup: 1, tokensPerWorkgroup: 8, maxWorkgroups: 1 },
   ];
   for (const [name, cols] of weights) {
     const { weight, w } = randomWeight(gpu, name, rows, cols);
@@ -180,6 +183,15 @@ Deno.test("gpu matvec subblock: unit sections per type and row length, one-line 
       createMatvec(gpu, { label: "q", weight: q6, x, y, maxTokens: 1, step, tuning: { unitsPerStep: 3 } }),
     /q: unitsPerStep must be 1, 2 or 4, got 3/,
   );
+  for (const maxWorkgroups of [0, 1.5]) {
+    throws(
+      () =>
+        createMatvec(gpu, { label: "q", weight: q6, x, y, maxTokens: 1, step, tuning: { maxWorkgroups } }),
+      (e: Error) =>
+        e instanceof BadFlagError &&
+        e.message === `q: maxWorkgroups must be an integer ≥ 1, got ${maxWorkgroups}`,
+    );
+  }
   // The kernel choice is gone: a tuning that still names it is rejected rather than silently ignored.
   throws(
     () =>
@@ -248,6 +260,7 @@ Deno.test("gpu matvec subblock: fused gate/up + SwiGLU matches the CPU reference
     const u = products(up.w, x, c.m, c.rows, c.cols);
     const tunings = [
       { tokensPerWorkgroup: 4, rowsPerWorkgroup: 3 },
+      { tokensPerWorkgroup: 2, rowsPerWorkgroup: 2, maxWorkgroups: 3 },
       ...(c.wide ? [{ workgroupSize: 32, tokensPerWorkgroup: 2, rowsPerWorkgroup: 2, unitsPerStep: 4 }] : []),
     ];
     for (const tuning of tunings) {

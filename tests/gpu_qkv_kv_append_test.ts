@@ -35,7 +35,7 @@ interface AppendCase {
   /** Folded RMSNorm input (norm_mode 2) with this many partial sums per token. */
   normPartials?: number;
   kPre: boolean;
-  tuning?: { rowsPerWorkgroup?: number; tokensPerWorkgroup?: number };
+  tuning?: { rowsPerWorkgroup?: number; tokensPerWorkgroup?: number; maxWorkgroups?: number };
 }
 
 /** Two caches of the same shape whose pools hand out the same, scattered pages. */
@@ -120,6 +120,21 @@ Deno.test("qkv kv append: the fused QKV writes the pages createKvAppend writes, 
       normPartials: 5,
       kPre: false,
       tuning: { rowsPerWorkgroup: 8, tokensPerWorkgroup: 1 },
+    },
+    {
+      // Fewer workgroups than row groups: each takes several in turn, across Q, K and V.
+      types: ["Q4_K", "Q6_K", "Q8_0"],
+      cols: 256,
+      headDim: 8,
+      qHeads: 4,
+      kvHeads: 2,
+      layers: 1,
+      layer: 0,
+      prior: 21,
+      steps: [2, 1],
+      rope: true,
+      kPre: true,
+      tuning: { rowsPerWorkgroup: 2, tokensPerWorkgroup: 2, maxWorkgroups: 5 },
     },
   ];
   for (const c of cases) {

@@ -39,20 +39,25 @@
 //            them and defines kv_locate and kv_store; otherwise it is a stub of the two without bindings.
 //
 // Int8 input (x_int8 = 1, for weight types with INT8 unit sections): every workgroup first quantises its
-// tokens' x rows per 16 values into workgroup memory (stage_int8), then the units take their products four
-// at a time with dot4I8Packed (wgsl/matvec_units.wgsl). Each workgroup quantises the whole row again, after
-// issuing its first step's weight loads (see accumulate): on an H100, with the quantisation before those
-// loads, that paid for rows of 2048 values and cost more than the integer products save for rows of 4096
-// and more (INT8_DECODE_MAX_COLS in src/model/gpu_model.ts).
+// tokens' x rows per 16 values into workgroup memory (stage_int8, for its first row group), then the units
+// take their products four at a time with dot4I8Packed (wgsl/matvec_units.wgsl). Each workgroup quantises
+// the whole row again, after issuing its first step's weight loads (see accumulate): on an H100, with the
+// quantisation before those loads and a workgroup per row group, that paid for rows of 2048 values and cost
+// more than the integer products save for rows of 4096 and more (INT8_DECODE_MAX_COLS in
+// src/model/gpu_model.ts).
 //
 // RMSNorm folded into the neighbouring products (norm_mode): a producer (`main`, 1) adds its products to
 // the residual stream y in place and writes both y · γ and each workgroup's Σ y² of its rows; the next
 // consumer (`swiglu` or `qkv`, 2) takes x = y · γ and scales its sums by 1 / sqrt(Σ y² / norm_width + eps),
 // the RMS added up from those partial sums. That is rmsnorm(y) · γ without a dispatch of its own.
 //
-// Dispatch: (x, y) folds the row groups over a 2-D grid: ceil(rows / rows_per_wg) for `main` (per part) and
-// `swiglu`; for `qkv` the groups of a, then b, then c. z = ceil(max_m / tokens_per_wg). Workgroups past m or
-// past their weight's rows do nothing. RoPE and the KV store need an even rows_per_wg (checked on the CPU).
+// Dispatch: (x, y) folds the workgroups over a 2-D grid: up to ceil(rows / rows_per_wg) row groups for `main`
+// (per part) and `swiglu`; for `qkv` the groups of a, then b, then c. z = ceil(max_m / tokens_per_wg).
+// Workgroup w takes row groups w, w + W, w + 2W, … for the W workgroups of the x·y grid: one group each
+// when the grid holds them all (the default), several when the op launches fewer (MatvecTuning
+// .maxWorkgroups), which then quantise x once for all their groups and leave no partial last wave.
+// Workgroups past m or past the row groups do nothing. RoPE and the KV store need an even rows_per_wg
+// (checked on the CPU).
 
 struct Step {
   n_tokens: u32,
@@ -236,45 +241,50 @@ fn main(
 ) {
   let m = step.n_tokens;
   let rows = part.rows;
-  let row0 = (wid.x + wid.y * groups.x) * rows_per_wg;
   let t0 = wid.z * tokens_per_wg;
-  if (row0 >= rows || t0 >= m) { return; }
+  if (t0 >= m) { return; }
   let nt = min(tokens_per_wg, m - t0);
-  let acc = accumulate_a(row_bytes_a, row0, rows - 1u, t0, nt, tid);
-  let n = rows_per_wg * tokens_per_wg;
-  // @unroll
-  for (var r = 0u; r < rows_per_wg; r++) {
+  let launched = groups.x * groups.y;
+  let row_groups = (rows + rows_per_wg - 1u) / rows_per_wg;
+  for (var g = wid.x + wid.y * groups.x; g < row_groups; g += launched) {
+    let row0 = g * rows_per_wg;
+    let acc = accumulate_a(row_bytes_a, row0, rows - 1u, t0, nt, tid, g < launched);
+    let n = rows_per_wg * tokens_per_wg;
     // @unroll
-    for (var t = 0u; t < tokens_per_wg; t++) {
-      partial[tid * n + r * tokens_per_wg + t] = acc[r * MAX_TOKENS + t];
-    }
-  }
-  reduce(tid, n);
-  if (tid < n) {
-    let r = tid / tokens_per_wg;
-    let t = tid % tokens_per_wg;
-    var square = 0.0;
-    if (row0 + r < rows && t < nt) {
-      let at = (t0 + t) * out_stride + part.first_row + row0 + r;
-      var value = partial[tid];
-      if (norm_mode == 1u) {
-        // Producer: onto the residual stream, then y · γ and y² for the next norm.
-        value += y_a[at];
-        norm_x[at] = value * norm_weight[part.first_row + row0 + r];
-        square = value * value;
-      }
-      y_a[at] = value;
-    }
-    if (norm_mode == 1u) { partial[n + tid] = square; }
-  }
-  if (norm_mode == 1u) {
-    workgroupBarrier();
-    if (tid < nt) {
-      var sum = 0.0;
+    for (var r = 0u; r < rows_per_wg; r++) {
       // @unroll
-      for (var r = 0u; r < rows_per_wg; r++) { sum += partial[n + r * tokens_per_wg + tid]; }
-      norm_sums[(t0 + tid) * norm_partials + wid.x + wid.y * groups.x] = sum;
+      for (var t = 0u; t < tokens_per_wg; t++) {
+        partial[tid * n + r * tokens_per_wg + t] = acc[r * MAX_TOKENS + t];
+      }
     }
+    reduce(tid, n);
+    if (tid < n) {
+      let r = tid / tokens_per_wg;
+      let t = tid % tokens_per_wg;
+      var square = 0.0;
+      if (row0 + r < rows && t < nt) {
+        let at = (t0 + t) * out_stride + part.first_row + row0 + r;
+        var value = partial[tid];
+        if (norm_mode == 1u) {
+          // Producer: onto the residual stream, then y · γ and y² for the next norm.
+          value += y_a[at];
+          norm_x[at] = value * norm_weight[part.first_row + row0 + r];
+          square = value * value;
+        }
+        y_a[at] = value;
+      }
+      if (norm_mode == 1u) { partial[n + tid] = square; }
+    }
+    if (norm_mode == 1u) {
+      workgroupBarrier();
+      if (tid < nt) {
+        var sum = 0.0;
+        // @unroll
+        for (var r = 0u; r < rows_per_wg; r++) { sum += partial[n + r * tokens_per_wg + tid]; }
+        norm_sums[(t0 + tid) * norm_partials + g] = sum;
+      }
+    }
+    workgroupBarrier(); // the next row group's sums overwrite `partial`
   }
 }
 
@@ -285,80 +295,89 @@ fn swiglu(
   @builtin(local_invocation_index) tid: u32,
 ) {
   let m = step.n_tokens;
-  let row0 = (wid.x + wid.y * groups.x) * rows_per_wg;
   let t0 = wid.z * tokens_per_wg;
-  if (row0 >= rows_a || t0 >= m) { return; }
+  if (t0 >= m) { return; }
   let nt = min(tokens_per_wg, m - t0);
-
-  // Gate and up have the same type: one x load per unit and token serves both. As in accumulate, the
-  // first step's weight loads are issued before the int8 quantisation of x.
-  var acc_gate: array<f32, MAX_ROWS * MAX_TOKENS>;
-  var acc_up: array<f32, MAX_ROWS * MAX_TOKENS>;
+  let launched = groups.x * groups.y;
+  let row_groups = (rows_a + rows_per_wg - 1u) / rows_per_wg;
   let units = (cols + UNIT_ELEMS_a - 1u) / UNIT_ELEMS_a;
-  var raw_gate: array<Raw_a, MAX_ROWS * MAX_UNITS_PER_STEP>; // [step unit k][row r]
-  var raw_up: array<Raw_b, MAX_ROWS * MAX_UNITS_PER_STEP>;
-  if (x_int8 == 1u) {
-    raw_gate = load_step_a(row_bytes_a, row0, rows_a - 1u, tid, units);
-    raw_up = load_step_b(row_bytes_b, row0, rows_a - 1u, tid, units);
-    stage_int8(t0, nt, tid);
-  }
-  for (var u0 = tid; u0 < units; u0 += wg_size * units_per_step) {
-    if (x_int8 == 0u || u0 != tid) {
-      raw_gate = load_step_a(row_bytes_a, row0, rows_a - 1u, u0, units);
-      raw_up = load_step_b(row_bytes_b, row0, rows_a - 1u, u0, units);
+  // A folded norm's Σ y² per token, read once (in the first row group, after its weight loads were issued).
+  var norm_part: array<f32, MAX_TOKENS>;
+  for (var g = wid.x + wid.y * groups.x; g < row_groups; g += launched) {
+    let row0 = g * rows_per_wg;
+    let first = g < launched;
+    // Gate and up have the same type: one x load per unit and token serves both. As in accumulate, the
+    // first step's weight loads are issued before the int8 quantisation of x (first row group only).
+    var acc_gate: array<f32, MAX_ROWS * MAX_TOKENS>;
+    var acc_up: array<f32, MAX_ROWS * MAX_TOKENS>;
+    // Zeroed by assignment: a declaration's zero value inside a loop was not renewed per iteration here
+    // (naga and lavapipe: the second row group started from the first one's sums).
+    acc_gate = array<f32, MAX_ROWS * MAX_TOKENS>();
+    acc_up = array<f32, MAX_ROWS * MAX_TOKENS>();
+    var raw_gate: array<Raw_a, MAX_ROWS * MAX_UNITS_PER_STEP>; // [step unit k][row r]
+    var raw_up: array<Raw_b, MAX_ROWS * MAX_UNITS_PER_STEP>;
+    if (x_int8 == 1u) {
+      raw_gate = load_step_a(row_bytes_a, row0, rows_a - 1u, tid, units);
+      raw_up = load_step_b(row_bytes_b, row0, rows_a - 1u, tid, units);
+      if (first) { stage_int8(t0, nt, tid); }
     }
-    // @unroll
-    for (var k = 0u; k < units_per_step; k++) {
-      let u = u0 + k * wg_size;
-      if (u < units) {
-        // @unroll
-        for (var t = 0u; t < tokens_per_wg; t++) {
-          if (t < nt && x_int8 == 1u) {
-            // @unroll
-            for (var r = 0u; r < rows_per_wg; r++) {
-              acc_gate[r * MAX_TOKENS + t] += unit_dot_int8_a(raw_gate[k * MAX_ROWS + r], u, t * (cols / 16u));
-              acc_up[r * MAX_TOKENS + t] += unit_dot_int8_b(raw_up[k * MAX_ROWS + r], u, t * (cols / 16u));
-            }
-          } else if (t < nt) {
-            let xs = unit_x_a((t0 + t) * (cols / 4u), u);
-            // @unroll
-            for (var r = 0u; r < rows_per_wg; r++) {
-              acc_gate[r * MAX_TOKENS + t] += unit_dot_a(raw_gate[k * MAX_ROWS + r], xs, u);
-              acc_up[r * MAX_TOKENS + t] += unit_dot_b(raw_up[k * MAX_ROWS + r], xs, u);
+    for (var u0 = tid; u0 < units; u0 += wg_size * units_per_step) {
+      if (x_int8 == 0u || u0 != tid) {
+        raw_gate = load_step_a(row_bytes_a, row0, rows_a - 1u, u0, units);
+        raw_up = load_step_b(row_bytes_b, row0, rows_a - 1u, u0, units);
+      }
+      // @unroll
+      for (var k = 0u; k < units_per_step; k++) {
+        let u = u0 + k * wg_size;
+        if (u < units) {
+          // @unroll
+          for (var t = 0u; t < tokens_per_wg; t++) {
+            if (t < nt && x_int8 == 1u) {
+              // @unroll
+              for (var r = 0u; r < rows_per_wg; r++) {
+                acc_gate[r * MAX_TOKENS + t] += unit_dot_int8_a(raw_gate[k * MAX_ROWS + r], u, t * (cols / 16u));
+                acc_up[r * MAX_TOKENS + t] += unit_dot_int8_b(raw_up[k * MAX_ROWS + r], u, t * (cols / 16u));
+              }
+            } else if (t < nt) {
+              let xs = unit_x_a((t0 + t) * (cols / 4u), u);
+              // @unroll
+              for (var r = 0u; r < rows_per_wg; r++) {
+                acc_gate[r * MAX_TOKENS + t] += unit_dot_a(raw_gate[k * MAX_ROWS + r], xs, u);
+                acc_up[r * MAX_TOKENS + t] += unit_dot_b(raw_up[k * MAX_ROWS + r], xs, u);
+              }
             }
           }
         }
       }
     }
-  }
-  // With a folded norm, the partial sums are read after the weights' loads were issued.
-  var norm_part: array<f32, MAX_TOKENS>;
-  if (norm_mode == 2u) { norm_part = norm_share(t0, nt, tid); }
-  // Sum 2q is the gate of (row r, token t) with q = r · tokens_per_wg + t, 2q + 1 its up; with a folded
-  // norm, sum 2 · rows_per_wg · tokens_per_wg + t is token t's Σ y².
-  let sums = 2u * rows_per_wg * tokens_per_wg;
-  let n = sums + select(0u, tokens_per_wg, norm_mode == 2u);
-  // @unroll
-  for (var r = 0u; r < rows_per_wg; r++) {
+    if (norm_mode == 2u && first) { norm_part = norm_share(t0, nt, tid); }
+    // Sum 2q is the gate of (row r, token t) with q = r · tokens_per_wg + t, 2q + 1 its up; with a folded
+    // norm, sum 2 · rows_per_wg · tokens_per_wg + t is token t's Σ y².
+    let sums = 2u * rows_per_wg * tokens_per_wg;
+    let n = sums + select(0u, tokens_per_wg, norm_mode == 2u);
     // @unroll
-    for (var t = 0u; t < tokens_per_wg; t++) {
-      let q = r * tokens_per_wg + t;
-      partial[tid * n + 2u * q] = acc_gate[r * MAX_TOKENS + t];
-      partial[tid * n + 2u * q + 1u] = acc_up[r * MAX_TOKENS + t];
+    for (var r = 0u; r < rows_per_wg; r++) {
+      // @unroll
+      for (var t = 0u; t < tokens_per_wg; t++) {
+        let q = r * tokens_per_wg + t;
+        partial[tid * n + 2u * q] = acc_gate[r * MAX_TOKENS + t];
+        partial[tid * n + 2u * q + 1u] = acc_up[r * MAX_TOKENS + t];
+      }
     }
-  }
-  if (norm_mode == 2u) {
-    // @unroll
-    for (var t = 0u; t < tokens_per_wg; t++) { partial[tid * n + sums + t] = norm_part[t]; }
-  }
-  reduce(tid, n);
-  if (tid < rows_per_wg * tokens_per_wg) {
-    let r = tid / tokens_per_wg;
-    let t = tid % tokens_per_wg;
-    if (row0 + r < rows_a && t < nt) {
-      let scale = select(1.0, norm_scale(partial[sums + t]), norm_mode == 2u);
-      y_a[(t0 + t) * rows_a + row0 + r] = silu(partial[2u * tid] * scale) * (partial[2u * tid + 1u] * scale);
+    if (norm_mode == 2u) {
+      // @unroll
+      for (var t = 0u; t < tokens_per_wg; t++) { partial[tid * n + sums + t] = norm_part[t]; }
     }
+    reduce(tid, n);
+    if (tid < rows_per_wg * tokens_per_wg) {
+      let r = tid / tokens_per_wg;
+      let t = tid % tokens_per_wg;
+      if (row0 + r < rows_a && t < nt) {
+        let scale = select(1.0, norm_scale(partial[sums + t]), norm_mode == 2u);
+        y_a[(t0 + t) * rows_a + row0 + r] = silu(partial[2u * tid] * scale) * (partial[2u * tid + 1u] * scale);
+      }
+    }
+    workgroupBarrier(); // the next row group's sums overwrite `partial`
   }
 }
 
@@ -372,102 +391,114 @@ fn qkv(
   @builtin(local_invocation_index) tid: u32,
 ) {
   let m = step.n_tokens;
+  let t0 = wid.z * tokens_per_wg;
+  if (t0 >= m) { return; }
+  let nt = min(tokens_per_wg, m - t0);
   let groups_a = (rows_a + rows_per_wg - 1u) / rows_per_wg;
   let groups_b = (rows_b + rows_per_wg - 1u) / rows_per_wg;
-  let g = wid.x + wid.y * groups.x;
-  // Which weight this workgroup's rows belong to, and the first of them.
-  var weight = 0u;
-  var row0 = g * rows_per_wg;
-  var rows = rows_a;
-  if (g >= groups_a + groups_b) {
-    weight = 2u;
-    row0 = (g - groups_a - groups_b) * rows_per_wg;
-    rows = rows_c;
-  } else if (g >= groups_a) {
-    weight = 1u;
-    row0 = (g - groups_a) * rows_per_wg;
-    rows = rows_b;
-  }
-  let t0 = wid.z * tokens_per_wg;
-  if (row0 >= rows || t0 >= m) { return; }
-  let nt = min(tokens_per_wg, m - t0);
-
-  // KV store (kv_append = 1): in a K or V workgroup, thread tid < rows_per_wg / 2 · tokens_per_wg owns the
-  // f16 pair of rows (row0 + 2 · kv_pair, + 1) of token t0 + kv_token. Its page and word are looked up
-  // before the products, so that the two dependent loads overlap them.
-  let kv_pair = tid / tokens_per_wg;
-  let kv_token = tid % tokens_per_wg;
-  let kv_owner = kv_append == 1u && weight > 0u && tid < (rows_per_wg / 2u) * tokens_per_wg &&
-    row0 + 2u * kv_pair < rows && kv_token < nt;
-  var kv_at = vec2u(0u);
-  if (kv_owner) { kv_at = kv_locate(weight, t0 + kv_token, row0 + 2u * kv_pair); }
-
-  var acc: array<f32, MAX_ROWS * MAX_TOKENS>;
-  if (weight == 0u) {
-    acc = accumulate_a(row_bytes_a, row0, rows - 1u, t0, nt, tid);
-  } else if (weight == 1u) {
-    acc = accumulate_b(row_bytes_b, row0, rows - 1u, t0, nt, tid);
-  } else {
-    acc = accumulate_c(row_bytes_c, row0, rows - 1u, t0, nt, tid);
-  }
-  // With a folded norm, the partial sums are read after the weights' loads were issued.
-  var norm_part: array<f32, MAX_TOKENS>;
-  if (norm_mode == 2u) { norm_part = norm_share(t0, nt, tid); }
-  // Sum r · tokens_per_wg + t is (row r, token t); with a folded norm, sum rows_per_wg · tokens_per_wg + t
-  // is token t's Σ y².
-  let sums = rows_per_wg * tokens_per_wg;
-  let n = sums + select(0u, tokens_per_wg, norm_mode == 2u);
-  // @unroll
-  for (var r = 0u; r < rows_per_wg; r++) {
-    // @unroll
-    for (var t = 0u; t < tokens_per_wg; t++) {
-      partial[tid * n + r * tokens_per_wg + t] = acc[r * MAX_TOKENS + t];
+  let groups_c = (rows_c + rows_per_wg - 1u) / rows_per_wg;
+  let launched = groups.x * groups.y;
+  var norm_part: array<f32, MAX_TOKENS>; // a folded norm's Σ y² per token
+  for (var g = wid.x + wid.y * groups.x; g < groups_a + groups_b + groups_c; g += launched) {
+    let first = g < launched;
+    // Which weight this row group belongs to, and its first row (assigned on every path: a declaration's
+    // value inside a loop is not renewed per iteration by every compiler, see `swiglu`).
+    var weight: u32;
+    var row0: u32;
+    var rows: u32;
+    if (g >= groups_a + groups_b) {
+      weight = 2u;
+      row0 = (g - groups_a - groups_b) * rows_per_wg;
+      rows = rows_c;
+    } else if (g >= groups_a) {
+      weight = 1u;
+      row0 = (g - groups_a) * rows_per_wg;
+      rows = rows_b;
+    } else {
+      weight = 0u;
+      row0 = g * rows_per_wg;
+      rows = rows_a;
     }
-  }
-  if (norm_mode == 2u) {
+
+    // KV store (kv_append = 1): in a K or V workgroup, thread tid < rows_per_wg / 2 · tokens_per_wg owns the
+    // f16 pair of rows (row0 + 2 · kv_pair, + 1) of token t0 + kv_token. Its page and word are looked up
+    // before the products, so that the two dependent loads overlap them.
+    let kv_pair = tid / tokens_per_wg;
+    let kv_token = tid % tokens_per_wg;
+    let kv_owner = kv_append == 1u && weight > 0u && tid < (rows_per_wg / 2u) * tokens_per_wg &&
+      row0 + 2u * kv_pair < rows && kv_token < nt;
+    var kv_at: vec2u;
+    kv_at = vec2u(0u);
+    if (kv_owner) { kv_at = kv_locate(weight, t0 + kv_token, row0 + 2u * kv_pair); }
+
+    var acc: array<f32, MAX_ROWS * MAX_TOKENS>;
+    if (weight == 0u) {
+      acc = accumulate_a(row_bytes_a, row0, rows - 1u, t0, nt, tid, first);
+    } else if (weight == 1u) {
+      acc = accumulate_b(row_bytes_b, row0, rows - 1u, t0, nt, tid, first);
+    } else {
+      acc = accumulate_c(row_bytes_c, row0, rows - 1u, t0, nt, tid, first);
+    }
+    // With a folded norm, the partial sums are read once, after the first row group's weight loads were
+    // issued.
+    if (norm_mode == 2u && first) { norm_part = norm_share(t0, nt, tid); }
+    // Sum r · tokens_per_wg + t is (row r, token t); with a folded norm, sum rows_per_wg · tokens_per_wg + t
+    // is token t's Σ y².
+    let sums = rows_per_wg * tokens_per_wg;
+    let n = sums + select(0u, tokens_per_wg, norm_mode == 2u);
     // @unroll
-    for (var t = 0u; t < tokens_per_wg; t++) { partial[tid * n + sums + t] = norm_part[t]; }
-  }
-  reduce(tid, n);
-  if (tid < sums) {
-    let r = tid / tokens_per_wg;
-    let t = tid % tokens_per_wg;
-    if (row0 + r < rows && t < nt) {
-      let row = row0 + r;
-      let scale = select(1.0, norm_scale(partial[sums + t]), norm_mode == 2u);
-      var value = partial[tid] * scale;
-      let column = row % head_dim;
-      if (keep_pre_k == 1u && weight == 1u) { k_pre[(t0 + t) * rows_b + row] = value; }
-      if (weight < 2u && column < 2u * rope_pairs) {
-        // Rows 2i and 2i + 1 of a head are a rotated pair; row0 and rows_per_wg are even, so the
-        // partner's total is this workgroup's sum (r ^ 1, t).
-        let other = partial[(r ^ 1u) * tokens_per_wg + t] * scale;
-        let cs = rope_rotation(step.pos0 + t0 + t, column / 2u, n_chunks);
-        if ((row & 1u) == 0u) {
-          value = value * cs.x - other * cs.y;
-        } else {
-          value = other * cs.y + value * cs.x;
+    for (var r = 0u; r < rows_per_wg; r++) {
+      // @unroll
+      for (var t = 0u; t < tokens_per_wg; t++) {
+        partial[tid * n + r * tokens_per_wg + t] = acc[r * MAX_TOKENS + t];
+      }
+    }
+    if (norm_mode == 2u) {
+      // @unroll
+      for (var t = 0u; t < tokens_per_wg; t++) { partial[tid * n + sums + t] = norm_part[t]; }
+    }
+    reduce(tid, n);
+    if (tid < sums) {
+      let r = tid / tokens_per_wg;
+      let t = tid % tokens_per_wg;
+      if (row0 + r < rows && t < nt) {
+        let row = row0 + r;
+        let scale = select(1.0, norm_scale(partial[sums + t]), norm_mode == 2u);
+        var value = partial[tid] * scale;
+        let column = row % head_dim;
+        if (keep_pre_k == 1u && weight == 1u) { k_pre[(t0 + t) * rows_b + row] = value; }
+        if (weight < 2u && column < 2u * rope_pairs) {
+          // Rows 2i and 2i + 1 of a head are a rotated pair; row0 and rows_per_wg are even, so the
+          // partner's total is this workgroup's sum (r ^ 1, t).
+          let other = partial[(r ^ 1u) * tokens_per_wg + t] * scale;
+          let cs = rope_rotation(step.pos0 + t0 + t, column / 2u, n_chunks);
+          if ((row & 1u) == 0u) {
+            value = value * cs.x - other * cs.y;
+          } else {
+            value = other * cs.y + value * cs.x;
+          }
         }
+        let token = t0 + t;
+        if (weight == 0u) {
+          y_a[token * rows_a + row] = value;
+        } else if (weight == 1u) {
+          y_b[token * rows_b + row] = value;
+        } else {
+          y_c[token * rows_c + row] = value;
+        }
+        // The KV store's pairs: (row r, token t) final at partial[n + r · tokens_per_wg + t], past the sums
+        // still read above.
+        if (kv_append == 1u && weight > 0u) { partial[n + tid] = value; }
       }
-      let token = t0 + t;
-      if (weight == 0u) {
-        y_a[token * rows_a + row] = value;
-      } else if (weight == 1u) {
-        y_b[token * rows_b + row] = value;
-      } else {
-        y_c[token * rows_c + row] = value;
+    }
+    if (kv_append == 1u && weight > 0u) {
+      workgroupBarrier();
+      if (kv_owner) {
+        let lo = partial[n + 2u * kv_pair * tokens_per_wg + kv_token];
+        let hi = partial[n + (2u * kv_pair + 1u) * tokens_per_wg + kv_token];
+        kv_store(kv_at, lo, hi);
       }
-      // The KV store's pairs: (row r, token t) final at partial[n + r · tokens_per_wg + t], past the sums
-      // still read above.
-      if (kv_append == 1u && weight > 0u) { partial[n + tid] = value; }
     }
-  }
-  if (kv_append == 1u && weight > 0u) {
-    workgroupBarrier();
-    if (kv_owner) {
-      let lo = partial[n + 2u * kv_pair * tokens_per_wg + kv_token];
-      let hi = partial[n + (2u * kv_pair + 1u) * tokens_per_wg + kv_token];
-      kv_store(kv_at, lo, hi);
-    }
+    workgroupBarrier(); // the next row group's sums overwrite `partial`
   }
 }

@@ -201,9 +201,10 @@ fn load_step(row_bytes: u32, row0: u32, last_row: u32, u0: u32, units: u32)
 // at acc[r · MAX_TOKENS + t]. Threads take units tid, tid + wg_size, …, units_per_step of them per step:
 // the loads of every row of all those units are issued before any arithmetic on them. With x_int8 = 1 the
 // x values come from the kernel's int8 copy (x_blocks, see the INT8 sections below) instead of x: the
-// kernel's stage_int8 makes it here, after the first step's weight loads were issued, so that their
-// latency overlaps the quantisation (every thread of the workgroup must call this function).
-fn accumulate(row_bytes: u32, row0: u32, last_row: u32, t0: u32, nt: u32, tid: u32)
+// kernel's stage_int8 makes it here when `stage` is true (a workgroup's first row group; later ones reuse
+// it), after the first step's weight loads were issued, so that their latency overlaps the quantisation
+// (every thread of the workgroup must call this function).
+fn accumulate(row_bytes: u32, row0: u32, last_row: u32, t0: u32, nt: u32, tid: u32, stage: bool)
     -> array<f32, MAX_ROWS * MAX_TOKENS> {
   var acc: array<f32, MAX_ROWS * MAX_TOKENS>;
   let x_row = cols / 4u;
@@ -211,7 +212,7 @@ fn accumulate(row_bytes: u32, row0: u32, last_row: u32, t0: u32, nt: u32, tid: u
   var raw: array<Raw, MAX_ROWS * MAX_UNITS_PER_STEP>;
   if (x_int8 == 1u) {
     raw = load_step(row_bytes, row0, last_row, tid, units);
-    stage_int8(t0, nt, tid);
+    if (stage) { stage_int8(t0, nt, tid); }
   }
   for (var u0 = tid; u0 < units; u0 += wg_size * units_per_step) {
     if (x_int8 == 0u || u0 != tid) { raw = load_step(row_bytes, row0, last_row, u0, units); }

@@ -50,6 +50,7 @@ import {
   int8InputBytes,
   int8InputFits,
   int8MatvecBlocker,
+  launchedGroups,
   reduceLanes,
   subblockDefines,
 } from "./matvec_units.ts";
@@ -72,6 +73,12 @@ export interface FusedMatvecTuning {
    * where every weight's type allows it and the workgroup memory holds it; f32 otherwise (the default).
    */
   int8?: boolean;
+  /**
+   * Most workgroups launched per token group (default: one per row group). Fewer workgroups each take
+   * several row groups in turn (w, w + W, …): with int8 input they quantise x once for all of them, and the
+   * dispatch has no partial last wave.
+   */
+  maxWorkgroups?: number;
 }
 
 /**
@@ -252,7 +259,12 @@ export function createGateUpSwiGlu(gpu: Gpu, options: GateUpSwiGluOptions): GpuO
     [7, step.buffer],
     [13, norm.sums],
   ]);
-  const grid = grid2d(gpu, label, ceilDiv(gate.rows, shape.rowsPerWorkgroup), shape.tokenGroups);
+  const groups = launchedGroups(
+    label,
+    ceilDiv(gate.rows, shape.rowsPerWorkgroup),
+    options.tuning?.maxWorkgroups,
+  );
+  const grid = grid2d(gpu, label, groups, shape.tokenGroups);
   return new FusedOp(label, kernel, group, grid);
 }
 
@@ -421,7 +433,11 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
     ...kvStore.entries,
   ]);
   const per = shape.rowsPerWorkgroup;
-  const groups = ceilDiv(wq.rows, per) + ceilDiv(wk.rows, per) + ceilDiv(wv.rows, per);
+  const groups = launchedGroups(
+    label,
+    ceilDiv(wq.rows, per) + ceilDiv(wk.rows, per) + ceilDiv(wv.rows, per),
+    options.tuning?.maxWorkgroups,
+  );
   return new FusedOp(label, kernel, group, grid2d(gpu, label, groups, shape.tokenGroups));
 }
 

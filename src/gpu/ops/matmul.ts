@@ -18,6 +18,7 @@ import {
   checkMatvecWeights,
   checkUnitsPerStep,
   int8InputFits,
+  launchedGroups,
   reduceLanes,
   subblockDefines,
 } from "./matvec_units.ts";
@@ -75,6 +76,12 @@ export interface MatvecTuning {
    * holds it; f32 otherwise (the default).
    */
   int8?: boolean;
+  /**
+   * Most workgroups launched per token group (default: one per row group). Fewer workgroups each take
+   * several row groups in turn (w, w + W, …): with int8 input they quantise x once for all of them, and the
+   * dispatch has no partial last wave.
+   */
+  maxWorkgroups?: number;
 }
 
 /**
@@ -207,7 +214,7 @@ export function createMatvec(gpu: Gpu, options: MatvecOptions): MatvecOp {
   const tokenGroups = ceilDiv(maxTokens, tokensPerWorkgroup);
   checkWorkgroups(gpu, op, tokenGroups);
   const workgroups = (rows: number): [number, number, number] => {
-    const groups = ceilDiv(rows, rowsPerWorkgroup);
+    const groups = launchedGroups(op, ceilDiv(rows, rowsPerWorkgroup), t.maxWorkgroups);
     const gx = Math.min(groups, maxPerDim);
     return [gx, ceilDiv(groups, gx), tokenGroups];
   };

@@ -165,7 +165,20 @@ export const MATVEC_TUNING_KEYS: readonly string[] = [
   "tokensPerWorkgroup",
   "unitsPerStep",
   "int8",
+  "maxWorkgroups",
 ];
+
+/**
+ * Checks a tuning's `maxWorkgroups` (workgroups launched per token group, each taking every such-th row
+ * group: an integer ≥ 1) and returns the workgroups to launch for `groups` row groups.
+ */
+export function launchedGroups(op: string, groups: number, maxWorkgroups: number | undefined): number {
+  if (maxWorkgroups === undefined) return groups;
+  if (!Number.isInteger(maxWorkgroups) || maxWorkgroups < 1) {
+    throw new BadFlagError(`${op}: maxWorkgroups must be an integer ≥ 1, got ${maxWorkgroups}`);
+  }
+  return Math.min(groups, maxWorkgroups);
+}
 
 /** Rejects a decode tuning naming a field other than {@link MATVEC_TUNING_KEYS}: a {@link BadFlagError} naming `op`. */
 export function checkMatvecTuningKeys(op: string, tuning: object): void {
