@@ -115,3 +115,42 @@ Deno.test("gpu model: int8 decode products stay near the CPU reference, token af
     }
   });
 });
+
+Deno.test("gpu model: decode products capped to a few workgroups give the logits of one workgroup per row group", async (t) => {
+  const gpu = await getGpu();
+  await forTinyQuantisedModels(t, async (type, file, hp) => {
+    // Every role with int8 input; the capped model's workgroups take several row groups each (folded
+    // norms' partial sums, RoPE and the KV store included).
+    const roles = ["attn_qkv", "attn_output", "ffn_gate_up", "ffn_down", "output"] as const;
+    const load = (maxWorkgroups?: number) =>
+      GpuModel.load(gpu, file, hp, {
+        contextLength: 64,
+        maxBatch: 8,
+        int8Prefill: false,
+        int8Decode: true,
+        matvecTuning: Object.fromEntries(roles.map((role) => [role, { int8: true, maxWorkgroups }])),
+      });
+    const wide = await load(), capped = await load(3);
+    try {
+      const prompt = Array.from({ length: 9 }, () => Math.floor(Math.random() * hp.nVocab));
+      await wide.forward(prompt, 0, "logits");
+      await capped.forward(prompt, 0, "logits");
+      for (let i = 0; i < 4; i++) {
+        const token = Math.floor(Math.random() * hp.nVocab);
+        const pos = prompt.length + i;
+        const want = await wide.forward([token], pos, "logits");
+        const got = await capped.forward([token], pos, "logits");
+        // The same sums in the same order: equal to the bit.
+        ok(got.every((v, j) => Object.is(v, want[j])), `${type} step ${i}: capped logits differ`);
+      }
+      const first = Math.floor(Math.random() * hp.nVocab);
+      const at = prompt.length + 4;
+      const chainWide = await wide.decodeGreedy(first, at, 5);
+      const chainCapped = await capped.decodeGreedy(first, at, 5);
+      ok(chainWide.join() === chainCapped.join(), `${type}: greedy ${chainCapped} against ${chainWide}`);
+    } finally {
+      wide.destroy();
+      capped.destroy();
+    }
+  });
+});

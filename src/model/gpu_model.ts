@@ -184,7 +184,8 @@ export interface GpuModelOptions {
    * input per 16 values in workgroup memory (`MatvecTuning.int8`); other types and longer rows keep the f32 kernels.
    * Changes the decode's results by the activations' rounding, as llama.cpp's quantised matrix-vector
    * products do. Default true on a GPU, false on a software adapter (lavapipe). A role's
-   * `matvecTuning.int8` overrides it.
+   * `matvecTuning.int8` overrides it. Such products launch at most {@link INT8_DECODE_MAX_WORKGROUPS}
+   * workgroups by default, each quantising its input once for several row groups.
    */
   int8Decode?: boolean;
   /**
@@ -220,6 +221,16 @@ export interface GpuModelOptions {
  * 218.4 tok/s, h100-8b-int8-overlap.json against h100-8b-table.json).
  */
 export const INT8_DECODE_MAX_COLS = 2048;
+
+/**
+ * Most workgroups a decode product with int8 input launches by default (`MatvecTuning.maxWorkgroups`): a
+ * workgroup then takes several row groups in turn and quantises its input once for all of them. On an H100
+ * this ran the 1B Q4_K_M decode at 779.5 against 760.6 tok/s (depth 0), 662.5 against 645.3 (4096) and
+ * 534.9 against 523.3 (32768) in one call, the output projection's 32064 row groups gaining most; capping
+ * the f32 products too ran the 8B slower (189.9 against 222.6 tok/s), and int8 input everywhere with a cap
+ * of 2112 as well (206.4 against 225.0); bench/results/h100-matvec-max-workgroups.json.
+ */
+export const INT8_DECODE_MAX_WORKGROUPS = 1056;
 
 /** The decode matrix-vector products of a layer (and the output projection) that take a tuning. */
 export type MatvecRole = "attn_qkv" | "attn_output" | "ffn_gate_up" | "ffn_down" | "output";
@@ -603,6 +614,7 @@ export class GpuModel {
         qkvKvAppendBlocker(gpu.limits, fullKv, w.wk, w.wv) === undefined;
       const tuning = (role: MatvecRole, cols: number): MatvecTuning => ({
         int8: int8DecodeFor(cols),
+        ...(int8DecodeFor(cols) ? { maxWorkgroups: INT8_DECODE_MAX_WORKGROUPS } : {}),
         ...options.matvecTuning?.[role],
       });
       // Int8 prefill (options.int8Prefill): whether all of `weights` have an integer view, and the op that
