@@ -40,8 +40,8 @@
 //
 // Int8 input (x_int8 = 1, for weight types with INT8 unit sections): every workgroup first quantises its
 // tokens' x rows per 16 values into workgroup memory (stage_int8, for its first row group), then the units
-// take their products four at a time with dot4I8Packed (wgsl/matvec_units.wgsl). Each workgroup quantises
-// the whole row again, after issuing its first step's weight loads (see accumulate): on an H100, with the
+// take their products four at a time with dot4I8Packed (wgsl/matvec_units.wgsl). Every workgroup quantises
+// the whole row itself, after issuing its first step's weight loads (see accumulate): on an H100, with the
 // quantisation before those loads and a workgroup per row group, that paid for rows of 2048 values and cost
 // more than the integer products save for rows of 4096 and more (INT8_DECODE_MAX_COLS in
 // src/model/gpu_model.ts).
@@ -284,7 +284,7 @@ fn main(
         norm_sums[(t0 + tid) * norm_partials + g] = sum;
       }
     }
-    workgroupBarrier(); // the next row group's sums overwrite `partial`
+    if (g + launched < row_groups) { workgroupBarrier(); } // the next group's sums overwrite `partial`
   }
 }
 
@@ -310,8 +310,8 @@ fn swiglu(
     // first step's weight loads are issued before the int8 quantisation of x (first row group only).
     var acc_gate: array<f32, MAX_ROWS * MAX_TOKENS>;
     var acc_up: array<f32, MAX_ROWS * MAX_TOKENS>;
-    // Zeroed by assignment: a declaration's zero value inside a loop was not renewed per iteration here
-    // (naga and lavapipe: the second row group started from the first one's sums).
+    // Zeroed by assignment: declared without a value inside the loop, they were not zeroed again per
+    // iteration on lavapipe (the second row group started from the first one's sums).
     acc_gate = array<f32, MAX_ROWS * MAX_TOKENS>();
     acc_up = array<f32, MAX_ROWS * MAX_TOKENS>();
     var raw_gate: array<Raw_a, MAX_ROWS * MAX_UNITS_PER_STEP>; // [step unit k][row r]
@@ -377,7 +377,7 @@ fn swiglu(
         y_a[(t0 + t) * rows_a + row0 + r] = silu(partial[2u * tid] * scale) * (partial[2u * tid + 1u] * scale);
       }
     }
-    workgroupBarrier(); // the next row group's sums overwrite `partial`
+    if (g + launched < row_groups) { workgroupBarrier(); } // the next group's sums overwrite `partial`
   }
 }
 
@@ -397,12 +397,13 @@ fn qkv(
   let groups_a = (rows_a + rows_per_wg - 1u) / rows_per_wg;
   let groups_b = (rows_b + rows_per_wg - 1u) / rows_per_wg;
   let groups_c = (rows_c + rows_per_wg - 1u) / rows_per_wg;
+  let row_groups = groups_a + groups_b + groups_c;
   let launched = groups.x * groups.y;
   var norm_part: array<f32, MAX_TOKENS>; // a folded norm's Σ y² per token
-  for (var g = wid.x + wid.y * groups.x; g < groups_a + groups_b + groups_c; g += launched) {
+  for (var g = wid.x + wid.y * groups.x; g < row_groups; g += launched) {
     let first = g < launched;
-    // Which weight this row group belongs to, and its first row (assigned on every path: a declaration's
-    // value inside a loop is not renewed per iteration by every compiler, see `swiglu`).
+    // Which weight this row group belongs to, and its first row (declared without a value and assigned on
+    // every path, see `swiglu`).
     var weight: u32;
     var row0: u32;
     var rows: u32;
@@ -427,8 +428,7 @@ fn qkv(
     let kv_token = tid % tokens_per_wg;
     let kv_owner = kv_append == 1u && weight > 0u && tid < (rows_per_wg / 2u) * tokens_per_wg &&
       row0 + 2u * kv_pair < rows && kv_token < nt;
-    var kv_at: vec2u;
-    kv_at = vec2u(0u);
+    var kv_at = vec2u(0u);
     if (kv_owner) { kv_at = kv_locate(weight, t0 + kv_token, row0 + 2u * kv_pair); }
 
     var acc: array<f32, MAX_ROWS * MAX_TOKENS>;
@@ -499,6 +499,6 @@ fn qkv(
         kv_store(kv_at, lo, hi);
       }
     }
-    workgroupBarrier(); // the next row group's sums overwrite `partial`
+    if (g + launched < row_groups) { workgroupBarrier(); } // the next group's sums overwrite `partial`
   }
 }

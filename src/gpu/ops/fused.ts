@@ -73,11 +73,7 @@ export interface FusedMatvecTuning {
    * where every weight's type allows it and the workgroup memory holds it; f32 otherwise (the default).
    */
   int8?: boolean;
-  /**
-   * Most workgroups launched per token group (default: one per row group). Fewer workgroups each take
-   * several row groups in turn (w, w + W, …): with int8 input they quantise x once for all of them, and the
-   * dispatch has no partial last wave.
-   */
+  /** Most workgroups launched per token group, as `MatvecTuning.maxWorkgroups` (default: one per row group). */
   maxWorkgroups?: number;
 }
 
