@@ -13,7 +13,7 @@ import { createMatvec, type MatvecTuning } from "../src/gpu/ops/matmul.ts";
 import { INT8_UNIT_SECTIONS, int8InputReference, int8MatvecBlocker } from "../src/gpu/ops/matvec_units.ts";
 import { StepParams } from "../src/gpu/ops/op.ts";
 import { compareLinear, products, randomWeight as randomQuantWeight } from "./gpu_quant_data.ts";
-import { nanBuffer as nans, randomF32, runOps, untouchedPast } from "./gpu_ops_helpers.ts";
+import { nanBuffer as nans, randomF32, randomInt8Input, runOps, untouchedPast } from "./gpu_ops_helpers.ts";
 import { checkQkvRope } from "./gpu_qkv_rope_check.ts";
 
 const TOL = 2e-5;
@@ -50,7 +50,7 @@ Deno.test("gpu matvec int8: every type with int8 units matches the reference wit
       equal(weight.parts.length, c.parts ?? 1);
       equal(int8MatvecBlocker([weight]), undefined);
       const maxTokens = c.m + 2;
-      const x = randomF32(maxTokens * c.cols);
+      const x = randomInt8Input(maxTokens * c.cols);
       const xq = int8InputReference(x, c.cols);
       const xBuf = gpu.buffer("x", x.byteLength, x);
       const step = new StepParams(gpu, maxTokens);
@@ -78,7 +78,7 @@ Deno.test("gpu matvec int8: types without int8 units keep the f32 products", asy
   const gpu = await getGpu();
   const { weight, w } = randomWeight(gpu, "Q3_K", 5, 256);
   ok(/w\.Q3_K is Q3_K, which has no int8 units/.test(int8MatvecBlocker([weight]) ?? ""));
-  const x = randomF32(256);
+  const x = randomInt8Input(256);
   const xBuf = gpu.buffer("x", x.byteLength, x);
   const step = new StepParams(gpu, 1);
   const y = nans(gpu, "y", 5);
@@ -103,7 +103,7 @@ Deno.test("gpu matvec int8: a folded norm's producer adds int8 products onto the
   const gpu = await getGpu();
   const [rows, cols, m] = [37, 512, 3];
   const { weight, w } = randomWeight(gpu, "Q4_K", rows, cols);
-  const x = randomF32(m * cols);
+  const x = randomInt8Input(m * cols);
   const residual = randomF32(m * rows);
   const gamma = randomF32(rows);
   const xBuf = gpu.buffer("x", x.byteLength, x);
@@ -142,7 +142,7 @@ Deno.test("gpu matvec int8: fused gate/up + SwiGLU and QKV + RoPE with mixed typ
     const gate = randomWeight(gpu, type, rows, cols);
     const up = randomWeight(gpu, type, rows, cols);
     const maxTokens = m + 1;
-    const x = randomF32(maxTokens * cols);
+    const x = randomInt8Input(maxTokens * cols);
     const xq = int8InputReference(x, cols);
     const xBuf = gpu.buffer("x", x.byteLength, x);
     const step = new StepParams(gpu, maxTokens);

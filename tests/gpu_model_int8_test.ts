@@ -38,7 +38,7 @@ Deno.test("gpu model: int8 prefill stays near the CPU reference, and decode goes
   const gpu = await getGpu();
   await forTinyQuantisedModels(t, async (type, file, hp, cpu) => {
     const load = (int8Prefill: boolean) =>
-      GpuModel.load(gpu, file, hp, { contextLength: 64, maxBatch: 8, int8Prefill });
+      GpuModel.load(gpu, file, hp, { contextLength: 64, maxBatch: 8, int8Prefill, int8Decode: false });
     const exact = await load(false), int8 = await load(true);
     try {
       const prompt = Array.from({ length: 19 }, () => Math.floor(Math.random() * hp.nVocab));
@@ -64,6 +64,7 @@ Deno.test("gpu model: int8 prefill stays near the CPU reference, and decode goes
           contextLength: 64,
           maxBatch: 8,
           int8Prefill,
+          int8Decode: false,
           policy: { kind: "window", window: 8 },
         });
       const [w32, w8] = [await windowed(false), await windowed(true)];

@@ -12,6 +12,25 @@ export function randomF32(n: number, scale = 1): Float32Array {
   return a;
 }
 
+/**
+ * {@link randomF32} for products that quantise x to int8 per 16 values (`int8InputReference`): values whose
+ * scaled form lies within 0.01 of a rounding tie are moved off it, so that a GPU whose division is a few
+ * ulps off (as Vulkan allows) rounds every value as the reference does. `n` is a multiple of 16.
+ */
+export function randomInt8Input(n: number, scale = 1): Float32Array {
+  const a = randomF32(n, scale);
+  for (let b = 0; b + 16 <= n; b += 16) {
+    let amax = 0;
+    for (let i = 0; i < 16; i++) amax = Math.max(amax, Math.abs(a[b + i]));
+    const inv = 127 / amax;
+    for (let i = 0; i < 16; i++) {
+      const v = Math.abs(a[b + i]) * inv;
+      if (Math.abs((v % 1) - 0.5) < 0.01) a[b + i] = Math.sign(a[b + i]) * (Math.trunc(v) + 0.25) / inv;
+    }
+  }
+  return a;
+}
+
 /** A storage buffer of `n` f32 NaNs, so that an element the kernel never wrote shows up. */
 export function nanBuffer(gpu: Gpu, label: string, n: number): GPUBuffer {
   return gpu.buffer(label, n * 4, new Float32Array(n).fill(NaN));

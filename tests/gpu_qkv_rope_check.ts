@@ -13,7 +13,14 @@ import { int8InputReference } from "../src/gpu/ops/matvec_units.ts";
 import { StepParams } from "../src/gpu/ops/op.ts";
 import { ropeInverseFrequencies } from "../src/model/ops.ts";
 import { qkvReference, randomWeight } from "./gpu_quant_data.ts";
-import { nanBuffer, qkvFields, randomF32, runOps, untouchedPast } from "./gpu_ops_helpers.ts";
+import {
+  nanBuffer,
+  qkvFields,
+  randomF32,
+  randomInt8Input,
+  runOps,
+  untouchedPast,
+} from "./gpu_ops_helpers.ts";
 
 /** One case: the types of Q, K and V, row length, head shape, tokens of the step and the first position. */
 export interface QkvRopeCase {
@@ -44,7 +51,7 @@ export async function checkQkvRope(
     randomWeight(gpu, `w.${c.types[n]}`, c.types[n], rows, c.cols)
   );
   const maxTokens = c.m + 1;
-  const x = randomF32(maxTokens * c.cols);
+  const x = tuning.int8 ? randomInt8Input(maxTokens * c.cols) : randomF32(maxTokens * c.cols);
   const xBuf = gpu.buffer("x", x.byteLength, x);
   const step = new StepParams(gpu, maxTokens);
   const invFreq = ropeInverseFrequencies(c.ropeDim, 10000);
