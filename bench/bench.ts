@@ -34,9 +34,6 @@
  *                                          dot products of quantised weights: "prefill-f32" rows)
  *                        [--matvec-tuning '{"ffn_down": {"rowsPerWorkgroup": 4}}']  (decode matvec tunings by
  *                                               role, GpuModelOptions.matvecTuning: "decode-tuned" rows)
- *                        [--prefetch '{"bytes": 25165824}']  (decode attention prefetches the layer's next
- *                                               weights, GpuModelOptions.decodePrefetch: "decode-prefetchMiB"
- *                                               rows, e.g. "decode-prefetch24"; bytes 0: "decode-prefetch0")
  *        deno task bench --kv full,random,wgkv [--kv-prompts 8192,32768] [--window 256] [--admit 0.2]
  *                        [--threshold 0.5]   (KV policy rows: prefill, decode at that depth, KV memory;
  *                                             with --profile, per-kernel prefill and decode profiles)
@@ -142,7 +139,6 @@ const { values } = benchFlags(import.meta.url, () =>
       "direct-keys": { type: "string" },
       "max-batch": { type: "string" },
       "matvec-tuning": { type: "string" },
-      prefetch: { type: "string" },
       "f32-prefill": { type: "boolean" },
       "f32-decode": { type: "boolean" },
       kv: { type: "string" },
@@ -198,21 +194,6 @@ try {
 } catch (e) {
   flagError(`--matvec-tuning is not JSON: ${(e as Error).message}`);
 }
-// --prefetch JSON: what decode attention prefetches (rows named "decode-prefetchM", M the MiB per layer).
-let decodePrefetch: GpuModelOptions["decodePrefetch"];
-try {
-  decodePrefetch = values.prefetch === undefined ? undefined : JSON.parse(values.prefetch);
-} catch (e) {
-  flagError(`--prefetch is not JSON: ${(e as Error).message}`);
-}
-if (decodePrefetch && !(Number.isFinite(decodePrefetch.bytes) && decodePrefetch.bytes >= 0)) {
-  flagError(`--prefetch needs "bytes", a non-negative number, got ${values.prefetch}`);
-}
-const prefetchSuffix = decodePrefetch
-  ? `-prefetch${+(decodePrefetch.bytes / 2 ** 20).toFixed(1)}` +
-    (decodePrefetch.workgroups ? `w${decodePrefetch.workgroups}` : "") +
-    (decodePrefetch.maxPosition !== undefined ? `p${decodePrefetch.maxPosition}` : "")
-  : "";
 // --direct-keys N: decode attention as one dispatch up to N keys (rows named "decode-directN").
 const directKeys = values["direct-keys"] === undefined ? undefined : Number(values["direct-keys"]);
 if (directKeys !== undefined && (!Number.isInteger(directKeys) || directKeys < 0)) {
@@ -227,7 +208,7 @@ const fusedDecodeReduce = !values["no-fuse-decode-reduce"];
 const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? "" : "-unfused-append") +
   wgkvAppendSuffix + (chainWriteGates ? "" : "-unchained-gates") +
   (fusedDecodeReduce ? "" : "-unfused-reduce") +
-  (matvecTuning ? "-tuned" : "") + prefetchSuffix +
+  (matvecTuning ? "-tuned" : "") +
   (directKeys !== undefined ? `-direct${directKeys}` : "") + (values["f32-decode"] === true ? "-f32" : "");
 // --prefill-splits N: prefill attention with N key splits per KV head (rows named "prefill-splitsN").
 // (without it, the model's default for the policy).
@@ -382,7 +363,6 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
       int8Decode,
       decodeDirectKeys: directKeys,
       fusedDecodeReduce,
-      decodePrefetch,
       onProgress: (m) => console.error(m),
     });
     if (matvecTuning) results.matvecTuning = matvecTuning;
@@ -545,7 +525,6 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
           matvecTuning,
           decodeDirectKeys: directKeys,
           fusedDecodeReduce,
-          decodePrefetch,
           policy,
           globalFraction: name === "wgkv" ? kvGlobal : undefined,
           onProgress: (m) => console.error(m),

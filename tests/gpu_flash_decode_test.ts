@@ -26,8 +26,6 @@ interface Case {
   direct?: boolean;
   /** The split path's merge: in the partial pass (default) or a reduce pass (false). */
   fusedReduce?: boolean;
-  /** Prefetch random buffers of these byte sizes with this many workgroups (and this maxPosition). */
-  prefetch?: { sizes: number[]; workgroups: number; maxPosition?: number };
 }
 
 /**
@@ -86,12 +84,6 @@ async function checkDecode(c: Case): Promise<void> {
     }
     kv.flush();
 
-    const prefetchBufs = (c.prefetch?.sizes ?? []).map((bytes, i) => {
-      const b = gpu.buffer(`prefetch ${i}`, bytes);
-      gpu.device.queue.writeBuffer(b, 0, random(bytes / 4));
-      return b;
-    });
-    const stepped = c.direct || c.prefetch?.maxPosition !== undefined;
     gpu.device.pushErrorScope("validation");
     const decode = createFlashDecode(gpu, {
       label: "decode",
@@ -105,16 +97,7 @@ async function checkDecode(c: Case): Promise<void> {
       rotateTiles: c.rotateTiles,
       fusedReduce: c.fusedReduce,
       arrivals,
-      ...(stepped ? { step, directKeys: c.direct ? tokens : 0 } : {}),
-      ...(c.prefetch
-        ? {
-          prefetch: {
-            ranges: prefetchBufs,
-            workgroups: c.prefetch.workgroups,
-            maxPosition: c.prefetch.maxPosition,
-          },
-        }
-        : {}),
+      ...(c.direct ? { step, directKeys: tokens } : {}),
     });
     step.set(1, tokens - 1);
     encoder = gpu.device.createCommandEncoder();
@@ -153,7 +136,7 @@ async function checkDecode(c: Case): Promise<void> {
         `${JSON.stringify(c)}: out[${i}] = ${got[i]}, want ${want[i]}`,
       );
     }
-    for (const b of [kBuf, vBuf, qBuf, outBuf, arrivals, nanBuf, ...prefetchBufs]) b.destroy();
+    for (const b of [kBuf, vBuf, qBuf, outBuf, arrivals, nanBuf]) b.destroy();
   } finally {
     kv.destroy();
   }
@@ -234,58 +217,6 @@ Deno.test("flash decode: direct mode (one dispatch, one workgroup per KV head an
     { headDim: 128, kvHeads: 2, group: 4, tokens: 257, cuts: [257, 200], splits: 3 },
   ];
   for (const c of cases) await checkDecode({ ...c, direct: true });
-});
-
-Deno.test("flash decode: prefetch workgroups leave the outputs and the counters as they were", async () => {
-  const ranges = [16 * 1000, 16 * 37, 16 * 5000];
-  const cases: Case[] = [
-    { headDim: 32, kvHeads: 4, group: 2, tokens: 900, cuts: [900, 0, 1, 333], splits: 5 },
-    { headDim: 64, kvHeads: 2, group: 4, tokens: 300, splits: 8, fusedReduce: false },
-    { headDim: 128, kvHeads: 2, group: 4, tokens: 257, cuts: [257, 200], splits: 3, direct: true },
-  ];
-  for (const c of cases) {
-    await checkDecode({ ...c, prefetch: { sizes: ranges, workgroups: 7 } });
-    await checkDecode({ ...c, prefetch: { sizes: [16 * 4, 16 * 3, 16, 16 * 999], workgroups: 1 } });
-  }
-  // Skipped from position 0 on (every step).
-  await checkDecode({ ...cases[0], prefetch: { sizes: ranges, workgroups: 3, maxPosition: 0 } });
-});
-
-Deno.test("flash decode: prefetch ranges, workgroups and maxPosition are checked", async () => {
-  const gpu = await getGpu();
-  const kv = await KvCache.create(gpu, {
-    layers: 1,
-    kvHeads: 1,
-    headDim: 64,
-    maxTokensPerHead: 16,
-    pages: 2,
-  });
-  const buf = gpu.buffer("w", 64);
-  const common = {
-    label: "decode",
-    kv,
-    layer: 0,
-    qHeads: 1,
-    q: gpu.buffer("q", 256),
-    out: gpu.buffer("o", 256),
-  };
-  throws(
-    () => createFlashDecode(gpu, { ...common, prefetch: { ranges: [buf, buf, buf, buf, buf] } }),
-    BadFlagError,
-  );
-  throws(
-    () => createFlashDecode(gpu, { ...common, prefetch: { ranges: [buf], workgroups: 0 } }),
-    BadFlagError,
-  );
-  throws(
-    () => createFlashDecode(gpu, { ...common, prefetch: { ranges: [{ buffer: buf, size: 40 }] } }),
-    BadFlagError,
-  );
-  throws(
-    () => createFlashDecode(gpu, { ...common, prefetch: { ranges: [buf], maxPosition: 8 } }),
-    BadFlagError,
-  );
-  kv.destroy();
 });
 
 Deno.test("flash decode: tileSteps must be an integer from 1 to 8", async () => {

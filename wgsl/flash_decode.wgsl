@@ -18,9 +18,6 @@
 // binding 19: arrivals, atomic<u32>[kv_heads][head batches] (read-write, by `main`): workgroups of the
 //             (KV head, head batch) that have written their partials in this dispatch (fused_reduce = 1);
 //             zero between dispatches (the last arrival resets it), so one buffer serves every layer
-// bindings 20…23: prefetch_0 … prefetch_3, array<vec4u> (read, `main` only): byte ranges, usually the next
-//             products' weights, that workgroups past the attention's grid read and discard (see
-//             prefetch()); placeholders of prefetch_words_i = 0 words when unused
 //
 // WG-KV mode (wgkv_window > 0): the row is a dual cache, ring slots [0, ring_tokens) then global tokens; a
 // ring key at position p is seen iff p <= q and (q - p < wgkv_window or it was admitted), every global key
@@ -56,10 +53,6 @@
 // a "last block" reduction; a head without keys gets zeros from workgroup `slot = head`. (WGSL promises
 // storageBarrier() only within a workgroup; wgpu's shader translator lowers it with device scope on
 // every backend: SPIR-V memory scope Device, Metal mem_device, HLSL DeviceMemoryBarrierWithGroupSync.)
-// Prefetch (prefetch_groups > 0): `main` runs prefetch_groups more workgroups in the grid's first row, past
-// its slots. They read the prefetch ranges once and drop the values, while the attention's few workgroups
-// wait on their loads and leave the memory bus idle: the ranges then sit in the GPU's L2 cache when the
-// products that follow read them. Nothing the attention computes depends on them.
 // Measured on an H100 (8B model, 32K keys, 8 KV heads): 83 µs per layer, about 1.6 TB/s of K/V. The layout
 // alone gained 7% (221 µs; one thread per whole K and V row before: 239 µs); writing the results with
 // constant head-lane indices (below) gained the rest: one dynamic index into `sums` had moved the sums to
@@ -81,14 +74,6 @@ override tile_steps: u32 = 4u; // steps per tile: keys per tile = tile_steps * k
 override rotate_tiles: u32 = 1u; // 1: slot s starts at tile (5 s) mod its tiles; 0: at its first tile
 override direct: u32 = 0u; // 1: `main` writes `out` (one slot per KV head), 0: it writes `partials`
 override fused_reduce: u32 = 0u; // 1 (split path): the last workgroup of a KV head merges its splits
-// Prefetch: extra workgroups, the 16-byte words of each range, and the query position from which on it
-// is skipped (a long row's K/V stream would evict the prefetched lines before they are used).
-override prefetch_groups: u32 = 0u;
-override prefetch_words_0: u32 = 0u;
-override prefetch_words_1: u32 = 0u;
-override prefetch_words_2: u32 = 0u;
-override prefetch_words_3: u32 = 0u;
-override prefetch_max_pos: u32 = 0xffffffffu;
 
 const PAGE_TOKENS: u32 = 16u;
 const HEADS_PER_BATCH: u32 = 4u;
@@ -113,10 +98,6 @@ struct LayerParams { layer: u32, pad0: u32, pad1: u32, pad2: u32 }
 @group(0) @binding(7) var<storage, read> lengths: array<u32>;
 @group(0) @binding(16) var<storage, read> slot_info: array<u32>;
 @group(0) @binding(19) var<storage, read_write> arrivals: array<atomic<u32>>;
-@group(0) @binding(20) var<storage, read> prefetch_0: array<vec4u>;
-@group(0) @binding(21) var<storage, read> prefetch_1: array<vec4u>;
-@group(0) @binding(22) var<storage, read> prefetch_2: array<vec4u>;
-@group(0) @binding(23) var<storage, read> prefetch_3: array<vec4u>;
 
 {{POOL}}
 
@@ -194,48 +175,8 @@ fn scaled_query(first_head: u32, c: u32, batch_heads: u32, d: u32) -> f32 {
   return select(0.0, q[(first_head + min(c, batch_heads - 1u)) * head_dim + d] * scale, c < batch_heads);
 }
 
-// Word w of the prefetch ranges laid end to end.
-fn prefetch_word(w: u32) -> vec4u {
-  if (w < prefetch_words_0) { return prefetch_0[w]; }
-  let w1 = w - prefetch_words_0;
-  if (w1 < prefetch_words_1) { return prefetch_1[w1]; }
-  let w2 = w1 - prefetch_words_1;
-  if (w2 < prefetch_words_2) { return prefetch_2[w2]; }
-  return prefetch_3[min(w2 - prefetch_words_2, prefetch_words_3 - 1u)];
-}
-
-// Loads PREFETCH_UNROLL words per thread and round.
-const PREFETCH_UNROLL: u32 = 8u;
-
-// Prefetch workgroup `index`: reads its share (one contiguous run) of the ranges' words and drops them. The
-// values are folded into one word that is stored only under a condition the compiler cannot rule out and
-// that never holds (layer_params.pad1 is always 0), so the loads are kept.
-fn prefetch(index: u32, tid: u32) {
-  if (step.pos0 >= prefetch_max_pos) { return; }
-  let total = prefetch_words_0 + prefetch_words_1 + prefetch_words_2 + prefetch_words_3;
-  let per = (total + prefetch_groups - 1u) / prefetch_groups;
-  let first = index * per;
-  let end = min(first + per, total);
-  var fold = vec4u(0u);
-  for (var w0 = first + tid; w0 < end; w0 += PREFETCH_UNROLL * THREADS) {
-    var words: array<vec4u, PREFETCH_UNROLL>;
-    // @unroll
-    for (var k = 0u; k < PREFETCH_UNROLL; k++) {
-      let w = w0 + k * THREADS;
-      words[k] = select(vec4u(0u), prefetch_word(min(w, total - 1u)), w < end);
-    }
-    // @unroll
-    for (var k = 0u; k < PREFETCH_UNROLL; k++) { fold ^= words[k]; }
-  }
-  if (layer_params.pad1 == 0x9e3779b9u && fold.x == layer_params.pad2) { partials[0] = f32(fold.y); }
-}
-
 @compute @workgroup_size(THREADS)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
-  if (wg.x >= SLOTS) {
-    if (wg.y == 0u) { prefetch(wg.x - SLOTS, tid); }
-    return;
-  }
   let group = q_heads / kv_heads;
   let slot = wg.x;
   let batch = wg.y;

@@ -60,7 +60,6 @@ import {
   createFlashPrefill,
   decodeArrivalsBytes,
   decodePartialsBytes,
-  type DecodePrefetch,
   prefillPartialsBytes,
   type PrefillTileShape,
 } from "../gpu/ops/attention.ts";
@@ -209,55 +208,6 @@ export interface GpuModelOptions {
    * head, `FlashDecodeOptions.fusedReduce`) instead of a reduce dispatch per layer. Default true.
    */
   fusedDecodeReduce?: boolean;
-  /**
-   * Decode: while a layer's attention runs, extra workgroups of its dispatch read the first `bytes` of
-   * the layer's next weights (attn_output, then equal shares of ffn_gate and ffn_up, then ffn_down) into
-   * the GPU's L2 cache (`FlashDecodeOptions.prefetch`). Default: none.
-   */
-  decodePrefetch?: DecodePrefetchPlan;
-}
-
-/** What decode attention prefetches ({@link GpuModelOptions.decodePrefetch}). */
-export interface DecodePrefetchPlan {
-  /** Bytes per layer, at most; 0 turns it off. */
-  bytes: number;
-  /** Workgroups that read them (default `DEFAULT_PREFETCH_WORKGROUPS`). */
-  workgroups?: number;
-  /** Steps whose query position is at least this skip it (default: none skip). */
-  maxPosition?: number;
-}
-
-/**
- * The ranges of a decode attention's prefetch: the first bytes of `weights` (the products that follow it:
- * attn_output, ffn_gate, ffn_up, ffn_down) up to `plan.bytes` in all, taken in order except that gate and
- * up get equal shares (their product reads them row by row together); whole 16-byte words of each
- * weight's first part.
- */
-export function decodePrefetch(
-  plan: DecodePrefetchPlan | undefined,
-  weights: readonly GpuWeight[],
-): DecodePrefetch | undefined {
-  if (!plan || plan.bytes <= 0) return undefined;
-  checkInt("decodePrefetch", "bytes", plan.bytes, 0, 2 ** 52);
-  const [wo, gate, up, down] = weights;
-  const first = (w: GpuWeight) => w.parts[0].buffer;
-  const take = (w: GpuWeight, bytes: number) => Math.floor(Math.min(bytes, first(w).size) / 16) * 16;
-  const ranges: { buffer: GPUBuffer; size: number }[] = [];
-  let left = plan.bytes;
-  const add = (w: GpuWeight, bytes: number) => {
-    const size = take(w, bytes);
-    if (size > 0) ranges.push({ buffer: first(w), size });
-    left -= size;
-  };
-  add(wo, left);
-  if (gate && up) {
-    const share = Math.min(take(gate, left / 2), take(up, left / 2));
-    add(gate, share);
-    add(up, share);
-  }
-  if (down) add(down, left);
-  if (ranges.length === 0) return undefined;
-  return { ranges, workgroups: plan.workgroups, maxPosition: plan.maxPosition };
 }
 
 /**
@@ -890,7 +840,6 @@ export class GpuModel {
               directKeys: options.decodeDirectKeys,
               fusedReduce: options.fusedDecodeReduce,
               arrivals: act.arrivals,
-              prefetch: decodePrefetch(options.decodePrefetch, [w.wo, w.wGate, w.wUp, w.wDown]),
             })
             : createFlashPrefill(gpu, {
               label: `${p}attention`,

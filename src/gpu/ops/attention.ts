@@ -25,7 +25,6 @@ import {
   checkSlice,
   checkWorkgroups,
   type GpuOp,
-  sliceBytes,
   type StepParams,
 } from "./op.ts";
 
@@ -230,35 +229,7 @@ export interface FlashDecodeOptions extends AttentionOptions {
    * the decode ops of all layers may share one. Created when absent.
    */
   arrivals?: BufferSlice;
-  /**
-   * Byte ranges to pull into the GPU's L2 cache while the attention runs (see {@link DecodePrefetch}),
-   * usually the weights of the products that follow; none by default.
-   */
-  prefetch?: DecodePrefetch;
 }
-
-/**
- * Ranges that decode attention reads and drops with workgroups of its own, past the attention's grid: the
- * attention's few workgroups mostly wait on their loads, so the memory bus has room, and the ranges are
- * then in the L2 cache when the next dispatches read them. The outputs do not depend on it.
- */
-export interface DecodePrefetch {
-  /** Up to {@link MAX_PREFETCH_RANGES} ranges, each a whole number of 16-byte words; read in this order. */
-  ranges: BufferSlice[];
-  /** Workgroups that read them (default {@link DEFAULT_PREFETCH_WORKGROUPS}). */
-  workgroups?: number;
-  /**
-   * Steps whose query position is at least this skip the prefetch (default: never skipped): a long row's
-   * K/V stream would evict the lines before the products read them. Needs the op's `step`.
-   */
-  maxPosition?: number;
-}
-
-/** Most prefetch ranges of one decode attention op. */
-export const MAX_PREFETCH_RANGES = 4;
-
-/** Prefetch workgroups by default: two per SM of an H100 (132), each with 8 loads of 16 bytes per thread in flight. */
-export const DEFAULT_PREFETCH_WORKGROUPS = 264;
 
 /** Bytes of the arrival counters of a fused-reduce decode op ({@link FlashDecodeOptions.arrivals}). */
 export function decodeArrivalsBytes(kvHeads: number, qHeads: number): number {
@@ -517,49 +488,6 @@ export function prefillPartialsBytes(
 }
 
 /**
- * The prefetch's shader constants, bindings 20 to 23 (ranges, or `placeholder` for the unused ones) and
- * extra workgroups; none without `prefetch`.
- */
-function prefetchParts(
-  gpu: Gpu,
-  label: string,
-  prefetch: DecodePrefetch | undefined,
-  placeholder: BufferSlice,
-  hasStep: boolean,
-): { constants: Record<string, number>; entries: [number, BufferSlice][]; workgroups: number } {
-  const ranges = prefetch?.ranges ?? [];
-  if (ranges.length > MAX_PREFETCH_RANGES) {
-    throw new BadFlagError(`${label}: ${ranges.length} prefetch ranges, at most ${MAX_PREFETCH_RANGES}`);
-  }
-  const workgroups = prefetch ? prefetch.workgroups ?? DEFAULT_PREFETCH_WORKGROUPS : 0;
-  if (prefetch) {
-    checkInt(label, "prefetch.workgroups", workgroups, 1, gpu.limits.maxComputeWorkgroupsPerDimension);
-  }
-  const maxPosition = prefetch?.maxPosition;
-  if (maxPosition !== undefined) {
-    checkInt(label, "prefetch.maxPosition", maxPosition, 0, 2 ** 32 - 1);
-    if (!hasStep) throw new BadFlagError(`${label}: prefetch.maxPosition needs the step parameters`);
-  }
-  const constants: Record<string, number> = {
-    prefetch_groups: workgroups,
-    prefetch_max_pos: maxPosition ?? 2 ** 32 - 1,
-  };
-  const entries: [number, BufferSlice][] = [];
-  for (let i = 0; i < MAX_PREFETCH_RANGES; i++) {
-    const range = ranges[i];
-    const bytes = range ? sliceBytes(range) : 0;
-    if (bytes % 16 !== 0) {
-      throw new BadFlagError(
-        `${label}: prefetch range ${i} holds ${bytes} bytes, not a whole number of 16-byte words`,
-      );
-    }
-    constants[`prefetch_words_${i}`] = bytes / 16;
-    entries.push([20 + i, range ?? placeholder]);
-  }
-  return { constants, entries, workgroups };
-}
-
-/**
  * Builds the decode attention op of one layer: one query token (the last token of each row) attends to
  * every key of its KV head. One dispatch of partials over (splits · KV heads slots × ⌈G / 4⌉ head batches)
  * whose last workgroup per KV head and head batch merges them ({@link FlashDecodeOptions.fusedReduce}; or a
@@ -584,7 +512,7 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   checkInt(label, "tileSteps", tileSteps, 1, 8);
   const headBatches = ceilDiv(group, DECODE_HEADS_PER_BATCH);
   const slots = splits * kv.kvHeads;
-  checkWorkgroups(gpu, label, Math.max(slots + (options.prefetch?.workgroups ?? 0), headBatches));
+  checkWorkgroups(gpu, label, Math.max(slots, headBatches));
   checkSlotPlan(label, splits, kv);
   checkSlice(label, "q", q, qHeads * D * 4);
   checkSlice(label, "out", out, qHeads * D * 4);
@@ -596,7 +524,6 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
     throw new BadFlagError(`${label}: the WG-KV mask needs the step parameters`);
   }
   const mask = maskParts(gpu, label, options.wgkv);
-  const prefetch = prefetchParts(gpu, label, options.prefetch, q, !!options.step);
   const stepBuffer = options.step?.buffer ?? gpu.uniform(`${label} no step`, new Uint32Array(4));
   const constants = {
     ...pagedKvConstants(kv),
@@ -609,7 +536,6 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
     rotate_tiles: options.rotateTiles === false ? 0 : 1,
     ...mask.constants,
   };
-  const mainConstants = { ...constants, ...prefetch.constants };
   const defines = {
     POOL: poolQuadShaderSource(kv.shards.length),
     LOAD_QUADS: poolQuadLoadSource(kv.shards.length),
@@ -617,7 +543,7 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   const fusedReduce = options.fusedReduce ?? true;
   const partialKernel = gpu.kernel(
     "flash_decode",
-    { ...mainConstants, fused_reduce: fusedReduce ? 1 : 0 },
+    { ...constants, fused_reduce: fusedReduce ? 1 : 0 },
     defines,
     "main",
   );
@@ -630,7 +556,7 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   checkInt(label, "directKeys", directKeys, 0);
   if (options.directKeys && !step) throw new BadFlagError(`${label}: directKeys needs the step parameters`);
   const directKernel = directKeys > 0
-    ? gpu.kernel("flash_decode", { ...mainConstants, splits: 1, direct: 1 }, defines, "main")
+    ? gpu.kernel("flash_decode", { ...constants, splits: 1, direct: 1 }, defines, "main")
     : undefined;
   const layerParams = layerUniform(gpu, label, layer);
   // The partial pass and the direct mode bind the same buffers (direct mode leaves `partials` unused).
@@ -646,7 +572,6 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
     ...shardEntries(kv),
     [16, mask.slotInfo],
     [19, arrivals],
-    ...prefetch.entries,
   ];
   const partialGroup = bindNumbered(gpu, partialKernel, mainEntries);
   const directGroup = directKernel && bindNumbered(gpu, directKernel, mainEntries);
@@ -663,12 +588,12 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
       if (directKernel && step && step.pos0 + 1 <= directKeys) {
         pass.setPipeline(directKernel.pipeline);
         pass.setBindGroup(0, directGroup!);
-        pass.dispatchWorkgroups(kv.kvHeads + prefetch.workgroups, headBatches);
+        pass.dispatchWorkgroups(kv.kvHeads, headBatches);
         return;
       }
       pass.setPipeline(partialKernel.pipeline);
       pass.setBindGroup(0, partialGroup);
-      pass.dispatchWorkgroups(slots + prefetch.workgroups, headBatches);
+      pass.dispatchWorkgroups(slots, headBatches);
       if (!reduceKernel) return;
       pass.setPipeline(reduceKernel.pipeline);
       pass.setBindGroup(0, reduceGroup!);
