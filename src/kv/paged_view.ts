@@ -6,7 +6,7 @@
  * @module
  */
 
-import type { Gpu, Kernel } from "../gpu/device.ts";
+import type { Gpu } from "../gpu/device.ts";
 import { PAGE_TOKENS } from "./page_pool.ts";
 
 /** Sizes and GPU buffers of a paged KV cache as kernels see them. */
@@ -103,25 +103,6 @@ export function poolShaderSource(shardCount: number, writable: boolean): string 
 /** A 16-byte uniform `{ layer: u32 }` that fixes which layer of the cache an op works on. */
 export function layerUniform(gpu: Gpu, label: string, layer: number): GPUBuffer {
   return gpu.uniform(`${label} layer`, new Uint32Array([layer, 0, 0, 0]));
-}
-
-/**
- * A bind group for `kernel` from explicit (binding number, buffer) pairs; entries the pipeline does not
- * use (its automatic layout drops them) must be left out by the caller.
- */
-export function bindNumbered(
-  gpu: Gpu,
-  kernel: Kernel,
-  entries: readonly (readonly [number, GPUBuffer | GPUBufferBinding])[],
-): GPUBindGroup {
-  return gpu.device.createBindGroup({
-    label: kernel.key,
-    layout: kernel.pipeline.getBindGroupLayout(0),
-    entries: entries.map(([binding, r]) => ({
-      binding,
-      resource: r instanceof GPUBuffer ? { buffer: r } : r,
-    })),
-  });
 }
 
 /** The (binding, shard) pairs of the pool shards, from {@link POOL_FIRST_BINDING} on. */

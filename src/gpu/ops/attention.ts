@@ -11,7 +11,6 @@
 import { BadFlagError, UnsupportedError } from "../../errors.ts";
 import type { Gpu } from "../device.ts";
 import {
-  bindNumbered,
   layerUniform,
   pagedKvConstants,
   type PagedKvView,
@@ -19,6 +18,7 @@ import {
   shardEntries,
 } from "../../kv/paged_view.ts";
 import {
+  bindNumbered,
   type BufferSlice,
   ceilDiv,
   checkInt,

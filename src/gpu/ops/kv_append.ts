@@ -8,14 +8,13 @@
 
 import type { Gpu } from "../device.ts";
 import {
-  bindNumbered,
   layerUniform,
   pagedKvConstants,
   type PagedKvView,
   poolShaderSource,
   shardEntries,
 } from "../../kv/paged_view.ts";
-import { type BufferSlice, checkInt, checkSlice, type GpuOp, type StepParams } from "./op.ts";
+import { bindNumbered, type BufferSlice, checkInt, checkSlice, type GpuOp, type StepParams } from "./op.ts";
 
 /** Options of {@link createKvAppend}. */
 export interface KvAppendOptions {

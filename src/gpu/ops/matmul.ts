@@ -13,7 +13,6 @@ import type { Gpu, Kernel } from "../device.ts";
 import type { GpuWeight } from "../weights.ts";
 import { suffixedDequantSource } from "./fused.ts";
 import {
-  bindNumbered,
   checkMatvecTuningKeys,
   checkMatvecWeights,
   checkUnitsPerStep,
@@ -23,6 +22,7 @@ import {
   subblockDefines,
 } from "./matvec_units.ts";
 import {
+  bindNumbered,
   type BufferSlice,
   ceilDiv,
   checkInt,

@@ -16,8 +16,8 @@ import { suffixedWeightSource } from "./fused.ts";
 import { loadShader } from "../shader.ts";
 import type { GpuWeight } from "../weights.ts";
 import { LinearOp, type PartDispatch, partUniform } from "./matmul.ts";
-import { bindNumbered } from "./matvec_units.ts";
 import {
+  bindNumbered,
   type BufferSlice,
   ceilDiv,
   checkInt,

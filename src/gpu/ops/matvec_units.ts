@@ -16,10 +16,9 @@
  */
 
 import { BadFlagError, UnsupportedError } from "../../errors.ts";
-import type { Gpu, Kernel } from "../device.ts";
+import type { Gpu } from "../device.ts";
 import { loadShader } from "../shader.ts";
 import type { GpuWeight } from "../weights.ts";
-import type { BufferSlice } from "./op.ts";
 import { NO_KV_STORE } from "./qkv_kv_store.ts";
 
 /**
@@ -252,15 +251,4 @@ export function subblockDefines(a: GpuWeight, b: GpuWeight = a, c: GpuWeight = a
     defines[`UNITS_${suffix.toUpperCase()}`] = unitsSource(section, suffix);
   }
   return defines;
-}
-
-/** A bind group for `kernel` from explicitly numbered bindings (entry points use different subsets). */
-export function bindNumbered(gpu: Gpu, kernel: Kernel, entries: [number, BufferSlice][]): GPUBindGroup {
-  return gpu.device.createBindGroup({
-    layout: kernel.pipeline.getBindGroupLayout(0),
-    entries: entries.map(([binding, slice]) => ({
-      binding,
-      resource: slice instanceof GPUBuffer ? { buffer: slice } : slice,
-    })),
-  });
 }

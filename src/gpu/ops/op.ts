@@ -13,7 +13,7 @@
  */
 
 import { BadFlagError } from "../../errors.ts";
-import type { Gpu } from "../device.ts";
+import type { Gpu, Kernel } from "../device.ts";
 
 /** One recorded piece of the forward pass: a fixed sequence of dispatches into a compute pass. */
 export interface GpuOp {
@@ -147,4 +147,23 @@ export function encodeOps(encoder: GPUCommandEncoder, ops: readonly GpuOp[], pro
     op.encode(pass);
     pass.end();
   }
+}
+
+/**
+ * A bind group for `kernel` from explicit (binding number, buffer) pairs; entries the pipeline does not
+ * use (its automatic layout drops them) must be left out by the caller.
+ */
+export function bindNumbered(
+  gpu: Gpu,
+  kernel: Kernel,
+  entries: readonly (readonly [number, BufferSlice])[],
+): GPUBindGroup {
+  return gpu.device.createBindGroup({
+    label: kernel.key,
+    layout: kernel.pipeline.getBindGroupLayout(0),
+    entries: entries.map(([binding, slice]) => ({
+      binding,
+      resource: slice instanceof GPUBuffer ? { buffer: slice } : slice,
+    })),
+  });
 }

@@ -11,15 +11,9 @@
 import { BadFlagError } from "../../errors.ts";
 import type { Gpu } from "../device.ts";
 import type { DualKvView } from "../../kv/dual_cache.ts";
-import {
-  bindNumbered,
-  layerUniform,
-  pagedKvConstants,
-  poolShaderSource,
-  shardEntries,
-} from "../../kv/paged_view.ts";
+import { layerUniform, pagedKvConstants, poolShaderSource, shardEntries } from "../../kv/paged_view.ts";
 import { POLICY_CODE, randomRateThreshold } from "../../kv/wgkv_policy.ts";
-import { type BufferSlice, checkInt, checkSlice, type GpuOp, type StepParams } from "./op.ts";
+import { bindNumbered, type BufferSlice, checkInt, checkSlice, type GpuOp, type StepParams } from "./op.ts";
 import { gateOutputBytes } from "./write_gate.ts";
 
 /** Options of {@link createWgkvAppend}. */

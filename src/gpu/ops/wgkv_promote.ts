@@ -9,8 +9,8 @@
 
 import type { Gpu } from "../device.ts";
 import type { DualKvView } from "../../kv/dual_cache.ts";
-import { bindNumbered, poolShaderSource, shardEntries } from "../../kv/paged_view.ts";
-import { checkInt, type GpuOp } from "./op.ts";
+import { poolShaderSource, shardEntries } from "../../kv/paged_view.ts";
+import { bindNumbered, checkInt, type GpuOp } from "./op.ts";
 
 /** Options of {@link createWgkvPromote}. */
 export interface WgkvPromoteOptions {

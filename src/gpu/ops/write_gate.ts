@@ -19,9 +19,10 @@
 import { BadFlagError, UnsupportedError } from "../../errors.ts";
 import type { GateWeights } from "../../gate/format.ts";
 import type { Gpu } from "../device.ts";
-import { bindNumbered, layerUniform } from "../../kv/paged_view.ts";
+import { layerUniform } from "../../kv/paged_view.ts";
 import { type WriteGateAppend, writeGateAppendBlocker, writeGateAppendParts } from "./write_gate_append.ts";
 import {
+  bindNumbered,
   type BufferSlice,
   ceilDiv,
   checkInt,
