@@ -28,6 +28,11 @@
  *                                          and 512 for the other policies: "prefill-batchN" rows)
  *                        [--direct-keys N]  (decode attention in one dispatch up to N keys, 0: always
  *                                            split: "decode-directN" rows)
+ *                        [--decode-splits N]  (decode attention's splits per KV head: "decode-splitsN" rows)
+ *                        [--ablate-decode-attention launch|tiles|lanes|skip]  (timing only, the logits are
+ *                                               wrong: decode attention's workgroups end at once, after their
+ *                                               key tiles, after their lanes' merge and partials, or its
+ *                                               dispatch is left out: "decode-ablate-X" rows)
  *                        [--f32-decode]  (decode products in f32 instead of the default 8-bit integer dot
  *                                         products: "decode-f32" rows)
  *                        [--f32-prefill]  (prefill products in f32 instead of the default 8-bit integer
@@ -137,6 +142,8 @@ const { values } = benchFlags(import.meta.url, () =>
       "prefill-splits": { type: "string" },
       "prefill-tiling": { type: "string" },
       "direct-keys": { type: "string" },
+      "decode-splits": { type: "string" },
+      "ablate-decode-attention": { type: "string" },
       "max-batch": { type: "string" },
       "matvec-tuning": { type: "string" },
       "f32-prefill": { type: "boolean" },
@@ -199,6 +206,16 @@ const directKeys = values["direct-keys"] === undefined ? undefined : Number(valu
 if (directKeys !== undefined && (!Number.isInteger(directKeys) || directKeys < 0)) {
   flagError(`--direct-keys must be a non-negative integer, got ${values["direct-keys"]}`);
 }
+// --decode-splits N: decode attention's splits per KV head (rows named "decode-splitsN").
+const decodeSplits = values["decode-splits"] === undefined ? undefined : Number(values["decode-splits"]);
+if (decodeSplits !== undefined && (!Number.isInteger(decodeSplits) || decodeSplits < 1)) {
+  flagError(`--decode-splits must be a positive integer, got ${values["decode-splits"]}`);
+}
+// --ablate-decode-attention X: timing only (rows named "decode-ablate-X", their logits wrong).
+const ablation = values["ablate-decode-attention"] as GpuModelOptions["decodeAttentionAblation"];
+if (ablation !== undefined && !["launch", "tiles", "lanes", "skip"].includes(ablation)) {
+  flagError(`--ablate-decode-attention must be launch, tiles, lanes or skip, got ${ablation}`);
+}
 // --no-chain-gates: with the wgkv policy, decode with each layer's write gate in two dispatches (rows named
 // "decode-unchained-gates", for every policy, as above).
 const chainWriteGates = !values["no-chain-gates"];
@@ -209,7 +226,8 @@ const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? 
   wgkvAppendSuffix + (chainWriteGates ? "" : "-unchained-gates") +
   (fusedDecodeReduce ? "" : "-unfused-reduce") +
   (matvecTuning ? "-tuned" : "") +
-  (directKeys !== undefined ? `-direct${directKeys}` : "") + (values["f32-decode"] === true ? "-f32" : "");
+  (directKeys !== undefined ? `-direct${directKeys}` : "") + (values["f32-decode"] === true ? "-f32" : "") +
+  (decodeSplits !== undefined ? `-splits${decodeSplits}` : "") + (ablation ? `-ablate-${ablation}` : "");
 // --prefill-splits N: prefill attention with N key splits per KV head (rows named "prefill-splitsN").
 // (without it, the model's default for the policy).
 const prefillSplits = values["prefill-splits"] === undefined ? undefined : Number(values["prefill-splits"]);
@@ -363,6 +381,8 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
       int8Decode,
       decodeDirectKeys: directKeys,
       fusedDecodeReduce,
+      decodeSplits,
+      decodeAttentionAblation: ablation,
       onProgress: (m) => console.error(m),
     });
     if (matvecTuning) results.matvecTuning = matvecTuning;
@@ -525,6 +545,8 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
           matvecTuning,
           decodeDirectKeys: directKeys,
           fusedDecodeReduce,
+          decodeSplits,
+          decodeAttentionAblation: ablation,
           policy,
           globalFraction: name === "wgkv" ? kvGlobal : undefined,
           onProgress: (m) => console.error(m),

@@ -239,5 +239,7 @@ Deno.test("flash decode: tileSteps must be an integer from 1 to 8", async () => 
   throws(() => createFlashDecode(gpu, { ...common, tileSteps: 0 }), BadFlagError);
   throws(() => createFlashDecode(gpu, { ...common, tileSteps: 1.5 }), BadFlagError);
   throws(() => createFlashDecode(gpu, { ...common, tileSteps: 9 }), BadFlagError);
+  // The benchmark's ablations take one of three names.
+  throws(() => createFlashDecode(gpu, { ...common, ablate: "merge" as "lanes" }), BadFlagError);
   kv.destroy();
 });

@@ -74,6 +74,9 @@ override tile_steps: u32 = 4u; // steps per tile: keys per tile = tile_steps * k
 override rotate_tiles: u32 = 1u; // 1: slot s starts at tile (5 s) mod its tiles; 0: at its first tile
 override direct: u32 = 0u; // 1: `main` writes `out` (one slot per KV head), 0: it writes `partials`
 override fused_reduce: u32 = 0u; // 1 (split path): the last workgroup of a KV head merges its splits
+// Benchmarking only (outputs are then wrong): 1 ends every workgroup at once, 2 after its key tiles, 3 after
+// its key lanes' merge and partials (before the split merge), to see where the time of `main` goes.
+override ablate: u32 = 0u;
 
 const PAGE_TOKENS: u32 = 16u;
 const HEADS_PER_BATCH: u32 = 4u;
@@ -177,6 +180,7 @@ fn scaled_query(first_head: u32, c: u32, batch_heads: u32, d: u32) -> f32 {
 
 @compute @workgroup_size(THREADS)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
+  if (ablate == 1u) { return; }
   let group = q_heads / kv_heads;
   let slot = wg.x;
   let batch = wg.y;
@@ -274,6 +278,11 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
     }
   }
 
+  if (ablate == 2u) {
+    // (A store under a condition that never holds keeps the tiles' loads and arithmetic.)
+    if (layer_params.pad1 == 0x9e3779b9u) { out[tid] = sums[0].x + sums[7].w + run_sum.x + run_max.w; }
+    return;
+  }
   // 4. Merge the key lanes: the upper half hands its state to the lower half until one lane is left (a slot
   // without keys has nothing to merge).
   var n = select(1u, key_lanes, has_keys);
@@ -329,6 +338,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
       }
     }
   }
+  if (ablate == 3u) { return; }
   if (fused_reduce != 0u && direct == 0u) {
     if (slot < kv_heads && head_lengths[slot] == 0u && key_lane == 0u) {
       // Head `slot` has no keys, hence no slots: its heads of this batch attend to nothing.

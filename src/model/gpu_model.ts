@@ -58,6 +58,7 @@ import { qkvKvAppendBlocker } from "../gpu/ops/qkv_kv_store.ts";
 import {
   createFlashDecode,
   createFlashPrefill,
+  type DecodeAblation,
   decodeArrivalsBytes,
   decodePartialsBytes,
   prefillPartialsBytes,
@@ -208,6 +209,16 @@ export interface GpuModelOptions {
    * head, `FlashDecodeOptions.fusedReduce`) instead of a reduce dispatch per layer. Default true.
    */
   fusedDecodeReduce?: boolean;
+  /**
+   * Decode attention's splits per KV head on average (default: 32, or one per page of the context when it
+   * has fewer; see `FlashDecodeOptions.splits`).
+   */
+  decodeSplits?: number;
+  /**
+   * For benchmarks only, where the logits are then wrong: decode attention's workgroups end early
+   * (`FlashDecodeOptions.ablate`), or `skip` leaves its dispatch out, to see what it costs. Default: none.
+   */
+  decodeAttentionAblation?: DecodeAblation | "skip";
 }
 
 /**
@@ -537,7 +548,8 @@ export class GpuModel {
     };
     // Split-K decode: 32 splits per KV head on average (the op's default). On an H100 (head_dim 128, 8 KV
     // heads) 32 splits ran faster than 64 or 128 at 32K and 128K keys (bench/results/h100-attention-kernels.json, h100-attention-splits.json).
-    const splits = Math.min(32, Math.ceil(ctx / 16));
+    const splits = options.decodeSplits ?? Math.min(32, Math.ceil(ctx / 16));
+    checkInt("decodeSplits", "splits", splits, 1, gpu.limits.maxComputeWorkgroupsPerDimension);
     const prefillSplits = options.prefillSplits ?? defaultPrefillSplits(policy.kind, gpu.isFallback);
     const act: Activations = {
       ids: f32("ids", maxBatch),
@@ -824,38 +836,44 @@ export class GpuModel {
             step,
           }));
         }
-        ops.push(
-          decode
-            ? createFlashDecode(gpu, {
-              label: `${p}attention`,
-              kv,
-              layer: l,
-              qHeads: Hq,
-              q: act.q,
-              out: act.att,
-              splits,
-              partials: act.partials,
-              wgkv: dual,
-              step,
-              directKeys: options.decodeDirectKeys,
-              fusedReduce: options.fusedDecodeReduce,
-              arrivals: act.arrivals,
-            })
-            : createFlashPrefill(gpu, {
-              label: `${p}attention`,
-              kv,
-              layer: l,
-              qHeads: Hq,
-              q: act.q,
-              out: act.att,
-              maxTokens,
-              step,
-              wgkv: dual,
-              splits: prefillSplits,
-              tiling: options.prefillTiling,
-              partials: act.partials,
-            }),
-        );
+        const ablation = options.decodeAttentionAblation;
+        // (An ablation that skips it leaves no decode attention at all: benchmarking only.)
+        const skipped = decode && ablation === "skip";
+        if (!skipped) {
+          ops.push(
+            decode
+              ? createFlashDecode(gpu, {
+                label: `${p}attention`,
+                kv,
+                layer: l,
+                qHeads: Hq,
+                q: act.q,
+                out: act.att,
+                splits,
+                partials: act.partials,
+                wgkv: dual,
+                step,
+                directKeys: options.decodeDirectKeys,
+                fusedReduce: options.fusedDecodeReduce,
+                arrivals: act.arrivals,
+                ablate: ablation === "skip" ? undefined : ablation,
+              })
+              : createFlashPrefill(gpu, {
+                label: `${p}attention`,
+                kv,
+                layer: l,
+                qHeads: Hq,
+                q: act.q,
+                out: act.att,
+                maxTokens,
+                step,
+                wgkv: dual,
+                splits: prefillSplits,
+                tiling: options.prefillTiling,
+                partials: act.partials,
+              }),
+          );
+        }
         const foldFfnNorm = canFuseGateUp(w.wGate, w.wUp) && foldable(w.wo);
         let gateUpNorm: FoldedNormInput | undefined;
         if (foldFfnNorm) {

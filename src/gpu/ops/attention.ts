@@ -229,7 +229,18 @@ export interface FlashDecodeOptions extends AttentionOptions {
    * the decode ops of all layers may share one. Created when absent.
    */
   arrivals?: BufferSlice;
+  /**
+   * For benchmarks only, where the outputs are then wrong: the partial pass ends its workgroups early, to
+   * see where its time goes: `launch` at once, `tiles` after the key tiles, `lanes` after the key lanes'
+   * merge and the partials (before the split merge). Default: none.
+   */
+  ablate?: DecodeAblation;
 }
+
+/** Where {@link FlashDecodeOptions.ablate} ends the decode attention's workgroups. */
+export type DecodeAblation = "launch" | "tiles" | "lanes";
+
+const ABLATION_STAGE: Record<DecodeAblation, number> = { launch: 1, tiles: 2, lanes: 3 };
 
 /** Bytes of the arrival counters of a fused-reduce decode op ({@link FlashDecodeOptions.arrivals}). */
 export function decodeArrivalsBytes(kvHeads: number, qHeads: number): number {
@@ -525,7 +536,7 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   }
   const mask = maskParts(gpu, label, options.wgkv);
   const stepBuffer = options.step?.buffer ?? gpu.uniform(`${label} no step`, new Uint32Array(4));
-  const constants = {
+  const constants: Record<string, number> = {
     ...pagedKvConstants(kv),
     q_heads: qHeads,
     splits,
@@ -536,6 +547,12 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
     rotate_tiles: options.rotateTiles === false ? 0 : 1,
     ...mask.constants,
   };
+  if (options.ablate !== undefined) {
+    if (!(options.ablate in ABLATION_STAGE)) {
+      throw new BadFlagError(`${label}: ablate must be launch, tiles or lanes, got ${options.ablate}`);
+    }
+    constants.ablate = ABLATION_STAGE[options.ablate];
+  }
   const defines = {
     POOL: poolQuadShaderSource(kv.shards.length),
     LOAD_QUADS: poolQuadLoadSource(kv.shards.length),

@@ -1,0 +1,46 @@
+import { ok, rejects } from "node:assert/strict";
+import { BadFlagError } from "../src/errors.ts";
+import { openGGUF } from "../src/gguf/reader.ts";
+import { getGpu } from "../src/gpu/device.ts";
+import { GpuModel, type GpuModelOptions } from "../src/model/gpu_model.ts";
+import { hparamsFromGGUF } from "../src/model/hparams.ts";
+import { writeSyntheticModel } from "../src/model/synth.ts";
+import { relativeError } from "./gpu_ops_helpers.ts";
+
+Deno.test("gpu model: decodeSplits shares decode attention out differently with the same logits; the benchmark's ablation changes them", async () => {
+  const gpu = await getGpu();
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/tiny-f16.gguf`;
+  await writeSyntheticModel({ shape: "tiny", type: "f16", out: path, seed: Math.floor(Math.random() * 1e6) });
+  const file = await openGGUF(path);
+  try {
+    const hp = hparamsFromGGUF(file);
+    const load = (options: Partial<GpuModelOptions>) =>
+      GpuModel.load(gpu, file, hp, { contextLength: 96, maxBatch: 16, decodeDirectKeys: 0, ...options });
+    const prompt = Array.from({ length: 45 }, () => Math.floor(Math.random() * hp.nVocab));
+    const token = Math.floor(Math.random() * hp.nVocab);
+    const decodeLogits = async (options: Partial<GpuModelOptions>) => {
+      const model = await load(options);
+      try {
+        await model.forward(prompt, 0, "logits");
+        return await model.forward([token], prompt.length, "logits");
+      } finally {
+        model.destroy();
+      }
+    };
+    const base = await decodeLogits({});
+    // 2 splits of 3 pages and 5 of one: other split boundaries, the same softmax up to rounding.
+    for (const decodeSplits of [2, 5]) {
+      const err = relativeError(await decodeLogits({ decodeSplits }), base);
+      ok(err < 1e-5, `decodeSplits ${decodeSplits}: relative error ${err}`);
+    }
+    // Without attention the logits are others (the ablation took effect).
+    const skipped = await decodeLogits({ decodeAttentionAblation: "skip" });
+    ok(relativeError(skipped, base) > 1e-3, "skipping decode attention left the logits as they were");
+    await rejects(load({ decodeSplits: 0 }), BadFlagError);
+    await rejects(load({ decodeSplits: 1.5 }), BadFlagError);
+  } finally {
+    file.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
