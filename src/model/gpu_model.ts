@@ -836,43 +836,37 @@ export class GpuModel {
             step,
           }));
         }
+        // Attention of the step's queries over the cache (an ablation that skips it leaves none at all:
+        // benchmarking only).
         const ablation = options.decodeAttentionAblation;
-        // (An ablation that skips it leaves no decode attention at all: benchmarking only.)
-        const skipped = decode && ablation === "skip";
-        if (!skipped) {
-          ops.push(
-            decode
-              ? createFlashDecode(gpu, {
-                label: `${p}attention`,
-                kv,
-                layer: l,
-                qHeads: Hq,
-                q: act.q,
-                out: act.att,
-                splits,
-                partials: act.partials,
-                wgkv: dual,
-                step,
-                directKeys: options.decodeDirectKeys,
-                fusedReduce: options.fusedDecodeReduce,
-                arrivals: act.arrivals,
-                ablate: ablation === "skip" ? undefined : ablation,
-              })
-              : createFlashPrefill(gpu, {
-                label: `${p}attention`,
-                kv,
-                layer: l,
-                qHeads: Hq,
-                q: act.q,
-                out: act.att,
-                maxTokens,
-                step,
-                wgkv: dual,
-                splits: prefillSplits,
-                tiling: options.prefillTiling,
-                partials: act.partials,
-              }),
-          );
+        const attention = {
+          label: `${p}attention`,
+          kv,
+          layer: l,
+          qHeads: Hq,
+          q: act.q,
+          out: act.att,
+          step,
+          wgkv: dual,
+        };
+        if (decode && ablation !== "skip") {
+          ops.push(createFlashDecode(gpu, {
+            ...attention,
+            splits,
+            partials: act.partials,
+            directKeys: options.decodeDirectKeys,
+            fusedReduce: options.fusedDecodeReduce,
+            arrivals: act.arrivals,
+            ablate: ablation,
+          }));
+        } else if (!decode) {
+          ops.push(createFlashPrefill(gpu, {
+            ...attention,
+            maxTokens,
+            splits: prefillSplits,
+            tiling: options.prefillTiling,
+            partials: act.partials,
+          }));
         }
         const foldFfnNorm = canFuseGateUp(w.wGate, w.wUp) && foldable(w.wo);
         let gateUpNorm: FoldedNormInput | undefined;
