@@ -33,6 +33,7 @@ import { BadFlagError, UnsupportedError } from "../../errors.ts";
 import type { Gpu, Kernel } from "../device.ts";
 import { dequantSource, type GpuWeight } from "../weights.ts";
 import {
+  bindNumbered,
   type BufferSlice,
   ceilDiv,
   checkInt,
@@ -247,7 +248,7 @@ export function createGateUpSwiGlu(gpu: Gpu, options: GateUpSwiGluOptions): GpuO
     subblockDefines(gate, up),
     "swiglu",
   );
-  const group = bindAt(gpu, kernel, [
+  const group = bindNumbered(gpu, kernel, [
     [0, gate.parts[0].buffer],
     [1, up.parts[0].buffer],
     [3, x],
@@ -300,7 +301,7 @@ export function createGateUpSwiGluMatmul(gpu: Gpu, options: GateUpSwiGluMatmulOp
   );
   const info = gpu.uniform(`${label}.cols`, new Uint32Array([0, 0, 0, gate.cols, 0]));
   // The K and V outputs of entry `qkv` get placeholders (distinct: writable bindings must not alias).
-  const group = bindAt(gpu, kernel, [
+  const group = bindNumbered(gpu, kernel, [
     [0, gate.parts[0].buffer],
     [5, up.parts[0].buffer],
     [6, gate.parts[0].buffer],
@@ -414,7 +415,7 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
     { ...subblockDefines(wq, wk, wv), KV_STORE: kvStore.source },
     "qkv",
   );
-  const group = bindAt(gpu, kernel, [
+  const group = bindNumbered(gpu, kernel, [
     [0, wq.parts[0].buffer],
     [1, wk.parts[0].buffer],
     [2, wv.parts[0].buffer],
@@ -555,15 +556,4 @@ function grid2d(gpu: Gpu, op: string, groups: number, z: number): [number, numbe
   const gy = ceilDiv(groups, gx);
   checkWorkgroups(gpu, op, gy);
   return [gx, gy, z];
-}
-
-/** A bind group for `kernel` from explicitly numbered bindings (the entry points use different subsets). */
-function bindAt(gpu: Gpu, kernel: Kernel, entries: [number, BufferSlice][]): GPUBindGroup {
-  return gpu.device.createBindGroup({
-    layout: kernel.pipeline.getBindGroupLayout(0),
-    entries: entries.map(([binding, slice]) => ({
-      binding,
-      resource: slice instanceof GPUBuffer ? { buffer: slice } : slice,
-    })),
-  });
 }

@@ -13,8 +13,16 @@
  * @module
  */
 
-import type { Gpu, Kernel } from "../device.ts";
-import { type BufferSlice, ceilDiv, checkInt, checkSlice, checkWorkgroups, type GpuOp } from "./op.ts";
+import type { Gpu } from "../device.ts";
+import {
+  bindNumbered,
+  type BufferSlice,
+  ceilDiv,
+  checkInt,
+  checkSlice,
+  checkWorkgroups,
+  type GpuOp,
+} from "./op.ts";
 
 /** Most candidates the GPU sampler sorts: top-k above this, or off, keeps this many. */
 export const SAMPLE_CANDIDATE_CAP = 1024;
@@ -175,7 +183,7 @@ export function createSample(gpu: Gpu, options: SampleOptions): SampleOp {
       candidates,
       tokens,
     ];
-    return kernels.map((kernel, e) => bindGroup(gpu, kernel, used[e].map((b) => [b, byBinding[b]])));
+    return kernels.map((kernel, e) => bindNumbered(gpu, kernel, used[e].map((b) => [b, byBinding[b]])));
   };
   let groups = makeGroups();
   const dispatches = [nBlocks, nBlocks, nBlocks, nBlocks, 1];
@@ -227,14 +235,4 @@ export function createSample(gpu: Gpu, options: SampleOptions): SampleOp {
       for (const b of [paramsBuf, tokens, work, partials, hist, blockLow, candidates, state]) b.destroy();
     },
   };
-}
-
-function bindGroup(gpu: Gpu, kernel: Kernel, entries: [number, BufferSlice][]): GPUBindGroup {
-  return gpu.device.createBindGroup({
-    layout: kernel.pipeline.getBindGroupLayout(0),
-    entries: entries.map(([binding, r]) => ({
-      binding,
-      resource: r instanceof GPUBuffer ? { buffer: r } : r,
-    })),
-  });
 }
