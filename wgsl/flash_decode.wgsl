@@ -29,19 +29,9 @@
 // very different lengths (WG-KV admits per head) finish together. A head's pages are cut into ranges of
 // ceil(n / its slots) pages; slots without pages exit at once.
 //
-// Work in `main`: a workgroup serves up to 4 query heads of one KV head (a head batch; the 4 heads are the
-// lanes of a vec4, so one load of each K and V quad serves all of them). Its threads are key_lanes × k_quads:
-// thread (j, lane) = tid / k_quads, tid % k_quads owns dimensions [8 lane, 8 lane + 8) of key lane j. Keys
-// are taken in tiles of tile_steps × key_lanes; in step u of a tile, key lane j holds key u · key_lanes + j,
-// so a step's loads are whole consecutive rows, consecutive threads reading consecutive 16-byte words of
-// the page (coalesced; with head_dim 128 a step is exactly one page's K half and one page's V half).
-//   1. loads: every thread issues all its K and V quads of the tile before using any (clamped to the last
-//      key, so no branch), then writes its partial dot products (vec4 over heads) to workgroup memory;
-//   2. scores: one thread per key of the tile adds up the key's k_quads partials and applies the mask;
-//   3. values: each key lane keeps its own online softmax (running max and sum per head) over its keys,
-//      and each thread adds its V quads, weighted, into its 8 × 4 sums;
-//   4. after the last tile the key lanes' states are merged pairwise in workgroup memory.
-// Two barriers per tile. Each slot starts at a different tile of its range and wraps around
+// Work in `main`: a workgroup serves up to 4 query heads of one KV head (a head batch) over its slot's
+// keys, with the tiles and the key lanes' merge of wgsl/decode_attend.wgsl (its comment tells the thread
+// layout and the steps). Each slot starts at a different tile of its range and wraps around
 // (rotate_tiles), so the slots do not all read pages at the same offsets at the same time.
 // Direct mode (direct = 1, compiled with splits = 1): one slot per KV head covers its whole row and `main`
 // writes the normalised output itself, so short rows take one dispatch instead of two (the op picks it per
@@ -79,13 +69,6 @@ override fused_reduce: u32 = 0u; // 1 (split path): the last workgroup of a KV h
 override ablate: u32 = 0u;
 
 const PAGE_TOKENS: u32 = 16u;
-const HEADS_PER_BATCH: u32 = 4u;
-const DIMS_PER_LANE: u32 = 8u; // one vec4<u32> of packed f16 pairs
-const MASKED: f32 = -3.0e38;
-const THREADS: u32 = key_lanes * k_quads;
-const TILE_KEYS: u32 = tile_steps * key_lanes;
-// Merge slots of the key lanes' final states: the upper half of the lanes hand over 8 sums + max + sum.
-const MERGE_THREADS: u32 = (key_lanes + 1u) / 2u * k_quads;
 
 struct Step { n_tokens: u32, pos0: u32, pad0: u32, pad1: u32 }
 struct Sequence { slot: u32, pad0: u32, pad1: u32, pad2: u32 }
@@ -104,12 +87,6 @@ struct LayerParams { layer: u32, pad0: u32, pad1: u32, pad2: u32 }
 
 {{POOL}}
 
-// `main`: the tile's partial dot products, key k's lane p at k * (k_quads + 1) + p (padded: the score
-// threads read a row each without bank conflicts); at the end, the merge slots: value i of merge slot m at
-// i * MERGE_THREADS + m (i < 8: sums, 8: max, 9: sum); in merge_splits(), its rows.
-var<workgroup> exchange: array<vec4f, max(TILE_KEYS * (k_quads + 1u), MERGE_THREADS * 10u)>;
-// `main`: scores of the tile's keys (vec4 over the batch's heads), MASKED for unseen keys.
-var<workgroup> tile_scores: array<vec4f, TILE_KEYS>;
 var<workgroup> slot_plan: vec4u; // `main`: (kv head, first slot of the head, its slot count, row length)
 var<workgroup> last_arrival: u32; // `main` with fused_reduce: 1 in the last workgroup of its KV head
 
@@ -142,50 +119,26 @@ fn used_slots(count: u32, len: u32) -> u32 {
   return (n_pages + per - 1u) / per;
 }
 
-// The 4 heads' dot products (scaled queries `qd`, 8 dimensions) with the 8 key dimensions packed in `k`.
-fn dot8(qd: array<vec4f, 8>, k: vec4u) -> vec4f {
-  let a = unpack2x16float(k.x);
-  let b = unpack2x16float(k.y);
-  let c = unpack2x16float(k.z);
-  let e = unpack2x16float(k.w);
-  return qd[0] * a.x + qd[1] * a.y + qd[2] * b.x + qd[3] * b.y + qd[4] * c.x + qd[5] * c.y + qd[6] * e.x +
-    qd[7] * e.y;
+// The scaled query of head `head` at dimension d (decode_attend's input).
+fn attend_query(head: u32, d: u32) -> f32 {
+  return q[head * head_dim + d] * scale;
 }
 
-// Adds weight `w` (vec4 over heads) times the 8 values packed in `v` to the lane's sums.
-fn accumulate(sums: ptr<function, array<vec4f, 8>>, w: vec4f, v: vec4u) {
-  let a = unpack2x16float(v.x);
-  let b = unpack2x16float(v.y);
-  let c = unpack2x16float(v.z);
-  let e = unpack2x16float(v.w);
-  (*sums)[0] += w * a.x;
-  (*sums)[1] += w * a.y;
-  (*sums)[2] += w * b.x;
-  (*sums)[3] += w * b.y;
-  (*sums)[4] += w * c.x;
-  (*sums)[5] += w * c.y;
-  (*sums)[6] += w * e.x;
-  (*sums)[7] += w * e.y;
+// Output value `index` (decode_attend's direct-mode output).
+fn attend_store(index: u32, value: f32) {
+  out[index] = value;
 }
 
-// Softmax weights of scores `s` against running max `m` (0 for masked keys).
-fn key_weight(s: vec4f, m: vec4f) -> vec4f {
-  return select(vec4f(0.0), exp(s - m), s > vec4f(MASKED));
-}
+// #include decode_attend
 
-// Query head `first_head + c`'s value at dimension d, scaled (0 past the batch's heads).
-fn scaled_query(first_head: u32, c: u32, batch_heads: u32, d: u32) -> f32 {
-  return select(0.0, q[(first_head + min(c, batch_heads - 1u)) * head_dim + d] * scale, c < batch_heads);
-}
-
-@compute @workgroup_size(THREADS)
+@compute @workgroup_size(ATTEND_THREADS)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
   if (ablate == 1u) { return; }
   let group = q_heads / kv_heads;
   let slot = wg.x;
   let batch = wg.y;
   let base_row = (sequence.slot * layers + layer_params.layer) * kv_heads;
-  stage_head_lengths(base_row, tid, THREADS);
+  stage_head_lengths(base_row, tid, ATTEND_THREADS);
   if (tid == 0u && direct != 0u) {
     slot_plan = vec4u(slot, slot, 1u, head_lengths[slot]);
   } else if (tid == 0u) {
@@ -204,136 +157,38 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
   // A slot without keys runs no tiles: its state stays empty (sums 0, and in direct mode outputs 0).
   let has_keys = plan.z != 0u && range.x < range.y;
   let row = base_row + kv_head;
-  let table = row * max_pages;
 
-  // The thread's 8 dimensions of the batch's scaled queries.
-  var qd: array<vec4f, 8>;
-  // @unroll
-  for (var i = 0u; i < 8u; i++) {
-    let d = lane * DIMS_PER_LANE + i;
-    qd[i] = vec4f(
-      scaled_query(first_head, 0u, batch_heads, d),
-      scaled_query(first_head, 1u, batch_heads, d),
-      scaled_query(first_head, 2u, batch_heads, d),
-      scaled_query(first_head, 3u, batch_heads, d),
-    );
-  }
-
-  var run_max = vec4f(MASKED);
-  var run_sum = vec4f(0.0);
-  var sums: array<vec4f, 8>;
-  // @unroll
-  for (var i = 0u; i < 8u; i++) { sums[i] = vec4f(0.0); }
-
+  let qd = attend_queries(first_head, batch_heads, lane);
   let first_key = range.x * PAGE_TOKENS;
   let end_key = min(range.y * PAGE_TOKENS, len);
   let tiles = select(0u, (end_key - first_key + TILE_KEYS - 1u) / TILE_KEYS, has_keys);
   let rotation = select(0u, (slot * 5u) % max(tiles, 1u), rotate_tiles != 0u);
-  for (var i = 0u; i < tiles; i++) {
-    var tile = i + rotation;
-    if (tile >= tiles) { tile -= tiles; }
-    let tile_first = first_key + tile * TILE_KEYS;
-
-    // 1. Loads (clamped to the last key: a duplicate is masked below), then the partial dot products.
-    var k_words: array<vec4u, tile_steps>;
-    var v_words: array<vec4u, tile_steps>;
-    // @unroll
-    for (var u = 0u; u < tile_steps; u++) {
-      let key = min(tile_first + u * key_lanes + key_lane, end_key - 1u);
-      let page = block_table[table + key / PAGE_TOKENS];
-      let at = (page % pool_pages_per_shard) * (PAGE_TOKENS * head_dim / 4u) + (key % PAGE_TOKENS) * k_quads + lane;
-      {{LOAD_QUADS}}
-    }
-    // @unroll
-    for (var u = 0u; u < tile_steps; u++) {
-      exchange[(u * key_lanes + key_lane) * (k_quads + 1u) + lane] = dot8(qd, k_words[u]);
-    }
-    workgroupBarrier();
-
-    // 2. Scores, one thread per key of the tile.
-    for (var k = tid; k < TILE_KEYS; k += THREADS) {
-      var s = vec4f(0.0);
-      for (var p = 0u; p < k_quads; p++) { s += exchange[k * (k_quads + 1u) + p]; }
-      let key = tile_first + k;
-      tile_scores[k] = select(vec4f(MASKED), s, key < end_key && key_visible(row, key));
-    }
-    workgroupBarrier();
-
-    // 3. Values: the key lane's online softmax over its keys of the tile. Unseen keys weigh 0 and their V
-    // quads are replaced by zeros (0 times a stale row could be NaN).
-    var tile_max = run_max;
-    // @unroll
-    for (var u = 0u; u < tile_steps; u++) { tile_max = max(tile_max, tile_scores[u * key_lanes + key_lane]); }
-    let alpha = exp(run_max - tile_max);
-    run_sum *= alpha;
-    // @unroll
-    for (var j = 0u; j < 8u; j++) { sums[j] *= alpha; }
-    run_max = tile_max;
-    // @unroll
-    for (var u = 0u; u < tile_steps; u++) {
-      let s = tile_scores[u * key_lanes + key_lane];
-      let w = key_weight(s, run_max);
-      run_sum += w;
-      accumulate(&sums, w, select(vec4u(0u), v_words[u], any(s > vec4f(MASKED))));
-    }
-  }
+  var state = attend_tiles(row, first_key, end_key, tiles, rotation, qd, tid);
 
   if (ablate == 2u) {
     // (A store under a condition that never holds keeps the tiles' loads and arithmetic.)
-    if (layer_params.pad1 == 0x9e3779b9u) { out[tid] = sums[0].x + sums[7].w + run_sum.x + run_max.w; }
+    if (layer_params.pad1 == 0x9e3779b9u) {
+      out[tid] = state.sums[0].x + state.sums[7].w + state.run_sum.x + state.run_max.w;
+    }
     return;
   }
-  // 4. Merge the key lanes: the upper half hands its state to the lower half until one lane is left (a slot
-  // without keys has nothing to merge).
-  var n = select(1u, key_lanes, has_keys);
-  while (n > 1u) {
-    let half = (n + 1u) / 2u;
-    workgroupBarrier();
-    if (key_lane >= half && key_lane < n) {
-      let m = (key_lane - half) * k_quads + lane;
-      // @unroll
-      for (var i = 0u; i < 8u; i++) { exchange[i * MERGE_THREADS + m] = sums[i]; }
-      exchange[8u * MERGE_THREADS + m] = run_max;
-      exchange[9u * MERGE_THREADS + m] = run_sum;
-    }
-    workgroupBarrier();
-    if (key_lane < n - half) {
-      let m = key_lane * k_quads + lane;
-      let other_max = exchange[8u * MERGE_THREADS + m];
-      let new_max = max(run_max, other_max);
-      let a = exp(run_max - new_max);
-      let b = exp(other_max - new_max);
-      run_sum = run_sum * a + exchange[9u * MERGE_THREADS + m] * b;
-      // @unroll
-      for (var i = 0u; i < 8u; i++) { sums[i] = sums[i] * a + exchange[i * MERGE_THREADS + m] * b; }
-      run_max = new_max;
-    }
-    n = half;
-  }
+  // A slot without keys has nothing to merge.
+  state = attend_merge_lanes(state, select(1u, key_lanes, has_keys), tid);
 
-  // The head lanes are indexed by constants only (unrolled): a dynamic index into `sums` could move the
-  // whole array to local memory for the entire kernel.
   if (key_lane == 0u && direct != 0u) {
-    let inv = select(vec4f(0.0), 1.0 / run_sum, run_sum > vec4f(0.0));
-    // @unroll
-    for (var c = 0u; c < HEADS_PER_BATCH; c++) {
-      if (c < batch_heads) {
-        let o = (first_head + c) * head_dim + lane * DIMS_PER_LANE;
-        // @unroll
-        for (var i = 0u; i < 8u; i++) { out[o + i] = sums[i][c] * inv[c]; }
-      }
-    }
+    attend_write_out(state, first_head, batch_heads, lane);
   } else if (key_lane == 0u && has_keys) {
+    // The head lanes are indexed by constants only (unrolled), see attend_write_out.
     // @unroll
     for (var c = 0u; c < HEADS_PER_BATCH; c++) {
       if (c < batch_heads) {
         let o = ((slot * group + first_local + c) * head_dim) + lane * DIMS_PER_LANE;
         // @unroll
-        for (var i = 0u; i < 8u; i++) { partials[o + i] = sums[i][c]; }
+        for (var i = 0u; i < 8u; i++) { partials[o + i] = state.sums[i][c]; }
         if (lane == 0u) {
           let so = SLOTS * group * head_dim + (slot * group + first_local + c) * 2u;
-          partials[so] = run_max[c];
-          partials[so + 1u] = run_sum[c];
+          partials[so] = state.run_max[c];
+          partials[so + 1u] = state.run_sum[c];
         }
       }
     }
@@ -370,7 +225,7 @@ const MERGE_UNROLL: u32 = 8u;
 // first + count) over a row of `len` keys) for the batch's heads and writes their outputs. Thread
 // (r, c, column) folds splits r, r + rows, … of head c's 4 dimensions `column` with a running maximum;
 // then row 0 merges the rows through workgroup memory (`exchange`: sums at [tid], (max, sum) at
-// [THREADS + tid]). Every thread of the workgroup must call it.
+// [ATTEND_THREADS + tid]). Every thread of the workgroup must call it.
 fn merge_splits(
   first: u32,
   count: u32,
@@ -384,7 +239,7 @@ fn merge_splits(
   let used = used_slots(count, len);
   let columns = head_dim / 4u;
   let pairs = HEADS_PER_BATCH * columns;
-  let rows = THREADS / pairs;
+  let rows = ATTEND_THREADS / pairs;
   let p = tid % pairs;
   let r = tid / pairs;
   let c = p / columns;
@@ -423,15 +278,15 @@ fn merge_splits(
     }
   }
   exchange[tid] = acc;
-  exchange[THREADS + tid] = vec4f(m, total, 0.0, 0.0);
+  exchange[ATTEND_THREADS + tid] = vec4f(m, total, 0.0, 0.0);
   workgroupBarrier();
   if (r == 0u && c < batch_heads) {
     var m_all = m;
-    for (var i = 1u; i < rows; i++) { m_all = max(m_all, exchange[THREADS + i * pairs + p].x); }
+    for (var i = 1u; i < rows; i++) { m_all = max(m_all, exchange[ATTEND_THREADS + i * pairs + p].x); }
     var a = vec4f(0.0);
     var t = 0.0;
     for (var i = 0u; i < rows; i++) {
-      let e = exchange[THREADS + i * pairs + p];
+      let e = exchange[ATTEND_THREADS + i * pairs + p];
       let w = exp(e.x - m_all);
       a += w * exchange[i * pairs + p];
       t += w * e.y;
@@ -444,13 +299,13 @@ fn merge_splits(
 
 // The split path's merge as a dispatch of its own (fused_reduce = 0). Grid: (kv_heads, head batches), the
 // same merge as the fused reduce's last workgroup (merge_splits()).
-@compute @workgroup_size(THREADS)
+@compute @workgroup_size(ATTEND_THREADS)
 fn reduce(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
   let kv_head = wg.x;
   let group = q_heads / kv_heads;
   let first_local = wg.y * HEADS_PER_BATCH;
   let base_row = (sequence.slot * layers + layer_params.layer) * kv_heads;
-  stage_head_lengths(base_row, tid, THREADS);
+  stage_head_lengths(base_row, tid, ATTEND_THREADS);
   let plan = plan_slots(kv_head, SLOTS);
   merge_splits(
     plan.head_first,

@@ -17,6 +17,7 @@ export const SHADER_NAMES: readonly string[] = [
   "argmax",
   "copy",
   "copy_row",
+  "decode_attend",
   "dequant",
   "elementwise",
   "embed",

@@ -1,0 +1,227 @@
+// Decode attention over one KV head's row of the paged KV cache: one query token, a batch of up to 4
+// query heads of the head's GQA group. The core shared by wgsl/flash_decode.wgsl (its partial pass and
+// direct mode include it with `// #include decode_attend`) and by the attention tail of the fused QKV
+// (wgsl/qkv_attend.wgsl, spliced into wgsl/matvec_fast.wgsl by src/gpu/ops/qkv_attend.ts).
+//
+// A library, not a kernel. The including shader declares
+//   overrides `head_dim`, `k_quads` (head_dim / 8: 16-byte words per K row), `key_lanes`, `tile_steps`,
+//     `max_pages`, `pool_pages_per_shard`, and the const `PAGE_TOKENS`;
+//   `block_table: array<u32>` (u32[rows][max_pages]) and the pool shards, and the text define LOAD_QUADS,
+//     which sets k_words[u] and v_words[u] to the K and V quads `at` (16-byte words counted from the
+//     start of the page's shard) of page `page`;
+//   `fn key_visible(row: u32, k_index: u32) -> bool`: the WG-KV mask (or always true);
+//   `fn attend_query(head: u32, d: u32) -> f32`: query head `head`'s value at dimension d, scaled;
+//   `fn attend_store(index: u32, value: f32)`: writes output value `index` (head · head_dim + d).
+//
+// Threads: ATTEND_THREADS = key_lanes × k_quads; thread (key_lane, lane) = (tid / k_quads, tid % k_quads)
+// owns dimensions [8 lane, 8 lane + 8) of key lane key_lane. Keys are taken in tiles of tile_steps ×
+// key_lanes; in step u of a tile, key lane j holds key u · key_lanes + j, so a step's loads are whole
+// consecutive rows, consecutive threads reading consecutive 16-byte words of the page (coalesced). The 4
+// heads of a batch are the lanes of a vec4, so one load of each K and V quad serves all of them.
+//   1. loads: every thread issues all its K and V quads of the tile before using any (clamped to the last
+//      key, so no branch), then writes its partial dot products (vec4 over heads) to workgroup memory;
+//   2. scores: one thread per key of the tile adds up the key's k_quads partials and applies the mask;
+//   3. values: each key lane keeps its own online softmax (running max and sum per head) over its keys,
+//      and each thread adds its V quads, weighted, into its 8 × 4 sums;
+//   4. (attend_merge_lanes) the key lanes' states are merged pairwise in workgroup memory.
+// Two barriers per tile.
+
+const HEADS_PER_BATCH: u32 = 4u;
+const DIMS_PER_LANE: u32 = 8u; // one vec4<u32> of packed f16 pairs
+const MASKED: f32 = -3.0e38;
+const ATTEND_THREADS: u32 = key_lanes * k_quads;
+const TILE_KEYS: u32 = tile_steps * key_lanes;
+// Merge slots of the key lanes' final states: the upper half of the lanes hand over 8 sums + max + sum.
+const MERGE_THREADS: u32 = (key_lanes + 1u) / 2u * k_quads;
+
+// The tiles' partial dot products, key k's lane p at k * (k_quads + 1) + p (padded: the score threads read
+// a row each without bank conflicts); in attend_merge_lanes, the merge slots: value i of merge slot m at
+// i * MERGE_THREADS + m (i < 8: sums, 8: max, 9: sum). Includers may use it between calls (flash_decode's
+// split merge does), at least 2 · ATTEND_THREADS entries.
+var<workgroup> exchange: array<vec4f, max(max(TILE_KEYS * (k_quads + 1u), MERGE_THREADS * 10u), 2u * ATTEND_THREADS)>;
+// Scores of the tile's keys (vec4 over the batch's heads), MASKED for unseen keys.
+var<workgroup> tile_scores: array<vec4f, TILE_KEYS>;
+
+// One key lane's online softmax over its keys, for the 4 heads of a batch: running max, sum of weights,
+// and the thread's 8 dimensions of the weighted V sums.
+struct AttendState {
+  run_max: vec4f,
+  run_sum: vec4f,
+  sums: array<vec4f, 8>,
+}
+
+// The 4 heads' dot products (scaled queries `qd`, 8 dimensions) with the 8 key dimensions packed in `k`.
+fn attend_dot8(qd: array<vec4f, 8>, k: vec4u) -> vec4f {
+  let a = unpack2x16float(k.x);
+  let b = unpack2x16float(k.y);
+  let c = unpack2x16float(k.z);
+  let e = unpack2x16float(k.w);
+  return qd[0] * a.x + qd[1] * a.y + qd[2] * b.x + qd[3] * b.y + qd[4] * c.x + qd[5] * c.y + qd[6] * e.x +
+    qd[7] * e.y;
+}
+
+// Adds weight `w` (vec4 over heads) times the 8 values packed in `v` to the lane's sums.
+fn attend_accumulate(sums: ptr<function, array<vec4f, 8>>, w: vec4f, v: vec4u) {
+  let a = unpack2x16float(v.x);
+  let b = unpack2x16float(v.y);
+  let c = unpack2x16float(v.z);
+  let e = unpack2x16float(v.w);
+  (*sums)[0] += w * a.x;
+  (*sums)[1] += w * a.y;
+  (*sums)[2] += w * b.x;
+  (*sums)[3] += w * b.y;
+  (*sums)[4] += w * c.x;
+  (*sums)[5] += w * c.y;
+  (*sums)[6] += w * e.x;
+  (*sums)[7] += w * e.y;
+}
+
+// Softmax weights of scores `s` against running max `m` (0 for masked keys).
+fn attend_key_weight(s: vec4f, m: vec4f) -> vec4f {
+  return select(vec4f(0.0), exp(s - m), s > vec4f(MASKED));
+}
+
+// The thread's 8 dimensions (lane `lane`) of the batch's scaled queries: heads first_head … first_head +
+// batch_heads − 1 in the vec4 lanes, 0 past them.
+fn attend_queries(first_head: u32, batch_heads: u32, lane: u32) -> array<vec4f, 8> {
+  var qd: array<vec4f, 8>;
+  // @unroll
+  for (var i = 0u; i < 8u; i++) {
+    let d = lane * DIMS_PER_LANE + i;
+    qd[i] = vec4f(
+      attend_batch_query(first_head, 0u, batch_heads, d),
+      attend_batch_query(first_head, 1u, batch_heads, d),
+      attend_batch_query(first_head, 2u, batch_heads, d),
+      attend_batch_query(first_head, 3u, batch_heads, d),
+    );
+  }
+  return qd;
+}
+
+// Query head `first_head + c`'s scaled value at dimension d (0 past the batch's heads).
+fn attend_batch_query(first_head: u32, c: u32, batch_heads: u32, d: u32) -> f32 {
+  return select(0.0, attend_query(first_head + min(c, batch_heads - 1u), d), c < batch_heads);
+}
+
+// Keys [first_key, end_key) of row `row` in `tiles` tiles (uniform over the workgroup), starting at tile
+// `rotation` and wrapping around: this thread's key lane's online softmax. Every thread of the workgroup
+// must call it.
+fn attend_tiles(
+  row: u32,
+  first_key: u32,
+  end_key: u32,
+  tiles: u32,
+  rotation: u32,
+  qd: array<vec4f, 8>,
+  tid: u32,
+) -> AttendState {
+  let lane = tid % k_quads;
+  let key_lane = tid / k_quads;
+  let table = row * max_pages;
+  var run_max = vec4f(MASKED);
+  var run_sum = vec4f(0.0);
+  var sums: array<vec4f, 8>;
+  // @unroll
+  for (var i = 0u; i < 8u; i++) { sums[i] = vec4f(0.0); }
+  for (var i = 0u; i < tiles; i++) {
+    var tile = i + rotation;
+    if (tile >= tiles) { tile -= tiles; }
+    let tile_first = first_key + tile * TILE_KEYS;
+
+    // 1. Loads (clamped to the last key: a duplicate is masked below), then the partial dot products.
+    var k_words: array<vec4u, tile_steps>;
+    var v_words: array<vec4u, tile_steps>;
+    // @unroll
+    for (var u = 0u; u < tile_steps; u++) {
+      let key = min(tile_first + u * key_lanes + key_lane, end_key - 1u);
+      let page = block_table[table + key / PAGE_TOKENS];
+      let at = (page % pool_pages_per_shard) * (PAGE_TOKENS * head_dim / 4u) + (key % PAGE_TOKENS) * k_quads + lane;
+      {{LOAD_QUADS}}
+    }
+    // @unroll
+    for (var u = 0u; u < tile_steps; u++) {
+      exchange[(u * key_lanes + key_lane) * (k_quads + 1u) + lane] = attend_dot8(qd, k_words[u]);
+    }
+    workgroupBarrier();
+
+    // 2. Scores, one thread per key of the tile.
+    for (var k = tid; k < TILE_KEYS; k += ATTEND_THREADS) {
+      var s = vec4f(0.0);
+      for (var p = 0u; p < k_quads; p++) { s += exchange[k * (k_quads + 1u) + p]; }
+      let key = tile_first + k;
+      tile_scores[k] = select(vec4f(MASKED), s, key < end_key && key_visible(row, key));
+    }
+    workgroupBarrier();
+
+    // 3. Values: the key lane's online softmax over its keys of the tile. Unseen keys weigh 0 and their V
+    // quads are replaced by zeros (0 times a stale row could be NaN).
+    var tile_max = run_max;
+    // @unroll
+    for (var u = 0u; u < tile_steps; u++) { tile_max = max(tile_max, tile_scores[u * key_lanes + key_lane]); }
+    let alpha = exp(run_max - tile_max);
+    run_sum *= alpha;
+    // @unroll
+    for (var j = 0u; j < 8u; j++) { sums[j] *= alpha; }
+    run_max = tile_max;
+    // @unroll
+    for (var u = 0u; u < tile_steps; u++) {
+      let s = tile_scores[u * key_lanes + key_lane];
+      let w = attend_key_weight(s, run_max);
+      run_sum += w;
+      attend_accumulate(&sums, w, select(vec4u(0u), v_words[u], any(s > vec4f(MASKED))));
+    }
+  }
+  return AttendState(run_max, run_sum, sums);
+}
+
+// Merges the states of the first `lanes` key lanes (uniform; 1 leaves them as they are): the upper half
+// hands its state to the lower half until one lane is left, whose threads return the total. Every thread
+// of the workgroup must call it.
+fn attend_merge_lanes(state: AttendState, lanes: u32, tid: u32) -> AttendState {
+  let lane = tid % k_quads;
+  let key_lane = tid / k_quads;
+  var run_max = state.run_max;
+  var run_sum = state.run_sum;
+  var sums = state.sums;
+  var n = lanes;
+  while (n > 1u) {
+    let half = (n + 1u) / 2u;
+    workgroupBarrier();
+    if (key_lane >= half && key_lane < n) {
+      let m = (key_lane - half) * k_quads + lane;
+      // @unroll
+      for (var i = 0u; i < 8u; i++) { exchange[i * MERGE_THREADS + m] = sums[i]; }
+      exchange[8u * MERGE_THREADS + m] = run_max;
+      exchange[9u * MERGE_THREADS + m] = run_sum;
+    }
+    workgroupBarrier();
+    if (key_lane < n - half) {
+      let m = key_lane * k_quads + lane;
+      let other_max = exchange[8u * MERGE_THREADS + m];
+      let new_max = max(run_max, other_max);
+      let a = exp(run_max - new_max);
+      let b = exp(other_max - new_max);
+      run_sum = run_sum * a + exchange[9u * MERGE_THREADS + m] * b;
+      // @unroll
+      for (var i = 0u; i < 8u; i++) { sums[i] = sums[i] * a + exchange[i * MERGE_THREADS + m] * b; }
+      run_max = new_max;
+    }
+    n = half;
+  }
+  return AttendState(run_max, run_sum, sums);
+}
+
+// Key lane 0's thread `lane`: the batch's normalised outputs of its 8 dimensions through attend_store
+// (zeros for a head without keys). The head lanes are indexed by constants only (unrolled): a dynamic
+// index into `sums` could move the whole array to local memory for the entire kernel.
+fn attend_write_out(state: AttendState, first_head: u32, batch_heads: u32, lane: u32) {
+  let inv = select(vec4f(0.0), 1.0 / state.run_sum, state.run_sum > vec4f(0.0));
+  // @unroll
+  for (var c = 0u; c < HEADS_PER_BATCH; c++) {
+    if (c < batch_heads) {
+      let o = (first_head + c) * head_dim + lane * DIMS_PER_LANE;
+      // @unroll
+      for (var i = 0u; i < 8u; i++) { attend_store(o + i, state.sums[i][c] * inv[c]); }
+    }
+  }
+}
