@@ -350,7 +350,7 @@ Deno.test("gpu model: decode with the KV append in the fused QKV gives the logit
     const file = await openGGUF(path);
     const hp = hparamsFromGGUF(file);
     const load = (fuseKvAppend: boolean) =>
-      GpuModel.load(gpu, file, hp, { contextLength: 64, maxBatch: 8, fuseKvAppend });
+      GpuModel.load(gpu, file, hp, { contextLength: 64, maxBatch: 8, fuseKvAppend, fuseQkvAttention: false });
     const fused = await load(true);
     const separate = await load(false);
     try {

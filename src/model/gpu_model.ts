@@ -61,6 +61,7 @@ import {
   type DecodeAblation,
   decodeArrivalsBytes,
   decodePartialsBytes,
+  DEFAULT_DIRECT_KEYS,
   prefillPartialsBytes,
   type PrefillTileShape,
 } from "../gpu/ops/attention.ts";
@@ -139,6 +140,14 @@ export interface GpuModelOptions {
    * append stays a dispatch of its own; the WG-KV dual cache has {@link fuseWgkvAppend}). Default true.
    */
   fuseKvAppend?: boolean;
+  /**
+   * Decode with the full cache and the KV append in the fused QKV ({@link fuseKvAppend}): while the context
+   * is short (the query's position + 1 at most {@link decodeDirectKeys}), the QKV dispatch also attends
+   * (the workgroup that finishes a KV head's last rows attends for that head, `QkvMatvecOptions.attend`),
+   * saving the attention dispatch per layer, where the kernel's bindings and workgroup memory allow it.
+   * Default true.
+   */
+  fuseQkvAttention?: boolean;
   /**
    * The `wgkv` policy, decode and prefill: the write gate's flag dispatch also stores K and V into the
    * dual cache's ring with each slot's position and flag, saving the WG-KV append dispatch per layer (where
@@ -719,14 +728,18 @@ export class GpuModel {
         ops.push(norm(`${tag}blk.0.attn_norm`, layers[0].attnNorm, false));
       }
       let outputNormOp: GpuOp | undefined;
+      const ablation = options.decodeAttentionAblation;
+      const directKeys = options.decodeDirectKeys ?? DEFAULT_DIRECT_KEYS;
       for (let l = 0; l < hp.nLayer; l++) {
         const w = layers[l];
         const p = `${tag}blk.${l}.`;
         const fusedAppend = appendInQkv(w);
+        // Rows of at most this many keys are attended by the fused QKV (its attention tail).
+        let attendedUpTo = 0;
         if (decode && canFuseQkv(w.wq, w.wk, w.wv)) {
           // One dispatch: Q, K and V rows, Q and K rotated as they are written (with the write gate, K
           // also before RoPE: the gate reads both; with the full cache, K and V also into their pages).
-          ops.push(createQkvMatvec(gpu, {
+          const qkvOp = createQkvMatvec(gpu, {
             label: `${p}attn_qkv`,
             wq: w.wq,
             wk: w.wk,
@@ -741,8 +754,13 @@ export class GpuModel {
             kPre: gateBufs?.kPre,
             norm: qkvNorm,
             append: fusedAppend && fullKv ? { kv: fullKv, layer: l } : undefined,
+            attend: fusedAppend && fullKv && (options.fuseQkvAttention ?? true) && !ablation
+              ? { out: act.att, arrivals: act.arrivals, maxKeys: directKeys }
+              : undefined,
             tuning: tuning("attn_qkv", w.wq.cols),
-          }));
+          });
+          attendedUpTo = qkvOp.attendsUpTo;
+          ops.push(qkvOp);
         } else {
           // The three products in one dispatch where possible (K and V alone would underfill the GPU).
           const qkv = {
@@ -838,7 +856,6 @@ export class GpuModel {
         }
         // Attention of the step's queries over the cache (an ablation that skips it leaves none at all:
         // benchmarking only).
-        const ablation = options.decodeAttentionAblation;
         const attention = {
           label: `${p}attention`,
           kv,
@@ -855,6 +872,7 @@ export class GpuModel {
             splits,
             partials: act.partials,
             directKeys: options.decodeDirectKeys,
+            attendedUpTo,
             fusedReduce: options.fusedDecodeReduce,
             arrivals: act.arrivals,
             ablate: ablation,

@@ -15,6 +15,7 @@ import {
   pagedKvConstants,
   type PagedKvView,
   POOL_FIRST_BINDING,
+  poolShardSwitch,
   shardEntries,
 } from "../../kv/paged_view.ts";
 import {
@@ -219,6 +220,11 @@ export interface FlashDecodeOptions extends AttentionOptions {
    */
   directKeys?: number;
   /**
+   * Rows of at most this many keys (the query's position + 1) are attended elsewhere, by the fused QKV's
+   * attention tail (`createQkvMatvec`'s `attend`): for them the op records nothing. Needs `step`; default 0.
+   */
+  attendedUpTo?: number;
+  /**
    * Whether the split path merges the splits in the partial pass itself (default true): the last
    * workgroup of each KV head and head batch to finish (counted in `arrivals`) merges the head's splits
    * and writes the outputs, so there is no reduce dispatch. False keeps the separate reduce pass.
@@ -360,28 +366,7 @@ function poolQuadShaderSource(shardCount: number): string {
 }
 
 /**
- * WGSL lines running `body(shard)` for the shard of page `page`: straight-line code with one shard, else a
- * switch over the shards (the page's shard is chosen once around the whole body).
- */
-function poolShardSwitch(
-  shardCount: number,
-  page: string,
-  indent: string,
-  body: (shard: string) => string[],
-): string[] {
-  if (shardCount === 1) return body("pool_shard_0").map((l) => indent + l);
-  const out = [`${indent}switch (${page} / pool_pages_per_shard) {`];
-  for (let s = 0; s < shardCount; s++) {
-    out.push(`${indent}  ${s === shardCount - 1 ? "default" : `case ${s}u`}: {`);
-    out.push(...body(`pool_shard_${s}`).map((l) => `${indent}    ${l}`));
-    out.push(`${indent}  }`);
-  }
-  out.push(`${indent}}`);
-  return out;
-}
-
-/**
- * WGSL statements for `wgsl/flash_decode.wgsl`'s LOAD_QUADS: the K quad and the V quad at quad `at` of page
+ * WGSL statements for `wgsl/decode_attend.wgsl`'s LOAD_QUADS (in `wgsl/flash_decode.wgsl`): the K quad and the V quad at quad `at` of page
  * `page`'s halves, into the kernel's `k_words[u]` and `v_words[u]`. Spliced into the kernel body (inside its
  * unrolled step loop) rather than called, so the arrays stay in registers and all loads of a tile can be in
  * flight together; with several shards the page's shard is chosen once around both loads.
@@ -572,6 +557,9 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   const directKeys = step ? options.directKeys ?? DEFAULT_DIRECT_KEYS : 0;
   checkInt(label, "directKeys", directKeys, 0);
   if (options.directKeys && !step) throw new BadFlagError(`${label}: directKeys needs the step parameters`);
+  const attendedUpTo = options.attendedUpTo ?? 0;
+  checkInt(label, "attendedUpTo", attendedUpTo, 0);
+  if (attendedUpTo && !step) throw new BadFlagError(`${label}: attendedUpTo needs the step parameters`);
   const directKernel = directKeys > 0
     ? gpu.kernel("flash_decode", { ...constants, splits: 1, direct: 1 }, defines, "main")
     : undefined;
@@ -602,6 +590,7 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   return {
     label,
     encode(pass: GPUComputePassEncoder): void {
+      if (step && step.pos0 + 1 <= attendedUpTo) return;
       if (directKernel && step && step.pos0 + 1 <= directKeys) {
         pass.setPipeline(directKernel.pipeline);
         pass.setBindGroup(0, directGroup!);
