@@ -37,8 +37,9 @@ const MERGE_THREADS: u32 = (key_lanes + 1u) / 2u * k_quads;
 // The tiles' partial dot products, key k's lane p at k * (k_quads + 1) + p (padded: the score threads read
 // a row each without bank conflicts); in attend_merge_lanes, the merge slots: value i of merge slot m at
 // i * MERGE_THREADS + m (i < 8: sums, 8: max, 9: sum). Includers may use it between calls (flash_decode's
-// split merge does), at least 2 · ATTEND_THREADS entries.
-var<workgroup> exchange: array<vec4f, max(max(TILE_KEYS * (k_quads + 1u), MERGE_THREADS * 10u), 2u * ATTEND_THREADS)>;
+// split merge does): it holds at least 5 · ATTEND_THREADS entries (MERGE_THREADS · 10 ≥ key_lanes / 2 ·
+// k_quads · 10).
+var<workgroup> exchange: array<vec4f, max(TILE_KEYS * (k_quads + 1u), MERGE_THREADS * 10u)>;
 // Scores of the tile's keys (vec4 over the batch's heads), MASKED for unseen keys.
 var<workgroup> tile_scores: array<vec4f, TILE_KEYS>;
 
