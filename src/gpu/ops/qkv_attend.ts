@@ -26,8 +26,8 @@ export interface QkvAttend {
   maxKeys: number;
 }
 
-/** Steps per tile of the tail's attention (keys per tile: 4 × its key lanes). */
-const TAIL_TILE_STEPS = 4;
+/** Steps per tile of the tail's attention (keys per tile: 8 × its key lanes, which are few: a QKV workgroup has 64 threads by default). */
+const TAIL_TILE_STEPS = 8;
 
 /** The limits {@link qkvAttendBlocker} looks at (a subset of `GPUSupportedLimits`). */
 export interface QkvAttendLimits {
