@@ -26,7 +26,10 @@ export interface QkvAttend {
   maxKeys: number;
 }
 
-/** Steps per tile of the tail's attention (keys per tile: 8 × its key lanes, which are few: a QKV workgroup has 64 threads by default). */
+/**
+ * Steps per tile of the tail's attention: keys per tile are 8 × its key lanes, which are few (a decode QKV
+ * workgroup has 64 threads by default).
+ */
 const TAIL_TILE_STEPS = 8;
 
 /** The limits {@link qkvAttendBlocker} looks at (a subset of `GPUSupportedLimits`). */
