@@ -1,26 +1,7 @@
 import { deepEqual, equal } from "node:assert/strict";
-import { type GGUFFile, openGGUF } from "../src/gguf/reader.ts";
 import { getGpu } from "../src/gpu/device.ts";
 import { defaultPrefillBatch, GpuModel, type GpuModelOptions } from "../src/model/gpu_model.ts";
-import { hparamsFromGGUF, type LlamaHParams } from "../src/model/hparams.ts";
-import { writeSyntheticModel } from "../src/model/synth.ts";
-
-/** Runs `body` with a tiny synthetic Q8_0 model file (removed afterwards). */
-async function withTinyModel(body: (file: GGUFFile, hp: LlamaHParams) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir();
-  try {
-    const path = `${dir}/tiny.gguf`;
-    await writeSyntheticModel({ shape: "tiny", type: "q8_0", out: path, seed: 3 });
-    const file = await openGGUF(path);
-    try {
-      await body(file, hparamsFromGGUF(file));
-    } finally {
-      file.close();
-    }
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
+import { withTinyModel } from "./gpu_ops_helpers.ts";
 
 Deno.test("gpu model: prefill steps of 2048 tokens for the full cache on a GPU, 512 otherwise", async () => {
   equal(defaultPrefillBatch("full", false), 2048);

@@ -4,6 +4,9 @@ import { fail, ok } from "node:assert/strict";
 import type { Gpu } from "../src/gpu/device.ts";
 import type { GpuOp, StepParams } from "../src/gpu/ops/op.ts";
 import type { GpuWeight } from "../src/gpu/weights.ts";
+import { type GGUFFile, openGGUF } from "../src/gguf/reader.ts";
+import { hparamsFromGGUF, type LlamaHParams } from "../src/model/hparams.ts";
+import { type SynthType, writeSyntheticModel } from "../src/model/synth.ts";
 
 /** `n` uniform random values in (−scale, scale), fresh each run, never zero. */
 export function randomF32(n: number, scale = 1): Float32Array {
@@ -113,4 +116,28 @@ export function qkvFields(
     k: outs[1],
     v: outs[2],
   };
+}
+
+/**
+ * Runs `body` with a tiny synthetic model file of weight type `type` (default Q8_0; a fresh random seed
+ * unless given), removed afterwards.
+ */
+export async function withTinyModel(
+  body: (file: GGUFFile, hp: LlamaHParams) => Promise<void>,
+  options: { type?: SynthType; seed?: number } = {},
+): Promise<void> {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/tiny.gguf`;
+    const seed = options.seed ?? Math.floor(Math.random() * 1e6);
+    await writeSyntheticModel({ shape: "tiny", type: options.type ?? "q8_0", out: path, seed });
+    const file = await openGGUF(path);
+    try {
+      await body(file, hparamsFromGGUF(file));
+    } finally {
+      file.close();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 }

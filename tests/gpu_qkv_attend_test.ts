@@ -9,13 +9,10 @@ import { QKV_STORAGE_BINDINGS } from "../src/gpu/ops/qkv_kv_store.ts";
 import { KvCache } from "../src/kv/kv_cache.ts";
 import { PAGE_TOKENS } from "../src/kv/page_pool.ts";
 import type { PagedKvView } from "../src/kv/paged_view.ts";
-import { openGGUF } from "../src/gguf/reader.ts";
-import { hparamsFromGGUF } from "../src/model/hparams.ts";
 import { GpuModel } from "../src/model/gpu_model.ts";
 import { attendOne, ropeInverseFrequencies } from "../src/model/ops.ts";
-import { writeSyntheticModel } from "../src/model/synth.ts";
 import { randomF32, randomWeight } from "./gpu_quant_data.ts";
-import { relativeError } from "./gpu_ops_helpers.ts";
+import { relativeError, withTinyModel } from "./gpu_ops_helpers.ts";
 
 interface AttendCase {
   types: [string, string, string];
@@ -261,18 +258,8 @@ Deno.test("qkv attend: when the tail applies, and one-line errors", async () => 
 });
 
 Deno.test("gpu model: decode with the attention in the fused QKV gives the logits of the attention dispatch", async () => {
-  const dir = await Deno.makeTempDir();
   const gpu = await getGpu();
-  try {
-    const path = `${dir}/tiny-q4_k_m.gguf`;
-    await writeSyntheticModel({
-      shape: "tiny",
-      type: "q4_k_m",
-      out: path,
-      seed: Math.floor(Math.random() * 1e6),
-    });
-    const file = await openGGUF(path);
-    const hp = hparamsFromGGUF(file);
+  await withTinyModel(async (file, hp) => {
     // Rows up to 24 keys take the tail, longer ones the attention dispatch (split path): the steps cross.
     const load = (fuseQkvAttention: boolean) =>
       GpuModel.load(gpu, file, hp, {
@@ -296,9 +283,6 @@ Deno.test("gpu model: decode with the attention in the fused QKV gives the logit
     } finally {
       fused.destroy();
       separate.destroy();
-      file.close();
     }
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  }, { type: "q4_k_m" });
 });

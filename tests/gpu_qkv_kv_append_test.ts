@@ -7,13 +7,10 @@ import { StepParams } from "../src/gpu/ops/op.ts";
 import { QKV_STORAGE_BINDINGS, qkvKvAppendBlocker } from "../src/gpu/ops/qkv_kv_store.ts";
 import { KvCache } from "../src/kv/kv_cache.ts";
 import { PAGE_TOKENS } from "../src/kv/page_pool.ts";
-import { openGGUF } from "../src/gguf/reader.ts";
-import { hparamsFromGGUF } from "../src/model/hparams.ts";
 import { GpuModel } from "../src/model/gpu_model.ts";
 import { rope, ropeInverseFrequencies } from "../src/model/ops.ts";
-import { writeSyntheticModel } from "../src/model/synth.ts";
 import { products, randomF32, randomWeight } from "./gpu_quant_data.ts";
-import { nanBuffer as nans, runOps } from "./gpu_ops_helpers.ts";
+import { nanBuffer as nans, runOps, withTinyModel } from "./gpu_ops_helpers.ts";
 
 const TOL = 2e-5;
 
@@ -337,18 +334,8 @@ Deno.test("qkv kv append: when it applies, and one-line errors", async () => {
 });
 
 Deno.test("gpu model: decode with the KV append in the fused QKV gives the logits of the separate append", async () => {
-  const dir = await Deno.makeTempDir();
   const gpu = await getGpu();
-  try {
-    const path = `${dir}/tiny-q8_0.gguf`;
-    await writeSyntheticModel({
-      shape: "tiny",
-      type: "q8_0",
-      out: path,
-      seed: Math.floor(Math.random() * 1e6),
-    });
-    const file = await openGGUF(path);
-    const hp = hparamsFromGGUF(file);
+  await withTinyModel(async (file, hp) => {
     const load = (fuseKvAppend: boolean) =>
       GpuModel.load(gpu, file, hp, { contextLength: 64, maxBatch: 8, fuseKvAppend, fuseQkvAttention: false });
     const fused = await load(true);
@@ -376,9 +363,6 @@ Deno.test("gpu model: decode with the KV append in the fused QKV gives the logit
     } finally {
       fused.destroy();
       separate.destroy();
-      file.close();
     }
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
