@@ -194,8 +194,9 @@ const foldNorms = !values["no-fold-norms"];
 // QKV (rows named "decode-unfused-append", or "decode-unfolded-unfused-append" with --no-fold-norms).
 const fuseKvAppend = !values["no-fuse-kv-append"];
 // --no-fuse-qkv-attention: decode over short rows with the attention as a dispatch of its own per layer, not
-// attended by the fused QKV (rows named "…-unfused-qkv-attention").
-const fuseQkvAttention = !values["no-fuse-qkv-attention"];
+// attended by the fused QKV (rows named "…-unfused-qkv-attention"); without it, the model's default (on a
+// GPU, attended by the fused QKV).
+const fuseQkvAttention = values["no-fuse-qkv-attention"] ? false : undefined;
 // --no-fuse-wgkv-append: with the wgkv policy, the WG-KV append as a dispatch of its own per layer, not stored
 // by the write gate, in prefill and decode (both rows named "…-unfused-wgkv-append", for every policy so that
 // the "vs full" column still finds its full-cache row).
@@ -230,7 +231,7 @@ const chainWriteGates = !values["no-chain-gates"];
 // "decode-unfused-reduce").
 const fusedDecodeReduce = !values["no-fuse-decode-reduce"];
 const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? "" : "-unfused-append") +
-  (fuseQkvAttention ? "" : "-unfused-qkv-attention") +
+  (fuseQkvAttention === false ? "-unfused-qkv-attention" : "") +
   wgkvAppendSuffix + (chainWriteGates ? "" : "-unchained-gates") +
   (fusedDecodeReduce ? "" : "-unfused-reduce") +
   (matvecTuning ? "-tuned" : "") +
@@ -375,7 +376,8 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
     }
     const file = await openGGUF(path);
     const hp = hparamsFromGGUF(file);
-    const ctx = Math.max(...prompts, ...depths) + decodeTokens + 1;
+    // (At least room for the warm-up below: 64 tokens and its decode steps.)
+    const ctx = Math.max(...prompts, ...depths, 72) + decodeTokens + 1;
     const model = await GpuModel.load(gpu, file, hp, {
       contextLength: Math.min(ctx, hp.contextLength),
       maxBatch,
