@@ -4,7 +4,12 @@ import { getGpu } from "../src/gpu/device.ts";
 import { createQkvMatvec, type FusedMatvecTuning } from "../src/gpu/ops/fused.ts";
 import { createKvAppend } from "../src/gpu/ops/kv_append.ts";
 import { StepParams } from "../src/gpu/ops/op.ts";
-import { qkvAttendBlocker, qkvAttendWorkgroupBytes } from "../src/gpu/ops/qkv_attend.ts";
+import {
+  QKV_ATTEND_MAX_TILES,
+  qkvAttendBlocker,
+  qkvAttendMaxKeys,
+  qkvAttendWorkgroupBytes,
+} from "../src/gpu/ops/qkv_attend.ts";
 import { QKV_STORAGE_BINDINGS } from "../src/gpu/ops/qkv_kv_store.ts";
 import { KvCache } from "../src/kv/kv_cache.ts";
 import { PAGE_TOKENS } from "../src/kv/page_pool.ts";
@@ -244,6 +249,15 @@ Deno.test("qkv attend: when the tail applies, and one-line errors", async () => 
   };
   const attend = { out: b(512), arrivals: b(2), maxKeys: 16 };
   equal(createQkvMatvec(gpu, { ...base, maxTokens: 1, attend }).attendsUpTo, 16);
+  // Longer rows than a few of the tail's tiles go to the attention dispatch (64 threads: 8 key lanes).
+  const long = createQkvMatvec(gpu, {
+    ...base,
+    maxTokens: 1,
+    attend: { ...attend, maxKeys: 100000 },
+    tuning: { workgroupSize: 64 },
+  });
+  equal(long.attendsUpTo, qkvAttendMaxKeys(64, 64));
+  equal(qkvAttendMaxKeys(64, 64), QKV_ATTEND_MAX_TILES * 8 * 8);
   // Prefill steps do not attend; the op says why.
   const prefill = createQkvMatvec(gpu, { ...base, maxTokens: 2, attend });
   equal(prefill.attendsUpTo, 0);

@@ -44,7 +44,13 @@ import {
 } from "./op.ts";
 import { ropeTurnTable } from "./rope.ts";
 import { type QkvKvAppend, qkvKvAppendBlocker, qkvKvStoreParts } from "./qkv_kv_store.ts";
-import { type QkvAttend, qkvAttendBlocker, type QkvAttendParts, qkvAttendParts } from "./qkv_attend.ts";
+import {
+  type QkvAttend,
+  qkvAttendBlocker,
+  qkvAttendMaxKeys,
+  type QkvAttendParts,
+  qkvAttendParts,
+} from "./qkv_attend.ts";
 import {
   checkMatvecTuningKeys,
   checkMatvecWeights,
@@ -161,7 +167,8 @@ export interface QkvMatvecOptions extends QkvProductOptions {
    */
   append?: QkvKvAppend;
   /**
-   * With `append`, for decode (`maxTokens` 1): while the query's row holds at most `attend.maxKeys` keys,
+   * With `append`, for decode (`maxTokens` 1): while the query's row holds at most `attend.maxKeys` keys
+   * (and at most `qkvAttendMaxKeys`, a few tiles for the one workgroup per KV head that attends),
    * the workgroup that finishes a KV head's last rows also attends for that head (`./qkv_attend.ts`), so
    * the step needs no attention dispatch. Taken where it applies (`qkvAttendBlocker`); the op says so in
    * {@link QkvMatvecOp.attendsUpTo}.
@@ -492,7 +499,7 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): QkvMatvecO
   const plain = variant(undefined);
   if (!tail) return Object.assign(plain, { attendsUpTo: 0, attendBlocker });
   const attending = variant(tail);
-  const maxKeys = attend!.maxKeys;
+  const maxKeys = Math.min(attend!.maxKeys, qkvAttendMaxKeys(append!.kv.headDim, shape.workgroupSize));
   return {
     label,
     attendsUpTo: maxKeys,

@@ -22,7 +22,10 @@ export interface QkvAttend {
    * the decode attention's fused merge) may share one buffer.
    */
   arrivals: BufferSlice;
-  /** The tail attends while the query's position + 1 (its row's keys) is at most this; 0 never. */
+  /**
+   * The tail attends while the query's position + 1 (its row's keys) is at most this and at most
+   * {@link qkvAttendMaxKeys}; 0 never.
+   */
   maxKeys: number;
 }
 
@@ -31,6 +34,20 @@ export interface QkvAttend {
  * workgroup has 64 threads by default).
  */
 const TAIL_TILE_STEPS = 8;
+
+/**
+ * The tail attends over rows of at most this many tiles: one workgroup per KV head walks them one after
+ * another, where the attention dispatch spreads longer rows over more workgroups.
+ */
+export const QKV_ATTEND_MAX_TILES = 4;
+
+/**
+ * Most keys a row may hold for the tail of a fused QKV with `workgroupSize` threads over a cache of
+ * `headDim` ({@link QKV_ATTEND_MAX_TILES} tiles).
+ */
+export function qkvAttendMaxKeys(headDim: number, workgroupSize: number): number {
+  return QKV_ATTEND_MAX_TILES * TAIL_TILE_STEPS * (workgroupSize / (headDim / 8));
+}
 
 /** The limits {@link qkvAttendBlocker} looks at (a subset of `GPUSupportedLimits`). */
 export interface QkvAttendLimits {
