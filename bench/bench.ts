@@ -11,9 +11,8 @@
  *                        [--no-fold-norms]   (decode with a dispatch per RMSNorm: "decode-unfolded" rows)
  *                        [--no-fuse-kv-append]   (decode with a KV append dispatch per layer: "…-unfused-append"
  *                                                 rows, e.g. "decode-unfused-append")
- *                        [--no-fuse-qkv-attention]   (decode over short rows with an attention dispatch per
- *                                                     layer, not attended by the fused QKV:
- *                                                     "decode-unfused-qkv-attention" rows)
+ *                        [--fuse-qkv-attention]   (decode over short rows attended by the fused QKV, without
+ *                                                  an attention dispatch: "decode-qkv-attention" rows)
  *                        [--no-fuse-wgkv-append]   (wgkv policy: prefill and decode with a WG-KV append dispatch
  *                                                   per layer: "…-unfused-wgkv-append" rows, e.g.
  *                                                   "decode-unfused-wgkv-append")
@@ -139,7 +138,7 @@ const { values } = benchFlags(import.meta.url, () =>
       sampled: { type: "boolean" },
       "no-fold-norms": { type: "boolean" },
       "no-fuse-kv-append": { type: "boolean" },
-      "no-fuse-qkv-attention": { type: "boolean" },
+      "fuse-qkv-attention": { type: "boolean" },
       "no-fuse-wgkv-append": { type: "boolean" },
       "no-chain-gates": { type: "boolean" },
       "no-fuse-decode-reduce": { type: "boolean" },
@@ -193,10 +192,9 @@ const foldNorms = !values["no-fold-norms"];
 // --no-fuse-kv-append: decode with the KV append as a dispatch of its own per layer, not stored by the fused
 // QKV (rows named "decode-unfused-append", or "decode-unfolded-unfused-append" with --no-fold-norms).
 const fuseKvAppend = !values["no-fuse-kv-append"];
-// --no-fuse-qkv-attention: decode over short rows with the attention as a dispatch of its own per layer, not
-// attended by the fused QKV (rows named "…-unfused-qkv-attention"); without it, the model's default (on a
-// GPU, attended by the fused QKV).
-const fuseQkvAttention = values["no-fuse-qkv-attention"] ? false : undefined;
+// --fuse-qkv-attention: decode over short rows attended by the fused QKV, without an attention dispatch
+// (rows named "…-qkv-attention"); without it, the model's default.
+const fuseQkvAttention = values["fuse-qkv-attention"] ? true : undefined;
 // --no-fuse-wgkv-append: with the wgkv policy, the WG-KV append as a dispatch of its own per layer, not stored
 // by the write gate, in prefill and decode (both rows named "…-unfused-wgkv-append", for every policy so that
 // the "vs full" column still finds its full-cache row).
@@ -231,7 +229,7 @@ const chainWriteGates = !values["no-chain-gates"];
 // "decode-unfused-reduce").
 const fusedDecodeReduce = !values["no-fuse-decode-reduce"];
 const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? "" : "-unfused-append") +
-  (fuseQkvAttention === false ? "-unfused-qkv-attention" : "") +
+  (fuseQkvAttention ? "-qkv-attention" : "") +
   wgkvAppendSuffix + (chainWriteGates ? "" : "-unchained-gates") +
   (fusedDecodeReduce ? "" : "-unfused-reduce") +
   (matvecTuning ? "-tuned" : "") +

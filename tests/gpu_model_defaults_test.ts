@@ -36,8 +36,8 @@ Deno.test("gpu model: a greedy decode step takes four or five dispatches per lay
     const fused = { fuseQkvAttention: true };
     deepEqual(await dispatches(fused), [folded - L, folded]);
     deepEqual(await dispatches({ fuseQkvAttention: false }), [folded, folded]);
-    // (The attention in the QKV is the default on a GPU, not on a software adapter.)
-    deepEqual(await dispatches({}), gpu.isFallback ? [folded, folded] : [folded - L, folded]);
+    // (Not yet the default.)
+    deepEqual(await dispatches({}), [folded, folded]);
     // The split path with its reduce dispatch: one more per layer.
     deepEqual(await dispatches({ ...fused, fusedDecodeReduce: false }), [folded - L, folded + L]);
     // A dispatch per RMSNorm: the first, one per layer before gate/up, one after each layer.

@@ -145,8 +145,8 @@ export interface GpuModelOptions {
    * is short (the query's position + 1 at most {@link decodeDirectKeys}), the QKV dispatch also attends
    * (the workgroup that finishes a KV head's last rows attends for that head, `QkvMatvecOptions.attend`),
    * saving the attention dispatch per layer, where the kernel's bindings and workgroup memory allow it.
-   * Default true on a GPU; false on a software adapter (lavapipe), where the one workgroup per head that
-   * attends after the products ran a tiny model's decode 27% slower than the attention dispatch.
+   * Default false for now: tested on lavapipe (where it ran a tiny model's decode 27% slower than the
+   * attention dispatch) but not yet measured on a GPU.
    */
   fuseQkvAttention?: boolean;
   /**
@@ -755,7 +755,7 @@ export class GpuModel {
             kPre: gateBufs?.kPre,
             norm: qkvNorm,
             append: fusedAppend && fullKv ? { kv: fullKv, layer: l } : undefined,
-            attend: fusedAppend && fullKv && (options.fuseQkvAttention ?? !gpu.isFallback) && !ablation
+            attend: fusedAppend && fullKv && (options.fuseQkvAttention ?? false) && !ablation
               ? { out: act.att, arrivals: act.arrivals, maxKeys: directKeys }
               : undefined,
             tuning: tuning("attn_qkv", w.wq.cols),
