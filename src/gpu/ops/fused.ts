@@ -440,6 +440,7 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): QkvMatvecO
   const tail = attend && append && attendBlocker === undefined && attend.maxKeys > 0
     ? qkvAttendParts(attend, append.kv, shape.workgroupSize)
     : undefined;
+  const kPre = options.kPre ?? gpu.buffer(`${label}.no_k_pre`, 4);
   const variant = (attending: QkvAttendParts | undefined) => {
     const kernel = gpu.kernel(
       "matvec_fast",
@@ -482,7 +483,7 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): QkvMatvecO
       [6, v],
       [7, step.buffer],
       [8, turnsBuffer],
-      [10, options.kPre ?? gpu.buffer(`${label}.no_k_pre`, 4)],
+      [10, kPre],
       [13, norm.sums],
       ...kvStore.entries,
       ...(attending?.entries ?? []),
@@ -583,9 +584,9 @@ function tuningFor(gpu: Gpu, op: string, request: ShapeRequest): Shape {
   let tokensPerWorkgroup = t.tokensPerWorkgroup ?? Math.min(request.maxTokens, 4);
   // The reduction keeps one more sum per token (a folded norm's); int8 input adds the quantised x rows.
   const int8Wanted = (t.int8 ?? false) && int8MatvecBlocker(request.weights) === undefined;
-  const reductionBytes = () =>
-    workgroupSize * (rowsPerWorkgroup * request.accumulators + 1) * tokensPerWorkgroup * 4;
-  const bytes = () => reductionBytes() + (int8Wanted ? int8InputBytes(request.cols, tokensPerWorkgroup) : 0);
+  const reduction = () =>
+    reductionBytes(workgroupSize, rowsPerWorkgroup, request.accumulators, tokensPerWorkgroup);
+  const bytes = () => reduction() + (int8Wanted ? int8InputBytes(request.cols, tokensPerWorkgroup) : 0);
   while (bytes() > limit && t.tokensPerWorkgroup === undefined && tokensPerWorkgroup > 1) {
     tokensPerWorkgroup--;
   }
@@ -609,23 +610,30 @@ function tuningFor(gpu: Gpu, op: string, request: ShapeRequest): Shape {
     1,
     workgroupSize,
   );
-  if (reductionBytes() > limit) {
+  if (reduction() > limit) {
     throw new BadFlagError(
-      `${op}: the reduction needs ${reductionBytes()} bytes of workgroup memory, this GPU allows ${limit}`,
+      `${op}: the reduction needs ${reduction()} bytes of workgroup memory, this GPU allows ${limit}`,
     );
   }
   const tokenGroups = ceilDiv(request.maxTokens, tokensPerWorkgroup);
   checkWorkgroups(gpu, op, tokenGroups);
   const unitsPerStep = checkUnitsPerStep(op, t.unitsPerStep);
-  const int8 = int8InputFits(gpu, int8Wanted, request.weights, tokensPerWorkgroup, reductionBytes());
+  const int8 = int8InputFits(gpu, int8Wanted, request.weights, tokensPerWorkgroup, reduction());
   return { workgroupSize, rowsPerWorkgroup, tokensPerWorkgroup, tokenGroups, unitsPerStep, int8 };
+}
+
+/**
+ * Workgroup memory of a fused kernel's reduction: `workgroupSize` threads' sums of `rows` rows ×
+ * `accumulators` for `tokens` tokens, and one more per token (a folded norm's).
+ */
+function reductionBytes(workgroupSize: number, rows: number, accumulators: number, tokens: number): number {
+  return workgroupSize * (rows * accumulators + 1) * tokens * 4;
 }
 
 /** Workgroup memory of a fused kernel of `shape` (`accumulators` sums per row and token, rows of `cols`). */
 function fusedWorkgroupBytes(shape: Shape, accumulators: number, cols: number): number {
-  const reduction = shape.workgroupSize * (shape.rowsPerWorkgroup * accumulators + 1) *
-    shape.tokensPerWorkgroup * 4;
-  return reduction + (shape.int8 ? int8InputBytes(cols, shape.tokensPerWorkgroup) : 0);
+  return reductionBytes(shape.workgroupSize, shape.rowsPerWorkgroup, accumulators, shape.tokensPerWorkgroup) +
+    (shape.int8 ? int8InputBytes(cols, shape.tokensPerWorkgroup) : 0);
 }
 
 /** A (x, y, z) grid holding `groups` workgroups in x·y (x within the device limit) and `z` in z. */
