@@ -366,10 +366,11 @@ function poolQuadShaderSource(shardCount: number): string {
 }
 
 /**
- * WGSL statements for `wgsl/decode_attend.wgsl`'s LOAD_QUADS (in `wgsl/flash_decode.wgsl`): the K quad and the V quad at quad `at` of page
- * `page`'s halves, into the kernel's `k_words[u]` and `v_words[u]`. Spliced into the kernel body (inside its
- * unrolled step loop) rather than called, so the arrays stay in registers and all loads of a tile can be in
- * flight together; with several shards the page's shard is chosen once around both loads.
+ * WGSL statements for `wgsl/decode_attend.wgsl`'s LOAD_QUADS (in `wgsl/flash_decode.wgsl`): the K quad and
+ * the V quad at quad `at` of page `page`'s halves, into the kernel's `k_words[u]` and `v_words[u]`. Spliced
+ * into the kernel body (inside its unrolled step loop) rather than called, so the arrays stay in registers
+ * and all loads of a tile can be in flight together; with several shards the page's shard is chosen once
+ * around both loads.
  */
 function poolQuadLoadSource(shardCount: number): string {
   return poolShardSwitch(shardCount, "page", "", (shard) => [
