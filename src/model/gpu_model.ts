@@ -145,8 +145,8 @@ export interface GpuModelOptions {
    * is short (the query's position + 1 at most {@link decodeDirectKeys}), the QKV dispatch also attends
    * (the workgroup that finishes a KV head's last rows attends for that head, `QkvMatvecOptions.attend`),
    * saving the attention dispatch per layer, where the kernel's bindings and workgroup memory allow it.
-   * Default false for now: tested on lavapipe (where it ran a tiny model's decode 27% slower than the
-   * attention dispatch) but not yet measured on a GPU.
+   * Default false for now: tested on lavapipe (where a tiny model decoded 17–39% slower with it than with
+   * the attention dispatch) but not yet measured on a GPU.
    */
   fuseQkvAttention?: boolean;
   /**
