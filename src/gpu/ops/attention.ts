@@ -322,12 +322,20 @@ function defaultDecodeTileSteps(gpu: Gpu, headDim: number, kvHeads: number): num
   return steps;
 }
 
+/**
+ * Workgroup memory of `wgsl/decode_attend.wgsl`'s arrays (`exchange` and `tile_scores`) for `keyLanes` key
+ * lanes of head_dim / 8 threads and tiles of `tileSteps` steps.
+ */
+export function decodeAttendWorkgroupBytes(headDim: number, keyLanes: number, tileSteps: number): number {
+  const quads = headDim / 8, tileKeys = tileSteps * keyLanes;
+  const exchange = Math.max(tileKeys * (quads + 1), Math.ceil(keyLanes / 2) * quads * 10);
+  return exchange * 16 + tileKeys * 16;
+}
+
 /** Workgroup memory of the decode partial pass (see the `var<workgroup>` declarations of `main`). */
 function decodeWorkgroupBytes(headDim: number, tileSteps: number, kvHeads: number): number {
-  const quads = headDim / 8, lanes = decodeKeyLanes(headDim), tileKeys = tileSteps * lanes;
-  const exchange = Math.max(tileKeys * (quads + 1), Math.ceil(lanes / 2) * quads * 10);
-  // exchange, tile_scores, slot_plan, last_arrival, head_lengths
-  return exchange * 16 + tileKeys * 16 + 16 + 4 + kvHeads * 4;
+  // decode_attend's arrays, then slot_plan, last_arrival, head_lengths
+  return decodeAttendWorkgroupBytes(headDim, decodeKeyLanes(headDim), tileSteps) + 16 + 4 + kvHeads * 4;
 }
 
 /**

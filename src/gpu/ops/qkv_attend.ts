@@ -11,7 +11,8 @@
 import { includeShaders, loadShader } from "../shader.ts";
 import { type PagedKvView, poolShardSwitch } from "../../kv/paged_view.ts";
 import type { BufferSlice } from "./op.ts";
-import { QKV_STORAGE_BINDINGS } from "./qkv_kv_store.ts";
+import { qkvKvStoreBindings } from "./qkv_kv_store.ts";
+import { decodeAttendWorkgroupBytes } from "./attention.ts";
 
 /** What `createQkvMatvec` needs to attend for the step's token (see the module comment). */
 export interface QkvAttend {
@@ -71,11 +72,9 @@ export interface QkvAttendShape {
   workgroupBytes: number;
 }
 
-/** Workgroup memory of the tail (decode_attend's `exchange` and `tile_scores`, two u32). */
+/** Workgroup memory of the tail (decode_attend's arrays, two u32). */
 export function qkvAttendWorkgroupBytes(headDim: number, workgroupSize: number): number {
-  const quads = headDim / 8, lanes = workgroupSize / quads, tileKeys = TAIL_TILE_STEPS * lanes;
-  const exchange = Math.max(tileKeys * (quads + 1), Math.ceil(lanes / 2) * quads * 10);
-  return exchange * 16 + tileKeys * 16 + 8;
+  return decodeAttendWorkgroupBytes(headDim, workgroupSize / (headDim / 8), TAIL_TILE_STEPS) + 8;
 }
 
 /**
@@ -103,7 +102,7 @@ export function qkvAttendBlocker(
     return `${shape.rowsPerWorkgroup} rows per workgroup do not divide head_dim ${D}`;
   }
   if (shape.tokensPerWorkgroup !== 1) return `it attends for one token per workgroup`;
-  const needed = QKV_STORAGE_BINDINGS + 2 + kv.shards.length + 2;
+  const needed = qkvKvStoreBindings(kv) + 2;
   if (needed > limits.maxStorageBuffersPerShaderStage) {
     return `QKV with the attention binds ${needed} storage buffers (${kv.shards.length} pool shards), ` +
       `this GPU allows ${limits.maxStorageBuffersPerShaderStage}`;
