@@ -473,7 +473,25 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
           ` (median of ${row.runs})`,
       );
     }
-    if (values.profile) {
+    if (values.profile && prompts.length) {
+      // Where a prefill's time goes, at the longest prompt measured.
+      const tokens = Math.max(...prompts);
+      const profiler = new GpuProfiler(gpu);
+      model.setProfiler(profiler);
+      await model.forward(randomTokens(tokens, hp.nVocab), 0, "argmax");
+      model.setProfiler(undefined);
+      const rows = foldLayers(profiler.totals());
+      results.profiles ??= {};
+      results.profiles[`${shape}/${type}/prefill@${tokens}`] = rows.map((r) => ({
+        ...r,
+        msPerToken: r.totalMs / tokens,
+      }));
+      await save();
+      console.error(`prefill profile, ${shape} ${type} at ${tokens} tokens (ms in all):`);
+      console.error(formatProfile(rows));
+      profiler.destroy();
+    }
+    if (values.profile && depths.length) {
       // Where a decode step's time goes, at the deepest depth measured.
       const depth = Math.max(...depths);
       const profiler = new GpuProfiler(gpu);
