@@ -31,6 +31,8 @@
  *                        [--direct-keys N]  (decode attention in one dispatch up to N keys, 0: always
  *                                            split: "decode-directN" rows)
  *                        [--decode-splits N]  (decode attention's splits per KV head: "decode-splitsN" rows)
+ *                        [--decode-key-lanes N] [--decode-tile-steps N]  (decode attention's key lanes and steps
+ *                                               per tile: "decode-lanesN", "decode-stepsN" rows)
  *                        [--ablate-decode-attention launch|tiles|lanes|skip]  (timing only, the logits are
  *                                               wrong: decode attention's workgroups end at once, after their
  *                                               key tiles, after their lanes' merge and partials, or its
@@ -146,6 +148,8 @@ const { values } = benchFlags(import.meta.url, () =>
       "prefill-tiling": { type: "string" },
       "direct-keys": { type: "string" },
       "decode-splits": { type: "string" },
+      "decode-key-lanes": { type: "string" },
+      "decode-tile-steps": { type: "string" },
       "ablate-decode-attention": { type: "string" },
       "max-batch": { type: "string" },
       "matvec-tuning": { type: "string" },
@@ -217,6 +221,17 @@ const decodeSplits = values["decode-splits"] === undefined ? undefined : Number(
 if (decodeSplits !== undefined && (!Number.isInteger(decodeSplits) || decodeSplits < 1)) {
   flagError(`--decode-splits must be a positive integer, got ${values["decode-splits"]}`);
 }
+// --decode-key-lanes N, --decode-tile-steps N: decode attention's key lanes and steps per tile (rows named
+// "decode-lanesN", "decode-stepsN").
+const positiveFlag = (name: string): number | undefined => {
+  const v = values[name as keyof typeof values];
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) flagError(`--${name} must be a positive integer, got ${v}`);
+  return n;
+};
+const decodeKeyLanes = positiveFlag("decode-key-lanes");
+const decodeTileSteps = positiveFlag("decode-tile-steps");
 // --ablate-decode-attention X: timing only (rows named "decode-ablate-X", their logits wrong).
 const ablation = values["ablate-decode-attention"] as GpuModelOptions["decodeAttentionAblation"];
 if (ablation !== undefined && !["launch", "tiles", "lanes", "skip"].includes(ablation)) {
@@ -234,7 +249,9 @@ const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? 
   (fusedDecodeReduce ? "" : "-unfused-reduce") +
   (matvecTuning ? "-tuned" : "") +
   (directKeys !== undefined ? `-direct${directKeys}` : "") + (values["f32-decode"] === true ? "-f32" : "") +
-  (decodeSplits !== undefined ? `-splits${decodeSplits}` : "") + (ablation ? `-ablate-${ablation}` : "");
+  (decodeSplits !== undefined ? `-splits${decodeSplits}` : "") +
+  (decodeKeyLanes !== undefined ? `-lanes${decodeKeyLanes}` : "") +
+  (decodeTileSteps !== undefined ? `-steps${decodeTileSteps}` : "") + (ablation ? `-ablate-${ablation}` : "");
 // --prefill-splits N: prefill attention with N key splits per KV head (rows named "prefill-splitsN").
 // (without it, the model's default for the policy).
 const prefillSplits = values["prefill-splits"] === undefined ? undefined : Number(values["prefill-splits"]);
@@ -391,6 +408,8 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
       decodeDirectKeys: directKeys,
       fusedDecodeReduce,
       decodeSplits,
+      decodeKeyLanes,
+      decodeTileSteps,
       decodeAttentionAblation: ablation,
       onProgress: (m) => console.error(m),
     });
@@ -574,6 +593,8 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
           decodeDirectKeys: directKeys,
           fusedDecodeReduce,
           decodeSplits,
+          decodeKeyLanes,
+          decodeTileSteps,
           decodeAttentionAblation: ablation,
           policy,
           globalFraction: name === "wgkv" ? kvGlobal : undefined,

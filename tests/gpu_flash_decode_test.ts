@@ -21,6 +21,7 @@ interface Case {
   cuts?: number[];
   splits: number;
   tileSteps?: number;
+  keyLanes?: number;
   rotateTiles?: boolean;
   /** Run the one-dispatch direct mode (the query at position tokens − 1, directKeys = tokens). */
   direct?: boolean;
@@ -94,6 +95,7 @@ async function checkDecode(c: Case): Promise<void> {
       out: outBuf,
       splits,
       tileSteps: c.tileSteps,
+      keyLanes: c.keyLanes,
       rotateTiles: c.rotateTiles,
       fusedReduce: c.fusedReduce,
       arrivals,
@@ -219,7 +221,39 @@ Deno.test("flash decode: direct mode (one dispatch, one workgroup per KV head an
   for (const c of cases) await checkDecode({ ...c, direct: true });
 });
 
-Deno.test("flash decode: tileSteps must be an integer from 1 to 8", async () => {
+Deno.test("flash decode: other key lane counts (8 and 12 lanes; split and direct)", async () => {
+  await checkDecode({
+    headDim: 128,
+    kvHeads: 2,
+    group: 4,
+    tokens: 700,
+    cuts: [700, 333],
+    splits: 5,
+    keyLanes: 8,
+  });
+  await checkDecode({
+    headDim: 64,
+    kvHeads: 1,
+    group: 3,
+    tokens: 500,
+    splits: 3,
+    keyLanes: 12,
+    tileSteps: 3,
+  });
+  await checkDecode({
+    headDim: 64,
+    kvHeads: 2,
+    group: 4,
+    tokens: 260,
+    cuts: [260, 9],
+    splits: 2,
+    keyLanes: 8,
+    tileSteps: 8,
+    direct: true,
+  });
+});
+
+Deno.test("flash decode: tileSteps must be an integer from 1 to 8, keyLanes within the workgroup", async () => {
   const gpu = await getGpu();
   const kv = await KvCache.create(gpu, {
     layers: 1,
@@ -239,6 +273,9 @@ Deno.test("flash decode: tileSteps must be an integer from 1 to 8", async () => 
   throws(() => createFlashDecode(gpu, { ...common, tileSteps: 0 }), BadFlagError);
   throws(() => createFlashDecode(gpu, { ...common, tileSteps: 1.5 }), BadFlagError);
   throws(() => createFlashDecode(gpu, { ...common, tileSteps: 9 }), BadFlagError);
+  // At least 8 key lanes (the split merge's threads), at most the workgroup's threads.
+  throws(() => createFlashDecode(gpu, { ...common, keyLanes: 4 }), BadFlagError);
+  throws(() => createFlashDecode(gpu, { ...common, keyLanes: 1024 }), BadFlagError);
   // The benchmark's ablations take one of three names.
   throws(() => createFlashDecode(gpu, { ...common, ablate: "merge" as "lanes" }), BadFlagError);
   kv.destroy();

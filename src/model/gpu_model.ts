@@ -224,6 +224,10 @@ export interface GpuModelOptions {
    * has fewer; see `FlashDecodeOptions.splits`).
    */
   decodeSplits?: number;
+  /** Decode attention's key lanes (see `FlashDecodeOptions.keyLanes`; default by head_dim). */
+  decodeKeyLanes?: number;
+  /** Decode attention's steps per tile (see `FlashDecodeOptions.tileSteps`; default by head_dim). */
+  decodeTileSteps?: number;
   /**
    * For benchmarks only, where the logits are then wrong: decode attention's workgroups end early
    * (`FlashDecodeOptions.ablate`), or `skip` leaves its dispatch out, to see what it costs. Default: none.
@@ -875,6 +879,8 @@ export class GpuModel {
             directKeys: options.decodeDirectKeys,
             attendedUpTo,
             fusedReduce: options.fusedDecodeReduce,
+            keyLanes: options.decodeKeyLanes,
+            tileSteps: options.decodeTileSteps,
             arrivals: act.arrivals,
             ablate: ablation,
           }));

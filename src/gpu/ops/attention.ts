@@ -208,6 +208,12 @@ export interface FlashDecodeOptions extends AttentionOptions {
    */
   tileSteps?: number;
   /**
+   * Key lanes of the partial pass (keys per step; its workgroup has keyLanes × headDim / 8 threads, at
+   * least headDim of them for the split merge, at most the device's workgroup size). Default
+   * ⌊256 / (headDim / 8)⌋, at most 64: 16 at head_dim 128, 32 at head_dim 64.
+   */
+  keyLanes?: number;
+  /**
    * Whether each slot starts at a different tile of its page range and wraps around (default true), so the
    * slots do not read the same page offsets at the same time.
    */
@@ -311,11 +317,11 @@ function decodeKeyLanes(headDim: number): number {
  * against 61.0 with 2 (64 keys per tile, the default before) and 57.0 with 8; head_dim 128 79.2 with 4
  * against 83.7 with 8.
  */
-function defaultDecodeTileSteps(gpu: Gpu, headDim: number, kvHeads: number): number {
-  const lanes = decodeKeyLanes(headDim);
+function defaultDecodeTileSteps(gpu: Gpu, headDim: number, lanes: number, kvHeads: number): number {
   let steps = Math.max(1, Math.min(8, Math.round(8192 / (lanes * headDim)), Math.round(128 / lanes)));
   while (
-    steps > 1 && decodeWorkgroupBytes(headDim, steps, kvHeads) > gpu.limits.maxComputeWorkgroupStorageSize
+    steps > 1 &&
+    decodeWorkgroupBytes(headDim, lanes, steps, kvHeads) > gpu.limits.maxComputeWorkgroupStorageSize
   ) {
     steps--;
   }
@@ -333,9 +339,9 @@ export function decodeAttendWorkgroupBytes(headDim: number, keyLanes: number, ti
 }
 
 /** Workgroup memory of the decode partial pass (see the `var<workgroup>` declarations of `main`). */
-function decodeWorkgroupBytes(headDim: number, tileSteps: number, kvHeads: number): number {
+function decodeWorkgroupBytes(headDim: number, keyLanes: number, tileSteps: number, kvHeads: number): number {
   // decode_attend's arrays, then slot_plan, last_arrival, head_lengths
-  return decodeAttendWorkgroupBytes(headDim, decodeKeyLanes(headDim), tileSteps) + 16 + 4 + kvHeads * 4;
+  return decodeAttendWorkgroupBytes(headDim, keyLanes, tileSteps) + 16 + 4 + kvHeads * 4;
 }
 
 /**
@@ -513,7 +519,16 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   }
   const splits = options.splits ?? Math.min(32, kv.maxPagesPerHead);
   checkInt(label, "splits", splits, 1, gpu.limits.maxComputeWorkgroupsPerDimension);
-  const tileSteps = options.tileSteps ?? defaultDecodeTileSteps(gpu, D, kv.kvHeads);
+  const keyLanes = options.keyLanes ?? decodeKeyLanes(D);
+  // At least 8 lanes: the split merge takes a thread per head of the batch and 4 dimensions (head_dim threads).
+  checkInt(
+    label,
+    "keyLanes",
+    keyLanes,
+    8,
+    Math.floor(gpu.limits.maxComputeInvocationsPerWorkgroup / (D / 8)),
+  );
+  const tileSteps = options.tileSteps ?? defaultDecodeTileSteps(gpu, D, keyLanes, kv.kvHeads);
   checkInt(label, "tileSteps", tileSteps, 1, 8);
   const headBatches = ceilDiv(group, DECODE_HEADS_PER_BATCH);
   const slots = splits * kv.kvHeads;
@@ -521,7 +536,7 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   checkSlotPlan(label, splits, kv);
   checkSlice(label, "q", q, qHeads * D * 4);
   checkSlice(label, "out", out, qHeads * D * 4);
-  checkWorkgroupMemory(gpu, label, decodeWorkgroupBytes(D, tileSteps, kv.kvHeads));
+  checkWorkgroupMemory(gpu, label, decodeWorkgroupBytes(D, keyLanes, tileSteps, kv.kvHeads));
   const partialBytes = decodePartialsBytes(splits, qHeads, D);
   const partials = options.partials ?? gpu.buffer(`${label} partials`, partialBytes);
   checkSlice(label, "partials", partials, partialBytes);
@@ -536,7 +551,7 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
     splits,
     scale: options.scale ?? 1 / Math.sqrt(D),
     k_quads: D / 8,
-    key_lanes: decodeKeyLanes(D),
+    key_lanes: keyLanes,
     tile_steps: tileSteps,
     rotate_tiles: options.rotateTiles === false ? 0 : 1,
     ...mask.constants,
