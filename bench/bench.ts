@@ -33,6 +33,8 @@
  *                        [--decode-splits N]  (decode attention's splits per KV head: "decode-splitsN" rows)
  *                        [--decode-key-lanes N] [--decode-tile-steps N]  (decode attention's key lanes and steps
  *                                               per tile: "decode-lanesN", "decode-stepsN" rows)
+ *                        [--decode-lane-merge flat|tree]  (decode attention's merge of its key lanes:
+ *                                               "decode-merge-X" rows)
  *                        [--ablate-decode-attention launch|tiles|lanes|skip]  (timing only, the logits are
  *                                               wrong: decode attention's workgroups end at once, after their
  *                                               key tiles, after their lanes' merge and partials, or its
@@ -150,6 +152,7 @@ const { values } = benchFlags(import.meta.url, () =>
       "decode-splits": { type: "string" },
       "decode-key-lanes": { type: "string" },
       "decode-tile-steps": { type: "string" },
+      "decode-lane-merge": { type: "string" },
       "ablate-decode-attention": { type: "string" },
       "max-batch": { type: "string" },
       "matvec-tuning": { type: "string" },
@@ -232,6 +235,11 @@ const positiveFlag = (name: string): number | undefined => {
 };
 const decodeKeyLanes = positiveFlag("decode-key-lanes");
 const decodeTileSteps = positiveFlag("decode-tile-steps");
+// --decode-lane-merge flat|tree: how decode attention's key lanes merge (rows named "decode-mergeX").
+const decodeLaneMerge = values["decode-lane-merge"] as GpuModelOptions["decodeLaneMerge"];
+if (decodeLaneMerge !== undefined && !["flat", "tree"].includes(decodeLaneMerge)) {
+  flagError(`--decode-lane-merge must be flat or tree, got ${decodeLaneMerge}`);
+}
 // --ablate-decode-attention X: timing only (rows named "decode-ablate-X", their logits wrong).
 const ablation = values["ablate-decode-attention"] as GpuModelOptions["decodeAttentionAblation"];
 if (ablation !== undefined && !["launch", "tiles", "lanes", "skip"].includes(ablation)) {
@@ -251,7 +259,9 @@ const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? 
   (directKeys !== undefined ? `-direct${directKeys}` : "") + (values["f32-decode"] === true ? "-f32" : "") +
   (decodeSplits !== undefined ? `-splits${decodeSplits}` : "") +
   (decodeKeyLanes !== undefined ? `-lanes${decodeKeyLanes}` : "") +
-  (decodeTileSteps !== undefined ? `-steps${decodeTileSteps}` : "") + (ablation ? `-ablate-${ablation}` : "");
+  (decodeTileSteps !== undefined ? `-steps${decodeTileSteps}` : "") +
+  (decodeLaneMerge !== undefined ? `-merge-${decodeLaneMerge}` : "") +
+  (ablation ? `-ablate-${ablation}` : "");
 // --prefill-splits N: prefill attention with N key splits per KV head (rows named "prefill-splitsN").
 // (without it, the model's default for the policy).
 const prefillSplits = values["prefill-splits"] === undefined ? undefined : Number(values["prefill-splits"]);
@@ -410,6 +420,7 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
       decodeSplits,
       decodeKeyLanes,
       decodeTileSteps,
+      decodeLaneMerge,
       decodeAttentionAblation: ablation,
       onProgress: (m) => console.error(m),
     });
@@ -595,6 +606,7 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
           decodeSplits,
           decodeKeyLanes,
           decodeTileSteps,
+          decodeLaneMerge,
           decodeAttentionAblation: ablation,
           policy,
           globalFraction: name === "wgkv" ? kvGlobal : undefined,

@@ -22,6 +22,8 @@ interface Case {
   splits: number;
   tileSteps?: number;
   keyLanes?: number;
+  /** The key lanes' merge (default flat). */
+  laneMerge?: "flat" | "tree";
   rotateTiles?: boolean;
   /** Run the one-dispatch direct mode (the query at position tokens − 1, directKeys = tokens). */
   direct?: boolean;
@@ -96,6 +98,7 @@ async function checkDecode(c: Case): Promise<void> {
       splits,
       tileSteps: c.tileSteps,
       keyLanes: c.keyLanes,
+      laneMerge: c.laneMerge,
       rotateTiles: c.rotateTiles,
       fusedReduce: c.fusedReduce,
       arrivals,
@@ -249,6 +252,29 @@ Deno.test("flash decode: other key lane counts (8 and 12 lanes; split and direct
     splits: 2,
     keyLanes: 8,
     tileSteps: 8,
+    direct: true,
+  });
+});
+
+Deno.test("flash decode: the pairwise merge of the key lanes (laneMerge tree), split and direct", async () => {
+  await checkDecode({ headDim: 24, kvHeads: 1, group: 5, tokens: 300, splits: 2, laneMerge: "tree" });
+  await checkDecode({
+    headDim: 128,
+    kvHeads: 2,
+    group: 4,
+    tokens: 700,
+    cuts: [700, 650],
+    splits: 3,
+    laneMerge: "tree",
+  });
+  await checkDecode({
+    headDim: 32,
+    kvHeads: 4,
+    group: 2,
+    tokens: 333,
+    cuts: [333, 0, 1, 17],
+    splits: 5,
+    laneMerge: "tree",
     direct: true,
   });
 });

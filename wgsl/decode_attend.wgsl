@@ -23,8 +23,14 @@
 //   2. scores: one thread per key of the tile adds up the key's k_quads partials and applies the mask;
 //   3. values: each key lane keeps its own online softmax (running max and sum per head) over its keys,
 //      and each thread adds its V quads, weighted, into its 8 × 4 sums;
-//   4. (attend_merge_lanes) the key lanes' states are merged pairwise in workgroup memory.
+//   4. the key lanes' states are merged: attend_merge_flat (one pass: each lane's sums rescaled to the
+//      common maximum go through workgroup memory once, and head_dim threads add up a dimension each), or
+//      attend_merge_lanes (pairwise, log2(key_lanes) rounds).
 // Two barriers per tile.
+
+// attend_merge_flat's sums per thread and pass through workgroup memory: 8 (one pass), 4, 2 or 1 (8
+// passes), as the workgroup memory allows.
+override flat_merge_dims: u32 = 8u;
 
 const HEADS_PER_BATCH: u32 = 4u;
 const DIMS_PER_LANE: u32 = 8u; // one vec4<u32> of packed f16 pairs
@@ -39,7 +45,11 @@ const MERGE_THREADS: u32 = (key_lanes + 1u) / 2u * k_quads;
 // i * MERGE_THREADS + m (i < 8: sums, 8: max, 9: sum). Includers may use it between calls (flash_decode's
 // split merge does): it holds at least 5 · ATTEND_THREADS entries (MERGE_THREADS · 10 ≥ key_lanes / 2 ·
 // k_quads · 10).
-var<workgroup> exchange: array<vec4f, max(TILE_KEYS * (k_quads + 1u), MERGE_THREADS * 10u)>;
+// In attend_merge_flat: sum i of thread tid, rescaled, at (i % flat_merge_dims) * ATTEND_THREADS + tid in
+// the pass of sums i / flat_merge_dims.
+var<workgroup> exchange: array<vec4f, max(max(TILE_KEYS * (k_quads + 1u), MERGE_THREADS * 10u), ATTEND_THREADS * flat_merge_dims)>;
+// attend_merge_flat: each key lane's running max (entries [0, key_lanes)), then its rescaled sum of weights.
+var<workgroup> lane_stats: array<vec4f, 2u * key_lanes>;
 // Scores of the tile's keys (vec4 over the batch's heads), MASKED for unseen keys.
 var<workgroup> tile_scores: array<vec4f, TILE_KEYS>;
 
@@ -210,6 +220,63 @@ fn attend_merge_lanes(state: AttendState, lanes: u32, tid: u32) -> AttendState {
     n = half;
   }
   return AttendState(run_max, run_sum, sums);
+}
+
+// The merged state of attend_merge_flat for one thread: the batch's maximum and sum of weights over all
+// key lanes, and, for a thread tid < head_dim, the weighted V sums (vec4 over heads) of dimension `dim`.
+struct MergedDim {
+  run_max: vec4f,
+  run_sum: vec4f,
+  sums: vec4f,
+  dim: u32,
+}
+
+// Merges the states of the first `lanes` key lanes (uniform) without rounds: every thread learns the total
+// maximum and sum of weights, and thread tid < head_dim the total sums of dimension `dim` (tid % k_quads ·
+// 8 + tid / k_quads: consecutive threads read consecutive words). The lanes' sums, rescaled to the total
+// maximum, go through workgroup memory in 8 / flat_merge_dims passes (one where it fits), a barrier after
+// the maxima and two per pass. Every thread of the workgroup must call it; it reuses `exchange`, which the
+// last tile no longer reads.
+fn attend_merge_flat(state: AttendState, lanes: u32, tid: u32) -> MergedDim {
+  let lane = tid % k_quads;
+  let key_lane = tid / k_quads;
+  if (lane == 0u) { lane_stats[key_lane] = state.run_max; }
+  workgroupBarrier();
+  var m = lane_stats[0];
+  for (var l = 1u; l < lanes; l++) { m = max(m, lane_stats[l]); }
+  let a = select(vec4f(0.0), exp(state.run_max - m), key_lane < lanes);
+  if (lane == 0u) { lane_stats[key_lanes + key_lane] = state.run_sum * a; }
+  let i_read = min(tid / k_quads, 7u);
+  var sums = vec4f(0.0);
+  for (var p = 0u; p < 8u / flat_merge_dims; p++) {
+    if (p > 0u) { workgroupBarrier(); } // the last pass's reads before this pass's writes
+    // (Constant indices into the state's sums: a dynamic one could move them to local memory.)
+    // @unroll
+    for (var i = 0u; i < 8u; i++) {
+      if (i / flat_merge_dims == p) {
+        exchange[(i % flat_merge_dims) * ATTEND_THREADS + tid] = state.sums[i] * a;
+      }
+    }
+    workgroupBarrier();
+    if (i_read / flat_merge_dims == p) {
+      let at = (i_read % flat_merge_dims) * ATTEND_THREADS + lane;
+      for (var l = 0u; l < lanes; l++) { sums += exchange[at + l * k_quads]; }
+    }
+  }
+  var total = vec4f(0.0);
+  for (var l = 0u; l < lanes; l++) { total += lane_stats[key_lanes + l]; }
+  return MergedDim(m, total, sums, lane * DIMS_PER_LANE + i_read);
+}
+
+// Thread tid < head_dim of attend_merge_flat: the batch's normalised outputs of its dimension through
+// attend_store (zeros for a head without keys).
+fn attend_write_dim(merged: MergedDim, first_head: u32, batch_heads: u32) {
+  let inv = select(vec4f(0.0), 1.0 / merged.run_sum, merged.run_sum > vec4f(0.0));
+  let v = merged.sums * inv;
+  // @unroll
+  for (var c = 0u; c < HEADS_PER_BATCH; c++) {
+    if (c < batch_heads) { attend_store((first_head + c) * head_dim + merged.dim, v[c]); }
+  }
 }
 
 // Key lane 0's thread `lane`: the batch's normalised outputs of its 8 dimensions through attend_store

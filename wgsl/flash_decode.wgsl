@@ -64,6 +64,7 @@ override tile_steps: u32 = 4u; // steps per tile: keys per tile = tile_steps * k
 override rotate_tiles: u32 = 1u; // 1: slot s starts at tile (5 s) mod its tiles; 0: at its first tile
 override direct: u32 = 0u; // 1: `main` writes `out` (one slot per KV head), 0: it writes `partials`
 override fused_reduce: u32 = 0u; // 1 (split path): the last workgroup of a KV head merges its splits
+override flat_merge: u32 = 1u; // 1: the key lanes merge in one pass (attend_merge_flat), 0: pairwise
 // Benchmarking only (outputs are then wrong): 1 ends every workgroup at once, 2 after its key tiles, 3 after
 // its key lanes' merge and partials (before the split merge), to see where the time of `main` goes.
 override ablate: u32 = 0u;
@@ -173,9 +174,31 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
     return;
   }
   // A slot without keys has nothing to merge.
-  state = attend_merge_lanes(state, select(1u, key_lanes, has_keys), tid);
+  if (flat_merge != 0u) {
+    let merged = attend_merge_flat(state, select(1u, key_lanes, has_keys), tid);
+    if (tid < head_dim && direct != 0u) {
+      attend_write_dim(merged, first_head, batch_heads);
+    } else if (tid < head_dim && has_keys) {
+      let o = (slot * group + first_local) * head_dim + merged.dim;
+      let so = SLOTS * group * head_dim + (slot * group + first_local) * 2u;
+      // @unroll
+      for (var c = 0u; c < HEADS_PER_BATCH; c++) {
+        if (c < batch_heads) {
+          partials[o + c * head_dim] = merged.sums[c];
+          if (tid == 0u) {
+            partials[so + c * 2u] = merged.run_max[c];
+            partials[so + c * 2u + 1u] = merged.run_sum[c];
+          }
+        }
+      }
+    }
+  } else {
+    state = attend_merge_lanes(state, select(1u, key_lanes, has_keys), tid);
+  }
 
-  if (key_lane == 0u && direct != 0u) {
+  if (flat_merge != 0u) {
+    // written above
+  } else if (key_lane == 0u && direct != 0u) {
     attend_write_out(state, first_head, batch_heads, lane);
   } else if (key_lane == 0u && has_keys) {
     // The head lanes are indexed by constants only (unrolled), see attend_write_out.

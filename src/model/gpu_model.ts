@@ -226,6 +226,8 @@ export interface GpuModelOptions {
   decodeSplits?: number;
   /** Decode attention's key lanes (see `FlashDecodeOptions.keyLanes`; default by head_dim). */
   decodeKeyLanes?: number;
+  /** Decode attention's merge of its key lanes (see `FlashDecodeOptions.laneMerge`; default "flat"). */
+  decodeLaneMerge?: "flat" | "tree";
   /** Decode attention's steps per tile (see `FlashDecodeOptions.tileSteps`; default by head_dim). */
   decodeTileSteps?: number;
   /**
@@ -881,6 +883,7 @@ export class GpuModel {
             fusedReduce: options.fusedDecodeReduce,
             keyLanes: options.decodeKeyLanes,
             tileSteps: options.decodeTileSteps,
+            laneMerge: options.decodeLaneMerge,
             arrivals: act.arrivals,
             ablate: ablation,
           }));

@@ -214,6 +214,11 @@ export interface FlashDecodeOptions extends AttentionOptions {
    */
   keyLanes?: number;
   /**
+   * How the key lanes' states are merged at the end of a workgroup: "flat" (default: in one pass through
+   * workgroup memory, two barriers) or "tree" (pairwise, two barriers per round of log2(keyLanes)).
+   */
+  laneMerge?: "flat" | "tree";
+  /**
    * Whether each slot starts at a different tile of its page range and wraps around (default true), so the
    * slots do not read the same page offsets at the same time.
    */
@@ -329,19 +334,36 @@ function defaultDecodeTileSteps(gpu: Gpu, headDim: number, lanes: number, kvHead
 }
 
 /**
- * Workgroup memory of `wgsl/decode_attend.wgsl`'s arrays (`exchange` and `tile_scores`) for `keyLanes` key
- * lanes of head_dim / 8 threads and tiles of `tileSteps` steps.
+ * Workgroup memory of `wgsl/decode_attend.wgsl`'s arrays (`exchange`, `tile_scores`, `lane_stats`) for
+ * `keyLanes` key lanes of head_dim / 8 threads, tiles of `tileSteps` steps and the flat merge's
+ * `flatMergeDims` sums per pass.
  */
-export function decodeAttendWorkgroupBytes(headDim: number, keyLanes: number, tileSteps: number): number {
+export function decodeAttendWorkgroupBytes(
+  headDim: number,
+  keyLanes: number,
+  tileSteps: number,
+  flatMergeDims = 8,
+): number {
   const quads = headDim / 8, tileKeys = tileSteps * keyLanes;
-  const exchange = Math.max(tileKeys * (quads + 1), Math.ceil(keyLanes / 2) * quads * 10);
-  return exchange * 16 + tileKeys * 16;
+  const exchange = Math.max(
+    tileKeys * (quads + 1),
+    Math.ceil(keyLanes / 2) * quads * 10,
+    keyLanes * quads * flatMergeDims,
+  );
+  // exchange, tile_scores, lane_stats
+  return exchange * 16 + tileKeys * 16 + 2 * keyLanes * 16;
 }
 
 /** Workgroup memory of the decode partial pass (see the `var<workgroup>` declarations of `main`). */
-function decodeWorkgroupBytes(headDim: number, keyLanes: number, tileSteps: number, kvHeads: number): number {
+function decodeWorkgroupBytes(
+  headDim: number,
+  keyLanes: number,
+  tileSteps: number,
+  kvHeads: number,
+  flatMergeDims = 1,
+): number {
   // decode_attend's arrays, then slot_plan, last_arrival, head_lengths
-  return decodeAttendWorkgroupBytes(headDim, keyLanes, tileSteps) + 16 + 4 + kvHeads * 4;
+  return decodeAttendWorkgroupBytes(headDim, keyLanes, tileSteps, flatMergeDims) + 16 + 4 + kvHeads * 4;
 }
 
 /**
@@ -537,6 +559,15 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   checkSlice(label, "q", q, qHeads * D * 4);
   checkSlice(label, "out", out, qHeads * D * 4);
   checkWorkgroupMemory(gpu, label, decodeWorkgroupBytes(D, keyLanes, tileSteps, kv.kvHeads));
+  // The flat merge's sums per pass: all 8 where the workgroup memory allows, else 4, 2 or 1.
+  let flatMergeDims = 8;
+  while (
+    flatMergeDims > 1 &&
+    decodeWorkgroupBytes(D, keyLanes, tileSteps, kv.kvHeads, flatMergeDims) >
+      gpu.limits.maxComputeWorkgroupStorageSize
+  ) {
+    flatMergeDims /= 2;
+  }
   const partialBytes = decodePartialsBytes(splits, qHeads, D);
   const partials = options.partials ?? gpu.buffer(`${label} partials`, partialBytes);
   checkSlice(label, "partials", partials, partialBytes);
@@ -554,6 +585,8 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
     key_lanes: keyLanes,
     tile_steps: tileSteps,
     rotate_tiles: options.rotateTiles === false ? 0 : 1,
+    flat_merge: options.laneMerge === "tree" ? 0 : 1,
+    flat_merge_dims: options.laneMerge === "tree" ? 1 : flatMergeDims,
     ...mask.constants,
   };
   if (options.ablate !== undefined) {
