@@ -11,8 +11,6 @@
  *                        [--no-fold-norms]   (decode with a dispatch per RMSNorm: "decode-unfolded" rows)
  *                        [--no-fuse-kv-append]   (decode with a KV append dispatch per layer: "…-unfused-append"
  *                                                 rows, e.g. "decode-unfused-append")
- *                        [--fuse-qkv-attention]   (decode over short rows attended by the fused QKV, without
- *                                                  an attention dispatch: "decode-qkv-attention" rows)
  *                        [--no-fuse-wgkv-append]   (wgkv policy: prefill and decode with a WG-KV append dispatch
  *                                                   per layer: "…-unfused-wgkv-append" rows, e.g.
  *                                                   "decode-unfused-wgkv-append")
@@ -142,7 +140,6 @@ const { values } = benchFlags(import.meta.url, () =>
       sampled: { type: "boolean" },
       "no-fold-norms": { type: "boolean" },
       "no-fuse-kv-append": { type: "boolean" },
-      "fuse-qkv-attention": { type: "boolean" },
       "no-fuse-wgkv-append": { type: "boolean" },
       "no-chain-gates": { type: "boolean" },
       "no-fuse-decode-reduce": { type: "boolean" },
@@ -199,9 +196,6 @@ const foldNorms = !values["no-fold-norms"];
 // --no-fuse-kv-append: decode with the KV append as a dispatch of its own per layer, not stored by the fused
 // QKV (rows named "decode-unfused-append", or "decode-unfolded-unfused-append" with --no-fold-norms).
 const fuseKvAppend = !values["no-fuse-kv-append"];
-// --fuse-qkv-attention: decode over short rows attended by the fused QKV, without an attention dispatch
-// (rows named "…-qkv-attention"); without it, the model's default.
-const fuseQkvAttention = values["fuse-qkv-attention"] ? true : undefined;
 // --no-fuse-wgkv-append: with the wgkv policy, the WG-KV append as a dispatch of its own per layer, not stored
 // by the write gate, in prefill and decode (both rows named "…-unfused-wgkv-append", for every policy so that
 // the "vs full" column still finds its full-cache row).
@@ -252,7 +246,6 @@ const chainWriteGates = !values["no-chain-gates"];
 // "decode-unfused-reduce").
 const fusedDecodeReduce = !values["no-fuse-decode-reduce"];
 const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? "" : "-unfused-append") +
-  (fuseQkvAttention ? "-qkv-attention" : "") +
   wgkvAppendSuffix + (chainWriteGates ? "" : "-unchained-gates") +
   (fusedDecodeReduce ? "" : "-unfused-reduce") +
   (matvecTuning ? "-tuned" : "") +
@@ -408,7 +401,6 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
       maxBatch,
       foldNorms,
       fuseKvAppend,
-      fuseQkvAttention,
       fuseWgkvAppend,
       prefillSplits,
       prefillTiling,
@@ -593,7 +585,6 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
           maxBatch,
           foldNorms,
           fuseKvAppend,
-          fuseQkvAttention,
           fuseWgkvAppend,
           chainWriteGates,
           prefillSplits,

@@ -16,7 +16,7 @@ Deno.test("gpu model: prefill steps of 2048 tokens for the full cache on a GPU, 
   });
 });
 
-Deno.test("gpu model: a greedy decode step takes four or five dispatches per layer and three more", async () => {
+Deno.test("gpu model: a greedy decode step takes five dispatches per layer and three more", async () => {
   const gpu = await getGpu();
   await withTinyModel(async (file, hp) => {
     const dispatches = async (options: Partial<GpuModelOptions>) => {
@@ -29,18 +29,13 @@ Deno.test("gpu model: a greedy decode step takes four or five dispatches per lay
       }
     };
     // Embedding (the first norm folded in), per layer QKV, attention, attn_output, gate/up and down (the
-    // norms folded into them), the output product (no norm scale before greedy's argmax) and the argmax;
-    // over short rows the QKV dispatch attends too.
+    // norms folded into them), the output product (no norm scale before greedy's argmax) and the argmax.
     const L = hp.nLayer;
     const folded = 1 + 5 * L + 2;
-    const fused = { fuseQkvAttention: true };
-    deepEqual(await dispatches(fused), [folded - L, folded]);
-    deepEqual(await dispatches({ fuseQkvAttention: false }), [folded, folded]);
-    // (Not yet the default.)
     deepEqual(await dispatches({}), [folded, folded]);
     // The split path with its reduce dispatch: one more per layer.
-    deepEqual(await dispatches({ ...fused, fusedDecodeReduce: false }), [folded - L, folded + L]);
+    deepEqual(await dispatches({ fusedDecodeReduce: false }), [folded, folded + L]);
     // A dispatch per RMSNorm: the first, one per layer before gate/up, one after each layer.
-    deepEqual(await dispatches({ ...fused, foldNorms: false }), [folded - L + 1 + 2 * L, folded + 1 + 2 * L]);
+    deepEqual(await dispatches({ foldNorms: false }), [folded + 1 + 2 * L, folded + 1 + 2 * L]);
   });
 });

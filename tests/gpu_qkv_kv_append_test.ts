@@ -337,7 +337,7 @@ Deno.test("gpu model: decode with the KV append in the fused QKV gives the logit
   const gpu = await getGpu();
   await withTinyModel(async (file, hp) => {
     const load = (fuseKvAppend: boolean) =>
-      GpuModel.load(gpu, file, hp, { contextLength: 64, maxBatch: 8, fuseKvAppend, fuseQkvAttention: false });
+      GpuModel.load(gpu, file, hp, { contextLength: 64, maxBatch: 8, fuseKvAppend });
     const fused = await load(true);
     const separate = await load(false);
     try {

@@ -1,7 +1,6 @@
 // Decode attention over one KV head's row of the paged KV cache: one query token, a batch of up to 4
-// query heads of the head's GQA group. The core shared by wgsl/flash_decode.wgsl (its partial pass and
-// direct mode include it with `// #include decode_attend`) and by the attention tail of the fused QKV
-// (wgsl/qkv_attend.wgsl, spliced into wgsl/matvec_fast.wgsl by src/gpu/ops/qkv_attend.ts).
+// query heads of the head's GQA group. The core of wgsl/flash_decode.wgsl's partial pass and direct mode,
+// which include it with `// #include decode_attend`.
 //
 // A library, not a kernel. The including shader declares
 //   overrides `head_dim`, `k_quads` (head_dim / 8: 16-byte words per K row), `key_lanes`, `tile_steps`,

@@ -37,10 +37,6 @@
 // bindings 14…: the paged KV cache (`qkv` with kv_append = 1): the text define KV_STORE, spliced in below
 //            the units, is then wgsl/qkv_kv_store.wgsl (see src/gpu/ops/qkv_kv_store.ts), which declares
 //            them and defines kv_locate and kv_store; otherwise it is a stub of the two without bindings.
-// bindings 18, 19: the attention tail (`qkv` with attend = 1, always with kv_append = 1): the text define
-//            ATTEND, spliced in after the KV store, is then wgsl/qkv_attend.wgsl (see
-//            src/gpu/ops/qkv_attend.ts), which declares them and defines attend_after_group: the workgroup
-//            that finishes a KV head's last row group attends for it; otherwise a stub without bindings.
 //
 // Int8 input (x_int8 = 1, for weight types with INT8 unit sections): every workgroup first quantises its
 // tokens' x rows per 16 values into workgroup memory (stage_int8, for its first row group), then the units
@@ -115,8 +111,6 @@ override norm_eps: f32 = 1e-5;
 // 1: quantise x to int8 per 16 values in workgroup memory first and take the products with integer dot
 // products (the weights' INT8 unit sections, see wgsl/matvec_units.wgsl; cols a multiple of 16), else 0.
 override x_int8: u32 = 0u;
-// `qkv`: 1 to attend for the step's one token after the products (the ATTEND block), else 0.
-override attend: u32 = 0u;
 
 const MAX_ROWS = 8u;
 const MAX_TOKENS = 8u;
@@ -147,8 +141,6 @@ var<workgroup> x_scales: array<vec2f, max(1u, x_int8 * tokens_per_wg * (cols / 1
 {{UNITS_C}}
 
 {{KV_STORE}}
-
-{{ATTEND}}
 
 // Thread tid's sum number p (of n per thread) sits at partial[tid · n + p] before `reduce`; a consumer of a
 // folded RMSNorm adds one sum per token.
@@ -507,7 +499,6 @@ fn qkv(
         kv_store(kv_at, lo, hi);
       }
     }
-    if (attend == 1u) { attend_after_group(weight, row0, tid); }
     if (g + launched < row_groups) { workgroupBarrier(); } // the next group's sums overwrite `partial`
   }
 }

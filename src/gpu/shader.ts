@@ -30,7 +30,6 @@ export const SHADER_NAMES: readonly string[] = [
   "matmul_int8_stacked",
   "matvec_fast",
   "matvec_units",
-  "qkv_attend",
   "qkv_kv_store",
   "quantize_q8",
   "rmsnorm",

@@ -61,7 +61,6 @@ import {
   type DecodeAblation,
   decodeArrivalsBytes,
   decodePartialsBytes,
-  DEFAULT_DIRECT_KEYS,
   prefillPartialsBytes,
   type PrefillTileShape,
 } from "../gpu/ops/attention.ts";
@@ -140,15 +139,6 @@ export interface GpuModelOptions {
    * append stays a dispatch of its own; the WG-KV dual cache has {@link fuseWgkvAppend}). Default true.
    */
   fuseKvAppend?: boolean;
-  /**
-   * Decode with the full cache and the KV append in the fused QKV ({@link fuseKvAppend}): while the context
-   * is short (the query's position + 1 at most {@link decodeDirectKeys}), the QKV dispatch also attends
-   * (the workgroup that finishes a KV head's last rows attends for that head, `QkvMatvecOptions.attend`),
-   * saving the attention dispatch per layer, where the kernel's bindings and workgroup memory allow it.
-   * Default false for now: tested on lavapipe (where a tiny model decoded 17–39% slower with it than with
-   * the attention dispatch) but not yet measured on a GPU.
-   */
-  fuseQkvAttention?: boolean;
   /**
    * The `wgkv` policy, decode and prefill: the write gate's flag dispatch also stores K and V into the
    * dual cache's ring with each slot's position and flag, saving the WG-KV append dispatch per layer (where
@@ -736,17 +726,14 @@ export class GpuModel {
       }
       let outputNormOp: GpuOp | undefined;
       const ablation = options.decodeAttentionAblation;
-      const directKeys = options.decodeDirectKeys ?? DEFAULT_DIRECT_KEYS;
       for (let l = 0; l < hp.nLayer; l++) {
         const w = layers[l];
         const p = `${tag}blk.${l}.`;
         const fusedAppend = appendInQkv(w);
-        // Rows of at most this many keys are attended by the fused QKV (its attention tail).
-        let attendedUpTo = 0;
         if (decode && canFuseQkv(w.wq, w.wk, w.wv)) {
           // One dispatch: Q, K and V rows, Q and K rotated as they are written (with the write gate, K
           // also before RoPE: the gate reads both; with the full cache, K and V also into their pages).
-          const qkvOp = createQkvMatvec(gpu, {
+          ops.push(createQkvMatvec(gpu, {
             label: `${p}attn_qkv`,
             wq: w.wq,
             wk: w.wk,
@@ -761,13 +748,8 @@ export class GpuModel {
             kPre: gateBufs?.kPre,
             norm: qkvNorm,
             append: fusedAppend && fullKv ? { kv: fullKv, layer: l } : undefined,
-            attend: fusedAppend && fullKv && (options.fuseQkvAttention ?? false) && !ablation
-              ? { out: act.att, arrivals: act.arrivals, maxKeys: directKeys }
-              : undefined,
             tuning: tuning("attn_qkv", w.wq.cols),
-          });
-          attendedUpTo = qkvOp.attendsUpTo;
-          ops.push(qkvOp);
+          }));
         } else {
           // The three products in one dispatch where possible (K and V alone would underfill the GPU).
           const qkv = {
@@ -879,7 +861,6 @@ export class GpuModel {
             splits,
             partials: act.partials,
             directKeys: options.decodeDirectKeys,
-            attendedUpTo,
             fusedReduce: options.fusedDecodeReduce,
             keyLanes: options.decodeKeyLanes,
             tileSteps: options.decodeTileSteps,

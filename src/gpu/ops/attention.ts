@@ -231,11 +231,6 @@ export interface FlashDecodeOptions extends AttentionOptions {
    */
   directKeys?: number;
   /**
-   * Rows of at most this many keys (the query's position + 1) are attended elsewhere, by the fused QKV's
-   * attention tail (`createQkvMatvec`'s `attend`): for them the op records nothing. Needs `step`; default 0.
-   */
-  attendedUpTo?: number;
-  /**
    * Whether the split path merges the splits in the partial pass itself (default true): the last
    * workgroup of each KV head and head batch to finish (counted in `arrivals`) merges the head's splits
    * and writes the outputs, so there is no reduce dispatch. False keeps the separate reduce pass.
@@ -614,9 +609,6 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   const directKeys = step ? options.directKeys ?? DEFAULT_DIRECT_KEYS : 0;
   checkInt(label, "directKeys", directKeys, 0);
   if (options.directKeys && !step) throw new BadFlagError(`${label}: directKeys needs the step parameters`);
-  const attendedUpTo = options.attendedUpTo ?? 0;
-  checkInt(label, "attendedUpTo", attendedUpTo, 0);
-  if (attendedUpTo && !step) throw new BadFlagError(`${label}: attendedUpTo needs the step parameters`);
   const directKernel = directKeys > 0
     ? gpu.kernel("flash_decode", { ...constants, splits: 1, direct: 1 }, defines, "main")
     : undefined;
@@ -647,7 +639,6 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   return {
     label,
     encode(pass: GPUComputePassEncoder): void {
-      if (step && step.pos0 + 1 <= attendedUpTo) return;
       if (directKernel && step && step.pos0 + 1 <= directKeys) {
         pass.setPipeline(directKernel.pipeline);
         pass.setBindGroup(0, directGroup!);

@@ -45,13 +45,6 @@ import {
 import { ropeTurnTable } from "./rope.ts";
 import { type QkvKvAppend, qkvKvAppendBlocker, qkvKvStoreParts } from "./qkv_kv_store.ts";
 import {
-  type QkvAttend,
-  qkvAttendBlocker,
-  qkvAttendMaxKeys,
-  type QkvAttendParts,
-  qkvAttendParts,
-} from "./qkv_attend.ts";
-import {
   checkMatvecTuningKeys,
   checkMatvecWeights,
   checkUnitsPerStep,
@@ -166,29 +159,10 @@ export interface QkvMatvecOptions extends QkvProductOptions {
    * the cache's.
    */
   append?: QkvKvAppend;
-  /**
-   * With `append`, for decode (`maxTokens` 1): while the query's row holds at most `attend.maxKeys` keys
-   * (and at most `qkvAttendMaxKeys`, a few tiles for the one workgroup per KV head that attends),
-   * the workgroup that finishes a KV head's last rows also attends for that head (`./qkv_attend.ts`), so
-   * the step needs no attention dispatch. Taken where it applies (`qkvAttendBlocker`); the op says so in
-   * {@link QkvMatvecOp.attendsUpTo}.
-   */
-  attend?: QkvAttend;
   /** `x` is the residual times the norm weight; the RMS comes from the producer's sums. */
   norm?: FoldedNormInput;
   /** Override constants for tuning on a given GPU. */
   tuning?: FusedMatvecTuning;
-}
-
-/** The op of {@link createQkvMatvec}. */
-export interface QkvMatvecOp extends GpuOp {
-  /**
-   * Rows of at most this many keys (the query's position + 1) are attended by this op itself (its
-   * `attend` option); 0 when it never attends.
-   */
-  readonly attendsUpTo: number;
-  /** Why the `attend` option was not taken (undefined when it was, or was not asked for). */
-  readonly attendBlocker?: string;
 }
 
 /**
@@ -350,7 +324,7 @@ export function createGateUpSwiGluMatmul(gpu: Gpu, options: GateUpSwiGluMatmulOp
  * are written and storing K and V into the paged KV cache (`append`). Throws an {@link UnsupportedError}
  * when {@link canFuseQkv} is false, no decode kernel reads the weights, or the append does not apply.
  */
-export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): QkvMatvecOp {
+export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
   const { label, wq, wk, wv, x, q, k, v, maxTokens, step, rope } = options;
   const blocker = qkvFusionBlocker(wq, wk, wv);
   if (blocker) throw new UnsupportedError(`${label}: cannot fuse Q, K and V: ${blocker}`);
@@ -415,81 +389,7 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): QkvMatvecO
   const turnsBuffer = gpu.buffer(`${label}.turns`, turns.data.byteLength, turns.data);
   const norm = normInputParts(gpu, label, maxTokens, options.norm);
   const kvStore = qkvKvStoreParts(gpu, label, append);
-  // The attention tail, where it applies.
-  const attend = options.attend;
-  let attendBlocker: string | undefined;
-  if (attend) {
-    checkInt(label, "attend.maxKeys", attend.maxKeys, 0);
-    checkSlice(label, "attend.out", attend.out, wq.rows * 4);
-    if (!append) throw new BadFlagError(`${label}: attend needs append (the keys in the cache)`);
-    checkSlice(label, "attend.arrivals", attend.arrivals, append.kv.kvHeads * 4);
-    attendBlocker = maxTokens !== 1
-      ? `it attends for decode steps of one token, not ${maxTokens}`
-      : qkvAttendBlocker(
-        gpu.limits,
-        append.kv,
-        {
-          qRows: wq.rows,
-          workgroupSize: shape.workgroupSize,
-          rowsPerWorkgroup: shape.rowsPerWorkgroup,
-          tokensPerWorkgroup: shape.tokensPerWorkgroup,
-          workgroupBytes: fusedWorkgroupBytes(shape, 1, wq.cols),
-        },
-      );
-  }
-  const tail = attend && append && attendBlocker === undefined && attend.maxKeys > 0
-    ? qkvAttendParts(attend, append.kv, shape.workgroupSize)
-    : undefined;
   const kPre = options.kPre ?? gpu.buffer(`${label}.no_k_pre`, 4);
-  const variant = (attending: QkvAttendParts | undefined) => {
-    const kernel = gpu.kernel(
-      "matvec_fast",
-      {
-        ...norm.constants,
-        ...kvStore.constants,
-        ...attending?.constants,
-        cols: wq.cols,
-        rows_a: wq.rows,
-        rows_b: wk.rows,
-        rows_c: wv.rows,
-        row_bytes_a: wq.rowBytes,
-        row_bytes_b: wk.rowBytes,
-        row_bytes_c: wv.rowBytes,
-        wg_size: shape.workgroupSize,
-        rows_per_wg: shape.rowsPerWorkgroup,
-        tokens_per_wg: shape.tokensPerWorkgroup,
-        head_dim: headDim,
-        rope_pairs: ropePairs,
-        n_chunks: turns.chunks,
-        keep_pre_k: options.kPre ? 1 : 0,
-        reduce_lanes: reduceLanes(shape.workgroupSize),
-        units_per_step: shape.unitsPerStep,
-        x_int8: shape.int8 ? 1 : 0,
-      },
-      {
-        ...subblockDefines(wq, wk, wv),
-        KV_STORE: kvStore.source,
-        ...(attending ? { ATTEND: attending.source } : {}),
-      },
-      "qkv",
-    );
-    const group = bindNumbered(gpu, kernel, [
-      [0, wq.parts[0].buffer],
-      [1, wk.parts[0].buffer],
-      [2, wv.parts[0].buffer],
-      [3, x],
-      [4, q],
-      [5, k],
-      [6, v],
-      [7, step.buffer],
-      [8, turnsBuffer],
-      [10, kPre],
-      [13, norm.sums],
-      ...kvStore.entries,
-      ...(attending?.entries ?? []),
-    ]);
-    return new FusedOp(label, kernel, group, grid);
-  };
   const per = shape.rowsPerWorkgroup;
   const groups = launchedGroups(
     label,
@@ -497,17 +397,50 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): QkvMatvecO
     options.tuning?.maxWorkgroups,
   );
   const grid = grid2d(gpu, label, groups, shape.tokenGroups);
-  const plain = variant(undefined);
-  if (!tail) return Object.assign(plain, { attendsUpTo: 0, attendBlocker });
-  const attending = variant(tail);
-  const maxKeys = Math.min(attend!.maxKeys, qkvAttendMaxKeys(append!.kv.headDim, shape.workgroupSize));
-  return {
-    label,
-    attendsUpTo: maxKeys,
-    encode(pass: GPUComputePassEncoder): void {
-      (step.pos0 + 1 <= maxKeys ? attending : plain).encode(pass);
+  const kernel = gpu.kernel(
+    "matvec_fast",
+    {
+      ...norm.constants,
+      ...kvStore.constants,
+      cols: wq.cols,
+      rows_a: wq.rows,
+      rows_b: wk.rows,
+      rows_c: wv.rows,
+      row_bytes_a: wq.rowBytes,
+      row_bytes_b: wk.rowBytes,
+      row_bytes_c: wv.rowBytes,
+      wg_size: shape.workgroupSize,
+      rows_per_wg: shape.rowsPerWorkgroup,
+      tokens_per_wg: shape.tokensPerWorkgroup,
+      head_dim: headDim,
+      rope_pairs: ropePairs,
+      n_chunks: turns.chunks,
+      keep_pre_k: options.kPre ? 1 : 0,
+      reduce_lanes: reduceLanes(shape.workgroupSize),
+      units_per_step: shape.unitsPerStep,
+      x_int8: shape.int8 ? 1 : 0,
     },
-  };
+    {
+      ...subblockDefines(wq, wk, wv),
+      KV_STORE: kvStore.source,
+    },
+    "qkv",
+  );
+  const group = bindNumbered(gpu, kernel, [
+    [0, wq.parts[0].buffer],
+    [1, wk.parts[0].buffer],
+    [2, wv.parts[0].buffer],
+    [3, x],
+    [4, q],
+    [5, k],
+    [6, v],
+    [7, step.buffer],
+    [8, turnsBuffer],
+    [10, kPre],
+    [13, norm.sums],
+    ...kvStore.entries,
+  ]);
+  return new FusedOp(label, kernel, group, grid);
 }
 
 /**
@@ -628,12 +561,6 @@ function tuningFor(gpu: Gpu, op: string, request: ShapeRequest): Shape {
  */
 function reductionBytes(workgroupSize: number, rows: number, accumulators: number, tokens: number): number {
   return workgroupSize * (rows * accumulators + 1) * tokens * 4;
-}
-
-/** Workgroup memory of a fused kernel of `shape` (`accumulators` sums per row and token, rows of `cols`). */
-function fusedWorkgroupBytes(shape: Shape, accumulators: number, cols: number): number {
-  return reductionBytes(shape.workgroupSize, shape.rowsPerWorkgroup, accumulators, shape.tokensPerWorkgroup) +
-    (shape.int8 ? int8InputBytes(cols, shape.tokensPerWorkgroup) : 0);
 }
 
 /** A (x, y, z) grid holding `groups` workgroups in x·y (x within the device limit) and `z` in z. */
