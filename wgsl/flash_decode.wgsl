@@ -164,7 +164,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
   let end_key = min(range.y * PAGE_TOKENS, len);
   let tiles = select(0u, (end_key - first_key + TILE_KEYS - 1u) / TILE_KEYS, has_keys);
   let rotation = select(0u, (slot * 5u) % max(tiles, 1u), rotate_tiles != 0u);
-  var state = attend_tiles(row, first_key, end_key, tiles, rotation, qd, tid);
+  let state = attend_tiles(row, first_key, end_key, tiles, rotation, qd, tid);
 
   if (ablate == 2u) {
     // (A store under a condition that never holds keeps the tiles' loads and arithmetic.)
@@ -173,48 +173,13 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
     }
     return;
   }
-  // A slot without keys has nothing to merge.
+  // A slot without keys has nothing to merge. Direct mode writes the outputs, the split path its partials.
+  let lanes = select(1u, key_lanes, has_keys);
+  let first_slot_head = slot * group + first_local;
   if (flat_merge != 0u) {
-    let merged = attend_merge_flat(state, select(1u, key_lanes, has_keys), tid);
-    if (tid < head_dim && direct != 0u) {
-      attend_write_dim(merged, first_head, batch_heads);
-    } else if (tid < head_dim && has_keys) {
-      let o = (slot * group + first_local) * head_dim + merged.dim;
-      let so = SLOTS * group * head_dim + (slot * group + first_local) * 2u;
-      // @unroll
-      for (var c = 0u; c < HEADS_PER_BATCH; c++) {
-        if (c < batch_heads) {
-          partials[o + c * head_dim] = merged.sums[c];
-          if (tid == 0u) {
-            partials[so + c * 2u] = merged.run_max[c];
-            partials[so + c * 2u + 1u] = merged.run_sum[c];
-          }
-        }
-      }
-    }
+    write_flat(attend_merge_flat(state, lanes, tid), first_slot_head, first_head, batch_heads, has_keys, tid);
   } else {
-    state = attend_merge_lanes(state, select(1u, key_lanes, has_keys), tid);
-  }
-
-  if (flat_merge != 0u) {
-    // written above
-  } else if (key_lane == 0u && direct != 0u) {
-    attend_write_out(state, first_head, batch_heads, lane);
-  } else if (key_lane == 0u && has_keys) {
-    // The head lanes are indexed by constants only (unrolled), see attend_write_out.
-    // @unroll
-    for (var c = 0u; c < HEADS_PER_BATCH; c++) {
-      if (c < batch_heads) {
-        let o = ((slot * group + first_local + c) * head_dim) + lane * DIMS_PER_LANE;
-        // @unroll
-        for (var i = 0u; i < 8u; i++) { partials[o + i] = state.sums[i][c]; }
-        if (lane == 0u) {
-          let so = SLOTS * group * head_dim + (slot * group + first_local + c) * 2u;
-          partials[so] = state.run_max[c];
-          partials[so + 1u] = state.run_sum[c];
-        }
-      }
-    }
+    write_lanes(attend_merge_lanes(state, lanes, tid), first_slot_head, first_head, batch_heads, has_keys, tid);
   }
   if (ablate == 3u) { return; }
   if (fused_reduce != 0u && direct == 0u) {
@@ -235,6 +200,52 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
         storageBarrier(); // acquire: the other workgroups' partials after their arrivals
         if (tid == 0u) { atomicStore(&arrivals[counter], 0u); }
         merge_splits(plan.y, plan.z, len, first_local, first_head, batch_heads, tid);
+      }
+    }
+  }
+}
+
+// After attend_merge_flat: threads tid < head_dim write their dimension of the batch's outputs (direct
+// mode) or of its partials at slot head `first_slot_head` (slot · group + first local head), thread 0 the
+// (max, sum of weights) pairs.
+fn write_flat(merged: MergedDim, first_slot_head: u32, first_head: u32, batch_heads: u32, has_keys: bool, tid: u32) {
+  if (tid < head_dim && direct != 0u) {
+    attend_write_dim(merged, first_head, batch_heads);
+  } else if (tid < head_dim && has_keys) {
+    let o = first_slot_head * head_dim + merged.dim;
+    let so = SLOTS * (q_heads / kv_heads) * head_dim + first_slot_head * 2u;
+    // @unroll
+    for (var c = 0u; c < HEADS_PER_BATCH; c++) {
+      if (c < batch_heads) {
+        partials[o + c * head_dim] = merged.sums[c];
+        if (tid == 0u) {
+          partials[so + c * 2u] = merged.run_max[c];
+          partials[so + c * 2u + 1u] = merged.run_sum[c];
+        }
+      }
+    }
+  }
+}
+
+// After attend_merge_lanes: key lane 0's threads write their 8 dimensions, as write_flat.
+fn write_lanes(state: AttendState, first_slot_head: u32, first_head: u32, batch_heads: u32, has_keys: bool, tid: u32) {
+  let lane = tid % k_quads;
+  if (tid >= k_quads) { return; }
+  if (direct != 0u) {
+    attend_write_out(state, first_head, batch_heads, lane);
+  } else if (has_keys) {
+    // The head lanes are indexed by constants only (unrolled), see attend_write_out.
+    // @unroll
+    for (var c = 0u; c < HEADS_PER_BATCH; c++) {
+      if (c < batch_heads) {
+        let o = (first_slot_head + c) * head_dim + lane * DIMS_PER_LANE;
+        // @unroll
+        for (var i = 0u; i < 8u; i++) { partials[o + i] = state.sums[i][c]; }
+        if (lane == 0u) {
+          let so = SLOTS * (q_heads / kv_heads) * head_dim + (first_slot_head + c) * 2u;
+          partials[so] = state.run_max[c];
+          partials[so + 1u] = state.run_sum[c];
+        }
       }
     }
   }
