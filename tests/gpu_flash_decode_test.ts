@@ -225,58 +225,31 @@ Deno.test("flash decode: direct mode (one dispatch, one workgroup per KV head an
 });
 
 Deno.test("flash decode: other key lane counts (8 and 12 lanes; split and direct)", async () => {
-  await checkDecode({
-    headDim: 128,
-    kvHeads: 2,
-    group: 4,
-    tokens: 700,
-    cuts: [700, 333],
-    splits: 5,
-    keyLanes: 8,
-  });
-  await checkDecode({
-    headDim: 64,
-    kvHeads: 1,
-    group: 3,
-    tokens: 500,
-    splits: 3,
-    keyLanes: 12,
-    tileSteps: 3,
-  });
-  await checkDecode({
-    headDim: 64,
-    kvHeads: 2,
-    group: 4,
-    tokens: 260,
-    cuts: [260, 9],
-    splits: 2,
-    keyLanes: 8,
-    tileSteps: 8,
-    direct: true,
-  });
+  const cases: Case[] = [
+    { headDim: 128, kvHeads: 2, group: 4, tokens: 700, cuts: [700, 333], splits: 5, keyLanes: 8 },
+    { headDim: 64, kvHeads: 1, group: 3, tokens: 500, splits: 3, keyLanes: 12, tileSteps: 3 },
+    {
+      headDim: 64,
+      kvHeads: 2,
+      group: 4,
+      tokens: 260,
+      cuts: [260, 9],
+      splits: 2,
+      keyLanes: 8,
+      tileSteps: 8,
+      direct: true,
+    },
+  ];
+  for (const c of cases) await checkDecode(c);
 });
 
 Deno.test("flash decode: the pairwise merge of the key lanes (laneMerge tree), split and direct", async () => {
-  await checkDecode({ headDim: 24, kvHeads: 1, group: 5, tokens: 300, splits: 2, laneMerge: "tree" });
-  await checkDecode({
-    headDim: 128,
-    kvHeads: 2,
-    group: 4,
-    tokens: 700,
-    cuts: [700, 650],
-    splits: 3,
-    laneMerge: "tree",
-  });
-  await checkDecode({
-    headDim: 32,
-    kvHeads: 4,
-    group: 2,
-    tokens: 333,
-    cuts: [333, 0, 1, 17],
-    splits: 5,
-    laneMerge: "tree",
-    direct: true,
-  });
+  const cases: Case[] = [
+    { headDim: 24, kvHeads: 1, group: 5, tokens: 300, splits: 2 },
+    { headDim: 128, kvHeads: 2, group: 4, tokens: 700, cuts: [700, 650], splits: 3 },
+    { headDim: 32, kvHeads: 4, group: 2, tokens: 333, cuts: [333, 0, 1, 17], splits: 5, direct: true },
+  ];
+  for (const c of cases) await checkDecode({ ...c, laneMerge: "tree" });
 });
 
 Deno.test("flash decode: tileSteps must be an integer from 1 to 8, keyLanes within the workgroup", async () => {
