@@ -229,7 +229,7 @@ const positiveFlag = (name: string): number | undefined => {
 };
 const decodeKeyLanes = positiveFlag("decode-key-lanes");
 const decodeTileSteps = positiveFlag("decode-tile-steps");
-// --decode-lane-merge flat|tree: how decode attention's key lanes merge (rows named "decode-mergeX").
+// --decode-lane-merge flat|tree: how decode attention's key lanes merge (rows named "decode-merge-X").
 const decodeLaneMerge = values["decode-lane-merge"] as GpuModelOptions["decodeLaneMerge"];
 if (decodeLaneMerge !== undefined && !["flat", "tree"].includes(decodeLaneMerge)) {
   flagError(`--decode-lane-merge must be flat or tree, got ${decodeLaneMerge}`);

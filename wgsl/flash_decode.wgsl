@@ -64,7 +64,7 @@ override tile_steps: u32 = 4u; // steps per tile: keys per tile = tile_steps * k
 override rotate_tiles: u32 = 1u; // 1: slot s starts at tile (5 s) mod its tiles; 0: at its first tile
 override direct: u32 = 0u; // 1: `main` writes `out` (one slot per KV head), 0: it writes `partials`
 override fused_reduce: u32 = 0u; // 1 (split path): the last workgroup of a KV head merges its splits
-override flat_merge: u32 = 1u; // 1: the key lanes merge in one pass (attend_merge_flat), 0: pairwise
+override flat_merge: u32 = 0u; // 1: the key lanes merge without rounds (attend_merge_flat), 0: pairwise
 // Benchmarking only (outputs are then wrong): 1 ends every workgroup at once, 2 after its key tiles, 3 after
 // its key lanes' merge and partials (before the split merge), to see where the time of `main` goes.
 override ablate: u32 = 0u;

@@ -216,7 +216,7 @@ export interface GpuModelOptions {
   decodeSplits?: number;
   /** Decode attention's key lanes (see `FlashDecodeOptions.keyLanes`; default by head_dim). */
   decodeKeyLanes?: number;
-  /** Decode attention's merge of its key lanes (see `FlashDecodeOptions.laneMerge`; default "flat"). */
+  /** Decode attention's merge of its key lanes (see `FlashDecodeOptions.laneMerge`; default "tree"). */
   decodeLaneMerge?: "flat" | "tree";
   /** Decode attention's steps per tile (see `FlashDecodeOptions.tileSteps`; default by head_dim). */
   decodeTileSteps?: number;

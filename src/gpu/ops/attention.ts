@@ -214,8 +214,12 @@ export interface FlashDecodeOptions extends AttentionOptions {
    */
   keyLanes?: number;
   /**
-   * How the key lanes' states are merged at the end of a workgroup: "flat" (default: in one pass through
-   * workgroup memory, two barriers) or "tree" (pairwise, two barriers per round of log2(keyLanes)).
+   * How the key lanes' states are merged at the end of a workgroup: "tree" (default: pairwise, two
+   * barriers per round of log2(keyLanes)) or "flat" (each lane's sums rescaled to the common maximum go
+   * through workgroup memory once, in one pass where the workgroup memory allows, and a thread per
+   * dimension adds them up: three barriers). The flat merge is tested but not yet measured on a GPU; on the
+   * H100 the tree merge, partials included, took 7.2 µs per layer of the 1B's 23.6 at 4096 keys (8.5 of
+   * 33.7 for the 8B; bench/results/h100-decode-attention-ablations.txt).
    */
   laneMerge?: "flat" | "tree";
   /**
@@ -555,7 +559,8 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   checkSlice(label, "out", out, qHeads * D * 4);
   checkWorkgroupMemory(gpu, label, decodeWorkgroupBytes(D, keyLanes, tileSteps, kv.kvHeads));
   // The flat merge's sums per pass: all 8 where the workgroup memory allows, else 4, 2 or 1.
-  let flatMergeDims = 8;
+  const flat = options.laneMerge === "flat";
+  let flatMergeDims = flat ? 8 : 1;
   while (
     flatMergeDims > 1 &&
     decodeWorkgroupBytes(D, keyLanes, tileSteps, kv.kvHeads, flatMergeDims) >
@@ -580,8 +585,8 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
     key_lanes: keyLanes,
     tile_steps: tileSteps,
     rotate_tiles: options.rotateTiles === false ? 0 : 1,
-    flat_merge: options.laneMerge === "tree" ? 0 : 1,
-    flat_merge_dims: options.laneMerge === "tree" ? 1 : flatMergeDims,
+    flat_merge: flat ? 1 : 0,
+    flat_merge_dims: flatMergeDims,
     ...mask.constants,
   };
   if (options.ablate !== undefined) {
