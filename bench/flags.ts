@@ -1,11 +1,14 @@
 /**
  * Command-line flags of the benchmark scripts: `--help` prints the script's module comment (its usage), and
- * a flag parseArgs rejects ends the script with one line on stderr and exit status 2, not a stack trace.
+ * a flag parseArgs rejects ends the script with one line on stderr and exit status 2, not a stack trace; so
+ * does a flag value the GPU or the model cannot take (a `WgkvError` thrown later, e.g. a decode attention
+ * workgroup that does not fit the GPU's workgroup memory), with that error's exit status.
  *
  * @module
  */
 
 import { fileURLToPath } from "node:url";
+import { WgkvError } from "../src/errors.ts";
 
 /**
  * Runs `parse` (a node:util parseArgs call whose options include a boolean `help`) for the script at
@@ -14,6 +17,13 @@ import { fileURLToPath } from "node:url";
  */
 export function benchFlags<R extends { values: { help?: boolean } }>(scriptUrl: string, parse: () => R): R {
   const name = scriptUrl.substring(scriptUrl.lastIndexOf("/") + 1);
+  // A WgkvError escaping the script's top level (a rejected top-level await): one line, its exit status.
+  globalThis.addEventListener("unhandledrejection", (event) => {
+    if (!(event.reason instanceof WgkvError)) return;
+    event.preventDefault();
+    console.error(`${name.replace(/\.ts$/, "")}: error: ${event.reason.message.replaceAll("\n", " ")}`);
+    Deno.exit(event.reason.exitCode);
+  });
   let parsed: R;
   try {
     parsed = parse();

@@ -59,3 +59,32 @@ Deno.test("bench: a KV prompt past the model's context is refused before any pre
   match(last, /^bench: --kv-prompts 1000000: with \d+ decode tokens it exceeds tiny's context of \d+/);
   ok(!/prefill/.test(r.stderr), r.stderr);
 });
+
+Deno.test("bench: a flag value the kernels refuse (decode attention's key lanes) is one line, not a stack trace", async () => {
+  const out = await Deno.makeTempFile({ suffix: ".json" });
+  const lanes = await runBench("bench.ts", [
+    "--shapes",
+    "tiny",
+    "--types",
+    "q4_k_m",
+    "--prompts",
+    "",
+    "--depths",
+    "0",
+    "--decode-key-lanes",
+    "4",
+    "--out",
+    out,
+    "--fresh",
+  ]);
+  await Deno.remove(out).catch(() => {});
+  equal(lanes.code, 2, lanes.stderr);
+  match(
+    lanes.stderr.trim().split("\n").at(-1)!,
+    /^bench: error: .*keyLanes must be an integer in \[8, \d+\], got 4$/,
+  );
+  ok(!/\bat \S+:\d+:\d+/.test(lanes.stderr), lanes.stderr);
+  const merge = await runBench("bench.ts", ["--decode-lane-merge", "round"]);
+  equal(merge.code, 2, merge.stderr);
+  match(merge.stderr.trim(), /^bench: --decode-lane-merge must be flat or tree, got round$/);
+});
