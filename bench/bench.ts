@@ -33,6 +33,8 @@
  *                                               per tile: "decode-lanesN", "decode-stepsN" rows)
  *                        [--decode-lane-merge flat|tree]  (decode attention's merge of its key lanes:
  *                                               "decode-merge-X" rows)
+ *                        [--decode-shared-queries]  (decode attention's queries in workgroup memory, not
+ *                                                    registers: "decode-shared-queries" rows)
  *                        [--ablate-decode-attention launch|tiles|lanes|skip]  (timing only, the logits are
  *                                               wrong: decode attention's workgroups end at once, after their
  *                                               key tiles, after their lanes' merge and partials, or its
@@ -150,6 +152,7 @@ const { values } = benchFlags(import.meta.url, () =>
       "decode-key-lanes": { type: "string" },
       "decode-tile-steps": { type: "string" },
       "decode-lane-merge": { type: "string" },
+      "decode-shared-queries": { type: "boolean" },
       "ablate-decode-attention": { type: "string" },
       "max-batch": { type: "string" },
       "matvec-tuning": { type: "string" },
@@ -234,6 +237,8 @@ const decodeLaneMerge = values["decode-lane-merge"] as GpuModelOptions["decodeLa
 if (decodeLaneMerge !== undefined && !["flat", "tree"].includes(decodeLaneMerge)) {
   flagError(`--decode-lane-merge must be flat or tree, got ${decodeLaneMerge}`);
 }
+// --decode-shared-queries: decode attention's queries in workgroup memory (rows named "decode-shared-queries").
+const decodeSharedQueries = values["decode-shared-queries"] ? true : undefined;
 // --ablate-decode-attention X: timing only (rows named "decode-ablate-X", their logits wrong).
 const ablation = values["ablate-decode-attention"] as GpuModelOptions["decodeAttentionAblation"];
 if (ablation !== undefined && !["launch", "tiles", "lanes", "skip"].includes(ablation)) {
@@ -254,6 +259,7 @@ const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? 
   (decodeKeyLanes !== undefined ? `-lanes${decodeKeyLanes}` : "") +
   (decodeTileSteps !== undefined ? `-steps${decodeTileSteps}` : "") +
   (decodeLaneMerge !== undefined ? `-merge-${decodeLaneMerge}` : "") +
+  (decodeSharedQueries ? "-shared-queries" : "") +
   (ablation ? `-ablate-${ablation}` : "");
 // --prefill-splits N: prefill attention with N key splits per KV head (rows named "prefill-splitsN").
 // (without it, the model's default for the policy).
@@ -413,6 +419,7 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
       decodeKeyLanes,
       decodeTileSteps,
       decodeLaneMerge,
+      decodeSharedQueries,
       decodeAttentionAblation: ablation,
       onProgress: (m) => console.error(m),
     });
@@ -598,6 +605,7 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
           decodeKeyLanes,
           decodeTileSteps,
           decodeLaneMerge,
+          decodeSharedQueries,
           decodeAttentionAblation: ablation,
           policy,
           globalFraction: name === "wgkv" ? kvGlobal : undefined,

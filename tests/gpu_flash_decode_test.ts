@@ -24,6 +24,8 @@ interface Case {
   keyLanes?: number;
   /** The key lanes' merge (default tree). */
   laneMerge?: "flat" | "tree";
+  /** The queries in workgroup memory (default: registers). */
+  sharedQueries?: boolean;
   rotateTiles?: boolean;
   /** Run the one-dispatch direct mode (the query at position tokens − 1, directKeys = tokens). */
   direct?: boolean;
@@ -99,6 +101,7 @@ async function checkDecode(c: Case): Promise<void> {
       tileSteps: c.tileSteps,
       keyLanes: c.keyLanes,
       laneMerge: c.laneMerge,
+      sharedQueries: c.sharedQueries,
       rotateTiles: c.rotateTiles,
       fusedReduce: c.fusedReduce,
       arrivals,
@@ -255,6 +258,16 @@ Deno.test("flash decode: the key lanes merged without rounds (laneMerge flat), s
     { headDim: 64, kvHeads: 2, group: 4, tokens: 20, cuts: [0, 0], splits: 4 },
   ];
   for (const c of cases) await checkDecode({ ...c, laneMerge: "flat" });
+});
+
+Deno.test("flash decode: the queries in workgroup memory (sharedQueries), split and direct, both merges", async () => {
+  const cases: Case[] = [
+    { headDim: 24, kvHeads: 1, group: 5, tokens: 300, splits: 2 },
+    { headDim: 128, kvHeads: 2, group: 4, tokens: 700, cuts: [700, 650], splits: 3, laneMerge: "flat" },
+    { headDim: 32, kvHeads: 4, group: 2, tokens: 333, cuts: [333, 0, 1, 17], splits: 5, direct: true },
+    { headDim: 8, kvHeads: 3, group: 1, tokens: 600, cuts: [600, 1, 0], splits: 7, tileSteps: 8 },
+  ];
+  for (const c of cases) await checkDecode({ ...c, sharedQueries: true });
 });
 
 Deno.test("flash decode: tileSteps must be an integer from 1 to 8, keyLanes within the workgroup", async () => {

@@ -7,7 +7,7 @@ import { hparamsFromGGUF } from "../src/model/hparams.ts";
 import { writeSyntheticModel } from "../src/model/synth.ts";
 import { relativeError } from "./gpu_ops_helpers.ts";
 
-Deno.test("gpu model: decodeSplits shares decode attention out differently with the same logits; the benchmark's ablation changes them", async () => {
+Deno.test("gpu model: decode attention's splits, lane merge, query staging and key lanes keep the logits; the benchmark's ablation changes them", async () => {
   const gpu = await getGpu();
   const dir = await Deno.makeTempDir();
   const path = `${dir}/tiny-f16.gguf`;
@@ -33,6 +33,16 @@ Deno.test("gpu model: decodeSplits shares decode attention out differently with 
     for (const decodeSplits of [2, 5]) {
       const err = relativeError(await decodeLogits({ decodeSplits }), base);
       ok(err < 1e-5, `decodeSplits ${decodeSplits}: relative error ${err}`);
+    }
+    // The other shapes of decode attention's workgroup: the same softmax up to rounding.
+    const shapes: Partial<GpuModelOptions>[] = [
+      { decodeLaneMerge: "flat" },
+      { decodeSharedQueries: true },
+      { decodeKeyLanes: 8, decodeTileSteps: 2 },
+    ];
+    for (const options of shapes) {
+      const err = relativeError(await decodeLogits(options), base);
+      ok(err < 1e-5, `${JSON.stringify(options)}: relative error ${err}`);
     }
     // Without attention the logits are others (the ablation took effect).
     const skipped = await decodeLogits({ decodeAttentionAblation: "skip" });

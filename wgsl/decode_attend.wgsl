@@ -30,6 +30,10 @@
 // attend_merge_flat's sums per thread and pass through workgroup memory: 8 (one pass), 4, 2 or 1 (8
 // passes), as the workgroup memory allows.
 override flat_merge_dims: u32 = 8u;
+// 1: the batch's scaled queries live in workgroup memory (query_tile, staged by attend_stage_queries) and
+// every dot product reads them there; 0: each thread keeps its 8 dimensions of them in registers
+// (attend_queries), 32 values per thread.
+override shared_queries: u32 = 0u;
 
 const HEADS_PER_BATCH: u32 = 4u;
 const DIMS_PER_LANE: u32 = 8u; // one vec4<u32> of packed f16 pairs
@@ -49,6 +53,8 @@ const MERGE_THREADS: u32 = (key_lanes + 1u) / 2u * k_quads;
 var<workgroup> exchange: array<vec4f, max(max(TILE_KEYS * (k_quads + 1u), MERGE_THREADS * 10u), ATTEND_THREADS * flat_merge_dims)>;
 // attend_merge_flat: each key lane's running max (entries [0, key_lanes)), then its rescaled sum of weights.
 var<workgroup> lane_stats: array<vec4f, 2u * key_lanes>;
+// With shared_queries: dimension d of the batch's scaled queries (vec4 over its heads) at d.
+var<workgroup> query_tile: array<vec4f, max(1u, head_dim * shared_queries)>;
 // Scores of the tile's keys (vec4 over the batch's heads), MASKED for unseen keys.
 var<workgroup> tile_scores: array<vec4f, TILE_KEYS>;
 
@@ -68,6 +74,17 @@ fn attend_dot8(qd: array<vec4f, 8>, k: vec4u) -> vec4f {
   let e = unpack2x16float(k.w);
   return qd[0] * a.x + qd[1] * a.y + qd[2] * b.x + qd[3] * b.y + qd[4] * c.x + qd[5] * c.y + qd[6] * e.x +
     qd[7] * e.y;
+}
+
+// attend_dot8 with the queries of workgroup memory (shared_queries): dimensions [8 lane, 8 lane + 8).
+fn attend_dot8_shared(lane: u32, k: vec4u) -> vec4f {
+  let q = lane * DIMS_PER_LANE;
+  let a = unpack2x16float(k.x);
+  let b = unpack2x16float(k.y);
+  let c = unpack2x16float(k.z);
+  let e = unpack2x16float(k.w);
+  return query_tile[q] * a.x + query_tile[q + 1u] * a.y + query_tile[q + 2u] * b.x + query_tile[q + 3u] * b.y +
+    query_tile[q + 4u] * c.x + query_tile[q + 5u] * c.y + query_tile[q + 6u] * e.x + query_tile[q + 7u] * e.y;
 }
 
 // Adds weight `w` (vec4 over heads) times the 8 values packed in `v` to the lane's sums.
@@ -106,6 +123,20 @@ fn attend_queries(first_head: u32, batch_heads: u32, lane: u32) -> array<vec4f, 
     );
   }
   return qd;
+}
+
+// shared_queries: the batch's scaled queries into query_tile, a thread per dimension, then a barrier.
+// Every thread of the workgroup must call it.
+fn attend_stage_queries(first_head: u32, batch_heads: u32, tid: u32) {
+  for (var d = tid; d < head_dim; d += ATTEND_THREADS) {
+    query_tile[d] = vec4f(
+      attend_batch_query(first_head, 0u, batch_heads, d),
+      attend_batch_query(first_head, 1u, batch_heads, d),
+      attend_batch_query(first_head, 2u, batch_heads, d),
+      attend_batch_query(first_head, 3u, batch_heads, d),
+    );
+  }
+  workgroupBarrier();
 }
 
 // Query head `first_head + c`'s scaled value at dimension d (0 past the batch's heads).
@@ -150,7 +181,13 @@ fn attend_tiles(
     }
     // @unroll
     for (var u = 0u; u < tile_steps; u++) {
-      exchange[(u * key_lanes + key_lane) * (k_quads + 1u) + lane] = attend_dot8(qd, k_words[u]);
+      var dot: vec4f;
+      if (shared_queries != 0u) {
+        dot = attend_dot8_shared(lane, k_words[u]);
+      } else {
+        dot = attend_dot8(qd, k_words[u]);
+      }
+      exchange[(u * key_lanes + key_lane) * (k_quads + 1u) + lane] = dot;
     }
     workgroupBarrier();
 

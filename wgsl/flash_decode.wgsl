@@ -159,7 +159,13 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
   let has_keys = plan.z != 0u && range.x < range.y;
   let row = base_row + kv_head;
 
-  let qd = attend_queries(first_head, batch_heads, lane);
+  // The queries: in registers, or staged in workgroup memory (shared_queries; qd is then unused).
+  var qd: array<vec4f, 8>;
+  if (shared_queries != 0u) {
+    attend_stage_queries(first_head, batch_heads, tid);
+  } else {
+    qd = attend_queries(first_head, batch_heads, lane);
+  }
   let first_key = range.x * PAGE_TOKENS;
   let end_key = min(range.y * PAGE_TOKENS, len);
   let tiles = select(0u, (end_key - first_key + TILE_KEYS - 1u) / TILE_KEYS, has_keys);

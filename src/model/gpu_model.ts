@@ -218,6 +218,8 @@ export interface GpuModelOptions {
   decodeKeyLanes?: number;
   /** Decode attention's merge of its key lanes (see `FlashDecodeOptions.laneMerge`; default "tree"). */
   decodeLaneMerge?: "flat" | "tree";
+  /** Decode attention's queries in workgroup memory (see `FlashDecodeOptions.sharedQueries`; default false). */
+  decodeSharedQueries?: boolean;
   /** Decode attention's steps per tile (see `FlashDecodeOptions.tileSteps`; default by head_dim). */
   decodeTileSteps?: number;
   /**
@@ -865,6 +867,7 @@ export class GpuModel {
             keyLanes: options.decodeKeyLanes,
             tileSteps: options.decodeTileSteps,
             laneMerge: options.decodeLaneMerge,
+            sharedQueries: options.decodeSharedQueries,
             arrivals: act.arrivals,
             ablate: ablation,
           }));

@@ -223,6 +223,13 @@ export interface FlashDecodeOptions extends AttentionOptions {
    */
   laneMerge?: "flat" | "tree";
   /**
+   * Whether the batch's scaled queries are staged in workgroup memory and read there by every dot product
+   * (true), instead of each thread keeping its 8 dimensions × 4 heads in registers (default false): 32
+   * registers fewer per thread, for more workgroups per multiprocessor, at the cost of workgroup-memory
+   * reads. Tested, not yet measured on a GPU.
+   */
+  sharedQueries?: boolean;
+  /**
    * Whether each slot starts at a different tile of its page range and wraps around (default true), so the
    * slots do not read the same page offsets at the same time.
    */
@@ -342,6 +349,7 @@ export function decodeAttendWorkgroupBytes(
   keyLanes: number,
   tileSteps: number,
   flatMergeDims = 8,
+  sharedQueries = false,
 ): number {
   const quads = headDim / 8, tileKeys = tileSteps * keyLanes;
   const exchange = Math.max(
@@ -349,8 +357,8 @@ export function decodeAttendWorkgroupBytes(
     Math.ceil(keyLanes / 2) * quads * 10,
     keyLanes * quads * flatMergeDims,
   );
-  // exchange, tile_scores, lane_stats
-  return exchange * 16 + tileKeys * 16 + 2 * keyLanes * 16;
+  // exchange, tile_scores, lane_stats, query_tile
+  return exchange * 16 + tileKeys * 16 + 2 * keyLanes * 16 + (sharedQueries ? headDim : 1) * 16;
 }
 
 /** Workgroup memory of the decode partial pass (see the `var<workgroup>` declarations of `main`). */
@@ -360,9 +368,11 @@ function decodeWorkgroupBytes(
   tileSteps: number,
   kvHeads: number,
   flatMergeDims = 1,
+  sharedQueries = false,
 ): number {
   // decode_attend's arrays, then slot_plan, last_arrival, head_lengths
-  return decodeAttendWorkgroupBytes(headDim, keyLanes, tileSteps, flatMergeDims) + 16 + 4 + kvHeads * 4;
+  return decodeAttendWorkgroupBytes(headDim, keyLanes, tileSteps, flatMergeDims, sharedQueries) + 16 + 4 +
+    kvHeads * 4;
 }
 
 /**
@@ -557,13 +567,18 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   checkSlotPlan(label, splits, kv);
   checkSlice(label, "q", q, qHeads * D * 4);
   checkSlice(label, "out", out, qHeads * D * 4);
-  checkWorkgroupMemory(gpu, label, decodeWorkgroupBytes(D, keyLanes, tileSteps, kv.kvHeads));
+  const sharedQueries = options.sharedQueries ?? false;
+  checkWorkgroupMemory(
+    gpu,
+    label,
+    decodeWorkgroupBytes(D, keyLanes, tileSteps, kv.kvHeads, 1, sharedQueries),
+  );
   // The flat merge's sums per pass: all 8 where the workgroup memory allows, else 4, 2 or 1.
   const flat = options.laneMerge === "flat";
   let flatMergeDims = flat ? 8 : 1;
   while (
     flatMergeDims > 1 &&
-    decodeWorkgroupBytes(D, keyLanes, tileSteps, kv.kvHeads, flatMergeDims) >
+    decodeWorkgroupBytes(D, keyLanes, tileSteps, kv.kvHeads, flatMergeDims, sharedQueries) >
       gpu.limits.maxComputeWorkgroupStorageSize
   ) {
     flatMergeDims /= 2;
@@ -587,6 +602,7 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
     rotate_tiles: options.rotateTiles === false ? 0 : 1,
     flat_merge: flat ? 1 : 0,
     flat_merge_dims: flatMergeDims,
+    shared_queries: sharedQueries ? 1 : 0,
     ...mask.constants,
   };
   if (options.ablate !== undefined) {
