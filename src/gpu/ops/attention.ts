@@ -340,28 +340,11 @@ function defaultDecodeTileSteps(gpu: Gpu, headDim: number, lanes: number, kvHead
 }
 
 /**
- * Workgroup memory of `wgsl/decode_attend.wgsl`'s arrays (`exchange`, `tile_scores`, `lane_stats`) for
- * `keyLanes` key lanes of head_dim / 8 threads, tiles of `tileSteps` steps and the flat merge's
- * `flatMergeDims` sums per pass.
+ * Workgroup memory of the decode partial pass (the `var<workgroup>` declarations of `main` and of
+ * `wgsl/decode_attend.wgsl`) for `keyLanes` key lanes of head_dim / 8 threads, tiles of `tileSteps` steps,
+ * the flat merge's `flatMergeDims` sums per pass (1 for the tree merge) and the queries in workgroup memory
+ * or not.
  */
-export function decodeAttendWorkgroupBytes(
-  headDim: number,
-  keyLanes: number,
-  tileSteps: number,
-  flatMergeDims = 8,
-  sharedQueries = false,
-): number {
-  const quads = headDim / 8, tileKeys = tileSteps * keyLanes;
-  const exchange = Math.max(
-    tileKeys * (quads + 1),
-    Math.ceil(keyLanes / 2) * quads * 10,
-    keyLanes * quads * flatMergeDims,
-  );
-  // exchange, tile_scores, lane_stats, query_tile
-  return exchange * 16 + tileKeys * 16 + 2 * keyLanes * 16 + (sharedQueries ? headDim : 1) * 16;
-}
-
-/** Workgroup memory of the decode partial pass (see the `var<workgroup>` declarations of `main`). */
 function decodeWorkgroupBytes(
   headDim: number,
   keyLanes: number,
@@ -370,9 +353,15 @@ function decodeWorkgroupBytes(
   flatMergeDims = 1,
   sharedQueries = false,
 ): number {
-  // decode_attend's arrays, then slot_plan, last_arrival, head_lengths
-  return decodeAttendWorkgroupBytes(headDim, keyLanes, tileSteps, flatMergeDims, sharedQueries) + 16 + 4 +
-    kvHeads * 4;
+  const quads = headDim / 8, tileKeys = tileSteps * keyLanes;
+  const exchange = Math.max(
+    tileKeys * (quads + 1),
+    Math.ceil(keyLanes / 2) * quads * 10,
+    keyLanes * quads * flatMergeDims,
+  );
+  // decode_attend's exchange, tile_scores, lane_stats and query_tile, then slot_plan, last_arrival and
+  // head_lengths
+  return (exchange + tileKeys + 2 * keyLanes + (sharedQueries ? headDim : 1)) * 16 + 16 + 4 + kvHeads * 4;
 }
 
 /**
