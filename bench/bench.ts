@@ -250,6 +250,17 @@ const chainWriteGates = !values["no-chain-gates"];
 // --no-fuse-decode-reduce: decode attention's split path with its reduce dispatch (rows named
 // "decode-unfused-reduce").
 const fusedDecodeReduce = !values["no-fuse-decode-reduce"];
+// The decode attention flags as model options (the same for the shape rows and the KV policy rows).
+const decodeAttention: Partial<GpuModelOptions> = {
+  decodeDirectKeys: directKeys,
+  fusedDecodeReduce,
+  decodeSplits,
+  decodeKeyLanes,
+  decodeTileSteps,
+  decodeLaneMerge,
+  decodeSharedQueries,
+  decodeAttentionAblation: ablation,
+};
 const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? "" : "-unfused-append") +
   wgkvAppendSuffix + (chainWriteGates ? "" : "-unchained-gates") +
   (fusedDecodeReduce ? "" : "-unfused-reduce") +
@@ -413,14 +424,7 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
       matvecTuning,
       int8Prefill,
       int8Decode,
-      decodeDirectKeys: directKeys,
-      fusedDecodeReduce,
-      decodeSplits,
-      decodeKeyLanes,
-      decodeTileSteps,
-      decodeLaneMerge,
-      decodeSharedQueries,
-      decodeAttentionAblation: ablation,
+      ...decodeAttention,
       onProgress: (m) => console.error(m),
     });
     if (matvecTuning) results.matvecTuning = matvecTuning;
@@ -599,14 +603,7 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
           int8Prefill,
           int8Decode,
           matvecTuning,
-          decodeDirectKeys: directKeys,
-          fusedDecodeReduce,
-          decodeSplits,
-          decodeKeyLanes,
-          decodeTileSteps,
-          decodeLaneMerge,
-          decodeSharedQueries,
-          decodeAttentionAblation: ablation,
+          ...decodeAttention,
           policy,
           globalFraction: name === "wgkv" ? kvGlobal : undefined,
           onProgress: (m) => console.error(m),
