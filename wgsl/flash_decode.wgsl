@@ -173,9 +173,13 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
   let state = attend_tiles(row, first_key, end_key, tiles, rotation, qd, tid);
 
   if (ablate == 2u) {
-    // (A store under a condition that never holds keeps the tiles' loads and arithmetic.)
+    // (A store under a condition that never holds keeps the tiles' loads and arithmetic: every sum feeds
+    // it, or the compiler could drop the V accumulation of the others.)
     if (layer_params.pad1 == 0x9e3779b9u) {
-      out[tid] = state.sums[0].x + state.sums[7].w + state.run_sum.x + state.run_max.w;
+      var keep = state.run_sum + state.run_max;
+      // @unroll
+      for (var i = 0u; i < 8u; i++) { keep += state.sums[i]; }
+      out[tid] = dot(keep, vec4f(1.0));
     }
     return;
   }
