@@ -727,7 +727,6 @@ export class GpuModel {
         ops.push(norm(`${tag}blk.0.attn_norm`, layers[0].attnNorm, false));
       }
       let outputNormOp: GpuOp | undefined;
-      const ablation = options.decodeAttentionAblation;
       for (let l = 0; l < hp.nLayer; l++) {
         const w = layers[l];
         const p = `${tag}blk.${l}.`;
@@ -847,6 +846,7 @@ export class GpuModel {
         }
         // Attention of the step's queries over the cache (an ablation that skips it leaves none at all:
         // benchmarking only).
+        const ablation = options.decodeAttentionAblation;
         const attention = {
           label: `${p}attention`,
           kv,

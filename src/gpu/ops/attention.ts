@@ -15,7 +15,6 @@ import {
   pagedKvConstants,
   type PagedKvView,
   POOL_FIRST_BINDING,
-  poolShardSwitch,
   shardEntries,
 } from "../../kv/paged_view.ts";
 import {
@@ -397,6 +396,27 @@ function poolQuadShaderSource(shardCount: number): string {
     `}`,
   );
   return lines.join("\n");
+}
+
+/**
+ * WGSL lines running `body(shard)` for the shard of page `page`: straight-line code with one shard, else a
+ * switch over the shards (the page's shard is chosen once around the whole body).
+ */
+function poolShardSwitch(
+  shardCount: number,
+  page: string,
+  indent: string,
+  body: (shard: string) => string[],
+): string[] {
+  if (shardCount === 1) return body("pool_shard_0").map((l) => indent + l);
+  const out = [`${indent}switch (${page} / pool_pages_per_shard) {`];
+  for (let s = 0; s < shardCount; s++) {
+    out.push(`${indent}  ${s === shardCount - 1 ? "default" : `case ${s}u`}: {`);
+    out.push(...body(`pool_shard_${s}`).map((l) => `${indent}    ${l}`));
+    out.push(`${indent}  }`);
+  }
+  out.push(`${indent}}`);
+  return out;
 }
 
 /**

@@ -389,14 +389,6 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
   const turnsBuffer = gpu.buffer(`${label}.turns`, turns.data.byteLength, turns.data);
   const norm = normInputParts(gpu, label, maxTokens, options.norm);
   const kvStore = qkvKvStoreParts(gpu, label, append);
-  const kPre = options.kPre ?? gpu.buffer(`${label}.no_k_pre`, 4);
-  const per = shape.rowsPerWorkgroup;
-  const groups = launchedGroups(
-    label,
-    ceilDiv(wq.rows, per) + ceilDiv(wk.rows, per) + ceilDiv(wv.rows, per),
-    options.tuning?.maxWorkgroups,
-  );
-  const grid = grid2d(gpu, label, groups, shape.tokenGroups);
   const kernel = gpu.kernel(
     "matvec_fast",
     {
@@ -420,10 +412,7 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
       units_per_step: shape.unitsPerStep,
       x_int8: shape.int8 ? 1 : 0,
     },
-    {
-      ...subblockDefines(wq, wk, wv),
-      KV_STORE: kvStore.source,
-    },
+    { ...subblockDefines(wq, wk, wv), KV_STORE: kvStore.source },
     "qkv",
   );
   const group = bindNumbered(gpu, kernel, [
@@ -436,11 +425,17 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
     [6, v],
     [7, step.buffer],
     [8, turnsBuffer],
-    [10, kPre],
+    [10, options.kPre ?? gpu.buffer(`${label}.no_k_pre`, 4)],
     [13, norm.sums],
     ...kvStore.entries,
   ]);
-  return new FusedOp(label, kernel, group, grid);
+  const per = shape.rowsPerWorkgroup;
+  const groups = launchedGroups(
+    label,
+    ceilDiv(wq.rows, per) + ceilDiv(wk.rows, per) + ceilDiv(wv.rows, per),
+    options.tuning?.maxWorkgroups,
+  );
+  return new FusedOp(label, kernel, group, grid2d(gpu, label, groups, shape.tokenGroups));
 }
 
 /**
@@ -517,9 +512,9 @@ function tuningFor(gpu: Gpu, op: string, request: ShapeRequest): Shape {
   let tokensPerWorkgroup = t.tokensPerWorkgroup ?? Math.min(request.maxTokens, 4);
   // The reduction keeps one more sum per token (a folded norm's); int8 input adds the quantised x rows.
   const int8Wanted = (t.int8 ?? false) && int8MatvecBlocker(request.weights) === undefined;
-  const reduction = () =>
-    reductionBytes(workgroupSize, rowsPerWorkgroup, request.accumulators, tokensPerWorkgroup);
-  const bytes = () => reduction() + (int8Wanted ? int8InputBytes(request.cols, tokensPerWorkgroup) : 0);
+  const reductionBytes = () =>
+    workgroupSize * (rowsPerWorkgroup * request.accumulators + 1) * tokensPerWorkgroup * 4;
+  const bytes = () => reductionBytes() + (int8Wanted ? int8InputBytes(request.cols, tokensPerWorkgroup) : 0);
   while (bytes() > limit && t.tokensPerWorkgroup === undefined && tokensPerWorkgroup > 1) {
     tokensPerWorkgroup--;
   }
@@ -543,24 +538,16 @@ function tuningFor(gpu: Gpu, op: string, request: ShapeRequest): Shape {
     1,
     workgroupSize,
   );
-  if (reduction() > limit) {
+  if (reductionBytes() > limit) {
     throw new BadFlagError(
-      `${op}: the reduction needs ${reduction()} bytes of workgroup memory, this GPU allows ${limit}`,
+      `${op}: the reduction needs ${reductionBytes()} bytes of workgroup memory, this GPU allows ${limit}`,
     );
   }
   const tokenGroups = ceilDiv(request.maxTokens, tokensPerWorkgroup);
   checkWorkgroups(gpu, op, tokenGroups);
   const unitsPerStep = checkUnitsPerStep(op, t.unitsPerStep);
-  const int8 = int8InputFits(gpu, int8Wanted, request.weights, tokensPerWorkgroup, reduction());
+  const int8 = int8InputFits(gpu, int8Wanted, request.weights, tokensPerWorkgroup, reductionBytes());
   return { workgroupSize, rowsPerWorkgroup, tokensPerWorkgroup, tokenGroups, unitsPerStep, int8 };
-}
-
-/**
- * Workgroup memory of a fused kernel's reduction: `workgroupSize` threads' sums of `rows` rows ×
- * `accumulators` for `tokens` tokens, and one more per token (a folded norm's).
- */
-function reductionBytes(workgroupSize: number, rows: number, accumulators: number, tokens: number): number {
-  return workgroupSize * (rows * accumulators + 1) * tokens * 4;
 }
 
 /** A (x, y, z) grid holding `groups` workgroups in x·y (x within the device limit) and `z` in z. */

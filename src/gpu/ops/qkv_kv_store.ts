@@ -70,17 +70,12 @@ export function qkvKvAppendBlocker(
       return `${w.name} has ${w.rows} rows, the KV cache ${kv.kvHeads} heads × ${kv.headDim} = ${kvRows}`;
     }
   }
-  const needed = qkvKvStoreBindings(kv);
+  const needed = QKV_STORAGE_BINDINGS + 2 + kv.shards.length;
   if (needed > limits.maxStorageBuffersPerShaderStage) {
     return `QKV with the KV append binds ${needed} storage buffers (${kv.shards.length} pool shards), ` +
       `this GPU allows ${limits.maxStorageBuffersPerShaderStage}`;
   }
   return undefined;
-}
-
-/** Storage buffers of the fused QKV with the KV store: its own, the block table and lengths, the shards. */
-export function qkvKvStoreBindings(kv: PagedKvView): number {
-  return QKV_STORAGE_BINDINGS + 2 + kv.shards.length;
 }
 
 /** What `createQkvMatvec` adds to its kernel and bind group to store K and V into the cache. */
