@@ -15,6 +15,16 @@ async function runBench(
   return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
 }
 
+/** Runs `bench.ts` on the tiny shape with `args`, its results in a temporary file (removed afterwards). */
+async function runTinyBench(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = await Deno.makeTempFile({ suffix: ".json" });
+  try {
+    return await runBench("bench.ts", ["--shapes", "tiny", ...args, "--out", out, "--fresh"]);
+  } finally {
+    await Deno.remove(out).catch(() => {});
+  }
+}
+
 Deno.test("bench scripts: --help prints the usage; a bad flag or value is one line and exit 2", async () => {
   for (const script of ["bench.ts", "attention.ts", "matmul.ts", "matvec.ts"]) {
     const help = await runBench(script, ["--help"]);
@@ -39,21 +49,7 @@ Deno.test("bench scripts: --help prints the usage; a bad flag or value is one li
 });
 
 Deno.test("bench: a KV prompt past the model's context is refused before any prefill", async () => {
-  const out = await Deno.makeTempFile({ suffix: ".json" });
-  const r = await runBench("bench.ts", [
-    "--shapes",
-    "tiny",
-    "--types",
-    "f16",
-    "--kv",
-    "full",
-    "--kv-prompts",
-    "1000000",
-    "--out",
-    out,
-    "--fresh",
-  ]);
-  await Deno.remove(out).catch(() => {});
+  const r = await runTinyBench(["--types", "f16", "--kv", "full", "--kv-prompts", "1000000"]);
   equal(r.code, 2, r.stderr);
   const last = r.stderr.trim().split("\n").at(-1)!;
   match(last, /^bench: --kv-prompts 1000000: with \d+ decode tokens it exceeds tiny's context of \d+/);
@@ -61,10 +57,7 @@ Deno.test("bench: a KV prompt past the model's context is refused before any pre
 });
 
 Deno.test("bench: a flag value the kernels refuse (decode attention's key lanes) is one line, not a stack trace", async () => {
-  const out = await Deno.makeTempFile({ suffix: ".json" });
-  const lanes = await runBench("bench.ts", [
-    "--shapes",
-    "tiny",
+  const lanes = await runTinyBench([
     "--types",
     "q4_k_m",
     "--prompts",
@@ -73,11 +66,7 @@ Deno.test("bench: a flag value the kernels refuse (decode attention's key lanes)
     "0",
     "--decode-key-lanes",
     "4",
-    "--out",
-    out,
-    "--fresh",
   ]);
-  await Deno.remove(out).catch(() => {});
   equal(lanes.code, 2, lanes.stderr);
   match(
     lanes.stderr.trim().split("\n").at(-1)!,
