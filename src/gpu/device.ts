@@ -9,6 +9,7 @@
 import { DeviceError, OutOfMemoryError } from "../errors.ts";
 import { specialiseOverrides, unrollLoops } from "./unroll.ts";
 import { includeShaders, loadShader, preloadShaders, SHADER_NAMES, shadersAreLocal } from "./shader.ts";
+import { COOP_MATRIX_FEATURE, type CoopMatrixSupport, probeCoopMatrix } from "./coop_probe.ts";
 
 /** Storage | copy-dst | copy-src: the usage of almost every buffer we make. */
 export const STORAGE_USAGE = 0x80 /* STORAGE */ | 0x08 /* COPY_DST */ | 0x04; /* COPY_SRC */
@@ -19,6 +20,8 @@ export interface GpuOptions {
   profile?: boolean;
   /** Refuse `shader-f16` even when present (tests the f32 fallbacks). */
   disableF16?: boolean;
+  /** Leave cooperative matrices (the GPU's matrix units) off even when the adapter offers them. */
+  disableCoopMatrix?: boolean;
 }
 
 /** A compiled compute pipeline together with what a dispatch needs to know about it. */
@@ -41,13 +44,28 @@ export class Gpu {
   readonly hasTimestamps: boolean;
   /** Whether this is a software adapter (lavapipe, SwiftShader): slow, keep shapes small. */
   readonly isFallback: boolean;
+  /**
+   * How this device's cooperative matrices (matrix units) are spelled, when it has working ones
+   * (`wgpu-cooperative-matrix`, 16 × 16 f16 fragments with f32 sums, subgroups of 32; checked by running a
+   * probe when the device opened, see `./coop_probe.ts`).
+   */
+  readonly coopMatrix: CoopMatrixSupport | undefined;
+  /** One line on the cooperative matrices: how they are used, or why not. */
+  readonly coopMatrixNote: string;
   readonly #pipelines = new Map<string, Kernel>();
   #lostReason: string | undefined;
 
-  private constructor(device: GPUDevice, description: string, isFallback: boolean) {
+  private constructor(
+    device: GPUDevice,
+    description: string,
+    isFallback: boolean,
+    coop: { support?: CoopMatrixSupport; reason: string },
+  ) {
     this.device = device;
     this.description = description;
     this.isFallback = isFallback;
+    this.coopMatrix = coop.support;
+    this.coopMatrixNote = coop.reason;
     this.hasF16 = device.features.has("shader-f16");
     this.hasTimestamps = device.features.has("timestamp-query");
     device.lost.then((info) => {
@@ -75,6 +93,7 @@ export class Gpu {
     const wanted: GPUFeatureName[] = [];
     if (adapter.features.has("shader-f16") && !options.disableF16) wanted.push("shader-f16");
     if (options.profile && adapter.features.has("timestamp-query")) wanted.push("timestamp-query");
+    const coopBlocker = coopMatrixBlocker(adapter, options, wanted.includes("shader-f16"));
     const l = adapter.limits;
     const requiredLimits: Record<string, number> = {
       maxBufferSize: l.maxBufferSize,
@@ -86,16 +105,32 @@ export class Gpu {
       maxComputeWorkgroupSizeY: l.maxComputeWorkgroupSizeY,
       maxComputeWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
     };
-    let device: GPUDevice;
-    try {
-      device = await adapter.requestDevice({ requiredFeatures: wanted, requiredLimits });
-    } catch (e) {
-      throw new DeviceError(`could not open the WebGPU device: ${(e as Error).message}`);
+    let device: GPUDevice | undefined;
+    let coop: { support?: CoopMatrixSupport; reason: string } = { reason: coopBlocker ?? "" };
+    if (coopBlocker === undefined) {
+      // Cooperative matrices are an experimental wgpu feature: a device that will not open with them
+      // opens without.
+      const features = [...wanted, COOP_MATRIX_FEATURE];
+      try {
+        device = await adapter.requestDevice({ requiredFeatures: features, requiredLimits });
+        coop = await probeCoopMatrix(device);
+      } catch (e) {
+        coop = { reason: `the device did not open with ${COOP_MATRIX_FEATURE}: ${(e as Error).message}` };
+        device?.destroy();
+        device = undefined;
+      }
+    }
+    if (device === undefined) {
+      try {
+        device = await adapter.requestDevice({ requiredFeatures: wanted, requiredLimits });
+      } catch (e) {
+        throw new DeviceError(`could not open the WebGPU device: ${(e as Error).message}`);
+      }
     }
     const info = adapter.info as GPUAdapterInfo & { isFallbackAdapter?: boolean };
     const description = info.description || info.device || info.vendor || "unknown adapter";
     const fallback = Boolean(info.isFallbackAdapter) || /llvmpipe|lavapipe|swiftshader/i.test(description);
-    return new Gpu(device, description, fallback);
+    return new Gpu(device, description, fallback, coop);
   }
 
   /** The device's limits (as granted, i.e. the adapter's real ones). */
@@ -238,6 +273,22 @@ export class Gpu {
   destroy(): void {
     this.device.destroy();
   }
+}
+
+/**
+ * Why cooperative matrices are not tried on `adapter` (one line), or undefined when they are: the
+ * adapter must offer them, f16 must be on, and its subgroups must be 32 wide (the kernels take invocations
+ * 32s .. 32s + 31 of a workgroup to be one subgroup).
+ */
+function coopMatrixBlocker(adapter: GPUAdapter, options: GpuOptions, f16: boolean): string | undefined {
+  if (options.disableCoopMatrix) return "cooperative matrices are turned off";
+  if (!adapter.features.has(COOP_MATRIX_FEATURE)) return `this GPU does not offer ${COOP_MATRIX_FEATURE}`;
+  if (!f16) return "cooperative matrices need shader-f16, which is off";
+  const info = adapter.info as GPUAdapterInfo & { subgroupMinSize?: number; subgroupMaxSize?: number };
+  if (info.subgroupMinSize !== undefined && (info.subgroupMinSize !== 32 || info.subgroupMaxSize !== 32)) {
+    return `this GPU's subgroups are ${info.subgroupMinSize}-${info.subgroupMaxSize} wide; the kernels assume 32`;
+  }
+  return undefined;
 }
 
 /**

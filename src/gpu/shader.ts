@@ -15,6 +15,9 @@ const WGSL_DIR = new URL("../../wgsl/", import.meta.url);
 /** Every shader file in `wgsl/` (without extension); a test keeps this list equal to the folder. */
 export const SHADER_NAMES: readonly string[] = [
   "argmax",
+  "coop_fragments",
+  "coop_fragments_emulated",
+  "coop_probe",
   "copy",
   "copy_row",
   "decode_attend",
@@ -26,6 +29,7 @@ export const SHADER_NAMES: readonly string[] = [
   "int8_units",
   "kv_append",
   "matmul",
+  "matmul_coop",
   "matmul_int8",
   "matmul_int8_stacked",
   "matvec_fast",

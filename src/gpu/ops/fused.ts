@@ -25,6 +25,7 @@ import {
   MATMUL_TILE_ROWS,
   matmulConstants,
   matmulDefines,
+  matmulKernelName,
   matmulShape,
   type MatmulTuning,
   type QkvProductOptions,
@@ -288,7 +289,7 @@ export function createGateUpSwiGluMatmul(gpu: Gpu, options: GateUpSwiGluMatmulOp
   const rowTiles = ceilDiv(gate.rows, rowsPerTile);
   const shape = matmulShape(gpu, label, maxTokens, rowTiles, options.tuning);
   const kernel = gpu.kernel(
-    "matmul",
+    matmulKernelName(shape),
     {
       ...matmulConstants(shape),
       rows_a: gate.rows,
@@ -296,7 +297,7 @@ export function createGateUpSwiGluMatmul(gpu: Gpu, options: GateUpSwiGluMatmulOp
       row_bytes_b: up.rowBytes,
     },
     // The gate through copy _a, up through _b; binding W_c repeats the gate (unread).
-    matmulDefines(shape, gate, up, gate),
+    matmulDefines(gpu, shape, gate, up, gate),
     "swiglu",
   );
   const info = gpu.uniform(`${label}.cols`, new Uint32Array([0, 0, 0, gate.cols, 0]));

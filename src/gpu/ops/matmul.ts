@@ -12,6 +12,8 @@ import { BadFlagError, UnsupportedError } from "../../errors.ts";
 import type { Gpu, Kernel } from "../device.ts";
 import type { GpuWeight } from "../weights.ts";
 import { suffixedDequantSource } from "./fused.ts";
+import { EMULATED_COOP_MATRIX } from "../coop_probe.ts";
+import { loadShader } from "../shader.ts";
 import {
   checkMatvecTuningKeys,
   checkMatvecWeights,
@@ -287,6 +289,13 @@ export interface MatmulTuning {
    * Default false.
    */
   half?: boolean;
+  /**
+   * Products on the GPU's matrix units (cooperative matrices, `wgsl/matmul_coop.wgsl`): 64-token × 128-row
+   * tiles of f16 values (activations and weights rounded to f16) multiplied by 16 × 16 fragments into f32
+   * sums. Where the device has no working cooperative matrices (`Gpu.coopMatrix`), the same kernel runs
+   * with emulated fragments: correct, far slower, for tests. The other fields do not apply. Default false.
+   */
+  coop?: boolean;
 }
 
 /** The names of {@link MatmulTuning}'s fields (a tuning naming anything else is rejected). */
@@ -296,6 +305,7 @@ export const MATMUL_TUNING_KEYS: readonly string[] = [
   "unrollK",
   "prefetch",
   "half",
+  "coop",
 ];
 
 /** Options of {@link createMatmul}. */
@@ -318,6 +328,8 @@ export interface MatmulShape {
   prefetch: boolean;
   /** Whether the products are of f16 values ({@link MatmulTuning.half}). */
   half: boolean;
+  /** Whether the products run on cooperative matrices, `wgsl/matmul_coop.wgsl` ({@link MatmulTuning.coop}). */
+  coop: boolean;
 }
 
 /**
@@ -333,6 +345,12 @@ export const MATMUL_TILE_ROWS = 128;
 export function matmulWorkgroupBytes(tokensPerThread: number, kStep: number, half = false): number {
   return kStep * (16 * tokensPerThread + MATMUL_TILE_ROWS) * (half ? 2 : 4);
 }
+
+/**
+ * Workgroup memory of `wgsl/matmul_coop.wgsl`: f16 tiles of 64 tokens and 128 rows × 40 values (32
+ * columns and padding), and 8 subgroups' f32 output staging of 16 × 32.
+ */
+export const COOP_MATMUL_WORKGROUP_BYTES = (64 + MATMUL_TILE_ROWS) * 40 * 2 + 8 * 16 * 32 * 4;
 
 /**
  * Picks (or checks) the tile shape of a prefill kernel for `maxTokens` tokens and `rowTiles` output tiles
@@ -384,6 +402,29 @@ export function matmulShape(
   if (half && !gpu.hasF16) {
     throw new BadFlagError(`${op}: half products need the shader-f16 feature, which this GPU does not offer`);
   }
+  if (tuning.coop !== undefined && typeof tuning.coop !== "boolean") {
+    throw new BadFlagError(`${op}: coop must be true or false, got ${JSON.stringify(tuning.coop)}`);
+  }
+  if (tuning.coop) {
+    if (!gpu.hasF16) {
+      throw new BadFlagError(`${op}: cooperative-matrix products need the shader-f16 feature, which is off`);
+    }
+    if (COOP_MATMUL_WORKGROUP_BYTES > limit) {
+      throw new BadFlagError(
+        `${op}: cooperative-matrix products need ${COOP_MATMUL_WORKGROUP_BYTES} bytes of workgroup memory, ` +
+          `this GPU allows ${limit}`,
+      );
+    }
+    return {
+      tokensPerThread: 4,
+      kStep: 32,
+      tileTokens: 64,
+      unrollK: false,
+      prefetch: true,
+      half: true,
+      coop: true,
+    };
+  }
   let tokensPerThread = tuning.tokensPerThread;
   if (tokensPerThread === undefined) {
     const bigTiles = ceilDiv(maxTokens, 128) * rowTiles;
@@ -410,11 +451,18 @@ export function matmulShape(
     unrollK: tuning.unrollK ?? true,
     prefetch: tuning.prefetch ?? true,
     half,
+    coop: false,
   };
 }
 
-/** The override constants of `wgsl/matmul.wgsl` (every entry) for `shape`. */
+/** The prefill kernel of `shape`: `wgsl/matmul_coop.wgsl` on cooperative matrices, else `wgsl/matmul.wgsl`. */
+export function matmulKernelName(shape: MatmulShape): string {
+  return shape.coop ? "matmul_coop" : "matmul";
+}
+
+/** The override constants of the prefill kernel (every entry) for `shape` (none for the coop kernel). */
 export function matmulConstants(shape: MatmulShape): Record<string, number> {
+  if (shape.coop) return {};
   return {
     tokens_per_thread: shape.tokensPerThread,
     k_step: shape.kStep,
@@ -433,7 +481,11 @@ export function createMatmul(gpu: Gpu, options: MatmulOptions): GpuOp {
   const { weight, maxTokens } = options;
   const maxRowTiles = Math.max(...weight.parts.map((part) => ceilDiv(part.rows, MATMUL_TILE_ROWS)));
   const shape = matmulShape(gpu, op, maxTokens, maxRowTiles, options.tuning);
-  const kernel = gpu.kernel("matmul", matmulConstants(shape), matmulDefines(shape, weight, weight, weight));
+  const kernel = gpu.kernel(
+    matmulKernelName(shape),
+    matmulConstants(shape),
+    matmulDefines(gpu, shape, weight, weight, weight),
+  );
   const tokenTiles = ceilDiv(maxTokens, shape.tileTokens);
   checkWorkgroups(gpu, op, tokenTiles);
   const { x, y, step, label } = options;
@@ -520,7 +572,7 @@ export function createQkvMatmul(gpu: Gpu, options: QkvMatmulOptions): GpuOp {
   const tokenTiles = ceilDiv(maxTokens, shape.tileTokens);
   checkWorkgroups(gpu, label, Math.max(rowTiles, tokenTiles));
   const kernel = gpu.kernel(
-    "matmul",
+    matmulKernelName(shape),
     {
       ...matmulConstants(shape),
       rows_a: wq.rows,
@@ -530,7 +582,7 @@ export function createQkvMatmul(gpu: Gpu, options: QkvMatmulOptions): GpuOp {
       row_bytes_b: wk.rowBytes,
       row_bytes_c: wv.rowBytes,
     },
-    matmulDefines(shape, wq, wk, wv),
+    matmulDefines(gpu, shape, wq, wk, wv),
     "qkv",
   );
   const info = gpu.uniform(`${label}.cols`, new Uint32Array([0, 0, 0, wq.cols, 0]));
@@ -549,15 +601,31 @@ export function createQkvMatmul(gpu: Gpu, options: QkvMatmulOptions): GpuOp {
 }
 
 /**
- * The text defines of `wgsl/matmul.wgsl` for `shape`: its arithmetic (f32 or f16 products) and the three
- * dequantisation copies it splices in (names suffixed _a, _b, _c) for weights `a`, `b` and `c`.
+ * The text defines of the prefill kernel for `shape`: the three dequantisation copies it splices in (names
+ * suffixed _a, _b, _c) for weights `a`, `b` and `c`, and `wgsl/matmul.wgsl`'s arithmetic (f32 or f16
+ * products) or `wgsl/matmul_coop.wgsl`'s fragments (the device's cooperative matrices, or the emulated
+ * ones where it has none).
  */
 export function matmulDefines(
+  gpu: Gpu,
   shape: MatmulShape,
   a: GpuWeight,
   b: GpuWeight,
   c: GpuWeight,
 ): Record<string, string> {
+  if (shape.coop) {
+    const coop = gpu.coopMatrix ?? EMULATED_COOP_MATRIX;
+    return {
+      ENABLE: coop.emulated ? "enable f16;" : "enable f16;\nenable wgpu_cooperative_matrix;",
+      FRAGMENTS: loadShader(coop.emulated ? "coop_fragments_emulated" : "coop_fragments"),
+      LOAD_ROW_MAJOR: coop.loadRowMajor,
+      LOAD_COL_MAJOR: coop.loadColMajor,
+      STORE_ROW_MAJOR: coop.storeRowMajor,
+      DEQUANT_A: suffixedDequantSource(a.info.name, "a"),
+      DEQUANT_B: suffixedDequantSource(b.info.name, "b"),
+      DEQUANT_C: suffixedDequantSource(c.info.name, "c"),
+    };
+  }
   return {
     ENABLE_F16: shape.half ? "enable f16;" : "",
     HALF: String(shape.half),

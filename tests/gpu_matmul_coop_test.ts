@@ -1,0 +1,146 @@
+// The prefill kernels on cooperative matrices (MatmulTuning.coop, wgsl/matmul_coop.wgsl) in all three
+// entries, against the CPU product of the weights and activations rounded to f16 (what the tiles hold),
+// summed in f64. On a GPU with working cooperative matrices (Gpu.coopMatrix) this runs the hardware's
+// fragments; elsewhere (lavapipe in CI) the emulated ones, so the kernel around them (staging, tile and
+// fragment indexing, the epilogues, the masks at the tile edges) is checked everywhere. The products of
+// f16 values are exact in f32 and the sums are f32: every element must be within 2^-11 of the sum of the
+// products' magnitudes (far more than f32 sums lose, far less than a misplaced product costs).
+import { ok, throws } from "node:assert/strict";
+import { getGpu } from "../src/gpu/device.ts";
+import { createGateUpSwiGluMatmul } from "../src/gpu/ops/fused.ts";
+import {
+  COOP_MATMUL_WORKGROUP_BYTES,
+  createMatmul,
+  createQkvMatmul,
+  matmulShape,
+} from "../src/gpu/ops/matmul.ts";
+import { StepParams } from "../src/gpu/ops/op.ts";
+import { f32ToHalf, halfToF32 } from "../src/gguf/half.ts";
+import { products, randomWeight } from "./gpu_quant_data.ts";
+import { nanBuffer, qkvFields, randomF32, runOps, untouchedPast } from "./gpu_ops_helpers.ts";
+
+const TUNING = { coop: true };
+const BOUND = 2 ** -11;
+
+/** `values` rounded to f16 (what the kernel's tiles hold). */
+function toHalf(values: Float32Array): Float32Array {
+  return values.map((v) => halfToF32(f32ToHalf(v)));
+}
+
+function check(what: string, got: Float32Array, want: { sum: Float64Array; abs: Float64Array }): void {
+  for (let i = 0; i < want.sum.length; i++) {
+    const diff = Math.abs(got[i] - want.sum[i]);
+    ok(diff <= BOUND * want.abs[i] + 1e-6, `${what}: y[${i}] = ${got[i]}, expected ${want.sum[i]}`);
+  }
+}
+
+const CASES = [
+  { type: "F16", rows: 7, cols: 80, m: 33 }, // one partial row tile, a partial K step
+  { type: "F16", rows: 130, cols: 512, m: 70 }, // two row tiles, two token tiles, many K steps
+  { type: "Q4_K", rows: 129, cols: 256, m: 5 }, // a quantised type (decoded to f16 while staged)
+  { type: "Q8_0", rows: 33, cols: 96, m: 66 },
+  { type: "F32", rows: 9, cols: 37, m: 17 }, // four-column tails
+];
+
+Deno.test("gpu matmul coop: cooperative-matrix products (entry main) match the f16-rounded CPU product", async () => {
+  const gpu = await getGpu();
+  if (!gpu.hasF16) return; // no shader-f16: matmulShape refuses coop (tested below)
+  const shape = matmulShape(gpu, "mm", 64, 1, TUNING);
+  ok(shape.coop && shape.tileTokens === 64, JSON.stringify(shape));
+  for (const c of CASES) {
+    const { weight, w } = randomWeight(gpu, `w.${c.type}`, c.type, c.rows, c.cols);
+    const maxTokens = c.m + 3;
+    const x = randomF32(maxTokens * c.cols, 4);
+    const xBuf = gpu.buffer("x", x.byteLength, x);
+    const step = new StepParams(gpu, maxTokens);
+    const y = nanBuffer(gpu, "y", maxTokens * c.rows);
+    const op = createMatmul(gpu, { label: "mm", weight, x: xBuf, y, maxTokens, step, tuning: TUNING });
+    const [got] = await runOps(gpu, [op], step, c.m, 0, [y]);
+    const what = `${c.type} rows=${c.rows} cols=${c.cols} m=${c.m} (${gpu.coopMatrixNote || "emulated"})`;
+    check(what, got, products(toHalf(w), toHalf(x), c.m, c.rows, c.cols));
+    untouchedPast(what, got, c.m, c.rows);
+    for (const b of [y, xBuf]) b.destroy();
+    weight.destroy();
+  }
+});
+
+Deno.test("gpu matmul coop: Q, K and V in one dispatch (entry qkv)", async () => {
+  const gpu = await getGpu();
+  if (!gpu.hasF16) return;
+  const rows = [130, 33, 17];
+  const [cols, m] = [160, 67];
+  const maxTokens = m + 2;
+  const weights = rows.map((r, i) => randomWeight(gpu, `w${i}`, i === 1 ? "Q8_0" : "F16", r, cols));
+  const x = randomF32(maxTokens * cols, 4);
+  const xBuf = gpu.buffer("x", x.byteLength, x);
+  const outs = rows.map((r, i) => nanBuffer(gpu, `y${i}`, maxTokens * r));
+  const step = new StepParams(gpu, maxTokens);
+  const op = createQkvMatmul(gpu, {
+    label: "qkv",
+    ...qkvFields(weights, outs),
+    x: xBuf,
+    maxTokens,
+    step,
+    tuning: TUNING,
+  });
+  const results = await runOps(gpu, [op], step, m, 0, outs);
+  for (let i = 0; i < 3; i++) {
+    const what = `${"QKV"[i]} rows=${rows[i]}`;
+    check(what, results[i], products(toHalf(weights[i].w), toHalf(x), m, rows[i], cols));
+    untouchedPast(what, results[i], m, rows[i]);
+  }
+  for (const b of [xBuf, ...outs]) b.destroy();
+  for (const w of weights) w.weight.destroy();
+});
+
+Deno.test("gpu matmul coop: fused gate/up + SwiGLU (entry swiglu)", async () => {
+  const gpu = await getGpu();
+  if (!gpu.hasF16) return;
+  const silu = (v: number) => v / (1 + Math.exp(-v));
+  for (const [rows, cols, m] of [[70, 96, 37], [200, 64, 65]]) {
+    const maxTokens = m + 2;
+    const gate = randomWeight(gpu, "ffn_gate", "F16", rows, cols);
+    const up = randomWeight(gpu, "ffn_up", "F16", rows, cols);
+    const x = randomF32(maxTokens * cols, 4);
+    const xBuf = gpu.buffer("x", x.byteLength, x);
+    const step = new StepParams(gpu, maxTokens);
+    const g = products(toHalf(gate.w), toHalf(x), m, rows, cols);
+    const u = products(toHalf(up.w), toHalf(x), m, rows, cols);
+    const out = nanBuffer(gpu, "out", maxTokens * rows);
+    const op = createGateUpSwiGluMatmul(gpu, {
+      label: "ffn_gate_up",
+      gate: gate.weight,
+      up: up.weight,
+      x: xBuf,
+      out,
+      maxTokens,
+      step,
+      tuning: TUNING,
+    });
+    const [got] = await runOps(gpu, [op], step, m, 0, [out]);
+    const what = `gate/up rows=${rows} cols=${cols} m=${m}`;
+    for (let i = 0; i < m * rows; i++) {
+      const want = silu(g.sum[i]) * u.sum[i];
+      // silu' is at most 1.1: each sum's bound carried through silu(g) · u.
+      const bound = BOUND * (1.1 * g.abs[i] * Math.abs(u.sum[i]) + Math.abs(silu(g.sum[i])) * u.abs[i]) +
+        1e-6;
+      ok(Math.abs(got[i] - want) <= bound, `${what}: out[${i}] = ${got[i]}, expected ${want}`);
+    }
+    untouchedPast(what, got, m, rows);
+    for (const b of [out, xBuf]) b.destroy();
+    gate.weight.destroy();
+    up.weight.destroy();
+  }
+});
+
+Deno.test("gpu matmul coop: the tuning is checked, and its workgroup memory fits the WebGPU minimum", async () => {
+  const gpu = await getGpu();
+  ok(COOP_MATMUL_WORKGROUP_BYTES <= 16384 * 2, `${COOP_MATMUL_WORKGROUP_BYTES} bytes`);
+  throws(
+    () => matmulShape(gpu, "mm", 64, 1, { coop: 1 as unknown as boolean }),
+    /^BadFlagError: mm: coop must be true or false, got 1$/,
+  );
+  if (!gpu.hasF16) {
+    throws(() => matmulShape(gpu, "mm", 64, 1, TUNING), /need the shader-f16 feature/);
+  }
+});

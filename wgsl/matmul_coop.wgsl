@@ -1,0 +1,330 @@
+// Matrix-matrix products for prefill on the GPU's matrix units (cooperative matrices: 16 × 16 f16
+// fragments multiplied into f32 ones by a whole subgroup), weights kept in their GGUF types and decoded to
+// f16 as they are staged. The same entries, bindings and grid as wgsl/matmul.wgsl (see there), with
+// 64-token × 128-row output tiles:
+//   entry `main`:   Y[t][first_row + r] = Σ_c X[t][c] · W_a[r][c] for t < m, one weight part;
+//   entry `qkv`:    Q, K and V of attention in one dispatch: the row tiles of W_a (Q), then W_b (K), then
+//                   W_c (V), each writing its own output;
+//   entry `swiglu`: Y[t][r] = silu(Σ_c X[t][c] · W_a[r][c]) · (Σ_c X[t][c] · W_b[r][c]) (gate, up), in
+//                   paired tiles: tile rows 0..63 are gate rows n0..n0+63, 64..127 the same up rows.
+//
+// Arithmetic: activations and weights are rounded to f16 in the tiles; products are summed in f32 (the
+// fragments' accumulators).
+//
+// Tiling: 256 threads = 8 subgroups of 32 (the kernel is only built where subgroups are 32 wide, and takes
+// invocations 32s .. 32s + 31 to be subgroup s). The output tile is 4 token blocks × 8 row blocks of
+// 16 × 16; subgroup s owns token blocks 2(s / 4) and 2(s / 4) + 1 times two row blocks: 2(s % 4) and
+// 2(s % 4) + 1, or, paired, s % 4 (gate) and s % 4 + 4 (the same up rows), so that silu(gate) · up is
+// formed from one subgroup's own accumulators. Per 16-column K step a subgroup loads two A fragments
+// (tokens) and two B fragments (rows) for four multiply-adds.
+//
+// The K loop stages K_STEP = 32 columns per step into workgroup memory, every thread taking part: one
+// sixteen-column unit of one weight row (thread i: tile row i % 128, columns 16 (i / 128) ..), decoded by
+// the dequantisation library (dq16, copies suffixed _a, _b, _c as in wgsl/matmul.wgsl), and eight
+// activations of one token (thread i: token i / 4, columns 8 (i % 4) ..). The next step's values are read
+// into registers before the current step is multiplied, so their global reads overlap the matrix work; two
+// barriers per step guard the single buffer.
+//
+// The fragment operations (frag_zero, load_a, load_b, mma, store_c) are spliced in from
+// wgsl/coop_fragments.wgsl (the hardware's cooperative matrices) or wgsl/coop_fragments_emulated.wgsl (the same contract in plain WGSL, for GPUs without them:
+// tests).
+//
+// binding 0: W_a, array<u32>: `main`: the raw rows of one weight part, row r at byte r · row_bytes; `qkv`:
+//            Q's weight, `swiglu`: the gate weight, row r at byte r · row_bytes_a (read)
+// binding 5: W_b, array<u32>: `qkv`: K's weight, `swiglu`: the up weight, row r at byte r · row_bytes_b
+//            (`main` binds W_a again) (read)
+// binding 6: W_c, array<u32>: V's weight, row r at byte r · row_bytes_c (`qkv`; `main` and `swiglu` bind
+//            W_a again) (read)
+// binding 1: x, array<f32>: activations [m][cols], row-major (read)
+// binding 2: y, array<f32>: `main`: outputs [m][out_stride], row-major, this part writing columns
+//            first_row .. first_row + rows; `qkv`: Q [m][rows_a]; `swiglu`: silu(gate) · up [m][rows_a]
+//            (read_write)
+// binding 7: y_b, array<f32>: K [m][rows_b] (`qkv`; a placeholder for `main` and `swiglu`) (read_write)
+// binding 8: y_c, array<f32>: V [m][rows_c] (`qkv`; a placeholder for `main` and `swiglu`) (read_write)
+// binding 3: step, uniform: n_tokens (= m, the tokens of this step), pos0 (unused here)
+// binding 4: part, uniform: rows (in this part), first_row, out_stride (rows of the whole weight), cols
+//            (elements per row), row_bytes; `qkv` and `swiglu` read cols only
+//
+// Dispatch: `main`: x = ceil(rows / 128); `qkv`: x = the row tiles of Q, K and V together; `swiglu`:
+// x = ceil(rows_a / 64); y = ceil(max_m / 64). Tiles past `m` return at once.
+
+{{ENABLE}}
+
+struct Step {
+  n_tokens: u32,
+  pos0: u32,
+}
+
+struct Part {
+  rows: u32,
+  first_row: u32,
+  out_stride: u32,
+  cols: u32,
+  row_bytes: u32,
+}
+
+// `qkv`: rows and bytes per row of Q's, K's and V's weights; `swiglu`: rows_a (rows of the gate and up
+// weights), row_bytes_a (gate's) and row_bytes_b (up's).
+override rows_a: u32 = 1u;
+override rows_b: u32 = 1u;
+override rows_c: u32 = 1u;
+override row_bytes_a: u32 = 1u;
+override row_bytes_b: u32 = 1u;
+override row_bytes_c: u32 = 1u;
+
+const THREADS = 256u;
+const TILE_ROWS = 128u;
+const HALF_ROWS = 64u; // tile rows per weight in a paired (`swiglu`) tile
+const TILE_TOKENS = 64u;
+const K_STEP = 32u;
+// f16 values per tile row in workgroup memory: K_STEP plus 8 of padding (rows stay 16-byte aligned, and
+// consecutive rows start in different banks).
+const STRIDE = 40u;
+// f32 values per row of a subgroup's output staging: two fragments side by side.
+const OUT_STRIDE = 32u;
+// f32 values of a subgroup's output staging (16 rows).
+const OUT_SIZE = 512u;
+
+@group(0) @binding(0) var<storage, read> W_a: array<u32>;
+@group(0) @binding(5) var<storage, read> W_b: array<u32>;
+@group(0) @binding(6) var<storage, read> W_c: array<u32>;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(7) var<storage, read_write> y_b: array<f32>;
+@group(0) @binding(8) var<storage, read_write> y_c: array<f32>;
+@group(0) @binding(3) var<uniform> step: Step;
+@group(0) @binding(4) var<uniform> part: Part;
+
+// The workgroup's weight and output, set by the entry point (as in wgsl/matmul.wgsl): elements per row,
+// whether the tile is paired, which weight (0 = W_a, 1 = W_b, 2 = W_c), its rows and bytes per row, and
+// where its outputs go. In a paired tile, `which` and `row_bytes` are those of the weight this thread
+// stages, set per thread in tile_product.
+var<private> cols: u32;
+var<private> paired: bool;
+var<private> which: u32;
+var<private> w_rows: u32;
+var<private> row_bytes: u32;
+var<private> out_stride: u32;
+var<private> out_first: u32;
+// This invocation's index within its subgroup (the emulated fragments use it).
+var<private> lane: u32;
+
+// xs[t · STRIDE + k]: token t of the tile at column k0 + k.
+var<workgroup> xs: array<f16, TILE_TOKENS * STRIDE>;
+// ws[r · STRIDE + k]: tile row r at column k0 + k.
+var<workgroup> ws: array<f16, TILE_ROWS * STRIDE>;
+// cs[s · OUT_SIZE + i · OUT_STRIDE + j]: subgroup s's outputs of one token block, token i, column j of
+// its two row blocks side by side.
+var<workgroup> cs: array<f32, 8u * OUT_SIZE>;
+
+{{FRAGMENTS}}
+
+{{DEQUANT_A}}
+{{DEQUANT_B}}
+{{DEQUANT_C}}
+
+// Columns e..e+15 of row `r` of weight `which` (zero past the row end or past its rows).
+fn fetch_w(r: u32, e: u32) -> array<vec4f, 4> {
+  var w: array<vec4f, 4>;
+  if (r >= w_rows || e >= cols) { return w; }
+  let base = r * row_bytes;
+  if (e + 16u <= cols) {
+    if (which == 0u) { return dq16_a(base, e); }
+    if (which == 1u) { return dq16_b(base, e); }
+    return dq16_c(base, e);
+  }
+  // @unroll
+  for (var c = 0u; c < 4u; c++) {
+    if (e + 4u * c < cols) {
+      if (which == 0u) {
+        w[c] = dq4_a(base, e + 4u * c);
+      } else if (which == 1u) {
+        w[c] = dq4_b(base, e + 4u * c);
+      } else {
+        w[c] = dq4_c(base, e + 4u * c);
+      }
+    }
+  }
+  return w;
+}
+
+// Columns e..e+7 of token t (zero past m or past the row end).
+fn fetch_x(t: u32, e: u32) -> array<f32, 8> {
+  var v: array<f32, 8>;
+  if (t >= step.n_tokens) { return v; }
+  let base = t * cols;
+  // @unroll
+  for (var j = 0u; j < 8u; j++) {
+    if (e + j < cols) { v[j] = x[base + e + j]; }
+  }
+  return v;
+}
+
+fn silu(v: f32) -> f32 {
+  return v / (1.0 + exp(-v));
+}
+
+// One output of token t at row r of the workgroup's weight (skipped past m or past its rows).
+fn put_y(t: u32, r: u32, v: f32) {
+  if (t >= step.n_tokens || r >= w_rows) { return; }
+  let at = t * out_stride + out_first + r;
+  if (which == 0u) {
+    y[at] = v;
+  } else if (which == 1u) {
+    y_b[at] = v;
+  } else {
+    y_c[at] = v;
+  }
+}
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) tid: u32) {
+  cols = part.cols;
+  paired = false;
+  which = 0u;
+  w_rows = part.rows;
+  row_bytes = part.row_bytes;
+  out_stride = part.out_stride;
+  out_first = part.first_row;
+  let t0 = wid.y * TILE_TOKENS;
+  if (t0 >= step.n_tokens) { return; }
+  tile_product(wid.x * TILE_ROWS, t0, tid);
+}
+
+@compute @workgroup_size(256)
+fn qkv(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) tid: u32) {
+  cols = part.cols;
+  paired = false;
+  let tiles_a = (rows_a + TILE_ROWS - 1u) / TILE_ROWS;
+  let tiles_b = (rows_b + TILE_ROWS - 1u) / TILE_ROWS;
+  var tile = wid.x;
+  if (tile < tiles_a) {
+    which = 0u;
+    w_rows = rows_a;
+    row_bytes = row_bytes_a;
+  } else if (tile < tiles_a + tiles_b) {
+    which = 1u;
+    w_rows = rows_b;
+    row_bytes = row_bytes_b;
+    tile -= tiles_a;
+  } else {
+    which = 2u;
+    w_rows = rows_c;
+    row_bytes = row_bytes_c;
+    tile -= tiles_a + tiles_b;
+  }
+  out_stride = w_rows;
+  out_first = 0u;
+  let t0 = wid.y * TILE_TOKENS;
+  if (t0 >= step.n_tokens) { return; }
+  tile_product(tile * TILE_ROWS, t0, tid);
+}
+
+@compute @workgroup_size(256)
+fn swiglu(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) tid: u32) {
+  cols = part.cols;
+  paired = true;
+  w_rows = rows_a;
+  out_stride = rows_a;
+  out_first = 0u;
+  let t0 = wid.y * TILE_TOKENS;
+  if (t0 >= step.n_tokens) { return; }
+  tile_product(wid.x * HALF_ROWS, t0, tid);
+}
+
+// The workgroup's product tile times tokens t0 … t0 + 63 (every thread calls it): rows n0 … n0 + 127 of
+// its weight, or when paired rows n0 … n0 + 63 of the gate weight, then the same rows of the up weight.
+fn tile_product(n0: u32, t0: u32, tid: u32) {
+  // Staging work: W unit (tile row wi, columns 16·wk.., weight row w_row), X (token xt, columns xk..).
+  let wi = tid % TILE_ROWS;
+  let wk = tid / TILE_ROWS;
+  var w_row = n0 + wi;
+  if (paired) {
+    w_row = n0 + wi % HALF_ROWS;
+    which = wi / HALF_ROWS;
+    row_bytes = select(row_bytes_a, row_bytes_b, which == 1u);
+  }
+  let xt = tid / 4u;
+  let xk = 8u * (tid % 4u);
+
+  // Matrix work: subgroup s, its token blocks tb0, tb0 + 1 and row blocks rb0, rb1.
+  let s = tid / 32u;
+  lane = tid % 32u;
+  let tb0 = 2u * (s / 4u);
+  let rb0 = select(2u * (s % 4u), s % 4u, paired);
+  let rb1 = select(rb0 + 1u, rb0 + 4u, paired);
+  var c00 = frag_zero();
+  var c01 = frag_zero();
+  var c10 = frag_zero();
+  var c11 = frag_zero();
+
+  var wv = fetch_w(w_row, 16u * wk);
+  var xv = fetch_x(t0 + xt, xk);
+  for (var k0 = 0u; k0 < part.cols; k0 += K_STEP) {
+    // @unroll
+    for (var c = 0u; c < 4u; c++) {
+      let at = wi * STRIDE + 16u * wk + 4u * c;
+      ws[at] = f16(wv[c].x);
+      ws[at + 1u] = f16(wv[c].y);
+      ws[at + 2u] = f16(wv[c].z);
+      ws[at + 3u] = f16(wv[c].w);
+    }
+    // @unroll
+    for (var j = 0u; j < 8u; j++) { xs[xt * STRIDE + xk + j] = f16(xv[j]); }
+    workgroupBarrier();
+
+    let k1 = k0 + K_STEP;
+    if (k1 < cols) {
+      wv = fetch_w(w_row, k1 + 16u * wk);
+      xv = fetch_x(t0 + xt, k1 + xk);
+    }
+
+    // @unroll
+    for (var h = 0u; h < 2u; h++) {
+      let kk = 16u * h;
+      let a0 = load_a(tb0 * 16u * STRIDE + kk);
+      let a1 = load_a((tb0 + 1u) * 16u * STRIDE + kk);
+      let b0 = load_b(rb0 * 16u * STRIDE + kk);
+      let b1 = load_b(rb1 * 16u * STRIDE + kk);
+      c00 = mma(a0, b0, c00);
+      c01 = mma(a0, b1, c01);
+      c10 = mma(a1, b0, c10);
+      c11 = mma(a1, b1, c11);
+    }
+    workgroupBarrier();
+  }
+
+  // Out through this subgroup's staging, one token block at a time: fragments (i, rb0) and (i, rb1) side
+  // by side, then each invocation writes 16 values of one token (main, qkv) or 8 silu(gate) · up values.
+  let out = s * OUT_SIZE;
+  // @unroll
+  for (var i = 0u; i < 2u; i++) {
+    if (i == 0u) {
+      store_c(c00, out);
+      store_c(c01, out + 16u);
+    } else {
+      store_c(c10, out);
+      store_c(c11, out + 16u);
+    }
+    workgroupBarrier();
+    let row = lane / 2u;
+    let t = t0 + (tb0 + i) * 16u + row;
+    let staged = out + row * OUT_STRIDE;
+    if (paired) {
+      let j0 = 8u * (lane % 2u);
+      // @unroll
+      for (var j = 0u; j < 8u; j++) {
+        let r = n0 + rb0 * 16u + j0 + j;
+        if (t < step.n_tokens && r < w_rows) {
+          y[t * out_stride + r] = silu(cs[staged + j0 + j]) * cs[staged + 16u + j0 + j];
+        }
+      }
+    } else {
+      let side = lane % 2u;
+      let r0 = n0 + select(rb0, rb1, side == 1u) * 16u;
+      // @unroll
+      for (var j = 0u; j < 16u; j++) { put_y(t, r0 + j, cs[staged + 16u * side + j]); }
+    }
+    workgroupBarrier();
+  }
+}
