@@ -27,11 +27,14 @@ fn load_b(at: u32) -> frag_b {
 
 fn mma(a: frag_a, b: frag_b, c: frag_c) -> frag_c {
   var sums = c;
+  // Sixteen, in a form the shader compiler cannot fold: it would unroll the loops below into a long
+  // compile on a software adapter, for no gain.
+  let depth = 16u + (a >> 31u);
   let row = a + (lane / 2u) * STRIDE;
   let j0 = 8u * (lane % 2u);
   for (var j = 0u; j < 8u; j++) {
     let col = b + (j0 + j) * STRIDE;
-    for (var k = 0u; k < 16u; k++) {
+    for (var k = 0u; k < depth; k++) {
       sums[j] += f32(xs[row + k]) * f32(ws[col + k]);
     }
   }

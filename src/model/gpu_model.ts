@@ -200,6 +200,14 @@ export interface GpuModelOptions {
    */
   halfPrefill?: boolean;
   /**
+   * Prefill: every matrix product on the GPU's matrix units (cooperative matrices, `MatmulTuning.coop`:
+   * weights of any type and the activations rounded to f16 in the tiles, products summed in f32), instead
+   * of the int8, f32 or f16 kernels above. `true` needs a device with working cooperative matrices
+   * (`Gpu.coopMatrix`; a {@link BadFlagError} otherwise); `"emulated"` runs the same kernel with plain-WGSL
+   * fragments on any GPU (slow: for tests). Default false (not yet measured against the other kernels).
+   */
+  coopPrefill?: boolean | "emulated";
+  /**
    * Decode attention runs as one dispatch (no partials, no reduce) while the query's position + 1 is at most
    * this many keys (see `FlashDecodeOptions.directKeys`; 0: always split). Default `DEFAULT_DIRECT_KEYS`.
    */
@@ -584,7 +592,9 @@ export class GpuModel {
       arrivals: f32("decode arrivals", decodeArrivalsBytes(Hkv, Hq) / 4),
     };
     const halfPrefill = (options.halfPrefill ?? false) && gpu.hasF16;
-    if ((options.int8Prefill ?? !gpu.isFallback) && maxBatch > 1) {
+    // Cooperative-matrix prefill (options.coopPrefill) takes every prefill product, int8 ones included.
+    const coopPrefill = maxBatch > 1 && coopPrefillWanted(gpu, options.coopPrefill);
+    if ((options.int8Prefill ?? !gpu.isFallback) && maxBatch > 1 && !coopPrefill) {
       const bytes = q8ActivationBytes(maxBatch, Math.ceil(Math.max(E, FF, Hq * D) / 32) * 32);
       act.q8 = { xq: f32("q8 values", bytes.xq / 4), xds: f32("q8 scales", bytes.xds / 4) };
     }
@@ -641,9 +651,16 @@ export class GpuModel {
       // quantises their input `x` (rows of `cols`) into act.q8, returning what the products read.
       const int8 = (...weights: GpuWeight[]) =>
         !decode && act.q8 !== undefined && weights.every((w) => int8MatmulBlocker(w) === undefined);
-      // Half prefill (options.halfPrefill): the f16 products' tuning when all of `weights` are F16.
+      // The prefill products' tuning: cooperative matrices (options.coopPrefill), or f16 products when all
+      // of `weights` are F16 (options.halfPrefill).
       const half = (...weights: GpuWeight[]): MatmulTuning | undefined =>
-        !decode && halfPrefill && weights.every((w) => w.info.name === "F16") ? { half: true } : undefined;
+        decode
+          ? undefined
+          : coopPrefill
+          ? { coop: true }
+          : halfPrefill && weights.every((w) => w.info.name === "F16")
+          ? { half: true }
+          : undefined;
       const quantize = (label: string, x: GPUBuffer, cols: number): Q8Activations => {
         const q8: Q8Activations = { xq: act.q8!.xq, xds: act.q8!.xds, cols, maxTokens };
         ops.push(createQ8Quantize(gpu, { label, x, out: q8, step }));
@@ -1000,8 +1017,9 @@ export class GpuModel {
       maxBatch,
       weightBytes,
       prefillProducts: [
+        coopPrefill ? `${gpu.coopMatrix ? "" : "emulated "}cooperative matrices (f16 tiles, f32 sums)` : "",
         act.q8 ? "8-bit integer dot products for Q8_0, Q4_0, Q4_K, Q5_K and Q6_K weights" : "",
-        halfPrefill ? "f16 arithmetic for F16 weights" : "",
+        halfPrefill && !coopPrefill ? "f16 arithmetic for F16 weights" : "",
       ].filter((s) => s !== "").join(", ") || "f32",
       kv,
       policy,
@@ -1362,4 +1380,19 @@ function defaultGlobalFraction(
     case "wgkv":
       return 0.5;
   }
+}
+
+/**
+ * Whether prefill products run on cooperative matrices for `GpuModelOptions.coopPrefill` = `wanted`:
+ * `true` on a device without working ones is a {@link BadFlagError} saying why.
+ */
+function coopPrefillWanted(gpu: Gpu, wanted: boolean | "emulated" | undefined): boolean {
+  if (wanted === "emulated") return true;
+  if (wanted !== true) return false;
+  if (gpu.coopMatrix === undefined) {
+    throw new BadFlagError(
+      `coopPrefill: this GPU has no working cooperative matrices (${gpu.coopMatrixNote || "not offered"})`,
+    );
+  }
+  return true;
 }

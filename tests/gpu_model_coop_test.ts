@@ -1,0 +1,78 @@
+// A model's prefill with every product on cooperative matrices (GpuModelOptions.coopPrefill): the
+// hardware's where the GPU has working ones, else the emulated fragments (lavapipe in CI), which run the
+// same kernel and the same wiring (Q/K/V, gate/up + SwiGLU, the rest) through the model.
+import { ok, rejects } from "node:assert/strict";
+import { openGGUF } from "../src/gguf/reader.ts";
+import { getGpu } from "../src/gpu/device.ts";
+import { GpuModel } from "../src/model/gpu_model.ts";
+import { hparamsFromGGUF } from "../src/model/hparams.ts";
+import { ReferenceModel } from "../src/model/reference.ts";
+import { writeSyntheticModel } from "../src/model/synth.ts";
+import { relativeError } from "./gpu_ops_helpers.ts";
+
+for (const type of ["q4_k_m"] as const) {
+  Deno.test(`gpu model: cooperative-matrix prefill of a ${type} model stays near the CPU reference`, async () => {
+    const gpu = await getGpu();
+    if (!gpu.hasF16) return; // the tiles are f16
+    const dir = await Deno.makeTempDir();
+    try {
+      const path = `${dir}/tiny-${type}.gguf`;
+      await writeSyntheticModel({ shape: "tiny", type, out: path, seed: Math.floor(Math.random() * 1e6) });
+      const file = await openGGUF(path);
+      const hp = hparamsFromGGUF(file);
+      const cpu = await ReferenceModel.load(file);
+      const coopPrefill = gpu.coopMatrix ? true : "emulated";
+      const model = await GpuModel.load(gpu, file, hp, { contextLength: 96, maxBatch: 80, coopPrefill });
+      try {
+        ok(
+          model.describe().some((line) => /products .*cooperative matrices/.test(line)),
+          model.describe().join("\n"),
+        );
+        // 70 tokens: two token tiles of 64, the second partial.
+        const prompt = Array.from({ length: 70 }, () => Math.floor(Math.random() * hp.nVocab));
+        let want = new Float32Array(0);
+        for (let i = 0; i < prompt.length; i++) want = cpu.forward(prompt[i], i);
+        const err = relativeError(await model.forward(prompt, 0, "logits"), want);
+        // Activations rounded to f16 in the tiles, sums in f32: well under int8's 1%.
+        ok(err < 1e-2, `coop prefill relative error ${err}`);
+        // Decode (matvecs) goes on from the cache the prefill left.
+        const next = Math.floor(Math.random() * hp.nVocab);
+        const decodeErr = relativeError(
+          await model.forward([next], prompt.length, "logits"),
+          cpu.forward(next, prompt.length),
+        );
+        ok(decodeErr < 1e-2, `decode after coop prefill, relative error ${decodeErr}`);
+      } finally {
+        model.destroy();
+        file.close();
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  });
+}
+
+Deno.test("gpu model: coopPrefill true without working cooperative matrices is a one-line error", async () => {
+  const gpu = await getGpu();
+  if (gpu.coopMatrix) return;
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/tiny.gguf`;
+    await writeSyntheticModel({ shape: "tiny", type: "f16", out: path, seed: 1 });
+    const file = await openGGUF(path);
+    try {
+      await rejects(
+        GpuModel.load(gpu, file, hparamsFromGGUF(file), {
+          contextLength: 32,
+          maxBatch: 8,
+          coopPrefill: true,
+        }),
+        /^BadFlagError: coopPrefill: this GPU has no working cooperative matrices \(.+\)$/,
+      );
+    } finally {
+      file.close();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
