@@ -43,6 +43,8 @@
  *                                         products: "decode-f32" rows)
  *                        [--f32-prefill]  (prefill products in f32 instead of the default 8-bit integer
  *                                          dot products of quantised weights: "prefill-f32" rows)
+ *                        [--coop-prefill]  (every prefill product on the GPU's cooperative matrices, where
+ *                                           it has working ones: "prefill-coop" rows)
  *                        [--matvec-tuning '{"ffn_down": {"rowsPerWorkgroup": 4}}']  (decode matvec tunings by
  *                                               role, GpuModelOptions.matvecTuning: "decode-tuned" rows)
  *        deno task bench --kv full,random,wgkv [--kv-prompts 8192,32768] [--window 256] [--admit 0.2]
@@ -157,6 +159,7 @@ const { values } = benchFlags(import.meta.url, () =>
       "max-batch": { type: "string" },
       "matvec-tuning": { type: "string" },
       "f32-prefill": { type: "boolean" },
+      "coop-prefill": { type: "boolean" },
       "f32-decode": { type: "boolean" },
       kv: { type: "string" },
       "kv-prompts": { type: "string" },
@@ -186,6 +189,8 @@ await Deno.mkdir(outPath.substring(0, outPath.lastIndexOf("/")) || ".", { recurs
 const results: {
   device: string;
   copyGBs?: number;
+  /** How the device's matrix units (cooperative matrices) are used, or why not (`Gpu.coopMatrixNote`). */
+  matrixUnits?: string;
   rows: BenchRow[];
   profiles?: Record<string, (ProfileRow & { msPerToken: number })[]>;
   matvecTuning?: GpuModelOptions["matvecTuning"];
@@ -298,12 +303,18 @@ if (maxBatch !== undefined && (!Number.isInteger(maxBatch) || maxBatch < 1)) {
 // --f32-prefill: prefill products in f32 instead of the default integer dot products (rows "prefill-f32").
 const f32Prefill = values["f32-prefill"] === true;
 const int8Prefill = f32Prefill ? false : undefined;
+// --coop-prefill: every prefill product on cooperative matrices (rows "prefill-coop").
+const coopPrefill = values["coop-prefill"] === true;
+if (coopPrefill && !gpu.coopMatrix) {
+  flagError(`--coop-prefill: this GPU has no working cooperative matrices (${gpu.coopMatrixNote})`);
+}
 // --f32-decode: decode products in f32 instead of the default integer dot products (rows "decode-f32").
 const f32Decode = values["f32-decode"] === true;
 const int8Decode = f32Decode ? false : undefined;
 const prefillTest = "prefill" + (prefillSplits !== undefined ? `-splits${prefillSplits}` : "") +
   (prefillTiling ? `-tiling${prefillTiling.rows}x${prefillTiling.keys}` : "") +
-  (maxBatch !== undefined ? `-batch${maxBatch}` : "") + (f32Prefill ? "-f32" : "") + wgkvAppendSuffix;
+  (maxBatch !== undefined ? `-batch${maxBatch}` : "") + (f32Prefill ? "-f32" : "") +
+  (coopPrefill ? "-coop" : "") + wgkvAppendSuffix;
 const key = (r: Pick<BenchRow, "shape" | "type" | "test" | "tokens" | "policy">) =>
   `${r.shape}/${r.type}/${r.test}/${r.tokens}${r.policy ? `/${r.policy}` : ""}`;
 const kvPolicies = values.kv ? list(values.kv, "") : [];
@@ -389,8 +400,10 @@ function randomTokens(n: number, vocab: number): number[] {
 }
 
 results.copyGBs ??= (await copyBandwidth(gpu)) / 1e9;
+results.matrixUnits = gpu.coopMatrixNote;
 await save();
 console.error(`device: ${gpu.description}; copy bandwidth ${results.copyGBs.toFixed(1)} GB/s`);
+console.error(`matrix units: ${gpu.coopMatrixNote}`);
 
 for (const shape of kvPolicies.length > 0 ? [] : shapes) {
   for (const type of types) {
@@ -424,6 +437,7 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
       matvecTuning,
       int8Prefill,
       int8Decode,
+      coopPrefill,
       ...decodeAttention,
       onProgress: (m) => console.error(m),
     });
@@ -602,6 +616,7 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
           prefillTiling,
           int8Prefill,
           int8Decode,
+          coopPrefill,
           matvecTuning,
           ...decodeAttention,
           policy,

@@ -22,7 +22,8 @@
  * Ops are built for each prompt length as the model builds them (`maxTokens` = the length), so `{}` rows
  * show the default tile shape for that length; the `tile` column gives the shape each row ran with
  * (t tokens per thread, k columns per step, u unrolled K loop, p prefetch, f16 for `{"half": true}`: f16
- * products). A tuning an op rejects becomes a row with an error. `--quick` (for software adapters) runs
+ * products; `coop` for `{"coop": true}`: products on the GPU's cooperative matrices, emulated where it has
+ * none). A tuning an op rejects becomes a row with an error. `--quick` (for software adapters) runs
  * small "tiny" shapes with 64 tokens, few copies and dispatches: it shows that everything runs, not speed.
  * The JSON holds the device description and every row; it is rewritten after each row (to a `.tmp` file,
  * then renamed), so a run cut short keeps its rows.
@@ -171,9 +172,13 @@ console.error(
   `device: ${gpu.description}${gpu.isFallback ? " (software: figures show only that it runs)" : ""}`,
 );
 
-/** `t8 k32 u0 p1`: tokens per thread, K step, unrolled K loop, prefetch (and ` f16` for half products). */
+/**
+ * `t8 k32 u0 p1`: tokens per thread, K step, unrolled K loop, prefetch (and ` f16` for half products);
+ * `coop 64x128` (or `coop-emulated 64x128`) for the cooperative-matrix kernel's tiles.
+ */
 function tileName(tile: MatmulShape | undefined): string {
   if (!tile) return "-";
+  if (tile.coop) return `${gpu.coopMatrix ? "coop" : "coop-emulated"} ${tile.tileTokens}x128`;
   return `t${tile.tokensPerThread} k${tile.kStep} u${tile.unrollK ? 1 : 0} p${tile.prefetch ? 1 : 0}` +
     (tile.half ? " f16" : "");
 }
