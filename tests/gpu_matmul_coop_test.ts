@@ -9,7 +9,7 @@ import { ok, throws } from "node:assert/strict";
 import { getGpu } from "../src/gpu/device.ts";
 import { createGateUpSwiGluMatmul } from "../src/gpu/ops/fused.ts";
 import {
-  COOP_MATMUL_WORKGROUP_BYTES,
+  coopMatmulWorkgroupBytes,
   createMatmul,
   createQkvMatmul,
   matmulShape,
@@ -20,6 +20,8 @@ import { products, randomWeight } from "./gpu_quant_data.ts";
 import { nanBuffer, qkvFields, randomF32, runOps, untouchedPast } from "./gpu_ops_helpers.ts";
 
 const TUNING = { coop: true };
+/** Both tile sizes (64 tokens: two token blocks per subgroup; 128: four). */
+const TUNINGS = [{ coop: true, coopTileTokens: 64 }, { coop: true, coopTileTokens: 128 }];
 const BOUND = 2 ** -11;
 
 /** `values` rounded to f16 (what the kernel's tiles hold). */
@@ -51,13 +53,19 @@ Deno.test("gpu matmul coop: cooperative-matrix products (entry main) match the f
     const x = randomF32(maxTokens * c.cols, 4);
     const xBuf = gpu.buffer("x", x.byteLength, x);
     const step = new StepParams(gpu, maxTokens);
-    const y = nanBuffer(gpu, "y", maxTokens * c.rows);
-    const op = createMatmul(gpu, { label: "mm", weight, x: xBuf, y, maxTokens, step, tuning: TUNING });
-    const [got] = await runOps(gpu, [op], step, c.m, 0, [y]);
-    const what = `${c.type} rows=${c.rows} cols=${c.cols} m=${c.m} (${gpu.coopMatrixNote || "emulated"})`;
-    check(what, got, products(toHalf(w), toHalf(x), c.m, c.rows, c.cols));
-    untouchedPast(what, got, c.m, c.rows);
-    for (const b of [y, xBuf]) b.destroy();
+    const want = products(toHalf(w), toHalf(x), c.m, c.rows, c.cols);
+    for (const tuning of TUNINGS) {
+      const y = nanBuffer(gpu, "y", maxTokens * c.rows);
+      const op = createMatmul(gpu, { label: "mm", weight, x: xBuf, y, maxTokens, step, tuning });
+      const [got] = await runOps(gpu, [op], step, c.m, 0, [y]);
+      const what = `${c.type} rows=${c.rows} cols=${c.cols} m=${c.m} ${JSON.stringify(tuning)} (${
+        gpu.coopMatrixNote || "emulated"
+      })`;
+      check(what, got, want);
+      untouchedPast(what, got, c.m, c.rows);
+      y.destroy();
+    }
+    xBuf.destroy();
     weight.destroy();
   }
 });
@@ -79,7 +87,7 @@ Deno.test("gpu matmul coop: Q, K and V in one dispatch (entry qkv)", async () =>
     x: xBuf,
     maxTokens,
     step,
-    tuning: TUNING,
+    tuning: TUNINGS[1],
   });
   const results = await runOps(gpu, [op], step, m, 0, outs);
   for (let i = 0; i < 3; i++) {
@@ -95,7 +103,7 @@ Deno.test("gpu matmul coop: fused gate/up + SwiGLU (entry swiglu)", async () => 
   const gpu = await getGpu();
   if (!gpu.hasF16) return;
   const silu = (v: number) => v / (1 + Math.exp(-v));
-  for (const [rows, cols, m] of [[70, 96, 37], [200, 64, 65]]) {
+  for (const [rows, cols, m, tiles] of [[70, 96, 37, 64], [200, 64, 65, 128], [130, 48, 150, 64]]) {
     const maxTokens = m + 2;
     const gate = randomWeight(gpu, "ffn_gate", "F16", rows, cols);
     const up = randomWeight(gpu, "ffn_up", "F16", rows, cols);
@@ -113,10 +121,10 @@ Deno.test("gpu matmul coop: fused gate/up + SwiGLU (entry swiglu)", async () => 
       out,
       maxTokens,
       step,
-      tuning: TUNING,
+      tuning: { coop: true, coopTileTokens: tiles },
     });
     const [got] = await runOps(gpu, [op], step, m, 0, [out]);
-    const what = `gate/up rows=${rows} cols=${cols} m=${m}`;
+    const what = `gate/up rows=${rows} cols=${cols} m=${m} tiles of ${tiles}`;
     for (let i = 0; i < m * rows; i++) {
       const want = silu(g.sum[i]) * u.sum[i];
       // silu' is at most 1.1: each sum's bound carried through silu(g) · u.
@@ -131,9 +139,14 @@ Deno.test("gpu matmul coop: fused gate/up + SwiGLU (entry swiglu)", async () => 
   }
 });
 
-Deno.test("gpu matmul coop: the tuning is checked, and its workgroup memory fits the WebGPU minimum", async () => {
+Deno.test("gpu matmul coop: the tuning is checked, and both tile sizes fit 32 KiB of workgroup memory", async () => {
   const gpu = await getGpu();
-  ok(COOP_MATMUL_WORKGROUP_BYTES <= 16384 * 2, `${COOP_MATMUL_WORKGROUP_BYTES} bytes`);
+  // Both tile sizes fit lavapipe's 32 KiB of workgroup memory, so both are tested there.
+  for (const t of [64, 128]) ok(coopMatmulWorkgroupBytes(t) <= 32768, `${coopMatmulWorkgroupBytes(t)} bytes`);
+  throws(
+    () => matmulShape(gpu, "mm", 64, 1, { coop: true, coopTileTokens: 32 }),
+    /^BadFlagError: mm: coopTileTokens must be 64 or 128, got 32$/,
+  );
   throws(
     () => matmulShape(gpu, "mm", 64, 1, { coop: 1 as unknown as boolean }),
     /^BadFlagError: mm: coop must be true or false, got 1$/,

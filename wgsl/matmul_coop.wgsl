@@ -1,7 +1,7 @@
 // Matrix-matrix products for prefill on the GPU's matrix units (cooperative matrices: 16 × 16 f16
 // fragments multiplied into f32 ones by a whole subgroup), weights kept in their GGUF types and decoded to
-// f16 as they are staged. The same entries, bindings and grid as wgsl/matmul.wgsl (see there), with
-// 64-token × 128-row output tiles:
+// f16 as they are staged. The same entries, bindings and grid as wgsl/matmul.wgsl (see there), with output
+// tiles of tile_tokens (64 or 128) tokens × 128 rows:
 //   entry `main`:   Y[t][first_row + r] = Σ_c X[t][c] · W_a[r][c] for t < m, one weight part;
 //   entry `qkv`:    Q, K and V of attention in one dispatch: the row tiles of W_a (Q), then W_b (K), then
 //                   W_c (V), each writing its own output;
@@ -12,22 +12,24 @@
 // fragments' accumulators).
 //
 // Tiling: 256 threads = 8 subgroups of 32 (the kernel is only built where subgroups are 32 wide, and takes
-// invocations 32s .. 32s + 31 to be subgroup s). The output tile is 4 token blocks × 8 row blocks of
-// 16 × 16; subgroup s owns token blocks 2(s / 4) and 2(s / 4) + 1 times two row blocks: 2(s % 4) and
-// 2(s % 4) + 1, or, paired, s % 4 (gate) and s % 4 + 4 (the same up rows), so that silu(gate) · up is
-// formed from one subgroup's own accumulators. Per 16-column K step a subgroup loads two A fragments
-// (tokens) and two B fragments (rows) for four multiply-adds.
+// invocations 32s .. 32s + 31 to be subgroup s). The output tile is (tile_tokens / 16) token blocks × 8
+// row blocks of 16 × 16; subgroup s owns token_blocks (2 or 4) token blocks from token_blocks · (s / 4),
+// times two row blocks: 2(s % 4) and 2(s % 4) + 1, or, paired, s % 4 (gate) and s % 4 + 4 (the same up
+// rows), so that silu(gate) · up is formed from one subgroup's own accumulators. Per 16-column K step a
+// subgroup loads two B fragments (rows) and token_blocks A fragments (tokens) for 2 · token_blocks
+// multiply-adds.
 //
 // The K loop stages K_STEP = 32 columns per step into workgroup memory, every thread taking part: one
 // sixteen-column unit of one weight row (thread i: tile row i % 128, columns 16 (i / 128) ..), decoded by
-// the dequantisation library (dq16, copies suffixed _a, _b, _c as in wgsl/matmul.wgsl), and eight
-// activations of one token (thread i: token i / 4, columns 8 (i % 4) ..). The next step's values are read
-// into registers before the current step is multiplied, so their global reads overlap the matrix work; two
-// barriers per step guard the single buffer.
+// the dequantisation library (dq16, copies suffixed _a, _b, _c as in wgsl/matmul.wgsl), and x_per_thread
+// (8 or 16) consecutive activations of one token. The next step's values are read into registers before
+// the current step is multiplied, so their global reads overlap the matrix work; two barriers per step
+// guard the single buffer. The outputs leave one fragment at a time through a 16 × 16 f32 staging area per
+// subgroup (cs), each invocation taking 8 values of one token.
 //
 // The fragment operations (frag_zero, load_a, load_b, mma, store_c) are spliced in from
-// wgsl/coop_fragments.wgsl (the hardware's cooperative matrices) or wgsl/coop_fragments_emulated.wgsl (the same contract in plain WGSL, for GPUs without them:
-// tests).
+// wgsl/coop_fragments.wgsl (the hardware's cooperative matrices) or wgsl/coop_fragments_emulated.wgsl
+// (the same contract in plain WGSL, for GPUs without them: tests).
 //
 // binding 0: W_a, array<u32>: `main`: the raw rows of one weight part, row r at byte r · row_bytes; `qkv`:
 //            Q's weight, `swiglu`: the gate weight, row r at byte r · row_bytes_a (read)
@@ -46,7 +48,7 @@
 //            (elements per row), row_bytes; `qkv` and `swiglu` read cols only
 //
 // Dispatch: `main`: x = ceil(rows / 128); `qkv`: x = the row tiles of Q, K and V together; `swiglu`:
-// x = ceil(rows_a / 64); y = ceil(max_m / 64). Tiles past `m` return at once.
+// x = ceil(rows_a / 64); y = ceil(max_m / tile_tokens). Tiles past `m` return at once.
 
 {{ENABLE}}
 
@@ -75,16 +77,17 @@ override row_bytes_c: u32 = 1u;
 const THREADS = 256u;
 const TILE_ROWS = 128u;
 const HALF_ROWS = 64u; // tile rows per weight in a paired (`swiglu`) tile
-const TILE_TOKENS = 64u;
+// Tokens per output tile, 64 or 128 (MatmulTuning.coopTileTokens); token blocks of 16 per subgroup (2 or
+// 4); activations per thread and K step (8 or 16).
+override tile_tokens: u32 = 64u;
+override token_blocks: u32 = 2u;
+override x_per_thread: u32 = 8u;
 const K_STEP = 32u;
 // f16 values per tile row in workgroup memory: K_STEP plus 8 of padding (rows stay 16-byte aligned, and
 // consecutive rows start in different banks).
 const STRIDE = 40u;
-// f32 values per row of a subgroup's output staging: two fragments side by side.
-const OUT_STRIDE = 32u;
-// f32 values of a subgroup's output staging (16 rows).
-const OUT_SIZE = 512u;
-
+// f32 values per row of a subgroup's output staging (one 16 × 16 fragment).
+const OUT_STRIDE = 16u;
 @group(0) @binding(0) var<storage, read> W_a: array<u32>;
 @group(0) @binding(5) var<storage, read> W_b: array<u32>;
 @group(0) @binding(6) var<storage, read> W_c: array<u32>;
@@ -106,16 +109,16 @@ var<private> w_rows: u32;
 var<private> row_bytes: u32;
 var<private> out_stride: u32;
 var<private> out_first: u32;
-// This invocation's index within its subgroup (the emulated fragments use it).
+// This invocation's subgroup (32 invocations) and its index within it (the emulated fragments use it).
+var<private> subgroup: u32;
 var<private> lane: u32;
 
 // xs[t · STRIDE + k]: token t of the tile at column k0 + k.
-var<workgroup> xs: array<f16, TILE_TOKENS * STRIDE>;
+var<workgroup> xs: array<f16, tile_tokens * STRIDE>;
 // ws[r · STRIDE + k]: tile row r at column k0 + k.
 var<workgroup> ws: array<f16, TILE_ROWS * STRIDE>;
-// cs[s · OUT_SIZE + i · OUT_STRIDE + j]: subgroup s's outputs of one token block, token i, column j of
-// its two row blocks side by side.
-var<workgroup> cs: array<f32, 8u * OUT_SIZE>;
+// cs[s · 256 + i · 16 + j]: subgroup s's staging of one 16 × 16 output fragment, row i, column j.
+var<workgroup> cs: array<f32, 8u * 256u>;
 
 {{FRAGMENTS}}
 
@@ -148,13 +151,13 @@ fn fetch_w(r: u32, e: u32) -> array<vec4f, 4> {
   return w;
 }
 
-// Columns e..e+7 of token t (zero past m or past the row end).
-fn fetch_x(t: u32, e: u32) -> array<f32, 8> {
-  var v: array<f32, 8>;
+// Columns e .. e + x_per_thread − 1 of token t (zero past m or past the row end).
+fn fetch_x(t: u32, e: u32) -> array<f32, 16> {
+  var v: array<f32, 16>;
   if (t >= step.n_tokens) { return v; }
   let base = t * cols;
   // @unroll
-  for (var j = 0u; j < 8u; j++) {
+  for (var j = 0u; j < x_per_thread; j++) {
     if (e + j < cols) { v[j] = x[base + e + j]; }
   }
   return v;
@@ -186,7 +189,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) tid:
   row_bytes = part.row_bytes;
   out_stride = part.out_stride;
   out_first = part.first_row;
-  let t0 = wid.y * TILE_TOKENS;
+  let t0 = wid.y * tile_tokens;
   if (t0 >= step.n_tokens) { return; }
   tile_product(wid.x * TILE_ROWS, t0, tid);
 }
@@ -215,7 +218,7 @@ fn qkv(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) tid: 
   }
   out_stride = w_rows;
   out_first = 0u;
-  let t0 = wid.y * TILE_TOKENS;
+  let t0 = wid.y * tile_tokens;
   if (t0 >= step.n_tokens) { return; }
   tile_product(tile * TILE_ROWS, t0, tid);
 }
@@ -227,13 +230,14 @@ fn swiglu(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) ti
   w_rows = rows_a;
   out_stride = rows_a;
   out_first = 0u;
-  let t0 = wid.y * TILE_TOKENS;
+  let t0 = wid.y * tile_tokens;
   if (t0 >= step.n_tokens) { return; }
   tile_product(wid.x * HALF_ROWS, t0, tid);
 }
 
-// The workgroup's product tile times tokens t0 … t0 + 63 (every thread calls it): rows n0 … n0 + 127 of
-// its weight, or when paired rows n0 … n0 + 63 of the gate weight, then the same rows of the up weight.
+// The workgroup's product tile times tokens t0 … t0 + tile_tokens − 1 (every thread calls it): rows
+// n0 … n0 + 127 of its weight, or when paired rows n0 … n0 + 63 of the gate weight, then the same rows of
+// the up weight.
 fn tile_product(n0: u32, t0: u32, tid: u32) {
   // Staging work: W unit (tile row wi, columns 16·wk.., weight row w_row), X (token xt, columns xk..).
   let wi = tid % TILE_ROWS;
@@ -244,19 +248,25 @@ fn tile_product(n0: u32, t0: u32, tid: u32) {
     which = wi / HALF_ROWS;
     row_bytes = select(row_bytes_a, row_bytes_b, which == 1u);
   }
-  let xt = tid / 4u;
-  let xk = 8u * (tid % 4u);
+  let xt = tid / (K_STEP / x_per_thread);
+  let xk = x_per_thread * (tid % (K_STEP / x_per_thread));
 
-  // Matrix work: subgroup s, its token blocks tb0, tb0 + 1 and row blocks rb0, rb1.
+  // Matrix work: subgroup s, its token blocks tb0 … tb0 + token_blocks − 1 and row blocks rb0, rb1;
+  // accumulator 2i + j is token block tb0 + i times row block rb_j.
   let s = tid / 32u;
+  subgroup = s;
   lane = tid % 32u;
-  let tb0 = 2u * (s / 4u);
+  let tb0 = token_blocks * (s / 4u);
   let rb0 = select(2u * (s % 4u), s % 4u, paired);
   let rb1 = select(rb0 + 1u, rb0 + 4u, paired);
-  var c00 = frag_zero();
-  var c01 = frag_zero();
-  var c10 = frag_zero();
-  var c11 = frag_zero();
+  var c0 = frag_zero();
+  var c1 = frag_zero();
+  var c2 = frag_zero();
+  var c3 = frag_zero();
+  var c4 = frag_zero();
+  var c5 = frag_zero();
+  var c6 = frag_zero();
+  var c7 = frag_zero();
 
   var wv = fetch_w(w_row, 16u * wk);
   var xv = fetch_x(t0 + xt, xk);
@@ -270,7 +280,7 @@ fn tile_product(n0: u32, t0: u32, tid: u32) {
       ws[at + 3u] = f16(wv[c].w);
     }
     // @unroll
-    for (var j = 0u; j < 8u; j++) { xs[xt * STRIDE + xk + j] = f16(xv[j]); }
+    for (var j = 0u; j < x_per_thread; j++) { xs[xt * STRIDE + xk + j] = f16(xv[j]); }
     workgroupBarrier();
 
     let k1 = k0 + K_STEP;
@@ -282,49 +292,66 @@ fn tile_product(n0: u32, t0: u32, tid: u32) {
     // @unroll
     for (var h = 0u; h < 2u; h++) {
       let kk = 16u * h;
-      let a0 = load_a(tb0 * 16u * STRIDE + kk);
-      let a1 = load_a((tb0 + 1u) * 16u * STRIDE + kk);
       let b0 = load_b(rb0 * 16u * STRIDE + kk);
       let b1 = load_b(rb1 * 16u * STRIDE + kk);
-      c00 = mma(a0, b0, c00);
-      c01 = mma(a0, b1, c01);
-      c10 = mma(a1, b0, c10);
-      c11 = mma(a1, b1, c11);
+      let a0 = load_a(tb0 * 16u * STRIDE + kk);
+      c0 = mma(a0, b0, c0);
+      c1 = mma(a0, b1, c1);
+      let a1 = load_a((tb0 + 1u) * 16u * STRIDE + kk);
+      c2 = mma(a1, b0, c2);
+      c3 = mma(a1, b1, c3);
+      if (token_blocks == 4u) {
+        let a2 = load_a((tb0 + 2u) * 16u * STRIDE + kk);
+        c4 = mma(a2, b0, c4);
+        c5 = mma(a2, b1, c5);
+        let a3 = load_a((tb0 + 3u) * 16u * STRIDE + kk);
+        c6 = mma(a3, b0, c6);
+        c7 = mma(a3, b1, c7);
+      }
     }
     workgroupBarrier();
   }
 
-  // Out through this subgroup's staging, one token block at a time: fragments (i, rb0) and (i, rb1) side
-  // by side, then each invocation writes 16 values of one token (main, qkv) or 8 silu(gate) · up values.
-  let out = s * OUT_SIZE;
+  put_blocks(c0, c1, n0, t0 + tb0 * 16u, rb0, rb1);
+  put_blocks(c2, c3, n0, t0 + (tb0 + 1u) * 16u, rb0, rb1);
+  if (token_blocks == 4u) {
+    put_blocks(c4, c5, n0, t0 + (tb0 + 2u) * 16u, rb0, rb1);
+    put_blocks(c6, c7, n0, t0 + (tb0 + 3u) * 16u, rb0, rb1);
+  }
+}
+
+// This invocation's 8 values of fragment `c`: row lane / 2, columns 8 (lane % 2) .. + 7, through its
+// subgroup's staging (every invocation of the workgroup calls it, for the barriers).
+fn unstage(c: frag_c) -> array<f32, 8> {
+  let at = subgroup * 256u;
+  store_c(c, at);
+  workgroupBarrier();
+  var v: array<f32, 8>;
+  let from_at = at + (lane / 2u) * OUT_STRIDE + 8u * (lane % 2u);
   // @unroll
-  for (var i = 0u; i < 2u; i++) {
-    if (i == 0u) {
-      store_c(c00, out);
-      store_c(c01, out + 16u);
-    } else {
-      store_c(c10, out);
-      store_c(c11, out + 16u);
+  for (var j = 0u; j < 8u; j++) { v[j] = cs[from_at + j]; }
+  workgroupBarrier();
+  return v;
+}
+
+// Outputs of the 16 tokens from t (those below m) at row blocks rb0 (accumulator `lo`) and rb1 (`hi`):
+// written as they are, or when paired silu(gate) · up at the 16 rows of rb0.
+fn put_blocks(lo: frag_c, hi: frag_c, n0: u32, t: u32, rb0: u32, rb1: u32) {
+  let token = t + lane / 2u;
+  let col = 8u * (lane % 2u);
+  let a = unstage(lo);
+  let b = unstage(hi);
+  if (paired) {
+    // @unroll
+    for (var j = 0u; j < 8u; j++) {
+      let r = n0 + rb0 * 16u + col + j;
+      if (token < step.n_tokens && r < w_rows) { y[token * out_stride + r] = silu(a[j]) * b[j]; }
     }
-    workgroupBarrier();
-    let row = lane / 2u;
-    let t = t0 + (tb0 + i) * 16u + row;
-    let staged = out + row * OUT_STRIDE;
-    if (paired) {
-      let j0 = 8u * (lane % 2u);
-      // @unroll
-      for (var j = 0u; j < 8u; j++) {
-        let r = n0 + rb0 * 16u + j0 + j;
-        if (t < step.n_tokens && r < w_rows) {
-          y[t * out_stride + r] = silu(cs[staged + j0 + j]) * cs[staged + 16u + j0 + j];
-        }
-      }
-    } else {
-      let side = lane % 2u;
-      let r0 = n0 + select(rb0, rb1, side == 1u) * 16u;
-      // @unroll
-      for (var j = 0u; j < 16u; j++) { put_y(t, r0 + j, cs[staged + 16u * side + j]); }
-    }
-    workgroupBarrier();
+    return;
+  }
+  // @unroll
+  for (var j = 0u; j < 8u; j++) {
+    put_y(token, n0 + rb0 * 16u + col + j, a[j]);
+    put_y(token, n0 + rb1 * 16u + col + j, b[j]);
   }
 }

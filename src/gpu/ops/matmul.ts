@@ -296,6 +296,12 @@ export interface MatmulTuning {
    * with emulated fragments: correct, far slower, for tests. The other fields do not apply. Default false.
    */
   coop?: boolean;
+  /**
+   * With `coop`: tokens per output tile, 64 or 128 (twice the accumulators per subgroup, half the weight
+   * decoding per token). Default: 128 when that still gives at least 256 workgroups and fits the workgroup
+   * memory, else 64.
+   */
+  coopTileTokens?: number;
 }
 
 /** The names of {@link MatmulTuning}'s fields (a tuning naming anything else is rejected). */
@@ -306,6 +312,7 @@ export const MATMUL_TUNING_KEYS: readonly string[] = [
   "prefetch",
   "half",
   "coop",
+  "coopTileTokens",
 ];
 
 /** Options of {@link createMatmul}. */
@@ -347,10 +354,12 @@ export function matmulWorkgroupBytes(tokensPerThread: number, kStep: number, hal
 }
 
 /**
- * Workgroup memory of `wgsl/matmul_coop.wgsl`: f16 tiles of 64 tokens and 128 rows × 40 values (32
- * columns and padding), and 8 subgroups' f32 output staging of 16 × 32.
+ * Workgroup memory of `wgsl/matmul_coop.wgsl` with tiles of `tileTokens` tokens: f16 tiles of the tokens
+ * and 128 rows × 40 values (32 columns and padding), and 8 subgroups' f32 output staging of 16 × 16.
  */
-export const COOP_MATMUL_WORKGROUP_BYTES = (64 + MATMUL_TILE_ROWS) * 40 * 2 + 8 * 16 * 32 * 4;
+export function coopMatmulWorkgroupBytes(tileTokens: number): number {
+  return (tileTokens + MATMUL_TILE_ROWS) * 40 * 2 + 8 * 16 * 16 * 4;
+}
 
 /**
  * Picks (or checks) the tile shape of a prefill kernel for `maxTokens` tokens and `rowTiles` output tiles
@@ -405,20 +414,27 @@ export function matmulShape(
   if (tuning.coop !== undefined && typeof tuning.coop !== "boolean") {
     throw new BadFlagError(`${op}: coop must be true or false, got ${JSON.stringify(tuning.coop)}`);
   }
+  if (tuning.coopTileTokens !== undefined && ![64, 128].includes(tuning.coopTileTokens)) {
+    throw new BadFlagError(`${op}: coopTileTokens must be 64 or 128, got ${JSON.stringify(tuning.coopTileTokens)}`);
+  }
   if (tuning.coop) {
     if (!gpu.hasF16) {
       throw new BadFlagError(`${op}: cooperative-matrix products need the shader-f16 feature, which is off`);
     }
-    if (COOP_MATMUL_WORKGROUP_BYTES > limit) {
+    const coopFits = (t: number) => coopMatmulWorkgroupBytes(t) <= limit;
+    const tileTokens = tuning.coopTileTokens ??
+      (ceilDiv(maxTokens, 128) * rowTiles >= 256 && coopFits(128) ? 128 : 64);
+    if (!coopFits(tileTokens)) {
       throw new BadFlagError(
-        `${op}: cooperative-matrix products need ${COOP_MATMUL_WORKGROUP_BYTES} bytes of workgroup memory, ` +
-          `this GPU allows ${limit}`,
+        `${op}: cooperative-matrix products of ${tileTokens}-token tiles need ${
+          coopMatmulWorkgroupBytes(tileTokens)
+        } bytes of workgroup memory, this GPU allows ${limit}`,
       );
     }
     return {
-      tokensPerThread: 4,
+      tokensPerThread: tileTokens / 16,
       kStep: 32,
-      tileTokens: 64,
+      tileTokens,
       unrollK: false,
       prefetch: true,
       half: true,
@@ -460,9 +476,12 @@ export function matmulKernelName(shape: MatmulShape): string {
   return shape.coop ? "matmul_coop" : "matmul";
 }
 
-/** The override constants of the prefill kernel (every entry) for `shape` (none for the coop kernel). */
+/** The override constants of the prefill kernel (every entry) for `shape`. */
 export function matmulConstants(shape: MatmulShape): Record<string, number> {
-  if (shape.coop) return {};
+  if (shape.coop) {
+    const t = shape.tileTokens;
+    return { tile_tokens: t, token_blocks: t / 32, x_per_thread: t / 8 };
+  }
   return {
     tokens_per_thread: shape.tokensPerThread,
     k_step: shape.kStep,
