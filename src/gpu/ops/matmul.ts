@@ -415,7 +415,9 @@ export function matmulShape(
     throw new BadFlagError(`${op}: coop must be true or false, got ${JSON.stringify(tuning.coop)}`);
   }
   if (tuning.coopTileTokens !== undefined && ![64, 128].includes(tuning.coopTileTokens)) {
-    throw new BadFlagError(`${op}: coopTileTokens must be 64 or 128, got ${JSON.stringify(tuning.coopTileTokens)}`);
+    throw new BadFlagError(
+      `${op}: coopTileTokens must be 64 or 128, got ${JSON.stringify(tuning.coopTileTokens)}`,
+    );
   }
   if (tuning.coop) {
     if (!gpu.hasF16) {
