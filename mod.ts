@@ -82,6 +82,7 @@ export {
   writeSyntheticModel,
 } from "./src/model/synth.ts";
 export { getGpu, Gpu, type GpuOptions, type Kernel } from "./src/gpu/device.ts";
+export type { CoopMatrixSupport } from "./src/gpu/coop_probe.ts";
 export {
   type GateActivation,
   type GateLayer,
