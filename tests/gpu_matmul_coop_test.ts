@@ -6,7 +6,7 @@
 // f16 values are exact in f32 and the sums are f32: every element must be within 2^-11 of the sum of the
 // products' magnitudes (far more than f32 sums lose, far less than a misplaced product costs).
 import { ok, throws } from "node:assert/strict";
-import { getGpu } from "../src/gpu/device.ts";
+import { getGpu, type Gpu } from "../src/gpu/device.ts";
 import { createGateUpSwiGluMatmul } from "../src/gpu/ops/fused.ts";
 import {
   coopMatmulWorkgroupBytes,
@@ -23,6 +23,19 @@ const TUNING = { coop: true };
 /** Both tile sizes (64 tokens: two token blocks per subgroup; 128: four). */
 const TUNINGS = [{ coop: true, coopTileTokens: 64 }, { coop: true, coopTileTokens: 128 }];
 const BOUND = 2 ** -11;
+
+/**
+ * `build()` with the device's validation errors caught: a kernel that does not compile (on a GPU whose
+ * cooperative matrices differ from what the kernel expects) fails here with the compiler's message, not
+ * later as unwritten outputs.
+ */
+async function compiled<T>(gpu: Gpu, build: () => T): Promise<T> {
+  gpu.device.pushErrorScope("validation");
+  const built = build();
+  const error = await gpu.device.popErrorScope();
+  ok(error === null, `the kernel did not compile: ${error?.message}`);
+  return built;
+}
 
 /** `values` rounded to f16 (what the kernel's tiles hold). */
 function toHalf(values: Float32Array): Float32Array {
@@ -56,7 +69,10 @@ Deno.test("gpu matmul coop: cooperative-matrix products (entry main) match the f
     const want = products(toHalf(w), toHalf(x), c.m, c.rows, c.cols);
     for (const tuning of TUNINGS) {
       const y = nanBuffer(gpu, "y", maxTokens * c.rows);
-      const op = createMatmul(gpu, { label: "mm", weight, x: xBuf, y, maxTokens, step, tuning });
+      const op = await compiled(
+        gpu,
+        () => createMatmul(gpu, { label: "mm", weight, x: xBuf, y, maxTokens, step, tuning }),
+      );
       const [got] = await runOps(gpu, [op], step, c.m, 0, [y]);
       const what = `${c.type} rows=${c.rows} cols=${c.cols} m=${c.m} ${JSON.stringify(tuning)} (${
         gpu.coopMatrixNote || "emulated"
@@ -81,14 +97,15 @@ Deno.test("gpu matmul coop: Q, K and V in one dispatch (entry qkv)", async () =>
   const xBuf = gpu.buffer("x", x.byteLength, x);
   const outs = rows.map((r, i) => nanBuffer(gpu, `y${i}`, maxTokens * r));
   const step = new StepParams(gpu, maxTokens);
-  const op = createQkvMatmul(gpu, {
-    label: "qkv",
-    ...qkvFields(weights, outs),
-    x: xBuf,
-    maxTokens,
-    step,
-    tuning: TUNINGS[1],
-  });
+  const op = await compiled(gpu, () =>
+    createQkvMatmul(gpu, {
+      label: "qkv",
+      ...qkvFields(weights, outs),
+      x: xBuf,
+      maxTokens,
+      step,
+      tuning: TUNINGS[1],
+    }));
   const results = await runOps(gpu, [op], step, m, 0, outs);
   for (let i = 0; i < 3; i++) {
     const what = `${"QKV"[i]} rows=${rows[i]}`;
@@ -113,16 +130,17 @@ Deno.test("gpu matmul coop: fused gate/up + SwiGLU (entry swiglu)", async () => 
     const g = products(toHalf(gate.w), toHalf(x), m, rows, cols);
     const u = products(toHalf(up.w), toHalf(x), m, rows, cols);
     const out = nanBuffer(gpu, "out", maxTokens * rows);
-    const op = createGateUpSwiGluMatmul(gpu, {
-      label: "ffn_gate_up",
-      gate: gate.weight,
-      up: up.weight,
-      x: xBuf,
-      out,
-      maxTokens,
-      step,
-      tuning: { coop: true, coopTileTokens: tiles },
-    });
+    const op = await compiled(gpu, () =>
+      createGateUpSwiGluMatmul(gpu, {
+        label: "ffn_gate_up",
+        gate: gate.weight,
+        up: up.weight,
+        x: xBuf,
+        out,
+        maxTokens,
+        step,
+        tuning: { coop: true, coopTileTokens: tiles },
+      }));
     const [got] = await runOps(gpu, [op], step, m, 0, [out]);
     const what = `gate/up rows=${rows} cols=${cols} m=${m} tiles of ${tiles}`;
     for (let i = 0; i < m * rows; i++) {
