@@ -4,8 +4,8 @@
 // found on the device once (src/gpu/coop_probe.ts) and spliced in below.
 //
 //   load_a(at):  tokens 0..15 × columns 0..15 from xs, row-major from xs[at], rows STRIDE apart;
-//   load_b(at):  columns 0..15 × rows 0..15 from ws, column-major from ws[at] (weight row r, column k at
-//                ws[at + r · STRIDE + k]);
+//   load_b(at):  columns 0..15 × rows 0..15 from ws, row-major from ws[at] (column k, weight row r at
+//                ws[at + k · W_STRIDE + r]);
 //   mma(a, b, c) = a · b + c, products and sums in f32;
 //   store_c(c, at): c row-major into cs[at], rows OUT_STRIDE apart.
 
@@ -22,7 +22,7 @@ fn load_a(at: u32) -> coop_mat16x16<f16, A> {
 }
 
 fn load_b(at: u32) -> coop_mat16x16<f16, B> {
-  return {{LOAD_COL_MAJOR}}<coop_mat16x16<f16, B>>(&ws[at], STRIDE);
+  return {{LOAD_ROW_MAJOR}}<coop_mat16x16<f16, B>>(&ws[at], W_STRIDE);
 }
 
 fn mma(a: coop_mat16x16<f16, A>, b: coop_mat16x16<f16, B>, c: coop_mat16x16<f32, C>) -> coop_mat16x16<f32, C> {

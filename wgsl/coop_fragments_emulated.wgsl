@@ -5,7 +5,7 @@
 // workgroup memory: the multiply-add reads them there.
 //
 //   load_a(at):  tokens 0..15 × columns 0..15 of xs, row-major from xs[at], rows STRIDE apart;
-//   load_b(at):  columns 0..15 × rows 0..15 of ws, weight row r, column k at ws[at + r · STRIDE + k];
+//   load_b(at):  columns 0..15 × rows 0..15 of ws, column k, weight row r at ws[at + k · W_STRIDE + r];
 //   mma(a, b, c) = a · b + c, products and sums in f32;
 //   store_c(c, at): c row-major into cs[at], rows OUT_STRIDE apart.
 
@@ -33,9 +33,9 @@ fn mma(a: frag_a, b: frag_b, c: frag_c) -> frag_c {
   let row = a + (lane / 2u) * STRIDE;
   let j0 = 8u * (lane % 2u);
   for (var j = 0u; j < 8u; j++) {
-    let col = b + (j0 + j) * STRIDE;
+    let col = b + j0 + j;
     for (var k = 0u; k < depth; k++) {
-      sums[j] += f32(xs[row + k]) * f32(ws[col + k]);
+      sums[j] += f32(xs[row + k]) * f32(ws[col + k * W_STRIDE]);
     }
   }
   return sums;

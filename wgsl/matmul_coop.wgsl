@@ -19,8 +19,9 @@
 // subgroup loads two B fragments (rows) and token_blocks A fragments (tokens) for 2 · token_blocks
 // multiply-adds.
 //
-// The K loop stages K_STEP = 32 columns per step into workgroup memory, every thread taking part: one
-// sixteen-column unit of one weight row (thread i: tile row i % 128, columns 16 (i / 128) ..), decoded by
+// The K loop stages K_STEP = 32 columns per step into workgroup memory (X token-major, W k-major), every
+// thread taking part: one sixteen-column unit of one weight row (thread i: tile row i % 128, columns
+// 16 (i / 128) ..), decoded by
 // the dequantisation library (dq16, copies suffixed _a, _b, _c as in wgsl/matmul.wgsl), and x_per_thread
 // (8 or 16) consecutive activations of one token. The next step's values are read into registers before
 // the current step is multiplied, so their global reads overlap the matrix work; two barriers per step
@@ -83,9 +84,11 @@ override tile_tokens: u32 = 64u;
 override token_blocks: u32 = 2u;
 override x_per_thread: u32 = 8u;
 const K_STEP = 32u;
-// f16 values per tile row in workgroup memory: K_STEP plus 8 of padding (rows stay 16-byte aligned, and
+// f16 values per token row of the X tile: K_STEP plus 8 of padding (rows stay 16-byte aligned, and
 // consecutive rows start in different banks).
 const STRIDE = 40u;
+// f16 values per column of the k-major W tile: TILE_ROWS plus 8 of padding.
+const W_STRIDE = 136u;
 // f32 values per row of a subgroup's output staging (one 16 × 16 fragment).
 const OUT_STRIDE = 16u;
 @group(0) @binding(0) var<storage, read> W_a: array<u32>;
@@ -115,8 +118,9 @@ var<private> lane: u32;
 
 // xs[t · STRIDE + k]: token t of the tile at column k0 + k.
 var<workgroup> xs: array<f16, tile_tokens * STRIDE>;
-// ws[r · STRIDE + k]: tile row r at column k0 + k.
-var<workgroup> ws: array<f16, TILE_ROWS * STRIDE>;
+// ws[k · W_STRIDE + r]: tile row r at column k0 + k (k-major: a warp staging 32 consecutive rows of one
+// column writes 64 consecutive bytes).
+var<workgroup> ws: array<f16, K_STEP * W_STRIDE>;
 // cs[s · 256 + i · 16 + j]: subgroup s's staging of one 16 × 16 output fragment, row i, column j.
 var<workgroup> cs: array<f32, 8u * 256u>;
 
@@ -273,11 +277,11 @@ fn tile_product(n0: u32, t0: u32, tid: u32) {
   for (var k0 = 0u; k0 < part.cols; k0 += K_STEP) {
     // @unroll
     for (var c = 0u; c < 4u; c++) {
-      let at = wi * STRIDE + 16u * wk + 4u * c;
+      let at = (16u * wk + 4u * c) * W_STRIDE + wi;
       ws[at] = f16(wv[c].x);
-      ws[at + 1u] = f16(wv[c].y);
-      ws[at + 2u] = f16(wv[c].z);
-      ws[at + 3u] = f16(wv[c].w);
+      ws[at + W_STRIDE] = f16(wv[c].y);
+      ws[at + 2u * W_STRIDE] = f16(wv[c].z);
+      ws[at + 3u * W_STRIDE] = f16(wv[c].w);
     }
     // @unroll
     for (var j = 0u; j < x_per_thread; j++) { xs[xt * STRIDE + xk + j] = f16(xv[j]); }
@@ -292,8 +296,8 @@ fn tile_product(n0: u32, t0: u32, tid: u32) {
     // @unroll
     for (var h = 0u; h < 2u; h++) {
       let kk = 16u * h;
-      let b0 = load_b(rb0 * 16u * STRIDE + kk);
-      let b1 = load_b(rb1 * 16u * STRIDE + kk);
+      let b0 = load_b(kk * W_STRIDE + rb0 * 16u);
+      let b1 = load_b(kk * W_STRIDE + rb1 * 16u);
       let a0 = load_a(tb0 * 16u * STRIDE + kk);
       c0 = mma(a0, b0, c0);
       c1 = mma(a0, b1, c1);

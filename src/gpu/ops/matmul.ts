@@ -354,11 +354,12 @@ export function matmulWorkgroupBytes(tokensPerThread: number, kStep: number, hal
 }
 
 /**
- * Workgroup memory of `wgsl/matmul_coop.wgsl` with tiles of `tileTokens` tokens: f16 tiles of the tokens
- * and 128 rows × 40 values (32 columns and padding), and 8 subgroups' f32 output staging of 16 × 16.
+ * Workgroup memory of `wgsl/matmul_coop.wgsl` with tiles of `tileTokens` tokens: f16 tiles of the tokens ×
+ * 40 values (32 columns and padding) and of 32 columns × 136 values (128 rows and padding), and 8
+ * subgroups' f32 output staging of 16 × 16.
  */
 export function coopMatmulWorkgroupBytes(tileTokens: number): number {
-  return (tileTokens + MATMUL_TILE_ROWS) * 40 * 2 + 8 * 16 * 16 * 4;
+  return tileTokens * 40 * 2 + 32 * (MATMUL_TILE_ROWS + 8) * 2 + 8 * 16 * 16 * 4;
 }
 
 /**
@@ -640,7 +641,6 @@ export function matmulDefines(
       ENABLE: coop.emulated ? "enable f16;" : "enable f16;\nenable wgpu_cooperative_matrix;",
       FRAGMENTS: loadShader(coop.emulated ? "coop_fragments_emulated" : "coop_fragments"),
       LOAD_ROW_MAJOR: coop.loadRowMajor,
-      LOAD_COL_MAJOR: coop.loadColMajor,
       STORE_ROW_MAJOR: coop.storeRowMajor,
       DEQUANT_A: suffixedDequantSource(a.info.name, "a"),
       DEQUANT_B: suffixedDequantSource(b.info.name, "b"),
