@@ -1,0 +1,60 @@
+// The WGSL that only a GPU with cooperative matrices compiles (wgsl/matmul_coop.wgsl with the hardware's
+// fragments, wgsl/coop_probe.wgsl) cannot be compiled by lavapipe, so CI checks it with naga (wgpu's
+// shader compiler, the one inside Deno's WebGPU, here a WebAssembly build of version 30): it must parse,
+// validate and translate to SPIR-V, for every weight type and both tile sizes. On the device the probe
+// (src/gpu/coop_probe.ts) then decides whether the kernels run.
+import { ok } from "node:assert/strict";
+import { nagaVersion, parseWgsl, validate, writeSpirv } from "naga-wasm";
+import { loadShader } from "../src/gpu/shader.ts";
+import { suffixedDequantSource } from "../src/gpu/ops/fused.ts";
+import { matmulConstants, type MatmulShape } from "../src/gpu/ops/matmul.ts";
+import { specialiseOverrides, unrollLoops } from "../src/gpu/unroll.ts";
+
+/** `code` as Gpu.kernel makes it: defines spliced in, overrides given a value made constants, loops unrolled. */
+function prepared(code: string, defines: Record<string, string>, constants: Record<string, number>): string {
+  for (const [k, v] of Object.entries(defines)) code = code.replaceAll(`{{${k}}}`, v);
+  return unrollLoops(specialiseOverrides(code, constants).code);
+}
+
+/** Parses, validates and translates `code` to SPIR-V; the compiler's message when it fails. */
+function compileError(code: string): string | undefined {
+  try {
+    const module = parseWgsl(code);
+    const info = validate(module);
+    ok(writeSpirv(module, info).length > 0);
+    return undefined;
+  } catch (e) {
+    return (e as { formatted?: string }).formatted ?? String(e);
+  }
+}
+
+Deno.test(`wgsl (naga ${nagaVersion}): the cooperative-matrix prefill kernel compiles for every weight type`, () => {
+  // Every type the dequantisation library decodes (its sections, after the common part).
+  const types = [...loadShader("dequant").matchAll(/^\/\/ ==== (\w+) ====$/gm)].map((m) => m[1])
+    .filter((name) => name !== "COMMON");
+  ok(types.includes("Q4_K") && types.includes("F16"), types.join(", "));
+  for (const type of types) {
+    for (const tileTokens of [64, 128]) {
+      const shape = { coop: true, tileTokens } as MatmulShape;
+      const code = prepared(loadShader("matmul_coop"), {
+        ENABLE: "enable f16;\nenable wgpu_cooperative_matrix;",
+        FRAGMENTS: loadShader("coop_fragments"),
+        LOAD_ROW_MAJOR: "coopLoadT",
+        STORE_ROW_MAJOR: "coopStoreT",
+        DEQUANT_A: suffixedDequantSource(type, "a"),
+        DEQUANT_B: suffixedDequantSource(type, "b"),
+        DEQUANT_C: suffixedDequantSource(type, "c"),
+      }, matmulConstants(shape));
+      const error = compileError(code);
+      ok(error === undefined, `matmul_coop ${type}, ${tileTokens}-token tiles:\n${error}`);
+    }
+  }
+});
+
+Deno.test(`wgsl (naga ${nagaVersion}): the cooperative-matrix probe compiles in both spellings`, () => {
+  for (const [load, store] of [["coopLoadT", "coopStoreT"], ["coopLoad", "coopStore"]]) {
+    const code = loadShader("coop_probe").replaceAll("{{LOAD}}", load).replaceAll("{{STORE}}", store);
+    const error = compileError(code);
+    ok(error === undefined, `coop_probe with ${load}:\n${error}`);
+  }
+});
