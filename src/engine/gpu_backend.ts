@@ -42,6 +42,7 @@ export class GpuBackend implements ModelBackend {
       int8Prefill?: boolean;
       int8Decode?: boolean;
       halfPrefill?: boolean;
+      coopPrefill?: boolean;
     },
   ): Promise<GpuBackend> {
     return new GpuBackend(await GpuModel.load(gpu, file, hparams, options));

@@ -68,6 +68,12 @@ export interface LoadOptions {
    * H100 (see `GpuModelOptions.halfPrefill`).
    */
   halfPrefill?: boolean;
+  /**
+   * Prefill products on the GPU's matrix units (cooperative matrices), where the device has working ones:
+   * weights of any type and the activations rounded to f16, sums in f32. `true` on a GPU without them is
+   * a one-line error. Default false (see `GpuModelOptions.coopPrefill`).
+   */
+  coopPrefill?: boolean;
 }
 
 /** Resolves a policy spec (reading and checking the gate file against the model). */
@@ -147,6 +153,7 @@ export async function loadModel(path: string, options: LoadOptions = {}): Promis
           int8Prefill: options.int8Prefill,
           int8Decode: options.int8Decode,
           halfPrefill: options.halfPrefill,
+          coopPrefill: options.coopPrefill,
         });
       } catch (e) {
         const fallback = e instanceof DeviceError || e instanceof UnsupportedError;
