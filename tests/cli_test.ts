@@ -1,5 +1,6 @@
 import { deepEqual, equal, match, ok } from "node:assert/strict";
 import { fixture, fixtureTest } from "./fixtures.ts";
+import { getGpu } from "../src/gpu/device.ts";
 
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
 
@@ -197,7 +198,7 @@ fixtureTest(
   },
 );
 
-Deno.test("cli: run --f32-prefill / --f32-decode on a quantised model (products in f32) generates like the default", async () => {
+Deno.test("cli: run --f32-prefill / --f32-decode / --coop-prefill on a quantised model generates like the default", async () => {
   const dir = await Deno.makeTempDir();
   try {
     const model = `${dir}/tiny-q4_k_m.gguf`;
@@ -213,6 +214,20 @@ Deno.test("cli: run --f32-prefill / --f32-decode on a quantised model (products 
     equal(byDefault.code, 0, byDefault.stderr);
     equal(JSON.parse(f32.stdout).generated.length, 4);
     equal(JSON.parse(byDefault.stdout).generated.length, 4);
+    // Prefill on cooperative matrices: runs where the GPU has working ones, else one line naming the flag.
+    const coop = await runCli([...args, "--coop-prefill"]);
+    if ((await getGpu()).coopMatrix) {
+      equal(coop.code, 0, coop.stderr);
+      equal(JSON.parse(coop.stdout).generated.length, 4);
+    } else {
+      // (after the loading line)
+      equal(coop.code, 2, coop.stderr);
+      match(
+        coop.stderr.trim().split("\n").at(-1)!,
+        /^wgkv run: error: --coop-prefill \(coopPrefill\): this GPU has no/,
+      );
+      ok(!/\bat \S+:\d+:\d+/.test(coop.stderr), "no stack trace");
+    }
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

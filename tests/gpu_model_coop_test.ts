@@ -67,7 +67,7 @@ Deno.test("gpu model: coopPrefill true without working cooperative matrices is a
           maxBatch: 8,
           coopPrefill: true,
         }),
-        /^BadFlagError: coopPrefill: this GPU has no working cooperative matrices \(.+\)$/,
+        /^BadFlagError: --coop-prefill \(coopPrefill\): this GPU has no working cooperative matrices \(.+\)$/,
       );
     } finally {
       file.close();

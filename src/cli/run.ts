@@ -43,6 +43,10 @@ export const MODEL_FLAGS: Record<string, FlagSpec> = {
     type: "boolean",
     help: "prefill quantised weights in f32 (default on a GPU: 8-bit integer dot products, like llama.cpp)",
   },
+  "coop-prefill": {
+    type: "boolean",
+    help: "prefill products on the GPU's matrix units (cooperative matrices), where it has working ones",
+  },
   kv: { type: "string", help: "full|wgkv|window|sink|random  KV cache policy (default full)" },
   gate: { type: "string", help: "FILE  write-gate GGUF for --kv wgkv (from `wgkv gate import`)" },
   window: { type: "string", help: "N  local window in tokens (default: the gate's, else 256)" },
@@ -166,6 +170,7 @@ export async function loadFromFlags(values: ParsedFlags["values"]): Promise<Mode
     kvGlobalFraction: numberFlag(values, "kv-global", undefined, { min: 0, max: 1 }),
     int8Prefill: values["f32-prefill"] === true ? false : undefined,
     int8Decode: values["f32-decode"] === true ? false : undefined,
+    coopPrefill: values["coop-prefill"] === true ? true : undefined,
     onProgress: (m) => console.error(m),
   });
   const ms = performance.now() - t0;

@@ -1336,7 +1336,10 @@ export class GpuModel {
       `backend: webgpu on ${this.#gpu.description}${this.#gpu.hasF16 ? " (shader-f16)" : ""}`,
       `weights: ${formatBytes(this.weightBytes)} on the GPU`,
       `prefill: steps of ${this.maxBatch} tokens, products ${this.#prefillProducts}` +
-      (this.#prefillProducts === "f32" ? "" : " (f32 otherwise)"),
+      (this.#prefillProducts === "f32" || this.#prefillProducts.includes("cooperative")
+        ? ""
+        : " (f32 otherwise)"),
+      `matrix units: ${this.#gpu.coopMatrixNote}`,
       `KV cache: ${this.policy.kind}, paged, ${pool} pages of 16 tokens, pool ${
         formatBytes(pool * pageBytes(this.hparams.headDim))
       } for ${this.contextLength} tokens`,
@@ -1391,7 +1394,9 @@ function coopPrefillWanted(gpu: Gpu, wanted: boolean | "emulated" | undefined): 
   if (wanted !== true) return false;
   if (gpu.coopMatrix === undefined) {
     throw new BadFlagError(
-      `coopPrefill: this GPU has no working cooperative matrices (${gpu.coopMatrixNote || "not offered"})`,
+      `--coop-prefill (coopPrefill): this GPU has no working cooperative matrices (${
+        gpu.coopMatrixNote || "not offered"
+      })`,
     );
   }
   return true;
