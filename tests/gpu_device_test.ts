@@ -28,3 +28,18 @@ Deno.test("gpu: the cooperative-matrix note says how they are used or why not, a
     off.destroy();
   }
 });
+
+Deno.test("gpu: subgroups are on where the adapter offers them, with their sizes, and off when asked", async () => {
+  const gpu = await getGpu();
+  if (gpu.subgroups) {
+    ok(gpu.device.features.has("subgroups"), "subgroups reported but not on the device");
+    ok(gpu.subgroups.minSize <= gpu.subgroups.maxSize, JSON.stringify(gpu.subgroups));
+  }
+  const off = await Gpu.create({ disableSubgroups: true, disableCoopMatrix: true });
+  try {
+    assertEquals(off.subgroups, undefined);
+    ok(!off.device.features.has("subgroups"));
+  } finally {
+    off.destroy();
+  }
+});

@@ -1,11 +1,12 @@
-// The WGSL that only a GPU with cooperative matrices compiles (wgsl/matmul_coop.wgsl with the hardware's
-// fragments, wgsl/coop_probe.wgsl) cannot be compiled by lavapipe, so CI checks it with naga (wgpu's
-// shader compiler, the one inside Deno's WebGPU, here a WebAssembly build of version 30): it must parse,
-// validate and translate to SPIR-V, for every weight type and both tile sizes. On the device the probe
-// (src/gpu/coop_probe.ts) then decides whether the kernels run.
+// The WGSL that only a GPU with cooperative matrices or subgroups compiles (wgsl/matmul_coop.wgsl with the
+// hardware's fragments, wgsl/coop_probe.wgsl, decode attention with wgsl/decode_key_total.wgsl) cannot be
+// compiled by lavapipe, so CI checks it with naga (wgpu's shader compiler, the one inside Deno's WebGPU,
+// here a WebAssembly build of version 30): it must parse, validate and translate to SPIR-V. On the device
+// the probe (src/gpu/coop_probe.ts) then decides whether the matrix kernels run.
 import { ok } from "node:assert/strict";
 import { nagaVersion, parseWgsl, validate, writeSpirv } from "naga-wasm";
-import { loadShader } from "../src/gpu/shader.ts";
+import { includeShaders, loadShader } from "../src/gpu/shader.ts";
+import { poolQuadLoadSource, poolQuadShaderSource } from "../src/gpu/ops/attention.ts";
 import { suffixedDequantSource } from "../src/gpu/ops/fused.ts";
 import { matmulConstants, type MatmulShape } from "../src/gpu/ops/matmul.ts";
 import { specialiseOverrides, unrollLoops } from "../src/gpu/unroll.ts";
@@ -56,5 +57,28 @@ Deno.test(`wgsl (naga ${nagaVersion}): the cooperative-matrix probe compiles in 
     const code = loadShader("coop_probe").replaceAll("{{LOAD}}", load).replaceAll("{{STORE}}", store);
     const error = compileError(code);
     ok(error === undefined, `coop_probe with ${load}:\n${error}`);
+  }
+});
+
+Deno.test(`wgsl (naga ${nagaVersion}): decode attention with subgroup dot products compiles`, () => {
+  for (const [headDim, shards] of [[64, 1], [128, 3]]) {
+    const code = prepared(includeShaders(loadShader("flash_decode")), {
+      KEY_TOTAL: loadShader("decode_key_total"),
+      POOL: poolQuadShaderSource(shards),
+      LOAD_QUADS: poolQuadLoadSource(shards),
+    }, {
+      head_dim: headDim,
+      k_quads: headDim / 8,
+      key_lanes: 256 / (headDim / 8),
+      tile_steps: 4,
+      splits: 32,
+      kv_heads: 8,
+      q_heads: 32,
+      max_pages: 256,
+      fused_reduce: 1,
+      subgroup_dots: 1,
+    });
+    const error = compileError(code);
+    ok(error === undefined, `flash_decode head_dim ${headDim}, ${shards} shards:\n${error}`);
   }
 });

@@ -20,12 +20,19 @@
 //   1. loads: every thread issues all its K and V quads of the tile before using any (clamped to the last
 //      key, so no branch), then writes its partial dot products (vec4 over heads) to workgroup memory;
 //   2. scores: one thread per key of the tile adds up the key's k_quads partials and applies the mask;
+//      with subgroup_dots = 1 instead, each thread gets its keys' whole dot products from the key's
+//      k_quads threads (attend_key_total: a butterfly of subgroup shuffles) and applies the mask itself,
+//      so the scores stay in registers and the tile needs no barrier;
 //   3. values: each key lane keeps its own online softmax (running max and sum per head) over its keys,
 //      and each thread adds its V quads, weighted, into its 8 × 4 sums;
 //   4. the key lanes' states are merged: attend_merge_flat (one pass: each lane's sums rescaled to the
 //      common maximum go through workgroup memory once, and head_dim threads add up a dimension each), or
 //      attend_merge_lanes (pairwise, log2(key_lanes) rounds).
-// Two barriers per tile.
+// Two barriers per tile (none with subgroup_dots).
+//
+// attend_key_total(dot, tid) comes from the text define KEY_TOTAL (src/gpu/ops/attention.ts): subgroup
+// shuffles (wgsl/decode_key_total.wgsl, on a device opened with `subgroups`), the same sum through
+// workgroup memory (for GPUs without subgroups: tests), or a stub when subgroup_dots = 0.
 
 // attend_merge_flat's sums per thread and pass through workgroup memory: 8 (one pass), 4, 2 or 1 (8
 // passes), as the workgroup memory allows.
@@ -34,6 +41,9 @@ override flat_merge_dims: u32 = 8u;
 // every dot product reads them there; 0: each thread keeps its 8 dimensions of them in registers
 // (attend_queries), 32 values per thread.
 override shared_queries: u32 = 0u;
+// 1: the scores of a tile are summed across each key's threads by attend_key_total and stay in registers;
+// 0: through workgroup memory, a thread per key.
+override subgroup_dots: u32 = 0u;
 
 const HEADS_PER_BATCH: u32 = 4u;
 const DIMS_PER_LANE: u32 = 8u; // one vec4<u32> of packed f16 pairs
@@ -179,6 +189,8 @@ fn attend_tiles(
       let at = (page % pool_pages_per_shard) * (PAGE_TOKENS * head_dim / 4u) + (key % PAGE_TOKENS) * k_quads + lane;
       {{LOAD_QUADS}}
     }
+    // The scores of this thread's key lane's keys of the tile (MASKED for unseen keys).
+    var scores: array<vec4f, tile_steps>;
     // @unroll
     for (var u = 0u; u < tile_steps; u++) {
       var dot: vec4f;
@@ -187,24 +199,33 @@ fn attend_tiles(
       } else {
         dot = attend_dot8(qd, k_words[u]);
       }
-      exchange[(u * key_lanes + key_lane) * (k_quads + 1u) + lane] = dot;
+      if (subgroup_dots != 0u) {
+        // 2. (subgroup_dots) The key's whole dot products from its threads, masked here.
+        let key = tile_first + u * key_lanes + key_lane;
+        scores[u] = select(vec4f(MASKED), attend_key_total(dot, tid), key < end_key && key_visible(row, key));
+      } else {
+        exchange[(u * key_lanes + key_lane) * (k_quads + 1u) + lane] = dot;
+      }
     }
-    workgroupBarrier();
-
-    // 2. Scores, one thread per key of the tile.
-    for (var k = tid; k < TILE_KEYS; k += ATTEND_THREADS) {
-      var s = vec4f(0.0);
-      for (var p = 0u; p < k_quads; p++) { s += exchange[k * (k_quads + 1u) + p]; }
-      let key = tile_first + k;
-      tile_scores[k] = select(vec4f(MASKED), s, key < end_key && key_visible(row, key));
+    if (subgroup_dots == 0u) {
+      workgroupBarrier();
+      // 2. Scores, one thread per key of the tile.
+      for (var k = tid; k < TILE_KEYS; k += ATTEND_THREADS) {
+        var s = vec4f(0.0);
+        for (var p = 0u; p < k_quads; p++) { s += exchange[k * (k_quads + 1u) + p]; }
+        let key = tile_first + k;
+        tile_scores[k] = select(vec4f(MASKED), s, key < end_key && key_visible(row, key));
+      }
+      workgroupBarrier();
+      // @unroll
+      for (var u = 0u; u < tile_steps; u++) { scores[u] = tile_scores[u * key_lanes + key_lane]; }
     }
-    workgroupBarrier();
 
     // 3. Values: the key lane's online softmax over its keys of the tile. Unseen keys weigh 0 and their V
     // quads are replaced by zeros (0 times a stale row could be NaN).
     var tile_max = run_max;
     // @unroll
-    for (var u = 0u; u < tile_steps; u++) { tile_max = max(tile_max, tile_scores[u * key_lanes + key_lane]); }
+    for (var u = 0u; u < tile_steps; u++) { tile_max = max(tile_max, scores[u]); }
     let alpha = exp(run_max - tile_max);
     run_sum *= alpha;
     // @unroll
@@ -212,7 +233,7 @@ fn attend_tiles(
     run_max = tile_max;
     // @unroll
     for (var u = 0u; u < tile_steps; u++) {
-      let s = tile_scores[u * key_lanes + key_lane];
+      let s = scores[u];
       let w = attend_key_weight(s, run_max);
       run_sum += w;
       attend_accumulate(&sums, w, select(vec4u(0u), v_words[u], any(s > vec4f(MASKED))));
@@ -329,3 +350,5 @@ fn attend_write_out(state: AttendState, first_head: u32, batch_heads: u32, lane:
     }
   }
 }
+
+{{KEY_TOTAL}}

@@ -22,6 +22,8 @@ export interface GpuOptions {
   disableF16?: boolean;
   /** Leave cooperative matrices (the GPU's matrix units) off even when the adapter offers them. */
   disableCoopMatrix?: boolean;
+  /** Leave WGSL's `subgroups` off even when the adapter offers them. */
+  disableSubgroups?: boolean;
 }
 
 /** A compiled compute pipeline together with what a dispatch needs to know about it. */
@@ -52,6 +54,11 @@ export class Gpu {
   readonly coopMatrix: CoopMatrixSupport | undefined;
   /** One line on the cooperative matrices: how they are used, or why not. */
   readonly coopMatrixNote: string;
+  /**
+   * The subgroup sizes (the smallest and largest the GPU may use) when WGSL's `subgroups` are on (the
+   * adapter offers them and `disableSubgroups` is not set), else undefined.
+   */
+  readonly subgroups: { minSize: number; maxSize: number } | undefined;
   readonly #pipelines = new Map<string, Kernel>();
   #lostReason: string | undefined;
 
@@ -60,12 +67,14 @@ export class Gpu {
     description: string,
     isFallback: boolean,
     coop: { support?: CoopMatrixSupport; reason: string },
+    subgroups: { minSize: number; maxSize: number } | undefined,
   ) {
     this.device = device;
     this.description = description;
     this.isFallback = isFallback;
     this.coopMatrix = coop.support;
     this.coopMatrixNote = coop.reason;
+    this.subgroups = subgroups;
     this.hasF16 = device.features.has("shader-f16");
     this.hasTimestamps = device.features.has("timestamp-query");
     device.lost.then((info) => {
@@ -93,6 +102,13 @@ export class Gpu {
     const wanted: GPUFeatureName[] = [];
     if (adapter.features.has("shader-f16") && !options.disableF16) wanted.push("shader-f16");
     if (options.profile && adapter.features.has("timestamp-query")) wanted.push("timestamp-query");
+    const info = adapter.info as GPUAdapterInfo & {
+      isFallbackAdapter?: boolean;
+      subgroupMinSize?: number;
+      subgroupMaxSize?: number;
+    };
+    const subgroupsOn = adapter.features.has("subgroups" as GPUFeatureName) && !options.disableSubgroups;
+    if (subgroupsOn) wanted.push("subgroups" as GPUFeatureName);
     const coopBlocker = coopMatrixBlocker(adapter, options, wanted.includes("shader-f16"));
     const l = adapter.limits;
     const requiredLimits: Record<string, number> = {
@@ -127,10 +143,12 @@ export class Gpu {
         throw new DeviceError(`could not open the WebGPU device: ${(e as Error).message}`);
       }
     }
-    const info = adapter.info as GPUAdapterInfo & { isFallbackAdapter?: boolean };
     const description = info.description || info.device || info.vendor || "unknown adapter";
     const fallback = Boolean(info.isFallbackAdapter) || /llvmpipe|lavapipe|swiftshader/i.test(description);
-    return new Gpu(device, description, fallback, coop);
+    const subgroups = subgroupsOn
+      ? { minSize: info.subgroupMinSize ?? 0, maxSize: info.subgroupMaxSize ?? 0 }
+      : undefined;
+    return new Gpu(device, description, fallback, coop, subgroups);
   }
 
   /** The device's limits (as granted, i.e. the adapter's real ones). */

@@ -21,6 +21,8 @@ export const SHADER_NAMES: readonly string[] = [
   "copy",
   "copy_row",
   "decode_attend",
+  "decode_key_total",
+  "decode_key_total_emulated",
   "dequant",
   "elementwise",
   "embed",

@@ -228,6 +228,11 @@ export interface GpuModelOptions {
   decodeLaneMerge?: "flat" | "tree";
   /** Decode attention's queries in workgroup memory (see `FlashDecodeOptions.sharedQueries`; default false). */
   decodeSharedQueries?: boolean;
+  /**
+   * Decode attention's dot products summed by subgroup shuffles, scores in registers (see
+   * `FlashDecodeOptions.subgroupDots`; `"emulated"` for tests; default false).
+   */
+  decodeSubgroupDots?: boolean | "emulated";
   /** Decode attention's steps per tile (see `FlashDecodeOptions.tileSteps`; default by head_dim). */
   decodeTileSteps?: number;
   /**
@@ -885,6 +890,7 @@ export class GpuModel {
             tileSteps: options.decodeTileSteps,
             laneMerge: options.decodeLaneMerge,
             sharedQueries: options.decodeSharedQueries,
+            subgroupDots: options.decodeSubgroupDots,
             arrivals: act.arrivals,
             ablate: ablation,
           }));

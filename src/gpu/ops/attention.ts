@@ -10,6 +10,7 @@
 
 import { BadFlagError, UnsupportedError } from "../../errors.ts";
 import type { Gpu } from "../device.ts";
+import { loadShader } from "../shader.ts";
 import {
   layerUniform,
   pagedKvConstants,
@@ -229,6 +230,14 @@ export interface FlashDecodeOptions extends AttentionOptions {
    */
   sharedQueries?: boolean;
   /**
+   * Whether each key's dot products are summed across its threads with subgroup shuffles, so that a
+   * tile's scores stay in registers and the tile needs no barrier (true; needs a GPU with WGSL `subgroups`
+   * whose subgroups hold at least headDim / 8 invocations, and headDim / 8 a power of two), instead of
+   * through workgroup memory, a thread per key (default false). `"emulated"` runs the same path with the
+   * sums through workgroup memory on any GPU (for tests). Tested, not yet measured on a GPU.
+   */
+  subgroupDots?: boolean | "emulated";
+  /**
    * Whether each slot starts at a different tile of its page range and wraps around (default true), so the
    * slots do not read the same page offsets at the same time.
    */
@@ -351,6 +360,7 @@ function decodeWorkgroupBytes(
   kvHeads: number,
   flatMergeDims = 1,
   sharedQueries = false,
+  emulatedKeyTotals = false,
 ): number {
   const quads = headDim / 8, tileKeys = tileSteps * keyLanes;
   const exchange = Math.max(
@@ -360,7 +370,42 @@ function decodeWorkgroupBytes(
   );
   // decode_attend's exchange, tile_scores, lane_stats and query_tile, then slot_plan, last_arrival and
   // head_lengths
-  return (exchange + tileKeys + 2 * keyLanes + (sharedQueries ? headDim : 1)) * 16 + 16 + 4 + kvHeads * 4;
+  // (and the emulated key totals' partials, a vec4 per thread)
+  return (exchange + tileKeys + 2 * keyLanes + (sharedQueries ? headDim : 1)) * 16 + 16 + 4 + kvHeads * 4 +
+    (emulatedKeyTotals ? keyLanes * quads * 16 : 0);
+}
+
+/**
+ * The text define of `wgsl/flash_decode.wgsl` for FlashDecodeOptions.subgroupDots: the subgroup shuffles,
+ * the emulated sums (workgroup memory), or a stub (off). (wgpu's WGSL takes subgroup builtins without
+ * `enable subgroups;`, which its compiler refuses as not yet implemented.) Throws a
+ * {@link BadFlagError} naming `label` when this GPU cannot take subgroup dots for head_dim `headDim`.
+ */
+function keyTotalDefines(
+  gpu: Gpu,
+  label: string,
+  headDim: number,
+  subgroupDots: boolean | "emulated",
+): Record<string, string> {
+  if (subgroupDots === "emulated") {
+    return { KEY_TOTAL: loadShader("decode_key_total_emulated") };
+  }
+  if (!subgroupDots) {
+    return { KEY_TOTAL: "fn attend_key_total(dot: vec4f, tid: u32) -> vec4f {\n  return dot;\n}" };
+  }
+  const quads = headDim / 8;
+  if (!gpu.subgroups) {
+    throw new BadFlagError(
+      `${label}: subgroup dot products need WGSL subgroups, which this GPU does not offer`,
+    );
+  }
+  if ((quads & (quads - 1)) !== 0 || quads > gpu.subgroups.minSize) {
+    throw new BadFlagError(
+      `${label}: subgroup dot products need head_dim / 8 (${quads}) a power of two within a subgroup ` +
+        `(this GPU's are ${gpu.subgroups.minSize}-${gpu.subgroups.maxSize} invocations)`,
+    );
+  }
+  return { KEY_TOTAL: loadShader("decode_key_total") };
 }
 
 /**
@@ -374,7 +419,7 @@ function decodeWorkgroupBytes(
  * flight together (a branch per load, what a per-quad accessor inside an unrolled loop amounts to, may make
  * each wait for the one before). With one shard there is no branch at all.
  */
-function poolQuadShaderSource(shardCount: number): string {
+export function poolQuadShaderSource(shardCount: number): string {
   const firstBinding = POOL_FIRST_BINDING;
   const lines = [
     `// Pool shards: binding ${firstBinding}+s = shard s, vec4<u32>[pool_pages_per_shard][PAGE_TOKENS * head_dim / 4];`,
@@ -426,7 +471,7 @@ function poolShardSwitch(
  * and all loads of a tile can be in flight together; with several shards the page's shard is chosen once
  * around both loads.
  */
-function poolQuadLoadSource(shardCount: number): string {
+export function poolQuadLoadSource(shardCount: number): string {
   return poolShardSwitch(shardCount, "page", "", (shard) => [
     `k_words[u] = ${shard}[at];`,
     `v_words[u] = ${shard}[at + PAGE_TOKENS * head_dim / 8u];`,
@@ -577,17 +622,19 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   checkSlice(label, "q", q, qHeads * D * 4);
   checkSlice(label, "out", out, qHeads * D * 4);
   const sharedQueries = options.sharedQueries ?? false;
+  const subgroupDots = options.subgroupDots ?? false;
+  const emulatedTotals = subgroupDots === "emulated";
   checkWorkgroupMemory(
     gpu,
     label,
-    decodeWorkgroupBytes(D, keyLanes, tileSteps, kv.kvHeads, 1, sharedQueries),
+    decodeWorkgroupBytes(D, keyLanes, tileSteps, kv.kvHeads, 1, sharedQueries, emulatedTotals),
   );
   // The flat merge's sums per pass: all 8 where the workgroup memory allows, else 4, 2 or 1.
   const flat = options.laneMerge === "flat";
   let flatMergeDims = flat ? 8 : 1;
   while (
     flatMergeDims > 1 &&
-    decodeWorkgroupBytes(D, keyLanes, tileSteps, kv.kvHeads, flatMergeDims, sharedQueries) >
+    decodeWorkgroupBytes(D, keyLanes, tileSteps, kv.kvHeads, flatMergeDims, sharedQueries, emulatedTotals) >
       gpu.limits.maxComputeWorkgroupStorageSize
   ) {
     flatMergeDims /= 2;
@@ -612,6 +659,7 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
     flat_merge: flat ? 1 : 0,
     flat_merge_dims: flatMergeDims,
     shared_queries: sharedQueries ? 1 : 0,
+    subgroup_dots: subgroupDots ? 1 : 0,
     ...mask.constants,
   };
   if (options.ablate !== undefined) {
@@ -623,6 +671,7 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   const defines = {
     POOL: poolQuadShaderSource(kv.shards.length),
     LOAD_QUADS: poolQuadLoadSource(kv.shards.length),
+    ...keyTotalDefines(gpu, label, D, subgroupDots),
   };
   const fusedReduce = options.fusedReduce ?? true;
   const partialKernel = gpu.kernel(
