@@ -154,7 +154,7 @@ Deno.test("gpu matmul shapes: default tile shape and one-line errors for bad tun
   const gpu = await getGpu();
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
   // Few big tiles: 64-token tiles; many: 128-token tiles (when they fit).
-  const flags = { unrollK: true, prefetch: true, half: false };
+  const flags = { unrollK: true, prefetch: true, half: false, coop: false };
   deepEqual(matmulShape(gpu, "q", 512, 16), { tokensPerThread: 4, kStep: 32, tileTokens: 64, ...flags });
   deepEqual(matmulShape(gpu, "q", 512, 32), { tokensPerThread: 4, kStep: 32, tileTokens: 64, ...flags });
   const big = matmulShape(gpu, "q", 512, 64);

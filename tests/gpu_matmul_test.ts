@@ -297,7 +297,7 @@ Deno.test("gpu matmul: bad prefill variant options are one-line BadFlagErrors na
     [{ tokensPerThread: 1 }, /tokensPerThread must be 2, 4 or 8, got 1$/],
     [
       { unroll: true },
-      /unknown prefill tuning field "unroll" \(known: tokensPerThread, kStep, unrollK, prefetch, half\)$/,
+      /unknown prefill tuning field "unroll" \(known: tokensPerThread, kStep, unrollK, prefetch, half, coop, coopTileTokens\)$/,
     ],
   ];
   for (const [tuning, message] of bad) {
