@@ -35,8 +35,8 @@
  *                                               "decode-merge-X" rows)
  *                        [--decode-shared-queries]  (decode attention's queries in workgroup memory, not
  *                                                    registers: "decode-shared-queries" rows)
- *                        [--decode-subgroup-dots]  (decode attention's dot products summed by subgroup
- *                                                   shuffles, scores in registers: "decode-subgroup-dots")
+ *                        [--decode-subgroups]  (decode attention's dot products summed and its key lanes
+ *                                               merged by subgroup shuffles: "decode-subgroups" rows)
  *                        [--ablate-decode-attention launch|tiles|lanes|skip]  (timing only, the logits are
  *                                               wrong: decode attention's workgroups end at once, after their
  *                                               key tiles, after their lanes' merge and partials, or its
@@ -157,7 +157,7 @@ const { values } = benchFlags(import.meta.url, () =>
       "decode-tile-steps": { type: "string" },
       "decode-lane-merge": { type: "string" },
       "decode-shared-queries": { type: "boolean" },
-      "decode-subgroup-dots": { type: "boolean" },
+      "decode-subgroups": { type: "boolean" },
       "ablate-decode-attention": { type: "string" },
       "max-batch": { type: "string" },
       "matvec-tuning": { type: "string" },
@@ -247,9 +247,8 @@ if (decodeLaneMerge !== undefined && !["flat", "tree"].includes(decodeLaneMerge)
 }
 // --decode-shared-queries: decode attention's queries in workgroup memory (rows named "decode-shared-queries").
 const decodeSharedQueries = values["decode-shared-queries"] ? true : undefined;
-// --decode-subgroup-dots: decode attention's dot products summed by subgroup shuffles (rows named
-// "decode-subgroup-dots").
-const decodeSubgroupDots = values["decode-subgroup-dots"] ? true : undefined;
+// --decode-subgroups: decode attention's subgroup operations (rows named "decode-subgroups").
+const decodeSubgroups = values["decode-subgroups"] ? true : undefined;
 // --ablate-decode-attention X: timing only (rows named "decode-ablate-X", their logits wrong).
 const ablation = values["ablate-decode-attention"] as GpuModelOptions["decodeAttentionAblation"];
 if (ablation !== undefined && !["launch", "tiles", "lanes", "skip"].includes(ablation)) {
@@ -270,7 +269,7 @@ const decodeAttention: Partial<GpuModelOptions> = {
   decodeTileSteps,
   decodeLaneMerge,
   decodeSharedQueries,
-  decodeSubgroupDots,
+  decodeSubgroups,
   decodeAttentionAblation: ablation,
 };
 const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? "" : "-unfused-append") +
@@ -283,7 +282,7 @@ const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? 
   (decodeTileSteps !== undefined ? `-steps${decodeTileSteps}` : "") +
   (decodeLaneMerge !== undefined ? `-merge-${decodeLaneMerge}` : "") +
   (decodeSharedQueries ? "-shared-queries" : "") +
-  (decodeSubgroupDots ? "-subgroup-dots" : "") +
+  (decodeSubgroups ? "-subgroups" : "") +
   (ablation ? `-ablate-${ablation}` : "");
 // --prefill-splits N: prefill attention with N key splits per KV head (rows named "prefill-splitsN").
 // (without it, the model's default for the policy).

@@ -27,7 +27,7 @@ interface Case {
   /** The queries in workgroup memory (default: registers). */
   sharedQueries?: boolean;
   /** Each key's dot products summed by subgroup shuffles (or "emulated"; default: a thread per key). */
-  subgroupDots?: boolean | "emulated";
+  subgroups?: boolean | "emulated";
   rotateTiles?: boolean;
   /** Run the one-dispatch direct mode (the query at position tokens − 1, directKeys = tokens). */
   direct?: boolean;
@@ -104,7 +104,7 @@ async function checkDecode(c: Case): Promise<void> {
       keyLanes: c.keyLanes,
       laneMerge: c.laneMerge,
       sharedQueries: c.sharedQueries,
-      subgroupDots: c.subgroupDots,
+      subgroups: c.subgroups,
       rotateTiles: c.rotateTiles,
       fusedReduce: c.fusedReduce,
       arrivals,
@@ -273,7 +273,7 @@ Deno.test("flash decode: the queries in workgroup memory (sharedQueries), split 
   for (const c of cases) await checkDecode({ ...c, sharedQueries: true });
 });
 
-Deno.test("flash decode: scores in registers (subgroupDots), split and direct, both merges, shared queries", async () => {
+Deno.test("flash decode: subgroup operations (scores in registers, lanes merged by shuffles), split and direct", async () => {
   const gpu = await getGpu();
   // head_dim / 8 a power of two: 1, 2, 4, 8 and 16 threads per key.
   const cases: Case[] = [
@@ -283,14 +283,15 @@ Deno.test("flash decode: scores in registers (subgroupDots), split and direct, b
     { headDim: 8, kvHeads: 3, group: 1, tokens: 600, cuts: [600, 1, 0], splits: 7, tileSteps: 8 },
     { headDim: 16, kvHeads: 1, group: 5, tokens: 300, splits: 2, sharedQueries: true },
     { headDim: 64, kvHeads: 2, group: 4, tokens: 20, cuts: [0, 0], splits: 4 },
+    { headDim: 64, kvHeads: 1, group: 4, tokens: 500, splits: 3, keyLanes: 12 }, // 3 subgroups of 4 lanes
   ];
   // The GPU's subgroup shuffles where it has them (and subgroups as wide as a key's threads), else the
   // same sums through workgroup memory: the path around them is the same.
   const fits = (c: Case) => gpu.subgroups !== undefined && c.headDim / 8 <= gpu.subgroups.minSize;
-  for (const c of cases) await checkDecode({ ...c, subgroupDots: fits(c) ? true : "emulated" });
+  for (const c of cases) await checkDecode({ ...c, subgroups: fits(c) ? true : "emulated" });
 });
 
-Deno.test("flash decode: subgroupDots is refused by name where the GPU cannot take it", async () => {
+Deno.test("flash decode: subgroups is refused by name where the GPU cannot take it", async () => {
   const gpu = await getGpu();
   const kv = await KvCache.create(gpu, {
     layers: 1,
@@ -303,8 +304,8 @@ Deno.test("flash decode: subgroupDots is refused by name where the GPU cannot ta
   const q = gpu.buffer("q", qHeads * 24 * 4), out = gpu.buffer("out", qHeads * 24 * 4);
   // head_dim 24: 3 threads per key, not a power of two; on a GPU without subgroups any head_dim.
   throws(
-    () => createFlashDecode(gpu, { label: "att", kv, layer: 0, qHeads, q, out, subgroupDots: true }),
-    /^BadFlagError: att: subgroup dot products need /,
+    () => createFlashDecode(gpu, { label: "att", kv, layer: 0, qHeads, q, out, subgroups: true }),
+    /^BadFlagError: att: subgroup operations need /,
   );
   kv.destroy();
 });

@@ -39,7 +39,7 @@ Deno.test("gpu model: decode attention's splits, lane merge, query staging and k
       { decodeLaneMerge: "flat" },
       { decodeSharedQueries: true },
       // Subgroup shuffles where the GPU has subgroups as wide as a key's 4 threads (head_dim 32), else emulated.
-      { decodeSubgroupDots: gpu.subgroups && gpu.subgroups.minSize >= 4 ? true : "emulated" },
+      { decodeSubgroups: gpu.subgroups && gpu.subgroups.minSize >= 4 ? true : "emulated" },
       { decodeKeyLanes: 8, decodeTileSteps: 2 },
     ];
     for (const options of shapes) {

@@ -1,5 +1,5 @@
 // The WGSL that only a GPU with cooperative matrices or subgroups compiles (wgsl/matmul_coop.wgsl with the
-// hardware's fragments, wgsl/coop_probe.wgsl, decode attention with wgsl/decode_key_total.wgsl) cannot be
+// hardware's fragments, wgsl/coop_probe.wgsl, decode attention with wgsl/decode_shuffle.wgsl) cannot be
 // compiled by lavapipe, so CI checks it with naga (wgpu's shader compiler, the one inside Deno's WebGPU,
 // here a WebAssembly build of version 30): it must parse, validate and translate to SPIR-V. On the device
 // the probe (src/gpu/coop_probe.ts) then decides whether the matrix kernels run.
@@ -60,10 +60,10 @@ Deno.test(`wgsl (naga ${nagaVersion}): the cooperative-matrix probe compiles in 
   }
 });
 
-Deno.test(`wgsl (naga ${nagaVersion}): decode attention with subgroup dot products compiles`, () => {
+Deno.test(`wgsl (naga ${nagaVersion}): decode attention with subgroup shuffles compiles`, () => {
   for (const [headDim, shards] of [[64, 1], [128, 3]]) {
     const code = prepared(includeShaders(loadShader("flash_decode")), {
-      KEY_TOTAL: loadShader("decode_key_total"),
+      SHUFFLE: loadShader("decode_shuffle"),
       POOL: poolQuadShaderSource(shards),
       LOAD_QUADS: poolQuadLoadSource(shards),
     }, {
@@ -77,6 +77,7 @@ Deno.test(`wgsl (naga ${nagaVersion}): decode attention with subgroup dot produc
       max_pages: 256,
       fused_reduce: 1,
       subgroup_dots: 1,
+      subgroup_lanes: 32 / (headDim / 8),
     });
     const error = compileError(code);
     ok(error === undefined, `flash_decode head_dim ${headDim}, ${shards} shards:\n${error}`);

@@ -21,18 +21,20 @@
 //      key, so no branch), then writes its partial dot products (vec4 over heads) to workgroup memory;
 //   2. scores: one thread per key of the tile adds up the key's k_quads partials and applies the mask;
 //      with subgroup_dots = 1 instead, each thread gets its keys' whole dot products from the key's
-//      k_quads threads (attend_key_total: a butterfly of subgroup shuffles) and applies the mask itself,
-//      so the scores stay in registers and the tile needs no barrier;
+//      k_quads threads (attend_key_total: a butterfly of shuffles) and applies the mask itself, so the
+//      scores stay in registers and the tile needs no barrier;
 //   3. values: each key lane keeps its own online softmax (running max and sum per head) over its keys,
 //      and each thread adds its V quads, weighted, into its 8 × 4 sums;
 //   4. the key lanes' states are merged: attend_merge_flat (one pass: each lane's sums rescaled to the
 //      common maximum go through workgroup memory once, and head_dim threads add up a dimension each), or
-//      attend_merge_lanes (pairwise, log2(key_lanes) rounds).
+//      attend_merge_lanes (pairwise, log2(key_lanes) rounds; with subgroup_lanes > 1 the key lanes of a
+//      subgroup first merge by shuffles, and the rounds take one lane per subgroup).
 // Two barriers per tile (none with subgroup_dots).
 //
-// attend_key_total(dot, tid) comes from the text define KEY_TOTAL (src/gpu/ops/attention.ts): subgroup
-// shuffles (wgsl/decode_key_total.wgsl, on a device opened with `subgroups`), the same sum through
-// workgroup memory (for GPUs without subgroups: tests), or a stub when subgroup_dots = 0.
+// attend_shuffle_xor(v, mask, tid) comes from the text define SHUFFLE (src/gpu/ops/attention.ts): a
+// subgroup shuffle (wgsl/decode_shuffle.wgsl, on a device opened with `subgroups`), the same exchange
+// through workgroup memory (wgsl/decode_shuffle_emulated.wgsl, for GPUs without subgroups: tests), or a
+// stub when subgroup_dots = 0.
 
 // attend_merge_flat's sums per thread and pass through workgroup memory: 8 (one pass), 4, 2 or 1 (8
 // passes), as the workgroup memory allows.
@@ -44,6 +46,10 @@ override shared_queries: u32 = 0u;
 // 1: the scores of a tile are summed across each key's threads by attend_key_total and stay in registers;
 // 0: through workgroup memory, a thread per key.
 override subgroup_dots: u32 = 0u;
+// attend_merge_lanes: key lanes per subgroup merged by shuffles before the rounds through workgroup memory
+// (1: none; else a power of two, key_lanes a multiple of it, and subgroup_lanes · k_quads invocations in one
+// subgroup).
+override subgroup_lanes: u32 = 1u;
 
 const HEADS_PER_BATCH: u32 = 4u;
 const DIMS_PER_LANE: u32 = 8u; // one vec4<u32> of packed f16 pairs
@@ -95,6 +101,15 @@ fn attend_dot8_shared(lane: u32, k: vec4u) -> vec4f {
   let e = unpack2x16float(k.w);
   return query_tile[q] * a.x + query_tile[q + 1u] * a.y + query_tile[q + 2u] * b.x + query_tile[q + 3u] * b.y +
     query_tile[q + 4u] * c.x + query_tile[q + 5u] * c.y + query_tile[q + 6u] * e.x + query_tile[q + 7u] * e.y;
+}
+
+// subgroup_dots: the whole dot products (vec4 over the batch's heads) of this thread's key, the sum of its
+// k_quads consecutive threads' partials by a butterfly of shuffles (every thread of the key gets it).
+// Every thread of the workgroup must call it.
+fn attend_key_total(dot: vec4f, tid: u32) -> vec4f {
+  var s = dot;
+  for (var m = 1u; m < k_quads; m <<= 1u) { s += attend_shuffle_xor(s, m, tid); }
+  return s;
 }
 
 // Adds weight `w` (vec4 over heads) times the 8 values packed in `v` to the lane's sums.
@@ -242,29 +257,48 @@ fn attend_tiles(
   return AttendState(run_max, run_sum, sums);
 }
 
-// Merges the states of the first `lanes` key lanes (uniform; 1 leaves them as they are): the upper half
-// hands its state to the lower half until one lane is left, whose threads return the total. Every thread
-// of the workgroup must call it.
+// Merges the states of the first `lanes` key lanes (uniform; 1 leaves them as they are): with
+// subgroup_lanes > 1, the key lanes of each subgroup first by shuffles (each then holds its group's
+// state; lanes past `lanes` hold empty states, which merge as nothing); then the upper half of the groups
+// hands its state to the lower half until one is left, whose first lane's threads return the total. Every
+// thread of the workgroup must call it.
 fn attend_merge_lanes(state: AttendState, lanes: u32, tid: u32) -> AttendState {
   let lane = tid % k_quads;
   let key_lane = tid / k_quads;
   var run_max = state.run_max;
   var run_sum = state.run_sum;
   var sums = state.sums;
-  var n = lanes;
+  for (var m = k_quads; m < k_quads * subgroup_lanes; m <<= 1u) {
+    let other_max = attend_shuffle_xor(run_max, m, tid);
+    let other_sum = attend_shuffle_xor(run_sum, m, tid);
+    var other: array<vec4f, 8>;
+    // @unroll
+    for (var i = 0u; i < 8u; i++) { other[i] = attend_shuffle_xor(sums[i], m, tid); }
+    let new_max = max(run_max, other_max);
+    let a = exp(run_max - new_max);
+    let b = exp(other_max - new_max);
+    run_sum = run_sum * a + other_sum * b;
+    // @unroll
+    for (var i = 0u; i < 8u; i++) { sums[i] = sums[i] * a + other[i] * b; }
+    run_max = new_max;
+  }
+  // The rounds, over groups of subgroup_lanes key lanes, each represented by its first lane.
+  let group = key_lane / subgroup_lanes;
+  let leads = key_lane % subgroup_lanes == 0u;
+  var n = (lanes + subgroup_lanes - 1u) / subgroup_lanes;
   while (n > 1u) {
     let half = (n + 1u) / 2u;
     workgroupBarrier();
-    if (key_lane >= half && key_lane < n) {
-      let m = (key_lane - half) * k_quads + lane;
+    if (leads && group >= half && group < n) {
+      let m = (group - half) * k_quads + lane;
       // @unroll
       for (var i = 0u; i < 8u; i++) { exchange[i * MERGE_THREADS + m] = sums[i]; }
       exchange[8u * MERGE_THREADS + m] = run_max;
       exchange[9u * MERGE_THREADS + m] = run_sum;
     }
     workgroupBarrier();
-    if (key_lane < n - half) {
-      let m = key_lane * k_quads + lane;
+    if (leads && group < n - half) {
+      let m = group * k_quads + lane;
       let other_max = exchange[8u * MERGE_THREADS + m];
       let new_max = max(run_max, other_max);
       let a = exp(run_max - new_max);
@@ -351,4 +385,4 @@ fn attend_write_out(state: AttendState, first_head: u32, batch_heads: u32, lane:
   }
 }
 
-{{KEY_TOTAL}}
+{{SHUFFLE}}

@@ -229,10 +229,11 @@ export interface GpuModelOptions {
   /** Decode attention's queries in workgroup memory (see `FlashDecodeOptions.sharedQueries`; default false). */
   decodeSharedQueries?: boolean;
   /**
-   * Decode attention's dot products summed by subgroup shuffles, scores in registers (see
-   * `FlashDecodeOptions.subgroupDots`; `"emulated"` for tests; default false).
+   * Decode attention's subgroup operations: dot products summed by shuffles, scores in registers, key
+   * lanes of a subgroup merged by shuffles (see `FlashDecodeOptions.subgroups`; `"emulated"` for tests;
+   * default false).
    */
-  decodeSubgroupDots?: boolean | "emulated";
+  decodeSubgroups?: boolean | "emulated";
   /** Decode attention's steps per tile (see `FlashDecodeOptions.tileSteps`; default by head_dim). */
   decodeTileSteps?: number;
   /**
@@ -890,7 +891,7 @@ export class GpuModel {
             tileSteps: options.decodeTileSteps,
             laneMerge: options.decodeLaneMerge,
             sharedQueries: options.decodeSharedQueries,
-            subgroupDots: options.decodeSubgroupDots,
+            subgroups: options.decodeSubgroups,
             arrivals: act.arrivals,
             ablate: ablation,
           }));

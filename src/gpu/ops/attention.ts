@@ -230,13 +230,15 @@ export interface FlashDecodeOptions extends AttentionOptions {
    */
   sharedQueries?: boolean;
   /**
-   * Whether each key's dot products are summed across its threads with subgroup shuffles, so that a
-   * tile's scores stay in registers and the tile needs no barrier (true; needs a GPU with WGSL `subgroups`
-   * whose subgroups hold at least headDim / 8 invocations, and headDim / 8 a power of two), instead of
-   * through workgroup memory, a thread per key (default false). `"emulated"` runs the same path with the
-   * sums through workgroup memory on any GPU (for tests). Tested, not yet measured on a GPU.
+   * Subgroup operations (true; needs a GPU with WGSL `subgroups` whose subgroups hold at least headDim / 8
+   * invocations, and headDim / 8 a power of two): each key's dot products are summed across its threads
+   * with shuffles, so that a tile's scores stay in registers and the tile needs no barrier, and with the
+   * tree merge the key lanes of a subgroup merge by shuffles before the rounds through workgroup memory.
+   * Default false: a thread per key sums the partials through workgroup memory. `"emulated"` runs the
+   * same path with the shuffles through workgroup memory on any GPU (for tests). Tested, not yet measured
+   * on a GPU.
    */
-  subgroupDots?: boolean | "emulated";
+  subgroups?: boolean | "emulated";
   /**
    * Whether each slot starts at a different tile of its page range and wraps around (default true), so the
    * slots do not read the same page offsets at the same time.
@@ -375,37 +377,53 @@ function decodeWorkgroupBytes(
     (emulatedKeyTotals ? keyLanes * quads * 16 : 0);
 }
 
+/** Subgroup size the emulated shuffles stand in for (FlashDecodeOptions.subgroups = "emulated"). */
+const EMULATED_SUBGROUP_SIZE = 32;
+
 /**
- * The text define of `wgsl/flash_decode.wgsl` for FlashDecodeOptions.subgroupDots: the subgroup shuffles,
- * the emulated sums (workgroup memory), or a stub (off). (wgpu's WGSL takes subgroup builtins without
- * `enable subgroups;`, which its compiler refuses as not yet implemented.) Throws a
- * {@link BadFlagError} naming `label` when this GPU cannot take subgroup dots for head_dim `headDim`.
+ * What `wgsl/flash_decode.wgsl` takes for FlashDecodeOptions.subgroups: the text define SHUFFLE (a subgroup
+ * shuffle, the emulated exchange through workgroup memory, or a stub when off) and the override constants
+ * subgroup_dots and subgroup_lanes (key lanes per subgroup merged by shuffles: as many as one subgroup
+ * holds, where the workgroup is whole subgroups and the key lanes divide evenly, else 1). (wgpu's WGSL
+ * takes subgroup builtins without `enable subgroups;`, which its compiler refuses as not yet implemented.)
+ * Throws a {@link BadFlagError} naming `label` when this GPU cannot take them for head_dim `headDim`.
  */
-function keyTotalDefines(
+function subgroupParts(
   gpu: Gpu,
   label: string,
   headDim: number,
-  subgroupDots: boolean | "emulated",
-): Record<string, string> {
-  if (subgroupDots === "emulated") {
-    return { KEY_TOTAL: loadShader("decode_key_total_emulated") };
-  }
-  if (!subgroupDots) {
-    return { KEY_TOTAL: "fn attend_key_total(dot: vec4f, tid: u32) -> vec4f {\n  return dot;\n}" };
+  keyLanes: number,
+  subgroups: boolean | "emulated",
+): { defines: Record<string, string>; constants: Record<string, number> } {
+  if (!subgroups) {
+    return {
+      defines: { SHUFFLE: "fn attend_shuffle_xor(v: vec4f, mask: u32, tid: u32) -> vec4f {\n  return v;\n}" },
+      constants: { subgroup_dots: 0, subgroup_lanes: 1 },
+    };
   }
   const quads = headDim / 8;
-  if (!gpu.subgroups) {
+  let size = EMULATED_SUBGROUP_SIZE;
+  if (subgroups === true) {
+    if (!gpu.subgroups) {
+      throw new BadFlagError(
+        `${label}: subgroup operations need WGSL subgroups, which this GPU does not offer`,
+      );
+    }
+    size = gpu.subgroups.minSize;
+  }
+  if ((quads & (quads - 1)) !== 0 || quads > size) {
     throw new BadFlagError(
-      `${label}: subgroup dot products need WGSL subgroups, which this GPU does not offer`,
+      `${label}: subgroup operations need head_dim / 8 (${quads}) a power of two within a subgroup (${
+        subgroups === true ? `this GPU's are ${gpu.subgroups!.minSize}-${gpu.subgroups!.maxSize}` : size
+      } invocations)`,
     );
   }
-  if ((quads & (quads - 1)) !== 0 || quads > gpu.subgroups.minSize) {
-    throw new BadFlagError(
-      `${label}: subgroup dot products need head_dim / 8 (${quads}) a power of two within a subgroup ` +
-        `(this GPU's are ${gpu.subgroups.minSize}-${gpu.subgroups.maxSize} invocations)`,
-    );
-  }
-  return { KEY_TOTAL: loadShader("decode_key_total") };
+  const perSubgroup = Math.min(size / quads, keyLanes);
+  const wholeSubgroups = (keyLanes * quads) % size === 0 && keyLanes % perSubgroup === 0;
+  return {
+    defines: { SHUFFLE: loadShader(subgroups === true ? "decode_shuffle" : "decode_shuffle_emulated") },
+    constants: { subgroup_dots: 1, subgroup_lanes: wholeSubgroups ? perSubgroup : 1 },
+  };
 }
 
 /**
@@ -622,8 +640,8 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   checkSlice(label, "q", q, qHeads * D * 4);
   checkSlice(label, "out", out, qHeads * D * 4);
   const sharedQueries = options.sharedQueries ?? false;
-  const subgroupDots = options.subgroupDots ?? false;
-  const emulatedTotals = subgroupDots === "emulated";
+  const subgroups = subgroupParts(gpu, label, D, keyLanes, options.subgroups ?? false);
+  const emulatedTotals = options.subgroups === "emulated";
   checkWorkgroupMemory(
     gpu,
     label,
@@ -659,7 +677,7 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
     flat_merge: flat ? 1 : 0,
     flat_merge_dims: flatMergeDims,
     shared_queries: sharedQueries ? 1 : 0,
-    subgroup_dots: subgroupDots ? 1 : 0,
+    ...subgroups.constants,
     ...mask.constants,
   };
   if (options.ablate !== undefined) {
@@ -671,7 +689,7 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   const defines = {
     POOL: poolQuadShaderSource(kv.shards.length),
     LOAD_QUADS: poolQuadLoadSource(kv.shards.length),
-    ...keyTotalDefines(gpu, label, D, subgroupDots),
+    ...subgroups.defines,
   };
   const fusedReduce = options.fusedReduce ?? true;
   const partialKernel = gpu.kernel(
