@@ -160,7 +160,8 @@ export async function probeCoopMatrix(device: GPUDevice): Promise<CoopMatrixProb
   }
 }
 
-function firstLine(e: unknown): string {
+/** The first non-empty line of an error's message (WebGPU errors often start with a blank line). */
+export function firstLine(e: unknown): string {
   const message = e instanceof Error || (typeof e === "object" && e !== null && "message" in e)
     ? String((e as { message: unknown }).message)
     : String(e);

@@ -9,7 +9,7 @@
 import { DeviceError, OutOfMemoryError } from "../errors.ts";
 import { specialiseOverrides, unrollLoops } from "./unroll.ts";
 import { includeShaders, loadShader, preloadShaders, SHADER_NAMES, shadersAreLocal } from "./shader.ts";
-import { COOP_MATRIX_FEATURE, type CoopMatrixSupport, probeCoopMatrix } from "./coop_probe.ts";
+import { COOP_MATRIX_FEATURE, type CoopMatrixSupport, firstLine, probeCoopMatrix } from "./coop_probe.ts";
 
 /** Storage | copy-dst | copy-src: the usage of almost every buffer we make. */
 export const STORAGE_USAGE = 0x80 /* STORAGE */ | 0x08 /* COPY_DST */ | 0x04; /* COPY_SRC */
@@ -123,22 +123,27 @@ export class Gpu {
     };
     let device: GPUDevice | undefined;
     let coop: { support?: CoopMatrixSupport; reason: string } = { reason: coopBlocker ?? "" };
+    let opener = adapter;
     if (coopBlocker === undefined) {
-      // Cooperative matrices are an experimental wgpu feature: a device that will not open with them
-      // opens without.
+      // Cooperative matrices are an experimental wgpu feature: where the device will not open with them,
+      // or the probe finds them wrong (a device that might even be lost), a fresh adapter opens a device
+      // without them (an adapter opens one device).
       const features = [...wanted, COOP_MATRIX_FEATURE];
       try {
         device = await adapter.requestDevice({ requiredFeatures: features, requiredLimits });
         coop = await probeCoopMatrix(device);
       } catch (e) {
-        coop = { reason: `the device did not open with ${COOP_MATRIX_FEATURE}: ${(e as Error).message}` };
+        coop = { reason: `the device did not open with ${COOP_MATRIX_FEATURE}: ${firstLine(e)}` };
+      }
+      if (coop.support === undefined) {
         device?.destroy();
         device = undefined;
+        opener = (await gpu.requestAdapter({ powerPreference: "high-performance" })) ?? adapter;
       }
     }
     if (device === undefined) {
       try {
-        device = await adapter.requestDevice({ requiredFeatures: wanted, requiredLimits });
+        device = await opener.requestDevice({ requiredFeatures: wanted, requiredLimits });
       } catch (e) {
         throw new DeviceError(`could not open the WebGPU device: ${(e as Error).message}`);
       }
