@@ -37,6 +37,8 @@
  *                                                    registers: "decode-shared-queries" rows)
  *                        [--decode-subgroups]  (decode attention's dot products summed and its key lanes
  *                                               merged by subgroup shuffles: "decode-subgroups" rows)
+ *                        [--decode-subgroup-reduce]  (the decode products' sums added per subgroup first:
+ *                                                     "decode-subgroup-reduce" rows)
  *                        [--ablate-decode-attention launch|tiles|lanes|skip]  (timing only, the logits are
  *                                               wrong: decode attention's workgroups end at once, after their
  *                                               key tiles, after their lanes' merge and partials, or its
@@ -158,6 +160,7 @@ const { values } = benchFlags(import.meta.url, () =>
       "decode-lane-merge": { type: "string" },
       "decode-shared-queries": { type: "boolean" },
       "decode-subgroups": { type: "boolean" },
+      "decode-subgroup-reduce": { type: "boolean" },
       "ablate-decode-attention": { type: "string" },
       "max-batch": { type: "string" },
       "matvec-tuning": { type: "string" },
@@ -249,6 +252,9 @@ if (decodeLaneMerge !== undefined && !["flat", "tree"].includes(decodeLaneMerge)
 const decodeSharedQueries = values["decode-shared-queries"] ? true : undefined;
 // --decode-subgroups: decode attention's subgroup operations (rows named "decode-subgroups").
 const decodeSubgroups = values["decode-subgroups"] ? true : undefined;
+// --decode-subgroup-reduce: the decode products' sums added per subgroup first (rows named
+// "decode-subgroup-reduce").
+const decodeSubgroupReduce = values["decode-subgroup-reduce"] ? true : undefined;
 // --ablate-decode-attention X: timing only (rows named "decode-ablate-X", their logits wrong).
 const ablation = values["ablate-decode-attention"] as GpuModelOptions["decodeAttentionAblation"];
 if (ablation !== undefined && !["launch", "tiles", "lanes", "skip"].includes(ablation)) {
@@ -270,6 +276,7 @@ const decodeAttention: Partial<GpuModelOptions> = {
   decodeLaneMerge,
   decodeSharedQueries,
   decodeSubgroups,
+  decodeSubgroupReduce,
   decodeAttentionAblation: ablation,
 };
 const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? "" : "-unfused-append") +
@@ -283,6 +290,7 @@ const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? 
   (decodeLaneMerge !== undefined ? `-merge-${decodeLaneMerge}` : "") +
   (decodeSharedQueries ? "-shared-queries" : "") +
   (decodeSubgroups ? "-subgroups" : "") +
+  (decodeSubgroupReduce ? "-subgroup-reduce" : "") +
   (ablation ? `-ablate-${ablation}` : "");
 // --prefill-splits N: prefill attention with N key splits per KV head (rows named "prefill-splitsN").
 // (without it, the model's default for the policy).

@@ -1,6 +1,6 @@
 import { ok, throws } from "node:assert/strict";
 import { BadFlagError } from "../src/errors.ts";
-import { getGpu } from "../src/gpu/device.ts";
+import { getGpu, type Gpu } from "../src/gpu/device.ts";
 import { createGateUpSwiGlu, createQkvMatvec } from "../src/gpu/ops/fused.ts";
 import { createMatvec } from "../src/gpu/ops/matmul.ts";
 import { StepParams } from "../src/gpu/ops/op.ts";
@@ -33,6 +33,12 @@ function rmsNorm(y: Float64Array, gamma: Float32Array, m: number, width: number,
   return out;
 }
 
+/** The subgroup reduction to test: the GPU's where its subgroups are all 32 wide, else the emulation. */
+function subgroupReduce(gpu: Gpu): true | "emulated" {
+  const sizes = gpu.subgroups;
+  return sizes && sizes.minSize === 32 && sizes.maxSize === 32 ? true : "emulated";
+}
+
 function expectNear(what: string, got: Float32Array, want: Float64Array, n: number, rel: number): void {
   let scale = 0;
   for (let i = 0; i < n; i++) scale = Math.max(scale, Math.abs(want[i]));
@@ -58,6 +64,10 @@ Deno.test("folded norm: attn_output adds onto the residual, gate/up and QKV read
     // Fewer workgroups than row groups in all three ops (each takes several groups in turn).
     { type: "Q4_K", m: 3, width: 512, inner: 256, maxWorkgroups: 3 },
     { type: "Q8_0", m: 2, width: 1056, inner: 64, maxWorkgroups: 5 },
+    // The workgroup reductions summed per subgroup first (the GPU's subgroups of 32 where it has them,
+    // else the emulation).
+    { type: "Q4_K", m: 3, width: 512, inner: 256, subgroupReduce: subgroupReduce(gpu) },
+    { type: "Q8_0", m: 2, width: 1056, inner: 64, maxWorkgroups: 5, subgroupReduce: subgroupReduce(gpu) },
   ];
   for (const c of cases) {
     const { type, m, width: E, inner } = c;
@@ -93,7 +103,7 @@ Deno.test("folded norm: attn_output adds onto the residual, gate/up and QKV read
       maxTokens,
       step,
       fold: { weight: gammaBuf, out: xg, sums },
-      tuning: { tokensPerWorkgroup: 2, maxWorkgroups: c.maxWorkgroups },
+      tuning: { tokensPerWorkgroup: 2, maxWorkgroups: c.maxWorkgroups, subgroupReduce: c.subgroupReduce },
     });
     const norm = { sums, partials: producer.normPartials, width: E, eps };
     const gateUp = createGateUpSwiGlu(gpu, {
@@ -105,7 +115,7 @@ Deno.test("folded norm: attn_output adds onto the residual, gate/up and QKV read
       maxTokens,
       step,
       norm,
-      tuning: { maxWorkgroups: c.maxWorkgroups },
+      tuning: { maxWorkgroups: c.maxWorkgroups, subgroupReduce: c.subgroupReduce },
     });
     const invFreq = ropeInverseFrequencies(headDim, 10000);
     const qkv = createQkvMatvec(gpu, {
@@ -122,7 +132,7 @@ Deno.test("folded norm: attn_output adds onto the residual, gate/up and QKV read
       step,
       rope: { headDim, invFreq, maxPosition: 4096 },
       norm,
-      tuning: { maxWorkgroups: c.maxWorkgroups },
+      tuning: { maxWorkgroups: c.maxWorkgroups, subgroupReduce: c.subgroupReduce },
     });
     const pos0 = 17;
     const [newResidual, gotGateUp, gotQ, gotK, gotV, gotKPre] = await runOps(

@@ -42,6 +42,14 @@ Deno.test("gpu matvec int8: every type with int8 units matches the reference wit
     { int8: true, workgroupSize: 32, tokensPerWorkgroup: 2, rowsPerWorkgroup: 2, unitsPerStep: 4 },
     // Several row groups per workgroup: x quantised once, for the first.
     { int8: true, tokensPerWorkgroup: 3, rowsPerWorkgroup: 2, maxWorkgroups: 3 },
+    // Sums per subgroup first (the GPU's subgroups of 32, else the emulation).
+    {
+      int8: true,
+      workgroupSize: 64,
+      tokensPerWorkgroup: 2,
+      rowsPerWorkgroup: 2,
+      subgroupReduce: gpu.subgroups?.minSize === 32 && gpu.subgroups.maxSize === 32 ? true : "emulated",
+    },
   ];
   for (const [name, cases] of Object.entries(CASES)) {
     for (const c of cases) {

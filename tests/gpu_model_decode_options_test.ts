@@ -40,6 +40,12 @@ Deno.test("gpu model: decode attention's splits, lane merge, query staging and k
       { decodeSharedQueries: true },
       // Subgroup shuffles where the GPU has subgroups as wide as a key's 4 threads (head_dim 32), else emulated.
       { decodeSubgroups: gpu.subgroups && gpu.subgroups.minSize >= 4 ? true : "emulated" },
+      // The decode products' sums per subgroup first (the GPU's subgroups of 32, else emulated).
+      {
+        decodeSubgroupReduce: gpu.subgroups?.minSize === 32 && gpu.subgroups.maxSize === 32
+          ? true
+          : "emulated",
+      },
       { decodeKeyLanes: 8, decodeTileSteps: 2 },
     ];
     for (const options of shapes) {

@@ -1,5 +1,6 @@
 // The WGSL that only a GPU with cooperative matrices or subgroups compiles (wgsl/matmul_coop.wgsl with the
-// hardware's fragments, wgsl/coop_probe.wgsl, decode attention with wgsl/decode_shuffle.wgsl) cannot be
+// hardware's fragments, wgsl/coop_probe.wgsl, decode attention with wgsl/decode_shuffle.wgsl, the decode
+// products with wgsl/matvec_partials.wgsl) cannot be
 // compiled by lavapipe, so CI checks it with naga (wgpu's shader compiler, the one inside Deno's WebGPU,
 // here a WebAssembly build of version 30): it must parse, validate and translate to SPIR-V. On the device
 // the probe (src/gpu/coop_probe.ts) then decides whether the matrix kernels run.
@@ -7,6 +8,8 @@ import { ok } from "node:assert/strict";
 import { nagaVersion, parseWgsl, validate, writeSpirv } from "naga-wasm";
 import { includeShaders, loadShader } from "../src/gpu/shader.ts";
 import { poolQuadLoadSource, poolQuadShaderSource } from "../src/gpu/ops/attention.ts";
+import { subblockDefines } from "../src/gpu/ops/matvec_units.ts";
+import type { GpuWeight } from "../src/gpu/weights.ts";
 import { suffixedDequantSource } from "../src/gpu/ops/fused.ts";
 import { matmulConstants, type MatmulShape } from "../src/gpu/ops/matmul.ts";
 import { specialiseOverrides, unrollLoops } from "../src/gpu/unroll.ts";
@@ -81,5 +84,27 @@ Deno.test(`wgsl (naga ${nagaVersion}): decode attention with subgroup shuffles c
     });
     const error = compileError(code);
     ok(error === undefined, `flash_decode head_dim ${headDim}, ${shards} shards:\n${error}`);
+  }
+});
+
+Deno.test(`wgsl (naga ${nagaVersion}): the decode products with subgroup sums compile`, () => {
+  for (const [type, int8] of [["Q4_K", 1], ["F16", 0], ["Q6_K", 1]] as const) {
+    const weight = { info: { name: type }, cols: 2048, rowBytes: 1152 } as unknown as GpuWeight;
+    const code = prepared(includeShaders(loadShader("matvec_fast")), {
+      ...subblockDefines(weight),
+      PARTIALS: loadShader("matvec_partials"),
+    }, {
+      cols: 2048,
+      wg_size: 64,
+      rows_per_wg: 2,
+      tokens_per_wg: 1,
+      subgroup_reduce: 1,
+      subgroup_size: 32,
+      x_int8: int8,
+      slots: 2,
+      norm_mode: 2,
+    });
+    const error = compileError(code);
+    ok(error === undefined, `matvec_fast ${type}:\n${error}`);
   }
 });

@@ -90,6 +90,11 @@ override tokens_per_wg: u32 = 1u;
 override units_per_step: u32 = 1u;
 // Lanes of the first reduction step (a power of two dividing wg_size).
 override reduce_lanes: u32 = 8u;
+// 1: each value is first summed over its subgroup of subgroup_size invocations (add_partial, from the text
+// define PARTIALS: wgsl/matvec_partials.wgsl, or its emulation for GPUs without subgroups), so reduce()
+// only adds the subgroups' sums; 0: the values go to workgroup memory as they are.
+override subgroup_reduce: u32 = 0u;
+override subgroup_size: u32 = 32u;
 // Sums per (row, token): 2 for `swiglu` (gate and up), else 1.
 override slots: u32 = 1u;
 // RoPE of `qkv` (GGUF adjacent-pair layout): values per head, rotated pairs per head (0 = no RoPE),
@@ -146,6 +151,8 @@ var<workgroup> x_scales: array<vec2f, max(1u, x_int8 * tokens_per_wg * (cols / 1
 // folded RMSNorm adds one sum per token.
 var<workgroup> partial: array<f32, wg_size * (rows_per_wg * slots + 1u) * tokens_per_wg>;
 
+{{PARTIALS}}
+
 // Consumer of a folded RMSNorm: this thread's share of the producer's partial sums Σ y² for each token of
 // the workgroup (every thread takes partials tid, tid + wg_size, …; the workgroup reduction adds them up).
 // Four independent sums, four loads per iteration: a producer may leave thousands of partials, and one
@@ -178,10 +185,24 @@ fn norm_scale(total: f32) -> f32 {
   return inverseSqrt(total / f32(norm_width) + norm_eps);
 }
 
-// Sums the n values per thread of `partial` over the workgroup: afterwards partial[p] holds total p.
-// Step 1: lane l of sum p adds the values of threads l, l + reduce_lanes, …; step 2: thread p (and p +
-// wg_size, … when n > wg_size) adds the lanes.
+// Sums the n values per thread that add_partial took over the workgroup: afterwards partial[p] holds
+// total p. Without subgroup_reduce: step 1: lane l of sum p adds the values of threads l, l + reduce_lanes,
+// …; step 2: thread p (and p + wg_size, … when n > wg_size) adds the lanes. With subgroup_reduce, the
+// subgroups have summed their values already (add_partial): thread p adds the wg_size / subgroup_size
+// subgroup sums, two barriers instead of three.
 fn reduce(tid: u32, n: u32) {
+  if (subgroup_reduce != 0u) {
+    gather_subgroup_sums(tid, n);
+    workgroupBarrier();
+    // Thread p reads partial[g · n + p] and writes partial[p]: no other thread reads that.
+    for (var p = tid; p < n; p += wg_size) {
+      var total = 0.0;
+      for (var g = 0u; g < wg_size / subgroup_size; g++) { total += partial[g * n + p]; }
+      partial[p] = total;
+    }
+    workgroupBarrier();
+    return;
+  }
   workgroupBarrier();
   let lanes = n * reduce_lanes;
   // Lane i = l · n + p reads partial[i + k · lanes] (threads l + k · reduce_lanes) and writes partial[i],
@@ -254,7 +275,7 @@ fn main(
     for (var r = 0u; r < rows_per_wg; r++) {
       // @unroll
       for (var t = 0u; t < tokens_per_wg; t++) {
-        partial[tid * n + r * tokens_per_wg + t] = acc[r * MAX_TOKENS + t];
+        add_partial(tid, n, r * tokens_per_wg + t, acc[r * MAX_TOKENS + t]);
       }
     }
     reduce(tid, n);
@@ -360,13 +381,13 @@ fn swiglu(
       // @unroll
       for (var t = 0u; t < tokens_per_wg; t++) {
         let q = r * tokens_per_wg + t;
-        partial[tid * n + 2u * q] = acc_gate[r * MAX_TOKENS + t];
-        partial[tid * n + 2u * q + 1u] = acc_up[r * MAX_TOKENS + t];
+        add_partial(tid, n, 2u * q, acc_gate[r * MAX_TOKENS + t]);
+        add_partial(tid, n, 2u * q + 1u, acc_up[r * MAX_TOKENS + t]);
       }
     }
     if (norm_mode == 2u) {
       // @unroll
-      for (var t = 0u; t < tokens_per_wg; t++) { partial[tid * n + sums + t] = norm_part[t]; }
+      for (var t = 0u; t < tokens_per_wg; t++) { add_partial(tid, n, sums + t, norm_part[t]); }
     }
     reduce(tid, n);
     if (tid < rows_per_wg * tokens_per_wg) {
@@ -450,12 +471,12 @@ fn qkv(
     for (var r = 0u; r < rows_per_wg; r++) {
       // @unroll
       for (var t = 0u; t < tokens_per_wg; t++) {
-        partial[tid * n + r * tokens_per_wg + t] = acc[r * MAX_TOKENS + t];
+        add_partial(tid, n, r * tokens_per_wg + t, acc[r * MAX_TOKENS + t]);
       }
     }
     if (norm_mode == 2u) {
       // @unroll
-      for (var t = 0u; t < tokens_per_wg; t++) { partial[tid * n + sums + t] = norm_part[t]; }
+      for (var t = 0u; t < tokens_per_wg; t++) { add_partial(tid, n, sums + t, norm_part[t]); }
     }
     reduce(tid, n);
     if (tid < sums) {

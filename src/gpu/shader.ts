@@ -35,6 +35,8 @@ export const SHADER_NAMES: readonly string[] = [
   "matmul_int8",
   "matmul_int8_stacked",
   "matvec_fast",
+  "matvec_partials",
+  "matvec_partials_emulated",
   "matvec_units",
   "qkv_kv_store",
   "quantize_q8",

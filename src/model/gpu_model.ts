@@ -234,6 +234,11 @@ export interface GpuModelOptions {
    * default false).
    */
   decodeSubgroups?: boolean | "emulated";
+  /**
+   * Decode products: each workgroup's sums added per subgroup first (`MatvecTuning.subgroupReduce`, for
+   * every role; a role's `matvecTuning` overrides it). `"emulated"` for tests. Default false.
+   */
+  decodeSubgroupReduce?: boolean | "emulated";
   /** Decode attention's steps per tile (see `FlashDecodeOptions.tileSteps`; default by head_dim). */
   decodeTileSteps?: number;
   /**
@@ -651,6 +656,7 @@ export class GpuModel {
       const tuning = (role: MatvecRole, cols: number): MatvecTuning => ({
         int8: int8DecodeFor(cols),
         ...(int8DecodeFor(cols) ? { maxWorkgroups: INT8_DECODE_MAX_WORKGROUPS } : {}),
+        ...(options.decodeSubgroupReduce ? { subgroupReduce: options.decodeSubgroupReduce } : {}),
         ...options.matvecTuning?.[role],
       });
       // Int8 prefill (options.int8Prefill): whether all of `weights` have an integer view, and the op that

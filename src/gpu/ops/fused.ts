@@ -55,6 +55,7 @@ import {
   launchedGroups,
   reduceLanes,
   subblockDefines,
+  subgroupReduceParts,
 } from "./matvec_units.ts";
 
 /** Tuning knobs of the fused decode kernels (WGSL override constants). */
@@ -77,6 +78,13 @@ export interface FusedMatvecTuning {
   int8?: boolean;
   /** Most workgroups launched per token group, as `MatvecTuning.maxWorkgroups` (default: one per row group). */
   maxWorkgroups?: number;
+  /**
+   * Sum each thread's products over its subgroup first (WGSL subgroups, one size dividing the workgroup),
+   * so the workgroup reduction adds one sum per subgroup: two barriers instead of three. `"emulated"`
+   * runs the same path with the subgroup sums through workgroup memory (for tests). Default false. Tested,
+   * not yet measured on a GPU.
+   */
+  subgroupReduce?: boolean | "emulated";
 }
 
 /**
@@ -230,10 +238,12 @@ export function createGateUpSwiGlu(gpu: Gpu, options: GateUpSwiGluOptions): GpuO
     tuning: options.tuning,
   });
   const norm = normInputParts(gpu, label, maxTokens, options.norm);
+  const partials = subgroupReduceParts(gpu, label, options.tuning?.subgroupReduce, shape.workgroupSize);
   const kernel = gpu.kernel(
     "matvec_fast",
     {
       ...norm.constants,
+      ...partials.constants,
       cols: gate.cols,
       rows_a: gate.rows,
       row_bytes_a: gate.rowBytes,
@@ -246,7 +256,7 @@ export function createGateUpSwiGlu(gpu: Gpu, options: GateUpSwiGluOptions): GpuO
       units_per_step: shape.unitsPerStep,
       x_int8: shape.int8 ? 1 : 0,
     },
-    subblockDefines(gate, up),
+    { ...subblockDefines(gate, up), ...partials.defines },
     "swiglu",
   );
   const group = bindNumbered(gpu, kernel, [
@@ -390,11 +400,13 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
   const turnsBuffer = gpu.buffer(`${label}.turns`, turns.data.byteLength, turns.data);
   const norm = normInputParts(gpu, label, maxTokens, options.norm);
   const kvStore = qkvKvStoreParts(gpu, label, append);
+  const partials = subgroupReduceParts(gpu, label, options.tuning?.subgroupReduce, shape.workgroupSize);
   const kernel = gpu.kernel(
     "matvec_fast",
     {
       ...norm.constants,
       ...kvStore.constants,
+      ...partials.constants,
       cols: wq.cols,
       rows_a: wq.rows,
       rows_b: wk.rows,
@@ -413,7 +425,7 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
       units_per_step: shape.unitsPerStep,
       x_int8: shape.int8 ? 1 : 0,
     },
-    { ...subblockDefines(wq, wk, wv), KV_STORE: kvStore.source },
+    { ...subblockDefines(wq, wk, wv), KV_STORE: kvStore.source, ...partials.defines },
     "qkv",
   );
   const group = bindNumbered(gpu, kernel, [

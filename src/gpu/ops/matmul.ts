@@ -22,6 +22,7 @@ import {
   launchedGroups,
   reduceLanes,
   subblockDefines,
+  subgroupReduceParts,
 } from "./matvec_units.ts";
 import {
   bindNumbered,
@@ -84,6 +85,13 @@ export interface MatvecTuning {
    * dispatch has no partial last wave.
    */
   maxWorkgroups?: number;
+  /**
+   * Sum each thread's products over its subgroup first (WGSL subgroups, one size dividing the workgroup),
+   * so the workgroup reduction adds one sum per subgroup: two barriers instead of three. `"emulated"`
+   * runs the same path with the subgroup sums through workgroup memory (for tests). Default false. Tested,
+   * not yet measured on a GPU.
+   */
+  subgroupReduce?: boolean | "emulated";
 }
 
 /**
@@ -220,6 +228,7 @@ export function createMatvec(gpu: Gpu, options: MatvecOptions): MatvecOp {
     const gx = Math.min(groups, maxPerDim);
     return [gx, ceilDiv(groups, gx), tokenGroups];
   };
+  const partials = subgroupReduceParts(gpu, op, t.subgroupReduce, workgroupSize);
   const kernel = gpu.kernel(
     "matvec_fast",
     {
@@ -234,8 +243,9 @@ export function createMatvec(gpu: Gpu, options: MatvecOptions): MatvecOp {
       units_per_step: checkUnitsPerStep(op, t.unitsPerStep),
       norm_partials: Math.max(1, normPartials),
       x_int8: int8 ? 1 : 0,
+      ...partials.constants,
     },
-    subblockDefines(weight),
+    { ...subblockDefines(weight), ...partials.defines },
   );
   // Unused bindings get tiny placeholders (distinct: writable bindings must not alias).
   const unused = (name: string) => gpu.buffer(`${op}.${name}`, 4);

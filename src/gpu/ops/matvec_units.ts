@@ -165,6 +165,7 @@ export const MATVEC_TUNING_KEYS: readonly string[] = [
   "unitsPerStep",
   "int8",
   "maxWorkgroups",
+  "subgroupReduce",
 ];
 
 /**
@@ -197,6 +198,62 @@ export function checkUnitsPerStep(op: string, unitsPerStep: number | undefined):
     throw new BadFlagError(`${op}: unitsPerStep must be 1, 2 or 4, got ${value}`);
   }
   return value;
+}
+
+/** `wgsl/matvec_fast.wgsl`'s PARTIALS when subgroup_reduce = 0: the values go to workgroup memory as they are. */
+const PLAIN_PARTIALS = `fn add_partial(tid: u32, n: u32, j: u32, value: f32) {
+  partial[tid * n + j] = value;
+}
+
+fn gather_subgroup_sums(tid: u32, n: u32) {}`;
+
+/** Subgroup size the emulated subgroup sums stand in for (`subgroupReduce: "emulated"`). */
+const EMULATED_SUBGROUP_SIZE = 32;
+
+/**
+ * What `wgsl/matvec_fast.wgsl` takes for a tuning's `subgroupReduce` (true: the GPU's subgroups, which must
+ * be of one size dividing `workgroupSize`; "emulated": the same sums through workgroup memory, for tests;
+ * false or absent: none): the override constants subgroup_reduce and subgroup_size and the text define
+ * PARTIALS. A {@link BadFlagError} naming `op` where the GPU cannot take it.
+ */
+export function subgroupReduceParts(
+  gpu: Gpu,
+  op: string,
+  subgroupReduce: boolean | "emulated" | undefined,
+  workgroupSize: number,
+): { constants: Record<string, number>; defines: Record<string, string> } {
+  if (subgroupReduce === undefined || subgroupReduce === false) {
+    return { constants: { subgroup_reduce: 0 }, defines: { PARTIALS: PLAIN_PARTIALS } };
+  }
+  if (subgroupReduce !== true && subgroupReduce !== "emulated") {
+    throw new BadFlagError(
+      `${op}: subgroupReduce must be true, false or "emulated", got ${JSON.stringify(subgroupReduce)}`,
+    );
+  }
+  let size = EMULATED_SUBGROUP_SIZE;
+  if (subgroupReduce === true) {
+    const sizes = gpu.subgroups;
+    if (!sizes) {
+      throw new BadFlagError(`${op}: subgroupReduce needs WGSL subgroups, which this GPU does not offer`);
+    }
+    if (sizes.minSize !== sizes.maxSize) {
+      throw new BadFlagError(
+        `${op}: subgroupReduce needs subgroups of one size, this GPU's are ${sizes.minSize}-${sizes.maxSize}`,
+      );
+    }
+    size = sizes.minSize;
+  }
+  if (workgroupSize % size !== 0) {
+    throw new BadFlagError(
+      `${op}: subgroupReduce needs workgroups of whole subgroups of ${size}, got ${workgroupSize}`,
+    );
+  }
+  return {
+    constants: { subgroup_reduce: 1, subgroup_size: size },
+    defines: {
+      PARTIALS: loadShader(subgroupReduce === true ? "matvec_partials" : "matvec_partials_emulated"),
+    },
+  };
 }
 
 /** Lanes of the first reduction step for `workgroupSize` threads: about its square root, a power of two. */
