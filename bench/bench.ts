@@ -197,6 +197,8 @@ const results: {
   copyGBs?: number;
   /** How the device's matrix units (cooperative matrices) are used, or why not (`Gpu.coopMatrixNote`). */
   matrixUnits?: string;
+  /** The device's subgroup sizes where WGSL subgroups are on (`Gpu.subgroups`), else null. */
+  subgroups?: { minSize: number; maxSize: number } | null;
   rows: BenchRow[];
   profiles?: Record<string, (ProfileRow & { msPerToken: number })[]>;
   matvecTuning?: GpuModelOptions["matvecTuning"];
@@ -416,9 +418,13 @@ function randomTokens(n: number, vocab: number): number[] {
 
 results.copyGBs ??= (await copyBandwidth(gpu)) / 1e9;
 results.matrixUnits = gpu.coopMatrixNote;
+results.subgroups = gpu.subgroups ?? null;
 await save();
 console.error(`device: ${gpu.description}; copy bandwidth ${results.copyGBs.toFixed(1)} GB/s`);
 console.error(`matrix units: ${gpu.coopMatrixNote}`);
+console.error(
+  `subgroups: ${gpu.subgroups ? `${gpu.subgroups.minSize}-${gpu.subgroups.maxSize} invocations` : "none"}`,
+);
 
 for (const shape of kvPolicies.length > 0 ? [] : shapes) {
   for (const type of types) {
