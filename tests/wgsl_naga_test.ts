@@ -40,7 +40,7 @@ Deno.test(`wgsl (naga ${nagaVersion}): the cooperative-matrix prefill kernel com
   for (const type of types) {
     for (const tileTokens of [64, 128]) {
       const shape = { coop: true, tileTokens } as MatmulShape;
-      const code = prepared(loadShader("matmul_coop"), {
+      const code = prepared(includeShaders(loadShader("matmul_coop")), {
         ENABLE: "enable f16;\nenable wgpu_cooperative_matrix;",
         FRAGMENTS: loadShader("coop_fragments"),
         LOAD_ROW_MAJOR: "coopLoadT",

@@ -64,18 +64,7 @@
 
 {{ENABLE_F16}}
 
-struct Step {
-  n_tokens: u32,
-  pos0: u32,
-}
-
-struct Part {
-  rows: u32,
-  first_row: u32,
-  out_stride: u32,
-  cols: u32,
-  row_bytes: u32,
-}
+// #include matmul_weights
 
 // Tokens per thread: 2 (32-token tiles), 4 (64-token tiles) or 8 (128-token tiles).
 override tokens_per_thread: u32 = 4u;
@@ -85,14 +74,6 @@ override k_step: u32 = 32u;
 override prefetch: bool = true;
 // Unroll the FMA loop over the k_step columns of a step.
 override unroll_k: bool = false;
-// `qkv`: rows and bytes per row of Q's, K's and V's weights; `swiglu`: rows_a (rows of the gate and up
-// weights), row_bytes_a (gate's) and row_bytes_b (up's).
-override rows_a: u32 = 1u;
-override rows_b: u32 = 1u;
-override rows_c: u32 = 1u;
-override row_bytes_a: u32 = 1u;
-override row_bytes_b: u32 = 1u;
-override row_bytes_c: u32 = 1u;
 
 const half_products = {{HALF}};
 // Element type of the workgroup tiles and of one step's sums.
@@ -113,29 +94,6 @@ override x_loads: u32 = max(1u, x_units / THREADS);
 // Whether every thread stages X (not so for 32-token tiles with 16-column steps: 128 vec4s).
 override x_everyone: bool = x_units >= THREADS;
 
-@group(0) @binding(0) var<storage, read> W_a: array<u32>;
-@group(0) @binding(5) var<storage, read> W_b: array<u32>;
-@group(0) @binding(6) var<storage, read> W_c: array<u32>;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
-@group(0) @binding(7) var<storage, read_write> y_b: array<f32>;
-@group(0) @binding(8) var<storage, read_write> y_c: array<f32>;
-@group(0) @binding(3) var<uniform> step: Step;
-@group(0) @binding(4) var<uniform> part: Part;
-
-// The workgroup's weight and output, set by the entry point: elements per row (the dequantisation library
-// reads `cols`), whether the tile is paired (`swiglu`: gate rows, then the same up rows, written as
-// silu(gate) · up), which weight (0 = W_a, 1 = W_b, 2 = W_c; 0 in `main`), its rows and bytes per row, and
-// where its outputs go (row stride and first column of y, y_b or y_c; y when paired). In a paired tile,
-// `which` and `row_bytes` are those of the weight this thread stages, set per thread in tile_product.
-var<private> cols: u32;
-var<private> paired: bool;
-var<private> which: u32;
-var<private> w_rows: u32;
-var<private> row_bytes: u32;
-var<private> out_stride: u32;
-var<private> out_first: u32;
-
 // xs[x_at(k, q)]: tokens 4q..4q+3 of the tile at column k0 + k.
 var<workgroup> xs: array<tile4, k_step * x_stride>;
 // ws[k · W_STRIDE + q]: tile rows 4q..4q+3 at column k0 + k.
@@ -146,35 +104,6 @@ var<workgroup> ws: array<tile4, k_step * W_STRIDE>;
 // quads at one k; it stays within each group of 8 quads, so q + 16 maps to x_at(k, q) + 16.
 fn x_at(k: u32, q: u32) -> u32 {
   return k * x_stride + (q ^ (k & 7u));
-}
-
-{{DEQUANT_A}}
-{{DEQUANT_B}}
-{{DEQUANT_C}}
-
-// Columns e..e+15 of row `r` of weight `which` (zero past the row end or past its rows).
-fn fetch_w(r: u32, e: u32) -> array<vec4f, 4> {
-  var w: array<vec4f, 4>;
-  if (r >= w_rows || e >= cols) { return w; }
-  let base = r * row_bytes;
-  if (e + 16u <= cols) {
-    if (which == 0u) { return dq16_a(base, e); }
-    if (which == 1u) { return dq16_b(base, e); }
-    return dq16_c(base, e);
-  }
-  // @unroll
-  for (var c = 0u; c < 4u; c++) {
-    if (e + 4u * c < cols) {
-      if (which == 0u) {
-        w[c] = dq4_a(base, e + 4u * c);
-      } else if (which == 1u) {
-        w[c] = dq4_b(base, e + 4u * c);
-      } else {
-        w[c] = dq4_c(base, e + 4u * c);
-      }
-    }
-  }
-  return w;
 }
 
 // Column e of tokens t..t+3 (zero past m or past the row end).
@@ -238,13 +167,7 @@ fn main(
   @builtin(local_invocation_id) lid: vec3u,
   @builtin(local_invocation_index) tid: u32,
 ) {
-  cols = part.cols;
-  paired = false;
-  which = 0u;
-  w_rows = part.rows;
-  row_bytes = part.row_bytes;
-  out_stride = part.out_stride;
-  out_first = part.first_row;
+  select_main();
   let t0 = wid.y * tile_tokens;
   if (t0 >= step.n_tokens) { return; }
   tile_product(wid.x * TILE_ROWS, t0, lid, tid);
@@ -256,28 +179,7 @@ fn qkv(
   @builtin(local_invocation_id) lid: vec3u,
   @builtin(local_invocation_index) tid: u32,
 ) {
-  cols = part.cols;
-  paired = false;
-  let tiles_a = (rows_a + TILE_ROWS - 1u) / TILE_ROWS;
-  let tiles_b = (rows_b + TILE_ROWS - 1u) / TILE_ROWS;
-  var tile = wid.x;
-  if (tile < tiles_a) {
-    which = 0u;
-    w_rows = rows_a;
-    row_bytes = row_bytes_a;
-  } else if (tile < tiles_a + tiles_b) {
-    which = 1u;
-    w_rows = rows_b;
-    row_bytes = row_bytes_b;
-    tile -= tiles_a;
-  } else {
-    which = 2u;
-    w_rows = rows_c;
-    row_bytes = row_bytes_c;
-    tile -= tiles_a + tiles_b;
-  }
-  out_stride = w_rows;
-  out_first = 0u;
+  let tile = select_qkv(TILE_ROWS, wid.x);
   let t0 = wid.y * tile_tokens;
   if (t0 >= step.n_tokens) { return; }
   tile_product(tile * TILE_ROWS, t0, lid, tid);
@@ -289,11 +191,7 @@ fn swiglu(
   @builtin(local_invocation_id) lid: vec3u,
   @builtin(local_invocation_index) tid: u32,
 ) {
-  cols = part.cols;
-  paired = true;
-  w_rows = rows_a;
-  out_stride = rows_a;
-  out_first = 0u;
+  select_swiglu();
   let t0 = wid.y * tile_tokens;
   if (t0 >= step.n_tokens) { return; }
   tile_product(wid.x * HALF_ROWS, t0, lid, tid);

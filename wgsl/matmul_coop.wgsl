@@ -53,27 +53,7 @@
 
 {{ENABLE}}
 
-struct Step {
-  n_tokens: u32,
-  pos0: u32,
-}
-
-struct Part {
-  rows: u32,
-  first_row: u32,
-  out_stride: u32,
-  cols: u32,
-  row_bytes: u32,
-}
-
-// `qkv`: rows and bytes per row of Q's, K's and V's weights; `swiglu`: rows_a (rows of the gate and up
-// weights), row_bytes_a (gate's) and row_bytes_b (up's).
-override rows_a: u32 = 1u;
-override rows_b: u32 = 1u;
-override rows_c: u32 = 1u;
-override row_bytes_a: u32 = 1u;
-override row_bytes_b: u32 = 1u;
-override row_bytes_c: u32 = 1u;
+// #include matmul_weights
 
 const THREADS = 256u;
 const TILE_ROWS = 128u;
@@ -91,27 +71,6 @@ const STRIDE = 40u;
 const W_STRIDE = 136u;
 // f32 values per row of a subgroup's output staging (one 16 × 16 fragment).
 const OUT_STRIDE = 16u;
-@group(0) @binding(0) var<storage, read> W_a: array<u32>;
-@group(0) @binding(5) var<storage, read> W_b: array<u32>;
-@group(0) @binding(6) var<storage, read> W_c: array<u32>;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
-@group(0) @binding(7) var<storage, read_write> y_b: array<f32>;
-@group(0) @binding(8) var<storage, read_write> y_c: array<f32>;
-@group(0) @binding(3) var<uniform> step: Step;
-@group(0) @binding(4) var<uniform> part: Part;
-
-// The workgroup's weight and output, set by the entry point (as in wgsl/matmul.wgsl): elements per row,
-// whether the tile is paired, which weight (0 = W_a, 1 = W_b, 2 = W_c), its rows and bytes per row, and
-// where its outputs go. In a paired tile, `which` and `row_bytes` are those of the weight this thread
-// stages, set per thread in tile_product.
-var<private> cols: u32;
-var<private> paired: bool;
-var<private> which: u32;
-var<private> w_rows: u32;
-var<private> row_bytes: u32;
-var<private> out_stride: u32;
-var<private> out_first: u32;
 // This invocation's subgroup (32 invocations) and its index within it (the emulated fragments use it).
 var<private> subgroup: u32;
 var<private> lane: u32;
@@ -125,35 +84,6 @@ var<workgroup> ws: array<f16, K_STEP * W_STRIDE>;
 var<workgroup> cs: array<f32, 8u * 256u>;
 
 {{FRAGMENTS}}
-
-{{DEQUANT_A}}
-{{DEQUANT_B}}
-{{DEQUANT_C}}
-
-// Columns e..e+15 of row `r` of weight `which` (zero past the row end or past its rows).
-fn fetch_w(r: u32, e: u32) -> array<vec4f, 4> {
-  var w: array<vec4f, 4>;
-  if (r >= w_rows || e >= cols) { return w; }
-  let base = r * row_bytes;
-  if (e + 16u <= cols) {
-    if (which == 0u) { return dq16_a(base, e); }
-    if (which == 1u) { return dq16_b(base, e); }
-    return dq16_c(base, e);
-  }
-  // @unroll
-  for (var c = 0u; c < 4u; c++) {
-    if (e + 4u * c < cols) {
-      if (which == 0u) {
-        w[c] = dq4_a(base, e + 4u * c);
-      } else if (which == 1u) {
-        w[c] = dq4_b(base, e + 4u * c);
-      } else {
-        w[c] = dq4_c(base, e + 4u * c);
-      }
-    }
-  }
-  return w;
-}
 
 // Columns e .. e + x_per_thread − 1 of token t (zero past m or past the row end).
 fn fetch_x(t: u32, e: u32) -> array<f32, 16> {
@@ -186,13 +116,7 @@ fn put_y(t: u32, r: u32, v: f32) {
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) tid: u32) {
-  cols = part.cols;
-  paired = false;
-  which = 0u;
-  w_rows = part.rows;
-  row_bytes = part.row_bytes;
-  out_stride = part.out_stride;
-  out_first = part.first_row;
+  select_main();
   let t0 = wid.y * tile_tokens;
   if (t0 >= step.n_tokens) { return; }
   tile_product(wid.x * TILE_ROWS, t0, tid);
@@ -200,28 +124,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) tid:
 
 @compute @workgroup_size(256)
 fn qkv(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) tid: u32) {
-  cols = part.cols;
-  paired = false;
-  let tiles_a = (rows_a + TILE_ROWS - 1u) / TILE_ROWS;
-  let tiles_b = (rows_b + TILE_ROWS - 1u) / TILE_ROWS;
-  var tile = wid.x;
-  if (tile < tiles_a) {
-    which = 0u;
-    w_rows = rows_a;
-    row_bytes = row_bytes_a;
-  } else if (tile < tiles_a + tiles_b) {
-    which = 1u;
-    w_rows = rows_b;
-    row_bytes = row_bytes_b;
-    tile -= tiles_a;
-  } else {
-    which = 2u;
-    w_rows = rows_c;
-    row_bytes = row_bytes_c;
-    tile -= tiles_a + tiles_b;
-  }
-  out_stride = w_rows;
-  out_first = 0u;
+  let tile = select_qkv(TILE_ROWS, wid.x);
   let t0 = wid.y * tile_tokens;
   if (t0 >= step.n_tokens) { return; }
   tile_product(tile * TILE_ROWS, t0, tid);
@@ -229,11 +132,7 @@ fn qkv(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) tid: 
 
 @compute @workgroup_size(256)
 fn swiglu(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) tid: u32) {
-  cols = part.cols;
-  paired = true;
-  w_rows = rows_a;
-  out_stride = rows_a;
-  out_first = 0u;
+  select_swiglu();
   let t0 = wid.y * tile_tokens;
   if (t0 >= step.n_tokens) { return; }
   tile_product(wid.x * HALF_ROWS, t0, tid);

@@ -34,6 +34,7 @@ export const SHADER_NAMES: readonly string[] = [
   "matmul_coop",
   "matmul_int8",
   "matmul_int8_stacked",
+  "matmul_weights",
   "matvec_fast",
   "matvec_partials",
   "matvec_partials_emulated",
