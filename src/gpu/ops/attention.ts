@@ -362,7 +362,7 @@ function decodeWorkgroupBytes(
   kvHeads: number,
   flatMergeDims = 1,
   sharedQueries = false,
-  emulatedKeyTotals = false,
+  emulatedShuffles = false,
 ): number {
   const quads = headDim / 8, tileKeys = tileSteps * keyLanes;
   const exchange = Math.max(
@@ -372,9 +372,9 @@ function decodeWorkgroupBytes(
   );
   // decode_attend's exchange, tile_scores, lane_stats and query_tile, then slot_plan, last_arrival and
   // head_lengths
-  // (and the emulated key totals' partials, a vec4 per thread)
+  // (and the emulated shuffles' values, a vec4 per thread)
   return (exchange + tileKeys + 2 * keyLanes + (sharedQueries ? headDim : 1)) * 16 + 16 + 4 + kvHeads * 4 +
-    (emulatedKeyTotals ? keyLanes * quads * 16 : 0);
+    (emulatedShuffles ? keyLanes * quads * 16 : 0);
 }
 
 /** Subgroup size the emulated shuffles stand in for (FlashDecodeOptions.subgroups = "emulated"). */
@@ -641,18 +641,18 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   checkSlice(label, "out", out, qHeads * D * 4);
   const sharedQueries = options.sharedQueries ?? false;
   const subgroups = subgroupParts(gpu, label, D, keyLanes, options.subgroups ?? false);
-  const emulatedTotals = options.subgroups === "emulated";
+  const emulatedShuffles = options.subgroups === "emulated";
   checkWorkgroupMemory(
     gpu,
     label,
-    decodeWorkgroupBytes(D, keyLanes, tileSteps, kv.kvHeads, 1, sharedQueries, emulatedTotals),
+    decodeWorkgroupBytes(D, keyLanes, tileSteps, kv.kvHeads, 1, sharedQueries, emulatedShuffles),
   );
   // The flat merge's sums per pass: all 8 where the workgroup memory allows, else 4, 2 or 1.
   const flat = options.laneMerge === "flat";
   let flatMergeDims = flat ? 8 : 1;
   while (
     flatMergeDims > 1 &&
-    decodeWorkgroupBytes(D, keyLanes, tileSteps, kv.kvHeads, flatMergeDims, sharedQueries, emulatedTotals) >
+    decodeWorkgroupBytes(D, keyLanes, tileSteps, kv.kvHeads, flatMergeDims, sharedQueries, emulatedShuffles) >
       gpu.limits.maxComputeWorkgroupStorageSize
   ) {
     flatMergeDims /= 2;
