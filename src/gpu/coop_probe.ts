@@ -43,7 +43,7 @@ export interface CoopMatrixProbe {
 }
 
 /** Four 16 × 16 matrices of small integers (exact in f16, their products exact in f32), A0 B0 A1 B1. */
-function probeMatrices(): Float32Array<ArrayBuffer> {
+export function probeMatrices(): Float32Array<ArrayBuffer> {
   const m = new Float32Array(4 * 256);
   for (let q = 0; q < 4; q++) {
     for (let i = 0; i < 16; i++) {
@@ -66,6 +66,41 @@ function product(m: Float32Array, ao: number, bo: number): Float32Array {
   return out;
 }
 
+/** The probe's input: four 16 × 16 matrices, A0 B0 A1 B1. */
+const PROBE_INPUT = probeMatrices();
+
+/**
+ * What the probe's output `got` (two 16 × 16 products) says: A·B means `coopLoadT` / `coopStoreT` are the
+ * row-major builtins, B·A that `coopLoad` / `coopStore` are; anything else, no support.
+ */
+export function readProbe(got: Float32Array): CoopMatrixProbe {
+  const ab = [product(PROBE_INPUT, 0, 256), product(PROBE_INPUT, 512, 768)];
+  const ba = [product(PROBE_INPUT, 256, 0), product(PROBE_INPUT, 768, 512)];
+  if (equal(got, 0, ab[0]) && equal(got, 256, ab[1])) {
+    return {
+      support: {
+        emulated: false,
+        loadRowMajor: "coopLoadT",
+        loadColMajor: "coopLoad",
+        storeRowMajor: "coopStoreT",
+      },
+      reason: "cooperative matrices: coopLoadT / coopStoreT are row-major",
+    };
+  }
+  if (equal(got, 0, ba[0]) && equal(got, 256, ba[1])) {
+    return {
+      support: {
+        emulated: false,
+        loadRowMajor: "coopLoad",
+        loadColMajor: "coopLoadT",
+        storeRowMajor: "coopStore",
+      },
+      reason: "cooperative matrices: coopLoad / coopStore are row-major",
+    };
+  }
+  return { reason: "the cooperative-matrix probe computed a wrong product (not used)" };
+}
+
 function equal(got: Float32Array, offset: number, want: Float32Array): boolean {
   return want.every((v, i) => got[offset + i] === v);
 }
@@ -81,7 +116,6 @@ export async function probeCoopMatrix(device: GPUDevice): Promise<CoopMatrixProb
     "{{STORE}}",
     "coopStoreT",
   );
-  const input = probeMatrices();
   device.pushErrorScope("validation");
   let pipeline: GPUComputePipeline;
   try {
@@ -101,8 +135,8 @@ export async function probeCoopMatrix(device: GPUDevice): Promise<CoopMatrixProb
   }
 
   const usage = 0x80 /* STORAGE */ | 0x08 /* COPY_DST */ | 0x04; /* COPY_SRC */
-  const src = device.createBuffer({ label: "coop_probe src", size: input.byteLength, usage });
-  device.queue.writeBuffer(src, 0, input);
+  const src = device.createBuffer({ label: "coop_probe src", size: PROBE_INPUT.byteLength, usage });
+  device.queue.writeBuffer(src, 0, PROBE_INPUT);
   const dst = device.createBuffer({ label: "coop_probe dst", size: 512 * 4, usage });
   const staging = device.createBuffer({ size: 512 * 4, usage: 0x01 /* MAP_READ */ | 0x08 /* COPY_DST */ });
   try {
@@ -126,31 +160,7 @@ export async function probeCoopMatrix(device: GPUDevice): Promise<CoopMatrixProb
     await staging.mapAsync(0x0001 /* READ */);
     const got = new Float32Array(staging.getMappedRange().slice(0));
     staging.unmap();
-    const ab = [product(input, 0, 256), product(input, 512, 768)];
-    const ba = [product(input, 256, 0), product(input, 768, 512)];
-    if (equal(got, 0, ab[0]) && equal(got, 256, ab[1])) {
-      return {
-        support: {
-          emulated: false,
-          loadRowMajor: "coopLoadT",
-          loadColMajor: "coopLoad",
-          storeRowMajor: "coopStoreT",
-        },
-        reason: "cooperative matrices: coopLoadT / coopStoreT are row-major",
-      };
-    }
-    if (equal(got, 0, ba[0]) && equal(got, 256, ba[1])) {
-      return {
-        support: {
-          emulated: false,
-          loadRowMajor: "coopLoad",
-          loadColMajor: "coopLoadT",
-          storeRowMajor: "coopStore",
-        },
-        reason: "cooperative matrices: coopLoad / coopStore are row-major",
-      };
-    }
-    return { reason: "the cooperative-matrix probe computed a wrong product (not used)" };
+    return readProbe(got);
   } catch (e) {
     return { reason: `the cooperative-matrix probe failed: ${firstLine(e)}` };
   } finally {
