@@ -177,7 +177,7 @@ const { values } = benchFlags(import.meta.url, () =>
     },
   }));
 
-const gpu = await getGpu({ profile: true });
+const gpu = await getGpu({ profile: true, coopMatrix: values["coop-prefill"] === true });
 const slow = gpu.isFallback;
 const list = (s: string | undefined, fallback: string) =>
   (s ?? fallback).split(",").map((x) => x.trim()).filter(Boolean);

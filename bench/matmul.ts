@@ -157,7 +157,8 @@ if (!Array.isArray(tunings) || !tunings.every((t) => typeof t === "object" && t 
 const minBytes = Number(values["min-mb"] ?? (quick ? 1 : 128)) * 1e6;
 const outPath = values.out ?? "out/matmul.json";
 
-const gpu = await getGpu({ profile: true });
+// Cooperative matrices are opened (and probed) only when a tuning asks for them.
+const gpu = await getGpu({ profile: true, coopMatrix: tunings.some((t) => t.coop === true) });
 // A tuning with an unknown field or value fails here, before any weight is uploaded.
 for (const t of tunings) {
   if (t.int8) continue;

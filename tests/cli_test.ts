@@ -1,6 +1,6 @@
 import { deepEqual, equal, match, ok } from "node:assert/strict";
 import { fixture, fixtureTest } from "./fixtures.ts";
-import { getGpu } from "../src/gpu/device.ts";
+import { Gpu } from "../src/gpu/device.ts";
 
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
 
@@ -216,7 +216,10 @@ Deno.test("cli: run --f32-prefill / --f32-decode / --coop-prefill on a quantised
     equal(JSON.parse(byDefault.stdout).generated.length, 4);
     // Prefill on cooperative matrices: runs where the GPU has working ones, else one line naming the flag.
     const coop = await runCli([...args, "--coop-prefill"]);
-    if ((await getGpu()).coopMatrix) {
+    const probe = await Gpu.create({ coopMatrix: true });
+    const hasCoop = probe.coopMatrix !== undefined;
+    probe.destroy();
+    if (hasCoop) {
       equal(coop.code, 0, coop.stderr);
       equal(JSON.parse(coop.stdout).generated.length, 4);
     } else {

@@ -12,20 +12,25 @@ Deno.test("gpu: a specialised kernel runs and every output element is written", 
   for (let i = 0; i < n; i++) assertEquals(got[i], Math.fround(a[i] * 2 + i));
 });
 
-Deno.test("gpu: the cooperative-matrix note says how they are used or why not, and off means off", async () => {
-  const gpu = await getGpu();
-  ok(gpu.coopMatrixNote.length > 0 && !gpu.coopMatrixNote.includes("\n"), gpu.coopMatrixNote);
-  if (gpu.coopMatrix) {
-    // Found by the probe: the hardware's fragments, with one row-major and one column-major load.
-    ok(!gpu.coopMatrix.emulated, JSON.stringify(gpu.coopMatrix));
-    ok(gpu.coopMatrix.loadRowMajor !== gpu.coopMatrix.loadColMajor, JSON.stringify(gpu.coopMatrix));
-  }
-  const off = await Gpu.create({ disableCoopMatrix: true });
+Deno.test("gpu: cooperative matrices only when asked; the note says how they are used or why not", async () => {
+  const asked = await Gpu.create({ coopMatrix: true });
   try {
-    assertEquals(off.coopMatrix, undefined);
-    assertEquals(off.coopMatrixNote, "cooperative matrices are turned off");
+    ok(asked.coopMatrixNote.length > 0 && !asked.coopMatrixNote.includes("\n"), asked.coopMatrixNote);
+    if (asked.coopMatrix) {
+      // Found by the probe: the hardware's fragments, with one row-major and one column-major load.
+      ok(!asked.coopMatrix.emulated, JSON.stringify(asked.coopMatrix));
+      ok(asked.coopMatrix.loadRowMajor !== asked.coopMatrix.loadColMajor, JSON.stringify(asked.coopMatrix));
+      ok(asked.device.features.has("wgpu-cooperative-matrix" as GPUFeatureName));
+    }
   } finally {
-    off.destroy();
+    asked.destroy();
+  }
+  const plain = await Gpu.create();
+  try {
+    assertEquals(plain.coopMatrix, undefined);
+    assertEquals(plain.coopMatrixNote, "cooperative matrices not requested (the coop prefill asks for them)");
+  } finally {
+    plain.destroy();
   }
 });
 
@@ -35,7 +40,7 @@ Deno.test("gpu: subgroups are on where the adapter offers them, with their sizes
     ok(gpu.device.features.has("subgroups"), "subgroups reported but not on the device");
     ok(gpu.subgroups.minSize <= gpu.subgroups.maxSize, JSON.stringify(gpu.subgroups));
   }
-  const off = await Gpu.create({ disableSubgroups: true, disableCoopMatrix: true });
+  const off = await Gpu.create({ disableSubgroups: true });
   try {
     assertEquals(off.subgroups, undefined);
     ok(!off.device.features.has("subgroups"));

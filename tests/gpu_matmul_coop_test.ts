@@ -56,7 +56,7 @@ const CASES = [
 ];
 
 Deno.test("gpu matmul coop: cooperative-matrix products (entry main) match the f16-rounded CPU product", async () => {
-  const gpu = await getGpu();
+  const gpu = await getGpu({ coopMatrix: true });
   if (!gpu.hasF16) return; // no shader-f16: matmulShape refuses coop (tested below)
   const shape = matmulShape(gpu, "mm", 64, 1, TUNING);
   ok(shape.coop && shape.tileTokens === 64, JSON.stringify(shape));
@@ -87,7 +87,7 @@ Deno.test("gpu matmul coop: cooperative-matrix products (entry main) match the f
 });
 
 Deno.test("gpu matmul coop: Q, K and V in one dispatch (entry qkv)", async () => {
-  const gpu = await getGpu();
+  const gpu = await getGpu({ coopMatrix: true });
   if (!gpu.hasF16) return;
   const rows = [130, 33, 17];
   const [cols, m] = [160, 67];
@@ -117,7 +117,7 @@ Deno.test("gpu matmul coop: Q, K and V in one dispatch (entry qkv)", async () =>
 });
 
 Deno.test("gpu matmul coop: fused gate/up + SwiGLU (entry swiglu)", async () => {
-  const gpu = await getGpu();
+  const gpu = await getGpu({ coopMatrix: true });
   if (!gpu.hasF16) return;
   const silu = (v: number) => v / (1 + Math.exp(-v));
   for (const [rows, cols, m, tiles] of [[70, 96, 37, 64], [200, 64, 65, 128], [130, 48, 150, 64]]) {
@@ -158,7 +158,7 @@ Deno.test("gpu matmul coop: fused gate/up + SwiGLU (entry swiglu)", async () => 
 });
 
 Deno.test("gpu matmul coop: the tuning is checked, and both tile sizes fit 32 KiB of workgroup memory", async () => {
-  const gpu = await getGpu();
+  const gpu = await getGpu({ coopMatrix: true });
   // Both tile sizes fit lavapipe's 32 KiB of workgroup memory, so both are tested there.
   for (const t of [64, 128]) ok(coopMatmulWorkgroupBytes(t) <= 32768, `${coopMatmulWorkgroupBytes(t)} bytes`);
   throws(

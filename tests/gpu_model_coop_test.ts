@@ -12,7 +12,7 @@ import { relativeError } from "./gpu_ops_helpers.ts";
 
 for (const type of ["q4_k_m"] as const) {
   Deno.test(`gpu model: cooperative-matrix prefill of a ${type} model stays near the CPU reference`, async () => {
-    const gpu = await getGpu();
+    const gpu = await getGpu({ coopMatrix: true });
     if (!gpu.hasF16) return; // the tiles are f16
     const dir = await Deno.makeTempDir();
     try {
@@ -53,7 +53,7 @@ for (const type of ["q4_k_m"] as const) {
 }
 
 Deno.test("gpu model: coopPrefill true without working cooperative matrices is a one-line error", async () => {
-  const gpu = await getGpu();
+  const gpu = await getGpu({ coopMatrix: true });
   if (gpu.coopMatrix) return;
   const dir = await Deno.makeTempDir();
   try {

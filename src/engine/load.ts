@@ -140,7 +140,10 @@ export async function loadModel(path: string, options: LoadOptions = {}): Promis
     let profiler: GpuProfiler | undefined;
     if (choice !== "cpu") {
       try {
-        const gpu = await getGpu({ profile: options.profile === true });
+        const gpu = await getGpu({
+          profile: options.profile === true,
+          coopMatrix: options.coopPrefill === true,
+        });
         if (options.profile) profiler = new GpuProfiler(gpu);
         progress(`loading ${path} on ${gpu.description}`);
         backend = await GpuBackend.load(gpu, file, hparams, {

@@ -20,8 +20,12 @@ export interface GpuOptions {
   profile?: boolean;
   /** Refuse `shader-f16` even when present (tests the f32 fallbacks). */
   disableF16?: boolean;
-  /** Leave cooperative matrices (the GPU's matrix units) off even when the adapter offers them. */
-  disableCoopMatrix?: boolean;
+  /**
+   * Ask for cooperative matrices (the GPU's matrix units; wgpu's experimental `wgpu-cooperative-matrix`)
+   * where the adapter offers them, and probe them once (`./coop_probe.ts`). Default false: only the
+   * cooperative-matrix prefill uses them, and it asks.
+   */
+  coopMatrix?: boolean;
   /** Leave WGSL's `subgroups` off even when the adapter offers them. */
   disableSubgroups?: boolean;
 }
@@ -299,12 +303,12 @@ export class Gpu {
 }
 
 /**
- * Why cooperative matrices are not tried on `adapter` (one line), or undefined when they are: the
- * adapter must offer them, f16 must be on, and its subgroups must be 32 wide (the kernels take invocations
- * 32s .. 32s + 31 of a workgroup to be one subgroup).
+ * Why cooperative matrices are not tried on `adapter` (one line), or undefined when they are: the caller
+ * must ask for them (`GpuOptions.coopMatrix`), the adapter offer them, f16 be on, and its subgroups be 32
+ * wide (the kernels take invocations 32s .. 32s + 31 of a workgroup to be one subgroup).
  */
 function coopMatrixBlocker(adapter: GPUAdapter, options: GpuOptions, f16: boolean): string | undefined {
-  if (options.disableCoopMatrix) return "cooperative matrices are turned off";
+  if (!options.coopMatrix) return "cooperative matrices not requested (the coop prefill asks for them)";
   if (!adapter.features.has(COOP_MATRIX_FEATURE)) return `this GPU does not offer ${COOP_MATRIX_FEATURE}`;
   if (!f16) return "cooperative matrices need shader-f16, which is off";
   const info = adapter.info as GPUAdapterInfo & { subgroupMinSize?: number; subgroupMaxSize?: number };
@@ -331,7 +335,10 @@ function quietWindowSystemProbe(): void {
 
 let shared: Promise<Gpu> | undefined;
 
-/** The process-wide {@link Gpu}, created on first use. */
+/**
+ * The process-wide {@link Gpu}, created on first use with the first caller's options (later callers get
+ * the same device, whatever they ask).
+ */
 export function getGpu(options: GpuOptions = {}): Promise<Gpu> {
   shared ??= Gpu.create(options).catch((e) => {
     shared = undefined;
