@@ -28,7 +28,7 @@ Deno.test("gpu: cooperative matrices only when asked; the note says how they are
   const plain = await Gpu.create();
   try {
     assertEquals(plain.coopMatrix, undefined);
-    assertEquals(plain.coopMatrixNote, "cooperative matrices not requested (the coop prefill asks for them)");
+    assertEquals(plain.coopMatrixNote, "cooperative matrices not requested");
   } finally {
     plain.destroy();
   }

@@ -308,7 +308,7 @@ export class Gpu {
  * wide (the kernels take invocations 32s .. 32s + 31 of a workgroup to be one subgroup).
  */
 function coopMatrixBlocker(adapter: GPUAdapter, options: GpuOptions, f16: boolean): string | undefined {
-  if (!options.coopMatrix) return "cooperative matrices not requested (the coop prefill asks for them)";
+  if (!options.coopMatrix) return "cooperative matrices not requested";
   if (!adapter.features.has(COOP_MATRIX_FEATURE)) return `this GPU does not offer ${COOP_MATRIX_FEATURE}`;
   if (!f16) return "cooperative matrices need shader-f16, which is off";
   const info = adapter.info as GPUAdapterInfo & { subgroupMinSize?: number; subgroupMaxSize?: number };
