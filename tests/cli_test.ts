@@ -27,7 +27,7 @@ function assertOneLineError(r: { code: number; stderr: string }, code: number, p
 Deno.test("cli: --help lists every command; unknown command and flags are one-line errors", async () => {
   const help = await runCli(["--help"]);
   equal(help.code, 0);
-  for (const c of ["run", "chat", "info", "tokenize", "synth", "demo", "gate"]) {
+  for (const c of ["run", "chat", "info", "gpu", "tokenize", "synth", "demo", "gate", "batch"]) {
     match(help.stdout, new RegExp(`\\b${c}\\b`));
   }
   assertOneLineError(await runCli(["frobnicate"]), 2, /unknown command "frobnicate"/);
@@ -37,9 +37,26 @@ Deno.test("cli: --help lists every command; unknown command and flags are one-li
     2,
     /--n-predict: "many" is not an integer/,
   );
-  for (const c of ["run", "chat", "info", "tokenize", "synth", "demo", "gate"]) {
+  for (const c of ["run", "chat", "info", "gpu", "tokenize", "synth", "demo", "gate", "batch"]) {
     equal((await runCli([c, "--help"])).code, 0);
   }
+});
+
+Deno.test("cli: gpu describes the device (features, subgroups, matrix units, limits) as text or JSON", async () => {
+  const text = await runCli(["gpu"]);
+  equal(text.code, 0, text.stderr);
+  for (const key of ["adapter", "shader-f16", "subgroups", "matrix units", "workgroups"]) {
+    match(text.stdout, new RegExp(`^${key}: `, "m"));
+  }
+  const json = await runCli(["gpu", "--json"]);
+  equal(json.code, 0, json.stderr);
+  const info = JSON.parse(json.stdout);
+  equal(typeof info.adapter, "string");
+  equal(typeof info.shader_f16, "boolean");
+  ok(info.limits.max_compute_workgroup_storage_size >= 16384, JSON.stringify(info.limits));
+  // The matrix units were probed (or the reason why not is given).
+  ok(info.matrix_units !== null || info.matrix_units_note.length > 0, json.stdout);
+  assertOneLineError(await runCli(["gpu", "--bogus"]), 2, /unknown flag --bogus/);
 });
 
 Deno.test("cli: a missing model file is a one-line error naming it", async () => {

@@ -15,6 +15,7 @@ import { demoCommand } from "./demo.ts";
 import { chatCommand } from "./chat.ts";
 import { gateCommand } from "./gate.ts";
 import { batchCommand } from "./batch.ts";
+import { gpuCommand } from "./gpu.ts";
 
 /** A subcommand: its one-line summary and its entry point (returns the exit status). */
 export interface Command {
@@ -30,6 +31,7 @@ export const COMMANDS: Record<string, Command> = {
   run: runCommand,
   chat: chatCommand,
   info: infoCommand,
+  gpu: gpuCommand,
   tokenize: tokenizeCommand,
   synth: synthCommand,
   gate: gateCommand,
