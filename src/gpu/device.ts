@@ -145,16 +145,26 @@ export class Gpu {
         opener = (await gpu.requestAdapter({ powerPreference: "high-performance" })) ?? adapter;
       }
     }
+    let subgroupsOpen = subgroupsOn;
     if (device === undefined) {
       try {
         device = await opener.requestDevice({ requiredFeatures: wanted, requiredLimits });
       } catch (e) {
-        throw new DeviceError(`could not open the WebGPU device: ${(e as Error).message}`);
+        if (!subgroupsOn) throw new DeviceError(`could not open the WebGPU device: ${(e as Error).message}`);
+        // Subgroups are only an option of a few kernels: a device that will not open with them opens without.
+        const fresh = (await gpu.requestAdapter({ powerPreference: "high-performance" })) ?? adapter;
+        const plain = wanted.filter((f) => f !== "subgroups");
+        try {
+          device = await fresh.requestDevice({ requiredFeatures: plain, requiredLimits });
+        } catch (e2) {
+          throw new DeviceError(`could not open the WebGPU device: ${(e2 as Error).message}`);
+        }
+        subgroupsOpen = false;
       }
     }
     const description = info.description || info.device || info.vendor || "unknown adapter";
     const fallback = Boolean(info.isFallbackAdapter) || /llvmpipe|lavapipe|swiftshader/i.test(description);
-    const subgroups = subgroupsOn
+    const subgroups = subgroupsOpen && device.features.has("subgroups" as GPUFeatureName)
       ? { minSize: info.subgroupMinSize ?? 0, maxSize: info.subgroupMaxSize ?? 0 }
       : undefined;
     return new Gpu(device, description, fallback, coop, subgroups);
