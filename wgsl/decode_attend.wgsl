@@ -204,7 +204,8 @@ fn attend_tiles(
       let at = (page % pool_pages_per_shard) * (PAGE_TOKENS * head_dim / 4u) + (key % PAGE_TOKENS) * k_quads + lane;
       {{LOAD_QUADS}}
     }
-    // The scores of this thread's key lane's keys of the tile (MASKED for unseen keys).
+    // subgroup_dots: the scores of this thread's key lane's keys of the tile (MASKED for unseen keys),
+    // in registers (never written otherwise, so the compiler drops them).
     var scores: array<vec4f, tile_steps>;
     // @unroll
     for (var u = 0u; u < tile_steps; u++) {
@@ -232,15 +233,15 @@ fn attend_tiles(
         tile_scores[k] = select(vec4f(MASKED), s, key < end_key && key_visible(row, key));
       }
       workgroupBarrier();
-      // @unroll
-      for (var u = 0u; u < tile_steps; u++) { scores[u] = tile_scores[u * key_lanes + key_lane]; }
     }
 
     // 3. Values: the key lane's online softmax over its keys of the tile. Unseen keys weigh 0 and their V
     // quads are replaced by zeros (0 times a stale row could be NaN).
     var tile_max = run_max;
     // @unroll
-    for (var u = 0u; u < tile_steps; u++) { tile_max = max(tile_max, scores[u]); }
+    for (var u = 0u; u < tile_steps; u++) {
+      tile_max = max(tile_max, select(tile_scores[u * key_lanes + key_lane], scores[u], subgroup_dots != 0u));
+    }
     let alpha = exp(run_max - tile_max);
     run_sum *= alpha;
     // @unroll
@@ -248,7 +249,7 @@ fn attend_tiles(
     run_max = tile_max;
     // @unroll
     for (var u = 0u; u < tile_steps; u++) {
-      let s = scores[u];
+      let s = select(tile_scores[u * key_lanes + key_lane], scores[u], subgroup_dots != 0u);
       let w = attend_key_weight(s, run_max);
       run_sum += w;
       attend_accumulate(&sums, w, select(vec4u(0u), v_words[u], any(s > vec4f(MASKED))));
