@@ -31,6 +31,8 @@
  *                        [--decode-splits N]  (decode attention's splits per KV head: "decode-splitsN" rows)
  *                        [--decode-key-lanes N] [--decode-tile-steps N]  (decode attention's key lanes and steps
  *                                               per tile: "decode-lanesN", "decode-stepsN" rows)
+ *                        [--decode-direct-key-lanes N]  (the key lanes of its one-dispatch mode for short
+ *                                                        rows: "decode-direct-lanesN" rows)
  *                        [--decode-lane-merge flat|tree]  (decode attention's merge of its key lanes:
  *                                               "decode-merge-X" rows)
  *                        [--decode-shared-queries]  (decode attention's queries in workgroup memory, not
@@ -156,6 +158,7 @@ const { values } = benchFlags(import.meta.url, () =>
       "direct-keys": { type: "string" },
       "decode-splits": { type: "string" },
       "decode-key-lanes": { type: "string" },
+      "decode-direct-key-lanes": { type: "string" },
       "decode-tile-steps": { type: "string" },
       "decode-lane-merge": { type: "string" },
       "decode-shared-queries": { type: "boolean" },
@@ -244,6 +247,8 @@ const positiveFlag = (name: string): number | undefined => {
   return n;
 };
 const decodeKeyLanes = positiveFlag("decode-key-lanes");
+// --decode-direct-key-lanes N: the direct mode's key lanes (rows named "decode-direct-lanesN").
+const decodeDirectKeyLanes = positiveFlag("decode-direct-key-lanes");
 const decodeTileSteps = positiveFlag("decode-tile-steps");
 // --decode-lane-merge flat|tree: how decode attention's key lanes merge (rows named "decode-merge-X").
 const decodeLaneMerge = values["decode-lane-merge"] as GpuModelOptions["decodeLaneMerge"];
@@ -274,6 +279,7 @@ const decodeAttention: Partial<GpuModelOptions> = {
   fusedDecodeReduce,
   decodeSplits,
   decodeKeyLanes,
+  decodeDirectKeyLanes,
   decodeTileSteps,
   decodeLaneMerge,
   decodeSharedQueries,
@@ -288,6 +294,7 @@ const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? 
   (directKeys !== undefined ? `-direct${directKeys}` : "") + (values["f32-decode"] === true ? "-f32" : "") +
   (decodeSplits !== undefined ? `-splits${decodeSplits}` : "") +
   (decodeKeyLanes !== undefined ? `-lanes${decodeKeyLanes}` : "") +
+  (decodeDirectKeyLanes !== undefined ? `-direct-lanes${decodeDirectKeyLanes}` : "") +
   (decodeTileSteps !== undefined ? `-steps${decodeTileSteps}` : "") +
   (decodeLaneMerge !== undefined ? `-merge-${decodeLaneMerge}` : "") +
   (decodeSharedQueries ? "-shared-queries" : "") +

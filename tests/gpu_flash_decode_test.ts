@@ -31,6 +31,8 @@ interface Case {
   rotateTiles?: boolean;
   /** Run the one-dispatch direct mode (the query at position tokens − 1, directKeys = tokens). */
   direct?: boolean;
+  /** The direct mode's key lanes (default: keyLanes). */
+  directKeyLanes?: number;
   /** The split path's merge: in the partial pass (default) or a reduce pass (false). */
   fusedReduce?: boolean;
 }
@@ -108,7 +110,7 @@ async function checkDecode(c: Case): Promise<void> {
       rotateTiles: c.rotateTiles,
       fusedReduce: c.fusedReduce,
       arrivals,
-      ...(c.direct ? { step, directKeys: tokens } : {}),
+      ...(c.direct ? { step, directKeys: tokens, directKeyLanes: c.directKeyLanes } : {}),
     });
     step.set(1, tokens - 1);
     encoder = gpu.device.createCommandEncoder();
@@ -291,6 +293,47 @@ Deno.test("flash decode: subgroup operations (scores in registers, lanes merged 
   for (const c of cases) await checkDecode({ ...c, subgroups: fits(c) ? true : "emulated" });
 });
 
+Deno.test("flash decode: direct mode with its own key lanes (1, 2, 8), tree and flat merges, subgroups", async () => {
+  const gpu = await getGpu();
+  const cases: Case[] = [
+    { headDim: 64, kvHeads: 2, group: 4, tokens: 1, splits: 4, direct: true, directKeyLanes: 1 },
+    {
+      headDim: 64,
+      kvHeads: 2,
+      group: 4,
+      tokens: 37,
+      cuts: [37, 5],
+      splits: 4,
+      direct: true,
+      directKeyLanes: 2,
+    },
+    { headDim: 128, kvHeads: 1, group: 4, tokens: 300, splits: 3, direct: true, directKeyLanes: 8 },
+    {
+      headDim: 32,
+      kvHeads: 3,
+      group: 2,
+      tokens: 90,
+      cuts: [90, 0, 17],
+      splits: 5,
+      direct: true,
+      directKeyLanes: 8,
+      laneMerge: "flat",
+    },
+    // 4 lanes of 8 threads: one subgroup of 32, merged by shuffles alone.
+    {
+      headDim: 64,
+      kvHeads: 2,
+      group: 4,
+      tokens: 70,
+      splits: 4,
+      direct: true,
+      directKeyLanes: 4,
+      subgroups: gpu.subgroups && gpu.subgroups.minSize >= 8 ? true : "emulated",
+    },
+  ];
+  for (const c of cases) await checkDecode(c);
+});
+
 Deno.test("flash decode: subgroups is refused by name where the GPU cannot take it", async () => {
   const gpu = await getGpu();
   const kv = await KvCache.create(gpu, {
@@ -333,6 +376,13 @@ Deno.test("flash decode: tileSteps must be an integer from 1 to 8, keyLanes with
   // At least 8 key lanes (the split merge's threads), at most the workgroup's threads.
   throws(() => createFlashDecode(gpu, { ...common, keyLanes: 4 }), BadFlagError);
   throws(() => createFlashDecode(gpu, { ...common, keyLanes: 1024 }), BadFlagError);
+  // The direct mode's own lanes: at least 1, 8 with the flat merge (a thread per dimension).
+  const step = new StepParams(gpu, 1);
+  throws(() => createFlashDecode(gpu, { ...common, step, directKeyLanes: 0 }), /directKeyLanes/);
+  throws(
+    () => createFlashDecode(gpu, { ...common, step, directKeyLanes: 4, laneMerge: "flat" }),
+    /directKeyLanes/,
+  );
   // The benchmark's ablations take one of three names.
   throws(() => createFlashDecode(gpu, { ...common, ablate: "merge" as "lanes" }), BadFlagError);
   kv.destroy();

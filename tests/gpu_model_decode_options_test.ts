@@ -47,6 +47,7 @@ Deno.test("gpu model: decode attention's splits, lane merge, query staging and k
           : "emulated",
       },
       { decodeKeyLanes: 8, decodeTileSteps: 2 },
+      { decodeDirectKeys: 384, decodeDirectKeyLanes: 2 }, // the direct mode, 2 key lanes
     ];
     for (const options of shapes) {
       const err = relativeError(await decodeLogits(options), base);

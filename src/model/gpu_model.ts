@@ -224,6 +224,8 @@ export interface GpuModelOptions {
   decodeSplits?: number;
   /** Decode attention's key lanes (see `FlashDecodeOptions.keyLanes`; default by head_dim). */
   decodeKeyLanes?: number;
+  /** Decode attention's key lanes in direct mode (see `FlashDecodeOptions.directKeyLanes`; default as above). */
+  decodeDirectKeyLanes?: number;
   /** Decode attention's merge of its key lanes (see `FlashDecodeOptions.laneMerge`; default "tree"). */
   decodeLaneMerge?: "flat" | "tree";
   /** Decode attention's queries in workgroup memory (see `FlashDecodeOptions.sharedQueries`; default false). */
@@ -894,6 +896,7 @@ export class GpuModel {
             directKeys: options.decodeDirectKeys,
             fusedReduce: options.fusedDecodeReduce,
             keyLanes: options.decodeKeyLanes,
+            directKeyLanes: options.decodeDirectKeyLanes,
             tileSteps: options.decodeTileSteps,
             laneMerge: options.decodeLaneMerge,
             sharedQueries: options.decodeSharedQueries,

@@ -9,7 +9,7 @@
  */
 
 import { BadFlagError, UnsupportedError } from "../../errors.ts";
-import type { Gpu } from "../device.ts";
+import type { Gpu, Kernel } from "../device.ts";
 import { loadShader } from "../shader.ts";
 import {
   layerUniform,
@@ -252,6 +252,12 @@ export interface FlashDecodeOptions extends AttentionOptions {
    */
   directKeys?: number;
   /**
+   * Key lanes of the direct mode's workgroup (see {@link directKeys}), which may differ from the split
+   * path's: short rows have few keys, and fewer lanes mean fewer merge rounds. At least 1 (8 with the flat
+   * merge, whose threads take a dimension each). Default: `keyLanes`.
+   */
+  directKeyLanes?: number;
+  /**
    * Whether the split path merges the splits in the partial pass itself (default true): the last
    * workgroup of each KV head and head batch to finish (counted in `arrivals`) merges the head's splits
    * and writes the outputs, so there is no reduce dispatch. False keeps the separate reduce pass.
@@ -375,6 +381,63 @@ function decodeWorkgroupBytes(
   // (and the emulated shuffles' values, a vec4 per thread)
   return (exchange + tileKeys + 2 * keyLanes + (sharedQueries ? headDim : 1)) * 16 + 16 + 4 + kvHeads * 4 +
     (emulatedShuffles ? keyLanes * quads * 16 : 0);
+}
+
+/**
+ * The direct mode's kernel of `wgsl/flash_decode.wgsl`: the split path's `constants` and `defines` with one
+ * slot per KV head, and its own key lanes where `options.directKeyLanes` asks (with the subgroup constants
+ * and the flat merge's sums per pass that follow from them), checked against the workgroup memory.
+ */
+function directDecodeKernel(
+  gpu: Gpu,
+  label: string,
+  options: FlashDecodeOptions,
+  constants: Record<string, number>,
+  defines: Record<string, string>,
+  split: { keyLanes: number; tileSteps: number; kvHeads: number },
+): Kernel {
+  const lanes = options.directKeyLanes ?? split.keyLanes;
+  if (lanes === split.keyLanes) {
+    return gpu.kernel("flash_decode", { ...constants, splits: 1, direct: 1 }, defines);
+  }
+  const D = constants.head_dim;
+  const flat = options.laneMerge === "flat";
+  checkInt(
+    label,
+    "directKeyLanes",
+    lanes,
+    flat ? 8 : 1,
+    Math.floor(gpu.limits.maxComputeInvocationsPerWorkgroup / (D / 8)),
+  );
+  const subgroups = subgroupParts(gpu, label, D, lanes, options.subgroups ?? false);
+  const emulated = options.subgroups === "emulated";
+  const bytes = (dims: number) =>
+    decodeWorkgroupBytes(
+      D,
+      lanes,
+      split.tileSteps,
+      split.kvHeads,
+      dims,
+      options.sharedQueries ?? false,
+      emulated,
+    );
+  checkWorkgroupMemory(gpu, label, bytes(1));
+  let flatMergeDims = flat ? 8 : 1;
+  while (flatMergeDims > 1 && bytes(flatMergeDims) > gpu.limits.maxComputeWorkgroupStorageSize) {
+    flatMergeDims /= 2;
+  }
+  return gpu.kernel(
+    "flash_decode",
+    {
+      ...constants,
+      ...subgroups.constants,
+      splits: 1,
+      direct: 1,
+      key_lanes: lanes,
+      flat_merge_dims: flatMergeDims,
+    },
+    { ...defines, ...subgroups.defines },
+  );
 }
 
 /** Subgroup size the emulated shuffles stand in for (FlashDecodeOptions.subgroups = "emulated"). */
@@ -707,7 +770,11 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   checkInt(label, "directKeys", directKeys, 0);
   if (options.directKeys && !step) throw new BadFlagError(`${label}: directKeys needs the step parameters`);
   const directKernel = directKeys > 0
-    ? gpu.kernel("flash_decode", { ...constants, splits: 1, direct: 1 }, defines, "main")
+    ? directDecodeKernel(gpu, label, options, constants, defines, {
+      keyLanes,
+      tileSteps,
+      kvHeads: kv.kvHeads,
+    })
     : undefined;
   const layerParams = layerUniform(gpu, label, layer);
   // The partial pass and the direct mode bind the same buffers (direct mode leaves `partials` unused).
