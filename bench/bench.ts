@@ -33,6 +33,8 @@
  *                                               per tile: "decode-lanesN", "decode-stepsN" rows)
  *                        [--decode-direct-key-lanes N]  (the key lanes of its one-dispatch mode for short
  *                                                        rows: "decode-direct-lanesN" rows)
+ *                        [--decode-prefetch-tiles]  (decode attention loads each tile's K/V during the tile
+ *                                                    before: "decode-prefetch-tiles" rows)
  *                        [--decode-lane-merge flat|tree]  (decode attention's merge of its key lanes:
  *                                               "decode-merge-X" rows)
  *                        [--decode-shared-queries]  (decode attention's queries in workgroup memory, not
@@ -159,6 +161,7 @@ const { values } = benchFlags(import.meta.url, () =>
       "decode-splits": { type: "string" },
       "decode-key-lanes": { type: "string" },
       "decode-direct-key-lanes": { type: "string" },
+      "decode-prefetch-tiles": { type: "boolean" },
       "decode-tile-steps": { type: "string" },
       "decode-lane-merge": { type: "string" },
       "decode-shared-queries": { type: "boolean" },
@@ -249,6 +252,9 @@ const positiveFlag = (name: string): number | undefined => {
 const decodeKeyLanes = positiveFlag("decode-key-lanes");
 // --decode-direct-key-lanes N: the direct mode's key lanes (rows named "decode-direct-lanesN").
 const decodeDirectKeyLanes = positiveFlag("decode-direct-key-lanes");
+// --decode-prefetch-tiles: decode attention loads each tile's K/V during the tile before (rows named
+// "decode-prefetch-tiles").
+const decodePrefetchTiles = values["decode-prefetch-tiles"] ? true : undefined;
 const decodeTileSteps = positiveFlag("decode-tile-steps");
 // --decode-lane-merge flat|tree: how decode attention's key lanes merge (rows named "decode-merge-X").
 const decodeLaneMerge = values["decode-lane-merge"] as GpuModelOptions["decodeLaneMerge"];
@@ -280,6 +286,7 @@ const decodeAttention: Partial<GpuModelOptions> = {
   decodeSplits,
   decodeKeyLanes,
   decodeDirectKeyLanes,
+  decodePrefetchTiles,
   decodeTileSteps,
   decodeLaneMerge,
   decodeSharedQueries,
@@ -295,6 +302,7 @@ const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? 
   (decodeSplits !== undefined ? `-splits${decodeSplits}` : "") +
   (decodeKeyLanes !== undefined ? `-lanes${decodeKeyLanes}` : "") +
   (decodeDirectKeyLanes !== undefined ? `-direct-lanes${decodeDirectKeyLanes}` : "") +
+  (decodePrefetchTiles ? "-prefetch-tiles" : "") +
   (decodeTileSteps !== undefined ? `-steps${decodeTileSteps}` : "") +
   (decodeLaneMerge !== undefined ? `-merge-${decodeLaneMerge}` : "") +
   (decodeSharedQueries ? "-shared-queries" : "") +

@@ -33,6 +33,8 @@ interface Case {
   direct?: boolean;
   /** The direct mode's key lanes (default: keyLanes). */
   directKeyLanes?: number;
+  /** Each tile's K/V loaded during the tile before. */
+  prefetchTiles?: boolean;
   /** The split path's merge: in the partial pass (default) or a reduce pass (false). */
   fusedReduce?: boolean;
 }
@@ -107,6 +109,7 @@ async function checkDecode(c: Case): Promise<void> {
       laneMerge: c.laneMerge,
       sharedQueries: c.sharedQueries,
       subgroups: c.subgroups,
+      prefetchTiles: c.prefetchTiles,
       rotateTiles: c.rotateTiles,
       fusedReduce: c.fusedReduce,
       arrivals,
@@ -332,6 +335,36 @@ Deno.test("flash decode: direct mode with its own key lanes (1, 2, 8), tree and 
     },
   ];
   for (const c of cases) await checkDecode(c);
+});
+
+Deno.test("flash decode: the next tile's K/V loaded during the current one (prefetchTiles), several tiles", async () => {
+  const gpu = await getGpu();
+  const cases: Case[] = [
+    // Several tiles per split, wrapping around from the rotated start; rows ending inside a tile.
+    { headDim: 128, kvHeads: 2, group: 4, tokens: 1120, cuts: [1120, 700], splits: 3, tileSteps: 2 },
+    { headDim: 64, kvHeads: 2, group: 4, tokens: 900, cuts: [900, 1], splits: 2, tileSteps: 1, keyLanes: 8 },
+    {
+      headDim: 32,
+      kvHeads: 3,
+      group: 2,
+      tokens: 333,
+      cuts: [333, 0, 17],
+      splits: 1,
+      direct: true,
+      tileSteps: 1,
+    },
+    { headDim: 64, kvHeads: 1, group: 4, tokens: 600, splits: 2, tileSteps: 1, laneMerge: "flat" },
+    {
+      headDim: 64,
+      kvHeads: 2,
+      group: 4,
+      tokens: 700,
+      splits: 2,
+      tileSteps: 2,
+      subgroups: gpu.subgroups && gpu.subgroups.minSize >= 8 ? true : "emulated",
+    },
+  ];
+  for (const c of cases) await checkDecode({ ...c, prefetchTiles: true });
 });
 
 Deno.test("flash decode: subgroups is refused by name where the GPU cannot take it", async () => {

@@ -63,12 +63,13 @@ Deno.test(`wgsl (naga ${nagaVersion}): the cooperative-matrix probe compiles in 
   }
 });
 
-Deno.test(`wgsl (naga ${nagaVersion}): decode attention with subgroup shuffles compiles`, () => {
+Deno.test(`wgsl (naga ${nagaVersion}): decode attention with subgroup shuffles (and tile prefetch) compiles`, () => {
   for (const [headDim, shards] of [[64, 1], [128, 3]]) {
     const code = prepared(includeShaders(loadShader("flash_decode")), {
       SHUFFLE: loadShader("decode_shuffle"),
       POOL: poolQuadShaderSource(shards),
       LOAD_QUADS: poolQuadLoadSource(shards),
+      LOAD_QUADS_NEXT: poolQuadLoadSource(shards, "next"),
     }, {
       head_dim: headDim,
       k_quads: headDim / 8,
@@ -81,6 +82,7 @@ Deno.test(`wgsl (naga ${nagaVersion}): decode attention with subgroup shuffles c
       fused_reduce: 1,
       subgroup_dots: 1,
       subgroup_lanes: 32 / (headDim / 8),
+      prefetch_tiles: 1,
     });
     const error = compileError(code);
     ok(error === undefined, `flash_decode head_dim ${headDim}, ${shards} shards:\n${error}`);

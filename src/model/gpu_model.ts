@@ -226,6 +226,8 @@ export interface GpuModelOptions {
   decodeKeyLanes?: number;
   /** Decode attention's key lanes in direct mode (see `FlashDecodeOptions.directKeyLanes`; default as above). */
   decodeDirectKeyLanes?: number;
+  /** Decode attention's next-tile loads during the current tile (`FlashDecodeOptions.prefetchTiles`; default false). */
+  decodePrefetchTiles?: boolean;
   /** Decode attention's merge of its key lanes (see `FlashDecodeOptions.laneMerge`; default "tree"). */
   decodeLaneMerge?: "flat" | "tree";
   /** Decode attention's queries in workgroup memory (see `FlashDecodeOptions.sharedQueries`; default false). */
@@ -897,6 +899,7 @@ export class GpuModel {
             fusedReduce: options.fusedDecodeReduce,
             keyLanes: options.decodeKeyLanes,
             directKeyLanes: options.decodeDirectKeyLanes,
+            prefetchTiles: options.decodePrefetchTiles,
             tileSteps: options.decodeTileSteps,
             laneMerge: options.decodeLaneMerge,
             sharedQueries: options.decodeSharedQueries,

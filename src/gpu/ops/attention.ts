@@ -252,6 +252,13 @@ export interface FlashDecodeOptions extends AttentionOptions {
    */
   directKeys?: number;
   /**
+   * Whether each thread loads the K and V quads of its next tile while it works on the current one (true),
+   * so their latency overlaps that tile's arithmetic: rows of several tiles per split (the 8B shape from
+   * about 4K keys on), at the cost of a second set of K/V registers. Default false. Tested, not yet measured
+   * on a GPU.
+   */
+  prefetchTiles?: boolean;
+  /**
    * Key lanes of the direct mode's workgroup (see {@link directKeys}), which may differ from the split
    * path's: short rows have few keys, and fewer lanes mean fewer merge rounds. At least 1 (8 with the flat
    * merge, whose threads take a dimension each). Default: `keyLanes`.
@@ -547,15 +554,16 @@ function poolShardSwitch(
 
 /**
  * WGSL statements for `wgsl/decode_attend.wgsl`'s LOAD_QUADS (in `wgsl/flash_decode.wgsl`): the K quad and
- * the V quad at quad `at` of page `page`'s halves, into the kernel's `k_words[u]` and `v_words[u]`. Spliced
+ * the V quad at quad `at` of page `page`'s halves, into the kernel's `k_words[u]` and `v_words[u]` (with
+ * `into` "next": `k_next[u]` and `v_next[u]`, LOAD_QUADS_NEXT, the prefetch of the next tile). Spliced
  * into the kernel body (inside its unrolled step loop) rather than called, so the arrays stay in registers
  * and all loads of a tile can be in flight together; with several shards the page's shard is chosen once
  * around both loads.
  */
-export function poolQuadLoadSource(shardCount: number): string {
+export function poolQuadLoadSource(shardCount: number, into: "words" | "next" = "words"): string {
   return poolShardSwitch(shardCount, "page", "", (shard) => [
-    `k_words[u] = ${shard}[at];`,
-    `v_words[u] = ${shard}[at + PAGE_TOKENS * head_dim / 8u];`,
+    `k_${into}[u] = ${shard}[at];`,
+    `v_${into}[u] = ${shard}[at + PAGE_TOKENS * head_dim / 8u];`,
   ]).join("\n");
 }
 
@@ -740,6 +748,7 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
     flat_merge: flat ? 1 : 0,
     flat_merge_dims: flatMergeDims,
     shared_queries: sharedQueries ? 1 : 0,
+    prefetch_tiles: options.prefetchTiles ? 1 : 0,
     ...subgroups.constants,
     ...mask.constants,
   };
@@ -752,6 +761,7 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   const defines = {
     POOL: poolQuadShaderSource(kv.shards.length),
     LOAD_QUADS: poolQuadLoadSource(kv.shards.length),
+    LOAD_QUADS_NEXT: poolQuadLoadSource(kv.shards.length, "next"),
     ...subgroups.defines,
   };
   const fusedReduce = options.fusedReduce ?? true;
