@@ -35,6 +35,8 @@ interface Case {
   directKeyLanes?: number;
   /** Each tile's K/V loaded during the tile before. */
   prefetchTiles?: boolean;
+  /** Every row holds `tokens` keys: the slots planned from the position (no cuts with this). */
+  uniformRows?: boolean;
   /** The split path's merge: in the partial pass (default) or a reduce pass (false). */
   fusedReduce?: boolean;
 }
@@ -114,6 +116,7 @@ async function checkDecode(c: Case): Promise<void> {
       fusedReduce: c.fusedReduce,
       arrivals,
       ...(c.direct ? { step, directKeys: tokens, directKeyLanes: c.directKeyLanes } : {}),
+      ...(c.uniformRows ? { step, uniformRows: true } : {}),
     });
     step.set(1, tokens - 1);
     encoder = gpu.device.createCommandEncoder();
@@ -367,6 +370,17 @@ Deno.test("flash decode: the next tile's K/V loaded during the current one (pref
   for (const c of cases) await checkDecode({ ...c, prefetchTiles: true });
 });
 
+Deno.test("flash decode: rows of one length planned from the position (uniformRows), split and direct", async () => {
+  const cases: Case[] = [
+    { headDim: 128, kvHeads: 8, group: 4, tokens: 700, splits: 3 }, // slots 24 over 8 heads
+    { headDim: 64, kvHeads: 3, group: 4, tokens: 1120, splits: 7 }, // 21 slots: uneven shares
+    { headDim: 64, kvHeads: 2, group: 4, tokens: 33, splits: 32 }, // more slots than pages
+    { headDim: 32, kvHeads: 4, group: 2, tokens: 1, splits: 2 }, // one key
+    { headDim: 64, kvHeads: 2, group: 4, tokens: 300, splits: 4, direct: true },
+  ];
+  for (const c of cases) await checkDecode({ ...c, uniformRows: true });
+});
+
 Deno.test("flash decode: subgroups is refused by name where the GPU cannot take it", async () => {
   const gpu = await getGpu();
   const kv = await KvCache.create(gpu, {
@@ -412,6 +426,7 @@ Deno.test("flash decode: tileSteps must be an integer from 1 to 8, keyLanes with
   // The direct mode's own lanes: at least 1, 8 with the flat merge (a thread per dimension).
   const step = new StepParams(gpu, 1);
   throws(() => createFlashDecode(gpu, { ...common, step, directKeyLanes: 0 }), /directKeyLanes/);
+  throws(() => createFlashDecode(gpu, { ...common, uniformRows: true }), /uniformRows needs the step/);
   throws(
     () => createFlashDecode(gpu, { ...common, step, directKeyLanes: 4, laneMerge: "flat" }),
     /directKeyLanes/,

@@ -49,6 +49,8 @@ Deno.test("gpu model: decode attention's splits, lane merge, query staging and k
       { decodeKeyLanes: 8, decodeTileSteps: 2 },
       { decodeDirectKeys: 384, decodeDirectKeyLanes: 2 }, // the direct mode, 2 key lanes
       { decodePrefetchTiles: true, decodeTileSteps: 1, decodeKeyLanes: 8 }, // several tiles per split
+      { decodeUniformRows: true },
+      { decodeUniformRows: true, decodeDirectKeys: 384 },
     ];
     for (const options of shapes) {
       const err = relativeError(await decodeLogits(options), base);

@@ -83,6 +83,7 @@ Deno.test(`wgsl (naga ${nagaVersion}): decode attention with subgroup shuffles (
       subgroup_dots: 1,
       subgroup_lanes: 32 / (headDim / 8),
       prefetch_tiles: 1,
+      uniform_rows: 1,
     });
     const error = compileError(code);
     ok(error === undefined, `flash_decode head_dim ${headDim}, ${shards} shards:\n${error}`);

@@ -2,8 +2,8 @@
 // through the block table. Entry `main` computes partial results over a range of pages, and its last
 // workgroup per KV head merges them with log-sum-exp rescaling (or entry `reduce` does, a dispatch later).
 //
-// binding 0: step, uniform { n_tokens, pos0 }: pos0 is the query's position (read in WG-KV mode only; a
-//            placeholder is bound otherwise)
+// binding 0: step, uniform { n_tokens, pos0 }: pos0 is the query's position (read in WG-KV mode and with
+//            uniform_rows only; a placeholder is bound otherwise)
 // binding 1: sequence, uniform { slot } (the KV cache's sequence selector); the query is the row's last token
 // binding 2: layer_params, uniform { layer }
 // binding 3: q, f32[q_heads * head_dim] (read), the query after RoPE
@@ -65,6 +65,9 @@ override rotate_tiles: u32 = 1u; // 1: slot s starts at tile (5 s) mod its tiles
 override direct: u32 = 0u; // 1: `main` writes `out` (one slot per KV head), 0: it writes `partials`
 override fused_reduce: u32 = 0u; // 1 (split path): the last workgroup of a KV head merges its splits
 override flat_merge: u32 = 0u; // 1: the key lanes merge without rounds (attend_merge_flat), 0: pairwise
+// 1: every KV head's row holds step.pos0 + 1 keys (the full cache at decode): `main` plans its slot without
+// reading the lengths (uniform_slot_plan); 0: from the lengths (plan_slots).
+override uniform_rows: u32 = 0u;
 // Benchmarking only (outputs are then wrong): 1 ends every workgroup at once, 2 after its key tiles, 3 after
 // its key lanes' merge and partials (before the split merge), to see where the time of `main` goes.
 override ablate: u32 = 0u;
@@ -112,6 +115,20 @@ fn slot_range(i: u32, count: u32, len: u32) -> vec2u {
   return vec2u(i * per, min(i * per + per, n_pages));
 }
 
+// uniform_rows: the plan of `slot` when every KV head's row holds `len` keys (kv head, first slot of the
+// head, its slot count, len): what plan_slots gives for equal rows, head h's slots starting at
+// h + (SLOTS − kv_heads) · h / kv_heads, with no lengths to read and no barrier.
+fn uniform_slot_plan(slot: u32, len: u32) -> vec4u {
+  if (direct != 0u) { return vec4u(slot, slot, 1u, len); }
+  let spare = SLOTS - kv_heads;
+  for (var h = 0u; h < kv_heads; h++) {
+    let first = h + spare * h / kv_heads;
+    let end = h + 1u + spare * (h + 1u) / kv_heads;
+    if (slot >= first && slot < end) { return vec4u(h, first, end - first, len); }
+  }
+  return vec4u(0u, 0u, 0u, len);
+}
+
 // Slots of `count` that have pages for a row of `len` tokens (they are the first ones).
 fn used_slots(count: u32, len: u32) -> u32 {
   let n_pages = pages_of(len);
@@ -139,14 +156,20 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
   let slot = wg.x;
   let batch = wg.y;
   let base_row = (sequence.slot * layers + layer_params.layer) * kv_heads;
-  stage_head_lengths(base_row, tid, ATTEND_THREADS);
-  if (tid == 0u && direct != 0u) {
-    slot_plan = vec4u(slot, slot, 1u, head_lengths[slot]);
-  } else if (tid == 0u) {
-    let plan = plan_slots(0u, slot);
-    slot_plan = vec4u(plan.owner, plan.owner_first, plan.owner_count, head_lengths[plan.owner]);
+  // (kv head, first slot of the head, its slot count, row length)
+  var plan: vec4u;
+  if (uniform_rows != 0u) {
+    plan = uniform_slot_plan(slot, step.pos0 + 1u);
+  } else {
+    stage_head_lengths(base_row, tid, ATTEND_THREADS);
+    if (tid == 0u && direct != 0u) {
+      slot_plan = vec4u(slot, slot, 1u, head_lengths[slot]);
+    } else if (tid == 0u) {
+      let p = plan_slots(0u, slot);
+      slot_plan = vec4u(p.owner, p.owner_first, p.owner_count, head_lengths[p.owner]);
+    }
+    plan = workgroupUniformLoad(&slot_plan);
   }
-  let plan = workgroupUniformLoad(&slot_plan);
   let kv_head = plan.x;
   let len = plan.w;
   let first_local = batch * HEADS_PER_BATCH; // first head of the batch within the group
@@ -193,7 +216,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
   }
   if (ablate == 3u) { return; }
   if (fused_reduce != 0u && direct == 0u) {
-    if (slot < kv_heads && head_lengths[slot] == 0u && key_lane == 0u) {
+    if (uniform_rows == 0u && slot < kv_heads && head_lengths[slot] == 0u && key_lane == 0u) {
       // Head `slot` has no keys, hence no slots: its heads of this batch attend to nothing.
       let empty_first = slot * group + first_local;
       for (var c = 0u; c < batch_heads; c++) {

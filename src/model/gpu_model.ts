@@ -228,6 +228,11 @@ export interface GpuModelOptions {
   decodeDirectKeyLanes?: number;
   /** Decode attention's next-tile loads during the current tile (`FlashDecodeOptions.prefetchTiles`; default false). */
   decodePrefetchTiles?: boolean;
+  /**
+   * Decode attention under the full cache plans its slots from the position, reading no row lengths
+   * (`FlashDecodeOptions.uniformRows`; other policies keep the lengths). Default false.
+   */
+  decodeUniformRows?: boolean;
   /** Decode attention's merge of its key lanes (see `FlashDecodeOptions.laneMerge`; default "tree"). */
   decodeLaneMerge?: "flat" | "tree";
   /** Decode attention's queries in workgroup memory (see `FlashDecodeOptions.sharedQueries`; default false). */
@@ -900,6 +905,7 @@ export class GpuModel {
             keyLanes: options.decodeKeyLanes,
             directKeyLanes: options.decodeDirectKeyLanes,
             prefetchTiles: options.decodePrefetchTiles,
+            uniformRows: (options.decodeUniformRows ?? false) && fullKv !== undefined,
             tileSteps: options.decodeTileSteps,
             laneMerge: options.decodeLaneMerge,
             sharedQueries: options.decodeSharedQueries,

@@ -259,6 +259,13 @@ export interface FlashDecodeOptions extends AttentionOptions {
    */
   prefetchTiles?: boolean;
   /**
+   * Whether every KV head's row holds `step.pos0 + 1` keys, as the full cache does at decode (true): the
+   * workgroups then plan their slots from the position, without reading the row lengths or waiting on a
+   * barrier. Needs `step`; not with `wgkv` (its heads keep different numbers of keys). Default false.
+   * Tested, not yet measured on a GPU.
+   */
+  uniformRows?: boolean;
+  /**
    * Key lanes of the direct mode's workgroup (see {@link directKeys}), which may differ from the split
    * path's: short rows have few keys, and fewer lanes mean fewer merge rounds. At least 1 (8 with the flat
    * merge, whose threads take a dimension each). Default: `keyLanes`.
@@ -734,6 +741,9 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   if (options.wgkv && !options.step) {
     throw new BadFlagError(`${label}: the WG-KV mask needs the step parameters`);
   }
+  if (options.uniformRows && (!options.step || options.wgkv)) {
+    throw new BadFlagError(`${label}: uniformRows needs the step parameters and no WG-KV mask`);
+  }
   const mask = maskParts(gpu, label, options.wgkv);
   const stepBuffer = options.step?.buffer ?? gpu.uniform(`${label} no step`, new Uint32Array(4));
   const constants: Record<string, number> = {
@@ -749,6 +759,7 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
     flat_merge_dims: flatMergeDims,
     shared_queries: sharedQueries ? 1 : 0,
     prefetch_tiles: options.prefetchTiles ? 1 : 0,
+    uniform_rows: options.uniformRows ? 1 : 0,
     ...subgroups.constants,
     ...mask.constants,
   };
