@@ -51,6 +51,17 @@ Deno.test("gpu model: decode attention's splits, lane merge, query staging and k
       { decodePrefetchTiles: true, decodeTileSteps: 1, decodeKeyLanes: 8 }, // several tiles per split
       { decodeUniformRows: true },
       { decodeUniformRows: true, decodeDirectKeys: 384 },
+      // The subgroup, prefetch and uniform-row options at once (they compose).
+      {
+        decodeSubgroups: gpu.subgroups && gpu.subgroups.minSize >= 4 ? true : "emulated",
+        decodeSubgroupReduce: gpu.subgroups?.minSize === 32 && gpu.subgroups.maxSize === 32
+          ? true
+          : "emulated",
+        decodePrefetchTiles: true,
+        decodeUniformRows: true,
+        decodeKeyLanes: 8,
+        decodeTileSteps: 1,
+      },
     ];
     for (const options of shapes) {
       const err = relativeError(await decodeLogits(options), base);
