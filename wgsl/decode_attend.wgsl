@@ -174,6 +174,14 @@ fn attend_batch_query(first_head: u32, c: u32, batch_heads: u32, d: u32) -> f32 
   return select(0.0, attend_query(first_head + min(c, batch_heads - 1u), d), c < batch_heads);
 }
 
+// Where key `key` of the row whose block table starts at `table` lies: its page, and the 16-byte word of
+// this thread's quad `lane` of its K row counted from the start of the page's shard (LOAD_QUADS reads K
+// there and V half a page on).
+fn attend_locate(table: u32, key: u32, lane: u32) -> vec2u {
+  let page = block_table[table + key / PAGE_TOKENS];
+  return vec2u(page, (page % pool_pages_per_shard) * (PAGE_TOKENS * head_dim / 4u) + (key % PAGE_TOKENS) * k_quads + lane);
+}
+
 // Keys [first_key, end_key) of row `row` in `tiles` tiles (uniform over the workgroup), starting at tile
 // `rotation` and wrapping around: this thread's key lane's online softmax. Every thread of the workgroup
 // must call it.
@@ -202,9 +210,9 @@ fn attend_tiles(
     let tile_first = first_key + rotation * TILE_KEYS;
     // @unroll
     for (var u = 0u; u < tile_steps; u++) {
-      let key = min(tile_first + u * key_lanes + key_lane, end_key - 1u);
-      let page = block_table[table + key / PAGE_TOKENS];
-      let at = (page % pool_pages_per_shard) * (PAGE_TOKENS * head_dim / 4u) + (key % PAGE_TOKENS) * k_quads + lane;
+      let page_at = attend_locate(table, min(tile_first + u * key_lanes + key_lane, end_key - 1u), lane);
+      let page = page_at.x;
+      let at = page_at.y;
       {{LOAD_QUADS_NEXT}}
     }
   }
@@ -225,19 +233,18 @@ fn attend_tiles(
         let next_first = first_key + next * TILE_KEYS;
         // @unroll
         for (var u = 0u; u < tile_steps; u++) {
-          let key = min(next_first + u * key_lanes + key_lane, end_key - 1u);
-          let page = block_table[table + key / PAGE_TOKENS];
-          let at = (page % pool_pages_per_shard) * (PAGE_TOKENS * head_dim / 4u) + (key % PAGE_TOKENS) * k_quads +
-            lane;
+          let page_at = attend_locate(table, min(next_first + u * key_lanes + key_lane, end_key - 1u), lane);
+          let page = page_at.x;
+          let at = page_at.y;
           {{LOAD_QUADS_NEXT}}
         }
       }
     } else {
       // @unroll
       for (var u = 0u; u < tile_steps; u++) {
-        let key = min(tile_first + u * key_lanes + key_lane, end_key - 1u);
-        let page = block_table[table + key / PAGE_TOKENS];
-        let at = (page % pool_pages_per_shard) * (PAGE_TOKENS * head_dim / 4u) + (key % PAGE_TOKENS) * k_quads + lane;
+        let page_at = attend_locate(table, min(tile_first + u * key_lanes + key_lane, end_key - 1u), lane);
+        let page = page_at.x;
+        let at = page_at.y;
         {{LOAD_QUADS}}
       }
     }
