@@ -55,6 +55,8 @@
  *                                          dot products of quantised weights: "prefill-f32" rows)
  *                        [--coop-prefill]  (every prefill product on the GPU's cooperative matrices, where
  *                                           it has working ones: "prefill-coop" rows)
+ *                        [--prefill-subgroups]  (prefill attention's rows' maxima by subgroup shuffles:
+ *                                                "prefill-subgroups" rows)
  *                        [--matvec-tuning '{"ffn_down": {"rowsPerWorkgroup": 4}}']  (decode matvec tunings by
  *                                               role, GpuModelOptions.matvecTuning: "decode-tuned" rows)
  *        deno task bench --kv full,random,wgkv [--kv-prompts 8192,32768] [--window 256] [--admit 0.2]
@@ -159,6 +161,7 @@ const { values } = benchFlags(import.meta.url, () =>
       "no-fuse-decode-reduce": { type: "boolean" },
       "prefill-splits": { type: "string" },
       "prefill-tiling": { type: "string" },
+      "prefill-subgroups": { type: "boolean" },
       "direct-keys": { type: "string" },
       "decode-splits": { type: "string" },
       "decode-key-lanes": { type: "string" },
@@ -348,13 +351,15 @@ const coopPrefill = values["coop-prefill"] === true;
 if (coopPrefill && !gpu.coopMatrix) {
   flagError(`--coop-prefill: this GPU has no working cooperative matrices (${gpu.coopMatrixNote})`);
 }
+// --prefill-subgroups: prefill attention's rows' maxima by subgroup shuffles (rows "prefill-subgroups").
+const prefillSubgroups = values["prefill-subgroups"] === true ? true : undefined;
 // --f32-decode: decode products in f32 instead of the default integer dot products (rows "decode-f32").
 const f32Decode = values["f32-decode"] === true;
 const int8Decode = f32Decode ? false : undefined;
 const prefillTest = "prefill" + (prefillSplits !== undefined ? `-splits${prefillSplits}` : "") +
   (prefillTiling ? `-tiling${prefillTiling.rows}x${prefillTiling.keys}` : "") +
   (maxBatch !== undefined ? `-batch${maxBatch}` : "") + (f32Prefill ? "-f32" : "") +
-  (coopPrefill ? "-coop" : "") + wgkvAppendSuffix;
+  (coopPrefill ? "-coop" : "") + (prefillSubgroups ? "-subgroups" : "") + wgkvAppendSuffix;
 const key = (r: Pick<BenchRow, "shape" | "type" | "test" | "tokens" | "policy">) =>
   `${r.shape}/${r.type}/${r.test}/${r.tokens}${r.policy ? `/${r.policy}` : ""}`;
 const kvPolicies = values.kv ? list(values.kv, "") : [];
@@ -478,6 +483,7 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
       fuseWgkvAppend,
       prefillSplits,
       prefillTiling,
+      prefillSubgroups,
       matvecTuning,
       int8Prefill,
       int8Decode,
@@ -658,6 +664,7 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
           chainWriteGates,
           prefillSplits,
           prefillTiling,
+          prefillSubgroups,
           int8Prefill,
           int8Decode,
           coopPrefill,

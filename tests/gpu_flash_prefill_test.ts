@@ -26,6 +26,8 @@ interface Case {
   tiling?: PrefillTileShape;
   /** Key splits per KV head (createFlashPrefill's `splits`). */
   splits?: number;
+  /** The rows' maxima by subgroup shuffles (or their emulation). */
+  subgroups?: boolean | "emulated";
 }
 
 /**
@@ -68,6 +70,7 @@ async function checkPrefill(c: Case): Promise<void> {
     tiling: c.tiling,
     splits,
     partials,
+    subgroups: c.subgroups,
   });
   const keys = Array.from({ length: kvHeads }, () => [] as number[]);
   const values = Array.from({ length: kvHeads }, () => [] as number[]);
@@ -179,6 +182,7 @@ async function checkWgkvPrefill(
   chunks: number[],
   tiling: PrefillTileShape,
   splits = 1,
+  subgroups: boolean | "emulated" = false,
 ) {
   const gpu = await getGpu();
   const D = 16, H = 2, group = 2, qHeads = H * group, maxBatch = 40;
@@ -219,6 +223,7 @@ async function checkWgkvPrefill(
     wgkv: kv,
     tiling,
     splits,
+    subgroups,
   });
   const keys = Array.from({ length: H }, () => [] as number[]);
   const values = Array.from({ length: H }, () => [] as number[]);
@@ -310,5 +315,39 @@ Deno.test("flash prefill: WG-KV with key splits shared out by head length (windo
     chunks,
     { rows: 16, keys: 16 },
     4,
+  );
+});
+
+Deno.test("flash prefill: the rows' maxima by subgroup shuffles (subgroups), plain, split and WG-KV", async () => {
+  const gpu = await getGpu();
+  // The GPU's shuffles where its subgroups hold a row quad's 8 lanes, else the emulation.
+  const subgroups = gpu.subgroups && gpu.subgroups.minSize >= 8 ? true : "emulated";
+  await checkPrefill({ headDim: 64, kvHeads: 2, group: 4, chunks: [40, 70], subgroups });
+  await checkPrefill({
+    headDim: 32,
+    kvHeads: 2,
+    group: 3,
+    chunks: [23, 1, 30],
+    tiling: { rows: 16, keys: 32 },
+    subgroups,
+  });
+  await checkPrefill({
+    headDim: 24,
+    kvHeads: 1,
+    group: 4,
+    chunks: [70, 1, 33],
+    tiling: { rows: 64, keys: 16 },
+    splits: 2,
+    subgroups,
+  });
+  await checkWgkvPrefill(
+    { kind: "random", window: 25, rate: 0.15, seed: 7 },
+    [40, 30, 5, 1, 33, 40],
+    {
+      rows: 16,
+      keys: 16,
+    },
+    3,
+    subgroups,
   );
 });

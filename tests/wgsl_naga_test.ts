@@ -1,6 +1,6 @@
 // The WGSL that only a GPU with cooperative matrices or subgroups compiles (wgsl/matmul_coop.wgsl with the
 // hardware's fragments, wgsl/coop_probe.wgsl, decode attention with wgsl/decode_shuffle.wgsl, the decode
-// products with wgsl/matvec_partials.wgsl) cannot be
+// products with wgsl/matvec_partials.wgsl, prefill attention with wgsl/prefill_shuffle.wgsl) cannot be
 // compiled by lavapipe, so CI checks it with naga (wgpu's shader compiler, the one inside Deno's WebGPU,
 // here a WebAssembly build of version 30): it must parse, validate and translate to SPIR-V. On the device
 // the probe (src/gpu/coop_probe.ts) then decides whether the matrix kernels run.
@@ -110,4 +110,22 @@ Deno.test(`wgsl (naga ${nagaVersion}): the decode products with subgroup sums co
     const error = compileError(code);
     ok(error === undefined, `matvec_fast ${type}:\n${error}`);
   }
+});
+
+Deno.test(`wgsl (naga ${nagaVersion}): prefill attention with subgroup row maxima compiles`, () => {
+  const tiling = [
+    "const TILE_ROWS: u32 = 64u;",
+    "const TILE_TOKENS: u32 = 16u;",
+    "const TILE_KEYS: u32 = 32u;",
+    "const KEYS_PER_LANE: u32 = 4u;",
+    "const PAIRS_PER_LANE: u32 = 8u;",
+    "const THREADS: u32 = 128u;",
+  ].join("\n");
+  const code = prepared(includeShaders(loadShader("flash_prefill")), {
+    POOL: poolQuadShaderSource(2),
+    TILING: tiling,
+    ROW_SHUFFLE: loadShader("prefill_shuffle"),
+  }, { head_dim: 128, q_heads: 32, kv_heads: 8, group: 4, max_pages: 256, subgroup_max: 1 });
+  const error = compileError(code);
+  ok(error === undefined, `flash_prefill:\n${error}`);
 });

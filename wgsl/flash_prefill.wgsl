@@ -56,6 +56,10 @@ override ring_tokens: u32 = 16u; // WG-KV mode: ring slots at the start of each 
 override group: u32 = 1u; // query heads per KV head
 override splits: u32 = 1u; // key splits per KV head on average (1: `out` is written directly)
 override max_tokens: u32 = 1u; // query tokens the partials have room for (splits > 1)
+// 1: the rows' maxima over a quad's 8 lanes by subgroup shuffles (row_shuffle_xor, from the text define
+// ROW_SHUFFLE: a subgroup shuffle, or its emulation through workgroup memory for GPUs without subgroups),
+// one barrier per key tile fewer; 0: through workgroup memory (lane_stat).
+override subgroup_max: u32 = 0u;
 
 // The tiling, spliced in as constants so every register block has a fixed size:
 // TILE_ROWS (16, 32 or 64), TILE_TOKENS (= floor(TILE_ROWS / group)), TILE_KEYS (16, 32, 48 or 64),
@@ -105,6 +109,8 @@ var<workgroup> key_live: array<u32, TILE_KEYS>;
 var<workgroup> tile_live: u32;
 // Key splits: (kv head, index of this slot among the head's, the head's slot count).
 var<workgroup> split_plan: vec3u;
+
+{{ROW_SHUFFLE}}
 
 // Which keys a query row sees, by logical index in its (slot, layer, head) row `row`: causal for the full
 // cache; in WG-KV mode by the query's position `q_pos` and the ring slot's position and flag.
@@ -285,17 +291,26 @@ fn main(
         lane_max[i] = max(lane_max[i], s[i][j]);
       }
     }
-    // @unroll
-    for (var i = 0u; i < 4u; i++) { lane_stat[(row0 + i) * LANES + lane] = lane_max[i]; }
-    workgroupBarrier();
+    // The rows' maxima over the quad's lanes: by shuffles (subgroup_max), or through lane_stat.
+    var quad_max = lane_max;
+    if (subgroup_max != 0u) {
+      for (var k = 1u; k < LANES; k <<= 1u) { quad_max = max(quad_max, row_shuffle_xor(quad_max, k, tid)); }
+    } else {
+      // @unroll
+      for (var i = 0u; i < 4u; i++) { lane_stat[(row0 + i) * LANES + lane] = lane_max[i]; }
+      workgroupBarrier();
+    }
 
     // 3. Softmax: the rows' maxima over the tile, the rescale factor, this lane's probabilities.
     var alpha = vec4f(1.0);
     // @unroll
     for (var i = 0u; i < 4u; i++) {
-      var tile_max = MASKED;
-      // @unroll
-      for (var k = 0u; k < LANES; k++) { tile_max = max(tile_max, lane_stat[(row0 + i) * LANES + k]); }
+      var tile_max = quad_max[i];
+      if (subgroup_max == 0u) {
+        tile_max = MASKED;
+        // @unroll
+        for (var k = 0u; k < LANES; k++) { tile_max = max(tile_max, lane_stat[(row0 + i) * LANES + k]); }
+      }
       let m_new = max(m[i], tile_max);
       if (m_new > MASKED) { alpha[i] = exp(m[i] - m_new); }
       m[i] = m_new;

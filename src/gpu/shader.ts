@@ -38,6 +38,8 @@ export const SHADER_NAMES: readonly string[] = [
   "matvec_fast",
   "matvec_partials",
   "matvec_partials_emulated",
+  "prefill_shuffle",
+  "prefill_shuffle_emulated",
   "matvec_units",
   "qkv_kv_store",
   "quantize_q8",

@@ -165,6 +165,11 @@ export interface GpuModelOptions {
    */
   prefillTiling?: PrefillTileShape;
   /**
+   * Prefill attention's rows' maxima by subgroup shuffles (`FlashPrefillOptions.subgroups`; `"emulated"`
+   * for tests). Default false.
+   */
+  prefillSubgroups?: boolean | "emulated";
+  /**
    * Decode matvec tunings by role (`attn_qkv`, `attn_output`, `ffn_gate_up`, `ffn_down`, `output`), for
    * benchmarking on a given GPU; a role left out gets the kernels' defaults.
    */
@@ -920,6 +925,7 @@ export class GpuModel {
             splits: prefillSplits,
             tiling: options.prefillTiling,
             partials: act.partials,
+            subgroups: options.prefillSubgroups,
           }));
         }
         const foldFfnNorm = canFuseGateUp(w.wGate, w.wUp) && foldable(w.wo);

@@ -84,11 +84,52 @@ const PREFILL_TILINGS: readonly PrefillTileShape[] = [
   { rows: 16, keys: 16 },
 ];
 
-/** Workgroup memory of the prefill kernel for a tiling (the shader's workgroup arrays). */
-function prefillWorkgroupBytes(rows: number, keys: number, headDim: number, kvHeads: number): number {
+/**
+ * Workgroup memory of the prefill kernel for a tiling (the shader's workgroup arrays), with `perThread`
+ * more bytes for each of its 2 · rows threads (the emulated shuffles').
+ */
+function prefillWorkgroupBytes(
+  rows: number,
+  keys: number,
+  headDim: number,
+  kvHeads: number,
+  perThread = 0,
+): number {
   return rows * headDim * 4 + keys * (headDim / 4 + 1) * 8 + keys * headDim * 2 + keys * rows * 4 +
     rows * 32 +
-    keys * 4 + 8 + 16 + kvHeads * 4;
+    keys * 4 + 8 + 16 + kvHeads * 4 + 2 * rows * perThread;
+}
+
+/**
+ * `wgsl/flash_prefill.wgsl`'s ROW_SHUFFLE for FlashPrefillOptions.subgroups: a subgroup shuffle, the
+ * emulated exchange (16 bytes of workgroup memory per thread), or a stub when off. A
+ * {@link BadFlagError} naming `label` where the GPU cannot take it.
+ */
+function prefillShuffleParts(
+  gpu: Gpu,
+  label: string,
+  subgroups: boolean | "emulated",
+): { on: boolean; source: string; bytesPerThread: number } {
+  if (subgroups === "emulated") {
+    return { on: true, source: loadShader("prefill_shuffle_emulated"), bytesPerThread: 16 };
+  }
+  if (!subgroups) {
+    return {
+      on: false,
+      source: "fn row_shuffle_xor(v: vec4f, mask: u32, tid: u32) -> vec4f {\n  return v;\n}",
+      bytesPerThread: 0,
+    };
+  }
+  if (!gpu.subgroups || gpu.subgroups.minSize < 8) {
+    throw new BadFlagError(
+      `${label}: subgroup row maxima need WGSL subgroups of at least 8 invocations (${
+        gpu.subgroups
+          ? `this GPU's are ${gpu.subgroups.minSize}-${gpu.subgroups.maxSize}`
+          : "this GPU has none"
+      })`,
+    );
+  }
+  return { on: true, source: loadShader("prefill_shuffle"), bytesPerThread: 0 };
 }
 
 /**
@@ -102,6 +143,7 @@ function choosePrefillTiling(
   group: number,
   kvHeads: number,
   wanted?: PrefillTileShape,
+  perThread = 0,
 ): PrefillTiling {
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
   if (wanted) {
@@ -110,17 +152,21 @@ function choosePrefillTiling(
       throw new BadFlagError(`${label}: tiling needs rows 16, 32 or 64 and keys 16, 32, 48 or 64`);
     }
     if (group > rows) throw new BadFlagError(`${label}: ${rows} rows cannot hold a GQA group of ${group}`);
-    checkWorkgroupMemory(gpu, label, prefillWorkgroupBytes(rows, keys, headDim, kvHeads));
+    checkWorkgroupMemory(gpu, label, prefillWorkgroupBytes(rows, keys, headDim, kvHeads, perThread));
     return { rows, keys, tokens: Math.floor(rows / group) };
   }
   for (const { rows, keys } of PREFILL_TILINGS) {
-    if (group <= rows && prefillWorkgroupBytes(rows, keys, headDim, kvHeads) <= limit) {
+    if (group <= rows && prefillWorkgroupBytes(rows, keys, headDim, kvHeads, perThread) <= limit) {
       return { rows, keys, tokens: Math.floor(rows / group) };
     }
   }
   const smallest = PREFILL_TILINGS[PREFILL_TILINGS.length - 1];
   if (group > 64) throw new UnsupportedError(`${label}: a GQA group of ${group} heads exceeds 64`);
-  checkWorkgroupMemory(gpu, label, prefillWorkgroupBytes(smallest.rows, smallest.keys, headDim, kvHeads));
+  checkWorkgroupMemory(
+    gpu,
+    label,
+    prefillWorkgroupBytes(smallest.rows, smallest.keys, headDim, kvHeads, perThread),
+  );
   throw new UnsupportedError(`${label}: a GQA group of ${group} heads does not fit the prefill tiles`);
 }
 
@@ -184,6 +230,13 @@ export interface FlashPrefillOptions extends AttentionOptions {
    * prefill ops of all layers. Created when absent.
    */
   partials?: BufferSlice;
+  /**
+   * Whether the rows' maxima of each key tile are taken over a row quad's 8 lanes by subgroup shuffles
+   * (true; needs WGSL subgroups of at least 8 invocations), one barrier per key tile fewer, instead of
+   * through workgroup memory (default false). `"emulated"` runs the same path with the shuffles through
+   * workgroup memory on any GPU (for tests). Tested, not yet measured on a GPU.
+   */
+  subgroups?: boolean | "emulated";
 }
 
 /** Options of {@link createFlashDecode}. */
@@ -595,7 +648,16 @@ export function createFlashPrefill(gpu: Gpu, options: FlashPrefillOptions): GpuO
   }
   checkSlice(label, "q", q, maxTokens * qHeads * D * 4);
   checkSlice(label, "out", out, maxTokens * qHeads * D * 4);
-  const tiling = choosePrefillTiling(gpu, label, D, groupSize, kv.kvHeads, options.tiling);
+  const shuffles = prefillShuffleParts(gpu, label, options.subgroups ?? false);
+  const tiling = choosePrefillTiling(
+    gpu,
+    label,
+    D,
+    groupSize,
+    kv.kvHeads,
+    options.tiling,
+    shuffles.bytesPerThread,
+  );
   const tiles = ceilDiv(maxTokens, tiling.tokens);
   const splits = options.splits ?? 1;
   checkInt(label, "splits", splits, 1, 64);
@@ -614,10 +676,12 @@ export function createFlashPrefill(gpu: Gpu, options: FlashPrefillOptions): GpuO
     group: groupSize,
     splits,
     max_tokens: maxTokens,
+    subgroup_max: shuffles.on ? 1 : 0,
   };
   const defines = {
     POOL: poolQuadShaderSource(kv.shards.length),
     TILING: prefillTilingSource(tiling, D),
+    ROW_SHUFFLE: shuffles.source,
   };
   const kernel = gpu.kernel("flash_prefill", constants, defines);
   const layerParams = layerUniform(gpu, label, layer);

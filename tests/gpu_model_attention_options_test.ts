@@ -77,3 +77,38 @@ Deno.test("gpu model: decode attention's splits, lane merge, query staging and k
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("gpu model: prefill attention's rows' maxima by subgroup shuffles keep the prefill's logits", async () => {
+  const gpu = await getGpu();
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/tiny-f16.gguf`;
+    await writeSyntheticModel({
+      shape: "tiny",
+      type: "f16",
+      out: path,
+      seed: Math.floor(Math.random() * 1e6),
+    });
+    const file = await openGGUF(path);
+    try {
+      const hp = hparamsFromGGUF(file);
+      const prompt = Array.from({ length: 45 }, () => Math.floor(Math.random() * hp.nVocab));
+      const prefill = async (options: Partial<GpuModelOptions>) => {
+        const model = await GpuModel.load(gpu, file, hp, { contextLength: 96, maxBatch: 48, ...options });
+        try {
+          return await model.forward(prompt, 0, "logits");
+        } finally {
+          model.destroy();
+        }
+      };
+      const base = await prefill({});
+      const subgroups = gpu.subgroups && gpu.subgroups.minSize >= 8 ? true : "emulated";
+      const err = relativeError(await prefill({ prefillSubgroups: subgroups }), base);
+      ok(err < 1e-5, `prefillSubgroups ${subgroups}: relative error ${err}`);
+    } finally {
+      file.close();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
