@@ -1,6 +1,6 @@
 // The WGSL that only a GPU with cooperative matrices or subgroups compiles (wgsl/matmul_coop.wgsl with the
-// hardware's fragments, wgsl/coop_probe.wgsl, decode attention with wgsl/decode_shuffle.wgsl, the decode
-// products with wgsl/matvec_partials.wgsl, prefill attention with wgsl/prefill_shuffle.wgsl) cannot be
+// hardware's fragments, wgsl/coop_probe.wgsl, the attention kernels with wgsl/shuffle_xor.wgsl, the decode
+// products with wgsl/matvec_partials.wgsl) cannot be
 // compiled by lavapipe, so CI checks it with naga (wgpu's shader compiler, the one inside Deno's WebGPU,
 // here a WebAssembly build of version 30): it must parse, validate and translate to SPIR-V. On the device
 // the probe (src/gpu/coop_probe.ts) then decides whether the matrix kernels run.
@@ -66,7 +66,7 @@ Deno.test(`wgsl (naga ${nagaVersion}): the cooperative-matrix probe compiles in 
 Deno.test(`wgsl (naga ${nagaVersion}): decode attention with subgroup shuffles (and tile prefetch) compiles`, () => {
   for (const [headDim, shards] of [[64, 1], [128, 3]]) {
     const code = prepared(includeShaders(loadShader("flash_decode")), {
-      SHUFFLE: loadShader("decode_shuffle"),
+      SHUFFLE: loadShader("shuffle_xor"),
       POOL: poolQuadShaderSource(shards),
       LOAD_QUADS: poolQuadLoadSource(shards),
       LOAD_QUADS_NEXT: poolQuadLoadSource(shards, "next"),
@@ -124,7 +124,7 @@ Deno.test(`wgsl (naga ${nagaVersion}): prefill attention with subgroup row maxim
   const code = prepared(includeShaders(loadShader("flash_prefill")), {
     POOL: poolQuadShaderSource(2),
     TILING: tiling,
-    ROW_SHUFFLE: loadShader("prefill_shuffle"),
+    SHUFFLE: loadShader("shuffle_xor"),
   }, { head_dim: 128, q_heads: 32, kv_heads: 8, group: 4, max_pages: 256, subgroup_max: 1 });
   const error = compileError(code);
   ok(error === undefined, `flash_prefill:\n${error}`);

@@ -33,10 +33,10 @@
 // Two barriers per tile (none with subgroup_dots). With prefetch_tiles, a tile's loads are issued during the
 // tile before.
 //
-// attend_shuffle_xor(v, mask, tid) comes from the text define SHUFFLE (src/gpu/ops/attention.ts): a
-// subgroup shuffle (wgsl/decode_shuffle.wgsl, on a device opened with `subgroups`), the same exchange
-// through workgroup memory (wgsl/decode_shuffle_emulated.wgsl, for GPUs without subgroups: tests), or a
-// stub when subgroup_dots = 0.
+// shuffle_xor(v, mask, tid) comes from the text define SHUFFLE (src/gpu/ops/attention.ts): a subgroup
+// shuffle (wgsl/shuffle_xor.wgsl, on a device opened with `subgroups`), the same exchange through
+// workgroup memory (wgsl/shuffle_xor_emulated.wgsl, for GPUs without subgroups: tests), or a stub when
+// subgroup_dots = 0.
 
 // attend_merge_flat's sums per thread and pass through workgroup memory: 8 (one pass), 4, 2 or 1 (8
 // passes), as the workgroup memory allows.
@@ -113,7 +113,7 @@ fn attend_dot8_shared(lane: u32, k: vec4u) -> vec4f {
 // Every thread of the workgroup must call it.
 fn attend_key_total(dot: vec4f, tid: u32) -> vec4f {
   var s = dot;
-  for (var m = 1u; m < k_quads; m <<= 1u) { s += attend_shuffle_xor(s, m, tid); }
+  for (var m = 1u; m < k_quads; m <<= 1u) { s += shuffle_xor(s, m, tid); }
   return s;
 }
 
@@ -314,11 +314,11 @@ fn attend_merge_lanes(state: AttendState, lanes: u32, tid: u32) -> AttendState {
   var run_sum = state.run_sum;
   var sums = state.sums;
   for (var m = k_quads; m < k_quads * subgroup_lanes; m <<= 1u) {
-    let other_max = attend_shuffle_xor(run_max, m, tid);
-    let other_sum = attend_shuffle_xor(run_sum, m, tid);
+    let other_max = shuffle_xor(run_max, m, tid);
+    let other_sum = shuffle_xor(run_sum, m, tid);
     var other: array<vec4f, 8>;
     // @unroll
-    for (var i = 0u; i < 8u; i++) { other[i] = attend_shuffle_xor(sums[i], m, tid); }
+    for (var i = 0u; i < 8u; i++) { other[i] = shuffle_xor(sums[i], m, tid); }
     let new_max = max(run_max, other_max);
     let a = exp(run_max - new_max);
     let b = exp(other_max - new_max);
@@ -429,5 +429,8 @@ fn attend_write_out(state: AttendState, first_head: u32, batch_heads: u32, lane:
     }
   }
 }
+
+// The workgroup the emulated shuffles exchange through.
+const SHUFFLE_THREADS: u32 = ATTEND_THREADS;
 
 {{SHUFFLE}}

@@ -56,8 +56,8 @@ override ring_tokens: u32 = 16u; // WG-KV mode: ring slots at the start of each 
 override group: u32 = 1u; // query heads per KV head
 override splits: u32 = 1u; // key splits per KV head on average (1: `out` is written directly)
 override max_tokens: u32 = 1u; // query tokens the partials have room for (splits > 1)
-// 1: the rows' maxima over a quad's 8 lanes by subgroup shuffles (row_shuffle_xor, from the text define
-// ROW_SHUFFLE: a subgroup shuffle, or its emulation through workgroup memory for GPUs without subgroups),
+// 1: the rows' maxima over a quad's 8 lanes by subgroup shuffles (shuffle_xor, from the text define
+// SHUFFLE: wgsl/shuffle_xor.wgsl, or its emulation through workgroup memory for GPUs without subgroups),
 // one barrier per key tile fewer; 0: through workgroup memory (lane_stat).
 override subgroup_max: u32 = 0u;
 
@@ -110,7 +110,10 @@ var<workgroup> tile_live: u32;
 // Key splits: (kv head, index of this slot among the head's, the head's slot count).
 var<workgroup> split_plan: vec3u;
 
-{{ROW_SHUFFLE}}
+// The workgroup the emulated shuffles exchange through.
+const SHUFFLE_THREADS: u32 = THREADS;
+
+{{SHUFFLE}}
 
 // Which keys a query row sees, by logical index in its (slot, layer, head) row `row`: causal for the full
 // cache; in WG-KV mode by the query's position `q_pos` and the ring slot's position and flag.
@@ -294,7 +297,7 @@ fn main(
     // The rows' maxima over the quad's lanes: by shuffles (subgroup_max), or through lane_stat.
     var quad_max = lane_max;
     if (subgroup_max != 0u) {
-      for (var k = 1u; k < LANES; k <<= 1u) { quad_max = max(quad_max, row_shuffle_xor(quad_max, k, tid)); }
+      for (var k = 1u; k < LANES; k <<= 1u) { quad_max = max(quad_max, shuffle_xor(quad_max, k, tid)); }
     } else {
       // @unroll
       for (var i = 0u; i < 4u; i++) { lane_stat[(row0 + i) * LANES + lane] = lane_max[i]; }

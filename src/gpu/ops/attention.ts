@@ -11,6 +11,7 @@
 import { BadFlagError, UnsupportedError } from "../../errors.ts";
 import type { Gpu, Kernel } from "../device.ts";
 import { loadShader } from "../shader.ts";
+import { EMULATED_SUBGROUP_SIZE } from "./matvec_units.ts";
 import {
   layerUniform,
   pagedKvConstants,
@@ -101,26 +102,27 @@ function prefillWorkgroupBytes(
 }
 
 /**
- * `wgsl/flash_prefill.wgsl`'s ROW_SHUFFLE for FlashPrefillOptions.subgroups: a subgroup shuffle, the
- * emulated exchange (16 bytes of workgroup memory per thread), or a stub when off. A
- * {@link BadFlagError} naming `label` where the GPU cannot take it.
+ * The attention kernels' text define SHUFFLE for a subgroups option: shuffle_xor as a subgroup shuffle
+ * (`wgsl/shuffle_xor.wgsl`), the emulated exchange (`wgsl/shuffle_xor_emulated.wgsl`, a vec4 of workgroup
+ * memory per thread), or a stub that is never called (off).
+ */
+function shuffleSource(subgroups: boolean | "emulated"): string {
+  if (subgroups === "emulated") return loadShader("shuffle_xor_emulated");
+  if (subgroups) return loadShader("shuffle_xor");
+  return "fn shuffle_xor(v: vec4f, mask: u32, tid: u32) -> vec4f {\n  return v;\n}";
+}
+
+/**
+ * The checked FlashPrefillOptions.subgroups: a {@link BadFlagError} naming `label` where the GPU cannot
+ * take the shuffles (subgroups of fewer than a row quad's 8 lanes), and the emulation's workgroup memory per
+ * thread.
  */
 function prefillShuffleParts(
   gpu: Gpu,
   label: string,
   subgroups: boolean | "emulated",
 ): { on: boolean; source: string; bytesPerThread: number } {
-  if (subgroups === "emulated") {
-    return { on: true, source: loadShader("prefill_shuffle_emulated"), bytesPerThread: 16 };
-  }
-  if (!subgroups) {
-    return {
-      on: false,
-      source: "fn row_shuffle_xor(v: vec4f, mask: u32, tid: u32) -> vec4f {\n  return v;\n}",
-      bytesPerThread: 0,
-    };
-  }
-  if (!gpu.subgroups || gpu.subgroups.minSize < 8) {
+  if (subgroups === true && (!gpu.subgroups || gpu.subgroups.minSize < 8)) {
     throw new BadFlagError(
       `${label}: subgroup row maxima need WGSL subgroups of at least 8 invocations (${
         gpu.subgroups
@@ -129,7 +131,11 @@ function prefillShuffleParts(
       })`,
     );
   }
-  return { on: true, source: loadShader("prefill_shuffle"), bytesPerThread: 0 };
+  return {
+    on: subgroups !== false,
+    source: shuffleSource(subgroups),
+    bytesPerThread: subgroups === "emulated" ? 16 : 0,
+  };
 }
 
 /**
@@ -507,12 +513,9 @@ function directDecodeKernel(
   );
 }
 
-/** Subgroup size the emulated shuffles stand in for (FlashDecodeOptions.subgroups = "emulated"). */
-const EMULATED_SUBGROUP_SIZE = 32;
-
 /**
- * What `wgsl/flash_decode.wgsl` takes for FlashDecodeOptions.subgroups: the text define SHUFFLE (a subgroup
- * shuffle, the emulated exchange through workgroup memory, or a stub when off) and the override constants
+ * What `wgsl/flash_decode.wgsl` takes for FlashDecodeOptions.subgroups: the text define SHUFFLE
+ * ({@link shuffleSource}) and the override constants
  * subgroup_dots and subgroup_lanes (key lanes per subgroup merged by shuffles: as many as one subgroup
  * holds, where the workgroup is whole subgroups and the key lanes divide evenly, else 1). (wgpu's WGSL
  * takes subgroup builtins without `enable subgroups;`, which its compiler refuses as not yet implemented.)
@@ -527,7 +530,7 @@ function subgroupParts(
 ): { defines: Record<string, string>; constants: Record<string, number> } {
   if (!subgroups) {
     return {
-      defines: { SHUFFLE: "fn attend_shuffle_xor(v: vec4f, mask: u32, tid: u32) -> vec4f {\n  return v;\n}" },
+      defines: { SHUFFLE: shuffleSource(false) },
       constants: { subgroup_dots: 0, subgroup_lanes: 1 },
     };
   }
@@ -551,7 +554,7 @@ function subgroupParts(
   const perSubgroup = Math.min(size / quads, keyLanes);
   const wholeSubgroups = (keyLanes * quads) % size === 0 && keyLanes % perSubgroup === 0;
   return {
-    defines: { SHUFFLE: loadShader(subgroups === true ? "decode_shuffle" : "decode_shuffle_emulated") },
+    defines: { SHUFFLE: shuffleSource(subgroups) },
     constants: { subgroup_dots: 1, subgroup_lanes: wholeSubgroups ? perSubgroup : 1 },
   };
 }
@@ -681,7 +684,7 @@ export function createFlashPrefill(gpu: Gpu, options: FlashPrefillOptions): GpuO
   const defines = {
     POOL: poolQuadShaderSource(kv.shards.length),
     TILING: prefillTilingSource(tiling, D),
-    ROW_SHUFFLE: shuffles.source,
+    SHUFFLE: shuffles.source,
   };
   const kernel = gpu.kernel("flash_prefill", constants, defines);
   const layerParams = layerUniform(gpu, label, layer);

@@ -207,8 +207,8 @@ const PLAIN_PARTIALS = `fn add_partial(tid: u32, n: u32, j: u32, value: f32) {
 
 fn gather_subgroup_sums(tid: u32, n: u32) {}`;
 
-/** Subgroup size the emulated subgroup sums stand in for (`subgroupReduce: "emulated"`). */
-const EMULATED_SUBGROUP_SIZE = 32;
+/** Subgroup size the emulations of subgroup operations stand in for (the `"emulated"` options). */
+export const EMULATED_SUBGROUP_SIZE = 32;
 
 /**
  * What `wgsl/matvec_fast.wgsl` takes for a tuning's `subgroupReduce` (true: the GPU's subgroups, which must
