@@ -10,8 +10,8 @@ import { includeShaders, loadShader } from "../src/gpu/shader.ts";
 import { poolQuadLoadSource, poolQuadShaderSource } from "../src/gpu/ops/attention.ts";
 import { subblockDefines } from "../src/gpu/ops/matvec_units.ts";
 import type { GpuWeight } from "../src/gpu/weights.ts";
-import { suffixedDequantSource } from "../src/gpu/ops/fused.ts";
-import { matmulConstants, type MatmulShape } from "../src/gpu/ops/matmul.ts";
+import { matmulConstants, matmulDefines, type MatmulShape } from "../src/gpu/ops/matmul.ts";
+import type { Gpu } from "../src/gpu/device.ts";
 import { specialiseOverrides, unrollLoops } from "../src/gpu/unroll.ts";
 
 /** `code` as Gpu.kernel makes it: defines spliced in, overrides given a value made constants, loops unrolled. */
@@ -19,6 +19,16 @@ function prepared(code: string, defines: Record<string, string>, constants: Reco
   for (const [k, v] of Object.entries(defines)) code = code.replaceAll(`{{${k}}}`, v);
   return unrollLoops(specialiseOverrides(code, constants).code);
 }
+
+/** A device with cooperative matrices, as far as the kernels' defines ask (naga 30: coopLoadT is row-major). */
+const HARDWARE = {
+  coopMatrix: {
+    emulated: false,
+    loadRowMajor: "coopLoadT",
+    loadColMajor: "coopLoad",
+    storeRowMajor: "coopStoreT",
+  },
+} as unknown as Gpu;
 
 /** Parses, validates and translates `code` to SPIR-V; the compiler's message when it fails. */
 function compileError(code: string): string | undefined {
@@ -40,15 +50,12 @@ Deno.test(`wgsl (naga ${nagaVersion}): the cooperative-matrix prefill kernel com
   for (const type of types) {
     for (const tileTokens of [64, 128]) {
       const shape = { coop: true, tileTokens } as MatmulShape;
-      const code = prepared(includeShaders(loadShader("matmul_coop")), {
-        ENABLE: "enable f16;\nenable wgpu_cooperative_matrix;",
-        FRAGMENTS: loadShader("coop_fragments"),
-        LOAD_ROW_MAJOR: "coopLoadT",
-        STORE_ROW_MAJOR: "coopStoreT",
-        DEQUANT_A: suffixedDequantSource(type, "a"),
-        DEQUANT_B: suffixedDequantSource(type, "b"),
-        DEQUANT_C: suffixedDequantSource(type, "c"),
-      }, matmulConstants(shape));
+      const weight = { info: { name: type } } as unknown as GpuWeight;
+      const code = prepared(
+        includeShaders(loadShader("matmul_coop")),
+        matmulDefines(HARDWARE, shape, weight, weight, weight),
+        matmulConstants(shape),
+      );
       const error = compileError(code);
       ok(error === undefined, `matmul_coop ${type}, ${tileTokens}-token tiles:\n${error}`);
     }

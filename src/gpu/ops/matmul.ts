@@ -645,25 +645,29 @@ export function matmulDefines(
   b: GpuWeight,
   c: GpuWeight,
 ): Record<string, string> {
+  const dequant = {
+    DEQUANT_A: suffixedDequantSource(a.info.name, "a"),
+    DEQUANT_B: suffixedDequantSource(b.info.name, "b"),
+    DEQUANT_C: suffixedDequantSource(c.info.name, "c"),
+  };
   if (shape.coop) {
     const coop = gpu.coopMatrix ?? EMULATED_COOP_MATRIX;
+    // The hardware fragments name the device's row-major builtins (see src/gpu/coop_probe.ts).
+    const fragments = coop.emulated
+      ? loadShader("coop_fragments_emulated")
+      : loadShader("coop_fragments").replaceAll("{{LOAD_ROW_MAJOR}}", coop.loadRowMajor)
+        .replaceAll("{{STORE_ROW_MAJOR}}", coop.storeRowMajor);
     return {
       ENABLE: coop.emulated ? "enable f16;" : "enable f16;\nenable wgpu_cooperative_matrix;",
-      FRAGMENTS: loadShader(coop.emulated ? "coop_fragments_emulated" : "coop_fragments"),
-      LOAD_ROW_MAJOR: coop.loadRowMajor,
-      STORE_ROW_MAJOR: coop.storeRowMajor,
-      DEQUANT_A: suffixedDequantSource(a.info.name, "a"),
-      DEQUANT_B: suffixedDequantSource(b.info.name, "b"),
-      DEQUANT_C: suffixedDequantSource(c.info.name, "c"),
+      FRAGMENTS: fragments,
+      ...dequant,
     };
   }
   return {
     ENABLE_F16: shape.half ? "enable f16;" : "",
     HALF: String(shape.half),
     TILE_SCALAR: shape.half ? "f16" : "f32",
-    DEQUANT_A: suffixedDequantSource(a.info.name, "a"),
-    DEQUANT_B: suffixedDequantSource(b.info.name, "b"),
-    DEQUANT_C: suffixedDequantSource(c.info.name, "c"),
+    ...dequant,
   };
 }
 
