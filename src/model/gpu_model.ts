@@ -1047,11 +1047,12 @@ export class GpuModel {
       contextLength: ctx,
       maxBatch,
       weightBytes,
-      prefillProducts: [
-        coopPrefill ? `${gpu.coopMatrix ? "" : "emulated "}cooperative matrices (f16 tiles, f32 sums)` : "",
-        act.q8 ? "8-bit integer dot products for Q8_0, Q4_0, Q4_K, Q5_K and Q6_K weights" : "",
-        halfPrefill && !coopPrefill ? "f16 arithmetic for F16 weights" : "",
-      ].filter((s) => s !== "").join(", ") || "f32",
+      prefillProducts: coopPrefill
+        ? `${gpu.coopMatrix ? "" : "emulated "}cooperative matrices for every weight (f16 tiles, f32 sums)`
+        : [
+          act.q8 ? "8-bit integer dot products for Q8_0, Q4_0, Q4_K, Q5_K and Q6_K weights" : "",
+          halfPrefill ? "f16 arithmetic for F16 weights" : "",
+        ].filter((s) => s !== "").join(", ").replace(/.+/, "$& (f32 otherwise)") || "f32",
       kv,
       policy,
       flags: gateBufs?.flags,
@@ -1366,10 +1367,7 @@ export class GpuModel {
     return [
       `backend: webgpu on ${this.#gpu.description}${this.#gpu.hasF16 ? " (shader-f16)" : ""}`,
       `weights: ${formatBytes(this.weightBytes)} on the GPU`,
-      `prefill: steps of ${this.maxBatch} tokens, products ${this.#prefillProducts}` +
-      (this.#prefillProducts === "f32" || this.#prefillProducts.includes("cooperative")
-        ? ""
-        : " (f32 otherwise)"),
+      `prefill: steps of ${this.maxBatch} tokens, products ${this.#prefillProducts}`,
       `matrix units: ${this.#gpu.coopMatrixNote}`,
       `KV cache: ${this.policy.kind}, paged, ${pool} pages of 16 tokens, pool ${
         formatBytes(pool * pageBytes(this.hparams.headDim))
