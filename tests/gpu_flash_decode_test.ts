@@ -6,6 +6,7 @@ import { createKvAppend } from "../src/gpu/ops/kv_append.ts";
 import { StepParams } from "../src/gpu/ops/op.ts";
 import { KvCache } from "../src/kv/kv_cache.ts";
 import { attendOne } from "../src/model/ops.ts";
+import { subgroupsOrEmulated } from "./gpu_ops_helpers.ts";
 
 /** Random values in [-2, 2), never all zero. */
 function random(n: number): Float32Array<ArrayBuffer> {
@@ -295,8 +296,7 @@ Deno.test("flash decode: subgroup operations (scores in registers, lanes merged 
   ];
   // The GPU's subgroup shuffles where it has them (and subgroups as wide as a key's threads), else the
   // same sums through workgroup memory: the path around them is the same.
-  const fits = (c: Case) => gpu.subgroups !== undefined && c.headDim / 8 <= gpu.subgroups.minSize;
-  for (const c of cases) await checkDecode({ ...c, subgroups: fits(c) ? true : "emulated" });
+  for (const c of cases) await checkDecode({ ...c, subgroups: subgroupsOrEmulated(gpu, c.headDim / 8) });
 });
 
 Deno.test("flash decode: direct mode with its own key lanes (1, 2, 8), tree and flat merges, subgroups", async () => {
@@ -334,7 +334,7 @@ Deno.test("flash decode: direct mode with its own key lanes (1, 2, 8), tree and 
       splits: 4,
       direct: true,
       directKeyLanes: 4,
-      subgroups: gpu.subgroups && gpu.subgroups.minSize >= 8 ? true : "emulated",
+      subgroups: subgroupsOrEmulated(gpu, 8),
     },
   ];
   for (const c of cases) await checkDecode(c);
@@ -364,7 +364,7 @@ Deno.test("flash decode: the next tile's K/V loaded during the current one (pref
       tokens: 700,
       splits: 2,
       tileSteps: 2,
-      subgroups: gpu.subgroups && gpu.subgroups.minSize >= 8 ? true : "emulated",
+      subgroups: subgroupsOrEmulated(gpu, 8),
     },
   ];
   for (const c of cases) await checkDecode({ ...c, prefetchTiles: true });

@@ -12,7 +12,7 @@ import { KvCache } from "../src/kv/kv_cache.ts";
 import { admitsByRule, type WindowedPolicy } from "../src/kv/wgkv_policy.ts";
 import { attendedPositions, type MaskPolicy } from "../src/kv/wgkv_reference.ts";
 import { attendOne } from "../src/model/ops.ts";
-import { expectClose, randomF32, submitValidated } from "./gpu_ops_helpers.ts";
+import { expectClose, randomF32, subgroupsOrEmulated, submitValidated } from "./gpu_ops_helpers.ts";
 
 /** Fresh random values in (−2, 2), never zero, in an ArrayBuffer-backed array. */
 const random = (n: number): Float32Array<ArrayBuffer> => new Float32Array(randomF32(n, 2));
@@ -321,7 +321,7 @@ Deno.test("flash prefill: WG-KV with key splits shared out by head length (windo
 Deno.test("flash prefill: the rows' maxima by subgroup shuffles (subgroups), plain, split and WG-KV", async () => {
   const gpu = await getGpu();
   // The GPU's shuffles where its subgroups hold a row quad's 8 lanes, else the emulation.
-  const subgroups = gpu.subgroups && gpu.subgroups.minSize >= 8 ? true : "emulated";
+  const subgroups = subgroupsOrEmulated(gpu, 8);
   await checkPrefill({ headDim: 64, kvHeads: 2, group: 4, chunks: [40, 70], subgroups });
   await checkPrefill({
     headDim: 32,

@@ -6,7 +6,7 @@ import { createMatvec } from "../src/gpu/ops/matmul.ts";
 import { StepParams } from "../src/gpu/ops/op.ts";
 import { rope, ropeInverseFrequencies } from "../src/model/ops.ts";
 import { randomF32, randomWeight } from "./gpu_quant_data.ts";
-import { nanBuffer as nans, runOps } from "./gpu_ops_helpers.ts";
+import { nanBuffer as nans, runOps, subgroupReduceOrEmulated } from "./gpu_ops_helpers.ts";
 
 /** `w` ([rows][cols]) times each of the `m` rows of `x`, in f64. */
 function matvec(w: Float32Array, x: Float64Array, m: number, rows: number, cols: number): Float64Array {
@@ -31,12 +31,6 @@ function rmsNorm(y: Float64Array, gamma: Float32Array, m: number, width: number,
     for (let i = 0; i < width; i++) out[t * width + i] = y[t * width + i] * scale * gamma[i];
   }
   return out;
-}
-
-/** The subgroup reduction to test: the GPU's where its subgroups are all 32 wide, else the emulation. */
-function subgroupReduce(gpu: Gpu): true | "emulated" {
-  const sizes = gpu.subgroups;
-  return sizes && sizes.minSize === 32 && sizes.maxSize === 32 ? true : "emulated";
 }
 
 function expectNear(what: string, got: Float32Array, want: Float64Array, n: number, rel: number): void {
@@ -66,8 +60,15 @@ Deno.test("folded norm: attn_output adds onto the residual, gate/up and QKV read
     { type: "Q8_0", m: 2, width: 1056, inner: 64, maxWorkgroups: 5 },
     // The workgroup reductions summed per subgroup first (the GPU's subgroups of 32 where it has them,
     // else the emulation).
-    { type: "Q4_K", m: 3, width: 512, inner: 256, subgroupReduce: subgroupReduce(gpu) },
-    { type: "Q8_0", m: 2, width: 1056, inner: 64, maxWorkgroups: 5, subgroupReduce: subgroupReduce(gpu) },
+    { type: "Q4_K", m: 3, width: 512, inner: 256, subgroupReduce: subgroupReduceOrEmulated(gpu) },
+    {
+      type: "Q8_0",
+      m: 2,
+      width: 1056,
+      inner: 64,
+      maxWorkgroups: 5,
+      subgroupReduce: subgroupReduceOrEmulated(gpu),
+    },
   ];
   for (const c of cases) {
     const { type, m, width: E, inner } = c;

@@ -13,7 +13,14 @@ import { createMatvec, type MatvecTuning } from "../src/gpu/ops/matmul.ts";
 import { INT8_UNIT_SECTIONS, int8InputReference, int8MatvecBlocker } from "../src/gpu/ops/matvec_units.ts";
 import { StepParams } from "../src/gpu/ops/op.ts";
 import { compareLinear, products, randomWeight as randomQuantWeight } from "./gpu_quant_data.ts";
-import { nanBuffer as nans, randomF32, randomInt8Input, runOps, untouchedPast } from "./gpu_ops_helpers.ts";
+import {
+  nanBuffer as nans,
+  randomF32,
+  randomInt8Input,
+  runOps,
+  subgroupReduceOrEmulated,
+  untouchedPast,
+} from "./gpu_ops_helpers.ts";
 import { checkQkvRope } from "./gpu_qkv_rope_check.ts";
 
 const TOL = 2e-5;
@@ -48,7 +55,7 @@ Deno.test("gpu matvec int8: every type with int8 units matches the reference wit
       workgroupSize: 64,
       tokensPerWorkgroup: 2,
       rowsPerWorkgroup: 2,
-      subgroupReduce: gpu.subgroups?.minSize === 32 && gpu.subgroups.maxSize === 32 ? true : "emulated",
+      subgroupReduce: subgroupReduceOrEmulated(gpu),
     },
   ];
   for (const [name, cases] of Object.entries(CASES)) {

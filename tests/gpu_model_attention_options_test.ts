@@ -5,7 +5,7 @@ import { getGpu } from "../src/gpu/device.ts";
 import { GpuModel, type GpuModelOptions } from "../src/model/gpu_model.ts";
 import { hparamsFromGGUF } from "../src/model/hparams.ts";
 import { writeSyntheticModel } from "../src/model/synth.ts";
-import { relativeError } from "./gpu_ops_helpers.ts";
+import { relativeError, subgroupReduceOrEmulated, subgroupsOrEmulated } from "./gpu_ops_helpers.ts";
 
 Deno.test("gpu model: decode attention's splits, lane merge, query staging and key lanes keep the logits; the benchmark's ablation changes them", async () => {
   const gpu = await getGpu();
@@ -39,7 +39,7 @@ Deno.test("gpu model: decode attention's splits, lane merge, query staging and k
       { decodeLaneMerge: "flat" },
       { decodeSharedQueries: true },
       // Subgroup shuffles where the GPU has subgroups as wide as a key's 4 threads (head_dim 32), else emulated.
-      { decodeSubgroups: gpu.subgroups && gpu.subgroups.minSize >= 4 ? true : "emulated" },
+      { decodeSubgroups: subgroupsOrEmulated(gpu, 4) },
       // The decode products' sums per subgroup first (the GPU's subgroups of 32, else emulated).
       {
         decodeSubgroupReduce: gpu.subgroups?.minSize === 32 && gpu.subgroups.maxSize === 32
@@ -53,7 +53,7 @@ Deno.test("gpu model: decode attention's splits, lane merge, query staging and k
       { decodeUniformRows: true, decodeDirectKeys: 384 },
       // The subgroup, prefetch and uniform-row options at once (they compose).
       {
-        decodeSubgroups: gpu.subgroups && gpu.subgroups.minSize >= 4 ? true : "emulated",
+        decodeSubgroups: subgroupsOrEmulated(gpu, 4),
         decodeSubgroupReduce: gpu.subgroups?.minSize === 32 && gpu.subgroups.maxSize === 32
           ? true
           : "emulated",
@@ -102,7 +102,7 @@ Deno.test("gpu model: prefill attention's rows' maxima by subgroup shuffles keep
         }
       };
       const base = await prefill({});
-      const subgroups = gpu.subgroups && gpu.subgroups.minSize >= 8 ? true : "emulated";
+      const subgroups = subgroupsOrEmulated(gpu, 8);
       const err = relativeError(await prefill({ prefillSubgroups: subgroups }), base);
       ok(err < 1e-5, `prefillSubgroups ${subgroups}: relative error ${err}`);
     } finally {

@@ -141,3 +141,17 @@ export async function withTinyModel(
     await Deno.remove(dir, { recursive: true });
   }
 }
+
+/**
+ * What a test of a subgroup option passes: `true` (the GPU's subgroups) where they hold at least
+ * `minSize` invocations, else "emulated" (the same kernel with the subgroup operations through workgroup
+ * memory; lavapipe has no subgroups).
+ */
+export function subgroupsOrEmulated(gpu: Gpu, minSize: number): true | "emulated" {
+  return gpu.subgroups !== undefined && gpu.subgroups.minSize >= minSize ? true : "emulated";
+}
+
+/** As {@link subgroupsOrEmulated} for the decode products' subgroup sums, which need subgroups all 32 wide. */
+export function subgroupReduceOrEmulated(gpu: Gpu): true | "emulated" {
+  return gpu.subgroups?.minSize === 32 && gpu.subgroups.maxSize === 32 ? true : "emulated";
+}
