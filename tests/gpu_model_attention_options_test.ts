@@ -42,9 +42,7 @@ Deno.test("gpu model: decode attention's splits, lane merge, query staging and k
       { decodeSubgroups: subgroupsOrEmulated(gpu, 4) },
       // The decode products' sums per subgroup first (the GPU's subgroups of 32, else emulated).
       {
-        decodeSubgroupReduce: gpu.subgroups?.minSize === 32 && gpu.subgroups.maxSize === 32
-          ? true
-          : "emulated",
+        decodeSubgroupReduce: subgroupReduceOrEmulated(gpu),
       },
       { decodeKeyLanes: 8, decodeTileSteps: 2 },
       { decodeDirectKeys: 384, decodeDirectKeyLanes: 2 }, // the direct mode, 2 key lanes
@@ -54,9 +52,7 @@ Deno.test("gpu model: decode attention's splits, lane merge, query staging and k
       // The subgroup, prefetch and uniform-row options at once (they compose).
       {
         decodeSubgroups: subgroupsOrEmulated(gpu, 4),
-        decodeSubgroupReduce: gpu.subgroups?.minSize === 32 && gpu.subgroups.maxSize === 32
-          ? true
-          : "emulated",
+        decodeSubgroupReduce: subgroupReduceOrEmulated(gpu),
         decodePrefetchTiles: true,
         decodeUniformRows: true,
         decodeKeyLanes: 8,
