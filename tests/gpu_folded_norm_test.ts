@@ -1,6 +1,6 @@
 import { ok, throws } from "node:assert/strict";
 import { BadFlagError } from "../src/errors.ts";
-import { getGpu, type Gpu } from "../src/gpu/device.ts";
+import { getGpu } from "../src/gpu/device.ts";
 import { createGateUpSwiGlu, createQkvMatvec } from "../src/gpu/ops/fused.ts";
 import { createMatvec } from "../src/gpu/ops/matmul.ts";
 import { StepParams } from "../src/gpu/ops/op.ts";
