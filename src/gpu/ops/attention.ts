@@ -457,6 +457,36 @@ function decodeWorkgroupBytes(
 }
 
 /**
+ * Checks that the decode partial pass fits this GPU's workgroup memory with `keyLanes` lanes and tiles of
+ * `tileSteps` steps (a {@link UnsupportedError} naming `label` otherwise), and returns the flat merge's sums
+ * per pass: all 8 where the workgroup memory allows, else 4, 2 or 1 (1 for the tree merge).
+ */
+function checkedFlatMergeDims(
+  gpu: Gpu,
+  label: string,
+  options: FlashDecodeOptions,
+  headDim: number,
+  keyLanes: number,
+  tileSteps: number,
+  kvHeads: number,
+): number {
+  const bytes = (dims: number) =>
+    decodeWorkgroupBytes(
+      headDim,
+      keyLanes,
+      tileSteps,
+      kvHeads,
+      dims,
+      options.sharedQueries ?? false,
+      options.subgroups === "emulated",
+    );
+  checkWorkgroupMemory(gpu, label, bytes(1));
+  let dims = options.laneMerge === "flat" ? 8 : 1;
+  while (dims > 1 && bytes(dims) > gpu.limits.maxComputeWorkgroupStorageSize) dims /= 2;
+  return dims;
+}
+
+/**
  * The direct mode's kernel of `wgsl/flash_decode.wgsl`: the split path's `constants` and `defines` with one
  * slot per KV head, and its own key lanes where `options.directKeyLanes` asks (with the subgroup constants
  * and the flat merge's sums per pass that follow from them), checked against the workgroup memory.
@@ -483,22 +513,7 @@ function directDecodeKernel(
     Math.floor(gpu.limits.maxComputeInvocationsPerWorkgroup / (D / 8)),
   );
   const subgroups = subgroupParts(gpu, label, D, lanes, options.subgroups ?? false);
-  const emulated = options.subgroups === "emulated";
-  const bytes = (dims: number) =>
-    decodeWorkgroupBytes(
-      D,
-      lanes,
-      split.tileSteps,
-      split.kvHeads,
-      dims,
-      options.sharedQueries ?? false,
-      emulated,
-    );
-  checkWorkgroupMemory(gpu, label, bytes(1));
-  let flatMergeDims = flat ? 8 : 1;
-  while (flatMergeDims > 1 && bytes(flatMergeDims) > gpu.limits.maxComputeWorkgroupStorageSize) {
-    flatMergeDims /= 2;
-  }
+  const flatMergeDims = checkedFlatMergeDims(gpu, label, options, D, lanes, split.tileSteps, split.kvHeads);
   return gpu.kernel(
     "flash_decode",
     {
@@ -786,22 +801,8 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   checkSlice(label, "out", out, qHeads * D * 4);
   const sharedQueries = options.sharedQueries ?? false;
   const subgroups = subgroupParts(gpu, label, D, keyLanes, options.subgroups ?? false);
-  const emulatedShuffles = options.subgroups === "emulated";
-  checkWorkgroupMemory(
-    gpu,
-    label,
-    decodeWorkgroupBytes(D, keyLanes, tileSteps, kv.kvHeads, 1, sharedQueries, emulatedShuffles),
-  );
-  // The flat merge's sums per pass: all 8 where the workgroup memory allows, else 4, 2 or 1.
+  const flatMergeDims = checkedFlatMergeDims(gpu, label, options, D, keyLanes, tileSteps, kv.kvHeads);
   const flat = options.laneMerge === "flat";
-  let flatMergeDims = flat ? 8 : 1;
-  while (
-    flatMergeDims > 1 &&
-    decodeWorkgroupBytes(D, keyLanes, tileSteps, kv.kvHeads, flatMergeDims, sharedQueries, emulatedShuffles) >
-      gpu.limits.maxComputeWorkgroupStorageSize
-  ) {
-    flatMergeDims /= 2;
-  }
   const partialBytes = decodePartialsBytes(splits, qHeads, D);
   const partials = options.partials ?? gpu.buffer(`${label} partials`, partialBytes);
   checkSlice(label, "partials", partials, partialBytes);
