@@ -81,8 +81,6 @@ alias tile_t = {{TILE_SCALAR}};
 alias tile4 = vec4<tile_t>;
 
 const THREADS = 256u;
-const TILE_ROWS = 128u;
-const HALF_ROWS = 64u; // tile rows per weight in a paired (`swiglu`) tile
 const W_STRIDE = 32u; // vec4s per k of the W tile (TILE_ROWS / 4)
 override tile_tokens: u32 = 16u * tokens_per_thread;
 // vec4s per k of the X tile (token quads).
@@ -179,7 +177,7 @@ fn qkv(
   @builtin(local_invocation_id) lid: vec3u,
   @builtin(local_invocation_index) tid: u32,
 ) {
-  let tile = select_qkv(TILE_ROWS, wid.x);
+  let tile = select_qkv(wid.x);
   let t0 = wid.y * tile_tokens;
   if (t0 >= step.n_tokens) { return; }
   tile_product(tile * TILE_ROWS, t0, lid, tid);
@@ -205,15 +203,8 @@ fn tile_product(n0: u32, t0: u32, lid: vec3u, tid: u32) {
   // of token quads xq + p·xq_step (when it stages X at all).
   let wi = tid % TILE_ROWS;
   let wk = tid / TILE_ROWS;
-  var w_row = n0 + wi;
-  if (paired) {
-    // Tile rows 0..63 from the gate weight (copy _a), 64..127 the same rows of the up weight (copy _b):
-    // tile rows i and 64 + i meet in the accumulators of one thread. Each warp stages 32 consecutive tile
-    // rows, so it reads one weight.
-    w_row = n0 + wi % HALF_ROWS;
-    which = wi / HALF_ROWS;
-    row_bytes = select(row_bytes_a, row_bytes_b, which == 1u);
-  }
+  // (Paired: tile rows i and 64 + i, gate and up, meet in the accumulators of one thread.)
+  let w_row = staged_row(n0, wi);
   let xk = tid % k_step;
   let xq = tid / k_step;
   let xq_step = THREADS / k_step;

@@ -56,8 +56,6 @@
 // #include matmul_weights
 
 const THREADS = 256u;
-const TILE_ROWS = 128u;
-const HALF_ROWS = 64u; // tile rows per weight in a paired (`swiglu`) tile
 // Tokens per output tile, 64 or 128 (MatmulTuning.coopTileTokens); token blocks of 16 per subgroup (2 or
 // 4); activations per thread and K step (8 or 16).
 override tile_tokens: u32 = 64u;
@@ -124,7 +122,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) tid:
 
 @compute @workgroup_size(256)
 fn qkv(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) tid: u32) {
-  let tile = select_qkv(TILE_ROWS, wid.x);
+  let tile = select_qkv(wid.x);
   let t0 = wid.y * tile_tokens;
   if (t0 >= step.n_tokens) { return; }
   tile_product(tile * TILE_ROWS, t0, tid);
@@ -145,12 +143,7 @@ fn tile_product(n0: u32, t0: u32, tid: u32) {
   // Staging work: W unit (tile row wi, columns 16·wk.., weight row w_row), X (token xt, columns xk..).
   let wi = tid % TILE_ROWS;
   let wk = tid / TILE_ROWS;
-  var w_row = n0 + wi;
-  if (paired) {
-    w_row = n0 + wi % HALF_ROWS;
-    which = wi / HALF_ROWS;
-    row_bytes = select(row_bytes_a, row_bytes_b, which == 1u);
-  }
+  let w_row = staged_row(n0, wi);
   let xt = tid / (K_STEP / x_per_thread);
   let xk = x_per_thread * (tid % (K_STEP / x_per_thread));
 

@@ -17,6 +17,10 @@ struct Part {
   row_bytes: u32,
 }
 
+// Weight rows per workgroup tile, and per weight in a paired (`swiglu`) tile.
+const TILE_ROWS = 128u;
+const HALF_ROWS = 64u;
+
 // `qkv`: rows and bytes per row of Q's, K's and V's weights; `swiglu`: rows_a (rows of the gate and up
 // weights), row_bytes_a (gate's) and row_bytes_b (up's).
 override rows_a: u32 = 1u;
@@ -52,6 +56,17 @@ var<private> out_first: u32;
 {{DEQUANT_A}}
 {{DEQUANT_B}}
 {{DEQUANT_C}}
+
+// The weight row that tile row `wi` (of TILE_ROWS) of a workgroup starting at row n0 stages: n0 + wi, or in a
+// paired tile (`swiglu`) rows 0..63 from the gate weight and 64..127 the same rows of the up weight, for
+// which this thread's `which` and `row_bytes` are set here (a warp stages 32 consecutive tile rows, so it
+// reads one weight).
+fn staged_row(n0: u32, wi: u32) -> u32 {
+  if (!paired) { return n0 + wi; }
+  which = wi / HALF_ROWS;
+  row_bytes = select(row_bytes_a, row_bytes_b, which == 1u);
+  return n0 + wi % HALF_ROWS;
+}
 
 // Columns e..e+15 of row `r` of weight `which` (zero past the row end or past its rows).
 fn fetch_w(r: u32, e: u32) -> array<vec4f, 4> {
@@ -91,11 +106,11 @@ fn select_main() {
   out_first = part.first_row;
 }
 
-fn select_qkv(tile_rows: u32, tile: u32) -> u32 {
+fn select_qkv(tile: u32) -> u32 {
   cols = part.cols;
   paired = false;
-  let tiles_a = (rows_a + tile_rows - 1u) / tile_rows;
-  let tiles_b = (rows_b + tile_rows - 1u) / tile_rows;
+  let tiles_a = (rows_a + TILE_ROWS - 1u) / TILE_ROWS;
+  let tiles_b = (rows_b + TILE_ROWS - 1u) / TILE_ROWS;
   var t = tile;
   if (t < tiles_a) {
     which = 0u;
