@@ -22,8 +22,8 @@
  * Ops are built for each prompt length as the model builds them (`maxTokens` = the length), so `{}` rows
  * show the default tile shape for that length; the `tile` column gives the shape each row ran with
  * (t tokens per thread, k columns per step, u unrolled K loop, p prefetch, f16 for `{"half": true}`: f16
- * products; `coop` for `{"coop": true}`: products on the GPU's cooperative matrices, emulated where it has
- * none). A tuning an op rejects becomes a row with an error. `--quick` (for software adapters) runs
+ * products; `coop` for `{"coop": true}`: products on the GPU's cooperative matrices, emulated on a software
+ * adapter and refused on a GPU without them). A tuning an op rejects becomes a row with an error. `--quick` (for software adapters) runs
  * small "tiny" shapes with 64 tokens, few copies and dispatches: it shows that everything runs, not speed.
  * The JSON holds the device description and every row; it is rewritten after each row (to a `.tmp` file,
  * then renamed), so a run cut short keeps its rows.
@@ -159,6 +159,10 @@ const outPath = values.out ?? "out/matmul.json";
 
 // Cooperative matrices are opened (and probed) only when a tuning asks for them.
 const gpu = await getGpu({ profile: true, coopMatrix: tunings.some((t) => t.coop === true) });
+// On a hardware GPU without working cooperative matrices the emulated kernel would only time the emulation.
+if (tunings.some((t) => t.coop === true) && !gpu.coopMatrix && !gpu.isFallback) {
+  usage(`--tunings: coop needs cooperative matrices: ${gpu.coopMatrixNote}`);
+}
 // A tuning with an unknown field or value fails here, before any weight is uploaded.
 for (const t of tunings) {
   if (t.int8) continue;

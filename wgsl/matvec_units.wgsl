@@ -64,15 +64,21 @@ fn k_unit_sum(head: vec4u, u: u32, q_lo: f32, q_hi: f32, xs: array<vec4f, 8>) ->
   let x_hi = sum4(xs[4] + xs[5] + xs[6] + xs[7]);
   return dm.x * (lo.x * q_lo + hi.x * q_hi) - dm.y * (lo.y * x_lo + hi.y * x_hi);
 }
+// 2^23 plus each of the four bytes of v, built without integer-to-float conversions (which run at a fraction
+// of the FMA rate and bound these products on a fast memory): each byte goes into the low mantissa bits of
+// 2^23 (bits 0x4b000000). Subtracting 2^23 (plus any offset the caller wants) leaves its value exactly.
+fn byte_floats(v: u32) -> vec4f {
+  let bits = vec4u(v & 0xffu, (v >> 8u) & 0xffu, (v >> 16u) & 0xffu, v >> 24u) | vec4u(0x4b000000u);
+  return bitcast<vec4f>(bits);
+}
+const BYTE_FLOAT_ZERO = 8388608.0;
 // The four bytes of v as unsigned values.
 fn ubytes(v: u32) -> vec4f {
-  return vec4f(f32(v & 0xffu), f32((v >> 8u) & 0xffu), f32((v >> 16u) & 0xffu), f32(v >> 24u));
+  return byte_floats(v) - BYTE_FLOAT_ZERO;
 }
-// The four bytes of v as signed (int8) values.
+// The four bytes of v as signed (int8) values: flipping each sign bit adds 128 to the unsigned reading.
 fn ibytes(v: u32) -> vec4f {
-  let i = bitcast<i32>(v);
-  return vec4f(f32(extractBits(i, 0u, 8u)), f32(extractBits(i, 8u, 8u)), f32(extractBits(i, 16u, 8u)),
-               f32(extractBits(i, 24u, 8u)));
+  return byte_floats(v ^ 0x80808080u) - (BYTE_FLOAT_ZERO + 128.0);
 }
 // Low and high nibbles of the four bytes of v.
 fn nib_lo(v: u32) -> vec4f {
@@ -598,7 +604,7 @@ fn unit_dot(w: Raw, xs: array<vec4f, 8>, u: u32) -> f32 {
   let h = 4u * ((u % 8u) / 4u);
   let qx = vec4f(run_dot(w, 0u, h, xs[0], xs[1]), run_dot(w, 2u, h + 2u, xs[4], xs[5]),
                  run_dot(w, 1u, h + 1u, xs[2], xs[3]), run_dot(w, 3u, h + 3u, xs[6], xs[7]));
-  return w.d * dot(ubytes(w.sc) - 32.0, qx);
+  return w.d * dot(byte_floats(w.sc) - (BYTE_FLOAT_ZERO + 32.0), qx);
 }
 
 // ==== Q4_K ====
@@ -709,7 +715,8 @@ fn unit_x(xrow: u32, u: u32) -> array<vec4f, 8> {
 }
 // The four 6-bit values (nibble at `nib` of ql's bytes, two bits at `crumb` of qh's bytes) minus 32.
 fn q6(ql: u32, qh: u32, nib: u32, crumb: u32) -> vec4f {
-  return ubytes(((ql >> nib) & 0x0f0f0f0fu) | (((qh >> crumb) & 0x03030303u) << 4u)) - 32.0;
+  return byte_floats(((ql >> nib) & 0x0f0f0f0fu) | (((qh >> crumb) & 0x03030303u) << 4u)) -
+    (BYTE_FLOAT_ZERO + 32.0);
 }
 fn unit_dot(w: Raw, xs: array<vec4f, 8>, u: u32) -> f32 {
   let sl = 2u * ((u % 8u / 2u) % 2u);
