@@ -115,22 +115,26 @@ fn skip_half2(first: u32, next: vec2u) -> vec2u {
 // Σ (q − bias) · x over a 32-element block of 4-bit quants (Q4_0, Q4_1): element l < 16 is the low nibble
 // of byte l of qs, element l + 16 the high one.
 fn q4_dot(qs: vec4u, xs: array<vec4f, 8>, bias: f32) -> f32 {
+  let zero = BYTE_FLOAT_ZERO + bias;
   var s = 0.0;
   // @unroll
   for (var i = 0u; i < 4u; i++) {
-    s += dot(nib_lo(qs[i]) - bias, xs[i]) + dot(nib_hi(qs[i]) - bias, xs[i + 4u]);
+    let lo = byte_floats(qs[i] & 0x0f0f0f0fu);
+    let hi = byte_floats((qs[i] >> 4u) & 0x0f0f0f0fu);
+    s += dot(lo - zero, xs[i]) + dot(hi - zero, xs[i + 4u]);
   }
   return s;
 }
 // Σ (q − bias) · x over a 32-element block of 5-bit quants (Q5_0, Q5_1): the nibbles as q4_dot, plus 16 ×
 // bit l of qh for element l.
 fn q5_dot(qs: vec4u, qh: u32, xs: array<vec4f, 8>, bias: f32) -> f32 {
+  let zero = BYTE_FLOAT_ZERO + bias;
   var s = 0.0;
   // @unroll
   for (var i = 0u; i < 4u; i++) {
-    let lo = ubytes((qs[i] & 0x0f0f0f0fu) | fifth_bits(qh >> (4u * i)));
-    let hi = ubytes(((qs[i] >> 4u) & 0x0f0f0f0fu) | fifth_bits(qh >> (4u * i + 16u)));
-    s += dot(lo - bias, xs[i]) + dot(hi - bias, xs[i + 4u]);
+    let lo = byte_floats((qs[i] & 0x0f0f0f0fu) | fifth_bits(qh >> (4u * i)));
+    let hi = byte_floats(((qs[i] >> 4u) & 0x0f0f0f0fu) | fifth_bits(qh >> (4u * i + 16u)));
+    s += dot(lo - zero, xs[i]) + dot(hi - zero, xs[i + 4u]);
   }
   return s;
 }
@@ -653,18 +657,18 @@ fn unit_x(xrow: u32, u: u32) -> array<vec4f, 8> {
   let a = xrow + (u / 8u) * 64u + (c / 2u) * 16u + (c % 2u) * 4u;
   return array<vec4f, 8>(x[a], x[a + 1u], x[a + 2u], x[a + 3u], x[a + 8u], x[a + 9u], x[a + 10u], x[a + 11u]);
 }
+// The four 5-bit values: the nibble at `nib` of qs's bytes with bit `bit` of qh's bytes above it.
+fn q5k(qs: u32, qh: u32, nib: u32, bit: u32) -> vec4f {
+  return ubytes(((qs >> nib) & 0x0f0f0f0fu) | (((qh >> bit) & 0x01010101u) << 4u));
+}
 fn unit_dot(w: Raw, xs: array<vec4f, 8>, u: u32) -> f32 {
   let j = (u % 8u) / 2u;
   let bl = 2u * j;
   let bh = bl + 1u;
-  let q_lo = dot(nib_lo(w.qs.x) + 16.0 * bit_of_bytes(w.qh.x, bl), xs[0]) +
-    dot(nib_lo(w.qs.y) + 16.0 * bit_of_bytes(w.qh.y, bl), xs[1]) +
-    dot(nib_lo(w.qs.z) + 16.0 * bit_of_bytes(w.qh.z, bl), xs[2]) +
-    dot(nib_lo(w.qs.w) + 16.0 * bit_of_bytes(w.qh.w, bl), xs[3]);
-  let q_hi = dot(nib_hi(w.qs.x) + 16.0 * bit_of_bytes(w.qh.x, bh), xs[4]) +
-    dot(nib_hi(w.qs.y) + 16.0 * bit_of_bytes(w.qh.y, bh), xs[5]) +
-    dot(nib_hi(w.qs.z) + 16.0 * bit_of_bytes(w.qh.z, bh), xs[6]) +
-    dot(nib_hi(w.qs.w) + 16.0 * bit_of_bytes(w.qh.w, bh), xs[7]);
+  let q_lo = dot(q5k(w.qs.x, w.qh.x, 0u, bl), xs[0]) + dot(q5k(w.qs.y, w.qh.y, 0u, bl), xs[1]) +
+    dot(q5k(w.qs.z, w.qh.z, 0u, bl), xs[2]) + dot(q5k(w.qs.w, w.qh.w, 0u, bl), xs[3]);
+  let q_hi = dot(q5k(w.qs.x, w.qh.x, 4u, bh), xs[4]) + dot(q5k(w.qs.y, w.qh.y, 4u, bh), xs[5]) +
+    dot(q5k(w.qs.z, w.qh.z, 4u, bh), xs[6]) + dot(q5k(w.qs.w, w.qh.w, 4u, bh), xs[7]);
   return k_unit_sum(w.head, u, q_lo, q_hi, xs);
 }
 
