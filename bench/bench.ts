@@ -35,8 +35,8 @@
  *                                                        rows: "decode-direct-lanesN" rows)
  *                        [--decode-prefetch-tiles]  (decode attention loads each tile's K/V during the tile
  *                                                    before: "decode-prefetch-tiles" rows)
- *                        [--decode-uniform-rows]  (full-cache decode attention plans its slots from the
- *                                                  position, no lengths read: "decode-uniform-rows" rows)
+ *                        [--no-decode-uniform-rows]  (full-cache decode attention reads its row lengths
+ *                                                     instead of planning from the position: "decode-row-lengths")
  *                        [--decode-lane-merge flat|tree]  (decode attention's merge of its key lanes:
  *                                               "decode-merge-X" rows)
  *                        [--decode-shared-queries]  (decode attention's queries in workgroup memory, not
@@ -167,7 +167,7 @@ const { values } = benchFlags(import.meta.url, () =>
       "decode-key-lanes": { type: "string" },
       "decode-direct-key-lanes": { type: "string" },
       "decode-prefetch-tiles": { type: "boolean" },
-      "decode-uniform-rows": { type: "boolean" },
+      "no-decode-uniform-rows": { type: "boolean" },
       "decode-tile-steps": { type: "string" },
       "decode-lane-merge": { type: "string" },
       "decode-shared-queries": { type: "boolean" },
@@ -261,9 +261,9 @@ const decodeDirectKeyLanes = positiveFlag("decode-direct-key-lanes");
 // --decode-prefetch-tiles: decode attention loads each tile's K/V during the tile before (rows named
 // "decode-prefetch-tiles").
 const decodePrefetchTiles = values["decode-prefetch-tiles"] ? true : undefined;
-// --decode-uniform-rows: full-cache decode attention plans its slots from the position (rows named
-// "decode-uniform-rows").
-const decodeUniformRows = values["decode-uniform-rows"] ? true : undefined;
+// --no-decode-uniform-rows: full-cache decode attention reads its row lengths instead of planning its slots
+// from the position, the default (rows named "decode-row-lengths").
+const decodeUniformRows = values["no-decode-uniform-rows"] ? false : undefined;
 const decodeTileSteps = positiveFlag("decode-tile-steps");
 // --decode-lane-merge flat|tree: how decode attention's key lanes merge (rows named "decode-merge-X").
 const decodeLaneMerge = values["decode-lane-merge"] as GpuModelOptions["decodeLaneMerge"];
@@ -313,7 +313,7 @@ const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? 
   (decodeKeyLanes !== undefined ? `-lanes${decodeKeyLanes}` : "") +
   (decodeDirectKeyLanes !== undefined ? `-direct-lanes${decodeDirectKeyLanes}` : "") +
   (decodePrefetchTiles ? "-prefetch-tiles" : "") +
-  (decodeUniformRows ? "-uniform-rows" : "") +
+  (decodeUniformRows === false ? "-row-lengths" : "") +
   (decodeTileSteps !== undefined ? `-steps${decodeTileSteps}` : "") +
   (decodeLaneMerge !== undefined ? `-merge-${decodeLaneMerge}` : "") +
   (decodeSharedQueries ? "-shared-queries" : "") +

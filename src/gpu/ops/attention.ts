@@ -320,8 +320,8 @@ export interface FlashDecodeOptions extends AttentionOptions {
   /**
    * Whether every KV head's row holds `step.pos0 + 1` keys, as the full cache does at decode (true): the
    * workgroups then plan their slots from the position, without reading the row lengths or waiting on a
-   * barrier. Needs `step`; not with `wgkv` (its heads keep different numbers of keys). Default false.
-   * Tested, not yet measured on a GPU.
+   * barrier. Needs `step`; not with `wgkv` (its heads keep different numbers of keys). Default false (the
+   * model turns it on for the full cache: `GpuModelOptions.decodeUniformRows`).
    */
   uniformRows?: boolean;
   /**
