@@ -64,21 +64,15 @@ fn k_unit_sum(head: vec4u, u: u32, q_lo: f32, q_hi: f32, xs: array<vec4f, 8>) ->
   let x_hi = sum4(xs[4] + xs[5] + xs[6] + xs[7]);
   return dm.x * (lo.x * q_lo + hi.x * q_hi) - dm.y * (lo.y * x_lo + hi.y * x_hi);
 }
-// 2^23 plus each of the four bytes of v, built without integer-to-float conversions (which run at a fraction
-// of the FMA rate and bound these products on a fast memory): each byte goes into the low mantissa bits of
-// 2^23 (bits 0x4b000000). Subtracting 2^23 (plus any offset the caller wants) leaves its value exactly.
-fn byte_floats(v: u32) -> vec4f {
-  let bits = vec4u(v & 0xffu, (v >> 8u) & 0xffu, (v >> 16u) & 0xffu, v >> 24u) | vec4u(0x4b000000u);
-  return bitcast<vec4f>(bits);
-}
-const BYTE_FLOAT_ZERO = 8388608.0;
 // The four bytes of v as unsigned values.
 fn ubytes(v: u32) -> vec4f {
-  return byte_floats(v) - BYTE_FLOAT_ZERO;
+  return vec4f(f32(v & 0xffu), f32((v >> 8u) & 0xffu), f32((v >> 16u) & 0xffu), f32(v >> 24u));
 }
-// The four bytes of v as signed (int8) values: flipping each sign bit adds 128 to the unsigned reading.
+// The four bytes of v as signed (int8) values.
 fn ibytes(v: u32) -> vec4f {
-  return byte_floats(v ^ 0x80808080u) - (BYTE_FLOAT_ZERO + 128.0);
+  let i = bitcast<i32>(v);
+  return vec4f(f32(extractBits(i, 0u, 8u)), f32(extractBits(i, 8u, 8u)), f32(extractBits(i, 16u, 8u)),
+               f32(extractBits(i, 24u, 8u)));
 }
 // Low and high nibbles of the four bytes of v.
 fn nib_lo(v: u32) -> vec4f {
@@ -115,26 +109,22 @@ fn skip_half2(first: u32, next: vec2u) -> vec2u {
 // Σ (q − bias) · x over a 32-element block of 4-bit quants (Q4_0, Q4_1): element l < 16 is the low nibble
 // of byte l of qs, element l + 16 the high one.
 fn q4_dot(qs: vec4u, xs: array<vec4f, 8>, bias: f32) -> f32 {
-  let zero = BYTE_FLOAT_ZERO + bias;
   var s = 0.0;
   // @unroll
   for (var i = 0u; i < 4u; i++) {
-    let lo = byte_floats(qs[i] & 0x0f0f0f0fu);
-    let hi = byte_floats((qs[i] >> 4u) & 0x0f0f0f0fu);
-    s += dot(lo - zero, xs[i]) + dot(hi - zero, xs[i + 4u]);
+    s += dot(nib_lo(qs[i]) - bias, xs[i]) + dot(nib_hi(qs[i]) - bias, xs[i + 4u]);
   }
   return s;
 }
 // Σ (q − bias) · x over a 32-element block of 5-bit quants (Q5_0, Q5_1): the nibbles as q4_dot, plus 16 ×
 // bit l of qh for element l.
 fn q5_dot(qs: vec4u, qh: u32, xs: array<vec4f, 8>, bias: f32) -> f32 {
-  let zero = BYTE_FLOAT_ZERO + bias;
   var s = 0.0;
   // @unroll
   for (var i = 0u; i < 4u; i++) {
-    let lo = byte_floats((qs[i] & 0x0f0f0f0fu) | fifth_bits(qh >> (4u * i)));
-    let hi = byte_floats(((qs[i] >> 4u) & 0x0f0f0f0fu) | fifth_bits(qh >> (4u * i + 16u)));
-    s += dot(lo - zero, xs[i]) + dot(hi - zero, xs[i + 4u]);
+    let lo = ubytes((qs[i] & 0x0f0f0f0fu) | fifth_bits(qh >> (4u * i)));
+    let hi = ubytes(((qs[i] >> 4u) & 0x0f0f0f0fu) | fifth_bits(qh >> (4u * i + 16u)));
+    s += dot(lo - bias, xs[i]) + dot(hi - bias, xs[i + 4u]);
   }
   return s;
 }
@@ -608,7 +598,7 @@ fn unit_dot(w: Raw, xs: array<vec4f, 8>, u: u32) -> f32 {
   let h = 4u * ((u % 8u) / 4u);
   let qx = vec4f(run_dot(w, 0u, h, xs[0], xs[1]), run_dot(w, 2u, h + 2u, xs[4], xs[5]),
                  run_dot(w, 1u, h + 1u, xs[2], xs[3]), run_dot(w, 3u, h + 3u, xs[6], xs[7]));
-  return w.d * dot(byte_floats(w.sc) - (BYTE_FLOAT_ZERO + 32.0), qx);
+  return w.d * dot(ubytes(w.sc) - 32.0, qx);
 }
 
 // ==== Q4_K ====
@@ -657,18 +647,18 @@ fn unit_x(xrow: u32, u: u32) -> array<vec4f, 8> {
   let a = xrow + (u / 8u) * 64u + (c / 2u) * 16u + (c % 2u) * 4u;
   return array<vec4f, 8>(x[a], x[a + 1u], x[a + 2u], x[a + 3u], x[a + 8u], x[a + 9u], x[a + 10u], x[a + 11u]);
 }
-// The four 5-bit values: the nibble at `nib` of qs's bytes with bit `bit` of qh's bytes above it.
-fn q5k(qs: u32, qh: u32, nib: u32, bit: u32) -> vec4f {
-  return ubytes(((qs >> nib) & 0x0f0f0f0fu) | (((qh >> bit) & 0x01010101u) << 4u));
-}
 fn unit_dot(w: Raw, xs: array<vec4f, 8>, u: u32) -> f32 {
   let j = (u % 8u) / 2u;
   let bl = 2u * j;
   let bh = bl + 1u;
-  let q_lo = dot(q5k(w.qs.x, w.qh.x, 0u, bl), xs[0]) + dot(q5k(w.qs.y, w.qh.y, 0u, bl), xs[1]) +
-    dot(q5k(w.qs.z, w.qh.z, 0u, bl), xs[2]) + dot(q5k(w.qs.w, w.qh.w, 0u, bl), xs[3]);
-  let q_hi = dot(q5k(w.qs.x, w.qh.x, 4u, bh), xs[4]) + dot(q5k(w.qs.y, w.qh.y, 4u, bh), xs[5]) +
-    dot(q5k(w.qs.z, w.qh.z, 4u, bh), xs[6]) + dot(q5k(w.qs.w, w.qh.w, 4u, bh), xs[7]);
+  let q_lo = dot(nib_lo(w.qs.x) + 16.0 * bit_of_bytes(w.qh.x, bl), xs[0]) +
+    dot(nib_lo(w.qs.y) + 16.0 * bit_of_bytes(w.qh.y, bl), xs[1]) +
+    dot(nib_lo(w.qs.z) + 16.0 * bit_of_bytes(w.qh.z, bl), xs[2]) +
+    dot(nib_lo(w.qs.w) + 16.0 * bit_of_bytes(w.qh.w, bl), xs[3]);
+  let q_hi = dot(nib_hi(w.qs.x) + 16.0 * bit_of_bytes(w.qh.x, bh), xs[4]) +
+    dot(nib_hi(w.qs.y) + 16.0 * bit_of_bytes(w.qh.y, bh), xs[5]) +
+    dot(nib_hi(w.qs.z) + 16.0 * bit_of_bytes(w.qh.z, bh), xs[6]) +
+    dot(nib_hi(w.qs.w) + 16.0 * bit_of_bytes(w.qh.w, bh), xs[7]);
   return k_unit_sum(w.head, u, q_lo, q_hi, xs);
 }
 
@@ -719,8 +709,7 @@ fn unit_x(xrow: u32, u: u32) -> array<vec4f, 8> {
 }
 // The four 6-bit values (nibble at `nib` of ql's bytes, two bits at `crumb` of qh's bytes) minus 32.
 fn q6(ql: u32, qh: u32, nib: u32, crumb: u32) -> vec4f {
-  return byte_floats(((ql >> nib) & 0x0f0f0f0fu) | (((qh >> crumb) & 0x03030303u) << 4u)) -
-    (BYTE_FLOAT_ZERO + 32.0);
+  return ubytes(((ql >> nib) & 0x0f0f0f0fu) | (((qh >> crumb) & 0x03030303u) << 4u)) - 32.0;
 }
 fn unit_dot(w: Raw, xs: array<vec4f, 8>, u: u32) -> f32 {
   let sl = 2u * ((u % 8u / 2u) % 2u);
