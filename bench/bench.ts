@@ -33,8 +33,6 @@
  *                                               per tile: "decode-lanesN", "decode-stepsN" rows)
  *                        [--decode-direct-key-lanes N]  (the key lanes of its one-dispatch mode for short
  *                                                        rows: "decode-direct-lanesN" rows)
- *                        [--decode-prefetch-tiles]  (decode attention loads each tile's K/V during the tile
- *                                                    before: "decode-prefetch-tiles" rows)
  *                        [--no-decode-uniform-rows]  (full-cache decode attention reads its row lengths
  *                                                     instead of planning from the position: "decode-row-lengths")
  *                        [--decode-lane-merge flat|tree]  (decode attention's merge of its key lanes:
@@ -166,7 +164,6 @@ const { values } = benchFlags(import.meta.url, () =>
       "decode-splits": { type: "string" },
       "decode-key-lanes": { type: "string" },
       "decode-direct-key-lanes": { type: "string" },
-      "decode-prefetch-tiles": { type: "boolean" },
       "no-decode-uniform-rows": { type: "boolean" },
       "decode-tile-steps": { type: "string" },
       "decode-lane-merge": { type: "string" },
@@ -258,9 +255,6 @@ const positiveFlag = (name: string): number | undefined => {
 const decodeKeyLanes = positiveFlag("decode-key-lanes");
 // --decode-direct-key-lanes N: the direct mode's key lanes (rows named "decode-direct-lanesN").
 const decodeDirectKeyLanes = positiveFlag("decode-direct-key-lanes");
-// --decode-prefetch-tiles: decode attention loads each tile's K/V during the tile before (rows named
-// "decode-prefetch-tiles").
-const decodePrefetchTiles = values["decode-prefetch-tiles"] ? true : undefined;
 // --no-decode-uniform-rows: full-cache decode attention reads its row lengths instead of planning its slots
 // from the position, the default (rows named "decode-row-lengths").
 const decodeUniformRows = values["no-decode-uniform-rows"] ? false : undefined;
@@ -295,7 +289,6 @@ const decodeAttention: Partial<GpuModelOptions> = {
   decodeSplits,
   decodeKeyLanes,
   decodeDirectKeyLanes,
-  decodePrefetchTiles,
   decodeUniformRows,
   decodeTileSteps,
   decodeLaneMerge,
@@ -312,7 +305,6 @@ const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? 
   (decodeSplits !== undefined ? `-splits${decodeSplits}` : "") +
   (decodeKeyLanes !== undefined ? `-lanes${decodeKeyLanes}` : "") +
   (decodeDirectKeyLanes !== undefined ? `-direct-lanes${decodeDirectKeyLanes}` : "") +
-  (decodePrefetchTiles ? "-prefetch-tiles" : "") +
   (decodeUniformRows === false ? "-row-lengths" : "") +
   (decodeTileSteps !== undefined ? `-steps${decodeTileSteps}` : "") +
   (decodeLaneMerge !== undefined ? `-merge-${decodeLaneMerge}` : "") +

@@ -34,8 +34,6 @@ interface Case {
   direct?: boolean;
   /** The direct mode's key lanes (default: keyLanes). */
   directKeyLanes?: number;
-  /** Each tile's K/V loaded during the tile before. */
-  prefetchTiles?: boolean;
   /** Every row holds `tokens` keys: the slots planned from the position (no cuts with this). */
   uniformRows?: boolean;
   /** The split path's merge: in the partial pass (default) or a reduce pass (false). */
@@ -112,7 +110,6 @@ async function checkDecode(c: Case): Promise<void> {
       laneMerge: c.laneMerge,
       sharedQueries: c.sharedQueries,
       subgroups: c.subgroups,
-      prefetchTiles: c.prefetchTiles,
       rotateTiles: c.rotateTiles,
       fusedReduce: c.fusedReduce,
       arrivals,
@@ -340,10 +337,10 @@ Deno.test("flash decode: direct mode with its own key lanes (1, 2, 8), tree and 
   for (const c of cases) await checkDecode(c);
 });
 
-Deno.test("flash decode: the next tile's K/V loaded during the current one (prefetchTiles), several tiles", async () => {
+Deno.test("flash decode: several tiles per split, wrapping around from the rotated start", async () => {
   const gpu = await getGpu();
   const cases: Case[] = [
-    // Several tiles per split, wrapping around from the rotated start; rows ending inside a tile.
+    // Rows ending inside a tile.
     { headDim: 128, kvHeads: 2, group: 4, tokens: 1120, cuts: [1120, 700], splits: 3, tileSteps: 2 },
     { headDim: 64, kvHeads: 2, group: 4, tokens: 900, cuts: [900, 1], splits: 2, tileSteps: 1, keyLanes: 8 },
     {
@@ -367,7 +364,7 @@ Deno.test("flash decode: the next tile's K/V loaded during the current one (pref
       subgroups: subgroupsOrEmulated(gpu, 8),
     },
   ];
-  for (const c of cases) await checkDecode({ ...c, prefetchTiles: true });
+  for (const c of cases) await checkDecode(c);
 });
 
 Deno.test("flash decode: rows of one length planned from the position (uniformRows), split and direct", async () => {

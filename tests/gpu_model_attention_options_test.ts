@@ -46,16 +46,14 @@ Deno.test("gpu model: decode attention's splits, lane merge, query staging and k
       },
       { decodeKeyLanes: 8, decodeTileSteps: 2 },
       { decodeDirectKeys: 384, decodeDirectKeyLanes: 2 }, // the direct mode, 2 key lanes
-      { decodePrefetchTiles: true, decodeTileSteps: 1, decodeKeyLanes: 8 }, // several tiles per split
+      { decodeTileSteps: 1, decodeKeyLanes: 8 }, // several tiles per split
       // The row lengths read instead of the slots planned from the position (the full cache's default).
       { decodeUniformRows: false },
       { decodeUniformRows: false, decodeDirectKeys: 384 },
-      // The subgroup, prefetch and uniform-row options at once (they compose).
+      // The subgroup options with several tiles per split (they compose).
       {
         decodeSubgroups: subgroupsOrEmulated(gpu, 4),
         decodeSubgroupReduce: subgroupReduceOrEmulated(gpu),
-        decodePrefetchTiles: true,
-        decodeUniformRows: true,
         decodeKeyLanes: 8,
         decodeTileSteps: 1,
       },

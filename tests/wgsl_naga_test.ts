@@ -70,13 +70,12 @@ Deno.test(`wgsl (naga ${nagaVersion}): the cooperative-matrix probe compiles in 
   }
 });
 
-Deno.test(`wgsl (naga ${nagaVersion}): decode attention with subgroup shuffles (and tile prefetch) compiles`, () => {
+Deno.test(`wgsl (naga ${nagaVersion}): decode attention with subgroup shuffles compiles`, () => {
   for (const [headDim, shards] of [[64, 1], [128, 3]]) {
     const code = prepared(includeShaders(loadShader("flash_decode")), {
       SHUFFLE: loadShader("shuffle_xor"),
       POOL: poolQuadShaderSource(shards),
       LOAD_QUADS: poolQuadLoadSource(shards),
-      LOAD_QUADS_NEXT: poolQuadLoadSource(shards, "next"),
     }, {
       head_dim: headDim,
       k_quads: headDim / 8,
@@ -89,7 +88,6 @@ Deno.test(`wgsl (naga ${nagaVersion}): decode attention with subgroup shuffles (
       fused_reduce: 1,
       subgroup_dots: 1,
       subgroup_lanes: 32 / (headDim / 8),
-      prefetch_tiles: 1,
       uniform_rows: 1,
     });
     const error = compileError(code);

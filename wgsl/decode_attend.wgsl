@@ -7,7 +7,7 @@
 //     `max_pages`, `pool_pages_per_shard`, and the const `PAGE_TOKENS`;
 //   `block_table: array<u32>` (u32[rows][max_pages]) and the pool shards, and the text define LOAD_QUADS,
 //     which sets k_words[u] and v_words[u] to the K and V quads `at` (16-byte words counted from the
-//     start of the page's shard) of page `page` (LOAD_QUADS_NEXT: the same into k_next[u] and v_next[u]);
+//     start of the page's shard) of page `page`;
 //   `fn key_visible(row: u32, k_index: u32) -> bool`: the WG-KV mask (or always true);
 //   `fn attend_query(head: u32, d: u32) -> f32`: query head `head`'s value at dimension d, scaled;
 //   `fn attend_store(index: u32, value: f32)`: writes output value `index` (head · head_dim + d).
@@ -18,8 +18,7 @@
 // consecutive rows, consecutive threads reading consecutive 16-byte words of the page (coalesced). The 4
 // heads of a batch are the lanes of a vec4, so one load of each K and V quad serves all of them.
 //   1. loads: every thread issues all its K and V quads of the tile before using any (clamped to the last
-//      key, so no branch; with prefetch_tiles during the tile before, into k_next / v_next), then writes
-//      its partial dot products (vec4 over heads) to workgroup memory;
+//      key, so no branch), then writes its partial dot products (vec4 over heads) to workgroup memory;
 //   2. scores: one thread per key of the tile adds up the key's k_quads partials and applies the mask;
 //      with subgroup_dots = 1 instead, each thread gets its keys' whole dot products from the key's
 //      k_quads threads (attend_key_total: a butterfly of shuffles) and applies the mask itself, so the
@@ -30,8 +29,7 @@
 //      common maximum go through workgroup memory once, and head_dim threads add up a dimension each), or
 //      attend_merge_lanes (pairwise, log2(key_lanes) rounds; with subgroup_lanes > 1 the key lanes of a
 //      subgroup first merge by shuffles, and the rounds take one lane per subgroup).
-// Two barriers per tile (none with subgroup_dots). With prefetch_tiles, a tile's loads are issued during the
-// tile before.
+// Two barriers per tile (none with subgroup_dots).
 //
 // shuffle_xor(v, mask, tid) comes from the text define SHUFFLE (src/gpu/ops/attention.ts): a subgroup
 // shuffle (wgsl/shuffle_xor.wgsl, on a device opened with `subgroups`), the same exchange through
@@ -48,9 +46,6 @@ override shared_queries: u32 = 0u;
 // 1: the scores of a tile are summed across each key's threads by attend_key_total and stay in registers;
 // 0: through workgroup memory, a thread per key.
 override subgroup_dots: u32 = 0u;
-// 1: each tile's K and V quads are loaded during the tile before (attend_tiles), so their loads overlap
-// that tile's arithmetic; 0: at the start of their own tile.
-override prefetch_tiles: u32 = 0u;
 // attend_merge_lanes: key lanes per subgroup merged by shuffles before the rounds through workgroup memory
 // (1: none; else a power of two, key_lanes a multiple of it, and subgroup_lanes · k_quads invocations in one
 // subgroup).
@@ -202,20 +197,6 @@ fn attend_tiles(
   var sums: array<vec4f, 8>;
   // @unroll
   for (var i = 0u; i < 8u; i++) { sums[i] = vec4f(0.0); }
-  // prefetch_tiles: the K and V quads of the tile after the current one, loaded before the current one is
-  // used (they become the current ones at the end of the iteration).
-  var k_next: array<vec4u, tile_steps>;
-  var v_next: array<vec4u, tile_steps>;
-  if (prefetch_tiles != 0u && tiles > 0u) {
-    let tile_first = first_key + rotation * TILE_KEYS;
-    // @unroll
-    for (var u = 0u; u < tile_steps; u++) {
-      let page_at = attend_locate(table, min(tile_first + u * key_lanes + key_lane, end_key - 1u), lane);
-      let page = page_at.x;
-      let at = page_at.y;
-      {{LOAD_QUADS_NEXT}}
-    }
-  }
   for (var i = 0u; i < tiles; i++) {
     var tile = i + rotation;
     if (tile >= tiles) { tile -= tiles; }
@@ -224,29 +205,12 @@ fn attend_tiles(
     // 1. Loads (clamped to the last key: a duplicate is masked below), then the partial dot products.
     var k_words: array<vec4u, tile_steps>;
     var v_words: array<vec4u, tile_steps>;
-    if (prefetch_tiles != 0u) {
-      k_words = k_next;
-      v_words = v_next;
-      if (i + 1u < tiles) {
-        var next = tile + 1u;
-        if (next >= tiles) { next -= tiles; }
-        let next_first = first_key + next * TILE_KEYS;
-        // @unroll
-        for (var u = 0u; u < tile_steps; u++) {
-          let page_at = attend_locate(table, min(next_first + u * key_lanes + key_lane, end_key - 1u), lane);
-          let page = page_at.x;
-          let at = page_at.y;
-          {{LOAD_QUADS_NEXT}}
-        }
-      }
-    } else {
-      // @unroll
-      for (var u = 0u; u < tile_steps; u++) {
-        let page_at = attend_locate(table, min(tile_first + u * key_lanes + key_lane, end_key - 1u), lane);
-        let page = page_at.x;
-        let at = page_at.y;
-        {{LOAD_QUADS}}
-      }
+    // @unroll
+    for (var u = 0u; u < tile_steps; u++) {
+      let page_at = attend_locate(table, min(tile_first + u * key_lanes + key_lane, end_key - 1u), lane);
+      let page = page_at.x;
+      let at = page_at.y;
+      {{LOAD_QUADS}}
     }
     // subgroup_dots: the scores of this thread's key lane's keys of the tile (MASKED for unseen keys),
     // in registers (never written otherwise, so the compiler drops them).

@@ -231,8 +231,6 @@ export interface GpuModelOptions {
   decodeKeyLanes?: number;
   /** Decode attention's key lanes in direct mode (see `FlashDecodeOptions.directKeyLanes`; default as above). */
   decodeDirectKeyLanes?: number;
-  /** Decode attention's next-tile loads during the current tile (`FlashDecodeOptions.prefetchTiles`; default false). */
-  decodePrefetchTiles?: boolean;
   /**
    * Decode attention under the full cache plans its slots from the position, reading no row lengths
    * (`FlashDecodeOptions.uniformRows`; other policies keep the lengths). Default true (on the H100 1–2%
@@ -910,7 +908,6 @@ export class GpuModel {
             fusedReduce: options.fusedDecodeReduce,
             keyLanes: options.decodeKeyLanes,
             directKeyLanes: options.decodeDirectKeyLanes,
-            prefetchTiles: options.decodePrefetchTiles,
             uniformRows: (options.decodeUniformRows ?? true) && fullKv !== undefined,
             tileSteps: options.decodeTileSteps,
             laneMerge: options.decodeLaneMerge,

@@ -311,13 +311,6 @@ export interface FlashDecodeOptions extends AttentionOptions {
    */
   directKeys?: number;
   /**
-   * Whether each thread loads the K and V quads of its next tile while it works on the current one (true),
-   * so their latency overlaps that tile's arithmetic: rows of several tiles per split (the 8B shape from
-   * about 4K keys on), at the cost of a second set of K/V registers. Default false. Tested, not yet measured
-   * on a GPU.
-   */
-  prefetchTiles?: boolean;
-  /**
    * Whether every KV head's row holds `step.pos0 + 1` keys, as the full cache does at decode (true): the
    * workgroups then plan their slots from the position, without reading the row lengths or waiting on a
    * barrier. Needs `step`; not with `wgkv` (its heads keep different numbers of keys). Default false (the
@@ -632,16 +625,15 @@ function poolShardSwitch(
 
 /**
  * WGSL statements for `wgsl/decode_attend.wgsl`'s LOAD_QUADS (in `wgsl/flash_decode.wgsl`): the K quad and
- * the V quad at quad `at` of page `page`'s halves, into the kernel's `k_words[u]` and `v_words[u]` (with
- * `into` "next": `k_next[u]` and `v_next[u]`, LOAD_QUADS_NEXT, the prefetch of the next tile). Spliced
+ * the V quad at quad `at` of page `page`'s halves, into the kernel's `k_words[u]` and `v_words[u]`. Spliced
  * into the kernel body (inside its unrolled step loop) rather than called, so the arrays stay in registers
  * and all loads of a tile can be in flight together; with several shards the page's shard is chosen once
  * around both loads.
  */
-export function poolQuadLoadSource(shardCount: number, into: "words" | "next" = "words"): string {
+export function poolQuadLoadSource(shardCount: number): string {
   return poolShardSwitch(shardCount, "page", "", (shard) => [
-    `k_${into}[u] = ${shard}[at];`,
-    `v_${into}[u] = ${shard}[at + PAGE_TOKENS * head_dim / 8u];`,
+    `k_words[u] = ${shard}[at];`,
+    `v_words[u] = ${shard}[at + PAGE_TOKENS * head_dim / 8u];`,
   ]).join("\n");
 }
 
@@ -826,7 +818,6 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
     flat_merge: flat ? 1 : 0,
     flat_merge_dims: flatMergeDims,
     shared_queries: sharedQueries ? 1 : 0,
-    prefetch_tiles: options.prefetchTiles ? 1 : 0,
     uniform_rows: options.uniformRows ? 1 : 0,
     ...subgroups.constants,
     ...mask.constants,
@@ -840,7 +831,6 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   const defines = {
     POOL: poolQuadShaderSource(kv.shards.length),
     LOAD_QUADS: poolQuadLoadSource(kv.shards.length),
-    LOAD_QUADS_NEXT: poolQuadLoadSource(kv.shards.length, "next"),
     ...subgroups.defines,
   };
   const fusedReduce = options.fusedReduce ?? true;
