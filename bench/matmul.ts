@@ -23,8 +23,9 @@
  * show the default tile shape for that length; the `tile` column gives the shape each row ran with
  * (t tokens per thread, k columns per step, u unrolled K loop, p prefetch, f16 for `{"half": true}`: f16
  * products; `coop` for `{"coop": true}`: products on the GPU's cooperative matrices, emulated on a software
- * adapter and refused on a GPU without them). A tuning an op rejects becomes a row with an error. `--quick` (for software adapters) runs
- * small "tiny" shapes with 64 tokens, few copies and dispatches: it shows that everything runs, not speed.
+ * adapter and refused on a GPU without them). A tuning an op rejects becomes a row with an error. `--quick`
+ * (for software adapters) runs small "tiny" shapes with 64 tokens, few copies and dispatches: it shows that
+ * everything runs, not speed.
  * The JSON holds the device description and every row; it is rewritten after each row (to a `.tmp` file,
  * then renamed), so a run cut short keeps its rows.
  *
