@@ -34,7 +34,8 @@
  *                        [--decode-direct-key-lanes N]  (the key lanes of its one-dispatch mode for short
  *                                                        rows: "decode-direct-lanesN" rows)
  *                        [--no-decode-uniform-rows]  (full-cache decode attention reads its row lengths
- *                                                     instead of planning from the position: "decode-row-lengths")
+ *                                                     instead of planning from the position:
+ *                                                     "decode-row-lengths" rows)
  *                        [--decode-lane-merge flat|tree]  (decode attention's merge of its key lanes:
  *                                               "decode-merge-X" rows)
  *                        [--decode-shared-queries]  (decode attention's queries in workgroup memory, not
