@@ -26,7 +26,7 @@ async function runTinyBench(args: string[]): Promise<{ code: number; stdout: str
 }
 
 Deno.test("bench scripts: --help prints the usage; a bad flag or value is one line and exit 2", async () => {
-  for (const script of ["bench.ts", "attention.ts", "matmul.ts", "matvec.ts"]) {
+  for (const script of ["bench.ts", "attention.ts", "matmul.ts", "matvec.ts", "dispatch.ts"]) {
     const help = await runBench(script, ["--help"]);
     equal(help.code, 0, help.stderr);
     match(help.stdout, /usage:/, `${script} --help`);
@@ -76,4 +76,18 @@ Deno.test("bench: a flag value the kernels refuse (decode attention's key lanes)
   const merge = await runBench("bench.ts", ["--decode-lane-merge", "round"]);
   equal(merge.code, 2, merge.stderr);
   match(merge.stderr.trim(), /^bench: --decode-lane-merge must be flat or tree, got round$/);
+});
+
+Deno.test("bench dispatch: --quick times every way of recording and writes them as they come", async () => {
+  const out = await Deno.makeTempFile({ suffix: ".json" });
+  try {
+    const run = await runBench("dispatch.ts", ["--quick", "--values", "64", "--count", "4", "--out", out]);
+    equal(run.code, 0, run.stderr);
+    const rows = JSON.parse(await Deno.readTextFile(out)).rows as { mode: string; us: number }[];
+    equal(rows.map((r) => r.mode).join(","), "chain,independent,passes,submits");
+    for (const r of rows) ok(Number.isFinite(r.us), `${r.mode}: ${r.us} µs`);
+    match(run.stdout, /^mode\s+values\s+workgroups\s+µs\/dispatch$/m);
+  } finally {
+    await Deno.remove(out).catch(() => {});
+  }
 });
