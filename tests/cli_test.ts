@@ -76,6 +76,15 @@ fixtureTest("cli: info describes stories260K", ["stories260K.gguf"], async () =>
   equal(j.tensors, 48);
   equal(j.vocab, 512);
   equal(j.hparams.nLayer, 5);
+  // -m as the other commands take the model: the same description; two models are a one-line error.
+  const viaFlag = await runCli(["info", "--json", "-m", fixture("stories260K.gguf")]);
+  equal(viaFlag.code, 0, viaFlag.stderr);
+  equal(viaFlag.stdout, r.stdout);
+  assertOneLineError(
+    await runCli(["info", "-m", fixture("stories260K.gguf"), fixture("stories260K.gguf")]),
+    2,
+    /exactly one MODEL/,
+  );
 });
 
 fixtureTest("cli: tokenize --ids prints a JSON array with BOS", ["stories260K.gguf"], async () => {

@@ -1,5 +1,5 @@
 /**
- * `wgkv info MODEL`: what a GGUF file holds: architecture, shapes, tensor types, context, vocabulary,
+ * `wgkv info MODEL` (or `-m MODEL`, as the other commands take it): what a GGUF file holds: architecture, shapes, tensor types, context, vocabulary,
  * chat template.
  *
  * @module
@@ -14,6 +14,7 @@ import type { Command } from "./main.ts";
 import { type FlagSpec, helpText, parseFlags } from "./flags.ts";
 
 const FLAGS: Record<string, FlagSpec> = {
+  model: { type: "string", short: "m", help: "FILE  GGUF model to describe (or give it as the argument)" },
   json: { type: "boolean", help: "print one JSON object" },
   tensors: { type: "boolean", help: "list every tensor" },
   help: { type: "boolean", short: "h", help: "show this help" },
@@ -25,11 +26,14 @@ export const infoCommand: Command = {
   async main(args) {
     const { values, positionals } = parseFlags("info", args, FLAGS);
     if (values.help) {
-      console.log(helpText("wgkv info MODEL [--json] [--tensors]", infoCommand.summary, FLAGS));
+      console.log(helpText("wgkv info MODEL | -m MODEL [--json] [--tensors]", infoCommand.summary, FLAGS));
       return 0;
     }
-    if (positionals.length !== 1) throw new BadFlagError("info: give exactly one MODEL file");
-    const file = await openGGUF(positionals[0]);
+    const models = values.model === undefined ? positionals : [values.model as string, ...positionals];
+    if (models.length !== 1) {
+      throw new BadFlagError("info: give exactly one MODEL file (as the argument or -m)");
+    }
+    const file = await openGGUF(models[0]);
     try {
       const m = file.metadata;
       const types: Record<string, number> = {};
