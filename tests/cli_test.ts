@@ -45,7 +45,7 @@ Deno.test("cli: --help lists every command; unknown command and flags are one-li
 Deno.test("cli: gpu describes the device (features, subgroups, matrix units, limits) as text or JSON", async () => {
   const text = await runCli(["gpu"]);
   equal(text.code, 0, text.stderr);
-  for (const key of ["adapter", "shader-f16", "subgroups", "matrix units", "workgroups"]) {
+  for (const key of ["adapter", "shader-f16", "subgroups", "matrix units", "workgroups", "features"]) {
     match(text.stdout, new RegExp(`^${key}: `, "m"));
   }
   const json = await runCli(["gpu", "--json"]);
@@ -56,6 +56,10 @@ Deno.test("cli: gpu describes the device (features, subgroups, matrix units, lim
   ok(info.limits.max_compute_workgroup_storage_size >= 16384, JSON.stringify(info.limits));
   // The matrix units were probed (or the reason why not is given).
   ok(info.matrix_units !== null || info.matrix_units_note.length > 0, json.stdout);
+  // Every feature the adapter offers, sorted; shader-f16 among them when the device has it.
+  ok(Array.isArray(info.adapter_features), json.stdout);
+  equal(info.adapter_features.join(","), [...info.adapter_features].sort().join(","));
+  if (info.shader_f16) ok(info.adapter_features.includes("shader-f16"), json.stdout);
   assertOneLineError(await runCli(["gpu", "--bogus"]), 2, /unknown flag --bogus/);
 });
 

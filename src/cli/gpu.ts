@@ -1,7 +1,7 @@
 /**
  * `wgkv gpu`: the WebGPU device wgkv would run on: adapter, the features it uses (shader-f16, timestamps,
- * subgroups, cooperative matrices, checked by their probe) and the limits that size its kernels and KV
- * cache.
+ * subgroups, cooperative matrices, checked by their probe), the limits that size its kernels and KV cache,
+ * and every feature the adapter offers.
  *
  * @module
  */
@@ -36,6 +36,7 @@ export const gpuCommand: Command = {
         subgroups: gpu.subgroups ?? null,
         matrix_units: gpu.coopMatrix ? { ...gpu.coopMatrix } : null,
         matrix_units_note: gpu.coopMatrixNote,
+        adapter_features: gpu.adapterFeatures,
         limits: {
           max_buffer_size: l.maxBufferSize,
           max_storage_buffer_binding_size: l.maxStorageBufferBindingSize,
@@ -64,6 +65,7 @@ export const gpuCommand: Command = {
         `${l.maxStorageBuffersPerShaderStage} storage buffers per kernel`,
         `workgroups:     ${formatBytes(l.maxComputeWorkgroupStorageSize)} of workgroup memory, ` +
         `${l.maxComputeInvocationsPerWorkgroup} invocations`,
+        `features:       ${gpu.adapterFeatures.join(" ") || "none"}`,
       ].join("\n"));
       return 0;
     } finally {

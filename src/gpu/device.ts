@@ -63,6 +63,8 @@ export class Gpu {
    * adapter offers them and `disableSubgroups` is not set), else undefined.
    */
   readonly subgroups: { minSize: number; maxSize: number } | undefined;
+  /** Every feature the adapter offers (sorted), whether or not the device was opened with it. */
+  readonly adapterFeatures: readonly string[];
   readonly #pipelines = new Map<string, Kernel>();
   #lostReason: string | undefined;
 
@@ -72,6 +74,7 @@ export class Gpu {
     isFallback: boolean,
     coop: { support?: CoopMatrixSupport; reason: string },
     subgroups: { minSize: number; maxSize: number } | undefined,
+    adapterFeatures: readonly string[],
   ) {
     this.device = device;
     this.description = description;
@@ -79,6 +82,7 @@ export class Gpu {
     this.coopMatrix = coop.support;
     this.coopMatrixNote = coop.reason;
     this.subgroups = subgroups;
+    this.adapterFeatures = adapterFeatures;
     this.hasF16 = device.features.has("shader-f16");
     this.hasTimestamps = device.features.has("timestamp-query");
     device.lost.then((info) => {
@@ -167,7 +171,7 @@ export class Gpu {
     const subgroups = subgroupsOpen && device.features.has("subgroups" as GPUFeatureName)
       ? { minSize: info.subgroupMinSize ?? 0, maxSize: info.subgroupMaxSize ?? 0 }
       : undefined;
-    return new Gpu(device, description, fallback, coop, subgroups);
+    return new Gpu(device, description, fallback, coop, subgroups, [...adapter.features].sort());
   }
 
   /** The device's limits (as granted, i.e. the adapter's real ones). */
