@@ -1,20 +1,17 @@
 import { ok, rejects } from "node:assert/strict";
 import { BadFlagError } from "../src/errors.ts";
-import { openGGUF } from "../src/gguf/reader.ts";
 import { getGpu } from "../src/gpu/device.ts";
 import { GpuModel, type GpuModelOptions } from "../src/model/gpu_model.ts";
-import { hparamsFromGGUF } from "../src/model/hparams.ts";
-import { writeSyntheticModel } from "../src/model/synth.ts";
-import { relativeError, subgroupReduceOrEmulated, subgroupsOrEmulated } from "./gpu_ops_helpers.ts";
+import {
+  relativeError,
+  subgroupReduceOrEmulated,
+  subgroupsOrEmulated,
+  withTinyModel,
+} from "./gpu_ops_helpers.ts";
 
 Deno.test("gpu model: decode attention's splits, lane merge, query staging and key lanes keep the logits; the benchmark's ablation changes them", async () => {
   const gpu = await getGpu();
-  const dir = await Deno.makeTempDir();
-  const path = `${dir}/tiny-f16.gguf`;
-  await writeSyntheticModel({ shape: "tiny", type: "f16", out: path, seed: Math.floor(Math.random() * 1e6) });
-  const file = await openGGUF(path);
-  try {
-    const hp = hparamsFromGGUF(file);
+  await withTinyModel(async (file, hp) => {
     const load = (options: Partial<GpuModelOptions>) =>
       GpuModel.load(gpu, file, hp, { contextLength: 96, maxBatch: 16, decodeDirectKeys: 0, ...options });
     const prompt = Array.from({ length: 45 }, () => Math.floor(Math.random() * hp.nVocab));
@@ -67,43 +64,24 @@ Deno.test("gpu model: decode attention's splits, lane merge, query staging and k
     ok(relativeError(skipped, base) > 1e-3, "skipping decode attention left the logits as they were");
     await rejects(load({ decodeSplits: 0 }), BadFlagError);
     await rejects(load({ decodeSplits: 1.5 }), BadFlagError);
-  } finally {
-    file.close();
-    await Deno.remove(dir, { recursive: true });
-  }
+  }, { type: "f16" });
 });
 
 Deno.test("gpu model: prefill attention's rows' maxima by subgroup shuffles keep the prefill's logits", async () => {
   const gpu = await getGpu();
-  const dir = await Deno.makeTempDir();
-  try {
-    const path = `${dir}/tiny-f16.gguf`;
-    await writeSyntheticModel({
-      shape: "tiny",
-      type: "f16",
-      out: path,
-      seed: Math.floor(Math.random() * 1e6),
-    });
-    const file = await openGGUF(path);
-    try {
-      const hp = hparamsFromGGUF(file);
-      const prompt = Array.from({ length: 45 }, () => Math.floor(Math.random() * hp.nVocab));
-      const prefill = async (options: Partial<GpuModelOptions>) => {
-        const model = await GpuModel.load(gpu, file, hp, { contextLength: 96, maxBatch: 48, ...options });
-        try {
-          return await model.forward(prompt, 0, "logits");
-        } finally {
-          model.destroy();
-        }
-      };
-      const base = await prefill({});
-      const subgroups = subgroupsOrEmulated(gpu, 8);
-      const err = relativeError(await prefill({ prefillSubgroups: subgroups }), base);
-      ok(err < 1e-5, `prefillSubgroups ${subgroups}: relative error ${err}`);
-    } finally {
-      file.close();
-    }
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  await withTinyModel(async (file, hp) => {
+    const prompt = Array.from({ length: 45 }, () => Math.floor(Math.random() * hp.nVocab));
+    const prefill = async (options: Partial<GpuModelOptions>) => {
+      const model = await GpuModel.load(gpu, file, hp, { contextLength: 96, maxBatch: 48, ...options });
+      try {
+        return await model.forward(prompt, 0, "logits");
+      } finally {
+        model.destroy();
+      }
+    };
+    const base = await prefill({});
+    const subgroups = subgroupsOrEmulated(gpu, 8);
+    const err = relativeError(await prefill({ prefillSubgroups: subgroups }), base);
+    ok(err < 1e-5, `prefillSubgroups ${subgroups}: relative error ${err}`);
+  }, { type: "f16" });
 });

@@ -2,24 +2,16 @@
 // hardware's where the GPU has working ones, else the emulated fragments (lavapipe in CI), which run the
 // same kernel and the same wiring (Q/K/V, gate/up + SwiGLU, the rest) through the model.
 import { ok, rejects } from "node:assert/strict";
-import { openGGUF } from "../src/gguf/reader.ts";
 import { getGpu } from "../src/gpu/device.ts";
 import { GpuModel } from "../src/model/gpu_model.ts";
-import { hparamsFromGGUF } from "../src/model/hparams.ts";
 import { ReferenceModel } from "../src/model/reference.ts";
-import { writeSyntheticModel } from "../src/model/synth.ts";
-import { relativeError } from "./gpu_ops_helpers.ts";
+import { relativeError, withTinyModel } from "./gpu_ops_helpers.ts";
 
 for (const type of ["q4_k_m"] as const) {
   Deno.test(`gpu model: cooperative-matrix prefill of a ${type} model stays near the CPU reference`, async () => {
     const gpu = await getGpu({ coopMatrix: true });
     if (!gpu.hasF16) return; // the tiles are f16
-    const dir = await Deno.makeTempDir();
-    try {
-      const path = `${dir}/tiny-${type}.gguf`;
-      await writeSyntheticModel({ shape: "tiny", type, out: path, seed: Math.floor(Math.random() * 1e6) });
-      const file = await openGGUF(path);
-      const hp = hparamsFromGGUF(file);
+    await withTinyModel(async (file, hp) => {
       const cpu = await ReferenceModel.load(file);
       const coopPrefill = gpu.coopMatrix ? true : "emulated";
       // f32 decode products: on a GPU the default int8 ones alone move the logits by about 1%.
@@ -50,35 +42,18 @@ for (const type of ["q4_k_m"] as const) {
         ok(decodeErr < 1e-2, `decode after coop prefill, relative error ${decodeErr}`);
       } finally {
         model.destroy();
-        file.close();
       }
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
+    }, { type });
   });
 }
 
 Deno.test("gpu model: coopPrefill true without working cooperative matrices is a one-line error", async () => {
   const gpu = await getGpu({ coopMatrix: true });
   if (gpu.coopMatrix) return;
-  const dir = await Deno.makeTempDir();
-  try {
-    const path = `${dir}/tiny.gguf`;
-    await writeSyntheticModel({ shape: "tiny", type: "f16", out: path, seed: 1 });
-    const file = await openGGUF(path);
-    try {
-      await rejects(
-        GpuModel.load(gpu, file, hparamsFromGGUF(file), {
-          contextLength: 32,
-          maxBatch: 8,
-          coopPrefill: true,
-        }),
-        /^BadFlagError: --coop-prefill \(coopPrefill\): this GPU has no working cooperative matrices \(.+\)$/,
-      );
-    } finally {
-      file.close();
-    }
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  await withTinyModel(async (file, hp) => {
+    await rejects(
+      GpuModel.load(gpu, file, hp, { contextLength: 32, maxBatch: 8, coopPrefill: true }),
+      /^BadFlagError: --coop-prefill \(coopPrefill\): this GPU has no working cooperative matrices \(.+\)$/,
+    );
+  }, { type: "f16", seed: 1 });
 });
