@@ -15,9 +15,9 @@ import {
   matmulShape,
 } from "../src/gpu/ops/matmul.ts";
 import { StepParams } from "../src/gpu/ops/op.ts";
-import { f32ToHalf, halfToF32 } from "../src/gguf/half.ts";
 import { products, randomWeight } from "./gpu_quant_data.ts";
 import { nanBuffer, qkvFields, randomF32, runOps, untouchedPast } from "./gpu_ops_helpers.ts";
+import { checkRoundedProducts, checkRoundedSwiGlu, type RoundedProducts, toHalf } from "./half_rounded.ts";
 
 const TUNING = { coop: true };
 /** Both tile sizes (64 tokens: two token blocks per subgroup; 128: four). */
@@ -37,16 +37,8 @@ async function compiled<T>(gpu: Gpu, build: () => T): Promise<T> {
   return built;
 }
 
-/** `values` rounded to f16 (what the kernel's tiles hold). */
-function toHalf(values: Float32Array): Float32Array {
-  return values.map((v) => halfToF32(f32ToHalf(v)));
-}
-
-function check(what: string, got: Float32Array, want: { sum: Float64Array; abs: Float64Array }): void {
-  for (let i = 0; i < want.sum.length; i++) {
-    const diff = Math.abs(got[i] - want.sum[i]);
-    ok(diff <= BOUND * want.abs[i] + 1e-6, `${what}: y[${i}] = ${got[i]}, expected ${want.sum[i]}`);
-  }
+function check(what: string, got: Float32Array, want: RoundedProducts): void {
+  checkRoundedProducts(what, got, want, BOUND);
 }
 
 const CASES = [
@@ -119,7 +111,6 @@ Deno.test("gpu matmul coop: Q, K and V in one dispatch (entry qkv)", async () =>
 Deno.test("gpu matmul coop: fused gate/up + SwiGLU (entry swiglu)", async () => {
   const gpu = await getGpu({ coopMatrix: true });
   if (!gpu.hasF16) return;
-  const silu = (v: number) => v / (1 + Math.exp(-v));
   for (const [rows, cols, m, tiles] of [[70, 96, 37, 64], [200, 64, 65, 128], [130, 48, 150, 64]]) {
     const maxTokens = m + 2;
     const gate = randomWeight(gpu, "ffn_gate", "F16", rows, cols);
@@ -143,13 +134,7 @@ Deno.test("gpu matmul coop: fused gate/up + SwiGLU (entry swiglu)", async () => 
       }));
     const [got] = await runOps(gpu, [op], step, m, 0, [out]);
     const what = `gate/up rows=${rows} cols=${cols} m=${m} tiles of ${tiles}`;
-    for (let i = 0; i < m * rows; i++) {
-      const want = silu(g.sum[i]) * u.sum[i];
-      // silu' is at most 1.1: each sum's bound carried through silu(g) · u.
-      const bound = BOUND * (1.1 * g.abs[i] * Math.abs(u.sum[i]) + Math.abs(silu(g.sum[i])) * u.abs[i]) +
-        1e-6;
-      ok(Math.abs(got[i] - want) <= bound, `${what}: out[${i}] = ${got[i]}, expected ${want}`);
-    }
+    checkRoundedSwiGlu(what, got, g, u, m * rows, BOUND);
     untouchedPast(what, got, m, rows);
     for (const b of [out, xBuf]) b.destroy();
     gate.weight.destroy();

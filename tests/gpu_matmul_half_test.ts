@@ -8,14 +8,9 @@ import { getGpu, type Gpu } from "../src/gpu/device.ts";
 import { createGateUpSwiGluMatmul } from "../src/gpu/ops/fused.ts";
 import { createMatmul, createQkvMatmul, matmulShape, type MatmulTuning } from "../src/gpu/ops/matmul.ts";
 import { StepParams } from "../src/gpu/ops/op.ts";
-import { f32ToHalf, halfToF32 } from "../src/gguf/half.ts";
 import { products, randomWeight } from "./gpu_quant_data.ts";
 import { nanBuffer, qkvFields, randomF32, runOps, untouchedPast } from "./gpu_ops_helpers.ts";
-
-/** `values` rounded to f16 (what the kernel's tiles hold). */
-function toHalf(values: Float32Array): Float32Array {
-  return values.map((v) => halfToF32(f32ToHalf(v)));
-}
+import { checkRoundedProducts, checkRoundedSwiGlu, type RoundedProducts, toHalf } from "./half_rounded.ts";
 
 /**
  * Checks `got` ([m][rows]) against the f16-rounded product of `w` and `x`: every element within the
@@ -24,18 +19,11 @@ function toHalf(values: Float32Array): Float32Array {
 function checkHalf(
   what: string,
   got: Float32Array,
-  want: { sum: Float64Array; abs: Float64Array },
+  want: RoundedProducts,
   kStep: number,
 ): void {
   const perAbs = (kStep + 1) * 2 ** -11;
-  let error = 0;
-  let scale = 0;
-  for (let i = 0; i < want.sum.length; i++) {
-    const diff = Math.abs(got[i] - want.sum[i]);
-    ok(diff <= perAbs * want.abs[i] + 1e-6, `${what}: y[${i}] = ${got[i]}, expected ${want.sum[i]}`);
-    error += diff;
-    scale += want.abs[i];
-  }
+  const { error, scale } = checkRoundedProducts(what, got, want, perAbs);
   ok(error <= 0.1 * perAbs * scale, `${what}: mean error ${error / want.sum.length} is too large`);
 }
 
@@ -124,7 +112,6 @@ Deno.test("gpu matmul half: Q, K and V in one dispatch (entry qkv) with f16 prod
 Deno.test("gpu matmul half: fused gate/up + SwiGLU (entry swiglu) with f16 products", async () => {
   const gpu = await getGpu();
   if (!gpu.hasF16) return; // no shader-f16: the products stay f32 (matmulShape refuses `half`)
-  const silu = (v: number) => v / (1 + Math.exp(-v));
   const [rows, cols, m] = [70, 96, 37];
   const maxTokens = m + 2;
   const gate = randomWeight(gpu, "ffn_gate", "F16", rows, cols);
@@ -149,12 +136,7 @@ Deno.test("gpu matmul half: fused gate/up + SwiGLU (entry swiglu) with f16 produ
     const [got] = await runOps(gpu, [op], step, m, 0, [out]);
     const per = (matmulShape(gpu, "g", maxTokens, 2, tuning).kStep + 1) * 2 ** -11;
     const what = `gate/up ${JSON.stringify(tuning)}`;
-    for (let i = 0; i < m * rows; i++) {
-      const want = silu(g.sum[i]) * u.sum[i];
-      // silu' is at most 1.1: each sum's rounding bound carried through silu(g) · u.
-      const bound = per * (1.1 * g.abs[i] * Math.abs(u.sum[i]) + Math.abs(silu(g.sum[i])) * u.abs[i]) + 1e-6;
-      ok(Math.abs(got[i] - want) <= bound, `${what}: out[${i}] = ${got[i]}, expected ${want}`);
-    }
+    checkRoundedSwiGlu(what, got, g, u, m * rows, per);
     untouchedPast(what, got, m, rows);
     out.destroy();
   }
