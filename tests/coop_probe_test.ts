@@ -29,7 +29,6 @@ Deno.test("coop probe: A·B means coopLoadT is row-major, B·A coopLoad; anythin
   deepEqual(rowT.support, {
     emulated: false,
     loadRowMajor: "coopLoadT",
-    loadColMajor: "coopLoad",
     storeRowMajor: "coopStoreT",
   });
   const rowPlain = readProbe(Float32Array.from(ba));

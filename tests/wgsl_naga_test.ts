@@ -25,7 +25,6 @@ const HARDWARE = {
   coopMatrix: {
     emulated: false,
     loadRowMajor: "coopLoadT",
-    loadColMajor: "coopLoad",
     storeRowMajor: "coopStoreT",
   },
 } as unknown as Gpu;

@@ -22,8 +22,6 @@ export interface CoopMatrixSupport {
   emulated: boolean;
   /** The builtin that loads a fragment from row-major memory (`coopLoadT` or `coopLoad`). */
   loadRowMajor: string;
-  /** The builtin that loads a fragment from column-major memory. */
-  loadColMajor: string;
   /** The builtin that stores a fragment to row-major memory (`coopStoreT` or `coopStore`). */
   storeRowMajor: string;
 }
@@ -32,7 +30,6 @@ export interface CoopMatrixSupport {
 export const EMULATED_COOP_MATRIX: CoopMatrixSupport = {
   emulated: true,
   loadRowMajor: "",
-  loadColMajor: "",
   storeRowMajor: "",
 };
 
@@ -76,28 +73,12 @@ const PROBE_INPUT = probeMatrices();
 export function readProbe(got: Float32Array): CoopMatrixProbe {
   const ab = [product(PROBE_INPUT, 0, 256), product(PROBE_INPUT, 512, 768)];
   const ba = [product(PROBE_INPUT, 256, 0), product(PROBE_INPUT, 768, 512)];
-  if (equal(got, 0, ab[0]) && equal(got, 256, ab[1])) {
-    return {
-      support: {
-        emulated: false,
-        loadRowMajor: "coopLoadT",
-        loadColMajor: "coopLoad",
-        storeRowMajor: "coopStoreT",
-      },
-      reason: "cooperative matrices: coopLoadT / coopStoreT are row-major",
-    };
-  }
-  if (equal(got, 0, ba[0]) && equal(got, 256, ba[1])) {
-    return {
-      support: {
-        emulated: false,
-        loadRowMajor: "coopLoad",
-        loadColMajor: "coopLoadT",
-        storeRowMajor: "coopStore",
-      },
-      reason: "cooperative matrices: coopLoad / coopStore are row-major",
-    };
-  }
+  const rowMajor = (load: string, store: string): CoopMatrixProbe => ({
+    support: { emulated: false, loadRowMajor: load, storeRowMajor: store },
+    reason: `cooperative matrices: ${load} / ${store} are row-major`,
+  });
+  if (equal(got, 0, ab[0]) && equal(got, 256, ab[1])) return rowMajor("coopLoadT", "coopStoreT");
+  if (equal(got, 0, ba[0]) && equal(got, 256, ba[1])) return rowMajor("coopLoad", "coopStore");
   return { reason: "the cooperative-matrix probe computed a wrong product (not used)" };
 }
 
