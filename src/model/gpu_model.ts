@@ -209,7 +209,8 @@ export interface GpuModelOptions {
    * weights of any type and the activations rounded to f16 in the tiles, products summed in f32), instead
    * of the int8, f32 or f16 kernels above. `true` needs a device with working cooperative matrices
    * (`Gpu.coopMatrix`; a {@link BadFlagError} otherwise); `"emulated"` runs the same kernel with plain-WGSL
-   * fragments on any GPU (slow: for tests). Default false (not yet measured against the other kernels).
+   * fragments on any GPU (slow: for tests). Default false: not run on matrix units yet (Deno 2.9.6 does not
+   * offer wgpu-cooperative-matrix on the H100).
    */
   coopPrefill?: boolean | "emulated";
   /**

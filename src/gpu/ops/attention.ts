@@ -240,7 +240,7 @@ export interface FlashPrefillOptions extends AttentionOptions {
    * Whether the rows' maxima of each key tile are taken over a row quad's 8 lanes by subgroup shuffles
    * (true; needs WGSL subgroups of at least 8 invocations), one barrier per key tile fewer, instead of
    * through workgroup memory (default false). `"emulated"` runs the same path with the shuffles through
-   * workgroup memory on any GPU (for tests). Tested, not yet measured on a GPU.
+   * workgroup memory on any GPU (for tests). Tested; not run on a GPU yet: Deno 2.9.6 offers no subgroups on the H100.
    */
   subgroups?: boolean | "emulated";
 }
@@ -294,8 +294,8 @@ export interface FlashDecodeOptions extends AttentionOptions {
    * with shuffles, so that a tile's scores stay in registers and the tile needs no barrier, and with the
    * tree merge the key lanes of a subgroup merge by shuffles before the rounds through workgroup memory.
    * Default false: a thread per key sums the partials through workgroup memory. `"emulated"` runs the
-   * same path with the shuffles through workgroup memory on any GPU (for tests). Tested, not yet measured
-   * on a GPU.
+   * same path with the shuffles through workgroup memory on any GPU (for tests). Tested; not run on a GPU
+   * yet: Deno 2.9.6 offers no subgroups on the H100.
    */
   subgroups?: boolean | "emulated";
   /**

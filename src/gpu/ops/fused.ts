@@ -78,12 +78,7 @@ export interface FusedMatvecTuning {
   int8?: boolean;
   /** Most workgroups launched per token group, as `MatvecTuning.maxWorkgroups` (default: one per row group). */
   maxWorkgroups?: number;
-  /**
-   * Sum each thread's products over its subgroup first (WGSL subgroups, one size dividing the workgroup),
-   * so the workgroup reduction adds one sum per subgroup: two barriers instead of three. `"emulated"`
-   * runs the same path with the subgroup sums through workgroup memory (for tests). Default false. Tested,
-   * not yet measured on a GPU.
-   */
+  /** Each workgroup's sums added per subgroup first, as `MatvecTuning.subgroupReduce` (default false). */
   subgroupReduce?: boolean | "emulated";
 }
 
