@@ -104,12 +104,11 @@ function prefillWorkgroupBytes(
 /**
  * The attention kernels' text define SHUFFLE for a subgroups option: shuffle_xor as a subgroup shuffle
  * (`wgsl/shuffle_xor.wgsl`), the emulated exchange (`wgsl/shuffle_xor_emulated.wgsl`, a vec4 of workgroup
- * memory per thread), or a stub that is never called (off).
+ * memory per thread), or a stub that is never called (off, `wgsl/shuffle_xor_none.wgsl`).
  */
 function shuffleSource(subgroups: boolean | "emulated"): string {
   if (subgroups === "emulated") return loadShader("shuffle_xor_emulated");
-  if (subgroups) return loadShader("shuffle_xor");
-  return "fn shuffle_xor(v: vec4f, mask: u32, tid: u32) -> vec4f {\n  return v;\n}";
+  return loadShader(subgroups ? "shuffle_xor" : "shuffle_xor_none");
 }
 
 /**

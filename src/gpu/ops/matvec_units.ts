@@ -200,13 +200,6 @@ export function checkUnitsPerStep(op: string, unitsPerStep: number | undefined):
   return value;
 }
 
-/** `wgsl/matvec_fast.wgsl`'s PARTIALS when subgroup_reduce = 0: the values go to workgroup memory as they are. */
-const PLAIN_PARTIALS = `fn add_partial(tid: u32, n: u32, j: u32, value: f32) {
-  partial[tid * n + j] = value;
-}
-
-fn gather_subgroup_sums(tid: u32, n: u32) {}`;
-
 /** Subgroup size the emulations of subgroup operations stand in for (the `"emulated"` options). */
 export const EMULATED_SUBGROUP_SIZE = 32;
 
@@ -223,7 +216,7 @@ export function subgroupReduceParts(
   workgroupSize: number,
 ): { constants: Record<string, number>; defines: Record<string, string> } {
   if (subgroupReduce === undefined || subgroupReduce === false) {
-    return { constants: { subgroup_reduce: 0 }, defines: { PARTIALS: PLAIN_PARTIALS } };
+    return { constants: { subgroup_reduce: 0 }, defines: { PARTIALS: loadShader("matvec_partials_plain") } };
   }
   if (subgroupReduce !== true && subgroupReduce !== "emulated") {
     throw new BadFlagError(
