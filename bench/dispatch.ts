@@ -21,7 +21,7 @@
 
 import { parseArgs } from "node:util";
 import { getGpu, type Gpu } from "../src/gpu/device.ts";
-import { benchFlags } from "./flags.ts";
+import { benchFlags, flagError } from "./flags.ts";
 import { saveJson } from "./kernel_timing.ts";
 
 const { values } = benchFlags(import.meta.url, () =>
@@ -34,26 +34,13 @@ const { values } = benchFlags(import.meta.url, () =>
       quick: { type: "boolean" },
     },
   }));
-if (values.help) {
-  console.log(
-    "usage: deno run -A bench/dispatch.ts [--values 64,1048576] [--count N] [--out out/dispatch.json] [--quick]",
-  );
-  Deno.exit(0);
-}
-
-/** Prints `message` as the one-line error of a bad flag and exits with status 2. */
-function usage(message: string): never {
-  console.error(`dispatch.ts: ${message}`);
-  Deno.exit(2);
-}
-
 const quick = values.quick ?? false;
 const sizes = (values.values ?? (quick ? "64,4096" : "64,1048576")).split(",").map(Number);
 if (!sizes.every((n) => Number.isInteger(n) && n >= 1)) {
-  usage(`--values: positive integers, got ${values.values}`);
+  flagError(`--values: positive integers, got ${values.values}`);
 }
 const count = Number(values.count ?? (quick ? 8 : 500));
-if (!Number.isInteger(count) || count < 1) usage(`--count: a positive integer, got ${values.count}`);
+if (!Number.isInteger(count) || count < 1) flagError(`--count: a positive integer, got ${values.count}`);
 const outPath = values.out ?? "out/dispatch.json";
 
 /** The four ways of recording the dispatches (see the module doc). */
