@@ -36,8 +36,6 @@
  *                        [--no-decode-uniform-rows]  (full-cache decode attention reads its row lengths
  *                                                     instead of planning from the position:
  *                                                     "decode-row-lengths" rows)
- *                        [--decode-steps-per-submit N]  (chained decode steps per command buffer and
- *                                                       submit: "decode-submitN" rows)
  *                        [--decode-lane-merge flat|tree]  (decode attention's merge of its key lanes:
  *                                               "decode-merge-X" rows)
  *                        [--decode-shared-queries]  (decode attention's queries in workgroup memory, not
@@ -168,7 +166,6 @@ const { values } = benchFlags(import.meta.url, () =>
       "decode-key-lanes": { type: "string" },
       "decode-direct-key-lanes": { type: "string" },
       "no-decode-uniform-rows": { type: "boolean" },
-      "decode-steps-per-submit": { type: "string" },
       "decode-tile-steps": { type: "string" },
       "decode-lane-merge": { type: "string" },
       "decode-shared-queries": { type: "boolean" },
@@ -263,8 +260,6 @@ const decodeDirectKeyLanes = positiveFlag("decode-direct-key-lanes");
 // from the position, the default (rows named "decode-row-lengths").
 const decodeUniformRows = values["no-decode-uniform-rows"] ? false : undefined;
 const decodeTileSteps = positiveFlag("decode-tile-steps");
-// --decode-steps-per-submit N: chained decode steps per submit (rows named "decode-submitN").
-const decodeStepsPerSubmit = positiveFlag("decode-steps-per-submit");
 // --decode-lane-merge flat|tree: how decode attention's key lanes merge (rows named "decode-merge-X").
 const decodeLaneMerge = values["decode-lane-merge"] as GpuModelOptions["decodeLaneMerge"];
 if (decodeLaneMerge !== undefined && !["flat", "tree"].includes(decodeLaneMerge)) {
@@ -296,7 +291,6 @@ const decodeAttention: Partial<GpuModelOptions> = {
   decodeKeyLanes,
   decodeDirectKeyLanes,
   decodeUniformRows,
-  decodeStepsPerSubmit,
   decodeTileSteps,
   decodeLaneMerge,
   decodeSharedQueries,
@@ -313,7 +307,6 @@ const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? 
   (decodeKeyLanes !== undefined ? `-lanes${decodeKeyLanes}` : "") +
   (decodeDirectKeyLanes !== undefined ? `-direct-lanes${decodeDirectKeyLanes}` : "") +
   (decodeUniformRows === false ? "-row-lengths" : "") +
-  (decodeStepsPerSubmit !== undefined ? `-submit${decodeStepsPerSubmit}` : "") +
   (decodeTileSteps !== undefined ? `-steps${decodeTileSteps}` : "") +
   (decodeLaneMerge !== undefined ? `-merge-${decodeLaneMerge}` : "") +
   (decodeSharedQueries ? "-shared-queries" : "") +

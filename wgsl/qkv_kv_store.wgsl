@@ -2,9 +2,7 @@
 // src/gpu/ops/qkv_kv_store.ts): the fused QKV writes the K and V rows it computes straight into the f16 pages
 // of the paged KV cache, as wgsl/kv_append.wgsl would from the f32 rows, so decode needs no append dispatch.
 // Token t of the step goes to logical index lengths[row] - n_tokens + t of its (slot, layer, head) row
-// (lengths already include the step's tokens), or with kv_uniform_rows = 1 (the full cache at decode, every
-// row holding positions 0 … pos0 + n_tokens − 1) index pos0 + t, without reading the lengths; the block
-// table gives the page. Rows 2i and 2i + 1 of a head
+// (lengths already include the step's tokens); the block table gives the page. Rows 2i and 2i + 1 of a head
 // are one word, packed with pack2x16float (K at word (index % PAGE_TOKENS) · head_dim/2 + i of the page, V
 // PAGE_TOKENS · head_dim/2 words further).
 //
@@ -18,9 +16,6 @@ override kv_heads: u32 = 1u;
 override layers: u32 = 1u;
 override max_pages: u32 = 1u;
 override pool_pages_per_shard: u32 = 1u;
-// 1: token t goes to index step.pos0 + t of every row (rows hold exactly the positions so far), 0: from the
-// row's length.
-override kv_uniform_rows: u32 = 0u;
 const PAGE_TOKENS: u32 = 16u;
 // kv_locate's page for a row that holds none of the step's tokens: kv_store writes nothing.
 const KV_NOWHERE: u32 = 0xffffffffu;
@@ -41,12 +36,9 @@ struct KvLayer { layer: u32, pad0: u32, pad1: u32, pad2: u32 }
 fn kv_locate(weight: u32, token: u32, row: u32) -> vec2u {
   let half_dim = head_dim / 2u;
   let kv_row = (kv_sequence.slot * layers + kv_layer.layer) * kv_heads + row / head_dim;
-  var index = step.pos0 + token;
-  if (kv_uniform_rows == 0u) {
-    let len = lengths[kv_row];
-    if (len < step.n_tokens) { return vec2u(KV_NOWHERE, 0u); }
-    index = len - step.n_tokens + token;
-  }
+  let len = lengths[kv_row];
+  if (len < step.n_tokens) { return vec2u(KV_NOWHERE, 0u); }
+  let index = len - step.n_tokens + token;
   let page = block_table[kv_row * max_pages + index / PAGE_TOKENS];
   let word = select(0u, PAGE_TOKENS * half_dim, weight == 2u) + (index % PAGE_TOKENS) * half_dim +
     (row % head_dim) / 2u;

@@ -96,9 +96,6 @@ import { blockTensorNames, OUTPUT, OUTPUT_NORM, ROPE_FREQS, TOKEN_EMBD } from ".
  */
 export const MAX_CHAIN = 64;
 
-/** Chained decode steps per submit by default ({@link GpuModelOptions.decodeStepsPerSubmit}). */
-export const DEFAULT_DECODE_STEPS_PER_SUBMIT = 1;
-
 /** Where a run of GPU-sampled steps starts: the settings, the tokens so far and the index of its first draw. */
 export interface SampleStart {
   /** Sampling settings (temperature, top-k, top-p, min-p, repetition penalty, seed). */
@@ -256,14 +253,6 @@ export interface GpuModelOptions {
    * every role; a role's `matvecTuning` overrides it). `"emulated"` for tests. Default false.
    */
   decodeSubgroupReduce?: boolean | "emulated";
-  /**
-   * Chained decode steps ({@link GpuModel.decodeGreedy}, {@link GpuModel.decodeSampled}) recorded into one
-   * command buffer and submit, each step's position copied into the step uniform on the GPU before its
-   * commands. Only where no decode op reads the cache's row lengths (the full cache with
-   * {@link decodeUniformRows} and the KV append fused into QKV) and without a profiler; 1 elsewhere.
-   * Default {@link DEFAULT_DECODE_STEPS_PER_SUBMIT}.
-   */
-  decodeStepsPerSubmit?: number;
   /** Decode attention's steps per tile (see `FlashDecodeOptions.tileSteps`; default by head_dim). */
   decodeTileSteps?: number;
   /**
@@ -400,10 +389,6 @@ export class GpuModel {
   readonly #chainFlags?: GPUBuffer;
   readonly #flagStaging?: GPUBuffer;
   #profiler?: GpuProfiler;
-  /** Chained decode steps per submit (1: a submit each). */
-  readonly #stepsPerSubmit: number;
-  /** The step uniforms of a chain, 16 bytes each, copied into the step buffer before each step's commands. */
-  readonly #stepTable: GPUBuffer;
   readonly #destroy: (GPUBuffer | GpuWeight)[];
   #lastChainHostMs = 0;
 
@@ -433,7 +418,6 @@ export class GpuModel {
       sample: SampleOp;
       act: Activations;
       profiler?: GpuProfiler;
-      stepsPerSubmit: number;
       owned: (GPUBuffer | GpuWeight)[];
     },
   ) {
@@ -461,12 +445,6 @@ export class GpuModel {
     this.#argmax = fields.argmax;
     this.#act = fields.act;
     this.#profiler = fields.profiler;
-    this.#stepsPerSubmit = fields.stepsPerSubmit;
-    this.#stepTable = gpu.device.createBuffer({
-      label: "chain step table",
-      size: MAX_CHAIN * 16,
-      usage: 0x04 /* COPY_SRC */ | 0x08, /* COPY_DST */
-    });
     this.#tokenStaging = gpu.device.createBuffer({
       label: "token staging",
       size: MAX_CHAIN * 4,
@@ -478,7 +456,7 @@ export class GpuModel {
       size: hp.nVocab * 4,
       usage: 0x01 | 0x08,
     });
-    this.#destroy = [...fields.owned, this.#tokenStaging, this.#logitsStaging, this.#chainTokens, this.#stepTable];
+    this.#destroy = [...fields.owned, this.#tokenStaging, this.#logitsStaging, this.#chainTokens];
     if (fields.flags) {
       // Gate flags come back with each step: one step of a chain needs layers · kvHeads words.
       const stepWords = hp.nLayer * hp.nHeadKV;
@@ -669,12 +647,6 @@ export class GpuModel {
     owned.push(step.buffer, one.buffer);
     const invFreq = ropeInverseFrequencies(hp.ropeDim, hp.ropeBase, ropeFreqs, hp.ropeScaling);
     // Int8 decode products (options.int8Decode) for rows of up to INT8_DECODE_MAX_COLS values.
-    // Full-cache decode plans from the position, not the row lengths (attention and the fused KV store).
-    const decodeUniformRows = (options.decodeUniformRows ?? true) && fullKv !== undefined;
-    // Whether a decode op reads the row lengths (then each step needs them current: one step per submit).
-    let decodeReadsLengths = !decodeUniformRows;
-    const stepsPerSubmit = options.decodeStepsPerSubmit ?? DEFAULT_DECODE_STEPS_PER_SUBMIT;
-    checkInt("decodeStepsPerSubmit", "steps", stepsPerSubmit, 1, MAX_CHAIN);
     const int8Decode = options.int8Decode ?? !gpu.isFallback;
     const int8DecodeFor = (cols: number) => int8Decode && cols <= INT8_DECODE_MAX_COLS;
 
@@ -819,7 +791,7 @@ export class GpuModel {
             rope: { headDim: D, ropeDim: hp.ropeDim, invFreq, maxPosition: ctx },
             kPre: gateBufs?.kPre,
             norm: qkvNorm,
-            append: fusedAppend && fullKv ? { kv: fullKv, layer: l, uniformRows: decodeUniformRows } : undefined,
+            append: fusedAppend && fullKv ? { kv: fullKv, layer: l } : undefined,
             tuning: tuning("attn_qkv", w.wq.cols),
           }));
         } else {
@@ -905,7 +877,6 @@ export class GpuModel {
           }));
         } else if (!dual && !fusedAppend) {
           // (With a fused append, the QKV op or the write gate above has stored K and V.)
-          if (decode) decodeReadsLengths = true;
           ops.push(createKvAppend(gpu, {
             label: `${p}kv_append`,
             kv,
@@ -938,7 +909,7 @@ export class GpuModel {
             fusedReduce: options.fusedDecodeReduce,
             keyLanes: options.decodeKeyLanes,
             directKeyLanes: options.decodeDirectKeyLanes,
-            uniformRows: decodeUniformRows,
+            uniformRows: (options.decodeUniformRows ?? true) && fullKv !== undefined,
             tileSteps: options.decodeTileSteps,
             laneMerge: options.decodeLaneMerge,
             sharedQueries: options.decodeSharedQueries,
@@ -1099,7 +1070,6 @@ export class GpuModel {
       sample,
       act,
       profiler: options.profiler,
-      stepsPerSubmit: decodeReadsLengths ? 1 : stepsPerSubmit,
       owned,
     });
   }
@@ -1228,25 +1198,11 @@ export class GpuModel {
     const stepWords = this.hparams.nLayer * this.hparams.nHeadKV;
     const t0 = performance.now();
     let profilerMs = 0;
-    // Several steps per submit: each copies its step uniform from the table before its commands (queue
-    // writes land before the whole submit); one step per submit: a queue write before each.
-    const perSubmit = this.#profiler ? 1 : this.#stepsPerSubmit;
-    if (perSubmit > 1) {
-      const table = new Uint32Array(4 * count);
-      for (let i = 0; i < count; i++) table.set([1, pos + i], 4 * i);
-      this.#gpu.device.queue.writeBuffer(this.#stepTable, 0, table);
-    }
-    let encoder: GPUCommandEncoder | undefined;
     for (let i = 0; i < count; i++) {
+      // Queue writes land before the submit that follows them, so each step sees its own position.
+      this.#step.set(1, pos + i);
       this.#beginStep(1, pos + i);
-      encoder ??= this.#gpu.device.createCommandEncoder();
-      if (perSubmit > 1) {
-        this.#step.track(1, pos + i);
-        encoder.copyBufferToBuffer(this.#stepTable, 16 * i, this.#step.buffer, 0, 16);
-      } else {
-        // Queue writes land before the submit that follows them, so each step sees its own position.
-        this.#step.set(1, pos + i);
-      }
+      const encoder = this.#gpu.device.createCommandEncoder();
       if (i > 0) encoder.copyBufferToBuffer(picked, 0, this.#act.ids, 0, 4);
       encodeOps(encoder, ops, this.#profiler);
       encoder.copyBufferToBuffer(picked, 0, this.#chainTokens, 4 * i, 4);
@@ -1259,11 +1215,8 @@ export class GpuModel {
           encoder.copyBufferToBuffer(this.#chainFlags!, 0, this.#flagStaging!, 0, 4 * stepWords * count);
         }
       }
-      if (i === count - 1 || (i + 1) % perSubmit === 0) {
-        this.#profiler?.resolve(encoder);
-        this.#gpu.device.queue.submit([encoder.finish()]);
-        encoder = undefined;
-      }
+      this.#profiler?.resolve(encoder);
+      this.#gpu.device.queue.submit([encoder.finish()]);
       if (this.#profiler) {
         const p0 = performance.now();
         await this.#profiler.collect();

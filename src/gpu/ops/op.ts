@@ -109,18 +109,6 @@ export class StepParams {
     this.#data[1] = pos0;
     this.#gpu.device.queue.writeBuffer(this.buffer, 0, this.#data);
   }
-
-  /**
-   * Sets the host's copy of this step's token count and first position without writing the buffer: for a
-   * caller that fills the buffer itself in its command stream (several steps in one submit, each copying its
-   * own values in before its commands). Ops that choose their dispatches from the position read this copy.
-   */
-  track(nTokens: number, pos0: number): void {
-    checkInt("step", "nTokens", nTokens, 1, this.maxTokens);
-    checkInt("step", "pos0", pos0, 0, 2 ** 32 - 1);
-    this.#data[0] = nTokens;
-    this.#data[1] = pos0;
-  }
 }
 
 /** Something that can open a compute pass for a label: a profiler, or nothing (one pass for all ops). */

@@ -29,12 +29,6 @@ export interface QkvKvAppend {
   kv: PagedKvView;
   /** Layer of the cache the op writes. */
   layer: number;
-  /**
-   * Every row of the cache holds exactly positions 0 … pos0 + nTokens − 1 (the full cache of one sequence):
-   * the step's tokens go to index pos0 + t without reading the lengths, so the lengths need not be current
-   * while the op runs (several decode steps then share one submit). Default false.
-   */
-  uniformRows?: boolean;
 }
 
 /**
@@ -104,7 +98,7 @@ export function qkvKvStoreParts(gpu: Gpu, label: string, append?: QkvKvAppend): 
   const { kv, layer } = append;
   const pool = poolShaderSource(kv.shards.length, true);
   return {
-    constants: { kv_append: 1, kv_uniform_rows: append.uniformRows ? 1 : 0, ...pagedKvConstants(kv) },
+    constants: { kv_append: 1, ...pagedKvConstants(kv) },
     source: loadShader("qkv_kv_store").replace("{{POOL}}", pool),
     entries: [
       [14, kv.sequence],
