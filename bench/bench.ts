@@ -36,6 +36,8 @@
  *                        [--no-decode-uniform-rows]  (full-cache decode attention reads its row lengths
  *                                                     instead of planning from the position:
  *                                                     "decode-row-lengths" rows)
+ *                        [--ablate-decode-ops ROLE,…]  (timing only: decode leaves out the layers' ops
+ *                                                      of these roles, e.g. attn_output: "decode-skip-…" rows)
  *                        [--decode-lane-merge flat|tree]  (decode attention's merge of its key lanes:
  *                                               "decode-merge-X" rows)
  *                        [--decode-shared-queries]  (decode attention's queries in workgroup memory, not
@@ -172,6 +174,7 @@ const { values } = benchFlags(import.meta.url, () =>
       "decode-subgroups": { type: "boolean" },
       "decode-subgroup-reduce": { type: "boolean" },
       "ablate-decode-attention": { type: "string" },
+      "ablate-decode-ops": { type: "string" },
       "max-batch": { type: "string" },
       "matvec-tuning": { type: "string" },
       "f32-prefill": { type: "boolean" },
@@ -277,6 +280,12 @@ const ablation = values["ablate-decode-attention"] as GpuModelOptions["decodeAtt
 if (ablation !== undefined && !["launch", "tiles", "lanes", "skip"].includes(ablation)) {
   flagError(`--ablate-decode-attention must be launch, tiles, lanes or skip, got ${ablation}`);
 }
+// --ablate-decode-ops ROLE,…: timing only (rows named "decode-skip-ROLE+…", their logits wrong).
+const skipOps = values["ablate-decode-ops"]?.split(",").filter((r) => r !== "");
+const knownRoles = ["attn_qkv", "attention", "attn_output", "ffn_gate_up", "ffn_down", "write_gate", "kv_append"];
+for (const role of skipOps ?? []) {
+  if (!knownRoles.includes(role)) flagError(`--ablate-decode-ops: unknown role ${role} (${knownRoles.join(", ")})`);
+}
 // --no-chain-gates: with the wgkv policy, decode with each layer's write gate in two dispatches (rows named
 // "decode-unchained-gates", for every policy, as above).
 const chainWriteGates = !values["no-chain-gates"];
@@ -297,6 +306,7 @@ const decodeAttention: Partial<GpuModelOptions> = {
   decodeSubgroups,
   decodeSubgroupReduce,
   decodeAttentionAblation: ablation,
+  decodeSkipOps: skipOps,
 };
 const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? "" : "-unfused-append") +
   wgkvAppendSuffix + (chainWriteGates ? "" : "-unchained-gates") +
@@ -312,7 +322,8 @@ const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? 
   (decodeSharedQueries ? "-shared-queries" : "") +
   (decodeSubgroups ? "-subgroups" : "") +
   (decodeSubgroupReduce ? "-subgroup-reduce" : "") +
-  (ablation ? `-ablate-${ablation}` : "");
+  (ablation ? `-ablate-${ablation}` : "") +
+  (skipOps?.length ? `-skip-${skipOps.join("+")}` : "");
 // --prefill-splits N: prefill attention with N key splits per KV head (rows named "prefill-splitsN").
 // (without it, the model's default for the policy).
 const prefillSplits = values["prefill-splits"] === undefined ? undefined : Number(values["prefill-splits"]);

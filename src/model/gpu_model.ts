@@ -260,6 +260,12 @@ export interface GpuModelOptions {
    * (`FlashDecodeOptions.ablate`), or `skip` leaves its dispatch out, to see what it costs. Default: none.
    */
   decodeAttentionAblation?: DecodeAblation | "skip";
+  /**
+   * For benchmarks only, where the logits are then wrong: decode leaves out the layers' ops of these roles
+   * (labels without the `blk.N.` prefix, e.g. `attn_output`, `ffn_gate_up`), to see what each costs within
+   * the chain. Default: none.
+   */
+  decodeSkipOps?: readonly string[];
 }
 
 /**
@@ -1060,7 +1066,9 @@ export class GpuModel {
       prefillEmbed: prefill.embed,
       decodeEmbed: decode.embed,
       prefill: prefill.ops,
-      decode: decode.ops,
+      decode: options.decodeSkipOps
+        ? decode.ops.filter((op) => !options.decodeSkipOps!.includes(op.label.replace(/^blk\.\d+\./, "")))
+        : decode.ops,
       tail: [...optional(prefill.outputNorm), copyLast, outputOp, argmax],
       sampleTail: [...optional(prefill.outputNorm), copyLast, outputOp, sample],
       decodeTail: [decodeOutputOp, argmax],
