@@ -10,7 +10,13 @@
  *   dispatches share no buffer;
  * - `passes`: the chain with one compute pass per dispatch (what `--profile` records);
  * - `submits`: the chain with one command buffer and one `queue.submit` per dispatch, as each decode step
- *   is submitted (this one includes the CPU's submit calls).
+ *   is submitted (this one includes the CPU's submit calls);
+ * - `probe`: the chain of `wgsl/dispatch_probe.wgsl` (the same work staged through 256 bytes of workgroup
+ *   memory), one pipeline: the baseline of the next two;
+ * - `pipelines`: that chain with consecutive dispatches taking 5 pipelines in turn (the probe with 5
+ *   values of an override constant), as a decode step's 5 kernels per layer do;
+ * - `shared`: the same with the 5 pipelines also differing in workgroup memory (256 B to 48 KiB), which a
+ *   GPU may have to reconfigure between them.
  *
  * usage: deno run -A bench/dispatch.ts [--values 64,1048576] [--count N] [--out out/dispatch.json] [--quick]
  *
@@ -43,9 +49,16 @@ const count = Number(values.count ?? (quick ? 8 : 500));
 if (!Number.isInteger(count) || count < 1) flagError(`--count: a positive integer, got ${values.count}`);
 const outPath = values.out ?? "out/dispatch.json";
 
-/** The four ways of recording the dispatches (see the module doc). */
-const MODES = ["chain", "independent", "passes", "submits"] as const;
+/** The ways of recording the dispatches (see the module doc). */
+const MODES = ["chain", "independent", "passes", "submits", "probe", "pipelines", "shared"] as const;
 type Mode = typeof MODES[number];
+
+/** A pipeline with its chain's two bind groups: a_0 → b_0 and b_0 → a_0. */
+interface ChainPipeline {
+  pipeline: GPUComputePipeline;
+  forward: GPUBindGroup;
+  back: GPUBindGroup;
+}
 
 /** The buffers and bind groups of one size: `pairs` (a → b) plus the chain's way back (b → a). */
 interface Setup {
@@ -55,6 +68,9 @@ interface Setup {
   forward: GPUBindGroup[];
   /** Bind group b_0 → a_0: with forward[0], the chain's two steps. */
   back: GPUBindGroup;
+  /** The probe modes' pipelines: `probe` takes the first of `pipelines`. */
+  pipelines: ChainPipeline[];
+  shared: ChainPipeline[];
   buffers: GPUBuffer[];
 }
 
@@ -68,16 +84,44 @@ function setUp(gpu: Gpu, n: number): Setup {
     forward.push(gpu.bind(kernel, [a, b]));
   }
   const back = gpu.bind(kernel, [buffers[1], buffers[0]]);
-  return { pipeline: kernel.pipeline, workgroups: Math.ceil(n / 64), forward, back, buffers };
+  const probe = (scale: number, sharedFloats: number): ChainPipeline => {
+    const k = gpu.kernel("dispatch_probe", { scale, n, shared_floats: sharedFloats });
+    return {
+      pipeline: k.pipeline,
+      forward: gpu.bind(k, [buffers[0], buffers[1]]),
+      back: gpu.bind(k, [buffers[1], buffers[0]]),
+    };
+  };
+  const scales = [1, 0.5, 0.25, 2, 4];
+  // Workgroup memory of the `shared` pipelines: 256 B to 48 KiB (within the default 16 KiB limit where the
+  // adapter offers no more).
+  const most = Math.min(12288, gpu.limits.maxComputeWorkgroupStorageSize / 4);
+  const sharedFloats = [64, most, Math.max(64, most >> 2), Math.max(64, most >> 1), Math.max(64, most >> 3)];
+  return {
+    pipeline: kernel.pipeline,
+    workgroups: Math.ceil(n / 64),
+    forward,
+    back,
+    pipelines: scales.map((scale) => probe(scale, 64)),
+    shared: scales.map((scale, i) => probe(scale, sharedFloats[i])),
+    buffers,
+  };
 }
 
 /** The command buffers of `dispatches` dispatches recorded in `mode`. */
 function record(gpu: Gpu, s: Setup, mode: Mode, dispatches: number): GPUCommandBuffer[] {
   const groupOf = (i: number) =>
     mode === "independent" ? s.forward[i % s.forward.length] : i % 2 === 0 ? s.forward[0] : s.back;
+  const probes = mode === "probe" ? s.pipelines.slice(0, 1) : mode === "shared" ? s.shared : s.pipelines;
   const dispatch = (pass: GPUComputePassEncoder, i: number) => {
-    pass.setPipeline(s.pipeline);
-    pass.setBindGroup(0, groupOf(i));
+    if (mode === "probe" || mode === "pipelines" || mode === "shared") {
+      const p = probes[i % probes.length];
+      pass.setPipeline(p.pipeline);
+      pass.setBindGroup(0, i % 2 === 0 ? p.forward : p.back);
+    } else {
+      pass.setPipeline(s.pipeline);
+      pass.setBindGroup(0, groupOf(i));
+    }
     pass.dispatchWorkgroups(s.workgroups);
   };
   if (mode === "submits") {

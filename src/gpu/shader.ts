@@ -49,6 +49,7 @@ export const SHADER_NAMES: readonly string[] = [
   "shuffle_xor_none",
   "slot_plan",
   "smoke",
+  "dispatch_probe",
   "wgkv_append",
   "wgkv_promote",
   "write_gate",
