@@ -282,9 +282,19 @@ if (ablation !== undefined && !["launch", "tiles", "lanes", "skip"].includes(abl
 }
 // --ablate-decode-ops ROLE,…: timing only (rows named "decode-skip-ROLE+…", their logits wrong).
 const skipOps = values["ablate-decode-ops"]?.split(",").filter((r) => r !== "");
-const knownRoles = ["attn_qkv", "attention", "attn_output", "ffn_gate_up", "ffn_down", "write_gate", "kv_append"];
+const knownRoles = [
+  "attn_qkv",
+  "attention",
+  "attn_output",
+  "ffn_gate_up",
+  "ffn_down",
+  "write_gate",
+  "kv_append",
+];
 for (const role of skipOps ?? []) {
-  if (!knownRoles.includes(role)) flagError(`--ablate-decode-ops: unknown role ${role} (${knownRoles.join(", ")})`);
+  if (!knownRoles.includes(role)) {
+    flagError(`--ablate-decode-ops: unknown role ${role} (${knownRoles.join(", ")})`);
+  }
 }
 // --no-chain-gates: with the wgkv policy, decode with each layer's write gate in two dispatches (rows named
 // "decode-unchained-gates", for every policy, as above).
