@@ -38,8 +38,6 @@
  *                                                     "decode-row-lengths" rows)
  *                        [--ablate-decode-ops ROLE,…]  (timing only: decode leaves out the layers' ops
  *                                                      of these roles, e.g. attn_output: "decode-skip-…" rows)
- *                        [--decode-qkv-attention-keys N]  (rows of at most N keys attend in the fused
- *                                                         QKV dispatch, 0: never: "decode-qkv-attentionN" rows)
  *                        [--decode-lane-merge flat|tree]  (decode attention's merge of its key lanes:
  *                                               "decode-merge-X" rows)
  *                        [--decode-shared-queries]  (decode attention's queries in workgroup memory, not
@@ -170,7 +168,6 @@ const { values } = benchFlags(import.meta.url, () =>
       "decode-key-lanes": { type: "string" },
       "decode-direct-key-lanes": { type: "string" },
       "no-decode-uniform-rows": { type: "boolean" },
-      "decode-qkv-attention-keys": { type: "string" },
       "decode-tile-steps": { type: "string" },
       "decode-lane-merge": { type: "string" },
       "decode-shared-queries": { type: "boolean" },
@@ -266,16 +263,6 @@ const decodeDirectKeyLanes = positiveFlag("decode-direct-key-lanes");
 // from the position, the default (rows named "decode-row-lengths").
 const decodeUniformRows = values["no-decode-uniform-rows"] ? false : undefined;
 const decodeTileSteps = positiveFlag("decode-tile-steps");
-// --decode-qkv-attention-keys N: rows of at most N keys attend in the fused QKV dispatch, 0 never (rows
-// named "decode-qkv-attentionN").
-const qkvAttentionFlag = values["decode-qkv-attention-keys"];
-const decodeQkvAttentionKeys = qkvAttentionFlag === undefined ? undefined : Number(qkvAttentionFlag);
-if (
-  decodeQkvAttentionKeys !== undefined &&
-  !(Number.isInteger(decodeQkvAttentionKeys) && decodeQkvAttentionKeys >= 0)
-) {
-  flagError(`--decode-qkv-attention-keys must be a non-negative integer, got ${qkvAttentionFlag}`);
-}
 // --decode-lane-merge flat|tree: how decode attention's key lanes merge (rows named "decode-merge-X").
 const decodeLaneMerge = values["decode-lane-merge"] as GpuModelOptions["decodeLaneMerge"];
 if (decodeLaneMerge !== undefined && !["flat", "tree"].includes(decodeLaneMerge)) {
@@ -323,7 +310,6 @@ const decodeAttention: Partial<GpuModelOptions> = {
   decodeKeyLanes,
   decodeDirectKeyLanes,
   decodeUniformRows,
-  decodeQkvAttentionKeys,
   decodeTileSteps,
   decodeLaneMerge,
   decodeSharedQueries,
@@ -341,7 +327,6 @@ const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? 
   (decodeKeyLanes !== undefined ? `-lanes${decodeKeyLanes}` : "") +
   (decodeDirectKeyLanes !== undefined ? `-direct-lanes${decodeDirectKeyLanes}` : "") +
   (decodeUniformRows === false ? "-row-lengths" : "") +
-  (decodeQkvAttentionKeys !== undefined ? `-qkv-attention${decodeQkvAttentionKeys}` : "") +
   (decodeTileSteps !== undefined ? `-steps${decodeTileSteps}` : "") +
   (decodeLaneMerge !== undefined ? `-merge-${decodeLaneMerge}` : "") +
   (decodeSharedQueries ? "-shared-queries" : "") +

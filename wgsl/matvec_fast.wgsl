@@ -37,9 +37,6 @@
 // bindings 14…: the paged KV cache (`qkv` with kv_append = 1): the text define KV_STORE, spliced in below
 //            the units, is then wgsl/qkv_kv_store.wgsl (see src/gpu/ops/qkv_kv_store.ts), which declares
 //            them and defines kv_locate and kv_store; otherwise it is a stub of the two without bindings.
-// bindings 18, 19: the attention output and arrival counters (`qkv` with fuse_attention = 1): the text
-//            define QKV_ATTENTION is then wgsl/qkv_attention.wgsl with wgsl/decode_attend.wgsl (see
-//            src/gpu/ops/qkv_attention.ts); otherwise a stub of qkv_attention_arrive without bindings.
 //
 // Int8 input (x_int8 = 1, for weight types with INT8 unit sections): every workgroup first quantises its
 // tokens' x rows per 16 values into workgroup memory (stage_int8, for its first row group), then the units
@@ -110,9 +107,6 @@ override keep_pre_k: u32 = 0u;
 // `qkv`: 1 to also store K and V into the paged KV cache (the spliced KV_STORE block), else 0. head_dim is
 // then the cache's, also without RoPE.
 override kv_append: u32 = 0u;
-// `qkv` with kv_append = 1: 1 to also attend each KV head's query heads in the workgroup that finishes
-// the head's rows (the spliced QKV_ATTENTION block: wgsl/qkv_attention.wgsl; a stub otherwise), else 0.
-override fuse_attention: u32 = 0u;
 // Folded RMSNorm: 0 none, 1 producer (`main`), 2 consumer (`swiglu`, `qkv`); partial sums per token (the
 // producer's workgroups), values per normed row and epsilon.
 override norm_mode: u32 = 0u;
@@ -152,8 +146,6 @@ var<workgroup> x_scales: array<vec2f, max(1u, x_int8 * tokens_per_wg * (cols / 1
 {{UNITS_C}}
 
 {{KV_STORE}}
-
-{{QKV_ATTENTION}}
 
 // Thread tid's sum number p (of n per thread) sits at partial[tid · n + p] before `reduce`; a consumer of a
 // folded RMSNorm adds one sum per token.
@@ -528,7 +520,6 @@ fn qkv(
         kv_store(kv_at, lo, hi);
       }
     }
-    if (fuse_attention == 1u) { qkv_attention_arrive(weight, row0, tid); }
     if (g + launched < row_groups) { workgroupBarrier(); } // the next group's sums overwrite `partial`
   }
 }

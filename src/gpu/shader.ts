@@ -38,7 +38,6 @@ export const SHADER_NAMES: readonly string[] = [
   "matvec_partials_emulated",
   "matvec_partials_plain",
   "matvec_units",
-  "qkv_attention",
   "qkv_kv_store",
   "quantize_q8",
   "rmsnorm",

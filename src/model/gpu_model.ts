@@ -75,7 +75,6 @@ import {
   createGateUpSwiGluMatmul,
   createQkvMatvec,
   type FoldedNormInput,
-  type QkvMatvecOptions,
 } from "../gpu/ops/fused.ts";
 import type { GpuProfiler } from "../gpu/profiler.ts";
 import { KvCache } from "../kv/kv_cache.ts";
@@ -96,9 +95,6 @@ import { blockTensorNames, OUTPUT, OUTPUT_NORM, ROPE_FREQS, TOKEN_EMBD } from ".
  * round trip.
  */
 export const MAX_CHAIN = 64;
-
-/** Most keys of a row whose decode attention runs in the fused QKV dispatch by default. */
-export const DEFAULT_QKV_ATTENTION_KEYS = 256;
 
 /** Where a run of GPU-sampled steps starts: the settings, the tokens so far and the index of its first draw. */
 export interface SampleStart {
@@ -257,13 +253,6 @@ export interface GpuModelOptions {
    * every role; a role's `matvecTuning` overrides it). `"emulated"` for tests. Default false.
    */
   decodeSubgroupReduce?: boolean | "emulated";
-  /**
-   * Full-cache decode: steps whose row holds at most this many keys attend in the fused QKV dispatch (the
-   * workgroup that finishes a KV head's rows attends its query heads; `QkvMatvecOptions.attention`), one
-   * dispatch per layer fewer; 0 keeps the attention dispatch always. Default
-   * {@link DEFAULT_QKV_ATTENTION_KEYS}.
-   */
-  decodeQkvAttentionKeys?: number;
   /** Decode attention's steps per tile (see `FlashDecodeOptions.tileSteps`; default by head_dim). */
   decodeTileSteps?: number;
   /**
@@ -664,12 +653,6 @@ export class GpuModel {
     owned.push(step.buffer, one.buffer);
     const invFreq = ropeInverseFrequencies(hp.ropeDim, hp.ropeBase, ropeFreqs, hp.ropeScaling);
     // Int8 decode products (options.int8Decode) for rows of up to INT8_DECODE_MAX_COLS values.
-    // Full-cache decode plans from the position, not the row lengths (attention and the fused KV store).
-    const decodeUniformRows = (options.decodeUniformRows ?? true) && fullKv !== undefined;
-    const qkvAttentionKeys = options.decodeQkvAttentionKeys ?? DEFAULT_QKV_ATTENTION_KEYS;
-    checkInt("decodeQkvAttentionKeys", "keys", qkvAttentionKeys, 0);
-    // Rows this short the layer's fused QKV attends (0: none), for the layer's attention op.
-    let qkvAttends = 0;
     const int8Decode = options.int8Decode ?? !gpu.isFallback;
     const int8DecodeFor = (cols: number) => int8Decode && cols <= INT8_DECODE_MAX_COLS;
 
@@ -799,9 +782,8 @@ export class GpuModel {
         const fusedAppend = appendInQkv(w);
         if (decode && canFuseQkv(w.wq, w.wk, w.wv)) {
           // One dispatch: Q, K and V rows, Q and K rotated as they are written (with the write gate, K
-          // also before RoPE: the gate reads both; with the full cache, K and V also into their pages,
-          // and for short rows attention too).
-          const qkvOptions: QkvMatvecOptions = {
+          // also before RoPE: the gate reads both; with the full cache, K and V also into their pages).
+          ops.push(createQkvMatvec(gpu, {
             label: `${p}attn_qkv`,
             wq: w.wq,
             wk: w.wk,
@@ -817,21 +799,7 @@ export class GpuModel {
             norm: qkvNorm,
             append: fusedAppend && fullKv ? { kv: fullKv, layer: l } : undefined,
             tuning: tuning("attn_qkv", w.wq.cols),
-          };
-          qkvAttends = 0;
-          if (fusedAppend && fullKv && decodeUniformRows && qkvAttentionKeys > 0) {
-            try {
-              ops.push(createQkvMatvec(gpu, {
-                ...qkvOptions,
-                attention: { qHeads: Hq, out: act.att, arrivals: act.arrivals, maxKeys: qkvAttentionKeys },
-              }));
-              qkvAttends = qkvAttentionKeys;
-            } catch (e) {
-              // A GPU whose limits the fused kernel exceeds keeps the attention dispatch.
-              if (!(e instanceof UnsupportedError)) throw e;
-            }
-          }
-          if (qkvAttends === 0) ops.push(createQkvMatvec(gpu, qkvOptions));
+          }));
         } else {
           // The three products in one dispatch where possible (K and V alone would underfill the GPU).
           const qkv = {
@@ -947,8 +915,7 @@ export class GpuModel {
             fusedReduce: options.fusedDecodeReduce,
             keyLanes: options.decodeKeyLanes,
             directKeyLanes: options.decodeDirectKeyLanes,
-            uniformRows: decodeUniformRows,
-            attendedElsewhere: qkvAttends,
+            uniformRows: (options.decodeUniformRows ?? true) && fullKv !== undefined,
             tileSteps: options.decodeTileSteps,
             laneMerge: options.decodeLaneMerge,
             sharedQueries: options.decodeSharedQueries,

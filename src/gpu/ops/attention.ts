@@ -310,12 +310,6 @@ export interface FlashDecodeOptions extends AttentionOptions {
    */
   directKeys?: number;
   /**
-   * Rows of at most this many keys (the query's position + 1) are attended by another op (the fused QKV's
-   * attention, `QkvMatvecOptions.attention` in `./fused.ts`): the op records nothing for those steps.
-   * Needs `step`. Default 0 (none).
-   */
-  attendedElsewhere?: number;
-  /**
    * Whether every KV head's row holds `step.pos0 + 1` keys, as the full cache does at decode (true): the
    * workgroups then plan their slots from the position, without reading the row lengths or waiting on a
    * barrier. Needs `step`; not with `wgkv` (its heads keep different numbers of keys). Default false (the
@@ -853,11 +847,6 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   const directKeys = step ? options.directKeys ?? DEFAULT_DIRECT_KEYS : 0;
   checkInt(label, "directKeys", directKeys, 0);
   if (options.directKeys && !step) throw new BadFlagError(`${label}: directKeys needs the step parameters`);
-  const attendedElsewhere = options.attendedElsewhere ?? 0;
-  checkInt(label, "attendedElsewhere", attendedElsewhere, 0);
-  if (attendedElsewhere && !step) {
-    throw new BadFlagError(`${label}: attendedElsewhere needs the step parameters`);
-  }
   const directKernel = directKeys > 0
     ? directDecodeKernel(gpu, label, options, constants, defines, {
       keyLanes,
@@ -892,7 +881,6 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   return {
     label,
     encode(pass: GPUComputePassEncoder): void {
-      if (step && step.pos0 + 1 <= attendedElsewhere) return;
       if (directKernel && step && step.pos0 + 1 <= directKeys) {
         pass.setPipeline(directKernel.pipeline);
         pass.setBindGroup(0, directGroup!);

@@ -44,19 +44,7 @@ import {
   type StepParams,
 } from "./op.ts";
 import { ropeTurnTable } from "./rope.ts";
-import {
-  QKV_STORAGE_BINDINGS,
-  type QkvKvAppend,
-  qkvKvAppendBlocker,
-  qkvKvStoreParts,
-} from "./qkv_kv_store.ts";
-import {
-  NO_QKV_ATTENTION,
-  QKV_ATTENTION_STORAGE_BINDINGS,
-  type QkvAttention,
-  qkvAttentionBlocker,
-  qkvAttentionParts,
-} from "./qkv_attention.ts";
+import { type QkvKvAppend, qkvKvAppendBlocker, qkvKvStoreParts } from "./qkv_kv_store.ts";
 import {
   checkMatvecTuningKeys,
   checkMatvecWeights,
@@ -177,14 +165,6 @@ export interface QkvMatvecOptions extends QkvProductOptions {
   append?: QkvKvAppend;
   /** `x` is the residual times the norm weight; the RMS comes from the producer's sums. */
   norm?: FoldedNormInput;
-  /**
-   * Decode with `append` and `rope` (one token per step, every row of the cache holding positions 0 …
-   * pos0): steps whose row holds at most `attention.maxKeys` keys also attend, the workgroup that finishes
-   * a KV head's rows attending its query heads (see `./qkv_attention.ts`); the caller's attention op must
-   * then leave those steps out. Where the kernel cannot take it ({@link qkvAttentionBlocker}), an
-   * {@link UnsupportedError}.
-   */
-  attention?: QkvAttention;
   /** Override constants for tuning on a given GPU. */
   tuning?: FusedMatvecTuning;
 }
@@ -416,36 +396,34 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
   const norm = normInputParts(gpu, label, maxTokens, options.norm);
   const kvStore = qkvKvStoreParts(gpu, label, append);
   const partials = subgroupReduceParts(gpu, label, options.tuning?.subgroupReduce, shape.workgroupSize);
-  const constants = {
-    ...norm.constants,
-    ...kvStore.constants,
-    ...partials.constants,
-    cols: wq.cols,
-    rows_a: wq.rows,
-    rows_b: wk.rows,
-    rows_c: wv.rows,
-    row_bytes_a: wq.rowBytes,
-    row_bytes_b: wk.rowBytes,
-    row_bytes_c: wv.rowBytes,
-    wg_size: shape.workgroupSize,
-    rows_per_wg: shape.rowsPerWorkgroup,
-    tokens_per_wg: shape.tokensPerWorkgroup,
-    head_dim: headDim,
-    rope_pairs: ropePairs,
-    n_chunks: turns.chunks,
-    keep_pre_k: options.kPre ? 1 : 0,
-    reduce_lanes: reduceLanes(shape.workgroupSize),
-    units_per_step: shape.unitsPerStep,
-    x_int8: shape.int8 ? 1 : 0,
-  };
-  const defines = {
-    ...subblockDefines(wq, wk, wv),
-    KV_STORE: kvStore.source,
-    QKV_ATTENTION: NO_QKV_ATTENTION,
-    ...partials.defines,
-  };
-  const kernel = gpu.kernel("matvec_fast", constants, defines, "qkv");
-  const entries: [number, BufferSlice][] = [
+  const kernel = gpu.kernel(
+    "matvec_fast",
+    {
+      ...norm.constants,
+      ...kvStore.constants,
+      ...partials.constants,
+      cols: wq.cols,
+      rows_a: wq.rows,
+      rows_b: wk.rows,
+      rows_c: wv.rows,
+      row_bytes_a: wq.rowBytes,
+      row_bytes_b: wk.rowBytes,
+      row_bytes_c: wv.rowBytes,
+      wg_size: shape.workgroupSize,
+      rows_per_wg: shape.rowsPerWorkgroup,
+      tokens_per_wg: shape.tokensPerWorkgroup,
+      head_dim: headDim,
+      rope_pairs: ropePairs,
+      n_chunks: turns.chunks,
+      keep_pre_k: options.kPre ? 1 : 0,
+      reduce_lanes: reduceLanes(shape.workgroupSize),
+      units_per_step: shape.unitsPerStep,
+      x_int8: shape.int8 ? 1 : 0,
+    },
+    { ...subblockDefines(wq, wk, wv), KV_STORE: kvStore.source, ...partials.defines },
+    "qkv",
+  );
+  const group = bindNumbered(gpu, kernel, [
     [0, wq.parts[0].buffer],
     [1, wk.parts[0].buffer],
     [2, wv.parts[0].buffer],
@@ -458,48 +436,14 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
     [10, options.kPre ?? gpu.buffer(`${label}.no_k_pre`, 4)],
     [13, norm.sums],
     ...kvStore.entries,
-  ];
-  const group = bindNumbered(gpu, kernel, entries);
+  ]);
   const per = shape.rowsPerWorkgroup;
   const groups = launchedGroups(
     label,
     ceilDiv(wq.rows, per) + ceilDiv(wk.rows, per) + ceilDiv(wv.rows, per),
     options.tuning?.maxWorkgroups,
   );
-  const grid = grid2d(gpu, label, groups, shape.tokenGroups);
-  const attention = options.attention;
-  if (!attention) return new FusedOp(label, kernel, group, grid);
-  if (!append || !rope || maxTokens !== 1) {
-    throw new BadFlagError(`${label}: the fused attention needs the KV append, RoPE and one token per step`);
-  }
-  checkInt(label, "attention.maxKeys", attention.maxKeys, 1);
-  const matvecBytes = shape.workgroupSize * (shape.rowsPerWorkgroup + 1) * 4 +
-    (shape.int8 ? int8InputBytes(wq.cols, 1) : 0);
-  const attentionBlocker =
-    qkvAttentionBlocker(gpu, append.kv, attention.qHeads, shape.workgroupSize, matvecBytes) ??
-      (QKV_STORAGE_BINDINGS + 2 + append.kv.shards.length + QKV_ATTENTION_STORAGE_BINDINGS >
-          gpu.limits.maxStorageBuffersPerShaderStage
-        ? `it binds more storage buffers than this GPU's ${gpu.limits.maxStorageBuffersPerShaderStage}`
-        : undefined);
-  if (attentionBlocker) {
-    throw new UnsupportedError(`${label}: cannot attend in the QKV dispatch: ${attentionBlocker}`);
-  }
-  const fused = qkvAttentionParts(label, append.kv, shape.workgroupSize, attention);
-  const fusedKernel = gpu.kernel(
-    "matvec_fast",
-    { ...constants, ...fused.constants },
-    { ...defines, QKV_ATTENTION: fused.source },
-    "qkv",
-  );
-  const fusedGroup = bindNumbered(gpu, fusedKernel, [...entries, ...fused.entries]);
-  const plain = new FusedOp(label, kernel, group, grid);
-  const withAttention = new FusedOp(label, fusedKernel, fusedGroup, grid);
-  return {
-    label,
-    encode(pass: GPUComputePassEncoder): void {
-      (step.pos0 + 1 <= attention.maxKeys ? withAttention : plain).encode(pass);
-    },
-  };
+  return new FusedOp(label, kernel, group, grid2d(gpu, label, groups, shape.tokenGroups));
 }
 
 /**

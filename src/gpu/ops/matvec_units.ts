@@ -20,7 +20,6 @@ import type { Gpu } from "../device.ts";
 import { loadShader } from "../shader.ts";
 import type { GpuWeight } from "../weights.ts";
 import { NO_KV_STORE } from "./qkv_kv_store.ts";
-import { NO_QKV_ATTENTION } from "./qkv_attention.ts";
 
 /**
  * The unit kinds of `wgsl/matvec_units.wgsl` (see {@link unitSection}) and the word type each one reads its
@@ -290,13 +289,12 @@ export function unitsSource(section: string, suffix: string): string {
 
 /**
  * The text defines of `wgsl/matvec_fast.wgsl` for weights a, b, c (b and c default to a: the `main`
- * entry reads only a, but the module declares all three), with the `qkv` entry's KV store and attention
- * left out (the stubs `KV_STORE` and `QKV_ATTENTION`; `createQkvMatvec` replaces them when it appends to the
- * cache and attends). Throws an {@link UnsupportedError} for a weight the kernels cannot read
- * ({@link matvecBlocker}).
+ * entry reads only a, but the module declares all three), with the `qkv` entry's KV store left out (the
+ * stub `KV_STORE`; `createQkvMatvec` replaces it when it appends to the cache). Throws an
+ * {@link UnsupportedError} for a weight the kernels cannot read ({@link matvecBlocker}).
  */
 export function subblockDefines(a: GpuWeight, b: GpuWeight = a, c: GpuWeight = a): Record<string, string> {
-  const defines: Record<string, string> = { KV_STORE: NO_KV_STORE, QKV_ATTENTION: NO_QKV_ATTENTION };
+  const defines: Record<string, string> = { KV_STORE: NO_KV_STORE };
   for (const [suffix, weight] of [["a", a], ["b", b], ["c", c]] as const) {
     const section = unitSection(weight);
     defines[`WORD_${suffix.toUpperCase()}`] = UNIT_SECTION_WORDS[section];
