@@ -16,7 +16,9 @@
  * - `pipelines`: that chain with consecutive dispatches taking 5 pipelines in turn (the probe with 5
  *   values of an override constant), as a decode step's 5 kernels per layer do;
  * - `shared`: the same with the 5 pipelines also differing in workgroup memory (256 B to 48 KiB), which a
- *   GPU may have to reconfigure between them.
+ *   GPU may have to reconfigure between them;
+ * - `bindings`: the probe chain with 12 more read-only buffers bound to every dispatch (entry `wide`), as
+ *   the model's kernels bind weights, cache pages, tables and parameters.
  *
  * usage: deno run -A bench/dispatch.ts [--values 64,1048576] [--count N] [--out out/dispatch.json] [--quick]
  *
@@ -50,7 +52,16 @@ if (!Number.isInteger(count) || count < 1) flagError(`--count: a positive intege
 const outPath = values.out ?? "out/dispatch.json";
 
 /** The ways of recording the dispatches (see the module doc). */
-const MODES = ["chain", "independent", "passes", "submits", "probe", "pipelines", "shared"] as const;
+const MODES = [
+  "chain",
+  "independent",
+  "passes",
+  "submits",
+  "probe",
+  "pipelines",
+  "shared",
+  "bindings",
+] as const;
 type Mode = typeof MODES[number];
 
 /** A pipeline with its chain's two bind groups: a_0 → b_0 and b_0 → a_0. */
@@ -71,6 +82,8 @@ interface Setup {
   /** The probe modes' pipelines: `probe` takes the first of `pipelines`. */
   pipelines: ChainPipeline[];
   shared: ChainPipeline[];
+  /** The `bindings` mode's pipeline (entry `wide`). */
+  wide: ChainPipeline;
   buffers: GPUBuffer[];
 }
 
@@ -92,6 +105,14 @@ function setUp(gpu: Gpu, n: number): Setup {
       back: gpu.bind(k, [buffers[1], buffers[0]]),
     };
   };
+  const extras = Array.from({ length: 12 }, (_, i) => gpu.buffer(`extra${i}`, 16));
+  buffers.push(...extras);
+  const wideKernel = gpu.kernel("dispatch_probe", { scale: 1, n, shared_floats: 64 }, {}, "wide");
+  const wide: ChainPipeline = {
+    pipeline: wideKernel.pipeline,
+    forward: gpu.bind(wideKernel, [buffers[0], buffers[1], ...extras]),
+    back: gpu.bind(wideKernel, [buffers[1], buffers[0], ...extras]),
+  };
   const scales = [1, 0.5, 0.25, 2, 4];
   // Workgroup memory of the `shared` pipelines: 256 B to 48 KiB (within the default 16 KiB limit where the
   // adapter offers no more).
@@ -104,6 +125,7 @@ function setUp(gpu: Gpu, n: number): Setup {
     back,
     pipelines: scales.map((scale) => probe(scale, 64)),
     shared: scales.map((scale, i) => probe(scale, sharedFloats[i])),
+    wide,
     buffers,
   };
 }
@@ -112,9 +134,15 @@ function setUp(gpu: Gpu, n: number): Setup {
 function record(gpu: Gpu, s: Setup, mode: Mode, dispatches: number): GPUCommandBuffer[] {
   const groupOf = (i: number) =>
     mode === "independent" ? s.forward[i % s.forward.length] : i % 2 === 0 ? s.forward[0] : s.back;
-  const probes = mode === "probe" ? s.pipelines.slice(0, 1) : mode === "shared" ? s.shared : s.pipelines;
+  const probes = mode === "probe"
+    ? s.pipelines.slice(0, 1)
+    : mode === "shared"
+    ? s.shared
+    : mode === "bindings"
+    ? [s.wide]
+    : s.pipelines;
   const dispatch = (pass: GPUComputePassEncoder, i: number) => {
-    if (mode === "probe" || mode === "pipelines" || mode === "shared") {
+    if (mode === "probe" || mode === "pipelines" || mode === "shared" || mode === "bindings") {
       const p = probes[i % probes.length];
       pass.setPipeline(p.pipeline);
       pass.setBindGroup(0, i % 2 === 0 ? p.forward : p.back);
