@@ -78,13 +78,42 @@ Deno.test("bench: a flag value the kernels refuse (decode attention's key lanes)
   match(merge.stderr.trim(), /^bench: --decode-lane-merge must be flat or tree, got round$/);
 });
 
+Deno.test("bench: --ablate-decode-ops leaves those roles out of decode (a row of its own); an unknown role is one line", async () => {
+  const run = await runTinyBench([
+    "--types",
+    "q8_0",
+    "--prompts",
+    "",
+    "--depths",
+    "0",
+    "--ablate-decode-ops",
+    "attn_output,ffn_down",
+  ]);
+  equal(run.code, 0, run.stderr);
+  match(run.stdout, /\| tiny \| q8_0 \| decode-skip-attn_output\+ffn_down \| 0 \|/);
+  // Decode takes 1 + 5 · layers + 2 dispatches per token; the two roles left out take 2 · layers.
+  const plain = await runTinyBench(["--types", "q8_0", "--prompts", "", "--depths", "0"]);
+  equal(plain.code, 0, plain.stderr);
+  const dispatches = (stderr: string) => Number(/ (\d+) dispatches\/token/.exec(stderr)?.[1]);
+  const all = dispatches(plain.stderr);
+  const layers = (all - 3) / 5;
+  ok(Number.isInteger(layers) && layers > 0, `${all} dispatches per token`);
+  equal(dispatches(run.stderr), all - 2 * layers);
+  const bad = await runBench("bench.ts", ["--ablate-decode-ops", "attn_output,lm_head"]);
+  equal(bad.code, 2, bad.stderr);
+  match(bad.stderr.trim(), /^bench: --ablate-decode-ops: unknown role lm_head \(attn_qkv, attention, /);
+});
+
 Deno.test("bench dispatch: --quick times every way of recording and writes them as they come", async () => {
   const out = await Deno.makeTempFile({ suffix: ".json" });
   try {
     const run = await runBench("dispatch.ts", ["--quick", "--values", "64", "--count", "4", "--out", out]);
     equal(run.code, 0, run.stderr);
     const rows = JSON.parse(await Deno.readTextFile(out)).rows as { mode: string; us: number }[];
-    equal(rows.map((r) => r.mode).join(","), "chain,independent,passes,submits");
+    equal(
+      rows.map((r) => r.mode).join(","),
+      "chain,independent,passes,submits,probe,pipelines,shared,bindings",
+    );
     for (const r of rows) ok(Number.isFinite(r.us), `${r.mode}: ${r.us} µs`);
     match(run.stdout, /^mode\s+values\s+workgroups\s+µs\/dispatch$/m);
   } finally {
