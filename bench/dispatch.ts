@@ -18,7 +18,10 @@
  * - `shared`: the same with the 5 pipelines also differing in workgroup memory (256 B to 48 KiB), which a
  *   GPU may have to reconfigure between them;
  * - `bindings`: the probe chain with 12 more read-only buffers bound to every dispatch (entry `wide`), as
- *   the model's kernels bind weights, cache pages, tables and parameters.
+ *   the model's kernels bind weights, cache pages, tables and parameters;
+ * - `code`: the probe chain after 2048 unrolled FMA steps (entry `long_code`, about 32 KiB of machine
+ *   code), one pipeline; `code-pipelines`: the same with 5 such pipelines in turn, whose code cannot all
+ *   stay in the GPU's instruction caches: the difference is what a kernel's code costs to fetch each time.
  *
  * usage: deno run -A bench/dispatch.ts [--values 64,1048576] [--count N] [--out out/dispatch.json] [--quick]
  *
@@ -61,6 +64,8 @@ const MODES = [
   "pipelines",
   "shared",
   "bindings",
+  "code",
+  "code-pipelines",
 ] as const;
 type Mode = typeof MODES[number];
 
@@ -84,6 +89,8 @@ interface Setup {
   shared: ChainPipeline[];
   /** The `bindings` mode's pipeline (entry `wide`). */
   wide: ChainPipeline;
+  /** The `code` modes' pipelines (entry `long_code`): `code` takes the first. */
+  longCode: ChainPipeline[];
   buffers: GPUBuffer[];
 }
 
@@ -114,6 +121,19 @@ function setUp(gpu: Gpu, n: number): Setup {
     back: gpu.bind(wideKernel, [buffers[1], buffers[0], ...extras]),
   };
   const scales = [1, 0.5, 0.25, 2, 4];
+  const longCode = scales.map((scale): ChainPipeline => {
+    const k = gpu.kernel(
+      "dispatch_probe",
+      { scale, n, shared_floats: 64, code_steps: 2048 },
+      {},
+      "long_code",
+    );
+    return {
+      pipeline: k.pipeline,
+      forward: gpu.bind(k, [buffers[0], buffers[1]]),
+      back: gpu.bind(k, [buffers[1], buffers[0]]),
+    };
+  });
   // Workgroup memory of the `shared` pipelines: 256 B to 48 KiB (within the default 16 KiB limit where the
   // adapter offers no more).
   const most = Math.min(12288, gpu.limits.maxComputeWorkgroupStorageSize / 4);
@@ -126,6 +146,7 @@ function setUp(gpu: Gpu, n: number): Setup {
     pipelines: scales.map((scale) => probe(scale, 64)),
     shared: scales.map((scale, i) => probe(scale, sharedFloats[i])),
     wide,
+    longCode,
     buffers,
   };
 }
@@ -140,9 +161,13 @@ function record(gpu: Gpu, s: Setup, mode: Mode, dispatches: number): GPUCommandB
     ? s.shared
     : mode === "bindings"
     ? [s.wide]
+    : mode === "code"
+    ? s.longCode.slice(0, 1)
+    : mode === "code-pipelines"
+    ? s.longCode
     : s.pipelines;
   const dispatch = (pass: GPUComputePassEncoder, i: number) => {
-    if (mode === "probe" || mode === "pipelines" || mode === "shared" || mode === "bindings") {
+    if (!["chain", "independent", "passes", "submits"].includes(mode)) {
       const p = probes[i % probes.length];
       pass.setPipeline(p.pipeline);
       pass.setBindGroup(0, i % 2 === 0 ? p.forward : p.back);

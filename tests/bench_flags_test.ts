@@ -112,7 +112,7 @@ Deno.test("bench dispatch: --quick times every way of recording and writes them 
     const rows = JSON.parse(await Deno.readTextFile(out)).rows as { mode: string; us: number }[];
     equal(
       rows.map((r) => r.mode).join(","),
-      "chain,independent,passes,submits,probe,pipelines,shared,bindings",
+      "chain,independent,passes,submits,probe,pipelines,shared,bindings,code,code-pipelines",
     );
     for (const r of rows) ok(Number.isFinite(r.us), `${r.mode}: ${r.us} µs`);
     match(run.stdout, /^mode\s+values\s+workgroups\s+µs\/dispatch$/m);

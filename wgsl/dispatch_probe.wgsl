@@ -5,6 +5,8 @@
 // tables and parameters), each read by a thread that never sees its value used.
 // binding 0: a, f32[n] (read)     binding 1: out, f32[n] (write)
 // bindings 2…13: extra, f32[≥ 1] each (read; entry `wide` only)
+// Entry `long_code` does the same after a chain of code_steps FMAs unrolled into straight-line code (about
+// 16 bytes of machine code each), so pipelines can differ in code size as the model's kernels do.
 override scale: f32 = 1.0;
 override n: u32 = 0u;
 override shared_floats: u32 = 64u; // at least 64
@@ -41,6 +43,23 @@ fn wide(@builtin(global_invocation_id) id: vec3u, @builtin(local_invocation_inde
       extra_7[0] + extra_8[0] + extra_9[0] + extra_10[0] + extra_11[0];
   }
   stage[lid] = v;
+  workgroupBarrier();
+  if (id.x < n) { out[id.x] = stage[lid] * scale + f32(id.x); }
+}
+
+// Steps of `long_code`'s unrolled FMA chain.
+override code_steps: u32 = 1024u;
+
+@compute @workgroup_size(64)
+fn long_code(@builtin(global_invocation_id) id: vec3u, @builtin(local_invocation_index) lid: u32) {
+  var v = select(0.0, a[id.x], id.x < n);
+  var w = v + 1.0;
+  // @unroll
+  for (var i = 0u; i < code_steps; i++) {
+    v = fma(v, 0.5, f32(i) * 0.001);
+    w = fma(w, 0.25, f32(i) * 0.002);
+  }
+  stage[lid] = v + w;
   workgroupBarrier();
   if (id.x < n) { out[id.x] = stage[lid] * scale + f32(id.x); }
 }
