@@ -22,6 +22,9 @@
  *                                                     "decode-unfused-reduce" rows)
  *                        [--prefill-splits N]  (prefill attention with N key splits per KV head:
  *                                               "prefill-splitsN" rows)
+ *                        [--prefill-k-splits N]  (the f32/f16 prefill products into the residual split K
+ *                                                 into up to N ranges at short steps, 1: never:
+ *                                                 "prefill-ksplitsN" rows)
  *                        [--prefill-tiling RxK]  (prefill attention with R score rows and K keys per step, e.g.
  *                                                 64x32: "prefill-tilingRxK" rows)
  *                        [--max-batch N]  (prompt tokens per prefill step, default 2048 for the full cache
@@ -161,6 +164,7 @@ const { values } = benchFlags(import.meta.url, () =>
       "no-chain-gates": { type: "boolean" },
       "no-fuse-decode-reduce": { type: "boolean" },
       "prefill-splits": { type: "string" },
+      "prefill-k-splits": { type: "string" },
       "prefill-tiling": { type: "string" },
       "prefill-subgroups": { type: "boolean" },
       "direct-keys": { type: "string" },
@@ -343,6 +347,11 @@ if (
   console.error(`bench: --prefill-splits must be an integer from 1 to 64, got ${values["prefill-splits"]}`);
   Deno.exit(2);
 }
+// --prefill-k-splits N: most K splits of the prefill products into the residual (rows "prefill-ksplitsN").
+const prefillKSplits = positiveFlag("prefill-k-splits");
+if (prefillKSplits !== undefined && (prefillKSplits & (prefillKSplits - 1)) !== 0) {
+  flagError(`--prefill-k-splits must be a power of two, got ${prefillKSplits}`);
+}
 // --prefill-tiling RxK: prefill attention tiling (rows named "prefill-tilingRxK"; the kernel checks it).
 let prefillTiling: { rows: number; keys: number } | undefined;
 if (values["prefill-tiling"] !== undefined) {
@@ -371,6 +380,7 @@ const prefillSubgroups = values["prefill-subgroups"] === true ? true : undefined
 const f32Decode = values["f32-decode"] === true;
 const int8Decode = f32Decode ? false : undefined;
 const prefillTest = "prefill" + (prefillSplits !== undefined ? `-splits${prefillSplits}` : "") +
+  (prefillKSplits !== undefined ? `-ksplits${prefillKSplits}` : "") +
   (prefillTiling ? `-tiling${prefillTiling.rows}x${prefillTiling.keys}` : "") +
   (maxBatch !== undefined ? `-batch${maxBatch}` : "") + (f32Prefill ? "-f32" : "") +
   (coopPrefill ? "-coop" : "") + (prefillSubgroups ? "-subgroups" : "") + wgkvAppendSuffix;
@@ -496,6 +506,7 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
       fuseKvAppend,
       fuseWgkvAppend,
       prefillSplits,
+      prefillKSplits,
       prefillTiling,
       prefillSubgroups,
       matvecTuning,
@@ -677,6 +688,7 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
           fuseWgkvAppend,
           chainWriteGates,
           prefillSplits,
+          prefillKSplits,
           prefillTiling,
           prefillSubgroups,
           int8Prefill,

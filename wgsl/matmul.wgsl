@@ -51,6 +51,10 @@
 //
 // Dispatch: `main`: x = ceil(rows / 128); `qkv`: x = the row tiles of Q, K and V together; `swiglu`:
 // x = ceil(rows_a / 64); y = ceil(max_m / (16 · tokens_per_thread)). Tiles past `m` return at once.
+// Split K (`main` only): with z = S > 1 the workgroups of z = s take columns [s · c, (s + 1) · c) (c =
+// cols / S rounded up to whole steps) and write their partial sums to part s of y: y[s][t][row] at
+// (s · m + t) · out_stride + row, parts the consumer adds up (`add_norm` of wgsl/rmsnorm.wgsl). More
+// workgroups for steps of few tokens, whose tiles alone would leave most of the GPU idle.
 // Tuning (override constants, see MatmulTuning in src/gpu/ops/matmul.ts): tokens_per_thread, k_step,
 // prefetch, unroll_k.
 //
@@ -104,6 +108,9 @@ fn x_at(k: u32, q: u32) -> u32 {
   return k * x_stride + (q ^ (k & 7u));
 }
 
+// `main` with split K: where this workgroup's part of y starts ((s · m) · out_stride); 0 otherwise.
+var<private> y_base: u32;
+
 // Column e of tokens t..t+3 (zero past m or past the row end).
 fn fetch_x(t: u32, e: u32) -> vec4f {
   var v = vec4f(0.0);
@@ -144,7 +151,7 @@ fn put_swiglu(t: u32, r: u32, gate: vec4f, up: vec4f) {
 // Outputs of token t at rows r..r+3 of the workgroup's weight (those that exist).
 fn put_y(t: u32, r: u32, v: vec4f) {
   if (t >= step.n_tokens) { return; }
-  let at = t * out_stride + out_first + r;
+  let at = y_base + t * out_stride + out_first + r;
   // @unroll
   for (var j = 0u; j < 4u; j++) {
     if (r + j < w_rows) {
@@ -164,11 +171,16 @@ fn main(
   @builtin(workgroup_id) wid: vec3u,
   @builtin(local_invocation_id) lid: vec3u,
   @builtin(local_invocation_index) tid: u32,
+  @builtin(num_workgroups) groups: vec3u,
 ) {
   select_main();
   let t0 = wid.y * tile_tokens;
   if (t0 >= step.n_tokens) { return; }
-  tile_product(wid.x * TILE_ROWS, t0, lid, tid);
+  // Split K: this split's whole steps of columns, and its part of y.
+  let per_split = (cols + groups.z * k_step - 1u) / (groups.z * k_step) * k_step;
+  let k_begin = min(wid.z * per_split, cols);
+  y_base = wid.z * step.n_tokens * out_stride;
+  tile_product(wid.x * TILE_ROWS, t0, lid, tid, k_begin, min(k_begin + per_split, cols));
 }
 
 @compute @workgroup_size(16, 16)
@@ -180,7 +192,7 @@ fn qkv(
   let tile = select_qkv(wid.x);
   let t0 = wid.y * tile_tokens;
   if (t0 >= step.n_tokens) { return; }
-  tile_product(tile * TILE_ROWS, t0, lid, tid);
+  tile_product(tile * TILE_ROWS, t0, lid, tid, 0u, cols);
 }
 
 @compute @workgroup_size(16, 16)
@@ -192,13 +204,13 @@ fn swiglu(
   select_swiglu();
   let t0 = wid.y * tile_tokens;
   if (t0 >= step.n_tokens) { return; }
-  tile_product(wid.x * HALF_ROWS, t0, lid, tid);
+  tile_product(wid.x * HALF_ROWS, t0, lid, tid, 0u, cols);
 }
 
 // The workgroup's product tile times tokens t0 … (every thread calls it): rows n0 … n0 + 127 of its
 // weight, or when paired (`swiglu`) rows n0 … n0 + 63 of the gate weight, then the same rows of the up
-// weight.
-fn tile_product(n0: u32, t0: u32, lid: vec3u, tid: u32) {
+// weight, over columns [k_begin, k_end) (k_begin a multiple of k_step).
+fn tile_product(n0: u32, t0: u32, lid: vec3u, tid: u32, k_begin: u32, k_end: u32) {
   // This thread's staging work: W unit (tile row wi, columns 16·wk.., weight row w_row) and X column xk
   // of token quads xq + p·xq_step (when it stages X at all).
   let wi = tid % TILE_ROWS;
@@ -219,12 +231,12 @@ fn tile_product(n0: u32, t0: u32, lid: vec3u, tid: u32) {
   var wv: array<vec4f, 4>;
   var xv: array<vec4f, 4>;
   let x_high = (lid.y & 1u) == 1u;
-  if (tid < w_units) { wv = fetch_w(w_row, 16u * wk); }
+  if (tid < w_units) { wv = fetch_w(w_row, k_begin + 16u * wk); }
   if (x_mine) {
-    for (var p = 0u; p < x_loads; p++) { xv[p] = fetch_x(t0 + 4u * (xq + p * xq_step), xk); }
+    for (var p = 0u; p < x_loads; p++) { xv[p] = fetch_x(t0 + 4u * (xq + p * xq_step), k_begin + xk); }
   }
 
-  for (var k0 = 0u; k0 < part.cols; k0 += k_step) {
+  for (var k0 = k_begin; k0 < k_end; k0 += k_step) {
     if (tid < w_units) {
       put_w(16u * wk, wi, wv[0]);
       put_w(16u * wk + 4u, wi, wv[1]);
@@ -237,7 +249,7 @@ fn tile_product(n0: u32, t0: u32, lid: vec3u, tid: u32) {
     workgroupBarrier();
 
     let k1 = k0 + k_step;
-    if (prefetch && k1 < cols) {
+    if (prefetch && k1 < k_end) {
       if (tid < w_units) { wv = fetch_w(w_row, k1 + 16u * wk); }
       if (x_mine) {
         for (var p = 0u; p < x_loads; p++) { xv[p] = fetch_x(t0 + 4u * (xq + p * xq_step), k1 + xk); }
@@ -287,7 +299,7 @@ fn tile_product(n0: u32, t0: u32, lid: vec3u, tid: u32) {
       }
     }
 
-    if (!prefetch && k1 < cols) {
+    if (!prefetch && k1 < k_end) {
       if (tid < w_units) { wv = fetch_w(w_row, k1 + 16u * wk); }
       if (x_mine) {
         for (var p = 0u; p < x_loads; p++) { xv[p] = fetch_x(t0 + 4u * (xq + p * xq_step), k1 + xk); }

@@ -8,7 +8,8 @@
 //              binding 2: y, f32[maxTokens][width] (write)
 //              binding 3: step, uniform Step
 //   add_norm   binding 0: x, f32[maxTokens][width] (read_write): the residual stream, x += r in place
-//              binding 1: r, f32[maxTokens][width] (read): what is added to the residual
+//              binding 1: r, f32[residual_parts][nTokens][width] (read): what is added to the residual,
+//                         in residual_parts parts that add up (a split-K product's, wgsl/matmul.wgsl)
 //              binding 2: w, f32[width] (read)
 //              binding 3: y, f32[maxTokens][width] (write): rmsnorm(x + r) · w
 //              binding 4: step, uniform Step
@@ -21,6 +22,7 @@ override width: u32 = 1u;
 override eps: f32 = 1e-5;
 override WG: u32 = 256u;
 override per_thread: u32 = 1u; // ceil(width / WG)
+override residual_parts: u32 = 1u; // add_norm: parts of r, [part][nTokens][width]
 
 struct Step { nTokens: u32, pos0: u32, _pad0: u32, _pad1: u32 }
 
@@ -80,7 +82,11 @@ fn add_norm(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) l
   // @unroll
   for (var k = 0u; k < per_thread; k++) {
     let i = lane + k * WG;
-    if (i < width) { v[k] = x_res[base + i] + r_add[base + i]; }
+    if (i < width) {
+      var r = r_add[base + i];
+      for (var p = 1u; p < residual_parts; p++) { r += r_add[p * step_add.nTokens * width + base + i]; }
+      v[k] = x_res[base + i] + r;
+    }
   }
   // @unroll
   for (var k = 0u; k < per_thread; k++) {

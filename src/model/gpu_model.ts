@@ -51,6 +51,7 @@ import {
   type MatmulTuning,
   type MatvecTuning,
   qkvMatmulBlocker,
+  SplitKMatmulOp,
 } from "../gpu/ops/matmul.ts";
 import { createRope } from "../gpu/ops/rope.ts";
 import { createKvAppend } from "../gpu/ops/kv_append.ts";
@@ -95,6 +96,9 @@ import { blockTensorNames, OUTPUT, OUTPUT_NORM, ROPE_FREQS, TOKEN_EMBD } from ".
  * round trip.
  */
 export const MAX_CHAIN = 64;
+
+/** Most column ranges a prefill product into the residual splits K into by default. */
+export const DEFAULT_PREFILL_K_SPLITS = 4;
 
 /** Where a run of GPU-sampled steps starts: the settings, the tokens so far and the index of its first draw. */
 export interface SampleStart {
@@ -253,6 +257,13 @@ export interface GpuModelOptions {
    * every role; a role's `matvecTuning` overrides it). `"emulated"` for tests. Default false.
    */
   decodeSubgroupReduce?: boolean | "emulated";
+  /**
+   * Prefill: the f32 (and f16) products into the residual (attn_output, ffn_down) split K into up to this
+   * many column ranges at steps of few tokens, whose tiles alone would leave most of the GPU idle (see
+   * `prefillKSplits` in `src/gpu/ops/matmul.ts`); the norm after adds the parts up. A power of two; 1 never
+   * splits. Default {@link DEFAULT_PREFILL_K_SPLITS}.
+   */
+  prefillKSplits?: number;
   /** Decode attention's steps per tile (see `FlashDecodeOptions.tileSteps`; default by head_dim). */
   decodeTileSteps?: number;
   /**
@@ -653,6 +664,11 @@ export class GpuModel {
     owned.push(step.buffer, one.buffer);
     const invFreq = ropeInverseFrequencies(hp.ropeDim, hp.ropeBase, ropeFreqs, hp.ropeScaling);
     // Int8 decode products (options.int8Decode) for rows of up to INT8_DECODE_MAX_COLS values.
+    const maxKSplits = options.prefillKSplits ?? DEFAULT_PREFILL_K_SPLITS;
+    checkInt("prefillKSplits", "splits", maxKSplits, 1, 64);
+    if ((maxKSplits & (maxKSplits - 1)) !== 0) {
+      throw new BadFlagError(`prefillKSplits must be a power of two, got ${maxKSplits}`);
+    }
     const int8Decode = options.int8Decode ?? !gpu.isFallback;
     const int8DecodeFor = (cols: number) => int8Decode && cols <= INT8_DECODE_MAX_COLS;
 
@@ -700,8 +716,16 @@ export class GpuModel {
       };
       const int8Product = (label: string, weight: GpuWeight, x: Q8Activations, y: GPUBuffer) =>
         createMatmulInt8(gpu, { label, weight, x, y, maxTokens, step });
-      // One product; with int8 prefill, its input quantised just before it.
-      const linear = (label: string, weight: GpuWeight, x: GPUBuffer, y: GPUBuffer, role: MatvecRole) => {
+      // One product; with int8 prefill, its input quantised just before it. `maxKSplits`: a prefill product
+      // into act.proj may split K at steps of few tokens (its parts added up by the norm after it).
+      const linear = (
+        label: string,
+        weight: GpuWeight,
+        x: GPUBuffer,
+        y: GPUBuffer,
+        role: MatvecRole,
+        maxKSplits = 1,
+      ) => {
         if (decode) {
           return createMatvec(gpu, {
             label,
@@ -714,7 +738,7 @@ export class GpuModel {
           });
         }
         if (int8(weight)) return int8Product(label, weight, quantize(`${label}_q8`, x, weight.cols), y);
-        return createMatmul(gpu, { label, weight, x, y, maxTokens, step, tuning: half(weight) });
+        return createMatmul(gpu, { label, weight, x, y, maxTokens, step, tuning: half(weight), maxKSplits });
       };
       // The gather as the first RMSNorm's producer, read by the first layer's fused QKV.
       const foldEmbed = foldable(tokenEmbd) && canFuseQkv(layers[0].wq, layers[0].wk, layers[0].wv);
@@ -757,8 +781,9 @@ export class GpuModel {
         return norm;
       };
       if (dual) ops.push(createWgkvPromote(gpu, { label: `${tag}kv_promote`, kv: dual, maxTokens }));
-      // xn = rmsnorm(x) · weight, after x += proj when `addProjection` (the residual of the op before).
-      const norm = (label: string, weight: GPUBuffer, addProjection: boolean) =>
+      // xn = rmsnorm(x) · weight, after x += proj when `addProjection` (the residual of the op before,
+      // `product`, whose parts it adds up when that split K).
+      const norm = (label: string, weight: GPUBuffer, addProjection: boolean, product?: GpuOp) =>
         createRmsNorm(gpu, {
           label,
           width: E,
@@ -766,6 +791,7 @@ export class GpuModel {
           eps: hp.rmsEps,
           x: act.x,
           residual: addProjection ? act.proj : undefined,
+          residualSplits: product instanceof SplitKMatmulOp ? product : undefined,
           weight,
           y: act.xn,
           step,
@@ -938,8 +964,9 @@ export class GpuModel {
         if (foldFfnNorm) {
           gateUpNorm = foldedProduct(`${p}attn_output`, w.wo, act.att, w.ffnNorm, "attn_output");
         } else {
-          ops.push(linear(`${p}attn_output`, w.wo, act.att, act.proj, "attn_output"));
-          ops.push(norm(`${p}ffn_norm`, w.ffnNorm, true));
+          const proj = linear(`${p}attn_output`, w.wo, act.att, act.proj, "attn_output", maxKSplits);
+          ops.push(proj);
+          ops.push(norm(`${p}ffn_norm`, w.ffnNorm, true, proj));
         }
         // silu(gate) · up into act.gate, after separate gate and up products.
         const swiGlu = () =>
@@ -1001,11 +1028,12 @@ export class GpuModel {
           foldedProduct(`${p}ffn_down`, w.wDown, act.gate, outputNorm, "ffn_down");
           outputNormOp = norm(`${tag}output_norm`, outputNorm, false);
         } else {
-          ops.push(linear(`${p}ffn_down`, w.wDown, act.gate, act.proj, "ffn_down"));
+          const proj = linear(`${p}ffn_down`, w.wDown, act.gate, act.proj, "ffn_down", maxKSplits);
+          ops.push(proj);
           ops.push(
             next
-              ? norm(`${tag}blk.${l + 1}.attn_norm`, next.attnNorm, true)
-              : norm(`${tag}output_norm`, outputNorm, true),
+              ? norm(`${tag}blk.${l + 1}.attn_norm`, next.attnNorm, true, proj)
+              : norm(`${tag}output_norm`, outputNorm, true, proj),
           );
         }
       }

@@ -329,6 +329,88 @@ export const MATMUL_TUNING_KEYS: readonly string[] = [
 export interface MatmulOptions extends LinearOptions {
   /** Override constants for tuning on a given GPU. */
   tuning?: MatmulTuning;
+  /**
+   * Split K for steps of few tokens: at most this many column ranges (a power of two), each range's partial
+   * sums written as part s of `y`, `[s][nTokens][rows]`, for the consumer to add up (see
+   * {@link prefillKSplits} for how many a step takes, and {@link SplitKMatmulOp.splitsFor}). Default 1:
+   * never. Not with cooperative matrices.
+   */
+  maxKSplits?: number;
+}
+
+/**
+ * Workgroups a prefill product aims for when it splits K: two per SM on a 128-SM GPU, about what the
+ * default tile shape reaches without splitting (it picks 128-token tiles from 256 tiles on).
+ */
+export const SPLIT_K_WORKGROUPS = 256;
+
+/**
+ * Column ranges a split-K prefill product takes at a step of `nTokens` tokens: doubling from 1 while the
+ * product's tiles (`rowTiles` × the step's token tiles of `tileTokens`) stay under
+ * {@link SPLIT_K_WORKGROUPS}, the parts fit `capacity` tokens of output (`splits · nTokens ≤ capacity`),
+ * every range keeps 256 columns or more, and up to `maxSplits`.
+ */
+export function prefillKSplits(
+  rowTiles: number,
+  tileTokens: number,
+  cols: number,
+  capacity: number,
+  maxSplits: number,
+  nTokens: number,
+): number {
+  const tiles = rowTiles * ceilDiv(nTokens, tileTokens);
+  let splits = 1;
+  while (
+    2 * splits <= maxSplits && tiles * splits < SPLIT_K_WORKGROUPS && 2 * splits * nTokens <= capacity &&
+    cols / (2 * splits) >= 256
+  ) {
+    splits *= 2;
+  }
+  return splits;
+}
+
+/** A prefill product that splits K at steps of few tokens ({@link MatmulOptions.maxKSplits}). */
+export class SplitKMatmulOp implements GpuOp {
+  /** Name for errors and the profiler. */
+  readonly label: string;
+  /** The most column ranges a step takes. */
+  readonly maxSplits: number;
+  readonly #kernel: Kernel;
+  readonly #parts: PartDispatch[];
+  readonly #step: StepParams;
+  readonly #rule: (nTokens: number) => number;
+
+  /** An op running `kernel` once per part with `rule(nTokens)` splits of K. */
+  constructor(
+    label: string,
+    kernel: Kernel,
+    parts: PartDispatch[],
+    step: StepParams,
+    maxSplits: number,
+    rule: (nTokens: number) => number,
+  ) {
+    this.label = label;
+    this.#kernel = kernel;
+    this.#parts = parts;
+    this.#step = step;
+    this.maxSplits = maxSplits;
+    this.#rule = rule;
+  }
+
+  /** Column ranges (parts of the output) at a step of `nTokens` tokens. */
+  splitsFor(nTokens: number): number {
+    return this.#rule(nTokens);
+  }
+
+  /** Records the op's dispatches, split as the step's token count says. */
+  encode(pass: GPUComputePassEncoder): void {
+    const splits = this.#rule(this.#step.nTokens);
+    pass.setPipeline(this.#kernel.pipeline);
+    for (const part of this.#parts) {
+      pass.setBindGroup(0, part.group);
+      pass.dispatchWorkgroups(part.workgroups[0], part.workgroups[1], splits);
+    }
+  }
 }
 
 /** The tile shape and code variant a prefill kernel runs with (see {@link matmulShape}). */
@@ -542,7 +624,15 @@ export function createMatmul(gpu: Gpu, options: MatmulOptions): GpuOp {
     ]);
     return { group, workgroups: [ceilDiv(part.rows, MATMUL_TILE_ROWS), tokenTiles, 1] };
   });
-  return new LinearOp(op, kernel, parts);
+  const maxSplits = shape.coop ? 1 : options.maxKSplits ?? 1;
+  checkInt(op, "maxKSplits", maxSplits, 1, 64);
+  if ((maxSplits & (maxSplits - 1)) !== 0) {
+    throw new BadFlagError(`${op}: maxKSplits must be a power of two, got ${maxSplits}`);
+  }
+  if (maxSplits === 1) return new LinearOp(op, kernel, parts);
+  const rule = (n: number) =>
+    prefillKSplits(maxRowTiles, shape.tileTokens, weight.cols, maxTokens, maxSplits, n);
+  return new SplitKMatmulOp(op, kernel, parts, step, maxSplits, rule);
 }
 
 /** What the Q, K and V products of one layer bind, for prefill ({@link createQkvMatmul}) and decode. */

@@ -8,7 +8,7 @@
  */
 
 import { BadFlagError } from "../../errors.ts";
-import type { Gpu } from "../device.ts";
+import type { Gpu, Kernel } from "../device.ts";
 import {
   type BufferSlice,
   checkInt,
@@ -32,6 +32,12 @@ export interface RmsNormOptions {
   x: BufferSlice;
   /** When given, `x += residual` first (f32[maxTokens][width]) and the sum is both stored and normed. */
   residual?: BufferSlice;
+  /**
+   * The residual comes in parts that add up, `[part][nTokens][width]` (the split-K product before it): the
+   * op records the kernel for `residualSplits.splitsFor(nTokens)` parts at each step, at most
+   * `residualSplits.maxSplits` (a power of two).
+   */
+  residualSplits?: { maxSplits: number; splitsFor(nTokens: number): number };
   /** Per-column weight, f32[width]. */
   weight: BufferSlice;
   /** Output rows, f32[maxTokens][width]; must not be `x`. */
@@ -77,20 +83,27 @@ export function createRmsNorm(gpu: Gpu, options: RmsNormOptions): RmsNormOp {
   checkSlice(label, "weight", weight, width * 4);
   checkSlice(label, "y", y, rows);
   if (residual) checkSlice(label, "residual", residual, rows);
-  const kernel = gpu.kernel(
-    "rmsnorm",
-    { width, eps, WG: wg, per_thread: perThread },
-    {},
-    residual ? "add_norm" : "main",
-  );
-  const group = gpu.bind(
-    kernel,
-    residual ? [x, residual, weight, y, step.buffer] : [x, weight, y, step.buffer],
-  );
+  const splits = residual ? options.residualSplits : undefined;
+  // One kernel and bind group per count of residual parts (1, 2, 4, … up to the most).
+  const variants: { kernel: Kernel; group: GPUBindGroup }[] = [];
+  for (let parts = 1; parts <= (splits?.maxSplits ?? 1); parts *= 2) {
+    const kernel = gpu.kernel(
+      "rmsnorm",
+      { width, eps, WG: wg, per_thread: perThread, ...(parts > 1 ? { residual_parts: parts } : {}) },
+      {},
+      residual ? "add_norm" : "main",
+    );
+    const group = gpu.bind(
+      kernel,
+      residual ? [x, residual, weight, y, step.buffer] : [x, weight, y, step.buffer],
+    );
+    variants.push({ kernel, group });
+  }
   return {
     label,
     options,
     encode(pass: GPUComputePassEncoder): void {
+      const { kernel, group } = variants[splits ? Math.log2(splits.splitsFor(step.nTokens)) : 0];
       pass.setPipeline(kernel.pipeline);
       pass.setBindGroup(0, group);
       pass.dispatchWorkgroups(maxTokens);

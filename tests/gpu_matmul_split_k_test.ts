@@ -1,0 +1,128 @@
+import { equal, ok, throws } from "node:assert/strict";
+import { BadFlagError } from "../src/errors.ts";
+import { getGpu } from "../src/gpu/device.ts";
+import { createMatmul, prefillKSplits, SplitKMatmulOp } from "../src/gpu/ops/matmul.ts";
+import { createRmsNorm } from "../src/gpu/ops/norm.ts";
+import { StepParams } from "../src/gpu/ops/op.ts";
+import { compareLinear, randomWeight } from "./gpu_quant_data.ts";
+import { nanBuffer, randomF32, runOps, untouchedPast } from "./gpu_ops_helpers.ts";
+
+Deno.test("prefill split K: the rule doubles while tiles are few, the parts fit and ranges keep 256 columns", () => {
+  // 16 row tiles × 4 token tiles of 128 = 64 tiles: 4 splits (256 workgroups).
+  equal(prefillKSplits(16, 128, 8192, 2048, 4, 512), 4);
+  equal(prefillKSplits(16, 128, 8192, 2048, 8, 512), 4); // 256 reached
+  equal(prefillKSplits(16, 128, 8192, 2048, 2, 512), 2); // the most allowed
+  equal(prefillKSplits(16, 128, 8192, 2048, 4, 2048), 1); // 256 tiles already
+  equal(prefillKSplits(16, 128, 8192, 1024, 4, 512), 2); // 2 · 512 tokens of output room
+  equal(prefillKSplits(16, 128, 512, 2048, 4, 512), 2); // 256 columns per range at least
+  equal(prefillKSplits(1, 64, 2048, 64, 8, 7), 8);
+});
+
+Deno.test("gpu matmul: split-K parts add up to the product, every element of each part written", async () => {
+  const gpu = await getGpu();
+  const cases = [
+    { type: "F16", rows: 33, cols: 1024, m: 5, maxTokens: 21 }, // 4 splits of 256
+    { type: "Q4_K", rows: 7, cols: 2304, m: 3, maxTokens: 13 }, // 4 splits of 576 (ranges inside blocks)
+    { type: "Q8_0", rows: 129, cols: 1056, m: 17, maxTokens: 40 }, // 2 splits: 4 · 17 tokens do not fit
+    { type: "F32", rows: 19, cols: 520, m: 2, maxTokens: 9 }, // 2 splits, the last range ragged
+  ];
+  for (const c of cases) {
+    const { weight, w } = randomWeight(gpu, `w.${c.type}`, c.type, c.rows, c.cols);
+    const x = randomF32(c.maxTokens * c.cols);
+    const xBuf = gpu.buffer("x", x.byteLength, x);
+    const yBuf = nanBuffer(gpu, "y", c.maxTokens * c.rows);
+    const step = new StepParams(gpu, c.maxTokens);
+    const op = createMatmul(gpu, {
+      label: "mm",
+      weight,
+      x: xBuf,
+      y: yBuf,
+      maxTokens: c.maxTokens,
+      step,
+      maxKSplits: 4,
+    });
+    ok(op instanceof SplitKMatmulOp);
+    const splits = op.splitsFor(c.m);
+    ok(splits > 1, `${c.type}: ${splits} splits`);
+    const [got] = await runOps(gpu, [op], step, c.m, 0, [yBuf]);
+    // Part s at [s][m][rows]; past the parts nothing is written.
+    const total = new Float32Array(c.m * c.rows);
+    for (let s = 0; s < splits; s++) {
+      for (let i = 0; i < c.m * c.rows; i++) {
+        const v = got[s * c.m * c.rows + i];
+        ok(Number.isFinite(v), `${c.type}: part ${s} element ${i} not written (${v})`);
+        total[i] += v;
+      }
+    }
+    const bad = compareLinear(total, w, x, c.m, c.rows, c.cols, 2e-5);
+    ok(bad === undefined, `${c.type} ${splits} splits: ${bad}`);
+    untouchedPast(`${c.type} split parts`, got, splits * c.m, c.rows);
+    // A step of many tokens takes no split: one part, as before.
+    const big = c.maxTokens;
+    equal(op.splitsFor(big), 1);
+    gpu.device.queue.writeBuffer(yBuf, 0, new Float32Array(c.maxTokens * c.rows).fill(NaN));
+    const [whole] = await runOps(gpu, [op], step, big, 0, [yBuf]);
+    const badWhole = compareLinear(whole, w, x, big, c.rows, c.cols, 2e-5);
+    ok(badWhole === undefined, `${c.type} unsplit: ${badWhole}`);
+    weight.destroy();
+    xBuf.destroy();
+    yBuf.destroy();
+  }
+  const { weight } = randomWeight(gpu, "w", "F16", 4, 512);
+  const step = new StepParams(gpu, 4);
+  const buf = gpu.buffer("b", 4 * 512 * 4);
+  throws(
+    () => createMatmul(gpu, { label: "mm", weight, x: buf, y: buf, maxTokens: 4, step, maxKSplits: 3 }),
+    (e: Error) => e instanceof BadFlagError && /mm: maxKSplits must be a power of two, got 3/.test(e.message),
+  );
+  weight.destroy();
+});
+
+Deno.test("gpu rmsnorm: a residual in split parts adds them up before the norm", async () => {
+  const gpu = await getGpu();
+  const [width, maxTokens, m, eps] = [96, 12, 3, 1e-5];
+  const step = new StepParams(gpu, maxTokens);
+  const x0 = randomF32(maxTokens * width);
+  const weight = randomF32(width);
+  for (const parts of [1, 2, 4]) {
+    const r = randomF32(maxTokens * width);
+    const xBuf = gpu.buffer("x", x0.byteLength, x0);
+    const rBuf = gpu.buffer("r", r.byteLength, r);
+    const wBuf = gpu.buffer("w", weight.byteLength, weight);
+    const yBuf = nanBuffer(gpu, "y", maxTokens * width);
+    const op = createRmsNorm(gpu, {
+      label: "norm",
+      width,
+      maxTokens,
+      eps,
+      x: xBuf,
+      residual: rBuf,
+      weight: wBuf,
+      y: yBuf,
+      step,
+      residualSplits: { maxSplits: 4, splitsFor: () => parts },
+    });
+    const [y, x] = await runOps(gpu, [op], step, m, 0, [yBuf, xBuf]);
+    for (let t = 0; t < m; t++) {
+      const sum = new Float64Array(width);
+      let ss = 0;
+      for (let i = 0; i < width; i++) {
+        sum[i] = x0[t * width + i];
+        for (let p = 0; p < parts; p++) sum[i] += r[(p * m + t) * width + i];
+        ss += sum[i] * sum[i];
+      }
+      const scale = 1 / Math.sqrt(ss / width + eps);
+      for (let i = 0; i < width; i++) {
+        const want = sum[i] * scale * weight[i];
+        const at = t * width + i;
+        ok(Math.abs(x[at] - sum[i]) <= 1e-5 * Math.abs(sum[i]) + 1e-6, `parts ${parts}: x[${t}][${i}]`);
+        ok(
+          Math.abs(y[at] - want) <= 1e-4 * Math.abs(want) + 1e-6,
+          `parts ${parts}: y[${t}][${i}] ${y[at]} ${want}`,
+        );
+      }
+    }
+    untouchedPast(`parts ${parts}`, y, m, width);
+    for (const b of [xBuf, rBuf, wBuf, yBuf]) b.destroy();
+  }
+});

@@ -1,0 +1,32 @@
+import { ok, rejects } from "node:assert/strict";
+import { BadFlagError } from "../src/errors.ts";
+import { getGpu } from "../src/gpu/device.ts";
+import { GpuModel } from "../src/model/gpu_model.ts";
+import { relativeError, withTinyModel } from "./gpu_ops_helpers.ts";
+
+Deno.test("gpu model: prefill products split K at short steps and keep the logits", async () => {
+  const gpu = await getGpu();
+  await withTinyModel(async (file, hp) => {
+    const logits = async (prefillKSplits: number, length: number) => {
+      const model = await GpuModel.load(gpu, file, hp, { contextLength: 96, maxBatch: 64, prefillKSplits });
+      try {
+        const prompt = Array.from({ length }, (_, i) => (i * 7919 + length) % hp.nVocab);
+        const out = [await model.forward(prompt, 0, "logits")];
+        out.push(await model.forward([3], length, "logits"));
+        return out;
+      } finally {
+        model.destroy();
+      }
+    };
+    // 13 tokens: attn_output and ffn_down split K (up to 4 parts of 13 tokens fit the 64-token buffers);
+    // 40 tokens: no split (two parts would not fit).
+    for (const length of [13, 40]) {
+      const [a, b] = [await logits(1, length), await logits(4, length)];
+      a.forEach((want, i) => {
+        const err = relativeError(b[i], want);
+        ok(err < 1e-5, `${length} tokens, step ${i}: relative error ${err}`);
+      });
+    }
+    await rejects(GpuModel.load(gpu, file, hp, { contextLength: 96, prefillKSplits: 3 }), BadFlagError);
+  }, { type: "f16" });
+});
