@@ -13,7 +13,7 @@ Deno.test("prefill split K: the rule doubles while tiles are few, the parts fit 
   equal(prefillKSplits(16, 128, 8192, 2048, 8, 512), 4); // 256 reached
   equal(prefillKSplits(16, 128, 8192, 2048, 2, 512), 2); // the most allowed
   equal(prefillKSplits(16, 128, 8192, 2048, 4, 2048), 1); // 256 tiles already
-  equal(prefillKSplits(16, 128, 8192, 1024, 4, 512), 2); // 2 · 512 tokens of output room
+  equal(prefillKSplits(16, 128, 8192, 1024, 4, 512), 2); // output room for 2 parts of 512 tokens
   equal(prefillKSplits(16, 128, 512, 2048, 4, 512), 2); // 256 columns per range at least
   equal(prefillKSplits(1, 64, 2048, 64, 8, 7), 8);
 });
@@ -23,14 +23,14 @@ Deno.test("gpu matmul: split-K parts add up to the product, every element of eac
   const cases = [
     { type: "F16", rows: 33, cols: 1024, m: 5, maxTokens: 21 }, // 4 splits of 256
     { type: "Q4_K", rows: 7, cols: 2304, m: 3, maxTokens: 13 }, // 4 splits of 576 (ranges inside blocks)
-    { type: "Q8_0", rows: 129, cols: 1056, m: 17, maxTokens: 40 }, // 2 splits: 4 · 17 tokens do not fit
+    { type: "Q8_0", rows: 129, cols: 1056, m: 17, maxTokens: 40 }, // 4 splits of 264 (272, 272, 272, 240)
     { type: "F32", rows: 19, cols: 520, m: 2, maxTokens: 9 }, // 2 splits, the last range ragged
   ];
   for (const c of cases) {
     const { weight, w } = randomWeight(gpu, `w.${c.type}`, c.type, c.rows, c.cols);
     const x = randomF32(c.maxTokens * c.cols);
     const xBuf = gpu.buffer("x", x.byteLength, x);
-    const yBuf = nanBuffer(gpu, "y", c.maxTokens * c.rows);
+    const yBuf = nanBuffer(gpu, "y", 4 * c.maxTokens * c.rows);
     const step = new StepParams(gpu, c.maxTokens);
     const op = createMatmul(gpu, {
       label: "mm",
@@ -42,28 +42,25 @@ Deno.test("gpu matmul: split-K parts add up to the product, every element of eac
       maxKSplits: 4,
     });
     ok(op instanceof SplitKMatmulOp);
-    const splits = op.splitsFor(c.m);
-    ok(splits > 1, `${c.type}: ${splits} splits`);
-    const [got] = await runOps(gpu, [op], step, c.m, 0, [yBuf]);
-    // Part s at [s][m][rows]; past the parts nothing is written.
-    const total = new Float32Array(c.m * c.rows);
-    for (let s = 0; s < splits; s++) {
-      for (let i = 0; i < c.m * c.rows; i++) {
-        const v = got[s * c.m * c.rows + i];
-        ok(Number.isFinite(v), `${c.type}: part ${s} element ${i} not written (${v})`);
-        total[i] += v;
+    ok(op.splitsFor(c.m) > 1, `${c.type}: ${op.splitsFor(c.m)} splits at ${c.m} tokens`);
+    for (const m of [c.m, c.maxTokens]) {
+      const splits = op.splitsFor(m);
+      equal(splits, prefillKSplits(Math.ceil(c.rows / 128), 64, c.cols, 4 * c.maxTokens, 4, m));
+      gpu.device.queue.writeBuffer(yBuf, 0, new Float32Array(4 * c.maxTokens * c.rows).fill(NaN));
+      const [got] = await runOps(gpu, [op], step, m, 0, [yBuf]);
+      // Part s at [s][m][rows]; past the parts nothing is written.
+      const total = new Float32Array(m * c.rows);
+      for (let s = 0; s < splits; s++) {
+        for (let i = 0; i < m * c.rows; i++) {
+          const v = got[s * m * c.rows + i];
+          ok(Number.isFinite(v), `${c.type} m=${m}: part ${s} element ${i} not written (${v})`);
+          total[i] += v;
+        }
       }
+      const bad = compareLinear(total, w, x, m, c.rows, c.cols, 2e-5);
+      ok(bad === undefined, `${c.type} m=${m}, ${splits} splits: ${bad}`);
+      untouchedPast(`${c.type} m=${m} split parts`, got, splits * m, c.rows);
     }
-    const bad = compareLinear(total, w, x, c.m, c.rows, c.cols, 2e-5);
-    ok(bad === undefined, `${c.type} ${splits} splits: ${bad}`);
-    untouchedPast(`${c.type} split parts`, got, splits * c.m, c.rows);
-    // A step of many tokens takes no split: one part, as before.
-    const big = c.maxTokens;
-    equal(op.splitsFor(big), 1);
-    gpu.device.queue.writeBuffer(yBuf, 0, new Float32Array(c.maxTokens * c.rows).fill(NaN));
-    const [whole] = await runOps(gpu, [op], step, big, 0, [yBuf]);
-    const badWhole = compareLinear(whole, w, x, big, c.rows, c.cols, 2e-5);
-    ok(badWhole === undefined, `${c.type} unsplit: ${badWhole}`);
     weight.destroy();
     xBuf.destroy();
     yBuf.destroy();

@@ -18,13 +18,14 @@ Deno.test("gpu model: prefill products split K at short steps and keep the logit
         model.destroy();
       }
     };
-    // 13 tokens: attn_output and ffn_down split K (up to 4 parts of 13 tokens fit the 64-token buffers);
-    // 40 tokens: no split (two parts would not fit).
+    // A short prompt and one of most of a step: attn_output and ffn_down split K (the residual buffer
+    // holds 4 parts of a whole step).
     for (const length of [13, 40]) {
       const [a, b] = [await logits(1, length), await logits(4, length)];
       a.forEach((want, i) => {
         const err = relativeError(b[i], want);
-        ok(err < 1e-5, `${length} tokens, step ${i}: relative error ${err}`);
+        // f32 sums in another order in every layer.
+        ok(err < 1e-4, `${length} tokens, step ${i}: relative error ${err}`);
       });
     }
     await rejects(GpuModel.load(gpu, file, hp, { contextLength: 96, prefillKSplits: 3 }), BadFlagError);

@@ -609,6 +609,17 @@ export class GpuModel {
     const splits = options.decodeSplits ?? Math.min(32, Math.ceil(ctx / 16));
     checkInt("decodeSplits", "splits", splits, 1, gpu.limits.maxComputeWorkgroupsPerDimension);
     const prefillSplits = options.prefillSplits ?? defaultPrefillSplits(policy.kind, gpu.isFallback);
+    // Prefill products into the residual that may split K (those without int8 products) write their parts
+    // into act.proj: room for all of them.
+    const maxKSplits = options.prefillKSplits ?? DEFAULT_PREFILL_K_SPLITS;
+    checkInt("prefillKSplits", "splits", maxKSplits, 1, 64);
+    if ((maxKSplits & (maxKSplits - 1)) !== 0) {
+      throw new BadFlagError(`prefillKSplits must be a power of two, got ${maxKSplits}`);
+    }
+    const int8Products = (options.int8Prefill ?? !gpu.isFallback) &&
+      !coopPrefillWanted(gpu, options.coopPrefill) &&
+      layers.every((w) => int8MatmulBlocker(w.wo) === undefined && int8MatmulBlocker(w.wDown) === undefined);
+    const projParts = maxBatch > 1 && !int8Products ? maxKSplits : 1;
     const act: Activations = {
       ids: f32("ids", maxBatch),
       x: f32("x", maxBatch * E),
@@ -617,7 +628,7 @@ export class GpuModel {
       k: f32("k", maxBatch * Hkv * D),
       v: f32("v", maxBatch * Hkv * D),
       att: f32("att", maxBatch * Hq * D),
-      proj: f32("proj", maxBatch * E),
+      proj: f32("proj", maxBatch * E * projParts),
       gate: f32("gate", maxBatch * FF),
       up: f32("up", maxBatch * FF),
       last: f32("last", E),
@@ -664,11 +675,6 @@ export class GpuModel {
     owned.push(step.buffer, one.buffer);
     const invFreq = ropeInverseFrequencies(hp.ropeDim, hp.ropeBase, ropeFreqs, hp.ropeScaling);
     // Int8 decode products (options.int8Decode) for rows of up to INT8_DECODE_MAX_COLS values.
-    const maxKSplits = options.prefillKSplits ?? DEFAULT_PREFILL_K_SPLITS;
-    checkInt("prefillKSplits", "splits", maxKSplits, 1, 64);
-    if ((maxKSplits & (maxKSplits - 1)) !== 0) {
-      throw new BadFlagError(`prefillKSplits must be a power of two, got ${maxKSplits}`);
-    }
     const int8Decode = options.int8Decode ?? !gpu.isFallback;
     const int8DecodeFor = (cols: number) => int8Decode && cols <= INT8_DECODE_MAX_COLS;
 
@@ -964,7 +970,7 @@ export class GpuModel {
         if (foldFfnNorm) {
           gateUpNorm = foldedProduct(`${p}attn_output`, w.wo, act.att, w.ffnNorm, "attn_output");
         } else {
-          const proj = linear(`${p}attn_output`, w.wo, act.att, act.proj, "attn_output", maxKSplits);
+          const proj = linear(`${p}attn_output`, w.wo, act.att, act.proj, "attn_output", projParts);
           ops.push(proj);
           ops.push(norm(`${p}ffn_norm`, w.ffnNorm, true, proj));
         }
@@ -1028,7 +1034,7 @@ export class GpuModel {
           foldedProduct(`${p}ffn_down`, w.wDown, act.gate, outputNorm, "ffn_down");
           outputNormOp = norm(`${tag}output_norm`, outputNorm, false);
         } else {
-          const proj = linear(`${p}ffn_down`, w.wDown, act.gate, act.proj, "ffn_down", maxKSplits);
+          const proj = linear(`${p}ffn_down`, w.wDown, act.gate, act.proj, "ffn_down", projParts);
           ops.push(proj);
           ops.push(
             next

@@ -332,8 +332,8 @@ export interface MatmulOptions extends LinearOptions {
   /**
    * Split K for steps of few tokens: at most this many column ranges (a power of two), each range's partial
    * sums written as part s of `y`, `[s][nTokens][rows]`, for the consumer to add up (see
-   * {@link prefillKSplits} for how many a step takes, and {@link SplitKMatmulOp.splitsFor}). Default 1:
-   * never. Not with cooperative matrices.
+   * {@link prefillKSplits} for how many a step takes, and {@link SplitKMatmulOp.splitsFor}); `y` must then
+   * hold `maxKSplits · maxTokens` rows. Default 1: never. Not with cooperative matrices.
    */
   maxKSplits?: number;
 }
@@ -630,8 +630,9 @@ export function createMatmul(gpu: Gpu, options: MatmulOptions): GpuOp {
     throw new BadFlagError(`${op}: maxKSplits must be a power of two, got ${maxSplits}`);
   }
   if (maxSplits === 1) return new LinearOp(op, kernel, parts);
+  checkSlice(op, "y", y, maxSplits * maxTokens * weight.rows * 4);
   const rule = (n: number) =>
-    prefillKSplits(maxRowTiles, shape.tileTokens, weight.cols, maxTokens, maxSplits, n);
+    prefillKSplits(maxRowTiles, shape.tileTokens, weight.cols, maxSplits * maxTokens, maxSplits, n);
   return new SplitKMatmulOp(op, kernel, parts, step, maxSplits, rule);
 }
 
