@@ -1,7 +1,13 @@
 import { equal, ok, throws } from "node:assert/strict";
 import { BadFlagError } from "../src/errors.ts";
 import { getGpu } from "../src/gpu/device.ts";
-import { createMatmul, prefillKSplits, SplitKMatmulOp } from "../src/gpu/ops/matmul.ts";
+import {
+  createMatmul,
+  prefillKSplits,
+  SPLIT_K_SKEW,
+  SplitKMatmulOp,
+  splitKOutputFloats,
+} from "../src/gpu/ops/matmul.ts";
 import { createRmsNorm } from "../src/gpu/ops/norm.ts";
 import { StepParams } from "../src/gpu/ops/op.ts";
 import { compareLinear, randomWeight } from "./gpu_quant_data.ts";
@@ -30,7 +36,8 @@ Deno.test("gpu matmul: split-K parts add up to the product, every element of eac
     const { weight, w } = randomWeight(gpu, `w.${c.type}`, c.type, c.rows, c.cols);
     const x = randomF32(c.maxTokens * c.cols);
     const xBuf = gpu.buffer("x", x.byteLength, x);
-    const yBuf = nanBuffer(gpu, "y", 4 * c.maxTokens * c.rows);
+    const yFloats = splitKOutputFloats(4, c.maxTokens, c.rows);
+    const yBuf = nanBuffer(gpu, "y", yFloats);
     const step = new StepParams(gpu, c.maxTokens);
     const op = createMatmul(gpu, {
       label: "mm",
@@ -46,20 +53,24 @@ Deno.test("gpu matmul: split-K parts add up to the product, every element of eac
     for (const m of [c.m, c.maxTokens]) {
       const splits = op.splitsFor(m);
       equal(splits, prefillKSplits(Math.ceil(c.rows / 128), 64, c.cols, 4 * c.maxTokens, 4, m));
-      gpu.device.queue.writeBuffer(yBuf, 0, new Float32Array(4 * c.maxTokens * c.rows).fill(NaN));
+      gpu.device.queue.writeBuffer(yBuf, 0, new Float32Array(yFloats).fill(NaN));
       const [got] = await runOps(gpu, [op], step, m, 0, [yBuf]);
-      // Part s at [s][m][rows]; past the parts nothing is written.
+      // Part s at s · (m · rows + skew); nothing is written between or past the parts.
       const total = new Float32Array(m * c.rows);
+      const part = m * c.rows + SPLIT_K_SKEW;
       for (let s = 0; s < splits; s++) {
         for (let i = 0; i < m * c.rows; i++) {
-          const v = got[s * m * c.rows + i];
+          const v = got[s * part + i];
           ok(Number.isFinite(v), `${c.type} m=${m}: part ${s} element ${i} not written (${v})`);
           total[i] += v;
         }
+        for (let i = m * c.rows; i < part; i++) ok(Number.isNaN(got[s * part + i]), `skew written at ${i}`);
       }
       const bad = compareLinear(total, w, x, m, c.rows, c.cols, 2e-5);
       ok(bad === undefined, `${c.type} m=${m}, ${splits} splits: ${bad}`);
-      untouchedPast(`${c.type} m=${m} split parts`, got, splits * m, c.rows);
+      for (let i = splits * part; i < got.length; i++) {
+        ok(Number.isNaN(got[i]), `written past the parts at ${i}`);
+      }
     }
     weight.destroy();
     xBuf.destroy();
@@ -82,7 +93,7 @@ Deno.test("gpu rmsnorm: a residual in split parts adds them up before the norm",
   const x0 = randomF32(maxTokens * width);
   const weight = randomF32(width);
   for (const parts of [1, 2, 4]) {
-    const r = randomF32(maxTokens * width);
+    const r = randomF32(splitKOutputFloats(4, maxTokens, width));
     const xBuf = gpu.buffer("x", x0.byteLength, x0);
     const rBuf = gpu.buffer("r", r.byteLength, r);
     const wBuf = gpu.buffer("w", weight.byteLength, weight);
@@ -105,7 +116,7 @@ Deno.test("gpu rmsnorm: a residual in split parts adds them up before the norm",
       let ss = 0;
       for (let i = 0; i < width; i++) {
         sum[i] = x0[t * width + i];
-        for (let p = 0; p < parts; p++) sum[i] += r[(p * m + t) * width + i];
+        for (let p = 0; p < parts; p++) sum[i] += r[p * (m * width + SPLIT_K_SKEW) + t * width + i];
         ss += sum[i] * sum[i];
       }
       const scale = 1 / Math.sqrt(ss / width + eps);

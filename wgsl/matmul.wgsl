@@ -53,7 +53,8 @@
 // x = ceil(rows_a / 64); y = ceil(max_m / (16 · tokens_per_thread)). Tiles past `m` return at once.
 // Split K (`main` only): with z = S > 1 the workgroups of z = s take columns [s · c, (s + 1) · c) (c =
 // cols / S rounded up to whole steps) and write their partial sums to part s of y: y[s][t][row] at
-// (s · m + t) · out_stride + row, parts the consumer adds up (`add_norm` of wgsl/rmsnorm.wgsl). More
+// s · (m · out_stride + SPLIT_SKEW) + t · out_stride + row, parts the consumer adds up (`add_norm` of
+// wgsl/rmsnorm.wgsl; SPLIT_SKEW floats between parts keep them off the same memory channels). More
 // workgroups for steps of few tokens, whose tiles alone would leave most of the GPU idle.
 // Tuning (override constants, see MatmulTuning in src/gpu/ops/matmul.ts): tokens_per_thread, k_step,
 // prefetch, unroll_k.
@@ -110,6 +111,8 @@ fn x_at(k: u32, q: u32) -> u32 {
 
 // `main` with split K: where this workgroup's part of y starts ((s · m) · out_stride); 0 otherwise.
 var<private> y_base: u32;
+// Floats between split parts of y (see Dispatch).
+const SPLIT_SKEW: u32 = 64u;
 
 // Column e of tokens t..t+3 (zero past m or past the row end).
 fn fetch_x(t: u32, e: u32) -> vec4f {
@@ -179,7 +182,7 @@ fn main(
   // Split K: this split's whole steps of columns, and its part of y.
   let per_split = (cols + groups.z * k_step - 1u) / (groups.z * k_step) * k_step;
   let k_begin = min(wid.z * per_split, cols);
-  y_base = wid.z * step.n_tokens * out_stride;
+  y_base = wid.z * (step.n_tokens * out_stride + SPLIT_SKEW);
   tile_product(wid.x * TILE_ROWS, t0, lid, tid, k_begin, min(k_begin + per_split, cols));
 }
 

@@ -8,8 +8,9 @@
 //              binding 2: y, f32[maxTokens][width] (write)
 //              binding 3: step, uniform Step
 //   add_norm   binding 0: x, f32[maxTokens][width] (read_write): the residual stream, x += r in place
-//              binding 1: r, f32[residual_parts][nTokens][width] (read): what is added to the residual,
-//                         in residual_parts parts that add up (a split-K product's, wgsl/matmul.wgsl)
+//              binding 1: r, f32 (read): what is added to the residual, [nTokens][width], or in
+//                         residual_parts parts that add up (a split-K product's, wgsl/matmul.wgsl: part p
+//                         at p · (nTokens · width + SPLIT_SKEW))
 //              binding 2: w, f32[width] (read)
 //              binding 3: y, f32[maxTokens][width] (write): rmsnorm(x + r) · w
 //              binding 4: step, uniform Step
@@ -22,7 +23,8 @@ override width: u32 = 1u;
 override eps: f32 = 1e-5;
 override WG: u32 = 256u;
 override per_thread: u32 = 1u; // ceil(width / WG)
-override residual_parts: u32 = 1u; // add_norm: parts of r, [part][nTokens][width]
+override residual_parts: u32 = 1u; // add_norm: parts of r (see binding 1)
+const SPLIT_SKEW: u32 = 64u; // floats between parts, as wgsl/matmul.wgsl writes them
 
 struct Step { nTokens: u32, pos0: u32, _pad0: u32, _pad1: u32 }
 
@@ -84,7 +86,7 @@ fn add_norm(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) l
     let i = lane + k * WG;
     if (i < width) {
       var r = r_add[base + i];
-      for (var p = 1u; p < residual_parts; p++) { r += r_add[p * step_add.nTokens * width + base + i]; }
+      for (var p = 1u; p < residual_parts; p++) { r += r_add[p * (step_add.nTokens * width + SPLIT_SKEW) + base + i]; }
       v[k] = x_res[base + i] + r;
     }
   }

@@ -52,6 +52,7 @@ import {
   type MatvecTuning,
   qkvMatmulBlocker,
   SplitKMatmulOp,
+  splitKOutputFloats,
 } from "../gpu/ops/matmul.ts";
 import { createRope } from "../gpu/ops/rope.ts";
 import { createKvAppend } from "../gpu/ops/kv_append.ts";
@@ -628,7 +629,7 @@ export class GpuModel {
       k: f32("k", maxBatch * Hkv * D),
       v: f32("v", maxBatch * Hkv * D),
       att: f32("att", maxBatch * Hq * D),
-      proj: f32("proj", maxBatch * E * projParts),
+      proj: f32("proj", projParts > 1 ? splitKOutputFloats(projParts, maxBatch, E) : maxBatch * E),
       gate: f32("gate", maxBatch * FF),
       up: f32("up", maxBatch * FF),
       last: f32("last", E),

@@ -332,8 +332,9 @@ export interface MatmulOptions extends LinearOptions {
   /**
    * Split K for steps of few tokens: at most this many column ranges (a power of two), each range's partial
    * sums written as part s of `y`, `[s][nTokens][rows]`, for the consumer to add up (see
-   * {@link prefillKSplits} for how many a step takes, and {@link SplitKMatmulOp.splitsFor}); `y` must then
-   * hold `maxKSplits · maxTokens` rows. Default 1: never. Not with cooperative matrices.
+   * {@link prefillKSplits} for how many a step takes, and {@link SplitKMatmulOp.splitsFor}); part s starts
+   * {@link SPLIT_K_SKEW} floats past the end of part s − 1, and `y` must hold {@link splitKOutputFloats}.
+   * Default 1: never. Not with cooperative matrices.
    */
   maxKSplits?: number;
 }
@@ -343,6 +344,14 @@ export interface MatmulOptions extends LinearOptions {
  * default tile shape reaches without splitting (it picks 128-token tiles from 256 tiles on).
  */
 export const SPLIT_K_WORKGROUPS = 256;
+
+/** Floats between the parts of a split-K product's output (`SPLIT_SKEW` of `wgsl/matmul.wgsl`). */
+export const SPLIT_K_SKEW = 64;
+
+/** Floats a split-K product's output holds: `splits` parts of `maxTokens` rows of `rows`, and the skews. */
+export function splitKOutputFloats(splits: number, maxTokens: number, rows: number): number {
+  return splits * (maxTokens * rows + SPLIT_K_SKEW);
+}
 
 /**
  * Column ranges a split-K prefill product takes at a step of `nTokens` tokens: doubling from 1 while the
@@ -630,7 +639,7 @@ export function createMatmul(gpu: Gpu, options: MatmulOptions): GpuOp {
     throw new BadFlagError(`${op}: maxKSplits must be a power of two, got ${maxSplits}`);
   }
   if (maxSplits === 1) return new LinearOp(op, kernel, parts);
-  checkSlice(op, "y", y, maxSplits * maxTokens * weight.rows * 4);
+  checkSlice(op, "y", y, splitKOutputFloats(maxSplits, maxTokens, weight.rows) * 4);
   const rule = (n: number) =>
     prefillKSplits(maxRowTiles, shape.tileTokens, weight.cols, maxSplits * maxTokens, maxSplits, n);
   return new SplitKMatmulOp(op, kernel, parts, step, maxSplits, rule);
