@@ -14,6 +14,7 @@ import {
   type Q8Activations,
   qkvInt8Blocker,
 } from "../src/gpu/ops/matmul_int8.ts";
+import { SPLIT_K_SKEW, SplitKMatmulOp, splitKOutputFloats } from "../src/gpu/ops/matmul.ts";
 import { StepParams } from "../src/gpu/ops/op.ts";
 import { compareLinear, randomWeight } from "./gpu_quant_data.ts";
 import { qkvFields, randomF32, submitValidated } from "./gpu_ops_helpers.ts";
@@ -113,6 +114,55 @@ for (const type of INT8_WEIGHT_TYPES) {
     }
   });
 }
+
+Deno.test("int8 matmul: split-K parts add up to the product of the quantised input, every element written", async () => {
+  const gpu = await getGpu();
+  for (
+    const c of [
+      { type: "Q4_K", rows: 33, cols: 2048, m: 5, maxTokens: 9 }, // 4 ranges of 16 blocks
+      { type: "Q6_K", rows: 7, cols: 1280, m: 2, maxTokens: 3 }, // 4 ranges, the last one shorter
+      { type: "Q8_0", rows: 130, cols: 544, m: 3, maxTokens: 4 }, // 2 ranges (256 columns each at least)
+    ]
+  ) {
+    const { type, rows, cols, m, maxTokens } = c;
+    const { weight, w } = randomWeight(gpu, `w.${type}`, type, rows, cols);
+    const x = randomF32(maxTokens * cols);
+    const step = new StepParams(gpu, maxTokens);
+    const q8 = q8Buffers(gpu, maxTokens, cols);
+    const floats = splitKOutputFloats(4, maxTokens, rows);
+    const y = gpu.buffer("y", floats * 4, new Float32Array(floats).fill(NaN));
+    const product = createMatmulInt8(gpu, {
+      label: `mm.${type}`,
+      weight,
+      x: q8,
+      y,
+      maxTokens,
+      step,
+      maxKSplits: 4,
+    });
+    ok(product instanceof SplitKMatmulOp);
+    const splits = product.splitsFor(m);
+    ok(splits > 1, `${type}: ${splits} splits`);
+    step.set(m);
+    await submitValidated(gpu, [
+      createQ8Quantize(gpu, { label: "q8", x: gpu.buffer("x", x.byteLength, x), out: q8, step }),
+      product,
+    ]);
+    const got = await gpu.readF32(y);
+    const { x: xq } = await readQ8(gpu, q8, m);
+    const part = m * rows + SPLIT_K_SKEW;
+    const total = new Float32Array(m * rows);
+    for (let s = 0; s < splits; s++) {
+      for (let i = 0; i < m * rows; i++) {
+        ok(Number.isFinite(got[s * part + i]), `${type}: part ${s} element ${i} not written`);
+        total[i] += got[s * part + i];
+      }
+    }
+    const bad = compareLinear(total, w, xq, m, rows, cols, 1e-5);
+    ok(bad === undefined, `${type} ${splits} splits: ${bad}`);
+    ok(got.subarray(splits * part).every(Number.isNaN), `${type}: wrote past the parts`);
+  }
+});
 
 Deno.test("int8 matmul: gate/up + SwiGLU in one dispatch matches silu(x·gateᵀ) · (x·upᵀ) of the quantised input", async () => {
   const gpu = await getGpu();

@@ -31,3 +31,26 @@ Deno.test("gpu model: prefill products split K at short steps and keep the logit
     await rejects(GpuModel.load(gpu, file, hp, { contextLength: 96, prefillKSplits: 3 }), BadFlagError);
   }, { type: "f16" });
 });
+
+Deno.test("gpu model: int8 prefill products split K at short steps and keep the logits", async () => {
+  const gpu = await getGpu();
+  await withTinyModel(async (file, hp) => {
+    const logits = async (prefillKSplits: number) => {
+      const model = await GpuModel.load(gpu, file, hp, {
+        contextLength: 64,
+        maxBatch: 32,
+        prefillKSplits,
+        int8Prefill: true,
+      });
+      try {
+        const prompt = Array.from({ length: 11 }, (_, i) => (i * 7919 + 5) % hp.nVocab);
+        return await model.forward(prompt, 0, "logits");
+      } finally {
+        model.destroy();
+      }
+    };
+    const err = relativeError(await logits(4), await logits(1));
+    // Integer sums are exact; only the f32 sums of the blocks and parts come in another order.
+    ok(err < 1e-4, `relative error ${err}`);
+  }, { type: "q8_0" });
+});

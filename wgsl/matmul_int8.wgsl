@@ -37,7 +37,10 @@
 // binding 5: part, uniform { rows (in this part), first_row, out_stride, cols, row_bytes }
 //
 // Dispatch: (ceil(rows / 128), ceil(max_tokens / 64)), paired (ceil(rows / 64), …), stacked (the three
-// weights' row tiles added up, …); tiles past n_tokens return at once.
+// weights' row tiles added up, …); tiles past n_tokens return at once. Split K (neither paired nor
+// stacked): with z = S > 1 the workgroups of z = s take blocks [s · c, (s + 1) · c) (c = the blocks / S in
+// whole steps) and write part s of y at s · (n_tokens · out_stride + SPLIT_SKEW), as wgsl/matmul.wgsl's
+// `main` does, for the consumer to add up.
 
 struct Step { n_tokens: u32, pos0: u32 }
 struct Part { rows: u32, first_row: u32, out_stride: u32, cols: u32, row_bytes: u32 }
@@ -70,6 +73,8 @@ const TILE_ROWS: u32 = 128u;
 const TILE_TOKENS: u32 = 64u;
 const HALF_ROWS: u32 = 64u; // output rows of a paired tile
 const MAX_UNITS_PER_THREAD: u32 = 2u;
+// Floats between split-K parts of y (SPLIT_K_SKEW of src/gpu/ops/matmul.ts).
+const SPLIT_SKEW: u32 = 64u;
 
 var<workgroup> w_tile: array<vec4u, k_blocks * 2u * TILE_ROWS>;
 var<workgroup> w_scale: array<vec2f, k_blocks * TILE_ROWS>; // (scale of values 0..15, of 16..31)
@@ -113,7 +118,7 @@ fn dot16(a: vec4u, b: vec4u) -> i32 {
 
 // The tile's sums for tile rows n0 + … (see fetch_w) and tokens t0 + …: acc[8i + j] is tile row lx + 32i,
 // token t0 + 8ly + j. Every thread of the workgroup must call it (it has barriers).
-fn tile_products(n0: u32, t0: u32, m: u32, tid: u32, which: u32) -> array<f32, 32> {
+fn tile_products(n0: u32, t0: u32, m: u32, tid: u32, which: u32, kb_begin: u32, kb_end: u32) -> array<f32, 32> {
   let lx = tid % 32u;
   let ly = tid / 32u;
   let blocks = part.cols / 32u;
@@ -126,8 +131,8 @@ fn tile_products(n0: u32, t0: u32, m: u32, tid: u32, which: u32) -> array<f32, 3
   var w_next: array<Int8Unit, MAX_UNITS_PER_THREAD>;
   var x_next: array<vec4u, MAX_UNITS_PER_THREAD>;
   var xs_next: array<vec2f, MAX_UNITS_PER_THREAD>;
-  for (var kb = 0u; kb < blocks; kb += k_blocks) {
-    if (kb == 0u) {
+  for (var kb = kb_begin; kb < kb_end; kb += k_blocks) {
+    if (kb == kb_begin) {
       // @unroll
       for (var p = 0u; p < units_per_thread; p++) {
         w_next[p] = fetch_w(tid + p * THREADS, n0, kb, blocks, which);
@@ -152,7 +157,7 @@ fn tile_products(n0: u32, t0: u32, m: u32, tid: u32, which: u32) -> array<f32, 3
     }
     workgroupBarrier();
     let kn = kb + k_blocks;
-    if (kn < blocks) {
+    if (kn < kb_end) {
       // @unroll
       for (var p = 0u; p < units_per_thread; p++) {
         w_next[p] = fetch_w(tid + p * THREADS, n0, kn, blocks, which);
@@ -195,7 +200,11 @@ fn tile_products(n0: u32, t0: u32, m: u32, tid: u32, which: u32) -> array<f32, 3
 
 // One entry for all forms (`paired` and `stacked` pick the tile rows and the writes).
 @compute @workgroup_size(THREADS)
-fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
+fn main(
+  @builtin(workgroup_id) wg: vec3u,
+  @builtin(local_invocation_index) tid: u32,
+  @builtin(num_workgroups) groups: vec3u,
+) {
   let m = step.n_tokens;
   let t0 = wg.y * TILE_TOKENS;
   // (weight, first row, its rows): W_a's row tiles, then (stacked) W_b's and W_c's.
@@ -203,7 +212,12 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
   if (stacked) { tile = stacked_tile(wg.x); }
   let n0 = tile.y;
   if (n0 >= tile.z || t0 >= m) { return; }
-  let acc = tile_products(n0, t0, m, tid, select(0u, tile.x, stacked));
+  // Split K (z > 1): this split's whole steps of blocks, and its part of y.
+  let blocks = part.cols / 32u;
+  let per_split = (blocks + groups.z * k_blocks - 1u) / (groups.z * k_blocks) * k_blocks;
+  let kb_begin = min(wg.z * per_split, blocks);
+  let y_base = wg.z * (m * part.out_stride + SPLIT_SKEW);
+  let acc = tile_products(n0, t0, m, tid, select(0u, tile.x, stacked), kb_begin, min(kb_begin + per_split, blocks));
   if (stacked) {
     write_stacked(acc, tile.x, n0, t0, m, tid);
     return;
@@ -223,7 +237,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
           y[t * part.rows + r] = gate / (1.0 + exp(-gate)) * acc[8u * ((i + 2u) % 4u) + j];
         }
       } else if (r < part.rows && t < m) {
-        y[t * part.out_stride + part.first_row + r] = acc[8u * i + j];
+        y[y_base + t * part.out_stride + part.first_row + r] = acc[8u * i + j];
       }
     }
   }

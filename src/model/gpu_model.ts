@@ -259,10 +259,10 @@ export interface GpuModelOptions {
    */
   decodeSubgroupReduce?: boolean | "emulated";
   /**
-   * Prefill: the f32 (and f16) products into the residual (attn_output, ffn_down) split K into up to this
-   * many column ranges at steps of few tokens, whose tiles alone would leave most of the GPU idle (see
-   * `prefillKSplits` in `src/gpu/ops/matmul.ts`); the norm after adds the parts up. A power of two; 1 never
-   * splits. Default {@link DEFAULT_PREFILL_K_SPLITS}.
+   * Prefill: the products into the residual (attn_output, ffn_down; f32, f16 and int8 alike) split K into
+   * up to this many column ranges at steps of few tokens, whose tiles alone would leave most of the GPU idle
+   * (see `prefillKSplits` in `src/gpu/ops/matmul.ts`); the norm after adds the parts up. A power of two; 1
+   * never splits. Default {@link DEFAULT_PREFILL_K_SPLITS}.
    */
   prefillKSplits?: number;
   /** Decode attention's steps per tile (see `FlashDecodeOptions.tileSteps`; default by head_dim). */
@@ -610,17 +610,13 @@ export class GpuModel {
     const splits = options.decodeSplits ?? Math.min(32, Math.ceil(ctx / 16));
     checkInt("decodeSplits", "splits", splits, 1, gpu.limits.maxComputeWorkgroupsPerDimension);
     const prefillSplits = options.prefillSplits ?? defaultPrefillSplits(policy.kind, gpu.isFallback);
-    // Prefill products into the residual that may split K (those without int8 products) write their parts
-    // into act.proj: room for all of them.
+    // Prefill products into the residual may split K and write their parts into act.proj: room for all.
     const maxKSplits = options.prefillKSplits ?? DEFAULT_PREFILL_K_SPLITS;
     checkInt("prefillKSplits", "splits", maxKSplits, 1, 64);
     if ((maxKSplits & (maxKSplits - 1)) !== 0) {
       throw new BadFlagError(`prefillKSplits must be a power of two, got ${maxKSplits}`);
     }
-    const int8Products = (options.int8Prefill ?? !gpu.isFallback) &&
-      !coopPrefillWanted(gpu, options.coopPrefill) &&
-      layers.every((w) => int8MatmulBlocker(w.wo) === undefined && int8MatmulBlocker(w.wDown) === undefined);
-    const projParts = maxBatch > 1 && !int8Products ? maxKSplits : 1;
+    const projParts = maxBatch > 1 ? maxKSplits : 1;
     const act: Activations = {
       ids: f32("ids", maxBatch),
       x: f32("x", maxBatch * E),
@@ -721,8 +717,13 @@ export class GpuModel {
         ops.push(createQ8Quantize(gpu, { label, x, out: q8, step }));
         return q8;
       };
-      const int8Product = (label: string, weight: GpuWeight, x: Q8Activations, y: GPUBuffer) =>
-        createMatmulInt8(gpu, { label, weight, x, y, maxTokens, step });
+      const int8Product = (
+        label: string,
+        weight: GpuWeight,
+        x: Q8Activations,
+        y: GPUBuffer,
+        maxKSplits = 1,
+      ) => createMatmulInt8(gpu, { label, weight, x, y, maxTokens, step, maxKSplits });
       // One product; with int8 prefill, its input quantised just before it. `maxKSplits`: a prefill product
       // into act.proj may split K at steps of few tokens (its parts added up by the norm after it).
       const linear = (
@@ -744,7 +745,9 @@ export class GpuModel {
             tuning: tuning(role, weight.cols),
           });
         }
-        if (int8(weight)) return int8Product(label, weight, quantize(`${label}_q8`, x, weight.cols), y);
+        if (int8(weight)) {
+          return int8Product(label, weight, quantize(`${label}_q8`, x, weight.cols), y, maxKSplits);
+        }
         return createMatmul(gpu, { label, weight, x, y, maxTokens, step, tuning: half(weight), maxKSplits });
       };
       // The gather as the first RMSNorm's producer, read by the first layer's fused QKV.

@@ -15,7 +15,14 @@ import type { Gpu, Kernel } from "../device.ts";
 import { suffixedWeightSource } from "./fused.ts";
 import { loadShader } from "../shader.ts";
 import type { GpuWeight } from "../weights.ts";
-import { LinearOp, type PartDispatch, partUniform } from "./matmul.ts";
+import {
+  LinearOp,
+  type PartDispatch,
+  partUniform,
+  prefillKSplits,
+  SplitKMatmulOp,
+  splitKOutputFloats,
+} from "./matmul.ts";
 import {
   bindNumbered,
   type BufferSlice,
@@ -148,6 +155,12 @@ export interface MatmulInt8Options {
   step: StepParams;
   /** 32-value blocks per K step, 2 (default) or 4 (32 KiB of workgroup memory). */
   kBlocks?: number;
+  /**
+   * Split K for steps of few tokens, as `MatmulOptions.maxKSplits` (`./matmul.ts`): at most this many
+   * ranges of blocks, part s of `y` from s · (nTokens · rows + `SPLIT_K_SKEW`); `y` must hold
+   * `splitKOutputFloats(maxKSplits, maxTokens, rows)`. Default 1: never.
+   */
+  maxKSplits?: number;
 }
 
 /**
@@ -173,7 +186,17 @@ export function createMatmulInt8(gpu: Gpu, options: MatmulInt8Options): GpuOp {
     ]);
     return { group, workgroups: [ceilDiv(part.rows, TILE_ROWS), tokenTiles, 1] };
   });
-  return new LinearOp(label, kernel, parts);
+  const maxSplits = options.maxKSplits ?? 1;
+  checkInt(label, "maxKSplits", maxSplits, 1, 64);
+  if ((maxSplits & (maxSplits - 1)) !== 0) {
+    throw new BadFlagError(`${label}: maxKSplits must be a power of two, got ${maxSplits}`);
+  }
+  if (maxSplits === 1) return new LinearOp(label, kernel, parts);
+  checkSlice(label, "y", y, splitKOutputFloats(maxSplits, maxTokens, weight.rows) * 4);
+  const rowTiles = Math.max(...weight.parts.map((part) => ceilDiv(part.rows, TILE_ROWS)));
+  const rule = (n: number) =>
+    prefillKSplits(rowTiles, TILE_TOKENS, weight.cols, maxSplits * maxTokens, maxSplits, n);
+  return new SplitKMatmulOp(label, kernel, parts, step, maxSplits, rule);
 }
 
 /** Options of {@link createGateUpSwiGluInt8}. */
