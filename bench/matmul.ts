@@ -186,7 +186,7 @@ function tileName(tile: MatmulShape | undefined): string {
   if (!tile) return "-";
   if (tile.coop) return `${gpu.coopMatrix ? "coop" : "coop-emulated"} ${tile.tileTokens}x128`;
   return `t${tile.tokensPerThread} k${tile.kStep} u${tile.unrollK ? 1 : 0} p${tile.prefetch ? 1 : 0}` +
-    (tile.doubleBuffer ? " d2" : "") + (tile.half ? " f16" : "");
+    (tile.half ? " f16" : "");
 }
 
 const results = {

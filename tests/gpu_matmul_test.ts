@@ -191,13 +191,9 @@ function prefillVariants(gpu: Gpu): MatmulTuning[] {
     { tokensPerThread: 2, kStep: 16, prefetch: false },
     { tokensPerThread: 4, kStep: 16, unrollK: true, prefetch: false },
     { tokensPerThread: 8, kStep: 32, unrollK: true, prefetch: false },
-    // Double-buffered tiles: the next step's staged after this step's products.
-    { doubleBuffer: true },
-    { tokensPerThread: 8, kStep: 16, doubleBuffer: true },
   ];
   return all.filter((t) =>
-    matmulWorkgroupBytes(t.tokensPerThread ?? 4, t.kStep ?? 32, false, t.doubleBuffer) <=
-      gpu.limits.maxComputeWorkgroupStorageSize
+    matmulWorkgroupBytes(t.tokensPerThread ?? 4, t.kStep ?? 32) <= gpu.limits.maxComputeWorkgroupStorageSize
   );
 }
 
@@ -301,7 +297,7 @@ Deno.test("gpu matmul: bad prefill variant options are one-line BadFlagErrors na
     [{ tokensPerThread: 1 }, /tokensPerThread must be 2, 4 or 8, got 1$/],
     [
       { unroll: true },
-      /unknown prefill tuning field "unroll" \(known: tokensPerThread, kStep, unrollK, prefetch, doubleBuffer, half, coop, coopTileTokens\)$/,
+      /unknown prefill tuning field "unroll" \(known: tokensPerThread, kStep, unrollK, prefetch, half, coop, coopTileTokens\)$/,
     ],
   ];
   for (const [tuning, message] of bad) {

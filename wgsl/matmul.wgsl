@@ -30,7 +30,7 @@
 // Both are kept k-major. The next step's tile is fetched into registers before the current one is
 // multiplied, so its global reads overlap the FMAs (prefetch = false: after the multiply, which keeps the
 // fetched values out of the registers live across the FMA loop); two barriers per step guard the single
-// buffer (one with double_buffer: the next step's tiles are stored into a second buffer after the FMAs). unroll_k = true unrolls the FMA loop over the step's k_step columns, so its workgroup-memory
+// buffer. unroll_k = true unrolls the FMA loop over the step's k_step columns, so its workgroup-memory
 // offsets are constants.
 //
 // binding 0: W_a, array<u32>: `main`: the raw rows of one weight part, row r at byte r · row_bytes; `qkv`:
@@ -79,9 +79,6 @@ override k_step: u32 = 32u;
 override prefetch: bool = true;
 // Unroll the FMA loop over the k_step columns of a step.
 override unroll_k: bool = false;
-// Two tiles of each kind in turn: the next step's tiles are stored while this step's are multiplied, one
-// barrier per step instead of two (twice the workgroup memory; needs prefetch).
-override double_buffer: bool = false;
 
 const half_products = {{HALF}};
 // Element type of the workgroup tiles and of one step's sums.
@@ -100,14 +97,10 @@ override x_loads: u32 = max(1u, x_units / THREADS);
 // Whether every thread stages X (not so for 32-token tiles with 16-column steps: 128 vec4s).
 override x_everyone: bool = x_units >= THREADS;
 
-// Tiles of each kind (2 with double_buffer), each X tile X_TILE vec4s, each W tile W_TILE.
-override tile_buffers: u32 = select(1u, 2u, double_buffer);
-override x_tile_size: u32 = k_step * x_stride;
-override w_tile_size: u32 = k_step * W_STRIDE;
-// xs[b · x_tile_size + x_at(k, q)]: tokens 4q..4q+3 of tile b at column k0 + k.
-var<workgroup> xs: array<tile4, tile_buffers * x_tile_size>;
-// ws[b · w_tile_size + k · W_STRIDE + q]: tile rows 4q..4q+3 of tile b at column k0 + k.
-var<workgroup> ws: array<tile4, tile_buffers * w_tile_size>;
+// xs[x_at(k, q)]: tokens 4q..4q+3 of the tile at column k0 + k.
+var<workgroup> xs: array<tile4, k_step * x_stride>;
+// ws[k · W_STRIDE + q]: tile rows 4q..4q+3 at column k0 + k.
+var<workgroup> ws: array<tile4, k_step * W_STRIDE>;
 
 // Where token quad q of column k lives in xs: row k, quad q XOR (k mod 8). The swizzle spreads the vec4
 // stores of a warp (consecutive k, same q) over all banks, while the inner loop still reads consecutive
@@ -133,9 +126,9 @@ fn fetch_x(t: u32, e: u32) -> vec4f {
   return v;
 }
 
-// Four values of tile row `i` at tile columns k..k+3 into the k-major W tile that starts at `base`.
-fn put_w(base: u32, k: u32, i: u32, v: vec4f) {
-  let at = base + k * W_STRIDE + i / 4u;
+// Four values of tile row `i` at tile columns k..k+3 into the k-major W tile.
+fn put_w(k: u32, i: u32, v: vec4f) {
+  let at = k * W_STRIDE + i / 4u;
   let lane = i % 4u;
   ws[at][lane] = tile_t(v.x);
   ws[at + W_STRIDE][lane] = tile_t(v.y);
@@ -246,22 +239,20 @@ fn tile_product(n0: u32, t0: u32, lid: vec3u, tid: u32, k_begin: u32, k_end: u32
     for (var p = 0u; p < x_loads; p++) { xv[p] = fetch_x(t0 + 4u * (xq + p * xq_step), k_begin + xk); }
   }
 
-  // The tiles multiplied this step (0, or with double_buffer 0 and 1 in turn).
-  var cur = 0u;
-  if (double_buffer) {
-    stage_tiles(0u, wi, wk, xk, xq, xq_step, x_mine, tid, wv, xv);
-    workgroupBarrier();
-  }
   for (var k0 = k_begin; k0 < k_end; k0 += k_step) {
-    if (!double_buffer) {
-      stage_tiles(0u, wi, wk, xk, xq, xq_step, x_mine, tid, wv, xv);
-      workgroupBarrier();
+    if (tid < w_units) {
+      put_w(16u * wk, wi, wv[0]);
+      put_w(16u * wk + 4u, wi, wv[1]);
+      put_w(16u * wk + 8u, wi, wv[2]);
+      put_w(16u * wk + 12u, wi, wv[3]);
     }
-    let wb = cur * w_tile_size;
-    let xb = cur * x_tile_size;
+    if (x_mine) {
+      for (var p = 0u; p < x_loads; p++) { xs[x_at(xk, xq + p * xq_step)] = tile4(xv[p]); }
+    }
+    workgroupBarrier();
 
     let k1 = k0 + k_step;
-    if ((prefetch || double_buffer) && k1 < k_end) {
+    if (prefetch && k1 < k_end) {
       if (tid < w_units) { wv = fetch_w(w_row, k1 + 16u * wk); }
       if (x_mine) {
         for (var p = 0u; p < x_loads; p++) { xv[p] = fetch_x(t0 + 4u * (xq + p * xq_step), k1 + xk); }
@@ -270,17 +261,17 @@ fn tile_product(n0: u32, t0: u32, lid: vec3u, tid: u32, k_begin: u32, k_end: u32
 
     // @unroll if unroll_k
     for (var k = 0u; k < k_step; k++) {
-      let b0 = ws[wb + k * W_STRIDE + lid.x];
-      let b1 = ws[wb + k * W_STRIDE + 16u + lid.x];
+      let b0 = ws[k * W_STRIDE + lid.x];
+      let b1 = ws[k * W_STRIDE + 16u + lid.x];
       if (tokens_per_thread == 2u) {
-        let a = xs[xb + x_at(k, lid.y / 2u)];
+        let a = xs[x_at(k, lid.y / 2u)];
         let pair = select(a.xy, a.zw, x_high);
         sums[0] = fma(tile4(pair.x), b0, sums[0]);
         sums[1] = fma(tile4(pair.x), b1, sums[1]);
         sums[2] = fma(tile4(pair.y), b0, sums[2]);
         sums[3] = fma(tile4(pair.y), b1, sums[3]);
       } else {
-        let a0 = xs[xb + x_at(k, lid.y)];
+        let a0 = xs[x_at(k, lid.y)];
         sums[0] = fma(tile4(a0.x), b0, sums[0]);
         sums[1] = fma(tile4(a0.x), b1, sums[1]);
         sums[2] = fma(tile4(a0.y), b0, sums[2]);
@@ -290,7 +281,7 @@ fn tile_product(n0: u32, t0: u32, lid: vec3u, tid: u32, k_begin: u32, k_end: u32
         sums[6] = fma(tile4(a0.w), b0, sums[6]);
         sums[7] = fma(tile4(a0.w), b1, sums[7]);
         if (tokens_per_thread == 8u) {
-          let a1 = xs[xb + x_at(k, lid.y) + 16u];
+          let a1 = xs[x_at(k, lid.y) + 16u];
           sums[8] = fma(tile4(a1.x), b0, sums[8]);
           sums[9] = fma(tile4(a1.x), b1, sums[9]);
           sums[10] = fma(tile4(a1.y), b0, sums[10]);
@@ -311,19 +302,13 @@ fn tile_product(n0: u32, t0: u32, lid: vec3u, tid: u32, k_begin: u32, k_end: u32
       }
     }
 
-    if (!prefetch && !double_buffer && k1 < k_end) {
+    if (!prefetch && k1 < k_end) {
       if (tid < w_units) { wv = fetch_w(w_row, k1 + 16u * wk); }
       if (x_mine) {
         for (var p = 0u; p < x_loads; p++) { xv[p] = fetch_x(t0 + 4u * (xq + p * xq_step), k1 + xk); }
       }
     }
-    // With double_buffer the next step's tiles go to the other buffers now: the barrier below both
-    // publishes them and keeps the next step's stores away from this step's tiles.
-    if (double_buffer && k1 < k_end) {
-      stage_tiles(1u - cur, wi, wk, xk, xq, xq_step, x_mine, tid, wv, xv);
-    }
     workgroupBarrier();
-    if (double_buffer) { cur = 1u - cur; }
   }
   if (!half_products) {
     // @unroll
@@ -347,31 +332,6 @@ fn tile_product(n0: u32, t0: u32, lid: vec3u, tid: u32, k_begin: u32, k_end: u32
     put_tile(t + 65u, r, acc[10], acc[11]);
     put_tile(t + 66u, r, acc[12], acc[13]);
     put_tile(t + 67u, r, acc[14], acc[15]);
-  }
-}
-
-// Stores this thread's staged W unit and X vec4s (fetched into wv and xv) into tiles `b`.
-fn stage_tiles(
-  b: u32,
-  wi: u32,
-  wk: u32,
-  xk: u32,
-  xq: u32,
-  xq_step: u32,
-  x_mine: bool,
-  tid: u32,
-  wv: array<vec4f, 4>,
-  xv: array<vec4f, 4>,
-) {
-  if (tid < w_units) {
-    let base = b * w_tile_size;
-    put_w(base, 16u * wk, wi, wv[0]);
-    put_w(base, 16u * wk + 4u, wi, wv[1]);
-    put_w(base, 16u * wk + 8u, wi, wv[2]);
-    put_w(base, 16u * wk + 12u, wi, wv[3]);
-  }
-  if (x_mine) {
-    for (var p = 0u; p < x_loads; p++) { xs[b * x_tile_size + x_at(xk, xq + p * xq_step)] = tile4(xv[p]); }
   }
 }
 

@@ -292,11 +292,6 @@ export interface MatmulTuning {
    */
   prefetch?: boolean;
   /**
-   * Two tiles of each kind in workgroup memory, used in turn: the next step's are stored while this step's
-   * are multiplied, one barrier per step instead of two, at twice the workgroup memory. Default false.
-   */
-  doubleBuffer?: boolean;
-  /**
    * Products of f16 values (needs `shader-f16`): tiles of f16 in workgroup memory and FMAs on f16 vectors,
    * each step's kStep products summed in f16, the steps in f32. Exact for f16 weights up to the rounding of
    * the activations to f16 and of the step sums (about 1e-3 of a sum's scale). Pays only where f16
@@ -325,7 +320,6 @@ export const MATMUL_TUNING_KEYS: readonly string[] = [
   "kStep",
   "unrollK",
   "prefetch",
-  "doubleBuffer",
   "half",
   "coop",
   "coopTileTokens",
@@ -440,8 +434,6 @@ export interface MatmulShape {
   unrollK: boolean;
   /** Whether the next step is fetched before the FMAs ({@link MatmulTuning.prefetch}). */
   prefetch: boolean;
-  /** Whether the tiles are double-buffered ({@link MatmulTuning.doubleBuffer}). */
-  doubleBuffer: boolean;
   /** Whether the products are of f16 values ({@link MatmulTuning.half}). */
   half: boolean;
   /** Whether the products run on cooperative matrices, `wgsl/matmul_coop.wgsl` ({@link MatmulTuning.coop}). */
@@ -458,13 +450,8 @@ export const MATMUL_TILE_ROWS = 128;
  * Workgroup memory of the prefill kernels' tiles: X `[kStep][tileTokens]` and W `[kStep][128]`, f32 (f16
  * with `half`).
  */
-export function matmulWorkgroupBytes(
-  tokensPerThread: number,
-  kStep: number,
-  half = false,
-  doubleBuffer = false,
-): number {
-  return kStep * (16 * tokensPerThread + MATMUL_TILE_ROWS) * (half ? 2 : 4) * (doubleBuffer ? 2 : 1);
+export function matmulWorkgroupBytes(tokensPerThread: number, kStep: number, half = false): number {
+  return kStep * (16 * tokensPerThread + MATMUL_TILE_ROWS) * (half ? 2 : 4);
 }
 
 /**
@@ -491,8 +478,7 @@ export function matmulShape(
 ): MatmulShape {
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
   const half = tuning.half ?? false;
-  const doubleBuffer = tuning.doubleBuffer ?? false;
-  const fits = (t: number, k: number) => matmulWorkgroupBytes(t, k, half, doubleBuffer) <= limit;
+  const fits = (t: number, k: number) => matmulWorkgroupBytes(t, k, half) <= limit;
   for (const key of Object.keys(tuning)) {
     if (!MATMUL_TUNING_KEYS.includes(key)) {
       throw new BadFlagError(
@@ -517,7 +503,6 @@ export function matmulShape(
     const [what, value] of [
       ["unrollK", tuning.unrollK],
       ["prefetch", tuning.prefetch],
-      ["doubleBuffer", tuning.doubleBuffer],
       ["half", tuning.half],
     ] as const
   ) {
@@ -556,7 +541,6 @@ export function matmulShape(
       tileTokens,
       unrollK: false,
       prefetch: true,
-      doubleBuffer: false,
       half: true,
       coop: true,
     };
@@ -573,7 +557,7 @@ export function matmulShape(
   // Half tiles take half the memory: 32 columns per step fit with 8 tokens per thread (16 KB).
   const kStep = tuning.kStep ??
     ((tokensPerThread === 8 && !half) || !fits(tokensPerThread, 32) ? 16 : 32);
-  const bytes = matmulWorkgroupBytes(tokensPerThread, kStep, half, doubleBuffer);
+  const bytes = matmulWorkgroupBytes(tokensPerThread, kStep, half);
   if (bytes > limit) {
     throw new BadFlagError(
       `${op}: tokensPerThread ${tokensPerThread} with kStep ${kStep} needs ${bytes} bytes of workgroup ` +
@@ -586,7 +570,6 @@ export function matmulShape(
     tileTokens: 16 * tokensPerThread,
     unrollK: tuning.unrollK ?? true,
     prefetch: tuning.prefetch ?? true,
-    doubleBuffer,
     half,
     coop: false,
   };
@@ -608,7 +591,6 @@ export function matmulConstants(shape: MatmulShape): Record<string, number> {
     k_step: shape.kStep,
     prefetch: shape.prefetch ? 1 : 0,
     unroll_k: shape.unrollK ? 1 : 0,
-    double_buffer: shape.doubleBuffer ? 1 : 0,
   };
 }
 
