@@ -45,6 +45,7 @@ import {
   qkvInt8Blocker,
 } from "../gpu/ops/matmul_int8.ts";
 import {
+  checkMaxKSplits,
   createMatmul,
   createMatvec,
   createQkvMatmul,
@@ -611,11 +612,7 @@ export class GpuModel {
     checkInt("decodeSplits", "splits", splits, 1, gpu.limits.maxComputeWorkgroupsPerDimension);
     const prefillSplits = options.prefillSplits ?? defaultPrefillSplits(policy.kind, gpu.isFallback);
     // Prefill products into the residual may split K and write their parts into act.proj: room for all.
-    const maxKSplits = options.prefillKSplits ?? DEFAULT_PREFILL_K_SPLITS;
-    checkInt("prefillKSplits", "splits", maxKSplits, 1, 64);
-    if ((maxKSplits & (maxKSplits - 1)) !== 0) {
-      throw new BadFlagError(`prefillKSplits must be a power of two, got ${maxKSplits}`);
-    }
+    const maxKSplits = checkMaxKSplits("prefillKSplits", options.prefillKSplits ?? DEFAULT_PREFILL_K_SPLITS);
     const projParts = maxBatch > 1 ? maxKSplits : 1;
     const act: Activations = {
       ids: f32("ids", maxBatch),

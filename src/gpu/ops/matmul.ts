@@ -378,6 +378,15 @@ export function prefillKSplits(
   return splits;
 }
 
+/** `maxKSplits` checked (an integer power of two from 1 to 64; a {@link BadFlagError} naming `label` else). */
+export function checkMaxKSplits(label: string, maxKSplits: number): number {
+  checkInt(label, "maxKSplits", maxKSplits, 1, 64);
+  if ((maxKSplits & (maxKSplits - 1)) !== 0) {
+    throw new BadFlagError(`${label}: maxKSplits must be a power of two, got ${maxKSplits}`);
+  }
+  return maxKSplits;
+}
+
 /** A prefill product that splits K at steps of few tokens ({@link MatmulOptions.maxKSplits}). */
 export class SplitKMatmulOp implements GpuOp {
   /** Name for errors and the profiler. */
@@ -633,11 +642,7 @@ export function createMatmul(gpu: Gpu, options: MatmulOptions): GpuOp {
     ]);
     return { group, workgroups: [ceilDiv(part.rows, MATMUL_TILE_ROWS), tokenTiles, 1] };
   });
-  const maxSplits = shape.coop ? 1 : options.maxKSplits ?? 1;
-  checkInt(op, "maxKSplits", maxSplits, 1, 64);
-  if ((maxSplits & (maxSplits - 1)) !== 0) {
-    throw new BadFlagError(`${op}: maxKSplits must be a power of two, got ${maxSplits}`);
-  }
+  const maxSplits = shape.coop ? 1 : checkMaxKSplits(op, options.maxKSplits ?? 1);
   if (maxSplits === 1) return new LinearOp(op, kernel, parts);
   checkSlice(op, "y", y, splitKOutputFloats(maxSplits, maxTokens, weight.rows) * 4);
   const rule = (n: number) =>

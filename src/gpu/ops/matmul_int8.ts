@@ -16,6 +16,7 @@ import { suffixedWeightSource } from "./fused.ts";
 import { loadShader } from "../shader.ts";
 import type { GpuWeight } from "../weights.ts";
 import {
+  checkMaxKSplits,
   LinearOp,
   type PartDispatch,
   partUniform,
@@ -186,11 +187,7 @@ export function createMatmulInt8(gpu: Gpu, options: MatmulInt8Options): GpuOp {
     ]);
     return { group, workgroups: [ceilDiv(part.rows, TILE_ROWS), tokenTiles, 1] };
   });
-  const maxSplits = options.maxKSplits ?? 1;
-  checkInt(label, "maxKSplits", maxSplits, 1, 64);
-  if ((maxSplits & (maxSplits - 1)) !== 0) {
-    throw new BadFlagError(`${label}: maxKSplits must be a power of two, got ${maxSplits}`);
-  }
+  const maxSplits = checkMaxKSplits(label, options.maxKSplits ?? 1);
   if (maxSplits === 1) return new LinearOp(label, kernel, parts);
   checkSlice(label, "y", y, splitKOutputFloats(maxSplits, maxTokens, weight.rows) * 4);
   const rowTiles = Math.max(...weight.parts.map((part) => ceilDiv(part.rows, TILE_ROWS)));
