@@ -1,4 +1,4 @@
-import { equal as assertEquals, ok } from "node:assert/strict";
+import { equal, equal as assertEquals, ok } from "node:assert/strict";
 import { getGpu, Gpu } from "../src/gpu/device.ts";
 
 Deno.test("gpu: a specialised kernel runs and every output element is written", async () => {
@@ -52,4 +52,20 @@ Deno.test("gpu: subgroups are on where the adapter offers them, with their sizes
   } finally {
     off.destroy();
   }
+});
+
+Deno.test("gpu: getGpu shares a device among callers it serves and opens another for more features", async () => {
+  const plain = await getGpu();
+  equal(await getGpu({}), plain);
+  // Asking for cooperative matrices after a plain device: a device of its own that asked for them.
+  const coop = await getGpu({ coopMatrix: true });
+  ok(coop !== plain);
+  ok(coop.coopMatrixNote !== "cooperative matrices not requested", coop.coopMatrixNote);
+  // A later request for them gets that device again.
+  equal(await getGpu({ coopMatrix: true }), coop);
+  // Features turned off must match: a device without f16 is never handed to a caller who did not ask.
+  const noF16 = await getGpu({ disableF16: true });
+  ok(noF16 !== plain && noF16 !== coop);
+  equal(noF16.hasF16, false);
+  equal(await getGpu(), plain);
 });

@@ -347,18 +347,30 @@ function quietWindowSystemProbe(): void {
   }
 }
 
-let shared: Promise<Gpu> | undefined;
+/** The devices {@link getGpu} opened, with the options each was opened with. */
+const opened: { options: GpuOptions; gpu: Promise<Gpu> }[] = [];
+
+/** Whether a device opened with `have` serves a caller asking `want`. */
+function serves(have: GpuOptions, want: GpuOptions): boolean {
+  return (!want.profile || !!have.profile) && (!want.coopMatrix || !!have.coopMatrix) &&
+    !!want.disableF16 === !!have.disableF16 && !!want.disableSubgroups === !!have.disableSubgroups;
+}
 
 /**
- * The process-wide {@link Gpu}, created on first use with the first caller's options (later callers get
- * the same device, whatever they ask).
+ * A process-wide {@link Gpu}: the first device opened that serves `options` (one asked for timestamps or
+ * cooperative matrices serves callers that do not ask; features turned off must match), else a new one
+ * opened with them. So a later caller asking for profiling or matrix units gets them after a plain load.
  */
 export function getGpu(options: GpuOptions = {}): Promise<Gpu> {
-  shared ??= Gpu.create(options).catch((e) => {
-    shared = undefined;
+  const found = opened.find((o) => serves(o.options, options));
+  if (found) return found.gpu;
+  const entry = { options: { ...options }, gpu: Gpu.create(options) };
+  entry.gpu = entry.gpu.catch((e) => {
+    opened.splice(opened.indexOf(entry), 1);
     throw e;
   });
-  return shared;
+  opened.push(entry);
+  return entry.gpu;
 }
 
 /** Formats a byte count as e.g. "1.50 GiB". */
