@@ -1,9 +1,9 @@
 /**
  * Microbenchmark of what a dispatch costs the GPU apart from its work, the fixed cost that decode pays
- * about 5 times per layer (no model file). One small kernel (`wgsl/smoke.wgsl`: out[i] = a[i] · 1 + i over
- * `--values` floats) is recorded in four ways, and each way's time per dispatch is the median over three
- * tries of (T(3N) − T(N)) / 2N, with T measured from the submit to the finished work (encoding is done
- * before the clock starts), so fixed latencies cancel:
+ * about 5 times per layer (no model file). A small kernel (`wgsl/smoke.wgsl`: out[i] = a[i] · 1 + i over
+ * `--values` floats, or its twin `wgsl/dispatch_probe.wgsl`) is recorded in the ways below, and each way's
+ * time per dispatch is the median over three tries of (T(3N) − T(N)) / 2N, with T measured from the submit
+ * to the finished work (encoding is done before the clock starts), so fixed latencies cancel:
  * - `chain`: N dispatches in one compute pass, each reading what the one before wrote (two buffers in
  *   turn), as the ops of a decode step do: every dispatch waits for the previous one to drain;
  * - `independent`: N dispatches in one pass over 16 disjoint buffer pairs in turn, so consecutive
@@ -21,7 +21,8 @@
  *   the model's kernels bind weights, cache pages, tables and parameters;
  * - `code`: the probe chain after 2048 unrolled FMA steps (entry `long_code`, about 32 KiB of machine
  *   code), one pipeline; `code-pipelines`: the same with 5 such pipelines in turn, whose code cannot all
- *   stay in the GPU's instruction caches: the difference is what a kernel's code costs to fetch each time.
+ *   stay in the GPU's instruction caches: the difference is what a kernel's code costs to fetch each time
+ *   (the code itself takes a few µs to run).
  *
  * usage: deno run -A bench/dispatch.ts [--values 64,1048576] [--count N] [--out out/dispatch.json] [--quick]
  *
