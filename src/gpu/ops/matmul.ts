@@ -153,12 +153,17 @@ export class LinearOp implements MatvecOp {
     this.#parts = parts;
   }
 
+  /** The grid's z of the next dispatches (the parts' own; {@link SplitKMatmulOp} picks it per step). */
+  protected gridZ(part: PartDispatch): number {
+    return part.workgroups[2];
+  }
+
   /** Records the op's dispatches. */
   encode(pass: GPUComputePassEncoder): void {
     pass.setPipeline(this.#kernel.pipeline);
     for (const part of this.#parts) {
       pass.setBindGroup(0, part.group);
-      pass.dispatchWorkgroups(...part.workgroups);
+      pass.dispatchWorkgroups(part.workgroups[0], part.workgroups[1], this.gridZ(part));
     }
   }
 }
@@ -388,17 +393,13 @@ export function checkMaxKSplits(label: string, maxKSplits: number): number {
 }
 
 /** A prefill product that splits K at steps of few tokens ({@link MatmulOptions.maxKSplits}). */
-export class SplitKMatmulOp implements GpuOp {
-  /** Name for errors and the profiler. */
-  readonly label: string;
+export class SplitKMatmulOp extends LinearOp {
   /** The most column ranges a step takes. */
   readonly maxSplits: number;
-  readonly #kernel: Kernel;
-  readonly #parts: PartDispatch[];
   readonly #step: StepParams;
   readonly #rule: (nTokens: number) => number;
 
-  /** An op running `kernel` once per part with `rule(nTokens)` splits of K. */
+  /** An op running `kernel` once per part with `rule(nTokens)` splits of K (the grid's z). */
   constructor(
     label: string,
     kernel: Kernel,
@@ -407,9 +408,7 @@ export class SplitKMatmulOp implements GpuOp {
     maxSplits: number,
     rule: (nTokens: number) => number,
   ) {
-    this.label = label;
-    this.#kernel = kernel;
-    this.#parts = parts;
+    super(label, kernel, parts);
     this.#step = step;
     this.maxSplits = maxSplits;
     this.#rule = rule;
@@ -420,15 +419,42 @@ export class SplitKMatmulOp implements GpuOp {
     return this.#rule(nTokens);
   }
 
-  /** Records the op's dispatches, split as the step's token count says. */
-  encode(pass: GPUComputePassEncoder): void {
-    const splits = this.#rule(this.#step.nTokens);
-    pass.setPipeline(this.#kernel.pipeline);
-    for (const part of this.#parts) {
-      pass.setBindGroup(0, part.group);
-      pass.dispatchWorkgroups(part.workgroups[0], part.workgroups[1], splits);
-    }
+  /** The step's splits. */
+  protected override gridZ(): number {
+    return this.#rule(this.#step.nTokens);
   }
+}
+
+/** What {@link productOp} needs to know of a prefill product besides its kernel and part dispatches. */
+export interface ProductOpShape {
+  weight: GpuWeight;
+  y: BufferSlice;
+  maxTokens: number;
+  step: StepParams;
+  /** Tokens per output tile and the most row tiles of a part. */
+  tileTokens: number;
+  rowTiles: number;
+  /** `maxKSplits` of the product's options, checked. */
+  maxSplits: number;
+}
+
+/**
+ * The op of a prefill product's part dispatches: a {@link LinearOp}, or, with `maxSplits` > 1, a
+ * {@link SplitKMatmulOp} whose steps split K as {@link prefillKSplits} says (its `y` checked to hold the
+ * parts).
+ */
+export function productOp(
+  label: string,
+  kernel: Kernel,
+  parts: PartDispatch[],
+  shape: ProductOpShape,
+): LinearOp {
+  const { weight, y, maxTokens, step, tileTokens, rowTiles, maxSplits } = shape;
+  if (maxSplits === 1) return new LinearOp(label, kernel, parts);
+  checkSlice(label, "y", y, splitKOutputFloats(maxSplits, maxTokens, weight.rows) * 4);
+  const rule = (n: number) =>
+    prefillKSplits(rowTiles, tileTokens, weight.cols, maxSplits * maxTokens, maxSplits, n);
+  return new SplitKMatmulOp(label, kernel, parts, step, maxSplits, rule);
 }
 
 /** The tile shape and code variant a prefill kernel runs with (see {@link matmulShape}). */
@@ -643,11 +669,15 @@ export function createMatmul(gpu: Gpu, options: MatmulOptions): GpuOp {
     return { group, workgroups: [ceilDiv(part.rows, MATMUL_TILE_ROWS), tokenTiles, 1] };
   });
   const maxSplits = shape.coop ? 1 : checkMaxKSplits(op, options.maxKSplits ?? 1);
-  if (maxSplits === 1) return new LinearOp(op, kernel, parts);
-  checkSlice(op, "y", y, splitKOutputFloats(maxSplits, maxTokens, weight.rows) * 4);
-  const rule = (n: number) =>
-    prefillKSplits(maxRowTiles, shape.tileTokens, weight.cols, maxSplits * maxTokens, maxSplits, n);
-  return new SplitKMatmulOp(op, kernel, parts, step, maxSplits, rule);
+  return productOp(op, kernel, parts, {
+    weight,
+    y,
+    maxTokens,
+    step,
+    tileTokens: shape.tileTokens,
+    rowTiles: maxRowTiles,
+    maxSplits,
+  });
 }
 
 /** What the Q, K and V products of one layer bind, for prefill ({@link createQkvMatmul}) and decode. */

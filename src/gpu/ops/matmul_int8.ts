@@ -15,15 +15,7 @@ import type { Gpu, Kernel } from "../device.ts";
 import { suffixedWeightSource } from "./fused.ts";
 import { loadShader } from "../shader.ts";
 import type { GpuWeight } from "../weights.ts";
-import {
-  checkMaxKSplits,
-  LinearOp,
-  type PartDispatch,
-  partUniform,
-  prefillKSplits,
-  SplitKMatmulOp,
-  splitKOutputFloats,
-} from "./matmul.ts";
+import { checkMaxKSplits, LinearOp, type PartDispatch, partUniform, productOp } from "./matmul.ts";
 import {
   bindNumbered,
   type BufferSlice,
@@ -188,12 +180,16 @@ export function createMatmulInt8(gpu: Gpu, options: MatmulInt8Options): GpuOp {
     return { group, workgroups: [ceilDiv(part.rows, TILE_ROWS), tokenTiles, 1] };
   });
   const maxSplits = checkMaxKSplits(label, options.maxKSplits ?? 1);
-  if (maxSplits === 1) return new LinearOp(label, kernel, parts);
-  checkSlice(label, "y", y, splitKOutputFloats(maxSplits, maxTokens, weight.rows) * 4);
   const rowTiles = Math.max(...weight.parts.map((part) => ceilDiv(part.rows, TILE_ROWS)));
-  const rule = (n: number) =>
-    prefillKSplits(rowTiles, TILE_TOKENS, weight.cols, maxSplits * maxTokens, maxSplits, n);
-  return new SplitKMatmulOp(label, kernel, parts, step, maxSplits, rule);
+  return productOp(label, kernel, parts, {
+    weight,
+    y,
+    maxTokens,
+    step,
+    tileTokens: TILE_TOKENS,
+    rowTiles,
+    maxSplits,
+  });
 }
 
 /** Options of {@link createGateUpSwiGluInt8}. */
