@@ -16,7 +16,7 @@ import {
 } from "../src/gpu/ops/matmul.ts";
 import { StepParams } from "../src/gpu/ops/op.ts";
 import { products, randomWeight } from "./gpu_quant_data.ts";
-import { nanBuffer, qkvFields, randomF32, runOps, untouchedPast } from "./gpu_ops_helpers.ts";
+import { nanBuffer, productCase, qkvFields, randomF32, runOps, untouchedPast } from "./gpu_ops_helpers.ts";
 import { checkRoundedProducts, checkRoundedSwiGlu, type RoundedProducts, toHalf } from "./half_rounded.ts";
 
 const TUNING = { coop: true };
@@ -53,11 +53,8 @@ Deno.test("gpu matmul coop: cooperative-matrix products (entry main) match the f
   const shape = matmulShape(gpu, "mm", 64, 1, TUNING);
   ok(shape.coop && shape.tileTokens === 64, JSON.stringify(shape));
   for (const c of CASES) {
-    const { weight, w } = randomWeight(gpu, `w.${c.type}`, c.type, c.rows, c.cols);
     const maxTokens = c.m + 3;
-    const x = randomF32(maxTokens * c.cols, 4);
-    const xBuf = gpu.buffer("x", x.byteLength, x);
-    const step = new StepParams(gpu, maxTokens);
+    const { weight, w, x, xBuf, step } = productCase(gpu, c, maxTokens, 4);
     const want = products(toHalf(w), toHalf(x), c.m, c.rows, c.cols);
     for (const tuning of TUNINGS) {
       const y = nanBuffer(gpu, "y", maxTokens * c.rows);

@@ -9,7 +9,7 @@ import { createGateUpSwiGluMatmul } from "../src/gpu/ops/fused.ts";
 import { createMatmul, createQkvMatmul, matmulShape, type MatmulTuning } from "../src/gpu/ops/matmul.ts";
 import { StepParams } from "../src/gpu/ops/op.ts";
 import { products, randomWeight } from "./gpu_quant_data.ts";
-import { nanBuffer, qkvFields, randomF32, runOps, untouchedPast } from "./gpu_ops_helpers.ts";
+import { nanBuffer, productCase, qkvFields, randomF32, runOps, untouchedPast } from "./gpu_ops_helpers.ts";
 import { checkRoundedProducts, checkRoundedSwiGlu, type RoundedProducts, toHalf } from "./half_rounded.ts";
 
 /**
@@ -58,11 +58,8 @@ Deno.test("gpu matmul half: f16 products (entry main) match the f16-rounded CPU 
   const tunings = halfTunings(gpu);
   ok(tunings.length >= 3, `only ${tunings.length} half tunings fit`);
   for (const c of CASES) {
-    const { weight, w } = randomWeight(gpu, `w.${c.type}`, c.type, c.rows, c.cols);
     const maxTokens = c.m + 3;
-    const x = randomF32(maxTokens * c.cols, 4);
-    const xBuf = gpu.buffer("x", x.byteLength, x);
-    const step = new StepParams(gpu, maxTokens);
+    const { weight, w, x, xBuf, step } = productCase(gpu, c, maxTokens, 4);
     const want = products(toHalf(w), toHalf(x), c.m, c.rows, c.cols);
     for (const tuning of tunings) {
       const y = nanBuffer(gpu, "y", maxTokens * c.rows);

@@ -10,7 +10,7 @@ import {
 } from "../src/gpu/ops/matmul.ts";
 import { StepParams } from "../src/gpu/ops/op.ts";
 import { compareLinear, randomWeight } from "./gpu_quant_data.ts";
-import { nanBuffer, randomF32, runOps } from "./gpu_ops_helpers.ts";
+import { nanBuffer, productCase, runOps } from "./gpu_ops_helpers.ts";
 
 Deno.test("prefill split K: the rule doubles while tiles are few, the parts fit and ranges keep 256 columns", () => {
   // 16 row tiles × 4 token tiles of 128 = 64 tiles: 4 splits (256 workgroups).
@@ -32,12 +32,9 @@ Deno.test("gpu matmul: split-K parts add up to the product, every element of eac
     { type: "F32", rows: 19, cols: 520, m: 2, maxTokens: 9 }, // 2 splits, the last range ragged
   ];
   for (const c of cases) {
-    const { weight, w } = randomWeight(gpu, `w.${c.type}`, c.type, c.rows, c.cols);
-    const x = randomF32(c.maxTokens * c.cols);
-    const xBuf = gpu.buffer("x", x.byteLength, x);
+    const { weight, w, x, xBuf, step } = productCase(gpu, c, c.maxTokens);
     const yFloats = splitKOutputFloats(4, c.maxTokens, c.rows);
     const yBuf = nanBuffer(gpu, "y", yFloats);
-    const step = new StepParams(gpu, c.maxTokens);
     const op = createMatmul(gpu, {
       label: "mm",
       weight,

@@ -21,7 +21,7 @@ import {
   typeOf,
   TYPES,
 } from "./gpu_quant_data.ts";
-import { nanBuffer, randomF32 as nonZeroF32, runOps, untouchedPast } from "./gpu_ops_helpers.ts";
+import { nanBuffer, productCase, randomF32 as nonZeroF32, runOps, untouchedPast } from "./gpu_ops_helpers.ts";
 
 /** Runs `op` once with `m` tokens and returns y ([maxTokens][rows], NaN where not written). */
 export async function runLinear(gpu: Gpu, op: GpuOp, step: StepParams, m: number, y: GPUBuffer) {
@@ -218,11 +218,8 @@ Deno.test("gpu matmul: prefill variants (unrolled K, late fetch, 32-token tiles)
   const tunings = prefillVariants(gpu);
   ok(tunings.length >= 5, `only ${tunings.length} variants fit`);
   for (const c of VARIANT_CASES) {
-    const { weight, w } = randomWeight(gpu, `w.${c.type}`, c.type, c.rows, c.cols);
     const maxTokens = c.m + 3; // dispatch sized past m: the extra rows must stay untouched
-    const x = nonZeroF32(maxTokens * c.cols);
-    const xBuf = gpu.buffer("x", x.byteLength, x);
-    const step = new StepParams(gpu, maxTokens);
+    const { weight, w, x, xBuf, step } = productCase(gpu, c, maxTokens);
     for (const tuning of tunings) {
       const yBuf = nanBuffer(gpu, "y", maxTokens * c.rows);
       const op = createMatmul(gpu, { label: "mm", weight, x: xBuf, y: yBuf, maxTokens, step, tuning });

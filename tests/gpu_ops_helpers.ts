@@ -2,8 +2,9 @@
 
 import { fail, ok } from "node:assert/strict";
 import type { Gpu } from "../src/gpu/device.ts";
-import type { GpuOp, StepParams } from "../src/gpu/ops/op.ts";
+import { type GpuOp, StepParams } from "../src/gpu/ops/op.ts";
 import type { GpuWeight } from "../src/gpu/weights.ts";
+import { randomWeight } from "./gpu_quant_data.ts";
 import { type GGUFFile, openGGUF } from "../src/gguf/reader.ts";
 import { hparamsFromGGUF, type LlamaHParams } from "../src/model/hparams.ts";
 import { type SynthType, writeSyntheticModel } from "../src/model/synth.ts";
@@ -154,4 +155,19 @@ export function subgroupsOrEmulated(gpu: Gpu, minSize: number): true | "emulated
 /** As {@link subgroupsOrEmulated} for the decode products' subgroup sums, which need subgroups all 32 wide. */
 export function subgroupReduceOrEmulated(gpu: Gpu): true | "emulated" {
   return gpu.subgroups?.minSize === 32 && gpu.subgroups.maxSize === 32 ? true : "emulated";
+}
+
+/**
+ * A prefill product's test case: a random `type` weight of `rows` × `cols` with its dequantised values `w`,
+ * `maxTokens` rows of input `x` (never zero, times `xScale`) in `xBuf`, and step parameters sized for them.
+ */
+export function productCase(
+  gpu: Gpu,
+  c: { type: string; rows: number; cols: number },
+  maxTokens: number,
+  xScale = 1,
+): { weight: GpuWeight; w: Float32Array; x: Float32Array; xBuf: GPUBuffer; step: StepParams } {
+  const { weight, w } = randomWeight(gpu, `w.${c.type}`, c.type, c.rows, c.cols);
+  const x = randomF32(maxTokens * c.cols, xScale);
+  return { weight, w, x, xBuf: gpu.buffer("x", x.byteLength, x), step: new StepParams(gpu, maxTokens) };
 }
