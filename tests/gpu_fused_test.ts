@@ -16,7 +16,7 @@ import { createRope } from "../src/gpu/ops/rope.ts";
 import { typeInfo } from "../src/gguf/types.ts";
 import { rope, ropeInverseFrequencies } from "../src/model/ops.ts";
 import { products, randomF32, randomWeight, typeOf } from "./gpu_quant_data.ts";
-import { nanBuffer as nans, runOps, untouchedPast } from "./gpu_ops_helpers.ts";
+import { gateUpCase, nanBuffer as nans, runOps, untouchedPast } from "./gpu_ops_helpers.ts";
 import type { QkvRopeCase } from "./gpu_qkv_rope_check.ts";
 
 const silu = (v: number) => v / (1 + Math.exp(-v));
@@ -45,23 +45,11 @@ Deno.test("gpu fused: gate/up + SwiGLU matches the CPU reference at odd shapes",
   ];
   for (const c of cases) {
     const cols = c.blocks * typeInfo(typeOf(c.type), c.type).blockSize;
-    const gate = randomWeight(gpu, "ffn_gate", c.type, c.rows, cols);
-    const up = randomWeight(gpu, "ffn_up", c.type, c.rows, cols);
     const maxTokens = c.m + 2;
     const x = randomF32(maxTokens * cols);
-    const xBuf = gpu.buffer("x", x.byteLength, x);
+    const { gate, up, xBuf, step, fields } = gateUpCase(gpu, c.type, c.rows, cols, x);
     const out = nans(gpu, "out", maxTokens * c.rows);
-    const step = new StepParams(gpu, maxTokens);
-    const op = createGateUpSwiGlu(gpu, {
-      label: "ffn_gate_up",
-      gate: gate.weight,
-      up: up.weight,
-      x: xBuf,
-      out,
-      maxTokens,
-      step,
-      tuning: { tokensPerWorkgroup: 4 },
-    });
+    const op = createGateUpSwiGlu(gpu, { ...fields(out), tuning: { tokensPerWorkgroup: 4 } });
     const [got] = await runOps(gpu, [op], step, c.m, 0, [out]);
     const g = products(gate.w, x, c.m, c.rows, cols);
     const u = products(up.w, x, c.m, c.rows, cols);
@@ -131,22 +119,11 @@ Deno.test("gpu fused: prefill gate/up + SwiGLU matmul matches the CPU reference 
   ];
   for (const c of cases) {
     const cols = c.blocks * typeInfo(typeOf(c.type), c.type).blockSize;
-    const gate = randomWeight(gpu, "ffn_gate", c.type, c.rows, cols);
-    const up = randomWeight(gpu, "ffn_up", c.type, c.rows, cols);
     const maxTokens = c.m + 2;
     const x = randomF32(maxTokens * cols);
-    const xBuf = gpu.buffer("x", x.byteLength, x);
+    const { gate, up, xBuf, step, fields } = gateUpCase(gpu, c.type, c.rows, cols, x);
     const out = nans(gpu, "out", maxTokens * c.rows);
-    const step = new StepParams(gpu, maxTokens);
-    const op = createGateUpSwiGluMatmul(gpu, {
-      label: "ffn_gate_up",
-      gate: gate.weight,
-      up: up.weight,
-      x: xBuf,
-      out,
-      maxTokens,
-      step,
-    });
+    const op = createGateUpSwiGluMatmul(gpu, fields(out));
     const [got] = await runOps(gpu, [op], step, c.m, 0, [out]);
     const g = products(gate.w, x, c.m, c.rows, cols);
     const u = products(up.w, x, c.m, c.rows, cols);

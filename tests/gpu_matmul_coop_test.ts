@@ -16,7 +16,15 @@ import {
 } from "../src/gpu/ops/matmul.ts";
 import { StepParams } from "../src/gpu/ops/op.ts";
 import { products, randomWeight } from "./gpu_quant_data.ts";
-import { nanBuffer, productCase, qkvFields, randomF32, runOps, untouchedPast } from "./gpu_ops_helpers.ts";
+import {
+  gateUpCase,
+  nanBuffer,
+  productCase,
+  qkvFields,
+  randomF32,
+  runOps,
+  untouchedPast,
+} from "./gpu_ops_helpers.ts";
 import { checkRoundedProducts, checkRoundedSwiGlu, type RoundedProducts, toHalf } from "./half_rounded.ts";
 
 const TUNING = { coop: true };
@@ -110,25 +118,15 @@ Deno.test("gpu matmul coop: fused gate/up + SwiGLU (entry swiglu)", async () => 
   if (!gpu.hasF16) return;
   for (const [rows, cols, m, tiles] of [[70, 96, 37, 64], [200, 64, 65, 128], [130, 48, 150, 64]]) {
     const maxTokens = m + 2;
-    const gate = randomWeight(gpu, "ffn_gate", "F16", rows, cols);
-    const up = randomWeight(gpu, "ffn_up", "F16", rows, cols);
     const x = randomF32(maxTokens * cols, 4);
-    const xBuf = gpu.buffer("x", x.byteLength, x);
-    const step = new StepParams(gpu, maxTokens);
+    const { gate, up, xBuf, step, fields } = gateUpCase(gpu, "F16", rows, cols, x);
     const g = products(toHalf(gate.w), toHalf(x), m, rows, cols);
     const u = products(toHalf(up.w), toHalf(x), m, rows, cols);
     const out = nanBuffer(gpu, "out", maxTokens * rows);
-    const op = await compiled(gpu, () =>
-      createGateUpSwiGluMatmul(gpu, {
-        label: "ffn_gate_up",
-        gate: gate.weight,
-        up: up.weight,
-        x: xBuf,
-        out,
-        maxTokens,
-        step,
-        tuning: { coop: true, coopTileTokens: tiles },
-      }));
+    const op = await compiled(
+      gpu,
+      () => createGateUpSwiGluMatmul(gpu, { ...fields(out), tuning: { coop: true, coopTileTokens: tiles } }),
+    );
     const [got] = await runOps(gpu, [op], step, m, 0, [out]);
     const what = `gate/up rows=${rows} cols=${cols} m=${m} tiles of ${tiles}`;
     checkRoundedSwiGlu(what, got, g, u, m * rows, BOUND);

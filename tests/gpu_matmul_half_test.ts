@@ -9,7 +9,15 @@ import { createGateUpSwiGluMatmul } from "../src/gpu/ops/fused.ts";
 import { createMatmul, createQkvMatmul, matmulShape, type MatmulTuning } from "../src/gpu/ops/matmul.ts";
 import { StepParams } from "../src/gpu/ops/op.ts";
 import { products, randomWeight } from "./gpu_quant_data.ts";
-import { nanBuffer, productCase, qkvFields, randomF32, runOps, untouchedPast } from "./gpu_ops_helpers.ts";
+import {
+  gateUpCase,
+  nanBuffer,
+  productCase,
+  qkvFields,
+  randomF32,
+  runOps,
+  untouchedPast,
+} from "./gpu_ops_helpers.ts";
 import { checkRoundedProducts, checkRoundedSwiGlu, type RoundedProducts, toHalf } from "./half_rounded.ts";
 
 /**
@@ -111,25 +119,13 @@ Deno.test("gpu matmul half: fused gate/up + SwiGLU (entry swiglu) with f16 produ
   if (!gpu.hasF16) return; // no shader-f16: the products stay f32 (matmulShape refuses `half`)
   const [rows, cols, m] = [70, 96, 37];
   const maxTokens = m + 2;
-  const gate = randomWeight(gpu, "ffn_gate", "F16", rows, cols);
-  const up = randomWeight(gpu, "ffn_up", "F16", rows, cols);
   const x = randomF32(maxTokens * cols, 4);
-  const xBuf = gpu.buffer("x", x.byteLength, x);
-  const step = new StepParams(gpu, maxTokens);
+  const { gate, up, xBuf, step, fields } = gateUpCase(gpu, "F16", rows, cols, x);
   const g = products(toHalf(gate.w), toHalf(x), m, rows, cols);
   const u = products(toHalf(up.w), toHalf(x), m, rows, cols);
   for (const tuning of halfTunings(gpu)) {
     const out = nanBuffer(gpu, "out", maxTokens * rows);
-    const op = createGateUpSwiGluMatmul(gpu, {
-      label: "ffn_gate_up",
-      gate: gate.weight,
-      up: up.weight,
-      x: xBuf,
-      out,
-      maxTokens,
-      step,
-      tuning,
-    });
+    const op = createGateUpSwiGluMatmul(gpu, { ...fields(out), tuning });
     const [got] = await runOps(gpu, [op], step, m, 0, [out]);
     const per = (matmulShape(gpu, "g", maxTokens, 2, tuning).kStep + 1) * 2 ** -11;
     const what = `gate/up ${JSON.stringify(tuning)}`;

@@ -17,11 +17,17 @@ import {
   products,
   randomBlocks,
   randomF32,
-  randomWeight,
   typeOf,
   TYPES,
 } from "./gpu_quant_data.ts";
-import { nanBuffer, productCase, randomF32 as nonZeroF32, runOps, untouchedPast } from "./gpu_ops_helpers.ts";
+import {
+  gateUpCase,
+  nanBuffer,
+  productCase,
+  randomF32 as nonZeroF32,
+  runOps,
+  untouchedPast,
+} from "./gpu_ops_helpers.ts";
 
 /** Runs `op` once with `m` tokens and returns y ([maxTokens][rows], NaN where not written). */
 export async function runLinear(gpu: Gpu, op: GpuOp, step: StepParams, m: number, y: GPUBuffer) {
@@ -242,26 +248,14 @@ Deno.test("gpu matmul: fused gate/up + SwiGLU prefill variants match the CPU ref
   // Q8_0: three paired tiles of 64 rows, the last one partial.
   const cases = VARIANT_CASES.filter((c) => ["Q4_K", "Q8_0", "F32"].includes(c.type));
   for (const c of cases) {
-    const gate = randomWeight(gpu, "ffn_gate", c.type, c.rows, c.cols);
-    const up = randomWeight(gpu, "ffn_up", c.type, c.rows, c.cols);
     const maxTokens = c.m + 2;
     const x = nonZeroF32(maxTokens * c.cols);
-    const xBuf = gpu.buffer("x", x.byteLength, x);
-    const step = new StepParams(gpu, maxTokens);
+    const { gate, up, xBuf, step, fields } = gateUpCase(gpu, c.type, c.rows, c.cols, x);
     const g = products(gate.w, x, c.m, c.rows, c.cols);
     const u = products(up.w, x, c.m, c.rows, c.cols);
     for (const tuning of prefillVariants(gpu)) {
       const out = nanBuffer(gpu, "out", maxTokens * c.rows);
-      const op = createGateUpSwiGluMatmul(gpu, {
-        label: "ffn_gate_up",
-        gate: gate.weight,
-        up: up.weight,
-        x: xBuf,
-        out,
-        maxTokens,
-        step,
-        tuning,
-      });
+      const op = createGateUpSwiGluMatmul(gpu, { ...fields(out), tuning });
       const [got] = await runOps(gpu, [op], step, c.m, 0, [out]);
       const what = `${c.type} rows=${c.rows} cols=${c.cols} m=${c.m} ${JSON.stringify(tuning)}`;
       for (let i = 0; i < c.m * c.rows; i++) {

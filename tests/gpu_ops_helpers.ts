@@ -171,3 +171,26 @@ export function productCase(
   const x = randomF32(maxTokens * c.cols, xScale);
   return { weight, w, x, xBuf: gpu.buffer("x", x.byteLength, x), step: new StepParams(gpu, maxTokens) };
 }
+
+/**
+ * A gate/up test case: random `type` gate and up weights of `rows` × `cols` (with their dequantised values
+ * `w`), the input `x` ([maxTokens][cols]) in `xBuf`, step parameters sized for it, and `fields(out)`: what
+ * the gate/up ops take besides their tuning, writing `out`.
+ */
+export function gateUpCase(gpu: Gpu, type: string, rows: number, cols: number, x: Float32Array) {
+  const gate = randomWeight(gpu, "ffn_gate", type, rows, cols);
+  const up = randomWeight(gpu, "ffn_up", type, rows, cols);
+  const maxTokens = x.length / cols;
+  const xBuf = gpu.buffer("x", x.byteLength, x);
+  const step = new StepParams(gpu, maxTokens);
+  const fields = (out: GPUBuffer) => ({
+    label: "ffn_gate_up",
+    gate: gate.weight,
+    up: up.weight,
+    x: xBuf,
+    out,
+    maxTokens,
+    step,
+  });
+  return { gate, up, xBuf, step, fields };
+}
