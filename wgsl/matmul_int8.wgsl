@@ -49,6 +49,10 @@ override k_blocks: u32 = 2u; // 32-value blocks staged per step: 2 or 4
 override units_per_thread: u32 = 1u; // k_blocks / 2: W units (and X vec4s) per thread and step
 override paired: bool = false; // gate rows in the tile's first half, up rows in its second, SwiGLU written
 override stacked: bool = false; // row tiles of W_a, then W_b, then W_c, each writing its own output
+// Every weight of the dispatch has one scale per 32-value unit (scale.x = scale.y: all types but Q6_K): the
+// two halves' integer sums are added before their one conversion to f32 (conversions run at a fraction of
+// the rate of the integer dot products).
+override single_scale: bool = false;
 
 // One 32-value sub-block of a weight row (see wgsl/int8_units.wgsl).
 struct Int8Unit {
@@ -186,9 +190,14 @@ fn tile_products(n0: u32, t0: u32, m: u32, tid: u32, which: u32, kb_begin: u32, 
         let xs = x_scale[b * TILE_TOKENS + t];
         // @unroll
         for (var i = 0u; i < 4u; i++) {
-          let lo = f32(dot16(wv[2u * i], x0));
-          let hi = f32(dot16(wv[2u * i + 1u], x1));
-          acc[8u * i + j] += xs.x * (ws[i].x * lo + ws[i].y * hi) - wo[i] * xs.y;
+          if (single_scale) {
+            let both = f32(dot16(wv[2u * i], x0) + dot16(wv[2u * i + 1u], x1));
+            acc[8u * i + j] += xs.x * (ws[i].x * both) - wo[i] * xs.y;
+          } else {
+            let lo = f32(dot16(wv[2u * i], x0));
+            let hi = f32(dot16(wv[2u * i + 1u], x1));
+            acc[8u * i + j] += xs.x * (ws[i].x * lo + ws[i].y * hi) - wo[i] * xs.y;
+          }
         }
       }
     }

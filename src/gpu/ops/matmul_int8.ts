@@ -363,6 +363,9 @@ function checkKBlocks(gpu: Gpu, label: string, kBlocks = K_BLOCKS): number {
  * `wgsl/matmul_int8.wgsl` for weights of `types` (W_a, W_b and, stacked, W_c; a missing one repeats the
  * first) in one of its forms: plain, paired (gate/up + SwiGLU) or stacked (Q, K and V).
  */
+/** Integer-viewable types with a scale per 16 values (two per 32-value unit); the others have one. */
+const TWO_SCALE_TYPES = new Set(["Q6_K"]);
+
 function int8Kernel(
   gpu: Gpu,
   types: string[],
@@ -377,6 +380,7 @@ function int8Kernel(
       units_per_thread: kBlocks / 2,
       paired: form === "paired" ? 1 : 0,
       stacked: form === "stacked" ? 1 : 0,
+      single_scale: types.every((type) => !TWO_SCALE_TYPES.has(type)) ? 1 : 0,
     },
     {
       INT8_UNITS_A: int8UnitSource(types[0], "a"),
