@@ -41,6 +41,8 @@
  *                                                     "decode-row-lengths" rows)
  *                        [--ablate-decode-ops ROLE,…]  (timing only: decode leaves out the layers' ops
  *                                                      of these roles, e.g. attn_output: "decode-skip-…" rows)
+ *                        [--repeat-decode-ops ROLE,…]  (timing only: decode runs the layers' ops of these
+ *                                                      roles twice in a row: "decode-repeat-…" rows)
  *                        [--decode-lane-merge flat|tree]  (decode attention's merge of its key lanes:
  *                                               "decode-merge-X" rows)
  *                        [--decode-shared-queries]  (decode attention's queries in workgroup memory, not
@@ -179,6 +181,7 @@ const { values } = benchFlags(import.meta.url, () =>
       "decode-subgroup-reduce": { type: "boolean" },
       "ablate-decode-attention": { type: "string" },
       "ablate-decode-ops": { type: "string" },
+      "repeat-decode-ops": { type: "string" },
       "max-batch": { type: "string" },
       "matvec-tuning": { type: "string" },
       "f32-prefill": { type: "boolean" },
@@ -300,6 +303,14 @@ for (const role of skipOps ?? []) {
     flagError(`--ablate-decode-ops: unknown role ${role} (${knownRoles.join(", ")})`);
   }
 }
+// --repeat-decode-ops ROLE,…: timing only (rows named "decode-repeat-ROLE+…", their logits wrong where a
+// repeated op adds into the residual stream).
+const repeatOps = values["repeat-decode-ops"]?.split(",").filter((r) => r !== "");
+for (const role of repeatOps ?? []) {
+  if (!knownRoles.includes(role)) {
+    flagError(`--repeat-decode-ops: unknown role ${role} (${knownRoles.join(", ")})`);
+  }
+}
 // --no-chain-gates: with the wgkv policy, decode with each layer's write gate in two dispatches (rows named
 // "decode-unchained-gates", for every policy, as above).
 const chainWriteGates = !values["no-chain-gates"];
@@ -321,6 +332,7 @@ const decodeAttention: Partial<GpuModelOptions> = {
   decodeSubgroupReduce,
   decodeAttentionAblation: ablation,
   decodeSkipOps: skipOps,
+  decodeRepeatOps: repeatOps,
 };
 const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? "" : "-unfused-append") +
   wgkvAppendSuffix + (chainWriteGates ? "" : "-unchained-gates") +
@@ -337,7 +349,8 @@ const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? 
   (decodeSubgroups ? "-subgroups" : "") +
   (decodeSubgroupReduce ? "-subgroup-reduce" : "") +
   (ablation ? `-ablate-${ablation}` : "") +
-  (skipOps?.length ? `-skip-${skipOps.join("+")}` : "");
+  (skipOps?.length ? `-skip-${skipOps.join("+")}` : "") +
+  (repeatOps?.length ? `-repeat-${repeatOps.join("+")}` : "");
 // --prefill-splits N: prefill attention with N key splits per KV head (rows named "prefill-splitsN").
 // (without it, the model's default for the policy).
 const prefillSplits = values["prefill-splits"] === undefined ? undefined : Number(values["prefill-splits"]);

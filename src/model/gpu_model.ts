@@ -279,6 +279,12 @@ export interface GpuModelOptions {
    * the chain. Default: none.
    */
   decodeSkipOps?: readonly string[];
+  /**
+   * For benchmarks only, where the logits may then be wrong (a product that adds into the residual stream
+   * adds twice): decode runs the layers' ops of these roles twice in a row, to see what each costs right
+   * after itself rather than after the op before it in the chain. Default: none.
+   */
+  decodeRepeatOps?: readonly string[];
 }
 
 /**
@@ -1101,9 +1107,7 @@ export class GpuModel {
       prefillEmbed: prefill.embed,
       decodeEmbed: decode.embed,
       prefill: prefill.ops,
-      decode: options.decodeSkipOps
-        ? decode.ops.filter((op) => !options.decodeSkipOps!.includes(op.label.replace(/^blk\.\d+\./, "")))
-        : decode.ops,
+      decode: ablatedDecodeOps(decode.ops, options.decodeSkipOps ?? [], options.decodeRepeatOps ?? []),
       tail: [...optional(prefill.outputNorm), copyLast, outputOp, argmax],
       sampleTail: [...optional(prefill.outputNorm), copyLast, outputOp, sample],
       decodeTail: [decodeOutputOp, argmax],
@@ -1437,6 +1441,18 @@ export interface KvUsage {
   fullBytes: number;
   /** Dual-cache details (admitted fraction per layer and head, global tokens). */
   dual?: DualCacheStats;
+}
+
+/**
+ * The decode ops with the layers' ops of the roles in `skip` left out and those in `repeat` run twice in a
+ * row (`GpuModelOptions.decodeSkipOps`, `decodeRepeatOps`: timing only). A role is an op's label without
+ * its `blk.N.` prefix.
+ */
+function ablatedDecodeOps(ops: GpuOp[], skip: readonly string[], repeat: readonly string[]): GpuOp[] {
+  const role = (op: GpuOp) => op.label.replace(/^blk\.\d+\./, "");
+  return ops.filter((op) => !skip.includes(role(op))).flatMap((op) =>
+    repeat.includes(role(op)) ? [op, op] : [op]
+  );
 }
 
 /** Default share of a full cache reserved for admitted tokens beyond the window. */

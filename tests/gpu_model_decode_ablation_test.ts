@@ -1,0 +1,26 @@
+import { deepEqual, notDeepEqual } from "node:assert/strict";
+import { getGpu } from "../src/gpu/device.ts";
+import { GpuModel, type GpuModelOptions } from "../src/model/gpu_model.ts";
+import { withTinyModel } from "./gpu_ops_helpers.ts";
+
+Deno.test("gpu model: decode ablations for benchmarks leave ops out or run them twice", async () => {
+  const gpu = await getGpu();
+  await withTinyModel(async (file, hp) => {
+    const decodeLogits = async (options: Partial<GpuModelOptions>) => {
+      const model = await GpuModel.load(gpu, file, hp, { contextLength: 32, maxBatch: 16, ...options });
+      try {
+        const prompt = Array.from({ length: 5 }, (_, i) => (i * 7919 + 3) % hp.nVocab);
+        await model.forward(prompt, 0, "logits");
+        return Array.from(await model.forward([3], prompt.length, "logits"));
+      } finally {
+        model.destroy();
+      }
+    };
+    const want = await decodeLogits({});
+    // Q, K and V (with their KV store) and gate/up write the same values when run again.
+    deepEqual(await decodeLogits({ decodeRepeatOps: ["attn_qkv", "ffn_gate_up"] }), want);
+    // attn_output adds into the residual stream: twice is another result; so is leaving gate/up out.
+    notDeepEqual(await decodeLogits({ decodeRepeatOps: ["attn_output"] }), want);
+    notDeepEqual(await decodeLogits({ decodeSkipOps: ["ffn_gate_up"] }), want);
+  });
+});
