@@ -359,13 +359,13 @@ function checkKBlocks(gpu: Gpu, label: string, kBlocks = K_BLOCKS): number {
   return kBlocks;
 }
 
+/** Integer-viewable types with a scale per 16 values (two per 32-value unit); the others have one. */
+const TWO_SCALE_TYPES = new Set(["Q6_K"]);
+
 /**
  * `wgsl/matmul_int8.wgsl` for weights of `types` (W_a, W_b and, stacked, W_c; a missing one repeats the
  * first) in one of its forms: plain, paired (gate/up + SwiGLU) or stacked (Q, K and V).
  */
-/** Integer-viewable types with a scale per 16 values (two per 32-value unit); the others have one. */
-const TWO_SCALE_TYPES = new Set(["Q6_K"]);
-
 function int8Kernel(
   gpu: Gpu,
   types: string[],
