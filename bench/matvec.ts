@@ -9,7 +9,7 @@
  *
  * usage: deno run -A bench/matvec.ts [--types Q4_K,Q6_K,Q8_0,F16] [--shapes 8b,1b | 8b.ffn_down,…]
  *          [--tunings '[{}, {"unitsPerStep": 2}, {"workgroupSize": 128, "rowsPerWorkgroup": 2}]']
- *          [--tokens 1,4] [--min-mb 320] [--out out/matvec.json] [--quick]
+ *          [--tokens 1,4] [--min-mb 320] [--out out/matvec.json] [--quick] [--interleave]
  *
  * A tuning is a `MatvecTuning` (workgroupSize, rowsPerWorkgroup, tokensPerWorkgroup, unitsPerStep), used
  * for the plain and the fused ops alike; `{}` is the default choice. A tuning an op rejects (e.g. an odd
@@ -18,6 +18,9 @@
  * adapters) runs small "tiny" shapes with few copies and dispatches: it shows that everything runs, not speed.
  * Shapes named `…_folded` take their input as the consumer of a folded RMSNorm (reading the producer's
  * partial sums, one per 4 rows of the product before), as the model's gate/up and QKV do at decode.
+ * `--interleave` (one token count) then also times the shapes' ops taking turns (A, B, A, B, …, each
+ * dispatch after an op of another shape, as the model's decode chain runs them) per type and tuning, and
+ * prints the time of a round against the sum of the shapes' times alone: what changing kernels costs.
  *
  * @module
  */
@@ -29,7 +32,7 @@ import { createCopy } from "../src/gpu/ops/copy.ts";
 import { createGateUpSwiGlu, createQkvMatvec } from "../src/gpu/ops/fused.ts";
 import { createMatvec, type MatvecTuning } from "../src/gpu/ops/matmul.ts";
 import { unitSection } from "../src/gpu/ops/matvec_units.ts";
-import { StepParams } from "../src/gpu/ops/op.ts";
+import { type GpuOp, StepParams } from "../src/gpu/ops/op.ts";
 import { ropeInverseFrequencies } from "../src/model/ops.ts";
 import type { GpuWeight } from "../src/gpu/weights.ts";
 import { GGMLType, typeInfo } from "../src/gguf/types.ts";
@@ -105,6 +108,7 @@ const { values } = benchFlags(import.meta.url, () =>
       "min-mb": { type: "string" },
       out: { type: "string" },
       quick: { type: "boolean" },
+      interleave: { type: "boolean" },
     },
   }));
 
@@ -130,6 +134,10 @@ if (!Array.isArray(tunings)) flagError("--tunings: expected a JSON array of tuni
 const tokenCounts = list(values.tokens, "1").map(Number);
 const minBytes = Number(values["min-mb"] ?? (quick ? 2 : 320)) * 1e6;
 const outPath = values.out ?? "out/matvec.json";
+const interleave = values.interleave ?? false;
+if (interleave && (tokenCounts.length !== 1 || shapes.length < 2)) {
+  flagError("--interleave needs one --tokens value and at least two shapes");
+}
 
 const gpu = await getGpu({ profile: true });
 console.error(
@@ -148,7 +156,29 @@ async function copyGBs(gpu: Gpu): Promise<number> {
   return 2 * floats * 4 / us / 1e3;
 }
 
-const results = { device: gpu.description, date: new Date().toISOString(), copyGBs: 0, rows: [] as Row[] };
+/** The ops of the shapes taking turns (`--interleave`): a round's time against the shapes' times alone. */
+interface InterleavedRow {
+  shapes: string[];
+  type: string;
+  tokens: number;
+  tuning: MatvecTuning;
+  /** Microseconds per round (one op of each shape). */
+  us?: number;
+  /** Sum of the shapes' microseconds per op, each timed alone. */
+  aloneUs: number;
+  error?: string;
+}
+
+const results = {
+  device: gpu.description,
+  date: new Date().toISOString(),
+  copyGBs: 0,
+  rows: [] as Row[],
+  interleaved: [] as InterleavedRow[],
+};
+// --interleave: each (type, tuning)'s ops and time alone per shape, kept until the rounds are timed.
+const kept = new Map<string, { shape: string; ops: GpuOp[]; us: number }[]>();
+const cleanups: (() => void)[] = [];
 results.copyGBs = await copyGBs(gpu);
 console.error(`copy bandwidth: ${results.copyGBs.toFixed(0)} GB/s (read + write)`);
 
@@ -228,6 +258,10 @@ for (const shape of shapes) {
           });
           row.us = (await timeOps(gpu, ops, quick)).us;
           row.gbs = bytes / row.us / 1e3;
+          if (interleave) {
+            const key = JSON.stringify([type, tuning]);
+            kept.set(key, [...kept.get(key) ?? [], { shape: shape.name, ops, us: row.us }]);
+          }
         } catch (e) {
           row.error = e instanceof Error ? e.message : String(e);
         }
@@ -245,12 +279,43 @@ for (const shape of shapes) {
         console.error(table[table.length - 1].join("  "));
       }
     }
-    for (const ws of sets) for (const w of ws) w.destroy();
-    for (const b of [x, ...outs]) b.destroy();
-    if (norm) norm.sums.destroy();
-    step.buffer.destroy();
+    const cleanup = () => {
+      for (const ws of sets) for (const w of ws) w.destroy();
+      for (const b of [x, ...outs]) b.destroy();
+      if (norm) norm.sums.destroy();
+      step.buffer.destroy();
+    };
+    if (interleave) cleanups.push(cleanup);
+    else cleanup();
   }
 }
+
+for (const [key, entries] of kept) {
+  if (entries.length < 2) continue;
+  const [type, tuning] = JSON.parse(key) as [string, MatvecTuning];
+  const row: InterleavedRow = {
+    shapes: entries.map((e) => e.shape),
+    type,
+    tokens: tokenCounts[0],
+    tuning,
+    aloneUs: entries.reduce((sum, e) => sum + e.us, 0),
+  };
+  const rounds = Math.max(...entries.map((e) => e.ops.length));
+  const ops = Array.from({ length: rounds }, (_, i) => entries.map((e) => e.ops[i % e.ops.length])).flat();
+  try {
+    row.us = (await timeOps(gpu, ops, quick)).us * entries.length;
+  } catch (e) {
+    row.error = e instanceof Error ? e.message : String(e);
+  }
+  results.interleaved.push(row);
+  saveJson(outPath, results);
+  console.error(
+    `interleaved ${row.shapes.join(" + ")} ${type} ${JSON.stringify(tuning)}: ` +
+      (row.us === undefined ? `error: ${row.error}` : `${row.us.toFixed(1)} µs per round`) +
+      ` against ${row.aloneUs.toFixed(1)} µs alone`,
+  );
+}
+for (const cleanup of cleanups) cleanup();
 
 const widths = header.map((h, i) => Math.max(h.length, ...table.map((r) => r[i].length)));
 const line = (cells: string[]) =>
@@ -264,5 +329,12 @@ const errors = new Set(
   ),
 );
 for (const e of errors) console.log(`error: ${e}`);
+for (const r of results.interleaved) {
+  console.log(
+    `interleaved ${r.shapes.join(" + ")} ${r.type} ${JSON.stringify(r.tuning)}: ` +
+      (r.us === undefined ? "error" : `${r.us.toFixed(1)} µs per round`) +
+      ` against ${r.aloneUs.toFixed(1)} µs alone`,
+  );
+}
 saveJson(outPath, results);
 console.error(`wrote ${outPath}`);

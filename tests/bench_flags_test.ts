@@ -120,3 +120,32 @@ Deno.test("bench dispatch: --quick times every way of recording and writes them 
     await Deno.remove(out).catch(() => {});
   }
 });
+
+Deno.test("bench:matvec --interleave times the shapes' ops taking turns and writes the round", async () => {
+  const out = await Deno.makeTempFile({ suffix: ".json" });
+  try {
+    const args = ["--quick", "--types", "Q4_K", "--interleave", "--out", out];
+    const r = await runBench("matvec.ts", [...args, "--shapes", "tiny.matvec,tiny.down"]);
+    equal(r.code, 0, r.stderr);
+    match(
+      r.stdout,
+      /^interleaved tiny\.matvec \+ tiny\.down Q4_K \{\}: [\d.]+ µs per round against [\d.]+ µs alone$/m,
+    );
+    const saved = JSON.parse(await Deno.readTextFile(out));
+    equal(saved.interleaved.length, 1);
+    ok(saved.interleaved[0].us > 0 && saved.interleaved[0].aloneUs > 0, JSON.stringify(saved.interleaved));
+    const one = await runBench("matvec.ts", [...args, "--shapes", "tiny.matvec"]);
+    equal(one.code, 2, one.stderr);
+    match(one.stderr.trim(), /^bench: --interleave needs one --tokens value and at least two shapes$/);
+  } finally {
+    await Deno.remove(out).catch(() => {});
+  }
+});
+
+Deno.test("bench: --repeat-decode-ops and --ablate-decode-ops refuse an unknown role in one line", async () => {
+  for (const flag of ["--repeat-decode-ops", "--ablate-decode-ops"]) {
+    const r = await runBench("bench.ts", [flag, "attn_qkv,lm_head"]);
+    equal(r.code, 2, r.stderr);
+    match(r.stderr.trim(), new RegExp(`^bench: ${flag}: unknown role lm_head \\(`));
+  }
+});
