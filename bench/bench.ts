@@ -25,6 +25,8 @@
  *                        [--prefill-k-splits N]  (the f32/f16 prefill products into the residual split K
  *                                                 into up to N ranges at short steps, 1: never:
  *                                                 "prefill-ksplitsN" rows)
+ *                        [--prefill-k-split-workgroups N]  (steps whose tiles come to fewer than N
+ *                                                 workgroups split K, default 256: "prefill-ksplitwgN" rows)
  *                        [--prefill-tiling RxK]  (prefill attention with R score rows and K keys per step, e.g.
  *                                                 64x32: "prefill-tilingRxK" rows)
  *                        [--max-batch N]  (prompt tokens per prefill step, default 2048 for the full cache
@@ -167,6 +169,7 @@ const { values } = benchFlags(import.meta.url, () =>
       "no-fuse-decode-reduce": { type: "boolean" },
       "prefill-splits": { type: "string" },
       "prefill-k-splits": { type: "string" },
+      "prefill-k-split-workgroups": { type: "string" },
       "prefill-tiling": { type: "string" },
       "prefill-subgroups": { type: "boolean" },
       "direct-keys": { type: "string" },
@@ -365,6 +368,8 @@ const prefillKSplits = positiveFlag("prefill-k-splits");
 if (prefillKSplits !== undefined && (prefillKSplits & (prefillKSplits - 1)) !== 0) {
   flagError(`--prefill-k-splits must be a power of two, got ${prefillKSplits}`);
 }
+// --prefill-k-split-workgroups N: the workgroups a split step aims for (rows "prefill-ksplitwgN").
+const prefillKSplitWorkgroups = positiveFlag("prefill-k-split-workgroups");
 // --prefill-tiling RxK: prefill attention tiling (rows named "prefill-tilingRxK"; the kernel checks it).
 let prefillTiling: { rows: number; keys: number } | undefined;
 if (values["prefill-tiling"] !== undefined) {
@@ -394,6 +399,7 @@ const f32Decode = values["f32-decode"] === true;
 const int8Decode = f32Decode ? false : undefined;
 const prefillTest = "prefill" + (prefillSplits !== undefined ? `-splits${prefillSplits}` : "") +
   (prefillKSplits !== undefined ? `-ksplits${prefillKSplits}` : "") +
+  (prefillKSplitWorkgroups !== undefined ? `-ksplitwg${prefillKSplitWorkgroups}` : "") +
   (prefillTiling ? `-tiling${prefillTiling.rows}x${prefillTiling.keys}` : "") +
   (maxBatch !== undefined ? `-batch${maxBatch}` : "") + (f32Prefill ? "-f32" : "") +
   (coopPrefill ? "-coop" : "") + (prefillSubgroups ? "-subgroups" : "") + wgkvAppendSuffix;
@@ -520,6 +526,7 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
       fuseWgkvAppend,
       prefillSplits,
       prefillKSplits,
+      prefillKSplitWorkgroups,
       prefillTiling,
       prefillSubgroups,
       matvecTuning,
@@ -702,6 +709,7 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
           chainWriteGates,
           prefillSplits,
           prefillKSplits,
+          prefillKSplitWorkgroups,
           prefillTiling,
           prefillSubgroups,
           int8Prefill,

@@ -21,19 +21,34 @@ Deno.test("prefill split K: the rule doubles while tiles are few, the parts fit 
   equal(prefillKSplits(16, 128, 8192, 1024, 4, 512), 2); // output room for 2 parts of 512 tokens
   equal(prefillKSplits(16, 128, 512, 2048, 4, 512), 2); // 256 columns per range at least
   equal(prefillKSplits(1, 64, 2048, 64, 8, 7), 8);
+  // Another target: 512 workgroups take 8 splits of the 64 tiles, 128 only 2; 4096 columns stop at 16.
+  equal(prefillKSplits(16, 128, 8192, 16384, 16, 512, 512), 8);
+  equal(prefillKSplits(16, 128, 8192, 16384, 16, 512, 128), 2);
+  equal(prefillKSplits(1, 128, 4096, 1 << 20, 64, 512, 1 << 20), 16);
 });
 
 Deno.test("gpu matmul: split-K parts add up to the product, every element of each part written", async () => {
   const gpu = await getGpu();
-  const cases = [
+  const cases: {
+    type: string;
+    rows: number;
+    cols: number;
+    m: number;
+    maxTokens: number;
+    maxSplits?: number;
+    workgroups?: number;
+  }[] = [
     { type: "F16", rows: 33, cols: 1024, m: 5, maxTokens: 21 }, // 4 splits of 256
+    // 8 splits of 256, aiming for more workgroups than the default.
+    { type: "F16", rows: 33, cols: 2048, m: 5, maxTokens: 21, maxSplits: 8, workgroups: 4096 },
     { type: "Q4_K", rows: 7, cols: 2304, m: 3, maxTokens: 13 }, // 4 splits of 576 (ranges inside blocks)
     { type: "Q8_0", rows: 129, cols: 1056, m: 17, maxTokens: 40 }, // 4 splits of 264 (272, 272, 272, 240)
     { type: "F32", rows: 19, cols: 520, m: 2, maxTokens: 9 }, // 2 splits, the last range ragged
   ];
   for (const c of cases) {
     const { weight, w, x, xBuf, step } = productCase(gpu, c, c.maxTokens);
-    const yFloats = splitKOutputFloats(4, c.maxTokens, c.rows);
+    const maxSplits = c.maxSplits ?? 4;
+    const yFloats = splitKOutputFloats(maxSplits, c.maxTokens, c.rows);
     const yBuf = nanBuffer(gpu, "y", yFloats);
     const op = createMatmul(gpu, {
       label: "mm",
@@ -42,13 +57,19 @@ Deno.test("gpu matmul: split-K parts add up to the product, every element of eac
       y: yBuf,
       maxTokens: c.maxTokens,
       step,
-      maxKSplits: 4,
+      maxKSplits: maxSplits,
+      kSplitWorkgroups: c.workgroups,
     });
     ok(op instanceof SplitKMatmulOp);
     ok(op.splitsFor(c.m) > 1, `${c.type}: ${op.splitsFor(c.m)} splits at ${c.m} tokens`);
     for (const m of [c.m, c.maxTokens]) {
       const splits = op.splitsFor(m);
-      equal(splits, prefillKSplits(Math.ceil(c.rows / 128), 64, c.cols, 4 * c.maxTokens, 4, m));
+      const rowTiles = Math.ceil(c.rows / 128);
+      equal(
+        splits,
+        prefillKSplits(rowTiles, 64, c.cols, maxSplits * c.maxTokens, maxSplits, m, c.workgroups),
+      );
+      if (c.workgroups) equal(splits, maxSplits);
       gpu.device.queue.writeBuffer(yBuf, 0, new Float32Array(yFloats).fill(NaN));
       const [got] = await runOps(gpu, [op], step, m, 0, [yBuf]);
       // Part s at s · (m · rows + skew); nothing is written between or past the parts.

@@ -7,8 +7,13 @@ import { relativeError, withTinyModel } from "./gpu_ops_helpers.ts";
 Deno.test("gpu model: prefill products split K at short steps and keep the logits", async () => {
   const gpu = await getGpu();
   await withTinyModel(async (file, hp) => {
-    const logits = async (prefillKSplits: number, length: number) => {
-      const model = await GpuModel.load(gpu, file, hp, { contextLength: 96, maxBatch: 64, prefillKSplits });
+    const logits = async (prefillKSplits: number, length: number, prefillKSplitWorkgroups?: number) => {
+      const model = await GpuModel.load(gpu, file, hp, {
+        contextLength: 96,
+        maxBatch: 64,
+        prefillKSplits,
+        prefillKSplitWorkgroups,
+      });
       try {
         const prompt = Array.from({ length }, (_, i) => (i * 7919 + length) % hp.nVocab);
         const out = [await model.forward(prompt, 0, "logits")];
@@ -20,12 +25,19 @@ Deno.test("gpu model: prefill products split K at short steps and keep the logit
     };
     // A short prompt and one of most of a step: attn_output and ffn_down split K (the residual buffer
     // holds 4 parts of a whole step).
-    for (const length of [13, 40]) {
-      const [a, b] = [await logits(1, length), await logits(4, length)];
+    // And with the split steps aiming for more workgroups than the default (up to 8 ranges; the tiny
+    // model's rows of 512 and 256 values keep 256 columns per range, so 2 at most).
+    const cases: [number, number, number | undefined][] = [[13, 4, undefined], [40, 4, undefined], [
+      40,
+      8,
+      4096,
+    ]];
+    for (const [length, splits, workgroups] of cases) {
+      const [a, b] = [await logits(1, length), await logits(splits, length, workgroups)];
       a.forEach((want, i) => {
         const err = relativeError(b[i], want);
         // f32 sums in another order in every layer.
-        ok(err < 1e-4, `${length} tokens, step ${i}: relative error ${err}`);
+        ok(err < 1e-4, `${length} tokens, ${splits} splits, step ${i}: relative error ${err}`);
       });
     }
     await rejects(GpuModel.load(gpu, file, hp, { contextLength: 96, prefillKSplits: 3 }), BadFlagError);

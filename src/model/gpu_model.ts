@@ -266,6 +266,11 @@ export interface GpuModelOptions {
    * never splits. Default {@link DEFAULT_PREFILL_K_SPLITS}.
    */
   prefillKSplits?: number;
+  /**
+   * Prefill: the workgroups a split step of those products aims for (fewer tiles than this split K;
+   * `kSplitWorkgroups` of `MatmulOptions`). Default 256 (`SPLIT_K_WORKGROUPS` of `src/gpu/ops/matmul.ts`).
+   */
+  prefillKSplitWorkgroups?: number;
   /** Decode attention's steps per tile (see `FlashDecodeOptions.tileSteps`; default by head_dim). */
   decodeTileSteps?: number;
   /**
@@ -620,6 +625,7 @@ export class GpuModel {
     // Prefill products into the residual may split K and write their parts into act.proj: room for all.
     const maxKSplits = checkMaxKSplits("prefillKSplits", options.prefillKSplits ?? DEFAULT_PREFILL_K_SPLITS);
     const projParts = maxBatch > 1 ? maxKSplits : 1;
+    const kSplitWorkgroups = options.prefillKSplitWorkgroups;
     const act: Activations = {
       ids: f32("ids", maxBatch),
       x: f32("x", maxBatch * E),
@@ -726,7 +732,7 @@ export class GpuModel {
         x: Q8Activations,
         y: GPUBuffer,
         maxKSplits = 1,
-      ) => createMatmulInt8(gpu, { label, weight, x, y, maxTokens, step, maxKSplits });
+      ) => createMatmulInt8(gpu, { label, weight, x, y, maxTokens, step, maxKSplits, kSplitWorkgroups });
       // One product; with int8 prefill, its input quantised just before it. `maxKSplits`: a prefill product
       // into act.proj may split K at steps of few tokens (its parts added up by the norm after it).
       const linear = (
@@ -751,7 +757,17 @@ export class GpuModel {
         if (int8(weight)) {
           return int8Product(label, weight, quantize(`${label}_q8`, x, weight.cols), y, maxKSplits);
         }
-        return createMatmul(gpu, { label, weight, x, y, maxTokens, step, tuning: half(weight), maxKSplits });
+        return createMatmul(gpu, {
+          label,
+          weight,
+          x,
+          y,
+          maxTokens,
+          step,
+          tuning: half(weight),
+          maxKSplits,
+          kSplitWorkgroups,
+        });
       };
       // The gather as the first RMSNorm's producer, read by the first layer's fused QKV.
       const foldEmbed = foldable(tokenEmbd) && canFuseQkv(layers[0].wq, layers[0].wk, layers[0].wv);

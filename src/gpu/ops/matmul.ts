@@ -342,6 +342,8 @@ export interface MatmulOptions extends LinearOptions {
    * Default 1: never. Not with cooperative matrices.
    */
   maxKSplits?: number;
+  /** Workgroups a split step aims for ({@link prefillKSplits}; default {@link SPLIT_K_WORKGROUPS}). */
+  kSplitWorkgroups?: number;
 }
 
 /**
@@ -360,9 +362,9 @@ export function splitKOutputFloats(splits: number, maxTokens: number, rows: numb
 
 /**
  * Column ranges a split-K prefill product takes at a step of `nTokens` tokens: doubling from 1 while the
- * product's tiles (`rowTiles` × the step's token tiles of `tileTokens`) stay under
- * {@link SPLIT_K_WORKGROUPS}, the parts fit `capacity` tokens of output (`splits · nTokens ≤ capacity`),
- * every range keeps 256 columns or more, and up to `maxSplits`.
+ * product's tiles (`rowTiles` × the step's token tiles of `tileTokens`) stay under `workgroups`, the parts
+ * fit `capacity` tokens of output (`splits · nTokens ≤ capacity`), every range keeps 256 columns or more,
+ * and up to `maxSplits`.
  */
 export function prefillKSplits(
   rowTiles: number,
@@ -371,11 +373,12 @@ export function prefillKSplits(
   capacity: number,
   maxSplits: number,
   nTokens: number,
+  workgroups: number = SPLIT_K_WORKGROUPS,
 ): number {
   const tiles = rowTiles * ceilDiv(nTokens, tileTokens);
   let splits = 1;
   while (
-    2 * splits <= maxSplits && tiles * splits < SPLIT_K_WORKGROUPS && 2 * splits * nTokens <= capacity &&
+    2 * splits <= maxSplits && tiles * splits < workgroups && 2 * splits * nTokens <= capacity &&
     cols / (2 * splits) >= 256
   ) {
     splits *= 2;
@@ -436,6 +439,8 @@ export interface ProductOpShape {
   rowTiles: number;
   /** `maxKSplits` of the product's options, checked. */
   maxSplits: number;
+  /** Workgroups a split step aims for (`kSplitWorkgroups` of the options; default {@link SPLIT_K_WORKGROUPS}). */
+  kSplitWorkgroups?: number;
 }
 
 /**
@@ -452,8 +457,10 @@ export function productOp(
   const { weight, y, maxTokens, step, tileTokens, rowTiles, maxSplits } = shape;
   if (maxSplits === 1) return new LinearOp(label, kernel, parts);
   checkSlice(label, "y", y, splitKOutputFloats(maxSplits, maxTokens, weight.rows) * 4);
+  const workgroups = shape.kSplitWorkgroups ?? SPLIT_K_WORKGROUPS;
+  checkInt(label, "kSplitWorkgroups", workgroups, 1, 1 << 20);
   const rule = (n: number) =>
-    prefillKSplits(rowTiles, tileTokens, weight.cols, maxSplits * maxTokens, maxSplits, n);
+    prefillKSplits(rowTiles, tileTokens, weight.cols, maxSplits * maxTokens, maxSplits, n, workgroups);
   return new SplitKMatmulOp(label, kernel, parts, step, maxSplits, rule);
 }
 
@@ -677,6 +684,7 @@ export function createMatmul(gpu: Gpu, options: MatmulOptions): GpuOp {
     tileTokens: shape.tileTokens,
     rowTiles: maxRowTiles,
     maxSplits,
+    kSplitWorkgroups: options.kSplitWorkgroups,
   });
 }
 

@@ -154,6 +154,8 @@ export interface MatmulInt8Options {
    * `splitKOutputFloats(maxKSplits, maxTokens, rows)`. Default 1: never.
    */
   maxKSplits?: number;
+  /** Workgroups a split step aims for, as `MatmulOptions.kSplitWorkgroups` (`./matmul.ts`). */
+  kSplitWorkgroups?: number;
 }
 
 /**
@@ -189,6 +191,7 @@ export function createMatmulInt8(gpu: Gpu, options: MatmulInt8Options): GpuOp {
     tileTokens: TILE_TOKENS,
     rowTiles,
     maxSplits,
+    kSplitWorkgroups: options.kSplitWorkgroups,
   });
 }
 
