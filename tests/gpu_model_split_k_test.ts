@@ -27,11 +27,11 @@ Deno.test("gpu model: prefill products split K at short steps and keep the logit
     // holds 4 parts of a whole step).
     // And with the split steps aiming for more workgroups than the default (up to 8 ranges; the tiny
     // model's rows of 512 and 256 values keep 256 columns per range, so 2 at most).
-    const cases: [number, number, number | undefined][] = [[13, 4, undefined], [40, 4, undefined], [
-      40,
-      8,
-      4096,
-    ]];
+    const cases: [number, number, number | undefined][] = [
+      [13, 4, undefined],
+      [40, 4, undefined],
+      [40, 8, 4096],
+    ];
     for (const [length, splits, workgroups] of cases) {
       const [a, b] = [await logits(1, length), await logits(splits, length, workgroups)];
       a.forEach((want, i) => {
