@@ -65,6 +65,8 @@
  *                                           it has working ones: "prefill-coop" rows)
  *                        [--prefill-subgroups]  (prefill attention's rows' maxima by subgroup shuffles:
  *                                                "prefill-subgroups" rows)
+ *                        [--prefill-f32-tiles]  (prefill attention stages K and V in f32: "prefill-f32-tiles"
+ *                                                rows)
  *                        [--matvec-tuning '{"ffn_down": {"rowsPerWorkgroup": 4}}']  (decode matvec tunings by
  *                                               role, GpuModelOptions.matvecTuning: "decode-tuned" rows)
  *        deno task bench --kv full,random,wgkv [--kv-prompts 8192,32768] [--window 256] [--admit 0.2]
@@ -172,6 +174,7 @@ const { values } = benchFlags(import.meta.url, () =>
       "prefill-k-split-workgroups": { type: "string" },
       "prefill-tiling": { type: "string" },
       "prefill-subgroups": { type: "boolean" },
+      "prefill-f32-tiles": { type: "boolean" },
       "direct-keys": { type: "string" },
       "decode-splits": { type: "string" },
       "decode-key-lanes": { type: "string" },
@@ -394,6 +397,8 @@ if (coopPrefill && !gpu.coopMatrix) {
 }
 // --prefill-subgroups: prefill attention's rows' maxima by subgroup shuffles (rows "prefill-subgroups").
 const prefillSubgroups = values["prefill-subgroups"] === true ? true : undefined;
+// --prefill-f32-tiles: prefill attention's K and V tiles in f32 (rows "prefill-f32-tiles").
+const prefillF32Tiles = values["prefill-f32-tiles"] === true ? true : undefined;
 // --f32-decode: decode products in f32 instead of the default integer dot products (rows "decode-f32").
 const f32Decode = values["f32-decode"] === true;
 const int8Decode = f32Decode ? false : undefined;
@@ -402,7 +407,8 @@ const prefillTest = "prefill" + (prefillSplits !== undefined ? `-splits${prefill
   (prefillKSplitWorkgroups !== undefined ? `-ksplitwg${prefillKSplitWorkgroups}` : "") +
   (prefillTiling ? `-tiling${prefillTiling.rows}x${prefillTiling.keys}` : "") +
   (maxBatch !== undefined ? `-batch${maxBatch}` : "") + (f32Prefill ? "-f32" : "") +
-  (coopPrefill ? "-coop" : "") + (prefillSubgroups ? "-subgroups" : "") + wgkvAppendSuffix;
+  (coopPrefill ? "-coop" : "") + (prefillSubgroups ? "-subgroups" : "") +
+  (prefillF32Tiles ? "-f32-tiles" : "") + wgkvAppendSuffix;
 const key = (r: Pick<BenchRow, "shape" | "type" | "test" | "tokens" | "policy">) =>
   `${r.shape}/${r.type}/${r.test}/${r.tokens}${r.policy ? `/${r.policy}` : ""}`;
 const kvPolicies = values.kv ? list(values.kv, "") : [];
@@ -529,6 +535,7 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
       prefillKSplitWorkgroups,
       prefillTiling,
       prefillSubgroups,
+      prefillF32Tiles,
       matvecTuning,
       int8Prefill,
       int8Decode,
@@ -712,6 +719,7 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
           prefillKSplitWorkgroups,
           prefillTiling,
           prefillSubgroups,
+          prefillF32Tiles,
           int8Prefill,
           int8Decode,
           coopPrefill,

@@ -28,6 +28,8 @@ interface Case {
   splits?: number;
   /** The rows' maxima by subgroup shuffles (or their emulation). */
   subgroups?: boolean | "emulated";
+  /** K and V staged in f32 (createFlashPrefill's `f32Tiles`). */
+  f32Tiles?: boolean;
 }
 
 /**
@@ -71,6 +73,7 @@ async function checkPrefill(c: Case): Promise<void> {
     splits,
     partials,
     subgroups: c.subgroups,
+    f32Tiles: c.f32Tiles,
   });
   const keys = Array.from({ length: kvHeads }, () => [] as number[]);
   const values = Array.from({ length: kvHeads }, () => [] as number[]);
@@ -183,6 +186,7 @@ async function checkWgkvPrefill(
   tiling: PrefillTileShape,
   splits = 1,
   subgroups: boolean | "emulated" = false,
+  f32Tiles = false,
 ) {
   const gpu = await getGpu();
   const D = 16, H = 2, group = 2, qHeads = H * group, maxBatch = 40;
@@ -224,6 +228,7 @@ async function checkWgkvPrefill(
     tiling,
     splits,
     subgroups,
+    f32Tiles,
   });
   const keys = Array.from({ length: H }, () => [] as number[]);
   const values = Array.from({ length: H }, () => [] as number[]);
@@ -350,4 +355,29 @@ Deno.test("flash prefill: the rows' maxima by subgroup shuffles (subgroups), pla
     3,
     subgroups,
   );
+});
+
+Deno.test("flash prefill: K and V staged in f32 (f32Tiles), default and odd tilings, split, shuffles and WG-KV", async () => {
+  const gpu = await getGpu();
+  await checkPrefill({ headDim: 64, kvHeads: 2, group: 4, chunks: [40, 70], f32Tiles: true });
+  await checkPrefill({
+    headDim: 40,
+    kvHeads: 2,
+    group: 3,
+    chunks: [23, 1, 30],
+    tiling: { rows: 32, keys: 48 },
+    splits: 3,
+    f32Tiles: true,
+  });
+  await checkPrefill({
+    headDim: 24,
+    kvHeads: 1,
+    group: 4,
+    chunks: [70, 1, 33],
+    tiling: { rows: 64, keys: 16 },
+    subgroups: subgroupsOrEmulated(gpu, 8),
+    f32Tiles: true,
+  });
+  const policy = { kind: "random", window: 25, rate: 0.15, seed: 7 } as const;
+  await checkWgkvPrefill(policy, [40, 30, 5, 1, 33, 40], { rows: 16, keys: 16 }, 3, false, true);
 });

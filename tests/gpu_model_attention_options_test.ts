@@ -67,7 +67,7 @@ Deno.test("gpu model: decode attention's splits, lane merge, query staging and k
   }, { type: "f16" });
 });
 
-Deno.test("gpu model: prefill attention's rows' maxima by subgroup shuffles keep the prefill's logits", async () => {
+Deno.test("gpu model: prefill attention's rows' maxima by subgroup shuffles, and K and V staged in f32, keep the prefill's logits", async () => {
   const gpu = await getGpu();
   await withTinyModel(async (file, hp) => {
     const prompt = Array.from({ length: 45 }, () => Math.floor(Math.random() * hp.nVocab));
@@ -83,5 +83,8 @@ Deno.test("gpu model: prefill attention's rows' maxima by subgroup shuffles keep
     const subgroups = subgroupsOrEmulated(gpu, 8);
     const err = relativeError(await prefill({ prefillSubgroups: subgroups }), base);
     ok(err < 1e-5, `prefillSubgroups ${subgroups}: relative error ${err}`);
+    // The same f16 values decoded when staged rather than when read: the same products.
+    const f32Err = relativeError(await prefill({ prefillF32Tiles: true }), base);
+    ok(f32Err < 1e-5, `prefillF32Tiles: relative error ${f32Err}`);
   }, { type: "f16" });
 });

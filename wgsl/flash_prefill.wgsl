@@ -29,7 +29,9 @@
 // TILE_ROWS / 4 row quads of 8 threads: thread (quad, lane) owns rows 4·quad + 0..3 throughout, the keys
 // lane + 8·j of each key tile (for the scores) and the value pairs lane + 8·j (for the output). Per key tile
 // of TILE_KEYS keys (whole pages):
-//   1. K and V (packed f16 pairs) are staged in workgroup memory with 16-byte loads,
+//   1. K and V are staged in workgroup memory with 16-byte loads: as the cache's packed f16 pairs, or with
+//      the text define KV_TILES of f32 tiles decoded once as they are staged (each K and V value is read
+//      by many threads: decoding it at every read takes a conversion per 4 multiply-adds),
 //   2. scores: a 4 × KEYS_PER_LANE register block per thread (each K value read feeds 4 rows, each Q value
 //      KEYS_PER_LANE keys), masked only on tiles that cross the causal diagonal, the row end or the ring,
 //   3. softmax: the 8 lanes of a quad publish their rows' maxima, each lane rescales its own running sum
@@ -94,11 +96,13 @@ const SLOTS: u32 = splits * kv_heads;
 
 // Scaled queries, [TILE_ROWS][head_dim / 4] vec4s.
 var<workgroup> q_tile: array<vec4f, TILE_ROWS * head_dim / 4u>;
-// Keys, [TILE_KEYS][head_dim / 4 + 1] vec2s of packed f16 pairs (4 values); the extra vec2 staggers the keys
-// over the memory banks, since the 8 lanes of a quad read 8 different keys at the same column.
-var<workgroup> k_tile: array<vec2u, TILE_KEYS * (head_dim / 4u + 1u)>;
-// Values, [TILE_KEYS][head_dim / 2] packed f16 pairs.
-var<workgroup> v_tile: array<u32, TILE_KEYS * head_dim / 2u>;
+// Keys, [TILE_KEYS][head_dim / 4 + 1] words of 4 values (KWord: vec2u of packed f16 pairs, or vec4f); the
+// extra word staggers the keys over the memory banks, since the 8 lanes of a quad read 8 different keys at
+// the same column. Values, [TILE_KEYS][head_dim / 2] words of 2 values (VWord: u32 of a packed f16 pair, or
+// vec2f). KWord, VWord and put_k/get_k/put_v/get_v come from the text define KV_TILES.
+{{KV_TILES}}
+var<workgroup> k_tile: array<KWord, TILE_KEYS * (head_dim / 4u + 1u)>;
+var<workgroup> v_tile: array<VWord, TILE_KEYS * head_dim / 2u>;
 // Probabilities, [TILE_KEYS][QUADS] vec4s (the 4 rows of a quad), 0 where hidden.
 var<workgroup> probs: array<vec4f, TILE_KEYS * QUADS>;
 // Per row and lane: the lane's maximum over its keys of the tile, then (at the end) its running sum.
@@ -247,13 +251,13 @@ fn main(
         k8 = kv8[0];
         v8 = kv8[1];
       }
-      k_tile[t * k_stride + 2u * c] = k8.xy;
-      k_tile[t * k_stride + 2u * c + 1u] = k8.zw;
+      put_k(t * k_stride + 2u * c, k8.xy);
+      put_k(t * k_stride + 2u * c + 1u, k8.zw);
       let v_at = t * half_dim + 4u * c;
-      v_tile[v_at] = v8.x;
-      v_tile[v_at + 1u] = v8.y;
-      v_tile[v_at + 2u] = v8.z;
-      v_tile[v_at + 3u] = v8.w;
+      put_v(v_at, v8.x);
+      put_v(v_at + 1u, v8.y);
+      put_v(v_at + 2u, v8.z);
+      put_v(v_at + 3u, v8.w);
     }
     workgroupBarrier();
 
@@ -270,8 +274,7 @@ fn main(
       for (var i = 0u; i < 4u; i++) { qv[i] = q_tile[(row0 + i) * quads + c]; }
       // @unroll
       for (var j = 0u; j < KEYS_PER_LANE; j++) {
-        let packed = k_tile[(lane + LANES * j) * k_stride + c];
-        let kv = vec4f(unpack2x16float(packed.x), unpack2x16float(packed.y));
+        let kv = get_k((lane + LANES * j) * k_stride + c);
         // @unroll
         for (var i = 0u; i < 4u; i++) { s[i][j] += dot(qv[i], kv); }
       }
@@ -344,7 +347,7 @@ fn main(
       for (var j = 0u; j < PAIRS_PER_LANE; j++) {
         let pair = lane + LANES * j;
         if (pair < half_dim) {
-          let v = unpack2x16float(v_tile[t * half_dim + pair]);
+          let v = get_v(t * half_dim + pair);
           // @unroll
           for (var i = 0u; i < 4u; i++) { acc[i][j] += p[i] * v; }
         }

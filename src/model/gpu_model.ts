@@ -175,6 +175,8 @@ export interface GpuModelOptions {
    * for tests). Default false.
    */
   prefillSubgroups?: boolean | "emulated";
+  /** Prefill attention stages K and V in f32 (`FlashPrefillOptions.f32Tiles`). Default false. */
+  prefillF32Tiles?: boolean;
   /**
    * Decode matvec tunings by role (`attn_qkv`, `attn_output`, `ffn_gate_up`, `ffn_down`, `output`), for
    * benchmarking on a given GPU; a role left out gets the kernels' defaults.
@@ -986,6 +988,7 @@ export class GpuModel {
             tiling: options.prefillTiling,
             partials: act.partials,
             subgroups: options.prefillSubgroups,
+            f32Tiles: options.prefillF32Tiles,
           }));
         }
         const foldFfnNorm = canFuseGateUp(w.wGate, w.wUp) && foldable(w.wo);

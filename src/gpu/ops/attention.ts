@@ -87,7 +87,8 @@ const PREFILL_TILINGS: readonly PrefillTileShape[] = [
 
 /**
  * Workgroup memory of the prefill kernel for a tiling (the shader's workgroup arrays), with `perThread`
- * more bytes for each of its 2 · rows threads (the emulated shuffles').
+ * more bytes for each of its 2 · rows threads (the emulated shuffles'); K and V tiles of f16 pairs, or of
+ * f32 with `f32Tiles` (twice the bytes).
  */
 function prefillWorkgroupBytes(
   rows: number,
@@ -95,10 +96,11 @@ function prefillWorkgroupBytes(
   headDim: number,
   kvHeads: number,
   perThread = 0,
+  f32Tiles = false,
 ): number {
-  return rows * headDim * 4 + keys * (headDim / 4 + 1) * 8 + keys * headDim * 2 + keys * rows * 4 +
-    rows * 32 +
-    keys * 4 + 8 + 16 + kvHeads * 4 + 2 * rows * perThread;
+  const kvBytes = f32Tiles ? 4 : 2;
+  return rows * headDim * 4 + keys * (headDim / 4 + 1) * 4 * kvBytes + keys * headDim * kvBytes +
+    keys * rows * 4 + rows * 32 + keys * 4 + 8 + 16 + kvHeads * 4 + 2 * rows * perThread;
 }
 
 /**
@@ -149,7 +151,10 @@ function choosePrefillTiling(
   kvHeads: number,
   wanted?: PrefillTileShape,
   perThread = 0,
+  f32Tiles = false,
 ): PrefillTiling {
+  const bytes = (rows: number, keys: number) =>
+    prefillWorkgroupBytes(rows, keys, headDim, kvHeads, perThread, f32Tiles);
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
   if (wanted) {
     const { rows, keys } = wanted;
@@ -157,21 +162,17 @@ function choosePrefillTiling(
       throw new BadFlagError(`${label}: tiling needs rows 16, 32 or 64 and keys 16, 32, 48 or 64`);
     }
     if (group > rows) throw new BadFlagError(`${label}: ${rows} rows cannot hold a GQA group of ${group}`);
-    checkWorkgroupMemory(gpu, label, prefillWorkgroupBytes(rows, keys, headDim, kvHeads, perThread));
+    checkWorkgroupMemory(gpu, label, bytes(rows, keys));
     return { rows, keys, tokens: Math.floor(rows / group) };
   }
   for (const { rows, keys } of PREFILL_TILINGS) {
-    if (group <= rows && prefillWorkgroupBytes(rows, keys, headDim, kvHeads, perThread) <= limit) {
+    if (group <= rows && bytes(rows, keys) <= limit) {
       return { rows, keys, tokens: Math.floor(rows / group) };
     }
   }
   const smallest = PREFILL_TILINGS[PREFILL_TILINGS.length - 1];
   if (group > 64) throw new UnsupportedError(`${label}: a GQA group of ${group} heads exceeds 64`);
-  checkWorkgroupMemory(
-    gpu,
-    label,
-    prefillWorkgroupBytes(smallest.rows, smallest.keys, headDim, kvHeads, perThread),
-  );
+  checkWorkgroupMemory(gpu, label, bytes(smallest.rows, smallest.keys));
   throw new UnsupportedError(`${label}: a GQA group of ${group} heads does not fit the prefill tiles`);
 }
 
@@ -221,6 +222,12 @@ export interface FlashPrefillOptions extends AttentionOptions {
   maxTokens: number;
   /** Tiling for tests and tuning (default: the best candidate that fits the GPU's workgroup memory). */
   tiling?: PrefillTileShape;
+  /**
+   * Stage K and V in f32, decoded once per workgroup as they are staged, instead of the cache's f16 pairs
+   * decoded at every read (twice their workgroup memory, so the default tiling may be smaller). Default
+   * false.
+   */
+  f32Tiles?: boolean;
   /** Per-step token count (`nTokens`) and, in WG-KV mode, the first query's position (`pos0`). */
   step: StepParams;
   /**
@@ -666,6 +673,7 @@ export function createFlashPrefill(gpu: Gpu, options: FlashPrefillOptions): GpuO
     kv.kvHeads,
     options.tiling,
     shuffles.bytesPerThread,
+    options.f32Tiles ?? false,
   );
   const tiles = ceilDiv(maxTokens, tiling.tokens);
   const splits = options.splits ?? 1;
@@ -691,6 +699,7 @@ export function createFlashPrefill(gpu: Gpu, options: FlashPrefillOptions): GpuO
     POOL: poolQuadShaderSource(kv.shards.length),
     TILING: prefillTilingSource(tiling, D),
     SHUFFLE: shuffles.source,
+    KV_TILES: loadShader(options.f32Tiles ? "kv_tiles_f32" : "kv_tiles_f16"),
   };
   const kernel = gpu.kernel("flash_prefill", constants, defines);
   const layerParams = layerUniform(gpu, label, layer);
