@@ -10,14 +10,18 @@
  *          [--kv-tiles f16,f32]
  *          [--decode-depths 4096,32768]
  *          [--splits 32,64,128,direct] [--tile-steps 2,4,8] [--rotate 1,0] [--fused-reduce 1,0]
- *          [--append-chunk 512]
+ *          [--append-chunk 512] [--wgkv-rate 0.2]
  *          [--out FILE.json]
  *
  * Prefill figures are attention FLOP/s (4 · head_dim per visible query-key pair); decode figures are the
  * KV bytes read per second. `--kv-tiles` lists how the prefill stages K and V: the cache's f16 pairs
  * (default) or f32 (`FlashPrefillOptions.f32Tiles`). The decode cache is filled in one append (each row's pages contiguous) or,
  * with --append-chunk N, N tokens at a time over all rows (each row's pages in runs of N / 16, as a prefill in
- * steps of N tokens leaves them).
+ * steps of N tokens leaves them). `--wgkv-rate R` also times decode over a WG-KV dual cache at each depth:
+ * the `random` policy admitting R of the tokens (window 256; the heads' admitted counts vary as with any
+ * policy), filled through the model's own append and promotion kernels in its WG-KV prefill steps, so rows are
+ * ragged per head and the global pages lie where a prefill leaves them; GB/s counts the K and V bytes of
+ * the rows read.
  *
  * @module
  */
@@ -28,6 +32,11 @@ import { getGpu } from "../src/gpu/device.ts";
 import { createFlashDecode, createFlashPrefill, type PrefillTileShape } from "../src/gpu/ops/attention.ts";
 import { type GpuOp, StepParams } from "../src/gpu/ops/op.ts";
 import { KvCache } from "../src/kv/kv_cache.ts";
+import { DualCache } from "../src/kv/dual_cache.ts";
+import { createWgkvAppend } from "../src/gpu/ops/wgkv_append.ts";
+import { createWgkvPromote } from "../src/gpu/ops/wgkv_promote.ts";
+import { gateOutputBytes } from "../src/gpu/ops/write_gate.ts";
+import { defaultPrefillBatch } from "../src/model/gpu_model.ts";
 import { saveJson, timeOps } from "./kernel_timing.ts";
 
 const { values } = benchFlags(import.meta.url, () =>
@@ -48,6 +57,7 @@ const { values } = benchFlags(import.meta.url, () =>
       rotate: { type: "string", default: "1" },
       "fused-reduce": { type: "string", default: "1" },
       "append-chunk": { type: "string" },
+      "wgkv-rate": { type: "string" },
       out: { type: "string" },
     },
   }));
@@ -82,6 +92,10 @@ const tileStepsList = list(values["tile-steps"], "default").map((
 const rotateList = list(values.rotate, "1").map((r) => r !== "0");
 // Split decode: the splits merged by the partial pass's last workgroups (1) or by a reduce dispatch (0).
 const fusedReduceList = list(values["fused-reduce"], "1").map((r) => r !== "0");
+const wgkvRate = values["wgkv-rate"] === undefined ? undefined : Number(values["wgkv-rate"]);
+if (wgkvRate !== undefined && !(wgkvRate > 0 && wgkvRate <= 1)) {
+  flagError(`--wgkv-rate must be in (0, 1], got ${values["wgkv-rate"]}`);
+}
 
 interface Row {
   test: string;
@@ -213,6 +227,101 @@ for (const depth of decodeDepths) {
   }
   q.destroy();
   out.destroy();
+  kv.destroy();
+  if (wgkvRate !== undefined) await wgkvDecode(depth, wgkvRate);
+}
+
+/** Runs `ops` in one pass and waits for them. */
+async function runNow(ops: GpuOp[]): Promise<void> {
+  const encoder = gpu.device.createCommandEncoder();
+  const pass = encoder.beginComputePass();
+  for (const op of ops) op.encode(pass);
+  pass.end();
+  gpu.device.queue.submit([encoder.finish()]);
+  await gpu.device.queue.onSubmittedWorkDone();
+}
+
+/**
+ * Decode attention over a WG-KV dual cache of `depth` tokens with the random policy admitting `rate` of
+ * them (see the usage), per split count and tile steps.
+ */
+async function wgkvDecode(depth: number, rate: number): Promise<void> {
+  const window = 256, maxBatch = defaultPrefillBatch("wgkv", false); // the model's wgkv prefill step (512)
+  const perLayer = Math.min(depth, window + rate * depth) * kvHeads * D * 4;
+  const layers = Math.max(1, Math.min(32, Math.ceil(256e6 / perLayer)));
+  const kv = await DualCache.create(gpu, {
+    layers,
+    kvHeads,
+    headDim: D,
+    policy: { kind: "random", window, rate, seed: 1 },
+    maxBatch,
+    maxGlobalTokens: Math.ceil(depth * rate * 1.25) + 256,
+  });
+  const step = new StepParams(gpu, maxBatch, "wgkv step");
+  const input = gpu.buffer("k and v", maxBatch * kvHeads * D * 4);
+  const flags = gpu.buffer("gate flags", gateOutputBytes(maxBatch, layers, kvHeads));
+  const fill = [
+    createWgkvPromote(gpu, { label: "promote", kv, maxTokens: maxBatch }),
+    ...Array.from({ length: layers }, (_, layer) =>
+      createWgkvAppend(gpu, {
+        label: "append",
+        kv,
+        layer,
+        maxTokens: maxBatch,
+        k: input,
+        v: input,
+        gateFlags: flags,
+        step,
+      })),
+  ];
+  const slot = kv.openSequence();
+  for (let pos = 0; pos < depth; pos += maxBatch) {
+    const m = Math.min(maxBatch, depth - pos);
+    kv.beginStep(slot, m, pos);
+    step.set(m, pos);
+    await runNow(fill);
+    kv.endStep(slot);
+  }
+  // The K and V bytes of the rows one layer reads, on average over the layers.
+  let keys = 0;
+  for (let l = 0; l < layers; l++) for (let h = 0; h < kvHeads; h++) keys += kv.length(slot, l, h);
+  const bytes = keys / layers * D * 4;
+  const q = gpu.buffer("q", qHeads * D * 4);
+  const out = gpu.buffer("out", qHeads * D * 4);
+  const decodeStep = new StepParams(gpu, 1, "decode step");
+  decodeStep.set(1, depth - 1);
+  for (const splits of splitsList) {
+    if (splits === "direct") continue;
+    for (const tileSteps of tileStepsList) {
+      // The rows' share of the depth: the ring (window and a prefill step) and the admitted tokens.
+      const variant = `wgkv ${(keys / layers / kvHeads / depth * 100).toFixed(1)}% splits ${
+        splits ?? "default"
+      } steps ${tileSteps ?? "default"}`;
+      let ops: GpuOp[];
+      try {
+        ops = Array.from({ length: layers }, (_, layer) =>
+          createFlashDecode(gpu, {
+            label: "decode",
+            kv,
+            layer,
+            qHeads,
+            q,
+            out,
+            tileSteps,
+            splits,
+            step: decodeStep,
+            directKeys: 0,
+            wgkv: kv,
+          }));
+      } catch (e) {
+        console.log(`decode @${depth} ${variant}: ${(e as Error).message}`);
+        continue;
+      }
+      const { us } = await timeOps(gpu, ops, slow);
+      print({ test: "decode", depth, variant, us, gbs: bytes / (us * 1e-6) / 1e9 });
+    }
+  }
+  for (const b of [q, out, input, flags, step.buffer, decodeStep.buffer]) b.destroy();
   kv.destroy();
 }
 

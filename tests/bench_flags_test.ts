@@ -149,3 +149,32 @@ Deno.test("bench: --repeat-decode-ops and --ablate-decode-ops refuse an unknown 
     match(r.stderr.trim(), new RegExp(`^bench: ${flag}: unknown role lm_head \\(`));
   }
 });
+
+Deno.test("bench:attention --wgkv-rate times decode over a ragged WG-KV cache filled by the model's kernels", async () => {
+  const out = await Deno.makeTempFile({ suffix: ".json" });
+  try {
+    const args = ["--head-dim", "16", "--kv-heads", "2", "--q-heads", "4", "--prefill", "", "--splits", "4"];
+    const r = await runBench("attention.ts", [
+      ...args,
+      "--decode-depths",
+      "1500",
+      "--wgkv-rate",
+      "0.2",
+      "--out",
+      out,
+    ]);
+    equal(r.code, 0, r.stderr);
+    // Ring of 768 slots (window 256 and a 512-token step) and a fifth of the other 732 tokens: ~61%.
+    const row = r.stdout.match(/^decode +@ 1500 +wgkv ([\d.]+)% splits 4 steps default +[\d.]+ µs/m);
+    ok(row, r.stdout);
+    const share = Number(row[1]);
+    ok(share > 55 && share < 67, `rows hold ${share}% of the depth`);
+    const saved = JSON.parse(await Deno.readTextFile(out));
+    ok(saved.rows.some((x: { variant: string }) => x.variant.startsWith("wgkv")), JSON.stringify(saved.rows));
+    const bad = await runBench("attention.ts", ["--wgkv-rate", "1.5"]);
+    equal(bad.code, 2, bad.stderr);
+    match(bad.stderr.trim(), /^bench: --wgkv-rate must be in \(0, 1\], got 1\.5$/);
+  } finally {
+    await Deno.remove(out).catch(() => {});
+  }
+});
