@@ -29,7 +29,12 @@
 import { parseArgs } from "node:util";
 import { benchFlags, flagError } from "./flags.ts";
 import { getGpu } from "../src/gpu/device.ts";
-import { createFlashDecode, createFlashPrefill, type PrefillTileShape } from "../src/gpu/ops/attention.ts";
+import {
+  createFlashDecode,
+  createFlashPrefill,
+  type FlashDecodeOptions,
+  type PrefillTileShape,
+} from "../src/gpu/ops/attention.ts";
 import { type GpuOp, StepParams } from "../src/gpu/ops/op.ts";
 import { KvCache } from "../src/kv/kv_cache.ts";
 import { DualCache } from "../src/kv/dual_cache.ts";
@@ -198,30 +203,16 @@ for (const depth of decodeDepths) {
         const variant = `splits ${splits ?? "default"} steps ${tileSteps ?? "default"}${
           rotateTiles ? "" : " unrotated"
         }${fusedReduce ? "" : " reduce pass"}`;
-        let ops: GpuOp[];
-        try {
-          ops = Array.from(
-            { length: layers },
-            (_, layer) =>
-              createFlashDecode(gpu, {
-                label: "decode",
-                kv,
-                layer,
-                qHeads,
-                q,
-                out,
-                tileSteps,
-                rotateTiles,
-                fusedReduce,
-                ...(splits === "direct" ? { step, directKeys: depth } : { splits }),
-              }),
-          );
-        } catch (e) {
-          console.log(`decode @${depth} ${variant}: ${(e as Error).message}`);
-          continue;
-        }
-        const { us } = await timeOps(gpu, ops, slow); // per op: one layer
-        print({ test: "decode", depth, variant, us, gbs: perLayer / (us * 1e-6) / 1e9 });
+        await timeDecode(depth, variant, perLayer, layers, (layer) => ({
+          kv,
+          layer,
+          q,
+          out,
+          tileSteps,
+          rotateTiles,
+          fusedReduce,
+          ...(splits === "direct" ? { step, directKeys: depth } : { splits }),
+        }));
       }
     }
   }
@@ -229,6 +220,32 @@ for (const depth of decodeDepths) {
   out.destroy();
   kv.destroy();
   if (wgkvRate !== undefined) await wgkvDecode(depth, wgkvRate);
+}
+
+/**
+ * Times the decode attention of `layers` layers (one op per layer, cycled through), each built from
+ * `options(layer)`, and prints its row: GB/s counts `bytes` per op. A configuration the op refuses prints
+ * its reason instead.
+ */
+async function timeDecode(
+  depth: number,
+  variant: string,
+  bytes: number,
+  layers: number,
+  options: (layer: number) => Omit<FlashDecodeOptions, "label" | "qHeads">,
+): Promise<void> {
+  let ops: GpuOp[];
+  try {
+    ops = Array.from(
+      { length: layers },
+      (_, layer) => createFlashDecode(gpu, { label: "decode", qHeads, ...options(layer) }),
+    );
+  } catch (e) {
+    console.log(`decode @${depth} ${variant}: ${(e as Error).message}`);
+    return;
+  }
+  const { us } = await timeOps(gpu, ops, slow); // per op: one layer
+  print({ test: "decode", depth, variant, us, gbs: bytes / (us * 1e-6) / 1e9 });
 }
 
 /** Runs `ops` in one pass and waits for them. */
@@ -297,28 +314,17 @@ async function wgkvDecode(depth: number, rate: number): Promise<void> {
       const variant = `wgkv ${(keys / layers / kvHeads / depth * 100).toFixed(1)}% splits ${
         splits ?? "default"
       } steps ${tileSteps ?? "default"}`;
-      let ops: GpuOp[];
-      try {
-        ops = Array.from({ length: layers }, (_, layer) =>
-          createFlashDecode(gpu, {
-            label: "decode",
-            kv,
-            layer,
-            qHeads,
-            q,
-            out,
-            tileSteps,
-            splits,
-            step: decodeStep,
-            directKeys: 0,
-            wgkv: kv,
-          }));
-      } catch (e) {
-        console.log(`decode @${depth} ${variant}: ${(e as Error).message}`);
-        continue;
-      }
-      const { us } = await timeOps(gpu, ops, slow);
-      print({ test: "decode", depth, variant, us, gbs: bytes / (us * 1e-6) / 1e9 });
+      await timeDecode(depth, variant, bytes, layers, (layer) => ({
+        kv,
+        layer,
+        q,
+        out,
+        tileSteps,
+        splits,
+        step: decodeStep,
+        directKeys: 0,
+        wgkv: kv,
+      }));
     }
   }
   for (const b of [q, out, input, flags, step.buffer, decodeStep.buffer]) b.destroy();
