@@ -323,43 +323,20 @@ Deno.test("flash prefill: WG-KV with key splits shared out by head length (windo
   );
 });
 
-Deno.test("flash prefill: the rows' maxima by subgroup shuffles (subgroups), plain, split and WG-KV", async () => {
-  const gpu = await getGpu();
-  // The GPU's shuffles where its subgroups hold a row quad's 8 lanes, else the emulation.
-  const subgroups = subgroupsOrEmulated(gpu, 8);
-  await checkPrefill({ headDim: 64, kvHeads: 2, group: 4, chunks: [40, 70], subgroups });
+/**
+ * The kernel options that change how every tile is computed (subgroup row maxima, f32 K/V tiles), checked
+ * over one set of shapes: the default tiling, odd tilings and head sizes (G 3), key splits and WG-KV.
+ */
+async function checkTileOptions(options: { subgroups?: boolean | "emulated"; f32Tiles?: boolean }) {
+  await checkPrefill({ headDim: 64, kvHeads: 2, group: 4, chunks: [40, 70], ...options });
   await checkPrefill({
     headDim: 32,
     kvHeads: 2,
     group: 3,
     chunks: [23, 1, 30],
     tiling: { rows: 16, keys: 32 },
-    subgroups,
+    ...options,
   });
-  await checkPrefill({
-    headDim: 24,
-    kvHeads: 1,
-    group: 4,
-    chunks: [70, 1, 33],
-    tiling: { rows: 64, keys: 16 },
-    splits: 2,
-    subgroups,
-  });
-  await checkWgkvPrefill(
-    { kind: "random", window: 25, rate: 0.15, seed: 7 },
-    [40, 30, 5, 1, 33, 40],
-    {
-      rows: 16,
-      keys: 16,
-    },
-    3,
-    subgroups,
-  );
-});
-
-Deno.test("flash prefill: K and V staged in f32 (f32Tiles), default and odd tilings, split, shuffles and WG-KV", async () => {
-  const gpu = await getGpu();
-  await checkPrefill({ headDim: 64, kvHeads: 2, group: 4, chunks: [40, 70], f32Tiles: true });
   await checkPrefill({
     headDim: 40,
     kvHeads: 2,
@@ -367,17 +344,30 @@ Deno.test("flash prefill: K and V staged in f32 (f32Tiles), default and odd tili
     chunks: [23, 1, 30],
     tiling: { rows: 32, keys: 48 },
     splits: 3,
-    f32Tiles: true,
+    ...options,
   });
-  await checkPrefill({
-    headDim: 24,
-    kvHeads: 1,
-    group: 4,
-    chunks: [70, 1, 33],
-    tiling: { rows: 64, keys: 16 },
-    subgroups: subgroupsOrEmulated(gpu, 8),
-    f32Tiles: true,
-  });
+  for (const splits of [1, 2]) {
+    await checkPrefill({
+      headDim: 24,
+      kvHeads: 1,
+      group: 4,
+      chunks: [70, 1, 33],
+      tiling: { rows: 64, keys: 16 },
+      splits,
+      ...options,
+    });
+  }
   const policy = { kind: "random", window: 25, rate: 0.15, seed: 7 } as const;
-  await checkWgkvPrefill(policy, [40, 30, 5, 1, 33, 40], { rows: 16, keys: 16 }, 3, false, true);
+  const chunks = [40, 30, 5, 1, 33, 40];
+  await checkWgkvPrefill(policy, chunks, { rows: 16, keys: 16 }, 3, options.subgroups, options.f32Tiles);
+}
+
+Deno.test("flash prefill: the rows' maxima by subgroup shuffles (subgroups), plain, split and WG-KV", async () => {
+  // The GPU's shuffles where its subgroups hold a row quad's 8 lanes, else the emulation.
+  await checkTileOptions({ subgroups: subgroupsOrEmulated(await getGpu(), 8) });
+});
+
+Deno.test("flash prefill: K and V staged in f32 (f32Tiles), alone and with shuffles, plain, split and WG-KV", async () => {
+  await checkTileOptions({ f32Tiles: true });
+  await checkTileOptions({ f32Tiles: true, subgroups: subgroupsOrEmulated(await getGpu(), 8) });
 });
