@@ -69,3 +69,37 @@ Deno.test("gpu: getGpu shares a device among callers it serves and opens another
   equal(noF16.hasF16, false);
   equal(await getGpu(), plain);
 });
+
+/** Opens a device in a fresh process whose environment is exactly `env`; returns what the child saw. */
+async function openInChild(env: Record<string, string>): Promise<{ backends?: string; glLoaded: boolean }> {
+  const device = new URL("../src/gpu/device.ts", import.meta.url).href;
+  const code = `import { Gpu } from "${device}";
+const gpu = await Gpu.create();
+const maps = Deno.build.os === "linux" ? Deno.readTextFileSync("/proc/self/maps") : "";
+console.log(JSON.stringify({ backends: Deno.env.get("DENO_WEBGPU_BACKEND"), glLoaded: /libEGL|_dri\\.so/.test(maps) }));
+gpu.destroy();`;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--quiet", code],
+    clearEnv: true,
+    env: { ...env, NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const stderr = new TextDecoder().decode(out.stderr);
+  ok(out.success, stderr);
+  return JSON.parse(new TextDecoder().decode(out.stdout));
+}
+
+Deno.test("gpu: on Linux the device opens through Vulkan alone unless the user chose the backends", async () => {
+  if (Deno.build.os !== "linux") return;
+  const base: Record<string, string> = { HOME: Deno.env.get("HOME") ?? "/tmp" };
+  for (const key of ["PATH", "DENO_DIR", "XDG_RUNTIME_DIR", "VK_ICD_FILENAMES", "LD_LIBRARY_PATH"]) {
+    const value = Deno.env.get(key);
+    if (value !== undefined) base[key] = value;
+  }
+  const chosen = await openInChild(base);
+  equal(chosen.backends, "vulkan");
+  equal(chosen.glLoaded, false, "the OpenGL driver stack was loaded");
+  const kept = await openInChild({ ...base, DENO_WEBGPU_BACKEND: "vulkan,gl" });
+  equal(kept.backends, "vulkan,gl");
+});

@@ -92,19 +92,20 @@ export class Gpu {
 
   /** Opens the high-performance adapter with its real limits; a one-line error when there is none. */
   static async create(options: GpuOptions = {}): Promise<Gpu> {
+    const chosenBackends = prepareRuntimeEnvironment();
     const gpu = (globalThis.navigator as { gpu?: GPU } | undefined)?.gpu;
     if (!gpu) {
       throw new DeviceError(
         "WebGPU is not available in this runtime (run with Deno 2.x; in a browser use one with WebGPU enabled)",
       );
     }
-    quietWindowSystemProbe();
     if (!shadersAreLocal()) await preloadShaders([...SHADER_NAMES]);
     const adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
     if (!adapter) {
       throw new DeviceError(
         "no WebGPU adapter found: install a GPU driver with Vulkan support, or on a CPU-only Linux " +
-          "`apt-get install mesa-vulkan-drivers` (lavapipe); `--backend cpu` runs without a GPU",
+          "`apt-get install mesa-vulkan-drivers` (lavapipe); `--backend cpu` runs without a GPU" +
+          (chosenBackends ? ` (only ${chosenBackends} was tried; ${BACKEND_VARIABLE}=gl tries OpenGL)` : ""),
       );
     }
     const wanted: GPUFeatureName[] = [];
@@ -332,18 +333,38 @@ function coopMatrixBlocker(adapter: GPUAdapter, options: GpuOptions, f16: boolea
   return undefined;
 }
 
+/** The environment variable through which Deno's WebGPU picks its backends (a comma-separated list). */
+const BACKEND_VARIABLE = "DENO_WEBGPU_BACKEND";
+
+/** The backends this process chose for the runtime (see {@link prepareRuntimeEnvironment}), if it did. */
+let backendsChosenHere: string | undefined;
+
 /**
- * Vulkan drivers probe the Wayland socket under `$XDG_RUNTIME_DIR` and print "XDG_RUNTIME_DIR is invalid
- * or not set" twice when it is unset (common on servers and in containers). Compute needs no window
- * system, so point it at the temp folder for this process only.
+ * Prepares the process environment before the first adapter request (the WebGPU runtime reads it when it
+ * creates its instance), for this process only and only where the user has not set it:
+ * - Vulkan drivers probe the Wayland socket under `$XDG_RUNTIME_DIR` and print "XDG_RUNTIME_DIR is invalid
+ *   or not set" twice when it is unset (common on servers and in containers). Compute needs no window
+ *   system, so point it at the temp folder.
+ * - On Linux the runtime would also start its OpenGL backend, which loads the GL driver stack (EGL, and on
+ *   a CPU-only machine llvmpipe with its worker threads) that no kernel here uses. Its teardown can run
+ *   into the process's exit when a worker thread that opened a device ends just before (a heap-corruption
+ *   abort after all work is done). `DENO_WEBGPU_BACKEND=vulkan` opens Vulkan alone; set the variable
+ *   yourself (e.g. to `gl`) to choose otherwise.
+ *
+ * Returns the backends the runtime will try when this process chose them, else undefined.
  */
-function quietWindowSystemProbe(): void {
+function prepareRuntimeEnvironment(): string | undefined {
   try {
-    if (Deno.build.os === "linux" && !Deno.env.get("XDG_RUNTIME_DIR")) {
-      Deno.env.set("XDG_RUNTIME_DIR", "/tmp");
+    if (Deno.build.os !== "linux") return undefined;
+    if (!Deno.env.get("XDG_RUNTIME_DIR")) Deno.env.set("XDG_RUNTIME_DIR", "/tmp");
+    if (backendsChosenHere === undefined && !Deno.env.get(BACKEND_VARIABLE)) {
+      Deno.env.set(BACKEND_VARIABLE, "vulkan");
+      backendsChosenHere = "vulkan";
     }
+    return backendsChosenHere;
   } catch {
-    // No --allow-env: the driver's warning is harmless.
+    // No --allow-env: the driver's warning is harmless and every backend is probed.
+    return undefined;
   }
 }
 
