@@ -45,6 +45,9 @@
  *                                                      of these roles, e.g. attn_output: "decode-skip-…" rows)
  *                        [--repeat-decode-ops ROLE,…]  (timing only: decode runs the layers' ops of these
  *                                                      roles twice in a row: "decode-repeat-…" rows)
+ *                        [--repeat-decode-source same-layer|far-layer]  (the second copy: the op again,
+ *                                                      its weights then in the L2 cache, or the same role's
+ *                                                      op half the model away: "decode-repeat-far-…" rows)
  *                        [--decode-lane-merge flat|tree]  (decode attention's merge of its key lanes:
  *                                               "decode-merge-X" rows)
  *                        [--decode-shared-queries]  (decode attention's queries in workgroup memory, not
@@ -90,7 +93,7 @@ import { join } from "node:path";
 import { getGpu, type Gpu } from "../src/gpu/device.ts";
 import { openGGUF } from "../src/gguf/reader.ts";
 import { hparamsFromGGUF } from "../src/model/hparams.ts";
-import { GpuModel, type GpuModelOptions } from "../src/model/gpu_model.ts";
+import { type DecodeRepeatSource, GpuModel, type GpuModelOptions } from "../src/model/gpu_model.ts";
 import {
   SYNTH_SHAPES,
   SYNTH_TYPES,
@@ -188,6 +191,7 @@ const { values } = benchFlags(import.meta.url, () =>
       "ablate-decode-attention": { type: "string" },
       "ablate-decode-ops": { type: "string" },
       "repeat-decode-ops": { type: "string" },
+      "repeat-decode-source": { type: "string" },
       "max-batch": { type: "string" },
       "matvec-tuning": { type: "string" },
       "f32-prefill": { type: "boolean" },
@@ -317,6 +321,14 @@ for (const role of repeatOps ?? []) {
     flagError(`--repeat-decode-ops: unknown role ${role} (${knownRoles.join(", ")})`);
   }
 }
+// --repeat-decode-source same-layer|far-layer: what the second copy of a repeated op is.
+const repeatSource = values["repeat-decode-source"] as DecodeRepeatSource | undefined;
+if (repeatSource !== undefined && !["same-layer", "far-layer"].includes(repeatSource)) {
+  flagError(`--repeat-decode-source must be same-layer or far-layer, got ${repeatSource}`);
+}
+if (repeatSource !== undefined && !repeatOps?.length) {
+  flagError("--repeat-decode-source needs --repeat-decode-ops");
+}
 // --no-chain-gates: with the wgkv policy, decode with each layer's write gate in two dispatches (rows named
 // "decode-unchained-gates", for every policy, as above).
 const chainWriteGates = !values["no-chain-gates"];
@@ -339,6 +351,7 @@ const decodeAttention: Partial<GpuModelOptions> = {
   decodeAttentionAblation: ablation,
   decodeSkipOps: skipOps,
   decodeRepeatOps: repeatOps,
+  decodeRepeatSource: repeatSource,
 };
 const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? "" : "-unfused-append") +
   wgkvAppendSuffix + (chainWriteGates ? "" : "-unchained-gates") +
@@ -356,7 +369,7 @@ const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? 
   (decodeSubgroupReduce ? "-subgroup-reduce" : "") +
   (ablation ? `-ablate-${ablation}` : "") +
   (skipOps?.length ? `-skip-${skipOps.join("+")}` : "") +
-  (repeatOps?.length ? `-repeat-${repeatOps.join("+")}` : "");
+  (repeatOps?.length ? `-repeat-${repeatSource === "far-layer" ? "far-" : ""}${repeatOps.join("+")}` : "");
 // --prefill-splits N: prefill attention with N key splits per KV head (rows named "prefill-splitsN").
 // (without it, the model's default for the policy).
 const prefillSplits = values["prefill-splits"] === undefined ? undefined : Number(values["prefill-splits"]);

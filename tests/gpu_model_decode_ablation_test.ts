@@ -1,4 +1,4 @@
-import { deepEqual, notDeepEqual } from "node:assert/strict";
+import { deepEqual, notDeepEqual, ok } from "node:assert/strict";
 import { getGpu } from "../src/gpu/device.ts";
 import { GpuModel, type GpuModelOptions } from "../src/model/gpu_model.ts";
 import { withTinyModel } from "./gpu_ops_helpers.ts";
@@ -22,5 +22,10 @@ Deno.test("gpu model: decode ablations for benchmarks leave ops out or run them 
     // attn_output adds into the residual stream: twice is another result; so is leaving gate/up out.
     notDeepEqual(await decodeLogits({ decodeRepeatOps: ["attn_output"] }), want);
     notDeepEqual(await decodeLogits({ decodeSkipOps: ["ffn_gate_up"] }), want);
+    // The far-layer copy of gate/up writes the other layer's activations into the shared buffer, which this
+    // layer's ffn_down then reads: another result, where the same-layer copy changed nothing.
+    const far = await decodeLogits({ decodeRepeatOps: ["ffn_gate_up"], decodeRepeatSource: "far-layer" });
+    notDeepEqual(far, want);
+    ok(far.every(Number.isFinite));
   });
 });

@@ -292,7 +292,18 @@ export interface GpuModelOptions {
    * after itself rather than after the op before it in the chain. Default: none.
    */
   decodeRepeatOps?: readonly string[];
+  /**
+   * What the second copy of a repeated op (`decodeRepeatOps`) is: `same-layer` runs the op itself again,
+   * reading the weights it has just read (at 1B sizes a layer's weights stay in a 50 MB L2 cache, so the
+   * copy reads them from the cache); `far-layer` runs the op of the same role in the layer half the model
+   * away, whose weights are not in the cache then and are evicted again before that layer's own turn.
+   * Default: `same-layer`.
+   */
+  decodeRepeatSource?: DecodeRepeatSource;
 }
+
+/** Which op the second copy of a repeated decode op is (`GpuModelOptions.decodeRepeatSource`). */
+export type DecodeRepeatSource = "same-layer" | "far-layer";
 
 /**
  * Longest rows whose decode products take int8 input by default (`GpuModelOptions.int8Decode`). On an H100
@@ -1126,7 +1137,12 @@ export class GpuModel {
       prefillEmbed: prefill.embed,
       decodeEmbed: decode.embed,
       prefill: prefill.ops,
-      decode: ablatedDecodeOps(decode.ops, options.decodeSkipOps ?? [], options.decodeRepeatOps ?? []),
+      decode: ablatedDecodeOps(
+        decode.ops,
+        options.decodeSkipOps ?? [],
+        options.decodeRepeatOps ?? [],
+        options.decodeRepeatSource ?? "same-layer",
+      ),
       tail: [...optional(prefill.outputNorm), copyLast, outputOp, argmax],
       sampleTail: [...optional(prefill.outputNorm), copyLast, outputOp, sample],
       decodeTail: [decodeOutputOp, argmax],
@@ -1464,13 +1480,26 @@ export interface KvUsage {
 
 /**
  * The decode ops with the layers' ops of the roles in `skip` left out and those in `repeat` run twice in a
- * row (`GpuModelOptions.decodeSkipOps`, `decodeRepeatOps`: timing only). A role is an op's label without
- * its `blk.N.` prefix.
+ * row, the second copy being the op itself or, with `source` = `far-layer`, the same role's op of the layer
+ * half the model away (`GpuModelOptions.decodeSkipOps`, `decodeRepeatOps`, `decodeRepeatSource`: timing
+ * only). A role is an op's label without its `blk.N.` prefix.
  */
-function ablatedDecodeOps(ops: GpuOp[], skip: readonly string[], repeat: readonly string[]): GpuOp[] {
+function ablatedDecodeOps(
+  ops: GpuOp[],
+  skip: readonly string[],
+  repeat: readonly string[],
+  source: DecodeRepeatSource,
+): GpuOp[] {
+  const layerOf = (op: GpuOp) => Number(/^blk\.(\d+)\./.exec(op.label)?.[1] ?? -1);
   const role = (op: GpuOp) => op.label.replace(/^blk\.\d+\./, "");
+  const layers = Math.max(0, ...ops.map(layerOf)) + 1;
+  const copyOf = (op: GpuOp): GpuOp => {
+    if (source === "same-layer" || layerOf(op) < 0) return op;
+    const far = (layerOf(op) + Math.floor(layers / 2)) % layers;
+    return ops.find((o) => layerOf(o) === far && role(o) === role(op)) ?? op;
+  };
   return ops.filter((op) => !skip.includes(role(op))).flatMap((op) =>
-    repeat.includes(role(op)) ? [op, op] : [op]
+    repeat.includes(role(op)) ? [op, copyOf(op)] : [op]
   );
 }
 
