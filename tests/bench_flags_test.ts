@@ -148,7 +148,12 @@ Deno.test("bench: --repeat-decode-ops and --ablate-decode-ops refuse an unknown 
     equal(r.code, 2, r.stderr);
     match(r.stderr.trim(), new RegExp(`^bench: ${flag}: unknown role lm_head \\(`));
   }
-  const source = await runBench("bench.ts", ["--repeat-decode-ops", "attn_output", "--repeat-decode-source", "far"]);
+  const source = await runBench("bench.ts", [
+    "--repeat-decode-ops",
+    "attn_output",
+    "--repeat-decode-source",
+    "far",
+  ]);
   equal(source.code, 2, source.stderr);
   match(source.stderr.trim(), /^bench: --repeat-decode-source must be same-layer or far-layer, got far$/);
   const alone = await runBench("bench.ts", ["--repeat-decode-source", "far-layer"]);
