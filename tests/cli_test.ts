@@ -45,7 +45,9 @@ Deno.test("cli: --help lists every command; unknown command and flags are one-li
 Deno.test("cli: gpu describes the device (features, subgroups, matrix units, limits) as text or JSON", async () => {
   const text = await runCli(["gpu"]);
   equal(text.code, 0, text.stderr);
-  for (const key of ["adapter", "shader-f16", "subgroups", "matrix units", "workgroups", "features"]) {
+  for (
+    const key of ["adapter", "backends", "shader-f16", "subgroups", "matrix units", "workgroups", "features"]
+  ) {
     match(text.stdout, new RegExp(`^${key}: `, "m"));
   }
   const json = await runCli(["gpu", "--json"]);
@@ -53,6 +55,7 @@ Deno.test("cli: gpu describes the device (features, subgroups, matrix units, lim
   const info = JSON.parse(json.stdout);
   equal(typeof info.adapter, "string");
   equal(typeof info.shader_f16, "boolean");
+  equal(typeof info.backends, "string");
   ok(info.limits.max_compute_workgroup_storage_size >= 16384, JSON.stringify(info.limits));
   // The matrix units were probed (or the reason why not is given).
   ok(info.matrix_units !== null || info.matrix_units_note.length > 0, json.stdout);

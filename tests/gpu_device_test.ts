@@ -71,12 +71,18 @@ Deno.test("gpu: getGpu shares a device among callers it serves and opens another
 });
 
 /** Opens a device in a fresh process whose environment is exactly `env`; returns what the child saw. */
-async function openInChild(env: Record<string, string>): Promise<{ backends?: string; glLoaded: boolean }> {
+async function openInChild(
+  env: Record<string, string>,
+): Promise<{ backends?: string; described: string; glLoaded: boolean }> {
   const device = new URL("../src/gpu/device.ts", import.meta.url).href;
   const code = `import { Gpu } from "${device}";
 const gpu = await Gpu.create();
 const maps = Deno.build.os === "linux" ? Deno.readTextFileSync("/proc/self/maps") : "";
-console.log(JSON.stringify({ backends: Deno.env.get("DENO_WEBGPU_BACKEND"), glLoaded: /libEGL|_dri\\.so/.test(maps) }));
+console.log(JSON.stringify({
+  backends: Deno.env.get("DENO_WEBGPU_BACKEND"),
+  described: gpu.backends,
+  glLoaded: /libEGL|_dri\\.so/.test(maps),
+}));
 gpu.destroy();`;
   const out = await new Deno.Command(Deno.execPath(), {
     args: ["eval", "--quiet", code],
@@ -100,6 +106,8 @@ Deno.test("gpu: on Linux the device opens through Vulkan alone unless the user c
   const chosen = await openInChild(base);
   equal(chosen.backends, "vulkan");
   equal(chosen.glLoaded, false, "the OpenGL driver stack was loaded");
+  equal(chosen.described, "vulkan (wgkv's choice on Linux; set DENO_WEBGPU_BACKEND to choose)");
   const kept = await openInChild({ ...base, DENO_WEBGPU_BACKEND: "vulkan,gl" });
   equal(kept.backends, "vulkan,gl");
+  equal(kept.described, "vulkan,gl (DENO_WEBGPU_BACKEND)");
 });

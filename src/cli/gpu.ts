@@ -30,6 +30,7 @@ export const gpuCommand: Command = {
       const l = gpu.limits;
       const summary = {
         adapter: gpu.description,
+        backends: gpu.backends,
         software: gpu.isFallback,
         shader_f16: gpu.hasF16,
         timestamps: gpu.hasTimestamps,
@@ -53,6 +54,7 @@ export const gpuCommand: Command = {
       const yes = (b: boolean) => (b ? "yes" : "no");
       console.log([
         `adapter:        ${gpu.description}${gpu.isFallback ? " (software: slow, for tests)" : ""}`,
+        `backends:       ${gpu.backends}`,
         `shader-f16:     ${yes(gpu.hasF16)}`,
         `timestamps:     ${yes(gpu.hasTimestamps)} (per-kernel --profile)`,
         `subgroups:      ${

@@ -65,6 +65,11 @@ export class Gpu {
   readonly subgroups: { minSize: number; maxSize: number } | undefined;
   /** Every feature the adapter offers (sorted), whether or not the device was opened with it. */
   readonly adapterFeatures: readonly string[];
+  /**
+   * Which of the runtime's backends were tried, in one line: e.g. "vulkan (wgkv's choice on Linux; set
+   * DENO_WEBGPU_BACKEND to choose)", "vulkan,gl (DENO_WEBGPU_BACKEND)" or "the runtime's default (all)".
+   */
+  readonly backends: string;
   readonly #pipelines = new Map<string, Kernel>();
   #lostReason: string | undefined;
 
@@ -75,6 +80,7 @@ export class Gpu {
     coop: { support?: CoopMatrixSupport; reason: string },
     subgroups: { minSize: number; maxSize: number } | undefined,
     adapterFeatures: readonly string[],
+    backends: string,
   ) {
     this.device = device;
     this.description = description;
@@ -83,6 +89,7 @@ export class Gpu {
     this.coopMatrixNote = coop.reason;
     this.subgroups = subgroups;
     this.adapterFeatures = adapterFeatures;
+    this.backends = backends;
     this.hasF16 = device.features.has("shader-f16");
     this.hasTimestamps = device.features.has("timestamp-query");
     device.lost.then((info) => {
@@ -172,7 +179,15 @@ export class Gpu {
     const subgroups = subgroupsOpen && device.features.has("subgroups" as GPUFeatureName)
       ? { minSize: info.subgroupMinSize ?? 0, maxSize: info.subgroupMaxSize ?? 0 }
       : undefined;
-    return new Gpu(device, description, fallback, coop, subgroups, [...adapter.features].sort());
+    return new Gpu(
+      device,
+      description,
+      fallback,
+      coop,
+      subgroups,
+      [...adapter.features].sort(),
+      describeBackends(chosenBackends),
+    );
   }
 
   /** The device's limits (as granted, i.e. the adapter's real ones). */
@@ -366,6 +381,18 @@ function prepareRuntimeEnvironment(): string | undefined {
     // No --allow-env: the driver's warning is harmless and every backend is probed.
     return undefined;
   }
+}
+
+/** {@link Gpu.backends}: the backends in effect, and who chose them. */
+function describeBackends(chosenHere: string | undefined): string {
+  if (chosenHere) return `${chosenHere} (wgkv's choice on Linux; set ${BACKEND_VARIABLE} to choose)`;
+  let set: string | undefined;
+  try {
+    set = Deno.env.get(BACKEND_VARIABLE);
+  } catch {
+    // No --allow-env: the runtime reads it anyway; we cannot say.
+  }
+  return set ? `${set} (${BACKEND_VARIABLE})` : "the runtime's default (all)";
 }
 
 /** The devices {@link getGpu} opened, with the options each was opened with. */
