@@ -11,6 +11,7 @@ import { type GpuOp, StepParams } from "../src/gpu/ops/op.ts";
 import { GpuWeight } from "../src/gpu/weights.ts";
 import { typeInfo } from "../src/gguf/types.ts";
 import { compareLinear, dequantized, randomBlocks, randomF32, typeOf } from "./gpu_quant_data.ts";
+import { gateUpCase } from "./gpu_ops_helpers.ts";
 
 const TOL = 2e-5;
 
@@ -99,29 +100,12 @@ Deno.test("gpu matmul shapes: fused gate/up + SwiGLU in every tile shape matches
   ];
   for (const c of cases) {
     const cols = c.blocks * typeInfo(typeOf(c.type), c.type).blockSize;
-    const [gate, up] = ["ffn_gate", "ffn_up"].map((name) => {
-      const bytes = randomBlocks(c.type, c.rows * c.blocks);
-      return {
-        weight: GpuWeight.fromBytes(gpu, name, typeOf(c.type), [cols, c.rows], bytes),
-        w: dequantized(c.type, bytes, c.rows, cols),
-      };
-    });
     const maxTokens = c.m + 2;
     const x = randomF32(maxTokens * cols);
-    const xBuf = gpu.buffer("x", x.byteLength, x);
-    const step = new StepParams(gpu, maxTokens);
+    const { gate, up, xBuf, step, fields } = gateUpCase(gpu, c.type, c.rows, cols, x);
     for (const tuning of shapes(gpu)) {
       const out = nans(gpu, maxTokens * c.rows);
-      const op = createGateUpSwiGluMatmul(gpu, {
-        label: "ffn_gate_up",
-        gate: gate.weight,
-        up: up.weight,
-        x: xBuf,
-        out,
-        maxTokens,
-        step,
-        tuning,
-      });
+      const op = createGateUpSwiGluMatmul(gpu, { ...fields(out), tuning });
       const got = await runOnce(gpu, op, step, c.m, out);
       const what = `${c.type} rows=${c.rows} cols=${cols} m=${c.m} ${JSON.stringify(tuning)}`;
       for (let t = 0; t < c.m; t++) {

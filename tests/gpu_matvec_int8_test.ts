@@ -14,6 +14,7 @@ import { INT8_UNIT_SECTIONS, int8InputReference, int8MatvecBlocker } from "../sr
 import { StepParams } from "../src/gpu/ops/op.ts";
 import { compareLinear, products, randomWeight as randomQuantWeight } from "./gpu_quant_data.ts";
 import {
+  gateUpCase,
   nanBuffer as nans,
   randomF32,
   randomInt8Input,
@@ -154,25 +155,16 @@ Deno.test("gpu matvec int8: fused gate/up + SwiGLU and QKV + RoPE with mixed typ
   for (
     const [type, rows, cols, m] of [["Q4_K", 21, 512, 1], ["Q6_K", 7, 256, 3], ["Q8_0", 9, 96, 2]] as const
   ) {
-    const gate = randomWeight(gpu, type, rows, cols);
-    const up = randomWeight(gpu, type, rows, cols);
     const maxTokens = m + 1;
     const x = randomInt8Input(maxTokens * cols);
     const xq = int8InputReference(x, cols);
-    const xBuf = gpu.buffer("x", x.byteLength, x);
-    const step = new StepParams(gpu, maxTokens);
+    const { gate, up, step, fields } = gateUpCase(gpu, type, rows, cols, x);
     const g = products(gate.w, xq, m, rows, cols);
     const u = products(up.w, xq, m, rows, cols);
     const exact = products(gate.w, x, m, rows, cols);
     const out = nans(gpu, "out", maxTokens * rows);
     const op = createGateUpSwiGlu(gpu, {
-      label: "gate_up",
-      gate: gate.weight,
-      up: up.weight,
-      x: xBuf,
-      out,
-      maxTokens,
-      step,
+      ...fields(out),
       tuning: { int8: true, tokensPerWorkgroup: 2, rowsPerWorkgroup: 3, maxWorkgroups: 2 },
     });
     const [got] = await runOps(gpu, [op], step, m, 0, [out]);

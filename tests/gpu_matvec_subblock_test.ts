@@ -32,7 +32,7 @@ import {
   typeOf,
   TYPES,
 } from "./gpu_quant_data.ts";
-import { nanBuffer as nans, randomF32, runOps, untouchedPast } from "./gpu_ops_helpers.ts";
+import { gateUpCase, nanBuffer as nans, randomF32, runOps, untouchedPast } from "./gpu_ops_helpers.ts";
 import { checkQkvRope, type QkvRopeCase } from "./gpu_qkv_rope_check.ts";
 
 const TOL = 2e-5;
@@ -250,12 +250,9 @@ Deno.test("gpu matvec subblock: fused gate/up + SwiGLU matches the CPU reference
   ok(TYPES.every((t) => cases.some((c) => c.type === t)), "a type without a gate/up case");
   const silu = (v: number) => v / (1 + Math.exp(-v));
   for (const c of cases) {
-    const gate = randomWeight(gpu, c.type, c.rows, c.cols);
-    const up = randomWeight(gpu, c.type, c.rows, c.cols);
     const maxTokens = c.m + 1;
     const x = randomF32(maxTokens * c.cols);
-    const xBuf = gpu.buffer("x", x.byteLength, x);
-    const step = new StepParams(gpu, maxTokens);
+    const { gate, up, xBuf, step, fields } = gateUpCase(gpu, c.type, c.rows, c.cols, x);
     const g = products(gate.w, x, c.m, c.rows, c.cols);
     const u = products(up.w, x, c.m, c.rows, c.cols);
     const tunings = [
@@ -265,16 +262,7 @@ Deno.test("gpu matvec subblock: fused gate/up + SwiGLU matches the CPU reference
     ];
     for (const tuning of tunings) {
       const out = nans(gpu, "out", maxTokens * c.rows);
-      const op = createGateUpSwiGlu(gpu, {
-        label: "gate_up",
-        gate: gate.weight,
-        up: up.weight,
-        x: xBuf,
-        out,
-        maxTokens,
-        step,
-        tuning,
-      });
+      const op = createGateUpSwiGlu(gpu, { ...fields(out), tuning });
       const [got] = await runOps(gpu, [op], step, c.m, 0, [out]);
       const what = `${c.type} ${JSON.stringify(tuning)} rows=${c.rows} cols=${c.cols} m=${c.m}`;
       for (let i = 0; i < c.m * c.rows; i++) {
