@@ -94,6 +94,22 @@ fixtureTest("cli: info describes stories260K", ["stories260K.gguf"], async () =>
   );
 });
 
+fixtureTest("cli: sampling values out of range are one-line errors before the model loads", [
+  "stories260K.gguf",
+], async () => {
+  const model = fixture("stories260K.gguf");
+  const cases: [string, string, RegExp][] = [
+    ["--top-p", "2", /^wgkv run: error: --top-p: 2 is not valid \(want in \(0, 1\]\)$/],
+    ["--min-p", "1", /^wgkv chat: error: --min-p: 1 is not valid \(want in \[0, 1\)\)$/],
+    ["--repeat-penalty", "0", /^wgkv batch: error: --repeat-penalty: 0 is not valid \(want a number > 0\)$/],
+  ];
+  const commands = [["run", "-p", "Once"], ["chat"], ["batch", model]];
+  for (const [i, [flag, value, pattern]] of cases.entries()) {
+    // One line on stderr: nothing was loaded ("loaded in …" would be a second line).
+    assertOneLineError(await runCli([...commands[i], "-m", model, `${flag}=${value}`]), 2, pattern);
+  }
+});
+
 fixtureTest("cli: tokenize --ids prints a JSON array with BOS", ["stories260K.gguf"], async () => {
   const r = await runCli(["tokenize", "-m", fixture("stories260K.gguf"), "--ids", "Once upon a time"]);
   equal(r.code, 0, r.stderr);

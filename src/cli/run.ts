@@ -7,6 +7,7 @@
 
 import { BadFileError, BadFlagError } from "../errors.ts";
 import { loadModel, type Model } from "../engine/load.ts";
+import { Sampler } from "../engine/sampling.ts";
 import type { GenerationStats } from "../engine/session.ts";
 import { foldLayers, formatProfile } from "../gpu/profiler.ts";
 import { formatBytes } from "../gpu/device.ts";
@@ -186,9 +187,12 @@ export async function loadFromFlags(values: ParsedFlags["values"]): Promise<Mode
   return model;
 }
 
-/** Generation settings from the sampling flags. */
+/**
+ * Generation settings from the sampling flags, checked as the sampler will check them (a value out of
+ * range is a one-line error before any model is loaded).
+ */
 export function generationOptions(values: ParsedFlags["values"]) {
-  return {
+  const options = {
     maxTokens: numberFlag(values, "n-predict", 128, { integer: true, min: 0 }),
     temperature: numberFlag(values, "temp", undefined, { min: 0 }),
     topK: numberFlag(values, "top-k", undefined, { integer: true, min: 0 }),
@@ -200,6 +204,8 @@ export function generationOptions(values: ParsedFlags["values"]) {
     stop: values.stop as string[] | undefined,
     ignoreEos: values["ignore-eos"] === true,
   };
+  new Sampler(options);
+  return options;
 }
 
 /** One line of speed figures for stderr. */
