@@ -161,6 +161,12 @@ Deno.test("batch: bad inputs and flags are one-line errors", async () => {
     1,
     /results\.jsonl:1: not a result line/,
   );
+  // A results file that cannot be written is named before any model is opened (this one does not exist).
+  oneLine(
+    await runCli([...m, "--out", `${dir}/no/such/folder/r.jsonl`, `${dir}/a.txt`]),
+    1,
+    /r\.jsonl: cannot open for appending/,
+  );
   await Deno.remove(dir, { recursive: true });
 });
 

@@ -70,18 +70,22 @@ export const batchCommand: Command = {
     }
     if (todo.length === 0) return 0;
 
-    const model = await loadFromFlags(values);
+    // The results file opens before the model loads: a path that cannot be written fails at once.
     let out: Deno.FsFile | undefined;
-    try {
-      if (outPath !== undefined) {
-        try {
-          out = await Deno.open(outPath, { append: true, create: true });
-        } catch (e) {
-          throw new BadFileError(
-            `${outPath}: cannot open for appending (${(e as Error).message.split("\n")[0]})`,
-          );
-        }
+    if (outPath !== undefined) {
+      try {
+        out = await Deno.open(outPath, { append: true, create: true });
+      } catch (e) {
+        throw new BadFileError(
+          `${outPath}: cannot open for appending (${(e as Error).message.split("\n")[0]})`,
+        );
       }
+    }
+    const model = await loadFromFlags(values).catch((e) => {
+      out?.close();
+      throw e;
+    });
+    try {
       const encoder = new TextEncoder();
       const records = summarizeDocuments(model, todo, {
         instruction,
