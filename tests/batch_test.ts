@@ -1,21 +1,10 @@
 import { deepEqual, equal, match, ok, rejects } from "node:assert/strict";
 import { fixture, fixtureTest } from "./fixtures.ts";
+import { runCli } from "./cli_process.ts";
 import { readBatchDocuments, resumeResults } from "../src/engine/batch.ts";
 import { BadFileError } from "../src/errors.ts";
 
-const CLI = new URL("../cli.ts", import.meta.url).pathname;
 const MODEL = "stories260K.gguf";
-
-async function runCli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", CLI, ...args],
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1", XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp" },
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
 
 /** Parses JSON lines, checking each is one complete object. */
 function records(text: string): Record<string, unknown>[] {

@@ -1,20 +1,9 @@
 import { deepEqual, equal, match, ok } from "node:assert/strict";
 import { fixture, fixtureTest } from "./fixtures.ts";
+import { runCli } from "./cli_process.ts";
 import { Gpu } from "../src/gpu/device.ts";
 
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
-
-/** Runs the CLI in a subprocess and returns its exit code, stdout and stderr. */
-export async function runCli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", CLI, ...args],
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1", XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp" },
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
 
 function assertOneLineError(r: { code: number; stderr: string }, code: number, pattern: RegExp): void {
   equal(r.code, code, r.stderr);

@@ -171,4 +171,8 @@ async function compareKvPolicies(values: ParsedFlags["values"]): Promise<void> {
   }
   console.error("kv    prompt  prefill/s   decode/s    KV in use   full cache  admitted");
   for (const r of rows) console.error(r);
+  console.error(
+    "demo: at a few hundred tokens the write gate's own work costs about what the smaller cache saves; the " +
+      "speed-ups grow with the context (`deno task bench --kv full,wgkv --kv-prompts 32768 --admit-target 0.2` on a GPU)",
+  );
 }
