@@ -99,6 +99,28 @@ fixtureTest("cli: sampling values out of range are one-line errors before the mo
   }
 });
 
+fixtureTest("cli: run -n -1 generates until the context is full", ["stories260K.gguf"], async () => {
+  const r = await runCli([
+    "run",
+    "-m",
+    fixture("stories260K.gguf"),
+    "-p",
+    "Once",
+    "-n",
+    "-1",
+    "--temp",
+    "0",
+    "--ignore-eos",
+    "-c",
+    "40",
+    "--json",
+  ]);
+  equal(r.code, 0, r.stderr);
+  const out = JSON.parse(r.stdout);
+  equal(out.stop_reason, "context");
+  equal(out.prompt_tokens + out.generated_tokens, 41, r.stdout); // the last token is generated, not fed
+});
+
 fixtureTest("cli: tokenize --ids prints a JSON array with BOS", ["stories260K.gguf"], async () => {
   const r = await runCli(["tokenize", "-m", fixture("stories260K.gguf"), "--ids", "Once upon a time"]);
   equal(r.code, 0, r.stderr);

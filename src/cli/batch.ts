@@ -60,6 +60,9 @@ export const batchCommand: Command = {
     if (values["n-predict"] === undefined) values["n-predict"] = "256";
     if (values.temp === undefined) values.temp = "0";
     const generation = generationOptions(values);
+    if (generation.maxTokens === Infinity) {
+      throw new BadFlagError("--n-predict: batch needs a limit per summary (-1 means none)");
+    }
     const instruction = stringFlag(values, "instruction") ?? DEFAULT_INSTRUCTION;
     const outPath = stringFlag(values, "out");
     const docs = await readBatchDocuments(positionals);

@@ -15,7 +15,11 @@ const FLAGS: Record<string, FlagSpec> = {
   ...MODEL_FLAGS,
   system: { type: "string", help: "TEXT  system message" },
   ...SAMPLING_FLAGS,
-  "n-predict": { type: "string", short: "n", help: "N  most tokens per reply (default 512)" },
+  "n-predict": {
+    type: "string",
+    short: "n",
+    help: "N  most tokens per reply (default 512; -1: until the end of the reply or a full context)",
+  },
   help: { type: "boolean", short: "h", help: "show this help" },
 };
 

@@ -28,6 +28,35 @@ export interface ParsedFlags {
   positionals: string[];
 }
 
+/**
+ * `-n -1` and `--temp -0.5` as `--n-predict=-1` and `--temp=-0.5`: a negative number after a flag that
+ * takes a value is that value (as in llama.cpp), where the parser would take it for a flag.
+ */
+function joinNegativeValues(args: string[], spec: Record<string, FlagSpec>): string[] {
+  const takesValue = (arg: string): string | undefined => {
+    for (const [name, s] of Object.entries(spec)) {
+      if (s.type === "string" && (arg === `--${name}` || (s.short !== undefined && arg === `-${s.short}`))) {
+        return name;
+      }
+    }
+    return undefined;
+  };
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const name = args[i] === "--" ? undefined : takesValue(args[i]);
+    if (args[i] === "--") {
+      out.push(...args.slice(i));
+      break;
+    }
+    if (name !== undefined && i + 1 < args.length && /^-\d+(\.\d+)?$/.test(args[i + 1])) {
+      out.push(`--${name}=${args[++i]}`);
+    } else {
+      out.push(args[i]);
+    }
+  }
+  return out;
+}
+
 /** Parses `args` for `command` against `spec`; unknown flags and missing values are {@link BadFlagError}s. */
 export function parseFlags(command: string, args: string[], spec: Record<string, FlagSpec>): ParsedFlags {
   const options: Record<string, { type: "string" | "boolean"; short?: string; multiple?: boolean }> = {};
@@ -37,7 +66,12 @@ export function parseFlags(command: string, args: string[], spec: Record<string,
     if (s.multiple) options[name].multiple = true;
   }
   try {
-    const { values, positionals } = parseArgs({ args, options, allowPositionals: true, strict: true });
+    const { values, positionals } = parseArgs({
+      args: joinNegativeValues(args, spec),
+      options,
+      allowPositionals: true,
+      strict: true,
+    });
     return { values: values as ParsedFlags["values"], positionals };
   } catch (e) {
     const msg = (e as Error).message.split("\n")[0];

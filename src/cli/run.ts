@@ -136,7 +136,11 @@ export function printKvStats(model: Model, perHead: boolean): void {
 
 /** Sampling flags, named as in llama.cpp. */
 export const SAMPLING_FLAGS: Record<string, FlagSpec> = {
-  "n-predict": { type: "string", short: "n", help: "N  tokens to generate (default 128)" },
+  "n-predict": {
+    type: "string",
+    short: "n",
+    help: "N  tokens to generate (default 128; -1: until the end of text or a full context)",
+  },
   temp: { type: "string", help: "T  temperature, 0 = greedy (default 0.8)" },
   "top-k": { type: "string", help: "K  top-k, 0 = off (default 40)" },
   "top-p": { type: "string", help: "P  top-p, 1 = off (default 0.95)" },
@@ -193,7 +197,7 @@ export async function loadFromFlags(values: ParsedFlags["values"]): Promise<Mode
  */
 export function generationOptions(values: ParsedFlags["values"]) {
   const options = {
-    maxTokens: numberFlag(values, "n-predict", 128, { integer: true, min: 0 }),
+    maxTokens: tokenLimit(values, 128),
     temperature: numberFlag(values, "temp", undefined, { min: 0 }),
     topK: numberFlag(values, "top-k", undefined, { integer: true, min: 0 }),
     topP: numberFlag(values, "top-p", undefined),
@@ -206,6 +210,13 @@ export function generationOptions(values: ParsedFlags["values"]) {
   };
   new Sampler(options);
   return options;
+}
+
+/** `-n`/`--n-predict`: at most this many tokens, or with -1 (as in llama.cpp) until the end or a full context. */
+export function tokenLimit(values: ParsedFlags["values"], fallback: number): number {
+  const n = numberFlag(values, "n-predict", fallback, { integer: true });
+  if (n < -1) throw new BadFlagError(`--n-predict: ${n} is not valid (want a count ≥ 0, or -1 for no limit)`);
+  return n === -1 ? Infinity : n;
 }
 
 /** One line of speed figures for stderr. */
