@@ -28,7 +28,7 @@ export {
   type GenerationStats,
   Session,
 } from "./src/engine/session.ts";
-export type { ModelBackend } from "./src/engine/backend.ts";
+export type { ModelBackend, PrefillProgress } from "./src/engine/backend.ts";
 export type { KvUsage, SampleStart } from "./src/model/gpu_model.ts";
 export type { SampleSettings } from "./src/gpu/ops/sample.ts";
 export type { DualCacheStats } from "./src/kv/dual_cache.ts";

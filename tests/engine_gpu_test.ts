@@ -130,3 +130,28 @@ fixtureTest(
     }
   },
 );
+
+fixtureTest(
+  "gpu model: prefillProgress reports each prefill step but the last, and changes no result",
+  ["stories260K.gguf"],
+  async () => {
+    const file = await openGGUF(fixture("stories260K.gguf"));
+    const gpu = await getGpu();
+    const model = await GpuModel.load(gpu, file, hparamsFromGGUF(file), { contextLength: 256, maxBatch: 64 });
+    try {
+      const prompt = Array.from({ length: 150 }, (_, i) => 1 + ((i * 37) % 500));
+      const want = await model.forward(prompt, 0, "logits");
+      const reports: [number, number][] = [];
+      model.prefillProgress = (done, total) => reports.push([done, total]);
+      const got = await model.forward(prompt, 0, "logits");
+      deepEqual(reports, [[64, 150], [128, 150]]);
+      deepEqual(Array.from(got), Array.from(want));
+      reports.length = 0;
+      await model.forward(prompt.slice(0, 64), 0, "argmax"); // one step: nothing to report
+      deepEqual(reports, []);
+    } finally {
+      model.destroy();
+      file.close();
+    }
+  },
+);

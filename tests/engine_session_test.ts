@@ -3,6 +3,8 @@ import type { ModelBackend } from "../src/engine/backend.ts";
 import { type GeneratedPiece, Session } from "../src/engine/session.ts";
 import type { Tokenizer } from "../src/tokenizer/tokenizer.ts";
 import { OutOfMemoryError } from "../src/errors.ts";
+import { loadModel } from "../src/engine/load.ts";
+import { fixture, fixtureTest } from "./fixtures.ts";
 
 // A fake model whose argmax is a script: step i returns script[i]; it records every call.
 function scriptedBackend(script: number[], contextLength = 100) {
@@ -109,4 +111,35 @@ Deno.test("session: chained greedy decoding yields the same tokens and resumes a
   // Chains of 2, then 4, then what is left of the 12 tokens (the chain would have doubled to 8).
   deepEqual(chains.map((c) => [c.pos, c.count]), [[2, 2], [4, 4], [8, 5]]);
   deepEqual(s.tokens, [0, 2, ...ids("abcdefghi")]);
+});
+
+Deno.test("session: onPrefill is the backend's progress hook for the prompt only", async () => {
+  const { backend } = scriptedBackend([5, 6, 7]);
+  const seen: (ModelBackend["prefillProgress"] | undefined)[] = [];
+  const argmax = backend.forwardArgmax.bind(backend);
+  backend.forwardArgmax = (tokens, pos) => {
+    seen.push(backend.prefillProgress);
+    return argmax(tokens, pos);
+  };
+  const onPrefill = () => {};
+  const session = new Session(backend, tokenizer);
+  equal(await collect(session.generate(ids("^ab"), { maxTokens: 3, temperature: 0, onPrefill })), "def");
+  deepEqual(seen, [onPrefill, undefined, undefined]);
+  equal(backend.prefillProgress, undefined);
+});
+
+fixtureTest("cpu backend: prefillProgress every 64 tokens but at the end", ["stories260K.gguf"], async () => {
+  const model = await loadModel(fixture("stories260K.gguf"), { backend: "cpu" });
+  try {
+    const reports: [number, number][] = [];
+    model.backend.prefillProgress = (done, total) => reports.push([done, total]);
+    const prompt = (n: number) => Array.from({ length: n }, (_, i) => 1 + ((i * 37) % 500));
+    await model.backend.forwardArgmax(prompt(150), 0);
+    deepEqual(reports, [[64, 150], [128, 150]]);
+    reports.length = 0;
+    await model.backend.forwardArgmax(prompt(128), 0);
+    deepEqual(reports, [[64, 128]]);
+  } finally {
+    model.close();
+  }
 });

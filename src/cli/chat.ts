@@ -10,6 +10,7 @@ import { type ChatMessage, renderChat } from "../chat/template.ts";
 import type { Command } from "./main.ts";
 import { type FlagSpec, helpText, parseFlags, stringFlag } from "./flags.ts";
 import { generationOptions, loadFromFlags, MODEL_FLAGS, SAMPLING_FLAGS, statsLine, writeOut } from "./run.ts";
+import { prefillReporter } from "./progress.ts";
 
 const FLAGS: Record<string, FlagSpec> = {
   ...MODEL_FLAGS,
@@ -85,7 +86,7 @@ export const chatCommand: Command = {
           common = session.tokens.length; // a WG-KV cache restarts from 0 rather than resume mid-way
           if (common > 0) console.error(`(${common} tokens of the conversation reused from the KV cache)`);
           let reply = "";
-          const gen = session.generate(ids.slice(common), options);
+          const gen = session.generate(ids.slice(common), { ...options, onPrefill: prefillReporter() });
           let r = await gen.next();
           while (!r.done) {
             reply += r.value.text;

@@ -22,6 +22,7 @@ import {
   parseFlags,
   stringFlag,
 } from "./flags.ts";
+import { prefillReporter } from "./progress.ts";
 
 /** Flags shared by every command that loads a model for generation. */
 export const MODEL_FLAGS: Record<string, FlagSpec> = {
@@ -276,7 +277,7 @@ export const runCommand: Command = {
     try {
       const session = model.session();
       const ids = model.tokenizer.encode(prompt, { addBos: model.tokenizer.addBos });
-      const gen = session.generate(ids, options);
+      const gen = session.generate(ids, { ...options, onPrefill: prefillReporter() });
       let text = "";
       const generated: number[] = [];
       let r = await gen.next();

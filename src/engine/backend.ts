@@ -9,6 +9,9 @@
 import type { LlamaHParams } from "../model/hparams.ts";
 import type { KvUsage, SampleStart } from "../model/gpu_model.ts";
 
+/** Progress of a long prompt: `done` of its `total` tokens have run. */
+export type PrefillProgress = (done: number, total: number) => void;
+
 /** A forward-pass implementation with its own KV cache for one sequence. */
 export interface ModelBackend {
   /** Which implementation this is. */
@@ -38,6 +41,11 @@ export interface ModelBackend {
   decodeSampled?(first: number, pos: number, count: number, sampling: SampleStart): Promise<number[]>;
   /** Most steps {@link decodeGreedy} and {@link decodeSampled} take at once. */
   readonly maxChain?: number;
+  /**
+   * Optional, set by the caller around a long forward: called after each part of the tokens is done (tokens
+   * done so far, tokens of the call), never for a call that runs in one step, nor for its last part.
+   */
+  prefillProgress?: PrefillProgress;
   /** Whether a call may start before the cached positions (false: only at 0 or at the end). Default true. */
   readonly rewindable?: boolean;
   /** KV memory in use against a full cache of the same tokens (and per-head admissions for WG-KV). */

@@ -9,7 +9,10 @@ import type { GGUFFile } from "../gguf/reader.ts";
 import { ReferenceModel } from "../model/reference.ts";
 import type { LlamaHParams } from "../model/hparams.ts";
 import { argmax } from "./sampling.ts";
-import type { ModelBackend } from "./backend.ts";
+import type { ModelBackend, PrefillProgress } from "./backend.ts";
+
+/** Tokens between two progress reports of the CPU backend. */
+const CPU_PROGRESS_TOKENS = 64;
 
 /** {@link ModelBackend} over {@link ReferenceModel}. */
 export class CpuBackend implements ModelBackend {
@@ -31,10 +34,18 @@ export class CpuBackend implements ModelBackend {
     );
   }
 
+  /** See {@link ModelBackend.prefillProgress}: here after every {@link CPU_PROGRESS_TOKENS} tokens. */
+  prefillProgress?: PrefillProgress;
+
   /** Runs the tokens one by one; returns the last logits. */
   forward(tokens: number[], pos: number): Promise<Float32Array> {
     let logits = new Float32Array(0);
-    for (let i = 0; i < tokens.length; i++) logits = this.model.forward(tokens[i], pos + i);
+    for (let i = 0; i < tokens.length; i++) {
+      logits = this.model.forward(tokens[i], pos + i);
+      if ((i + 1) % CPU_PROGRESS_TOKENS === 0 && i + 1 < tokens.length) {
+        this.prefillProgress?.(i + 1, tokens.length);
+      }
+    }
     return Promise.resolve(logits);
   }
 

@@ -9,7 +9,7 @@ import type { Gpu } from "../gpu/device.ts";
 import type { GpuProfiler } from "../gpu/profiler.ts";
 import type { LlamaHParams } from "../model/hparams.ts";
 import { GpuModel, type KvUsage, type SampleStart } from "../model/gpu_model.ts";
-import type { ModelBackend } from "./backend.ts";
+import type { ModelBackend, PrefillProgress } from "./backend.ts";
 import type { KvPolicy } from "../kv/wgkv_policy.ts";
 import type { GateWeights } from "../gate/format.ts";
 
@@ -46,6 +46,14 @@ export class GpuBackend implements ModelBackend {
     },
   ): Promise<GpuBackend> {
     return new GpuBackend(await GpuModel.load(gpu, file, hparams, options));
+  }
+
+  /** See {@link ModelBackend.prefillProgress}: here after each prefill step but the last. */
+  get prefillProgress(): PrefillProgress | undefined {
+    return this.model.prefillProgress;
+  }
+  set prefillProgress(report: PrefillProgress | undefined) {
+    this.model.prefillProgress = report;
   }
 
   /** Runs the tokens; returns the last logits. */

@@ -8,7 +8,7 @@
 
 import { OutOfMemoryError } from "../errors.ts";
 import type { Tokenizer } from "../tokenizer/tokenizer.ts";
-import type { ModelBackend } from "./backend.ts";
+import type { ModelBackend, PrefillProgress } from "./backend.ts";
 import type { SampleStart } from "../model/gpu_model.ts";
 import { Sampler, type SamplingOptions } from "./sampling.ts";
 
@@ -22,6 +22,11 @@ export interface GenerateOptions extends SamplingOptions {
   ignoreEos?: boolean;
   /** Aborts generation between tokens. */
   signal?: AbortSignal;
+  /**
+   * Called as a long prompt runs: tokens done so far and the prompt's length, after each part of it but
+   * the last (on the GPU a prefill step, on the CPU 64 tokens); not for a prompt that runs in one step.
+   */
+  onPrefill?: PrefillProgress;
 }
 
 /** One generated token and the text it completes (may be "" while a UTF-8 character is incomplete). */
@@ -165,13 +170,20 @@ export class Session {
             ? await this.backend.decodeGreedy!(feed[0], pos, count)
             : await this.backend.decodeSampled!(feed[0], pos, count, sampling(i));
           token = ready.shift()!;
-        } else if (sampler.isGreedy) {
-          token = await this.backend.forwardArgmax(feed, pos);
-        } else if (onDevice) {
-          token = await this.backend.forwardSample!(feed, pos, sampling(i));
         } else {
-          const logits = await this.backend.forward(feed, pos);
-          token = sampler.sample(logits, this.#recent(feed, sampler.options.repeatLastN));
+          if (i === 0) this.backend.prefillProgress = options.onPrefill;
+          try {
+            if (sampler.isGreedy) {
+              token = await this.backend.forwardArgmax(feed, pos);
+            } else if (onDevice) {
+              token = await this.backend.forwardSample!(feed, pos, sampling(i));
+            } else {
+              const logits = await this.backend.forward(feed, pos);
+              token = sampler.sample(logits, this.#recent(feed, sampler.options.repeatLastN));
+            }
+          } finally {
+            if (i === 0) this.backend.prefillProgress = undefined;
+          }
         }
         const now = performance.now();
         if (i === 0) stats.prefillMs = now - t0;

@@ -394,6 +394,13 @@ export class GpuModel {
   readonly contextLength: number;
   /** Most tokens per prefill step. */
   readonly maxBatch: number;
+  /**
+   * When set: called after each prefill step of a {@link forward} that takes several, but the last, once
+   * the GPU has done it (tokens done so far, tokens of the call). The CPU then stays at most one step ahead
+   * of the GPU (it waits for step k − 1 after submitting step k), which keeps the GPU busy; every report is
+   * made before `forward` returns.
+   */
+  prefillProgress?: (done: number, total: number) => void;
   /** Bytes of weights uploaded. */
   readonly weightBytes: number;
   /** The paged KV cache: the full cache, or the WG-KV dual cache for the other policies. */
@@ -1182,6 +1189,14 @@ export class GpuModel {
     this.#rewind(pos);
     if (want === "sample") this.#sample.start(sampling!.settings, sampling!.history, sampling!.draw);
     const picked = want === "sample" ? this.#sample.tokens : this.#argmax.tokens;
+    // Progress (prefillProgress): the step submitted before the current one, reported once it is done.
+    const report = this.prefillProgress;
+    let previous: { done: Promise<void>; tokens: number } | undefined;
+    const reportPrevious = async () => {
+      if (!previous || !report) return;
+      await previous.done;
+      report(previous.tokens, tokens.length);
+    };
     for (let start = 0; start < tokens.length; start += this.maxBatch) {
       const chunk = tokens.slice(start, start + this.maxBatch);
       const isLast = start + chunk.length === tokens.length;
@@ -1212,8 +1227,15 @@ export class GpuModel {
       this.#endStep(
         this.#flags ? new Uint32Array(await this.#mapStaging(this.#flagStaging!, flagBytes)) : undefined,
       );
+      if (report && !isLast) {
+        // This step is queued behind the one before it, so waiting for that one never idles the GPU.
+        const done = this.#gpu.device.queue.onSubmittedWorkDone();
+        await reportPrevious();
+        previous = { done, tokens: start + chunk.length };
+      }
     }
     const range = await this.#mapStaging(want === "logits" ? this.#logitsStaging : this.#tokenStaging, 4);
+    await reportPrevious();
     return want === "logits" ? new Float32Array(range) : new Uint32Array(range)[0];
   }
 
