@@ -121,6 +121,32 @@ fixtureTest("cli: run -n -1 generates until the context is full", ["stories260K.
   equal(out.prompt_tokens + out.generated_tokens, 41, r.stdout); // the last token is generated, not fed
 });
 
+fixtureTest(
+  "cli: run refuses a prompt that cannot fit before loading the model",
+  ["stories260K.gguf"],
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: "wgkv_ctx_" });
+    try {
+      const long = `${dir}/long.txt`;
+      await Deno.writeTextFile(long, "Once upon a time there was a little dog. ".repeat(300));
+      const model = fixture("stories260K.gguf");
+      // One line on stderr: nothing was loaded ("loaded in …" would be a second line).
+      assertOneLineError(
+        await runCli(["run", "-m", model, "-f", long]),
+        1,
+        /^wgkv run: error: context overflow: the prompt's \d+ tokens exceed the model's trained context of 2048$/,
+      );
+      assertOneLineError(
+        await runCli(["run", "-m", model, "-p", "Once upon a time there was a little dog.", "-c", "5"]),
+        1,
+        /^wgkv run: error: context overflow: the prompt's \d+ tokens exceed --ctx 5$/,
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
 fixtureTest("cli: tokenize --ids prints a JSON array with BOS", ["stories260K.gguf"], async () => {
   const r = await runCli(["tokenize", "-m", fixture("stories260K.gguf"), "--ids", "Once upon a time"]);
   equal(r.code, 0, r.stderr);

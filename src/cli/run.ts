@@ -6,7 +6,10 @@
  */
 
 import { BadFileError, BadFlagError } from "../errors.ts";
-import { loadModel, type Model } from "../engine/load.ts";
+import { contextForPrompt, DEFAULT_GPU_CONTEXT, loadModel, type Model } from "../engine/load.ts";
+import { openGGUF } from "../gguf/reader.ts";
+import { hparamsFromGGUF } from "../model/hparams.ts";
+import { tokenizerFromMetadata } from "../tokenizer/tokenizer.ts";
 import { Sampler } from "../engine/sampling.ts";
 import type { GenerationStats } from "../engine/session.ts";
 import { foldLayers, formatProfile } from "../gpu/profiler.ts";
@@ -27,7 +30,12 @@ import { prefillReporter } from "./progress.ts";
 /** Flags shared by every command that loads a model for generation. */
 export const MODEL_FLAGS: Record<string, FlagSpec> = {
   model: { type: "string", short: "m", help: "FILE  GGUF model to load" },
-  ctx: { type: "string", short: "c", help: "N  context length to allocate (default: the model's)" },
+  ctx: {
+    type: "string",
+    short: "c",
+    help:
+      "N  context length to allocate (default: the model's, at most 4096 on the GPU; `run` grows it to fit)",
+  },
   backend: { type: "string", help: "auto|cpu|webgpu  where to run (default auto)" },
   verbose: { type: "boolean", short: "v", help: "print model and memory details on stderr" },
   profile: { type: "boolean", help: "time every GPU kernel and print a table on stderr at the end" },
@@ -247,6 +255,34 @@ export async function writeOut(text: string): Promise<void> {
   while (off < bytes.length) off += await Deno.stdout.write(bytes.subarray(off));
 }
 
+/**
+ * The prompt's tokens and the context to allocate, from the model's header before any weight loads (see
+ * {@link contextForPrompt}): a prompt that cannot fit fails at once, and without `-c` the context grows
+ * past its default to hold the prompt and `-n` tokens (said on stderr).
+ */
+async function planPrompt(
+  values: ParsedFlags["values"],
+  prompt: string,
+  maxTokens: number,
+): Promise<{ ids: number[]; contextLength: number }> {
+  const file = await openGGUF(stringFlag(values, "model", true));
+  try {
+    const trained = hparamsFromGGUF(file).contextLength;
+    const tokenizer = tokenizerFromMetadata(file.metadata);
+    const ids = tokenizer.encode(prompt, { addBos: tokenizer.addBos });
+    const asked = numberFlag(values, "ctx", undefined, { integer: true, min: 1 });
+    const contextLength = contextForPrompt(trained, ids.length, maxTokens, asked);
+    if (asked === undefined && contextLength > Math.min(trained, DEFAULT_GPU_CONTEXT)) {
+      console.error(
+        `context: ${contextLength} tokens, to hold the prompt's ${ids.length} and -n (-c sets it)`,
+      );
+    }
+    return { ids, contextLength };
+  } finally {
+    file.close();
+  }
+}
+
 async function readPrompt(values: ParsedFlags["values"]): Promise<string> {
   const p = stringFlag(values, "prompt");
   const f = stringFlag(values, "file");
@@ -273,10 +309,11 @@ export const runCommand: Command = {
     if (positionals.length > 0) throw new BadFlagError(`run: unexpected argument "${positionals[0]}"`);
     const prompt = await readPrompt(values);
     const options = generationOptions(values);
-    const model = await loadFromFlags(values);
+    const plan = await planPrompt(values, prompt, options.maxTokens);
+    const model = await loadFromFlags({ ...values, ctx: String(plan.contextLength) });
     try {
       const session = model.session();
-      const ids = model.tokenizer.encode(prompt, { addBos: model.tokenizer.addBos });
+      const ids = plan.ids;
       const gen = session.generate(ids, { ...options, onPrefill: prefillReporter() });
       let text = "";
       const generated: number[] = [];

@@ -8,7 +8,7 @@
 import { type GGUFFile, openGGUF } from "../gguf/reader.ts";
 import { hparamsFromGGUF, type LlamaHParams } from "../model/hparams.ts";
 import { type Tokenizer, tokenizerFromMetadata } from "../tokenizer/tokenizer.ts";
-import { BadFlagError, DeviceError, UnsupportedError } from "../errors.ts";
+import { BadFlagError, DeviceError, OutOfMemoryError, UnsupportedError } from "../errors.ts";
 import type { ModelBackend } from "./backend.ts";
 import { CpuBackend } from "./cpu_backend.ts";
 import { GpuBackend } from "./gpu_backend.ts";
@@ -117,6 +117,34 @@ export interface Model {
   close(): void;
 }
 
+/** Context the WebGPU backend allocates when none is asked for: the model's, at most this many tokens. */
+export const DEFAULT_GPU_CONTEXT = 4096;
+
+/**
+ * The context to allocate for a prompt of `promptTokens` followed by at most `maxTokens` generated ones
+ * (`Infinity`: no limit): `asked` when given, else {@link DEFAULT_GPU_CONTEXT} grown to hold the prompt and
+ * the generated tokens, within the model's `trained` context. A prompt longer than that context is an
+ * {@link OutOfMemoryError} with the numbers, so a caller can refuse it before loading any weights.
+ */
+export function contextForPrompt(
+  trained: number,
+  promptTokens: number,
+  maxTokens: number,
+  asked?: number,
+): number {
+  const limit = asked ?? trained;
+  if (promptTokens > limit) {
+    throw new OutOfMemoryError(
+      `context overflow: the prompt's ${promptTokens} tokens exceed ${
+        asked === undefined ? `the model's trained context of ${trained}` : `--ctx ${asked}`
+      }`,
+    );
+  }
+  if (asked !== undefined) return asked;
+  const wanted = Number.isFinite(maxTokens) ? promptTokens + maxTokens : promptTokens + 1;
+  return Math.min(trained, Math.max(DEFAULT_GPU_CONTEXT, wanted));
+}
+
 /** Opens `path`, validates it as a Llama GGUF and prepares a backend. */
 export async function loadModel(path: string, options: LoadOptions = {}): Promise<Model> {
   const progress = options.onProgress ?? (() => {});
@@ -147,7 +175,7 @@ export async function loadModel(path: string, options: LoadOptions = {}): Promis
         if (options.profile) profiler = new GpuProfiler(gpu);
         progress(`loading ${path} on ${gpu.description}`);
         backend = await GpuBackend.load(gpu, file, hparams, {
-          contextLength: options.contextLength ?? Math.min(hparams.contextLength, 4096),
+          contextLength: options.contextLength ?? Math.min(hparams.contextLength, DEFAULT_GPU_CONTEXT),
           maxBatch: options.maxBatch,
           onProgress: progress,
           profiler,
