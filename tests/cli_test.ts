@@ -3,8 +3,6 @@ import { fixture, fixtureTest } from "./fixtures.ts";
 import { runCli } from "./cli_process.ts";
 import { Gpu } from "../src/gpu/device.ts";
 
-const CLI = new URL("../cli.ts", import.meta.url).pathname;
-
 function assertOneLineError(r: { code: number; stderr: string }, code: number, pattern: RegExp): void {
   equal(r.code, code, r.stderr);
   const lines = r.stderr.trim().split("\n");
@@ -182,21 +180,15 @@ fixtureTest(
   "cli: chat answers each piped message and keeps the cache across turns",
   ["stories260K.gguf"],
   async () => {
-    const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", CLI, "chat", "-m", fixture("stories260K.gguf"), "-n", "8", "--temp", "0"],
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-      env: { NO_COLOR: "1" },
-    }).spawn();
-    const writer = child.stdin.getWriter();
-    await writer.write(new TextEncoder().encode("Tell me a story\n/reset\nAnother one\nAnd more\n"));
-    await writer.close();
-    const out = await child.output();
-    const stderr = new TextDecoder().decode(out.stderr);
+    const out = await runCli(
+      ["chat", "-m", fixture("stories260K.gguf"), "-n", "8", "--temp", "0"],
+      {},
+      "Tell me a story\n/reset\nAnother one\nAnd more\n",
+    );
+    const stderr = out.stderr;
     equal(out.code, 0, stderr);
-    const replies = new TextDecoder().decode(out.stdout).split("\n").filter((l) => l.length > 0);
-    equal(replies.length, 3, new TextDecoder().decode(out.stdout));
+    const replies = out.stdout.split("\n").filter((l) => l.length > 0);
+    equal(replies.length, 3, out.stdout);
     match(stderr, /conversation reset/);
     // Three turns, each with its own prefill; only the third continues a conversation, and it reuses at
     // least the whole prompt of the second turn from the cache.
@@ -207,6 +199,31 @@ fixtureTest(
     );
     equal(reused.length, 1, stderr);
     ok(reused[0] >= prefills[1], `reused ${reused[0]} of a ${prefills[1]}-token first prompt`);
+  },
+);
+
+fixtureTest(
+  "cli: chat drops its oldest messages when the conversation outgrows the context, and goes on",
+  ["stories260K.gguf"],
+  async () => {
+    const out = await runCli(
+      ["chat", "-m", fixture("stories260K.gguf"), "-n", "20", "--temp", "0", "-c", "64"],
+      {},
+      "Hello there my friend\nTell me a story about a dog\n" + "a dog ".repeat(40) +
+        "\nAnd another one please\n",
+    );
+    equal(out.code, 0, out.stderr);
+    // Three replies: the message too long for the context is refused and the chat goes on.
+    equal(out.stdout.split("\n").filter((l) => l.length > 0).length, 3, out.stdout);
+    match(
+      out.stderr,
+      /the conversation outgrew the context of 64 tokens: its \d+ oldest message\(s\) dropped/,
+    );
+    match(
+      out.stderr,
+      /chat: this message takes \d+ tokens with the chat layout, more than the context of 64/,
+    );
+    ok(!out.stderr.includes("context overflow"), out.stderr);
   },
 );
 

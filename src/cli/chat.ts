@@ -7,6 +7,7 @@
 
 import { BadFlagError } from "../errors.ts";
 import { type ChatMessage, renderChat } from "../chat/template.ts";
+import type { Model } from "../engine/load.ts";
 import type { Command } from "./main.ts";
 import { type FlagSpec, helpText, parseFlags, stringFlag } from "./flags.ts";
 import { generationOptions, loadFromFlags, MODEL_FLAGS, SAMPLING_FLAGS, statsLine, writeOut } from "./run.ts";
@@ -73,11 +74,23 @@ export const chatCommand: Command = {
           console.error("(conversation reset)");
         } else if (text !== "") {
           messages.push({ role: "user", content: text });
-          const rendered = renderChat(model.file.metadata, messages, { addGenerationPrompt: true });
-          const ids = model.tokenizer.encode(rendered.text, {
-            addBos: !rendered.startsWithBos,
-            parseSpecial: true,
-          });
+          const fitted = fitTranscript(model, messages, options.maxTokens);
+          if (fitted.dropped > 0) {
+            console.error(
+              `(the conversation outgrew the context of ${model.backend.contextLength} tokens: ` +
+                `its ${fitted.dropped} oldest message(s) dropped; -c sets the context)`,
+            );
+          }
+          if (fitted.ids.length >= model.backend.contextLength) {
+            messages.pop();
+            console.error(
+              `chat: this message takes ${fitted.ids.length} tokens with the chat layout, more than the context ` +
+                `of ${model.backend.contextLength} can hold with a reply; shorten it or raise -c`,
+            );
+            if (interactive) await Deno.stderr.write(new TextEncoder().encode("> "));
+            continue;
+          }
+          const ids = fitted.ids;
           // Reuse the cached prefix the new transcript shares with the conversation so far.
           const have = session.transcript;
           let common = 0;
@@ -105,3 +118,30 @@ export const chatCommand: Command = {
     }
   },
 };
+
+/**
+ * The transcript's tokens, after dropping the oldest messages (a system message stays) while it leaves less
+ * room than a reply of `maxTokens` (at most half the context) needs. Drops from `messages` in place.
+ */
+function fitTranscript(
+  model: Model,
+  messages: ChatMessage[],
+  maxTokens: number,
+): { ids: number[]; dropped: number } {
+  const ctx = model.backend.contextLength;
+  const room = Math.min(maxTokens, Math.floor(ctx / 2));
+  const encode = () => {
+    const rendered = renderChat(model.file.metadata, messages, { addGenerationPrompt: true });
+    return model.tokenizer.encode(rendered.text, { addBos: !rendered.startsWithBos, parseSpecial: true });
+  };
+  let ids = encode();
+  let dropped = 0;
+  const first = messages[0]?.role === "system" ? 1 : 0;
+  // The newest message (the user's) always stays; the oldest of the others go first.
+  while (ids.length + room > ctx && messages.length - first > 1) {
+    messages.splice(first, 1);
+    dropped++;
+    ids = encode();
+  }
+  return { ids, dropped };
+}
