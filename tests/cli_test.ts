@@ -102,16 +102,7 @@ fixtureTest("cli: run -n -1 generates until the context is full", ["stories260K.
     "run",
     "-m",
     fixture("stories260K.gguf"),
-    "-p",
-    "Once",
-    "-n",
-    "-1",
-    "--temp",
-    "0",
-    "--ignore-eos",
-    "-c",
-    "40",
-    "--json",
+    ..."-p Once -n -1 --temp 0 --ignore-eos -c 40 --json".split(" "),
   ]);
   equal(r.code, 0, r.stderr);
   const out = JSON.parse(r.stdout);
