@@ -136,6 +136,38 @@ fixtureTest(
   },
 );
 
+fixtureTest("cli: Ctrl-C stops run's reply, prints its statistics and exits with 130", [
+  "stories260K.gguf",
+], async () => {
+  if (Deno.build.os === "windows") return;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      new URL("../cli.ts", import.meta.url).pathname,
+      "run",
+      "-m",
+      fixture("stories260K.gguf"),
+      ..."-p Once -n -1 --temp 0 --ignore-eos".split(" "),
+    ],
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1", XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp" },
+  }).spawn();
+  const reader = child.stdout.getReader();
+  let stdout = new TextDecoder().decode((await reader.read()).value); // the reply has started
+  child.kill("SIGINT");
+  for (let r = await reader.read(); !r.done; r = await reader.read()) {
+    stdout += new TextDecoder().decode(r.value);
+  }
+  const status = await child.status;
+  const stderr = new TextDecoder().decode(await new Response(child.stderr).arrayBuffer());
+  equal(status.code, 130, stderr);
+  match(stderr, /\(stopping the reply; Ctrl-C again quits\)/);
+  match(stderr, /decode: \d+ tokens, [\d.]+ tok\/s; stop: abort$/m);
+  ok(stdout.length > 0 && stdout.endsWith("\n"), stdout);
+});
+
 fixtureTest("cli: tokenize --ids prints a JSON array with BOS", ["stories260K.gguf"], async () => {
   const r = await runCli(["tokenize", "-m", fixture("stories260K.gguf"), "--ids", "Once upon a time"]);
   equal(r.code, 0, r.stderr);

@@ -12,6 +12,7 @@ import type { Command } from "./main.ts";
 import { type FlagSpec, helpText, parseFlags, stringFlag } from "./flags.ts";
 import { generationOptions, loadFromFlags, MODEL_FLAGS, SAMPLING_FLAGS, statsLine, writeOut } from "./run.ts";
 import { prefillReporter } from "./progress.ts";
+import { Interrupt } from "./interrupt.ts";
 
 const FLAGS: Record<string, FlagSpec> = {
   ...MODEL_FLAGS,
@@ -58,6 +59,7 @@ export const chatCommand: Command = {
     const messages: ChatMessage[] = system ? [{ role: "system", content: system }] : [];
     const session = model.session();
     const interactive = Deno.stdin.isTerminal();
+    const interrupt = new Interrupt();
     try {
       const first = renderChat(model.file.metadata, [{ role: "user", content: "" }]);
       if (first.template === "fallback") {
@@ -99,7 +101,11 @@ export const chatCommand: Command = {
           common = session.tokens.length; // a WG-KV cache restarts from 0 rather than resume mid-way
           if (common > 0) console.error(`(${common} tokens of the conversation reused from the KV cache)`);
           let reply = "";
-          const gen = session.generate(ids.slice(common), { ...options, onPrefill: prefillReporter() });
+          const gen = session.generate(ids.slice(common), {
+            ...options,
+            onPrefill: prefillReporter(),
+            signal: interrupt.reply(),
+          });
           let r = await gen.next();
           while (!r.done) {
             reply += r.value.text;
@@ -108,12 +114,14 @@ export const chatCommand: Command = {
           }
           await writeOut("\n");
           console.error(statsLine(r.value));
+          interrupt.idle();
           messages.push({ role: "assistant", content: reply.trim() });
         }
         if (interactive) await Deno.stderr.write(new TextEncoder().encode("> "));
       }
       return 0;
     } finally {
+      interrupt.close();
       model.close();
     }
   },

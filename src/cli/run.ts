@@ -26,6 +26,7 @@ import {
   stringFlag,
 } from "./flags.ts";
 import { prefillReporter } from "./progress.ts";
+import { Interrupt } from "./interrupt.ts";
 
 /** Flags shared by every command that loads a model for generation. */
 export const MODEL_FLAGS: Record<string, FlagSpec> = {
@@ -311,10 +312,15 @@ export const runCommand: Command = {
     const options = generationOptions(values);
     const plan = await planPrompt(values, prompt, options.maxTokens);
     const model = await loadFromFlags({ ...values, ctx: String(plan.contextLength) });
+    const interrupt = new Interrupt();
     try {
       const session = model.session();
       const ids = plan.ids;
-      const gen = session.generate(ids, { ...options, onPrefill: prefillReporter() });
+      const gen = session.generate(ids, {
+        ...options,
+        onPrefill: prefillReporter(),
+        signal: interrupt.reply(),
+      });
       let text = "";
       const generated: number[] = [];
       let r = await gen.next();
@@ -344,8 +350,9 @@ export const runCommand: Command = {
       console.error(statsLine(stats));
       if (values.stats || values.verbose) printKvStats(model, values.stats === true);
       printProfile(model);
-      return 0;
+      return stats.stopReason === "abort" ? 130 : 0;
     } finally {
+      interrupt.close();
       model.close();
     }
   },
