@@ -168,6 +168,15 @@ fixtureTest("cli: Ctrl-C stops run's reply, prints its statistics and exits with
   ok(stdout.length > 0 && stdout.endsWith("\n"), stdout);
 });
 
+fixtureTest("cli: run -f - reads the prompt from standard input", ["stories260K.gguf"], async () => {
+  const args = ["run", "-m", fixture("stories260K.gguf"), ..."--backend cpu -n 8 --temp 0".split(" ")];
+  const piped = await runCli([...args, "-f", "-"], {}, "Once upon a time");
+  const given = await runCli([...args, "-p", "Once upon a time"]);
+  equal(piped.code, 0, piped.stderr);
+  equal(piped.stdout, given.stdout);
+  ok(piped.stdout.trim().length > 0, piped.stdout);
+});
+
 fixtureTest("cli: tokenize --ids prints a JSON array with BOS", ["stories260K.gguf"], async () => {
   const r = await runCli(["tokenize", "-m", fixture("stories260K.gguf"), "--ids", "Once upon a time"]);
   equal(r.code, 0, r.stderr);

@@ -165,7 +165,7 @@ export const SAMPLING_FLAGS: Record<string, FlagSpec> = {
 const FLAGS: Record<string, FlagSpec> = {
   ...MODEL_FLAGS,
   prompt: { type: "string", short: "p", help: "TEXT  the prompt (BOS is added as the model asks)" },
-  file: { type: "string", short: "f", help: "FILE  read the prompt from a file" },
+  file: { type: "string", short: "f", help: "FILE  read the prompt from a file (- reads standard input)" },
   json: { type: "boolean", help: "print one JSON object (text and statistics) instead of streaming" },
   ...SAMPLING_FLAGS,
   help: { type: "boolean", short: "h", help: "show this help" },
@@ -292,6 +292,7 @@ async function readPrompt(values: ParsedFlags["values"]): Promise<string> {
   }
   if (f === undefined) return p ?? "";
   try {
+    if (f === "-") return await new Response(Deno.stdin.readable).text();
     return await Deno.readTextFile(f);
   } catch (e) {
     throw new BadFileError(`${f}: cannot read the prompt file (${(e as Error).message.split("\n")[0]})`);
