@@ -21,6 +21,8 @@ export {
   loadModel,
   type LoadOptions,
   type Model,
+  type ModelHeader,
+  readModelHeader,
 } from "./src/engine/load.ts";
 export {
   type GeneratedPiece,

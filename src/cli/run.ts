@@ -6,10 +6,14 @@
  */
 
 import { BadFileError, BadFlagError } from "../errors.ts";
-import { contextForPrompt, DEFAULT_GPU_CONTEXT, loadModel, type Model } from "../engine/load.ts";
-import { openGGUF } from "../gguf/reader.ts";
-import { hparamsFromGGUF } from "../model/hparams.ts";
-import { tokenizerFromMetadata } from "../tokenizer/tokenizer.ts";
+import {
+  contextForPrompt,
+  DEFAULT_GPU_CONTEXT,
+  loadModel,
+  type Model,
+  type ModelHeader,
+  readModelHeader,
+} from "../engine/load.ts";
 import { Sampler } from "../engine/sampling.ts";
 import type { GenerationStats } from "../engine/session.ts";
 import { foldLayers, formatProfile } from "../gpu/profiler.ts";
@@ -172,11 +176,11 @@ const FLAGS: Record<string, FlagSpec> = {
 };
 
 /** Loads the model named by `-m` with progress on stderr. */
-export async function loadFromFlags(values: ParsedFlags["values"]): Promise<Model> {
+export async function loadFromFlags(values: ParsedFlags["values"], header?: ModelHeader): Promise<Model> {
   const path = stringFlag(values, "model", true);
   const verbose = values.verbose === true;
   const t0 = performance.now();
-  const model = await loadModel(path, {
+  const model = await loadModel(header ?? path, {
     backend: choiceFlag(values, "backend", ["auto", "cpu", "webgpu"] as const, "auto"),
     contextLength: numberFlag(values, "ctx", undefined, { integer: true, min: 1 }),
     maxBatch: numberFlag(values, "batch", undefined, { integer: true, min: 1 }),
@@ -261,27 +265,20 @@ export async function writeOut(text: string): Promise<void> {
  * {@link contextForPrompt}): a prompt that cannot fit fails at once, and without `-c` the context grows
  * past its default to hold the prompt and `-n` tokens (said on stderr).
  */
-async function planPrompt(
+function planPrompt(
   values: ParsedFlags["values"],
+  header: ModelHeader,
   prompt: string,
   maxTokens: number,
-): Promise<{ ids: number[]; contextLength: number }> {
-  const file = await openGGUF(stringFlag(values, "model", true));
-  try {
-    const trained = hparamsFromGGUF(file).contextLength;
-    const tokenizer = tokenizerFromMetadata(file.metadata);
-    const ids = tokenizer.encode(prompt, { addBos: tokenizer.addBos });
-    const asked = numberFlag(values, "ctx", undefined, { integer: true, min: 1 });
-    const contextLength = contextForPrompt(trained, ids.length, maxTokens, asked);
-    if (asked === undefined && contextLength > Math.min(trained, DEFAULT_GPU_CONTEXT)) {
-      console.error(
-        `context: ${contextLength} tokens, to hold the prompt's ${ids.length} and -n (-c sets it)`,
-      );
-    }
-    return { ids, contextLength };
-  } finally {
-    file.close();
+): { ids: number[]; contextLength: number } {
+  const trained = header.hparams.contextLength;
+  const ids = header.tokenizer.encode(prompt, { addBos: header.tokenizer.addBos });
+  const asked = numberFlag(values, "ctx", undefined, { integer: true, min: 1 });
+  const contextLength = contextForPrompt(trained, ids.length, maxTokens, asked);
+  if (asked === undefined && contextLength > Math.min(trained, DEFAULT_GPU_CONTEXT)) {
+    console.error(`context: ${contextLength} tokens, to hold the prompt's ${ids.length} and -n (-c sets it)`);
   }
+  return { ids, contextLength };
 }
 
 async function readPrompt(values: ParsedFlags["values"]): Promise<string> {
@@ -311,8 +308,15 @@ export const runCommand: Command = {
     if (positionals.length > 0) throw new BadFlagError(`run: unexpected argument "${positionals[0]}"`);
     const prompt = await readPrompt(values);
     const options = generationOptions(values);
-    const plan = await planPrompt(values, prompt, options.maxTokens);
-    const model = await loadFromFlags({ ...values, ctx: String(plan.contextLength) });
+    const header = await readModelHeader(stringFlag(values, "model", true));
+    let plan;
+    try {
+      plan = planPrompt(values, header, prompt, options.maxTokens);
+    } catch (e) {
+      header.file.close();
+      throw e;
+    }
+    const model = await loadFromFlags({ ...values, ctx: String(plan.contextLength) }, header);
     const interrupt = new Interrupt();
     try {
       const session = model.session();

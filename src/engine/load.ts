@@ -145,13 +145,40 @@ export function contextForPrompt(
   return Math.min(trained, Math.max(DEFAULT_GPU_CONTEXT, wanted));
 }
 
-/** Opens `path`, validates it as a Llama GGUF and prepares a backend. */
-export async function loadModel(path: string, options: LoadOptions = {}): Promise<Model> {
-  const progress = options.onProgress ?? (() => {});
+/** A model file opened and validated, its weights not yet read: what a caller needs before loading. */
+export interface ModelHeader {
+  /** The open GGUF file. */
+  file: GGUFFile;
+  /** Shapes of the model. */
+  hparams: LlamaHParams;
+  /** Tokenizer from the file's metadata. */
+  tokenizer: Tokenizer;
+}
+
+/**
+ * Opens `path` and validates it as a Llama GGUF, reading its header (metadata, tensor table) but no
+ * weight: e.g. to tokenize a prompt and size the context before {@link loadModel}, which takes the header
+ * over (so the file, whose vocabulary can take a second to parse, is read once).
+ */
+export async function readModelHeader(path: string): Promise<ModelHeader> {
   const file = await openGGUF(path);
   try {
-    const hparams = hparamsFromGGUF(file);
-    const tokenizer = tokenizerFromMetadata(file.metadata);
+    return { file, hparams: hparamsFromGGUF(file), tokenizer: tokenizerFromMetadata(file.metadata) };
+  } catch (e) {
+    file.close();
+    throw e;
+  }
+}
+
+/**
+ * Opens `source` (a path, or a header from {@link readModelHeader}, which the model then owns), validates
+ * it as a Llama GGUF and prepares a backend.
+ */
+export async function loadModel(source: string | ModelHeader, options: LoadOptions = {}): Promise<Model> {
+  const progress = options.onProgress ?? (() => {});
+  const { file, hparams, tokenizer } = typeof source === "string" ? await readModelHeader(source) : source;
+  const path = file.path;
+  try {
     if (options.contextLength !== undefined && options.contextLength > hparams.contextLength) {
       throw new BadFlagError(
         `--ctx ${options.contextLength} exceeds the model's trained context of ${hparams.contextLength}`,
