@@ -36,6 +36,22 @@ export class OutOfMemoryError extends WgkvError {}
 /** The GPU is missing or was lost. */
 export class DeviceError extends WgkvError {}
 
+/**
+ * Not a failure: a forward call whose prefill signal was aborted stopped between two parts of its tokens
+ * (the cache then holds an unknown share of them: a rewindable cache overwrites them on its next call, one
+ * that is not must start again from position 0).
+ */
+export class PrefillAbortedError extends Error {
+  /** Tokens of the call that had run when it stopped. */
+  readonly done: number;
+  /** An abort after `done` tokens of the call. */
+  constructor(done: number) {
+    super(`prefill stopped after ${done} tokens`);
+    this.name = "PrefillAbortedError";
+    this.done = done;
+  }
+}
+
 /** Throws a {@link BadFileError} with `message` unless `condition` holds. */
 export function checkFile(condition: unknown, message: string): asserts condition {
   if (!condition) throw new BadFileError(message);

@@ -168,6 +168,67 @@ fixtureTest("cli: Ctrl-C stops run's reply, prints its statistics and exits with
   ok(stdout.length > 0 && stdout.endsWith("\n"), stdout);
 });
 
+Deno.test("cli: Ctrl-C during a long prompt's prefill stops it at once, with statistics and exit 130", async () => {
+  if (Deno.build.os === "windows") return;
+  const dir = await Deno.makeTempDir({ prefix: "wgkv_prefill_stop_" });
+  try {
+    // The tiny synthetic model on the CPU reference: ~1800 prompt tokens take seconds, reported each second.
+    const model = `${dir}/tiny.gguf`;
+    equal((await runCli(["synth", "--type", "f32", "--out", model])).code, 0);
+    const words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran"];
+    await Deno.writeTextFile(
+      `${dir}/prompt.txt`,
+      Array.from({ length: 900 }, (_, i) => words[(i * 7) % 9]).join(" "),
+    );
+    const child = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        new URL("../cli.ts", import.meta.url).pathname,
+        "run",
+        "-m",
+        model,
+        "--backend",
+        "cpu",
+        "-f",
+        `${dir}/prompt.txt`,
+        "-n",
+        "4",
+        "--temp",
+        "0",
+      ],
+      stdout: "piped",
+      stderr: "piped",
+      env: { NO_COLOR: "1" },
+    }).spawn();
+    const reader = child.stderr.getReader();
+    let stderr = "";
+    while (!/prefill: \d+ \/ \d+ tokens/.test(stderr)) {
+      const r = await reader.read();
+      if (r.done) break;
+      stderr += new TextDecoder().decode(r.value);
+    }
+    const sent = performance.now();
+    child.kill("SIGINT");
+    for (let r = await reader.read(); !r.done; r = await reader.read()) {
+      stderr += new TextDecoder().decode(r.value);
+    }
+    const status = await child.status;
+    const stdout = new TextDecoder().decode(await new Response(child.stdout).arrayBuffer());
+    equal(status.code, 130, stderr);
+    ok(performance.now() - sent < 2000, "the prefill went on after Ctrl-C");
+    const stats =
+      /^prefill: (\d+) tokens in [\d.]+ s \([\d.]+ tok\/s\); decode: 0 tokens, 0\.0 tok\/s; stop: abort$/m
+        .exec(stderr);
+    ok(stats, stderr);
+    const total = Number(/prefill: \d+ \/ (\d+) tokens/.exec(stderr)![1]);
+    ok(Number(stats[1]) > 0 && Number(stats[1]) < total, `stopped after ${stats[1]} of ${total} tokens`);
+    equal(stdout, "\n");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 fixtureTest("cli: run -f - reads the prompt from standard input", ["stories260K.gguf"], async () => {
   const args = ["run", "-m", fixture("stories260K.gguf"), ..."--backend cpu -n 8 --temp 0".split(" ")];
   const piped = await runCli([...args, "-f", "-"], {}, "Once upon a time");

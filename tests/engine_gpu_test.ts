@@ -1,4 +1,5 @@
-import { deepEqual, ok } from "node:assert/strict";
+import { deepEqual, equal, ok } from "node:assert/strict";
+import { PrefillAbortedError } from "../src/errors.ts";
 import { openGGUF } from "../src/gguf/reader.ts";
 import { hparamsFromGGUF } from "../src/model/hparams.ts";
 import { ReferenceModel } from "../src/model/reference.ts";
@@ -126,6 +127,32 @@ fixtureTest(
         }
       }
     } finally {
+      file.close();
+    }
+  },
+);
+
+fixtureTest(
+  "gpu model: an aborted prefillSignal stops a prompt between steps; the next call runs as if it never had",
+  ["stories260K.gguf"],
+  async () => {
+    const file = await openGGUF(fixture("stories260K.gguf"));
+    const gpu = await getGpu();
+    const model = await GpuModel.load(gpu, file, hparamsFromGGUF(file), { contextLength: 256, maxBatch: 64 });
+    try {
+      const prompt = Array.from({ length: 150 }, (_, i) => 1 + ((i * 37) % 500));
+      const want = await model.forward(prompt, 0, "logits");
+      // Ctrl-C as the first step is reported: the step after it is already queued, the third never runs.
+      const stop = new AbortController();
+      model.prefillProgress = () => stop.abort();
+      model.prefillSignal = stop.signal;
+      const stopped = await model.forward(prompt.toReversed(), 0, "logits").catch((e) => e);
+      ok(stopped instanceof PrefillAbortedError, String(stopped));
+      equal(stopped.done, 128);
+      model.prefillProgress = model.prefillSignal = undefined;
+      deepEqual(Array.from(await model.forward(prompt, 0, "logits")), Array.from(want));
+    } finally {
+      model.destroy();
       file.close();
     }
   },

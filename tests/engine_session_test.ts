@@ -1,8 +1,8 @@
-import { deepEqual, equal, rejects } from "node:assert/strict";
+import { deepEqual, equal, ok, rejects } from "node:assert/strict";
 import type { ModelBackend } from "../src/engine/backend.ts";
 import { type GeneratedPiece, Session } from "../src/engine/session.ts";
 import type { Tokenizer } from "../src/tokenizer/tokenizer.ts";
-import { OutOfMemoryError } from "../src/errors.ts";
+import { OutOfMemoryError, PrefillAbortedError } from "../src/errors.ts";
 import { loadModel } from "../src/engine/load.ts";
 import { fixture, fixtureTest } from "./fixtures.ts";
 
@@ -127,6 +127,70 @@ Deno.test("session: onPrefill is the backend's progress hook for the prompt only
   deepEqual(seen, [onPrefill, undefined, undefined]);
   equal(backend.prefillProgress, undefined);
 });
+
+// A scripted backend on which Ctrl-C comes during any prefill given a signal: `stop` is aborted and the call
+// rejects as a real backend does once it sees its prefill signal aborted (after `done` tokens).
+function stoppingBackend(script: number[], stop: AbortController, done: number, rewindable: boolean) {
+  const scripted = scriptedBackend(script);
+  const argmax = scripted.backend.forwardArgmax.bind(scripted.backend);
+  scripted.backend.forwardArgmax = (tokens, pos) => {
+    if (tokens.length > 1 && scripted.backend.prefillSignal !== undefined) {
+      stop.abort();
+      if (scripted.backend.prefillSignal.aborted) {
+        scripted.calls.push({ tokens: [...tokens], pos });
+        return Promise.reject(new PrefillAbortedError(done));
+      }
+    }
+    return argmax(tokens, pos);
+  };
+  (scripted.backend as { rewindable: boolean }).rewindable = rewindable;
+  return scripted;
+}
+
+for (const rewindable of [true, false]) {
+  Deno.test(`session: a prompt stopped in its prefill leaves the conversation as it was (rewindable: ${rewindable})`, async () => {
+    // Turn 1 writes "ab" (b stays unfed), turn 2 is stopped in its prefill (its script entry unused), turn 3
+    // goes on as if it never was.
+    const stop = new AbortController();
+    const { backend, calls } = stoppingBackend([...ids("ab"), 0, ...ids("cd")], stop, 2, rewindable);
+    const s = new Session(backend, tokenizer);
+    equal(await collect(s.generate(ids("^x"), { temperature: 0, maxTokens: 2 })), "ab");
+    const transcript = s.transcript;
+    const stopped = s.generate(ids("yyy"), { temperature: 0, signal: stop.signal });
+    const r = await stopped.next();
+    equal(r.done, true);
+    deepEqual(r.value, { ...r.value, promptTokens: 2, generatedTokens: 0, stopReason: "abort" });
+    deepEqual(calls.at(-1), { tokens: ids("byyy"), pos: 3 });
+    equal(backend.prefillSignal, undefined);
+    deepEqual(s.transcript, transcript);
+    equal(await collect(s.generate(ids("z"), { temperature: 0, maxTokens: 2 })), "cd");
+    // A cache that cannot rewind runs the whole conversation again from 0; one that can resumes at 3.
+    deepEqual(calls.at(-2), rewindable ? { tokens: ids("bz"), pos: 3 } : { tokens: ids("^xabz"), pos: 0 });
+    deepEqual(s.transcript, ids("^xabzcd"));
+  });
+}
+
+fixtureTest(
+  "cpu backend: an aborted prefillSignal stops a prompt every 64 tokens",
+  ["stories260K.gguf"],
+  async () => {
+    const model = await loadModel(fixture("stories260K.gguf"), { backend: "cpu" });
+    try {
+      const prompt = Array.from({ length: 150 }, (_, i) => 1 + ((i * 37) % 500));
+      const want = await model.backend.forward(prompt, 0);
+      const stop = new AbortController();
+      model.backend.prefillProgress = () => stop.abort();
+      model.backend.prefillSignal = stop.signal;
+      const stopped = await model.backend.forward(prompt.toReversed(), 0).catch((e) => e);
+      ok(stopped instanceof PrefillAbortedError, String(stopped));
+      equal(stopped.done, 64);
+      model.backend.prefillProgress = model.backend.prefillSignal = undefined;
+      deepEqual(Array.from(await model.backend.forward(prompt, 0)), Array.from(want));
+    } finally {
+      model.close();
+    }
+  },
+);
 
 fixtureTest("cpu backend: prefillProgress every 64 tokens but at the end", ["stories260K.gguf"], async () => {
   const model = await loadModel(fixture("stories260K.gguf"), { backend: "cpu" });

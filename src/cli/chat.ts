@@ -115,7 +115,11 @@ export const chatCommand: Command = {
           await writeOut("\n");
           console.error(statsLine(r.value));
           interrupt.idle();
-          messages.push({ role: "assistant", content: reply.trim() });
+          if (r.value.stopReason === "abort" && r.value.generatedTokens === 0) {
+            // Stopped before the reply began (during a long prompt): the message is not part of the chat.
+            messages.pop();
+            console.error("(message withdrawn)");
+          } else messages.push({ role: "assistant", content: reply.trim() });
         }
         if (interactive) await Deno.stderr.write(new TextEncoder().encode("> "));
       }

@@ -8,6 +8,7 @@
 
 import type { LlamaHParams } from "../model/hparams.ts";
 import type { KvUsage, SampleStart } from "../model/gpu_model.ts";
+import type { PrefillAbortedError } from "../errors.ts";
 
 /** Progress of a long prompt: `done` of its `total` tokens have run. */
 export type PrefillProgress = (done: number, total: number) => void;
@@ -46,6 +47,11 @@ export interface ModelBackend {
    * done so far, tokens of the call), never for a call that runs in one step, nor for its last part.
    */
   prefillProgress?: PrefillProgress;
+  /**
+   * Optional, set by the caller around a long forward: once aborted, the call stops before its next part
+   * (never before its first) and rejects with {@link PrefillAbortedError}.
+   */
+  prefillSignal?: AbortSignal;
   /** Whether a call may start before the cached positions (false: only at 0 or at the end). Default true. */
   readonly rewindable?: boolean;
   /** KV memory in use against a full cache of the same tokens (and per-head admissions for WG-KV). */

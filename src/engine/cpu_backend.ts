@@ -10,6 +10,7 @@ import { ReferenceModel } from "../model/reference.ts";
 import type { LlamaHParams } from "../model/hparams.ts";
 import { argmax } from "./sampling.ts";
 import type { ModelBackend, PrefillProgress } from "./backend.ts";
+import { PrefillAbortedError } from "../errors.ts";
 
 /** Tokens between two progress reports of the CPU backend. */
 const CPU_PROGRESS_TOKENS = 64;
@@ -36,17 +37,26 @@ export class CpuBackend implements ModelBackend {
 
   /** See {@link ModelBackend.prefillProgress}: here after every {@link CPU_PROGRESS_TOKENS} tokens. */
   prefillProgress?: PrefillProgress;
+  /**
+   * See {@link ModelBackend.prefillSignal}: seen every {@link CPU_PROGRESS_TOKENS} tokens (where the
+   * backend also lets other work, such as a Ctrl-C handler, run).
+   */
+  prefillSignal?: AbortSignal;
 
   /** Runs the tokens one by one; returns the last logits. */
-  forward(tokens: number[], pos: number): Promise<Float32Array> {
+  async forward(tokens: number[], pos: number): Promise<Float32Array> {
     let logits = new Float32Array(0);
     for (let i = 0; i < tokens.length; i++) {
+      if (i > 0 && i % CPU_PROGRESS_TOKENS === 0 && this.prefillSignal) {
+        await new Promise((resolve) => setTimeout(resolve, 0));
+        if (this.prefillSignal.aborted) throw new PrefillAbortedError(i);
+      }
       logits = this.model.forward(tokens[i], pos + i);
       if ((i + 1) % CPU_PROGRESS_TOKENS === 0 && i + 1 < tokens.length) {
         this.prefillProgress?.(i + 1, tokens.length);
       }
     }
-    return Promise.resolve(logits);
+    return logits;
   }
 
   /** Runs the tokens and returns the argmax of the last logits. */

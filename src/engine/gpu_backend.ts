@@ -56,6 +56,14 @@ export class GpuBackend implements ModelBackend {
     this.model.prefillProgress = report;
   }
 
+  /** See {@link ModelBackend.prefillSignal}: seen before each prefill step but the first. */
+  get prefillSignal(): AbortSignal | undefined {
+    return this.model.prefillSignal;
+  }
+  set prefillSignal(signal: AbortSignal | undefined) {
+    this.model.prefillSignal = signal;
+  }
+
   /** Runs the tokens; returns the last logits. */
   forward(tokens: number[], pos: number): Promise<Float32Array> {
     return this.model.forward(tokens, pos, "logits");

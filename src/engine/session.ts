@@ -6,9 +6,9 @@
  * @module
  */
 
-import { OutOfMemoryError } from "../errors.ts";
 import type { Tokenizer } from "../tokenizer/tokenizer.ts";
 import type { ModelBackend, PrefillProgress } from "./backend.ts";
+import { OutOfMemoryError, PrefillAbortedError } from "../errors.ts";
 import type { SampleStart } from "../model/gpu_model.ts";
 import { Sampler, type SamplingOptions } from "./sampling.ts";
 
@@ -20,7 +20,10 @@ export interface GenerateOptions extends SamplingOptions {
   stop?: string[];
   /** Keep going past end-of-generation tokens. */
   ignoreEos?: boolean;
-  /** Aborts generation between tokens. */
+  /**
+   * Aborts generation between tokens, and a long prompt between its prefill steps (then nothing is
+   * generated, the stop reason is "abort" and the prompt is not part of the conversation).
+   */
   signal?: AbortSignal;
   /**
    * Called as a long prompt runs: tokens done so far and the prompt's length, after each part of it but
@@ -41,7 +44,7 @@ export interface GeneratedPiece {
 
 /** Timing and counts of one {@link Session.generate} call. */
 export interface GenerationStats {
-  /** Tokens prefilled (new prompt tokens). */
+  /** Tokens prefilled (new prompt tokens; of a prompt stopped during its prefill, those that ran). */
   promptTokens: number;
   /** Milliseconds of prefill (until the first token's logits). */
   prefillMs: number;
@@ -59,6 +62,8 @@ export class Session {
   readonly tokens: number[] = [];
   /** The last sampled token, not yet run through the model; it leads the next call's input. */
   #unfed: number[] = [];
+  /** The cache holds more than {@link tokens} (a stopped prompt) and cannot rewind: start again from 0. */
+  #restart = false;
   /** Statistics of the last `generate` call. */
   lastStats: GenerationStats | undefined;
 
@@ -71,7 +76,8 @@ export class Session {
    */
   rewind(n: number): void {
     // A cache that dropped tokens (WG-KV) cannot resume in the middle: start over from position 0.
-    if (n < this.tokens.length && this.backend.rewindable === false) n = 0;
+    if ((n < this.tokens.length && this.backend.rewindable === false) || this.#restart) n = 0;
+    this.#restart = false;
     if (n < this.tokens.length) this.tokens.length = Math.max(0, n);
     this.#unfed = [];
   }
@@ -93,6 +99,7 @@ export class Session {
   reset(): void {
     this.tokens.length = 0;
     this.#unfed = [];
+    this.#restart = false;
   }
 
   /**
@@ -107,7 +114,14 @@ export class Session {
     const maxTokens = options.maxTokens ?? 256;
     const stops = (options.stop ?? []).filter((s) => s.length > 0);
     const ctx = this.backend.contextLength;
-    prompt = [...this.#unfed, ...prompt];
+    // What to restore should the prompt be stopped during its prefill.
+    const before = { tokens: this.#restart ? this.tokens.slice() : undefined, unfed: this.#unfed };
+    if (this.#restart) {
+      // An earlier prompt stopped mid-way in a cache that cannot rewind: run the conversation again.
+      prompt = this.tokens.concat(this.#unfed, prompt);
+      this.tokens.length = 0;
+      this.#restart = false;
+    } else prompt = [...this.#unfed, ...prompt];
     this.#unfed = [];
     if (prompt.length === 0 && this.tokens.length === 0 && this.tokenizer.bos !== undefined) {
       prompt = [this.tokenizer.bos];
@@ -171,7 +185,10 @@ export class Session {
             : await this.backend.decodeSampled!(feed[0], pos, count, sampling(i));
           token = ready.shift()!;
         } else {
-          if (i === 0) this.backend.prefillProgress = options.onPrefill;
+          if (i === 0) {
+            this.backend.prefillProgress = options.onPrefill;
+            this.backend.prefillSignal = options.signal;
+          }
           try {
             if (sampler.isGreedy) {
               token = await this.backend.forwardArgmax(feed, pos);
@@ -181,8 +198,21 @@ export class Session {
               const logits = await this.backend.forward(feed, pos);
               token = sampler.sample(logits, this.#recent(feed, sampler.options.repeatLastN));
             }
+          } catch (error) {
+            if (!(error instanceof PrefillAbortedError)) throw error;
+            // The conversation is what it was before this call; a cache that cannot rewind runs it again.
+            for (const t of before.tokens ?? []) this.tokens.push(t);
+            this.#unfed = before.unfed;
+            this.#restart = this.backend.rewindable === false;
+            stats.promptTokens = error.done;
+            stats.prefillMs = performance.now() - t0;
+            stats.stopReason = "abort";
+            return stats;
           } finally {
-            if (i === 0) this.backend.prefillProgress = undefined;
+            if (i === 0) {
+              this.backend.prefillProgress = undefined;
+              this.backend.prefillSignal = undefined;
+            }
           }
         }
         const now = performance.now();

@@ -27,7 +27,13 @@
  */
 
 import type { GGUFFile } from "../gguf/reader.ts";
-import { BadFlagError, DeviceError, OutOfMemoryError, UnsupportedError } from "../errors.ts";
+import {
+  BadFlagError,
+  DeviceError,
+  OutOfMemoryError,
+  PrefillAbortedError,
+  UnsupportedError,
+} from "../errors.ts";
 import { formatBytes, type Gpu } from "../gpu/device.ts";
 import { GpuWeight } from "../gpu/weights.ts";
 import { checkInt, countDispatches, encodeOps, type GpuOp, StepParams } from "../gpu/ops/op.ts";
@@ -401,6 +407,11 @@ export class GpuModel {
    * made before `forward` returns.
    */
   prefillProgress?: (done: number, total: number) => void;
+  /**
+   * When set and aborted, a {@link forward} of several prefill steps stops before its next one (once the
+   * steps already queued are done) and rejects with {@link PrefillAbortedError}.
+   */
+  prefillSignal?: AbortSignal;
   /** Bytes of weights uploaded. */
   readonly weightBytes: number;
   /** The paged KV cache: the full cache, or the WG-KV dual cache for the other policies. */
@@ -1198,6 +1209,10 @@ export class GpuModel {
       report(previous.tokens, tokens.length);
     };
     for (let start = 0; start < tokens.length; start += this.maxBatch) {
+      if (start > 0 && this.prefillSignal?.aborted) {
+        await this.#gpu.device.queue.onSubmittedWorkDone();
+        throw new PrefillAbortedError(start);
+      }
       const chunk = tokens.slice(start, start + this.maxBatch);
       const isLast = start + chunk.length === tokens.length;
       const decode = chunk.length === 1;
