@@ -8,7 +8,6 @@
 
 import type { LlamaHParams } from "../model/hparams.ts";
 import type { KvUsage, SampleStart } from "../model/gpu_model.ts";
-import type { PrefillAbortedError } from "../errors.ts";
 
 /** Progress of a long prompt: `done` of its `total` tokens have run. */
 export type PrefillProgress = (done: number, total: number) => void;
@@ -49,7 +48,7 @@ export interface ModelBackend {
   prefillProgress?: PrefillProgress;
   /**
    * Optional, set by the caller around a long forward: once aborted, the call stops before its next part
-   * (never before its first) and rejects with {@link PrefillAbortedError}.
+   * (never before its first) and rejects with a `PrefillAbortedError`.
    */
   prefillSignal?: AbortSignal;
   /** Whether a call may start before the cached positions (false: only at 0 or at the end). Default true. */
