@@ -168,39 +168,33 @@ fixtureTest("cli: Ctrl-C stops run's reply, prints its statistics and exits with
   ok(stdout.length > 0 && stdout.endsWith("\n"), stdout);
 });
 
-Deno.test("cli: Ctrl-C during a long prompt's prefill stops it at once, with statistics and exit 130", async () => {
-  if (Deno.build.os === "windows") return;
+/**
+ * Runs the CLI on the tiny synthetic model on the CPU reference with a prompt of ~1800 tokens (seconds to
+ * prefill, progress each second), sends Ctrl-C at its first progress line and then writes `after` to its
+ * standard input (`command` chat) and returns what it did and how long it went on after Ctrl-C.
+ */
+async function stopDuringPrefill(command: "run" | "chat", after = "") {
   const dir = await Deno.makeTempDir({ prefix: "wgkv_prefill_stop_" });
   try {
-    // The tiny synthetic model on the CPU reference: ~1800 prompt tokens take seconds, reported each second.
     const model = `${dir}/tiny.gguf`;
     equal((await runCli(["synth", "--type", "f32", "--out", model])).code, 0);
     const words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran"];
-    await Deno.writeTextFile(
-      `${dir}/prompt.txt`,
-      Array.from({ length: 900 }, (_, i) => words[(i * 7) % 9]).join(" "),
-    );
+    const prompt = Array.from({ length: 900 }, (_, i) => words[(i * 7) % 9]).join(" ");
+    await Deno.writeTextFile(`${dir}/prompt.txt`, prompt);
+    const input = command === "run" ? ["-f", `${dir}/prompt.txt`] : [];
     const child = new Deno.Command(Deno.execPath(), {
       args: [
-        "run",
-        "-A",
+        ..."run -A".split(" "),
         new URL("../cli.ts", import.meta.url).pathname,
-        "run",
-        "-m",
-        model,
-        "--backend",
-        "cpu",
-        "-f",
-        `${dir}/prompt.txt`,
-        "-n",
-        "4",
-        "--temp",
-        "0",
+        ...[command, "-m", model, "--backend", "cpu", ...input, "-n", "4", "--temp", "0"],
       ],
+      stdin: command === "chat" ? "piped" : "null",
       stdout: "piped",
       stderr: "piped",
       env: { NO_COLOR: "1" },
     }).spawn();
+    const writer = command === "chat" ? child.stdin.getWriter() : undefined;
+    await writer?.write(new TextEncoder().encode(prompt + "\n"));
     const reader = child.stderr.getReader();
     let stderr = "";
     while (!/prefill: \d+ \/ \d+ tokens/.test(stderr)) {
@@ -210,23 +204,59 @@ Deno.test("cli: Ctrl-C during a long prompt's prefill stops it at once, with sta
     }
     const sent = performance.now();
     child.kill("SIGINT");
+    let stoppedMs = Infinity;
+    if (writer) {
+      // Wait until the stopped turn has said so (for at most 20 s), then send the next message.
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const deadline = new Promise<{ done: true }>((resolve) => {
+        timer = setTimeout(() => resolve({ done: true }), 20_000);
+      });
+      while (!stderr.includes("(message withdrawn)")) {
+        const r = await Promise.race([reader.read(), deadline]);
+        if (r.done) break;
+        stderr += new TextDecoder().decode(r.value);
+      }
+      clearTimeout(timer);
+      stoppedMs = performance.now() - sent;
+      await writer.write(new TextEncoder().encode(after));
+      await writer.close();
+    }
     for (let r = await reader.read(); !r.done; r = await reader.read()) {
       stderr += new TextDecoder().decode(r.value);
     }
     const status = await child.status;
+    if (!writer) stoppedMs = performance.now() - sent;
     const stdout = new TextDecoder().decode(await new Response(child.stdout).arrayBuffer());
-    equal(status.code, 130, stderr);
-    ok(performance.now() - sent < 2000, "the prefill went on after Ctrl-C");
-    const stats =
-      /^prefill: (\d+) tokens in [\d.]+ s \([\d.]+ tok\/s\); decode: 0 tokens, 0\.0 tok\/s; stop: abort$/m
-        .exec(stderr);
-    ok(stats, stderr);
-    const total = Number(/prefill: \d+ \/ (\d+) tokens/.exec(stderr)![1]);
-    ok(Number(stats[1]) > 0 && Number(stats[1]) < total, `stopped after ${stats[1]} of ${total} tokens`);
-    equal(stdout, "\n");
+    const total = Number(/prefill: \d+ \/ (\d+) tokens/.exec(stderr)?.[1]);
+    return { code: status.code, stdout, stderr, stoppedMs, total };
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+}
+
+/** The statistics line of a turn stopped during its prefill: the prompt tokens that ran. */
+const STOPPED_STATS =
+  /^prefill: (\d+) tokens in [\d.]+ s \([\d.]+ tok\/s\); decode: 0 tokens, 0\.0 tok\/s; stop: abort$/m;
+
+Deno.test("cli: Ctrl-C during a long prompt's prefill stops run at once, with statistics and exit 130", async () => {
+  if (Deno.build.os === "windows") return;
+  const r = await stopDuringPrefill("run");
+  equal(r.code, 130, r.stderr);
+  ok(r.stoppedMs < 2000, `the prefill went on for ${r.stoppedMs} ms after Ctrl-C`);
+  const ran = Number(STOPPED_STATS.exec(r.stderr)?.[1]);
+  ok(ran > 0 && ran < r.total, `stopped after ${ran} of ${r.total} tokens:\n${r.stderr}`);
+  equal(r.stdout, "\n");
+});
+
+Deno.test("cli: Ctrl-C during a chat message's prefill withdraws the message; the chat goes on", async () => {
+  if (Deno.build.os === "windows") return;
+  const r = await stopDuringPrefill("chat", "hello\n");
+  equal(r.code, 0, r.stderr);
+  ok(r.stoppedMs < 2000, `the prefill went on for ${r.stoppedMs} ms after Ctrl-C`);
+  ok(STOPPED_STATS.test(r.stderr), r.stderr);
+  // The next turn runs only its own message: the withdrawn one is not in the transcript.
+  const next = /\(message withdrawn\)\n(?:.*\n)*?prefill: (\d+) tokens .*decode: 4 tokens/.exec(r.stderr);
+  ok(next && Number(next[1]) < 50, r.stderr);
 });
 
 fixtureTest("cli: run -f - reads the prompt from standard input", ["stories260K.gguf"], async () => {
