@@ -42,6 +42,8 @@ Deno.test("gpu model: decode attention's splits, lane merge, query staging and k
         decodeSubgroupReduce: subgroupReduceOrEmulated(gpu),
       },
       { decodeKeyLanes: 8, decodeTileSteps: 2 },
+      // More splits from 40 keys on (the decode step is at position 45).
+      { decodeWideSplits: { splits: 9, fromKeys: 40 } },
       { decodeDirectKeys: 384, decodeDirectKeyLanes: 2 }, // the direct mode, 2 key lanes
       { decodeTileSteps: 1, decodeKeyLanes: 8 }, // several tiles per split
       // The row lengths read instead of the slots planned from the position (the full cache's default).
