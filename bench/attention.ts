@@ -7,15 +7,13 @@
  *
  * usage: deno task bench:attention [--head-dim 128] [--kv-heads 8] [--q-heads 32]
  *          [--prefill 512@0,512@7680,4096@0] [--tilings 64x32,32x32,64x16] [--prefill-splits 1,4,8]
- *          [--kv-tiles f16,f32]
  *          [--decode-depths 4096,32768]
  *          [--splits 32,64,128,direct] [--tile-steps 2,4,8] [--rotate 1,0] [--fused-reduce 1,0]
  *          [--append-chunk 512] [--wgkv-rate 0.2]
  *          [--out FILE.json]
  *
  * Prefill figures are attention FLOP/s (4 · head_dim per visible query-key pair); decode figures are the
- * KV bytes read per second. `--kv-tiles` lists how the prefill stages K and V: the cache's f16 pairs
- * (default) or f32 (`FlashPrefillOptions.f32Tiles`). The decode cache is filled in one append (each row's pages contiguous) or,
+ * KV bytes read per second. The decode cache is filled in one append (each row's pages contiguous) or,
  * with --append-chunk N, N tokens at a time over all rows (each row's pages in runs of N / 16, as a prefill in
  * steps of N tokens leaves them). `--wgkv-rate R` also times decode over a WG-KV dual cache at each depth:
  * the `random` policy admitting R of the tokens (window 256; the heads' admitted counts vary as with any
@@ -55,7 +53,6 @@ const { values } = benchFlags(import.meta.url, () =>
       prefill: { type: "string" },
       tilings: { type: "string", default: "default" },
       "prefill-splits": { type: "string", default: "1" },
-      "kv-tiles": { type: "string", default: "f16" },
       "decode-depths": { type: "string" },
       splits: { type: "string", default: "default" },
       "tile-steps": { type: "string", default: "default" },
@@ -82,10 +79,6 @@ const tilings: (PrefillTileShape | undefined)[] = list(values.tilings, "default"
   return { rows, keys };
 });
 const prefillSplitsList = list(values["prefill-splits"], "1").map(Number);
-const kvTilesList = list(values["kv-tiles"], "f16");
-for (const t of kvTilesList) {
-  if (t !== "f16" && t !== "f32") flagError(`--kv-tiles must list f16 or f32, got ${t}`);
-}
 const decodeDepths = list(values["decode-depths"], slow ? "256" : "4096,32768,131072").map(Number);
 // "direct": the one-dispatch mode of short rows (FlashDecodeOptions.directKeys), whatever the depth.
 const splitsList = list(values.splits, "default").map((s) =>
@@ -143,9 +136,7 @@ for (const [chunk, depth] of prefillCases) {
   for (let i = 0; i < chunk; i++) pairs += depth + i + 1;
   const flops = 4 * D * qHeads * pairs;
   for (const tiling of tilings) {
-    for (
-      const [splits, kvTiles] of prefillSplitsList.flatMap((s) => kvTilesList.map((t) => [s, t] as const))
-    ) {
+    for (const splits of prefillSplitsList) {
       let op: GpuOp;
       try {
         op = createFlashPrefill(gpu, {
@@ -159,20 +150,17 @@ for (const [chunk, depth] of prefillCases) {
           step,
           tiling,
           splits,
-          f32Tiles: kvTiles === "f32",
         });
       } catch (e) {
         console.log(
-          `prefill ${chunk}@${depth} ${JSON.stringify(tiling)} splits ${splits} ${kvTiles}: ${
-            (e as Error).message
-          }`,
+          `prefill ${chunk}@${depth} ${JSON.stringify(tiling)} splits ${splits}: ${(e as Error).message}`,
         );
         continue;
       }
       const { us } = await timeOps(gpu, [op], slow);
       const variant = `${tiling ? `${tiling.rows}x${tiling.keys}` : "default"}${
         splits > 1 ? ` splits ${splits}` : ""
-      }${kvTiles === "f32" ? " f32 tiles" : ""}`;
+      }`;
       print({ test: "prefill", chunk, depth, variant, us, tflops: flops / (us * 1e-6) / 1e12 });
     }
   }

@@ -51,10 +51,6 @@
  *                        [--repeat-decode-source same-layer|far-layer]  (the second copy: the op again,
  *                                                      its weights then in the L2 cache, or the same role's
  *                                                      op half the model away: "decode-repeat-far-…" rows)
- *                        [--decode-lane-merge flat|tree]  (decode attention's merge of its key lanes:
- *                                               "decode-merge-X" rows)
- *                        [--decode-shared-queries]  (decode attention's queries in workgroup memory, not
- *                                                    registers: "decode-shared-queries" rows)
  *                        [--decode-subgroups]  (decode attention's dot products summed and its key lanes
  *                                               merged by subgroup shuffles: "decode-subgroups" rows)
  *                        [--decode-subgroup-reduce]  (the decode products' sums added per subgroup first:
@@ -71,8 +67,6 @@
  *                                           it has working ones: "prefill-coop" rows)
  *                        [--prefill-subgroups]  (prefill attention's rows' maxima by subgroup shuffles:
  *                                                "prefill-subgroups" rows)
- *                        [--prefill-f32-tiles]  (prefill attention stages K and V in f32: "prefill-f32-tiles"
- *                                                rows)
  *                        [--matvec-tuning '{"ffn_down": {"rowsPerWorkgroup": 4}}']  (decode matvec tunings by
  *                                               role, GpuModelOptions.matvecTuning: "decode-tuned" rows)
  *        deno task bench --kv full,random,wgkv [--kv-prompts 8192,32768] [--window 256] [--admit 0.2]
@@ -180,7 +174,6 @@ const { values } = benchFlags(import.meta.url, () =>
       "prefill-k-split-workgroups": { type: "string" },
       "prefill-tiling": { type: "string" },
       "prefill-subgroups": { type: "boolean" },
-      "prefill-f32-tiles": { type: "boolean" },
       "direct-keys": { type: "string" },
       "decode-splits": { type: "string" },
       "decode-wide-splits": { type: "string" },
@@ -188,8 +181,6 @@ const { values } = benchFlags(import.meta.url, () =>
       "decode-direct-key-lanes": { type: "string" },
       "no-decode-uniform-rows": { type: "boolean" },
       "decode-tile-steps": { type: "string" },
-      "decode-lane-merge": { type: "string" },
-      "decode-shared-queries": { type: "boolean" },
       "decode-subgroups": { type: "boolean" },
       "decode-subgroup-reduce": { type: "boolean" },
       "ablate-decode-attention": { type: "string" },
@@ -296,13 +287,6 @@ const decodeDirectKeyLanes = positiveFlag("decode-direct-key-lanes");
 // from the position, the default (rows named "decode-row-lengths").
 const decodeUniformRows = values["no-decode-uniform-rows"] ? false : undefined;
 const decodeTileSteps = positiveFlag("decode-tile-steps");
-// --decode-lane-merge flat|tree: how decode attention's key lanes merge (rows named "decode-merge-X").
-const decodeLaneMerge = values["decode-lane-merge"] as GpuModelOptions["decodeLaneMerge"];
-if (decodeLaneMerge !== undefined && !["flat", "tree"].includes(decodeLaneMerge)) {
-  flagError(`--decode-lane-merge must be flat or tree, got ${decodeLaneMerge}`);
-}
-// --decode-shared-queries: decode attention's queries in workgroup memory (rows named "decode-shared-queries").
-const decodeSharedQueries = values["decode-shared-queries"] ? true : undefined;
 // --decode-subgroups: decode attention's subgroup operations (rows named "decode-subgroups").
 const decodeSubgroups = values["decode-subgroups"] ? true : undefined;
 // --decode-subgroup-reduce: the decode products' sums added per subgroup first (rows named
@@ -361,8 +345,6 @@ const decodeAttention: Partial<GpuModelOptions> = {
   decodeDirectKeyLanes,
   decodeUniformRows,
   decodeTileSteps,
-  decodeLaneMerge,
-  decodeSharedQueries,
   decodeSubgroups,
   decodeSubgroupReduce,
   decodeAttentionAblation: ablation,
@@ -381,8 +363,6 @@ const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? 
   (decodeDirectKeyLanes !== undefined ? `-direct-lanes${decodeDirectKeyLanes}` : "") +
   (decodeUniformRows === false ? "-row-lengths" : "") +
   (decodeTileSteps !== undefined ? `-steps${decodeTileSteps}` : "") +
-  (decodeLaneMerge !== undefined ? `-merge-${decodeLaneMerge}` : "") +
-  (decodeSharedQueries ? "-shared-queries" : "") +
   (decodeSubgroups ? "-subgroups" : "") +
   (decodeSubgroupReduce ? "-subgroup-reduce" : "") +
   (ablation ? `-ablate-${ablation}` : "") +
@@ -428,8 +408,6 @@ if (coopPrefill && !gpu.coopMatrix) {
 }
 // --prefill-subgroups: prefill attention's rows' maxima by subgroup shuffles (rows "prefill-subgroups").
 const prefillSubgroups = values["prefill-subgroups"] === true ? true : undefined;
-// --prefill-f32-tiles: prefill attention's K and V tiles in f32 (rows "prefill-f32-tiles").
-const prefillF32Tiles = values["prefill-f32-tiles"] === true ? true : undefined;
 // --f32-decode: decode products in f32 instead of the default integer dot products (rows "decode-f32").
 const f32Decode = values["f32-decode"] === true;
 const int8Decode = f32Decode ? false : undefined;
@@ -438,8 +416,7 @@ const prefillTest = "prefill" + (prefillSplits !== undefined ? `-splits${prefill
   (prefillKSplitWorkgroups !== undefined ? `-ksplitwg${prefillKSplitWorkgroups}` : "") +
   (prefillTiling ? `-tiling${prefillTiling.rows}x${prefillTiling.keys}` : "") +
   (maxBatch !== undefined ? `-batch${maxBatch}` : "") + (f32Prefill ? "-f32" : "") +
-  (coopPrefill ? "-coop" : "") + (prefillSubgroups ? "-subgroups" : "") +
-  (prefillF32Tiles ? "-f32-tiles" : "") + wgkvAppendSuffix;
+  (coopPrefill ? "-coop" : "") + (prefillSubgroups ? "-subgroups" : "") + wgkvAppendSuffix;
 const key = (r: Pick<BenchRow, "shape" | "type" | "test" | "tokens" | "policy">) =>
   `${r.shape}/${r.type}/${r.test}/${r.tokens}${r.policy ? `/${r.policy}` : ""}`;
 const kvPolicies = values.kv ? list(values.kv, "") : [];
@@ -566,7 +543,6 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
       prefillKSplitWorkgroups,
       prefillTiling,
       prefillSubgroups,
-      prefillF32Tiles,
       matvecTuning,
       int8Prefill,
       int8Decode,
@@ -750,7 +726,6 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
           prefillKSplitWorkgroups,
           prefillTiling,
           prefillSubgroups,
-          prefillF32Tiles,
           int8Prefill,
           int8Decode,
           coopPrefill,

@@ -73,9 +73,6 @@ Deno.test("bench: a flag value the kernels refuse (decode attention's key lanes)
     /^bench: error: .*keyLanes must be an integer in \[8, \d+\], got 4$/,
   );
   ok(!/\bat \S+:\d+:\d+/.test(lanes.stderr), lanes.stderr);
-  const merge = await runBench("bench.ts", ["--decode-lane-merge", "round"]);
-  equal(merge.code, 2, merge.stderr);
-  match(merge.stderr.trim(), /^bench: --decode-lane-merge must be flat or tree, got round$/);
 });
 
 Deno.test("bench: --ablate-decode-ops leaves those roles out of decode (a row of its own); an unknown role is one line", async () => {

@@ -23,10 +23,6 @@ interface Case {
   splits: number;
   tileSteps?: number;
   keyLanes?: number;
-  /** The key lanes' merge (default tree). */
-  laneMerge?: "flat" | "tree";
-  /** The queries in workgroup memory (default: registers). */
-  sharedQueries?: boolean;
   /** Each key's dot products summed by subgroup shuffles (or "emulated"; default: a thread per key). */
   subgroups?: boolean | "emulated";
   rotateTiles?: boolean;
@@ -109,8 +105,6 @@ async function checkDecode(c: Case): Promise<void> {
       splits,
       tileSteps: c.tileSteps,
       keyLanes: c.keyLanes,
-      laneMerge: c.laneMerge,
-      sharedQueries: c.sharedQueries,
       subgroups: c.subgroups,
       rotateTiles: c.rotateTiles,
       fusedReduce: c.fusedReduce,
@@ -265,39 +259,13 @@ Deno.test("flash decode: other key lane counts (8 and 12 lanes; split and direct
   for (const c of cases) await checkDecode(c);
 });
 
-Deno.test("flash decode: the key lanes merged without rounds (laneMerge flat), split and direct", async () => {
-  const cases: Case[] = [
-    { headDim: 24, kvHeads: 1, group: 5, tokens: 300, splits: 2 },
-    { headDim: 128, kvHeads: 2, group: 4, tokens: 700, cuts: [700, 650], splits: 3 },
-    { headDim: 32, kvHeads: 4, group: 2, tokens: 333, cuts: [333, 0, 1, 17], splits: 5, direct: true },
-    // One pass (8 sums) where it fits, else 2 or 4 (lavapipe's 32 KiB), and a slot with an empty head.
-    { headDim: 8, kvHeads: 3, group: 1, tokens: 600, cuts: [600, 1, 0], splits: 7, tileSteps: 8 },
-    { headDim: 128, kvHeads: 2, group: 4, tokens: 700, cuts: [700, 333], splits: 5, keyLanes: 8 },
-    { headDim: 256, kvHeads: 2, group: 8, tokens: 70, cuts: [70, 33], splits: 3, tileSteps: 1 },
-    { headDim: 64, kvHeads: 2, group: 4, tokens: 20, cuts: [0, 0], splits: 4 },
-  ];
-  for (const c of cases) await checkDecode({ ...c, laneMerge: "flat" });
-});
-
-Deno.test("flash decode: the queries in workgroup memory (sharedQueries), split and direct, both merges", async () => {
-  const cases: Case[] = [
-    { headDim: 24, kvHeads: 1, group: 5, tokens: 300, splits: 2 },
-    { headDim: 128, kvHeads: 2, group: 4, tokens: 700, cuts: [700, 650], splits: 3, laneMerge: "flat" },
-    { headDim: 32, kvHeads: 4, group: 2, tokens: 333, cuts: [333, 0, 1, 17], splits: 5, direct: true },
-    { headDim: 8, kvHeads: 3, group: 1, tokens: 600, cuts: [600, 1, 0], splits: 7, tileSteps: 8 },
-  ];
-  for (const c of cases) await checkDecode({ ...c, sharedQueries: true });
-});
-
 Deno.test("flash decode: subgroup operations (scores in registers, lanes merged by shuffles), split and direct", async () => {
   const gpu = await getGpu();
   // head_dim / 8 a power of two: 1, 2, 4, 8 and 16 threads per key.
   const cases: Case[] = [
     { headDim: 128, kvHeads: 2, group: 4, tokens: 700, cuts: [700, 650], splits: 3 },
     { headDim: 64, kvHeads: 2, group: 4, tokens: 333, cuts: [333, 20], splits: 5, direct: true },
-    { headDim: 32, kvHeads: 4, group: 2, tokens: 333, cuts: [333, 0, 1, 17], splits: 5, laneMerge: "flat" },
     { headDim: 8, kvHeads: 3, group: 1, tokens: 600, cuts: [600, 1, 0], splits: 7, tileSteps: 8 },
-    { headDim: 16, kvHeads: 1, group: 5, tokens: 300, splits: 2, sharedQueries: true },
     { headDim: 64, kvHeads: 2, group: 4, tokens: 20, cuts: [0, 0], splits: 4 },
     { headDim: 64, kvHeads: 1, group: 4, tokens: 500, splits: 3, keyLanes: 12 }, // 3 subgroups of 4 lanes
   ];
@@ -306,7 +274,7 @@ Deno.test("flash decode: subgroup operations (scores in registers, lanes merged 
   for (const c of cases) await checkDecode({ ...c, subgroups: subgroupsOrEmulated(gpu, c.headDim / 8) });
 });
 
-Deno.test("flash decode: direct mode with its own key lanes (1, 2, 8), tree and flat merges, subgroups", async () => {
+Deno.test("flash decode: direct mode with its own key lanes (1, 2, 8), subgroups", async () => {
   const gpu = await getGpu();
   const cases: Case[] = [
     { headDim: 64, kvHeads: 2, group: 4, tokens: 1, splits: 4, direct: true, directKeyLanes: 1 },
@@ -321,17 +289,6 @@ Deno.test("flash decode: direct mode with its own key lanes (1, 2, 8), tree and 
       directKeyLanes: 2,
     },
     { headDim: 128, kvHeads: 1, group: 4, tokens: 300, splits: 3, direct: true, directKeyLanes: 8 },
-    {
-      headDim: 32,
-      kvHeads: 3,
-      group: 2,
-      tokens: 90,
-      cuts: [90, 0, 17],
-      splits: 5,
-      direct: true,
-      directKeyLanes: 8,
-      laneMerge: "flat",
-    },
     // 4 lanes of 8 threads: one subgroup of 32, merged by shuffles alone.
     {
       headDim: 64,
@@ -363,7 +320,6 @@ Deno.test("flash decode: several tiles per split, wrapping around from the rotat
       direct: true,
       tileSteps: 1,
     },
-    { headDim: 64, kvHeads: 1, group: 4, tokens: 600, splits: 2, tileSteps: 1, laneMerge: "flat" },
     {
       headDim: 64,
       kvHeads: 2,
@@ -430,14 +386,10 @@ Deno.test("flash decode: tileSteps must be an integer from 1 to 8, keyLanes with
   // At least 8 key lanes (the split merge's threads), at most the workgroup's threads.
   throws(() => createFlashDecode(gpu, { ...common, keyLanes: 4 }), BadFlagError);
   throws(() => createFlashDecode(gpu, { ...common, keyLanes: 1024 }), BadFlagError);
-  // The direct mode's own lanes: at least 1, 8 with the flat merge (a thread per dimension).
+  // The direct mode's own lanes: at least 1.
   const step = new StepParams(gpu, 1);
   throws(() => createFlashDecode(gpu, { ...common, step, directKeyLanes: 0 }), /directKeyLanes/);
   throws(() => createFlashDecode(gpu, { ...common, uniformRows: true }), /uniformRows needs the step/);
-  throws(
-    () => createFlashDecode(gpu, { ...common, step, directKeyLanes: 4, laneMerge: "flat" }),
-    /directKeyLanes/,
-  );
   // The benchmark's ablations take one of three names.
   throws(() => createFlashDecode(gpu, { ...common, ablate: "merge" as "lanes" }), BadFlagError);
   kv.destroy();

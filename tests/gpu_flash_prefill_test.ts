@@ -28,8 +28,6 @@ interface Case {
   splits?: number;
   /** The rows' maxima by subgroup shuffles (or their emulation). */
   subgroups?: boolean | "emulated";
-  /** K and V staged in f32 (createFlashPrefill's `f32Tiles`). */
-  f32Tiles?: boolean;
 }
 
 /**
@@ -73,7 +71,6 @@ async function checkPrefill(c: Case): Promise<void> {
     splits,
     partials,
     subgroups: c.subgroups,
-    f32Tiles: c.f32Tiles,
   });
   const keys = Array.from({ length: kvHeads }, () => [] as number[]);
   const values = Array.from({ length: kvHeads }, () => [] as number[]);
@@ -186,7 +183,6 @@ async function checkWgkvPrefill(
   tiling: PrefillTileShape,
   splits = 1,
   subgroups: boolean | "emulated" = false,
-  f32Tiles = false,
 ) {
   const gpu = await getGpu();
   const D = 16, H = 2, group = 2, qHeads = H * group, maxBatch = 40;
@@ -228,7 +224,6 @@ async function checkWgkvPrefill(
     tiling,
     splits,
     subgroups,
-    f32Tiles,
   });
   const keys = Array.from({ length: H }, () => [] as number[]);
   const values = Array.from({ length: H }, () => [] as number[]);
@@ -324,10 +319,10 @@ Deno.test("flash prefill: WG-KV with key splits shared out by head length (windo
 });
 
 /**
- * The kernel options that change how every tile is computed (subgroup row maxima, f32 K/V tiles), checked
- * over one set of shapes: the default tiling, odd tilings and head sizes (G 3), key splits and WG-KV.
+ * The kernel options that change how every tile is computed (subgroup row maxima), checked over one set of
+ * shapes: the default tiling, odd tilings and head sizes (G 3), key splits and WG-KV.
  */
-async function checkTileOptions(options: { subgroups?: boolean | "emulated"; f32Tiles?: boolean }) {
+async function checkTileOptions(options: { subgroups?: boolean | "emulated" }) {
   await checkPrefill({ headDim: 64, kvHeads: 2, group: 4, chunks: [40, 70], ...options });
   await checkPrefill({
     headDim: 32,
@@ -359,15 +354,10 @@ async function checkTileOptions(options: { subgroups?: boolean | "emulated"; f32
   }
   const policy = { kind: "random", window: 25, rate: 0.15, seed: 7 } as const;
   const chunks = [40, 30, 5, 1, 33, 40];
-  await checkWgkvPrefill(policy, chunks, { rows: 16, keys: 16 }, 3, options.subgroups, options.f32Tiles);
+  await checkWgkvPrefill(policy, chunks, { rows: 16, keys: 16 }, 3, options.subgroups);
 }
 
 Deno.test("flash prefill: the rows' maxima by subgroup shuffles (subgroups), plain, split and WG-KV", async () => {
   // The GPU's shuffles where its subgroups hold a row quad's 8 lanes, else the emulation.
   await checkTileOptions({ subgroups: subgroupsOrEmulated(await getGpu(), 8) });
-});
-
-Deno.test("flash prefill: K and V staged in f32 (f32Tiles), alone and with shuffles, plain, split and WG-KV", async () => {
-  await checkTileOptions({ f32Tiles: true });
-  await checkTileOptions({ f32Tiles: true, subgroups: subgroupsOrEmulated(await getGpu(), 8) });
 });

@@ -25,10 +25,9 @@
 //      scores stay in registers and the tile needs no barrier;
 //   3. values: each key lane keeps its own online softmax (running max and sum per head) over its keys,
 //      and each thread adds its V quads, weighted, into its 8 × 4 sums;
-//   4. the key lanes' states are merged: attend_merge_flat (one pass: each lane's sums rescaled to the
-//      common maximum go through workgroup memory once, and head_dim threads add up a dimension each), or
-//      attend_merge_lanes (pairwise, log2(key_lanes) rounds; with subgroup_lanes > 1 the key lanes of a
-//      subgroup first merge by shuffles, and the rounds take one lane per subgroup).
+//   4. (attend_merge_lanes) the key lanes' states are merged pairwise in workgroup memory, log2(key_lanes)
+//      rounds; with subgroup_lanes > 1 the key lanes of a subgroup first merge by shuffles, and the rounds
+//      take one lane per subgroup.
 // Two barriers per tile (none with subgroup_dots).
 //
 // shuffle_xor(v, mask, tid) comes from the text define SHUFFLE (src/gpu/ops/attention.ts): a subgroup
@@ -36,13 +35,6 @@
 // workgroup memory (wgsl/shuffle_xor_emulated.wgsl, for GPUs without subgroups: tests), or a stub when
 // subgroup_dots = 0.
 
-// attend_merge_flat's sums per thread and pass through workgroup memory: 8 (one pass), 4, 2 or 1 (8
-// passes), as the workgroup memory allows.
-override flat_merge_dims: u32 = 8u;
-// 1: the batch's scaled queries live in workgroup memory (query_tile, staged by attend_stage_queries) and
-// every dot product reads them there; 0: each thread keeps its 8 dimensions of them in registers
-// (attend_queries), 32 values per thread.
-override shared_queries: u32 = 0u;
 // 1: the scores of a tile are summed across each key's threads by attend_key_total and stay in registers;
 // 0: through workgroup memory, a thread per key.
 override subgroup_dots: u32 = 0u;
@@ -64,13 +56,7 @@ const MERGE_THREADS: u32 = (key_lanes + 1u) / 2u * k_quads;
 // i * MERGE_THREADS + m (i < 8: sums, 8: max, 9: sum). Includers may use it between calls (flash_decode's
 // split merge does): it holds at least 5 · ATTEND_THREADS entries (MERGE_THREADS · 10 ≥ key_lanes / 2 ·
 // k_quads · 10).
-// In attend_merge_flat: sum i of thread tid, rescaled, at (i % flat_merge_dims) * ATTEND_THREADS + tid in
-// the pass of sums i / flat_merge_dims.
-var<workgroup> exchange: array<vec4f, max(max(TILE_KEYS * (k_quads + 1u), MERGE_THREADS * 10u), ATTEND_THREADS * flat_merge_dims)>;
-// attend_merge_flat: each key lane's running max (entries [0, key_lanes)), then its rescaled sum of weights.
-var<workgroup> lane_stats: array<vec4f, 2u * key_lanes>;
-// With shared_queries: dimension d of the batch's scaled queries (vec4 over its heads) at d.
-var<workgroup> query_tile: array<vec4f, max(1u, head_dim * shared_queries)>;
+var<workgroup> exchange: array<vec4f, max(TILE_KEYS * (k_quads + 1u), MERGE_THREADS * 10u)>;
 // Scores of the tile's keys (vec4 over the batch's heads), MASKED for unseen keys.
 var<workgroup> tile_scores: array<vec4f, TILE_KEYS>;
 
@@ -90,17 +76,6 @@ fn attend_dot8(qd: array<vec4f, 8>, k: vec4u) -> vec4f {
   let e = unpack2x16float(k.w);
   return qd[0] * a.x + qd[1] * a.y + qd[2] * b.x + qd[3] * b.y + qd[4] * c.x + qd[5] * c.y + qd[6] * e.x +
     qd[7] * e.y;
-}
-
-// attend_dot8 with the queries of workgroup memory (shared_queries): dimensions [8 lane, 8 lane + 8).
-fn attend_dot8_shared(lane: u32, k: vec4u) -> vec4f {
-  let q = lane * DIMS_PER_LANE;
-  let a = unpack2x16float(k.x);
-  let b = unpack2x16float(k.y);
-  let c = unpack2x16float(k.z);
-  let e = unpack2x16float(k.w);
-  return query_tile[q] * a.x + query_tile[q + 1u] * a.y + query_tile[q + 2u] * b.x + query_tile[q + 3u] * b.y +
-    query_tile[q + 4u] * c.x + query_tile[q + 5u] * c.y + query_tile[q + 6u] * e.x + query_tile[q + 7u] * e.y;
 }
 
 // subgroup_dots: the whole dot products (vec4 over the batch's heads) of this thread's key, the sum of its
@@ -148,20 +123,6 @@ fn attend_queries(first_head: u32, batch_heads: u32, lane: u32) -> array<vec4f, 
     );
   }
   return qd;
-}
-
-// shared_queries: the batch's scaled queries into query_tile, a thread per dimension, then a barrier.
-// Every thread of the workgroup must call it.
-fn attend_stage_queries(first_head: u32, batch_heads: u32, tid: u32) {
-  for (var d = tid; d < head_dim; d += ATTEND_THREADS) {
-    query_tile[d] = vec4f(
-      attend_batch_query(first_head, 0u, batch_heads, d),
-      attend_batch_query(first_head, 1u, batch_heads, d),
-      attend_batch_query(first_head, 2u, batch_heads, d),
-      attend_batch_query(first_head, 3u, batch_heads, d),
-    );
-  }
-  workgroupBarrier();
 }
 
 // Query head `first_head + c`'s scaled value at dimension d (0 past the batch's heads).
@@ -217,12 +178,7 @@ fn attend_tiles(
     var scores: array<vec4f, tile_steps>;
     // @unroll
     for (var u = 0u; u < tile_steps; u++) {
-      var dot: vec4f;
-      if (shared_queries != 0u) {
-        dot = attend_dot8_shared(lane, k_words[u]);
-      } else {
-        dot = attend_dot8(qd, k_words[u]);
-      }
+      let dot = attend_dot8(qd, k_words[u]);
       if (subgroup_dots != 0u) {
         // 2. (subgroup_dots) The key's whole dot products from its threads, masked here.
         let key = tile_first + u * key_lanes + key_lane;
@@ -320,63 +276,6 @@ fn attend_merge_lanes(state: AttendState, lanes: u32, tid: u32) -> AttendState {
     n = half;
   }
   return AttendState(run_max, run_sum, sums);
-}
-
-// The merged state of attend_merge_flat for one thread: the batch's maximum and sum of weights over all
-// key lanes, and, for a thread tid < head_dim, the weighted V sums (vec4 over heads) of dimension `dim`.
-struct MergedDim {
-  run_max: vec4f,
-  run_sum: vec4f,
-  sums: vec4f,
-  dim: u32,
-}
-
-// Merges the states of the first `lanes` key lanes (uniform) without rounds: every thread learns the total
-// maximum and sum of weights, and thread tid < head_dim the total sums of dimension `dim` (tid % k_quads ·
-// 8 + tid / k_quads: consecutive threads read consecutive words). The lanes' sums, rescaled to the total
-// maximum, go through workgroup memory in 8 / flat_merge_dims passes (one where it fits), a barrier after
-// the maxima and two per pass. Every thread of the workgroup must call it; it reuses `exchange`, which the
-// last tile no longer reads.
-fn attend_merge_flat(state: AttendState, lanes: u32, tid: u32) -> MergedDim {
-  let lane = tid % k_quads;
-  let key_lane = tid / k_quads;
-  if (lane == 0u) { lane_stats[key_lane] = state.run_max; }
-  workgroupBarrier();
-  var m = lane_stats[0];
-  for (var l = 1u; l < lanes; l++) { m = max(m, lane_stats[l]); }
-  let a = select(vec4f(0.0), exp(state.run_max - m), key_lane < lanes);
-  if (lane == 0u) { lane_stats[key_lanes + key_lane] = state.run_sum * a; }
-  let i_read = min(tid / k_quads, 7u);
-  var sums = vec4f(0.0);
-  for (var p = 0u; p < 8u / flat_merge_dims; p++) {
-    if (p > 0u) { workgroupBarrier(); } // the last pass's reads before this pass's writes
-    // (Constant indices into the state's sums: a dynamic one could move them to local memory.)
-    // @unroll
-    for (var i = 0u; i < 8u; i++) {
-      if (i / flat_merge_dims == p) {
-        exchange[(i % flat_merge_dims) * ATTEND_THREADS + tid] = state.sums[i] * a;
-      }
-    }
-    workgroupBarrier();
-    if (i_read / flat_merge_dims == p) {
-      let at = (i_read % flat_merge_dims) * ATTEND_THREADS + lane;
-      for (var l = 0u; l < lanes; l++) { sums += exchange[at + l * k_quads]; }
-    }
-  }
-  var total = vec4f(0.0);
-  for (var l = 0u; l < lanes; l++) { total += lane_stats[key_lanes + l]; }
-  return MergedDim(m, total, sums, lane * DIMS_PER_LANE + i_read);
-}
-
-// Thread tid < head_dim of attend_merge_flat: the batch's normalised outputs of its dimension through
-// attend_store (zeros for a head without keys).
-fn attend_write_dim(merged: MergedDim, first_head: u32, batch_heads: u32) {
-  let inv = select(vec4f(0.0), 1.0 / merged.run_sum, merged.run_sum > vec4f(0.0));
-  let v = merged.sums * inv;
-  // @unroll
-  for (var c = 0u; c < HEADS_PER_BATCH; c++) {
-    if (c < batch_heads) { attend_store((first_head + c) * head_dim + merged.dim, v[c]); }
-  }
 }
 
 // Key lane 0's thread `lane`: the batch's normalised outputs of its 8 dimensions through attend_store

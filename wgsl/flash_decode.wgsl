@@ -64,7 +64,6 @@ override tile_steps: u32 = 4u; // steps per tile: keys per tile = tile_steps * k
 override rotate_tiles: u32 = 1u; // 1: slot s starts at tile (5 s) mod its tiles; 0: at its first tile
 override direct: u32 = 0u; // 1: `main` writes `out` (one slot per KV head), 0: it writes `partials`
 override fused_reduce: u32 = 0u; // 1 (split path): the last workgroup of a KV head merges its splits
-override flat_merge: u32 = 0u; // 1: the key lanes merge without rounds (attend_merge_flat), 0: pairwise
 // 1: every KV head's row holds step.pos0 + 1 keys (the full cache at decode): `main` plans its slot without
 // reading the lengths (uniform_slot_plan); 0: from the lengths (plan_slots).
 override uniform_rows: u32 = 0u;
@@ -182,13 +181,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
   let has_keys = plan.z != 0u && range.x < range.y;
   let row = base_row + kv_head;
 
-  // The queries: in registers, or staged in workgroup memory (shared_queries; qd is then unused).
-  var qd: array<vec4f, 8>;
-  if (shared_queries != 0u) {
-    attend_stage_queries(first_head, batch_heads, tid);
-  } else {
-    qd = attend_queries(first_head, batch_heads, lane);
-  }
+  let qd = attend_queries(first_head, batch_heads, lane);
   let first_key = range.x * PAGE_TOKENS;
   let end_key = min(range.y * PAGE_TOKENS, len);
   let tiles = select(0u, (end_key - first_key + TILE_KEYS - 1u) / TILE_KEYS, has_keys);
@@ -209,11 +202,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
   // A slot without keys has nothing to merge. Direct mode writes the outputs, the split path its partials.
   let lanes = select(1u, key_lanes, has_keys);
   let first_slot_head = slot * group + first_local;
-  if (flat_merge != 0u) {
-    write_flat(attend_merge_flat(state, lanes, tid), first_slot_head, first_head, batch_heads, has_keys, tid);
-  } else {
-    write_lanes(attend_merge_lanes(state, lanes, tid), first_slot_head, first_head, batch_heads, has_keys, tid);
-  }
+  write_lanes(attend_merge_lanes(state, lanes, tid), first_slot_head, first_head, batch_heads, has_keys, tid);
   if (ablate == 3u) { return; }
   if (fused_reduce != 0u && direct == 0u) {
     if (uniform_rows == 0u && slot < kv_heads && head_lengths[slot] == 0u && key_lane == 0u) {
@@ -238,29 +227,9 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
   }
 }
 
-// After attend_merge_flat: threads tid < head_dim write their dimension of the batch's outputs (direct
+// After attend_merge_lanes: key lane 0's threads write their 8 dimensions of the batch's outputs (direct
 // mode) or of its partials at slot head `first_slot_head` (slot · group + first local head), thread 0 the
 // (max, sum of weights) pairs.
-fn write_flat(merged: MergedDim, first_slot_head: u32, first_head: u32, batch_heads: u32, has_keys: bool, tid: u32) {
-  if (tid < head_dim && direct != 0u) {
-    attend_write_dim(merged, first_head, batch_heads);
-  } else if (tid < head_dim && has_keys) {
-    let o = first_slot_head * head_dim + merged.dim;
-    let so = SLOTS * (q_heads / kv_heads) * head_dim + first_slot_head * 2u;
-    // @unroll
-    for (var c = 0u; c < HEADS_PER_BATCH; c++) {
-      if (c < batch_heads) {
-        partials[o + c * head_dim] = merged.sums[c];
-        if (tid == 0u) {
-          partials[so + c * 2u] = merged.run_max[c];
-          partials[so + c * 2u + 1u] = merged.run_sum[c];
-        }
-      }
-    }
-  }
-}
-
-// After attend_merge_lanes: key lane 0's threads write their 8 dimensions, as write_flat.
 fn write_lanes(state: AttendState, first_slot_head: u32, first_head: u32, batch_heads: u32, has_keys: bool, tid: u32) {
   let lane = tid % k_quads;
   if (tid >= k_quads) { return; }

@@ -29,9 +29,7 @@
 // TILE_ROWS / 4 row quads of 8 threads: thread (quad, lane) owns rows 4·quad + 0..3 throughout, the keys
 // lane + 8·j of each key tile (for the scores) and the value pairs lane + 8·j (for the output). Per key tile
 // of TILE_KEYS keys (whole pages):
-//   1. K and V are staged in workgroup memory with 16-byte loads: as the cache's packed f16 pairs, or with
-//      the text define KV_TILES of f32 tiles decoded once as they are staged (each K and V value is read
-//      by many threads: decoding it at every read takes a conversion per 4 multiply-adds),
+//   1. K and V (packed f16 pairs) are staged in workgroup memory with 16-byte loads,
 //   2. scores: a 4 × KEYS_PER_LANE register block per thread (each K value read feeds 4 rows, each Q value
 //      KEYS_PER_LANE keys), masked only on tiles that cross the causal diagonal, the row end or the ring,
 //   3. softmax: the 8 lanes of a quad publish their rows' maxima, each lane rescales its own running sum
@@ -96,11 +94,11 @@ const SLOTS: u32 = splits * kv_heads;
 
 // Scaled queries, [TILE_ROWS][head_dim / 4] vec4s.
 var<workgroup> q_tile: array<vec4f, TILE_ROWS * head_dim / 4u>;
-// Keys, [TILE_KEYS][head_dim / 4 + 1] words of 4 values (KWord: vec2u of packed f16 pairs, or vec4f); the
-// extra word staggers the keys over the memory banks, since the 8 lanes of a quad read 8 different keys at
-// the same column. Values, [TILE_KEYS][head_dim / 2] words of 2 values (VWord: u32 of a packed f16 pair, or
-// vec2f). KWord, VWord and put_k/get_k/put_v/get_v come from the text define KV_TILES.
-{{KV_TILES}}
+// Keys, [TILE_KEYS][head_dim / 4 + 1] words of 4 values (KWord: vec2u of packed f16 pairs); the extra word
+// staggers the keys over the memory banks, since the 8 lanes of a quad read 8 different keys at the same
+// column. Values, [TILE_KEYS][head_dim / 2] words of 2 values (VWord: u32 of a packed f16 pair). KWord,
+// VWord and put_k/get_k/put_v/get_v come from wgsl/kv_tiles_f16.wgsl.
+// #include kv_tiles_f16
 var<workgroup> k_tile: array<KWord, TILE_KEYS * (head_dim / 4u + 1u)>;
 var<workgroup> v_tile: array<VWord, TILE_KEYS * head_dim / 2u>;
 // Probabilities, [TILE_KEYS][QUADS] vec4s (the 4 rows of a quad), 0 where hidden.

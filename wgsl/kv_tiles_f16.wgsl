@@ -1,5 +1,5 @@
-// K and V tiles of wgsl/flash_prefill.wgsl as the cache stores them (spliced in at KV_TILES): packed f16
-// pairs, decoded where they are read.
+// K and V tiles of wgsl/flash_prefill.wgsl as the cache stores them (included there): packed f16 pairs,
+// decoded where they are read.
 alias KWord = vec2u; // 4 values of a key: two packed f16 pairs
 alias VWord = u32; // 2 values of a value row: one packed f16 pair
 

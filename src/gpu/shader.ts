@@ -29,7 +29,6 @@ export const SHADER_NAMES: readonly string[] = [
   "int8_units",
   "kv_append",
   "kv_tiles_f16",
-  "kv_tiles_f32",
   "matmul",
   "matmul_coop",
   "matmul_int8",

@@ -190,8 +190,6 @@ export interface GpuModelOptions {
    * for tests). Default false.
    */
   prefillSubgroups?: boolean | "emulated";
-  /** Prefill attention stages K and V in f32 (`FlashPrefillOptions.f32Tiles`). Default false. */
-  prefillF32Tiles?: boolean;
   /**
    * Decode matvec tunings by role (`attn_qkv`, `attn_output`, `ffn_gate_up`, `ffn_down`, `output`), for
    * benchmarking on a given GPU; a role left out gets the kernels' defaults.
@@ -268,10 +266,6 @@ export interface GpuModelOptions {
    * faster decode than reading the lengths).
    */
   decodeUniformRows?: boolean;
-  /** Decode attention's merge of its key lanes (see `FlashDecodeOptions.laneMerge`; default "tree"). */
-  decodeLaneMerge?: "flat" | "tree";
-  /** Decode attention's queries in workgroup memory (see `FlashDecodeOptions.sharedQueries`; default false). */
-  decodeSharedQueries?: boolean;
   /**
    * Decode attention's subgroup operations: dot products summed by shuffles, scores in registers, key
    * lanes of a subgroup merged by shuffles (see `FlashDecodeOptions.subgroups`; `"emulated"` for tests;
@@ -1026,8 +1020,6 @@ export class GpuModel {
             directKeyLanes: options.decodeDirectKeyLanes,
             uniformRows: (options.decodeUniformRows ?? true) && fullKv !== undefined,
             tileSteps: options.decodeTileSteps,
-            laneMerge: options.decodeLaneMerge,
-            sharedQueries: options.decodeSharedQueries,
             subgroups: options.decodeSubgroups,
             arrivals: act.arrivals,
             ablate: ablation,
@@ -1040,7 +1032,6 @@ export class GpuModel {
             tiling: options.prefillTiling,
             partials: act.partials,
             subgroups: options.prefillSubgroups,
-            f32Tiles: options.prefillF32Tiles,
           }));
         }
         const foldFfnNorm = canFuseGateUp(w.wGate, w.wUp) && foldable(w.wo);

@@ -87,8 +87,7 @@ const PREFILL_TILINGS: readonly PrefillTileShape[] = [
 
 /**
  * Workgroup memory of the prefill kernel for a tiling (the shader's workgroup arrays), with `perThread`
- * more bytes for each of its 2 · rows threads (the emulated shuffles'); K and V tiles of f16 pairs, or of
- * f32 with `f32Tiles` (twice the bytes).
+ * more bytes for each of its 2 · rows threads (the emulated shuffles').
  */
 function prefillWorkgroupBytes(
   rows: number,
@@ -96,11 +95,9 @@ function prefillWorkgroupBytes(
   headDim: number,
   kvHeads: number,
   perThread = 0,
-  f32Tiles = false,
 ): number {
-  const kvBytes = f32Tiles ? 4 : 2;
-  return rows * headDim * 4 + keys * (headDim / 4 + 1) * 4 * kvBytes + keys * headDim * kvBytes +
-    keys * rows * 4 + rows * 32 + keys * 4 + 8 + 16 + kvHeads * 4 + 2 * rows * perThread;
+  return rows * headDim * 4 + keys * (headDim / 4 + 1) * 8 + keys * headDim * 2 + keys * rows * 4 +
+    rows * 32 + keys * 4 + 8 + 16 + kvHeads * 4 + 2 * rows * perThread;
 }
 
 /**
@@ -151,10 +148,9 @@ function choosePrefillTiling(
   kvHeads: number,
   wanted?: PrefillTileShape,
   perThread = 0,
-  f32Tiles = false,
 ): PrefillTiling {
   const bytes = (rows: number, keys: number) =>
-    prefillWorkgroupBytes(rows, keys, headDim, kvHeads, perThread, f32Tiles);
+    prefillWorkgroupBytes(rows, keys, headDim, kvHeads, perThread);
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
   if (wanted) {
     const { rows, keys } = wanted;
@@ -222,12 +218,6 @@ export interface FlashPrefillOptions extends AttentionOptions {
   maxTokens: number;
   /** Tiling for tests and tuning (default: the best candidate that fits the GPU's workgroup memory). */
   tiling?: PrefillTileShape;
-  /**
-   * Stage K and V in f32, decoded once per workgroup as they are staged, instead of the cache's f16 pairs
-   * decoded at every read (twice their workgroup memory, so the default tiling may be smaller). Default
-   * false.
-   */
-  f32Tiles?: boolean;
   /** Per-step token count (`nTokens`) and, in WG-KV mode, the first query's position (`pos0`). */
   step: StepParams;
   /**
@@ -286,26 +276,10 @@ export interface FlashDecodeOptions extends AttentionOptions {
    */
   keyLanes?: number;
   /**
-   * How the key lanes' states are merged at the end of a workgroup: "tree" (default: pairwise, two
-   * barriers per round of log2(keyLanes)) or "flat" (each lane's sums rescaled to the common maximum go
-   * through workgroup memory once, in one pass where the workgroup memory allows, and a thread per
-   * dimension adds them up: three barriers). The flat merge is tested but not yet measured on a GPU; on the
-   * H100 the tree merge, partials included, took 7.2 µs per layer of the 1B's 23.6 at 4096 keys (8.5 of
-   * 33.7 for the 8B; bench/results/h100-decode-attention-ablations.txt).
-   */
-  laneMerge?: "flat" | "tree";
-  /**
-   * Whether the batch's scaled queries are staged in workgroup memory and read there by every dot product
-   * (true), instead of each thread keeping its 8 dimensions × 4 heads in registers (default false): 32
-   * registers fewer per thread, for more workgroups per multiprocessor, at the cost of workgroup-memory
-   * reads. Tested, not yet measured on a GPU.
-   */
-  sharedQueries?: boolean;
-  /**
    * Subgroup operations (true; needs a GPU with WGSL `subgroups` whose subgroups hold at least headDim / 8
    * invocations, and headDim / 8 a power of two): each key's dot products are summed across its threads
-   * with shuffles, so that a tile's scores stay in registers and the tile needs no barrier, and with the
-   * tree merge the key lanes of a subgroup merge by shuffles before the rounds through workgroup memory.
+   * with shuffles, so that a tile's scores stay in registers and the tile needs no barrier, and the key
+   * lanes of a subgroup merge by shuffles before the rounds through workgroup memory.
    * Default false: a thread per key sums the partials through workgroup memory. `"emulated"` runs the
    * same path with the shuffles through workgroup memory on any GPU (for tests). Tested; not run on a GPU
    * yet: Deno 2.9.6 offers no subgroups on the H100.
@@ -332,8 +306,8 @@ export interface FlashDecodeOptions extends AttentionOptions {
   uniformRows?: boolean;
   /**
    * Key lanes of the direct mode's workgroup (see {@link directKeys}), which may differ from the split
-   * path's: short rows have few keys, and fewer lanes mean fewer merge rounds. At least 1 (8 with the flat
-   * merge, whose threads take a dimension each). Default: `keyLanes`.
+   * path's: short rows have few keys, and fewer lanes mean fewer merge rounds. At least 1. Default:
+   * `keyLanes`.
    */
   directKeyLanes?: number;
   /**
@@ -436,38 +410,28 @@ function defaultDecodeTileSteps(gpu: Gpu, headDim: number, lanes: number, kvHead
 
 /**
  * Workgroup memory of the decode partial pass (the `var<workgroup>` declarations of `main` and of
- * `wgsl/decode_attend.wgsl`) for `keyLanes` key lanes of head_dim / 8 threads, tiles of `tileSteps` steps,
- * the flat merge's `flatMergeDims` sums per pass (1 for the tree merge) and the queries in workgroup memory
- * or not.
+ * `wgsl/decode_attend.wgsl`) for `keyLanes` key lanes of head_dim / 8 threads and tiles of `tileSteps`
+ * steps.
  */
 function decodeWorkgroupBytes(
   headDim: number,
   keyLanes: number,
   tileSteps: number,
   kvHeads: number,
-  flatMergeDims = 1,
-  sharedQueries = false,
   emulatedShuffles = false,
 ): number {
   const quads = headDim / 8, tileKeys = tileSteps * keyLanes;
-  const exchange = Math.max(
-    tileKeys * (quads + 1),
-    Math.ceil(keyLanes / 2) * quads * 10,
-    keyLanes * quads * flatMergeDims,
-  );
-  // decode_attend's exchange, tile_scores, lane_stats and query_tile, then slot_plan, last_arrival and
-  // head_lengths
+  const exchange = Math.max(tileKeys * (quads + 1), Math.ceil(keyLanes / 2) * quads * 10);
+  // decode_attend's exchange and tile_scores, then slot_plan, last_arrival and head_lengths
   // (and the emulated shuffles' values, a vec4 per thread)
-  return (exchange + tileKeys + 2 * keyLanes + (sharedQueries ? headDim : 1)) * 16 + 16 + 4 + kvHeads * 4 +
-    (emulatedShuffles ? keyLanes * quads * 16 : 0);
+  return (exchange + tileKeys) * 16 + 16 + 4 + kvHeads * 4 + (emulatedShuffles ? keyLanes * quads * 16 : 0);
 }
 
 /**
  * Checks that the decode partial pass fits this GPU's workgroup memory with `keyLanes` lanes and tiles of
- * `tileSteps` steps (a {@link UnsupportedError} naming `label` otherwise), and returns the flat merge's sums
- * per pass: all 8 where the workgroup memory allows, else 4, 2 or 1 (1 for the tree merge).
+ * `tileSteps` steps (a {@link UnsupportedError} naming `label` otherwise).
  */
-function checkedFlatMergeDims(
+function checkDecodeWorkgroupMemory(
   gpu: Gpu,
   label: string,
   options: FlashDecodeOptions,
@@ -475,27 +439,18 @@ function checkedFlatMergeDims(
   keyLanes: number,
   tileSteps: number,
   kvHeads: number,
-): number {
-  const bytes = (dims: number) =>
-    decodeWorkgroupBytes(
-      headDim,
-      keyLanes,
-      tileSteps,
-      kvHeads,
-      dims,
-      options.sharedQueries ?? false,
-      options.subgroups === "emulated",
-    );
-  checkWorkgroupMemory(gpu, label, bytes(1));
-  let dims = options.laneMerge === "flat" ? 8 : 1;
-  while (dims > 1 && bytes(dims) > gpu.limits.maxComputeWorkgroupStorageSize) dims /= 2;
-  return dims;
+): void {
+  checkWorkgroupMemory(
+    gpu,
+    label,
+    decodeWorkgroupBytes(headDim, keyLanes, tileSteps, kvHeads, options.subgroups === "emulated"),
+  );
 }
 
 /**
  * The direct mode's kernel of `wgsl/flash_decode.wgsl`: the split path's `constants` and `defines` with one
  * slot per KV head, and its own key lanes where `options.directKeyLanes` asks (with the subgroup constants
- * and the flat merge's sums per pass that follow from them), checked against the workgroup memory.
+ * that follow from them), checked against the workgroup memory.
  */
 function directDecodeKernel(
   gpu: Gpu,
@@ -510,26 +465,18 @@ function directDecodeKernel(
     return gpu.kernel("flash_decode", { ...constants, splits: 1, direct: 1 }, defines);
   }
   const D = constants.head_dim;
-  const flat = options.laneMerge === "flat";
   checkInt(
     label,
     "directKeyLanes",
     lanes,
-    flat ? 8 : 1,
+    1,
     Math.floor(gpu.limits.maxComputeInvocationsPerWorkgroup / (D / 8)),
   );
   const subgroups = subgroupParts(gpu, label, D, lanes, options.subgroups ?? false);
-  const flatMergeDims = checkedFlatMergeDims(gpu, label, options, D, lanes, split.tileSteps, split.kvHeads);
+  checkDecodeWorkgroupMemory(gpu, label, options, D, lanes, split.tileSteps, split.kvHeads);
   return gpu.kernel(
     "flash_decode",
-    {
-      ...constants,
-      ...subgroups.constants,
-      splits: 1,
-      direct: 1,
-      key_lanes: lanes,
-      flat_merge_dims: flatMergeDims,
-    },
+    { ...constants, ...subgroups.constants, splits: 1, direct: 1, key_lanes: lanes },
     { ...defines, ...subgroups.defines },
   );
 }
@@ -680,7 +627,6 @@ export function createFlashPrefill(gpu: Gpu, options: FlashPrefillOptions): GpuO
     kv.kvHeads,
     options.tiling,
     shuffles.bytesPerThread,
-    options.f32Tiles ?? false,
   );
   const tiles = ceilDiv(maxTokens, tiling.tokens);
   const splits = options.splits ?? 1;
@@ -706,7 +652,6 @@ export function createFlashPrefill(gpu: Gpu, options: FlashPrefillOptions): GpuO
     POOL: poolQuadShaderSource(kv.shards.length),
     TILING: prefillTilingSource(tiling, D),
     SHUFFLE: shuffles.source,
-    KV_TILES: loadShader(options.f32Tiles ? "kv_tiles_f32" : "kv_tiles_f16"),
   };
   const kernel = gpu.kernel("flash_prefill", constants, defines);
   const layerParams = layerUniform(gpu, label, layer);
@@ -806,10 +751,8 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   checkSlotPlan(label, splits, kv);
   checkSlice(label, "q", q, qHeads * D * 4);
   checkSlice(label, "out", out, qHeads * D * 4);
-  const sharedQueries = options.sharedQueries ?? false;
   const subgroups = subgroupParts(gpu, label, D, keyLanes, options.subgroups ?? false);
-  const flatMergeDims = checkedFlatMergeDims(gpu, label, options, D, keyLanes, tileSteps, kv.kvHeads);
-  const flat = options.laneMerge === "flat";
+  checkDecodeWorkgroupMemory(gpu, label, options, D, keyLanes, tileSteps, kv.kvHeads);
   const wide = options.wideSplits;
   if (wide) {
     checkInt(label, "wideSplits.splits", wide.splits, splits, gpu.limits.maxComputeWorkgroupsPerDimension);
@@ -840,9 +783,6 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
     key_lanes: keyLanes,
     tile_steps: tileSteps,
     rotate_tiles: options.rotateTiles === false ? 0 : 1,
-    flat_merge: flat ? 1 : 0,
-    flat_merge_dims: flatMergeDims,
-    shared_queries: sharedQueries ? 1 : 0,
     uniform_rows: options.uniformRows ? 1 : 0,
     ...subgroups.constants,
     ...mask.constants,
