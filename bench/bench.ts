@@ -34,9 +34,6 @@
  *                        [--direct-keys N]  (decode attention in one dispatch up to N keys, 0: always
  *                                            split: "decode-directN" rows)
  *                        [--decode-splits N]  (decode attention's splits per KV head: "decode-splitsN" rows)
- *                        [--decode-wide-splits S@K|off]  (decode attention's splits from K keys on; default for
- *                                                        the non-full policies 64@65536: "decode-wideS@K",
- *                                                        "decode-no-wide" rows)
  *                        [--decode-key-lanes N] [--decode-tile-steps N]  (decode attention's key lanes and steps
  *                                               per tile: "decode-lanesN", "decode-stepsN" rows)
  *                        [--decode-direct-key-lanes N]  (the key lanes of its one-dispatch mode for short
@@ -176,7 +173,6 @@ const { values } = benchFlags(import.meta.url, () =>
       "prefill-subgroups": { type: "boolean" },
       "direct-keys": { type: "string" },
       "decode-splits": { type: "string" },
-      "decode-wide-splits": { type: "string" },
       "decode-key-lanes": { type: "string" },
       "decode-direct-key-lanes": { type: "string" },
       "no-decode-uniform-rows": { type: "boolean" },
@@ -259,18 +255,6 @@ const decodeSplits = values["decode-splits"] === undefined ? undefined : Number(
 if (decodeSplits !== undefined && (!Number.isInteger(decodeSplits) || decodeSplits < 1)) {
   flagError(`--decode-splits must be a positive integer, got ${values["decode-splits"]}`);
 }
-// --decode-wide-splits S@K|off: decode attention's splits for rows of K keys and more (rows named
-// "decode-wideS@K", "decode-no-wide"; without it, the model's default for the policy).
-const wideFlag = values["decode-wide-splits"];
-let decodeWideSplits: { splits: number; fromKeys: number } | false | undefined;
-if (wideFlag === "off") decodeWideSplits = false;
-else if (wideFlag !== undefined) {
-  const m = /^(\d+)@(\d+)$/.exec(wideFlag);
-  if (!m || Number(m[1]) < 1 || Number(m[2]) < 1) {
-    flagError(`--decode-wide-splits must be SPLITS@KEYS (e.g. 64@65536) or off, got ${wideFlag}`);
-  }
-  decodeWideSplits = { splits: Number(m![1]), fromKeys: Number(m![2]) };
-}
 // --decode-key-lanes N, --decode-tile-steps N: decode attention's key lanes and steps per tile (rows named
 // "decode-lanesN", "decode-stepsN").
 const positiveFlag = (name: string): number | undefined => {
@@ -340,7 +324,6 @@ const decodeAttention: Partial<GpuModelOptions> = {
   decodeDirectKeys: directKeys,
   fusedDecodeReduce,
   decodeSplits,
-  decodeWideSplits,
   decodeKeyLanes,
   decodeDirectKeyLanes,
   decodeUniformRows,
@@ -358,7 +341,6 @@ const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? 
   (matvecTuning ? "-tuned" : "") +
   (directKeys !== undefined ? `-direct${directKeys}` : "") + (values["f32-decode"] === true ? "-f32" : "") +
   (decodeSplits !== undefined ? `-splits${decodeSplits}` : "") +
-  (decodeWideSplits === false ? "-no-wide" : decodeWideSplits ? `-wide${wideFlag}` : "") +
   (decodeKeyLanes !== undefined ? `-lanes${decodeKeyLanes}` : "") +
   (decodeDirectKeyLanes !== undefined ? `-direct-lanes${decodeDirectKeyLanes}` : "") +
   (decodeUniformRows === false ? "-row-lengths" : "") +

@@ -34,8 +34,6 @@ interface Case {
   uniformRows?: boolean;
   /** The split path's merge: in the partial pass (default) or a reduce pass (false). */
   fusedReduce?: boolean;
-  /** More splits from this many keys on (the query at position tokens − 1). */
-  wideSplits?: { splits: number; fromKeys: number };
 }
 
 /**
@@ -111,7 +109,6 @@ async function checkDecode(c: Case): Promise<void> {
       arrivals,
       ...(c.direct ? { step, directKeys: tokens, directKeyLanes: c.directKeyLanes } : {}),
       ...(c.uniformRows ? { step, uniformRows: true } : {}),
-      ...(c.wideSplits ? { step, wideSplits: c.wideSplits, directKeys: 0 } : {}),
     });
     step.set(1, tokens - 1);
     encoder = gpu.device.createCommandEncoder();
@@ -170,13 +167,6 @@ Deno.test("flash decode: head_dim 256, G 8, one step per tile, ragged rows", asy
     splits: 3,
     tileSteps: 1,
   });
-});
-
-Deno.test("flash decode: wide splits from a number of keys on, ragged rows, and below that number", async () => {
-  for (const fromKeys of [300, 301]) {
-    const base = { headDim: 64, kvHeads: 3, group: 4, tokens: 300, cuts: [300, 17, 160], splits: 2 };
-    await checkDecode({ ...base, wideSplits: { splits: 9, fromKeys } });
-  }
 });
 
 Deno.test("flash decode: head_dim 8, G 1, 8 steps per tile, more splits than pages, an empty row", async () => {

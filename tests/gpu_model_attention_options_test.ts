@@ -40,8 +40,6 @@ Deno.test("gpu model: decode attention's splits and key lanes keep the logits; t
         decodeSubgroupReduce: subgroupReduceOrEmulated(gpu),
       },
       { decodeKeyLanes: 8, decodeTileSteps: 2 },
-      // More splits from 40 keys on (the decode step is at position 45).
-      { decodeWideSplits: { splits: 9, fromKeys: 40 } },
       { decodeDirectKeys: 384, decodeDirectKeyLanes: 2 }, // the direct mode, 2 key lanes
       { decodeTileSteps: 1, decodeKeyLanes: 8 }, // several tiles per split
       // The row lengths read instead of the slots planned from the position (the full cache's default).

@@ -105,15 +105,6 @@ import { blockTensorNames, OUTPUT, OUTPUT_NORM, ROPE_FREQS, TOKEN_EMBD } from ".
  */
 export const MAX_CHAIN = 64;
 
-/**
- * Decode attention's splits per KV head for long rows under the policies other than `full` (WG-KV and the
- * others whose heads hold ragged rows): 64 from 65536 keys on, 32 below. Measured on an H100
- * (bench:attention, head_dim 128, 8 KV heads, a `random` dual cache admitting 20%): at 131072 keys 69.1 µs
- * per layer with 64 splits against 118.6 with 32 (the full cache: 32 best, 228 against 235), at 32768 keys
- * 34.3 against 28.0 (bench/results/h100-wgkv-decode-splits.txt).
- */
-export const DEFAULT_WGKV_WIDE_SPLITS = { splits: 64, fromKeys: 65536 } as const;
-
 /** Most column ranges a prefill product into the residual splits K into by default. */
 export const DEFAULT_PREFILL_K_SPLITS = 4;
 
@@ -249,13 +240,6 @@ export interface GpuModelOptions {
    * has fewer; see `FlashDecodeOptions.splits`).
    */
   decodeSplits?: number;
-  /**
-   * More decode-attention splits for long rows (see `FlashDecodeOptions.wideSplits`): from the step where
-   * the query's position + 1 reaches `fromKeys`, `splits` splits per KV head; false: never. Default
-   * {@link DEFAULT_WGKV_WIDE_SPLITS} for the policies other than `full` (whose heads hold ragged rows),
-   * none for `full`.
-   */
-  decodeWideSplits?: { splits: number; fromKeys: number } | false;
   /** Decode attention's key lanes (see `FlashDecodeOptions.keyLanes`; default by head_dim). */
   decodeKeyLanes?: number;
   /** Decode attention's key lanes in direct mode (see `FlashDecodeOptions.directKeyLanes`; default as above). */
@@ -662,12 +646,6 @@ export class GpuModel {
     // heads) 32 splits ran faster than 64 or 128 at 32K and 128K keys (bench/results/h100-attention-kernels.json, h100-attention-splits.json).
     const splits = options.decodeSplits ?? Math.min(32, Math.ceil(ctx / 16));
     checkInt("decodeSplits", "splits", splits, 1, gpu.limits.maxComputeWorkgroupsPerDimension);
-    const wideDefault = policy.kind !== "full" && ctx >= DEFAULT_WGKV_WIDE_SPLITS.fromKeys
-      ? DEFAULT_WGKV_WIDE_SPLITS
-      : undefined;
-    const wideSplits = options.decodeWideSplits === false
-      ? undefined
-      : options.decodeWideSplits ?? wideDefault;
     const prefillSplits = options.prefillSplits ?? defaultPrefillSplits(policy.kind, gpu.isFallback);
     // Prefill products into the residual may split K and write their parts into act.proj: room for all.
     const maxKSplits = checkMaxKSplits("prefillKSplits", options.prefillKSplits ?? DEFAULT_PREFILL_K_SPLITS);
@@ -690,7 +668,7 @@ export class GpuModel {
       partials: f32(
         "partials",
         Math.max(
-          decodePartialsBytes(Math.max(splits, wideSplits?.splits ?? 0), Hq, D),
+          decodePartialsBytes(splits, Hq, D),
           prefillSplits > 1 ? prefillPartialsBytes(prefillSplits, maxBatch, Hq, D) : 0,
         ) / 4,
       ),
@@ -1012,7 +990,6 @@ export class GpuModel {
           ops.push(createFlashDecode(gpu, {
             ...attention,
             splits,
-            wideSplits,
             partials: act.partials,
             directKeys: options.decodeDirectKeys,
             fusedReduce: options.fusedDecodeReduce,

@@ -249,15 +249,8 @@ export interface FlashDecodeOptions extends AttentionOptions {
    */
   splits?: number;
   /**
-   * More splits for long rows: from the step where the query's position + 1 (the most keys any head can
-   * hold) reaches `fromKeys`, the split path takes `splits` splits per KV head (a second pipeline, picked per
-   * step as the direct mode is). Needs `step` and the fused reduce; `splits` at least the base split count.
-   * Default: none.
-   */
-  wideSplits?: { splits: number; fromKeys: number };
-  /**
-   * Scratch for the partial results, f32[splits][qHeads][headDim + 2] (the larger of the split counts);
-   * may be shared by the decode ops of all layers (they run one after another). Created when absent.
+   * Scratch for the partial results, f32[splits][qHeads][headDim + 2]; may be shared by the decode ops of
+   * all layers (they run one after another). Created when absent.
    */
   partials?: BufferSlice;
   /** The step parameters; required with `wgkv` (the query's position is `pos0`). */
@@ -753,17 +746,7 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   checkSlice(label, "out", out, qHeads * D * 4);
   const subgroups = subgroupParts(gpu, label, D, keyLanes, options.subgroups ?? false);
   checkDecodeWorkgroupMemory(gpu, label, options, D, keyLanes, tileSteps, kv.kvHeads);
-  const wide = options.wideSplits;
-  if (wide) {
-    checkInt(label, "wideSplits.splits", wide.splits, splits, gpu.limits.maxComputeWorkgroupsPerDimension);
-    checkInt(label, "wideSplits.fromKeys", wide.fromKeys, 1);
-    checkWorkgroups(gpu, label, wide.splits * kv.kvHeads);
-    checkSlotPlan(label, wide.splits, kv);
-    if (!options.step || options.fusedReduce === false) {
-      throw new BadFlagError(`${label}: wideSplits needs the step parameters and the fused reduce`);
-    }
-  }
-  const partialBytes = decodePartialsBytes(Math.max(splits, wide?.splits ?? 0), qHeads, D);
+  const partialBytes = decodePartialsBytes(splits, qHeads, D);
   const partials = options.partials ?? gpu.buffer(`${label} partials`, partialBytes);
   checkSlice(label, "partials", partials, partialBytes);
   if (options.wgkv && !options.step) {
@@ -806,8 +789,6 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
     "main",
   );
   const reduceKernel = fusedReduce ? undefined : gpu.kernel("flash_decode", constants, defines, "reduce");
-  const wideKernel = wide &&
-    gpu.kernel("flash_decode", { ...constants, splits: wide.splits, fused_reduce: 1 }, defines, "main");
   const arrivalBytes = decodeArrivalsBytes(kv.kvHeads, qHeads);
   const arrivals = options.arrivals ?? gpu.buffer(`${label} arrivals`, arrivalBytes);
   checkSlice(label, "arrivals", arrivals, arrivalBytes);
@@ -839,7 +820,6 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
   ];
   const partialGroup = bindNumbered(gpu, partialKernel, mainEntries);
   const directGroup = directKernel && bindNumbered(gpu, directKernel, mainEntries);
-  const wideGroup = wideKernel && bindNumbered(gpu, wideKernel, mainEntries);
   const reduceGroup = reduceKernel && bindNumbered(gpu, reduceKernel, [
     [1, kv.sequence],
     [2, layerParams],
@@ -854,12 +834,6 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
         pass.setPipeline(directKernel.pipeline);
         pass.setBindGroup(0, directGroup!);
         pass.dispatchWorkgroups(kv.kvHeads, headBatches);
-        return;
-      }
-      if (wideKernel && step && step.pos0 + 1 >= wide!.fromKeys) {
-        pass.setPipeline(wideKernel.pipeline);
-        pass.setBindGroup(0, wideGroup!);
-        pass.dispatchWorkgroups(wide!.splits * kv.kvHeads, headBatches);
         return;
       }
       pass.setPipeline(partialKernel.pipeline);
