@@ -1,7 +1,8 @@
 import { deepEqual, equal, match, ok, rejects } from "node:assert/strict";
 import { fixture, fixtureTest } from "./fixtures.ts";
 import { runCli } from "./cli_process.ts";
-import { readBatchDocuments, resumeResults } from "../src/engine/batch.ts";
+import { readBatchDocuments, resumeResults, summarizeDocuments } from "../src/engine/batch.ts";
+import { loadModel } from "../src/engine/load.ts";
 import { BadFileError } from "../src/errors.ts";
 
 const MODEL = "stories260K.gguf";
@@ -172,4 +173,28 @@ Deno.test("batch: readBatchDocuments and resumeResults", async () => {
   deepEqual(await resumeResults(out), new Set(["a", "b"]));
   equal(await Deno.readTextFile(out), '{"id":"a","summary":"s"}\n{"id":"b","error":"e"}\n');
   await Deno.remove(dir, { recursive: true });
+});
+
+fixtureTest("batch: each document's prefill reports its own progress", [MODEL], async () => {
+  const model = await loadModel(fixture(MODEL), { backend: "cpu" });
+  try {
+    const long = "Once upon a time there was a little girl named Lily. She liked to play in the park. "
+      .repeat(6);
+    const docs = [{ id: "long", text: long }, { id: "short", text: "The dog ran fast." }];
+    const seen: [string, number, number][] = [];
+    const records = summarizeDocuments(model, docs, {
+      generation: { maxTokens: 2, temperature: 0 },
+      onPrefill: (doc) => (done, total) => seen.push([doc.id, done, total]),
+    });
+    const ids: string[] = [];
+    for await (const r of records) ids.push(r.id);
+    deepEqual(ids, ["long", "short"]);
+    // The CPU backend reports every 64 tokens: the long prompt runs past 64, the short one does not.
+    ok(
+      seen.length > 0 && seen.every(([id, done, total]) => id === "long" && done % 64 === 0 && done < total),
+      JSON.stringify(seen),
+    );
+  } finally {
+    model.close();
+  }
 });

@@ -14,6 +14,7 @@ import {
   summarizeDocuments,
 } from "../engine/batch.ts";
 import type { Command } from "./main.ts";
+import { prefillReporter } from "./progress.ts";
 import { type FlagSpec, helpText, parseFlags, stringFlag } from "./flags.ts";
 import {
   generationOptions,
@@ -93,6 +94,7 @@ export const batchCommand: Command = {
       const records = summarizeDocuments(model, todo, {
         instruction,
         generation,
+        onPrefill: (doc) => prefillReporter(`${doc.id}: prefill`),
         onTruncated: (doc, t) =>
           console.error(
             `${doc.id}: too long for the context of ${model.backend.contextLength} with -n ${generation.maxTokens}; ` +

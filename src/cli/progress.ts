@@ -7,10 +7,11 @@
 import type { PrefillProgress } from "../engine/backend.ts";
 
 /**
- * A {@link PrefillProgress} that prints `prefill: 4096 / 131072 tokens (3%), 2048 tok/s` on stderr, once a
- * second at most and not before the prompt has run for a second (short prompts print nothing).
+ * A {@link PrefillProgress} that prints `prefill: 4096 / 131072 tokens (3%), 2048 tok/s` on stderr (after
+ * `label`, default "prefill"), once a second at most and not before the prompt has run for a second (short
+ * prompts print nothing).
  */
-export function prefillReporter(): PrefillProgress {
+export function prefillReporter(label = "prefill"): PrefillProgress {
   const start = performance.now();
   let last = start;
   return (done, total) => {
@@ -19,7 +20,7 @@ export function prefillReporter(): PrefillProgress {
     last = now;
     const rate = done / ((now - start) / 1000);
     console.error(
-      `prefill: ${done} / ${total} tokens (${Math.floor((100 * done) / total)}%), ${rate.toFixed(0)} tok/s`,
+      `${label}: ${done} / ${total} tokens (${Math.floor((100 * done) / total)}%), ${rate.toFixed(0)} tok/s`,
     );
   };
 }

@@ -9,6 +9,7 @@ import { BadFileError, OutOfMemoryError } from "../errors.ts";
 import { renderChat } from "../chat/template.ts";
 import type { Model } from "./load.ts";
 import type { GenerateOptions } from "./session.ts";
+import type { PrefillProgress } from "./backend.ts";
 
 /** One document to summarise. */
 export interface BatchDocument {
@@ -196,6 +197,8 @@ export interface BatchOptions {
   instruction?: string;
   /** Sampling and length of each summary (`maxTokens` default 256). */
   generation?: GenerateOptions;
+  /** A progress hook for the prefill of each document's prompt (see `GenerateOptions.onPrefill`). */
+  onPrefill?: (doc: BatchDocument) => PrefillProgress | undefined;
   /** Called when a document's middle was cut out to fit the context. */
   onTruncated?: (doc: BatchDocument, truncated: { fromTokens: number; toTokens: number }) => void;
 }
@@ -225,7 +228,7 @@ export async function* summarizeDocuments(
     if (prompt.truncated) options.onTruncated?.(doc, prompt.truncated);
     session.reset();
     let summary = "";
-    const gen = session.generate(prompt.ids, generation);
+    const gen = session.generate(prompt.ids, { ...generation, onPrefill: options.onPrefill?.(doc) });
     let r = await gen.next();
     while (!r.done) {
       summary += r.value.text;
