@@ -132,53 +132,53 @@ fixtureTest(
   },
 );
 
-fixtureTest(
-  "gpu model: an aborted prefillSignal stops a prompt between steps; the next call runs as if it never had",
-  ["stories260K.gguf"],
-  async () => {
+/**
+ * A GPU test on stories260K in prefill steps of 64 tokens: `body` gets the model, a 150-token prompt (three
+ * steps) and the prompt's logits from a plain run.
+ */
+function stepsTest(
+  name: string,
+  body: (model: GpuModel, prompt: number[], want: Float32Array) => Promise<void>,
+): void {
+  fixtureTest(name, ["stories260K.gguf"], async () => {
     const file = await openGGUF(fixture("stories260K.gguf"));
     const gpu = await getGpu();
     const model = await GpuModel.load(gpu, file, hparamsFromGGUF(file), { contextLength: 256, maxBatch: 64 });
     try {
       const prompt = Array.from({ length: 150 }, (_, i) => 1 + ((i * 37) % 500));
-      const want = await model.forward(prompt, 0, "logits");
-      // Ctrl-C as the first step is reported: the step after it is already queued, the third never runs.
-      const stop = new AbortController();
-      model.prefillProgress = () => stop.abort();
-      model.prefillSignal = stop.signal;
-      const stopped = await model.forward(prompt.toReversed(), 0, "logits").catch((e) => e);
-      ok(stopped instanceof PrefillAbortedError, String(stopped));
-      equal(stopped.done, 128);
-      model.prefillProgress = model.prefillSignal = undefined;
-      deepEqual(Array.from(await model.forward(prompt, 0, "logits")), Array.from(want));
+      await body(model, prompt, await model.forward(prompt, 0, "logits"));
     } finally {
       model.destroy();
       file.close();
     }
+  });
+}
+
+stepsTest(
+  "gpu model: an aborted prefillSignal stops a prompt between steps; the next call runs as if it never had",
+  async (model, prompt, want) => {
+    // Ctrl-C as the first step is reported: the step after it is already queued, the third never runs.
+    const stop = new AbortController();
+    model.prefillProgress = () => stop.abort();
+    model.prefillSignal = stop.signal;
+    const stopped = await model.forward(prompt.toReversed(), 0, "logits").catch((e) => e);
+    ok(stopped instanceof PrefillAbortedError, String(stopped));
+    equal(stopped.done, 128);
+    model.prefillProgress = model.prefillSignal = undefined;
+    deepEqual(Array.from(await model.forward(prompt, 0, "logits")), Array.from(want));
   },
 );
 
-fixtureTest(
+stepsTest(
   "gpu model: prefillProgress reports each prefill step but the last, and changes no result",
-  ["stories260K.gguf"],
-  async () => {
-    const file = await openGGUF(fixture("stories260K.gguf"));
-    const gpu = await getGpu();
-    const model = await GpuModel.load(gpu, file, hparamsFromGGUF(file), { contextLength: 256, maxBatch: 64 });
-    try {
-      const prompt = Array.from({ length: 150 }, (_, i) => 1 + ((i * 37) % 500));
-      const want = await model.forward(prompt, 0, "logits");
-      const reports: [number, number][] = [];
-      model.prefillProgress = (done, total) => reports.push([done, total]);
-      const got = await model.forward(prompt, 0, "logits");
-      deepEqual(reports, [[64, 150], [128, 150]]);
-      deepEqual(Array.from(got), Array.from(want));
-      reports.length = 0;
-      await model.forward(prompt.slice(0, 64), 0, "argmax"); // one step: nothing to report
-      deepEqual(reports, []);
-    } finally {
-      model.destroy();
-      file.close();
-    }
+  async (model, prompt, want) => {
+    const reports: [number, number][] = [];
+    model.prefillProgress = (done, total) => reports.push([done, total]);
+    const got = await model.forward(prompt, 0, "logits");
+    deepEqual(reports, [[64, 150], [128, 150]]);
+    deepEqual(Array.from(got), Array.from(want));
+    reports.length = 0;
+    await model.forward(prompt.slice(0, 64), 0, "argmax"); // one step: nothing to report
+    deepEqual(reports, []);
   },
 );
