@@ -173,7 +173,7 @@ fixtureTest("cli: Ctrl-C stops run's reply, prints its statistics and exits with
  * prefill, progress each second), sends Ctrl-C at its first progress line and then writes `after` to its
  * standard input (`command` chat) and returns what it did and how long it went on after Ctrl-C.
  */
-async function stopDuringPrefill(command: "run" | "chat", after = "") {
+async function stopDuringPrefill(command: "run" | "chat" | "batch", after = "") {
   const dir = await Deno.makeTempDir({ prefix: "wgkv_prefill_stop_" });
   try {
     const model = `${dir}/tiny.gguf`;
@@ -181,7 +181,12 @@ async function stopDuringPrefill(command: "run" | "chat", after = "") {
     const words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran"];
     const prompt = Array.from({ length: 900 }, (_, i) => words[(i * 7) % 9]).join(" ");
     await Deno.writeTextFile(`${dir}/prompt.txt`, prompt);
-    const input = command === "run" ? ["-f", `${dir}/prompt.txt`] : [];
+    await Deno.writeTextFile(`${dir}/again.txt`, prompt);
+    const input = command === "run"
+      ? ["-f", `${dir}/prompt.txt`]
+      : command === "batch"
+      ? [`${dir}/prompt.txt`, `${dir}/again.txt`, "--out", `${dir}/out.jsonl`]
+      : [];
     const child = new Deno.Command(Deno.execPath(), {
       args: [
         ..."run -A".split(" "),
@@ -228,7 +233,8 @@ async function stopDuringPrefill(command: "run" | "chat", after = "") {
     if (!writer) stoppedMs = performance.now() - sent;
     const stdout = new TextDecoder().decode(await new Response(child.stdout).arrayBuffer());
     const total = Number(/prefill: \d+ \/ (\d+) tokens/.exec(stderr)?.[1]);
-    return { code: status.code, stdout, stderr, stoppedMs, total };
+    const results = command === "batch" ? await Deno.readTextFile(`${dir}/out.jsonl`) : "";
+    return { code: status.code, stdout, stderr, stoppedMs, total, results };
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -257,6 +263,17 @@ Deno.test("cli: Ctrl-C during a chat message's prefill withdraws the message; th
   // The next turn runs only its own message: the withdrawn one is not in the transcript.
   const next = /\(message withdrawn\)\n(?:.*\n)*?prefill: (\d+) tokens .*decode: 4 tokens/.exec(r.stderr);
   ok(next && Number(next[1]) < 50, r.stderr);
+});
+
+Deno.test("cli: Ctrl-C during batch stops it at once, recording no unfinished document", async () => {
+  if (Deno.build.os === "windows") return;
+  const r = await stopDuringPrefill("batch");
+  equal(r.code, 130, r.stderr);
+  ok(r.stoppedMs < 2000, `the prefill went on for ${r.stoppedMs} ms after Ctrl-C`);
+  match(r.stderr, /prompt\.txt: prefill: \d+ \/ \d+ tokens/);
+  match(r.stderr, /\(stopping the batch; Ctrl-C again quits\)/);
+  match(r.stderr, /^batch: stopped; 0 of 2 documents done \(the same command resumes from .*out\.jsonl\)$/m);
+  equal(r.results, "");
 });
 
 fixtureTest("cli: run -f - reads the prompt from standard input", ["stories260K.gguf"], async () => {

@@ -15,6 +15,7 @@ import {
 } from "../engine/batch.ts";
 import type { Command } from "./main.ts";
 import { prefillReporter } from "./progress.ts";
+import { Interrupt } from "./interrupt.ts";
 import { type FlagSpec, helpText, parseFlags, stringFlag } from "./flags.ts";
 import {
   generationOptions,
@@ -89,11 +90,13 @@ export const batchCommand: Command = {
       out?.close();
       throw e;
     });
+    const interrupt = new Interrupt("the batch");
     try {
       const encoder = new TextEncoder();
+      const signal = interrupt.reply();
       const records = summarizeDocuments(model, todo, {
         instruction,
-        generation,
+        generation: { ...generation, signal },
         onPrefill: (doc) => prefillReporter(`${doc.id}: prefill`),
         onTruncated: (doc, t) =>
           console.error(
@@ -113,8 +116,16 @@ export const batchCommand: Command = {
         console.error(`[${index}/${todo.length}] ${progress(record)}`);
       }
       printProfile(model);
+      if (signal.aborted) {
+        console.error(
+          `batch: stopped; ${index} of ${todo.length} documents done` +
+            (outPath === undefined ? "" : ` (the same command resumes from ${outPath})`),
+        );
+        return 130;
+      }
       return 0;
     } finally {
+      interrupt.close();
       out?.close();
       model.close();
     }

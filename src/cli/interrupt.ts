@@ -12,15 +12,18 @@ export class Interrupt {
   #listening = false;
   readonly #onSignal = () => {
     if (this.#controller && !this.#controller.signal.aborted) {
-      console.error("\n(stopping the reply; Ctrl-C again quits)");
+      console.error(`\n(stopping ${this.what}; Ctrl-C again quits)`);
       this.#controller.abort();
       return;
     }
     Deno.exit(130);
   };
 
-  /** Listens for Ctrl-C until {@link close} (where the platform and permissions allow; else it stays default). */
-  constructor() {
+  /**
+   * Listens for Ctrl-C until {@link close} (where the platform and permissions allow; else it stays
+   * default); `what` names the work a first Ctrl-C stops, for its message.
+   */
+  constructor(readonly what: string = "the reply") {
     try {
       Deno.addSignalListener("SIGINT", this.#onSignal);
       this.#listening = true;

@@ -206,7 +206,8 @@ export interface BatchOptions {
 /**
  * Summarises `docs` one after the other, each in a fresh session of `model`, yielding each record as soon
  * as its document is done. A document that cannot fit the context yields a {@link BatchFailure}; other
- * errors end the run.
+ * errors end the run. An aborted `generation.signal` ends it too, without a record of the document it
+ * stopped.
  */
 export async function* summarizeDocuments(
   model: Model,
@@ -235,6 +236,8 @@ export async function* summarizeDocuments(
       r = await gen.next();
     }
     const stats = r.value;
+    // Stopped by the caller's signal: this document is not done, and no other starts.
+    if (stats.stopReason === "abort") return;
     yield {
       id: doc.id,
       summary: summary.trim(),
