@@ -248,7 +248,7 @@ Deno.test("cli: Ctrl-C during a long prompt's prefill stops run at once, with st
   if (Deno.build.os === "windows") return;
   const r = await stopDuringPrefill("run");
   equal(r.code, 130, r.stderr);
-  ok(r.stoppedMs < 2000, `the prefill went on for ${r.stoppedMs} ms after Ctrl-C`);
+  ok(r.stoppedMs < 5000, `the prefill went on for ${r.stoppedMs} ms after Ctrl-C`);
   const ran = Number(STOPPED_STATS.exec(r.stderr)?.[1]);
   ok(ran > 0 && ran < r.total, `stopped after ${ran} of ${r.total} tokens:\n${r.stderr}`);
   equal(r.stdout, "\n");
@@ -258,7 +258,7 @@ Deno.test("cli: Ctrl-C during a chat message's prefill withdraws the message; th
   if (Deno.build.os === "windows") return;
   const r = await stopDuringPrefill("chat", "hello\n");
   equal(r.code, 0, r.stderr);
-  ok(r.stoppedMs < 2000, `the prefill went on for ${r.stoppedMs} ms after Ctrl-C`);
+  ok(r.stoppedMs < 5000, `the prefill went on for ${r.stoppedMs} ms after Ctrl-C`);
   ok(STOPPED_STATS.test(r.stderr), r.stderr);
   // The next turn runs only its own message: the withdrawn one is not in the transcript.
   const next = /\(message withdrawn\)\n(?:.*\n)*?prefill: (\d+) tokens .*decode: 4 tokens/.exec(r.stderr);
@@ -269,7 +269,7 @@ Deno.test("cli: Ctrl-C during batch stops it at once, recording no unfinished do
   if (Deno.build.os === "windows") return;
   const r = await stopDuringPrefill("batch");
   equal(r.code, 130, r.stderr);
-  ok(r.stoppedMs < 2000, `the prefill went on for ${r.stoppedMs} ms after Ctrl-C`);
+  ok(r.stoppedMs < 5000, `the prefill went on for ${r.stoppedMs} ms after Ctrl-C`);
   match(r.stderr, /prompt\.txt: prefill: \d+ \/ \d+ tokens/);
   match(r.stderr, /\(stopping the batch; Ctrl-C again quits\)/);
   match(r.stderr, /^batch: stopped; 0 of 2 documents done \(the same command resumes from .*out\.jsonl\)$/m);
