@@ -7,6 +7,7 @@
  *
  * usage: deno task bench:attention [--head-dim 128] [--kv-heads 8] [--q-heads 32]
  *          [--prefill 512@0,512@7680,4096@0] [--tilings 64x32,32x32,64x16] [--prefill-splits 1,4,8]
+ *          [--staging f32,f16]
  *          [--decode-depths 4096,32768]
  *          [--splits 32,64,128,direct] [--tile-steps 2,4,8] [--rotate 1,0] [--fused-reduce 1,0]
  *          [--append-chunk 512] [--wgkv-rate 0.2]
@@ -53,6 +54,7 @@ const { values } = benchFlags(import.meta.url, () =>
       prefill: { type: "string" },
       tilings: { type: "string", default: "default" },
       "prefill-splits": { type: "string", default: "1" },
+      staging: { type: "string", default: "f32" },
       "decode-depths": { type: "string" },
       splits: { type: "string", default: "default" },
       "tile-steps": { type: "string", default: "default" },
@@ -93,6 +95,12 @@ const fusedReduceList = list(values["fused-reduce"], "1").map((r) => r !== "0");
 const wgkvRate = values["wgkv-rate"] === undefined ? undefined : Number(values["wgkv-rate"]);
 if (wgkvRate !== undefined && !(wgkvRate > 0 && wgkvRate <= 1)) {
   flagError(`--wgkv-rate must be in (0, 1], got ${values["wgkv-rate"]}`);
+}
+
+// --staging f32,f16: prefill attention's staged queries and probabilities (variants named "f16 staging").
+const stagings = list(values.staging, "f32");
+for (const st of stagings) {
+  if (st !== "f32" && st !== "f16") flagError(`--staging takes f32 and f16, got ${st}`);
 }
 
 interface Row {
@@ -136,7 +144,9 @@ for (const [chunk, depth] of prefillCases) {
   for (let i = 0; i < chunk; i++) pairs += depth + i + 1;
   const flops = 4 * D * qHeads * pairs;
   for (const tiling of tilings) {
-    for (const splits of prefillSplitsList) {
+    for (
+      const [splits, staging] of prefillSplitsList.flatMap((n) => stagings.map((st) => [n, st] as const))
+    ) {
       let op: GpuOp;
       try {
         op = createFlashPrefill(gpu, {
@@ -150,6 +160,7 @@ for (const [chunk, depth] of prefillCases) {
           step,
           tiling,
           splits,
+          halfStaging: staging === "f16",
         });
       } catch (e) {
         console.log(
@@ -160,7 +171,7 @@ for (const [chunk, depth] of prefillCases) {
       const { us } = await timeOps(gpu, [op], slow);
       const variant = `${tiling ? `${tiling.rows}x${tiling.keys}` : "default"}${
         splits > 1 ? ` splits ${splits}` : ""
-      }`;
+      }${staging === "f16" ? " f16 staging" : ""}`;
       print({ test: "prefill", chunk, depth, variant, us, tflops: flops / (us * 1e-6) / 1e12 });
     }
   }

@@ -64,6 +64,8 @@
  *                                           it has working ones: "prefill-coop" rows)
  *                        [--prefill-subgroups]  (prefill attention's rows' maxima by subgroup shuffles:
  *                                                "prefill-subgroups" rows)
+ *                        [--prefill-half-staging]  (prefill attention stages queries and probabilities as
+ *                                                   f16: "prefill-half-staging" rows)
  *                        [--matvec-tuning '{"ffn_down": {"rowsPerWorkgroup": 4}}']  (decode matvec tunings by
  *                                               role, GpuModelOptions.matvecTuning: "decode-tuned" rows)
  *        deno task bench --kv full,random,wgkv [--kv-prompts 8192,32768] [--window 256] [--admit 0.2]
@@ -171,6 +173,7 @@ const { values } = benchFlags(import.meta.url, () =>
       "prefill-k-split-workgroups": { type: "string" },
       "prefill-tiling": { type: "string" },
       "prefill-subgroups": { type: "boolean" },
+      "prefill-half-staging": { type: "boolean" },
       "direct-keys": { type: "string" },
       "decode-splits": { type: "string" },
       "decode-key-lanes": { type: "string" },
@@ -390,6 +393,9 @@ if (coopPrefill && !gpu.coopMatrix) {
 }
 // --prefill-subgroups: prefill attention's rows' maxima by subgroup shuffles (rows "prefill-subgroups").
 const prefillSubgroups = values["prefill-subgroups"] === true ? true : undefined;
+// --prefill-half-staging: prefill attention's queries and probabilities staged as f16 (rows
+// "prefill-half-staging").
+const prefillHalfStaging = values["prefill-half-staging"] === true ? true : undefined;
 // --f32-decode: decode products in f32 instead of the default integer dot products (rows "decode-f32").
 const f32Decode = values["f32-decode"] === true;
 const int8Decode = f32Decode ? false : undefined;
@@ -398,7 +404,8 @@ const prefillTest = "prefill" + (prefillSplits !== undefined ? `-splits${prefill
   (prefillKSplitWorkgroups !== undefined ? `-ksplitwg${prefillKSplitWorkgroups}` : "") +
   (prefillTiling ? `-tiling${prefillTiling.rows}x${prefillTiling.keys}` : "") +
   (maxBatch !== undefined ? `-batch${maxBatch}` : "") + (f32Prefill ? "-f32" : "") +
-  (coopPrefill ? "-coop" : "") + (prefillSubgroups ? "-subgroups" : "") + wgkvAppendSuffix;
+  (coopPrefill ? "-coop" : "") + (prefillSubgroups ? "-subgroups" : "") +
+  (prefillHalfStaging ? "-half-staging" : "") + wgkvAppendSuffix;
 const key = (r: Pick<BenchRow, "shape" | "type" | "test" | "tokens" | "policy">) =>
   `${r.shape}/${r.type}/${r.test}/${r.tokens}${r.policy ? `/${r.policy}` : ""}`;
 const kvPolicies = values.kv ? list(values.kv, "") : [];
@@ -525,6 +532,7 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
       prefillKSplitWorkgroups,
       prefillTiling,
       prefillSubgroups,
+      prefillHalfStaging,
       matvecTuning,
       int8Prefill,
       int8Decode,
@@ -708,6 +716,7 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
           prefillKSplitWorkgroups,
           prefillTiling,
           prefillSubgroups,
+          prefillHalfStaging,
           int8Prefill,
           int8Decode,
           coopPrefill,

@@ -28,7 +28,12 @@ interface Case {
   splits?: number;
   /** The rows' maxima by subgroup shuffles (or their emulation). */
   subgroups?: boolean | "emulated";
+  /** Queries and probabilities staged as f16 (then compared within 3e-3 instead of 1e-4). */
+  halfStaging?: boolean;
 }
+
+/** Tolerance of the outputs, absolute and relative: f16 staging rounds the queries and probabilities. */
+const tolerance = (halfStaging?: boolean) => halfStaging ? 3e-3 : 1e-4;
 
 /**
  * Prefills `chunks` through the cache of one layer with the given tiling and compares every output with
@@ -71,6 +76,7 @@ async function checkPrefill(c: Case): Promise<void> {
     splits,
     partials,
     subgroups: c.subgroups,
+    halfStaging: c.halfStaging,
   });
   const keys = Array.from({ length: kvHeads }, () => [] as number[]);
   const values = Array.from({ length: kvHeads }, () => [] as number[]);
@@ -108,7 +114,8 @@ async function checkPrefill(c: Case): Promise<void> {
       }
     }
     const tiling = c.tiling ? `${c.tiling.rows}×${c.tiling.keys}` : "default";
-    expectClose(`D ${D} G ${group} tiling ${tiling} chunk ${m} at ${len - m}`, got, want, 1e-4, 1e-4);
+    const tol = tolerance(c.halfStaging);
+    expectClose(`D ${D} G ${group} tiling ${tiling} chunk ${m} at ${len - m}`, got, want, tol, tol);
     if (splits > 1) {
       // The last token of the chunk sees every key: its keys were really dealt out among KV head 0's
       // slots (the first `splits`, all heads being equally long), each holding some weight.
@@ -183,6 +190,7 @@ async function checkWgkvPrefill(
   tiling: PrefillTileShape,
   splits = 1,
   subgroups: boolean | "emulated" = false,
+  halfStaging = false,
 ) {
   const gpu = await getGpu();
   const D = 16, H = 2, group = 2, qHeads = H * group, maxBatch = 40;
@@ -224,6 +232,7 @@ async function checkWgkvPrefill(
     tiling,
     splits,
     subgroups,
+    halfStaging,
   });
   const keys = Array.from({ length: H }, () => [] as number[]);
   const values = Array.from({ length: H }, () => [] as number[]);
@@ -272,7 +281,8 @@ async function checkWgkvPrefill(
         }
       }
     }
-    expectClose(`${policy.kind} splits ${splits} chunk ${m} at ${pos0}`, got, want, 1e-4, 1e-4);
+    const tol = tolerance(halfStaging);
+    expectClose(`${policy.kind} splits ${splits} chunk ${m} at ${pos0}`, got, want, tol, tol);
   }
   equal(kv.ringTokens, 64);
   kv.destroy();
@@ -319,10 +329,10 @@ Deno.test("flash prefill: WG-KV with key splits shared out by head length (windo
 });
 
 /**
- * The kernel options that change how every tile is computed (subgroup row maxima), checked over one set of
+ * The kernel options that change how every tile is computed (subgroup row maxima, f16 staging), checked over one set of
  * shapes: the default tiling, odd tilings and head sizes (G 3), key splits and WG-KV.
  */
-async function checkTileOptions(options: { subgroups?: boolean | "emulated" }) {
+async function checkTileOptions(options: { subgroups?: boolean | "emulated"; halfStaging?: boolean }) {
   await checkPrefill({ headDim: 64, kvHeads: 2, group: 4, chunks: [40, 70], ...options });
   await checkPrefill({
     headDim: 32,
@@ -354,10 +364,16 @@ async function checkTileOptions(options: { subgroups?: boolean | "emulated" }) {
   }
   const policy = { kind: "random", window: 25, rate: 0.15, seed: 7 } as const;
   const chunks = [40, 30, 5, 1, 33, 40];
-  await checkWgkvPrefill(policy, chunks, { rows: 16, keys: 16 }, 3, options.subgroups);
+  await checkWgkvPrefill(policy, chunks, { rows: 16, keys: 16 }, 3, options.subgroups, options.halfStaging);
 }
 
 Deno.test("flash prefill: the rows' maxima by subgroup shuffles (subgroups), plain, split and WG-KV", async () => {
   // The GPU's shuffles where its subgroups hold a row quad's 8 lanes, else the emulation.
   await checkTileOptions({ subgroups: subgroupsOrEmulated(await getGpu(), 8) });
+});
+
+Deno.test("flash prefill: queries and probabilities staged as f16 (halfStaging), plain, split and WG-KV", async () => {
+  await checkTileOptions({ halfStaging: true });
+  // head_dim 128 with the default tiling, which grows with the smaller staging where the GPU allows.
+  await checkPrefill({ headDim: 128, kvHeads: 2, group: 4, chunks: [40, 70], halfStaging: true });
 });

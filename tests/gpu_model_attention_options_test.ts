@@ -65,7 +65,7 @@ Deno.test("gpu model: decode attention's splits and key lanes keep the logits; t
   }, { type: "f16" });
 });
 
-Deno.test("gpu model: prefill attention's rows' maxima by subgroup shuffles keep the prefill's logits", async () => {
+Deno.test("gpu model: prefill attention's rows' maxima by subgroup shuffles, and its f16 staging, keep the prefill's logits", async () => {
   const gpu = await getGpu();
   await withTinyModel(async (file, hp) => {
     const prompt = Array.from({ length: 45 }, () => Math.floor(Math.random() * hp.nVocab));
@@ -78,6 +78,9 @@ Deno.test("gpu model: prefill attention's rows' maxima by subgroup shuffles keep
       }
     };
     const base = await prefill({});
+    // Queries and probabilities staged as f16: the same attention up to their rounding.
+    const halfErr = relativeError(await prefill({ prefillHalfStaging: true }), base);
+    ok(halfErr < 3e-3, `prefillHalfStaging: relative error ${halfErr}`);
     const subgroups = subgroupsOrEmulated(gpu, 8);
     const err = relativeError(await prefill({ prefillSubgroups: subgroups }), base);
     ok(err < 1e-5, `prefillSubgroups ${subgroups}: relative error ${err}`);

@@ -116,7 +116,7 @@ Deno.test(`wgsl (naga ${nagaVersion}): the decode products with subgroup sums co
   }
 });
 
-Deno.test(`wgsl (naga ${nagaVersion}): prefill attention with subgroup row maxima compiles`, () => {
+Deno.test(`wgsl (naga ${nagaVersion}): prefill attention with subgroup row maxima compiles (f32 and f16 staging)`, () => {
   const tiling = [
     "const TILE_ROWS: u32 = 64u;",
     "const TILE_TOKENS: u32 = 16u;",
@@ -125,11 +125,14 @@ Deno.test(`wgsl (naga ${nagaVersion}): prefill attention with subgroup row maxim
     "const PAIRS_PER_LANE: u32 = 8u;",
     "const THREADS: u32 = 128u;",
   ].join("\n");
-  const code = prepared(includeShaders(loadShader("flash_prefill")), {
-    POOL: poolQuadShaderSource(2),
-    TILING: tiling,
-    SHUFFLE: loadShader("shuffle_xor"),
-  }, { head_dim: 128, q_heads: 32, kv_heads: 8, group: 4, max_pages: 256, subgroup_max: 1 });
-  const error = compileError(code);
-  ok(error === undefined, `flash_prefill:\n${error}`);
+  for (const staging of ["prefill_staging_f32", "prefill_staging_f16"]) {
+    const code = prepared(includeShaders(loadShader("flash_prefill")), {
+      POOL: poolQuadShaderSource(2),
+      TILING: tiling,
+      SHUFFLE: loadShader("shuffle_xor"),
+      STAGING: loadShader(staging),
+    }, { head_dim: 128, q_heads: 32, kv_heads: 8, group: 4, max_pages: 256, subgroup_max: 1 });
+    const error = compileError(code);
+    ok(error === undefined, `flash_prefill (${staging}):\n${error}`);
+  }
 });

@@ -92,8 +92,10 @@ const SLOTS: u32 = splits * kv_heads;
 
 {{POOL}}
 
-// Scaled queries, [TILE_ROWS][head_dim / 4] vec4s.
-var<workgroup> q_tile: array<vec4f, TILE_ROWS * head_dim / 4u>;
+// Scaled queries q_tile, [TILE_ROWS][head_dim / 4] words of 4 values, and the probabilities `probs`,
+// [TILE_KEYS][QUADS] words of the 4 rows of a quad, 0 where hidden: f32 or packed f16 pairs, with put_q/get_q,
+// put_p/get_p and stored_p from the text define STAGING (wgsl/prefill_staging_f32.wgsl or _f16.wgsl).
+{{STAGING}}
 // Keys, [TILE_KEYS][head_dim / 4 + 1] words of 4 values (KWord: vec2u of packed f16 pairs); the extra word
 // staggers the keys over the memory banks, since the 8 lanes of a quad read 8 different keys at the same
 // column. Values, [TILE_KEYS][head_dim / 2] words of 2 values (VWord: u32 of a packed f16 pair). KWord,
@@ -101,8 +103,6 @@ var<workgroup> q_tile: array<vec4f, TILE_ROWS * head_dim / 4u>;
 // #include kv_tiles_f16
 var<workgroup> k_tile: array<KWord, TILE_KEYS * (head_dim / 4u + 1u)>;
 var<workgroup> v_tile: array<VWord, TILE_KEYS * head_dim / 2u>;
-// Probabilities, [TILE_KEYS][QUADS] vec4s (the 4 rows of a quad), 0 where hidden.
-var<workgroup> probs: array<vec4f, TILE_KEYS * QUADS>;
 // Per row and lane: the lane's maximum over its keys of the tile, then (at the end) its running sum.
 var<workgroup> lane_stat: array<f32, TILE_ROWS * LANES>;
 var<workgroup> row_length: u32;
@@ -181,7 +181,7 @@ fn main(
       let o = (token0 + t) * stride + (first_head + r % group) * head_dim + 4u * (i % quads);
       value = vec4f(q[o], q[o + 1u], q[o + 2u], q[o + 3u]) * scale;
     }
-    q_tile[i] = value;
+    put_q(i, value);
   }
 
   let quad = tid / LANES;
@@ -269,7 +269,7 @@ fn main(
     for (var c = 0u; c < quads; c++) {
       var qv: array<vec4f, 4>;
       // @unroll
-      for (var i = 0u; i < 4u; i++) { qv[i] = q_tile[(row0 + i) * quads + c]; }
+      for (var i = 0u; i < 4u; i++) { qv[i] = get_q((row0 + i) * quads + c); }
       // @unroll
       for (var j = 0u; j < KEYS_PER_LANE; j++) {
         let kv = get_k((lane + LANES * j) * k_stride + c);
@@ -327,8 +327,9 @@ fn main(
       for (var i = 0u; i < 4u; i++) {
         if (s[i][j] > MASKED) { p[i] = exp(s[i][j] - m[i]); }
       }
+      p = stored_p(p);
       lane_sum += p;
-      probs[(lane + LANES * j) * QUADS + quad] = p;
+      put_p((lane + LANES * j) * QUADS + quad, p);
     }
     l = l * alpha + lane_sum;
     // @unroll
@@ -340,7 +341,7 @@ fn main(
 
     // 4. O += P·V for rows row0 + i × value pairs lane + 8·j.
     for (var t = 0u; t < TILE_KEYS; t++) {
-      let p = probs[t * QUADS + quad];
+      let p = get_p(t * QUADS + quad);
       // @unroll
       for (var j = 0u; j < PAIRS_PER_LANE; j++) {
         let pair = lane + LANES * j;

@@ -39,6 +39,8 @@ export const SHADER_NAMES: readonly string[] = [
   "matvec_partials_emulated",
   "matvec_partials_plain",
   "matvec_units",
+  "prefill_staging_f16",
+  "prefill_staging_f32",
   "qkv_kv_store",
   "quantize_q8",
   "rmsnorm",

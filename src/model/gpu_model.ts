@@ -182,6 +182,11 @@ export interface GpuModelOptions {
    */
   prefillSubgroups?: boolean | "emulated";
   /**
+   * Prefill attention stages its queries and probabilities as packed f16 pairs (see
+   * `FlashPrefillOptions.halfStaging`; default false).
+   */
+  prefillHalfStaging?: boolean;
+  /**
    * Decode matvec tunings by role (`attn_qkv`, `attn_output`, `ffn_gate_up`, `ffn_down`, `output`), for
    * benchmarking on a given GPU; a role left out gets the kernels' defaults.
    */
@@ -1009,6 +1014,7 @@ export class GpuModel {
             tiling: options.prefillTiling,
             partials: act.partials,
             subgroups: options.prefillSubgroups,
+            halfStaging: options.prefillHalfStaging,
           }));
         }
         const foldFfnNorm = canFuseGateUp(w.wGate, w.wUp) && foldable(w.wo);

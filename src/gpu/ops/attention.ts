@@ -95,8 +95,10 @@ function prefillWorkgroupBytes(
   headDim: number,
   kvHeads: number,
   perThread = 0,
+  halfStaging = false,
 ): number {
-  return rows * headDim * 4 + keys * (headDim / 4 + 1) * 8 + keys * headDim * 2 + keys * rows * 4 +
+  const staged = halfStaging ? 2 : 4; // bytes per staged query value and probability
+  return rows * headDim * staged + keys * (headDim / 4 + 1) * 8 + keys * headDim * 2 + keys * rows * staged +
     rows * 32 + keys * 4 + 8 + 16 + kvHeads * 4 + 2 * rows * perThread;
 }
 
@@ -148,9 +150,10 @@ function choosePrefillTiling(
   kvHeads: number,
   wanted?: PrefillTileShape,
   perThread = 0,
+  halfStaging = false,
 ): PrefillTiling {
   const bytes = (rows: number, keys: number) =>
-    prefillWorkgroupBytes(rows, keys, headDim, kvHeads, perThread);
+    prefillWorkgroupBytes(rows, keys, headDim, kvHeads, perThread, halfStaging);
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
   if (wanted) {
     const { rows, keys } = wanted;
@@ -239,6 +242,14 @@ export interface FlashPrefillOptions extends AttentionOptions {
    * workgroup memory on any GPU (for tests). Tested; not run on a GPU yet: Deno 2.9.6 offers no subgroups on the H100.
    */
   subgroups?: boolean | "emulated";
+  /**
+   * Whether the staged queries and probabilities are packed f16 pairs (true) instead of f32 (default
+   * false): half their workgroup memory, so the default tiling may grow (head_dim 128: 64 rows × 32 keys
+   * instead of × 16 within 48 KiB) and more workgroups fit a multiprocessor; queries and probabilities are
+   * then rounded to f16 (K and V are f16 already), about 1e-3 of the outputs' scale. Tested; not yet run
+   * on a GPU.
+   */
+  halfStaging?: boolean;
 }
 
 /** Options of {@link createFlashDecode}. */
@@ -620,6 +631,7 @@ export function createFlashPrefill(gpu: Gpu, options: FlashPrefillOptions): GpuO
     kv.kvHeads,
     options.tiling,
     shuffles.bytesPerThread,
+    options.halfStaging ?? false,
   );
   const tiles = ceilDiv(maxTokens, tiling.tokens);
   const splits = options.splits ?? 1;
@@ -645,6 +657,7 @@ export function createFlashPrefill(gpu: Gpu, options: FlashPrefillOptions): GpuO
     POOL: poolQuadShaderSource(kv.shards.length),
     TILING: prefillTilingSource(tiling, D),
     SHUFFLE: shuffles.source,
+    STAGING: loadShader(options.halfStaging ? "prefill_staging_f16" : "prefill_staging_f32"),
   };
   const kernel = gpu.kernel("flash_prefill", constants, defines);
   const layerParams = layerUniform(gpu, label, layer);
