@@ -367,6 +367,31 @@ fixtureTest(
   },
 );
 
+fixtureTest("cli: run --stats says when the local ring outweighs a full cache of a short context", [
+  "stories260K.gguf",
+], async () => {
+  const args = ["run", "-m", fixture("stories260K.gguf"), "--kv", "random", "--stats", "--temp", "0"];
+  const short = await runCli([...args, "-p", "Once", "-n", "3"]);
+  equal(short.code, 0, short.stderr);
+  match(short.stderr, /% more\)\n {2}\(each layer and KV head holds its local ring of \d+ tokens/);
+  // A window of 32 in steps of 16: 48 ring tokens, which 200 tokens outgrow.
+  const long = await runCli([
+    ...args,
+    "-p",
+    "Once",
+    "-n",
+    "200",
+    "--ignore-eos",
+    "--window",
+    "32",
+    "-b",
+    "16",
+  ]);
+  equal(long.code, 0, long.stderr);
+  match(long.stderr, /% saved\)/);
+  ok(!long.stderr.includes("local ring of"), long.stderr);
+});
+
 fixtureTest("cli: run --kv wgkv with an imported gate reports admissions and KV bytes that agree", [
   "stories260K.gguf",
   "gate/stories260K-gate-fp32.pt",

@@ -18,6 +18,7 @@ import { Sampler } from "../engine/sampling.ts";
 import type { GenerationStats } from "../engine/session.ts";
 import { foldLayers, formatProfile } from "../gpu/profiler.ts";
 import { formatBytes } from "../gpu/device.ts";
+import { PAGE_TOKENS } from "../kv/page_pool.ts";
 import type { KvPolicySpec } from "../engine/load.ts";
 import type { Command } from "./main.ts";
 import {
@@ -137,6 +138,13 @@ export function printKvStats(model: Model, perHead: boolean): void {
   const d = usage.dual;
   if (!d) return;
   const h = model.hparams;
+  if (saved < 0) {
+    const ringTokens = (d.ringPages * PAGE_TOKENS) / (h.nLayer * h.nHeadKV);
+    console.error(
+      `  (each layer and KV head holds its local ring of ${ringTokens} tokens, the window and a prefill step, ` +
+        "from the first token: the cache saves memory once the context outgrows it)",
+    );
+  }
   const mean = d.admittedFraction.reduce((a, b) => a + b, 0) / d.admittedFraction.length;
   console.error(`admitted: ${(100 * mean).toFixed(1)}% of tokens on average over layers and KV heads`);
   if (!perHead) return;
