@@ -329,8 +329,8 @@ Deno.test("flash prefill: WG-KV with key splits shared out by head length (windo
 });
 
 /**
- * The kernel options that change how every tile is computed (subgroup row maxima, f16 staging), checked over one set of
- * shapes: the default tiling, odd tilings and head sizes (G 3), key splits and WG-KV.
+ * The kernel options that change how every tile is computed (subgroup row maxima, f16 staging), checked
+ * over one set of shapes: the default tiling, odd tilings and head sizes (G 3), key splits and WG-KV.
  */
 async function checkTileOptions(options: { subgroups?: boolean | "emulated"; halfStaging?: boolean }) {
   await checkPrefill({ headDim: 64, kvHeads: 2, group: 4, chunks: [40, 70], ...options });
