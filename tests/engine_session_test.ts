@@ -93,6 +93,24 @@ Deno.test("session: an aborted signal stops between tokens", async () => {
   equal(s.lastStats?.stopReason, "abort");
 });
 
+Deno.test("session: a signal aborted before the call runs nothing and leaves the conversation as it was", async () => {
+  const { backend, calls } = scriptedBackend([...ids("ab"), ...ids("cd")]);
+  const s = new Session(backend, tokenizer);
+  equal(await collect(s.generate(ids("^x"), { temperature: 0, maxTokens: 2 })), "ab");
+  const transcript = s.transcript;
+  const stop = new AbortController();
+  stop.abort();
+  const r = await s.generate(ids("yy"), { temperature: 0, signal: stop.signal }).next();
+  deepEqual(r, {
+    done: true,
+    value: { ...r.value!, promptTokens: 0, generatedTokens: 0, stopReason: "abort" },
+  });
+  equal(calls.length, 2);
+  deepEqual(s.transcript, transcript);
+  equal(await collect(s.generate(ids("z"), { temperature: 0, maxTokens: 2 })), "cd");
+  deepEqual(calls.at(-2), { tokens: ids("bz"), pos: 3 });
+});
+
 Deno.test("session: chained greedy decoding yields the same tokens and resumes at the right position", async () => {
   const script = ids("abcdefghijklmnopqrstuvwxyz");
   const { backend, calls } = scriptedBackend(script);
@@ -162,6 +180,11 @@ for (const rewindable of [true, false]) {
     deepEqual(r.value, { ...r.value, promptTokens: 2, generatedTokens: 0, stopReason: "abort" });
     deepEqual(calls.at(-1), { tokens: ids("byyy"), pos: 3 });
     equal(backend.prefillSignal, undefined);
+    deepEqual(s.transcript, transcript);
+    // A call stopped before it ran anything changes nothing (a pending restart stays pending).
+    const calls0 = calls.length;
+    await s.generate(ids("w"), { temperature: 0, signal: stop.signal }).next();
+    equal(calls.length, calls0);
     deepEqual(s.transcript, transcript);
     equal(await collect(s.generate(ids("z"), { temperature: 0, maxTokens: 2 })), "cd");
     // A cache that cannot rewind runs the whole conversation again from 0; one that can resumes at 3.

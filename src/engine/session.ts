@@ -103,6 +103,17 @@ export class Session {
   }
 
   /**
+   * Puts the conversation back as it was before a call that stopped before its prompt had run: the cached
+   * tokens of a restart (`before.tokens`) and the unfed token; `restart` says whether the next call must
+   * run the conversation again from position 0.
+   */
+  #restore(before: { tokens?: number[]; unfed: number[] }, restart: boolean): void {
+    for (const t of before.tokens ?? []) this.tokens.push(t);
+    this.#unfed = before.unfed;
+    this.#restart = restart;
+  }
+
+  /**
    * Appends `prompt` tokens to the conversation and yields generated pieces until a stop condition.
    * The generated tokens stay in the session (ready for the next turn).
    */
@@ -160,7 +171,11 @@ export class Session {
     for (let i = 0; i < maxTokens; i++) {
       if (options.signal?.aborted) {
         stats.stopReason = "abort";
-        break;
+        if (i > 0) break;
+        // Stopped before the prompt ran: the conversation is what it was before this call.
+        this.#restore(before, before.tokens !== undefined);
+        stats.promptTokens = 0;
+        return stats;
       }
       if (this.tokens.length + feed.length > ctx) {
         stats.stopReason = "context";
@@ -201,9 +216,7 @@ export class Session {
           } catch (error) {
             if (!(error instanceof PrefillAbortedError)) throw error;
             // The conversation is what it was before this call; a cache that cannot rewind runs it again.
-            for (const t of before.tokens ?? []) this.tokens.push(t);
-            this.#unfed = before.unfed;
-            this.#restart = this.backend.rewindable === false;
+            this.#restore(before, this.backend.rewindable === false);
             stats.promptTokens = error.done;
             stats.prefillMs = performance.now() - t0;
             stats.stopReason = "abort";
