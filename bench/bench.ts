@@ -17,6 +17,9 @@
  *                        [--no-chain-gates]   (wgkv policy: decode with two write-gate dispatches per layer, not
  *                                              one layer's flags decided by the next layer's gate:
  *                                              "decode-unchained-gates" rows)
+ *                        [--no-gates-after-layers]   (wgkv policy: decode with a write gate per layer before
+ *                                                     its attention, not all layers' gates after the last
+ *                                                     layer: "decode-layer-gates" rows)
  *                        [--no-fuse-decode-reduce]   (decode attention's splits merged by a reduce dispatch per
  *                                                     layer, not by the partial pass's last workgroups:
  *                                                     "decode-unfused-reduce" rows)
@@ -167,6 +170,7 @@ const { values } = benchFlags(import.meta.url, () =>
       "no-fuse-kv-append": { type: "boolean" },
       "no-fuse-wgkv-append": { type: "boolean" },
       "no-chain-gates": { type: "boolean" },
+      "no-gates-after-layers": { type: "boolean" },
       "no-fuse-decode-reduce": { type: "boolean" },
       "prefill-splits": { type: "string" },
       "prefill-k-splits": { type: "string" },
@@ -319,6 +323,9 @@ if (repeatSource !== undefined && !repeatOps?.length) {
 // --no-chain-gates: with the wgkv policy, decode with each layer's write gate in two dispatches (rows named
 // "decode-unchained-gates", for every policy, as above).
 const chainWriteGates = !values["no-chain-gates"];
+// --no-gates-after-layers: with the wgkv policy, decode with a write gate per layer before its attention
+// instead of all layers' gates after the last layer (rows named "decode-layer-gates").
+const gatesAfterLayers = !values["no-gates-after-layers"];
 // --no-fuse-decode-reduce: decode attention's split path with its reduce dispatch (rows named
 // "decode-unfused-reduce").
 const fusedDecodeReduce = !values["no-fuse-decode-reduce"];
@@ -339,7 +346,7 @@ const decodeAttention: Partial<GpuModelOptions> = {
   decodeRepeatSource: repeatSource,
 };
 const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? "" : "-unfused-append") +
-  wgkvAppendSuffix + (chainWriteGates ? "" : "-unchained-gates") +
+  wgkvAppendSuffix + (chainWriteGates ? "" : "-unchained-gates") + (gatesAfterLayers ? "" : "-layer-gates") +
   (fusedDecodeReduce ? "" : "-unfused-reduce") +
   (matvecTuning ? "-tuned" : "") +
   (directKeys !== undefined ? `-direct${directKeys}` : "") + (values["f32-decode"] === true ? "-f32" : "") +
@@ -711,6 +718,7 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
           fuseKvAppend,
           fuseWgkvAppend,
           chainWriteGates,
+          gatesAfterLayers,
           prefillSplits,
           prefillKSplits,
           prefillKSplitWorkgroups,

@@ -254,7 +254,7 @@ fixtureTest(
 );
 
 fixtureTest(
-  "wgkv model: the WG-KV append in the write gate, with chained gates at decode or not, gives the logits, admissions and chained tokens of the separate append",
+  "wgkv model: the WG-KV append in the write gate, with chained gates at decode or not, and decode's gates after the last layer give the logits, admissions and chained tokens of the separate append",
   [MODEL, GATE],
   async () => {
     const gate = await importGate(fixture(GATE), fixture(MODEL), { window: 16 });
@@ -262,20 +262,26 @@ fixtureTest(
     const file = await openGGUF(fixture(MODEL));
     const hp = hparamsFromGGUF(file);
     const gpu = await getGpu();
-    const load = (fuseWgkvAppend: boolean, chainWriteGates = true) =>
+    const load = (fuseWgkvAppend: boolean, chainWriteGates = true, gatesAfterLayers = false) =>
       GpuModel.load(gpu, file, hp, {
         contextLength: 256,
         maxBatch: 8,
         policy,
         fuseWgkvAppend,
         chainWriteGates,
+        gatesAfterLayers,
       });
     const fused = await load(true);
     const separate = await load(false);
     const unchained = await load(true, false);
+    const afterLayers = await load(true, true, true);
     const appends = (m: GpuModel) => m.decodeLabels.filter((l) => l.endsWith("kv_append")).length;
+    const gates = (m: GpuModel) => m.decodeLabels.filter((l) => /write_gates?$/.test(l));
     equal(appends(fused), 0);
     equal(appends(separate), hp.nLayer);
+    equal(appends(afterLayers), 0);
+    deepEqual(gates(afterLayers), ["write_gates"]);
+    equal(gates(fused).length, hp.nLayer);
     const tokens = prompt(27);
     // Prefill in chunks of 8, stepwise decode, then a chain: 27 + 4 + 24 positions go around the 32-slot
     // ring, so tokens are promoted too.
@@ -291,7 +297,9 @@ fixtureTest(
     };
     const b = await run(separate);
     // Fused, with decode's write gates chained (each layer deciding the previous layer's flags) and not.
-    for (const [name, model] of [["chained", fused], ["unchained", unchained]] as const) {
+    for (
+      const [name, model] of [["chained", fused], ["unchained", unchained], ["after layers", afterLayers]] as const
+    ) {
       const a = await run(model);
       a.logits.forEach((l, i) => deepEqual(l, b.logits[i], `${name}: step ${i}: logits`));
       deepEqual(a.chained, b.chained, `${name}: chained tokens`);
@@ -300,7 +308,7 @@ fixtureTest(
       deepEqual([...a.stats.globalTokens], [...b.stats.globalTokens], `${name}: global tokens`);
       ok(a.stats.globalTokens.some((g) => g > 0), `${name}: tokens were promoted`);
     }
-    for (const model of [fused, separate, unchained]) model.destroy();
+    for (const model of [fused, separate, unchained, afterLayers]) model.destroy();
     file.close();
   },
 );

@@ -44,6 +44,14 @@
 // finish_previous = 1 decides the previous layer's flags from its partial logits (at prev_scratch_base, the
 // other parity) and sets them in its slot info. Valid while a step has at most `window` tokens: no query of
 // the step then needs the flag of a key of the same step. The last layer of the chain keeps its `finish`.
+//
+// All layers at once (decode, all_layers = 1; src/gpu/ops/write_gate_layers.ts): once the step's last layer
+// has computed its keys, `main` takes every layer in one grid (ceil(max_tokens / TILE), kv_heads,
+// layers * chunks): layer l's keys at float l * k_stride of pre_k and post_k, its weights at float
+// l * params_stride of params, its partial logits at float l * layer_scratch of the scratch. Entry
+// `finish_layers` (grid ceil(n_tokens * layers * kv_heads / FINISH_THREADS)) then decides every (token,
+// layer, head) and sets the flag in the ring slot's info word (binding 11 and ring_record of the
+// RING_APPEND define; the fused QKV stored the keys and values and recorded the positions).
 
 override head_dim: u32 = 64u;
 override kv_heads: u32 = 1u;
@@ -60,6 +68,11 @@ override finish_later: u32 = 0u;
 override finish_previous: u32 = 0u;
 override scratch_base: u32 = 0u;
 override prev_scratch_base: u32 = 0u;
+// All layers in one grid (all_layers = 1): float strides between the layers' keys, weights and scratch.
+override all_layers: u32 = 0u;
+override k_stride: u32 = 0u;
+override params_stride: u32 = 0u;
+override layer_scratch: u32 = 0u;
 
 const TILE: u32 = 8u; // tokens per workgroup: two vec4 accumulators per thread
 const UNITS: u32 = 32u; // hidden units per chunk
@@ -140,7 +153,18 @@ fn decide(token: u32, head: u32, layer: u32, base: u32, b2: f32) -> bool {
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
   let head = wg.y;
-  let chunk = wg.z;
+  // This workgroup's chunk and (all_layers = 1) the float offsets of its layer's keys, weights and scratch.
+  var chunk = wg.z;
+  var pb = 0u;
+  var kb = 0u;
+  var sb = scratch_base;
+  if (all_layers == 1u) {
+    let layer = wg.z / chunks();
+    chunk = wg.z % chunks();
+    pb = layer * params_stride;
+    kb = layer * k_stride;
+    sb = layer * layer_scratch;
+  }
   let t0 = wg.x * TILE;
   let n_tokens = step.n_tokens;
   if (t0 >= n_tokens) { return; }
@@ -170,7 +194,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
     var v = 0.0;
     if (token < n_tokens) {
       let src = token * stride + head * head_dim + c % head_dim;
-      v = select(post_k[src], pre_k[src], c < head_dim);
+      v = select(post_k[kb + src], pre_k[kb + src], c < head_dim);
     }
     x_t[2u * c + k / 4u][k % 4u] = v;
   }
@@ -201,11 +225,11 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
     let c = i % in_dim;
     let k = i / in_dim;
     let which = select(1u, 0u, c < head_dim);
-    x_t[2u * c + k / 4u][k % 4u] *= inv_rms[2u * k + which] * params[c];
+    x_t[2u * c + k / 4u][k % 4u] *= inv_rms[2u * k + which] * params[pb + c];
   }
   workgroupBarrier();
 
-  let w1_at = in_dim;
+  let w1_at = pb + in_dim;
   let b1_at = w1_at + kv_heads * in_dim * inner;
   let w2_at = b1_at + kv_heads * inner;
   let unit = tid % UNITS;
@@ -284,7 +308,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
     workgroupBarrier();
   }
   if (tid < TILE && t0 + tid < n_tokens) {
-    partial_logits[scratch_base + ((t0 + tid) * kv_heads + head) * chunks() + chunk] = units_sum[tid / 4u][tid % 4u];
+    partial_logits[sb + ((t0 + tid) * kv_heads + head) * chunks() + chunk] = units_sum[tid / 4u][tid % 4u];
   }
 }
 
@@ -304,4 +328,17 @@ fn finish(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lan
     if (ring_append == 1u) { ring_record(token, head, layer, admitted); }
   }
   if (ring_append == 1u) { ring_copy(token, head, lane, FINISH_THREADS); }
+}
+
+// All layers at once (all_layers = 1): a thread per (token, layer, head) decides its flag and records it in
+// the ring slot, whose key, value and position the fused QKV has stored.
+@compute @workgroup_size(FINISH_THREADS)
+fn finish_layers(@builtin(global_invocation_id) id: vec3u) {
+  let i = id.x;
+  if (i >= step.n_tokens * layers * kv_heads) { return; }
+  let token = i / (layers * kv_heads);
+  let layer = (i / kv_heads) % layers;
+  let head = i % kv_heads;
+  let b2 = params[layer * params_stride + b2_offset() + head];
+  ring_record(token, head, layer, decide(token, head, layer, layer * layer_scratch, b2));
 }

@@ -36,7 +36,7 @@ import {
 } from "../errors.ts";
 import { formatBytes, type Gpu } from "../gpu/device.ts";
 import { GpuWeight } from "../gpu/weights.ts";
-import { checkInt, countDispatches, encodeOps, type GpuOp, StepParams } from "../gpu/ops/op.ts";
+import { type BufferSlice, checkInt, countDispatches, encodeOps, type GpuOp, StepParams } from "../gpu/ops/op.ts";
 import { createEmbed, type EmbedOp } from "../gpu/ops/embed.ts";
 import { createRmsNorm } from "../gpu/ops/norm.ts";
 import {
@@ -92,6 +92,12 @@ import type { KvPolicy } from "../kv/wgkv_policy.ts";
 import { pageBytes, pagesForTokens } from "../kv/page_pool.ts";
 import type { GateWeights } from "../gate/format.ts";
 import { createWriteGate, gateOutputBytes, gateScratchBytes, uploadGate } from "../gpu/ops/write_gate.ts";
+import {
+  createWriteGateLayers,
+  gateKeyRowsBytes,
+  gateLayersScratchBytes,
+  writeGateLayersBlocker,
+} from "../gpu/ops/write_gate_layers.ts";
 import { writeGateAppendBlocker } from "../gpu/ops/write_gate_append.ts";
 import { createWgkvAppend } from "../gpu/ops/wgkv_append.ts";
 import { createWgkvPromote } from "../gpu/ops/wgkv_promote.ts";
@@ -165,6 +171,15 @@ export interface GpuModelOptions {
    * true where the bindings fit.
    */
   chainWriteGates?: boolean;
+  /**
+   * The `wgkv` policy, decode: each layer's fused QKV stores K and V into the ring (with the slot's
+   * position, not yet admitted), and the write gates of all layers run after the last layer in two
+   * dispatches that set the flags (`createWriteGateLayers`), instead of a gate dispatch per layer before
+   * attention: a step's attention never needs the flag of its own token, which stays in the window for the
+   * next `window - 1` steps. Default true where the bindings fit (then {@link chainWriteGates} does not
+   * apply to decode).
+   */
+  gatesAfterLayers?: boolean;
   /**
    * Prefill attention: key splits per KV head (default 4 for `wgkv` on a GPU, else 1). With more than 1, each query tile's keys are shared out among splits · KV heads workgroups in
    * proportion to the heads' lengths and merged by a second dispatch (see createFlashPrefill), which evens
@@ -688,20 +703,40 @@ export class GpuModel {
       act.q8 = { xq: f32("q8 values", bytes.xq / 4), xds: f32("q8 scales", bytes.xds / 4) };
     }
     // The write gate's inputs and outputs (wgkv policy): the key before RoPE, scores and flags.
-    const gateBufs = gate && {
-      params: uploadGate(gpu, gate),
+    const uploadedGate = gate && uploadGate(gpu, gate);
+    // Decode: the gates of all layers after the last layer (options.gatesAfterLayers), the QKV of each
+    // layer storing K and V into the ring; needs every layer's QKV fused with the ring store.
+    const gatesAfterLayers = dual !== undefined && gate !== undefined && uploadedGate !== undefined &&
+      (options.gatesAfterLayers ?? true) &&
+      writeGateLayersBlocker(gpu, uploadedGate, gate, hp.nLayer) === undefined &&
+      layers.every((w) =>
+        canFuseQkv(w.wq, w.wk, w.wv) && qkvKvAppendBlocker(gpu.limits, dual, w.wk, w.wv) === undefined
+      );
+    const gateBufs = gate && uploadedGate && {
+      params: uploadedGate,
       kPre: f32("k before rope", maxBatch * Hkv * D),
       scores: f32("gate scores", gateOutputBytes(maxBatch, hp.nLayer, Hkv) / 4),
       flags: f32("gate flags", gateOutputBytes(maxBatch, hp.nLayer, Hkv) / 4),
       scratch: f32(
         "gate scratch",
-        Math.max(gateScratchBytes(maxBatch, Hkv, gate.inner), gateScratchBytes(1, Hkv, gate.inner, true)) / 4,
+        Math.max(
+          gateScratchBytes(maxBatch, Hkv, gate.inner),
+          gateScratchBytes(1, Hkv, gate.inner, true),
+          gatesAfterLayers ? gateLayersScratchBytes(1, hp.nLayer, Hkv, gate.inner) : 0,
+        ) / 4,
       ),
+      // The keys before and after RoPE of every layer of a decode step, for the gates after the last layer.
+      layerKeys: gatesAfterLayers
+        ? {
+          pre: f32("k before rope, all layers", hp.nLayer * gateKeyRowsBytes(1, Hkv, D) / 4),
+          post: f32("k after rope, all layers", hp.nLayer * gateKeyRowsBytes(1, Hkv, D) / 4),
+        }
+        : undefined,
     };
     // Decode: the write gates of consecutive layers as a chain, one dispatch per layer but the last.
     const chainGates = appendInGate && dual !== undefined && hp.nLayer > 1 &&
       (options.chainWriteGates ?? true) && writeGateAppendBlocker(gpu.limits, dual, true) === undefined;
-    if (gateBufs) owned.push(...gateBufs.params);
+    if (gateBufs) owned.push(...gateBufs.params.buffers);
     if (gateBufs && (Hkv * D) % 4 !== 0) {
       throw new UnsupportedError(`the write gate needs kv_heads · head_dim divisible by 4 (got ${Hkv * D})`);
     }
@@ -861,10 +896,17 @@ export class GpuModel {
         ops.push(norm(`${tag}blk.0.attn_norm`, layers[0].attnNorm, false));
       }
       let outputNormOp: GpuOp | undefined;
+      // wgkv decode with the gates after the last layer: each layer's keys go to its rows of layerKeys.
+      const layerKeys = decode && gatesAfterLayers ? gateBufs?.layerKeys : undefined;
+      const keyRows = (buffer: GPUBuffer, l: number): BufferSlice => ({
+        buffer,
+        offset: l * gateKeyRowsBytes(1, Hkv, D),
+        size: Hkv * D * 4,
+      });
       for (let l = 0; l < hp.nLayer; l++) {
         const w = layers[l];
         const p = `${tag}blk.${l}.`;
-        const fusedAppend = appendInQkv(w);
+        const fusedAppend = appendInQkv(w) || layerKeys !== undefined;
         if (decode && canFuseQkv(w.wq, w.wk, w.wv)) {
           // One dispatch: Q, K and V rows, Q and K rotated as they are written (with the write gate, K
           // also before RoPE: the gate reads both; with the full cache, K and V also into their pages).
@@ -875,14 +917,18 @@ export class GpuModel {
             wv: w.wv,
             x: act.xn,
             q: act.q,
-            k: act.k,
+            k: layerKeys ? keyRows(layerKeys.post, l) : act.k,
             v: act.v,
             maxTokens,
             step,
             rope: { headDim: D, ropeDim: hp.ropeDim, invFreq, maxPosition: ctx },
-            kPre: gateBufs?.kPre,
+            kPre: layerKeys ? keyRows(layerKeys.pre, l) : gateBufs?.kPre,
             norm: qkvNorm,
-            append: fusedAppend && fullKv ? { kv: fullKv, layer: l } : undefined,
+            append: layerKeys && dual
+              ? { kv: dual, layer: l }
+              : fusedAppend && fullKv
+              ? { kv: fullKv, layer: l }
+              : undefined,
             tuning: tuning("attn_qkv", w.wq.cols),
           }));
         } else {
@@ -931,7 +977,7 @@ export class GpuModel {
             step,
           }));
         }
-        if (gate && gateBufs) {
+        if (gate && gateBufs && !layerKeys) {
           ops.push(createWriteGate(gpu, {
             label: `${p}write_gate`,
             kvHeads: Hkv,
@@ -942,7 +988,7 @@ export class GpuModel {
             maxTokens,
             preK: gateBufs.kPre,
             postK: act.k,
-            params: gateBufs.params[l],
+            params: gateBufs.params.layers[l],
             scores: gateBufs.scores,
             flags: gateBufs.flags,
             threshold: policy.kind === "wgkv" ? policy.threshold : undefined,
@@ -951,11 +997,11 @@ export class GpuModel {
             scratch: gateBufs.scratch,
             append: appendInGate && dual ? { kv: dual, v: act.v } : undefined,
             chain: decode && chainGates
-              ? { finishLater: l < hp.nLayer - 1, previousParams: l > 0 ? gateBufs.params[l - 1] : undefined }
+              ? { finishLater: l < hp.nLayer - 1, previousParams: l > 0 ? gateBufs.params.layers[l - 1] : undefined }
               : undefined,
           }));
         }
-        if (dual && !appendInGate) {
+        if (dual && !appendInGate && !layerKeys) {
           ops.push(createWgkvAppend(gpu, {
             label: `${p}kv_append`,
             kv: dual,
@@ -1094,6 +1140,27 @@ export class GpuModel {
               : norm(`${tag}output_norm`, outputNorm, true, proj),
           );
         }
+      }
+      if (layerKeys && gate && gateBufs && dual) {
+        // The write gates of all layers: their flags are first read when the step's token leaves the window.
+        ops.push(createWriteGateLayers(gpu, {
+          label: `${tag}write_gates`,
+          kvHeads: Hkv,
+          headDim: D,
+          inner: gate.inner,
+          layers: hp.nLayer,
+          maxTokens,
+          preK: layerKeys.pre,
+          postK: layerKeys.post,
+          params: gateBufs.params.all!,
+          scores: gateBufs.scores,
+          flags: gateBufs.flags,
+          threshold: policy.kind === "wgkv" ? policy.threshold : undefined,
+          activation: gate.activation === "silu" ? "silu" : "gelu",
+          step,
+          scratch: gateBufs.scratch,
+          kv: dual,
+        }));
       }
       return { embed, ops, outputNorm: outputNormOp };
     };

@@ -4,9 +4,14 @@
  * its `KV_STORE` text define, stores the K and V rows it computes into the f16 pages of the paged KV cache
  * exactly as `createKvAppend` (`./kv_append.ts`) would from the f32 rows, saving that dispatch per layer.
  *
- * The pool shards, block table and lengths are storage bindings on top of the QKV kernel's own, so the
- * fusion applies only where they fit the stage's limit: {@link qkvKvAppendBlocker} says when they do not
- * (callers then keep the separate append).
+ * With a WG-KV dual cache (a {@link DualKvView}) the rows go into the layer's local ring instead
+ * (`wgsl/qkv_ring_store.wgsl`), each slot's position recorded as not admitted yet: what the write gate's
+ * ring append does, for the decode steps whose gates decide all layers' flags after the last layer
+ * (`createWriteGateLayers` in `./write_gate_layers.ts`).
+ *
+ * The pool shards, block table and lengths (slot info for the ring) are storage bindings on top of the QKV
+ * kernel's own, so the fusion applies only where they fit the stage's limit: {@link qkvKvAppendBlocker}
+ * says when they do not (callers then keep the separate append).
  *
  * @module
  */
@@ -21,12 +26,17 @@ import {
   poolShaderSource,
   shardEntries,
 } from "../../kv/paged_view.ts";
+import type { DualKvView } from "../../kv/dual_cache.ts";
 import type { BufferSlice } from "./op.ts";
 
-/** Where `createQkvMatvec`'s K and V rows also go: one layer of a paged KV cache. */
+/** Where `createQkvMatvec`'s K and V rows also go: one layer of a paged KV cache or of a dual cache's ring. */
 export interface QkvKvAppend {
-  /** The cache; its lengths must already count the step's tokens, as for `createKvAppend`. */
-  kv: PagedKvView;
+  /**
+   * The cache. A paged (full) cache's lengths must already count the step's tokens, as for
+   * `createKvAppend`; a WG-KV dual cache's step must have begun (`DualCache.beginStep`), and its ring then
+   * takes the rows at slot `position % ringTokens`, as the write gate's ring append would.
+   */
+  kv: PagedKvView | DualKvView;
   /** Layer of the cache the op writes. */
   layer: number;
 }
@@ -97,6 +107,19 @@ export function qkvKvStoreParts(gpu: Gpu, label: string, append?: QkvKvAppend): 
   if (!append) return { constants: {}, source: NO_KV_STORE, entries: [] };
   const { kv, layer } = append;
   const pool = poolShaderSource(kv.shards.length, true);
+  if (isDualView(kv)) {
+    return {
+      constants: { kv_append: 1, ...pagedKvConstants(kv), ring_tokens: kv.ringTokens },
+      source: loadShader("qkv_ring_store").replace("{{POOL}}", pool),
+      entries: [
+        [14, kv.sequence],
+        [15, layerUniform(gpu, label, layer)],
+        [16, kv.blockTable],
+        [17, kv.slotInfo],
+        ...shardEntries(kv),
+      ],
+    };
+  }
   return {
     constants: { kv_append: 1, ...pagedKvConstants(kv) },
     source: loadShader("qkv_kv_store").replace("{{POOL}}", pool),
@@ -108,4 +131,9 @@ export function qkvKvStoreParts(gpu: Gpu, label: string, append?: QkvKvAppend): 
       ...shardEntries(kv),
     ],
   };
+}
+
+/** Whether `kv` is a WG-KV dual cache (its K and V go to the ring by position). */
+function isDualView(kv: PagedKvView | DualKvView): kv is DualKvView {
+  return "slotInfo" in kv;
 }

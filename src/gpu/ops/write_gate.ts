@@ -330,13 +330,26 @@ function checkAppend(gpu: Gpu, label: string, options: WriteGateOptions, append:
   checkSlice(label, "append.v", append.v, options.maxTokens * options.kvHeads * options.headDim * 4);
 }
 
+/** A gate's weights on the GPU (see {@link uploadGate}). */
+export interface UploadedGate {
+  /** Each layer's packed weights, for `WriteGateOptions.params`. */
+  readonly layers: readonly BufferSlice[];
+  /**
+   * All layers in one binding, layer l from float `l · strideFloats` (a multiple of 64: 256-byte aligned),
+   * for the gates of all layers at once (`createWriteGateLayers`); absent where they do not fit one binding.
+   */
+  readonly all?: { readonly buffer: GPUBuffer; readonly strideFloats: number };
+  /** The buffers holding them (to destroy with the model). */
+  readonly buffers: readonly GPUBuffer[];
+}
+
 /**
- * Uploads every layer of `gate` (packed by {@link packGateLayer}) into its own storage buffer, for
- * `WriteGateOptions.params`. Our keys come from GGUF models, so the gate must expect GGUF key order
+ * Uploads every layer of `gate` (packed by {@link packGateLayer}): into one buffer, each layer's slice at a
+ * 256-byte aligned offset, where all of them fit one binding, otherwise into a buffer per layer. Our keys come from GGUF models, so the gate must expect GGUF key order
  * (`gate import` permutes Hugging Face checkpoints); any other order is refused with an
  * {@link UnsupportedError}, as are settings the kernel does not implement.
  */
-export function uploadGate(gpu: Gpu, gate: GateWeights, what = "gate"): GPUBuffer[] {
+export function uploadGate(gpu: Gpu, gate: GateWeights, what = "gate"): UploadedGate {
   if (gate.keyOrder !== "gguf") {
     throw new UnsupportedError(
       `${what}: weights expect keys in ${gate.keyOrder} order, the engine computes GGUF order (re-import the gate)`,
@@ -348,8 +361,22 @@ export function uploadGate(gpu: Gpu, gate: GateWeights, what = "gate"): GPUBuffe
   if (Math.fround(gate.scoreFloor) !== Math.fround(GATE_EPSILON)) {
     throw new UnsupportedError(`${what}: score floor ${gate.scoreFloor} is not supported (${GATE_EPSILON})`);
   }
-  return gate.layers.map((layer, i) => {
+  const floats = gateLayerFloats(gate);
+  const strideFloats = ceilDiv(floats, 64) * 64;
+  const allBytes = ((gate.layers.length - 1) * strideFloats + floats) * 4;
+  if (allBytes <= Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize)) {
+    const packed = new Float32Array(allBytes / 4);
+    gate.layers.forEach((layer, i) => packed.set(packGateLayer(layer, gate), i * strideFloats));
+    const buffer = gpu.buffer(`${what} layers`, allBytes, packed);
+    return {
+      layers: gate.layers.map((_, i) => ({ buffer, offset: i * strideFloats * 4, size: floats * 4 })),
+      all: { buffer, strideFloats },
+      buffers: [buffer],
+    };
+  }
+  const buffers = gate.layers.map((layer, i) => {
     const packed = packGateLayer(layer, gate);
     return gpu.buffer(`${what} layer ${i}`, packed.byteLength, packed);
   });
+  return { layers: buffers, buffers };
 }

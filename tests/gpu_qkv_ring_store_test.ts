@@ -1,0 +1,185 @@
+import { deepEqual, equal, ok } from "node:assert/strict";
+import { getGpu, type Gpu } from "../src/gpu/device.ts";
+import { createQkvMatvec } from "../src/gpu/ops/fused.ts";
+import { StepParams } from "../src/gpu/ops/op.ts";
+import { createWgkvAppend } from "../src/gpu/ops/wgkv_append.ts";
+import { createWgkvPromote } from "../src/gpu/ops/wgkv_promote.ts";
+import { DualCache } from "../src/kv/dual_cache.ts";
+import { pageBytes } from "../src/kv/page_pool.ts";
+import { ropeInverseFrequencies } from "../src/model/ops.ts";
+import { randomF32, randomWeight } from "./gpu_quant_data.ts";
+import { nanBuffer as nans, runOps } from "./gpu_ops_helpers.ts";
+
+interface RingCase {
+  types: [string, string, string];
+  cols: number;
+  headDim: number;
+  qHeads: number;
+  kvHeads: number;
+  layers: number;
+  layer: number;
+  window: number;
+  maxBatch: number;
+  /** Tokens of each step (at most the window; the ring wraps several times). */
+  steps: number[];
+  shards?: number;
+  tuning?: { rowsPerWorkgroup?: number; tokensPerWorkgroup?: number; maxWorkgroups?: number };
+}
+
+/** Twin WG-KV dual caches whose pools hand out the same, scattered pages. */
+async function twinCaches(gpu: Gpu, c: RingCase): Promise<[DualCache, DualCache]> {
+  const pages = 90;
+  const make = async () => {
+    const kv = await DualCache.create(gpu, {
+      layers: c.layers,
+      kvHeads: c.kvHeads,
+      headDim: c.headDim,
+      policy: { kind: "wgkv", window: c.window, threshold: 0.1, gate: null },
+      maxBatch: c.maxBatch,
+      maxGlobalTokens: 64,
+      pages,
+      maxShardBytes: c.shards ? Math.ceil(pages / c.shards) * pageBytes(c.headDim) : undefined,
+    });
+    const junk = kv.pool.allocate(20);
+    kv.pool.release(junk.filter((_, i) => i % 3 !== 1)); // scatter the free list
+    return kv;
+  };
+  return [await make(), await make()];
+}
+
+Deno.test("qkv ring store: the fused QKV writes the ring words and slot positions createWgkvAppend writes (no flags yet)", async () => {
+  const gpu = await getGpu();
+  const cases: RingCase[] = [
+    {
+      types: ["Q4_K", "Q4_K", "Q6_K"],
+      cols: 256,
+      headDim: 8,
+      qHeads: 6,
+      kvHeads: 3,
+      layers: 2,
+      layer: 1,
+      window: 16,
+      maxBatch: 3,
+      steps: Array.from({ length: 45 }, (_, i) => [3, 1, 1, 2][i % 4]),
+      shards: 3,
+    },
+    {
+      types: ["Q8_0", "F16", "F32"],
+      cols: 96,
+      headDim: 64,
+      qHeads: 4,
+      kvHeads: 2,
+      layers: 3,
+      layer: 2,
+      window: 20,
+      maxBatch: 1,
+      steps: Array.from({ length: 75 }, () => 1),
+      shards: 4,
+      tuning: { rowsPerWorkgroup: 2, maxWorkgroups: 7 },
+    },
+  ];
+  for (const c of cases) {
+    const what = `${c.types.join("/")} head_dim ${c.headDim} kv_heads ${c.kvHeads} layer ${c.layer}`;
+    const qRows = c.qHeads * c.headDim, kvRows = c.kvHeads * c.headDim;
+    const [refKv, fusedKv] = await twinCaches(gpu, c);
+    equal(refKv.shards.length, c.shards ?? 1, what);
+    const C = refKv.ringTokens;
+    ok(c.steps.reduce((a, b) => a + b, 0) > 2 * C, `${what}: the ring wraps twice`);
+    const wq = randomWeight(gpu, "attn_q", c.types[0], qRows, c.cols);
+    const wk = randomWeight(gpu, "attn_k", c.types[1], kvRows, c.cols);
+    const wv = randomWeight(gpu, "attn_v", c.types[2], kvRows, c.cols);
+    const step = new StepParams(gpu, c.maxBatch);
+    const xBuf = gpu.buffer("x", c.maxBatch * c.cols * 4);
+    const rope = {
+      headDim: c.headDim,
+      invFreq: ropeInverseFrequencies(c.headDim, 10000 + Math.random() * 1000),
+      maxPosition: 4096,
+    };
+    const refOut = [qRows, kvRows, kvRows].map((rows, i) => nans(gpu, `ref ${i}`, c.maxBatch * rows));
+    const fusedOut = [qRows, kvRows, kvRows].map((rows, i) => nans(gpu, `fused ${i}`, c.maxBatch * rows));
+    const noFlags = gpu.buffer("no flags", c.maxBatch * c.layers * c.kvHeads * 4);
+    const qkv = (out: GPUBuffer[], kv?: DualCache) =>
+      createQkvMatvec(gpu, {
+        label: kv ? "qkv+ring" : "qkv",
+        wq: wq.weight,
+        wk: wk.weight,
+        wv: wv.weight,
+        x: xBuf,
+        q: out[0],
+        k: out[1],
+        v: out[2],
+        maxTokens: c.maxBatch,
+        step,
+        rope,
+        tuning: c.tuning,
+        append: kv ? { kv, layer: c.layer } : undefined,
+      });
+    // Both caches promote by the same (CPU-side) flags, so their global pages match too.
+    const ops = [
+      createWgkvPromote(gpu, { label: "promote ref", kv: refKv }),
+      createWgkvPromote(gpu, { label: "promote fused", kv: fusedKv }),
+      qkv(refOut),
+      createWgkvAppend(gpu, {
+        label: "append",
+        kv: refKv,
+        layer: c.layer,
+        maxTokens: c.maxBatch,
+        k: refOut[1],
+        v: refOut[2],
+        gateFlags: noFlags,
+        step,
+      }),
+      qkv(fusedOut, fusedKv),
+    ];
+    const slot = refKv.openSequence();
+    equal(fusedKv.openSequence(), slot);
+    let pos = 0;
+    for (const m of c.steps) {
+      for (const kv of [refKv, fusedKv]) kv.beginStep(slot, m, pos);
+      gpu.device.queue.writeBuffer(xBuf, 0, randomF32(c.maxBatch * c.cols) as Float32Array<ArrayBuffer>);
+      const got = await runOps(gpu, ops, step, m, pos, [...refOut, ...fusedOut]);
+      for (let n = 0; n < 3; n++) {
+        deepEqual(
+          new Uint32Array(got[3 + n].buffer, 0, m * (n === 0 ? qRows : kvRows)),
+          new Uint32Array(got[n].buffer, 0, m * (n === 0 ? qRows : kvRows)),
+          `${what}: output ${"qkv"[n]} at ${pos}`,
+        );
+      }
+      // Random flags on the CPU side: some tokens are promoted, by both caches alike.
+      const flags = Array.from({ length: m * c.layers * c.kvHeads }, () => Math.random() < 0.3 ? 1 : 0);
+      for (const kv of [refKv, fusedKv]) kv.endStep(slot, flags);
+      pos += m;
+    }
+    const [refInfo, fusedInfo] = await Promise.all([refKv, fusedKv].map((kv) => gpu.readU32(kv.slotInfo)));
+    // The ring of the op's layer: the newest position of every slot, not admitted.
+    for (let h = 0; h < c.kvHeads; h++) {
+      const row = (slot * c.layers + c.layer) * c.kvHeads + h;
+      for (let s = 0; s < C; s++) {
+        const newest = pos - 1 - ((pos - 1 - s) % C + C) % C;
+        equal(fusedInfo[row * C + s], newest * 2, `${what}: head ${h} slot ${s}`);
+      }
+    }
+    deepEqual(fusedInfo, refInfo, `${what}: slot info`);
+    deepEqual(fusedKv.tables.table, refKv.tables.table, `${what}: block tables`);
+    let nonZero = 0;
+    for (let s = 0; s < refKv.shards.length; s++) {
+      const [a, b] = await Promise.all([gpu.read(refKv.shards[s]), gpu.read(fusedKv.shards[s])]);
+      const refWords = new Uint32Array(a), fusedWords = new Uint32Array(b);
+      for (let i = 0; i < refWords.length; i++) {
+        if (fusedWords[i] !== refWords[i]) {
+          throw new Error(`${what}: shard ${s} word ${i} is ${fusedWords[i]}, createWgkvAppend wrote ${refWords[i]}`);
+        }
+        if (refWords[i] !== 0) nonZero++;
+      }
+    }
+    // Every ring slot of the layer holds a token (K and V words), plus the promoted ones.
+    const globalTokens = refKv.stats().globalTokens;
+    let promoted = 0;
+    for (let h = 0; h < c.kvHeads; h++) promoted += globalTokens[c.layer * c.kvHeads + h];
+    equal(nonZero, (c.kvHeads * C + promoted) * c.headDim, `${what}: words written`);
+    for (const b of [xBuf, noFlags, ...refOut, ...fusedOut, step.buffer]) b.destroy();
+    for (const w of [wq, wk, wv]) w.weight.destroy();
+    refKv.destroy();
+    fusedKv.destroy();
+  }
+});
