@@ -298,7 +298,10 @@ fixtureTest(
     const b = await run(separate);
     // Fused, with decode's write gates chained (each layer deciding the previous layer's flags) and not.
     for (
-      const [name, model] of [["chained", fused], ["unchained", unchained], ["after layers", afterLayers]] as const
+      const [name, model] of [["chained", fused], ["unchained", unchained], [
+        "after layers",
+        afterLayers,
+      ]] as const
     ) {
       const a = await run(model);
       a.logits.forEach((l, i) => deepEqual(l, b.logits[i], `${name}: step ${i}: logits`));

@@ -167,7 +167,9 @@ Deno.test("qkv ring store: the fused QKV writes the ring words and slot position
       const refWords = new Uint32Array(a), fusedWords = new Uint32Array(b);
       for (let i = 0; i < refWords.length; i++) {
         if (fusedWords[i] !== refWords[i]) {
-          throw new Error(`${what}: shard ${s} word ${i} is ${fusedWords[i]}, createWgkvAppend wrote ${refWords[i]}`);
+          throw new Error(
+            `${what}: shard ${s} word ${i} is ${fusedWords[i]}, createWgkvAppend wrote ${refWords[i]}`,
+          );
         }
         if (refWords[i] !== 0) nonZero++;
       }

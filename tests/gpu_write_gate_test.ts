@@ -1,4 +1,4 @@
-import { equal, ok, throws } from "node:assert/strict";
+import { deepEqual, equal, ok, throws } from "node:assert/strict";
 import { getGpu } from "../src/gpu/device.ts";
 import { StepParams } from "../src/gpu/ops/op.ts";
 import {
@@ -194,7 +194,7 @@ Deno.test("write gate: a tensor of the wrong length is named", () => {
   });
 });
 
-Deno.test("write gate: uploading a gate in Hugging Face key order is refused; GGUF order uploads every layer", async () => {
+Deno.test("write gate: uploading a gate in Hugging Face key order is refused; GGUF order uploads every layer (one buffer where they fit one binding)", async () => {
   const gpu = await getGpu();
   const shape = { kvHeads: 2, headDim: 8, inner: 4 };
   const gate = {
@@ -208,7 +208,29 @@ Deno.test("write gate: uploading a gate in Hugging Face key order is refused; GG
     () => uploadGate(gpu, gate, "g.gguf"),
     (e) => e instanceof UnsupportedError && /g.gguf: .*hf order/.test(e.message),
   );
-  const buffers = uploadGate(gpu, { ...gate, keyOrder: "gguf" });
-  equal(buffers.length, 2);
-  ok(buffers.every((b) => b.size >= gateLayerFloats(shape) * 4));
+  // All layers in one buffer, each layer's slice 256-byte aligned and holding its packed weights.
+  const ggufGate = { ...gate, keyOrder: "gguf" } as GateWeights;
+  const uploaded = uploadGate(gpu, ggufGate);
+  equal(uploaded.layers.length, 2);
+  equal(uploaded.buffers.length, 1);
+  const all = uploaded.all!;
+  ok(all.strideFloats >= gateLayerFloats(shape) && all.strideFloats % 64 === 0);
+  const words = await gpu.readF32(all.buffer);
+  for (let l = 0; l < 2; l++) {
+    const slice = uploaded.layers[l] as GPUBufferBinding;
+    equal(slice.buffer, all.buffer);
+    equal(slice.offset, l * all.strideFloats * 4);
+    equal(slice.size, gateLayerFloats(shape) * 4);
+    const packed = packGateLayer(ggufGate.layers[l], shape);
+    deepEqual(words.subarray(l * all.strideFloats, l * all.strideFloats + packed.length), packed);
+  }
+  // Where all layers do not fit one binding: a buffer per layer.
+  const small: typeof gpu = Object.create(gpu, {
+    limits: { value: { ...gpu.limits, maxStorageBufferBindingSize: gateLayerFloats(shape) * 4 } },
+  });
+  const separate = uploadGate(small, ggufGate);
+  equal(separate.all, undefined);
+  equal(separate.buffers.length, 2);
+  ok(separate.buffers.every((b) => b.size >= gateLayerFloats(shape) * 4));
+  for (const b of [...uploaded.buffers, ...separate.buffers]) b.destroy();
 });

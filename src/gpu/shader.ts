@@ -42,6 +42,7 @@ export const SHADER_NAMES: readonly string[] = [
   "prefill_staging_f16",
   "prefill_staging_f32",
   "qkv_kv_store",
+  "qkv_ring_store",
   "quantize_q8",
   "rmsnorm",
   "rope",

@@ -36,7 +36,14 @@ import {
 } from "../errors.ts";
 import { formatBytes, type Gpu } from "../gpu/device.ts";
 import { GpuWeight } from "../gpu/weights.ts";
-import { type BufferSlice, checkInt, countDispatches, encodeOps, type GpuOp, StepParams } from "../gpu/ops/op.ts";
+import {
+  type BufferSlice,
+  checkInt,
+  countDispatches,
+  encodeOps,
+  type GpuOp,
+  StepParams,
+} from "../gpu/ops/op.ts";
 import { createEmbed, type EmbedOp } from "../gpu/ops/embed.ts";
 import { createRmsNorm } from "../gpu/ops/norm.ts";
 import {
@@ -997,7 +1004,10 @@ export class GpuModel {
             scratch: gateBufs.scratch,
             append: appendInGate && dual ? { kv: dual, v: act.v } : undefined,
             chain: decode && chainGates
-              ? { finishLater: l < hp.nLayer - 1, previousParams: l > 0 ? gateBufs.params.layers[l - 1] : undefined }
+              ? {
+                finishLater: l < hp.nLayer - 1,
+                previousParams: l > 0 ? gateBufs.params.layers[l - 1] : undefined,
+              }
               : undefined,
           }));
         }

@@ -27,7 +27,15 @@ import {
   type UploadedGate,
 } from "./write_gate.ts";
 import { NO_RING_APPEND } from "./write_gate_append.ts";
-import { bindNumbered, type BufferSlice, ceilDiv, checkInt, checkSlice, checkWorkgroups, type GpuOp } from "./op.ts";
+import {
+  bindNumbered,
+  type BufferSlice,
+  ceilDiv,
+  checkInt,
+  checkSlice,
+  checkWorkgroups,
+  type GpuOp,
+} from "./op.ts";
 import type { StepParams } from "./op.ts";
 
 /** Tokens per gate workgroup (`TILE` in the shader). */
@@ -81,7 +89,12 @@ export function gateKeyRowsBytes(maxTokens: number, kvHeads: number, headDim: nu
 }
 
 /** Bytes of the partial-logit scratch of {@link createWriteGateLayers}. */
-export function gateLayersScratchBytes(maxTokens: number, layers: number, kvHeads: number, inner: number): number {
+export function gateLayersScratchBytes(
+  maxTokens: number,
+  layers: number,
+  kvHeads: number,
+  inner: number,
+): number {
   return layers * maxTokens * kvHeads * ceilDiv(inner, GATE_CHUNK) * 4;
 }
 
@@ -137,7 +150,9 @@ export function createWriteGateLayers(gpu: Gpu, options: WriteGateLayersOptions)
   const layerFloats = gateLayerFloats(options);
   const { buffer: params, strideFloats } = options.params;
   if (strideFloats < layerFloats) {
-    throw new BadFlagError(`${label}: params stride ${strideFloats} is below a layer's ${layerFloats} floats`);
+    throw new BadFlagError(
+      `${label}: params stride ${strideFloats} is below a layer's ${layerFloats} floats`,
+    );
   }
   checkSlice(label, "params", params, ((layers - 1) * strideFloats + layerFloats) * 4);
   checkSlice(label, "scores", options.scores, gateOutputBytes(maxTokens, layers, kvHeads));
@@ -168,7 +183,12 @@ export function createWriteGateLayers(gpu: Gpu, options: WriteGateLayersOptions)
   const ring = loadShader("write_gate_append").replace("{{POOL}}", poolShaderSource(kv.shards.length, true));
   const ringConstants = { ring_append: 1, ring_tokens: kv.ringTokens };
   const mainKernel = gpu.kernel("write_gate", constants, { RING_APPEND: NO_RING_APPEND }, "main");
-  const finishKernel = gpu.kernel("write_gate", { ...constants, ...ringConstants }, { RING_APPEND: ring }, "finish_layers");
+  const finishKernel = gpu.kernel(
+    "write_gate",
+    { ...constants, ...ringConstants },
+    { RING_APPEND: ring },
+    "finish_layers",
+  );
   // (`main` names the layer uniform, scores and flags in its chain branches, unused here but bound.)
   const mainGroup = bindNumbered(gpu, mainKernel, [
     [0, step.buffer],
