@@ -164,8 +164,8 @@ fixtureTest(
     );
     equal(b.kvStats().tokens, tokens.length + 39);
     // A step's dispatches: the full cache's five per layer and three more (see gpu_model_defaults_test.ts),
-    // plus the promotion, one chained write gate per layer and the last layer's flag decision.
-    equal(b.decodeDispatches(tokens.length + 39), 1 + 5 * hp.nLayer + 2 + 1 + hp.nLayer + 1);
+    // plus the promotion and the two of all layers' write gates after the last layer.
+    equal(b.decodeDispatches(tokens.length + 39), 1 + 5 * hp.nLayer + 2 + 1 + 2);
     a.destroy();
     b.destroy();
     file.close();

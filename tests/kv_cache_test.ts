@@ -1,7 +1,7 @@
 import { deepEqual, equal, match, ok, throws } from "node:assert/strict";
 import { BadFlagError, OutOfMemoryError, UnsupportedError } from "../src/errors.ts";
 import { getGpu } from "../src/gpu/device.ts";
-import { BlockTables } from "../src/kv/block_table.ts";
+import { BlockTables, NO_PAGE } from "../src/kv/block_table.ts";
 import { KvCache } from "../src/kv/kv_cache.ts";
 import { fullCachePages, PAGE_TOKENS, PagePool, pagesForTokens } from "../src/kv/page_pool.ts";
 import { planPoolShards } from "../src/kv/pool_storage.ts";
@@ -162,6 +162,44 @@ Deno.test("block tables: a lengths-only change uploads the lengths and leaves th
     tables.markDirty(1, false);
     tables.flush(gpu);
     equal((await gpu.readU32(tables.tableBuffer!))[at], 99);
+  } finally {
+    tables.destroy();
+  }
+});
+
+Deno.test("block tables: page entries marked changed go up alone, in one range or a range per row", async () => {
+  const gpu = await getGpu();
+  // 3 slots of 2 × 2 rows of 20000 entries (80 KB a row).
+  const P = 20000;
+  const tables = new BlockTables({ seqSlots: 3, layers: 2, kvHeads: 2, maxPagesPerHead: P }, gpu);
+  try {
+    const a = tables.rowOf(1, 0, 0), b = tables.rowOf(1, 0, 1), c = tables.rowOf(1, 1, 1);
+    // Nearby entries of two rows: one range over both.
+    tables.table[a * P + 7] = 70;
+    tables.table[b * P + 3] = 30;
+    tables.table[b * P + 4] = 40;
+    tables.lengths[b] = 65;
+    tables.markPages(a, 7, 7);
+    tables.markPages(b, 3, 4);
+    tables.flush(gpu);
+    let gpuTable = await gpu.readU32(tables.tableBuffer!);
+    deepEqual([gpuTable[a * P + 7], gpuTable[b * P + 3], gpuTable[b * P + 4]], [70, 30, 40]);
+    equal((await gpu.readU32(tables.lengthsBuffer!))[b], 65);
+    // Entries of rows far apart (a range over both would be 240 KB): a range per row, so an entry between
+    // them that changed without being marked stays as it was on the GPU.
+    tables.table[a * P + 9000] = 90;
+    tables.table[c * P + 5] = 50;
+    tables.table[b * P + 100] = 11; // not marked
+    tables.markPages(a, 9000, 9000);
+    tables.markPages(c, 5, 5);
+    tables.flush(gpu);
+    gpuTable = await gpu.readU32(tables.tableBuffer!);
+    deepEqual([gpuTable[a * P + 9000], gpuTable[c * P + 5], gpuTable[b * P + 100]], [90, 50, NO_PAGE]);
+    // The whole slot marked: everything goes up, marked entries or not.
+    tables.markPages(a, 1, 1);
+    tables.markDirty(1);
+    tables.flush(gpu);
+    equal((await gpu.readU32(tables.tableBuffer!))[b * P + 100], 11);
   } finally {
     tables.destroy();
   }

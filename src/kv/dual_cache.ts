@@ -382,7 +382,10 @@ export class DualCache implements DualKvView {
         if (!this.#ringFlags[row * C + s]) continue;
         const g = this.#globalLength[row]++;
         const j = this.ringPages + Math.floor(g / PAGE_TOKENS);
-        if (g % PAGE_TOKENS === 0) table[row * P + j] = pages[next++];
+        if (g % PAGE_TOKENS === 0) {
+          table[row * P + j] = pages[next++];
+          this.tables.markPages(row, j, j);
+        }
         plan[1 + 2 * copies] = table[row * P + Math.floor(s / PAGE_TOKENS)] * PAGE_TOKENS + (s % PAGE_TOKENS);
         plan[2 + 2 * copies] = table[row * P + j] * PAGE_TOKENS + (g % PAGE_TOKENS);
         copies++;
@@ -391,7 +394,7 @@ export class DualCache implements DualKvView {
     }
     plan[0] = copies;
     this.#pending[slot] = nTokens;
-    this.tables.markDirty(slot, needed > 0);
+    this.tables.markDirty(slot, false);
     if (this.#gpu) {
       const queue = this.#gpu.device.queue;
       queue.writeBuffer(this.promotionPlan, 0, plan, 0, 1 + 2 * copies);

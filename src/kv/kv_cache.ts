@@ -219,9 +219,10 @@ export class KvCache implements PagedKvView {
       const from = pagesForTokens(lengths[row]);
       const to = pagesForTokens(lengths[row] + n);
       for (let j = from; j < to; j++) table[row * this.maxPagesPerHead + j] = pages[next++];
+      if (to > from) this.tables.markPages(row, from, to - 1);
       lengths[row] += n;
     }
-    this.tables.markDirty(slot, needed > 0);
+    this.tables.markDirty(slot, false);
   }
 
   /** Cuts every row of `slot` to at most `tokens` tokens, returning pages that no longer hold any. */

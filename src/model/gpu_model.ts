@@ -10,10 +10,10 @@
  *   for each layer l:
  *     q, k, v = xn·Wq, xn·Wk, xn·Wv          (matvec for M = 1, tiled matmul otherwise)
  *     rope(q, k) at their positions         (decode: fused into the QKV matvec)
- *     wgkv: g = write_gate(k before and after RoPE) > τ   (decode: one dispatch per layer that also
- *                                                    decides layer l−1's flags, see WriteGateOptions.chain)
- *     append k, v to the paged KV cache of layer l   (decode, full cache: fused into the QKV matvec;
- *                                                    wgkv: fused into the write gate)
+ *     wgkv: g = write_gate(k before and after RoPE) > τ   (decode: after the last layer, for all layers
+ *                                                    at once, see createWriteGateLayers)
+ *     append k, v to the paged KV cache of layer l   (decode: fused into the QKV matvec, for wgkv into the
+ *                                                    local ring; wgkv prefill: fused into the write gate)
  *     att = attention(q, cache)             (split-K decode for M = 1, one dispatch: the last workgroup of
  *                                            each KV head merges its splits; flash prefill otherwise)
  *     x  += att·Wo ;  xn = rmsnorm(x) · ffn_norm[l]          (one fused dispatch)
