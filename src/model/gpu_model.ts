@@ -1174,6 +1174,8 @@ export class GpuModel {
       }
       return { embed, ops, outputNorm: outputNormOp };
     };
+    // A kernel or bind group that fails validation would leave every step silently wrong: check once here.
+    gpu.device.pushErrorScope("validation");
     const prefill = body(maxBatch, "");
     const decode = maxBatch === 1 ? prefill : body(1, "");
 
@@ -1206,6 +1208,11 @@ export class GpuModel {
     const argmax = createArgmax(gpu, { label: "argmax", vocab: V, logits: act.logits });
     owned.push(argmax.tokens);
     const sample = createSample(gpu, { label: "sample", vocab: V, logits: act.logits });
+    const invalid = await gpu.device.popErrorScope();
+    if (invalid) {
+      for (const b of owned) b.destroy();
+      throw new DeviceError(`GPU model: a kernel failed validation: ${invalid.message.split("\n")[0]}`);
+    }
     progress(
       `GPU: ${gpu.description}; weights ${formatBytes(weightBytes)}, KV pool ${
         formatBytes(kv.pool.capacity * pageBytes(D))
