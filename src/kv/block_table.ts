@@ -36,7 +36,7 @@ export const NO_PAGE = 0xffffffff;
  * time each): {@link BlockTables.flush} uploads the changed entries of a slot as one range spanning them
  * all when that range is at most this many bytes per changed row, otherwise a range per row.
  */
-const BYTES_PER_UPLOAD_CALL = 32 * 1024;
+const BYTES_PER_UPLOAD_CALL = 8 * 1024;
 
 /** Page lists and lengths of every (slot, layer, head), mirrored into two GPU buffers. */
 export class BlockTables {
