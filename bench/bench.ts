@@ -67,8 +67,9 @@
  *                                           it has working ones: "prefill-coop" rows)
  *                        [--prefill-subgroups]  (prefill attention's rows' maxima by subgroup shuffles:
  *                                                "prefill-subgroups" rows)
- *                        [--prefill-half-staging]  (prefill attention stages queries and probabilities as
- *                                                   f16: "prefill-half-staging" rows)
+ *                        [--prefill-staging f32|f16]  (prefill attention stages queries and probabilities
+ *                                                     as f32 or f16, default f16 above head_dim 64:
+ *                                                     "prefill-f32-staging", "prefill-half-staging" rows)
  *                        [--matvec-tuning '{"ffn_down": {"rowsPerWorkgroup": 4}}']  (decode matvec tunings by
  *                                               role, GpuModelOptions.matvecTuning: "decode-tuned" rows)
  *        deno task bench --kv full,random,wgkv [--kv-prompts 8192,32768] [--window 256] [--admit 0.2]
@@ -177,7 +178,7 @@ const { values } = benchFlags(import.meta.url, () =>
       "prefill-k-split-workgroups": { type: "string" },
       "prefill-tiling": { type: "string" },
       "prefill-subgroups": { type: "boolean" },
-      "prefill-half-staging": { type: "boolean" },
+      "prefill-staging": { type: "string" },
       "direct-keys": { type: "string" },
       "decode-splits": { type: "string" },
       "decode-key-lanes": { type: "string" },
@@ -345,6 +346,14 @@ const decodeAttention: Partial<GpuModelOptions> = {
   decodeRepeatOps: repeatOps,
   decodeRepeatSource: repeatSource,
 };
+// --max-batch N: prompt tokens per prefill step (default: the model's, `defaultPrefillBatch`; rows named
+// "prefill-batchN" and, as a WG-KV ring holds a step's tokens besides the window, "decode-batchN" when
+// given).
+const maxBatch = values["max-batch"] === undefined ? undefined : Number(values["max-batch"]);
+if (maxBatch !== undefined && (!Number.isInteger(maxBatch) || maxBatch < 1)) {
+  console.error(`bench: --max-batch must be a positive integer, got ${values["max-batch"]}`);
+  Deno.exit(2);
+}
 const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? "" : "-unfused-append") +
   wgkvAppendSuffix + (chainWriteGates ? "" : "-unchained-gates") + (gatesAfterLayers ? "" : "-layer-gates") +
   (fusedDecodeReduce ? "" : "-unfused-reduce") +
@@ -359,7 +368,8 @@ const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? 
   (decodeSubgroupReduce ? "-subgroup-reduce" : "") +
   (ablation ? `-ablate-${ablation}` : "") +
   (skipOps?.length ? `-skip-${skipOps.join("+")}` : "") +
-  (repeatOps?.length ? `-repeat-${repeatSource === "far-layer" ? "far-" : ""}${repeatOps.join("+")}` : "");
+  (repeatOps?.length ? `-repeat-${repeatSource === "far-layer" ? "far-" : ""}${repeatOps.join("+")}` : "") +
+  (maxBatch !== undefined ? `-batch${maxBatch}` : "");
 // --prefill-splits N: prefill attention with N key splits per KV head (rows named "prefill-splitsN").
 // (without it, the model's default for the policy).
 const prefillSplits = values["prefill-splits"] === undefined ? undefined : Number(values["prefill-splits"]);
@@ -383,13 +393,6 @@ if (values["prefill-tiling"] !== undefined) {
   if (!m) flagError(`--prefill-tiling must be ROWSxKEYS, e.g. 64x32, got ${values["prefill-tiling"]}`);
   prefillTiling = { rows: Number(m[1]), keys: Number(m[2]) };
 }
-// --max-batch N: prompt tokens per prefill step (default: the model's, `defaultPrefillBatch`; rows named
-// "prefill-batchN" when given).
-const maxBatch = values["max-batch"] === undefined ? undefined : Number(values["max-batch"]);
-if (maxBatch !== undefined && (!Number.isInteger(maxBatch) || maxBatch < 1)) {
-  console.error(`bench: --max-batch must be a positive integer, got ${values["max-batch"]}`);
-  Deno.exit(2);
-}
 // --f32-prefill: prefill products in f32 instead of the default integer dot products (rows "prefill-f32").
 const f32Prefill = values["f32-prefill"] === true;
 const int8Prefill = f32Prefill ? false : undefined;
@@ -400,9 +403,13 @@ if (coopPrefill && !gpu.coopMatrix) {
 }
 // --prefill-subgroups: prefill attention's rows' maxima by subgroup shuffles (rows "prefill-subgroups").
 const prefillSubgroups = values["prefill-subgroups"] === true ? true : undefined;
-// --prefill-half-staging: prefill attention's queries and probabilities staged as f16 (rows
-// "prefill-half-staging").
-const prefillHalfStaging = values["prefill-half-staging"] === true ? true : undefined;
+// --prefill-staging f32|f16: prefill attention's queries and probabilities staged as f32 or f16 (rows
+// "prefill-f32-staging", "prefill-half-staging"; the model's default otherwise).
+const staging = values["prefill-staging"];
+if (staging !== undefined && staging !== "f32" && staging !== "f16") {
+  flagError(`--prefill-staging must be f32 or f16, got ${staging}`);
+}
+const prefillHalfStaging = staging === undefined ? undefined : staging === "f16";
 // --f32-decode: decode products in f32 instead of the default integer dot products (rows "decode-f32").
 const f32Decode = values["f32-decode"] === true;
 const int8Decode = f32Decode ? false : undefined;
@@ -412,7 +419,8 @@ const prefillTest = "prefill" + (prefillSplits !== undefined ? `-splits${prefill
   (prefillTiling ? `-tiling${prefillTiling.rows}x${prefillTiling.keys}` : "") +
   (maxBatch !== undefined ? `-batch${maxBatch}` : "") + (f32Prefill ? "-f32" : "") +
   (coopPrefill ? "-coop" : "") + (prefillSubgroups ? "-subgroups" : "") +
-  (prefillHalfStaging ? "-half-staging" : "") + wgkvAppendSuffix;
+  (prefillHalfStaging === undefined ? "" : prefillHalfStaging ? "-half-staging" : "-f32-staging") +
+  wgkvAppendSuffix;
 const key = (r: Pick<BenchRow, "shape" | "type" | "test" | "tokens" | "policy">) =>
   `${r.shape}/${r.type}/${r.test}/${r.tokens}${r.policy ? `/${r.policy}` : ""}`;
 const kvPolicies = values.kv ? list(values.kv, "") : [];

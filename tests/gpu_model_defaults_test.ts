@@ -1,6 +1,11 @@
 import { deepEqual, equal } from "node:assert/strict";
 import { getGpu } from "../src/gpu/device.ts";
-import { defaultPrefillBatch, GpuModel, type GpuModelOptions } from "../src/model/gpu_model.ts";
+import {
+  defaultPrefillBatch,
+  defaultPrefillHalfStaging,
+  GpuModel,
+  type GpuModelOptions,
+} from "../src/model/gpu_model.ts";
 import { withTinyModel } from "./gpu_ops_helpers.ts";
 
 Deno.test("gpu model: prefill steps of 2048 tokens for the full cache on a GPU, 512 otherwise", async () => {
@@ -14,6 +19,13 @@ Deno.test("gpu model: prefill steps of 2048 tokens for the full cache on a GPU, 
     equal(short.maxBatch, Math.min(100, defaultPrefillBatch("full", gpu.isFallback)));
     short.destroy();
   });
+});
+
+Deno.test("gpu model: prefill attention stages f16 queries and probabilities on a GPU above head_dim 64", () => {
+  equal(defaultPrefillHalfStaging(128, false), true);
+  equal(defaultPrefillHalfStaging(256, false), true);
+  equal(defaultPrefillHalfStaging(64, false), false);
+  equal(defaultPrefillHalfStaging(128, true), false);
 });
 
 Deno.test("gpu model: a greedy decode step takes five dispatches per layer and three more", async () => {

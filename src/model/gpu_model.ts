@@ -205,7 +205,8 @@ export interface GpuModelOptions {
   prefillSubgroups?: boolean | "emulated";
   /**
    * Prefill attention stages its queries and probabilities as packed f16 pairs (see
-   * `FlashPrefillOptions.halfStaging`; default false).
+   * `FlashPrefillOptions.halfStaging`). Default: {@link defaultPrefillHalfStaging} (on a GPU for head_dim
+   * above 64).
    */
   prefillHalfStaging?: boolean;
   /**
@@ -379,6 +380,18 @@ function defaultPrefillSplits(policy: string, softwareAdapter: boolean): number 
  */
 export function defaultPrefillBatch(policy: string, softwareAdapter: boolean): number {
   return policy === "full" && !softwareAdapter ? 2048 : 512;
+}
+
+/**
+ * Whether prefill attention stages queries and probabilities as f16 by default
+ * (`GpuModelOptions.prefillHalfStaging`): on a GPU for head_dim above 64, where the halved workgroup
+ * memory lets the tiling grow. On an H100 at head_dim 128 it ran at 13.4–13.7 against 11.6–12.3 TFLOP/s,
+ * the 8B Q4_K_M prefill of 16384 tokens at 1506 against 1421 tok/s; at head_dim 64 at the same speed
+ * (`bench/results/h100-prefill-half-staging-ab.txt`). Off on a software adapter, whose tests compare with
+ * the f32 reference more tightly.
+ */
+export function defaultPrefillHalfStaging(headDim: number, softwareAdapter: boolean): boolean {
+  return !softwareAdapter && headDim > 64;
 }
 
 interface LayerWeights {
@@ -703,6 +716,7 @@ export class GpuModel {
       arrivals: f32("decode arrivals", decodeArrivalsBytes(Hkv, Hq) / 4),
     };
     const halfPrefill = (options.halfPrefill ?? false) && gpu.hasF16;
+    const prefillHalfStaging = options.prefillHalfStaging ?? defaultPrefillHalfStaging(D, gpu.isFallback);
     // Cooperative-matrix prefill (options.coopPrefill) takes every prefill product, int8 ones included.
     const coopPrefill = maxBatch > 1 && coopPrefillWanted(gpu, options.coopPrefill);
     if ((options.int8Prefill ?? !gpu.isFallback) && maxBatch > 1 && !coopPrefill) {
@@ -1070,7 +1084,7 @@ export class GpuModel {
             tiling: options.prefillTiling,
             partials: act.partials,
             subgroups: options.prefillSubgroups,
-            halfStaging: options.prefillHalfStaging,
+            halfStaging: prefillHalfStaging,
           }));
         }
         const foldFfnNorm = canFuseGateUp(w.wGate, w.wUp) && foldable(w.wo);

