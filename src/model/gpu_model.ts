@@ -183,8 +183,8 @@ export interface GpuModelOptions {
    * position, not yet admitted), and the write gates of all layers run after the last layer in two
    * dispatches that set the flags (`createWriteGateLayers`), instead of a gate dispatch per layer before
    * attention: a step's attention never needs the flag of its own token, which stays in the window for the
-   * next `window - 1` steps. Default true where the bindings fit (then {@link chainWriteGates} does not
-   * apply to decode).
+   * next `window - 1` steps. Default true where the bindings fit, unless {@link fuseWgkvAppend} is false
+   * (then {@link chainWriteGates} does not apply to decode).
    */
   gatesAfterLayers?: boolean;
   /**
@@ -728,7 +728,7 @@ export class GpuModel {
     // Decode: the gates of all layers after the last layer (options.gatesAfterLayers), the QKV of each
     // layer storing K and V into the ring; needs every layer's QKV fused with the ring store.
     const gatesAfterLayers = dual !== undefined && gate !== undefined && uploadedGate !== undefined &&
-      (options.gatesAfterLayers ?? true) &&
+      (options.gatesAfterLayers ?? true) && (options.fuseWgkvAppend ?? true) &&
       writeGateLayersBlocker(gpu, uploadedGate, gate, hp.nLayer) === undefined &&
       layers.every((w) =>
         canFuseQkv(w.wq, w.wk, w.wv) && qkvKvAppendBlocker(gpu.limits, dual, w.wk, w.wv) === undefined
