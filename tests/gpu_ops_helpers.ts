@@ -1,6 +1,6 @@
 /** Shared helpers of the GPU op tests: random inputs, NaN-filled outputs, element-wise comparison. */
 
-import { fail, ok } from "node:assert/strict";
+import { deepEqual, fail, ok } from "node:assert/strict";
 import type { Gpu } from "../src/gpu/device.ts";
 import { type GpuOp, StepParams } from "../src/gpu/ops/op.ts";
 import type { GpuWeight } from "../src/gpu/weights.ts";
@@ -8,6 +8,8 @@ import { randomWeight } from "./gpu_quant_data.ts";
 import { type GGUFFile, openGGUF } from "../src/gguf/reader.ts";
 import { hparamsFromGGUF, type LlamaHParams } from "../src/model/hparams.ts";
 import { type SynthType, writeSyntheticModel } from "../src/model/synth.ts";
+import { DualCache } from "../src/kv/dual_cache.ts";
+import { pageBytes } from "../src/kv/page_pool.ts";
 
 /** `n` uniform random values in (−scale, scale), fresh each run, never zero. */
 export function randomF32(n: number, scale = 1): Float32Array {
@@ -193,4 +195,69 @@ export function gateUpCase(gpu: Gpu, type: string, rows: number, cols: number, x
     step,
   });
   return { gate, up, xBuf, step, fields };
+}
+
+/** Shape of {@link twinDualCaches}: a `wgkv` dual cache's sizes, and how many shards to force (or one). */
+export interface TwinDualShape {
+  layers: number;
+  kvHeads: number;
+  headDim: number;
+  window: number;
+  maxBatch: number;
+  shards?: number;
+}
+
+/**
+ * Two `wgkv` dual caches of one shape whose pools hand out the same, scattered pages (their free lists
+ * shuffled alike), so that a fused op and its reference can be compared word for word.
+ */
+export async function twinDualCaches(
+  gpu: Gpu,
+  c: TwinDualShape,
+  pages: number,
+  maxGlobalTokens: number,
+): Promise<[DualCache, DualCache]> {
+  const make = async () => {
+    const kv = await DualCache.create(gpu, {
+      layers: c.layers,
+      kvHeads: c.kvHeads,
+      headDim: c.headDim,
+      policy: { kind: "wgkv", window: c.window, threshold: 0.1, gate: null },
+      maxBatch: c.maxBatch,
+      maxGlobalTokens,
+      pages,
+      maxShardBytes: c.shards ? Math.ceil(pages / c.shards) * pageBytes(c.headDim) : undefined,
+    });
+    const junk = kv.pool.allocate(30);
+    kv.pool.release(junk.filter((_, i) => i % 3 !== 2)); // scatter the free list
+    return kv;
+  };
+  return [await make(), await make()];
+}
+
+/**
+ * Fails unless `fused` holds what `ref` holds, word for word: slot info, block tables and every pool shard
+ * (naming the first word that differs). Returns the slot info and the number of non-zero pool words.
+ */
+export async function expectSameDualCaches(
+  gpu: Gpu,
+  ref: DualCache,
+  fused: DualCache,
+  what: string,
+): Promise<{ info: Uint32Array; nonZero: number }> {
+  const [refInfo, fusedInfo] = await Promise.all([ref, fused].map((kv) => gpu.readU32(kv.slotInfo)));
+  deepEqual(fusedInfo, refInfo, `${what}: slot info`);
+  deepEqual(fused.tables.table, ref.tables.table, `${what}: block tables`);
+  let nonZero = 0;
+  for (let s = 0; s < ref.shards.length; s++) {
+    const [a, b] = await Promise.all([gpu.read(ref.shards[s]), gpu.read(fused.shards[s])]);
+    const refWords = new Uint32Array(a), fusedWords = new Uint32Array(b);
+    for (let i = 0; i < refWords.length; i++) {
+      if (fusedWords[i] !== refWords[i]) {
+        fail(`${what}: shard ${s} word ${i} is ${fusedWords[i]}, the reference wrote ${refWords[i]}`);
+      }
+      if (refWords[i] !== 0) nonZero++;
+    }
+  }
+  return { info: refInfo, nonZero };
 }

@@ -1,14 +1,13 @@
 import { deepEqual, equal, ok } from "node:assert/strict";
-import { getGpu, type Gpu } from "../src/gpu/device.ts";
+import { getGpu } from "../src/gpu/device.ts";
 import { createQkvMatvec } from "../src/gpu/ops/fused.ts";
 import { StepParams } from "../src/gpu/ops/op.ts";
 import { createWgkvAppend } from "../src/gpu/ops/wgkv_append.ts";
 import { createWgkvPromote } from "../src/gpu/ops/wgkv_promote.ts";
-import { DualCache } from "../src/kv/dual_cache.ts";
-import { pageBytes } from "../src/kv/page_pool.ts";
+import type { DualCache } from "../src/kv/dual_cache.ts";
 import { ropeInverseFrequencies } from "../src/model/ops.ts";
 import { randomF32, randomWeight } from "./gpu_quant_data.ts";
-import { nanBuffer as nans, runOps } from "./gpu_ops_helpers.ts";
+import { expectSameDualCaches, nanBuffer as nans, runOps, twinDualCaches } from "./gpu_ops_helpers.ts";
 
 interface RingCase {
   types: [string, string, string];
@@ -24,27 +23,6 @@ interface RingCase {
   steps: number[];
   shards?: number;
   tuning?: { rowsPerWorkgroup?: number; tokensPerWorkgroup?: number; maxWorkgroups?: number };
-}
-
-/** Twin WG-KV dual caches whose pools hand out the same, scattered pages. */
-async function twinCaches(gpu: Gpu, c: RingCase): Promise<[DualCache, DualCache]> {
-  const pages = 90;
-  const make = async () => {
-    const kv = await DualCache.create(gpu, {
-      layers: c.layers,
-      kvHeads: c.kvHeads,
-      headDim: c.headDim,
-      policy: { kind: "wgkv", window: c.window, threshold: 0.1, gate: null },
-      maxBatch: c.maxBatch,
-      maxGlobalTokens: 64,
-      pages,
-      maxShardBytes: c.shards ? Math.ceil(pages / c.shards) * pageBytes(c.headDim) : undefined,
-    });
-    const junk = kv.pool.allocate(20);
-    kv.pool.release(junk.filter((_, i) => i % 3 !== 1)); // scatter the free list
-    return kv;
-  };
-  return [await make(), await make()];
 }
 
 Deno.test("qkv ring store: the fused QKV writes the ring words and slot positions createWgkvAppend writes (no flags yet)", async () => {
@@ -81,7 +59,7 @@ Deno.test("qkv ring store: the fused QKV writes the ring words and slot position
   for (const c of cases) {
     const what = `${c.types.join("/")} head_dim ${c.headDim} kv_heads ${c.kvHeads} layer ${c.layer}`;
     const qRows = c.qHeads * c.headDim, kvRows = c.kvHeads * c.headDim;
-    const [refKv, fusedKv] = await twinCaches(gpu, c);
+    const [refKv, fusedKv] = await twinDualCaches(gpu, c, 90, 64);
     equal(refKv.shards.length, c.shards ?? 1, what);
     const C = refKv.ringTokens;
     ok(c.steps.reduce((a, b) => a + b, 0) > 2 * C, `${what}: the ring wraps twice`);
@@ -150,28 +128,13 @@ Deno.test("qkv ring store: the fused QKV writes the ring words and slot position
       for (const kv of [refKv, fusedKv]) kv.endStep(slot, flags);
       pos += m;
     }
-    const [refInfo, fusedInfo] = await Promise.all([refKv, fusedKv].map((kv) => gpu.readU32(kv.slotInfo)));
+    const { info, nonZero } = await expectSameDualCaches(gpu, refKv, fusedKv, what);
     // The ring of the op's layer: the newest position of every slot, not admitted.
     for (let h = 0; h < c.kvHeads; h++) {
       const row = (slot * c.layers + c.layer) * c.kvHeads + h;
       for (let s = 0; s < C; s++) {
         const newest = pos - 1 - ((pos - 1 - s) % C + C) % C;
-        equal(fusedInfo[row * C + s], newest * 2, `${what}: head ${h} slot ${s}`);
-      }
-    }
-    deepEqual(fusedInfo, refInfo, `${what}: slot info`);
-    deepEqual(fusedKv.tables.table, refKv.tables.table, `${what}: block tables`);
-    let nonZero = 0;
-    for (let s = 0; s < refKv.shards.length; s++) {
-      const [a, b] = await Promise.all([gpu.read(refKv.shards[s]), gpu.read(fusedKv.shards[s])]);
-      const refWords = new Uint32Array(a), fusedWords = new Uint32Array(b);
-      for (let i = 0; i < refWords.length; i++) {
-        if (fusedWords[i] !== refWords[i]) {
-          throw new Error(
-            `${what}: shard ${s} word ${i} is ${fusedWords[i]}, createWgkvAppend wrote ${refWords[i]}`,
-          );
-        }
-        if (refWords[i] !== 0) nonZero++;
+        equal(info[row * C + s], newest * 2, `${what}: head ${h} slot ${s}`);
       }
     }
     // Every ring slot of the layer holds a token (K and V words), plus the promoted ones.

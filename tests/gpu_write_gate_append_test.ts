@@ -17,7 +17,7 @@ import {
 } from "../src/gpu/ops/write_gate_append.ts";
 import { DualCache } from "../src/kv/dual_cache.ts";
 import { pageBytes } from "../src/kv/page_pool.ts";
-import { randomF32, submitValidated } from "./gpu_ops_helpers.ts";
+import { expectSameDualCaches, randomF32, submitValidated, twinDualCaches } from "./gpu_ops_helpers.ts";
 
 interface FusedAppendCase {
   headDim: number;
@@ -34,27 +34,6 @@ interface FusedAppendCase {
   chain?: boolean;
 }
 
-/** Twin dual caches (policy wgkv) whose pools hand out the same, scattered pages. */
-async function twinCaches(gpu: Gpu, c: FusedAppendCase): Promise<[DualCache, DualCache]> {
-  const pages = 120;
-  const make = async () => {
-    const kv = await DualCache.create(gpu, {
-      layers: c.layers,
-      kvHeads: c.kvHeads,
-      headDim: c.headDim,
-      policy: { kind: "wgkv", window: c.window, threshold: 0.1, gate: null },
-      maxBatch: c.maxBatch,
-      maxGlobalTokens: 96,
-      pages,
-      maxShardBytes: c.shards ? Math.ceil(pages / c.shards) * pageBytes(c.headDim) : undefined,
-    });
-    const junk = kv.pool.allocate(30);
-    kv.pool.release(junk.filter((_, i) => i % 3 !== 2)); // scatter the free list
-    return kv;
-  };
-  return [await make(), await make()];
-}
-
 /** Random gate weights of one layer whose scores land on both sides of 0.1. */
 function gateParams(gpu: Gpu, c: FusedAppendCase, layer: number): GPUBuffer {
   const shape = { kvHeads: c.kvHeads, headDim: c.headDim, inner: c.inner };
@@ -69,7 +48,7 @@ async function compareFusedAppend(c: FusedAppendCase): Promise<void> {
   const gpu = await getGpu();
   const { headDim: D, kvHeads: H, layers: L, maxBatch } = c;
   const what = `head_dim ${D}, ${H} KV heads, ${L} layers, steps ${c.steps}${c.chain ? ", chained" : ""}`;
-  const [refKv, fusedKv] = await twinCaches(gpu, c);
+  const [refKv, fusedKv] = await twinDualCaches(gpu, c, 120, 96);
   equal(refKv.shards.length, c.shards ?? 1, `${what}: shards`);
   const C = refKv.ringTokens;
   ok(c.steps.reduce((a, b) => a + b, 0) > 2 * C, `${what}: the ring wraps twice`);
@@ -159,27 +138,12 @@ async function compareFusedAppend(c: FusedAppendCase): Promise<void> {
   }
   ok(admitted > 0 && admitted < decided, `${what}: admitted ${admitted} of ${decided}, both decisions`);
   ok(refKv.stats().globalPages > 0, `${what}: tokens were promoted`);
-  // Slot info word for word (and what it must be), then both pools word for word.
-  const [refInfo, fusedInfo] = await Promise.all([refKv, fusedKv].map((kv) => gpu.readU32(kv.slotInfo)));
-  deepEqual(fusedInfo, refInfo, `${what}: slot info`);
+  // Slot info, block tables and pools word for word, and the slot info what it must be.
+  const { info: refInfo, nonZero } = await expectSameDualCaches(gpu, refKv, fusedKv, what);
   for (let r = 0; r < L * H; r++) {
     for (let s = 0; s < C; s++) {
       const newest = pos - 1 - ((pos - 1 - s) % C + C) % C;
       equal(refInfo[r * C + s] >>> 1, newest, `${what}: row ${r} slot ${s} position`);
-    }
-  }
-  deepEqual(fusedKv.tables.table, refKv.tables.table, `${what}: block tables`);
-  let nonZero = 0;
-  for (let s = 0; s < refKv.shards.length; s++) {
-    const [a, b] = await Promise.all([gpu.read(refKv.shards[s]), gpu.read(fusedKv.shards[s])]);
-    const refWords = new Uint32Array(a), fusedWords = new Uint32Array(b);
-    for (let i = 0; i < refWords.length; i++) {
-      if (fusedWords[i] !== refWords[i]) {
-        throw new Error(
-          `${what}: shard ${s} word ${i} is ${fusedWords[i]}, createWgkvAppend wrote ${refWords[i]}`,
-        );
-      }
-      if (refWords[i] !== 0) nonZero++;
     }
   }
   // Every ring slot holds a token (the ring wrapped), plus the promoted tokens: K and V words of each.

@@ -12,8 +12,7 @@ import {
   writeGateLayersBlocker,
 } from "../src/gpu/ops/write_gate_layers.ts";
 import { DualCache } from "../src/kv/dual_cache.ts";
-import { pageBytes } from "../src/kv/page_pool.ts";
-import { randomF32, submitValidated } from "./gpu_ops_helpers.ts";
+import { expectSameDualCaches, randomF32, submitValidated, twinDualCaches } from "./gpu_ops_helpers.ts";
 
 interface LayersCase {
   headDim: number;
@@ -25,27 +24,6 @@ interface LayersCase {
   /** Tokens of each step (the ring wraps several times). */
   steps: number[];
   shards?: number;
-}
-
-/** Twin dual caches (policy wgkv) whose pools hand out the same, scattered pages. */
-async function twinCaches(gpu: Gpu, c: LayersCase): Promise<[DualCache, DualCache]> {
-  const pages = 160;
-  const make = async () => {
-    const kv = await DualCache.create(gpu, {
-      layers: c.layers,
-      kvHeads: c.kvHeads,
-      headDim: c.headDim,
-      policy: { kind: "wgkv", window: c.window, threshold: 0.1, gate: null },
-      maxBatch: c.maxBatch,
-      maxGlobalTokens: 96,
-      pages,
-      maxShardBytes: c.shards ? Math.ceil(pages / c.shards) * pageBytes(c.headDim) : undefined,
-    });
-    const junk = kv.pool.allocate(30);
-    kv.pool.release(junk.filter((_, i) => i % 3 !== 2)); // scatter the free list
-    return kv;
-  };
-  return [await make(), await make()];
 }
 
 /**
@@ -75,7 +53,7 @@ async function compareLayerGates(c: LayersCase): Promise<void> {
   const gpu = await getGpu();
   const { headDim: D, kvHeads: H, layers: L, maxBatch } = c;
   const what = `head_dim ${D}, ${H} KV heads, ${L} layers, inner ${c.inner}, steps of up to ${maxBatch}`;
-  const [refKv, fusedKv] = await twinCaches(gpu, c);
+  const [refKv, fusedKv] = await twinDualCaches(gpu, c, 160, 96);
   equal(refKv.shards.length, c.shards ?? 1, `${what}: shards`);
   const C = refKv.ringTokens;
   ok(c.steps.reduce((a, b) => a + b, 0) > 2 * C, `${what}: the ring wraps twice`);
@@ -171,13 +149,7 @@ async function compareLayerGates(c: LayersCase): Promise<void> {
   }
   ok(admitted > 0 && admitted < decided, `${what}: admitted ${admitted} of ${decided}, both decisions`);
   ok(refKv.stats().globalPages > 0, `${what}: tokens were promoted`);
-  const [refInfo, fusedInfo] = await Promise.all([refKv, fusedKv].map((kv) => gpu.readU32(kv.slotInfo)));
-  deepEqual(fusedInfo, refInfo, `${what}: slot info`);
-  deepEqual(fusedKv.tables.table, refKv.tables.table, `${what}: block tables`);
-  for (let s = 0; s < refKv.shards.length; s++) {
-    const [a, b] = await Promise.all([gpu.read(refKv.shards[s]), gpu.read(fusedKv.shards[s])]);
-    deepEqual(new Uint32Array(b), new Uint32Array(a), `${what}: shard ${s}`);
-  }
+  await expectSameDualCaches(gpu, refKv, fusedKv, what);
   for (const b of [preK, postK, v, params.buffer, noFlags, scratch, step.buffer]) b.destroy();
   for (const b of [ref.scores, ref.flags, fused.scores, fused.flags]) b.destroy();
   refKv.destroy();

@@ -98,7 +98,13 @@ import { DualCache, type DualCacheStats } from "../kv/dual_cache.ts";
 import type { KvPolicy } from "../kv/wgkv_policy.ts";
 import { pageBytes, pagesForTokens } from "../kv/page_pool.ts";
 import type { GateWeights } from "../gate/format.ts";
-import { createWriteGate, gateOutputBytes, gateScratchBytes, uploadGate } from "../gpu/ops/write_gate.ts";
+import {
+  createWriteGate,
+  type GateOpOptions,
+  gateOutputBytes,
+  gateScratchBytes,
+  uploadGate,
+} from "../gpu/ops/write_gate.ts";
 import {
   createWriteGateLayers,
   gateKeyRowsBytes,
@@ -919,6 +925,21 @@ export class GpuModel {
       let outputNormOp: GpuOp | undefined;
       // wgkv decode with the gates after the last layer: each layer's keys go to its rows of layerKeys.
       const layerKeys = decode && gatesAfterLayers ? gateBufs?.layerKeys : undefined;
+      // What the write-gate ops of this body share (wgkv policy).
+      const gateOp: GateOpOptions | undefined = gate && gateBufs && {
+        label: "write_gate",
+        kvHeads: Hkv,
+        headDim: D,
+        inner: gate.inner,
+        layers: hp.nLayer,
+        maxTokens,
+        scores: gateBufs.scores,
+        flags: gateBufs.flags,
+        threshold: policy.kind === "wgkv" ? policy.threshold : undefined,
+        activation: gate.activation === "silu" ? "silu" : "gelu",
+        step,
+        scratch: gateBufs.scratch,
+      };
       const keyRows = (buffer: GPUBuffer, l: number): BufferSlice => ({
         buffer,
         offset: l * gateKeyRowsBytes(1, Hkv, D),
@@ -998,24 +1019,14 @@ export class GpuModel {
             step,
           }));
         }
-        if (gate && gateBufs && !layerKeys) {
+        if (gateOp && gateBufs && !layerKeys) {
           ops.push(createWriteGate(gpu, {
+            ...gateOp,
             label: `${p}write_gate`,
-            kvHeads: Hkv,
-            headDim: D,
-            inner: gate.inner,
-            layers: hp.nLayer,
             layer: l,
-            maxTokens,
             preK: gateBufs.kPre,
             postK: act.k,
             params: gateBufs.params.layers[l],
-            scores: gateBufs.scores,
-            flags: gateBufs.flags,
-            threshold: policy.kind === "wgkv" ? policy.threshold : undefined,
-            activation: gate.activation === "silu" ? "silu" : "gelu",
-            step,
-            scratch: gateBufs.scratch,
             append: appendInGate && dual ? { kv: dual, v: act.v } : undefined,
             chain: decode && chainGates
               ? {
@@ -1165,24 +1176,14 @@ export class GpuModel {
           );
         }
       }
-      if (layerKeys && gate && gateBufs && dual) {
+      if (layerKeys && gateOp && gateBufs && dual) {
         // The write gates of all layers: their flags are first read when the step's token leaves the window.
         ops.push(createWriteGateLayers(gpu, {
+          ...gateOp,
           label: `${tag}write_gates`,
-          kvHeads: Hkv,
-          headDim: D,
-          inner: gate.inner,
-          layers: hp.nLayer,
-          maxTokens,
           preK: layerKeys.pre,
           postK: layerKeys.post,
           params: gateBufs.params.all!,
-          scores: gateBufs.scores,
-          flags: gateBufs.flags,
-          threshold: policy.kind === "wgkv" ? policy.threshold : undefined,
-          activation: gate.activation === "silu" ? "silu" : "gelu",
-          step,
-          scratch: gateBufs.scratch,
           kv: dual,
         }));
       }

@@ -21,6 +21,7 @@ import type { GateWeights } from "../../gate/format.ts";
 import type { Gpu } from "../device.ts";
 import { layerUniform } from "../../kv/paged_view.ts";
 import { type WriteGateAppend, writeGateAppendBlocker, writeGateAppendParts } from "./write_gate_append.ts";
+import type { DualKvView } from "../../kv/dual_cache.ts";
 import {
   bindNumbered,
   type BufferSlice,
@@ -33,13 +34,13 @@ import {
 } from "./op.ts";
 
 /** Tokens per gate workgroup (`TILE` in the shader). */
-const GATE_TILE = 8;
+export const GATE_TILE = 8;
 
 /** Hidden units per gate workgroup (`UNITS` in the shader). */
-const GATE_CHUNK = 32;
+export const GATE_CHUNK = 32;
 
 /** Threads of a `finish` workgroup (`FINISH_THREADS` in the shader). */
-const FINISH_THREADS = 64;
+export const GATE_FINISH_THREADS = 64;
 
 /** Default admission threshold τ (strict `g > τ`). */
 export const DEFAULT_GATE_THRESHOLD = 0.1;
@@ -113,22 +114,14 @@ export function packGateLayer(weights: GateLayerWeights, shape: GateShape): Floa
   return out;
 }
 
-/** Options of {@link createWriteGate}. */
-export interface WriteGateOptions extends GateShape {
+/** What every write-gate op takes: the gate's shape, its outputs and settings. */
+export interface GateOpOptions extends GateShape {
   /** Name for the profiler and errors. */
   label: string;
   /** Decoder layers (the second dimension of the outputs). */
   layers: number;
-  /** Layer this op gates (its column of the outputs). */
-  layer: number;
   /** Largest number of tokens per step; the dispatch is sized for it. */
   maxTokens: number;
-  /** Keys before RoPE, f32[maxTokens][kvHeads · headDim]. */
-  preK: BufferSlice;
-  /** Keys after RoPE, f32[maxTokens][kvHeads · headDim]. */
-  postK: BufferSlice;
-  /** This layer's weights packed by {@link packGateLayer}. */
-  params: BufferSlice;
   /** Scores, f32[maxTokens][layers][kvHeads]. */
   scores: BufferSlice;
   /** Flags, u32[maxTokens][layers][kvHeads]. */
@@ -137,8 +130,67 @@ export interface WriteGateOptions extends GateShape {
   threshold?: number;
   /** Hidden activation (default exact GELU). */
   activation?: "gelu" | "silu";
-  /** Per-step token count (`nTokens`). */
+  /** Per-step token count (`nTokens`) and position. */
   step: StepParams;
+  /** Scratch for the partial logits (its size depends on the op). Created when absent. */
+  scratch?: BufferSlice;
+}
+
+/**
+ * Checks what every write-gate op takes (shape, step, threshold, outputs; a {@link BadFlagError} naming the
+ * op and value) and returns the kernel constants they share.
+ */
+export function gateOpConstants(label: string, options: GateOpOptions): Record<string, number> {
+  const { kvHeads, headDim, inner, layers, maxTokens, step } = options;
+  checkInt(label, "kvHeads", kvHeads, 1);
+  checkInt(label, "headDim", headDim, 2, 256);
+  checkInt(label, "inner", inner, 1);
+  checkInt(label, "layers", layers, 1);
+  checkInt(label, "maxTokens", maxTokens, 1, step.maxTokens);
+  const threshold = options.threshold ?? DEFAULT_GATE_THRESHOLD;
+  if (!(threshold >= 0 && threshold < 1)) {
+    throw new BadFlagError(`${label}: threshold must be in [0, 1), got ${threshold}`);
+  }
+  checkSlice(label, "scores", options.scores, gateOutputBytes(maxTokens, layers, kvHeads));
+  checkSlice(label, "flags", options.flags, gateOutputBytes(maxTokens, layers, kvHeads));
+  return {
+    head_dim: headDim,
+    kv_heads: kvHeads,
+    layers,
+    inner,
+    threshold,
+    epsilon: GATE_EPSILON,
+    activation: options.activation === "silu" ? 1 : 0,
+  };
+}
+
+/**
+ * Throws a {@link BadFlagError} unless `kv` is a `wgkv` dual cache of the gate's layers, KV heads and head
+ * size (the cache whose ring the op writes the flags of).
+ */
+export function checkGateCache(label: string, options: GateOpOptions, kv: DualKvView): void {
+  if (kv.policy.kind !== "wgkv") {
+    throw new BadFlagError(
+      `${label}: the gate's flags go to a wgkv cache, but the cache's policy is ${kv.policy.kind}`,
+    );
+  }
+  for (const key of ["layers", "kvHeads", "headDim"] as const) {
+    if (kv[key] !== options[key]) {
+      throw new BadFlagError(`${label}: the gate has ${key} ${options[key]}, the cache ${kv[key]}`);
+    }
+  }
+}
+
+/** Options of {@link createWriteGate}. */
+export interface WriteGateOptions extends GateOpOptions {
+  /** Layer this op gates (its column of the outputs). */
+  layer: number;
+  /** Keys before RoPE, f32[maxTokens][kvHeads · headDim]. */
+  preK: BufferSlice;
+  /** Keys after RoPE, f32[maxTokens][kvHeads · headDim]. */
+  postK: BufferSlice;
+  /** This layer's weights packed by {@link packGateLayer}. */
+  params: BufferSlice;
   /**
    * Scratch for the partial logits, {@link gateScratchBytes} bytes; may be shared by the gate ops of all
    * layers (they run one after another). Created when absent.
@@ -183,21 +235,11 @@ export function gateOutputBytes(maxTokens: number, layers: number, kvHeads: numb
 /** Builds the write-gate op of one layer (pipeline shared by all layers, bind group once). */
 export function createWriteGate(gpu: Gpu, options: WriteGateOptions): GpuOp {
   const { label, kvHeads, headDim, inner, layers, layer, maxTokens, step } = options;
-  checkInt(label, "kvHeads", kvHeads, 1);
-  checkInt(label, "headDim", headDim, 2, 256);
-  checkInt(label, "inner", inner, 1);
-  checkInt(label, "layers", layers, 1);
+  const shared = gateOpConstants(label, options);
   checkInt(label, "layer", layer, 0, layers - 1);
-  checkInt(label, "maxTokens", maxTokens, 1, step.maxTokens);
-  const threshold = options.threshold ?? DEFAULT_GATE_THRESHOLD;
-  if (!(threshold >= 0 && threshold < 1)) {
-    throw new BadFlagError(`${label}: threshold must be in [0, 1), got ${threshold}`);
-  }
   checkSlice(label, "preK", options.preK, maxTokens * kvHeads * headDim * 4);
   checkSlice(label, "postK", options.postK, maxTokens * kvHeads * headDim * 4);
   checkSlice(label, "params", options.params, gateLayerFloats(options) * 4);
-  checkSlice(label, "scores", options.scores, gateOutputBytes(maxTokens, layers, kvHeads));
-  checkSlice(label, "flags", options.flags, gateOutputBytes(maxTokens, layers, kvHeads));
   const append = options.append;
   if (append) checkAppend(gpu, label, options, append);
   const chain = options.chain;
@@ -207,23 +249,14 @@ export function createWriteGate(gpu: Gpu, options: WriteGateOptions): GpuOp {
   // `finish`: a thread per (token, head), or with the append a workgroup per (token, head).
   const finishGroups: [number, number] = append
     ? [maxTokens, kvHeads]
-    : [ceilDiv(maxTokens * kvHeads, FINISH_THREADS), 1];
+    : [ceilDiv(maxTokens * kvHeads, GATE_FINISH_THREADS), 1];
   checkWorkgroups(gpu, label, Math.max(tiles, kvHeads, chunks, ...finishGroups));
   const scratchBytes = gateScratchBytes(maxTokens, kvHeads, inner, chain !== undefined);
   const scratch = options.scratch ?? gpu.buffer(`${label} partial logits`, scratchBytes);
   checkSlice(label, "scratch", scratch, scratchBytes);
   // In a chain, the partial logits of even layers come first, those of odd layers after them.
   const parityFloats = maxTokens * kvHeads * chunks;
-  const constants = {
-    head_dim: headDim,
-    kv_heads: kvHeads,
-    layers,
-    inner,
-    threshold,
-    epsilon: GATE_EPSILON,
-    activation: options.activation === "silu" ? 1 : 0,
-    scratch_base: chain ? (layer % 2) * parityFloats : 0,
-  };
+  const constants = { ...shared, scratch_base: chain ? (layer % 2) * parityFloats : 0 };
   const ring = writeGateAppendParts(append);
   const chainConstants = chain
     ? {
@@ -315,16 +348,7 @@ function checkChain(gpu: Gpu, label: string, options: WriteGateOptions, chain: W
  */
 function checkAppend(gpu: Gpu, label: string, options: WriteGateOptions, append: WriteGateAppend): void {
   const { kv } = append;
-  if (kv.policy.kind !== "wgkv") {
-    throw new BadFlagError(
-      `${label}: the append takes the gate's flags, but the cache's policy is ${kv.policy.kind}`,
-    );
-  }
-  for (const key of ["layers", "kvHeads", "headDim"] as const) {
-    if (kv[key] !== options[key]) {
-      throw new BadFlagError(`${label}: the gate has ${key} ${options[key]}, the cache ${kv[key]}`);
-    }
-  }
+  checkGateCache(label, options, kv);
   const blocker = writeGateAppendBlocker(gpu.limits, kv);
   if (blocker) throw new UnsupportedError(`${label}: cannot append to the ring: ${blocker}`);
   checkSlice(label, "append.v", append.v, options.maxTokens * options.kvHeads * options.headDim * 4);

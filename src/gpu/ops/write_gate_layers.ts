@@ -19,45 +19,24 @@ import type { DualKvView } from "../../kv/dual_cache.ts";
 import { loadShader } from "../shader.ts";
 import { layerUniform, poolShaderSource } from "../../kv/paged_view.ts";
 import {
-  DEFAULT_GATE_THRESHOLD,
-  GATE_EPSILON,
+  checkGateCache,
+  GATE_CHUNK,
+  GATE_FINISH_THREADS,
+  GATE_TILE,
   gateLayerFloats,
-  gateOutputBytes,
+  gateOpConstants,
+  type GateOpOptions,
   type GateShape,
   type UploadedGate,
 } from "./write_gate.ts";
 import { NO_RING_APPEND } from "./write_gate_append.ts";
-import {
-  bindNumbered,
-  type BufferSlice,
-  ceilDiv,
-  checkInt,
-  checkSlice,
-  checkWorkgroups,
-  type GpuOp,
-} from "./op.ts";
-import type { StepParams } from "./op.ts";
-
-/** Tokens per gate workgroup (`TILE` in the shader). */
-const GATE_TILE = 8;
-
-/** Hidden units per gate workgroup (`UNITS` in the shader). */
-const GATE_CHUNK = 32;
-
-/** Threads of a `finish_layers` workgroup (`FINISH_THREADS` in the shader). */
-const FINISH_THREADS = 64;
+import { bindNumbered, type BufferSlice, ceilDiv, checkSlice, checkWorkgroups, type GpuOp } from "./op.ts";
 
 /** Alignment of a binding's offset (WebGPU's `minStorageBufferOffsetAlignment`, 256 by default). */
 export const LAYER_ROW_ALIGNMENT = 256;
 
 /** Options of {@link createWriteGateLayers}. */
-export interface WriteGateLayersOptions extends GateShape {
-  /** Name for the profiler and errors. */
-  label: string;
-  /** Decoder layers. */
-  layers: number;
-  /** Largest number of tokens per step (at most the cache's window). */
-  maxTokens: number;
+export interface WriteGateLayersOptions extends GateOpOptions {
   /**
    * Keys before RoPE of every layer: layer l's `f32 [maxTokens][kvHeads · headDim]` from byte
    * `l · {@link gateKeyRowsBytes}`.
@@ -67,16 +46,6 @@ export interface WriteGateLayersOptions extends GateShape {
   postK: BufferSlice;
   /** The gate's weights with all layers in one binding (`UploadedGate.all`). */
   params: NonNullable<UploadedGate["all"]>;
-  /** Scores, f32[maxTokens][layers][kvHeads]. */
-  scores: BufferSlice;
-  /** Flags, u32[maxTokens][layers][kvHeads]. */
-  flags: BufferSlice;
-  /** Admission threshold (default {@link DEFAULT_GATE_THRESHOLD}). */
-  threshold?: number;
-  /** Hidden activation (default exact GELU). */
-  activation?: "gelu" | "silu";
-  /** Per-step token count and position. */
-  step: StepParams;
   /** Scratch for the partial logits, {@link gateLayersScratchBytes} bytes. Created when absent. */
   scratch?: BufferSlice;
   /** The dual cache whose ring slots get the flags (its QKV ops stored the keys, values and positions). */
@@ -121,24 +90,9 @@ export function writeGateLayersBlocker(
 /** Builds the op that gates every layer of a decode step (two dispatches), see the module notes. */
 export function createWriteGateLayers(gpu: Gpu, options: WriteGateLayersOptions): GpuOp {
   const { label, kvHeads, headDim, inner, layers, maxTokens, step, kv } = options;
-  checkInt(label, "kvHeads", kvHeads, 1);
-  checkInt(label, "headDim", headDim, 2, 256);
-  checkInt(label, "inner", inner, 1);
-  checkInt(label, "layers", layers, 1);
-  checkInt(label, "maxTokens", maxTokens, 1, step.maxTokens);
-  const threshold = options.threshold ?? DEFAULT_GATE_THRESHOLD;
-  if (!(threshold >= 0 && threshold < 1)) {
-    throw new BadFlagError(`${label}: threshold must be in [0, 1), got ${threshold}`);
-  }
-  if (kv.policy.kind !== "wgkv") {
-    throw new BadFlagError(`${label}: the gates set the flags of a wgkv cache, not ${kv.policy.kind}`);
-  }
-  for (const key of ["layers", "kvHeads", "headDim"] as const) {
-    if (kv[key] !== options[key]) {
-      throw new BadFlagError(`${label}: the gate has ${key} ${options[key]}, the cache ${kv[key]}`);
-    }
-  }
-  if (maxTokens > kv.policy.window) {
+  const shared = gateOpConstants(label, options);
+  checkGateCache(label, options, kv);
+  if (kv.policy.kind === "wgkv" && maxTokens > kv.policy.window) {
     throw new BadFlagError(
       `${label}: the gates after the last layer take steps of at most the window (${kv.policy.window}), ` +
         `not ${maxTokens}`,
@@ -155,23 +109,15 @@ export function createWriteGateLayers(gpu: Gpu, options: WriteGateLayersOptions)
     );
   }
   checkSlice(label, "params", params, ((layers - 1) * strideFloats + layerFloats) * 4);
-  checkSlice(label, "scores", options.scores, gateOutputBytes(maxTokens, layers, kvHeads));
-  checkSlice(label, "flags", options.flags, gateOutputBytes(maxTokens, layers, kvHeads));
   const chunks = ceilDiv(inner, GATE_CHUNK);
   const tiles = ceilDiv(maxTokens, GATE_TILE);
-  const finishGroups = ceilDiv(maxTokens * layers * kvHeads, FINISH_THREADS);
+  const finishGroups = ceilDiv(maxTokens * layers * kvHeads, GATE_FINISH_THREADS);
   checkWorkgroups(gpu, label, Math.max(tiles, kvHeads, layers * chunks, finishGroups));
   const scratchBytes = gateLayersScratchBytes(maxTokens, layers, kvHeads, inner);
   const scratch = options.scratch ?? gpu.buffer(`${label} partial logits`, scratchBytes);
   checkSlice(label, "scratch", scratch, scratchBytes);
   const constants = {
-    head_dim: headDim,
-    kv_heads: kvHeads,
-    layers,
-    inner,
-    threshold,
-    epsilon: GATE_EPSILON,
-    activation: options.activation === "silu" ? 1 : 0,
+    ...shared,
     all_layers: 1,
     k_stride: keyRows / 4,
     params_stride: strideFloats,
