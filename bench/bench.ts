@@ -11,7 +11,7 @@
  *                        [--no-fold-norms]   (decode with a dispatch per RMSNorm: "decode-unfolded" rows)
  *                        [--no-fuse-kv-append]   (decode with a KV append dispatch per layer: "…-unfused-append"
  *                                                 rows, e.g. "decode-unfused-append")
- *                        [--no-fuse-wgkv-append]   (wgkv policy: prefill and decode with a WG-KV append dispatch
+ *                        [--no-fuse-wgkv-append]   (dual caches: prefill and decode with a WG-KV append dispatch
  *                                                   per layer: "…-unfused-wgkv-append" rows, e.g.
  *                                                   "decode-unfused-wgkv-append")
  *                        [--no-chain-gates]   (wgkv policy: decode with two write-gate dispatches per layer, not
@@ -241,9 +241,9 @@ const foldNorms = !values["no-fold-norms"];
 // --no-fuse-kv-append: decode with the KV append as a dispatch of its own per layer, not stored by the fused
 // QKV (rows named "decode-unfused-append", or "decode-unfolded-unfused-append" with --no-fold-norms).
 const fuseKvAppend = !values["no-fuse-kv-append"];
-// --no-fuse-wgkv-append: with the wgkv policy, the WG-KV append as a dispatch of its own per layer, not stored
-// by the write gate, in prefill and decode (both rows named "…-unfused-wgkv-append", for every policy so that
-// the "vs full" column still finds its full-cache row).
+// --no-fuse-wgkv-append: with a dual cache, the WG-KV append as a dispatch of its own per layer, not stored
+// by the write gate (wgkv prefill) or the fused QKV (decode) (both rows named "…-unfused-wgkv-append", for
+// every policy so that the "vs full" column still finds its full-cache row).
 const fuseWgkvAppend = !values["no-fuse-wgkv-append"];
 const wgkvAppendSuffix = fuseWgkvAppend ? "" : "-unfused-wgkv-append";
 // --matvec-tuning JSON: decode matvec tunings by role (rows named "decode-tuned", the tuning kept in the JSON).

@@ -10,6 +10,7 @@ import { hparamsFromGGUF, type LlamaHParams } from "../src/model/hparams.ts";
 import { type SynthType, writeSyntheticModel } from "../src/model/synth.ts";
 import { DualCache } from "../src/kv/dual_cache.ts";
 import { pageBytes } from "../src/kv/page_pool.ts";
+import type { WindowedPolicy } from "../src/kv/wgkv_policy.ts";
 
 /** `n` uniform random values in (−scale, scale), fresh each run, never zero. */
 export function randomF32(n: number, scale = 1): Float32Array {
@@ -197,7 +198,10 @@ export function gateUpCase(gpu: Gpu, type: string, rows: number, cols: number, x
   return { gate, up, xBuf, step, fields };
 }
 
-/** Shape of {@link twinDualCaches}: a `wgkv` dual cache's sizes, and how many shards to force (or one). */
+/**
+ * Shape of {@link twinDualCaches}: a dual cache's sizes, its policy (default `wgkv` with the shape's
+ * window), and how many shards to force (or one).
+ */
 export interface TwinDualShape {
   layers: number;
   kvHeads: number;
@@ -205,10 +209,11 @@ export interface TwinDualShape {
   window: number;
   maxBatch: number;
   shards?: number;
+  policy?: WindowedPolicy;
 }
 
 /**
- * Two `wgkv` dual caches of one shape whose pools hand out the same, scattered pages (their free lists
+ * Two dual caches of one shape whose pools hand out the same, scattered pages (their free lists
  * shuffled alike), so that a fused op and its reference can be compared word for word.
  */
 export async function twinDualCaches(
@@ -222,7 +227,7 @@ export async function twinDualCaches(
       layers: c.layers,
       kvHeads: c.kvHeads,
       headDim: c.headDim,
-      policy: { kind: "wgkv", window: c.window, threshold: 0.1, gate: null },
+      policy: c.policy ?? { kind: "wgkv", window: c.window, threshold: 0.1, gate: null },
       maxBatch: c.maxBatch,
       maxGlobalTokens,
       pages,

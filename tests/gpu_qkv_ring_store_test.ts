@@ -5,9 +5,18 @@ import { StepParams } from "../src/gpu/ops/op.ts";
 import { createWgkvAppend } from "../src/gpu/ops/wgkv_append.ts";
 import { createWgkvPromote } from "../src/gpu/ops/wgkv_promote.ts";
 import type { DualCache } from "../src/kv/dual_cache.ts";
+import type { KvPolicy, WindowedPolicy } from "../src/kv/wgkv_policy.ts";
+import { GpuModel } from "../src/model/gpu_model.ts";
+import type { GateWeights } from "../src/gate/format.ts";
 import { ropeInverseFrequencies } from "../src/model/ops.ts";
 import { randomF32, randomWeight } from "./gpu_quant_data.ts";
-import { expectSameDualCaches, nanBuffer as nans, runOps, twinDualCaches } from "./gpu_ops_helpers.ts";
+import {
+  expectSameDualCaches,
+  nanBuffer as nans,
+  runOps,
+  twinDualCaches,
+  withTinyModel,
+} from "./gpu_ops_helpers.ts";
 
 interface RingCase {
   types: [string, string, string];
@@ -23,9 +32,11 @@ interface RingCase {
   steps: number[];
   shards?: number;
   tuning?: { rowsPerWorkgroup?: number; tokensPerWorkgroup?: number; maxWorkgroups?: number };
+  /** The cache's policy (default wgkv: no flag until the gates; the others admit by rule). */
+  policy?: WindowedPolicy;
 }
 
-Deno.test("qkv ring store: the fused QKV writes the ring words and slot positions createWgkvAppend writes (no flags yet)", async () => {
+Deno.test("qkv ring store: the fused QKV writes the ring words and slot info createWgkvAppend writes (wgkv: no flags yet; sink, random: by rule)", async () => {
   const gpu = await getGpu();
   const cases: RingCase[] = [
     {
@@ -55,9 +66,37 @@ Deno.test("qkv ring store: the fused QKV writes the ring words and slot position
       shards: 4,
       tuning: { rowsPerWorkgroup: 2, maxWorkgroups: 7 },
     },
+    {
+      types: ["Q4_0", "Q8_0", "F16"],
+      cols: 64,
+      headDim: 16,
+      qHeads: 4,
+      kvHeads: 2,
+      layers: 2,
+      layer: 1,
+      window: 16,
+      maxBatch: 2,
+      steps: Array.from({ length: 50 }, (_, i) => 1 + (i % 2)),
+      policy: { kind: "random", window: 16, rate: 0.3, seed: 1234567 },
+    },
+    {
+      types: ["F32", "F32", "F32"],
+      cols: 32,
+      headDim: 8,
+      qHeads: 2,
+      kvHeads: 1,
+      layers: 1,
+      layer: 0,
+      window: 16,
+      maxBatch: 1,
+      steps: Array.from({ length: 40 }, () => 1),
+      policy: { kind: "sink", window: 16, sinks: 3 },
+    },
   ];
   for (const c of cases) {
-    const what = `${c.types.join("/")} head_dim ${c.headDim} kv_heads ${c.kvHeads} layer ${c.layer}`;
+    const what =
+      `${c.policy?.kind ?? "wgkv"} ${c.types.join("/")} head_dim ${c.headDim} kv_heads ${c.kvHeads} ` +
+      `layer ${c.layer}`;
     const qRows = c.qHeads * c.headDim, kvRows = c.kvHeads * c.headDim;
     const [refKv, fusedKv] = await twinDualCaches(gpu, c, 90, 64);
     equal(refKv.shards.length, c.shards ?? 1, what);
@@ -129,14 +168,20 @@ Deno.test("qkv ring store: the fused QKV writes the ring words and slot position
       pos += m;
     }
     const { info, nonZero } = await expectSameDualCaches(gpu, refKv, fusedKv, what);
-    // The ring of the op's layer: the newest position of every slot, not admitted.
+    // The ring of the op's layer: the newest position of every slot, admitted by the policy's rule (so
+    // never for wgkv, whose gates set the flags later).
+    let admitted = 0;
     for (let h = 0; h < c.kvHeads; h++) {
       const row = (slot * c.layers + c.layer) * c.kvHeads + h;
       for (let s = 0; s < C; s++) {
         const newest = pos - 1 - ((pos - 1 - s) % C + C) % C;
-        equal(info[row * C + s], newest * 2, `${what}: head ${h} slot ${s}`);
+        equal(info[row * C + s] >>> 1, newest, `${what}: head ${h} slot ${s}`);
+        admitted += info[row * C + s] & 1;
       }
     }
+    if (c.policy?.kind === "random") {
+      ok(admitted > 0 && admitted < c.kvHeads * C, `${what}: ${admitted} admitted`);
+    } else equal(admitted, 0, `${what}: none admitted`);
     // Every ring slot of the layer holds a token (K and V words), plus the promoted ones.
     const globalTokens = refKv.stats().globalTokens;
     let promoted = 0;
@@ -147,4 +192,48 @@ Deno.test("qkv ring store: the fused QKV writes the ring words and slot position
     refKv.destroy();
     fusedKv.destroy();
   }
+});
+
+Deno.test("gpu model: window, sink and random decode through the QKV ring store give the logits, tokens and stats of the append dispatch", async () => {
+  const gpu = await getGpu();
+  await withTinyModel(async (file, hp) => {
+    const policies: KvPolicy<GateWeights>[] = [
+      { kind: "random", window: 16, rate: 0.3, seed: 99 },
+      { kind: "sink", window: 16, sinks: 3 },
+      { kind: "window", window: 16 },
+    ];
+    for (const policy of policies) {
+      const load = (fuseWgkvAppend: boolean) =>
+        GpuModel.load(gpu, file, hp, { contextLength: 128, maxBatch: 8, policy, fuseWgkvAppend });
+      const fused = await load(true);
+      const separate = await load(false);
+      try {
+        const appends = (m: GpuModel) => m.decodeLabels.filter((l) => l.endsWith("kv_append")).length;
+        equal(appends(fused), 0, `${policy.kind}: no append dispatch`);
+        equal(appends(separate), hp.nLayer, `${policy.kind}: an append dispatch per layer`);
+        const tokens = Array.from({ length: 21 }, () => Math.floor(Math.random() * hp.nVocab));
+        // Prefill, stepwise decode and a chain: 21 + 4 + 20 positions go around the 32-slot ring.
+        const run = async (m: GpuModel) => {
+          const logits = [await m.forward(tokens, 0, "logits")];
+          let next = 5;
+          for (let i = 0; i < 4; i++) {
+            logits.push(await m.forward([next], tokens.length + i, "logits"));
+            next = (next * 31 + 7) % hp.nVocab;
+          }
+          const chained = await m.decodeGreedy(next, tokens.length + 4, 20);
+          return { logits, chained, stats: m.kvStats().dual! };
+        };
+        const a = await run(fused), b = await run(separate);
+        a.logits.forEach((l, i) => deepEqual(l, b.logits[i], `${policy.kind}: step ${i}: logits`));
+        deepEqual(a.chained, b.chained, `${policy.kind}: chained tokens`);
+        deepEqual([...a.stats.globalTokens], [...b.stats.globalTokens], `${policy.kind}: global tokens`);
+        if (policy.kind !== "window") {
+          ok(a.stats.globalTokens.some((g) => g > 0), `${policy.kind}: tokens were kept`);
+        }
+      } finally {
+        fused.destroy();
+        separate.destroy();
+      }
+    }
+  });
 });

@@ -6,9 +6,10 @@
 // (pos0 + t) % ring_tokens, i.e. logical index slot of its (sequence slot, layer, head) block-table row,
 // whose first ring_tokens / 16 pages are the ring. Rows 2i and 2i + 1 of a head are one word, packed with
 // pack2x16float (K at word (slot % PAGE_TOKENS) · head_dim/2 + i of the page, V PAGE_TOKENS · head_dim/2
-// words further). The owner of a head's first K pair also sets the slot's info word to position · 2: not
-// admitted yet (the step's own attention reads the token through the window whatever its flag); the gate's
-// flag is recorded later in the step (wgsl/write_gate.wgsl, entry `finish_layers`).
+// words further). The owner of a head's first K pair also sets the slot's info word to position · 2 +
+// admitted: by the rule of the window, sink and random policies (wgsl/admission_rule.wgsl); for `wgkv` not
+// admitted yet (the step's own attention reads the token through the window whatever its flag), the gate's
+// flag being recorded later in the step (wgsl/write_gate.wgsl, entry `finish_layers`).
 //
 // binding 14: ring_sequence, uniform { slot } (the dual cache's sequence selector)
 // binding 15: kv_layer, uniform { layer } (the layer this op writes)
@@ -33,6 +34,8 @@ struct KvLayer { layer: u32, pad0: u32, pad1: u32, pad2: u32 }
 
 {{POOL}}
 
+// #include admission_rule
+
 // Where the packed pair of rows (row, row + 1) (row even, within one head) of K (weight 1) or V (weight 2)
 // of step token `token` goes: (page, word in the page). Records the slot's position with the first K pair.
 fn kv_locate(weight: u32, token: u32, row: u32) -> vec2u {
@@ -40,7 +43,11 @@ fn kv_locate(weight: u32, token: u32, row: u32) -> vec2u {
   let ring_row = (ring_sequence.slot * layers + kv_layer.layer) * kv_heads + row / head_dim;
   let position = step.pos0 + token;
   let index = position % ring_tokens;
-  if (weight == 1u && row % head_dim == 0u) { slot_info[ring_row * ring_tokens + index] = position * 2u; }
+  if (weight == 1u && row % head_dim == 0u) {
+    let head = row / head_dim;
+    slot_info[ring_row * ring_tokens + index] = position * 2u +
+      select(0u, 1u, rule_admits(kv_layer.layer, head, position));
+  }
   let page = block_table[ring_row * max_pages + index / PAGE_TOKENS];
   let word = select(0u, PAGE_TOKENS * half_dim, weight == 2u) + (index % PAGE_TOKENS) * half_dim +
     (row % head_dim) / 2u;

@@ -22,10 +22,6 @@ override layers: u32 = 1u;
 override max_pages: u32 = 1u;
 override pool_pages_per_shard: u32 = 1u;
 override ring_tokens: u32 = 16u;
-override policy: u32 = 0u; // 0 wgkv (gate flags), 1 window (none), 2 sink (pos < sinks), 3 random (hash)
-override sinks: u32 = 0u;
-override seed: u32 = 0u;
-override rate_threshold: u32 = 0u; // random: admitted iff hash >> 8 < rate_threshold (rate * 2^24)
 const PAGE_TOKENS: u32 = 16u;
 
 struct Step { n_tokens: u32, pos0: u32, pad0: u32, pad1: u32 }
@@ -43,24 +39,12 @@ struct LayerParams { layer: u32, pad0: u32, pad1: u32, pad2: u32 }
 
 {{POOL}}
 
-// 32-bit integer mixer; `mix32` in src/kv/wgkv_policy.ts is the same function.
-fn mix32(v: u32) -> u32 {
-  var x = v;
-  x ^= x >> 16u;
-  x *= 0x7feb352du;
-  x ^= x >> 15u;
-  x *= 0x846ca68bu;
-  x ^= x >> 16u;
-  return x;
-}
+// #include admission_rule
 
+// Whether token t of the step (position pos) of (layer, head) is admitted: the gate's flag, or the rule.
 fn admitted(t: u32, layer: u32, head: u32, pos: u32) -> bool {
-  switch (policy) {
-    case 0u: { return gate_flags[(t * layers + layer) * kv_heads + head] != 0u; }
-    case 2u: { return pos < sinks; }
-    case 3u: { return (mix32(mix32(mix32(mix32(seed) ^ layer) ^ head) ^ pos) >> 8u) < rate_threshold; }
-    default: { return false; }
-  }
+  if (policy == 0u) { return gate_flags[(t * layers + layer) * kv_heads + head] != 0u; }
+  return rule_admits(layer, head, pos);
 }
 
 @compute @workgroup_size(64)

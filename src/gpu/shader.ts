@@ -14,6 +14,7 @@ const WGSL_DIR = new URL("../../wgsl/", import.meta.url);
 
 /** Every shader file in `wgsl/` (without extension); a test keeps this list equal to the folder. */
 export const SHADER_NAMES: readonly string[] = [
+  "admission_rule",
   "argmax",
   "coop_fragments",
   "coop_fragments_emulated",

@@ -58,6 +58,19 @@ export function randomRateThreshold(rate: number): number {
   return Math.round(rate * 2 ** RATE_BITS);
 }
 
+/**
+ * The override constants of `wgsl/admission_rule.wgsl` for `policy` (the kernels that store tokens into a
+ * dual cache's ring decide the rule policies' admissions with them).
+ */
+export function admissionRuleConstants(policy: WindowedPolicy): Record<string, number> {
+  return {
+    policy: POLICY_CODE[policy.kind],
+    sinks: policy.kind === "sink" ? Math.min(policy.sinks, 2 ** 32 - 1) : 0,
+    seed: policy.kind === "random" ? policy.seed : 0,
+    rate_threshold: policy.kind === "random" ? randomRateThreshold(policy.rate) : 0,
+  };
+}
+
 /** A 32-bit integer mixer (xor-shift-multiply), identical to `mix32` in `wgsl/wgkv_append.wgsl`. */
 export function mix32(x: number): number {
   x = (x ^ (x >>> 16)) >>> 0;

@@ -171,10 +171,10 @@ export interface GpuModelOptions {
    */
   fuseKvAppend?: boolean;
   /**
-   * The `wgkv` policy, decode and prefill: the write gate's flag dispatch also stores K and V into the
-   * dual cache's ring with each slot's position and flag, saving the WG-KV append dispatch per layer (where
-   * the cache's bindings fit the gate kernel; otherwise, and for the other policies, the append stays a
-   * dispatch of its own). Default true.
+   * The dual cache's append fused into the step's other dispatches, saving the WG-KV append dispatch per
+   * layer where the bindings fit: `wgkv` prefill stores K and V into the ring from the write gate's flag
+   * dispatch; decode from each layer's fused QKV (see {@link gatesAfterLayers}; the window, sink and random
+   * policies decide their flags there by rule, their prefill keeps the append dispatch). Default true.
    */
   fuseWgkvAppend?: boolean;
   /**
@@ -190,7 +190,8 @@ export interface GpuModelOptions {
    * dispatches that set the flags (`createWriteGateLayers`), instead of a gate dispatch per layer before
    * attention: a step's attention never needs the flag of its own token, which stays in the window for the
    * next `window - 1` steps. Default true where the bindings fit, unless {@link fuseWgkvAppend} is false
-   * (then {@link chainWriteGates} does not apply to decode).
+   * (then {@link chainWriteGates} does not apply to decode). The window, sink and random policies' decode
+   * always stores through the QKV that way (their flags follow a rule), with {@link fuseWgkvAppend}.
    */
   gatesAfterLayers?: boolean;
   /**
@@ -731,14 +732,18 @@ export class GpuModel {
     }
     // The write gate's inputs and outputs (wgkv policy): the key before RoPE, scores and flags.
     const uploadedGate = gate && uploadGate(gpu, gate);
-    // Decode: the gates of all layers after the last layer (options.gatesAfterLayers), the QKV of each
-    // layer storing K and V into the ring; needs every layer's QKV fused with the ring store.
-    const gatesAfterLayers = dual !== undefined && gate !== undefined && uploadedGate !== undefined &&
-      (options.gatesAfterLayers ?? true) && (options.fuseWgkvAppend ?? true) &&
-      writeGateLayersBlocker(gpu, uploadedGate, gate, hp.nLayer) === undefined &&
+    // Decode with a dual cache: each layer's fused QKV stores K and V into the ring where every layer's
+    // can (options.fuseWgkvAppend; an append dispatch per layer otherwise), the admissions decided by the
+    // rule of the policy, or for wgkv by the gates of all layers after the last layer
+    // (options.gatesAfterLayers; without them, the gate of each layer stores into the ring).
+    const ringFitsQkv = dual !== undefined && (options.fuseWgkvAppend ?? true) &&
       layers.every((w) =>
         canFuseQkv(w.wq, w.wk, w.wv) && qkvKvAppendBlocker(gpu.limits, dual, w.wk, w.wv) === undefined
       );
+    const gatesAfterLayers = ringFitsQkv && gate !== undefined && uploadedGate !== undefined &&
+      (options.gatesAfterLayers ?? true) &&
+      writeGateLayersBlocker(gpu, uploadedGate, gate, hp.nLayer) === undefined;
+    const ringInQkv = ringFitsQkv && (gate === undefined || gatesAfterLayers);
     const gateBufs = gate && uploadedGate && {
       params: uploadedGate,
       kPre: f32("k before rope", maxBatch * Hkv * D),
@@ -923,7 +928,9 @@ export class GpuModel {
         ops.push(norm(`${tag}blk.0.attn_norm`, layers[0].attnNorm, false));
       }
       let outputNormOp: GpuOp | undefined;
-      // wgkv decode with the gates after the last layer: each layer's keys go to its rows of layerKeys.
+      // Decode with a dual cache: the fused QKV stores into the ring (ringInQkv); for wgkv with the gates
+      // after the last layer, each layer's keys also go to its rows of layerKeys.
+      const ringStore = decode && ringInQkv;
       const layerKeys = decode && gatesAfterLayers ? gateBufs?.layerKeys : undefined;
       // What the write-gate ops of this body share (wgkv policy).
       const gateOp: GateOpOptions | undefined = gate && gateBufs && {
@@ -948,7 +955,7 @@ export class GpuModel {
       for (let l = 0; l < hp.nLayer; l++) {
         const w = layers[l];
         const p = `${tag}blk.${l}.`;
-        const fusedAppend = appendInQkv(w) || layerKeys !== undefined;
+        const fusedAppend = appendInQkv(w) || ringStore;
         if (decode && canFuseQkv(w.wq, w.wk, w.wv)) {
           // One dispatch: Q, K and V rows, Q and K rotated as they are written (with the write gate, K
           // also before RoPE: the gate reads both; with the full cache, K and V also into their pages).
@@ -966,7 +973,7 @@ export class GpuModel {
             rope: { headDim: D, ropeDim: hp.ropeDim, invFreq, maxPosition: ctx },
             kPre: layerKeys ? keyRows(layerKeys.pre, l) : gateBufs?.kPre,
             norm: qkvNorm,
-            append: layerKeys && dual
+            append: ringStore && dual
               ? { kv: dual, layer: l }
               : fusedAppend && fullKv
               ? { kv: fullKv, layer: l }
@@ -1036,7 +1043,7 @@ export class GpuModel {
               : undefined,
           }));
         }
-        if (dual && !appendInGate && !layerKeys) {
+        if (dual && !appendInGate && !ringStore) {
           ops.push(createWgkvAppend(gpu, {
             label: `${p}kv_append`,
             kv: dual,

@@ -18,7 +18,8 @@
 
 import type { Gpu } from "../device.ts";
 import type { GpuWeight } from "../weights.ts";
-import { loadShader } from "../shader.ts";
+import { includeShaders, loadShader } from "../shader.ts";
+import { admissionRuleConstants } from "../../kv/wgkv_policy.ts";
 import {
   layerUniform,
   pagedKvConstants,
@@ -109,8 +110,13 @@ export function qkvKvStoreParts(gpu: Gpu, label: string, append?: QkvKvAppend): 
   const pool = poolShaderSource(kv.shards.length, true);
   if (isDualView(kv)) {
     return {
-      constants: { kv_append: 1, ...pagedKvConstants(kv), ring_tokens: kv.ringTokens },
-      source: loadShader("qkv_ring_store").replace("{{POOL}}", pool),
+      constants: {
+        kv_append: 1,
+        ...pagedKvConstants(kv),
+        ring_tokens: kv.ringTokens,
+        ...admissionRuleConstants(kv.policy),
+      },
+      source: includeShaders(loadShader("qkv_ring_store")).replace("{{POOL}}", pool),
       entries: [
         [14, kv.sequence],
         [15, layerUniform(gpu, label, layer)],

@@ -12,7 +12,7 @@ import { BadFlagError } from "../../errors.ts";
 import type { Gpu } from "../device.ts";
 import type { DualKvView } from "../../kv/dual_cache.ts";
 import { layerUniform, pagedKvConstants, poolShaderSource, shardEntries } from "../../kv/paged_view.ts";
-import { POLICY_CODE, randomRateThreshold } from "../../kv/wgkv_policy.ts";
+import { admissionRuleConstants } from "../../kv/wgkv_policy.ts";
 import { bindNumbered, type BufferSlice, checkInt, checkSlice, type GpuOp, type StepParams } from "./op.ts";
 import { gateOutputBytes } from "./write_gate.ts";
 
@@ -54,10 +54,7 @@ export function createWgkvAppend(gpu: Gpu, options: WgkvAppendOptions): GpuOp {
   const kernel = gpu.kernel("wgkv_append", {
     ...pagedKvConstants(kv),
     ring_tokens: kv.ringTokens,
-    policy: POLICY_CODE[policy.kind],
-    sinks: policy.kind === "sink" ? Math.min(policy.sinks, 2 ** 32 - 1) : 0,
-    seed: policy.kind === "random" ? policy.seed : 0,
-    rate_threshold: policy.kind === "random" ? randomRateThreshold(policy.rate) : 0,
+    ...admissionRuleConstants(policy),
   }, { POOL: poolShaderSource(kv.shards.length, true) });
   const group = bindNumbered(gpu, kernel, [
     [0, step.buffer],
