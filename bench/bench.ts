@@ -298,6 +298,7 @@ const knownRoles = [
   "ffn_gate_up",
   "ffn_down",
   "write_gate",
+  "write_gates",
   "kv_append",
 ];
 for (const role of skipOps ?? []) {
