@@ -146,6 +146,8 @@ export class DualCache implements DualKvView {
   readonly #globalLength: Uint32Array;
   /** Admitted tokens per row since the sequence opened. */
   readonly #admitted: Float64Array;
+  /** The promotion plan a step builds (count, then pairs), reused from step to step. */
+  readonly #planWords: Uint32Array<ArrayBuffer>;
 
   private constructor(options: DualCacheOptions, gpu?: Gpu, storage?: PoolStorage) {
     const { layers, kvHeads, headDim, policy, maxBatch, maxGlobalTokens } = options;
@@ -182,6 +184,7 @@ export class DualCache implements DualKvView {
     this.#ringFlags = new Uint8Array(rows * this.ringTokens);
     this.#globalLength = new Uint32Array(rows);
     this.#admitted = new Float64Array(rows);
+    this.#planWords = new Uint32Array(1 + 2 * this.maxPromotions);
     this.#gpu = gpu;
     this.#storage = storage;
     if (gpu) {
@@ -372,7 +375,7 @@ export class DualCache implements DualKvView {
       `WG-KV cache (sequence ${slot}, promotions)`,
       "raise --kv-global, the share of a full cache kept for admitted tokens, or --ctx",
     );
-    const plan = new Uint32Array(1 + 2 * this.maxPromotions);
+    const plan = this.#planWords;
     let copies = 0, next = 0;
     for (let r = 0; r < rows; r++) {
       const row = slot * rows + r;
