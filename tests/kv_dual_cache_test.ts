@@ -225,3 +225,78 @@ Deno.test("dual cache: agrees with the reference dual-cache model (src/kv/wgkv_r
     }
   }
 });
+
+Deno.test("dual cache: a row takes its global pages in runs, consecutive on a fresh pool, and gives back the unused ones", () => {
+  const L = 2, H = 2, maxBatch = 64;
+  const policy = { kind: "wgkv" as const, window: 16, threshold: 0.1, gate: null };
+  const kv = DualCache.cpuOnly({
+    layers: L,
+    kvHeads: H,
+    headDim: 8,
+    maxBatch,
+    maxGlobalTokens: 4096,
+    policy,
+  });
+  const slot = kv.openSequence();
+  const ringPages = kv.ringPages, P = kv.maxPagesPerHead;
+  let pos = 0;
+  // Every token admitted in every row: the rows take pages side by side, as promotions interleave them.
+  while (pos < 3000) {
+    kv.beginStep(slot, maxBatch, pos);
+    kv.endStep(slot, new Array(maxBatch * L * H).fill(1));
+    pos += maxBatch;
+    const s = kv.stats(slot);
+    equal(s.ringPages + s.globalPages, kv.pool.usedPages, `held pages at ${pos}`);
+    for (let r = 0; r < L * H; r++) {
+      const filled = Math.ceil(kv.globalLength(slot, Math.floor(r / H), r % H) / 16);
+      // At most a run beyond what the row fills: held / 16, and at most a step's pages beyond it.
+      ok(s.globalPages - filled * L * H <= L * H * (Math.ceil(filled / 16) + Math.ceil(maxBatch / 16) + 1));
+    }
+  }
+  // A row's global pages: runs of consecutive ids, longer as the row grows (the first ones a page at a time).
+  for (let r = 0; r < L * H; r++) {
+    const filled = Math.ceil(kv.globalLength(slot, Math.floor(r / H), r % H) / 16);
+    ok(filled > 150, `row ${r} holds ${filled} pages`);
+    const pages = kv.tables.table.subarray(r * P + ringPages, r * P + ringPages + filled);
+    let breaks = 0;
+    for (let j = 1; j < filled; j++) if (pages[j] !== pages[j - 1] + 1) breaks++;
+    const tail = pages.subarray(filled - 64);
+    let tailBreaks = 0;
+    for (let j = 1; j < tail.length; j++) if (tail[j] !== tail[j - 1] + 1) tailBreaks++;
+    ok(tailBreaks <= 8, `row ${r}: ${tailBreaks} breaks in its last 64 pages`);
+    ok(breaks < filled / 2, `row ${r}: ${breaks} breaks in ${filled} pages`);
+  }
+  kv.resetSequence(slot);
+  equal(kv.pool.usedPages, L * H * ringPages, "a reset keeps only the rings");
+  kv.closeSequence(slot);
+  equal(kv.pool.usedPages, 0);
+});
+
+Deno.test("dual cache: near a full pool, rows take only the pages they lack", () => {
+  const L = 1, H = 2, maxBatch = 16;
+  const policy = { kind: "wgkv" as const, window: 16, threshold: 0.1, gate: null };
+  const ringPages = Math.ceil((16 + maxBatch - 1) / 16);
+  // Room for the rings and exactly the pages 1200 admitted tokens per row fill.
+  const pages = L * H * (ringPages + Math.ceil((1200 - 32) / 16));
+  const kv = DualCache.cpuOnly({
+    layers: L,
+    kvHeads: H,
+    headDim: 8,
+    maxBatch,
+    maxGlobalTokens: 2048,
+    policy,
+    pages,
+  });
+  const slot = kv.openSequence();
+  let pos = 0;
+  while (pos < 1200) {
+    kv.beginStep(slot, maxBatch, pos);
+    kv.endStep(slot, new Array(maxBatch * L * H).fill(1));
+    pos += maxBatch;
+  }
+  equal(kv.pool.freePages, 0, "every page in use, none wasted on runs");
+  throws(
+    () => kv.beginStep(slot, maxBatch, pos),
+    (e: Error) => e instanceof OutOfMemoryError && /--kv-global/.test(e.message),
+  );
+});

@@ -80,7 +80,7 @@ export interface DualCacheStats {
   readonly tokens: number;
   /** Ring pages held. */
   readonly ringPages: number;
-  /** Global pages held. */
+  /** Global pages held: those holding tokens and those a row has taken ahead (see MAX_GLOBAL_PAGE_RUN). */
   readonly globalPages: number;
   /** Bytes of the held pages. */
   readonly usedBytes: number;
@@ -99,6 +99,14 @@ export const MAX_POSITIONS = 2 ** 31;
 export function ringTokensFor(window: number, maxBatch: number): number {
   return pagesForTokens(window + maxBatch - 1) * PAGE_TOKENS;
 }
+
+/**
+ * Most global pages a row takes from the pool at once. A row that needs a page takes a run of
+ * `clamp(held / 16, 1, MAX_GLOBAL_PAGE_RUN)` pages and fills them in turn, so that on an unfragmented pool
+ * its pages lie in runs of consecutive ids (up to 256 KiB at head_dim 128) instead of one page among those
+ * of all other rows (promotions interleave the rows), at most 1/16 more pages held than used.
+ */
+export const MAX_GLOBAL_PAGE_RUN = 32;
 
 /** Page pool, block tables, ring mirrors and promotion planning of the WG-KV dual cache. */
 export class DualCache implements DualKvView {
@@ -148,6 +156,15 @@ export class DualCache implements DualKvView {
   readonly #admitted: Float64Array;
   /** The promotion plan a step builds (count, then pairs), reused from step to step. */
   readonly #planWords: Uint32Array<ArrayBuffer>;
+  /**
+   * Global pages each row holds but has not filled yet, `[row][reserveCap]`: entries `reserveFirst[row]`
+   * onwards, `reserveCount[row]` of them, used in order (see {@link MAX_GLOBAL_PAGE_RUN}).
+   */
+  readonly #reserve: Uint32Array;
+  readonly #reserveFirst: Uint32Array;
+  readonly #reserveCount: Uint32Array;
+  /** Reserve entries per row: a run plus the most pages one step can add to a row. */
+  readonly #reserveCap: number;
 
   private constructor(options: DualCacheOptions, gpu?: Gpu, storage?: PoolStorage) {
     const { layers, kvHeads, headDim, policy, maxBatch, maxGlobalTokens } = options;
@@ -185,6 +202,10 @@ export class DualCache implements DualKvView {
     this.#globalLength = new Uint32Array(rows);
     this.#admitted = new Float64Array(rows);
     this.#planWords = new Uint32Array(1 + 2 * this.maxPromotions);
+    this.#reserveCap = MAX_GLOBAL_PAGE_RUN + pagesForTokens(maxBatch) + 1;
+    this.#reserve = new Uint32Array(rows * this.#reserveCap);
+    this.#reserveFirst = new Uint32Array(rows);
+    this.#reserveCount = new Uint32Array(rows);
     this.#gpu = gpu;
     this.#storage = storage;
     if (gpu) {
@@ -300,6 +321,7 @@ export class DualCache implements DualKvView {
       this.tables.table.fill(0xffffffff, base, base + held);
       this.tables.lengths[row] = 0;
       this.#globalLength[row] = 0;
+      this.#releaseReserve(row);
     }
     this.#open[slot] = 0;
     this.tables.markDirty(slot);
@@ -322,10 +344,37 @@ export class DualCache implements DualKvView {
       this.#globalLength[row] = 0;
       this.#admitted[row] = 0;
       this.#ringFlags.fill(0, row * this.ringTokens, (row + 1) * this.ringTokens);
+      this.#releaseReserve(row);
     }
     this.#tokens[slot] = 0;
     this.#pending[slot] = 0;
     this.tables.markDirty(slot);
+  }
+
+  /** Appends `pages` to the reserve of `row` (its unfilled pages first moved to the front). */
+  #addToReserve(row: number, pages: Uint32Array): void {
+    const base = row * this.#reserveCap;
+    const first = this.#reserveFirst[row], count = this.#reserveCount[row];
+    this.#reserve.copyWithin(base, base + first, base + first + count);
+    this.#reserve.set(pages, base + count);
+    this.#reserveFirst[row] = 0;
+    this.#reserveCount[row] = count + pages.length;
+  }
+
+  /** The next unfilled global page of `row` (the caller counted that there is one). */
+  #takeReserved(row: number): number {
+    const page = this.#reserve[row * this.#reserveCap + this.#reserveFirst[row]];
+    this.#reserveFirst[row]++;
+    this.#reserveCount[row]--;
+    return page;
+  }
+
+  /** Returns the global pages `row` holds unfilled to the pool. */
+  #releaseReserve(row: number): void {
+    const at = row * this.#reserveCap + this.#reserveFirst[row];
+    this.pool.release(this.#reserve.subarray(at, at + this.#reserveCount[row]));
+    this.#reserveFirst[row] = 0;
+    this.#reserveCount[row] = 0;
   }
 
   /**
@@ -353,9 +402,12 @@ export class DualCache implements DualKvView {
     const C = this.ringTokens, P = this.maxPagesPerHead, rows = this.layers * this.kvHeads;
     const first = Math.max(seen, C) - C; // leaving positions [first, seen + nTokens − C)
     const last = seen + nTokens - C;
-    // Count first so the allocation is all or none.
-    let needed = 0;
-    const promote = new Uint32Array(rows);
+    // Count first so the allocation is all or none: each row's new pages come from its reserve, and a row
+    // whose reserve falls short takes a run (see MAX_GLOBAL_PAGE_RUN), or only what it lacks when the pool
+    // cannot give every such row its run.
+    let short = 0, runs = 0;
+    const promote = new Uint32Array(rows), lacking = new Uint32Array(rows), run = new Uint32Array(rows);
+    const maxPages = pagesForTokens(this.maxGlobalTokens);
     for (let r = 0; r < rows; r++) {
       const row = slot * rows + r;
       let n = 0;
@@ -368,15 +420,31 @@ export class DualCache implements DualKvView {
         );
       }
       promote[r] = n;
-      needed += pagesForTokens(after) - pagesForTokens(this.#globalLength[row]);
+      const held = pagesForTokens(this.#globalLength[row]);
+      const reserved = this.#reserveCount[row];
+      lacking[r] = Math.max(0, pagesForTokens(after) - held - reserved);
+      if (lacking[r] > 0) {
+        const wanted = Math.min(Math.max(1, Math.floor(held / 16)), MAX_GLOBAL_PAGE_RUN);
+        run[r] = Math.min(Math.max(lacking[r], wanted), maxPages - held - reserved);
+      }
+      short += lacking[r];
+      runs += run[r];
     }
+    const take = runs <= this.pool.freePages ? run : lacking;
     const pages = this.pool.allocate(
-      needed,
+      runs <= this.pool.freePages ? runs : short,
       `WG-KV cache (sequence ${slot}, promotions)`,
       "raise --kv-global, the share of a full cache kept for admitted tokens, or --ctx",
     );
+    let taken = 0;
+    for (let r = 0; r < rows; r++) {
+      if (take[r] > 0) {
+        this.#addToReserve(slot * rows + r, pages.subarray(taken, taken + take[r]));
+        taken += take[r];
+      }
+    }
     const plan = this.#planWords;
-    let copies = 0, next = 0;
+    let copies = 0;
     for (let r = 0; r < rows; r++) {
       const row = slot * rows + r;
       const table = this.tables.table;
@@ -386,7 +454,7 @@ export class DualCache implements DualKvView {
         const g = this.#globalLength[row]++;
         const j = this.ringPages + Math.floor(g / PAGE_TOKENS);
         if (g % PAGE_TOKENS === 0) {
-          table[row * P + j] = pages[next++];
+          table[row * P + j] = this.#takeReserved(row);
           this.tables.markPages(row, j, j);
         }
         plan[1 + 2 * copies] = table[row * P + Math.floor(s / PAGE_TOKENS)] * PAGE_TOKENS + (s % PAGE_TOKENS);
@@ -478,7 +546,7 @@ export class DualCache implements DualKvView {
       for (let r = 0; r < L * H; r++) {
         const row = s * L * H + r;
         ringPages += this.ringPages;
-        globalPages += pagesForTokens(this.#globalLength[row]);
+        globalPages += pagesForTokens(this.#globalLength[row]) + this.#reserveCount[row];
         admitted[r] += this.#admitted[row];
         globalTokens[r] += this.#globalLength[row];
       }
