@@ -79,6 +79,9 @@
  *                                               prompt's keys, instead of --threshold)
  *                        [--kv-global 1]  (wgkv: share of a full cache reserved for admitted tokens; the
  *                                          default 1 never runs out, `run` defaults to 0.5)
+ *                        [--global-page-run 32]  (dual caches: most global pages a row takes at once, so
+ *                                                 that its pages lie consecutive; 1: a page at a time:
+ *                                                 "…-page-runN" rows)
  *
  * On a software adapter (lavapipe) the defaults shrink to the tiny shape: the figures then only show
  * that the pipeline runs, and ratios between rows are what to read.
@@ -203,6 +206,7 @@ const { values } = benchFlags(import.meta.url, () =>
       threshold: { type: "string" },
       "admit-target": { type: "string" },
       "kv-global": { type: "string" },
+      "global-page-run": { type: "string" },
     },
   }));
 
@@ -245,7 +249,14 @@ const fuseKvAppend = !values["no-fuse-kv-append"];
 // by the write gate (wgkv prefill) or the fused QKV (decode) (both rows named "…-unfused-wgkv-append", for
 // every policy so that the "vs full" column still finds its full-cache row).
 const fuseWgkvAppend = !values["no-fuse-wgkv-append"];
-const wgkvAppendSuffix = fuseWgkvAppend ? "" : "-unfused-wgkv-append";
+// --global-page-run N: dual caches take a row's global pages N at a time at most (rows named "…-page-runN",
+// for every policy, as above).
+const globalPageRun = values["global-page-run"] === undefined ? undefined : Number(values["global-page-run"]);
+if (globalPageRun !== undefined && !(Number.isInteger(globalPageRun) && globalPageRun >= 1)) {
+  flagError(`--global-page-run must be a whole number ≥ 1, got ${values["global-page-run"]}`);
+}
+const wgkvAppendSuffix = (fuseWgkvAppend ? "" : "-unfused-wgkv-append") +
+  (globalPageRun !== undefined ? `-page-run${globalPageRun}` : "");
 // --matvec-tuning JSON: decode matvec tunings by role (rows named "decode-tuned", the tuning kept in the JSON).
 let matvecTuning: GpuModelOptions["matvecTuning"];
 try {
@@ -741,6 +752,7 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
           ...decodeAttention,
           policy,
           globalFraction: name === "wgkv" ? kvGlobal : undefined,
+          globalPageRun,
           onProgress: (m) => console.error(m),
         });
         await model.forward(randomTokens(64, hp.nVocab), 0, "argmax"); // warm-up (pipelines)

@@ -300,3 +300,23 @@ Deno.test("dual cache: near a full pool, rows take only the pages they lack", ()
     (e: Error) => e instanceof OutOfMemoryError && /--kv-global/.test(e.message),
   );
 });
+
+Deno.test("dual cache: globalPageRun 1 takes a page at a time; 0 is refused", () => {
+  const L = 1, H = 2, maxBatch = 32;
+  const policy = { kind: "wgkv" as const, window: 16, threshold: 0.1, gate: null };
+  const options = { layers: L, kvHeads: H, headDim: 8, maxBatch, maxGlobalTokens: 2048, policy };
+  const kv = DualCache.cpuOnly({ ...options, globalPageRun: 1 });
+  const slot = kv.openSequence();
+  for (let pos = 0; pos < 1600; pos += maxBatch) {
+    kv.beginStep(slot, maxBatch, pos);
+    kv.endStep(slot, new Array(maxBatch * L * H).fill(1));
+    let filled = 0;
+    for (let h = 0; h < H; h++) filled += Math.ceil(kv.globalLength(slot, 0, h) / 16);
+    equal(kv.stats(slot).globalPages, filled, `no page held ahead at ${pos}`);
+  }
+  throws(
+    () => DualCache.cpuOnly({ ...options, globalPageRun: 0 }),
+    (e: Error) =>
+      e instanceof BadFlagError && /globalPageRun must be a whole number ≥ 1, got 0/.test(e.message),
+  );
+});

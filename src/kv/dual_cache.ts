@@ -53,6 +53,8 @@ export interface DualCacheOptions {
   pages?: number;
   /** Caps a pool shard's size in bytes (tests use it to force several shards). */
   maxShardBytes?: number;
+  /** Most global pages a row takes at once (default {@link MAX_GLOBAL_PAGE_RUN}; 1: a page at a time). */
+  globalPageRun?: number;
 }
 
 /** What the WG-KV kernels need beyond a {@link PagedKvView}. */
@@ -101,8 +103,8 @@ export function ringTokensFor(window: number, maxBatch: number): number {
 }
 
 /**
- * Most global pages a row takes from the pool at once. A row that needs a page takes a run of
- * `clamp(held / 16, 1, MAX_GLOBAL_PAGE_RUN)` pages and fills them in turn, so that on an unfragmented pool
+ * Most global pages a row takes from the pool at once by default (`DualCacheOptions.globalPageRun`). A row
+ * that needs a page takes a run of `clamp(held / 16, 1, MAX_GLOBAL_PAGE_RUN)` pages and fills them in turn, so that on an unfragmented pool
  * its pages lie in runs of consecutive ids (up to 256 KiB at head_dim 128) instead of one page among those
  * of all other rows (promotions interleave the rows), at most 1/16 more pages held than used.
  */
@@ -165,11 +167,14 @@ export class DualCache implements DualKvView {
   readonly #reserveCount: Uint32Array;
   /** Reserve entries per row: a run plus the most pages one step can add to a row. */
   readonly #reserveCap: number;
+  /** Most global pages a row takes at once. */
+  readonly #pageRun: number;
 
   private constructor(options: DualCacheOptions, gpu?: Gpu, storage?: PoolStorage) {
     const { layers, kvHeads, headDim, policy, maxBatch, maxGlobalTokens } = options;
     const seqSlots = options.seqSlots ?? 1;
-    for (const [name, v] of Object.entries({ layers, kvHeads, headDim, maxBatch, seqSlots })) {
+    const globalPageRun = options.globalPageRun ?? MAX_GLOBAL_PAGE_RUN;
+    for (const [name, v] of Object.entries({ layers, kvHeads, headDim, maxBatch, seqSlots, globalPageRun })) {
       if (!Number.isSafeInteger(v) || v < 1) {
         throw new BadFlagError(`WG-KV cache: ${name} must be a whole number ≥ 1, got ${v}`);
       }
@@ -202,7 +207,8 @@ export class DualCache implements DualKvView {
     this.#globalLength = new Uint32Array(rows);
     this.#admitted = new Float64Array(rows);
     this.#planWords = new Uint32Array(1 + 2 * this.maxPromotions);
-    this.#reserveCap = MAX_GLOBAL_PAGE_RUN + pagesForTokens(maxBatch) + 1;
+    this.#pageRun = globalPageRun;
+    this.#reserveCap = globalPageRun + pagesForTokens(maxBatch) + 1;
     this.#reserve = new Uint32Array(rows * this.#reserveCap);
     this.#reserveFirst = new Uint32Array(rows);
     this.#reserveCount = new Uint32Array(rows);
@@ -424,7 +430,7 @@ export class DualCache implements DualKvView {
       const reserved = this.#reserveCount[row];
       lacking[r] = Math.max(0, pagesForTokens(after) - held - reserved);
       if (lacking[r] > 0) {
-        const wanted = Math.min(Math.max(1, Math.floor(held / 16)), MAX_GLOBAL_PAGE_RUN);
+        const wanted = Math.min(Math.max(1, Math.floor(held / 16)), this.#pageRun);
         run[r] = Math.min(Math.max(lacking[r], wanted), maxPages - held - reserved);
       }
       short += lacking[r];

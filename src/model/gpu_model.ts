@@ -195,6 +195,12 @@ export interface GpuModelOptions {
    */
   gatesAfterLayers?: boolean;
   /**
+   * Dual caches: most global pages a (layer, KV head) row takes from the pool at once, so that its pages
+   * lie in runs of consecutive pages rather than one page among every other row's (default
+   * `MAX_GLOBAL_PAGE_RUN`, 32; 1: a page at a time; see `DualCacheOptions.globalPageRun`).
+   */
+  globalPageRun?: number;
+  /**
    * Prefill attention: key splits per KV head (default 4 for `wgkv` on a GPU, else 1). With more than 1, each query tile's keys are shared out among splits · KV heads workgroups in
    * proportion to the heads' lengths and merged by a second dispatch (see createFlashPrefill), which evens
    * out WG-KV heads of very different lengths.
@@ -672,6 +678,7 @@ export class GpuModel {
         maxBatch,
         maxGlobalTokens,
         pages: hp.nLayer * Hkv * (pagesForTokens(ring) + globalPagesPerHead),
+        globalPageRun: options.globalPageRun,
       });
     }
     const dual = kv instanceof DualCache ? kv : undefined;
