@@ -320,3 +320,33 @@ Deno.test("dual cache: globalPageRun 1 takes a page at a time; 0 is refused", ()
       e instanceof BadFlagError && /globalPageRun must be a whole number ≥ 1, got 0/.test(e.message),
   );
 });
+
+Deno.test("dual cache: pages a row took ahead go back to the pool when another row needs them", () => {
+  const maxBatch = 16, tokens = 1600;
+  const policy = { kind: "wgkv" as const, window: 16, threshold: 0.1, gate: null };
+  // Head 0 admits the tokens before position 770: 49 pages, the last of them from a run of 3 taken at 48
+  // held, so 2 stay unfilled. Head 1 admits those from 600 on. The pool holds the rings and exactly the
+  // pages both rows fill, so head 1's last pages exist only once head 0's unfilled ones are given back.
+  const ring = 2, C = 32;
+  const fill0 = Math.ceil(770 / 16), fill1 = Math.ceil((tokens - C - 600) / 16);
+  const kv = DualCache.cpuOnly({
+    layers: 1,
+    kvHeads: 2,
+    headDim: 8,
+    maxBatch,
+    maxGlobalTokens: 2048,
+    policy,
+    pages: 2 * ring + fill0 + fill1,
+  });
+  equal(kv.ringTokens, C);
+  const slot = kv.openSequence();
+  for (let pos = 0; pos < tokens; pos += maxBatch) {
+    kv.beginStep(slot, maxBatch, pos);
+    const flags = [];
+    for (let t = 0; t < maxBatch; t++) flags.push(pos + t < 770 ? 1 : 0, pos + t >= 600 ? 1 : 0);
+    kv.endStep(slot, flags);
+  }
+  equal(kv.globalLength(slot, 0, 0), 770);
+  equal(kv.globalLength(slot, 0, 1), tokens - C - 600);
+  equal(kv.pool.freePages, 0);
+});

@@ -410,9 +410,11 @@ export class DualCache implements DualKvView {
     const last = seen + nTokens - C;
     // Count first so the allocation is all or none: each row's new pages come from its reserve, and a row
     // whose reserve falls short takes a run (see MAX_GLOBAL_PAGE_RUN), or only what it lacks when the pool
-    // cannot give every such row its run.
-    let short = 0, runs = 0;
+    // cannot give every such row its run; when it cannot give even that, every row's reserve goes back to
+    // the pool first (so runs never make a pool run out sooner than pages taken one at a time).
+    let short = 0, runs = 0, needed = 0;
     const promote = new Uint32Array(rows), lacking = new Uint32Array(rows), run = new Uint32Array(rows);
+    const newPages = new Uint32Array(rows);
     const maxPages = pagesForTokens(this.maxGlobalTokens);
     for (let r = 0; r < rows; r++) {
       const row = slot * rows + r;
@@ -428,7 +430,9 @@ export class DualCache implements DualKvView {
       promote[r] = n;
       const held = pagesForTokens(this.#globalLength[row]);
       const reserved = this.#reserveCount[row];
-      lacking[r] = Math.max(0, pagesForTokens(after) - held - reserved);
+      newPages[r] = pagesForTokens(after) - held;
+      needed += newPages[r];
+      lacking[r] = Math.max(0, newPages[r] - reserved);
       if (lacking[r] > 0) {
         const wanted = Math.min(Math.max(1, Math.floor(held / 16)), this.#pageRun);
         run[r] = Math.min(Math.max(lacking[r], wanted), maxPages - held - reserved);
@@ -436,9 +440,14 @@ export class DualCache implements DualKvView {
       short += lacking[r];
       runs += run[r];
     }
-    const take = runs <= this.pool.freePages ? run : lacking;
+    let take = runs <= this.pool.freePages ? run : lacking;
+    if (short > this.pool.freePages) {
+      for (let row = 0; row < this.#reserveCount.length; row++) this.#releaseReserve(row);
+      take = newPages;
+      short = needed;
+    }
     const pages = this.pool.allocate(
-      runs <= this.pool.freePages ? runs : short,
+      take === run ? runs : short,
       `WG-KV cache (sequence ${slot}, promotions)`,
       "raise --kv-global, the share of a full cache kept for admitted tokens, or --ctx",
     );
