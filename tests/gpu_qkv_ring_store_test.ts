@@ -237,3 +237,31 @@ Deno.test("gpu model: window, sink and random decode through the QKV ring store 
     }
   });
 });
+
+Deno.test("gpu model: a dual cache's global pages taken in runs give the logits and tokens of pages taken one at a time", async () => {
+  const gpu = await getGpu();
+  await withTinyModel(async (file, hp) => {
+    const policy: KvPolicy<GateWeights> = { kind: "random", window: 16, rate: 0.9, seed: 7 };
+    const load = (globalPageRun: number) =>
+      GpuModel.load(gpu, file, hp, { contextLength: 1024, maxBatch: 64, policy, globalPageRun });
+    const runs = await load(32), single = await load(1);
+    try {
+      // 700 tokens, 90% admitted: each row fills about 40 global pages, so its runs reach 2 pages.
+      const tokens = Array.from({ length: 700 }, () => Math.floor(Math.random() * hp.nVocab));
+      const run = async (m: GpuModel) => {
+        const logits = await m.forward(tokens, 0, "logits");
+        const chained = await m.decodeGreedy(3, tokens.length, 12);
+        return { logits, chained, stats: m.kvStats().dual! };
+      };
+      const a = await run(runs), b = await run(single);
+      deepEqual(a.logits, b.logits, "prefill logits");
+      deepEqual(a.chained, b.chained, "decoded tokens");
+      deepEqual([...a.stats.globalTokens], [...b.stats.globalTokens], "global tokens");
+      ok(a.stats.globalPages > b.stats.globalPages, "pages taken ahead count as held");
+      ok(Math.min(...b.stats.globalTokens) > 33 * 16, "rows past 32 pages");
+    } finally {
+      runs.destroy();
+      single.destroy();
+    }
+  });
+});
