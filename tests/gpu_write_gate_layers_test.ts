@@ -1,7 +1,7 @@
 import { deepEqual, equal, ok, throws } from "node:assert/strict";
 import { BadFlagError } from "../src/errors.ts";
 import { getGpu, type Gpu } from "../src/gpu/device.ts";
-import { type GpuOp, StepParams } from "../src/gpu/ops/op.ts";
+import { BINDING_OFFSET_ALIGNMENT, type GpuOp, StepParams } from "../src/gpu/ops/op.ts";
 import { createWgkvAppend } from "../src/gpu/ops/wgkv_append.ts";
 import { createWgkvPromote } from "../src/gpu/ops/wgkv_promote.ts";
 import { createWriteGate, gateLayerFloats, gateOutputBytes } from "../src/gpu/ops/write_gate.ts";
@@ -32,7 +32,7 @@ interface LayersCase {
  */
 function gateParams(gpu: Gpu, c: LayersCase): { buffer: GPUBuffer; strideFloats: number } {
   const floats = gateLayerFloats(c);
-  const strideFloats = Math.ceil(floats / 64) * 64;
+  const strideFloats = Math.ceil(floats / (BINDING_OFFSET_ALIGNMENT / 4)) * (BINDING_OFFSET_ALIGNMENT / 4);
   const all = new Float32Array((c.layers - 1) * strideFloats + floats);
   for (let l = 0; l < c.layers; l++) {
     const params = randomF32(floats, 0.5);

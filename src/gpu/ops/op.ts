@@ -26,6 +26,12 @@ export interface GpuOp {
 /** A buffer, or a byte range of one, that an op binds. */
 export type BufferSlice = GPUBuffer | GPUBufferBinding;
 
+/**
+ * Alignment of a storage binding's byte offset: WebGPU's `minStorageBufferOffsetAlignment`, 256 by default
+ * and at most 256 on any device, so slices at multiples of it bind everywhere.
+ */
+export const BINDING_OFFSET_ALIGNMENT = 256;
+
 /** `ceil(a / b)` for non-negative integers. */
 export function ceilDiv(a: number, b: number): number {
   return Math.floor((a + b - 1) / b);

@@ -23,6 +23,7 @@ import { layerUniform } from "../../kv/paged_view.ts";
 import { type WriteGateAppend, writeGateAppendBlocker, writeGateAppendParts } from "./write_gate_append.ts";
 import type { DualKvView } from "../../kv/dual_cache.ts";
 import {
+  BINDING_OFFSET_ALIGNMENT,
   bindNumbered,
   type BufferSlice,
   ceilDiv,
@@ -359,8 +360,8 @@ export interface UploadedGate {
   /** Each layer's packed weights, for `WriteGateOptions.params`. */
   readonly layers: readonly BufferSlice[];
   /**
-   * All layers in one binding, layer l from float `l · strideFloats` (a multiple of 64: 256-byte aligned),
-   * for the gates of all layers at once (`createWriteGateLayers`); absent where they do not fit one binding.
+   * All layers in one binding, layer l from float `l · strideFloats` (each slice at a multiple of
+   * `BINDING_OFFSET_ALIGNMENT` bytes), for the gates of all layers at once (`createWriteGateLayers`); absent where they do not fit one binding.
    */
   readonly all?: { readonly buffer: GPUBuffer; readonly strideFloats: number };
   /** The buffers holding them (to destroy with the model). */
@@ -368,8 +369,9 @@ export interface UploadedGate {
 }
 
 /**
- * Uploads every layer of `gate` (packed by {@link packGateLayer}): into one buffer, each layer's slice at a
- * 256-byte aligned offset, where all of them fit one binding, otherwise into a buffer per layer. Our keys come from GGUF models, so the gate must expect GGUF key order
+ * Uploads every layer of `gate` (packed by {@link packGateLayer}): into one buffer, each layer's slice at
+ * an offset that binds (`BINDING_OFFSET_ALIGNMENT`), where all of them fit one binding, otherwise into a
+ * buffer per layer. Our keys come from GGUF models, so the gate must expect GGUF key order
  * (`gate import` permutes Hugging Face checkpoints); any other order is refused with an
  * {@link UnsupportedError}, as are settings the kernel does not implement.
  */
@@ -386,7 +388,7 @@ export function uploadGate(gpu: Gpu, gate: GateWeights, what = "gate"): Uploaded
     throw new UnsupportedError(`${what}: score floor ${gate.scoreFloor} is not supported (${GATE_EPSILON})`);
   }
   const floats = gateLayerFloats(gate);
-  const strideFloats = ceilDiv(floats, 64) * 64;
+  const strideFloats = ceilDiv(floats, BINDING_OFFSET_ALIGNMENT / 4) * (BINDING_OFFSET_ALIGNMENT / 4);
   const allBytes = ((gate.layers.length - 1) * strideFloats + floats) * 4;
   if (allBytes <= Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize)) {
     const packed = new Float32Array(allBytes / 4);

@@ -30,10 +30,15 @@ import {
   type UploadedGate,
 } from "./write_gate.ts";
 import { NO_RING_APPEND } from "./write_gate_append.ts";
-import { bindNumbered, type BufferSlice, ceilDiv, checkSlice, checkWorkgroups, type GpuOp } from "./op.ts";
-
-/** Alignment of a binding's offset (WebGPU's `minStorageBufferOffsetAlignment`, 256 by default). */
-export const LAYER_ROW_ALIGNMENT = 256;
+import {
+  BINDING_OFFSET_ALIGNMENT,
+  bindNumbered,
+  type BufferSlice,
+  ceilDiv,
+  checkSlice,
+  checkWorkgroups,
+  type GpuOp,
+} from "./op.ts";
 
 /** Options of {@link createWriteGateLayers}. */
 export interface WriteGateLayersOptions extends GateOpOptions {
@@ -54,7 +59,7 @@ export interface WriteGateLayersOptions extends GateOpOptions {
 
 /** Bytes from one layer's keys to the next in {@link WriteGateLayersOptions.preK} (aligned for bindings). */
 export function gateKeyRowsBytes(maxTokens: number, kvHeads: number, headDim: number): number {
-  return ceilDiv(maxTokens * kvHeads * headDim * 4, LAYER_ROW_ALIGNMENT) * LAYER_ROW_ALIGNMENT;
+  return ceilDiv(maxTokens * kvHeads * headDim * 4, BINDING_OFFSET_ALIGNMENT) * BINDING_OFFSET_ALIGNMENT;
 }
 
 /** Bytes of the partial-logit scratch of {@link createWriteGateLayers}. */
