@@ -158,6 +158,8 @@ export class DualCache implements DualKvView {
   readonly #admitted: Float64Array;
   /** The promotion plan a step builds (count, then pairs), reused from step to step. */
   readonly #planWords: Uint32Array<ArrayBuffer>;
+  /** A step's per-row counts (promoted tokens, pages new, lacking, in a run), reused from step to step. */
+  readonly #stepCounts: Uint32Array[];
   /**
    * Global pages each row holds but has not filled yet, `[row][reserveCap]`: entries `reserveFirst[row]`
    * onwards, `reserveCount[row]` of them, used in order (see {@link MAX_GLOBAL_PAGE_RUN}).
@@ -207,6 +209,7 @@ export class DualCache implements DualKvView {
     this.#globalLength = new Uint32Array(rows);
     this.#admitted = new Float64Array(rows);
     this.#planWords = new Uint32Array(1 + 2 * this.maxPromotions);
+    this.#stepCounts = Array.from({ length: 4 }, () => new Uint32Array(layers * kvHeads));
     this.#pageRun = globalPageRun;
     this.#reserveCap = globalPageRun + pagesForTokens(maxBatch) + 1;
     this.#reserve = new Uint32Array(rows * this.#reserveCap);
@@ -413,8 +416,8 @@ export class DualCache implements DualKvView {
     // cannot give every such row its run; when it cannot give even that, every row's reserve goes back to
     // the pool first (so runs never make a pool run out sooner than pages taken one at a time).
     let short = 0, runs = 0, needed = 0;
-    const promote = new Uint32Array(rows), lacking = new Uint32Array(rows), run = new Uint32Array(rows);
-    const newPages = new Uint32Array(rows);
+    const [promote, newPages, lacking, run] = this.#stepCounts;
+    run.fill(0);
     const maxPages = pagesForTokens(this.maxGlobalTokens);
     for (let r = 0; r < rows; r++) {
       const row = slot * rows + r;
