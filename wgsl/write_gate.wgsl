@@ -21,14 +21,15 @@
 //            layer's params and pool shards, declared and described in wgsl/write_gate_append.wgsl
 //
 // Entry `main`, grid (ceil(max_tokens / TILE), kv_heads, chunks = ceil(inner / UNITS)): a workgroup of
-// 256 threads takes TILE tokens of one head and the UNITS hidden units of one chunk. It normalises the
-// tile's inputs into workgroup memory (transposed, so one vec4 load gives a column for 4 tokens). Thread
-// (slice, unit) then reads every SLICES-th input column of its unit's W1 column, all of them at once
-// (unrolled) up to head_dim 128, else four independent loads per iteration, for all TILE tokens at once
-// (the UNITS threads of a slice read consecutive words, so a weight is fetched once per token tile); the slices are summed in workgroup memory, then GELU, w2 and
-// a sum over the units give one partial logit per token and chunk. Spreading a layer over
-// kv_heads * chunks workgroups of many independent loads matters at decode, where the gate is a
-// latency-bound 4 MiB weight stream per layer for Llama-8B.
+// 256 threads takes TILE tokens of one head and the UNITS hidden units of one chunk. Thread (slice, unit)
+// first issues the loads of every SLICES-th input column of its unit's W1 column (all at once, unrolled, up
+// to head_dim 128; else four independent loads per iteration later), and slice 0 those of its unit's b1 and
+// w2, so their round trip overlaps the rest. The workgroup normalises the tile's inputs into workgroup
+// memory (transposed, so one vec4 load gives a column for 4 tokens), multiplies them for all TILE tokens at
+// once (the UNITS threads of a slice read consecutive words, so a weight is fetched once per token tile),
+// sums the slices in workgroup memory, then GELU, w2 and a sum over the units give one partial logit per
+// token and chunk. Spreading a layer over kv_heads * chunks workgroups of many independent loads matters at
+// decode, where the gate is a latency-bound 4 MiB weight stream per layer for Llama-8B.
 // Entry `finish`: adds the chunks and b2, sigmoid, clamp, flag. With ring_append = 0 the grid is
 // ceil(max_tokens * kv_heads / FINISH_THREADS) and a thread finishes one (token, head). With ring_append = 1
 // the grid is (max_tokens, kv_heads), workgroup (t, h) finishes token t of head h, and it also does the WG-KV
@@ -170,6 +171,33 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
   if (t0 >= n_tokens) { return; }
   let in_dim = 2u * head_dim;
   let stride = kv_heads * head_dim;
+  let w1_at = pb + in_dim;
+  let b1_at = w1_at + kv_heads * in_dim * inner;
+  let w2_at = b1_at + kv_heads * inner;
+  let unit = tid % UNITS;
+  let slice = tid / UNITS;
+  let r = chunk * UNITS + unit;
+  // The weights this thread needs are loaded first, before the inputs are staged and normalised (they do
+  // not depend on them), so their round trip to memory overlaps that work and its barriers: a decode step
+  // streams every layer's W1 once with a single token, and waits on latency, not arithmetic. All of the
+  // slice's W1 loads are issued at once (unrolled, constant trip count) where the columns fit MAX_COLUMNS.
+  let preload = in_dim % SLICES == 0u && in_dim / SLICES <= MAX_COLUMNS;
+  var w: array<f32, MAX_COLUMNS>;
+  var b1 = 0.0;
+  var w2 = 0.0;
+  if (r < inner) {
+    let column = w1_at + head * in_dim * inner + r;
+    if (preload) {
+      // @unroll
+      for (var j = 0u; j < MAX_COLUMNS; j++) {
+        if (j < in_dim / SLICES) { w[j] = params[column + (slice + j * SLICES) * inner]; }
+      }
+    }
+    if (slice == 0u) {
+      b1 = params[b1_at + head * inner + r];
+      w2 = params[w2_at + head * inner + r];
+    }
+  }
   // A chain of layers: the chunk-0 workgroup of each (tile, head) stores the tile's keys and values, and
   // finishes the previous layer's tokens of the tile.
   if (chunk == 0u) {
@@ -229,24 +257,11 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
   }
   workgroupBarrier();
 
-  let w1_at = pb + in_dim;
-  let b1_at = w1_at + kv_heads * in_dim * inner;
-  let w2_at = b1_at + kv_heads * inner;
-  let unit = tid % UNITS;
-  let slice = tid / UNITS;
-  let r = chunk * UNITS + unit;
   var acc_lo = vec4f(0.0);
   var acc_hi = vec4f(0.0);
   if (r < inner) {
     let column = w1_at + head * in_dim * inner + r;
-    if (in_dim % SLICES == 0u && in_dim / SLICES <= MAX_COLUMNS) {
-      // All of the slice's W1 loads issued at once (unrolled, constant trip count): one round trip to memory
-      // instead of one per group of four, which is what a decode step waits for.
-      var w: array<f32, MAX_COLUMNS>;
-      // @unroll
-      for (var j = 0u; j < MAX_COLUMNS; j++) {
-        if (j < in_dim / SLICES) { w[j] = params[column + (slice + j * SLICES) * inner]; }
-      }
+    if (preload) {
       // @unroll
       for (var j = 0u; j < MAX_COLUMNS; j++) {
         if (j < in_dim / SLICES) {
@@ -286,13 +301,12 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
     var lo = vec4f(0.0);
     var hi = vec4f(0.0);
     if (r < inner) {
-      lo = vec4f(params[b1_at + head * inner + r]);
+      lo = vec4f(b1);
       hi = lo;
       for (var sl = 0u; sl < SLICES; sl++) {
         lo += partial[2u * (sl * UNITS + unit)];
         hi += partial[2u * (sl * UNITS + unit) + 1u];
       }
-      let w2 = params[w2_at + head * inner + r];
       lo = w2 * activate4(lo);
       hi = w2 * activate4(hi);
     }
