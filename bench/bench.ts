@@ -59,6 +59,8 @@
  *                                               wrong: decode attention's workgroups end at once, after their
  *                                               key tiles, after their lanes' merge and partials, or its
  *                                               dispatch is left out: "decode-ablate-X" rows)
+ *                        [--wait-readback]  (results come back when mapAsync's promise resolves, about
+ *                                            10 ms after the mapping: "…-wait-readback" rows)
  *                        [--f32-decode]  (decode products in f32 instead of the default 8-bit integer dot
  *                                         products: "decode-f32" rows)
  *                        [--f32-prefill]  (prefill products in f32 instead of the default 8-bit integer
@@ -175,6 +177,7 @@ const { values } = benchFlags(import.meta.url, () =>
       "no-fuse-wgkv-append": { type: "boolean" },
       "no-chain-gates": { type: "boolean" },
       "no-gates-after-layers": { type: "boolean" },
+      "wait-readback": { type: "boolean" },
       "no-fuse-decode-reduce": { type: "boolean" },
       "prefill-splits": { type: "string" },
       "prefill-k-splits": { type: "string" },
@@ -257,6 +260,10 @@ if (globalPageRun !== undefined && !(Number.isInteger(globalPageRun) && globalPa
 }
 const wgkvAppendSuffix = (fuseWgkvAppend ? "" : "-unfused-wgkv-append") +
   (globalPageRun !== undefined ? `-page-run${globalPageRun}` : "");
+// --wait-readback: results (tokens, logits, gate flags) are read when mapAsync's promise resolves, not as
+// soon as the staging buffer is mapped (rows named "…-wait-readback"; see src/gpu/readback.ts).
+const readback = values["wait-readback"] === true ? "wait" : "early";
+const readbackSuffix = readback === "wait" ? "-wait-readback" : "";
 // --matvec-tuning JSON: decode matvec tunings by role (rows named "decode-tuned", the tuning kept in the JSON).
 let matvecTuning: GpuModelOptions["matvecTuning"];
 try {
@@ -381,7 +388,7 @@ const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? 
   (ablation ? `-ablate-${ablation}` : "") +
   (skipOps?.length ? `-skip-${skipOps.join("+")}` : "") +
   (repeatOps?.length ? `-repeat-${repeatSource === "far-layer" ? "far-" : ""}${repeatOps.join("+")}` : "") +
-  (maxBatch !== undefined ? `-batch${maxBatch}` : "");
+  (maxBatch !== undefined ? `-batch${maxBatch}` : "") + readbackSuffix;
 // --prefill-splits N: prefill attention with N key splits per KV head (rows named "prefill-splitsN").
 // (without it, the model's default for the policy).
 const prefillSplits = values["prefill-splits"] === undefined ? undefined : Number(values["prefill-splits"]);
@@ -432,7 +439,7 @@ const prefillTest = "prefill" + (prefillSplits !== undefined ? `-splits${prefill
   (maxBatch !== undefined ? `-batch${maxBatch}` : "") + (f32Prefill ? "-f32" : "") +
   (coopPrefill ? "-coop" : "") + (prefillSubgroups ? "-subgroups" : "") +
   (prefillHalfStaging === undefined ? "" : prefillHalfStaging ? "-half-staging" : "-f32-staging") +
-  wgkvAppendSuffix;
+  wgkvAppendSuffix + readbackSuffix;
 const key = (r: Pick<BenchRow, "shape" | "type" | "test" | "tokens" | "policy">) =>
   `${r.shape}/${r.type}/${r.test}/${r.tokens}${r.policy ? `/${r.policy}` : ""}`;
 const kvPolicies = values.kv ? list(values.kv, "") : [];
@@ -565,6 +572,7 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
       int8Decode,
       coopPrefill,
       ...decodeAttention,
+      readback,
       onProgress: (m) => console.error(m),
     });
     if (matvecTuning) results.matvecTuning = matvecTuning;
@@ -750,6 +758,7 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
           coopPrefill,
           matvecTuning,
           ...decodeAttention,
+          readback,
           policy,
           globalFraction: name === "wgkv" ? kvGlobal : undefined,
           globalPageRun,

@@ -159,6 +159,7 @@ stepsTest(
   async (model, prompt, want) => {
     // Ctrl-C as the first step is reported: the step after it is already queued, the third never runs.
     const stop = new AbortController();
+    model.prefillProgressMs = 0;
     model.prefillProgress = () => stop.abort();
     model.prefillSignal = stop.signal;
     const stopped = await model.forward(prompt.toReversed(), 0, "logits").catch((e) => e);
@@ -173,6 +174,7 @@ stepsTest(
   "gpu model: prefillProgress reports each prefill step but the last, and changes no result",
   async (model, prompt, want) => {
     const reports: [number, number][] = [];
+    model.prefillProgressMs = 0;
     model.prefillProgress = (done, total) => reports.push([done, total]);
     const got = await model.forward(prompt, 0, "logits");
     deepEqual(reports, [[64, 150], [128, 150]]);

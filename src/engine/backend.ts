@@ -42,8 +42,9 @@ export interface ModelBackend {
   /** Most steps {@link decodeGreedy} and {@link decodeSampled} take at once. */
   readonly maxChain?: number;
   /**
-   * Optional, set by the caller around a long forward: called after each part of the tokens is done (tokens
-   * done so far, tokens of the call), never for a call that runs in one step, nor for its last part.
+   * Optional, set by the caller around a long forward: called as parts of the tokens are done (tokens done
+   * so far, tokens of the call; a backend may skip parts), never for a call that runs in one step, nor for
+   * its last part.
    */
   prefillProgress?: PrefillProgress;
   /**

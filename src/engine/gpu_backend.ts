@@ -48,7 +48,7 @@ export class GpuBackend implements ModelBackend {
     return new GpuBackend(await GpuModel.load(gpu, file, hparams, options));
   }
 
-  /** See {@link ModelBackend.prefillProgress}: here after each prefill step but the last. */
+  /** See {@link ModelBackend.prefillProgress}: here as {@link GpuModel.prefillProgress} says. */
   get prefillProgress(): PrefillProgress | undefined {
     return this.model.prefillProgress;
   }

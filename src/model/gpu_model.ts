@@ -93,6 +93,7 @@ import {
   type FoldedNormInput,
 } from "../gpu/ops/fused.ts";
 import type { GpuProfiler } from "../gpu/profiler.ts";
+import { type ReadbackMode, StagingRing } from "../gpu/readback.ts";
 import { KvCache } from "../kv/kv_cache.ts";
 import { DualCache, type DualCacheStats } from "../kv/dual_cache.ts";
 import type { KvPolicy } from "../kv/wgkv_policy.ts";
@@ -200,6 +201,12 @@ export interface GpuModelOptions {
    * `MAX_GLOBAL_PAGE_RUN`, 32; 1: a page at a time; see `DualCacheOptions.globalPageRun`).
    */
   globalPageRun?: number;
+  /**
+   * How results come back to the CPU (default "early": as soon as Deno's `mapAsync` has mapped the staging
+   * buffer, not 10 ms later when its promise resolves; "wait": when the promise resolves). See
+   * `src/gpu/readback.ts`.
+   */
+  readback?: ReadbackMode;
   /**
    * Prefill attention: key splits per KV head (default 4 for `wgkv` on a GPU, else 1). With more than 1, each query tile's keys are shared out among splits · KV heads workgroups in
    * proportion to the heads' lengths and merged by a second dispatch (see createFlashPrefill), which evens
@@ -448,12 +455,15 @@ export class GpuModel {
   /** Most tokens per prefill step. */
   readonly maxBatch: number;
   /**
-   * When set: called after each prefill step of a {@link forward} that takes several, but the last, once
-   * the GPU has done it (tokens done so far, tokens of the call). The CPU then stays at most one step ahead
-   * of the GPU (it waits for step k − 1 after submitting step k), which keeps the GPU busy; every report is
-   * made before `forward` returns.
+   * When set: called during a {@link forward} of several prefill steps, after steps the GPU has done
+   * (tokens done so far, tokens of the call): after each step where the gate's flags come back anyway (the
+   * `wgkv` policy), else at most every {@link prefillProgressMs}, as waiting for the queue costs the GPU the
+   * time it takes to record the next step. Every report is made before `forward` returns; the last step is
+   * not reported.
    */
   prefillProgress?: (done: number, total: number) => void;
+  /** Least time in ms between two {@link prefillProgress} reports that wait for the queue (default 250). */
+  prefillProgressMs = 250;
   /**
    * When set and aborted, a {@link forward} of several prefill steps stops before its next one (once the
    * steps already queued are done) and rejects with {@link PrefillAbortedError}.
@@ -487,15 +497,15 @@ export class GpuModel {
   readonly #noFlags: Uint32Array;
   readonly #argmax: ArgmaxOp;
   readonly #act: Activations;
-  readonly #tokenStaging: GPUBuffer;
+  readonly #tokenReads: StagingRing;
   readonly #chainTokens: GPUBuffer;
-  readonly #logitsStaging: GPUBuffer;
+  readonly #logitsReads: StagingRing;
   /** Gate flags of the current step, u32 [maxBatch][layers][kvHeads] (wgkv policy only). */
   readonly #flags?: GPUBuffer;
   /** Gate scores of the current step, f32 [maxBatch][layers][kvHeads] (wgkv policy only). */
   readonly #scores?: GPUBuffer;
   readonly #chainFlags?: GPUBuffer;
-  readonly #flagStaging?: GPUBuffer;
+  readonly #flagReads?: StagingRing;
   #profiler?: GpuProfiler;
   readonly #destroy: (GPUBuffer | GpuWeight)[];
   #lastChainHostMs = 0;
@@ -507,6 +517,7 @@ export class GpuModel {
       contextLength: number;
       maxBatch: number;
       weightBytes: number;
+      readback: ReadbackMode;
       prefillProducts: string;
       kv: KvCache | DualCache;
       policy: KvPolicy<GateWeights>;
@@ -553,30 +564,24 @@ export class GpuModel {
     this.#argmax = fields.argmax;
     this.#act = fields.act;
     this.#profiler = fields.profiler;
-    this.#tokenStaging = gpu.device.createBuffer({
-      label: "token staging",
-      size: MAX_CHAIN * 4,
-      usage: 0x01 | 0x08,
-    });
+    this.#tokenReads = new StagingRing(gpu.device, "token staging", MAX_CHAIN * 4, 2, fields.readback);
     this.#chainTokens = gpu.buffer("chained tokens", MAX_CHAIN * 4);
-    this.#logitsStaging = gpu.device.createBuffer({
-      label: "logits staging",
-      size: hp.nVocab * 4,
-      usage: 0x01 | 0x08,
-    });
-    this.#destroy = [...fields.owned, this.#tokenStaging, this.#logitsStaging, this.#chainTokens];
+    this.#logitsReads = new StagingRing(gpu.device, "logits staging", hp.nVocab * 4, 2, fields.readback);
+    this.#destroy = [
+      ...fields.owned,
+      ...this.#tokenReads.buffers,
+      ...this.#logitsReads.buffers,
+      this.#chainTokens,
+    ];
     if (fields.flags) {
       // Gate flags come back with each step: one step of a chain needs layers · kvHeads words.
       const stepWords = hp.nLayer * hp.nHeadKV;
       this.#flags = fields.flags;
       this.#scores = fields.scores;
       this.#chainFlags = gpu.buffer("chained gate flags", MAX_CHAIN * stepWords * 4);
-      this.#flagStaging = gpu.device.createBuffer({
-        label: "gate flag staging",
-        size: Math.max(MAX_CHAIN, this.maxBatch) * stepWords * 4,
-        usage: 0x01 | 0x08,
-      });
-      this.#destroy.push(this.#chainFlags, this.#flagStaging);
+      const flagBytes = Math.max(MAX_CHAIN, this.maxBatch) * stepWords * 4;
+      this.#flagReads = new StagingRing(gpu.device, "gate flag staging", flagBytes, 2, fields.readback);
+      this.#destroy.push(this.#chainFlags, ...this.#flagReads.buffers);
     }
   }
 
@@ -1251,6 +1256,7 @@ export class GpuModel {
       contextLength: ctx,
       maxBatch,
       weightBytes,
+      readback: options.readback ?? "early",
       prefillProducts: coopPrefill
         ? `${gpu.coopMatrix ? "" : "emulated "}cooperative matrices for every weight (f16 tiles, f32 sums)`
         : [
@@ -1310,9 +1316,14 @@ export class GpuModel {
     this.#rewind(pos);
     if (want === "sample") this.#sample.start(sampling!.settings, sampling!.history, sampling!.draw);
     const picked = want === "sample" ? this.#sample.tokens : this.#argmax.tokens;
-    // Progress (prefillProgress): the step submitted before the current one, reported once it is done.
+    // Progress (prefillProgress): a step whose gate flags came back is done and reported at once; otherwise,
+    // every prefillProgressMs, the step just submitted is reported once the queue has done it. (Deno's
+    // onSubmittedWorkDone blocks until the queue is idle, and the GPU then waits for the next step to be
+    // recorded: so not after every step.)
     const report = this.prefillProgress;
     let previous: { done: Promise<void>; tokens: number } | undefined;
+    let lastProgress = performance.now();
+    let result: GPUBuffer | undefined; // the staging buffer of the last step's token or logits
     const reportPrevious = async () => {
       if (!previous || !report) return;
       await previous.done;
@@ -1339,27 +1350,33 @@ export class GpuModel {
         : (decode ? this.#decodeThenTail : this.#prefillThenTail);
       encodeOps(encoder, ops, this.#profiler);
       if (isLast) {
+        result = await (want === "logits" ? this.#logitsReads : this.#tokenReads).take();
         if (want === "logits") {
-          encoder.copyBufferToBuffer(this.#act.logits, 0, this.#logitsStaging, 0, this.hparams.nVocab * 4);
-        } else encoder.copyBufferToBuffer(picked, 0, this.#tokenStaging, 0, 4);
+          encoder.copyBufferToBuffer(this.#act.logits, 0, result, 0, this.hparams.nVocab * 4);
+        } else encoder.copyBufferToBuffer(picked, 0, result, 0, 4);
       }
       const flagBytes = chunk.length * this.hparams.nLayer * this.hparams.nHeadKV * 4;
-      if (this.#flags) encoder.copyBufferToBuffer(this.#flags, 0, this.#flagStaging!, 0, flagBytes);
+      const flagStaging = this.#flagReads && await this.#flagReads.take();
+      if (flagStaging) encoder.copyBufferToBuffer(this.#flags!, 0, flagStaging, 0, flagBytes);
       this.#profiler?.resolve(encoder);
       this.#gpu.device.queue.submit([encoder.finish()]);
       if (this.#profiler) await this.#profiler.collect();
       // The dual cache mirrors each token's admission on the CPU (it plans promotions from it).
       this.#endStep(
-        this.#flags ? new Uint32Array(await this.#mapStaging(this.#flagStaging!, flagBytes)) : undefined,
+        flagStaging ? new Uint32Array(await this.#read(this.#flagReads!, flagStaging, flagBytes)) : undefined,
       );
-      if (report && !isLast) {
-        // This step is queued behind the one before it, so waiting for that one never idles the GPU.
+      if (report && !isLast && flagStaging) {
+        report(start + chunk.length, tokens.length);
+      } else if (report && !isLast && performance.now() - lastProgress >= this.prefillProgressMs) {
+        lastProgress = performance.now();
         const done = this.#gpu.device.queue.onSubmittedWorkDone();
         await reportPrevious();
         previous = { done, tokens: start + chunk.length };
       }
     }
-    const range = await this.#mapStaging(want === "logits" ? this.#logitsStaging : this.#tokenStaging, 4);
+    const range = want === "logits"
+      ? await this.#read(this.#logitsReads, result!, this.hparams.nVocab * 4)
+      : await this.#read(this.#tokenReads, result!, 4);
     await reportPrevious();
     return want === "logits" ? new Float32Array(range) : new Uint32Array(range)[0];
   }
@@ -1425,6 +1442,8 @@ export class GpuModel {
     this.#rewind(pos);
     this.#decodeEmbed.writeIds([first]);
     const stepWords = this.hparams.nLayer * this.hparams.nHeadKV;
+    const tokenStaging = await this.#tokenReads.take();
+    const flagStaging = this.#flagReads && await this.#flagReads.take();
     const t0 = performance.now();
     let profilerMs = 0;
     for (let i = 0; i < count; i++) {
@@ -1439,9 +1458,9 @@ export class GpuModel {
         encoder.copyBufferToBuffer(this.#flags, 0, this.#chainFlags!, 4 * stepWords * i, 4 * stepWords);
       }
       if (i === count - 1) {
-        encoder.copyBufferToBuffer(this.#chainTokens, 0, this.#tokenStaging, 0, 4 * count);
-        if (this.#flags) {
-          encoder.copyBufferToBuffer(this.#chainFlags!, 0, this.#flagStaging!, 0, 4 * stepWords * count);
+        encoder.copyBufferToBuffer(this.#chainTokens, 0, tokenStaging, 0, 4 * count);
+        if (flagStaging) {
+          encoder.copyBufferToBuffer(this.#chainFlags!, 0, flagStaging, 0, 4 * stepWords * count);
         }
       }
       this.#profiler?.resolve(encoder);
@@ -1456,9 +1475,9 @@ export class GpuModel {
       this.#endStep(this.#flags ? this.#noFlags : undefined);
     }
     this.#lastChainHostMs = performance.now() - t0 - profilerMs;
-    const tokens = Array.from(new Uint32Array(await this.#mapStaging(this.#tokenStaging, 4 * count)));
-    if (this.#flags && this.kv instanceof DualCache) {
-      const flags = new Uint32Array(await this.#mapStaging(this.#flagStaging!, 4 * stepWords * count));
+    const tokens = Array.from(new Uint32Array(await this.#read(this.#tokenReads, tokenStaging, 4 * count)));
+    if (flagStaging && this.kv instanceof DualCache) {
+      const flags = new Uint32Array(await this.#read(this.#flagReads!, flagStaging, 4 * stepWords * count));
       this.kv.rewriteFlags(this.#slot, pos, flags);
     }
     return tokens;
@@ -1536,17 +1555,16 @@ export class GpuModel {
     return { policy: "full", tokens, usedBytes: bytes, fullBytes: bytes };
   }
 
-  /** Maps `bytes` of a staging buffer once the queue reaches it and returns a copy. */
-  async #mapStaging(staging: GPUBuffer, bytes: number): Promise<ArrayBuffer> {
+  /** Copies `bytes` of `staging` (taken from `ring`, written by submitted work) back once the queue reaches it. */
+  async #read(ring: StagingRing, staging: GPUBuffer, bytes: number): Promise<ArrayBuffer> {
+    let out: ArrayBuffer;
     try {
-      await staging.mapAsync(0x0001, 0, staging === this.#logitsStaging ? staging.size : bytes);
+      out = await ring.read(staging, bytes);
     } catch (e) {
       this.#gpu.checkAlive();
       throw new DeviceError(`reading the result back from the GPU failed: ${(e as Error).message}`);
     }
     this.#gpu.checkAlive();
-    const out = staging.getMappedRange(0, staging === this.#logitsStaging ? staging.size : bytes).slice(0);
-    staging.unmap();
     return out;
   }
 
@@ -1560,10 +1578,11 @@ export class GpuModel {
     }
     checkInt("gateScores", "tokens", tokens, 1, this.maxBatch);
     const bytes = tokens * this.hparams.nLayer * this.hparams.nHeadKV * 4;
+    const staging = await this.#flagReads!.take();
     const encoder = this.#gpu.device.createCommandEncoder();
-    encoder.copyBufferToBuffer(this.#scores, 0, this.#flagStaging!, 0, bytes);
+    encoder.copyBufferToBuffer(this.#scores, 0, staging, 0, bytes);
     this.#gpu.device.queue.submit([encoder.finish()]);
-    return new Float32Array(await this.#mapStaging(this.#flagStaging!, bytes));
+    return new Float32Array(await this.#read(this.#flagReads!, staging, bytes));
   }
 
   /** Times every op of the following steps with `profiler` (one compute pass per op), or stops timing. */
