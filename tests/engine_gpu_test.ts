@@ -182,5 +182,9 @@ stepsTest(
     reports.length = 0;
     await model.forward(prompt.slice(0, 64), 0, "argmax"); // one step: nothing to report
     deepEqual(reports, []);
+    // Waiting for the queue idles the GPU while the next step is recorded: within the interval, no report.
+    model.prefillProgressMs = 1e9;
+    deepEqual(Array.from(await model.forward(prompt, 0, "logits")), Array.from(want));
+    deepEqual(reports, []);
   },
 );

@@ -315,3 +315,27 @@ fixtureTest(
     file.close();
   },
 );
+
+fixtureTest(
+  "wgkv model: prefill progress comes after every step (its gate flags are read anyway), whatever the interval",
+  [MODEL, GATE],
+  async () => {
+    const gate = await importGate(fixture(GATE), fixture(MODEL), {});
+    const file = await openGGUF(fixture(MODEL));
+    const model = await GpuModel.load(await getGpu(), file, hparamsFromGGUF(file), {
+      contextLength: 128,
+      maxBatch: 16,
+      policy: { kind: "wgkv", window: 32, threshold: 0.5, gate },
+    });
+    try {
+      const reports: [number, number][] = [];
+      model.prefillProgressMs = 1e9;
+      model.prefillProgress = (done, total) => reports.push([done, total]);
+      await model.forward(prompt(50), 0, "argmax");
+      deepEqual(reports, [[16, 50], [32, 50], [48, 50]]);
+    } finally {
+      model.destroy();
+      file.close();
+    }
+  },
+);
