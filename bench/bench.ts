@@ -113,6 +113,7 @@ import { initGate } from "../src/gate/init.ts";
 import type { GateWeights } from "../src/gate/format.ts";
 import type { KvPolicy } from "../src/kv/wgkv_policy.ts";
 import { createCopy } from "../src/gpu/ops/copy.ts";
+import { defaultReadbackMode } from "../src/gpu/readback.ts";
 import { foldLayers, formatProfile, GpuProfiler, type ProfileRow } from "../src/gpu/profiler.ts";
 
 /** One measured row. */
@@ -262,7 +263,7 @@ const wgkvAppendSuffix = (fuseWgkvAppend ? "" : "-unfused-wgkv-append") +
   (globalPageRun !== undefined ? `-page-run${globalPageRun}` : "");
 // --wait-readback: results (tokens, logits, gate flags) are read when mapAsync's promise resolves, not as
 // soon as the staging buffer is mapped (rows named "…-wait-readback"; see src/gpu/readback.ts).
-const readback = values["wait-readback"] === true ? "wait" : "early";
+const readback = values["wait-readback"] === true ? "wait" : defaultReadbackMode();
 const readbackSuffix = readback === "wait" ? "-wait-readback" : "";
 // --matvec-tuning JSON: decode matvec tunings by role (rows named "decode-tuned", the tuning kept in the JSON).
 let matvecTuning: GpuModelOptions["matvecTuning"];

@@ -1,6 +1,6 @@
 import { deepEqual, equal } from "node:assert/strict";
 import { getGpu } from "../src/gpu/device.ts";
-import { type ReadbackMode, StagingRing } from "../src/gpu/readback.ts";
+import { defaultReadbackMode, type ReadbackMode, StagingRing } from "../src/gpu/readback.ts";
 
 for (const mode of ["early", "wait"] as ReadbackMode[]) {
   Deno.test(`gpu readback (${mode}): every read returns what the GPU last copied, buffers reused in turn`, async () => {
@@ -34,3 +34,10 @@ for (const mode of ["early", "wait"] as ReadbackMode[]) {
     }
   });
 }
+
+Deno.test("gpu readback: early reads by default only on the Deno releases they were checked on", () => {
+  equal(defaultReadbackMode("2.9.6"), "early");
+  equal(defaultReadbackMode("2.10.0"), "wait");
+  equal(defaultReadbackMode("1.46.3"), "wait");
+  equal(defaultReadbackMode(Deno.version.deno), Deno.version.deno.startsWith("2.9.") ? "early" : "wait");
+});

@@ -12,7 +12,8 @@
  * lets one step copy into a buffer while the read of the other settles.
  *
  * A buffer is read the early way only after one read the spec's way (Deno keeps the map mode of a
- * buffer's last completed mapping, which a read of the range needs).
+ * buffer's last completed mapping, which a read of the range needs). This leans on how Deno's WebGPU is
+ * built, so {@link defaultReadbackMode} takes the early way only on the Deno releases it was checked on.
  * @module
  */
 
@@ -25,6 +26,14 @@ export type ReadbackMode =
   | "early"
   /** Waits for `mapAsync`'s promise, as the WebGPU spec has it. */
   | "wait";
+
+/** Deno releases whose WebGPU the early reads were checked on (2.9: a blocking `mapAsync`, see above). */
+const EARLY_READ_DENO = /^2\.9\./;
+
+/** "early" on the Deno releases the early reads were checked on, else "wait" (the spec's way). */
+export function defaultReadbackMode(denoVersion: string = Deno.version.deno): ReadbackMode {
+  return EARLY_READ_DENO.test(denoVersion) ? "early" : "wait";
+}
 
 /** A few staging buffers of one size, taken in turn for copies back to the CPU. */
 export class StagingRing {

@@ -93,7 +93,7 @@ import {
   type FoldedNormInput,
 } from "../gpu/ops/fused.ts";
 import type { GpuProfiler } from "../gpu/profiler.ts";
-import { type ReadbackMode, StagingRing } from "../gpu/readback.ts";
+import { defaultReadbackMode, type ReadbackMode, StagingRing } from "../gpu/readback.ts";
 import { KvCache } from "../kv/kv_cache.ts";
 import { DualCache, type DualCacheStats } from "../kv/dual_cache.ts";
 import type { KvPolicy } from "../kv/wgkv_policy.ts";
@@ -202,9 +202,9 @@ export interface GpuModelOptions {
    */
   globalPageRun?: number;
   /**
-   * How results come back to the CPU (default "early": as soon as Deno's `mapAsync` has mapped the staging
-   * buffer, not 10 ms later when its promise resolves; "wait": when the promise resolves). See
-   * `src/gpu/readback.ts`.
+   * How results come back to the CPU: "early" as soon as Deno's `mapAsync` has mapped the staging buffer,
+   * not 10 ms later when its promise resolves; "wait" when the promise resolves. Default: early on the Deno
+   * releases that was checked on (`defaultReadbackMode`, src/gpu/readback.ts).
    */
   readback?: ReadbackMode;
   /**
@@ -1256,7 +1256,7 @@ export class GpuModel {
       contextLength: ctx,
       maxBatch,
       weightBytes,
-      readback: options.readback ?? "early",
+      readback: options.readback ?? defaultReadbackMode(),
       prefillProducts: coopPrefill
         ? `${gpu.coopMatrix ? "" : "emulated "}cooperative matrices for every weight (f16 tiles, f32 sums)`
         : [
