@@ -26,10 +26,15 @@ Deno.test("gpu model: decode attention's splits and key lanes keep the logits; t
       }
     };
     const base = await decodeLogits({});
+    // Another summation order changes the attention outputs by f32 rounding, and the later layers' K and V
+    // go into the cache as f16, where such a difference can move a value to the neighbouring f16 (about a thousandth
+    // of it): seen at 1.4e-5 once, so the bound is an order above f32 rounding, and still an
+    // order below what leaving the attention out changes.
+    const tolerance = 1e-4;
     // 2 splits of 3 pages and 5 of one: other split boundaries, the same softmax up to rounding.
     for (const decodeSplits of [2, 5]) {
       const err = relativeError(await decodeLogits({ decodeSplits }), base);
-      ok(err < 1e-5, `decodeSplits ${decodeSplits}: relative error ${err}`);
+      ok(err < tolerance, `decodeSplits ${decodeSplits}: relative error ${err}`);
     }
     // The other shapes of decode attention's workgroup: the same softmax up to rounding.
     const shapes: Partial<GpuModelOptions>[] = [
@@ -55,7 +60,7 @@ Deno.test("gpu model: decode attention's splits and key lanes keep the logits; t
     ];
     for (const options of shapes) {
       const err = relativeError(await decodeLogits(options), base);
-      ok(err < 1e-5, `${JSON.stringify(options)}: relative error ${err}`);
+      ok(err < tolerance, `${JSON.stringify(options)}: relative error ${err}`);
     }
     // Without attention the logits are others (the ablation took effect).
     const skipped = await decodeLogits({ decodeAttentionAblation: "skip" });
