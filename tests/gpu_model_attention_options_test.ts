@@ -27,8 +27,8 @@ Deno.test("gpu model: decode attention's splits and key lanes keep the logits; t
     };
     const base = await decodeLogits({});
     // Another summation order changes the attention outputs by f32 rounding, and the later layers' K and V
-    // go into the cache as f16, where such a difference can move a value to the neighbouring f16 (about a thousandth
-    // of it): seen at 1.4e-5 once, so the bound is an order above f32 rounding, and still an
+    // go into the cache as f16, where such a difference can move a value to the neighbouring f16 (about a
+    // thousandth of it): seen at 1.4e-5 once, so the bound is an order above f32 rounding, and still an
     // order below what leaving the attention out changes.
     const tolerance = 1e-4;
     // 2 splits of 3 pages and 5 of one: other split boundaries, the same softmax up to rounding.
