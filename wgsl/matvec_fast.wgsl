@@ -153,9 +153,10 @@ var<workgroup> partial: array<f32, wg_size * (rows_per_wg * slots + 1u) * tokens
 
 {{PARTIALS}}
 
-// norm_share's result, taken in the first row group right after its first weight loads were issued
-// (accumulate, `swiglu`), so that the partials' round trip overlaps the weights' instead of following the
-// products.
+// Consumer of a folded RMSNorm: this thread's share of the producer's Σ y² per token, set by norm_share in
+// the workgroup's first row group right after its first weight loads were issued (accumulate, `swiglu`):
+// a producer may leave a thousand partials per token, and read after the products, their round trip to
+// memory lengthened every workgroup's life by its latency.
 var<private> norm_part: array<f32, MAX_TOKENS>;
 
 // Consumer of a folded RMSNorm: this thread's share of the producer's partial sums Σ y² for each token of
