@@ -275,21 +275,8 @@ fn main(
   let row_groups = (rows + rows_per_wg - 1u) / rows_per_wg;
   for (var g = wid.x + wid.y * groups.x; g < row_groups; g += launched) {
     let row0 = g * rows_per_wg;
-    let n = rows_per_wg * tokens_per_wg;
-    // Thread tid < n writes (row r, token t) at the end. A producer's residual and γ for it are loaded
-    // before the products and used after them, so their round trip overlaps the weights' instead of
-    // lengthening the workgroup's tail (only this thread reads or writes y_a[at] in this dispatch).
-    let r_out = tid / tokens_per_wg;
-    let t_out = tid % tokens_per_wg;
-    let writes = tid < n && row0 + r_out < rows && t_out < nt;
-    let at = (t0 + t_out) * out_stride + part.first_row + row0 + r_out;
-    var residual = 0.0;
-    var gamma = 0.0;
-    if (norm_mode == 1u && writes) {
-      residual = y_a[at];
-      gamma = norm_weight[part.first_row + row0 + r_out];
-    }
     let acc = accumulate_a(row_bytes_a, row0, rows - 1u, t0, nt, tid, g < launched);
+    let n = rows_per_wg * tokens_per_wg;
     // @unroll
     for (var r = 0u; r < rows_per_wg; r++) {
       // @unroll
@@ -299,13 +286,16 @@ fn main(
     }
     reduce(tid, n);
     if (tid < n) {
+      let r = tid / tokens_per_wg;
+      let t = tid % tokens_per_wg;
       var square = 0.0;
-      if (writes) {
+      if (row0 + r < rows && t < nt) {
+        let at = (t0 + t) * out_stride + part.first_row + row0 + r;
         var value = partial[tid];
         if (norm_mode == 1u) {
           // Producer: onto the residual stream, then y · γ and y² for the next norm.
-          value += residual;
-          norm_x[at] = value * gamma;
+          value += y_a[at];
+          norm_x[at] = value * norm_weight[part.first_row + row0 + r];
           square = value * value;
         }
         y_a[at] = value;
