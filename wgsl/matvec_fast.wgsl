@@ -153,12 +153,6 @@ var<workgroup> partial: array<f32, wg_size * (rows_per_wg * slots + 1u) * tokens
 
 {{PARTIALS}}
 
-// Consumer of a folded RMSNorm: this thread's share of the producer's Σ y² per token, set by norm_share in
-// the workgroup's first row group right after its first weight loads were issued (accumulate, `swiglu`):
-// a producer may leave a thousand partials per token, and read after the products, their round trip to
-// memory lengthened every workgroup's life by its latency.
-var<private> norm_part: array<f32, MAX_TOKENS>;
-
 // Consumer of a folded RMSNorm: this thread's share of the producer's partial sums Σ y² for each token of
 // the workgroup (every thread takes partials tid, tid + wg_size, …; the workgroup reduction adds them up).
 // Four independent sums, four loads per iteration: a producer may leave thousands of partials, and one
@@ -328,26 +322,28 @@ fn swiglu(
   let launched = groups.x * groups.y;
   let row_groups = (rows_a + rows_per_wg - 1u) / rows_per_wg;
   let units = (cols + UNIT_ELEMS_a - 1u) / UNIT_ELEMS_a;
+  // A folded norm's Σ y² per token, read once (in the first row group, after its weight loads were issued).
+  var norm_part: array<f32, MAX_TOKENS>;
   for (var g = wid.x + wid.y * groups.x; g < row_groups; g += launched) {
     let row0 = g * rows_per_wg;
     let first = g < launched;
     // Gate and up have the same type: one x load per unit and token serves both. As in accumulate, the
-    // first step's weight loads are issued before the folded norm's partial sums are read and x is
-    // quantised to int8 (first row group only).
+    // first step's weight loads are issued before the int8 quantisation of x (first row group only).
     var acc_gate: array<f32, MAX_ROWS * MAX_TOKENS>;
     var acc_up: array<f32, MAX_ROWS * MAX_TOKENS>;
     // Zeroed by assignment: declared without a value inside the loop, they were not zeroed again per
     // iteration on lavapipe (the second row group started from the first one's sums).
     acc_gate = array<f32, MAX_ROWS * MAX_TOKENS>();
     acc_up = array<f32, MAX_ROWS * MAX_TOKENS>();
-    var raw_gate = load_step_a(row_bytes_a, row0, rows_a - 1u, tid, units); // [step unit k][row r]
-    var raw_up = load_step_b(row_bytes_b, row0, rows_a - 1u, tid, units);
-    if (first) {
-      if (norm_mode == 2u) { norm_part = norm_share(t0, nt, tid); }
-      if (x_int8 == 1u) { stage_int8(t0, nt, tid); }
+    var raw_gate: array<Raw_a, MAX_ROWS * MAX_UNITS_PER_STEP>; // [step unit k][row r]
+    var raw_up: array<Raw_b, MAX_ROWS * MAX_UNITS_PER_STEP>;
+    if (x_int8 == 1u) {
+      raw_gate = load_step_a(row_bytes_a, row0, rows_a - 1u, tid, units);
+      raw_up = load_step_b(row_bytes_b, row0, rows_a - 1u, tid, units);
+      if (first) { stage_int8(t0, nt, tid); }
     }
     for (var u0 = tid; u0 < units; u0 += wg_size * units_per_step) {
-      if (u0 != tid) {
+      if (x_int8 == 0u || u0 != tid) {
         raw_gate = load_step_a(row_bytes_a, row0, rows_a - 1u, u0, units);
         raw_up = load_step_b(row_bytes_b, row0, rows_a - 1u, u0, units);
       }
@@ -375,6 +371,7 @@ fn swiglu(
         }
       }
     }
+    if (norm_mode == 2u && first) { norm_part = norm_share(t0, nt, tid); }
     // Sum 2q is the gate of (row r, token t) with q = r · tokens_per_wg + t, 2q + 1 its up; with a folded
     // norm, sum 2 · rows_per_wg · tokens_per_wg + t is token t's Σ y².
     let sums = 2u * rows_per_wg * tokens_per_wg;
@@ -423,6 +420,7 @@ fn qkv(
   let groups_c = (rows_c + rows_per_wg - 1u) / rows_per_wg;
   let row_groups = groups_a + groups_b + groups_c;
   let launched = groups.x * groups.y;
+  var norm_part: array<f32, MAX_TOKENS>; // a folded norm's Σ y² per token
   for (var g = wid.x + wid.y * groups.x; g < row_groups; g += launched) {
     let first = g < launched;
     // Which weight this row group belongs to, and its first row (declared without a value and assigned on
@@ -462,6 +460,9 @@ fn qkv(
     } else {
       acc = accumulate_c(row_bytes_c, row0, rows - 1u, t0, nt, tid, first);
     }
+    // With a folded norm, the partial sums are read once, after the first row group's weight loads were
+    // issued.
+    if (norm_mode == 2u && first) { norm_part = norm_share(t0, nt, tid); }
     // Sum r · tokens_per_wg + t is (row r, token t); with a folded norm, sum rows_per_wg · tokens_per_wg + t
     // is token t's Σ y².
     let sums = rows_per_wg * tokens_per_wg;

@@ -199,24 +199,23 @@ fn load_step(row_bytes: u32, row0: u32, last_row: u32, u0: u32, units: u32)
 // The sums Σ_c W[row][c] · x[t][c] of this thread's units for the rows row0 .. row0 + rows_per_wg − 1
 // (clamped to last_row: rows past it repeat it and are not to be written) and the tokens t0 .. t0 + nt − 1,
 // at acc[r · MAX_TOKENS + t]. Threads take units tid, tid + wg_size, …, units_per_step of them per step:
-// the loads of every row of all those units are issued before any arithmetic on them. When `stage` is true
-// (a workgroup's first row group; later ones reuse what it leaves), the first step's weight loads are
-// issued before the work that waits on other memory, so that their latency covers it: a folded norm's
-// partial sums (norm_mode 2: the kernel's norm_share, into its private norm_part) and, with x_int8 = 1,
-// the kernel's stage_int8, which makes the int8 copy of x (x_blocks, see the INT8 sections below) that the
-// products then read instead of x (every thread of the workgroup must call this function).
+// the loads of every row of all those units are issued before any arithmetic on them. With x_int8 = 1 the
+// x values come from the kernel's int8 copy (x_blocks, see the INT8 sections below) instead of x: the
+// kernel's stage_int8 makes it here when `stage` is true (a workgroup's first row group; later ones reuse
+// it), after the first step's weight loads were issued, so that their latency overlaps the quantisation
+// (every thread of the workgroup must call this function).
 fn accumulate(row_bytes: u32, row0: u32, last_row: u32, t0: u32, nt: u32, tid: u32, stage: bool)
     -> array<f32, MAX_ROWS * MAX_TOKENS> {
   var acc: array<f32, MAX_ROWS * MAX_TOKENS>;
   let x_row = cols / 4u;
   let units = (cols + UNIT_ELEMS - 1u) / UNIT_ELEMS;
-  var raw = load_step(row_bytes, row0, last_row, tid, units);
-  if (stage) {
-    if (norm_mode == 2u) { norm_part = norm_share(t0, nt, tid); }
-    if (x_int8 == 1u) { stage_int8(t0, nt, tid); }
+  var raw: array<Raw, MAX_ROWS * MAX_UNITS_PER_STEP>;
+  if (x_int8 == 1u) {
+    raw = load_step(row_bytes, row0, last_row, tid, units);
+    if (stage) { stage_int8(t0, nt, tid); }
   }
   for (var u0 = tid; u0 < units; u0 += wg_size * units_per_step) {
-    if (u0 != tid) { raw = load_step(row_bytes, row0, last_row, u0, units); }
+    if (x_int8 == 0u || u0 != tid) { raw = load_step(row_bytes, row0, last_row, u0, units); }
     // @unroll
     for (var k = 0u; k < units_per_step; k++) {
       let u = u0 + k * wg_size;
