@@ -4,7 +4,7 @@ import { getGpu, type Gpu } from "../src/gpu/device.ts";
 import { createQkvMatvec, type FoldedNormInput } from "../src/gpu/ops/fused.ts";
 import { createKvAppend } from "../src/gpu/ops/kv_append.ts";
 import { StepParams } from "../src/gpu/ops/op.ts";
-import { QKV_STORAGE_BINDINGS, type QkvKvAppend, qkvKvAppendBlocker } from "../src/gpu/ops/qkv_kv_store.ts";
+import { QKV_STORAGE_BINDINGS, qkvKvAppendBlocker } from "../src/gpu/ops/qkv_kv_store.ts";
 import { KvCache } from "../src/kv/kv_cache.ts";
 import { PAGE_TOKENS } from "../src/kv/page_pool.ts";
 import { GpuModel } from "../src/model/gpu_model.ts";
@@ -32,8 +32,6 @@ interface AppendCase {
   /** Folded RMSNorm input (norm_mode 2) with this many partial sums per token. */
   normPartials?: number;
   kPre: boolean;
-  /** The fused store places token t at the step's position pos0 + t instead of reading the lengths. */
-  uniformRows?: boolean;
   tuning?: { rowsPerWorkgroup?: number; tokensPerWorkgroup?: number; maxWorkgroups?: number };
 }
 
@@ -73,7 +71,6 @@ Deno.test("qkv kv append: the fused QKV writes the pages createKvAppend writes, 
       shards: 3,
       rope: true,
       kPre: false,
-      uniformRows: true,
     },
     {
       types: ["Q8_0", "Q5_0", "F16"],
@@ -119,7 +116,6 @@ Deno.test("qkv kv append: the fused QKV writes the pages createKvAppend writes, 
       rope: true,
       normPartials: 5,
       kPre: false,
-      uniformRows: true,
       tuning: { rowsPerWorkgroup: 8, tokensPerWorkgroup: 1 },
     },
     {
@@ -134,10 +130,7 @@ Deno.test("qkv kv append: the fused QKV writes the pages createKvAppend writes, 
       prior: 21,
       steps: [2, 1],
       rope: true,
-      // More partials than one pass of the consumer's loads covers (16 per thread of 32): three passes.
-      normPartials: 1100,
       kPre: true,
-      uniformRows: true,
       tuning: { rowsPerWorkgroup: 2, tokensPerWorkgroup: 2, maxWorkgroups: 5 },
     },
   ];
@@ -165,7 +158,7 @@ Deno.test("qkv kv append: the fused QKV writes the pages createKvAppend writes, 
     const fusedOut = [qRows, kvRows, kvRows, kvRows].map((rows, i) =>
       nans(gpu, `fused ${i}`, maxTokens * rows)
     );
-    const qkv = (out: GPUBuffer[], append?: QkvKvAppend) =>
+    const qkv = (out: GPUBuffer[], append?: { kv: KvCache; layer: number }) =>
       createQkvMatvec(gpu, {
         label: append ? "qkv+append" : "qkv",
         wq: wq.weight,
@@ -194,7 +187,7 @@ Deno.test("qkv kv append: the fused QKV writes the pages createKvAppend writes, 
         v: refOut[2],
         step,
       }),
-      qkv(fusedOut, { kv: fusedKv, layer: c.layer, uniformRows: c.uniformRows }),
+      qkv(fusedOut, { kv: fusedKv, layer: c.layer }),
     ];
     const slot = refKv.openSequence();
     equal(fusedKv.openSequence(), slot);

@@ -2,10 +2,9 @@
 // src/gpu/ops/qkv_kv_store.ts): the fused QKV writes the K and V rows it computes straight into the f16 pages
 // of the paged KV cache, as wgsl/kv_append.wgsl would from the f32 rows, so decode needs no append dispatch.
 // Token t of the step goes to logical index lengths[row] - n_tokens + t of its (slot, layer, head) row
-// (lengths already include the step's tokens), or with kv_uniform_rows = 1 (a full cache, every row holding
-// the sequence's positions) to index pos0 + t without reading the lengths; the block table gives the page.
-// Rows 2i and 2i + 1 of a head are one word, packed with pack2x16float (K at word (index % PAGE_TOKENS) ·
-// head_dim/2 + i of the page, V PAGE_TOKENS · head_dim/2 words further).
+// (lengths already include the step's tokens); the block table gives the page. Rows 2i and 2i + 1 of a head
+// are one word, packed with pack2x16float (K at word (index % PAGE_TOKENS) · head_dim/2 + i of the page, V
+// PAGE_TOKENS · head_dim/2 words further).
 //
 // binding 14: kv_sequence, uniform { slot } (the KV cache's sequence selector)
 // binding 15: kv_layer, uniform { layer } (the layer this op writes)
@@ -17,9 +16,6 @@ override kv_heads: u32 = 1u;
 override layers: u32 = 1u;
 override max_pages: u32 = 1u;
 override pool_pages_per_shard: u32 = 1u;
-// 1: the step's token t goes to index step.pos0 + t of every row (no lengths read, no branch on a load
-// before the products); 0: to lengths[row] − n_tokens + t.
-override kv_uniform_rows: u32 = 0u;
 const PAGE_TOKENS: u32 = 16u;
 // kv_locate's page for a row that holds none of the step's tokens: kv_store writes nothing.
 const KV_NOWHERE: u32 = 0xffffffffu;
@@ -36,17 +32,13 @@ struct KvLayer { layer: u32, pad0: u32, pad1: u32, pad2: u32 }
 
 // Where the packed pair of rows (row, row + 1) (row even, within one head) of K (weight 1) or V (weight 2)
 // of step token `token` goes: (page, word in the page), or page KV_NOWHERE when the row's length does not
-// count the step's tokens. With kv_uniform_rows the page's load is issued here and first waited for by
-// kv_store, after the products.
+// count the step's tokens.
 fn kv_locate(weight: u32, token: u32, row: u32) -> vec2u {
   let half_dim = head_dim / 2u;
   let kv_row = (kv_sequence.slot * layers + kv_layer.layer) * kv_heads + row / head_dim;
-  var index = step.pos0 + token;
-  if (kv_uniform_rows == 0u) {
-    let len = lengths[kv_row];
-    if (len < step.n_tokens) { return vec2u(KV_NOWHERE, 0u); }
-    index = len - step.n_tokens + token;
-  }
+  let len = lengths[kv_row];
+  if (len < step.n_tokens) { return vec2u(KV_NOWHERE, 0u); }
+  let index = len - step.n_tokens + token;
   let page = block_table[kv_row * max_pages + index / PAGE_TOKENS];
   let word = select(0u, PAGE_TOKENS * half_dim, weight == 2u) + (index % PAGE_TOKENS) * half_dim +
     (row % head_dim) / 2u;

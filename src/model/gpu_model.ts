@@ -294,9 +294,8 @@ export interface GpuModelOptions {
   decodeDirectKeyLanes?: number;
   /**
    * Decode attention under the full cache plans its slots from the position, reading no row lengths
-   * (`FlashDecodeOptions.uniformRows`; other policies keep the lengths), and the fused QKV stores K and V
-   * at the position too (`QkvKvAppend.uniformRows`). Default true (on the H100 1–2% faster decode than
-   * reading the lengths in attention).
+   * (`FlashDecodeOptions.uniformRows`; other policies keep the lengths). Default true (on the H100 1–2%
+   * faster decode than reading the lengths).
    */
   decodeUniformRows?: boolean;
   /**
@@ -989,7 +988,7 @@ export class GpuModel {
             append: ringStore && dual
               ? { kv: dual, layer: l }
               : fusedAppend && fullKv
-              ? { kv: fullKv, layer: l, uniformRows: options.decodeUniformRows ?? true }
+              ? { kv: fullKv, layer: l }
               : undefined,
             tuning: tuning("attn_qkv", w.wq.cols),
           }));

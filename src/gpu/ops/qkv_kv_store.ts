@@ -40,12 +40,6 @@ export interface QkvKvAppend {
   kv: PagedKvView | DualKvView;
   /** Layer of the cache the op writes. */
   layer: number;
-  /**
-   * A paged (full) cache whose rows all hold the sequence's positions, so that the step's token t goes to
-   * index `pos0 + t` (the step's first position): the store then reads no row lengths, and its one lookup
-   * (the page) is not waited for before the products. Default false: the index comes from the lengths.
-   */
-  uniformRows?: boolean;
 }
 
 /**
@@ -133,7 +127,7 @@ export function qkvKvStoreParts(gpu: Gpu, label: string, append?: QkvKvAppend): 
     };
   }
   return {
-    constants: { kv_append: 1, kv_uniform_rows: append.uniformRows ? 1 : 0, ...pagedKvConstants(kv) },
+    constants: { kv_append: 1, ...pagedKvConstants(kv) },
     source: loadShader("qkv_kv_store").replace("{{POOL}}", pool),
     entries: [
       [14, kv.sequence],
