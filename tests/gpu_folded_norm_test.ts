@@ -53,7 +53,7 @@ Deno.test("folded norm: attn_output adds onto the residual, gate/up and QKV read
     { type: "Q3_K", m: 2, width: 256, inner: 256 },
     { type: "Q4_0", m: 1, width: 160, inner: 64 },
     { type: "BF16", m: 3, width: 100, inner: 36 }, // plain units, the last one ragged
-    // 264 producer partials: five loads per thread of the consumers' 64, the last ones past the end.
+    // 264 producer partials: the consumers' four-way loop (256 per pass) runs, then the remainder.
     { type: "Q8_0", m: 2, width: 1056, inner: 64 },
     // Fewer workgroups than row groups in all three ops (each takes several groups in turn).
     { type: "Q4_K", m: 3, width: 512, inner: 256, maxWorkgroups: 3 },

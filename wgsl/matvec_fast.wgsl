@@ -111,8 +111,6 @@ override kv_append: u32 = 0u;
 // producer's workgroups), values per normed row and epsilon.
 override norm_mode: u32 = 0u;
 override norm_partials: u32 = 1u;
-// Loads per thread and pass of the partial sums (norm_share; at most MAX_NORM_LOADS of src/gpu/ops/fused.ts).
-override norm_loads: u32 = 1u;
 override norm_width: u32 = 1u;
 override norm_eps: f32 = 1e-5;
 // 1: quantise x to int8 per 16 values in workgroup memory first and take the products with integer dot
@@ -157,27 +155,26 @@ var<workgroup> partial: array<f32, wg_size * (rows_per_wg * slots + 1u) * tokens
 
 // Consumer of a folded RMSNorm: this thread's share of the producer's partial sums Σ y² for each token of
 // the workgroup (every thread takes partials tid, tid + wg_size, …; the workgroup reduction adds them up).
-// A pass issues norm_loads loads (clamped to the last partial, those past it counted as 0) before adding
-// any: a producer may leave a thousand partials, and loads waited for one after another would make every
-// consumer workgroup wait that many round trips (the host sets norm_loads so that one pass covers them).
+// Four independent sums, four loads per iteration: a producer may leave thousands of partials, and one
+// chain of dependent adds would make every consumer workgroup wait for them one load after another.
 fn norm_share(t0: u32, nt: u32, tid: u32) -> array<f32, MAX_TOKENS> {
   var share: array<f32, MAX_TOKENS>;
   // @unroll
   for (var t = 0u; t < tokens_per_wg; t++) {
     if (t < nt) {
       let base = (t0 + t) * norm_partials;
-      var s = 0.0;
-      for (var i0 = tid; i0 < norm_partials; i0 += norm_loads * wg_size) {
-        var v: array<f32, norm_loads>;
-        // @unroll
-        for (var k = 0u; k < norm_loads; k++) {
-          let i = i0 + k * wg_size;
-          v[k] = select(0.0, norm_sums[base + min(i, norm_partials - 1u)], i < norm_partials);
-        }
-        // @unroll
-        for (var k = 0u; k < norm_loads; k++) { s += v[k]; }
+      var s = vec4f(0.0);
+      var i = tid;
+      for (; i + 3u * wg_size < norm_partials; i += 4u * wg_size) {
+        s += vec4f(
+          norm_sums[base + i],
+          norm_sums[base + i + wg_size],
+          norm_sums[base + i + 2u * wg_size],
+          norm_sums[base + i + 3u * wg_size],
+        );
       }
-      share[t] = s;
+      for (; i < norm_partials; i += wg_size) { s.x += norm_sums[base + i]; }
+      share[t] = (s.x + s.y) + (s.z + s.w);
     }
   }
   return share;

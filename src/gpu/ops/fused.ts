@@ -98,18 +98,11 @@ export interface FoldedNormInput {
   eps: number;
 }
 
-/** Most loads of the producer's partial sums a consumer thread issues at once (`norm_loads`). */
-const MAX_NORM_LOADS = 16;
-
-/**
- * Override constants and the sums binding of a folded norm's consumer with `workgroupSize` threads
- * (placeholders without one).
- */
+/** Override constants and the sums binding of a folded norm's consumer (placeholders without one). */
 function normInputParts(
   gpu: Gpu,
   label: string,
   maxTokens: number,
-  workgroupSize: number,
   norm?: FoldedNormInput,
 ): { constants: Record<string, number>; sums: BufferSlice } {
   if (!norm) return { constants: { norm_mode: 0 }, sums: gpu.buffer(`${label}.no_norm_sums`, 4) };
@@ -117,13 +110,7 @@ function normInputParts(
   checkInt(label, "norm.width", norm.width, 1);
   checkSlice(label, "norm.sums", norm.sums, maxTokens * norm.partials * 4);
   return {
-    constants: {
-      norm_mode: 2,
-      norm_partials: norm.partials,
-      norm_loads: Math.min(MAX_NORM_LOADS, ceilDiv(norm.partials, workgroupSize)),
-      norm_width: norm.width,
-      norm_eps: norm.eps,
-    },
+    constants: { norm_mode: 2, norm_partials: norm.partials, norm_width: norm.width, norm_eps: norm.eps },
     sums: norm.sums,
   };
 }
@@ -245,7 +232,7 @@ export function createGateUpSwiGlu(gpu: Gpu, options: GateUpSwiGluOptions): GpuO
     evenRows: false,
     tuning: options.tuning,
   });
-  const norm = normInputParts(gpu, label, maxTokens, shape.workgroupSize, options.norm);
+  const norm = normInputParts(gpu, label, maxTokens, options.norm);
   const partials = subgroupReduceParts(gpu, label, options.tuning?.subgroupReduce, shape.workgroupSize);
   const kernel = gpu.kernel(
     "matvec_fast",
@@ -406,7 +393,7 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
     turns = ropeTurnTable(rope.invFreq, rope.maxPosition);
   }
   const turnsBuffer = gpu.buffer(`${label}.turns`, turns.data.byteLength, turns.data);
-  const norm = normInputParts(gpu, label, maxTokens, shape.workgroupSize, options.norm);
+  const norm = normInputParts(gpu, label, maxTokens, options.norm);
   const kvStore = qkvKvStoreParts(gpu, label, append);
   const partials = subgroupReduceParts(gpu, label, options.tuning?.subgroupReduce, shape.workgroupSize);
   const kernel = gpu.kernel(
