@@ -130,6 +130,8 @@ Deno.test("qkv kv append: the fused QKV writes the pages createKvAppend writes, 
       prior: 21,
       steps: [2, 1],
       rope: true,
+      // Many partial sums per token: the consumer's loop of four loads per thread runs several rounds.
+      normPartials: 1100,
       kPre: true,
       tuning: { rowsPerWorkgroup: 2, tokensPerWorkgroup: 2, maxWorkgroups: 5 },
     },
