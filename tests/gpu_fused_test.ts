@@ -387,6 +387,10 @@ Deno.test("gpu fused: predicates and one-line errors for weights and options tha
   );
   throws(() => createQkvMatvec(gpu, { ...qkv, rope: { ...rope, headDim: 3 } }), BadFlagError);
   throws(
+    () => createQkvMatvec(gpu, { ...qkv, tuning: { prefetchGroups: true } }),
+    /qkv: prefetchGroups is for single products and gate\/up, not QKV/,
+  );
+  throws(
     () => createQkvMatvec(gpu, { ...qkv, rope: { ...rope, invFreq: new Float32Array(3) } }),
     BadFlagError,
   );

@@ -50,6 +50,15 @@ Deno.test("gpu matvec int8: every type with int8 units matches the reference wit
     { int8: true, workgroupSize: 32, tokensPerWorkgroup: 2, rowsPerWorkgroup: 2, unitsPerStep: 4 },
     // Several row groups per workgroup: x quantised once, for the first.
     { int8: true, tokensPerWorkgroup: 3, rowsPerWorkgroup: 2, maxWorkgroups: 3 },
+    // The same with loads a step ahead (x still quantised once, after the first group's loads).
+    {
+      int8: true,
+      workgroupSize: 32,
+      tokensPerWorkgroup: 3,
+      rowsPerWorkgroup: 2,
+      maxWorkgroups: 3,
+      prefetchGroups: true,
+    },
     // Sums per subgroup first (the GPU's subgroups of 32, else the emulation).
     {
       int8: true,
@@ -165,7 +174,14 @@ Deno.test("gpu matvec int8: fused gate/up + SwiGLU and QKV + RoPE with mixed typ
     const out = nans(gpu, "out", maxTokens * rows);
     const op = createGateUpSwiGlu(gpu, {
       ...fields(out),
-      tuning: { int8: true, tokensPerWorkgroup: 2, rowsPerWorkgroup: 3, maxWorkgroups: 2 },
+      // Loads a step ahead for two of the three types (both paths run).
+      tuning: {
+        int8: true,
+        tokensPerWorkgroup: 2,
+        rowsPerWorkgroup: 3,
+        maxWorkgroups: 2,
+        prefetchGroups: type !== "Q8_0",
+      },
     });
     const [got] = await runOps(gpu, [op], step, m, 0, [out]);
     let offExact = false;

@@ -120,6 +120,25 @@ Deno.test("gpu matvec subblock: workgroup shapes, including reductions wider tha
     // Fewer workgroups than row groups: each takes several in turn (15 groups over 4, 29 over 1).
     { workgroupSize: 32, rowsPerWorkgroup: 2, tokensPerWorkgroup: 3, maxWorkgroups: 4 },
     { workgroupSize: 64, rowsPerWorkgroup: 1, tokensPerWorkgroup: 8, maxWorkgroups: 1 },
+    // Loads a step ahead: within a row group (16 units over 32 threads: two steps), across the groups a
+    // workgroup takes in turn, and with more threads than units.
+    { workgroupSize: 32, rowsPerWorkgroup: 2, tokensPerWorkgroup: 3, prefetchGroups: true },
+    { workgroupSize: 32, rowsPerWorkgroup: 3, tokensPerWorkgroup: 2, maxWorkgroups: 4, prefetchGroups: true },
+    {
+      workgroupSize: 32,
+      rowsPerWorkgroup: 1,
+      tokensPerWorkgroup: 1,
+      unitsPerStep: 2,
+      maxWorkgroups: 5,
+      prefetchGroups: true,
+    },
+    {
+      workgroupSize: 256,
+      rowsPerWorkgroup: 4,
+      tokensPerWorkgroup: 2,
+      maxWorkgroups: 2,
+      prefetchGroups: true,
+    },
   ];
   for (const [name, cols] of weights) {
     const { weight, w } = randomWeight(gpu, name, rows, cols);
@@ -258,6 +277,13 @@ Deno.test("gpu matvec subblock: fused gate/up + SwiGLU matches the CPU reference
     const tunings = [
       { tokensPerWorkgroup: 4, rowsPerWorkgroup: 3 },
       { tokensPerWorkgroup: 2, rowsPerWorkgroup: 2, maxWorkgroups: 3 },
+      {
+        workgroupSize: 32,
+        tokensPerWorkgroup: 2,
+        rowsPerWorkgroup: 2,
+        maxWorkgroups: 3,
+        prefetchGroups: true,
+      },
       ...(c.wide ? [{ workgroupSize: 32, tokensPerWorkgroup: 2, rowsPerWorkgroup: 2, unitsPerStep: 4 }] : []),
     ];
     for (const tuning of tunings) {

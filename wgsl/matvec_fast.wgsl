@@ -113,6 +113,11 @@ override norm_mode: u32 = 0u;
 override norm_partials: u32 = 1u;
 override norm_width: u32 = 1u;
 override norm_eps: f32 = 1e-5;
+// 1 (`main` and `swiglu`): each step's weight loads are issued before the products of the step before,
+// across the row groups a workgroup takes in turn (accumulate_ahead of wgsl/matvec_units.wgsl), so its
+// next group's first loads are in flight while it reduces the current one; 0: a group's loads start after
+// the group before is written.
+override prefetch_groups: u32 = 0u;
 // 1: quantise x to int8 per 16 values in workgroup memory first and take the products with integer dot
 // products (the weights' INT8 unit sections, see wgsl/matvec_units.wgsl; cols a multiple of 16), else 0.
 override x_int8: u32 = 0u;
@@ -267,9 +272,23 @@ fn main(
   let nt = min(tokens_per_wg, m - t0);
   let launched = groups.x * groups.y;
   let row_groups = (rows + rows_per_wg - 1u) / rows_per_wg;
-  for (var g = wid.x + wid.y * groups.x; g < row_groups; g += launched) {
+  let first_group = wid.x + wid.y * groups.x;
+  // prefetch_groups: the first group's first step, loaded before x is staged (as accumulate does).
+  var ahead: array<Raw_a, MAX_ROWS * MAX_UNITS_PER_STEP>;
+  if (prefetch_groups == 1u && first_group < row_groups) {
+    let units = (cols + UNIT_ELEMS_a - 1u) / UNIT_ELEMS_a;
+    ahead = load_step_a(row_bytes_a, first_group * rows_per_wg, rows - 1u, tid, units);
+    if (x_int8 == 1u) { stage_int8(t0, nt, tid); }
+  }
+  for (var g = first_group; g < row_groups; g += launched) {
     let row0 = g * rows_per_wg;
-    let acc = accumulate_a(row_bytes_a, row0, rows - 1u, t0, nt, tid, g < launched);
+    var acc: array<f32, MAX_ROWS * MAX_TOKENS>;
+    if (prefetch_groups == 1u) {
+      let next = g + launched;
+      acc = accumulate_ahead_a(row_bytes_a, row0, rows - 1u, t0, nt, tid, &ahead, next * rows_per_wg, next < row_groups);
+    } else {
+      acc = accumulate_a(row_bytes_a, row0, rows - 1u, t0, nt, tid, g < launched);
+    }
     let n = rows_per_wg * tokens_per_wg;
     // @unroll
     for (var r = 0u; r < rows_per_wg; r++) {
@@ -309,6 +328,43 @@ fn main(
   }
 }
 
+// `swiglu` with prefetch_groups: the gate and up products of one loaded step (units u0, u0 + wg_size, …),
+// each x load shared by both, as in the entry's own loop.
+fn swiglu_step(
+  acc_gate: ptr<function, array<f32, MAX_ROWS * MAX_TOKENS>>,
+  acc_up: ptr<function, array<f32, MAX_ROWS * MAX_TOKENS>>,
+  raw_gate: array<Raw_a, MAX_ROWS * MAX_UNITS_PER_STEP>,
+  raw_up: array<Raw_b, MAX_ROWS * MAX_UNITS_PER_STEP>,
+  u0: u32,
+  t0: u32,
+  nt: u32,
+  units: u32,
+) {
+  // @unroll
+  for (var k = 0u; k < units_per_step; k++) {
+    let u = u0 + k * wg_size;
+    if (u < units) {
+      // @unroll
+      for (var t = 0u; t < tokens_per_wg; t++) {
+        if (t < nt && x_int8 == 1u) {
+          // @unroll
+          for (var r = 0u; r < rows_per_wg; r++) {
+            (*acc_gate)[r * MAX_TOKENS + t] += unit_dot_int8_a(raw_gate[k * MAX_ROWS + r], u, t * (cols / 16u));
+            (*acc_up)[r * MAX_TOKENS + t] += unit_dot_int8_b(raw_up[k * MAX_ROWS + r], u, t * (cols / 16u));
+          }
+        } else if (t < nt) {
+          let xs = unit_x_a((t0 + t) * (cols / 4u), u);
+          // @unroll
+          for (var r = 0u; r < rows_per_wg; r++) {
+            (*acc_gate)[r * MAX_TOKENS + t] += unit_dot_a(raw_gate[k * MAX_ROWS + r], xs, u);
+            (*acc_up)[r * MAX_TOKENS + t] += unit_dot_b(raw_up[k * MAX_ROWS + r], xs, u);
+          }
+        }
+      }
+    }
+  }
+}
+
 @compute @workgroup_size(wg_size)
 fn swiglu(
   @builtin(workgroup_id) wid: vec3u,
@@ -324,7 +380,16 @@ fn swiglu(
   let units = (cols + UNIT_ELEMS_a - 1u) / UNIT_ELEMS_a;
   // A folded norm's Σ y² per token, read once (in the first row group, after its weight loads were issued).
   var norm_part: array<f32, MAX_TOKENS>;
-  for (var g = wid.x + wid.y * groups.x; g < row_groups; g += launched) {
+  let first_group = wid.x + wid.y * groups.x;
+  // prefetch_groups: the next step's gate and up units, loaded a step ahead (see `main`).
+  var ahead_gate: array<Raw_a, MAX_ROWS * MAX_UNITS_PER_STEP>;
+  var ahead_up: array<Raw_b, MAX_ROWS * MAX_UNITS_PER_STEP>;
+  if (prefetch_groups == 1u && first_group < row_groups) {
+    ahead_gate = load_step_a(row_bytes_a, first_group * rows_per_wg, rows_a - 1u, tid, units);
+    ahead_up = load_step_b(row_bytes_b, first_group * rows_per_wg, rows_a - 1u, tid, units);
+    if (x_int8 == 1u) { stage_int8(t0, nt, tid); }
+  }
+  for (var g = first_group; g < row_groups; g += launched) {
     let row0 = g * rows_per_wg;
     let first = g < launched;
     // Gate and up have the same type: one x load per unit and token serves both. As in accumulate, the
@@ -337,12 +402,27 @@ fn swiglu(
     acc_up = array<f32, MAX_ROWS * MAX_TOKENS>();
     var raw_gate: array<Raw_a, MAX_ROWS * MAX_UNITS_PER_STEP>; // [step unit k][row r]
     var raw_up: array<Raw_b, MAX_ROWS * MAX_UNITS_PER_STEP>;
-    if (x_int8 == 1u) {
+    if (prefetch_groups == 1u) {
+      let stride = wg_size * units_per_step;
+      let next_row0 = (g + launched) * rows_per_wg;
+      for (var u0 = tid; u0 < units; u0 += stride) {
+        raw_gate = ahead_gate;
+        raw_up = ahead_up;
+        if (u0 + stride < units) {
+          ahead_gate = load_step_a(row_bytes_a, row0, rows_a - 1u, u0 + stride, units);
+          ahead_up = load_step_b(row_bytes_b, row0, rows_a - 1u, u0 + stride, units);
+        } else if (g + launched < row_groups) {
+          ahead_gate = load_step_a(row_bytes_a, next_row0, rows_a - 1u, tid, units);
+          ahead_up = load_step_b(row_bytes_b, next_row0, rows_a - 1u, tid, units);
+        }
+        swiglu_step(&acc_gate, &acc_up, raw_gate, raw_up, u0, t0, nt, units);
+      }
+    } else if (x_int8 == 1u) {
       raw_gate = load_step_a(row_bytes_a, row0, rows_a - 1u, tid, units);
       raw_up = load_step_b(row_bytes_b, row0, rows_a - 1u, tid, units);
       if (first) { stage_int8(t0, nt, tid); }
     }
-    for (var u0 = tid; u0 < units; u0 += wg_size * units_per_step) {
+    for (var u0 = tid; u0 < units && prefetch_groups == 0u; u0 += wg_size * units_per_step) {
       if (x_int8 == 0u || u0 != tid) {
         raw_gate = load_step_a(row_bytes_a, row0, rows_a - 1u, u0, units);
         raw_up = load_step_b(row_bytes_b, row0, rows_a - 1u, u0, units);

@@ -243,6 +243,71 @@ fn accumulate(row_bytes: u32, row0: u32, last_row: u32, t0: u32, nt: u32, tid: u
   return acc;
 }
 
+// The products of one loaded step `raw` (units u0, u0 + wg_size, … of the rows) added into *acc, as in
+// accumulate's loop.
+fn step_products(
+  acc: ptr<function, array<f32, MAX_ROWS * MAX_TOKENS>>,
+  raw: array<Raw, MAX_ROWS * MAX_UNITS_PER_STEP>,
+  u0: u32,
+  t0: u32,
+  nt: u32,
+  units: u32,
+) {
+  // @unroll
+  for (var k = 0u; k < units_per_step; k++) {
+    let u = u0 + k * wg_size;
+    if (u < units) {
+      // @unroll
+      for (var t = 0u; t < tokens_per_wg; t++) {
+        if (t < nt) {
+          if (x_int8 == 1u) {
+            // @unroll
+            for (var r = 0u; r < rows_per_wg; r++) {
+              (*acc)[r * MAX_TOKENS + t] += unit_dot_int8(raw[k * MAX_ROWS + r], u, t * (cols / 16u));
+            }
+          } else {
+            let xs = unit_x((t0 + t) * (cols / 4u), u);
+            // @unroll
+            for (var r = 0u; r < rows_per_wg; r++) {
+              (*acc)[r * MAX_TOKENS + t] += unit_dot(raw[k * MAX_ROWS + r], xs, u);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+// accumulate with loads a step ahead (the kernel's prefetch_groups = 1): *ahead holds the loaded first
+// step of rows row0 …; before the products of each step this issues the loads of the next one, of the same
+// rows or, after the last, the first step of rows next_row0 … (the workgroup's next row group, when
+// has_next), which it leaves in *ahead. So a workgroup that takes several row groups has loads in flight
+// while it multiplies and while it reduces, at the cost of a second step of registers.
+fn accumulate_ahead(
+  row_bytes: u32,
+  row0: u32,
+  last_row: u32,
+  t0: u32,
+  nt: u32,
+  tid: u32,
+  ahead: ptr<function, array<Raw, MAX_ROWS * MAX_UNITS_PER_STEP>>,
+  next_row0: u32,
+  has_next: bool,
+) -> array<f32, MAX_ROWS * MAX_TOKENS> {
+  var acc: array<f32, MAX_ROWS * MAX_TOKENS>;
+  let units = (cols + UNIT_ELEMS - 1u) / UNIT_ELEMS;
+  let stride = wg_size * units_per_step;
+  for (var u0 = tid; u0 < units; u0 += stride) {
+    let raw = *ahead;
+    if (u0 + stride < units) {
+      *ahead = load_step(row_bytes, row0, last_row, u0 + stride, units);
+    } else if (has_next) {
+      *ahead = load_step(row_bytes, next_row0, last_row, tid, units);
+    }
+    step_products(&acc, raw, u0, t0, nt, units);
+  }
+  return acc;
+}
+
 // ==== F32 ====
 // W: array<vec4u>. Rows of a multiple of 256 values (F32_PLAIN takes the others): unit u holds the eight
 // vec4s (u / 8) · 64 + 8i + u % 8 (i < 8) of its row, so the neighbouring threads of one load read

@@ -80,6 +80,8 @@ export interface FusedMatvecTuning {
   maxWorkgroups?: number;
   /** Each workgroup's sums added per subgroup first, as `MatvecTuning.subgroupReduce` (default false). */
   subgroupReduce?: boolean | "emulated";
+  /** Gate/up only: weight loads a step ahead, as `MatvecTuning.prefetchGroups` (default false). */
+  prefetchGroups?: boolean;
 }
 
 /**
@@ -250,6 +252,7 @@ export function createGateUpSwiGlu(gpu: Gpu, options: GateUpSwiGluOptions): GpuO
       slots: 2,
       units_per_step: shape.unitsPerStep,
       x_int8: shape.int8 ? 1 : 0,
+      prefetch_groups: options.tuning?.prefetchGroups ? 1 : 0,
     },
     { ...subblockDefines(gate, up), ...partials.defines },
     "swiglu",
@@ -391,6 +394,9 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
     }
     ropePairs = ropeDim / 2;
     turns = ropeTurnTable(rope.invFreq, rope.maxPosition);
+  }
+  if (options.tuning?.prefetchGroups) {
+    throw new BadFlagError(`${label}: prefetchGroups is for single products and gate/up, not QKV`);
   }
   const turnsBuffer = gpu.buffer(`${label}.turns`, turns.data.byteLength, turns.data);
   const norm = normInputParts(gpu, label, maxTokens, options.norm);

@@ -92,6 +92,13 @@ export interface MatvecTuning {
    * not run on a GPU yet: Deno 2.9.6 offers no subgroups on the H100.
    */
   subgroupReduce?: boolean | "emulated";
+  /**
+   * Issue each step's weight loads before the products of the step before, across the row groups a
+   * workgroup takes in turn (with `maxWorkgroups`), so a workgroup has loads in flight while it multiplies
+   * and reduces; it holds two steps of weights in registers. Default false. An experiment: not yet timed
+   * on a GPU.
+   */
+  prefetchGroups?: boolean;
 }
 
 /**
@@ -248,6 +255,7 @@ export function createMatvec(gpu: Gpu, options: MatvecOptions): MatvecOp {
       units_per_step: checkUnitsPerStep(op, t.unitsPerStep),
       norm_partials: Math.max(1, normPartials),
       x_int8: int8 ? 1 : 0,
+      prefetch_groups: t.prefetchGroups ? 1 : 0,
       ...partials.constants,
     },
     { ...subblockDefines(weight), ...partials.defines },

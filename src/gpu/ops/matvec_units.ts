@@ -166,6 +166,7 @@ export const MATVEC_TUNING_KEYS: readonly string[] = [
   "int8",
   "maxWorkgroups",
   "subgroupReduce",
+  "prefetchGroups",
 ];
 
 /**
