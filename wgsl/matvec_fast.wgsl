@@ -328,8 +328,8 @@ fn main(
   }
 }
 
-// `swiglu` with prefetch_groups: the gate and up products of one loaded step (units u0, u0 + wg_size, …),
-// each x load shared by both, as in the entry's own loop.
+// `swiglu`: the gate and up products of one loaded step (units u0, u0 + wg_size, …), each x load shared by
+// both.
 fn swiglu_step(
   acc_gate: ptr<function, array<f32, MAX_ROWS * MAX_TOKENS>>,
   acc_up: ptr<function, array<f32, MAX_ROWS * MAX_TOKENS>>,
@@ -427,29 +427,7 @@ fn swiglu(
         raw_gate = load_step_a(row_bytes_a, row0, rows_a - 1u, u0, units);
         raw_up = load_step_b(row_bytes_b, row0, rows_a - 1u, u0, units);
       }
-      // @unroll
-      for (var k = 0u; k < units_per_step; k++) {
-        let u = u0 + k * wg_size;
-        if (u < units) {
-          // @unroll
-          for (var t = 0u; t < tokens_per_wg; t++) {
-            if (t < nt && x_int8 == 1u) {
-              // @unroll
-              for (var r = 0u; r < rows_per_wg; r++) {
-                acc_gate[r * MAX_TOKENS + t] += unit_dot_int8_a(raw_gate[k * MAX_ROWS + r], u, t * (cols / 16u));
-                acc_up[r * MAX_TOKENS + t] += unit_dot_int8_b(raw_up[k * MAX_ROWS + r], u, t * (cols / 16u));
-              }
-            } else if (t < nt) {
-              let xs = unit_x_a((t0 + t) * (cols / 4u), u);
-              // @unroll
-              for (var r = 0u; r < rows_per_wg; r++) {
-                acc_gate[r * MAX_TOKENS + t] += unit_dot_a(raw_gate[k * MAX_ROWS + r], xs, u);
-                acc_up[r * MAX_TOKENS + t] += unit_dot_b(raw_up[k * MAX_ROWS + r], xs, u);
-              }
-            }
-          }
-        }
-      }
+      swiglu_step(&acc_gate, &acc_up, raw_gate, raw_up, u0, t0, nt, units);
     }
     if (norm_mode == 2u && first) { norm_part = norm_share(t0, nt, tid); }
     // Sum 2q is the gate of (row r, token t) with q = r · tokens_per_wg + t, 2q + 1 its up; with a folded

@@ -207,7 +207,6 @@ fn load_step(row_bytes: u32, row0: u32, last_row: u32, u0: u32, units: u32)
 fn accumulate(row_bytes: u32, row0: u32, last_row: u32, t0: u32, nt: u32, tid: u32, stage: bool)
     -> array<f32, MAX_ROWS * MAX_TOKENS> {
   var acc: array<f32, MAX_ROWS * MAX_TOKENS>;
-  let x_row = cols / 4u;
   let units = (cols + UNIT_ELEMS - 1u) / UNIT_ELEMS;
   var raw: array<Raw, MAX_ROWS * MAX_UNITS_PER_STEP>;
   if (x_int8 == 1u) {
@@ -216,35 +215,12 @@ fn accumulate(row_bytes: u32, row0: u32, last_row: u32, t0: u32, nt: u32, tid: u
   }
   for (var u0 = tid; u0 < units; u0 += wg_size * units_per_step) {
     if (x_int8 == 0u || u0 != tid) { raw = load_step(row_bytes, row0, last_row, u0, units); }
-    // @unroll
-    for (var k = 0u; k < units_per_step; k++) {
-      let u = u0 + k * wg_size;
-      if (u < units) {
-        // @unroll
-        for (var t = 0u; t < tokens_per_wg; t++) {
-          if (t < nt) {
-            if (x_int8 == 1u) {
-              // @unroll
-              for (var r = 0u; r < rows_per_wg; r++) {
-                acc[r * MAX_TOKENS + t] += unit_dot_int8(raw[k * MAX_ROWS + r], u, t * (cols / 16u));
-              }
-            } else {
-              let xs = unit_x((t0 + t) * x_row, u);
-              // @unroll
-              for (var r = 0u; r < rows_per_wg; r++) {
-                acc[r * MAX_TOKENS + t] += unit_dot(raw[k * MAX_ROWS + r], xs, u);
-              }
-            }
-          }
-        }
-      }
-    }
+    step_products(&acc, raw, u0, t0, nt, units);
   }
   return acc;
 }
 
-// The products of one loaded step `raw` (units u0, u0 + wg_size, … of the rows) added into *acc, as in
-// accumulate's loop.
+// The products of one loaded step `raw` (units u0, u0 + wg_size, … of the rows) added into *acc.
 fn step_products(
   acc: ptr<function, array<f32, MAX_ROWS * MAX_TOKENS>>,
   raw: array<Raw, MAX_ROWS * MAX_UNITS_PER_STEP>,
