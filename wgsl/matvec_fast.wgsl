@@ -417,17 +417,19 @@ fn swiglu(
         }
         swiglu_step(&acc_gate, &acc_up, raw_gate, raw_up, u0, t0, nt, units);
       }
-    } else if (x_int8 == 1u) {
-      raw_gate = load_step_a(row_bytes_a, row0, rows_a - 1u, tid, units);
-      raw_up = load_step_b(row_bytes_b, row0, rows_a - 1u, tid, units);
-      if (first) { stage_int8(t0, nt, tid); }
-    }
-    for (var u0 = tid; u0 < units && prefetch_groups == 0u; u0 += wg_size * units_per_step) {
-      if (x_int8 == 0u || u0 != tid) {
-        raw_gate = load_step_a(row_bytes_a, row0, rows_a - 1u, u0, units);
-        raw_up = load_step_b(row_bytes_b, row0, rows_a - 1u, u0, units);
+    } else {
+      if (x_int8 == 1u) {
+        raw_gate = load_step_a(row_bytes_a, row0, rows_a - 1u, tid, units);
+        raw_up = load_step_b(row_bytes_b, row0, rows_a - 1u, tid, units);
+        if (first) { stage_int8(t0, nt, tid); }
       }
-      swiglu_step(&acc_gate, &acc_up, raw_gate, raw_up, u0, t0, nt, units);
+      for (var u0 = tid; u0 < units; u0 += wg_size * units_per_step) {
+        if (x_int8 == 0u || u0 != tid) {
+          raw_gate = load_step_a(row_bytes_a, row0, rows_a - 1u, u0, units);
+          raw_up = load_step_b(row_bytes_b, row0, rows_a - 1u, u0, units);
+        }
+        swiglu_step(&acc_gate, &acc_up, raw_gate, raw_up, u0, t0, nt, units);
+      }
     }
     if (norm_mode == 2u && first) { norm_part = norm_share(t0, nt, tid); }
     // Sum 2q is the gate of (row r, token t) with q = r · tokens_per_wg + t, 2q + 1 its up; with a folded
