@@ -83,7 +83,15 @@ export {
   type SynthType,
   writeSyntheticModel,
 } from "./src/model/synth.ts";
-export { getGpu, Gpu, type GpuOptions, type Kernel } from "./src/gpu/device.ts";
+export {
+  type AdapterSource,
+  getGpu,
+  Gpu,
+  type GpuOptions,
+  type Kernel,
+  noAdapterError,
+} from "./src/gpu/device.ts";
+export { BufferPool, type BufferPoolStats } from "./src/gpu/buffer_pool.ts";
 export type { CoopMatrixSupport } from "./src/gpu/coop_probe.ts";
 export {
   type GateActivation,

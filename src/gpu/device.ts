@@ -1,7 +1,8 @@
 /**
  * The WebGPU device: adapter selection, real limits, `shader-f16`, a pipeline cache keyed by kernel and
- * specialisation, and small helpers to move data in and out. One {@link Gpu} per process is the norm
- * ({@link getGpu}); kernels take it as their first argument.
+ * specialisation, a pool of reusable transient buffers (`./buffer_pool.ts`), and small helpers to move
+ * data in and out. A lost or destroyed device makes later work a one-line `DeviceError`. One {@link Gpu}
+ * per process is the norm ({@link getGpu}); kernels take it as their first argument.
  *
  * @module
  */
@@ -10,9 +11,28 @@ import { DeviceError, OutOfMemoryError } from "../errors.ts";
 import { specialiseOverrides, unrollLoops } from "./unroll.ts";
 import { includeShaders, loadShader, preloadShaders, SHADER_NAMES, shadersAreLocal } from "./shader.ts";
 import { COOP_MATRIX_FEATURE, type CoopMatrixSupport, firstLine, probeCoopMatrix } from "./coop_probe.ts";
+import { BufferPool } from "./buffer_pool.ts";
 
 /** Storage | copy-dst | copy-src: the usage of almost every buffer we make. */
 export const STORAGE_USAGE = 0x80 /* STORAGE */ | 0x08 /* COPY_DST */ | 0x04; /* COPY_SRC */
+
+/** Map-read | copy-dst: the usage of the staging buffers {@link Gpu.read} copies through. */
+const READ_STAGING_USAGE = 0x01 /* MAP_READ */ | 0x08; /* COPY_DST */
+
+/** Where adapters come from: the runtime's `navigator.gpu`, or a stand-in (e.g. one that finds none). */
+export type AdapterSource = Pick<GPU, "requestAdapter">;
+
+/**
+ * The one-line error for a runtime that found no WebGPU adapter, saying how to get one; `backendsTried`
+ * names the backends the runtime was limited to, when this process chose them.
+ */
+export function noAdapterError(backendsTried?: string): DeviceError {
+  return new DeviceError(
+    "no WebGPU adapter found: install a GPU driver with Vulkan support, or on a CPU-only Linux " +
+      "`apt-get install mesa-vulkan-drivers` (lavapipe); `--backend cpu` runs without a GPU" +
+      (backendsTried ? ` (only ${backendsTried} was tried; ${BACKEND_VARIABLE}=gl tries OpenGL)` : ""),
+  );
+}
 
 /** Options for {@link Gpu.create}. */
 export interface GpuOptions {
@@ -70,8 +90,11 @@ export class Gpu {
    * DENO_WEBGPU_BACKEND to choose)", "vulkan,gl (DENO_WEBGPU_BACKEND)" or "the runtime's default (all)".
    */
   readonly backends: string;
+  /** Reusable buffers for transient work, e.g. the staging copies of {@link Gpu.read}. */
+  readonly buffers: BufferPool;
   readonly #pipelines = new Map<string, Kernel>();
   #lostReason: string | undefined;
+  #destroyed = false;
 
   private constructor(
     device: GPUDevice,
@@ -92,29 +115,27 @@ export class Gpu {
     this.backends = backends;
     this.hasF16 = device.features.has("shader-f16");
     this.hasTimestamps = device.features.has("timestamp-query");
-    device.lost.then((info) => {
-      if (info.reason !== "destroyed") this.#lostReason = info.message || String(info.reason);
-    });
+    this.buffers = new BufferPool(device);
+    device.lost.then((info) => this.#noteLoss(info));
   }
 
-  /** Opens the high-performance adapter with its real limits; a one-line error when there is none. */
-  static async create(options: GpuOptions = {}): Promise<Gpu> {
+  /**
+   * Opens the high-performance adapter with its real limits; a one-line error when there is none.
+   * `webgpu` is where adapters come from (default: the runtime's `navigator.gpu`).
+   */
+  static async create(
+    options: GpuOptions = {},
+    webgpu: AdapterSource | undefined = runtimeWebGpu(),
+  ): Promise<Gpu> {
     const chosenBackends = prepareRuntimeEnvironment();
-    const gpu = (globalThis.navigator as { gpu?: GPU } | undefined)?.gpu;
-    if (!gpu) {
+    if (!webgpu) {
       throw new DeviceError(
         "WebGPU is not available in this runtime (run with Deno 2.x; in a browser use one with WebGPU enabled)",
       );
     }
     if (!shadersAreLocal()) await preloadShaders([...SHADER_NAMES]);
-    const adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
-    if (!adapter) {
-      throw new DeviceError(
-        "no WebGPU adapter found: install a GPU driver with Vulkan support, or on a CPU-only Linux " +
-          "`apt-get install mesa-vulkan-drivers` (lavapipe); `--backend cpu` runs without a GPU" +
-          (chosenBackends ? ` (only ${chosenBackends} was tried; ${BACKEND_VARIABLE}=gl tries OpenGL)` : ""),
-      );
-    }
+    const adapter = await webgpu.requestAdapter({ powerPreference: "high-performance" });
+    if (!adapter) throw noAdapterError(chosenBackends);
     const wanted: GPUFeatureName[] = [];
     if (adapter.features.has("shader-f16") && !options.disableF16) wanted.push("shader-f16");
     if (options.profile && adapter.features.has("timestamp-query")) wanted.push("timestamp-query");
@@ -154,7 +175,7 @@ export class Gpu {
       if (coop.support === undefined) {
         device?.destroy();
         device = undefined;
-        opener = (await gpu.requestAdapter({ powerPreference: "high-performance" })) ?? adapter;
+        opener = (await webgpu.requestAdapter({ powerPreference: "high-performance" })) ?? adapter;
       }
     }
     let subgroupsOpen = subgroupsOn;
@@ -164,7 +185,7 @@ export class Gpu {
       } catch (e) {
         if (!subgroupsOn) throw new DeviceError(`could not open the WebGPU device: ${(e as Error).message}`);
         // Subgroups are only an option of a few kernels: a device that will not open with them opens without.
-        const fresh = (await gpu.requestAdapter({ powerPreference: "high-performance" })) ?? adapter;
+        const fresh = (await webgpu.requestAdapter({ powerPreference: "high-performance" })) ?? adapter;
         const plain = wanted.filter((f) => f !== "subgroups");
         try {
           device = await fresh.requestDevice({ requiredFeatures: plain, requiredLimits });
@@ -195,9 +216,37 @@ export class Gpu {
     return this.device.limits;
   }
 
-  /** Throws a {@link DeviceError} if the device was lost since the last call. */
+  /** Throws a {@link DeviceError} if the device was lost or destroyed. */
   checkAlive(): void {
-    if (this.#lostReason !== undefined) throw new DeviceError(`the GPU device was lost: ${this.#lostReason}`);
+    const gone = this.#goneError();
+    if (gone) throw gone;
+  }
+
+  /**
+   * The one-line {@link DeviceError} for a failed read of `what` (e.g. a rejected `mapAsync`): the device's
+   * loss when it went (given a turn of the event loop to be reported: a mapping fails before the device's
+   * `lost` promise settles), else `error` itself when it is one, else `error`'s first line.
+   */
+  async readFailure(error: unknown, what: string): Promise<DeviceError> {
+    await this.#settleLoss();
+    return this.#goneError() ??
+      (error instanceof DeviceError
+        ? error
+        : new DeviceError(`reading ${what} back from the GPU failed: ${firstLine(error)}`));
+  }
+
+  /**
+   * Maps `size` bytes (default: the rest) of `buffer` from `offset` for reading, once the GPU work writing
+   * it is done. A mapping that fails, or a device lost meanwhile, becomes a one-line {@link DeviceError}
+   * naming `what` ({@link Gpu.readFailure}); the caller then may not reuse the buffer (it may stay pending).
+   */
+  async mapForReading(buffer: GPUBuffer, what: string, offset = 0, size?: number): Promise<void> {
+    try {
+      await buffer.mapAsync(GPUMapMode.READ, offset, size);
+    } catch (e) {
+      throw await this.readFailure(e, what);
+    }
+    this.checkAlive();
   }
 
   /**
@@ -214,9 +263,13 @@ export class Gpu {
     defines: Record<string, string> = {},
     entryPoint = "main",
   ): Kernel {
-    const key = `${name}:${entryPoint}:${JSON.stringify(constants)}:${JSON.stringify(defines)}`;
+    // Override constants are named, so their order is no part of the specialisation; defines are
+    // substituted in turn (a value may hold another placeholder), so theirs is.
+    const sortedConstants = Object.fromEntries(Object.entries(constants).sort(([a], [b]) => a < b ? -1 : 1));
+    const key = `${name}:${entryPoint}:${JSON.stringify(sortedConstants)}:${JSON.stringify(defines)}`;
     const cached = this.#pipelines.get(key);
     if (cached) return cached;
+    this.checkAlive();
     let code = includeShaders(loadShader(name));
     for (const [k, v] of Object.entries(defines)) code = code.replaceAll(`{{${k}}}`, v);
     const specialised = specialiseOverrides(code, constants);
@@ -249,11 +302,11 @@ export class Gpu {
    */
   buffer(label: string, size: number, data?: ArrayBufferView, usage: number = STORAGE_USAGE): GPUBuffer {
     const bytes = Math.max(4, Math.ceil(size / 4) * 4);
-    if (bytes > this.limits.maxBufferSize) {
+    const max = this.limits.maxBufferSize;
+    if (bytes > max) {
       throw new OutOfMemoryError(
-        `${label}: ${formatBytes(bytes)} exceeds this GPU's largest buffer (${
-          formatBytes(this.limits.maxBufferSize)
-        })`,
+        `${label}: ${formatBytes(bytes)} (${bytes} B) asked, but this GPU's largest buffer is ` +
+          `${formatBytes(max)} (${max} B)`,
       );
     }
     const buf = this.device.createBuffer({ label, size: bytes, usage, mappedAtCreation: data !== undefined });
@@ -280,6 +333,7 @@ export class Gpu {
     workgroups: [number, number?, number?],
     pass?: GPUComputePassEncoder,
   ): void {
+    this.checkAlive();
     const group = this.bind(kernel, resources);
     const [x, y = 1, z = 1] = workgroups;
     const max = this.limits.maxComputeWorkgroupsPerDimension;
@@ -301,18 +355,27 @@ export class Gpu {
     this.device.queue.submit([encoder.finish()]);
   }
 
-  /** Copies `size` bytes (default: all) of `buffer` from `offset` back to the CPU. */
+  /**
+   * Copies `size` bytes (default: all) of `buffer` from `offset` back to the CPU, through a staging buffer
+   * of {@link Gpu.buffers}. A lost device or failed mapping is a {@link DeviceError}.
+   */
   async read(buffer: GPUBuffer, offset: number = 0, size?: number): Promise<ArrayBuffer> {
-    size ??= buffer.size - offset;
-    const staging = this.device.createBuffer({ size, usage: 0x01 /* MAP_READ */ | 0x08 /* COPY_DST */ });
-    const encoder = this.device.createCommandEncoder();
-    encoder.copyBufferToBuffer(buffer, offset, staging, 0, size);
-    this.device.queue.submit([encoder.finish()]);
-    await staging.mapAsync(0x0001 /* READ */);
     this.checkAlive();
-    const out = staging.getMappedRange().slice(0);
+    size ??= buffer.size - offset;
+    const what = `'${buffer.label || "a buffer"}'`;
+    const staging = this.buffers.acquire(size, READ_STAGING_USAGE, "read staging");
+    try {
+      const encoder = this.device.createCommandEncoder();
+      encoder.copyBufferToBuffer(buffer, offset, staging, 0, size);
+      this.device.queue.submit([encoder.finish()]);
+      await this.mapForReading(staging, what, 0, size);
+    } catch (e) {
+      this.buffers.discard(staging);
+      throw e;
+    }
+    const out = staging.getMappedRange(0, size).slice(0);
     staging.unmap();
-    staging.destroy();
+    this.buffers.release(staging);
     return out;
   }
 
@@ -326,10 +389,46 @@ export class Gpu {
     return new Uint32Array(await this.read(buffer, offset, count === undefined ? undefined : count * 4));
   }
 
-  /** Releases the device. */
+  /** Releases the device and the buffers of {@link Gpu.buffers}; later work is a {@link DeviceError}. */
   destroy(): void {
+    this.#destroyed = true;
+    this.buffers.destroy();
     this.device.destroy();
   }
+
+  /** The error for a device that was lost or destroyed, else undefined. */
+  #goneError(): DeviceError | undefined {
+    if (this.#lostReason !== undefined) {
+      return new DeviceError(`the GPU device was lost: ${this.#lostReason}`);
+    }
+    if (this.#destroyed) {
+      return new DeviceError("the GPU device was destroyed and can run no more work; open a new one");
+    }
+    return undefined;
+  }
+
+  /** Records how the device went: a loss keeps its reason (one line), a destroy marks it destroyed. */
+  #noteLoss(info: GPUDeviceLostInfo): void {
+    if (info.reason === "destroyed") this.#destroyed = true;
+    else this.#lostReason ??= firstLine(info.message || String(info.reason));
+  }
+
+  /**
+   * Gives the device's `lost` promise one turn of the event loop to settle: a mapping rejected because the
+   * device went is reported before `lost` resolves, and the error should say why.
+   */
+  async #settleLoss(): Promise<void> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const turn = new Promise<undefined>((resolve) => timer = setTimeout(() => resolve(undefined), 0));
+    const info = await Promise.race([this.device.lost, turn]);
+    clearTimeout(timer);
+    if (info) this.#noteLoss(info);
+  }
+}
+
+/** The runtime's WebGPU entry point (`navigator.gpu`), when it has one. */
+function runtimeWebGpu(): AdapterSource | undefined {
+  return (globalThis.navigator as { gpu?: GPU } | undefined)?.gpu;
 }
 
 /**
@@ -408,15 +507,22 @@ function serves(have: GpuOptions, want: GpuOptions): boolean {
  * A process-wide {@link Gpu}: the first device opened that serves `options` (one asked for timestamps or
  * cooperative matrices serves callers that do not ask; features turned off must match), else a new one
  * opened with them. So a later caller asking for profiling or matrix units gets them after a plain load.
+ * A device that was lost or destroyed is forgotten, so the next call opens a new one.
  */
 export function getGpu(options: GpuOptions = {}): Promise<Gpu> {
   const found = opened.find((o) => serves(o.options, options));
   if (found) return found.gpu;
   const entry = { options: { ...options }, gpu: Gpu.create(options) };
+  const forget = () => {
+    const at = opened.indexOf(entry);
+    if (at >= 0) opened.splice(at, 1);
+  };
   entry.gpu = entry.gpu.catch((e) => {
-    opened.splice(opened.indexOf(entry), 1);
+    forget();
     throw e;
   });
+  // A device lost or destroyed serves no one: the next caller opens a fresh one.
+  entry.gpu.then((gpu) => gpu.device.lost.then(forget), () => {});
   opened.push(entry);
   return entry.gpu;
 }

@@ -119,19 +119,27 @@ export class GpuProfiler {
 
   /**
    * After the command buffer holding {@link GpuProfiler.resolve} was submitted: reads the timestamps,
-   * adds every pass to its label's total and returns the totals so far (largest first).
+   * adds every pass to its label's total and returns the totals so far (largest first). A device lost
+   * meanwhile is a `DeviceError` (the batch is then dropped).
    */
   async collect(): Promise<ProfileRow[]> {
     if (this.#readBuf && this.#resolved > 0) {
       const n = this.#resolved;
-      await this.#readBuf.mapAsync(GPUMapMode.READ, 0, 2 * n * 8);
-      this.#gpu.checkAlive();
-      const stamps = new BigInt64Array(this.#readBuf.getMappedRange(0, 2 * n * 8).slice(0));
-      this.#readBuf.unmap();
+      const labels = this.#labels;
+      let stamps: BigInt64Array;
+      try {
+        await this.#gpu.mapForReading(this.#readBuf, "the profiler's timestamps", 0, 2 * n * 8);
+        stamps = new BigInt64Array(this.#readBuf.getMappedRange(0, 2 * n * 8).slice(0));
+        this.#readBuf.unmap();
+      } finally {
+        // Read or not, this batch is over: a failed one is not read again.
+        this.#labels = [];
+        this.#resolved = 0;
+      }
       for (let i = 0; i < n; i++) {
         // Timestamps may be reset or reordered by the driver; a negative span counts as zero.
         const ns = Number(stamps[2 * i + 1] - stamps[2 * i]);
-        this.#add(this.#labels[i], Math.max(0, ns) / 1e6);
+        this.#add(labels[i], Math.max(0, ns) / 1e6);
       }
     }
     this.#labels = [];

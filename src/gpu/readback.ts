@@ -17,6 +17,9 @@
  * @module
  */
 
+import { DeviceError } from "../errors.ts";
+import { firstLine } from "./coop_probe.ts";
+
 /** Usage flags of a staging buffer: MAP_READ | COPY_DST. */
 const STAGING_USAGE = 0x0001 | 0x0008;
 
@@ -70,7 +73,8 @@ export class StagingRing {
 
   /**
    * Copies the first `bytes` bytes of `buffer` (one of this ring's, taken by {@link take} and written by
-   * submitted GPU work) back to the CPU. Rejects as `mapAsync` does (e.g. when the device is lost).
+   * submitted GPU work) back to the CPU. A mapping that fails (e.g. the device was lost) rejects with a
+   * one-line {@link DeviceError} naming the buffer; the buffer is then unusable, like its device.
    */
   async read(buffer: GPUBuffer, bytes: number): Promise<ArrayBuffer> {
     await this.#settling.get(buffer);
@@ -90,7 +94,11 @@ export class StagingRing {
         return copy;
       }
     }
-    await mapping;
+    try {
+      await mapping;
+    } catch (e) {
+      throw new DeviceError(`reading '${buffer.label}' back from the GPU failed: ${firstLine(e)}`);
+    }
     const out = buffer.getMappedRange(0, bytes).slice(0);
     buffer.unmap();
     this.#primed.add(buffer);
