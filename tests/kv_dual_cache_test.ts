@@ -350,3 +350,160 @@ Deno.test("dual cache: pages a row took ahead go back to the pool when another r
   equal(kv.globalLength(slot, 0, 1), tokens - C - 600);
   equal(kv.pool.freePages, 0);
 });
+
+/** Every page the rows of `kv` list (rings, then global pages) has one owner and is in use; returns them. */
+function listedPages(kv: DualCache, slots: number[]): Set<number> {
+  const owners = new Set<number>();
+  for (const s of slots) {
+    for (let l = 0; l < kv.layers; l++) {
+      for (let h = 0; h < kv.kvHeads; h++) {
+        const row = kv.tables.rowOf(s, l, h);
+        for (const p of kv.tables.pagesOfRow(row, kv.ringPages + Math.ceil(kv.globalLength(s, l, h) / 16))) {
+          ok(!owners.has(p), `page ${p} has two owners`);
+          ok(kv.pool.isUsed(p), `page ${p} is listed but free`);
+          owners.add(p);
+        }
+      }
+    }
+  }
+  return owners;
+}
+
+/** Lengths, global lengths and admissions of every row of `slot`. */
+function rowState(kv: DualCache, slot: number) {
+  const s = kv.stats(slot);
+  const rows = [];
+  for (let l = 0; l < kv.layers; l++) {
+    for (let h = 0; h < kv.kvHeads; h++) rows.push([kv.length(slot, l, h), kv.globalLength(slot, l, h)]);
+  }
+  return { tokens: s.tokens, rows, admitted: [...s.admittedFraction].map((f) => f * s.tokens) };
+}
+
+Deno.test("dual cache: a rewind leaves the state of the kept tokens; later steps go on as without the rewound ones", () => {
+  const L = 2, H = 3, maxBatch = 4, W = 9;
+  const policy = { kind: "wgkv" as const, window: W, threshold: 0.1, gate: null };
+  const options = {
+    layers: L,
+    kvHeads: H,
+    headDim: 8,
+    maxBatch,
+    maxGlobalTokens: 256,
+    policy,
+    globalPageRun: 2,
+  };
+  const kv = DualCache.cpuOnly(options);
+  const C = kv.ringTokens; // ⌈(9 + 4 − 1)/16⌉·16 = 16
+  equal(C, 16);
+  equal(kv.maxRewind, C - W + 1);
+  ok(kv.maxRewind >= maxBatch);
+  const slot = kv.openSequence();
+  const flags: number[][] = []; // [position][layer·H + head]
+  const draw = () => Array.from({ length: L * H }, () => Math.random() < 0.6 ? 1 : 0);
+  const feed = (cache: DualCache, s: number, from: number, to: number, step: number) => {
+    for (let p = from; p < to; p += step) {
+      const n = Math.min(step, to - p);
+      while (flags.length < p + n) flags.push(draw());
+      cache.beginStep(s, n, p);
+      cache.endStep(s, flags.slice(p, p + n).flat());
+    }
+  };
+  /** A fresh cache fed the first `n` tokens one at a time. */
+  const fresh = (n: number) => {
+    const other = DualCache.cpuOnly(options);
+    const s = other.openSequence();
+    feed(other, s, 0, n, 1);
+    return { other, s };
+  };
+  let seen = 0;
+  feed(kv, slot, 0, seen = 90, maxBatch);
+  for (const back of [1, kv.maxRewind, 5, kv.maxRewind, 2]) {
+    equal(kv.earliestRewind(slot), seen - kv.maxRewind);
+    // Steps ahead (as a chain decodes), then back by `back` tokens.
+    feed(kv, slot, seen, seen + kv.maxRewind, 1);
+    const ahead = seen + kv.maxRewind;
+    const pos = ahead - back;
+    const globalBefore = rowState(kv, slot).rows.reduce((sum, [, g]) => sum + g, 0);
+    const usedBefore = kv.pool.usedPages;
+    const copies = kv.rewind(slot, pos);
+    // Copies: the admitted tokens among those the rewound steps moved out of the ring.
+    let lost = 0;
+    for (let p = pos - C; p < ahead - C; p++) lost += flags[p].reduce((a, b) => a + b, 0);
+    equal(copies, lost, `copies back to ${pos}`);
+    equal(rowState(kv, slot).rows.reduce((sum, [, g]) => sum + g, 0), globalBefore - lost);
+    ok(kv.pool.usedPages <= usedBefore);
+    const { other, s } = fresh(pos);
+    deepEqual(rowState(kv, slot), rowState(other, s), `state after rewinding to ${pos}`);
+    // Every page is in one place: a row's list, a row's unfilled run, or the free list.
+    const listed = listedPages(kv, [slot]);
+    const stats = kv.stats(slot);
+    equal(stats.ringPages + stats.globalPages, kv.pool.usedPages);
+    ok(listed.size <= kv.pool.usedPages);
+    // Later steps promote and drop as in the cache that never saw the rewound tokens (new flags for them).
+    flags.length = pos;
+    feed(kv, slot, pos, pos + 2 * maxBatch + 3, maxBatch);
+    feed(other, s, pos, pos + 2 * maxBatch + 3, 3);
+    deepEqual(rowState(kv, slot), rowState(other, s), `state after going on from ${pos}`);
+    seen = pos + 2 * maxBatch + 3;
+  }
+  kv.closeSequence(slot);
+  equal(kv.pool.usedPages, 0, "every page back once");
+});
+
+Deno.test("dual cache: empty global pages go back to the pool on a rewind", () => {
+  // Every token admitted, a page at a time: a rewind of 16 tokens empties exactly one page per row.
+  const L = 1, H = 2, maxBatch = 16, W = 16;
+  const policy = { kind: "random" as const, window: W, rate: 1, seed: 0 };
+  const kv = DualCache.cpuOnly({
+    layers: L,
+    kvHeads: H,
+    headDim: 8,
+    maxBatch,
+    maxGlobalTokens: 256,
+    policy,
+    globalPageRun: 1,
+  });
+  const C = kv.ringTokens;
+  equal(C, 32);
+  const slot = kv.openSequence();
+  for (let p = 0; p < C + 32; p += maxBatch) {
+    kv.beginStep(slot, maxBatch, p);
+    kv.endStep(slot);
+  }
+  equal(kv.globalLength(slot, 0, 0), 32);
+  const used = kv.pool.usedPages;
+  equal(kv.rewind(slot, C + 16), 16 * L * H);
+  equal(kv.globalLength(slot, 0, 1), 16);
+  equal(kv.pool.usedPages, used - L * H);
+  listedPages(kv, [slot]);
+  equal(kv.rewind(slot, C + 16), 0, "rewinding to the end changes nothing");
+});
+
+Deno.test("dual cache: rewinds further back than the ring allows, past the end or mid-step are refused", () => {
+  const kv = DualCache.cpuOnly({ ...base, policy: { kind: "window", window: 4 } });
+  const C = kv.ringTokens;
+  const slot = kv.openSequence();
+  let pos = 0;
+  for (; pos < C; pos += 8) {
+    kv.beginStep(slot, 8, pos);
+    kv.endStep(slot);
+  }
+  equal(kv.earliestRewind(slot), 0, "nothing left the ring yet: any position");
+  kv.rewind(slot, 3);
+  equal(kv.tokens(slot), 3);
+  for (pos = 3; pos < 3 + 2 * C; pos += 8) {
+    kv.beginStep(slot, 8, pos);
+    kv.endStep(slot);
+  }
+  equal(kv.earliestRewind(slot), pos - kv.maxRewind);
+  const refused = (e: unknown) =>
+    e instanceof BadFlagError && !e.message.includes("\n") &&
+    /can rewind to positions \d+ … \d+ only/.test(e.message);
+  throws(() => kv.rewind(slot, pos - kv.maxRewind - 1), refused);
+  throws(() => kv.rewind(slot, pos + 1), refused);
+  throws(() => kv.rewind(slot, 2.5), refused);
+  kv.beginStep(slot, 1, pos);
+  throws(() => kv.rewind(slot, pos), /was not ended/);
+  kv.endStep(slot);
+  equal(kv.rewind(slot, pos + 1 - kv.maxRewind), 0, "the window policy admits nothing: no copies");
+  equal(kv.tokens(slot), pos + 1 - kv.maxRewind);
+});

@@ -98,7 +98,8 @@ export const chatCommand: Command = {
           let common = 0;
           while (common < have.length && common < ids.length - 1 && have[common] === ids[common]) common++;
           session.rewind(common);
-          common = session.tokens.length; // a WG-KV cache restarts from 0 rather than resume mid-way
+          // A WG-KV cache goes back only a few tokens: further, it restarts from 0.
+          common = session.tokens.length;
           if (common > 0) console.error(`(${common} tokens of the conversation reused from the KV cache)`);
           let reply = "";
           const gen = session.generate(ids.slice(common), {

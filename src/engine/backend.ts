@@ -54,6 +54,11 @@ export interface ModelBackend {
   prefillSignal?: AbortSignal;
   /** Whether a call may start before the cached positions (false: only at 0 or at the end). Default true. */
   readonly rewindable?: boolean;
+  /**
+   * Optional: whether a call may start at `pos` with the cache holding exactly the tokens fed before it (a
+   * cache that goes back only a few tokens says where). Without it, {@link rewindable} decides.
+   */
+  canResumeAt?(pos: number): boolean;
   /** KV memory in use against a full cache of the same tokens (and per-head admissions for WG-KV). */
   kvUsage?(): KvUsage;
   /** Human-readable lines about memory use (weights, KV cache) for `--verbose`/`info`. */

@@ -79,9 +79,13 @@ export class GpuBackend implements ModelBackend {
     return this.model.forward(tokens, pos, "sample", sampling);
   }
 
-  /** Most greedy or sampled steps chained per readback. */
+  /**
+   * Most greedy or sampled steps chained per readback: the model's, and with a dual cache no more than it
+   * can take back plus one, so that a chain stopped after its first token still leaves a cache that
+   * resumes where the session is.
+   */
   get maxChain(): number {
-    return this.model.maxChain;
+    return Math.max(1, Math.min(this.model.maxChain, this.model.maxRewind + 1));
   }
 
   /** Greedy steps chained on the GPU (one readback for all). */
@@ -94,9 +98,17 @@ export class GpuBackend implements ModelBackend {
     return this.model.decodeSampled(first, pos, count, sampling);
   }
 
-  /** Whether the cache can resume at any earlier position (not the dual cache: dropped keys are gone). */
+  /**
+   * Whether the cache can resume at any earlier position (not the dual cache: dropped keys are gone, it goes
+   * back only a few tokens, see {@link canResumeAt}).
+   */
   get rewindable(): boolean {
     return this.model.rewindable;
+  }
+
+  /** Whether a call may start at `pos` with the cache holding exactly the tokens fed before it. */
+  canResumeAt(pos: number): boolean {
+    return this.model.canResumeAt(pos);
   }
 
   /** KV memory in use against a full cache, and admissions per layer and head. */

@@ -62,7 +62,7 @@ export class Session {
   readonly tokens: number[] = [];
   /** The last sampled token, not yet run through the model; it leads the next call's input. */
   #unfed: number[] = [];
-  /** The cache holds more than {@link tokens} (a stopped prompt) and cannot rewind: start again from 0. */
+  /** The cache cannot resume after {@link tokens} (e.g. a stopped prompt went too far): start again from 0. */
   #restart = false;
   /** Statistics of the last `generate` call. */
   lastStats: GenerationStats | undefined;
@@ -75,11 +75,21 @@ export class Session {
    * to resume a chat from the longest prefix its re-rendered transcript shares with the cache.
    */
   rewind(n: number): void {
-    // A cache that dropped tokens (WG-KV) cannot resume in the middle: start over from position 0.
-    if ((n < this.tokens.length && this.backend.rewindable === false) || this.#restart) n = 0;
+    // A cache that dropped tokens (WG-KV) goes back only a few tokens: further, start over from position 0.
+    if (this.#restart || (n < this.tokens.length && !this.#resumesAt(n, this.backend.rewindable !== false))) {
+      n = 0;
+    }
     this.#restart = false;
     if (n < this.tokens.length) this.tokens.length = Math.max(0, n);
     this.#unfed = [];
+  }
+
+  /**
+   * Whether the backend's cache can take a call at `pos` holding exactly the first `pos` tokens of the
+   * conversation; `otherwise` for a backend that does not say (no `canResumeAt`).
+   */
+  #resumesAt(pos: number, otherwise: boolean): boolean {
+    return this.backend.canResumeAt ? this.backend.canResumeAt(pos) : otherwise;
   }
 
   /** Every token of the conversation, the last sampled one (not yet in the cache) included. */
@@ -125,6 +135,8 @@ export class Session {
     const maxTokens = options.maxTokens ?? 256;
     const stops = (options.stop ?? []).filter((s) => s.length > 0);
     const ctx = this.backend.contextLength;
+    // A cache that went on too far past the conversation to come back (a stopped prompt) runs it again.
+    if (!this.#restart && !this.#resumesAt(this.tokens.length, true)) this.#restart = true;
     // What to restore should the prompt be stopped during its prefill.
     const before = { tokens: this.#restart ? this.tokens.slice() : undefined, unfed: this.#unfed };
     if (this.#restart) {
@@ -215,8 +227,10 @@ export class Session {
             }
           } catch (error) {
             if (!(error instanceof PrefillAbortedError)) throw error;
-            // The conversation is what it was before this call; a cache that cannot rewind runs it again.
-            this.#restore(before, this.backend.rewindable === false);
+            // The conversation is what it was before this call; a cache that cannot go back to its end (the
+            // prompt ran too far into it) runs it again.
+            this.#restore(before, false);
+            this.#restart = !this.#resumesAt(this.tokens.length, this.backend.rewindable !== false);
             stats.promptTokens = error.done;
             stats.prefillMs = performance.now() - t0;
             stats.stopReason = "abort";

@@ -22,12 +22,20 @@
  * read back after each step and passed to {@link DualCache.endStep}), allocates the global pages, and
  * uploads the plan; the `wgkv_promote` kernel executes it before the step's appends.
  *
+ * Rewind ({@link DualCache.rewind}): greedy or sampled decode runs a few steps ahead of what a caller may
+ * keep (a stop string ends generation mid-chain), so the cache can go back by up to
+ * {@link DualCache.maxRewind} tokens, exactly: the state afterwards is the one a sequence fed only the kept
+ * tokens has. The rewound steps overwrote ring tokens that are then back in the kept sequence's ring; the
+ * admitted ones are still in the global tails (copied back, the tails shortened), and the dropped ones lay
+ * at least `window` positions before every later query (that is what bounds `maxRewind`), so no query sees
+ * them again. The CPU keeps each row's flags of the last `ringTokens + maxRewind` positions for this.
+ *
  * @module
  */
 
 import { BadFlagError, OutOfMemoryError } from "../errors.ts";
 import type { Gpu } from "../gpu/device.ts";
-import { BlockTables } from "./block_table.ts";
+import { BlockTables, NO_PAGE } from "./block_table.ts";
 import { PAGE_TOKENS, pageBytes, PagePool, pagesForTokens } from "./page_pool.ts";
 import type { PagedKvView } from "./paged_view.ts";
 import { PoolStorage } from "./pool_storage.ts";
@@ -68,8 +76,8 @@ export interface DualKvView extends PagedKvView {
   /** `u32 [seqSlots][layers][kvHeads][ringTokens]`: position · 2 + admitted of the token in each ring slot. */
   readonly slotInfo: GPUBuffer;
   /**
-   * `u32 [1 + 2 · maxPromotions]`: the count, then (source, destination) pairs of token addresses
-   * `page · 16 + token` of this step's promotions.
+   * `u32 [1 + 2 · n]`, n ≥ {@link maxPromotions}: the count, then (source, destination) pairs of token
+   * addresses `page · 16 + token` of this step's promotions (or of a rewind's restores).
    */
   readonly promotionPlan: GPUBuffer;
   /** Most promotions of one step (`maxBatch · layers · kvHeads`). */
@@ -96,6 +104,12 @@ export interface DualCacheStats {
 
 /** Positions one sequence may reach (a ring slot's word holds position · 2 + flag in a u32). */
 export const MAX_POSITIONS = 2 ** 31;
+
+/**
+ * The slot-info word of a ring slot that holds no token in a rewound row: position 2³¹ − 1, after every
+ * query, so the kernels never see it (such slots also lie beyond the row's length).
+ */
+const EMPTY_SLOT_INFO = 0xfffffffe;
 
 /** Ring tokens for a window and a largest step (see the module notes). */
 export function ringTokensFor(window: number, maxBatch: number): number {
@@ -136,6 +150,11 @@ export class DualCache implements DualKvView {
   readonly maxPagesPerHead: number;
   /** Most promotions in one step. */
   readonly maxPromotions: number;
+  /**
+   * Most tokens {@link rewind} can always take back: `ringTokens − window + 1`, at least `maxBatch` (the
+   * tokens the rewound steps dropped from the ring then lie a whole window before the next query).
+   */
+  readonly maxRewind: number;
   /** Page bookkeeping. */
   readonly pool: PagePool;
   /** Page lists and lengths. */
@@ -150,8 +169,13 @@ export class DualCache implements DualKvView {
   readonly #tokens: Float64Array;
   /** Tokens of the step begun and not yet ended, per slot (0 when none). */
   readonly #pending: Uint32Array;
-  /** Admission flag of the token in each ring slot, `[row][ringTokens]`. */
-  readonly #ringFlags: Uint8Array;
+  /**
+   * Admission flag of each of the last {@link #flagSpan} positions, `[row][flagSpan]` (position p at
+   * `p % flagSpan`): the ring's tokens, and those a rewind of up to {@link maxRewind} tokens brings back.
+   */
+  readonly #flags: Uint8Array;
+  /** Positions of flags kept per row: `ringTokens + maxRewind`. */
+  readonly #flagSpan: number;
   /** Global tokens per row. */
   readonly #globalLength: Uint32Array;
   /** Admitted tokens per row since the sequence opened. */
@@ -199,16 +223,20 @@ export class DualCache implements DualKvView {
     this.maxGlobalTokens = maxGlobalTokens;
     this.maxPagesPerHead = this.ringPages + pagesForTokens(maxGlobalTokens);
     this.maxPromotions = maxBatch * layers * kvHeads;
+    this.maxRewind = this.ringTokens - this.window + 1;
+    this.#flagSpan = this.ringTokens + this.maxRewind;
+    // The plan also carries a rewind's restores, up to maxRewind tokens of every row.
+    const planPairs = Math.max(this.maxPromotions, this.maxRewind * layers * kvHeads);
     const rows = seqSlots * layers * kvHeads;
     this.pool = new PagePool(options.pages ?? rows * this.maxPagesPerHead);
     this.tables = new BlockTables({ seqSlots, layers, kvHeads, maxPagesPerHead: this.maxPagesPerHead }, gpu);
     this.#open = new Uint8Array(seqSlots);
     this.#tokens = new Float64Array(seqSlots);
     this.#pending = new Uint32Array(seqSlots);
-    this.#ringFlags = new Uint8Array(rows * this.ringTokens);
+    this.#flags = new Uint8Array(rows * this.#flagSpan);
     this.#globalLength = new Uint32Array(rows);
     this.#admitted = new Float64Array(rows);
-    this.#planWords = new Uint32Array(1 + 2 * this.maxPromotions);
+    this.#planWords = new Uint32Array(1 + 2 * planPairs);
     this.#stepCounts = Array.from({ length: 4 }, () => new Uint32Array(layers * kvHeads));
     this.#pageRun = globalPageRun;
     this.#reserveCap = globalPageRun + pagesForTokens(maxBatch) + 1;
@@ -220,7 +248,7 @@ export class DualCache implements DualKvView {
     if (gpu) {
       this.#sequence = gpu.uniform("wgkv sequence", new Uint32Array(4));
       this.#slotInfo = gpu.buffer("wgkv slot info", rows * this.ringTokens * 4);
-      this.#plan = gpu.buffer("wgkv promotion plan", (1 + 2 * this.maxPromotions) * 4);
+      this.#plan = gpu.buffer("wgkv promotion plan", (1 + 2 * planPairs) * 4);
     }
   }
 
@@ -309,7 +337,7 @@ export class DualCache implements DualKvView {
       this.tables.lengths[row] = 0;
       this.#globalLength[row] = 0;
       this.#admitted[row] = 0;
-      this.#ringFlags.fill(0, row * this.ringTokens, (row + 1) * this.ringTokens);
+      this.#flags.fill(0, row * this.#flagSpan, (row + 1) * this.#flagSpan);
     }
     this.#open[slot] = 1;
     this.#tokens[slot] = 0;
@@ -337,8 +365,8 @@ export class DualCache implements DualKvView {
   }
 
   /**
-   * Empties sequence `slot` (back to 0 tokens) keeping its ring pages and slot: the way to "rewind" a
-   * dual cache, whose dropped tokens cannot be restored, is to reset and prefill again.
+   * Empties sequence `slot` (back to 0 tokens) keeping its ring pages and slot: the way back to a position
+   * before {@link earliestRewind}, whose dropped tokens cannot be restored, is to reset and prefill again.
    */
   resetSequence(slot: number): void {
     this.#checkSlot(slot);
@@ -352,7 +380,7 @@ export class DualCache implements DualKvView {
       this.tables.lengths[row] = 0;
       this.#globalLength[row] = 0;
       this.#admitted[row] = 0;
-      this.#ringFlags.fill(0, row * this.ringTokens, (row + 1) * this.ringTokens);
+      this.#flags.fill(0, row * this.#flagSpan, (row + 1) * this.#flagSpan);
       this.#releaseReserve(row);
     }
     this.#tokens[slot] = 0;
@@ -388,7 +416,7 @@ export class DualCache implements DualKvView {
 
   /**
    * Plans a step of `nTokens` new tokens at positions `pos0 …` of `slot` (pos0 must equal the tokens seen:
-   * the dual cache cannot roll back): promotes the ring tokens that the new ones overwrite (admitted ones
+   * {@link rewind} first to go back): promotes the ring tokens that the new ones overwrite (admitted ones
    * to newly allocated global pages, all or nothing), updates the lengths, and queues the uploads of the
    * promotion plan, block tables and sequence selector. Returns the number of promoted tokens.
    */
@@ -402,13 +430,14 @@ export class DualCache implements DualKvView {
     if (pos0 !== seen) {
       throw new BadFlagError(
         `WG-KV cache: sequence ${slot} holds ${seen} tokens, a step at position ${pos0} would ` +
-          (pos0 < seen ? "rewind it (dropped tokens cannot be restored)" : "leave a gap"),
+          (pos0 < seen ? "rewind it (call rewind first)" : "leave a gap"),
       );
     }
     if (seen + nTokens > MAX_POSITIONS) {
       throw new BadFlagError(`WG-KV cache: positions are limited to ${MAX_POSITIONS} per sequence`);
     }
-    const C = this.ringTokens, P = this.maxPagesPerHead, rows = this.layers * this.kvHeads;
+    const C = this.ringTokens, F = this.#flagSpan, P = this.maxPagesPerHead;
+    const rows = this.layers * this.kvHeads;
     const first = Math.max(seen, C) - C; // leaving positions [first, seen + nTokens − C)
     const last = seen + nTokens - C;
     // Count first so the allocation is all or none: each row's new pages come from its reserve, and a row
@@ -422,7 +451,7 @@ export class DualCache implements DualKvView {
     for (let r = 0; r < rows; r++) {
       const row = slot * rows + r;
       let n = 0;
-      for (let p = first; p < last; p++) n += this.#ringFlags[row * C + (p % C)];
+      for (let p = first; p < last; p++) n += this.#flags[row * F + (p % F)];
       const after = this.#globalLength[row] + n;
       if (after > this.maxGlobalTokens) {
         throw new OutOfMemoryError(
@@ -467,8 +496,8 @@ export class DualCache implements DualKvView {
       const row = slot * rows + r;
       const table = this.tables.table;
       for (let p = first; p < last && promote[r] > 0; p++) {
+        if (!this.#flags[row * F + (p % F)]) continue;
         const s = p % C;
-        if (!this.#ringFlags[row * C + s]) continue;
         const g = this.#globalLength[row]++;
         const j = this.ringPages + Math.floor(g / PAGE_TOKENS);
         if (g % PAGE_TOKENS === 0) {
@@ -502,7 +531,7 @@ export class DualCache implements DualKvView {
     this.#checkSlot(slot);
     const n = this.#pending[slot];
     if (!n) throw new Error(`WG-KV cache: sequence ${slot} has no step to end`);
-    const L = this.layers, H = this.kvHeads, C = this.ringTokens;
+    const L = this.layers, H = this.kvHeads, F = this.#flagSpan;
     if (this.policy.kind === "wgkv" && !(flags && flags.length >= n * L * H)) {
       throw new BadFlagError(`WG-KV cache: the gate flags of ${n} tokens need ${n * L * H} values`);
     }
@@ -513,7 +542,7 @@ export class DualCache implements DualKvView {
         for (let h = 0; h < H; h++) {
           const row = (slot * L + l) * H + h;
           const admitted = admitsByRule(this.policy, l, h, pos) ?? (flags![(t * L + l) * H + h] !== 0);
-          this.#ringFlags[row * C + (pos % C)] = admitted ? 1 : 0;
+          this.#flags[row * F + (pos % F)] = admitted ? 1 : 0;
           if (admitted) this.#admitted[row]++;
         }
       }
@@ -529,7 +558,7 @@ export class DualCache implements DualKvView {
    */
   rewriteFlags(slot: number, pos0: number, flags: ArrayLike<number>): void {
     this.#checkSlot(slot);
-    const L = this.layers, H = this.kvHeads, C = this.ringTokens;
+    const L = this.layers, H = this.kvHeads, C = this.ringTokens, F = this.#flagSpan;
     const n = Math.floor(flags.length / (L * H));
     const seen = this.#tokens[slot];
     if (this.#pending[slot] || pos0 < Math.max(0, seen - C) || pos0 + n > seen) {
@@ -541,12 +570,107 @@ export class DualCache implements DualKvView {
         for (let h = 0; h < H; h++) {
           const row = (slot * L + l) * H + h;
           const admitted = admitsByRule(this.policy, l, h, pos) ?? (flags[(t * L + l) * H + h] !== 0);
-          const i = row * C + (pos % C);
-          this.#admitted[row] += (admitted ? 1 : 0) - this.#ringFlags[i];
-          this.#ringFlags[i] = admitted ? 1 : 0;
+          const i = row * F + (pos % F);
+          this.#admitted[row] += (admitted ? 1 : 0) - this.#flags[i];
+          this.#flags[i] = admitted ? 1 : 0;
         }
       }
     }
+  }
+
+  /**
+   * The earliest position {@link rewind} can take sequence `slot` back to: 0 while nothing has left its
+   * ring, else `maxRewind` tokens before its end (further back, a token dropped from the ring would be in
+   * the window of the next query). Position 0 is always reachable by {@link resetSequence}.
+   */
+  earliestRewind(slot: number): number {
+    this.#checkSlot(slot);
+    const seen = this.#tokens[slot];
+    return seen <= this.ringTokens ? 0 : seen - this.maxRewind;
+  }
+
+  /**
+   * Takes sequence `slot` back to its first `pos` tokens, from {@link earliestRewind} up to the tokens seen,
+   * exactly as if only those had been fed: the later tokens are forgotten (their admissions too), the ring
+   * tokens their steps promoted leave the global tails again (emptied pages go back to the pool) and are
+   * copied back to their ring slots, and the ring's slot-info words are rewritten. Queues the plan of those
+   * copies (run it with the `wgkv_promote` kernel before the next step), the block tables and the slot-info
+   * words; returns the number of copies. Throws {@link BadFlagError} for a position out of that range.
+   */
+  rewind(slot: number, pos: number): number {
+    this.#checkSlot(slot);
+    if (this.#pending[slot]) throw new Error(`WG-KV cache: sequence ${slot} has a step that was not ended`);
+    const seen = this.#tokens[slot];
+    const earliest = this.earliestRewind(slot);
+    if (!Number.isInteger(pos) || pos < earliest || pos > seen) {
+      throw new BadFlagError(
+        `WG-KV cache: sequence ${slot} holds ${seen} tokens and can rewind to positions ${earliest} … ${seen} ` +
+          `only, not ${pos} (tokens it dropped cannot be restored; reset it to start again from 0)`,
+      );
+    }
+    if (pos === seen) return 0;
+    const C = this.ringTokens, F = this.#flagSpan, P = this.maxPagesPerHead, R = this.ringPages;
+    const rows = this.layers * this.kvHeads, table = this.tables.table, plan = this.#planWords;
+    // The rewound steps moved positions [lost0, lost1) out of the ring: to the global tails if admitted.
+    const lost0 = Math.max(0, pos - C), lost1 = Math.max(0, seen - C);
+    let copies = 0;
+    for (let r = 0; r < rows; r++) {
+      const row = slot * rows + r;
+      const flags = this.#flags.subarray(row * F, (row + 1) * F);
+      let promoted = 0;
+      for (let p = lost0; p < lost1; p++) promoted += flags[p % F];
+      // Promotions append in position order, so those tokens are the tail of the row's global tokens.
+      const kept = this.#globalLength[row] - promoted;
+      let g = kept;
+      for (let p = lost0; p < lost1; p++) {
+        if (!flags[p % F]) continue;
+        const s = p % C;
+        plan[1 + 2 * copies] = table[row * P + R + Math.floor(g / PAGE_TOKENS)] * PAGE_TOKENS +
+          (g % PAGE_TOKENS);
+        plan[2 + 2 * copies] = table[row * P + Math.floor(s / PAGE_TOKENS)] * PAGE_TOKENS + (s % PAGE_TOKENS);
+        copies++;
+        g++;
+      }
+      // Pages only the removed tokens filled go back to the pool. Their contents stay as they are until a
+      // later step's promotions, queued after the copies above, write them again.
+      const pagesBefore = pagesForTokens(this.#globalLength[row]), pagesAfter = pagesForTokens(kept);
+      if (pagesAfter < pagesBefore) {
+        const at = row * P + R;
+        this.pool.release(table.subarray(at + pagesAfter, at + pagesBefore));
+        table.fill(NO_PAGE, at + pagesAfter, at + pagesBefore);
+        this.tables.markPages(row, R + pagesAfter, R + pagesBefore - 1);
+      }
+      this.#globalLength[row] = kept;
+      for (let p = pos; p < seen; p++) this.#admitted[row] -= flags[p % F];
+      this.tables.lengths[row] = Math.min(pos, C) + kept;
+    }
+    plan[0] = copies;
+    this.#tokens[slot] = pos;
+    this.tables.markDirty(slot, false);
+    if (this.#gpu) {
+      const queue = this.#gpu.device.queue;
+      queue.writeBuffer(this.promotionPlan, 0, plan, 0, 1 + 2 * copies);
+      queue.writeBuffer(this.slotInfo, slot * rows * C * 4, this.#slotInfoWords(slot, pos));
+      this.tables.flush(this.#gpu);
+    }
+    return copies;
+  }
+
+  /**
+   * The slot-info words of every ring slot of `slot`'s rows, `[row][ringTokens]`, for a sequence of `pos`
+   * tokens: slot s holds the latest position p < pos with p ≡ s (mod ringTokens), as `p · 2 + admitted`.
+   */
+  #slotInfoWords(slot: number, pos: number): Uint32Array<ArrayBuffer> {
+    const C = this.ringTokens, F = this.#flagSpan, rows = this.layers * this.kvHeads;
+    const words = new Uint32Array(rows * C);
+    for (let r = 0; r < rows; r++) {
+      const flags = this.#flags.subarray((slot * rows + r) * F, (slot * rows + r + 1) * F);
+      for (let s = 0; s < C; s++) {
+        const p = pos - 1 - ((((pos - 1 - s) % C) + C) % C);
+        words[r * C + s] = p < 0 ? EMPTY_SLOT_INFO : p * 2 + flags[p % F];
+      }
+    }
+    return words;
   }
 
   /** Occupancy of sequence `slot`, or of all open sequences. */

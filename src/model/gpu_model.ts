@@ -509,6 +509,8 @@ export class GpuModel {
   #profiler?: GpuProfiler;
   readonly #destroy: (GPUBuffer | GpuWeight)[];
   #lastChainHostMs = 0;
+  /** Copies a dual cache's rewind restores (built at the first rewind that has any). */
+  #rewindCopy?: GpuOp;
 
   private constructor(
     gpu: Gpu,
@@ -1483,22 +1485,57 @@ export class GpuModel {
     return tokens;
   }
 
-  /** Cuts the cache back to `pos` tokens (the dual cache can only restart from 0: dropped keys are gone). */
+  /**
+   * Cuts the cache back to `pos` tokens. The dual cache goes back exactly by up to its `maxRewind` tokens
+   * (what a stop string or end of generation leaves of a chain decoded ahead) or restarts from 0; other
+   * positions before its end are refused, since the tokens it dropped cannot be restored.
+   */
   #rewind(pos: number): void {
     const kv = this.kv;
     if (kv instanceof DualCache) {
       const held = kv.tokens(this.#slot);
       if (held === pos) return;
-      if (pos !== 0) {
+      if (pos === 0) {
+        kv.resetSequence(this.#slot);
+        return;
+      }
+      if (!this.canResumeAt(pos)) {
         throw new BadFlagError(
           `the ${this.policy.kind} KV cache holds ${held} tokens and cannot resume at position ${pos} ` +
-            "(tokens it dropped cannot be restored; start again from position 0)",
+            `(only at 0 or ${kv.earliestRewind(this.#slot)} … ${held}: tokens it dropped ` +
+            "cannot be restored; start again from position 0)",
         );
       }
-      kv.resetSequence(this.#slot);
+      if (kv.rewind(this.#slot, pos) > 0) {
+        // The plan just queued copies the promoted tokens back into the ring, before any later step's.
+        this.#rewindCopy ??= createWgkvPromote(this.#gpu, { label: "kv_rewind", kv });
+        const encoder = this.#gpu.device.createCommandEncoder();
+        encodeOps(encoder, [this.#rewindCopy]);
+        this.#gpu.device.queue.submit([encoder.finish()]);
+      }
     } else if (kv.length(this.#slot, 0, 0) > pos) {
       kv.truncate(this.#slot, pos);
     }
+  }
+
+  /**
+   * Whether a call may start at `pos` with the cache holding exactly the tokens fed before it: the full
+   * cache at any position up to its end, the dual cache at 0 and from its `earliestRewind` to its end.
+   */
+  canResumeAt(pos: number): boolean {
+    const kv = this.kv;
+    const held = kv instanceof DualCache ? kv.tokens(this.#slot) : kv.length(this.#slot, 0, 0);
+    if (!Number.isInteger(pos) || pos < 0 || pos > held) return false;
+    return !(kv instanceof DualCache) || pos === 0 || pos >= kv.earliestRewind(this.#slot);
+  }
+
+  /**
+   * Most tokens the cache can always take back from its end: unlimited for the full cache, the dual cache's
+   * `maxRewind` (at least a prefill step). A chain no longer than this plus one leaves a resumable cache
+   * wherever its caller stops using its tokens.
+   */
+  get maxRewind(): number {
+    return this.kv instanceof DualCache ? this.kv.maxRewind : Infinity;
   }
 
   /** Reserves cache room for `n` tokens at `pos` and queues the block tables. */
@@ -1526,7 +1563,10 @@ export class GpuModel {
     return this.#flags && this.kv instanceof DualCache ? Math.min(MAX_CHAIN, this.kv.ringTokens) : MAX_CHAIN;
   }
 
-  /** Whether the cache can resume at any earlier position (false for the dual cache). */
+  /**
+   * Whether the cache can resume at any earlier position (false for the dual cache, which goes back only
+   * {@link maxRewind} tokens, see {@link canResumeAt}).
+   */
   get rewindable(): boolean {
     return !(this.kv instanceof DualCache);
   }
@@ -1561,8 +1601,7 @@ export class GpuModel {
     try {
       out = await ring.read(staging, bytes);
     } catch (e) {
-      this.#gpu.checkAlive();
-      throw new DeviceError(`reading the result back from the GPU failed: ${(e as Error).message}`);
+      throw await this.#gpu.readFailure(e, "the result");
     }
     this.#gpu.checkAlive();
     return out;
