@@ -1,6 +1,7 @@
 /**
- * `wgkv info MODEL` (or `-m MODEL`, as the other commands take it): what a GGUF file holds: architecture, shapes, tensor types, context, vocabulary,
- * chat template.
+ * `wgkv info MODEL` (or `-m MODEL`, as the other commands take it): what a GGUF file holds: architecture,
+ * shapes, tensor types, context, vocabulary, chat template, and the KV page pool the WebGPU backend would
+ * allocate for a context (`--ctx`).
  *
  * @module
  */
@@ -8,17 +9,63 @@
 import { BadFlagError } from "../errors.ts";
 import { openGGUF } from "../gguf/reader.ts";
 import { typeInfo } from "../gguf/types.ts";
-import { hparamsFromGGUF } from "../model/hparams.ts";
+import { hparamsFromGGUF, type LlamaHParams } from "../model/hparams.ts";
 import { formatBytes } from "../gpu/device.ts";
+import { DEFAULT_GPU_CONTEXT } from "../engine/load.ts";
+import { poolPages } from "../kv/kv_cache.ts";
+import { PAGE_TOKENS, pageBytes } from "../kv/page_pool.ts";
 import type { Command } from "./main.ts";
-import { type FlagSpec, helpText, parseFlags } from "./flags.ts";
+import { type FlagSpec, helpText, numberFlag, parseFlags } from "./flags.ts";
 
 const FLAGS: Record<string, FlagSpec> = {
   model: { type: "string", short: "m", help: "FILE  GGUF model to describe (or give it as the argument)" },
+  ctx: {
+    type: "string",
+    short: "c",
+    help: "N  context to size the KV pool for (default: the model's, at most 4096, as the GPU loads it)",
+  },
   json: { type: "boolean", help: "print one JSON object" },
   tensors: { type: "boolean", help: "list every tensor" },
   help: { type: "boolean", short: "h", help: "show this help" },
 };
+
+/** The KV page pool of one sequence's cache, as the WebGPU backend allocates it. */
+export interface KvPoolSize {
+  /** The KV policy the pool is sized for. */
+  policy: "full";
+  /** Context tokens the pool holds for every layer and KV head. */
+  contextTokens: number;
+  /** Pages in the pool. */
+  pages: number;
+  /** Tokens of one (layer, KV head) per page. */
+  pageTokens: number;
+  /** Bytes of one page (f16 keys and values). */
+  pageBytes: number;
+  /** Bytes of the whole pool. */
+  bytes: number;
+}
+
+/**
+ * The KV page pool that loading a model of shape `h` on the WebGPU backend allocates for `contextTokens`
+ * under the default (full) policy: the full cache's pool, sized by the cache's own {@link poolPages}.
+ */
+export function defaultKvPoolSize(h: LlamaHParams, contextTokens: number): KvPoolSize {
+  const pages = poolPages({
+    layers: h.nLayer,
+    kvHeads: h.nHeadKV,
+    headDim: h.headDim,
+    maxTokensPerHead: contextTokens,
+  });
+  const bytesPerPage = pageBytes(h.headDim);
+  return {
+    policy: "full",
+    contextTokens,
+    pages,
+    pageTokens: PAGE_TOKENS,
+    pageBytes: bytesPerPage,
+    bytes: pages * bytesPerPage,
+  };
+}
 
 /** The `info` subcommand. */
 export const infoCommand: Command = {
@@ -26,9 +73,12 @@ export const infoCommand: Command = {
   async main(args) {
     const { values, positionals } = parseFlags("info", args, FLAGS);
     if (values.help) {
-      console.log(helpText("wgkv info MODEL | -m MODEL [--json] [--tensors]", infoCommand.summary, FLAGS));
+      console.log(
+        helpText("wgkv info MODEL | -m MODEL [--ctx N] [--json] [--tensors]", infoCommand.summary, FLAGS),
+      );
       return 0;
     }
+    const askedContext = numberFlag(values, "ctx", undefined, { integer: true, min: 1 });
     const models = values.model === undefined ? positionals : [values.model as string, ...positionals];
     if (models.length !== 1) {
       throw new BadFlagError("info: give exactly one MODEL file (as the argument or -m)");
@@ -63,6 +113,22 @@ export const infoCommand: Command = {
         const kvPerToken = 2 * h.nLayer * h.nHeadKV * h.headDim * 2;
         summary.kv_bytes_per_token_f16 = kvPerToken;
         summary.kv_bytes_full_context_f16 = kvPerToken * h.contextLength;
+        if (askedContext !== undefined && askedContext > h.contextLength) {
+          throw new BadFlagError(
+            `--ctx ${askedContext} exceeds the model's trained context of ${h.contextLength}`,
+          );
+        }
+        const pool = defaultKvPoolSize(h, askedContext ?? Math.min(h.contextLength, DEFAULT_GPU_CONTEXT));
+        summary.kv_pool = {
+          policy: pool.policy,
+          context_tokens: pool.contextTokens,
+          pages: pool.pages,
+          page_tokens: pool.pageTokens,
+          page_bytes: pool.pageBytes,
+          bytes: pool.bytes,
+        };
+      } else if (askedContext !== undefined) {
+        throw new BadFlagError(`--ctx: ${file.path} is not a Llama model with weights; it has no KV cache`);
       }
       if (values.tensors) {
         summary.tensor_list = file.tensors.map((t) => ({
@@ -95,6 +161,13 @@ export const infoCommand: Command = {
           }), rms eps ${Number(h.rmsEps.toPrecision(4))}`,
           `KV cache:      ${formatBytes(summary.kv_bytes_per_token_f16 as number)} per token in f16, ` +
             `${formatBytes(summary.kv_bytes_full_context_f16 as number)} for the full context`,
+        );
+        const pool = summary.kv_pool as Record<string, number | string>;
+        lines.push(
+          `KV pool:       ${pool.pages} pages of ${pool.page_tokens} tokens (${
+            formatBytes(pool.page_bytes as number)
+          } each), ${formatBytes(pool.bytes as number)} for a context of ${pool.context_tokens} tokens ` +
+            `(${pool.policy} cache on the GPU; --ctx sets the context)`,
         );
       }
       if (values.tensors) {

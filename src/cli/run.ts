@@ -335,15 +335,16 @@ export const runCommand: Command = {
         signal: interrupt.reply(),
       });
       let text = "";
-      const generated: number[] = [];
       let r = await gen.next();
       while (!r.done) {
         text += r.value.text;
-        if (r.value.token >= 0) generated.push(r.value.token);
         if (!values.json) await writeOut(r.value.text);
         r = await gen.next();
       }
       const stats = r.value;
+      // Every generated token, from the conversation: the pieces leave out a token that completed a stop
+      // string without text before it, and the end-of-text token.
+      const generated = session.transcript.slice(stats.promptTokens);
       if (values.json) {
         console.log(JSON.stringify({
           prompt,
