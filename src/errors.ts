@@ -56,3 +56,11 @@ export class PrefillAbortedError extends Error {
 export function checkFile(condition: unknown, message: string): asserts condition {
   if (!condition) throw new BadFileError(message);
 }
+
+/** The first non-empty line of an error's message (WebGPU errors often start with a blank line). */
+export function firstLine(e: unknown): string {
+  const message = e instanceof Error || (typeof e === "object" && e !== null && "message" in e)
+    ? String((e as { message: unknown }).message)
+    : String(e);
+  return message.split("\n").find((line) => line.trim() !== "")?.trim() ?? "unknown error";
+}

@@ -12,7 +12,7 @@ import { typeInfo } from "../gguf/types.ts";
 import { hparamsFromGGUF, type LlamaHParams } from "../model/hparams.ts";
 import { formatBytes } from "../gpu/device.ts";
 import { DEFAULT_GPU_CONTEXT } from "../engine/load.ts";
-import { poolPages } from "../kv/kv_cache.ts";
+import { kvCacheLayout } from "../model/gpu_model.ts";
 import { PAGE_TOKENS, pageBytes } from "../kv/page_pool.ts";
 import type { Command } from "./main.ts";
 import { type FlagSpec, helpText, numberFlag, parseFlags } from "./flags.ts";
@@ -47,15 +47,10 @@ export interface KvPoolSize {
 
 /**
  * The KV page pool that loading a model of shape `h` on the WebGPU backend allocates for `contextTokens`
- * under the default (full) policy: the full cache's pool, sized by the cache's own {@link poolPages}.
+ * under the default (full) policy, as the loader lays the cache out (`kvCacheLayout`).
  */
 export function defaultKvPoolSize(h: LlamaHParams, contextTokens: number): KvPoolSize {
-  const pages = poolPages({
-    layers: h.nLayer,
-    kvHeads: h.nHeadKV,
-    headDim: h.headDim,
-    maxTokensPerHead: contextTokens,
-  });
+  const { pages } = kvCacheLayout(h, { kind: "full" }, contextTokens, 1);
   const bytesPerPage = pageBytes(h.headDim);
   return {
     policy: "full",

@@ -8,6 +8,7 @@
  * @module
  */
 
+import { firstLine } from "../errors.ts";
 import { loadShader } from "./shader.ts";
 
 /** The feature name under which Deno's WebGPU offers cooperative matrices. */
@@ -149,12 +150,4 @@ export async function probeCoopMatrix(device: GPUDevice): Promise<CoopMatrixProb
     dst.destroy();
     staging.destroy();
   }
-}
-
-/** The first non-empty line of an error's message (WebGPU errors often start with a blank line). */
-export function firstLine(e: unknown): string {
-  const message = e instanceof Error || (typeof e === "object" && e !== null && "message" in e)
-    ? String((e as { message: unknown }).message)
-    : String(e);
-  return message.split("\n").find((line) => line.trim() !== "")?.trim() ?? "unknown error";
 }

@@ -7,10 +7,10 @@
  * @module
  */
 
-import { DeviceError, OutOfMemoryError } from "../errors.ts";
+import { DeviceError, firstLine, OutOfMemoryError } from "../errors.ts";
 import { specialiseOverrides, unrollLoops } from "./unroll.ts";
 import { includeShaders, loadShader, preloadShaders, SHADER_NAMES, shadersAreLocal } from "./shader.ts";
-import { COOP_MATRIX_FEATURE, type CoopMatrixSupport, firstLine, probeCoopMatrix } from "./coop_probe.ts";
+import { COOP_MATRIX_FEATURE, type CoopMatrixSupport, probeCoopMatrix } from "./coop_probe.ts";
 import { BufferPool } from "./buffer_pool.ts";
 
 /** Storage | copy-dst | copy-src: the usage of almost every buffer we make. */

@@ -17,8 +17,7 @@
  * @module
  */
 
-import { DeviceError } from "../errors.ts";
-import { firstLine } from "./coop_probe.ts";
+import { DeviceError, firstLine } from "../errors.ts";
 
 /** Usage flags of a staging buffer: MAP_READ | COPY_DST. */
 const STAGING_USAGE = 0x0001 | 0x0008;

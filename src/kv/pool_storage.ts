@@ -14,7 +14,7 @@
  * @module
  */
 
-import { OutOfMemoryError, UnsupportedError } from "../errors.ts";
+import { firstLine, OutOfMemoryError, UnsupportedError } from "../errors.ts";
 import { formatBytes, type Gpu } from "../gpu/device.ts";
 import { pageBytes } from "./page_pool.ts";
 
@@ -127,7 +127,7 @@ export class PoolStorage {
         `KV cache: the GPU could not allocate ${
           formatBytes(plan.totalBytes)
         } (${pages} pages in ${plan.shards} ` +
-          `shards): ${error.message} (lower --ctx)`,
+          `shards): ${firstLine(error)} (lower --ctx)`,
       );
     }
     return new PoolStorage(plan, buffers);

@@ -30,6 +30,7 @@ import type { GGUFFile } from "../gguf/reader.ts";
 import {
   BadFlagError,
   DeviceError,
+  firstLine,
   OutOfMemoryError,
   PrefillAbortedError,
   UnsupportedError,
@@ -94,8 +95,9 @@ import {
 } from "../gpu/ops/fused.ts";
 import type { GpuProfiler } from "../gpu/profiler.ts";
 import { defaultReadbackMode, type ReadbackMode, StagingRing } from "../gpu/readback.ts";
-import { KvCache } from "../kv/kv_cache.ts";
-import { DualCache, type DualCacheStats } from "../kv/dual_cache.ts";
+import { KvCache, type KvCacheOptions, poolPages } from "../kv/kv_cache.ts";
+import { DualCache, type DualCacheOptions, type DualCacheStats, ringTokensFor } from "../kv/dual_cache.ts";
+import { planPoolShards } from "../kv/pool_storage.ts";
 import type { KvPolicy } from "../kv/wgkv_policy.ts";
 import { pageBytes, pagesForTokens } from "../kv/page_pool.ts";
 import type { GateWeights } from "../gate/format.ts";
@@ -607,10 +609,16 @@ export class GpuModel {
       if (error) {
         for (const b of owned) b.destroy();
         throw new OutOfMemoryError(
-          `${what}: the GPU could not allocate ${formatBytes(bytes)} (${gpu.description}): ${error.message}`,
+          `${what}: the GPU could not allocate ${formatBytes(bytes)} (${gpu.description}): ${
+            firstLine(error)
+          }`,
         );
       }
     };
+    // The KV cache's layout, and whether kernels can bind its pool on this GPU: refused (with the numbers)
+    // before any weight is uploaded.
+    const layout = kvCacheLayout(hp, policy, ctx, maxBatch, options.globalFraction, options.globalPageRun);
+    planPoolShards(layout.pages, D, gpu.limits);
     gpu.device.pushErrorScope("out-of-memory");
 
     // Weights, streamed tensor by tensor.
@@ -663,31 +671,9 @@ export class GpuModel {
     await checkMemory(`${file.path}: weights`, weightBytes);
 
     // KV cache, one sequence: the full cache, or the dual cache (local ring + admitted global pages).
-    let kv: KvCache | DualCache;
-    if (policy.kind === "full") {
-      kv = await KvCache.create(gpu, { layers: hp.nLayer, kvHeads: Hkv, headDim: D, maxTokensPerHead: ctx });
-    } else {
-      const fraction = options.globalFraction ?? defaultGlobalFraction(policy, ctx);
-      if (!(fraction >= 0 && fraction <= 1)) {
-        throw new BadFlagError(`--kv-global: ${fraction} is not a fraction in [0, 1]`);
-      }
-      // The pool holds `fraction` of a full cache's global pages in all, shared by the heads: one head may
-      // keep up to the whole context (WG-KV heads admit very different shares, 0–97% with a random gate)
-      // as long as the others leave it the pages. Only the block tables are sized per head for all of it.
-      const maxGlobalTokens = ctx;
-      const globalPagesPerHead = pagesForTokens(Math.max(16, Math.ceil(fraction * ctx)));
-      const ring = Math.ceil((policy.window + maxBatch - 1) / 16) * 16;
-      kv = await DualCache.create(gpu, {
-        layers: hp.nLayer,
-        kvHeads: Hkv,
-        headDim: D,
-        policy,
-        maxBatch,
-        maxGlobalTokens,
-        pages: hp.nLayer * Hkv * (pagesForTokens(ring) + globalPagesPerHead),
-        globalPageRun: options.globalPageRun,
-      });
-    }
+    const kv = layout.kind === "full"
+      ? await KvCache.create(gpu, layout.options)
+      : await DualCache.create(gpu, layout.options);
     const dual = kv instanceof DualCache ? kv : undefined;
     const fullKv = kv instanceof KvCache ? kv : undefined;
     const gate = policy.kind === "wgkv" ? policy.gate : undefined;
@@ -1332,6 +1318,8 @@ export class GpuModel {
       report(previous.tokens, tokens.length);
     };
     for (let start = 0; start < tokens.length; start += this.maxBatch) {
+      // A device lost during a long prompt stops it at the next step, with the loss's reason.
+      if (start > 0) this.#gpu.checkAlive();
       if (start > 0 && this.prefillSignal?.aborted) {
         await this.#gpu.device.queue.onSubmittedWorkDone();
         throw new PrefillAbortedError(start);
@@ -1706,6 +1694,52 @@ function ablatedDecodeOps(
   return ops.filter((op) => !skip.includes(role(op))).flatMap((op) =>
     repeat.includes(role(op)) ? [op, copyOf(op)] : [op]
   );
+}
+
+/** How a model's KV cache is laid out: the full cache's or the dual cache's options, and its pool pages. */
+export type KvCacheLayout =
+  | { kind: "full"; options: KvCacheOptions; pages: number }
+  | { kind: "dual"; options: DualCacheOptions; pages: number };
+
+/**
+ * The KV cache {@link GpuModel.load} allocates for one sequence of up to `ctx` tokens under `policy`, with
+ * prefill steps of up to `maxBatch` tokens: the full cache (every token, in pages), or the dual cache (a ring
+ * of the window and a step per (layer, KV head), and a pool share of `globalFraction` of a full cache for the
+ * admitted tokens; default: the policy's own, see `defaultGlobalFraction`). `pages` is the pool's size in
+ * pages (each `pageBytes(headDim)` bytes).
+ */
+export function kvCacheLayout(
+  hp: LlamaHParams,
+  policy: KvPolicy<GateWeights>,
+  ctx: number,
+  maxBatch: number,
+  globalFraction?: number,
+  globalPageRun?: number,
+): KvCacheLayout {
+  const shape = { layers: hp.nLayer, kvHeads: hp.nHeadKV, headDim: hp.headDim };
+  if (policy.kind === "full") {
+    const options: KvCacheOptions = { ...shape, maxTokensPerHead: ctx };
+    return { kind: "full", options, pages: poolPages(options) };
+  }
+  const fraction = globalFraction ?? defaultGlobalFraction(policy, ctx);
+  if (!(fraction >= 0 && fraction <= 1)) {
+    throw new BadFlagError(`--kv-global: ${fraction} is not a fraction in [0, 1]`);
+  }
+  // The pool holds `fraction` of a full cache's global pages in all, shared by the heads: one head may keep
+  // up to the whole context (WG-KV heads admit very different shares, 0–97% with a random gate) as long as
+  // the others leave it the pages. Only the block tables are sized per head for all of it.
+  const globalPagesPerHead = pagesForTokens(Math.max(16, Math.ceil(fraction * ctx)));
+  const ringPages = pagesForTokens(ringTokensFor(policy.window, maxBatch));
+  const pages = hp.nLayer * hp.nHeadKV * (ringPages + globalPagesPerHead);
+  const options: DualCacheOptions = {
+    ...shape,
+    policy,
+    maxBatch,
+    maxGlobalTokens: ctx,
+    pages,
+    globalPageRun,
+  };
+  return { kind: "dual", options, pages };
 }
 
 /** Default share of a full cache reserved for admitted tokens beyond the window. */
