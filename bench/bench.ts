@@ -4,6 +4,7 @@
  * stdout and writes every result to a JSON file as soon as it is measured (a re-run resumes).
  *
  * usage: deno task bench [--shapes tiny,llama-3.2-1b,llama-3.1-8b] [--types f16,q8_0,q4_k_m]
+ *                        (types: any of `wgkv synth`'s, the q4_k_m and q5_k_m mixes included)
  *                        [--prompts 512,4096,32768] [--depths 0,4096,32768] [--decode-tokens 64]
  *                        [--out FILE.json] [--fresh] [--profile]
  *                        [--sampled]   (also decode rows with GPU sampling: temp 0.8, top-k 40, top-p 0.95,
@@ -224,7 +225,9 @@ const prompts = list(values.prompts, slow ? "64" : "512,4096,32768").map(Number)
 const depths = list(values.depths, slow ? "0,128" : "0,4096,32768").map(Number);
 const decodeTokens = Math.min(64, Number(values["decode-tokens"] ?? (slow ? 8 : 64)));
 for (const s of shapes) if (!SYNTH_SHAPES.includes(s)) flagError(`--shapes: unknown shape ${s}`);
-for (const t of types) if (!SYNTH_TYPES.includes(t)) flagError(`--types: unknown type ${t}`);
+for (const t of types) {
+  if (!SYNTH_TYPES.includes(t)) flagError(`--types: unknown type ${t} (known: ${SYNTH_TYPES.join(",")})`);
+}
 const outPath = values.out ?? "out/bench.json";
 await Deno.mkdir(outPath.substring(0, outPath.lastIndexOf("/")) || ".", { recursive: true });
 

@@ -17,8 +17,8 @@ const MODEL = "stories260K.gguf";
 const GATE = "gate/stories260K-gate-fp32.pt";
 /** Local window of the windowed policies: well below the prompts, so tokens leave it. */
 const WINDOW = 16;
-/** The largest threshold a policy accepts (thresholds lie in [0, 1)): only g = 1 exactly passes `g > τ`. */
-const TOP_THRESHOLD = 0.999999;
+/** The threshold that admits nothing: scores are clamped to g ≤ 1 and admission is strict, `g > τ`. */
+const ADMIT_NOTHING = 1;
 
 /** BOS and `n − 1` random token ids. */
 const randomPrompt = (n: number) => [1, ...randomTokens(n - 1)];
@@ -99,14 +99,14 @@ fixtureTest(
 );
 
 fixtureTest(
-  "equivalence: wgkv with the top threshold (g ≤ 1, strict g > τ) admits nothing and equals the window policy",
+  "equivalence: wgkv with threshold 1 (g ≤ 1, strict g > τ) admits nothing and equals the window policy",
   [MODEL, GATE],
   async () => {
     const gate = await loadGate();
     const prompt = randomPrompt(40), next = randomTokens(6);
     const window = await prefillThenDecode({ kind: "window", window: WINDOW }, prompt, next);
     const none = await prefillThenDecode(
-      { kind: "wgkv", window: WINDOW, threshold: TOP_THRESHOLD, gate },
+      { kind: "wgkv", window: WINDOW, threshold: ADMIT_NOTHING, gate },
       prompt,
       next,
     );
@@ -115,7 +115,7 @@ fixtureTest(
     ok(dual.globalTokens.every((g) => g === 0), `global tokens ${[...dual.globalTokens]}`);
     equalStats(none.stats, window.stats);
     none.logits.forEach((l, i) =>
-      deepEqual(l, window.logits[i], `step ${i}: wgkv τ = ${TOP_THRESHOLD} vs window`)
+      deepEqual(l, window.logits[i], `step ${i}: wgkv τ = ${ADMIT_NOTHING} vs window`)
     );
   },
 );

@@ -77,7 +77,7 @@ Deno.test("every synthetic type: tiny shape loads, validates and runs to finite,
   }
 });
 
-Deno.test("q4_k_m follows llama.cpp's mix; pure K types fall back where rows do not fit", () => {
+Deno.test("q4_k_m and q5_k_m follow llama.cpp's mixes; pure K types fall back where rows do not fit", () => {
   const hp = synthHParams("llama-3.1-8b");
   const byName = new Map(llamaTensors(hp, true).map((t) => [t.name, t]));
   const typeOf = (type: SynthType, name: string) => synthTensorType(type, byName.get(name)!, hp);
@@ -89,11 +89,22 @@ Deno.test("q4_k_m follows llama.cpp's mix; pure K types fall back where rows do 
   equal(typeOf("q4_k_m", "blk.31.ffn_down.weight"), GGMLType.Q6_K);
   equal(typeOf("q4_k_m", "blk.6.attn_q.weight"), GGMLType.Q4_K);
   equal(typeOf("q4_k_m", "blk.6.attn_norm.weight"), GGMLType.F32);
+  for (
+    const name of ["output.weight", "blk.0.attn_v.weight", "blk.6.ffn_down.weight", "blk.31.ffn_down.weight"]
+  ) {
+    equal(typeOf("q5_k_m", name), GGMLType.Q6_K, name);
+  }
+  for (
+    const name of ["token_embd.weight", "blk.4.attn_v.weight", "blk.6.attn_q.weight", "blk.7.ffn_down.weight"]
+  ) {
+    equal(typeOf("q5_k_m", name), GGMLType.Q5_K, name);
+  }
   equal(typeOf("q8_0", "blk.6.ffn_down.weight"), GGMLType.Q8_0);
   const tied = synthHParams("llama-3.2-1b");
   equal(tied.tiedOutput, true);
   const embd = llamaTensors(tied, true)[0];
   equal(synthTensorType("q4_k_m", embd, tied), GGMLType.Q6_K);
+  equal(synthTensorType("q5_k_m", embd, tied), GGMLType.Q6_K);
   const odd = { name: "blk.0.ffn_down.weight", shape: [172, 64], isVector: false, layer: 0 };
   equal(synthTensorType("q4_k", odd, tied), GGMLType.F16);
   equal(synthTensorType("q4_k", { ...odd, shape: [160, 64] }, tied), GGMLType.Q8_0);

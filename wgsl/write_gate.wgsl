@@ -2,7 +2,7 @@
 // the key decides whether the token is kept beyond the local window.
 //   x  = [ rms(pre_k) * pre_norm ; rms(post_k) * post_norm ]      (2 * head_dim, eps 1e-6, norms shared by heads)
 //   h1 = gelu_erf(W1[h] x + b1[h])                                (inner values; SiLU if activation = 1)
-//   g  = max(sigmoid(w2[h] . h1 + b2[h]), epsilon)                 score; flag = g > threshold (strict)
+//   g  = clamp(sigmoid(w2[h] . h1 + b2[h]), epsilon, 1)            score; flag = g > threshold (strict)
 //
 // binding 0: step, uniform { n_tokens, pos0 } (the op convention's shared StepParams)
 // binding 1: layer_params, uniform { layer }: which layer's column of the outputs this op writes
@@ -143,7 +143,8 @@ fn decide(token: u32, head: u32, layer: u32, base: u32, b2: f32) -> bool {
   let n = chunks();
   var z = b2;
   for (var c = 0u; c < n; c++) { z += partial_logits[base + i * n + c]; }
-  let g = max(1.0 / (1.0 + exp(-z)), epsilon);
+  // The upper clamp keeps a division rounded up from passing 1, so that threshold 1 admits nothing.
+  let g = clamp(1.0 / (1.0 + exp(-z)), epsilon, 1.0);
   let admitted = g > threshold;
   let o = (token * layers + layer) * kv_heads + head;
   scores[o] = g;

@@ -28,7 +28,10 @@ const FLAGS: Record<string, FlagSpec> = {
   "n-predict": { type: "string", short: "n", help: "N  tokens to generate (default 64)" },
   gate: { type: "string", help: "FILE  write gate for the WG-KV comparison (default: an untrained one)" },
   window: { type: "string", help: "N  WG-KV local window of the comparison (default 64)" },
-  threshold: { type: "string", help: "T  WG-KV threshold of the comparison (default: the gate's, or 0.55)" },
+  threshold: {
+    type: "string",
+    help: "T  WG-KV threshold of the comparison, in [0, 1] (default: the gate's, or 0.55)",
+  },
   "no-wgkv": { type: "boolean", help: "skip the full-cache vs WG-KV comparison" },
   help: { type: "boolean", short: "h", help: "show this help" },
 };
@@ -132,7 +135,7 @@ async function compareKvPolicies(values: ParsedFlags["values"]): Promise<void> {
   const window = numberFlag(values, "window", 64, { integer: true, min: 1 });
   const threshold = numberFlag(values, "threshold", values.gate ? gate.threshold : 0.55, {
     min: 0,
-    max: 0.999999,
+    max: 1,
   });
   console.error(
     `\ndemo: the same ${LONG_TEXT.length}-character text under a full KV cache and under Write-Gated KV ` +

@@ -27,7 +27,10 @@ const COMMON: Record<string, FlagSpec> = {
   model: { type: "string", short: "m", help: "FILE  the GGUF model the gate is for" },
   out: { type: "string", short: "o", help: "FILE  where to write the gate (GGUF)" },
   window: { type: "string", help: "W  local window in tokens, always attended (default 256)" },
-  threshold: { type: "string", help: "T  admission threshold: a token is kept iff g > T (default 0.1)" },
+  threshold: {
+    type: "string",
+    help: "T  admission threshold in [0, 1]: a token is kept iff g > T, so 1 keeps none (default 0.1)",
+  },
   expand: { type: "string", help: "E  hidden width factor, inner = head_dim · E (default 4)" },
 };
 
@@ -70,7 +73,7 @@ function settings(values: Record<string, unknown>) {
   const v = values as Parameters<typeof numberFlag>[0];
   return {
     window: numberFlag(v, "window", undefined, { integer: true, min: 1, max: 1 << 24 }),
-    threshold: numberFlag(v, "threshold", undefined, { min: 0, max: 0.999999 }),
+    threshold: numberFlag(v, "threshold", undefined, { min: 0, max: 1 }),
     expand: numberFlag(v, "expand", undefined, { min: 0.001, max: 1000 }),
   };
 }

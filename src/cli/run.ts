@@ -66,7 +66,10 @@ export const MODEL_FLAGS: Record<string, FlagSpec> = {
   kv: { type: "string", help: "full|wgkv|window|sink|random  KV cache policy (default full)" },
   gate: { type: "string", help: "FILE  write-gate GGUF for --kv wgkv (from `wgkv gate import`)" },
   window: { type: "string", help: "N  local window in tokens (default: the gate's, else 256)" },
-  threshold: { type: "string", help: "T  admit a token iff its gate score g > T (default: the gate's)" },
+  threshold: {
+    type: "string",
+    help: "T  admit a token iff its gate score g > T; T in [0, 1], 1 admits none (default: the gate's)",
+  },
   sinks: { type: "string", help: "N  --kv sink: first tokens always kept (default 4)" },
   admit: { type: "string", help: "RATE  --kv random: share of older tokens kept (default 0.2)" },
   "kv-global": {
@@ -92,7 +95,7 @@ export function kvPolicyFromFlags(values: ParsedFlags["values"]): KvPolicySpec {
         kind,
         gate,
         window,
-        threshold: numberFlag(values, "threshold", undefined, { min: 0, max: 0.999999 }),
+        threshold: numberFlag(values, "threshold", undefined, { min: 0, max: 1 }),
       };
     case "window":
       return { kind, window };

@@ -10,8 +10,9 @@
  * - `inputs` (string array, `["pre_k", "post_k"]`), `expand` (f32), `inner_size` (u32, hidden units per KV
  *   head), `activation` ("gelu" exact erf, or "silu"), `norm_epsilon` (f32, 1e-6), `score_floor` (f32, the
  *   lower clamp of g, 1e-3);
- * - `window` (u32, W), `threshold` (f32, τ, admitted iff g > τ), optional `lambda` (f32, the sparsity
- *   weight it was trained with);
+ * - `window` (u32, W), `threshold` (f32, τ in [0, 1], admitted iff g > τ: since g ≤ 1, τ = 1 admits
+ *   nothing, while τ = 0.999999 still admits a saturated score of exactly 1.0), optional `lambda` (f32,
+ *   the sparsity weight it was trained with);
  * - `key_order` ("gguf" or "hf", see {@link ./key_order.ts}): the order of the D values of each key that
  *   the norm weights and the W1 input columns expect.
  *
@@ -90,7 +91,7 @@ export interface GateWeights {
   activation: GateActivation;
   /** Local window W (tokens always attended, including the current one). */
   window: number;
-  /** Admission threshold τ (admitted iff g > τ). */
+  /** Admission threshold τ in [0, 1] (admitted iff g > τ; 1 admits nothing). */
   threshold: number;
   /** Sparsity weight λ of training, when known. */
   lambda?: number;
@@ -364,8 +365,8 @@ export function checkGate(gate: GateWeights, what: string): void {
   if (!Number.isInteger(gate.window) || gate.window < 1) {
     throw new BadFileError(`${what}: window ${gate.window} is not a whole number of tokens ≥ 1`);
   }
-  if (!(gate.threshold >= 0 && gate.threshold < 1)) {
-    throw new BadFileError(`${what}: threshold ${gate.threshold} is outside [0, 1)`);
+  if (!(gate.threshold >= 0 && gate.threshold <= 1)) {
+    throw new BadFileError(`${what}: threshold ${gate.threshold} is outside [0, 1]`);
   }
   gate.layers.forEach((layer, i) => {
     for (const part of Object.keys(TENSOR_SUFFIX) as (keyof GateLayer)[]) {

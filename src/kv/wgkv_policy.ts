@@ -3,7 +3,9 @@
  * through the WG-KV dual cache ({@link ./dual_cache.ts}): a local window of the last `window` tokens
  * (including the current one) is always attended, and a token older than that is attended only if it
  * was admitted when it was written:
- * - `wgkv`: admitted iff the learned write gate scores it `g > threshold` (strict), per KV head;
+ * - `wgkv`: admitted iff the learned write gate scores it `g > threshold` (strict), per KV head; the
+ *   threshold is in [0, 1] and, since g ≤ 1, a threshold of 1 admits nothing (a saturated f32 sigmoid
+ *   can equal 1.0, which a threshold just below 1 such as 0.999999 would still admit);
  * - `window`: nothing is admitted (sliding-window attention);
  * - `sink`: the first `sinks` positions are admitted (StreamingLLM-style attention sinks);
  * - `random`: each (layer, head, position) is admitted with probability `rate`, decided by a seeded
@@ -32,15 +34,18 @@ export const POLICY_CODE = { wgkv: 0, window: 1, sink: 2, random: 3 } as const;
 /** Resolution of the random policy's rate: admitted iff `hash >> 8 < round(rate · 2^24)`. */
 const RATE_BITS = 24;
 
-/** Checks a windowed policy's numbers, throwing a {@link BadFlagError} that names the bad one. */
+/**
+ * Checks a windowed policy's numbers, throwing a {@link BadFlagError} that names the bad one. A `wgkv`
+ * threshold is in [0, 1]: 1 admits nothing.
+ */
 export function checkPolicy(policy: WindowedPolicy): void {
   const bad = (what: string, v: unknown) =>
     new BadFlagError(`KV policy ${policy.kind}: ${what} is out of range (${v})`);
   if (!Number.isInteger(policy.window) || policy.window < 1 || policy.window > 2 ** 20) {
     throw bad("window (whole number of tokens ≥ 1)", policy.window);
   }
-  if (policy.kind === "wgkv" && !(policy.threshold >= 0 && policy.threshold < 1)) {
-    throw bad("threshold (in [0, 1))", policy.threshold);
+  if (policy.kind === "wgkv" && !(policy.threshold >= 0 && policy.threshold <= 1)) {
+    throw bad("threshold (in [0, 1]; 1 admits nothing)", policy.threshold);
   }
   if (policy.kind === "sink" && !(Number.isInteger(policy.sinks) && policy.sinks >= 0)) {
     throw bad("sinks (whole number ≥ 0)", policy.sinks);

@@ -44,10 +44,21 @@ export const SYNTH_SHAPES = ["tiny", "llama-3.2-1b", "llama-3.1-8b"] as const;
 export type SynthShape = typeof SYNTH_SHAPES[number];
 
 /**
- * Weight types: one ggml type for every matrix (norms and RoPE factors stay F32), or `q4_k_m`,
- * llama.cpp's Q4_K_M mix (see {@link synthTensorType}).
+ * Weight types: one ggml type for every matrix (norms and RoPE factors stay F32), or `q4_k_m` / `q5_k_m`,
+ * llama.cpp's Q4_K_M / Q5_K_M mixes (see {@link synthTensorType}).
  */
-export const SYNTH_TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_k", "q5_k", "q6_k", "q4_k_m"] as const;
+export const SYNTH_TYPES = [
+  "f32",
+  "f16",
+  "bf16",
+  "q8_0",
+  "q4_0",
+  "q4_k",
+  "q5_k",
+  "q6_k",
+  "q4_k_m",
+  "q5_k_m",
+] as const;
 /** One of {@link SYNTH_TYPES}. */
 export type SynthType = typeof SYNTH_TYPES[number];
 
@@ -157,10 +168,21 @@ const FILE_TYPE: Record<SynthType, number> = {
   q4_k: 14, // closest llama.cpp label: Q4_K_S
   q5_k: 16, // Q5_K_S
   q6_k: 18,
-  q4_k_m: 15,
+  q4_k_m: 15, // LLAMA_FTYPE_MOSTLY_Q4_K_M
+  q5_k_m: 17, // LLAMA_FTYPE_MOSTLY_Q5_K_M
 };
 
-const PURE_TYPE: Record<Exclude<SynthType, "q4_k_m">, GGMLType> = {
+/** The llama.cpp-style mixes and the type of their matrices that need no more bits. */
+const MIX_BASE_TYPE = { q4_k_m: GGMLType.Q4_K, q5_k_m: GGMLType.Q5_K } as const;
+/** One of the mixed synthetic types. */
+type MixType = keyof typeof MIX_BASE_TYPE;
+
+/** Whether `type` is a llama.cpp-style mix rather than one type for every matrix. */
+function isMixType(type: SynthType): type is MixType {
+  return Object.hasOwn(MIX_BASE_TYPE, type);
+}
+
+const PURE_TYPE: Record<Exclude<SynthType, MixType>, GGMLType> = {
   f32: GGMLType.F32,
   f16: GGMLType.F16,
   bf16: GGMLType.BF16,
@@ -179,19 +201,20 @@ function useMoreBits(layer: number, nLayer: number): boolean {
 
 /**
  * The ggml type of tensor `tensor` in a synthetic file of type `type`. Vectors are F32. Pure types use
- * that type for every matrix. `q4_k_m` follows llama.cpp's Q4_K_M choices (approximately): Q4_K
- * everywhere, except Q6_K for `output.weight` (for `token_embd.weight` when the output is tied, since it
- * is then the output matrix) and for `attn_v`/`ffn_down` of the layers `use_more_bits` picks. A matrix
- * whose row length is not a multiple of the type's block falls back to Q8_0, then F16, as llama.cpp does.
+ * that type for every matrix. `q4_k_m` and `q5_k_m` follow llama.cpp's Q4_K_M and Q5_K_M choices
+ * (approximately): Q4_K (Q5_K) everywhere, except Q6_K for `output.weight` (for `token_embd.weight` when
+ * the output is tied, since it is then the output matrix) and for `attn_v`/`ffn_down` of the layers
+ * `use_more_bits` picks. A matrix whose row length is not a multiple of the type's block falls back to
+ * Q8_0, then F16, as llama.cpp does.
  */
 export function synthTensorType(type: SynthType, tensor: ExpectedTensor, hp: LlamaHParams): GGMLType {
   if (tensor.isVector) return GGMLType.F32;
   let chosen: GGMLType;
-  if (type === "q4_k_m") {
+  if (isMixType(type)) {
     const isOutput = tensor.name === OUTPUT || (hp.tiedOutput && tensor.name === TOKEN_EMBD);
     const moreBits = (tensor.name.endsWith(".attn_v.weight") || tensor.name.endsWith(".ffn_down.weight")) &&
       useMoreBits(tensor.layer, hp.nLayer);
-    chosen = isOutput || moreBits ? GGMLType.Q6_K : GGMLType.Q4_K;
+    chosen = isOutput || moreBits ? GGMLType.Q6_K : MIX_BASE_TYPE[type];
   } else {
     chosen = PURE_TYPE[type];
   }

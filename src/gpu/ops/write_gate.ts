@@ -127,7 +127,7 @@ export interface GateOpOptions extends GateShape {
   scores: BufferSlice;
   /** Flags, u32[maxTokens][layers][kvHeads]. */
   flags: BufferSlice;
-  /** Admission threshold (default {@link DEFAULT_GATE_THRESHOLD}). */
+  /** Admission threshold in [0, 1] (default {@link DEFAULT_GATE_THRESHOLD}); 1 admits nothing. */
   threshold?: number;
   /** Hidden activation (default exact GELU). */
   activation?: "gelu" | "silu";
@@ -149,8 +149,8 @@ export function gateOpConstants(label: string, options: GateOpOptions): Record<s
   checkInt(label, "layers", layers, 1);
   checkInt(label, "maxTokens", maxTokens, 1, step.maxTokens);
   const threshold = options.threshold ?? DEFAULT_GATE_THRESHOLD;
-  if (!(threshold >= 0 && threshold < 1)) {
-    throw new BadFlagError(`${label}: threshold must be in [0, 1), got ${threshold}`);
+  if (!(threshold >= 0 && threshold <= 1)) {
+    throw new BadFlagError(`${label}: threshold must be in [0, 1], got ${threshold}`);
   }
   checkSlice(label, "scores", options.scores, gateOutputBytes(maxTokens, layers, kvHeads));
   checkSlice(label, "flags", options.flags, gateOutputBytes(maxTokens, layers, kvHeads));
