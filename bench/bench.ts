@@ -795,7 +795,7 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
           profiler.destroy();
         }
         // A short untimed chain first (the first chain after a prefill paid one-off costs), then the timed
-        // one; the dual cache cannot rewind, so both go forward from the prompt.
+        // one, going on from the first (the dual cache goes back only a few tokens).
         const warm = await model.decodeGreedy(first, tokens, KV_WARM_STEPS);
         const steps = Math.min(decodeTokens, model.maxChain);
         const t1 = performance.now();
