@@ -5,41 +5,16 @@
 
 import { ok } from "node:assert/strict";
 import { openGGUF } from "../src/gguf/reader.ts";
-import { getGpu, type Gpu } from "../src/gpu/device.ts";
+import { getGpu } from "../src/gpu/device.ts";
 import { GpuModel, type GpuModelOptions } from "../src/model/gpu_model.ts";
 import { hparamsFromGGUF } from "../src/model/hparams.ts";
 import { writeSyntheticModel } from "../src/model/synth.ts";
 import { importGate } from "../src/gate/import.ts";
 import { fixture, fixtureTest } from "./fixtures.ts";
-import { relativeError } from "./gpu_ops_helpers.ts";
+import { relativeError, smallBindingView } from "./gpu_ops_helpers.ts";
 
 /** Largest storage binding the view reports: below the embedding and output matrices of both test models. */
 const SMALL_BINDING = 40_000;
-
-/**
- * `gpu` as seen by code that reads `gpu.limits`: the same device, with `maxStorageBufferBindingSize` lowered
- * to `maxBinding`. Methods run on the real object (its private fields); `labels` collects the label of every
- * buffer made through the view.
- */
-function smallBindingView(gpu: Gpu, maxBinding: number, labels: string[]): Gpu {
-  // A plain copy: the device's limits object answers only for itself.
-  const limits: Record<string, number> = {};
-  for (const key in gpu.limits) limits[key] = gpu.limits[key as keyof GPUSupportedLimits] as number;
-  limits.maxStorageBufferBindingSize = maxBinding;
-  return new Proxy(gpu, {
-    get(target, prop) {
-      if (prop === "limits") return limits;
-      const value = Reflect.get(target, prop, target);
-      if (prop === "buffer") {
-        return (label: string, ...rest: unknown[]) => {
-          labels.push(label);
-          return (value as (...a: unknown[]) => GPUBuffer).call(target, label, ...rest);
-        };
-      }
-      return typeof value === "function" ? value.bind(target) : value;
-    },
-  });
-}
 
 /** Names of the weights that were split, from the buffer labels (`name[rows a..b)`). */
 function splitWeights(labels: string[]): Set<string> {

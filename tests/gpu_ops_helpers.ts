@@ -266,3 +266,28 @@ export async function expectSameDualCaches(
   }
   return { info: refInfo, nonZero };
 }
+
+/**
+ * `gpu` as code that reads `gpu.limits` sees it with a storage binding of at most `maxBinding` bytes (the real
+ * limits dwarf test models): the same device, its methods run on the real object (its private fields), and
+ * the label of every buffer made through the view pushed onto `labels`.
+ */
+export function smallBindingView(gpu: Gpu, maxBinding: number, labels: string[]): Gpu {
+  // A plain copy: the device's limits object answers only for itself.
+  const limits: Record<string, number> = {};
+  for (const key in gpu.limits) limits[key] = gpu.limits[key as keyof GPUSupportedLimits] as number;
+  limits.maxStorageBufferBindingSize = maxBinding;
+  return new Proxy(gpu, {
+    get(target, prop) {
+      if (prop === "limits") return limits;
+      const value = Reflect.get(target, prop, target);
+      if (prop === "buffer") {
+        return (label: string, ...rest: unknown[]) => {
+          labels.push(label);
+          return (value as (...a: unknown[]) => GPUBuffer).call(target, label, ...rest);
+        };
+      }
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+}

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { BadFileError, OutOfMemoryError } from "../errors.ts";
+import { BadFileError, firstLine, OutOfMemoryError } from "../errors.ts";
 import { renderChat } from "../chat/template.ts";
 import type { Model } from "./load.ts";
 import type { GenerateOptions } from "./session.ts";
@@ -53,10 +53,6 @@ export const DEFAULT_INSTRUCTION = "Please summarize the following text:";
 
 /** Text put where the middle of a document too long for the context was cut out. */
 export const TRUNCATION_MARK = " … ";
-
-function firstLine(e: unknown): string {
-  return (e instanceof Error ? e.message : String(e)).split("\n")[0];
-}
 
 /**
  * Reads the documents of `paths`: a `.jsonl` file holds one `{"id": "...", "text": "..."}` object per
