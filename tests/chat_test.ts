@@ -1,5 +1,5 @@
 import { deepEqual, equal, ok, throws } from "node:assert/strict";
-import { renderChat } from "../src/chat/template.ts";
+import { renderChat, renderContinuation } from "../src/chat/template.ts";
 import { BadFileError, BadFlagError } from "../src/errors.ts";
 import { openGGUF } from "../src/gguf/reader.ts";
 import { tokenizerFromMetadata } from "../src/tokenizer/mod.ts";
@@ -122,6 +122,64 @@ Deno.test("template and message errors", () => {
   throws(() => renderChat(meta({ "tokenizer.chat_template": 7 }), []), /tokenizer\.chat_template/);
   // deno-lint-ignore no-explicit-any
   throws(() => renderChat(meta({}), [{ role: "robot", content: "x" } as any]), BadFlagError);
+});
+
+Deno.test("renderContinuation splits a rendering around the reply that answered the previous prompt", () => {
+  const options = { dateString: "26 Jul 2024" };
+  const earlier = CONVERSATION.slice(0, 2);
+  const spm = {
+    "tokenizer.ggml.model": "llama",
+    "tokenizer.ggml.tokens": ["<unk>", "<s>", "</s>"],
+    "tokenizer.ggml.bos_token_id": 1,
+    "tokenizer.ggml.eos_token_id": 2,
+  };
+  const cases = [
+    { m: meta({ "tokenizer.chat_template": LLAMA3_STYLE }), lead: "", closing: "<|eot_id|>" },
+    { m: meta({ "tokenizer.chat_template": CHATML }), lead: "", closing: "<|im_end|>\n" },
+    { m: spm, lead: " ", closing: " </s>" },
+    { m: meta({}), lead: " ", closing: "\n" },
+  ];
+  for (const { m, lead, closing } of cases) {
+    const previous = renderChat(m, earlier, options).text;
+    const whole = renderChat(m, CONVERSATION, options).text;
+    const cont = renderContinuation(m, CONVERSATION, 2, previous, options);
+    ok(cont, whole);
+    equal(cont.lead, lead);
+    equal(cont.closing, closing);
+    equal(cont.text, whole);
+    equal(previous + lead + "Hello." + closing + cont.next, whole);
+    ok(cont.next.includes("Why is the sky blue?"));
+    // A prompt the conversation does not go on from, or a message that is no reply, gives nothing.
+    equal(renderContinuation(m, CONVERSATION, 2, previous + "x", options), undefined);
+    equal(renderContinuation(m, CONVERSATION, 1, previous, options), undefined);
+  }
+});
+
+Deno.test("renderContinuation gives nothing when the template renders earlier turns otherwise", () => {
+  // Earlier replies lose their reasoning; the last message is rendered as it is.
+  const stripsReasoning = meta({
+    "tokenizer.chat_template":
+      `{% for m in messages %}<|{{ m.role }}|>{% if m.role == 'assistant' and not loop.last %}{{ m.content.split('</think>')[-1] }}{% else %}{{ m.content }}{% endif %}<|end|>{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}`,
+  });
+  const reasoned = [
+    { role: "user", content: "Hi!" },
+    { role: "assistant", content: "<think>greet</think>Hello." },
+    { role: "user", content: "Bye!" },
+  ] as const;
+  const previous = renderChat(stripsReasoning, reasoned.slice(0, 1)).text;
+  equal(renderContinuation(stripsReasoning, reasoned, 1, previous), undefined);
+  // Without reasoning the same template goes on from the previous prompt.
+  const plain = [reasoned[0], { role: "assistant", content: "Hello." }, reasoned[2]] as const;
+  equal(renderContinuation(stripsReasoning, plain, 1, previous)?.closing, "<|end|>");
+  // A template that renders only the newest message, or fails on a conversation, gives nothing.
+  const newest = meta({ "tokenizer.chat_template": "{{ messages[-1].content }}" });
+  equal(renderContinuation(newest, plain, 1, renderChat(newest, plain.slice(0, 1)).text), undefined);
+  const failing = meta({
+    "tokenizer.chat_template":
+      "{% if messages | length > 2 %}{{ raise_exception('one turn only') }}{% endif %}" +
+      "{{ messages[0].content }}",
+  });
+  equal(renderContinuation(failing, plain, 1, renderChat(failing, plain.slice(0, 1)).text), undefined);
 });
 
 fixtureTest("rendered Llama-3-style prompt encodes its markers as single special tokens", [

@@ -195,9 +195,7 @@ fixtureTest("wgkv resume: chat keeps the cache across turns under --kv window", 
   equal(r.code, 0, r.stderr);
   const t = turns(r.stderr);
   equal(t.length, 3, r.stderr);
-  // Each turn reuses at least the conversation up to the previous reply, and prefills only what follows
-  // (the reply again: its first token tokenizes differently once the transcript is rendered, so the cache
-  // goes back to the reply's start, as the full cache does).
+  // Each turn reuses at least the conversation up to the previous reply, and prefills only what follows.
   ok(t[1].reused >= t[0].prefilled, r.stderr);
   ok(t[2].reused >= t[1].reused + t[1].prefilled, r.stderr);
 });

@@ -9,6 +9,7 @@
  *
  * The rendered text may begin with the BOS token's text (most templates write `{{ bos_token }}`); encode it
  * with `{ addBos: !startsWithBos, parseSpecial: true }` so the markers become single special tokens.
+ * {@link renderContinuation} says what a conversation's rendering adds after an earlier prompt and its reply.
  *
  * @module
  */
@@ -65,9 +66,9 @@ function tokenText(meta: Readonly<Record<string, unknown>>, key: string): string
   return typeof text === "string" ? text : "";
 }
 
-function today(): string {
-  const d = new Date();
-  return `${String(d.getDate()).padStart(2, "0")} ${MONTHS[d.getMonth()]} ${d.getFullYear()}`;
+/** `date` as templates print it ("%d %b %Y", e.g. "23 Nov 2026"), the default `dateString`. */
+export function chatDateString(date: Date = new Date()): string {
+  return `${String(date.getDate()).padStart(2, "0")} ${MONTHS[date.getMonth()]} ${date.getFullYear()}`;
 }
 
 function oneLine(message: string): string {
@@ -156,7 +157,7 @@ export function renderChat(
       bos_token: bos,
       eos_token: eos,
       add_generation_prompt: addGenerationPrompt,
-      date_string: options.dateString ?? today(),
+      date_string: options.dateString ?? chatDateString(),
       tools: null,
     });
   } catch (e) {
@@ -164,4 +165,56 @@ export function renderChat(
     throw new BadFileError(`tokenizer.chat_template: ${oneLine(message)}`, { cause: e });
   }
   return { text, template: "model", layout: "model", startsWithBos: startsWith(text) };
+}
+
+/** How a rendered conversation goes on from the prompt of an earlier turn and the reply that followed it. */
+export interface ChatContinuation {
+  /** Text the template writes between the earlier prompt and the reply's content (e.g. " " or ""). */
+  lead: string;
+  /** Text the template writes after the reply's content to end its turn (e.g. `<|eot_id|>`, ` </s>`). */
+  closing: string;
+  /** The rest of the rendering: the messages after the reply and the generation prompt. */
+  next: string;
+  /** The whole rendering: `previousPrompt + lead + reply content + closing + next`. */
+  text: string;
+}
+
+/** Stands for the reply's content while finding where the template puts it. */
+const REPLY_MARK = "\u{F8FF}reply\u{F8FF}";
+
+/**
+ * Splits the rendering of `messages` (generation prompt added) around the assistant message
+ * `messages[replyIndex]`, which answered `previousPrompt`: the prompt rendered, generation prompt added, for
+ * the messages before it (with the same `options`). The whole rendering is exactly `previousPrompt + lead +
+ * content + closing + next`, so a session that holds `previousPrompt` and the reply can go on with the tokens
+ * of `closing + next`. Undefined when it is not so: the template renders the earlier conversation
+ * differently once it goes on (it rewrites, drops or reorders earlier turns), or fails on it.
+ */
+export function renderContinuation(
+  meta: Readonly<Record<string, unknown>>,
+  messages: readonly ChatMessage[],
+  replyIndex: number,
+  previousPrompt: string,
+  options: Omit<ChatOptions, "addGenerationPrompt"> = {},
+): ChatContinuation | undefined {
+  const reply = messages[replyIndex];
+  if (reply?.role !== "assistant") return undefined;
+  try {
+    const framed =
+      renderChat(meta, [...messages.slice(0, replyIndex), { role: "assistant", content: REPLY_MARK }], {
+        ...options,
+        addGenerationPrompt: false,
+      }).text;
+    if (!framed.startsWith(previousPrompt)) return undefined;
+    const frame = framed.slice(previousPrompt.length).split(REPLY_MARK);
+    if (frame.length !== 2) return undefined;
+    const [lead, closing] = frame;
+    const history = previousPrompt + lead + reply.content + closing;
+    const text = renderChat(meta, messages, { ...options, addGenerationPrompt: true }).text;
+    if (!text.startsWith(history)) return undefined;
+    return { lead, closing, next: text.slice(history.length), text };
+  } catch (e) {
+    if (e instanceof BadFileError) return undefined;
+    throw e;
+  }
 }

@@ -1,12 +1,14 @@
 /**
  * `wgkv chat`: an interactive conversation using the model's chat template. The KV cache is kept across
- * turns: each turn re-renders the transcript and prefills only what the cache does not already hold.
+ * turns: each turn's prompt is the session's transcript (the replies as generated) followed by the tokens of
+ * the rendered text after it, so only the new message and the template's glue are prefilled.
  *
  * @module
  */
 
 import { BadFlagError } from "../errors.ts";
-import { type ChatMessage, renderChat } from "../chat/template.ts";
+import { chatDateString, type ChatMessage, renderChat } from "../chat/template.ts";
+import { type ChatPrompt, ChatPrompter } from "../chat/prompter.ts";
 import type { Model } from "../engine/load.ts";
 import type { Command } from "./main.ts";
 import { type FlagSpec, helpText, parseFlags, stringFlag } from "./flags.ts";
@@ -58,6 +60,8 @@ export const chatCommand: Command = {
     const system = stringFlag(values, "system");
     const messages: ChatMessage[] = system ? [{ role: "system", content: system }] : [];
     const session = model.session();
+    // The date stays that of the chat's start, so a chat that goes on past midnight keeps its cache.
+    const prompter = new ChatPrompter(model.file.metadata, model.tokenizer, { dateString: chatDateString() });
     const interactive = Deno.stdin.isTerminal();
     const interrupt = new Interrupt();
     try {
@@ -73,27 +77,34 @@ export const chatCommand: Command = {
         if (text === "/reset") {
           messages.length = system ? 1 : 0;
           session.reset();
+          prompter.forget();
           console.error("(conversation reset)");
         } else if (text !== "") {
           messages.push({ role: "user", content: text });
-          const fitted = fitTranscript(model, messages, options.maxTokens);
+          const fitted = fitPrompt(
+            model,
+            messages,
+            options.maxTokens,
+            () => prompter.prompt(messages, session.transcript),
+          );
           if (fitted.dropped > 0) {
             console.error(
               `(the conversation outgrew the context of ${model.backend.contextLength} tokens: ` +
                 `its ${fitted.dropped} oldest message(s) dropped; -c sets the context)`,
             );
           }
-          if (fitted.ids.length >= model.backend.contextLength) {
+          const ids = fitted.prompt.ids;
+          if (ids.length >= model.backend.contextLength) {
             messages.pop();
             console.error(
-              `chat: this message takes ${fitted.ids.length} tokens with the chat layout, more than the context ` +
+              `chat: this message takes ${ids.length} tokens with the chat layout, more than the context ` +
                 `of ${model.backend.contextLength} can hold with a reply; shorten it or raise -c`,
             );
             if (interactive) await Deno.stderr.write(new TextEncoder().encode("> "));
             continue;
           }
-          const ids = fitted.ids;
-          // Reuse the cached prefix the new transcript shares with the conversation so far.
+          // Reuse the cached prefix the new prompt shares with the conversation so far (all of it when the
+          // prompt goes on from the transcript).
           const have = session.transcript;
           let common = 0;
           while (common < have.length && common < ids.length - 1 && have[common] === ids[common]) common++;
@@ -120,7 +131,10 @@ export const chatCommand: Command = {
             // Stopped before the reply began (during a long prompt): the message is not part of the chat.
             messages.pop();
             console.error("(message withdrawn)");
-          } else messages.push({ role: "assistant", content: reply.trim() });
+          } else {
+            prompter.replied(fitted.prompt, session.transcript, reply, r.value.stopReason);
+            messages.push({ role: "assistant", content: reply.trim() });
+          }
         }
         if (interactive) await Deno.stderr.write(new TextEncoder().encode("> "));
       }
@@ -133,28 +147,26 @@ export const chatCommand: Command = {
 };
 
 /**
- * The transcript's tokens, after dropping the oldest messages (a system message stays) while it leaves less
- * room than a reply of `maxTokens` (at most half the context) needs. Drops from `messages` in place.
+ * The prompt `promptFor` makes of `messages`, after dropping the oldest messages (a system message stays)
+ * while it leaves less room than a reply of `maxTokens` (at most half the context) needs. Drops from
+ * `messages` in place.
  */
-function fitTranscript(
+function fitPrompt(
   model: Model,
   messages: ChatMessage[],
   maxTokens: number,
-): { ids: number[]; dropped: number } {
+  promptFor: () => ChatPrompt,
+): { prompt: ChatPrompt; dropped: number } {
   const ctx = model.backend.contextLength;
   const room = Math.min(maxTokens, Math.floor(ctx / 2));
-  const encode = () => {
-    const rendered = renderChat(model.file.metadata, messages, { addGenerationPrompt: true });
-    return model.tokenizer.encode(rendered.text, { addBos: !rendered.startsWithBos, parseSpecial: true });
-  };
-  let ids = encode();
+  let prompt = promptFor();
   let dropped = 0;
   const first = messages[0]?.role === "system" ? 1 : 0;
   // The newest message (the user's) always stays; the oldest of the others go first.
-  while (ids.length + room > ctx && messages.length - first > 1) {
+  while (prompt.ids.length + room > ctx && messages.length - first > 1) {
     messages.splice(first, 1);
     dropped++;
-    ids = encode();
+    prompt = promptFor();
   }
-  return { ids, dropped };
+  return { prompt, dropped };
 }
