@@ -57,6 +57,18 @@ export function checkFile(condition: unknown, message: string): asserts conditio
   if (!condition) throw new BadFileError(message);
 }
 
+/**
+ * `e` with `source: ` put before its message when it is a {@link BadFileError} or {@link UnsupportedError}
+ * that does not start with it (same class, `e` as the cause): for errors found in metadata by code that
+ * does not know the file. Anything else, and every error when `source` is undefined, comes back unchanged.
+ */
+export function inFile(source: string | undefined, e: unknown): unknown {
+  if (source === undefined || !(e instanceof BadFileError || e instanceof UnsupportedError)) return e;
+  if (e.message.startsWith(`${source}: `)) return e;
+  const ErrorClass = e.constructor as new (message: string, options?: ErrorOptions) => WgkvError;
+  return new ErrorClass(`${source}: ${e.message}`, { cause: e });
+}
+
 /** The first non-empty line of an error's message (WebGPU errors often start with a blank line). */
 export function firstLine(e: unknown): string {
   const message = e instanceof Error || (typeof e === "object" && e !== null && "message" in e)

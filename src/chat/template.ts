@@ -34,6 +34,8 @@ export interface ChatOptions {
   addGenerationPrompt?: boolean;
   /** `date_string` given to the template (Llama 3.x prints it); default today as "23 Nov 2026". */
   dateString?: string;
+  /** Where the metadata comes from (the model's path): starts the message of a template error. */
+  source?: string;
 }
 
 /** The rendered prompt and how it was made. */
@@ -141,8 +143,11 @@ export function renderChat(
     const text = renderPlain(messages, addGenerationPrompt);
     return { text, template: "fallback", layout: "plain", startsWithBos: startsWith(text) };
   }
+  const where = options.source === undefined ? "" : `${options.source}: `;
   if (typeof source !== "string") {
-    throw new BadFileError(`metadata tokenizer.chat_template: expected a string, got ${typeof source}`);
+    throw new BadFileError(
+      `${where}metadata tokenizer.chat_template: expected a string, got ${typeof source}`,
+    );
   }
 
   let text: string;
@@ -162,7 +167,7 @@ export function renderChat(
     });
   } catch (e) {
     const message = e instanceof Error ? e.message : String(e);
-    throw new BadFileError(`tokenizer.chat_template: ${oneLine(message)}`, { cause: e });
+    throw new BadFileError(`${where}tokenizer.chat_template: ${oneLine(message)}`, { cause: e });
   }
   return { text, template: "model", layout: "model", startsWithBos: startsWith(text) };
 }

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { BadFileError, BadFlagError } from "../errors.ts";
+import { BadFileError, BadFlagError, firstLine } from "../errors.ts";
 import {
   type BatchRecord,
   DEFAULT_INSTRUCTION,
@@ -21,6 +21,7 @@ import {
   generationOptions,
   kvJson,
   loadFromFlags,
+  loadOptionsFromFlags,
   MODEL_FLAGS,
   printProfile,
   SAMPLING_FLAGS,
@@ -37,11 +38,18 @@ const FLAGS: Record<string, FlagSpec> = {
   help: { type: "boolean", short: "h", help: "show this help" },
 };
 
-/** Writes all of `bytes` to `file` (one write unless the system takes less) and flushes it to disk. */
-async function appendDurably(file: Deno.FsFile, bytes: Uint8Array): Promise<void> {
-  let off = 0;
-  while (off < bytes.length) off += await file.write(bytes.subarray(off));
-  await file.sync();
+/**
+ * Writes all of `bytes` to `file` (one write unless the system takes less) and flushes it to disk; a
+ * system error (a full disk, say) is a {@link BadFileError} naming `path`.
+ */
+async function appendDurably(file: Deno.FsFile, bytes: Uint8Array, path: string): Promise<void> {
+  try {
+    let off = 0;
+    while (off < bytes.length) off += await file.write(bytes.subarray(off));
+    await file.sync();
+  } catch (e) {
+    throw new BadFileError(`${path}: cannot append the result (${firstLine(e)})`, { cause: e });
+  }
 }
 
 /** The `batch` subcommand. */
@@ -65,6 +73,7 @@ export const batchCommand: Command = {
     if (generation.maxTokens === Infinity) {
       throw new BadFlagError("--n-predict: batch needs a limit per summary (-1 means none)");
     }
+    loadOptionsFromFlags(values); // flag mistakes before any file is read or created
     const instruction = stringFlag(values, "instruction") ?? DEFAULT_INSTRUCTION;
     const outPath = stringFlag(values, "out");
     const docs = await readBatchDocuments(positionals);
@@ -111,7 +120,7 @@ export const batchCommand: Command = {
           ? record
           : { ...record, kv: kvJson(model) };
         const text = JSON.stringify(line) + "\n";
-        if (out) await appendDurably(out, encoder.encode(text));
+        if (out) await appendDurably(out, encoder.encode(text), outPath!);
         else await writeOut(text);
         console.error(`[${index}/${todo.length}] ${progress(record)}`);
       }

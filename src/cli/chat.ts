@@ -61,11 +61,14 @@ export const chatCommand: Command = {
     const messages: ChatMessage[] = system ? [{ role: "system", content: system }] : [];
     const session = model.session();
     // The date stays that of the chat's start, so a chat that goes on past midnight keeps its cache.
-    const prompter = new ChatPrompter(model.file.metadata, model.tokenizer, { dateString: chatDateString() });
+    const prompter = new ChatPrompter(model.file.metadata, model.tokenizer, {
+      dateString: chatDateString(),
+      source: model.file.path,
+    });
     const interactive = Deno.stdin.isTerminal();
     const interrupt = new Interrupt();
     try {
-      const first = renderChat(model.file.metadata, [{ role: "user", content: "" }]);
+      const first = renderChat(model.file.metadata, [{ role: "user", content: "" }], prompter.options);
       if (first.template === "fallback") {
         console.error(`chat: the model has no chat template; using the ${first.layout} layout`);
       }

@@ -139,7 +139,7 @@ async function compareKvPolicies(values: ParsedFlags["values"]): Promise<void> {
   });
   console.error(
     `\ndemo: the same ${LONG_TEXT.length}-character text under a full KV cache and under Write-Gated KV ` +
-      `(window ${window}, threshold ${threshold}, ${
+      `(window ${window}, threshold ${Number(threshold.toPrecision(6))}, ${
         values.gate
           ? "gate " + values.gate
           : "an UNTRAINED gate: this shows the mechanism and the memory accounting, not quality"

@@ -128,7 +128,7 @@ export function numberFlag(
   return v;
 }
 
-/** Reads flag `name` as a string, throwing a {@link BadFlagError} when required and absent. */
+/** Reads flag `name` as a string, throwing a {@link BadFlagError} when required and absent or empty. */
 export function stringFlag(values: ParsedFlags["values"], name: string, required: true): string;
 export function stringFlag(values: ParsedFlags["values"], name: string, required?: false): string | undefined;
 export function stringFlag(
@@ -141,6 +141,7 @@ export function stringFlag(
     if (required) throw new BadFlagError(`--${name} is required`);
     return undefined;
   }
+  if (required && v === "") throw new BadFlagError(`--${name}: the value is empty`);
   return String(v);
 }
 

@@ -19,7 +19,7 @@ import type { GenerationStats } from "../engine/session.ts";
 import { foldLayers, formatProfile } from "../gpu/profiler.ts";
 import { formatBytes } from "../gpu/device.ts";
 import { PAGE_TOKENS } from "../kv/page_pool.ts";
-import type { KvPolicySpec } from "../engine/load.ts";
+import type { KvPolicySpec, LoadOptions } from "../engine/load.ts";
 import type { Command } from "./main.ts";
 import {
   choiceFlag,
@@ -79,12 +79,27 @@ export const MODEL_FLAGS: Record<string, FlagSpec> = {
   stats: { type: "boolean", help: "print KV memory vs a full cache and admitted shares per layer/head" },
 };
 
+/** Largest `--seed`: seeds are 32-bit. */
+const MAX_SEED = 2 ** 32 - 1;
+
 /** The KV policy asked for by `--kv` and its flags. */
 export function kvPolicyFromFlags(values: ParsedFlags["values"]): KvPolicySpec {
   const kind = choiceFlag(values, "kv", ["full", "wgkv", "window", "sink", "random"] as const, "full");
   const window = numberFlag(values, "window", undefined, { integer: true, min: 1 });
   const gate = stringFlag(values, "gate");
   if (gate !== undefined && kind !== "wgkv") throw new BadFlagError("--gate is only used with --kv wgkv");
+  // A setting of another policy than the one asked for would be silently ignored.
+  const usedBy: [string, string][] = [["threshold", "wgkv"], ["sinks", "sink"], ["admit", "random"]];
+  for (const [flag, policy] of usedBy) {
+    if (values[flag] !== undefined && kind !== policy) {
+      throw new BadFlagError(`--${flag} is only used with --kv ${policy}`);
+    }
+  }
+  if (values["kv-global"] !== undefined && kind === "full") {
+    throw new BadFlagError(
+      "--kv-global needs --kv wgkv, window, sink or random (a full cache keeps every token)",
+    );
+  }
   switch (kind) {
     case "full":
       if (window !== undefined) throw new BadFlagError("--window needs --kv wgkv, window, sink or random");
@@ -106,7 +121,7 @@ export function kvPolicyFromFlags(values: ParsedFlags["values"]): KvPolicySpec {
         kind,
         window,
         rate: numberFlag(values, "admit", undefined, { min: 0, max: 1 }),
-        seed: numberFlag(values, "seed", undefined, { integer: true, min: 0 }),
+        seed: numberFlag(values, "seed", undefined, { integer: true, min: 0, max: MAX_SEED }),
       };
   }
 }
@@ -186,13 +201,19 @@ const FLAGS: Record<string, FlagSpec> = {
   help: { type: "boolean", short: "h", help: "show this help" },
 };
 
-/** Loads the model named by `-m` with progress on stderr. */
-export async function loadFromFlags(values: ParsedFlags["values"], header?: ModelHeader): Promise<Model> {
-  const path = stringFlag(values, "model", true);
-  const verbose = values.verbose === true;
-  const t0 = performance.now();
-  const model = await loadModel(header ?? path, {
-    backend: choiceFlag(values, "backend", ["auto", "cpu", "webgpu"] as const, "auto"),
+/**
+ * The load options the model flags ask for (every value checked, before any file is read), progress
+ * going to stderr.
+ */
+export function loadOptionsFromFlags(values: ParsedFlags["values"]): LoadOptions {
+  const backend = choiceFlag(values, "backend", ["auto", "cpu", "webgpu"] as const, "auto");
+  for (const flag of ["profile", "coop-prefill"]) {
+    if (backend === "cpu" && values[flag] === true) {
+      throw new BadFlagError(`--${flag} needs the WebGPU backend, not --backend cpu`);
+    }
+  }
+  return {
+    backend,
     contextLength: numberFlag(values, "ctx", undefined, { integer: true, min: 1 }),
     maxBatch: numberFlag(values, "batch", undefined, { integer: true, min: 1 }),
     profile: values.profile === true,
@@ -202,7 +223,16 @@ export async function loadFromFlags(values: ParsedFlags["values"], header?: Mode
     int8Decode: values["f32-decode"] === true ? false : undefined,
     coopPrefill: values["coop-prefill"] === true ? true : undefined,
     onProgress: (m) => console.error(m),
-  });
+  };
+}
+
+/** Loads the model named by `-m` with progress on stderr. */
+export async function loadFromFlags(values: ParsedFlags["values"], header?: ModelHeader): Promise<Model> {
+  const path = stringFlag(values, "model", true);
+  const verbose = values.verbose === true;
+  const options = loadOptionsFromFlags(values);
+  const t0 = performance.now();
+  const model = await loadModel(header ?? path, options);
   const ms = performance.now() - t0;
   if (verbose) {
     const h = model.hparams;
@@ -229,10 +259,11 @@ export function generationOptions(values: ParsedFlags["values"]) {
     minP: numberFlag(values, "min-p", undefined),
     repeatPenalty: numberFlag(values, "repeat-penalty", undefined),
     repeatLastN: numberFlag(values, "repeat-last-n", undefined, { integer: true, min: 0 }),
-    seed: numberFlag(values, "seed", undefined, { integer: true }),
+    seed: numberFlag(values, "seed", undefined, { integer: true, min: 0, max: MAX_SEED }),
     stop: values.stop as string[] | undefined,
     ignoreEos: values["ignore-eos"] === true,
   };
+  if (options.stop?.includes("")) throw new BadFlagError("--stop: the text to stop before is empty");
   new Sampler(options);
   return options;
 }
@@ -319,6 +350,7 @@ export const runCommand: Command = {
     if (positionals.length > 0) throw new BadFlagError(`run: unexpected argument "${positionals[0]}"`);
     const prompt = await readPrompt(values);
     const options = generationOptions(values);
+    loadOptionsFromFlags(values); // flag mistakes before the model is read
     const header = await readModelHeader(stringFlag(values, "model", true));
     let plan;
     try {

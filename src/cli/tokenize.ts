@@ -32,7 +32,7 @@ export const tokenizeCommand: Command = {
     if (positionals.length !== 1) throw new BadFlagError("tokenize: give the TEXT as one argument");
     const file = await openGGUF(stringFlag(values, "model", true));
     try {
-      const tok = tokenizerFromMetadata(file.metadata);
+      const tok = tokenizerFromMetadata(file.metadata, file.path);
       const ids = tok.encode(positionals[0], {
         addBos: values["no-bos"] ? false : tok.addBos,
         parseSpecial: values.special === true,

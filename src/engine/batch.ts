@@ -56,8 +56,8 @@ export const TRUNCATION_MARK = " … ";
 
 /**
  * Reads the documents of `paths`: a `.jsonl` file holds one `{"id": "...", "text": "..."}` object per
- * non-empty line; any other file is one document whose id is its path. A missing file, a malformed line
- * or an id seen twice is a {@link BadFileError} naming the file (and line).
+ * non-empty line; any other file is one document whose id is its path. A missing or empty file, a
+ * malformed line or an id seen twice is a {@link BadFileError} naming the file (and line).
  */
 export async function readBatchDocuments(paths: readonly string[]): Promise<BatchDocument[]> {
   const docs: BatchDocument[] = [];
@@ -75,6 +75,7 @@ export async function readBatchDocuments(paths: readonly string[]): Promise<Batc
     } catch (e) {
       throw new BadFileError(`${path}: cannot read the input file (${firstLine(e)})`);
     }
+    if (content.trim() === "") throw new BadFileError(`${path}: the input file is empty`);
     if (!path.toLowerCase().endsWith(".jsonl")) {
       add({ id: path, text: content }, path);
       continue;
@@ -106,10 +107,17 @@ export async function readBatchDocuments(paths: readonly string[]): Promise<Batc
 
 /**
  * Prepares `path` for appending results: returns the ids already recorded in it, after cutting off a
- * trailing line without its newline (left by an interrupted run). A missing file holds no ids. A complete
- * line that is not a result object is a {@link BadFileError} naming the line.
+ * trailing line without its newline (left by an interrupted run). A missing file holds no ids. A path that
+ * is not a regular file, or a complete line that is not a result object, is a {@link BadFileError} naming it.
  */
 export async function resumeResults(path: string): Promise<Set<string>> {
+  // A device or FIFO would be read without end (or block), then truncated: the results go to a file.
+  const kind = await Deno.stat(path).catch(() => undefined);
+  if (kind !== undefined && !kind.isFile) {
+    throw new BadFileError(
+      `${path}: not a regular file (the results file is read back to resume; without --out they go to stdout)`,
+    );
+  }
   let bytes: Uint8Array;
   try {
     bytes = await Deno.readFile(path);
@@ -149,6 +157,7 @@ export interface BatchPrompt {
 function encodeMessage(model: Model, instruction: string, text: string): number[] {
   const rendered = renderChat(model.file.metadata, [{ role: "user", content: `${instruction}\n\n${text}` }], {
     addGenerationPrompt: true,
+    source: model.file.path,
   });
   return model.tokenizer.encode(rendered.text, { addBos: !rendered.startsWithBos, parseSpecial: true });
 }

@@ -25,7 +25,8 @@ export type BackendChoice = "auto" | "cpu" | "webgpu";
  * Which tokens the KV cache keeps. `full`: all. `wgkv`: the last `window` tokens plus older ones the write
  * gate (`gate`, a gate GGUF path or loaded weights) admitted. `window`: the last `window` only. `sink`: the
  * first `sinks` plus the last `window`. `random`: the last `window` plus a seeded random `rate` of older ones.
- * Windows default to the gate's (wgkv) or 256; the threshold to the gate's.
+ * Windows default to the gate's (wgkv) or 256; the threshold to the gate's; `sinks` to 4, `rate` to 0.2 and
+ * `seed` to 0.
  */
 export type KvPolicySpec =
   | { kind: "full" }
@@ -38,9 +39,15 @@ export type KvPolicySpec =
 export interface LoadOptions {
   /** Backend; "auto" picks WebGPU when an adapter exists. Default "auto". */
   backend?: BackendChoice;
-  /** Context length to allocate for (default: the model's, capped by the backend). */
+  /**
+   * Context length to allocate for (default: the model's, at most 4096 tokens on the WebGPU backend). More
+   * than the model's trained context is a {@link BadFlagError}.
+   */
   contextLength?: number;
-  /** Most prompt tokens per GPU prefill step (default 2048 with the full cache, else 512). */
+  /**
+   * Most prompt tokens per GPU prefill step (default 2048 with the full cache on a hardware GPU, 512 under
+   * the other policies or on a software adapter).
+   */
   maxBatch?: number;
   /** Progress messages (loading, uploading); the CLI prints them on stderr. */
   onProgress?: (message: string) => void;
@@ -57,9 +64,9 @@ export interface LoadOptions {
    */
   int8Prefill?: boolean;
   /**
-   * Decode products of quantised weights through 8-bit integer dot products, the activations rounded per
-   * 16 values (as llama.cpp's quantised matrix-vector products do); false keeps them in f32. Default: true
-   * on a GPU, false on a software adapter (see `GpuModelOptions.int8Decode`).
+   * Decode products of quantised weights with rows of up to 2048 values through 8-bit integer dot products,
+   * the activations rounded per 16 values (as llama.cpp's quantised matrix-vector products do); false keeps
+   * them in f32. Default: true on a GPU, false on a software adapter (see `GpuModelOptions.int8Decode`).
    */
   int8Decode?: boolean;
   /**
@@ -163,7 +170,11 @@ export interface ModelHeader {
 export async function readModelHeader(path: string): Promise<ModelHeader> {
   const file = await openGGUF(path);
   try {
-    return { file, hparams: hparamsFromGGUF(file), tokenizer: tokenizerFromMetadata(file.metadata) };
+    return {
+      file,
+      hparams: hparamsFromGGUF(file),
+      tokenizer: tokenizerFromMetadata(file.metadata, file.path),
+    };
   } catch (e) {
     file.close();
     throw e;

@@ -320,6 +320,12 @@ async function checkHeader(reader: FileReader): Promise<number> {
 export async function openGGUF(path: string): Promise<GGUFFile> {
   let file: Deno.FsFile;
   let size: number;
+  if (path === "") throw new BadFileError(`"": no GGUF file named (the path is empty)`);
+  // Checked before opening too: opening a FIFO for reading waits for a writer, and a device never ends.
+  const kind = await Deno.stat(path).catch(() => undefined);
+  if (kind !== undefined && !kind.isFile) {
+    throw new BadFileError(`${path}: not a regular file${kind.isDirectory ? " (a directory)" : ""}`);
+  }
   try {
     file = await Deno.open(path, { read: true });
   } catch (e) {

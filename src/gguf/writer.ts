@@ -7,7 +7,7 @@
  * @module
  */
 
-import { BadFlagError } from "../errors.ts";
+import { BadFileError, BadFlagError, firstLine } from "../errors.ts";
 import { GGUFValueType } from "./reader.ts";
 import type { GGUFFile, MetadataType } from "./reader.ts";
 import { tensorByteSize, typeInfo } from "./types.ts";
@@ -286,15 +286,21 @@ async function* chunksOf(entry: TensorEntry): AsyncIterable<Uint8Array> {
   else yield* produced;
 }
 
-async function writeAll(file: Deno.FsFile, bytes: Uint8Array): Promise<void> {
+/** Writes all of `bytes`; a system error (a full disk, say) is a {@link BadFileError} naming `path`. */
+async function writeAll(file: Deno.FsFile, bytes: Uint8Array, path: string): Promise<void> {
   let written = 0;
-  while (written < bytes.length) written += await file.write(bytes.subarray(written));
+  try {
+    while (written < bytes.length) written += await file.write(bytes.subarray(written));
+  } catch (e) {
+    throw new BadFileError(`${path}: write failed (${firstLine(e)})`, { cause: e });
+  }
 }
 
 /**
  * Writes a GGUF v3 file at `path`: the header with every metadata entry and tensor info, then each tensor's
  * data (pulled in order, checked against its declared size) padded to the alignment. Invalid input throws
- * a {@link BadFlagError} naming the key or tensor; on any failure the temporary file is removed.
+ * a {@link BadFlagError} naming the key or tensor, and a path that cannot be written a {@link BadFileError}
+ * naming it; on any failure the temporary file is removed.
  */
 export async function writeGGUF(path: string, options: WriteOptions): Promise<void> {
   const tensors = options.tensors ?? [];
@@ -351,10 +357,21 @@ export async function writeGGUF(path: string, options: WriteOptions): Promise<vo
   header.padTo(alignment);
 
   const tmpPath = `${path}.tmp`;
-  const file = await Deno.open(tmpPath, { write: true, create: true, truncate: true });
+  // The file is renamed over `path` at the end: a directory or a device there is refused before any writing.
+  const existing = await Deno.stat(path).catch(() => undefined);
+  if (existing !== undefined && !existing.isFile) {
+    const what = existing.isDirectory ? "a directory" : "not a regular file";
+    throw new BadFileError(`${path}: cannot write a GGUF file there (${what})`);
+  }
+  let file: Deno.FsFile;
+  try {
+    file = await Deno.open(tmpPath, { write: true, create: true, truncate: true });
+  } catch (e) {
+    throw new BadFileError(`${path}: cannot write (${firstLine(e)})`, { cause: e });
+  }
   let closed = false;
   try {
-    await writeAll(file, header.bytes.subarray(0, header.length));
+    await writeAll(file, header.bytes.subarray(0, header.length), tmpPath);
     const padding = new Uint8Array(alignment);
     for (const { entry, byteLength } of planned) {
       let written = 0;
@@ -362,18 +379,20 @@ export async function writeGGUF(path: string, options: WriteOptions): Promise<vo
         if (written + chunk.length > byteLength) {
           throw new BadFlagError(`tensor ${entry.name}: data is longer than its ${byteLength} bytes`);
         }
-        await writeAll(file, chunk);
+        await writeAll(file, chunk, tmpPath);
         written += chunk.length;
       }
       if (written !== byteLength) {
         throw new BadFlagError(`tensor ${entry.name}: data has ${written} bytes, expected ${byteLength}`);
       }
       const pad = Math.ceil(byteLength / alignment) * alignment - byteLength;
-      await writeAll(file, padding.subarray(0, pad));
+      await writeAll(file, padding.subarray(0, pad), tmpPath);
     }
     file.close();
     closed = true;
-    await Deno.rename(tmpPath, path);
+    await Deno.rename(tmpPath, path).catch((e) => {
+      throw new BadFileError(`${path}: cannot write (${firstLine(e)})`, { cause: e });
+    });
   } catch (e) {
     if (!closed) file.close();
     await Deno.remove(tmpPath).catch(() => {});

@@ -110,6 +110,11 @@ export function hparamsFromGGUF(file: GGUFFile): LlamaHParams {
   const headDim = requiredCount(file, `${ARCH}.attention.key_length`, defaultHeadDim);
   const valueLength = metaNumber(file, `${ARCH}.attention.value_length`);
   const tokens: unknown = file.metadata["tokenizer.ggml.tokens"];
+  if (!Array.isArray(tokens) && metaNumber(file, `${ARCH}.vocab_size`) === undefined) {
+    throw new BadFileError(
+      `${file.path}: metadata ${ARCH}.vocab_size is missing and there is no tokenizer.ggml.tokens array to count`,
+    );
+  }
   const hp: LlamaHParams = {
     nLayer: requiredCount(file, `${ARCH}.block_count`),
     nEmbd,
@@ -146,7 +151,10 @@ export function hparamsFromGGUF(file: GGUFFile): LlamaHParams {
 
 /** Checks that every tensor a Llama with `hp` needs is in `file` with the expected shape. */
 export function checkTensorShapes(file: GGUFFile, hp: LlamaHParams): void {
-  for (const expected of llamaTensors(hp, hp.hasRopeFreqs)) {
+  // Every block has several tensors, so a file of T tensors lacks one within its first T + 1 blocks: only
+  // those are listed, and an absurd block count fails on its first missing tensor without listing them all.
+  const layers = Math.min(hp.nLayer, file.tensors.length + 1);
+  for (const expected of llamaTensors({ ...hp, nLayer: layers }, hp.hasRopeFreqs)) {
     if (!file.has(expected.name)) throw new BadFileError(`${file.path}: tensor ${expected.name} is missing`);
     const shape = [...file.tensor(expected.name).shape].map(Number);
     while (shape.length > expected.shape.length && shape[shape.length - 1] === 1) shape.pop();
@@ -157,5 +165,10 @@ export function checkTensorShapes(file: GGUFFile, hp: LlamaHParams): void {
           `expected [${expected.shape.join(", ")}] from the hyper-parameters`,
       );
     }
+  }
+  if (layers < hp.nLayer) {
+    throw new BadFileError(
+      `${file.path}: metadata ${ARCH}.block_count = ${hp.nLayer} is more blocks than its ${file.tensors.length} tensors hold`,
+    );
   }
 }

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { BadFlagError, UnsupportedError } from "../errors.ts";
+import { BadFlagError, inFile, UnsupportedError } from "../errors.ts";
 import { BpeModel } from "./bpe.ts";
 import { SpmModel } from "./spm.ts";
 import { readVocab, type TokenizerMetadata, TokenType, type Vocab } from "./vocab.ts";
@@ -214,15 +214,23 @@ function splitOnSpecial(text: string, specials: readonly SpecialToken[]): (strin
 /**
  * Builds the tokenizer described by GGUF metadata: SentencePiece for `tokenizer.ggml.model = "llama"`,
  * byte-level BPE for `"gpt2"`. Throws UnsupportedError naming any other model (or an unknown
- * `tokenizer.ggml.pre`), and BadFileError naming the key when vocabulary arrays are missing or malformed.
+ * `tokenizer.ggml.pre`), and BadFileError naming the key when vocabulary arrays are missing or malformed;
+ * `source` (the file's path), when given, starts those messages.
  */
-export function tokenizerFromMetadata(meta: TokenizerMetadata): Tokenizer {
-  const model = meta["tokenizer.ggml.model"];
-  if (typeof model === "string" && model !== "llama" && model !== "gpt2") {
-    throw new UnsupportedError(
-      `tokenizer.ggml.model = "${model}" is not supported (supported: "llama" SentencePiece, "gpt2" BPE)`,
+export function tokenizerFromMetadata(meta: TokenizerMetadata, source?: string): Tokenizer {
+  try {
+    const model = meta["tokenizer.ggml.model"];
+    if (typeof model === "string" && model !== "llama" && model !== "gpt2") {
+      throw new UnsupportedError(
+        `tokenizer.ggml.model = "${model}" is not supported (supported: "llama" SentencePiece, "gpt2" BPE)`,
+      );
+    }
+    const vocab = readVocab(meta);
+    return new VocabTokenizer(
+      vocab,
+      vocab.model === "llama" ? new SpmModel(vocab) : new BpeModel(vocab, meta),
     );
+  } catch (e) {
+    throw inFile(source, e);
   }
-  const vocab = readVocab(meta);
-  return new VocabTokenizer(vocab, vocab.model === "llama" ? new SpmModel(vocab) : new BpeModel(vocab, meta));
 }
