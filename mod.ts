@@ -1,16 +1,29 @@
 /**
- * wgkv: run GGUF Llama models on WebGPU (or the CPU reference) from Deno.
+ * wgkv: run GGUF Llama models on WebGPU (or the CPU reference) from Deno, with Write-Gated KV (a learned
+ * gate per layer and KV head that decides which tokens stay in the KV cache once they leave a local window).
  *
  * ```ts
  * import { loadModel } from "jsr:@wgkv/wgkv";
- * const model = await loadModel("model.gguf");
+ *
+ * const model = await loadModel("model.gguf"); // or { kv: { kind: "wgkv", gate: "gate.gguf" } }
  * const session = model.session();
  * const prompt = model.tokenizer.encode("Once upon a time", { addBos: true });
+ * const out = new TextEncoder();
  * for await (const piece of session.generate(prompt, { maxTokens: 64, temperature: 0 })) {
- *   console.log(piece.text);
+ *   await Deno.stdout.write(out.encode(piece.text));
  * }
+ * console.log(session.lastStats); // prompt and generated tokens, prefill and decode times, stop reason
+ * console.log(model.backend.kvUsage?.()); // KV memory in use against a full cache (WebGPU backend)
  * model.close();
  * ```
+ *
+ * {@link loadModel} takes a {@link KvPolicySpec} as `kv` (`full`, `wgkv`, `window`, `sink`, `random`;
+ * every policy but `full` needs the WebGPU backend). A {@link Session} keeps its KV cache between
+ * {@link Session.generate} calls, so a second call prefills only its new tokens. Also exported: the GGUF
+ * reader ({@link openGGUF}) and writer ({@link writeGGUF}), tokenizers, chat templates ({@link renderChat}),
+ * the CPU reference model ({@link ReferenceModel}), synthetic models ({@link writeSyntheticModel}), write
+ * gates ({@link importGate}, {@link initGate}, {@link readGate}, {@link writeGate}, {@link gateScores}),
+ * sampling processors and the error classes ({@link WgkvError} and its subclasses).
  *
  * @module
  */
@@ -71,6 +84,16 @@ export {
   openGGUF,
   type TensorInfo,
 } from "./src/gguf/reader.ts";
+export {
+  type ArrayEntry,
+  type MetadataEntry,
+  metadataOf,
+  type ScalarEntry,
+  type TensorData,
+  type TensorEntry,
+  writeGGUF,
+  type WriteOptions,
+} from "./src/gguf/writer.ts";
 export { GGMLType, type GGMLTypeInfo, typeInfo } from "./src/gguf/types.ts";
 export { hparamsFromGGUF, type LlamaHParams } from "./src/model/hparams.ts";
 export type { Llama3RopeScaling } from "./src/model/ops.ts";
@@ -105,5 +128,13 @@ export type { KeyOrder } from "./src/gate/key_order.ts";
 export { importGate, type ImportGateOptions } from "./src/gate/import.ts";
 export { initGate, type InitGateOptions } from "./src/gate/init.ts";
 export { gateScores } from "./src/gate/reference.ts";
-export * from "./src/errors.ts";
+export {
+  BadFileError,
+  BadFlagError,
+  DeviceError,
+  OutOfMemoryError,
+  PrefillAbortedError,
+  UnsupportedError,
+  WgkvError,
+} from "./src/errors.ts";
 export { VERSION } from "./src/version.ts";

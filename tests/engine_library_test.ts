@@ -1,15 +1,21 @@
 // The library entry point (`loadModel` from mod.ts) with KV policies, and the per-token timing of
-// `Session.generate()`, on stories260K.
+// `Session.generate()`, on stories260K; the GGUF writer and the error classes that mod.ts exports.
 
 import { deepEqual, equal, ok } from "node:assert/strict";
+import * as wgkv from "../mod.ts";
 import {
   type GeneratedPiece,
   type GenerateOptions,
   importGate,
   type KvPolicySpec,
   loadModel,
+  metadataOf,
   type Model,
+  openGGUF,
+  type TensorEntry,
   writeGate,
+  writeGGUF,
+  writeSyntheticModel,
 } from "../mod.ts";
 import { fixture, fixtureTest } from "./fixtures.ts";
 
@@ -170,3 +176,56 @@ fixtureTest(
     }
   },
 );
+
+Deno.test("library: mod.ts exports the GGUF writer: a synthetic model rewritten through it reads back the same", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await writeSyntheticModel({ shape: "tiny", type: "q8_0", out: `${dir}/a.gguf` });
+    const a = await openGGUF(`${dir}/a.gguf`);
+    try {
+      const tensors: TensorEntry[] = [];
+      for (const t of a.tensors) {
+        tensors.push({ name: t.name, type: t.type, shape: t.shape, data: await a.readBytes(t) });
+      }
+      await writeGGUF(`${dir}/b.gguf`, { metadata: metadataOf(a), tensors });
+      const b = await openGGUF(`${dir}/b.gguf`);
+      try {
+        deepEqual(b.metadata, a.metadata);
+        deepEqual(b.metadataTypes, a.metadataTypes);
+        deepEqual(
+          b.tensors.map((t) => [t.name, t.type, t.shape]),
+          a.tensors.map((t) => [t.name, t.type, t.shape]),
+        );
+        for (const t of a.tensors) {
+          deepEqual(await b.readBytes(b.tensor(t.name)), await a.readBytes(t), t.name);
+        }
+      } finally {
+        b.close();
+      }
+    } finally {
+      a.close();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("library: mod.ts exports the error classes, and not the helpers beside them", () => {
+  for (
+    const E of [
+      wgkv.BadFileError,
+      wgkv.UnsupportedError,
+      wgkv.BadFlagError,
+      wgkv.OutOfMemoryError,
+      wgkv.DeviceError,
+    ]
+  ) {
+    const e = new E("message");
+    ok(e instanceof wgkv.WgkvError && e instanceof Error, E.name);
+    equal(e.name, E.name);
+    equal(e.exitCode, E === wgkv.BadFlagError ? 2 : 1, E.name);
+  }
+  ok(new wgkv.PrefillAbortedError(3) instanceof Error);
+  const names = Object.keys(wgkv);
+  for (const helper of ["checkFile", "firstLine"]) ok(!names.includes(helper), `${helper} is exported`);
+});

@@ -25,7 +25,7 @@ export interface ModelBackend {
    * replaced) and returns the logits of the last one.
    */
   forward(tokens: number[], pos: number): Promise<Float32Array>;
-  /** Like {@link forward} but returns only the argmax token id (no logits transfer on the GPU). */
+  /** Like {@link ModelBackend.forward} but returns only the argmax token id (no logits transfer on the GPU). */
   forwardArgmax(tokens: number[], pos: number): Promise<number>;
   /**
    * Optional: greedy decode of `count` tokens after feeding `first` at `pos`, chained on the device
@@ -33,13 +33,13 @@ export interface ModelBackend {
    */
   decodeGreedy?(first: number, pos: number, count: number): Promise<number[]>;
   /**
-   * Optional: like {@link forwardArgmax}, but the token is drawn on the device as `sampling` says (its
+   * Optional: like {@link ModelBackend.forwardArgmax}, but the token is drawn on the device as `sampling` says (its
    * own random stream: a hash of the seed and the draw index), without transferring the logits.
    */
   forwardSample?(tokens: number[], pos: number, sampling: SampleStart): Promise<number>;
-  /** Optional: like {@link decodeGreedy}, with each step's token drawn on the device as `sampling` says. */
+  /** Optional: like {@link ModelBackend.decodeGreedy}, with each step's token drawn on the device as `sampling` says. */
   decodeSampled?(first: number, pos: number, count: number, sampling: SampleStart): Promise<number[]>;
-  /** Most steps {@link decodeGreedy} and {@link decodeSampled} take at once. */
+  /** Most steps {@link ModelBackend.decodeGreedy} and {@link ModelBackend.decodeSampled} take at once. */
   readonly maxChain?: number;
   /**
    * Optional, set by the caller around a long forward: called as parts of the tokens are done (tokens done
@@ -56,7 +56,7 @@ export interface ModelBackend {
   readonly rewindable?: boolean;
   /**
    * Optional: whether a call may start at `pos` with the cache holding exactly the tokens fed before it (a
-   * cache that goes back only a few tokens says where). Without it, {@link rewindable} decides.
+   * cache that goes back only a few tokens says where). Without it, {@link ModelBackend.rewindable} decides.
    */
   canResumeAt?(pos: number): boolean;
   /** KV memory in use against a full cache of the same tokens (and per-head admissions for WG-KV). */

@@ -34,7 +34,10 @@ export interface GenerateOptions extends SamplingOptions {
 
 /** One generated token and the text it completes (may be "" while a UTF-8 character is incomplete). */
 export interface GeneratedPiece {
-  /** Token id. */
+  /**
+   * Token id; -1 for a last piece that carries no token, only text held back until the end (an incomplete
+   * UTF-8 character, or the start of a stop string that did not follow).
+   */
   token: number;
   /** Text newly available for output. */
   text: string;
@@ -125,7 +128,9 @@ export class Session {
 
   /**
    * Appends `prompt` tokens to the conversation and yields generated pieces until a stop condition.
-   * The generated tokens stay in the session (ready for the next turn).
+   * The generated tokens stay in the session (ready for the next turn). The generator's return value, also
+   * kept in {@link Session.lastStats} (a `for await` loop drops it), is the call's {@link GenerationStats}.
+   * A prompt that does not fit the context with the cached tokens is an `OutOfMemoryError`.
    */
   async *generate(
     prompt: number[],

@@ -85,7 +85,7 @@ export interface GateWeights {
   inner: number;
   /** Hidden width factor the gate was built with. */
   expand: number;
-  /** Predictor inputs, always {@link GATE_INPUTS}. */
+  /** Predictor inputs, always `["pre_k", "post_k"]` (the key before and after RoPE). */
   inputs: readonly string[];
   /** Hidden activation. */
   activation: GateActivation;
@@ -101,7 +101,10 @@ export interface GateWeights {
   normEpsilon: number;
   /** Lower clamp of the score (1e-3). */
   scoreFloor: number;
-  /** Hex fingerprint of the base model's K projections ({@link kProjectionHash}). */
+  /**
+   * Hex SHA-256 fingerprint of the base model's K projections (`blk.*.attn_k.weight`: names, types, shapes
+   * and bytes, sampled in large tensors), which binds the gate to that exact model file.
+   */
   baseKHash: string;
   /** Per-layer weights; the length is the base model's layer count. */
   layers: GateLayer[];
@@ -229,7 +232,8 @@ export async function checkGateMatchesModel(
 /**
  * Reads and validates the gate file at `path`: architecture, every metadata field (types and ranges),
  * every tensor (present, F32, shape from the metadata, no extra tensors); with `model`, also the fit to
- * that model ({@link checkGateMatchesModel}). Errors are one-line {@link BadFileError}s naming the file and
+ * that model (architecture, layer count, KV heads, head dim and, unless `options.skipHashCheck`, the
+ * fingerprint of its K projections). Errors are one-line {@link BadFileError}s naming the file and
  * the field or tensor ({@link UnsupportedError} for valid settings this version cannot run).
  */
 export async function readGate(

@@ -71,7 +71,7 @@ export class BufferPool {
 
   /**
    * A buffer with `usage` of at least `bytes` bytes: an idle one of the same usage and size class when
-   * there is one, else a new one labelled `label`. Hand it back with {@link release} (unmapped).
+   * there is one, else a new one labelled `label`. Hand it back with {@link BufferPool.release} (unmapped).
    */
   acquire(bytes: number, usage: number, label = "pooled buffer"): GPUBuffer {
     const size = sizeClass(bytes);
@@ -95,7 +95,7 @@ export class BufferPool {
   }
 
   /**
-   * Takes back `buffer` (from {@link acquire}, unmapped) for reuse, or destroys it when the idle buffers
+   * Takes back `buffer` (from {@link BufferPool.acquire}, unmapped) for reuse, or destroys it when the idle buffers
    * would pass the cap. Throws for a buffer this pool did not hand out, one released already, or one still
    * mapped or being mapped (unmap it first).
    */

@@ -53,7 +53,7 @@ export class GpuProfiler {
   #resolved = 0;
   readonly #totals = new Map<string, ProfileRow>();
 
-  /** Sets up a query set for `capacity` passes (default and maximum {@link MAX_TIMED_PASSES}). */
+  /** Sets up a query set for `capacity` passes (default and maximum 2048). */
   constructor(gpu: Gpu, capacity = MAX_TIMED_PASSES) {
     if (!Number.isInteger(capacity) || capacity < 1 || capacity > MAX_TIMED_PASSES) {
       throw new BadFlagError(

@@ -84,7 +84,7 @@ export interface DualKvView extends PagedKvView {
   readonly maxPromotions: number;
 }
 
-/** Occupancy of a {@link DualCache}, for one sequence or all. */
+/** Occupancy of a WG-KV dual cache (local rings and global pages), for one sequence or all. */
 export interface DualCacheStats {
   /** Tokens seen (per head; summed over sequences when all). */
   readonly tokens: number;

@@ -154,7 +154,7 @@ export class ReferenceModel {
 
   /**
    * Runs `token` at position `pos` and returns the final hidden state after the output RMSNorm (a new
-   * array of nEmbd values). Positions must follow on from the cache: `pos` ≤ {@link length}; a smaller
+   * array of nEmbd values). Positions must follow on from the cache: `pos` ≤ {@link ReferenceModel.length}; a smaller
    * `pos` drops the cached positions from `pos` on (rewinding).
    */
   forwardHidden(token: number, pos: number): Float32Array<ArrayBuffer> {

@@ -45,7 +45,8 @@ export type SynthShape = typeof SYNTH_SHAPES[number];
 
 /**
  * Weight types: one ggml type for every matrix (norms and RoPE factors stay F32), or `q4_k_m` / `q5_k_m`,
- * llama.cpp's Q4_K_M / Q5_K_M mixes (see {@link synthTensorType}).
+ * llama.cpp's Q4_K_M / Q5_K_M mixes: Q4_K / Q5_K with Q6_K for the output matrix and for `attn_v` /
+ * `ffn_down` of the layers llama.cpp gives more bits.
  */
 export const SYNTH_TYPES = [
   "f32",

@@ -47,7 +47,10 @@ export interface Vocab {
   readonly tokens: readonly string[];
   /** Token scores (SentencePiece merge priority); zeros when the file has none. */
   readonly scores: Float32Array;
-  /** Token types ({@link TokenType}); normal when the file has none. */
+  /**
+   * Token types (`tokenizer.ggml.token_type`, llama.cpp's numbers: 1 normal, 2 unknown, 3 control, 4
+   * user-defined, 5 unused, 6 byte); normal when the file has none.
+   */
   readonly types: Uint8Array;
   /** Token text → id (the first id when a text repeats). */
   readonly ids: ReadonlyMap<string, number>;
