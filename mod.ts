@@ -44,7 +44,8 @@ export {
   Session,
 } from "./src/engine/session.ts";
 export type { ModelBackend, PrefillProgress } from "./src/engine/backend.ts";
-export type { KvUsage, SampleStart } from "./src/model/gpu_model.ts";
+export type { KvUsage } from "./src/model/gpu_model.ts";
+export type { SampleStart } from "./src/model/gpu_model_options.ts";
 export type { SampleSettings } from "./src/gpu/ops/sample.ts";
 export type { DualCacheStats } from "./src/kv/dual_cache.ts";
 export { GpuProfiler, type ProfileRow } from "./src/gpu/profiler.ts";

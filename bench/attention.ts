@@ -40,7 +40,7 @@ import { DualCache } from "../src/kv/dual_cache.ts";
 import { createWgkvAppend } from "../src/gpu/ops/wgkv_append.ts";
 import { createWgkvPromote } from "../src/gpu/ops/wgkv_promote.ts";
 import { gateOutputBytes } from "../src/gpu/ops/write_gate.ts";
-import { defaultPrefillBatch } from "../src/model/gpu_model.ts";
+import { defaultPrefillBatch } from "../src/model/gpu_model_options.ts";
 import { saveJson, timeOps } from "./kernel_timing.ts";
 
 const { values } = benchFlags(import.meta.url, () =>

@@ -1,11 +1,11 @@
 import { deepEqual, equal } from "node:assert/strict";
 import { getGpu } from "../src/gpu/device.ts";
+import { GpuModel } from "../src/model/gpu_model.ts";
 import {
   defaultPrefillBatch,
   defaultPrefillHalfStaging,
-  GpuModel,
   type GpuModelOptions,
-} from "../src/model/gpu_model.ts";
+} from "../src/model/gpu_model_options.ts";
 import { withTinyModel } from "./gpu_ops_helpers.ts";
 
 Deno.test("gpu model: prefill steps of 2048 tokens for the full cache on a GPU, 512 otherwise", async () => {

@@ -4,7 +4,8 @@
 import { equal, ok, rejects } from "node:assert/strict";
 import { OutOfMemoryError } from "../src/errors.ts";
 import { getGpu } from "../src/gpu/device.ts";
-import { GpuModel, kvCacheLayout } from "../src/model/gpu_model.ts";
+import { GpuModel } from "../src/model/gpu_model.ts";
+import { kvCacheLayout } from "../src/model/kv_layout.ts";
 import { defaultKvPoolSize } from "../src/cli/info.ts";
 import { smallBindingView, withTinyModel } from "./gpu_ops_helpers.ts";
 

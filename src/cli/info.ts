@@ -12,7 +12,7 @@ import { typeInfo } from "../gguf/types.ts";
 import { hparamsFromGGUF, type LlamaHParams } from "../model/hparams.ts";
 import { formatBytes } from "../gpu/device.ts";
 import { DEFAULT_GPU_CONTEXT } from "../engine/load.ts";
-import { kvCacheLayout } from "../model/gpu_model.ts";
+import { kvCacheLayout } from "../model/kv_layout.ts";
 import { PAGE_TOKENS, pageBytes } from "../kv/page_pool.ts";
 import type { Command } from "./main.ts";
 import { type FlagSpec, helpText, numberFlag, parseFlags } from "./flags.ts";

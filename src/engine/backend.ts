@@ -7,7 +7,8 @@
  */
 
 import type { LlamaHParams } from "../model/hparams.ts";
-import type { KvUsage, SampleStart } from "../model/gpu_model.ts";
+import type { KvUsage } from "../model/gpu_model.ts";
+import type { SampleStart } from "../model/gpu_model_options.ts";
 
 /** Progress of a long prompt: `done` of its `total` tokens have run. */
 export type PrefillProgress = (done: number, total: number) => void;

@@ -9,7 +9,7 @@
 import type { Tokenizer } from "../tokenizer/tokenizer.ts";
 import type { ModelBackend, PrefillProgress } from "./backend.ts";
 import { OutOfMemoryError, PrefillAbortedError } from "../errors.ts";
-import type { SampleStart } from "../model/gpu_model.ts";
+import type { SampleStart } from "../model/gpu_model_options.ts";
 import { Sampler, type SamplingOptions } from "./sampling.ts";
 
 /** Options of one {@link Session.generate} call. */

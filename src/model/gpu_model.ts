@@ -132,19 +132,6 @@ import {
 } from "./gpu_model_options.ts";
 import { kvCacheLayout } from "./kv_layout.ts";
 
-export {
-  type DecodeRepeatSource,
-  DEFAULT_PREFILL_K_SPLITS,
-  defaultPrefillBatch,
-  defaultPrefillHalfStaging,
-  type GpuModelOptions,
-  INT8_DECODE_MAX_COLS,
-  INT8_DECODE_MAX_WORKGROUPS,
-  type MatvecRole,
-  type SampleStart,
-} from "./gpu_model_options.ts";
-export { type KvCacheLayout, kvCacheLayout } from "./kv_layout.ts";
-
 /**
  * Most decode steps {@link GpuModel.decodeGreedy} and {@link GpuModel.decodeSampled} chain without a CPU
  * round trip.
