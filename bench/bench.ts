@@ -853,13 +853,16 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
 }
 
 // The table.
-const lines = [
-  `device: ${results.device}; copy bandwidth (read+write) ${results.copyGBs?.toFixed(1)} GB/s`,
-  "",
-  "| shape | type | test | tokens/depth | tok/s | ms | weight GB/s | % of copy bw |",
-  "|---|---|---|---:|---:|---:|---:|---:|",
-];
-for (const r of results.rows.filter((r) => !r.policy)) {
+const lines = [`device: ${results.device}; copy bandwidth (read+write) ${results.copyGBs?.toFixed(1)} GB/s`];
+const plainRows = results.rows.filter((r) => !r.policy);
+if (plainRows.length > 0) {
+  lines.push(
+    "",
+    "| shape | type | test | tokens/depth | tok/s | ms | weight GB/s | % of copy bw |",
+    "|---|---|---|---:|---:|---:|---:|---:|",
+  );
+}
+for (const r of plainRows) {
   const pct = r.weightGBs && results.copyGBs ? ((100 * r.weightGBs) / results.copyGBs).toFixed(0) + "%" : "";
   lines.push(
     `| ${r.shape} | ${r.type} | ${r.test} | ${r.tokens} | ${r.tokPerS.toFixed(1)} | ${r.ms.toFixed(2)} | ${
