@@ -100,7 +100,7 @@ import { getGpu, type Gpu } from "../src/gpu/device.ts";
 import { openGGUF } from "../src/gguf/reader.ts";
 import { hparamsFromGGUF } from "../src/model/hparams.ts";
 import { GpuModel } from "../src/model/gpu_model.ts";
-import { type DecodeRepeatSource, type GpuModelOptions } from "../src/model/gpu_model_options.ts";
+import type { DecodeRepeatSource, GpuModelOptions } from "../src/model/gpu_model_options.ts";
 import {
   SYNTH_SHAPES,
   SYNTH_TYPES,

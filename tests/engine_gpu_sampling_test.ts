@@ -5,7 +5,7 @@ import type { Tokenizer } from "../src/tokenizer/tokenizer.ts";
 import { openGGUF } from "../src/gguf/reader.ts";
 import { hparamsFromGGUF } from "../src/model/hparams.ts";
 import { GpuModel } from "../src/model/gpu_model.ts";
-import { type SampleStart } from "../src/model/gpu_model_options.ts";
+import type { SampleStart } from "../src/model/gpu_model_options.ts";
 import { getGpu } from "../src/gpu/device.ts";
 import { writeSyntheticModel } from "../src/model/synth.ts";
 import { loadModel } from "../src/engine/load.ts";

@@ -2,7 +2,7 @@ import { ok, rejects } from "node:assert/strict";
 import { BadFlagError } from "../src/errors.ts";
 import { getGpu } from "../src/gpu/device.ts";
 import { GpuModel } from "../src/model/gpu_model.ts";
-import { type GpuModelOptions } from "../src/model/gpu_model_options.ts";
+import type { GpuModelOptions } from "../src/model/gpu_model_options.ts";
 import {
   relativeError,
   subgroupReduceOrEmulated,

@@ -1,7 +1,7 @@
 import { deepEqual, notDeepEqual, ok } from "node:assert/strict";
 import { getGpu } from "../src/gpu/device.ts";
 import { GpuModel } from "../src/model/gpu_model.ts";
-import { type GpuModelOptions } from "../src/model/gpu_model_options.ts";
+import type { GpuModelOptions } from "../src/model/gpu_model_options.ts";
 import { withTinyModel } from "./gpu_ops_helpers.ts";
 
 Deno.test("gpu model: decode ablations for benchmarks leave ops out or run them twice", async () => {

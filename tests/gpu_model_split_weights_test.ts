@@ -7,7 +7,7 @@ import { ok } from "node:assert/strict";
 import { openGGUF } from "../src/gguf/reader.ts";
 import { getGpu } from "../src/gpu/device.ts";
 import { GpuModel } from "../src/model/gpu_model.ts";
-import { type GpuModelOptions } from "../src/model/gpu_model_options.ts";
+import type { GpuModelOptions } from "../src/model/gpu_model_options.ts";
 import { hparamsFromGGUF } from "../src/model/hparams.ts";
 import { writeSyntheticModel } from "../src/model/synth.ts";
 import { importGate } from "../src/gate/import.ts";

@@ -9,7 +9,7 @@ import type { Gpu } from "../gpu/device.ts";
 import type { GpuProfiler } from "../gpu/profiler.ts";
 import type { LlamaHParams } from "../model/hparams.ts";
 import { GpuModel, type KvUsage } from "../model/gpu_model.ts";
-import { type SampleStart } from "../model/gpu_model_options.ts";
+import type { SampleStart } from "../model/gpu_model_options.ts";
 import type { ModelBackend, PrefillProgress } from "./backend.ts";
 import type { KvPolicy } from "../kv/wgkv_policy.ts";
 import type { GateWeights } from "../gate/format.ts";
