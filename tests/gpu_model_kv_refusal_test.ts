@@ -23,6 +23,11 @@ Deno.test("gpu model: a KV pool too large to bind is refused, with the numbers, 
           ok(e instanceof OutOfMemoryError, `${policy.kind}: ${e}`);
           ok(!e.message.includes("\n"), `${policy.kind}: one line: ${e.message}`);
           ok(/KV cache: .* asked \(\d+ pages × \d+ B\)/.test(e.message), e.message);
+          // What to lower: the context for a full cache; for a dual cache also its ring and global share.
+          const remedy = policy.kind === "full"
+            ? "(lower --ctx)"
+            : "(lower --ctx, --kv-global, --window or --batch)";
+          ok(e.message.endsWith(remedy), e.message);
           return true;
         },
       );

@@ -38,7 +38,7 @@ import type { Gpu } from "../gpu/device.ts";
 import { BlockTables, NO_PAGE } from "./block_table.ts";
 import { PAGE_TOKENS, pageBytes, PagePool, pagesForTokens } from "./page_pool.ts";
 import type { PagedKvView } from "./paged_view.ts";
-import { PoolStorage } from "./pool_storage.ts";
+import { LOWER_DUAL_CACHE, PoolStorage } from "./pool_storage.ts";
 import { admitsByRule, checkPolicy, type WindowedPolicy } from "./wgkv_policy.ts";
 
 /** Sizes and policy of a {@link DualCache}. */
@@ -265,6 +265,7 @@ export class DualCache implements DualKvView {
       probe.pool.capacity,
       options.headDim,
       options.maxShardBytes,
+      LOWER_DUAL_CACHE,
     );
     return new DualCache(options, gpu, storage);
   }

@@ -51,16 +51,23 @@ export interface PoolLimits {
   readonly maxStorageBuffersPerShaderStage: number;
 }
 
+/** What the pool errors suggest by default: the context sizes a full cache's pool. */
+export const LOWER_CONTEXT = "lower --ctx";
+
+/** What they suggest for a dual cache, whose pool holds the ring (window and step) and the admitted share. */
+export const LOWER_DUAL_CACHE = "lower --ctx, --kv-global, --window or --batch";
+
 /**
  * Splits `pages` pages of `headDim` into as few shards as the limits allow. `maxShardBytes` lowers the
  * shard size (tests use it to force several shards). Throws {@link OutOfMemoryError} with the numbers when
- * the pool cannot be bound by one kernel.
+ * the pool cannot be bound by one kernel, ending with `remedy` (what to lower).
  */
 export function planPoolShards(
   pages: number,
   headDim: number,
   limits: PoolLimits,
   maxShardBytes = Infinity,
+  remedy = LOWER_CONTEXT,
 ): PoolShardPlan {
   if (!Number.isInteger(headDim) || headDim < 8 || headDim % 8 !== 0 || headDim > 256) {
     throw new UnsupportedError(
@@ -85,7 +92,7 @@ export function planPoolShards(
       } asked (${pages} pages × ${bytes} B) but kernels can bind at most ` +
         `${maxShards} shards × ${formatBytes(pagesPerShard * bytes)} = ${
           formatBytes(maxShards * pagesPerShard * bytes)
-        } on this GPU (lower --ctx)`,
+        } on this GPU (${remedy})`,
     );
   }
   return { pages, pageBytes: bytes, pagesPerShard, shards, totalBytes: pages * bytes };
@@ -112,8 +119,9 @@ export class PoolStorage {
     pages: number,
     headDim: number,
     maxShardBytes?: number,
+    remedy = LOWER_CONTEXT,
   ): Promise<PoolStorage> {
-    const plan = planPoolShards(pages, headDim, gpu.limits, maxShardBytes);
+    const plan = planPoolShards(pages, headDim, gpu.limits, maxShardBytes, remedy);
     const buffers: GPUBuffer[] = [];
     gpu.device.pushErrorScope("out-of-memory");
     for (let s = 0; s < plan.shards; s++) {
@@ -127,7 +135,7 @@ export class PoolStorage {
         `KV cache: the GPU could not allocate ${
           formatBytes(plan.totalBytes)
         } (${pages} pages in ${plan.shards} ` +
-          `shards): ${firstLine(error)} (lower --ctx)`,
+          `shards): ${firstLine(error)} (${remedy})`,
       );
     }
     return new PoolStorage(plan, buffers);

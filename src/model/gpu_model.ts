@@ -95,7 +95,7 @@ import type { GpuProfiler } from "../gpu/profiler.ts";
 import { defaultReadbackMode, type ReadbackMode, StagingRing } from "../gpu/readback.ts";
 import { KvCache } from "../kv/kv_cache.ts";
 import { DualCache, type DualCacheStats } from "../kv/dual_cache.ts";
-import { planPoolShards } from "../kv/pool_storage.ts";
+import { LOWER_CONTEXT, LOWER_DUAL_CACHE, planPoolShards } from "../kv/pool_storage.ts";
 import type { KvPolicy } from "../kv/wgkv_policy.ts";
 import { pageBytes, pagesForTokens } from "../kv/page_pool.ts";
 import type { GateWeights } from "../gate/format.ts";
@@ -340,7 +340,13 @@ export class GpuModel {
     // The KV cache's layout, and whether kernels can bind its pool on this GPU: refused (with the numbers)
     // before any weight is uploaded.
     const layout = kvCacheLayout(hp, policy, ctx, maxBatch, options.globalFraction, options.globalPageRun);
-    planPoolShards(layout.pages, D, gpu.limits);
+    planPoolShards(
+      layout.pages,
+      D,
+      gpu.limits,
+      Infinity,
+      layout.kind === "full" ? LOWER_CONTEXT : LOWER_DUAL_CACHE,
+    );
     gpu.device.pushErrorScope("out-of-memory");
 
     // Weights, streamed tensor by tensor.
