@@ -9,7 +9,7 @@ import type { Gpu } from "../gpu/device.ts";
 import type { GpuProfiler } from "../gpu/profiler.ts";
 import type { LlamaHParams } from "../model/hparams.ts";
 import { GpuModel, type KvUsage } from "../model/gpu_model.ts";
-import type { SampleStart } from "../model/gpu_model_options.ts";
+import type { GpuModelOptions, SampleStart } from "../model/gpu_model_options.ts";
 import type { ModelBackend, PrefillProgress } from "./backend.ts";
 import type { KvPolicy } from "../kv/wgkv_policy.ts";
 import type { GateWeights } from "../gate/format.ts";
@@ -33,18 +33,19 @@ export class GpuBackend implements ModelBackend {
     gpu: Gpu,
     file: GGUFFile,
     hparams: LlamaHParams,
-    options: {
-      contextLength: number;
-      maxBatch?: number;
-      onProgress?: (message: string) => void;
-      profiler?: GpuProfiler;
-      policy?: KvPolicy<GateWeights>;
-      globalFraction?: number;
-      int8Prefill?: boolean;
-      int8Decode?: boolean;
-      halfPrefill?: boolean;
-      coopPrefill?: boolean;
-    },
+    options: Pick<
+      GpuModelOptions,
+      | "contextLength"
+      | "maxBatch"
+      | "onProgress"
+      | "profiler"
+      | "policy"
+      | "globalFraction"
+      | "int8Prefill"
+      | "int8Decode"
+      | "halfPrefill"
+      | "coopPrefill"
+    >,
   ): Promise<GpuBackend> {
     return new GpuBackend(await GpuModel.load(gpu, file, hparams, options));
   }
