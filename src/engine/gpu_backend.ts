@@ -6,13 +6,10 @@
 
 import type { GGUFFile } from "../gguf/reader.ts";
 import type { Gpu } from "../gpu/device.ts";
-import type { GpuProfiler } from "../gpu/profiler.ts";
 import type { LlamaHParams } from "../model/hparams.ts";
 import { GpuModel, type KvUsage } from "../model/gpu_model.ts";
 import type { GpuModelOptions, SampleStart } from "../model/gpu_model_options.ts";
 import type { ModelBackend, PrefillProgress } from "./backend.ts";
-import type { KvPolicy } from "../kv/wgkv_policy.ts";
-import type { GateWeights } from "../gate/format.ts";
 
 /** {@link ModelBackend} over {@link GpuModel}. */
 export class GpuBackend implements ModelBackend {
