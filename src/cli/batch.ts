@@ -73,7 +73,7 @@ export const batchCommand: Command = {
     if (generation.maxTokens === Infinity) {
       throw new BadFlagError("--n-predict: batch needs a limit per summary (-1 means none)");
     }
-    loadOptionsFromFlags(values); // flag mistakes before any file is read or created
+    const loadOptions = loadOptionsFromFlags(values); // flag mistakes before any file is read or created
     const instruction = stringFlag(values, "instruction") ?? DEFAULT_INSTRUCTION;
     const outPath = stringFlag(values, "out");
     const docs = await readBatchDocuments(positionals);
@@ -91,11 +91,11 @@ export const batchCommand: Command = {
         out = await Deno.open(outPath, { append: true, create: true });
       } catch (e) {
         throw new BadFileError(
-          `${outPath}: cannot open for appending (${(e as Error).message.split("\n")[0]})`,
+          `${outPath}: cannot open for appending (${firstLine(e)})`,
         );
       }
     }
-    const model = await loadFromFlags(values).catch((e) => {
+    const model = await loadFromFlags(values, undefined, loadOptions).catch((e) => {
       out?.close();
       throw e;
     });

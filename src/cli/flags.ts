@@ -6,7 +6,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { BadFlagError } from "../errors.ts";
+import { BadFlagError, firstLine } from "../errors.ts";
 
 /** A flag's description: parseArgs' option plus help text. */
 export interface FlagSpec {
@@ -74,7 +74,7 @@ export function parseFlags(command: string, args: string[], spec: Record<string,
     });
     return { values: values as ParsedFlags["values"], positionals };
   } catch (e) {
-    const msg = (e as Error).message.split("\n")[0];
+    const msg = firstLine(e);
     const flag = msg.match(/'(-[^']*)'/)?.[1];
     if (/argument is ambiguous/.test(msg) && flag) {
       throw new BadFlagError(`${command}: the value of ${flag} looks like a flag; write ${flag}=VALUE`);

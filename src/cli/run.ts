@@ -5,7 +5,7 @@
  * @module
  */
 
-import { BadFileError, BadFlagError } from "../errors.ts";
+import { BadFileError, BadFlagError, firstLine } from "../errors.ts";
 import {
   contextForPrompt,
   DEFAULT_GPU_CONTEXT,
@@ -226,11 +226,17 @@ export function loadOptionsFromFlags(values: ParsedFlags["values"]): LoadOptions
   };
 }
 
-/** Loads the model named by `-m` with progress on stderr. */
-export async function loadFromFlags(values: ParsedFlags["values"], header?: ModelHeader): Promise<Model> {
+/**
+ * Loads the model named by `-m` (or its already read `header`) with progress on stderr, with `options`
+ * (default: those the flags ask for, {@link loadOptionsFromFlags}).
+ */
+export async function loadFromFlags(
+  values: ParsedFlags["values"],
+  header?: ModelHeader,
+  options: LoadOptions = loadOptionsFromFlags(values),
+): Promise<Model> {
   const path = stringFlag(values, "model", true);
   const verbose = values.verbose === true;
-  const options = loadOptionsFromFlags(values);
   const t0 = performance.now();
   const model = await loadModel(header ?? path, options);
   const ms = performance.now() - t0;
@@ -334,7 +340,7 @@ async function readPrompt(values: ParsedFlags["values"]): Promise<string> {
     if (f === "-") return await new Response(Deno.stdin.readable).text();
     return await Deno.readTextFile(f);
   } catch (e) {
-    throw new BadFileError(`${f}: cannot read the prompt file (${(e as Error).message.split("\n")[0]})`);
+    throw new BadFileError(`${f}: cannot read the prompt file (${firstLine(e)})`);
   }
 }
 
@@ -350,7 +356,7 @@ export const runCommand: Command = {
     if (positionals.length > 0) throw new BadFlagError(`run: unexpected argument "${positionals[0]}"`);
     const prompt = await readPrompt(values);
     const options = generationOptions(values);
-    loadOptionsFromFlags(values); // flag mistakes before the model is read
+    const loadOptions = loadOptionsFromFlags(values); // flag mistakes before the model is read
     const header = await readModelHeader(stringFlag(values, "model", true));
     let plan;
     try {
@@ -359,7 +365,7 @@ export const runCommand: Command = {
       header.file.close();
       throw e;
     }
-    const model = await loadFromFlags({ ...values, ctx: String(plan.contextLength) }, header);
+    const model = await loadFromFlags(values, header, { ...loadOptions, contextLength: plan.contextLength });
     const interrupt = new Interrupt();
     try {
       const session = model.session();

@@ -7,7 +7,7 @@
  * @module
  */
 
-import { BadFileError, UnsupportedError } from "../errors.ts";
+import { BadFileError, firstLine, UnsupportedError } from "../errors.ts";
 import { bf16ToF32, halfToF32 } from "../gguf/half.ts";
 import { PyGlobal, PyTuple, unpickle } from "./pickle.ts";
 import { ZipArchive } from "./zip.ts";
@@ -70,7 +70,7 @@ export async function readTorchCheckpoint(path: string): Promise<Map<string, Tor
   try {
     bytes = await Deno.readFile(path);
   } catch (e) {
-    throw new BadFileError(`${path}: cannot read: ${(e as Error).message.split("\n")[0]}`, { cause: e });
+    throw new BadFileError(`${path}: cannot read: ${firstLine(e)}`, { cause: e });
   }
   return parseTorchCheckpoint(bytes, path);
 }

@@ -7,7 +7,7 @@
  * @module
  */
 
-import { BadFileError } from "../errors.ts";
+import { BadFileError, firstLine } from "../errors.ts";
 
 /** One member of a ZIP archive. */
 export interface ZipEntry {
@@ -108,7 +108,7 @@ async function inflateRaw(raw: Uint8Array, where: string): Promise<Uint8Array> {
     );
     return new Uint8Array(await new Response(stream).arrayBuffer());
   } catch (e) {
-    throw new BadFileError(`${where}: deflate data is corrupt (${(e as Error).message.split("\n")[0]})`);
+    throw new BadFileError(`${where}: deflate data is corrupt (${firstLine(e)})`);
   }
 }
 

@@ -961,7 +961,7 @@ export class GpuModel {
     const invalid = await gpu.device.popErrorScope();
     if (invalid) {
       for (const b of owned) b.destroy();
-      throw new DeviceError(`GPU model: a kernel failed validation: ${invalid.message.split("\n")[0]}`);
+      throw new DeviceError(`GPU model: a kernel failed validation: ${firstLine(invalid)}`);
     }
     progress(
       `GPU: ${gpu.description}; weights ${formatBytes(weightBytes)}, KV pool ${
