@@ -15,7 +15,7 @@
  */
 
 import { Template } from "@huggingface/jinja";
-import { BadFileError, BadFlagError } from "../errors.ts";
+import { BadFileError, BadFlagError, inFile } from "../errors.ts";
 
 /** Who speaks a chat message. */
 export type ChatRole = "system" | "user" | "assistant";
@@ -143,10 +143,10 @@ export function renderChat(
     const text = renderPlain(messages, addGenerationPrompt);
     return { text, template: "fallback", layout: "plain", startsWithBos: startsWith(text) };
   }
-  const where = options.source === undefined ? "" : `${options.source}: `;
   if (typeof source !== "string") {
-    throw new BadFileError(
-      `${where}metadata tokenizer.chat_template: expected a string, got ${typeof source}`,
+    throw inFile(
+      options.source,
+      new BadFileError(`metadata tokenizer.chat_template: expected a string, got ${typeof source}`),
     );
   }
 
@@ -167,7 +167,10 @@ export function renderChat(
     });
   } catch (e) {
     const message = e instanceof Error ? e.message : String(e);
-    throw new BadFileError(`${where}tokenizer.chat_template: ${oneLine(message)}`, { cause: e });
+    throw inFile(
+      options.source,
+      new BadFileError(`tokenizer.chat_template: ${oneLine(message)}`, { cause: e }),
+    );
   }
   return { text, template: "model", layout: "model", startsWithBos: startsWith(text) };
 }
