@@ -2,11 +2,18 @@ import { deepEqual, equal, ok } from "node:assert/strict";
 import { getGpu, type Gpu } from "../src/gpu/device.ts";
 import {
   createSample,
+  SAMPLE_BEYOND_CANDIDATES,
   SAMPLE_CANDIDATE_CAP,
   type SampleOp,
   type SampleSettings,
+  sampleUniform,
 } from "../src/gpu/ops/sample.ts";
-import { type ReferenceDraw, sampleReference } from "../src/gpu/ops/sample_reference.ts";
+import {
+  deviceDraws,
+  type ReferenceDraw,
+  sampleExact,
+  sampleReference,
+} from "../src/gpu/ops/sample_reference.ts";
 import { argmax, type Candidates, minP, repetitionPenalty, topK, topP } from "../src/engine/sampling.ts";
 import { randomF32 } from "./gpu_ops_helpers.ts";
 
@@ -65,7 +72,7 @@ function referenceChain(
   for (let i = 0; i < steps; i++) {
     const r = sampleReference(logits, s, h, draw + i);
     out.push(r);
-    h.push(r.token);
+    if (!r.beyond) h.push(r.token); // a step beyond the candidates appends nothing
   }
   return out;
 }
@@ -123,7 +130,8 @@ for (const vocab of [1, 7, 1000, 32003]) {
           // The draw index advanced once per step; the ring holds the last repeatLastN tokens.
           equal(got.state[0], (draw + steps) >>> 0, `${name}: draw index`);
           if (s.repeatPenalty !== 1 && !want.some((w) => w.fragile)) {
-            const all = [...history, ...got.tokens].slice(-s.repeatLastN);
+            const drawn = got.tokens.filter((t) => t !== SAMPLE_BEYOND_CANDIDATES);
+            const all = [...history, ...drawn].slice(-s.repeatLastN);
             const n = got.state[1];
             equal(n, all.length, `${name}: history count`);
             deepEqual(
@@ -220,14 +228,115 @@ Deno.test("sample reference: keeps the same candidates as the CPU sampler's proc
     for (
       const p of [repetitionPenalty(s.repeatPenalty, s.repeatLastN), topK(s.topK), topP(s.topP), minP(s.minP)]
     ) p(c, history);
-    deepEqual(ref.kept, Array.from(c.ids.subarray(0, c.n)), `trial ${trial}`);
+    deepEqual(Array.from(ref.kept), Array.from(c.ids.subarray(0, c.n)), `trial ${trial}`);
     ok(ref.kept.includes(ref.token));
   }
 });
 
-Deno.test("sample op: the candidate cap is documented and applies with top-k off", () => {
+Deno.test("sample op: the candidate cap is documented; a nucleus beyond it is flagged", () => {
   equal(SAMPLE_CANDIDATE_CAP, 1024);
   const logits = randomF32(5000, 0.01); // nearly flat: the nucleus is larger than the cap
   const r = sampleReference(logits, settings({ topP: 0.99 }), [], 0);
   equal(r.kept.length, SAMPLE_CANDIDATE_CAP);
+  ok(r.beyond);
+  equal(r.token, SAMPLE_BEYOND_CANDIDATES);
+  // Uncapped, the same rules keep the whole nucleus.
+  const exact = sampleReference(logits, settings({ topP: 0.99 }), [], 0, 0, false);
+  ok(!exact.beyond);
+  ok(exact.kept.length > 4000, `${exact.kept.length} kept`);
+});
+
+/** Logits of `vocab` values with repeats (ties) and a `scale` of spread. */
+function tiedLogits(vocab: number, scale: number): Float32Array<ArrayBuffer> {
+  const data = new Float32Array(randomF32(vocab, scale));
+  for (let i = 0; i < vocab; i += 7) data[i] = Math.fround(Math.round(data[i] * 4) / 4);
+  return data;
+}
+
+Deno.test("sample op: beyond its candidates it gives the flag exactly where the reference does", async () => {
+  const gpu = await getGpu();
+  const vocab = 5003;
+  const logits = gpu.buffer("logits", vocab * 4);
+  const op = createSample(gpu, { label: "sample", vocab, logits });
+  const kinds = new Set<string>();
+  try {
+    for (let trial = 0; trial < 12; trial++) {
+      const s = settings({
+        temperature: 0.9,
+        topP: [0.5, 0.9, 0.99][trial % 3],
+        minP: [0, 0, 0.3, 0.001][trial % 4],
+        topK: [0, vocab, 0][trial % 3],
+        repeatPenalty: [1, 1.4][trial % 2],
+        repeatLastN: 32,
+      });
+      const data = tiedLogits(vocab, [0.05, 0.5, 4, 12][trial % 4]);
+      gpu.device.queue.writeBuffer(logits, 0, data);
+      const history = Array.from({ length: 40 }, () => Math.floor(Math.random() * vocab));
+      const draw = Math.floor(Math.random() * 1e6);
+      const got = await runOp(gpu, op, s, history, draw, 3);
+      const want = referenceChain(data, s, history, draw, 3);
+      for (let i = 0; i < 3; i++) {
+        if (want[i].fragile) break;
+        equal(got.tokens[i], want[i].token, `trial ${trial}, step ${i}`);
+        kinds.add(want[i].beyond ? "beyond" : "drawn");
+      }
+    }
+    deepEqual([...kinds].sort(), ["beyond", "drawn"]);
+  } finally {
+    op.destroy();
+    logits.destroy();
+  }
+});
+
+Deno.test("sample exact: keeps what the CPU sampler's processors keep over a vocabulary beyond the cap", () => {
+  for (let trial = 0; trial < 24; trial++) {
+    const vocab = [3000, 5003][trial % 2];
+    const logits = tiedLogits(vocab, [0.05, 2, 8][trial % 3]);
+    const history = Array.from({ length: 20 }, () => Math.floor(Math.random() * vocab));
+    const s = settings({
+      topK: [0, 1100, 40, vocab + 5][trial % 4],
+      topP: [1, 0.9, 0.5][trial % 3],
+      minP: [0, 0.05, 0.2, 0][trial % 4],
+      repeatPenalty: [1, 1.5][trial % 2],
+      repeatLastN: 10,
+    });
+    const ref = sampleReference(logits, s, history, trial, 1e-5, false);
+    ok(!ref.beyond);
+    if (ref.fragile) continue;
+    const c: Candidates = {
+      ids: Uint32Array.from(logits.keys()),
+      logits: Float32Array.from(logits),
+      n: vocab,
+      sorted: false,
+    };
+    for (
+      const p of [repetitionPenalty(s.repeatPenalty, s.repeatLastN), topK(s.topK), topP(s.topP), minP(s.minP)]
+    ) p(c, history);
+    deepEqual(Array.from(ref.kept), Array.from(c.ids.subarray(0, c.n)), `trial ${trial}`);
+    equal(sampleExact(logits, s, history, trial), ref.token);
+    // The draw is the first kept token whose cumulative weight passes the op's random number.
+    const weights = Array.from(
+      ref.kept,
+      (id) => Math.exp((logits[id] - logits[ref.kept[0]]) / s.temperature),
+    );
+    const total = weights.reduce((a, b) => a + b);
+    let run = 0;
+    const target = sampleUniform(s.seed, trial) * total;
+    const pick = weights.findIndex((w) => (run += w) > target);
+    if (s.repeatPenalty === 1) equal(ref.token, ref.kept[pick < 0 ? ref.kept.length - 1 : pick]);
+  }
+});
+
+Deno.test("sample exact: says which settings the GPU op draws itself", () => {
+  const v = 128256;
+  const d = (s: Partial<SampleSettings>, vocab = v) => deviceDraws(settings(s), vocab);
+  equal(d({ temperature: 0 }), "always");
+  equal(d({ topK: 40 }), "always");
+  equal(d({ topK: SAMPLE_CANDIDATE_CAP }), "always");
+  equal(d({}, SAMPLE_CANDIDATE_CAP), "always"); // the candidates are the whole vocabulary
+  equal(d({ topP: 0.95 }), "mostly");
+  equal(d({ minP: 0.05 }), "mostly");
+  equal(d({ topK: v, topP: 0.9 }), "mostly");
+  equal(d({}), "never"); // no cut can fall among the candidates
+  equal(d({ topK: SAMPLE_CANDIDATE_CAP + 1, topP: 0.9 }), "never");
 });

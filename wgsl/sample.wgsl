@@ -15,7 +15,10 @@
 //                 measured against the k candidates, or against the whole vocabulary when `full_mass`) and
 //                 min-p, weights the rest by exp((x − x0) / temperature) and draws with a counter-based
 //                 random number: hash(seed, draw index). It writes the token, appends it to the history ring,
-//                 counts the draw and zeroes `hist` for the next step.
+//                 counts the draw and zeroes `hist` for the next step. When the candidates are capped
+//                 (`truncated`) and neither cut falls among them, the rules keep tokens beyond the cap: the
+//                 draw then writes NONE (0xffffffff) instead of a token, appends nothing, and the host
+//                 draws that step from the logits on the CPU (src/gpu/ops/sample_reference.ts).
 //
 // The host sets k = top-k when 1 ≤ top-k ≤ CAP, otherwise k = CAP (top-k off: the CAP most likely tokens
 // are the candidates); k ≤ VOCAB. Logits must be finite (no NaN, no infinities).
@@ -35,7 +38,8 @@
 //   binding 6: block_low, u32[N_BLOCKS][LOW_BINS], each block's level-3 histogram (`select_low` writes,
 //              `gather` reads to rank ties across blocks)
 //   binding 7: candidates, u32[CAP] token ids (`gather` writes, `draw` reads)
-//   binding 8: tokens, u32[1], the sampled token (`draw` writes)
+//   binding 8: tokens, u32[1], the sampled token, or NONE when the rules keep tokens beyond the candidates
+//              (`draw` writes)
 
 override VOCAB: u32 = 1u;
 override N_BLOCKS: u32 = 1u;
@@ -69,7 +73,7 @@ struct Params {
   penalty_on: u32,
   penalty: f32, // negative logits of recent tokens are multiplied by this
   inv_penalty: f32, // positive ones by this (1 / penalty)
-  _pad: u32,
+  truncated: u32, // 1: k = CAP < VOCAB with top-k off or above CAP (the candidates may miss kept tokens)
 }
 
 struct Partial { max: f32, sum: f32 }
@@ -301,6 +305,7 @@ var<workgroup> s_idx: array<u32, CAP>;
 var<workgroup> wg_total: f32;
 var<workgroup> wg_keep: atomic<u32>;
 var<workgroup> wg_pick: atomic<u32>;
+var<workgroup> wg_cut: atomic<u32>; // `draw`: 1 once top-p or min-p cuts among the candidates
 
 // Inclusive prefix sum of CAP values, PER_LANE consecutive ones per invocation.
 fn scan_f32(lane: u32, v: array<f32, PER_LANE>) -> array<f32, PER_LANE> {
@@ -407,7 +412,10 @@ fn draw(@builtin(local_invocation_index) lane: u32) {
   }
   let cum = scan_f32(lane, e);
   if (lane == (n - 1u) / PER_LANE) { wg_total = cum[(n - 1u) % PER_LANE]; }
-  if (lane == 0u) { atomicStore(&wg_keep, n); }
+  if (lane == 0u) {
+    atomicStore(&wg_keep, n);
+    atomicStore(&wg_cut, 0u);
+  }
   workgroupBarrier();
   // Top-p keeps the shortest prefix whose mass reaches top_p; min-p cuts before the first x < x0 + log(min_p).
   let mass = select(wg_total, full_sum, params.full_mass != 0u);
@@ -416,12 +424,20 @@ fn draw(@builtin(local_invocation_index) lane: u32) {
   for (var r = 0u; r < PER_LANE; r++) {
     let p = lane * PER_LANE + r;
     if (p < n) {
-      if (params.top_p < 1.0 && cum[r] >= need) { atomicMin(&wg_keep, p + 1u); }
-      if (params.min_p_on != 0u && p > 0u && x[r] < cutoff) { atomicMin(&wg_keep, p); }
+      if (params.top_p < 1.0 && cum[r] >= need) {
+        atomicMin(&wg_keep, p + 1u);
+        atomicStore(&wg_cut, 1u);
+      }
+      if (params.min_p_on != 0u && p > 0u && x[r] < cutoff) {
+        atomicMin(&wg_keep, p);
+        atomicStore(&wg_cut, 1u);
+      }
     }
   }
   workgroupBarrier();
   let keep = atomicLoad(&wg_keep);
+  // Capped candidates and no cut among them: the rules keep tokens the candidates lack.
+  let beyond = params.truncated != 0u && atomicLoad(&wg_cut) == 0u;
   // Temperature, then the draw: the first candidate whose cumulative weight exceeds u · total.
   var w: array<f32, PER_LANE>;
   for (var r = 0u; r < PER_LANE; r++) {
@@ -441,10 +457,10 @@ fn draw(@builtin(local_invocation_index) lane: u32) {
   workgroupBarrier();
   if (lane == 0u) {
     let token = s_idx[atomicLoad(&wg_pick)];
-    tokens[0] = token;
+    tokens[0] = select(token, NONE, beyond);
     state_rw[0] = state_rw[0] + 1u;
     let cap = state_rw[3];
-    if (cap > 0u) {
+    if (cap > 0u && !beyond) {
       let head = state_rw[2];
       state_rw[STATE_HEADER + head] = token;
       state_rw[2] = (head + 1u) % cap;

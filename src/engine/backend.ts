@@ -38,7 +38,10 @@ export interface ModelBackend {
    * own random stream: a hash of the seed and the draw index), without transferring the logits.
    */
   forwardSample?(tokens: number[], pos: number, sampling: SampleStart): Promise<number>;
-  /** Optional: like {@link ModelBackend.decodeGreedy}, with each step's token drawn on the device as `sampling` says. */
+  /**
+   * Optional: like {@link ModelBackend.decodeGreedy}, with each step's token drawn on the device as `sampling`
+   * says; may return fewer ids than `count` (at least one), e.g. after a step the device could not draw.
+   */
   decodeSampled?(first: number, pos: number, count: number, sampling: SampleStart): Promise<number[]>;
   /** Most steps {@link ModelBackend.decodeGreedy} and {@link ModelBackend.decodeSampled} take at once. */
   readonly maxChain?: number;

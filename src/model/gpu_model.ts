@@ -82,7 +82,8 @@ import {
 import { createSwiGlu } from "../gpu/ops/elementwise.ts";
 import { createCopy } from "../gpu/ops/copy.ts";
 import { type ArgmaxOp, createArgmax } from "../gpu/ops/argmax.ts";
-import { createSample, type SampleOp } from "../gpu/ops/sample.ts";
+import { createSample, SAMPLE_BEYOND_CANDIDATES, type SampleOp } from "../gpu/ops/sample.ts";
+import { deviceDraws, sampleExact } from "../gpu/ops/sample_reference.ts";
 import {
   canFuseGateUp,
   canFuseQkv,
@@ -1008,8 +1009,10 @@ export class GpuModel {
 
   /**
    * Runs `tokens` at positions `pos …` (the cache is cut back to `pos` first) and returns the last token's
-   * logits, its argmax when `want` is "argmax", or a token drawn on the GPU as `sampling` says when `want`
-   * is "sample" (then only 4 bytes come back).
+   * logits, its argmax when `want` is "argmax", or a token drawn as `sampling` says when `want` is
+   * "sample": on the GPU (then only 4 bytes come back) unless the rules keep tokens beyond the GPU
+   * sampler's candidates (`deviceDraws`), whose steps are drawn from the logits on the CPU with the same
+   * random number.
    */
   async forward(tokens: number[], pos: number, want: "logits"): Promise<Float32Array>;
   async forward(tokens: number[], pos: number, want: "argmax"): Promise<number>;
@@ -1027,6 +1030,9 @@ export class GpuModel {
           pos + tokens.length
         } exceeds the allocated context of ${this.contextLength}`,
       );
+    }
+    if (want === "sample" && deviceDraws(sampling!.settings, this.hparams.nVocab) === "never") {
+      return this.#drawOnCpu(await this.forward(tokens, pos, "logits"), sampling!);
     }
     this.#gpu.checkAlive();
     this.#rewind(pos);
@@ -1096,7 +1102,21 @@ export class GpuModel {
       ? await this.#read(this.#logitsReads, result!, this.hparams.nVocab * 4)
       : await this.#read(this.#tokenReads, result!, 4);
     await reportPrevious();
-    return want === "logits" ? new Float32Array(range) : new Uint32Array(range)[0];
+    if (want === "logits") return new Float32Array(range);
+    const token = new Uint32Array(range)[0];
+    if (token !== SAMPLE_BEYOND_CANDIDATES) return token;
+    // The logits of the last token are still in their buffer: read them and draw on the CPU.
+    const staging = await this.#logitsReads.take();
+    const encoder = this.#gpu.device.createCommandEncoder();
+    encoder.copyBufferToBuffer(this.#act.logits, 0, staging, 0, this.hparams.nVocab * 4);
+    this.#gpu.device.queue.submit([encoder.finish()]);
+    const logits = new Float32Array(await this.#read(this.#logitsReads, staging, this.hparams.nVocab * 4));
+    return this.#drawOnCpu(logits, sampling!);
+  }
+
+  /** The draw of `sampling`'s first step from `logits`, on the CPU (the GPU sampler's rules, uncapped). */
+  #drawOnCpu(logits: Float32Array, sampling: SampleStart): number {
+    return sampleExact(logits, sampling.settings, sampling.history, sampling.draw);
   }
 
   /**
@@ -1130,13 +1150,37 @@ export class GpuModel {
   }
 
   /**
-   * Sampled decode of `count` tokens (≤ {@link GpuModel.maxChain}) after feeding `first` at `pos`, like
-   * {@link decodeGreedy} but each step's token is drawn on the GPU as `sampling` says; the draw index and
-   * the recent tokens of the repetition penalty advance on the GPU, so the steps chain the same way.
+   * Sampled decode of up to `count` tokens (≤ {@link GpuModel.maxChain}) after feeding `first` at `pos`,
+   * like {@link decodeGreedy} but each step's token is drawn on the GPU as `sampling` says; the draw index
+   * and the recent tokens of the repetition penalty advance on the GPU, so the steps chain the same way.
+   * A step whose rules keep tokens beyond the GPU sampler's candidates (`deviceDraws`) is drawn from its
+   * logits on the CPU, with the same random number, and ends the chain: fewer than `count` ids may come
+   * back (at least one).
    */
-  decodeSampled(first: number, pos: number, count: number, sampling: SampleStart): Promise<number[]> {
+  async decodeSampled(first: number, pos: number, count: number, sampling: SampleStart): Promise<number[]> {
+    if (deviceDraws(sampling.settings, this.hparams.nVocab) === "never") {
+      return [await this.forward([first], pos, "sample", sampling)];
+    }
     this.#sample.start(sampling.settings, sampling.history, sampling.draw);
-    return this.#decodeChain("decodeSampled", first, pos, count, this.#sample.tokens, this.#decodeThenSample);
+    const tokens = await this.#decodeChain(
+      "decodeSampled",
+      first,
+      pos,
+      count,
+      this.#sample.tokens,
+      this.#decodeThenSample,
+    );
+    const beyond = tokens.indexOf(SAMPLE_BEYOND_CANDIDATES);
+    if (beyond < 0) return tokens;
+    // The steps after it fed an id that is no token: run step `beyond` again for its logits.
+    const drawn = tokens.slice(0, beyond);
+    const fed = beyond === 0 ? first : drawn[beyond - 1];
+    const logits = await this.forward([fed], pos + beyond, "logits");
+    const history = [...sampling.history, ...drawn];
+    drawn.push(
+      this.#drawOnCpu(logits, { settings: sampling.settings, history, draw: sampling.draw + beyond }),
+    );
+    return drawn;
   }
 
   /** Chains `count` decode steps, each feeding the token `picked` holds after `ops` into the next. */

@@ -5,8 +5,10 @@
  * penalised logit, the gather of the k candidates, and one workgroup that sorts them, cuts them and draws.
  *
  * Candidates are capped at {@link SAMPLE_CANDIDATE_CAP}: with top-k off (or larger than the cap) the draw
- * is among the cap's most likely tokens, while the top-p mass is still measured against the whole
- * vocabulary. The random number of draw `i` is a hash of (seed, i) ({@link sampleUniform}), so the same
+ * is among the cap's most likely tokens, the top-p mass measured against the whole vocabulary. Where
+ * neither top-p nor min-p cuts among them, the rules keep tokens beyond the cap: the draw then gives
+ * {@link SAMPLE_BEYOND_CANDIDATES} instead of a token, and the caller draws that step exactly from the
+ * logits (`sampleExact` in `sample_reference.ts`, the same random number). The random number of draw `i` is a hash of (seed, i) ({@link sampleUniform}), so the same
  * seed and history give the same tokens; the recent tokens the penalty looks at live in a ring on the GPU
  * that each draw appends to, so steps can be chained without the CPU.
  *
@@ -26,6 +28,13 @@ import {
 
 /** Most candidates the GPU sampler sorts: top-k above this, or off, keeps this many. */
 export const SAMPLE_CANDIDATE_CAP = 1024;
+
+/**
+ * What the GPU draw gives instead of a token when the rules keep tokens beyond its capped candidates (top-k
+ * off or above {@link SAMPLE_CANDIDATE_CAP}, and no top-p or min-p cut among them): that step must be drawn
+ * from the logits on the CPU.
+ */
+export const SAMPLE_BEYOND_CANDIDATES = 0xffffffff;
 
 const BLOCK = 4096;
 const HIST_WORDS = 5121;
@@ -62,7 +71,7 @@ export interface SampleOptions {
 
 /** The sampling op; call {@link SampleOp.start} before the first step of a run of draws. */
 export interface SampleOp extends GpuOp {
-  /** u32[1]: the token id of the last draw. */
+  /** u32[1]: the token id of the last draw, or {@link SAMPLE_BEYOND_CANDIDATES}. */
   readonly tokens: GPUBuffer;
   /**
    * Queues the settings, the recent tokens (only the last `repeatLastN` count) and the index of the next
@@ -83,6 +92,8 @@ export interface SampleParams {
   sortSize: number;
   /** Whether top-p's mass is relative to the whole vocabulary (top-k off or above the cap). */
   fullMass: boolean;
+  /** Whether the candidates are capped below the vocabulary (they may lack tokens the rules keep). */
+  truncated: boolean;
   /** Seed as u32. */
   seed: number;
   /** Top-p, f32. */
@@ -122,6 +133,7 @@ export function sampleParams(settings: SampleSettings, vocab: number): SamplePar
     k,
     sortSize,
     fullMass,
+    truncated: fullMass && k < vocab,
     seed: settings.seed >>> 0,
     topP: f(topP),
     minPOn: minP > 0,
@@ -210,6 +222,7 @@ export function createSample(gpu: Gpu, options: SampleOptions): SampleOp {
       u32[8] = p.penaltyOn ? 1 : 0;
       f32[9] = p.penalty;
       f32[10] = p.invPenalty;
+      u32[11] = p.truncated ? 1 : 0;
       gpu.device.queue.writeBuffer(paramsBuf, 0, paramsData);
       const cap = p.penaltyOn ? settings.repeatLastN : 0;
       if (cap > historyCap) {

@@ -1,0 +1,97 @@
+import { equal, ok } from "node:assert/strict";
+import { openGGUF } from "../src/gguf/reader.ts";
+import { hparamsFromGGUF } from "../src/model/hparams.ts";
+import { GpuModel } from "../src/model/gpu_model.ts";
+import type { SampleStart } from "../src/model/gpu_model_options.ts";
+import { getGpu } from "../src/gpu/device.ts";
+import { writeSyntheticModel } from "../src/model/synth.ts";
+import { SAMPLE_CANDIDATE_CAP, type SampleSettings } from "../src/gpu/ops/sample.ts";
+import { deviceDraws, sampleExact, sampleReference } from "../src/gpu/ops/sample_reference.ts";
+import { fixture, fixtureTest } from "./fixtures.ts";
+
+// A vocabulary of 32000 tokens (more than the GPU sampler's 1024 candidates): steps whose rules keep tokens
+// beyond the candidates are drawn from the logits on the CPU, with the GPU's random number.
+fixtureTest(
+  "gpu model: sampled steps beyond the GPU sampler's candidates are drawn exactly from the logits",
+  ["llama-2-tiny-random.gguf"],
+  async () => {
+    const dir = await Deno.makeTempDir();
+    const path = `${dir}/tiny32k.gguf`;
+    await writeSyntheticModel({
+      shape: "tiny",
+      type: "q8_0",
+      out: path,
+      seed: Math.floor(Math.random() * 1e6),
+      vocabFrom: fixture("llama-2-tiny-random.gguf"),
+    });
+    const file = await openGGUF(path);
+    const hp = hparamsFromGGUF(file);
+    equal(hp.nVocab, 32000);
+    const model = await GpuModel.load(await getGpu(), file, hp, { contextLength: 64, maxBatch: 8 });
+    try {
+      const prompt = Array.from({ length: 9 }, () => Math.floor(Math.random() * hp.nVocab));
+      // Min-p about the ratio of the prompt's 1024th to its first probability: a cut among the candidates
+      // at some steps and none at others, so chains end early at some step.
+      const sorted = Float32Array.from(await model.forward(prompt, 0, "logits")).sort().reverse();
+      const ratio = Math.exp(sorted[SAMPLE_CANDIDATE_CAP - 1] - sorted[0]);
+      const base = { temperature: 1.2, topK: 0, repeatPenalty: 1.1, repeatLastN: 16 };
+      const cases: [string, Omit<SampleSettings, "seed">][] = [0.85, 1, 1.15].map((f) => [
+        `min-p ${f} × the prompt's ratio`,
+        { ...base, topP: 1, minP: Math.min(0.9, ratio * f) },
+      ]);
+      cases.push(["no cut (temperature only)", { ...base, topP: 1, minP: 0 }]);
+      for (const [, partial] of cases) {
+        const want = partial.minP > 0 ? "mostly" : "never";
+        equal(deviceDraws({ ...partial, seed: 0 }, hp.nVocab), want);
+      }
+      // Steps drawn beyond the candidates and on the GPU, and chains cut short, of the min-p cases.
+      let beyond = 0, onDevice = 0, shortChains = 0;
+      for (const [name, partial] of cases) {
+        const mostly = partial.minP > 0;
+        const settings: SampleSettings = { ...partial, seed: Math.floor(Math.random() * 2 ** 31) };
+        const start = (history: number[], draw: number): SampleStart => ({ settings, history, draw });
+        const tokens = [await model.forward(prompt, 0, "sample", start(prompt, 0))];
+        while (tokens.length < 14) {
+          const pos = prompt.length + tokens.length - 1;
+          const count = 6;
+          const got = await model.decodeSampled(
+            tokens.at(-1)!,
+            pos,
+            count,
+            start([...prompt, ...tokens], tokens.length),
+          );
+          ok(got.length >= 1 && got.length <= count, `${name}: ${got.length} tokens`);
+          if (got.length < count && mostly) shortChains++;
+          if (!mostly) equal(got.length, 1, `${name}: every step is drawn on the CPU`);
+          tokens.push(...got);
+        }
+        // Each step from its logits: the GPU op's reference where its candidates hold the draw, else exact.
+        const history = [...prompt];
+        let logits = await model.forward(prompt, 0, "logits");
+        for (let i = 0; i < tokens.length; i++) {
+          const capped = sampleReference(logits, settings, history, i);
+          ok(mostly || capped.beyond);
+          if (capped.beyond) {
+            if (mostly) beyond++;
+            equal(tokens[i], sampleExact(logits, settings, history, i), `${name}, token ${i} (beyond)`);
+          } else {
+            if (capped.fragile) break;
+            onDevice++;
+            equal(tokens[i], capped.token, `${name}, token ${i}`);
+          }
+          history.push(tokens[i]);
+          logits = await model.forward([tokens[i]], history.length - 1, "logits");
+        }
+      }
+      ok(
+        beyond >= 1 && onDevice >= 1 && shortChains >= 1,
+        `min-p cases: ${beyond} steps beyond the candidates, ${onDevice} drawn on the GPU, ` +
+          `${shortChains} chains cut short`,
+      );
+    } finally {
+      model.destroy();
+      file.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
