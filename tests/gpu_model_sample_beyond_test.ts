@@ -51,6 +51,7 @@ fixtureTest(
         const settings: SampleSettings = { ...partial, seed: Math.floor(Math.random() * 2 ** 31) };
         const start = (history: number[], draw: number): SampleStart => ({ settings, history, draw });
         const tokens = [await model.forward(prompt, 0, "sample", start(prompt, 0))];
+        const chains: { first: number; length: number }[] = [];
         while (tokens.length < 14) {
           const pos = prompt.length + tokens.length - 1;
           const count = 6;
@@ -61,16 +62,19 @@ fixtureTest(
             start([...prompt, ...tokens], tokens.length),
           );
           ok(got.length >= 1 && got.length <= count, `${name}: ${got.length} tokens`);
+          chains.push({ first: tokens.length, length: got.length });
           if (got.length < count && mostly) shortChains++;
           if (!mostly) equal(got.length, 1, `${name}: every step is drawn on the CPU`);
           tokens.push(...got);
         }
         // Each step from its logits: the GPU op's reference where its candidates hold the draw, else exact.
         const history = [...prompt];
+        const wasBeyond: boolean[] = [];
         let logits = await model.forward(prompt, 0, "logits");
         for (let i = 0; i < tokens.length; i++) {
           const capped = sampleReference(logits, settings, history, i);
           ok(mostly || capped.beyond);
+          wasBeyond.push(capped.beyond);
           if (capped.beyond) {
             if (mostly) beyond++;
             equal(tokens[i], sampleExact(logits, settings, history, i), `${name}, token ${i} (beyond)`);
@@ -81,6 +85,17 @@ fixtureTest(
           }
           history.push(tokens[i]);
           logits = await model.forward([tokens[i]], history.length - 1, "logits");
+        }
+        // A step beyond the candidates ends its chain, and the next chain runs at most max(1, j) steps after
+        // one cut at its step j.
+        for (let c = 0; mostly && c < chains.length; c++) {
+          const { first, length } = chains[c];
+          const steps = wasBeyond.slice(first, first + length);
+          if (steps.length < length) break; // not all compared
+          ok(!steps.slice(0, -1).includes(true), `${name}: chain ${c} went on after a step beyond`);
+          if (steps.at(-1) && c + 1 < chains.length) {
+            ok(chains[c + 1].length <= Math.max(1, length - 1), `${name}: chain ${c + 1} after a cut`);
+          }
         }
       }
       ok(

@@ -234,6 +234,8 @@ export class GpuModel {
   #profiler?: GpuProfiler;
   readonly #destroy: (GPUBuffer | GpuWeight)[];
   #lastChainHostMs = 0;
+  /** Most steps the next sampled chain runs (fewer after a step beyond the GPU sampler's candidates). */
+  #sampledChain = MAX_CHAIN;
   /** Copies a dual cache's rewind restores (built at the first rewind that has any). */
   #rewindCopy?: GpuOp;
 
@@ -1166,11 +1168,14 @@ export class GpuModel {
       "decodeSampled",
       first,
       pos,
-      count,
+      Math.min(count, this.#sampledChain),
       this.#sample.tokens,
       this.#decodeThenSample,
     );
     const beyond = tokens.indexOf(SAMPLE_BEYOND_CANDIDATES);
+    // Chains as long as the last one went well: after a step beyond the candidates the next chain is no
+    // longer than the steps before it, so that settings that often need the CPU waste few GPU steps.
+    this.#sampledChain = beyond < 0 ? Math.min(2 * this.#sampledChain, MAX_CHAIN) : Math.max(1, beyond);
     if (beyond < 0) return tokens;
     // The steps after it fed an id that is no token: run step `beyond` again for its logits.
     const drawn = tokens.slice(0, beyond);
