@@ -205,6 +205,20 @@ Deno.test("sample op: draws follow the softmax; the same seed repeats, another d
   logits.destroy();
 });
 
+/** The ids the CPU sampler's processors keep (penalty, top-k, top-p, min-p), most likely first. */
+function cpuKept(logits: Float32Array, s: SampleSettings, history: number[]): number[] {
+  const c: Candidates = {
+    ids: Uint32Array.from(logits.keys()),
+    logits: Float32Array.from(logits),
+    n: logits.length,
+    sorted: false,
+  };
+  for (
+    const p of [repetitionPenalty(s.repeatPenalty, s.repeatLastN), topK(s.topK), topP(s.topP), minP(s.minP)]
+  ) p(c, history);
+  return Array.from(c.ids.subarray(0, c.n));
+}
+
 Deno.test("sample reference: keeps the same candidates as the CPU sampler's processors", () => {
   for (let trial = 0; trial < 40; trial++) {
     const vocab = [7, 300, 1000][trial % 3];
@@ -219,16 +233,7 @@ Deno.test("sample reference: keeps the same candidates as the CPU sampler's proc
     });
     const ref = sampleReference(logits, s, history, trial);
     if (ref.fragile) continue;
-    const c: Candidates = {
-      ids: Uint32Array.from(logits.keys()),
-      logits: Float32Array.from(logits),
-      n: vocab,
-      sorted: false,
-    };
-    for (
-      const p of [repetitionPenalty(s.repeatPenalty, s.repeatLastN), topK(s.topK), topP(s.topP), minP(s.minP)]
-    ) p(c, history);
-    deepEqual(Array.from(ref.kept), Array.from(c.ids.subarray(0, c.n)), `trial ${trial}`);
+    deepEqual(Array.from(ref.kept), cpuKept(logits, s, history), `trial ${trial}`);
     ok(ref.kept.includes(ref.token));
   }
 });
@@ -303,16 +308,7 @@ Deno.test("sample exact: keeps what the CPU sampler's processors keep over a voc
     const ref = sampleReference(logits, s, history, trial, 1e-5, false);
     ok(!ref.beyond);
     if (ref.fragile) continue;
-    const c: Candidates = {
-      ids: Uint32Array.from(logits.keys()),
-      logits: Float32Array.from(logits),
-      n: vocab,
-      sorted: false,
-    };
-    for (
-      const p of [repetitionPenalty(s.repeatPenalty, s.repeatLastN), topK(s.topK), topP(s.topP), minP(s.minP)]
-    ) p(c, history);
-    deepEqual(Array.from(ref.kept), Array.from(c.ids.subarray(0, c.n)), `trial ${trial}`);
+    deepEqual(Array.from(ref.kept), cpuKept(logits, s, history), `trial ${trial}`);
     equal(sampleExact(logits, s, history, trial), ref.token);
     // The draw is the first kept token whose cumulative weight passes the op's random number.
     const weights = Array.from(

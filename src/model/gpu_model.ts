@@ -1160,15 +1160,14 @@ export class GpuModel {
    * back (at least one).
    */
   async decodeSampled(first: number, pos: number, count: number, sampling: SampleStart): Promise<number[]> {
-    if (deviceDraws(sampling.settings, this.hparams.nVocab) === "never") {
-      return [await this.forward([first], pos, "sample", sampling)];
-    }
+    const draws = deviceDraws(sampling.settings, this.hparams.nVocab);
+    if (draws === "never") return [await this.forward([first], pos, "sample", sampling)];
     this.#sample.start(sampling.settings, sampling.history, sampling.draw);
     const tokens = await this.#decodeChain(
       "decodeSampled",
       first,
       pos,
-      Math.min(count, this.#sampledChain),
+      draws === "always" ? count : Math.min(count, this.#sampledChain),
       this.#sample.tokens,
       this.#decodeThenSample,
     );
