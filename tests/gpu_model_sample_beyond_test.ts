@@ -110,3 +110,80 @@ fixtureTest(
     }
   },
 );
+
+// Under a dual cache, a chain cut by a step beyond the candidates is rewound to that step (its later steps
+// fed no real token): the cache must then be what one fed only the drawn tokens holds.
+fixtureTest(
+  "gpu model: a dual cache after sampled chains cut beyond the candidates equals one fed the tokens stepwise",
+  ["llama-2-tiny-random.gguf"],
+  async () => {
+    const dir = await Deno.makeTempDir();
+    const path = `${dir}/tiny32k.gguf`;
+    await writeSyntheticModel({
+      shape: "tiny",
+      type: "q8_0",
+      out: path,
+      seed: Math.floor(Math.random() * 1e6),
+      vocabFrom: fixture("llama-2-tiny-random.gguf"),
+    });
+    const file = await openGGUF(path);
+    const hp = hparamsFromGGUF(file);
+    const gpu = await getGpu();
+    // A window of 16 and steps of 8: tokens leave the ring of 32 within the test, half of them promoted.
+    const load = () =>
+      GpuModel.load(gpu, file, hp, {
+        contextLength: 128,
+        maxBatch: 8,
+        policy: { kind: "random", window: 16, rate: 0.5, seed: 5 },
+      });
+    const chained = await load();
+    const stepwise = await load();
+    try {
+      const prompt = Array.from({ length: 21 }, () => Math.floor(Math.random() * hp.nVocab));
+      const sorted = Float32Array.from(await chained.forward(prompt, 0, "logits")).sort().reverse();
+      const minP = Math.exp(sorted[SAMPLE_CANDIDATE_CAP - 1] - sorted[0]);
+      const settings: SampleSettings = {
+        temperature: 1,
+        topK: 0,
+        topP: 1,
+        minP,
+        repeatPenalty: 1,
+        repeatLastN: 0,
+        seed: Math.floor(Math.random() * 2 ** 31),
+      };
+      const start = (history: number[], draw: number): SampleStart => ({ settings, history, draw });
+      const tokens = [await chained.forward(prompt, 0, "sample", start(prompt, 0))];
+      let cut = 0;
+      while (tokens.length < 48) {
+        const count = 8;
+        const pos = prompt.length + tokens.length - 1;
+        const got = await chained.decodeSampled(
+          tokens.at(-1)!,
+          pos,
+          count,
+          start([...prompt, ...tokens], tokens.length),
+        );
+        if (got.length < count) cut++;
+        tokens.push(...got);
+      }
+      ok(cut >= 1, "no chain was cut short");
+      // The same tokens fed one at a time, then the logits of the next step on both.
+      await stepwise.forward(prompt, 0, "logits");
+      for (let i = 0; i < tokens.length - 1; i++) {
+        await stepwise.forward([tokens[i]], prompt.length + i, "logits");
+      }
+      const pos = prompt.length + tokens.length - 1;
+      const want = await stepwise.forward([tokens.at(-1)!], pos, "logits");
+      const got = await chained.forward([tokens.at(-1)!], pos, "logits");
+      let worst = 0;
+      for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs(got[i] - want[i]));
+      ok(worst <= 1e-5, `logits differ by ${worst}`);
+      equal(chained.kvStats().dual!.globalTokens.join(), stepwise.kvStats().dual!.globalTokens.join());
+    } finally {
+      chained.destroy();
+      stepwise.destroy();
+      file.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
