@@ -8,9 +8,10 @@
  * is among the cap's most likely tokens, the top-p mass measured against the whole vocabulary. Where
  * neither top-p nor min-p cuts among them, the rules keep tokens beyond the cap: the draw then gives
  * {@link SAMPLE_BEYOND_CANDIDATES} instead of a token, and the caller draws that step exactly from the
- * logits (`sampleExact` in `sample_reference.ts`, the same random number). The random number of draw `i` is a hash of (seed, i) ({@link sampleUniform}), so the same
- * seed and history give the same tokens; the recent tokens the penalty looks at live in a ring on the GPU
- * that each draw appends to, so steps can be chained without the CPU.
+ * logits (`sampleExact` in `sample_reference.ts`, the same random number). The random number of draw `i`
+ * is a hash of (seed, i) ({@link sampleUniform}), so the same seed and history give the same tokens; the
+ * recent tokens the penalty looks at live in a ring on the GPU that each draw appends to, so steps can be
+ * chained without the CPU.
  *
  * @module
  */
