@@ -1108,12 +1108,17 @@ export class GpuModel {
     const token = new Uint32Array(range)[0];
     if (token !== SAMPLE_BEYOND_CANDIDATES) return token;
     // The logits of the last token are still in their buffer: read them and draw on the CPU.
+    return this.#drawOnCpu(await this.#readLastLogits(), sampling!);
+  }
+
+  /** Reads the logits the last step left in their buffer. */
+  async #readLastLogits(): Promise<Float32Array> {
+    const bytes = this.hparams.nVocab * 4;
     const staging = await this.#logitsReads.take();
     const encoder = this.#gpu.device.createCommandEncoder();
-    encoder.copyBufferToBuffer(this.#act.logits, 0, staging, 0, this.hparams.nVocab * 4);
+    encoder.copyBufferToBuffer(this.#act.logits, 0, staging, 0, bytes);
     this.#gpu.device.queue.submit([encoder.finish()]);
-    const logits = new Float32Array(await this.#read(this.#logitsReads, staging, this.hparams.nVocab * 4));
-    return this.#drawOnCpu(logits, sampling!);
+    return new Float32Array(await this.#read(this.#logitsReads, staging, bytes));
   }
 
   /** The draw of `sampling`'s first step from `logits`, on the CPU (the GPU sampler's rules, uncapped). */
@@ -1176,10 +1181,13 @@ export class GpuModel {
     // longer than the steps before it, so that settings that often need the CPU waste few GPU steps.
     this.#sampledChain = beyond < 0 ? Math.min(2 * this.#sampledChain, MAX_CHAIN) : Math.max(1, beyond);
     if (beyond < 0) return tokens;
-    // The steps after it fed an id that is no token: run step `beyond` again for its logits.
+    // Its logits are in their buffer when it was the chain's last step; otherwise the steps after it fed an
+    // id that is no token: run step `beyond` again for its logits.
     const drawn = tokens.slice(0, beyond);
     const fed = beyond === 0 ? first : drawn[beyond - 1];
-    const logits = await this.forward([fed], pos + beyond, "logits");
+    const logits = beyond === tokens.length - 1
+      ? await this.#readLastLogits()
+      : await this.forward([fed], pos + beyond, "logits");
     const history = [...sampling.history, ...drawn];
     drawn.push(
       this.#drawOnCpu(logits, { settings: sampling.settings, history, draw: sampling.draw + beyond }),
