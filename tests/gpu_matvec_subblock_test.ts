@@ -10,7 +10,7 @@ import { deepEqual, equal, ok, throws } from "node:assert/strict";
 import { BadFlagError, UnsupportedError } from "../src/errors.ts";
 import { getGpu, type Gpu } from "../src/gpu/device.ts";
 import { createGateUpSwiGlu } from "../src/gpu/ops/fused.ts";
-import { createMatvec, type MatvecTuning } from "../src/gpu/ops/matmul.ts";
+import { createMatvec, longRowWorkgroup, type MatvecTuning } from "../src/gpu/ops/matmul.ts";
 import {
   INT8_UNIT_SECTIONS,
   matvecBlocker,
@@ -373,5 +373,35 @@ Deno.test("gpu matvec subblock: fused QKV + RoPE with mixed types matches the CP
   ];
   for (const c of cases) {
     await checkQkvRope(gpu, c, { tokensPerWorkgroup: 2, rowsPerWorkgroup: 4 }, TOL);
+  }
+});
+
+Deno.test("gpu matvec subblock: rows of 8192 values and more take 256 threads where the reduction fits", async () => {
+  const limits = (storage: number, invocations = 256) =>
+    ({
+      limits: { maxComputeWorkgroupStorageSize: storage, maxComputeInvocationsPerWorkgroup: invocations },
+    }) as unknown as Gpu;
+  equal(longRowWorkgroup(limits(16384), 14336, 5 * 4), 256);
+  equal(longRowWorkgroup(limits(16384), 8192, 5 * 4 * 4), 128); // 4 tokens: 20 KiB would not fit
+  equal(longRowWorkgroup(limits(16384, 128), 8192, 5 * 4), 128);
+  equal(longRowWorkgroup(limits(16384), 4096, 5 * 4), 64);
+  // The default at such rows against the CPU reference, one token and several.
+  const gpu = await getGpu();
+  const [rows, cols, m] = [9, 8192, 3];
+  for (const name of ["Q4_K", "Q6_K"]) {
+    const { weight, w } = randomWeight(gpu, name, rows, cols);
+    const x = randomF32(m * cols);
+    const xBuf = gpu.buffer("x", x.byteLength, x);
+    const step = new StepParams(gpu, m);
+    const y = nans(gpu, "y", m * rows);
+    const op = createMatvec(gpu, { label: "t", weight, x: xBuf, y, maxTokens: m, step });
+    for (const n of [m, 1]) {
+      const [got] = await runOps(gpu, [op], step, n, 0, [y]);
+      const bad = compareLinear(got, w, x, n, rows, cols, TOL);
+      ok(bad === undefined, `${name} m=${n}: ${bad}`);
+    }
+    y.destroy();
+    weight.destroy();
+    xBuf.destroy();
   }
 });

@@ -198,10 +198,12 @@ export function createMatvec(gpu: Gpu, options: MatvecOptions): MatvecOp {
   checkMatvecWeights(op, [weight]);
   // Defaults from an H100 sweep (Vulkan, Q4_K and Q6_K at Llama-1B/8B shapes) of the earlier 16-column
   // kernel: 64 threads and 4 rows per workgroup (128 threads for rows of 8192 columns or more) were within
-  // ~15% of the best tuning on every shape. The sub-block kernel kept them; bench/matvec.ts sweeps tunings.
-  const workgroupSize = t.workgroupSize ?? defaultMatvecWorkgroup(weight.cols);
+  // ~15% of the best tuning on every shape. The sub-block kernel kept them, but for long rows, which now
+  // take 256 threads (longRowWorkgroup); bench/matvec.ts sweeps tunings.
   const rowsPerWorkgroup = t.rowsPerWorkgroup ?? 4;
   const tokensPerWorkgroup = t.tokensPerWorkgroup ?? Math.min(maxTokens, 4);
+  const workgroupSize = t.workgroupSize ??
+    longRowWorkgroup(gpu, weight.cols, (rowsPerWorkgroup + 1) * tokensPerWorkgroup * 4);
   checkInt(op, "workgroupSize", workgroupSize, 32, gpu.limits.maxComputeInvocationsPerWorkgroup);
   if ((workgroupSize & (workgroupSize - 1)) !== 0) {
     throw new BadFlagError(`${op}: workgroupSize must be a power of two, got ${workgroupSize}`);
@@ -820,6 +822,20 @@ export function matmulDefines(
     TILE_SCALAR: shape.half ? "f16" : "f32",
     ...dequant,
   };
+}
+
+/**
+ * Threads per workgroup of a single decode product (createMatvec) for rows of `cols` values, each thread's
+ * share of the reduction `bytesPerThread`: 256 for rows of 8192 values and more (Llama's ffn_down), as
+ * far as the GPU's workgroup memory holds the reduction, else {@link defaultMatvecWorkgroup}. On an H100 the
+ * 8B Q4_K_M decoded at 236.6 / 210.1 tok/s (depth 0 / 4096) against 233.7–234.0 / 207.5–207.9 with 128
+ * threads, the 1B at 919.9 / 771.2 against 898.2 / 759.1; `bench:matvec` timed the 8B ffn_down at 26.9
+ * against 31.3 µs in Q4_K and alike in Q6_K (`h100-ffn-down-workgroup-256.json`).
+ */
+export function longRowWorkgroup(gpu: Gpu, cols: number, bytesPerThread: number): number {
+  const fits = 256 * bytesPerThread <= gpu.limits.maxComputeWorkgroupStorageSize &&
+    256 <= gpu.limits.maxComputeInvocationsPerWorkgroup;
+  return cols >= 8192 && fits ? 256 : defaultMatvecWorkgroup(cols);
 }
 
 /** Default threads per workgroup of the decode matvec kernels for rows of `cols` values (see createMatvec). */
