@@ -65,9 +65,12 @@ export interface LinearOptions {
 
 /** Tuning knobs of the decode kernel (WGSL override constants). */
 export interface MatvecTuning {
-  /** Threads per workgroup, a power of two in [32, 1024] (default: cols / 16 rounded up, within [32, 256]). */
+  /**
+   * Threads per workgroup, a power of two in [32, 1024] (default: cols / 16 rounded up, within [32, 64]; 128
+   * for rows of 8192 values and more, and 256 for single products of such rows where the reduction fits).
+   */
   workgroupSize?: number;
-  /** Weight rows per workgroup, 1..8 (default 1, 2 from 2048 rows, 4 from 8192 rows). */
+  /** Weight rows per workgroup, 1..8 (default 4). */
   rowsPerWorkgroup?: number;
   /** Tokens per workgroup, 1..8 (default min(maxTokens, 4)). */
   tokensPerWorkgroup?: number;
