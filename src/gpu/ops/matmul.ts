@@ -70,7 +70,7 @@ export interface MatvecTuning {
    * for rows of 8192 values and more, and 256 for single products of such rows where the reduction fits).
    */
   workgroupSize?: number;
-  /** Weight rows per workgroup, 1..8 (default 4). */
+  /** Weight rows per workgroup, 1..8 (default 4; the fused ops take fewer where workgroup memory is short). */
   rowsPerWorkgroup?: number;
   /** Tokens per workgroup, 1..8 (default min(maxTokens, 4)). */
   tokensPerWorkgroup?: number;
