@@ -70,18 +70,18 @@ export function sampleReference(
   const x = new Float64Array(k);
   for (let i = 0; i < k; i++) x[i] = work[ids[i]];
   const x0 = x[0];
-  const cum = new Float64Array(k);
-  let run = 0;
-  for (let i = 0; i < k; i++) cum[i] = run += Math.exp(Math.fround(x[i] - x0));
-  let mass = cum[k - 1];
-  if (p.fullMass) {
-    mass = 0;
-    for (let i = 0; i < V; i++) mass += Math.exp(work[i] - x0);
-  }
   let fragile = false;
   let keep = k;
   let cut = false; // whether top-p or min-p cut among the candidates
+  let run = 0;
   if (p.topP < 1) {
+    const cum = new Float64Array(k);
+    for (let i = 0; i < k; i++) cum[i] = run += Math.exp(Math.fround(x[i] - x0));
+    let mass = cum[k - 1];
+    if (p.fullMass) {
+      mass = 0;
+      for (let i = 0; i < V; i++) mass += Math.exp(work[i] - x0);
+    }
     const need = p.topP * mass;
     const near = (c: number) => Math.abs(c - need) <= tolerance * mass;
     const first = cum.findIndex((c) => c >= need);
