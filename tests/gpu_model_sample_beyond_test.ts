@@ -53,15 +53,15 @@ fixtureTest(
           `min-p ${f} × the prompt's ratio`,
           { ...base, topP: 1, minP: Math.min(0.9, ratio * f) },
         ]);
+        // Top-k above the cap: never on the GPU; no cut at all: the GPU weighs the whole vocabulary.
+        cases.push(["top-k 1025", { ...base, topK: SAMPLE_CANDIDATE_CAP + 1, topP: 1, minP: 0 }]);
         cases.push(["no cut (temperature only)", { ...base, topP: 1, minP: 0 }]);
-        for (const [, partial] of cases) {
-          const want = partial.minP > 0 ? "mostly" : "never";
-          equal(deviceDraws({ ...partial, seed: 0 }, hp.nVocab), want);
-        }
+        const kinds = cases.map(([, partial]) => deviceDraws({ ...partial, seed: 0 }, hp.nVocab));
+        equal(kinds.join(), "mostly,mostly,mostly,never,always");
         // Steps drawn beyond the candidates and on the GPU, and chains cut short, of the min-p cases.
         let beyond = 0, onDevice = 0, shortChains = 0;
-        for (const [name, partial] of cases) {
-          const mostly = partial.minP > 0;
+        for (const [c, [name, partial]] of cases.entries()) {
+          const mostly = kinds[c] === "mostly";
           const settings: SampleSettings = { ...partial, seed: Math.floor(Math.random() * 2 ** 31) };
           const start = (history: number[], draw: number): SampleStart => ({ settings, history, draw });
           const tokens = [await model.forward(prompt, 0, "sample", start(prompt, 0))];
@@ -78,7 +78,8 @@ fixtureTest(
             ok(got.length >= 1 && got.length <= count, `${name}: ${got.length} tokens`);
             chains.push({ first: tokens.length, length: got.length });
             if (got.length < count && mostly) shortChains++;
-            if (!mostly) equal(got.length, 1, `${name}: every step is drawn on the CPU`);
+            if (kinds[c] === "never") equal(got.length, 1, `${name}: every step is drawn on the CPU`);
+            if (kinds[c] === "always") equal(got.length, count, `${name}: the GPU draws every step`);
             tokens.push(...got);
           }
           // Each step from its logits: the GPU op's reference where its candidates hold the draw, else exact.
@@ -87,7 +88,7 @@ fixtureTest(
           let logits = await model.forward(prompt, 0, "logits");
           for (let i = 0; i < tokens.length; i++) {
             const capped = sampleReference(logits, settings, history, i);
-            ok(mostly || capped.beyond);
+            if (kinds[c] !== "mostly") equal(capped.beyond, kinds[c] === "never", name);
             wasBeyond.push(capped.beyond);
             if (capped.beyond) {
               if (mostly) beyond++;

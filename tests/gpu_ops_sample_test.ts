@@ -333,6 +333,41 @@ Deno.test("sample exact: says which settings the GPU op draws itself", () => {
   equal(d({ topP: 0.95 }), "mostly");
   equal(d({ minP: 0.05 }), "mostly");
   equal(d({ topK: v, topP: 0.9 }), "mostly");
-  equal(d({}), "never"); // no cut can fall among the candidates
+  equal(d({}), "always"); // no cut at all: the op weighs the whole vocabulary
+  equal(d({ topK: v }), "always");
   equal(d({ topK: SAMPLE_CANDIDATE_CAP + 1, topP: 0.9 }), "never");
+  equal(d({ topK: SAMPLE_CANDIDATE_CAP + 1 }), "never");
+});
+
+Deno.test("sample op: with no cut at all it draws from the whole vocabulary, the tail beyond the cap too", async () => {
+  const gpu = await getGpu();
+  const vocab = 3000;
+  // Nearly flat: two thirds of the mass lies beyond the 1024 most likely tokens.
+  const data = new Float32Array(randomF32(vocab, 0.01));
+  const logits = gpu.buffer("logits", vocab * 4, data);
+  const op = createSample(gpu, { label: "sample", vocab, logits });
+  try {
+    const s = settings({ temperature: 1 });
+    const ranked = sampleReference(data, s, [], 0).kept;
+    const rank = new Map(Array.from(ranked, (id, r) => [id, r]));
+    let tail = 0, compared = 0;
+    const draws = 8 * 64;
+    for (let c = 0; c < draws / 64; c++) {
+      const got = await runOp(gpu, op, s, [], 64 * c, 64);
+      for (const [i, token] of got.tokens.entries()) {
+        ok(token < vocab, `draw ${64 * c + i}: ${token}`);
+        if (rank.get(token)! >= SAMPLE_CANDIDATE_CAP) tail++;
+        const want = sampleReference(data, s, [], 64 * c + i);
+        if (want.fragile) continue;
+        equal(token, want.token, `draw ${64 * c + i}`);
+        compared++;
+      }
+    }
+    const share = tail / draws;
+    ok(share > 0.55 && share < 0.78, `${tail} of ${draws} draws beyond the cap`);
+    ok(compared >= draws * 0.8, `only ${compared} of ${draws} draws compared`);
+  } finally {
+    op.destroy();
+    logits.destroy();
+  }
 });

@@ -18,7 +18,9 @@
 //                 counts the draw and zeroes `hist` for the next step. When the candidates are capped
 //                 (`truncated`) and neither cut falls among them, the rules keep tokens beyond the cap: the
 //                 draw then writes NONE (0xffffffff) instead of a token, appends nothing, and the host
-//                 draws that step from the logits on the CPU (src/gpu/ops/sample_reference.ts).
+//                 draws that step from the logits on the CPU (src/gpu/ops/sample_reference.ts). With no
+//                 cut at all (top-k, top-p and min-p off) it draws over the whole vocabulary instead, in
+//                 id order (draw_whole_vocabulary).
 //
 // The host sets k = top-k when 1 ≤ top-k ≤ CAP, otherwise k = CAP (top-k off: the CAP most likely tokens
 // are the candidates); k ≤ VOCAB. Logits must be finite (no NaN, no infinities).
@@ -73,7 +75,9 @@ struct Params {
   penalty_on: u32,
   penalty: f32, // negative logits of recent tokens are multiplied by this
   inv_penalty: f32, // positive ones by this (1 / penalty)
-  truncated: u32, // 1: k = CAP < VOCAB with top-k off or above CAP (the candidates may miss kept tokens)
+  // 1: k = CAP < VOCAB with top-k off or above CAP (the candidates may miss kept tokens); 2: top-k, top-p and
+  // min-p all off with VOCAB > CAP: `draw` weighs the whole vocabulary in id order instead of the candidates
+  truncated: u32,
 }
 
 struct Partial { max: f32, sum: f32 }
@@ -364,6 +368,10 @@ fn draw(@builtin(local_invocation_index) lane: u32) {
   wg_sum[lane] = s;
   reduce_partials(lane);
   let full_sum = wg_sum[0];
+  if (params.truncated == 2u) {
+    draw_whole_vocabulary(lane, u, wg_max[0]);
+    return;
+  }
   // Bitonic sort of the candidates: value descending, id ascending; padding (key 0) goes last.
   let size = params.sort_size;
   for (var p = lane; p < size; p += WG) {
@@ -455,17 +463,55 @@ fn draw(@builtin(local_invocation_index) lane: u32) {
     if (p < keep && wcum[r] > target_weight) { atomicMin(&wg_pick, p); }
   }
   workgroupBarrier();
-  if (lane == 0u) {
-    let token = s_idx[atomicLoad(&wg_pick)];
-    tokens[0] = select(token, NONE, beyond);
-    state_rw[0] = state_rw[0] + 1u;
-    let cap = state_rw[3];
-    if (cap > 0u && !beyond) {
-      let head = state_rw[2];
-      state_rw[STATE_HEADER + head] = token;
-      state_rw[2] = (head + 1u) % cap;
-      state_rw[1] = min(state_rw[1] + 1u, cap);
-    }
+  if (lane == 0u) { finish_draw(select(s_idx[atomicLoad(&wg_pick)], NONE, beyond)); }
+  for (var i = lane; i < HIST_WORDS; i += WG) { atomicStore(&hist[i], 0u); }
+}
+
+// `draw`'s bookkeeping (one invocation): writes the token (or NONE), counts the draw and appends a token to
+// the history ring.
+fn finish_draw(token: u32) {
+  tokens[0] = token;
+  state_rw[0] = state_rw[0] + 1u;
+  let cap = state_rw[3];
+  if (cap > 0u && token != NONE) {
+    let head = state_rw[2];
+    state_rw[STATE_HEADER + head] = token;
+    state_rw[2] = (head + 1u) % cap;
+    state_rw[1] = min(state_rw[1] + 1u, cap);
   }
+}
+
+// `draw` with no cut at all (truncated = 2): every token weighs exp((x - x0) / temperature), x0 the largest
+// penalised logit, and the draw is the first token in id order whose running weight exceeds u * total, or
+// the last token when rounding leaves none. Each invocation sums a contiguous chunk of ids; a scan over the
+// invocations finds the chunk where the point falls, and its invocation walks it.
+fn draw_whole_vocabulary(lane: u32, u: f32, x0: f32) {
+  let chunk = (VOCAB + WG - 1u) / WG;
+  let lo = min(lane * chunk, VOCAB);
+  let hi = min(lo + chunk, VOCAB);
+  var mine = 0.0;
+  for (var i = lo; i < hi; i++) { mine += exp((work_in[i] - x0) * params.inv_temp); }
+  var v: array<f32, PER_LANE>;
+  v[0] = mine;
+  let cum = scan_f32(lane, v);
+  if (lane == WG - 1u) { wg_total = cum[0]; }
+  if (lane == 0u) { atomicStore(&wg_pick, VOCAB - 1u); }
+  workgroupBarrier();
+  let target_weight = u * wg_total;
+  let before = cum[0] - mine;
+  if (hi > lo && before <= target_weight && cum[0] > target_weight) {
+    var run = before;
+    var pick = hi - 1u;
+    for (var i = lo; i < hi; i++) {
+      run += exp((work_in[i] - x0) * params.inv_temp);
+      if (run > target_weight) {
+        pick = i;
+        break;
+      }
+    }
+    atomicMin(&wg_pick, pick);
+  }
+  workgroupBarrier();
+  if (lane == 0u) { finish_draw(atomicLoad(&wg_pick)); }
   for (var i = lane; i < HIST_WORDS; i += WG) { atomicStore(&hist[i], 0u); }
 }

@@ -8,10 +8,11 @@
  * is among the cap's most likely tokens, the top-p mass measured against the whole vocabulary. Where
  * neither top-p nor min-p cuts among them, the rules keep tokens beyond the cap: the draw then gives
  * {@link SAMPLE_BEYOND_CANDIDATES} instead of a token, and the caller draws that step exactly from the
- * logits (`sampleExact` in `sample_reference.ts`, the same random number). The random number of draw `i`
- * is a hash of (seed, i) ({@link sampleUniform}), so the same seed and history give the same tokens; the
- * recent tokens the penalty looks at live in a ring on the GPU that each draw appends to, so steps can be
- * chained without the CPU.
+ * logits (`sampleExact` in `sample_reference.ts`, the same random number); where no rule cuts at all
+ * (top-k, top-p and min-p off) it weighs the whole vocabulary itself, in id order. The random number of
+ * draw `i` is a hash of (seed, i) ({@link sampleUniform}), so the same seed and history give the same
+ * tokens; the recent tokens the penalty looks at live in a ring on the GPU that each draw appends to, so
+ * steps can be chained without the CPU.
  *
  * @module
  */
@@ -95,6 +96,11 @@ export interface SampleParams {
   fullMass: boolean;
   /** Whether the candidates are capped below the vocabulary (they may lack tokens the rules keep). */
   truncated: boolean;
+  /**
+   * Whether no rule cuts at all (top-k, top-p and min-p off) over a vocabulary beyond the cap: the draw then
+   * weighs every token, in id order, instead of the candidates.
+   */
+  wholeVocabulary: boolean;
   /** Seed as u32. */
   seed: number;
   /** Top-p, f32. */
@@ -135,6 +141,7 @@ export function sampleParams(settings: SampleSettings, vocab: number): SamplePar
     sortSize,
     fullMass,
     truncated: fullMass && k < vocab,
+    wholeVocabulary: fullMass && k < vocab && (topK === 0 || topK >= vocab) && topP >= 1 && !(minP > 0),
     seed: settings.seed >>> 0,
     topP: f(topP),
     minPOn: minP > 0,
@@ -223,7 +230,7 @@ export function createSample(gpu: Gpu, options: SampleOptions): SampleOp {
       u32[8] = p.penaltyOn ? 1 : 0;
       f32[9] = p.penalty;
       f32[10] = p.invPenalty;
-      u32[11] = p.truncated ? 1 : 0;
+      u32[11] = p.wholeVocabulary ? 2 : p.truncated ? 1 : 0;
       gpu.device.queue.writeBuffer(paramsBuf, 0, paramsData);
       const cap = p.penaltyOn ? settings.repeatLastN : 0;
       if (cap > historyCap) {

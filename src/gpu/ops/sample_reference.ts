@@ -54,6 +54,7 @@ export function sampleReference(
     p.k = settings.topK > 0 ? Math.min(settings.topK, V) : V;
     p.fullMass = false;
     p.truncated = false;
+    p.wholeVocabulary = false;
   }
   const recent = new Set(
     p.penaltyOn ? history.slice(Math.max(0, history.length - settings.repeatLastN)) : [],
@@ -64,6 +65,9 @@ export function sampleReference(
     if (recent.has(i)) x = Math.fround(x * (x > 0 ? p.invPenalty : p.penalty));
     work[i] = x === 0 ? 0 : x; // −0 counts as +0
   }
+  // The op sums the whole vocabulary in f32, its rounding far below a token's share of the total: a tenth of
+  // the tolerance still covers it, and leaves most draws of a flat distribution comparable.
+  if (p.wholeVocabulary) return drawWholeVocabulary(work, p.invTemp, sampleUniform(p.seed, draw), tolerance / 10);
   // The k largest values, ties to the lowest id, in that order.
   const k = p.k;
   const ids = rankByValue(work).subarray(0, k);
@@ -120,6 +124,32 @@ export function sampleReference(
 }
 
 /**
+ * The op's draw with no cut at all over a vocabulary beyond the cap: every token weighs
+ * exp((x − x0) / temperature) (x0 the largest value), and the draw is the first in id order whose running
+ * weight exceeds `u` · total (the last token when none does).
+ */
+function drawWholeVocabulary(
+  work: Float32Array,
+  invTemp: number,
+  u: number,
+  tolerance: number,
+): ReferenceDraw {
+  let x0 = -Infinity;
+  for (let i = 0; i < work.length; i++) x0 = Math.max(x0, work[i]);
+  const weights = new Float64Array(work.length);
+  let run = 0;
+  for (let i = 0; i < work.length; i++) {
+    weights[i] = run += Math.exp(Math.fround(Math.fround(work[i] - x0) * invTemp));
+  }
+  const target = u * run;
+  let pick = weights.findIndex((w) => w > target);
+  if (pick < 0) pick = work.length - 1;
+  const near = (w: number) => Math.abs(w - target) <= tolerance * run;
+  const fragile = near(weights[pick]) || (pick > 0 && near(weights[pick - 1]));
+  return { token: pick, fragile, kept: rankByValue(work), beyond: false };
+}
+
+/**
  * The token the GPU sampler's rules draw from `logits` without its candidate cap, for draw index `draw`
  * (the op's random number), `history` the tokens so far: the whole vocabulary ranked on the CPU.
  */
@@ -134,14 +164,14 @@ export function sampleExact(
 
 /**
  * Whether the GPU op draws `settings`' tokens itself over a vocabulary of `vocab`: "always" (its candidates
- * hold every token the rules can keep), "mostly" (unless no top-p or min-p cut falls among them: then it
- * gives {@link SAMPLE_BEYOND_CANDIDATES}) or "never" (top-k above the cap but below the vocabulary, whose
- * top-p mass the op cannot measure, or no cut at all: top-p 1 and min-p 0).
+ * hold every token the rules can keep, or no rule cuts and it weighs the whole vocabulary), "mostly"
+ * (unless no top-p or min-p cut falls among its candidates: then it gives {@link SAMPLE_BEYOND_CANDIDATES})
+ * or "never" (top-k above the cap but below the vocabulary, whose top-p mass the op cannot measure).
  */
 export function deviceDraws(settings: SampleSettings, vocab: number): "always" | "mostly" | "never" {
-  if (!sampleParams(settings, vocab).truncated) return "always";
-  if (settings.topK > SAMPLE_CANDIDATE_CAP && settings.topK < vocab) return "never";
-  return settings.topP >= 1 && settings.minP <= 0 ? "never" : "mostly";
+  const p = sampleParams(settings, vocab);
+  if (!p.truncated || p.wholeVocabulary) return "always";
+  return settings.topK > SAMPLE_CANDIDATE_CAP && settings.topK < vocab ? "never" : "mostly";
 }
 
 /** Token ids ordered by `work` value, descending, ties to the lowest id (the GPU op's order). */
