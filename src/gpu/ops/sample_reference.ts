@@ -67,7 +67,9 @@ export function sampleReference(
   }
   // The op sums the whole vocabulary in f32, its rounding far below a token's share of the total: a tenth of
   // the tolerance still covers it, and leaves most draws of a flat distribution comparable.
-  if (p.wholeVocabulary) return drawWholeVocabulary(work, p.invTemp, sampleUniform(p.seed, draw), tolerance / 10);
+  if (p.wholeVocabulary) {
+    return drawWholeVocabulary(work, p.invTemp, sampleUniform(p.seed, draw), tolerance / 10);
+  }
   // The k largest values, ties to the lowest id, in that order.
   const k = p.k;
   const ids = rankByValue(work).subarray(0, k);
