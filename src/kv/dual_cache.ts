@@ -514,12 +514,10 @@ export class DualCache implements DualKvView {
     plan[0] = copies;
     this.#pending[slot] = nTokens;
     this.tables.markDirty(slot, false);
-    if (this.#gpu) {
-      const queue = this.#gpu.device.queue;
-      queue.writeBuffer(this.promotionPlan, 0, plan, 0, 1 + 2 * copies);
-      queue.writeBuffer(this.sequence, 0, new Uint32Array([slot, 0, 0, 0]));
-      this.tables.flush(this.#gpu);
-    }
+    this.#upload(
+      copies,
+      (queue) => queue.writeBuffer(this.sequence, 0, new Uint32Array([slot, 0, 0, 0])),
+    );
     return copies;
   }
 
@@ -648,13 +646,23 @@ export class DualCache implements DualKvView {
     plan[0] = copies;
     this.#tokens[slot] = pos;
     this.tables.markDirty(slot, false);
-    if (this.#gpu) {
-      const queue = this.#gpu.device.queue;
-      queue.writeBuffer(this.promotionPlan, 0, plan, 0, 1 + 2 * copies);
-      queue.writeBuffer(this.slotInfo, slot * rows * C * 4, this.#slotInfoWords(slot, pos));
-      this.tables.flush(this.#gpu);
-    }
+    this.#upload(
+      copies,
+      (queue) => queue.writeBuffer(this.slotInfo, slot * rows * C * 4, this.#slotInfoWords(slot, pos)),
+    );
     return copies;
+  }
+
+  /**
+   * On a GPU, queues the promotion plan's first `copies` copies, then the writes of `also`, then the page
+   * tables' changed entries (CPU-only caches keep them on the host).
+   */
+  #upload(copies: number, also: (queue: GPUQueue) => void): void {
+    if (!this.#gpu) return;
+    const queue = this.#gpu.device.queue;
+    queue.writeBuffer(this.promotionPlan, 0, this.#planWords, 0, 1 + 2 * copies);
+    also(queue);
+    this.tables.flush(this.#gpu);
   }
 
   /**
