@@ -1,5 +1,5 @@
-// The decode products with int8 input (x quantised per 16 values in workgroup memory, integer dot products;
-// `int8: true` in the decode tunings) against the CPU reference with the same quantised x
+// The decode products with int8 input (x quantised per 16 values in workgroup memory, or once per step by a
+// pass of its own with `sharedInt8`; integer dot products; `int8: true` in the decode tunings) against the CPU reference with the same quantised x
 // (int8InputReference): every weight type with int8 units, odd row counts, rows whose blocks start 2 bytes
 // into a word, weights split into parts, several tokens per workgroup, the fused gate/up + SwiGLU and QKV +
 // RoPE entries with mixed types, and a folded norm's producer. Cases with several outputs also check that
@@ -11,7 +11,7 @@ import { getGpu, type Gpu } from "../src/gpu/device.ts";
 import { createGateUpSwiGlu } from "../src/gpu/ops/fused.ts";
 import { createMatvec, type MatvecTuning } from "../src/gpu/ops/matmul.ts";
 import { INT8_UNIT_SECTIONS, int8InputReference, int8MatvecBlocker } from "../src/gpu/ops/matvec_units.ts";
-import { StepParams } from "../src/gpu/ops/op.ts";
+import { type GpuOp, StepParams } from "../src/gpu/ops/op.ts";
 import { compareLinear, products, randomWeight as randomQuantWeight } from "./gpu_quant_data.ts";
 import {
   gateUpCase,
@@ -27,6 +27,14 @@ import { checkQkvRope } from "./gpu_qkv_rope_check.ts";
 const TOL = 2e-5;
 const randomWeight = (gpu: Gpu, name: string, rows: number, cols: number, maxPartBytes?: number) =>
   randomQuantWeight(gpu, `w.${name}`, name, rows, cols, maxPartBytes);
+
+/** The dispatches `op` records. */
+function dispatchCount(op: GpuOp): number {
+  let n = 0;
+  const pass = { setPipeline() {}, setBindGroup() {}, dispatchWorkgroups: () => n++ };
+  op.encode(pass as unknown as GPUComputePassEncoder);
+  return n;
+}
 
 const CASES: Record<string, { rows: number; cols: number; m: number; parts?: number }[]> = {
   Q8_0: [{ rows: 1, cols: 32, m: 1 }, { rows: 7, cols: 96, m: 3 }, { rows: 37, cols: 256, m: 8, parts: 4 }],
@@ -59,6 +67,18 @@ Deno.test("gpu matvec int8: every type with int8 units matches the reference wit
       maxWorkgroups: 3,
       prefetchGroups: true,
     },
+    // x quantised once per step by a pass before the product (several token groups, several row groups per
+    // workgroup with loads a step ahead).
+    { int8: true, sharedInt8: true, tokensPerWorkgroup: 3, rowsPerWorkgroup: 3 },
+    {
+      int8: true,
+      sharedInt8: true,
+      workgroupSize: 32,
+      tokensPerWorkgroup: 2,
+      rowsPerWorkgroup: 2,
+      maxWorkgroups: 3,
+      prefetchGroups: true,
+    },
     // Sums per subgroup first (the GPU's subgroups of 32, else the emulation).
     {
       int8: true,
@@ -82,6 +102,8 @@ Deno.test("gpu matvec int8: every type with int8 units matches the reference wit
       for (const tuning of tunings) {
         const y = nans(gpu, "y", maxTokens * c.rows);
         const op = createMatvec(gpu, { label: name, weight, x: xBuf, y, maxTokens, step, tuning });
+        // A dispatch per part, after the quantisation pass with shared int8 input.
+        equal(dispatchCount(op), weight.parts.length + (tuning.sharedInt8 ? 1 : 0));
         const [got] = await runOps(gpu, [op], step, c.m, 0, [y]);
         const what = `${name} ${JSON.stringify(tuning)} rows=${c.rows} cols=${c.cols} m=${c.m}`;
         const bad = compareLinear(got, w, xq, c.m, c.rows, c.cols, TOL);
@@ -125,6 +147,10 @@ Deno.test("gpu matvec int8: types without int8 units keep the f32 products", asy
 });
 
 Deno.test("gpu matvec int8: a folded norm's producer adds int8 products onto the residual", async () => {
+  for (const sharedInt8 of [false, true]) await checkFoldedProducer(sharedInt8);
+});
+
+async function checkFoldedProducer(sharedInt8: boolean): Promise<void> {
   const gpu = await getGpu();
   const [rows, cols, m] = [37, 512, 3];
   const { weight, w } = randomWeight(gpu, "Q4_K", rows, cols);
@@ -144,7 +170,7 @@ Deno.test("gpu matvec int8: a folded norm's producer adds int8 products onto the
     y,
     maxTokens: m,
     step,
-    tuning: { int8: true, rowsPerWorkgroup: 4 },
+    tuning: { int8: true, rowsPerWorkgroup: 4, sharedInt8 },
     fold: { weight: gammaBuf, out, sums },
   });
   const [gotY, gotOut] = await runOps(gpu, [op], step, m, 0, [y, out]);
@@ -156,7 +182,7 @@ Deno.test("gpu matvec int8: a folded norm's producer adds int8 products onto the
     const r = i % rows;
     ok(Math.abs(gotOut[i] - want * gamma[r]) <= bound * Math.abs(gamma[r]) + 1e-30, `norm out[${i}]`);
   }
-});
+}
 
 Deno.test("gpu matvec int8: fused gate/up + SwiGLU and QKV + RoPE with mixed types", async () => {
   const gpu = await getGpu();
@@ -181,6 +207,8 @@ Deno.test("gpu matvec int8: fused gate/up + SwiGLU and QKV + RoPE with mixed typ
         rowsPerWorkgroup: 3,
         maxWorkgroups: 2,
         prefetchGroups: type !== "Q8_0",
+        // x quantised by a pass of its own for two of the three types.
+        sharedInt8: type !== "Q6_K",
       },
     });
     const [got] = await runOps(gpu, [op], step, m, 0, [out]);
@@ -208,6 +236,21 @@ Deno.test("gpu matvec int8: fused gate/up + SwiGLU and QKV + RoPE with mixed typ
       pos0: 41,
     },
     { int8: true, tokensPerWorkgroup: 2, rowsPerWorkgroup: 4, maxWorkgroups: 3 },
+    TOL,
+  );
+  await checkQkvRope(
+    gpu,
+    {
+      types: ["Q4_K", "Q8_0", "Q6_K"],
+      cols: 256,
+      headDim: 8,
+      ropeDim: 8,
+      qHeads: 2,
+      kvHeads: 1,
+      m: 3,
+      pos0: 7,
+    },
+    { int8: true, sharedInt8: true, tokensPerWorkgroup: 2, rowsPerWorkgroup: 2 },
     TOL,
   );
 });

@@ -2,6 +2,7 @@ import { ok } from "node:assert/strict";
 import { type GGUFFile, openGGUF } from "../src/gguf/reader.ts";
 import { getGpu } from "../src/gpu/device.ts";
 import { GpuModel } from "../src/model/gpu_model.ts";
+import type { MatvecTuning } from "../src/gpu/ops/matmul.ts";
 import { hparamsFromGGUF, type LlamaHParams } from "../src/model/hparams.ts";
 import { ReferenceModel } from "../src/model/reference.ts";
 import { writeSyntheticModel } from "../src/model/synth.ts";
@@ -117,41 +118,57 @@ Deno.test("gpu model: int8 decode products stay near the CPU reference, token af
   });
 });
 
-Deno.test("gpu model: decode products capped to a few workgroups give the logits of one workgroup per row group", async (t) => {
+/**
+ * Loads each tiny quantised model twice with int8 input in every decode role, once as it is and once with
+ * `variant` added to every role's tuning, and checks that decode steps and a greedy chain come out the same
+ * to the bit (the same sums in the same order).
+ */
+async function checkDecodeVariant(t: Deno.TestContext, variant: MatvecTuning): Promise<void> {
   const gpu = await getGpu();
   await forTinyQuantisedModels(t, async (type, file, hp) => {
-    // Every role with int8 input; the capped model's workgroups take several row groups each (folded
-    // norms' partial sums, RoPE and the KV store included).
     const roles = ["attn_qkv", "attn_output", "ffn_gate_up", "ffn_down", "output"] as const;
-    const load = (maxWorkgroups?: number) =>
+    const load = (extra: MatvecTuning) =>
       GpuModel.load(gpu, file, hp, {
         contextLength: 64,
         maxBatch: 8,
         int8Prefill: false,
         int8Decode: true,
-        matvecTuning: Object.fromEntries(roles.map((role) => [role, { int8: true, maxWorkgroups }])),
+        matvecTuning: Object.fromEntries(roles.map((role) => [role, { int8: true, ...extra }])),
       });
-    const wide = await load(), capped = await load(3);
+    const base = await load({}), other = await load(variant);
     try {
       const prompt = Array.from({ length: 9 }, () => Math.floor(Math.random() * hp.nVocab));
-      await wide.forward(prompt, 0, "logits");
-      await capped.forward(prompt, 0, "logits");
+      await base.forward(prompt, 0, "logits");
+      await other.forward(prompt, 0, "logits");
       for (let i = 0; i < 4; i++) {
         const token = Math.floor(Math.random() * hp.nVocab);
         const pos = prompt.length + i;
-        const want = await wide.forward([token], pos, "logits");
-        const got = await capped.forward([token], pos, "logits");
-        // The same sums in the same order: equal to the bit.
-        ok(got.every((v, j) => Object.is(v, want[j])), `${type} step ${i}: capped logits differ`);
+        const want = await base.forward([token], pos, "logits");
+        const got = await other.forward([token], pos, "logits");
+        ok(
+          got.every((v, j) => Object.is(v, want[j])),
+          `${type} step ${i}: ${JSON.stringify(variant)} logits differ`,
+        );
       }
       const first = Math.floor(Math.random() * hp.nVocab);
       const at = prompt.length + 4;
-      const chainWide = await wide.decodeGreedy(first, at, 5);
-      const chainCapped = await capped.decodeGreedy(first, at, 5);
-      ok(chainWide.join() === chainCapped.join(), `${type}: greedy ${chainCapped} against ${chainWide}`);
+      const chainBase = await base.decodeGreedy(first, at, 5);
+      const chainOther = await other.decodeGreedy(first, at, 5);
+      ok(chainBase.join() === chainOther.join(), `${type}: greedy ${chainOther} against ${chainBase}`);
     } finally {
-      wide.destroy();
-      capped.destroy();
+      base.destroy();
+      other.destroy();
     }
   });
+}
+
+Deno.test("gpu model: decode products capped to a few workgroups give the logits of one workgroup per row group", async (t) => {
+  // The capped model's workgroups take several row groups each (folded norms' partial sums, RoPE and the KV
+  // store included).
+  await checkDecodeVariant(t, { maxWorkgroups: 3 });
+});
+
+Deno.test("gpu model: int8 input quantised once per step (sharedInt8) gives the logits of each workgroup's own", async (t) => {
+  // Every role's input quantised by a pass of its own (folded norms' consumers and producers included).
+  await checkDecodeVariant(t, { sharedInt8: true });
 });

@@ -95,11 +95,18 @@ Deno.test(`wgsl (naga ${nagaVersion}): decode attention with subgroup shuffles c
 });
 
 Deno.test(`wgsl (naga ${nagaVersion}): the decode products with subgroup sums compile`, () => {
-  for (const [type, int8] of [["Q4_K", 1], ["F16", 0], ["Q6_K", 1]] as const) {
+  for (
+    const [type, int8, x8] of [
+      ["Q4_K", 1, "matvec_x_int8_staged"],
+      ["F16", 0, "matvec_x_int8_staged"],
+      ["Q6_K", 1, "matvec_x_int8_shared"],
+    ] as const
+  ) {
     const weight = { info: { name: type }, cols: 2048, rowBytes: 1152 } as unknown as GpuWeight;
     const code = prepared(includeShaders(loadShader("matvec_fast")), {
       ...subblockDefines(weight),
       PARTIALS: loadShader("matvec_partials"),
+      X_INT8: loadShader(x8),
     }, {
       cols: 2048,
       wg_size: 64,
@@ -112,7 +119,7 @@ Deno.test(`wgsl (naga ${nagaVersion}): the decode products with subgroup sums co
       norm_mode: 2,
     });
     const error = compileError(code);
-    ok(error === undefined, `matvec_fast ${type}:\n${error}`);
+    ok(error === undefined, `matvec_fast ${type} (${x8}):\n${error}`);
   }
 });
 

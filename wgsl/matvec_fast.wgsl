@@ -38,13 +38,13 @@
 //            the units, is then wgsl/qkv_kv_store.wgsl (see src/gpu/ops/qkv_kv_store.ts), which declares
 //            them and defines kv_locate and kv_store; otherwise it is a stub of the two without bindings.
 //
-// Int8 input (x_int8 = 1, for weight types with INT8 unit sections): every workgroup first quantises its
-// tokens' x rows per 16 values into workgroup memory (stage_int8, for its first row group), then the units
-// take their products four at a time with dot4I8Packed (wgsl/matvec_units.wgsl). Every workgroup quantises
-// the whole row itself, after issuing its first step's weight loads (see accumulate): on an H100, with the
-// quantisation before those loads and a workgroup per row group, that paid for rows of 2048 values and cost
-// more than the integer products save for rows of 4096 and more (INT8_DECODE_MAX_COLS in
-// src/model/gpu_model.ts).
+// Int8 input (x_int8 = 1, for weight types with INT8 unit sections): x quantised per 16 values, by every
+// workgroup into its workgroup memory for its tokens (stage_int8 of wgsl/matvec_x_int8_staged.wgsl, after
+// its first step's weight loads are issued), or once per step by a pass before the product into two
+// buffers (wgsl/matvec_x_int8_shared.wgsl); the units then take their products four at a time with
+// dot4I8Packed (wgsl/matvec_units.wgsl). On an H100 a workgroup's own quantisation paid for rows of 2048
+// values and cost more than the integer products save for rows of 4096 and more, where the shared pass
+// pays (INT8_STAGED_MAX_COLS in src/model/gpu_model_options.ts).
 //
 // RMSNorm folded into the neighbouring products (norm_mode): a producer (`main`, 1) adds its products to
 // the residual stream y in place and writes both y · γ and each workgroup's Σ y² of its rows; the next
@@ -141,10 +141,11 @@ const MAX_UNITS_PER_STEP = 4u;
 @group(0) @binding(12) var<storage, read_write> norm_x: array<f32>;
 @group(0) @binding(13) var<storage, read_write> norm_sums: array<f32>;
 
-// Int8 input (x_int8 = 1): the workgroup's tokens' x rows as int8 blocks of 16 values and their (d, d · Σq)
-// (see stage_int8); a single element each otherwise.
-var<workgroup> x_blocks: array<vec4u, max(1u, x_int8 * tokens_per_wg * (cols / 16u))>;
-var<workgroup> x_scales: array<vec2f, max(1u, x_int8 * tokens_per_wg * (cols / 16u))>;
+// Int8 input (x_int8 = 1): x_blocks and x_scales, x's rows as int8 blocks of 16 values and their
+// (d, d · Σq), stage_int8 and x_block_row, from the text define X_INT8: the workgroup's own copy of its
+// tokens' rows in workgroup memory (wgsl/matvec_x_int8_staged.wgsl), or the step's rows quantised once by a
+// pass before the product (wgsl/matvec_x_int8_shared.wgsl, bindings 28 and 29).
+{{X_INT8}}
 
 {{UNITS_A}}
 {{UNITS_B}}
@@ -224,33 +225,6 @@ fn reduce(tid: u32, n: u32) {
     var total = 0.0;
     for (var l = 0u; l < reduce_lanes; l++) { total += partial[l * n + p]; }
     partial[p] = total;
-  }
-  workgroupBarrier();
-}
-
-// Int8 input: quantises x of tokens t0 .. t0 + nt − 1 into x_blocks / x_scales, block i of local token t at
-// t · cols / 16 + i: q = round(x / d) with d = max |x| / 127 over the block (all zero for a zero block).
-// A thread takes blocks tid, tid + wg_size, … one at a time (on an H100, loading four blocks per round
-// before quantising them ran slower). Every thread of the workgroup must call it (it ends with a barrier).
-fn stage_int8(t0: u32, nt: u32, tid: u32) {
-  let blocks = cols / 16u;
-  for (var i = tid; i < nt * blocks; i += wg_size) {
-    let at = t0 * (cols / 4u) + 4u * i; // token rows are whole blocks
-    let v = array<vec4f, 4>(x[at], x[at + 1u], x[at + 2u], x[at + 3u]);
-    let a = max(max(abs(v[0]), abs(v[1])), max(abs(v[2]), abs(v[3])));
-    let amax = max(max(a.x, a.y), max(a.z, a.w));
-    let inv = select(0.0, 127.0 / amax, amax > 0.0);
-    var words: vec4u;
-    var sum = vec4i(0);
-    // @unroll
-    for (var k = 0u; k < 4u; k++) {
-      let q = clamp(vec4i(round(v[k] * inv)), vec4i(-127), vec4i(127));
-      sum += q;
-      words[k] = pack4xI8(q);
-    }
-    x_blocks[i] = words;
-    let d = amax / 127.0;
-    x_scales[i] = vec2f(d, d * f32(sum.x + sum.y + sum.z + sum.w));
   }
   workgroupBarrier();
 }
@@ -349,8 +323,8 @@ fn swiglu_step(
         if (t < nt && x_int8 == 1u) {
           // @unroll
           for (var r = 0u; r < rows_per_wg; r++) {
-            (*acc_gate)[r * MAX_TOKENS + t] += unit_dot_int8_a(raw_gate[k * MAX_ROWS + r], u, t * (cols / 16u));
-            (*acc_up)[r * MAX_TOKENS + t] += unit_dot_int8_b(raw_up[k * MAX_ROWS + r], u, t * (cols / 16u));
+            (*acc_gate)[r * MAX_TOKENS + t] += unit_dot_int8_a(raw_gate[k * MAX_ROWS + r], u, x_block_row(t0, t));
+            (*acc_up)[r * MAX_TOKENS + t] += unit_dot_int8_b(raw_up[k * MAX_ROWS + r], u, x_block_row(t0, t));
           }
         } else if (t < nt) {
           let xs = unit_x_a((t0 + t) * (cols / 4u), u);

@@ -239,7 +239,7 @@ fn step_products(
           if (x_int8 == 1u) {
             // @unroll
             for (var r = 0u; r < rows_per_wg; r++) {
-              (*acc)[r * MAX_TOKENS + t] += unit_dot_int8(raw[k * MAX_ROWS + r], u, t * (cols / 16u));
+              (*acc)[r * MAX_TOKENS + t] += unit_dot_int8(raw[k * MAX_ROWS + r], u, x_block_row(t0, t));
             }
           } else {
             let xs = unit_x((t0 + t) * (cols / 4u), u);

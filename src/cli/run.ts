@@ -52,8 +52,7 @@ export const MODEL_FLAGS: Record<string, FlagSpec> = {
   },
   "f32-decode": {
     type: "boolean",
-    help:
-      "decode quantised weights in f32 (default on a GPU: 8-bit integer dot products for rows up to 2048)",
+    help: "decode quantised weights in f32 (default on a GPU: 8-bit integer dot products, like llama.cpp)",
   },
   "f32-prefill": {
     type: "boolean",

@@ -40,6 +40,8 @@ export const SHADER_NAMES: readonly string[] = [
   "matvec_partials_emulated",
   "matvec_partials_plain",
   "matvec_units",
+  "matvec_x_int8_shared",
+  "matvec_x_int8_staged",
   "prefill_staging_f16",
   "prefill_staging_f32",
   "qkv_kv_store",

@@ -126,8 +126,8 @@ import {
   defaultPrefillHalfStaging,
   defaultPrefillSplits,
   type GpuModelOptions,
-  INT8_DECODE_MAX_COLS,
   INT8_DECODE_MAX_WORKGROUPS,
+  INT8_STAGED_MAX_COLS,
   type MatvecRole,
   type SampleStart,
 } from "./gpu_model_options.ts";
@@ -508,9 +508,15 @@ export class GpuModel {
     const one = new StepParams(gpu, 1, "one token");
     owned.push(step.buffer, one.buffer);
     const invFreq = ropeInverseFrequencies(hp.ropeDim, hp.ropeBase, ropeFreqs, hp.ropeScaling);
-    // Int8 decode products (options.int8Decode) for rows of up to INT8_DECODE_MAX_COLS values.
+    // Int8 decode products (options.int8Decode): the input quantised by each workgroup for rows of up to
+    // INT8_STAGED_MAX_COLS values, by a pass of its own for longer ones.
     const int8Decode = options.int8Decode ?? !gpu.isFallback;
-    const int8DecodeFor = (cols: number) => int8Decode && cols <= INT8_DECODE_MAX_COLS;
+    const int8Tuning = (cols: number): MatvecTuning =>
+      !int8Decode
+        ? { int8: false }
+        : cols <= INT8_STAGED_MAX_COLS
+        ? { int8: true, maxWorkgroups: INT8_DECODE_MAX_WORKGROUPS }
+        : { int8: true, sharedInt8: true };
 
     // The body of a step, for a batch size (decode: 1 token, matvec + split-K attention).
     // One step's ops. `outputNorm`, when set: the last layer's ffn_down left xn = x · output_norm without
@@ -530,8 +536,7 @@ export class GpuModel {
         decode && fullKv !== undefined && (options.fuseKvAppend ?? true) && canFuseQkv(w.wq, w.wk, w.wv) &&
         qkvKvAppendBlocker(gpu.limits, fullKv, w.wk, w.wv) === undefined;
       const tuning = (role: MatvecRole, cols: number): MatvecTuning => ({
-        int8: int8DecodeFor(cols),
-        ...(int8DecodeFor(cols) ? { maxWorkgroups: INT8_DECODE_MAX_WORKGROUPS } : {}),
+        ...int8Tuning(cols),
         ...(options.decodeSubgroupReduce ? { subgroupReduce: options.decodeSubgroupReduce } : {}),
         ...options.matvecTuning?.[role],
       });
@@ -953,7 +958,7 @@ export class GpuModel {
         y: act.logits,
         maxTokens: 1,
         step: one,
-        tuning: { int8: int8DecodeFor(output.cols), ...options.matvecTuning?.output },
+        tuning: { ...int8Tuning(output.cols), ...options.matvecTuning?.output },
       });
     const optional = (op?: GpuOp): GpuOp[] => op ? [op] : [];
     const outputOp = outputProduct(act.last);

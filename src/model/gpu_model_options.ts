@@ -132,13 +132,14 @@ export interface GpuModelOptions {
    */
   int8Prefill?: boolean;
   /**
-   * Decode: matrix-vector products of quantised weights (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K) with rows of up to
-   * {@link INT8_DECODE_MAX_COLS} values through 8-bit integer dot products, each workgroup quantising its
-   * input per 16 values in workgroup memory (`MatvecTuning.int8`); other types and longer rows keep the f32 kernels.
-   * Changes the decode's results by the activations' rounding, as llama.cpp's quantised matrix-vector
-   * products do. Default true on a GPU, false on a software adapter (lavapipe). A role's
-   * `matvecTuning.int8` overrides it. Such products launch at most {@link INT8_DECODE_MAX_WORKGROUPS}
-   * workgroups by default, each quantising its input once for several row groups.
+   * Decode: matrix-vector products of quantised weights (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K) through 8-bit integer
+   * dot products (`MatvecTuning.int8`), the input quantised per 16 values: by each workgroup in its workgroup
+   * memory for rows of up to {@link INT8_STAGED_MAX_COLS} values, by a pass of its own once per step for
+   * longer rows (`MatvecTuning.sharedInt8`); other types keep the f32 kernels. Changes the decode's results
+   * by the activations' rounding, as llama.cpp's quantised matrix-vector products do. Default true on a GPU,
+   * false on a software adapter (lavapipe). A role's `matvecTuning` fields override it. Products whose
+   * workgroups quantise their own input launch at most {@link INT8_DECODE_MAX_WORKGROUPS} workgroups by
+   * default, each quantising it once for several row groups.
    */
   int8Decode?: boolean;
   /**
@@ -241,16 +242,18 @@ export interface GpuModelOptions {
 export type DecodeRepeatSource = "same-layer" | "far-layer";
 
 /**
- * Longest rows whose decode products take int8 input by default (`GpuModelOptions.int8Decode`). On an H100
- * the int8 products ran faster for the Llama-1B shapes' rows of 2048 values (1B Q4_K_M decode with this
- * limit 774 against 705 tok/s in f32 at depth 0, 652 against 569 at 4096, 489 against 441 at 32768;
- * bench/results/h100-1b-int8-decode-2048.json) and slower for rows of 4096 and more, where each workgroup's
- * quantisation of its input costs more than the integer products save (8B Q4_K_M 191 against 226 tok/s
- * with int8 everywhere, 211 with int8 everywhere but ffn_down; 1B ffn_down, 8192 values, 23 against 19 µs).
- * Quantising after the first weight loads are issued narrowed that but did not close it (8B 202.7 against
- * 218.4 tok/s, h100-8b-int8-overlap.json against h100-8b-table.json).
+ * Longest rows whose decode products quantise their int8 input in each workgroup (`GpuModelOptions.int8Decode`);
+ * longer rows take it from a pass of its own that quantises the step's input once (`MatvecTuning.sharedInt8`).
+ * On an H100 the workgroups' own quantisation paid for the Llama-1B shapes' rows of 2048 values (1B Q4_K_M
+ * decode 774 against 705 tok/s in f32 at depth 0, 652 against 569 at 4096, 489 against 441 at 32768;
+ * bench/results/h100-1b-int8-decode-2048.json; with the shared pass for QKV and gate/up 895 against 926) and
+ * cost more than the integer products save for rows of 4096 and more (8B Q4_K_M 191 against 226 tok/s with
+ * int8 everywhere, 202.7 against 218.4 with the quantisation after the first weight loads). The shared pass
+ * turned that round: 8B Q4_K_M 275.7 / 239.2 tok/s at depth 0 / 4096 with it in every role against 237.0 /
+ * 210.8 in f32, and `bench:matvec` timed the 8B gate/up at 36.1 against 44.9 µs (47.3 staged), QKV 13.0
+ * against 15.0, `ffn_down` 22.6 against 27.0 (bench/results/h100-int8-shared-decode.json).
  */
-export const INT8_DECODE_MAX_COLS = 2048;
+export const INT8_STAGED_MAX_COLS = 2048;
 
 /**
  * Most workgroups a decode product with int8 input launches by default (`MatvecTuning.maxWorkgroups`): a

@@ -44,6 +44,7 @@ import {
   type StepParams,
 } from "./op.ts";
 import { ropeTurnTable } from "./rope.ts";
+import { type Int8InputParts, int8InputParts } from "./int8_input.ts";
 import { type QkvKvAppend, qkvKvAppendBlocker, qkvKvStoreParts } from "./qkv_kv_store.ts";
 import {
   checkMatvecTuningKeys,
@@ -76,6 +77,8 @@ export interface FusedMatvecTuning {
    * where every weight's type allows it and the workgroup memory holds it; f32 otherwise (the default).
    */
   int8?: boolean;
+  /** With int8 input: x quantised once per step by a pass of its own, as `MatvecTuning.sharedInt8`. */
+  sharedInt8?: boolean;
   /** Most workgroups launched per token group, as `MatvecTuning.maxWorkgroups` (default: one per row group). */
   maxWorkgroups?: number;
   /** Each workgroup's sums added per subgroup first, as `MatvecTuning.subgroupReduce` (default false). */
@@ -236,6 +239,7 @@ export function createGateUpSwiGlu(gpu: Gpu, options: GateUpSwiGluOptions): GpuO
   });
   const norm = normInputParts(gpu, label, maxTokens, options.norm);
   const partials = subgroupReduceParts(gpu, label, options.tuning?.subgroupReduce, shape.workgroupSize);
+  const int8Input = sharedInt8Parts(gpu, label, shape.int8, options.tuning, x, gate.cols, maxTokens, step);
   const kernel = gpu.kernel(
     "matvec_fast",
     {
@@ -254,7 +258,7 @@ export function createGateUpSwiGlu(gpu: Gpu, options: GateUpSwiGluOptions): GpuO
       x_int8: shape.int8 ? 1 : 0,
       prefetch_groups: options.tuning?.prefetchGroups ? 1 : 0,
     },
-    { ...subblockDefines(gate, up), ...partials.defines },
+    { ...subblockDefines(gate, up), ...partials.defines, X_INT8: int8Input.define },
     "swiglu",
   );
   const group = bindNumbered(gpu, kernel, [
@@ -264,6 +268,7 @@ export function createGateUpSwiGlu(gpu: Gpu, options: GateUpSwiGluOptions): GpuO
     [4, out],
     [7, step.buffer],
     [13, norm.sums],
+    ...int8Input.entries,
   ]);
   const groups = launchedGroups(
     label,
@@ -271,7 +276,7 @@ export function createGateUpSwiGlu(gpu: Gpu, options: GateUpSwiGluOptions): GpuO
     options.tuning?.maxWorkgroups,
   );
   const grid = grid2d(gpu, label, groups, shape.tokenGroups);
-  return new FusedOp(label, kernel, group, grid);
+  return new FusedOp(label, kernel, group, grid, int8Input.pass);
 }
 
 /** Options of {@link createGateUpSwiGluMatmul}: those of {@link createGateUpSwiGlu}, with the prefill tuning. */
@@ -402,6 +407,7 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
   const norm = normInputParts(gpu, label, maxTokens, options.norm);
   const kvStore = qkvKvStoreParts(gpu, label, append);
   const partials = subgroupReduceParts(gpu, label, options.tuning?.subgroupReduce, shape.workgroupSize);
+  const int8Input = sharedInt8Parts(gpu, label, shape.int8, options.tuning, x, wq.cols, maxTokens, step);
   const kernel = gpu.kernel(
     "matvec_fast",
     {
@@ -426,7 +432,12 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
       units_per_step: shape.unitsPerStep,
       x_int8: shape.int8 ? 1 : 0,
     },
-    { ...subblockDefines(wq, wk, wv), KV_STORE: kvStore.source, ...partials.defines },
+    {
+      ...subblockDefines(wq, wk, wv),
+      KV_STORE: kvStore.source,
+      ...partials.defines,
+      X_INT8: int8Input.define,
+    },
     "qkv",
   );
   const group = bindNumbered(gpu, kernel, [
@@ -442,6 +453,7 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
     [10, options.kPre ?? gpu.buffer(`${label}.no_k_pre`, 4)],
     [13, norm.sums],
     ...kvStore.entries,
+    ...int8Input.entries,
   ]);
   const per = shape.rowsPerWorkgroup;
   const groups = launchedGroups(
@@ -449,7 +461,7 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
     ceilDiv(wq.rows, per) + ceilDiv(wk.rows, per) + ceilDiv(wv.rows, per),
     options.tuning?.maxWorkgroups,
   );
-  return new FusedOp(label, kernel, group, grid2d(gpu, label, groups, shape.tokenGroups));
+  return new FusedOp(label, kernel, group, grid2d(gpu, label, groups, shape.tokenGroups), int8Input.pass);
 }
 
 /**
@@ -473,20 +485,44 @@ export function suffixedWeightSource(source: string, suffix: string): string {
   return source.replace(pattern, (name) => `${name}_${suffix}`);
 }
 
+/** The int8 input parts of a fused product: shared where its tuning asks and it takes int8 input at all. */
+function sharedInt8Parts(
+  gpu: Gpu,
+  label: string,
+  int8: boolean,
+  tuning: FusedMatvecTuning | undefined,
+  x: BufferSlice,
+  cols: number,
+  maxTokens: number,
+  step: StepParams,
+): Int8InputParts {
+  return int8InputParts(gpu, label, int8 && (tuning?.sharedInt8 ?? false), x, cols, maxTokens, step);
+}
+
 class FusedOp implements GpuOp {
   readonly label: string;
   readonly #kernel: Kernel;
   readonly #group: GPUBindGroup;
   readonly #grid: [number, number, number];
+  readonly #before?: GpuOp;
 
-  constructor(label: string, kernel: Kernel, group: GPUBindGroup, grid: [number, number, number]) {
+  /** One dispatch of `kernel` over `grid`, after `before` (a pass preparing its input). */
+  constructor(
+    label: string,
+    kernel: Kernel,
+    group: GPUBindGroup,
+    grid: [number, number, number],
+    before?: GpuOp,
+  ) {
     this.label = label;
     this.#kernel = kernel;
     this.#group = group;
     this.#grid = grid;
+    this.#before = before;
   }
 
   encode(pass: GPUComputePassEncoder): void {
+    this.#before?.encode(pass);
     pass.setPipeline(this.#kernel.pipeline);
     pass.setBindGroup(0, this.#group);
     pass.dispatchWorkgroups(...this.#grid);

@@ -14,6 +14,7 @@ import type { GpuWeight } from "../weights.ts";
 import { suffixedDequantSource } from "./fused.ts";
 import { EMULATED_COOP_MATRIX } from "../coop_probe.ts";
 import { loadShader } from "../shader.ts";
+import { int8InputParts } from "./int8_input.ts";
 import {
   checkMatvecTuningKeys,
   checkMatvecWeights,
@@ -82,6 +83,12 @@ export interface MatvecTuning {
    * holds it; f32 otherwise (the default).
    */
   int8?: boolean;
+  /**
+   * With int8 input: x quantised once per step by a pass of its own before the product, into buffers every
+   * workgroup reads, instead of by each workgroup into its workgroup memory (default false; see
+   * `./int8_input.ts`). The same blocks either way; one more dispatch.
+   */
+  sharedInt8?: boolean;
   /**
    * Most workgroups launched per token group (default: one per row group). Fewer workgroups each take
    * several row groups in turn (w, w + W, …): with int8 input they quantise x once for all of them, and the
@@ -154,13 +161,15 @@ export class LinearOp implements MatvecOp {
   readonly normPartials: number;
   readonly #kernel: Kernel;
   readonly #parts: PartDispatch[];
+  readonly #before?: GpuOp;
 
-  /** An op running `kernel` once per entry of `parts`. */
-  constructor(label: string, kernel: Kernel, parts: PartDispatch[], normPartials = 0) {
+  /** An op running `kernel` once per entry of `parts`, after `before` (a pass preparing its input). */
+  constructor(label: string, kernel: Kernel, parts: PartDispatch[], normPartials = 0, before?: GpuOp) {
     this.label = label;
     this.normPartials = normPartials;
     this.#kernel = kernel;
     this.#parts = parts;
+    this.#before = before;
   }
 
   /** The grid's z of the next dispatches (the parts' own; {@link SplitKMatmulOp} picks it per step). */
@@ -170,6 +179,7 @@ export class LinearOp implements MatvecOp {
 
   /** Records the op's dispatches. */
   encode(pass: GPUComputePassEncoder): void {
+    this.#before?.encode(pass);
     pass.setPipeline(this.#kernel.pipeline);
     for (const part of this.#parts) {
       pass.setBindGroup(0, part.group);
@@ -229,6 +239,15 @@ export function createMatvec(gpu: Gpu, options: MatvecOptions): MatvecOp {
     );
   }
   const int8 = int8InputFits(gpu, t.int8 ?? false, [weight], tokensPerWorkgroup, reductionBytes);
+  const int8Input = int8InputParts(
+    gpu,
+    op,
+    int8 && (t.sharedInt8 ?? false),
+    options.x,
+    weight.cols,
+    maxTokens,
+    options.step,
+  );
   const fold = options.fold;
   const normPartials = fold ? ceilDiv(weight.rows, rowsPerWorkgroup) : 0;
   if (fold) {
@@ -263,7 +282,7 @@ export function createMatvec(gpu: Gpu, options: MatvecOptions): MatvecOp {
       prefetch_groups: t.prefetchGroups ? 1 : 0,
       ...partials.constants,
     },
-    { ...subblockDefines(weight), ...partials.defines },
+    { ...subblockDefines(weight), ...partials.defines, X_INT8: int8Input.define },
   );
   // Unused bindings get tiny placeholders (distinct: writable bindings must not alias).
   const unused = (name: string) => gpu.buffer(`${op}.${name}`, 4);
@@ -278,10 +297,11 @@ export function createMatvec(gpu: Gpu, options: MatvecOptions): MatvecOp {
       [11, fold?.weight ?? unused("no_norm_weight")],
       [12, fold?.out ?? unused("no_norm_out")],
       [13, fold?.sums ?? unused("no_norm_sums")],
+      ...int8Input.entries,
     ]);
     return { group, workgroups: workgroups(part.rows) };
   });
-  return new LinearOp(op, kernel, parts, normPartials);
+  return new LinearOp(op, kernel, parts, normPartials, int8Input.pass);
 }
 
 /** Tuning knobs of the prefill kernels (WGSL override constants of `wgsl/matmul.wgsl`, every entry). */

@@ -164,6 +164,7 @@ export const MATVEC_TUNING_KEYS: readonly string[] = [
   "tokensPerWorkgroup",
   "unitsPerStep",
   "int8",
+  "sharedInt8",
   "maxWorkgroups",
   "subgroupReduce",
   "prefetchGroups",
@@ -295,7 +296,10 @@ export function unitsSource(section: string, suffix: string): string {
  * {@link UnsupportedError} for a weight the kernels cannot read ({@link matvecBlocker}).
  */
 export function subblockDefines(a: GpuWeight, b: GpuWeight = a, c: GpuWeight = a): Record<string, string> {
-  const defines: Record<string, string> = { KV_STORE: NO_KV_STORE };
+  const defines: Record<string, string> = {
+    KV_STORE: NO_KV_STORE,
+    X_INT8: loadShader("matvec_x_int8_staged"),
+  };
   for (const [suffix, weight] of [["a", a], ["b", b], ["c", c]] as const) {
     const section = unitSection(weight);
     defines[`WORD_${suffix.toUpperCase()}`] = UNIT_SECTION_WORDS[section];
