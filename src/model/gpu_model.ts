@@ -130,6 +130,7 @@ import {
   INT8_STAGED_MAX_COLS,
   type MatvecRole,
   type SampleStart,
+  SHARED_INT8_MIN_ROWS,
 } from "./gpu_model_options.ts";
 import { kvCacheLayout } from "./kv_layout.ts";
 
@@ -509,14 +510,17 @@ export class GpuModel {
     owned.push(step.buffer, one.buffer);
     const invFreq = ropeInverseFrequencies(hp.ropeDim, hp.ropeBase, ropeFreqs, hp.ropeScaling);
     // Int8 decode products (options.int8Decode): the input quantised by each workgroup for rows of up to
-    // INT8_STAGED_MAX_COLS values, by a pass of its own for longer ones.
+    // INT8_STAGED_MAX_COLS values; for longer rows by a pass of its own in the layers' products of
+    // SHARED_INT8_MIN_ROWS output rows or more (what was measured), f32 otherwise.
     const int8Decode = options.int8Decode ?? !gpu.isFallback;
-    const int8Tuning = (cols: number): MatvecTuning =>
+    const int8Tuning = (role: MatvecRole, cols: number, rows: number): MatvecTuning =>
       !int8Decode
         ? { int8: false }
         : cols <= INT8_STAGED_MAX_COLS
         ? { int8: true, maxWorkgroups: INT8_DECODE_MAX_WORKGROUPS }
-        : { int8: true, sharedInt8: true };
+        : role !== "output" && rows >= SHARED_INT8_MIN_ROWS
+        ? { int8: true, sharedInt8: true }
+        : { int8: false };
 
     // The body of a step, for a batch size (decode: 1 token, matvec + split-K attention).
     // One step's ops. `outputNorm`, when set: the last layer's ffn_down left xn = x · output_norm without
@@ -535,8 +539,8 @@ export class GpuModel {
       const appendInQkv = (w: LayerWeights) =>
         decode && fullKv !== undefined && (options.fuseKvAppend ?? true) && canFuseQkv(w.wq, w.wk, w.wv) &&
         qkvKvAppendBlocker(gpu.limits, fullKv, w.wk, w.wv) === undefined;
-      const tuning = (role: MatvecRole, cols: number): MatvecTuning => ({
-        ...int8Tuning(cols),
+      const tuning = (role: MatvecRole, cols: number, rows: number): MatvecTuning => ({
+        ...int8Tuning(role, cols, rows),
         ...(options.decodeSubgroupReduce ? { subgroupReduce: options.decodeSubgroupReduce } : {}),
         ...options.matvecTuning?.[role],
       });
@@ -584,7 +588,7 @@ export class GpuModel {
             y,
             maxTokens,
             step,
-            tuning: tuning(role, weight.cols),
+            tuning: tuning(role, weight.cols, weight.rows),
           });
         }
         if (int8(weight)) {
@@ -630,7 +634,7 @@ export class GpuModel {
           y: act.x,
           maxTokens,
           step,
-          tuning: tuning(role, weight.cols),
+          tuning: tuning(role, weight.cols, weight.rows),
           fold: { weight: normWeight, out: act.xn, sums: act.normSums },
         });
         ops.push(producer);
@@ -714,7 +718,7 @@ export class GpuModel {
               : fusedAppend && fullKv
               ? { kv: fullKv, layer: l }
               : undefined,
-            tuning: tuning("attn_qkv", w.wq.cols),
+            tuning: tuning("attn_qkv", w.wq.cols, w.wq.rows + w.wk.rows + w.wv.rows),
           }));
         } else {
           // The three products in one dispatch where possible (K and V alone would underfill the GPU).
@@ -884,7 +888,7 @@ export class GpuModel {
                 maxTokens,
                 step,
                 norm: gateUpNorm,
-                tuning: tuning("ffn_gate_up", w.wGate.cols),
+                tuning: tuning("ffn_gate_up", w.wGate.cols, 2 * w.wGate.rows),
               })
               : createGateUpSwiGluMatmul(gpu, {
                 label: `${p}ffn_gate_up`,
@@ -958,7 +962,7 @@ export class GpuModel {
         y: act.logits,
         maxTokens: 1,
         step: one,
-        tuning: { ...int8Tuning(output.cols), ...options.matvecTuning?.output },
+        tuning: { ...int8Tuning("output", output.cols, output.rows), ...options.matvecTuning?.output },
       });
     const optional = (op?: GpuOp): GpuOp[] => op ? [op] : [];
     const outputOp = outputProduct(act.last);

@@ -135,7 +135,8 @@ export interface GpuModelOptions {
    * Decode: matrix-vector products of quantised weights (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K) through 8-bit integer
    * dot products (`MatvecTuning.int8`), the input quantised per 16 values: by each workgroup in its workgroup
    * memory for rows of up to {@link INT8_STAGED_MAX_COLS} values, by a pass of its own once per step for
-   * longer rows (`MatvecTuning.sharedInt8`); other types keep the f32 kernels. Changes the decode's results
+   * longer rows in the layers' products of {@link SHARED_INT8_MIN_ROWS} rows or more
+   * (`MatvecTuning.sharedInt8`); other types and products keep the f32 kernels. Changes the decode's results
    * by the activations' rounding, as llama.cpp's quantised matrix-vector products do. Default true on a GPU,
    * false on a software adapter (lavapipe). A role's `matvecTuning` fields override it. Products whose
    * workgroups quantise their own input launch at most {@link INT8_DECODE_MAX_WORKGROUPS} workgroups by
@@ -254,6 +255,16 @@ export type DecodeRepeatSource = "same-layer" | "far-layer";
  * against 15.0, `ffn_down` 22.6 against 27.0 (bench/results/h100-int8-shared-decode.json).
  */
 export const INT8_STAGED_MAX_COLS = 2048;
+
+/**
+ * Fewest output rows (gate and up, or Q, K and V, together) of a layer's decode product over rows longer
+ * than {@link INT8_STAGED_MAX_COLS} that takes the shared int8 input by default; others keep the f32
+ * kernels. This is the boundary of what was measured: the Llama-8B shape's layer products (4096 rows and
+ * more) gained, while the 1B's `ffn_down` (2048 rows of 8192 values) and the output projection of rows over
+ * 2048 values have not been timed with it yet (`--matvec-tuning '{"ffn_down": {"int8": true, "sharedInt8":
+ * true}}'` and likewise `output` time them).
+ */
+export const SHARED_INT8_MIN_ROWS = 4096;
 
 /**
  * Most workgroups a decode product with int8 input launches by default (`MatvecTuning.maxWorkgroups`): a
