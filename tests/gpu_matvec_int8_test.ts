@@ -8,7 +8,7 @@
 
 import { equal, ok } from "node:assert/strict";
 import { getGpu, type Gpu } from "../src/gpu/device.ts";
-import { createGateUpSwiGlu } from "../src/gpu/ops/fused.ts";
+import { createGateUpSwiGlu, type FusedMatvecTuning } from "../src/gpu/ops/fused.ts";
 import { createMatvec, type MatvecTuning } from "../src/gpu/ops/matmul.ts";
 import { INT8_UNIT_SECTIONS, int8InputReference, int8MatvecBlocker } from "../src/gpu/ops/matvec_units.ts";
 import { type GpuOp, StepParams } from "../src/gpu/ops/op.ts";
@@ -22,7 +22,7 @@ import {
   subgroupReduceOrEmulated,
   untouchedPast,
 } from "./gpu_ops_helpers.ts";
-import { checkQkvRope } from "./gpu_qkv_rope_check.ts";
+import { checkQkvRope, type QkvRopeCase } from "./gpu_qkv_rope_check.ts";
 
 const TOL = 2e-5;
 const randomWeight = (gpu: Gpu, name: string, rows: number, cols: number, maxPartBytes?: number) =>
@@ -223,34 +223,17 @@ Deno.test("gpu matvec int8: fused gate/up + SwiGLU and QKV + RoPE with mixed typ
     untouchedPast(`${type} gate/up`, got, m, rows);
   }
 
-  await checkQkvRope(
-    gpu,
-    {
-      types: ["Q4_K", "Q5_K", "Q6_K"],
-      cols: 512,
-      headDim: 8,
-      ropeDim: 8,
-      qHeads: 3,
-      kvHeads: 1,
-      m: 2,
-      pos0: 41,
-    },
-    { int8: true, tokensPerWorkgroup: 2, rowsPerWorkgroup: 4, maxWorkgroups: 3 },
-    TOL,
-  );
-  await checkQkvRope(
-    gpu,
-    {
-      types: ["Q4_K", "Q8_0", "Q6_K"],
-      cols: 256,
-      headDim: 8,
-      ropeDim: 8,
-      qHeads: 2,
-      kvHeads: 1,
-      m: 3,
-      pos0: 7,
-    },
-    { int8: true, sharedInt8: true, tokensPerWorkgroup: 2, rowsPerWorkgroup: 2 },
-    TOL,
-  );
+  // QKV + RoPE: each workgroup quantising its input (several row groups per workgroup), then the shared pass.
+  const head = { headDim: 8, ropeDim: 8, kvHeads: 1 };
+  const qkvCases: [QkvRopeCase, FusedMatvecTuning][] = [
+    [
+      { ...head, types: ["Q4_K", "Q5_K", "Q6_K"], cols: 512, qHeads: 3, m: 2, pos0: 41 },
+      { int8: true, tokensPerWorkgroup: 2, rowsPerWorkgroup: 4, maxWorkgroups: 3 },
+    ],
+    [
+      { ...head, types: ["Q4_K", "Q8_0", "Q6_K"], cols: 256, qHeads: 2, m: 3, pos0: 7 },
+      { int8: true, sharedInt8: true, tokensPerWorkgroup: 2, rowsPerWorkgroup: 2 },
+    ],
+  ];
+  for (const [c, tuning] of qkvCases) await checkQkvRope(gpu, c, tuning, TOL);
 });
