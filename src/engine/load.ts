@@ -65,8 +65,8 @@ export interface LoadOptions {
   int8Prefill?: boolean;
   /**
    * Decode products of quantised weights through 8-bit integer dot products, the activations rounded per 16
-   * values (as llama.cpp's quantised matrix-vector products do); false keeps
-   * them in f32. Default: true on a GPU, false on a software adapter (see `GpuModelOptions.int8Decode`).
+   * values (as llama.cpp's quantised matrix-vector products do); false keeps them in f32. Default: true on
+   * a GPU, false on a software adapter (see `GpuModelOptions.int8Decode`).
    */
   int8Decode?: boolean;
   /**

@@ -73,8 +73,9 @@ export interface FusedMatvecTuning {
   /** Units (32-element pieces of a row) each thread loads before computing on them, 1, 2 or 4 (default 1). */
   unitsPerStep?: number;
   /**
-   * Quantise x to int8 (per 16 values, in workgroup memory) and take the products with integer dot products
-   * where every weight's type allows it and the workgroup memory holds it; f32 otherwise (the default).
+   * Quantise x to int8 (per 16 values: in each workgroup's memory, or once by a pass of its own with
+   * `sharedInt8`) and take the products with integer dot products where every weight's type allows it and
+   * the workgroup memory holds it; f32 otherwise (the default).
    */
   int8?: boolean;
   /** With int8 input: x quantised once per step by a pass of its own, as `MatvecTuning.sharedInt8`. */
