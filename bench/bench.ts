@@ -64,6 +64,8 @@
  *                                            10 ms after the mapping: "…-wait-readback" rows)
  *                        [--f32-decode]  (decode products in f32 instead of the default 8-bit integer dot
  *                                         products: "decode-f32" rows)
+ *                        [--decode-int8-chain]  (products write the next one's shared int8 input,
+ *                                               GpuModelOptions.decodeInt8Chain: "decode-int8-chain" rows)
  *                        [--f32-prefill]  (prefill products in f32 instead of the default 8-bit integer
  *                                          dot products of quantised weights: "prefill-f32" rows)
  *                        [--coop-prefill]  (every prefill product on the GPU's cooperative matrices, where
@@ -205,6 +207,7 @@ const { values } = benchFlags(import.meta.url, () =>
       "f32-prefill": { type: "boolean" },
       "coop-prefill": { type: "boolean" },
       "f32-decode": { type: "boolean" },
+      "decode-int8-chain": { type: "boolean" },
       kv: { type: "string" },
       "kv-prompts": { type: "string" },
       window: { type: "string" },
@@ -383,6 +386,7 @@ const decodeTest = (foldNorms ? "decode" : "decode-unfolded") + (fuseKvAppend ? 
   (fusedDecodeReduce ? "" : "-unfused-reduce") +
   (matvecTuning ? "-tuned" : "") +
   (directKeys !== undefined ? `-direct${directKeys}` : "") + (values["f32-decode"] === true ? "-f32" : "") +
+  (values["decode-int8-chain"] === true ? "-int8-chain" : "") +
   (decodeSplits !== undefined ? `-splits${decodeSplits}` : "") +
   (decodeKeyLanes !== undefined ? `-lanes${decodeKeyLanes}` : "") +
   (decodeDirectKeyLanes !== undefined ? `-direct-lanes${decodeDirectKeyLanes}` : "") +
@@ -437,6 +441,8 @@ const prefillHalfStaging = staging === undefined ? undefined : staging === "f16"
 // --f32-decode: decode products in f32 instead of the default integer dot products (rows "decode-f32").
 const f32Decode = values["f32-decode"] === true;
 const int8Decode = f32Decode ? false : undefined;
+// --decode-int8-chain: products write the next one's shared int8 input (rows "decode-int8-chain").
+const decodeInt8Chain = values["decode-int8-chain"] === true ? true : undefined;
 const prefillTest = "prefill" + (prefillSplits !== undefined ? `-splits${prefillSplits}` : "") +
   (prefillKSplits !== undefined ? `-ksplits${prefillKSplits}` : "") +
   (prefillKSplitWorkgroups !== undefined ? `-ksplitwg${prefillKSplitWorkgroups}` : "") +
@@ -582,6 +588,7 @@ for (const shape of kvPolicies.length > 0 ? [] : shapes) {
       matvecTuning,
       int8Prefill,
       int8Decode,
+      decodeInt8Chain,
       coopPrefill,
       ...decodeAttention,
       readback,
@@ -767,6 +774,7 @@ for (const shape of kvPolicies.length > 0 ? shapes : []) {
           prefillHalfStaging,
           int8Prefill,
           int8Decode,
+          decodeInt8Chain,
           coopPrefill,
           matvecTuning,
           ...decodeAttention,

@@ -10,6 +10,7 @@ import { equal, ok } from "node:assert/strict";
 import { getGpu, type Gpu } from "../src/gpu/device.ts";
 import { createGateUpSwiGlu, type FusedMatvecTuning } from "../src/gpu/ops/fused.ts";
 import { createMatvec, type MatvecTuning } from "../src/gpu/ops/matmul.ts";
+import { createChainedInt8 } from "../src/gpu/ops/int8_input.ts";
 import { INT8_UNIT_SECTIONS, int8InputReference, int8MatvecBlocker } from "../src/gpu/ops/matvec_units.ts";
 import { type GpuOp, StepParams } from "../src/gpu/ops/op.ts";
 import { compareLinear, products, randomWeight as randomQuantWeight } from "./gpu_quant_data.ts";
@@ -236,4 +237,75 @@ Deno.test("gpu matvec int8: fused gate/up + SwiGLU and QKV + RoPE with mixed typ
     ],
   ];
   for (const [c, tuning] of qkvCases) await checkQkvRope(gpu, c, tuning, TOL);
+});
+
+Deno.test("gpu matvec int8: a product writes the next one's shared int8 input (int8Out → int8In)", async () => {
+  const gpu = await getGpu();
+  const [cols, hidden, ff, maxTokens] = [256, 256, 512, 4];
+  const identical = (what: string, got: Float32Array, want: Float32Array) =>
+    ok(
+      got.every((v, i) => Object.is(v, want[i])),
+      `${what}: differs from the product's own quantisation pass`,
+    );
+  for (const rowsPerWorkgroup of [4, 2]) {
+    // A folded norm's producer (rows of `hidden`) writing the fused gate/up's input, which writes ffn_down's.
+    const wo = randomWeight(gpu, "Q4_K", hidden, cols);
+    const x = randomInt8Input(maxTokens * cols);
+    const xBuf = gpu.buffer("x", x.byteLength, x);
+    const residual = randomF32(maxTokens * hidden);
+    const gamma = gpu.buffer("gamma", hidden * 4, randomF32(hidden));
+    const step = new StepParams(gpu, maxTokens);
+    const gateUp = gateUpCase(gpu, "Q4_K", ff, hidden, new Float32Array(maxTokens * hidden));
+    const down = randomWeight(gpu, "Q6_K", 9, ff);
+    const xnInt8 = createChainedInt8(gpu, "xn int8", hidden, maxTokens);
+    const hInt8 = createChainedInt8(gpu, "h int8", ff, maxTokens);
+    const run = async (chained: boolean, m: number) => {
+      const y = gpu.buffer("y", residual.byteLength, residual);
+      const xn = nans(gpu, "xn", maxTokens * hidden), sums = gpu.buffer("sums", maxTokens * hidden * 4);
+      const h = nans(gpu, "h", maxTokens * ff), out = nans(gpu, "out", maxTokens * 9);
+      const shared = { int8: true, sharedInt8: true } as const;
+      const producer = createMatvec(gpu, {
+        label: "attn_output",
+        weight: wo.weight,
+        x: xBuf,
+        y,
+        maxTokens,
+        step,
+        tuning: { int8: true, rowsPerWorkgroup },
+        fold: { weight: gamma, out: xn, sums },
+        int8Out: chained ? xnInt8 : undefined,
+      });
+      const norm = { sums, partials: producer.normPartials, width: hidden, eps: 1e-5 };
+      const ffn = createGateUpSwiGlu(gpu, {
+        ...gateUp.fields(h),
+        x: xn,
+        step,
+        norm,
+        tuning: { ...shared, rowsPerWorkgroup: rowsPerWorkgroup / 2 },
+        int8In: chained ? xnInt8 : undefined,
+        int8Out: chained ? hInt8 : undefined,
+      });
+      const last = createMatvec(gpu, {
+        label: "ffn_down",
+        weight: down.weight,
+        x: h,
+        y: out,
+        maxTokens,
+        step,
+        tuning: shared,
+        int8In: chained ? hInt8 : undefined,
+      });
+      // One dispatch each when chained; the gate/up and ffn_down passes otherwise.
+      equal([producer, ffn, last].map(dispatchCount).join(), chained ? "1,1,1" : "1,2,2");
+      return await runOps(gpu, [producer, ffn, last], step, m, 0, [h, out]);
+    };
+    // Twice, with fewer tokens the second time: the arrivals must be back to zero after each dispatch.
+    for (const m of [3, 2]) {
+      const [hOwn, outOwn] = await run(false, m);
+      const [hChained, outChained] = await run(true, m);
+      identical(`rows per workgroup ${rowsPerWorkgroup}, ${m} tokens: SwiGLU`, hChained, hOwn);
+      identical(`rows per workgroup ${rowsPerWorkgroup}, ${m} tokens: ffn_down`, outChained, outOwn);
+      untouchedPast(`chained ffn_down, ${m} tokens`, outChained, m, 9);
+    }
+  }
 });

@@ -2,6 +2,7 @@ import { ok } from "node:assert/strict";
 import { type GGUFFile, openGGUF } from "../src/gguf/reader.ts";
 import { getGpu } from "../src/gpu/device.ts";
 import { GpuModel } from "../src/model/gpu_model.ts";
+import type { GpuModelOptions } from "../src/model/gpu_model_options.ts";
 import type { MatvecTuning } from "../src/gpu/ops/matmul.ts";
 import { hparamsFromGGUF, type LlamaHParams } from "../src/model/hparams.ts";
 import { ReferenceModel } from "../src/model/reference.ts";
@@ -119,44 +120,58 @@ Deno.test("gpu model: int8 decode products stay near the CPU reference, token af
 });
 
 /**
- * Loads each tiny quantised model twice with int8 input in every decode role, once as it is and once with
- * `variant` added to every role's tuning, and checks that decode steps and a greedy chain come out the same
- * to the bit (the same sums in the same order).
+ * Loads each tiny quantised model twice with int8 input in every decode role (and `base` in every role's
+ * tuning), once as it is and once with `variant` added to every role's tuning and `options` to the model's,
+ * and checks that decode steps and a greedy chain come out the same to the bit (the same sums in the same
+ * order), and with `fewerDispatches` that the variant's decode step records fewer dispatches.
  */
-async function checkDecodeVariant(t: Deno.TestContext, variant: MatvecTuning): Promise<void> {
+async function checkDecodeVariant(
+  t: Deno.TestContext,
+  variant: MatvecTuning,
+  base: MatvecTuning = {},
+  options: Partial<GpuModelOptions> = {},
+  fewerDispatches = false,
+): Promise<void> {
   const gpu = await getGpu();
   await forTinyQuantisedModels(t, async (type, file, hp) => {
     const roles = ["attn_qkv", "attn_output", "ffn_gate_up", "ffn_down", "output"] as const;
-    const load = (extra: MatvecTuning) =>
+    const load = (extra: MatvecTuning, more: Partial<GpuModelOptions>) =>
       GpuModel.load(gpu, file, hp, {
         contextLength: 64,
         maxBatch: 8,
         int8Prefill: false,
         int8Decode: true,
-        matvecTuning: Object.fromEntries(roles.map((role) => [role, { int8: true, ...extra }])),
+        matvecTuning: Object.fromEntries(roles.map((role) => [role, { int8: true, ...base, ...extra }])),
+        ...more,
       });
-    const base = await load({}), other = await load(variant);
+    const first = await load({}, {}), other = await load(variant, options);
     try {
+      if (fewerDispatches) {
+        ok(
+          other.decodeDispatches(20) < first.decodeDispatches(20),
+          `${type}: the variant left out no dispatch`,
+        );
+      }
       const prompt = Array.from({ length: 9 }, () => Math.floor(Math.random() * hp.nVocab));
-      await base.forward(prompt, 0, "logits");
+      await first.forward(prompt, 0, "logits");
       await other.forward(prompt, 0, "logits");
       for (let i = 0; i < 4; i++) {
         const token = Math.floor(Math.random() * hp.nVocab);
         const pos = prompt.length + i;
-        const want = await base.forward([token], pos, "logits");
+        const want = await first.forward([token], pos, "logits");
         const got = await other.forward([token], pos, "logits");
         ok(
           got.every((v, j) => Object.is(v, want[j])),
           `${type} step ${i}: ${JSON.stringify(variant)} logits differ`,
         );
       }
-      const first = Math.floor(Math.random() * hp.nVocab);
+      const token0 = Math.floor(Math.random() * hp.nVocab);
       const at = prompt.length + 4;
-      const chainBase = await base.decodeGreedy(first, at, 5);
-      const chainOther = await other.decodeGreedy(first, at, 5);
+      const chainBase = await first.decodeGreedy(token0, at, 5);
+      const chainOther = await other.decodeGreedy(token0, at, 5);
       ok(chainBase.join() === chainOther.join(), `${type}: greedy ${chainOther} against ${chainBase}`);
     } finally {
-      base.destroy();
+      first.destroy();
       other.destroy();
     }
   });
@@ -171,4 +186,10 @@ Deno.test("gpu model: decode products capped to a few workgroups give the logits
 Deno.test("gpu model: int8 input quantised once per step (sharedInt8) gives the logits of each workgroup's own", async (t) => {
   // Every role's input quantised by a pass of its own (folded norms' consumers and producers included).
   await checkDecodeVariant(t, { sharedInt8: true });
+});
+
+Deno.test("gpu model: int8 inputs written by the product before (decodeInt8Chain) give the logits of passes of their own", async (t) => {
+  // Every role with the shared int8 input; the chain has attn_output write gate/up's, gate/up ffn_down's and
+  // ffn_down the next layer's QKV's.
+  await checkDecodeVariant(t, {}, { sharedInt8: true }, { decodeInt8Chain: true }, true);
 });

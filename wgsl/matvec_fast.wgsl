@@ -147,6 +147,17 @@ const MAX_UNITS_PER_STEP = 4u;
 // pass before the product (wgsl/matvec_x_int8_shared.wgsl, bindings 28 and 29).
 {{X_INT8}}
 
+// The next product's input as this one writes it (`main`: y · γ with a folded norm, else y; `swiglu`: its
+// output), at flat index i of its [m][row length] rows.
+fn next_input(i: u32) -> f32 {
+  if (norm_mode == 1u) { return norm_x[i]; }
+  return y_a[i];
+}
+
+// int8_out (`main` and `swiglu`): the next product's shared int8 input written as the outputs are (text
+// define INT8_OUT: wgsl/matvec_int8_out.wgsl, bindings 20 to 22), or a stub (wgsl/matvec_int8_out_none.wgsl).
+{{INT8_OUT}}
+
 {{UNITS_A}}
 {{UNITS_B}}
 {{UNITS_C}}
@@ -298,6 +309,7 @@ fn main(
         norm_sums[(t0 + tid) * norm_partials + g] = sum;
       }
     }
+    int8_out(part.first_row + row0, out_stride, t0, nt, tid);
     if (g + launched < row_groups) { workgroupBarrier(); } // the next group's sums overwrite `partial`
   }
 }
@@ -432,6 +444,7 @@ fn swiglu(
         y_a[(t0 + t) * rows_a + row0 + r] = silu(partial[2u * tid] * scale) * (partial[2u * tid + 1u] * scale);
       }
     }
+    int8_out(row0, rows_a, t0, nt, tid);
     if (g + launched < row_groups) { workgroupBarrier(); } // the next group's sums overwrite `partial`
   }
 }

@@ -36,6 +36,8 @@ export const SHADER_NAMES: readonly string[] = [
   "matmul_int8_stacked",
   "matmul_weights",
   "matvec_fast",
+  "matvec_int8_out",
+  "matvec_int8_out_none",
   "matvec_partials",
   "matvec_partials_emulated",
   "matvec_partials_plain",

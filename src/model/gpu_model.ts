@@ -92,6 +92,7 @@ import {
   createQkvMatvec,
   type FoldedNormInput,
 } from "../gpu/ops/fused.ts";
+import { type ChainedInt8, createChainedInt8 } from "../gpu/ops/int8_input.ts";
 import type { GpuProfiler } from "../gpu/profiler.ts";
 import { defaultReadbackMode, type ReadbackMode, StagingRing } from "../gpu/readback.ts";
 import { KvCache } from "../kv/kv_cache.ts";
@@ -534,11 +535,26 @@ export class GpuModel {
         decode && (options.foldNorms ?? true) && producer.parts.length === 1;
       // The folded norm the next QKV reads (set by the previous layer's ffn_down), if any.
       let qkvNorm: FoldedNormInput | undefined;
+      // Chained int8 input (options.decodeInt8Chain): a folded-norm producer or the fused gate/up writes the
+      // next product's shared int8 input as it writes its outputs, where that product takes the shared
+      // input; `qkvInt8` is what the previous layer's ffn_down wrote for the next QKV.
+      const chain = decode && options.decodeInt8Chain
+        ? {
+          xn: createChainedInt8(gpu, `${tag}xn int8`, E, maxTokens),
+          h: createChainedInt8(gpu, `${tag}h int8`, FF, maxTokens),
+        }
+        : undefined;
+      let qkvInt8: ChainedInt8 | undefined;
       // Decode with the full cache: the fused QKV also stores K and V into their pages (no append
       // dispatch) where the cache's bindings fit next to its own.
       const appendInQkv = (w: LayerWeights) =>
         decode && fullKv !== undefined && (options.fuseKvAppend ?? true) && canFuseQkv(w.wq, w.wk, w.wv) &&
         qkvKvAppendBlocker(gpu.limits, fullKv, w.wk, w.wv) === undefined;
+      // Whether a role's decode product asks for the shared int8 input.
+      const takesSharedInt8 = (role: MatvecRole, cols: number, rows: number) => {
+        const t = tuning(role, cols, rows);
+        return t.int8 === true && t.sharedInt8 === true;
+      };
       const tuning = (role: MatvecRole, cols: number, rows: number): MatvecTuning => ({
         ...int8Tuning(role, cols, rows),
         ...(options.decodeSubgroupReduce ? { subgroupReduce: options.decodeSubgroupReduce } : {}),
@@ -626,6 +642,7 @@ export class GpuModel {
         input: GPUBuffer,
         normWeight: GPUBuffer,
         role: MatvecRole,
+        int8?: { in?: ChainedInt8; out?: ChainedInt8 },
       ) => {
         const producer = createMatvec(gpu, {
           label,
@@ -636,6 +653,8 @@ export class GpuModel {
           step,
           tuning: tuning(role, weight.cols, weight.rows),
           fold: { weight: normWeight, out: act.xn, sums: act.normSums },
+          int8In: int8?.in,
+          int8Out: int8?.out,
         });
         ops.push(producer);
         const norm: FoldedNormInput = {
@@ -719,6 +738,7 @@ export class GpuModel {
               ? { kv: fullKv, layer: l }
               : undefined,
             tuning: tuning("attn_qkv", w.wq.cols, w.wq.rows + w.wk.rows + w.wv.rows),
+            int8In: qkvInt8,
           }));
         } else {
           // The three products in one dispatch where possible (K and V alone would underfill the GPU).
@@ -846,9 +866,27 @@ export class GpuModel {
           }));
         }
         const foldFfnNorm = canFuseGateUp(w.wGate, w.wUp) && foldable(w.wo);
+        const next = l + 1 < hp.nLayer ? layers[l + 1] : undefined;
+        // ffn_down as a folded norm's producer (for the next QKV, or the output norm).
+        const foldDown = foldable(w.wDown) && (!next || canFuseQkv(next.wq, next.wk, next.wv));
+        // Chained int8 inputs of this layer's gate/up and ffn_down and the next layer's QKV.
+        const gateUpInt8 =
+          chain && foldFfnNorm && takesSharedInt8("ffn_gate_up", w.wGate.cols, 2 * w.wGate.rows)
+            ? chain.xn
+            : undefined;
+        const downInt8 = chain && canFuseGateUp(w.wGate, w.wUp) && foldDown &&
+            takesSharedInt8("ffn_down", w.wDown.cols, w.wDown.rows)
+          ? chain.h
+          : undefined;
+        const nextQkvInt8 = chain && next && foldDown &&
+            takesSharedInt8("attn_qkv", next.wq.cols, next.wq.rows + next.wk.rows + next.wv.rows)
+          ? chain.xn
+          : undefined;
         let gateUpNorm: FoldedNormInput | undefined;
         if (foldFfnNorm) {
-          gateUpNorm = foldedProduct(`${p}attn_output`, w.wo, act.att, w.ffnNorm, "attn_output");
+          gateUpNorm = foldedProduct(`${p}attn_output`, w.wo, act.att, w.ffnNorm, "attn_output", {
+            out: gateUpInt8,
+          });
         } else {
           const proj = linear(`${p}attn_output`, w.wo, act.att, act.proj, "attn_output", projParts);
           ops.push(proj);
@@ -889,6 +927,8 @@ export class GpuModel {
                 step,
                 norm: gateUpNorm,
                 tuning: tuning("ffn_gate_up", w.wGate.cols, 2 * w.wGate.rows),
+                int8In: gateUpInt8,
+                int8Out: downInt8,
               })
               : createGateUpSwiGluMatmul(gpu, {
                 label: `${p}ffn_gate_up`,
@@ -906,12 +946,15 @@ export class GpuModel {
           ops.push(linear(`${p}ffn_up`, w.wUp, act.xn, act.up, "ffn_gate_up"));
           ops.push(swiGlu());
         }
-        const next = l + 1 < hp.nLayer ? layers[l + 1] : undefined;
         qkvNorm = undefined;
-        if (next && canFuseQkv(next.wq, next.wk, next.wv) && foldable(w.wDown)) {
-          qkvNorm = foldedProduct(`${p}ffn_down`, w.wDown, act.gate, next.attnNorm, "ffn_down");
-        } else if (!next && foldable(w.wDown)) {
-          foldedProduct(`${p}ffn_down`, w.wDown, act.gate, outputNorm, "ffn_down");
+        qkvInt8 = nextQkvInt8;
+        if (next && foldDown) {
+          qkvNorm = foldedProduct(`${p}ffn_down`, w.wDown, act.gate, next.attnNorm, "ffn_down", {
+            in: downInt8,
+            out: nextQkvInt8,
+          });
+        } else if (!next && foldDown) {
+          foldedProduct(`${p}ffn_down`, w.wDown, act.gate, outputNorm, "ffn_down", { in: downInt8 });
           outputNormOp = norm(`${tag}output_norm`, outputNorm, false);
         } else {
           const proj = linear(`${p}ffn_down`, w.wDown, act.gate, act.proj, "ffn_down", projParts);

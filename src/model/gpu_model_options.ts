@@ -144,6 +144,14 @@ export interface GpuModelOptions {
    */
   int8Decode?: boolean;
   /**
+   * Decode: a product followed by one that takes the shared int8 input (`MatvecTuning.sharedInt8`) writes
+   * that input itself as it writes its outputs (the folded-norm producers attn_output and ffn_down for
+   * gate/up and the next QKV, the fused gate/up for ffn_down; `src/gpu/ops/int8_input.ts`), so the next
+   * product needs no quantisation pass of its own: the same bits, three dispatches fewer per layer on the
+   * 8B shape (attn_output's pass, after the attention, stays). Default false: not yet timed on a GPU.
+   */
+  decodeInt8Chain?: boolean;
+  /**
    * Prefill: matrix products of F16 weights with f16 arithmetic (`MatmulTuning.half`: f16 tiles and FMAs,
    * each step of 16–32 columns summed in f16, the steps in f32), where the GPU has `shader-f16`. Changes the
    * prefill's results by the activations' rounding to f16 and the step sums' (0.2–0.3% of the logits' scale

@@ -44,7 +44,7 @@ import {
   type StepParams,
 } from "./op.ts";
 import { ropeTurnTable } from "./rope.ts";
-import { type Int8InputParts, int8InputParts } from "./int8_input.ts";
+import { type ChainedInt8, type Int8InputParts, int8InputParts, int8OutputParts } from "./int8_input.ts";
 import { type QkvKvAppend, qkvKvAppendBlocker, qkvKvStoreParts } from "./qkv_kv_store.ts";
 import {
   checkMatvecTuningKeys,
@@ -141,6 +141,10 @@ export interface GateUpSwiGluOptions {
   tuning?: FusedMatvecTuning;
   /** `x` is the residual times the norm weight; the RMS comes from the producer's sums. */
   norm?: FoldedNormInput;
+  /** With shared int8 input (`tuning.sharedInt8`): read it as the product before wrote it, no pass of its own. */
+  int8In?: ChainedInt8;
+  /** Write the next product's shared int8 input (of `out`) as `out` is written (`./int8_input.ts`). */
+  int8Out?: ChainedInt8;
 }
 
 /** RoPE applied by {@link createQkvMatvec} to Q and K as they are written (GGUF adjacent-pair layout). */
@@ -173,6 +177,8 @@ export interface QkvMatvecOptions extends QkvProductOptions {
   norm?: FoldedNormInput;
   /** Override constants for tuning on a given GPU. */
   tuning?: FusedMatvecTuning;
+  /** With shared int8 input (`tuning.sharedInt8`): read it as the product before wrote it, no pass of its own. */
+  int8In?: ChainedInt8;
 }
 
 /**
@@ -240,7 +246,8 @@ export function createGateUpSwiGlu(gpu: Gpu, options: GateUpSwiGluOptions): GpuO
   });
   const norm = normInputParts(gpu, label, maxTokens, options.norm);
   const partials = subgroupReduceParts(gpu, label, options.tuning?.subgroupReduce, shape.workgroupSize);
-  const int8Input = sharedInt8Parts(gpu, label, shape.int8, options.tuning, x, gate.cols, maxTokens, step);
+  const int8Input = sharedInt8Parts(gpu, label, shape.int8, options, x, gate.cols, maxTokens, step);
+  const int8Output = int8OutputParts(label, options.int8Out, gate.rows, shape.rowsPerWorkgroup, maxTokens);
   const kernel = gpu.kernel(
     "matvec_fast",
     {
@@ -259,7 +266,12 @@ export function createGateUpSwiGlu(gpu: Gpu, options: GateUpSwiGluOptions): GpuO
       x_int8: shape.int8 ? 1 : 0,
       prefetch_groups: options.tuning?.prefetchGroups ? 1 : 0,
     },
-    { ...subblockDefines(gate, up), ...partials.defines, X_INT8: int8Input.define },
+    {
+      ...subblockDefines(gate, up),
+      ...partials.defines,
+      X_INT8: int8Input.define,
+      INT8_OUT: int8Output.define,
+    },
     "swiglu",
   );
   const group = bindNumbered(gpu, kernel, [
@@ -270,6 +282,9 @@ export function createGateUpSwiGlu(gpu: Gpu, options: GateUpSwiGluOptions): GpuO
     [7, step.buffer],
     [13, norm.sums],
     ...int8Input.entries,
+    ...int8Output.entries,
+    // int8_out's next_input also names `main`'s norm_x (binding 12), unread here: a placeholder.
+    ...(options.int8Out ? [[12, gpu.buffer(`${label}.no_norm_x`, 4)] as [number, BufferSlice]] : []),
   ]);
   const groups = launchedGroups(
     label,
@@ -408,7 +423,7 @@ export function createQkvMatvec(gpu: Gpu, options: QkvMatvecOptions): GpuOp {
   const norm = normInputParts(gpu, label, maxTokens, options.norm);
   const kvStore = qkvKvStoreParts(gpu, label, append);
   const partials = subgroupReduceParts(gpu, label, options.tuning?.subgroupReduce, shape.workgroupSize);
-  const int8Input = sharedInt8Parts(gpu, label, shape.int8, options.tuning, x, wq.cols, maxTokens, step);
+  const int8Input = sharedInt8Parts(gpu, label, shape.int8, options, x, wq.cols, maxTokens, step);
   const kernel = gpu.kernel(
     "matvec_fast",
     {
@@ -491,13 +506,14 @@ function sharedInt8Parts(
   gpu: Gpu,
   label: string,
   int8: boolean,
-  tuning: FusedMatvecTuning | undefined,
+  options: { tuning?: FusedMatvecTuning; int8In?: ChainedInt8 },
   x: BufferSlice,
   cols: number,
   maxTokens: number,
   step: StepParams,
 ): Int8InputParts {
-  return int8InputParts(gpu, label, int8 && (tuning?.sharedInt8 ?? false), x, cols, maxTokens, step);
+  const shared = int8 && (options.tuning?.sharedInt8 ?? false);
+  return int8InputParts(gpu, label, shared, x, cols, maxTokens, step, options.int8In);
 }
 
 class FusedOp implements GpuOp {

@@ -14,7 +14,7 @@ import type { GpuWeight } from "../weights.ts";
 import { suffixedDequantSource } from "./fused.ts";
 import { EMULATED_COOP_MATRIX } from "../coop_probe.ts";
 import { loadShader } from "../shader.ts";
-import { int8InputParts } from "./int8_input.ts";
+import { type ChainedInt8, int8InputParts, int8OutputParts } from "./int8_input.ts";
 import {
   checkMatvecTuningKeys,
   checkMatvecWeights,
@@ -132,6 +132,13 @@ export interface MatvecOptions extends LinearOptions {
   tuning?: MatvecTuning;
   /** Fold the next RMSNorm in: `y += W · x` in place, then `fold.out = y · fold.weight` and the sums. */
   fold?: FoldedNormOutput;
+  /**
+   * Write the next product's shared int8 input as the outputs it reads (`fold.out`, else `y`) are written
+   * (`./int8_input.ts`); the weight in one part, its rows in whole blocks of 16.
+   */
+  int8Out?: ChainedInt8;
+  /** With shared int8 input (`tuning.sharedInt8`): read it as the product before wrote it, no pass of its own. */
+  int8In?: ChainedInt8;
 }
 
 /** A decode matvec op; with {@link MatvecOptions.fold}, how many partial sums per token it writes. */
@@ -248,7 +255,12 @@ export function createMatvec(gpu: Gpu, options: MatvecOptions): MatvecOp {
     weight.cols,
     maxTokens,
     options.step,
+    options.int8In,
   );
+  if (options.int8Out && weight.parts.length !== 1) {
+    throw new UnsupportedError(`${op}: int8 output needs a weight in one part`);
+  }
+  const int8Output = int8OutputParts(op, options.int8Out, weight.rows, rowsPerWorkgroup, maxTokens);
   const fold = options.fold;
   const normPartials = fold ? ceilDiv(weight.rows, rowsPerWorkgroup) : 0;
   if (fold) {
@@ -283,7 +295,12 @@ export function createMatvec(gpu: Gpu, options: MatvecOptions): MatvecOp {
       prefetch_groups: t.prefetchGroups ? 1 : 0,
       ...partials.constants,
     },
-    { ...subblockDefines(weight), ...partials.defines, X_INT8: int8Input.define },
+    {
+      ...subblockDefines(weight),
+      ...partials.defines,
+      X_INT8: int8Input.define,
+      INT8_OUT: int8Output.define,
+    },
   );
   // Unused bindings get tiny placeholders (distinct: writable bindings must not alias).
   const unused = (name: string) => gpu.buffer(`${op}.${name}`, 4);
@@ -299,6 +316,7 @@ export function createMatvec(gpu: Gpu, options: MatvecOptions): MatvecOp {
       [12, fold?.out ?? unused("no_norm_out")],
       [13, fold?.sums ?? unused("no_norm_sums")],
       ...int8Input.entries,
+      ...int8Output.entries,
     ]);
     return { group, workgroups: workgroups(part.rows) };
   });

@@ -299,6 +299,7 @@ export function subblockDefines(a: GpuWeight, b: GpuWeight = a, c: GpuWeight = a
   const defines: Record<string, string> = {
     KV_STORE: NO_KV_STORE,
     X_INT8: loadShader("matvec_x_int8_staged"),
+    INT8_OUT: loadShader("matvec_int8_out_none"),
   };
   for (const [suffix, weight] of [["a", a], ["b", b], ["c", c]] as const) {
     const section = unitSection(weight);
