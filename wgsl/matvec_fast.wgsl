@@ -145,6 +145,7 @@ const MAX_UNITS_PER_STEP = 4u;
 // (d, d · Σq), stage_int8 and x_block_row, from the text define X_INT8: the workgroup's own copy of its
 // tokens' rows in workgroup memory (wgsl/matvec_x_int8_staged.wgsl), or the step's rows quantised once by a
 // pass before the product (wgsl/matvec_x_int8_shared.wgsl, bindings 28 and 29).
+// #include int8_block
 {{X_INT8}}
 
 // The next product's input as this one writes it (`main`: y · γ with a folded norm, else y; `swiglu`: its

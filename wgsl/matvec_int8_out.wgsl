@@ -2,8 +2,8 @@
 // wgsl/matvec_fast.wgsl at INT8_OUT for `main` and `swiglu`): after a workgroup has written its rows of
 // the output the next product reads (`main`: y · γ with a folded norm, else y; `swiglu`: its output), it
 // counts itself into the arrivals of the block of 16 outputs those rows belong to, per token, and the last of
-// the block's 16 / rows_per_wg workgroups quantises the block, as wgsl/quantize_q8.wgsl does with blocks of
-// 16, into the buffers the next product reads as its shared int8 input (wgsl/matvec_x_int8_shared.wgsl). So
+// the block's 16 / rows_per_wg workgroups quantises the block (int8_block of wgsl/int8_block.wgsl) into
+// the buffers the next product reads as its shared int8 input (wgsl/matvec_x_int8_shared.wgsl). So
 // that product needs no quantisation pass of its own. storageBarrier() orders the outputs' writes before
 // the count (release) and the count before the last one's reads (acquire), the pattern of the decode
 // attention's fused reduce (wgsl/flash_decode.wgsl, which says why it holds across workgroups).
@@ -41,19 +41,8 @@ fn int8_out(first_row: u32, row_len: u32, t0: u32, nt: u32, tid: u32) {
       let i = at * 16u + 4u * k;
       v[k] = vec4f(next_input(i), next_input(i + 1u), next_input(i + 2u), next_input(i + 3u));
     }
-    let a = max(max(abs(v[0]), abs(v[1])), max(abs(v[2]), abs(v[3])));
-    let amax = max(max(a.x, a.y), max(a.z, a.w));
-    let inv = select(0.0, 127.0 / amax, amax > 0.0);
-    var words: vec4u;
-    var sum = vec4i(0);
-    // @unroll
-    for (var k = 0u; k < 4u; k++) {
-      let q = clamp(vec4i(round(v[k] * inv)), vec4i(-127), vec4i(127));
-      sum += q;
-      words[k] = pack4xI8(q);
-    }
-    out_blocks[at] = words;
-    let d = amax / 127.0;
-    out_scales[at] = vec2f(d, d * f32(sum.x + sum.y + sum.z + sum.w));
+    let q = int8_block(v);
+    out_blocks[at] = q.words;
+    out_scales[at] = q.scale;
   }
 }

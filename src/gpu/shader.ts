@@ -27,6 +27,7 @@ export const SHADER_NAMES: readonly string[] = [
   "embed",
   "flash_decode",
   "flash_prefill",
+  "int8_block",
   "int8_units",
   "kv_append",
   "kv_tiles_f16",
