@@ -3,6 +3,8 @@ import { BadFlagError } from "../src/errors.ts";
 import { getGpu } from "../src/gpu/device.ts";
 import { createFlashDecode, decodeArrivalsBytes } from "../src/gpu/ops/attention.ts";
 import { createKvAppend } from "../src/gpu/ops/kv_append.ts";
+import { createChainedInt8 } from "../src/gpu/ops/int8_input.ts";
+import { int8InputReference } from "../src/gpu/ops/matvec_units.ts";
 import { StepParams } from "../src/gpu/ops/op.ts";
 import { KvCache } from "../src/kv/kv_cache.ts";
 import { attendOne } from "../src/model/ops.ts";
@@ -34,6 +36,8 @@ interface Case {
   uniformRows?: boolean;
   /** The split path's merge: in the partial pass (default) or a reduce pass (false). */
   fusedReduce?: boolean;
+  /** Also write the outputs as int8 blocks of 16 (FlashDecodeOptions.int8Out), checked against them. */
+  int8Out?: boolean;
 }
 
 /**
@@ -93,6 +97,7 @@ async function checkDecode(c: Case): Promise<void> {
     kv.flush();
 
     gpu.device.pushErrorScope("validation");
+    const int8Out = c.int8Out ? createChainedInt8(gpu, "att int8", qHeads * D, 1) : undefined;
     const decode = createFlashDecode(gpu, {
       label: "decode",
       kv,
@@ -107,6 +112,7 @@ async function checkDecode(c: Case): Promise<void> {
       rotateTiles: c.rotateTiles,
       fusedReduce: c.fusedReduce,
       arrivals,
+      int8Out,
       ...(c.direct ? { step, directKeys: tokens, directKeyLanes: c.directKeyLanes } : {}),
       ...(c.uniformRows ? { step, uniformRows: true } : {}),
     });
@@ -146,6 +152,20 @@ async function checkDecode(c: Case): Promise<void> {
         err <= 1e-4 + 1e-4 * Math.abs(want[i]),
         `${JSON.stringify(c)}: out[${i}] = ${got[i]}, want ${want[i]}`,
       );
+    }
+    if (int8Out) {
+      // The blocks hold the outputs as the next product's int8 input sees them.
+      const words = await gpu.readU32(int8Out.blocks, 0, qHeads * D / 4);
+      const scales = await gpu.readF32(int8Out.scales, 0, qHeads * D / 8);
+      const wantQ = int8InputReference(got, qHeads * D);
+      const bytes = new Int8Array(words.buffer, words.byteOffset, qHeads * D);
+      for (let i = 0; i < qHeads * D; i++) {
+        const value = scales[2 * Math.floor(i / 16)] * bytes[i];
+        ok(
+          Math.abs(value - wantQ[i]) <= 1e-6 * (Math.abs(wantQ[i]) + 1e-6),
+          `${JSON.stringify(c)}: int8 out[${i}] = ${value}, want ${wantQ[i]}`,
+        );
+      }
     }
     for (const b of [kBuf, vBuf, qBuf, outBuf, arrivals, nanBuf]) b.destroy();
   } finally {
@@ -383,4 +403,17 @@ Deno.test("flash decode: tileSteps must be an integer from 1 to 8, keyLanes with
   // The benchmark's ablations take one of three names.
   throws(() => createFlashDecode(gpu, { ...common, ablate: "merge" as "lanes" }), BadFlagError);
   kv.destroy();
+});
+
+Deno.test("flash decode: the outputs also as the output projection's int8 input (int8Out), split, reduce and direct", async () => {
+  // Two head batches, an empty row (its heads' zeros), the merge in the last arrival, in a reduce pass, and
+  // the direct mode.
+  const split: Case = { headDim: 32, kvHeads: 4, group: 2, tokens: 333, cuts: [333, 0, 1, 17], splits: 5 };
+  const cases: Case[] = [
+    split,
+    { ...split, fusedReduce: false },
+    { ...split, direct: true },
+    { headDim: 16, kvHeads: 1, group: 5, tokens: 300, splits: 2 },
+  ];
+  for (const c of cases) await checkDecode({ ...c, int8Out: true });
 });

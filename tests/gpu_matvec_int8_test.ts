@@ -11,7 +11,13 @@ import { getGpu, type Gpu } from "../src/gpu/device.ts";
 import { createGateUpSwiGlu, type FusedMatvecTuning } from "../src/gpu/ops/fused.ts";
 import { createMatvec, type MatvecTuning } from "../src/gpu/ops/matmul.ts";
 import { createChainedInt8 } from "../src/gpu/ops/int8_input.ts";
-import { INT8_UNIT_SECTIONS, int8InputReference, int8MatvecBlocker } from "../src/gpu/ops/matvec_units.ts";
+import {
+  INT8_UNIT_SECTIONS,
+  int8InputFits,
+  int8InputReference,
+  int8MatvecBlocker,
+} from "../src/gpu/ops/matvec_units.ts";
+import type { GpuWeight } from "../src/gpu/weights.ts";
 import { type GpuOp, StepParams } from "../src/gpu/ops/op.ts";
 import { compareLinear, products, randomWeight as randomQuantWeight } from "./gpu_quant_data.ts";
 import {
@@ -308,4 +314,14 @@ Deno.test("gpu matvec int8: a product writes the next one's shared int8 input (i
       untouchedPast(`chained ffn_down, ${m} tokens`, outChained, m, 9);
     }
   }
+});
+
+Deno.test("gpu matvec int8: the shared input needs no workgroup memory for x (int8InputFits)", () => {
+  // Rows of 1024 values: 1536 bytes of int8 input per token in workgroup memory.
+  const gpu = { limits: { maxComputeWorkgroupStorageSize: 2048 } } as unknown as Gpu;
+  const weight = { info: { name: "Q4_K" }, cols: 1024, name: "w" } as unknown as GpuWeight;
+  equal(int8InputFits(gpu, true, [weight], 1, 600), false);
+  equal(int8InputFits(gpu, true, [weight], 1, 600, true), true);
+  equal(int8InputFits(gpu, true, [weight], 1, 2100, true), false);
+  equal(int8InputFits(gpu, false, [weight], 1, 600, true), false);
 });

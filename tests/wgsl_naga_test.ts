@@ -75,6 +75,8 @@ Deno.test(`wgsl (naga ${nagaVersion}): decode attention with subgroup shuffles c
       SHUFFLE: loadShader("shuffle_xor"),
       POOL: poolQuadShaderSource(shards),
       LOAD_QUADS: poolQuadLoadSource(shards),
+      // The int8 output with head_dim 128, without it at 64.
+      ATT_INT8: loadShader(headDim === 128 ? "attention_int8_out" : "attention_int8_out_none"),
     }, {
       head_dim: headDim,
       k_quads: headDim / 8,

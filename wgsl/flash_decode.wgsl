@@ -18,6 +18,8 @@
 // binding 19: arrivals, atomic<u32>[kv_heads][head batches] (read-write, by `main`): workgroups of the
 //             (KV head, head batch) that have written their partials in this dispatch (fused_reduce = 1);
 //             zero between dispatches (the last arrival resets it), so one buffer serves every layer
+// bindings 24, 25: the output as the output projection's int8 input, when the text define ATT_INT8 is
+//             wgsl/attention_int8_out.wgsl (att_int8_out and att_int8_zero are stubs otherwise)
 //
 // WG-KV mode (wgkv_window > 0): the row is a dual cache, ring slots [0, ring_tokens) then global tokens; a
 // ring key at position p is seen iff p <= q and (q - p < wgkv_window or it was admitted), every global key
@@ -89,6 +91,9 @@ struct LayerParams { layer: u32, pad0: u32, pad1: u32, pad2: u32 }
 @group(0) @binding(19) var<storage, read_write> arrivals: array<atomic<u32>>;
 
 {{POOL}}
+
+// #include int8_block
+{{ATT_INT8}}
 
 var<workgroup> slot_plan: vec4u; // `main`: (kv head, first slot of the head, its slot count, row length)
 var<workgroup> last_arrival: u32; // `main` with fused_reduce: 1 in the last workgroup of its KV head
@@ -203,6 +208,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
   let lanes = select(1u, key_lanes, has_keys);
   let first_slot_head = slot * group + first_local;
   write_lanes(attend_merge_lanes(state, lanes, tid), first_slot_head, first_head, batch_heads, has_keys, tid);
+  if (direct != 0u) { att_int8_out(first_head, batch_heads, tid); }
   if (ablate == 3u) { return; }
   if (fused_reduce != 0u && direct == 0u) {
     if (uniform_rows == 0u && slot < kv_heads && head_lengths[slot] == 0u && key_lane == 0u) {
@@ -210,6 +216,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
       let empty_first = slot * group + first_local;
       for (var c = 0u; c < batch_heads; c++) {
         for (var i = 0u; i < DIMS_PER_LANE; i++) { out[(empty_first + c) * head_dim + lane * DIMS_PER_LANE + i] = 0.0; }
+        if ((lane * DIMS_PER_LANE) % 16u == 0u) { att_int8_zero((empty_first + c) * head_dim + lane * DIMS_PER_LANE); }
       }
     }
     if (plan.z != 0u) {
@@ -222,6 +229,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
         storageBarrier(); // acquire: the other workgroups' partials after their arrivals
         if (tid == 0u) { atomicStore(&arrivals[counter], 0u); }
         merge_splits(plan.y, plan.z, len, first_local, first_head, batch_heads, tid);
+        att_int8_out(first_head, batch_heads, tid);
       }
     }
   }
@@ -352,4 +360,5 @@ fn reduce(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid
     min(HEADS_PER_BATCH, group - first_local),
     tid,
   );
+  att_int8_out(kv_head * group + first_local, min(HEADS_PER_BATCH, group - first_local), tid);
 }

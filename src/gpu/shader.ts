@@ -16,6 +16,8 @@ const WGSL_DIR = new URL("../../wgsl/", import.meta.url);
 export const SHADER_NAMES: readonly string[] = [
   "admission_rule",
   "argmax",
+  "attention_int8_out",
+  "attention_int8_out_none",
   "coop_fragments",
   "coop_fragments_emulated",
   "coop_probe",

@@ -541,6 +541,7 @@ export class GpuModel {
       const chain = decode && options.decodeInt8Chain
         ? {
           xn: createChainedInt8(gpu, `${tag}xn int8`, E, maxTokens),
+          att: createChainedInt8(gpu, `${tag}attention int8`, Hq * D, maxTokens),
           h: createChainedInt8(gpu, `${tag}h int8`, FF, maxTokens),
         }
         : undefined;
@@ -713,6 +714,27 @@ export class GpuModel {
       });
       for (let l = 0; l < hp.nLayer; l++) {
         const w = layers[l];
+        const foldFfnNorm = canFuseGateUp(w.wGate, w.wUp) && foldable(w.wo);
+        const next = l + 1 < hp.nLayer ? layers[l + 1] : undefined;
+        // ffn_down as a folded norm's producer (for the next QKV, or the output norm).
+        const foldDown = foldable(w.wDown) && (!next || canFuseQkv(next.wq, next.wk, next.wv));
+        // Chained int8 inputs of this layer's attn_output, gate/up and ffn_down and the next layer's QKV.
+        const attInt8 = chain && D % 16 === 0 && foldFfnNorm &&
+            takesSharedInt8("attn_output", w.wo.cols, w.wo.rows)
+          ? chain.att
+          : undefined;
+        const gateUpInt8 =
+          chain && foldFfnNorm && takesSharedInt8("ffn_gate_up", w.wGate.cols, 2 * w.wGate.rows)
+            ? chain.xn
+            : undefined;
+        const downInt8 = chain && canFuseGateUp(w.wGate, w.wUp) && foldDown &&
+            takesSharedInt8("ffn_down", w.wDown.cols, w.wDown.rows)
+          ? chain.h
+          : undefined;
+        const nextQkvInt8 = chain && next && foldDown &&
+            takesSharedInt8("attn_qkv", next.wq.cols, next.wq.rows + next.wk.rows + next.wv.rows)
+          ? chain.xn
+          : undefined;
         const p = `${tag}blk.${l}.`;
         const fusedAppend = appendInQkv(w) || ringStore;
         if (decode && canFuseQkv(w.wq, w.wk, w.wv)) {
@@ -842,6 +864,7 @@ export class GpuModel {
         if (decode && ablation !== "skip") {
           ops.push(createFlashDecode(gpu, {
             ...attention,
+            int8Out: attInt8,
             splits,
             partials: act.partials,
             directKeys: options.decodeDirectKeys,
@@ -865,26 +888,10 @@ export class GpuModel {
             halfStaging: prefillHalfStaging,
           }));
         }
-        const foldFfnNorm = canFuseGateUp(w.wGate, w.wUp) && foldable(w.wo);
-        const next = l + 1 < hp.nLayer ? layers[l + 1] : undefined;
-        // ffn_down as a folded norm's producer (for the next QKV, or the output norm).
-        const foldDown = foldable(w.wDown) && (!next || canFuseQkv(next.wq, next.wk, next.wv));
-        // Chained int8 inputs of this layer's gate/up and ffn_down and the next layer's QKV.
-        const gateUpInt8 =
-          chain && foldFfnNorm && takesSharedInt8("ffn_gate_up", w.wGate.cols, 2 * w.wGate.rows)
-            ? chain.xn
-            : undefined;
-        const downInt8 = chain && canFuseGateUp(w.wGate, w.wUp) && foldDown &&
-            takesSharedInt8("ffn_down", w.wDown.cols, w.wDown.rows)
-          ? chain.h
-          : undefined;
-        const nextQkvInt8 = chain && next && foldDown &&
-            takesSharedInt8("attn_qkv", next.wq.cols, next.wq.rows + next.wk.rows + next.wv.rows)
-          ? chain.xn
-          : undefined;
         let gateUpNorm: FoldedNormInput | undefined;
         if (foldFfnNorm) {
           gateUpNorm = foldedProduct(`${p}attn_output`, w.wo, act.att, w.ffnNorm, "attn_output", {
+            in: attInt8,
             out: gateUpInt8,
           });
         } else {

@@ -145,10 +145,10 @@ export interface GpuModelOptions {
   int8Decode?: boolean;
   /**
    * Decode: a product followed by one that takes the shared int8 input (`MatvecTuning.sharedInt8`) writes
-   * that input itself as it writes its outputs (the folded-norm producers attn_output and ffn_down for
-   * gate/up and the next QKV, the fused gate/up for ffn_down; `src/gpu/ops/int8_input.ts`), so the next
-   * product needs no quantisation pass of its own: the same bits, three dispatches fewer per layer on the
-   * 8B shape (attn_output's pass, after the attention, stays). Default false: not yet timed on a GPU.
+   * that input itself as it writes its outputs (the decode attention for attn_output, the folded-norm
+   * producers attn_output and ffn_down for gate/up and the next QKV, the fused gate/up for ffn_down;
+   * `src/gpu/ops/int8_input.ts`), so the next product needs no quantisation pass of its own: the same bits,
+   * four dispatches fewer per layer on the 8B shape. Default false: not yet timed on a GPU.
    */
   decodeInt8Chain?: boolean;
   /**

@@ -11,6 +11,7 @@
 import { BadFlagError, UnsupportedError } from "../../errors.ts";
 import type { Gpu, Kernel } from "../device.ts";
 import { loadShader } from "../shader.ts";
+import type { ChainedInt8 } from "./int8_input.ts";
 import { EMULATED_SUBGROUP_SIZE } from "./matvec_units.ts";
 import {
   layerUniform,
@@ -254,6 +255,12 @@ export interface FlashPrefillOptions extends AttentionOptions {
 
 /** Options of {@link createFlashDecode}. */
 export interface FlashDecodeOptions extends AttentionOptions {
+  /**
+   * Also write the output as the output projection's shared int8 input (blocks of 16 values;
+   * `./int8_input.ts`), so that product needs no quantisation pass: rows of `qHeads · headDim` values, one
+   * token.
+   */
+  int8Out?: ChainedInt8;
   /**
    * Workgroups per KV head on average over the key range (default: min(32, pages per head)); the
    * splits · kvHeads workgroups are shared out among the heads by their lengths.
@@ -789,11 +796,21 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
     }
     constants.ablate = ABLATION_STAGE[options.ablate];
   }
+  const int8Out = options.int8Out;
+  if (int8Out && (int8Out.cols !== qHeads * D || D % 16 !== 0)) {
+    throw new UnsupportedError(
+      `${label}: int8 output needs heads of a multiple of 16 values (${D}) in rows of ${
+        qHeads * D
+      }, not ${int8Out.cols}`,
+    );
+  }
   const defines = {
     POOL: poolQuadShaderSource(kv.shards.length),
     LOAD_QUADS: poolQuadLoadSource(kv.shards.length),
     ...subgroups.defines,
+    ATT_INT8: loadShader(int8Out ? "attention_int8_out" : "attention_int8_out_none"),
   };
+  const int8Entries: [number, BufferSlice][] = int8Out ? [[24, int8Out.blocks], [25, int8Out.scales]] : [];
   const fusedReduce = options.fusedReduce ?? true;
   const partialKernel = gpu.kernel(
     "flash_decode",
@@ -830,6 +847,7 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
     ...shardEntries(kv),
     [16, mask.slotInfo],
     [19, arrivals],
+    ...int8Entries,
   ];
   const partialGroup = bindNumbered(gpu, partialKernel, mainEntries);
   const directGroup = directKernel && bindNumbered(gpu, directKernel, mainEntries);
@@ -839,6 +857,7 @@ export function createFlashDecode(gpu: Gpu, options: FlashDecodeOptions): GpuOp 
     [4, slicePrefix(partials, partialBytes)],
     [5, out],
     [7, kv.lengths],
+    ...int8Entries,
   ]);
   return {
     label,

@@ -577,11 +577,13 @@ function tuningFor(gpu: Gpu, op: string, request: ShapeRequest): Shape {
   const workgroupSize = t.workgroupSize ?? defaultMatvecWorkgroup(request.cols);
   let rowsPerWorkgroup = t.rowsPerWorkgroup ?? request.defaultRows;
   let tokensPerWorkgroup = t.tokensPerWorkgroup ?? Math.min(request.maxTokens, 4);
-  // The reduction keeps one more sum per token (a folded norm's); int8 input adds the quantised x rows.
+  // The reduction keeps one more sum per token (a folded norm's); int8 input quantised by each workgroup
+  // adds the quantised x rows.
   const int8Wanted = (t.int8 ?? false) && int8MatvecBlocker(request.weights) === undefined;
+  const staged = int8Wanted && !(t.sharedInt8 ?? false);
   const reductionBytes = () =>
     workgroupSize * (rowsPerWorkgroup * request.accumulators + 1) * tokensPerWorkgroup * 4;
-  const bytes = () => reductionBytes() + (int8Wanted ? int8InputBytes(request.cols, tokensPerWorkgroup) : 0);
+  const bytes = () => reductionBytes() + (staged ? int8InputBytes(request.cols, tokensPerWorkgroup) : 0);
   while (bytes() > limit && t.tokensPerWorkgroup === undefined && tokensPerWorkgroup > 1) {
     tokensPerWorkgroup--;
   }
@@ -613,7 +615,14 @@ function tuningFor(gpu: Gpu, op: string, request: ShapeRequest): Shape {
   const tokenGroups = ceilDiv(request.maxTokens, tokensPerWorkgroup);
   checkWorkgroups(gpu, op, tokenGroups);
   const unitsPerStep = checkUnitsPerStep(op, t.unitsPerStep);
-  const int8 = int8InputFits(gpu, int8Wanted, request.weights, tokensPerWorkgroup, reductionBytes());
+  const int8 = int8InputFits(
+    gpu,
+    int8Wanted,
+    request.weights,
+    tokensPerWorkgroup,
+    reductionBytes(),
+    t.sharedInt8,
+  );
   return { workgroupSize, rowsPerWorkgroup, tokensPerWorkgroup, tokenGroups, unitsPerStep, int8 };
 }
 

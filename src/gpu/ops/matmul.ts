@@ -246,7 +246,14 @@ export function createMatvec(gpu: Gpu, options: MatvecOptions): MatvecOp {
         `memory, this GPU allows ${gpu.limits.maxComputeWorkgroupStorageSize}`,
     );
   }
-  const int8 = int8InputFits(gpu, t.int8 ?? false, [weight], tokensPerWorkgroup, reductionBytes);
+  const int8 = int8InputFits(
+    gpu,
+    t.int8 ?? false,
+    [weight],
+    tokensPerWorkgroup,
+    reductionBytes,
+    t.sharedInt8,
+  );
   const int8Input = int8InputParts(
     gpu,
     op,

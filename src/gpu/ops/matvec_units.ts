@@ -84,7 +84,8 @@ export function int8MatvecBlocker(weights: readonly GpuWeight[]): string | undef
 /**
  * Whether a decode product asked for int8 input (`wanted`) takes it: the weights allow it
  * ({@link int8MatvecBlocker}) and the workgroup memory holds the quantised x rows of `tokens` tokens next to
- * the `otherBytes` the kernel already uses.
+ * the `otherBytes` the kernel already uses (unless `shared`: the input quantised by a pass of its own, in
+ * buffers).
  */
 export function int8InputFits(
   gpu: Gpu,
@@ -92,9 +93,11 @@ export function int8InputFits(
   weights: readonly GpuWeight[],
   tokens: number,
   otherBytes: number,
+  shared = false,
 ): boolean {
+  const staged = shared ? 0 : int8InputBytes(weights[0].cols, tokens);
   return wanted && int8MatvecBlocker(weights) === undefined &&
-    otherBytes + int8InputBytes(weights[0].cols, tokens) <= gpu.limits.maxComputeWorkgroupStorageSize;
+    otherBytes + staged <= gpu.limits.maxComputeWorkgroupStorageSize;
 }
 
 /**
