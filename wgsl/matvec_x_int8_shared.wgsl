@@ -1,6 +1,7 @@
-// Int8 input of wgsl/matvec_fast.wgsl quantised once per step, before the product, by a pass of its own
-// (wgsl/quantize_q8.wgsl with blocks of 16 values; spliced in at X_INT8): every workgroup reads the blocks
-// of its tokens from these buffers instead of quantising x itself.
+// Int8 input of wgsl/matvec_fast.wgsl quantised once per step, before the product (spliced in at X_INT8):
+// by a pass of its own (wgsl/quantize_q8.wgsl with blocks of 16 values), or by the op that wrote x, as it
+// wrote it (wgsl/matvec_int8_out.wgsl, wgsl/attention_int8_out.wgsl). Every workgroup reads the blocks of
+// its tokens from these buffers instead of quantising x itself.
 //
 // binding 28: x_blocks, vec4u[max_tokens][cols / 16] (read): block i of token t, 16 signed bytes, value 4k + j
 //             in byte j of word k

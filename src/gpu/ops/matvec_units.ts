@@ -295,13 +295,13 @@ export function unitsSource(section: string, suffix: string): string {
 /**
  * The text defines of `wgsl/matvec_fast.wgsl` for weights a, b, c (b and c default to a: the `main`
  * entry reads only a, but the module declares all three), with the `qkv` entry's KV store left out (the
- * stub `KV_STORE`; `createQkvMatvec` replaces it when it appends to the cache). Throws an
+ * stub `KV_STORE`; `createQkvMatvec` replaces it when it appends to the cache) and no int8 output (the stub
+ * `INT8_OUT`). The caller adds `X_INT8` (`./int8_input.ts`, `int8InputParts`). Throws an
  * {@link UnsupportedError} for a weight the kernels cannot read ({@link matvecBlocker}).
  */
 export function subblockDefines(a: GpuWeight, b: GpuWeight = a, c: GpuWeight = a): Record<string, string> {
   const defines: Record<string, string> = {
     KV_STORE: NO_KV_STORE,
-    X_INT8: loadShader("matvec_x_int8_staged"),
     INT8_OUT: loadShader("matvec_int8_out_none"),
   };
   for (const [suffix, weight] of [["a", a], ["b", b], ["c", c]] as const) {
